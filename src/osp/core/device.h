@@ -1,0 +1,49 @@
+// Devices and device memory. CUDA support is compiled in when OSP_HAVE_CUDA is defined;
+// without it every CUDA request fails with a clear osp::Error.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace osp {
+
+enum class DeviceType : uint8_t { CPU, CUDA };
+
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int index = 0;
+  static Device cpu() { return {DeviceType::CPU, 0}; }
+  static Device cuda(int i = 0) { return {DeviceType::CUDA, i}; }
+  bool is_cpu() const { return type == DeviceType::CPU; }
+  bool is_cuda() const { return type == DeviceType::CUDA; }
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string name() const;  // "cpu", "cuda:0"
+};
+
+// Parses "cpu", "cuda", "cuda:1".
+Device parse_device(const std::string& s);
+
+// True when this build has CUDA and at least one GPU is visible.
+bool cuda_available();
+int cuda_device_count();
+
+// CPU memory, 64-byte aligned.
+void* cpu_alloc(size_t bytes);
+void cpu_free(void* p);
+
+// Device memory through the caching allocator (no cudaMalloc in steady state).
+void* cuda_alloc(size_t bytes, int device);
+void cuda_free(void* p, int device);
+// Frees cached blocks back to the driver; returns bytes released.
+size_t cuda_empty_cache();
+// Bytes currently handed out / peak since the last reset / held in the cache.
+size_t cuda_bytes_in_use();
+size_t cuda_peak_bytes();
+void cuda_reset_peak();
+
+// Copies between any two devices (blocking w.r.t. the host, uses the current stream).
+void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes);
+void memset_any(void* dst, Device d, int value, size_t bytes);
+void cuda_synchronize();
+
+}  // namespace osp

@@ -1,0 +1,134 @@
+// CUDA device memory: a simple caching allocator (size-bucketed free lists per device),
+// so the sampling loop does not call cudaMalloc/cudaFree in steady state.
+#ifdef OSP_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "osp/core/cuda_check.h"
+#include "osp/core/device.h"
+#include "osp/core/error.h"
+
+namespace osp {
+namespace {
+struct Cache {
+  std::mutex mu;
+  std::multimap<size_t, void*> free_blocks[16];  // per device: size -> ptr
+  std::map<void*, size_t> sizes;
+  size_t in_use = 0, peak = 0, cached = 0;
+};
+Cache& cache() {
+  static Cache* c = new Cache();  // leaked on purpose: outlives static tensors
+  return *c;
+}
+size_t round_size(size_t b) {
+  if (b < 512) return 512;
+  if (b < (1u << 20)) return (b + 511) / 512 * 512;
+  return (b + (1u << 20) - 1) / (1u << 20) * (1u << 20);  // 1 MiB granularity
+}
+}  // namespace
+
+bool cuda_available() { return cuda_device_count() > 0; }
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+void* cuda_alloc(size_t bytes, int device) {
+  OSP_CHECK(device >= 0 && device < 16, "cuda_alloc: bad device index ", device);
+  size_t n = round_size(bytes);
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  auto& fl = c.free_blocks[device];
+  auto it = fl.lower_bound(n);
+  void* p = nullptr;
+  if (it != fl.end() && it->first <= n * 2) {
+    p = it->second;
+    n = it->first;
+    fl.erase(it);
+    c.cached -= n;
+  } else {
+    OSP_CUDA_CHECK(cudaSetDevice(device));
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      // free the cache and try once more
+      for (auto& kv : fl) cudaFree(kv.second);
+      fl.clear();
+      c.cached = 0;
+      e = cudaMalloc(&p, n);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        fail(str("out of GPU memory on cuda:", device, ": cudaMalloc(", n, " bytes) failed (",
+                 fr >> 20, " MiB free of ", tot >> 20, " MiB; ", c.in_use >> 20,
+                 " MiB held by osp). Try --offload, a smaller size or fewer frames."));
+      }
+    }
+    c.sizes[p] = n;
+  }
+  c.in_use += n;
+  if (c.in_use > c.peak) c.peak = c.in_use;
+  return p;
+}
+
+void cuda_free(void* p, int device) {
+  if (!p) return;
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  auto it = c.sizes.find(p);
+  if (it == c.sizes.end()) return;
+  c.in_use -= it->second;
+  c.cached += it->second;
+  c.free_blocks[device].emplace(it->second, p);
+}
+
+size_t cuda_empty_cache() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  cudaDeviceSynchronize();
+  size_t freed = 0;
+  for (auto& fl : c.free_blocks) {
+    for (auto& kv : fl) {
+      cudaFree(kv.second);
+      c.sizes.erase(kv.second);
+      freed += kv.first;
+    }
+    fl.clear();
+  }
+  c.cached = 0;
+  return freed;
+}
+size_t cuda_bytes_in_use() { return cache().in_use; }
+size_t cuda_peak_bytes() { return cache().peak; }
+void cuda_reset_peak() { cache().peak = cache().in_use; }
+void cuda_synchronize() { OSP_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  if (!bytes) return;
+  cudaMemcpyKind k = cudaMemcpyDefault;
+  if (dd.is_cpu() && sd.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  OSP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+}
+void memset_any(void* dst, Device d, int value, size_t bytes) {
+  if (!bytes) return;
+  if (d.is_cpu()) {
+    std::memset(dst, value, bytes);
+    return;
+  }
+  OSP_CUDA_CHECK(cudaMemset(dst, value, bytes));
+}
+
+}  // namespace osp
+#endif
