@@ -1,0 +1,63 @@
+// How one DiT forward is laid out over ranks. The DiT (model/dit.*) calls these hooks and knows
+// nothing about Skiparse layouts or communication; implementations:
+//   * single device (S = 1): full or hybrid Skiparse-2D layouts via gathers;
+//   * SSP (spec §4): each rank owns P²/S whole sub-sequences; switch = one all-to-all;
+//   * Ulysses (head-parallel attention with sequence-sharded everything else).
+// Hidden states are [B, n_local, C] (sample-major): in sparse blocks the n_local rows of a
+// sample are its local sub-sequences concatenated, each padded to length L.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "osp/core/tensor.h"
+#include "osp/sparse/skiparse.h"
+
+namespace osp::dist {
+
+class Communicator;
+
+struct ForwardPlan {
+  sparse::Grid grid;
+  std::vector<sparse::BlockKind> kinds;  // one per block
+  int P = 2;                             // sparse_ratio
+  int heads = 0, head_dim = 0;
+  Device device;
+};
+
+class SequenceParallel {
+ public:
+  virtual ~SequenceParallel() = default;
+  virtual const char* name() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Called at the start of every forward (cheap when the plan did not change: cache maps).
+  virtual void setup(const ForwardPlan& plan) = 0;
+
+  // x_full [B, N, C]: the patch-embedded tokens (identical on every rank). Returns this rank's
+  // rows for block 0.
+  virtual Tensor scatter_input(const Tensor& x_full) = 0;
+  // Moves the hidden state from the layout of block i-1 to that of block i (i ≥ 1): identity,
+  // full→token, token↔group switch, group→full; a gather on one device, an all-to-all on many.
+  virtual Tensor enter_block(int i, const Tensor& x_local) = 0;
+  // RoPE table for this rank's rows in block i: [Rt, n_rows, D/2, 2] F32 on plan.device, for
+  // ops::rope on q/k viewed as [B·Rt, n_local/Rt, H, D] (Rt sub-sequences per sample).
+  virtual const Tensor& rope_table(int i) = 0;
+  // Self-attention of block i: q,k,v [B, n_local, H, D] → out [B, n_local, H, D]
+  // (padded rows come out as zeros; Ulysses does its all-to-alls in here).
+  virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                              Tensor& out) = 0;
+  // Rows of this rank in block i that are padding (their cross-attention/FFN outputs are
+  // irrelevant; implementations may return an empty vector when there is none).
+  // After the last block: the full [B, N, C] hidden state on every rank.
+  virtual Tensor gather_output(const Tensor& x_local) = 0;
+
+  // Bytes this rank sent through the communicator since the last reset (0 on one device).
+  virtual uint64_t bytes_sent() const { return 0; }
+  virtual void reset_bytes() {}
+};
+
+// One device, no communication. Hybrid layouts through sparse::skiparse_index + ops::gather_rows.
+std::unique_ptr<SequenceParallel> make_single_device();
+
+}  // namespace osp::dist
