@@ -47,8 +47,6 @@ class SequenceParallel {
   // (padded rows come out as zeros; Ulysses does its all-to-alls in here).
   virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
                               Tensor& out) = 0;
-  // Rows of this rank in block i that are padding (their cross-attention/FFN outputs are
-  // irrelevant; implementations may return an empty vector when there is none).
   // After the last block: the full [B, N, C] hidden state on every rank.
   virtual Tensor gather_output(const Tensor& x_local) = 0;
 
