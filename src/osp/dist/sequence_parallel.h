@@ -55,7 +55,16 @@ class SequenceParallel {
   virtual void reset_bytes() {}
 };
 
-// One device, no communication. Hybrid layouts through sparse::skiparse_index + ops::gather_rows.
+// One device, no communication. Hybrid layouts through sparse::skiparse_index + ops::gather_rows
+// (padding-last order: padded sub-sequences use per-row lengths in ops::attention).
 std::unique_ptr<SequenceParallel> make_single_device();
+
+// Validates a plan (grid, P, kinds order, heads/head_dim); throws osp::Error naming the rule.
+void check_plan(const ForwardPlan& plan);
+bool same_plan(const ForwardPlan& a, const ForwardPlan& b);
+
+// out[b] = gather_rows(x[b], index) for every sample b: x [B, n_in, C], index I32 [n_out] on
+// x's device (entries < 0 give zero rows) → out [B, n_out, C] (allocated when undefined).
+Tensor gather_per_sample(const Tensor& x, const Tensor& index, int64_t n_out);
 
 }  // namespace osp::dist

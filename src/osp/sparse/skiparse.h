@@ -50,4 +50,12 @@ Tensor compose_switch(const Tensor& from, const Tensor& to);
 // Inverse map to the full layout: out[n] = flattened position of full token n in `layout`.
 Tensor inverse_to_full(const Tensor& layout, int64_t num_tokens);
 
+// The same maps in padded-grid coordinates: flat [P²·L] vector whose entry g·L + s is the
+// padded-grid position (t·Hp + y)·Wp + x (padding tokens included, so every entry is >= 0).
+// Used where padding tokens need an identity (the SSP all-to-all buffer layout).
+std::vector<int64_t> skiparse_padded_positions(const Grid& g, int P, BlockKind kind,
+                                               bool padding_last);
+// Padded-grid position → full-layout token index, or -1 for a padding position.
+int64_t padded_to_full(const Grid& g, int64_t Hp, int64_t Wp, int64_t padded_pos);
+
 }  // namespace osp::sparse

@@ -1,0 +1,230 @@
+// SequenceParallel on one device (S = 1): identity layouts for full blocks, Skiparse-2D
+// token/group layouts (padding-last) for sparse blocks, every transition one gather.
+#include <array>
+#include <map>
+
+#include "osp/dist/rope_table.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/ops/ops.h"
+
+namespace osp::dist {
+
+using sparse::BlockKind;
+
+void check_plan(const ForwardPlan& plan) {
+  OSP_CHECK(!plan.kinds.empty(), "ForwardPlan: no blocks (kinds is empty)");
+  OSP_CHECK(plan.grid.T > 0 && plan.grid.H > 0 && plan.grid.W > 0,
+            "ForwardPlan: grid must be positive, got ", plan.grid.T, "x", plan.grid.H, "x",
+            plan.grid.W);
+  OSP_CHECK(plan.heads > 0, "ForwardPlan: heads must be positive, got ", plan.heads);
+  OSP_CHECK(plan.head_dim > 0 && plan.head_dim % 2 == 0,
+            "ForwardPlan: head_dim must be positive and even (RoPE pairs), got ", plan.head_dim);
+  bool any_sparse = false;
+  for (size_t i = 0; i < plan.kinds.size(); ++i) {
+    const BlockKind k = plan.kinds[i];
+    if (k == BlockKind::Full) continue;
+    any_sparse = true;
+    const BlockKind prev = i == 0 ? BlockKind::Full : plan.kinds[i - 1];
+    OSP_CHECK(!(prev == BlockKind::Full && k == BlockKind::Group),
+              "ForwardPlan: block ", i, " is a group block right after a full block (or the "
+              "model start); the sparse region must start with a token block (spec §2.2)");
+    OSP_CHECK(prev != k, "ForwardPlan: blocks ", i - 1, " and ", i, " are both ",
+              sparse::block_kind_name(k), " blocks; sparse blocks alternate token/group");
+    const BlockKind next = i + 1 == plan.kinds.size() ? BlockKind::Full : plan.kinds[i + 1];
+    OSP_CHECK(!(k == BlockKind::Token && next == BlockKind::Full),
+              "ForwardPlan: block ", i, " is a token block followed by a full block (or the "
+              "model end); the sparse region must end with a group block (spec §2.2)");
+  }
+  if (any_sparse) {
+    OSP_CHECK(plan.P >= 2, "ForwardPlan: sparse blocks need sparse_ratio P >= 2, got ", plan.P);
+    (void)sparse::skiparse_geometry(plan.grid, plan.P);  // validates P and the index range
+  }
+}
+
+bool same_plan(const ForwardPlan& a, const ForwardPlan& b) {
+  return a.grid.T == b.grid.T && a.grid.H == b.grid.H && a.grid.W == b.grid.W &&
+         a.kinds == b.kinds && a.P == b.P && a.heads == b.heads && a.head_dim == b.head_dim &&
+         a.device == b.device;
+}
+
+Tensor gather_per_sample(const Tensor& x, const Tensor& index, int64_t n_out) {
+  OSP_CHECK(x.dim() == 3, "gather_per_sample: expected x [B, n, C], got ", x.desc());
+  OSP_CHECK(index.numel() == n_out, "gather_per_sample: index has ", index.numel(),
+            " entries, expected ", n_out);
+  const Tensor xc = x.contiguous();
+  const int64_t B = xc.size(0), C = xc.size(2);
+  Tensor out = Tensor::empty({B, n_out, C}, xc.dtype(), xc.device());
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor ob = out.select(0, b);
+    ops::gather_rows(xc.select(0, b), index, ob);
+  }
+  return out;
+}
+
+namespace {
+
+constexpr int kFull = 0, kToken = 1, kGroup = 2;
+int layout_id(BlockKind k) {
+  return k == BlockKind::Full ? kFull : (k == BlockKind::Token ? kToken : kGroup);
+}
+
+class SingleDevice final : public SequenceParallel {
+ public:
+  const char* name() const override { return "single"; }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+
+  void setup(const ForwardPlan& plan) override {
+    if (have_plan_ && same_plan(plan, plan_)) return;
+    check_plan(plan);
+    plan_ = plan;
+    have_plan_ = false;
+    N_ = plan.grid.numel();
+    bool any_sparse = false;
+    for (BlockKind k : plan.kinds) any_sparse |= k != BlockKind::Full;
+    // Host maps: full-layout token index (or -1) at each position of each layout.
+    std::array<Tensor, 3> host_map;
+    for (auto& t : rope_) t = Tensor();
+    for (auto& l : lens_) l.clear();
+    n_rows_ = {N_, 0, 0};
+    rows_per_sample_ = {1, 1, 1};
+    rope_[kFull] = rope_cos_sin_full(plan.grid, plan.head_dim)
+                       .view({1, N_, plan.head_dim / 2, 2})
+                       .to(plan.device);
+    if (any_sparse) {
+      const auto geo = sparse::skiparse_geometry(plan.grid, plan.P);
+      const int64_t P2 = int64_t(plan.P) * plan.P;
+      L_ = geo.L;
+      for (int id : {kToken, kGroup}) {
+        const BlockKind k = id == kToken ? BlockKind::Token : BlockKind::Group;
+        host_map[size_t(id)] = sparse::skiparse_index(plan.grid, plan.P, k, /*padding_last=*/true);
+        n_rows_[size_t(id)] = P2 * L_;
+        rows_per_sample_[size_t(id)] = P2;
+        lens_[size_t(id)] = sparse::skiparse_row_lengths(plan.grid, plan.P, k);
+        bool padded = false;
+        for (int32_t l : lens_[size_t(id)]) padded |= l != L_;
+        if (!padded) lens_[size_t(id)].clear();  // all rows full: no masks needed
+        rope_[size_t(id)] = rope_cos_sin(plan.grid, plan.head_dim,
+                                         host_map[size_t(id)].data<int32_t>(), P2 * L_)
+                                .view({P2, L_, plan.head_dim / 2, 2})
+                                .to(plan.device);
+      }
+    }
+    // Transition maps (device I32): enter_[i] moves block i-1's layout to block i's.
+    auto to_map = [&](int from, int to) -> Tensor {
+      Tensor m;
+      if (from == to) return m;
+      if (from == kFull) m = host_map[size_t(to)];
+      else if (to == kFull) m = sparse::inverse_to_full(host_map[size_t(from)], N_);
+      else m = sparse::compose_switch(host_map[size_t(from)], host_map[size_t(to)]);
+      return m.view({m.numel()}).to(plan.device);
+    };
+    const size_t nb = plan.kinds.size();
+    enter_.assign(nb, Tensor());
+    input_map_ = to_map(kFull, layout_id(plan.kinds[0]));
+    for (size_t i = 1; i < nb; ++i)
+      enter_[i] = to_map(layout_id(plan.kinds[i - 1]), layout_id(plan.kinds[i]));
+    output_map_ = to_map(layout_id(plan.kinds.back()), kFull);
+    lens_tensor_cache_.clear();
+    have_plan_ = true;
+  }
+
+  Tensor scatter_input(const Tensor& x_full) override {
+    require_plan("scatter_input");
+    check_hidden(x_full, kFull, "scatter_input");
+    return move(x_full, input_map_, layout_id(plan_.kinds[0]));
+  }
+
+  Tensor enter_block(int i, const Tensor& x_local) override {
+    require_plan("enter_block");
+    OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block: block index ", i,
+              " outside [1, ", plan_.kinds.size(), ")");
+    check_hidden(x_local, layout_id(plan_.kinds[size_t(i) - 1]), "enter_block");
+    return move(x_local, enter_[size_t(i)], layout_id(plan_.kinds[size_t(i)]));
+  }
+
+  const Tensor& rope_table(int i) override {
+    require_plan("rope_table");
+    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "rope_table: block index ", i,
+              " outside [0, ", plan_.kinds.size(), ")");
+    return rope_[size_t(layout_id(plan_.kinds[size_t(i)]))];
+  }
+
+  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                      Tensor& out) override {
+    require_plan("self_attention");
+    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
+              " outside [0, ", plan_.kinds.size(), ")");
+    const int id = layout_id(plan_.kinds[size_t(i)]);
+    OSP_CHECK(q.dim() == 4 && q.size(1) == n_rows_[size_t(id)] && q.size(2) == plan_.heads &&
+                  q.size(3) == plan_.head_dim,
+              "self_attention(block ", i, "): expected q [B, ", n_rows_[size_t(id)], ", ",
+              plan_.heads, ", ", plan_.head_dim, "], got ", q.desc());
+    OSP_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && out.shape() == q.shape(),
+              "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
+              k.desc(), ", ", v.desc(), ", ", out.desc());
+    if (id == kFull) {
+      ops::attention(q, k, v, out);
+      return;
+    }
+    const int64_t B = q.size(0), R = rows_per_sample_[size_t(id)];
+    const Shape sub{B * R, L_, plan_.heads, plan_.head_dim};
+    Tensor qv = q.contiguous().view(sub), kv = k.contiguous().view(sub),
+           vv = v.contiguous().view(sub), ov = out.view(sub);
+    ops::AttentionArgs args;
+    const Tensor* lens = row_lengths(id, B);
+    args.kv_lens = lens;
+    args.q_lens = lens;
+    ops::attention(qv, kv, vv, ov, args);
+  }
+
+  Tensor gather_output(const Tensor& x_local) override {
+    require_plan("gather_output");
+    check_hidden(x_local, layout_id(plan_.kinds.back()), "gather_output");
+    return move(x_local, output_map_, kFull);
+  }
+
+ private:
+  void require_plan(const char* who) const {
+    OSP_CHECK(have_plan_, who, ": call setup(plan) first");
+  }
+  void check_hidden(const Tensor& x, int id, const char* who) const {
+    OSP_CHECK(x.dim() == 3 && x.size(1) == n_rows_[size_t(id)], who, ": expected hidden [B, ",
+              n_rows_[size_t(id)], ", C] in the ", id == kFull ? "full" : (id == kToken ? "token" : "group"),
+              " layout, got ", x.desc());
+    OSP_CHECK(x.device() == plan_.device, who, ": hidden state is on ", x.device().name(),
+              " but the plan's device is ", plan_.device.name());
+  }
+  Tensor move(const Tensor& x, const Tensor& map, int to) const {
+    if (!map.defined()) return x;
+    return gather_per_sample(x, map, n_rows_[size_t(to)]);
+  }
+  // I32 [B·P²] per-row valid lengths (host), or null when no row is padded.
+  const Tensor* row_lengths(int id, int64_t B) {
+    const auto& l = lens_[size_t(id)];
+    if (l.empty()) return nullptr;
+    auto key = std::make_pair(id, B);
+    auto it = lens_tensor_cache_.find(key);
+    if (it != lens_tensor_cache_.end()) return &it->second;
+    Tensor t = Tensor::empty({B * int64_t(l.size())}, DType::I32);
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t g = 0; g < l.size(); ++g) t.data<int32_t>()[b * int64_t(l.size()) + int64_t(g)] = l[g];
+    return &lens_tensor_cache_.emplace(key, t).first->second;
+  }
+
+  ForwardPlan plan_;
+  bool have_plan_ = false;
+  int64_t N_ = 0, L_ = 0;
+  std::array<int64_t, 3> n_rows_{}, rows_per_sample_{};
+  std::array<Tensor, 3> rope_;
+  std::array<std::vector<int32_t>, 3> lens_;
+  std::vector<Tensor> enter_;
+  Tensor input_map_, output_map_;
+  std::map<std::pair<int, int64_t>, Tensor> lens_tensor_cache_;
+};
+
+}  // namespace
+
+std::unique_ptr<SequenceParallel> make_single_device() { return std::make_unique<SingleDevice>(); }
+
+}  // namespace osp::dist
