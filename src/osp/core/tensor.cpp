@@ -194,6 +194,34 @@ Tensor Tensor::unsqueeze(int d) const {
   return t;
 }
 
+Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+  OSP_CHECK(defined(), "as_strided() on an undefined tensor");
+  OSP_CHECK(shape.size() == strides.size(), "as_strided(): shape ", shape_str(shape), " and strides ",
+            shape_str(strides), " differ in rank");
+  OSP_CHECK(offset >= 0, "as_strided(): negative offset ", offset);
+  const int64_t es = int64_t(dtype_size(dtype_));
+  const int64_t cap = int64_t(storage_->bytes) / es;  // elements in the storage
+  int64_t last = offset, n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    OSP_CHECK(shape[i] >= 0 && strides[i] >= 0, "as_strided(): negative size or stride in shape ",
+              shape_str(shape), " strides ", shape_str(strides));
+    OSP_CHECK(!__builtin_mul_overflow(n, shape[i], &n), "as_strided(): element count overflows");
+    if (shape[i] == 0) continue;
+    int64_t span;
+    OSP_CHECK(!__builtin_mul_overflow(shape[i] - 1, strides[i], &span) &&
+                  !__builtin_add_overflow(last, span, &last),
+              "as_strided(): extent overflows for shape ", shape_str(shape));
+  }
+  OSP_CHECK(n == 0 ? offset <= cap : last < cap, "as_strided(): shape ", shape_str(shape),
+            " strides ", shape_str(strides), " offset ", offset, " reach past the storage of ",
+            cap, " elements");
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = strides;
+  t.offset_ = offset;
+  return t;
+}
+
 namespace {
 // Generic CPU strided copy with dtype conversion.
 double load_cpu(const void* base, DType t, int64_t i) {

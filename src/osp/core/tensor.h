@@ -75,6 +75,10 @@ class Tensor {
   Tensor transpose(int a, int b) const;
   Tensor permute(const std::vector<int>& order) const;
   Tensor unsqueeze(int d) const;
+  // A view with explicit shape, strides (elements) and offset into this tensor's storage
+  // (e.g. a PyTorch view rebuilt from a checkpoint). Throws if any element would fall
+  // outside the storage or a stride/dimension is negative.
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset) const;
 
   // ---- copies ----
   Tensor contiguous() const;             // self if contiguous
