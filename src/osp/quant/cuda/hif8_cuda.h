@@ -1,0 +1,20 @@
+// CUDA kernels behind quant/hif8.h (compiled when OSP_HAVE_CUDA). Arguments are validated by
+// the callers in hif8.cpp: inputs contiguous on the GPU, outputs contiguous, same numel.
+#pragma once
+#include <cstdint>
+
+#include "osp/core/tensor.h"
+
+namespace osp::quant::cuda {
+void hif8_encode(const Tensor& x, Tensor& out, bool saturate);
+void hif8_decode(const Tensor& codes, Tensor& out);
+void hif8_round(const Tensor& x, Tensor& out, bool saturate);
+void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
+                           bool saturate);
+// max|x| (NaN ignored) into a device float (written, not accumulated). Stream-ordered.
+void amax_to_device(const Tensor& x, float* d_amax);
+float amax(const Tensor& x);
+// Per-tensor scaled fake quant with the scale kept on the device. If d_scale_out is non-null
+// the scale s (x·s is quantized) is also written there.
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out = nullptr);
+}  // namespace osp::quant::cuda

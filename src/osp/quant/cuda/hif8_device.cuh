@@ -1,0 +1,70 @@
+// Device helpers shared by the quant CUDA kernels (hif8_kernels.cu, fp8_linear.cu).
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "osp/quant/hif8.h"
+
+namespace osp::quant::cuda {
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void from_f(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void from_f(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16_rn(v);
+}
+
+// 4 consecutive elements starting at i (i % 4 == 0, pointer aligned to 4 elements).
+__device__ __forceinline__ void load4(const float* p, int64_t i, float v[4]) {
+  float4 q = *reinterpret_cast<const float4*>(p + i);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, int64_t i, float v[4]) {
+  uint2 q = *reinterpret_cast<const uint2*>(p + i);
+  v[0] = __uint_as_float(q.x << 16);
+  v[1] = __uint_as_float(q.x & 0xffff0000u);
+  v[2] = __uint_as_float(q.y << 16);
+  v[3] = __uint_as_float(q.y & 0xffff0000u);
+}
+__device__ __forceinline__ void store4(float* p, int64_t i, const float v[4]) {
+  *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t i, const float v[4]) {
+  for (int k = 0; k < 4; ++k) p[i + k] = __float2bfloat16_rn(v[k]);
+}
+
+// The scale rule of quant::hif8_scale_for, on the device (IEEE division, bitwise equal).
+__device__ __forceinline__ float device_scale_for(float amax, float max_target, bool bf16) {
+  if (!isfinite(amax)) return 1.0f;
+  if (bf16) {
+    float floor_v = __bfloat162float(__float2bfloat16_rn(kHiF8AmaxFloor));
+    float a = fmaxf(amax, floor_v);
+    return __bfloat162float(__float2bfloat16_rn(__fdiv_rn(max_target, a)));
+  }
+  return __fdiv_rn(max_target, fmaxf(amax, kHiF8AmaxFloor));
+}
+
+// max|x| over n elements into *d_amax (which must hold 0 before the launch). NaN ignored:
+// fmaxf drops NaN operands. Non-negative floats order like their bit patterns, so the
+// cross-block combine is an integer atomicMax.
+template <typename T>
+__global__ void amax_kernel(const T* __restrict__ x, int64_t n, float* d_amax) {
+  float m = 0.0f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    m = fmaxf(m, fabsf(to_f(x[i])));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  __shared__ float warp_max[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = (blockDim.x + 31) >> 5;
+    m = lane < nw ? warp_max[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) atomicMax(reinterpret_cast<unsigned int*>(d_amax), __float_as_uint(m));
+  }
+}
+
+}  // namespace osp::quant::cuda

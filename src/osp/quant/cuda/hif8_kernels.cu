@@ -1,0 +1,219 @@
+// CUDA HiF8 kernels: encode, decode, TA/stochastic quant-dequant, amax, scaled fake quant.
+// The scalar bit logic is the same code as the CPU path (hif8_scalar.h), so results are
+// bitwise equal. All kernels run on the legacy default stream, like the rest of osp.
+#include <cuda_bf16.h>
+
+#include "osp/core/cuda_check.h"
+#include "osp/quant/cuda/hif8_cuda.h"
+#include "osp/quant/cuda/hif8_device.cuh"
+#include "osp/quant/hif8.h"
+#include "osp/quant/hif8_scalar.h"
+#include "osp/quant/philox.h"
+
+namespace osp::quant::cuda {
+namespace {
+
+using detail::hif8_decode;
+using detail::hif8_encode_hybrid;
+using detail::hif8_encode_ta;
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t work_items) {
+  int64_t b = (work_items + kThreads - 1) / kThreads;
+  if (b < 1) b = 1;
+  if (b > 65535LL * 8) b = 65535LL * 8;
+  return unsigned(b);
+}
+
+// ---- encode: 4 elements per thread-iteration (vector load when aligned) ----
+template <typename T>
+__global__ void encode_kernel(const T* __restrict__ x, uint8_t* __restrict__ out, int64_t n,
+                              bool saturate) {
+  int64_t n4 = n / 4;
+  int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
+    float v[4];
+    load4(x, i * 4, v);
+    uchar4 c;
+    c.x = hif8_encode_ta(v[0], saturate);
+    c.y = hif8_encode_ta(v[1], saturate);
+    c.z = hif8_encode_ta(v[2], saturate);
+    c.w = hif8_encode_ta(v[3], saturate);
+    reinterpret_cast<uchar4*>(out)[i] = c;
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+    out[i] = hif8_encode_ta(to_f(x[i]), saturate);
+}
+
+template <typename T>
+__global__ void encode_scalar_kernel(const T* __restrict__ x, uint8_t* __restrict__ out,
+                                     int64_t n, bool saturate) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = hif8_encode_ta(to_f(x[i]), saturate);
+}
+
+// ---- decode ----
+template <typename T>
+__global__ void decode_kernel(const uint8_t* __restrict__ c, T* __restrict__ out, int64_t n) {
+  int64_t n4 = n / 4;
+  int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
+    uchar4 q = reinterpret_cast<const uchar4*>(c)[i];
+    float v[4] = {hif8_decode(q.x), hif8_decode(q.y), hif8_decode(q.z), hif8_decode(q.w)};
+    store4(out, i * 4, v);
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+    from_f(out, i, hif8_decode(c[i]));
+}
+
+template <typename T>
+__global__ void decode_scalar_kernel(const uint8_t* __restrict__ c, T* __restrict__ out,
+                                     int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    from_f(out, i, hif8_decode(c[i]));
+}
+
+// ---- quant-dequant (TA or stochastic) ----
+template <typename TI, typename TO>
+__global__ void round_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n,
+                             bool saturate, bool stochastic, uint64_t seed, uint64_t offset) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = to_f(x[i]);
+    uint8_t c = stochastic
+                    ? hif8_encode_hybrid(v, saturate, detail::philox_word(seed, offset + uint64_t(i)))
+                    : hif8_encode_ta(v, saturate);
+    from_f(out, i, hif8_decode(c));
+  }
+}
+
+// ---- scaled fake quant: s from the device amax, same formula as hif8_scale_for ----
+template <typename TI, typename TO>
+__global__ void fake_quant_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n,
+                                  const float* __restrict__ d_amax, float max_target,
+                                  float* __restrict__ d_scale_out) {
+  constexpr bool kBF16 = sizeof(TI) == 2;
+  const float s = device_scale_for(*d_amax, max_target, kBF16);
+  if (d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float xs = to_f(x[i]) * s;
+    if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
+    float v = hif8_decode(hif8_encode_ta(xs, false)) / s;
+    if (kBF16) v = __bfloat162float(__float2bfloat16_rn(v));
+    from_f(out, i, v);
+  }
+}
+
+bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
+
+template <typename F>
+void with_in_out(DType ti, DType to, F&& f) {
+  if (ti == DType::F32 && to == DType::F32) f(float{}, float{});
+  else if (ti == DType::F32) f(float{}, __nv_bfloat16{});
+  else if (to == DType::F32) f(__nv_bfloat16{}, float{});
+  else f(__nv_bfloat16{}, __nv_bfloat16{});
+}
+
+}  // namespace
+
+void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
+  int64_t n = x.numel();
+  if (n == 0) return;
+  uint8_t* o = out.data<uint8_t>();
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* p = static_cast<const T*>(x.raw());
+    if (aligned(p, 4 * sizeof(T)) && aligned(o, 4))
+      encode_kernel<T><<<grid_for(n / 4 + 1), kThreads>>>(p, o, n, saturate);
+    else
+      encode_scalar_kernel<T><<<grid_for(n), kThreads>>>(p, o, n, saturate);
+  };
+  if (x.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
+  OSP_CUDA_LAUNCH_CHECK("hif8 encode_kernel");
+}
+
+void hif8_decode(const Tensor& codes, Tensor& out) {
+  int64_t n = codes.numel();
+  if (n == 0) return;
+  const uint8_t* c = codes.data<uint8_t>();
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* o = static_cast<T*>(out.raw());
+    if (aligned(c, 4) && aligned(o, 4 * sizeof(T)))
+      decode_kernel<T><<<grid_for(n / 4 + 1), kThreads>>>(c, o, n);
+    else
+      decode_scalar_kernel<T><<<grid_for(n), kThreads>>>(c, o, n);
+  };
+  if (out.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
+  OSP_CUDA_LAUNCH_CHECK("hif8 decode_kernel");
+}
+
+void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
+  int64_t n = x.numel();
+  if (n == 0) return;
+  with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
+    using TI = decltype(ti);
+    using TO = decltype(to);
+    round_kernel<TI, TO><<<grid_for(n), kThreads>>>(static_cast<const TI*>(x.raw()),
+                                                    static_cast<TO*>(out.raw()), n, saturate,
+                                                    false, 0, 0);
+  });
+  OSP_CUDA_LAUNCH_CHECK("hif8 round_kernel");
+}
+
+void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
+                           bool saturate) {
+  int64_t n = x.numel();
+  if (n == 0) return;
+  with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
+    using TI = decltype(ti);
+    using TO = decltype(to);
+    round_kernel<TI, TO><<<grid_for(n), kThreads>>>(static_cast<const TI*>(x.raw()),
+                                                    static_cast<TO*>(out.raw()), n, saturate,
+                                                    true, seed, offset);
+  });
+  OSP_CUDA_LAUNCH_CHECK("hif8 round_kernel (stochastic)");
+}
+
+void amax_to_device(const Tensor& x, float* d_amax) {
+  int64_t n = x.numel();
+  OSP_CUDA_CHECK(cudaMemsetAsync(d_amax, 0, sizeof(float), 0));
+  if (n == 0) return;
+  if (x.dtype() == DType::F32)
+    amax_kernel<float><<<grid_for(n) > 1024 ? 1024 : grid_for(n), kThreads>>>(
+        static_cast<const float*>(x.raw()), n, d_amax);
+  else
+    amax_kernel<__nv_bfloat16><<<grid_for(n) > 1024 ? 1024 : grid_for(n), kThreads>>>(
+        static_cast<const __nv_bfloat16*>(x.raw()), n, d_amax);
+  OSP_CUDA_LAUNCH_CHECK("hif8 amax_kernel");
+}
+
+float amax(const Tensor& x) {
+  Tensor d = Tensor::empty({1}, DType::F32, x.device());
+  amax_to_device(x, d.data<float>());
+  float h = 0;
+  OSP_CUDA_CHECK(cudaMemcpy(&h, d.raw(), sizeof(float), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out) {
+  int64_t n = x.numel();
+  Tensor d = Tensor::empty({1}, DType::F32, x.device());
+  amax_to_device(x, d.data<float>());
+  with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
+    using TI = decltype(ti);
+    using TO = decltype(to);
+    fake_quant_kernel<TI, TO><<<grid_for(n), kThreads>>>(static_cast<const TI*>(x.raw()),
+                                                         static_cast<TO*>(out.raw()), n,
+                                                         d.data<float>(), max_target, d_scale_out);
+  });
+  OSP_CUDA_LAUNCH_CHECK("hif8 fake_quant_kernel");
+}
+
+}  // namespace osp::quant::cuda
