@@ -1,0 +1,178 @@
+// Communicator front end (validation + byte counting) and the single-rank backend.
+#include "osp/dist/communicator.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace osp::dist {
+
+namespace {
+void require_contig(const Tensor& t, const char* op, const char* what) {
+  OSP_CHECK(t.defined(), "Communicator::", op, ": ", what, " is undefined");
+  OSP_CHECK(t.is_contiguous(), "Communicator::", op, ": ", what, " must be contiguous, got ",
+            t.desc());
+}
+void require_same_kind(const Tensor& a, const Tensor& b, const char* op) {
+  OSP_CHECK(a.dtype() == b.dtype(), "Communicator::", op, ": send is ", a.desc(), " but recv is ",
+            b.desc(), " (dtypes must match)");
+  OSP_CHECK(a.device() == b.device(), "Communicator::", op, ": send is on ", a.device().name(),
+            " but recv is on ", b.device().name());
+}
+}  // namespace
+
+void Communicator::all_to_all(const Tensor& send, Tensor& recv) {
+  const int S = size();
+  OSP_CHECK(send.dim() >= 1 && send.size(0) % S == 0, "Communicator::all_to_all: send ",
+            send.desc(), " must have dim 0 divisible by the group size ", S);
+  OSP_CHECK(recv.shape() == send.shape(), "Communicator::all_to_all: recv ", recv.desc(),
+            " must have the shape of send ", send.desc());
+  std::vector<int64_t> rows(size_t(S), send.size(0) / S);
+  all_to_all(send, rows, recv, rows);
+}
+
+void Communicator::all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows,
+                              Tensor& recv, const std::vector<int64_t>& recv_rows) {
+  const int S = size();
+  require_contig(send, "all_to_all", "send");
+  require_contig(recv, "all_to_all", "recv");
+  require_same_kind(send, recv, "all_to_all");
+  check_device(send, "all_to_all");
+  OSP_CHECK(int(send_rows.size()) == S && int(recv_rows.size()) == S,
+            "Communicator::all_to_all: need one row count per rank (", S, "), got ",
+            send_rows.size(), " send and ", recv_rows.size(), " recv counts");
+  OSP_CHECK(send.dim() >= 1 && recv.dim() >= 1, "Communicator::all_to_all: send/recv need dim 0");
+  const int64_t send_row = send.size(0) ? send.numel() / send.size(0) : 0;
+  const int64_t recv_row = recv.size(0) ? recv.numel() / recv.size(0) : 0;
+  int64_t ss = 0, rs = 0;
+  for (int r = 0; r < S; ++r) {
+    OSP_CHECK(send_rows[size_t(r)] >= 0 && recv_rows[size_t(r)] >= 0,
+              "Communicator::all_to_all: negative row count");
+    ss += send_rows[size_t(r)], rs += recv_rows[size_t(r)];
+  }
+  OSP_CHECK(ss == send.size(0), "Communicator::all_to_all: send row counts sum to ", ss,
+            " but send has ", send.size(0), " rows");
+  OSP_CHECK(rs == recv.size(0), "Communicator::all_to_all: recv row counts sum to ", rs,
+            " but recv has ", recv.size(0), " rows");
+  OSP_CHECK(send.size(0) == 0 || recv.size(0) == 0 || send_row == recv_row,
+            "Communicator::all_to_all: send rows have ", send_row, " elements but recv rows ",
+            recv_row);
+  const int64_t row = send.size(0) ? send_row : recv_row;
+  const size_t rb = size_t(row) * dtype_size(send.dtype());
+  std::vector<size_t> sb(static_cast<size_t>(S)), sd(static_cast<size_t>(S)), rbv(static_cast<size_t>(S)), rd(static_cast<size_t>(S));
+  size_t so = 0, ro = 0;
+  for (int r = 0; r < S; ++r) {
+    sb[size_t(r)] = size_t(send_rows[size_t(r)]) * rb, sd[size_t(r)] = so, so += sb[size_t(r)];
+    rbv[size_t(r)] = size_t(recv_rows[size_t(r)]) * rb, rd[size_t(r)] = ro, ro += rbv[size_t(r)];
+    if (r != rank()) bytes_sent_ += sb[size_t(r)];
+  }
+  raw_all_to_all(send.raw(), sb, sd, recv.raw(), rbv, rd, send);
+}
+
+void Communicator::all_gather(const Tensor& send, Tensor& recv) {
+  require_contig(send, "all_gather", "send");
+  require_contig(recv, "all_gather", "recv");
+  require_same_kind(send, recv, "all_gather");
+  check_device(send, "all_gather");
+  OSP_CHECK(recv.numel() == send.numel() * size(), "Communicator::all_gather: recv ", recv.desc(),
+            " must hold size (", size(), ") × send ", send.desc());
+  bytes_sent_ += uint64_t(size() - 1) * send.nbytes();
+  raw_all_gather(send.raw(), send.nbytes(), recv.raw(), send);
+}
+
+void Communicator::reduce_scatter(const Tensor& send, Tensor& recv) {
+  require_contig(send, "reduce_scatter", "send");
+  require_contig(recv, "reduce_scatter", "recv");
+  require_same_kind(send, recv, "reduce_scatter");
+  check_device(send, "reduce_scatter");
+  OSP_CHECK(send.numel() == recv.numel() * size(), "Communicator::reduce_scatter: send ",
+            send.desc(), " must hold size (", size(), ") × recv ", recv.desc());
+  bytes_sent_ += uint64_t(size() - 1) * recv.nbytes();
+  raw_reduce_scatter(send.raw(), recv.raw(), recv.numel(), send);
+}
+
+void Communicator::all_reduce(Tensor& x) {
+  require_contig(x, "all_reduce", "x");
+  check_device(x, "all_reduce");
+  bytes_sent_ += 2 * uint64_t(size() - 1) * x.nbytes() / uint64_t(size());
+  raw_all_reduce(x.raw(), x.numel(), x);
+}
+
+void Communicator::broadcast(Tensor& x, int root) {
+  require_contig(x, "broadcast", "x");
+  check_device(x, "broadcast");
+  OSP_CHECK(root >= 0 && root < size(), "Communicator::broadcast: root ", root,
+            " outside [0, ", size(), ")");
+  if (rank() == root) bytes_sent_ += uint64_t(size() - 1) * x.nbytes();
+  raw_broadcast(x.raw(), x.nbytes(), root, x);
+}
+
+void Communicator::barrier() { raw_barrier(); }
+
+// ------------------------------------------------------------------ single rank
+namespace {
+class SingleCommunicator final : public Communicator {
+ public:
+  const char* backend() const override { return "single"; }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::unique_ptr<Communicator> split(int, int) override {
+    return std::make_unique<SingleCommunicator>();
+  }
+
+ protected:
+  void copy(void* dst, const void* src, size_t bytes, const Tensor& like) {
+    if (bytes && dst != src) memcpy_any(dst, like.device(), src, like.device(), bytes);
+  }
+  void raw_all_to_all(const void* send, const std::vector<size_t>& sb,
+                      const std::vector<size_t>& sd, void* recv, const std::vector<size_t>& rb,
+                      const std::vector<size_t>& rd, const Tensor& like) override {
+    OSP_CHECK(sb[0] == rb[0], "Communicator::all_to_all (single): sending ", sb[0],
+              " bytes to itself but expecting ", rb[0]);
+    copy(static_cast<char*>(recv) + rd[0], static_cast<const char*>(send) + sd[0], sb[0], like);
+  }
+  void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor& like) override {
+    copy(recv, send, bytes, like);
+  }
+  void raw_reduce_scatter(const void* send, void* recv, int64_t n, const Tensor& like) override {
+    copy(recv, send, size_t(n) * dtype_size(like.dtype()), like);
+  }
+  void raw_all_reduce(void*, int64_t, const Tensor&) override {}
+  void raw_broadcast(void*, size_t, int, const Tensor&) override {}
+  void raw_barrier() override {}
+  void check_device(const Tensor&, const char*) const override {}
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_single_communicator() {
+  return std::make_unique<SingleCommunicator>();
+}
+
+static int env_int(std::initializer_list<const char*> names, int dflt) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n)) return std::atoi(v);
+  return dflt;
+}
+int launcher_rank() {
+  return env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, 0);
+}
+int launcher_size() {
+  return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"}, 1);
+}
+int launcher_local_rank() {
+  return env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}, 0);
+}
+
+std::unique_ptr<Communicator> make_communicator(const std::string& backend) {
+  if (backend == "single") return make_single_communicator();
+  if (backend == "mpi") return make_mpi_communicator();
+  if (backend == "nccl") return make_nccl_communicator();
+  OSP_CHECK(backend == "auto", "unknown communicator backend '", backend,
+            "' (expected single, mpi, nccl or auto)");
+  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
+                        std::getenv("PMIX_RANK");
+  if (!launched || !mpi_built()) return make_single_communicator();
+  if (nccl_built() && cuda_available()) return make_nccl_communicator();
+  return make_mpi_communicator();
+}
+
+}  // namespace osp::dist

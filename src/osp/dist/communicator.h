@@ -1,0 +1,99 @@
+// Collective communication over a group of ranks, with a byte counter per communicator.
+// Backends:
+//   single — one rank, every collective is a local copy (sends 0 bytes);
+//   mpi    — CPU tensors over OpenMPI (built when OSP_HAVE_MPI);
+//   nccl   — CUDA tensors over NCCL, one process per GPU (device = local rank), bootstrapped
+//            through MPI: rank 0's ncclUniqueId is broadcast with MPI (built when OSP_HAVE_NCCL).
+// All ranks of a communicator must call the same collectives in the same order (MPI rules).
+//
+// Byte accounting (bytes_sent): the bytes this rank hands to OTHER ranks, with the usual
+// algorithm volumes: all_to_all = sum of the chunks for other ranks; all_gather = (S−1)·local
+// (direct/ring); reduce_scatter = (S−1)/S·input (ring); all_reduce = 2(S−1)/S·input (ring);
+// broadcast = (S−1)·bytes on the root, 0 elsewhere; barrier = 0.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "osp/core/tensor.h"
+
+namespace osp::dist {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual const char* backend() const = 0;  // "single", "mpi", "nccl"
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Where this backend's tensors live: CPU for single and mpi, this rank's GPU for nccl.
+  virtual Device device() const { return Device::cpu(); }
+
+  // Equal split: send and recv have the same shape [S·k, ...]; rows [r·k, (r+1)·k) of send go
+  // to rank r, rows [r·k, (r+1)·k) of recv came from rank r.
+  void all_to_all(const Tensor& send, Tensor& recv);
+  // Uneven split, in rows of dim 0 (a row = numel/size(0) elements, equal for send and recv):
+  // the first send_rows[0] rows go to rank 0, the next send_rows[1] to rank 1, …; recv is
+  // filled likewise from recv_rows (which must match what the peers send: checked by the
+  // shapes, not by extra messages).
+  void all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                  const std::vector<int64_t>& recv_rows);
+  // recv = concat over ranks of send (rank-major): recv.numel() == S·send.numel().
+  void all_gather(const Tensor& send, Tensor& recv);
+  // Sum over ranks of send [S·n] (any shape with S·n elements), rank r keeps chunk r → recv [n].
+  void reduce_scatter(const Tensor& send, Tensor& recv);
+  void all_reduce(Tensor& x);  // sum, in place
+  void broadcast(Tensor& x, int root);
+  void barrier();
+
+  // Sub-communicator of the ranks passing the same color, ordered by key (MPI_Comm_split
+  // semantics). Collective over this communicator. Used for 2D meshes (SSP × Ulysses).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  uint64_t bytes_sent() const { return bytes_sent_; }
+  void reset_bytes() { bytes_sent_ = 0; }
+
+ protected:
+  // Raw collectives on contiguous buffers; counts/displacements in bytes. All validated.
+  virtual void raw_all_to_all(const void* send, const std::vector<size_t>& send_bytes,
+                              const std::vector<size_t>& send_displ, void* recv,
+                              const std::vector<size_t>& recv_bytes,
+                              const std::vector<size_t>& recv_displ, const Tensor& like) = 0;
+  virtual void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor& like) = 0;
+  virtual void raw_reduce_scatter(const void* send, void* recv, int64_t recv_count,
+                                  const Tensor& like) = 0;
+  virtual void raw_all_reduce(void* x, int64_t count, const Tensor& like) = 0;
+  virtual void raw_broadcast(void* x, size_t bytes, int root, const Tensor& like) = 0;
+  virtual void raw_barrier() = 0;
+  // Device check for this backend (CPU for mpi, CUDA for nccl, anything for single).
+  virtual void check_device(const Tensor& t, const char* op) const = 0;
+
+  uint64_t bytes_sent_ = 0;
+};
+
+// One rank; collectives copy locally.
+std::unique_ptr<Communicator> make_single_communicator();
+
+// True when this build has the MPI backend.
+bool mpi_built();
+// True when this build has the NCCL backend.
+bool nccl_built();
+
+// MPI_COMM_WORLD (initialises MPI on first use, finalised at exit). Throws when MPI is not
+// built in.
+std::unique_ptr<Communicator> make_mpi_communicator();
+// NCCL over the ranks of MPI_COMM_WORLD; selects CUDA device (local rank % device count) via
+// cudaSetDevice. Throws when NCCL is not built in or no GPU is visible.
+std::unique_ptr<Communicator> make_nccl_communicator();
+
+// "single", "mpi", "nccl", or "auto" (nccl when built and launched under mpirun with GPUs,
+// mpi when launched under mpirun, else single).
+std::unique_ptr<Communicator> make_communicator(const std::string& backend);
+
+// World rank/size from the launcher environment (OMPI_COMM_WORLD_RANK, PMI_RANK, …) without
+// initialising MPI; {0, 1} when not launched by mpirun.
+int launcher_rank();
+int launcher_size();
+int launcher_local_rank();
+
+}  // namespace osp::dist
