@@ -1,0 +1,24 @@
+// The attention implementations behind cuda::attention, exposed so tests and benchmarks can
+// run each one explicitly. cuda::attention picks per call (OSP_VERBOSE=1 logs the choice):
+//   * cuDNN fused flash attention (cuDNN 9 backend graph API), when built with cuDNN, no
+//     additive bias, D ∈ {64, 128}, and the graph is supported for the shape;
+//   * our own flash-attention kernel (mma.sync bf16, online softmax) otherwise.
+// OSP_ATTENTION=flash or =cudnn forces one (cudnn fails loudly if it cannot run).
+#pragma once
+#include "osp/ops/ops.h"
+
+namespace osp::ops::cuda {
+
+// Own kernel: any B, Lq, Lk ≥ 0, D ∈ {64, 128}, optional bias/kv_lens/q_lens (device or host
+// I32 [B]).
+void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                     const AttentionArgs& args);
+
+// cuDNN fused SDPA. Returns false (and logs why when OSP_VERBOSE) when cuDNN cannot run this
+// case (no cuDNN in the build, a bias, an unsupported shape or a graph cuDNN rejects).
+bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                     const AttentionArgs& args);
+
+// The path the most recent cuda::attention call took: "cudnn", "flash" or "" (none yet).
+const char* last_attention_path();
+}  // namespace osp::ops::cuda

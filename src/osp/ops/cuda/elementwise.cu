@@ -1,0 +1,411 @@
+// Norms, activations, residual updates, RoPE and data movement on CUDA.
+// Storage is f32 or bf16 (per tensor); all math is fp32. One thread block per row for the
+// row reductions (LayerNorm, RMSNorm), grid-stride loops for the elementwise ops.
+#include <cuda_bf16.h>
+
+#include "osp/ops/cuda/cuda_context.h"
+#include "osp/ops/cuda/cuda_ops.h"
+
+namespace osp::ops::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024). All threads get the result.
+__device__ float block_sum(float v) {
+  __shared__ float warp_part[32];
+  __shared__ float total;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = blockDim.x >> 5;
+    float s = lane < nw ? warp_part[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  float r = total;
+  __syncthreads();  // total may be rewritten by the next call
+  return r;
+}
+
+// LayerNorm over the last dim. mode 0: optional affine (w, b); mode 1: modulate with
+// (1 + scale) and shift, optionally rounding LN(x) to bf16 first.
+template <typename TI, typename TO>
+__global__ void layer_norm_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
+                                  float eps, const float* __restrict__ w,
+                                  const float* __restrict__ b, int mode,
+                                  const float* __restrict__ shift,
+                                  const float* __restrict__ scale, bool round_bf16) {
+  const TI* xr = x + blockIdx.x * C;
+  TO* orow = out + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += to_f(xr[c]);
+  float mean = block_sum(s) / float(C);
+  float v = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float d = to_f(xr[c]) - mean;
+    v += d * d;
+  }
+  float rstd = rsqrtf(block_sum(v) / float(C) + eps);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float y = (to_f(xr[c]) - mean) * rstd;
+    if (mode == 0) {
+      if (w) y = y * w[c] + b[c];
+    } else {
+      if (round_bf16) y = __bfloat162float(__float2bfloat16_rn(y));
+      y = y * (1.f + scale[c]) + shift[c];
+    }
+    orow[c] = from_f<TO>(y);
+  }
+}
+
+template <typename TI, typename TO>
+__global__ void rms_norm_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
+                                float eps, const float* __restrict__ w) {
+  const TI* xr = x + blockIdx.x * C;
+  TO* orow = out + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = to_f(xr[c]);
+    s += a * a;
+  }
+  float r = rsqrtf(block_sum(s) / float(C) + eps);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) orow[c] = from_f<TO>(to_f(xr[c]) * r * w[c]);
+}
+
+__device__ __forceinline__ float gelu_tanh_f(float x) {
+  const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.f + tanhf(k0 * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }
+
+template <typename TI, typename TO, int ACT>
+__global__ void unary_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = to_f(x[i]);
+    out[i] = from_f<TO>(ACT == 0 ? gelu_tanh_f(v) : silu_f(v));
+  }
+}
+
+template <typename TY>
+__global__ void add_gated_kernel(float* __restrict__ x, const TY* __restrict__ y,
+                                 const float* __restrict__ gate, int64_t n, int64_t C) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = to_f(y[i]);
+    if (gate) v *= gate[i % C];
+    x[i] += v;
+  }
+}
+
+__global__ void axpby_kernel(float a, const float* __restrict__ x, float b,
+                             const float* __restrict__ y, float* __restrict__ out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = a * x[i] + b * y[i];
+}
+
+// x [R, L, H, D]: one thread per (r, l, h, pair). Table [Rt, L, D/2, 2].
+template <typename TI, typename TO>
+__global__ void rope_kernel(const TI* x, TO* out, const float* __restrict__ cs, int64_t R,
+                            int64_t L, int64_t H, int64_t half, int64_t Rt) {
+  int64_t n = R * L * H * half;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t p = i % half;
+    int64_t rest = i / half;  // (r, l, h)
+    int64_t l = (rest / H) % L;
+    int64_t r = rest / (H * L);
+    const float* t = cs + (((r % Rt) * L + l) * half + p) * 2;
+    float c = t[0], s = t[1];
+    float x0 = to_f(x[2 * i]), x1 = to_f(x[2 * i + 1]);
+    out[2 * i] = from_f<TO>(x0 * c - x1 * s);
+    out[2 * i + 1] = from_f<TO>(x0 * s + x1 * c);
+  }
+}
+
+// out[i, :] = src[index[i], :] (zeros where index < 0 or >= N). One block row per output row,
+// W words of type V per row.
+template <typename V>
+__global__ void gather_rows_kernel(const V* __restrict__ src, const int32_t* __restrict__ index,
+                                   V* __restrict__ out, int64_t M, int64_t N, int64_t W) {
+  for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
+    int32_t s = index[row];
+    V* o = out + row * W;
+    if (s < 0 || s >= N) {
+      V z;
+      memset(&z, 0, sizeof(V));
+      for (int64_t c = threadIdx.x; c < W; c += blockDim.x) o[c] = z;
+    } else {
+      const V* in = src + int64_t(s) * W;
+      for (int64_t c = threadIdx.x; c < W; c += blockDim.x) o[c] = in[c];
+    }
+  }
+}
+
+// z [C, T, H, W] → out [T·(H/ph)·(W/pw), C·ph·pw], K ordered (c, q, r).
+template <typename TI, typename TO>
+__global__ void patchify_kernel(const TI* __restrict__ z, TO* __restrict__ out, int64_t C,
+                                int64_t T, int64_t H, int64_t W, int ph, int pw) {
+  int64_t hh = H / ph, ww = W / pw, K = C * ph * pw;
+  int64_t n = T * hh * ww * K;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t k = i % K, tok = i / K;
+    int64_t r = k % pw, q = (k / pw) % ph, c = k / (pw * ph);
+    int64_t j = tok % ww, ii = (tok / ww) % hh, f = tok / (ww * hh);
+    out[i] = from_f<TO>(to_f(z[((c * T + f) * H + ii * ph + q) * W + j * pw + r]));
+  }
+}
+
+// y [T·h·w, ph·pw·C] (c fastest) → out [C, T, h·ph, w·pw].
+template <typename TI, typename TO>
+__global__ void unpatchify_kernel(const TI* __restrict__ y, TO* __restrict__ out, int64_t C,
+                                  int64_t T, int64_t h, int64_t w, int ph, int pw) {
+  int64_t HH = h * ph, WW = w * pw;
+  int64_t n = C * T * HH * WW;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t xx = i % WW, yy = (i / WW) % HH, f = (i / (WW * HH)) % T, c = i / (WW * HH * T);
+    int64_t ii = yy / ph, q = yy % ph, j = xx / pw, r = xx % pw;
+    out[i] = from_f<TO>(to_f(y[((f * h + ii) * w + j) * (ph * pw * C) + (q * pw + r) * C + c]));
+  }
+}
+
+int row_threads(int64_t C) {
+  if (C >= 2048) return 512;
+  if (C >= 512) return 256;
+  if (C >= 128) return 128;
+  return 32;
+}
+
+int64_t rows_of(const Tensor& t) { return t.numel() / t.size(-1); }
+
+// Calls f.template operator()<TI, TO>() for the (f32|bf16) x (f32|bf16) combination.
+template <typename F>
+void dispatch2(DType a, DType b, const char* op, F&& f) {
+  if (a == DType::F32 && b == DType::F32) return f.template operator()<float, float>();
+  if (a == DType::F32 && b == DType::BF16) return f.template operator()<float, bf16>();
+  if (a == DType::BF16 && b == DType::F32) return f.template operator()<bf16, float>();
+  if (a == DType::BF16 && b == DType::BF16) return f.template operator()<bf16, bf16>();
+  fail(str("cuda::", op, ": dtypes ", dtype_name(a), " -> ", dtype_name(b),
+           " are not supported (f32 or bf16 only)"));
+}
+
+void check_io(const Tensor& x, const Tensor& out, const char* op) {
+  require_cuda(x, op, "input");
+  require_cuda(out, op, "output");
+  require_contiguous(x, op, "input");
+  require_contiguous(out, op, "output");
+  require_float(x, op, "input");
+  require_float(out, op, "output");
+  OSP_CHECK(x.numel() == out.numel(), "cuda::", op, ": input ", x.desc(), " and output ",
+            out.desc(), " differ in size");
+}
+
+const float* f32_ptr(const Tensor* t, const char* op, const char* what, int64_t C) {
+  if (!t) return nullptr;
+  require_cuda(*t, op, what);
+  require_contiguous(*t, op, what);
+  OSP_CHECK(t->dtype() == DType::F32, "cuda::", op, ": ", what, " must be f32, got ", t->desc());
+  OSP_CHECK(t->numel() == C, "cuda::", op, ": ", what, " must have ", C, " elements, got ",
+            t->desc());
+  return t->data<float>();
+}
+}  // namespace
+
+void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) {
+  check_io(x, out, "layer_norm");
+  int64_t C = x.size(-1), rows = rows_of(x);
+  OSP_CHECK((w == nullptr) == (b == nullptr), "cuda::layer_norm: w and b must both be given or both null");
+  const float* wp = f32_ptr(w, "layer_norm", "weight", C);
+  const float* bp = f32_ptr(b, "layer_norm", "bias", C);
+  if (rows == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "layer_norm", [&]<typename TI, typename TO>() {
+    layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+        x.data<TI>(), out.data<TO>(), C, eps, wp, bp, 0, nullptr, nullptr, false);
+  });
+  OSP_CUDA_LAUNCH_CHECK("layer_norm_kernel");
+}
+
+void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                         Tensor& out, bool round_ln_to_bf16) {
+  check_io(x, out, "layer_norm_modulate");
+  int64_t C = x.size(-1), rows = rows_of(x);
+  const float* sh = f32_ptr(&shift, "layer_norm_modulate", "shift", C);
+  const float* sc = f32_ptr(&scale, "layer_norm_modulate", "scale", C);
+  if (rows == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "layer_norm_modulate", [&]<typename TI, typename TO>() {
+    layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+        x.data<TI>(), out.data<TO>(), C, eps, nullptr, nullptr, 1, sh, sc, round_ln_to_bf16);
+  });
+  OSP_CUDA_LAUNCH_CHECK("layer_norm_kernel(modulate)");
+}
+
+void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  check_io(x, out, "rms_norm");
+  int64_t C = x.size(-1), rows = rows_of(x);
+  const float* wp = f32_ptr(&w, "rms_norm", "weight", C);
+  if (rows == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "rms_norm", [&]<typename TI, typename TO>() {
+    rms_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+        x.data<TI>(), out.data<TO>(), C, eps, wp);
+  });
+  OSP_CUDA_LAUNCH_CHECK("rms_norm_kernel");
+}
+
+void gelu_tanh(const Tensor& x, Tensor& out) {
+  check_io(x, out, "gelu_tanh");
+  int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "gelu_tanh", [&]<typename TI, typename TO>() {
+    unary_kernel<TI, TO, 0><<<grid_for(n), 256, 0, stream()>>>(x.data<TI>(), out.data<TO>(), n);
+  });
+  OSP_CUDA_LAUNCH_CHECK("unary_kernel(gelu_tanh)");
+}
+
+void silu(const Tensor& x, Tensor& out) {
+  check_io(x, out, "silu");
+  int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "silu", [&]<typename TI, typename TO>() {
+    unary_kernel<TI, TO, 1><<<grid_for(n), 256, 0, stream()>>>(x.data<TI>(), out.data<TO>(), n);
+  });
+  OSP_CUDA_LAUNCH_CHECK("unary_kernel(silu)");
+}
+
+void add_gated_(Tensor& x, const Tensor& y, const Tensor* gate) {
+  check_io(y, x, "add_gated_");
+  OSP_CHECK(x.dtype() == DType::F32, "cuda::add_gated_: the residual x must be f32, got ", x.desc());
+  int64_t C = x.size(-1), n = x.numel();
+  const float* g = f32_ptr(gate, "add_gated_", "gate", C);
+  if (n == 0) return;
+  if (y.dtype() == DType::F32)
+    add_gated_kernel<float><<<grid_for(n), 256, 0, stream()>>>(x.data<float>(), y.data<float>(), g, n, C);
+  else
+    add_gated_kernel<bf16><<<grid_for(n), 256, 0, stream()>>>(x.data<float>(), y.data<bf16>(), g, n, C);
+  OSP_CUDA_LAUNCH_CHECK("add_gated_kernel");
+}
+
+void axpby(float a, const Tensor& x, float b, const Tensor& y, Tensor& out) {
+  check_io(x, out, "axpby");
+  check_io(y, out, "axpby");
+  OSP_CHECK(x.dtype() == DType::F32 && y.dtype() == DType::F32 && out.dtype() == DType::F32,
+            "cuda::axpby: x, y and out must be f32, got ", x.desc(), ", ", y.desc(), ", ", out.desc());
+  int64_t n = x.numel();
+  if (n == 0) return;
+  axpby_kernel<<<grid_for(n), 256, 0, stream()>>>(a, x.data<float>(), b, y.data<float>(),
+                                                  out.data<float>(), n);
+  OSP_CUDA_LAUNCH_CHECK("axpby_kernel");
+}
+
+void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
+  check_io(x, out, "rope");
+  OSP_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "cuda::rope: x must be [R, L, H, D] with D even, got ",
+            x.desc());
+  require_cuda(cos_sin, "rope", "cos_sin");
+  require_contiguous(cos_sin, "rope", "cos_sin");
+  int64_t R = x.size(0), L = x.size(1), H = x.size(2), half = x.size(3) / 2;
+  OSP_CHECK(cos_sin.dtype() == DType::F32 && cos_sin.dim() == 4 && cos_sin.size(1) == L &&
+                cos_sin.size(2) == half && cos_sin.size(3) == 2 && cos_sin.size(0) >= 1,
+            "cuda::rope: cos_sin must be f32 [Rt, ", L, ", ", half, ", 2], got ", cos_sin.desc());
+  int64_t Rt = cos_sin.size(0);
+  int64_t n = R * L * H * half;
+  if (n == 0) return;
+  dispatch2(x.dtype(), out.dtype(), "rope", [&]<typename TI, typename TO>() {
+    rope_kernel<TI, TO><<<grid_for(n), 256, 0, stream()>>>(x.data<TI>(), out.data<TO>(),
+                                                           cos_sin.data<float>(), R, L, H, half, Rt);
+  });
+  OSP_CUDA_LAUNCH_CHECK("rope_kernel");
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  require_cuda(src, "gather_rows", "src");
+  require_cuda(index, "gather_rows", "index");
+  require_cuda(out, "gather_rows", "out");
+  require_contiguous(src, "gather_rows", "src");
+  require_contiguous(index, "gather_rows", "index");
+  require_contiguous(out, "gather_rows", "out");
+  OSP_CHECK(index.dtype() == DType::I32 && index.dim() == 1, "cuda::gather_rows: index must be i32 [M], got ",
+            index.desc());
+  OSP_CHECK(src.dim() == 2 && out.dim() == 2 && out.size(0) == index.size(0) &&
+                out.size(1) == src.size(1) && out.dtype() == src.dtype(),
+            "cuda::gather_rows: expected src [N, C], index [M], out [M, C] of src's dtype; got ",
+            src.desc(), ", ", index.desc(), ", ", out.desc());
+  int64_t M = out.size(0), N = src.size(0);
+  size_t row_bytes = size_t(src.size(1)) * dtype_size(src.dtype());
+  if (M == 0 || row_bytes == 0) return;
+  unsigned grid = unsigned(M < 65535 * 4 ? M : 65535 * 4);
+  auto aligned = [&](size_t a) {
+    return row_bytes % a == 0 && reinterpret_cast<uintptr_t>(src.raw()) % a == 0 &&
+           reinterpret_cast<uintptr_t>(out.raw()) % a == 0;
+  };
+  const int32_t* idx = index.data<int32_t>();
+  if (aligned(16)) {
+    int64_t W = row_bytes / 16;
+    gather_rows_kernel<uint4><<<grid, W >= 256 ? 256 : 64, 0, stream()>>>(
+        (const uint4*)src.raw(), idx, (uint4*)out.raw(), M, N, W);
+  } else if (aligned(4)) {
+    int64_t W = row_bytes / 4;
+    gather_rows_kernel<uint32_t><<<grid, W >= 256 ? 256 : 64, 0, stream()>>>(
+        (const uint32_t*)src.raw(), idx, (uint32_t*)out.raw(), M, N, W);
+  } else {
+    gather_rows_kernel<uint8_t><<<grid, 128, 0, stream()>>>((const uint8_t*)src.raw(), idx,
+                                                            (uint8_t*)out.raw(), M, N, row_bytes);
+  }
+  OSP_CUDA_LAUNCH_CHECK("gather_rows_kernel");
+}
+
+void patchify(const Tensor& z, int pt, int ph, int pw, Tensor& out) {
+  check_io(z, out, "patchify");
+  OSP_CHECK(pt == 1, "cuda::patchify: pt must be 1, got ", pt);
+  OSP_CHECK(z.dim() == 4 && ph > 0 && pw > 0 && z.size(2) % ph == 0 && z.size(3) % pw == 0,
+            "cuda::patchify: z must be [C, T, H, W] with H % ", ph, " == 0 and W % ", pw,
+            " == 0, got ", z.desc());
+  int64_t C = z.size(0), T = z.size(1), H = z.size(2), W = z.size(3);
+  OSP_CHECK(out.dim() == 2 && out.size(0) == T * (H / ph) * (W / pw) && out.size(1) == C * ph * pw,
+            "cuda::patchify: out must be [", T * (H / ph) * (W / pw), ", ", C * ph * pw, "], got ",
+            out.desc());
+  int64_t n = out.numel();
+  if (n == 0) return;
+  dispatch2(z.dtype(), out.dtype(), "patchify", [&]<typename TI, typename TO>() {
+    patchify_kernel<TI, TO><<<grid_for(n), 256, 0, stream()>>>(z.data<TI>(), out.data<TO>(), C, T,
+                                                               H, W, ph, pw);
+  });
+  OSP_CUDA_LAUNCH_CHECK("patchify_kernel");
+}
+
+void unpatchify(const Tensor& y, int64_t T, int64_t h, int64_t w, int pt, int ph, int pw,
+                Tensor& out) {
+  check_io(y, out, "unpatchify");
+  OSP_CHECK(pt == 1, "cuda::unpatchify: pt must be 1, got ", pt);
+  OSP_CHECK(y.dim() == 2 && y.size(0) == T * h * w && y.size(1) % (ph * pw) == 0,
+            "cuda::unpatchify: y must be [", T * h * w, ", ph*pw*C], got ", y.desc());
+  int64_t C = y.size(1) / (ph * pw);
+  OSP_CHECK(out.dim() == 4 && out.size(0) == C && out.size(1) == T && out.size(2) == h * ph &&
+                out.size(3) == w * pw,
+            "cuda::unpatchify: out must be [", C, ", ", T, ", ", h * ph, ", ", w * pw, "], got ",
+            out.desc());
+  int64_t n = out.numel();
+  if (n == 0) return;
+  dispatch2(y.dtype(), out.dtype(), "unpatchify", [&]<typename TI, typename TO>() {
+    unpatchify_kernel<TI, TO><<<grid_for(n), 256, 0, stream()>>>(y.data<TI>(), out.data<TO>(), C,
+                                                                 T, h, w, ph, pw);
+  });
+  OSP_CUDA_LAUNCH_CHECK("unpatchify_kernel");
+}
+
+}  // namespace osp::ops::cuda

@@ -1,0 +1,324 @@
+// Backend parity (in the spirit of ggml's test-backend-ops): every CUDA op against its CPU
+// fp32 reference on random shapes (odd sizes included) and fresh random values. GPU inputs
+// are the CPU inputs rounded to bf16 where the CUDA op takes bf16, so both backends see the
+// same values; GPU outputs are poisoned with NaN first so an unwritten element fails.
+// Bound: ‖gpu − cpu‖ / ‖cpu‖ within bf16 bounds (≤ 1e-2; f32-only ops ≤ 1e-5).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "osp/ops/cuda/attention_paths.h"
+#include "osp/ops/ops.h"
+#include "test_util.h"
+
+namespace osp {
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+uint32_t g_seed = 1234;  // every draw gets a fresh seed
+
+Tensor rnd(const Shape& s, float scale = 1.f, bool bf16_exact = false) {
+  std::mt19937 g(g_seed++);
+  std::normal_distribution<float> n(0.f, scale);
+  std::vector<float> v(size_t(shape_numel(s)));
+  for (auto& x : v) x = bf16_exact ? round_bf16(n(g)) : n(g);
+  return Tensor::from_vector(v, s);
+}
+Tensor on_gpu(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(kGpu); }
+Tensor poisoned(const Shape& s, DType dt) {
+  std::vector<float> v(size_t(shape_numel(s)), std::numeric_limits<float>::quiet_NaN());
+  return Tensor::from_vector(v, s).to(dt).to(kGpu);
+}
+double rel(const Tensor& gpu, const Tensor& cpu) {
+  return relative_error(gpu.to(Device::cpu()).to(DType::F32), cpu);
+}
+const char* dn(DType d) { return dtype_name(d); }
+
+struct Case {
+  std::string name;
+  std::function<void()> run;  // builds inputs, runs both backends, asserts the bound
+};
+
+#define EXPECT_REL(gpu, cpu, tol)                                   \
+  do {                                                              \
+    double e_ = rel(gpu, cpu);                                      \
+    EXPECT_LE(e_, tol) << "relative error " << e_;                  \
+    EXPECT_FALSE(std::isnan(e_)) << "NaN: an output was not written"; \
+  } while (0)
+
+// ---------------------------------------------------------------- cases
+void linear_case(int64_t M, int64_t K, int64_t N, int bias_kind, ops::Act act, DType out_dt) {
+  Tensor x = rnd({M, K}, 1.f, true), w = rnd({N, K}, 1.f / std::sqrt(float(K)), true);
+  Tensor b = rnd({N}, 0.5f, true);
+  Tensor ref = Tensor::empty({M, N}, DType::F32);
+  ops::linear(x, w, bias_kind ? &b : nullptr, ref, act);
+  Tensor gx = on_gpu(x, DType::BF16), gw = on_gpu(w, DType::BF16);
+  Tensor gb = on_gpu(b, bias_kind == 2 ? DType::F32 : DType::BF16);
+  Tensor out = poisoned({M, N}, out_dt);
+  ops::linear(gx, gw, bias_kind ? &gb : nullptr, out, act);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 5e-3);
+}
+
+void layer_norm_case(int64_t R, int64_t C, bool affine, DType in_dt, DType out_dt) {
+  Tensor x = rnd({R, C}, 2.f, in_dt == DType::BF16), w = rnd({C}), b = rnd({C});
+  Tensor ref = Tensor::empty({R, C}, DType::F32);
+  ops::layer_norm(x, affine ? &w : nullptr, affine ? &b : nullptr, 1e-6f, ref);
+  Tensor gw = on_gpu(w, DType::F32), gb = on_gpu(b, DType::F32);
+  Tensor out = poisoned({R, C}, out_dt);
+  ops::layer_norm(on_gpu(x, in_dt), affine ? &gw : nullptr, affine ? &gb : nullptr, 1e-6f, out);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+void ln_modulate_case(int64_t R, int64_t C, bool round, DType in_dt, DType out_dt) {
+  Tensor x = rnd({R, C}, 1.f, in_dt == DType::BF16), sh = rnd({C}, 0.3f), sc = rnd({C}, 0.3f);
+  Tensor ref = Tensor::empty({R, C}, DType::F32);
+  ops::layer_norm_modulate(x, sh, sc, 1e-6f, ref, round);
+  Tensor out = poisoned({R, C}, out_dt);
+  ops::layer_norm_modulate(on_gpu(x, in_dt), on_gpu(sh, DType::F32), on_gpu(sc, DType::F32), 1e-6f,
+                           out, round);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+void rms_case(int64_t R, int64_t C, DType in_dt, DType out_dt) {
+  Tensor x = rnd({R, C}, 3.f, in_dt == DType::BF16), w = rnd({C});
+  Tensor ref = Tensor::empty({R, C}, DType::F32);
+  ops::rms_norm(x, w, 1e-6f, ref);
+  Tensor out = poisoned({R, C}, out_dt);
+  ops::rms_norm(on_gpu(x, in_dt), on_gpu(w, DType::F32), 1e-6f, out);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+void act_case(bool gelu, int64_t n, DType in_dt, DType out_dt, bool in_place) {
+  Tensor x = rnd({n}, 2.f, in_dt == DType::BF16);
+  Tensor ref = Tensor::empty({n}, DType::F32);
+  if (gelu) ops::gelu_tanh(x, ref);
+  else ops::silu(x, ref);
+  Tensor gx = on_gpu(x, in_dt);
+  Tensor out = in_place ? gx : poisoned({n}, out_dt);
+  if (gelu) ops::gelu_tanh(gx, out);
+  else ops::silu(gx, out);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+void add_gated_case(int64_t R, int64_t C, bool gated, DType y_dt) {
+  Tensor x = rnd({R, C}), y = rnd({R, C}, 1.f, y_dt == DType::BF16), g = rnd({C});
+  Tensor gx = on_gpu(x, DType::F32);
+  Tensor ref = x.clone();
+  ops::add_gated_(ref, y, gated ? &g : nullptr);
+  Tensor gg = on_gpu(g, DType::F32);
+  ops::add_gated_(gx, on_gpu(y, y_dt), gated ? &gg : nullptr);
+  EXPECT_REL(gx, ref, 1e-6);
+}
+
+void axpby_case(int64_t n) {
+  Tensor x = rnd({n}), y = rnd({n});
+  Tensor ref = Tensor::empty({n}, DType::F32);
+  ops::axpby(0.7f, x, -1.3f, y, ref);
+  Tensor out = poisoned({n}, DType::F32);
+  ops::axpby(0.7f, on_gpu(x, DType::F32), -1.3f, on_gpu(y, DType::F32), out);
+  EXPECT_REL(out, ref, 1e-6);
+}
+
+void rope_case(int64_t R, int64_t L, int64_t H, int64_t D, int64_t Rt, DType in_dt, DType out_dt,
+               bool in_place) {
+  Tensor x = rnd({R, L, H, D}, 1.f, in_dt == DType::BF16);
+  std::vector<float> cs(size_t(Rt * L * D / 2 * 2));
+  std::mt19937 g(g_seed++);
+  std::uniform_real_distribution<float> u(-3.14159f, 3.14159f);
+  for (size_t i = 0; i < cs.size(); i += 2) {
+    float th = u(g);
+    cs[i] = std::cos(th);
+    cs[i + 1] = std::sin(th);
+  }
+  Tensor table = Tensor::from_vector(cs, {Rt, L, D / 2, 2});
+  Tensor ref = Tensor::empty({R, L, H, D}, DType::F32);
+  ops::rope(x, table, ref);
+  Tensor gx = on_gpu(x, in_dt);
+  Tensor out = in_place ? gx : poisoned({R, L, H, D}, out_dt);
+  ops::rope(gx, on_gpu(table, DType::F32), out);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+Tensor lens_tensor(const std::vector<int>& v) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::I32);
+  for (size_t i = 0; i < v.size(); ++i) t.data<int32_t>()[i] = v[i];
+  return t;
+}
+
+// path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run)
+void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int path,
+                    std::vector<int> kv = {}, std::vector<int> ql = {}, bool bias = false,
+                    float scale = 0.f) {
+  Tensor q = rnd({B, Lq, H, D}, 1.f, true), k = rnd({B, Lk, H, D}, 1.f, true),
+         v = rnd({B, Lk, H, D}, 1.f, true);
+  Tensor bt = rnd({H, Lq, Lk}, 1.f);
+  Tensor kvl = kv.empty() ? Tensor() : lens_tensor(kv), qll = ql.empty() ? Tensor() : lens_tensor(ql);
+  ops::AttentionArgs a;
+  a.scale = scale;
+  a.kv_lens = kv.empty() ? nullptr : &kvl;
+  a.q_lens = ql.empty() ? nullptr : &qll;
+  if (bias) a.bias = &bt;
+  Tensor ref = Tensor::empty({B, Lq, H, D}, DType::F32);
+  ops::attention(q, k, v, ref, a);
+  Tensor gbias = on_gpu(bt, DType::F32);
+  if (bias) a.bias = &gbias;
+  Tensor gq = on_gpu(q, DType::BF16), gk = on_gpu(k, DType::BF16), gv = on_gpu(v, DType::BF16);
+  Tensor out = poisoned({B, Lq, H, D}, DType::BF16);
+  if (path == 0) {
+    ops::attention(gq, gk, gv, out, a);
+  } else if (path == 1) {
+    ops::cuda::attention_flash(gq, gk, gv, out, a);
+  } else {
+    bool ran = ops::cuda::attention_cudnn(gq, gk, gv, out, a);
+    ASSERT_TRUE(ran) << "cuDNN fused SDPA did not run for this case (OSP_VERBOSE=1 says why)";
+  }
+  EXPECT_REL(out, ref, 1e-2);
+}
+
+void gather_case(int64_t N, int64_t C, int64_t M, DType dt) {
+  Tensor src = rnd({N, C}, 1.f, true);
+  std::vector<int> idx(static_cast<size_t>(M));
+  std::mt19937 g(g_seed++);
+  for (auto& i : idx) i = int(g() % uint32_t(N + 3)) - 3;  // some negative (zero rows)
+  Tensor index = lens_tensor(idx);
+  Tensor ref = Tensor::empty({M, C}, DType::F32);
+  ops::gather_rows(src, index, ref);
+  Tensor out = poisoned({M, C}, dt);
+  ops::gather_rows(on_gpu(src, dt), index.to(kGpu), out);
+  EXPECT_REL(out, ref, 0.0);  // exact: a permutation of bf16-exact values
+}
+
+void patchify_case(int64_t C, int64_t T, int64_t H, int64_t W, DType in_dt, DType out_dt) {
+  Tensor z = rnd({C, T, H, W}, 1.f, true);
+  Shape os = {T * (H / 2) * (W / 2), C * 4};
+  Tensor ref = Tensor::empty(os, DType::F32);
+  ops::patchify(z, 1, 2, 2, ref);
+  Tensor out = poisoned(os, out_dt);
+  ops::patchify(on_gpu(z, in_dt), 1, 2, 2, out);
+  EXPECT_REL(out, ref, 0.0);
+}
+
+void unpatchify_case(int64_t C, int64_t T, int64_t h, int64_t w, DType in_dt, DType out_dt) {
+  Tensor y = rnd({T * h * w, 4 * C}, 1.f, true);
+  Shape os = {C, T, 2 * h, 2 * w};
+  Tensor ref = Tensor::empty(os, DType::F32);
+  ops::unpatchify(y, T, h, w, 1, 2, 2, ref);
+  Tensor out = poisoned(os, out_dt);
+  ops::unpatchify(on_gpu(y, in_dt), T, h, w, 1, 2, 2, out);
+  EXPECT_REL(out, ref, 0.0);
+}
+
+std::vector<Case> all_cases() {
+  using A = ops::Act;
+  const DType F = DType::F32, H = DType::BF16;
+  std::vector<Case> c;
+  auto add = [&](std::string n, std::function<void()> f) { c.push_back({std::move(n), std::move(f)}); };
+  // linear: odd sizes, each bias kind (0 none, 1 bf16, 2 f32), each activation, both outputs
+  add("linear_1x64x32", [=] { linear_case(1, 64, 32, 0, A::None, H); });
+  add("linear_37x96x200_bias_bf16", [=] { linear_case(37, 96, 200, 1, A::None, H); });
+  add("linear_37x96x200_bias_f32_out_f32", [=] { linear_case(37, 96, 200, 2, A::None, F); });
+  add("linear_300x512x384_gelu_bias", [=] { linear_case(300, 512, 384, 1, A::GeluTanh, H); });
+  add("linear_77x256x136_gelu_nobias_f32", [=] { linear_case(77, 256, 136, 0, A::GeluTanh, F); });
+  add("linear_129x128x72_silu_bias_f32", [=] { linear_case(129, 128, 72, 2, A::Silu, H); });
+  add("linear_513x1536x1536_bias_f32out", [=] { linear_case(513, 1536, 1536, 2, A::None, F); });
+  // norms
+  add("layer_norm_7x33_f32_bf16", [=] { layer_norm_case(7, 33, false, F, H); });
+  add("layer_norm_64x1536_bf16_f32_affine", [=] { layer_norm_case(64, 1536, true, H, F); });
+  add("layer_norm_3x5120_f32_f32_affine", [=] { layer_norm_case(3, 5120, true, F, F); });
+  add("ln_modulate_5x257_f32_bf16", [=] { ln_modulate_case(5, 257, false, F, H); });
+  add("ln_modulate_9x1536_bf16_f32_round", [=] { ln_modulate_case(9, 1536, true, H, F); });
+  add("rms_norm_13x1000_bf16_bf16", [=] { rms_case(13, 1000, H, H); });
+  add("rms_norm_4x5120_f32_f32", [=] { rms_case(4, 5120, F, F); });
+  add("rms_norm_31x96_bf16_f32", [=] { rms_case(31, 96, H, F); });
+  // elementwise
+  add("gelu_1001_f32_bf16", [=] { act_case(true, 1001, F, H, false); });
+  add("gelu_4097_bf16_inplace", [=] { act_case(true, 4097, H, H, true); });
+  add("gelu_333_f32_f32", [=] { act_case(true, 333, F, F, false); });
+  add("silu_999_bf16_f32", [=] { act_case(false, 999, H, F, false); });
+  add("silu_2048_f32_inplace", [=] { act_case(false, 2048, F, F, true); });
+  add("add_gated_17x129_bf16_gate", [=] { add_gated_case(17, 129, true, H); });
+  add("add_gated_5x1536_f32_nogate", [=] { add_gated_case(5, 1536, false, F); });
+  add("axpby_1003", [=] { axpby_case(1003); });
+  // RoPE
+  add("rope_1x37x3x128_bf16", [=] { rope_case(1, 37, 3, 128, 1, H, H, false); });
+  add("rope_2x19x2x64_f32_bf16_Rt2", [=] { rope_case(2, 19, 2, 64, 2, F, H, false); });
+  add("rope_4x11x5x128_f32_inplace_Rt2", [=] { rope_case(4, 11, 5, 128, 2, F, F, true); });
+  add("rope_3x7x1x10_bf16_f32_Rt1", [=] { rope_case(3, 7, 1, 10, 1, H, F, false); });
+  // attention: auto path, own kernel, cuDNN; odd lengths, D 64/128, cross-attn Lk 512,
+  // padded sub-sequences (kv_lens / q_lens), umT5-style bias
+  add("attn_auto_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 0); });
+  add("attn_flash_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 1); });
+  add("attn_cudnn_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 2); });
+  add("attn_flash_2x130x512x3x64_cross", [=] { attention_case(2, 130, 512, 3, 64, 1); });
+  add("attn_cudnn_2x130x512x3x64_cross", [=] { attention_case(2, 130, 512, 3, 64, 2); });
+  add("attn_flash_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 1); });
+  add("attn_cudnn_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 2); });
+  add("attn_flash_4x100_kvlens_qlens", [=] {
+    attention_case(4, 100, 100, 2, 128, 1, {100, 37, 1, 0}, {100, 50, 3, 64});
+  });
+  add("attn_cudnn_4x100_kvlens_qlens", [=] {
+    attention_case(4, 100, 100, 2, 128, 2, {100, 37, 1, 64}, {100, 50, 3, 64});
+  });
+  add("attn_auto_4x96_kvlens_only", [=] { attention_case(4, 96, 96, 3, 64, 0, {96, 80, 17, 50}); });
+  add("attn_flash_2x24x4x64_bias_t5", [=] {
+    attention_case(2, 24, 24, 4, 64, 1, {24, 9}, {}, true, 1.f);
+  });
+  add("attn_auto_1x33x2x128_bias_scale", [=] { attention_case(1, 33, 33, 2, 128, 0, {}, {}, true, 0.3f); });
+  // data movement
+  add("gather_50x37_bf16", [=] { gather_case(50, 37, 61, H); });
+  add("gather_40x64_f32", [=] { gather_case(40, 64, 33, F); });
+  add("gather_9x3_f32", [=] { gather_case(9, 3, 20, F); });
+  add("patchify_16x3x8x12_f32_bf16", [=] { patchify_case(16, 3, 8, 12, F, H); });
+  add("patchify_5x2x6x10_bf16_f32", [=] { patchify_case(5, 2, 6, 10, H, F); });
+  add("unpatchify_16x3x4x6_f32", [=] { unpatchify_case(16, 3, 4, 6, F, F); });
+  add("unpatchify_3x2x5x7_bf16_f32", [=] { unpatchify_case(3, 2, 5, 7, H, F); });
+  return c;
+}
+
+class BackendParity : public ::testing::TestWithParam<Case> {};
+
+TEST_P(BackendParity, CudaMatchesCpu) {
+  OSP_REQUIRE_GPU();
+  GetParam().run();
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, BackendParity, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// Bad input gives a clear osp::Error, not a crash.
+TEST(BackendParityErrors, RejectsUnsupportedInput) {
+  OSP_REQUIRE_GPU();
+  Tensor q = poisoned({1, 8, 2, 96}, DType::BF16), o = poisoned({1, 8, 2, 96}, DType::BF16);
+  EXPECT_THROW(ops::attention(q, q, q, o), Error);  // D = 96 is not a CUDA head dim
+  Tensor xf = poisoned({4, 8}, DType::F32), w = poisoned({3, 8}, DType::BF16);
+  Tensor out = poisoned({4, 3}, DType::BF16);
+  EXPECT_THROW(ops::linear(xf, w, nullptr, out), Error);  // CUDA linear takes bf16 x
+  Tensor cpu_x = Tensor::zeros({4, 8}, DType::F32);
+  Tensor gpu_o = poisoned({4, 8}, DType::F32);
+  EXPECT_THROW(ops::gelu_tanh(cpu_x, gpu_o), Error);  // mixed devices
+  EXPECT_THROW(ops::cuda::attention_flash(q, q, q, o, {}), Error);  // direct path validates too
+}
+
+// The path choice is visible: after a plain D=128 call, cuDNN ran (or OSP_ATTENTION forced one).
+TEST(BackendParityPaths, AttentionPathIsReported) {
+  OSP_REQUIRE_GPU();
+  Tensor q = on_gpu(rnd({1, 64, 2, 128}, 1.f, true), DType::BF16);
+  Tensor o = poisoned({1, 64, 2, 128}, DType::BF16);
+  ops::attention(q, q, q, o);
+  std::string p = ops::cuda::last_attention_path();
+  EXPECT_TRUE(p == "cudnn" || p == "flash") << p;
+  ops::AttentionArgs a;
+  Tensor bias = on_gpu(rnd({2, 64, 64}), DType::F32);
+  a.bias = &bias;
+  ops::attention(q, q, q, o, a);
+  EXPECT_EQ(std::string(ops::cuda::last_attention_path()), "flash");  // bias → own kernel
+}
+
+}  // namespace
+}  // namespace osp
