@@ -209,9 +209,25 @@ Tensor SafetensorsFile::get(const std::string& name) const {
 }
 
 namespace {
-// The padded header and the tensors in file order; each tensor is made contiguous on the
-// CPU only when written, so saving a large model does not double its memory.
-std::string build_header(const std::map<std::string, Tensor>& tensors,
+// Data order: larger elements first (then by name), as the reference writer does, so every
+// tensor starts at a multiple of its element size with no gaps (readers that require a
+// gap-free data section accept the file).
+std::vector<std::pair<const std::string*, const Tensor*>> data_order(
+    const std::map<std::string, Tensor>& tensors) {
+  std::vector<std::pair<const std::string*, const Tensor*>> v;
+  for (auto& [name, t] : tensors) {
+    OSP_CHECK(!name.empty(), "save_safetensors: empty tensor name");
+    OSP_CHECK(name != "__metadata__", "save_safetensors: '__metadata__' is reserved");
+    OSP_CHECK(t.defined(), "save_safetensors: tensor '", name, "' is undefined");
+    v.emplace_back(&name, &t);
+  }
+  std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+    return dtype_size(a.second->dtype()) > dtype_size(b.second->dtype());
+  });
+  return v;
+}
+// The header, padded with spaces so the data section starts 8-byte aligned.
+std::string build_header(const std::vector<std::pair<const std::string*, const Tensor*>>& order,
                          const std::map<std::string, std::string>& metadata, uint64_t* data_bytes) {
   json h = json::object();
   if (!metadata.empty()) {
@@ -220,16 +236,13 @@ std::string build_header(const std::map<std::string, Tensor>& tensors,
     h["__metadata__"] = m;
   }
   uint64_t off = 0;
-  for (auto& [name, t] : tensors) {
-    OSP_CHECK(!name.empty(), "save_safetensors: empty tensor name");
-    OSP_CHECK(name != "__metadata__", "save_safetensors: '__metadata__' is reserved");
-    OSP_CHECK(t.defined(), "save_safetensors: tensor '", name, "' is undefined");
+  for (auto& [name, t] : order) {
     json shape = json::array();
-    for (auto d : t.shape()) shape.push_back(d);
-    h[name] = {{"dtype", safetensors_dtype_name(t.dtype())},
-               {"shape", shape},
-               {"data_offsets", {off, off + t.nbytes()}}};
-    off += t.nbytes();
+    for (auto d : t->shape()) shape.push_back(d);
+    h[*name] = {{"dtype", safetensors_dtype_name(t->dtype())},
+                {"shape", shape},
+                {"data_offsets", {off, off + t->nbytes()}}};
+    off += t->nbytes();
   }
   std::string hs = h.dump();
   while ((8 + hs.size()) % 8 != 0) hs.push_back(' ');
@@ -246,12 +259,13 @@ Tensor host_contiguous(const Tensor& t) {
 std::vector<uint8_t> serialize_safetensors(const std::map<std::string, Tensor>& tensors,
                                            const std::map<std::string, std::string>& metadata) {
   uint64_t data_bytes = 0;
-  std::string head = build_header(tensors, metadata, &data_bytes);
+  const auto order = data_order(tensors);
+  std::string head = build_header(order, metadata, &data_bytes);
   std::vector<uint8_t> out(head.size() + data_bytes);
   std::memcpy(out.data(), head.data(), head.size());
   uint8_t* d = out.data() + head.size();
-  for (auto& [name, t] : tensors) {
-    Tensor c = host_contiguous(t);
+  for (auto& [name, t] : order) {
+    Tensor c = host_contiguous(*t);
     if (c.nbytes()) std::memcpy(d, c.raw(), c.nbytes());
     d += c.nbytes();
   }
@@ -261,14 +275,15 @@ std::vector<uint8_t> serialize_safetensors(const std::map<std::string, Tensor>& 
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   uint64_t data_bytes = 0;
-  std::string head = build_header(tensors, metadata, &data_bytes);
+  const auto order = data_order(tensors);
+  std::string head = build_header(order, metadata, &data_bytes);
   const std::string tmp = str(path, ".tmp", ::getpid());
   FILE* fp = std::fopen(tmp.c_str(), "wb");
   OSP_CHECK(fp, "save_safetensors: cannot create '", tmp, "': ", std::strerror(errno));
   bool ok = std::fwrite(head.data(), 1, head.size(), fp) == head.size();
   try {
-    for (auto it = tensors.begin(); ok && it != tensors.end(); ++it) {
-      Tensor c = host_contiguous(it->second);
+    for (auto it = order.begin(); ok && it != order.end(); ++it) {
+      Tensor c = host_contiguous(*it->second);
       if (c.nbytes()) ok = std::fwrite(c.raw(), 1, c.nbytes(), fp) == c.nbytes();
     }
   } catch (...) {
