@@ -47,8 +47,14 @@ class SequenceParallel {
   // (padded rows come out as zeros; Ulysses does its all-to-alls in here).
   virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
                               Tensor& out) = 0;
-  // After the last block: the full [B, N, C] hidden state on every rank.
+  // After the last block: the full [B, N, C] hidden state on every rank. x_local may have any
+  // channel count (applying the per-token head first and gathering its 64 channels moves far
+  // fewer bytes than gathering C, as the reference does).
   virtual Tensor gather_output(const Tensor& x_local) = 0;
+
+  // Makes x (any shape, contiguous, on the plan's device) identical on every rank by copying
+  // rank 0's values (inputs, noise, timesteps: spec §4.10). No-op on one rank.
+  virtual void broadcast(Tensor& x) {}
 
   // Bytes this rank sent through the communicator since the last reset (0 on one device).
   virtual uint64_t bytes_sent() const { return 0; }
@@ -58,6 +64,17 @@ class SequenceParallel {
 // One device, no communication. Hybrid layouts through sparse::skiparse_index + ops::gather_rows
 // (padding-last order: padded sub-sequences use per-row lengths in ops::attention).
 std::unique_ptr<SequenceParallel> make_single_device();
+
+// Sparse Sequence Parallelism over comm's S ranks (spec §4). Sparse blocks: with S | P² each rank
+// owns P²/S whole sub-sequences (padding-last, per-row lengths) and the token↔group switch is one
+// all-to-all in the §4.3 buffer layout; with S = P²·U (U > 1) rank s·U + u holds the real tokens
+// of sub-sequence s inside 2D tile u (§4.6) and sparse attention runs Ulysses over those U ranks.
+// Full blocks: Ulysses over all S ranks (contiguous sequence chunks of ⌈N/S⌉ tokens, head split;
+// needs heads % S == 0). The full→sparse and sparse→full transitions are single all-to-alls.
+// Rank counts that cannot work give an osp::Error from setup().
+std::unique_ptr<SequenceParallel> make_ssp(std::shared_ptr<Communicator> comm);
+// Ulysses for every block; the plan must be all full blocks (the Wan2.1 baseline).
+std::unique_ptr<SequenceParallel> make_ulysses(std::shared_ptr<Communicator> comm);
 
 // Validates a plan (grid, P, kinds order, heads/head_dim); throws osp::Error naming the rule.
 void check_plan(const ForwardPlan& plan);

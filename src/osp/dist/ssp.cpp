@@ -1,0 +1,608 @@
+// Sparse Sequence Parallelism and Ulysses (osp-next-spec §4) over a Communicator.
+//
+// Every block type has a layout: for each rank, the list of padded-grid positions
+// id = (t·Hp + y)·Wp + x of the rows it holds for one sample (hidden states are [B, n_local, C],
+// sample-major). Layout changes between blocks are Exchanges: one gather into a send buffer,
+// ONE all-to-all, one gather out of the receive buffer. The exchange tables are built once per
+// plan from the global layouts (every rank computes the same chunk order), so no sizes travel.
+//
+// Send-buffer layout of an exchange: [dst][b][entries], the entries of chunk (src → dst) sorted
+// by (destination sub-sequence, source sub-sequence, reference in-group position of the
+// destination layout). For the token↔group switch with B = 1 this is exactly spec §4.3:
+// SB[dst][j_local][i_local][base] with every chunk G·G·base rows (padding rows included, so the
+// volume is (S−1)/S of the local Np·C/S elements). For B > 1 the sample index sits outside the
+// sub-sequence indices because our hidden states are sample-major (the spec's are group-major).
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <tuple>
+
+#include "osp/dist/communicator.h"
+#include "osp/dist/rope_table.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/ops/ops.h"
+
+namespace osp::dist {
+
+using sparse::BlockKind;
+
+namespace {
+
+constexpr int kFull = 0, kToken = 1, kGroup = 2;
+int layout_id(BlockKind k) {
+  return k == BlockKind::Full ? kFull : (k == BlockKind::Token ? kToken : kGroup);
+}
+const char* layout_name(int id) { return id == kFull ? "full" : (id == kToken ? "token" : "group"); }
+
+enum class Attn { Local, LocalMasked, Ulysses };
+
+// One block type's layout on every rank.
+struct Layout {
+  int kind = kFull;
+  std::vector<std::vector<int64_t>> ids;  // [rank][row] padded-grid position
+  std::vector<int64_t> rt;                // [rank] sub-sequences per sample (RoPE table rows)
+  std::vector<std::vector<int32_t>> lens; // [rank][sub-sequence] valid length; empty = all valid
+  Attn attn = Attn::Local;
+  int64_t n(int r) const { return int64_t(ids[size_t(r)].size()); }
+};
+
+Tensor i32_tensor(const std::vector<int32_t>& v, Device dev) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::I32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t.to(dev);
+}
+
+// One all-to-all between two layouts, as seen by one rank.
+struct Exchange {
+  int64_t n_in = 0, n_out = 0;
+  std::vector<int32_t> send_rows1;        // per send row (B = 1): local input row
+  std::vector<int64_t> send_cnt1, recv_cnt1;
+  std::vector<int32_t> recv_src1, recv_k1;  // per output row: source rank (-1: zero) and index
+  struct PerB {
+    Tensor send_idx, recv_idx;
+    std::vector<int64_t> send_cnt, recv_cnt;
+  };
+  std::map<int64_t, PerB> per_b;
+
+  const PerB& maps(int64_t B, Device dev) {
+    auto it = per_b.find(B);
+    if (it != per_b.end()) return it->second;
+    const int S = int(send_cnt1.size());
+    PerB m;
+    m.send_cnt.resize(size_t(S));
+    m.recv_cnt.resize(size_t(S));
+    std::vector<int32_t> sidx;
+    sidx.reserve(send_rows1.size() * size_t(B));
+    int64_t off = 0;
+    for (int d = 0; d < S; ++d) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < send_cnt1[size_t(d)]; ++k)
+          sidx.push_back(int32_t(b * n_in + send_rows1[size_t(off + k)]));
+      off += send_cnt1[size_t(d)];
+      m.send_cnt[size_t(d)] = B * send_cnt1[size_t(d)];
+      m.recv_cnt[size_t(d)] = B * recv_cnt1[size_t(d)];
+    }
+    std::vector<int64_t> roff(size_t(S) + 1, 0);
+    for (int s = 0; s < S; ++s) roff[size_t(s) + 1] = roff[size_t(s)] + m.recv_cnt[size_t(s)];
+    std::vector<int32_t> ridx(size_t(B * n_out));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < n_out; ++j) {
+        const int32_t s = recv_src1[size_t(j)];
+        ridx[size_t(b * n_out + j)] =
+            s < 0 ? -1 : int32_t(roff[size_t(s)] + b * recv_cnt1[size_t(s)] + recv_k1[size_t(j)]);
+      }
+    m.send_idx = i32_tensor(sidx, dev);
+    m.recv_idx = i32_tensor(ridx, dev);
+    return per_b.emplace(B, std::move(m)).first->second;
+  }
+
+  Tensor run(Communicator& comm, const Tensor& x) {
+    const int64_t B = x.size(0), C = x.size(2);
+    const PerB& m = maps(B, x.device());
+    const Tensor xc = x.contiguous().view({B * n_in, C});
+    Tensor sendbuf = Tensor::empty({m.send_idx.numel(), C}, x.dtype(), x.device());
+    if (sendbuf.numel()) ops::gather_rows(xc, m.send_idx, sendbuf);
+    Tensor recvbuf = Tensor::empty({std::accumulate(m.recv_cnt.begin(), m.recv_cnt.end(), int64_t(0)), C},
+                                   x.dtype(), x.device());
+    comm.all_to_all(sendbuf, m.send_cnt, recvbuf, m.recv_cnt);
+    Tensor out = Tensor::empty({B * n_out, C}, x.dtype(), x.device());
+    if (out.numel()) ops::gather_rows(recvbuf, m.recv_idx, out);
+    return out.view({B, n_out, C});
+  }
+};
+
+class ParallelLayout final : public SequenceParallel {
+ public:
+  ParallelLayout(std::shared_ptr<Communicator> comm, bool ulysses_only)
+      : comm_(std::move(comm)), ulysses_only_(ulysses_only) {
+    OSP_CHECK(comm_ != nullptr, "make_ssp/make_ulysses: null communicator");
+  }
+  const char* name() const override { return ulysses_only_ ? "ulysses" : "ssp"; }
+  int rank() const override { return comm_->rank(); }
+  int size() const override { return comm_->size(); }
+  uint64_t bytes_sent() const override {
+    return comm_->bytes_sent() + (sub_ ? sub_->bytes_sent() : 0);
+  }
+  void reset_bytes() override {
+    comm_->reset_bytes();
+    if (sub_) sub_->reset_bytes();
+  }
+
+  void broadcast(Tensor& x) override {
+    if (comm_->size() > 1) comm_->broadcast(x, 0);
+  }
+
+  void setup(const ForwardPlan& plan) override {
+    if (have_plan_ && same_plan(plan, plan_)) return;
+    check_plan(plan);
+    have_plan_ = false;
+    const int S = comm_->size(), me = comm_->rank();
+    const auto& g = plan.grid;
+    const int64_t N = g.numel();
+    bool any_sparse = false;
+    for (BlockKind k : plan.kinds) any_sparse |= k != BlockKind::Full;
+    OSP_CHECK(!(ulysses_only_ && any_sparse),
+              "make_ulysses: the plan has Skiparse (token/group) blocks; Ulysses runs full "
+              "attention only — use make_ssp for the hybrid model or a 'full' block plan");
+    if (comm_->device().is_cuda() || plan.device.is_cuda())
+      OSP_CHECK(plan.device == comm_->device(), name(), ": the plan's device ",
+                plan.device.name(), " differs from the communicator's ", comm_->device().name(),
+                " (", comm_->backend(), " backend)");
+    // ---- full blocks: Ulysses over all S ranks, chunks of ⌈N/S⌉ (torch.chunk) ----
+    OSP_CHECK(plan.heads % S == 0, name(), ": Ulysses full blocks split the ", plan.heads,
+              " heads over ", S, " ranks; heads % ranks must be 0 (use a rank count dividing ",
+              plan.heads, ")");
+    const int64_t chunk = (N + S - 1) / S;
+    OSP_CHECK((S - 1) * chunk < N, name(), ": the sequence of ", N, " tokens is too short for ", S,
+              " ranks (chunks of ", chunk, " leave the last rank empty)");
+    geo_ = {};
+    geo_.grid = g;
+    geo_.P = plan.P;
+    geo_.Hp = g.H, geo_.Wp = g.W, geo_.L = N;
+    if (any_sparse) geo_ = sparse::skiparse_geometry(g, plan.P);
+    const int64_t Hp = geo_.Hp, Wp = geo_.Wp, Np = g.T * Hp * Wp;
+    auto pid = [&](int64_t n) {
+      const int64_t t = n / (g.H * g.W), y = (n / g.W) % g.H, x = n % g.W;
+      return (t * Hp + y) * Wp + x;
+    };
+    layouts_[kFull] = Layout{};
+    Layout& full = layouts_[kFull];
+    full.kind = kFull;
+    full.attn = Attn::Ulysses;
+    full.ids.resize(size_t(S));
+    full.rt.assign(size_t(S), 1);
+    full.lens.resize(size_t(S));
+    for (int r = 0; r < S; ++r)
+      for (int64_t n = r * chunk; n < std::min<int64_t>((r + 1) * chunk, N); ++n)
+        full.ids[size_t(r)].push_back(pid(n));
+    // ---- sparse blocks ----
+    U_ = 1;
+    if (any_sparse) {
+      const int P2 = plan.P * plan.P;
+      if (S <= P2) {
+        OSP_CHECK(P2 % S == 0, "ssp: ", S, " ranks cannot share the P² = ", P2,
+                  " Skiparse sub-sequences evenly; use a rank count that divides ", P2,
+                  " (or a multiple of ", P2, " for the 2D tile split)");
+      } else {
+        OSP_CHECK(S % P2 == 0, "ssp: ", S, " ranks is more than P² = ", P2,
+                  " but not a multiple of it; the 2D tile split needs ranks = P²·U");
+        U_ = S / P2;
+        OSP_CHECK(plan.heads % U_ == 0, "ssp: the inner Ulysses degree U = ", U_, " (ranks ", S,
+                  " / P² ", P2, ") must divide the ", plan.heads, " heads");
+      }
+      for (int id : {kToken, kGroup}) build_sparse_layout(plan, id, S);
+    }
+    // Sub-communicator of the U ranks sharing a sub-sequence (collective: every rank calls).
+    if (U_ > 1 && (!sub_ || sub_->size() != U_)) sub_ = comm_->split(me / U_, me % U_);
+    if (U_ == 1) sub_.reset();
+    plan_ = plan;
+    // ---- owner tables and exchanges ----
+    owner_rank_.assign(3, {});
+    owner_row_.assign(3, {});
+    for (int id = 0; id < 3; ++id) {
+      if (id != kFull && !any_sparse) continue;
+      auto& orr = owner_rank_[size_t(id)];
+      auto& orw = owner_row_[size_t(id)];
+      orr.assign(size_t(Np), -1);
+      orw.assign(size_t(Np), -1);
+      const Layout& L = layouts_[id];
+      for (int r = 0; r < S; ++r)
+        for (size_t j = 0; j < L.ids[size_t(r)].size(); ++j) {
+          orr[size_t(L.ids[size_t(r)][j])] = r;
+          orw[size_t(L.ids[size_t(r)][j])] = int32_t(j);
+        }
+    }
+    exch_.clear();
+    const size_t nb = plan.kinds.size();
+    enter_.assign(nb, -1);
+    for (size_t i = 1; i < nb; ++i) {
+      const int a = layout_id(plan.kinds[i - 1]), b = layout_id(plan.kinds[i]);
+      if (a == b) continue;
+      const int key = a * 3 + b;
+      if (!exch_.count(key)) exch_.emplace(key, build_exchange(a, b));
+      enter_[i] = key;
+    }
+    // ---- this rank's RoPE tables, row lengths, input/output maps ----
+    for (int id = 0; id < 3; ++id) {
+      rope_[id] = Tensor();
+      lens_host_[id].clear();
+      input_map_[id] = Tensor();
+      if (id != kFull && !any_sparse) continue;
+      const Layout& L = layouts_[id];
+      const auto& ids = L.ids[size_t(me)];
+      std::vector<int32_t> tok(ids.size());
+      for (size_t j = 0; j < ids.size(); ++j)
+        tok[j] = int32_t(sparse::padded_to_full(g, Hp, Wp, ids[j]));
+      const int64_t rt = L.rt[size_t(me)], n = int64_t(ids.size());
+      rope_[id] = rope_cos_sin(g, plan.head_dim, tok.data(), n)
+                      .view({rt, n / rt, plan.head_dim / 2, 2})
+                      .to(plan.device);
+      input_map_[id] = i32_tensor(tok, plan.device);
+      lens_host_[id] = L.lens[size_t(me)];
+    }
+    output_.reset();
+    lens_cache_.clear();
+    ulysses_cache_.clear();
+    have_plan_ = true;
+  }
+
+  Tensor scatter_input(const Tensor& x_full) override {
+    require_plan("scatter_input");
+    OSP_CHECK(x_full.dim() == 3 && x_full.size(1) == plan_.grid.numel(),
+              "scatter_input: expected x_full [B, ", plan_.grid.numel(), ", C], got ",
+              x_full.desc());
+    check_device(x_full, "scatter_input");
+    const int id = layout_id(plan_.kinds[0]);
+    return gather_per_sample(x_full, input_map_[id], layouts_[id].n(rank()));
+  }
+
+  Tensor enter_block(int i, const Tensor& x_local) override {
+    require_plan("enter_block");
+    OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block: block index ", i,
+              " outside [1, ", plan_.kinds.size(), ")");
+    check_hidden(x_local, layout_id(plan_.kinds[size_t(i) - 1]), "enter_block");
+    const int key = enter_[size_t(i)];
+    if (key < 0) return x_local;
+    return exch_.at(key).run(*comm_, x_local);
+  }
+
+  const Tensor& rope_table(int i) override {
+    require_plan("rope_table");
+    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "rope_table: block index ", i,
+              " outside [0, ", plan_.kinds.size(), ")");
+    return rope_[layout_id(plan_.kinds[size_t(i)])];
+  }
+
+  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                      Tensor& out) override {
+    require_plan("self_attention");
+    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
+              " outside [0, ", plan_.kinds.size(), ")");
+    const int id = layout_id(plan_.kinds[size_t(i)]);
+    const Layout& L = layouts_[id];
+    const int me = rank();
+    const int64_t n = L.n(me);
+    OSP_CHECK(q.dim() == 4 && q.size(1) == n && q.size(2) == plan_.heads &&
+                  q.size(3) == plan_.head_dim,
+              "self_attention(block ", i, "): expected q [B, ", n, ", ", plan_.heads, ", ",
+              plan_.head_dim, "] on rank ", me, ", got ", q.desc());
+    OSP_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && out.shape() == q.shape(),
+              "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
+              k.desc(), ", ", v.desc(), ", ", out.desc());
+    OSP_CHECK(out.is_contiguous(), "self_attention: out must be contiguous, got ", out.desc());
+    const int64_t B = q.size(0);
+    if (L.attn == Attn::Ulysses) {
+      ulysses_attention(id, q, k, v, out);
+      return;
+    }
+    const int64_t rt = L.rt[size_t(me)];
+    const Shape sub{B * rt, n / rt, plan_.heads, plan_.head_dim};
+    Tensor qv = q.contiguous().view(sub), kv = k.contiguous().view(sub),
+           vv = v.contiguous().view(sub), ov = out.view(sub);
+    ops::AttentionArgs args;
+    const Tensor* lens = row_lengths(id, B);
+    args.kv_lens = lens;
+    args.q_lens = lens;
+    ops::attention(qv, kv, vv, ov, args);
+  }
+
+  Tensor gather_output(const Tensor& x_local) override {
+    require_plan("gather_output");
+    const int id = layout_id(plan_.kinds.back());
+    check_hidden(x_local, id, "gather_output");
+    const Layout& L = layouts_[id];
+    const int S = size();
+    const int64_t B = x_local.size(0), Cx = x_local.size(2), N = plan_.grid.numel();
+    int64_t nmax = 0;
+    for (int r = 0; r < S; ++r) nmax = std::max(nmax, L.n(r));
+    // Equal-size all-gather of [B, nmax, Cx] blocks, then one gather into full order.
+    Tensor mine = Tensor::zeros({B, nmax, Cx}, x_local.dtype(), x_local.device());
+    if (L.n(rank()) > 0)
+      for (int64_t b = 0; b < B; ++b)
+        mine.select(0, b).slice(0, 0, L.n(rank())).copy_from(x_local.select(0, b));
+    Tensor all = Tensor::empty({int64_t(S) * B * nmax, Cx}, x_local.dtype(), x_local.device());
+    comm_->all_gather(mine, all);
+    if (!output_ || output_->B != B || output_->nmax != nmax) {
+      output_ = std::make_unique<OutputMap>();
+      output_->B = B;
+      output_->nmax = nmax;
+      const auto& orr = owner_rank_[size_t(id)];
+      const auto& orw = owner_row_[size_t(id)];
+      std::vector<int32_t> idx(size_t(B * N));
+      const auto& g = plan_.grid;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t t = n / (g.H * g.W), y = (n / g.W) % g.H, x = n % g.W;
+          const int64_t p = (t * geo_.Hp + y) * geo_.Wp + x;
+          idx[size_t(b * N + n)] =
+              int32_t((int64_t(orr[size_t(p)]) * B + b) * nmax + orw[size_t(p)]);
+        }
+      output_->idx = i32_tensor(idx, x_local.device());
+    }
+    Tensor out = Tensor::empty({B * N, Cx}, x_local.dtype(), x_local.device());
+    ops::gather_rows(all, output_->idx, out);
+    return out.view({B, N, Cx});
+  }
+
+ private:
+  // Layout of sparse kind `id` over S ranks.
+  void build_sparse_layout(const ForwardPlan& plan, int id, int S) {
+    const BlockKind kind = id == kToken ? BlockKind::Token : BlockKind::Group;
+    const auto& g = plan.grid;
+    const int P2 = plan.P * plan.P;
+    const int64_t L = geo_.L;
+    Layout lay;
+    lay.kind = id;
+    lay.ids.resize(size_t(S));
+    lay.rt.resize(size_t(S));
+    lay.lens.resize(size_t(S));
+    const auto real = [&](int64_t p) {
+      return sparse::padded_to_full(g, geo_.Hp, geo_.Wp, p) >= 0;
+    };
+    if (U_ == 1) {
+      // Rank r owns sub-sequences [r·G, (r+1)·G), each padded to L, padding last.
+      const int G = P2 / S;
+      const auto pos = sparse::skiparse_padded_positions(g, plan.P, kind, true);
+      const auto lens = sparse::skiparse_row_lengths(g, plan.P, kind);
+      bool padded = false;
+      for (int32_t l : lens) padded |= l != L;
+      lay.attn = Attn::LocalMasked;
+      for (int r = 0; r < S; ++r) {
+        lay.rt[size_t(r)] = G;
+        lay.ids[size_t(r)].assign(pos.begin() + int64_t(r) * G * L,
+                                  pos.begin() + int64_t(r + 1) * G * L);
+        if (padded)
+          lay.lens[size_t(r)].assign(lens.begin() + r * G, lens.begin() + (r + 1) * G);
+        int64_t have = 0;
+        for (int j = 0; j < G; ++j) have += lens[size_t(r * G + j)];
+        OSP_CHECK(have > 0, "ssp: rank ", r, " would hold no real token in the ",
+                  layout_name(id), " layout of grid ", g.T, "x", g.H, "x", g.W);
+      }
+    } else {
+      // 2D tile split (§4.6): rank s·U + u holds the real tokens of sub-sequence s inside tile u
+      // (reference in-group order, no padding rows: Ulysses gathers the U tiles of a
+      // sub-sequence, so no masks are needed).
+      int uh = U_ / int(std::ceil(std::sqrt(double(U_))));
+      int uw = U_ / uh;
+      OSP_CHECK(uh * uw == U_, "ssp: the inner Ulysses degree U = ", U_,
+                " has no 2D tile factorisation U_h·U_w (U_h = U div ceil(sqrt U))");
+      const int64_t bh = (g.H + P2 - 1) / P2, bw = (g.W + P2 - 1) / P2;
+      const int64_t seq_h = (bh + uh - 1) / uh * P2, seq_w = (bw + uw - 1) / uw * P2;
+      const auto pos = sparse::skiparse_padded_positions(g, plan.P, kind, false);
+      lay.attn = Attn::Ulysses;
+      for (int r = 0; r < S; ++r) {
+        const int s = r / U_, u = r % U_;
+        const int64_t ih = u / uw, iw = u % uw;
+        const int64_t y0 = ih * seq_h, y1 = std::min((ih + 1) * seq_h, g.H);
+        const int64_t x0 = iw * seq_w, x1 = std::min((iw + 1) * seq_w, g.W);
+        lay.rt[size_t(r)] = 1;
+        for (int64_t j = 0; j < L; ++j) {
+          const int64_t p = pos[size_t(int64_t(s) * L + j)];
+          const int64_t y = (p / geo_.Wp) % geo_.Hp, x = p % geo_.Wp;
+          if (real(p) && y >= y0 && y < y1 && x >= x0 && x < x1) lay.ids[size_t(r)].push_back(p);
+        }
+        OSP_CHECK(!lay.ids[size_t(r)].empty(), "ssp: grid ", g.T, "x", g.H, "x", g.W,
+                  " is too small for the 2D tile split with U = ", U_, ": rank ", r,
+                  " (sub-sequence ", s, ", tile ", u, ") would hold no token in the ",
+                  layout_name(id), " layout");
+      }
+    }
+    layouts_[id] = std::move(lay);
+  }
+
+  // Reference in-group position of padded id p in layout kind `id` (sort key of exchanges).
+  int64_t ref_pos(int id, int64_t p) const {
+    const auto& g = plan_.grid;
+    const int64_t Hp = geo_.Hp, Wp = geo_.Wp, P = geo_.P, P2 = P * P;
+    const int64_t t = p / (Hp * Wp), y = (p / Wp) % Hp, x = p % Wp;
+    if (id == kFull) return (t * g.H + y) * g.W + x;
+    if (id == kToken) return (t * (Hp / P) + y / P) * (Wp / P) + x / P;
+    const int64_t y2 = y / P2, p2 = y % P, x2 = x / P2, q2 = x % P;
+    return (((t * (Hp / P2) + y2) * P + p2) * (Wp / P2) + x2) * P + q2;
+  }
+
+  Exchange build_exchange(int a, int b) {
+    const int S = size(), me = rank();
+    const Layout &A = layouts_[a], &Bl = layouts_[b];
+    const auto& orr = owner_rank_[size_t(a)];
+    const auto& orw = owner_row_[size_t(a)];
+    Exchange ex;
+    ex.n_in = A.n(me);
+    ex.n_out = Bl.n(me);
+    ex.send_cnt1.assign(size_t(S), 0);
+    ex.recv_cnt1.assign(size_t(S), 0);
+    struct Entry {
+      int64_t k0, k1, k2;
+      int32_t src_row, dst_row;
+    };
+    auto key_of = [&](int src, int dst, int32_t src_row, int32_t dst_row, int64_t p) {
+      const int64_t lb = Bl.n(dst) / Bl.rt[size_t(dst)], la = A.n(src) / A.rt[size_t(src)];
+      return Entry{b == kFull ? 0 : dst_row / lb, a == kFull ? 0 : src_row / la, ref_pos(b, p),
+                   src_row, dst_row};
+    };
+    auto by_key = [](const Entry& x, const Entry& y) {
+      return std::tie(x.k0, x.k1, x.k2) < std::tie(y.k0, y.k1, y.k2);
+    };
+    // Sends: my rows that other ranks' (and my own) B layouts need, chunk by destination.
+    for (int dst = 0; dst < S; ++dst) {
+      std::vector<Entry> e;
+      const auto& ids = Bl.ids[size_t(dst)];
+      for (size_t j = 0; j < ids.size(); ++j)
+        if (orr[size_t(ids[j])] == me)
+          e.push_back(key_of(me, dst, orw[size_t(ids[j])], int32_t(j), ids[j]));
+      std::sort(e.begin(), e.end(), by_key);
+      for (const Entry& x : e) ex.send_rows1.push_back(x.src_row);
+      ex.send_cnt1[size_t(dst)] = int64_t(e.size());
+    }
+    // Receives: my B rows, chunk by source (same order as the source builds it).
+    ex.recv_src1.assign(size_t(ex.n_out), -1);
+    ex.recv_k1.assign(size_t(ex.n_out), 0);
+    std::vector<std::vector<Entry>> from(static_cast<size_t>(S));
+    const auto& ids = Bl.ids[size_t(me)];
+    for (size_t j = 0; j < ids.size(); ++j) {
+      const int src = orr[size_t(ids[j])];
+      if (src >= 0) from[size_t(src)].push_back(key_of(src, me, orw[size_t(ids[j])], int32_t(j), ids[j]));
+    }
+    for (int src = 0; src < S; ++src) {
+      auto& e = from[size_t(src)];
+      std::sort(e.begin(), e.end(), by_key);
+      for (size_t k = 0; k < e.size(); ++k) {
+        ex.recv_src1[size_t(e[k].dst_row)] = src;
+        ex.recv_k1[size_t(e[k].dst_row)] = int32_t(k);
+      }
+      ex.recv_cnt1[size_t(src)] = int64_t(e.size());
+    }
+    return ex;
+  }
+
+  // Ulysses self-attention: sequence-sharded q/k/v → (all-to-all) whole sequence with a head
+  // slice → attention → (all-to-all) back. Full blocks: over all ranks; tile layouts: over the
+  // U ranks sharing a sub-sequence.
+  void ulysses_attention(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
+    const Layout& L = layouts_[id];
+    Communicator& uc = id == kFull ? *comm_ : *sub_;
+    const int U = uc.size(), me = rank();
+    const int base = me - uc.rank();  // first world rank of this Ulysses group (contiguous)
+    const int64_t B = q.size(0), H = plan_.heads, D = plan_.head_dim, Hs = H / U;
+    std::vector<int64_t> lens(static_cast<size_t>(U));
+    for (int u = 0; u < U; ++u) lens[size_t(u)] = L.n(base + u);
+    const int64_t n = lens[size_t(uc.rank())];
+    const int64_t total = std::accumulate(lens.begin(), lens.end(), int64_t(0));
+    const UlyssesMaps& m = ulysses_maps(id, B, lens, q.device());
+    std::vector<int64_t> send_rows(static_cast<size_t>(U), B * n), recv_rows(static_cast<size_t>(U));
+    for (int u = 0; u < U; ++u) recv_rows[size_t(u)] = B * lens[size_t(u)];
+    // [B, n, H, D] → [U(dst head group), B, n, Hs·D] → a2a → [U(src), B, n_src, Hs·D]
+    auto pre = [&](const Tensor& x) {
+      Tensor send = x.contiguous().view({B, n, U, Hs * D}).permute({2, 0, 1, 3}).contiguous()
+                        .view({U * B * n, Hs * D});
+      Tensor recv = Tensor::empty({B * total, Hs * D}, x.dtype(), x.device());
+      uc.all_to_all(send, send_rows, recv, recv_rows);
+      if (B == 1) return recv.view({B, total, Hs, D});
+      Tensor seq = Tensor::empty({B * total, Hs * D}, x.dtype(), x.device());
+      ops::gather_rows(recv, m.to_seq, seq);
+      return seq.view({B, total, Hs, D});
+    };
+    Tensor qf = pre(q), kf = pre(k), vf = pre(v);
+    Tensor of = Tensor::empty({B, total, Hs, D}, q.dtype(), q.device());
+    ops::attention(qf, kf, vf, of);
+    // [B, total, Hs, D] → [U(dst seq owner), B, n_dst, Hs·D] → a2a → [U(src head group), B, n, Hs·D]
+    Tensor send = of.view({B * total, Hs * D});
+    if (B != 1) {
+      Tensor s2 = Tensor::empty({B * total, Hs * D}, q.dtype(), q.device());
+      ops::gather_rows(send, m.from_seq, s2);
+      send = s2;
+    }
+    Tensor recv = Tensor::empty({U * B * n, Hs * D}, q.dtype(), q.device());
+    uc.all_to_all(send, recv_rows, recv, send_rows);
+    out.view({B, n, U, Hs * D}).copy_from(recv.view({U, B, n, Hs * D}).permute({1, 2, 0, 3}));
+  }
+
+  struct UlyssesMaps {
+    Tensor to_seq, from_seq;  // recv [src][b][k] ↔ sequence [b][src][k] (B > 1 only)
+  };
+  const UlyssesMaps& ulysses_maps(int id, int64_t B, const std::vector<int64_t>& lens, Device dev) {
+    const auto key = std::make_pair(id, B);
+    auto it = ulysses_cache_.find(key);
+    if (it != ulysses_cache_.end()) return it->second;
+    UlyssesMaps m;
+    if (B > 1) {
+      const int U = int(lens.size());
+      const int64_t total = std::accumulate(lens.begin(), lens.end(), int64_t(0));
+      std::vector<int32_t> to_seq(size_t(B * total)), from_seq(size_t(B * total));
+      int64_t roff = 0, soff = 0;
+      for (int u = 0; u < U; ++u) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t kk = 0; kk < lens[size_t(u)]; ++kk) {
+            const int64_t recv_pos = roff + b * lens[size_t(u)] + kk;
+            const int64_t seq_pos = b * total + soff + kk;
+            to_seq[size_t(seq_pos)] = int32_t(recv_pos);
+            from_seq[size_t(recv_pos)] = int32_t(seq_pos);
+          }
+        roff += B * lens[size_t(u)];
+        soff += lens[size_t(u)];
+      }
+      m.to_seq = i32_tensor(to_seq, dev);
+      m.from_seq = i32_tensor(from_seq, dev);
+    }
+    return ulysses_cache_.emplace(key, std::move(m)).first->second;
+  }
+
+  const Tensor* row_lengths(int id, int64_t B) {
+    const auto& l = lens_host_[id];
+    if (l.empty()) return nullptr;
+    const auto key = std::make_pair(id, B);
+    auto it = lens_cache_.find(key);
+    if (it != lens_cache_.end()) return &it->second;
+    Tensor t = Tensor::empty({B * int64_t(l.size())}, DType::I32);
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(l.begin(), l.end(), t.data<int32_t>() + b * int64_t(l.size()));
+    return &lens_cache_.emplace(key, t).first->second;
+  }
+
+  void require_plan(const char* who) const {
+    OSP_CHECK(have_plan_, name(), "::", who, ": call setup(plan) first");
+  }
+  void check_device(const Tensor& x, const char* who) const {
+    OSP_CHECK(x.device() == plan_.device, who, ": tensor is on ", x.device().name(),
+              " but the plan's device is ", plan_.device.name());
+  }
+  void check_hidden(const Tensor& x, int id, const char* who) const {
+    const int64_t n = layouts_[id].n(rank());
+    OSP_CHECK(x.dim() == 3 && x.size(1) == n, name(), "::", who, ": expected hidden [B, ", n,
+              ", C] (rank ", rank(), ", ", layout_name(id), " layout), got ", x.desc());
+    check_device(x, who);
+  }
+
+  std::shared_ptr<Communicator> comm_;
+  std::unique_ptr<Communicator> sub_;
+  bool ulysses_only_;
+  ForwardPlan plan_;
+  bool have_plan_ = false;
+  int U_ = 1;
+  sparse::SkiparseGeometry geo_;
+  Layout layouts_[3];
+  std::vector<std::vector<int32_t>> owner_rank_, owner_row_;
+  std::map<int, Exchange> exch_;
+  std::vector<int> enter_;
+  Tensor rope_[3], input_map_[3];
+  std::vector<int32_t> lens_host_[3];
+  struct OutputMap {
+    int64_t B = 0, nmax = 0;
+    Tensor idx;
+  };
+  std::unique_ptr<OutputMap> output_;
+  std::map<std::pair<int, int64_t>, Tensor> lens_cache_;
+  std::map<std::pair<int, int64_t>, UlyssesMaps> ulysses_cache_;
+};
+
+}  // namespace
+
+std::unique_ptr<SequenceParallel> make_ssp(std::shared_ptr<Communicator> comm) {
+  return std::make_unique<ParallelLayout>(std::move(comm), false);
+}
+std::unique_ptr<SequenceParallel> make_ulysses(std::shared_ptr<Communicator> comm) {
+  return std::make_unique<ParallelLayout>(std::move(comm), true);
+}
+
+}  // namespace osp::dist
