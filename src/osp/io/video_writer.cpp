@@ -1,0 +1,347 @@
+#include "osp/io/video_writer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "osp/core/log.h"
+
+#ifdef OSP_HAVE_FFMPEG
+extern "C" {
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/imgutils.h>
+#include <libavutil/opt.h>
+#include <libswscale/swscale.h>
+}
+#endif
+
+namespace osp::io {
+
+Tensor video_to_rgb8(const Tensor& video) {
+  OSP_CHECK(video.defined() && video.dim() == 4 && video.size(0) == 3,
+            "video_to_rgb8: expected a decoded video [3, F, H, W], got ",
+            video.defined() ? video.desc() : std::string("an undefined tensor"));
+  const Tensor v = video.to(Device::cpu()).to(DType::F32).contiguous();
+  const int64_t F = v.size(1), H = v.size(2), W = v.size(3), plane = F * H * W;
+  Tensor out = Tensor::empty({F, H, W, 3}, DType::U8);
+  const float* src = v.data<float>();
+  uint8_t* dst = out.data<uint8_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < plane; ++p)
+    for (int c = 0; c < 3; ++c) {
+      float x = src[c * plane + p];
+      if (std::isnan(x)) x = -1.0f;
+      x = std::min(1.0f, std::max(-1.0f, x));
+      dst[p * 3 + c] = uint8_t((x + 1.0f) / 2.0f * 255.0f);  // truncation, as torch's .to(uint8)
+    }
+  return out;
+}
+
+#ifndef OSP_HAVE_FFMPEG
+
+namespace {
+[[noreturn]] void no_ffmpeg() {
+  fail("this osp build has no FFmpeg support, so it cannot write or read MP4 files: install "
+       "libavformat-dev libavcodec-dev libswscale-dev (scripts/install-deps.sh) and reconfigure, "
+       "or write PNG frames instead (--out DIR/)");
+}
+}  // namespace
+bool video_writer_available() { return false; }
+std::string video_encoder_name() { return ""; }
+struct VideoWriter::Impl {};
+VideoWriter::VideoWriter(const std::string&, int, int, const VideoOptions&) { no_ffmpeg(); }
+VideoWriter::~VideoWriter() = default;
+void VideoWriter::write_frame(const uint8_t*) { no_ffmpeg(); }
+void VideoWriter::close() {}
+const std::string& VideoWriter::encoder() const { no_ffmpeg(); }
+int VideoWriter::frames_written() const { return 0; }
+void write_mp4(const std::string&, const Tensor&, const VideoOptions&) { no_ffmpeg(); }
+VideoProbe probe_video(const std::string&, Tensor*) { no_ffmpeg(); }
+
+#else
+
+namespace {
+
+std::string av_err(int e) {
+  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
+  av_strerror(e, buf, sizeof buf);
+  return buf;
+}
+#define OSP_AV_CHECK(call, what)                                              \
+  do {                                                                        \
+    const int osp_av_rc_ = (call);                                            \
+    if (osp_av_rc_ < 0) fail(str(what, " failed: ", av_err(osp_av_rc_)));     \
+  } while (0)
+
+const AVCodec* pick_encoder(bool* fallback) {
+  *fallback = false;
+  if (const AVCodec* c = avcodec_find_encoder_by_name("libx264")) return c;
+  if (const AVCodec* c = avcodec_find_encoder(AV_CODEC_ID_H264)) return c;
+  *fallback = true;
+  return avcodec_find_encoder(AV_CODEC_ID_MPEG4);
+}
+
+}  // namespace
+
+bool video_writer_available() {
+  bool fb;
+  return pick_encoder(&fb) != nullptr;
+}
+std::string video_encoder_name() {
+  bool fb;
+  const AVCodec* c = pick_encoder(&fb);
+  return c ? c->name : "";
+}
+
+struct VideoWriter::Impl {
+  std::string path, encoder;
+  int w = 0, h = 0, fps = 16, frames = 0;
+  AVFormatContext* fmt = nullptr;
+  AVCodecContext* enc = nullptr;
+  AVStream* st = nullptr;
+  SwsContext* sws = nullptr;
+  AVFrame* frame = nullptr;
+  AVPacket* pkt = nullptr;
+  bool header = false, closed = false;
+
+  void drain(bool flush) {
+    if (flush) OSP_AV_CHECK(avcodec_send_frame(enc, nullptr), "flushing the video encoder");
+    for (;;) {
+      const int rc = avcodec_receive_packet(enc, pkt);
+      if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
+      OSP_AV_CHECK(rc, "encoding a video frame");
+      av_packet_rescale_ts(pkt, enc->time_base, st->time_base);
+      pkt->stream_index = st->index;
+      const int wr = av_interleaved_write_frame(fmt, pkt);
+      av_packet_unref(pkt);
+      OSP_AV_CHECK(wr, str("writing to ", path));
+    }
+  }
+  void release() {
+    if (sws) sws_freeContext(sws);
+    if (frame) av_frame_free(&frame);
+    if (pkt) av_packet_free(&pkt);
+    if (enc) avcodec_free_context(&enc);
+    if (fmt) {
+      if (fmt->pb) avio_closep(&fmt->pb);
+      avformat_free_context(fmt);
+    }
+    sws = nullptr;
+    fmt = nullptr;
+  }
+};
+
+VideoWriter::VideoWriter(const std::string& path, int width, int height, const VideoOptions& opt)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  OSP_CHECK(width > 0 && height > 0 && width % 2 == 0 && height % 2 == 0,
+            "video size must be positive and even for yuv420p, got ", width, "x", height);
+  OSP_CHECK(opt.fps > 0 && opt.fps <= 240, "video fps must be in [1, 240], got ", opt.fps);
+  m.path = path;
+  m.w = width;
+  m.h = height;
+  m.fps = opt.fps;
+  av_log_set_level(AV_LOG_ERROR);
+  try {
+    OSP_AV_CHECK(avformat_alloc_output_context2(&m.fmt, nullptr, "mp4", path.c_str()),
+                 str("creating the MP4 container for ", path));
+    bool fallback = false;
+    const AVCodec* codec = pick_encoder(&fallback);
+    OSP_CHECK(codec, "libavcodec has neither an H.264 nor an MPEG-4 encoder; cannot write ", path,
+              " (install a full libavcodec, or write PNG frames with --out DIR/)");
+    m.encoder = codec->name;
+    if (fallback)
+      log_warn("no H.264 encoder in this libavcodec; writing MPEG-4 Part 2 (", codec->name,
+               ") video instead");
+    else
+      log_verbose("video encoder: ", codec->name);
+    m.st = avformat_new_stream(m.fmt, nullptr);
+    OSP_CHECK(m.st, "avformat_new_stream failed for ", path);
+    m.enc = avcodec_alloc_context3(codec);
+    OSP_CHECK(m.enc, "avcodec_alloc_context3 failed");
+    m.enc->width = width;
+    m.enc->height = height;
+    m.enc->pix_fmt = AV_PIX_FMT_YUV420P;
+    m.enc->time_base = AVRational{1, opt.fps};
+    m.enc->framerate = AVRational{opt.fps, 1};
+    m.enc->gop_size = 12;
+    if (opt.threads > 0) m.enc->thread_count = opt.threads;
+    if (fallback) m.enc->bit_rate = int64_t(width) * height * opt.fps / 2;  // ~0.5 bit/pixel
+    if (m.fmt->oformat->flags & AVFMT_GLOBALHEADER) m.enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
+    AVDictionary* eopts = nullptr;
+    if (std::string(codec->name) == "libx264") {
+      av_dict_set(&eopts, "crf", std::to_string(opt.crf).c_str(), 0);
+      av_dict_set(&eopts, "preset", opt.preset.c_str(), 0);
+    }
+    const int orc = avcodec_open2(m.enc, codec, &eopts);
+    av_dict_free(&eopts);
+    OSP_AV_CHECK(orc, str("opening the ", codec->name, " encoder"));
+    OSP_AV_CHECK(avcodec_parameters_from_context(m.st->codecpar, m.enc), "copying encoder parameters");
+    m.st->time_base = m.enc->time_base;
+    m.st->avg_frame_rate = m.enc->framerate;
+    for (const auto& [k, v] : opt.metadata) av_dict_set(&m.fmt->metadata, k.c_str(), v.c_str(), 0);
+    av_dict_set(&m.fmt->metadata, "encoder_app", "osp", 0);
+    OSP_AV_CHECK(avio_open(&m.fmt->pb, path.c_str(), AVIO_FLAG_WRITE),
+                 str("opening ", path, " for writing (does the folder exist and is it writable?)"));
+    AVDictionary* mopts = nullptr;
+    av_dict_set(&mopts, "movflags", "+use_metadata_tags+faststart", 0);
+    const int hrc = avformat_write_header(m.fmt, &mopts);
+    av_dict_free(&mopts);
+    OSP_AV_CHECK(hrc, str("writing the MP4 header of ", path));
+    m.header = true;
+    m.frame = av_frame_alloc();
+    m.pkt = av_packet_alloc();
+    OSP_CHECK(m.frame && m.pkt, "out of memory allocating FFmpeg frames");
+    m.frame->format = AV_PIX_FMT_YUV420P;
+    m.frame->width = width;
+    m.frame->height = height;
+    OSP_AV_CHECK(av_frame_get_buffer(m.frame, 0), "allocating a video frame");
+    m.sws = sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height, AV_PIX_FMT_YUV420P,
+                           SWS_BICUBIC, nullptr, nullptr, nullptr);
+    OSP_CHECK(m.sws, "sws_getContext failed (RGB24 -> YUV420P)");
+  } catch (...) {
+    m.release();
+    throw;
+  }
+}
+
+void VideoWriter::write_frame(const uint8_t* rgb) {
+  Impl& m = *impl_;
+  OSP_CHECK(!m.closed, "VideoWriter: write_frame after close (", m.path, ")");
+  OSP_CHECK(rgb, "VideoWriter: null frame");
+  OSP_AV_CHECK(av_frame_make_writable(m.frame), "making a video frame writable");
+  const uint8_t* src[1] = {rgb};
+  const int stride[1] = {3 * m.w};
+  sws_scale(m.sws, src, stride, 0, m.h, m.frame->data, m.frame->linesize);
+  m.frame->pts = m.frames++;
+  OSP_AV_CHECK(avcodec_send_frame(m.enc, m.frame), "sending a frame to the encoder");
+  m.drain(false);
+}
+
+void VideoWriter::close() {
+  Impl& m = *impl_;
+  if (m.closed) return;
+  m.closed = true;
+  try {
+    m.drain(true);
+    OSP_AV_CHECK(av_write_trailer(m.fmt), str("finishing ", m.path));
+  } catch (...) {
+    m.release();
+    throw;
+  }
+  m.release();
+}
+
+VideoWriter::~VideoWriter() {
+  if (!impl_) return;
+  try {
+    close();
+  } catch (...) {
+  }
+}
+
+const std::string& VideoWriter::encoder() const { return impl_->encoder; }
+int VideoWriter::frames_written() const { return impl_->frames; }
+
+void write_mp4(const std::string& path, const Tensor& frames, const VideoOptions& opt) {
+  OSP_CHECK(frames.defined() && frames.dtype() == DType::U8 && frames.dim() == 4 &&
+                frames.size(3) == 3,
+            "write_mp4: expected U8 RGB frames [F, H, W, 3], got ",
+            frames.defined() ? frames.desc() : std::string("an undefined tensor"));
+  OSP_CHECK(frames.size(0) >= 1, "write_mp4: no frames to write");
+  const Tensor f = frames.to(Device::cpu()).contiguous();
+  VideoWriter w(path, int(f.size(2)), int(f.size(1)), opt);
+  const int64_t per = f.size(1) * f.size(2) * 3;
+  for (int64_t i = 0; i < f.size(0); ++i) w.write_frame(f.data<uint8_t>() + i * per);
+  w.close();
+}
+
+VideoProbe probe_video(const std::string& path, Tensor* rgb) {
+  av_log_set_level(AV_LOG_ERROR);
+  AVFormatContext* fmt = nullptr;
+  OSP_AV_CHECK(avformat_open_input(&fmt, path.c_str(), nullptr, nullptr), str("opening video ", path));
+  AVCodecContext* dec = nullptr;
+  AVFrame* frame = nullptr;
+  AVPacket* pkt = nullptr;
+  SwsContext* sws = nullptr;
+  VideoProbe out;
+  std::vector<uint8_t> pixels;
+  auto cleanup = [&] {
+    if (sws) sws_freeContext(sws);
+    if (frame) av_frame_free(&frame);
+    if (pkt) av_packet_free(&pkt);
+    if (dec) avcodec_free_context(&dec);
+    avformat_close_input(&fmt);
+  };
+  try {
+    OSP_AV_CHECK(avformat_find_stream_info(fmt, nullptr), str("reading stream info of ", path));
+    const int si = av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
+    OSP_CHECK(si >= 0, path, " has no video stream");
+    AVStream* st = fmt->streams[si];
+    const AVCodec* codec = avcodec_find_decoder(st->codecpar->codec_id);
+    OSP_CHECK(codec, "no decoder for the video stream of ", path);
+    out.codec = codec->name;
+    out.width = st->codecpar->width;
+    out.height = st->codecpar->height;
+    out.fps = st->avg_frame_rate.den ? av_q2d(st->avg_frame_rate) : 0.0;
+    const AVDictionaryEntry* e = nullptr;
+    while ((e = av_dict_get(fmt->metadata, "", e, AV_DICT_IGNORE_SUFFIX)))
+      out.metadata[e->key] = e->value;
+    dec = avcodec_alloc_context3(codec);
+    OSP_CHECK(dec, "avcodec_alloc_context3 failed");
+    OSP_AV_CHECK(avcodec_parameters_to_context(dec, st->codecpar), "copying decoder parameters");
+    OSP_AV_CHECK(avcodec_open2(dec, codec, nullptr), "opening the video decoder");
+    frame = av_frame_alloc();
+    pkt = av_packet_alloc();
+    const size_t per = size_t(out.width) * out.height * 3;
+    auto take = [&](bool flush) {
+      if (flush) avcodec_send_packet(dec, nullptr);
+      for (;;) {
+        const int rc = avcodec_receive_frame(dec, frame);
+        if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
+        OSP_AV_CHECK(rc, "decoding a video frame");
+        ++out.frames;
+        if (rgb) {
+          OSP_CHECK(frame->width == out.width && frame->height == out.height,
+                    "frame size changed inside ", path);
+          if (!sws)
+            sws = sws_getContext(frame->width, frame->height, AVPixelFormat(frame->format),
+                                 frame->width, frame->height, AV_PIX_FMT_RGB24, SWS_BICUBIC,
+                                 nullptr, nullptr, nullptr);
+          OSP_CHECK(sws, "sws_getContext failed while decoding ", path);
+          pixels.resize(pixels.size() + per);
+          uint8_t* dst[1] = {pixels.data() + pixels.size() - per};
+          const int ds[1] = {3 * out.width};
+          sws_scale(sws, frame->data, frame->linesize, 0, frame->height, dst, ds);
+        }
+        av_frame_unref(frame);
+      }
+    };
+    while (av_read_frame(fmt, pkt) >= 0) {
+      if (pkt->stream_index == si) {
+        const int rc = avcodec_send_packet(dec, pkt);
+        av_packet_unref(pkt);
+        OSP_AV_CHECK(rc, "sending a packet to the decoder");
+        take(false);
+      } else {
+        av_packet_unref(pkt);
+      }
+    }
+    take(true);
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+  cleanup();
+  if (rgb) {
+    *rgb = Tensor::empty({out.frames, out.height, out.width, 3}, DType::U8);
+    if (!pixels.empty()) std::memcpy(rgb->data<uint8_t>(), pixels.data(), pixels.size());
+  }
+  return out;
+}
+
+#endif  // OSP_HAVE_FFMPEG
+
+}  // namespace osp::io

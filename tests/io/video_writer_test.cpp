@@ -1,0 +1,124 @@
+// MP4 writer: write a short clip, read it back with libavformat (frame count, size, fps,
+// metadata, pixels close to what was written); RGB conversion; PNG frames; bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "osp/io/image_writer.h"
+#include "osp/io/video_writer.h"
+
+using namespace osp;
+namespace fs = std::filesystem;
+
+namespace {
+fs::path tmp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("osp_video_test_" + name + "_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return d;
+}
+// Smooth moving gradient frames (codec-friendly so the round trip is close).
+Tensor test_frames(int F, int H, int W) {
+  Tensor t = Tensor::empty({F, H, W, 3}, DType::U8);
+  uint8_t* p = t.data<uint8_t>();
+  for (int f = 0; f < F; ++f)
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) {
+        uint8_t* px = p + ((size_t(f) * H + y) * W + x) * 3;
+        px[0] = uint8_t(40 + 150 * x / W + 4 * f);
+        px[1] = uint8_t(60 + 120 * y / H);
+        px[2] = uint8_t(128 + 60 * std::sin(0.2 * (x + y + 3 * f)));
+      }
+  return t;
+}
+}  // namespace
+
+TEST(VideoWriter, RoundTripThroughLibavformat) {
+  if (!io::video_writer_available()) GTEST_SKIP() << "SKIP: built without FFmpeg";
+  const fs::path d = tmp_dir("rt");
+  const std::string path = (d / "clip.mp4").string();
+  const Tensor frames = test_frames(9, 48, 64);
+  io::VideoOptions opt;
+  opt.metadata = {{"title", "a red fox"}, {"comment", "osp test"}, {"osp_seed", "42"}};
+  io::write_mp4(path, frames, opt);
+  ASSERT_TRUE(fs::exists(path));
+  Tensor back;
+  const io::VideoProbe p = io::probe_video(path, &back);
+  EXPECT_EQ(p.frames, 9);
+  EXPECT_EQ(p.width, 64);
+  EXPECT_EQ(p.height, 48);
+  EXPECT_NEAR(p.fps, 16.0, 1e-9);
+  if (io::video_encoder_name() == "libx264") EXPECT_EQ(p.codec, "h264");
+  EXPECT_EQ(p.metadata.at("title"), "a red fox");
+  EXPECT_EQ(p.metadata.at("osp_seed"), "42");
+  ASSERT_EQ(back.shape(), frames.shape());
+  // Lossy codec + yuv420p: pixels are close, not equal.
+  double err = 0;
+  for (int64_t i = 0; i < frames.numel(); ++i)
+    err += std::abs(int(back.data<uint8_t>()[i]) - int(frames.data<uint8_t>()[i]));
+  EXPECT_LT(err / frames.numel(), 6.0);
+  fs::remove_all(d);
+}
+
+TEST(VideoWriter, SameInputSameBytes) {
+  if (!io::video_writer_available()) GTEST_SKIP() << "SKIP: built without FFmpeg";
+  const fs::path d = tmp_dir("det");
+  const Tensor frames = test_frames(5, 32, 32);
+  io::write_mp4((d / "a.mp4").string(), frames);
+  io::write_mp4((d / "b.mp4").string(), frames);
+  EXPECT_EQ(fs::file_size(d / "a.mp4"), fs::file_size(d / "b.mp4"));
+  Tensor a, b;
+  io::probe_video((d / "a.mp4").string(), &a);
+  io::probe_video((d / "b.mp4").string(), &b);
+  EXPECT_EQ(max_abs_diff(a, b), 0.0);
+  fs::remove_all(d);
+}
+
+TEST(VideoWriter, RejectsBadInput) {
+  const fs::path d = tmp_dir("bad");
+  if (!io::video_writer_available()) {
+    EXPECT_THROW(io::write_mp4((d / "x.mp4").string(), test_frames(1, 16, 16)), Error);
+    return;
+  }
+  EXPECT_THROW(io::write_mp4((d / "odd.mp4").string(), test_frames(2, 15, 16)), Error);
+  EXPECT_THROW(io::write_mp4((d / "f32.mp4").string(), Tensor::zeros({2, 16, 16, 3}, DType::F32)), Error);
+  EXPECT_THROW(io::write_mp4((d / "no_such_dir" / "x.mp4").string(), test_frames(1, 16, 16)), Error);
+  EXPECT_THROW(io::probe_video((d / "missing.mp4").string()), Error);
+  fs::remove_all(d);
+}
+
+TEST(VideoWriter, RgbConversionFollowsWanReference) {
+  // [3, F=1, H=1, W=5]: clamp to [-1, 1], uint8 = trunc((x + 1) / 2 * 255).
+  const Tensor v = Tensor::from_vector({-2.f, -1.f, 0.f, 0.5f, 1.5f,  // R
+                                        0.f, 0.f, 0.f, 0.f, 0.f,      // G
+                                        1.f, 1.f, 1.f, 1.f, 1.f},     // B
+                                       {3, 1, 1, 5});
+  const Tensor rgb = io::video_to_rgb8(v);
+  ASSERT_EQ(rgb.shape(), (Shape{1, 1, 5, 3}));
+  const uint8_t* p = rgb.data<uint8_t>();
+  EXPECT_EQ(p[0 * 3], 0);
+  EXPECT_EQ(p[1 * 3], 0);
+  EXPECT_EQ(p[2 * 3], 127);  // 127.5 truncated
+  EXPECT_EQ(p[3 * 3], 191);  // 191.25
+  EXPECT_EQ(p[4 * 3], 255);
+  EXPECT_EQ(p[1], 127);
+  EXPECT_EQ(p[2], 255);
+  EXPECT_THROW(io::video_to_rgb8(Tensor::zeros({4, 1, 2, 2}, DType::F32)), Error);
+}
+
+TEST(ImageWriter, PngFramesRoundTripExactly) {
+  if (!io::png_available()) GTEST_SKIP() << "SKIP: built without libpng";
+  const fs::path d = tmp_dir("png");
+  const Tensor frames = test_frames(3, 16, 24);
+  const auto paths = io::write_png_frames((d / "frames").string(), frames, {{"prompt", "fox"}});
+  ASSERT_EQ(paths.size(), 3u);
+  EXPECT_TRUE(fs::exists(d / "frames" / "frame_0002.png"));
+  for (int i = 0; i < 3; ++i) {
+    const Tensor img = io::read_png(paths[size_t(i)]);
+    ASSERT_EQ(img.shape(), (Shape{16, 24, 3}));
+    EXPECT_EQ(max_abs_diff(img, frames.select(0, i).contiguous()), 0.0);  // lossless
+  }
+  EXPECT_THROW(io::read_png((d / "nope.png").string()), Error);
+  EXPECT_THROW(io::write_png_frames((d / "x").string(), Tensor::zeros({1, 4, 4}, DType::U8)), Error);
+  fs::remove_all(d);
+}
