@@ -1,0 +1,210 @@
+// FP8 E4M3 path on the GPU: HiF8→E4M3 operand quantization (amax and scale on the device) and
+// the E4M3×E4M3 GEMM through cuBLASLt with per-tensor A/B scale pointers.
+//
+// Layout: row-major out[M,N] is column-major outᵀ[N,M] = op(A)·B with A = W seen as
+// column-major [K,N] (TRANSA = T) and B = X seen as column-major [K,M] (TRANSB = N): the "TN"
+// form that Hopper FP8 GEMMs require. D = scale_a·scale_b·(A·B) (+ bias per row of D = per
+// output feature), alpha = 1, beta = 0.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "osp/core/cuda_check.h"
+#include "osp/ops/cuda/cuda_context.h"
+#include "osp/quant/cuda/fp8_cuda.h"
+#include "osp/quant/cuda/hif8_cuda.h"
+#include "osp/quant/cuda/hif8_device.cuh"
+#include "osp/quant/e4m3_scalar.h"
+#include "osp/quant/hif8_scalar.h"
+
+namespace osp::quant::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+unsigned grid_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  if (b < 1) b = 1;
+  if (b > 65535LL * 8) b = 65535LL * 8;
+  return unsigned(b);
+}
+
+template <typename T>
+__global__ void quantize_e4m3_kernel(const T* __restrict__ x, uint8_t* __restrict__ codes,
+                                     int64_t n, const float* __restrict__ d_amax,
+                                     float max_target, float* __restrict__ scale_inv) {
+  constexpr bool kBF16 = sizeof(T) == 2;
+  const float s = device_scale_for(*d_amax, max_target, kBF16);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float xs = to_f(x[i]) * s;
+    if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
+    float v = detail::hif8_decode(detail::hif8_encode_ta(xs, false));
+    codes[i] = detail::e4m3_encode_rne(v);
+  }
+}
+
+template <typename T>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
+                                  T* __restrict__ out, int64_t n) {
+  const float s = *si;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    from_f(out, i, detail::e4m3_decode_bits(c[i]) * s);
+}
+
+// ---- cuBLASLt plans, cached per shape/config ----
+constexpr size_t kWorkspace = size_t(32) << 20;
+
+struct Key {
+  int64_t M, N, K;
+  int out_dt;  // 0 f32, 1 bf16
+  int bias_dt;  // -1 none, 0 f32, 1 bf16
+  bool fast;
+  bool operator<(const Key& o) const {
+    return std::tie(M, N, K, out_dt, bias_dt, fast) <
+           std::tie(o.M, o.N, o.K, o.out_dt, o.bias_dt, o.fast);
+  }
+};
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+void destroy(Plan& p) {
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.d) cublasLtMatrixLayoutDestroy(p.d);
+  if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  p = Plan{};
+}
+
+// Returns false (plan destroyed) when cuBLASLt has no algorithm for this configuration.
+bool make_plan(const Key& k, Plan& p) {
+  using ops::cuda::cublaslt;
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  int8_t fast = k.fast ? 1 : 0;
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
+  // Scale pointers must be set for the heuristic to pick scaled FP8 kernels; the real
+  // pointers are set before every launch.
+  const float* dummy = nullptr;
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &dummy, sizeof(dummy)));
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &dummy, sizeof(dummy)));
+  cublasLtEpilogue_t epi = k.bias_dt >= 0 ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  if (k.bias_dt >= 0) {
+    cudaDataType_t bt = k.bias_dt == 1 ? CUDA_R_16BF : CUDA_R_32F;
+    OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  const cudaDataType_t dt = k.out_dt == 1 ? CUDA_R_16BF : CUDA_R_32F;
+  OSP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(k.K), uint64_t(k.N), k.K));
+  OSP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(k.K), uint64_t(k.M), k.K));
+  OSP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, dt, uint64_t(k.N), uint64_t(k.M), k.N));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  OSP_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = kWorkspace;
+  OSP_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t res[1];
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1,
+                                                     res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    destroy(p);
+    return false;
+  }
+  p.algo = res[0].algo;
+  return true;
+}
+
+std::mutex g_mu;
+std::map<Key, Plan>& plans() {
+  static auto* m = new std::map<Key, Plan>();
+  return *m;
+}
+
+}  // namespace
+
+void hif8_quantize_e4m3(const Tensor& x, Tensor& codes, Tensor& scale_inv, float max_target) {
+  const int64_t n = x.numel();
+  Tensor d = Tensor::empty({1}, DType::F32, x.device());
+  amax_to_device(x, d.data<float>());
+  if (x.dtype() == DType::F32)
+    quantize_e4m3_kernel<float><<<grid_for(n), kThreads>>>(
+        static_cast<const float*>(x.raw()), codes.data<uint8_t>(), n, d.data<float>(), max_target,
+        scale_inv.data<float>());
+  else
+    quantize_e4m3_kernel<__nv_bfloat16><<<grid_for(n), kThreads>>>(
+        static_cast<const __nv_bfloat16*>(x.raw()), codes.data<uint8_t>(), n, d.data<float>(),
+        max_target, scale_inv.data<float>());
+  OSP_CUDA_LAUNCH_CHECK("quantize_e4m3_kernel");
+}
+
+void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
+  const int64_t n = codes.numel();
+  if (n == 0) return;
+  if (out.dtype() == DType::F32)
+    dequantize_kernel<float><<<grid_for(n), kThreads>>>(codes.data<uint8_t>(), scale_inv.data<float>(),
+                                                        out.data<float>(), n);
+  else
+    dequantize_kernel<__nv_bfloat16><<<grid_for(n), kThreads>>>(
+        codes.data<uint8_t>(), scale_inv.data<float>(), static_cast<__nv_bfloat16*>(out.raw()), n);
+  OSP_CUDA_LAUNCH_CHECK("fp8 dequantize_kernel");
+}
+
+void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
+              const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum) {
+  if (M == 0 || N == 0) return;
+  const int out_dt = out.dtype() == DType::BF16 ? 1 : 0;
+  // The FP8 bias is BF16 for BF16 output (cuBLASLt's rule); for F32 output try BF16 first and
+  // fall back to F32 if no algorithm takes it.
+  Tensor bias_dev;
+  int bias_dt = -1;
+  Plan plan;
+  std::lock_guard<std::mutex> lock(g_mu);
+  for (int attempt : {1, 0}) {
+    if (bias) bias_dt = attempt;
+    Key k{M, N, K, out_dt, bias_dt, fast_accum};
+    auto it = plans().find(k);
+    if (it != plans().end()) {
+      plan = it->second;
+      break;
+    }
+    Plan p;
+    if (make_plan(k, p)) {
+      plans()[k] = p;
+      plan = p;
+      break;
+    }
+    if (!bias) break;
+  }
+  OSP_CHECK(plan.desc, "fp8_linear: cuBLASLt found no FP8 (E4M3×E4M3) algorithm for M=", M,
+            " N=", N, " K=", K, " out ", dtype_name(out.dtype()), bias ? " with bias" : "",
+            " — FP8 GEMMs need an sm_89+ GPU (Ada/Hopper) and 16-byte aligned dims");
+  if (bias) {
+    DType want = bias_dt == 1 ? DType::BF16 : DType::F32;
+    bias_dev = bias->dtype() == want ? bias->contiguous() : bias->to(want);
+    const void* bp = bias_dev.raw();
+    OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
+  }
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof(sw)));
+  OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof(sx)));
+  const float alpha = 1.0f, beta = 0.0f;
+  void* ws = ops::cuda::scratch(kWorkspace);
+  OSP_CUBLAS_CHECK(cublasLtMatmul(ops::cuda::cublaslt(), plan.desc, &alpha, w, plan.a, x, plan.b, &beta,
+                                  out.raw(), plan.d, out.raw(), plan.d, &plan.algo, ws, kWorkspace,
+                                  ops::cuda::stream()));
+  ops::cuda::log_once(str("fp8_gemm", M, "x", N, "x", K),
+                      str("fp8_linear: cuBLASLt E4M3xE4M3 -> ", dtype_name(out.dtype()), " M=", M,
+                          " N=", N, " K=", K, fast_accum ? " fast-accum" : ""));
+}
+
+}  // namespace osp::quant::cuda

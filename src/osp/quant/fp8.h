@@ -1,0 +1,65 @@
+// The FP8 E4M3 tensor-core path for HiF8-trained models on Hopper.
+//
+// Why it works: after OSP-Next's per-tensor scaling (amax → 15, or 224 for gradients) every
+// HiF8 value v with |v| ≥ 2^-8 is exactly an E4M3 value (E4M3 has 3 mantissa bits on all
+// normal binades 2^-6..2^8 and subnormals m·2^-9; HiF8 has ≤ 3 mantissa bits). The HiF8 values
+// that are NOT representable in E4M3 are exactly those with 0 < |v| < 2^-8 except ±2^-9:
+//   ±1.5·2^-9 (→ ±2^-8), the 1-bit band 2^-10 .. 1.5·2^-15 and the denormals 2^-16 .. 2^-22
+//   (→ 0 or ±2^-9 by round-to-nearest-even), i.e. relative to amax = 15 below 2^-8/15 ≈ 2^-11.9.
+// Above the scaled range nothing differs either (HiF8 values ≤ 448 are all E4M3 values).
+// This is verified exhaustively in tests/quant/fp8_test.cpp (all 253 finite HiF8 values).
+//
+// So fp8_linear computes, per tensor, E4M3(HiF8(x·s_x)) and E4M3(HiF8(w·s_w)) and runs the
+// E4M3×E4M3 GEMM with fp32 accumulation and the dequantization scales 1/s_x, 1/s_w:
+//   out = (1/s_x)(1/s_w) · Xq · Wqᵀ + bias
+// which equals the HiF8 fake-quant linear (hif8_linear.h) up to the tiny values above and
+// fp32 summation order.
+#pragma once
+#include <cstdint>
+
+#include "osp/core/tensor.h"
+#include "osp/quant/hif8.h"
+
+namespace osp::quant {
+
+// ------------------------------------------------------------------ E4M3 scalars
+// float → E4M3 code, round to nearest even, saturating to ±448, NaN → 0x7F (sign kept).
+uint8_t e4m3_encode(float x);
+float e4m3_decode(uint8_t code);
+// True when the HiF8 value v (any finite float, in practice a HiF8 value) is exactly
+// representable in E4M3 (|v| ≤ 448 and e4m3 round trip exact).
+bool is_e4m3_exact(float v);
+
+// ------------------------------------------------------------------ quantized operands
+// codes: F8E4M3 tensor (x's shape), E4M3(HiF8(x·s)); scale_inv: F32 [1], 1/s; both on x's
+// device. s follows hif8_scale_for (bf16 rules for BF16 input). On CUDA s never leaves
+// the device.
+struct Fp8Tensor {
+  Tensor codes;
+  Tensor scale_inv;
+};
+// x F32/BF16 on CPU or CUDA. out.codes / out.scale_inv are (re)allocated if undefined or of
+// the wrong shape/device.
+void hif8_quantize_e4m3(const Tensor& x, Fp8Tensor& out, float max_target = kHiF8ForwardMax);
+Fp8Tensor hif8_quantize_e4m3(const Tensor& x, float max_target = kHiF8ForwardMax);
+// Back to values: out = e4m3(codes) · scale_inv, F32 or BF16 (CPU or CUDA).
+void fp8_dequantize(const Fp8Tensor& q, Tensor& out);
+
+// ------------------------------------------------------------------ GEMM
+struct Fp8LinearOptions {
+  // cuBLASLt CUBLASLT_MATMUL_DESC_FAST_ACCUM: faster, but partial sums are not periodically
+  // promoted to full fp32 (on Hopper's FP8 MMA the accumulator keeps fewer bits).
+  bool fast_accum = false;
+};
+// out[M,N] = scale_x·scale_w · Xq[M,K] · Wq[N,K]ᵀ + bias[N].
+// x.codes may have leading dims (flattened to M); out has them with N last.
+// CUDA (cuBLASLt, sm_89+): K % 16 == 0 and N % 8 == 0; out BF16 or F32; bias F32/BF16 or null
+// (applied in bf16 by the cuBLASLt epilogue). CPU (the reference): out F32, float GEMM of the
+// dequantized E4M3 operands (OpenBLAS), bias added in f32.
+void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tensor& out,
+                const Fp8LinearOptions& opt = {});
+// Convenience: quantizes x and w (max 15) and runs the GEMM above.
+void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out,
+                const Fp8LinearOptions& opt = {});
+
+}  // namespace osp::quant
