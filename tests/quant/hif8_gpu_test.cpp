@@ -1,0 +1,182 @@
+// CUDA HiF8 kernels against the CPU reference: encode/decode/round/stochastic bitwise equal on
+// random and special values, amax and scaled fake quant bitwise equal (F32 and BF16).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "osp/core/philox.h"
+#include "osp/quant/hif8.h"
+#include "osp/quant/hif8_linear.h"
+#include "test_util.h"
+
+using namespace osp;
+using namespace osp::quant;
+
+namespace {
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// Special values, every HiF8 value, the midpoints between neighbouring HiF8 values and their
+// float neighbours, thresholds, plus log-uniform random values of both signs.
+std::vector<float> test_values(size_t n_random) {
+  std::vector<float> v = {0.f, -0.f, NAN, -NAN, INFINITY, -INFINITY, 40960.f, -40960.f,
+                          std::nextafter(40960.f, 0.f), std::ldexp(1.f, -23),
+                          std::nextafter(std::ldexp(1.f, -23), 0.f), 1e-40f, -1e-45f, 3e38f};
+  std::vector<float> pos;
+  for (int c = 0; c < 128; ++c) {
+    float h = hif8_decode(uint8_t(c));
+    if (std::isfinite(h)) pos.push_back(h);
+  }
+  std::sort(pos.begin(), pos.end());
+  for (size_t i = 0; i + 1 < pos.size(); ++i) {
+    float m = 0.5f * (pos[i] + pos[i + 1]);
+    for (float f : {pos[i], m, std::nextafter(m, 0.f), std::nextafter(m, 1e9f)}) {
+      v.push_back(f);
+      v.push_back(-f);
+    }
+  }
+  Tensor r = randn({int64_t(n_random)}, 77);
+  for (size_t i = 0; i < n_random; ++i)
+    v.push_back(r.data<float>()[i] * std::ldexp(1.0f, int(i % 48) - 30));
+  return v;
+}
+
+void expect_bitwise(const Tensor& gpu, const Tensor& cpu, const char* what) {
+  ASSERT_EQ(gpu.numel(), cpu.numel());
+  Tensor g = gpu.to(Device::cpu());
+  size_t bytes = cpu.nbytes();
+  ASSERT_EQ(g.dtype(), cpu.dtype());
+  const uint8_t* a = static_cast<const uint8_t*>(g.raw());
+  const uint8_t* b = static_cast<const uint8_t*>(cpu.raw());
+  size_t es = dtype_size(cpu.dtype());
+  int shown = 0;
+  for (size_t i = 0; i < bytes; i += es) {
+    if (std::memcmp(a + i, b + i, es) != 0) {
+      // NaN payloads may differ; both must be NaN then
+      if (cpu.dtype() == DType::F32) {
+        float x, y;
+        std::memcpy(&x, a + i, 4);
+        std::memcpy(&y, b + i, 4);
+        if (std::isnan(x) && std::isnan(y)) continue;
+      }
+      if (cpu.dtype() == DType::BF16) {
+        uint16_t x, y;
+        std::memcpy(&x, a + i, 2);
+        std::memcpy(&y, b + i, 2);
+        if (std::isnan(bf16_to_f32(x)) && std::isnan(bf16_to_f32(y))) continue;
+      }
+      ADD_FAILURE() << what << ": element " << i / es << " differs";
+      if (++shown > 10) return;
+    }
+  }
+}
+}  // namespace
+
+TEST(HiF8Gpu, EncodeDecodeBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+  std::vector<float> v = test_values(100003);
+  Tensor x = Tensor::from_vector(v, {int64_t(v.size())});
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor xc = x.to(dt);
+    Tensor xg = xc.to(Device::cuda());
+    for (bool sat : {false, true}) {
+      Tensor cc = Tensor::empty(xc.shape(), DType::U8);
+      hif8_encode(xc, cc, sat);
+      Tensor cg = Tensor::empty(xc.shape(), DType::U8, Device::cuda());
+      hif8_encode(xg, cg, sat);
+      expect_bitwise(cg, cc, "encode");
+      // misaligned start (scalar kernel path)
+      Tensor xs = xg.slice(0, 1, xg.size(0));
+      Tensor cs = Tensor::empty(xs.shape(), DType::U8, Device::cuda());
+      hif8_encode(xs, cs, sat);
+      expect_bitwise(cs, cc.slice(0, 1, cc.size(0)).contiguous(), "encode misaligned");
+      // decode to f32 and bf16
+      for (DType od : {DType::F32, DType::BF16}) {
+        Tensor dc = Tensor::empty(xc.shape(), od);
+        hif8_decode(cc, dc);
+        Tensor dg = Tensor::empty(xc.shape(), od, Device::cuda());
+        hif8_decode(cg, dg);
+        expect_bitwise(dg, dc, "decode");
+        Tensor ds = Tensor::empty(cs.shape(), od, Device::cuda());
+        hif8_decode(cs, ds);
+        expect_bitwise(ds, dc.slice(0, 1, dc.size(0)).contiguous(), "decode misaligned");
+      }
+    }
+  }
+  // all 256 codes
+  std::vector<uint8_t> codes(256);
+  for (int c = 0; c < 256; ++c) codes[size_t(c)] = uint8_t(c);
+  Tensor cc = Tensor::empty({256}, DType::HiF8);
+  std::memcpy(cc.raw(), codes.data(), 256);
+  Tensor dc = hif8_decode(cc);
+  Tensor dg = hif8_decode(cc.to(Device::cuda()));
+  expect_bitwise(dg, dc, "decode all codes");
+}
+
+TEST(HiF8Gpu, RoundAndStochasticBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+  std::vector<float> v = test_values(50001);
+  Tensor x = Tensor::from_vector(v, {int64_t(v.size())});
+  for (DType ti : {DType::F32, DType::BF16})
+    for (DType to : {DType::F32, DType::BF16}) {
+      Tensor xc = x.to(ti);
+      Tensor xg = xc.to(Device::cuda());
+      Tensor rc = Tensor::empty(xc.shape(), to), rg = Tensor::empty(xc.shape(), to, Device::cuda());
+      hif8_round(xc, rc);
+      hif8_round(xg, rg);
+      expect_bitwise(rg, rc, "round");
+      hif8_round_stochastic(xc, rc, 2024, 77);
+      hif8_round_stochastic(xg, rg, 2024, 77);
+      expect_bitwise(rg, rc, "stochastic round");
+    }
+}
+
+TEST(HiF8Gpu, AmaxAndFakeQuantBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+  for (int64_t n : {int64_t(1), int64_t(1000), int64_t(1) << 20}) {
+    Tensor x = randn({n}, uint64_t(n));
+    std::vector<float> v = x.to_float_vector();
+    for (size_t i = 0; i < v.size(); i += 3) v[i] *= 1e-5f;
+    if (n > 10) v[size_t(n / 2)] = NAN;  // ignored by amax
+    x = Tensor::from_vector(v, {n});
+    for (DType ti : {DType::F32, DType::BF16}) {
+      Tensor xc = x.to(ti);
+      Tensor xg = xc.to(Device::cuda());
+      EXPECT_EQ(amax(xg), amax(xc));
+      for (float smax : {kHiF8ForwardMax, kHiF8BackwardMax})
+        for (DType to : {DType::F32, DType::BF16}) {
+          Tensor oc = Tensor::empty(xc.shape(), to), og = Tensor::empty(xc.shape(), to, Device::cuda());
+          hif8_fake_quant(xc, oc, smax);
+          hif8_fake_quant(xg, og, smax);
+          expect_bitwise(og, oc, "fake quant");
+        }
+      // in place on the GPU
+      Tensor ref = hif8_fake_quant(xc);
+      hif8_fake_quant(xg, xg);
+      expect_bitwise(xg, ref, "fake quant in place");
+    }
+  }
+  // amax 0 → out = x
+  Tensor z = Tensor::zeros({4096}, DType::BF16, Device::cuda());
+  Tensor zq = hif8_fake_quant(z);
+  expect_bitwise(zq, Tensor::zeros({4096}, DType::BF16), "amax 0");
+}
+
+TEST(HiF8Gpu, HiF8LinearMatchesCPU) {
+  OSP_REQUIRE_GPU();
+  Tensor x = randn({77, 256}, 5), w = randn({96, 256}, 6), b = randn({96}, 7);
+  Tensor ref = Tensor::empty({77, 96}, DType::F32);
+  hif8_linear(x, w, &b, ref);
+  Tensor xg = x.to(DType::BF16).to(Device::cuda()), wg = w.to(DType::BF16).to(Device::cuda());
+  Tensor bg = b.to(DType::BF16).to(Device::cuda());
+  Tensor og = Tensor::empty({77, 96}, DType::F32, Device::cuda());
+  hif8_linear(xg, wg, &bg, og);
+  // bf16 inputs and bf16 fake-quant numerics: ≈ 1e-2 relative (golden README's GPU bound)
+  EXPECT_LT(relative_error(og, ref), 2e-2);
+}
