@@ -213,6 +213,11 @@ struct PickleWriter {
                        const std::string& storage_key, int64_t storage_numel, int64_t offset,
                        const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
     str(key);
+    return tensor_value(storage_cls, storage_key, storage_numel, offset, shape, strides);
+  }
+  PickleWriter& tensor_value(const std::string& storage_cls, const std::string& storage_key,
+                             int64_t storage_numel, int64_t offset,
+                             const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
     global("torch._utils", "_rebuild_tensor_v2");
     mark();
     mark().str("storage").global("torch", storage_cls).str(storage_key).str("cpu");
