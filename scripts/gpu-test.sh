@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# What a GPU machine runs: configure Release with CUDA (sm_90a), build the GPU tests and GPU
+# benchmarks, run every `gpu`-labelled ctest test and every bench_*gpu* binary (and the
+# PyTorch baseline bench/torch_dit_block.py when torch is importable), keep the logs under
+# $OUT, and print a short table last.
+#
+# Environment knobs:
+#   OUT=dir          logs and JSON lines (default ./out)
+#   BUILD=dir        build directory (default build-gpu)
+#   JOBS=n           build parallelism (default nproc)
+#   TESTS=0          skip the gpu tests;  BENCH=0  skip the benchmarks;  TORCH=0  skip torch
+#   BENCH_ARGS=...   extra arguments for every bench_*gpu* binary (e.g. --quick)
+#   TEST_REGEX=...   ctest -R filter inside the gpu label
+#   OSP_GOLDEN_DIR   where golden_*.safetensors are (default ./golden-copy if present)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+BUILD=${BUILD:-build-gpu}
+JOBS=${JOBS:-$(nproc)}
+mkdir -p "$OUT"
+if [ -z "${OSP_GOLDEN_DIR:-}" ] && [ -d golden-copy ]; then export OSP_GOLDEN_DIR=$PWD/golden-copy; fi
+status=0
+
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; } \
+  > "$OUT/card.txt" 2>&1
+cat "$OUT/card.txt"
+
+t0=$(date +%s)
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90a -DOSP_FFMPEG=OFF > "$OUT/configure.log" 2>&1 \
+  || { echo "configure failed (see configure.log)"; tail -30 "$OUT/configure.log"; exit 1; }
+# Only the GPU tests and GPU benchmarks (and what they need); -k 0 keeps going past a broken one.
+targets=$(ninja -C "$BUILD" -t targets all 2>/dev/null |
+          sed -n 's/^\([A-Za-z0-9_]*\(_gpu_test\|gpu[A-Za-z0-9_]*\)\): .*/\1/p' |
+          grep -E '(_gpu_test$|^bench_.*gpu)' | grep -v '^cmake_' | sort -u)
+echo "building: $(echo $targets | wc -w) targets with $JOBS jobs"
+ninja -C "$BUILD" -j "$JOBS" -k 0 $targets > "$OUT/build.log" 2>&1 || {
+  status=1
+  echo "BUILD ERRORS (first lines):"
+  grep -E "error|FAILED" "$OUT/build.log" | head -20
+}
+echo "build: $(( $(date +%s) - t0 )) s"
+
+if [ "${TESTS:-1}" != 0 ]; then
+  (cd "$BUILD" && ctest -L gpu ${TEST_REGEX:+-R "$TEST_REGEX"} --output-on-failure --timeout 900) \
+    > "$OUT/gpu-tests.log" 2>&1 || status=1
+  grep -E "tests passed|tests failed|\*\*\*Failed|Failed|Passed|Not Run|SKIP" "$OUT/gpu-tests.log" | tail -40
+fi
+
+if [ "${BENCH:-1}" != 0 ]; then
+  : > "$OUT/bench.jsonl"
+  for b in "$BUILD"/bench_*gpu*; do
+    [ -x "$b" ] || continue
+    echo "running $(basename "$b") ${BENCH_ARGS:-}"
+    "$b" ${BENCH_ARGS:-} 2> "$OUT/$(basename "$b").stderr" | tee -a "$OUT/bench.jsonl" || status=1
+  done
+  if [ "${TORCH:-1}" != 0 ] && python3 -c "import torch" 2>/dev/null; then
+    echo "running bench/torch_dit_block.py"
+    PYTHONUNBUFFERED=1 python3 bench/torch_dit_block.py ${BENCH_ARGS:-} 2> "$OUT/torch.stderr" \
+      | tee -a "$OUT/bench.jsonl" || status=1
+  fi
+  python3 - "$OUT/bench.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print("\n==== summary (%s) ====" % (rows[0].get("card", "?") if rows else "no results"))
+for r in rows:
+    b = r.get("bench")
+    if b == "attention":
+        print("attn  %-20s %-6s %9s ms %7s TF/s" % (r["case"], r["path"], r.get("ms", "-"), r.get("tflops", "-")))
+    elif b == "gemm":
+        print("gemm  %-20s        %9.3f ms %7.1f TF/s" % (r["case"], r["ms"], r["tflops"]))
+    elif b == "dit_block":
+        print("block %-16s %-6s %9.2f ms  attn %6.1f TF/s (%s)  gemm %6.1f TF/s" % (
+            r["model"], r["kind"], r["ms"], r["attn_tflops"], r["attn_path"], r["gemm_tflops"]))
+    elif b == "dit_forward":
+        print("fwd   %-16s full %9.1f ms  hybrid %9.1f ms  speedup %.2fx  peak %.1f GiB" % (
+            r["model"], r["full_ms"], r["hybrid_ms"], r["hybrid_speedup"], r["peak_gib"]))
+    elif b == "torch_dit_block":
+        print("torch %-16s full %9.2f ms/block  sdpa %s %6.1f TF/s" % (r["model"], r["ms"], r["sdpa"], r["attn_tflops"]))
+    elif b == "torch_dit_forward":
+        print("torch %-16s full %9.1f ms/forward" % (r["model"], r["full_ms"]))
+    else:
+        print(json.dumps(r)[:160])
+PY
+fi
+echo "gpu-test.sh status $status"
+exit $status
