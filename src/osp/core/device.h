@@ -2,6 +2,7 @@
 // without it every CUDA request fails with a clear osp::Error.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace osp {
