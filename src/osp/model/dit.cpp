@@ -1,0 +1,497 @@
+// Wan2.1 / OSP-Next DiT: weight binding and the device-generic forward (shapes next to steps).
+#include "osp/model/dit.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "osp/ops/ops.h"
+#include "osp/quant/hif8.h"
+
+namespace osp::model {
+
+using sparse::BlockKind;
+
+// ---------------------------------------------------------------- FLOPs (wan-spec §7.1)
+double dit_forward_flops(const DiTConfig& c, const sparse::Grid& g,
+                         const std::vector<BlockKind>& kinds, int P, int64_t B) {
+  const double d = double(c.dim), F = double(c.ffn_dim), Lt = double(c.text_len);
+  const double N = double(g.numel());
+  double total = 0;
+  std::vector<int32_t> tok_len, grp_len;
+  double n_sparse = N;
+  for (BlockKind k : kinds) {
+    double rows = N, core = 0;
+    if (k == BlockKind::Full) {
+      core = 4 * N * N * d;
+    } else {
+      auto& lens = k == BlockKind::Token ? tok_len : grp_len;
+      if (lens.empty()) {
+        lens = sparse::skiparse_row_lengths(g, P, k);
+        n_sparse = double(sparse::skiparse_geometry(g, P).L) * P * P;
+      }
+      rows = n_sparse;
+      for (int32_t l : lens) core += 4.0 * double(l) * double(l) * d;
+    }
+    total += 8 * rows * d * d + core;                             // self-attention
+    total += 4 * rows * d * d + 4 * Lt * d * d + 4 * rows * Lt * d;  // cross-attention
+    total += 4 * rows * d * F;                                     // FFN
+  }
+  const double K = double(c.in_dim) * double(c.patch_volume());
+  total += 2 * N * K * d;                                          // patch embedding
+  total += 2 * Lt * (double(c.text_dim) * d + d * d);              // text embedding
+  total += 2 * N * d * double(c.out_dim) * double(c.patch_volume());  // head
+  return total * double(B);
+}
+
+// ---------------------------------------------------------------- binding
+std::map<std::string, Shape> DiT::expected_shapes(const DiTConfig& c) {
+  const int64_t d = c.dim;
+  std::map<std::string, Shape> s;
+  s["patch_embedding.weight"] = {d, c.in_dim, c.patch_t, c.patch_h, c.patch_w};
+  s["patch_embedding.bias"] = {d};
+  s["text_embedding.0.weight"] = {d, c.text_dim};
+  s["text_embedding.0.bias"] = {d};
+  s["text_embedding.2.weight"] = {d, d};
+  s["text_embedding.2.bias"] = {d};
+  s["time_embedding.0.weight"] = {d, c.freq_dim};
+  s["time_embedding.0.bias"] = {d};
+  s["time_embedding.2.weight"] = {d, d};
+  s["time_embedding.2.bias"] = {d};
+  s["time_projection.1.weight"] = {6 * d, d};
+  s["time_projection.1.bias"] = {6 * d};
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = str("blocks.", i, ".");
+    s[p + "modulation"] = {1, 6, d};
+    for (const char* a : {"self_attn", "cross_attn"}) {
+      for (const char* l : {"q", "k", "v", "o"}) {
+        s[p + a + "." + l + ".weight"] = {d, d};
+        s[p + a + "." + l + ".bias"] = {d};
+      }
+      if (c.qk_norm) {
+        s[p + a + ".norm_q.weight"] = {d};
+        s[p + a + ".norm_k.weight"] = {d};
+      }
+    }
+    if (c.cross_attn_norm) {
+      s[p + "norm3.weight"] = {d};
+      s[p + "norm3.bias"] = {d};
+    }
+    s[p + "ffn.0.weight"] = {c.ffn_dim, d};
+    s[p + "ffn.0.bias"] = {c.ffn_dim};
+    s[p + "ffn.2.weight"] = {d, c.ffn_dim};
+    s[p + "ffn.2.bias"] = {d};
+  }
+  s["head.modulation"] = {1, 2, d};
+  s["head.head.weight"] = {c.out_dim * c.patch_volume(), d};
+  s["head.head.bias"] = {c.out_dim * c.patch_volume()};
+  return s;
+}
+
+namespace {
+// Contiguous copy of t in dtype dt on device dev (never a view into the checkpoint).
+Tensor place(const Tensor& t, DType dt, Device dev) {
+  Tensor out = Tensor::empty(t.shape(), dt, dev);
+  out.copy_from(t);
+  return out;
+}
+}  // namespace
+
+DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights,
+              const DiTOptions& opt, const std::string& prefix) {
+  cfg.validate();
+  if (opt.device.is_cuda())
+    OSP_CHECK(cuda_available(), "DiT::bind: device ", opt.device.name(),
+              " requested but no CUDA GPU is available in this build/machine");
+  // 1. Check every tensor first; report all problems at once.
+  const auto expected = expected_shapes(cfg);
+  std::vector<std::string> problems;
+  for (const auto& [name, shape] : expected) {
+    auto it = weights.find(prefix + name);
+    if (it == weights.end()) {
+      problems.push_back(str("missing ", prefix + name, " ", shape_str(shape)));
+      continue;
+    }
+    const Tensor& t = it->second;
+    if (!t.defined() || t.shape() != shape)
+      problems.push_back(str("shape of ", prefix + name, ": expected ", shape_str(shape), ", got ",
+                             t.defined() ? shape_str(t.shape()) : std::string("undefined")));
+    else if (!dtype_is_float(t.dtype()))
+      problems.push_back(str("dtype of ", prefix + name, ": expected a float type, got ",
+                             dtype_name(t.dtype())));
+  }
+  if (!problems.empty()) {
+    std::ostringstream os;
+    os << "DiT::bind: " << problems.size() << " problem(s) with the checkpoint for config ("
+       << cfg.summary() << "):";
+    const size_t show = std::min<size_t>(problems.size(), 40);
+    for (size_t i = 0; i < show; ++i) os << "\n  " << problems[i];
+    if (show < problems.size()) os << "\n  ... and " << problems.size() - show << " more";
+    fail(os.str());
+  }
+
+  DiT m;
+  m.cfg_ = cfg;
+  m.opt_ = opt;
+  m.kinds_ = cfg.block_kinds();
+  m.P_ = cfg.sparse_ratio;
+  const Device dev = opt.device;
+  const bool cuda = dev.is_cuda();
+  m.act_ = cuda ? DType::BF16 : DType::F32;
+  const DType gemm_w = m.act_;  // weights of bf16 GEMMs on CUDA
+  const bool hif8 = opt.quant == DiTQuant::HiF8;
+  auto W = [&](const std::string& n) -> const Tensor& { return weights.at(prefix + n); };
+  auto lin = [&](const std::string& n, DType wdt, DType bdt, Device where, bool quant) {
+    Linear l;
+    Tensor w = W(n + ".weight");
+    l.w = place(w.dim() == 2 ? w : w.reshape({w.size(0), w.numel() / w.size(0)}), wdt, where);
+    if (quant) quant::hif8_fake_quant(l.w, l.w);  // cached Q(W, 15), in place
+    l.b = place(W(n + ".bias"), bdt, where);
+    return l;
+  };
+  auto f32 = [&](const std::string& n) { return place(W(n), DType::F32, dev); };
+
+  m.patch_ = lin("patch_embedding", gemm_w, gemm_w, dev, false);
+  m.text0_ = lin("text_embedding.0", gemm_w, gemm_w, dev, false);
+  m.text2_ = lin("text_embedding.2", gemm_w, gemm_w, dev, false);
+  m.time0_ = lin("time_embedding.0", DType::F32, DType::F32, Device::cpu(), false);
+  m.time2_ = lin("time_embedding.2", DType::F32, DType::F32, Device::cpu(), false);
+  m.time_proj_ = lin("time_projection.1", DType::F32, DType::F32, Device::cpu(), false);
+  // The reference's head GEMM is fp32; CUDA linear is bf16-only, so the CUDA head runs a bf16
+  // GEMM with fp32 bias/output (documented deviation). CPU: fp32.
+  m.head_ = lin("head.head", gemm_w, DType::F32, dev, false);
+  m.head_modulation_ = place(W("head.modulation"), DType::F32, Device::cpu()).view({2, cfg.dim});
+  m.blocks_.resize(size_t(cfg.num_layers));
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    Block& b = m.blocks_[size_t(i)];
+    const std::string p = str("blocks.", i, ".");
+    b.modulation = f32(p + "modulation").view({6, cfg.dim});
+    for (int a = 0; a < 2; ++a) {
+      Attn& at = a == 0 ? b.self_attn : b.cross_attn;
+      const std::string q = p + (a == 0 ? "self_attn." : "cross_attn.");
+      at.q = lin(q + "q", gemm_w, gemm_w, dev, hif8);
+      at.k = lin(q + "k", gemm_w, gemm_w, dev, hif8);
+      at.v = lin(q + "v", gemm_w, gemm_w, dev, hif8);
+      at.o = lin(q + "o", gemm_w, gemm_w, dev, hif8);
+      if (cfg.qk_norm) {
+        at.norm_q = f32(q + "norm_q.weight");
+        at.norm_k = f32(q + "norm_k.weight");
+      }
+    }
+    if (cfg.cross_attn_norm) {
+      b.norm3_w = f32(p + "norm3.weight");
+      b.norm3_b = f32(p + "norm3.bias");
+    }
+    b.ffn0 = lin(p + "ffn.0", gemm_w, gemm_w, dev, hif8);
+    b.ffn2 = lin(p + "ffn.2", gemm_w, gemm_w, dev, hif8);
+  }
+  return m;
+}
+
+void DiT::set_block_kinds(const std::vector<BlockKind>& kinds, int P) {
+  OSP_CHECK(int64_t(kinds.size()) == cfg_.num_layers, "DiT::set_block_kinds: got ", kinds.size(),
+            " kinds for ", cfg_.num_layers, " blocks");
+  bool sparse = false;
+  for (BlockKind k : kinds) sparse |= k != BlockKind::Full;
+  OSP_CHECK(!sparse || P >= 2, "DiT::set_block_kinds: sparse blocks need P >= 2, got ", P);
+  kinds_ = kinds;
+  P_ = P;
+}
+
+size_t DiT::weight_bytes() const {
+  size_t n = 0;
+  auto add = [&](const Tensor& t) {
+    if (t.defined()) n += t.nbytes();
+  };
+  auto addl = [&](const Linear& l) {
+    add(l.w);
+    add(l.b);
+  };
+  for (const Linear* l : {&patch_, &text0_, &text2_, &head_, &time0_, &time2_, &time_proj_})
+    addl(*l);
+  for (const Block& b : blocks_) {
+    add(b.modulation);
+    for (const Attn* a : {&b.self_attn, &b.cross_attn}) {
+      addl(a->q), addl(a->k), addl(a->v), addl(a->o);
+      add(a->norm_q), add(a->norm_k);
+    }
+    add(b.norm3_w), add(b.norm3_b);
+    addl(b.ffn0), addl(b.ffn2);
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- forward helpers
+Tensor& DiT::ws(const std::string& name, const Shape& shape, DType dt) {
+  Tensor& t = ws_[name];
+  if (!t.defined() || t.shape() != shape || t.dtype() != dt || t.device() != opt_.device)
+    t = Tensor::empty(shape, dt, opt_.device);
+  return t;
+}
+
+void DiT::linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act) {
+  ops::linear(x, l.w, &l.b, out, act);
+}
+
+// Q(x, 15) into a workspace in HiF8 mode; x itself otherwise.
+const Tensor& DiT::maybe_quant(const Tensor& x, const std::string& name) {
+  if (opt_.quant != DiTQuant::HiF8) return x;
+  Tensor& q = ws(name, x.shape(), x.dtype());
+  quant::hif8_fake_quant(x, q);
+  return q;
+}
+
+// One block (wan-spec §2.2) on the hidden state x [B, n, d] F32 of this block's layout.
+void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
+                    dist::SequenceParallel& sp) {
+  const Block& blk = blocks_[size_t(i)];
+  const int64_t B = x.size(0), n = x.size(1), d = cfg_.dim, H = cfg_.num_heads,
+                D = cfg_.head_dim(), Lt = ctx.size(1);
+  const float eps = cfg_.eps;
+  const bool hif8 = opt_.quant == DiTQuant::HiF8;
+  OSP_CHECK(x.dim() == 3 && x.size(2) == d && x.dtype() == DType::F32 && x.is_contiguous(),
+            "DiT block ", i, ": the sequence-parallel layer returned hidden ", x.desc(),
+            ", expected a contiguous f32 [B, n, ", d, "]");
+
+  // m = modulation + e0[b]: [B, 6, d] F32 → shift1, scale1, gate1, shift2, scale2, gate2
+  Tensor& m = ws("mod", {B, 6, d}, DType::F32);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor mb = m.select(0, b);
+    ops::axpby(1.f, blk.modulation, 1.f, e0.select(0, b), mb);
+  }
+  auto mod = [&](int64_t b, int j) { return m.select(0, b).select(0, j); };
+
+  // ---- self-attention: h = LN(x)·(1 + scale1) + shift1          [B, n, d] act
+  Tensor& h = ws("h", {B, n, d}, act_);
+  const bool round0 = i == 0 && act_ == DType::BF16;  // block 0: x is still bf16 in the reference
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor hb = h.select(0, b);
+    ops::layer_norm_modulate(x.select(0, b), mod(b, 0), mod(b, 1), eps, hb, round0);
+  }
+  const Tensor& hq = maybe_quant(h, "hq");
+  Tensor& q = ws("q", {B, n, d}, act_);
+  Tensor& k = ws("k", {B, n, d}, act_);
+  Tensor& v = ws("v", {B, n, d}, act_);
+  linear(hq, blk.self_attn.q, q);
+  linear(hq, blk.self_attn.k, k);
+  linear(hq, blk.self_attn.v, v);
+  // q, k = RMS(q)·g (fp32, over all d)                            [B, n, d] F32
+  Tensor& qn = ws("qn", {B, n, d}, DType::F32);
+  Tensor& kn = ws("kn", {B, n, d}, DType::F32);
+  if (cfg_.qk_norm) {
+    ops::rms_norm(q, blk.self_attn.norm_q, eps, qn);
+    ops::rms_norm(k, blk.self_attn.norm_k, eps, kn);
+  } else {
+    qn.copy_from(q);
+    kn.copy_from(k);
+  }
+  // RoPE with this rank's table [Rt, n/Rt, D/2, 2] on q, k viewed [B·Rt, n/Rt, H, D]
+  const Tensor& tab = sp.rope_table(i);
+  OSP_CHECK(tab.dim() == 4 && tab.size(0) >= 1 && n % tab.size(0) == 0 &&
+                tab.size(1) == n / tab.size(0) && tab.size(2) == D / 2,
+            "DiT block ", i, ": RoPE table ", tab.desc(), " does not fit hidden rows ", n,
+            " and head dim ", D);
+  const int64_t Rt = tab.size(0);
+  const Shape rope_shape{B * Rt, n / Rt, H, D};
+  Tensor& qr = ws("qr", {B, n, H, D}, act_);
+  Tensor& kr = ws("kr", {B, n, H, D}, act_);
+  {
+    Tensor qrv = qr.view(rope_shape), krv = kr.view(rope_shape);
+    ops::rope(qn.view(rope_shape), tab, qrv);
+    ops::rope(kn.view(rope_shape), tab, krv);
+  }
+  Tensor vh = v.view({B, n, H, D});
+  if (hif8) {
+    quant::hif8_fake_quant(qr, qr);
+    quant::hif8_fake_quant(kr, kr);
+    quant::hif8_fake_quant(vh, vh);
+  }
+  Tensor& o = ws("o", {B, n, H, D}, act_);
+  sp.self_attention(i, qr, kr, vh, o);
+  Tensor& y = ws("y", {B, n, d}, act_);
+  linear(maybe_quant(o.view({B, n, d}), "oq"), blk.self_attn.o, y);
+  // x += y · gate1
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor xb = x.select(0, b), g = mod(b, 2);
+    ops::add_gated_(xb, y.select(0, b), &g);
+  }
+
+  // ---- cross-attention: x += CrossAttn(LN_affine(x), ctx)   (no modulation, no gate)
+  Tensor& h3 = ws("h3", {B, n, d}, act_);
+  if (cfg_.cross_attn_norm)
+    ops::layer_norm(x, &blk.norm3_w, &blk.norm3_b, eps, h3);
+  else
+    h3.copy_from(x);
+  linear(maybe_quant(h3, "h3q"), blk.cross_attn.q, q);
+  Tensor& cq = ws("cq", {B, n, d}, act_);
+  Tensor& ck0 = ws("ck0", {B, Lt, d}, act_);
+  Tensor& ck = ws("ck", {B, Lt, d}, act_);
+  Tensor& cv = ws("cv", {B, Lt, d}, act_);
+  linear(ctx, blk.cross_attn.k, ck0);
+  linear(ctx, blk.cross_attn.v, cv);
+  if (cfg_.qk_norm) {
+    ops::rms_norm(q, blk.cross_attn.norm_q, eps, cq);
+    ops::rms_norm(ck0, blk.cross_attn.norm_k, eps, ck);
+  } else {
+    cq.copy_from(q);
+    ck.copy_from(ck0);
+  }
+  if (hif8) {
+    quant::hif8_fake_quant(cq, cq);
+    quant::hif8_fake_quant(ck, ck);
+    quant::hif8_fake_quant(cv, cv);
+  }
+  ops::attention(cq.view({B, n, H, D}), ck.view({B, Lt, H, D}), cv.view({B, Lt, H, D}), o);
+  linear(maybe_quant(o.view({B, n, d}), "oq"), blk.cross_attn.o, y);
+  ops::add_gated_(x, y, nullptr);
+
+  // ---- FFN: x += Lin(gelu(Lin(LN(x)·(1 + scale2) + shift2))) · gate2
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor hb = h.select(0, b);
+    ops::layer_norm_modulate(x.select(0, b), mod(b, 3), mod(b, 4), eps, hb);
+  }
+  Tensor& f1 = ws("f1", {B, n, cfg_.ffn_dim}, act_);
+  linear(maybe_quant(h, "hq"), blk.ffn0, f1, ops::Act::GeluTanh);
+  linear(maybe_quant(f1, "f1q"), blk.ffn2, y);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor xb = x.select(0, b), g = mod(b, 5);
+    ops::add_gated_(xb, y.select(0, b), &g);
+  }
+}
+
+// ---------------------------------------------------------------- forward
+Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tensor& context,
+                    dist::SequenceParallel& sp) {
+  OSP_CHECK(!blocks_.empty(), "DiT::forward: the model has no weights (use DiT::bind)");
+  const DiTConfig& c = cfg_;
+  const Device dev = opt_.device;
+  OSP_CHECK(x_in.defined() && (x_in.dim() == 4 || x_in.dim() == 5),
+            "DiT::forward: x must be [B, ", c.in_dim, ", F, H, W] or [", c.in_dim,
+            ", F, H, W], got ", x_in.defined() ? x_in.desc() : std::string("undefined"));
+  OSP_CHECK(dtype_is_float(x_in.dtype()), "DiT::forward: x must be a float tensor, got ",
+            x_in.desc());
+  const bool batched = x_in.dim() == 5;
+  const Tensor x5 = batched ? x_in : x_in.unsqueeze(0);
+  const int64_t B = x5.size(0), Fr = x5.size(2), Hl = x5.size(3), Wl = x5.size(4);
+  OSP_CHECK(B >= 1 && x5.size(1) == c.in_dim, "DiT::forward: x has ", x5.size(1),
+            " channels, the model expects in_dim = ", c.in_dim, " (", x_in.desc(), ")");
+  OSP_CHECK(Fr >= 1 && Hl % c.patch_h == 0 && Wl % c.patch_w == 0 && Hl > 0 && Wl > 0,
+            "DiT::forward: latent ", Fr, "x", Hl, "x", Wl, " must have H, W multiples of the patch ",
+            c.patch_h, "x", c.patch_w);
+  OSP_CHECK(int64_t(t.size()) == B, "DiT::forward: got ", t.size(), " timesteps for ", B,
+            " samples (one per sample)");
+  for (float tv : t)
+    OSP_CHECK(std::isfinite(tv), "DiT::forward: timestep ", tv, " is not finite");
+  OSP_CHECK(context.defined() && (context.dim() == 2 || context.dim() == 3),
+            "DiT::forward: context must be [B, L, ", c.text_dim, "] or [L, ", c.text_dim,
+            "], got ", context.defined() ? context.desc() : std::string("undefined"));
+  const Tensor ctx3 = context.dim() == 3 ? context : context.unsqueeze(0);
+  OSP_CHECK(ctx3.size(0) == B, "DiT::forward: context has ", ctx3.size(0),
+            " samples but x has ", B);
+  OSP_CHECK(ctx3.size(2) == c.text_dim, "DiT::forward: context width ", ctx3.size(2),
+            " != text_dim ", c.text_dim);
+  const int64_t Lc = ctx3.size(1), Lt = c.text_len, d = c.dim;
+  OSP_CHECK(Lc <= Lt, "DiT::forward: context has ", Lc, " rows, more than text_len ", Lt,
+            " (trim the text encoder output to its real tokens)");
+
+  const sparse::Grid grid{Fr, Hl / c.patch_h, Wl / c.patch_w};
+  const int64_t N = grid.numel(), K = c.in_dim * c.patch_volume();
+
+  // (a) patch embedding: im2col + GEMM                               X [B, N, d]
+  Tensor& patches = ws("patches", {B, N, K}, act_);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor z = x5.select(0, b).contiguous().to(dev);
+    if (z.dtype() != DType::F32 && z.dtype() != act_) z = z.to(DType::F32);
+    Tensor pb = patches.select(0, b);
+    ops::patchify(z, c.patch_t, c.patch_h, c.patch_w, pb);
+  }
+  Tensor& xe = ws("x_embed", {B, N, d}, act_);
+  linear(patches, patch_, xe);
+  Tensor& xfull = ws("x_full", {B, N, d}, DType::F32);
+  xfull.copy_from(xe);
+
+  // (b) time embedding on the host in fp32 (sinusoid in fp64)       e [B, d], e0 [B, 6, d]
+  const int64_t half = c.freq_dim / 2;
+  Tensor sinus = Tensor::empty({B, c.freq_dim}, DType::F32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < half; ++k) {
+      const double arg = double(t[size_t(b)]) * std::pow(10000.0, -double(k) / double(half));
+      sinus.data<float>()[b * c.freq_dim + k] = float(std::cos(arg));
+      sinus.data<float>()[b * c.freq_dim + half + k] = float(std::sin(arg));
+    }
+  Tensor e_a = Tensor::empty({B, d}, DType::F32), e = Tensor::empty({B, d}, DType::F32);
+  ops::linear(sinus, time0_.w, &time0_.b, e_a, ops::Act::Silu);
+  ops::linear(e_a, time2_.w, &time2_.b, e);
+  Tensor e_silu = Tensor::empty({B, d}, DType::F32);
+  ops::silu(e, e_silu);
+  Tensor e0 = Tensor::empty({B, 6 * d}, DType::F32);
+  ops::linear(e_silu, time_proj_.w, &time_proj_.b, e0);
+  Tensor e0_dev = e0.view({B, 6, d}).to(dev);
+
+  // (c) text embedding: zero-pad to text_len, Lin → GELU → Lin      C [B, Lt, d]
+  Tensor ctx_host = Tensor::zeros({B, Lt, c.text_dim}, DType::F32);
+  if (Lc > 0) {
+    const std::vector<float> cv = ctx3.to_float_vector();  // [B, Lc, text_dim]
+    float* dst = ctx_host.data<float>();
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(cv.begin() + b * Lc * c.text_dim, cv.begin() + (b + 1) * Lc * c.text_dim,
+                dst + b * Lt * c.text_dim);
+  }
+  Tensor& ctx_in = ws("ctx_in", {B, Lt, c.text_dim}, act_);
+  ctx_in.copy_from(ctx_host);
+  Tensor& c1 = ws("ctx1", {B, Lt, d}, act_);
+  Tensor& ctx = ws("ctx", {B, Lt, d}, act_);
+  linear(ctx_in, text0_, c1, ops::Act::GeluTanh);
+  linear(c1, text2_, ctx);
+  const Tensor& ctx_q = maybe_quant(ctx, "ctx_q");  // HiF8: the k/v linears' input, once
+
+  // (d) blocks, laid out by the sequence-parallel layer
+  dist::ForwardPlan plan;
+  plan.grid = grid;
+  plan.kinds = kinds_;
+  plan.P = P_;
+  plan.heads = int(c.num_heads);
+  plan.head_dim = int(c.head_dim());
+  plan.device = dev;
+  sp.setup(plan);
+  Tensor x = sp.scatter_input(xfull);
+  for (int i = 0; i < int(c.num_layers); ++i) {
+    if (i > 0) x = sp.enter_block(i, x);
+    if (!x.is_contiguous()) x = x.contiguous();
+    run_block(i, x, ctx_q, e0_dev, sp);
+    if (hook_) hook_(i, x);
+  }
+  Tensor xo = sp.gather_output(x);
+  OSP_CHECK(xo.dim() == 3 && xo.size(0) == B && xo.size(1) == N && xo.size(2) == d,
+            "DiT::forward: gather_output returned ", xo.desc(), ", expected [", B, ", ", N, ", ",
+            d, "]");
+  xo = xo.contiguous();
+
+  // (e) head: LN(x)·(1 + scale) + shift with (shift, scale) = head.modulation + e
+  Tensor hm = Tensor::empty({B, 2, d}, DType::F32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int j = 0; j < 2; ++j)
+      for (int64_t ch = 0; ch < d; ++ch)
+        hm.data<float>()[(b * 2 + j) * d + ch] =
+            head_modulation_.data<float>()[j * d + ch] + e.data<float>()[b * d + ch];
+  Tensor hm_dev = hm.to(dev);
+  Tensor& hn = ws("head_in", {B, N, d}, act_);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor hb = hn.select(0, b);
+    ops::layer_norm_modulate(xo.select(0, b), hm_dev.select(0, b).select(0, 0),
+                             hm_dev.select(0, b).select(0, 1), c.eps, hb);
+  }
+  const int64_t Kout = c.out_dim * c.patch_volume();
+  Tensor& yh = ws("head_out", {B, N, Kout}, DType::F32);
+  linear(hn, head_, yh);
+
+  // (f) unpatchify                                                   v [B, out, F, H, W]
+  Tensor out = Tensor::empty({B, c.out_dim, Fr, Hl, Wl}, DType::F32, dev);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor ob = out.select(0, b);
+    ops::unpatchify(yh.select(0, b), grid.T, grid.H, grid.W, c.patch_t, c.patch_h, c.patch_w, ob);
+  }
+  return batched ? out : out.select(0, 0);
+}
+
+}  // namespace osp::model

@@ -1,0 +1,109 @@
+// The Wan2.1 / OSP-Next diffusion transformer (wan-spec §2.2, osp-next-spec §2.3–2.6, §3.6–3.8).
+//
+// One device-generic forward through ops:: — on the CPU everything is fp32; on CUDA the
+// precision map of wan-spec §2.6: bf16 weights and activations for the patch/text embeddings and
+// every block linear, fp32 residual stream, fp32 modulation, norms and RoPE angles, bf16
+// attention with fp32 softmax. The token layout (full / Skiparse token / group, padding, ranks)
+// is entirely the business of dist::SequenceParallel; the DiT only calls its hooks.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "osp/core/tensor.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit_config.h"
+#include "osp/ops/ops.h"
+
+namespace osp::model {
+
+enum class DiTQuant : uint8_t { None, HiF8 };
+
+struct DiTOptions {
+  Device device = Device::cpu();
+  // HiF8 fake quantization (osp-next-spec §5.5–5.8): inputs and weights of every block linear
+  // and the attention q/k/v (after norms and RoPE) go through Q(·, 15). Weights are quantized
+  // once at bind time.
+  DiTQuant quant = DiTQuant::None;
+};
+
+// Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
+// (the token grid after patchify) with the given block kinds; sparse blocks count their
+// self-attention core over the P² sub-sequences (real tokens only). Embeddings and norms are
+// included as GEMMs where they are GEMMs.
+double dit_forward_flops(const DiTConfig& cfg, const sparse::Grid& grid,
+                         const std::vector<sparse::BlockKind>& kinds, int P, int64_t B);
+
+class DiT {
+ public:
+  DiT() = default;
+
+  // Wan names and shapes of every tensor the config needs (wan-spec §3.2).
+  static std::map<std::string, Shape> expected_shapes(const DiTConfig& cfg);
+
+  // Binds weights by Wan name: weights[prefix + name] (any float dtype, any device; converted
+  // and copied to opt.device in the dtype of the precision map). Missing and mis-shaped tensors
+  // are reported together in one osp::Error.
+  static DiT bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights,
+                  const DiTOptions& opt = {}, const std::string& prefix = "");
+
+  const DiTConfig& config() const { return cfg_; }
+  const DiTOptions& options() const { return opt_; }
+  const std::vector<sparse::BlockKind>& block_kinds() const { return kinds_; }
+  int sparse_ratio() const { return P_; }
+  // Overrides the attention plan (e.g. run a hybrid checkpoint with full attention, or the
+  // reverse): one kind per block, validated by the sequence-parallel plan at forward time.
+  void set_block_kinds(const std::vector<sparse::BlockKind>& kinds, int P);
+
+  // x [B, in_dim, F, H, W] or [in_dim, F, H, W] (any float dtype, any device); t one timestep
+  // per sample (float, 0..1000); context [B, L, text_dim] or [L, text_dim] with L ≤ text_len
+  // (zero-padded to text_len, no key mask). Returns the velocity [B, out_dim, F, H, W] (or
+  // without B, as x) in F32 on the model's device. H, W must be multiples of the patch size.
+  Tensor forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+                 dist::SequenceParallel& sp);
+
+  // Debug hook: called after every block with the block index and the hidden state
+  // [B, n_local, dim] in that block's (rank-local) layout.
+  using BlockHook = std::function<void(int block, const Tensor& hidden)>;
+  void set_block_hook(BlockHook hook) { hook_ = std::move(hook); }
+
+  // Bytes of weights held on the device.
+  size_t weight_bytes() const;
+
+ private:
+  struct Linear {
+    Tensor w, b;  // compute copies on the device ([N, K], [N])
+  };
+  struct Attn {
+    Linear q, k, v, o;
+    Tensor norm_q, norm_k;  // F32 [d] (undefined without qk_norm)
+  };
+  struct Block {
+    Tensor modulation;  // F32 [6, d] on the device
+    Attn self_attn, cross_attn;
+    Tensor norm3_w, norm3_b;  // F32 [d] (undefined without cross_attn_norm)
+    Linear ffn0, ffn2;
+  };
+
+  Tensor& ws(const std::string& name, const Shape& shape, DType dt);
+  void linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
+  const Tensor& maybe_quant(const Tensor& x, const std::string& name);
+  void run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0, dist::SequenceParallel& sp);
+
+  DiTConfig cfg_;
+  DiTOptions opt_;
+  std::vector<sparse::BlockKind> kinds_;
+  int P_ = 2;
+  DType act_ = DType::F32;  // activation dtype of GEMM inputs/outputs (BF16 on CUDA)
+
+  Linear patch_, text0_, text2_, head_;
+  // Time MLP always runs on the host in fp32 (tiny; keeps the reference's fp32 path exact).
+  Linear time0_, time2_, time_proj_;
+  Tensor head_modulation_;  // F32 [2, d] host
+  std::vector<Block> blocks_;
+  BlockHook hook_;
+  std::map<std::string, Tensor> ws_;
+};
+
+}  // namespace osp::model
