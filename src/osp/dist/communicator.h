@@ -74,6 +74,17 @@ class Communicator {
 // One rank; collectives copy locally.
 std::unique_ptr<Communicator> make_single_communicator();
 
+// Rank `rank` of a pretend group of `size` ranks: every collective validates its arguments and
+// counts bytes exactly like a real backend but moves no data (recv buffers are left as they
+// are). For communication accounting (bench/comm_report) without running S processes.
+// split(color, key) gives a counting group of split_size ranks with rank = key.
+std::unique_ptr<Communicator> make_counting_communicator(int size, int rank, int split_size = 1);
+
+// `size` ranks as threads of this process sharing memory (tests and CPU experiments without
+// mpirun): returns one communicator per rank; rank r's must be used by one thread only, and all
+// of them concurrently (collectives block until every rank arrives).
+std::vector<std::unique_ptr<Communicator>> make_thread_communicators(int size);
+
 // True when this build has the MPI backend.
 bool mpi_built();
 // True when this build has the NCCL backend.

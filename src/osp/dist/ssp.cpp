@@ -18,6 +18,7 @@
 #include <numeric>
 #include <tuple>
 
+#include "osp/dist/comm_volume.h"
 #include "osp/dist/communicator.h"
 #include "osp/dist/rope_table.h"
 #include "osp/dist/sequence_parallel.h"
@@ -345,6 +346,49 @@ class ParallelLayout final : public SequenceParallel {
     return out.view({B, N, Cx});
   }
 
+  // Bytes this rank sends per forward (same tables as the real exchanges; no data moves).
+  CommVolume volume(int64_t B, size_t eb, int64_t out_ch) const {
+    require_plan("volume");
+    CommVolume v;
+    const int S = size(), me = rank();
+    const int64_t C = int64_t(plan_.heads) * plan_.head_dim;
+    v.S = S;
+    v.U = U_;
+    for (size_t i = 0; i < plan_.kinds.size(); ++i) {
+      const int id = layout_id(plan_.kinds[i]);
+      if (id == kFull) ++v.full_blocks;
+      else ++v.sparse_blocks;
+      if (i > 0 && enter_[i] >= 0) {
+        const Exchange& ex = exch_.at(enter_[i]);
+        uint64_t rows = 0;
+        for (int d = 0; d < S; ++d)
+          if (d != me) rows += uint64_t(ex.send_cnt1[size_t(d)]);
+        const uint64_t bytes = rows * uint64_t(B * C) * eb;
+        const bool sw = id != kFull && layout_id(plan_.kinds[i - 1]) != kFull;
+        if (sw) ++v.switches, v.switch_bytes += bytes;
+        else ++v.transitions, v.transition_bytes += bytes;
+      }
+      const Layout& L = layouts_[id];
+      if (L.attn != Attn::Ulysses) continue;
+      const int Ug = id == kFull ? S : U_;
+      const int base = id == kFull ? 0 : me - me % U_;
+      const int64_t hs_d = C / Ug, n = L.n(me);
+      int64_t others = 0;
+      for (int u = 0; u < Ug; ++u)
+        if (base + u != me) others += L.n(base + u);
+      // q, k, v: my rows for every other head group; out: the other ranks' rows, my heads.
+      const uint64_t bytes = uint64_t(3 * B * n * hs_d * (Ug - 1) + B * others * hs_d) * eb;
+      (id == kFull ? v.full_bytes : v.sparse_ulysses_bytes) += bytes;
+    }
+    if (out_ch > 0) {
+      const Layout& L = layouts_[layout_id(plan_.kinds.back())];
+      int64_t nmax = 0;
+      for (int r = 0; r < S; ++r) nmax = std::max(nmax, L.n(r));
+      v.output_bytes = uint64_t(S - 1) * uint64_t(B * nmax * out_ch) * eb;
+    }
+    return v;
+  }
+
  private:
   // Layout of sparse kind `id` over S ranks.
   void build_sparse_layout(const ForwardPlan& plan, int id, int S) {
@@ -603,6 +647,21 @@ std::unique_ptr<SequenceParallel> make_ssp(std::shared_ptr<Communicator> comm) {
 }
 std::unique_ptr<SequenceParallel> make_ulysses(std::shared_ptr<Communicator> comm) {
   return std::make_unique<ParallelLayout>(std::move(comm), true);
+}
+
+CommVolume comm_volume(const ForwardPlan& plan, const std::string& mode, int S, int rank,
+                       int64_t B, size_t elem_bytes, int64_t out_channels) {
+  OSP_CHECK(mode == "ssp" || mode == "ulysses", "comm_volume: mode must be ssp or ulysses, got '",
+            mode, "'");
+  OSP_CHECK(B >= 1 && elem_bytes >= 1, "comm_volume: B and elem_bytes must be positive");
+  const int P2 = plan.P * plan.P;
+  const int split = S > P2 && P2 > 0 && S % P2 == 0 ? S / P2 : 1;
+  std::shared_ptr<Communicator> comm = make_counting_communicator(S, rank, split);
+  ParallelLayout sp(comm, mode == "ulysses");
+  ForwardPlan p = plan;
+  p.device = Device::cpu();
+  sp.setup(p);
+  return sp.volume(B, elem_bytes, out_channels);
 }
 
 }  // namespace osp::dist

@@ -1,0 +1,80 @@
+// A small attention-only block stack driven through a SequenceParallel exactly the way the DiT
+// drives it (scatter, enter_block, RoPE with rope_table, self_attention, per-token layers,
+// gather_output). Shared by the thread-communicator unit test and the MPI test.
+#pragma once
+#include <random>
+#include <vector>
+
+#include "osp/dist/sequence_parallel.h"
+#include "osp/ops/ops.h"
+
+namespace osp::test {
+
+inline Tensor randn_tensor(const Shape& s, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(static_cast<size_t>(shape_numel(s)));
+  for (auto& x : v) x = nd(rng) * scale;
+  return Tensor::from_vector(v, s);
+}
+
+struct StackWeights {
+  std::vector<Tensor> wq, wk, wv, wo, w1;  // [C, C] each, per block
+};
+
+inline StackWeights make_stack_weights(int blocks, int64_t C, uint32_t seed) {
+  StackWeights w;
+  const float s = 0.5f / std::sqrt(float(C));  // keeps the stack well conditioned
+  for (int i = 0; i < blocks; ++i) {
+    w.wq.push_back(randn_tensor({C, C}, seed + 10 * i + 1, s));
+    w.wk.push_back(randn_tensor({C, C}, seed + 10 * i + 2, s));
+    w.wv.push_back(randn_tensor({C, C}, seed + 10 * i + 3, s));
+    w.wo.push_back(randn_tensor({C, C}, seed + 10 * i + 4, s));
+    w.w1.push_back(randn_tensor({C, C}, seed + 10 * i + 5, s));
+  }
+  return w;
+}
+
+// x_full [B, N, C] (not modified) → [B, N, C] after the stack, on every rank.
+inline Tensor run_stack(dist::SequenceParallel& sp, const dist::ForwardPlan& plan,
+                        const Tensor& x_full, const StackWeights& w) {
+  sp.setup(plan);
+  const int64_t B = x_full.size(0), C = x_full.size(2), H = plan.heads, D = plan.head_dim;
+  Tensor x = sp.scatter_input(x_full.clone()).clone();
+  for (int i = 0; i < int(plan.kinds.size()); ++i) {
+    if (i > 0) x = sp.enter_block(i, x);
+    const int64_t n = x.size(1);
+    Tensor q = Tensor::empty({B, n, C}, DType::F32), k = Tensor::empty({B, n, C}, DType::F32),
+           v = Tensor::empty({B, n, C}, DType::F32);
+    ops::linear(x, w.wq[size_t(i)], nullptr, q);
+    ops::linear(x, w.wk[size_t(i)], nullptr, k);
+    ops::linear(x, w.wv[size_t(i)], nullptr, v);
+    const Tensor& tab = sp.rope_table(i);
+    const int64_t rt = tab.size(0);
+    Tensor qr = q.view({B * rt, n / rt, H, D}), kr = k.view({B * rt, n / rt, H, D});
+    ops::rope(qr, tab, qr);
+    ops::rope(kr, tab, kr);
+    Tensor o = Tensor::empty({B, n, H, D}, DType::F32);
+    sp.self_attention(i, q.view({B, n, H, D}), k.view({B, n, H, D}), v.view({B, n, H, D}), o);
+    Tensor y = Tensor::empty({B, n, C}, DType::F32);
+    ops::linear(o.view({B, n, C}), w.wo[size_t(i)], nullptr, y);
+    ops::add_gated_(x, y, nullptr);
+    ops::linear(x, w.w1[size_t(i)], nullptr, y, ops::Act::GeluTanh);
+    ops::add_gated_(x, y, nullptr);
+  }
+  return sp.gather_output(x);
+}
+
+inline dist::ForwardPlan make_plan(sparse::Grid g, std::vector<sparse::BlockKind> kinds, int P,
+                                   int heads, int head_dim) {
+  dist::ForwardPlan p;
+  p.grid = g;
+  p.kinds = std::move(kinds);
+  p.P = P;
+  p.heads = heads;
+  p.head_dim = head_dim;
+  p.device = Device::cpu();
+  return p;
+}
+
+}  // namespace osp::test

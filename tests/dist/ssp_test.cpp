@@ -1,0 +1,226 @@
+// SSP and Ulysses on S ranks run as threads of this process (make_thread_communicators):
+// every rank's output equals the single-device output; counted bytes equal comm_volume; the
+// per-sparse-block SSP/Ulysses volume ratio is Np/(4N); collectives; bad rank counts.
+#include <gtest/gtest.h>
+
+#include <omp.h>
+
+#include <exception>
+#include <thread>
+
+#include "osp/dist/comm_volume.h"
+#include "osp/dist/communicator.h"
+#include "ssp_stack.h"
+
+using namespace osp;
+using sparse::BlockKind;
+using K = BlockKind;
+
+namespace {
+
+// Runs f(rank, comm) on S threads; rethrows the first exception.
+template <typename F>
+void on_threads(int S, F f) {
+  auto comms = dist::make_thread_communicators(S);
+  std::vector<std::exception_ptr> errs(static_cast<size_t>(S));
+  std::vector<std::thread> th;
+  for (int r = 0; r < S; ++r)
+    th.emplace_back([&, r] {
+      omp_set_num_threads(1);
+      try {
+        f(r, std::shared_ptr<dist::Communicator>(std::move(comms[size_t(r)])));
+      } catch (...) {
+        errs[size_t(r)] = std::current_exception();
+      }
+    });
+  for (auto& t : th) t.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+}
+
+struct SpCase {
+  const char* name;
+  sparse::Grid grid;
+  std::vector<K> kinds;
+  int P, heads, head_dim, S;
+  const char* mode;  // "ssp" or "ulysses"
+};
+
+const std::vector<K> kHybrid = {K::Full, K::Token, K::Group, K::Token, K::Group, K::Full};
+const std::vector<K> kFullOnly = {K::Full, K::Full, K::Full};
+
+class SpThreads : public ::testing::TestWithParam<SpCase> {};
+
+TEST_P(SpThreads, MatchesSingleDeviceAndCountsBytes) {
+  const SpCase c = GetParam();
+  const auto plan = test::make_plan(c.grid, c.kinds, c.P, c.heads, c.head_dim);
+  const int64_t B = 2, C = int64_t(c.heads) * c.head_dim, N = c.grid.numel();
+  const auto w = test::make_stack_weights(int(c.kinds.size()), C, 100);
+  const Tensor x = test::randn_tensor({B, N, C}, 7);
+  auto single = dist::make_single_device();
+  const Tensor want = test::run_stack(*single, plan, x, w);
+
+  std::vector<Tensor> got(static_cast<size_t>(c.S));
+  std::vector<uint64_t> bytes(static_cast<size_t>(c.S));
+  on_threads(c.S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+    auto sp = std::string(c.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+    EXPECT_EQ(sp->size(), c.S);
+    EXPECT_EQ(sp->rank(), r);
+    sp->setup(plan);
+    sp->reset_bytes();
+    got[size_t(r)] = test::run_stack(*sp, plan, x, w);
+    bytes[size_t(r)] = sp->bytes_sent();
+  });
+  for (int r = 0; r < c.S; ++r) {
+    EXPECT_LT(relative_error(got[size_t(r)], want), 1e-5) << c.name << " rank " << r;
+    const auto vol = dist::comm_volume(plan, c.mode, c.S, r, B, sizeof(float), C);
+    EXPECT_EQ(bytes[size_t(r)], vol.total()) << c.name << " rank " << r;
+    if (c.S > 1) EXPECT_GT(vol.total(), 0u);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, SpThreads,
+    ::testing::Values(
+        SpCase{"ssp1_padded", {2, 7, 9}, kHybrid, 2, 4, 8, 1, "ssp"},
+        SpCase{"ssp2_padded", {2, 7, 9}, kHybrid, 2, 4, 8, 2, "ssp"},
+        SpCase{"ssp4_padded_uneven_chunks", {2, 7, 9}, kHybrid, 2, 4, 8, 4, "ssp"},
+        SpCase{"ssp4_unpadded", {2, 8, 12}, kHybrid, 2, 4, 8, 4, "ssp"},
+        SpCase{"ssp3_P3", {1, 9, 11}, kHybrid, 3, 6, 8, 3, "ssp"},
+        SpCase{"ssp8_tiles_U2", {2, 8, 12}, kHybrid, 2, 8, 8, 8, "ssp"},
+        SpCase{"ulysses2", {2, 7, 9}, kFullOnly, 2, 4, 8, 2, "ulysses"},
+        SpCase{"ulysses4_uneven", {2, 7, 9}, kFullOnly, 2, 4, 8, 4, "ulysses"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(SpVolume, SparseSwitchIsNpOver4NOfUlysses) {
+  // Per-rank bytes of one token↔group switch vs one Ulysses full block, N % S == 0.
+  for (auto [g, S] : std::vector<std::pair<sparse::Grid, int>>{
+           {{2, 8, 12}, 2}, {{2, 8, 12}, 4}, {{1, 6, 10}, 4}, {{21, 45, 80}, 4}, {{21, 30, 52}, 2}}) {
+    const auto plan = test::make_plan(g, {K::Full, K::Token, K::Group, K::Full}, 2, 8, 128);
+    const auto geo = sparse::skiparse_geometry(g, 2);
+    const double Np = double(g.T * geo.Hp * geo.Wp), N = double(g.numel());
+    ASSERT_EQ(g.numel() % S, 0);
+    for (int r = 0; r < S; ++r) {
+      const auto v = dist::comm_volume(plan, "ssp", S, r, 1, 2, 0);
+      ASSERT_EQ(v.switches, 1);
+      ASSERT_EQ(v.full_blocks, 2);
+      const double per_full = double(v.full_bytes) / v.full_blocks;
+      EXPECT_DOUBLE_EQ(double(v.switch_bytes) / per_full, Np / (4 * N));
+      // Ulysses per block: 4 all-to-alls of (S−1)/S of the local N·C/S elements.
+      EXPECT_DOUBLE_EQ(per_full, 4.0 * (S - 1) / S * (N / S) * 8 * 128 * 2);
+    }
+  }
+}
+
+TEST(SpThreadsComm, Collectives) {
+  for (int S : {1, 2, 3, 4}) {
+    on_threads(S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+      // Uneven all-to-all: rank r sends (d + 1) rows of value 100·r + d to rank d.
+      std::vector<int64_t> sr, rr;
+      std::vector<float> sv;
+      for (int d = 0; d < S; ++d) {
+        sr.push_back(d + 1);
+        rr.push_back(r + 1);
+        for (int k = 0; k < d + 1; ++k) sv.insert(sv.end(), {float(100 * r + d), float(k)});
+      }
+      Tensor send = Tensor::from_vector(sv, {int64_t(sv.size()) / 2, 2});
+      Tensor recv = Tensor::empty({int64_t(S) * (r + 1), 2}, DType::F32);
+      comm->reset_bytes();
+      comm->all_to_all(send, sr, recv, rr);
+      uint64_t expect_bytes = 0;
+      for (int d = 0; d < S; ++d)
+        if (d != r) expect_bytes += uint64_t(d + 1) * 2 * 4;
+      EXPECT_EQ(comm->bytes_sent(), expect_bytes);
+      for (int s = 0; s < S; ++s)
+        for (int k = 0; k <= r; ++k) {
+          EXPECT_EQ(recv.item({s * (r + 1) + k, 0}), 100 * s + r);
+          EXPECT_EQ(recv.item({s * (r + 1) + k, 1}), k);
+        }
+      // all_gather, reduce_scatter, all_reduce, broadcast.
+      Tensor mine = Tensor::from_vector({float(r), float(r * r)}, {2});
+      Tensor all = Tensor::empty({2 * int64_t(S)}, DType::F32);
+      comm->all_gather(mine, all);
+      for (int s = 0; s < S; ++s) EXPECT_EQ(all.item({2 * s + 1}), s * s);
+      std::vector<float> rs(size_t(2 * S));
+      for (int i = 0; i < 2 * S; ++i) rs[size_t(i)] = float(i + r);
+      Tensor red = Tensor::empty({2}, DType::F32);
+      comm->reduce_scatter(Tensor::from_vector(rs, {2 * int64_t(S)}), red);
+      const float base = float(S * (S - 1) / 2);
+      EXPECT_EQ(red.item({0}), S * (2 * r) + base);
+      EXPECT_EQ(red.item({1}), S * (2 * r + 1) + base);
+      Tensor ar = Tensor::from_vector({1.f, float(r)}, {2});
+      comm->all_reduce(ar);
+      EXPECT_EQ(ar.item({0}), S);
+      EXPECT_EQ(ar.item({1}), base);
+      Tensor bc = Tensor::from_vector({float(r + 5)}, {1});
+      comm->broadcast(bc, S - 1);
+      EXPECT_EQ(bc.item({0}), S + 4);
+      comm->barrier();
+      // Sub-groups: even and odd ranks.
+      auto sub = comm->split(r % 2, r);
+      EXPECT_EQ(sub->rank(), r / 2);
+      EXPECT_EQ(sub->size(), (S - r % 2 + 1) / 2);
+      Tensor one = Tensor::from_vector({1.f}, {1});
+      sub->all_reduce(one);
+      EXPECT_EQ(one.item({0}), sub->size());
+    });
+  }
+}
+
+TEST(SpThreadsComm, BadArgumentsGiveClearErrors) {
+  auto msg = [](auto f) {
+    try {
+      f();
+    } catch (const osp::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto c = dist::make_single_communicator();
+  Tensor a = Tensor::zeros({4, 2}, DType::F32), b = Tensor::zeros({3, 2}, DType::F32);
+  EXPECT_NE(msg([&] { c->all_to_all(a, b); }).find("shape"), std::string::npos);
+  EXPECT_NE(msg([&] { c->all_to_all(a, {3}, a, {4}); }).find("sum to"), std::string::npos);
+  Tensor i = Tensor::zeros({4, 2}, DType::I32);
+  EXPECT_NE(msg([&] { c->all_to_all(a, i); }).find("dtypes"), std::string::npos);
+  EXPECT_NE(msg([&] { c->broadcast(a, 1); }).find("root"), std::string::npos);
+  Tensor t = a.transpose(0, 1);
+  EXPECT_NE(msg([&] { c->all_reduce(t); }).find("contiguous"), std::string::npos);
+  EXPECT_NE(msg([&] { dist::make_communicator("gloo"); }).find("unknown communicator"),
+            std::string::npos);
+}
+
+TEST(SpSetup, RankCountsThatCannotWorkFailAtSetup) {
+  auto msg = [](auto f) {
+    try {
+      f();
+    } catch (const osp::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const auto hybrid = test::make_plan({2, 8, 12}, kHybrid, 2, 12, 8);
+  const auto hybrid4 = test::make_plan({2, 8, 12}, kHybrid, 2, 4, 8);
+  // 3 ranks cannot share P² = 4 sub-sequences.
+  EXPECT_NE(msg([&] { dist::comm_volume(hybrid, "ssp", 3, 0, 1, 4, 0); }).find("divides 4"),
+            std::string::npos);
+  // 6 ranks: more than P² but not a multiple.
+  EXPECT_NE(msg([&] { dist::comm_volume(hybrid, "ssp", 6, 0, 1, 4, 0); }).find("multiple"),
+            std::string::npos);
+  // heads % ranks for Ulysses full blocks.
+  auto h6 = test::make_plan({2, 8, 12}, kHybrid, 2, 6, 8);
+  EXPECT_NE(msg([&] { dist::comm_volume(h6, "ssp", 4, 0, 1, 4, 0); }).find("heads % ranks"),
+            std::string::npos);
+  // Ulysses cannot run Skiparse blocks.
+  EXPECT_NE(msg([&] { dist::comm_volume(hybrid4, "ulysses", 2, 0, 1, 4, 0); }).find("make_ssp"),
+            std::string::npos);
+  // Too few tokens for the ranks.
+  auto tiny = test::make_plan({1, 1, 3}, kFullOnly, 2, 4, 8);
+  EXPECT_NE(msg([&] { dist::comm_volume(tiny, "ulysses", 4, 0, 1, 4, 0); }).find("too short"),
+            std::string::npos);
+  // A tile split that leaves a rank without tokens.
+  auto small = test::make_plan({1, 4, 4}, kHybrid, 2, 8, 8);
+  EXPECT_NE(msg([&] { dist::comm_volume(small, "ssp", 8, 0, 1, 4, 0); }).find("too small"),
+            std::string::npos);
+}
+
+}  // namespace
