@@ -58,7 +58,7 @@ Tensor masked_reference(const Tensor& q, const Tensor& k, const Tensor& v, const
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   float* op = out.data<float>();
   const double scale = 1.0 / std::sqrt(double(D));
-  std::vector<double> logit(size_t(N));
+  std::vector<double> logit(static_cast<size_t>(N));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t n = 0; n < N; ++n) {
@@ -72,7 +72,7 @@ Tensor masked_reference(const Tensor& q, const Tensor& k, const Tensor& v, const
           mx = std::max(mx, logit[size_t(m)]);
         }
         double den = 0;
-        std::vector<double> acc(size_t(D), 0.0);
+        std::vector<double> acc(static_cast<size_t>(D), 0.0);
         for (int64_t m = 0; m < N; ++m) {
           if (group(m) != group(n)) continue;
           const double w = std::exp(logit[size_t(m)] - mx);

@@ -88,6 +88,8 @@ INSTANTIATE_TEST_SUITE_P(
         SpCase{"ssp4_unpadded", {2, 8, 12}, kHybrid, 2, 4, 8, 4, "ssp"},
         SpCase{"ssp3_P3", {1, 9, 11}, kHybrid, 3, 6, 8, 3, "ssp"},
         SpCase{"ssp8_tiles_U2", {2, 8, 12}, kHybrid, 2, 8, 8, 8, "ssp"},
+        SpCase{"ssp4_heads6_F2", {2, 7, 9}, kHybrid, 2, 6, 8, 4, "ssp"},
+        SpCase{"ulysses4_heads2_F2", {2, 7, 9}, kFullOnly, 2, 2, 8, 4, "ulysses"},
         SpCase{"ulysses2", {2, 7, 9}, kFullOnly, 2, 4, 8, 2, "ulysses"},
         SpCase{"ulysses4_uneven", {2, 7, 9}, kFullOnly, 2, 4, 8, 4, "ulysses"}),
     [](const auto& info) { return std::string(info.param.name); });
@@ -206,9 +208,9 @@ TEST(SpSetup, RankCountsThatCannotWorkFailAtSetup) {
   // 6 ranks: more than P² but not a multiple.
   EXPECT_NE(msg([&] { dist::comm_volume(hybrid, "ssp", 6, 0, 1, 4, 0); }).find("multiple"),
             std::string::npos);
-  // heads % ranks for Ulysses full blocks.
-  auto h6 = test::make_plan({2, 8, 12}, kHybrid, 2, 6, 8);
-  EXPECT_NE(msg([&] { dist::comm_volume(h6, "ssp", 4, 0, 1, 4, 0); }).find("heads % ranks"),
+  // The inner Ulysses degree of the tile split must divide the heads (6 % (8/4) == 0, 3 % 2 != 0).
+  auto h3 = test::make_plan({2, 8, 12}, kHybrid, 2, 3, 8);
+  EXPECT_NE(msg([&] { dist::comm_volume(h3, "ssp", 8, 0, 1, 4, 0); }).find("must divide"),
             std::string::npos);
   // Ulysses cannot run Skiparse blocks.
   EXPECT_NE(msg([&] { dist::comm_volume(hybrid4, "ulysses", 2, 0, 1, 4, 0); }).find("make_ssp"),

@@ -108,6 +108,12 @@ void Communicator::broadcast(Tensor& x, int root) {
 
 void Communicator::barrier() { raw_barrier(); }
 
+std::unique_ptr<Communicator> Communicator::split_even(int group_size) {
+  OSP_CHECK(group_size >= 1 && size() % group_size == 0, "Communicator::split_even: ", size(),
+            " ranks do not split into groups of ", group_size);
+  return split(rank() / group_size, rank() % group_size);
+}
+
 // ------------------------------------------------------------------ single rank
 namespace {
 class SingleCommunicator final : public Communicator {

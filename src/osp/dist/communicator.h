@@ -49,6 +49,9 @@ class Communicator {
   // Sub-communicator of the ranks passing the same color, ordered by key (MPI_Comm_split
   // semantics). Collective over this communicator. Used for 2D meshes (SSP × Ulysses).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Contiguous blocks of group_size ranks (color = rank / group_size, key = rank % group_size);
+  // size() % group_size must be 0.
+  virtual std::unique_ptr<Communicator> split_even(int group_size);
 
   uint64_t bytes_sent() const { return bytes_sent_; }
   void reset_bytes() { bytes_sent_ = 0; }
@@ -77,8 +80,8 @@ std::unique_ptr<Communicator> make_single_communicator();
 // Rank `rank` of a pretend group of `size` ranks: every collective validates its arguments and
 // counts bytes exactly like a real backend but moves no data (recv buffers are left as they
 // are). For communication accounting (bench/comm_report) without running S processes.
-// split(color, key) gives a counting group of split_size ranks with rank = key.
-std::unique_ptr<Communicator> make_counting_communicator(int size, int rank, int split_size = 1);
+// Only split_even() can split it (the other ranks' colors are unknown).
+std::unique_ptr<Communicator> make_counting_communicator(int size, int rank);
 
 // `size` ranks as threads of this process sharing memory (tests and CPU experiments without
 // mpirun): returns one communicator per rank; rank r's must be used by one thread only, and all

@@ -14,20 +14,20 @@ namespace {
 // ------------------------------------------------------------------ counting (no data)
 class CountingCommunicator final : public Communicator {
  public:
-  CountingCommunicator(int size, int rank, int split_size)
-      : size_(size), rank_(rank), split_size_(split_size) {
+  CountingCommunicator(int size, int rank) : size_(size), rank_(rank) {
     OSP_CHECK(size >= 1 && rank >= 0 && rank < size, "make_counting_communicator: rank ", rank,
               " outside a group of ", size);
   }
   const char* backend() const override { return "counting"; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  // Sub-groups have split_size ranks; the new rank is the key (ssp splits its mesh with
-  // color = rank / U, key = rank % U).
-  std::unique_ptr<Communicator> split(int color, int key) override {
-    OSP_CHECK(key >= 0 && key < split_size_, "counting communicator: split key ", key,
-              " outside a sub-group of ", split_size_, " (pass split_size when creating it)");
-    return std::make_unique<CountingCommunicator>(split_size_, key, 1);
+  std::unique_ptr<Communicator> split(int, int) override {
+    fail("counting communicator: split(color, key) needs the other ranks' colors; use split_even");
+  }
+  std::unique_ptr<Communicator> split_even(int group_size) override {
+    OSP_CHECK(group_size >= 1 && size_ % group_size == 0, "Communicator::split_even: ", size_,
+              " ranks do not split into groups of ", group_size);
+    return std::make_unique<CountingCommunicator>(group_size, rank_ % group_size);
   }
 
  protected:
@@ -42,7 +42,7 @@ class CountingCommunicator final : public Communicator {
   void check_device(const Tensor&, const char*) const override {}
 
  private:
-  int size_, rank_, split_size_;
+  int size_, rank_;
 };
 
 // ------------------------------------------------------------------ thread group
@@ -192,8 +192,8 @@ class ThreadCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_counting_communicator(int size, int rank, int split_size) {
-  return std::make_unique<CountingCommunicator>(size, rank, split_size);
+std::unique_ptr<Communicator> make_counting_communicator(int size, int rank) {
+  return std::make_unique<CountingCommunicator>(size, rank);
 }
 
 std::vector<std::unique_ptr<Communicator>> make_thread_communicators(int size) {

@@ -69,8 +69,10 @@ std::unique_ptr<SequenceParallel> make_single_device();
 // owns P²/S whole sub-sequences (padding-last, per-row lengths) and the token↔group switch is one
 // all-to-all in the §4.3 buffer layout; with S = P²·U (U > 1) rank s·U + u holds the real tokens
 // of sub-sequence s inside 2D tile u (§4.6) and sparse attention runs Ulysses over those U ranks.
-// Full blocks: Ulysses over all S ranks (contiguous sequence chunks of ⌈N/S⌉ tokens, head split;
-// needs heads % S == 0). The full→sparse and sparse→full transitions are single all-to-alls.
+// Full blocks: Ulysses over F ranks (contiguous sequence chunks of ⌈N/F⌉ tokens, head split),
+// F = S when heads % S == 0, else F = gcd(heads, S) and the S/F groups of F consecutive ranks
+// compute the full blocks redundantly (spec §4.1). The full→sparse and sparse→full transitions
+// are single all-to-alls.
 // Rank counts that cannot work give an osp::Error from setup().
 std::unique_ptr<SequenceParallel> make_ssp(std::shared_ptr<Communicator> comm);
 // Ulysses for every block; the plan must be all full blocks (the Wan2.1 baseline).

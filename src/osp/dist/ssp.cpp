@@ -123,11 +123,13 @@ class ParallelLayout final : public SequenceParallel {
   int rank() const override { return comm_->rank(); }
   int size() const override { return comm_->size(); }
   uint64_t bytes_sent() const override {
-    return comm_->bytes_sent() + (sub_ ? sub_->bytes_sent() : 0);
+    return comm_->bytes_sent() + (sub_ ? sub_->bytes_sent() : 0) +
+           (full_comm_ ? full_comm_->bytes_sent() : 0);
   }
   void reset_bytes() override {
     comm_->reset_bytes();
     if (sub_) sub_->reset_bytes();
+    if (full_comm_) full_comm_->reset_bytes();
   }
 
   void broadcast(Tensor& x) override {
@@ -150,13 +152,13 @@ class ParallelLayout final : public SequenceParallel {
       OSP_CHECK(plan.device == comm_->device(), name(), ": the plan's device ",
                 plan.device.name(), " differs from the communicator's ", comm_->device().name(),
                 " (", comm_->backend(), " backend)");
-    // ---- full blocks: Ulysses over all S ranks, chunks of ⌈N/S⌉ (torch.chunk) ----
-    OSP_CHECK(plan.heads % S == 0, name(), ": Ulysses full blocks split the ", plan.heads,
-              " heads over ", S, " ranks; heads % ranks must be 0 (use a rank count dividing ",
-              plan.heads, ")");
-    const int64_t chunk = (N + S - 1) / S;
-    OSP_CHECK((S - 1) * chunk < N, name(), ": the sequence of ", N, " tokens is too short for ", S,
-              " ranks (chunks of ", chunk, " leave the last rank empty)");
+    // ---- full blocks: Ulysses over F ranks, chunks of ⌈N/F⌉ (torch.chunk). F = S when the
+    // heads split evenly, else gcd(heads, S) and the S/F groups compute the full blocks
+    // redundantly (spec §4.1). ----
+    F_ = plan.heads % S == 0 ? S : std::gcd(plan.heads, S);
+    const int64_t chunk = (N + F_ - 1) / F_;
+    OSP_CHECK((F_ - 1) * chunk < N, name(), ": the sequence of ", N, " tokens is too short for ",
+              F_, " Ulysses ranks (chunks of ", chunk, " leave the last rank empty)");
     geo_ = {};
     geo_.grid = g;
     geo_.P = plan.P;
@@ -175,7 +177,7 @@ class ParallelLayout final : public SequenceParallel {
     full.rt.assign(size_t(S), 1);
     full.lens.resize(size_t(S));
     for (int r = 0; r < S; ++r)
-      for (int64_t n = r * chunk; n < std::min<int64_t>((r + 1) * chunk, N); ++n)
+      for (int64_t n = (r % F_) * chunk; n < std::min<int64_t>((r % F_ + 1) * chunk, N); ++n)
         full.ids[size_t(r)].push_back(pid(n));
     // ---- sparse blocks ----
     U_ = 1;
@@ -195,8 +197,10 @@ class ParallelLayout final : public SequenceParallel {
       for (int id : {kToken, kGroup}) build_sparse_layout(plan, id, S);
     }
     // Sub-communicator of the U ranks sharing a sub-sequence (collective: every rank calls).
-    if (U_ > 1 && (!sub_ || sub_->size() != U_)) sub_ = comm_->split(me / U_, me % U_);
+    if (U_ > 1 && (!sub_ || sub_->size() != U_)) sub_ = comm_->split_even(U_);
     if (U_ == 1) sub_.reset();
+    if (F_ < S && (!full_comm_ || full_comm_->size() != F_)) full_comm_ = comm_->split_even(F_);
+    if (F_ == S) full_comm_.reset();
     plan_ = plan;
     // ---- owner tables and exchanges ----
     owner_rank_.assign(3, {});
@@ -208,7 +212,10 @@ class ParallelLayout final : public SequenceParallel {
       orr.assign(size_t(Np), -1);
       orw.assign(size_t(Np), -1);
       const Layout& L = layouts_[id];
-      for (int r = 0; r < S; ++r)
+      // Full layouts are replicated in S/F groups: the table holds group 0 (ranks 0..F-1);
+      // owner() maps it to the group of the rank asking.
+      const int owners = id == kFull ? F_ : S;
+      for (int r = 0; r < owners; ++r)
         for (size_t j = 0; j < L.ids[size_t(r)].size(); ++j) {
           orr[size_t(L.ids[size_t(r)][j])] = r;
           orw[size_t(L.ids[size_t(r)][j])] = int32_t(j);
@@ -313,22 +320,23 @@ class ParallelLayout final : public SequenceParallel {
     const int id = layout_id(plan_.kinds.back());
     check_hidden(x_local, id, "gather_output");
     const Layout& L = layouts_[id];
-    const int S = size();
+    // Full layouts gather within this rank's group of F ranks (every group holds everything).
+    Communicator& gc = id == kFull ? full_comm() : *comm_;
+    const int G = gc.size(), base = rank() - gc.rank();
     const int64_t B = x_local.size(0), Cx = x_local.size(2), N = plan_.grid.numel();
     int64_t nmax = 0;
-    for (int r = 0; r < S; ++r) nmax = std::max(nmax, L.n(r));
+    for (int r = 0; r < G; ++r) nmax = std::max(nmax, L.n(base + r));
     // Equal-size all-gather of [B, nmax, Cx] blocks, then one gather into full order.
     Tensor mine = Tensor::zeros({B, nmax, Cx}, x_local.dtype(), x_local.device());
     if (L.n(rank()) > 0)
       for (int64_t b = 0; b < B; ++b)
         mine.select(0, b).slice(0, 0, L.n(rank())).copy_from(x_local.select(0, b));
-    Tensor all = Tensor::empty({int64_t(S) * B * nmax, Cx}, x_local.dtype(), x_local.device());
-    comm_->all_gather(mine, all);
+    Tensor all = Tensor::empty({int64_t(G) * B * nmax, Cx}, x_local.dtype(), x_local.device());
+    gc.all_gather(mine, all);
     if (!output_ || output_->B != B || output_->nmax != nmax) {
       output_ = std::make_unique<OutputMap>();
       output_->B = B;
       output_->nmax = nmax;
-      const auto& orr = owner_rank_[size_t(id)];
       const auto& orw = owner_row_[size_t(id)];
       std::vector<int32_t> idx(size_t(B * N));
       const auto& g = plan_.grid;
@@ -336,8 +344,8 @@ class ParallelLayout final : public SequenceParallel {
         for (int64_t n = 0; n < N; ++n) {
           const int64_t t = n / (g.H * g.W), y = (n / g.W) % g.H, x = n % g.W;
           const int64_t p = (t * geo_.Hp + y) * geo_.Wp + x;
-          idx[size_t(b * N + n)] =
-              int32_t((int64_t(orr[size_t(p)]) * B + b) * nmax + orw[size_t(p)]);
+          const int member = owner(id, p, rank()) - base;
+          idx[size_t(b * N + n)] = int32_t((int64_t(member) * B + b) * nmax + orw[size_t(p)]);
         }
       output_->idx = i32_tensor(idx, x_local.device());
     }
@@ -370,8 +378,8 @@ class ParallelLayout final : public SequenceParallel {
       }
       const Layout& L = layouts_[id];
       if (L.attn != Attn::Ulysses) continue;
-      const int Ug = id == kFull ? S : U_;
-      const int base = id == kFull ? 0 : me - me % U_;
+      const int Ug = id == kFull ? F_ : U_;
+      const int base = me - me % Ug;
       const int64_t hs_d = C / Ug, n = L.n(me);
       int64_t others = 0;
       for (int u = 0; u < Ug; ++u)
@@ -381,10 +389,12 @@ class ParallelLayout final : public SequenceParallel {
       (id == kFull ? v.full_bytes : v.sparse_ulysses_bytes) += bytes;
     }
     if (out_ch > 0) {
-      const Layout& L = layouts_[layout_id(plan_.kinds.back())];
+      const int id = layout_id(plan_.kinds.back());
+      const Layout& L = layouts_[id];
+      const int G = id == kFull ? F_ : S, base = me - me % G;
       int64_t nmax = 0;
-      for (int r = 0; r < S; ++r) nmax = std::max(nmax, L.n(r));
-      v.output_bytes = uint64_t(S - 1) * uint64_t(B * nmax * out_ch) * eb;
+      for (int r = 0; r < G; ++r) nmax = std::max(nmax, L.n(base + r));
+      v.output_bytes = uint64_t(G - 1) * uint64_t(B * nmax * out_ch) * eb;
     }
     return v;
   }
@@ -455,6 +465,14 @@ class ParallelLayout final : public SequenceParallel {
     layouts_[id] = std::move(lay);
   }
 
+  // Rank holding padded id p of layout `id` for `asker` (-1: nobody, i.e. padding in full).
+  int owner(int id, int64_t p, int asker) const {
+    const int r = owner_rank_[size_t(id)][size_t(p)];
+    if (r < 0 || id != kFull) return r;
+    return asker / F_ * F_ + r;  // the replica in the asker's group of F ranks
+  }
+  Communicator& full_comm() const { return full_comm_ ? *full_comm_ : *comm_; }
+
   // Reference in-group position of padded id p in layout kind `id` (sort key of exchanges).
   int64_t ref_pos(int id, int64_t p) const {
     const auto& g = plan_.grid;
@@ -469,7 +487,6 @@ class ParallelLayout final : public SequenceParallel {
   Exchange build_exchange(int a, int b) {
     const int S = size(), me = rank();
     const Layout &A = layouts_[a], &Bl = layouts_[b];
-    const auto& orr = owner_rank_[size_t(a)];
     const auto& orw = owner_row_[size_t(a)];
     Exchange ex;
     ex.n_in = A.n(me);
@@ -493,7 +510,7 @@ class ParallelLayout final : public SequenceParallel {
       std::vector<Entry> e;
       const auto& ids = Bl.ids[size_t(dst)];
       for (size_t j = 0; j < ids.size(); ++j)
-        if (orr[size_t(ids[j])] == me)
+        if (owner(a, ids[j], dst) == me)
           e.push_back(key_of(me, dst, orw[size_t(ids[j])], int32_t(j), ids[j]));
       std::sort(e.begin(), e.end(), by_key);
       for (const Entry& x : e) ex.send_rows1.push_back(x.src_row);
@@ -505,7 +522,7 @@ class ParallelLayout final : public SequenceParallel {
     std::vector<std::vector<Entry>> from(static_cast<size_t>(S));
     const auto& ids = Bl.ids[size_t(me)];
     for (size_t j = 0; j < ids.size(); ++j) {
-      const int src = orr[size_t(ids[j])];
+      const int src = owner(a, ids[j], me);
       if (src >= 0) from[size_t(src)].push_back(key_of(src, me, orw[size_t(ids[j])], int32_t(j), ids[j]));
     }
     for (int src = 0; src < S; ++src) {
@@ -525,7 +542,7 @@ class ParallelLayout final : public SequenceParallel {
   // U ranks sharing a sub-sequence.
   void ulysses_attention(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
     const Layout& L = layouts_[id];
-    Communicator& uc = id == kFull ? *comm_ : *sub_;
+    Communicator& uc = id == kFull ? full_comm() : *sub_;
     const int U = uc.size(), me = rank();
     const int base = me - uc.rank();  // first world rank of this Ulysses group (contiguous)
     const int64_t B = q.size(0), H = plan_.heads, D = plan_.head_dim, Hs = H / U;
@@ -619,11 +636,11 @@ class ParallelLayout final : public SequenceParallel {
   }
 
   std::shared_ptr<Communicator> comm_;
-  std::unique_ptr<Communicator> sub_;
+  std::unique_ptr<Communicator> sub_, full_comm_;
   bool ulysses_only_;
   ForwardPlan plan_;
   bool have_plan_ = false;
-  int U_ = 1;
+  int U_ = 1, F_ = 1;
   sparse::SkiparseGeometry geo_;
   Layout layouts_[3];
   std::vector<std::vector<int32_t>> owner_rank_, owner_row_;
@@ -654,9 +671,7 @@ CommVolume comm_volume(const ForwardPlan& plan, const std::string& mode, int S, 
   OSP_CHECK(mode == "ssp" || mode == "ulysses", "comm_volume: mode must be ssp or ulysses, got '",
             mode, "'");
   OSP_CHECK(B >= 1 && elem_bytes >= 1, "comm_volume: B and elem_bytes must be positive");
-  const int P2 = plan.P * plan.P;
-  const int split = S > P2 && P2 > 0 && S % P2 == 0 ? S / P2 : 1;
-  std::shared_ptr<Communicator> comm = make_counting_communicator(S, rank, split);
+  std::shared_ptr<Communicator> comm = make_counting_communicator(S, rank);
   ParallelLayout sp(comm, mode == "ulysses");
   ForwardPlan p = plan;
   p.device = Device::cpu();
