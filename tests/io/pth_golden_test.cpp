@@ -6,6 +6,7 @@
 #include "osp/io/checkpoint.h"
 #include "osp/io/pth.h"
 #include "osp/io/safetensors.h"
+#include "io_test_util.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -100,4 +101,14 @@ TEST(PthGolden, OpensThroughCheckpoint) {
   EXPECT_TRUE(ck->has("blocks.0.attn.q.weight"));
   EXPECT_EQ(ck->info("blocks.0.attn.q.weight").shape, (Shape{64, 64}));
   EXPECT_EQ(ck->get("blocks.0.attn.q.weight", {64, 64}).dtype(), DType::BF16);
+}
+
+TEST(PthGolden, ConvertsToSafetensorsBitwise) {
+  osp::iotest::TempDir dir;
+  Checkpoint src = open_checkpoint(test::golden("mixed_state_dict.pth"));
+  save_as_safetensors(*src, dir.file("mixed.safetensors"), {{"converted_from", "mixed_state_dict.pth"}});
+  Checkpoint dst = open_checkpoint(dir.file("mixed.safetensors"));
+  EXPECT_EQ(dst->names(), src->names());
+  EXPECT_EQ(dst->metadata().at("converted_from"), "mixed_state_dict.pth");
+  for (const auto& n : src->names()) expect_bitwise(dst->get(n), src->get(n), n);  // incl. the transpose
 }

@@ -219,6 +219,15 @@ Checkpoint renamed_checkpoint(Checkpoint inner, std::map<std::string, std::strin
                                          std::move(what));
 }
 
+void save_as_safetensors(const TensorSource& src, const std::string& path,
+                         const std::map<std::string, std::string>& extra_metadata) {
+  std::map<std::string, Tensor> all;
+  for (const auto& n : src.names()) all.emplace(n, src.get(n));  // views: no copies yet
+  std::map<std::string, std::string> meta = src.metadata();
+  for (auto& [k, v] : extra_metadata) meta[k] = v;
+  save_safetensors(path, all, meta);
+}
+
 Checkpoint strip_prefix(Checkpoint inner, const std::string& prefix) {
   OSP_CHECK(inner, "strip_prefix: null checkpoint");
   std::map<std::string, std::string> m;

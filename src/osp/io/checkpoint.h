@@ -59,6 +59,12 @@ Checkpoint memory_checkpoint(std::map<std::string, Tensor> tensors,
 // name it reads. Inner names not in the map are hidden.
 Checkpoint renamed_checkpoint(Checkpoint inner, std::map<std::string, std::string> outer_to_inner,
                               std::string what);
+// Writes every tensor of `src` (in its own dtype; strided views made contiguous one at a time)
+// to one safetensors file with src's metadata plus `extra_metadata` (e.g. a .pth -> safetensors
+// conversion for `osp convert`).
+void save_as_safetensors(const TensorSource& src, const std::string& path,
+                         const std::map<std::string, std::string>& extra_metadata = {});
+
 // The tensors whose names start with `prefix`, with the prefix removed (e.g. "weights." in
 // the golden files, "model." in some training checkpoints). Throws if none match.
 Checkpoint strip_prefix(Checkpoint inner, const std::string& prefix);

@@ -38,7 +38,7 @@ struct Limits {
   size_t max_stack = 1u << 20;
   size_t max_memo = 1u << 20;
   size_t max_string = 1u << 20;  // bytes in one string
-  size_t max_objects = 1u << 24;
+  size_t max_objects = 1u << 22;  // a real state dict needs ~12 per tensor
   int max_rank = 16;
 };
 

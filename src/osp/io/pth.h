@@ -19,7 +19,7 @@ namespace osp::io {
 
 class PthFile {
  public:
-  static constexpr uint64_t kMaxPickleBytes = 256ull << 20;
+  static constexpr uint64_t kMaxPickleBytes = 64ull << 20;
   static constexpr int kMaxDictDepth = 8;
 
   PthFile() = default;
