@@ -3,6 +3,7 @@
 // batching, config parsing/inference and binding errors.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "osp/dist/sequence_parallel.h"
@@ -60,7 +61,10 @@ double run_case(const std::string& c, bool hybrid) {
   Tensor out = m.forward(get(c + ".x"), {timestep(c)}, get(c + ".context"), *sp);
   Tensor ref = get(c + (hybrid ? ".out_hybrid" : ".out_full"));
   EXPECT_EQ(out.shape(), ref.shape());
-  return relative_error(out, ref);
+  const double err = relative_error(out, ref);
+  std::printf("[ info     ] %s %s: relative error %.3g\n", c.c_str(), hybrid ? "hybrid" : "full",
+              err);
+  return err;
 }
 
 }  // namespace

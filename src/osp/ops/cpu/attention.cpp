@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "osp/ops/cpu/cpu_kernels.h"
 #include "osp/ops/cpu/cpu_ops.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -79,7 +80,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
   const int64_t tasks = B * H * nqb;
   const int64_t row = H * D;  // stride between tokens in [B, L, H, D]
 
-#pragma omp parallel
+#pragma omp parallel if (B * H * Lq * Lk * D > 256 * kParallelMin)
   {
     std::vector<float> qbuf(kQB * D), kt(D * kKB), vbuf(kKB * D), s(kQB * kKB), m(kQB), l(kQB),
         o(kQB * D);

@@ -1,8 +1,13 @@
 // Scalar helpers shared by the CPU kernels (fp32 math, as the reference evaluates them).
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 namespace osp::ops::cpu {
+
+// Below this much work (elements touched) a loop runs on one thread: on a busy 2-core machine
+// the fork/join of a tiny parallel region costs more than the loop.
+inline constexpr int64_t kParallelMin = int64_t(1) << 18;
 
 // GELU with the tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 inline float gelu_tanh_scalar(float x) {

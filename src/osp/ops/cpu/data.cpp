@@ -1,6 +1,7 @@
 // CPU data movement: row gather (any dtype), patchify (im2col), unpatchify.
 #include <cstring>
 
+#include "osp/ops/cpu/cpu_kernels.h"
 #include "osp/ops/cpu/cpu_ops.h"
 
 namespace osp::ops::cpu {
@@ -11,7 +12,7 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
   const char* s = static_cast<const char*>(src.raw());
   char* o = static_cast<char*>(out.raw());
   const int32_t* ip = index.data<int32_t>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * int64_t(row_bytes) > 4 * kParallelMin)
   for (int64_t i = 0; i < M; ++i) {
     if (ip[i] >= 0)
       std::memcpy(o + i * row_bytes, s + int64_t(ip[i]) * row_bytes, row_bytes);
@@ -26,7 +27,7 @@ void patchify(const Tensor& z, int pt, int ph, int pw, Tensor& out) {
   const int64_t hh = H / ph, ww = W / pw, K = C * ph * pw;
   const float* zp = z.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (z.numel() > kParallelMin)
   for (int64_t f = 0; f < T; ++f)
     for (int64_t i = 0; i < hh; ++i)
       for (int64_t j = 0; j < ww; ++j) {
@@ -45,7 +46,7 @@ void unpatchify(const Tensor& y, int64_t T, int64_t h, int64_t w, int pt, int ph
   const int64_t H = h * ph, W = w * pw, K = y.size(1);
   const float* yp = y.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (y.numel() > kParallelMin)
   for (int64_t c = 0; c < C; ++c)
     for (int64_t f = 0; f < T; ++f)
       for (int64_t yy = 0; yy < H; ++yy)

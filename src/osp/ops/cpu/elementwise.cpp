@@ -8,7 +8,7 @@ void gelu_tanh(const Tensor& x, Tensor& out) {
   const int64_t n = x.numel();
   const float* a = x.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) o[i] = gelu_tanh_scalar(a[i]);
 }
 
@@ -16,7 +16,7 @@ void silu(const Tensor& x, Tensor& out) {
   const int64_t n = x.numel();
   const float* a = x.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) o[i] = silu_scalar(a[i]);
 }
 
@@ -25,7 +25,7 @@ void add_gated_(Tensor& x, const Tensor& y, const Tensor* gate) {
   float* xp = x.data<float>();
   const float* yp = y.data<float>();
   const float* g = gate ? gate->data<float>() : nullptr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * C > kParallelMin)
   for (int64_t r = 0; r < R; ++r) {
     float* xr = xp + r * C;
     const float* yr = yp + r * C;
@@ -41,7 +41,7 @@ void axpby(float a, const Tensor& x, float b, const Tensor& y, Tensor& out) {
   const float* xp = x.data<float>();
   const float* yp = y.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) o[i] = a * xp[i] + b * yp[i];
 }
 
@@ -51,7 +51,7 @@ void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
   const float* xp = x.data<float>();
   const float* cs = cos_sin.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (x.numel() > kParallelMin)
   for (int64_t r = 0; r < R; ++r)
     for (int64_t l = 0; l < L; ++l) {
       const float* tab = cs + ((r % Rt) * L + l) * P * 2;

@@ -22,7 +22,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, A
   }
   const float* b = bias ? bias->data<float>() : nullptr;
   if (!b && act == Act::None) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > kParallelMin)
   for (int64_t i = 0; i < M; ++i) {
     float* row = o + i * N;
     if (b)

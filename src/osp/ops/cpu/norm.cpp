@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "osp/core/dtype.h"
+#include "osp/ops/cpu/cpu_kernels.h"
 #include "osp/ops/cpu/cpu_ops.h"
 
 namespace osp::ops::cpu {
@@ -29,7 +30,7 @@ void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Te
   float* op = out.data<float>();
   const float* wp = w ? w->data<float>() : nullptr;
   const float* bp = b ? b->data<float>() : nullptr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * C > kParallelMin)
   for (int64_t r = 0; r < R; ++r) {
     const float* xr = xp + r * C;
     float* orow = op + r * C;
@@ -49,7 +50,7 @@ void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& sca
   float* op = out.data<float>();
   const float* sh = shift.data<float>();
   const float* sc = scale.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * C > kParallelMin)
   for (int64_t r = 0; r < R; ++r) {
     const float* xr = xp + r * C;
     float* orow = op + r * C;
@@ -68,7 +69,7 @@ void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   const float* xp = x.data<float>();
   float* op = out.data<float>();
   const float* wp = w.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * C > kParallelMin)
   for (int64_t r = 0; r < R; ++r) {
     const float* xr = xp + r * C;
     float* orow = op + r * C;
