@@ -1,0 +1,82 @@
+// CPU conv3d: im2col over bands of output rows, then one sgemm per band (OpenBLAS).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "osp/ops/conv.h"
+
+namespace osp::ops::cpu {
+
+void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out) {
+  const int64_t T = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
+  const int64_t To = out.size(0), Ho = out.size(2), Wo = out.size(3);
+  const int64_t K = Cin * kt * kh * kw, HWo = Ho * Wo, HW = H * W;
+  const float* xp = x.data<float>();
+  const float* wp = w.data<float>();
+  float* op = out.data<float>();
+  const float* bp = bias ? bias->data<float>() : nullptr;
+
+  const bool pointwise = kt == 1 && kh == 1 && kw == 1 && a.stride_h == 1 && a.stride_w == 1 &&
+                         a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 &&
+                         a.pad_right == 0;
+  // Band of output rows so that the column buffer stays ≤ 64 MiB.
+  const int64_t max_cols = std::max<int64_t>(Wo, (int64_t(64) << 20) / (4 * std::max<int64_t>(K, 1)));
+  const int64_t band = std::clamp<int64_t>(max_cols / Wo, 1, Ho);
+  std::vector<float> col(pointwise ? 0 : size_t(K * band * Wo));
+
+  for (int64_t to = 0; to < To; ++to) {
+    float* o = op + to * Cout * HWo;
+    const int64_t t0 = to * a.stride_t - a.pad_front;  // padded frame index of tap 0
+    if (pointwise) {
+      if (t0 < 0) {
+        std::fill(o, o + Cout * HWo, 0.f);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(HWo), int(Cin), 1.f,
+                    wp, int(Cin), xp + t0 * Cin * HW, int(HW), 0.f, o, int(HWo));
+      }
+    } else {
+      for (int64_t y0 = 0; y0 < Ho; y0 += band) {
+        const int64_t y1 = std::min(Ho, y0 + band), nb = (y1 - y0) * Wo;
+#pragma omp parallel for schedule(static)
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t c = k % kw, b = (k / kw) % kh, ta = (k / (kw * kh)) % kt, ci = k / (kw * kh * kt);
+          float* cr = col.data() + k * nb;
+          const int64_t ti = t0 + ta;
+          if (ti < 0 || ti >= T) {
+            std::fill(cr, cr + nb, 0.f);
+            continue;
+          }
+          const float* xi = xp + (ti * Cin + ci) * HW;
+          for (int64_t oy = y0; oy < y1; ++oy) {
+            float* row = cr + (oy - y0) * Wo;
+            const int64_t iy = oy * a.stride_h - a.pad_top + b;
+            if (iy < 0 || iy >= H) {
+              std::fill(row, row + Wo, 0.f);
+              continue;
+            }
+            const float* xr = xi + iy * W;
+            for (int64_t ox = 0; ox < Wo; ++ox) {
+              const int64_t ix = ox * a.stride_w - a.pad_left + c;
+              row[ox] = (ix >= 0 && ix < W) ? xr[ix] : 0.f;
+            }
+          }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(nb), int(K), 1.f, wp,
+                    int(K), col.data(), int(nb), 0.f, o + y0 * Wo, int(HWo));
+      }
+    }
+    if (bp) {
+#pragma omp parallel for schedule(static)
+      for (int64_t co = 0; co < Cout; ++co) {
+        float* r = o + co * HWo;
+        const float bv = bp[co];
+        for (int64_t i = 0; i < HWo; ++i) r[i] += bv;
+      }
+    }
+  }
+}
+
+}  // namespace osp::ops::cpu

@@ -1,0 +1,125 @@
+// CUDA conv3d: im2col over bands of output rows (fp32) + cuBLAS GEMM with TF32 tensor-core
+// math (OSP_VAE_FP32=1 forces plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "osp/ops/conv.h"
+#include "osp/ops/cuda/conv_blas.h"
+#include "osp/ops/cuda/cuda_context.h"
+
+namespace osp::ops::cuda {
+
+cublasHandle_t conv_cublas() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t x;
+    OSP_CUBLAS_CHECK(cublasCreate(&x));
+    OSP_CUBLAS_CHECK(cublasSetStream(x, stream()));
+    return x;
+  }();
+  return h;
+}
+
+bool conv_use_tf32() {
+  static const bool tf32 = [] {
+    const char* e = std::getenv("OSP_VAE_FP32");
+    return !(e && *e && std::string(e) != "0");
+  }();
+  return tf32;
+}
+
+namespace {
+
+__global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ col, int64_t T,
+                              int64_t Cin, int64_t H, int64_t W, int kt, int kh, int kw,
+                              int64_t t0, int sh, int sw, int pt, int pl, int64_t y0, int64_t nrows,
+                              int64_t Wo) {
+  const int64_t nb = nrows * Wo;
+  const int64_t K = Cin * kt * kh * kw;
+  const int64_t total = K * nb;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = idx / nb, p = idx % nb;
+    const int c = int(k % kw), b = int((k / kw) % kh), ta = int((k / (kw * kh)) % kt);
+    const int64_t ci = k / (int64_t(kw) * kh * kt);
+    const int64_t oy = y0 + p / Wo, ox = p % Wo;
+    const int64_t ti = t0 + ta, iy = oy * sh - pt + b, ix = ox * sw - pl + c;
+    float v = 0.f;
+    if (ti >= 0 && ti < T && iy >= 0 && iy < H && ix >= 0 && ix < W)
+      v = x[((ti * Cin + ci) * H + iy) * W + ix];
+    col[idx] = v;
+  }
+}
+
+__global__ void add_bias_kernel(float* __restrict__ o, const float* __restrict__ b, int64_t Cout,
+                                int64_t HW) {
+  const int64_t total = Cout * HW;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x)
+    o[i] += b[i / HW];
+}
+
+__global__ void zero_kernel(float* o, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    o[i] = 0.f;
+}
+
+}  // namespace
+
+// Row-major C[M, N] (row stride ldc) = A[M, K] (row stride lda) · B[K, N] (row stride ldb).
+void gemm_rm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, bool tf32) {
+  const float one = 1.f, zero = 0.f;
+  // Column-major view: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
+  OSP_CUBLAS_CHECK(cublasGemmEx(conv_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K),
+                                &one, B, CUDA_R_32F, int(ldb), A, CUDA_R_32F, int(lda), &zero, C,
+                                CUDA_R_32F, int(ldc),
+                                tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+}
+
+void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out) {
+  const int64_t T = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
+  const int64_t To = out.size(0), Ho = out.size(2), Wo = out.size(3);
+  const int64_t K = Cin * kt * kh * kw, HWo = Ho * Wo, HW = H * W;
+  const float* xp = x.data<float>();
+  const float* wp = w.data<float>();
+  float* op = out.data<float>();
+  const bool tf32 = conv_use_tf32();
+  log_once("conv3d", tf32 ? "conv3d: im2col + cuBLAS TF32 GEMM" : "conv3d: im2col + cuBLAS FP32 GEMM");
+  const bool pointwise = kt == 1 && kh == 1 && kw == 1 && a.stride_h == 1 && a.stride_w == 1 &&
+                         a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
+  const int64_t max_cols = std::max<int64_t>(Wo, (int64_t(256) << 20) / (4 * std::max<int64_t>(K, 1)));
+  const int64_t band = std::clamp<int64_t>(max_cols / Wo, 1, Ho);
+  float* col = pointwise ? nullptr : static_cast<float*>(scratch(size_t(K * band * Wo) * 4));
+  for (int64_t to = 0; to < To; ++to) {
+    float* o = op + to * Cout * HWo;
+    const int64_t t0 = to * a.stride_t - a.pad_front;
+    if (pointwise) {
+      if (t0 < 0) {
+        zero_kernel<<<grid_for(Cout * HWo), 256, 0, stream()>>>(o, Cout * HWo);
+        OSP_CUDA_LAUNCH_CHECK("zero_kernel");
+      } else {
+        gemm_rm_f32(Cout, HWo, Cin, wp, Cin, xp + t0 * Cin * HW, HW, o, HWo, tf32);
+      }
+    } else {
+      for (int64_t y0 = 0; y0 < Ho; y0 += band) {
+        const int64_t nrows = std::min(band, Ho - y0), nb = nrows * Wo;
+        im2col_kernel<<<grid_for(K * nb), 256, 0, stream()>>>(
+            xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
+            a.pad_top, a.pad_left, y0, nrows, Wo);
+        OSP_CUDA_LAUNCH_CHECK("im2col_kernel");
+        gemm_rm_f32(Cout, nb, K, wp, K, col, nb, o + y0 * Wo, HWo, tf32);
+      }
+    }
+    if (bias) {
+      add_bias_kernel<<<grid_for(Cout * HWo), 256, 0, stream()>>>(o, bias->data<float>(), Cout, HWo);
+      OSP_CUDA_LAUNCH_CHECK("add_bias_kernel");
+    }
+  }
+}
+
+}  // namespace osp::ops::cuda
