@@ -368,11 +368,8 @@ void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   dim3 grid(unsigned((Lq + kBM - 1) / kBM), unsigned(H), unsigned(B));
   size_t smem = size_t(5) * kBM * D * 2;
   auto launch = [&](auto kernel) {
-    static bool attr_set = false;  // per instantiation (one static per lambda instantiation)
-    if (!attr_set) {
-      OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      attr_set = true;
-    }
+    // Every launch: the four instantiations share this lambda's type, so no static flag here.
+    OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<grid, kThreads, smem, stream()>>>(p);
   };
   if (D == 128) {
