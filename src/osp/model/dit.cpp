@@ -401,7 +401,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   Tensor& patches = ws("patches", {B, N, K}, act_);
   for (int64_t b = 0; b < B; ++b) {
     Tensor z = x5.select(0, b).contiguous().to(dev);
-    if (z.dtype() != DType::F32 && z.dtype() != act_) z = z.to(DType::F32);
+    z = z.to(act_);  // F32 on the CPU; bf16 on CUDA (the reference's bf16 conv input)
     Tensor pb = patches.select(0, b);
     ops::patchify(z, c.patch_t, c.patch_h, c.patch_w, pb);
   }
