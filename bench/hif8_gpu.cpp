@@ -1,0 +1,195 @@
+// HiF8 / FP8 GPU benchmark (JSON lines on stdout).
+//   1. HiF8 codec throughput: encode (f32/bf16 → u8), decode (u8 → bf16/f32), TA round,
+//      scaled fake quant (amax pass + quantize pass) in GB/s of bytes moved, as a fraction of
+//      the card's peak HBM bandwidth (2 · memory clock · bus width, from the device attributes).
+//   2. GEMM at Wan2.1-14B shapes (tokens M = 75600 (720p, 81 frames) and 32760; K×N = 5120×5120,
+//      5120×13824, 13824×5120): cuBLASLt bf16 (ops::linear) vs the FP8 E4M3 path
+//      (quant::fp8_linear on pre-quantized operands, fast accumulation off and on), in TFLOP/s,
+//      plus the cost of quantizing the activation (hif8_quantize_e4m3).
+// Usage: bench_hif8_gpu [--quick]   (--quick: M = 8192 only, fewer iterations)
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "osp/core/device.h"
+#include "osp/core/philox.h"
+#include "osp/core/tensor.h"
+#include "osp/ops/ops.h"
+#include "osp/quant/fp8.h"
+#include "osp/quant/hif8.h"
+
+#ifdef OSP_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "osp/core/cuda_check.h"
+#endif
+
+using namespace osp;
+
+#ifndef OSP_HAVE_CUDA
+int main() {
+  std::printf("{\"bench\":\"hif8_gpu\",\"skipped\":\"built without CUDA\"}\n");
+  return 0;
+}
+#else
+
+namespace {
+
+std::string g_card;
+
+// Fills a device tensor with a repeated random tile (fast init of multi-GB operands).
+Tensor random_device(const Shape& shape, DType dt, uint64_t seed, float scale = 1.0f) {
+  Tensor t = Tensor::empty(shape, dt, Device::cuda());
+  const int64_t n = t.numel();
+  const int64_t tile = std::min<int64_t>(n, int64_t(1) << 20);
+  Tensor h = randn({tile}, seed);
+  if (scale != 1.0f)
+    for (int64_t i = 0; i < tile; ++i) h.data<float>()[i] *= scale;
+  Tensor hd = h.to(dt).to(Device::cuda());
+  const size_t es = dtype_size(dt);
+  for (int64_t off = 0; off < n; off += tile) {
+    int64_t cnt = std::min(tile, n - off);
+    OSP_CUDA_CHECK(cudaMemcpy(static_cast<char*>(t.raw()) + off * es, hd.raw(), size_t(cnt) * es,
+                              cudaMemcpyDeviceToDevice));
+  }
+  return t;
+}
+
+template <typename F>
+double time_ms(F&& f, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) f();
+  cudaEvent_t a, b;
+  OSP_CUDA_CHECK(cudaEventCreate(&a));
+  OSP_CUDA_CHECK(cudaEventCreate(&b));
+  OSP_CUDA_CHECK(cudaEventRecord(a, 0));
+  for (int i = 0; i < iters; ++i) f();
+  OSP_CUDA_CHECK(cudaEventRecord(b, 0));
+  OSP_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  OSP_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return double(ms) / iters;
+}
+
+void codec(double peak_gbps, bool quick) {
+  const int64_t n = quick ? (int64_t(1) << 26) : (int64_t(1) << 28);  // 64M / 256M elements
+  const int iters = quick ? 5 : 20;
+  Tensor xf = random_device({n}, DType::F32, 1);
+  Tensor xb = random_device({n}, DType::BF16, 2);
+  Tensor codes = Tensor::empty({n}, DType::U8, Device::cuda());
+  Tensor outb = Tensor::empty({n}, DType::BF16, Device::cuda());
+  Tensor outf = Tensor::empty({n}, DType::F32, Device::cuda());
+  struct Op {
+    const char* name;
+    double bytes_per_elem;
+    std::function<void()> run;
+  };
+  std::vector<Op> ops = {
+      {"encode_f32", 5, [&] { quant::hif8_encode(xf, codes); }},
+      {"encode_bf16", 3, [&] { quant::hif8_encode(xb, codes); }},
+      {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
+      {"decode_f32", 5, [&] { quant::hif8_decode(codes, outf); }},
+      {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
+      // fake quant reads x twice (amax pass, quantize pass) and writes once
+      {"fake_quant_bf16", 6, [&] { quant::hif8_fake_quant(xb, outb); }},
+      {"fake_quant_f32", 12, [&] { quant::hif8_fake_quant(xf, outf); }},
+      {"stochastic_round_bf16", 4, [&] { quant::hif8_round_stochastic(xb, outb, 7); }},
+  };
+  for (auto& op : ops) {
+    double ms = time_ms(op.run, 2, iters);
+    double gbps = op.bytes_per_elem * double(n) / (ms * 1e-3) / 1e9;
+    std::printf(
+        "{\"bench\":\"hif8_gpu\",\"section\":\"codec\",\"op\":\"%s\",\"card\":\"%s\",\"n\":%lld,"
+        "\"ms\":%.4f,\"bytes\":%.0f,\"GBps\":%.1f,\"peak_GBps\":%.1f,\"frac_of_peak\":%.3f}\n",
+        op.name, g_card.c_str(), (long long)n, ms, op.bytes_per_elem * double(n), gbps, peak_gbps,
+        gbps / peak_gbps);
+    std::fflush(stdout);
+  }
+}
+
+void gemms(bool quick) {
+  std::vector<int64_t> Ms = quick ? std::vector<int64_t>{8192} : std::vector<int64_t>{75600, 32760};
+  const int64_t KN[3][2] = {{5120, 5120}, {5120, 13824}, {13824, 5120}};
+  const int iters = quick ? 3 : 10;
+  for (int64_t M : Ms)
+    for (auto& kn : KN) {
+      const int64_t K = kn[0], N = kn[1];
+      const double flop = 2.0 * double(M) * double(N) * double(K);
+      Tensor x = random_device({M, K}, DType::BF16, 10);
+      Tensor w = random_device({N, K}, DType::BF16, 11, 0.02f);
+      Tensor out = Tensor::empty({M, N}, DType::BF16, Device::cuda());
+      auto emit = [&](const char* variant, double ms, double flops) {
+        std::printf(
+            "{\"bench\":\"hif8_gpu\",\"section\":\"gemm\",\"variant\":\"%s\",\"card\":\"%s\","
+            "\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ms\":%.4f,\"tflops\":%.1f}\n",
+            variant, g_card.c_str(), (long long)M, (long long)N, (long long)K, ms,
+            flops > 0 ? flops / (ms * 1e-3) / 1e12 : 0.0);
+        std::fflush(stdout);
+      };
+      double ms_bf16 = time_ms([&] { ops::linear(x, w, nullptr, out); }, 2, iters);
+      emit("bf16", ms_bf16, flop);
+      quant::Fp8Tensor xq = quant::hif8_quantize_e4m3(x), wq = quant::hif8_quantize_e4m3(w);
+      double ms_q = time_ms([&] { quant::hif8_quantize_e4m3(x, xq); }, 2, iters);
+      emit("quantize_x_e4m3", ms_q, 0);
+      double ms_fp8 = time_ms([&] { quant::fp8_linear(xq, wq, nullptr, out); }, 2, iters);
+      emit("fp8_e4m3", ms_fp8, flop);
+      quant::Fp8LinearOptions fast{true};
+      double ms_fast = time_ms([&] { quant::fp8_linear(xq, wq, nullptr, out, fast); }, 2, iters);
+      emit("fp8_e4m3_fast_accum", ms_fast, flop);
+      std::printf(
+          "{\"bench\":\"hif8_gpu\",\"section\":\"gemm_summary\",\"card\":\"%s\",\"M\":%lld,"
+          "\"N\":%lld,\"K\":%lld,\"speedup_fp8\":%.3f,\"speedup_fp8_fast\":%.3f,"
+          "\"speedup_fp8_incl_x_quant\":%.3f}\n",
+          g_card.c_str(), (long long)M, (long long)N, (long long)K, ms_bf16 / ms_fp8,
+          ms_bf16 / ms_fast, ms_bf16 / (ms_fp8 + ms_q));
+      std::fflush(stdout);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    std::printf("{\"bench\":\"hif8_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
+    return 0;
+  }
+  try {
+    cudaDeviceProp prop{};
+    OSP_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    int mem_khz = 0, bus_bits = 0;
+    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0));
+    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0));
+    // DDR: two transfers per clock
+    const double peak_gbps = 2.0 * double(mem_khz) * 1e3 * double(bus_bits / 8) / 1e9;
+    g_card = prop.name;
+    std::printf(
+        "{\"bench\":\"hif8_gpu\",\"section\":\"device\",\"card\":\"%s\",\"sm\":\"%d.%d\","
+        "\"mem_clock_khz\":%d,\"bus_bits\":%d,\"peak_GBps\":%.1f}\n",
+        g_card.c_str(), prop.major, prop.minor, mem_khz, bus_bits, peak_gbps);
+    codec(peak_gbps, quick);
+    cuda_empty_cache();
+    gemms(quick);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    for (char& c : msg)
+      if (c == '"' || c == '\\' || c == '\n') c = '\'';
+    std::printf("{\"bench\":\"hif8_gpu\",\"error\":\"%s\"}\n", msg.c_str());
+    return 1;
+  }
+  return 0;
+}
+#endif
