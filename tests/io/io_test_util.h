@@ -75,91 +75,128 @@ struct ZipInput {
   uint16_t method = 0;  // pretend-compressed entries set 8 (the bytes are stored as they are)
 };
 
-// A zip archive as torch.save lays it out: each entry's data 64-byte aligned through a
-// padding extra field. With zip64 = true every size/offset goes through zip64 records.
-inline ByteVec make_zip(const std::vector<ZipInput>& entries, bool zip64 = false) {
-  ByteVec out, cd;
-  for (const auto& e : entries) {
-    const uint64_t local = out.size();
+enum class Zip64 {
+  None,   // plain zip
+  Auto,   // as PyTorch's miniz writes big archives: zip64 end records, and per-entry zip64
+          // fields only for values that do not fit 32 bits
+  Force,  // zip64 fields for every size and offset
+};
+
+// A zip archive split in two at entry `gap_at`: `gap` zero bytes (not materialized) lie
+// between head and tail, and every offset after them accounts for the gap. Lets a test
+// write a > 4 GiB archive as a sparse file.
+struct ZipParts {
+  ByteVec head, tail;
+  uint64_t gap = 0;
+};
+
+inline ZipParts make_zip_parts(const std::vector<ZipInput>& entries, Zip64 mode, size_t gap_at,
+                               uint64_t gap) {
+  ZipParts z;
+  z.gap = gap;
+  ByteVec cd;
+  ByteVec* out = &z.head;
+  auto vpos = [&] { return out == &z.head ? uint64_t(z.head.size()) : gap + z.head.size() + z.tail.size(); };
+  const bool z64 = mode != Zip64::None;
+  for (size_t k = 0; k < entries.size(); ++k) {
+    if (k == gap_at) out = &z.tail;
+    const auto& e = entries[k];
+    const uint64_t local = vpos();
     const uint32_t crc = osp::io::crc32(e.data.data(), e.data.size());
-    const uint64_t fixed = 30 + e.name.size() + (zip64 ? 20 : 0);
+    const bool big_size = mode == Zip64::Force || e.data.size() >= 0xffffffffu;
+    const bool big_off = mode == Zip64::Force || local >= 0xffffffffu;
+    const uint16_t local_x = big_size ? 20 : 0;
+    const uint16_t central_x = uint16_t((big_size || big_off) ? 4 + (big_size ? 16 : 0) + (big_off ? 8 : 0) : 0);
+    const uint64_t fixed = 30 + e.name.size() + local_x;
     uint64_t pad = (64 - (local + fixed + 4) % 64) % 64;
     // local header
-    put32(out, 0x04034b50);
-    put16(out, zip64 ? 45 : 20);
-    put16(out, 0);
-    put16(out, e.method);
-    put32(out, 0);  // time/date
-    put32(out, crc);
-    put32(out, zip64 ? 0xffffffffu : uint32_t(e.data.size()));
-    put32(out, zip64 ? 0xffffffffu : uint32_t(e.data.size()));
-    put16(out, uint16_t(e.name.size()));
-    put16(out, uint16_t((zip64 ? 20 : 0) + 4 + pad));
-    out.insert(out.end(), e.name.begin(), e.name.end());
-    if (zip64) {
-      put16(out, 1);
-      put16(out, 16);
-      put64(out, e.data.size());
-      put64(out, e.data.size());
+    put32(*out, 0x04034b50);
+    put16(*out, z64 ? 45 : 20);
+    put16(*out, 0);
+    put16(*out, e.method);
+    put32(*out, 0);  // time/date
+    put32(*out, crc);
+    put32(*out, big_size ? 0xffffffffu : uint32_t(e.data.size()));
+    put32(*out, big_size ? 0xffffffffu : uint32_t(e.data.size()));
+    put16(*out, uint16_t(e.name.size()));
+    put16(*out, uint16_t(local_x + 4 + pad));
+    out->insert(out->end(), e.name.begin(), e.name.end());
+    if (big_size) {
+      put16(*out, 1);
+      put16(*out, 16);
+      put64(*out, e.data.size());
+      put64(*out, e.data.size());
     }
-    put16(out, 0x4246);  // "FB" padding, as PyTorch writes
-    put16(out, uint16_t(pad));
-    out.insert(out.end(), pad, 'Z');
-    out.insert(out.end(), e.data.begin(), e.data.end());
+    put16(*out, 0x4246);  // "FB" padding, as PyTorch writes
+    put16(*out, uint16_t(pad));
+    out->insert(out->end(), pad, 'Z');
+    out->insert(out->end(), e.data.begin(), e.data.end());
     // central directory entry
     put32(cd, 0x02014b50);
     put16(cd, 45);
-    put16(cd, zip64 ? 45 : 20);
+    put16(cd, z64 ? 45 : 20);
     put16(cd, 0);
     put16(cd, e.method);
     put32(cd, 0);
     put32(cd, crc);
-    put32(cd, zip64 ? 0xffffffffu : uint32_t(e.data.size()));
-    put32(cd, zip64 ? 0xffffffffu : uint32_t(e.data.size()));
+    put32(cd, big_size ? 0xffffffffu : uint32_t(e.data.size()));
+    put32(cd, big_size ? 0xffffffffu : uint32_t(e.data.size()));
     put16(cd, uint16_t(e.name.size()));
-    put16(cd, zip64 ? 28 : 0);
+    put16(cd, central_x);
     put16(cd, 0);
     put16(cd, 0);
     put16(cd, 0);
     put32(cd, 0);
-    put32(cd, zip64 ? 0xffffffffu : uint32_t(local));
+    put32(cd, big_off ? 0xffffffffu : uint32_t(local));
     cd.insert(cd.end(), e.name.begin(), e.name.end());
-    if (zip64) {
+    if (central_x) {
       put16(cd, 1);
-      put16(cd, 24);
-      put64(cd, e.data.size());
-      put64(cd, e.data.size());
-      put64(cd, local);
+      put16(cd, uint16_t(central_x - 4));
+      if (big_size) {
+        put64(cd, e.data.size());
+        put64(cd, e.data.size());
+      }
+      if (big_off) put64(cd, local);
     }
   }
-  const uint64_t cd_off = out.size();
-  out.insert(out.end(), cd.begin(), cd.end());
-  if (zip64) {
-    const uint64_t z64 = out.size();
-    put32(out, 0x06064b50);
-    put64(out, 44);
-    put16(out, 45);
-    put16(out, 45);
-    put32(out, 0);
-    put32(out, 0);
-    put64(out, entries.size());
-    put64(out, entries.size());
-    put64(out, cd.size());
-    put64(out, cd_off);
-    put32(out, 0x07064b50);
-    put32(out, 0);
-    put64(out, z64);
-    put32(out, 1);
+  if (gap_at >= entries.size()) out = &z.tail;
+  const uint64_t cd_off = vpos();
+  out->insert(out->end(), cd.begin(), cd.end());
+  if (z64) {
+    const uint64_t rec = vpos();
+    put32(*out, 0x06064b50);
+    put64(*out, 44);
+    put16(*out, 45);
+    put16(*out, 45);
+    put32(*out, 0);
+    put32(*out, 0);
+    put64(*out, entries.size());
+    put64(*out, entries.size());
+    put64(*out, cd.size());
+    put64(*out, cd_off);
+    put32(*out, 0x07064b50);
+    put32(*out, 0);
+    put64(*out, rec);
+    put32(*out, 1);
   }
-  put32(out, 0x06054b50);
-  put16(out, 0);
-  put16(out, 0);
-  put16(out, zip64 ? 0xffff : uint16_t(entries.size()));
-  put16(out, zip64 ? 0xffff : uint16_t(entries.size()));
-  put32(out, zip64 ? 0xffffffffu : uint32_t(cd.size()));
-  put32(out, zip64 ? 0xffffffffu : uint32_t(cd_off));
-  put16(out, 0);
-  return out;
+  const bool cd_big = mode == Zip64::Force || cd_off >= 0xffffffffu;
+  put32(*out, 0x06054b50);
+  put16(*out, 0);
+  put16(*out, 0);
+  put16(*out, mode == Zip64::Force ? 0xffff : uint16_t(entries.size()));
+  put16(*out, mode == Zip64::Force ? 0xffff : uint16_t(entries.size()));
+  put32(*out, mode == Zip64::Force ? 0xffffffffu : uint32_t(cd.size()));
+  put32(*out, cd_big ? 0xffffffffu : uint32_t(cd_off));
+  put16(*out, 0);
+  return z;
+}
+
+// A zip archive as torch.save lays it out: each entry's data 64-byte aligned through a
+// padding extra field. With zip64 = true every size/offset goes through zip64 records.
+inline ByteVec make_zip(const std::vector<ZipInput>& entries, bool zip64 = false) {
+  ZipParts z = make_zip_parts(entries, zip64 ? Zip64::Force : Zip64::None, SIZE_MAX, 0);
+  z.head.insert(z.head.end(), z.tail.begin(), z.tail.end());
+  return z.head;
 }
 
 // Pickle protocol-2 writer with the opcodes torch.save uses.
@@ -231,14 +268,19 @@ struct PickleWriter {
 };
 
 // A torch.save-like archive: "<prefix>/data.pkl", "<prefix>/byteorder", storage records.
-inline ByteVec make_pth(const ByteVec& pickle, const std::vector<std::pair<std::string, ByteVec>>& storages,
-                        bool zip64 = false, const std::string& prefix = "archive") {
+inline std::vector<ZipInput> pth_entries(const ByteVec& pickle,
+                                         const std::vector<std::pair<std::string, ByteVec>>& storages,
+                                         const std::string& prefix = "archive") {
   std::vector<ZipInput> in;
   in.push_back({prefix + "/data.pkl", pickle});
   in.push_back({prefix + "/byteorder", ByteVec{'l', 'i', 't', 't', 'l', 'e'}});
   for (auto& [k, v] : storages) in.push_back({prefix + "/data/" + k, v});
   in.push_back({prefix + "/version", ByteVec{'3', '\n'}});
-  return make_zip(in, zip64);
+  return in;
+}
+inline ByteVec make_pth(const ByteVec& pickle, const std::vector<std::pair<std::string, ByteVec>>& storages,
+                        bool zip64 = false, const std::string& prefix = "archive") {
+  return make_zip(pth_entries(pickle, storages, prefix), zip64);
 }
 
 template <typename T>
