@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "osp/core/philox.h"
@@ -168,4 +169,22 @@ TEST(Fp8Linear, BadArguments) {
   EXPECT_THROW(fp8_linear(empty, wq, nullptr, out), Error);
   Tensor bf_out = Tensor::empty({4, 8}, DType::BF16);
   EXPECT_THROW(fp8_linear(x, w2, nullptr, bf_out), Error);  // CPU reference is f32 out
+}
+
+TEST(Fp8E4M3, FromHiF8CodesEqualsQuantizeFromFloats) {
+  Tensor w = randn({24, 48}, 61).to(DType::BF16);
+  const float s = hif8_scale_for(amax(w), kHiF8ForwardMax, DType::BF16);
+  // the codes a HiF8 checkpoint stores for w
+  std::vector<float> wv = w.to_float_vector();
+  Tensor codes = Tensor::empty({24, 48}, DType::U8);
+  for (size_t i = 0; i < wv.size(); ++i) codes.data<uint8_t>()[i] = hif8_encode(round_bf16(wv[i] * s));
+  Fp8Tensor a = fp8_from_hif8_codes(codes, s);
+  Fp8Tensor b = hif8_quantize_e4m3(w);
+  ASSERT_EQ(a.codes.dtype(), DType::F8E4M3);
+  EXPECT_EQ(std::memcmp(a.codes.raw(), b.codes.raw(), b.codes.nbytes()), 0);
+  EXPECT_EQ(a.scale_inv.data<float>()[0], b.scale_inv.data<float>()[0]);
+  Tensor big_codes = Tensor::empty({1}, DType::U8);
+  big_codes.data<uint8_t>()[0] = hif8_encode(1024.0f);  // beyond E4M3's 448
+  EXPECT_THROW(fp8_from_hif8_codes(big_codes, 1.0f), Error);
+  EXPECT_THROW(fp8_from_hif8_codes(codes, 0.0f), Error);
 }

@@ -107,6 +107,34 @@ void fp8_dequantize(const Fp8Tensor& q, Tensor& out) {
   }
 }
 
+Fp8Tensor fp8_from_hif8_codes(const Tensor& codes, float scale) {
+  OSP_CHECK(codes.defined() && (codes.dtype() == DType::U8 || codes.dtype() == DType::HiF8),
+            "fp8_from_hif8_codes: codes must be u8 or hif8, got ",
+            codes.defined() ? codes.desc() : "undefined");
+  OSP_CHECK(codes.device().is_cpu(), "fp8_from_hif8_codes: codes must be on the CPU, got ",
+            codes.desc());
+  OSP_CHECK(std::isfinite(scale) && scale > 0, "fp8_from_hif8_codes: scale must be positive ",
+            "and finite, got ", scale);
+  uint8_t lut[256];
+  for (int c = 0; c < 256; ++c) lut[c] = detail::e4m3_encode_rne(detail::hif8_decode(uint8_t(c)));
+  Tensor cc = codes.contiguous();
+  const uint8_t* p = static_cast<const uint8_t*>(cc.raw());
+  const int64_t n = cc.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    float v = detail::hif8_decode(p[i]);
+    OSP_CHECK(std::isfinite(v) && std::fabs(v) <= 448.0f, "fp8_from_hif8_codes: element ", i,
+              " is ", v, ", outside E4M3's range (was the checkpoint converted with max_target ",
+              "> 448?)");
+  }
+  Fp8Tensor q;
+  q.codes = Tensor::empty(codes.shape(), DType::F8E4M3);
+  uint8_t* o = q.codes.data<uint8_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) o[i] = lut[p[i]];
+  q.scale_inv = Tensor::from_vector({1.0f / scale}, {1});
+  return q;
+}
+
 void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tensor& out,
                 const Fp8LinearOptions& opt) {
   check_fp8(x, "fp8_linear", "x");

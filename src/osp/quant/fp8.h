@@ -44,6 +44,11 @@ void hif8_quantize_e4m3(const Tensor& x, Fp8Tensor& out, float max_target = kHiF
 Fp8Tensor hif8_quantize_e4m3(const Tensor& x, float max_target = kHiF8ForwardMax);
 // Back to values: out = e4m3(codes) · scale_inv, F32 or BF16 (CPU or CUDA).
 void fp8_dequantize(const Fp8Tensor& q, Tensor& out);
+// From stored HiF8 weight bytes (model/hif8_checkpoint.h: codes of HiF8(w·s), scale s) to the
+// FP8 operand without going through floats: codes mapped through a 256-entry HiF8→E4M3 table,
+// scale_inv = 1/s. CPU (move the result with .to(Device::cuda())). The codes' values must fit
+// E4M3 (|v| ≤ 448, true for checkpoints converted with max_target ≤ 448).
+Fp8Tensor fp8_from_hif8_codes(const Tensor& codes, float scale);
 
 // ------------------------------------------------------------------ GEMM
 struct Fp8LinearOptions {
