@@ -77,6 +77,15 @@ for r in rows:
             r["model"], r["full_ms"], r["hybrid_ms"], r["hybrid_speedup"], r["peak_gib"]))
     elif b == "torch_dit_block":
         print("torch %-16s full %9.2f ms/block  sdpa %s %6.1f TF/s" % (r["model"], r["ms"], r["sdpa"], r["attn_tflops"]))
+    elif b == "hif8_gpu" and r.get("section") == "codec":
+        print("hif8  %-22s %9.3f ms %7.0f GB/s (%.0f%% of %.0f GB/s peak)" % (
+            r["op"], r["ms"], r["GBps"], 100 * r["frac_of_peak"], r["peak_GBps"]))
+    elif b == "hif8_gpu" and r.get("section") == "gemm":
+        print("hif8  %-22s M=%-6d N=%-6d K=%-6d %9.3f ms %7.1f TF/s" % (
+            r["variant"], r["M"], r["N"], r["K"], r["ms"], r["tflops"]))
+    elif b == "hif8_gpu" and r.get("section") == "gemm_summary":
+        print("hif8  fp8/bf16 speedup       M=%-6d N=%-6d K=%-6d %.2fx (fast accum %.2fx, incl. x quant %.2fx)" % (
+            r["M"], r["N"], r["K"], r["speedup_fp8"], r["speedup_fp8_fast"], r["speedup_fp8_incl_x_quant"]))
     elif b == "torch_dit_forward":
         print("torch %-16s full %9.1f ms/forward" % (r["model"], r["full_ms"]))
     else:
