@@ -9,6 +9,11 @@
 
 namespace osp::model {
 
+WeightGetter weight_getter(io::Checkpoint ck) {
+  OSP_CHECK(ck, "weight_getter: null checkpoint");
+  return [ck](const std::string& n) { return ck->has(n) ? ck->get(n) : Tensor(); };
+}
+
 const std::vector<float>& vae_latent_mean() {
   static const std::vector<float> m = {-0.7571f, -0.7089f, -0.9113f, 0.1075f,  -0.1745f, 0.9653f,
                                        -0.1517f, 1.5508f,  0.4134f,  -0.0715f, 0.5517f,  -0.3632f,
@@ -388,7 +393,7 @@ Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm, Tensor& video_fm, int
     float* dst = video_fm.data<float>();
     for (int64_t j = 0; j < f; ++j)
       for (int64_t c = 0; c < 3; ++c)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Ho * Wo > (1 << 16))
         for (int64_t yy = 0; yy < Ho; ++yy) {
           const float* s = src + ((j * 3 + c) * Ho + yy) * Wo;
           float* d = dst + (((f0 + j) * 3 + c) * HA + y_off + yy) * WA + x_off;
@@ -480,14 +485,14 @@ Tensor WanVae::decode(const Tensor& z, const DecodeOptions& opt) const {
         impl_->decode_untiled(sub, video, 8 * y0, 8 * x0, &ry, &rx, &wsum);
       }
     float* p = video.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (F * H * W > (1 << 16))
     for (int64_t fc = 0; fc < F * 3; ++fc)
       for (int64_t i = 0; i < H * W; ++i) p[fc * H * W + i] /= wsum[size_t(i)];
   }
   if (opt.clamp) {
     float* p = video.data<float>();
     const int64_t n = video.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (int64_t i = 0; i < n; ++i) p[i] = std::clamp(p[i], -1.f, 1.f);
   }
   return video.permute({1, 0, 2, 3}).contiguous();  // [3, F, H, W]

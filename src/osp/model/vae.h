@@ -30,12 +30,15 @@
 #include <vector>
 
 #include "osp/core/tensor.h"
+#include "osp/io/checkpoint.h"
 
 namespace osp::model {
 
 // Looks a weight up by its original Wan name (e.g. "decoder.conv1.weight"); returns an
 // undefined Tensor when the name is absent.  Any dtype/device: the model converts.
 using WeightGetter = std::function<Tensor(const std::string& name)>;
+// A WeightGetter over a checkpoint (safetensors, sharded, .pth: io/checkpoint.h).
+WeightGetter weight_getter(io::Checkpoint ck);
 
 struct VaeConfig {
   int dim = 96;       // base channels (decoder output side)

@@ -40,7 +40,7 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
     } else {
       for (int64_t y0 = 0; y0 < Ho; y0 += band) {
         const int64_t y1 = std::min(Ho, y0 + band), nb = (y1 - y0) * Wo;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * nb > (1 << 16))
         for (int64_t k = 0; k < K; ++k) {
           const int64_t c = k % kw, b = (k / kw) % kh, ta = (k / (kw * kh)) % kt, ci = k / (kw * kh * kt);
           float* cr = col.data() + k * nb;
@@ -69,7 +69,7 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
       }
     }
     if (bp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Cout * HWo > (1 << 16))
       for (int64_t co = 0; co < Cout; ++co) {
         float* r = o + co * HWo;
         const float bv = bp[co];

@@ -16,12 +16,12 @@ void elementwise(Tensor& x, const Tensor& y, F f) {
   if (x.dtype() == DType::F32) {
     float* a = x.data<float>();
     const float* b = y.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (int64_t i = 0; i < n; ++i) a[i] = f(a[i], b[i]);
   } else {  // BF16
     uint16_t* a = x.data<uint16_t>();
     const uint16_t* b = y.data<uint16_t>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (int64_t i = 0; i < n; ++i) a[i] = f32_to_bf16(f(bf16_to_f32(a[i]), bf16_to_f32(b[i])));
   }
 }
@@ -42,7 +42,7 @@ void channel_rms_norm(const Tensor& x, const Tensor& gamma, bool silu, Tensor& o
   const float scale = std::sqrt(float(C));
   const int64_t blk = 256;
   const int64_t nblk = (S + blk - 1) / blk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * S * C > (1 << 16))
   for (int64_t job = 0; job < N * nblk; ++job) {
     const int64_t n = job / nblk, s0 = (job % nblk) * blk, s1 = std::min(S, s0 + blk);
     float inv[256];
@@ -67,7 +67,7 @@ void upsample_nearest2x(const Tensor& x, Tensor& out) {
   const int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
   const float* xp = x.data<float>();
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NC * H * W > (1 << 16))
   for (int64_t r = 0; r < NC * 2 * H; ++r) {
     const int64_t nc = r / (2 * H), y = r % (2 * H);
     const float* src = xp + (nc * H + y / 2) * W;
@@ -92,7 +92,7 @@ void spatial_attention(const Tensor& qkv, Tensor& out) {
       // s[m, L] = q[:, i0:i0+m]ᵀ · k   (q is [C, L] row-major)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(L), int(C), scale, q + i0,
                   int(L), k, int(L), 0.f, s.data(), int(L));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * L > (1 << 16))
       for (int64_t i = 0; i < m; ++i) {
         float* r = s.data() + i * L;
         float mx = r[0];
@@ -120,7 +120,7 @@ void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   const float* vp = v.data<float>();
   const float* bp = bias.data<float>();
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * H * L * L * D > (1 << 18))
   for (int64_t job = 0; job < B * H * L; ++job) {
     const int64_t b = job / (H * L), h = (job / L) % H, i = job % L;
     const int64_t n = kv_lens[size_t(b)];

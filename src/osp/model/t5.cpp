@@ -1,0 +1,229 @@
+// umT5 encoder forward (wan-spec §4.3).  Shapes: B prompts × L tokens, rows = B·L.
+#include "osp/model/t5.h"
+
+#include <cmath>
+
+#include "osp/ops/extra_ops.h"
+#include "osp/ops/ops.h"
+
+namespace osp::model {
+
+int t5_relative_bucket(int64_t r, int64_t num_buckets, int64_t max_dist) {
+  const int64_t half = num_buckets / 2;
+  int bucket = r > 0 ? int(half) : 0;
+  const int64_t a = r < 0 ? -r : r;
+  if (num_buckets == 32 && max_dist == 128) {
+    // |r|: 0..7 exact; then 8–11, 12–15, 16–22, 23–31, 32–45, 46–63, 64–90, ≥ 91.
+    static const int64_t edges[] = {8, 12, 16, 23, 32, 46, 64, 91};
+    if (a < 8) return bucket + int(a);
+    int f = 8;
+    for (int i = 1; i < 8 && a >= edges[i]; ++i) f = 8 + i;
+    return bucket + f;
+  }
+  // Other tables: the reference formula in float32.
+  const int64_t max_exact = half / 2;
+  if (a < max_exact) return bucket + int(a);
+  const float v = std::log(float(a) / float(max_exact)) / std::log(float(max_dist) / float(max_exact)) *
+                  float(half - max_exact);
+  return bucket + int(std::min<int64_t>(max_exact + int64_t(v), half - 1));
+}
+
+struct T5Encoder::Impl {
+  T5Config cfg;
+  Device dev;
+  Tensor emb;  // [vocab, dim]
+  struct Layer {
+    Tensor norm1, norm2;               // [dim] F32
+    Tensor q, k, v, o;                 // [dim_attn, dim] / [dim, dim_attn]
+    Tensor gate, fc1, fc2;             // [ffn, dim], [ffn, dim], [dim, ffn]
+    std::vector<float> pos;            // [num_buckets, heads] host table
+  };
+  std::vector<Layer> layers;
+  Tensor norm;  // final [dim] F32
+
+  DType act_dtype() const { return dev.is_cpu() ? DType::F32 : DType::BF16; }
+  Tensor run(const Tensor& ids_dev, int64_t B, int64_t L, const std::vector<int32_t>& lens) const;
+};
+
+namespace {
+Tensor rms(const Tensor& x, const Tensor& w, float eps) {
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  ops::rms_norm(x, w, eps, out);
+  return out;
+}
+Tensor lin(const Tensor& x, const Tensor& w, ops::Act act = ops::Act::None) {
+  Tensor out = Tensor::empty({x.size(0), w.size(0)}, x.dtype(), x.device());
+  ops::linear(x, w, nullptr, out, act);
+  return out;
+}
+}  // namespace
+
+T5Encoder T5Encoder::load(const WeightGetter& get, Device dev, const std::string& prefix) {
+  OSP_CHECK(get, "T5Encoder::load: no weight getter given");
+  auto impl = std::make_shared<Impl>();
+  impl->dev = dev;
+  T5Config& c = impl->cfg;
+  auto raw = [&](const std::string& n) {
+    Tensor t = get(prefix + n);
+    OSP_CHECK(t.defined(), "umT5 checkpoint: tensor '", prefix + n,
+              "' is missing (expected Wan's T5 encoder names, e.g. models_t5_umt5-xxl-enc-bf16.pth)");
+    OSP_CHECK(dtype_is_float(t.dtype()), "umT5 checkpoint: tensor '", prefix + n, "' has dtype ",
+              dtype_name(t.dtype()), ", expected a float type");
+    return t;
+  };
+  // Config from shapes.
+  Tensor e = raw("token_embedding.weight");
+  OSP_CHECK(e.dim() == 2, "umT5 checkpoint: token_embedding.weight must be 2-D, got ",
+            shape_str(e.shape()));
+  c.vocab = e.size(0);
+  c.dim = e.size(1);
+  Tensor q0 = raw("blocks.0.attn.q.weight");
+  Tensor p0 = raw("blocks.0.pos_embedding.embedding.weight");
+  Tensor g0 = raw("blocks.0.ffn.gate.0.weight");
+  OSP_CHECK(q0.dim() == 2 && p0.dim() == 2 && g0.dim() == 2,
+            "umT5 checkpoint: unexpected ranks in block 0");
+  c.dim_attn = q0.size(0);
+  c.num_buckets = p0.size(0);
+  c.num_heads = p0.size(1);
+  c.dim_ffn = g0.size(0);
+  OSP_CHECK(c.num_heads > 0 && c.dim_attn % c.num_heads == 0, "umT5 checkpoint: attention width ",
+            c.dim_attn, " is not a multiple of the ", c.num_heads, " heads of the bias table");
+  c.num_layers = 0;
+  while (get(prefix + str("blocks.", c.num_layers, ".attn.q.weight")).defined()) ++c.num_layers;
+
+  const bool cpu = dev.is_cpu();
+  const DType wdt = cpu ? DType::F32 : DType::BF16;
+  auto load = [&](const std::string& n, const Shape& s, DType dt) {
+    Tensor t = raw(n);
+    OSP_CHECK(t.shape() == s, "umT5 checkpoint: tensor '", prefix + n, "' has shape ",
+              shape_str(t.shape()), ", expected ", shape_str(s));
+    return t.contiguous().to(dt).to(dev).contiguous();
+  };
+  impl->emb = load("token_embedding.weight", {c.vocab, c.dim}, wdt);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string b = str("blocks.", l, ".");
+    Impl::Layer L;
+    L.norm1 = load(b + "norm1.weight", {c.dim}, DType::F32);
+    L.norm2 = load(b + "norm2.weight", {c.dim}, DType::F32);
+    L.q = load(b + "attn.q.weight", {c.dim_attn, c.dim}, wdt);
+    L.k = load(b + "attn.k.weight", {c.dim_attn, c.dim}, wdt);
+    L.v = load(b + "attn.v.weight", {c.dim_attn, c.dim}, wdt);
+    L.o = load(b + "attn.o.weight", {c.dim, c.dim_attn}, wdt);
+    L.gate = load(b + "ffn.gate.0.weight", {c.dim_ffn, c.dim}, wdt);
+    L.fc1 = load(b + "ffn.fc1.weight", {c.dim_ffn, c.dim}, wdt);
+    L.fc2 = load(b + "ffn.fc2.weight", {c.dim, c.dim_ffn}, wdt);
+    Tensor p = load(b + "pos_embedding.embedding.weight", {c.num_buckets, c.num_heads}, DType::F32)
+                   .to(Device::cpu());
+    L.pos = p.to_float_vector();
+    impl->layers.push_back(std::move(L));
+  }
+  impl->norm = load("norm.weight", {c.dim}, DType::F32);
+  OSP_CHECK(c.num_layers > 0, "umT5 checkpoint: no blocks found");
+  T5Encoder t;
+  t.impl_ = impl;
+  return t;
+}
+
+const T5Config& T5Encoder::config() const { return impl_->cfg; }
+Device T5Encoder::device() const { return impl_->dev; }
+
+Tensor T5Encoder::Impl::run(const Tensor& ids_dev, int64_t B, int64_t L,
+                            const std::vector<int32_t>& lens) const {
+  const T5Config& c = cfg;
+  const int64_t H = c.num_heads, Dh = c.head_dim(), R = B * L;
+  const DType dt = act_dtype();
+  // Bucket index per (query i, key j), shared by all layers.
+  std::vector<int> bucket(size_t(L * L));
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = 0; j < L; ++j)
+      bucket[size_t(i * L + j)] = t5_relative_bucket(j - i, c.num_buckets, c.max_dist);
+  Tensor lens_t = Tensor::empty({B}, DType::I32);
+  for (int64_t b = 0; b < B; ++b) lens_t.data<int32_t>()[b] = lens[size_t(b)];
+
+  // x [R, dim] = E[ids]
+  Tensor x = Tensor::empty({R, c.dim}, dt, dev);
+  ops::gather_rows(emb, ids_dev, x);
+  Tensor bias_host = Tensor::empty({H, L, L}, DType::F32);
+  for (const Layer& ly : layers) {
+    // bias [H, L, L] = P[bucket(j − i), h]
+    float* bp = bias_host.data<float>();
+#pragma omp parallel for schedule(static) if (H * L * L > (1 << 16))
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t ij = 0; ij < L * L; ++ij) bp[h * L * L + ij] = ly.pos[size_t(bucket[size_t(ij)] * H + h)];
+    Tensor bias = bias_host.to(dev);
+
+    // ---- self-attention: x += o(attn(norm1(x)))
+    Tensor h = rms(x, ly.norm1, c.eps);                    // [R, dim]
+    Tensor q = lin(h, ly.q).view({B, L, H, Dh});           // [B, L, H, Dh]
+    Tensor k = lin(h, ly.k).view({B, L, H, Dh});
+    Tensor v = lin(h, ly.v).view({B, L, H, Dh});
+    Tensor a = Tensor::empty({B, L, H, Dh}, dt, dev);
+    if (dev.is_cpu()) {
+      ops::AttentionArgs args;
+      args.scale = 1.0f;  // umT5: no 1/sqrt(d) scaling
+      args.bias = &bias;
+      args.kv_lens = &lens_t;
+      ops::attention(q, k, v, a, args);
+    } else {
+      ops::biased_attention(q, k, v, bias, lens, a);
+    }
+    Tensor o = lin(a.view({R, c.dim_attn}), ly.o);         // [R, dim]
+    ops::add_(x, o);
+
+    // ---- gated-GELU FFN: x += fc2(fc1(h) · gelu_tanh(gate(h)))
+    h = rms(x, ly.norm2, c.eps);
+    Tensor g = lin(h, ly.gate, ops::Act::GeluTanh);        // [R, ffn]
+    Tensor f = lin(h, ly.fc1);                             // [R, ffn]
+    ops::mul_(f, g);
+    ops::add_(x, lin(f, ly.fc2));
+  }
+  return rms(x, norm, c.eps).view({B, L, c.dim});
+}
+
+Tensor T5Encoder::forward(const Tensor& ids, const Tensor& mask) const {
+  OSP_CHECK(ids.dim() == 2, "T5Encoder::forward: ids must be [B, L], got ", ids.desc());
+  check_dtype(ids, DType::I32, "T5Encoder ids");
+  check_dtype(mask, DType::I32, "T5Encoder mask");
+  check_shape(mask, ids.shape(), "T5Encoder mask");
+  const int64_t B = ids.size(0), L = ids.size(1);
+  OSP_CHECK(B >= 1 && L >= 1, "T5Encoder::forward: empty input ", ids.desc());
+  Tensor idh = ids.to(Device::cpu()).contiguous(), mh = mask.to(Device::cpu()).contiguous();
+  std::vector<int32_t> lens(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t n = 0;
+    for (int64_t j = 0; j < L; ++j) {
+      const int32_t m = mh.data<int32_t>()[b * L + j];
+      OSP_CHECK(m == 0 || m == 1, "T5Encoder: mask values must be 0 or 1, got ", m);
+      OSP_CHECK(!(m == 1 && n != j), "T5Encoder: mask row ", b,
+                " is not right-padded (ones must come first, then zeros)");
+      n += m;
+    }
+    OSP_CHECK(n >= 1, "T5Encoder: mask row ", b, " has no real token");
+    lens[size_t(b)] = n;
+  }
+  for (int64_t i = 0; i < B * L; ++i) {
+    const int32_t id = idh.data<int32_t>()[i];
+    OSP_CHECK(id >= 0 && id < impl_->cfg.vocab, "T5Encoder: token id ", id,
+              " outside the vocabulary [0, ", impl_->cfg.vocab, ")");
+  }
+  return impl_->run(idh.view({B * L}).to(impl_->dev), B, L, lens);
+}
+
+Tensor T5Encoder::encode(const std::vector<int32_t>& ids, int64_t n_valid, int64_t text_len) const {
+  OSP_CHECK(n_valid >= 1 && n_valid <= int64_t(ids.size()), "T5Encoder::encode: n_valid ", n_valid,
+            " must be in [1, ", ids.size(), "]");
+  OSP_CHECK(text_len >= n_valid, "T5Encoder::encode: text_len ", text_len, " < n_valid ", n_valid);
+  Tensor idt = Tensor::empty({1, n_valid}, DType::I32);
+  Tensor mt = Tensor::empty({1, n_valid}, DType::I32);
+  for (int64_t i = 0; i < n_valid; ++i) {
+    idt.data<int32_t>()[i] = ids[size_t(i)];
+    mt.data<int32_t>()[i] = 1;
+  }
+  Tensor y = forward(idt, mt).view({n_valid, impl_->cfg.dim});
+  Tensor out = Tensor::zeros({text_len, impl_->cfg.dim}, y.dtype(), y.device());
+  Tensor head = out.slice(0, 0, n_valid);
+  head.copy_from(y);
+  return out;
+}
+
+}  // namespace osp::model
