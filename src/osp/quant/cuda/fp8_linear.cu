@@ -112,6 +112,11 @@ bool make_plan(const Key& k, Plan& p) {
   OSP_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws = kWorkspace;
   OSP_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  // fp8_gemm checks that every pointer is 16-byte aligned; let the heuristic rely on no more
+  uint32_t al = 16;
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+    OSP_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &al, sizeof(al)));
   cublasLtMatmulHeuristicResult_t res[1];
   int found = 0;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1,
@@ -163,6 +168,9 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
 void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
               const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum) {
   if (M == 0 || N == 0) return;
+  auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  OSP_CHECK(a16(x) && a16(w) && a16(out.raw()), "fp8_linear (CUDA): x codes, w codes and out must ",
+            "be 16-byte aligned (use freshly allocated tensors, not offset views)");
   const int out_dt = out.dtype() == DType::BF16 ? 1 : 0;
   // The FP8 bias is BF16 for BF16 output (cuBLASLt's rule); for F32 output try BF16 first and
   // fall back to F32 if no algorithm takes it.
@@ -175,12 +183,17 @@ void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* 
     Key k{M, N, K, out_dt, bias_dt, fast_accum};
     auto it = plans().find(k);
     if (it != plans().end()) {
-      plan = it->second;
-      break;
+      if (it->second.desc) {
+        plan = it->second;
+        break;
+      }
+      if (!bias) break;
+      continue;  // cached "no algorithm" for this bias type
     }
     Plan p;
-    if (make_plan(k, p)) {
-      plans()[k] = p;
+    const bool ok = make_plan(k, p);
+    plans()[k] = p;  // failures are cached too (desc == nullptr)
+    if (ok) {
       plan = p;
       break;
     }
@@ -192,6 +205,7 @@ void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* 
   if (bias) {
     DType want = bias_dt == 1 ? DType::BF16 : DType::F32;
     bias_dev = bias->dtype() == want ? bias->contiguous() : bias->to(want);
+    if (!a16(bias_dev.raw())) bias_dev = bias_dev.clone();  // fresh allocation: aligned
     const void* bp = bias_dev.raw();
     OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
   }
