@@ -65,3 +65,27 @@ TEST(CheckpointGolden, T5VaeAndSamplerFilesOpen) {
   EXPECT_EQ(s->info("skiparse_T2_H8_W12_P2.token").shape, (Shape{4, 48}));
   EXPECT_TRUE(s->has("hif8.input") && s->has("hif8.output"));
 }
+
+TEST(CheckpointGolden, GoldenVaeNamesMapToDiffusersAndBack) {
+  Checkpoint vae = strip_prefix(open_checkpoint(test::golden("golden_t5_vae.safetensors")), "vae.weights.");
+  const auto names = vae->names();
+  EXPECT_EQ(names.size(), 194u);  // the full Wan-VAE tensor list (wan-spec Appendix A)
+  std::map<std::string, Tensor> diffusers;
+  for (const auto& n : names) {
+    auto d = vae_original_to_diffusers(n);
+    ASSERT_TRUE(d) << n;
+    EXPECT_EQ(vae_diffusers_to_original(*d), n);
+    diffusers[*d] = vae->get(n);
+  }
+  EXPECT_EQ(diffusers.size(), names.size());  // one-to-one
+  Checkpoint back = vae_with_original_names(memory_checkpoint(diffusers));
+  EXPECT_EQ(back->names(), names);
+  EXPECT_EQ(vae_with_original_names(vae), vae);  // already original
+  // umT5: every golden T5 weight name has an HF twin and comes back.
+  Checkpoint t5 = strip_prefix(open_checkpoint(test::golden("golden_t5_vae.safetensors")), "t5.weights.");
+  for (const auto& n : t5->names()) {
+    auto h = t5_wan_to_hf(n);
+    ASSERT_TRUE(h) << n;
+    EXPECT_EQ(t5_hf_to_wan(*h), n);
+  }
+}

@@ -128,3 +128,41 @@ TEST(NameMap, T5WanAndHfNames) {
   Checkpoint wan = t5_with_wan_names(hf);
   EXPECT_EQ(wan->names(), (std::vector<std::string>{"blocks.0.attn.q.weight", "token_embedding.weight"}));
 }
+
+TEST(NameMap, VaeSpecTableRows) {
+  const std::pair<const char*, const char*> rows[] = {
+      {"conv1.weight", "quant_conv.weight"},
+      {"conv2.bias", "post_quant_conv.bias"},
+      {"encoder.conv1.weight", "encoder.conv_in.weight"},
+      {"decoder.conv1.bias", "decoder.conv_in.bias"},
+      {"encoder.middle.0.residual.0.gamma", "encoder.mid_block.resnets.0.norm1.gamma"},
+      {"decoder.middle.2.residual.6.weight", "decoder.mid_block.resnets.1.conv2.weight"},
+      {"decoder.middle.1.to_qkv.weight", "decoder.mid_block.attentions.0.to_qkv.weight"},
+      {"encoder.middle.1.norm.gamma", "encoder.mid_block.attentions.0.norm.gamma"},
+      {"encoder.head.0.gamma", "encoder.norm_out.gamma"},
+      {"decoder.head.2.weight", "decoder.conv_out.weight"},
+      {"encoder.downsamples.3.residual.2.bias", "encoder.down_blocks.3.conv1.bias"},
+      {"encoder.downsamples.3.shortcut.weight", "encoder.down_blocks.3.conv_shortcut.weight"},
+      {"encoder.downsamples.5.time_conv.weight", "encoder.down_blocks.5.time_conv.weight"},
+      {"encoder.downsamples.2.resample.1.bias", "encoder.down_blocks.2.resample.1.bias"},
+      {"decoder.upsamples.2.residual.3.gamma", "decoder.up_blocks.0.resnets.2.norm2.gamma"},
+      {"decoder.upsamples.3.time_conv.bias", "decoder.up_blocks.0.upsamplers.0.time_conv.bias"},
+      {"decoder.upsamples.4.shortcut.weight", "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"},
+      {"decoder.upsamples.7.resample.1.weight", "decoder.up_blocks.1.upsamplers.0.resample.1.weight"},
+      {"decoder.upsamples.10.residual.6.bias", "decoder.up_blocks.2.resnets.2.conv2.bias"},
+      {"decoder.upsamples.11.resample.1.bias", "decoder.up_blocks.2.upsamplers.0.resample.1.bias"},
+      {"decoder.upsamples.14.residual.0.gamma", "decoder.up_blocks.3.resnets.2.norm1.gamma"},
+  };
+  for (auto& [o, d] : rows) {
+    EXPECT_EQ(vae_original_to_diffusers(o).value_or("<none>"), d) << o;
+    EXPECT_EQ(vae_diffusers_to_original(d).value_or("<none>"), o) << d;
+  }
+  for (const char* n : {"decoder.upsamples.3.residual.0.gamma", "encoder.middle.1.residual.0.gamma",
+                        "decoder.downsamples.0.residual.0.gamma", "encoder.head.1.gamma"})
+    EXPECT_FALSE(vae_original_to_diffusers(n)) << n;
+  for (const char* n : {"decoder.up_blocks.0.resnets.3.norm1.gamma", "decoder.up_blocks.0.upsamplers.1.time_conv.bias"})
+    EXPECT_FALSE(vae_diffusers_to_original(n)) << n;
+  Tensor t = Tensor::from_vector({1}, {1});
+  expect_error([&] { vae_with_original_names(memory_checkpoint({{"conv1.weight", t}, {"post_quant_conv.weight", t}})); },
+               {"mixes"});
+}

@@ -1,6 +1,7 @@
 #include "osp/io/name_map.h"
 
 #include <cctype>
+#include <cstring>
 #include <map>
 
 namespace osp::io {
@@ -185,6 +186,140 @@ Checkpoint t5_with_wan_names(Checkpoint ck) {
               m[outer], "' both map to '", outer, "'");
   }
   return renamed_checkpoint(std::move(ck), std::move(m), "HF->Wan umT5 names");
+}
+
+// ---- Wan-VAE ----
+
+namespace {
+
+bool weight_or_bias(const std::string& t) { return t == "weight" || t == "bias"; }
+
+// Inside a residual block: residual.{0,2,3,6} / shortcut <-> norm1, conv1, norm2, conv2,
+// conv_shortcut.
+std::optional<std::string> vae_res(const std::string& r, bool fwd) {
+  static const Pair t[] = {{"residual.0.gamma", "norm1.gamma", false},
+                           {"residual.2.", "conv1.", true},
+                           {"residual.3.gamma", "norm2.gamma", false},
+                           {"residual.6.", "conv2.", true},
+                           {"shortcut.", "conv_shortcut.", true}};
+  return map_table(r, t, std::size(t), fwd);
+}
+// Inside a resample (unchanged in both namings).
+bool vae_resample(const std::string& r) {
+  for (const char* p : {"resample.1.", "time_conv."})
+    if (starts_with(r, p) && weight_or_bias(r.substr(std::strlen(p)))) return true;
+  return false;
+}
+// Inside the attention block (unchanged).
+bool vae_attn(const std::string& r) {
+  return r == "norm.gamma" || r == "to_qkv.weight" || r == "to_qkv.bias" || r == "proj.weight" ||
+         r == "proj.bias";
+}
+
+std::optional<std::string> vae_fwd(const std::string& n) {
+  std::string idx, rest;
+  auto suffix_of = [&](const std::string& p) -> std::optional<std::string> {
+    if (starts_with(n, p)) return n.substr(p.size());
+    return std::nullopt;
+  };
+  if (auto t = suffix_of("conv1."); t && weight_or_bias(*t)) return "quant_conv." + *t;
+  if (auto t = suffix_of("conv2."); t && weight_or_bias(*t)) return "post_quant_conv." + *t;
+  for (const std::string side : {"encoder.", "decoder."}) {
+    if (!starts_with(n, side)) continue;
+    const std::string r = n.substr(side.size());
+    if (starts_with(r, "conv1.") && weight_or_bias(r.substr(6))) return side + "conv_in." + r.substr(6);
+    if (r == "head.0.gamma") return side + "norm_out.gamma";
+    if (starts_with(r, "head.2.") && weight_or_bias(r.substr(7))) return side + "conv_out." + r.substr(7);
+    if (split_index(r, "middle.", &idx, &rest)) {
+      if (idx == "1" && vae_attn(rest)) return side + "mid_block.attentions.0." + rest;
+      if (idx == "0" || idx == "2")
+        if (auto x = vae_res(rest, true)) return side + "mid_block.resnets." + (idx == "0" ? "0." : "1.") + *x;
+      return std::nullopt;
+    }
+    if (side == "encoder." && split_index(r, "downsamples.", &idx, &rest)) {
+      if (vae_resample(rest)) return side + "down_blocks." + idx + "." + rest;
+      if (auto x = vae_res(rest, true)) return side + "down_blocks." + idx + "." + *x;
+      return std::nullopt;
+    }
+    if (side == "decoder." && split_index(r, "upsamples.", &idx, &rest)) {
+      const int i = std::stoi(idx), stage = i / 4, j = i % 4;
+      if (j == 3) {
+        if (vae_resample(rest)) return str(side, "up_blocks.", stage, ".upsamplers.0.", rest);
+      } else if (auto x = vae_res(rest, true)) {
+        return str(side, "up_blocks.", stage, ".resnets.", j, ".", *x);
+      }
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> vae_bwd(const std::string& n) {
+  std::string idx, rest, idx2, rest2;
+  auto suffix_of = [&](const std::string& p) -> std::optional<std::string> {
+    if (starts_with(n, p)) return n.substr(p.size());
+    return std::nullopt;
+  };
+  if (auto t = suffix_of("quant_conv."); t && weight_or_bias(*t)) return "conv1." + *t;
+  if (auto t = suffix_of("post_quant_conv."); t && weight_or_bias(*t)) return "conv2." + *t;
+  for (const std::string side : {"encoder.", "decoder."}) {
+    if (!starts_with(n, side)) continue;
+    const std::string r = n.substr(side.size());
+    if (starts_with(r, "conv_in.") && weight_or_bias(r.substr(8))) return side + "conv1." + r.substr(8);
+    if (r == "norm_out.gamma") return side + "head.0.gamma";
+    if (starts_with(r, "conv_out.") && weight_or_bias(r.substr(9))) return side + "head.2." + r.substr(9);
+    if (starts_with(r, "mid_block.attentions.0.") && vae_attn(r.substr(23)))
+      return side + "middle.1." + r.substr(23);
+    if (split_index(r, "mid_block.resnets.", &idx, &rest)) {
+      if (idx == "0" || idx == "1")
+        if (auto x = vae_res(rest, false)) return side + "middle." + (idx == "0" ? "0." : "2.") + *x;
+      return std::nullopt;
+    }
+    if (side == "encoder." && split_index(r, "down_blocks.", &idx, &rest)) {
+      if (vae_resample(rest)) return side + "downsamples." + idx + "." + rest;
+      if (auto x = vae_res(rest, false)) return side + "downsamples." + idx + "." + *x;
+      return std::nullopt;
+    }
+    if (side == "decoder." && split_index(r, "up_blocks.", &idx, &rest)) {
+      const int stage = std::stoi(idx);
+      if (split_index(rest, "resnets.", &idx2, &rest2)) {
+        const int j = std::stoi(idx2);
+        if (j > 2) return std::nullopt;
+        if (auto x = vae_res(rest2, false)) return str(side, "upsamples.", 4 * stage + j, ".", *x);
+      } else if (starts_with(rest, "upsamplers.0.") && vae_resample(rest.substr(13))) {
+        return str(side, "upsamples.", 4 * stage + 3, ".", rest.substr(13));
+      }
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> vae_original_to_diffusers(const std::string& name) { return vae_fwd(name); }
+std::optional<std::string> vae_diffusers_to_original(const std::string& name) { return vae_bwd(name); }
+
+Checkpoint vae_with_original_names(Checkpoint ck) {
+  OSP_CHECK(ck, "vae_with_original_names: null checkpoint");
+  const auto names = ck->names();
+  std::vector<std::string> orig, diff;
+  for (const auto& n : names) {
+    bool o = vae_fwd(n).has_value(), d = vae_bwd(n).has_value();
+    if (o && !d) orig.push_back(n);
+    if (d && !o) diff.push_back(n);
+  }
+  OSP_CHECK(orig.empty() || diff.empty(), "VAE checkpoint '", ck->path(),
+            "' mixes original Wan names (", example_list(orig), ") and diffusers names (",
+            example_list(diff), ")");
+  if (diff.empty()) return ck;
+  std::map<std::string, std::string> m;
+  for (const auto& n : names) {
+    std::string outer = vae_bwd(n).value_or(n);
+    OSP_CHECK(m.emplace(outer, n).second, "checkpoint '", ck->path(), "': '", n, "' and '",
+              m[outer], "' both map to '", outer, "'");
+  }
+  return renamed_checkpoint(std::move(ck), std::move(m), "diffusers->original VAE names");
 }
 
 }  // namespace osp::io

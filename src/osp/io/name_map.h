@@ -38,4 +38,14 @@ std::optional<std::string> t5_hf_to_wan(const std::string& name);  // shared.wei
 // The umT5 checkpoint under Wan names (HF checkpoints are renamed; others returned as is).
 Checkpoint t5_with_wan_names(Checkpoint ck);
 
+// Wan-VAE: original names (Wan2.1_VAE.pth) <-> diffusers AutoencoderKLWan names (wan-spec §3.4).
+//   decoder.upsamples.4.shortcut.weight  <-> decoder.up_blocks.1.resnets.0.conv_shortcut.weight
+//   decoder.upsamples.7.resample.1.bias  <-> decoder.up_blocks.1.upsamplers.0.resample.1.bias
+//   encoder.downsamples.3.residual.6.weight <-> encoder.down_blocks.3.conv2.weight
+std::optional<std::string> vae_original_to_diffusers(const std::string& name);
+std::optional<std::string> vae_diffusers_to_original(const std::string& name);
+// The VAE checkpoint under original names (diffusers checkpoints are renamed; a checkpoint
+// already in original names is returned as is; a mix is an error).
+Checkpoint vae_with_original_names(Checkpoint ck);
+
 }  // namespace osp::io
