@@ -244,6 +244,10 @@ std::vector<Case> all_cases() {
   add("silu_2048_f32_inplace", [=] { act_case(false, 2048, F, F, true); });
   add("add_gated_17x129_bf16_gate", [=] { add_gated_case(17, 129, true, H); });
   add("add_gated_5x1536_f32_nogate", [=] { add_gated_case(5, 1536, false, F); });
+  add("add_gated_7x256_bf16_gate_vec", [=] { add_gated_case(7, 256, true, H); });
+  add("add_gated_3x5120_f32_gate_vec", [=] { add_gated_case(3, 5120, true, F); });
+  add("ln_modulate_33x512_f32_bf16_vec", [=] { ln_modulate_case(33, 512, false, F, H); });
+  add("layer_norm_5x20000_f32_bf16_rowcache_limit", [=] { layer_norm_case(5, 20000, true, F, H); });
   add("axpby_1003", [=] { axpby_case(1003); });
   // RoPE
   add("rope_1x37x3x128_bf16", [=] { rope_case(1, 37, 3, 128, 1, H, H, false); });

@@ -185,6 +185,116 @@ __global__ void unpatchify_kernel(const TI* __restrict__ y, TO* __restrict__ out
   }
 }
 
+
+// ---- vectorized (4 elements per access) versions, used when the row length is a multiple of 4
+// and the pointers are aligned: 16-byte f32 / 8-byte bf16 accesses.
+__device__ __forceinline__ float4 load4(const float* p, int64_t i4) {
+  return reinterpret_cast<const float4*>(p)[i4];
+}
+__device__ __forceinline__ float4 load4(const bf16* p, int64_t i4) {
+  uint2 u = reinterpret_cast<const uint2*>(p)[i4];
+  __nv_bfloat162 a = *reinterpret_cast<__nv_bfloat162*>(&u.x), b = *reinterpret_cast<__nv_bfloat162*>(&u.y);
+  float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+  return make_float4(fa.x, fa.y, fb.x, fb.y);
+}
+__device__ __forceinline__ void store4(float* p, int64_t i4, float4 v) {
+  reinterpret_cast<float4*>(p)[i4] = v;
+}
+__device__ __forceinline__ void store4(bf16* p, int64_t i4, float4 v) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 u;
+  u.x = *reinterpret_cast<uint32_t*>(&a);
+  u.y = *reinterpret_cast<uint32_t*>(&b);
+  reinterpret_cast<uint2*>(p)[i4] = u;
+}
+
+// Row norms with the row cached in shared memory (one global read, one write).
+// MODE 0: LayerNorm (+ optional affine w, b); 1: LayerNorm then (1 + scale), shift;
+// 2: RMSNorm × w.
+template <typename TI, typename TO, int MODE>
+__global__ void row_norm_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
+                                    float eps, const float* __restrict__ w,
+                                    const float* __restrict__ b, const float* __restrict__ shift,
+                                    const float* __restrict__ scale, bool round_bf16) {
+  extern __shared__ float4 srow[];
+  const int64_t C4 = C / 4;
+  const TI* xr = x + blockIdx.x * C;
+  TO* orow = out + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+    float4 v = load4(xr, i);
+    srow[i] = v;
+    s += MODE == 2 ? v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w : v.x + v.y + v.z + v.w;
+  }
+  const float tot = block_sum(s);  // also orders the shared-memory writes before the reads
+  float mean = 0.f, rstd;
+  if (MODE == 2) {
+    rstd = rsqrtf(tot / float(C) + eps);
+  } else {
+    mean = tot / float(C);
+    float v2 = 0.f;
+    for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+      float4 v = srow[i];
+      float a = v.x - mean, bb = v.y - mean, c = v.z - mean, d = v.w - mean;
+      v2 += a * a + bb * bb + c * c + d * d;
+    }
+    rstd = rsqrtf(block_sum(v2) / float(C) + eps);
+  }
+  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+    float4 v = srow[i];
+    float y[4] = {(v.x - mean) * rstd, (v.y - mean) * rstd, (v.z - mean) * rstd, (v.w - mean) * rstd};
+    if (MODE == 0 && w) {
+      float4 ww = load4(w, i), bb = load4(b, i);
+      y[0] = y[0] * ww.x + bb.x; y[1] = y[1] * ww.y + bb.y; y[2] = y[2] * ww.z + bb.z; y[3] = y[3] * ww.w + bb.w;
+    } else if (MODE == 1) {
+      if (round_bf16)
+        for (int k = 0; k < 4; ++k) y[k] = __bfloat162float(__float2bfloat16_rn(y[k]));
+      float4 sh = load4(shift, i), sc = load4(scale, i);
+      y[0] = y[0] * (1.f + sc.x) + sh.x; y[1] = y[1] * (1.f + sc.y) + sh.y;
+      y[2] = y[2] * (1.f + sc.z) + sh.z; y[3] = y[3] * (1.f + sc.w) + sh.w;
+    } else if (MODE == 2) {
+      float4 ww = load4(w, i);
+      y[0] *= ww.x; y[1] *= ww.y; y[2] *= ww.z; y[3] *= ww.w;
+    }
+    store4(orow, i, make_float4(y[0], y[1], y[2], y[3]));
+  }
+}
+
+template <typename TY>
+__global__ void add_gated_vec_kernel(float* __restrict__ x, const TY* __restrict__ y,
+                                     const float* __restrict__ gate, int64_t n4, int64_t C4) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float4 a = load4(x, i), v = load4(y, i);
+    if (gate) {
+      float4 g = load4(gate, i % C4);
+      v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+    }
+    store4(x, i, make_float4(a.x + v.x, a.y + v.y, a.z + v.z, a.w + v.w));
+  }
+}
+
+// RoPE, two pairs (4 elements) per thread; needs D % 4 == 0.
+template <typename TI, typename TO>
+__global__ void rope_vec_kernel(const TI* x, TO* out, const float* __restrict__ cs, int64_t R,
+                                int64_t L, int64_t H, int64_t D, int64_t Rt) {
+  const int64_t n4 = R * L * H * D / 4, D4 = D / 4;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t q = i % D4;         // which 4-element group of the head
+    int64_t rest = i / D4;      // (r, l, h)
+    int64_t l = (rest / H) % L;
+    int64_t r = rest / (H * L);
+    float4 t = load4(cs, ((r % Rt) * L + l) * D4 + q);  // (cos, sin) of pairs 2q, 2q+1
+    float4 v = load4(x, i);
+    store4(out, i, make_float4(v.x * t.x - v.y * t.y, v.x * t.y + v.y * t.x,
+                               v.z * t.z - v.w * t.w, v.z * t.w + v.w * t.z));
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+constexpr int64_t kMaxVecRow = 12288;  // shared-memory row cache limit (48 KiB of f32)
+
 int row_threads(int64_t C) {
   if (C >= 2048) return 512;
   if (C >= 512) return 256;
@@ -234,9 +344,15 @@ void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Te
   const float* wp = f32_ptr(w, "layer_norm", "weight", C);
   const float* bp = f32_ptr(b, "layer_norm", "bias", C);
   if (rows == 0) return;
+  const bool vec = C % 4 == 0 && C <= kMaxVecRow && aligned16(x.raw()) && aligned16(out.raw()) &&
+                   (!wp || (aligned16(wp) && aligned16(bp)));
   dispatch2(x.dtype(), out.dtype(), "layer_norm", [&]<typename TI, typename TO>() {
-    layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
-        x.data<TI>(), out.data<TO>(), C, eps, wp, bp, 0, nullptr, nullptr, false);
+    if (vec)
+      row_norm_vec_kernel<TI, TO, 0><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, wp, bp, nullptr, nullptr, false);
+    else
+      layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, wp, bp, 0, nullptr, nullptr, false);
   });
   OSP_CUDA_LAUNCH_CHECK("layer_norm_kernel");
 }
@@ -248,9 +364,15 @@ void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& sca
   const float* sh = f32_ptr(&shift, "layer_norm_modulate", "shift", C);
   const float* sc = f32_ptr(&scale, "layer_norm_modulate", "scale", C);
   if (rows == 0) return;
+  const bool vec = C % 4 == 0 && C <= kMaxVecRow && aligned16(x.raw()) && aligned16(out.raw()) &&
+                   aligned16(sh) && aligned16(sc);
   dispatch2(x.dtype(), out.dtype(), "layer_norm_modulate", [&]<typename TI, typename TO>() {
-    layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
-        x.data<TI>(), out.data<TO>(), C, eps, nullptr, nullptr, 1, sh, sc, round_ln_to_bf16);
+    if (vec)
+      row_norm_vec_kernel<TI, TO, 1><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, nullptr, nullptr, sh, sc, round_ln_to_bf16);
+    else
+      layer_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, nullptr, nullptr, 1, sh, sc, round_ln_to_bf16);
   });
   OSP_CUDA_LAUNCH_CHECK("layer_norm_kernel(modulate)");
 }
@@ -260,9 +382,15 @@ void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   int64_t C = x.size(-1), rows = rows_of(x);
   const float* wp = f32_ptr(&w, "rms_norm", "weight", C);
   if (rows == 0) return;
+  const bool vec = C % 4 == 0 && C <= kMaxVecRow && aligned16(x.raw()) && aligned16(out.raw()) &&
+                   aligned16(wp);
   dispatch2(x.dtype(), out.dtype(), "rms_norm", [&]<typename TI, typename TO>() {
-    rms_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
-        x.data<TI>(), out.data<TO>(), C, eps, wp);
+    if (vec)
+      row_norm_vec_kernel<TI, TO, 2><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, wp, nullptr, nullptr, nullptr, false);
+    else
+      rms_norm_kernel<TI, TO><<<unsigned(rows), row_threads(C), 0, stream()>>>(
+          x.data<TI>(), out.data<TO>(), C, eps, wp);
   });
   OSP_CUDA_LAUNCH_CHECK("rms_norm_kernel");
 }
@@ -293,6 +421,15 @@ void add_gated_(Tensor& x, const Tensor& y, const Tensor* gate) {
   int64_t C = x.size(-1), n = x.numel();
   const float* g = f32_ptr(gate, "add_gated_", "gate", C);
   if (n == 0) return;
+  if (C % 4 == 0 && aligned16(x.raw()) && aligned16(y.raw()) && (!g || aligned16(g))) {
+    const int64_t n4 = n / 4;
+    if (y.dtype() == DType::F32)
+      add_gated_vec_kernel<float><<<grid_for(n4), 256, 0, stream()>>>(x.data<float>(), y.data<float>(), g, n4, C / 4);
+    else
+      add_gated_vec_kernel<bf16><<<grid_for(n4), 256, 0, stream()>>>(x.data<float>(), y.data<bf16>(), g, n4, C / 4);
+    OSP_CUDA_LAUNCH_CHECK("add_gated_vec_kernel");
+    return;
+  }
   if (y.dtype() == DType::F32)
     add_gated_kernel<float><<<grid_for(n), 256, 0, stream()>>>(x.data<float>(), y.data<float>(), g, n, C);
   else
@@ -325,6 +462,15 @@ void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
   int64_t Rt = cos_sin.size(0);
   int64_t n = R * L * H * half;
   if (n == 0) return;
+  const int64_t D = 2 * half;
+  if (D % 4 == 0 && aligned16(x.raw()) && aligned16(out.raw()) && aligned16(cos_sin.raw())) {
+    dispatch2(x.dtype(), out.dtype(), "rope", [&]<typename TI, typename TO>() {
+      rope_vec_kernel<TI, TO><<<grid_for(n / 2), 256, 0, stream()>>>(
+          x.data<TI>(), out.data<TO>(), cos_sin.data<float>(), R, L, H, D, Rt);
+    });
+    OSP_CUDA_LAUNCH_CHECK("rope_vec_kernel");
+    return;
+  }
   dispatch2(x.dtype(), out.dtype(), "rope", [&]<typename TI, typename TO>() {
     rope_kernel<TI, TO><<<grid_for(n), 256, 0, stream()>>>(x.data<TI>(), out.data<TO>(),
                                                            cos_sin.data<float>(), R, L, H, half, Rt);
