@@ -156,6 +156,12 @@ TEST(HiF8Gpu, AmaxAndFakeQuantBitwiseEqualCPU) {
           hif8_fake_quant(xg, og, smax);
           expect_bitwise(og, oc, "fake quant");
         }
+      for (DType to : {DType::F32, DType::BF16}) {
+        Tensor oc = Tensor::empty(xc.shape(), to), og = Tensor::empty(xc.shape(), to, Device::cuda());
+        hif8_fake_quant_stochastic(xc, oc, 31, 7);
+        hif8_fake_quant_stochastic(xg, og, 31, 7);
+        expect_bitwise(og, oc, "stochastic fake quant");
+      }
       // in place on the GPU
       Tensor ref = hif8_fake_quant(xc);
       hif8_fake_quant(xg, xg);

@@ -143,3 +143,32 @@ TEST(HiF8Stochastic, ExactValuesStayAndNoInf) {
   EXPECT_EQ(hif8_decode(hif8_encode_hybrid(17.f, 0u)), 20.f);          // r = 0 < rem: up
   EXPECT_EQ(hif8_decode(hif8_encode_hybrid(17.f, 0xffffffffu)), 16.f);  // r max: down
 }
+
+TEST(HiF8Stochastic, ScaledFakeQuantStochastic) {
+  Tensor x = randn({3000}, 12);
+  std::vector<float> v = x.to_float_vector();
+  float am = 0;
+  for (float f : v) am = std::max(am, std::fabs(f));
+  const float s = 224.0f / am;
+  Tensor y = Tensor::empty({3000}, DType::F32);
+  hif8_fake_quant_stochastic(x, y, 5, 100);  // default target 224
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t r = quant::detail::philox_word(5, 100 + i);
+    float want = hif8_decode(hif8_encode_hybrid(v[i] * s, r)) / s;
+    ASSERT_EQ(bits(y.data<float>()[i]), bits(want)) << i;
+  }
+  // unbiased: averaging many independent seeds approaches x (TA keeps a bias in the 2-bit band)
+  Tensor one = Tensor::from_vector({17.0f / 224.0f * 3.0f, 3.0f}, {2});  // 17 after scaling
+  double sum = 0;
+  const int reps = 20000;
+  Tensor o = Tensor::empty({2}, DType::F32);
+  for (int k = 0; k < reps; ++k) {
+    hif8_fake_quant_stochastic(one, o, uint64_t(k));
+    sum += o.data<float>()[0];
+  }
+  const double target = double(17.0f / 224.0f * 3.0f);
+  EXPECT_NEAR(sum / reps, target, 0.01 * target);
+  Tensor ta = hif8_fake_quant(one, kHiF8BackwardMax);
+  EXPECT_GT(std::fabs(double(ta.data<float>()[0]) - target), 0.03 * target);  // TA → 16
+  EXPECT_THROW(hif8_fake_quant_stochastic(one, o, 1, 0, -1.0f), Error);
+}

@@ -216,43 +216,52 @@ float amax(const Tensor& x) {
   return cpu_amax(x.contiguous());
 }
 
-void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target) {
-  check_float_input(x, "hif8_fake_quant");
-  check_out(x, out, "hif8_fake_quant");
-  OSP_CHECK(is_float_io(out.dtype()), "hif8_fake_quant: output must be f32 or bf16, got ",
-            out.desc());
-  OSP_CHECK(std::isfinite(max_target) && max_target > 0 && max_target <= 32768.0f,
-            "hif8_fake_quant: max_target must be in (0, 32768] (15 forward, 224 backward), got ",
-            max_target);
+namespace {
+// Shared by the TA and the stochastic scaled fake quant (CPU path and validation).
+void fake_quant_impl(const Tensor& x, Tensor& out, float max_target, bool stochastic,
+                     uint64_t seed, uint64_t offset, const char* fn) {
+  check_float_input(x, fn);
+  check_out(x, out, fn);
+  OSP_CHECK(is_float_io(out.dtype()), fn, ": output must be f32 or bf16, got ", out.desc());
+  OSP_CHECK(std::isfinite(max_target) && max_target > 0 && max_target <= 32768.0f, fn,
+            ": max_target must be in (0, 32768] (15 forward, 224 backward), got ", max_target);
   Tensor xc = x.contiguous();
   if (x.device().is_cuda()) {
 #ifdef OSP_HAVE_CUDA
-    cuda::hif8_fake_quant(xc, out, max_target);
+    if (stochastic) cuda::hif8_fake_quant_stochastic(xc, out, max_target, seed, offset);
+    else cuda::hif8_fake_quant(xc, out, max_target);
     return;
 #else
-    not_built_with_cuda("hif8_fake_quant");
+    not_built_with_cuda(fn);
 #endif
   }
-  DType ti = xc.dtype(), to = out.dtype();
+  const DType ti = xc.dtype(), to = out.dtype();
+  const bool bf16 = ti == DType::BF16;
   const float s = hif8_scale_for(cpu_amax(xc), max_target, ti);
   const void* p = xc.raw();
   void* o = out.raw();
   const float* tab = table().data();
-  int64_t n = xc.numel();
-  if (ti == DType::F32) {
+  const int64_t n = xc.numel();
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      float v = tab[detail::hif8_encode_ta(static_cast<const float*>(p)[i] * s, false)];
-      store(o, to, i, v / s);
-    }
-  } else {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      float xs = round_bf16(load(p, ti, i) * s);
-      float v = tab[detail::hif8_encode_ta(xs, false)];
-      store(o, to, i, round_bf16(v / s));
-    }
+  for (int64_t i = 0; i < n; ++i) {
+    float xs = load(p, ti, i) * s;
+    if (bf16) xs = round_bf16(xs);
+    uint8_t c = stochastic ? detail::hif8_encode_hybrid(
+                                 xs, false, detail::philox_word(seed, offset + uint64_t(i)))
+                           : detail::hif8_encode_ta(xs, false);
+    float v = tab[c] / s;
+    store(o, to, i, bf16 ? round_bf16(v) : v);
   }
+}
+}  // namespace
+
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target) {
+  fake_quant_impl(x, out, max_target, false, 0, 0, "hif8_fake_quant");
+}
+
+void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
+                                float max_target) {
+  fake_quant_impl(x, out, max_target, true, seed, offset, "hif8_fake_quant_stochastic");
 }
 
 Tensor hif8_fake_quant(const Tensor& x, float max_target) {

@@ -67,6 +67,12 @@ float amax(const Tensor& x);
 void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target = kHiF8ForwardMax);
 Tensor hif8_fake_quant(const Tensor& x, float max_target = kHiF8ForwardMax);
 
+// The same per-tensor scaling with hybrid (stochastic) rounding instead of TA — for gradients
+// (default target 224). Element i uses the Philox word of (seed, offset + i) as in
+// hif8_round_stochastic. OSP-Next itself uses TA for gradients too (hif8_fake_quant(g, out, 224)).
+void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset = 0,
+                                float max_target = kHiF8BackwardMax);
+
 // The scale s = max_target / max(amax, 1e-8) that hif8_fake_quant uses for a given amax and
 // dtype (bf16-rounded for BF16), with the amax = 0 / Inf rules above (s = 1 for Inf).
 float hif8_scale_for(float amax, float max_target, DType dtype);

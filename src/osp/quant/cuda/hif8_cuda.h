@@ -17,4 +17,7 @@ float amax(const Tensor& x);
 // Per-tensor scaled fake quant with the scale kept on the device. If d_scale_out is non-null
 // the scale s (x·s is quantized) is also written there.
 void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out = nullptr);
+// The same with hybrid stochastic rounding (Philox word of seed, offset + i).
+void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
+                                uint64_t offset);
 }  // namespace osp::quant::cuda

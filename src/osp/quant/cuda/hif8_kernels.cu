@@ -94,7 +94,8 @@ __global__ void round_kernel(const TI* __restrict__ x, TO* __restrict__ out, int
 template <typename TI, typename TO>
 __global__ void fake_quant_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n,
                                   const float* __restrict__ d_amax, float max_target,
-                                  float* __restrict__ d_scale_out) {
+                                  float* __restrict__ d_scale_out, bool stochastic, uint64_t seed,
+                                  uint64_t offset) {
   constexpr bool kBF16 = sizeof(TI) == 2;
   const float s = device_scale_for(*d_amax, max_target, kBF16);
   if (d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
@@ -102,7 +103,10 @@ __global__ void fake_quant_kernel(const TI* __restrict__ x, TO* __restrict__ out
        i += int64_t(gridDim.x) * blockDim.x) {
     float xs = to_f(x[i]) * s;
     if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
-    float v = hif8_decode(hif8_encode_ta(xs, false)) / s;
+    uint8_t c = stochastic ? hif8_encode_hybrid(xs, false,
+                                                detail::philox_word(seed, offset + uint64_t(i)))
+                           : hif8_encode_ta(xs, false);
+    float v = hif8_decode(c) / s;
     if (kBF16) v = __bfloat162float(__float2bfloat16_rn(v));
     from_f(out, i, v);
   }
@@ -202,18 +206,30 @@ float amax(const Tensor& x) {
   return h;
 }
 
-void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out) {
+namespace {
+void fake_quant_launch(const Tensor& x, Tensor& out, float max_target, float* d_scale_out,
+                       bool stochastic, uint64_t seed, uint64_t offset) {
   int64_t n = x.numel();
   Tensor d = Tensor::empty({1}, DType::F32, x.device());
   amax_to_device(x, d.data<float>());
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
     using TI = decltype(ti);
     using TO = decltype(to);
-    fake_quant_kernel<TI, TO><<<grid_for(n), kThreads>>>(static_cast<const TI*>(x.raw()),
-                                                         static_cast<TO*>(out.raw()), n,
-                                                         d.data<float>(), max_target, d_scale_out);
+    fake_quant_kernel<TI, TO><<<grid_for(n), kThreads>>>(
+        static_cast<const TI*>(x.raw()), static_cast<TO*>(out.raw()), n, d.data<float>(),
+        max_target, d_scale_out, stochastic, seed, offset);
   });
   OSP_CUDA_LAUNCH_CHECK("hif8 fake_quant_kernel");
+}
+}  // namespace
+
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out) {
+  fake_quant_launch(x, out, max_target, d_scale_out, false, 0, 0);
+}
+
+void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
+                                uint64_t offset) {
+  fake_quant_launch(x, out, max_target, nullptr, true, seed, offset);
 }
 
 }  // namespace osp::quant::cuda
