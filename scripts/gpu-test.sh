@@ -2,7 +2,8 @@
 # What a GPU machine runs: configure Release with CUDA (sm_90a), build the GPU tests and GPU
 # benchmarks, run every `gpu`-labelled ctest test and every bench_*gpu* binary (and the
 # PyTorch baseline bench/torch_dit_block.py when torch is importable), keep the logs under
-# $OUT, and print a short table last.
+# $OUT (card.txt, build.log, gpu-tests.log, bench.jsonl, bench-stderr.log: few files, since the
+# device tool brings back at most 8), and print a short table last.
 #
 # Environment knobs:
 #   OUT=dir          logs and JSON lines (default ./out)
@@ -27,14 +28,14 @@ cat "$OUT/card.txt"
 
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90a -DOSP_FFMPEG=OFF > "$OUT/configure.log" 2>&1 \
-  || { echo "configure failed (see configure.log)"; tail -30 "$OUT/configure.log"; exit 1; }
+      -DCMAKE_CUDA_ARCHITECTURES=90a -DOSP_FFMPEG=OFF > "$OUT/build.log" 2>&1 \
+  || { echo "configure failed (see build.log)"; tail -30 "$OUT/build.log"; exit 1; }
 # Only the GPU tests and GPU benchmarks (and what they need); -k 0 keeps going past a broken one.
 targets=$(ninja -C "$BUILD" -t targets all 2>/dev/null |
           sed -n 's/^\([A-Za-z0-9_]*\(_gpu_test\|gpu[A-Za-z0-9_]*\)\): .*/\1/p' |
           grep -E '(_gpu_test$|^bench_.*gpu)' | grep -v '^cmake_' | sort -u)
 echo "building: $(echo $targets | wc -w) targets with $JOBS jobs"
-ninja -C "$BUILD" -j "$JOBS" -k 0 $targets > "$OUT/build.log" 2>&1 || {
+ninja -C "$BUILD" -j "$JOBS" -k 0 $targets >> "$OUT/build.log" 2>&1 || {
   status=1
   echo "BUILD ERRORS (first lines):"
   grep -E "error|FAILED" "$OUT/build.log" | head -20
@@ -49,14 +50,17 @@ fi
 
 if [ "${BENCH:-1}" != 0 ]; then
   : > "$OUT/bench.jsonl"
+  : > "$OUT/bench-stderr.log"  # every benchmark's stderr (OSP_VERBOSE path logs), one file
   for b in "$BUILD"/bench_*gpu*; do
     [ -x "$b" ] || continue
     echo "running $(basename "$b") ${BENCH_ARGS:-}"
-    "$b" ${BENCH_ARGS:-} 2> "$OUT/$(basename "$b").stderr" | tee -a "$OUT/bench.jsonl" || status=1
+    echo "==== $(basename "$b")" >> "$OUT/bench-stderr.log"
+    "$b" ${BENCH_ARGS:-} 2>> "$OUT/bench-stderr.log" | tee -a "$OUT/bench.jsonl" || status=1
   done
   if [ "${TORCH:-1}" != 0 ] && python3 -c "import torch" 2>/dev/null; then
     echo "running bench/torch_dit_block.py"
-    PYTHONUNBUFFERED=1 python3 bench/torch_dit_block.py ${BENCH_ARGS:-} 2> "$OUT/torch.stderr" \
+    echo "==== torch_dit_block.py" >> "$OUT/bench-stderr.log"
+    PYTHONUNBUFFERED=1 python3 bench/torch_dit_block.py ${BENCH_ARGS:-} 2>> "$OUT/bench-stderr.log" \
       | tee -a "$OUT/bench.jsonl" || status=1
   fi
   python3 - "$OUT/bench.jsonl" <<'PY'

@@ -151,7 +151,8 @@ Tensor lens_tensor(const std::vector<int>& v) {
   return t;
 }
 
-// path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run)
+// path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run),
+// 3 = cuDNN one unmasked call per sequence (must run)
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int path,
                     std::vector<int> kv = {}, std::vector<int> ql = {}, bool bias = false,
                     float scale = 0.f) {
@@ -174,6 +175,9 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int
     ops::attention(gq, gk, gv, out, a);
   } else if (path == 1) {
     ops::cuda::attention_flash(gq, gk, gv, out, a);
+  } else if (path == 3) {
+    bool ran = ops::cuda::attention_cudnn_per_sequence(gq, gk, gv, out, a);
+    ASSERT_TRUE(ran) << "cuDNN per-sequence path did not run for this case";
   } else {
     bool ran = ops::cuda::attention_cudnn(gq, gk, gv, out, a);
     ASSERT_TRUE(ran) << "cuDNN fused SDPA did not run for this case (OSP_VERBOSE=1 says why)";
@@ -268,6 +272,12 @@ std::vector<Case> all_cases() {
   });
   add("attn_cudnn_4x100_kvlens_qlens", [=] {
     attention_case(4, 100, 100, 2, 128, 2, {100, 37, 1, 64}, {100, 50, 3, 64});
+  });
+  add("attn_cudnn_perseq_3x300_kvlens_qlens", [=] {
+    attention_case(3, 300, 300, 2, 128, 3, {300, 123, 0}, {300, 200, 50});
+  });
+  add("attn_cudnn_perseq_2x257x190_qlens_only", [=] {
+    attention_case(2, 257, 190, 3, 64, 3, {}, {100, 257});
   });
   add("attn_auto_4x96_kvlens_only", [=] { attention_case(4, 96, 96, 3, 64, 0, {96, 80, 17, 50}); });
   add("attn_flash_2x24x4x64_bias_t5", [=] {

@@ -389,9 +389,62 @@ const char* last_attention_path() { return g_last_path; }
 bool attention_cudnn_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                           float scale, const int* q_lens, const int* kv_lens);
 
+
+bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                                  const AttentionArgs& args) {
+  validate(q, k, v, out, args);
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
+  if (args.bias || B > 64 || q.numel() == 0) return false;
+  if ((args.q_lens && !args.q_lens->device().is_cpu()) || (args.kv_lens && !args.kv_lens->device().is_cpu()))
+    return false;
+  std::vector<int64_t> lq(size_t(B), Lq), lk(size_t(B), Lk);
+  for (int i = 0; i < 2; ++i) {
+    const Tensor* t = i == 0 ? args.q_lens : args.kv_lens;
+    if (!t) continue;
+    OSP_CHECK(t->dtype() == DType::I32 && t->numel() == B, "cuda::attention: ", i == 0 ? "q_lens" : "kv_lens",
+              " must be i32 [", B, "], got ", t->desc());
+    Tensor c = t->contiguous();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t v0 = c.data<int32_t>()[b], lim = i == 0 ? Lq : Lk;
+      (i == 0 ? lq : lk)[size_t(b)] = v0 < 0 ? 0 : (v0 > lim ? lim : v0);
+    }
+  }
+  const float scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(float(D));
+  const size_t row = size_t(H * D);
+  auto view = [&](const Tensor& t, int64_t b, int64_t L, int64_t n) {
+    auto* p = static_cast<__nv_bfloat16*>(t.raw()) + size_t(b * L) * row;
+    return Tensor::from_blob(p, {1, n, H, D}, DType::BF16, t.device(), t.storage());
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t nq = lq[size_t(b)], nk = lk[size_t(b)];
+    if (nq > 0 && nk > 0) {
+      Tensor ob = view(out, b, Lq, nq);
+      if (!attention_cudnn_impl(view(q, b, Lq, nq), view(k, b, Lk, nk), view(v, b, Lk, nk), ob, scale,
+                                nullptr, nullptr))
+        return false;
+    }
+    const int64_t from = nk > 0 ? nq : 0;  // no valid key: the whole sequence is zero
+    if (from < Lq)
+      OSP_CUDA_CHECK(cudaMemsetAsync(static_cast<__nv_bfloat16*>(out.raw()) + size_t(b * Lq + from) * row, 0,
+                                     size_t(Lq - from) * row * 2, stream()));
+  }
+  g_last_path = "cudnn";
+  return true;
+}
+
 bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                      const AttentionArgs& args) {
   validate(q, k, v, out, args);
+  // Long padded sequences: per-sequence unmasked calls beat the masked engine. "Long" = each
+  // call alone fills the GPU many times over (≥ 64k query rows·heads and ≥ 4k keys on average).
+  if ((args.q_lens || args.kv_lens) && !args.bias && q.size(0) <= 64 &&
+      q.size(1) * q.size(2) >= 65536 && k.size(1) >= 4096 &&
+      attention_cudnn_per_sequence(q, k, v, out, args)) {
+    log_once(str("attn-cudnn-perseq-", q.size(0), "-", q.size(1), "-", k.size(1)),
+             str("attention: cuDNN fused SDPA, one unmasked call per sequence (B=", q.size(0),
+                 ", padded length ", q.size(1), ")"));
+    return true;
+  }
   if (args.bias) {
     log_once("attn-cudnn-bias", "attention: cuDNN path skipped (additive bias); own kernel runs");
     return false;
