@@ -102,16 +102,6 @@ std::map<Key, Plan>& plans() {
   return *m;
 }
 
-// Cached device copies of biases converted to the output dtype (keyed by source pointer).
-Tensor converted_bias(const Tensor& bias, DType dt) {
-  static std::map<std::pair<const void*, int>, Tensor>* cache = new std::map<std::pair<const void*, int>, Tensor>();
-  auto key = std::make_pair(static_cast<const void*>(bias.raw()), int(dt));
-  auto it = cache->find(key);
-  if (it != cache->end() && it->second.numel() == bias.numel()) return it->second;
-  Tensor t = bias.to(dt);
-  (*cache)[key] = t;
-  return t;
-}
 }  // namespace
 
 void linear(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, Tensor& out, Act act) {
@@ -184,7 +174,7 @@ void linear(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, Tensor& 
       plan = it->second;
     }
   }
-  if (b.defined() && key.bias_dt != int(b.dtype())) b = converted_bias(b, out.dtype());
+  if (b.defined() && key.bias_dt != int(b.dtype())) b = b.to(out.dtype());  // per call: no stale cache
   if (b.defined()) {
     const void* bp = b.raw();
     OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp,
