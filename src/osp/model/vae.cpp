@@ -265,7 +265,8 @@ class Binder {
 };
 
 // Host-side helpers (small tensors or final pixels).
-Tensor to_frame_major(const Tensor& x) { return x.to(Device::cpu()).permute({1, 0, 2, 3}).contiguous(); }
+// Always a fresh host copy (callers modify it in place).
+Tensor to_frame_major(const Tensor& x) { return x.to(Device::cpu()).permute({1, 0, 2, 3}).clone(); }
 
 }  // namespace
 
@@ -276,9 +277,7 @@ struct WanVae::Impl {
   Conv conv1, conv2;  // encoder-side 1³ (2z→2z), decoder-side 1³ (z→z)
   int dec_slots = 0, enc_slots = 0;
 
-  Tensor decode_untiled(const Tensor& zraw_fm, Tensor& video_fm, int64_t y_off, int64_t x_off,
-                        const std::vector<float>* wy, const std::vector<float>* wx,
-                        std::vector<float>* wsum) const;
+  Tensor decode_untiled(const Tensor& zraw_fm) const;
 };
 
 WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const std::string& prefix) {
@@ -374,43 +373,26 @@ WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const st
 const VaeConfig& WanVae::config() const { return impl_->cfg; }
 Device WanVae::device() const { return impl_->dev; }
 
-// Decodes a de-normalised frame-major latent [T, z, h, w] (host) chunk by chunk.  Each chunk's
-// frames are written (host) into video_fm [F, 3, H_all, W_all] at (y_off, x_off); with blend
-// weights (tiling) they are accumulated as w·frame, and the weights into wsum [H_all·W_all].
-Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm, Tensor& video_fm, int64_t y_off,
-                                    int64_t x_off, const std::vector<float>* wy,
-                                    const std::vector<float>* wx, std::vector<float>* wsum) const {
+// Decodes a de-normalised frame-major latent [T, z, h, w] (host) chunk by chunk into a host
+// frame-major video [1 + 4(T-1), 3, 8h, 8w]; every chunk's frames leave the device at once.
+Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm) const {
   const int64_t T = zraw_fm.size(0), h = zraw_fm.size(2), w = zraw_fm.size(3);
-  const int64_t Ho = 8 * h, Wo = 8 * w, HA = video_fm.size(2), WA = video_fm.size(3);
+  const int64_t Ho = 8 * h, Wo = 8 * w;
+  Tensor video = Tensor::empty({1 + 4 * (T - 1), 3, Ho, Wo}, DType::F32);
   Tensor x = conv2(zraw_fm.to(dev));  // [T, z, h, w]
   Cache cache(dec_slots);
   int64_t f0 = 0;
   for (int64_t i = 0; i < T; ++i) {
-    Tensor y = decoder.forward(x.slice(0, i, i + 1), cache).to(Device::cpu());  // [f, 3, Ho, Wo]
+    Tensor y = decoder.forward(x.slice(0, i, i + 1), cache);  // [f, 3, Ho, Wo]
     const int64_t f = y.size(0);
-    OSP_CHECK(y.size(2) == Ho && y.size(3) == Wo, "vae decode: unexpected chunk shape ", y.desc());
-    const float* src = y.data<float>();
-    float* dst = video_fm.data<float>();
-    for (int64_t j = 0; j < f; ++j)
-      for (int64_t c = 0; c < 3; ++c)
-#pragma omp parallel for schedule(static) if (Ho * Wo > (1 << 16))
-        for (int64_t yy = 0; yy < Ho; ++yy) {
-          const float* s = src + ((j * 3 + c) * Ho + yy) * Wo;
-          float* d = dst + (((f0 + j) * 3 + c) * HA + y_off + yy) * WA + x_off;
-          if (!wy) {
-            std::copy(s, s + Wo, d);
-          } else {
-            const float a = (*wy)[size_t(yy)];
-            for (int64_t xx = 0; xx < Wo; ++xx) d[xx] += a * (*wx)[size_t(xx)] * s[xx];
-          }
-        }
+    OSP_CHECK(f0 + f <= video.size(0) && y.size(1) == 3 && y.size(2) == Ho && y.size(3) == Wo,
+              "vae decode: unexpected chunk shape ", y.desc());
+    Tensor dst = video.slice(0, f0, f0 + f);
+    dst.copy_from(y);
     f0 += f;
   }
-  if (wsum)
-    for (int64_t yy = 0; yy < Ho; ++yy)
-      for (int64_t xx = 0; xx < Wo; ++xx)
-        (*wsum)[size_t((y_off + yy) * WA + x_off + xx)] += (*wy)[size_t(yy)] * (*wx)[size_t(xx)];
-  return video_fm;
+  OSP_CHECK(f0 == video.size(0), "vae decode: produced ", f0, " frames, expected ", video.size(0));
+  return video;
 }
 
 namespace {
@@ -418,7 +400,7 @@ namespace {
 std::vector<int64_t> tile_starts(int64_t n, int64_t tile, int64_t overlap) {
   if (tile <= 0 || tile >= n) return {0};
   std::vector<int64_t> s;
-  const int64_t stride = tile - overlap;
+  const int64_t stride = std::max<int64_t>(1, tile - overlap);
   const int64_t count = 1 + (n - tile + stride - 1) / stride;
   for (int64_t i = 0; i < count; ++i) s.push_back(count == 1 ? 0 : (n - tile) * i / (count - 1));
   return s;
@@ -441,6 +423,59 @@ std::vector<float> ramp(int64_t a, int64_t len, int64_t prev_end, int64_t next_s
   return r;
 }
 }  // namespace
+
+Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
+                   const std::function<Tensor(int64_t, int64_t, int64_t, int64_t)>& decode_tile) {
+  OSP_CHECK(h >= 1 && w >= 1 && opt.overlap >= 0 && opt.tile_h >= 0 && opt.tile_w >= 0,
+            "blend_tiles: bad sizes (latent ", h, "x", w, ", tile ", opt.tile_h, "x", opt.tile_w,
+            ", overlap ", opt.overlap, ")");
+  OSP_CHECK((opt.tile_h == 0 || opt.tile_h >= h || opt.tile_h > opt.overlap) &&
+                (opt.tile_w == 0 || opt.tile_w >= w || opt.tile_w > opt.overlap),
+            "blend_tiles: tiles (", opt.tile_h, "x", opt.tile_w, ") must be larger than the overlap ",
+            opt.overlap);
+  const auto ys = tile_starts(h, opt.tile_h, opt.overlap);
+  const auto xs = tile_starts(w, opt.tile_w, opt.overlap);
+  if (ys.size() == 1 && xs.size() == 1) return decode_tile(0, 0, h, w);
+  const int64_t th = ys.size() == 1 ? h : opt.tile_h, tw = xs.size() == 1 ? w : opt.tile_w;
+  const int64_t H = 8 * h, W = 8 * w;
+  Tensor video;
+  std::vector<float> wsum(size_t(H * W), 0.f);
+  for (size_t iy = 0; iy < ys.size(); ++iy)
+    for (size_t ix = 0; ix < xs.size(); ++ix) {
+      const int64_t y0 = ys[iy], x0 = xs[ix];
+      Tensor t = decode_tile(y0, x0, th, tw).contiguous();  // [F, C, 8th, 8tw]
+      OSP_CHECK(t.dim() == 4 && t.size(2) == 8 * th && t.size(3) == 8 * tw && t.dtype() == DType::F32,
+                "blend_tiles: tile decoder returned ", t.desc(), ", expected [F, C, ", 8 * th, ", ",
+                8 * tw, "] F32");
+      if (!video.defined()) video = Tensor::zeros({t.size(0), t.size(1), H, W}, DType::F32);
+      OSP_CHECK(t.size(0) == video.size(0) && t.size(1) == video.size(1),
+                "blend_tiles: tiles disagree on frames/channels");
+      const auto ry = ramp(8 * y0, 8 * th, iy ? 8 * (ys[iy - 1] + th) : 0,
+                           iy + 1 < ys.size() ? 8 * ys[iy + 1] : H);
+      const auto rx = ramp(8 * x0, 8 * tw, ix ? 8 * (xs[ix - 1] + tw) : 0,
+                           ix + 1 < xs.size() ? 8 * xs[ix + 1] : W);
+      const int64_t FC = t.size(0) * t.size(1), Ht = 8 * th, Wt = 8 * tw;
+      const float* src = t.data<float>();
+      float* dst = video.data<float>();
+#pragma omp parallel for schedule(static) if (FC * Ht * Wt > (1 << 16))
+      for (int64_t r = 0; r < FC * Ht; ++r) {
+        const int64_t fc = r / Ht, yy = r % Ht;
+        const float a = ry[size_t(yy)];
+        const float* s = src + r * Wt;
+        float* d = dst + (fc * H + 8 * y0 + yy) * W + 8 * x0;
+        for (int64_t xx = 0; xx < Wt; ++xx) d[xx] += a * rx[size_t(xx)] * s[xx];
+      }
+      for (int64_t yy = 0; yy < Ht; ++yy)
+        for (int64_t xx = 0; xx < Wt; ++xx)
+          wsum[size_t((8 * y0 + yy) * W + 8 * x0 + xx)] += ry[size_t(yy)] * rx[size_t(xx)];
+    }
+  float* p = video.data<float>();
+  const int64_t FC = video.size(0) * video.size(1);
+#pragma omp parallel for schedule(static) if (FC * H * W > (1 << 16))
+  for (int64_t fc = 0; fc < FC; ++fc)
+    for (int64_t i = 0; i < H * W; ++i) p[fc * H * W + i] /= wsum[size_t(i)];
+  return video;
+}
 
 Tensor WanVae::decode(const Tensor& z, const DecodeOptions& opt) const {
   const int64_t zd = impl_->cfg.z_dim;
@@ -465,30 +500,9 @@ Tensor WanVae::decode(const Tensor& z, const DecodeOptions& opt) const {
         for (int64_t i = 0; i < h * w; ++i) q[i] = q[i] / inv + m[size_t(c)];
       }
   }
-  const int64_t F = 1 + 4 * (T - 1), H = 8 * h, W = 8 * w;
-  Tensor video = Tensor::zeros({F, 3, H, W}, DType::F32);
-  const auto ys = tile_starts(h, opt.tile_h, opt.overlap);
-  const auto xs = tile_starts(w, opt.tile_w, opt.overlap);
-  if (ys.size() == 1 && xs.size() == 1) {
-    impl_->decode_untiled(zr, video, 0, 0, nullptr, nullptr, nullptr);
-  } else {
-    const int64_t th = ys.size() == 1 ? h : opt.tile_h, tw = xs.size() == 1 ? w : opt.tile_w;
-    std::vector<float> wsum(size_t(H * W), 0.f);
-    for (size_t iy = 0; iy < ys.size(); ++iy)
-      for (size_t ix = 0; ix < xs.size(); ++ix) {
-        const int64_t y0 = ys[iy], x0 = xs[ix];
-        Tensor sub = zr.slice(2, y0, y0 + th).slice(3, x0, x0 + tw).contiguous();
-        const auto ry = ramp(8 * y0, 8 * th, iy ? 8 * (ys[iy - 1] + th) : 0,
-                             iy + 1 < ys.size() ? 8 * ys[iy + 1] : H);
-        const auto rx = ramp(8 * x0, 8 * tw, ix ? 8 * (xs[ix - 1] + tw) : 0,
-                             ix + 1 < xs.size() ? 8 * xs[ix + 1] : W);
-        impl_->decode_untiled(sub, video, 8 * y0, 8 * x0, &ry, &rx, &wsum);
-      }
-    float* p = video.data<float>();
-#pragma omp parallel for schedule(static) if (F * H * W > (1 << 16))
-    for (int64_t fc = 0; fc < F * 3; ++fc)
-      for (int64_t i = 0; i < H * W; ++i) p[fc * H * W + i] /= wsum[size_t(i)];
-  }
+  Tensor video = blend_tiles(h, w, opt, [&](int64_t y0, int64_t x0, int64_t th, int64_t tw) {
+    return impl_->decode_untiled(zr.slice(2, y0, y0 + th).slice(3, x0, x0 + tw).contiguous());
+  });
   if (opt.clamp) {
     float* p = video.data<float>();
     const int64_t n = video.numel();

@@ -70,6 +70,13 @@ DecodeOptions tiles_for_budget(int64_t latent_h, int64_t latent_w, size_t budget
 // Estimated peak activation bytes of decoding a latent of h×w (per tile) with dim channels.
 size_t decode_memory_estimate(int64_t latent_h, int64_t latent_w, int dim = 96);
 
+// The tiling used by WanVae::decode, exposed for tests: calls decode_tile(y0, x0, th, tw)
+// (latent coordinates) for every tile, each returning a host F32 frame-major [F, C, 8·th, 8·tw],
+// and blends them with linear ramps over the overlaps into [F, C, 8h, 8w] (weights normalised
+// to sum to 1 at every pixel).  Without tiling it returns decode_tile(0, 0, h, w).
+Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
+                   const std::function<Tensor(int64_t, int64_t, int64_t, int64_t)>& decode_tile);
+
 class WanVae {
  public:
   // Binds the weights (original Wan names; a prefix such as "vae.weights." can be given) and
