@@ -104,6 +104,10 @@ std::unique_ptr<Communicator> make_nccl_communicator();
 // mpi when launched under mpirun, else single).
 std::unique_ptr<Communicator> make_communicator(const std::string& backend);
 
+// Ends every process of an mpirun job (MPI_Abort when MPI is initialised, else exit): for fatal
+// errors on one rank while the others may be blocked inside a collective.
+[[noreturn]] void abort_all(int code);
+
 // World rank/size from the launcher environment (OMPI_COMM_WORLD_RANK, PMI_RANK, …) without
 // initialising MPI; {0, 1} when not launched by mpirun.
 int launcher_rank();

@@ -122,6 +122,14 @@ void mpi_ensure_initialized() {
 
 bool mpi_built() { return true; }
 
+void abort_all(int code) {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
 std::unique_ptr<Communicator> make_mpi_communicator() {
   mpi_ensure_initialized();
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
@@ -131,8 +139,11 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
 
 #else  // no MPI
 
+#include <cstdlib>
+
 namespace osp::dist {
 bool mpi_built() { return false; }
+void abort_all(int code) { std::_Exit(code); }
 std::unique_ptr<Communicator> make_mpi_communicator() {
   fail("the mpi communicator is not built in: configure with OpenMPI installed "
        "(libopenmpi-dev) and -DOSP_MPI=ON");
