@@ -1,0 +1,439 @@
+#include "osp/pipeline/pipeline.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "osp/core/log.h"
+#include "osp/core/philox.h"
+#include "osp/core/progress.h"
+#include "osp/dist/communicator.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/io/checkpoint.h"
+#include "osp/io/image_writer.h"
+#include "osp/io/name_map.h"
+#include "osp/io/video_writer.h"
+#include "osp/model/dit.h"
+#include "osp/model/dit_config.h"
+#include "osp/model/hif8_checkpoint.h"
+#include "osp/model/tokenizer.h"
+#include "osp/model/vae.h"
+#include "osp/pipeline/text_encoder.h"
+#include "osp/sample/sampler.h"
+#include "osp/sparse/skiparse.h"
+
+#ifdef OSP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace fs = std::filesystem;
+
+namespace osp::pipeline {
+
+const std::string& default_negative_prompt() { return model::default_negative_prompt(); }
+
+void parse_size(const std::string& s, int& width, int& height) {
+  const size_t p = s.find_first_of("x*X");
+  OSP_CHECK(p != std::string::npos && p > 0 && p + 1 < s.size(),
+            "--size must be WIDTHxHEIGHT (e.g. 1280x720 or 832x480), got '", s, "'");
+  try {
+    size_t a = 0, b = 0;
+    width = std::stoi(s.substr(0, p), &a);
+    height = std::stoi(s.substr(p + 1), &b);
+    OSP_CHECK(a == p && b == s.size() - p - 1, "");
+  } catch (...) {
+    fail(str("--size must be WIDTHxHEIGHT with integers (e.g. 1280x720), got '", s, "'"));
+  }
+}
+
+namespace {
+
+bool is_mp4(const std::string& out) {
+  std::string e = fs::path(out).extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ".mp4";
+}
+
+std::string human_bytes(size_t b) {
+  char buf[32];
+  if (b >= (size_t(1) << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(size_t(1) << 30));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / double(1 << 20));
+  return buf;
+}
+
+size_t cpu_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  size_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+size_t device_available_bytes(const Device& d) {
+  if (d.is_cpu()) return cpu_available_bytes();
+#ifdef OSP_HAVE_CUDA
+  size_t free_b = 0, total = 0;
+  int prev = 0;
+  cudaGetDevice(&prev);
+  if (cudaSetDevice(d.index) == cudaSuccess && cudaMemGetInfo(&free_b, &total) == cudaSuccess) {
+    cudaSetDevice(prev);
+    return free_b + cuda_bytes_in_use();  // our own cache counts as available to us
+  }
+  cudaGetLastError();
+#endif
+  return 0;
+}
+
+// The DiT checkpoint under original Wan names; HiF8 8-bit checkpoints (osp convert) are
+// dequantized on read (to exactly the fake-quantized weights).
+io::Checkpoint open_dit(const ModelFiles& f) {
+  io::Checkpoint ck = io::open_checkpoint(f.dit);
+  if (model::is_hif8_checkpoint(*ck)) {
+    log_info("DiT weights are HiF8 (8-bit); dequantizing on load");
+    ck = model::hif8_dequantized(ck, DType::BF16);
+  }
+  return io::dit_with_original_names(ck);
+}
+
+size_t checkpoint_params(const io::Checkpoint& ck) {
+  size_t n = 0;
+  for (const auto& name : ck->names()) n += size_t(shape_numel(ck->info(name).shape));
+  return n;
+}
+
+model::DiTConfig load_dit_config(const ModelFiles& f, const io::Checkpoint& ck) {
+  model::DiTConfig cfg;
+  if (!f.dit_config.empty()) {
+    cfg = model::DiTConfig::from_json_file(f.dit_config);
+  } else {
+    std::map<std::string, Shape> shapes;
+    for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
+    cfg = model::DiTConfig::infer(shapes);
+  }
+  cfg.validate();
+  return cfg;
+}
+
+std::vector<sparse::BlockKind> resolve_kinds(const model::DiTConfig& cfg, const std::string& attention) {
+  if (attention == "full") return std::vector<sparse::BlockKind>(size_t(cfg.num_layers), sparse::BlockKind::Full);
+  if (attention == "hybrid") {
+    if (cfg.skiparse_mode != "full") return cfg.block_kinds();
+    const int nfull = cfg.num_full_blocks > 0 ? cfg.num_full_blocks
+                                             : std::max(4, int(cfg.num_layers / 2) / 4 * 4);
+    log_warn("--attention hybrid on a model whose config declares full attention (Wan2.1): using "
+             "the OSP-Next dual-end layout with ", nfull, " full blocks; the weights were not "
+             "trained for sparse attention, expect lower quality");
+    return sparse::plan_blocks(int(cfg.num_layers), "dual_end", nfull);
+  }
+  return cfg.block_kinds();  // auto
+}
+
+}  // namespace
+
+void validate_options(const GenerateOptions& o) {
+  auto trimmed_empty = [](const std::string& s) {
+    return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
+  };
+  OSP_CHECK(!trimmed_empty(o.prompt), "the prompt is empty: pass --prompt \"a description of the video\"");
+  OSP_CHECK(o.width > 0 && o.height > 0, "--size must be positive, got ", o.width, "x", o.height);
+  OSP_CHECK(o.width % 16 == 0 && o.height % 16 == 0, "--size ", o.width, "x", o.height,
+            " is not a multiple of 16 in both directions (VAE ×8 and patch ×2); try ",
+            (o.width + 8) / 16 * 16, "x", (o.height + 8) / 16 * 16);
+  OSP_CHECK(o.width <= 8192 && o.height <= 8192, "--size ", o.width, "x", o.height, " is too large (max 8192)");
+  OSP_CHECK(o.frames >= 1 && (o.frames - 1) % 4 == 0, "--frames must be 4n+1 (1, 5, 9, ..., 81), got ",
+            o.frames, "; nearest valid: ", std::max(1, (o.frames - 1 + 2) / 4 * 4 + 1));
+  OSP_CHECK(o.frames <= 1001, "--frames ", o.frames, " is too many (max 1001)");
+  OSP_CHECK(o.sampler == "unipc" || o.sampler == "euler", "--sampler must be unipc or euler, got '", o.sampler, "'");
+  const double shift = o.shift < 0 ? 5.0 : o.shift;
+  sample::check_schedule_args(o.steps, shift);
+  OSP_CHECK(std::isfinite(o.guidance) && o.guidance >= 0 && o.guidance <= 50,
+            "--guidance must be in [0, 50], got ", o.guidance, " (Wan2.1 uses 5.0; 1 disables CFG)");
+  OSP_CHECK(o.attention == "auto" || o.attention == "full" || o.attention == "hybrid",
+            "--attention must be full or hybrid, got '", o.attention, "'");
+  OSP_CHECK(o.quant == "none" || o.quant == "hif8" || o.quant == "fp8",
+            "--quant must be none, hif8 or fp8, got '", o.quant, "'");
+  OSP_CHECK(o.sp == "none" || o.sp == "ulysses" || o.sp == "ssp", "--sp must be none, ulysses or ssp, got '", o.sp, "'");
+  const Device dev = parse_device(o.device);
+  if (dev.is_cuda())
+    OSP_CHECK(cuda_available(), "--device ", o.device,
+              " requested but no CUDA GPU is usable in this build/machine; use --device cpu");
+  if (dev.is_cuda())
+    OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
+  OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
+  OSP_CHECK(!o.out.empty(), "--out is empty: give a .mp4 path or a folder for PNG frames");
+  if (is_mp4(o.out)) {
+    OSP_CHECK(io::video_writer_available(), "--out ", o.out, ": this build cannot write MP4 (no FFmpeg); "
+              "give a folder to get PNG frames instead");
+    fs::path parent = fs::absolute(fs::path(o.out)).parent_path();
+    OSP_CHECK(fs::is_directory(parent), "--out ", o.out, ": folder ", parent.string(), " does not exist");
+    OSP_CHECK(access(parent.c_str(), W_OK) == 0, "--out ", o.out, ": folder ", parent.string(), " is not writable");
+  } else {
+    OSP_CHECK(io::png_available(), "--out ", o.out, " is a folder for PNG frames but this build has no libpng; use a .mp4 path");
+    std::string e = fs::path(o.out).extension().string();
+    OSP_CHECK(e.empty() || fs::is_directory(o.out), "--out ", o.out,
+              ": unknown output type; use a .mp4 file or a folder (PNG frames)");
+  }
+}
+
+Geometry geometry(const GenerateOptions& o, int patch_h, int patch_w) {
+  Geometry g;
+  g.T = (o.frames - 1) / 4 + 1;
+  g.h = o.height / 8;
+  g.w = o.width / 8;
+  g.tokens = g.T * (g.h / patch_h) * (g.w / patch_w);
+  return g;
+}
+
+std::string MemoryPlan::describe() const {
+  std::ostringstream os;
+  os << "memory plan on " << device << ": text encoder " << human_bytes(t5_weights) << " + "
+     << human_bytes(t5_activations) << ", DiT " << human_bytes(dit_weights) << " + "
+     << human_bytes(dit_activations) << ", VAE " << human_bytes(vae_weights) << " + "
+     << human_bytes(vae_activations) << "; peak " << human_bytes(peak);
+  if (available) os << " of " << human_bytes(available) << " available";
+  return os.str();
+}
+
+Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
+  Plan p;
+  p.opt = in;
+  GenerateOptions& o = p.opt;
+  if (o.shift < 0) o.shift = o.sampler == "euler" ? 7.0 : 5.0;
+  validate_options(o);
+  if (o.negative_prompt.empty() && !o.no_negative) o.negative_prompt = default_negative_prompt();
+  if (o.seed < 0) {
+    std::random_device rd;
+    o.seed = int64_t((uint64_t(rd()) << 31 ^ rd()) & 0x7fffffffffffull);
+  }
+  p.files = detect_model_dir(model_dir);
+
+  const io::Checkpoint dit_ck = open_dit(p.files);
+  const model::DiTConfig cfg = load_dit_config(p.files, dit_ck);
+  p.dit_summary = cfg.summary();
+  for (auto k : resolve_kinds(cfg, o.attention)) p.block_kinds.push_back(sparse::block_kind_name(k));
+  p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
+  OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
+            cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
+  OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
+            "--size must be a multiple of ", 8 * cfg.patch_w, " for this model's patch size");
+  if (o.quant == "fp8")
+    fail("--quant fp8: the DiT does not run its linears through the FP8 (E4M3) GEMM yet "
+         "(quant::fp8_linear exists; the DiT binding does not use it); use --quant hif8 "
+         "(fake-quant, same numerics) or none");
+
+  // ---- memory plan (estimates; every stage's weights leave the device before the next)
+  const Device dev = parse_device(o.device);
+  const bool gpu = dev.is_cuda();
+  MemoryPlan& m = p.mem;
+  m.device = dev.name();
+  const size_t wb = gpu ? 2 : 4;  // bf16 on CUDA, fp32 on the CPU
+  const int sp_ranks = 1;         // refined at run time; activations split across ranks
+  m.dit_weights = checkpoint_params(dit_ck) * wb;
+  const size_t B = o.guidance == 1.0f ? 1 : 2;
+  m.dit_activations = B * size_t(p.geo.tokens) * size_t(10 * cfg.dim + 2 * cfg.ffn_dim) * wb / sp_ranks +
+                      B * size_t(cfg.text_len) * size_t(cfg.dim + cfg.text_dim) * 4;
+  const size_t t5_params = text_encoder_params(p.files);
+  const bool t5_on_device = !(gpu && o.offload);
+  m.t5_weights = t5_on_device ? t5_params * wb : 0;
+  m.t5_activations = t5_on_device ? size_t(512) * 4096 * 16 * 4 : 0;
+  {
+    const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
+    m.vae_weights = checkpoint_params(vck) * 4;
+  }
+  const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (gpu ? size_t(8) << 30 : size_t(4) << 30);
+  m.vae_activations = std::min(model::decode_memory_estimate(p.geo.h, p.geo.w), budget);
+  m.peak = std::max({m.t5_weights + m.t5_activations, m.dit_weights + m.dit_activations,
+                     m.vae_weights + m.vae_activations});
+  m.available = device_available_bytes(dev);
+  if (m.available && m.peak > m.available) {
+    fail(str("the model does not fit: ", m.describe(),
+             ". Try a smaller --size/--frames, --offload (text encoder on the CPU), --quant, or "
+             "more devices with mpirun ... --sp ssp"));
+  }
+  return p;
+}
+
+// ------------------------------------------------------------------ generate
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct SpSetup {
+  std::shared_ptr<dist::Communicator> comm;
+  std::unique_ptr<dist::SequenceParallel> sp;
+  int rank = 0, size = 1;
+};
+
+SpSetup make_sp(const std::string& mode, const Device& dev) {
+  SpSetup s;
+  if (mode == "none") {
+    s.sp = dist::make_single_device();
+    return s;
+  }
+  const std::string backend = dev.is_cuda() ? "nccl" : "mpi";
+  OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "--sp ", mode, " on ", dev.name(),
+            " needs the ", backend, " backend, which this build lacks (install OpenMPI", dev.is_cuda() ? " and NCCL" : "",
+            " and reconfigure)");
+  s.comm = dist::make_communicator(backend);
+  s.rank = s.comm->rank();
+  s.size = s.comm->size();
+  s.sp = mode == "ssp" ? dist::make_ssp(s.comm) : dist::make_ulysses(s.comm);
+  return s;
+}
+
+}  // namespace
+
+GenerateResult generate(const Plan& plan) {
+  const GenerateOptions& o = plan.opt;
+  GenerateResult res;
+  res.seed = o.seed;
+  const Device dev = parse_device(o.device);
+  SpSetup sps = make_sp(o.sp, dev);
+  const bool rank0 = sps.rank == 0;
+  if (!rank0) set_log_level(std::min(log_level(), LogLevel::Warn));
+  log_info("model: ", layout_name(plan.files.layout), " at ", plan.files.root);
+  if (plan.files.layout == ModelLayout::Demo)
+    log_warn("osp-demo-random: this model has RANDOM weights; the video will be noise");
+  log_info("DiT: ", plan.dit_summary);
+  log_info(plan.mem.describe());
+  log_info("generating ", o.width, "x", o.height, "x", o.frames, " frames, ", o.steps, " ", o.sampler,
+           " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed, ", device ", dev.name(),
+           sps.size > 1 ? str(", ", o.sp, " over ", sps.size, " ranks") : std::string());
+
+  // ---- 1. text: tokenizer + umT5 (released when done)
+  auto t0 = Clock::now();
+  std::vector<Tensor> ctx;
+  {
+    const Device tdev = (dev.is_cuda() && o.offload) ? Device::cpu() : dev;
+    auto enc = TextEncoder::load(plan.files, tdev, 512);
+    std::vector<std::string> prompts{o.prompt};
+    if (o.guidance != 1.0f) prompts.push_back(o.negative_prompt);
+    ctx = enc->encode(prompts);
+  }
+  res.seconds["text"] = since(t0);
+  log_info("text encoded in ", res.seconds["text"], " s");
+  if (interrupted()) {
+    res.interrupted = true;
+    return res;
+  }
+
+  // ---- 2. DiT sampling loop (batched CFG), DiT released afterwards
+  t0 = Clock::now();
+  Tensor x;
+  {
+    io::Checkpoint ck = open_dit(plan.files);
+    model::DiTConfig cfg = load_dit_config(plan.files, ck);
+    std::map<std::string, Tensor> weights;
+    for (const auto& n : ck->names()) weights[n] = ck->get(n);
+    model::DiTOptions dopt;
+    dopt.device = dev;
+    dopt.quant = o.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
+    model::DiT dit = model::DiT::bind(cfg, weights, dopt);
+    weights.clear();
+    dit.set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
+
+    // Context: [B, text_len, text_dim], each prompt's trimmed rows then zeros.
+    const int64_t B = int64_t(ctx.size());
+    Tensor context = Tensor::zeros({B, cfg.text_len, cfg.text_dim}, DType::F32, dev);
+    for (int64_t b = 0; b < B; ++b) {
+      const Tensor& c = ctx[size_t(b)];
+      OSP_CHECK(c.dim() == 2 && c.size(1) == cfg.text_dim, "text encoder output ", c.desc(),
+                " does not match the DiT's text_dim ", cfg.text_dim);
+      const int64_t L = std::min(c.size(0), cfg.text_len);
+      Tensor dst = context.select(0, b).slice(0, 0, L);
+      dst.copy_from(c.slice(0, 0, L).to(DType::F32));
+    }
+    ctx.clear();
+
+    // Noise: Philox on the host (same on every rank/device), then copied to the device.
+    const Geometry& g = plan.geo;
+    x = randn({16, g.T, g.h, g.w}, uint64_t(o.seed)).to(dev);
+    auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
+    Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
+    Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
+    Progress prog("sampling", o.steps, rank0 ? -1 : 0, stderr);
+    for (int i = 0; i < o.steps; ++i) {
+      if (interrupted()) {
+        log_warn("interrupted (Ctrl-C) after ", i, " of ", o.steps, " steps; nothing written");
+        res.interrupted = true;
+        res.steps_done = i;
+        return res;
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        Tensor dst = xb.select(0, b);
+        dst.copy_from(x);
+      }
+      const float t = float(sampler->timestep(i));
+      Tensor vb = dit.forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
+      if (B == 2) {
+        sample::cfg_combine(vb.select(0, 0), vb.select(0, 1), o.guidance, v);
+      } else {
+        v.copy_from(vb.select(0, 0));
+      }
+      sampler->step(i, v, x);
+      res.steps_done = i + 1;
+      if (rank0) prog.update(i + 1);
+    }
+    if (rank0) prog.finish();
+  }
+  res.seconds["dit"] = since(t0);
+
+  // ---- 3. VAE decode (VAE loaded only now)
+  t0 = Clock::now();
+  Tensor video;
+  {
+    io::Checkpoint vck = io::open_checkpoint(plan.files.vae);
+    auto get = [&](const std::string& n) { return vck->has(n) ? vck->get(n) : Tensor(); };
+    model::VaeConfig vcfg;
+    vcfg.has_encoder = false;
+    model::WanVae vae = model::WanVae::load(get, dev, vcfg);
+    const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (dev.is_cuda() ? size_t(8) << 30 : size_t(4) << 30);
+    model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, budget);
+    if (dopt.tile_h || dopt.tile_w)
+      log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")");
+    video = vae.decode(x, dopt);
+  }
+  res.seconds["vae"] = since(t0);
+  log_info("VAE decoded in ", res.seconds["vae"], " s");
+
+  // ---- 4. write (rank 0)
+  t0 = Clock::now();
+  res.rgb = io::video_to_rgb8(video);
+  if (rank0) {
+    std::map<std::string, std::string> meta = {
+        {"title", o.prompt},
+        {"comment", str("osp generate: ", o.width, "x", o.height, "x", o.frames, ", ", o.steps, " ",
+                        o.sampler, " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed,
+                        ", attention ", o.attention, ", quant ", o.quant, ", model ", layout_name(plan.files.layout))},
+        {"osp_seed", std::to_string(o.seed)},
+        {"osp_negative_prompt", o.negative_prompt},
+    };
+    if (is_mp4(o.out)) {
+      io::VideoOptions vo;
+      vo.fps = o.fps;
+      vo.metadata = meta;
+      vo.threads = 1;  // byte-identical files for the same seed on any machine
+      io::write_mp4(o.out, res.rgb, vo);
+    } else {
+      io::write_png_frames(o.out, res.rgb, {{"prompt", o.prompt}, {"settings", meta["comment"]}});
+    }
+    res.out_path = o.out;
+    log_info("wrote ", o.out);
+  }
+  res.seconds["write"] = since(t0);
+  return res;
+}
+
+}  // namespace osp::pipeline

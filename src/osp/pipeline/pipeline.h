@@ -1,0 +1,92 @@
+// Text-to-video: clean + tokenize → umT5 → (encoder released) → DiT sampling loop with batched
+// CFG (cond + uncond as batch 2) → (DiT released) → Wan-VAE decode → MP4 or PNG frames.
+// (wan-spec §1, §6; osp-next-spec §6.)
+//
+// Everything the user can get wrong is checked by validate_options() / plan_generation()
+// BEFORE any weights are read: sizes (multiples of 16), frames (4n+1), empty prompt, sampler
+// settings, output path, missing model files, memory fit.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "osp/core/tensor.h"
+#include "osp/pipeline/model_dir.h"
+
+namespace osp::pipeline {
+
+// The Wan2.1 default negative prompt (Chinese, verbatim), used when none is given.
+const std::string& default_negative_prompt();
+
+struct GenerateOptions {
+  std::string prompt;
+  std::string negative_prompt;       // "" → default_negative_prompt() unless no_negative
+  bool no_negative = false;          // use an empty negative prompt
+  int width = 1280, height = 720;    // pixels, multiples of 16
+  int frames = 81;                   // 4n + 1
+  int steps = 50;
+  std::string sampler = "unipc";     // unipc | euler
+  double shift = -1;                 // < 0: 5.0 for unipc (Wan2.1), 7.0 for euler (OSP-Next)
+  float guidance = 5.0f;             // 1 = no CFG (one forward per step)
+  int64_t seed = -1;                 // < 0: random (printed)
+  std::string attention = "auto";    // auto (the checkpoint's) | full | hybrid
+  std::string quant = "none";        // none | hif8 | fp8
+  std::string sp = "none";           // none | ulysses | ssp (launch with mpirun)
+  std::string device = "cpu";        // cpu | cuda | cuda:N
+  bool offload = false;              // umT5 on the CPU; weights stay on the host between stages
+  std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
+  int fps = 16;
+  size_t vae_tile_budget = 0;        // bytes for VAE decode activations (0 = auto)
+};
+
+// Parses "1280x720" (or "1280*720", the Wan spelling) into width, height.
+void parse_size(const std::string& s, int& width, int& height);
+
+// Checks every option that does not need the model (throws osp::Error, actionable).
+void validate_options(const GenerateOptions& o);
+
+// Latent geometry for the options: [16, T, h, w] and the DiT token count.
+struct Geometry {
+  int64_t T = 0, h = 0, w = 0, tokens = 0;
+};
+Geometry geometry(const GenerateOptions& o, int patch_h = 2, int patch_w = 2);
+
+// What a run will need, estimated from the checkpoint headers (no weights read).
+struct MemoryPlan {
+  size_t dit_weights = 0, t5_weights = 0, vae_weights = 0;  // bytes on the compute device
+  size_t dit_activations = 0, vae_activations = 0, t5_activations = 0;
+  size_t peak = 0;       // max over the stages (each stage's weights leave before the next)
+  size_t available = 0;  // free bytes on the device (0 = unknown)
+  std::string device;
+  std::string describe() const;
+};
+
+struct Plan {
+  ModelFiles files;
+  GenerateOptions opt;  // with defaults resolved (shift, seed, negative prompt)
+  Geometry geo;
+  MemoryPlan mem;
+  std::string dit_summary;
+  std::vector<std::string> block_kinds;  // per block: full/token/group
+};
+
+// validate_options + detect_model_dir + config + memory check. Throws before any work.
+Plan plan_generation(const std::string& model_dir, const GenerateOptions& o);
+
+struct GenerateResult {
+  std::string out_path;
+  int steps_done = 0;
+  bool interrupted = false;
+  int64_t seed = 0;
+  std::map<std::string, double> seconds;  // per stage: text, dit, vae, write
+  Tensor rgb;                             // U8 [F, H, W, 3] (rank 0; undefined if interrupted)
+};
+
+// Runs the whole pipeline. Rank 0 writes the output; other ranks only compute.
+// A SIGINT (osp::install_interrupt_handler) stops the loop between steps: the result then has
+// interrupted = true and nothing is written.
+GenerateResult generate(const Plan& plan);
+
+}  // namespace osp::pipeline
