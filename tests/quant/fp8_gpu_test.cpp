@@ -28,6 +28,13 @@ TEST(Fp8Gpu, QuantizeBitwiseEqualCPU) {
       Tensor cg = qg.codes.to(Device::cpu());
       ASSERT_EQ(std::memcmp(cg.raw(), qc.codes.raw(), qc.codes.nbytes()), 0);
       EXPECT_EQ(qg.scale_inv.to(Device::cpu()).data<float>()[0], qc.scale_inv.data<float>()[0]);
+      // a view starting one element in (not 4-element aligned): the scalar kernel path
+      const int64_t n = xc.numel();
+      Fp8Tensor sc = hif8_quantize_e4m3(xc.view({n}).slice(0, 1, n), smax);
+      Fp8Tensor so = hif8_quantize_e4m3(xc.to(Device::cuda()).view({n}).slice(0, 1, n), smax);
+      Tensor soc = so.codes.to(Device::cpu());
+      EXPECT_EQ(std::memcmp(soc.raw(), sc.codes.raw(), sc.codes.nbytes()), 0);
+      EXPECT_EQ(so.scale_inv.to(Device::cpu()).data<float>()[0], sc.scale_inv.data<float>()[0]);
       for (DType od : {DType::F32, DType::BF16}) {
         Tensor dc = Tensor::empty(xc.shape(), od), dg = Tensor::empty(xc.shape(), od, Device::cuda());
         fp8_dequantize(qc, dc);

@@ -134,6 +134,19 @@ TEST(HiF8Gpu, RoundAndStochasticBitwiseEqualCPU) {
       hif8_round_stochastic(xc, rc, 2024, 77);
       hif8_round_stochastic(xg, rg, 2024, 77);
       expect_bitwise(rg, rc, "stochastic round");
+      // offset views (not 4-element aligned): the scalar kernel path
+      const int64_t n = xc.size(0);
+      Tensor xs_c = xc.slice(0, 1, n), xs_g = xg.slice(0, 1, n);
+      Tensor sc = Tensor::empty(xs_c.shape(), to), sg = Tensor::empty(xs_c.shape(), to, Device::cuda());
+      hif8_round(xs_c, sc);
+      hif8_round(xs_g, sg);
+      expect_bitwise(sg, sc, "round misaligned");
+      hif8_fake_quant(xs_c, sc);
+      hif8_fake_quant(xs_g, sg);
+      expect_bitwise(sg, sc, "fake quant misaligned");
+      hif8_round_stochastic(xs_c, sc, 9);
+      hif8_round_stochastic(xs_g, sg, 9);
+      expect_bitwise(sg, sc, "stochastic round misaligned");
     }
 }
 

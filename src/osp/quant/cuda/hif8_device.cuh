@@ -30,8 +30,15 @@ __device__ __forceinline__ void load4(const __nv_bfloat16* p, int64_t i, float v
 __device__ __forceinline__ void store4(float* p, int64_t i, const float v[4]) {
   *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
 }
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+         (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+}
 __device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t i, const float v[4]) {
-  for (int k = 0; k < 4; ++k) p[i + k] = __float2bfloat16_rn(v[k]);
+  uint2 q;
+  q.x = pack_bf16x2(v[0], v[1]);
+  q.y = pack_bf16x2(v[2], v[3]);
+  *reinterpret_cast<uint2*>(p + i) = q;
 }
 
 // The scale rule of quant::hif8_scale_for, on the device (IEEE division, bitwise equal).
@@ -49,11 +56,21 @@ __device__ __forceinline__ float device_scale_for(float amax, float max_target, 
 // fmaxf drops NaN operands. Non-negative floats order like their bit patterns, so the
 // cross-block combine is an integer atomicMax.
 template <typename T>
-__global__ void amax_kernel(const T* __restrict__ x, int64_t n, float* d_amax) {
+__global__ void amax_kernel(const T* __restrict__ x, int64_t n, bool vec, float* d_amax) {
   float m = 0.0f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    m = fmaxf(m, fabsf(to_f(x[i])));
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t start = 0;
+  if (vec) {  // x aligned to 4 elements: 16-byte (f32) / 8-byte (bf16) loads
+    const int64_t n4 = n / 4;
+    for (int64_t j = tid; j < n4; j += stride) {
+      float v[4];
+      load4(x, 4 * j, v);
+      m = fmaxf(m, fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
+    }
+    start = n4 * 4;
+  }
+  for (int64_t i = start + tid; i < n; i += stride) m = fmaxf(m, fabsf(to_f(x[i])));
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   __shared__ float warp_max[32];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
