@@ -56,6 +56,14 @@ class SequenceParallel {
   // rank 0's values (inputs, noise, timesteps: spec §4.10). No-op on one rank.
   virtual void broadcast(Tensor& x) {}
 
+  // Adjoint of enter_block(i, ·) for training (spec §4.9): moves a gradient from block i's layout
+  // back to block i−1's. Every layout change is a permutation (plus zero padding), done as a
+  // gather on one device and as ONE all-to-all on many, so the adjoint is the reverse gather /
+  // all-to-all — never an all-gather whose backward would drop other ranks' contributions.
+  // (Where full blocks are replicated in groups, F < S, each group's copy gets the gradient of
+  // its own replica, which is exact when the replicas compute identically.)
+  virtual Tensor enter_block_backward(int i, const Tensor& grad_local) = 0;
+
   // Bytes this rank sent through the communicator since the last reset (0 on one device).
   virtual uint64_t bytes_sent() const { return 0; }
   virtual void reset_bytes() {}

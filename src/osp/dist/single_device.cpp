@@ -121,9 +121,12 @@ class SingleDevice final : public SequenceParallel {
     };
     const size_t nb = plan.kinds.size();
     enter_.assign(nb, Tensor());
+    back_.assign(nb, Tensor());
     input_map_ = to_map(kFull, layout_id(plan.kinds[0]));
-    for (size_t i = 1; i < nb; ++i)
+    for (size_t i = 1; i < nb; ++i) {
       enter_[i] = to_map(layout_id(plan.kinds[i - 1]), layout_id(plan.kinds[i]));
+      back_[i] = to_map(layout_id(plan.kinds[i]), layout_id(plan.kinds[i - 1]));
+    }
     output_map_ = to_map(layout_id(plan.kinds.back()), kFull);
     lens_tensor_cache_.clear();
     have_plan_ = true;
@@ -141,6 +144,14 @@ class SingleDevice final : public SequenceParallel {
               " outside [1, ", plan_.kinds.size(), ")");
     check_hidden(x_local, layout_id(plan_.kinds[size_t(i) - 1]), "enter_block");
     return move(x_local, enter_[size_t(i)], layout_id(plan_.kinds[size_t(i)]));
+  }
+
+  Tensor enter_block_backward(int i, const Tensor& grad_local) override {
+    require_plan("enter_block_backward");
+    OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block_backward: block index ", i,
+              " outside [1, ", plan_.kinds.size(), ")");
+    check_hidden(grad_local, layout_id(plan_.kinds[size_t(i)]), "enter_block_backward");
+    return move(grad_local, back_[size_t(i)], layout_id(plan_.kinds[size_t(i) - 1]));
   }
 
   const Tensor& rope_table(int i) override {
@@ -218,7 +229,7 @@ class SingleDevice final : public SequenceParallel {
   std::array<int64_t, 3> n_rows_{}, rows_per_sample_{};
   std::array<Tensor, 3> rope_;
   std::array<std::vector<int32_t>, 3> lens_;
-  std::vector<Tensor> enter_;
+  std::vector<Tensor> enter_, back_;
   Tensor input_map_, output_map_;
   std::map<std::pair<int, int64_t>, Tensor> lens_tensor_cache_;
 };

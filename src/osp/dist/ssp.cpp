@@ -224,12 +224,13 @@ class ParallelLayout final : public SequenceParallel {
     exch_.clear();
     const size_t nb = plan.kinds.size();
     enter_.assign(nb, -1);
+    back_.assign(nb, -1);
     for (size_t i = 1; i < nb; ++i) {
       const int a = layout_id(plan.kinds[i - 1]), b = layout_id(plan.kinds[i]);
       if (a == b) continue;
-      const int key = a * 3 + b;
-      if (!exch_.count(key)) exch_.emplace(key, build_exchange(a, b));
-      enter_[i] = key;
+      enter_[i] = a * 3 + b;
+      back_[i] = b * 3 + a;  // built on first use (training only)
+      if (!exch_.count(enter_[i])) exch_.emplace(enter_[i], build_exchange(a, b));
     }
     // ---- this rank's RoPE tables, row lengths, input/output maps ----
     for (int id = 0; id < 3; ++id) {
@@ -273,6 +274,18 @@ class ParallelLayout final : public SequenceParallel {
     const int key = enter_[size_t(i)];
     if (key < 0) return x_local;
     return exch_.at(key).run(*comm_, x_local);
+  }
+
+  Tensor enter_block_backward(int i, const Tensor& grad_local) override {
+    require_plan("enter_block_backward");
+    OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block_backward: block index ", i,
+              " outside [1, ", plan_.kinds.size(), ")");
+    check_hidden(grad_local, layout_id(plan_.kinds[size_t(i)]), "enter_block_backward");
+    const int key = back_[size_t(i)];
+    if (key < 0) return grad_local;
+    auto it = exch_.find(key);
+    if (it == exch_.end()) it = exch_.emplace(key, build_exchange(key / 3, key % 3)).first;
+    return it->second.run(*comm_, grad_local);
   }
 
   const Tensor& rope_table(int i) override {
@@ -645,7 +658,7 @@ class ParallelLayout final : public SequenceParallel {
   Layout layouts_[3];
   std::vector<std::vector<int32_t>> owner_rank_, owner_row_;
   std::map<int, Exchange> exch_;
-  std::vector<int> enter_;
+  std::vector<int> enter_, back_;
   Tensor rope_[3], input_map_[3];
   std::vector<int32_t> lens_host_[3];
   struct OutputMap {
