@@ -87,6 +87,26 @@ TEST(Fp8Gpu, LinearFromBf16TensorsMatchesCPU) {
   EXPECT_LT(relative_error(og, hq), 5e-2);
 }
 
+TEST(Fp8Gpu, LinearWithActivationMatchesCPU) {
+  OSP_REQUIRE_GPU();
+  const int64_t M = 50, K = 128, N = 64;
+  Tensor x = randn({M, K}, 31), w = randn({N, K}, 32);
+  Tensor b = randn({N}, 33).to(DType::BF16).to(DType::F32);
+  Fp8Tensor xq = hif8_quantize_e4m3(x), wq = hif8_quantize_e4m3(w);
+  Fp8Tensor xg{xq.codes.to(Device::cuda()), xq.scale_inv.to(Device::cuda())};
+  Fp8Tensor wg{wq.codes.to(Device::cuda()), wq.scale_inv.to(Device::cuda())};
+  Tensor bg = b.to(Device::cuda());
+  for (ops::Act act : {ops::Act::GeluTanh, ops::Act::Silu})
+    for (DType od : {DType::BF16, DType::F32}) {
+      Tensor ref = Tensor::empty({M, N}, DType::F32);
+      fp8_linear(xq, wq, &b, ref, {}, act);
+      Tensor og = Tensor::empty({M, N}, od, Device::cuda());
+      fp8_linear(xg, wg, &bg, og, {}, act);
+      EXPECT_LT(relative_error(og, ref), od == DType::BF16 ? 8e-3 : 5e-4)
+          << "act " << int(act) << " out " << dtype_name(od);
+    }
+}
+
 TEST(Fp8Gpu, LinearRejectsUnalignedK) {
   OSP_REQUIRE_GPU();
   Tensor x = randn({8, 24}, 1).to(Device::cuda()), w = randn({16, 24}, 2).to(Device::cuda());

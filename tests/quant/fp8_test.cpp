@@ -188,3 +188,18 @@ TEST(Fp8E4M3, FromHiF8CodesEqualsQuantizeFromFloats) {
   EXPECT_THROW(fp8_from_hif8_codes(big_codes, 1.0f), Error);
   EXPECT_THROW(fp8_from_hif8_codes(codes, 0.0f), Error);
 }
+
+TEST(Fp8Linear, ActivationEqualsSeparateOp) {
+  Tensor x = randn({6, 32}, 71), w = randn({16, 32}, 72), b = randn({16}, 73);
+  Fp8Tensor xq = hif8_quantize_e4m3(x), wq = hif8_quantize_e4m3(w);
+  Tensor plain = Tensor::empty({6, 16}, DType::F32);
+  fp8_linear(xq, wq, &b, plain);
+  for (ops::Act act : {ops::Act::GeluTanh, ops::Act::Silu}) {
+    Tensor got = Tensor::empty({6, 16}, DType::F32), want = Tensor::empty({6, 16}, DType::F32);
+    fp8_linear(xq, wq, &b, got, {}, act);
+    if (act == ops::Act::GeluTanh) ops::gelu_tanh(plain, want);
+    else ops::silu(plain, want);
+    EXPECT_EQ(max_abs_diff(got, want), 0.0);
+    EXPECT_GT(max_abs_diff(got, plain), 1e-3);
+  }
+}

@@ -136,7 +136,7 @@ Fp8Tensor fp8_from_hif8_codes(const Tensor& codes, float scale) {
 }
 
 void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tensor& out,
-                const Fp8LinearOptions& opt) {
+                const Fp8LinearOptions& opt, ops::Act act) {
   check_fp8(x, "fp8_linear", "x");
   check_fp8(w, "fp8_linear", "w");
   const Tensor& xc = x.codes;
@@ -166,8 +166,11 @@ void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tens
               "fp8_linear (CUDA): out must be bf16 or f32, got ", out.desc());
     OSP_CHECK(K % 16 == 0 && N % 8 == 0, "fp8_linear (CUDA): cuBLASLt FP8 needs K % 16 == 0 and ",
               "N % 8 == 0, got K = ", K, ", N = ", N, " (pad the weight)");
-    cuda::fp8_gemm(xc.data<uint8_t>(), wc.data<uint8_t>(), x.scale_inv.data<float>(),
-                   w.scale_inv.data<float>(), bias, out, M, N, K, opt.fast_accum);
+    const bool fused = cuda::fp8_gemm(xc.data<uint8_t>(), wc.data<uint8_t>(),
+                                      x.scale_inv.data<float>(), w.scale_inv.data<float>(), bias,
+                                      out, M, N, K, opt.fast_accum, act == ops::Act::GeluTanh);
+    if (act == ops::Act::GeluTanh && !fused) ops::gelu_tanh(out, out);
+    if (act == ops::Act::Silu) ops::silu(out, out);
     return;
 #else
     fail("fp8_linear: tensor is on CUDA but this build has no CUDA backend");
@@ -190,13 +193,15 @@ void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tens
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n)
       o[m * N + n] = o[m * N + n] * sc + (bias ? bf.data<float>()[n] : 0.0f);
+  if (act == ops::Act::GeluTanh) ops::gelu_tanh(out, out);
+  if (act == ops::Act::Silu) ops::silu(out, out);
 }
 
 void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out,
-                const Fp8LinearOptions& opt) {
+                const Fp8LinearOptions& opt, ops::Act act) {
   Fp8Tensor xq = hif8_quantize_e4m3(x, kHiF8ForwardMax);
   Fp8Tensor wq = hif8_quantize_e4m3(w, kHiF8ForwardMax);
-  fp8_linear(xq, wq, bias, out, opt);
+  fp8_linear(xq, wq, bias, out, opt, act);
 }
 
 }  // namespace osp::quant

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "osp/core/tensor.h"
+#include "osp/ops/ops.h"
 #include "osp/quant/hif8.h"
 
 namespace osp::quant {
@@ -63,10 +64,12 @@ struct Fp8LinearOptions {
 // CUDA (cuBLASLt, sm_89+): K % 16 == 0 and N % 8 == 0; out BF16 or F32; bias F32/BF16 or null
 // (applied in bf16 by the cuBLASLt epilogue). CPU (the reference): out F32, float GEMM of the
 // dequantized E4M3 operands (OpenBLAS), bias added in f32.
+// act: as ops::linear (GELU-tanh fused into the cuBLASLt epilogue when available, else and for
+// SiLU a separate ops:: kernel on out).
 void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tensor& out,
-                const Fp8LinearOptions& opt = {});
+                const Fp8LinearOptions& opt = {}, ops::Act act = ops::Act::None);
 // Convenience: quantizes x and w (max 15) and runs the GEMM above.
 void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out,
-                const Fp8LinearOptions& opt = {});
+                const Fp8LinearOptions& opt = {}, ops::Act act = ops::Act::None);
 
 }  // namespace osp::quant

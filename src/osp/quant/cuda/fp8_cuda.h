@@ -9,6 +9,9 @@ namespace osp::quant::cuda {
 void hif8_quantize_e4m3(const Tensor& x, Tensor& codes, Tensor& scale_inv, float max_target);
 void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out);
 // out[M,N] = (*sx)(*sw) · X[M,K] · W[N,K]ᵀ + bias through cuBLASLt (E4M3 × E4M3, fp32 accum).
-void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
-              const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum);
+// gelu: fuse GELU-tanh into the epilogue when cuBLASLt has such an algorithm; returns whether
+// it was fused (if not, the caller applies it).
+bool fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
+              const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum,
+              bool gelu);
 }  // namespace osp::quant::cuda

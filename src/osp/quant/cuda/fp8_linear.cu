@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 
 #include <map>
+#include <vector>
 #include <mutex>
 #include <tuple>
 
@@ -75,9 +76,10 @@ struct Key {
   int out_dt;  // 0 f32, 1 bf16
   int bias_dt;  // -1 none, 0 f32, 1 bf16
   bool fast;
+  bool gelu;  // GELU (tanh) fused into the epilogue
   bool operator<(const Key& o) const {
-    return std::tie(M, N, K, out_dt, bias_dt, fast) <
-           std::tie(o.M, o.N, o.K, o.out_dt, o.bias_dt, o.fast);
+    return std::tie(M, N, K, out_dt, bias_dt, fast, gelu) <
+           std::tie(o.M, o.N, o.K, o.out_dt, o.bias_dt, o.fast, o.gelu);
   }
 };
 struct Plan {
@@ -108,7 +110,8 @@ bool make_plan(const Key& k, Plan& p) {
   const float* dummy = nullptr;
   OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &dummy, sizeof(dummy)));
   OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &dummy, sizeof(dummy)));
-  cublasLtEpilogue_t epi = k.bias_dt >= 0 ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  cublasLtEpilogue_t epi = k.bias_dt >= 0 ? (k.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                          : (k.gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
   OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (k.bias_dt >= 0) {
     cudaDataType_t bt = k.bias_dt == 1 ? CUDA_R_16BF : CUDA_R_32F;
@@ -179,39 +182,46 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
   OSP_CUDA_LAUNCH_CHECK("fp8 dequantize_kernel");
 }
 
-void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
-              const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum) {
-  if (M == 0 || N == 0) return;
+bool fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* sw,
+              const Tensor* bias, Tensor& out, int64_t M, int64_t N, int64_t K, bool fast_accum,
+              bool gelu) {
+  if (M == 0 || N == 0) return gelu;
   auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   OSP_CHECK(a16(x) && a16(w) && a16(out.raw()), "fp8_linear (CUDA): x codes, w codes and out must ",
             "be 16-byte aligned (use freshly allocated tensors, not offset views)");
   const int out_dt = out.dtype() == DType::BF16 ? 1 : 0;
-  // The FP8 bias is BF16 for BF16 output (cuBLASLt's rule); for F32 output try BF16 first and
-  // fall back to F32 if no algorithm takes it.
+  // Candidate configurations, best first: GELU fused (if asked) before GELU as a separate
+  // kernel; the FP8 bias is BF16 (cuBLASLt's rule for BF16 output; tried first for F32 output
+  // too) before F32. The first one with an algorithm wins; failures are cached.
+  std::vector<std::pair<int, bool>> cands;  // (bias dtype, gelu fused)
+  for (bool g : {true, false}) {
+    if (g && !gelu) continue;
+    if (bias) {
+      cands.push_back({1, g});
+      cands.push_back({0, g});
+    } else {
+      cands.push_back({-1, g});
+    }
+  }
   Tensor bias_dev;
   int bias_dt = -1;
+  bool fused = false;
   Plan plan;
   std::lock_guard<std::mutex> lock(g_mu);
-  for (int attempt : {1, 0}) {
-    if (bias) bias_dt = attempt;
-    Key k{M, N, K, out_dt, bias_dt, fast_accum};
+  for (auto [bdt, g] : cands) {
+    Key k{M, N, K, out_dt, bdt, fast_accum, g};
     auto it = plans().find(k);
-    if (it != plans().end()) {
-      if (it->second.desc) {
-        plan = it->second;
-        break;
-      }
-      if (!bias) break;
-      continue;  // cached "no algorithm" for this bias type
+    if (it == plans().end()) {
+      Plan p;
+      make_plan(k, p);
+      it = plans().emplace(k, p).first;  // failures cached too (desc == nullptr)
     }
-    Plan p;
-    const bool ok = make_plan(k, p);
-    plans()[k] = p;  // failures are cached too (desc == nullptr)
-    if (ok) {
-      plan = p;
+    if (it->second.desc) {
+      plan = it->second;
+      bias_dt = bdt;
+      fused = g;
       break;
     }
-    if (!bias) break;
   }
   OSP_CHECK(plan.desc, "fp8_linear: cuBLASLt found no FP8 (E4M3×E4M3) algorithm for M=", M,
             " N=", N, " K=", K, " out ", dtype_name(out.dtype()), bias ? " with bias" : "",
@@ -232,7 +242,9 @@ void fp8_gemm(const uint8_t* x, const uint8_t* w, const float* sx, const float* 
                                   ops::cuda::stream()));
   ops::cuda::log_once(str("fp8_gemm", M, "x", N, "x", K),
                       str("fp8_linear: cuBLASLt E4M3xE4M3 -> ", dtype_name(out.dtype()), " M=", M,
-                          " N=", N, " K=", K, fast_accum ? " fast-accum" : ""));
+                          " N=", N, " K=", K, fast_accum ? " fast-accum" : "",
+                          gelu ? (fused ? " +gelu(epilogue)" : " +gelu(separate kernel)") : ""));
+  return fused;
 }
 
 }  // namespace osp::quant::cuda
