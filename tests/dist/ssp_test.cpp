@@ -258,6 +258,19 @@ void check_adjoint(dist::SequenceParallel& sp, const dist::ForwardPlan& plan, in
         << "block " << i << " rank " << r;
     EXPECT_NE(d.data<double>()[0], 0.0);
   }
+  // scatter_input / gather_output and their adjoints (the full tensors are replicated: their
+  // dot products count once, the local ones are summed over ranks).
+  const int64_t N = plan.grid.numel();
+  const int last = int(plan.kinds.size()) - 1;
+  Tensor xf = test::randn_tensor({B, N, C}, 3000), gl = test::randn_tensor({B, rows(0), C}, 3100 + r);
+  Tensor xl = test::randn_tensor({B, rows(last), C}, 3200 + r), gf = test::randn_tensor({B, N, C}, 3300);
+  Tensor d = Tensor::empty({2}, DType::F64);
+  d.data<double>()[0] = dot(sp.scatter_input(xf), gl);
+  d.data<double>()[1] = dot(xl, sp.gather_output_backward(gf));
+  if (comm) comm->all_reduce(d);
+  const Tensor sb = sp.scatter_input_backward(gl), go = sp.gather_output(xl);
+  EXPECT_NEAR(d.data<double>()[0], dot(xf, sb), 1e-9 * std::fabs(d.data<double>()[0])) << "scatter";
+  EXPECT_NEAR(d.data<double>()[1], dot(go, gf), 1e-9 * std::fabs(d.data<double>()[1])) << "gather";
 }
 
 }  // namespace

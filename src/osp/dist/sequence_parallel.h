@@ -63,6 +63,12 @@ class SequenceParallel {
   // (Where full blocks are replicated in groups, F < S, each group's copy gets the gradient of
   // its own replica, which is exact when the replicas compute identically.)
   virtual Tensor enter_block_backward(int i, const Tensor& grad_local) = 0;
+  // Adjoint of scatter_input: this rank's block-0 gradient rows → the full [B, N, C] gradient of
+  // the (replicated) input, identical on every rank.
+  virtual Tensor scatter_input_backward(const Tensor& grad_local) = 0;
+  // Adjoint of gather_output: the full [B, N, Cx] gradient (identical on every rank) → this
+  // rank's rows in the last block's layout (padding rows zero).
+  virtual Tensor gather_output_backward(const Tensor& grad_full) = 0;
 
   // Bytes this rank sent through the communicator since the last reset (0 on one device).
   virtual uint64_t bytes_sent() const { return 0; }

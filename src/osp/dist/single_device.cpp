@@ -128,6 +128,8 @@ class SingleDevice final : public SequenceParallel {
       back_[i] = to_map(layout_id(plan.kinds[i]), layout_id(plan.kinds[i - 1]));
     }
     output_map_ = to_map(layout_id(plan.kinds.back()), kFull);
+    input_back_map_ = to_map(layout_id(plan.kinds[0]), kFull);
+    output_back_map_ = to_map(kFull, layout_id(plan.kinds.back()));
     lens_tensor_cache_.clear();
     have_plan_ = true;
   }
@@ -144,6 +146,17 @@ class SingleDevice final : public SequenceParallel {
               " outside [1, ", plan_.kinds.size(), ")");
     check_hidden(x_local, layout_id(plan_.kinds[size_t(i) - 1]), "enter_block");
     return move(x_local, enter_[size_t(i)], layout_id(plan_.kinds[size_t(i)]));
+  }
+
+  Tensor scatter_input_backward(const Tensor& grad_local) override {
+    require_plan("scatter_input_backward");
+    check_hidden(grad_local, layout_id(plan_.kinds[0]), "scatter_input_backward");
+    return move(grad_local, input_back_map_, kFull);
+  }
+  Tensor gather_output_backward(const Tensor& grad_full) override {
+    require_plan("gather_output_backward");
+    check_hidden(grad_full, kFull, "gather_output_backward");
+    return move(grad_full, output_back_map_, layout_id(plan_.kinds.back()));
   }
 
   Tensor enter_block_backward(int i, const Tensor& grad_local) override {
@@ -230,7 +243,7 @@ class SingleDevice final : public SequenceParallel {
   std::array<Tensor, 3> rope_;
   std::array<std::vector<int32_t>, 3> lens_;
   std::vector<Tensor> enter_, back_;
-  Tensor input_map_, output_map_;
+  Tensor input_map_, output_map_, input_back_map_, output_back_map_;
   std::map<std::pair<int, int64_t>, Tensor> lens_tensor_cache_;
 };
 

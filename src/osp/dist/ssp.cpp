@@ -250,7 +250,7 @@ class ParallelLayout final : public SequenceParallel {
       input_map_[id] = i32_tensor(tok, plan.device);
       lens_host_[id] = L.lens[size_t(me)];
     }
-    output_.reset();
+    for (auto& o : output_maps_) o.reset();
     lens_cache_.clear();
     ulysses_cache_.clear();
     have_plan_ = true;
@@ -332,6 +332,30 @@ class ParallelLayout final : public SequenceParallel {
     require_plan("gather_output");
     const int id = layout_id(plan_.kinds.back());
     check_hidden(x_local, id, "gather_output");
+    return gather_from(id, x_local);
+  }
+
+  // Adjoints: the input scatter and the output gather are each other's transpose (a token's
+  // rows live on exactly one rank of a group).
+  Tensor scatter_input_backward(const Tensor& grad_local) override {
+    require_plan("scatter_input_backward");
+    const int id = layout_id(plan_.kinds[0]);
+    check_hidden(grad_local, id, "scatter_input_backward");
+    return gather_from(id, grad_local);
+  }
+  Tensor gather_output_backward(const Tensor& grad_full) override {
+    require_plan("gather_output_backward");
+    OSP_CHECK(grad_full.dim() == 3 && grad_full.size(1) == plan_.grid.numel(),
+              "gather_output_backward: expected [B, ", plan_.grid.numel(), ", C], got ",
+              grad_full.desc());
+    check_device(grad_full, "gather_output_backward");
+    const int id = layout_id(plan_.kinds.back());
+    return gather_per_sample(grad_full, input_map_[id], layouts_[id].n(rank()));
+  }
+
+ private:
+  // All of layout `id`'s rows of every rank → [B, N, Cx] in full order on every rank.
+  Tensor gather_from(int id, const Tensor& x_local) {
     const Layout& L = layouts_[id];
     // Full layouts gather within this rank's group of F ranks (every group holds everything).
     Communicator& gc = id == kFull ? full_comm() : *comm_;
@@ -346,6 +370,7 @@ class ParallelLayout final : public SequenceParallel {
         mine.select(0, b).slice(0, 0, L.n(rank())).copy_from(x_local.select(0, b));
     Tensor all = Tensor::empty({int64_t(G) * B * nmax, Cx}, x_local.dtype(), x_local.device());
     gc.all_gather(mine, all);
+    auto& output_ = output_maps_[id];
     if (!output_ || output_->B != B || output_->nmax != nmax) {
       output_ = std::make_unique<OutputMap>();
       output_->B = B;
@@ -366,6 +391,8 @@ class ParallelLayout final : public SequenceParallel {
     ops::gather_rows(all, output_->idx, out);
     return out.view({B, N, Cx});
   }
+
+ public:
 
   // Bytes this rank sends per forward (same tables as the real exchanges; no data moves).
   CommVolume volume(int64_t B, size_t eb, int64_t out_ch) const {
@@ -665,7 +692,7 @@ class ParallelLayout final : public SequenceParallel {
     int64_t B = 0, nmax = 0;
     Tensor idx;
   };
-  std::unique_ptr<OutputMap> output_;
+  std::unique_ptr<OutputMap> output_maps_[3];
   std::map<std::pair<int, int64_t>, Tensor> lens_cache_;
   std::map<std::pair<int, int64_t>, UlyssesMaps> ulysses_cache_;
 };
