@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "osp/core/dtype.h"
+#include "osp/ops/cpu/cpu_ops.h"
 #include "osp/ops/ops.h"
 #include "test_util.h"
 
@@ -262,6 +263,23 @@ TEST(CpuOps, AttentionMatchesNaive) {
   ops::attention(q, k, v, out, a2);
   ref = attention_ref(q, k, v, 1.0 / std::sqrt(double(D)), nullptr, &kvl, &ql);
   EXPECT_LT(max_abs_diff(out, from_doubles(ref, {B, Lq, H, D})), 1e-5);
+}
+
+TEST(CpuOps, AttentionPortableLoopsMatchSimdKernels) {
+  // Head dim 128 (the DiT's) and ragged sizes; both code paths against each other and the naive
+  // reference. Where the CPU has no AVX2 both runs take the portable path.
+  const int64_t B = 1, Lq = 67, Lk = 261, H = 2, D = 128;
+  Tensor q = randn({B, Lq, H, D}, 60), k = randn({B, Lk, H, D}, 61), v = randn({B, Lk, H, D}, 62);
+  Tensor a = Tensor::empty({B, Lq, H, D}, DType::F32), b = Tensor::empty({B, Lq, H, D}, DType::F32);
+  ops::attention(q, k, v, a);
+  ops::cpu::set_simd_enabled(false);
+  EXPECT_FALSE(ops::cpu::simd_enabled());
+  ops::attention(q, k, v, b);
+  ops::cpu::set_simd_enabled(true);
+  auto ref = attention_ref(q, k, v, 1.0 / std::sqrt(double(D)), nullptr, nullptr, nullptr);
+  EXPECT_LT(relative_error(a, from_doubles(ref, {B, Lq, H, D})), 1e-5);
+  EXPECT_LT(relative_error(b, from_doubles(ref, {B, Lq, H, D})), 1e-5);
+  EXPECT_LT(relative_error(a, b), 1e-5);
 }
 
 TEST(CpuOps, AttentionErrors) {

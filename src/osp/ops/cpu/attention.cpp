@@ -5,6 +5,7 @@
 // (checked at run time) the two products use 4×16 register-tiled micro-kernels and the softmax
 // a vectorised exp; elsewhere plain loops.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -237,13 +238,27 @@ __attribute__((target("avx2,fma"))) void attend_block_avx2(
   }
 }
 
+#endif
+
+std::atomic<bool> g_simd_enabled{true};
+
+#ifdef OSP_HAVE_AVX2_KERNEL
 bool use_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return ok && g_simd_enabled.load(std::memory_order_relaxed);
 }
 #endif
 
 }  // namespace
+
+void set_simd_enabled(bool on) { g_simd_enabled.store(on); }
+bool simd_enabled() {
+#ifdef OSP_HAVE_AVX2_KERNEL
+  return use_avx2();
+#else
+  return false;
+#endif
+}
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                const AttentionArgs& args) {

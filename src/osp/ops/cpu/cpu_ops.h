@@ -19,4 +19,9 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
 void patchify(const Tensor& z, int pt, int ph, int pw, Tensor& out);
 void unpatchify(const Tensor& y, int64_t T, int64_t h, int64_t w, int pt, int ph, int pw,
                 Tensor& out);
+
+// The hand-vectorised CPU kernels (AVX2/FMA attention) are used when the CPU has them and this
+// switch is on (default). Tests turn it off to check the portable loops against them.
+void set_simd_enabled(bool on);
+bool simd_enabled();  // true when the AVX2 kernels will run
 }  // namespace osp::ops::cpu
