@@ -141,6 +141,22 @@ TEST(VaeGolden, TiledDecodeCloseToUntiled) {
   EXPECT_LT(err, 0.25);  // and blend into nearly the same video
 }
 
+TEST(VaeShapes, OfficialConfigHas194TensorsAnd126892531Params) {
+  // wan-spec Appendix A: Wan2.1_VAE.pth holds 194 tensors, 126 892 531 parameters.
+  const auto shapes = osp::model::vae_tensor_shapes({});
+  EXPECT_EQ(shapes.size(), 194u);
+  int64_t n = 0;
+  for (const auto& [name, s] : shapes) n += osp::shape_numel(s);
+  EXPECT_EQ(n, 126892531);
+  // And the golden (dim 16) model lists exactly the tensors of the golden file.
+  osp::model::VaeConfig c;
+  c.dim = 16;
+  for (const auto& [name, s] : osp::model::vae_tensor_shapes(c)) {
+    ASSERT_TRUE(golden_file().has("vae.weights." + name)) << name;
+    EXPECT_EQ(golden_file().entry("vae.weights." + name).shape, s) << name;
+  }
+}
+
 TEST(VaeGolden, TilesForBudget) {
   auto none = osp::model::tiles_for_budget(90, 160, size_t(1) << 40);
   EXPECT_EQ(none.tile_h, 0);

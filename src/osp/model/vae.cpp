@@ -183,6 +183,10 @@ class Binder {
     return t;
   }
   Tensor load(const std::string& name, const Shape& shape) const {
+    if (record_) {  // shape listing: no weights, just names and shapes
+      record_->emplace_back(name, shape);
+      return Tensor::empty(shape, DType::F32);
+    }
     Tensor t = raw(name);
     OSP_CHECK(t.shape() == shape, "VAE checkpoint: tensor '", prefix_ + name, "' has shape ",
               shape_str(t.shape()), ", expected ", shape_str(shape),
@@ -258,6 +262,9 @@ class Binder {
     return b;
   }
 
+ public:
+  std::vector<std::pair<std::string, Shape>>* record_ = nullptr;
+
  private:
   WeightGetter get_;
   Device dev_;
@@ -280,11 +287,21 @@ struct WanVae::Impl {
   Tensor decode_untiled(const Tensor& zraw_fm) const;
 };
 
+namespace {
+std::shared_ptr<WanVae::Impl> build_vae(const Binder& B, VaeConfig cfg, Device dev);
+}
+
+std::vector<std::pair<std::string, Shape>> vae_tensor_shapes(const VaeConfig& cfg) {
+  std::vector<std::pair<std::string, Shape>> out;
+  Binder B([](const std::string&) { return Tensor(); }, Device::cpu(), "");
+  B.record_ = &out;
+  build_vae(B, cfg, Device::cpu());
+  return out;
+}
+
 WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const std::string& prefix) {
   OSP_CHECK(get, "WanVae::load: no weight getter given");
   Binder B(get, dev, prefix);
-  OSP_CHECK(cfg.dim_mult.size() >= 2 && cfg.temporal_downsample.size() == cfg.dim_mult.size() - 1,
-            "VaeConfig: dim_mult needs >= 2 entries and temporal_downsample one fewer");
   // Channel widths from the checkpoint.
   const Tensor head = B.raw("decoder.head.2.weight");
   OSP_CHECK(head.dim() == 5 && head.size(0) == 3,
@@ -296,8 +313,16 @@ WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const st
   const Tensor c2 = B.raw("conv2.weight");
   OSP_CHECK(c2.dim() == 5, "VAE checkpoint: conv2.weight must be 5-D, got ", shape_str(c2.shape()));
   cfg.z_dim = int(c2.size(0));
+  WanVae v;
+  v.impl_ = build_vae(B, cfg, dev);
+  return v;
+}
 
-  auto impl = std::make_shared<Impl>();
+namespace {
+std::shared_ptr<WanVae::Impl> build_vae(const Binder& B, VaeConfig cfg, Device dev) {
+  OSP_CHECK(cfg.dim_mult.size() >= 2 && cfg.temporal_downsample.size() == cfg.dim_mult.size() - 1,
+            "VaeConfig: dim_mult needs >= 2 entries and temporal_downsample one fewer");
+  auto impl = std::make_shared<WanVae::Impl>();
   impl->cfg = cfg;
   impl->dev = dev;
   const int nm = int(cfg.dim_mult.size());
@@ -365,10 +390,9 @@ WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const st
     impl->conv1 = B.conv3("conv1", 2 * cfg.z_dim, 2 * cfg.z_dim, 1, slots);
     impl->enc_slots = slots;
   }
-  WanVae v;
-  v.impl_ = impl;
-  return v;
+  return impl;
 }
+}  // namespace
 
 const VaeConfig& WanVae::config() const { return impl_->cfg; }
 Device WanVae::device() const { return impl_->dev; }

@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "osp/core/tensor.h"
@@ -76,6 +77,10 @@ size_t decode_memory_estimate(int64_t latent_h, int64_t latent_w, int dim = 96);
 // to sum to 1 at every pixel).  Without tiling it returns decode_tile(0, 0, h, w).
 Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
                    const std::function<Tensor(int64_t, int64_t, int64_t, int64_t)>& decode_tile);
+
+// Every tensor name and shape a VAE with this config has (original Wan names, decoder then
+// encoder; cfg.dim / z_dim as given) — for random models in benchmarks and for converters.
+std::vector<std::pair<std::string, Shape>> vae_tensor_shapes(const VaeConfig& cfg);
 
 class WanVae {
  public:
