@@ -149,6 +149,9 @@ void gemms(bool quick) {
           g_card.c_str(), (long long)M, (long long)N, (long long)K, ms_bf16 / ms_fp8,
           ms_bf16 / ms_fast, ms_bf16 / (ms_fp8 + ms_q));
       std::fflush(stdout);
+      x = w = out = Tensor();
+      xq = wq = quant::Fp8Tensor();
+      cuda_empty_cache();  // shapes differ: give the blocks back before the next one
     }
 }
 
