@@ -23,7 +23,7 @@ start=$(date +%s)
 "$BUILD_DIR/osp" generate \
   --model "$OUT/osp-demo-random" \
   --prompt "a red fox runs through the snowy forest at dawn" \
-  --size 256x192 --frames 17 --steps 10 --sampler unipc --guidance 5 --seed 42 \
+  --size 192x128 --frames 17 --steps 10 --sampler unipc --guidance 5 --seed 42 \
   --device cpu --out "$OUT/osp-demo.mp4"
 end=$(date +%s)
 

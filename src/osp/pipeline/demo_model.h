@@ -14,7 +14,7 @@ namespace osp::pipeline {
 struct DemoModelOptions {
   uint64_t seed = 0;
   bool hybrid = true;     // dual-end Skiparse layout (OSP-Next style), else full attention
-  int dit_layers = 6;      // dual-end: full full token group full full
+  int dit_layers = 8;     // dual-end with 4 full blocks: full full token group token group full full
   int dit_dim = 256, dit_heads = 4, dit_ffn = 512;
   int t5_dim = 64, t5_layers = 2, t5_heads = 4, t5_ffn = 160, t5_vocab = 320;
   int vae_dim = 16;       // base width (the real VAE has 96)

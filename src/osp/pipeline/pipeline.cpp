@@ -245,7 +245,14 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   const size_t t5_params = text_encoder_params(p.files);
   const bool t5_on_device = !(gpu && o.offload);
   m.t5_weights = t5_on_device ? t5_params * wb : 0;
-  m.t5_activations = t5_on_device ? size_t(512) * 4096 * 16 * 4 : 0;
+  {
+    // ~16 live [512, dim] fp32 buffers (hidden, q/k/v, ffn) plus the [heads, 512, 512] scores.
+    const io::Checkpoint tck = io::open_checkpoint(p.files.t5);
+    int64_t tdim = 4096;
+    for (const char* n : {"token_embedding.weight", "shared.weight"})
+      if (tck->has(n)) tdim = tck->info(n).shape.back();
+    m.t5_activations = t5_on_device ? size_t(512) * size_t(tdim) * 16 * 4 + size_t(64) * 512 * 512 * 4 : 0;
+  }
   {
     const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
     m.vae_weights = checkpoint_params(vck) * 4;
