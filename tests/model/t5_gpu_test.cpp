@@ -40,6 +40,20 @@ TEST(T5Gpu, BiasedAttentionMatchesCpu) {
   }
 }
 
+TEST(T5Gpu, RelativeBiasMatchesCpu) {
+  OSP_REQUIRE_GPU();
+  const int64_t L = 45, H = 5;
+  Tensor table = randn_bf16_values({32, H}, 9);
+  Tensor bucket = Tensor::empty({L, L}, DType::I32);
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = 0; j < L; ++j) bucket.data<int32_t>()[i * L + j] = osp::model::t5_relative_bucket(j - i);
+  Tensor ref = Tensor::empty({H, L, L}, DType::F32), out = Tensor::empty({H, L, L}, DType::F32, Device::cuda());
+  osp::ops::relative_bias(table, bucket, ref);
+  osp::ops::relative_bias(table.to(Device::cuda()), bucket.to(Device::cuda()), out);
+  EXPECT_EQ(osp::max_abs_diff(out, ref), 0.0);
+  EXPECT_EQ(ref.item({2, 3, 40}), table.item({osp::model::t5_relative_bucket(37), 2}));
+}
+
 TEST(T5Gpu, ForwardMatchesGolden) {
   OSP_REQUIRE_GPU();
   auto ck = osp::io::open_checkpoint(osp::test::golden("golden_t5_vae.safetensors"));

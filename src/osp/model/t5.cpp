@@ -36,7 +36,7 @@ struct T5Encoder::Impl {
     Tensor norm1, norm2;               // [dim] F32
     Tensor q, k, v, o;                 // [dim_attn, dim] / [dim, dim_attn]
     Tensor gate, fc1, fc2;             // [ffn, dim], [ffn, dim], [dim, ffn]
-    std::vector<float> pos;            // [num_buckets, heads] host table
+    Tensor pos;                        // [num_buckets, heads] F32 on the device
   };
   std::vector<Layer> layers;
   Tensor norm;  // final [dim] F32
@@ -112,9 +112,7 @@ T5Encoder T5Encoder::load(const WeightGetter& get, Device dev, const std::string
     L.gate = load(b + "ffn.gate.0.weight", {c.dim_ffn, c.dim}, wdt);
     L.fc1 = load(b + "ffn.fc1.weight", {c.dim_ffn, c.dim}, wdt);
     L.fc2 = load(b + "ffn.fc2.weight", {c.dim, c.dim_ffn}, wdt);
-    Tensor p = load(b + "pos_embedding.embedding.weight", {c.num_buckets, c.num_heads}, DType::F32)
-                   .to(Device::cpu());
-    L.pos = p.to_float_vector();
+    L.pos = load(b + "pos_embedding.embedding.weight", {c.num_buckets, c.num_heads}, DType::F32);
     impl->layers.push_back(std::move(L));
   }
   impl->norm = load("norm.weight", {c.dim}, DType::F32);
@@ -132,25 +130,21 @@ Tensor T5Encoder::Impl::run(const Tensor& ids_dev, int64_t B, int64_t L,
   const T5Config& c = cfg;
   const int64_t H = c.num_heads, Dh = c.head_dim(), R = B * L;
   const DType dt = act_dtype();
-  // Bucket index per (query i, key j), shared by all layers.
-  std::vector<int> bucket(size_t(L * L));
+  // Bucket index per (query i, key j), shared by all layers; expanded per layer on the device.
+  Tensor bucket_host = Tensor::empty({L, L}, DType::I32);
   for (int64_t i = 0; i < L; ++i)
     for (int64_t j = 0; j < L; ++j)
-      bucket[size_t(i * L + j)] = t5_relative_bucket(j - i, c.num_buckets, c.max_dist);
+      bucket_host.data<int32_t>()[i * L + j] = t5_relative_bucket(j - i, c.num_buckets, c.max_dist);
+  const Tensor bucket = bucket_host.to(dev);
   Tensor lens_t = Tensor::empty({B}, DType::I32);
   for (int64_t b = 0; b < B; ++b) lens_t.data<int32_t>()[b] = lens[size_t(b)];
 
   // x [R, dim] = E[ids]
   Tensor x = Tensor::empty({R, c.dim}, dt, dev);
   ops::gather_rows(emb, ids_dev, x);
-  Tensor bias_host = Tensor::empty({H, L, L}, DType::F32);
+  Tensor bias = Tensor::empty({H, L, L}, DType::F32, dev);
   for (const Layer& ly : layers) {
-    // bias [H, L, L] = P[bucket(j − i), h]
-    float* bp = bias_host.data<float>();
-#pragma omp parallel for schedule(static) if (H * L * L > (1 << 16))
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t ij = 0; ij < L * L; ++ij) bp[h * L * L + ij] = ly.pos[size_t(bucket[size_t(ij)] * H + h)];
-    Tensor bias = bias_host.to(dev);
+    ops::relative_bias(ly.pos, bucket, bias);  // bias [H, L, L] = P[bucket(j − i), h]
 
     // ---- self-attention: x += o(attn(norm1(x)))
     Tensor h = rms(x, ly.norm1, c.eps);                    // [R, dim]

@@ -74,6 +74,20 @@ void spatial_attention(const Tensor& qkv, Tensor& out) {
   OSP_EXTRA_DISPATCH(qkv.device(), spatial_attention, qkv, out);
 }
 
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out) {
+  OSP_CHECK(table.dim() == 2 && bucket.dim() == 2, "relative_bias: table must be [NB, H] and bucket [Lq, Lk], got ",
+            table.desc(), " and ", bucket.desc());
+  check_dtype(table, DType::F32, "relative_bias table");
+  check_dtype(bucket, DType::I32, "relative_bias bucket");
+  check_dtype(out, DType::F32, "relative_bias out");
+  check_shape(out, {table.size(1), bucket.size(0), bucket.size(1)}, "relative_bias out");
+  check_same_device(table, bucket, "relative_bias table/bucket");
+  check_same_device(table, out, "relative_bias table/out");
+  OSP_CHECK(table.is_contiguous() && bucket.is_contiguous() && out.is_contiguous(),
+            "relative_bias: tensors must be contiguous");
+  OSP_EXTRA_DISPATCH(table.device(), relative_bias, table, bucket, out);
+}
+
 void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                       const std::vector<int32_t>& kv_lens, Tensor& out) {
   OSP_CHECK(q.dim() == 4, "biased_attention: q must be [B, L, H, D], got ", q.desc());

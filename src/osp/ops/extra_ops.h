@@ -42,7 +42,12 @@ void spatial_attention(const Tensor& qkv, Tensor& out);
 void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                       const std::vector<int32_t>& kv_lens, Tensor& out);
 
+// umT5 relative-position bias expansion: out[h, i, j] = table[bucket[i, j], h].
+// table [NB, H] F32, bucket I32 [Lq, Lk] (values in [0, NB)), out [H, Lq, Lk] F32; same device.
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out);
+
 namespace cpu {
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out);
 void add_(Tensor& x, const Tensor& y);
 void mul_(Tensor& x, const Tensor& y);
 void channel_rms_norm(const Tensor& x, const Tensor& gamma, bool silu, Tensor& out);
@@ -52,6 +57,7 @@ void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
                       const std::vector<int32_t>& kv_lens, Tensor& out);
 }  // namespace cpu
 namespace cuda {
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out);
 void add_(Tensor& x, const Tensor& y);
 void mul_(Tensor& x, const Tensor& y);
 void channel_rms_norm(const Tensor& x, const Tensor& gamma, bool silu, Tensor& out);

@@ -27,6 +27,18 @@ void elementwise(Tensor& x, const Tensor& y, F f) {
 }
 }  // namespace
 
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out) {
+  const int64_t NB = table.size(0), H = table.size(1), LL = bucket.numel();
+  const float* t = table.data<float>();
+  const int32_t* b = bucket.data<int32_t>();
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < LL; ++i)
+    OSP_CHECK(b[i] >= 0 && b[i] < NB, "relative_bias: bucket ", b[i], " outside [0, ", NB, ")");
+#pragma omp parallel for schedule(static) if (H * LL > (1 << 16))
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < LL; ++i) o[h * LL + i] = t[b[i] * H + h];
+}
+
 void add_(Tensor& x, const Tensor& y) {
   elementwise(x, y, [](float a, float b) { return a + b; });
 }

@@ -147,7 +147,24 @@ __global__ void biased_attention_kernel(const __nv_bfloat16* __restrict__ q,
   }
 }
 
+__global__ void relative_bias_kernel(const float* __restrict__ t, const int32_t* __restrict__ b,
+                                     float* __restrict__ o, int64_t NB, int64_t H, int64_t LL) {
+  OSP_GRID_STRIDE(idx, H * LL) {
+    const int64_t h = idx / LL, i = idx % LL;
+    const int32_t k = b[i];
+    o[idx] = (k >= 0 && k < NB) ? t[k * H + h] : 0.f;
+  }
+}
+
 }  // namespace
+
+void relative_bias(const Tensor& table, const Tensor& bucket, Tensor& out) {
+  const int64_t NB = table.size(0), H = table.size(1), LL = bucket.numel();
+  if (H * LL == 0) return;
+  relative_bias_kernel<<<grid_for(H * LL), 256, 0, stream()>>>(
+      table.data<float>(), bucket.data<int32_t>(), out.data<float>(), NB, H, LL);
+  OSP_CUDA_LAUNCH_CHECK("relative_bias_kernel");
+}
 
 void add_(Tensor& x, const Tensor& y) { elementwise<0>(x, y); }
 void mul_(Tensor& x, const Tensor& y) { elementwise<1>(x, y); }
