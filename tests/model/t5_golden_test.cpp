@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "osp/io/checkpoint.h"
 #include "osp/model/t5.h"
@@ -67,6 +68,33 @@ TEST(T5Golden, EncodeTrimsAndZeroPads) {
 TEST(T5Golden, PthWeightsGiveTheSameOutput) {
   auto pth = osp::io::open_checkpoint(osp::test::golden("tiny_t5_bf16.pth"));
   T5Encoder m = T5Encoder::load(osp::model::weight_getter(pth));
+  Tensor ids = golden_ck()->get("t5.ids"), mask = golden_ck()->get("t5.mask");
+  EXPECT_EQ(osp::max_abs_diff(m.forward(ids, mask), t5().forward(ids, mask)), 0.0);
+}
+
+TEST(T5Golden, HuggingFaceNamesAccepted) {
+  // Rename the golden weights to transformers' UMT5EncoderModel names (wan-spec §3.3).
+  std::map<std::string, Tensor> hf;
+  for (const auto& n : golden_ck()->names()) {
+    if (n.rfind("t5.weights.", 0) != 0) continue;
+    std::string w = n.substr(11), h;
+    if (w == "token_embedding.weight") h = "shared.weight";
+    else if (w == "norm.weight") h = "encoder.final_layer_norm.weight";
+    else {
+      const size_t dot = w.find('.', 7);
+      const std::string b = "encoder.block." + w.substr(7, dot - 7) + ".layer.", r = w.substr(dot + 1);
+      const std::map<std::string, std::string> m = {
+          {"norm1.weight", "0.layer_norm.weight"}, {"attn.q.weight", "0.SelfAttention.q.weight"},
+          {"attn.k.weight", "0.SelfAttention.k.weight"}, {"attn.v.weight", "0.SelfAttention.v.weight"},
+          {"attn.o.weight", "0.SelfAttention.o.weight"},
+          {"pos_embedding.embedding.weight", "0.SelfAttention.relative_attention_bias.weight"},
+          {"norm2.weight", "1.layer_norm.weight"}, {"ffn.gate.0.weight", "1.DenseReluDense.wi_0.weight"},
+          {"ffn.fc1.weight", "1.DenseReluDense.wi_1.weight"}, {"ffn.fc2.weight", "1.DenseReluDense.wo.weight"}};
+      h = b + m.at(r);
+    }
+    hf[h] = golden_ck()->get(n);
+  }
+  T5Encoder m = T5Encoder::load(osp::model::weight_getter(osp::io::memory_checkpoint(hf)));
   Tensor ids = golden_ck()->get("t5.ids"), mask = golden_ck()->get("t5.mask");
   EXPECT_EQ(osp::max_abs_diff(m.forward(ids, mask), t5().forward(ids, mask)), 0.0);
 }

@@ -1,6 +1,7 @@
 // umT5 tokenizer: Wan's prompt cleaning and SentencePiece encoding with </s>, truncation and
 // padding.  The SentencePiece model is trained inside the test from a generated corpus.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>

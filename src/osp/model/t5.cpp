@@ -58,8 +58,48 @@ Tensor lin(const Tensor& x, const Tensor& w, ops::Act act = ops::Act::None) {
 }
 }  // namespace
 
-T5Encoder T5Encoder::load(const WeightGetter& get, Device dev, const std::string& prefix) {
-  OSP_CHECK(get, "T5Encoder::load: no weight getter given");
+namespace {
+// Hugging Face UMT5EncoderModel names → Wan names (wan-spec §3.3).
+std::string hf_t5_name(const std::string& wan) {
+  if (wan == "token_embedding.weight") return "shared.weight";
+  if (wan == "norm.weight") return "encoder.final_layer_norm.weight";
+  if (wan.rfind("blocks.", 0) != 0) return "";
+  const size_t dot = wan.find('.', 7);
+  const std::string n = wan.substr(7, dot - 7), rest = wan.substr(dot + 1);
+  const std::string b = "encoder.block." + n + ".layer.";
+  static const std::pair<const char*, const char*> m[] = {
+      {"norm1.weight", "0.layer_norm.weight"},
+      {"attn.q.weight", "0.SelfAttention.q.weight"},
+      {"attn.k.weight", "0.SelfAttention.k.weight"},
+      {"attn.v.weight", "0.SelfAttention.v.weight"},
+      {"attn.o.weight", "0.SelfAttention.o.weight"},
+      {"pos_embedding.embedding.weight", "0.SelfAttention.relative_attention_bias.weight"},
+      {"norm2.weight", "1.layer_norm.weight"},
+      {"ffn.gate.0.weight", "1.DenseReluDense.wi_0.weight"},
+      {"ffn.fc1.weight", "1.DenseReluDense.wi_1.weight"},
+      {"ffn.fc2.weight", "1.DenseReluDense.wo.weight"},
+  };
+  for (const auto& [w, h] : m)
+    if (rest == w) return b + h;
+  return "";
+}
+}  // namespace
+
+T5Encoder T5Encoder::load(const WeightGetter& get_in, Device dev, const std::string& prefix) {
+  OSP_CHECK(get_in, "T5Encoder::load: no weight getter given");
+  // Accept Hugging Face (transformers UMT5EncoderModel) names too.
+  WeightGetter get = get_in;
+  if (!get_in(prefix + "token_embedding.weight").defined() &&
+      (get_in(prefix + "shared.weight").defined() ||
+       get_in(prefix + "encoder.embed_tokens.weight").defined())) {
+    get = [get_in, prefix](const std::string& full) {
+      const std::string h = hf_t5_name(full.substr(prefix.size()));
+      if (h.empty()) return Tensor();
+      Tensor t = get_in(prefix + h);
+      if (!t.defined() && h == "shared.weight") t = get_in(prefix + "encoder.embed_tokens.weight");
+      return t;
+    };
+  }
   auto impl = std::make_shared<Impl>();
   impl->dev = dev;
   T5Config& c = impl->cfg;

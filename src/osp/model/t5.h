@@ -35,7 +35,9 @@ int t5_relative_bucket(int64_t r, int64_t num_buckets = 32, int64_t max_dist = 1
 class T5Encoder {
  public:
   // Binds weights by original Wan names ("token_embedding.weight", "blocks.N.attn.q.weight",
-  // ...), after `prefix`.  Throws osp::Error naming any missing or mis-shaped tensor.
+  // ...), after `prefix`, or by Hugging Face UMT5EncoderModel names ("shared.weight",
+  // "encoder.block.N.layer.0.SelfAttention.q.weight", ...; detected automatically).  Throws
+  // osp::Error naming any missing or mis-shaped tensor.
   static T5Encoder load(const WeightGetter& get, Device dev = Device::cpu(),
                         const std::string& prefix = "");
 
