@@ -2,6 +2,7 @@
 // drives it (scatter, enter_block, RoPE with rope_table, self_attention, per-token layers,
 // gather_output). Shared by the thread-communicator unit test and the MPI test.
 #pragma once
+#include <cmath>
 #include <random>
 #include <vector>
 
