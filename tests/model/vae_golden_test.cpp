@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 
 #include "osp/io/checkpoint.h"
 #include "osp/io/safetensors.h"
@@ -155,6 +156,38 @@ TEST(VaeShapes, OfficialConfigHas194TensorsAnd126892531Params) {
     ASSERT_TRUE(golden_file().has("vae.weights." + name)) << name;
     EXPECT_EQ(golden_file().entry("vae.weights." + name).shape, s) << name;
   }
+}
+
+TEST(VaeShapes, DiffusersNamesFollowTheSpecTable) {
+  using osp::model::vae_diffusers_name;
+  // Rows of wan-spec §3.4.
+  EXPECT_EQ(vae_diffusers_name("conv1.weight"), "quant_conv.weight");
+  EXPECT_EQ(vae_diffusers_name("conv2.bias"), "post_quant_conv.bias");
+  EXPECT_EQ(vae_diffusers_name("encoder.conv1.weight"), "encoder.conv_in.weight");
+  EXPECT_EQ(vae_diffusers_name("decoder.middle.0.residual.0.gamma"), "decoder.mid_block.resnets.0.norm1.gamma");
+  EXPECT_EQ(vae_diffusers_name("encoder.middle.2.residual.6.weight"), "encoder.mid_block.resnets.1.conv2.weight");
+  EXPECT_EQ(vae_diffusers_name("decoder.middle.1.to_qkv.weight"), "decoder.mid_block.attentions.0.to_qkv.weight");
+  EXPECT_EQ(vae_diffusers_name("decoder.head.0.gamma"), "decoder.norm_out.gamma");
+  EXPECT_EQ(vae_diffusers_name("encoder.head.2.bias"), "encoder.conv_out.bias");
+  EXPECT_EQ(vae_diffusers_name("encoder.downsamples.3.shortcut.weight"), "encoder.down_blocks.3.conv_shortcut.weight");
+  EXPECT_EQ(vae_diffusers_name("encoder.downsamples.5.time_conv.bias"), "encoder.down_blocks.5.time_conv.bias");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.2.residual.3.gamma"), "decoder.up_blocks.0.resnets.2.norm2.gamma");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.3.time_conv.weight"), "decoder.up_blocks.0.upsamplers.0.time_conv.weight");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.4.shortcut.bias"), "decoder.up_blocks.1.resnets.0.conv_shortcut.bias");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.7.resample.1.weight"), "decoder.up_blocks.1.upsamplers.0.resample.1.weight");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.11.resample.1.bias"), "decoder.up_blocks.2.upsamplers.0.resample.1.bias");
+  EXPECT_EQ(vae_diffusers_name("decoder.upsamples.14.residual.2.weight"), "decoder.up_blocks.3.resnets.2.conv1.weight");
+  // A checkpoint under diffusers names loads and decodes like the original (first frame only).
+  std::map<std::string, Tensor> d;
+  for (const auto& [name, s] : osp::model::vae_tensor_shapes([] { osp::model::VaeConfig c; c.dim = 16; return c; }()))
+    d[vae_diffusers_name(name)] = golden_file().get("vae.weights." + name);
+  osp::model::VaeConfig nc;
+  nc.has_encoder = false;
+  WanVae m = WanVae::load(osp::model::weight_getter(osp::io::memory_checkpoint(d)), osp::Device::cpu(), nc);
+  Tensor z = drop_batch(golden_file().get("vae.z")).slice(1, 0, 1).contiguous();
+  osp::model::DecodeOptions o;
+  o.clamp = false;
+  EXPECT_EQ(osp::max_abs_diff(m.decode(z, o), decoded().slice(1, 0, 1).contiguous()), 0.0);
 }
 
 TEST(VaeGolden, TilesForBudget) {
