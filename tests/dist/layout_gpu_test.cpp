@@ -4,6 +4,7 @@
 // result within the bf16 bound. SKIPs without a GPU.
 #include <gtest/gtest.h>
 
+#include "osp/dist/communicator.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "ssp_stack.h"
