@@ -10,11 +10,19 @@
 // --warmup. Prints JSON lines (rank 0; scripts/gpu-multi.sh makes the table). For 1.3B on
 // several GPUs it also reports the largest relative error of the parallel output against the
 // single-device forward of the same model (rel_err_vs_1gpu; -1 where not checked).
-//   bench_dit_multi_gpu [--models 14b,1.3b] [--reps 3] [--warmup 1] [--quick]
+// FP8 (1 process only, with --modes): "hybrid+fp8" / "full+fp8" run model::DiTQuant::FP8 (E4M3
+// cuBLASLt GEMMs for every block linear, HiF8 weights quantized at bind) on the same random
+// weights; the bf16 model is released before the FP8 model is bound (peak_gib is reset per
+// model). rel_err_vs_1gpu of an fp8 mode (1.3B) is its output against the bf16 model's output
+// for the same attention plan (-1 when that bf16 mode did not run).
+//   bench_dit_multi_gpu [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8]
+//                       [--reps 3] [--warmup 1] [--quick]
+// Default --modes: hybrid,full (1 process) / hybrid+ssp,full+ulysses (mpirun).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -81,15 +89,19 @@ std::string card() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string models = "14b,1.3b";
+  std::string models = "14b,1.3b", modes_arg;
   int reps = 3, warmup = 1;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--models") && i + 1 < argc) models = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = std::max(0, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--modes") && i + 1 < argc) modes_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) models = "1.3b", reps = 1, warmup = 1;
     else {
-      std::fprintf(stderr, "usage: %s [--models 14b,1.3b] [--reps N] [--warmup N] [--quick]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8 | "
+                   "hybrid+ssp,full+ulysses] [--reps N] [--warmup N] [--quick]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -119,76 +131,136 @@ int main(int argc, char** argv) {
   if (models.find("1.3b") != std::string::npos)
     cases.push_back({"1.3B", "832x480x81", model::DiTConfig::wan_1_3b(), 21, 60, 104});
 
+  // Modes: name, attention plan, sequence-parallel layer, quantization.
+  struct Mode {
+    const char* name;
+    bool hybrid;
+    const char* sp;
+    model::DiTQuant quant;
+  };
+  const std::vector<Mode> all_modes = {
+      {"hybrid", true, "single", model::DiTQuant::None},
+      {"full", false, "single", model::DiTQuant::None},
+      {"hybrid+fp8", true, "single", model::DiTQuant::FP8},
+      {"full+fp8", false, "single", model::DiTQuant::FP8},
+      {"hybrid+ssp", true, "ssp", model::DiTQuant::None},
+      {"full+ulysses", false, "ulysses", model::DiTQuant::None}};
+  std::vector<Mode> modes;
+  {
+    std::vector<std::string> want;
+    if (modes_arg.empty()) {
+      want = S == 1 ? std::vector<std::string>{"hybrid", "full"}
+                    : std::vector<std::string>{"hybrid+ssp", "full+ulysses"};
+    } else {
+      size_t p = 0;
+      while (p <= modes_arg.size()) {
+        const size_t q = std::min(modes_arg.find(',', p), modes_arg.size());
+        if (q > p) want.push_back(modes_arg.substr(p, q - p));
+        p = q + 1;
+      }
+    }
+    for (const std::string& w : want) {
+      const Mode* found = nullptr;
+      for (const Mode& md : all_modes)
+        if (w == md.name) found = &md;
+      const bool fits = found && ((S == 1) == !std::strcmp(found->sp, "single"));
+      if (!fits) {
+        if (rank == 0)
+          std::fprintf(stderr,
+                       "%s: mode '%s' is %s (1 process: hybrid, full, hybrid+fp8, full+fp8; "
+                       "mpirun: hybrid+ssp, full+ulysses)\n",
+                       argv[0], w.c_str(), found ? "not available with this process count" : "unknown");
+        if (launched) dist::abort_all(2);
+        return 2;
+      }
+      modes.push_back(*found);
+    }
+  }
+
   int status = 0;
   for (const Case& c : cases) {
     try {
-      const double t_bind = now_ms();
-      model::DiT m = model::DiT::bind(c.cfg, random_weights(c.cfg), {dev});
-      if (S > 1) comm->barrier();
-      const double bind_ms = now_ms() - t_bind;
       Tensor x = random_device({c.cfg.in_dim, c.frames_lat, c.h_lat, c.w_lat}, 7, dev);
       Tensor ctx = random_device({c.cfg.text_len, c.cfg.text_dim}, 8, dev);
       const auto hybrid = sparse::plan_blocks(int(c.cfg.num_layers), "dual_end", 8);
       const auto full = sparse::plan_blocks(int(c.cfg.num_layers), "full", 0);
-      struct Mode {
-        const char* name;
-        const std::vector<sparse::BlockKind>* kinds;
-        const char* sp;
-      };
-      std::vector<Mode> modes;
-      if (S == 1) modes = {{"hybrid", &hybrid, "single"}, {"full", &full, "single"}};
-      else modes = {{"hybrid+ssp", &hybrid, "ssp"}, {"full+ulysses", &full, "ulysses"}};
-      for (const Mode& md : modes) {
-        m.set_block_kinds(*md.kinds, 2);
-        std::unique_ptr<dist::SequenceParallel> sp;
-        if (!std::strcmp(md.sp, "single")) sp = dist::make_single_device();
-        else if (!std::strcmp(md.sp, "ssp")) sp = dist::make_ssp(comm);
-        else sp = dist::make_ulysses(comm);
-        std::vector<double> times;
-        uint64_t bytes = 0;
-        for (int it = 0; it < warmup + reps; ++it) {
-          if (S > 1) comm->barrier();
-          sp->reset_bytes();
-          const double t0 = now_ms();
-          Tensor out = m.forward(x, {900.f}, ctx, *sp);
-          cuda_synchronize();
-          double ms = now_ms() - t0;
-          bytes = sp->bytes_sent();
-          if (S > 1) {
-            // The slowest rank's time.
-            Tensor mine = Tensor::from_vector({float(ms)}, {1}).to(dev);
+      std::map<bool, Tensor> bf16_out;  // 1 process: the bf16 output per plan (hybrid?), host
+      // One model per quantization (bf16 first), released before the next one is bound.
+      for (model::DiTQuant quant : {model::DiTQuant::None, model::DiTQuant::FP8}) {
+        bool any = false;
+        for (const Mode& md : modes) any |= md.quant == quant;
+        if (!any) continue;
+        if (quant != model::DiTQuant::None) {
+          cuda_empty_cache();
+          cuda_reset_peak();
+        }
+        const double t_bind = now_ms();
+        model::DiTOptions opt{dev};
+        opt.quant = quant;
+        model::DiT m = model::DiT::bind(c.cfg, random_weights(c.cfg), opt);
+        if (S > 1) comm->barrier();
+        const double bind_ms = now_ms() - t_bind;
+        for (const Mode& md : modes) {
+          if (md.quant != quant) continue;
+          m.set_block_kinds(md.hybrid ? hybrid : full, 2);
+          std::unique_ptr<dist::SequenceParallel> sp;
+          if (!std::strcmp(md.sp, "single")) sp = dist::make_single_device();
+          else if (!std::strcmp(md.sp, "ssp")) sp = dist::make_ssp(comm);
+          else sp = dist::make_ulysses(comm);
+          std::vector<double> times;
+          uint64_t bytes = 0;
+          Tensor out;
+          for (int it = 0; it < warmup + reps; ++it) {
+            if (S > 1) comm->barrier();
+            sp->reset_bytes();
+            const double t0 = now_ms();
+            out = m.forward(x, {900.f}, ctx, *sp);
+            cuda_synchronize();
+            double ms = now_ms() - t0;
+            bytes = sp->bytes_sent();
+            if (S > 1) {
+              // The slowest rank's time.
+              Tensor mine = Tensor::from_vector({float(ms)}, {1}).to(dev);
+              Tensor all = Tensor::empty({S}, DType::F32, dev);
+              comm->all_gather(mine, all);
+              const auto v = all.to_float_vector();
+              ms = *std::max_element(v.begin(), v.end());
+            }
+            if (it >= warmup) times.push_back(ms);
+          }
+          std::sort(times.begin(), times.end());
+          // Correctness on the GPU (1.3B only, cheap): the parallel output against the same
+          // model on one device, on every rank (bf16: expect ~1e-2 or better).
+          double rel = -1;
+          if (S > 1 && c.model == "1.3B") {
+            auto single = dist::make_single_device();
+            Tensor ref = m.forward(x, {900.f}, ctx, *single);
+            Tensor got = m.forward(x, {900.f}, ctx, *sp);
+            rel = relative_error(got, ref);
+            Tensor mine = Tensor::from_vector({float(rel)}, {1}).to(dev);
             Tensor all = Tensor::empty({S}, DType::F32, dev);
             comm->all_gather(mine, all);
             const auto v = all.to_float_vector();
-            ms = *std::max_element(v.begin(), v.end());
+            rel = *std::max_element(v.begin(), v.end());
           }
-          if (it >= warmup) times.push_back(ms);
-        }
-        std::sort(times.begin(), times.end());
-        // Correctness on the GPU (1.3B only, cheap): the parallel output against the same
-        // model on one device, on every rank (bf16: expect ~1e-2 or better).
-        double rel = -1;
-        if (S > 1 && c.model == "1.3B") {
-          auto single = dist::make_single_device();
-          Tensor ref = m.forward(x, {900.f}, ctx, *single);
-          Tensor got = m.forward(x, {900.f}, ctx, *sp);
-          rel = relative_error(got, ref);
-          Tensor mine = Tensor::from_vector({float(rel)}, {1}).to(dev);
-          Tensor all = Tensor::empty({S}, DType::F32, dev);
-          comm->all_gather(mine, all);
-          const auto v = all.to_float_vector();
-          rel = *std::max_element(v.begin(), v.end());
-        }
-        if (rank == 0) {
-          std::printf(
-              "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
-              "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.1f,\"ms_min\":%.1f,\"reps\":%d,"
-              "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
-              "\"rel_err_vs_1gpu\":%.3g}\n",
-              card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
-              times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
-              double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel);
-          std::fflush(stdout);
+          if (S == 1 && c.model == "1.3B") {
+            // FP8 against the bf16 model of the same plan (the HiF8 perturbation + FP8 GEMMs).
+            if (quant == model::DiTQuant::None) bf16_out[md.hybrid] = out.to(Device::cpu());
+            else if (bf16_out.count(md.hybrid))
+              rel = relative_error(out.to(Device::cpu()), bf16_out[md.hybrid]);
+          }
+          out = Tensor();
+          if (rank == 0) {
+            std::printf(
+                "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
+                "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.1f,\"ms_min\":%.1f,\"reps\":%d,"
+                "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
+                "\"rel_err_vs_1gpu\":%.3g}\n",
+                card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
+                times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
+                double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel);
+            std::fflush(stdout);
+          }
         }
       }
     } catch (const std::exception& e) {

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <sstream>
 
+#include "osp/core/log.h"
 #include "osp/ops/ops.h"
+#include "osp/quant/fp8.h"
 #include "osp/quant/hif8.h"
 
 namespace osp::model {
@@ -140,6 +142,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
   m.act_ = cuda ? DType::BF16 : DType::F32;
   const DType gemm_w = m.act_;  // weights of bf16 GEMMs on CUDA
   const bool hif8 = opt.quant == DiTQuant::HiF8;
+  const bool fp8 = opt.quant == DiTQuant::FP8;
   auto W = [&](const std::string& n) -> const Tensor& { return weights.at(prefix + n); };
   auto lin = [&](const std::string& n, DType wdt, DType bdt, Device where, bool quant) {
     Linear l;
@@ -150,6 +153,21 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
     return l;
   };
   auto f32 = [&](const std::string& n) { return place(W(n), DType::F32, dev); };
+  // Block linears: bf16/f32, HiF8 fake-quant weight, or (FP8) E4M3 codes only.
+  std::vector<std::string> fallback;
+  auto blin = [&](const std::string& n) {
+    if (!fp8) return lin(n, gemm_w, gemm_w, dev, hif8);
+    Linear l = lin(n, gemm_w, gemm_w, dev, false);
+    const int64_t N = l.w.size(0), K = l.w.size(1);
+    if (cuda && (K % 16 != 0 || N % 8 != 0)) {  // cuBLASLt FP8 rules (quant/fp8.h)
+      quant::hif8_fake_quant(l.w, l.w);
+      fallback.push_back(str(n, " [", N, ", ", K, "]"));
+      return l;
+    }
+    l.wq = quant::hif8_quantize_e4m3(l.w);  // E4M3(HiF8(w·s)), from the bf16 (CUDA) weight
+    l.w = Tensor();
+    return l;
+  };
 
   m.patch_ = lin("patch_embedding", gemm_w, gemm_w, dev, false);
   m.text0_ = lin("text_embedding.0", gemm_w, gemm_w, dev, false);
@@ -169,10 +187,10 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
     for (int a = 0; a < 2; ++a) {
       Attn& at = a == 0 ? b.self_attn : b.cross_attn;
       const std::string q = p + (a == 0 ? "self_attn." : "cross_attn.");
-      at.q = lin(q + "q", gemm_w, gemm_w, dev, hif8);
-      at.k = lin(q + "k", gemm_w, gemm_w, dev, hif8);
-      at.v = lin(q + "v", gemm_w, gemm_w, dev, hif8);
-      at.o = lin(q + "o", gemm_w, gemm_w, dev, hif8);
+      at.q = blin(q + "q");
+      at.k = blin(q + "k");
+      at.v = blin(q + "v");
+      at.o = blin(q + "o");
       if (cfg.qk_norm) {
         at.norm_q = f32(q + "norm_q.weight");
         at.norm_k = f32(q + "norm_k.weight");
@@ -182,8 +200,14 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
       b.norm3_w = f32(p + "norm3.weight");
       b.norm3_b = f32(p + "norm3.bias");
     }
-    b.ffn0 = lin(p + "ffn.0", gemm_w, gemm_w, dev, hif8);
-    b.ffn2 = lin(p + "ffn.2", gemm_w, gemm_w, dev, hif8);
+    b.ffn0 = blin(p + "ffn.0");
+    b.ffn2 = blin(p + "ffn.2");
+  }
+  if (!fallback.empty()) {
+    m.fp8_fallback_ = true;
+    log_info("DiT::bind: FP8 mode: ", fallback.size(), " block linear(s) break cuBLASLt FP8's ",
+             "K % 16 == 0 / N % 8 == 0 rules and run the HiF8 fake-quant bf16 GEMM instead (e.g. ",
+             fallback.front(), ")");
   }
   return m;
 }
@@ -206,6 +230,8 @@ size_t DiT::weight_bytes() const {
   auto addl = [&](const Linear& l) {
     add(l.w);
     add(l.b);
+    add(l.wq.codes);
+    add(l.wq.scale_inv);
   };
   for (const Linear* l : {&patch_, &text0_, &text2_, &head_, &time0_, &time2_, &time_proj_})
     addl(*l);
@@ -233,22 +259,42 @@ void DiT::linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act) {
   ops::linear(x, l.w, &l.b, out, act);
 }
 
-// Q(x, 15) into a workspace in HiF8 mode; x itself otherwise.
-const Tensor& DiT::maybe_quant(const Tensor& x, const std::string& name) {
-  if (opt_.quant != DiTQuant::HiF8) return x;
-  Tensor& q = ws(name, x.shape(), x.dtype());
-  quant::hif8_fake_quant(x, q);
-  return q;
+void DiT::linear(const LinIn& in, const Linear& l, Tensor& out, ops::Act act) {
+  if (l.fp8()) {
+    OSP_CHECK(in.xq != nullptr, "DiT: internal error: FP8 linear called without an FP8 input");
+    quant::fp8_linear(*in.xq, l.wq, &l.b, out, {}, act);
+  } else {
+    ops::linear(*in.x, l.w, &l.b, out, act);
+  }
+}
+
+// None: x itself. HiF8: Q(x, 15) into a workspace. FP8: the E4M3 operand (plus Q(x, 15) when
+// some linear falls back to the fake-quant GEMM). x must outlive the returned LinIn.
+DiT::LinIn DiT::quant_input(const Tensor& x, const std::string& name) {
+  LinIn in;
+  in.x = &x;
+  if (opt_.quant == DiTQuant::None) return in;
+  if (opt_.quant == DiTQuant::HiF8 || fp8_fallback_) {
+    Tensor& q = ws(name, x.shape(), x.dtype());
+    quant::hif8_fake_quant(x, q);
+    in.x = &q;
+  }
+  if (opt_.quant == DiTQuant::FP8) {
+    quant::Fp8Tensor& q8 = ws8_[name];
+    quant::hif8_quantize_e4m3(x, q8);
+    in.xq = &q8;
+  }
+  return in;
 }
 
 // One block (wan-spec §2.2) on the hidden state x [B, n, d] F32 of this block's layout.
-void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
+void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
                     dist::SequenceParallel& sp) {
   const Block& blk = blocks_[size_t(i)];
   const int64_t B = x.size(0), n = x.size(1), d = cfg_.dim, H = cfg_.num_heads,
-                D = cfg_.head_dim(), Lt = ctx.size(1);
+                D = cfg_.head_dim(), Lt = ctx.x->size(1);
   const float eps = cfg_.eps;
-  const bool hif8 = opt_.quant == DiTQuant::HiF8;
+  const bool hif8 = opt_.quant != DiTQuant::None;  // HiF8 or FP8: Q(·, 15) on q, k, v
   OSP_CHECK(x.dim() == 3 && x.size(2) == d && x.dtype() == DType::F32 && x.is_contiguous(),
             "DiT block ", i, ": the sequence-parallel layer returned hidden ", x.desc(),
             ", expected a contiguous f32 [B, n, ", d, "]");
@@ -268,7 +314,7 @@ void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
     Tensor hb = h.select(0, b);
     ops::layer_norm_modulate(x.select(0, b), mod(b, 0), mod(b, 1), eps, hb, round0);
   }
-  const Tensor& hq = maybe_quant(h, "hq");
+  const LinIn hq = quant_input(h, "hq");
   Tensor& q = ws("q", {B, n, d}, act_);
   Tensor& k = ws("k", {B, n, d}, act_);
   Tensor& v = ws("v", {B, n, d}, act_);
@@ -309,7 +355,8 @@ void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
   Tensor& o = ws("o", {B, n, H, D}, act_);
   sp.self_attention(i, qr, kr, vh, o);
   Tensor& y = ws("y", {B, n, d}, act_);
-  linear(maybe_quant(o.view({B, n, d}), "oq"), blk.self_attn.o, y);
+  const Tensor o2 = o.view({B, n, d});
+  linear(quant_input(o2, "oq"), blk.self_attn.o, y);
   // x += y · gate1
   for (int64_t b = 0; b < B; ++b) {
     Tensor xb = x.select(0, b), g = mod(b, 2);
@@ -322,7 +369,7 @@ void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
     ops::layer_norm(x, &blk.norm3_w, &blk.norm3_b, eps, h3);
   else
     h3.copy_from(x);
-  linear(maybe_quant(h3, "h3q"), blk.cross_attn.q, q);
+  linear(quant_input(h3, "h3q"), blk.cross_attn.q, q);
   Tensor& cq = ws("cq", {B, n, d}, act_);
   Tensor& ck0 = ws("ck0", {B, Lt, d}, act_);
   Tensor& ck = ws("ck", {B, Lt, d}, act_);
@@ -342,7 +389,7 @@ void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
     quant::hif8_fake_quant(cv, cv);
   }
   ops::attention(cq.view({B, n, H, D}), ck.view({B, Lt, H, D}), cv.view({B, Lt, H, D}), o);
-  linear(maybe_quant(o.view({B, n, d}), "oq"), blk.cross_attn.o, y);
+  linear(quant_input(o2, "oq"), blk.cross_attn.o, y);
   ops::add_gated_(x, y, nullptr);
 
   // ---- FFN: x += Lin(gelu(Lin(LN(x)·(1 + scale2) + shift2))) · gate2
@@ -351,8 +398,8 @@ void DiT::run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0,
     ops::layer_norm_modulate(x.select(0, b), mod(b, 3), mod(b, 4), eps, hb);
   }
   Tensor& f1 = ws("f1", {B, n, cfg_.ffn_dim}, act_);
-  linear(maybe_quant(h, "hq"), blk.ffn0, f1, ops::Act::GeluTanh);
-  linear(maybe_quant(f1, "f1q"), blk.ffn2, y);
+  linear(quant_input(h, "hq"), blk.ffn0, f1, ops::Act::GeluTanh);
+  linear(quant_input(f1, "f1q"), blk.ffn2, y);
   for (int64_t b = 0; b < B; ++b) {
     Tensor xb = x.select(0, b), g = mod(b, 5);
     ops::add_gated_(xb, y.select(0, b), &g);
@@ -443,7 +490,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   Tensor& ctx = ws("ctx", {B, Lt, d}, act_);
   linear(ctx_in, text0_, c1, ops::Act::GeluTanh);
   linear(c1, text2_, ctx);
-  const Tensor& ctx_q = maybe_quant(ctx, "ctx_q");  // HiF8: the k/v linears' input, once
+  const LinIn ctx_q = quant_input(ctx, "ctx_q");  // HiF8/FP8: the k/v linears' input, once
 
   // (d) blocks, laid out by the sequence-parallel layer
   dist::ForwardPlan plan;

@@ -15,16 +15,28 @@
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit_config.h"
 #include "osp/ops/ops.h"
+#include "osp/quant/fp8.h"
 
 namespace osp::model {
 
-enum class DiTQuant : uint8_t { None, HiF8 };
+// None: bf16 (CUDA) / fp32 (CPU). HiF8: fake quantization, float GEMMs. FP8: the same HiF8
+// numerics with real E4M3 GEMMs (quant/fp8.h) for every block linear.
+enum class DiTQuant : uint8_t { None, HiF8, FP8 };
 
 struct DiTOptions {
   Device device = Device::cpu();
   // HiF8 fake quantization (osp-next-spec §5.5–5.8): inputs and weights of every block linear
   // and the attention q/k/v (after norms and RoPE) go through Q(·, 15). Weights are quantized
   // once at bind time.
+  //
+  // FP8 (Hopper execution of the HiF8 model): every block linear (self/cross q, k, v, o, FFN 1
+  // and 2) quantizes its input per tensor to E4M3(HiF8(x·s)) and runs quant::fp8_linear against
+  // a weight quantized ONCE at bind time (E4M3(HiF8(w·s)), amax → 15; equal to HiF8 mode's
+  // Q(W, 15) except the tiny values fp8.h lists). Attention q/k/v get Q(·, 15) as in HiF8 mode;
+  // attention, embeddings and the head stay bf16. Only the FP8 weight copy is kept on the
+  // device. On CUDA a linear whose shape breaks cuBLASLt's FP8 rules (K % 16, N % 8) falls back
+  // to HiF8 mode's fake-quant bf16 GEMM; bind logs that once (Info). On the CPU, FP8 runs
+  // fp8_linear's CPU reference (f32 GEMM of the dequantized E4M3 operands) — slow, for tests.
   DiTQuant quant = DiTQuant::None;
 };
 
@@ -73,7 +85,15 @@ class DiT {
 
  private:
   struct Linear {
-    Tensor w, b;  // compute copies on the device ([N, K], [N])
+    Tensor w, b;  // compute copies on the device ([N, K], [N]); w undefined when fp8
+    quant::Fp8Tensor wq;  // FP8 mode: E4M3 weight codes + 1/s (codes undefined otherwise)
+    bool fp8() const { return wq.codes.defined(); }
+  };
+  // A linear's input in the form(s) the linears need: x itself (None), Q(x, 15) (HiF8 and
+  // FP8-mode fallbacks) and/or the E4M3 operand (FP8).
+  struct LinIn {
+    const Tensor* x = nullptr;             // the float input (fake-quantized in HiF8 mode)
+    const quant::Fp8Tensor* xq = nullptr;  // FP8 mode
   };
   struct Attn {
     Linear q, k, v, o;
@@ -88,8 +108,10 @@ class DiT {
 
   Tensor& ws(const std::string& name, const Shape& shape, DType dt);
   void linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
-  const Tensor& maybe_quant(const Tensor& x, const std::string& name);
-  void run_block(int i, Tensor& x, const Tensor& ctx, const Tensor& e0, dist::SequenceParallel& sp);
+  void linear(const LinIn& in, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
+  // Prepares x as the input of block linears (workspaces named after `name`).
+  LinIn quant_input(const Tensor& x, const std::string& name);
+  void run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0, dist::SequenceParallel& sp);
 
   DiTConfig cfg_;
   DiTOptions opt_;
@@ -104,6 +126,8 @@ class DiT {
   std::vector<Block> blocks_;
   BlockHook hook_;
   std::map<std::string, Tensor> ws_;
+  std::map<std::string, quant::Fp8Tensor> ws8_;
+  bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
 };
 
 }  // namespace osp::model
