@@ -107,8 +107,12 @@ ModelFiles detect_model_dir(const std::string& dir_in) {
       if (f.t5.empty()) f.t5 = first_of(dir / "text_encoder", {"model.safetensors"});
     }
     f.t5_hf_names = true;
-    f.vae = first_of(dir / "vae", {"diffusion_pytorch_model.safetensors"});
-    f.vae_diffusers_names = true;
+    f.vae = first_of(dir / "vae", {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
+    if (f.vae.empty()) f.vae = first_of(dir, {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
+    if (f.vae.empty()) {
+      f.vae = first_of(dir / "vae", {"diffusion_pytorch_model.safetensors"});
+      f.vae_diffusers_names = true;
+    }
     f.tokenizer = first_of(dir / "tokenizer", {"spiece.model"});
   } else {
     f.layout = ModelLayout::WanOriginal;

@@ -255,6 +255,11 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   }
   {
     const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
+    OSP_CHECK(vck->has("decoder.conv1.weight") && vck->has("conv2.weight"), "VAE weights ", p.files.vae,
+              p.files.vae_diffusers_names
+                  ? " use diffusers (AutoencoderKLWan) names, which osp does not map yet; put the "
+                    "original Wan2.1_VAE.pth next to the model (or in vae/) and retry"
+                  : " do not hold the Wan-VAE decoder (decoder.conv1.weight, conv2.weight missing)");
     m.vae_weights = checkpoint_params(vck) * 4;
   }
   const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (gpu ? size_t(8) << 30 : size_t(4) << 30);
