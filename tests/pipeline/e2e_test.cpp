@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "osp/core/progress.h"
 #include "osp/io/video_writer.h"
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/pipeline.h"
@@ -64,5 +65,15 @@ TEST(EndToEnd, DemoModelVideoIsReproducible) {
   o3.out = (dir / "c.mp4").string();
   const auto rc = pipeline::generate(pipeline::plan_generation((dir / "model").string(), o3));
   EXPECT_GT(max_abs_diff(ra.rgb, rc.rgb), 0.0);
+
+  // Ctrl-C (the SIGINT flag) stops the run between stages/steps and writes nothing.
+  pipeline::GenerateOptions o4 = o;
+  o4.out = (dir / "d.mp4").string();
+  const pipeline::Plan p4 = pipeline::plan_generation((dir / "model").string(), o4);
+  set_interrupted(true);
+  const auto rd = pipeline::generate(p4);
+  set_interrupted(false);
+  EXPECT_TRUE(rd.interrupted);
+  EXPECT_FALSE(fs::exists(dir / "d.mp4"));
   fs::remove_all(dir);
 }
