@@ -396,9 +396,9 @@ GenerateResult generate(const Plan& plan) {
       }
       sampler->step(i, v, x);
       res.steps_done = i + 1;
-      if (rank0) prog.update(i + 1);
+      if (rank0 && log_level() >= LogLevel::Info) prog.update(i + 1);
     }
-    if (rank0) prog.finish();
+    if (rank0 && log_level() >= LogLevel::Info) prog.finish();
   }
   res.seconds["dit"] = since(t0);
 
