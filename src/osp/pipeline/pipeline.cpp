@@ -228,8 +228,8 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
             "--size must be a multiple of ", 8 * cfg.patch_w, " for this model's patch size");
   if (o.quant == "fp8")
     fail("--quant fp8: the DiT does not run its linears through the FP8 (E4M3) GEMM yet "
-         "(quant::fp8_linear exists; the DiT binding does not use it); use --quant hif8 "
-         "(fake-quant, same numerics) or none");
+         "(quant::fp8_linear exists; the DiT binding does not use it yet); use --quant hif8 "
+         "(HiF8 fake-quant, OSP-Next's numerics) or none");
 
   // ---- memory plan (estimates; every stage's weights leave the device before the next)
   const Device dev = parse_device(o.device);
