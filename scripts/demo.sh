@@ -4,18 +4,22 @@
 # Skiparse attention, batched CFG, UniPC) → Wan-VAE → H.264 MP4. The video is noise: the point
 # is that every stage runs. The generation itself takes well under a minute on 2 CPU cores.
 #
-#   bash scripts/demo.sh                 # writes demo-out/osp-demo.mp4
-#   BUILD_DIR=build-demo OUT=demo-out bash scripts/demo.sh
+#   bash scripts/demo.sh                 # writes build-demo/demo/osp-demo.mp4
+#   BUILD_DIR=mybuild OUT=/tmp/demo bash scripts/demo.sh
+# The build is CPU-only (-DOSP_CUDA=OFF) so it works anywhere; add --device cuda to a CUDA build
+# of `osp` to run the same thing on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_DIR=${BUILD_DIR:-build}
-OUT=${OUT:-demo-out}
+BUILD_DIR=${BUILD_DIR:-build-demo}
+OUT=${OUT:-$BUILD_DIR/demo}
 JOBS=${JOBS:-$(nproc)}
 
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=OFF -DOSP_TESTS=OFF \
+      -DOSP_BENCH=OFF
 cmake --build "$BUILD_DIR" -j "$JOBS" --target osp
 
 mkdir -p "$OUT"
+rm -rf "$OUT/osp-demo-random"
 "$BUILD_DIR/osp" make-demo-model "$OUT/osp-demo-random"
 "$BUILD_DIR/osp" inspect "$OUT/osp-demo-random"
 
