@@ -66,6 +66,25 @@ TEST(EndToEnd, DemoModelVideoIsReproducible) {
   const auto rc = pipeline::generate(pipeline::plan_generation((dir / "model").string(), o3));
   EXPECT_GT(max_abs_diff(ra.rgb, rc.rgb), 0.0);
 
+  // PNG frames into a folder.
+  pipeline::GenerateOptions o5 = o;
+  o5.out = (dir / "frames/").string();
+  o5.guidance = 1.0f;  // no CFG: one DiT forward per step
+  pipeline::generate(pipeline::plan_generation((dir / "model").string(), o5));
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(fs::exists(dir / "frames" / ("frame_000" + std::to_string(i) + ".png")));
+  EXPECT_FALSE(fs::exists(dir / "frames" / "frame_0005.png"));
+
+  // A size that cannot fit is refused by the plan, before any work.
+  pipeline::GenerateOptions huge = o;
+  huge.width = huge.height = 8192;
+  huge.frames = 1001;
+  try {
+    pipeline::plan_generation((dir / "model").string(), huge);
+    ADD_FAILURE() << "expected a does-not-fit error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit"), std::string::npos) << e.what();
+  }
+
   // Ctrl-C (the SIGINT flag) stops the run between stages/steps and writes nothing.
   pipeline::GenerateOptions o4 = o;
   o4.out = (dir / "d.mp4").string();
