@@ -12,6 +12,7 @@
 // SB[dst][j_local][i_local][base] with every chunk G·G·base rows (padding rows included, so the
 // volume is (S−1)/S of the local Np·C/S elements). For B > 1 the sample index sits outside the
 // sub-sequence indices because our hidden states are sample-major (the spec's are group-major).
+#include <string>
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -148,7 +149,10 @@ class ParallelLayout final : public SequenceParallel {
     OSP_CHECK(!(ulysses_only_ && any_sparse),
               "make_ulysses: the plan has Skiparse (token/group) blocks; Ulysses runs full "
               "attention only — use make_ssp for the hybrid model or a 'full' block plan");
-    if (comm_->device().is_cuda() || plan.device.is_cuda())
+    // The single backend copies tensors on whatever device they live; mpi needs host tensors
+    // and nccl this rank's GPU.
+    const bool single = std::string(comm_->backend()) == "single";
+    if (!single && (comm_->device().is_cuda() || plan.device.is_cuda()))
       OSP_CHECK(plan.device == comm_->device(), name(), ": the plan's device ",
                 plan.device.name(), " differs from the communicator's ", comm_->device().name(),
                 " (", comm_->backend(), " backend)");

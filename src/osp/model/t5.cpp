@@ -46,8 +46,9 @@ struct T5Encoder::Impl {
 };
 
 namespace {
-Tensor rms(const Tensor& x, const Tensor& w, float eps) {
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+// RMS-normalised copy of x in dtype `odt` (the GEMM input dtype: bf16 on CUDA, f32 on the CPU).
+Tensor rms(const Tensor& x, const Tensor& w, float eps, DType odt) {
+  Tensor out = Tensor::empty(x.shape(), odt, x.device());
   ops::rms_norm(x, w, eps, out);
   return out;
 }
@@ -179,15 +180,18 @@ Tensor T5Encoder::Impl::run(const Tensor& ids_dev, int64_t B, int64_t L,
   Tensor lens_t = Tensor::empty({B}, DType::I32);
   for (int64_t b = 0; b < B; ++b) lens_t.data<int32_t>()[b] = lens[size_t(b)];
 
-  // x [R, dim] = E[ids]
-  Tensor x = Tensor::empty({R, c.dim}, dt, dev);
-  ops::gather_rows(emb, ids_dev, x);
+  // x [R, dim] = E[ids]. The residual stream is kept in fp32 on every device (the reference
+  // keeps it in bf16 under its bf16 weights; fp32 costs little here and halves the error
+  // against the fp32 model); GEMM inputs and outputs are in `dt`.
+  Tensor e = Tensor::empty({R, c.dim}, emb.dtype(), dev);
+  ops::gather_rows(emb, ids_dev, e);
+  Tensor x = e.dtype() == DType::F32 ? e : e.to(DType::F32);
   Tensor bias = Tensor::empty({H, L, L}, DType::F32, dev);
   for (const Layer& ly : layers) {
     ops::relative_bias(ly.pos, bucket, bias);  // bias [H, L, L] = P[bucket(j − i), h]
 
     // ---- self-attention: x += o(attn(norm1(x)))
-    Tensor h = rms(x, ly.norm1, c.eps);                    // [R, dim]
+    Tensor h = rms(x, ly.norm1, c.eps, dt);                    // [R, dim]
     Tensor q = lin(h, ly.q).view({B, L, H, Dh});           // [B, L, H, Dh]
     Tensor k = lin(h, ly.k).view({B, L, H, Dh});
     Tensor v = lin(h, ly.v).view({B, L, H, Dh});
@@ -202,16 +206,16 @@ Tensor T5Encoder::Impl::run(const Tensor& ids_dev, int64_t B, int64_t L,
       ops::biased_attention(q, k, v, bias, lens, a);
     }
     Tensor o = lin(a.view({R, c.dim_attn}), ly.o);         // [R, dim]
-    ops::add_(x, o);
+    ops::add_gated_(x, o, nullptr);
 
     // ---- gated-GELU FFN: x += fc2(fc1(h) · gelu_tanh(gate(h)))
-    h = rms(x, ly.norm2, c.eps);
+    h = rms(x, ly.norm2, c.eps, dt);
     Tensor g = lin(h, ly.gate, ops::Act::GeluTanh);        // [R, ffn]
     Tensor f = lin(h, ly.fc1);                             // [R, ffn]
     ops::mul_(f, g);
-    ops::add_(x, lin(f, ly.fc2));
+    ops::add_gated_(x, lin(f, ly.fc2), nullptr);
   }
-  return rms(x, norm, c.eps).view({B, L, c.dim});
+  return rms(x, norm, c.eps, dt).view({B, L, c.dim});
 }
 
 Tensor T5Encoder::forward(const Tensor& ids, const Tensor& mask) const {
