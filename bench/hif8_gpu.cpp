@@ -1,6 +1,7 @@
 // HiF8 / FP8 GPU benchmark (JSON lines on stdout).
 //   1. HiF8 codec throughput: encode (f32/bf16 → u8), decode (u8 → bf16/f32), TA round,
-//      scaled fake quant (amax pass + quantize pass) in GB/s of bytes moved, as a fraction of
+//      scaled fake quant (amax pass + quantize pass), amax, HiF8→E4M3 operand quantization
+//      (hif8_quantize_e4m3: amax pass + quantize pass) in GB/s of bytes moved, as a fraction of
 //      the card's peak HBM bandwidth (2 · memory clock · bus width, from the device attributes).
 //   2. GEMM at Wan2.1-14B shapes (tokens M = 75600 (720p, 81 frames) and 32760; K×N = 5120×5120,
 //      5120×13824, 13824×5120): cuBLASLt bf16 (ops::linear) vs the FP8 E4M3 path
@@ -85,6 +86,7 @@ void codec(double peak_gbps, bool quick) {
   Tensor codes = Tensor::empty({n}, DType::U8, Device::cuda());
   Tensor outb = Tensor::empty({n}, DType::BF16, Device::cuda());
   Tensor outf = Tensor::empty({n}, DType::F32, Device::cuda());
+  quant::Fp8Tensor q8 = quant::hif8_quantize_e4m3(xb);
   struct Op {
     const char* name;
     double bytes_per_elem;
@@ -100,6 +102,11 @@ void codec(double peak_gbps, bool quick) {
       {"fake_quant_bf16", 6, [&] { quant::hif8_fake_quant(xb, outb); }},
       {"fake_quant_f32", 12, [&] { quant::hif8_fake_quant(xf, outf); }},
       {"stochastic_round_bf16", 4, [&] { quant::hif8_round_stochastic(xb, outb, 7); }},
+      // amax alone (read once)
+      {"amax_bf16", 2, [&] { (void)quant::amax(xb); }},
+      // HiF8 → E4M3 operand quantization: amax pass + quantize pass (read x twice, write codes)
+      {"quantize_e4m3_bf16", 5, [&] { quant::hif8_quantize_e4m3(xb, q8); }},
+      {"quantize_e4m3_f32", 9, [&] { quant::hif8_quantize_e4m3(xf, q8); }},
   };
   for (auto& op : ops) {
     double ms = time_ms(op.run, 2, iters);
