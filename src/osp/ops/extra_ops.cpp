@@ -97,9 +97,15 @@ void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   check_shape(out, q.shape(), "biased_attention out");
   check_shape(bias, {H, L, L}, "biased_attention bias");
   check_dtype(bias, DType::F32, "biased_attention bias");
-  const DType dt = q.device().is_cpu() ? DType::F32 : DType::BF16;
+  // CPU: all F32. CUDA: v/out BF16, q/k BF16 or (both) F32 — the logits are unscaled in umT5,
+  // so keeping q/k in fp32 removes most of the bf16 error.
+  const bool cpu = q.device().is_cpu();
+  const DType dt = cpu ? DType::F32 : DType::BF16;
+  OSP_CHECK(q.dtype() == k.dtype() && (q.dtype() == dt || (!cpu && q.dtype() == DType::F32)),
+            "biased_attention: q/k must both be ", cpu ? "f32" : "bf16 or f32", ", got ",
+            q.desc(), " and ", k.desc());
   for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) {
-    check_dtype(*t, dt, "biased_attention q/k/v/out");
+    if (t == &v || t == &out) check_dtype(*t, dt, "biased_attention v/out");
     check_same_device(q, *t, "biased_attention q/k/v/out");
     OSP_CHECK(t->is_contiguous(), "biased_attention: q/k/v/out must be contiguous");
   }

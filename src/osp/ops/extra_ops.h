@@ -37,7 +37,8 @@ void spatial_attention(const Tensor& qkv, Tensor& out);
 // umT5 self-attention core without 1/sqrt(D) scaling:
 //   out[b, i, h, :] = Σ_{j < kv_len[b]} softmax_j(q[b,i,h,:]·k[b,j,h,:] + bias[h,i,j]) · v[b,j,h,:]
 // q, k, v, out [B, L, H, D]; bias [H, L, L] F32; kv_lens I32 [B] on the CPU (host values).
-// CPU: F32.  CUDA: BF16 q/k/v/out (fp32 softmax/accumulation), any D ≤ 256, L ≤ 4096.
+// CPU: F32.  CUDA: BF16 v/out, q/k both BF16 or both F32 (fp32 softmax/accumulation), any
+// D ≤ 256, L ≤ 4096.
 // Rows whose kv_len is 0 get zeros.
 void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                       const std::vector<int32_t>& kv_lens, Tensor& out);

@@ -101,9 +101,14 @@ __global__ void softmax_rows_kernel(float* s, int64_t L) {
   for (int64_t j = threadIdx.x; j < L; j += blockDim.x) r[j] *= inv;
 }
 
-// umT5 attention: one block per (b, h, i); scores in shared memory.
-__global__ void biased_attention_kernel(const __nv_bfloat16* __restrict__ q,
-                                        const __nv_bfloat16* __restrict__ k,
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// umT5 attention: one block per (b, h, i); scores in shared memory. q/k are f32 or bf16 (umT5
+// has no 1/sqrt(d) scaling, so its logits are large and bf16 q/k cost ~2e-2 of accuracy).
+template <typename TQK>
+__global__ void biased_attention_kernel(const TQK* __restrict__ q,
+                                        const TQK* __restrict__ k,
                                         const __nv_bfloat16* __restrict__ v,
                                         const float* __restrict__ bias,
                                         const int* __restrict__ kv_lens,
@@ -115,12 +120,12 @@ __global__ void biased_attention_kernel(const __nv_bfloat16* __restrict__ q,
   const int i = blockIdx.x % L, h = (blockIdx.x / L) % H, b = blockIdx.x / (L * H);
   const int n = kv_lens[b];
   const int64_t row = (int64_t(b) * L + i) * H + h;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = __bfloat162float(q[row * D + d]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f(q[row * D + d]);
   __syncthreads();
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const __nv_bfloat16* kj = k + ((int64_t(b) * L + j) * H + h) * D;
+    const TQK* kj = k + ((int64_t(b) * L + j) * H + h) * D;
     float acc = 0.f;
-    for (int d = 0; d < D; ++d) acc += qs[d] * __bfloat162float(kj[d]);
+    for (int d = 0; d < D; ++d) acc += qs[d] * to_f(kj[d]);
     s[j] = acc + bias[(int64_t(h) * L + i) * L + j];
   }
   __syncthreads();
@@ -221,12 +226,19 @@ void biased_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   std::copy(kv_lens.begin(), kv_lens.end(), lens_host.data<int32_t>());
   Tensor lens = lens_host.to(q.device());
   const size_t shmem = size_t(D + L + 32) * sizeof(float);
-  if (shmem > 48 * 1024)
-    OSP_CUDA_CHECK(cudaFuncSetAttribute(biased_attention_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(shmem)));
-  biased_attention_kernel<<<unsigned(B * H * L), 128, shmem, stream()>>>(
-      q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(),
-      bias.data<float>(), lens.data<int32_t>(), out.data<__nv_bfloat16>(), int(L), int(H), int(D));
+  auto launch = [&](auto* kernel, const auto* qp, const auto* kp) {
+    if (shmem > 48 * 1024)
+      OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(shmem)));
+    kernel<<<unsigned(B * H * L), 128, shmem, stream()>>>(
+        qp, kp, v.data<__nv_bfloat16>(), bias.data<float>(), lens.data<int32_t>(),
+        out.data<__nv_bfloat16>(), int(L), int(H), int(D));
+  };
+  if (q.dtype() == DType::F32)
+    launch(biased_attention_kernel<float>, q.data<float>(), k.data<float>());
+  else
+    launch(biased_attention_kernel<__nv_bfloat16>, q.data<__nv_bfloat16>(),
+           k.data<__nv_bfloat16>());
   OSP_CUDA_LAUNCH_CHECK("biased_attention_kernel");
 }
 
