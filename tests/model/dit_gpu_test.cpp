@@ -8,6 +8,7 @@
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/sparse/skiparse.h"
+#include "golden_dit.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -16,23 +17,7 @@ using model::DiTConfig;
 
 namespace {
 
-struct Golden {
-  io::SafetensorsFile file;
-  DiTConfig cfg;
-  std::map<std::string, Tensor> weights;
-};
-
-const Golden& golden() {
-  static Golden* g = [] {
-    auto* r = new Golden;
-    r->file = io::SafetensorsFile::open(test::golden("golden_dit.safetensors"));
-    r->cfg = DiTConfig::from_json(r->file.metadata().at("config"));
-    for (const auto& name : r->file.names())
-      if (name.rfind("weights.", 0) == 0) r->weights[name] = r->file.get(name);
-    return r;
-  }();
-  return *g;
-}
+const test::GoldenDiT& golden() { return test::golden_dit(); }
 Tensor get(const std::string& name) { return golden().file.get(name); }
 
 double run_case(const std::string& c, bool hybrid, model::DiTQuant quant = model::DiTQuant::None) {
