@@ -127,6 +127,7 @@ TEST(Options, ValidationNamesTheRule) {
   bad([](GenerateOptions& b) { b.guidance = -1; }, "guidance");
   bad([](GenerateOptions& b) { b.attention = "sparse"; }, "full or hybrid");
   bad([](GenerateOptions& b) { b.quant = "int4"; }, "none, hif8 or fp8");
+  bad([](GenerateOptions& b) { b.quant = "fp8"; }, "needs --device cuda");
   bad([](GenerateOptions& b) { b.sp = "ring"; }, "ulysses or ssp");
   bad([](GenerateOptions& b) { b.device = "tpu"; }, "tpu");
   bad([](GenerateOptions& b) { b.out = "/no/such/folder/x.mp4"; }, "does not exist");

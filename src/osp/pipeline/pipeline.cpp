@@ -162,6 +162,11 @@ void validate_options(const GenerateOptions& o) {
             "--attention must be full or hybrid, got '", o.attention, "'");
   OSP_CHECK(o.quant == "none" || o.quant == "hif8" || o.quant == "fp8",
             "--quant must be none, hif8 or fp8, got '", o.quant, "'");
+  if (o.quant == "fp8")
+    OSP_CHECK(o.device.rfind("cuda", 0) == 0,
+              "--quant fp8 runs the block linears as FP8 (E4M3) tensor-core GEMMs and needs "
+              "--device cuda (a Hopper GPU); on the CPU use --quant hif8, which computes the "
+              "same HiF8 numerics with float GEMMs");
   OSP_CHECK(o.sp == "none" || o.sp == "ulysses" || o.sp == "ssp", "--sp must be none, ulysses or ssp, got '", o.sp, "'");
   const Device dev = parse_device(o.device);
   if (dev.is_cuda())
@@ -226,10 +231,6 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
             cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
   OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
             "--size must be a multiple of ", 8 * cfg.patch_w, " for this model's patch size");
-  if (o.quant == "fp8")
-    fail("--quant fp8: the DiT does not run its linears through the FP8 (E4M3) GEMM yet "
-         "(quant::fp8_linear exists; the DiT binding does not use it yet); use --quant hif8 "
-         "(HiF8 fake-quant, OSP-Next's numerics) or none");
 
   // ---- memory plan (estimates; every stage's weights leave the device before the next)
   const Device dev = parse_device(o.device);
@@ -351,7 +352,9 @@ GenerateResult generate(const Plan& plan) {
     for (const auto& n : ck->names()) weights[n] = ck->get(n);
     model::DiTOptions dopt;
     dopt.device = dev;
-    dopt.quant = o.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
+    dopt.quant = o.quant == "hif8"  ? model::DiTQuant::HiF8
+                 : o.quant == "fp8" ? model::DiTQuant::FP8
+                                    : model::DiTQuant::None;
     model::DiT dit = model::DiT::bind(cfg, weights, dopt);
     weights.clear();
     dit.set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
