@@ -6,6 +6,9 @@
 #include <random>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include "osp/dist/communicator.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/ops/ops.h"
 
@@ -76,6 +79,32 @@ inline dist::ForwardPlan make_plan(sparse::Grid g, std::vector<sparse::BlockKind
   p.head_dim = head_dim;
   p.device = Device::cpu();
   return p;
+}
+
+// Uneven all-to-all on any communicator: rank r sends (d + 1) rows of (100·r + d, k) to rank d;
+// checks the received rows and the byte counter (self-sends are not counted).
+inline void check_uneven_all_to_all(dist::Communicator& comm) {
+  const int S = comm.size(), r = comm.rank();
+  std::vector<int64_t> sr, rr;
+  std::vector<float> sv;
+  for (int d = 0; d < S; ++d) {
+    sr.push_back(d + 1);
+    rr.push_back(r + 1);
+    for (int k = 0; k < d + 1; ++k) sv.insert(sv.end(), {float(100 * r + d), float(k)});
+  }
+  Tensor send = Tensor::from_vector(sv, {int64_t(sv.size()) / 2, 2});
+  Tensor recv = Tensor::empty({int64_t(S) * (r + 1), 2}, DType::F32);
+  comm.reset_bytes();
+  comm.all_to_all(send, sr, recv, rr);
+  uint64_t expect_bytes = 0;
+  for (int d = 0; d < S; ++d)
+    if (d != r) expect_bytes += uint64_t(d + 1) * 2 * 4;
+  EXPECT_EQ(comm.bytes_sent(), expect_bytes);
+  for (int s = 0; s < S; ++s)
+    for (int k = 0; k <= r; ++k) {
+      EXPECT_EQ(recv.item({s * (r + 1) + k, 0}), 100 * s + r);
+      EXPECT_EQ(recv.item({s * (r + 1) + k, 1}), k);
+    }
 }
 
 }  // namespace osp::test
