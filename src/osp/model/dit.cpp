@@ -21,18 +21,15 @@ double dit_forward_flops(const DiTConfig& c, const sparse::Grid& g,
   const double N = double(g.numel());
   double total = 0;
   std::vector<int32_t> tok_len, grp_len;
-  double n_sparse = N;
   for (BlockKind k : kinds) {
     double rows = N, core = 0;
     if (k == BlockKind::Full) {
       core = 4 * N * N * d;
     } else {
+      // Sub-sequences are stored without their padding rows (dist/sequence_parallel.h), so the
+      // linears see the N real tokens.
       auto& lens = k == BlockKind::Token ? tok_len : grp_len;
-      if (lens.empty()) {
-        lens = sparse::skiparse_row_lengths(g, P, k);
-        n_sparse = double(sparse::skiparse_geometry(g, P).L) * P * P;
-      }
-      rows = n_sparse;
+      if (lens.empty()) lens = sparse::skiparse_row_lengths(g, P, k);
       for (int32_t l : lens) core += 4.0 * double(l) * double(l) * d;
     }
     total += 8 * rows * d * d + core;                             // self-attention

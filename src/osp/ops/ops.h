@@ -62,6 +62,10 @@ struct AttentionArgs {
   const Tensor* bias = nullptr;     // optional additive logits bias [H, Lq, Lk] F32 (umT5)
   const Tensor* kv_lens = nullptr;  // optional I32 [B] (CPU): keys >= kv_lens[b] are ignored
   const Tensor* q_lens = nullptr;   // optional I32 [B] (CPU): query rows >= q_lens[b] get 0
+  // optional I32 [R] (CPU): each sample's Lq = Lk rows are R packed sequences of these lengths
+  // (sum = Lq, each >= 0); attention never crosses a sequence boundary (Skiparse sub-sequences
+  // stored without padding). Not combinable with kv_lens / q_lens / bias.
+  const Tensor* seq_lens = nullptr;
 };
 // q [B, Lq, H, D], k/v [B, Lk, H, D] → out [B, Lq, H, D]; softmax(q·kᵀ·scale + bias)·v per
 // (b, h) with fp32 softmax/accumulation (online softmax).  CPU: F32. CUDA: BF16 in, BF16 out.
