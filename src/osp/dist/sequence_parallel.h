@@ -4,7 +4,11 @@
 //   * SSP (spec §4): each rank owns P²/S whole sub-sequences; switch = one all-to-all;
 //   * Ulysses (head-parallel attention with sequence-sharded everything else).
 // Hidden states are [B, n_local, C] (sample-major): in sparse blocks the n_local rows of a
-// sample are its local sub-sequences concatenated, each padded to length L.
+// sample are its local sub-sequences concatenated, each WITHOUT its Skiparse padding rows (a
+// padding token never influences a real one: the reference masks it as a key and crops it at the
+// end, so not storing it gives the same real-token outputs with fewer rows in every linear).
+// Sub-sequence lengths therefore differ (e.g. 19,320 / 18,480 at 720P); attention runs per
+// sub-sequence through ops::AttentionArgs::seq_lens.
 #pragma once
 #include <memory>
 #include <vector>
@@ -41,10 +45,10 @@ class SequenceParallel {
   // full→token, token↔group switch, group→full; a gather on one device, an all-to-all on many.
   virtual Tensor enter_block(int i, const Tensor& x_local) = 0;
   // RoPE table for this rank's rows in block i: [Rt, n_rows, D/2, 2] F32 on plan.device, for
-  // ops::rope on q/k viewed as [B·Rt, n_local/Rt, H, D] (Rt sub-sequences per sample).
+  // ops::rope on q/k viewed as [B·Rt, n_local/Rt, H, D] (Rt = 1: one table row per hidden row).
   virtual const Tensor& rope_table(int i) = 0;
   // Self-attention of block i: q,k,v [B, n_local, H, D] → out [B, n_local, H, D]
-  // (padded rows come out as zeros; Ulysses does its all-to-alls in here).
+  // (Ulysses does its all-to-alls in here).
   virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
                               Tensor& out) = 0;
   // After the last block: the full [B, N, C] hidden state on every rank. x_local may have any
@@ -76,7 +80,7 @@ class SequenceParallel {
 };
 
 // One device, no communication. Hybrid layouts through sparse::skiparse_index + ops::gather_rows
-// (padding-last order: padded sub-sequences use per-row lengths in ops::attention).
+// (real tokens only; packed sub-sequences use AttentionArgs::seq_lens in ops::attention).
 std::unique_ptr<SequenceParallel> make_single_device();
 
 // Sparse Sequence Parallelism over comm's S ranks (spec §4). Sparse blocks: with S | P² each rank

@@ -1,5 +1,6 @@
 // SequenceParallel on one device (S = 1): identity layouts for full blocks, Skiparse-2D
-// token/group layouts (padding-last) for sparse blocks, every transition one gather.
+// token/group layouts for sparse blocks (the P² sub-sequences packed back to back without their
+// padding rows; attention runs per sub-sequence), every transition one gather.
 #include <array>
 #include <map>
 
@@ -82,42 +83,46 @@ class SingleDevice final : public SequenceParallel {
     N_ = plan.grid.numel();
     bool any_sparse = false;
     for (BlockKind k : plan.kinds) any_sparse |= k != BlockKind::Full;
-    // Host maps: full-layout token index (or -1) at each position of each layout.
-    std::array<Tensor, 3> host_map;
+    // Every layout holds the N real tokens once; tokens_[id][j] = full-layout index of row j.
+    // Sparse layouts: the P² sub-sequences back to back, each without its padding rows
+    // (padding never influences a real token, so it is simply not stored or computed).
     for (auto& t : rope_) t = Tensor();
-    for (auto& l : lens_) l.clear();
-    n_rows_ = {N_, 0, 0};
-    rows_per_sample_ = {1, 1, 1};
+    for (auto& t : tokens_) t.clear();
+    tokens_[kFull].resize(size_t(N_));
+    for (int64_t n = 0; n < N_; ++n) tokens_[kFull][size_t(n)] = int32_t(n);
     rope_[kFull] = rope_cos_sin_full(plan.grid, plan.head_dim)
                        .view({1, N_, plan.head_dim / 2, 2})
                        .to(plan.device);
     if (any_sparse) {
-      const auto geo = sparse::skiparse_geometry(plan.grid, plan.P);
       const int64_t P2 = int64_t(plan.P) * plan.P;
-      L_ = geo.L;
       for (int id : {kToken, kGroup}) {
         const BlockKind k = id == kToken ? BlockKind::Token : BlockKind::Group;
-        host_map[size_t(id)] = sparse::skiparse_index(plan.grid, plan.P, k, /*padding_last=*/true);
-        n_rows_[size_t(id)] = P2 * L_;
-        rows_per_sample_[size_t(id)] = P2;
-        lens_[size_t(id)] = sparse::skiparse_row_lengths(plan.grid, plan.P, k);
-        bool padded = false;
-        for (int32_t l : lens_[size_t(id)]) padded |= l != L_;
-        if (!padded) lens_[size_t(id)].clear();  // all rows full: no masks needed
-        rope_[size_t(id)] = rope_cos_sin(plan.grid, plan.head_dim,
-                                         host_map[size_t(id)].data<int32_t>(), P2 * L_)
-                                .view({P2, L_, plan.head_dim / 2, 2})
+        const Tensor map = sparse::skiparse_index(plan.grid, plan.P, k, /*padding_last=*/true);
+        const int64_t L = map.size(1);
+        const auto lens = sparse::skiparse_row_lengths(plan.grid, plan.P, k);
+        auto& tok = tokens_[size_t(id)];
+        tok.reserve(size_t(N_));
+        for (int64_t g = 0; g < P2; ++g)
+          for (int64_t j = 0; j < lens[size_t(g)]; ++j) tok.push_back(map.data<int32_t>()[g * L + j]);
+        OSP_CHECK(int64_t(tok.size()) == N_, "single device: internal error: the ",
+                  sparse::block_kind_name(k), " layout holds ", tok.size(), " of ", N_, " tokens");
+        seq_lens_[size_t(id)] = Tensor::empty({P2}, DType::I32);
+        std::copy(lens.begin(), lens.end(), seq_lens_[size_t(id)].data<int32_t>());
+        rope_[size_t(id)] = rope_cos_sin(plan.grid, plan.head_dim, tok.data(), N_)
+                                .view({1, N_, plan.head_dim / 2, 2})
                                 .to(plan.device);
       }
     }
-    // Transition maps (device I32): enter_[i] moves block i-1's layout to block i's.
+    // Transition maps (device I32): out row j of layout `to` = row map[j] of layout `from`.
     auto to_map = [&](int from, int to) -> Tensor {
-      Tensor m;
-      if (from == to) return m;
-      if (from == kFull) m = host_map[size_t(to)];
-      else if (to == kFull) m = sparse::inverse_to_full(host_map[size_t(from)], N_);
-      else m = sparse::compose_switch(host_map[size_t(from)], host_map[size_t(to)]);
-      return m.view({m.numel()}).to(plan.device);
+      if (from == to) return Tensor();
+      std::vector<int32_t> pos(static_cast<size_t>(N_), 0);
+      const auto& tf = tokens_[size_t(from)];
+      for (size_t j = 0; j < tf.size(); ++j) pos[size_t(tf[j])] = int32_t(j);
+      const auto& tt = tokens_[size_t(to)];
+      Tensor m = Tensor::empty({N_}, DType::I32);
+      for (size_t j = 0; j < tt.size(); ++j) m.data<int32_t>()[j] = pos[size_t(tt[j])];
+      return m.to(plan.device);
     };
     const size_t nb = plan.kinds.size();
     enter_.assign(nb, Tensor());
@@ -130,7 +135,6 @@ class SingleDevice final : public SequenceParallel {
     output_map_ = to_map(layout_id(plan.kinds.back()), kFull);
     input_back_map_ = to_map(layout_id(plan.kinds[0]), kFull);
     output_back_map_ = to_map(kFull, layout_id(plan.kinds.back()));
-    lens_tensor_cache_.clear();
     have_plan_ = true;
   }
 
@@ -180,9 +184,9 @@ class SingleDevice final : public SequenceParallel {
     OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
               " outside [0, ", plan_.kinds.size(), ")");
     const int id = layout_id(plan_.kinds[size_t(i)]);
-    OSP_CHECK(q.dim() == 4 && q.size(1) == n_rows_[size_t(id)] && q.size(2) == plan_.heads &&
+    OSP_CHECK(q.dim() == 4 && q.size(1) == N_ && q.size(2) == plan_.heads &&
                   q.size(3) == plan_.head_dim,
-              "self_attention(block ", i, "): expected q [B, ", n_rows_[size_t(id)], ", ",
+              "self_attention(block ", i, "): expected q [B, ", N_, ", ",
               plan_.heads, ", ", plan_.head_dim, "], got ", q.desc());
     OSP_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && out.shape() == q.shape(),
               "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
@@ -191,15 +195,9 @@ class SingleDevice final : public SequenceParallel {
       ops::attention(q, k, v, out);
       return;
     }
-    const int64_t B = q.size(0), R = rows_per_sample_[size_t(id)];
-    const Shape sub{B * R, L_, plan_.heads, plan_.head_dim};
-    Tensor qv = q.contiguous().view(sub), kv = k.contiguous().view(sub),
-           vv = v.contiguous().view(sub), ov = out.view(sub);
     ops::AttentionArgs args;
-    const Tensor* lens = row_lengths(id, B);
-    args.kv_lens = lens;
-    args.q_lens = lens;
-    ops::attention(qv, kv, vv, ov, args);
+    args.seq_lens = &seq_lens_[size_t(id)];
+    ops::attention(q, k, v, out, args);
   }
 
   Tensor gather_output(const Tensor& x_local) override {
@@ -213,38 +211,23 @@ class SingleDevice final : public SequenceParallel {
     OSP_CHECK(have_plan_, who, ": call setup(plan) first");
   }
   void check_hidden(const Tensor& x, int id, const char* who) const {
-    OSP_CHECK(x.dim() == 3 && x.size(1) == n_rows_[size_t(id)], who, ": expected hidden [B, ",
-              n_rows_[size_t(id)], ", C] in the ", id == kFull ? "full" : (id == kToken ? "token" : "group"),
+    OSP_CHECK(x.dim() == 3 && x.size(1) == N_, who, ": expected hidden [B, ", N_,
+              ", C] in the ", id == kFull ? "full" : (id == kToken ? "token" : "group"),
               " layout, got ", x.desc());
     OSP_CHECK(x.device() == plan_.device, who, ": hidden state is on ", x.device().name(),
               " but the plan's device is ", plan_.device.name());
   }
-  Tensor move(const Tensor& x, const Tensor& map, int to) const {
+  Tensor move(const Tensor& x, const Tensor& map, int /*to*/) const {
     if (!map.defined()) return x;
-    return gather_per_sample(x, map, n_rows_[size_t(to)]);
+    return gather_per_sample(x, map, N_);
   }
-  // I32 [B·P²] per-row valid lengths (host), or null when no row is padded.
-  const Tensor* row_lengths(int id, int64_t B) {
-    const auto& l = lens_[size_t(id)];
-    if (l.empty()) return nullptr;
-    auto key = std::make_pair(id, B);
-    auto it = lens_tensor_cache_.find(key);
-    if (it != lens_tensor_cache_.end()) return &it->second;
-    Tensor t = Tensor::empty({B * int64_t(l.size())}, DType::I32);
-    for (int64_t b = 0; b < B; ++b)
-      for (size_t g = 0; g < l.size(); ++g) t.data<int32_t>()[b * int64_t(l.size()) + int64_t(g)] = l[g];
-    return &lens_tensor_cache_.emplace(key, t).first->second;
-  }
-
   ForwardPlan plan_;
   bool have_plan_ = false;
-  int64_t N_ = 0, L_ = 0;
-  std::array<int64_t, 3> n_rows_{}, rows_per_sample_{};
-  std::array<Tensor, 3> rope_;
-  std::array<std::vector<int32_t>, 3> lens_;
+  int64_t N_ = 0;
+  std::array<std::vector<int32_t>, 3> tokens_;
+  std::array<Tensor, 3> rope_, seq_lens_;
   std::vector<Tensor> enter_, back_;
   Tensor input_map_, output_map_, input_back_map_, output_back_map_;
-  std::map<std::pair<int, int64_t>, Tensor> lens_tensor_cache_;
 };
 
 }  // namespace

@@ -37,15 +37,20 @@ int layout_id(BlockKind k) {
 }
 const char* layout_name(int id) { return id == kFull ? "full" : (id == kToken ? "token" : "group"); }
 
-enum class Attn { Local, LocalMasked, Ulysses };
+enum class Attn { Packed, Ulysses };
 
 // One block type's layout on every rank.
 struct Layout {
   int kind = kFull;
-  std::vector<std::vector<int64_t>> ids;  // [rank][row] padded-grid position
-  std::vector<int64_t> rt;                // [rank] sub-sequences per sample (RoPE table rows)
-  std::vector<std::vector<int32_t>> lens; // [rank][sub-sequence] valid length; empty = all valid
-  Attn attn = Attn::Local;
+  std::vector<std::vector<int64_t>> ids;   // [rank][row] padded-grid position of each hidden row
+  // [rank][slot] exchange order: the rows plus, in sparse layouts, the Skiparse padding positions
+  // of the rank's sub-sequences (each sub-sequence = slot_len consecutive slots). Padding is not
+  // stored or computed, but it keeps its place in the all-to-all buffers (spec §4.3: every
+  // switch chunk is G·G·base rows) as zero rows.
+  std::vector<std::vector<int64_t>> slots;
+  std::vector<int64_t> slot_len;            // [rank] slots per sub-sequence
+  std::vector<std::vector<int32_t>> lens;   // [rank][sub-sequence] rows (packed attention)
+  Attn attn = Attn::Packed;
   int64_t n(int r) const { return int64_t(ids[size_t(r)].size()); }
 };
 
@@ -58,7 +63,7 @@ Tensor i32_tensor(const std::vector<int32_t>& v, Device dev) {
 // One all-to-all between two layouts, as seen by one rank.
 struct Exchange {
   int64_t n_in = 0, n_out = 0;
-  std::vector<int32_t> send_rows1;        // per send row (B = 1): local input row
+  std::vector<int32_t> send_rows1;        // per send row (B = 1): local input row (-1: zeros)
   std::vector<int64_t> send_cnt1, recv_cnt1;
   std::vector<int32_t> recv_src1, recv_k1;  // per output row: source rank (-1: zero) and index
   struct PerB {
@@ -80,7 +85,9 @@ struct Exchange {
     for (int d = 0; d < S; ++d) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < send_cnt1[size_t(d)]; ++k)
-          sidx.push_back(int32_t(b * n_in + send_rows1[size_t(off + k)]));
+          sidx.push_back(send_rows1[size_t(off + k)] < 0
+                             ? -1
+                             : int32_t(b * n_in + send_rows1[size_t(off + k)]));
       off += send_cnt1[size_t(d)];
       m.send_cnt[size_t(d)] = B * send_cnt1[size_t(d)];
       m.recv_cnt[size_t(d)] = B * recv_cnt1[size_t(d)];
@@ -178,11 +185,12 @@ class ParallelLayout final : public SequenceParallel {
     full.kind = kFull;
     full.attn = Attn::Ulysses;
     full.ids.resize(size_t(S));
-    full.rt.assign(size_t(S), 1);
     full.lens.resize(size_t(S));
     for (int r = 0; r < S; ++r)
       for (int64_t n = (r % F_) * chunk; n < std::min<int64_t>((r % F_ + 1) * chunk, N); ++n)
         full.ids[size_t(r)].push_back(pid(n));
+    full.slots = full.ids;
+    for (int r = 0; r < S; ++r) full.slot_len.push_back(std::max<int64_t>(full.n(r), 1));
     // ---- sparse blocks ----
     U_ = 1;
     if (any_sparse) {
@@ -209,21 +217,27 @@ class ParallelLayout final : public SequenceParallel {
     // ---- owner tables and exchanges ----
     owner_rank_.assign(3, {});
     owner_row_.assign(3, {});
+    owner_slot_.assign(3, {});
     for (int id = 0; id < 3; ++id) {
       if (id != kFull && !any_sparse) continue;
       auto& orr = owner_rank_[size_t(id)];
       auto& orw = owner_row_[size_t(id)];
+      auto& ors = owner_slot_[size_t(id)];
       orr.assign(size_t(Np), -1);
       orw.assign(size_t(Np), -1);
+      ors.assign(size_t(Np), -1);
       const Layout& L = layouts_[id];
       // Full layouts are replicated in S/F groups: the table holds group 0 (ranks 0..F-1);
       // owner() maps it to the group of the rank asking.
       const int owners = id == kFull ? F_ : S;
-      for (int r = 0; r < owners; ++r)
-        for (size_t j = 0; j < L.ids[size_t(r)].size(); ++j) {
-          orr[size_t(L.ids[size_t(r)][j])] = r;
-          orw[size_t(L.ids[size_t(r)][j])] = int32_t(j);
+      for (int r = 0; r < owners; ++r) {
+        for (size_t j = 0; j < L.slots[size_t(r)].size(); ++j) {
+          orr[size_t(L.slots[size_t(r)][j])] = r;
+          ors[size_t(L.slots[size_t(r)][j])] = int32_t(j);
         }
+        for (size_t j = 0; j < L.ids[size_t(r)].size(); ++j)
+          orw[size_t(L.ids[size_t(r)][j])] = int32_t(j);
+      }
     }
     exch_.clear();
     const size_t nb = plan.kinds.size();
@@ -239,7 +253,7 @@ class ParallelLayout final : public SequenceParallel {
     // ---- this rank's RoPE tables, row lengths, input/output maps ----
     for (int id = 0; id < 3; ++id) {
       rope_[id] = Tensor();
-      lens_host_[id].clear();
+      seq_lens_[id] = Tensor();
       input_map_[id] = Tensor();
       if (id != kFull && !any_sparse) continue;
       const Layout& L = layouts_[id];
@@ -247,15 +261,19 @@ class ParallelLayout final : public SequenceParallel {
       std::vector<int32_t> tok(ids.size());
       for (size_t j = 0; j < ids.size(); ++j)
         tok[j] = int32_t(sparse::padded_to_full(g, Hp, Wp, ids[j]));
-      const int64_t rt = L.rt[size_t(me)], n = int64_t(ids.size());
+      const int64_t n = int64_t(ids.size());
       rope_[id] = rope_cos_sin(g, plan.head_dim, tok.data(), n)
-                      .view({rt, n / rt, plan.head_dim / 2, 2})
+                      .view({1, n, plan.head_dim / 2, 2})
                       .to(plan.device);
       input_map_[id] = i32_tensor(tok, plan.device);
-      lens_host_[id] = L.lens[size_t(me)];
+      const auto& lens = L.lens[size_t(me)];
+      if (L.attn == Attn::Packed && n > 0) {
+        seq_lens_[id] = Tensor::empty({std::max<int64_t>(int64_t(lens.size()), 1)}, DType::I32);
+        if (lens.empty()) seq_lens_[id].data<int32_t>()[0] = int32_t(n);
+        else std::copy(lens.begin(), lens.end(), seq_lens_[id].data<int32_t>());
+      }
     }
     for (auto& o : output_maps_) o.reset();
-    lens_cache_.clear();
     ulysses_cache_.clear();
     have_plan_ = true;
   }
@@ -321,15 +339,11 @@ class ParallelLayout final : public SequenceParallel {
       ulysses_attention(id, q, k, v, out);
       return;
     }
-    const int64_t rt = L.rt[size_t(me)];
-    const Shape sub{B * rt, n / rt, plan_.heads, plan_.head_dim};
-    Tensor qv = q.contiguous().view(sub), kv = k.contiguous().view(sub),
-           vv = v.contiguous().view(sub), ov = out.view(sub);
+    if (n == 0) return;
+    (void)B;
     ops::AttentionArgs args;
-    const Tensor* lens = row_lengths(id, B);
-    args.kv_lens = lens;
-    args.q_lens = lens;
-    ops::attention(qv, kv, vv, ov, args);
+    args.seq_lens = &seq_lens_[id];
+    ops::attention(q, k, v, out, args);
   }
 
   Tensor gather_output(const Tensor& x_local) override {
@@ -453,25 +467,26 @@ class ParallelLayout final : public SequenceParallel {
     Layout lay;
     lay.kind = id;
     lay.ids.resize(size_t(S));
-    lay.rt.resize(size_t(S));
+    lay.slots.resize(size_t(S));
+    lay.slot_len.assign(size_t(S), 1);
     lay.lens.resize(size_t(S));
     const auto real = [&](int64_t p) {
       return sparse::padded_to_full(g, geo_.Hp, geo_.Wp, p) >= 0;
     };
     if (U_ == 1) {
-      // Rank r owns sub-sequences [r·G, (r+1)·G), each padded to L, padding last.
+      // Rank r owns sub-sequences [r·G, (r+1)·G): their real tokens as rows (padding-last order,
+      // so dropping the padding keeps each sub-sequence contiguous), all L positions as slots.
       const int G = P2 / S;
       const auto pos = sparse::skiparse_padded_positions(g, plan.P, kind, true);
       const auto lens = sparse::skiparse_row_lengths(g, plan.P, kind);
-      bool padded = false;
-      for (int32_t l : lens) padded |= l != L;
-      lay.attn = Attn::LocalMasked;
+      lay.attn = Attn::Packed;
       for (int r = 0; r < S; ++r) {
-        lay.rt[size_t(r)] = G;
-        lay.ids[size_t(r)].assign(pos.begin() + int64_t(r) * G * L,
-                                  pos.begin() + int64_t(r + 1) * G * L);
-        if (padded)
-          lay.lens[size_t(r)].assign(lens.begin() + r * G, lens.begin() + (r + 1) * G);
+        lay.slot_len[size_t(r)] = L;
+        lay.slots[size_t(r)].assign(pos.begin() + int64_t(r) * G * L,
+                                    pos.begin() + int64_t(r + 1) * G * L);
+        for (int64_t p : lay.slots[size_t(r)])
+          if (real(p)) lay.ids[size_t(r)].push_back(p);
+        lay.lens[size_t(r)].assign(lens.begin() + r * G, lens.begin() + (r + 1) * G);
         int64_t have = 0;
         for (int j = 0; j < G; ++j) have += lens[size_t(r * G + j)];
         OSP_CHECK(have > 0, "ssp: rank ", r, " would hold no real token in the ",
@@ -494,7 +509,6 @@ class ParallelLayout final : public SequenceParallel {
         const int64_t ih = u / uw, iw = u % uw;
         const int64_t y0 = ih * seq_h, y1 = std::min((ih + 1) * seq_h, g.H);
         const int64_t x0 = iw * seq_w, x1 = std::min((iw + 1) * seq_w, g.W);
-        lay.rt[size_t(r)] = 1;
         for (int64_t j = 0; j < L; ++j) {
           const int64_t p = pos[size_t(int64_t(s) * L + j)];
           const int64_t y = (p / geo_.Wp) % geo_.Hp, x = p % geo_.Wp;
@@ -504,6 +518,8 @@ class ParallelLayout final : public SequenceParallel {
                   " is too small for the 2D tile split with U = ", U_, ": rank ", r,
                   " (sub-sequence ", s, ", tile ", u, ") would hold no token in the ",
                   layout_name(id), " layout");
+        lay.slots[size_t(r)] = lay.ids[size_t(r)];
+        lay.slot_len[size_t(r)] = lay.n(r);
       }
     }
     layouts_[id] = std::move(lay);
@@ -531,7 +547,9 @@ class ParallelLayout final : public SequenceParallel {
   Exchange build_exchange(int a, int b) {
     const int S = size(), me = rank();
     const Layout &A = layouts_[a], &Bl = layouts_[b];
-    const auto& orw = owner_row_[size_t(a)];
+    const auto& orw_a = owner_row_[size_t(a)];
+    const auto& ors_a = owner_slot_[size_t(a)];
+    const auto& orw_b = owner_row_[size_t(b)];
     Exchange ex;
     ex.n_in = A.n(me);
     ex.n_out = Bl.n(me);
@@ -539,40 +557,45 @@ class ParallelLayout final : public SequenceParallel {
     ex.recv_cnt1.assign(size_t(S), 0);
     struct Entry {
       int64_t k0, k1, k2;
-      int32_t src_row, dst_row;
+      int32_t src_row, dst_row;  // -1: a padding slot (zero row in the buffer)
     };
-    auto key_of = [&](int src, int dst, int32_t src_row, int32_t dst_row, int64_t p) {
-      const int64_t lb = Bl.n(dst) / Bl.rt[size_t(dst)], la = A.n(src) / A.rt[size_t(src)];
-      return Entry{b == kFull ? 0 : dst_row / lb, a == kFull ? 0 : src_row / la, ref_pos(b, p),
-                   src_row, dst_row};
+    // Chunk order: destination sub-sequence, source sub-sequence, reference position in the
+    // destination layout. Sub-sequences are counted in slots (padding included), so the order
+    // is the §4.3 one whether or not a slot holds a stored row.
+    auto key_of = [&](int src, int dst, int64_t dst_slot, int64_t p) {
+      const int64_t src_slot = ors_a[size_t(p)];
+      return Entry{b == kFull ? 0 : dst_slot / Bl.slot_len[size_t(dst)],
+                   a == kFull ? 0 : src_slot / A.slot_len[size_t(src)], ref_pos(b, p),
+                   orw_a[size_t(p)], orw_b[size_t(p)]};
     };
     auto by_key = [](const Entry& x, const Entry& y) {
       return std::tie(x.k0, x.k1, x.k2) < std::tie(y.k0, y.k1, y.k2);
     };
-    // Sends: my rows that other ranks' (and my own) B layouts need, chunk by destination.
+    // Sends: the slots of every rank's B layout that my A layout holds, chunk by destination.
     for (int dst = 0; dst < S; ++dst) {
       std::vector<Entry> e;
-      const auto& ids = Bl.ids[size_t(dst)];
-      for (size_t j = 0; j < ids.size(); ++j)
-        if (owner(a, ids[j], dst) == me)
-          e.push_back(key_of(me, dst, orw[size_t(ids[j])], int32_t(j), ids[j]));
+      const auto& slots = Bl.slots[size_t(dst)];
+      for (size_t j = 0; j < slots.size(); ++j)
+        if (owner(a, slots[j], dst) == me) e.push_back(key_of(me, dst, int64_t(j), slots[j]));
       std::sort(e.begin(), e.end(), by_key);
       for (const Entry& x : e) ex.send_rows1.push_back(x.src_row);
       ex.send_cnt1[size_t(dst)] = int64_t(e.size());
     }
-    // Receives: my B rows, chunk by source (same order as the source builds it).
+    // Receives: my B slots, chunk by source (same order as the source builds it); padding slots
+    // take their place in the buffer and are dropped.
     ex.recv_src1.assign(size_t(ex.n_out), -1);
     ex.recv_k1.assign(size_t(ex.n_out), 0);
     std::vector<std::vector<Entry>> from(static_cast<size_t>(S));
-    const auto& ids = Bl.ids[size_t(me)];
-    for (size_t j = 0; j < ids.size(); ++j) {
-      const int src = owner(a, ids[j], me);
-      if (src >= 0) from[size_t(src)].push_back(key_of(src, me, orw[size_t(ids[j])], int32_t(j), ids[j]));
+    const auto& slots = Bl.slots[size_t(me)];
+    for (size_t j = 0; j < slots.size(); ++j) {
+      const int src = owner(a, slots[j], me);
+      if (src >= 0) from[size_t(src)].push_back(key_of(src, me, int64_t(j), slots[j]));
     }
     for (int src = 0; src < S; ++src) {
       auto& e = from[size_t(src)];
       std::sort(e.begin(), e.end(), by_key);
       for (size_t k = 0; k < e.size(); ++k) {
+        if (e[k].dst_row < 0) continue;
         ex.recv_src1[size_t(e[k].dst_row)] = src;
         ex.recv_k1[size_t(e[k].dst_row)] = int32_t(k);
       }
@@ -653,18 +676,6 @@ class ParallelLayout final : public SequenceParallel {
     return ulysses_cache_.emplace(key, std::move(m)).first->second;
   }
 
-  const Tensor* row_lengths(int id, int64_t B) {
-    const auto& l = lens_host_[id];
-    if (l.empty()) return nullptr;
-    const auto key = std::make_pair(id, B);
-    auto it = lens_cache_.find(key);
-    if (it != lens_cache_.end()) return &it->second;
-    Tensor t = Tensor::empty({B * int64_t(l.size())}, DType::I32);
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(l.begin(), l.end(), t.data<int32_t>() + b * int64_t(l.size()));
-    return &lens_cache_.emplace(key, t).first->second;
-  }
-
   void require_plan(const char* who) const {
     OSP_CHECK(have_plan_, name(), "::", who, ": call setup(plan) first");
   }
@@ -687,17 +698,17 @@ class ParallelLayout final : public SequenceParallel {
   int U_ = 1, F_ = 1;
   sparse::SkiparseGeometry geo_;
   Layout layouts_[3];
-  std::vector<std::vector<int32_t>> owner_rank_, owner_row_;
+  // Per layout, per padded-grid position: owning rank (slots), its row (-1: padding) and slot.
+  std::vector<std::vector<int32_t>> owner_rank_, owner_row_, owner_slot_;
   std::map<int, Exchange> exch_;
   std::vector<int> enter_, back_;
   Tensor rope_[3], input_map_[3];
-  std::vector<int32_t> lens_host_[3];
+  Tensor seq_lens_[3];  // host I32: this rank's packed sub-sequence lengths (Packed layouts)
   struct OutputMap {
     int64_t B = 0, nmax = 0;
     Tensor idx;
   };
   std::unique_ptr<OutputMap> output_maps_[3];
-  std::map<std::pair<int, int64_t>, Tensor> lens_cache_;
   std::map<std::pair<int, int64_t>, UlyssesMaps> ulysses_cache_;
 };
 

@@ -2,6 +2,7 @@
 // the CPU reference (ops/cpu/) or, for CUDA tensors in a CUDA build, the CUDA backend.
 #include "osp/ops/ops.h"
 
+#include <algorithm>
 #include <string>
 
 #include "osp/ops/cpu/cpu_ops.h"
@@ -378,6 +379,48 @@ void attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, Tensor& out
     (i == 0 ? a.kv_lens : a.q_lens) = i == 0 ? &kvl : &ql;
   }
   Tensor q = q0.contiguous(), k = k0.contiguous(), v = v0.contiguous();
+  if (args.seq_lens) {
+    // Packed sequences: one attention per (sample, sequence) on contiguous row ranges.
+    const Tensor& sl = *args.seq_lens;
+    check_defined(sl, op, "seq_lens");
+    OSP_CHECK(sl.dtype() == DType::I32 && sl.dim() == 1 && sl.size(0) >= 1 && sl.device().is_cpu(),
+              op, ": seq_lens must be a host i32 [R] tensor, got ", sl.desc());
+    OSP_CHECK(!args.bias && !args.kv_lens && !args.q_lens, op,
+              ": seq_lens (packed sequences) cannot be combined with bias, kv_lens or q_lens");
+    OSP_CHECK(Lq == Lk, op, ": packed sequences need Lq == Lk (self-attention), got q ", q0.desc(),
+              " and k ", k0.desc());
+    const Tensor slc = sl.contiguous();
+    const int32_t* lp = slc.data<int32_t>();
+    int64_t total = 0;
+    for (int64_t r = 0; r < slc.size(0); ++r) {
+      OSP_CHECK(lp[r] >= 0, op, ": seq_lens[", r, "] = ", lp[r], " is negative");
+      total += lp[r];
+    }
+    OSP_CHECK(total == Lq, op, ": seq_lens sum to ", total, " but each sample has ", Lq,
+              " rows (q ", q0.desc(), ")");
+    AttentionArgs one;
+    one.scale = args.scale;
+    const int64_t R = slc.size(0);
+    if (Lq % R == 0 && std::all_of(lp, lp + R, [&](int32_t n) { return n == Lq / R; })) {
+      // Equal lengths: one batched call on [B·R, L/R, H, D].
+      const Shape sub{B * R, Lq / R, H, D};
+      Tensor ov = out.view(sub);
+      attention(q.view(sub), k.view(sub), v.view(sub), ov, one);
+      return;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t off = 0;
+      for (int64_t r = 0; r < slc.size(0); ++r) {
+        const int64_t n = lp[r];
+        if (n == 0) continue;
+        auto rows = [&](const Tensor& t) { return t.select(0, b).slice(0, off, off + n).unsqueeze(0); };
+        Tensor ob = rows(out);
+        attention(rows(q), rows(k), rows(v), ob, one);
+        off += n;
+      }
+    }
+    return;
+  }
   if (on_cuda(q, op)) {
 #ifdef OSP_HAVE_CUDA
     OSP_CHECK(q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16 &&
