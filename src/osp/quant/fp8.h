@@ -16,6 +16,7 @@
 // fp32 summation order.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "osp/core/tensor.h"
 #include "osp/ops/ops.h"
@@ -71,5 +72,57 @@ void fp8_linear(const Fp8Tensor& x, const Fp8Tensor& w, const Tensor* bias, Tens
 // Convenience: quantizes x and w (max 15) and runs the GEMM above.
 void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out,
                 const Fp8LinearOptions& opt = {}, ops::Act act = ops::Act::None);
+
+// ------------------------------------------------------------------ attention
+// FP8 attention (quant/fp8_attention.cpp; CUDA: quant/cuda/fp8_attention_cudnn.cpp, cuDNN's
+// fused FP8 SDPA forward through the backend graph API).
+//
+// Arithmetic, per (b, h, query row i), with q, k, v the E4M3 codes (values ≤ 15 in magnitude
+// after HiF8 scaling) and dq, dk, dv their scale_inv:
+//   s_j  = (q_i · k_j) · scale · dq · dk                  f32 (scale = args.scale or 1/sqrt(D))
+//   P_j  = exp(s_j − m) with m the running row max         f32 (online softmax)
+//   P8_j = E4M3(P_j · kFp8AttentionScaleP)                  round to nearest even, ≤ 448
+//   l    = Σ_j P_j (f32, unrounded),  acc = Σ_j P8_j · v_j  (f32)
+//   out  = acc / l · (1 / kFp8AttentionScaleP) · dv        bf16 on CUDA
+// i.e. softmax(q kᵀ · scale) v on the HiF8 values with the probabilities rounded to E4M3 at
+// scale 448 (the largest E4M3 normal: P ≤ 1 maps to ≤ 448 exactly).
+inline constexpr float kFp8AttentionScaleP = 448.0f;
+
+// q [B, Lq, H, D], k/v [B, Lk, H, D] quantized operands (codes contiguous, one scale_inv each);
+// out [B, Lq, H, D] contiguous. args: scale (0 → 1/sqrt(D)) and seq_lens (packed sequences,
+// host i32 [R] summing to Lq = Lk; attention stays inside each sequence, zero lengths allowed);
+// bias, q_lens and kv_lens are rejected with an osp::Error.
+// CUDA: out BF16; cuDNN's fused FP8 SDPA (sm_90+, one call per packed sequence); where cuDNN
+// has no engine for the shape the codes are dequantized to bf16 and ops::attention runs
+// (logged under OSP_VERBOSE=1; fp8_attention_last_path() says which ran).
+// CPU: out F32 or BF16; fp8_attention_emulate with the default options.
+void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
+                   const ops::AttentionArgs& args = {});
+// q/k/v F32/BF16 (CPU or CUDA, any values, may be strided): each HiF8-quantized per tensor at
+// scale 15/amax (hif8_quantize_e4m3, exactly the HiF8 mode's fake quant), then fp8_attention.
+void hif8_attention_fp8(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                        const ops::AttentionArgs& args = {});
+// "cudnn_fp8", "bf16_fallback" or "cpu_emulation": the path the last fp8_attention call took
+// (process-wide, for tests and benchmarks).
+const char* fp8_attention_last_path();
+// The cuDNN graph variant that built the last FP8 SDPA plan (e.g. "O bf16, stats virtual"),
+// or the reasons every variant failed; empty before the first CUDA call.
+std::string fp8_attention_cudnn_note();
+
+// The CPU emulation of the arithmetic above (the tests' reference). Knobs model how a fused
+// kernel may differ from the plain definition:
+struct Fp8AttentionEmulation {
+  // Keys per online-softmax block: P of a block is rounded with that block's running max m
+  // (flash attention); 0 = one block per row (the final row max).
+  int64_t kv_block = 0;
+  // Row sum l over the E4M3-rounded P (P8 / 448) instead of the f32 P.
+  bool rowsum_of_rounded_p = false;
+  // false: skip the E4M3 rounding of P (then the result is plain attention on HiF8 values).
+  bool round_p = true;
+};
+// CPU only; out F32 or BF16 [B, Lq, H, D]; same argument rules as fp8_attention.
+void fp8_attention_emulate(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v,
+                           Tensor& out, const ops::AttentionArgs& args = {},
+                           const Fp8AttentionEmulation& emu = {});
 
 }  // namespace osp::quant

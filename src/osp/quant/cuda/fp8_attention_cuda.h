@@ -1,0 +1,35 @@
+// CUDA side of quant::fp8_attention (compiled when OSP_HAVE_CUDA): cuDNN's fused FP8 SDPA
+// forward through the backend graph API (fp8_attention_cudnn.cpp). Arguments are validated by
+// quant/fp8_attention.cpp.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace osp::quant::cuda {
+
+// One FP8 SDPA call on [B, L, H, D] row layouts given by pointers and batch strides (elements):
+// token rows are H·D apart, heads D apart, the last dim contiguous. Codes are E4M3; descale_*
+// point to one device f32 each (the quantizer's scale_inv); out is BF16 with the same row
+// layout (batch stride o_bstride).
+struct Fp8SdpaCall {
+  int64_t B = 0, H = 0, Lq = 0, Lk = 0, D = 0;
+  int64_t q_bstride = 0, kv_bstride = 0, o_bstride = 0;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* descale_q = nullptr;
+  const float* descale_k = nullptr;
+  const float* descale_v = nullptr;
+  float attn_scale = 0;
+  void* out = nullptr;
+};
+
+// Runs the call; false (with the reason in *why) where no cuDNN engine accepts the graph for
+// this shape (the plan, or its absence, is cached per shape). Throws osp::Error on execution
+// failures of a plan that did build.
+bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why);
+
+// Which graph variant built the last plan, or why none did.
+std::string fp8_sdpa_cudnn_note();
+
+}  // namespace osp::quant::cuda

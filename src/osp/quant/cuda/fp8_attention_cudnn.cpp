@@ -1,0 +1,492 @@
+// cuDNN fused FP8 flash attention (SDPA forward, inference) through the cuDNN 9 backend graph
+// API, written directly against cudnnBackend* (no cudnn-frontend). The operation graph is the
+// FP8 pattern cuDNN's fused attention engines recognise on Hopper (the one cudnn-frontend's
+// sdpa_fp8 node expands to):
+//
+//   S   = matmul(Q8, K8ᵀ)                 [B,H,Lq,Lk] f32 virtual
+//   S  *= attn_scale (by value); S *= descale_q; S *= descale_k    (device f32 scalars)
+//   P   = softmax(S) as max, sub, exp, sum, div (+ log/add → stats)  f32 virtual
+//   amax_s = AMAX(P)                       [1,1,1,1] f32 output
+//   P8  = P * scale_s                      E4M3 virtual
+//   O'  = matmul(P8, V8)                   [B,H,Lq,D] f32 virtual
+//   O' *= descale_s; O' *= descale_v;  amax_o = AMAX(O')
+//   O   = O' * scale_o                     BF16 output (scale_o = 1)
+//
+// Q/K/V/O keep our [B, L, H, D] memory layout; the [B,H,L,D] views are expressed by strides
+// (batch strides are parameters, so packed sub-sequences are views of the whole tensors).
+// Several variants of the tail are tried in order (O bf16 with scale_o by value / as a device
+// scalar / without the scale_o multiply, stats virtual or written, and last O in E4M3 followed
+// by a dequantize); the first that finalizes is cached per shape and named in the log.
+#ifdef OSP_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "osp/core/cuda_check.h"
+#include "osp/core/error.h"
+#include "osp/core/tensor.h"
+#include "osp/ops/cuda/cuda_context.h"
+#include "osp/quant/cuda/fp8_attention_cuda.h"
+#include "osp/quant/cuda/fp8_cuda.h"
+#include "osp/quant/fp8.h"
+
+#ifdef OSP_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+namespace osp::quant::cuda {
+
+namespace {
+std::mutex g_note_mu;
+std::string g_note;
+void set_note(const std::string& s) {
+  std::lock_guard<std::mutex> lk(g_note_mu);
+  g_note = s;
+}
+}  // namespace
+
+std::string fp8_sdpa_cudnn_note() {
+  std::lock_guard<std::mutex> lk(g_note_mu);
+  return g_note;
+}
+
+#ifndef OSP_HAVE_CUDNN
+bool fp8_sdpa_cudnn(const Fp8SdpaCall&, std::string* why) {
+  *why = "this build has no cuDNN";
+  set_note(*why);
+  return false;
+}
+#else
+
+#define OSP_FP8_CUDNN_CHECK(call)                                                               \
+  do {                                                                                          \
+    cudnnStatus_t osp_s_ = (call);                                                              \
+    if (osp_s_ != CUDNN_STATUS_SUCCESS)                                                         \
+      ::osp::fail(::osp::str(#call, " failed: ", cudnnGetErrorString(osp_s_), " at ", __FILE__, \
+                             ":", __LINE__));                                                   \
+  } while (0)
+
+namespace {
+
+using ops::cuda::log_once;
+
+enum Uid : int64_t {
+  kQ = 1, kK, kV, kO, kAttnScale, kDescaleQ, kDescaleK, kDescaleV, kDescaleS, kScaleS, kScaleO,
+  kAmaxS, kAmaxO, kStats, kVirtual = 100
+};
+
+// The tail variants, tried in this order.
+struct Variant {
+  const char* name;
+  bool o_fp8;            // O in E4M3 (then dequantized by us) instead of BF16
+  int scale_o;           // 0: no scale_o multiply, 1: by-value 1.0, 2: device scalar
+  bool stats_output;     // softmax stats written to memory instead of virtual
+};
+constexpr Variant kVariants[] = {
+    {"O bf16, scale_o by value, stats virtual", false, 1, false},
+    {"O bf16, scale_o by value, stats written", false, 1, true},
+    {"O bf16, scale_o device scalar, stats written", false, 2, true},
+    {"O bf16, no scale_o, stats written", false, 0, true},
+    {"O e4m3 + dequantize, stats written", true, 2, true},
+};
+
+cudnnHandle_t handle() {
+  static cudnnHandle_t h = [] {
+    cudnnHandle_t x = nullptr;
+    OSP_FP8_CUDNN_CHECK(cudnnCreate(&x));
+    OSP_FP8_CUDNN_CHECK(cudnnSetStream(x, ops::cuda::stream()));
+    return x;
+  }();
+  return h;
+}
+
+// Device constants shared by every call: [0] scale_s, [1] descale_s, [2] scale_o (1), and the
+// amax outputs [4] amax_s, [5] amax_o (written by cuDNN, unused).
+float* constants() {
+  static float* p = [] {
+    float* d = nullptr;
+    OSP_CUDA_CHECK(cudaMalloc(&d, 8 * sizeof(float)));
+    const float host[8] = {kFp8AttentionScaleP, 1.0f / kFp8AttentionScaleP, 1.0f, 0, 0, 0, 0, 0};
+    OSP_CUDA_CHECK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice));
+    return d;
+  }();
+  return p;
+}
+
+// Owns every descriptor it creates.
+class Graph {
+ public:
+  ~Graph() {
+    for (auto it = owned_.rbegin(); it != owned_.rend(); ++it) cudnnBackendDestroyDescriptor(*it);
+  }
+  cudnnBackendDescriptor_t create(cudnnBackendDescriptorType_t type, const char* what) {
+    cudnnBackendDescriptor_t d = nullptr;
+    cudnnStatus_t s = cudnnBackendCreateDescriptor(type, &d);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendCreateDescriptor(", what, ") failed: ", cudnnGetErrorString(s)));
+    owned_.push_back(d);
+    return d;
+  }
+  static void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a,
+                  cudnnBackendAttributeType_t t, int64_t n, const void* v, const char* what) {
+    cudnnStatus_t s = cudnnBackendSetAttribute(d, a, t, n, v);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendSetAttribute(", what, ", attr ", int(a), ") failed: ",
+               cudnnGetErrorString(s)));
+  }
+  static void finalize(cudnnBackendDescriptor_t d, const char* what) {
+    cudnnStatus_t s = cudnnBackendFinalize(d);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendFinalize(", what, ") failed: ", cudnnGetErrorString(s)));
+  }
+
+  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t dt, const std::vector<int64_t>& dims,
+                                  const std::vector<int64_t>& strides, bool is_virtual,
+                                  bool by_value = false) {
+    auto d = create(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
+    int64_t align = 16;
+    set(d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt, "tensor dtype");
+    set(d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, int64_t(dims.size()), dims.data(),
+        "tensor dims");
+    set(d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, int64_t(strides.size()), strides.data(),
+        "tensor strides");
+    set(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
+    set(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
+    bool v = is_virtual;
+    set(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v, "tensor virtual");
+    if (by_value) {
+      bool bv = true;
+      set(d, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &bv, "tensor by value");
+    }
+    finalize(d, "tensor");
+    return d;
+  }
+  cudnnBackendDescriptor_t virt(cudnnDataType_t dt, const std::vector<int64_t>& dims,
+                                const std::vector<int64_t>& strides) {
+    return tensor(next_virtual_++, dt, dims, strides, true);
+  }
+  cudnnBackendDescriptor_t scalar(int64_t uid, bool by_value) {
+    return tensor(uid, CUDNN_DATA_FLOAT, {1, 1, 1, 1}, {1, 1, 1, 1}, false, by_value);
+  }
+
+  void pointwise(cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                 cudnnBackendDescriptor_t y) {
+    cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+    auto pw = create(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise");
+    set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+    set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
+    finalize(pw, "pointwise");
+    auto op = create(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw,
+        "pw desc");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "pw x");
+    if (b) set(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "pw b");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "pw y");
+    finalize(op, "pointwise op");
+    ops_.push_back(op);
+  }
+  void reduction(cudnnReduceTensorOp_t r, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+    auto rd = create(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(rd, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &r, "reduction op");
+    set(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "reduction type");
+    finalize(rd, "reduction");
+    auto op = create(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "reduction op");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "red x");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "red y");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd, "red desc");
+    finalize(op, "reduction op");
+    ops_.push_back(op);
+  }
+  void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c) {
+    auto md = create(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(md, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "matmul type");
+    finalize(md, "matmul");
+    auto op = create(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "matmul op");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a, "mm a");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "mm b");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c, "mm c");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &md, "mm desc");
+    finalize(op, "matmul op");
+    ops_.push_back(op);
+  }
+
+  // Builds the operation graph, asks the heuristics and finalizes the first plan that works.
+  cudnnBackendDescriptor_t plan(std::string* engine_note) {
+    auto g = create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
+    cudnnHandle_t h = handle();
+    set(g, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(ops_.size()),
+        ops_.data(), "graph ops");
+    set(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "graph handle");
+    finalize(g, "operation graph");
+    std::string errors;
+    for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      auto heur = create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
+      set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g,
+          "heur graph");
+      set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heur mode");
+      cudnnStatus_t hs = cudnnBackendFinalize(heur);
+      if (hs != CUDNN_STATUS_SUCCESS) {
+        errors += str(" heuristics mode ", int(mode), ": ", cudnnGetErrorString(hs), ";");
+        continue;
+      }
+      int64_t count = 0;
+      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                                   CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
+      if (count <= 0) {
+        errors += str(" heuristics mode ", int(mode), " gave no engine;");
+        continue;
+      }
+      std::vector<cudnnBackendDescriptor_t> cfgs(static_cast<size_t>(count));
+      for (auto& c : cfgs) c = create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+      int64_t got = 0;
+      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                                   CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
+                                                   cfgs.data()));
+      for (int64_t i = 0; i < got; ++i) {
+        cudnnBackendDescriptor_t p = nullptr;
+        OSP_FP8_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
+        cudnnStatus_t s1 = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+                                                    CUDNN_TYPE_HANDLE, 1, &h);
+        cudnnStatus_t s2 = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+        cudnnStatus_t s3 = (s1 == CUDNN_STATUS_SUCCESS && s2 == CUDNN_STATUS_SUCCESS)
+                               ? cudnnBackendFinalize(p)
+                               : CUDNN_STATUS_BAD_PARAM;
+        if (s3 == CUDNN_STATUS_SUCCESS) {
+          *engine_note = str("heuristics mode ", int(mode), ", config ", i, " of ", got,
+                             engine_index(cfgs[i]));
+          return p;  // the plan keeps its own references; the graph may be destroyed
+        }
+        errors += str(" cfg ", i, ": ", cudnnGetErrorString(s3), ";");
+        cudnnBackendDestroyDescriptor(p);
+      }
+    }
+    fail("no cuDNN engine accepted the FP8 SDPA graph:" + errors);
+  }
+
+  std::vector<cudnnBackendDescriptor_t> ops_;
+
+ private:
+  // ", engine N" (the engine's global index) where cuDNN tells it; empty otherwise.
+  std::string engine_index(cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t eng = create(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+    int64_t n = 0, idx = -1;
+    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                 &n, &eng) != CUDNN_STATUS_SUCCESS)
+      return "";
+    if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
+                                 &idx) != CUDNN_STATUS_SUCCESS)
+      return "";
+    return str(", engine ", idx);
+  }
+
+  std::vector<cudnnBackendDescriptor_t> owned_;
+  int64_t next_virtual_ = kVirtual;
+};
+
+struct PlanKey {
+  int64_t B, H, Lq, Lk, D, qb, kvb, ob;
+  bool operator<(const PlanKey& o) const {
+    return std::tie(B, H, Lq, Lk, D, qb, kvb, ob) <
+           std::tie(o.B, o.H, o.Lq, o.Lk, o.D, o.qb, o.kvb, o.ob);
+  }
+};
+struct Plan {
+  cudnnBackendDescriptor_t plan = nullptr;  // null: cuDNN rejected every variant
+  int64_t workspace = 0;
+  const Variant* variant = nullptr;
+  std::string why;
+};
+
+void build_variant(Graph& g, const PlanKey& k, const Variant& var) {
+  const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
+  const cudnnDataType_t f8 = CUDNN_DATA_FP8_E4M3, f32 = CUDNN_DATA_FLOAT;
+  auto q = g.tensor(kQ, f8, {B, H, Lq, D}, {k.qb, D, H * D, 1}, false);
+  auto kt = g.tensor(kK, f8, {B, H, D, Lk}, {k.kvb, D, 1, H * D}, false);
+  auto v = g.tensor(kV, f8, {B, H, Lk, D}, {k.kvb, D, H * D, 1}, false);
+  auto o = g.tensor(kO, var.o_fp8 ? f8 : CUDNN_DATA_BFLOAT16, {B, H, Lq, D}, {k.ob, D, H * D, 1},
+                    false);
+  auto attn_scale = g.scalar(kAttnScale, true);
+  auto dq = g.scalar(kDescaleQ, false), dk = g.scalar(kDescaleK, false),
+       dv = g.scalar(kDescaleV, false), ds = g.scalar(kDescaleS, false),
+       ss = g.scalar(kScaleS, false);
+  auto amax_s = g.scalar(kAmaxS, false), amax_o = g.scalar(kAmaxO, false);
+  const std::vector<int64_t> sd = {B, H, Lq, Lk}, sst = {H * Lq * Lk, Lq * Lk, Lk, 1};
+  const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
+  const std::vector<int64_t> od = {B, H, Lq, D}, ost = {H * Lq * D, Lq * D, D, 1};
+
+  auto s = g.virt(f32, sd, sst);
+  g.matmul(q, kt, s);
+  auto s1 = g.virt(f32, sd, sst), s2 = g.virt(f32, sd, sst), s3 = g.virt(f32, sd, sst);
+  g.pointwise(CUDNN_POINTWISE_MUL, s, attn_scale, s1);
+  g.pointwise(CUDNN_POINTWISE_MUL, s1, dq, s2);
+  g.pointwise(CUDNN_POINTWISE_MUL, s2, dk, s3);
+  // softmax: max, sub, exp, sum, (log, add → stats), div
+  auto mx = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s3, mx);
+  auto sub = g.virt(f32, sd, sst);
+  g.pointwise(CUDNN_POINTWISE_SUB, s3, mx, sub);
+  auto ex = g.virt(f32, sd, sst);
+  g.pointwise(CUDNN_POINTWISE_EXP, sub, nullptr, ex);
+  auto sum = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
+  auto lg = g.virt(f32, rd, rs);
+  g.pointwise(CUDNN_POINTWISE_LOG, sum, nullptr, lg);
+  auto stats = var.stats_output ? g.tensor(kStats, f32, rd, rs, false) : g.virt(f32, rd, rs);
+  g.pointwise(CUDNN_POINTWISE_ADD, mx, lg, stats);
+  auto p = g.virt(f32, sd, sst);
+  g.pointwise(CUDNN_POINTWISE_DIV, ex, sum, p);
+  g.reduction(CUDNN_REDUCE_TENSOR_AMAX, p, amax_s);
+  auto p8 = g.virt(f8, sd, sst);
+  g.pointwise(CUDNN_POINTWISE_MUL, p, ss, p8);
+  // O = (P8 · V8) · descale_s · descale_v [· scale_o]
+  auto o0 = g.virt(f32, od, ost);
+  g.matmul(p8, v, o0);
+  auto o1 = g.virt(f32, od, ost);
+  g.pointwise(CUDNN_POINTWISE_MUL, o0, ds, o1);
+  if (var.scale_o == 0) {
+    g.pointwise(CUDNN_POINTWISE_MUL, o1, dv, o);
+    g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o1, amax_o);  // pre-descale_v amax (no free tensor)
+  } else {
+    auto o2 = g.virt(f32, od, ost);
+    g.pointwise(CUDNN_POINTWISE_MUL, o1, dv, o2);
+    auto so = g.scalar(kScaleO, var.scale_o == 1);
+    g.pointwise(CUDNN_POINTWISE_MUL, o2, so, o);
+    g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o2, amax_o);
+  }
+}
+
+Plan build_plan(const PlanKey& k) {
+  Plan out;
+  std::string errors;
+  for (const Variant& var : kVariants) {
+    try {
+      Graph g;
+      build_variant(g, k, var);
+      std::string note;
+      out.plan = g.plan(&note);
+      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(out.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                                   CUDNN_TYPE_INT64, 1, nullptr, &out.workspace));
+      out.variant = &var;
+      std::string msg = str("fp8 attention: cuDNN FP8 SDPA plan for B=", k.B, " H=", k.H, " Lq=", k.Lq,
+                            " Lk=", k.Lk, " D=", k.D, ": variant '", var.name, "', ", note,
+                            ", workspace ", out.workspace, " bytes (cuDNN ", cudnnGetVersion(), ")",
+                            errors.empty() ? "" : "; earlier variants failed:" + errors);
+      set_note(msg);
+      log_once(str("fp8-sdpa-plan-", k.B, "-", k.H, "-", k.Lq, "-", k.Lk, "-", k.D, "-", k.qb, "-",
+                   k.kvb, "-", k.ob),
+               msg);
+      return out;
+    } catch (const Error& e) {
+      errors += str(" [", var.name, "] ", e.what(), ";");
+    }
+  }
+  out.plan = nullptr;
+  out.why = str("cuDNN ", cudnnGetVersion(), ": every FP8 SDPA graph variant failed:", errors);
+  set_note(out.why);
+  return out;
+}
+
+std::mutex g_mu;
+std::map<PlanKey, Plan>& cache() {
+  static auto* m = new std::map<PlanKey, Plan>();
+  return *m;
+}
+
+void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
+             void* ws) {
+  cudnnBackendDescriptor_t pack = nullptr;
+  OSP_FP8_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+  std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
+    cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
+  });
+  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+                                               CUDNN_TYPE_INT64, int64_t(uids.size()), uids.data()));
+  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                                               CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
+  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+                                               CUDNN_TYPE_VOID_PTR, 1, &ws));
+  OSP_FP8_CUDNN_CHECK(cudnnBackendFinalize(pack));
+  OSP_FP8_CUDNN_CHECK(cudnnBackendExecute(handle(), plan.plan, pack));
+}
+
+}  // namespace
+
+bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
+  PlanKey key{c.B, c.H, c.Lq, c.Lk, c.D, c.q_bstride, c.kv_bstride, c.o_bstride};
+  Plan plan;
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    auto it = cache().find(key);
+    if (it == cache().end()) it = cache().emplace(key, build_plan(key)).first;
+    plan = it->second;
+  }
+  if (!plan.plan) {
+    *why = plan.why;
+    return false;
+  }
+  const Variant& var = *plan.variant;
+  float* consts = constants();
+  float attn_scale = c.attn_scale;
+  float one = 1.0f;
+  // O e4m3: O' ≤ max|v| = 15·descale_v, so scale_o = 448 / (15·descale_v) keeps it in range;
+  // the codes are then dequantized with 1/scale_o into the bf16 output.
+  Tensor o8, o8_scale_inv;
+  void* o_ptr = c.out;
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  if (var.o_fp8) {
+    float dv_host = 0;
+    OSP_CUDA_CHECK(cudaMemcpy(&dv_host, c.descale_v, sizeof(float), cudaMemcpyDeviceToHost));
+    const float scale_o = dv_host > 0 && std::isfinite(dv_host) ? 448.0f / (15.0f * dv_host) : 1.0f;
+    const float so_host[1] = {scale_o};
+    OSP_CUDA_CHECK(cudaMemcpy(consts + 2, so_host, sizeof(float), cudaMemcpyHostToDevice));
+    o8 = Tensor::empty({c.B, c.o_bstride}, DType::F8E4M3, Device::cuda(dev));
+    o8_scale_inv = Tensor::from_vector({1.0f / scale_o}, {1}).to(Device::cuda(dev));
+    o_ptr = o8.raw();
+  }
+  Tensor stats;
+  std::vector<int64_t> uids = {kQ, kK, kV, kO, kAttnScale, kDescaleQ, kDescaleK, kDescaleV,
+                               kDescaleS, kScaleS, kAmaxS, kAmaxO};
+  std::vector<void*> ptrs = {const_cast<void*>(c.q), const_cast<void*>(c.k), const_cast<void*>(c.v),
+                             o_ptr, &attn_scale, const_cast<float*>(c.descale_q),
+                             const_cast<float*>(c.descale_k), const_cast<float*>(c.descale_v),
+                             consts + 1, consts + 0, consts + 4, consts + 5};
+  if (var.scale_o == 1) {
+    uids.push_back(kScaleO);
+    ptrs.push_back(&one);
+  } else if (var.scale_o == 2) {
+    uids.push_back(kScaleO);
+    ptrs.push_back(consts + 2);
+  }
+  if (var.stats_output) {
+    stats = Tensor::empty({c.B * c.H * c.Lq}, DType::F32, Device::cuda(dev));
+    uids.push_back(kStats);
+    ptrs.push_back(stats.raw());
+  }
+  void* ws = plan.workspace > 0 ? ops::cuda::scratch(size_t(plan.workspace)) : nullptr;
+  execute(plan, uids, ptrs, ws);
+  if (var.o_fp8) {
+    // dequantize the rows this call wrote: [B, Lq·H·D] with batch stride o_bstride
+    for (int64_t b = 0; b < c.B; ++b) {
+      const int64_t n = c.Lq * c.H * c.D;
+      Tensor codes = o8.view({c.B * c.o_bstride}).slice(0, b * c.o_bstride, b * c.o_bstride + n);
+      Tensor dst = Tensor::from_blob(static_cast<uint16_t*>(c.out) + b * c.o_bstride, {n},
+                                     DType::BF16, Device::cuda(dev), nullptr);
+      fp8_dequantize(codes, o8_scale_inv, dst);
+    }
+  }
+  return true;
+}
+#endif  // OSP_HAVE_CUDNN
+
+}  // namespace osp::quant::cuda
+#endif  // OSP_HAVE_CUDA

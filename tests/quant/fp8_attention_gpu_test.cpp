@@ -1,0 +1,181 @@
+// FP8 attention on the GPU (cuDNN's fused FP8 SDPA): against the CPU emulation of the same
+// arithmetic on the same E4M3 codes (tight), and against bf16 ops::attention on the same
+// HiF8-rounded inputs (loose: the E4M3 rounding of P). Odd lengths, B > 1, Lq != Lk, packed
+// sequences with a zero-length one, D = 128. Bad inputs give clear errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "osp/core/philox.h"
+#include "osp/ops/ops.h"
+#include "osp/quant/fp8.h"
+#include "osp/quant/hif8.h"
+#include "test_util.h"
+
+#ifdef OSP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+using namespace osp;
+using namespace osp::quant;
+
+namespace {
+
+struct Case {
+  const char* name;
+  int64_t B, Lq, Lk, H;
+  std::vector<int> seq_lens;  // empty: plain
+};
+
+int sm_major() {
+#ifdef OSP_HAVE_CUDA
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return 0;
+  return p.major;
+#else
+  return 0;
+#endif
+}
+
+Tensor randn_scaled(const Shape& s, uint64_t seed, float scale) {
+  Tensor t = randn(s, seed);
+  std::vector<float> v = t.to_float_vector();
+  for (float& x : v) x *= scale;
+  return Tensor::from_vector(v, s);
+}
+
+Fp8Tensor to_cpu(const Fp8Tensor& t) { return {t.codes.to(Device::cpu()), t.scale_inv.to(Device::cpu())}; }
+
+}  // namespace
+
+TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
+  OSP_REQUIRE_GPU();
+  const int64_t D = 128;
+  const std::vector<Case> cases = {
+      {"plain B=2 L=257", 2, 257, 257, 3, {}},
+      {"Lq=130 Lk=333", 1, 130, 333, 2, {}},
+      {"packed {100,0,77,129} B=2", 2, 306, 306, 2, {100, 0, 77, 129}},
+      {"plain L=1000", 1, 1000, 1000, 2, {}},
+  };
+  const bool hopper = sm_major() >= 9;
+  uint64_t seed = 1000;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Tensor q = randn_scaled({c.B, c.Lq, c.H, D}, seed++, 2.5f).to(DType::BF16).to(Device::cuda());
+    Tensor k = randn_scaled({c.B, c.Lk, c.H, D}, seed++, 1.0f).to(DType::BF16).to(Device::cuda());
+    Tensor v = randn_scaled({c.B, c.Lk, c.H, D}, seed++, 1.0f).to(DType::BF16).to(Device::cuda());
+    Tensor sl;
+    ops::AttentionArgs args;
+    if (!c.seq_lens.empty()) {
+      sl = Tensor::empty({int64_t(c.seq_lens.size())}, DType::I32);
+      for (size_t i = 0; i < c.seq_lens.size(); ++i) sl.data<int32_t>()[i] = c.seq_lens[i];
+      args.seq_lens = &sl;
+    }
+    Tensor out = Tensor::empty({c.B, c.Lq, c.H, D}, DType::BF16, Device::cuda());
+    hif8_attention_fp8(q, k, v, out, args);
+    const std::string path = fp8_attention_last_path();
+    std::printf("[fp8 attention] %s: path %s; %s\n", c.name, path.c_str(),
+                fp8_attention_cudnn_note().c_str());
+    if (hopper) EXPECT_EQ(path, "cudnn_fp8") << fp8_attention_cudnn_note();
+
+    // the same codes on the CPU (the GPU quantizer is bitwise the CPU's: fp8_gpu_test)
+    Fp8Tensor q8 = to_cpu(hif8_quantize_e4m3(q)), k8 = to_cpu(hif8_quantize_e4m3(k)),
+              v8 = to_cpu(hif8_quantize_e4m3(v));
+    Tensor got = out.to(Device::cpu()).to(DType::F32);
+    double best = 1e9;
+    for (int64_t blk : {int64_t(0), int64_t(64), int64_t(128), int64_t(256)})
+      for (bool rs : {false, true}) {
+        Fp8AttentionEmulation emu;
+        emu.kv_block = blk;
+        emu.rowsum_of_rounded_p = rs;
+        Tensor ref = Tensor::empty(got.shape(), DType::F32);
+        fp8_attention_emulate(q8, k8, v8, ref, args, emu);
+        const double r = relative_error(got, ref);
+        best = std::min(best, r);
+        std::printf("[fp8 attention] %s: GPU vs emulation (kv_block %lld, rowsum of %s P): %.4g\n",
+                    c.name, (long long)blk, rs ? "rounded" : "f32", r);
+      }
+    Tensor ref = Tensor::empty(got.shape(), DType::F32);
+    fp8_attention_emulate(q8, k8, v8, ref, args);
+    const double r_emu = relative_error(got, ref);
+    Fp8AttentionEmulation unrounded;
+    unrounded.round_p = false;
+    Tensor ref_u = Tensor::empty(got.shape(), DType::F32);
+    fp8_attention_emulate(q8, k8, v8, ref_u, args, unrounded);
+    const double r_unrounded = relative_error(got, ref_u);
+
+    // bf16 attention on the same HiF8-rounded inputs
+    Tensor qb = Tensor::empty(q.shape(), DType::BF16, Device::cuda());
+    Tensor kb = Tensor::empty(k.shape(), DType::BF16, Device::cuda());
+    Tensor vb = Tensor::empty(v.shape(), DType::BF16, Device::cuda());
+    fp8_dequantize(hif8_quantize_e4m3(q), qb);
+    fp8_dequantize(hif8_quantize_e4m3(k), kb);
+    fp8_dequantize(hif8_quantize_e4m3(v), vb);
+    Tensor ob = Tensor::empty(out.shape(), DType::BF16, Device::cuda());
+    if (c.seq_lens.empty()) {
+      ops::attention(qb, kb, vb, ob);
+    } else {  // one bf16 call per sequence
+      int64_t off = 0;
+      for (int n : c.seq_lens) {
+        for (int64_t b = 0; b < c.B && n > 0; ++b) {
+          auto view = [&](const Tensor& t) {  // rows [off, off + n) of sample b, contiguous
+            auto* p = static_cast<uint16_t*>(t.raw()) + (b * c.Lq + off) * c.H * D;
+            return Tensor::from_blob(p, {1, n, c.H, D}, DType::BF16, t.device(), t.storage());
+          };
+          Tensor ov = view(ob);
+          ops::attention(view(qb), view(kb), view(vb), ov);
+        }
+        off += n;
+      }
+    }
+    const double r_bf16 = relative_error(got, ob.to(Device::cpu()).to(DType::F32));
+    std::printf("[fp8 attention] %s: GPU FP8 vs emulation (default) %.4g, best variant %.4g, vs "
+                "unrounded emulation %.4g, vs bf16 cuDNN attention on the same HiF8 inputs %.4g\n",
+                c.name, r_emu, best, r_unrounded, r_bf16);
+    std::fflush(stdout);
+    // Tight: the same arithmetic; what remains is the fp8 MMA accumulation, exp and the
+    // occasional E4M3 rounding of P flipping on a last-bit difference, and the bf16 output.
+    EXPECT_LT(r_emu, 1e-2);
+    // Loose: each P carries at most 2^-4 relative error from its E4M3 rounding.
+    EXPECT_LT(r_bf16, 0.0625);
+  }
+}
+
+TEST(Fp8AttentionGpu, BadInputsGiveClearErrors) {
+  OSP_REQUIRE_GPU();
+  Tensor q = randn({1, 16, 2, 128}, 1).to(DType::BF16).to(Device::cuda());
+  Tensor out32 = Tensor::empty({1, 16, 2, 128}, DType::F32, Device::cuda());
+  try {
+    hif8_attention_fp8(q, q, q, out32);
+    ADD_FAILURE() << "f32 output on CUDA accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+  }
+  Tensor out = Tensor::empty({1, 16, 2, 128}, DType::BF16, Device::cuda());
+  Tensor qc = q.to(Device::cpu());
+  try {
+    hif8_attention_fp8(q, qc, q, out);
+    ADD_FAILURE() << "mixed devices accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device"), std::string::npos) << e.what();
+  }
+  Fp8Tensor q8 = hif8_quantize_e4m3(q);
+  try {
+    fp8_attention_emulate(q8, q8, q8, out);
+    ADD_FAILURE() << "emulation on CUDA tensors accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CPU"), std::string::npos) << e.what();
+  }
+  Tensor bias = Tensor::zeros({2, 16, 16}, DType::F32, Device::cuda());
+  ops::AttentionArgs a;
+  a.bias = &bias;
+  try {
+    fp8_attention(q8, q8, q8, out, a);
+    ADD_FAILURE() << "bias accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bias"), std::string::npos) << e.what();
+  }
+}
