@@ -185,6 +185,22 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int
   EXPECT_REL(out, ref, 1e-2);
 }
 
+// Packed sub-sequences (AttentionArgs::seq_lens, as Skiparse blocks store them): CUDA vs CPU.
+void packed_attention_case(int64_t B, std::vector<int> lens, int64_t H, int64_t D) {
+  int64_t L = 0;
+  for (int n : lens) L += n;
+  Tensor q = rnd({B, L, H, D}, 1.f, true), k = rnd({B, L, H, D}, 1.f, true),
+         v = rnd({B, L, H, D}, 1.f, true);
+  Tensor sl = lens_tensor(lens);
+  ops::AttentionArgs a;
+  a.seq_lens = &sl;
+  Tensor ref = Tensor::empty({B, L, H, D}, DType::F32);
+  ops::attention(q, k, v, ref, a);
+  Tensor out = poisoned({B, L, H, D}, DType::BF16);
+  ops::attention(on_gpu(q, DType::BF16), on_gpu(k, DType::BF16), on_gpu(v, DType::BF16), out, a);
+  EXPECT_REL(out, ref, 1e-2);
+}
+
 void gather_case(int64_t N, int64_t C, int64_t M, DType dt) {
   Tensor src = rnd({N, C}, 1.f, true);
   std::vector<int> idx(static_cast<size_t>(M));
@@ -279,6 +295,8 @@ std::vector<Case> all_cases() {
   add("attn_cudnn_perseq_2x257x190_qlens_only", [=] {
     attention_case(2, 257, 190, 3, 64, 3, {}, {100, 257});
   });
+  add("attn_packed_2x_300_0_171_256_x2x128", [=] { packed_attention_case(2, {300, 0, 171, 256}, 2, 128); });
+  add("attn_packed_1x_4x96_equal_x3x64", [=] { packed_attention_case(1, {96, 96, 96, 96}, 3, 64); });
   add("attn_auto_4x96_kvlens_only", [=] { attention_case(4, 96, 96, 3, 64, 0, {96, 80, 17, 50}); });
   add("attn_flash_2x24x4x64_bias_t5", [=] {
     attention_case(2, 24, 24, 4, 64, 1, {24, 9}, {}, true, 1.f);

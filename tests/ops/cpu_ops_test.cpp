@@ -265,6 +265,75 @@ TEST(CpuOps, AttentionMatchesNaive) {
   EXPECT_LT(max_abs_diff(out, from_doubles(ref, {B, Lq, H, D})), 1e-5);
 }
 
+Tensor i32(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::I32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
+TEST(CpuOps, AttentionPackedSequencesEqualSeparateCalls) {
+  // [B, L] rows = packed sequences of lengths {5, 0, 9, 3}: each attends only within itself.
+  const int64_t B = 2, H = 2, D = 8, L = 17;
+  const std::vector<int32_t> lens = {5, 0, 9, 3};
+  Tensor q = randn({B, L, H, D}, 70), k = randn({B, L, H, D}, 71), v = randn({B, L, H, D}, 72);
+  Tensor sl = i32(lens);
+  ops::AttentionArgs a;
+  a.seq_lens = &sl;
+  Tensor out = Tensor::zeros({B, L, H, D}, DType::F32);
+  ops::attention(q, k, v, out, a);
+  Tensor want = Tensor::zeros({B, L, H, D}, DType::F32);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t off = 0;
+    for (int32_t n : lens) {
+      if (n == 0) continue;
+      auto rows = [&](const Tensor& t) { return t.select(0, b).slice(0, off, off + n).unsqueeze(0).contiguous(); };
+      Tensor o = Tensor::empty({1, n, H, D}, DType::F32);
+      ops::attention(rows(q), rows(k), rows(v), o);
+      want.select(0, b).slice(0, off, off + n).copy_from(o.select(0, 0));
+      off += n;
+    }
+  }
+  EXPECT_EQ(relative_error(out, want), 0.0);
+  // A mixed-up packing differs (the boundaries matter).
+  Tensor sl2 = i32({9, 5, 3, 0});
+  a.seq_lens = &sl2;
+  Tensor out2 = Tensor::zeros({B, L, H, D}, DType::F32);
+  ops::attention(q, k, v, out2, a);
+  EXPECT_GT(relative_error(out2, want), 1e-3);
+  // Equal lengths take the batched path and still equal separate calls.
+  Tensor sl3 = i32({4, 4, 4, 4});
+  Tensor q16 = q.slice(1, 0, 16).contiguous(), k16 = k.slice(1, 0, 16).contiguous(),
+         v16 = v.slice(1, 0, 16).contiguous();
+  a.seq_lens = &sl3;
+  Tensor o3 = Tensor::zeros({B, 16, H, D}, DType::F32);
+  ops::attention(q16, k16, v16, o3, a);
+  Tensor w3 = Tensor::zeros({B * 4, 4, H, D}, DType::F32);
+  ops::attention(q16.view({B * 4, 4, H, D}), k16.view({B * 4, 4, H, D}), v16.view({B * 4, 4, H, D}), w3);
+  EXPECT_EQ(relative_error(o3, w3.view({B, 16, H, D})), 0.0);
+}
+
+TEST(CpuOps, AttentionPackedSequencesBadInput) {
+  const int64_t H = 1, D = 4;
+  Tensor q = randn({1, 10, H, D}, 73);
+  Tensor out = Tensor::zeros({1, 10, H, D}, DType::F32);
+  auto expect_error = [&](const Tensor& sl, const char* what, const Tensor* kvl = nullptr) {
+    ops::AttentionArgs a;
+    a.seq_lens = &sl;
+    a.kv_lens = kvl;
+    try {
+      ops::attention(q, q, q, out, a);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const osp::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("seq_lens"), std::string::npos) << e.what();
+    }
+  };
+  expect_error(i32({4, 5}), "sum 9 != 10");
+  expect_error(i32({12, -2}), "negative length");
+  expect_error(Tensor::from_vector(std::vector<float>{5.f, 5.f}, {2}), "f32 lengths");
+  Tensor kvl = i32({10});
+  expect_error(i32({5, 5}), "with kv_lens", &kvl);
+}
+
 TEST(CpuOps, AttentionPortableLoopsMatchSimdKernels) {
   // Head dim 128 (the DiT's) and ragged sizes; both code paths against each other and the naive
   // reference. Where the CPU has no AVX2 both runs take the portable path.
