@@ -1,8 +1,8 @@
 // DiT block and forward timing on one GPU at real Wan2.1 shapes, with random bf16 weights:
 // 1.3B at 832×480×81 and 14B at 1280×720×81 and 1280×768×81; full blocks (dense attention)
 // and OSP-Next sparse blocks (Skiparse-2D, P = 2: the residual stream is permuted by one
-// gather per block into 4 padded sub-sequences, attention runs as 4 sequences with
-// kv_lens/q_lens = the real tokens). The block is written here with the ops of ops.h (the same
+// gather per block into the 4 sub-sequences, stored without Skiparse padding as the model does;
+// attention runs per sub-sequence through AttentionArgs::seq_lens). The block is written here with the ops of ops.h (the same
 // calls the model makes), so it measures the CUDA backend, not the model code.
 //
 // A forward is estimated as layers × block + the embed/head GEMMs (+ for hybrid, the two
@@ -19,6 +19,7 @@
 
 #include "osp/core/device.h"
 #include "osp/ops/ops.h"
+#include "osp/sparse/skiparse.h"
 #ifdef OSP_HAVE_CUDA
 #include "gpu_bench_util.h"
 #include "osp/ops/cuda/attention_paths.h"
@@ -117,8 +118,8 @@ struct Stages {
 
 // One DiT block (wan-spec §2.2). sparse: Skiparse block over 4 sub-sequences of L/4 rows each
 // with `real` real tokens per sub-sequence; preceded by the layout switch (one gather of X).
-void block(const Model& m, const BlockWeights& w, Acts& a, int64_t L, bool sparse, int64_t real,
-           Stages* st) {
+void block(const Model& m, const BlockWeights& w, Acts& a, int64_t L, bool sparse,
+           const Tensor& seq_lens, Stages* st) {
   auto mark = [&](const char* c) {
     if (st) st->mark(c);
   };
@@ -145,16 +146,10 @@ void block(const Model& m, const BlockWeights& w, Acts& a, int64_t L, bool spars
   ops::rope(q4, a.rope, q4);
   ops::rope(k4, a.rope, k4);
   mark("other");
-  const int64_t B = sparse ? 4 : 1, Ls = L / B;
-  Tensor lens = Tensor::empty({B}, DType::I32);
-  for (int64_t b = 0; b < B; ++b) lens.data<int32_t>()[b] = int32_t(real);
   ops::AttentionArgs aa;
-  if (sparse && real < Ls) {
-    aa.kv_lens = &lens;
-    aa.q_lens = &lens;
-  }
-  Tensor qa = a.q.view({B, Ls, H, Dh}), ka = a.k.view({B, Ls, H, Dh}),
-         va = a.v.view({B, Ls, H, Dh}), oa = a.o.view({B, Ls, H, Dh});
+  if (sparse) aa.seq_lens = &seq_lens;
+  Tensor qa = a.q.view({1, L, H, Dh}), ka = a.k.view({1, L, H, Dh}), va = a.v.view({1, L, H, Dh}),
+         oa = a.o.view({1, L, H, Dh});
   ops::attention(qa, ka, va, oa, aa);
   mark("self_attn");
   ops::linear(a.o, w.wo, &w.bo, a.y);
@@ -183,13 +178,17 @@ void block(const Model& m, const BlockWeights& w, Acts& a, int64_t L, bool spars
   mark("other");
 }
 
-void print_block(const Model& m, const char* kind, int64_t L, int64_t real_total, double ms,
+void print_block(const Model& m, const char* kind, int64_t L, const Tensor& seq_lens, double ms,
                  std::map<std::string, double> parts, int reps, const std::string& card) {
   const double d = double(m.d), F = double(m.F), Lr = double(L);
   const double gemm_flop = 8 * Lr * d * d + 4 * Lr * d * d + 4 * Lr * d * F;
   const bool sparse = std::string(kind) == "sparse";
-  const double per = sparse ? double(real_total) / 4.0 : Lr;
-  const double attn_flop = 4.0 * (sparse ? 4.0 : 1.0) * per * per * d;
+  double attn_flop = 4.0 * Lr * Lr * d;
+  if (sparse) {
+    attn_flop = 0;
+    for (int64_t i = 0; i < seq_lens.numel(); ++i)
+      attn_flop += 4.0 * double(seq_lens.data<int32_t>()[i]) * double(seq_lens.data<int32_t>()[i]) * d;
+  }
   const double cross_flop = 4.0 * Lr * 512 * d;
   for (auto& kv : parts) kv.second /= reps;
   std::printf("{\"bench\":\"dit_block\",\"model\":\"%s\",\"kind\":\"%s\",\"tokens\":%lld,"
@@ -233,24 +232,28 @@ int main(int argc, char** argv) {
     cuda_empty_cache();
     cuda_reset_peak();
     BlockWeights w = make_weights(m, seed);
-    const int64_t L = m.T * m.h * m.w, Lp = m.T * m.hp * m.wp;
+    const int64_t L = m.T * m.h * m.w;
+    const auto lens = sparse::skiparse_row_lengths(sparse::Grid{m.T, m.h, m.w}, 2,
+                                                   sparse::BlockKind::Token);
+    Tensor seq_lens = Tensor::empty({int64_t(lens.size())}, DType::I32);
+    std::copy(lens.begin(), lens.end(), seq_lens.data<int32_t>());
     double ms_kind[2] = {0, 0};
     for (int sparse = 0; sparse < 2; ++sparse) {
-      const int64_t Lb = sparse ? Lp : L;
+      const int64_t Lb = L;
       Acts a = make_acts(m, Lb, seed);
-      auto run = [&] { block(m, w, a, Lb, sparse, L / 4, nullptr); };
+      auto run = [&] { block(m, w, a, Lb, sparse, seq_lens, nullptr); };
       double ms = bench::time_ms(run, 1, reps);
       Stages st;
       std::map<std::string, double> parts;
       for (int r = 0; r < reps; ++r) {
-        block(m, w, a, Lb, sparse, L / 4, &st);
+        block(m, w, a, Lb, sparse, seq_lens, &st);
         for (auto& kv : st.collect()) parts[kv.first] += kv.second;
       }
-      print_block(m, sparse ? "sparse" : "full", Lb, L, ms, parts, reps, card);
+      print_block(m, sparse ? "sparse" : "full", Lb, seq_lens, ms, parts, reps, card);
       ms_kind[sparse] = ms;
     }
     // embed + head GEMMs (bf16 here; tiny) and the two full<->sparse transition gathers
-    Acts a = make_acts(m, Lp, seed);
+    Acts a = make_acts(m, L, seed);
     Tensor patches = bench::random_gpu({L, 64}, DType::BF16, 1.f, seed++);
     Tensor wpe = bench::random_gpu({m.d, 64}, DType::BF16, 0.1f, seed++);
     Tensor whead = bench::random_gpu({64, m.d}, DType::BF16, 0.01f, seed++);
