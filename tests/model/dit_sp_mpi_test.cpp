@@ -69,7 +69,8 @@ TEST_P(DiTSp, EqualsSingleRank) {
       << c.name << " rank " << comm->rank() << " of " << comm->size();
   const Tensor ref = get(gc + (c.hybrid ? ".out_hybrid" : ".out_full"));
   EXPECT_LT(relative_error(got, ref), 1e-4) << c.name << " vs golden";
-  // The counted bytes are the analytic volume (the DiT gathers the C-wide hidden state).
+  // The counted bytes are the analytic volume: the DiT applies the head on each rank's rows and
+  // gathers its out_dim·patch_volume f32 channels, not the C-wide hidden state.
   dist::ForwardPlan plan;
   plan.grid = {x.size(1), x.size(2) / golden().cfg.patch_h, x.size(3) / golden().cfg.patch_w};
   plan.kinds = m.block_kinds();
@@ -77,7 +78,8 @@ TEST_P(DiTSp, EqualsSingleRank) {
   plan.heads = int(golden().cfg.num_heads);
   plan.head_dim = int(golden().cfg.head_dim());
   EXPECT_EQ(sp->bytes_sent(), dist::comm_volume(plan, c.mode, comm->size(), comm->rank(), 1,
-                                                sizeof(float), golden().cfg.dim)
+                                                sizeof(float),
+                                                golden().cfg.out_dim * golden().cfg.patch_volume())
                                   .total());
 }
 

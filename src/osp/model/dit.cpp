@@ -206,6 +206,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
              "K % 16 == 0 / N % 8 == 0 rules and run the HiF8 fake-quant bf16 GEMM instead (e.g. ",
              fallback.front(), ")");
   }
+  if (StageProfiler::env_enabled()) m.prof_.set_enabled(true, dev);
   return m;
 }
 
@@ -292,6 +293,12 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
                 D = cfg_.head_dim(), Lt = ctx.x->size(1);
   const float eps = cfg_.eps;
   const bool hif8 = opt_.quant != DiTQuant::None;  // HiF8 or FP8: Q(·, 15) on q, k, v
+  // Profiling laps (no-ops when off). split(): a lap only where quantization laps cut a stage.
+  const ProfKind pk = kinds_[size_t(i)] == BlockKind::Full ? ProfKind::Full : ProfKind::Sparse;
+  auto lap = [&](ProfStage s) { prof_.lap(s, pk); };
+  auto split = [&](ProfStage s) {
+    if (hif8) prof_.lap(s, pk);
+  };
   OSP_CHECK(x.dim() == 3 && x.size(2) == d && x.dtype() == DType::F32 && x.is_contiguous(),
             "DiT block ", i, ": the sequence-parallel layer returned hidden ", x.desc(),
             ", expected a contiguous f32 [B, n, ", d, "]");
@@ -311,13 +318,16 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
     Tensor hb = h.select(0, b);
     ops::layer_norm_modulate(x.select(0, b), mod(b, 0), mod(b, 1), eps, hb, round0);
   }
+  lap(ProfStage::ModNorm);
   const LinIn hq = quant_input(h, "hq");
+  split(ProfStage::Quant);
   Tensor& q = ws("q", {B, n, d}, act_);
   Tensor& k = ws("k", {B, n, d}, act_);
   Tensor& v = ws("v", {B, n, d}, act_);
   linear(hq, blk.self_attn.q, q);
   linear(hq, blk.self_attn.k, k);
   linear(hq, blk.self_attn.v, v);
+  lap(ProfStage::QKV);
   // q, k = RMS(q)·g (fp32, over all d)                            [B, n, d] F32
   Tensor& qn = ws("qn", {B, n, d}, DType::F32);
   Tensor& kn = ws("kn", {B, n, d}, DType::F32);
@@ -343,22 +353,28 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
     ops::rope(qn.view(rope_shape), tab, qrv);
     ops::rope(kn.view(rope_shape), tab, krv);
   }
+  lap(ProfStage::NormRope);
   Tensor vh = v.view({B, n, H, D});
   if (hif8) {
     quant::hif8_fake_quant(qr, qr);
     quant::hif8_fake_quant(kr, kr);
     quant::hif8_fake_quant(vh, vh);
+    lap(ProfStage::Quant);
   }
   Tensor& o = ws("o", {B, n, H, D}, act_);
   sp.self_attention(i, qr, kr, vh, o);
+  lap(ProfStage::SelfAttn);
   Tensor& y = ws("y", {B, n, d}, act_);
   const Tensor o2 = o.view({B, n, d});
-  linear(quant_input(o2, "oq"), blk.self_attn.o, y);
+  const LinIn oq = quant_input(o2, "oq");
+  split(ProfStage::Quant);
+  linear(oq, blk.self_attn.o, y);
   // x += y · gate1
   for (int64_t b = 0; b < B; ++b) {
     Tensor xb = x.select(0, b), g = mod(b, 2);
     ops::add_gated_(xb, y.select(0, b), &g);
   }
+  lap(ProfStage::OProj);
 
   // ---- cross-attention: x += CrossAttn(LN_affine(x), ctx)   (no modulation, no gate)
   Tensor& h3 = ws("h3", {B, n, d}, act_);
@@ -366,7 +382,10 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
     ops::layer_norm(x, &blk.norm3_w, &blk.norm3_b, eps, h3);
   else
     h3.copy_from(x);
-  linear(quant_input(h3, "h3q"), blk.cross_attn.q, q);
+  split(ProfStage::CrossAttn);
+  const LinIn h3q = quant_input(h3, "h3q");
+  split(ProfStage::Quant);
+  linear(h3q, blk.cross_attn.q, q);
   Tensor& cq = ws("cq", {B, n, d}, act_);
   Tensor& ck0 = ws("ck0", {B, Lt, d}, act_);
   Tensor& ck = ws("ck", {B, Lt, d}, act_);
@@ -381,13 +400,19 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
     ck.copy_from(ck0);
   }
   if (hif8) {
+    split(ProfStage::CrossAttn);
     quant::hif8_fake_quant(cq, cq);
     quant::hif8_fake_quant(ck, ck);
     quant::hif8_fake_quant(cv, cv);
+    split(ProfStage::Quant);
   }
   ops::attention(cq.view({B, n, H, D}), ck.view({B, Lt, H, D}), cv.view({B, Lt, H, D}), o);
-  linear(quant_input(o2, "oq"), blk.cross_attn.o, y);
+  split(ProfStage::CrossAttn);
+  const LinIn coq = quant_input(o2, "oq");
+  split(ProfStage::Quant);
+  linear(coq, blk.cross_attn.o, y);
   ops::add_gated_(x, y, nullptr);
+  lap(ProfStage::CrossAttn);
 
   // ---- FFN: x += Lin(gelu(Lin(LN(x)·(1 + scale2) + shift2))) · gate2
   for (int64_t b = 0; b < B; ++b) {
@@ -395,12 +420,19 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
     ops::layer_norm_modulate(x.select(0, b), mod(b, 3), mod(b, 4), eps, hb);
   }
   Tensor& f1 = ws("f1", {B, n, cfg_.ffn_dim}, act_);
-  linear(quant_input(h, "hq"), blk.ffn0, f1, ops::Act::GeluTanh);
-  linear(quant_input(f1, "f1q"), blk.ffn2, y);
+  split(ProfStage::FFN);
+  const LinIn fq = quant_input(h, "hq");
+  split(ProfStage::Quant);
+  linear(fq, blk.ffn0, f1, ops::Act::GeluTanh);
+  split(ProfStage::FFN);
+  const LinIn f1q = quant_input(f1, "f1q");
+  split(ProfStage::Quant);
+  linear(f1q, blk.ffn2, y);
   for (int64_t b = 0; b < B; ++b) {
     Tensor xb = x.select(0, b), g = mod(b, 5);
     ops::add_gated_(xb, y.select(0, b), &g);
   }
+  lap(ProfStage::FFN);
 }
 
 // ---------------------------------------------------------------- forward
@@ -440,6 +472,8 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
 
   const sparse::Grid grid{Fr, Hl / c.patch_h, Wl / c.patch_w};
   const int64_t N = grid.numel(), K = c.in_dim * c.patch_volume();
+  const ProfKind none = ProfKind::None;
+  prof_.begin_forward();
 
   // (a) patch embedding: im2col + GEMM                               X [B, N, d]
   Tensor& patches = ws("patches", {B, N, K}, act_);
@@ -453,6 +487,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   linear(patches, patch_, xe);
   Tensor& xfull = ws("x_full", {B, N, d}, DType::F32);
   xfull.copy_from(xe);
+  prof_.lap(ProfStage::PatchEmbed, none);
 
   // (b) time embedding on the host in fp32 (sinusoid in fp64)       e [B, d], e0 [B, 6, d]
   const int64_t half = c.freq_dim / 2;
@@ -471,6 +506,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   Tensor e0 = Tensor::empty({B, 6 * d}, DType::F32);
   ops::linear(e_silu, time_proj_.w, &time_proj_.b, e0);
   Tensor e0_dev = e0.view({B, 6, d}).to(dev);
+  prof_.lap(ProfStage::TimeEmbed, none);
 
   // (c) text embedding: zero-pad to text_len, Lin → GELU → Lin      C [B, Lt, d]
   Tensor ctx_host = Tensor::zeros({B, Lt, c.text_dim}, DType::F32);
@@ -488,6 +524,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   linear(ctx_in, text0_, c1, ops::Act::GeluTanh);
   linear(c1, text2_, ctx);
   const LinIn ctx_q = quant_input(ctx, "ctx_q");  // HiF8/FP8: the k/v linears' input, once
+  prof_.lap(ProfStage::TextEmbed, none);
 
   // (d) blocks, laid out by the sequence-parallel layer
   dist::ForwardPlan plan;
@@ -498,20 +535,26 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   plan.head_dim = int(c.head_dim());
   plan.device = dev;
   sp.setup(plan);
+  prof_.lap(ProfStage::SpSetup, none);
   Tensor x = sp.scatter_input(xfull);
+  prof_.lap(ProfStage::ScatterInput, none);
   for (int i = 0; i < int(c.num_layers); ++i) {
     if (i > 0) x = sp.enter_block(i, x);
     if (!x.is_contiguous()) x = x.contiguous();
+    if (i > 0)
+      prof_.lap(ProfStage::EnterBlock,
+                kinds_[size_t(i)] == BlockKind::Full ? ProfKind::Full : ProfKind::Sparse);
     run_block(i, x, ctx_q, e0_dev, sp);
     if (hook_) hook_(i, x);
   }
-  Tensor xo = sp.gather_output(x);
-  OSP_CHECK(xo.dim() == 3 && xo.size(0) == B && xo.size(1) == N && xo.size(2) == d,
-            "DiT::forward: gather_output returned ", xo.desc(), ", expected [", B, ", ", N, ", ",
-            d, "]");
-  xo = xo.contiguous();
 
-  // (e) head: LN(x)·(1 + scale) + shift with (shift, scale) = head.modulation + e
+  // (e) head on this rank's rows (every step is per token), then ONE gather of its
+  // out_dim·patch_volume channels (64 for Wan) instead of the C-wide hidden state:
+  // LN(x)·(1 + scale) + shift with (shift, scale) = head.modulation + e, then the head GEMM.
+  OSP_CHECK(x.dim() == 3 && x.size(0) == B && x.size(2) == d,
+            "DiT::forward: the last block's hidden state is ", x.desc(), ", expected [", B,
+            ", n, ", d, "]");
+  const int64_t n_loc = x.size(1);
   Tensor hm = Tensor::empty({B, 2, d}, DType::F32);
   for (int64_t b = 0; b < B; ++b)
     for (int j = 0; j < 2; ++j)
@@ -519,15 +562,22 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
         hm.data<float>()[(b * 2 + j) * d + ch] =
             head_modulation_.data<float>()[j * d + ch] + e.data<float>()[b * d + ch];
   Tensor hm_dev = hm.to(dev);
-  Tensor& hn = ws("head_in", {B, N, d}, act_);
+  Tensor& hn = ws("head_in", {B, n_loc, d}, act_);
   for (int64_t b = 0; b < B; ++b) {
     Tensor hb = hn.select(0, b);
-    ops::layer_norm_modulate(xo.select(0, b), hm_dev.select(0, b).select(0, 0),
+    ops::layer_norm_modulate(x.select(0, b), hm_dev.select(0, b).select(0, 0),
                              hm_dev.select(0, b).select(0, 1), c.eps, hb);
   }
   const int64_t Kout = c.out_dim * c.patch_volume();
-  Tensor& yh = ws("head_out", {B, N, Kout}, DType::F32);
-  linear(hn, head_, yh);
+  Tensor& yl = ws("head_out", {B, n_loc, Kout}, DType::F32);  //   [B, n_local, Kout] F32
+  linear(hn, head_, yl);
+  prof_.lap(ProfStage::Head, none);
+  Tensor yh = sp.gather_output(yl);                              //   [B, N, Kout]
+  OSP_CHECK(yh.dim() == 3 && yh.size(0) == B && yh.size(1) == N && yh.size(2) == Kout,
+            "DiT::forward: gather_output returned ", yh.desc(), ", expected [", B, ", ", N, ", ",
+            Kout, "]");
+  yh = yh.contiguous();
+  prof_.lap(ProfStage::GatherOutput, none);
 
   // (f) unpatchify                                                   v [B, out, F, H, W]
   Tensor out = Tensor::empty({B, c.out_dim, Fr, Hl, Wl}, DType::F32, dev);
@@ -535,6 +585,8 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
     Tensor ob = out.select(0, b);
     ops::unpatchify(yh.select(0, b), grid.T, grid.H, grid.W, c.patch_t, c.patch_h, c.patch_w, ob);
   }
+  prof_.lap(ProfStage::Unpatchify, none);
+  prof_.end_forward();
   return batched ? out : out.select(0, 0);
 }
 

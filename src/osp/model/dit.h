@@ -14,6 +14,7 @@
 #include "osp/core/tensor.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit_config.h"
+#include "osp/model/profile.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
 
@@ -83,6 +84,16 @@ class DiT {
   // Bytes of weights held on the device.
   size_t weight_bytes() const;
 
+  // Stage timing of forward (model/profile.h): off by default, on from bind when the
+  // environment has OSP_PROFILE=1, or switched here. No synchronisation inside the forward;
+  // profile_report() waits for the device and returns the mean ms per forward of every
+  // (stage, full/sparse) since the last profile_reset(). A block hook's own time is counted in
+  // the stage after it (enter_block or head).
+  void set_profiling(bool on) { prof_.set_enabled(on, opt_.device); }
+  bool profiling() const { return prof_.enabled(); }
+  ProfileReport profile_report() { return prof_.report(); }
+  void profile_reset() { prof_.reset(); }
+
  private:
   struct Linear {
     Tensor w, b;  // compute copies on the device ([N, K], [N]); w undefined when fp8
@@ -128,6 +139,7 @@ class DiT {
   std::map<std::string, Tensor> ws_;
   std::map<std::string, quant::Fp8Tensor> ws8_;
   bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
+  StageProfiler prof_;
 };
 
 }  // namespace osp::model
