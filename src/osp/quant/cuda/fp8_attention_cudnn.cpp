@@ -106,18 +106,24 @@ cudnnHandle_t handle() {
   return h;
 }
 
-// Device constants shared by every call: [0] scale_s, [1] descale_s, [2] scale_o (1), and the
-// amax outputs [4] amax_s, [5] amax_o (written by cuDNN, unused).
+// Device scalars shared by every call, 16 bytes apart (the alignment the tensor descriptors
+// declare): scale_s, descale_s, scale_o = 1, the amax outputs amax_s, amax_o (written by cuDNN,
+// unused) and the E4M3-output variant's scale_o (set per call).
+enum Const : int { kCScaleS = 0, kCDescaleS = 4, kCScaleO = 8, kCAmaxS = 12, kCAmaxO = 16, kCScaleO8 = 20 };
 float* constants() {
   static float* p = [] {
     float* d = nullptr;
-    OSP_CUDA_CHECK(cudaMalloc(&d, 8 * sizeof(float)));
-    const float host[8] = {kFp8AttentionScaleP, 1.0f / kFp8AttentionScaleP, 1.0f, 0, 0, 0, 0, 0};
+    OSP_CUDA_CHECK(cudaMalloc(&d, 24 * sizeof(float)));
+    float host[24] = {};
+    host[kCScaleS] = kFp8AttentionScaleP;
+    host[kCDescaleS] = 1.0f / kFp8AttentionScaleP;
+    host[kCScaleO] = 1.0f;
     OSP_CUDA_CHECK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice));
     return d;
   }();
   return p;
 }
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Owns every descriptor it creates.
 class Graph {
@@ -421,6 +427,11 @@ void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vect
 }  // namespace
 
 bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
+  if (!aligned16(c.q) || !aligned16(c.k) || !aligned16(c.v) || !aligned16(c.out) ||
+      !aligned16(c.descale_q) || !aligned16(c.descale_k) || !aligned16(c.descale_v)) {
+    *why = "an operand pointer is not 16-byte aligned (H·D must be a multiple of 16)";
+    return false;
+  }
   PlanKey key{c.B, c.H, c.Lq, c.Lk, c.D, c.q_bstride, c.kv_bstride, c.o_bstride};
   Plan plan;
   {
@@ -448,7 +459,7 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
     OSP_CUDA_CHECK(cudaMemcpy(&dv_host, c.descale_v, sizeof(float), cudaMemcpyDeviceToHost));
     const float scale_o = dv_host > 0 && std::isfinite(dv_host) ? 448.0f / (15.0f * dv_host) : 1.0f;
     const float so_host[1] = {scale_o};
-    OSP_CUDA_CHECK(cudaMemcpy(consts + 2, so_host, sizeof(float), cudaMemcpyHostToDevice));
+    OSP_CUDA_CHECK(cudaMemcpy(consts + kCScaleO8, so_host, sizeof(float), cudaMemcpyHostToDevice));
     o8 = Tensor::empty({c.B, c.o_bstride}, DType::F8E4M3, Device::cuda(dev));
     o8_scale_inv = Tensor::from_vector({1.0f / scale_o}, {1}).to(Device::cuda(dev));
     o_ptr = o8.raw();
@@ -459,13 +470,14 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
   std::vector<void*> ptrs = {const_cast<void*>(c.q), const_cast<void*>(c.k), const_cast<void*>(c.v),
                              o_ptr, &attn_scale, const_cast<float*>(c.descale_q),
                              const_cast<float*>(c.descale_k), const_cast<float*>(c.descale_v),
-                             consts + 1, consts + 0, consts + 4, consts + 5};
+                             consts + kCDescaleS, consts + kCScaleS, consts + kCAmaxS,
+                             consts + kCAmaxO};
   if (var.scale_o == 1) {
     uids.push_back(kScaleO);
     ptrs.push_back(&one);
   } else if (var.scale_o == 2) {
     uids.push_back(kScaleO);
-    ptrs.push_back(consts + 2);
+    ptrs.push_back(consts + (var.o_fp8 ? kCScaleO8 : kCScaleO));
   }
   if (var.stats_output) {
     stats = Tensor::empty({c.B * c.H * c.Lq}, DType::F32, Device::cuda(dev));
