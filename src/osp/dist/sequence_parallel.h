@@ -10,15 +10,21 @@
 // Sub-sequence lengths therefore differ (e.g. 19,320 / 18,480 at 720P); attention runs per
 // sub-sequence through ops::AttentionArgs::seq_lens.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "osp/core/tensor.h"
+#include "osp/ops/ops.h"
 #include "osp/sparse/skiparse.h"
 
 namespace osp::dist {
 
 class Communicator;
+
+// An attention implementation with the signature and semantics of ops::attention.
+using AttentionFn = std::function<void(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       Tensor& out, const ops::AttentionArgs& args)>;
 
 struct ForwardPlan {
   sparse::Grid grid;
@@ -48,9 +54,11 @@ class SequenceParallel {
   // ops::rope on q/k viewed as [B·Rt, n_local/Rt, H, D] (Rt = 1: one table row per hidden row).
   virtual const Tensor& rope_table(int i) = 0;
   // Self-attention of block i: q,k,v [B, n_local, H, D] → out [B, n_local, H, D]
-  // (Ulysses does its all-to-alls in here).
+  // (Ulysses does its all-to-alls in here). `fn`, when set, replaces ops::attention for the
+  // attention itself (e.g. the FP8 attention of the DiT's FP8 mode); it must honour
+  // AttentionArgs::seq_lens.
   virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
-                              Tensor& out) = 0;
+                              Tensor& out, const AttentionFn& fn = nullptr) = 0;
   // After the last block: the full [B, N, C] hidden state on every rank. x_local may have any
   // channel count (applying the per-token head first and gathering its 64 channels moves far
   // fewer bytes than gathering C, as the reference does).
@@ -99,6 +107,9 @@ std::unique_ptr<SequenceParallel> make_ulysses(std::shared_ptr<Communicator> com
 // Validates a plan (grid, P, kinds order, heads/head_dim); throws osp::Error naming the rule.
 void check_plan(const ForwardPlan& plan);
 bool same_plan(const ForwardPlan& a, const ForwardPlan& b);
+
+// ops::attention as an AttentionFn.
+const AttentionFn& default_attention();
 
 // out[b] = gather_rows(x[b], index) for every sample b: x [B, n_in, C], index I32 [n_out] on
 // x's device (entries < 0 give zero rows) → out [B, n_out, C] (allocated when undefined).

@@ -48,6 +48,12 @@ bool same_plan(const ForwardPlan& a, const ForwardPlan& b) {
          a.device == b.device;
 }
 
+const AttentionFn& default_attention() {
+  static const AttentionFn f = [](const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                                  const ops::AttentionArgs& a) { ops::attention(q, k, v, out, a); };
+  return f;
+}
+
 Tensor gather_per_sample(const Tensor& x, const Tensor& index, int64_t n_out) {
   OSP_CHECK(x.dim() == 3, "gather_per_sample: expected x [B, n, C], got ", x.desc());
   OSP_CHECK(index.numel() == n_out, "gather_per_sample: index has ", index.numel(),
@@ -178,8 +184,9 @@ class SingleDevice final : public SequenceParallel {
     return rope_[size_t(layout_id(plan_.kinds[size_t(i)]))];
   }
 
-  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
-                      Tensor& out) override {
+  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                      const AttentionFn& fn) override {
+    const AttentionFn& attend = fn ? fn : default_attention();
     require_plan("self_attention");
     OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
               " outside [0, ", plan_.kinds.size(), ")");
@@ -192,12 +199,12 @@ class SingleDevice final : public SequenceParallel {
               "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
               k.desc(), ", ", v.desc(), ", ", out.desc());
     if (id == kFull) {
-      ops::attention(q, k, v, out);
+      attend(q, k, v, out, {});
       return;
     }
     ops::AttentionArgs args;
     args.seq_lens = &seq_lens_[size_t(id)];
-    ops::attention(q, k, v, out, args);
+    attend(q, k, v, out, args);
   }
 
   Tensor gather_output(const Tensor& x_local) override {

@@ -317,8 +317,9 @@ class ParallelLayout final : public SequenceParallel {
     return rope_[layout_id(plan_.kinds[size_t(i)])];
   }
 
-  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
-                      Tensor& out) override {
+  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                      const AttentionFn& fn) override {
+    const AttentionFn& attend = fn ? fn : default_attention();
     require_plan("self_attention");
     OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
               " outside [0, ", plan_.kinds.size(), ")");
@@ -336,14 +337,14 @@ class ParallelLayout final : public SequenceParallel {
     OSP_CHECK(out.is_contiguous(), "self_attention: out must be contiguous, got ", out.desc());
     const int64_t B = q.size(0);
     if (L.attn == Attn::Ulysses) {
-      ulysses_attention(id, q, k, v, out);
+      ulysses_attention(id, q, k, v, out, attend);
       return;
     }
     if (n == 0) return;
     (void)B;
     ops::AttentionArgs args;
     args.seq_lens = &seq_lens_[id];
-    ops::attention(q, k, v, out, args);
+    attend(q, k, v, out, args);
   }
 
   Tensor gather_output(const Tensor& x_local) override {
@@ -607,7 +608,8 @@ class ParallelLayout final : public SequenceParallel {
   // Ulysses self-attention: sequence-sharded q/k/v → (all-to-all) whole sequence with a head
   // slice → attention → (all-to-all) back. Full blocks: over all ranks; tile layouts: over the
   // U ranks sharing a sub-sequence.
-  void ulysses_attention(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
+  void ulysses_attention(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                         const AttentionFn& attend) {
     const Layout& L = layouts_[id];
     Communicator& uc = id == kFull ? full_comm() : *sub_;
     const int U = uc.size(), me = rank();
@@ -633,7 +635,7 @@ class ParallelLayout final : public SequenceParallel {
     };
     Tensor qf = pre(q), kf = pre(k), vf = pre(v);
     Tensor of = Tensor::empty({B, total, Hs, D}, q.dtype(), q.device());
-    ops::attention(qf, kf, vf, of);
+    attend(qf, kf, vf, of, {});
     // [B, total, Hs, D] → [U(dst seq owner), B, n_dst, Hs·D] → a2a → [U(src head group), B, n, Hs·D]
     Tensor send = of.view({B * total, Hs * D});
     if (B != 1) {
