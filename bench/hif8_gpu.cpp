@@ -1,13 +1,16 @@
 // HiF8 / FP8 GPU benchmark (JSON lines on stdout).
-//   1. HiF8 codec throughput: encode (f32/bf16 → u8), decode (u8 → bf16/f32), TA round,
-//      scaled fake quant (amax pass + quantize pass), amax, HiF8→E4M3 operand quantization
-//      (hif8_quantize_e4m3: amax pass + quantize pass) in GB/s of bytes moved, as a fraction of
-//      the card's peak HBM bandwidth (2 · memory clock · bus width, from the device attributes).
+//   1. HiF8 codec throughput: every codec kernel (encode f32/bf16 → u8, decode u8 → f32/bf16,
+//      TA and stochastic round, amax, scaled fake quant (amax pass + quantize pass, TA and
+//      stochastic), HiF8→E4M3 operand quantization (amax pass + quantize pass), E4M3
+//      dequantization) in GB/s of bytes moved, as a fraction of the card's peak HBM bandwidth
+//      (2 · memory clock · bus width, from the device attributes) and of a device-to-device
+//      copy timed in the same run.
 //   2. GEMM at Wan2.1-14B shapes (tokens M = 75600 (720p, 81 frames) and 32760; K×N = 5120×5120,
 //      5120×13824, 13824×5120): cuBLASLt bf16 (ops::linear) vs the FP8 E4M3 path
 //      (quant::fp8_linear on pre-quantized operands, fast accumulation off and on), in TFLOP/s,
 //      plus the cost of quantizing the activation (hif8_quantize_e4m3).
-// Usage: bench_hif8_gpu [--quick]   (--quick: M = 8192 only, fewer iterations)
+// Usage: bench_hif8_gpu [--quick] [--codec-only]
+//   (--quick: 2^26 codec elements, GEMM M = 8192 only, fewer iterations; --codec-only: part 1)
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -78,12 +81,40 @@ double time_ms(F&& f, int warmup, int iters) {
   return double(ms) / iters;
 }
 
+// Median milliseconds of `reps` individually timed runs after `warmup` untimed ones.
+template <typename F>
+double median_ms(F&& f, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) f();
+  cudaEvent_t a, b;
+  OSP_CUDA_CHECK(cudaEventCreate(&a));
+  OSP_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    OSP_CUDA_CHECK(cudaEventRecord(a, 0));
+    f();
+    OSP_CUDA_CHECK(cudaEventRecord(b, 0));
+    OSP_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    OSP_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(double(ms));
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Every codec kernel on 2^28 elements (2^26 with --quick): GB/s of the fewest bytes the
+// operation must move (each input read once per pass, each output written once; the scaled
+// ops read x twice: the amax pass and the quantize pass), as a fraction of the card's HBM peak
+// and of a device-to-device copy measured in the same run (the practical ceiling).
 void codec(double peak_gbps, bool quick) {
   const int64_t n = quick ? (int64_t(1) << 26) : (int64_t(1) << 28);  // 64M / 256M elements
-  const int iters = quick ? 5 : 20;
+  const int reps = quick ? 5 : 15;
   Tensor xf = random_device({n}, DType::F32, 1);
   Tensor xb = random_device({n}, DType::BF16, 2);
   Tensor codes = Tensor::empty({n}, DType::U8, Device::cuda());
+  quant::hif8_encode(xb, codes);  // real codes for the decode ops
   Tensor outb = Tensor::empty({n}, DType::BF16, Device::cuda());
   Tensor outf = Tensor::empty({n}, DType::F32, Device::cuda());
   quant::Fp8Tensor q8 = quant::hif8_quantize_e4m3(xb);
@@ -93,29 +124,44 @@ void codec(double peak_gbps, bool quick) {
     std::function<void()> run;
   };
   std::vector<Op> ops = {
+      // the ceiling: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2)
+      {"copy_bf16", 4,
+       [&] {
+         OSP_CUDA_CHECK(cudaMemcpyAsync(outb.raw(), xb.raw(), size_t(n) * 2,
+                                        cudaMemcpyDeviceToDevice, 0));
+       }},
       {"encode_f32", 5, [&] { quant::hif8_encode(xf, codes); }},
       {"encode_bf16", 3, [&] { quant::hif8_encode(xb, codes); }},
-      {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
       {"decode_f32", 5, [&] { quant::hif8_decode(codes, outf); }},
+      {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
+      {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},
       {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
-      // fake quant reads x twice (amax pass, quantize pass) and writes once
-      {"fake_quant_bf16", 6, [&] { quant::hif8_fake_quant(xb, outb); }},
-      {"fake_quant_f32", 12, [&] { quant::hif8_fake_quant(xf, outf); }},
+      {"stochastic_round_f32", 8, [&] { quant::hif8_round_stochastic(xf, outf, 7); }},
       {"stochastic_round_bf16", 4, [&] { quant::hif8_round_stochastic(xb, outb, 7); }},
       // amax alone (read once)
+      {"amax_f32", 4, [&] { (void)quant::amax(xf); }},
       {"amax_bf16", 2, [&] { (void)quant::amax(xb); }},
+      // scaled fake quant: amax pass + quantize pass (read x twice, write once)
+      {"fake_quant_f32", 12, [&] { quant::hif8_fake_quant(xf, outf); }},
+      {"fake_quant_bf16", 6, [&] { quant::hif8_fake_quant(xb, outb); }},
+      {"fake_quant_stochastic_bf16", 6,
+       [&] { quant::hif8_fake_quant_stochastic(xb, outb, 9); }},
       // HiF8 → E4M3 operand quantization: amax pass + quantize pass (read x twice, write codes)
-      {"quantize_e4m3_bf16", 5, [&] { quant::hif8_quantize_e4m3(xb, q8); }},
       {"quantize_e4m3_f32", 9, [&] { quant::hif8_quantize_e4m3(xf, q8); }},
+      {"quantize_e4m3_bf16", 5, [&] { quant::hif8_quantize_e4m3(xb, q8); }},
+      {"dequantize_e4m3_bf16", 3, [&] { quant::fp8_dequantize(q8, outb); }},
   };
+  double copy_gbps = 0;
   for (auto& op : ops) {
-    double ms = time_ms(op.run, 2, iters);
+    double ms = median_ms(op.run, 2, reps);
     double gbps = op.bytes_per_elem * double(n) / (ms * 1e-3) / 1e9;
+    if (std::strcmp(op.name, "copy_bf16") == 0) copy_gbps = gbps;
     std::printf(
         "{\"bench\":\"hif8_gpu\",\"section\":\"codec\",\"op\":\"%s\",\"card\":\"%s\",\"n\":%lld,"
-        "\"ms\":%.4f,\"bytes\":%.0f,\"GBps\":%.1f,\"peak_GBps\":%.1f,\"frac_of_peak\":%.3f}\n",
+        "\"ms\":%.4f,\"bytes\":%.0f,\"GBps\":%.1f,\"peak_GBps\":%.1f,\"frac_of_peak\":%.3f,"
+        "\"frac_of_copy\":%.3f}\n",
         op.name, g_card.c_str(), (long long)n, ms, op.bytes_per_elem * double(n), gbps, peak_gbps,
-        gbps / peak_gbps);
+        gbps / peak_gbps, copy_gbps > 0 ? gbps / copy_gbps : 0.0);
     std::fflush(stdout);
   }
 }
@@ -165,12 +211,13 @@ void gemms(bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, codec_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--codec-only") == 0) codec_only = true;
     else  // gpu-test.sh passes one BENCH_ARGS to every bench: ignore what is not ours
-      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: [--quick])\n", argv[0],
-                   argv[i]);
+      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: [--quick] [--codec-only])\n",
+                   argv[0], argv[i]);
   }
   if (!cuda_available()) {
     std::printf("{\"bench\":\"hif8_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
@@ -191,7 +238,7 @@ int main(int argc, char** argv) {
         g_card.c_str(), prop.major, prop.minor, mem_khz, bus_bits, peak_gbps);
     codec(peak_gbps, quick);
     cuda_empty_cache();
-    gemms(quick);
+    if (!codec_only) gemms(quick);
   } catch (const std::exception& e) {
     std::string msg = e.what();
     for (char& c : msg)

@@ -28,6 +28,12 @@ std::vector<float> test_values(size_t n_random) {
   std::vector<float> v = {0.f, -0.f, NAN, -NAN, INFINITY, -INFINITY, 40960.f, -40960.f,
                           std::nextafter(40960.f, 0.f), std::ldexp(1.f, -23),
                           std::nextafter(std::ldexp(1.f, -23), 0.f), 1e-40f, -1e-45f, 3e38f};
+  // NaNs whose top mantissa bits are zero share the Inf prefix of the kernels' tables
+  for (uint32_t nan : {0x7f800001u, 0x7f87ffffu, 0xff800001u, 0xff840000u}) {
+    float f;
+    std::memcpy(&f, &nan, 4);
+    v.push_back(f);
+  }
   std::vector<float> pos;
   for (int c = 0; c < 128; ++c) {
     float h = hif8_decode(uint8_t(c));
@@ -206,4 +212,100 @@ TEST(HiF8Gpu, HiF8LinearMatchesCPU) {
   Tensor xf = x.to(DType::F32), wf = w.to(DType::F32);
   ops::linear(xf, wf, &bf, plain);
   EXPECT_GT(relative_error(og, plain), 1e-3);
+}
+
+namespace {
+// Random values over the whole HiF8 range and beyond, with specials sprinkled in.
+Tensor wide_values(int64_t n, uint64_t seed) {
+  Tensor r = randn({n}, seed);
+  std::vector<float> v = r.to_float_vector();
+  const std::vector<float> sp = test_values(0);
+  for (int64_t i = 0; i < n; ++i) {
+    v[size_t(i)] *= std::ldexp(1.0f, int(i % 50) - 30);
+    if (i % 97 == 5) v[size_t(i)] = sp[size_t(i / 97) % sp.size()];
+  }
+  return Tensor::from_vector(v, {n});
+}
+}  // namespace
+
+TEST(HiF8Gpu, OddSizesAndOffsetViewsBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+  // sizes around the 16-element tile, starts that leave the pointer 16-byte aligned or not
+  for (int64_t n : {int64_t(1), int64_t(7), int64_t(15), int64_t(16), int64_t(17), int64_t(33),
+                    int64_t(255), int64_t(4105)})
+    for (DType ti : {DType::F32, DType::BF16}) {
+      Tensor xc_full = wide_values(n + 16, uint64_t(n)).to(ti);
+      Tensor xg_full = xc_full.to(Device::cuda());
+      for (int64_t start : {int64_t(0), int64_t(1), int64_t(3), int64_t(8), int64_t(16)}) {
+        Tensor xc = xc_full.slice(0, start, start + n), xg = xg_full.slice(0, start, start + n);
+        SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " " << dtype_name(ti));
+        for (bool sat : {false, true}) {
+          Tensor cc = Tensor::empty({n}, DType::U8), cg = Tensor::empty({n}, DType::U8, Device::cuda());
+          hif8_encode(xc, cc, sat);
+          hif8_encode(xg, cg, sat);
+          expect_bitwise(cg, cc, "encode");
+        }
+        // codes at an offset (decode of a view) into f32 / bf16
+        Tensor codes_full = hif8_encode(xc_full);
+        Tensor codes_g = codes_full.to(Device::cuda());
+        for (DType to : {DType::F32, DType::BF16}) {
+          Tensor dc = Tensor::empty({n}, to), dg = Tensor::empty({n}, to, Device::cuda());
+          hif8_decode(codes_full.slice(0, start, start + n), dc);
+          hif8_decode(codes_g.slice(0, start, start + n), dg);
+          expect_bitwise(dg, dc, "decode");
+          Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
+          hif8_round(xc, rc);
+          hif8_round(xg, rg);
+          expect_bitwise(rg, rc, "round");
+          for (uint64_t offset : {0ull, 1ull, 2ull, 3ull, 1000001ull}) {
+            hif8_round_stochastic(xc, rc, 5, offset);
+            hif8_round_stochastic(xg, rg, 5, offset);
+            expect_bitwise(rg, rc, "stochastic round");
+          }
+          hif8_fake_quant(xc, rc);
+          hif8_fake_quant(xg, rg);
+          expect_bitwise(rg, rc, "fake quant");
+          hif8_fake_quant_stochastic(xc, rc, 3, 2);
+          hif8_fake_quant_stochastic(xg, rg, 3, 2);
+          expect_bitwise(rg, rc, "fake quant stochastic");
+        }
+        // an output that is an offset view (misaligned out, aligned x)
+        Tensor big = Tensor::empty({n + 1}, ti, Device::cuda());
+        Tensor og = big.slice(0, 1, n + 1);
+        Tensor oc = Tensor::empty({n}, ti);
+        hif8_round_stochastic(xc, oc, 11, 6);
+        hif8_round_stochastic(xg, og, 11, 6);
+        expect_bitwise(og, oc, "stochastic round into an offset view");
+      }
+    }
+}
+
+TEST(HiF8Gpu, ManyGridStridesAndInPlaceBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+  // more tiles than the persistent grid covers in one pass, with a partial last pass
+  const int64_t n = (int64_t(1) << 23) + (int64_t(1) << 19) + 21;
+  Tensor x = wide_values(n, 99);
+  for (DType ti : {DType::F32, DType::BF16}) {
+    Tensor xc = x.to(ti);
+    Tensor xg = xc.to(Device::cuda());
+    Tensor cc = hif8_encode(xc), cg = hif8_encode(xg);
+    expect_bitwise(cg, cc, "encode");
+    for (DType to : {DType::F32, DType::BF16}) {
+      expect_bitwise(hif8_decode(cg, to), hif8_decode(cc, to), "decode");
+      Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
+      hif8_round_stochastic(xc, rc, 1234, 3);
+      hif8_round_stochastic(xg, rg, 1234, 3);
+      expect_bitwise(rg, rc, "stochastic round");
+    }
+    // in place: TA round and stochastic round of x into itself
+    Tensor ref = Tensor::empty({n}, ti);
+    hif8_round(xc, ref);
+    Tensor yg = xg.clone();
+    hif8_round(yg, yg);
+    expect_bitwise(yg, ref, "round in place");
+    hif8_round_stochastic(xc, ref, 8, 0);
+    yg = xg.clone();
+    hif8_round_stochastic(yg, yg, 8, 0);
+    expect_bitwise(yg, ref, "stochastic round in place");
+  }
 }

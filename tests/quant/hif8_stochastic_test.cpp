@@ -114,14 +114,32 @@ TEST(HiF8Stochastic, DeterministicPerSeedAndOffset) {
 }
 
 TEST(HiF8Stochastic, RandomWordIsCorePhiloxStreamZero) {
-  // quant's device-capable Philox equals core's osp::philox4x32_10 with counter
-  // (index lo, index hi, 0, 0) and key (seed lo, seed hi).
+  // quant's device-capable Philox equals core's osp::philox4x32_10; element g takes word g % 4
+  // of the block with counter (g/4 lo, g/4 hi, 0, 0) under key (seed lo, seed hi)
   for (uint64_t seed : {0ull, 1ull, 0x123456789abcdefull})
-    for (uint64_t idx : {0ull, 5ull, 1ull << 33}) {
-      PhiloxCounter r = philox4x32_10({uint32_t(idx), uint32_t(idx >> 32), 0, 0},
+    for (uint64_t idx : {0ull, 1ull, 2ull, 3ull, 5ull, 6ull, 7ull, (1ull << 35) + 3}) {
+      PhiloxCounter r = philox4x32_10({uint32_t(idx >> 2), uint32_t(idx >> 34), 0, 0},
                                       {uint32_t(seed), uint32_t(seed >> 32)});
-      EXPECT_EQ(quant::detail::philox_word(seed, idx), r[0]);
+      EXPECT_EQ(quant::detail::philox_word(seed, idx), r[idx % 4]) << seed << " " << idx;
     }
+}
+
+TEST(HiF8Stochastic, OffsetNotMultipleOfFourContinuesTheStream) {
+  // a call with offset o sees exactly the words of elements o.. of one long stream, also when
+  // o is not a multiple of 4 (the GPU kernels take a different path then)
+  Tensor x = randn({999}, 21);
+  std::vector<float> v = x.to_float_vector();
+  for (auto& f : v) f *= 300.0f;
+  x = Tensor::from_vector(v, {999});
+  Tensor full = Tensor::empty({999}, DType::F32);
+  hif8_round_stochastic(x, full, 77, 40);
+  for (int64_t start : {1, 2, 3, 6, 17}) {
+    Tensor part = x.slice(0, start, 999);
+    Tensor y = Tensor::empty(part.shape(), DType::F32);
+    hif8_round_stochastic(part, y, 77, 40 + uint64_t(start));
+    for (int64_t i = 0; i < 999 - start; ++i)
+      ASSERT_EQ(bits(y.data<float>()[i]), bits(full.data<float>()[start + i])) << start << " " << i;
+  }
 }
 
 TEST(HiF8Stochastic, ExactValuesStayAndNoInf) {

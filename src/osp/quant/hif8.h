@@ -47,8 +47,9 @@ void hif8_round(const Tensor& x, Tensor& out, bool saturate = false);
 
 // Stochastic hybrid rounding (for gradients): TA in the 3-bit band, unbiased stochastic
 // rounding in the 2-bit, 1-bit and denormal bands. The random word of element i (row-major
-// index) is Philox4x32-10 of counter (offset + i) under key seed (philox.h), so the result
-// depends only on (x, seed, offset), never on threads or device. x/out F32 or BF16.
+// index) is word g mod 4 of Philox4x32-10 block g / 4, g = offset + i, under key seed
+// (philox.h), so the result depends only on (x, seed, offset), never on threads or device.
+// x/out F32 or BF16.
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset = 0,
                            bool saturate = false);
 

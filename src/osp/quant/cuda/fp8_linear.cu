@@ -18,72 +18,119 @@
 #include "osp/quant/cuda/fp8_cuda.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #include "osp/quant/cuda/hif8_device.cuh"
-#include "osp/quant/cuda/hif8_fast.h"
+#include "osp/quant/cuda/hif8_lut.h"
+#include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/e4m3_scalar.h"
 #include "osp/quant/hif8_scalar.h"
 
 namespace osp::quant::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-unsigned grid_for(int64_t n) {
-  int64_t b = (n + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > 65535LL * 8) b = 65535LL * 8;
-  return unsigned(b);
-}
-
-// codes = E4M3(HiF8_TA(x·s)), s from the device amax. Bandwidth-bound form: per block two small
-// shared tables built from the reference scalar code (code_lut: HiF8 code of each rounded
-// magnitude, hif8_fast.h; e4m3_lut: E4M3 code of each HiF8 code's value), so per element the
-// work is x·s, a branch-free TA index and two shared-memory lookups. With `vec` (x 16-byte
-// aligned, 32 for f32; codes 8-byte aligned) 8 elements per thread-iteration: one 16-byte
-// load (bf16) and one 8-byte store.
+// codes = E4M3(HiF8_TA(x·s)), s from the device amax. Bandwidth-bound form (hif8_stream.cuh):
+// per block one 8192-entry byte table in shared memory maps the 13-bit prefix of x·s
+// (hif8_lut.h) straight to the E4M3 code of its HiF8 value (the global HiF8 code table composed
+// with the E4M3 code of each HiF8 code's value, both from the reference scalar code), so per
+// element the work is x·s (rounded to bf16 for bf16 input), a shift and one shared-memory
+// read. With `vec` (x and codes 16-byte aligned) 16-element tiles: 16-byte loads, one 16-byte
+// store of 16 codes; persistent grid.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kStreamThreads)
     quantize_e4m3_kernel(const T* __restrict__ x, uint8_t* __restrict__ codes, int64_t n,
                          bool vec, const float* __restrict__ d_amax, float max_target,
-                         float* __restrict__ scale_inv) {
+                         float* __restrict__ scale_inv, const uint8_t* __restrict__ g_lut) {
   constexpr bool kBF16 = sizeof(T) == 2;
-  __shared__ uint8_t code_lut[detail::kHiF8IdxCount];
-  __shared__ uint8_t e4m3_lut[256];
+  __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
+  __shared__ uint8_t e4m3_of[256];
   const float s = device_scale_for(*d_amax, max_target, kBF16);
   if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
-  for (int i = threadIdx.x; i < detail::kHiF8IdxCount; i += blockDim.x)
-    code_lut[i] = detail::hif8_encode_ta(detail::hif8_idx_value(i), false);
-  for (int i = threadIdx.x; i < 256; i += blockDim.x)
-    e4m3_lut[i] = detail::e4m3_encode_rne(detail::hif8_decode(uint8_t(i)));
+  e4m3_of[threadIdx.x] = detail::e4m3_encode_rne(detail::hif8_decode(uint8_t(threadIdx.x)));
+  __syncthreads();
+  {
+    const uint4* src = reinterpret_cast<const uint4*>(g_lut);
+    uint4* dst = reinterpret_cast<uint4*>(lut);
+    for (int i = threadIdx.x; i < detail::kHiF8LutSize / 16; i += blockDim.x) {
+      Tile<uint8_t> t;
+      t.q[0] = __ldg(src + i);
+      uint32_t c[kTile];
+#pragma unroll
+      for (int k = 0; k < kTile; ++k) c[k] = e4m3_of[(t.w[k >> 2] >> (8 * (k & 3))) & 0xffu];
+      tile_set_bytes(t, c);
+      dst[i] = t.q[0];
+    }
+  }
   __syncthreads();
   auto q = [&](float xv) -> uint32_t {
-    float xs = xv * s;
-    if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
-    return e4m3_lut[detail::hif8_encode_ta_fast(xs, false, code_lut)];
+    float xs = xv * s;  // NaN → canonical NaN (a NaN table entry)
+    if (kBF16) xs = round_bf16_dev(xs);
+    return lut[detail::hif8_lut_index(xs)];
   };
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t start = 0;
+  int64_t done = 0;
   if (vec) {
-    const int64_t n8 = n / 8;
-    for (int64_t j = tid; j < n8; j += stride) {
-      float v[8];
-      load8(x, 8 * j, v);
-      uint2 c;
-      c.x = q(v[0]) | (q(v[1]) << 8) | (q(v[2]) << 16) | (q(v[3]) << 24);
-      c.y = q(v[4]) | (q(v[5]) << 8) | (q(v[6]) << 16) | (q(v[7]) << 24);
-      reinterpret_cast<uint2*>(codes)[j] = c;
+    constexpr int U = kUnroll<T>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<T> in[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u * stride >= ntiles) break;
+        float xs[kTile];
+        tile_scaled<true, kBF16>(in[u], s, xs);
+        uint32_t c[kTile];
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) c[k] = lut[detail::hif8_lut_index(xs[k])];
+        Tile<uint8_t> o;
+        tile_set_bytes(o, c);
+        store_tile(codes, t0 + u * stride, o);
+      }
     }
-    start = n8 * 8;
+    done = ntiles * kTile;
   }
-  for (int64_t i = start + tid; i < n; i += stride) codes[i] = uint8_t(q(to_f(x[i])));
+  for (int64_t i = done + tid; i < n; i += stride) codes[i] = uint8_t(q(elem_f(x, i)));
 }
 
+// out = e4m3(c) · scale_inv through a 256-entry value table per block (rounded to bf16 once
+// per code for bf16 output), 16-code tiles as in the HiF8 decode kernel.
 template <typename T>
-__global__ void dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
-                                  T* __restrict__ out, int64_t n) {
-  const float s = *si;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    from_f(out, i, detail::e4m3_decode_bits(c[i]) * s);
+__global__ void __launch_bounds__(kStreamThreads)
+    dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
+                      T* __restrict__ out, int64_t n, bool vec) {
+  __shared__ uint32_t val[256];
+  {
+    float v = detail::e4m3_decode_bits(uint8_t(threadIdx.x)) * *si;
+    if (sizeof(T) == 2) v = round_bf16_dev(v);
+    val[threadIdx.x] = __float_as_uint(v);
+  }
+  __syncthreads();
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (vec) {
+    constexpr int U = kUnroll<uint8_t>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<uint8_t> in[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(c, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u * stride >= ntiles) break;
+        uint32_t v[kTile];
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) v[k] = val[(in[u].w[k >> 2] >> (8 * (k & 3))) & 0xffu];
+        Tile<T> o;
+        tile_set(o, v);
+        store_tile(out, t0 + u * stride, o);
+      }
+    }
+    done = ntiles * kTile;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
 }
 
 // ---- cuBLASLt plans, cached per shape/config ----
@@ -174,29 +221,36 @@ void hif8_quantize_e4m3(const Tensor& x, Tensor& codes, Tensor& scale_inv, float
   const int64_t n = x.numel();
   Tensor d = Tensor::empty({1}, DType::F32, x.device());
   amax_to_device(x, d.data<float>());
-  auto aligned = [](const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
-  const bool vec = aligned(x.raw(), 8 * dtype_size(x.dtype())) && aligned(codes.raw(), 8);
-  const unsigned g = stream_grid(vec ? n / 8 + 1 : n, kThreads);
-  if (x.dtype() == DType::F32)
-    quantize_e4m3_kernel<float><<<g, kThreads>>>(static_cast<const float*>(x.raw()),
-                                                 codes.data<uint8_t>(), n, vec, d.data<float>(),
-                                                 max_target, scale_inv.data<float>());
-  else
-    quantize_e4m3_kernel<__nv_bfloat16><<<g, kThreads>>>(
-        static_cast<const __nv_bfloat16*>(x.raw()), codes.data<uint8_t>(), n, vec, d.data<float>(),
-        max_target, scale_inv.data<float>());
+  const bool vec = aligned16_host(x.raw()) && aligned16_host(codes.raw());
+  const uint8_t* lut = hif8_code_lut_device(false);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const void* k = reinterpret_cast<const void*>(quantize_e4m3_kernel<T>);
+    const int64_t items = vec ? (n / kTile + kUnroll<T> - 1) / kUnroll<T> + 1 : n;
+    // n = 0 still runs one block: it writes scale_inv
+    quantize_e4m3_kernel<T><<<persistent_grid(k, items), kStreamThreads>>>(
+        static_cast<const T*>(x.raw()), codes.data<uint8_t>(), n, vec, d.data<float>(),
+        max_target, scale_inv.data<float>(), lut);
+  };
+  if (x.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
   OSP_CUDA_LAUNCH_CHECK("quantize_e4m3_kernel");
 }
 
 void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
   const int64_t n = codes.numel();
   if (n == 0) return;
-  if (out.dtype() == DType::F32)
-    dequantize_kernel<float><<<grid_for(n), kThreads>>>(codes.data<uint8_t>(), scale_inv.data<float>(),
-                                                        out.data<float>(), n);
-  else
-    dequantize_kernel<__nv_bfloat16><<<grid_for(n), kThreads>>>(
-        codes.data<uint8_t>(), scale_inv.data<float>(), static_cast<__nv_bfloat16*>(out.raw()), n);
+  const uint8_t* c = codes.data<uint8_t>();
+  const bool vec = aligned16_host(c) && aligned16_host(out.raw());
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const void* k = reinterpret_cast<const void*>(dequantize_kernel<T>);
+    const int64_t items = vec ? (n / kTile + kUnroll<uint8_t> - 1) / kUnroll<uint8_t> + 1 : n;
+    dequantize_kernel<T><<<persistent_grid(k, items), kStreamThreads>>>(
+        c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
+  };
+  if (out.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
   OSP_CUDA_LAUNCH_CHECK("fp8 dequantize_kernel");
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/hif8.h"
 
 namespace osp::quant::cuda {
@@ -80,33 +81,41 @@ __device__ __forceinline__ void store8(__nv_bfloat16* p, int64_t i, const float 
   *reinterpret_cast<uint4*>(p + i) = q;
 }
 
-// Grid size for the grid-stride streaming kernels: enough 256-thread blocks to cover `items`
-// (one item per thread), at most 8 resident blocks per SM (full occupancy) — more only adds
-// block scheduling and per-block prologue cost. SM count cached per device (no sync).
+// Grid size for grid-stride kernels: enough 256-thread blocks to cover `items` (one item per
+// thread), at most 8 per SM. SM count cached per device (no sync). The HiF8 streaming kernels
+// size their grids with persistent_grid (hif8_stream.cuh) from their measured occupancy.
 unsigned stream_grid(int64_t items, int threads);
 
 // max|x| over n elements into *d_amax (which must hold 0 before the launch). NaN ignored:
 // fmaxf drops NaN operands. Non-negative floats order like their bit patterns, so the
-// cross-block combine is one integer atomicMax per block. With `vec` (x 16-byte aligned, 32 for
-// f32) 8 elements move per thread-iteration in 16-byte loads.
+// cross-block combine is one integer atomicMax per block. With `vec` (x 16-byte aligned) the
+// grid walks 16-element tiles with 16-byte loads, ≈ 64 bytes in flight per thread
+// (hif8_stream.cuh); blockDim.x must be a multiple of 32.
 template <typename T>
-__global__ void __launch_bounds__(256) amax_kernel(const T* __restrict__ x, int64_t n, bool vec,
-                                                   float* d_amax) {
+__global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restrict__ x, int64_t n,
+                                                              bool vec, float* d_amax) {
   float m = 0.0f;
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t start = 0;
+  int64_t done = 0;
   if (vec) {
-    const int64_t n8 = n / 8;
-    for (int64_t j = tid; j < n8; j += stride) {
-      float v[8];
-      load8(x, 8 * j, v);
+    constexpr int U = kUnroll<T>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<T> in[U];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k]));
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u * stride >= ntiles) break;
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) m = fmaxf(m, fabsf(tile_elem(in[u], k)));
+      }
     }
-    start = n8 * 8;
+    done = ntiles * kTile;
   }
-  for (int64_t i = start + tid; i < n; i += stride) m = fmaxf(m, fabsf(to_f(x[i])));
+  for (int64_t i = done + tid; i < n; i += stride) m = fmaxf(m, fabsf(to_f(x[i])));
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   __shared__ float warp_max[32];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

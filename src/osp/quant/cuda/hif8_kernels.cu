@@ -1,14 +1,30 @@
 // CUDA HiF8 kernels: encode, decode, TA/stochastic quant-dequant, amax, scaled fake quant.
-// The scalar bit logic is the same code as the CPU path (hif8_scalar.h), so results are
-// bitwise equal. All kernels run on the legacy default stream, like the rest of osp.
+// All kernels run on the legacy default stream, like the rest of osp.
+//
+// Every kernel is memory-bound by design (hif8_stream.cuh): persistent grid, 16-element tiles
+// with 16-byte loads and stores, ≈ 64 bytes of loads in flight per thread, and a per-element
+// cost of a handful of instructions:
+//   encode   x (+0) → 13-bit prefix → code table in shared memory (hif8_lut.h)
+//   decode   code → 256-entry value table in shared memory
+//   round    x·s (→ bf16 for bf16 input) → prefix → code → value table (decode(c)/s, rounded
+//            to the output's precision once per block)
+//   hybrid   the same with the magnitude first rounded stochastically on the HiF8 grid by
+//            integer arithmetic; one Philox4x32-10 call gives the words of 4 elements
+// The tables are built from the reference scalar codec (hif8_scalar.h), and
+// tests/quant/hif8_lut_test.cpp checks the table path against it on the CPU, so the results
+// are bitwise those of the CPU implementation.
 #include <cuda_bf16.h>
 
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "osp/core/cuda_check.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #include "osp/quant/cuda/hif8_device.cuh"
-#include "osp/quant/cuda/hif8_fast.h"
+#include "osp/quant/cuda/hif8_lut.h"
+#include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/hif8.h"
 #include "osp/quant/hif8_scalar.h"
 #include "osp/quant/philox.h"
@@ -16,171 +32,211 @@
 namespace osp::quant::cuda {
 namespace {
 
-using detail::hif8_decode;
-using detail::hif8_encode_hybrid;
-using detail::hif8_encode_ta;
+constexpr int kThreads = kStreamThreads;
 
-constexpr int kThreads = 256;
-
-unsigned grid_for(int64_t work_items) {
-  int64_t b = (work_items + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > 65535LL * 8) b = 65535LL * 8;
-  return unsigned(b);
-}
-
-// ---- encode: 4 elements per thread-iteration (vector load when aligned) ----
-template <typename T>
-__global__ void encode_kernel(const T* __restrict__ x, uint8_t* __restrict__ out, int64_t n,
-                              bool saturate) {
-  int64_t n4 = n / 4;
-  int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
-    float v[4];
-    load4(x, i * 4, v);
-    uchar4 c;
-    c.x = hif8_encode_ta(v[0], saturate);
-    c.y = hif8_encode_ta(v[1], saturate);
-    c.z = hif8_encode_ta(v[2], saturate);
-    c.w = hif8_encode_ta(v[3], saturate);
-    reinterpret_cast<uchar4*>(out)[i] = c;
+int device_sms(int dev) {
+  static std::atomic<int> sms[64] = {};
+  int nsm = dev >= 0 && dev < 64 ? sms[dev].load(std::memory_order_relaxed) : 0;
+  if (nsm <= 0) {
+    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+    if (nsm <= 0) nsm = 1;
+    if (dev >= 0 && dev < 64) sms[dev].store(nsm, std::memory_order_relaxed);
   }
-  for (int64_t i = n4 * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    out[i] = hif8_encode_ta(to_f(x[i]), saturate);
+  return nsm;
 }
 
-template <typename T>
-__global__ void encode_scalar_kernel(const T* __restrict__ x, uint8_t* __restrict__ out,
-                                     int64_t n, bool saturate) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = hif8_encode_ta(to_f(x[i]), saturate);
+// ---- the global prefix → code table (both saturation modes) ----
+__global__ void build_code_lut_kernel(uint8_t* __restrict__ lut) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < 2 * detail::kHiF8LutSize)
+    lut[i] = detail::hif8_lut_entry(uint32_t(i) & uint32_t(detail::kHiF8LutSize - 1),
+                                    i >= detail::kHiF8LutSize);
 }
 
-// ---- decode ----
-template <typename T>
-__global__ void decode_kernel(const uint8_t* __restrict__ c, T* __restrict__ out, int64_t n) {
-  int64_t n4 = n / 4;
-  int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
-    uchar4 q = reinterpret_cast<const uchar4*>(c)[i];
-    float v[4] = {hif8_decode(q.x), hif8_decode(q.y), hif8_decode(q.z), hif8_decode(q.w)};
-    store4(out, i * 4, v);
-  }
-  for (int64_t i = n4 * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    from_f(out, i, hif8_decode(c[i]));
+// ---- encode: x → code ----
+template <typename TI>
+__device__ __forceinline__ uint32_t encode_one(float v, const uint8_t* lut) {
+  return lut[detail::hif8_lut_index(__fadd_rn(v, 0.0f))];  // +0: NaN canonical, −0 → +0
 }
 
-template <typename T>
-__global__ void decode_scalar_kernel(const uint8_t* __restrict__ c, T* __restrict__ out,
-                                     int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    from_f(out, i, hif8_decode(c[i]));
-}
-
-// Grid-stride elementwise loop: out[i] = op(x[i], i). With `vec` (x and out aligned to 4
-// elements) 4 consecutive elements move per load/store (16-byte f32, 8-byte bf16 accesses).
-template <typename TI, typename TO, typename Op>
-__device__ __forceinline__ void elementwise(const TI* __restrict__ x, TO* __restrict__ out,
-                                            int64_t n, bool vec, Op op) {
+template <typename TI>
+__global__ void __launch_bounds__(kThreads)
+    encode_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
+                  const uint8_t* __restrict__ g_lut) {
+  __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
+  copy_code_lut(lut, g_lut);
+  __syncthreads();
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t start = 0;
+  int64_t done = 0;
   if (vec) {
-    const int64_t n4 = n / 4;
-    for (int64_t j = tid; j < n4; j += stride) {
-      float v[4];
-      load4(x, 4 * j, v);
+    constexpr int U = kUnroll<TI>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<TI> in[U];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = op(v[k], 4 * j + k);
-      store4(out, 4 * j, v);
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u * stride >= ntiles) break;
+        uint32_t c[kTile];
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) c[k] = encode_one<TI>(tile_elem(in[u], k), lut);
+        Tile<uint8_t> o;
+        tile_set_bytes(o, c);
+        store_tile(out, t0 + u * stride, o);
+      }
     }
-    start = n4 * 4;
+    done = ntiles * kTile;
   }
-  for (int64_t i = start + tid; i < n; i += stride) from_f(out, i, op(to_f(x[i]), i));
+  for (int64_t i = done + tid; i < n; i += stride) out[i] = uint8_t(encode_one<TI>(elem_f(x, i), lut));
 }
 
-// ---- quant-dequant (TA or stochastic) ----
-template <typename TI, typename TO>
-__global__ void round_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
-                             bool saturate, bool stochastic, uint64_t seed, uint64_t offset) {
-  elementwise(x, out, n, vec, [&](float v, int64_t i) {
-    uint8_t c = stochastic
-                    ? hif8_encode_hybrid(v, saturate, detail::philox_word(seed, offset + uint64_t(i)))
-                    : hif8_encode_ta(v, saturate);
-    return hif8_decode(c);
-  });
-}
-
-// ---- scaled fake quant: s from the device amax, same formula as hif8_scale_for ----
-template <typename TI, typename TO>
-__global__ void fake_quant_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n,
-                                  bool vec, const float* __restrict__ d_amax, float max_target,
-                                  float* __restrict__ d_scale_out, bool stochastic, uint64_t seed,
-                                  uint64_t offset) {
-  constexpr bool kBF16 = sizeof(TI) == 2;
-  const float s = device_scale_for(*d_amax, max_target, kBF16);
-  if (d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
-  elementwise(x, out, n, vec, [&](float xv, int64_t i) {
-    float xs = xv * s;
-    if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
-    uint8_t c = stochastic ? hif8_encode_hybrid(xs, false,
-                                                detail::philox_word(seed, offset + uint64_t(i)))
-                           : hif8_encode_ta(xs, false);
-    float v = hif8_decode(c) / s;
-    if (kBF16) v = __bfloat162float(__float2bfloat16_rn(v));
-    return v;
-  });
-}
-
-// ---- scaled fake quant, TA (the hot path): bandwidth-bound version ----
-// Per block, two small shared tables replace the branchy scalar codec: code_lut (the HiF8 code
-// of each rounded magnitude, see hif8_fast.h) and val_lut (the output value of each code,
-// computed with the very expression of fake_quant_kernel: decode(c) / s, bf16-rounded for bf16
-// input). Per element: x·s, the branch-free TA index, two shared-memory lookups. With `vec`
-// (x and out 16-byte aligned, 32 for f32) 8 elements per thread-iteration, 16-byte accesses.
-template <typename TI, typename TO>
+// ---- decode: code → value ----
+template <typename TO>
 __global__ void __launch_bounds__(kThreads)
-    fake_quant_ta_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
-                         const float* __restrict__ d_amax, float max_target,
-                         float* __restrict__ d_scale_out) {
-  constexpr bool kBF16 = sizeof(TI) == 2;
-  __shared__ uint8_t code_lut[detail::kHiF8IdxCount];
-  __shared__ float val_lut[256];
-  const float s = device_scale_for(*d_amax, max_target, kBF16);
-  if (d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
-  for (int i = threadIdx.x; i < detail::kHiF8IdxCount; i += blockDim.x)
-    code_lut[i] = hif8_encode_ta(detail::hif8_idx_value(i), false);
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    float v = hif8_decode(uint8_t(i)) / s;
-    if (kBF16) v = __bfloat162float(__float2bfloat16_rn(v));
-    val_lut[i] = v;
+    decode_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
+  __shared__ uint32_t val[256];  // float bit patterns (bf16-exact: HiF8 has ≤ 3 mantissa bits)
+  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
+  __syncthreads();
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (vec) {
+    constexpr int U = kUnroll<uint8_t>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<uint8_t> in[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(c, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u * stride >= ntiles) break;
+        uint32_t v[kTile];
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) v[k] = val[(in[u].w[k >> 2] >> (8 * (k & 3))) & 0xffu];
+        Tile<TO> o;
+        tile_set(o, v);
+        store_tile(out, t0 + u * stride, o);
+      }
+    }
+    done = ntiles * kTile;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
+}
+
+// ---- quant-dequant: TA or hybrid, unscaled (hif8_round*) or per-tensor scaled (fake quant) --
+// Random words of the 16 elements of the tile starting at global element index `first`
+// (the convention of philox.h: element g takes word g mod 4 of Philox block g / 4). One Philox
+// call per 4 elements; when `first` is not a multiple of 4 (an offset that is not), a fifth
+// block is drawn and the words are shifted by the phase (uniform across the grid).
+__device__ __forceinline__ void tile_words(uint32_t k0, uint32_t k1, uint64_t first,
+                                           uint32_t W[kTile]) {
+  const uint64_t b0 = first >> 2;
+  const uint32_t phase = uint32_t(first) & 3u;
+  uint32_t w[kTile + 4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint64_t b = b0 + uint64_t(j);
+    const detail::Philox4 r =
+        detail::philox4x32_10(detail::Philox4{{uint32_t(b), uint32_t(b >> 32), 0u, 0u}}, k0, k1);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) w[4 * j + q] = r.v[q];
+  }
+  if (phase != 0) {
+    const uint64_t b = b0 + 4;
+    const detail::Philox4 r =
+        detail::philox4x32_10(detail::Philox4{{uint32_t(b), uint32_t(b >> 32), 0u, 0u}}, k0, k1);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) w[kTile + q] = r.v[q];
+    if (phase & 1u) {
+#pragma unroll
+      for (int k = 0; k < kTile + 3; ++k) w[k] = w[k + 1];
+    }
+    if (phase & 2u) {
+#pragma unroll
+      for (int k = 0; k < kTile + 2; ++k) w[k] = w[k + 2];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kTile; ++k) W[k] = w[k];
+}
+
+// out = val[code(x·s)] with val[c] = decode(c)/s in the output's numerics (see hif8.cpp):
+// bf16-rounded when the input or the output is bf16. Unscaled (kScaled false): x + 0 instead
+// of x·s (only canonicalizes NaN), val[c] = decode(c). BF16 input with scaling: x·s is
+// rounded to bf16 first.
+template <typename TI, typename TO, bool kScaled, bool kSR>
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
+                    const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
+                    float max_target, float* __restrict__ d_scale_out, uint64_t seed,
+                    uint64_t offset) {
+  constexpr bool kInBF16 = sizeof(TI) == 2;
+  constexpr bool kOutBF16 = sizeof(TO) == 2;
+  __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
+  __shared__ uint32_t val[256];
+  __shared__ detail::SrEntry sr[kSR ? 256 : 1];
+  const float s = kScaled ? device_scale_for(*d_amax, max_target, kInBF16) : 1.0f;
+  if (kScaled && d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
+  copy_code_lut(lut, g_lut);
+  {
+    const int c = threadIdx.x;  // blockDim.x == 256
+    float v = detail::hif8_decode(uint8_t(c));
+    if (kScaled) v = __fdiv_rn(v, s);
+    if (kScaled && (kInBF16 || kOutBF16)) v = round_bf16_dev(v);
+    val[c] = __float_as_uint(v);
+    if (kSR) sr[c] = detail::hif8_sr_entry(c);
   }
   __syncthreads();
-  auto q = [&](float xv) {
-    float xs = xv * s;
-    if (kBF16) xs = __bfloat162float(__float2bfloat16_rn(xs));
-    return val_lut[detail::hif8_encode_ta_fast(xs, false, code_lut)];
+  const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  auto scaled = [&](float xv) {
+    float xs = scale_canon<kScaled>(xv, s);
+    if (kScaled && kInBF16) xs = round_bf16_dev(xs);
+    return xs;
+  };
+  auto one = [&](float xs, uint32_t r) -> uint32_t {
+    uint32_t k;
+    if constexpr (kSR) k = detail::hif8_sr_index(xs, r, sr);
+    else k = detail::hif8_lut_index(xs);
+    return val[lut[k]];
   };
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t start = 0;
+  int64_t done = 0;
   if (vec) {
-    const int64_t n8 = n / 8;
-    for (int64_t j = tid; j < n8; j += stride) {
-      float v[8];
-      load8(x, 8 * j, v);
+    constexpr int U = kUnroll<TI>;
+    const int64_t ntiles = n / kTile;
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<TI> in[U];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = q(v[k]);
-      store8(out, 8 * j, v);
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t t = t0 + u * stride;
+        if (t >= ntiles) break;
+        uint32_t W[kTile];
+        if (kSR) tile_words(k0, k1, offset + uint64_t(t) * kTile, W);
+        float xs[kTile];
+        tile_scaled<kScaled, kScaled && kInBF16>(in[u], s, xs);
+        uint32_t v[kTile];
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) v[k] = one(xs[k], kSR ? W[k] : 0u);
+        Tile<TO> o;
+        tile_set(o, v);
+        store_tile(out, t, o);
+      }
     }
-    start = n8 * 8;
+    done = ntiles * kTile;
   }
-  for (int64_t i = start + tid; i < n; i += stride) from_f(out, i, q(to_f(x[i])));
+  for (int64_t i = done + tid; i < n; i += stride) {
+    const uint32_t r = kSR ? detail::philox_word(seed, offset + uint64_t(i)) : 0u;
+    put_bits(out, i, one(scaled(elem_f(x, i)), r));
+  }
 }
-
-bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
 
 template <typename F>
 void with_in_out(DType ti, DType to, F&& f) {
@@ -190,36 +246,95 @@ void with_in_out(DType ti, DType to, F&& f) {
   else f(__nv_bfloat16{}, __nv_bfloat16{});
 }
 
+// Work items of a streaming launch: tile groups when vectorized, elements otherwise.
+template <typename T>
+int64_t stream_items(int64_t n, bool vec) {
+  return vec ? (n / kTile + kUnroll<T> - 1) / kUnroll<T> + 1 : n;
+}
+
+template <typename TI, typename TO, bool kScaled>
+void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
+                     const float* d_amax, float max_target, float* d_scale_out, uint64_t seed,
+                     uint64_t offset) {
+  const int64_t n = x.numel();
+  const TI* xp = static_cast<const TI*>(x.raw());
+  TO* op = static_cast<TO*>(out.raw());
+  const bool vec = aligned16_host(xp) && aligned16_host(op);
+  const uint8_t* lut = hif8_code_lut_device(saturate);
+  auto go = [&](auto kernel) {
+    kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel), stream_items<TI>(n, vec)),
+             kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
+  };
+  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
+  else go(quantize_kernel<TI, TO, kScaled, false>);
+}
+
 }  // namespace
 
-unsigned stream_grid(int64_t items, int threads) {
-  static std::atomic<int> sms[64] = {};
+const uint8_t* hif8_code_lut_device(bool saturate) {
+  static std::mutex mu;
+  static uint8_t* luts[64] = {};
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
-  int nsm = dev < 64 ? sms[dev].load(std::memory_order_relaxed) : 0;
-  if (nsm <= 0) {
-    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-    if (nsm <= 0) nsm = 1;
-    if (dev < 64) sms[dev].store(nsm, std::memory_order_relaxed);
+  OSP_CHECK(dev >= 0 && dev < 64, "hif8 CUDA kernels: device index ", dev, " out of range");
+  std::lock_guard<std::mutex> lock(mu);
+  if (!luts[dev]) {
+    uint8_t* p = nullptr;
+    // 16 KB for the life of the process (never freed: kernels may use it until exit)
+    OSP_CUDA_CHECK(cudaMalloc(&p, 2 * detail::kHiF8LutSize));
+    build_code_lut_kernel<<<(2 * detail::kHiF8LutSize + 255) / 256, 256>>>(p);
+    OSP_CUDA_LAUNCH_CHECK("hif8 build_code_lut_kernel");
+    luts[dev] = p;
   }
+  return luts[dev] + (saturate ? detail::kHiF8LutSize : 0);
+}
+
+unsigned persistent_grid(const void* kernel, int64_t items) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int> per_sm;
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  int blocks_per_sm = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = per_sm.find({kernel, dev});
+    if (it == per_sm.end()) {
+      OSP_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kStreamThreads, 0));
+      if (blocks_per_sm < 1) blocks_per_sm = 1;
+      per_sm.emplace(std::make_pair(kernel, dev), blocks_per_sm);
+    } else {
+      blocks_per_sm = it->second;
+    }
+  }
+  int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
+  const int64_t cap = int64_t(device_sms(dev)) * blocks_per_sm;
+  if (b > cap) b = cap;
+  if (b < 1) b = 1;
+  return unsigned(b);
+}
+
+unsigned stream_grid(int64_t items, int threads) {
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
   int64_t b = (items + threads - 1) / threads;
-  const int64_t cap = int64_t(nsm) * 8;
+  const int64_t cap = int64_t(device_sms(dev)) * 8;
   if (b > cap) b = cap;
   if (b < 1) b = 1;
   return unsigned(b);
 }
 
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
-  int64_t n = x.numel();
+  const int64_t n = x.numel();
   if (n == 0) return;
   uint8_t* o = out.data<uint8_t>();
+  const uint8_t* lut = hif8_code_lut_device(saturate);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* p = static_cast<const T*>(x.raw());
-    if (aligned(p, 4 * sizeof(T)) && aligned(o, 4))
-      encode_kernel<T><<<grid_for(n / 4 + 1), kThreads>>>(p, o, n, saturate);
-    else
-      encode_scalar_kernel<T><<<grid_for(n), kThreads>>>(p, o, n, saturate);
+    const bool vec = aligned16_host(p) && aligned16_host(o);
+    const void* k = reinterpret_cast<const void*>(encode_kernel<T>);
+    encode_kernel<T><<<persistent_grid(k, stream_items<T>(n, vec)), kThreads>>>(p, o, n, vec, lut);
   };
   if (x.dtype() == DType::F32) run(float{});
   else run(__nv_bfloat16{});
@@ -227,16 +342,15 @@ void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
 }
 
 void hif8_decode(const Tensor& codes, Tensor& out) {
-  int64_t n = codes.numel();
+  const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
   auto run = [&](auto tag) {
     using T = decltype(tag);
     T* o = static_cast<T*>(out.raw());
-    if (aligned(c, 4) && aligned(o, 4 * sizeof(T)))
-      decode_kernel<T><<<grid_for(n / 4 + 1), kThreads>>>(c, o, n);
-    else
-      decode_scalar_kernel<T><<<grid_for(n), kThreads>>>(c, o, n);
+    const bool vec = aligned16_host(c) && aligned16_host(o);
+    const void* k = reinterpret_cast<const void*>(decode_kernel<T>);
+    decode_kernel<T><<<persistent_grid(k, stream_items<uint8_t>(n, vec)), kThreads>>>(c, o, n, vec);
   };
   if (out.dtype() == DType::F32) run(float{});
   else run(__nv_bfloat16{});
@@ -244,44 +358,37 @@ void hif8_decode(const Tensor& codes, Tensor& out) {
 }
 
 void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
-  int64_t n = x.numel();
-  if (n == 0) return;
+  if (x.numel() == 0) return;
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
-    using TI = decltype(ti);
-    using TO = decltype(to);
-    const bool vec = aligned(x.raw(), 4 * sizeof(TI)) && aligned(out.raw(), 4 * sizeof(TO));
-    round_kernel<TI, TO><<<grid_for(vec ? n / 4 + 1 : n), kThreads>>>(
-        static_cast<const TI*>(x.raw()), static_cast<TO*>(out.raw()), n, vec, saturate, false, 0, 0);
+    launch_quantize<decltype(ti), decltype(to), false>(x, out, false, saturate, nullptr, 0.0f,
+                                                       nullptr, 0, 0);
   });
-  OSP_CUDA_LAUNCH_CHECK("hif8 round_kernel");
+  OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (round)");
 }
 
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
                            bool saturate) {
-  int64_t n = x.numel();
-  if (n == 0) return;
+  if (x.numel() == 0) return;
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
-    using TI = decltype(ti);
-    using TO = decltype(to);
-    const bool vec = aligned(x.raw(), 4 * sizeof(TI)) && aligned(out.raw(), 4 * sizeof(TO));
-    round_kernel<TI, TO><<<grid_for(vec ? n / 4 + 1 : n), kThreads>>>(
-        static_cast<const TI*>(x.raw()), static_cast<TO*>(out.raw()), n, vec, saturate, true, seed,
-        offset);
+    launch_quantize<decltype(ti), decltype(to), false>(x, out, true, saturate, nullptr, 0.0f,
+                                                       nullptr, seed, offset);
   });
-  OSP_CUDA_LAUNCH_CHECK("hif8 round_kernel (stochastic)");
+  OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (stochastic round)");
 }
 
 void amax_to_device(const Tensor& x, float* d_amax) {
-  int64_t n = x.numel();
+  const int64_t n = x.numel();
   OSP_CUDA_CHECK(cudaMemsetAsync(d_amax, 0, sizeof(float), 0));
   if (n == 0) return;
-  const bool vec = aligned(x.raw(), 8 * dtype_size(x.dtype()));
-  const unsigned g = stream_grid(vec ? n / 8 + 1 : n, kThreads);
-  if (x.dtype() == DType::F32)
-    amax_kernel<float><<<g, kThreads>>>(static_cast<const float*>(x.raw()), n, vec, d_amax);
-  else
-    amax_kernel<__nv_bfloat16><<<g, kThreads>>>(static_cast<const __nv_bfloat16*>(x.raw()), n, vec,
-                                                d_amax);
+  const bool vec = aligned16_host(x.raw());
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const void* k = reinterpret_cast<const void*>(amax_kernel<T>);
+    amax_kernel<T><<<persistent_grid(k, stream_items<T>(n, vec)), kThreads>>>(
+        static_cast<const T*>(x.raw()), n, vec, d_amax);
+  };
+  if (x.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
   OSP_CUDA_LAUNCH_CHECK("hif8 amax_kernel");
 }
 
@@ -296,25 +403,14 @@ float amax(const Tensor& x) {
 namespace {
 void fake_quant_launch(const Tensor& x, Tensor& out, float max_target, float* d_scale_out,
                        bool stochastic, uint64_t seed, uint64_t offset) {
-  int64_t n = x.numel();
   Tensor d = Tensor::empty({1}, DType::F32, x.device());
   amax_to_device(x, d.data<float>());
+  // n = 0 still launches one block: it writes the scale of amax 0 to d_scale_out
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
-    using TI = decltype(ti);
-    using TO = decltype(to);
-    if (!stochastic) {
-      const bool vec8 = aligned(x.raw(), 8 * sizeof(TI)) && aligned(out.raw(), 8 * sizeof(TO));
-      fake_quant_ta_kernel<TI, TO><<<stream_grid(vec8 ? n / 8 + 1 : n, kThreads), kThreads>>>(
-          static_cast<const TI*>(x.raw()), static_cast<TO*>(out.raw()), n, vec8, d.data<float>(),
-          max_target, d_scale_out);
-      return;
-    }
-    const bool vec = aligned(x.raw(), 4 * sizeof(TI)) && aligned(out.raw(), 4 * sizeof(TO));
-    fake_quant_kernel<TI, TO><<<grid_for(vec ? n / 4 + 1 : n), kThreads>>>(
-        static_cast<const TI*>(x.raw()), static_cast<TO*>(out.raw()), n, vec, d.data<float>(),
-        max_target, d_scale_out, stochastic, seed, offset);
+    launch_quantize<decltype(ti), decltype(to), true>(x, out, stochastic, false, d.data<float>(),
+                                                      max_target, d_scale_out, seed, offset);
   });
-  OSP_CUDA_LAUNCH_CHECK("hif8 fake_quant_kernel");
+  OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (fake quant)");
 }
 }  // namespace
 
