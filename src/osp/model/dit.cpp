@@ -355,14 +355,20 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
   }
   lap(ProfStage::NormRope);
   Tensor vh = v.view({B, n, H, D});
-  if (hif8) {
+  // FP8 attention quantizes q/k/v itself (the same Q(·, 15) values, as E4M3 codes).
+  const bool fp8_attn = opt_.quant == DiTQuant::FP8 && opt_.fp8_attention && opt_.device.is_cuda();
+  if (hif8 && !fp8_attn) {
     quant::hif8_fake_quant(qr, qr);
     quant::hif8_fake_quant(kr, kr);
     quant::hif8_fake_quant(vh, vh);
     lap(ProfStage::Quant);
   }
   Tensor& o = ws("o", {B, n, H, D}, act_);
-  sp.self_attention(i, qr, kr, vh, o);
+  static const dist::AttentionFn fp8_fn = [](const Tensor& q, const Tensor& k, const Tensor& v,
+                                             Tensor& out, const ops::AttentionArgs& a) {
+    quant::hif8_attention_fp8(q, k, v, out, a);
+  };
+  sp.self_attention(i, qr, kr, vh, o, fp8_attn ? fp8_fn : dist::AttentionFn());
   lap(ProfStage::SelfAttn);
   Tensor& y = ws("y", {B, n, d}, act_);
   const Tensor o2 = o.view({B, n, d});

@@ -33,12 +33,18 @@ struct DiTOptions {
   // FP8 (Hopper execution of the HiF8 model): every block linear (self/cross q, k, v, o, FFN 1
   // and 2) quantizes its input per tensor to E4M3(HiF8(x·s)) and runs quant::fp8_linear against
   // a weight quantized ONCE at bind time (E4M3(HiF8(w·s)), amax → 15; equal to HiF8 mode's
-  // Q(W, 15) except the tiny values fp8.h lists). Attention q/k/v get Q(·, 15) as in HiF8 mode;
-  // attention, embeddings and the head stay bf16. Only the FP8 weight copy is kept on the
+  // Q(W, 15) except the tiny values fp8.h lists). Self-attention q/k/v get Q(·, 15) as in HiF8
+  // mode and, with fp8_attention (default), run as FP8 attention (quant::hif8_attention_fp8:
+  // the E4M3 codes of exactly those values, cuDNN's fused FP8 SDPA; its softmax probabilities
+  // are rounded to E4M3 — the one extra rounding vs HiF8 mode, measured in
+  // tests/quant/fp8_attention_gpu_test). Cross-attention (512 keys), embeddings and the head
+  // stay bf16. Only the FP8 weight copy is kept on the
   // device. On CUDA a linear whose shape breaks cuBLASLt's FP8 rules (K % 16, N % 8) falls back
   // to HiF8 mode's fake-quant bf16 GEMM; bind logs that once (Info). On the CPU, FP8 runs
   // fp8_linear's CPU reference (f32 GEMM of the dequantized E4M3 operands) — slow, for tests.
   DiTQuant quant = DiTQuant::None;
+  // FP8 mode only: self-attention in FP8 (true) or bf16 on the HiF8-rounded q/k/v (false).
+  bool fp8_attention = true;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
