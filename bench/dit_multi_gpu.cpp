@@ -15,8 +15,14 @@
 // weights; the bf16 model is released before the FP8 model is bound (peak_gib is reset per
 // model). rel_err_vs_1gpu of an fp8 mode (1.3B) is its output against the bf16 model's output
 // for the same attention plan (-1 when that bf16 mode did not run).
+// --profile (or OSP_PROFILE=1): the DiT's stage timers (model/profile.h: CUDA events, no sync
+// inside the forward) over the timed reps; after each mode's line, one JSON line per
+// (stage, block kind) with ms per forward on every rank ("ms_per_rank"), rank 0's, the slowest
+// rank's (the rank with the largest total) and the largest over ranks, then a text table
+// (lines starting with '#'). The stages tile the forward, so their sum is the event-timed
+// forward ("total" line).
 //   bench_dit_multi_gpu [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8]
-//                       [--reps 3] [--warmup 1] [--quick]
+//                       [--reps 3] [--warmup 1] [--quick] [--profile]
 // Default --modes: hybrid,full (1 process) / hybrid+ssp,full+ulysses (mpirun).
 #include <algorithm>
 #include <chrono>
@@ -32,6 +38,7 @@
 #include "osp/dist/communicator.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "osp/model/profile.h"
 #include "osp/sparse/skiparse.h"
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -78,6 +85,69 @@ double now_ms() {
   return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
 }
 
+// Per-stage table of one mode: every rank's ms per forward (gathered over comm), printed by
+// rank 0 as JSON lines and a text table.
+void print_profile(const model::ProfileReport& mine, dist::Communicator* comm, int S, Device dev,
+                   const std::string& card_name, const std::string& model_name,
+                   const std::string& res, const char* mode) {
+  const int slots = model::kProfSlots;
+  std::vector<float> flat(size_t(slots) + 1);
+  const auto fm = mine.flat_ms();
+  for (int i = 0; i < slots; ++i) flat[size_t(i)] = float(fm[size_t(i)]);
+  flat[size_t(slots)] = float(mine.total_ms);
+  std::vector<float> all = flat;  // [S, slots + 1]
+  if (S > 1) {
+    Tensor t = Tensor::from_vector(flat, {int64_t(flat.size())}).to(dev);
+    Tensor a = Tensor::empty({int64_t(S) * int64_t(flat.size())}, DType::F32, dev);
+    comm->all_gather(t, a);
+    all = a.to_float_vector();
+  }
+  if (comm->rank() != 0) return;
+  const size_t w = flat.size();
+  auto at = [&](int r, int slot) { return double(all[size_t(r) * w + size_t(slot)]); };
+  int slow = 0;
+  for (int r = 1; r < S; ++r)
+    if (at(r, slots) > at(slow, slots)) slow = r;
+  std::string table;
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "# profile %s %s %s, %d GPU(s), %lld forward(s) per rank, ms per forward\n",
+                model_name.c_str(), res.c_str(), mode, S, (long long)mine.forwards);
+  table += line;
+  std::snprintf(line, sizeof line, "# %-16s %-7s %10s %12s %10s %10s %8s\n", "stage", "blocks",
+                "rank0", "slowest(r)", "max", "min", "laps");
+  table += line;
+  auto emit = [&](const char* stage, const char* kind, int slot, double laps) {
+    double mx = at(0, slot), mn = at(0, slot);
+    std::string per;
+    for (int r = 0; r < S; ++r) {
+      mx = std::max(mx, at(r, slot));
+      mn = std::min(mn, at(r, slot));
+      char v[32];
+      std::snprintf(v, sizeof v, "%s%.3f", r ? "," : "", at(r, slot));
+      per += v;
+    }
+    std::printf(
+        "{\"bench\":\"dit_multi_gpu_profile\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
+        "\"mode\":\"%s\",\"gpus\":%d,\"stage\":\"%s\",\"blocks\":\"%s\",\"laps_per_forward\":%.1f,"
+        "\"ms_rank0\":%.3f,\"ms_slowest_rank\":%.3f,\"slowest_rank\":%d,\"ms_max\":%.3f,"
+        "\"ms_min\":%.3f,\"ms_per_rank\":[%s]}\n",
+        card_name.c_str(), model_name.c_str(), res.c_str(), mode, S, stage, kind, laps, at(0, slot),
+        at(slow, slot), slow, mx, mn, per.c_str());
+    char rs[32];
+    std::snprintf(rs, sizeof rs, "%.2f(%d)", at(slow, slot), slow);
+    std::snprintf(line, sizeof line, "# %-16s %-7s %10.2f %12s %10.2f %10.2f %8.1f\n", stage, kind,
+                  at(0, slot), rs, mx, mn, laps);
+    table += line;
+  };
+  for (const auto& row : mine.rows)
+    emit(model::prof_stage_name(row.stage), model::prof_kind_name(row.kind),
+         int(row.stage) * model::kProfKinds + int(row.kind), row.calls);
+  emit("total", "-", slots, 0);
+  std::printf("%s", table.c_str());
+  std::fflush(stdout);
+}
+
 std::string card() {
 #ifdef OSP_HAVE_CUDA
   cudaDeviceProp p{};
@@ -91,16 +161,18 @@ std::string card() {
 int main(int argc, char** argv) {
   std::string models = "14b,1.3b", modes_arg;
   int reps = 3, warmup = 1;
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--models") && i + 1 < argc) models = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = std::max(0, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--modes") && i + 1 < argc) modes_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) models = "1.3b", reps = 1, warmup = 1;
+    else if (!std::strcmp(argv[i], "--profile")) profile = true;
     else {
       std::fprintf(stderr,
                    "usage: %s [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8 | "
-                   "hybrid+ssp,full+ulysses] [--reps N] [--warmup N] [--quick]\n",
+                   "hybrid+ssp,full+ulysses] [--reps N] [--warmup N] [--quick] [--profile]\n",
                    argv[0]);
       return 2;
     }
@@ -198,6 +270,7 @@ int main(int argc, char** argv) {
         model::DiTOptions opt{dev};
         opt.quant = quant;
         model::DiT m = model::DiT::bind(c.cfg, random_weights(c.cfg), opt);
+        if (profile) m.set_profiling(true);
         if (S > 1) comm->barrier();
         const double bind_ms = now_ms() - t_bind;
         for (const Mode& md : modes) {
@@ -211,6 +284,7 @@ int main(int argc, char** argv) {
           uint64_t bytes = 0;
           Tensor out;
           for (int it = 0; it < warmup + reps; ++it) {
+            if (it == warmup) m.profile_reset();  // profile the timed reps only
             if (S > 1) comm->barrier();
             sp->reset_bytes();
             const double t0 = now_ms();
@@ -229,6 +303,7 @@ int main(int argc, char** argv) {
             if (it >= warmup) times.push_back(ms);
           }
           std::sort(times.begin(), times.end());
+          const model::ProfileReport prof = m.profile_report();  // before the checks below
           // Correctness on the GPU (1.3B only, cheap): the parallel output against the same
           // model on one device, on every rank (bf16: expect ~1e-2 or better).
           double rel = -1;
@@ -255,12 +330,15 @@ int main(int argc, char** argv) {
                 "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
                 "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.1f,\"ms_min\":%.1f,\"reps\":%d,"
                 "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
-                "\"rel_err_vs_1gpu\":%.3g}\n",
+                "\"rel_err_vs_1gpu\":%.3g,\"profiled\":%s}\n",
                 card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
                 times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
-                double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel);
+                double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel,
+                m.profiling() ? "true" : "false");
             std::fflush(stdout);
           }
+          if (m.profiling())
+            print_profile(prof, comm.get(), S, dev, card(), c.model, c.res, md.name);
         }
       }
     } catch (const std::exception& e) {
