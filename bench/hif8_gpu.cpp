@@ -31,6 +31,7 @@
 #include <cuda_runtime.h>
 
 #include "osp/core/cuda_check.h"
+#include "osp/quant/cuda/hif8_cuda.h"
 #endif
 
 using namespace osp;
@@ -132,6 +133,15 @@ void codec(double peak_gbps, bool quick) {
        }},
       {"encode_f32", 5, [&] { quant::hif8_encode(xf, codes); }},
       {"encode_bf16", 3, [&] { quant::hif8_encode(xb, codes); }},
+      // the two designs the bf16 encode was chosen over (quant/cuda/hif8_encode_variants.cu)
+      {"encode_bf16_variant_lut64k", 3,
+       [&] {
+         quant::cuda::hif8_encode_bf16_variant(xb, codes, false, quant::cuda::EncodeVariant::kLut64k);
+       }},
+      {"encode_bf16_variant_bits", 3,
+       [&] {
+         quant::cuda::hif8_encode_bf16_variant(xb, codes, false, quant::cuda::EncodeVariant::kBits);
+       }},
       {"decode_f32", 5, [&] { quant::hif8_decode(codes, outf); }},
       {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
       {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},

@@ -11,6 +11,9 @@
 #include "osp/quant/hif8.h"
 #include "osp/quant/hif8_linear.h"
 #include "test_util.h"
+#ifdef OSP_HAVE_CUDA
+#include "osp/quant/cuda/hif8_cuda.h"
+#endif
 
 using namespace osp;
 using namespace osp::quant;
@@ -308,4 +311,34 @@ TEST(HiF8Gpu, ManyGridStridesAndInPlaceBitwiseEqualCPU) {
     hif8_round_stochastic(yg, yg, 8, 0);
     expect_bitwise(yg, ref, "stochastic round in place");
   }
+}
+
+TEST(HiF8Gpu, EncodeVariantsBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+#ifdef OSP_HAVE_CUDA
+  // every bf16 pattern, then an odd size from an offset view (the scalar path)
+  std::vector<uint16_t> pats(65536 + 9);
+  for (size_t i = 0; i < pats.size(); ++i) pats[i] = uint16_t(i * 40503u);
+  Tensor xc = Tensor::empty({int64_t(pats.size())}, DType::BF16);
+  std::memcpy(xc.raw(), pats.data(), pats.size() * 2);
+  Tensor xg = xc.to(Device::cuda());
+  for (bool sat : {false, true})
+    for (auto v : {cuda::EncodeVariant::kPrefix8k, cuda::EncodeVariant::kLut64k,
+                   cuda::EncodeVariant::kBits}) {
+      SCOPED_TRACE(testing::Message() << "variant " << int(v) << " saturate " << sat);
+      Tensor cc = Tensor::empty(xc.shape(), DType::U8);
+      hif8_encode(xc, cc, sat);
+      Tensor cg = Tensor::empty(xc.shape(), DType::U8, Device::cuda());
+      cuda::hif8_encode_bf16_variant(xg, cg, sat, v);
+      expect_bitwise(cg, cc, "encode variant");
+      const int64_t n = xc.size(0);
+      Tensor xs = xg.slice(0, 3, n);
+      Tensor cs = Tensor::empty(xs.shape(), DType::U8, Device::cuda());
+      cuda::hif8_encode_bf16_variant(xs, cs, sat, v);
+      expect_bitwise(cs, cc.slice(0, 3, n).contiguous(), "encode variant, offset view");
+    }
+  Tensor f = Tensor::empty({16}, DType::F32, Device::cuda());
+  Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
+  EXPECT_THROW(cuda::hif8_encode_bf16_variant(f, c16, false, cuda::EncodeVariant::kBits), Error);
+#endif
 }

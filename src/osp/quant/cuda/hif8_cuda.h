@@ -20,4 +20,10 @@ void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_sc
 // The same with hybrid stochastic rounding (Philox word of seed, offset + i).
 void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
                                 uint64_t offset);
+
+// bf16 → HiF8 codes through one of three kernel designs (hif8_encode_variants.cu), for
+// bench_hif8_gpu's comparison; hif8_encode is kPrefix8k. Identical codes. x contiguous bf16
+// on CUDA, out contiguous u8/hif8 of the same size on the same device (checked).
+enum class EncodeVariant { kPrefix8k, kLut64k, kBits };
+void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v);
 }  // namespace osp::quant::cuda
