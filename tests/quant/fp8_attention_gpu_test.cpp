@@ -85,12 +85,14 @@ TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
     Fp8Tensor q8 = to_cpu(hif8_quantize_e4m3(q)), k8 = to_cpu(hif8_quantize_e4m3(k)),
               v8 = to_cpu(hif8_quantize_e4m3(v));
     Tensor got = out.to(Device::cpu()).to(DType::F32);
+    const Fp8AttentionOut ost = fp8_attention_cudnn_o_storage();
     double best = 1e9;
     for (int64_t blk : {int64_t(0), int64_t(64), int64_t(128), int64_t(256)})
       for (bool rs : {false, true}) {
         Fp8AttentionEmulation emu;
         emu.kv_block = blk;
         emu.rowsum_of_rounded_p = rs;
+        emu.o_storage = ost;
         Tensor ref = Tensor::empty(got.shape(), DType::F32);
         fp8_attention_emulate(q8, k8, v8, ref, args, emu);
         const double r = relative_error(got, ref);
@@ -99,10 +101,18 @@ TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
                     c.name, (long long)blk, rs ? "rounded" : "f32", r);
       }
     Tensor ref = Tensor::empty(got.shape(), DType::F32);
-    fp8_attention_emulate(q8, k8, v8, ref, args);
+    Fp8AttentionEmulation same;
+    same.o_storage = ost;
+    fp8_attention_emulate(q8, k8, v8, ref, args, same);
     const double r_emu = relative_error(got, ref);
+    Tensor ref_o = Tensor::empty(got.shape(), DType::F32);
+    fp8_attention_emulate(q8, k8, v8, ref_o, args);
+    std::printf("[fp8 attention] %s: O stored as %s; GPU vs emulation without the O rounding %.4g\n",
+                c.name, ost == Fp8AttentionOut::BF16 ? "bf16" : ost == Fp8AttentionOut::F16 ? "f16" : "e4m3",
+                relative_error(got, ref_o));
     Fp8AttentionEmulation unrounded;
     unrounded.round_p = false;
+    unrounded.o_storage = ost;
     Tensor ref_u = Tensor::empty(got.shape(), DType::F32);
     fp8_attention_emulate(q8, k8, v8, ref_u, args, unrounded);
     const double r_unrounded = relative_error(got, ref_u);

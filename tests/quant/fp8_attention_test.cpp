@@ -164,6 +164,15 @@ TEST(Fp8Attention, HandComputedRoundingOfP) {
   Fp8Tensor k1 = op({0.5f}, 1), v1 = op({-3.25f}, 1);
   fp8_attention(q, k1, v1, out, a);
   EXPECT_NEAR(out.data<float>()[0], -3.25, 1e-6);
+  // O stored in E4M3 at 448/(15·dv) (dv = 1): -3.25·29.87 = -97.07 → -96 (step 8 in [64, 128))
+  Fp8AttentionEmulation e8;
+  e8.o_storage = Fp8AttentionOut::E4M3;
+  fp8_attention_emulate(q, k1, v1, out, a, e8);
+  EXPECT_NEAR(out.data<float>()[0], -96.0 * 15.0 / 448.0, 1e-6);
+  // F16 storage of O/dv: -3.25 is exact
+  e8.o_storage = Fp8AttentionOut::F16;
+  fp8_attention_emulate(q, k1, v1, out, a, e8);
+  EXPECT_EQ(out.data<float>()[0], -3.25f);
 }
 
 TEST(Fp8Attention, PackedSequencesEqualSeparateCalls) {

@@ -83,10 +83,16 @@ void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& ou
 //   P_j  = exp(s_j − m) with m the running row max         f32 (online softmax)
 //   P8_j = E4M3(P_j · kFp8AttentionScaleP)                  round to nearest even, ≤ 448
 //   l    = Σ_j P_j (f32, unrounded),  acc = Σ_j P8_j · v_j  (f32)
-//   out  = acc / l · (1 / kFp8AttentionScaleP) · dv        bf16 on CUDA
+//   O'   = acc / l · (1 / kFp8AttentionScaleP) · dv        f32
+//   out  = bf16(O'), or where cuDNN cannot write BF16 O: bf16(F16(O'/dv)·dv), or
+//          bf16(E4M3(O'·s8)/s8) with s8 = 448/(15·dv) (see Fp8AttentionOut)
 // i.e. softmax(q kᵀ · scale) v on the HiF8 values with the probabilities rounded to E4M3 at
 // scale 448 (the largest E4M3 normal: P ≤ 1 maps to ≤ 448 exactly).
 inline constexpr float kFp8AttentionScaleP = 448.0f;
+// How the cuDNN plan stores O before it becomes our BF16 output: BF16 directly, F16 in v's
+// code units (O'/dv), or E4M3 spanning the range (O'·448/(15·dv), |O'| ≤ 15·dv) — the last adds
+// the E4M3 rounding of O (≤ 2^-4 relative per element).
+enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 
 // q [B, Lq, H, D], k/v [B, Lk, H, D] quantized operands (codes contiguous, one scale_inv each);
 // out [B, Lq, H, D] contiguous. args: scale (0 → 1/sqrt(D)) and seq_lens (packed sequences,
@@ -106,8 +112,11 @@ void hif8_attention_fp8(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
 // (process-wide, for tests and benchmarks).
 const char* fp8_attention_last_path();
 // The cuDNN graph variant that built the last FP8 SDPA plan (e.g. "O bf16, stats virtual"),
-// or the reasons every variant failed; empty before the first CUDA call.
+// or the reasons every variant failed; empty before the first CUDA call. OSP_FP8_SDPA_PROBE=1
+// makes the plan builder try every variant and list each outcome here.
 std::string fp8_attention_cudnn_note();
+// The O storage of the last cuDNN FP8 SDPA call (BF16 before any).
+Fp8AttentionOut fp8_attention_cudnn_o_storage();
 
 // The CPU emulation of the arithmetic above (the tests' reference). Knobs model how a fused
 // kernel may differ from the plain definition:
@@ -119,6 +128,8 @@ struct Fp8AttentionEmulation {
   bool rowsum_of_rounded_p = false;
   // false: skip the E4M3 rounding of P (then the result is plain attention on HiF8 values).
   bool round_p = true;
+  // The rounding of O' before the output (BF16: none beyond out's own dtype).
+  Fp8AttentionOut o_storage = Fp8AttentionOut::BF16;
 };
 // CPU only; out F32 or BF16 [B, Lq, H, D]; same argument rules as fp8_attention.
 void fp8_attention_emulate(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v,

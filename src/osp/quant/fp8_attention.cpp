@@ -125,6 +125,8 @@ void emulate(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor&
   const float dq = q.scale_inv.data<float>()[0], dk = k.scale_inv.data<float>()[0],
               dv = v.scale_inv.data<float>()[0];
   const float sp = kFp8AttentionScaleP, dsp = 1.0f / kFp8AttentionScaleP;
+  // output scales as fp8_attention_kernels.cu derives them from dv
+  const float so16 = 1.0f / dv, so8 = 448.0f / (15.0f * dv), inv8 = 1.0f / so8;
   Tensor of = out.dtype() == DType::F32 ? out : Tensor::empty(out.shape(), DType::F32);
   float* o = of.data<float>();
   std::fill(o, o + of.numel(), 0.0f);
@@ -167,7 +169,14 @@ void emulate(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor&
         }
         float* orow = o + (b * p.Lq + i) * row + h * D;
         const float inv_l = l > 0 ? 1.0f / l : 0.0f;
-        for (int64_t d = 0; d < D; ++d) orow[d] = acc[size_t(d)] * inv_l * dsp * dv;
+        for (int64_t d = 0; d < D; ++d) {
+          const float o1 = acc[size_t(d)] * inv_l * dsp * dv;
+          switch (emu.o_storage) {
+            case Fp8AttentionOut::BF16: orow[d] = o1; break;
+            case Fp8AttentionOut::F16: orow[d] = f16_to_f32(f32_to_f16(o1 * so16)) * dv; break;
+            case Fp8AttentionOut::E4M3: orow[d] = lut[detail::e4m3_encode_rne(o1 * so8)] * inv8; break;
+          }
+        }
       }
     }
   }
@@ -249,6 +258,14 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
 }  // namespace
 
 const char* fp8_attention_last_path() { return g_last_path.load(); }
+
+Fp8AttentionOut fp8_attention_cudnn_o_storage() {
+#ifdef OSP_HAVE_CUDA
+  return Fp8AttentionOut(cuda::fp8_sdpa_cudnn_last_o_storage());
+#else
+  return Fp8AttentionOut::BF16;
+#endif
+}
 
 std::string fp8_attention_cudnn_note() {
 #ifdef OSP_HAVE_CUDA

@@ -10,17 +10,21 @@
 //   P8  = P * scale_s                      E4M3 virtual
 //   O'  = matmul(P8, V8)                   [B,H,Lq,D] f32 virtual
 //   O' *= descale_s; O' *= descale_v;  amax_o = AMAX(O')
-//   O   = O' * scale_o                     BF16 output (scale_o = 1)
+//   O   = O' * scale_o                     BF16 output (scale_o = 1), or F16 / E4M3 converted
+//                                          into the BF16 output by fp8_attention_kernels.cu
 //
 // Q/K/V/O keep our [B, L, H, D] memory layout; the [B,H,L,D] views are expressed by strides
 // (batch strides are parameters, so packed sub-sequences are views of the whole tensors).
-// Several variants of the tail are tried in order (O bf16 with scale_o by value / as a device
-// scalar / without the scale_o multiply, stats virtual or written, and last O in E4M3 followed
-// by a dequantize); the first that finalizes is cached per shape and named in the log.
+// The tail variants (kVariants: O BF16 / F16 / E4M3, scale_o by value / device / none, stats
+// virtual / written) are tried in order; the first that finalizes is cached per shape and
+// named in the log (OSP_VERBOSE=1) and in fp8_sdpa_cudnn_note(). cuDNN 9.14 on an H200 accepted
+// only the E4M3-O variant (first GPU run, 2026-11-26).
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +61,10 @@ std::string fp8_sdpa_cudnn_note() {
 }
 
 #ifndef OSP_HAVE_CUDNN
+int fp8_sdpa_cudnn_last_o_storage() { return 0; }
+#endif
+
+#ifndef OSP_HAVE_CUDNN
 bool fp8_sdpa_cudnn(const Fp8SdpaCall&, std::string* why) {
   *why = "this build has no cuDNN";
   set_note(*why);
@@ -81,20 +89,36 @@ enum Uid : int64_t {
   kAmaxS, kAmaxO, kStats, kVirtual = 100
 };
 
-// The tail variants, tried in this order.
+// The tail variants, tried in this order (the first that finalizes is used).
+enum class OStore { BF16, F16, E4M3 };
+enum class ScaleO { None, ByValueOne, Device };
 struct Variant {
   const char* name;
-  bool o_fp8;            // O in E4M3 (then dequantized by us) instead of BF16
-  int scale_o;           // 0: no scale_o multiply, 1: by-value 1.0, 2: device scalar
-  bool stats_output;     // softmax stats written to memory instead of virtual
+  OStore o;
+  ScaleO scale_o;
+  bool stats_output;  // softmax stats written to memory instead of virtual
+  bool amax_o;        // the AMAX(O') output
 };
 constexpr Variant kVariants[] = {
-    {"O bf16, scale_o by value, stats virtual", false, 1, false},
-    {"O bf16, scale_o by value, stats written", false, 1, true},
-    {"O bf16, scale_o device scalar, stats written", false, 2, true},
-    {"O bf16, no scale_o, stats written", false, 0, true},
-    {"O e4m3 + dequantize, stats written", true, 2, true},
+    {"O bf16, scale_o 1 by value, stats virtual", OStore::BF16, ScaleO::ByValueOne, false, true},
+    {"O bf16, scale_o 1 by value, stats written", OStore::BF16, ScaleO::ByValueOne, true, true},
+    {"O bf16, no scale_o, no amax_o, stats written", OStore::BF16, ScaleO::None, true, false},
+    {"O f16 (O/dv), scale_o device, stats virtual", OStore::F16, ScaleO::Device, false, true},
+    {"O f16 (O/dv), scale_o device, stats written", OStore::F16, ScaleO::Device, true, true},
+    {"O f16, scale_o 1 by value, stats written", OStore::F16, ScaleO::ByValueOne, true, true},
+    {"O e4m3 (448/(15 dv)) + dequantize, stats virtual", OStore::E4M3, ScaleO::Device, false, true},
+    {"O e4m3 (448/(15 dv)) + dequantize, stats written", OStore::E4M3, ScaleO::Device, true, true},
 };
+
+bool probe_all() {
+  static const bool on = [] {
+    const char* e = std::getenv("OSP_FP8_SDPA_PROBE");
+    return e && *e && std::string(e) != "0";
+  }();
+  return on;
+}
+
+std::atomic<int> g_last_o{0};
 
 cudnnHandle_t handle() {
   static cudnnHandle_t h = [] {
@@ -107,17 +131,20 @@ cudnnHandle_t handle() {
 }
 
 // Device scalars shared by every call, 16 bytes apart (the alignment the tensor descriptors
-// declare): scale_s, descale_s, scale_o = 1, the amax outputs amax_s, amax_o (written by cuDNN,
-// unused) and the E4M3-output variant's scale_o (set per call).
-enum Const : int { kCScaleS = 0, kCDescaleS = 4, kCScaleO = 8, kCAmaxS = 12, kCAmaxO = 16, kCScaleO8 = 20 };
+// declare): scale_s, descale_s, 1, the amax outputs (written by cuDNN, unused), and the per-call
+// output scales derived from descale_v (fp8_attn_output_scales).
+enum Const : int {
+  kCScaleS = 0, kCDescaleS = 4, kCOne = 8, kCAmaxS = 12, kCAmaxO = 16,
+  kCScaleO16 = 20, kCInv16 = 24, kCScaleO8 = 28, kCInv8 = 32, kCCount = 36
+};
 float* constants() {
   static float* p = [] {
     float* d = nullptr;
-    OSP_CUDA_CHECK(cudaMalloc(&d, 24 * sizeof(float)));
-    float host[24] = {};
+    OSP_CUDA_CHECK(cudaMalloc(&d, kCCount * sizeof(float)));
+    float host[kCCount] = {};
     host[kCScaleS] = kFp8AttentionScaleP;
     host[kCDescaleS] = 1.0f / kFp8AttentionScaleP;
-    host[kCScaleO] = 1.0f;
+    host[kCOne] = 1.0f;
     OSP_CUDA_CHECK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice));
     return d;
   }();
@@ -318,13 +345,16 @@ void build_variant(Graph& g, const PlanKey& k, const Variant& var) {
   auto q = g.tensor(kQ, f8, {B, H, Lq, D}, {k.qb, D, H * D, 1}, false);
   auto kt = g.tensor(kK, f8, {B, H, D, Lk}, {k.kvb, D, 1, H * D}, false);
   auto v = g.tensor(kV, f8, {B, H, Lk, D}, {k.kvb, D, H * D, 1}, false);
-  auto o = g.tensor(kO, var.o_fp8 ? f8 : CUDNN_DATA_BFLOAT16, {B, H, Lq, D}, {k.ob, D, H * D, 1},
-                    false);
+  const cudnnDataType_t odt = var.o == OStore::BF16   ? CUDNN_DATA_BFLOAT16
+                             : var.o == OStore::F16  ? CUDNN_DATA_HALF
+                                                     : f8;
+  auto o = g.tensor(kO, odt, {B, H, Lq, D}, {k.ob, D, H * D, 1}, false);
   auto attn_scale = g.scalar(kAttnScale, true);
   auto dq = g.scalar(kDescaleQ, false), dk = g.scalar(kDescaleK, false),
        dv = g.scalar(kDescaleV, false), ds = g.scalar(kDescaleS, false),
        ss = g.scalar(kScaleS, false);
-  auto amax_s = g.scalar(kAmaxS, false), amax_o = g.scalar(kAmaxO, false);
+  auto amax_s = g.scalar(kAmaxS, false);
+  auto amax_o = var.amax_o ? g.scalar(kAmaxO, false) : nullptr;
   const std::vector<int64_t> sd = {B, H, Lq, Lk}, sst = {H * Lq * Lk, Lq * Lk, Lk, 1};
   const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
   const std::vector<int64_t> od = {B, H, Lq, D}, ost = {H * Lq * D, Lq * D, D, 1};
@@ -358,46 +388,60 @@ void build_variant(Graph& g, const PlanKey& k, const Variant& var) {
   g.matmul(p8, v, o0);
   auto o1 = g.virt(f32, od, ost);
   g.pointwise(CUDNN_POINTWISE_MUL, o0, ds, o1);
-  if (var.scale_o == 0) {
+  if (var.scale_o == ScaleO::None) {
     g.pointwise(CUDNN_POINTWISE_MUL, o1, dv, o);
-    g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o1, amax_o);  // pre-descale_v amax (no free tensor)
+    if (var.amax_o) g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o1, amax_o);
   } else {
     auto o2 = g.virt(f32, od, ost);
     g.pointwise(CUDNN_POINTWISE_MUL, o1, dv, o2);
-    auto so = g.scalar(kScaleO, var.scale_o == 1);
+    auto so = g.scalar(kScaleO, var.scale_o == ScaleO::ByValueOne);
     g.pointwise(CUDNN_POINTWISE_MUL, o2, so, o);
-    g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o2, amax_o);
+    if (var.amax_o) g.reduction(CUDNN_REDUCE_TENSOR_AMAX, o2, amax_o);
   }
 }
 
 Plan build_plan(const PlanKey& k) {
   Plan out;
-  std::string errors;
+  std::string tried;  // outcome of each variant tried
+  static const int only = [] {  // OSP_FP8_SDPA_VARIANT=i: try variant i alone (benchmarks)
+    const char* e = std::getenv("OSP_FP8_SDPA_VARIANT");
+    return e && *e ? std::atoi(e) : -1;
+  }();
   for (const Variant& var : kVariants) {
+    if (only >= 0 && &var != &kVariants[only % int(std::size(kVariants))]) continue;
     try {
       Graph g;
       build_variant(g, k, var);
       std::string note;
-      out.plan = g.plan(&note);
-      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(out.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                                   CUDNN_TYPE_INT64, 1, nullptr, &out.workspace));
-      out.variant = &var;
-      std::string msg = str("fp8 attention: cuDNN FP8 SDPA plan for B=", k.B, " H=", k.H, " Lq=", k.Lq,
-                            " Lk=", k.Lk, " D=", k.D, ": variant '", var.name, "', ", note,
-                            ", workspace ", out.workspace, " bytes (cuDNN ", cudnnGetVersion(), ")",
-                            errors.empty() ? "" : "; earlier variants failed:" + errors);
-      set_note(msg);
-      log_once(str("fp8-sdpa-plan-", k.B, "-", k.H, "-", k.Lq, "-", k.Lk, "-", k.D, "-", k.qb, "-",
-                   k.kvb, "-", k.ob),
-               msg);
-      return out;
+      cudnnBackendDescriptor_t plan = g.plan(&note);
+      int64_t ws = 0;
+      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                                   CUDNN_TYPE_INT64, 1, nullptr, &ws));
+      tried += str(" [", var.name, "] ok: ", note, ", workspace ", ws, " bytes;");
+      if (!out.plan) {
+        out.plan = plan;
+        out.workspace = ws;
+        out.variant = &var;
+      } else {
+        cudnnBackendDestroyDescriptor(plan);
+      }
+      if (!probe_all()) break;
     } catch (const Error& e) {
-      errors += str(" [", var.name, "] ", e.what(), ";");
+      tried += str(" [", var.name, "] ", e.what(), ";");
     }
   }
-  out.plan = nullptr;
-  out.why = str("cuDNN ", cudnnGetVersion(), ": every FP8 SDPA graph variant failed:", errors);
-  set_note(out.why);
+  const std::string shape = str("B=", k.B, " H=", k.H, " Lq=", k.Lq, " Lk=", k.Lk, " D=", k.D);
+  if (!out.plan) {
+    out.why = str("cuDNN ", cudnnGetVersion(), " has no FP8 SDPA engine for ", shape, ":", tried);
+    set_note(out.why);
+    return out;
+  }
+  const std::string msg = str("fp8 attention: cuDNN ", cudnnGetVersion(), " FP8 SDPA plan for ",
+                              shape, ": variant '", out.variant->name, "'; variants tried:", tried);
+  set_note(msg);
+  log_once(str("fp8-sdpa-plan-", k.B, "-", k.H, "-", k.Lq, "-", k.Lk, "-", k.D, "-", k.qb, "-",
+               k.kvb, "-", k.ob),
+           msg);
   return out;
 }
 
@@ -426,6 +470,8 @@ void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vect
 
 }  // namespace
 
+int fp8_sdpa_cudnn_last_o_storage() { return g_last_o.load(); }
+
 bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
   if (!aligned16(c.q) || !aligned16(c.k) || !aligned16(c.v) || !aligned16(c.out) ||
       !aligned16(c.descale_q) || !aligned16(c.descale_k) || !aligned16(c.descale_v)) {
@@ -448,36 +494,36 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
   float* consts = constants();
   float attn_scale = c.attn_scale;
   float one = 1.0f;
-  // O e4m3: O' ≤ max|v| = 15·descale_v, so scale_o = 448 / (15·descale_v) keeps it in range;
-  // the codes are then dequantized with 1/scale_o into the bf16 output.
-  Tensor o8, o8_scale_inv;
-  void* o_ptr = c.out;
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
-  if (var.o_fp8) {
-    float dv_host = 0;
-    OSP_CUDA_CHECK(cudaMemcpy(&dv_host, c.descale_v, sizeof(float), cudaMemcpyDeviceToHost));
-    const float scale_o = dv_host > 0 && std::isfinite(dv_host) ? 448.0f / (15.0f * dv_host) : 1.0f;
-    const float so_host[1] = {scale_o};
-    OSP_CUDA_CHECK(cudaMemcpy(consts + kCScaleO8, so_host, sizeof(float), cudaMemcpyHostToDevice));
-    o8 = Tensor::empty({c.B, c.o_bstride}, DType::F8E4M3, Device::cuda(dev));
-    o8_scale_inv = Tensor::from_vector({1.0f / scale_o}, {1}).to(Device::cuda(dev));
-    o_ptr = o8.raw();
+  // F16 / E4M3 O goes to a temporary with the output's batch stride, then into the bf16 output
+  Tensor o_tmp;
+  void* o_ptr = c.out;
+  if (var.o != OStore::BF16) {
+    o_tmp = Tensor::empty({c.B, c.o_bstride}, var.o == OStore::F16 ? DType::F16 : DType::F8E4M3,
+                          Device::cuda(dev));
+    o_ptr = o_tmp.raw();
   }
+  if (var.scale_o == ScaleO::Device)
+    fp8_attn_output_scales(c.descale_v, consts + kCScaleO16, consts + kCInv16, consts + kCScaleO8,
+                           consts + kCInv8);
   Tensor stats;
   std::vector<int64_t> uids = {kQ, kK, kV, kO, kAttnScale, kDescaleQ, kDescaleK, kDescaleV,
-                               kDescaleS, kScaleS, kAmaxS, kAmaxO};
+                               kDescaleS, kScaleS, kAmaxS};
   std::vector<void*> ptrs = {const_cast<void*>(c.q), const_cast<void*>(c.k), const_cast<void*>(c.v),
                              o_ptr, &attn_scale, const_cast<float*>(c.descale_q),
                              const_cast<float*>(c.descale_k), const_cast<float*>(c.descale_v),
-                             consts + kCDescaleS, consts + kCScaleS, consts + kCAmaxS,
-                             consts + kCAmaxO};
-  if (var.scale_o == 1) {
+                             consts + kCDescaleS, consts + kCScaleS, consts + kCAmaxS};
+  if (var.amax_o) {
+    uids.push_back(kAmaxO);
+    ptrs.push_back(consts + kCAmaxO);
+  }
+  if (var.scale_o == ScaleO::ByValueOne) {
     uids.push_back(kScaleO);
     ptrs.push_back(&one);
-  } else if (var.scale_o == 2) {
+  } else if (var.scale_o == ScaleO::Device) {
     uids.push_back(kScaleO);
-    ptrs.push_back(consts + (var.o_fp8 ? kCScaleO8 : kCScaleO));
+    ptrs.push_back(consts + (var.o == OStore::E4M3 ? kCScaleO8 : kCScaleO16));
   }
   if (var.stats_output) {
     stats = Tensor::empty({c.B * c.H * c.Lq}, DType::F32, Device::cuda(dev));
@@ -486,16 +532,14 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
   }
   void* ws = plan.workspace > 0 ? ops::cuda::scratch(size_t(plan.workspace)) : nullptr;
   execute(plan, uids, ptrs, ws);
-  if (var.o_fp8) {
-    // dequantize the rows this call wrote: [B, Lq·H·D] with batch stride o_bstride
-    for (int64_t b = 0; b < c.B; ++b) {
-      const int64_t n = c.Lq * c.H * c.D;
-      Tensor codes = o8.view({c.B * c.o_bstride}).slice(0, b * c.o_bstride, b * c.o_bstride + n);
-      Tensor dst = Tensor::from_blob(static_cast<uint16_t*>(c.out) + b * c.o_bstride, {n},
-                                     DType::BF16, Device::cuda(dev), nullptr);
-      fp8_dequantize(codes, o8_scale_inv, dst);
-    }
+  if (var.o != OStore::BF16) {
+    const float* back = var.o == OStore::E4M3                ? consts + kCInv8
+                        : var.scale_o == ScaleO::Device      ? consts + kCInv16
+                                                             : consts + kCOne;
+    fp8_attn_o_to_bf16(o_tmp.raw(), var.o == OStore::E4M3, back, c.out, c.B, c.Lq * c.H * c.D,
+                       c.o_bstride, c.o_bstride);
   }
+  g_last_o = int(var.o);
   return true;
 }
 #endif  // OSP_HAVE_CUDNN
