@@ -368,8 +368,21 @@ void DiT::run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
                                              Tensor& out, const ops::AttentionArgs& a) {
     quant::hif8_attention_fp8(q, k, v, out, a);
   };
-  sp.self_attention(i, qr, kr, vh, o, fp8_attn ? fp8_fn : dist::AttentionFn());
-  lap(ProfStage::SelfAttn);
+  if (!prof_.enabled()) {
+    sp.self_attention(i, qr, kr, vh, o, fp8_attn ? fp8_fn : dist::AttentionFn());
+  } else {
+    // Profiling: laps around the attention kernel itself split it from the sequence-parallel
+    // layer's own work (Ulysses all-to-alls, layout copies) without touching dist/.
+    const dist::AttentionFn& core = fp8_attn ? fp8_fn : dist::default_attention();
+    const dist::AttentionFn timed = [&](const Tensor& aq, const Tensor& ak, const Tensor& av,
+                                        Tensor& aout, const ops::AttentionArgs& a) {
+      lap(ProfStage::SelfAttnComm);
+      core(aq, ak, av, aout, a);
+      lap(ProfStage::SelfAttn);
+    };
+    sp.self_attention(i, qr, kr, vh, o, timed);
+    lap(ProfStage::SelfAttnComm);
+  }
   Tensor& y = ws("y", {B, n, d}, act_);
   const Tensor o2 = o.view({B, n, d});
   const LinIn oq = quant_input(o2, "oq");

@@ -28,7 +28,8 @@ const char* prof_stage_name(ProfStage s) {
     case ProfStage::QKV: return "qkv_linear";
     case ProfStage::NormRope: return "qk_norm_rope";
     case ProfStage::Quant: return "quant";
-    case ProfStage::SelfAttn: return "self_attention";
+    case ProfStage::SelfAttnComm: return "self_attn_comm";
+    case ProfStage::SelfAttn: return "self_attn_kernel";
     case ProfStage::OProj: return "o_proj_residual";
     case ProfStage::CrossAttn: return "cross_attention";
     case ProfStage::FFN: return "ffn";

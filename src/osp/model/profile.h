@@ -31,7 +31,8 @@ enum class ProfStage : uint8_t {
   QKV,           // self-attention q, k, v linears
   NormRope,      // RMS norm of q, k and RoPE
   Quant,         // HiF8 / FP8 quantization of linear inputs and of attention q, k, v
-  SelfAttn,      // sp.self_attention (Ulysses all-to-alls included)
+  SelfAttnComm,  // sp.self_attention around the attention kernel: Ulysses all-to-alls, copies
+  SelfAttn,      // the self-attention kernel (called by sp.self_attention through AttentionFn)
   OProj,         // self-attention o linear + gated residual
   CrossAttn,     // norm3, q linear, context k/v linears, norms, attention, o linear, residual
   FFN,           // LN·(1 + scale2) + shift2, ffn.0 + GELU, ffn.2, gated residual
