@@ -79,6 +79,8 @@ class DiT {
   // per sample (float, 0..1000); context [B, L, text_dim] or [L, text_dim] with L ≤ text_len
   // (zero-padded to text_len, no key mask). Returns the velocity [B, out_dim, F, H, W] (or
   // without B, as x) in F32 on the model's device. H, W must be multiples of the patch size.
+  // Each rank runs the (per-token) head on its own rows of the last block and sp.gather_output
+  // moves the f32 head output (out_dim·patch_volume channels) instead of the dim-wide state.
   Tensor forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                  dist::SequenceParallel& sp);
 
