@@ -65,6 +65,25 @@ void linear_case(int64_t M, int64_t K, int64_t N, int bias_kind, ops::Act act, D
   EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 5e-3);
 }
 
+// All-f32 small linear (time embedding): f32 accumulation on both sides.
+void linear_f32_case(int64_t M, int64_t K, int64_t N, bool bias, ops::Act act) {
+  Tensor x = rnd({M, K}, 1.f), w = rnd({N, K}, 1.f / std::sqrt(float(K))), b = rnd({N}, 0.5f);
+  Tensor ref = Tensor::empty({M, N}, DType::F32);
+  ops::linear(x, w, bias ? &b : nullptr, ref, act);
+  Tensor gb = on_gpu(b, DType::F32);
+  Tensor out = poisoned({M, N}, DType::F32);
+  ops::linear(on_gpu(x, DType::F32), on_gpu(w, DType::F32), bias ? &gb : nullptr, out, act);
+  EXPECT_REL(out, ref, 1e-5);
+}
+
+// Strided (permuted) copies on the GPU: 16-byte vectorised and element paths vs the CPU copy.
+void permute_copy_case(const Shape& shape, const std::vector<int>& perm, DType dt) {
+  Tensor x = rnd(shape, 1.f, dt == DType::BF16);
+  Tensor ref = x.permute(perm).contiguous();
+  Tensor got = on_gpu(x, dt).permute(perm).contiguous();
+  EXPECT_REL(got, ref, 0.0);
+}
+
 void layer_norm_case(int64_t R, int64_t C, bool affine, DType in_dt, DType out_dt) {
   Tensor x = rnd({R, C}, 2.f, in_dt == DType::BF16), w = rnd({C}), b = rnd({C});
   Tensor ref = Tensor::empty({R, C}, DType::F32);
@@ -241,6 +260,14 @@ std::vector<Case> all_cases() {
   auto add = [&](std::string n, std::function<void()> f) { c.push_back({std::move(n), std::move(f)}); };
   // linear: odd sizes, each bias kind (0 none, 1 bf16, 2 f32), each activation, both outputs
   add("linear_1x64x32", [=] { linear_case(1, 64, 32, 0, A::None, H); });
+  add("linear_f32_2x256x3072_bias_silu", [=] { linear_f32_case(2, 256, 3072, true, A::Silu); });
+  add("linear_f32_11x97x33_nobias", [=] { linear_f32_case(11, 97, 33, false, A::None); });
+  add("linear_f32_3x64x40_bias_gelu", [=] { linear_f32_case(3, 64, 40, true, A::GeluTanh); });
+  add("permute_bf16_ulysses_2x37x4x64", [=] {
+    permute_copy_case({2, 37, 4, 64}, {2, 0, 1, 3}, H);  // 16-byte path (128-byte rows)
+  });
+  add("permute_f32_3x5x7", [=] { permute_copy_case({3, 5, 7}, {2, 0, 1}, F); });  // element path
+  add("permute_bf16_5x6x12", [=] { permute_copy_case({5, 6, 12}, {1, 0, 2}, H); });  // 24-byte rows
   add("linear_37x96x200_bias_bf16", [=] { linear_case(37, 96, 200, 1, A::None, H); });
   add("linear_37x96x200_bias_f32_out_f32", [=] { linear_case(37, 96, 200, 2, A::None, F); });
   add("linear_300x512x384_gelu_bias", [=] { linear_case(300, 512, 384, 1, A::GeluTanh, H); });

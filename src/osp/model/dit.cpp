@@ -169,13 +169,16 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
   m.patch_ = lin("patch_embedding", gemm_w, gemm_w, dev, false);
   m.text0_ = lin("text_embedding.0", gemm_w, gemm_w, dev, false);
   m.text2_ = lin("text_embedding.2", gemm_w, gemm_w, dev, false);
-  m.time0_ = lin("time_embedding.0", DType::F32, DType::F32, Device::cpu(), false);
-  m.time2_ = lin("time_embedding.2", DType::F32, DType::F32, Device::cpu(), false);
-  m.time_proj_ = lin("time_projection.1", DType::F32, DType::F32, Device::cpu(), false);
+  // The time embedding stays f32 (wan-spec §2.6) and runs where the model runs: on CUDA through
+  // ops::linear's small-row f32 kernel (the [6·d, d] projection alone is 629 MB of f32 weights
+  // at 14B — streaming it from host memory every forward cost ~0.1 s).
+  m.time0_ = lin("time_embedding.0", DType::F32, DType::F32, dev, false);
+  m.time2_ = lin("time_embedding.2", DType::F32, DType::F32, dev, false);
+  m.time_proj_ = lin("time_projection.1", DType::F32, DType::F32, dev, false);
   // The reference's head GEMM is fp32; CUDA linear is bf16-only, so the CUDA head runs a bf16
   // GEMM with fp32 bias/output (documented deviation). CPU: fp32.
   m.head_ = lin("head.head", gemm_w, DType::F32, dev, false);
-  m.head_modulation_ = place(W("head.modulation"), DType::F32, Device::cpu()).view({2, cfg.dim});
+  m.head_modulation_ = place(W("head.modulation"), DType::F32, dev).view({2, cfg.dim});
   m.blocks_.resize(size_t(cfg.num_layers));
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     Block& b = m.blocks_[size_t(i)];
@@ -508,7 +511,7 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
   xfull.copy_from(xe);
   prof_.lap(ProfStage::PatchEmbed, none);
 
-  // (b) time embedding on the host in fp32 (sinusoid in fp64)       e [B, d], e0 [B, 6, d]
+  // (b) time embedding in fp32 (sinusoid in fp64 on the host)      e [B, d], e0 [B, 6, d]
   const int64_t half = c.freq_dim / 2;
   Tensor sinus = Tensor::empty({B, c.freq_dim}, DType::F32);
   for (int64_t b = 0; b < B; ++b)
@@ -517,27 +520,33 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
       sinus.data<float>()[b * c.freq_dim + k] = float(std::cos(arg));
       sinus.data<float>()[b * c.freq_dim + half + k] = float(std::sin(arg));
     }
-  Tensor e_a = Tensor::empty({B, d}, DType::F32), e = Tensor::empty({B, d}, DType::F32);
+  sinus = sinus.to(dev);
+  Tensor e_a = Tensor::empty({B, d}, DType::F32, dev), e = Tensor::empty({B, d}, DType::F32, dev);
   ops::linear(sinus, time0_.w, &time0_.b, e_a, ops::Act::Silu);
   ops::linear(e_a, time2_.w, &time2_.b, e);
-  Tensor e_silu = Tensor::empty({B, d}, DType::F32);
+  Tensor e_silu = Tensor::empty({B, d}, DType::F32, dev);
   ops::silu(e, e_silu);
-  Tensor e0 = Tensor::empty({B, 6 * d}, DType::F32);
+  Tensor e0 = Tensor::empty({B, 6 * d}, DType::F32, dev);
   ops::linear(e_silu, time_proj_.w, &time_proj_.b, e0);
-  Tensor e0_dev = e0.view({B, 6, d}).to(dev);
+  Tensor e0_dev = e0.view({B, 6, d});
   prof_.lap(ProfStage::TimeEmbed, none);
 
   // (c) text embedding: zero-pad to text_len, Lin → GELU → Lin      C [B, Lt, d]
-  Tensor ctx_host = Tensor::zeros({B, Lt, c.text_dim}, DType::F32);
-  if (Lc > 0) {
-    const std::vector<float> cv = ctx3.to_float_vector();  // [B, Lc, text_dim]
-    float* dst = ctx_host.data<float>();
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(cv.begin() + b * Lc * c.text_dim, cv.begin() + (b + 1) * Lc * c.text_dim,
-                dst + b * Lt * c.text_dim);
-  }
   Tensor& ctx_in = ws("ctx_in", {B, Lt, c.text_dim}, act_);
-  ctx_in.copy_from(ctx_host);
+  {  // zero-padded to text_len, assembled on the model's device
+    const Tensor cd = Lc > 0 ? ctx3.to(dev) : Tensor();
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor cb = ctx_in.select(0, b);
+      if (Lc < Lt) {
+        Tensor tail = cb.slice(0, Lc, Lt);
+        tail.zero_();
+      }
+      if (Lc > 0) {
+        Tensor head = cb.slice(0, 0, Lc);
+        head.copy_from(cd.select(0, b));
+      }
+    }
+  }
   Tensor& c1 = ws("ctx1", {B, Lt, d}, act_);
   Tensor& ctx = ws("ctx", {B, Lt, d}, act_);
   linear(ctx_in, text0_, c1, ops::Act::GeluTanh);
@@ -574,13 +583,12 @@ Tensor DiT::forward(const Tensor& x_in, const std::vector<float>& t, const Tenso
             "DiT::forward: the last block's hidden state is ", x.desc(), ", expected [", B,
             ", n, ", d, "]");
   const int64_t n_loc = x.size(1);
-  Tensor hm = Tensor::empty({B, 2, d}, DType::F32);
+  Tensor hm_dev = Tensor::empty({B, 2, d}, DType::F32, dev);
   for (int64_t b = 0; b < B; ++b)
-    for (int j = 0; j < 2; ++j)
-      for (int64_t ch = 0; ch < d; ++ch)
-        hm.data<float>()[(b * 2 + j) * d + ch] =
-            head_modulation_.data<float>()[j * d + ch] + e.data<float>()[b * d + ch];
-  Tensor hm_dev = hm.to(dev);
+    for (int j = 0; j < 2; ++j) {
+      Tensor hbj = hm_dev.select(0, b).select(0, j);
+      ops::axpby(1.f, head_modulation_.select(0, j), 1.f, e.select(0, b), hbj);
+    }
   Tensor& hn = ws("head_in", {B, n_loc, d}, act_);
   for (int64_t b = 0; b < B; ++b) {
     Tensor hb = hn.select(0, b);

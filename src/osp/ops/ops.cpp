@@ -103,8 +103,18 @@ void linear(const Tensor& x0, const Tensor& w0, const Tensor* bias0, Tensor& out
   const Tensor* bp = bias0 ? &bias : nullptr;
   if (on_cuda(x, op)) {
 #ifdef OSP_HAVE_CUDA
+    if (x.dtype() == DType::F32 && w.dtype() == DType::F32) {
+      const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+      OSP_CHECK(M <= 256, op, ": CUDA f32 linear is for small layers (at most 256 rows), got x ",
+                x.desc(), "; use bf16 operands for large GEMMs");
+      if (bp) check_f32(*bp, op, "bias");
+      check_f32(out, op, "out");
+      cuda::linear_f32_rows(x, w, bp, out, act);
+      return;
+    }
     OSP_CHECK(x.dtype() == DType::BF16 && w.dtype() == DType::BF16, op,
-              ": CUDA linear takes bf16 x and w, got x ", x.desc(), ", w ", w.desc());
+              ": CUDA linear takes bf16 x and w (or all-f32 operands for at most 256 rows), got x ",
+              x.desc(), ", w ", w.desc());
     if (bp) check_f32_or_bf16(*bp, op, "bias");
     check_f32_or_bf16(out, op, "out");
     cuda::linear(x, w, bp, out, act);

@@ -24,7 +24,9 @@ enum class Act : uint8_t { None, GeluTanh, Silu };
 // out[M,N] = act(x[M,K] · w[N,K]ᵀ + bias[N]).  x may have any leading dims (flattened to M);
 // out has the same leading dims and N last. bias may be null.
 // CPU: all F32 (OpenBLAS sgemm). CUDA: x,w BF16; bias BF16 or F32; out BF16 or F32;
-// fp32 accumulation (cuBLASLt, bias/act fused into the epilogue).
+// fp32 accumulation (cuBLASLt, bias/act fused into the epilogue). CUDA also takes all-F32
+// operands when x has at most 256 rows (a weight-streaming kernel for small f32 layers such as
+// the DiT's time embedding).
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Act act = Act::None);
 
 // ---------------------------------------------------------------- norms (fp32 math)

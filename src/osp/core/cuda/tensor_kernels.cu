@@ -1,6 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 #include "osp/core/cuda_check.h"
 #include "osp/core/tensor_kernels.h"
 
@@ -75,6 +77,25 @@ void cuda_strided_copy(const void* src, void* dst, size_t elem, int rank, const 
   for (int d = 0; d < rank; ++d) {
     g.shape[d] = shape[d];
     g.stride[d] = src_strides[d];
+  }
+  // Vectorised path: when the innermost dim is contiguous and every byte offset involved is a
+  // multiple of 16 (e.g. head-slice permutes of [B, n, H, D] bf16), copy 16-byte units: 16/elem
+  // times less index arithmetic, full-width memory transactions.
+  if (elem < 16 && rank >= 1 && src_strides[rank - 1] == 1 &&
+      (size_t(shape[rank - 1]) * elem) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    const int64_t k = int64_t(16 / elem);
+    bool ok = true;
+    for (int d = 0; d + 1 < rank; ++d) ok &= (src_strides[d] * int64_t(elem)) % 16 == 0;
+    if (ok) {
+      Geo v = g;
+      v.shape[rank - 1] = shape[rank - 1] / k;
+      for (int d = 0; d + 1 < rank; ++d) v.stride[d] = src_strides[d] / k;
+      const int64_t nv = numel / k;
+      strided_kernel<<<blocks_for(nv), 256>>>((const uint4*)src, (uint4*)dst, rank, v, nv);
+      OSP_CUDA_LAUNCH_CHECK("strided_kernel (16-byte)");
+      return;
+    }
   }
   unsigned nb = blocks_for(numel);
   switch (elem) {

@@ -4,6 +4,8 @@
 
 namespace osp::ops::cuda {
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Act act);
+// All-f32 linear for x with few rows (validated by ops::linear; contiguous operands).
+void linear_f32_rows(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Act act);
 void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out);
 void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
                          Tensor& out, bool round_ln_to_bf16);
