@@ -146,10 +146,34 @@ TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
                 "unrounded emulation %.4g, vs bf16 cuDNN attention on the same HiF8 inputs %.4g\n",
                 c.name, r_emu, best, r_unrounded, r_bf16);
     std::fflush(stdout);
-    // Tight: the same arithmetic; what remains is the fp8 MMA accumulation, exp and the
-    // occasional E4M3 rounding of P flipping on a last-bit difference, and the bf16 output.
-    EXPECT_LT(r_emu, 1e-2);
-    // Loose: each P carries at most 2^-4 relative error from its E4M3 rounding.
+    // Tight: the same arithmetic. What remains is the FP8 MMA accumulation and exp, whose
+    // last-bit differences now and then flip the E4M3 rounding of a P and, where cuDNN stores O
+    // in E4M3 (cuDNN 9.14), of an O element (one E4M3 step, 6-12 %, on that element). So with
+    // E4M3 O: the fraction of O elements more than half a step from the emulation must stay
+    // small, and the Frobenius error below the 2.5-2.9 % that ignoring the P rounding gives
+    // (printed above as "vs unrounded emulation"); a wrong P scale, row sum or blocking shows
+    // as 1.6-2.3 % and more flips.
+    if (ost == Fp8AttentionOut::E4M3) {
+      const float dv = v8.scale_inv.data<float>()[0];
+      const double s8 = 448.0 / (15.0 * double(dv));
+      std::vector<float> g = got.to_float_vector(), e = ref.to_float_vector();
+      int64_t flips = 0;
+      for (size_t i = 0; i < g.size(); ++i) {
+        const double code = std::fabs(double(e[i])) * s8;  // the E4M3 value the emulation kept
+        const double step =
+            (code >= 1.0 / 64 ? std::exp2(std::floor(std::log2(code)) - 3) : 1.0 / 512) / s8;
+        if (std::fabs(double(g[i]) - double(e[i])) > 0.5 * step) ++flips;
+      }
+      const double frac = double(flips) / double(g.size());
+      std::printf("[fp8 attention] %s: O elements one E4M3 step off the emulation: %.3f %%\n",
+                  c.name, 100.0 * frac);
+      EXPECT_LT(r_emu, 0.02);
+      EXPECT_LT(frac, 0.05);
+    } else {
+      EXPECT_LT(r_emu, 0.01);
+    }
+    // Loose: each P and (E4M3 O) each O element carry at most 2^-4 relative rounding error,
+    // rms about 2^-4/sqrt(3) each, so about 0.05 for both.
     EXPECT_LT(r_bf16, 0.0625);
   }
 }

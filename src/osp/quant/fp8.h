@@ -80,7 +80,8 @@ void fp8_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& ou
 // Arithmetic, per (b, h, query row i), with q, k, v the E4M3 codes (values ≤ 15 in magnitude
 // after HiF8 scaling) and dq, dk, dv their scale_inv:
 //   s_j  = (q_i · k_j) · scale · dq · dk                  f32 (scale = args.scale or 1/sqrt(D))
-//   P_j  = exp(s_j − m) with m the running row max         f32 (online softmax)
+//   P_j  = exp(s_j − m) with m the running row max         f32 (online softmax over blocks
+//                                                           of 256 keys)
 //   P8_j = E4M3(P_j · kFp8AttentionScaleP)                  round to nearest even, ≤ 448
 //   l    = Σ_j P_j (f32, unrounded),  acc = Σ_j P8_j · v_j  (f32)
 //   O'   = acc / l · (1 / kFp8AttentionScaleP) · dv        f32
@@ -122,8 +123,9 @@ Fp8AttentionOut fp8_attention_cudnn_o_storage();
 // kernel may differ from the plain definition:
 struct Fp8AttentionEmulation {
   // Keys per online-softmax block: P of a block is rounded with that block's running max m
-  // (flash attention); 0 = one block per row (the final row max).
-  int64_t kv_block = 0;
+  // (flash attention); 0 = one block per row (the final row max). 256 matches cuDNN 9.14's
+  // Hopper FP8 kernel best of 0/64/128/256 (H200, fp8_attention_gpu_test, 2026-11-26).
+  int64_t kv_block = 256;
   // Row sum l over the E4M3-rounded P (P8 / 448) instead of the f32 P.
   bool rowsum_of_rounded_p = false;
   // false: skip the E4M3 rounding of P (then the result is plain attention on HiF8 values).

@@ -17,8 +17,10 @@
 // (batch strides are parameters, so packed sub-sequences are views of the whole tensors).
 // The tail variants (kVariants: O BF16 / F16 / E4M3, scale_o by value / device / none, stats
 // virtual / written) are tried in order; the first that finalizes is cached per shape and
-// named in the log (OSP_VERBOSE=1) and in fp8_sdpa_cudnn_note(). cuDNN 9.14 on an H200 accepted
-// only the E4M3-O variant (first GPU run, 2026-11-26).
+// named in the log (OSP_VERBOSE=1) and in fp8_sdpa_cudnn_note(). cuDNN 9.14 on an H200 accepts
+// only the E4M3-O variants (every BF16 / F16 one: "no engine"; 2026-11-26), so O carries an
+// extra E4M3 rounding there. OSP_FP8_SDPA_PROBE=1 tries and lists every variant,
+// OSP_FP8_SDPA_VARIANT=i / OSP_FP8_SDPA_CONFIG=i pin a variant / engine config (benchmarks).
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -283,7 +285,12 @@ class Graph {
       OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
                                                    cfgs.data()));
+      static const int only_cfg = [] {  // OSP_FP8_SDPA_CONFIG=i: engine config i only (benchmarks)
+        const char* e = std::getenv("OSP_FP8_SDPA_CONFIG");
+        return e && *e ? std::atoi(e) : -1;
+      }();
       for (int64_t i = 0; i < got; ++i) {
+        if (only_cfg >= 0 && i != only_cfg) continue;
         cudnnBackendDescriptor_t p = nullptr;
         OSP_FP8_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
         cudnnStatus_t s1 = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
