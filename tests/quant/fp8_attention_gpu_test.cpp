@@ -149,10 +149,10 @@ TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
     // Tight: the same arithmetic. What remains is the FP8 MMA accumulation and exp, whose
     // last-bit differences now and then flip the E4M3 rounding of a P and, where cuDNN stores O
     // in E4M3 (cuDNN 9.14), of an O element (one E4M3 step, 6-12 %, on that element). So with
-    // E4M3 O: the fraction of O elements more than half a step from the emulation must stay
-    // small, and the Frobenius error below the 2.5-2.9 % that ignoring the P rounding gives
-    // (printed above as "vs unrounded emulation"); a wrong P scale, row sum or blocking shows
-    // as 1.6-2.3 % and more flips.
+    // E4M3 O the Frobenius error must stay below the 2.5-2.9 % that ignoring the P rounding
+    // gives ("vs unrounded emulation" above); on an H200 it was 0.83-1.25 %, while a wrong row
+    // sum or P blocking gave 1.6-2.3 %. The share of O elements a step off the emulation was
+    // 2.8-7.4 % there (growing with Lk); a wrong O or P scale would put most of them off.
     if (ost == Fp8AttentionOut::E4M3) {
       const float dv = v8.scale_inv.data<float>()[0];
       const double s8 = 448.0 / (15.0 * double(dv));
@@ -168,7 +168,7 @@ TEST(Fp8AttentionGpu, MatchesEmulationAndBf16) {
       std::printf("[fp8 attention] %s: O elements one E4M3 step off the emulation: %.3f %%\n",
                   c.name, 100.0 * frac);
       EXPECT_LT(r_emu, 0.02);
-      EXPECT_LT(frac, 0.05);
+      EXPECT_LT(frac, 0.15);
     } else {
       EXPECT_LT(r_emu, 0.01);
     }

@@ -121,6 +121,7 @@ bool probe_all() {
 }
 
 std::atomic<int> g_last_o{0};
+std::atomic<int> g_preferred{-1};  // index of the variant that built the last plan
 
 cudnnHandle_t handle() {
   static cudnnHandle_t h = [] {
@@ -414,8 +415,17 @@ Plan build_plan(const PlanKey& k) {
     const char* e = std::getenv("OSP_FP8_SDPA_VARIANT");
     return e && *e ? std::atoi(e) : -1;
   }();
-  for (const Variant& var : kVariants) {
-    if (only >= 0 && &var != &kVariants[only % int(std::size(kVariants))]) continue;
+  // The variant that worked for an earlier shape goes first (the others fail for dtype
+  // reasons, not shapes: no need to build and reject them again for every new shape).
+  constexpr int n = int(std::size(kVariants));
+  std::vector<int> order;
+  const int pref = g_preferred.load();
+  if (pref >= 0 && !probe_all()) order.push_back(pref);
+  for (int i = 0; i < n; ++i)
+    if (i != pref || probe_all()) order.push_back(i);
+  for (int vi : order) {
+    const Variant& var = kVariants[vi];
+    if (only >= 0 && vi != only % n) continue;
     try {
       Graph g;
       build_variant(g, k, var);
@@ -429,6 +439,7 @@ Plan build_plan(const PlanKey& k) {
         out.plan = plan;
         out.workspace = ws;
         out.variant = &var;
+        g_preferred = vi;
       } else {
         cudnnBackendDestroyDescriptor(plan);
       }
