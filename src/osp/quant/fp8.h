@@ -99,10 +99,12 @@ enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 // out [B, Lq, H, D] contiguous. args: scale (0 → 1/sqrt(D)) and seq_lens (packed sequences,
 // host i32 [R] summing to Lq = Lk; attention stays inside each sequence, zero lengths allowed);
 // bias, q_lens and kv_lens are rejected with an osp::Error.
-// CUDA: out BF16; cuDNN's fused FP8 SDPA (sm_90+, one call per packed sequence); where cuDNN
-// has no engine for the shape the codes are dequantized to bf16 and ops::attention runs
-// (logged under OSP_VERBOSE=1; fp8_attention_last_path() says which ran).
-// CPU: out F32 or BF16; fp8_attention_emulate with the default options.
+// CUDA: out BF16; cuDNN's fused FP8 SDPA (sm_90+, one call per packed sequence; with cuDNN
+// 9.14 O is stored in E4M3, see Fp8AttentionOut: 3.0 % relative to bf16 attention on the same
+// HiF8 inputs instead of ~1.3 % for the P rounding alone, docs/PERF.md); where cuDNN has no
+// engine for the shape the codes are dequantized to bf16 and ops::attention runs (logged under
+// OSP_VERBOSE=1; fp8_attention_last_path() says which ran). No host sync.
+// CPU: out F32 or BF16; fp8_attention_emulate with the default options (O not rounded).
 void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
                    const ops::AttentionArgs& args = {});
 // q/k/v F32/BF16 (CPU or CUDA, any values, may be strided): each HiF8-quantized per tensor at
