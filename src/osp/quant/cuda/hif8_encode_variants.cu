@@ -123,6 +123,19 @@ const uint8_t* lut64k_device(bool saturate) {
   return p;
 }
 
+// Persistent grid from the kernel's occupancy (self-contained on purpose: bench_hif8_gpu's
+// baseline build links this file against older kernel objects).
+unsigned variant_grid(const void* kernel, size_t smem, int64_t items) {
+  int dev = 0, nsm = 0, per_sm = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  OSP_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+  OSP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStreamThreads, smem));
+  int64_t blocks = (items + kStreamThreads - 1) / kStreamThreads;
+  const int64_t cap = int64_t(nsm > 0 ? nsm : 1) * (per_sm > 0 ? per_sm : 1);
+  if (blocks > cap) blocks = cap;
+  return unsigned(blocks < 1 ? 1 : blocks);
+}
+
 }  // namespace
 
 void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v) {
@@ -145,18 +158,12 @@ void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, Encod
                             : n;
   if (v == EncodeVariant::kLut64k) {
     const uint8_t* lut = lut64k_device(saturate);
-    int dev = 0, nsm = 0, per_sm = 0;
-    OSP_CUDA_CHECK(cudaGetDevice(&dev));
-    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-    OSP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encode_lut64k_kernel,
-                                                                 kStreamThreads, kLut64));
-    int64_t blocks = (items + kStreamThreads - 1) / kStreamThreads;
-    const int64_t cap = int64_t(nsm) * (per_sm > 0 ? per_sm : 1);
-    if (blocks > cap) blocks = cap;
-    encode_lut64k_kernel<<<unsigned(blocks), kStreamThreads, kLut64>>>(xp, o, n, vec, lut);
+    const unsigned blocks =
+        variant_grid(reinterpret_cast<const void*>(encode_lut64k_kernel), kLut64, items);
+    encode_lut64k_kernel<<<blocks, kStreamThreads, kLut64>>>(xp, o, n, vec, lut);
     OSP_CUDA_LAUNCH_CHECK("hif8 encode_lut64k_kernel");
   } else {
-    encode_bits_kernel<<<persistent_grid(reinterpret_cast<const void*>(encode_bits_kernel), items),
+    encode_bits_kernel<<<variant_grid(reinterpret_cast<const void*>(encode_bits_kernel), 0, items),
                          kStreamThreads>>>(xp, o, n, vec, saturate);
     OSP_CUDA_LAUNCH_CHECK("hif8 encode_bits_kernel");
   }
