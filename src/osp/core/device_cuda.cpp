@@ -119,6 +119,10 @@ void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) 
     std::memcpy(dst, src, bytes);
     return;
   }
+  if (dd.is_cuda() && sd.is_cuda()) {  // device to device: stream-ordered, no host sync
+    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+    return;
+  }
   OSP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
 }
 void memset_any(void* dst, Device d, int value, size_t bytes) {

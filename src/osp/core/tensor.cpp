@@ -355,6 +355,11 @@ void Tensor::copy_from(const Tensor& src) {
     s = moved;
   }
   // Both on the same CUDA device now.
+  if (!s.is_contiguous() && s.dtype() == dtype_) {  // one strided pass straight into place
+    detail::cuda_strided_copy(s.raw(), raw(), dtype_size(s.dtype()), s.dim(), s.shape().data(),
+                              s.strides().data(), s.numel());
+    return;
+  }
   if (!s.is_contiguous()) {
     Tensor c = Tensor::empty(s.shape(), s.dtype(), device_);
     detail::cuda_strided_copy(s.raw(), c.raw(), dtype_size(s.dtype()), s.dim(), s.shape().data(),

@@ -59,7 +59,9 @@ unsigned blocks_for(int64_t n) {
 void cuda_cast(const void* src, DType st, void* dst, DType dt, int64_t n) {
   if (n == 0) return;
   if (st == dt) {
-    OSP_CUDA_CHECK(cudaMemcpy(dst, src, size_t(n) * dtype_size(st), cudaMemcpyDeviceToDevice));
+    // Stream-ordered (legacy default stream, like every osp kernel): no host synchronisation
+    // in the middle of a forward.
+    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * dtype_size(st), cudaMemcpyDeviceToDevice, 0));
     return;
   }
   int a = code(st), b = code(dt);
