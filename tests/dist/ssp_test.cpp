@@ -5,6 +5,7 @@
 
 #include <omp.h>
 
+#include <cstdlib>
 #include <exception>
 #include <thread>
 
@@ -93,6 +94,60 @@ INSTANTIATE_TEST_SUITE_P(
         SpCase{"ulysses2", {2, 7, 9}, kFullOnly, 2, 4, 8, 2, "ulysses"},
         SpCase{"ulysses4_uneven", {2, 7, 9}, kFullOnly, 2, 4, 8, 4, "ulysses"}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// The Ulysses head-chunk pipeline (OSP_ULYSSES_CHUNKS; the NCCL backend picks 2 chunks by
+// itself at real head counts) gives exactly the single-device result and the same bytes.
+TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
+  struct Run {
+    const char* mode;
+    std::vector<K> kinds;
+    int heads, S;
+    const char* chunks;
+  };
+  for (const Run& run : {Run{"ulysses", kFullOnly, 8, 2, "2"}, Run{"ulysses", kFullOnly, 8, 2, "4"},
+                         Run{"ssp", kHybrid, 8, 4, "2"}, Run{"ulysses", kFullOnly, 12, 4, "3"}}) {
+    const sparse::Grid g{2, 7, 9};
+    const auto plan = test::make_plan(g, run.kinds, 2, run.heads, 8);
+    const int64_t B = 2, C = int64_t(run.heads) * 8, N = g.numel();
+    const auto w = test::make_stack_weights(int(run.kinds.size()), C, 300);
+    const Tensor x = test::randn_tensor({B, N, C}, 9);
+    auto single = dist::make_single_device();
+    const Tensor want = test::run_stack(*single, plan, x, w);
+    setenv("OSP_ULYSSES_CHUNKS", run.chunks, 1);
+    std::vector<Tensor> got(static_cast<size_t>(run.S));
+    std::vector<uint64_t> bytes(static_cast<size_t>(run.S));
+    on_threads(run.S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+      auto sp = std::string(run.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+      sp->setup(plan);
+      sp->reset_bytes();
+      got[size_t(r)] = test::run_stack(*sp, plan, x, w);
+      bytes[size_t(r)] = sp->bytes_sent();
+    });
+    unsetenv("OSP_ULYSSES_CHUNKS");
+    for (int r = 0; r < run.S; ++r) {
+      EXPECT_LT(relative_error(got[size_t(r)], want), 1e-5)
+          << run.mode << " S " << run.S << " chunks " << run.chunks << " rank " << r;
+      EXPECT_EQ(bytes[size_t(r)], dist::comm_volume(plan, run.mode, run.S, r, B, sizeof(float), C).total());
+    }
+  }
+  // A chunk count that does not divide the heads per rank is refused with the reason.
+  setenv("OSP_ULYSSES_CHUNKS", "3", 1);
+  const auto plan = test::make_plan({2, 7, 9}, kFullOnly, 2, 8, 8);
+  const auto w = test::make_stack_weights(3, 64, 300);
+  const Tensor x = test::randn_tensor({1, 126, 64}, 9);
+  std::vector<std::string> msg(2);
+  on_threads(2, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+    auto sp = dist::make_ulysses(comm);
+    sp->setup(plan);
+    try {
+      test::run_stack(*sp, plan, x, w);
+    } catch (const osp::Error& e) {
+      msg[size_t(r)] = e.what();
+    }
+  });
+  unsetenv("OSP_ULYSSES_CHUNKS");
+  for (const auto& m : msg) EXPECT_NE(m.find("OSP_ULYSSES_CHUNKS=3"), std::string::npos) << m;
+}
 
 TEST(SpVolume, SparseSwitchIsNpOver4NOfUlysses) {
   // Per-rank bytes of one token↔group switch vs one Ulysses full block, N % S == 0.

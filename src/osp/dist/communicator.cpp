@@ -30,42 +30,57 @@ void Communicator::all_to_all(const Tensor& send, Tensor& recv) {
   all_to_all(send, rows, recv, rows);
 }
 
-void Communicator::all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows,
-                              Tensor& recv, const std::vector<int64_t>& recv_rows) {
+Communicator::A2aPlan Communicator::plan_all_to_all(const Tensor& send,
+                                                    const std::vector<int64_t>& send_rows,
+                                                    const Tensor& recv,
+                                                    const std::vector<int64_t>& recv_rows,
+                                                    const char* op) {
   const int S = size();
-  require_contig(send, "all_to_all", "send");
-  require_contig(recv, "all_to_all", "recv");
-  require_same_kind(send, recv, "all_to_all");
-  check_device(send, "all_to_all");
-  OSP_CHECK(int(send_rows.size()) == S && int(recv_rows.size()) == S,
-            "Communicator::all_to_all: need one row count per rank (", S, "), got ",
-            send_rows.size(), " send and ", recv_rows.size(), " recv counts");
-  OSP_CHECK(send.dim() >= 1 && recv.dim() >= 1, "Communicator::all_to_all: send/recv need dim 0");
+  require_contig(send, op, "send");
+  require_contig(recv, op, "recv");
+  require_same_kind(send, recv, op);
+  check_device(send, op);
+  OSP_CHECK(int(send_rows.size()) == S && int(recv_rows.size()) == S, "Communicator::", op,
+            ": need one row count per rank (", S, "), got ", send_rows.size(), " send and ",
+            recv_rows.size(), " recv counts");
+  OSP_CHECK(send.dim() >= 1 && recv.dim() >= 1, "Communicator::", op, ": send/recv need dim 0");
   const int64_t send_row = send.size(0) ? send.numel() / send.size(0) : 0;
   const int64_t recv_row = recv.size(0) ? recv.numel() / recv.size(0) : 0;
   int64_t ss = 0, rs = 0;
   for (int r = 0; r < S; ++r) {
-    OSP_CHECK(send_rows[size_t(r)] >= 0 && recv_rows[size_t(r)] >= 0,
-              "Communicator::all_to_all: negative row count");
+    OSP_CHECK(send_rows[size_t(r)] >= 0 && recv_rows[size_t(r)] >= 0, "Communicator::", op,
+              ": negative row count");
     ss += send_rows[size_t(r)], rs += recv_rows[size_t(r)];
   }
-  OSP_CHECK(ss == send.size(0), "Communicator::all_to_all: send row counts sum to ", ss,
+  OSP_CHECK(ss == send.size(0), "Communicator::", op, ": send row counts sum to ", ss,
             " but send has ", send.size(0), " rows");
-  OSP_CHECK(rs == recv.size(0), "Communicator::all_to_all: recv row counts sum to ", rs,
+  OSP_CHECK(rs == recv.size(0), "Communicator::", op, ": recv row counts sum to ", rs,
             " but recv has ", recv.size(0), " rows");
-  OSP_CHECK(send.size(0) == 0 || recv.size(0) == 0 || send_row == recv_row,
-            "Communicator::all_to_all: send rows have ", send_row, " elements but recv rows ",
-            recv_row);
+  OSP_CHECK(send.size(0) == 0 || recv.size(0) == 0 || send_row == recv_row, "Communicator::", op,
+            ": send rows have ", send_row, " elements but recv rows ", recv_row);
   const int64_t row = send.size(0) ? send_row : recv_row;
   const size_t rb = size_t(row) * dtype_size(send.dtype());
-  std::vector<size_t> sb(static_cast<size_t>(S)), sd(static_cast<size_t>(S)), rbv(static_cast<size_t>(S)), rd(static_cast<size_t>(S));
+  A2aPlan p;
+  p.sb.resize(size_t(S)), p.sd.resize(size_t(S)), p.rb.resize(size_t(S)), p.rd.resize(size_t(S));
   size_t so = 0, ro = 0;
   for (int r = 0; r < S; ++r) {
-    sb[size_t(r)] = size_t(send_rows[size_t(r)]) * rb, sd[size_t(r)] = so, so += sb[size_t(r)];
-    rbv[size_t(r)] = size_t(recv_rows[size_t(r)]) * rb, rd[size_t(r)] = ro, ro += rbv[size_t(r)];
-    if (r != rank()) bytes_sent_ += sb[size_t(r)];
+    p.sb[size_t(r)] = size_t(send_rows[size_t(r)]) * rb, p.sd[size_t(r)] = so, so += p.sb[size_t(r)];
+    p.rb[size_t(r)] = size_t(recv_rows[size_t(r)]) * rb, p.rd[size_t(r)] = ro, ro += p.rb[size_t(r)];
+    if (r != rank()) bytes_sent_ += p.sb[size_t(r)];
   }
-  raw_all_to_all(send.raw(), sb, sd, recv.raw(), rbv, rd, send);
+  return p;
+}
+
+void Communicator::all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows,
+                              Tensor& recv, const std::vector<int64_t>& recv_rows) {
+  const A2aPlan p = plan_all_to_all(send, send_rows, recv, recv_rows, "all_to_all");
+  raw_all_to_all(send.raw(), p.sb, p.sd, recv.raw(), p.rb, p.rd, send);
+}
+
+int Communicator::all_to_all_start(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                   Tensor& recv, const std::vector<int64_t>& recv_rows) {
+  const A2aPlan p = plan_all_to_all(send, send_rows, recv, recv_rows, "all_to_all_start");
+  return raw_all_to_all_start(send.raw(), p.sb, p.sd, recv.raw(), p.rb, p.rd, send);
 }
 
 void Communicator::all_gather(const Tensor& send, Tensor& recv) {

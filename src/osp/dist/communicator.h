@@ -38,6 +38,17 @@ class Communicator {
   // shapes, not by extra messages).
   void all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
                   const std::vector<int64_t>& recv_rows);
+  // Overlappable uneven all_to_all: same arguments, checks and byte accounting as above, but
+  // on backends that can overlap (nccl: a side stream, ordered after the work already enqueued
+  // on the compute stream) it returns at once with a ticket; wait(ticket) makes later
+  // compute-stream work wait for that exchange and every one started before it. send and recv
+  // must stay alive and untouched until then, and no other collective of this communicator
+  // may be issued in between. Other backends run the exchange synchronously (wait is a no-op).
+  int all_to_all_start(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                       const std::vector<int64_t>& recv_rows);
+  virtual void wait(int ticket) { (void)ticket; }
+  // True when all_to_all_start really overlaps with compute.
+  virtual bool overlaps() const { return false; }
   // recv = concat over ranks of send (rank-major): recv.numel() == S·send.numel().
   void all_gather(const Tensor& send, Tensor& recv);
   // Sum over ranks of send [S·n] (any shape with S·n elements), rank r keeps chunk r → recv [n].
@@ -62,6 +73,14 @@ class Communicator {
                               const std::vector<size_t>& send_displ, void* recv,
                               const std::vector<size_t>& recv_bytes,
                               const std::vector<size_t>& recv_displ, const Tensor& like) = 0;
+  // Default: synchronous raw_all_to_all, ticket 0.
+  virtual int raw_all_to_all_start(const void* send, const std::vector<size_t>& send_bytes,
+                                   const std::vector<size_t>& send_displ, void* recv,
+                                   const std::vector<size_t>& recv_bytes,
+                                   const std::vector<size_t>& recv_displ, const Tensor& like) {
+    raw_all_to_all(send, send_bytes, send_displ, recv, recv_bytes, recv_displ, like);
+    return 0;
+  }
   virtual void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor& like) = 0;
   virtual void raw_reduce_scatter(const void* send, void* recv, int64_t recv_count,
                                   const Tensor& like) = 0;
@@ -72,6 +91,14 @@ class Communicator {
   virtual void check_device(const Tensor& t, const char* op) const = 0;
 
   uint64_t bytes_sent_ = 0;
+
+ private:
+  struct A2aPlan {
+    std::vector<size_t> sb, sd, rb, rd;
+  };
+  A2aPlan plan_all_to_all(const Tensor& send, const std::vector<int64_t>& send_rows,
+                          const Tensor& recv, const std::vector<int64_t>& recv_rows,
+                          const char* op);
 };
 
 // One rank; collectives copy locally.

@@ -9,6 +9,7 @@
 #include <nccl.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include "osp/core/cuda_check.h"
 #include "osp/dist/mpi_env.h"
@@ -48,6 +49,12 @@ class NcclCommunicator final : public Communicator {
     OSP_NCCL_CHECK(ncclCommCount(comm_, &size_));
   }
   ~NcclCommunicator() override {
+    if (side_) {
+      cudaStreamSynchronize(side_);
+      for (auto e : events_) cudaEventDestroy(e);
+      cudaEventDestroy(ready_);
+      cudaStreamDestroy(side_);
+    }
     ncclCommDestroy(comm_);
     int fin = 0;
     MPI_Finalized(&fin);
@@ -86,14 +93,52 @@ class NcclCommunicator final : public Communicator {
   void raw_all_to_all(const void* send, const std::vector<size_t>& sb,
                       const std::vector<size_t>& sd, void* recv, const std::vector<size_t>& rb,
                       const std::vector<size_t>& rd, const Tensor&) override {
+    send_recv(send, sb, sd, recv, rb, rd, stream());
+  }
+  // On a non-blocking side stream: it waits for the compute stream's work so far (event), runs
+  // the exchange, and records a completion event = the ticket. The legacy default stream (the
+  // compute stream) does not implicitly synchronise with a non-blocking stream, so kernels
+  // enqueued after this call run concurrently with the exchange until wait(ticket).
+  int raw_all_to_all_start(const void* send, const std::vector<size_t>& sb,
+                           const std::vector<size_t>& sd, void* recv,
+                           const std::vector<size_t>& rb, const std::vector<size_t>& rd,
+                           const Tensor&) override {
+    if (!side_) {
+      OSP_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+      events_.resize(kEvents);
+      for (auto& e : events_) OSP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      OSP_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    }
+    OSP_CUDA_CHECK(cudaEventRecord(ready_, stream()));
+    OSP_CUDA_CHECK(cudaStreamWaitEvent(side_, ready_, 0));
+    send_recv(send, sb, sd, recv, rb, rd, side_);
+    const int ticket = next_ticket_++;
+    OSP_CUDA_CHECK(cudaEventRecord(events_[size_t(ticket % kEvents)], side_));
+    return ticket;
+  }
+
+ public:
+  void wait(int ticket) override {
+    if (!side_) return;
+    OSP_CHECK(ticket >= 0 && ticket < next_ticket_ && next_ticket_ - ticket <= kEvents,
+              "nccl communicator: wait(", ticket, ") for a ticket that was never issued or is "
+              "older than the last ", kEvents, " exchanges");
+    OSP_CUDA_CHECK(cudaStreamWaitEvent(stream(), events_[size_t(ticket % kEvents)], 0));
+  }
+  bool overlaps() const override { return true; }
+
+ protected:
+  void send_recv(const void* send, const std::vector<size_t>& sb, const std::vector<size_t>& sd,
+                 void* recv, const std::vector<size_t>& rb, const std::vector<size_t>& rd,
+                 cudaStream_t st) {
     OSP_NCCL_CHECK(ncclGroupStart());
     for (int r = 0; r < size_; ++r) {
       if (sb[size_t(r)])
         OSP_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + sd[size_t(r)], sb[size_t(r)],
-                                ncclChar, r, comm_, stream()));
+                                ncclChar, r, comm_, st));
       if (rb[size_t(r)])
         OSP_NCCL_CHECK(ncclRecv(static_cast<char*>(recv) + rd[size_t(r)], rb[size_t(r)], ncclChar,
-                                r, comm_, stream()));
+                                r, comm_, st));
     }
     OSP_NCCL_CHECK(ncclGroupEnd());
   }
@@ -121,6 +166,11 @@ class NcclCommunicator final : public Communicator {
   bool owned_mpi_;
   int device_;
   int rank_ = 0, size_ = 1;
+  static constexpr int kEvents = 64;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t ready_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+  int next_ticket_ = 0;
 };
 }  // namespace
 

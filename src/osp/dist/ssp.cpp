@@ -14,6 +14,7 @@
 // sub-sequence indices because our hidden states are sample-major (the spec's are group-major).
 #include <string>
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -608,44 +609,87 @@ class ParallelLayout final : public SequenceParallel {
   // Ulysses self-attention: sequence-sharded q/k/v → (all-to-all) whole sequence with a head
   // slice → attention → (all-to-all) back. Full blocks: over all ranks; tile layouts: over the
   // U ranks sharing a sub-sequence.
+  //
+  // The head slice of each rank is processed in C chunks (ulysses_chunks): every chunk's q/k/v
+  // exchange is started up front on the communicator's side stream, and chunk c's attention runs
+  // while chunk c+1's inputs and chunk c−1's output are in flight (backends that cannot
+  // overlap run the same steps synchronously). Results do not depend on C (except through an
+  // AttentionFn that quantizes per call, e.g. FP8 attention: its per-tensor scales are per chunk).
   void ulysses_attention(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                          const AttentionFn& attend) {
     const Layout& L = layouts_[id];
     Communicator& uc = id == kFull ? full_comm() : *sub_;
-    const int U = uc.size(), me = rank();
-    const int base = me - uc.rank();  // first world rank of this Ulysses group (contiguous)
+    const int U = uc.size();
     const int64_t B = q.size(0), H = plan_.heads, D = plan_.head_dim, Hs = H / U;
     std::vector<int64_t> lens(static_cast<size_t>(U));
+    const int base = rank() - uc.rank();  // first world rank of this Ulysses group (contiguous)
     for (int u = 0; u < U; ++u) lens[size_t(u)] = L.n(base + u);
     const int64_t n = lens[size_t(uc.rank())];
     const int64_t total = std::accumulate(lens.begin(), lens.end(), int64_t(0));
     const UlyssesMaps& m = ulysses_maps(id, B, lens, q.device());
+    const int64_t C = ulysses_chunks(Hs, uc.overlaps()), Hc = Hs / C, W = Hc * D;
     std::vector<int64_t> send_rows(static_cast<size_t>(U), B * n), recv_rows(static_cast<size_t>(U));
     for (int u = 0; u < U; ++u) recv_rows[size_t(u)] = B * lens[size_t(u)];
-    // [B, n, H, D] → [U(dst head group), B, n, Hs·D] → a2a → [U(src), B, n_src, Hs·D]
-    auto pre = [&](const Tensor& x) {
-      Tensor send = x.contiguous().view({B, n, U, Hs * D}).permute({2, 0, 1, 3}).contiguous()
-                        .view({U * B * n, Hs * D});
-      Tensor recv = Tensor::empty({B * total, Hs * D}, x.dtype(), x.device());
-      uc.all_to_all(send, send_rows, recv, recv_rows);
-      if (B == 1) return recv.view({B, total, Hs, D});
-      Tensor seq = Tensor::empty({B * total, Hs * D}, x.dtype(), x.device());
-      ops::gather_rows(recv, m.to_seq, seq);
-      return seq.view({B, total, Hs, D});
+    // [B, n, H, D] = [B, n, U, C, Hc·D] → [C][U (dst head group)][B][n][Hc·D], one copy each.
+    auto to_chunks = [&](const Tensor& x) {
+      return x.contiguous().view({B, n, U, C, W}).permute({3, 2, 0, 1, 4}).contiguous()
+          .view({C, U * B * n, W});
     };
-    Tensor qf = pre(q), kf = pre(k), vf = pre(v);
-    Tensor of = Tensor::empty({B, total, Hs, D}, q.dtype(), q.device());
-    attend(qf, kf, vf, of, {});
-    // [B, total, Hs, D] → [U(dst seq owner), B, n_dst, Hs·D] → a2a → [U(src head group), B, n, Hs·D]
-    Tensor send = of.view({B * total, Hs * D});
-    if (B != 1) {
-      Tensor s2 = Tensor::empty({B * total, Hs * D}, q.dtype(), q.device());
-      ops::gather_rows(send, m.from_seq, s2);
-      send = s2;
+    const Tensor qs = to_chunks(q), ks = to_chunks(k), vs = to_chunks(v);
+    // Inputs of every chunk: recv [C][U (src)][B][n_src][Hc·D].
+    Tensor qr = Tensor::empty({C, B * total, W}, q.dtype(), q.device());
+    Tensor kr = Tensor::empty({C, B * total, W}, q.dtype(), q.device());
+    Tensor vr = Tensor::empty({C, B * total, W}, q.dtype(), q.device());
+    std::vector<int> in_ticket(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+      for (auto [s, r] : {std::pair<const Tensor*, Tensor*>{&qs, &qr}, {&ks, &kr}, {&vs, &vr}}) {
+        Tensor rc = r->select(0, c);
+        in_ticket[size_t(c)] = uc.all_to_all_start(s->select(0, c), send_rows, rc, recv_rows);
+      }
     }
-    Tensor recv = Tensor::empty({U * B * n, Hs * D}, q.dtype(), q.device());
-    uc.all_to_all(send, recv_rows, recv, send_rows);
-    out.view({B, n, U, Hs * D}).copy_from(recv.view({U, B, n, Hs * D}).permute({1, 2, 0, 3}));
+    // Outputs: [C][U (src head group)][B][n][Hc·D]; every buffer lives until the final wait.
+    Tensor orecv = Tensor::empty({C, U * B * n, W}, q.dtype(), q.device());
+    std::vector<Tensor> keep;
+    int last = -1;
+    for (int64_t c = 0; c < C; ++c) {
+      uc.wait(in_ticket[size_t(c)]);
+      auto seq = [&](const Tensor& r) {  // recv [U][B][n_src] rows → [B, total, Hc, D]
+        Tensor rc = r.select(0, c);
+        if (B == 1) return rc.view({B, total, Hc, D});
+        Tensor t = Tensor::empty({B * total, W}, q.dtype(), q.device());
+        ops::gather_rows(rc, m.to_seq, t);
+        return t.view({B, total, Hc, D});
+      };
+      Tensor qf = seq(qr), kf = seq(kr), vf = seq(vr);
+      Tensor of = Tensor::empty({B, total, Hc, D}, q.dtype(), q.device());
+      attend(qf, kf, vf, of, {});
+      Tensor send = of.view({B * total, W});
+      if (B != 1) {
+        Tensor s2 = Tensor::empty({B * total, W}, q.dtype(), q.device());
+        ops::gather_rows(send, m.from_seq, s2);
+        send = s2;
+      }
+      Tensor oc = orecv.select(0, c);
+      last = uc.all_to_all_start(send, recv_rows, oc, send_rows);
+      keep.push_back(qf), keep.push_back(kf), keep.push_back(vf), keep.push_back(of);
+      keep.push_back(send);
+    }
+    uc.wait(last);  // the side stream is FIFO: every exchange above is done
+    out.view({B, n, U, C, W})
+        .copy_from(orecv.view({C, U, B, n, W}).permute({2, 3, 1, 0, 4}));
+  }
+
+  // Head chunks per rank for the Ulysses pipeline: OSP_ULYSSES_CHUNKS when set (must divide
+  // the rank's heads), else 2 when the backend overlaps and every chunk keeps >= 4 heads (so
+  // each attention call still fills the GPU), else 1.
+  static int64_t ulysses_chunks(int64_t Hs, bool overlaps) {
+    if (const char* e = std::getenv("OSP_ULYSSES_CHUNKS")) {
+      const int64_t c = std::atoll(e);
+      OSP_CHECK(c >= 1 && Hs % c == 0, "OSP_ULYSSES_CHUNKS=", e, " must be a positive divisor of ",
+                "the ", Hs, " heads each Ulysses rank holds");
+      return c;
+    }
+    return overlaps && Hs % 2 == 0 && Hs / 2 >= 4 ? 2 : 1;
   }
 
   struct UlyssesMaps {
