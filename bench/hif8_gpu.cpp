@@ -124,6 +124,7 @@ void codec(double peak_gbps, bool quick) {
     double bytes_per_elem;
     std::function<void()> run;
   };
+  using DV = quant::cuda::DecodeVariant;
   std::vector<Op> ops = {
       // the ceiling: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2)
       {"copy_bf16", 4,
@@ -144,6 +145,19 @@ void codec(double peak_gbps, bool quick) {
        }},
       {"decode_f32", 5, [&] { quant::hif8_decode(codes, outf); }},
       {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
+      // the same decode with other store patterns (quant/cuda/hif8_encode_variants.cu)
+      {"decode_f32_variant_tile_plain_stores", 5,
+       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kTilePlainStores); }},
+      {"decode_f32_variant_interleaved_evict_first", 5,
+       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedEvictFirst); }},
+      {"decode_f32_variant_interleaved_plain_stores", 5,
+       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedPlainStores); }},
+      {"decode_bf16_variant_tile_plain_stores", 3,
+       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kTilePlainStores); }},
+      {"decode_bf16_variant_interleaved_evict_first", 3,
+       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedEvictFirst); }},
+      {"decode_bf16_variant_interleaved_plain_stores", 3,
+       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPlainStores); }},
       {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},
       {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
       {"stochastic_round_f32", 8, [&] { quant::hif8_round_stochastic(xf, outf, 7); }},

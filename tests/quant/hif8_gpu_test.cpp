@@ -342,3 +342,33 @@ TEST(HiF8Gpu, EncodeVariantsBitwiseEqualCPU) {
   EXPECT_THROW(cuda::hif8_encode_bf16_variant(f, c16, false, cuda::EncodeVariant::kBits), Error);
 #endif
 }
+
+TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+#ifdef OSP_HAVE_CUDA
+  // all 256 codes in a shuffled order, sizes around the 512-element warp span and the
+  // 16-element tile, 16-byte aligned starts and not
+  for (int64_t n : {int64_t(1), int64_t(17), int64_t(511), int64_t(512), int64_t(1043),
+                    int64_t(200003)}) {
+    std::vector<uint8_t> codes(size_t(n) + 16);
+    for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t((i * 167u + (i >> 8)) & 0xffu);
+    Tensor cc = Tensor::empty({int64_t(codes.size())}, DType::U8);
+    std::memcpy(cc.raw(), codes.data(), codes.size());
+    Tensor cg = cc.to(Device::cuda());
+    for (int64_t start : {int64_t(0), int64_t(5), int64_t(16)})
+      for (DType od : {DType::F32, DType::BF16}) {
+        Tensor want = Tensor::empty({n}, od);
+        hif8_decode(cc.slice(0, start, start + n), want);
+        for (auto v : {cuda::DecodeVariant::kProduction, cuda::DecodeVariant::kTilePlainStores,
+                       cuda::DecodeVariant::kInterleavedEvictFirst,
+                       cuda::DecodeVariant::kInterleavedPlainStores}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " variant "
+                                          << int(v) << " " << dtype_name(od));
+          Tensor got = Tensor::empty({n}, od, Device::cuda());
+          cuda::hif8_decode_variant(cg.slice(0, start, start + n), got, v);
+          expect_bitwise(got, want, "decode variant");
+        }
+      }
+  }
+#endif
+}

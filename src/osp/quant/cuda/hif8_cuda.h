@@ -26,4 +26,14 @@ void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, 
 // on CUDA, out contiguous u8/hif8 of the same size on the same device (checked).
 enum class EncodeVariant { kPrefix8k, kLut64k, kBits };
 void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v);
+// codes → f32/bf16 through decode kernels that differ only in their memory access pattern
+// (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode. Identical
+// values. codes contiguous u8/hif8 on CUDA, out contiguous f32/bf16 of the same size (checked).
+enum class DecodeVariant {
+  kProduction,
+  kTilePlainStores,
+  kInterleavedEvictFirst,
+  kInterleavedPlainStores
+};
+void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v);
 }  // namespace osp::quant::cuda

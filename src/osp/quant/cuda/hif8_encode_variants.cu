@@ -1,4 +1,6 @@
-// Alternative bf16 → HiF8 encode kernels, kept so that bench_hif8_gpu can compare the
+// Alternative HiF8 codec kernels for bench_hif8_gpu's comparisons (not used by the library).
+//
+// bf16 → HiF8 encode, kept so that bench_hif8_gpu can compare the
 // production kernel (8192-entry prefix table, hif8_kernels.cu) with the two designs it was
 // chosen over, in the same streaming frame (persistent grid, 16-element tiles, 16-byte
 // accesses). All three give the reference codes bit for bit (tests/quant/hif8_gpu_test.cpp).
@@ -123,6 +125,85 @@ const uint8_t* lut64k_device(bool saturate) {
   return p;
 }
 
+// ---- decode variants: where do the write-heavy kernels lose bandwidth? ----
+// The production decode (hif8_kernels.cu) gives each thread 16 consecutive codes and writes
+// their 64 (f32) or 32 (bf16) output bytes as consecutive 16-byte stores with the evict-first
+// hint (st.global.cs): one warp store instruction then covers 16-byte pieces 64 bytes apart.
+// kWarpInterleaved instead gives lane L of a warp the k-th 16-byte output vector L + 32k of the
+// warp's 512-element span, so every store instruction writes 512 contiguous bytes (and every
+// load reads 4 or 8 contiguous bytes per lane); kPlainStores drops the evict-first hint.
+template <typename TO, bool kInterleaved, bool kEvictFirst>
+__global__ void __launch_bounds__(kStreamThreads)
+    decode_variant_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n,
+                          bool vec) {
+  __shared__ uint32_t val[256];
+  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
+  __syncthreads();
+  constexpr int G = 16 / int(sizeof(TO));  // elements per 16-byte output vector: 4 or 8
+  auto put = [&](uint4* p, const uint4& v) {
+    if (kEvictFirst) __stcs(p, v);
+    else *p = v;
+  };
+  auto convert = [&](const uint32_t* codes_w, uint4& o) {  // G codes → one output vector
+    uint32_t v[8];
+#pragma unroll
+    for (int j = 0; j < G; ++j) v[j] = val[(codes_w[j >> 2] >> (8 * (j & 3))) & 0xffu];
+    if (sizeof(TO) == 4) {
+      o = make_uint4(v[0], v[1], v[2], v[3]);
+    } else {
+      o = make_uint4(__byte_perm(v[0], v[1], 0x7632), __byte_perm(v[2], v[3], 0x7632),
+                     __byte_perm(v[4], v[5], 0x7632), __byte_perm(v[6], v[7], 0x7632));
+    }
+  };
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (vec && kInterleaved) {
+    // warp spans of 512 elements: 32 lanes × 16/G vectors of G elements
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = tid >> 5, nwarps = stride >> 5;
+    const int64_t nspans = n / 512;
+    uint4* o4 = reinterpret_cast<uint4*>(out);
+    for (int64_t sp = warp; sp < nspans; sp += nwarps) {
+      constexpr int K = 16 / G;  // 4 (f32) or 2 (bf16) vectors per lane
+      uint32_t w[K][2];
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int64_t vi = sp * (512 / G) + lane + 32 * k;  // output vector index
+        if (G == 4) {
+          w[k][0] = __ldcs(reinterpret_cast<const unsigned int*>(c) + vi);
+        } else {
+          const uint2 q = __ldcs(reinterpret_cast<const uint2*>(c) + vi);
+          w[k][0] = q.x;
+          w[k][1] = q.y;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        uint4 o;
+        convert(w[k], o);
+        put(o4 + sp * (512 / G) + lane + 32 * k, o);
+      }
+    }
+    done = nspans * 512;
+  } else if (vec) {
+    const int64_t ntiles = n / kTile;
+    for (int64_t t = tid; t < ntiles; t += stride) {
+      const uint4 q = __ldcs(reinterpret_cast<const uint4*>(c) + t);
+      const uint32_t cw[4] = {q.x, q.y, q.z, q.w};
+      uint4* o4 = reinterpret_cast<uint4*>(out) + t * (16 / G);
+#pragma unroll
+      for (int k = 0; k < 16 / G; ++k) {
+        uint4 o;
+        convert(cw + k * (G / 4), o);
+        put(o4 + k, o);
+      }
+    }
+    done = ntiles * kTile;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
+}
+
 // Persistent grid from the kernel's occupancy (self-contained on purpose: bench_hif8_gpu's
 // baseline build links this file against older kernel objects).
 unsigned variant_grid(const void* kernel, size_t smem, int64_t items) {
@@ -167,6 +248,47 @@ void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, Encod
                          kStreamThreads>>>(xp, o, n, vec, saturate);
     OSP_CUDA_LAUNCH_CHECK("hif8 encode_bits_kernel");
   }
+}
+
+}  // namespace osp::quant::cuda
+
+namespace osp::quant::cuda {
+
+void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v) {
+  OSP_CHECK((codes.dtype() == DType::U8 || codes.dtype() == DType::HiF8) &&
+                codes.device().is_cuda() && codes.is_contiguous(),
+            "hif8_decode_variant: codes must be a contiguous u8/hif8 CUDA tensor, got ",
+            codes.desc());
+  OSP_CHECK((out.dtype() == DType::F32 || out.dtype() == DType::BF16) && out.is_contiguous() &&
+                out.device() == codes.device() && out.numel() == codes.numel(),
+            "hif8_decode_variant: out must be a contiguous f32/bf16 tensor of the codes' size on "
+            "their device, got ", out.desc());
+  if (v == DecodeVariant::kProduction) {
+    hif8_decode(codes, out);
+    return;
+  }
+  const int64_t n = codes.numel();
+  if (n == 0) return;
+  const uint8_t* c = codes.data<uint8_t>();
+  const bool vec = aligned16_host(c) && aligned16_host(out.raw());
+  const bool inter = v != DecodeVariant::kTilePlainStores;
+  const bool ef = v == DecodeVariant::kInterleavedEvictFirst;
+  auto run = [&](auto tag, auto kernel) {
+    using T = decltype(tag);
+    const int64_t items = vec ? (inter ? n / 16 : n / kTile) + 1 : n;
+    kernel<<<variant_grid(reinterpret_cast<const void*>(kernel), 0, items), kStreamThreads>>>(
+        c, static_cast<T*>(out.raw()), n, vec);
+  };
+  if (out.dtype() == DType::F32) {
+    if (!inter) run(float{}, decode_variant_kernel<float, false, false>);
+    else if (ef) run(float{}, decode_variant_kernel<float, true, true>);
+    else run(float{}, decode_variant_kernel<float, true, false>);
+  } else {
+    if (!inter) run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, false, false>);
+    else if (ef) run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, true, true>);
+    else run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, true, false>);
+  }
+  OSP_CUDA_LAUNCH_CHECK("hif8 decode_variant_kernel");
 }
 
 }  // namespace osp::quant::cuda
