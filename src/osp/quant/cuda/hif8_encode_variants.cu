@@ -129,9 +129,10 @@ const uint8_t* lut64k_device(bool saturate) {
 // The production decode (hif8_kernels.cu) gives each thread 16 consecutive codes and writes
 // their 64 (f32) or 32 (bf16) output bytes as consecutive 16-byte stores with the evict-first
 // hint (st.global.cs): one warp store instruction then covers 16-byte pieces 64 bytes apart.
-// kWarpInterleaved instead gives lane L of a warp the k-th 16-byte output vector L + 32k of the
-// warp's 512-element span, so every store instruction writes 512 contiguous bytes (and every
-// load reads 4 or 8 contiguous bytes per lane); kPlainStores drops the evict-first hint.
+// kTilePlainStores is that walk with plain stores (the hint alone). The kInterleaved* variants
+// give lane L of a warp the k-th 16-byte output vector L + 32k of the warp's 512-element span,
+// so every store instruction writes 512 contiguous bytes (and every load reads 4 or 8
+// contiguous bytes per lane), with or without the hint.
 template <typename TO, bool kInterleaved, bool kEvictFirst>
 __global__ void __launch_bounds__(kStreamThreads)
     decode_variant_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n,
@@ -187,16 +188,25 @@ __global__ void __launch_bounds__(kStreamThreads)
     }
     done = nspans * 512;
   } else if (vec) {
+    // the production decode's walk (kUnroll tiles in flight per thread), only the hint differs
+    constexpr int U = kUnroll<uint8_t>;
     const int64_t ntiles = n / kTile;
-    for (int64_t t = tid; t < ntiles; t += stride) {
-      const uint4 q = __ldcs(reinterpret_cast<const uint4*>(c) + t);
-      const uint32_t cw[4] = {q.x, q.y, q.z, q.w};
-      uint4* o4 = reinterpret_cast<uint4*>(out) + t * (16 / G);
+    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+      Tile<uint8_t> in[U];
 #pragma unroll
-      for (int k = 0; k < 16 / G; ++k) {
-        uint4 o;
-        convert(cw + k * (G / 4), o);
-        put(o4 + k, o);
+      for (int u = 0; u < U; ++u)
+        if (t0 + u * stride < ntiles) load_tile(c, t0 + u * stride, in[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t t = t0 + u * stride;
+        if (t >= ntiles) break;
+        uint4* o4 = reinterpret_cast<uint4*>(out) + t * (16 / G);
+#pragma unroll
+        for (int k = 0; k < 16 / G; ++k) {
+          uint4 o;
+          convert(in[u].w + k * (G / 4), o);
+          put(o4 + k, o);
+        }
       }
     }
     done = ntiles * kTile;
