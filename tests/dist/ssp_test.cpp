@@ -95,8 +95,8 @@ INSTANTIATE_TEST_SUITE_P(
         SpCase{"ulysses4_uneven", {2, 7, 9}, kFullOnly, 2, 4, 8, 4, "ulysses"}),
     [](const auto& info) { return std::string(info.param.name); });
 
-// The Ulysses head-chunk pipeline (OSP_ULYSSES_CHUNKS; the NCCL backend picks 2 chunks by
-// itself at real head counts) gives exactly the single-device result and the same bytes.
+// The Ulysses head-chunk pipeline (OSP_ULYSSES_CHUNKS) gives exactly the single-device result
+// and the same bytes.
 TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
   struct Run {
     const char* mode;

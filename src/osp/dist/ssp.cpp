@@ -680,16 +680,17 @@ class ParallelLayout final : public SequenceParallel {
   }
 
   // Head chunks per rank for the Ulysses pipeline: OSP_ULYSSES_CHUNKS when set (must divide
-  // the rank's heads), else 2 when the backend overlaps and every chunk keeps >= 4 heads (so
-  // each attention call still fills the GPU), else 1.
-  static int64_t ulysses_chunks(int64_t Hs, bool overlaps) {
+  // the rank's heads), else 1. Measured on 4×H200 (14B-720P, docs/PERF.md "Multi-GPU"): 2 chunks
+  // cut the exposed all-to-all time of the full blocks by ~20 % but the forward time moved by
+  // less than the run-to-run noise, so the plain path stays the default.
+  static int64_t ulysses_chunks(int64_t Hs, bool /*overlaps*/) {
     if (const char* e = std::getenv("OSP_ULYSSES_CHUNKS")) {
       const int64_t c = std::atoll(e);
       OSP_CHECK(c >= 1 && Hs % c == 0, "OSP_ULYSSES_CHUNKS=", e, " must be a positive divisor of ",
                 "the ", Hs, " heads each Ulysses rank holds");
       return c;
     }
-    return overlaps && Hs % 2 == 0 && Hs / 2 >= 4 ? 2 : 1;
+    return 1;
   }
 
   struct UlyssesMaps {
