@@ -343,13 +343,41 @@ TEST(HiF8Gpu, EncodeVariantsBitwiseEqualCPU) {
 #endif
 }
 
+TEST(HiF8Gpu, EncodeTileWalkBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+#ifdef OSP_HAVE_CUDA
+  // the per-thread tile walk the warp-interleaved production encode replaced (bench baseline)
+  const int64_t n = 70001;
+  Tensor x = wide_values(n, 41);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (bool sat : {false, true}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(dt) << " saturate " << sat);
+      Tensor xc = x.to(dt);
+      Tensor xg = xc.to(Device::cuda());
+      Tensor cc = Tensor::empty({n}, DType::U8);
+      hif8_encode(xc, cc, sat);
+      Tensor cg = Tensor::empty({n}, DType::U8, Device::cuda());
+      cuda::hif8_encode_tile_walk(xg, cg, sat);
+      expect_bitwise(cg, cc, "encode tile walk");
+      Tensor cs = Tensor::empty({n - 5}, DType::U8, Device::cuda());
+      cuda::hif8_encode_tile_walk(xg.slice(0, 5, n), cs, sat);
+      expect_bitwise(cs, cc.slice(0, 5, n).contiguous(), "encode tile walk, offset view");
+    }
+  Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
+  Tensor i32 = Tensor::empty({16}, DType::I32, Device::cuda());
+  EXPECT_THROW(cuda::hif8_encode_tile_walk(i32, c16, false), Error);
+  Tensor f15 = Tensor::empty({15}, DType::F32, Device::cuda());
+  EXPECT_THROW(cuda::hif8_encode_tile_walk(f15, c16, false), Error);
+#endif
+}
+
 TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
   OSP_REQUIRE_GPU();
 #ifdef OSP_HAVE_CUDA
-  // all 256 codes in a shuffled order, sizes around the 512-element warp span and the
-  // 16-element tile, 16-byte aligned starts and not
+  // all 256 codes in a shuffled order, sizes around the 512- and 2048-element warp spans and
+  // the 16-element tile, 16-byte aligned starts and not
   for (int64_t n : {int64_t(1), int64_t(17), int64_t(511), int64_t(512), int64_t(1043),
-                    int64_t(200003)}) {
+                    int64_t(2048), int64_t(6200), int64_t(200003)}) {
     std::vector<uint8_t> codes(size_t(n) + 16);
     for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t((i * 167u + (i >> 8)) & 0xffu);
     Tensor cc = Tensor::empty({int64_t(codes.size())}, DType::U8);
@@ -361,7 +389,8 @@ TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
         hif8_decode(cc.slice(0, start, start + n), want);
         for (auto v : {cuda::DecodeVariant::kProduction, cuda::DecodeVariant::kTilePlainStores,
                        cuda::DecodeVariant::kInterleavedEvictFirst,
-                       cuda::DecodeVariant::kInterleavedPlainStores}) {
+                       cuda::DecodeVariant::kInterleavedPlainStores,
+                       cuda::DecodeVariant::kInterleavedFullGrid}) {
           SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " variant "
                                           << int(v) << " " << dtype_name(od));
           Tensor got = Tensor::empty({n}, od, Device::cuda());

@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(kStreamThreads)
 }
 
 // out = e4m3(c) · scale_inv through a 256-entry value table per block (rounded to bf16 once
-// per code for bf16 output), 16-code tiles as in the HiF8 decode kernel.
+// per code for bf16 output), with the HiF8 decode's warp-interleaved table lookup
+// (stream_table_lookup, hif8_stream.cuh).
 template <typename T>
 __global__ void __launch_bounds__(kStreamThreads)
     dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
@@ -106,31 +107,7 @@ __global__ void __launch_bounds__(kStreamThreads)
     val[threadIdx.x] = __float_as_uint(v);
   }
   __syncthreads();
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t done = 0;
-  if (vec) {
-    constexpr int U = kUnroll<uint8_t>;
-    const int64_t ntiles = n / kTile;
-    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-      Tile<uint8_t> in[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (t0 + u * stride < ntiles) load_tile(c, t0 + u * stride, in[u]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (t0 + u * stride >= ntiles) break;
-        uint32_t v[kTile];
-#pragma unroll
-        for (int k = 0; k < kTile; ++k) v[k] = val[(in[u].w[k >> 2] >> (8 * (k & 3))) & 0xffu];
-        Tile<T> o;
-        tile_set(o, v);
-        store_tile(out, t0 + u * stride, o);
-      }
-    }
-    done = ntiles * kTile;
-  }
-  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
+  stream_table_lookup<T>(c, out, n, vec, val);
 }
 
 // ---- cuBLASLt plans, cached per shape/config ----
@@ -245,8 +222,7 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const void* k = reinterpret_cast<const void*>(dequantize_kernel<T>);
-    const int64_t items = vec ? (n / kTile + kUnroll<uint8_t> - 1) / kUnroll<uint8_t> + 1 : n;
-    dequantize_kernel<T><<<persistent_grid(k, items), kStreamThreads>>>(
+    dequantize_kernel<T><<<persistent_grid(k, warp_stream_items<uint8_t, T>(n, vec)), kStreamThreads>>>(
         c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
   };
   if (out.dtype() == DType::F32) run(float{});

@@ -26,14 +26,20 @@ void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, 
 // on CUDA, out contiguous u8/hif8 of the same size on the same device (checked).
 enum class EncodeVariant { kPrefix8k, kLut64k, kBits };
 void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v);
+// f32/bf16 → HiF8 codes through the per-thread 16-element tile walk that the production
+// (warp-interleaved) encode replaced, for bench_hif8_gpu's comparison. Identical codes. x
+// contiguous f32/bf16 on CUDA, out contiguous u8/hif8 of the same size (checked).
+void hif8_encode_tile_walk(const Tensor& x, Tensor& out, bool saturate);
 // codes → f32/bf16 through decode kernels that differ only in their memory access pattern
-// (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode. Identical
-// values. codes contiguous u8/hif8 on CUDA, out contiguous f32/bf16 of the same size (checked).
+// (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode (warp-
+// interleaved, 64 codes in flight per lane). Identical values. codes contiguous u8/hif8 on
+// CUDA, out contiguous f32/bf16 of the same size (checked).
 enum class DecodeVariant {
   kProduction,
-  kTilePlainStores,
-  kInterleavedEvictFirst,
-  kInterleavedPlainStores
+  kTilePlainStores,         // per-thread 16-code tiles
+  kInterleavedEvictFirst,   // warp-interleaved, 16 codes per lane, st.global.cs
+  kInterleavedPlainStores,  // warp-interleaved, 16 codes per lane, plain stores
+  kInterleavedFullGrid      // the production kernel, one warp per span (no persistent grid)
 };
 void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v);
 }  // namespace osp::quant::cuda

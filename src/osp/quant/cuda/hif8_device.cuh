@@ -6,6 +6,7 @@
 
 #include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/hif8.h"
+#include "osp/quant/hif8_scalar.h"
 
 namespace osp::quant::cuda {
 
@@ -127,6 +128,32 @@ __global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restric
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if (lane == 0) atomicMax(reinterpret_cast<unsigned int*>(d_amax), __float_as_uint(m));
   }
+}
+
+// HiF8 codes → f32 / bf16 values (hif8_decode; K and the store hint are template parameters so
+// that bench_hif8_gpu can time other depths through hif8_decode_variant). One 256-entry value
+// table per block; blockDim.x == kStreamThreads == 256.
+template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
+__global__ void __launch_bounds__(kStreamThreads)
+    hif8_decode_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
+  __shared__ uint32_t val[256];
+  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
+  __syncthreads();
+  stream_table_lookup<TO, K, kEvictFirst>(c, out, n, vec, val);
+}
+
+// full_grid: one warp per span (every warp walks once) instead of the persistent grid
+// (bench_hif8_gpu's grid-sizing comparison).
+template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
+void launch_hif8_decode(const uint8_t* c, TO* out, int64_t n, bool full_grid = false) {
+  if (n == 0) return;
+  const bool vec = aligned16_host(c) && aligned16_host(out);
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO, K, kEvictFirst>;
+  const int64_t items = warp_stream_items<uint8_t, TO, K>(n, vec);
+  const unsigned blocks =
+      full_grid && vec ? unsigned((items + kStreamThreads - 1) / kStreamThreads)
+                       : persistent_grid(reinterpret_cast<const void*>(kernel), items);
+  kernel<<<blocks, kStreamThreads>>>(c, out, n, vec);
 }
 
 }  // namespace osp::quant::cuda

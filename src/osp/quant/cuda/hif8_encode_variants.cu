@@ -17,6 +17,7 @@
 
 #include "osp/core/cuda_check.h"
 #include "osp/quant/cuda/hif8_cuda.h"
+#include "osp/quant/cuda/hif8_device.cuh"
 #include "osp/quant/cuda/hif8_fast.h"
 #include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/hif8_scalar.h"
@@ -126,25 +127,22 @@ const uint8_t* lut64k_device(bool saturate) {
 }
 
 // ---- decode variants: where do the write-heavy kernels lose bandwidth? ----
-// The production decode (hif8_kernels.cu) gives each thread 16 consecutive codes and writes
-// their 64 (f32) or 32 (bf16) output bytes as consecutive 16-byte stores with the evict-first
-// hint (st.global.cs): one warp store instruction then covers 16-byte pieces 64 bytes apart.
-// kTilePlainStores is that walk with plain stores (the hint alone). The kInterleaved* variants
-// give lane L of a warp the k-th 16-byte output vector L + 32k of the warp's 512-element span,
-// so every store instruction writes 512 contiguous bytes (and every load reads 4 or 8
-// contiguous bytes per lane), with or without the hint.
-template <typename TO, bool kInterleaved, bool kEvictFirst>
+// The production decode (hif8_decode_kernel, hif8_device.cuh) is the warp-interleaved table
+// lookup: lane L of a warp takes the k-th output vector L + 32k of the warp's span, so every
+// store instruction writes 512 contiguous bytes, with 64 codes in flight per lane. The
+// variants: kTilePlainStores, the per-thread walk the decode had before (each thread 16
+// consecutive codes, their 64 (f32) or 32 (bf16) output bytes as consecutive 16-byte stores: one
+// warp store instruction covers 16-byte pieces 64 or 32 bytes apart); kInterleaved*, the
+// interleaved walk with 16 codes per lane (a 512-element span), with or without the
+// evict-first store hint; kInterleavedFullGrid, the production kernel launched with one warp
+// per span instead of the persistent grid.
+template <typename TO>
 __global__ void __launch_bounds__(kStreamThreads)
-    decode_variant_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n,
-                          bool vec) {
+    decode_tile_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
   __shared__ uint32_t val[256];
   val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
   __syncthreads();
   constexpr int G = 16 / int(sizeof(TO));  // elements per 16-byte output vector: 4 or 8
-  auto put = [&](uint4* p, const uint4& v) {
-    if (kEvictFirst) __stcs(p, v);
-    else *p = v;
-  };
   auto convert = [&](const uint32_t* codes_w, uint4& o) {  // G codes → one output vector
     uint32_t v[8];
 #pragma unroll
@@ -159,36 +157,7 @@ __global__ void __launch_bounds__(kStreamThreads)
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
-  if (vec && kInterleaved) {
-    // warp spans of 512 elements: 32 lanes × 16/G vectors of G elements
-    const int lane = threadIdx.x & 31;
-    const int64_t warp = tid >> 5, nwarps = stride >> 5;
-    const int64_t nspans = n / 512;
-    uint4* o4 = reinterpret_cast<uint4*>(out);
-    for (int64_t sp = warp; sp < nspans; sp += nwarps) {
-      constexpr int K = 16 / G;  // 4 (f32) or 2 (bf16) vectors per lane
-      uint32_t w[K][2];
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int64_t vi = sp * (512 / G) + lane + 32 * k;  // output vector index
-        if (G == 4) {
-          w[k][0] = __ldcs(reinterpret_cast<const unsigned int*>(c) + vi);
-        } else {
-          const uint2 q = __ldcs(reinterpret_cast<const uint2*>(c) + vi);
-          w[k][0] = q.x;
-          w[k][1] = q.y;
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        uint4 o;
-        convert(w[k], o);
-        put(o4 + sp * (512 / G) + lane + 32 * k, o);
-      }
-    }
-    done = nspans * 512;
-  } else if (vec) {
-    // the production decode's walk (kUnroll tiles in flight per thread), only the hint differs
+  if (vec) {
     constexpr int U = kUnroll<uint8_t>;
     const int64_t ntiles = n / kTile;
     for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
@@ -205,7 +174,7 @@ __global__ void __launch_bounds__(kStreamThreads)
         for (int k = 0; k < 16 / G; ++k) {
           uint4 o;
           convert(in[u].w + k * (G / 4), o);
-          put(o4 + k, o);
+          o4[k] = o;
         }
       }
     }
@@ -280,24 +249,25 @@ void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  const bool vec = aligned16_host(c) && aligned16_host(out.raw());
-  const bool inter = v != DecodeVariant::kTilePlainStores;
-  const bool ef = v == DecodeVariant::kInterleavedEvictFirst;
-  auto run = [&](auto tag, auto kernel) {
+  auto run = [&](auto tag) {
     using T = decltype(tag);
-    const int64_t items = vec ? (inter ? n / 16 : n / kTile) + 1 : n;
-    kernel<<<variant_grid(reinterpret_cast<const void*>(kernel), 0, items), kStreamThreads>>>(
-        c, static_cast<T*>(out.raw()), n, vec);
+    T* o = static_cast<T*>(out.raw());
+    constexpr int K16 = 16 / WarpStream<uint8_t, T>::G;  // 16 codes per lane
+    if (v == DecodeVariant::kTilePlainStores) {
+      const bool vec = aligned16_host(c) && aligned16_host(o);
+      void (*kernel)(const uint8_t*, T*, int64_t, bool) = decode_tile_kernel<T>;
+      kernel<<<variant_grid(reinterpret_cast<const void*>(kernel), 0, vec ? n / kTile + 1 : n),
+               kStreamThreads>>>(c, o, n, vec);
+    } else if (v == DecodeVariant::kInterleavedFullGrid) {
+      launch_hif8_decode<T>(c, o, n, /*full_grid=*/true);
+    } else if (v == DecodeVariant::kInterleavedEvictFirst) {
+      launch_hif8_decode<T, K16, true>(c, o, n);
+    } else {
+      launch_hif8_decode<T, K16, false>(c, o, n);
+    }
   };
-  if (out.dtype() == DType::F32) {
-    if (!inter) run(float{}, decode_variant_kernel<float, false, false>);
-    else if (ef) run(float{}, decode_variant_kernel<float, true, true>);
-    else run(float{}, decode_variant_kernel<float, true, false>);
-  } else {
-    if (!inter) run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, false, false>);
-    else if (ef) run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, true, true>);
-    else run(__nv_bfloat16{}, decode_variant_kernel<__nv_bfloat16, true, false>);
-  }
+  if (out.dtype() == DType::F32) run(float{});
+  else run(__nv_bfloat16{});
   OSP_CUDA_LAUNCH_CHECK("hif8 decode_variant_kernel");
 }
 

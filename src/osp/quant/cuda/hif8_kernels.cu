@@ -59,7 +59,10 @@ __device__ __forceinline__ uint32_t encode_one(float v, const uint8_t* lut) {
   return lut[detail::hif8_lut_index(__fadd_rn(v, 0.0f))];  // +0: NaN canonical, −0 → +0
 }
 
-template <typename TI>
+// kInterleaved: the warp-interleaved walk (hif8_stream.cuh; production); otherwise the
+// per-thread 16-element tile walk it replaced (kept for bench_hif8_gpu's comparison,
+// hif8_encode_tile_walk).
+template <typename TI, bool kInterleaved>
 __global__ void __launch_bounds__(kThreads)
     encode_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
                   const uint8_t* __restrict__ g_lut) {
@@ -69,7 +72,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
-  if (vec) {
+  if (vec && kInterleaved) {
+    constexpr int G = WarpStream<TI, uint8_t>::G;
+    done = warp_stream<TI, uint8_t>(x, out, n, [&](const auto& in, int64_t, auto& o) {
+      uint32_t c[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j) c[j] = encode_one<TI>(chunk_elem(in, j, TI{}), lut);
+      chunk_set<G>(o, c, uint8_t{});
+    });
+  } else if (vec) {
     constexpr int U = kUnroll<TI>;
     const int64_t ntiles = n / kTile;
     for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
@@ -94,23 +105,25 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- decode: code → value ----
-// Production decode is the warp-interleaved kernel of hif8_encode_variants.cu (every store
-// instruction of a warp writes 512 contiguous bytes): measured on an H200 it moves 3.6 TB/s
+// hif8_decode_kernel (hif8_device.cuh): the warp-interleaved table lookup (every store
+// instruction of a warp writes 512 contiguous bytes): measured on an H200 it moved 3.6 TB/s
 // where the 16-element-tile walk (each lane storing 64 consecutive bytes) managed 1.5 TB/s for
 // f32 output (docs/PERF.md, "HiF8 codec kernels").
 
 // ---- quant-dequant: TA or hybrid, unscaled (hif8_round*) or per-tensor scaled (fake quant) --
-// Random words of the 16 elements of the tile starting at global element index `first`
-// (the convention of philox.h: element g takes word g mod 4 of Philox block g / 4). One Philox
-// call per 4 elements; when `first` is not a multiple of 4 (an offset that is not), a fifth
-// block is drawn and the words are shifted by the phase (uniform across the grid).
-__device__ __forceinline__ void tile_words(uint32_t k0, uint32_t k1, uint64_t first,
-                                           uint32_t W[kTile]) {
+// Random words of the N (a multiple of 4) consecutive elements starting at global element
+// index `first` (the convention of philox.h: element g takes word g mod 4 of Philox block
+// g / 4). One Philox call per 4 elements; when `first` is not a multiple of 4 (an offset that
+// is not), one more block is drawn and the words are shifted by the phase (uniform across the
+// grid).
+template <int N>
+__device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t first,
+                                             uint32_t W[N]) {
   const uint64_t b0 = first >> 2;
   const uint32_t phase = uint32_t(first) & 3u;
-  uint32_t w[kTile + 4];
+  uint32_t w[N + 4];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < N / 4; ++j) {
     const uint64_t b = b0 + uint64_t(j);
     const detail::Philox4 r =
         detail::philox4x32_10(detail::Philox4{{uint32_t(b), uint32_t(b >> 32), 0u, 0u}}, k0, k1);
@@ -118,30 +131,32 @@ __device__ __forceinline__ void tile_words(uint32_t k0, uint32_t k1, uint64_t fi
     for (int q = 0; q < 4; ++q) w[4 * j + q] = r.v[q];
   }
   if (phase != 0) {
-    const uint64_t b = b0 + 4;
+    const uint64_t b = b0 + N / 4;
     const detail::Philox4 r =
         detail::philox4x32_10(detail::Philox4{{uint32_t(b), uint32_t(b >> 32), 0u, 0u}}, k0, k1);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) w[kTile + q] = r.v[q];
+    for (int q = 0; q < 4; ++q) w[N + q] = r.v[q];
     if (phase & 1u) {
 #pragma unroll
-      for (int k = 0; k < kTile + 3; ++k) w[k] = w[k + 1];
+      for (int k = 0; k < N + 3; ++k) w[k] = w[k + 1];
     }
     if (phase & 2u) {
 #pragma unroll
-      for (int k = 0; k < kTile + 2; ++k) w[k] = w[k + 2];
+      for (int k = 0; k < N + 2; ++k) w[k] = w[k + 2];
     }
   }
 #pragma unroll
-  for (int k = 0; k < kTile; ++k) W[k] = w[k];
+  for (int k = 0; k < N; ++k) W[k] = w[k];
 }
 
 // out = val[code(x·s)] with val[c] = decode(c)/s in the output's numerics (see hif8.cpp):
 // bf16-rounded when the input or the output is bf16. Unscaled (kScaled false): x + 0 instead
 // of x·s (only canonicalizes NaN), val[c] = decode(c). BF16 input with scaling: x·s is
 // rounded to bf16 first.
+// Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
+// 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
 template <typename TI, typename TO, bool kScaled, bool kSR>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
                     const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
                     float max_target, float* __restrict__ d_scale_out, uint64_t seed,
@@ -179,30 +194,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
   if (vec) {
-    constexpr int U = kUnroll<TI>;
-    const int64_t ntiles = n / kTile;
-    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-      Tile<TI> in[U];
+    constexpr int G = WarpStream<TI, TO>::G;
+    done = warp_stream<TI, TO>(x, out, n, [&](const auto& in, int64_t first, auto& o) {
+      uint32_t W[G];
+      if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
+      float xs[G];
+      chunk_scaled<kScaled, kScaled && kInBF16, G>(in, s, xs, TI{});
+      uint32_t v[G];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t t = t0 + u * stride;
-        if (t >= ntiles) break;
-        uint32_t W[kTile];
-        if (kSR) tile_words(k0, k1, offset + uint64_t(t) * kTile, W);
-        float xs[kTile];
-        tile_scaled<kScaled, kScaled && kInBF16>(in[u], s, xs);
-        uint32_t v[kTile];
-#pragma unroll
-        for (int k = 0; k < kTile; ++k) v[k] = one(xs[k], kSR ? W[k] : 0u);
-        Tile<TO> o;
-        tile_set(o, v);
-        store_tile(out, t, o);
-      }
-    }
-    done = ntiles * kTile;
+      for (int j = 0; j < G; ++j) v[j] = one(xs[j], kSR ? W[j] : 0u);
+      chunk_set<G>(o, v, TO{});
+    });
   }
   for (int64_t i = done + tid; i < n; i += stride) {
     const uint32_t r = kSR ? detail::philox_word(seed, offset + uint64_t(i)) : 0u;
@@ -234,7 +236,8 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
   auto go = [&](auto kernel) {
-    kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel), stream_items<TI>(n, vec)),
+    kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel),
+                             warp_stream_items<TI, TO>(n, vec)),
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
@@ -296,7 +299,9 @@ unsigned stream_grid(int64_t items, int threads) {
   return unsigned(b);
 }
 
-void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
+namespace {
+template <bool kInterleaved>
+void launch_encode(const Tensor& x, Tensor& out, bool saturate) {
   const int64_t n = x.numel();
   if (n == 0) return;
   uint8_t* o = out.data<uint8_t>();
@@ -305,16 +310,39 @@ void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
     using T = decltype(tag);
     const T* p = static_cast<const T*>(x.raw());
     const bool vec = aligned16_host(p) && aligned16_host(o);
-    const void* k = reinterpret_cast<const void*>(encode_kernel<T>);
-    encode_kernel<T><<<persistent_grid(k, stream_items<T>(n, vec)), kThreads>>>(p, o, n, vec, lut);
+    const void* k = reinterpret_cast<const void*>(encode_kernel<T, kInterleaved>);
+    const int64_t items =
+        kInterleaved ? warp_stream_items<T, uint8_t>(n, vec) : stream_items<T>(n, vec);
+    encode_kernel<T, kInterleaved><<<persistent_grid(k, items), kThreads>>>(p, o, n, vec, lut);
   };
   if (x.dtype() == DType::F32) run(float{});
   else run(__nv_bfloat16{});
   OSP_CUDA_LAUNCH_CHECK("hif8 encode_kernel");
 }
+}  // namespace
+
+void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
+  launch_encode<true>(x, out, saturate);
+}
+
+void hif8_encode_tile_walk(const Tensor& x, Tensor& out, bool saturate) {
+  OSP_CHECK((x.dtype() == DType::F32 || x.dtype() == DType::BF16) && x.device().is_cuda() &&
+                x.is_contiguous(),
+            "hif8_encode_tile_walk: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
+  OSP_CHECK((out.dtype() == DType::U8 || out.dtype() == DType::HiF8) && out.is_contiguous() &&
+                out.device() == x.device() && out.numel() == x.numel(),
+            "hif8_encode_tile_walk: out must be a contiguous u8/hif8 tensor of x's size on x's "
+            "device, got ", out.desc());
+  launch_encode<false>(x, out, saturate);
+}
 
 void hif8_decode(const Tensor& codes, Tensor& out) {
-  hif8_decode_variant(codes, out, DecodeVariant::kInterleavedPlainStores);
+  const int64_t n = codes.numel();
+  if (n == 0) return;
+  const uint8_t* c = codes.data<uint8_t>();
+  if (out.dtype() == DType::F32) launch_hif8_decode(c, static_cast<float*>(out.raw()), n);
+  else launch_hif8_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n);
+  OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 
 void hif8_round(const Tensor& x, Tensor& out, bool saturate) {

@@ -2,11 +2,13 @@
 // fp8_linear.cu): 16-element tiles moved with 16-byte accesses, the global HiF8 prefix table
 // (hif8_lut.h) and persistent grids sized from the kernel's occupancy.
 //
-// Shape of every streaming kernel: a persistent grid (SMs × resident blocks) walks the tiles
+// Shape of the streaming kernels with 1-byte output (amax reads only): a persistent grid (SMs × resident blocks) walks the tiles
 // with a grid stride; each thread issues the loads of kUnroll tiles (≈ 64 bytes) before it
 // uses any of them, so enough bytes are in flight to cover the memory latency; the < 16
 // leftover elements (and the whole tensor when a pointer is not 16-byte aligned, e.g. an
-// offset view) go through a scalar grid-stride loop with the same per-element code.
+// offset view) go through a scalar grid-stride loop with the same per-element code. The
+// kernels that write as much as or more than they read (and the encode) use the
+// warp-interleaved walk further down (warp_stream) in the same persistent grid.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -102,17 +104,6 @@ __device__ __forceinline__ void tile_scaled(const Tile<__nv_bfloat16>& r, float 
   }
 }
 
-// Writes 16 float bit patterns into an f32 tile, or (already bf16-exact, or to be truncated:
-// the caller rounds first) into a bf16 tile by taking the high halves.
-__device__ __forceinline__ void tile_set(Tile<float>& r, const uint32_t v[kTile]) {
-#pragma unroll
-  for (int k = 0; k < kTile; ++k) r.w[k] = v[k];
-}
-__device__ __forceinline__ void tile_set(Tile<__nv_bfloat16>& r, const uint32_t v[kTile]) {
-#pragma unroll
-  for (int k = 0; k < kTile / 2; ++k) r.w[k] = __byte_perm(v[2 * k], v[2 * k + 1], 0x7632);
-}
-
 // Packs 16 byte values (each < 256) into a u8 tile.
 __device__ __forceinline__ void tile_set_bytes(Tile<uint8_t>& r, const uint32_t c[kTile]) {
 #pragma unroll
@@ -144,6 +135,189 @@ __device__ __forceinline__ void copy_code_lut(uint8_t* __restrict__ s, const uin
   const uint4* src = reinterpret_cast<const uint4*>(g);
   uint4* dst = reinterpret_cast<uint4*>(s);
   for (int i = threadIdx.x; i < detail::kHiF8LutSize / 16; i += blockDim.x) dst[i] = __ldg(src + i);
+}
+
+// ---- warp-interleaved streaming (the kernels whose output is as wide as or wider than
+// their input, and the encode) ----
+// A chunk is G consecutive elements of one tensor held as one 4-, 8- or 16-byte word, G chosen
+// so that the wider of input and output is exactly 16 bytes: G = 4 when either side is f32,
+// 8 when the wider side is bf16. A warp owns spans of 32·K chunks: lane L takes chunks
+// L, L + 32, …, L + 32(K − 1) of its span, so every warp load or store instruction touches
+// 32 consecutive chunks, i.e. 128, 256 or 512 contiguous bytes (whole 32-byte sectors; the
+// per-thread 16-element tile walk above makes each store instruction write 16-byte pieces
+// 32 or 64 bytes apart, which cost the decode more than half its bandwidth on an H200).
+// All K loads of a lane are issued before the first is used (streamed, read once: ld.cs);
+// stores are plain (docs/PERF.md: the evict-first hint bought nothing for stores).
+template <int kBytes>
+struct Chunk {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "chunk of 4, 8 or 16 bytes");
+  uint32_t w[kBytes / 4];
+};
+
+template <int B>
+__device__ __forceinline__ void load_chunk(const void* __restrict__ p, int64_t i, Chunk<B>& c) {
+  if constexpr (B == 4) {
+    c.w[0] = __ldcs(reinterpret_cast<const unsigned int*>(p) + i);
+  } else if constexpr (B == 8) {
+    const uint2 q = __ldcs(reinterpret_cast<const uint2*>(p) + i);
+    c.w[0] = q.x, c.w[1] = q.y;
+  } else {
+    const uint4 q = __ldcs(reinterpret_cast<const uint4*>(p) + i);
+    c.w[0] = q.x, c.w[1] = q.y, c.w[2] = q.z, c.w[3] = q.w;
+  }
+}
+template <int B, bool kEvictFirst = false>
+__device__ __forceinline__ void store_chunk(void* __restrict__ p, int64_t i, const Chunk<B>& c) {
+  if constexpr (B == 4) {
+    unsigned int* d = reinterpret_cast<unsigned int*>(p) + i;
+    if (kEvictFirst) __stcs(d, c.w[0]);
+    else *d = c.w[0];
+  } else if constexpr (B == 8) {
+    uint2* d = reinterpret_cast<uint2*>(p) + i;
+    const uint2 q = make_uint2(c.w[0], c.w[1]);
+    if (kEvictFirst) __stcs(d, q);
+    else *d = q;
+  } else {
+    uint4* d = reinterpret_cast<uint4*>(p) + i;
+    const uint4 q = make_uint4(c.w[0], c.w[1], c.w[2], c.w[3]);
+    if (kEvictFirst) __stcs(d, q);
+    else *d = q;
+  }
+}
+
+// The chunk geometry of a TI → TO stream, and K: chunks per lane per span, by default enough
+// for ≈ 64 bytes of loads in flight per thread (16 for 4-byte input chunks, 8 for 8-byte, 4
+// for 16-byte ones).
+template <typename TI, typename TO>
+struct WarpStream {
+  static constexpr int kWide = sizeof(TI) > sizeof(TO) ? int(sizeof(TI)) : int(sizeof(TO));
+  static constexpr int G = 16 / kWide;  // elements per chunk
+  static constexpr int kInBytes = G * int(sizeof(TI));
+  static constexpr int kOutBytes = G * int(sizeof(TO));
+  static constexpr int kDefaultK = 64 / kInBytes;
+  using In = Chunk<kInBytes>;
+  using Out = Chunk<kOutBytes>;
+};
+
+// Walks the whole spans of x[0, n) → out[0, n) (both 16-byte aligned) with the grid's warps
+// (grid stride in spans); f(in_chunk, first_element_index, out_chunk) converts one chunk.
+// Returns the number of elements done (a multiple of the span); the caller finishes the
+// rest with its scalar loop. Every thread of the grid must call it (no early exit).
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kEvictFirst = false,
+          typename F>
+__device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
+                                               int64_t n, F&& f) {
+  using WS = WarpStream<TI, TO>;
+  constexpr int64_t kSpanChunks = 32 * K;
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  const int64_t nspans = n / (kSpanChunks * WS::G);
+  for (int64_t sp = warp; sp < nspans; sp += nwarps) {
+    const int64_t c0 = sp * kSpanChunks + lane;
+    typename WS::In in[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      typename WS::Out o;
+      f(in[k], (c0 + 32 * k) * WS::G, o);
+      store_chunk<WS::kOutBytes, kEvictFirst>(out, c0 + 32 * k, o);
+    }
+  }
+  return nspans * kSpanChunks * WS::G;
+}
+
+// Threads to ask persistent_grid for: one warp per whole span, plus one warp for the tail.
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK>
+inline int64_t warp_stream_items(int64_t n, bool vec) {
+  return vec ? n / (32 * K * WarpStream<TI, TO>::G) * 32 + 32 : n;
+}
+
+// Element j of a chunk: as a float (f32 / bf16 input) or as a byte (u8 input).
+template <int B>
+__device__ __forceinline__ float chunk_elem(const Chunk<B>& c, int j, float) {
+  return __uint_as_float(c.w[j]);
+}
+template <int B>
+__device__ __forceinline__ float chunk_elem(const Chunk<B>& c, int j, __nv_bfloat16) {
+  const uint32_t w = c.w[j >> 1];
+  return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
+}
+template <int B>
+__device__ __forceinline__ uint32_t chunk_byte(const Chunk<B>& c, int j) {
+  return (c.w[j >> 2] >> (8 * (j & 3))) & 0xffu;
+}
+
+// Fills an output chunk of G elements from G float bit patterns (f32: as they are; bf16: the
+// high halves, already rounded by the caller) or from G byte values (u8).
+template <int G, int B>
+__device__ __forceinline__ void chunk_set(Chunk<B>& o, const uint32_t v[G], float) {
+#pragma unroll
+  for (int j = 0; j < G; ++j) o.w[j] = v[j];
+}
+template <int G, int B>
+__device__ __forceinline__ void chunk_set(Chunk<B>& o, const uint32_t v[G], __nv_bfloat16) {
+#pragma unroll
+  for (int j = 0; j < G / 2; ++j) o.w[j] = __byte_perm(v[2 * j], v[2 * j + 1], 0x7632);
+}
+template <int G, int B>
+__device__ __forceinline__ void chunk_set(Chunk<B>& o, const uint32_t v[G], uint8_t) {
+#pragma unroll
+  for (int j = 0; j < G / 4; ++j)
+    o.w[j] = v[4 * j] | (v[4 * j + 1] << 8) | (v[4 * j + 2] << 16) | (v[4 * j + 3] << 24);
+}
+
+// The G elements of an f32 / bf16 input chunk through scale_canon; kRoundBf16: the products
+// rounded to bf16 (two per packed conversion for bf16 input), as tile_scaled.
+template <bool kScaled, bool kRoundBf16, int G, int B>
+__device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float xs[G], float) {
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    xs[j] = scale_canon<kScaled>(__uint_as_float(c.w[j]), s);
+    if (kRoundBf16) xs[j] = __bfloat162float(__float2bfloat16_rn(xs[j]));
+  }
+}
+template <bool kScaled, bool kRoundBf16, int G, int B>
+__device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float xs[G],
+                                             __nv_bfloat16) {
+#pragma unroll
+  for (int j = 0; j < G / 2; ++j) {
+    const uint32_t w = c.w[j];
+    const float a = scale_canon<kScaled>(__uint_as_float(w << 16), s);
+    const float b = scale_canon<kScaled>(__uint_as_float(w & 0xffff0000u), s);
+    if (kRoundBf16) {
+      const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);  // .x = a (low half)
+      const uint32_t q = (uint32_t(__bfloat16_as_ushort(p.y)) << 16) | __bfloat16_as_ushort(p.x);
+      xs[2 * j] = __uint_as_float(q << 16);
+      xs[2 * j + 1] = __uint_as_float(q & 0xffff0000u);
+    } else {
+      xs[2 * j] = a;
+      xs[2 * j + 1] = b;
+    }
+  }
+}
+
+// The body of the table decodes (HiF8 decode, E4M3 dequantize): out[i] = val[c[i]] with val
+// a 256-entry table of float bit patterns (bf16 output: already bf16-exact) that the kernel
+// has filled (and synchronized). Warp-interleaved when `vec` (codes and out 16-byte aligned),
+// then the scalar tail, or the whole tensor when not `vec`.
+template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
+__device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ c,
+                                                    TO* __restrict__ out, int64_t n, bool vec,
+                                                    const uint32_t* __restrict__ val) {
+  constexpr int G = WarpStream<uint8_t, TO>::G;
+  int64_t done = 0;
+  if (vec)
+    done = warp_stream<uint8_t, TO, K, kEvictFirst>(c, out, n, [&](const auto& in, int64_t, auto& o) {
+      uint32_t v[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in, j)];
+      chunk_set<G>(o, v, TO{});
+    });
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
 }
 
 __device__ __forceinline__ bool aligned16(const void* p) {
