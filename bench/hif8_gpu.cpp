@@ -134,11 +134,11 @@ void codec(double peak_gbps, bool quick) {
        }},
       {"encode_f32", 5, [&] { quant::hif8_encode(xf, codes); }},
       {"encode_bf16", 3, [&] { quant::hif8_encode(xb, codes); }},
-      // the per-thread 16-element tile walk the warp-interleaved production encode replaced
-      {"encode_f32_variant_tile_walk", 5,
-       [&] { quant::cuda::hif8_encode_tile_walk(xf, codes, false); }},
+      // the walk hif8_encode does not take for that dtype (f32: tile, bf16: interleaved)
+      {"encode_f32_variant_interleaved", 5,
+       [&] { quant::cuda::hif8_encode_walk(xf, codes, false, quant::cuda::EncodeWalk::kInterleaved); }},
       {"encode_bf16_variant_tile_walk", 3,
-       [&] { quant::cuda::hif8_encode_tile_walk(xb, codes, false); }},
+       [&] { quant::cuda::hif8_encode_walk(xb, codes, false, quant::cuda::EncodeWalk::kTile); }},
       // the two designs the bf16 encode was chosen over (quant/cuda/hif8_encode_variants.cu)
       {"encode_bf16_variant_lut64k", 3,
        [&] {
@@ -152,24 +152,24 @@ void codec(double peak_gbps, bool quick) {
       {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
       // the same decode with other access patterns (quant/cuda/hif8_encode_variants.cu): the
       // per-thread tile walk, the warp-interleaved walk with 16 codes per lane instead of
-      // the production's 64, and the production kernel with one warp per span (no persistent
-      // grid)
+      // the production's 64 (persistent grid), and the production kernel in the persistent
+      // grid instead of one warp per span
       {"decode_f32_variant_tile_plain_stores", 5,
        [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kTilePlainStores); }},
       {"decode_f32_variant_interleaved_evict_first", 5,
        [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedEvictFirst); }},
       {"decode_f32_variant_interleaved_plain_stores", 5,
        [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedPlainStores); }},
-      {"decode_f32_variant_full_grid", 5,
-       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedFullGrid); }},
+      {"decode_f32_variant_persistent_grid", 5,
+       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedPersistent); }},
       {"decode_bf16_variant_tile_plain_stores", 3,
        [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kTilePlainStores); }},
       {"decode_bf16_variant_interleaved_evict_first", 3,
        [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedEvictFirst); }},
       {"decode_bf16_variant_interleaved_plain_stores", 3,
        [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPlainStores); }},
-      {"decode_bf16_variant_full_grid", 3,
-       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedFullGrid); }},
+      {"decode_bf16_variant_persistent_grid", 3,
+       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPersistent); }},
       {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},
       {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
       {"stochastic_round_f32", 8, [&] { quant::hif8_round_stochastic(xf, outf, 7); }},

@@ -343,31 +343,33 @@ TEST(HiF8Gpu, EncodeVariantsBitwiseEqualCPU) {
 #endif
 }
 
-TEST(HiF8Gpu, EncodeTileWalkBitwiseEqualCPU) {
+TEST(HiF8Gpu, EncodeWalksBitwiseEqualCPU) {
   OSP_REQUIRE_GPU();
 #ifdef OSP_HAVE_CUDA
-  // the per-thread tile walk the warp-interleaved production encode replaced (bench baseline)
-  const int64_t n = 70001;
-  Tensor x = wide_values(n, 41);
-  for (DType dt : {DType::F32, DType::BF16})
-    for (bool sat : {false, true}) {
-      SCOPED_TRACE(testing::Message() << dtype_name(dt) << " saturate " << sat);
-      Tensor xc = x.to(dt);
-      Tensor xg = xc.to(Device::cuda());
-      Tensor cc = Tensor::empty({n}, DType::U8);
-      hif8_encode(xc, cc, sat);
-      Tensor cg = Tensor::empty({n}, DType::U8, Device::cuda());
-      cuda::hif8_encode_tile_walk(xg, cg, sat);
-      expect_bitwise(cg, cc, "encode tile walk");
-      Tensor cs = Tensor::empty({n - 5}, DType::U8, Device::cuda());
-      cuda::hif8_encode_tile_walk(xg.slice(0, 5, n), cs, sat);
-      expect_bitwise(cs, cc.slice(0, 5, n).contiguous(), "encode tile walk, offset view");
-    }
+  // both walks (hif8_encode takes one per dtype), sizes around the 512/1024-element warp
+  // spans and the 16-element tile, 16-byte aligned starts and not
+  for (int64_t n : {int64_t(9), int64_t(1024), int64_t(70001)})
+    for (DType dt : {DType::F32, DType::BF16})
+      for (auto walk : {cuda::EncodeWalk::kTile, cuda::EncodeWalk::kInterleaved})
+        for (bool sat : {false, true}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(dt) << " walk "
+                                          << int(walk) << " saturate " << sat);
+          Tensor xc = wide_values(n, 41).to(dt);
+          Tensor xg = xc.to(Device::cuda());
+          Tensor cc = Tensor::empty({n}, DType::U8);
+          hif8_encode(xc, cc, sat);
+          Tensor cg = Tensor::empty({n}, DType::U8, Device::cuda());
+          cuda::hif8_encode_walk(xg, cg, sat, walk);
+          expect_bitwise(cg, cc, "encode walk");
+          Tensor cs = Tensor::empty({n - 5}, DType::U8, Device::cuda());
+          cuda::hif8_encode_walk(xg.slice(0, 5, n), cs, sat, walk);
+          expect_bitwise(cs, cc.slice(0, 5, n).contiguous(), "encode walk, offset view");
+        }
   Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
   Tensor i32 = Tensor::empty({16}, DType::I32, Device::cuda());
-  EXPECT_THROW(cuda::hif8_encode_tile_walk(i32, c16, false), Error);
+  EXPECT_THROW(cuda::hif8_encode_walk(i32, c16, false, cuda::EncodeWalk::kTile), Error);
   Tensor f15 = Tensor::empty({15}, DType::F32, Device::cuda());
-  EXPECT_THROW(cuda::hif8_encode_tile_walk(f15, c16, false), Error);
+  EXPECT_THROW(cuda::hif8_encode_walk(f15, c16, false, cuda::EncodeWalk::kInterleaved), Error);
 #endif
 }
 
@@ -390,7 +392,7 @@ TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
         for (auto v : {cuda::DecodeVariant::kProduction, cuda::DecodeVariant::kTilePlainStores,
                        cuda::DecodeVariant::kInterleavedEvictFirst,
                        cuda::DecodeVariant::kInterleavedPlainStores,
-                       cuda::DecodeVariant::kInterleavedFullGrid}) {
+                       cuda::DecodeVariant::kInterleavedPersistent}) {
           SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " variant "
                                           << int(v) << " " << dtype_name(od));
           Tensor got = Tensor::empty({n}, od, Device::cuda());

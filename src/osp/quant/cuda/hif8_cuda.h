@@ -26,20 +26,24 @@ void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, 
 // on CUDA, out contiguous u8/hif8 of the same size on the same device (checked).
 enum class EncodeVariant { kPrefix8k, kLut64k, kBits };
 void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v);
-// f32/bf16 → HiF8 codes through the per-thread 16-element tile walk that the production
-// (warp-interleaved) encode replaced, for bench_hif8_gpu's comparison. Identical codes. x
-// contiguous f32/bf16 on CUDA, out contiguous u8/hif8 of the same size (checked).
-void hif8_encode_tile_walk(const Tensor& x, Tensor& out, bool saturate);
+// f32/bf16 → HiF8 codes with a chosen walk, for bench_hif8_gpu's comparison: kTile (each
+// thread 16 consecutive elements, one 16-byte store of their codes) or kInterleaved (warp-
+// interleaved chunks, warp_stream in hif8_stream.cuh). hif8_encode takes kTile for f32 and
+// kInterleaved for bf16: the faster of the two for each in one H200 run (docs/PERF.md).
+// Identical codes. x contiguous f32/bf16 on CUDA, out contiguous u8/hif8 of the same size
+// on the same device (checked).
+enum class EncodeWalk { kTile, kInterleaved };
+void hif8_encode_walk(const Tensor& x, Tensor& out, bool saturate, EncodeWalk walk);
 // codes → f32/bf16 through decode kernels that differ only in their memory access pattern
 // (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode (warp-
-// interleaved, 64 codes in flight per lane). Identical values. codes contiguous u8/hif8 on
-// CUDA, out contiguous f32/bf16 of the same size (checked).
+// interleaved, 64 codes in flight per lane, one warp per span). Identical values. codes
+// contiguous u8/hif8 on CUDA, out contiguous f32/bf16 of the same size (checked).
 enum class DecodeVariant {
   kProduction,
   kTilePlainStores,         // per-thread 16-code tiles
   kInterleavedEvictFirst,   // warp-interleaved, 16 codes per lane, st.global.cs
   kInterleavedPlainStores,  // warp-interleaved, 16 codes per lane, plain stores
-  kInterleavedFullGrid      // the production kernel, one warp per span (no persistent grid)
+  kInterleavedPersistent    // the production kernel in a persistent grid (SMs × occupancy)
 };
 void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v);
 }  // namespace osp::quant::cuda

@@ -129,13 +129,14 @@ const uint8_t* lut64k_device(bool saturate) {
 // ---- decode variants: where do the write-heavy kernels lose bandwidth? ----
 // The production decode (hif8_decode_kernel, hif8_device.cuh) is the warp-interleaved table
 // lookup: lane L of a warp takes the k-th output vector L + 32k of the warp's span, so every
-// store instruction writes 512 contiguous bytes, with 64 codes in flight per lane. The
+// store instruction writes 512 contiguous bytes, with 64 codes in flight per lane, launched
+// with one warp per span. The
 // variants: kTilePlainStores, the per-thread walk the decode had before (each thread 16
 // consecutive codes, their 64 (f32) or 32 (bf16) output bytes as consecutive 16-byte stores: one
 // warp store instruction covers 16-byte pieces 64 or 32 bytes apart); kInterleaved*, the
 // interleaved walk with 16 codes per lane (a 512-element span), with or without the
-// evict-first store hint; kInterleavedFullGrid, the production kernel launched with one warp
-// per span instead of the persistent grid.
+// evict-first store hint, in the persistent grid; kInterleavedPersistent, the production
+// kernel in the persistent grid (SMs × occupancy) instead of one warp per span.
 template <typename TO>
 __global__ void __launch_bounds__(kStreamThreads)
     decode_tile_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
@@ -258,12 +259,12 @@ void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v) {
       void (*kernel)(const uint8_t*, T*, int64_t, bool) = decode_tile_kernel<T>;
       kernel<<<variant_grid(reinterpret_cast<const void*>(kernel), 0, vec ? n / kTile + 1 : n),
                kStreamThreads>>>(c, o, n, vec);
-    } else if (v == DecodeVariant::kInterleavedFullGrid) {
-      launch_hif8_decode<T>(c, o, n, /*full_grid=*/true);
+    } else if (v == DecodeVariant::kInterleavedPersistent) {
+      launch_hif8_decode<T>(c, o, n, /*full_grid=*/false);
     } else if (v == DecodeVariant::kInterleavedEvictFirst) {
-      launch_hif8_decode<T, K16, true>(c, o, n);
+      launch_hif8_decode<T, K16, true>(c, o, n, false);
     } else {
-      launch_hif8_decode<T, K16, false>(c, o, n);
+      launch_hif8_decode<T, K16, false>(c, o, n, false);
     }
   };
   if (out.dtype() == DType::F32) run(float{});

@@ -59,9 +59,10 @@ __device__ __forceinline__ uint32_t encode_one(float v, const uint8_t* lut) {
   return lut[detail::hif8_lut_index(__fadd_rn(v, 0.0f))];  // +0: NaN canonical, −0 → +0
 }
 
-// kInterleaved: the warp-interleaved walk (hif8_stream.cuh; production); otherwise the
-// per-thread 16-element tile walk it replaced (kept for bench_hif8_gpu's comparison,
-// hif8_encode_tile_walk).
+// kInterleaved: the warp-interleaved walk (hif8_stream.cuh: 512 contiguous input bytes per
+// warp load instruction, 4- or 8-byte code stores per lane); otherwise the per-thread
+// 16-element tile walk (4 or 2 16-byte loads 64 or 32 bytes apart per warp instruction, one
+// 16-byte code store per lane). hif8_encode picks per input dtype (below).
 template <typename TI, bool kInterleaved>
 __global__ void __launch_bounds__(kThreads)
     encode_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
@@ -106,9 +107,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- decode: code → value ----
 // hif8_decode_kernel (hif8_device.cuh): the warp-interleaved table lookup (every store
-// instruction of a warp writes 512 contiguous bytes): measured on an H200 it moved 3.6 TB/s
-// where the 16-element-tile walk (each lane storing 64 consecutive bytes) managed 1.5 TB/s for
-// f32 output (docs/PERF.md, "HiF8 codec kernels").
+// instruction of a warp writes 512 contiguous bytes), one warp per span: measured on an H200
+// it moves 3.8 TB/s where the 16-element-tile walk (each lane storing 64 consecutive bytes)
+// managed 1.3 TB/s for f32 output (docs/PERF.md, "HiF8 codec kernels").
 
 // ---- quant-dequant: TA or hybrid, unscaled (hif8_round*) or per-tensor scaled (fake quant) --
 // Random words of the N (a multiple of 4) consecutive elements starting at global element
@@ -321,27 +322,32 @@ void launch_encode(const Tensor& x, Tensor& out, bool saturate) {
 }
 }  // namespace
 
+// f32: the tile walk (16-byte code stores), bf16: the interleaved walk — the faster of the
+// two for each in the same H200 run (f32 0.84 vs 0.80 of HBM peak, bf16 0.78 vs 0.77;
+// docs/PERF.md, "HiF8 codec kernels").
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
-  launch_encode<true>(x, out, saturate);
+  if (x.dtype() == DType::F32) launch_encode<false>(x, out, saturate);
+  else launch_encode<true>(x, out, saturate);
 }
 
-void hif8_encode_tile_walk(const Tensor& x, Tensor& out, bool saturate) {
+void hif8_encode_walk(const Tensor& x, Tensor& out, bool saturate, EncodeWalk walk) {
   OSP_CHECK((x.dtype() == DType::F32 || x.dtype() == DType::BF16) && x.device().is_cuda() &&
                 x.is_contiguous(),
-            "hif8_encode_tile_walk: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
+            "hif8_encode_walk: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
   OSP_CHECK((out.dtype() == DType::U8 || out.dtype() == DType::HiF8) && out.is_contiguous() &&
                 out.device() == x.device() && out.numel() == x.numel(),
-            "hif8_encode_tile_walk: out must be a contiguous u8/hif8 tensor of x's size on x's "
+            "hif8_encode_walk: out must be a contiguous u8/hif8 tensor of x's size on x's "
             "device, got ", out.desc());
-  launch_encode<false>(x, out, saturate);
+  if (walk == EncodeWalk::kTile) launch_encode<false>(x, out, saturate);
+  else launch_encode<true>(x, out, saturate);
 }
 
 void hif8_decode(const Tensor& codes, Tensor& out) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  if (out.dtype() == DType::F32) launch_hif8_decode(c, static_cast<float*>(out.raw()), n);
-  else launch_hif8_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n);
+  if (out.dtype() == DType::F32) launch_hif8_decode(c, static_cast<float*>(out.raw()), n, true);
+  else launch_hif8_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, true);
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 
