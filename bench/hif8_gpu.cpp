@@ -172,6 +172,11 @@ void codec(double peak_gbps, bool quick) {
        [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPersistent); }},
       {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},
       {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
+      // the same kernel with one warp per span instead of the persistent grid (as hif8_decode)
+      {"round_f32_variant_full_grid", 8,
+       [&] { quant::cuda::hif8_round_grid(xf, outf, false, true); }},
+      {"round_bf16_variant_full_grid", 4,
+       [&] { quant::cuda::hif8_round_grid(xb, outb, false, true); }},
       {"stochastic_round_f32", 8, [&] { quant::hif8_round_stochastic(xf, outf, 7); }},
       {"stochastic_round_bf16", 4, [&] { quant::hif8_round_stochastic(xb, outb, 7); }},
       // amax alone (read once)

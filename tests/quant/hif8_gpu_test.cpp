@@ -373,6 +373,33 @@ TEST(HiF8Gpu, EncodeWalksBitwiseEqualCPU) {
 #endif
 }
 
+TEST(HiF8Gpu, RoundGridVariantsBitwiseEqualCPU) {
+  OSP_REQUIRE_GPU();
+#ifdef OSP_HAVE_CUDA
+  // persistent grid and one warp per span, every in/out dtype pair, sizes around the spans
+  for (int64_t n : {int64_t(9), int64_t(1024), int64_t(70001)})
+    for (DType ti : {DType::F32, DType::BF16})
+      for (DType to : {DType::F32, DType::BF16})
+        for (bool one_warp_per_span : {false, true}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(ti) << " -> "
+                                          << dtype_name(to) << " one warp per span "
+                                          << one_warp_per_span);
+          Tensor xc = wide_values(n, 43).to(ti);
+          Tensor xg = xc.to(Device::cuda());
+          Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
+          hif8_round(xc, rc, true);
+          cuda::hif8_round_grid(xg, rg, true, one_warp_per_span);
+          expect_bitwise(rg, rc, "round grid variant");
+          Tensor rs = Tensor::empty({n - 3}, to, Device::cuda());
+          cuda::hif8_round_grid(xg.slice(0, 3, n), rs, true, one_warp_per_span);
+          expect_bitwise(rs, rc.slice(0, 3, n).contiguous(), "round grid variant, offset view");
+        }
+  Tensor f16 = Tensor::empty({16}, DType::F32, Device::cuda());
+  Tensor u16 = Tensor::empty({16}, DType::U8, Device::cuda());
+  EXPECT_THROW(cuda::hif8_round_grid(f16, u16, false, true), Error);
+#endif
+}
+
 TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
   OSP_REQUIRE_GPU();
 #ifdef OSP_HAVE_CUDA

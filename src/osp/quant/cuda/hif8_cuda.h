@@ -34,6 +34,11 @@ void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, Encod
 // on the same device (checked).
 enum class EncodeWalk { kTile, kInterleaved };
 void hif8_encode_walk(const Tensor& x, Tensor& out, bool saturate, EncodeWalk walk);
+// hif8_round (TA) launched in the persistent grid (one_warp_per_span false: what hif8_round
+// does) or with one warp per warp-interleaved span (what hif8_decode does), for
+// bench_hif8_gpu's grid-sizing comparison. Identical values. x contiguous f32/bf16 on CUDA,
+// out contiguous f32/bf16 of the same size on the same device (checked).
+void hif8_round_grid(const Tensor& x, Tensor& out, bool saturate, bool one_warp_per_span);
 // codes → f32/bf16 through decode kernels that differ only in their memory access pattern
 // (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode (warp-
 // interleaved, 64 codes in flight per lane, one warp per span). Identical values. codes

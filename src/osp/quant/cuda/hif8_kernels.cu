@@ -227,19 +227,24 @@ int64_t stream_items(int64_t n, bool vec) {
   return vec ? (n / kTile + kUnroll<T> - 1) / kUnroll<T> + 1 : n;
 }
 
+// full_grid: one warp per span (as hif8_decode) instead of the persistent grid; only
+// hif8_round_grid (bench_hif8_gpu's comparison) asks for it so far.
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
                      const float* d_amax, float max_target, float* d_scale_out, uint64_t seed,
-                     uint64_t offset) {
+                     uint64_t offset, bool full_grid = false) {
   const int64_t n = x.numel();
   const TI* xp = static_cast<const TI*>(x.raw());
   TO* op = static_cast<TO*>(out.raw());
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
+  const int64_t items = warp_stream_items<TI, TO>(n, vec);
   auto go = [&](auto kernel) {
-    kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel),
-                             warp_stream_items<TI, TO>(n, vec)),
-             kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
+    const unsigned blocks =
+        full_grid && vec ? unsigned((items + kThreads - 1) / kThreads)
+                         : persistent_grid(reinterpret_cast<const void*>(kernel), items);
+    kernel<<<blocks, kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed,
+                                 offset);
   };
   if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
   else go(quantize_kernel<TI, TO, kScaled, false>);
@@ -358,6 +363,22 @@ void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
                                                        nullptr, 0, 0);
   });
   OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (round)");
+}
+
+void hif8_round_grid(const Tensor& x, Tensor& out, bool saturate, bool one_warp_per_span) {
+  auto ok_dt = [](DType d) { return d == DType::F32 || d == DType::BF16; };
+  OSP_CHECK(ok_dt(x.dtype()) && x.device().is_cuda() && x.is_contiguous(),
+            "hif8_round_grid: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
+  OSP_CHECK(ok_dt(out.dtype()) && out.is_contiguous() && out.device() == x.device() &&
+                out.numel() == x.numel(),
+            "hif8_round_grid: out must be a contiguous f32/bf16 tensor of x's size on x's device, "
+            "got ", out.desc());
+  if (x.numel() == 0) return;
+  with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
+    launch_quantize<decltype(ti), decltype(to), false>(x, out, false, saturate, nullptr, 0.0f,
+                                                       nullptr, 0, 0, one_warp_per_span);
+  });
+  OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (round, grid variant)");
 }
 
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
