@@ -260,6 +260,8 @@ std::vector<Case> all_cases() {
   auto add = [&](std::string n, std::function<void()> f) { c.push_back({std::move(n), std::move(f)}); };
   // linear: odd sizes, each bias kind (0 none, 1 bf16, 2 f32), each activation, both outputs
   add("linear_1x64x32", [=] { linear_case(1, 64, 32, 0, A::None, H); });
+  // ≥ 2^30 multiply-adds: the first call of this shape autotunes among cuBLASLt's candidates
+  add("linear_1024x1024x1024_bias_gelu_autotuned", [=] { linear_case(1024, 1024, 1024, 1, A::GeluTanh, H); });
   add("linear_f32_2x256x3072_bias_silu", [=] { linear_f32_case(2, 256, 3072, true, A::Silu); });
   add("linear_f32_11x97x33_nobias", [=] { linear_f32_case(11, 97, 33, false, A::None); });
   add("linear_f32_3x64x40_bias_gelu", [=] { linear_f32_case(3, 64, 40, true, A::GeluTanh); });
