@@ -1,0 +1,224 @@
+// cuDNN backend-API operation graphs, shared by the fused attention graphs
+// (ops/cuda/attention_cudnn.cpp: bf16 SDPA; quant/cuda/fp8_attention_cudnn.cpp: FP8 SDPA):
+// descriptor ownership, tensors, pointwise / reduction / matmul nodes, and the search from
+// heuristics to a finalized execution plan. Header-only; compiled where cuDNN is.
+#pragma once
+#ifdef OSP_HAVE_CUDNN
+#include <cudnn.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "osp/core/error.h"
+
+namespace osp::ops::cuda {
+
+// Owns every descriptor it creates; virtual tensors get uids from first_virtual_uid upwards.
+class CudnnGraph {
+ public:
+  explicit CudnnGraph(int64_t first_virtual_uid) : next_virtual_(first_virtual_uid) {}
+  ~CudnnGraph() {
+    for (auto it = owned_.rbegin(); it != owned_.rend(); ++it) cudnnBackendDestroyDescriptor(*it);
+  }
+  CudnnGraph(const CudnnGraph&) = delete;
+  CudnnGraph& operator=(const CudnnGraph&) = delete;
+
+  cudnnBackendDescriptor_t create(cudnnBackendDescriptorType_t type, const char* what) {
+    cudnnBackendDescriptor_t d = nullptr;
+    cudnnStatus_t s = cudnnBackendCreateDescriptor(type, &d);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendCreateDescriptor(", what, ") failed: ", cudnnGetErrorString(s)));
+    owned_.push_back(d);
+    return d;
+  }
+  static void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a,
+                  cudnnBackendAttributeType_t t, int64_t n, const void* v, const char* what) {
+    cudnnStatus_t s = cudnnBackendSetAttribute(d, a, t, n, v);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendSetAttribute(", what, ", attr ", int(a), ") failed: ",
+               cudnnGetErrorString(s)));
+  }
+  static void finalize(cudnnBackendDescriptor_t d, const char* what) {
+    cudnnStatus_t s = cudnnBackendFinalize(d);
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cudnnBackendFinalize(", what, ") failed: ", cudnnGetErrorString(s)));
+  }
+
+  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t dt, const std::vector<int64_t>& dims,
+                                  const std::vector<int64_t>& strides, bool is_virtual,
+                                  bool by_value = false) {
+    auto d = create(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
+    int64_t align = 16;
+    set(d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt, "tensor dtype");
+    set(d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, int64_t(dims.size()), dims.data(),
+        "tensor dims");
+    set(d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, int64_t(strides.size()), strides.data(),
+        "tensor strides");
+    set(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
+    set(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
+    bool v = is_virtual;
+    set(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v, "tensor virtual");
+    if (by_value) {
+      bool bv = true;
+      set(d, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &bv, "tensor by value");
+    }
+    finalize(d, "tensor");
+    return d;
+  }
+  cudnnBackendDescriptor_t virt(cudnnDataType_t dt, const std::vector<int64_t>& dims,
+                                const std::vector<int64_t>& strides) {
+    return tensor(next_virtual_++, dt, dims, strides, true);
+  }
+  // An f32 [1,1,1,1] tensor: by value (host scalar) or a device pointer.
+  cudnnBackendDescriptor_t scalar(int64_t uid, bool by_value) {
+    return tensor(uid, CUDNN_DATA_FLOAT, {1, 1, 1, 1}, {1, 1, 1, 1}, false, by_value);
+  }
+
+  // y = mode(x[, b][, t]) computed in `prec` (and `axis` for GEN_INDEX).
+  void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x,
+                 cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y,
+                 cudnnBackendDescriptor_t t = nullptr, int64_t axis = -1) {
+    auto pw = create(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise");
+    set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+    set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
+    if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
+    finalize(pw, "pointwise");
+    auto op = create(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw,
+        "pw desc");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "pw x");
+    if (b) set(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "pw b");
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "pw y");
+    if (t) set(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t, "pw t");
+    finalize(op, "pointwise op");
+    ops_.push_back(op);
+  }
+  // The same in f32 precision.
+  void pointwise(cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                 cudnnBackendDescriptor_t y) {
+    pointwise(mode, CUDNN_DATA_FLOAT, x, b, y);
+  }
+  void reduction(cudnnReduceTensorOp_t r, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+    auto rd = create(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(rd, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &r, "reduction op");
+    set(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "reduction type");
+    finalize(rd, "reduction");
+    auto op = create(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "reduction op");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "red x");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "red y");
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd, "red desc");
+    finalize(op, "reduction op");
+    ops_.push_back(op);
+  }
+  // c = a·b in f32, with optional M / N / K override tensors (per-batch sequence lengths).
+  void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c,
+              cudnnBackendDescriptor_t m_ovr = nullptr, cudnnBackendDescriptor_t n_ovr = nullptr,
+              cudnnBackendDescriptor_t k_ovr = nullptr) {
+    auto md = create(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(md, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "matmul type");
+    finalize(md, "matmul");
+    auto op = create(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "matmul op");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a, "mm a");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "mm b");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c, "mm c");
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &md, "mm desc");
+    if (m_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+          &m_ovr, "mm m");
+    if (n_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+          &n_ovr, "mm n");
+    if (k_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+          &k_ovr, "mm k");
+    finalize(op, "matmul op");
+    ops_.push_back(op);
+  }
+
+  // Builds the operation graph on handle h, asks the heuristics (mode A, then fallback) and
+  // returns the first execution plan that finalizes (the plan keeps its own references; the
+  // graph may be destroyed). only_config >= 0 tries that engine config index only. engine_note
+  // says which mode/config/engine built it; `what` names the graph in the error when none does.
+  cudnnBackendDescriptor_t plan(cudnnHandle_t h, std::string* engine_note, const char* what,
+                                int only_config = -1) {
+    auto g = create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
+    set(g, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(ops_.size()),
+        ops_.data(), "graph ops");
+    set(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "graph handle");
+    finalize(g, "operation graph");
+    std::string errors;
+    for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      auto heur = create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
+      set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g,
+          "heur graph");
+      set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heur mode");
+      cudnnStatus_t hs = cudnnBackendFinalize(heur);
+      if (hs != CUDNN_STATUS_SUCCESS) {
+        errors += str(" heuristics mode ", int(mode), ": ", cudnnGetErrorString(hs), ";");
+        continue;
+      }
+      int64_t count = 0;
+      check(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr),
+            "heuristics result count");
+      if (count <= 0) {
+        errors += str(" heuristics mode ", int(mode), " gave no engine;");
+        continue;
+      }
+      std::vector<cudnnBackendDescriptor_t> cfgs(static_cast<size_t>(count));
+      for (auto& c : cfgs) c = create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+      int64_t got = 0;
+      check(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs.data()),
+            "heuristics results");
+      for (int64_t i = 0; i < got; ++i) {
+        if (only_config >= 0 && i != only_config) continue;
+        cudnnBackendDescriptor_t p = nullptr;
+        check(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p),
+              "execution plan");
+        cudnnStatus_t s1 = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+                                                    CUDNN_TYPE_HANDLE, 1, &h);
+        cudnnStatus_t s2 = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[size_t(i)]);
+        cudnnStatus_t s3 = (s1 == CUDNN_STATUS_SUCCESS && s2 == CUDNN_STATUS_SUCCESS)
+                               ? cudnnBackendFinalize(p)
+                               : CUDNN_STATUS_BAD_PARAM;
+        if (s3 == CUDNN_STATUS_SUCCESS) {
+          *engine_note = str("heuristics mode ", int(mode), ", config ", i, " of ", got,
+                             engine_index(cfgs[size_t(i)]));
+          return p;
+        }
+        errors += str(" cfg ", i, ": ", cudnnGetErrorString(s3), ";");
+        cudnnBackendDestroyDescriptor(p);
+      }
+    }
+    fail(str("no cuDNN engine accepted the ", what, " graph:", errors));
+  }
+
+ private:
+  static void check(cudnnStatus_t s, const char* what) {
+    if (s != CUDNN_STATUS_SUCCESS)
+      fail(str("cuDNN backend call (", what, ") failed: ", cudnnGetErrorString(s)));
+  }
+  // ", engine N" (the engine's global index) where cuDNN tells it; empty otherwise.
+  std::string engine_index(cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t eng = create(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+    int64_t n = 0, idx = -1;
+    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                 &n, &eng) != CUDNN_STATUS_SUCCESS)
+      return "";
+    if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
+                                 &idx) != CUDNN_STATUS_SUCCESS)
+      return "";
+    return str(", engine ", idx);
+  }
+
+  std::vector<cudnnBackendDescriptor_t> ops_, owned_;
+  int64_t next_virtual_;
+};
+
+}  // namespace osp::ops::cuda
+#endif  // OSP_HAVE_CUDNN
