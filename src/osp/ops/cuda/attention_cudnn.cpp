@@ -40,27 +40,11 @@ bool attention_cudnn_impl(const Tensor&, const Tensor&, const Tensor&, Tensor&, 
 }
 #else
 
-#define OSP_CUDNN_CHECK(call)                                                                 \
-  do {                                                                                        \
-    cudnnStatus_t osp_s_ = (call);                                                            \
-    if (osp_s_ != CUDNN_STATUS_SUCCESS)                                                       \
-      ::osp::fail(::osp::str(#call, " failed: ", cudnnGetErrorString(osp_s_), " at ", __FILE__, \
-                             ":", __LINE__));                                                 \
-  } while (0)
-
 namespace {
 
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kScale, kSeqQ, kSeqKV, kNeg, kVirtual = 100 };
 
-cudnnHandle_t handle() {
-  static cudnnHandle_t h = [] {
-    cudnnHandle_t x = nullptr;
-    OSP_CUDNN_CHECK(cudnnCreate(&x));
-    OSP_CUDNN_CHECK(cudnnSetStream(x, stream()));
-    return x;
-  }();
-  return h;
-}
+cudnnHandle_t handle() { return cudnn_handle(); }
 
 struct PlanKey {
   int64_t B, H, Lq, Lk, D;

@@ -11,8 +11,29 @@
 #include <vector>
 
 #include "osp/core/error.h"
+#include "osp/ops/cuda/cuda_context.h"
+
+// Fails with the call's text, cuDNN's reason and the place.
+#define OSP_CUDNN_CHECK(call)                                                                 \
+  do {                                                                                        \
+    cudnnStatus_t osp_s_ = (call);                                                            \
+    if (osp_s_ != CUDNN_STATUS_SUCCESS)                                                       \
+      ::osp::fail(::osp::str(#call, " failed: ", cudnnGetErrorString(osp_s_), " at ", __FILE__, \
+                             ":", __LINE__));                                                 \
+  } while (0)
 
 namespace osp::ops::cuda {
+
+// The process's cuDNN handle, bound to the ops' stream (the legacy default stream).
+inline cudnnHandle_t cudnn_handle() {
+  static cudnnHandle_t h = [] {
+    cudnnHandle_t x = nullptr;
+    OSP_CUDNN_CHECK(cudnnCreate(&x));
+    OSP_CUDNN_CHECK(cudnnSetStream(x, stream()));
+    return x;
+  }();
+  return h;
+}
 
 // Owns every descriptor it creates; virtual tensors get uids from first_virtual_uid upwards.
 class CudnnGraph {

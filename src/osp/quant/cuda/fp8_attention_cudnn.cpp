@@ -75,14 +75,6 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall&, std::string* why) {
 }
 #else
 
-#define OSP_FP8_CUDNN_CHECK(call)                                                               \
-  do {                                                                                          \
-    cudnnStatus_t osp_s_ = (call);                                                              \
-    if (osp_s_ != CUDNN_STATUS_SUCCESS)                                                         \
-      ::osp::fail(::osp::str(#call, " failed: ", cudnnGetErrorString(osp_s_), " at ", __FILE__, \
-                             ":", __LINE__));                                                   \
-  } while (0)
-
 namespace {
 
 using ops::cuda::log_once;
@@ -124,15 +116,7 @@ bool probe_all() {
 std::atomic<int> g_last_o{0};
 std::atomic<int> g_preferred{-1};  // index of the variant that built the last plan
 
-cudnnHandle_t handle() {
-  static cudnnHandle_t h = [] {
-    cudnnHandle_t x = nullptr;
-    OSP_FP8_CUDNN_CHECK(cudnnCreate(&x));
-    OSP_FP8_CUDNN_CHECK(cudnnSetStream(x, ops::cuda::stream()));
-    return x;
-  }();
-  return h;
-}
+cudnnHandle_t handle() { return ops::cuda::cudnn_handle(); }
 
 // Device scalars shared by every call, 16 bytes apart (the alignment the tensor descriptors
 // declare): scale_s, descale_s, 1, the amax outputs (written by cuDNN, unused), and the per-call
@@ -264,7 +248,7 @@ Plan build_plan(const PlanKey& k) {
       std::string note;
       cudnnBackendDescriptor_t plan = g.plan(handle(), &note, "FP8 SDPA", only_config());
       int64_t ws = 0;
-      OSP_FP8_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+      OSP_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
                                                    CUDNN_TYPE_INT64, 1, nullptr, &ws));
       tried += str(" [", var.name, "] ok: ", note, ", workspace ", ws, " bytes;");
       if (!out.plan) {
@@ -304,18 +288,18 @@ std::map<PlanKey, Plan>& cache() {
 void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
              void* ws) {
   cudnnBackendDescriptor_t pack = nullptr;
-  OSP_FP8_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+  OSP_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
   std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
     cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
   });
-  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
                                                CUDNN_TYPE_INT64, int64_t(uids.size()), uids.data()));
-  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
                                                CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
-  OSP_FP8_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
                                                CUDNN_TYPE_VOID_PTR, 1, &ws));
-  OSP_FP8_CUDNN_CHECK(cudnnBackendFinalize(pack));
-  OSP_FP8_CUDNN_CHECK(cudnnBackendExecute(handle(), plan.plan, pack));
+  OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
+  OSP_CUDNN_CHECK(cudnnBackendExecute(handle(), plan.plan, pack));
 }
 
 }  // namespace
