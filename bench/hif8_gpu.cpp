@@ -32,6 +32,7 @@
 
 #include "osp/core/cuda_check.h"
 #include "osp/quant/cuda/hif8_cuda.h"
+#include "gpu_bench_util.h"
 #endif
 
 using namespace osp;
@@ -82,28 +83,6 @@ double time_ms(F&& f, int warmup, int iters) {
   return double(ms) / iters;
 }
 
-// Median milliseconds of `reps` individually timed runs after `warmup` untimed ones.
-template <typename F>
-double median_ms(F&& f, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t a, b;
-  OSP_CUDA_CHECK(cudaEventCreate(&a));
-  OSP_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    OSP_CUDA_CHECK(cudaEventRecord(a, 0));
-    f();
-    OSP_CUDA_CHECK(cudaEventRecord(b, 0));
-    OSP_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    OSP_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms));
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 // Every codec kernel on 2^28 elements (2^26 with --quick): GB/s of the fewest bytes the
 // operation must move (each input read once per pass, each output written once; the scaled
@@ -194,7 +173,7 @@ void codec(double peak_gbps, bool quick) {
   };
   double copy_gbps = 0;
   for (auto& op : ops) {
-    double ms = median_ms(op.run, 2, reps);
+    double ms = bench::time_ms(op.run, 2, reps);
     double gbps = op.bytes_per_elem * double(n) / (ms * 1e-3) / 1e9;
     if (std::strcmp(op.name, "copy_bf16") == 0) copy_gbps = gbps;
     std::printf(
