@@ -147,7 +147,7 @@ class SingleDevice final : public SequenceParallel {
   Tensor scatter_input(const Tensor& x_full) override {
     require_plan("scatter_input");
     check_hidden(x_full, kFull, "scatter_input");
-    return move(x_full, input_map_, layout_id(plan_.kinds[0]));
+    return move(x_full, input_map_);
   }
 
   Tensor enter_block(int i, const Tensor& x_local) override {
@@ -155,18 +155,18 @@ class SingleDevice final : public SequenceParallel {
     OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block: block index ", i,
               " outside [1, ", plan_.kinds.size(), ")");
     check_hidden(x_local, layout_id(plan_.kinds[size_t(i) - 1]), "enter_block");
-    return move(x_local, enter_[size_t(i)], layout_id(plan_.kinds[size_t(i)]));
+    return move(x_local, enter_[size_t(i)]);
   }
 
   Tensor scatter_input_backward(const Tensor& grad_local) override {
     require_plan("scatter_input_backward");
     check_hidden(grad_local, layout_id(plan_.kinds[0]), "scatter_input_backward");
-    return move(grad_local, input_back_map_, kFull);
+    return move(grad_local, input_back_map_);
   }
   Tensor gather_output_backward(const Tensor& grad_full) override {
     require_plan("gather_output_backward");
     check_hidden(grad_full, kFull, "gather_output_backward");
-    return move(grad_full, output_back_map_, layout_id(plan_.kinds.back()));
+    return move(grad_full, output_back_map_);
   }
 
   Tensor enter_block_backward(int i, const Tensor& grad_local) override {
@@ -174,7 +174,7 @@ class SingleDevice final : public SequenceParallel {
     OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block_backward: block index ", i,
               " outside [1, ", plan_.kinds.size(), ")");
     check_hidden(grad_local, layout_id(plan_.kinds[size_t(i)]), "enter_block_backward");
-    return move(grad_local, back_[size_t(i)], layout_id(plan_.kinds[size_t(i) - 1]));
+    return move(grad_local, back_[size_t(i)]);
   }
 
   const Tensor& rope_table(int i) override {
@@ -210,7 +210,7 @@ class SingleDevice final : public SequenceParallel {
   Tensor gather_output(const Tensor& x_local) override {
     require_plan("gather_output");
     check_hidden(x_local, layout_id(plan_.kinds.back()), "gather_output");
-    return move(x_local, output_map_, kFull);
+    return move(x_local, output_map_);
   }
 
  private:
@@ -224,7 +224,7 @@ class SingleDevice final : public SequenceParallel {
     OSP_CHECK(x.device() == plan_.device, who, ": hidden state is on ", x.device().name(),
               " but the plan's device is ", plan_.device.name());
   }
-  Tensor move(const Tensor& x, const Tensor& map, int /*to*/) const {
+  Tensor move(const Tensor& x, const Tensor& map) const {
     if (!map.defined()) return x;
     return gather_per_sample(x, map, N_);
   }

@@ -267,12 +267,7 @@ class ParallelLayout final : public SequenceParallel {
                       .view({1, n, plan.head_dim / 2, 2})
                       .to(plan.device);
       input_map_[id] = i32_tensor(tok, plan.device);
-      const auto& lens = L.lens[size_t(me)];
-      if (L.attn == Attn::Packed && n > 0) {
-        seq_lens_[id] = Tensor::empty({std::max<int64_t>(int64_t(lens.size()), 1)}, DType::I32);
-        if (lens.empty()) seq_lens_[id].data<int32_t>()[0] = int32_t(n);
-        else std::copy(lens.begin(), lens.end(), seq_lens_[id].data<int32_t>());
-      }
+      if (L.attn == Attn::Packed) seq_lens_[id] = i32_tensor(L.lens[size_t(me)], Device::cpu());
     }
     for (auto& o : output_maps_) o.reset();
     ulysses_cache_.clear();
@@ -336,13 +331,11 @@ class ParallelLayout final : public SequenceParallel {
               "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
               k.desc(), ", ", v.desc(), ", ", out.desc());
     OSP_CHECK(out.is_contiguous(), "self_attention: out must be contiguous, got ", out.desc());
-    const int64_t B = q.size(0);
     if (L.attn == Attn::Ulysses) {
       ulysses_attention(id, q, k, v, out, attend);
       return;
     }
     if (n == 0) return;
-    (void)B;
     ops::AttentionArgs args;
     args.seq_lens = &seq_lens_[id];
     attend(q, k, v, out, args);
