@@ -23,37 +23,7 @@ TEST(MpiComm, Collectives) {
   EXPECT_STREQ(comm->backend(), "mpi");
   EXPECT_EQ(S, dist::launcher_size());
   EXPECT_EQ(r, dist::launcher_rank());
-  test::check_uneven_all_to_all(*comm);
-  // Equal split.
-  Tensor eq = Tensor::empty({int64_t(S), 3}, DType::F32), eq_out = Tensor::empty({int64_t(S), 3}, DType::F32);
-  for (int d = 0; d < S; ++d)
-    for (int j = 0; j < 3; ++j) eq.data<float>()[d * 3 + j] = float(10 * r + d + j);
-  comm->all_to_all(eq, eq_out);
-  for (int s = 0; s < S; ++s) EXPECT_EQ(eq_out.item({s, 2}), 10 * s + r + 2);
-  Tensor mine = Tensor::from_vector({float(r), float(r * r)}, {2});
-  Tensor all = Tensor::empty({2 * int64_t(S)}, DType::F32);
-  comm->all_gather(mine, all);
-  for (int s = 0; s < S; ++s) EXPECT_EQ(all.item({2 * s + 1}), s * s);
-  std::vector<float> rs(static_cast<size_t>(2 * S));
-  for (int i = 0; i < 2 * S; ++i) rs[size_t(i)] = float(i + r);
-  Tensor red = Tensor::empty({2}, DType::F32);
-  comm->reduce_scatter(Tensor::from_vector(rs, {2 * int64_t(S)}), red);
-  const float base = float(S * (S - 1) / 2);
-  EXPECT_EQ(red.item({0}), S * (2 * r) + base);
-  Tensor ar = Tensor::from_vector({1.f, float(r)}, {2});
-  comm->all_reduce(ar);
-  EXPECT_EQ(ar.item({0}), S);
-  EXPECT_EQ(ar.item({1}), base);
-  Tensor bc = Tensor::from_vector({float(r + 5)}, {1});
-  comm->broadcast(bc, S - 1);
-  EXPECT_EQ(bc.item({0}), S + 4);
-  comm->barrier();
-  auto sub = comm->split(r % 2, r);
-  EXPECT_EQ(sub->rank(), r / 2);
-  EXPECT_EQ(sub->size(), (S - r % 2 + 1) / 2);
-  Tensor one = Tensor::from_vector({1.f}, {1});
-  sub->all_reduce(one);
-  EXPECT_EQ(one.item({0}), sub->size());
+  test::check_collectives(*comm);
 }
 
 struct MpiCase {
