@@ -9,13 +9,16 @@
 //      5120×13824, 13824×5120): cuBLASLt bf16 (ops::linear) vs the FP8 E4M3 path
 //      (quant::fp8_linear on pre-quantized operands, fast accumulation off and on), in TFLOP/s,
 //      plus the cost of quantizing the activation (hif8_quantize_e4m3).
-// Usage: bench_hif8_gpu [--quick] [--codec-only]
-//   (--quick: 2^26 codec elements, GEMM M = 8192 only, fewer iterations; --codec-only: part 1)
+// Usage: bench_hif8_gpu [--quick] [--codec-only] [--shapes] [--log2n N] [--batch B]
+//   (--quick: 2^26 codec elements, GEMM M = 8192 only, fewer iterations; --codec-only: part 1;
+//   --shapes: every launch shape of the codec kernels, not only production's; --log2n: codec
+//   elements 2^N, default 28; --batch: launches per batched sample, default 20)
 #include <algorithm>
 #include <chrono>
 #include <functional>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -31,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include "osp/core/cuda_check.h"
+#include "osp/quant/cuda/fp8_cuda.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #include "gpu_bench_util.h"
 #endif
@@ -84,12 +88,22 @@ double time_ms(F&& f, int warmup, int iters) {
 }
 
 
-// Every codec kernel on 2^28 elements (2^26 with --quick): GB/s of the fewest bytes the
-// operation must move (each input read once per pass, each output written once; the scaled
-// ops read x twice: the amax pass and the quantize pass), as a fraction of the card's HBM peak
-// and of a device-to-device copy measured in the same run (the practical ceiling).
-void codec(double peak_gbps, bool quick) {
-  const int64_t n = quick ? (int64_t(1) << 26) : (int64_t(1) << 28);  // 64M / 256M elements
+// Every codec kernel on 2^log2n elements (default 2^28; 2^26 with --quick): GB/s of the
+// fewest bytes the operation must move (each input read once per pass, each output written
+// once; the scaled ops read x twice: the amax pass and the quantize pass), as a fraction of
+// the card's HBM peak and of a device-to-device copy measured in the same run (the practical
+// ceiling). Two timings per row, both the median of `reps` samples between CUDA events:
+//   single  one launch per sample (includes the launch's ramp-up and drain)
+//   batch   `batch` back-to-back launches per sample, time / batch: the rate when the op runs
+//           in a stream of work, as inside the model (launch gaps hidden; what is left is the
+//           kernel's own start and tail)
+// The production launch shape of each op (quant/cuda/hif8_cuda.h: StreamShape{}) is printed
+// under the op's name; `--shapes` adds every other shape (grid sizing × walk × depth), each
+// bitwise tested in quant_hif8_gpu_test.
+double g_copy_single = 0, g_copy_batch = 0;
+
+void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) {
+  const int64_t n = int64_t(1) << (quick ? 26 : log2n);
   const int reps = quick ? 5 : 15;
   Tensor xf = random_device({n}, DType::F32, 1);
   Tensor xb = random_device({n}, DType::BF16, 2);
@@ -98,91 +112,99 @@ void codec(double peak_gbps, bool quick) {
   Tensor outb = Tensor::empty({n}, DType::BF16, Device::cuda());
   Tensor outf = Tensor::empty({n}, DType::F32, Device::cuda());
   quant::Fp8Tensor q8 = quant::hif8_quantize_e4m3(xb);
+  namespace qc = quant::cuda;
+  using Shape_ = qc::StreamShape;
+  using Run = std::function<void(const Shape_&)>;
   struct Op {
     const char* name;
     double bytes_per_elem;
-    std::function<void()> run;
+    Run run;
+    int shapes;  // 0: production only, 1: grid × depth, 2: grid × depth × walk, 3: 2 + lut64k
   };
-  using DV = quant::cuda::DecodeVariant;
   std::vector<Op> ops = {
-      // the ceiling: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2)
+      // the ceilings: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2), and
+      // cudaMemset of the f32 tensor (write only)
       {"copy_bf16", 4,
-       [&] {
+       [&](const Shape_&) {
          OSP_CUDA_CHECK(cudaMemcpyAsync(outb.raw(), xb.raw(), size_t(n) * 2,
                                         cudaMemcpyDeviceToDevice, 0));
-       }},
-      {"encode_f32", 5, [&] { quant::hif8_encode(xf, codes); }},
-      {"encode_bf16", 3, [&] { quant::hif8_encode(xb, codes); }},
-      // the walk hif8_encode does not take for that dtype (f32: tile, bf16: interleaved)
-      {"encode_f32_variant_interleaved", 5,
-       [&] { quant::cuda::hif8_encode_walk(xf, codes, false, quant::cuda::EncodeWalk::kInterleaved); }},
-      {"encode_bf16_variant_tile_walk", 3,
-       [&] { quant::cuda::hif8_encode_walk(xb, codes, false, quant::cuda::EncodeWalk::kTile); }},
-      // the two designs the bf16 encode was chosen over (quant/cuda/hif8_encode_variants.cu)
-      {"encode_bf16_variant_lut64k", 3,
-       [&] {
-         quant::cuda::hif8_encode_bf16_variant(xb, codes, false, quant::cuda::EncodeVariant::kLut64k);
-       }},
-      {"encode_bf16_variant_bits", 3,
-       [&] {
-         quant::cuda::hif8_encode_bf16_variant(xb, codes, false, quant::cuda::EncodeVariant::kBits);
-       }},
-      {"decode_f32", 5, [&] { quant::hif8_decode(codes, outf); }},
-      {"decode_bf16", 3, [&] { quant::hif8_decode(codes, outb); }},
-      // the same decode with other access patterns (quant/cuda/hif8_encode_variants.cu): the
-      // per-thread tile walk, the warp-interleaved walk with 16 codes per lane instead of
-      // the production's 64 (persistent grid), and the production kernel in the persistent
-      // grid instead of one warp per span
-      {"decode_f32_variant_tile_plain_stores", 5,
-       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kTilePlainStores); }},
-      {"decode_f32_variant_interleaved_evict_first", 5,
-       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedEvictFirst); }},
-      {"decode_f32_variant_interleaved_plain_stores", 5,
-       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedPlainStores); }},
-      {"decode_f32_variant_persistent_grid", 5,
-       [&] { quant::cuda::hif8_decode_variant(codes, outf, DV::kInterleavedPersistent); }},
-      {"decode_bf16_variant_tile_plain_stores", 3,
-       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kTilePlainStores); }},
-      {"decode_bf16_variant_interleaved_evict_first", 3,
-       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedEvictFirst); }},
-      {"decode_bf16_variant_interleaved_plain_stores", 3,
-       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPlainStores); }},
-      {"decode_bf16_variant_persistent_grid", 3,
-       [&] { quant::cuda::hif8_decode_variant(codes, outb, DV::kInterleavedPersistent); }},
-      {"round_f32", 8, [&] { quant::hif8_round(xf, outf); }},
-      {"round_bf16", 4, [&] { quant::hif8_round(xb, outb); }},
-      // the same kernel with one warp per span instead of the persistent grid (as hif8_decode)
-      {"round_f32_variant_full_grid", 8,
-       [&] { quant::cuda::hif8_round_grid(xf, outf, false, true); }},
-      {"round_bf16_variant_full_grid", 4,
-       [&] { quant::cuda::hif8_round_grid(xb, outb, false, true); }},
-      {"stochastic_round_f32", 8, [&] { quant::hif8_round_stochastic(xf, outf, 7); }},
-      {"stochastic_round_bf16", 4, [&] { quant::hif8_round_stochastic(xb, outb, 7); }},
-      // amax alone (read once)
-      {"amax_f32", 4, [&] { (void)quant::amax(xf); }},
-      {"amax_bf16", 2, [&] { (void)quant::amax(xb); }},
+       },
+       0},
+      {"memset_f32", 4,
+       [&](const Shape_&) { OSP_CUDA_CHECK(cudaMemsetAsync(outf.raw(), 0, size_t(n) * 4, 0)); },
+       0},
+      {"encode_f32", 5, [&](const Shape_& s) { qc::hif8_encode(xf, codes, false, s); }, 2},
+      {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 3},
+      {"decode_f32", 5, [&](const Shape_& s) { qc::hif8_decode(codes, outf, s); }, 1},
+      {"decode_bf16", 3, [&](const Shape_& s) { qc::hif8_decode(codes, outb, s); }, 1},
+      {"round_f32", 8, [&](const Shape_& s) { qc::hif8_round(xf, outf, false, s); }, 1},
+      {"round_bf16", 4, [&](const Shape_& s) { qc::hif8_round(xb, outb, false, s); }, 1},
+      {"stochastic_round_f32", 8, [&](const Shape_&) { quant::hif8_round_stochastic(xf, outf, 7); }, 0},
+      {"stochastic_round_bf16", 4, [&](const Shape_&) { quant::hif8_round_stochastic(xb, outb, 7); }, 0},
+      // amax alone (read once; a memset of the result and one kernel)
+      {"amax_f32", 4, [&](const Shape_&) { (void)quant::amax(xf); }, 0},
+      {"amax_bf16", 2, [&](const Shape_&) { (void)quant::amax(xb); }, 0},
       // scaled fake quant: amax pass + quantize pass (read x twice, write once)
-      {"fake_quant_f32", 12, [&] { quant::hif8_fake_quant(xf, outf); }},
-      {"fake_quant_bf16", 6, [&] { quant::hif8_fake_quant(xb, outb); }},
+      {"fake_quant_f32", 12,
+       [&](const Shape_& s) { qc::hif8_fake_quant(xf, outf, quant::kHiF8ForwardMax, nullptr, s); }, 1},
+      {"fake_quant_bf16", 6,
+       [&](const Shape_& s) { qc::hif8_fake_quant(xb, outb, quant::kHiF8ForwardMax, nullptr, s); }, 1},
       {"fake_quant_stochastic_bf16", 6,
-       [&] { quant::hif8_fake_quant_stochastic(xb, outb, 9); }},
+       [&](const Shape_&) { quant::hif8_fake_quant_stochastic(xb, outb, 9); }, 0},
       // HiF8 → E4M3 operand quantization: amax pass + quantize pass (read x twice, write codes)
-      {"quantize_e4m3_f32", 9, [&] { quant::hif8_quantize_e4m3(xf, q8); }},
-      {"quantize_e4m3_bf16", 5, [&] { quant::hif8_quantize_e4m3(xb, q8); }},
-      {"dequantize_e4m3_bf16", 3, [&] { quant::fp8_dequantize(q8, outb); }},
+      {"quantize_e4m3_f32", 9,
+       [&](const Shape_& s) {
+         qc::hif8_quantize_e4m3(xf, q8.codes, q8.scale_inv, quant::kHiF8ForwardMax, s);
+       },
+       2},
+      {"quantize_e4m3_bf16", 5,
+       [&](const Shape_& s) {
+         qc::hif8_quantize_e4m3(xb, q8.codes, q8.scale_inv, quant::kHiF8ForwardMax, s);
+       },
+       2},
+      {"dequantize_e4m3_bf16", 3,
+       [&](const Shape_& s) { qc::fp8_dequantize(q8.codes, q8.scale_inv, outb, s); }, 1},
   };
-  double copy_gbps = 0;
+  const char* grid_names[] = {"default", "persistent", "balanced", "full"};
+  const char* walk_names[] = {"default", "tile", "interleaved", "lut64k"};
   for (auto& op : ops) {
-    double ms = bench::time_ms(op.run, 2, reps);
-    double gbps = op.bytes_per_elem * double(n) / (ms * 1e-3) / 1e9;
-    if (std::strcmp(op.name, "copy_bf16") == 0) copy_gbps = gbps;
-    std::printf(
-        "{\"bench\":\"hif8_gpu\",\"section\":\"codec\",\"op\":\"%s\",\"card\":\"%s\",\"n\":%lld,"
-        "\"ms\":%.4f,\"bytes\":%.0f,\"GBps\":%.1f,\"peak_GBps\":%.1f,\"frac_of_peak\":%.3f,"
-        "\"frac_of_copy\":%.3f}\n",
-        op.name, g_card.c_str(), (long long)n, ms, op.bytes_per_elem * double(n), gbps, peak_gbps,
-        gbps / peak_gbps, copy_gbps > 0 ? gbps / copy_gbps : 0.0);
-    std::fflush(stdout);
+    std::vector<std::pair<std::string, Shape_>> shapes = {{"production", Shape_{}}};
+    if (all_shapes && op.shapes > 0) {
+      std::vector<qc::Walk> walks = {qc::Walk::kDefault};
+      if (op.shapes >= 2) walks = {qc::Walk::kTile, qc::Walk::kInterleaved};
+      if (op.shapes == 3) walks.push_back(qc::Walk::kLut64k);
+      for (auto w : walks)
+        for (auto g : {qc::Grid::kPersistent, qc::Grid::kBalanced, qc::Grid::kFull})
+          for (bool deep : {false, true}) {
+            if (w == qc::Walk::kLut64k && (g == qc::Grid::kFull || deep)) continue;
+            std::string nm = std::string("grid=") + grid_names[int(g)];
+            if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];
+            nm += deep ? ",deep" : "";
+            shapes.push_back({nm, Shape_{g, w, deep}});
+          }
+    }
+    for (auto& [shape_name, shape] : shapes) {
+      auto once = [&] { op.run(shape); };
+      const double ms = bench::time_ms(once, 2, reps);
+      const double ms_b = bench::time_ms(
+          [&] {
+            for (int i = 0; i < batch; ++i) once();
+          },
+          1, reps) / batch;
+      const double bytes = op.bytes_per_elem * double(n);
+      const double gbps = bytes / (ms * 1e-3) / 1e9, gbps_b = bytes / (ms_b * 1e-3) / 1e9;
+      if (std::strcmp(op.name, "copy_bf16") == 0) g_copy_single = gbps, g_copy_batch = gbps_b;
+      std::printf(
+          "{\"bench\":\"hif8_gpu\",\"section\":\"codec\",\"op\":\"%s\",\"shape\":\"%s\","
+          "\"card\":\"%s\",\"n\":%lld,\"bytes\":%.0f,\"peak_GBps\":%.1f,"
+          "\"ms\":%.4f,\"GBps\":%.1f,\"frac_of_peak\":%.3f,\"frac_of_copy\":%.3f,"
+          "\"batch\":%d,\"ms_batch\":%.4f,\"GBps_batch\":%.1f,\"frac_of_peak_batch\":%.3f,"
+          "\"frac_of_copy_batch\":%.3f}\n",
+          op.name, shape_name.c_str(), g_card.c_str(), (long long)n, bytes, peak_gbps, ms, gbps,
+          gbps / peak_gbps, g_copy_single > 0 ? gbps / g_copy_single : 0.0, batch, ms_b, gbps_b,
+          gbps_b / peak_gbps, g_copy_batch > 0 ? gbps_b / g_copy_batch : 0.0);
+      std::fflush(stdout);
+    }
   }
 }
 
@@ -231,13 +253,23 @@ void gemms(bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, codec_only = false;
+  bool quick = false, codec_only = false, all_shapes = false;
+  int log2n = 28, batch = 20;
+  const char* usage = "[--quick] [--codec-only] [--shapes] [--log2n N (20..31)] [--batch B]";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     else if (std::strcmp(argv[i], "--codec-only") == 0) codec_only = true;
+    else if (std::strcmp(argv[i], "--shapes") == 0) all_shapes = true;
+    else if (std::strcmp(argv[i], "--log2n") == 0 && i + 1 < argc) log2n = std::atoi(argv[++i]);
+    else if (std::strcmp(argv[i], "--batch") == 0 && i + 1 < argc) batch = std::atoi(argv[++i]);
     else  // gpu-test.sh passes one BENCH_ARGS to every bench: ignore what is not ours
-      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: [--quick] [--codec-only])\n",
-                   argv[0], argv[i]);
+      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: %s)\n", argv[0], argv[i],
+                   usage);
+  }
+  if (log2n < 20 || log2n > 31 || batch < 1 || batch > 1000) {
+    std::fprintf(stderr, "%s: --log2n must be in 20..31 and --batch in 1..1000 (usage: %s)\n",
+                 argv[0], usage);
+    return 2;
   }
   if (!cuda_available()) {
     std::printf("{\"bench\":\"hif8_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
@@ -256,7 +288,7 @@ int main(int argc, char** argv) {
         "{\"bench\":\"hif8_gpu\",\"section\":\"device\",\"card\":\"%s\",\"sm\":\"%d.%d\","
         "\"mem_clock_khz\":%d,\"bus_bits\":%d,\"peak_GBps\":%.1f}\n",
         g_card.c_str(), prop.major, prop.minor, mem_khz, bus_bits, peak_gbps);
-    codec(peak_gbps, quick);
+    codec(peak_gbps, quick, log2n, batch, all_shapes);
     cuda_empty_cache();
     if (!codec_only) gemms(quick);
   } catch (const std::exception& e) {

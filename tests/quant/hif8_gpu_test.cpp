@@ -5,13 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "osp/core/philox.h"
+#include "osp/quant/fp8.h"
 #include "osp/quant/hif8.h"
 #include "osp/quant/hif8_linear.h"
 #include "test_util.h"
 #ifdef OSP_HAVE_CUDA
+#include "osp/quant/cuda/fp8_cuda.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #endif
 
@@ -313,120 +317,120 @@ TEST(HiF8Gpu, ManyGridStridesAndInPlaceBitwiseEqualCPU) {
   }
 }
 
-TEST(HiF8Gpu, EncodeVariantsBitwiseEqualCPU) {
-  OSP_REQUIRE_GPU();
 #ifdef OSP_HAVE_CUDA
-  // every bf16 pattern, then an odd size from an offset view (the scalar path)
-  std::vector<uint16_t> pats(65536 + 9);
-  for (size_t i = 0; i < pats.size(); ++i) pats[i] = uint16_t(i * 40503u);
-  Tensor xc = Tensor::empty({int64_t(pats.size())}, DType::BF16);
-  std::memcpy(xc.raw(), pats.data(), pats.size() * 2);
-  Tensor xg = xc.to(Device::cuda());
-  for (bool sat : {false, true})
-    for (auto v : {cuda::EncodeVariant::kPrefix8k, cuda::EncodeVariant::kLut64k,
-                   cuda::EncodeVariant::kBits}) {
-      SCOPED_TRACE(testing::Message() << "variant " << int(v) << " saturate " << sat);
-      Tensor cc = Tensor::empty(xc.shape(), DType::U8);
-      hif8_encode(xc, cc, sat);
-      Tensor cg = Tensor::empty(xc.shape(), DType::U8, Device::cuda());
-      cuda::hif8_encode_bf16_variant(xg, cg, sat, v);
-      expect_bitwise(cg, cc, "encode variant");
-      const int64_t n = xc.size(0);
-      Tensor xs = xg.slice(0, 3, n);
-      Tensor cs = Tensor::empty(xs.shape(), DType::U8, Device::cuda());
-      cuda::hif8_encode_bf16_variant(xs, cs, sat, v);
-      expect_bitwise(cs, cc.slice(0, 3, n).contiguous(), "encode variant, offset view");
+namespace {
+// The launch shapes of the streaming codec kernels (quant/cuda/hif8_cuda.h): every grid
+// sizing × depth, × both walks for the ops that have a walk choice.
+std::vector<cuda::StreamShape> launch_shapes(bool walks) {
+  std::vector<cuda::StreamShape> v;
+  for (auto g : {cuda::Grid::kDefault, cuda::Grid::kPersistent, cuda::Grid::kBalanced,
+                 cuda::Grid::kFull})
+    for (bool deep : {false, true}) {
+      if (!walks) {
+        v.push_back({g, cuda::Walk::kDefault, deep});
+        continue;
+      }
+      for (auto w : {cuda::Walk::kDefault, cuda::Walk::kTile, cuda::Walk::kInterleaved})
+        v.push_back({g, w, deep});
     }
-  Tensor f = Tensor::empty({16}, DType::F32, Device::cuda());
-  Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
-  EXPECT_THROW(cuda::hif8_encode_bf16_variant(f, c16, false, cuda::EncodeVariant::kBits), Error);
-#endif
+  return v;
 }
+std::string shape_name(const cuda::StreamShape& s) {
+  return str("grid ", int(s.grid), " walk ", int(s.walk), " deep ", s.deep);
+}
+}  // namespace
+#endif
 
-TEST(HiF8Gpu, EncodeWalksBitwiseEqualCPU) {
+TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
   OSP_REQUIRE_GPU();
 #ifdef OSP_HAVE_CUDA
-  // both walks (hif8_encode takes one per dtype), sizes around the 512/1024-element warp
-  // spans and the 16-element tile, 16-byte aligned starts and not
-  for (int64_t n : {int64_t(9), int64_t(1024), int64_t(70001)})
-    for (DType dt : {DType::F32, DType::BF16})
-      for (auto walk : {cuda::EncodeWalk::kTile, cuda::EncodeWalk::kInterleaved})
+  // Every launch shape of encode, TA round, scaled fake quant, E4M3 quantize, decode and E4M3
+  // dequantize gives the CPU's bits: sizes below one warp span, around the spans, and past one
+  // round of the persistent grid (2^25 + 37: several rounds, the balanced grid's uneven
+  // split), plus an offset view (not 16-byte aligned: the scalar path).
+  for (int64_t n : {int64_t(9), int64_t(1024), int64_t(70001), (int64_t(1) << 25) + 37}) {
+    const bool big = n > (1 << 20);
+    for (DType dt : {DType::F32, DType::BF16}) {
+      Tensor xc = wide_values(n, uint64_t(41 + n % 7)).to(dt);
+      Tensor xg = xc.to(Device::cuda());
+      std::vector<std::pair<Tensor, int64_t>> inputs = {{xg, 0}};
+      if (!big) inputs.push_back({xg.slice(0, 5, n), 5});
+      for (auto& [in, start] : inputs) {
+        const int64_t m = in.numel();
+        SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " " << dtype_name(dt));
+        // encode, both overflow modes; the 64K-entry table for bf16
         for (bool sat : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(dt) << " walk "
-                                          << int(walk) << " saturate " << sat);
-          Tensor xc = wide_values(n, 41).to(dt);
-          Tensor xg = xc.to(Device::cuda());
           Tensor cc = Tensor::empty({n}, DType::U8);
           hif8_encode(xc, cc, sat);
-          Tensor cg = Tensor::empty({n}, DType::U8, Device::cuda());
-          cuda::hif8_encode_walk(xg, cg, sat, walk);
-          expect_bitwise(cg, cc, "encode walk");
-          Tensor cs = Tensor::empty({n - 5}, DType::U8, Device::cuda());
-          cuda::hif8_encode_walk(xg.slice(0, 5, n), cs, sat, walk);
-          expect_bitwise(cs, cc.slice(0, 5, n).contiguous(), "encode walk, offset view");
+          Tensor want = cc.slice(0, start, n).contiguous();
+          std::vector<cuda::StreamShape> shapes = launch_shapes(true);
+          if (dt == DType::BF16)
+            for (auto g : {cuda::Grid::kPersistent, cuda::Grid::kBalanced})
+              shapes.push_back({g, cuda::Walk::kLut64k, false});
+          for (const auto& sh : shapes) {
+            SCOPED_TRACE(shape_name(sh) + (sat ? " saturate" : ""));
+            Tensor cg = Tensor::empty({m}, DType::U8, Device::cuda());
+            cuda::hif8_encode(in, cg, sat, sh);
+            expect_bitwise(cg, want, "encode");
+          }
         }
-  Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
-  Tensor i32 = Tensor::empty({16}, DType::I32, Device::cuda());
-  EXPECT_THROW(cuda::hif8_encode_walk(i32, c16, false, cuda::EncodeWalk::kTile), Error);
-  Tensor f15 = Tensor::empty({15}, DType::F32, Device::cuda());
-  EXPECT_THROW(cuda::hif8_encode_walk(f15, c16, false, cuda::EncodeWalk::kInterleaved), Error);
-#endif
-}
-
-TEST(HiF8Gpu, RoundGridVariantsBitwiseEqualCPU) {
-  OSP_REQUIRE_GPU();
-#ifdef OSP_HAVE_CUDA
-  // persistent grid and one warp per span, every in/out dtype pair, sizes around the spans
-  for (int64_t n : {int64_t(9), int64_t(1024), int64_t(70001)})
-    for (DType ti : {DType::F32, DType::BF16})
-      for (DType to : {DType::F32, DType::BF16})
-        for (bool one_warp_per_span : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(ti) << " -> "
-                                          << dtype_name(to) << " one warp per span "
-                                          << one_warp_per_span);
-          Tensor xc = wide_values(n, 43).to(ti);
-          Tensor xg = xc.to(Device::cuda());
-          Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
-          hif8_round(xc, rc, true);
-          cuda::hif8_round_grid(xg, rg, true, one_warp_per_span);
-          expect_bitwise(rg, rc, "round grid variant");
-          Tensor rs = Tensor::empty({n - 3}, to, Device::cuda());
-          cuda::hif8_round_grid(xg.slice(0, 3, n), rs, true, one_warp_per_span);
-          expect_bitwise(rs, rc.slice(0, 3, n).contiguous(), "round grid variant, offset view");
+        // TA round into both output dtypes, and the scaled fake quant
+        for (DType to : {DType::F32, DType::BF16}) {
+          Tensor rc = Tensor::empty({m}, to), fc = Tensor::empty({m}, to);
+          Tensor xin = xc.slice(0, start, n).contiguous();
+          hif8_round(xin, rc, true);
+          hif8_fake_quant(xin, fc);
+          for (const auto& sh : launch_shapes(false)) {
+            SCOPED_TRACE(shape_name(sh) + " -> " + dtype_name(to));
+            Tensor rg = Tensor::empty({m}, to, Device::cuda());
+            cuda::hif8_round(in, rg, true, sh);
+            expect_bitwise(rg, rc, "round");
+            cuda::hif8_fake_quant(in, rg, kHiF8ForwardMax, nullptr, sh);
+            expect_bitwise(rg, fc, "fake quant");
+          }
         }
-  Tensor f16 = Tensor::empty({16}, DType::F32, Device::cuda());
-  Tensor u16 = Tensor::empty({16}, DType::U8, Device::cuda());
-  EXPECT_THROW(cuda::hif8_round_grid(f16, u16, false, true), Error);
-#endif
-}
-
-TEST(HiF8Gpu, DecodeVariantsBitwiseEqualCPU) {
-  OSP_REQUIRE_GPU();
-#ifdef OSP_HAVE_CUDA
-  // all 256 codes in a shuffled order, sizes around the 512- and 2048-element warp spans and
-  // the 16-element tile, 16-byte aligned starts and not
-  for (int64_t n : {int64_t(1), int64_t(17), int64_t(511), int64_t(512), int64_t(1043),
-                    int64_t(2048), int64_t(6200), int64_t(200003)}) {
+        // HiF8 → E4M3 quantize (the encode kernel with the composed table, scaled)
+        Fp8Tensor qc = hif8_quantize_e4m3(xc.slice(0, start, n).contiguous());
+        for (const auto& sh : launch_shapes(true)) {
+          SCOPED_TRACE(shape_name(sh));
+          Tensor codes = Tensor::empty({m}, DType::U8, Device::cuda());
+          Tensor si = Tensor::empty({1}, DType::F32, Device::cuda());
+          cuda::hif8_quantize_e4m3(in, codes, si, kHiF8ForwardMax, sh);
+          expect_bitwise(codes, qc.codes, "E4M3 quantize");
+          EXPECT_EQ(si.to(Device::cpu()).data<float>()[0], qc.scale_inv.data<float>()[0]);
+        }
+      }
+    }
+    // decode and E4M3 dequantize: all 256 codes in a shuffled order
     std::vector<uint8_t> codes(size_t(n) + 16);
     for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t((i * 167u + (i >> 8)) & 0xffu);
     Tensor cc = Tensor::empty({int64_t(codes.size())}, DType::U8);
     std::memcpy(cc.raw(), codes.data(), codes.size());
     Tensor cg = cc.to(Device::cuda());
-    for (int64_t start : {int64_t(0), int64_t(5), int64_t(16)})
+    Fp8Tensor qc;
+    qc.scale_inv = Tensor::from_vector(std::vector<float>{0.375f}, {1});
+    Tensor sig = qc.scale_inv.to(Device::cuda());
+    for (int64_t start : big ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 5, 16})
       for (DType od : {DType::F32, DType::BF16}) {
-        Tensor want = Tensor::empty({n}, od);
-        hif8_decode(cc.slice(0, start, start + n), want);
-        for (auto v : {cuda::DecodeVariant::kProduction, cuda::DecodeVariant::kTilePlainStores,
-                       cuda::DecodeVariant::kInterleavedEvictFirst,
-                       cuda::DecodeVariant::kInterleavedPlainStores,
-                       cuda::DecodeVariant::kInterleavedPersistent}) {
-          SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " variant "
-                                          << int(v) << " " << dtype_name(od));
+        Tensor cs = cc.slice(0, start, start + n).contiguous();
+        Tensor want = Tensor::empty({n}, od), want8 = Tensor::empty({n}, od);
+        hif8_decode(cs, want);
+        qc.codes = cs;
+        fp8_dequantize(qc, want8);
+        for (const auto& sh : launch_shapes(false)) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " "
+                                          << dtype_name(od) << " " << shape_name(sh));
           Tensor got = Tensor::empty({n}, od, Device::cuda());
-          cuda::hif8_decode_variant(cg.slice(0, start, start + n), got, v);
-          expect_bitwise(got, want, "decode variant");
+          cuda::hif8_decode(cg.slice(0, start, start + n), got, sh);
+          expect_bitwise(got, want, "decode");
+          cuda::fp8_dequantize(cg.slice(0, start, start + n), sig, got, sh);
+          expect_bitwise(got, want8, "E4M3 dequantize");
         }
       }
   }
+  Tensor f = Tensor::empty({16}, DType::F32, Device::cuda());
+  Tensor c16 = Tensor::empty({16}, DType::U8, Device::cuda());
+  EXPECT_THROW(cuda::hif8_encode(f, c16, false, {cuda::Grid::kDefault, cuda::Walk::kLut64k, false}),
+               Error);
 #endif
 }

@@ -26,77 +26,10 @@
 namespace osp::quant::cuda {
 namespace {
 
-// codes = E4M3(HiF8_TA(x·s)), s from the device amax. Bandwidth-bound form (hif8_stream.cuh):
-// per block one 8192-entry byte table in shared memory maps the 13-bit prefix of x·s
-// (hif8_lut.h) straight to the E4M3 code of its HiF8 value (the global HiF8 code table composed
-// with the E4M3 code of each HiF8 code's value, both from the reference scalar code), so per
-// element the work is x·s (rounded to bf16 for bf16 input), a shift and one shared-memory
-// read. With `vec` (x and codes 16-byte aligned) 16-element tiles: 16-byte loads, one 16-byte
-// store of 16 codes; persistent grid.
-template <typename T>
-__global__ void __launch_bounds__(kStreamThreads)
-    quantize_e4m3_kernel(const T* __restrict__ x, uint8_t* __restrict__ codes, int64_t n,
-                         bool vec, const float* __restrict__ d_amax, float max_target,
-                         float* __restrict__ scale_inv, const uint8_t* __restrict__ g_lut) {
-  constexpr bool kBF16 = sizeof(T) == 2;
-  __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
-  __shared__ uint8_t e4m3_of[256];
-  const float s = device_scale_for(*d_amax, max_target, kBF16);
-  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
-  e4m3_of[threadIdx.x] = detail::e4m3_encode_rne(detail::hif8_decode(uint8_t(threadIdx.x)));
-  __syncthreads();
-  {
-    const uint4* src = reinterpret_cast<const uint4*>(g_lut);
-    uint4* dst = reinterpret_cast<uint4*>(lut);
-    for (int i = threadIdx.x; i < detail::kHiF8LutSize / 16; i += blockDim.x) {
-      Tile<uint8_t> t;
-      t.q[0] = __ldg(src + i);
-      uint32_t c[kTile];
-#pragma unroll
-      for (int k = 0; k < kTile; ++k) c[k] = e4m3_of[(t.w[k >> 2] >> (8 * (k & 3))) & 0xffu];
-      tile_set_bytes(t, c);
-      dst[i] = t.q[0];
-    }
-  }
-  __syncthreads();
-  auto q = [&](float xv) -> uint32_t {
-    float xs = xv * s;  // NaN → canonical NaN (a NaN table entry)
-    if (kBF16) xs = round_bf16_dev(xs);
-    return lut[detail::hif8_lut_index(xs)];
-  };
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t done = 0;
-  if (vec) {
-    constexpr int U = kUnroll<T>;
-    const int64_t ntiles = n / kTile;
-    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-      Tile<T> in[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (t0 + u * stride >= ntiles) break;
-        float xs[kTile];
-        tile_scaled<true, kBF16>(in[u], s, xs);
-        uint32_t c[kTile];
-#pragma unroll
-        for (int k = 0; k < kTile; ++k) c[k] = lut[detail::hif8_lut_index(xs[k])];
-        Tile<uint8_t> o;
-        tile_set_bytes(o, c);
-        store_tile(codes, t0 + u * stride, o);
-      }
-    }
-    done = ntiles * kTile;
-  }
-  for (int64_t i = done + tid; i < n; i += stride) codes[i] = uint8_t(q(elem_f(x, i)));
-}
-
 // out = e4m3(c) · scale_inv through a 256-entry value table per block (rounded to bf16 once
 // per code for bf16 output), with the HiF8 decode's warp-interleaved table lookup
 // (stream_table_lookup, hif8_stream.cuh).
-template <typename T>
+template <typename T, int K>
 __global__ void __launch_bounds__(kStreamThreads)
     dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
                       T* __restrict__ out, int64_t n, bool vec) {
@@ -107,7 +40,7 @@ __global__ void __launch_bounds__(kStreamThreads)
     val[threadIdx.x] = __float_as_uint(v);
   }
   __syncthreads();
-  stream_table_lookup<T>(c, out, n, vec, val);
+  stream_table_lookup<T, K>(c, out, n, vec, val);
 }
 
 // ---- cuBLASLt plans, cached per shape/config ----
@@ -194,36 +127,33 @@ std::map<Key, Plan>& plans() {
 
 }  // namespace
 
-void hif8_quantize_e4m3(const Tensor& x, Tensor& codes, Tensor& scale_inv, float max_target) {
-  const int64_t n = x.numel();
+// codes = E4M3(HiF8_TA(x·s)), s from the device amax: the HiF8 encode kernel on x·s with the
+// prefix table composed with the E4M3 code of each HiF8 value (hif8_e4m3_lut_device), so per
+// element the work is x·s (rounded to bf16 for bf16 input), a shift and one shared-memory read.
+void hif8_quantize_e4m3(const Tensor& x, Tensor& codes, Tensor& scale_inv, float max_target,
+                        StreamShape shape) {
   Tensor d = Tensor::empty({1}, DType::F32, x.device());
   amax_to_device(x, d.data<float>());
-  const bool vec = aligned16_host(x.raw()) && aligned16_host(codes.raw());
-  const uint8_t* lut = hif8_code_lut_device(false);
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    const void* k = reinterpret_cast<const void*>(quantize_e4m3_kernel<T>);
-    const int64_t items = vec ? (n / kTile + kUnroll<T> - 1) / kUnroll<T> + 1 : n;
-    // n = 0 still runs one block: it writes scale_inv
-    quantize_e4m3_kernel<T><<<persistent_grid(k, items), kStreamThreads>>>(
-        static_cast<const T*>(x.raw()), codes.data<uint8_t>(), n, vec, d.data<float>(),
-        max_target, scale_inv.data<float>(), lut);
-  };
-  if (x.dtype() == DType::F32) run(float{});
-  else run(__nv_bfloat16{});
-  OSP_CUDA_LAUNCH_CHECK("quantize_e4m3_kernel");
+  // n = 0 still runs one block: it writes scale_inv
+  launch_code_kernel(x, codes.data<uint8_t>(), hif8_e4m3_lut_device(), d.data<float>(),
+                     max_target, scale_inv.data<float>(), shape);
 }
 
-void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out) {
+void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, StreamShape shape) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
   const bool vec = aligned16_host(c) && aligned16_host(out.raw());
+  const Grid grid = shape.grid == Grid::kDefault ? Grid::kPersistent : shape.grid;
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    const void* k = reinterpret_cast<const void*>(dequantize_kernel<T>);
-    dequantize_kernel<T><<<persistent_grid(k, warp_stream_items<uint8_t, T>(n, vec)), kStreamThreads>>>(
-        c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
+    auto go = [&](auto kernel, int64_t items) {
+      kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kStreamThreads>>>(
+          c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
+    };
+    constexpr int K = WarpStream<uint8_t, T>::kDefaultK;
+    if (shape.deep) go(dequantize_kernel<T, 2 * K>, warp_stream_items<uint8_t, T, 2 * K>(n, vec));
+    else go(dequantize_kernel<T, K>, warp_stream_items<uint8_t, T, K>(n, vec));
   };
   if (out.dtype() == DType::F32) run(float{});
   else run(__nv_bfloat16{});

@@ -6,9 +6,34 @@
 #include "osp/core/tensor.h"
 
 namespace osp::quant::cuda {
-void hif8_encode(const Tensor& x, Tensor& out, bool saturate);
-void hif8_decode(const Tensor& codes, Tensor& out);
-void hif8_round(const Tensor& x, Tensor& out, bool saturate);
+
+// Launch shape of a bandwidth-bound codec kernel (hif8_stream.cuh). Every shape gives the same
+// bits; they differ only in how the memory is walked, so that bench_hif8_gpu can time them
+// side by side and the tests can check each against the CPU codec. kDefault: the shape the
+// op takes in production (docs/PERF.md, "HiF8 codec kernels", says which and why).
+enum class Grid {
+  kDefault,
+  kPersistent,  // SMs × resident blocks, grid stride (uneven last round when the work
+                // does not divide)
+  kBalanced,    // the fewest blocks ≤ the persistent grid that give every warp the same
+                // number of rounds
+  kFull         // one warp per span / one thread per tile group: the hardware schedules
+};
+enum class Walk {
+  kDefault,
+  kTile,         // each thread 16 consecutive elements (16-byte accesses 32/64 bytes apart)
+  kInterleaved,  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
+  kLut64k        // bf16 → HiF8 encode only: interleaved, one 65,536-entry table of codes
+};
+struct StreamShape {
+  Grid grid = Grid::kDefault;
+  Walk walk = Walk::kDefault;  // the encode and E4M3 quantize choose; other ops interleave
+  bool deep = false;           // twice the default bytes in flight per thread (≈ 128)
+};
+
+void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape = {});
+void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape = {});
+void hif8_round(const Tensor& x, Tensor& out, bool saturate, StreamShape shape = {});
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
                            bool saturate);
 // max|x| (NaN ignored) into a device float (written, not accumulated). Stream-ordered.
@@ -16,39 +41,25 @@ void amax_to_device(const Tensor& x, float* d_amax);
 float amax(const Tensor& x);
 // Per-tensor scaled fake quant with the scale kept on the device. If d_scale_out is non-null
 // the scale s (x·s is quantized) is also written there.
-void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out = nullptr);
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out = nullptr,
+                     StreamShape shape = {});
 // The same with hybrid stochastic rounding (Philox word of seed, offset + i).
 void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
                                 uint64_t offset);
 
-// bf16 → HiF8 codes through one of three kernel designs (hif8_encode_variants.cu), for
-// bench_hif8_gpu's comparison; hif8_encode is kPrefix8k. Identical codes. x contiguous bf16
-// on CUDA, out contiguous u8/hif8 of the same size on the same device (checked).
-enum class EncodeVariant { kPrefix8k, kLut64k, kBits };
-void hif8_encode_bf16_variant(const Tensor& x, Tensor& out, bool saturate, EncodeVariant v);
-// f32/bf16 → HiF8 codes with a chosen walk, for bench_hif8_gpu's comparison: kTile (each
-// thread 16 consecutive elements, one 16-byte store of their codes) or kInterleaved (warp-
-// interleaved chunks, warp_stream in hif8_stream.cuh). hif8_encode takes kTile for f32 and
-// kInterleaved for bf16: the faster of the two for each in one H200 run (docs/PERF.md).
-// Identical codes. x contiguous f32/bf16 on CUDA, out contiguous u8/hif8 of the same size
-// on the same device (checked).
-enum class EncodeWalk { kTile, kInterleaved };
-void hif8_encode_walk(const Tensor& x, Tensor& out, bool saturate, EncodeWalk walk);
-// hif8_round (TA) launched in the persistent grid (one_warp_per_span false: what hif8_round
-// does) or with one warp per warp-interleaved span (what hif8_decode does), for
-// bench_hif8_gpu's grid-sizing comparison. Identical values. x contiguous f32/bf16 on CUDA,
-// out contiguous f32/bf16 of the same size on the same device (checked).
-void hif8_round_grid(const Tensor& x, Tensor& out, bool saturate, bool one_warp_per_span);
-// codes → f32/bf16 through decode kernels that differ only in their memory access pattern
-// (hif8_encode_variants.cu says what each isolates); kProduction is hif8_decode (warp-
-// interleaved, 64 codes in flight per lane, one warp per span). Identical values. codes
-// contiguous u8/hif8 on CUDA, out contiguous f32/bf16 of the same size (checked).
-enum class DecodeVariant {
-  kProduction,
-  kTilePlainStores,         // per-thread 16-code tiles
-  kInterleavedEvictFirst,   // warp-interleaved, 16 codes per lane, st.global.cs
-  kInterleavedPlainStores,  // warp-interleaved, 16 codes per lane, plain stores
-  kInterleavedPersistent    // the production kernel in a persistent grid (SMs × occupancy)
-};
-void hif8_decode_variant(const Tensor& codes, Tensor& out, DecodeVariant v);
+// x → one byte per element through an 8192-entry prefix table (hif8_lut.h) in device memory:
+// with d_amax null the HiF8 code of x (hif8_encode), else the table's code of x·s with s =
+// scale_for(*d_amax, max_target) and 1/s written to *d_scale_inv (hif8_quantize_e4m3 with
+// the E4M3 table). x contiguous f32/bf16 on the GPU, out n bytes; n = 0 with d_amax still
+// writes the scale. Walk::kLut64k: bf16 unscaled only (checked).
+void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const float* d_amax,
+                        float max_target, float* d_scale_inv, StreamShape shape);
+// bf16 → HiF8 codes through the 65,536-entry table (hif8_encode_variants.cu; hif8_encode with
+// Walk::kLut64k). Grid::kFull is taken as kPersistent (64 KB table fill per block).
+void launch_encode_lut64k(const Tensor& x, uint8_t* out, bool saturate, Grid grid);
+// The 8192-entry prefix tables in device memory (built once per device, kept for the life of
+// the process): HiF8 TA codes (either overflow mode), and the E4M3 code of each HiF8 TA value
+// (overflow to Inf, as hif8_quantize_e4m3).
+const uint8_t* hif8_code_lut_device(bool saturate);
+const uint8_t* hif8_e4m3_lut_device();
 }  // namespace osp::quant::cuda

@@ -96,26 +96,14 @@ template <typename T>
 __global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restrict__ x, int64_t n,
                                                               bool vec, float* d_amax) {
   float m = 0.0f;
+  int64_t done = 0;
+  if (vec)
+    done = tile_stream<T>(x, n, [&](const Tile<T>& in, int64_t) {
+#pragma unroll
+      for (int k = 0; k < kTile; ++k) m = fmaxf(m, fabsf(tile_elem(in, k)));
+    });
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t done = 0;
-  if (vec) {
-    constexpr int U = kUnroll<T>;
-    const int64_t ntiles = n / kTile;
-    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-      Tile<T> in[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (t0 + u * stride >= ntiles) break;
-#pragma unroll
-        for (int k = 0; k < kTile; ++k) m = fmaxf(m, fabsf(tile_elem(in[u], k)));
-      }
-    }
-    done = ntiles * kTile;
-  }
   for (int64_t i = done + tid; i < n; i += stride) m = fmaxf(m, fabsf(to_f(x[i])));
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   __shared__ float warp_max[32];
@@ -130,9 +118,8 @@ __global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restric
   }
 }
 
-// HiF8 codes → f32 / bf16 values (hif8_decode; K and the store hint are template parameters so
-// that bench_hif8_gpu can time other depths through hif8_decode_variant). One 256-entry value
-// table per block; blockDim.x == kStreamThreads == 256.
+// HiF8 codes → f32 / bf16 values (hif8_decode; K: chunks per lane, StreamShape::deep doubles
+// it). One 256-entry value table per block; blockDim.x == kStreamThreads == 256.
 template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
 __global__ void __launch_bounds__(kStreamThreads)
     hif8_decode_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
@@ -140,21 +127,6 @@ __global__ void __launch_bounds__(kStreamThreads)
   val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
   __syncthreads();
   stream_table_lookup<TO, K, kEvictFirst>(c, out, n, vec, val);
-}
-
-// full_grid: one warp per span (every warp walks once; hif8_decode: 0.78-0.80 of HBM peak on
-// an H200 where the persistent grid, SMs × occupancy, gave 0.74-0.76 in the same run), else
-// the persistent grid.
-template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
-void launch_hif8_decode(const uint8_t* c, TO* out, int64_t n, bool full_grid) {
-  if (n == 0) return;
-  const bool vec = aligned16_host(c) && aligned16_host(out);
-  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO, K, kEvictFirst>;
-  const int64_t items = warp_stream_items<uint8_t, TO, K>(n, vec);
-  const unsigned blocks =
-      full_grid && vec ? unsigned((items + kStreamThreads - 1) / kStreamThreads)
-                       : persistent_grid(reinterpret_cast<const void*>(kernel), items);
-  kernel<<<blocks, kStreamThreads>>>(c, out, n, vec);
 }
 
 }  // namespace osp::quant::cuda

@@ -1,10 +1,11 @@
-// CUDA HiF8 kernels: encode, decode, TA/stochastic quant-dequant, amax, scaled fake quant.
-// All kernels run on the legacy default stream, like the rest of osp.
+// CUDA HiF8 kernels: encode (and the E4M3 operand quantize, the same kernel with another
+// table), decode, TA/stochastic quant-dequant, amax, scaled fake quant. All kernels run on
+// the legacy default stream, like the rest of osp.
 //
-// Every kernel is memory-bound by design (hif8_stream.cuh): persistent grid, 16-element tiles
-// with 16-byte loads and stores, ≈ 64 bytes of loads in flight per thread, and a per-element
-// cost of a handful of instructions:
-//   encode   x (+0) → 13-bit prefix → code table in shared memory (hif8_lut.h)
+// Every kernel is memory-bound by design (hif8_stream.cuh: tile or warp-interleaved walks,
+// ≈ 64 bytes of loads in flight per thread) with a per-element cost of a handful of
+// instructions:
+//   encode   x (+0, or ·s) → 13-bit prefix → code table in shared memory (hif8_lut.h)
 //   decode   code → 256-entry value table in shared memory
 //   round    x·s (→ bf16 for bf16 input) → prefix → code → value table (decode(c)/s, rounded
 //            to the output's precision once per block)
@@ -12,7 +13,8 @@
 //            integer arithmetic; one Philox4x32-10 call gives the words of 4 elements
 // The tables are built from the reference scalar codec (hif8_scalar.h), and
 // tests/quant/hif8_lut_test.cpp checks the table path against it on the CPU, so the results
-// are bitwise those of the CPU implementation.
+// are bitwise those of the CPU implementation. How each op walks memory and sizes its grid
+// (StreamShape) was chosen by measurement: docs/PERF.md, "HiF8 codec kernels".
 #include <cuda_bf16.h>
 
 #include <atomic>
@@ -25,6 +27,7 @@
 #include "osp/quant/cuda/hif8_device.cuh"
 #include "osp/quant/cuda/hif8_lut.h"
 #include "osp/quant/cuda/hif8_stream.cuh"
+#include "osp/quant/e4m3_scalar.h"
 #include "osp/quant/hif8.h"
 #include "osp/quant/hif8_scalar.h"
 #include "osp/quant/philox.h"
@@ -45,64 +48,68 @@ int device_sms(int dev) {
   return nsm;
 }
 
-// ---- the global prefix → code table (both saturation modes) ----
-__global__ void build_code_lut_kernel(uint8_t* __restrict__ lut) {
+// ---- the global prefix tables: HiF8 codes (overflow to Inf, saturating), E4M3 codes ----
+constexpr int kLuts = 3;
+__global__ void build_code_luts_kernel(uint8_t* __restrict__ lut) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < 2 * detail::kHiF8LutSize)
-    lut[i] = detail::hif8_lut_entry(uint32_t(i) & uint32_t(detail::kHiF8LutSize - 1),
-                                    i >= detail::kHiF8LutSize);
+  if (i >= kLuts * detail::kHiF8LutSize) return;
+  const uint32_t k = uint32_t(i) & uint32_t(detail::kHiF8LutSize - 1);
+  const int which = i / detail::kHiF8LutSize;
+  const uint8_t c = detail::hif8_lut_entry(k, which == 1);
+  lut[i] = which == 2 ? detail::e4m3_encode_rne(detail::hif8_decode(c)) : c;
 }
 
-// ---- encode: x → code ----
-template <typename TI>
-__device__ __forceinline__ uint32_t encode_one(float v, const uint8_t* lut) {
-  return lut[detail::hif8_lut_index(__fadd_rn(v, 0.0f))];  // +0: NaN canonical, −0 → +0
-}
-
-// kInterleaved: the warp-interleaved walk (hif8_stream.cuh: 512 contiguous input bytes per
-// warp load instruction, 4- or 8-byte code stores per lane); otherwise the per-thread
-// 16-element tile walk (4 or 2 16-byte loads 64 or 32 bytes apart per warp instruction, one
-// 16-byte code store per lane). hif8_encode picks per input dtype (below).
-template <typename TI, bool kInterleaved>
+// ---- codes: x (·s) → one byte through a prefix table ----
+// kScaled: x·s (rounded to bf16 for bf16 input) with s from the device amax, 1/s written by
+// block 0; else x + 0 (canonical NaN, −0 → +0). kInterleaved: the warp-interleaved walk (512
+// contiguous input bytes per warp load, 4- or 8-byte code stores per lane), else the tile walk
+// (one 16-byte store of 16 codes per lane). KM: bytes in flight × KM.
+template <typename TI, bool kScaled, bool kInterleaved, int KM>
 __global__ void __launch_bounds__(kThreads)
-    encode_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
-                  const uint8_t* __restrict__ g_lut) {
+    code_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
+                const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
+                float max_target, float* __restrict__ d_scale_inv) {
+  constexpr bool kBF16 = sizeof(TI) == 2;
   __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
+  float s = 1.0f;
+  if constexpr (kScaled) {
+    s = device_scale_for(*d_amax, max_target, kBF16);
+    if (d_scale_inv && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_inv = __fdiv_rn(1.0f, s);
+  }
   copy_code_lut(lut, g_lut);
   __syncthreads();
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
   if (vec && kInterleaved) {
-    constexpr int G = WarpStream<TI, uint8_t>::G;
-    done = warp_stream<TI, uint8_t>(x, out, n, [&](const auto& in, int64_t, auto& o) {
-      uint32_t c[G];
+    using WS = WarpStream<TI, uint8_t>;
+    constexpr int G = WS::G;
+    done = warp_stream<TI, uint8_t, WS::kDefaultK * KM>(
+        x, out, n, [&](const auto& in, int64_t, auto& o) {
+          float xs[G];
+          chunk_scaled<kScaled, kScaled && kBF16, G>(in, s, xs, TI{});
+          uint32_t c[G];
 #pragma unroll
-      for (int j = 0; j < G; ++j) c[j] = encode_one<TI>(chunk_elem(in, j, TI{}), lut);
-      chunk_set<G>(o, c, uint8_t{});
-    });
+          for (int j = 0; j < G; ++j) c[j] = lut[detail::hif8_lut_index(xs[j])];
+          chunk_set<G>(o, c, uint8_t{});
+        });
   } else if (vec) {
-    constexpr int U = kUnroll<TI>;
-    const int64_t ntiles = n / kTile;
-    for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-      Tile<TI> in[U];
+    done = tile_stream<TI, kUnroll<TI> * KM>(x, n, [&](const Tile<TI>& in, int64_t t) {
+      float xs[kTile];
+      tile_scaled<kScaled, kScaled && kBF16>(in, s, xs);
+      uint32_t c[kTile];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (t0 + u * stride >= ntiles) break;
-        uint32_t c[kTile];
-#pragma unroll
-        for (int k = 0; k < kTile; ++k) c[k] = encode_one<TI>(tile_elem(in[u], k), lut);
-        Tile<uint8_t> o;
-        tile_set_bytes(o, c);
-        store_tile(out, t0 + u * stride, o);
-      }
-    }
-    done = ntiles * kTile;
+      for (int k = 0; k < kTile; ++k) c[k] = lut[detail::hif8_lut_index(xs[k])];
+      Tile<uint8_t> o;
+      tile_set_bytes(o, c);
+      store_tile(out, t, o);
+    });
   }
-  for (int64_t i = done + tid; i < n; i += stride) out[i] = uint8_t(encode_one<TI>(elem_f(x, i), lut));
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = done + tid; i < n; i += stride) {
+    float xs = scale_canon<kScaled>(elem_f(x, i), s);
+    if (kScaled && kBF16) xs = round_bf16_dev(xs);
+    out[i] = lut[detail::hif8_lut_index(xs)];
+  }
 }
 
 // ---- decode: code → value ----
@@ -156,7 +163,7 @@ __device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t 
 // rounded to bf16 first.
 // Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
 // 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
-template <typename TI, typename TO, bool kScaled, bool kSR>
+template <typename TI, typename TO, bool kScaled, bool kSR, int KM>
 __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
                     const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
@@ -196,7 +203,8 @@ __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
   int64_t done = 0;
   if (vec) {
     constexpr int G = WarpStream<TI, TO>::G;
-    done = warp_stream<TI, TO>(x, out, n, [&](const auto& in, int64_t first, auto& o) {
+    constexpr int K = WarpStream<TI, TO>::kDefaultK * KM;
+    done = warp_stream<TI, TO, K>(x, out, n, [&](const auto& in, int64_t first, auto& o) {
       uint32_t W[G];
       if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
       float xs[G];
@@ -221,33 +229,42 @@ void with_in_out(DType ti, DType to, F&& f) {
   else f(__nv_bfloat16{}, __nv_bfloat16{});
 }
 
-// Work items of a streaming launch: tile groups when vectorized, elements otherwise.
-template <typename T>
-int64_t stream_items(int64_t n, bool vec) {
-  return vec ? (n / kTile + kUnroll<T> - 1) / kUnroll<T> + 1 : n;
-}
+// Grid::kDefault resolved per op: the production choices (docs/PERF.md, "HiF8 codec
+// kernels"). Until re-measured they are the shapes of the last measured run.
+constexpr Grid kDecodeGrid = Grid::kFull;
+constexpr Grid kQuantizeGrid = Grid::kPersistent;
+constexpr Grid kCodeGrid = Grid::kPersistent;
+Grid resolve(Grid g, Grid dflt) { return g == Grid::kDefault ? dflt : g; }
 
-// full_grid: one warp per span (as hif8_decode) instead of the persistent grid; only
-// hif8_round_grid (bench_hif8_gpu's comparison) asks for it so far.
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
                      const float* d_amax, float max_target, float* d_scale_out, uint64_t seed,
-                     uint64_t offset, bool full_grid = false) {
+                     uint64_t offset, StreamShape shape) {
   const int64_t n = x.numel();
   const TI* xp = static_cast<const TI*>(x.raw());
   TO* op = static_cast<TO*>(out.raw());
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
-  const int64_t items = warp_stream_items<TI, TO>(n, vec);
-  auto go = [&](auto kernel) {
-    const unsigned blocks =
-        full_grid && vec ? unsigned((items + kThreads - 1) / kThreads)
-                         : persistent_grid(reinterpret_cast<const void*>(kernel), items);
-    kernel<<<blocks, kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed,
-                                 offset);
+  const Grid grid = resolve(shape.grid, kQuantizeGrid);
+  auto go = [&](auto kernel, int km) {
+    using WS = WarpStream<TI, TO>;
+    const int64_t items = vec ? n / (32 * WS::kDefaultK * km * WS::G) * 32 + 32 : n;
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(
+        xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
-  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
-  else go(quantize_kernel<TI, TO, kScaled, false>);
+  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, 1>, 1);
+  else if (shape.deep) go(quantize_kernel<TI, TO, kScaled, false, 2>, 2);
+  else go(quantize_kernel<TI, TO, kScaled, false, 1>, 1);
+}
+
+template <typename TO, int KM>
+void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid) {
+  constexpr int K = WarpStream<uint8_t, TO>::kDefaultK * KM;
+  const bool vec = aligned16_host(c) && aligned16_host(out);
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO, K>;
+  kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
+                         warp_stream_items<uint8_t, TO, K>(n, vec), grid),
+           kThreads>>>(c, out, n, vec);
 }
 
 }  // namespace
@@ -261,38 +278,47 @@ const uint8_t* hif8_code_lut_device(bool saturate) {
   std::lock_guard<std::mutex> lock(mu);
   if (!luts[dev]) {
     uint8_t* p = nullptr;
-    // 16 KB for the life of the process (never freed: kernels may use it until exit)
-    OSP_CUDA_CHECK(cudaMalloc(&p, 2 * detail::kHiF8LutSize));
-    build_code_lut_kernel<<<(2 * detail::kHiF8LutSize + 255) / 256, 256>>>(p);
-    OSP_CUDA_LAUNCH_CHECK("hif8 build_code_lut_kernel");
+    // 24 KB for the life of the process (never freed: kernels may use it until exit)
+    OSP_CUDA_CHECK(cudaMalloc(&p, kLuts * detail::kHiF8LutSize));
+    build_code_luts_kernel<<<(kLuts * detail::kHiF8LutSize + 255) / 256, 256>>>(p);
+    OSP_CUDA_LAUNCH_CHECK("hif8 build_code_luts_kernel");
     luts[dev] = p;
   }
   return luts[dev] + (saturate ? detail::kHiF8LutSize : 0);
 }
 
-unsigned persistent_grid(const void* kernel, int64_t items) {
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, int> per_sm;
+const uint8_t* hif8_e4m3_lut_device() {
+  return hif8_code_lut_device(false) + 2 * detail::kHiF8LutSize;
+}
+
+unsigned stream_blocks(const void* kernel, int64_t items, Grid g, size_t smem) {
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
+  if (b < 1) b = 1;
+  if (g == Grid::kFull) return unsigned(b);
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> per_sm;
   int blocks_per_sm = 0;
   {
     std::lock_guard<std::mutex> lock(mu);
-    auto it = per_sm.find({kernel, dev});
+    auto it = per_sm.find({kernel, dev, smem});
     if (it == per_sm.end()) {
-      OSP_CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kStreamThreads, 0));
+      OSP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel,
+                                                                   kStreamThreads, smem));
       if (blocks_per_sm < 1) blocks_per_sm = 1;
-      per_sm.emplace(std::make_pair(kernel, dev), blocks_per_sm);
+      per_sm.emplace(std::make_tuple(kernel, dev, smem), blocks_per_sm);
     } else {
       blocks_per_sm = it->second;
     }
   }
-  int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
   const int64_t cap = int64_t(device_sms(dev)) * blocks_per_sm;
-  if (b > cap) b = cap;
-  if (b < 1) b = 1;
-  return unsigned(b);
+  if (b <= cap) return unsigned(b);
+  if (g != Grid::kBalanced) return unsigned(cap);
+  const int64_t threads = cap * kStreamThreads;
+  const int64_t rounds = (items + threads - 1) / threads;
+  const int64_t need = (items + rounds - 1) / rounds;  // threads for `rounds` rounds
+  return unsigned((need + kStreamThreads - 1) / kStreamThreads);
 }
 
 unsigned stream_grid(int64_t items, int threads) {
@@ -305,80 +331,79 @@ unsigned stream_grid(int64_t items, int threads) {
   return unsigned(b);
 }
 
-namespace {
-template <bool kInterleaved>
-void launch_encode(const Tensor& x, Tensor& out, bool saturate) {
+void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const float* d_amax,
+                        float max_target, float* d_scale_inv, StreamShape shape) {
   const int64_t n = x.numel();
-  if (n == 0) return;
-  uint8_t* o = out.data<uint8_t>();
-  const uint8_t* lut = hif8_code_lut_device(saturate);
+  const bool scaled = d_amax != nullptr;
+  if (n == 0 && !scaled) return;
+  const bool bf16 = x.dtype() == DType::BF16;
+  // production walks: f32 the tile walk, bf16 the interleaved walk
+  Walk walk = shape.walk == Walk::kDefault ? (bf16 ? Walk::kInterleaved : Walk::kTile) : shape.walk;
+  OSP_CHECK(walk != Walk::kLut64k, "launch_code_kernel: the 64K-entry table walk is hif8_encode's");
+  const Grid grid = resolve(shape.grid, kCodeGrid);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* p = static_cast<const T*>(x.raw());
-    const bool vec = aligned16_host(p) && aligned16_host(o);
-    const void* k = reinterpret_cast<const void*>(encode_kernel<T, kInterleaved>);
-    const int64_t items =
-        kInterleaved ? warp_stream_items<T, uint8_t>(n, vec) : stream_items<T>(n, vec);
-    encode_kernel<T, kInterleaved><<<persistent_grid(k, items), kThreads>>>(p, o, n, vec, lut);
+    const bool vec = aligned16_host(p) && aligned16_host(out);
+    auto go = [&](auto kernel, int64_t items) {
+      kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(
+          p, out, n, vec, lut, d_amax, max_target, d_scale_inv);
+    };
+    auto pick = [&](auto scaled_tag) {
+      constexpr bool S = decltype(scaled_tag)::value;
+      using WS = WarpStream<T, uint8_t>;
+      if (walk == Walk::kInterleaved) {
+        if (shape.deep)
+          go(code_kernel<T, S, true, 2>, warp_stream_items<T, uint8_t, WS::kDefaultK * 2>(n, vec));
+        else go(code_kernel<T, S, true, 1>, warp_stream_items<T, uint8_t>(n, vec));
+      } else {
+        if (shape.deep) go(code_kernel<T, S, false, 2>, tile_stream_items<T, kUnroll<T> * 2>(n, vec));
+        else go(code_kernel<T, S, false, 1>, tile_stream_items<T>(n, vec));
+      }
+    };
+    if (scaled) pick(std::true_type{});
+    else pick(std::false_type{});
   };
-  if (x.dtype() == DType::F32) run(float{});
-  else run(__nv_bfloat16{});
-  OSP_CUDA_LAUNCH_CHECK("hif8 encode_kernel");
-}
-}  // namespace
-
-// f32: the tile walk (16-byte code stores), bf16: the interleaved walk — the faster of the
-// two for each in the same H200 run (f32 0.84 vs 0.80 of HBM peak, bf16 0.78 vs 0.77;
-// docs/PERF.md, "HiF8 codec kernels").
-void hif8_encode(const Tensor& x, Tensor& out, bool saturate) {
-  if (x.dtype() == DType::F32) launch_encode<false>(x, out, saturate);
-  else launch_encode<true>(x, out, saturate);
+  if (bf16) run(__nv_bfloat16{});
+  else run(float{});
+  OSP_CUDA_LAUNCH_CHECK("hif8 code_kernel");
 }
 
-void hif8_encode_walk(const Tensor& x, Tensor& out, bool saturate, EncodeWalk walk) {
-  OSP_CHECK((x.dtype() == DType::F32 || x.dtype() == DType::BF16) && x.device().is_cuda() &&
-                x.is_contiguous(),
-            "hif8_encode_walk: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
-  OSP_CHECK((out.dtype() == DType::U8 || out.dtype() == DType::HiF8) && out.is_contiguous() &&
-                out.device() == x.device() && out.numel() == x.numel(),
-            "hif8_encode_walk: out must be a contiguous u8/hif8 tensor of x's size on x's "
-            "device, got ", out.desc());
-  if (walk == EncodeWalk::kTile) launch_encode<false>(x, out, saturate);
-  else launch_encode<true>(x, out, saturate);
+void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape) {
+  if (shape.walk == Walk::kLut64k) {
+    OSP_CHECK(x.dtype() == DType::BF16, "hif8_encode: the 64K-entry table walk takes bf16 input, got ",
+              x.desc());
+    if (x.numel() == 0) return;
+    launch_encode_lut64k(x, out.data<uint8_t>(), saturate, resolve(shape.grid, kCodeGrid));
+    return;
+  }
+  launch_code_kernel(x, out.data<uint8_t>(), hif8_code_lut_device(saturate), nullptr, 0.0f,
+                     nullptr, shape);
 }
 
-void hif8_decode(const Tensor& codes, Tensor& out) {
+void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  if (out.dtype() == DType::F32) launch_hif8_decode(c, static_cast<float*>(out.raw()), n, true);
-  else launch_hif8_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, true);
+  const Grid grid = resolve(shape.grid, kDecodeGrid);
+  if (out.dtype() == DType::F32) {
+    if (shape.deep) launch_decode<float, 2>(c, static_cast<float*>(out.raw()), n, grid);
+    else launch_decode<float, 1>(c, static_cast<float*>(out.raw()), n, grid);
+  } else {
+    auto* o = static_cast<__nv_bfloat16*>(out.raw());
+    if (shape.deep) launch_decode<__nv_bfloat16, 2>(c, o, n, grid);
+    else launch_decode<__nv_bfloat16, 1>(c, o, n, grid);
+  }
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 
-void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
+void hif8_round(const Tensor& x, Tensor& out, bool saturate, StreamShape shape) {
   if (x.numel() == 0) return;
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
     launch_quantize<decltype(ti), decltype(to), false>(x, out, false, saturate, nullptr, 0.0f,
-                                                       nullptr, 0, 0);
+                                                       nullptr, 0, 0, shape);
   });
   OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (round)");
-}
-
-void hif8_round_grid(const Tensor& x, Tensor& out, bool saturate, bool one_warp_per_span) {
-  auto ok_dt = [](DType d) { return d == DType::F32 || d == DType::BF16; };
-  OSP_CHECK(ok_dt(x.dtype()) && x.device().is_cuda() && x.is_contiguous(),
-            "hif8_round_grid: x must be a contiguous f32/bf16 CUDA tensor, got ", x.desc());
-  OSP_CHECK(ok_dt(out.dtype()) && out.is_contiguous() && out.device() == x.device() &&
-                out.numel() == x.numel(),
-            "hif8_round_grid: out must be a contiguous f32/bf16 tensor of x's size on x's device, "
-            "got ", out.desc());
-  if (x.numel() == 0) return;
-  with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
-    launch_quantize<decltype(ti), decltype(to), false>(x, out, false, saturate, nullptr, 0.0f,
-                                                       nullptr, 0, 0, one_warp_per_span);
-  });
-  OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (round, grid variant)");
 }
 
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
@@ -386,7 +411,7 @@ void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t
   if (x.numel() == 0) return;
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
     launch_quantize<decltype(ti), decltype(to), false>(x, out, true, saturate, nullptr, 0.0f,
-                                                       nullptr, seed, offset);
+                                                       nullptr, seed, offset, StreamShape{});
   });
   OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (stochastic round)");
 }
@@ -399,7 +424,7 @@ void amax_to_device(const Tensor& x, float* d_amax) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const void* k = reinterpret_cast<const void*>(amax_kernel<T>);
-    amax_kernel<T><<<persistent_grid(k, stream_items<T>(n, vec)), kThreads>>>(
+    amax_kernel<T><<<persistent_grid(k, tile_stream_items<T>(n, vec)), kThreads>>>(
         static_cast<const T*>(x.raw()), n, vec, d_amax);
   };
   if (x.dtype() == DType::F32) run(float{});
@@ -417,25 +442,27 @@ float amax(const Tensor& x) {
 
 namespace {
 void fake_quant_launch(const Tensor& x, Tensor& out, float max_target, float* d_scale_out,
-                       bool stochastic, uint64_t seed, uint64_t offset) {
+                       bool stochastic, uint64_t seed, uint64_t offset, StreamShape shape) {
   Tensor d = Tensor::empty({1}, DType::F32, x.device());
   amax_to_device(x, d.data<float>());
   // n = 0 still launches one block: it writes the scale of amax 0 to d_scale_out
   with_in_out(x.dtype(), out.dtype(), [&](auto ti, auto to) {
     launch_quantize<decltype(ti), decltype(to), true>(x, out, stochastic, false, d.data<float>(),
-                                                      max_target, d_scale_out, seed, offset);
+                                                      max_target, d_scale_out, seed, offset,
+                                                      shape);
   });
   OSP_CUDA_LAUNCH_CHECK("hif8 quantize_kernel (fake quant)");
 }
 }  // namespace
 
-void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out) {
-  fake_quant_launch(x, out, max_target, d_scale_out, false, 0, 0);
+void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_scale_out,
+                     StreamShape shape) {
+  fake_quant_launch(x, out, max_target, d_scale_out, false, 0, 0, shape);
 }
 
 void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
                                 uint64_t offset) {
-  fake_quant_launch(x, out, max_target, nullptr, true, seed, offset);
+  fake_quant_launch(x, out, max_target, nullptr, true, seed, offset, StreamShape{});
 }
 
 }  // namespace osp::quant::cuda

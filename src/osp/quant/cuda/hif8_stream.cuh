@@ -1,19 +1,22 @@
 // Streaming building blocks of the bandwidth-bound HiF8 / E4M3 kernels (hif8_kernels.cu,
-// fp8_linear.cu): 16-element tiles moved with 16-byte accesses, the global HiF8 prefix table
-// (hif8_lut.h) and persistent grids sized from the kernel's occupancy.
-//
-// Shape of the streaming kernels with 1-byte output (amax reads only): a persistent grid (SMs × resident blocks) walks the tiles
-// with a grid stride; each thread issues the loads of kUnroll tiles (≈ 64 bytes) before it
-// uses any of them, so enough bytes are in flight to cover the memory latency; the < 16
-// leftover elements (and the whole tensor when a pointer is not 16-byte aligned, e.g. an
-// offset view) go through a scalar grid-stride loop with the same per-element code. The
-// kernels that write as much as or more than they read (and the encode) use the
-// warp-interleaved walk further down (warp_stream) in the same persistent grid.
+// fp8_linear.cu, hif8_encode_variants.cu): the global prefix tables (hif8_lut.h), grid sizing,
+// and the two walks of a tensor:
+//   tile_stream  each thread takes 16-element tiles (16-byte loads) with a grid stride and
+//                issues the loads of kUnroll tiles (≈ 64 bytes) before it uses any of them,
+//                so enough bytes are in flight to cover the memory latency (amax; the
+//                f32 encode and E4M3 quantize, whose 16 codes per tile are one 16-byte store);
+//   warp_stream  warp-interleaved chunks: every warp load and store instruction covers
+//                128–512 contiguous bytes (the kernels whose output is as wide as or wider
+//                than their input, and the bf16 encode).
+// The < 16 (or < one span) leftover elements, and the whole tensor when a pointer is not
+// 16-byte aligned (e.g. an offset view), go through a scalar grid-stride loop with the same
+// per-element code. Grid sizes: stream_blocks (persistent, balanced or one warp per span).
 #pragma once
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "osp/quant/cuda/hif8_cuda.h"
 #include "osp/quant/cuda/hif8_lut.h"
 
 namespace osp::quant::cuda {
@@ -21,15 +24,16 @@ namespace osp::quant::cuda {
 constexpr int kStreamThreads = 256;
 constexpr int kTile = 16;  // elements per tile
 
-// The 8192-entry TA code table (hif8_lut.h) of one saturation mode, in device memory: built
-// once per device by a kernel on the legacy stream (stream-ordered, no host sync) and kept for
-// the life of the process (16 KB).
-const uint8_t* hif8_code_lut_device(bool saturate);
-
-// Blocks for a persistent launch of `kernel` (kStreamThreads threads, static shared memory
-// only): enough to give every thread one of `items` work items, at most what the GPU keeps
-// resident at once (SMs × the kernel's occupancy, cached per kernel and device).
-unsigned persistent_grid(const void* kernel, int64_t items);
+// Blocks of kStreamThreads threads for `items` thread work items of `kernel` (static shared
+// memory only, or `smem` dynamic bytes): kFull, one block per 256 items; kPersistent, at most
+// what the GPU keeps resident at once (SMs × the kernel's occupancy, cached per kernel and
+// device); kBalanced, r = ⌈items / persistent threads⌉ rounds and then the fewest blocks
+// that cover the items in r rounds, so that no round is left to a few warps while the rest
+// idle. kDefault is taken as kPersistent.
+unsigned stream_blocks(const void* kernel, int64_t items, Grid g, size_t smem = 0);
+inline unsigned persistent_grid(const void* kernel, int64_t items) {
+  return stream_blocks(kernel, items, Grid::kPersistent);
+}
 
 // ---- tiles: 16 elements as whole 16-byte words ----
 template <typename T>
@@ -45,6 +49,13 @@ struct Tile {
 template <typename T>
 constexpr int kUnroll = 64 / (kTile * int(sizeof(T)));
 
+// Thread work items of a tile_stream walk with U tiles per round (vec), or of the scalar
+// loop alone (not vec): what stream_blocks is given.
+template <typename T, int U = kUnroll<T>>
+inline int64_t tile_stream_items(int64_t n, bool vec) {
+  return vec ? (n / kTile + U - 1) / U + 1 : n;
+}
+
 template <typename T>
 __device__ __forceinline__ void load_tile(const T* __restrict__ p, int64_t t, Tile<T>& r) {
   const uint4* s = reinterpret_cast<const uint4*>(p) + t * Tile<T>::kVecs;
@@ -56,6 +67,29 @@ __device__ __forceinline__ void store_tile(T* __restrict__ p, int64_t t, const T
   uint4* d = reinterpret_cast<uint4*>(p) + t * Tile<T>::kVecs;
 #pragma unroll
   for (int k = 0; k < Tile<T>::kVecs; ++k) __stcs(d + k, r.q[k]);
+}
+
+// Walks the whole tiles of x[0, n) (16-byte aligned) with the grid's threads: each round a
+// thread loads U tiles `stride` apart, then calls f(tile, tile_index) on each. Returns the
+// number of elements done (a multiple of 16); the caller finishes the rest with its scalar
+// loop.
+template <typename TI, int U = kUnroll<TI>, typename F>
+__device__ __forceinline__ int64_t tile_stream(const TI* __restrict__ x, int64_t n, F&& f) {
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t ntiles = n / kTile;
+  for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
+    Tile<TI> in[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (t0 + u * stride >= ntiles) break;
+      f(in[u], t0 + u * stride);
+    }
+  }
+  return ntiles * kTile;
 }
 
 // Element k of an f32 / bf16 tile as a float (bf16: the pattern shifted into the high half).
