@@ -98,8 +98,8 @@ double time_ms(F&& f, int warmup, int iters) {
 //           in a stream of work, as inside the model (launch gaps hidden; what is left is the
 //           kernel's own start and tail)
 // The production launch shape of each op (quant/cuda/hif8_cuda.h: StreamShape{}) is printed
-// under the op's name; `--shapes` adds every other shape (grid sizing × walk × depth), each
-// bitwise tested in quant_hif8_gpu_test.
+// under the op's name; `--shapes` adds every other shape (grid sizing × walk), each bitwise
+// tested in quant_hif8_gpu_test.
 double g_copy_single = 0, g_copy_batch = 0;
 
 void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) {
@@ -119,7 +119,7 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
     const char* name;
     double bytes_per_elem;
     Run run;
-    int shapes;  // 0: production only, 1: grid × depth, 2: grid × depth × walk, 3: 2 + lut64k
+    int shapes;  // 0: production only, 1: every grid, 2: every grid × walk
   };
   std::vector<Op> ops = {
       // the ceilings: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2), and
@@ -134,7 +134,7 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
        [&](const Shape_&) { OSP_CUDA_CHECK(cudaMemsetAsync(outf.raw(), 0, size_t(n) * 4, 0)); },
        0},
       {"encode_f32", 5, [&](const Shape_& s) { qc::hif8_encode(xf, codes, false, s); }, 2},
-      {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 3},
+      {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 2},
       {"decode_f32", 5, [&](const Shape_& s) { qc::hif8_decode(codes, outf, s); }, 1},
       {"decode_bf16", 3, [&](const Shape_& s) { qc::hif8_decode(codes, outb, s); }, 1},
       {"round_f32", 8, [&](const Shape_& s) { qc::hif8_round(xf, outf, false, s); }, 1},
@@ -165,23 +165,19 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       {"dequantize_e4m3_bf16", 3,
        [&](const Shape_& s) { qc::fp8_dequantize(q8.codes, q8.scale_inv, outb, s); }, 1},
   };
-  const char* grid_names[] = {"default", "persistent", "balanced", "full"};
-  const char* walk_names[] = {"default", "tile", "interleaved", "lut64k"};
+  const char* grid_names[] = {"default", "persistent", "full"};
+  const char* walk_names[] = {"default", "tile", "interleaved"};
   for (auto& op : ops) {
     std::vector<std::pair<std::string, Shape_>> shapes = {{"production", Shape_{}}};
     if (all_shapes && op.shapes > 0) {
       std::vector<qc::Walk> walks = {qc::Walk::kDefault};
       if (op.shapes >= 2) walks = {qc::Walk::kTile, qc::Walk::kInterleaved};
-      if (op.shapes == 3) walks.push_back(qc::Walk::kLut64k);
       for (auto w : walks)
-        for (auto g : {qc::Grid::kPersistent, qc::Grid::kBalanced, qc::Grid::kFull})
-          for (bool deep : {false, true}) {
-            if (w == qc::Walk::kLut64k && (g == qc::Grid::kFull || deep)) continue;
-            std::string nm = std::string("grid=") + grid_names[int(g)];
-            if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];
-            nm += deep ? ",deep" : "";
-            shapes.push_back({nm, Shape_{g, w, deep}});
-          }
+        for (auto g : {qc::Grid::kPersistent, qc::Grid::kFull}) {
+          std::string nm = std::string("grid=") + grid_names[int(g)];
+          if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];
+          shapes.push_back({nm, Shape_{g, w}});
+        }
     }
     for (auto& [shape_name, shape] : shapes) {
       auto once = [&] { op.run(shape); };

@@ -10,25 +10,23 @@ namespace osp::quant::cuda {
 // Launch shape of a bandwidth-bound codec kernel (hif8_stream.cuh). Every shape gives the same
 // bits; they differ only in how the memory is walked, so that bench_hif8_gpu can time them
 // side by side and the tests can check each against the CPU codec. kDefault: the shape the
-// op takes in production (docs/PERF.md, "HiF8 codec kernels", says which and why).
+// op takes in production — one warp per span (one thread per tile group) for every op and the
+// tile walk for the encode / E4M3 quantize; docs/PERF.md, "HiF8 codec kernels", has the
+// measurements behind the choice (and those of the shapes tried and dropped: a balanced
+// persistent grid, twice the bytes in flight, a 64K-entry bf16 encode table).
 enum class Grid {
   kDefault,
-  kPersistent,  // SMs × resident blocks, grid stride (uneven last round when the work
-                // does not divide)
-  kBalanced,    // the fewest blocks ≤ the persistent grid that give every warp the same
-                // number of rounds
+  kPersistent,  // SMs × resident blocks, grid stride
   kFull         // one warp per span / one thread per tile group: the hardware schedules
 };
 enum class Walk {
   kDefault,
-  kTile,         // each thread 16 consecutive elements (16-byte accesses 32/64 bytes apart)
-  kInterleaved,  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
-  kLut64k        // bf16 → HiF8 encode only: interleaved, one 65,536-entry table of codes
+  kTile,        // each thread 16 consecutive elements (16-byte accesses 32/64 bytes apart)
+  kInterleaved  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
 };
 struct StreamShape {
   Grid grid = Grid::kDefault;
-  Walk walk = Walk::kDefault;  // the encode and E4M3 quantize choose; other ops interleave
-  bool deep = false;           // twice the default bytes in flight per thread (≈ 128)
+  Walk walk = Walk::kDefault;  // the encode and E4M3 quantize only; other ops interleave
 };
 
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape = {});
@@ -51,12 +49,9 @@ void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, 
 // with d_amax null the HiF8 code of x (hif8_encode), else the table's code of x·s with s =
 // scale_for(*d_amax, max_target) and 1/s written to *d_scale_inv (hif8_quantize_e4m3 with
 // the E4M3 table). x contiguous f32/bf16 on the GPU, out n bytes; n = 0 with d_amax still
-// writes the scale. Walk::kLut64k: bf16 unscaled only (checked).
+// writes the scale.
 void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const float* d_amax,
                         float max_target, float* d_scale_inv, StreamShape shape);
-// bf16 → HiF8 codes through the 65,536-entry table (hif8_encode_variants.cu; hif8_encode with
-// Walk::kLut64k). Grid::kFull is taken as kPersistent (64 KB table fill per block).
-void launch_encode_lut64k(const Tensor& x, uint8_t* out, bool saturate, Grid grid);
 // The 8192-entry prefix tables in device memory (built once per device, kept for the life of
 // the process): HiF8 TA codes (either overflow mode), and the E4M3 code of each HiF8 TA value
 // (overflow to Inf, as hif8_quantize_e4m3).

@@ -84,7 +84,7 @@ __device__ __forceinline__ void store8(__nv_bfloat16* p, int64_t i, const float 
 
 // Grid size for grid-stride kernels: enough 256-thread blocks to cover `items` (one item per
 // thread), at most 8 per SM. SM count cached per device (no sync). The HiF8 streaming kernels
-// size their grids with persistent_grid (hif8_stream.cuh) from their measured occupancy.
+// size their grids with stream_blocks (hif8_stream.cuh).
 unsigned stream_grid(int64_t items, int threads);
 
 // max|x| over n elements into *d_amax (which must hold 0 before the launch). NaN ignored:
@@ -118,15 +118,15 @@ __global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restric
   }
 }
 
-// HiF8 codes → f32 / bf16 values (hif8_decode; K: chunks per lane, StreamShape::deep doubles
-// it). One 256-entry value table per block; blockDim.x == kStreamThreads == 256.
-template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
+// HiF8 codes → f32 / bf16 values (hif8_decode). One 256-entry value table per block;
+// blockDim.x == kStreamThreads == 256.
+template <typename TO>
 __global__ void __launch_bounds__(kStreamThreads)
     hif8_decode_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
   __shared__ uint32_t val[256];
-  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
-  __syncthreads();
-  stream_table_lookup<TO, K, kEvictFirst>(c, out, n, vec, val);
+  stream_table_lookup<TO>(c, out, n, vec, val, [&] {
+    val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
+  });
 }
 
 }  // namespace osp::quant::cuda

@@ -63,8 +63,9 @@ __global__ void build_code_luts_kernel(uint8_t* __restrict__ lut) {
 // kScaled: x·s (rounded to bf16 for bf16 input) with s from the device amax, 1/s written by
 // block 0; else x + 0 (canonical NaN, −0 → +0). kInterleaved: the warp-interleaved walk (512
 // contiguous input bytes per warp load, 4- or 8-byte code stores per lane), else the tile walk
-// (one 16-byte store of 16 codes per lane). KM: bytes in flight × KM.
-template <typename TI, bool kScaled, bool kInterleaved, int KM>
+// (one 16-byte store of 16 codes per lane). The table fill and the scale read overlap the
+// first loads (the walks' prologue).
+template <typename TI, bool kScaled, bool kInterleaved>
 __global__ void __launch_bounds__(kThreads)
     code_kernel(const TI* __restrict__ x, uint8_t* __restrict__ out, int64_t n, bool vec,
                 const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
@@ -72,36 +73,44 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kBF16 = sizeof(TI) == 2;
   __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
   float s = 1.0f;
-  if constexpr (kScaled) {
-    s = device_scale_for(*d_amax, max_target, kBF16);
-    if (d_scale_inv && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_inv = __fdiv_rn(1.0f, s);
-  }
-  copy_code_lut(lut, g_lut);
-  __syncthreads();
+  auto prologue = [&] {
+    if constexpr (kScaled) {
+      s = device_scale_for(*d_amax, max_target, kBF16);
+      if (d_scale_inv && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_inv = __fdiv_rn(1.0f, s);
+    }
+    copy_code_lut(lut, g_lut);
+    __syncthreads();
+  };
   int64_t done = 0;
   if (vec && kInterleaved) {
-    using WS = WarpStream<TI, uint8_t>;
-    constexpr int G = WS::G;
-    done = warp_stream<TI, uint8_t, WS::kDefaultK * KM>(
-        x, out, n, [&](const auto& in, int64_t, auto& o) {
+    constexpr int G = WarpStream<TI, uint8_t>::G;
+    done = warp_stream<TI, uint8_t>(
+        x, out, n,
+        [&](const auto& in, int64_t, auto& o) {
           float xs[G];
           chunk_scaled<kScaled, kScaled && kBF16, G>(in, s, xs, TI{});
           uint32_t c[G];
 #pragma unroll
           for (int j = 0; j < G; ++j) c[j] = lut[detail::hif8_lut_index(xs[j])];
           chunk_set<G>(o, c, uint8_t{});
-        });
+        },
+        prologue);
   } else if (vec) {
-    done = tile_stream<TI, kUnroll<TI> * KM>(x, n, [&](const Tile<TI>& in, int64_t t) {
-      float xs[kTile];
-      tile_scaled<kScaled, kScaled && kBF16>(in, s, xs);
-      uint32_t c[kTile];
+    done = tile_stream<TI>(
+        x, n,
+        [&](const Tile<TI>& in, int64_t t) {
+          float xs[kTile];
+          tile_scaled<kScaled, kScaled && kBF16>(in, s, xs);
+          uint32_t c[kTile];
 #pragma unroll
-      for (int k = 0; k < kTile; ++k) c[k] = lut[detail::hif8_lut_index(xs[k])];
-      Tile<uint8_t> o;
-      tile_set_bytes(o, c);
-      store_tile(out, t, o);
-    });
+          for (int k = 0; k < kTile; ++k) c[k] = lut[detail::hif8_lut_index(xs[k])];
+          Tile<uint8_t> o;
+          tile_set_bytes(o, c);
+          store_tile(out, t, o);
+        },
+        prologue);
+  } else {
+    prologue();
   }
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -163,7 +172,7 @@ __device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t 
 // rounded to bf16 first.
 // Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
 // 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
-template <typename TI, typename TO, bool kScaled, bool kSR, int KM>
+template <typename TI, typename TO, bool kScaled, bool kSR>
 __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
                     const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
@@ -174,18 +183,21 @@ __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
   __shared__ __align__(16) uint8_t lut[detail::kHiF8LutSize];
   __shared__ uint32_t val[256];
   __shared__ detail::SrEntry sr[kSR ? 256 : 1];
-  const float s = kScaled ? device_scale_for(*d_amax, max_target, kInBF16) : 1.0f;
-  if (kScaled && d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
-  copy_code_lut(lut, g_lut);
-  {
+  float s = 1.0f;
+  auto prologue = [&] {  // after the first loads are issued (or before the scalar loop)
+    if constexpr (kScaled) {
+      s = device_scale_for(*d_amax, max_target, kInBF16);
+      if (d_scale_out && blockIdx.x == 0 && threadIdx.x == 0) *d_scale_out = s;
+    }
+    copy_code_lut(lut, g_lut);
     const int c = threadIdx.x;  // blockDim.x == 256
     float v = detail::hif8_decode(uint8_t(c));
     if (kScaled) v = __fdiv_rn(v, s);
     if (kScaled && (kInBF16 || kOutBF16)) v = round_bf16_dev(v);
     val[c] = __float_as_uint(v);
     if (kSR) sr[c] = detail::hif8_sr_entry(c);
-  }
-  __syncthreads();
+    __syncthreads();
+  };
   const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
   auto scaled = [&](float xv) {
     float xs = scale_canon<kScaled>(xv, s);
@@ -198,23 +210,27 @@ __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
     else k = detail::hif8_lut_index(xs);
     return val[lut[k]];
   };
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
   if (vec) {
     constexpr int G = WarpStream<TI, TO>::G;
-    constexpr int K = WarpStream<TI, TO>::kDefaultK * KM;
-    done = warp_stream<TI, TO, K>(x, out, n, [&](const auto& in, int64_t first, auto& o) {
-      uint32_t W[G];
-      if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
-      float xs[G];
-      chunk_scaled<kScaled, kScaled && kInBF16, G>(in, s, xs, TI{});
-      uint32_t v[G];
+    done = warp_stream<TI, TO>(
+        x, out, n,
+        [&](const auto& in, int64_t first, auto& o) {
+          uint32_t W[G];
+          if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
+          float xs[G];
+          chunk_scaled<kScaled, kScaled && kInBF16, G>(in, s, xs, TI{});
+          uint32_t v[G];
 #pragma unroll
-      for (int j = 0; j < G; ++j) v[j] = one(xs[j], kSR ? W[j] : 0u);
-      chunk_set<G>(o, v, TO{});
-    });
+          for (int j = 0; j < G; ++j) v[j] = one(xs[j], kSR ? W[j] : 0u);
+          chunk_set<G>(o, v, TO{});
+        },
+        prologue);
+  } else {
+    prologue();
   }
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = done + tid; i < n; i += stride) {
     const uint32_t r = kSR ? detail::philox_word(seed, offset + uint64_t(i)) : 0u;
     put_bits(out, i, one(scaled(elem_f(x, i)), r));
@@ -229,12 +245,9 @@ void with_in_out(DType ti, DType to, F&& f) {
   else f(__nv_bfloat16{}, __nv_bfloat16{});
 }
 
-// Grid::kDefault resolved per op: the production choices (docs/PERF.md, "HiF8 codec
-// kernels"). Until re-measured they are the shapes of the last measured run.
-constexpr Grid kDecodeGrid = Grid::kFull;
-constexpr Grid kQuantizeGrid = Grid::kPersistent;
-constexpr Grid kCodeGrid = Grid::kPersistent;
-Grid resolve(Grid g, Grid dflt) { return g == Grid::kDefault ? dflt : g; }
+// Grid::kDefault: one warp per span / one thread per tile group for every op — in one H200
+// run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
+Grid resolve(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
 
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
@@ -245,25 +258,21 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   TO* op = static_cast<TO*>(out.raw());
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
-  const Grid grid = resolve(shape.grid, kQuantizeGrid);
-  auto go = [&](auto kernel, int km) {
-    using WS = WarpStream<TI, TO>;
-    const int64_t items = vec ? n / (32 * WS::kDefaultK * km * WS::G) * 32 + 32 : n;
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(
-        xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
+  auto go = [&](auto kernel) {
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
+                           warp_stream_items<TI, TO>(n, vec), resolve(shape.grid)),
+             kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
-  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, 1>, 1);
-  else if (shape.deep) go(quantize_kernel<TI, TO, kScaled, false, 2>, 2);
-  else go(quantize_kernel<TI, TO, kScaled, false, 1>, 1);
+  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
+  else go(quantize_kernel<TI, TO, kScaled, false>);
 }
 
-template <typename TO, int KM>
+template <typename TO>
 void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid) {
-  constexpr int K = WarpStream<uint8_t, TO>::kDefaultK * KM;
   const bool vec = aligned16_host(c) && aligned16_host(out);
-  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO, K>;
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO>;
   kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
-                         warp_stream_items<uint8_t, TO, K>(n, vec), grid),
+                         warp_stream_items<uint8_t, TO>(n, vec), grid),
            kThreads>>>(c, out, n, vec);
 }
 
@@ -291,34 +300,29 @@ const uint8_t* hif8_e4m3_lut_device() {
   return hif8_code_lut_device(false) + 2 * detail::kHiF8LutSize;
 }
 
-unsigned stream_blocks(const void* kernel, int64_t items, Grid g, size_t smem) {
-  int dev = 0;
-  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+unsigned stream_blocks(const void* kernel, int64_t items, Grid g) {
   int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
   if (b < 1) b = 1;
-  if (g == Grid::kFull) return unsigned(b);
+  if (g != Grid::kPersistent) return unsigned(b);
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
   static std::mutex mu;
-  static std::map<std::tuple<const void*, int, size_t>, int> per_sm;
+  static std::map<std::pair<const void*, int>, int> per_sm;
   int blocks_per_sm = 0;
   {
     std::lock_guard<std::mutex> lock(mu);
-    auto it = per_sm.find({kernel, dev, smem});
+    auto it = per_sm.find({kernel, dev});
     if (it == per_sm.end()) {
-      OSP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel,
-                                                                   kStreamThreads, smem));
+      OSP_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kStreamThreads, 0));
       if (blocks_per_sm < 1) blocks_per_sm = 1;
-      per_sm.emplace(std::make_tuple(kernel, dev, smem), blocks_per_sm);
+      per_sm.emplace(std::make_pair(kernel, dev), blocks_per_sm);
     } else {
       blocks_per_sm = it->second;
     }
   }
   const int64_t cap = int64_t(device_sms(dev)) * blocks_per_sm;
-  if (b <= cap) return unsigned(b);
-  if (g != Grid::kBalanced) return unsigned(cap);
-  const int64_t threads = cap * kStreamThreads;
-  const int64_t rounds = (items + threads - 1) / threads;
-  const int64_t need = (items + rounds - 1) / rounds;  // threads for `rounds` rounds
-  return unsigned((need + kStreamThreads - 1) / kStreamThreads);
+  return unsigned(b < cap ? b : cap);
 }
 
 unsigned stream_grid(int64_t items, int threads) {
@@ -336,11 +340,10 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
   const int64_t n = x.numel();
   const bool scaled = d_amax != nullptr;
   if (n == 0 && !scaled) return;
-  const bool bf16 = x.dtype() == DType::BF16;
-  // production walks: f32 the tile walk, bf16 the interleaved walk
-  Walk walk = shape.walk == Walk::kDefault ? (bf16 ? Walk::kInterleaved : Walk::kTile) : shape.walk;
-  OSP_CHECK(walk != Walk::kLut64k, "launch_code_kernel: the 64K-entry table walk is hif8_encode's");
-  const Grid grid = resolve(shape.grid, kCodeGrid);
+  // production: the tile walk for both dtypes (docs/PERF.md: bf16 0.87 vs 0.80 of HBM peak
+  // for the interleaved walk, f32 within 0.01 of it)
+  const bool interleaved = shape.walk == Walk::kInterleaved;
+  const Grid grid = resolve(shape.grid);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* p = static_cast<const T*>(x.raw());
@@ -351,32 +354,18 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
     };
     auto pick = [&](auto scaled_tag) {
       constexpr bool S = decltype(scaled_tag)::value;
-      using WS = WarpStream<T, uint8_t>;
-      if (walk == Walk::kInterleaved) {
-        if (shape.deep)
-          go(code_kernel<T, S, true, 2>, warp_stream_items<T, uint8_t, WS::kDefaultK * 2>(n, vec));
-        else go(code_kernel<T, S, true, 1>, warp_stream_items<T, uint8_t>(n, vec));
-      } else {
-        if (shape.deep) go(code_kernel<T, S, false, 2>, tile_stream_items<T, kUnroll<T> * 2>(n, vec));
-        else go(code_kernel<T, S, false, 1>, tile_stream_items<T>(n, vec));
-      }
+      if (interleaved) go(code_kernel<T, S, true>, warp_stream_items<T, uint8_t>(n, vec));
+      else go(code_kernel<T, S, false>, tile_stream_items<T>(n, vec));
     };
     if (scaled) pick(std::true_type{});
     else pick(std::false_type{});
   };
-  if (bf16) run(__nv_bfloat16{});
+  if (x.dtype() == DType::BF16) run(__nv_bfloat16{});
   else run(float{});
   OSP_CUDA_LAUNCH_CHECK("hif8 code_kernel");
 }
 
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape) {
-  if (shape.walk == Walk::kLut64k) {
-    OSP_CHECK(x.dtype() == DType::BF16, "hif8_encode: the 64K-entry table walk takes bf16 input, got ",
-              x.desc());
-    if (x.numel() == 0) return;
-    launch_encode_lut64k(x, out.data<uint8_t>(), saturate, resolve(shape.grid, kCodeGrid));
-    return;
-  }
   launch_code_kernel(x, out.data<uint8_t>(), hif8_code_lut_device(saturate), nullptr, 0.0f,
                      nullptr, shape);
 }
@@ -385,15 +374,8 @@ void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  const Grid grid = resolve(shape.grid, kDecodeGrid);
-  if (out.dtype() == DType::F32) {
-    if (shape.deep) launch_decode<float, 2>(c, static_cast<float*>(out.raw()), n, grid);
-    else launch_decode<float, 1>(c, static_cast<float*>(out.raw()), n, grid);
-  } else {
-    auto* o = static_cast<__nv_bfloat16*>(out.raw());
-    if (shape.deep) launch_decode<__nv_bfloat16, 2>(c, o, n, grid);
-    else launch_decode<__nv_bfloat16, 1>(c, o, n, grid);
-  }
+  if (out.dtype() == DType::F32) launch_decode(c, static_cast<float*>(out.raw()), n, resolve(shape.grid));
+  else launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, resolve(shape.grid));
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 

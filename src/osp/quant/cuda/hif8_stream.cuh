@@ -25,12 +25,9 @@ constexpr int kStreamThreads = 256;
 constexpr int kTile = 16;  // elements per tile
 
 // Blocks of kStreamThreads threads for `items` thread work items of `kernel` (static shared
-// memory only, or `smem` dynamic bytes): kFull, one block per 256 items; kPersistent, at most
-// what the GPU keeps resident at once (SMs × the kernel's occupancy, cached per kernel and
-// device); kBalanced, r = ⌈items / persistent threads⌉ rounds and then the fewest blocks
-// that cover the items in r rounds, so that no round is left to a few warps while the rest
-// idle. kDefault is taken as kPersistent.
-unsigned stream_blocks(const void* kernel, int64_t items, Grid g, size_t smem = 0);
+// memory only): kFull (and kDefault), one block per 256 items; kPersistent, at most what the
+// GPU keeps resident at once (SMs × the kernel's occupancy, cached per kernel and device).
+unsigned stream_blocks(const void* kernel, int64_t items, Grid g);
 inline unsigned persistent_grid(const void* kernel, int64_t items) {
   return stream_blocks(kernel, items, Grid::kPersistent);
 }
@@ -70,26 +67,39 @@ __device__ __forceinline__ void store_tile(T* __restrict__ p, int64_t t, const T
 }
 
 // Walks the whole tiles of x[0, n) (16-byte aligned) with the grid's threads: each round a
-// thread loads U tiles `stride` apart, then calls f(tile, tile_index) on each. Returns the
-// number of elements done (a multiple of 16); the caller finishes the rest with its scalar
-// loop.
-template <typename TI, int U = kUnroll<TI>, typename F>
-__device__ __forceinline__ int64_t tile_stream(const TI* __restrict__ x, int64_t n, F&& f) {
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+// thread loads U tiles `stride` apart, then calls f(tile, tile_index) on each. prologue() is
+// called once by every thread after its first loads are issued, so a block's set-up (table
+// fill, __syncthreads) overlaps their latency. Returns the number of elements done (a
+// multiple of 16); the caller finishes the rest with its scalar loop. Every thread of the
+// grid must call it (no early exit).
+template <typename TI, int U = kUnroll<TI>, typename F, typename P>
+__device__ __forceinline__ int64_t tile_stream(const TI* __restrict__ x, int64_t n, F&& f,
+                                               P&& prologue) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t ntiles = n / kTile;
-  for (int64_t t0 = tid; t0 < ntiles; t0 += U * stride) {
-    Tile<TI> in[U];
+  int64_t t0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  Tile<TI> in[U];
+  auto load = [&] {
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (t0 + u * stride < ntiles) load_tile(x, t0 + u * stride, in[u]);
+  };
+  if (t0 < ntiles) load();
+  prologue();
+  while (t0 < ntiles) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (t0 + u * stride >= ntiles) break;
       f(in[u], t0 + u * stride);
     }
+    t0 += U * stride;
+    if (t0 < ntiles) load();
   }
   return ntiles * kTile;
+}
+template <typename TI, int U = kUnroll<TI>, typename F>
+__device__ __forceinline__ int64_t tile_stream(const TI* __restrict__ x, int64_t n, F&& f) {
+  return tile_stream<TI, U>(x, n, f, [] {});
 }
 
 // Element k of an f32 / bf16 tile as a float (bf16: the pattern shifted into the high half).
@@ -200,22 +210,14 @@ __device__ __forceinline__ void load_chunk(const void* __restrict__ p, int64_t i
     c.w[0] = q.x, c.w[1] = q.y, c.w[2] = q.z, c.w[3] = q.w;
   }
 }
-template <int B, bool kEvictFirst = false>
+template <int B>
 __device__ __forceinline__ void store_chunk(void* __restrict__ p, int64_t i, const Chunk<B>& c) {
   if constexpr (B == 4) {
-    unsigned int* d = reinterpret_cast<unsigned int*>(p) + i;
-    if (kEvictFirst) __stcs(d, c.w[0]);
-    else *d = c.w[0];
+    reinterpret_cast<unsigned int*>(p)[i] = c.w[0];
   } else if constexpr (B == 8) {
-    uint2* d = reinterpret_cast<uint2*>(p) + i;
-    const uint2 q = make_uint2(c.w[0], c.w[1]);
-    if (kEvictFirst) __stcs(d, q);
-    else *d = q;
+    reinterpret_cast<uint2*>(p)[i] = make_uint2(c.w[0], c.w[1]);
   } else {
-    uint4* d = reinterpret_cast<uint4*>(p) + i;
-    const uint4 q = make_uint4(c.w[0], c.w[1], c.w[2], c.w[3]);
-    if (kEvictFirst) __stcs(d, q);
-    else *d = q;
+    reinterpret_cast<uint4*>(p)[i] = make_uint4(c.w[0], c.w[1], c.w[2], c.w[3]);
   }
 }
 
@@ -235,34 +237,48 @@ struct WarpStream {
 
 // Walks the whole spans of x[0, n) → out[0, n) (both 16-byte aligned) with the grid's warps
 // (grid stride in spans); f(in_chunk, first_element_index, out_chunk) converts one chunk.
-// Returns the number of elements done (a multiple of the span); the caller finishes the
-// rest with its scalar loop. Every thread of the grid must call it (no early exit).
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kEvictFirst = false,
-          typename F>
+// prologue() is called once by every thread after its first span's loads are issued (block
+// set-up overlapping their latency). Returns the number of elements done (a multiple of the
+// span); the caller finishes the rest with its scalar loop. Every thread of the grid must
+// call it (no early exit).
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F,
+          typename P>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
-                                               int64_t n, F&& f) {
+                                               int64_t n, F&& f, P&& prologue) {
   using WS = WarpStream<TI, TO>;
   constexpr int64_t kSpanChunks = 32 * K;
   const int lane = threadIdx.x & 31;
-  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
   const int64_t nspans = n / (kSpanChunks * WS::G);
-  for (int64_t sp = warp; sp < nspans; sp += nwarps) {
+  int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  typename WS::In in[K];
+  auto load = [&] {
     const int64_t c0 = sp * kSpanChunks + lane;
-    typename WS::In in[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
+  };
+  if (sp < nspans) load();
+  prologue();
+  while (sp < nspans) {
+    const int64_t c0 = sp * kSpanChunks + lane;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       typename WS::Out o;
       f(in[k], (c0 + 32 * k) * WS::G, o);
-      store_chunk<WS::kOutBytes, kEvictFirst>(out, c0 + 32 * k, o);
+      store_chunk<WS::kOutBytes>(out, c0 + 32 * k, o);
     }
+    sp += nwarps;
+    if (sp < nspans) load();
   }
   return nspans * kSpanChunks * WS::G;
 }
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F>
+__device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
+                                               int64_t n, F&& f) {
+  return warp_stream<TI, TO, K>(x, out, n, f, [] {});
+}
 
-// Threads to ask persistent_grid for: one warp per whole span, plus one warp for the tail.
+// Threads to ask stream_blocks for: one warp per whole span, plus one warp for the tail.
 template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK>
 inline int64_t warp_stream_items(int64_t n, bool vec) {
   return vec ? n / (32 * K * WarpStream<TI, TO>::G) * 32 + 32 : n;
@@ -333,22 +349,32 @@ __device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float x
 }
 
 // The body of the table decodes (HiF8 decode, E4M3 dequantize): out[i] = val[c[i]] with val
-// a 256-entry table of float bit patterns (bf16 output: already bf16-exact) that the kernel
-// has filled (and synchronized). Warp-interleaved when `vec` (codes and out 16-byte aligned),
-// then the scalar tail, or the whole tensor when not `vec`.
-template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, bool kEvictFirst = false>
+// a 256-entry table of float bit patterns (bf16 output: already bf16-exact) that fill()
+// writes (called once by every thread, after the first loads are issued; the __syncthreads
+// that follows is here). Warp-interleaved when `vec` (codes and out 16-byte aligned), then
+// the scalar tail, or the whole tensor when not `vec`.
+template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, typename Fill>
 __device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ c,
                                                     TO* __restrict__ out, int64_t n, bool vec,
-                                                    const uint32_t* __restrict__ val) {
+                                                    const uint32_t* __restrict__ val, Fill&& fill) {
   constexpr int G = WarpStream<uint8_t, TO>::G;
+  auto prologue = [&] {
+    fill();
+    __syncthreads();
+  };
   int64_t done = 0;
   if (vec)
-    done = warp_stream<uint8_t, TO, K, kEvictFirst>(c, out, n, [&](const auto& in, int64_t, auto& o) {
-      uint32_t v[G];
+    done = warp_stream<uint8_t, TO, K>(
+        c, out, n,
+        [&](const auto& in, int64_t, auto& o) {
+          uint32_t v[G];
 #pragma unroll
-      for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in, j)];
-      chunk_set<G>(o, v, TO{});
-    });
+          for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in, j)];
+          chunk_set<G>(o, v, TO{});
+        },
+        prologue);
+  else
+    prologue();
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
