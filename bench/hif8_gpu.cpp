@@ -133,6 +133,8 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       {"memset_f32", 4,
        [&](const Shape_&) { OSP_CUDA_CHECK(cudaMemsetAsync(outf.raw(), 0, size_t(n) * 4, 0)); },
        0},
+      // the codec kernels' walks with no per-element work (f32 → f32 identity)
+      {"copy_walk_f32", 8, [&](const Shape_& s) { qc::stream_copy(xf, outf, s); }, 2},
       {"encode_f32", 5, [&](const Shape_& s) { qc::hif8_encode(xf, codes, false, s); }, 2},
       {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 2},
       {"decode_f32", 5, [&](const Shape_& s) { qc::hif8_decode(codes, outf, s); }, 1},
@@ -165,7 +167,7 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       {"dequantize_e4m3_bf16", 3,
        [&](const Shape_& s) { qc::fp8_dequantize(q8.codes, q8.scale_inv, outb, s); }, 1},
   };
-  const char* grid_names[] = {"default", "persistent", "full"};
+  const char* grid_names[] = {"default", "persistent", "pipelined", "full"};
   const char* walk_names[] = {"default", "tile", "interleaved"};
   for (auto& op : ops) {
     std::vector<std::pair<std::string, Shape_>> shapes = {{"production", Shape_{}}};
@@ -173,7 +175,11 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       std::vector<qc::Walk> walks = {qc::Walk::kDefault};
       if (op.shapes >= 2) walks = {qc::Walk::kTile, qc::Walk::kInterleaved};
       for (auto w : walks)
-        for (auto g : {qc::Grid::kPersistent, qc::Grid::kFull}) {
+        for (auto g : {qc::Grid::kPersistent, qc::Grid::kPipelined, qc::Grid::kFull}) {
+          // pipelined: the decode, round and fake quant kernels only (shapes == 1 but dequantize)
+          if (g == qc::Grid::kPipelined &&
+              (op.shapes != 1 || std::strcmp(op.name, "dequantize_e4m3_bf16") == 0))
+            continue;
           std::string nm = std::string("grid=") + grid_names[int(g)];
           if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];
           shapes.push_back({nm, Shape_{g, w}});

@@ -143,6 +143,7 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, S
   const uint8_t* c = codes.data<uint8_t>();
   const bool vec = aligned16_host(c) && aligned16_host(out.raw());
   // one warp per span unless asked otherwise, as the HiF8 decode (docs/PERF.md)
+  OSP_CHECK(shape.grid != Grid::kPipelined, "fp8_dequantize: no pipelined grid");
   const Grid grid = shape.grid == Grid::kPersistent ? Grid::kPersistent : Grid::kFull;
   auto run = [&](auto tag) {
     using T = decltype(tag);

@@ -17,6 +17,8 @@ namespace osp::quant::cuda {
 enum class Grid {
   kDefault,
   kPersistent,  // SMs × resident blocks, grid stride
+  kPipelined,   // kPersistent, and each warp issues the loads of its next span before it
+                // converts the current one (twice the load registers); interleaved walks only
   kFull         // one warp per span / one thread per tile group: the hardware schedules
 };
 enum class Walk {
@@ -44,6 +46,11 @@ void hif8_fake_quant(const Tensor& x, Tensor& out, float max_target, float* d_sc
 // The same with hybrid stochastic rounding (Philox word of seed, offset + i).
 void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, uint64_t seed,
                                 uint64_t offset);
+
+// Diagnostic for bench_hif8_gpu: an f32 → f32 copy through the codec kernels' walks with no
+// per-element work (Walk::kTile or the interleaved walk), to separate what the walk and
+// grid cost from what the per-element work costs. x, out contiguous f32 on the GPU, same size.
+void stream_copy(const Tensor& x, Tensor& out, StreamShape shape);
 
 // x → one byte per element through an 8192-entry prefix table (hif8_lut.h) in device memory:
 // with d_amax null the HiF8 code of x (hif8_encode), else the table's code of x·s with s =

@@ -172,8 +172,8 @@ __device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t 
 // rounded to bf16 first.
 // Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
 // 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
-template <typename TI, typename TO, bool kScaled, bool kSR>
-__global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
+template <typename TI, typename TO, bool kScaled, bool kSR, bool kPipelined = false>
+__global__ void __launch_bounds__(kThreads, kSR || kPipelined ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
                     const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
                     float max_target, float* __restrict__ d_scale_out, uint64_t seed,
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, kSR ? 4 : 8)
   int64_t done = 0;
   if (vec) {
     constexpr int G = WarpStream<TI, TO>::G;
-    done = warp_stream<TI, TO>(
+    done = warp_stream<TI, TO, WarpStream<TI, TO>::kDefaultK, kPipelined>(
         x, out, n,
         [&](const auto& in, int64_t first, auto& o) {
           uint32_t W[G];
@@ -264,19 +264,62 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
+  else if (shape.grid == Grid::kPipelined) go(quantize_kernel<TI, TO, kScaled, false, true>);
   else go(quantize_kernel<TI, TO, kScaled, false>);
 }
 
 template <typename TO>
 void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid) {
   const bool vec = aligned16_host(c) && aligned16_host(out);
-  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = hif8_decode_kernel<TO>;
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) =
+      grid == Grid::kPipelined ? hif8_decode_kernel<TO, true> : hif8_decode_kernel<TO, false>;
   kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
                          warp_stream_items<uint8_t, TO>(n, vec), grid),
            kThreads>>>(c, out, n, vec);
 }
 
+// f32 → f32 identity through a walk (stream_copy, the bench's diagnostic).
+template <bool kInterleaved>
+__global__ void __launch_bounds__(kThreads)
+    copy_walk_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t n, bool vec) {
+  int64_t done = 0;
+  if (vec && kInterleaved)
+    done = warp_stream<float, float>(x, out, n, [&](const auto& in, int64_t, auto& o) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o.w[j] = in.w[j];
+    });
+  else if (vec)
+    done = tile_stream<float>(x, n, [&](const Tile<float>& in, int64_t t) { store_tile(out, t, in); });
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = done + tid; i < n; i += stride) out[i] = x[i];
+}
+
 }  // namespace
+
+void stream_copy(const Tensor& x, Tensor& out, StreamShape shape) {
+  OSP_CHECK(x.dtype() == DType::F32 && out.dtype() == DType::F32 && x.is_contiguous() &&
+                out.is_contiguous() && x.device().is_cuda() && out.device() == x.device() &&
+                x.numel() == out.numel(),
+            "stream_copy: x and out must be contiguous f32 CUDA tensors of one size, got ",
+            x.desc(), " and ", out.desc());
+  OSP_CHECK(shape.grid != Grid::kPipelined, "stream_copy: no pipelined grid");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const float* p = x.data<float>();
+  float* o = out.data<float>();
+  const bool vec = aligned16_host(p) && aligned16_host(o);
+  const Grid grid = resolve(shape.grid);
+  if (shape.walk == Walk::kInterleaved)
+    copy_walk_kernel<true><<<stream_blocks(reinterpret_cast<const void*>(copy_walk_kernel<true>),
+                                           warp_stream_items<float, float>(n, vec), grid),
+                             kThreads>>>(p, o, n, vec);
+  else
+    copy_walk_kernel<false><<<stream_blocks(reinterpret_cast<const void*>(copy_walk_kernel<false>),
+                                            tile_stream_items<float>(n, vec), grid),
+                              kThreads>>>(p, o, n, vec);
+  OSP_CUDA_LAUNCH_CHECK("hif8 copy_walk_kernel");
+}
 
 const uint8_t* hif8_code_lut_device(bool saturate) {
   static std::mutex mu;
@@ -303,7 +346,7 @@ const uint8_t* hif8_e4m3_lut_device() {
 unsigned stream_blocks(const void* kernel, int64_t items, Grid g) {
   int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
   if (b < 1) b = 1;
-  if (g != Grid::kPersistent) return unsigned(b);
+  if (g != Grid::kPersistent && g != Grid::kPipelined) return unsigned(b);
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
   static std::mutex mu;
@@ -343,6 +386,7 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
   // production: the tile walk for both dtypes (docs/PERF.md: bf16 0.87 vs 0.80 of HBM peak
   // for the interleaved walk, f32 within 0.01 of it)
   const bool interleaved = shape.walk == Walk::kInterleaved;
+  OSP_CHECK(shape.grid != Grid::kPipelined, "hif8 encode / E4M3 quantize: no pipelined grid");
   const Grid grid = resolve(shape.grid);
   auto run = [&](auto tag) {
     using T = decltype(tag);

@@ -241,8 +241,8 @@ struct WarpStream {
 // set-up overlapping their latency). Returns the number of elements done (a multiple of the
 // span); the caller finishes the rest with its scalar loop. Every thread of the grid must
 // call it (no early exit).
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F,
-          typename P>
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kPipelined = false,
+          typename F, typename P>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
                                                int64_t n, F&& f, P&& prologue) {
   using WS = WarpStream<TI, TO>;
@@ -252,30 +252,41 @@ __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __r
   const int64_t nspans = n / (kSpanChunks * WS::G);
   int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   typename WS::In in[K];
-  auto load = [&] {
-    const int64_t c0 = sp * kSpanChunks + lane;
+  auto load = [&](int64_t span, typename WS::In* dst) {
+    const int64_t c0 = span * kSpanChunks + lane;
 #pragma unroll
-    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
+    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, dst[k]);
   };
-  if (sp < nspans) load();
+  if (sp < nspans) load(sp, in);
   prologue();
   while (sp < nspans) {
     const int64_t c0 = sp * kSpanChunks + lane;
+    const int64_t next = sp + nwarps;
+    // kPipelined: the next span's loads are issued before this span is converted
+    [[maybe_unused]] typename WS::In nx[kPipelined ? K : 1];
+    if constexpr (kPipelined)
+      if (next < nspans) load(next, nx);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       typename WS::Out o;
       f(in[k], (c0 + 32 * k) * WS::G, o);
       store_chunk<WS::kOutBytes>(out, c0 + 32 * k, o);
     }
-    sp += nwarps;
-    if (sp < nspans) load();
+    sp = next;
+    if constexpr (kPipelined) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) in[k] = nx[k];
+    } else if (sp < nspans) {
+      load(sp, in);
+    }
   }
   return nspans * kSpanChunks * WS::G;
 }
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F>
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kPipelined = false,
+          typename F>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
                                                int64_t n, F&& f) {
-  return warp_stream<TI, TO, K>(x, out, n, f, [] {});
+  return warp_stream<TI, TO, K, kPipelined>(x, out, n, f, [] {});
 }
 
 // Threads to ask stream_blocks for: one warp per whole span, plus one warp for the tail.
@@ -353,7 +364,7 @@ __device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float x
 // writes (called once by every thread, after the first loads are issued; the __syncthreads
 // that follows is here). Warp-interleaved when `vec` (codes and out 16-byte aligned), then
 // the scalar tail, or the whole tensor when not `vec`.
-template <typename TO, int K = WarpStream<uint8_t, TO>::kDefaultK, typename Fill>
+template <typename TO, bool kPipelined = false, typename Fill>
 __device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ c,
                                                     TO* __restrict__ out, int64_t n, bool vec,
                                                     const uint32_t* __restrict__ val, Fill&& fill) {
@@ -364,7 +375,7 @@ __device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ 
   };
   int64_t done = 0;
   if (vec)
-    done = warp_stream<uint8_t, TO, K>(
+    done = warp_stream<uint8_t, TO, WarpStream<uint8_t, TO>::kDefaultK, kPipelined>(
         c, out, n,
         [&](const auto& in, int64_t, auto& o) {
           uint32_t v[G];
