@@ -139,6 +139,10 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 2},
       {"decode_f32", 5, [&](const Shape_& s) { qc::hif8_decode(codes, outf, s); }, 1},
       {"decode_bf16", 3, [&](const Shape_& s) { qc::hif8_decode(codes, outb, s); }, 1},
+      {"decode_f32_bulk_store", 5,
+       [&](const Shape_& s) { qc::hif8_decode(codes, outf, {s.grid, qc::Walk::kBulkStore}); }, 1},
+      {"decode_bf16_bulk_store", 3,
+       [&](const Shape_& s) { qc::hif8_decode(codes, outb, {s.grid, qc::Walk::kBulkStore}); }, 1},
       {"round_f32", 8, [&](const Shape_& s) { qc::hif8_round(xf, outf, false, s); }, 1},
       {"round_bf16", 4, [&](const Shape_& s) { qc::hif8_round(xb, outb, false, s); }, 1},
       {"stochastic_round_f32", 8, [&](const Shape_&) { quant::hif8_round_stochastic(xf, outf, 7); }, 0},
@@ -168,7 +172,7 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
        [&](const Shape_& s) { qc::fp8_dequantize(q8.codes, q8.scale_inv, outb, s); }, 1},
   };
   const char* grid_names[] = {"default", "persistent", "pipelined", "full"};
-  const char* walk_names[] = {"default", "tile", "interleaved"};
+  const char* walk_names[] = {"default", "tile", "interleaved", "bulk_store"};
   for (auto& op : ops) {
     std::vector<std::pair<std::string, Shape_>> shapes = {{"production", Shape_{}}};
     if (all_shapes && op.shapes > 0) {
@@ -178,7 +182,8 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
         for (auto g : {qc::Grid::kPersistent, qc::Grid::kPipelined, qc::Grid::kFull}) {
           // pipelined: the decode, round and fake quant kernels only (shapes == 1 but dequantize)
           if (g == qc::Grid::kPipelined &&
-              (op.shapes != 1 || std::strcmp(op.name, "dequantize_e4m3_bf16") == 0))
+              (op.shapes != 1 || std::strcmp(op.name, "dequantize_e4m3_bf16") == 0 ||
+               std::strstr(op.name, "bulk") != nullptr))
             continue;
           std::string nm = std::string("grid=") + grid_names[int(g)];
           if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];

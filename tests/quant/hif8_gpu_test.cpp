@@ -422,6 +422,11 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
           Tensor got = Tensor::empty({n}, od, Device::cuda());
           cuda::hif8_decode(cg.slice(0, start, start + n), got, sh);
           expect_bitwise(got, want, "decode");
+          if (sh.grid != cuda::Grid::kPipelined) {
+            Tensor got2 = Tensor::empty({n}, od, Device::cuda());
+            cuda::hif8_decode(cg.slice(0, start, start + n), got2, {sh.grid, cuda::Walk::kBulkStore});
+            expect_bitwise(got2, want, "decode, bulk stores");
+          }
           if (sh.grid == cuda::Grid::kPipelined) continue;  // decode and round only
           cuda::fp8_dequantize(cg8.slice(0, start, start + n), sig, got, sh);
           expect_bitwise(got, want8, "E4M3 dequantize");

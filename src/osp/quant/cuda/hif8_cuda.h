@@ -24,11 +24,14 @@ enum class Grid {
 enum class Walk {
   kDefault,
   kTile,        // each thread 16 consecutive elements (16-byte accesses 32/64 bytes apart)
-  kInterleaved  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
+  kInterleaved,  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
+  kBulkStore     // decode only: the interleaved walk's loads; each warp writes its 4 KB of
+                 // output to shared memory and stores it with one bulk copy (cp.async.bulk)
 };
 struct StreamShape {
   Grid grid = Grid::kDefault;
-  Walk walk = Walk::kDefault;  // the encode and E4M3 quantize only; other ops interleave
+  Walk walk = Walk::kDefault;  // encode / E4M3 quantize: tile or interleaved; decode:
+                               // interleaved or bulk store; other ops interleave
 };
 
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape = {});

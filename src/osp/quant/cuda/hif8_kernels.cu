@@ -268,6 +268,88 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   else go(quantize_kernel<TI, TO, kScaled, false>);
 }
 
+// ---- decode with bulk stores (Walk::kBulkStore) ----
+// Each warp loads its span of codes as the interleaved walk does (lane L: chunks L + 32k),
+// writes the decoded 16-byte output chunks to its 4 KB shared-memory stage in global order,
+// and one lane stores the stage with a single bulk copy (cp.async.bulk, the copy engine's
+// shared → global path), waiting for the copy to have read the stage before refilling it.
+constexpr int kBulkStageBytes = 4096;
+
+__device__ __forceinline__ void bulk_store(void* gdst, const void* ssrc, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(ssrc));
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(s),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_wait_read() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+template <typename TO>
+__global__ void __launch_bounds__(kThreads)
+    decode_bulk_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
+  using WS = WarpStream<uint8_t, TO>;
+  constexpr int G = WS::G;
+  constexpr int K = kBulkStageBytes / (32 * 16);  // 16-byte output chunks per lane: 8
+  constexpr int64_t kSpan = int64_t(32) * K * G;   // codes per warp span
+  __shared__ uint32_t val[256];
+  __shared__ __align__(128) uint4 stage[kThreads / 32][32 * K];
+  const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
+  const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  const int64_t nspans = vec ? n / kSpan : 0;
+  int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  typename WS::In in[K];
+  auto load = [&] {
+#pragma unroll
+    for (int k = 0; k < K; ++k) load_chunk(c, sp * 32 * K + lane + 32 * k, in[k]);
+  };
+  if (sp < nspans) load();
+  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
+  __syncthreads();
+  while (sp < nspans) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      uint32_t v[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in[k], j)];
+      typename WS::Out o;
+      chunk_set<G>(o, v, TO{});
+      stage[wib][32 * k + lane] = make_uint4(o.w[0], o.w[1], o.w[2], o.w[3]);
+    }
+    fence_proxy_async_smem();
+    __syncwarp();
+    if (lane == 0) bulk_store(out + sp * kSpan, stage[wib], kBulkStageBytes);
+    sp += nwarps;
+    if (sp < nspans) load();
+    if (lane == 0) bulk_wait_read();  // the stage is free again
+    __syncwarp();
+  }
+  const int64_t done = nspans * kSpan;
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
+}
+
+template <typename TO>
+void launch_decode_bulk(const uint8_t* c, TO* out, int64_t n, Grid grid) {
+  const bool vec = aligned16_host(c) && aligned16_host(out);
+  constexpr int64_t kSpan = int64_t(kBulkStageBytes) / int64_t(sizeof(TO));
+  const int64_t items = vec ? n / kSpan * 32 + 32 : n;
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = decode_bulk_kernel<TO>;
+  kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(c, out, n,
+                                                                                        vec);
+}
+
 template <typename TO>
 void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid) {
   const bool vec = aligned16_host(c) && aligned16_host(out);
@@ -418,8 +500,19 @@ void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  if (out.dtype() == DType::F32) launch_decode(c, static_cast<float*>(out.raw()), n, resolve(shape.grid));
-  else launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, resolve(shape.grid));
+  OSP_CHECK(shape.walk == Walk::kDefault || shape.walk == Walk::kInterleaved ||
+                shape.walk == Walk::kBulkStore,
+            "hif8_decode: the walk is interleaved or bulk store");
+  const Grid grid = resolve(shape.grid);
+  if (shape.walk == Walk::kBulkStore) {
+    OSP_CHECK(grid != Grid::kPipelined, "hif8_decode: no pipelined grid with bulk stores");
+    if (out.dtype() == DType::F32) launch_decode_bulk(c, static_cast<float*>(out.raw()), n, grid);
+    else launch_decode_bulk(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid);
+  } else if (out.dtype() == DType::F32) {
+    launch_decode(c, static_cast<float*>(out.raw()), n, grid);
+  } else {
+    launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid);
+  }
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 
