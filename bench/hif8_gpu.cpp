@@ -119,7 +119,8 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
     const char* name;
     double bytes_per_elem;
     Run run;
-    int shapes;  // 0: production only, 1: every grid, 2: every grid × walk
+    int shapes;  // 0: production only, 1: grid × {interleaved, bulk}, 2: grid × {tile,
+                 // interleaved}, 3: grid × all three walks
   };
   std::vector<Op> ops = {
       // the ceilings: cudaMemcpy device to device of the bf16 tensor (read 2 + write 2), and
@@ -134,15 +135,11 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
        [&](const Shape_&) { OSP_CUDA_CHECK(cudaMemsetAsync(outf.raw(), 0, size_t(n) * 4, 0)); },
        0},
       // the codec kernels' walks with no per-element work (f32 → f32 identity)
-      {"copy_walk_f32", 8, [&](const Shape_& s) { qc::stream_copy(xf, outf, s); }, 2},
+      {"copy_walk_f32", 8, [&](const Shape_& s) { qc::stream_copy(xf, outf, s); }, 3},
       {"encode_f32", 5, [&](const Shape_& s) { qc::hif8_encode(xf, codes, false, s); }, 2},
       {"encode_bf16", 3, [&](const Shape_& s) { qc::hif8_encode(xb, codes, false, s); }, 2},
       {"decode_f32", 5, [&](const Shape_& s) { qc::hif8_decode(codes, outf, s); }, 1},
       {"decode_bf16", 3, [&](const Shape_& s) { qc::hif8_decode(codes, outb, s); }, 1},
-      {"decode_f32_bulk_store", 5,
-       [&](const Shape_& s) { qc::hif8_decode(codes, outf, {s.grid, qc::Walk::kBulkStore}); }, 1},
-      {"decode_bf16_bulk_store", 3,
-       [&](const Shape_& s) { qc::hif8_decode(codes, outb, {s.grid, qc::Walk::kBulkStore}); }, 1},
       {"round_f32", 8, [&](const Shape_& s) { qc::hif8_round(xf, outf, false, s); }, 1},
       {"round_bf16", 4, [&](const Shape_& s) { qc::hif8_round(xb, outb, false, s); }, 1},
       {"stochastic_round_f32", 8, [&](const Shape_&) { quant::hif8_round_stochastic(xf, outf, 7); }, 0},
@@ -171,24 +168,20 @@ void codec(double peak_gbps, bool quick, int log2n, int batch, bool all_shapes) 
       {"dequantize_e4m3_bf16", 3,
        [&](const Shape_& s) { qc::fp8_dequantize(q8.codes, q8.scale_inv, outb, s); }, 1},
   };
-  const char* grid_names[] = {"default", "persistent", "pipelined", "full"};
+  const char* grid_names[] = {"default", "persistent", "full"};
   const char* walk_names[] = {"default", "tile", "interleaved", "bulk_store"};
   for (auto& op : ops) {
     std::vector<std::pair<std::string, Shape_>> shapes = {{"production", Shape_{}}};
     if (all_shapes && op.shapes > 0) {
-      std::vector<qc::Walk> walks = {qc::Walk::kDefault};
-      if (op.shapes >= 2) walks = {qc::Walk::kTile, qc::Walk::kInterleaved};
+      // shapes 1: the wide-output ops (interleaved or bulk stores), 2: the encode ops (tile
+      // or interleaved)
+      std::vector<qc::Walk> walks = {qc::Walk::kInterleaved, qc::Walk::kBulkStore};
+      if (op.shapes == 2) walks = {qc::Walk::kTile, qc::Walk::kInterleaved};
+      if (op.shapes == 3) walks = {qc::Walk::kTile, qc::Walk::kInterleaved, qc::Walk::kBulkStore};
       for (auto w : walks)
-        for (auto g : {qc::Grid::kPersistent, qc::Grid::kPipelined, qc::Grid::kFull}) {
-          // pipelined: the decode, round and fake quant kernels only (shapes == 1 but dequantize)
-          if (g == qc::Grid::kPipelined &&
-              (op.shapes != 1 || std::strcmp(op.name, "dequantize_e4m3_bf16") == 0 ||
-               std::strstr(op.name, "bulk") != nullptr))
-            continue;
-          std::string nm = std::string("grid=") + grid_names[int(g)];
-          if (op.shapes >= 2) nm += std::string(",walk=") + walk_names[int(w)];
-          shapes.push_back({nm, Shape_{g, w}});
-        }
+        for (auto g : {qc::Grid::kPersistent, qc::Grid::kFull})
+          shapes.push_back({std::string("grid=") + grid_names[int(g)] + ",walk=" + walk_names[int(w)],
+                            Shape_{g, w}});
     }
     for (auto& [shape_name, shape] : shapes) {
       auto once = [&] { op.run(shape); };

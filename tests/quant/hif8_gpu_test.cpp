@@ -320,19 +320,15 @@ TEST(HiF8Gpu, ManyGridStridesAndInPlaceBitwiseEqualCPU) {
 #ifdef OSP_HAVE_CUDA
 namespace {
 // The launch shapes of the streaming codec kernels (quant/cuda/hif8_cuda.h): every grid
-// sizing, × both walks for the ops that have a walk choice.
-std::vector<cuda::StreamShape> launch_shapes(bool walks, bool pipelined) {
+// sizing × every walk of the op.
+// wide: the ops whose output is as wide as their input or wider (walks: interleaved, bulk
+// store), else the encode / E4M3 quantize (tile, interleaved).
+std::vector<cuda::StreamShape> launch_shapes(bool wide) {
   std::vector<cuda::StreamShape> v;
-  for (auto g : {cuda::Grid::kDefault, cuda::Grid::kPersistent, cuda::Grid::kPipelined,
-                 cuda::Grid::kFull}) {
-    if (g == cuda::Grid::kPipelined && !pipelined) continue;
-    if (!walks) {
-      v.push_back({g, cuda::Walk::kDefault});
-      continue;
-    }
-    for (auto w : {cuda::Walk::kDefault, cuda::Walk::kTile, cuda::Walk::kInterleaved})
+  for (auto g : {cuda::Grid::kDefault, cuda::Grid::kPersistent, cuda::Grid::kFull})
+    for (auto w : {cuda::Walk::kDefault, wide ? cuda::Walk::kInterleaved : cuda::Walk::kTile,
+                   wide ? cuda::Walk::kBulkStore : cuda::Walk::kInterleaved})
       v.push_back({g, w});
-  }
   return v;
 }
 std::string shape_name(const cuda::StreamShape& s) {
@@ -363,7 +359,7 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
           Tensor cc = Tensor::empty({n}, DType::U8);
           hif8_encode(xc, cc, sat);
           Tensor want = cc.slice(0, start, n).contiguous();
-          for (const auto& sh : launch_shapes(true, false)) {
+          for (const auto& sh : launch_shapes(false)) {
             SCOPED_TRACE(shape_name(sh) + (sat ? " saturate" : ""));
             Tensor cg = Tensor::empty({m}, DType::U8, Device::cuda());
             cuda::hif8_encode(in, cg, sat, sh);
@@ -376,7 +372,7 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
           Tensor xin = xc.slice(0, start, n).contiguous();
           hif8_round(xin, rc, true);
           hif8_fake_quant(xin, fc);
-          for (const auto& sh : launch_shapes(false, true)) {
+          for (const auto& sh : launch_shapes(true)) {
             SCOPED_TRACE(shape_name(sh) + " -> " + dtype_name(to));
             Tensor rg = Tensor::empty({m}, to, Device::cuda());
             cuda::hif8_round(in, rg, true, sh);
@@ -387,7 +383,7 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
         }
         // HiF8 → E4M3 quantize (the encode kernel with the composed table, scaled)
         Fp8Tensor qc = hif8_quantize_e4m3(xc.slice(0, start, n).contiguous());
-        for (const auto& sh : launch_shapes(true, false)) {
+        for (const auto& sh : launch_shapes(false)) {
           SCOPED_TRACE(shape_name(sh));
           Tensor codes = Tensor::empty({m}, DType::F8E4M3, Device::cuda());
           Tensor si = Tensor::empty({1}, DType::F32, Device::cuda());
@@ -416,18 +412,12 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
         hif8_decode(cs, want);
         qc.codes = cc8.slice(0, start, start + n).contiguous();
         fp8_dequantize(qc, want8);
-        for (const auto& sh : launch_shapes(false, true)) {
+        for (const auto& sh : launch_shapes(true)) {
           SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " "
                                           << dtype_name(od) << " " << shape_name(sh));
           Tensor got = Tensor::empty({n}, od, Device::cuda());
           cuda::hif8_decode(cg.slice(0, start, start + n), got, sh);
           expect_bitwise(got, want, "decode");
-          if (sh.grid != cuda::Grid::kPipelined) {
-            Tensor got2 = Tensor::empty({n}, od, Device::cuda());
-            cuda::hif8_decode(cg.slice(0, start, start + n), got2, {sh.grid, cuda::Walk::kBulkStore});
-            expect_bitwise(got2, want, "decode, bulk stores");
-          }
-          if (sh.grid == cuda::Grid::kPipelined) continue;  // decode and round only
           cuda::fp8_dequantize(cg8.slice(0, start, start + n), sig, got, sh);
           expect_bitwise(got, want8, "E4M3 dequantize");
         }
@@ -443,7 +433,9 @@ TEST(HiF8Gpu, StreamCopyDiagnosticIsExact) {
   for (int64_t n : {int64_t(9), int64_t(70001), (int64_t(1) << 22) + 5}) {
     Tensor xc = wide_values(n, 3);
     Tensor xg = xc.to(Device::cuda());
-    for (const auto& sh : launch_shapes(true, false))
+    std::vector<cuda::StreamShape> shapes = launch_shapes(false);
+    for (auto g : {cuda::Grid::kPersistent, cuda::Grid::kFull}) shapes.push_back({g, cuda::Walk::kBulkStore});
+    for (const auto& sh : shapes)
       for (int64_t start : {int64_t(0), int64_t(1)}) {
         SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " " << shape_name(sh));
         Tensor got = Tensor::empty({n - start}, DType::F32, Device::cuda());

@@ -29,12 +29,12 @@ namespace {
 // out = e4m3(c) · scale_inv through a 256-entry value table per block (rounded to bf16 once
 // per code for bf16 output), with the HiF8 decode's warp-interleaved table lookup
 // (stream_table_lookup, hif8_stream.cuh).
-template <typename T>
+template <typename T, bool kBulk>
 __global__ void __launch_bounds__(kStreamThreads)
     dequantize_kernel(const uint8_t* __restrict__ c, const float* __restrict__ si,
                       T* __restrict__ out, int64_t n, bool vec) {
   __shared__ uint32_t val[256];
-  stream_table_lookup<T>(c, out, n, vec, val, [&] {
+  stream_table_lookup<T, kBulk>(c, out, n, vec, val, [&] {
     float v = detail::e4m3_decode_bits(uint8_t(threadIdx.x)) * *si;
     if (sizeof(T) == 2) v = round_bf16_dev(v);
     val[threadIdx.x] = __float_as_uint(v);
@@ -143,14 +143,18 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, S
   const uint8_t* c = codes.data<uint8_t>();
   const bool vec = aligned16_host(c) && aligned16_host(out.raw());
   // one warp per span unless asked otherwise, as the HiF8 decode (docs/PERF.md)
-  OSP_CHECK(shape.grid != Grid::kPipelined, "fp8_dequantize: no pipelined grid");
+  OSP_CHECK(shape.walk != Walk::kTile, "fp8_dequantize: the walk is interleaved or bulk store");
   const Grid grid = shape.grid == Grid::kPersistent ? Grid::kPersistent : Grid::kFull;
+  // default walk: interleaved until measured against bulk stores
+  const bool bulk = shape.walk == Walk::kBulkStore;
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    void (*kernel)(const uint8_t*, const float*, T*, int64_t, bool) = dequantize_kernel<T>;
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
-                           warp_stream_items<uint8_t, T>(n, vec), grid),
-             kStreamThreads>>>(c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
+    void (*kernel)(const uint8_t*, const float*, T*, int64_t, bool) =
+        bulk ? dequantize_kernel<T, true> : dequantize_kernel<T, false>;
+    const int64_t items =
+        bulk ? bulk_stream_items<uint8_t, T>(n, vec) : warp_stream_items<uint8_t, T>(n, vec);
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kStreamThreads>>>(
+        c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
   };
   if (out.dtype() == DType::F32) run(float{});
   else run(__nv_bfloat16{});

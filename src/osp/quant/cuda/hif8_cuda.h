@@ -10,28 +10,29 @@ namespace osp::quant::cuda {
 // Launch shape of a bandwidth-bound codec kernel (hif8_stream.cuh). Every shape gives the same
 // bits; they differ only in how the memory is walked, so that bench_hif8_gpu can time them
 // side by side and the tests can check each against the CPU codec. kDefault: the shape the
-// op takes in production — one warp per span (one thread per tile group) for every op and the
-// tile walk for the encode / E4M3 quantize; docs/PERF.md, "HiF8 codec kernels", has the
-// measurements behind the choice (and those of the shapes tried and dropped: a balanced
-// persistent grid, twice the bytes in flight, a 64K-entry bf16 encode table).
+// op takes in production — one warp per span (one thread per tile group) for every op, the
+// tile walk for the encode / E4M3 quantize, bulk stores for the wide-output ops;
+// docs/PERF.md, "HiF8 codec kernels", has the measurements behind the choice (and those of
+// the shapes tried and dropped: a balanced or software-pipelined persistent grid, twice the
+// bytes in flight, a 64K-entry bf16 encode table, evict-first stores).
 enum class Grid {
   kDefault,
   kPersistent,  // SMs × resident blocks, grid stride
-  kPipelined,   // kPersistent, and each warp issues the loads of its next span before it
-                // converts the current one (twice the load registers); interleaved walks only
   kFull         // one warp per span / one thread per tile group: the hardware schedules
 };
 enum class Walk {
   kDefault,
   kTile,        // each thread 16 consecutive elements (16-byte accesses 32/64 bytes apart)
   kInterleaved,  // warp-interleaved chunks: every warp access covers 128–512 contiguous bytes
-  kBulkStore     // decode only: the interleaved walk's loads; each warp writes its 4 KB of
-                 // output to shared memory and stores it with one bulk copy (cp.async.bulk)
+  kBulkStore     // the interleaved walk's loads; each warp writes its 2–4 KB of output to
+                 // shared memory and stores it with one bulk copy (cp.async.bulk); the ops
+                 // whose output is as wide as their input or wider (decode, round, fake quant,
+                 // E4M3 dequantize)
 };
 struct StreamShape {
   Grid grid = Grid::kDefault;
-  Walk walk = Walk::kDefault;  // encode / E4M3 quantize: tile or interleaved; decode:
-                               // interleaved or bulk store; other ops interleave
+  Walk walk = Walk::kDefault;  // encode / E4M3 quantize: tile or interleaved; the wide-output
+                               // ops: interleaved or bulk store
 };
 
 void hif8_encode(const Tensor& x, Tensor& out, bool saturate, StreamShape shape = {});
@@ -51,7 +52,7 @@ void hif8_fake_quant_stochastic(const Tensor& x, Tensor& out, float max_target, 
                                 uint64_t offset);
 
 // Diagnostic for bench_hif8_gpu: an f32 → f32 copy through the codec kernels' walks with no
-// per-element work (Walk::kTile or the interleaved walk), to separate what the walk and
+// per-element work (any Walk: tile, interleaved, bulk store), to separate what the walk and
 // grid cost from what the per-element work costs. x, out contiguous f32 on the GPU, same size.
 void stream_copy(const Tensor& x, Tensor& out, StreamShape shape);
 

@@ -118,13 +118,13 @@ __global__ void __launch_bounds__(kStreamThreads) amax_kernel(const T* __restric
   }
 }
 
-// HiF8 codes → f32 / bf16 values (hif8_decode). One 256-entry value table per block;
-// blockDim.x == kStreamThreads == 256.
-template <typename TO, bool kPipelined = false>
+// HiF8 codes → f32 / bf16 values (hif8_decode; kBulk: bulk stores). One 256-entry value table
+// per block; blockDim.x == kStreamThreads == 256.
+template <typename TO, bool kBulk>
 __global__ void __launch_bounds__(kStreamThreads)
     hif8_decode_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
   __shared__ uint32_t val[256];
-  stream_table_lookup<TO, kPipelined>(c, out, n, vec, val, [&] {
+  stream_table_lookup<TO, kBulk>(c, out, n, vec, val, [&] {
     val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
   });
 }

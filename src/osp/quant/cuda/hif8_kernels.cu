@@ -172,8 +172,8 @@ __device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t 
 // rounded to bf16 first.
 // Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
 // 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
-template <typename TI, typename TO, bool kScaled, bool kSR, bool kPipelined = false>
-__global__ void __launch_bounds__(kThreads, kSR || kPipelined ? 4 : 8)
+template <typename TI, typename TO, bool kScaled, bool kSR, bool kBulk>
+__global__ void __launch_bounds__(kThreads, kSR || kBulk ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
                     const uint8_t* __restrict__ g_lut, const float* __restrict__ d_amax,
                     float max_target, float* __restrict__ d_scale_out, uint64_t seed,
@@ -210,25 +210,23 @@ __global__ void __launch_bounds__(kThreads, kSR || kPipelined ? 4 : 8)
     else k = detail::hif8_lut_index(xs);
     return val[lut[k]];
   };
-  int64_t done = 0;
-  if (vec) {
-    constexpr int G = WarpStream<TI, TO>::G;
-    done = warp_stream<TI, TO, WarpStream<TI, TO>::kDefaultK, kPipelined>(
-        x, out, n,
-        [&](const auto& in, int64_t first, auto& o) {
-          uint32_t W[G];
-          if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
-          float xs[G];
-          chunk_scaled<kScaled, kScaled && kInBF16, G>(in, s, xs, TI{});
-          uint32_t v[G];
+  constexpr int G = WarpStream<TI, TO>::G;
+  auto convert = [&](const auto& in, int64_t first, auto& o) {
+    uint32_t W[G];
+    if (kSR) philox_words<G>(k0, k1, offset + uint64_t(first), W);
+    float xs[G];
+    chunk_scaled<kScaled, kScaled && kInBF16, G>(in, s, xs, TI{});
+    uint32_t v[G];
 #pragma unroll
-          for (int j = 0; j < G; ++j) v[j] = one(xs[j], kSR ? W[j] : 0u);
-          chunk_set<G>(o, v, TO{});
-        },
-        prologue);
-  } else {
-    prologue();
-  }
+    for (int j = 0; j < G; ++j) v[j] = one(xs[j], kSR ? W[j] : 0u);
+    chunk_set<G>(o, v, TO{});
+  };
+  constexpr int kStage = kBulk ? BulkStream<TI, TO>::kStageBytes : 16;
+  __shared__ __align__(128) uint8_t stage[kThreads / 32][kStage];
+  int64_t done = 0;
+  if (vec && kBulk) done = warp_stream_bulk<TI, TO>(x, out, n, stage[threadIdx.x >> 5], convert, prologue);
+  else if (vec) done = warp_stream<TI, TO>(x, out, n, convert, prologue);
+  else prologue();
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = done + tid; i < n; i += stride) {
@@ -248,6 +246,10 @@ void with_in_out(DType ti, DType to, F&& f) {
 // Grid::kDefault: one warp per span / one thread per tile group for every op — in one H200
 // run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
 Grid resolve(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
+// Walk::kDefault of the wide-output ops: bulk stores (decode; round and fake quant until
+// measured: interleaved).
+constexpr bool kDecodeBulk = true;
+constexpr bool kQuantizeBulk = false;
 
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
@@ -258,118 +260,46 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   TO* op = static_cast<TO*>(out.raw());
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
-  auto go = [&](auto kernel) {
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
-                           warp_stream_items<TI, TO>(n, vec), resolve(shape.grid)),
+  auto go = [&](auto kernel, int64_t items) {
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, resolve(shape.grid)),
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
-  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true>);
-  else if (shape.grid == Grid::kPipelined) go(quantize_kernel<TI, TO, kScaled, false, true>);
-  else go(quantize_kernel<TI, TO, kScaled, false>);
-}
-
-// ---- decode with bulk stores (Walk::kBulkStore) ----
-// Each warp loads its span of codes as the interleaved walk does (lane L: chunks L + 32k),
-// writes the decoded 16-byte output chunks to its 4 KB shared-memory stage in global order,
-// and one lane stores the stage with a single bulk copy (cp.async.bulk, the copy engine's
-// shared → global path), waiting for the copy to have read the stage before refilling it.
-constexpr int kBulkStageBytes = 4096;
-
-__device__ __forceinline__ void bulk_store(void* gdst, const void* ssrc, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(ssrc));
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(s),
-               "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void bulk_wait_read() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void fence_proxy_async_smem() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
+  OSP_CHECK(shape.walk != Walk::kTile, "hif8 round / fake quant: the walk is interleaved or bulk store");
+  const bool bulk = shape.walk == Walk::kDefault ? kQuantizeBulk : shape.walk == Walk::kBulkStore;
+  const int64_t items = bulk ? bulk_stream_items<TI, TO>(n, vec) : warp_stream_items<TI, TO>(n, vec);
+  if (stochastic && bulk) go(quantize_kernel<TI, TO, kScaled, true, true>, items);
+  else if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, false>, items);
+  else if (bulk) go(quantize_kernel<TI, TO, kScaled, false, true>, items);
+  else go(quantize_kernel<TI, TO, kScaled, false, false>, items);
 }
 
 template <typename TO>
-__global__ void __launch_bounds__(kThreads)
-    decode_bulk_kernel(const uint8_t* __restrict__ c, TO* __restrict__ out, int64_t n, bool vec) {
-  using WS = WarpStream<uint8_t, TO>;
-  constexpr int G = WS::G;
-  constexpr int K = kBulkStageBytes / (32 * 16);  // 16-byte output chunks per lane: 8
-  constexpr int64_t kSpan = int64_t(32) * K * G;   // codes per warp span
-  __shared__ uint32_t val[256];
-  __shared__ __align__(128) uint4 stage[kThreads / 32][32 * K];
-  const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
-  const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
-  const int64_t nspans = vec ? n / kSpan : 0;
-  int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
-  typename WS::In in[K];
-  auto load = [&] {
-#pragma unroll
-    for (int k = 0; k < K; ++k) load_chunk(c, sp * 32 * K + lane + 32 * k, in[k]);
-  };
-  if (sp < nspans) load();
-  val[threadIdx.x] = __float_as_uint(detail::hif8_decode(uint8_t(threadIdx.x)));
-  __syncthreads();
-  while (sp < nspans) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      uint32_t v[G];
-#pragma unroll
-      for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in[k], j)];
-      typename WS::Out o;
-      chunk_set<G>(o, v, TO{});
-      stage[wib][32 * k + lane] = make_uint4(o.w[0], o.w[1], o.w[2], o.w[3]);
-    }
-    fence_proxy_async_smem();
-    __syncwarp();
-    if (lane == 0) bulk_store(out + sp * kSpan, stage[wib], kBulkStageBytes);
-    sp += nwarps;
-    if (sp < nspans) load();
-    if (lane == 0) bulk_wait_read();  // the stage is free again
-    __syncwarp();
-  }
-  const int64_t done = nspans * kSpan;
-  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
-}
-
-template <typename TO>
-void launch_decode_bulk(const uint8_t* c, TO* out, int64_t n, Grid grid) {
+void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid, bool bulk) {
   const bool vec = aligned16_host(c) && aligned16_host(out);
-  constexpr int64_t kSpan = int64_t(kBulkStageBytes) / int64_t(sizeof(TO));
-  const int64_t items = vec ? n / kSpan * 32 + 32 : n;
-  void (*kernel)(const uint8_t*, TO*, int64_t, bool) = decode_bulk_kernel<TO>;
+  void (*kernel)(const uint8_t*, TO*, int64_t, bool) =
+      bulk ? hif8_decode_kernel<TO, true> : hif8_decode_kernel<TO, false>;
+  const int64_t items = bulk ? bulk_stream_items<uint8_t, TO>(n, vec)
+                             : warp_stream_items<uint8_t, TO>(n, vec);
   kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(c, out, n,
                                                                                         vec);
 }
 
-template <typename TO>
-void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid) {
-  const bool vec = aligned16_host(c) && aligned16_host(out);
-  void (*kernel)(const uint8_t*, TO*, int64_t, bool) =
-      grid == Grid::kPipelined ? hif8_decode_kernel<TO, true> : hif8_decode_kernel<TO, false>;
-  kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel),
-                         warp_stream_items<uint8_t, TO>(n, vec), grid),
-           kThreads>>>(c, out, n, vec);
-}
-
-// f32 → f32 identity through a walk (stream_copy, the bench's diagnostic).
-template <bool kInterleaved>
+// f32 → f32 identity through a walk (stream_copy, the bench's diagnostic): 0 tile, 1
+// interleaved, 2 bulk stores.
+template <int kWalk>
 __global__ void __launch_bounds__(kThreads)
     copy_walk_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t n, bool vec) {
-  int64_t done = 0;
-  if (vec && kInterleaved)
-    done = warp_stream<float, float>(x, out, n, [&](const auto& in, int64_t, auto& o) {
+  constexpr int kStage = kWalk == 2 ? BulkStream<float, float>::kStageBytes : 16;
+  __shared__ __align__(128) uint8_t stage[kThreads / 32][kStage];
+  auto id = [&](const auto& in, int64_t, auto& o) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) o.w[j] = in.w[j];
-    });
+    for (int j = 0; j < 4; ++j) o.w[j] = in.w[j];
+  };
+  int64_t done = 0;
+  if (vec && kWalk == 2)
+    done = warp_stream_bulk<float, float>(x, out, n, stage[threadIdx.x >> 5], id, [] {});
+  else if (vec && kWalk == 1)
+    done = warp_stream<float, float>(x, out, n, id);
   else if (vec)
     done = tile_stream<float>(x, n, [&](const Tile<float>& in, int64_t t) { store_tile(out, t, in); });
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -385,21 +315,19 @@ void stream_copy(const Tensor& x, Tensor& out, StreamShape shape) {
                 x.numel() == out.numel(),
             "stream_copy: x and out must be contiguous f32 CUDA tensors of one size, got ",
             x.desc(), " and ", out.desc());
-  OSP_CHECK(shape.grid != Grid::kPipelined, "stream_copy: no pipelined grid");
   const int64_t n = x.numel();
   if (n == 0) return;
   const float* p = x.data<float>();
   float* o = out.data<float>();
   const bool vec = aligned16_host(p) && aligned16_host(o);
   const Grid grid = resolve(shape.grid);
-  if (shape.walk == Walk::kInterleaved)
-    copy_walk_kernel<true><<<stream_blocks(reinterpret_cast<const void*>(copy_walk_kernel<true>),
-                                           warp_stream_items<float, float>(n, vec), grid),
-                             kThreads>>>(p, o, n, vec);
-  else
-    copy_walk_kernel<false><<<stream_blocks(reinterpret_cast<const void*>(copy_walk_kernel<false>),
-                                            tile_stream_items<float>(n, vec), grid),
-                              kThreads>>>(p, o, n, vec);
+  auto go = [&](auto kernel, int64_t items) {
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(p, o, n,
+                                                                                          vec);
+  };
+  if (shape.walk == Walk::kBulkStore) go(copy_walk_kernel<2>, bulk_stream_items<float, float>(n, vec));
+  else if (shape.walk == Walk::kInterleaved) go(copy_walk_kernel<1>, warp_stream_items<float, float>(n, vec));
+  else go(copy_walk_kernel<0>, tile_stream_items<float>(n, vec));
   OSP_CUDA_LAUNCH_CHECK("hif8 copy_walk_kernel");
 }
 
@@ -428,7 +356,7 @@ const uint8_t* hif8_e4m3_lut_device() {
 unsigned stream_blocks(const void* kernel, int64_t items, Grid g) {
   int64_t b = (items + kStreamThreads - 1) / kStreamThreads;
   if (b < 1) b = 1;
-  if (g != Grid::kPersistent && g != Grid::kPipelined) return unsigned(b);
+  if (g != Grid::kPersistent) return unsigned(b);
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
   static std::mutex mu;
@@ -468,7 +396,7 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
   // production: the tile walk for both dtypes (docs/PERF.md: bf16 0.87 vs 0.80 of HBM peak
   // for the interleaved walk, f32 within 0.01 of it)
   const bool interleaved = shape.walk == Walk::kInterleaved;
-  OSP_CHECK(shape.grid != Grid::kPipelined, "hif8 encode / E4M3 quantize: no pipelined grid");
+  OSP_CHECK(shape.walk != Walk::kBulkStore, "hif8 encode / E4M3 quantize: the walk is tile or interleaved");
   const Grid grid = resolve(shape.grid);
   auto run = [&](auto tag) {
     using T = decltype(tag);
@@ -500,19 +428,11 @@ void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   const int64_t n = codes.numel();
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
-  OSP_CHECK(shape.walk == Walk::kDefault || shape.walk == Walk::kInterleaved ||
-                shape.walk == Walk::kBulkStore,
-            "hif8_decode: the walk is interleaved or bulk store");
+  OSP_CHECK(shape.walk != Walk::kTile, "hif8_decode: the walk is interleaved or bulk store");
   const Grid grid = resolve(shape.grid);
-  if (shape.walk == Walk::kBulkStore) {
-    OSP_CHECK(grid != Grid::kPipelined, "hif8_decode: no pipelined grid with bulk stores");
-    if (out.dtype() == DType::F32) launch_decode_bulk(c, static_cast<float*>(out.raw()), n, grid);
-    else launch_decode_bulk(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid);
-  } else if (out.dtype() == DType::F32) {
-    launch_decode(c, static_cast<float*>(out.raw()), n, grid);
-  } else {
-    launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid);
-  }
+  const bool bulk = shape.walk == Walk::kDefault ? kDecodeBulk : shape.walk == Walk::kBulkStore;
+  if (out.dtype() == DType::F32) launch_decode(c, static_cast<float*>(out.raw()), n, grid, bulk);
+  else launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid, bulk);
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");
 }
 

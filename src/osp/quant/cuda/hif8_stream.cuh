@@ -241,8 +241,7 @@ struct WarpStream {
 // set-up overlapping their latency). Returns the number of elements done (a multiple of the
 // span); the caller finishes the rest with its scalar loop. Every thread of the grid must
 // call it (no early exit).
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kPipelined = false,
-          typename F, typename P>
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F, typename P>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
                                                int64_t n, F&& f, P&& prologue) {
   using WS = WarpStream<TI, TO>;
@@ -252,41 +251,117 @@ __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __r
   const int64_t nspans = n / (kSpanChunks * WS::G);
   int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   typename WS::In in[K];
-  auto load = [&](int64_t span, typename WS::In* dst) {
-    const int64_t c0 = span * kSpanChunks + lane;
+  auto load = [&] {
+    const int64_t c0 = sp * kSpanChunks + lane;
 #pragma unroll
-    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, dst[k]);
+    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
   };
-  if (sp < nspans) load(sp, in);
+  if (sp < nspans) load();
   prologue();
   while (sp < nspans) {
     const int64_t c0 = sp * kSpanChunks + lane;
-    const int64_t next = sp + nwarps;
-    // kPipelined: the next span's loads are issued before this span is converted
-    [[maybe_unused]] typename WS::In nx[kPipelined ? K : 1];
-    if constexpr (kPipelined)
-      if (next < nspans) load(next, nx);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       typename WS::Out o;
       f(in[k], (c0 + 32 * k) * WS::G, o);
       store_chunk<WS::kOutBytes>(out, c0 + 32 * k, o);
     }
-    sp = next;
-    if constexpr (kPipelined) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) in[k] = nx[k];
-    } else if (sp < nspans) {
-      load(sp, in);
-    }
+    sp += nwarps;
+    if (sp < nspans) load();
   }
   return nspans * kSpanChunks * WS::G;
 }
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, bool kPipelined = false,
-          typename F>
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
                                                int64_t n, F&& f) {
-  return warp_stream<TI, TO, K, kPipelined>(x, out, n, f, [] {});
+  return warp_stream<TI, TO, K>(x, out, n, f, [] {});
+}
+
+// ---- bulk stores (Walk::kBulkStore) ----
+// The warp-interleaved walk with the output staged: each warp converts its span into its own
+// shared-memory stage, laid out as the span is in global memory, and one lane stores the
+// stage with a single bulk copy (cp.async.bulk: shared → global through the copy engine's
+// path, one 1–4 KB request instead of 32·K 16-byte stores), then waits until the copy has read
+// the stage before the warp refills it. Stage: 32·K output chunks (K = 8): 4 KB for 16-byte
+// output chunks, 2 KB for 8-byte ones. Built for an architecture before sm_90, the walk falls
+// back to direct stores.
+template <typename TI, typename TO>
+struct BulkStream {
+  using WS = WarpStream<TI, TO>;
+  static constexpr int K = 8;
+  static constexpr int kStageBytes = 32 * K * WS::kOutBytes;
+};
+
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_store(void* gdst, const void* ssrc, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(ssrc));
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(s),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_wait_read() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+#endif
+}
+
+// As warp_stream, storing through `stage` (this warp's BulkStream::kStageBytes of shared
+// memory, 16-byte aligned).
+template <typename TI, typename TO, typename F, typename P>
+__device__ __forceinline__ int64_t warp_stream_bulk(const TI* __restrict__ x, TO* __restrict__ out,
+                                                    int64_t n, void* stage, F&& f, P&& prologue) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
+  (void)stage;  // no bulk copies before sm_90: the same walk with direct stores
+  return warp_stream<TI, TO, BulkStream<TI, TO>::K>(x, out, n, f, prologue);
+#else
+  using WS = WarpStream<TI, TO>;
+  constexpr int K = BulkStream<TI, TO>::K;
+  constexpr int kBytes = BulkStream<TI, TO>::kStageBytes;
+  constexpr int64_t kSpanChunks = 32 * K;
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  const int64_t nspans = n / (kSpanChunks * WS::G);
+  int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  typename WS::In in[K];
+  auto load = [&] {
+    const int64_t c0 = sp * kSpanChunks + lane;
+#pragma unroll
+    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
+  };
+  if (sp < nspans) load();
+  prologue();
+  while (sp < nspans) {
+    const int64_t c0 = sp * kSpanChunks + lane;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      typename WS::Out o;
+      f(in[k], (c0 + 32 * k) * WS::G, o);
+      store_chunk<WS::kOutBytes>(stage, 32 * k + lane, o);
+    }
+    fence_proxy_async_smem();  // this lane's stage writes, before the copy engine reads them
+    __syncwarp();
+    if (lane == 0) bulk_store(reinterpret_cast<char*>(out) + sp * kBytes, stage, kBytes);
+    sp += nwarps;
+    if (sp < nspans) load();
+    if (lane == 0) bulk_wait_read();  // the stage may be overwritten again
+    __syncwarp();
+  }
+  return nspans * kSpanChunks * WS::G;
+#endif
+}
+
+// Threads to ask stream_blocks for a bulk-store walk: one warp per whole span, plus one warp
+// for the tail.
+template <typename TI, typename TO>
+inline int64_t bulk_stream_items(int64_t n, bool vec) {
+  return vec ? n / (32 * BulkStream<TI, TO>::K * WarpStream<TI, TO>::G) * 32 + 32 : n;
 }
 
 // Threads to ask stream_blocks for: one warp per whole span, plus one warp for the tail.
@@ -362,28 +437,30 @@ __device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float x
 // The body of the table decodes (HiF8 decode, E4M3 dequantize): out[i] = val[c[i]] with val
 // a 256-entry table of float bit patterns (bf16 output: already bf16-exact) that fill()
 // writes (called once by every thread, after the first loads are issued; the __syncthreads
-// that follows is here). Warp-interleaved when `vec` (codes and out 16-byte aligned), then
-// the scalar tail, or the whole tensor when not `vec`.
-template <typename TO, bool kPipelined = false, typename Fill>
+// that follows is here). Warp-interleaved when `vec` (codes and out 16-byte aligned), with
+// bulk stores when kBulk, then the scalar tail, or the whole tensor when not `vec`.
+template <typename TO, bool kBulk = false, typename Fill>
 __device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ c,
                                                     TO* __restrict__ out, int64_t n, bool vec,
                                                     const uint32_t* __restrict__ val, Fill&& fill) {
   constexpr int G = WarpStream<uint8_t, TO>::G;
+  constexpr int kStage = kBulk ? BulkStream<uint8_t, TO>::kStageBytes : 16;
+  __shared__ __align__(128) uint8_t stage[kStreamThreads / 32][kStage];
   auto prologue = [&] {
     fill();
     __syncthreads();
   };
-  int64_t done = 0;
-  if (vec)
-    done = warp_stream<uint8_t, TO, WarpStream<uint8_t, TO>::kDefaultK, kPipelined>(
-        c, out, n,
-        [&](const auto& in, int64_t, auto& o) {
-          uint32_t v[G];
+  auto lookup = [&](const auto& in, int64_t, auto& o) {
+    uint32_t v[G];
 #pragma unroll
-          for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in, j)];
-          chunk_set<G>(o, v, TO{});
-        },
-        prologue);
+    for (int j = 0; j < G; ++j) v[j] = val[chunk_byte(in, j)];
+    chunk_set<G>(o, v, TO{});
+  };
+  int64_t done = 0;
+  if (vec && kBulk)
+    done = warp_stream_bulk<uint8_t, TO>(c, out, n, stage[threadIdx.x >> 5], lookup, prologue);
+  else if (vec)
+    done = warp_stream<uint8_t, TO>(c, out, n, lookup, prologue);
   else
     prologue();
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
