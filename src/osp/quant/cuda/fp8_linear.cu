@@ -145,8 +145,8 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, S
   // one warp per span unless asked otherwise, as the HiF8 decode (docs/PERF.md)
   OSP_CHECK(shape.walk != Walk::kTile, "fp8_dequantize: the walk is interleaved or bulk store");
   const Grid grid = shape.grid == Grid::kPersistent ? Grid::kPersistent : Grid::kFull;
-  // default walk: interleaved until measured against bulk stores
-  const bool bulk = shape.walk == Walk::kBulkStore;
+  // default walk: bulk stores, as the HiF8 decode (the same table-lookup body)
+  const bool bulk = shape.walk != Walk::kInterleaved;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     void (*kernel)(const uint8_t*, const float*, T*, int64_t, bool) =

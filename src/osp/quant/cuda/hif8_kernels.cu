@@ -2,8 +2,8 @@
 // table), decode, TA/stochastic quant-dequant, amax, scaled fake quant. All kernels run on
 // the legacy default stream, like the rest of osp.
 //
-// Every kernel is memory-bound by design (hif8_stream.cuh: tile or warp-interleaved walks,
-// ≈ 64 bytes of loads in flight per thread) with a per-element cost of a handful of
+// Every kernel is memory-bound by design (hif8_stream.cuh: tile, warp-interleaved or bulk-store
+// walks, ≈ 64–128 bytes of loads in flight per thread) with a per-element cost of a handful of
 // instructions:
 //   encode   x (+0, or ·s) → 13-bit prefix → code table in shared memory (hif8_lut.h)
 //   decode   code → 256-entry value table in shared memory
@@ -170,8 +170,9 @@ __device__ __forceinline__ void philox_words(uint32_t k0, uint32_t k1, uint64_t 
 // bf16-rounded when the input or the output is bf16. Unscaled (kScaled false): x + 0 instead
 // of x·s (only canonicalizes NaN), val[c] = decode(c). BF16 input with scaling: x·s is
 // rounded to bf16 first.
-// Register caps: 32 (8 blocks of 256 threads per SM, full occupancy); the stochastic kernels
-// 64 (4 blocks; uncapped the bf16 → bf16 one takes 75 and gets 3).
+// Register caps: 32 (8 blocks of 256 threads per SM, full occupancy) with direct stores; 64
+// (4 blocks) for the stochastic kernels (uncapped the bf16 → bf16 one takes 75 and gets 3) and
+// with bulk stores (41 KB of shared memory per block allows 5 blocks anyway).
 template <typename TI, typename TO, bool kScaled, bool kSR, bool kBulk>
 __global__ void __launch_bounds__(kThreads, kSR || kBulk ? 4 : 8)
     quantize_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n, bool vec,
@@ -246,10 +247,12 @@ void with_in_out(DType ti, DType to, F&& f) {
 // Grid::kDefault: one warp per span / one thread per tile group for every op — in one H200
 // run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
 Grid resolve(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
-// Walk::kDefault of the wide-output ops: bulk stores (decode; round and fake quant until
-// measured: interleaved).
+// Walk::kDefault of the wide-output ops: bulk stores — in the same H200 run 0.82–0.83 of HBM
+// peak for decode, round and fake quant where the interleaved walk's direct stores gave
+// 0.79–0.82. The stochastic kernels (no shape argument) keep the interleaved walk: they were
+// not measured with bulk stores, and the bf16 one is bound by its Philox arithmetic.
 constexpr bool kDecodeBulk = true;
-constexpr bool kQuantizeBulk = false;
+constexpr bool kQuantizeBulk = true;
 
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
@@ -265,10 +268,10 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   OSP_CHECK(shape.walk != Walk::kTile, "hif8 round / fake quant: the walk is interleaved or bulk store");
-  const bool bulk = shape.walk == Walk::kDefault ? kQuantizeBulk : shape.walk == Walk::kBulkStore;
+  const bool bulk =
+      !stochastic && (shape.walk == Walk::kDefault ? kQuantizeBulk : shape.walk == Walk::kBulkStore);
   const int64_t items = bulk ? bulk_stream_items<TI, TO>(n, vec) : warp_stream_items<TI, TO>(n, vec);
-  if (stochastic && bulk) go(quantize_kernel<TI, TO, kScaled, true, true>, items);
-  else if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, false>, items);
+  if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, false>, items);
   else if (bulk) go(quantize_kernel<TI, TO, kScaled, false, true>, items);
   else go(quantize_kernel<TI, TO, kScaled, false, false>, items);
 }
