@@ -235,15 +235,16 @@ struct WarpStream {
   using Out = Chunk<kOutBytes>;
 };
 
-// Walks the whole spans of x[0, n) → out[0, n) (both 16-byte aligned) with the grid's warps
-// (grid stride in spans); f(in_chunk, first_element_index, out_chunk) converts one chunk.
-// prologue() is called once by every thread after its first span's loads are issued (block
-// set-up overlapping their latency). Returns the number of elements done (a multiple of the
-// span); the caller finishes the rest with its scalar loop. Every thread of the grid must
-// call it (no early exit).
-template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F, typename P>
-__device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
-                                               int64_t n, F&& f, P&& prologue) {
+// The span loop of the warp-interleaved walks: the grid's warps take the whole spans of
+// x[0, n) (grid stride in spans; a span is 32·K chunks, lane L loading chunks L + 32k);
+// emit(span, in) converts and writes one loaded span, after() runs once the next span's
+// loads are issued. prologue() is called once by every thread after its first span's loads
+// are issued (block set-up overlapping their latency). Returns the number of elements done
+// (a multiple of the span); the caller finishes the rest with its scalar loop. Every thread
+// of the grid must call it (no early exit).
+template <typename TI, typename TO, int K, typename Emit, typename After, typename P>
+__device__ __forceinline__ int64_t walk_spans(const TI* __restrict__ x, int64_t n, Emit&& emit,
+                                              After&& after, P&& prologue) {
   using WS = WarpStream<TI, TO>;
   constexpr int64_t kSpanChunks = 32 * K;
   const int lane = threadIdx.x & 31;
@@ -259,17 +260,40 @@ __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __r
   if (sp < nspans) load();
   prologue();
   while (sp < nspans) {
-    const int64_t c0 = sp * kSpanChunks + lane;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      typename WS::Out o;
-      f(in[k], (c0 + 32 * k) * WS::G, o);
-      store_chunk<WS::kOutBytes>(out, c0 + 32 * k, o);
-    }
+    emit(sp, in);
     sp += nwarps;
     if (sp < nspans) load();
+    after();
   }
   return nspans * kSpanChunks * WS::G;
+}
+
+// Converts the K loaded chunks of the span whose lane chunk 0 is c0 (f(in_chunk,
+// first_element_index, out_chunk)) and stores chunk k at index at(k) of dst.
+template <typename TI, typename TO, int K, typename F, typename At>
+__device__ __forceinline__ void convert_span(const typename WarpStream<TI, TO>::In* in, int64_t c0,
+                                             F& f, void* __restrict__ dst, At&& at) {
+  using WS = WarpStream<TI, TO>;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    typename WS::Out o;
+    f(in[k], (c0 + 32 * k) * WS::G, o);
+    store_chunk<WS::kOutBytes>(dst, at(k), o);
+  }
+}
+
+// x[0, n) → out[0, n) (both 16-byte aligned) through walk_spans, each converted chunk stored
+// directly: f(in_chunk, first_element_index, out_chunk) converts one chunk.
+template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F, typename P>
+__device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
+                                               int64_t n, F&& f, P&& prologue) {
+  using WS = WarpStream<TI, TO>;
+  const int lane = threadIdx.x & 31;
+  auto emit = [&](int64_t sp, const typename WS::In* in) {
+    const int64_t c0 = sp * 32 * K + lane;
+    convert_span<TI, TO, K>(in, c0, f, out, [&](int k) { return c0 + 32 * k; });
+  };
+  return walk_spans<TI, TO, K>(x, n, emit, [] {}, prologue);
 }
 template <typename TI, typename TO, int K = WarpStream<TI, TO>::kDefaultK, typename F>
 __device__ __forceinline__ int64_t warp_stream(const TI* __restrict__ x, TO* __restrict__ out,
@@ -317,43 +341,25 @@ __device__ __forceinline__ void bulk_wait_read() {
 template <typename TI, typename TO, typename F, typename P>
 __device__ __forceinline__ int64_t warp_stream_bulk(const TI* __restrict__ x, TO* __restrict__ out,
                                                     int64_t n, void* stage, F&& f, P&& prologue) {
+  constexpr int K = BulkStream<TI, TO>::K;
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
   (void)stage;  // no bulk copies before sm_90: the same walk with direct stores
-  return warp_stream<TI, TO, BulkStream<TI, TO>::K>(x, out, n, f, prologue);
+  return warp_stream<TI, TO, K>(x, out, n, f, prologue);
 #else
   using WS = WarpStream<TI, TO>;
-  constexpr int K = BulkStream<TI, TO>::K;
   constexpr int kBytes = BulkStream<TI, TO>::kStageBytes;
-  constexpr int64_t kSpanChunks = 32 * K;
   const int lane = threadIdx.x & 31;
-  const int64_t nwarps = (int64_t(gridDim.x) * blockDim.x) >> 5;
-  const int64_t nspans = n / (kSpanChunks * WS::G);
-  int64_t sp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
-  typename WS::In in[K];
-  auto load = [&] {
-    const int64_t c0 = sp * kSpanChunks + lane;
-#pragma unroll
-    for (int k = 0; k < K; ++k) load_chunk(x, c0 + 32 * k, in[k]);
-  };
-  if (sp < nspans) load();
-  prologue();
-  while (sp < nspans) {
-    const int64_t c0 = sp * kSpanChunks + lane;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      typename WS::Out o;
-      f(in[k], (c0 + 32 * k) * WS::G, o);
-      store_chunk<WS::kOutBytes>(stage, 32 * k + lane, o);
-    }
+  auto emit = [&](int64_t sp, const typename WS::In* in) {
+    convert_span<TI, TO, K>(in, sp * 32 * K + lane, f, stage, [&](int k) { return 32 * k + lane; });
     fence_proxy_async_smem();  // this lane's stage writes, before the copy engine reads them
     __syncwarp();
     if (lane == 0) bulk_store(reinterpret_cast<char*>(out) + sp * kBytes, stage, kBytes);
-    sp += nwarps;
-    if (sp < nspans) load();
-    if (lane == 0) bulk_wait_read();  // the stage may be overwritten again
+  };
+  auto after = [&] {  // the next span's loads are in flight; the stage may be refilled once read
+    if (lane == 0) bulk_wait_read();
     __syncwarp();
-  }
-  return nspans * kSpanChunks * WS::G;
+  };
+  return walk_spans<TI, TO, K>(x, n, emit, after, prologue);
 #endif
 }
 
