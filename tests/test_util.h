@@ -2,7 +2,10 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -28,5 +31,37 @@ inline std::string golden(const std::string& name) { return golden_dir() + "/" +
   do {                                                                      \
     if (!::osp::cuda_available()) GTEST_SKIP() << "SKIP: no CUDA GPU here"; \
   } while (0)
+
+// `got` (any device) holds the same bits as `want` (CPU) element by element, except that two
+// NaNs match whatever their payloads; the first differing elements are reported.
+inline void expect_same_bits(const Tensor& got, const Tensor& want, const char* what) {
+  Tensor g = got.to(Device::cpu());
+  ASSERT_EQ(g.numel(), want.numel()) << what;
+  ASSERT_EQ(g.dtype(), want.dtype()) << what;
+  const size_t es = dtype_size(want.dtype());
+  const uint8_t* a = static_cast<const uint8_t*>(g.raw());
+  const uint8_t* b = static_cast<const uint8_t*>(want.raw());
+  auto both_nan = [&](size_t i) {
+    if (want.dtype() == DType::F32) {
+      float x, y;
+      std::memcpy(&x, a + i, 4);
+      std::memcpy(&y, b + i, 4);
+      return std::isnan(x) && std::isnan(y);
+    }
+    if (want.dtype() == DType::BF16) {
+      uint16_t x, y;
+      std::memcpy(&x, a + i, 2);
+      std::memcpy(&y, b + i, 2);
+      return std::isnan(bf16_to_f32(x)) && std::isnan(bf16_to_f32(y));
+    }
+    return false;
+  };
+  int shown = 0;
+  for (size_t i = 0; i < want.nbytes(); i += es)
+    if (std::memcmp(a + i, b + i, es) != 0 && !both_nan(i)) {
+      ADD_FAILURE() << what << ": element " << i / es << " differs";
+      if (++shown > 10) return;
+    }
+}
 
 }  // namespace osp::test

@@ -31,42 +31,17 @@ Tensor values(int64_t n, uint64_t seed) {
   return Tensor::from_vector(v, {n});
 }
 
-void expect_same_bytes(const Tensor& gpu, const Tensor& cpu, const char* what) {
-  Tensor g = gpu.to(Device::cpu());
-  ASSERT_EQ(g.nbytes(), cpu.nbytes()) << what;
-  const size_t es = dtype_size(cpu.dtype());
-  const uint8_t* a = static_cast<const uint8_t*>(g.raw());
-  const uint8_t* b = static_cast<const uint8_t*>(cpu.raw());
-  int shown = 0;
-  for (size_t i = 0; i < cpu.nbytes(); i += es)
-    if (std::memcmp(a + i, b + i, es) != 0) {
-      if (cpu.dtype() == DType::F32) {  // NaN payloads may differ
-        float x, y;
-        std::memcpy(&x, a + i, 4);
-        std::memcpy(&y, b + i, 4);
-        if (std::isnan(x) && std::isnan(y)) continue;
-      }
-      if (cpu.dtype() == DType::BF16) {
-        uint16_t x, y;
-        std::memcpy(&x, a + i, 2);
-        std::memcpy(&y, b + i, 2);
-        if (std::isnan(bf16_to_f32(x)) && std::isnan(bf16_to_f32(y))) continue;
-      }
-      ADD_FAILURE() << what << ": element " << i / es << " differs";
-      if (++shown > 10) return;
-    }
-}
 
 void check(const Tensor& xc, const Tensor& xg, float smax, const char* what) {
   Fp8Tensor qc = hif8_quantize_e4m3(xc, smax);
   Fp8Tensor qg = hif8_quantize_e4m3(xg, smax);
-  expect_same_bytes(qg.codes, qc.codes, what);
+  test::expect_same_bits(qg.codes, qc.codes, what);
   EXPECT_EQ(qg.scale_inv.to(Device::cpu()).data<float>()[0], qc.scale_inv.data<float>()[0]) << what;
   for (DType od : {DType::F32, DType::BF16}) {
     Tensor dc = Tensor::empty(xc.shape(), od), dg = Tensor::empty(xc.shape(), od, Device::cuda());
     fp8_dequantize(qc, dc);
     fp8_dequantize(qg, dg);
-    expect_same_bytes(dg, dc, what);
+    test::expect_same_bits(dg, dc, what);
   }
 }
 

@@ -60,35 +60,6 @@ std::vector<float> test_values(size_t n_random) {
   return v;
 }
 
-void expect_bitwise(const Tensor& gpu, const Tensor& cpu, const char* what) {
-  ASSERT_EQ(gpu.numel(), cpu.numel());
-  Tensor g = gpu.to(Device::cpu());
-  size_t bytes = cpu.nbytes();
-  ASSERT_EQ(g.dtype(), cpu.dtype());
-  const uint8_t* a = static_cast<const uint8_t*>(g.raw());
-  const uint8_t* b = static_cast<const uint8_t*>(cpu.raw());
-  size_t es = dtype_size(cpu.dtype());
-  int shown = 0;
-  for (size_t i = 0; i < bytes; i += es) {
-    if (std::memcmp(a + i, b + i, es) != 0) {
-      // NaN payloads may differ; both must be NaN then
-      if (cpu.dtype() == DType::F32) {
-        float x, y;
-        std::memcpy(&x, a + i, 4);
-        std::memcpy(&y, b + i, 4);
-        if (std::isnan(x) && std::isnan(y)) continue;
-      }
-      if (cpu.dtype() == DType::BF16) {
-        uint16_t x, y;
-        std::memcpy(&x, a + i, 2);
-        std::memcpy(&y, b + i, 2);
-        if (std::isnan(bf16_to_f32(x)) && std::isnan(bf16_to_f32(y))) continue;
-      }
-      ADD_FAILURE() << what << ": element " << i / es << " differs";
-      if (++shown > 10) return;
-    }
-  }
-}
 }  // namespace
 
 TEST(HiF8Gpu, EncodeDecodeBitwiseEqualCPU) {
@@ -103,22 +74,22 @@ TEST(HiF8Gpu, EncodeDecodeBitwiseEqualCPU) {
       hif8_encode(xc, cc, sat);
       Tensor cg = Tensor::empty(xc.shape(), DType::U8, Device::cuda());
       hif8_encode(xg, cg, sat);
-      expect_bitwise(cg, cc, "encode");
+      test::expect_same_bits(cg, cc, "encode");
       // misaligned start (scalar kernel path)
       Tensor xs = xg.slice(0, 1, xg.size(0));
       Tensor cs = Tensor::empty(xs.shape(), DType::U8, Device::cuda());
       hif8_encode(xs, cs, sat);
-      expect_bitwise(cs, cc.slice(0, 1, cc.size(0)).contiguous(), "encode misaligned");
+      test::expect_same_bits(cs, cc.slice(0, 1, cc.size(0)).contiguous(), "encode misaligned");
       // decode to f32 and bf16
       for (DType od : {DType::F32, DType::BF16}) {
         Tensor dc = Tensor::empty(xc.shape(), od);
         hif8_decode(cc, dc);
         Tensor dg = Tensor::empty(xc.shape(), od, Device::cuda());
         hif8_decode(cg, dg);
-        expect_bitwise(dg, dc, "decode");
+        test::expect_same_bits(dg, dc, "decode");
         Tensor ds = Tensor::empty(cs.shape(), od, Device::cuda());
         hif8_decode(cs, ds);
-        expect_bitwise(ds, dc.slice(0, 1, dc.size(0)).contiguous(), "decode misaligned");
+        test::expect_same_bits(ds, dc.slice(0, 1, dc.size(0)).contiguous(), "decode misaligned");
       }
     }
   }
@@ -129,7 +100,7 @@ TEST(HiF8Gpu, EncodeDecodeBitwiseEqualCPU) {
   std::memcpy(cc.raw(), codes.data(), 256);
   Tensor dc = hif8_decode(cc);
   Tensor dg = hif8_decode(cc.to(Device::cuda()));
-  expect_bitwise(dg, dc, "decode all codes");
+  test::expect_same_bits(dg, dc, "decode all codes");
 }
 
 TEST(HiF8Gpu, RoundAndStochasticBitwiseEqualCPU) {
@@ -143,23 +114,23 @@ TEST(HiF8Gpu, RoundAndStochasticBitwiseEqualCPU) {
       Tensor rc = Tensor::empty(xc.shape(), to), rg = Tensor::empty(xc.shape(), to, Device::cuda());
       hif8_round(xc, rc);
       hif8_round(xg, rg);
-      expect_bitwise(rg, rc, "round");
+      test::expect_same_bits(rg, rc, "round");
       hif8_round_stochastic(xc, rc, 2024, 77);
       hif8_round_stochastic(xg, rg, 2024, 77);
-      expect_bitwise(rg, rc, "stochastic round");
+      test::expect_same_bits(rg, rc, "stochastic round");
       // offset views (not 4-element aligned): the scalar kernel path
       const int64_t n = xc.size(0);
       Tensor xs_c = xc.slice(0, 1, n), xs_g = xg.slice(0, 1, n);
       Tensor sc = Tensor::empty(xs_c.shape(), to), sg = Tensor::empty(xs_c.shape(), to, Device::cuda());
       hif8_round(xs_c, sc);
       hif8_round(xs_g, sg);
-      expect_bitwise(sg, sc, "round misaligned");
+      test::expect_same_bits(sg, sc, "round misaligned");
       hif8_fake_quant(xs_c, sc);
       hif8_fake_quant(xs_g, sg);
-      expect_bitwise(sg, sc, "fake quant misaligned");
+      test::expect_same_bits(sg, sc, "fake quant misaligned");
       hif8_round_stochastic(xs_c, sc, 9);
       hif8_round_stochastic(xs_g, sg, 9);
-      expect_bitwise(sg, sc, "stochastic round misaligned");
+      test::expect_same_bits(sg, sc, "stochastic round misaligned");
     }
 }
 
@@ -180,24 +151,24 @@ TEST(HiF8Gpu, AmaxAndFakeQuantBitwiseEqualCPU) {
           Tensor oc = Tensor::empty(xc.shape(), to), og = Tensor::empty(xc.shape(), to, Device::cuda());
           hif8_fake_quant(xc, oc, smax);
           hif8_fake_quant(xg, og, smax);
-          expect_bitwise(og, oc, "fake quant");
+          test::expect_same_bits(og, oc, "fake quant");
         }
       for (DType to : {DType::F32, DType::BF16}) {
         Tensor oc = Tensor::empty(xc.shape(), to), og = Tensor::empty(xc.shape(), to, Device::cuda());
         hif8_fake_quant_stochastic(xc, oc, 31, 7);
         hif8_fake_quant_stochastic(xg, og, 31, 7);
-        expect_bitwise(og, oc, "stochastic fake quant");
+        test::expect_same_bits(og, oc, "stochastic fake quant");
       }
       // in place on the GPU
       Tensor ref = hif8_fake_quant(xc);
       hif8_fake_quant(xg, xg);
-      expect_bitwise(xg, ref, "fake quant in place");
+      test::expect_same_bits(xg, ref, "fake quant in place");
     }
   }
   // amax 0 → out = x
   Tensor z = Tensor::zeros({4096}, DType::BF16, Device::cuda());
   Tensor zq = hif8_fake_quant(z);
-  expect_bitwise(zq, Tensor::zeros({4096}, DType::BF16), "amax 0");
+  test::expect_same_bits(zq, Tensor::zeros({4096}, DType::BF16), "amax 0");
 }
 
 TEST(HiF8Gpu, HiF8LinearMatchesCPU) {
@@ -250,7 +221,7 @@ TEST(HiF8Gpu, OddSizesAndOffsetViewsBitwiseEqualCPU) {
           Tensor cc = Tensor::empty({n}, DType::U8), cg = Tensor::empty({n}, DType::U8, Device::cuda());
           hif8_encode(xc, cc, sat);
           hif8_encode(xg, cg, sat);
-          expect_bitwise(cg, cc, "encode");
+          test::expect_same_bits(cg, cc, "encode");
         }
         // codes at an offset (decode of a view) into f32 / bf16
         Tensor codes_full = hif8_encode(xc_full);
@@ -259,22 +230,22 @@ TEST(HiF8Gpu, OddSizesAndOffsetViewsBitwiseEqualCPU) {
           Tensor dc = Tensor::empty({n}, to), dg = Tensor::empty({n}, to, Device::cuda());
           hif8_decode(codes_full.slice(0, start, start + n), dc);
           hif8_decode(codes_g.slice(0, start, start + n), dg);
-          expect_bitwise(dg, dc, "decode");
+          test::expect_same_bits(dg, dc, "decode");
           Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
           hif8_round(xc, rc);
           hif8_round(xg, rg);
-          expect_bitwise(rg, rc, "round");
+          test::expect_same_bits(rg, rc, "round");
           for (uint64_t offset : {0ull, 1ull, 2ull, 3ull, 1000001ull}) {
             hif8_round_stochastic(xc, rc, 5, offset);
             hif8_round_stochastic(xg, rg, 5, offset);
-            expect_bitwise(rg, rc, "stochastic round");
+            test::expect_same_bits(rg, rc, "stochastic round");
           }
           hif8_fake_quant(xc, rc);
           hif8_fake_quant(xg, rg);
-          expect_bitwise(rg, rc, "fake quant");
+          test::expect_same_bits(rg, rc, "fake quant");
           hif8_fake_quant_stochastic(xc, rc, 3, 2);
           hif8_fake_quant_stochastic(xg, rg, 3, 2);
-          expect_bitwise(rg, rc, "fake quant stochastic");
+          test::expect_same_bits(rg, rc, "fake quant stochastic");
         }
         // an output that is an offset view (misaligned out, aligned x)
         Tensor big = Tensor::empty({n + 1}, ti, Device::cuda());
@@ -282,7 +253,7 @@ TEST(HiF8Gpu, OddSizesAndOffsetViewsBitwiseEqualCPU) {
         Tensor oc = Tensor::empty({n}, ti);
         hif8_round_stochastic(xc, oc, 11, 6);
         hif8_round_stochastic(xg, og, 11, 6);
-        expect_bitwise(og, oc, "stochastic round into an offset view");
+        test::expect_same_bits(og, oc, "stochastic round into an offset view");
       }
     }
 }
@@ -296,24 +267,24 @@ TEST(HiF8Gpu, ManyGridStridesAndInPlaceBitwiseEqualCPU) {
     Tensor xc = x.to(ti);
     Tensor xg = xc.to(Device::cuda());
     Tensor cc = hif8_encode(xc), cg = hif8_encode(xg);
-    expect_bitwise(cg, cc, "encode");
+    test::expect_same_bits(cg, cc, "encode");
     for (DType to : {DType::F32, DType::BF16}) {
-      expect_bitwise(hif8_decode(cg, to), hif8_decode(cc, to), "decode");
+      test::expect_same_bits(hif8_decode(cg, to), hif8_decode(cc, to), "decode");
       Tensor rc = Tensor::empty({n}, to), rg = Tensor::empty({n}, to, Device::cuda());
       hif8_round_stochastic(xc, rc, 1234, 3);
       hif8_round_stochastic(xg, rg, 1234, 3);
-      expect_bitwise(rg, rc, "stochastic round");
+      test::expect_same_bits(rg, rc, "stochastic round");
     }
     // in place: TA round and stochastic round of x into itself
     Tensor ref = Tensor::empty({n}, ti);
     hif8_round(xc, ref);
     Tensor yg = xg.clone();
     hif8_round(yg, yg);
-    expect_bitwise(yg, ref, "round in place");
+    test::expect_same_bits(yg, ref, "round in place");
     hif8_round_stochastic(xc, ref, 8, 0);
     yg = xg.clone();
     hif8_round_stochastic(yg, yg, 8, 0);
-    expect_bitwise(yg, ref, "stochastic round in place");
+    test::expect_same_bits(yg, ref, "stochastic round in place");
   }
 }
 
@@ -363,7 +334,7 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
             SCOPED_TRACE(shape_name(sh) + (sat ? " saturate" : ""));
             Tensor cg = Tensor::empty({m}, DType::U8, Device::cuda());
             cuda::hif8_encode(in, cg, sat, sh);
-            expect_bitwise(cg, want, "encode");
+            test::expect_same_bits(cg, want, "encode");
           }
         }
         // TA round into both output dtypes, and the scaled fake quant
@@ -376,9 +347,9 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
             SCOPED_TRACE(shape_name(sh) + " -> " + dtype_name(to));
             Tensor rg = Tensor::empty({m}, to, Device::cuda());
             cuda::hif8_round(in, rg, true, sh);
-            expect_bitwise(rg, rc, "round");
+            test::expect_same_bits(rg, rc, "round");
             cuda::hif8_fake_quant(in, rg, kHiF8ForwardMax, nullptr, sh);
-            expect_bitwise(rg, fc, "fake quant");
+            test::expect_same_bits(rg, fc, "fake quant");
           }
         }
         // HiF8 → E4M3 quantize (the encode kernel with the composed table, scaled)
@@ -388,7 +359,7 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
           Tensor codes = Tensor::empty({m}, DType::F8E4M3, Device::cuda());
           Tensor si = Tensor::empty({1}, DType::F32, Device::cuda());
           cuda::hif8_quantize_e4m3(in, codes, si, kHiF8ForwardMax, sh);
-          expect_bitwise(codes, qc.codes, "E4M3 quantize");
+          test::expect_same_bits(codes, qc.codes, "E4M3 quantize");
           EXPECT_EQ(si.to(Device::cpu()).data<float>()[0], qc.scale_inv.data<float>()[0]);
         }
       }
@@ -417,9 +388,9 @@ TEST(HiF8Gpu, LaunchShapesBitwiseEqualCPU) {
                                           << dtype_name(od) << " " << shape_name(sh));
           Tensor got = Tensor::empty({n}, od, Device::cuda());
           cuda::hif8_decode(cg.slice(0, start, start + n), got, sh);
-          expect_bitwise(got, want, "decode");
+          test::expect_same_bits(got, want, "decode");
           cuda::fp8_dequantize(cg8.slice(0, start, start + n), sig, got, sh);
-          expect_bitwise(got, want8, "E4M3 dequantize");
+          test::expect_same_bits(got, want8, "E4M3 dequantize");
         }
       }
   }
@@ -440,7 +411,7 @@ TEST(HiF8Gpu, StreamCopyDiagnosticIsExact) {
         SCOPED_TRACE(testing::Message() << "n " << n << " start " << start << " " << shape_name(sh));
         Tensor got = Tensor::empty({n - start}, DType::F32, Device::cuda());
         cuda::stream_copy(xg.slice(0, start, n), got, sh);
-        expect_bitwise(got, xc.slice(0, start, n).contiguous(), "stream copy");
+        test::expect_same_bits(got, xc.slice(0, start, n).contiguous(), "stream copy");
       }
   }
   Tensor a = Tensor::empty({8}, DType::F32, Device::cuda());

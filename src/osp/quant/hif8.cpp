@@ -153,11 +153,27 @@ Tensor hif8_decode(const Tensor& codes, DType dtype) {
 }
 
 // ------------------------------------------------------------------ rounding
+namespace {
+void check_round_args(const Tensor& x, const Tensor& out, const char* name) {
+  check_float_input(x, name);
+  check_out(x, out, name);
+  OSP_CHECK(is_float_io(out.dtype()), name, ": output must be f32 or bf16, got ", out.desc());
+}
+// out[i] = decode(code(x[i], i)) on the CPU (x contiguous).
+template <typename Code>
+void round_cpu(const Tensor& xc, Tensor& out, Code&& code) {
+  const void* p = xc.raw();
+  DType ti = xc.dtype(), to = out.dtype();
+  void* o = out.raw();
+  const float* tab = table().data();
+  int64_t n = xc.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) store(o, to, i, tab[code(load(p, ti, i), i)]);
+}
+}  // namespace
+
 void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
-  check_float_input(x, "hif8_round");
-  check_out(x, out, "hif8_round");
-  OSP_CHECK(is_float_io(out.dtype()), "hif8_round: output must be f32 or bf16, got ",
-            out.desc());
+  check_round_args(x, out, "hif8_round");
   Tensor xc = x.contiguous();
   if (x.device().is_cuda()) {
 #ifdef OSP_HAVE_CUDA
@@ -167,21 +183,12 @@ void hif8_round(const Tensor& x, Tensor& out, bool saturate) {
     not_built_with_cuda("hif8_round");
 #endif
   }
-  const void* p = xc.raw();
-  DType ti = xc.dtype(), to = out.dtype();
-  void* o = out.raw();
-  const float* tab = table().data();
-  int64_t n = xc.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) store(o, to, i, tab[detail::hif8_encode_ta(load(p, ti, i), saturate)]);
+  round_cpu(xc, out, [&](float v, int64_t) { return detail::hif8_encode_ta(v, saturate); });
 }
 
 void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t offset,
                            bool saturate) {
-  check_float_input(x, "hif8_round_stochastic");
-  check_out(x, out, "hif8_round_stochastic");
-  OSP_CHECK(is_float_io(out.dtype()), "hif8_round_stochastic: output must be f32 or bf16, got ",
-            out.desc());
+  check_round_args(x, out, "hif8_round_stochastic");
   Tensor xc = x.contiguous();
   if (x.device().is_cuda()) {
 #ifdef OSP_HAVE_CUDA
@@ -191,16 +198,9 @@ void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t
     not_built_with_cuda("hif8_round_stochastic");
 #endif
   }
-  const void* p = xc.raw();
-  DType ti = xc.dtype(), to = out.dtype();
-  void* o = out.raw();
-  const float* tab = table().data();
-  int64_t n = xc.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t r = detail::philox_word(seed, offset + uint64_t(i));
-    store(o, to, i, tab[detail::hif8_encode_hybrid(load(p, ti, i), saturate, r)]);
-  }
+  round_cpu(xc, out, [&](float v, int64_t i) {
+    return detail::hif8_encode_hybrid(v, saturate, detail::philox_word(seed, offset + uint64_t(i)));
+  });
 }
 
 // ------------------------------------------------------------------ scaling

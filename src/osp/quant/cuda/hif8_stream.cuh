@@ -118,24 +118,24 @@ __device__ __forceinline__ float scale_canon(float x, float s) {
   return kScaled ? x * s : __fadd_rn(x, 0.0f);
 }
 
-// The 16 elements of a tile through scale_canon. kRoundBf16: the products rounded to bf16
-// (round to nearest even, as the CPU's round_bf16), two per packed conversion.
-template <bool kScaled, bool kRoundBf16>
-__device__ __forceinline__ void tile_scaled(const Tile<float>& r, float s, float xs[kTile]) {
+// N elements held as f32 / bf16 words (N words, or N/2 words of two bf16 each, low half first)
+// through scale_canon. kRoundBf16: the products rounded to bf16 (round to nearest even, as the
+// CPU's round_bf16), two per packed conversion for bf16 input.
+template <bool kScaled, bool kRoundBf16, int N>
+__device__ __forceinline__ void words_scaled(const uint32_t* w, float s, float xs[N], float) {
 #pragma unroll
-  for (int k = 0; k < kTile; ++k) {
-    xs[k] = scale_canon<kScaled>(__uint_as_float(r.w[k]), s);
-    if (kRoundBf16) xs[k] = __bfloat162float(__float2bfloat16_rn(xs[k]));
+  for (int j = 0; j < N; ++j) {
+    xs[j] = scale_canon<kScaled>(__uint_as_float(w[j]), s);
+    if (kRoundBf16) xs[j] = __bfloat162float(__float2bfloat16_rn(xs[j]));
   }
 }
-template <bool kScaled, bool kRoundBf16>
-__device__ __forceinline__ void tile_scaled(const Tile<__nv_bfloat16>& r, float s,
-                                            float xs[kTile]) {
+template <bool kScaled, bool kRoundBf16, int N>
+__device__ __forceinline__ void words_scaled(const uint32_t* w, float s, float xs[N],
+                                             __nv_bfloat16) {
 #pragma unroll
-  for (int j = 0; j < kTile / 2; ++j) {
-    const uint32_t w = r.w[j];
-    const float a = scale_canon<kScaled>(__uint_as_float(w << 16), s);
-    const float b = scale_canon<kScaled>(__uint_as_float(w & 0xffff0000u), s);
+  for (int j = 0; j < N / 2; ++j) {
+    const float a = scale_canon<kScaled>(__uint_as_float(w[j] << 16), s);
+    const float b = scale_canon<kScaled>(__uint_as_float(w[j] & 0xffff0000u), s);
     if (kRoundBf16) {
       const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);  // .x = a (low half)
       const uint32_t q = (uint32_t(__bfloat16_as_ushort(p.y)) << 16) | __bfloat16_as_ushort(p.x);
@@ -146,6 +146,12 @@ __device__ __forceinline__ void tile_scaled(const Tile<__nv_bfloat16>& r, float 
       xs[2 * j + 1] = b;
     }
   }
+}
+
+// The 16 elements of a tile through words_scaled.
+template <bool kScaled, bool kRoundBf16, typename T>
+__device__ __forceinline__ void tile_scaled(const Tile<T>& r, float s, float xs[kTile]) {
+  words_scaled<kScaled, kRoundBf16, kTile>(r.w, s, xs, T{});
 }
 
 // Packs 16 byte values (each < 256) into a u8 tile.
@@ -410,34 +416,10 @@ __device__ __forceinline__ void chunk_set(Chunk<B>& o, const uint32_t v[G], uint
     o.w[j] = v[4 * j] | (v[4 * j + 1] << 8) | (v[4 * j + 2] << 16) | (v[4 * j + 3] << 24);
 }
 
-// The G elements of an f32 / bf16 input chunk through scale_canon; kRoundBf16: the products
-// rounded to bf16 (two per packed conversion for bf16 input), as tile_scaled.
-template <bool kScaled, bool kRoundBf16, int G, int B>
-__device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float xs[G], float) {
-#pragma unroll
-  for (int j = 0; j < G; ++j) {
-    xs[j] = scale_canon<kScaled>(__uint_as_float(c.w[j]), s);
-    if (kRoundBf16) xs[j] = __bfloat162float(__float2bfloat16_rn(xs[j]));
-  }
-}
-template <bool kScaled, bool kRoundBf16, int G, int B>
-__device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float xs[G],
-                                             __nv_bfloat16) {
-#pragma unroll
-  for (int j = 0; j < G / 2; ++j) {
-    const uint32_t w = c.w[j];
-    const float a = scale_canon<kScaled>(__uint_as_float(w << 16), s);
-    const float b = scale_canon<kScaled>(__uint_as_float(w & 0xffff0000u), s);
-    if (kRoundBf16) {
-      const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);  // .x = a (low half)
-      const uint32_t q = (uint32_t(__bfloat16_as_ushort(p.y)) << 16) | __bfloat16_as_ushort(p.x);
-      xs[2 * j] = __uint_as_float(q << 16);
-      xs[2 * j + 1] = __uint_as_float(q & 0xffff0000u);
-    } else {
-      xs[2 * j] = a;
-      xs[2 * j + 1] = b;
-    }
-  }
+// The G elements of an f32 / bf16 input chunk through words_scaled.
+template <bool kScaled, bool kRoundBf16, int G, int B, typename T>
+__device__ __forceinline__ void chunk_scaled(const Chunk<B>& c, float s, float xs[G], T) {
+  words_scaled<kScaled, kRoundBf16, G>(c.w, s, xs, T{});
 }
 
 // The body of the table decodes (HiF8 decode, E4M3 dequantize): out[i] = val[c[i]] with val
