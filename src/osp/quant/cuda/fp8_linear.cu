@@ -18,7 +18,6 @@
 #include "osp/quant/cuda/fp8_cuda.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #include "osp/quant/cuda/hif8_device.cuh"
-#include "osp/quant/cuda/hif8_lut.h"
 #include "osp/quant/cuda/hif8_stream.cuh"
 #include "osp/quant/e4m3_scalar.h"
 #include "osp/quant/hif8_scalar.h"

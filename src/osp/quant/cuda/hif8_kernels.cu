@@ -122,10 +122,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- decode: code → value ----
-// hif8_decode_kernel (hif8_device.cuh): the warp-interleaved table lookup (every store
-// instruction of a warp writes 512 contiguous bytes), one warp per span: measured on an H200
-// it moves 3.8 TB/s where the 16-element-tile walk (each lane storing 64 consecutive bytes)
-// managed 1.3 TB/s for f32 output (docs/PERF.md, "HiF8 codec kernels").
+// hif8_decode_kernel (hif8_device.cuh): the 256-entry table lookup on the warp-interleaved
+// walk, by default with bulk stores (stream_table_lookup, hif8_stream.cuh).
 
 // ---- quant-dequant: TA or hybrid, unscaled (hif8_round*) or per-tensor scaled (fake quant) --
 // Random words of the N (a multiple of 4) consecutive elements starting at global element
@@ -247,12 +245,11 @@ void with_in_out(DType ti, DType to, F&& f) {
 // Grid::kDefault: one warp per span / one thread per tile group for every op — in one H200
 // run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
 Grid resolve(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
-// Walk::kDefault of the wide-output ops: bulk stores — in the same H200 run 0.82–0.83 of HBM
-// peak for decode, round and fake quant where the interleaved walk's direct stores gave
-// 0.79–0.82. The stochastic kernels (no shape argument) keep the interleaved walk: they were
-// not measured with bulk stores, and the bf16 one is bound by its Philox arithmetic.
-constexpr bool kDecodeBulk = true;
-constexpr bool kQuantizeBulk = true;
+// Walk::kDefault of the wide-output ops (decode, round, fake quant; fp8_dequantize too): bulk
+// stores — in the same H200 run 0.82–0.83 of HBM peak where the interleaved walk's direct
+// stores gave 0.79–0.82. The stochastic kernels (no shape argument) keep the interleaved
+// walk: they were not measured with bulk stores, and the bf16 one is bound by its Philox
+// arithmetic.
 
 template <typename TI, typename TO, bool kScaled>
 void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturate,
@@ -268,8 +265,7 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   OSP_CHECK(shape.walk != Walk::kTile, "hif8 round / fake quant: the walk is interleaved or bulk store");
-  const bool bulk =
-      !stochastic && (shape.walk == Walk::kDefault ? kQuantizeBulk : shape.walk == Walk::kBulkStore);
+  const bool bulk = !stochastic && shape.walk != Walk::kInterleaved;
   const int64_t items = bulk ? bulk_stream_items<TI, TO>(n, vec) : warp_stream_items<TI, TO>(n, vec);
   if (stochastic) go(quantize_kernel<TI, TO, kScaled, true, false>, items);
   else if (bulk) go(quantize_kernel<TI, TO, kScaled, false, true>, items);
@@ -381,16 +377,6 @@ unsigned stream_blocks(const void* kernel, int64_t items, Grid g) {
   return unsigned(b < cap ? b : cap);
 }
 
-unsigned stream_grid(int64_t items, int threads) {
-  int dev = 0;
-  OSP_CUDA_CHECK(cudaGetDevice(&dev));
-  int64_t b = (items + threads - 1) / threads;
-  const int64_t cap = int64_t(device_sms(dev)) * 8;
-  if (b > cap) b = cap;
-  if (b < 1) b = 1;
-  return unsigned(b);
-}
-
 void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const float* d_amax,
                         float max_target, float* d_scale_inv, StreamShape shape) {
   const int64_t n = x.numel();
@@ -433,7 +419,7 @@ void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   const uint8_t* c = codes.data<uint8_t>();
   OSP_CHECK(shape.walk != Walk::kTile, "hif8_decode: the walk is interleaved or bulk store");
   const Grid grid = resolve(shape.grid);
-  const bool bulk = shape.walk == Walk::kDefault ? kDecodeBulk : shape.walk == Walk::kBulkStore;
+  const bool bulk = shape.walk != Walk::kInterleaved;
   if (out.dtype() == DType::F32) launch_decode(c, static_cast<float*>(out.raw()), n, grid, bulk);
   else launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid, bulk);
   OSP_CUDA_LAUNCH_CHECK("hif8 hif8_decode_kernel");

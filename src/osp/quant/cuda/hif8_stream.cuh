@@ -456,9 +456,6 @@ __device__ __forceinline__ void stream_table_lookup(const uint8_t* __restrict__ 
   for (int64_t i = done + tid; i < n; i += stride) put_bits(out, i, val[c[i]]);
 }
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
 inline bool aligned16_host(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace osp::quant::cuda
