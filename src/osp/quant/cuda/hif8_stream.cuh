@@ -1,16 +1,19 @@
 // Streaming building blocks of the bandwidth-bound HiF8 / E4M3 kernels (hif8_kernels.cu,
-// fp8_linear.cu, hif8_encode_variants.cu): the global prefix tables (hif8_lut.h), grid sizing,
-// and the two walks of a tensor:
-//   tile_stream  each thread takes 16-element tiles (16-byte loads) with a grid stride and
-//                issues the loads of kUnroll tiles (≈ 64 bytes) before it uses any of them,
-//                so enough bytes are in flight to cover the memory latency (amax; the
-//                f32 encode and E4M3 quantize, whose 16 codes per tile are one 16-byte store);
-//   warp_stream  warp-interleaved chunks: every warp load and store instruction covers
-//                128–512 contiguous bytes (the kernels whose output is as wide as or wider
-//                than their input, and the bf16 encode).
+// fp8_linear.cu): grid sizing, the walks of a tensor, and the shared-memory copy of the
+// global prefix table (hif8_lut.h):
+//   tile_stream       each thread takes 16-element tiles (16-byte loads) with a grid stride and
+//                     issues the loads of kUnroll tiles (≈ 64 bytes) before it uses any of
+//                     them, so enough bytes are in flight to cover the memory latency (amax;
+//                     the encode and E4M3 quantize, whose 16 codes per tile are one 16-byte
+//                     store);
+//   warp_stream       warp-interleaved chunks: every warp load and store instruction covers
+//                     128–512 contiguous bytes;
+//   warp_stream_bulk  the same loads, each warp's output staged in shared memory and written
+//                     with one bulk copy (the ops whose output is as wide as their input or
+//                     wider: decode, round, fake quant, dequantize).
 // The < 16 (or < one span) leftover elements, and the whole tensor when a pointer is not
 // 16-byte aligned (e.g. an offset view), go through a scalar grid-stride loop with the same
-// per-element code. Grid sizes: stream_blocks (persistent, balanced or one warp per span).
+// per-element code. Grid sizes: stream_blocks (one warp per span, or the persistent grid).
 #pragma once
 #include <cuda_bf16.h>
 
@@ -188,7 +191,7 @@ __device__ __forceinline__ void copy_code_lut(uint8_t* __restrict__ s, const uin
 }
 
 // ---- warp-interleaved streaming (the kernels whose output is as wide as or wider than
-// their input, and the encode) ----
+// their input; the encode's other walk) ----
 // A chunk is G consecutive elements of one tensor held as one 4-, 8- or 16-byte word, G chosen
 // so that the wider of input and output is exactly 16 bytes: G = 4 when either side is f32,
 // 8 when the wider side is bf16. A warp owns spans of 32·K chunks: lane L takes chunks
