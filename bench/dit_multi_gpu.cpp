@@ -40,6 +40,7 @@
 #include "osp/model/dit.h"
 #include "osp/model/profile.h"
 #include "osp/sparse/skiparse.h"
+#include "dit_weights.h"
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -53,24 +54,6 @@ struct Case {
   model::DiTConfig cfg;
   int64_t frames_lat, h_lat, w_lat;  // latent grid (81 frames → 21)
 };
-
-// One shared random bf16 buffer; every weight is a view of its first numel values (timing does
-// not depend on the values; this keeps host memory at one large tensor instead of 14B params).
-std::map<std::string, Tensor> random_weights(const model::DiTConfig& cfg) {
-  const auto shapes = model::DiT::expected_shapes(cfg);
-  int64_t maxn = 0;
-  for (const auto& [n, s] : shapes) maxn = std::max(maxn, shape_numel(s));
-  auto buf = std::shared_ptr<uint16_t[]>(new uint16_t[size_t(maxn)]);
-  std::mt19937 g(1234);
-  std::normal_distribution<float> nd(0.f, 0.02f);
-  std::vector<uint16_t> period(1 << 16);
-  for (auto& v : period) v = f32_to_bf16(nd(g));
-  for (int64_t i = 0; i < maxn; ++i) buf[size_t(i)] = period[size_t((i * 2654435761u) >> 16) & 0xffff];
-  std::map<std::string, Tensor> w;
-  for (const auto& [n, s] : shapes)
-    w[n] = Tensor::from_blob(buf.get(), s, DType::BF16, Device::cpu(), buf);
-  return w;
-}
 
 Tensor random_device(const Shape& s, uint32_t seed, Device dev) {
   std::mt19937 g(seed);
@@ -269,7 +252,7 @@ int main(int argc, char** argv) {
         const double t_bind = now_ms();
         model::DiTOptions opt{dev};
         opt.quant = quant;
-        model::DiT m = model::DiT::bind(c.cfg, random_weights(c.cfg), opt);
+        model::DiT m = model::DiT::bind(c.cfg, bench::random_dit_weights(c.cfg), opt);
         if (profile) m.set_profiling(true);
         if (S > 1) comm->barrier();
         const double bind_ms = now_ms() - t_bind;

@@ -38,6 +38,7 @@
 #include "osp/model/vae.h"
 #include "osp/sample/sampler.h"
 #include "osp/sparse/skiparse.h"
+#include "dit_weights.h"
 
 #ifndef OSP_HAVE_CUDA
 int main() {
@@ -167,23 +168,6 @@ StageResult run_t5(std::vector<Tensor>& ctx) {
 
 // ---------------------------------------------------------------- 2. DiT
 
-// Random bf16 host weights for DiT::bind (every weight a view of one shared random buffer;
-// bind copies each to the device, so device memory is that of the real model).
-std::map<std::string, Tensor> random_dit_weights(const model::DiTConfig& cfg) {
-  const auto shapes = model::DiT::expected_shapes(cfg);
-  int64_t maxn = 0;
-  for (const auto& [n, s] : shapes) maxn = std::max(maxn, shape_numel(s));
-  auto buf = std::shared_ptr<uint16_t[]>(new uint16_t[size_t(maxn)]);
-  std::mt19937 g(1234);
-  std::normal_distribution<float> nd(0.f, 0.02f);
-  std::vector<uint16_t> period(1 << 16);
-  for (auto& v : period) v = f32_to_bf16(nd(g));
-  for (int64_t i = 0; i < maxn; ++i) buf[size_t(i)] = period[size_t((i * 2654435761u) >> 16) & 0xffff];
-  std::map<std::string, Tensor> w;
-  for (const auto& [n, s] : shapes) w[n] = Tensor::from_blob(buf.get(), s, DType::BF16, Device::cpu(), buf);
-  return w;
-}
-
 // The pipeline's sampling loop (pipeline::generate, step 2) for one attention plan.
 Tensor sample_latent(model::DiT& dit, const Tensor& context, int steps, uint64_t seed,
                      dist::SequenceParallel& sp, const std::string& mode) {
@@ -303,7 +287,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "[pipeline_gpu] DiT 1.3B: binding random bf16 weights\n");
     const double t_setup = now_s();
     model::DiTOptions dopt{Device::cuda(0)};
-    model::DiT dit = model::DiT::bind(cfg, random_dit_weights(cfg), dopt);
+    model::DiT dit = model::DiT::bind(cfg, bench::random_dit_weights(cfg), dopt);
     cuda_synchronize();
     const double setup_s = now_s() - t_setup;
     const Device dev = Device::cuda(0);
