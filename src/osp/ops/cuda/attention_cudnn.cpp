@@ -128,11 +128,7 @@ Plan build_plan(const PlanKey& k) {
   return out;
 }
 
-std::mutex g_mu;
-std::map<PlanKey, Plan>& cache() {
-  static auto* m = new std::map<PlanKey, Plan>();
-  return *m;
-}
+PlanCache<PlanKey, Plan> g_plans;
 }  // namespace
 
 bool attention_cudnn_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
@@ -140,13 +136,7 @@ bool attention_cudnn_impl(const Tensor& q, const Tensor& k, const Tensor& v, Ten
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   const bool padding = q_lens || kv_lens;
   PlanKey key{B, H, Lq, Lk, D, padding};
-  Plan plan;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto it = cache().find(key);
-    if (it == cache().end()) it = cache().emplace(key, build_plan(key)).first;
-    plan = it->second;
-  }
+  const Plan plan = g_plans.get(key, build_plan);
   if (!plan.plan) {
     log_once(str("cudnn-reject-", B, "-", H, "-", Lq, "-", Lk, "-", D, "-", padding),
              str("attention: cuDNN cannot run B=", B, " H=", H, " Lq=", Lq, " Lk=", Lk, " D=", D,

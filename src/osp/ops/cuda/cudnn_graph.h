@@ -7,6 +7,8 @@
 #include <cudnn.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,25 @@ inline cudnnHandle_t cudnn_handle() {
   }();
   return h;
 }
+
+// The finalized plans of one kind of graph, one per key, built on first use and kept for the
+// life of the process (never destroyed: they may be in use until exit). Thread-safe; a plan
+// that could not be built is kept too, so its reason is given again without a new search.
+template <typename Key, typename Plan>
+class PlanCache {
+ public:
+  template <typename Build>
+  Plan get(const Key& key, Build&& build) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = plans_->find(key);
+    if (it == plans_->end()) it = plans_->emplace(key, build(key)).first;
+    return it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<Key, Plan>* plans_ = new std::map<Key, Plan>();
+};
 
 // Owns every descriptor it creates; virtual tensors get uids from first_virtual_uid upwards.
 class CudnnGraph {

@@ -279,11 +279,7 @@ Plan build_plan(const PlanKey& k) {
   return out;
 }
 
-std::mutex g_mu;
-std::map<PlanKey, Plan>& cache() {
-  static auto* m = new std::map<PlanKey, Plan>();
-  return *m;
-}
+ops::cuda::PlanCache<PlanKey, Plan> g_plans;
 
 void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
              void* ws) {
@@ -313,13 +309,7 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
     return false;
   }
   PlanKey key{c.B, c.H, c.Lq, c.Lk, c.D, c.q_bstride, c.kv_bstride, c.o_bstride};
-  Plan plan;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto it = cache().find(key);
-    if (it == cache().end()) it = cache().emplace(key, build_plan(key)).first;
-    plan = it->second;
-  }
+  const Plan plan = g_plans.get(key, build_plan);
   if (!plan.plan) {
     *why = plan.why;
     return false;
