@@ -37,21 +37,10 @@ namespace {
 
 std::string g_card;
 
-// A device tensor filled with a repeated random tile (fast init of GB-sized operands); the
-// tile length is not a multiple of a token row, so rows differ.
+// Random bf16 operands: one random tile of 2^20 + 37 values (not a multiple of a token row,
+// so rows differ) repeated (bench::random_tiled_gpu).
 Tensor random_device(const Shape& shape, uint64_t seed, float scale) {
-  Tensor t = Tensor::empty(shape, DType::BF16, Device::cuda());
-  const int64_t n = t.numel();
-  const int64_t tile = std::min<int64_t>(n, (int64_t(1) << 20) + 37);
-  Tensor h = randn({tile}, seed);
-  for (int64_t i = 0; i < tile; ++i) h.data<float>()[i] *= scale;
-  Tensor hd = h.to(DType::BF16).to(Device::cuda());
-  for (int64_t off = 0; off < n; off += tile) {
-    const int64_t cnt = std::min(tile, n - off);
-    OSP_CUDA_CHECK(cudaMemcpy(static_cast<uint16_t*>(t.raw()) + off, hd.raw(), size_t(cnt) * 2,
-                              cudaMemcpyDeviceToDevice));
-  }
-  return t;
+  return bench::random_tiled_gpu(shape, DType::BF16, seed, scale, (int64_t(1) << 20) + 37);
 }
 
 struct Case {

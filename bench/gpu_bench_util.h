@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "osp/core/cuda_check.h"
+#include "osp/core/philox.h"
 #include "osp/core/tensor.h"
 
 namespace osp::bench {
@@ -32,6 +33,27 @@ inline Tensor random_gpu(const Shape& s, DType dt, float scale, uint32_t seed) {
   for (size_t i = 0; i < v.size() && i < period; ++i) v[i] = n(g);
   for (size_t i = period; i < v.size(); ++i) v[i] = v[(i * 2654435761u + (i >> 20)) % period];
   return Tensor::from_vector(v, s).to(dt).to(Device::cuda(0));
+}
+
+// A device tensor filled with one random tile (Philox normal · scale, `tile` values, converted
+// to dt) repeated end to end: fast init of GB-sized operands. A tile length that is not a
+// multiple of a row keeps rows different.
+inline Tensor random_tiled_gpu(const Shape& shape, DType dt, uint64_t seed, float scale,
+                               int64_t tile) {
+  Tensor t = Tensor::empty(shape, dt, Device::cuda());
+  const int64_t n = t.numel();
+  tile = std::min(n, tile);
+  Tensor h = randn({tile}, seed);
+  if (scale != 1.0f)
+    for (int64_t i = 0; i < tile; ++i) h.data<float>()[i] *= scale;
+  Tensor hd = h.to(dt).to(Device::cuda());
+  const size_t es = dtype_size(dt);
+  for (int64_t off = 0; off < n; off += tile) {
+    const int64_t cnt = std::min(tile, n - off);
+    OSP_CUDA_CHECK(cudaMemcpy(static_cast<char*>(t.raw()) + off * es, hd.raw(), size_t(cnt) * es,
+                              cudaMemcpyDeviceToDevice));
+  }
+  return t;
 }
 
 // Median milliseconds of `reps` timed runs of f after `warm` untimed ones (CUDA events).

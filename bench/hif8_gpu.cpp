@@ -52,22 +52,9 @@ namespace {
 
 std::string g_card;
 
-// Fills a device tensor with a repeated random tile (fast init of multi-GB operands).
+// Random operands: one 2^20-value random tile repeated (bench::random_tiled_gpu).
 Tensor random_device(const Shape& shape, DType dt, uint64_t seed, float scale = 1.0f) {
-  Tensor t = Tensor::empty(shape, dt, Device::cuda());
-  const int64_t n = t.numel();
-  const int64_t tile = std::min<int64_t>(n, int64_t(1) << 20);
-  Tensor h = randn({tile}, seed);
-  if (scale != 1.0f)
-    for (int64_t i = 0; i < tile; ++i) h.data<float>()[i] *= scale;
-  Tensor hd = h.to(dt).to(Device::cuda());
-  const size_t es = dtype_size(dt);
-  for (int64_t off = 0; off < n; off += tile) {
-    int64_t cnt = std::min(tile, n - off);
-    OSP_CUDA_CHECK(cudaMemcpy(static_cast<char*>(t.raw()) + off * es, hd.raw(), size_t(cnt) * es,
-                              cudaMemcpyDeviceToDevice));
-  }
-  return t;
+  return bench::random_tiled_gpu(shape, dt, seed, scale, int64_t(1) << 20);
 }
 
 template <typename F>
