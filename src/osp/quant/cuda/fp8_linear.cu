@@ -141,9 +141,8 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, S
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
   const bool vec = aligned16_host(c) && aligned16_host(out.raw());
-  // one warp per span unless asked otherwise, as the HiF8 decode (docs/PERF.md)
   OSP_CHECK(shape.walk != Walk::kTile, "fp8_dequantize: the walk is interleaved or bulk store");
-  const Grid grid = shape.grid == Grid::kPersistent ? Grid::kPersistent : Grid::kFull;
+  const Grid grid = resolve_grid(shape.grid);
   // default walk: bulk stores, as the HiF8 decode (the same table-lookup body)
   const bool bulk = shape.walk != Walk::kInterleaved;
   auto run = [&](auto tag) {

@@ -242,9 +242,6 @@ void with_in_out(DType ti, DType to, F&& f) {
   else f(__nv_bfloat16{}, __nv_bfloat16{});
 }
 
-// Grid::kDefault: one warp per span / one thread per tile group for every op — in one H200
-// run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
-Grid resolve(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
 // Walk::kDefault of the wide-output ops (decode, round, fake quant; fp8_dequantize too): bulk
 // stores — in the same H200 run 0.82–0.83 of HBM peak where the interleaved walk's direct
 // stores gave 0.79–0.82. The stochastic kernels (no shape argument) keep the interleaved
@@ -261,7 +258,7 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   const bool vec = aligned16_host(xp) && aligned16_host(op);
   const uint8_t* lut = hif8_code_lut_device(saturate);
   auto go = [&](auto kernel, int64_t items) {
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, resolve(shape.grid)),
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, resolve_grid(shape.grid)),
              kThreads>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   OSP_CHECK(shape.walk != Walk::kTile, "hif8 round / fake quant: the walk is interleaved or bulk store");
@@ -319,7 +316,7 @@ void stream_copy(const Tensor& x, Tensor& out, StreamShape shape) {
   const float* p = x.data<float>();
   float* o = out.data<float>();
   const bool vec = aligned16_host(p) && aligned16_host(o);
-  const Grid grid = resolve(shape.grid);
+  const Grid grid = resolve_grid(shape.grid);
   auto go = [&](auto kernel, int64_t items) {
     kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads>>>(p, o, n,
                                                                                           vec);
@@ -386,7 +383,7 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
   // for the interleaved walk, f32 within 0.01 of it)
   const bool interleaved = shape.walk == Walk::kInterleaved;
   OSP_CHECK(shape.walk != Walk::kBulkStore, "hif8 encode / E4M3 quantize: the walk is tile or interleaved");
-  const Grid grid = resolve(shape.grid);
+  const Grid grid = resolve_grid(shape.grid);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* p = static_cast<const T*>(x.raw());
@@ -418,7 +415,7 @@ void hif8_decode(const Tensor& codes, Tensor& out, StreamShape shape) {
   if (n == 0) return;
   const uint8_t* c = codes.data<uint8_t>();
   OSP_CHECK(shape.walk != Walk::kTile, "hif8_decode: the walk is interleaved or bulk store");
-  const Grid grid = resolve(shape.grid);
+  const Grid grid = resolve_grid(shape.grid);
   const bool bulk = shape.walk != Walk::kInterleaved;
   if (out.dtype() == DType::F32) launch_decode(c, static_cast<float*>(out.raw()), n, grid, bulk);
   else launch_decode(c, static_cast<__nv_bfloat16*>(out.raw()), n, grid, bulk);

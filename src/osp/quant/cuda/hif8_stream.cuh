@@ -31,6 +31,9 @@ constexpr int kTile = 16;  // elements per tile
 // memory only): kFull (and kDefault), one block per 256 items; kPersistent, at most what the
 // GPU keeps resident at once (SMs × the kernel's occupancy, cached per kernel and device).
 unsigned stream_blocks(const void* kernel, int64_t items, Grid g);
+// Grid::kDefault is one warp per span / one thread per tile group for every op — in one H200
+// run it was the fastest grid for every op and dtype (docs/PERF.md, "HiF8 codec kernels").
+inline Grid resolve_grid(Grid g) { return g == Grid::kDefault ? Grid::kFull : g; }
 inline unsigned persistent_grid(const void* kernel, int64_t items) {
   return stream_blocks(kernel, items, Grid::kPersistent);
 }
