@@ -12,14 +12,13 @@
 #   TESTS=0          skip the gpu tests;  BENCH=0  skip the benchmarks;  TORCH=0  skip torch
 #   BENCH_ARGS=...   extra arguments for every bench_*gpu* binary (e.g. --quick)
 #   TEST_REGEX=...   ctest -R filter inside the gpu label
-#   OSP_GOLDEN_DIR   where golden_*.safetensors are (default ./golden-copy if present)
+#   OSP_GOLDEN_DIR   where golden_*.safetensors are (default: the build folder's copy unpacked from tests/data/golden)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 mkdir -p "$OUT"
-if [ -z "${OSP_GOLDEN_DIR:-}" ] && [ -d golden-copy ]; then export OSP_GOLDEN_DIR=$PWD/golden-copy; fi
 status=0
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; } \

@@ -9,7 +9,7 @@ PKGS=(
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev sentencepiece
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
-  libpng-dev zlib1g-dev
+  libpng-dev zlib1g-dev zstd
 )
 missing=()
 for p in "${PKGS[@]}"; do

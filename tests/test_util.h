@@ -14,15 +14,12 @@
 
 namespace osp::test {
 
-// ../shared/golden beside the repository (CI and sessions), or OSP_GOLDEN_DIR, or
-// shared/golden inside the repository (the GPU machine's copy).
+// Where the golden vectors are: OSP_GOLDEN_DIR when set, else the copy CMake unpacked from
+// tests/data/golden into the build folder (the repository is self-contained; ../shared/golden
+// is only the source that scripts/update-test-data.sh packs from).
 inline std::string golden_dir() {
-  if (const char* e = std::getenv("OSP_GOLDEN_DIR")) return e;
-  namespace fs = std::filesystem;
-  fs::path src(OSP_SOURCE_DIR);
-  for (auto p : {src / ".." / "shared" / "golden", src / "shared" / "golden"})
-    if (fs::exists(p / "README.md") || fs::exists(p / "golden_dit.safetensors")) return p.string();
-  return (src / ".." / "shared" / "golden").string();
+  if (const char* e = std::getenv("OSP_GOLDEN_DIR"); e && *e) return e;
+  return OSP_GOLDEN_BUILD_DIR;
 }
 inline std::string golden(const std::string& name) { return golden_dir() + "/" + name; }
 
