@@ -6,72 +6,13 @@
 #include <string>
 
 #include "osp/ops/cpu/cpu_ops.h"
+#include "osp/ops/op_checks.h"
 #ifdef OSP_HAVE_CUDA
 #include "osp/ops/cuda/cuda_ops.h"
 #endif
 
 namespace osp::ops {
-namespace {
-
-// Outputs must be preallocated, defined and contiguous.
-void check_out(const Tensor& out, const char* op) {
-  OSP_CHECK(out.defined(), op, ": the output tensor is undefined (outputs are preallocated by "
-            "the caller)");
-  OSP_CHECK(out.is_contiguous(), op, ": the output must be contiguous, got ", out.desc());
-}
-
-void check_defined(const Tensor& t, const char* op, const char* what) {
-  OSP_CHECK(t.defined(), op, ": ", what, " is undefined");
-}
-
-// Every tensor of an op must live on one device.
-void check_device(const Tensor& ref, const Tensor& t, const char* op, const char* what) {
-  OSP_CHECK(t.device() == ref.device(), op, ": ", what, " is on ", t.device().name(),
-            " but the op runs on ", ref.device().name(), " (", t.desc(), ")");
-}
-
-bool on_cuda(const Tensor& t, const char* op) {
-  if (!t.device().is_cuda()) return false;
-#ifdef OSP_HAVE_CUDA
-  return true;
-#else
-  fail(str(op, ": tensor ", t.desc(),
-           " is on CUDA but this build has no CUDA backend (configure with OSP_CUDA=ON)"));
-#endif
-}
-
-void check_f32(const Tensor& t, const char* op, const char* what) {
-  OSP_CHECK(t.dtype() == DType::F32, op, ": ", what, " must be f32 on the CPU, got ", t.desc());
-}
-void check_f32_or_bf16(const Tensor& t, const char* op, const char* what) {
-  OSP_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", what,
-            " must be f32 or bf16, got ", t.desc());
-}
-
-
-void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* what) {
-  OSP_CHECK(a.shape() == b.shape(), op, ": ", what, " must have shape ", shape_str(a.shape()),
-            ", got ", shape_str(b.shape()));
-}
-
-// [C] F32 parameter vector on the op's device.
-void check_vec(const Tensor& v, int64_t C, const Tensor& ref, const char* op, const char* what) {
-  check_defined(v, op, what);
-  check_device(ref, v, op, what);
-  OSP_CHECK(v.dim() == 1 && v.size(0) == C, op, ": ", what, " must have shape [", C, "], got ",
-            shape_str(v.shape()));
-  OSP_CHECK(v.dtype() == DType::F32, op, ": ", what, " must be f32, got ", v.desc());
-}
-
-void check_no_alias(const Tensor& in, const Tensor& out, const char* op, const char* what) {
-  if (!in.defined() || !out.defined() || in.storage() != out.storage()) return;
-  const char* a = static_cast<const char*>(in.raw());
-  const char* b = static_cast<const char*>(out.raw());
-  OSP_CHECK(a + in.nbytes() <= b || b + out.nbytes() <= a, op, ": the output may not overlap ",
-            what, " (this op does not work in place)");
-}
-
-}  // namespace
+using namespace detail;
 
 // ---------------------------------------------------------------- GEMM
 void linear(const Tensor& x0, const Tensor& w0, const Tensor* bias0, Tensor& out, Act act) {

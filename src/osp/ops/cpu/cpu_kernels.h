@@ -16,4 +16,19 @@ inline float gelu_tanh_scalar(float x) {
 }
 inline float silu_scalar(float x) { return x / (1.f + std::exp(-x)); }
 
+// mean and 1/sqrt(var + eps) of one row (biased variance, two-pass, accumulated in double).
+inline void row_stats(const float* x, int64_t C, float eps, float& mean, float& rstd) {
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += x[c];
+  const double m = s / double(C);
+  double v = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = double(x[c]) - m;
+    v += d * d;
+  }
+  v /= double(C);
+  mean = float(m);
+  rstd = float(1.0 / std::sqrt(v + double(eps)));
+}
+
 }  // namespace osp::ops::cpu

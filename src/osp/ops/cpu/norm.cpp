@@ -7,22 +7,6 @@
 #include "osp/ops/cpu/cpu_ops.h"
 
 namespace osp::ops::cpu {
-namespace {
-// mean and 1/sqrt(var + eps) of one row (biased variance, two-pass).
-inline void row_stats(const float* x, int64_t C, float eps, float& mean, float& rstd) {
-  double s = 0;
-  for (int64_t c = 0; c < C; ++c) s += x[c];
-  const double m = s / double(C);
-  double v = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const double d = double(x[c]) - m;
-    v += d * d;
-  }
-  v /= double(C);
-  mean = float(m);
-  rstd = float(1.0 / std::sqrt(v + double(eps)));
-}
-}  // namespace
 
 void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) {
   const int64_t C = x.size(-1), R = x.numel() / C;

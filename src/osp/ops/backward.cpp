@@ -1,0 +1,237 @@
+// The backward dispatcher: validates shapes, dtypes, devices and the null / accumulate rules of
+// backward.h with actionable messages, then calls the CPU reference (ops/cpu/backward.cpp) or,
+// for CUDA tensors in a CUDA build, the CUDA backend (ops/cuda/cuda_backward.h).
+#include "osp/ops/backward.h"
+
+#include <string>
+
+#include "osp/ops/cpu/cpu_backward.h"
+#include "osp/ops/op_checks.h"
+#ifdef OSP_HAVE_CUDA
+#include "osp/ops/cuda/cuda_backward.h"
+#endif
+
+namespace osp::ops {
+using namespace detail;
+namespace {
+
+// An optional output (null = not wanted): preallocated, contiguous, the expected shape, on the
+// op's device, not overlapping the inputs listed by the caller.
+void check_opt_out(const Tensor* t, const Shape& shape, const Tensor& ref, const char* op,
+                   const char* what) {
+  if (!t) return;
+  OSP_CHECK(t->defined(), op, ": ", what,
+            " is undefined (pass a preallocated tensor, or null to skip it)");
+  OSP_CHECK(t->is_contiguous(), op, ": ", what, " must be contiguous, got ", t->desc());
+  OSP_CHECK(t->shape() == shape, op, ": ", what, " must have shape ", shape_str(shape), ", got ",
+            shape_str(t->shape()));
+  check_device(ref, *t, op, what);
+}
+
+// An accumulated (+=) parameter gradient: an optional F32 output of the parameter's shape.
+void check_param_grad(const Tensor* g, const Shape& shape, const Tensor& ref, const char* op,
+                      const char* what) {
+  check_opt_out(g, shape, ref, op, what);
+  if (g)
+    OSP_CHECK(g->dtype() == DType::F32, op, ": ", what,
+              " (an accumulated parameter gradient) must be f32, got ", g->desc());
+}
+
+// x [..., C] with C > 0 and dy of the same shape and device (the norms' inputs).
+void check_rows_input(const Tensor& x, const Tensor& dy, const char* op) {
+  check_defined(x, op, "x");
+  check_defined(dy, op, "dy");
+  OSP_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": x must have a non-empty last dim, got ",
+            x.desc());
+  check_same_shape(x, dy, op, "dy");
+  check_device(x, dy, op, "dy");
+}
+
+// dx: the overwritten same-shape activation gradient of the norms and elementwise ops.
+void check_dx(const Tensor& x, const Tensor& dx, const char* op, const char* what = "dx") {
+  check_defined(dx, op, what);
+  check_out(dx, op);
+  check_same_shape(x, dx, op, what);
+  check_device(x, dx, op, what);
+}
+
+// Activation dtypes: f32 on the CPU, f32 or bf16 on CUDA.
+void check_act(const Tensor& t, bool cuda, const char* op, const char* what) {
+  if (cuda)
+    check_f32_or_bf16(t, op, what);
+  else
+    check_f32(t, op, what);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- GEMM
+void linear_backward(const Tensor& x0, const Tensor& w0, const Tensor& dy0, Tensor* dx,
+                     Tensor* dw, Tensor* db) {
+  const char* op = "ops::linear_backward";
+  check_defined(x0, op, "x");
+  check_defined(w0, op, "w");
+  check_defined(dy0, op, "dy");
+  OSP_CHECK(x0.dim() >= 1, op, ": x must have at least one dim, got ", x0.desc());
+  OSP_CHECK(w0.dim() == 2, op, ": w must be [N, K], got ", w0.desc());
+  const int64_t K = x0.size(-1), N = w0.size(0);
+  OSP_CHECK(w0.size(1) == K, op, ": x has K = ", K, " (", x0.desc(), ") but w is ", w0.desc(),
+            " (expected [N, ", K, "])");
+  Shape ys = x0.shape();
+  ys.back() = N;
+  OSP_CHECK(dy0.shape() == ys, op, ": dy must have the forward output's shape ", shape_str(ys),
+            ", got ", shape_str(dy0.shape()));
+  check_device(x0, w0, op, "w");
+  check_device(x0, dy0, op, "dy");
+  check_opt_out(dx, x0.shape(), x0, op, "dx");
+  check_param_grad(dw, {N, K}, x0, op, "dw");
+  check_param_grad(db, {N}, x0, op, "db");
+  for (const Tensor* o : {dx, dw, db}) {
+    if (!o) continue;
+    check_no_alias(x0, *o, op, "x");
+    check_no_alias(w0, *o, op, "w");
+    check_no_alias(dy0, *o, op, "dy");
+  }
+  Tensor x = x0.contiguous(), w = w0.contiguous(), dy = dy0.contiguous();
+  if (on_cuda(x, op)) {
+#ifdef OSP_HAVE_CUDA
+    const bool all_f32 =
+        x.dtype() == DType::F32 && w.dtype() == DType::F32 && dy.dtype() == DType::F32;
+    const bool all_bf16 =
+        x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && dy.dtype() == DType::BF16;
+    OSP_CHECK(all_f32 || all_bf16, op, ": CUDA linear_backward takes x, w and dy all bf16 or all "
+              "f32, got x ", x.desc(), ", w ", w.desc(), ", dy ", dy.desc());
+    if (dx) check_f32_or_bf16(*dx, op, "dx");
+    cuda::linear_backward(x, w, dy, dx, dw, db);
+#endif
+    return;
+  }
+  check_f32(x, op, "x");
+  check_f32(w, op, "w");
+  check_f32(dy, op, "dy");
+  if (dx) check_f32(*dx, op, "dx");
+  cpu::linear_backward(x, w, dy, dx, dw, db);
+}
+
+// ---------------------------------------------------------------- reductions
+void sum_rows(const Tensor& x0, Tensor& out) {
+  const char* op = "ops::sum_rows";
+  check_defined(x0, op, "x");
+  OSP_CHECK(x0.dim() >= 1, op, ": x must be [rows, C] (any leading dims), got ", x0.desc());
+  const int64_t C = x0.size(-1);
+  check_defined(out, op, "out");
+  check_param_grad(&out, {C}, x0, op, "out");
+  check_no_alias(x0, out, op, "x");
+  Tensor x = x0.contiguous();
+  if (on_cuda(x, op)) {
+#ifdef OSP_HAVE_CUDA
+    check_f32_or_bf16(x, op, "x");
+    cuda::sum_rows(x, out);
+#endif
+    return;
+  }
+  check_f32(x, op, "x");
+  cpu::sum_rows(x, out);
+}
+
+// ---------------------------------------------------------------- norms
+void layer_norm_backward(const Tensor& x0, const Tensor* w, float eps, const Tensor& dy0,
+                         Tensor& dx, Tensor* dw, Tensor* db) {
+  const char* op = "ops::layer_norm_backward";
+  check_rows_input(x0, dy0, op);
+  check_dx(x0, dx, op);
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  const int64_t C = x0.size(-1);
+  if (w) {
+    check_vec(*w, C, x0, op, "weight");
+  } else {
+    OSP_CHECK(!dw && !db, op, ": without a weight (no affine) there is no dw or db: pass null "
+              "for both");
+  }
+  check_param_grad(dw, {C}, x0, op, "dw");
+  check_param_grad(db, {C}, x0, op, "db");
+  for (const Tensor* o : {&dx, dw, db}) {
+    if (!o) continue;
+    check_no_alias(x0, *o, op, "x");
+    check_no_alias(dy0, *o, op, "dy");
+    if (w) check_no_alias(*w, *o, op, "weight");
+  }
+  Tensor x = x0.contiguous(), dy = dy0.contiguous(), wc;
+  if (w) wc = w->contiguous();
+  const Tensor* wp = w ? &wc : nullptr;
+  const bool cuda = on_cuda(x, op);
+  check_act(x, cuda, op, "x");
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::layer_norm_backward(x, wp, eps, dy, dx, dw, db);
+#endif
+    return;
+  }
+  cpu::layer_norm_backward(x, wp, eps, dy, dx, dw, db);
+}
+
+void layer_norm_modulate_backward(const Tensor& x0, const Tensor& scale0, float eps,
+                                  const Tensor& dy0, Tensor& dx, Tensor* dshift, Tensor* dscale) {
+  const char* op = "ops::layer_norm_modulate_backward";
+  check_rows_input(x0, dy0, op);
+  check_dx(x0, dx, op);
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  const int64_t C = x0.size(-1);
+  check_vec(scale0, C, x0, op, "scale");
+  check_param_grad(dshift, {C}, x0, op, "dshift");
+  check_param_grad(dscale, {C}, x0, op, "dscale");
+  OSP_CHECK(!dshift || !dscale || dshift->storage() != dscale->storage() ||
+                dshift->raw() != dscale->raw(),
+            op, ": dshift and dscale must be different tensors");
+  for (const Tensor* o : {&dx, dshift, dscale}) {
+    if (!o) continue;
+    check_no_alias(x0, *o, op, "x");
+    check_no_alias(dy0, *o, op, "dy");
+    check_no_alias(scale0, *o, op, "scale");
+  }
+  Tensor x = x0.contiguous(), dy = dy0.contiguous(), sc = scale0.contiguous();
+  const bool cuda = on_cuda(x, op);
+  check_act(x, cuda, op, "x");
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::layer_norm_modulate_backward(x, sc, eps, dy, dx, dshift, dscale);
+#endif
+    return;
+  }
+  cpu::layer_norm_modulate_backward(x, sc, eps, dy, dx, dshift, dscale);
+}
+
+void rms_norm_backward(const Tensor& x0, const Tensor& w0, float eps, const Tensor& dy0,
+                       Tensor& dx, Tensor* dw) {
+  const char* op = "ops::rms_norm_backward";
+  check_rows_input(x0, dy0, op);
+  check_dx(x0, dx, op);
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  const int64_t C = x0.size(-1);
+  check_vec(w0, C, x0, op, "weight");
+  check_param_grad(dw, {C}, x0, op, "dw");
+  for (const Tensor* o : {&dx, dw}) {
+    if (!o) continue;
+    check_no_alias(x0, *o, op, "x");
+    check_no_alias(dy0, *o, op, "dy");
+    check_no_alias(w0, *o, op, "weight");
+  }
+  Tensor x = x0.contiguous(), dy = dy0.contiguous(), w = w0.contiguous();
+  const bool cuda = on_cuda(x, op);
+  check_act(x, cuda, op, "x");
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::rms_norm_backward(x, w, eps, dy, dx, dw);
+#endif
+    return;
+  }
+  cpu::rms_norm_backward(x, w, eps, dy, dx, dw);
+}
+
+}  // namespace osp::ops

@@ -1,0 +1,398 @@
+// Backward ops (backward.h) against float64 finite differences of float64 reference forwards
+// written here: for a random r, L(inputs) = Σ r·y(inputs) and the op's vector-Jacobian product
+// with dy = r must equal ∂L/∂input (central differences in double). Also: the accumulate (+=)
+// rules, null outputs skipped, packed sequences and cross-attention, lse, and bad inputs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "osp/ops/backward.h"
+#include "osp/ops/ops.h"
+#include "test_util.h"
+
+using namespace osp;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+Tensor randn(const Shape& s, uint32_t seed, float sd = 1.f, float mean = 0.f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> nd(mean, sd);
+  std::vector<float> v(size_t(shape_numel(s)));
+  for (auto& x : v) x = nd(g);
+  return Tensor::from_vector(v, s);
+}
+
+Vec values(const Tensor& t) {
+  const auto f = t.to_float_vector();
+  return Vec(f.begin(), f.end());
+}
+
+// Central differences of L at x, every element (L evaluated in double).
+Vec fd_grad(const std::function<double(const Vec&)>& L, Vec x, double h = 1e-5) {
+  Vec g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + h;
+    const double lp = L(x);
+    x[i] = x0 - h;
+    const double lm = L(x);
+    x[i] = x0;
+    g[i] = (lp - lm) / (2 * h);
+  }
+  return g;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// got (f32) matches want (double): ‖got − want‖ ≤ rtol·max(‖want‖, floor) and every element
+// within 10·rtol·max(max|want|, floor) (so one bad element among many good ones still fails).
+// floor: the size of the terms that cancel into want where want is (near) zero by symmetry.
+void expect_near_vec(const Tensor& got_t, const Vec& want, double rtol, const std::string& what,
+                     double floor = 0) {
+  const Vec got = values(got_t);
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double num = 0, den = 0, mx = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+    mx = std::max(mx, std::abs(want[i]));
+  }
+  mx = std::max(mx, floor);
+  EXPECT_LE(std::sqrt(num), rtol * std::max(std::sqrt(den), floor) + 1e-12) << what;
+  int shown = 0;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (!(std::abs(got[i] - want[i]) <= 10 * rtol * mx + 1e-12)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", want " << want[i];
+      if (++shown > 5) break;
+    }
+}
+
+Vec add(const Vec& a, const Vec& b) {
+  Vec c(a.size());
+  for (size_t i = 0; i < a.size(); ++i) c[i] = a[i] + b[i];
+  return c;
+}
+
+// The call throws osp::Error whose message contains every one of `parts`.
+void expect_error(const std::function<void()>& fn, std::initializer_list<const char*> parts) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const char* p : parts)
+      EXPECT_NE(m.find(p), std::string::npos) << "message \"" << m << "\" lacks \"" << p << "\"";
+    return;
+  }
+  ADD_FAILURE() << "no osp::Error thrown (expected one mentioning " << *parts.begin() << ")";
+}
+
+// A tensor labelled as CUDA memory (never dereferenced: the dispatcher must reject it first).
+Tensor fake_cuda(const Shape& s) {
+  static float dummy[1024];
+  return Tensor::from_blob(dummy, s, DType::F32, Device::cuda(0), nullptr);
+}
+
+// An overwritten output starts as NaN (so a skipped element shows).
+Tensor nan_tensor(const Shape& s) {
+  std::vector<float> v(size_t(shape_numel(s)), std::nanf(""));
+  return Tensor::from_vector(v, s);
+}
+
+constexpr double kTol = 2e-5;  // fp32 op vs float64 finite differences
+
+// ---- float64 reference forwards -------------------------------------------------------------
+
+// LayerNorm of one row (biased variance) in double.
+Vec ln_row(const double* x, int64_t C, double eps) {
+  double m = 0, v = 0;
+  for (int64_t c = 0; c < C; ++c) m += x[c];
+  m /= C;
+  for (int64_t c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+  v /= C;
+  Vec y(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) / std::sqrt(v + eps);
+  return y;
+}
+
+}  // namespace
+
+// ================================================================= (a) GEMM, reductions, norms
+
+TEST(Backward, LinearMatchesFiniteDifferences) {
+  struct Case {
+    Shape xs;
+    int64_t N;
+  };
+  for (const Case& cs :
+       {Case{{7, 5}, 3}, Case{{2, 3, 9}, 11}, Case{{1, 1}, 1}, Case{{4, 1, 17}, 6}}) {
+    const int64_t K = cs.xs.back(), N = cs.N, M = shape_numel(cs.xs) / K;
+    Tensor x = randn(cs.xs, 1), w = randn({N, K}, 2), b = randn({N}, 3);
+    Shape ys = cs.xs;
+    ys.back() = N;
+    Tensor r = randn(ys, 4);
+    const Vec xv = values(x), wv = values(w), bv = values(b), rv = values(r);
+    auto loss = [&](const Vec& X, const Vec& W, const Vec& Bv) {
+      double L = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          double y = Bv[n];
+          for (int64_t k = 0; k < K; ++k) y += X[m * K + k] * W[n * K + k];
+          L += rv[m * N + n] * y;
+        }
+      return L;
+    };
+    const Vec gx = fd_grad([&](const Vec& X) { return loss(X, wv, bv); }, xv);
+    const Vec gw = fd_grad([&](const Vec& W) { return loss(xv, W, bv); }, wv);
+    const Vec gb = fd_grad([&](const Vec& Bv) { return loss(xv, wv, Bv); }, bv);
+
+    // dx overwritten (starts NaN); dw, db accumulate onto random contents.
+    Tensor dx = nan_tensor(cs.xs), dw = randn({N, K}, 5), db = randn({N}, 6);
+    const Vec dw0 = values(dw), db0 = values(db);
+    ops::linear_backward(x, w, r, &dx, &dw, &db);
+    const std::string what = "linear " + shape_str(cs.xs) + " N=" + std::to_string(N);
+    expect_near_vec(dx, gx, kTol, what + " dx");
+    expect_near_vec(dw, add(dw0, gw), kTol, what + " dw (+=)");
+    expect_near_vec(db, add(db0, gb), kTol, what + " db (+=)");
+
+    // A second call adds the same gradients again; dx is overwritten, not accumulated.
+    ops::linear_backward(x, w, r, &dx, &dw, &db);
+    expect_near_vec(dx, gx, kTol, what + " dx (second call)");
+    expect_near_vec(dw, add(dw0, add(gw, gw)), kTol, what + " dw (twice)");
+    expect_near_vec(db, add(db0, add(gb, gb)), kTol, what + " db (twice)");
+
+    // Null outputs are skipped; the others are unchanged by the skip.
+    Tensor dx2 = nan_tensor(cs.xs), dw2 = Tensor::zeros({N, K}, DType::F32);
+    Tensor db2 = Tensor::zeros({N}, DType::F32);
+    ops::linear_backward(x, w, r, &dx2, nullptr, nullptr);
+    expect_near_vec(dx2, gx, kTol, what + " dx alone");
+    ops::linear_backward(x, w, r, nullptr, &dw2, nullptr);
+    expect_near_vec(dw2, gw, kTol, what + " dw alone");
+    ops::linear_backward(x, w, r, nullptr, nullptr, &db2);
+    expect_near_vec(db2, gb, kTol, what + " db alone");
+    ops::linear_backward(x, w, r, nullptr, nullptr, nullptr);  // nothing wanted: a no-op
+  }
+}
+
+TEST(Backward, LinearNonContiguousInputs) {
+  // x given as a transposed view: the dispatcher makes it contiguous first.
+  Tensor xt = randn({6, 4}, 7), w = randn({3, 6}, 8), r = randn({4, 3}, 9);
+  Tensor x = xt.transpose(0, 1);
+  Tensor dx1 = nan_tensor({4, 6}), dx2 = nan_tensor({4, 6});
+  Tensor dw1 = Tensor::zeros({3, 6}, DType::F32), dw2 = Tensor::zeros({3, 6}, DType::F32);
+  ops::linear_backward(x, w, r, &dx1, &dw1, nullptr);
+  ops::linear_backward(x.contiguous(), w, r, &dx2, &dw2, nullptr);
+  osp::test::expect_same_bits(dx1, dx2, "dx");
+  osp::test::expect_same_bits(dw1, dw2, "dw");
+}
+
+TEST(Backward, LinearErrors) {
+  const char* op = "ops::linear_backward";
+  Tensor x = randn({4, 8}, 1), w = randn({3, 8}, 2), r = randn({4, 3}, 3);
+  Tensor dx = Tensor::empty({4, 8}, DType::F32), dw = Tensor::zeros({3, 8}, DType::F32);
+  Tensor db = Tensor::zeros({3}, DType::F32);
+  Tensor w_bad = randn({3, 7}, 2), r_bad = randn({4, 4}, 3);
+  expect_error([&] { ops::linear_backward(x, w_bad, r, &dx, &dw, &db); }, {op, "K = 8"});
+  expect_error([&] { ops::linear_backward(x, w, r_bad, &dx, &dw, &db); }, {op, "dy", "[4, 3]"});
+  Tensor dx_bad = Tensor::empty({4, 7}, DType::F32);
+  expect_error([&] { ops::linear_backward(x, w, r, &dx_bad, &dw, &db); }, {op, "dx", "[4, 8]"});
+  Tensor dw_bad = Tensor::zeros({8, 3}, DType::F32);
+  expect_error([&] { ops::linear_backward(x, w, r, &dx, &dw_bad, &db); }, {op, "dw", "[3, 8]"});
+  Tensor db_bf16 = Tensor::zeros({3}, DType::BF16);
+  expect_error([&] { ops::linear_backward(x, w, r, &dx, &dw, &db_bf16); }, {op, "db", "f32"});
+  Tensor xb = x.to(DType::BF16);
+  expect_error([&] { ops::linear_backward(xb, w, r, &dx, &dw, &db); }, {op, "x", "f32"});
+  Tensor undefined;
+  expect_error([&] { ops::linear_backward(x, w, r, &undefined, &dw, &db); }, {op, "dx"});
+  Tensor rc = fake_cuda({4, 3});
+  expect_error([&] { ops::linear_backward(x, w, rc, &dx, &dw, &db); }, {op, "dy", "cuda:0"});
+  Tensor dx_nc = Tensor::empty({8, 4}, DType::F32).transpose(0, 1);
+  expect_error([&] { ops::linear_backward(x, w, r, &dx_nc, &dw, &db); }, {op, "contiguous"});
+  Tensor dw_alias = w;
+  expect_error([&] { ops::linear_backward(x, w, r, &dx, &dw_alias, &db); }, {op, "overlap"});
+}
+
+TEST(Backward, SumRows) {
+  for (const Shape& s : {Shape{7, 5}, Shape{2, 3, 4}, Shape{1, 1}, Shape{1000, 3}, Shape{0, 4}}) {
+    Tensor x = randn(s, 11), out = randn({s.back()}, 12);
+    const Vec xv = values(x), o0 = values(out);
+    const int64_t C = s.back(), R = shape_numel(s) / C;
+    Vec want = o0;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c) want[c] += xv[r * C + c];
+    ops::sum_rows(x, out);
+    expect_near_vec(out, want, 1e-6, "sum_rows " + shape_str(s));
+  }
+  // Large: many chunks, still tight (double accumulation) and independent of the thread count
+  // by construction (fixed chunks), so two calls give the same bits.
+  Tensor x = randn({20000, 33}, 13, 1.f, 3.f);
+  Tensor a = Tensor::zeros({33}, DType::F32), b = Tensor::zeros({33}, DType::F32);
+  ops::sum_rows(x, a);
+  ops::sum_rows(x, b);
+  osp::test::expect_same_bits(a, b, "sum_rows repeat");
+  const Vec xv = values(x);
+  Vec want(33, 0.0);
+  for (int64_t r = 0; r < 20000; ++r)
+    for (int c = 0; c < 33; ++c) want[c] += xv[r * 33 + c];
+  expect_near_vec(a, want, 1e-7, "sum_rows large");
+
+  const char* op = "ops::sum_rows";
+  Tensor bad = Tensor::zeros({5}, DType::F32), bf = Tensor::zeros({33}, DType::BF16);
+  expect_error([&] { ops::sum_rows(x, bad); }, {op, "out", "[33]"});
+  expect_error([&] { ops::sum_rows(x, bf); }, {op, "out", "f32"});
+  Tensor xb = x.to(DType::BF16);
+  expect_error([&] { ops::sum_rows(xb, a); }, {op, "x", "f32"});
+}
+
+namespace {
+
+// The three LayerNorm flavours share one check: y = LN(x)·m + s with m, s per column.
+enum class Norm { LayerNormAffine, LayerNormPlain, Modulate, Rms };
+
+// float64 forward: y[r, c] given x, p1 (w or scale), p2 (b or shift).
+Vec norm_forward(Norm kind, const Vec& x, const Vec& p1, const Vec& p2, int64_t R, int64_t C,
+                 double eps) {
+  Vec y(x.size());
+  for (int64_t r = 0; r < R; ++r) {
+    const double* xr = x.data() + r * C;
+    if (kind == Norm::Rms) {
+      double ss = 0;
+      for (int64_t c = 0; c < C; ++c) ss += xr[c] * xr[c];
+      const double rr = 1 / std::sqrt(ss / C + eps);
+      for (int64_t c = 0; c < C; ++c) y[r * C + c] = xr[c] * rr * p1[c];
+      continue;
+    }
+    const Vec n = ln_row(xr, C, eps);
+    for (int64_t c = 0; c < C; ++c) {
+      double v = n[c];
+      if (kind == Norm::LayerNormAffine) v = v * p1[c] + p2[c];
+      if (kind == Norm::Modulate) v = v * (1 + p1[c]) + p2[c];
+      y[r * C + c] = v;
+    }
+  }
+  return y;
+}
+
+void check_norm(Norm kind, const Shape& s, uint32_t seed) {
+  const int64_t C = s.back(), R = shape_numel(s) / C;
+  const float eps = kind == Norm::Rms ? 1e-6f : 1e-5f;
+  Tensor x = randn(s, seed, 2.f, 0.5f), p1 = randn({C}, seed + 1, 0.5f, kind == Norm::Rms ? 1.f : 0.f);
+  Tensor p2 = randn({C}, seed + 2), r = randn(s, seed + 3);
+  const Vec xv = values(x), p1v = values(p1), p2v = values(p2), rv = values(r);
+  auto loss = [&](const Vec& X, const Vec& P1, const Vec& P2) {
+    return dot(rv, norm_forward(kind, X, P1, P2, R, C, eps));
+  };
+  const Vec gx = fd_grad([&](const Vec& X) { return loss(X, p1v, p2v); }, xv);
+  const Vec g1 = fd_grad([&](const Vec& P) { return loss(xv, P, p2v); }, p1v);
+  const Vec g2 = fd_grad([&](const Vec& P) { return loss(xv, p1v, P); }, p2v);
+  const std::string what = "norm " + std::to_string(int(kind)) + " " + shape_str(s);
+  // dx is rstd·(g − mean(g) − x̂·mean(g·x̂)): its size before cancellation is ‖g‖·max rstd.
+  double gnorm = 0, rstd_max = 0;
+  for (int64_t i = 0; i < R; ++i) {
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < C; ++c) m += xv[i * C + c] / C;
+    for (int64_t c = 0; c < C; ++c)
+      v += (kind == Norm::Rms ? xv[i * C + c] * xv[i * C + c]
+                              : (xv[i * C + c] - m) * (xv[i * C + c] - m)) / C;
+    rstd_max = std::max(rstd_max, 1 / std::sqrt(v + eps));
+    for (int64_t c = 0; c < C; ++c) {
+      const double mult = kind == Norm::LayerNormPlain ? 1
+                          : kind == Norm::Modulate     ? 1 + p1v[c]
+                                                       : p1v[c];
+      gnorm += rv[i * C + c] * mult * rv[i * C + c] * mult;
+    }
+  }
+  const double dx_floor = std::sqrt(gnorm) * rstd_max;
+
+  for (int wanted = 0; wanted < 4; ++wanted) {  // bit 0: first param grad, bit 1: second
+    const bool w1 = wanted & 1, w2 = wanted & 2;
+    if (kind == Norm::LayerNormPlain && wanted) continue;
+    if (kind == Norm::Rms && w2) continue;
+    Tensor dx = nan_tensor(s), d1 = randn({C}, seed + 4), d2 = randn({C}, seed + 5);
+    const Vec d10 = values(d1), d20 = values(d2);
+    Tensor* o1 = w1 ? &d1 : nullptr;
+    Tensor* o2 = w2 ? &d2 : nullptr;
+    switch (kind) {
+      case Norm::LayerNormAffine: ops::layer_norm_backward(x, &p1, eps, r, dx, o1, o2); break;
+      case Norm::LayerNormPlain: ops::layer_norm_backward(x, nullptr, eps, r, dx, nullptr, nullptr); break;
+      case Norm::Modulate: ops::layer_norm_modulate_backward(x, p1, eps, r, dx, o2, o1); break;
+      case Norm::Rms: ops::rms_norm_backward(x, p1, eps, r, dx, o1); break;
+    }
+    const std::string wh = what + " wanted=" + std::to_string(wanted);
+    expect_near_vec(dx, gx, kTol, wh + " dx", dx_floor);
+    expect_near_vec(d1, w1 ? add(d10, g1) : d10, kTol, wh + " d(w|scale) (+=)");
+    expect_near_vec(d2, w2 ? add(d20, g2) : d20, kTol, wh + " d(b|shift) (+=)");
+  }
+}
+
+}  // namespace
+
+TEST(Backward, NormsMatchFiniteDifferences) {
+  uint32_t seed = 100;
+  for (Norm kind : {Norm::LayerNormAffine, Norm::LayerNormPlain, Norm::Modulate, Norm::Rms})
+    for (const Shape& s : {Shape{5, 7}, Shape{2, 3, 16}, Shape{1, 1}, Shape{3, 2}, Shape{1, 33}})
+      check_norm(kind, s, seed += 10);
+}
+
+TEST(Backward, NormsLargeMatchesSmallRows) {
+  // Many rows (the parallel, chunked path) against the same rows one at a time.
+  const int64_t R = 3000, C = 40;
+  Tensor x = randn({R, C}, 1), w = randn({C}, 2), r = randn({R, C}, 3);
+  Tensor dx = nan_tensor({R, C}), dw = Tensor::zeros({C}, DType::F32),
+         db = Tensor::zeros({C}, DType::F32);
+  ops::layer_norm_backward(x, &w, 1e-5f, r, dx, &dw, &db);
+  Vec dw_want(C, 0.0), db_want(C, 0.0);
+  for (int64_t i = 0; i < R; i += 1) {
+    Tensor xi = x.slice(0, i, i + 1), ri = r.slice(0, i, i + 1);
+    Tensor dxi = nan_tensor({1, C}), dwi = Tensor::zeros({C}, DType::F32),
+           dbi = Tensor::zeros({C}, DType::F32);
+    ops::layer_norm_backward(xi, &w, 1e-5f, ri, dxi, &dwi, &dbi);
+    osp::test::expect_same_bits(dxi, dx.slice(0, i, i + 1).contiguous(), "dx row");
+    const Vec a = values(dwi), b = values(dbi);
+    for (int64_t c = 0; c < C; ++c) dw_want[c] += a[c], db_want[c] += b[c];
+    if (HasFailure()) return;
+  }
+  expect_near_vec(dw, dw_want, 1e-6, "dw");
+  expect_near_vec(db, db_want, 1e-6, "db");
+}
+
+TEST(Backward, NormErrors) {
+  Tensor x = randn({4, 8}, 1), w = randn({8}, 2), r = randn({4, 8}, 3);
+  Tensor dx = Tensor::empty({4, 8}, DType::F32), dw = Tensor::zeros({8}, DType::F32);
+  const char* ln = "ops::layer_norm_backward";
+  expect_error([&] { ops::layer_norm_backward(x, nullptr, 1e-5f, r, dx, &dw, nullptr); },
+               {ln, "no affine", "null"});
+  Tensor r_bad = randn({4, 7}, 3);
+  expect_error([&] { ops::layer_norm_backward(x, &w, 1e-5f, r_bad, dx, &dw, nullptr); },
+               {ln, "dy", "[4, 8]"});
+  Tensor dw_bad = Tensor::zeros({7}, DType::F32);
+  expect_error([&] { ops::layer_norm_backward(x, &w, 1e-5f, r, dx, &dw_bad, nullptr); },
+               {ln, "dw", "[8]"});
+  expect_error([&] { ops::layer_norm_backward(x, &w, 0.f, r, dx, &dw, nullptr); }, {ln, "eps"});
+  expect_error([&] { ops::layer_norm_backward(x, &w, 1e-5f, r, r, &dw, nullptr); },
+               {ln, "overlap"});
+  const char* lm = "ops::layer_norm_modulate_backward";
+  Tensor sc_bad = randn({8}, 4).to(DType::BF16);
+  expect_error([&] { ops::layer_norm_modulate_backward(x, sc_bad, 1e-6f, r, dx, nullptr, nullptr); },
+               {lm, "scale", "f32"});
+  Tensor dsh = Tensor::zeros({8}, DType::F32);
+  expect_error([&] { ops::layer_norm_modulate_backward(x, w, 1e-6f, r, dx, &dsh, &dsh); },
+               {lm, "different"});
+  const char* rm = "ops::rms_norm_backward";
+  Tensor dxb = Tensor::empty({4, 8}, DType::BF16);
+  expect_error([&] { ops::rms_norm_backward(x, w, 1e-6f, r, dxb, &dw); }, {rm, "dx", "f32"});
+  Tensor xc = fake_cuda({4, 8});
+  expect_error([&] { ops::rms_norm_backward(xc, w, 1e-6f, r, dx, &dw); }, {rm, "cuda:0"});
+}
