@@ -396,3 +396,145 @@ TEST(Backward, NormErrors) {
   Tensor xc = fake_cuda({4, 8});
   expect_error([&] { ops::rms_norm_backward(xc, w, 1e-6f, r, dx, &dw); }, {rm, "cuda:0"});
 }
+
+// ================================================================= (b) elementwise, RoPE
+
+TEST(Backward, GeluSiluMatchFiniteDifferences) {
+  for (const Shape& s : {Shape{3, 5}, Shape{2, 3, 7}, Shape{1}, Shape{64, 9}}) {
+    Tensor x = randn(s, 21, 2.5f), r = randn(s, 22);
+    const Vec xv = values(x), rv = values(r);
+    auto gelu = [](double v) {
+      return 0.5 * v * (1 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    };
+    auto silu = [](double v) { return v / (1 + std::exp(-v)); };
+    for (int which = 0; which < 2; ++which) {
+      auto loss = [&](const Vec& X) {
+        double L = 0;
+        for (size_t i = 0; i < X.size(); ++i) L += rv[i] * (which ? silu(X[i]) : gelu(X[i]));
+        return L;
+      };
+      const Vec gx = fd_grad(loss, xv);
+      Tensor dx = nan_tensor(s);
+      if (which)
+        ops::silu_backward(x, r, dx);
+      else
+        ops::gelu_tanh_backward(x, r, dx);
+      expect_near_vec(dx, gx, kTol, std::string(which ? "silu " : "gelu ") + shape_str(s));
+    }
+  }
+  // Large magnitudes: saturated tails stay finite and correct.
+  Tensor x = Tensor::from_vector({-30.f, -9.f, 0.f, 9.f, 30.f}, {5});
+  Tensor r = Tensor::from_vector({1.f, 1.f, 1.f, 1.f, 1.f}, {5});
+  Tensor dx = nan_tensor({5});
+  ops::gelu_tanh_backward(x, r, dx);
+  expect_near_vec(dx, {0, 0, 0.5, 1, 1}, 1e-6, "gelu tails");
+  ops::silu_backward(x, r, dx);
+  const Vec sv = values(dx);
+  EXPECT_NEAR(sv[0], 0, 1e-11);
+  EXPECT_NEAR(sv[2], 0.5, 1e-7);
+  EXPECT_NEAR(sv[4], 1, 1e-7);
+}
+
+TEST(Backward, AddGatedMatchesFiniteDifferences) {
+  for (const Shape& s : {Shape{5, 7}, Shape{2, 3, 4}, Shape{1, 1}, Shape{3000, 5}}) {
+    const int64_t C = s.back(), R = shape_numel(s) / C;
+    Tensor y = randn(s, 31), gate = randn({C}, 32), r = randn(s, 33);
+    const Vec yv = values(y), gv = values(gate), rv = values(r);
+    auto loss = [&](const Vec& Y, const Vec& G) {
+      double L = 0;  // x_out = x_in + y·gate; the x_in part is linear with gradient r itself
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t c = 0; c < C; ++c) L += rv[i * C + c] * Y[i * C + c] * G[c];
+      return L;
+    };
+    const Vec gy = R * C < 500 ? fd_grad([&](const Vec& Y) { return loss(Y, gv); }, yv) : Vec{};
+    const Vec gg = fd_grad([&](const Vec& G) { return loss(yv, G); }, gv);
+    Tensor dy = nan_tensor(s), dgate = randn({C}, 34);
+    const Vec dg0 = values(dgate);
+    ops::add_gated_backward(r, y, gate, dy, &dgate);
+    if (!gy.empty()) expect_near_vec(dy, gy, kTol, "add_gated dy " + shape_str(s));
+    Vec dy_exact(yv.size());  // dy = dx·gate, exactly in fp32
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t c = 0; c < C; ++c) dy_exact[i * C + c] = double(float(rv[i * C + c]) * float(gv[c]));
+    expect_near_vec(dy, dy_exact, 1e-12, "add_gated dy exact " + shape_str(s));
+    expect_near_vec(dgate, add(dg0, gg), kTol, "add_gated dgate (+=) " + shape_str(s));
+    Tensor dy2 = nan_tensor(s);
+    ops::add_gated_backward(r, y, gate, dy2, nullptr);  // dgate skipped
+    osp::test::expect_same_bits(dy2, dy, "add_gated dy without dgate");
+  }
+}
+
+TEST(Backward, RopeMatchesFiniteDifferences) {
+  struct Case {
+    int64_t R, Rt, L, H, D;
+  };
+  for (const Case& c : {Case{1, 1, 3, 2, 4}, Case{4, 2, 5, 3, 6}, Case{2, 1, 1, 1, 2}}) {
+    Tensor x = randn({c.R, c.L, c.H, c.D}, 41), r = randn({c.R, c.L, c.H, c.D}, 42);
+    std::vector<float> tab(size_t(c.Rt * c.L * c.D));
+    std::mt19937 g(43);
+    std::uniform_real_distribution<float> ang(-3.f, 3.f);
+    for (size_t i = 0; i < tab.size(); i += 2) {
+      const float a = ang(g);
+      tab[i] = std::cos(a), tab[i + 1] = std::sin(a);
+    }
+    Tensor cs = Tensor::from_vector(tab, {c.Rt, c.L, c.D / 2, 2});
+    const Vec rv = values(r);
+    auto loss = [&](const Vec& X) {
+      double L = 0;
+      for (int64_t rr = 0; rr < c.R; ++rr)
+        for (int64_t l = 0; l < c.L; ++l)
+          for (int64_t h = 0; h < c.H; ++h)
+            for (int64_t p = 0; p < c.D / 2; ++p) {
+              const size_t t = size_t((((rr % c.Rt) * c.L + l) * (c.D / 2) + p) * 2);
+              const size_t b = size_t(((rr * c.L + l) * c.H + h) * c.D + 2 * p);
+              const double co = tab[t], si = tab[t + 1];
+              L += rv[b] * (X[b] * co - X[b + 1] * si) + rv[b + 1] * (X[b] * si + X[b + 1] * co);
+            }
+      return L;
+    };
+    const Vec gx = fd_grad(loss, values(x));
+    Tensor dx = nan_tensor(x.shape());
+    ops::rope_backward(r, cs, dx);
+    expect_near_vec(dx, gx, kTol, "rope");
+    // The adjoint undoes the forward (rotations are orthogonal).
+    Tensor y = nan_tensor(x.shape()), back = nan_tensor(x.shape());
+    ops::rope(x, cs, y);
+    ops::rope_backward(y, cs, back);
+    expect_near_vec(back, values(x), 1e-6, "rope_backward(rope(x)) = x");
+    // In place.
+    Tensor inplace = r.clone();
+    ops::rope_backward(inplace, cs, inplace);
+    osp::test::expect_same_bits(inplace, dx, "rope_backward in place");
+  }
+}
+
+TEST(Backward, ElementwiseAndRopeErrors) {
+  Tensor x = randn({4, 6}, 1), r = randn({4, 6}, 2), dx = Tensor::empty({4, 6}, DType::F32);
+  const char* ge = "ops::gelu_tanh_backward";
+  Tensor r_bad = randn({4, 5}, 2);
+  expect_error([&] { ops::gelu_tanh_backward(x, r_bad, dx); }, {ge, "dy", "[4, 6]"});
+  Tensor dx_bf = Tensor::empty({4, 6}, DType::BF16);
+  expect_error([&] { ops::gelu_tanh_backward(x, r, dx_bf); }, {ge, "dx", "f32"});
+  expect_error([&] { ops::silu_backward(x, r, r); }, {"ops::silu_backward", "overlap"});
+  Tensor xc = fake_cuda({4, 6});
+  expect_error([&] { ops::silu_backward(xc, r, dx); }, {"ops::silu_backward", "cuda:0"});
+
+  const char* ag = "ops::add_gated_backward";
+  Tensor gate = randn({6}, 3), gate_bad = randn({5}, 3), dg = Tensor::zeros({6}, DType::F32);
+  expect_error([&] { ops::add_gated_backward(r, x, gate_bad, dx, &dg); }, {ag, "gate", "[6]"});
+  Tensor rb = r.to(DType::BF16);
+  expect_error([&] { ops::add_gated_backward(rb, x, gate, dx, &dg); }, {ag, "residual", "f32"});
+  Tensor dg_bad = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { ops::add_gated_backward(r, x, gate, dx, &dg_bad); }, {ag, "dgate", "[6]"});
+  expect_error([&] { ops::add_gated_backward(r, x, gate, dx, &gate); }, {ag, "overlap"});
+
+  const char* ro = "ops::rope_backward";
+  Tensor d4 = randn({2, 3, 2, 4}, 4), o4 = Tensor::empty({2, 3, 2, 4}, DType::F32);
+  Tensor cs = randn({1, 3, 2, 2}, 5), cs_bad = randn({1, 4, 2, 2}, 5), cs3 = randn({3, 3, 2, 2}, 5);
+  expect_error([&] { ops::rope_backward(d4, cs_bad, o4); }, {ro, "cos_sin", "[Rt, 3, 2, 2]"});
+  expect_error([&] { ops::rope_backward(d4, cs3, o4); }, {ro, "divide"});
+  Tensor d5 = randn({2, 3, 2, 5}, 4), o5 = Tensor::empty({2, 3, 2, 5}, DType::F32);
+  expect_error([&] { ops::rope_backward(d5, cs, o5); }, {ro, "even"});
+  Tensor big = randn({3, 3, 2, 4}, 6);
+  Tensor part_in = big.slice(0, 0, 2), part_out = big.slice(0, 1, 3);
+  expect_error([&] { ops::rope_backward(part_in, cs, part_out); }, {ro, "overlap"});
+}

@@ -234,4 +234,118 @@ void rms_norm_backward(const Tensor& x0, const Tensor& w0, float eps, const Tens
   cpu::rms_norm_backward(x, w, eps, dy, dx, dw);
 }
 
+// ---------------------------------------------------------------- elementwise
+namespace {
+template <typename CpuFn, typename CudaFn>
+void unary_backward(const char* op, const Tensor& x0, const Tensor& dy0, Tensor& dx,
+                    CpuFn cpu_fn, CudaFn cuda_fn) {
+  check_defined(x0, op, "x");
+  check_defined(dy0, op, "dy");
+  check_same_shape(x0, dy0, op, "dy");
+  check_device(x0, dy0, op, "dy");
+  check_dx(x0, dx, op);
+  check_no_alias(x0, dx, op, "x");
+  check_no_alias(dy0, dx, op, "dy");
+  Tensor x = x0.contiguous(), dy = dy0.contiguous();
+  const bool cuda = on_cuda(x, op);
+  check_act(x, cuda, op, "x");
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  if (cuda)
+    cuda_fn(x, dy, dx);
+  else
+    cpu_fn(x, dy, dx);
+}
+}  // namespace
+
+void gelu_tanh_backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  unary_backward(
+      "ops::gelu_tanh_backward", x, dy, dx,
+      [](const Tensor& a, const Tensor& g, Tensor& o) { cpu::gelu_tanh_backward(a, g, o); },
+      [](const Tensor& a, const Tensor& g, Tensor& o) {
+#ifdef OSP_HAVE_CUDA
+        cuda::gelu_tanh_backward(a, g, o);
+#endif
+      });
+}
+
+void silu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  unary_backward(
+      "ops::silu_backward", x, dy, dx,
+      [](const Tensor& a, const Tensor& g, Tensor& o) { cpu::silu_backward(a, g, o); },
+      [](const Tensor& a, const Tensor& g, Tensor& o) {
+#ifdef OSP_HAVE_CUDA
+        cuda::silu_backward(a, g, o);
+#endif
+      });
+}
+
+void add_gated_backward(const Tensor& dx0, const Tensor& y0, const Tensor& gate0, Tensor& dy,
+                        Tensor* dgate) {
+  const char* op = "ops::add_gated_backward";
+  check_defined(dx0, op, "dx");
+  check_defined(y0, op, "y");
+  OSP_CHECK(dx0.dim() >= 1, op, ": dx must be [rows, C], got ", dx0.desc());
+  check_same_shape(dx0, y0, op, "y");
+  check_device(dx0, y0, op, "y");
+  const int64_t C = dx0.size(-1);
+  check_vec(gate0, C, dx0, op, "gate");
+  check_dx(dx0, dy, op, "dy");
+  check_param_grad(dgate, {C}, dx0, op, "dgate");
+  for (const Tensor* o : {&dy, dgate}) {
+    if (!o) continue;
+    check_no_alias(dx0, *o, op, "dx");
+    check_no_alias(y0, *o, op, "y");
+    check_no_alias(gate0, *o, op, "gate");
+  }
+  if (dgate) check_no_alias(dy, *dgate, op, "dy");
+  OSP_CHECK(dx0.dtype() == DType::F32, op, ": dx (the residual stream's gradient) must be f32, got ",
+            dx0.desc());
+  Tensor dx = dx0.contiguous(), y = y0.contiguous(), gate = gate0.contiguous();
+  const bool cuda = on_cuda(dx, op);
+  check_act(y, cuda, op, "y");
+  check_act(dy, cuda, op, "dy");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::add_gated_backward(dx, y, gate, dy, dgate);
+#endif
+    return;
+  }
+  cpu::add_gated_backward(dx, y, gate, dy, dgate);
+}
+
+// ---------------------------------------------------------------- RoPE
+void rope_backward(const Tensor& dy0, const Tensor& cs0, Tensor& dx) {
+  const char* op = "ops::rope_backward";
+  check_defined(dy0, op, "dy");
+  check_defined(cs0, op, "cos_sin");
+  OSP_CHECK(dy0.dim() == 4, op, ": dy must be [R, L, H, D], got ", dy0.desc());
+  const int64_t R = dy0.size(0), L = dy0.size(1), D = dy0.size(3);
+  OSP_CHECK(D % 2 == 0, op, ": head dim D must be even, got ", D);
+  OSP_CHECK(cs0.dim() == 4 && cs0.size(1) == L && cs0.size(2) == D / 2 && cs0.size(3) == 2, op,
+            ": cos_sin must be [Rt, ", L, ", ", D / 2, ", 2], got ", shape_str(cs0.shape()));
+  const int64_t Rt = cs0.size(0);
+  OSP_CHECK(Rt >= 1 && (R % Rt) == 0, op, ": the table's ", Rt,
+            " rows must divide the data's R = ", R);
+  OSP_CHECK(cs0.dtype() == DType::F32, op, ": cos_sin must be f32, got ", cs0.desc());
+  check_device(dy0, cs0, op, "cos_sin");
+  check_dx(dy0, dx, op);
+  check_no_alias(cs0, dx, op, "cos_sin");
+  // In place (dx is dy) is allowed; a partial overlap is not.
+  const bool in_place = dy0.storage() == dx.storage() && dy0.raw() == dx.raw() &&
+                        dy0.dtype() == dx.dtype() && dy0.is_contiguous();
+  if (!in_place) check_no_alias(dy0, dx, op, "dy (only exactly in place is allowed)");
+  Tensor dy = dy0.contiguous(), cs = cs0.contiguous();
+  const bool cuda = on_cuda(dy, op);
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::rope_backward(dy, cs, dx);
+#endif
+    return;
+  }
+  cpu::rope_backward(dy, cs, dx);
+}
+
 }  // namespace osp::ops

@@ -175,4 +175,76 @@ void rms_norm_backward(const Tensor& x, const Tensor& w, float eps, const Tensor
   });
 }
 
+// ---------------------------------------------------------------- elementwise
+// gelu_tanh'(x) = 0.5·(1 + t) + 0.5·x·(1 − t²)·k·(1 + 3a·x²), t = tanh(k·(x + a·x³)).
+void gelu_tanh_backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  const int64_t n = x.numel();
+  const float* xp = x.data<float>();
+  const float* gp = dy.data<float>();
+  float* o = dx.data<float>();
+  const float k = 0.7978845608028654f, a = 0.044715f;
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = xp[i], v2 = v * v;
+    const float t = std::tanh(k * (v + a * v2 * v));
+    o[i] = gp[i] * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * k * (1.f + 3.f * a * v2));
+  }
+}
+
+// silu'(x) = s·(1 + x·(1 − s)), s = sigmoid(x).
+void silu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  const int64_t n = x.numel();
+  const float* xp = x.data<float>();
+  const float* gp = dy.data<float>();
+  float* o = dx.data<float>();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = 1.f / (1.f + std::exp(-xp[i]));
+    o[i] = gp[i] * s * (1.f + xp[i] * (1.f - s));
+  }
+}
+
+void add_gated_backward(const Tensor& dx, const Tensor& y, const Tensor& gate, Tensor& dy,
+                        Tensor* dgate) {
+  const int64_t C = dx.size(-1), R = rows_of(dx);
+  const float* gp = dx.data<float>();
+  const float* yp = y.data<float>();
+  const float* g = gate.data<float>();
+  float* o = dy.data<float>();
+  float* const outs[kSums] = {ptr(dgate), nullptr};
+  rows_with_column_sums(R, C, outs, [&](int64_t r, double* acc) {
+    const float* gr = gp + r * C;
+    float* orow = o + r * C;
+    for (int64_t c = 0; c < C; ++c) orow[c] = gr[c] * g[c];
+    if (!acc) return;
+    const float* yr = yp + r * C;
+    for (int64_t c = 0; c < C; ++c) acc[c] += double(gr[c]) * double(yr[c]);
+  });
+}
+
+// ---------------------------------------------------------------- RoPE
+// The forward rotates each pair by θ; the adjoint (= inverse) rotates by −θ. Each pair is read
+// before it is written, so dx may be dy.
+void rope_backward(const Tensor& dy, const Tensor& cos_sin, Tensor& dx) {
+  const int64_t R = dy.size(0), L = dy.size(1), H = dy.size(2), D = dy.size(3);
+  const int64_t Rt = cos_sin.size(0), P = D / 2;
+  const float* gp = dy.data<float>();
+  const float* cs = cos_sin.data<float>();
+  float* o = dx.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (dy.numel() > kParallelMin)
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t l = 0; l < L; ++l) {
+      const float* tab = cs + ((r % Rt) * L + l) * P * 2;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t base = ((r * L + l) * H + h) * D;
+        for (int64_t p = 0; p < P; ++p) {
+          const float c = tab[2 * p], s = tab[2 * p + 1];
+          const float g0 = gp[base + 2 * p], g1 = gp[base + 2 * p + 1];
+          o[base + 2 * p] = g0 * c + g1 * s;
+          o[base + 2 * p + 1] = g1 * c - g0 * s;
+        }
+      }
+    }
+}
+
 }  // namespace osp::ops::cpu
