@@ -30,5 +30,14 @@ void patchify_backward(const Tensor& dpatches, int pt, int ph, int pw, Tensor& d
 void unpatchify_backward(const Tensor& dout, int64_t T, int64_t h, int64_t w, int pt, int ph,
                          int pw, Tensor& dy);
 void sum_rows(const Tensor& x, Tensor& out);
+
+// Which implementation attention_forward_lse / attention_backward run (tests, benchmarks):
+// Auto = cuDNN's fused SDPA graphs where cuDNN takes the shape, else our own kernels;
+// Cudnn = cuDNN or fail; Own = our own kernels. OSP_ATTENTION=flash|cudnn sets the default.
+enum class AttnPath { Auto, Cudnn, Own };
+void set_attention_train_path(AttnPath p);
+// "cudnn" or "own": the path the latest attention_forward_lse / attention_backward call took.
+const char* last_attention_forward_lse_path();
+const char* last_attention_backward_path();
 }  // namespace osp::ops::cuda
 #endif

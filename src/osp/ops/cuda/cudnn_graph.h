@@ -154,6 +154,15 @@ class CudnnGraph {
     finalize(op, "reduction op");
     ops_.push_back(op);
   }
+  // y = x seen with y's dims/strides (a transpose of the last two dims, as the SDPA backward
+  // graph uses for Pᵀ, dSᵀ and K).
+  void reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+    auto op = create(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "reshape op");
+    set(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "reshape x");
+    set(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "reshape y");
+    finalize(op, "reshape op");
+    ops_.push_back(op);
+  }
   // c = a·b in f32, with optional M / N / K override tensors (per-batch sequence lengths).
   void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c,
               cudnnBackendDescriptor_t m_ovr = nullptr, cudnnBackendDescriptor_t n_ovr = nullptr,
