@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 #include <initializer_list>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "osp/ops/backward.h"
+#include "osp/ops/cpu/cpu_ops.h"
 #include "osp/ops/ops.h"
 #include "test_util.h"
 
@@ -537,4 +539,272 @@ TEST(Backward, ElementwiseAndRopeErrors) {
   Tensor big = randn({3, 3, 2, 4}, 6);
   Tensor part_in = big.slice(0, 0, 2), part_out = big.slice(0, 1, 3);
   expect_error([&] { ops::rope_backward(part_in, cs, part_out); }, {ro, "overlap"});
+}
+
+// ================================================================= (c) attention
+
+namespace {
+
+struct AttnShape {
+  int64_t B, Lq, Lk, H, D;
+  float scale;                // 0: 1/sqrt(D)
+  std::vector<int32_t> seqs;  // packed sequence lengths (empty: none)
+};
+
+struct AttnRef {
+  Vec out, lse, dq, dk, dv;
+};
+
+// float64 attention forward (and, given dout, its analytic backward) per (sample, head,
+// sequence), straight from the definitions.
+AttnRef attn_ref(const AttnShape& a, const Vec& q, const Vec& k, const Vec& v,
+                 const Vec* dout = nullptr) {
+  const int64_t B = a.B, Lq = a.Lq, Lk = a.Lk, H = a.H, D = a.D;
+  const double scale = a.scale > 0 ? a.scale : 1 / std::sqrt(double(D));
+  std::vector<std::array<int64_t, 4>> seqs;  // q0, nq, k0, nk
+  if (a.seqs.empty()) {
+    seqs.push_back({0, Lq, 0, Lk});
+  } else {
+    int64_t off = 0;
+    for (int32_t n : a.seqs) seqs.push_back({off, n, off, n}), off += n;
+  }
+  AttnRef r{Vec(q.size()), Vec(size_t(B * H * Lq)), Vec(q.size()), Vec(k.size()), Vec(v.size())};
+  auto qi = [&](int64_t b, int64_t i, int64_t h) { return size_t(((b * Lq + i) * H + h) * D); };
+  auto kj = [&](int64_t b, int64_t j, int64_t h) { return size_t(((b * Lk + j) * H + h) * D); };
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (const auto& sq : seqs)
+        for (int64_t i = sq[0]; i < sq[0] + sq[1]; ++i) {
+          Vec s(static_cast<size_t>(sq[3]));
+          double m = -1e300;
+          for (int64_t j = 0; j < sq[3]; ++j) {
+            double d = 0;
+            for (int64_t c = 0; c < D; ++c) d += q[qi(b, i, h) + c] * k[kj(b, sq[2] + j, h) + c];
+            s[j] = scale * d;
+            m = std::max(m, s[j]);
+          }
+          double l = 0;
+          for (auto& x : s) l += (x = std::exp(x - m));
+          for (auto& x : s) x /= l;  // P
+          r.lse[size_t((b * H + h) * Lq + i)] = m + std::log(l);
+          for (int64_t j = 0; j < sq[3]; ++j)
+            for (int64_t c = 0; c < D; ++c)
+              r.out[qi(b, i, h) + c] += s[j] * v[kj(b, sq[2] + j, h) + c];
+          if (!dout) continue;
+          const double* g = dout->data() + qi(b, i, h);
+          Vec dp(static_cast<size_t>(sq[3]));
+          double delta = 0;
+          for (int64_t j = 0; j < sq[3]; ++j) {
+            for (int64_t c = 0; c < D; ++c) dp[j] += g[c] * v[kj(b, sq[2] + j, h) + c];
+            delta += s[j] * dp[j];
+          }
+          for (int64_t j = 0; j < sq[3]; ++j) {
+            const double ds = s[j] * (dp[j] - delta) * scale;
+            const size_t kb = kj(b, sq[2] + j, h);
+            for (int64_t c = 0; c < D; ++c) {
+              r.dv[kb + c] += s[j] * g[c];
+              r.dq[qi(b, i, h) + c] += ds * k[kb + c];
+              r.dk[kb + c] += ds * q[qi(b, i, h) + c];
+            }
+          }
+        }
+  return r;
+}
+
+struct AttnRun {
+  Tensor q, k, v, r, out, lse, dq, dk, dv;
+  Tensor seq;
+  ops::AttentionArgs args;
+};
+
+AttnRun attn_run(const AttnShape& a, uint32_t seed, float sd = 1.f) {
+  AttnRun t;
+  t.q = randn({a.B, a.Lq, a.H, a.D}, seed, sd);
+  t.k = randn({a.B, a.Lk, a.H, a.D}, seed + 1, sd);
+  t.v = randn({a.B, a.Lk, a.H, a.D}, seed + 2);
+  t.r = randn({a.B, a.Lq, a.H, a.D}, seed + 3);
+  t.args.scale = a.scale;
+  if (!a.seqs.empty()) {
+    t.seq = Tensor::empty({int64_t(a.seqs.size())}, DType::I32);
+    std::copy(a.seqs.begin(), a.seqs.end(), t.seq.data<int32_t>());
+    t.args.seq_lens = &t.seq;
+  }
+  t.out = nan_tensor(t.q.shape());
+  t.lse = nan_tensor({a.B, a.H, a.Lq});
+  ops::attention_forward_lse(t.q, t.k, t.v, t.out, t.lse, t.args);
+  t.dq = nan_tensor(t.q.shape());
+  t.dk = nan_tensor(t.k.shape());
+  t.dv = nan_tensor(t.v.shape());
+  ops::attention_backward(t.q, t.k, t.v, t.out, t.lse, t.r, t.dq, t.dk, t.dv, t.args);
+  return t;
+}
+
+std::string attn_name(const AttnShape& a) {
+  std::string s = "B" + std::to_string(a.B) + " Lq" + std::to_string(a.Lq) + " Lk" +
+                  std::to_string(a.Lk) + " H" + std::to_string(a.H) + " D" + std::to_string(a.D);
+  if (!a.seqs.empty()) {
+    s += " seqs";
+    for (int32_t n : a.seqs) s += " " + std::to_string(n);
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(Backward, AttentionMatchesFiniteDifferences) {
+  const std::vector<AttnShape> cases = {
+      {2, 7, 7, 3, 5, 0.f, {}},              // self-attention
+      {1, 5, 9, 2, 4, 0.3f, {}},             // cross-attention, Lq < Lk, explicit scale
+      {1, 6, 3, 1, 3, 0.f, {}},              // cross-attention, Lq > Lk
+      {2, 11, 11, 2, 6, 0.f, {3, 0, 1, 5, 2}},  // packed, lengths incl. 0 and 1
+      {1, 12, 12, 2, 4, 0.f, {4, 4, 4}},     // packed, equal lengths
+      {1, 1, 1, 1, 1, 0.f, {}},              // one key: out = v, no gradient to q or k
+  };
+  uint32_t seed = 500;
+  for (const AttnShape& a : cases) {
+    const std::string name = attn_name(a);
+    AttnRun t = attn_run(a, seed += 10, 1.5f);
+    const Vec qv = values(t.q), kv = values(t.k), vv = values(t.v), rv = values(t.r);
+    auto loss = [&](const Vec& Q, const Vec& K, const Vec& V) {
+      return dot(rv, attn_ref(a, Q, K, V).out);
+    };
+    const Vec gq = fd_grad([&](const Vec& X) { return loss(X, kv, vv); }, qv);
+    const Vec gk = fd_grad([&](const Vec& X) { return loss(qv, X, vv); }, kv);
+    const Vec gv = fd_grad([&](const Vec& X) { return loss(qv, kv, X); }, vv);
+    // Where the gradient vanishes by symmetry (one key), compare against the size of dv.
+    double floor = 0;
+    for (double x : gv) floor = std::max(floor, std::abs(x));
+    expect_near_vec(t.dq, gq, kTol, name + " dq", 1e-3 * floor);
+    expect_near_vec(t.dk, gk, kTol, name + " dk", 1e-3 * floor);
+    expect_near_vec(t.dv, gv, kTol, name + " dv");
+    // The float64 analytic reference agrees with the finite differences too (it is used for
+    // the larger shapes below).
+    const AttnRef ref = attn_ref(a, qv, kv, vv, &rv);
+    expect_near_vec(t.out, ref.out, 1e-5, name + " out");
+    for (size_t i = 0; i < gq.size(); ++i) EXPECT_NEAR(ref.dq[i], gq[i], 1e-7 * (1 + floor));
+    for (size_t i = 0; i < gk.size(); ++i) EXPECT_NEAR(ref.dk[i], gk[i], 1e-7 * (1 + floor));
+    if (HasFailure()) return;
+  }
+}
+
+TEST(Backward, AttentionLargeAgainstFloat64Reference) {
+  // Several query and key blocks with ragged edges, both task layouts (few (sample, head,
+  // sequence) tasks: the two-pass layout; many: one task per sequence), packed sequences
+  // longer than a block.
+  const std::vector<AttnShape> cases = {
+      {1, 150, 150, 1, 16, 0.f, {}},
+      {1, 70, 200, 2, 8, 0.f, {}},
+      {3, 97, 97, 2, 12, 0.f, {}},
+      {1, 230, 230, 2, 8, 0.f, {1, 130, 0, 66, 33}},
+      {2, 64, 64, 4, 64, 0.f, {}},
+      {1, 300, 300, 1, 128, 0.f, {}},
+  };
+  uint32_t seed = 900;
+  for (const AttnShape& a : cases) {
+    const std::string name = attn_name(a);
+    AttnRun t = attn_run(a, seed += 10, 1.2f);
+    const Vec rv = values(t.r);
+    const AttnRef full = attn_ref(a, values(t.q), values(t.k), values(t.v), &rv);
+    expect_near_vec(t.out, full.out, 1e-5, name + " out");
+    expect_near_vec(t.lse, full.lse, 1e-6, name + " lse");
+    expect_near_vec(t.dq, full.dq, 1e-5, name + " dq");
+    expect_near_vec(t.dk, full.dk, 1e-5, name + " dk");
+    expect_near_vec(t.dv, full.dv, 1e-5, name + " dv");
+  }
+}
+
+TEST(Backward, AttentionTaskLayoutsGiveTheSameBits) {
+  // One (sample, head): the two-pass layout. The same data repeated in 6 samples: one task per
+  // (sample, head). Every copy must equal the single run bit for bit.
+  const AttnShape one{1, 140, 140, 1, 16, 0.f, {}};
+  AttnRun t = attn_run(one, 77);
+  const int64_t R = 6;
+  auto rep = [&](const Tensor& x) {
+    Shape s = x.shape();
+    s[0] = R;
+    Tensor o = Tensor::empty(s, DType::F32);
+    for (int64_t i = 0; i < R; ++i) o.select(0, i).copy_from(x.select(0, 0));
+    return o;
+  };
+  Tensor q = rep(t.q), k = rep(t.k), v = rep(t.v), r = rep(t.r);
+  Tensor out = nan_tensor(q.shape()), lse = nan_tensor({R, 1, 140});
+  ops::attention_forward_lse(q, k, v, out, lse);
+  Tensor dq = nan_tensor(q.shape()), dk = nan_tensor(k.shape()), dv = nan_tensor(v.shape());
+  ops::attention_backward(q, k, v, out, lse, r, dq, dk, dv);
+  for (int64_t i = 0; i < R; ++i) {
+    osp::test::expect_same_bits(dq.select(0, i).contiguous(), t.dq.select(0, 0).contiguous(), "dq");
+    osp::test::expect_same_bits(dk.select(0, i).contiguous(), t.dk.select(0, 0).contiguous(), "dk");
+    osp::test::expect_same_bits(dv.select(0, i).contiguous(), t.dv.select(0, 0).contiguous(), "dv");
+  }
+}
+
+TEST(Backward, AttentionForwardLseEqualsAttention) {
+  const std::vector<AttnShape> cases = {
+      {2, 7, 7, 3, 5, 0.f, {}},
+      {1, 5, 9, 2, 4, 0.3f, {}},
+      {2, 11, 11, 2, 6, 0.f, {3, 0, 1, 5, 2}},
+      {1, 12, 12, 2, 4, 0.f, {4, 4, 4}},
+      {1, 300, 300, 2, 64, 0.f, {}},
+      {2, 200, 77, 2, 128, 0.f, {}},
+      {1, 390, 390, 2, 64, 0.f, {130, 7, 0, 253}},
+      {1, 384, 384, 2, 128, 0.f, {128, 128, 128}},
+  };
+  for (bool simd : {true, false}) {
+    ops::cpu::set_simd_enabled(simd);
+    uint32_t seed = 1300;
+    for (const AttnShape& a : cases) {
+      const std::string name = attn_name(a) + (simd ? " simd" : " portable");
+      AttnRun t = attn_run(a, seed += 10, 2.f);
+      Tensor ref = nan_tensor(t.q.shape());
+      ops::attention(t.q, t.k, t.v, ref, t.args);
+      osp::test::expect_same_bits(t.out, ref, name.c_str());
+      // lse = log Σ_j exp(scale·q·k) over the row's keys, computed directly in double.
+      const AttnRef d = attn_ref(a, values(t.q), values(t.k), values(t.v));
+      expect_near_vec(t.lse, d.lse, 1e-6, name + " lse");
+    }
+  }
+  ops::cpu::set_simd_enabled(true);
+}
+
+TEST(Backward, AttentionErrors) {
+  const char* fw = "ops::attention_forward_lse";
+  const char* bw = "ops::attention_backward";
+  Tensor q = randn({1, 6, 2, 4}, 1), k = randn({1, 6, 2, 4}, 2), v = randn({1, 6, 2, 4}, 3);
+  Tensor out = Tensor::empty({1, 6, 2, 4}, DType::F32), lse = Tensor::empty({1, 2, 6}, DType::F32);
+  Tensor dq = Tensor::empty({1, 6, 2, 4}, DType::F32), dk = Tensor::empty({1, 6, 2, 4}, DType::F32),
+         dv = Tensor::empty({1, 6, 2, 4}, DType::F32);
+  ops::AttentionArgs a;
+  Tensor bias = Tensor::zeros({2, 6, 6}, DType::F32);
+  a.bias = &bias;
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse, a); }, {fw, "bias", "not supported"});
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dk, dv, a); }, {bw, "bias"});
+  ops::AttentionArgs b;
+  Tensor kvl = Tensor::empty({1}, DType::I32);
+  b.kv_lens = &kvl;
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse, b); }, {fw, "kv_lens"});
+  ops::AttentionArgs c;
+  Tensor sl = Tensor::empty({2}, DType::I32);
+  sl.data<int32_t>()[0] = 2, sl.data<int32_t>()[1] = 3;
+  c.seq_lens = &sl;
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse, c); }, {fw, "sum to 5", "6"});
+  sl.data<int32_t>()[0] = 7, sl.data<int32_t>()[1] = -1;
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dk, dv, c); },
+               {bw, "seq_lens[1] = -1"});
+  Tensor k9 = randn({1, 9, 2, 4}, 2), v9 = randn({1, 9, 2, 4}, 3);
+  sl.data<int32_t>()[0] = 3, sl.data<int32_t>()[1] = 3;
+  expect_error([&] { ops::attention_forward_lse(q, k9, v9, out, lse, c); }, {fw, "Lq == Lk"});
+  Tensor lse_bad = Tensor::empty({1, 6, 2}, DType::F32);
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse_bad); }, {fw, "lse", "[1, 2, 6]"});
+  Tensor lse_bf = Tensor::empty({1, 2, 6}, DType::BF16);
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse_bf, q, dq, dk, dv); }, {bw, "lse", "f32"});
+  Tensor dk_bad = Tensor::empty({1, 5, 2, 4}, DType::F32);
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dk_bad, dv); }, {bw, "dk"});
+  Tensor qb = q.to(DType::BF16);
+  expect_error([&] { ops::attention_forward_lse(qb, k, v, out, lse); }, {fw, "q", "f32"});
+  Tensor kc = fake_cuda({1, 6, 2, 4});
+  expect_error([&] { ops::attention_backward(q, kc, v, out, lse, q, dq, dk, dv); }, {bw, "k", "cuda:0"});
+  Tensor kbad = randn({1, 6, 3, 4}, 2);
+  expect_error([&] { ops::attention_forward_lse(q, kbad, v, out, lse); }, {fw, "k must be"});
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dq, dv); }, {bw, "overlap"});
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, q, dk, dv); }, {bw, "overlap"});
 }

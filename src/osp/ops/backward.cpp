@@ -4,6 +4,7 @@
 #include "osp/ops/backward.h"
 
 #include <string>
+#include <utility>
 
 #include "osp/ops/cpu/cpu_backward.h"
 #include "osp/ops/op_checks.h"
@@ -346,6 +347,149 @@ void rope_backward(const Tensor& dy0, const Tensor& cs0, Tensor& dx) {
     return;
   }
   cpu::rope_backward(dy, cs, dx);
+}
+
+// ---------------------------------------------------------------- attention
+namespace {
+
+// Shapes and args shared by attention_forward_lse and attention_backward. Returns the args to
+// pass on (seq_lens made contiguous into *seq_holder).
+AttentionArgs check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionArgs& args, Tensor* seq_holder) {
+  check_defined(q, op, "q");
+  check_defined(k, op, "k");
+  check_defined(v, op, "v");
+  OSP_CHECK(q.dim() == 4, op, ": q must be [B, Lq, H, D], got ", q.desc());
+  OSP_CHECK(k.dim() == 4, op, ": k must be [B, Lk, H, D], got ", k.desc());
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
+  OSP_CHECK(k.size(0) == B && k.size(2) == H && k.size(3) == D, op, ": k must be [", B, ", Lk, ",
+            H, ", ", D, "] to match q ", shape_str(q.shape()), ", got ", shape_str(k.shape()));
+  OSP_CHECK(Lk >= 1 && D >= 1, op, ": empty keys or head dim (k ", k.desc(), ")");
+  check_same_shape(k, v, op, "v");
+  check_device(q, k, op, "k");
+  check_device(q, v, op, "v");
+  OSP_CHECK(args.scale >= 0, op, ": scale must be >= 0 (0 means 1/sqrt(D)), got ", args.scale);
+  OSP_CHECK(!args.bias && !args.kv_lens && !args.q_lens, op,
+            ": the training attention supports scale and seq_lens only; bias, kv_lens and "
+            "q_lens are not supported (pack variable-length sequences with seq_lens instead)");
+  AttentionArgs a;
+  a.scale = args.scale;
+  if (args.seq_lens) {
+    const Tensor& sl = *args.seq_lens;
+    check_defined(sl, op, "seq_lens");
+    OSP_CHECK(sl.dtype() == DType::I32 && sl.dim() == 1 && sl.size(0) >= 1 && sl.device().is_cpu(),
+              op, ": seq_lens must be a host i32 [R] tensor with R >= 1, got ", sl.desc());
+    OSP_CHECK(Lq == Lk, op, ": packed sequences need Lq == Lk (self-attention), got q ", q.desc(),
+              " and k ", k.desc());
+    *seq_holder = sl.contiguous();
+    const int32_t* lp = seq_holder->data<int32_t>();
+    int64_t total = 0;
+    for (int64_t r = 0; r < seq_holder->size(0); ++r) {
+      OSP_CHECK(lp[r] >= 0, op, ": seq_lens[", r, "] = ", lp[r], " is negative");
+      total += lp[r];
+    }
+    OSP_CHECK(total == Lq, op, ": seq_lens sum to ", total, " but each sample has ", Lq,
+              " rows (q ", q.desc(), ")");
+    a.seq_lens = seq_holder;
+  }
+  return a;
+}
+
+void check_lse(const Tensor& lse, const Tensor& q, const char* op) {
+  check_defined(lse, op, "lse");
+  const Shape want{q.size(0), q.size(2), q.size(1)};
+  OSP_CHECK(lse.shape() == want, op, ": lse must be [B, H, Lq] = ", shape_str(want), ", got ",
+            shape_str(lse.shape()));
+  OSP_CHECK(lse.dtype() == DType::F32, op, ": lse must be f32, got ", lse.desc());
+  check_device(q, lse, op, "lse");
+}
+
+// CUDA attention tensors are bf16 (lse f32); CPU ones f32.
+void check_attn_dtype(const Tensor& t, bool cuda, const char* op, const char* what) {
+  if (cuda)
+    OSP_CHECK(t.dtype() == DType::BF16, op, ": CUDA attention takes bf16 tensors; ", what,
+              " is ", t.desc());
+  else
+    check_f32(t, op, what);
+}
+
+}  // namespace
+
+void attention_forward_lse(const Tensor& q0, const Tensor& k0, const Tensor& v0, Tensor& out,
+                           Tensor& lse, const AttentionArgs& args) {
+  const char* op = "ops::attention_forward_lse";
+  Tensor seq;
+  const AttentionArgs a = check_attention(op, q0, k0, v0, args, &seq);
+  check_defined(out, op, "out");
+  check_out(out, op);
+  check_same_shape(q0, out, op, "out");
+  check_device(q0, out, op, "out");
+  check_lse(lse, q0, op);
+  check_out(lse, op);
+  for (const Tensor* o : {&out, &lse}) {
+    check_no_alias(q0, *o, op, "q");
+    check_no_alias(k0, *o, op, "k");
+    check_no_alias(v0, *o, op, "v");
+  }
+  check_no_alias(out, lse, op, "out (lse)");
+  Tensor q = q0.contiguous(), k = k0.contiguous(), v = v0.contiguous();
+  const bool cuda = on_cuda(q, op);
+  check_attn_dtype(q, cuda, op, "q");
+  check_attn_dtype(k, cuda, op, "k");
+  check_attn_dtype(v, cuda, op, "v");
+  check_attn_dtype(out, cuda, op, "out");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::attention_forward_lse(q, k, v, out, lse, a);
+#endif
+    return;
+  }
+  cpu::attention_forward_lse(q, k, v, out, lse, a);
+}
+
+void attention_backward(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& out0,
+                        const Tensor& lse0, const Tensor& dout0, Tensor& dq, Tensor& dk,
+                        Tensor& dv, const AttentionArgs& args) {
+  const char* op = "ops::attention_backward";
+  Tensor seq;
+  const AttentionArgs a = check_attention(op, q0, k0, v0, args, &seq);
+  check_defined(out0, op, "out");
+  check_defined(dout0, op, "dout");
+  check_same_shape(q0, out0, op, "out");
+  check_same_shape(q0, dout0, op, "dout");
+  check_device(q0, out0, op, "out");
+  check_device(q0, dout0, op, "dout");
+  check_lse(lse0, q0, op);
+  const std::pair<Tensor*, const Tensor*> grads[] = {{&dq, &q0}, {&dk, &k0}, {&dv, &v0}};
+  const char* names[] = {"dq", "dk", "dv"};
+  for (int g = 0; g < 3; ++g) {
+    Tensor& d = *grads[g].first;
+    check_defined(d, op, names[g]);
+    check_out(d, op);
+    check_same_shape(*grads[g].second, d, op, names[g]);
+    check_device(q0, d, op, names[g]);
+    for (const Tensor* in : {&q0, &k0, &v0, &out0, &lse0, &dout0})
+      check_no_alias(*in, d, op, "an input (q, k, v, out, lse or dout)");
+    for (int h = 0; h < g; ++h) check_no_alias(*grads[h].first, d, op, names[h]);
+  }
+  Tensor q = q0.contiguous(), k = k0.contiguous(), v = v0.contiguous();
+  Tensor out = out0.contiguous(), lse = lse0.contiguous(), dout = dout0.contiguous();
+  const bool cuda = on_cuda(q, op);
+  check_attn_dtype(q, cuda, op, "q");
+  check_attn_dtype(k, cuda, op, "k");
+  check_attn_dtype(v, cuda, op, "v");
+  check_attn_dtype(out, cuda, op, "out");
+  check_attn_dtype(dout, cuda, op, "dout");
+  check_attn_dtype(dq, cuda, op, "dq");
+  check_attn_dtype(dk, cuda, op, "dk");
+  check_attn_dtype(dv, cuda, op, "dv");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, a);
+#endif
+    return;
+  }
+  cpu::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, a);
 }
 
 }  // namespace osp::ops

@@ -3,25 +3,23 @@
 // streams the keys in blocks: S = Q·Kᵀ·scale (+bias), rescale, O += P·V. K (transposed per
 // block) and V are packed once per call and shared by all query blocks. On AVX2+FMA machines
 // (checked at run time) the two products use 4×16 register-tiled micro-kernels and the softmax
-// a vectorised exp; elsewhere plain loops.
+// a vectorised exp; elsewhere plain loops. Packed sequences (args.seq_lens) are handled here, one
+// problem per (sample, head, sequence, query block); attention_forward_lse also writes the rows'
+// log-sum-exp for the backward (cpu/backward.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
+#include "osp/ops/cpu/cpu_backward.h"
 #include "osp/ops/cpu/cpu_kernels.h"
 #include "osp/ops/cpu/cpu_ops.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define OSP_HAVE_AVX2_KERNEL 1
-#endif
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define OSP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define OSP_CPU_CLONES
 #endif
 
 namespace osp::ops::cpu {
@@ -260,8 +258,15 @@ bool simd_enabled() {
 #endif
 }
 
-void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-               const AttentionArgs& args) {
+namespace {
+
+// The forward on every (sample, head, packed sequence, query block): a sequence is a range of
+// query rows and the range of keys it attends (the whole Lq × Lk without seq_lens; the same row
+// range on both sides with seq_lens). Key blocks start at each sequence's first key, so a packed
+// sequence gives the same bits as a separate call on that sequence alone.
+// lse (optional): [B, H, Lq] receives m + log(l), the natural log-sum-exp of the scaled logits.
+void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float* lsep,
+                    const AttentionArgs& args) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Lk = k.size(1);
   const float scale = args.scale > 0 ? args.scale : float(1.0 / std::sqrt(double(D)));
@@ -272,19 +277,31 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
   const int32_t* kvl = args.kv_lens ? args.kv_lens->data<int32_t>() : nullptr;
   const int32_t* ql = args.q_lens ? args.q_lens->data<int32_t>() : nullptr;
   float* op = out.data<float>();
-  const int64_t nqb = (Lq + kQB - 1) / kQB;
-  const int64_t tasks = B * H * nqb;
   const int64_t row = H * D;  // stride between tokens in [B, L, H, D]
+
+  // Sequences (first row, rows); the keys of a sequence: the same rows with seq_lens, else all.
+  std::vector<AttnSeq> seqs = attention_sequences(args.seq_lens, Lq, Lk);
+  // Query blocks and key blocks of every sequence: (sequence, first row).
+  std::vector<std::pair<int64_t, int64_t>> qblocks, kblocks;
+  for (int64_t si = 0; si < int64_t(seqs.size()); ++si) {
+    for (int64_t i0 = seqs[si].q0; i0 < seqs[si].q0 + seqs[si].nq; i0 += kQB) qblocks.push_back({si, i0});
+    for (int64_t j0 = seqs[si].k0; j0 < seqs[si].k0 + seqs[si].nk; j0 += kKB) kblocks.push_back({si, j0});
+  }
+  const int64_t nqb = int64_t(qblocks.size()), nkb = int64_t(kblocks.size());
+  const int64_t tasks = B * H * nqb;
 
   // Pack K transposed per key block ([B, H, block][D][kb], kb = keys in the block) and V
   // contiguous per head ([B, H][Lk][D]) once, shared by every query block.
-  const int64_t nkb = (Lk + kKB - 1) / kKB;
   std::vector<float> kpack(size_t(B * H * Lk * D)), vpack(size_t(B * H * Lk * D));
-  const bool par = B * H * Lq * Lk * D > 256 * kParallelMin;
+  int64_t work = 0;
+  for (const AttnSeq& sq : seqs) work += sq.nq * sq.nk;
+  const bool par = B * H * work * D > 256 * kParallelMin;
 #pragma omp parallel for collapse(2) schedule(static) if (par)
   for (int64_t bh = 0; bh < B * H; ++bh)
     for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t b = bh / H, h = bh % H, j0 = kb * kKB, nk = std::min(kKB, Lk - j0);
+      const AttnSeq& sq = seqs[size_t(kblocks[kb].first)];
+      const int64_t b = bh / H, h = bh % H, j0 = kblocks[kb].second;
+      const int64_t nk = std::min(kKB, sq.k0 + sq.nk - j0);
       float* kt = kpack.data() + (bh * Lk + j0) * D;  // block base: [D][nk]
       float* vv = vpack.data() + (bh * Lk + j0) * D;
       for (int64_t j = 0; j < nk; ++j) {
@@ -300,17 +317,18 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
     std::vector<float> qbuf(kQB * D), s(kQB * kKB), m(kQB), l(kQB), o(kQB * D);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t qblk = task % nqb, h = (task / nqb) % H, b = task / (nqb * H);
-      const int64_t i0 = qblk * kQB, i1 = std::min(Lq, i0 + kQB);
+      const int64_t qi = task % nqb, h = (task / nqb) % H, b = task / (nqb * H);
+      const AttnSeq& sq = seqs[size_t(qblocks[qi].first)];
+      const int64_t i0 = qblocks[qi].second, i1 = std::min(sq.q0 + sq.nq, i0 + kQB);
       const int64_t qlen = ql ? std::min<int64_t>(ql[b], Lq) : Lq;
-      const int64_t klen = kvl ? std::min<int64_t>(kvl[b], Lk) : Lk;
+      const int64_t kend = kvl ? std::min<int64_t>(kvl[b], sq.k0 + sq.nk) : sq.k0 + sq.nk;
       const int64_t iend = std::min(i1, qlen);
       // Rows past q_len (or every row when no key is valid) are zero.
       for (int64_t i = std::max(i0, iend); i < i1; ++i)
         std::fill_n(op + (b * Lq + i) * row + h * D, D, 0.f);
       const int64_t nq = iend - i0;
       if (nq <= 0) continue;
-      if (klen == 0) {
+      if (kend <= sq.k0) {
         for (int64_t i = i0; i < iend; ++i) std::fill_n(op + (b * Lq + i) * row + h * D, D, 0.f);
         continue;
       }
@@ -322,8 +340,8 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
       std::fill_n(l.data(), nq, 0.f);
       std::fill_n(o.data(), nq * D, 0.f);
       const int64_t bh = b * H + h;
-      for (int64_t j0 = 0; j0 < klen; j0 += kKB) {
-        const int64_t nk = std::min(kKB, klen - j0), ldk = std::min(kKB, Lk - j0);
+      for (int64_t j0 = sq.k0; j0 < kend; j0 += kKB) {
+        const int64_t nk = std::min(kKB, kend - j0), ldk = std::min(kKB, sq.k0 + sq.nk - j0);
         const float* kt = kpack.data() + (bh * Lk + j0) * D;
         const float* vb = vpack.data() + (bh * Lk + j0) * D;
         const float* bias = bp ? bp + (h * Lq + i0) * Lk + j0 : nullptr;
@@ -342,8 +360,37 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
         const float inv = 1.f / l[i];
         for (int64_t d = 0; d < D; ++d) dst[d] = o[i * D + d] * inv;
       }
+      if (lsep)
+        for (int64_t i = 0; i < nq; ++i) lsep[bh * Lq + i0 + i] = m[i] + std::log(l[i]);
     }
   }
+}
+
+}  // namespace
+
+std::vector<AttnSeq> attention_sequences(const Tensor* seq_lens, int64_t Lq, int64_t Lk) {
+  std::vector<AttnSeq> seqs;
+  if (!seq_lens) {
+    if (Lq > 0) seqs.push_back({0, Lq, 0, Lk});
+    return seqs;
+  }
+  const int32_t* lp = seq_lens->data<int32_t>();
+  int64_t off = 0;
+  for (int64_t r = 0; r < seq_lens->numel(); ++r) {
+    if (lp[r] > 0) seqs.push_back({off, lp[r], off, lp[r]});
+    off += lp[r];
+  }
+  return seqs;
+}
+
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+               const AttentionArgs& args) {
+  attention_impl(q, k, v, out, nullptr, args);
+}
+
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                           Tensor& lse, const AttentionArgs& args) {
+  attention_impl(q, k, v, out, lse.data<float>(), args);
 }
 
 }  // namespace osp::ops::cpu

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <vector>
 
+#include <omp.h>
+
 #include "osp/ops/cpu/cpu_backward.h"
 #include "osp/ops/cpu/cpu_kernels.h"
 
@@ -245,6 +247,229 @@ void rope_backward(const Tensor& dy, const Tensor& cos_sin, Tensor& dx) {
         }
       }
     }
+}
+
+// ---------------------------------------------------------------- attention
+namespace {
+
+constexpr int64_t kBQ = 64;  // query rows per block of the attention backward
+constexpr int64_t kBK = 64;  // keys per block
+
+// One (query block, key block) pair of the attention backward, with P recomputed from lse:
+//   S = Qs·Kᵀ (Qs = q·scale), P = exp(S − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − delta),
+//   dv[nk][D] += Pᵀ·dO, dk[nk][D] += dSᵀ·Qs (already scaled), dq rows += dS·K (unscaled).
+//   qs [nq][D]; dO rows at dO + i·ld; lse, delta [nq]; kt, vt [D][nk] (K, V transposed);
+//   kr: key rows (stride ld); s, dp: scratch [nq][kBK]; dv/dk null to skip them, dq null too.
+OSP_CPU_CLONES
+void attn_bwd_block(const float* qs, int64_t nq, int64_t D, const float* dO, int64_t ld,
+                    const float* lse, const float* delta, const float* kt, const float* vt,
+                    int64_t nk, const float* kr, float* s, float* dp, float* dv, float* dk,
+                    float* dq, int64_t ldq) {
+  for (int64_t i = 0; i < nq; ++i) {
+    float* si = s + i * kBK;
+    float* pi = dp + i * kBK;
+    for (int64_t j = 0; j < nk; ++j) si[j] = 0.f, pi[j] = 0.f;
+    const float* qi = qs + i * D;
+    const float* gi = dO + i * ld;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = qi[d], gd = gi[d];
+      const float* kd = kt + d * nk;
+      const float* vd = vt + d * nk;
+      for (int64_t j = 0; j < nk; ++j) {
+        si[j] += qd * kd[j];
+        pi[j] += gd * vd[j];
+      }
+    }
+    const float li = lse[i], di = delta[i];
+    for (int64_t j = 0; j < nk; ++j) {
+      const float p = std::exp(si[j] - li);
+      si[j] = p;
+      pi[j] = p * (pi[j] - di);
+    }
+  }
+  if (dv)
+    for (int64_t j = 0; j < nk; ++j) {
+      float* dvj = dv + j * D;
+      float* dkj = dk + j * D;
+      for (int64_t i = 0; i < nq; ++i) {
+        const float p = s[i * kBK + j], ds = dp[i * kBK + j];
+        const float* gi = dO + i * ld;
+        const float* qi = qs + i * D;
+        for (int64_t d = 0; d < D; ++d) {
+          dvj[d] += p * gi[d];
+          dkj[d] += ds * qi[d];
+        }
+      }
+    }
+  if (dq)
+    for (int64_t i = 0; i < nq; ++i) {
+      float* dqi = dq + i * ldq;
+      const float* dsi = dp + i * kBK;
+      for (int64_t j = 0; j < nk; ++j) {
+        const float ds = dsi[j];
+        const float* kj = kr + j * ld;
+        for (int64_t d = 0; d < D; ++d) dqi[d] += ds * kj[d];
+      }
+    }
+}
+
+// Transposes rows [j0, j0 + nk) of one head (stride ld) into dst [D][nk].
+void pack_transposed(const float* src, int64_t ld, int64_t nk, int64_t D, float* dst) {
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t d = 0; d < D; ++d) dst[d * nk + j] = src[j * ld + d];
+}
+
+}  // namespace
+
+// FlashAttention-2-style backward on the CPU: delta = rowsum(dO ⊙ O) first, then per key block
+// dK, dV accumulate over the query blocks and dQ over the key blocks, P recomputed from lse —
+// never more than a block pair of logits in memory. One task per (sample, head, sequence) when
+// there are enough of them for the threads (dQ rows are then owned by the task); otherwise
+// two passes, one task per key block (dK, dV) and one per query block (dQ), recomputing the
+// block pairs. Both orders add the same terms in the same order: the results are identical.
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                        const AttentionArgs& args) {
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t Lk = k.size(1), row = H * D;
+  const float scale = args.scale > 0 ? args.scale : float(1.0 / std::sqrt(double(D)));
+  const float* qp = q.data<float>();
+  const float* kp = k.data<float>();
+  const float* vp = v.data<float>();
+  const float* op = out.data<float>();
+  const float* lp = lse.data<float>();
+  const float* gp = dout.data<float>();
+  float* dqp = dq.data<float>();
+  float* dkp = dk.data<float>();
+  float* dvp = dv.data<float>();
+  const std::vector<AttnSeq> seqs = attention_sequences(args.seq_lens, Lq, Lk);
+  if (seqs.empty()) {  // no query rows: nothing flows back to the keys
+    dq.zero_(), dk.zero_(), dv.zero_();
+    return;
+  }
+  int64_t work = 0;
+  for (const AttnSeq& sq : seqs) work += sq.nq * sq.nk;
+  const bool par = B * H * work * D > 64 * kParallelMin;
+  const int threads = par ? omp_get_max_threads() : 1;
+
+  // delta[b, h, i] = Σ_d dO·O
+  std::vector<float> delta(size_t(B * H * Lq));
+#pragma omp parallel for collapse(2) schedule(static) if (par)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < Lq; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* oi = op + (b * Lq + i) * row + h * D;
+        const float* gi = gp + (b * Lq + i) * row + h * D;
+        double sum = 0;
+        for (int64_t d = 0; d < D; ++d) sum += double(oi[d]) * double(gi[d]);
+        delta[size_t((b * H + h) * Lq + i)] = float(sum);
+      }
+
+  // Per-thread scratch.
+  struct Scratch {
+    std::vector<float> qs, kt, vt, s, dp, dkacc, dvacc, dqacc;
+    explicit Scratch(int64_t D)
+        : qs(kBQ * D), kt(kBK * D), vt(kBK * D), s(kBQ * kBK), dp(kBQ * kBK), dkacc(kBK * D),
+          dvacc(kBK * D), dqacc(kBQ * D) {}
+  };
+  const int64_t nseq = int64_t(seqs.size());
+  auto head = [&](const float* base, int64_t b, int64_t h, int64_t i, int64_t L) {
+    return base + (b * L + i) * row + h * D;
+  };
+  auto pack_q = [&](Scratch& w, int64_t b, int64_t h, int64_t i0, int64_t nq) {
+    for (int64_t i = 0; i < nq; ++i) {
+      const float* src = head(qp, b, h, i0 + i, Lq);
+      for (int64_t d = 0; d < D; ++d) w.qs[size_t(i * D + d)] = src[d] * scale;
+    }
+  };
+  auto pack_kv = [&](Scratch& w, int64_t b, int64_t h, int64_t j0, int64_t nk) {
+    pack_transposed(head(kp, b, h, j0, Lk), row, nk, D, w.kt.data());
+    pack_transposed(head(vp, b, h, j0, Lk), row, nk, D, w.vt.data());
+  };
+  // dK, dV of key block [j0, j0 + nk) of sequence sq, over all its query blocks; with dq_rows,
+  // dQ (unscaled) is accumulated into the output rows too.
+  auto key_block = [&](Scratch& w, int64_t b, int64_t h, const AttnSeq& sq, int64_t j0,
+                       int64_t nk, bool with_dq) {
+    const int64_t bh = b * H + h;
+    pack_kv(w, b, h, j0, nk);
+    std::fill(w.dkacc.begin(), w.dkacc.end(), 0.f);
+    std::fill(w.dvacc.begin(), w.dvacc.end(), 0.f);
+    for (int64_t i0 = sq.q0; i0 < sq.q0 + sq.nq; i0 += kBQ) {
+      const int64_t nq = std::min(kBQ, sq.q0 + sq.nq - i0);
+      pack_q(w, b, h, i0, nq);
+      attn_bwd_block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
+                     delta.data() + bh * Lq + i0, w.kt.data(), w.vt.data(), nk,
+                     head(kp, b, h, j0, Lk), w.s.data(), w.dp.data(), w.dvacc.data(),
+                     w.dkacc.data(), with_dq ? dqp + (b * Lq + i0) * row + h * D : nullptr, row);
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      std::copy_n(w.dkacc.data() + j * D, D, dkp + (b * Lk + j0 + j) * row + h * D);
+      std::copy_n(w.dvacc.data() + j * D, D, dvp + (b * Lk + j0 + j) * row + h * D);
+    }
+  };
+  auto scale_rows = [&](float* base, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < D; ++d) base[i * row + d] *= scale;
+  };
+
+  if (B * H * nseq >= 4 * int64_t(threads)) {
+    // One task per (sample, head, sequence).
+#pragma omp parallel if (par)
+    {
+      Scratch w(D);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < B * H * nseq; ++t) {
+        const int64_t si = t % nseq, h = (t / nseq) % H, b = t / (nseq * H);
+        const AttnSeq& sq = seqs[size_t(si)];
+        float* dq0 = dqp + (b * Lq + sq.q0) * row + h * D;
+        for (int64_t i = 0; i < sq.nq; ++i) std::fill_n(dq0 + i * row, D, 0.f);
+        for (int64_t j0 = sq.k0; j0 < sq.k0 + sq.nk; j0 += kBK)
+          key_block(w, b, h, sq, j0, std::min(kBK, sq.k0 + sq.nk - j0), true);
+        scale_rows(dq0, sq.nq);
+      }
+    }
+  } else {
+    // Pass 1: one task per key block (dK, dV). Pass 2: one task per query block (dQ).
+    std::vector<std::pair<int64_t, int64_t>> kblocks, qblocks;  // (sequence, first row)
+    for (int64_t si = 0; si < nseq; ++si) {
+      for (int64_t j0 = seqs[si].k0; j0 < seqs[si].k0 + seqs[si].nk; j0 += kBK)
+        kblocks.push_back({si, j0});
+      for (int64_t i0 = seqs[si].q0; i0 < seqs[si].q0 + seqs[si].nq; i0 += kBQ)
+        qblocks.push_back({si, i0});
+    }
+    const int64_t nkb = int64_t(kblocks.size()), nqb = int64_t(qblocks.size());
+#pragma omp parallel if (par)
+    {
+      Scratch w(D);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < B * H * nkb; ++t) {
+        const int64_t kb = t % nkb, h = (t / nkb) % H, b = t / (nkb * H);
+        const AttnSeq& sq = seqs[size_t(kblocks[kb].first)];
+        const int64_t j0 = kblocks[kb].second;
+        key_block(w, b, h, sq, j0, std::min(kBK, sq.k0 + sq.nk - j0), false);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < B * H * nqb; ++t) {
+        const int64_t qb = t % nqb, h = (t / nqb) % H, b = t / (nqb * H), bh = b * H + h;
+        const AttnSeq& sq = seqs[size_t(qblocks[qb].first)];
+        const int64_t i0 = qblocks[qb].second, nq = std::min(kBQ, sq.q0 + sq.nq - i0);
+        pack_q(w, b, h, i0, nq);
+        std::fill(w.dqacc.begin(), w.dqacc.end(), 0.f);
+        for (int64_t j0 = sq.k0; j0 < sq.k0 + sq.nk; j0 += kBK) {
+          const int64_t nk = std::min(kBK, sq.k0 + sq.nk - j0);
+          pack_kv(w, b, h, j0, nk);
+          attn_bwd_block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
+                         delta.data() + bh * Lq + i0, w.kt.data(), w.vt.data(), nk,
+                         head(kp, b, h, j0, Lk), w.s.data(), w.dp.data(), nullptr, nullptr,
+                         w.dqacc.data(), D);
+        }
+        for (int64_t i = 0; i < nq; ++i) {
+          float* dst = dqp + (b * Lq + i0 + i) * row + h * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = w.dqacc[size_t(i * D + d)] * scale;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace osp::ops::cpu

@@ -2,6 +2,7 @@
 // dispatcher (src/osp/ops/backward.cpp): contiguous F32 tensors, outputs preallocated.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "osp/ops/backward.h"
 
@@ -27,6 +28,15 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
                         const AttentionArgs& args);
+
+// One attention problem inside a sample: query rows [q0, q0 + nq) attend keys [k0, k0 + nk).
+struct AttnSeq {
+  int64_t q0, nq, k0, nk;
+};
+// The non-empty packed sequences of seq_lens (host I32, null: one sequence of Lq queries over
+// all Lk keys). Shared by the CPU attention forward (attention.cpp) and backward.
+std::vector<AttnSeq> attention_sequences(const Tensor* seq_lens, int64_t Lq, int64_t Lk);
+
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& out);
 void patchify_backward(const Tensor& dpatches, int pt, int ph, int pw, Tensor& dz);
 void unpatchify_backward(const Tensor& dout, int64_t T, int64_t h, int64_t w, int pt, int ph,

@@ -3,6 +3,14 @@
 #include <cmath>
 #include <cstdint>
 
+// Compiles a plain loop twice (AVX2/FMA and baseline x86-64) and picks one at load time, so
+// the auto-vectoriser can use 256-bit FMA without -march flags.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OSP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define OSP_CPU_CLONES
+#endif
+
 namespace osp::ops::cpu {
 
 // Below this much work (elements touched) a loop runs on one thread: on a busy 2-core machine
