@@ -808,3 +808,139 @@ TEST(Backward, AttentionErrors) {
   expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dq, dv); }, {bw, "overlap"});
   expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, q, dk, dv); }, {bw, "overlap"});
 }
+
+// ================================================================= (d) data movement
+
+TEST(Backward, ScatterAddRowsIsTheAdjointOfGather) {
+  // L(src) = Σ r·gather_rows(src, index): ∂L/∂src = scatter_add_rows(r, index) (+= onto out).
+  struct Case {
+    int64_t N, M, C;
+  };
+  for (const Case& cs : {Case{5, 8, 3}, Case{1, 4, 1}, Case{7, 3, 130}, Case{40, 3000, 70}}) {
+    std::mt19937 g(61);
+    std::uniform_int_distribution<int32_t> pick(-1, int32_t(cs.N) - 1);
+    Tensor index = Tensor::empty({cs.M}, DType::I32);
+    for (int64_t i = 0; i < cs.M; ++i) index.data<int32_t>()[i] = pick(g);  // repeats, -1s
+    Tensor src = randn({cs.N, cs.C}, 62), r = randn({cs.M, cs.C}, 63);
+    const Vec rv = values(r);
+    const int32_t* ip = index.data<int32_t>();
+    auto loss = [&](const Vec& S) {
+      double L = 0;
+      for (int64_t i = 0; i < cs.M; ++i)
+        if (ip[i] >= 0)
+          for (int64_t c = 0; c < cs.C; ++c) L += rv[i * cs.C + c] * S[ip[i] * cs.C + c];
+      return L;
+    };
+    Vec want;
+    if (cs.N * cs.C * cs.M * cs.C < 2e6) {
+      want = fd_grad(loss, values(src));
+    } else {  // the exact adjoint, summed in double
+      want.assign(size_t(cs.N * cs.C), 0.0);
+      for (int64_t i = 0; i < cs.M; ++i)
+        if (ip[i] >= 0)
+          for (int64_t c = 0; c < cs.C; ++c) want[ip[i] * cs.C + c] += rv[i * cs.C + c];
+    }
+    Tensor out = randn({cs.N, cs.C}, 64);
+    const Vec out0 = values(out);
+    ops::scatter_add_rows(r, index, out);
+    expect_near_vec(out, add(out0, want), 1e-6, "scatter_add_rows N" + std::to_string(cs.N));
+  }
+}
+
+TEST(Backward, PatchifyAdjoints) {
+  struct Case {
+    int64_t C, T, H, W;
+    int ph, pw;
+  };
+  for (const Case& cs : {Case{2, 1, 4, 6, 2, 2}, Case{3, 2, 3, 5, 1, 1}, Case{1, 3, 6, 4, 3, 2}}) {
+    const int64_t hh = cs.H / cs.ph, ww = cs.W / cs.pw, K = cs.C * cs.ph * cs.pw;
+    const std::string name = "C" + std::to_string(cs.C) + " T" + std::to_string(cs.T) + " H" +
+                             std::to_string(cs.H) + " W" + std::to_string(cs.W);
+    // patchify: z [C, T, H, W] → patches [T·hh·ww, K]; float64 forward by its index map.
+    {
+      Tensor z = randn({cs.C, cs.T, cs.H, cs.W}, 71), r = randn({cs.T * hh * ww, K}, 72);
+      const Vec rv = values(r);
+      auto loss = [&](const Vec& Z) {
+        double L = 0;
+        for (int64_t c = 0; c < cs.C; ++c)
+          for (int64_t f = 0; f < cs.T; ++f)
+            for (int64_t y = 0; y < cs.H; ++y)
+              for (int64_t x = 0; x < cs.W; ++x) {
+                const int64_t prow = (f * hh + y / cs.ph) * ww + x / cs.pw;
+                const int64_t pcol = (c * cs.ph + y % cs.ph) * cs.pw + x % cs.pw;
+                L += rv[prow * K + pcol] * Z[((c * cs.T + f) * cs.H + y) * cs.W + x];
+              }
+        return L;
+      };
+      const Vec want = fd_grad(loss, values(z));
+      Tensor dz = nan_tensor(z.shape());
+      ops::patchify_backward(r, 1, cs.ph, cs.pw, dz);
+      expect_near_vec(dz, want, 1e-9, "patchify_backward " + name);
+      // ⟨patchify(z), r⟩ = ⟨z, patchify_backward(r)⟩ with the forward op itself.
+      Tensor p = nan_tensor(r.shape());
+      ops::patchify(z, 1, cs.ph, cs.pw, p);
+      EXPECT_NEAR(dot(values(p), rv), dot(values(z), values(dz)), 1e-4) << name;
+    }
+    // unpatchify: y [T·hh·ww, K'] (c fastest) → out [C, T, H, W].
+    {
+      Tensor y = randn({cs.T * hh * ww, K}, 73), r = randn({cs.C, cs.T, cs.H, cs.W}, 74);
+      const Vec rv = values(r);
+      auto loss = [&](const Vec& Y) {
+        double L = 0;
+        for (int64_t c = 0; c < cs.C; ++c)
+          for (int64_t f = 0; f < cs.T; ++f)
+            for (int64_t yy = 0; yy < cs.H; ++yy)
+              for (int64_t x = 0; x < cs.W; ++x) {
+                const int64_t row = (f * hh + yy / cs.ph) * ww + x / cs.pw;
+                const int64_t col = ((yy % cs.ph) * cs.pw + x % cs.pw) * cs.C + c;
+                L += rv[((c * cs.T + f) * cs.H + yy) * cs.W + x] * Y[row * K + col];
+              }
+        return L;
+      };
+      const Vec want = fd_grad(loss, values(y));
+      Tensor dy = nan_tensor(y.shape());
+      ops::unpatchify_backward(r, cs.T, hh, ww, 1, cs.ph, cs.pw, dy);
+      expect_near_vec(dy, want, 1e-9, "unpatchify_backward " + name);
+      Tensor o = nan_tensor(r.shape());
+      ops::unpatchify(y, cs.T, hh, ww, 1, cs.ph, cs.pw, o);
+      EXPECT_NEAR(dot(values(o), rv), dot(values(y), values(dy)), 1e-4) << name;
+    }
+  }
+}
+
+TEST(Backward, DataMovementErrors) {
+  const char* sa = "ops::scatter_add_rows";
+  Tensor src = randn({4, 3}, 1), out = Tensor::zeros({5, 3}, DType::F32);
+  Tensor index = Tensor::empty({4}, DType::I32);
+  for (int i = 0; i < 4; ++i) index.data<int32_t>()[i] = i;
+  index.data<int32_t>()[2] = 5;
+  expect_error([&] { ops::scatter_add_rows(src, index, out); }, {sa, "index[2] = 5", "5 rows"});
+  Tensor index3 = Tensor::zeros({3}, DType::I32);
+  expect_error([&] { ops::scatter_add_rows(src, index3, out); }, {sa, "index", "[4]"});
+  Tensor out_bad = Tensor::zeros({5, 2}, DType::F32);
+  index.data<int32_t>()[2] = 0;
+  expect_error([&] { ops::scatter_add_rows(src, index, out_bad); }, {sa, "out", "[N, 3]"});
+  Tensor out_bf = Tensor::zeros({5, 3}, DType::BF16);
+  expect_error([&] { ops::scatter_add_rows(src, index, out_bf); }, {sa, "out", "f32"});
+  Tensor index_f = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { ops::scatter_add_rows(src, index_f, out); }, {sa, "index", "i32"});
+  Tensor oc = fake_cuda({5, 3});
+  expect_error([&] { ops::scatter_add_rows(src, index, oc); }, {sa, "out", "cuda:0"});
+
+  const char* pb = "ops::patchify_backward";
+  Tensor dp = randn({6, 8}, 2), dz = Tensor::empty({2, 1, 4, 6}, DType::F32);
+  expect_error([&] { ops::patchify_backward(dp, 2, 2, 2, dz); }, {pb, "pt = 2"});
+  Tensor dz_odd = Tensor::empty({2, 1, 5, 6}, DType::F32);
+  expect_error([&] { ops::patchify_backward(dp, 1, 2, 2, dz_odd); }, {pb, "multiples"});
+  Tensor dp_bad = randn({6, 7}, 2);
+  expect_error([&] { ops::patchify_backward(dp_bad, 1, 2, 2, dz); }, {pb, "dpatches", "[6, 8]"});
+  Tensor dp_bf = dp.to(DType::BF16);
+  expect_error([&] { ops::patchify_backward(dp_bf, 1, 2, 2, dz); }, {pb, "dpatches", "f32"});
+
+  const char* ub = "ops::unpatchify_backward";
+  Tensor dout = randn({2, 1, 4, 6}, 3), dy = Tensor::empty({6, 8}, DType::F32);
+  expect_error([&] { ops::unpatchify_backward(dout, 1, 3, 3, 1, 2, 2, dy); }, {ub, "dout"});
+  Tensor dy_bad = Tensor::empty({6, 9}, DType::F32);
+  expect_error([&] { ops::unpatchify_backward(dout, 1, 2, 3, 1, 2, 2, dy_bad); }, {ub, "dy", "[6, 8]"});
+  ops::unpatchify_backward(dout, 1, 2, 3, 1, 2, 2, dy);  // the right shapes pass
+}

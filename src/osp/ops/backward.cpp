@@ -492,4 +492,99 @@ void attention_backward(const Tensor& q0, const Tensor& k0, const Tensor& v0, co
   cpu::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, a);
 }
 
+// ---------------------------------------------------------------- data movement
+void scatter_add_rows(const Tensor& src0, const Tensor& index0, Tensor& out) {
+  const char* op = "ops::scatter_add_rows";
+  check_defined(src0, op, "src");
+  check_defined(index0, op, "index");
+  check_defined(out, op, "out");
+  check_out(out, op);
+  OSP_CHECK(src0.dim() == 2, op, ": src must be [M, C], got ", src0.desc());
+  OSP_CHECK(index0.dim() == 1 && index0.dtype() == DType::I32 && index0.size(0) == src0.size(0),
+            op, ": index must be i32 [", src0.size(0), "] (one per src row), got ", index0.desc());
+  OSP_CHECK(out.dim() == 2 && out.size(1) == src0.size(1), op, ": out must be [N, ",
+            src0.size(1), "], got ", out.desc());
+  OSP_CHECK(out.dtype() == DType::F32, op, ": out (accumulated) must be f32, got ", out.desc());
+  check_device(src0, index0, op, "index");
+  check_device(src0, out, op, "out");
+  check_no_alias(src0, out, op, "src");
+  check_no_alias(index0, out, op, "index");
+  Tensor src = src0.contiguous(), index = index0.contiguous();
+  if (on_cuda(src, op)) {
+#ifdef OSP_HAVE_CUDA
+    check_f32_or_bf16(src, op, "src");
+    cuda::scatter_add_rows(src, index, out);
+#endif
+    return;
+  }
+  check_f32(src, op, "src");
+  const int32_t* ip = index.data<int32_t>();
+  const int64_t N = out.size(0);
+  for (int64_t i = 0; i < index.size(0); ++i)
+    OSP_CHECK(ip[i] < N, op, ": index[", i, "] = ", ip[i], " is out of range for out with ", N,
+              " rows");
+  cpu::scatter_add_rows(src, index, out);
+}
+
+void patchify_backward(const Tensor& dp0, int pt, int ph, int pw, Tensor& dz) {
+  const char* op = "ops::patchify_backward";
+  check_defined(dp0, op, "dpatches");
+  check_defined(dz, op, "dz");
+  check_out(dz, op);
+  OSP_CHECK(dz.dim() == 4, op, ": dz must be [C, T, H, W], got ", dz.desc());
+  OSP_CHECK(pt == 1, op, ": only temporal patch size 1 is supported, got pt = ", pt);
+  OSP_CHECK(ph >= 1 && pw >= 1, op, ": patch sizes must be >= 1, got ", ph, "x", pw);
+  const int64_t C = dz.size(0), T = dz.size(1), H = dz.size(2), W = dz.size(3);
+  OSP_CHECK(H % ph == 0 && W % pw == 0, op, ": latent height ", H, " and width ", W,
+            " must be multiples of the patch size ", ph, "x", pw);
+  const Shape want{T * (H / ph) * (W / pw), C * pt * ph * pw};
+  OSP_CHECK(dp0.shape() == want, op, ": dpatches must be [T·(H/ph)·(W/pw), C·pt·ph·pw] = ",
+            shape_str(want), " for dz ", shape_str(dz.shape()), ", got ", shape_str(dp0.shape()));
+  check_device(dz, dp0, op, "dpatches");
+  check_no_alias(dp0, dz, op, "dpatches");
+  Tensor dp = dp0.contiguous();
+  const bool cuda = on_cuda(dp, op);
+  check_act(dp, cuda, op, "dpatches");
+  check_act(dz, cuda, op, "dz");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::patchify_backward(dp, pt, ph, pw, dz);
+#endif
+    return;
+  }
+  cpu::patchify_backward(dp, pt, ph, pw, dz);
+}
+
+void unpatchify_backward(const Tensor& dout0, int64_t T, int64_t h, int64_t w, int pt, int ph,
+                         int pw, Tensor& dy) {
+  const char* op = "ops::unpatchify_backward";
+  check_defined(dout0, op, "dout");
+  check_defined(dy, op, "dy");
+  check_out(dy, op);
+  OSP_CHECK(pt == 1, op, ": only temporal patch size 1 is supported, got pt = ", pt);
+  OSP_CHECK(ph >= 1 && pw >= 1 && T >= 1 && h >= 1 && w >= 1, op,
+            ": sizes must be positive, got T=", T, " h=", h, " w=", w, " patch ", ph, "x", pw);
+  OSP_CHECK(dout0.dim() == 4 && dout0.size(1) == T * pt && dout0.size(2) == h * ph &&
+                dout0.size(3) == w * pw,
+            op, ": dout must be [C, T = ", T * pt, ", h·ph = ", h * ph, ", w·pw = ", w * pw,
+            "], got ", dout0.desc());
+  const int64_t C = dout0.size(0);
+  const Shape want{T * h * w, pt * ph * pw * C};
+  OSP_CHECK(dy.shape() == want, op, ": dy must be [T·h·w, pt·ph·pw·C] = ", shape_str(want),
+            ", got ", shape_str(dy.shape()));
+  check_device(dout0, dy, op, "dy");
+  check_no_alias(dout0, dy, op, "dout");
+  Tensor dout = dout0.contiguous();
+  const bool cuda = on_cuda(dout, op);
+  check_act(dout, cuda, op, "dout");
+  check_act(dy, cuda, op, "dy");
+  if (cuda) {
+#ifdef OSP_HAVE_CUDA
+    cuda::unpatchify_backward(dout, T, h, w, pt, ph, pw, dy);
+#endif
+    return;
+  }
+  cpu::unpatchify_backward(dout, T, h, w, pt, ph, pw, dy);
+}
+
 }  // namespace osp::ops

@@ -81,7 +81,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
 // ---------------------------------------------------------------- data movement
 // Adjoint of gather_rows: out[index[i], :] += src[i, :] for index[i] >= 0 (+=; out [N, C]).
-// Used where a gather is not a permutation (an index may repeat).
+// Used where a gather is not a permutation (an index may repeat). src [M, C], index I32 [M] on
+// src's device; out F32 (it accumulates); src F32, or BF16 on CUDA.
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& out);
 
 // Adjoint of patchify: dpatches [T·(H/ph)·(W/pw), C·pt·ph·pw] → dz [C, T, H, W] (overwritten;

@@ -472,4 +472,63 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   }
 }
 
+// ---------------------------------------------------------------- data movement
+// out[index[i], :] += src[i, :]. An index may repeat, so threads split the columns (each
+// thread adds every row of its columns, in row order): no races, and the same bits for any
+// thread count.
+void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const int64_t M = src.size(0), C = src.size(1);
+  const float* sp = src.data<float>();
+  const int32_t* ip = index.data<int32_t>();
+  float* op = out.data<float>();
+  constexpr int64_t kCols = 64;
+  const int64_t nchunks = (C + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static) if (M * C > kParallelMin && nchunks > 1)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t c0 = ch * kCols, c1 = std::min(C, c0 + kCols);
+    for (int64_t i = 0; i < M; ++i) {
+      if (ip[i] < 0) continue;
+      float* orow = op + int64_t(ip[i]) * C;
+      const float* srow = sp + i * C;
+      for (int64_t c = c0; c < c1; ++c) orow[c] += srow[c];
+    }
+  }
+}
+
+// Adjoint of patchify (a permutation): dz[c, f, i·ph + q, j·pw + r] =
+// dpatches[(f·hh + i)·ww + j, (c·ph + q)·pw + r].
+void patchify_backward(const Tensor& dpatches, int pt, int ph, int pw, Tensor& dz) {
+  const int64_t C = dz.size(0), T = dz.size(1), H = dz.size(2), W = dz.size(3);
+  const int64_t hh = H / ph, ww = W / pw, K = C * ph * pw;
+  const float* g = dpatches.data<float>();
+  float* o = dz.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (dz.numel() > kParallelMin)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t f = 0; f < T; ++f)
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t i = y / ph, q = y % ph, j = x / pw, r = x % pw;
+          o[((c * T + f) * H + y) * W + x] = g[((f * hh + i) * ww + j) * K + (c * ph + q) * pw + r];
+        }
+}
+
+// Adjoint of unpatchify (a permutation): dy[(f·h + i)·w + j, (q·pw + r)·C + c] =
+// dout[c, f, i·ph + q, j·pw + r].
+void unpatchify_backward(const Tensor& dout, int64_t T, int64_t h, int64_t w, int pt, int ph,
+                         int pw, Tensor& dy) {
+  const int64_t C = dout.size(0), H = h * ph, W = w * pw, K = dy.size(1);
+  const float* g = dout.data<float>();
+  float* o = dy.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (dy.numel() > kParallelMin)
+  for (int64_t f = 0; f < T; ++f)
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j) {
+        float* row = o + ((f * h + i) * w + j) * K;
+        for (int q = 0; q < ph; ++q)
+          for (int r = 0; r < pw; ++r)
+            for (int64_t c = 0; c < C; ++c)
+              row[(q * pw + r) * C + c] = g[((c * T + f) * H + i * ph + q) * W + j * pw + r];
+      }
+}
+
 }  // namespace osp::ops::cpu
