@@ -310,6 +310,8 @@ void norm_backward(const Tensor& x, const float* w, float eps, const Tensor& dy,
   const int64_t G = params ? row_chunks(rows) : std::min<int64_t>(rows, 65535 * 8);
   float* part = params ? static_cast<float*>(scratch(size_t(2 * G * C) * 4)) : nullptr;
   const size_t smem = params ? size_t(2 * C) * 4 : 0;
+  OSP_CHECK(smem <= size_t(200) << 10, "cuda::", op, ": rows of ", C,
+            " elements are too long for the parameter-gradient reduction (at most 25600)");
   const int threads = norm_threads(C);
   dispatch3(x.dtype(), dy.dtype(), dx.dtype(), op, [&]<typename TX, typename TD, typename TO>() {
     auto k = norm_backward_kernel<TX, TD, TO, MODE>;

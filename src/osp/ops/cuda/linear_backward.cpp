@@ -114,13 +114,14 @@ Plan get_plan(const Key& key) {
   return it->second;
 }
 
-void run(const Plan& p, const void* a, const void* b, void* d, float beta, const void* bias) {
+cublasStatus_t run(const Plan& p, const void* a, const void* b, void* d, float beta,
+                   const void* bias) {
   if (bias)
     OSP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                     sizeof(bias)));
   const float alpha = 1.f;
-  OSP_CUBLAS_CHECK(cublasLtMatmul(cublaslt(), p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d,
-                                  &p.algo, scratch(kWorkspace), kWorkspace, stream()));
+  return cublasLtMatmul(cublaslt(), p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d, &p.algo,
+                        scratch(kWorkspace), kWorkspace, stream());
 }
 
 void check_mat(const Tensor& t, const char* what) {
@@ -169,7 +170,7 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
       const Plan p = get_plan(key);
       OSP_CHECK(p.desc, "cuda::linear_backward: cuBLASLt found no algorithm for dx (M=", M, " N=", N,
                 " K=", K, ")");
-      run(p, w.raw(), dy.raw(), dx->raw(), 0.f, nullptr);
+      OSP_CUBLAS_CHECK(run(p, w.raw(), dy.raw(), dx->raw(), 0.f, nullptr));
     }
   }
   if (M == 0) return;
@@ -182,10 +183,17 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
       if (p.desc) {
         float* tmp = static_cast<float*>(scratch(kWorkspace + size_t(N) * 4)) + kWorkspace / 4;
         // The matmul's workspace is the first kWorkspace bytes of the same scratch buffer.
-        run(p, x.raw(), dy.raw(), dw->raw(), 1.f, tmp);
-        add_f32(tmp, db->data<float>(), N);
-        db_done = true;
-        log_once("linear-bwd-bgradb", "linear_backward: db fused into the dw GEMM (BGRADB epilogue)");
+        const cublasStatus_t st = run(p, x.raw(), dy.raw(), dw->raw(), 1.f, tmp);
+        if (st == CUBLAS_STATUS_SUCCESS) {
+          add_f32(tmp, db->data<float>(), N);
+          db_done = true;
+          log_once("linear-bwd-bgradb", "linear_backward: db fused into the dw GEMM (BGRADB epilogue)");
+        } else {
+          // A rejected launch changes nothing (dw untouched); the plain GEMM + sum_rows follow.
+          log_once("linear-bwd-bgradb-rejected",
+                   str("linear_backward: the BGRADB GEMM was rejected (", cublas_status_name(st),
+                       "); db by the sum_rows kernel"));
+        }
       } else {
         log_once("linear-bwd-no-bgradb",
                  "linear_backward: cuBLASLt has no BGRADB algorithm here; db by the sum_rows kernel");
@@ -196,7 +204,7 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
       const Plan p = get_plan(key);
       OSP_CHECK(p.desc, "cuda::linear_backward: cuBLASLt found no algorithm for dw (M=", M, " N=", N,
                 " K=", K, ")");
-      run(p, x.raw(), dy.raw(), dw->raw(), 1.f, nullptr);
+      OSP_CUBLAS_CHECK(run(p, x.raw(), dy.raw(), dw->raw(), 1.f, nullptr));
     }
   }
   if (db && !db_done && N > 0) {

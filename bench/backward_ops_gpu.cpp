@@ -1,0 +1,138 @@
+// GPU backward-op benchmarks (training): attention forward (inference path), forward with
+// log-sum-exp and backward at the 1.3B-480P shape (dense and as 4 packed Skiparse
+// sub-sequences), our own fallback kernels on a smaller shape, linear_backward at the block's
+// GEMM shape, and the LayerNorm-modulate backward. Prints one JSON line per measurement.
+//   bench_backward_ops_gpu [--quick]
+// FLOPs: attention forward 4·B·H·Lq·Lk·D, backward 10·B·H·Lq·Lk·D (5 GEMMs of that size, Q·Kᵀ
+// recomputed); linear_backward 4·M·N·K (dx and dw).
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "osp/core/device.h"
+#include "osp/ops/backward.h"
+#include "osp/ops/ops.h"
+#ifdef OSP_HAVE_CUDA
+#include "gpu_bench_util.h"
+#include "osp/ops/cuda/cuda_backward.h"
+#endif
+
+int main(int argc, char** argv) {
+#ifndef OSP_HAVE_CUDA
+  std::printf("{\"bench\":\"backward_ops_gpu\",\"skipped\":\"built without CUDA\"}\n");
+  return 0;
+#else
+  using namespace osp;
+  if (!cuda_available()) {
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
+    return 0;
+  }
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const std::string card = bench::card_name();
+  const Device gpu = Device::cuda(0);
+  uint32_t seed = 11;
+  auto emit = [&](const char* op, const std::string& cfg, double ms, double flops, const char* path) {
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"%s\",\"config\":\"%s\",\"card\":\"%s\","
+                "\"path\":\"%s\",\"ms\":%.4f,\"tflops\":%.1f}\n",
+                op, cfg.c_str(), card.c_str(), path, ms, flops > 0 ? flops / (ms * 1e-3) / 1e12 : 0.0);
+    std::fflush(stdout);
+  };
+
+  // ---- attention
+  struct AttnCfg {
+    const char* name;
+    int64_t B, L, H, D;
+    int packs;  // 0: dense; R: R equal packed sequences (seq_lens)
+    ops::cuda::AttnPath path;
+  };
+  using P = ops::cuda::AttnPath;
+  std::vector<AttnCfg> attn = {
+      // cuDNN forced on the big shapes: where it cannot run, the line says why (our own
+      // kernels would take minutes there).
+      {"1.3B-480P self", 1, 32760, 12, 128, 0, P::Cudnn},
+      {"1.3B-480P skiparse 4x8190 packed", 1, 32760, 12, 128, 4, P::Cudnn},
+      {"own kernels L=4096", 1, 4096, 12, 128, 0, P::Own},
+  };
+  if (quick) attn.resize(1);
+  for (const auto& c : attn) {
+    Tensor q = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor k = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor v = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor dout = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor o = Tensor::empty(q.shape(), DType::BF16, gpu), lse = Tensor::empty({c.B, c.H, c.L}, DType::F32, gpu);
+    Tensor dq = Tensor::empty(q.shape(), DType::BF16, gpu), dk = Tensor::empty(q.shape(), DType::BF16, gpu);
+    Tensor dv = Tensor::empty(q.shape(), DType::BF16, gpu);
+    Tensor sl;
+    ops::AttentionArgs a;
+    int64_t keys = c.L;  // keys per query row
+    if (c.packs > 0) {
+      sl = Tensor::empty({c.packs}, DType::I32);
+      for (int r = 0; r < c.packs; ++r) sl.data<int32_t>()[r] = int32_t(c.L / c.packs);
+      a.seq_lens = &sl;
+      keys = c.L / c.packs;
+    }
+    const double fwd_flops = 4.0 * c.B * c.H * double(c.L) * keys * c.D;
+    ops::cuda::set_attention_train_path(c.path);
+    const int warm = c.path == P::Own ? 1 : 2, reps = c.path == P::Own ? 3 : 7;
+    if (c.path != P::Own) {
+      double ms = bench::time_ms([&] { ops::attention(q, k, v, o, a); }, warm, reps);
+      emit("attention (inference forward)", c.name, ms, fwd_flops, "auto");
+    }
+    try {
+      double ms = bench::time_ms([&] { ops::attention_forward_lse(q, k, v, o, lse, a); }, warm, reps);
+      emit("attention_forward_lse", c.name, ms, fwd_flops, ops::cuda::last_attention_forward_lse_path());
+      ms = bench::time_ms([&] { ops::attention_backward(q, k, v, o, lse, dout, dq, dk, dv, a); }, warm,
+                          reps);
+      emit("attention_backward", c.name, ms, 2.5 * fwd_flops, ops::cuda::last_attention_backward_path());
+    } catch (const Error& e) {
+      std::string why = e.what();
+      for (char& ch : why)
+        if (ch == '"' || ch == '\\' || ch == '\n') ch = ' ';
+      std::printf("{\"bench\":\"backward_ops_gpu\",\"config\":\"%s\",\"skipped\":\"%s\"}\n", c.name,
+                  why.c_str());
+    }
+    ops::cuda::set_attention_train_path(P::Auto);
+  }
+
+  // ---- linear_backward: the DiT block's [L, 1536] x [1536, 1536] GEMMs
+  {
+    const int64_t M = 32760, K = 1536, N = 1536;
+    Tensor x = bench::random_gpu({M, K}, DType::BF16, 1.f, seed++);
+    Tensor w = bench::random_gpu({N, K}, DType::BF16, 0.03f, seed++);
+    Tensor dy = bench::random_gpu({M, N}, DType::BF16, 1.f, seed++);
+    Tensor y = Tensor::empty({M, N}, DType::BF16, gpu), dx = Tensor::empty({M, K}, DType::BF16, gpu);
+    Tensor dw = Tensor::zeros({N, K}, DType::F32, gpu), db = Tensor::zeros({N}, DType::F32, gpu);
+    const std::string cfg = "M=32760 K=1536 N=1536 bf16";
+    const double gemm = 2.0 * M * N * K;
+    double ms = bench::time_ms([&] { ops::linear(x, w, nullptr, y); }, 3, 10);
+    emit("linear (forward)", cfg, ms, gemm, "cublaslt");
+    ms = bench::time_ms([&] { ops::linear_backward(x, w, dy, &dx, &dw, &db); }, 3, 10);
+    emit("linear_backward dx+dw+db", cfg, ms, 2 * gemm, "cublaslt");
+    ms = bench::time_ms([&] { ops::linear_backward(x, w, dy, &dx, nullptr, nullptr); }, 3, 10);
+    emit("linear_backward dx", cfg, ms, gemm, "cublaslt");
+    ms = bench::time_ms([&] { ops::linear_backward(x, w, dy, nullptr, &dw, &db); }, 3, 10);
+    emit("linear_backward dw+db (BGRADB)", cfg, ms, gemm, "cublaslt");
+    ms = bench::time_ms([&] { ops::linear_backward(x, w, dy, nullptr, &dw, nullptr); }, 3, 10);
+    emit("linear_backward dw", cfg, ms, gemm, "cublaslt");
+  }
+
+  // ---- LayerNorm-modulate backward at [32760, 1536] (memory-bound: bytes in the config)
+  {
+    const int64_t rows = 32760, C = 1536;
+    Tensor x = bench::random_gpu({rows, C}, DType::F32, 1.f, seed++);
+    Tensor dy = bench::random_gpu({rows, C}, DType::BF16, 1.f, seed++);
+    Tensor scale = bench::random_gpu({C}, DType::F32, 0.1f, seed++);
+    Tensor dx = Tensor::empty({rows, C}, DType::F32, gpu);
+    Tensor dsh = Tensor::zeros({C}, DType::F32, gpu), dsc = Tensor::zeros({C}, DType::F32, gpu);
+    double ms = bench::time_ms(
+        [&] { ops::layer_norm_modulate_backward(x, scale, 1e-6f, dy, dx, &dsh, &dsc); }, 3, 10);
+    const double gb = double(rows) * C * (4 + 2 + 4) / 1e9;
+    emit("layer_norm_modulate_backward", "rows=32760 C=1536 x f32 dy bf16 dx f32 (" +
+         std::to_string(gb).substr(0, 5) + " GB min traffic)", ms, 0, "own");
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"layer_norm_modulate_backward\",\"GB_per_s\":%.0f}\n",
+                gb / (ms * 1e-3));
+  }
+  return 0;
+#endif
+}
