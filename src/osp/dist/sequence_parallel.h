@@ -59,6 +59,21 @@ class SequenceParallel {
   // AttentionArgs::seq_lens.
   virtual void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v,
                               Tensor& out, const AttentionFn& fn = nullptr) = 0;
+  // Training variant of self_attention: out and the log-sum-exp lse [B, H, n_local] F32 of
+  // ops::attention_forward_lse (ops/backward.h) for block i, and its backward given dout:
+  // dq, dk, dv (overwritten, shapes of q, k, v). Implemented on one device; the distributed
+  // layouts say "not supported yet" (distributed training is future work).
+  virtual void self_attention_train(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    Tensor& out, Tensor& lse) {
+    fail(str("SequenceParallel '", name(), "': self_attention_train (training) is not supported ",
+             "yet; train on one device (make_single_device)"));
+  }
+  virtual void self_attention_backward(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                       Tensor& dq, Tensor& dk, Tensor& dv) {
+    fail(str("SequenceParallel '", name(), "': self_attention_backward (training) is not ",
+             "supported yet; train on one device (make_single_device)"));
+  }
   // After the last block: the full [B, N, C] hidden state on every rank. x_local may have any
   // channel count (applying the per-token head first and gathering its 64 channels moves far
   // fewer bytes than gathering C, as the reference does).

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/param.h"
 #include "osp/core/tensor.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit_config.h"
@@ -45,6 +46,16 @@ struct DiTOptions {
   DiTQuant quant = DiTQuant::None;
   // FP8 mode only: self-attention in FP8 (true) or bf16 on the HiF8-rounded q/k/v (false).
   bool fp8_attention = true;
+  // Training (DiT::forward_train / backward, train/flow_matching.h): allocates an F32 gradient
+  // for every parameter (DiT::parameters()) and keeps the compute copies writable; with
+  // quant == HiF8 it is quantization-aware training (osp-next-spec §5.6–5.7): Q(W, 15) is
+  // recomputed from the current weight on every forward instead of once at bind. FP8 is
+  // inference-only.
+  bool train = false;
+  // Training: keep only each block's input and recompute the block's forward (with a tape)
+  // just before its backward (on by default); off keeps every block's tape from the forward.
+  // Both give identical gradients.
+  bool activation_checkpointing = true;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
@@ -84,6 +95,27 @@ class DiT {
   Tensor forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                  dist::SequenceParallel& sp);
 
+  // ---- training (opt.train) ----
+  // Every trainable tensor under its Wan name with its checkpoint shape (core/param.h). The
+  // pointers stay valid while this DiT is not moved or re-bound.
+  ParamTable parameters();
+  // Sets every parameter gradient to zero.
+  void zero_grad();
+  // The forward of forward() (same arguments, same code path) that also records what backward()
+  // needs: the block inputs (activation checkpointing) or every block's tape. The training
+  // numerics differ from forward() only where an activation is fused into a GEMM (GELU, SiLU run
+  // as separate ops to keep the pre-activation) and in the attention kernel (the variant that
+  // also returns the log-sum-exp).
+  Tensor forward_train(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+                       dist::SequenceParallel& sp);
+  // Backward of the last forward_train (on the same sp, nothing in between): dv = dL/dv with the
+  // shape of its output (any float dtype, any device). ACCUMULATES every parameter gradient (F32).
+  // Optional outputs: dx = dL/dx (F32, the shape of forward_train's x) and dcontext = dL/dcontext
+  // (F32, the shape of the unpadded context given to forward_train). Frees the recorded state.
+  void backward(const Tensor& dv, dist::SequenceParallel& sp, Tensor* dx = nullptr,
+                Tensor* dcontext = nullptr);
+  void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
+
   // Debug hook: called after every block with the block index and the hidden state
   // [B, n_local, dim] in that block's (rank-local) layout.
   using BlockHook = std::function<void(int block, const Tensor& hidden)>;
@@ -103,10 +135,20 @@ class DiT {
   void profile_reset() { prof_.reset(); }
 
  private:
+  // ---- layers: parameters (compute copy `v`/`w`/`b`, F32 gradient `g`/`gw`/`gb` in training)
+  struct Param {
+    Tensor v, g;
+  };
   struct Linear {
-    Tensor w, b;  // compute copies on the device ([N, K], [N]); w undefined when fp8
+    Tensor w, b;    // compute copies on the device ([N, K], [N]); w undefined when fp8
+    Tensor gw, gb;  // training: F32 gradients
+    // HiF8 training: Q(w, 15), recomputed from w on every forward (inference keeps the cached
+    // Q(W, 15) in w itself, quantized once at bind).
+    Tensor wfq;
     quant::Fp8Tensor wq;  // FP8 mode: E4M3 weight codes + 1/s (codes undefined otherwise)
+    bool block = false;   // a block linear (HiF8: input, weight and incoming gradient quantized)
     bool fp8() const { return wq.codes.defined(); }
+    const Tensor& weight() const { return wfq.defined() ? wfq : w; }
   };
   // A linear's input in the form(s) the linears need: x itself (None), Q(x, 15) (HiF8 and
   // FP8-mode fallbacks) and/or the E4M3 operand (FP8).
@@ -116,21 +158,58 @@ class DiT {
   };
   struct Attn {
     Linear q, k, v, o;
-    Tensor norm_q, norm_k;  // F32 [d] (undefined without qk_norm)
+    Param norm_q, norm_k;  // F32 [d] (undefined without qk_norm)
   };
   struct Block {
-    Tensor modulation;  // F32 [6, d] on the device
+    Param modulation;  // F32 [6, d] on the device
     Attn self_attn, cross_attn;
-    Tensor norm3_w, norm3_b;  // F32 [d] (undefined without cross_attn_norm)
+    Param norm3_w, norm3_b;  // F32 [d] (undefined without cross_attn_norm)
     Linear ffn0, ffn2;
+  };
+  // What a block's backward needs, recorded by its forward (named activations).
+  struct Tape {
+    std::map<std::string, Tensor> t;
+    const Tensor& at(const std::string& name) const;
+  };
+  // Everything between forward_train and backward.
+  struct TrainState {
+    bool active = false;
+    bool batched = true;
+    int64_t B = 0, Lc = 0, Fr = 0, Hl = 0, Wl = 0;
+    sparse::Grid grid;
+    dist::ForwardPlan plan;
+    Shape context_shape;
+    Tape global;                   // embeddings and head activations
+    std::vector<Tensor> block_in;  // activation checkpointing: each block's input
+    std::vector<Tape> tapes;       // no checkpointing: each block's tape
+    Tensor e0, ctx_in_lin;         // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
+    Tensor x_last;                 // the last block's output (the head's input)
   };
 
   Tensor& ws(const std::string& name, const Shape& shape, DType dt);
+  // A forward activation: the reused workspace `ws_name` without a tape (inference), a fresh
+  // tensor recorded under `name` in the tape with one (training).
+  Tensor& act(Tape* tape, const std::string& name, const std::string& ws_name, const Shape& shape,
+              DType dt);
   void linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
   void linear(const LinIn& in, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
+  // Backward of a linear given the input its GEMM saw (x, Q(x) in HiF8) and dy = dL/dy (any
+  // float dtype on the device). HiF8 block linears: G = Q(dy, 224), else G = dy (in the GEMM's
+  // dtype). dx = G·W (overwritten, when wanted), gw += Gᵀ·x, gb += ΣG.
+  void linear_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx);
   // Prepares x as the input of block linears (workspaces named after `name`).
-  LinIn quant_input(const Tensor& x, const std::string& name);
-  void run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0, dist::SequenceParallel& sp);
+  LinIn quant_input(const Tensor& x, const std::string& name, Tape* tape = nullptr);
+  void run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0, dist::SequenceParallel& sp,
+                 Tape* tape = nullptr, bool training = false);
+  // Backward of block i from its tape: dx (F32 [B, n, d], dL/d output) becomes dL/d input in
+  // place; accumulates the block's parameter gradients, de0 [B, 6, d] and dctx [B, Lt, d] (F32).
+  void block_backward(int i, const Tape& tp, Tensor& dx, Tensor& de0, Tensor& dctx,
+                      dist::SequenceParallel& sp);
+  Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+                      dist::SequenceParallel& sp, bool training);
+  // HiF8 training: Q(w, 15) of every block linear from the current weights.
+  void refresh_quantized_weights();
+  std::vector<Linear*> linears();
 
   DiTConfig cfg_;
   DiTOptions opt_;
@@ -141,13 +220,14 @@ class DiT {
   Linear patch_, text0_, text2_, head_;
   // Time MLP always runs on the host in fp32 (tiny; keeps the reference's fp32 path exact).
   Linear time0_, time2_, time_proj_;
-  Tensor head_modulation_;  // F32 [2, d] host
+  Param head_modulation_;  // F32 [2, d]
   std::vector<Block> blocks_;
   BlockHook hook_;
   std::map<std::string, Tensor> ws_;
   std::map<std::string, quant::Fp8Tensor> ws8_;
   bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
   StageProfiler prof_;
+  TrainState train_;
 };
 
 }  // namespace osp::model

@@ -1,0 +1,252 @@
+// DiT training (forward with tapes + backward, HiF8 QAT) against golden_train.safetensors: the
+// rectified-flow loss and every stored gradient (parameters, x_σ, context) in the modes full,
+// hybrid (Skiparse-2D, with padding in trainA) and hybrid_qat; activation checkpointing on and
+// off give the same bits; a float64-free finite-difference check of the whole model on a tiny
+// random config; the parameter table; training numerics leave inference unchanged.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit.h"
+#include "osp/ops/ops.h"
+#include "golden_train.h"
+#include "test_util.h"
+
+using namespace osp;
+using model::DiT;
+using sparse::BlockKind;
+
+namespace {
+
+// One rectified-flow step through DiT::forward_train / backward (the loss of
+// train/flow_matching.h, written out here so this test needs only the model library).
+test::TrainStepResult flow_step(DiT& m, dist::SequenceParallel& sp, const test::TrainCaseInputs& in) {
+  const float s = in.sigma;
+  Tensor xs = Tensor::empty(in.x0.shape(), DType::F32), target = Tensor::empty(in.x0.shape(), DType::F32);
+  ops::axpby(s, in.noise, 1.f - s, in.x0, xs);
+  ops::axpby(1.f, in.noise, -1.f, in.x0, target);
+  test::TrainStepResult r;
+  r.v = m.forward_train(xs, {1000.f * s}, in.context, sp);
+  Tensor diff = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(1.f, r.v, -1.f, target, diff);
+  double acc = 0;
+  for (float d : diff.to_float_vector()) acc += double(d) * d;
+  const double numel = double(diff.numel());
+  r.loss = acc / numel;
+  Tensor dv = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(float(2.0 / numel), diff, 0.f, diff, dv);
+  m.backward(dv, sp, &r.dx_sigma, &r.dcontext);
+  return r;
+}
+
+double run_golden(const std::string& c, const std::string& mode, double tol) {
+  DiT m = test::golden_train_model(mode);
+  auto sp = dist::make_single_device();
+  const auto r = flow_step(m, *sp, test::golden_train_inputs(c));
+  return test::expect_matches_golden_train(m, r, c, mode, tol);
+}
+
+}  // namespace
+
+TEST(DiTTrainGolden, TrainAFull) { run_golden("trainA", "full", 1e-4); }
+TEST(DiTTrainGolden, TrainAHybridWithPadding) { run_golden("trainA", "hybrid", 1e-4); }
+TEST(DiTTrainGolden, TrainAHybridQat) { run_golden("trainA", "hybrid_qat", 2e-3); }
+TEST(DiTTrainGolden, TrainBFull) { run_golden("trainB", "full", 1e-4); }
+TEST(DiTTrainGolden, TrainBHybrid) { run_golden("trainB", "hybrid", 1e-4); }
+TEST(DiTTrainGolden, TrainBHybridQat) { run_golden("trainB", "hybrid_qat", 2e-3); }
+
+TEST(DiTTrainGolden, CheckpointingOnAndOffGiveTheSameBits) {
+  for (const std::string mode : {"hybrid", "hybrid_qat"}) {
+    auto sp = dist::make_single_device();
+    const auto in = test::golden_train_inputs("trainA");
+    DiT on = test::golden_train_model(mode, true), off = test::golden_train_model(mode, false);
+    const auto ra = flow_step(on, *sp, in);
+    const auto rb = flow_step(off, *sp, in);
+    EXPECT_EQ(ra.loss, rb.loss) << mode;
+    test::expect_same_bits(ra.v, rb.v, "v");
+    test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
+    test::expect_same_bits(ra.dcontext, rb.dcontext, "grad context");
+    const auto pa = on.parameters(), pb = off.parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t i = 0; i < pa.size(); ++i)
+      test::expect_same_bits(*pa[i].grad, *pb[i].grad, pa[i].name.c_str());
+  }
+}
+
+TEST(DiTTrainGolden, GradientsAccumulateAndZeroGrad) {
+  DiT m = test::golden_train_model("hybrid");
+  auto sp = dist::make_single_device();
+  const auto in = test::golden_train_inputs("trainB");
+  flow_step(m, *sp, in);
+  std::vector<Tensor> once;
+  for (const ParamRef& p : m.parameters()) once.push_back(p.grad->clone());
+  flow_step(m, *sp, in);  // accumulates: twice the gradient
+  const auto ps = m.parameters();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    Tensor twice = Tensor::empty(once[i].shape(), DType::F32);
+    ops::axpby(2.f, once[i], 0.f, once[i], twice);
+    EXPECT_LT(relative_error(*ps[i].grad, twice), 1e-6) << ps[i].name;
+  }
+  m.zero_grad();
+  for (const ParamRef& p : m.parameters())
+    for (float v : p.grad->to_float_vector()) ASSERT_EQ(v, 0.f) << p.name;
+}
+
+TEST(DiTTrainGolden, ParameterTableHasEveryWanTensor) {
+  DiT m = test::golden_train_model("full");
+  const auto shapes = DiT::expected_shapes(test::golden_train().cfg);
+  const auto ps = m.parameters();
+  EXPECT_EQ(ps.size(), shapes.size());
+  for (const ParamRef& p : ps) {
+    auto it = shapes.find(p.name);
+    ASSERT_NE(it, shapes.end()) << p.name;
+    EXPECT_EQ(p.ckpt_shape, it->second) << p.name;
+    ASSERT_NE(p.value, nullptr);
+    ASSERT_NE(p.grad, nullptr);
+    EXPECT_EQ(p.value->numel(), shape_numel(p.ckpt_shape)) << p.name;
+    EXPECT_EQ(p.grad->numel(), p.value->numel()) << p.name;
+    EXPECT_EQ(p.grad->dtype(), DType::F32) << p.name;
+    EXPECT_TRUE(p.value->is_contiguous()) << p.name;
+    // the compute copy holds the checkpoint's values
+    EXPECT_EQ(max_abs_diff(*p.value, test::golden_train().weights.at("weights." + p.name)), 0.0)
+        << p.name;
+  }
+}
+
+TEST(DiTTrainGolden, TrainingForwardMatchesInferenceAndUsesCurrentWeights) {
+  // forward() and forward_train() share one path; in HiF8 training Q(W, 15) follows the weight.
+  for (const std::string mode : {"hybrid", "hybrid_qat"}) {
+    DiT m = test::golden_train_model(mode);
+    auto sp = dist::make_single_device();
+    const auto in = test::golden_train_inputs("trainB");
+    Tensor xs = Tensor::empty(in.x0.shape(), DType::F32);
+    ops::axpby(in.sigma, in.noise, 1.f - in.sigma, in.x0, xs);
+    const std::vector<float> t{1000.f * in.sigma};
+    Tensor vi = m.forward(xs, t, in.context, *sp);
+    Tensor vt = m.forward_train(xs, t, in.context, *sp);
+    EXPECT_LT(relative_error(vt, vi), 1e-5) << mode;
+    EXPECT_LT(relative_error(vi, test::golden_train().get("trainB." + mode + ".v")),
+              mode == "hybrid" ? 1e-5 : 2e-3)
+        << mode;
+    // change a block weight: the next forward sees it (no stale quantized copy)
+    for (const ParamRef& p : m.parameters())
+      if (p.name == "blocks.1.ffn.0.weight") {
+        Tensor w = *p.value;
+        ops::axpby(1.5f, w, 0.f, w, w);
+      }
+    Tensor v2 = m.forward(xs, t, in.context, *sp);
+    EXPECT_GT(relative_error(v2, vi), 1e-3) << mode;
+  }
+}
+
+TEST(DiTTrainGolden, BackwardNeedsARecordedForward) {
+  DiT m = test::golden_train_model("full");
+  auto sp = dist::make_single_device();
+  EXPECT_THROW(m.backward(Tensor::zeros({16, 1, 8, 8}, DType::F32), *sp), Error);
+  DiT inf = DiT::bind(test::golden_train().cfg, test::golden_train().weights, {}, "weights.");
+  const auto in = test::golden_train_inputs("trainB");
+  EXPECT_THROW(inf.forward_train(in.x0, {500.f}, in.context, *sp), Error);
+  EXPECT_THROW(inf.zero_grad(), Error);
+  m.forward_train(in.x0, {500.f}, in.context, *sp);
+  EXPECT_THROW(m.backward(Tensor::zeros({16, 1, 8, 9}, DType::F32), *sp), Error);  // wrong shape
+}
+
+// ---------------------------------------------------------------- finite differences
+namespace {
+
+// A tiny random OSP-Next DiT (hybrid full, token, group, full; Skiparse padding on a 6x8 grid).
+struct Tiny {
+  model::DiTConfig cfg;
+  std::map<std::string, Tensor> w;
+};
+Tiny tiny_model() {
+  Tiny t;
+  auto& c = t.cfg;
+  c.dim = 32, c.ffn_dim = 48, c.num_heads = 2, c.num_layers = 4, c.text_dim = 12, c.text_len = 6;
+  c.freq_dim = 16, c.in_dim = 4, c.out_dim = 4;
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (const auto& [name, shape] : DiT::expected_shapes(c)) {
+    Tensor x = Tensor::empty(shape, DType::F32);
+    const int64_t fan_in = shape.size() >= 2 ? shape_numel(shape) / shape[0] : 1;
+    float scale = shape.size() >= 2 ? 1.f / std::sqrt(float(fan_in)) : 0.2f;
+    if (name.find("modulation") != std::string::npos) scale = 0.3f;
+    const bool norm = name.find("norm") != std::string::npos && name.find(".weight") != std::string::npos;
+    float* p = x.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] = (norm ? 1.f : 0.f) + scale * nd(rng);
+    t.w[name] = x;
+  }
+  return t;
+}
+
+Tensor randn(const Shape& s, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, scale);
+  Tensor x = Tensor::empty(s, DType::F32);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = nd(rng);
+  return x;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  const auto va = a.to_float_vector(), vb = b.to_float_vector();
+  double s = 0;
+  for (size_t i = 0; i < va.size(); ++i) s += double(va[i]) * double(vb[i]);
+  return s;
+}
+
+}  // namespace
+
+TEST(DiTTrainFiniteDifference, WholeModelDirectionalDerivatives) {
+  // L = Σ v·R (R fixed random): dL/dv = R. For a direction U of one tensor θ, the central
+  // difference (L(θ + hU) − L(θ − hU)) / 2h must equal <dL/dθ, U>.
+  const Tiny tm = tiny_model();
+  model::DiTOptions opt;
+  opt.train = true;
+  DiT m = DiT::bind(tm.cfg, tm.w, opt);
+  m.set_block_kinds({BlockKind::Full, BlockKind::Token, BlockKind::Group, BlockKind::Full}, 2);
+  auto sp = dist::make_single_device();
+  Tensor x = randn({1, 4, 2, 12, 16}, 7), ctx = randn({1, 5, 12}, 8);
+  const std::vector<float> t{437.f};
+  Tensor R = randn({1, 4, 2, 12, 16}, 9);
+  Tensor dx, dctx;
+  m.forward_train(x, t, ctx, *sp);
+  m.backward(R, *sp, &dx, &dctx);
+  auto loss = [&]() { return dot(m.forward(x, t, ctx, *sp), R); };
+
+  auto check = [&](const std::string& what, Tensor& theta, const Tensor& grad) {
+    Tensor U = randn(theta.shape(), uint32_t(std::hash<std::string>()(what) & 0xffff), 1.f);
+    const double want = dot(grad, U);
+    // h relative to the tensor's scale; fp32 forward → expect ~1e-3 agreement
+    double tn = 0;
+    for (float v : theta.to_float_vector()) tn = std::max(tn, double(std::abs(v)));
+    const float h = float(1e-3 * std::max(tn, 1e-1));
+    Tensor saved = theta.clone();
+    ops::axpby(1.f, saved, h, U, theta);
+    const double lp = loss();
+    ops::axpby(1.f, saved, -h, U, theta);
+    const double lm = loss();
+    theta.copy_from(saved);
+    const double fd = (lp - lm) / (2.0 * double(h));
+    const double err = std::abs(fd - want) / std::max(std::abs(want), 1e-6);
+    std::printf("[ info     ] %-34s analytic %+.6e  finite diff %+.6e  rel %.2e\n", what.c_str(),
+                want, fd, err);
+    EXPECT_LT(err, 1e-2) << what;
+  };
+  check("x_sigma", x, dx);
+  check("context", ctx, dctx);
+  for (const ParamRef& p : m.parameters()) {
+    static const std::vector<std::string> pick = {
+        "patch_embedding.weight",         "text_embedding.0.weight",
+        "time_embedding.0.weight",        "time_projection.1.bias",
+        "blocks.0.modulation",            "blocks.1.self_attn.q.weight",
+        "blocks.1.self_attn.norm_k.weight", "blocks.2.cross_attn.k.weight",
+        "blocks.2.norm3.bias",            "blocks.2.ffn.0.weight",
+        "blocks.3.self_attn.v.bias",      "head.modulation",
+        "head.head.weight"};
+    if (std::find(pick.begin(), pick.end(), p.name) == pick.end()) continue;
+    check(p.name, *p.value, *p.grad);
+  }
+}

@@ -1,0 +1,138 @@
+// golden_train.safetensors (gradients of the rectified-flow loss through the reference DiT, fp32
+// with float64 attention) shared by the DiT training tests: config, block kinds, weights, the
+// per-case inputs, models bound for training in the file's three modes, and the comparison of a
+// step's loss / v / gradients against the stored ones.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "osp/io/safetensors.h"
+#include "osp/model/dit.h"
+#include "osp/sparse/skiparse.h"
+#include "test_util.h"
+
+namespace osp::test {
+
+struct GoldenTrain {
+  io::SafetensorsFile file;
+  model::DiTConfig cfg;
+  std::vector<sparse::BlockKind> hybrid_kinds;  // metadata block_kinds
+  int P = 2;
+  std::map<std::string, Tensor> weights;  // "weights.<wan name>"
+
+  Tensor get(const std::string& name) const { return file.get(name); }
+  double scalar(const std::string& name) const { return file.get(name).reshape({-1}).item({0}); }
+  bool has(const std::string& name) const {
+    for (const auto& n : file.names())
+      if (n == name) return true;
+    return false;
+  }
+};
+
+inline const GoldenTrain& golden_train() {
+  static GoldenTrain* g = [] {
+    auto* r = new GoldenTrain;
+    r->file = io::SafetensorsFile::open(golden("golden_train.safetensors"));
+    const auto& md = r->file.metadata();
+    r->cfg = model::DiTConfig::from_json(md.at("config"));
+    r->P = std::stoi(md.at("sparse_ratio"));
+    for (const auto& k : nlohmann::json::parse(md.at("block_kinds"))) {
+      const std::string s = k.get<std::string>();
+      r->hybrid_kinds.push_back(s == "full"    ? sparse::BlockKind::Full
+                                : s == "token" ? sparse::BlockKind::Token
+                                               : sparse::BlockKind::Group);
+    }
+    for (const auto& name : r->file.names())
+      if (name.rfind("weights.", 0) == 0) r->weights[name] = r->file.get(name);
+    return r;
+  }();
+  return *g;
+}
+
+// A DiT bound for training in one of the file's modes: "full", "hybrid", "hybrid_qat".
+inline model::DiT golden_train_model(const std::string& mode, bool checkpointing = true) {
+  const GoldenTrain& g = golden_train();
+  model::DiTOptions opt;
+  opt.train = true;
+  opt.activation_checkpointing = checkpointing;
+  if (mode == "hybrid_qat") opt.quant = model::DiTQuant::HiF8;
+  model::DiT m = model::DiT::bind(g.cfg, g.weights, opt, "weights.");
+  if (mode != "full") m.set_block_kinds(g.hybrid_kinds, g.P);
+  return m;
+}
+
+struct TrainCaseInputs {
+  Tensor x0, noise, context;
+  float sigma = 0;
+};
+inline TrainCaseInputs golden_train_inputs(const std::string& c) {
+  const GoldenTrain& g = golden_train();
+  return {g.get(c + ".x0"), g.get(c + ".noise"), g.get(c + ".context"),
+          float(g.scalar(c + ".sigma"))};
+}
+
+// What one training step produced.
+struct TrainStepResult {
+  double loss = 0;
+  Tensor v, dx_sigma, dcontext;
+};
+
+// Compares a step of `model` on <c>.<mode> with every stored tensor: loss, v, grad.x_sigma,
+// grad.context and grad.<parameter> (all of those the file stores). Returns the worst relative
+// error of the gradients (‖got − want‖ / ‖want‖) and checks each against `tol`.
+inline double expect_matches_golden_train(model::DiT& m, const TrainStepResult& r,
+                                          const std::string& c, const std::string& mode,
+                                          double tol) {
+  const GoldenTrain& g = golden_train();
+  const std::string pre = c + "." + mode + ".";
+  const double want_loss = g.scalar(pre + "loss");
+  const double loss_err = std::abs(r.loss - want_loss) / std::abs(want_loss);
+  EXPECT_LT(loss_err, tol) << pre << "loss: got " << r.loss << ", want " << want_loss;
+  const double v_err = relative_error(r.v, g.get(pre + "v"));
+  EXPECT_LT(v_err, tol) << pre << "v";
+  std::map<std::string, const Tensor*> grads;
+  for (const ParamRef& p : m.parameters()) grads[p.name] = p.grad;
+  double worst = 0;
+  std::string worst_name;
+  int compared = 0;
+  const std::string gp = pre + "grad.";
+  for (const auto& name : g.file.names()) {
+    if (name.rfind(gp, 0) != 0) continue;
+    const std::string what = name.substr(gp.size());
+    const Tensor want = g.get(name);
+    Tensor got;
+    if (what == "x_sigma") {
+      got = r.dx_sigma;
+    } else if (what == "context") {
+      got = r.dcontext;
+    } else {
+      auto it = grads.find(what);
+      if (it == grads.end()) {
+        ADD_FAILURE() << name << ": the model has no parameter " << what;
+        continue;
+      }
+      got = *it->second;
+    }
+    if (!got.defined() || got.numel() != want.numel()) {
+      ADD_FAILURE() << name << ": got " << (got.defined() ? got.desc() : "nothing")
+                    << ", want " << want.desc();
+      continue;
+    }
+    const double err = relative_error(got, want);
+    EXPECT_LT(err, tol) << name;
+    if (err > worst) worst = err, worst_name = what;
+    ++compared;
+  }
+  std::printf("[ info     ] %s %s: loss %.9g (rel err %.2g), v %.2g, %d gradients, worst %.3g (%s)\n",
+              c.c_str(), mode.c_str(), r.loss, loss_err, v_err, compared, worst,
+              worst_name.c_str());
+  EXPECT_GE(compared, 8) << pre << ": too few stored gradients found";
+  return worst;
+}
+
+}  // namespace osp::test
