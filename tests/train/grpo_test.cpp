@@ -236,3 +236,34 @@ TEST(GrpoPolicyLoss, AdvantageClampAndGuidanceOne) {
   EXPECT_DOUBLE_EQ(a.ratio[0], 1.0);
   EXPECT_NEAR(a.loss_pg, (-5.0 + 1.0) / 2, 1e-12);
 }
+
+TEST(SdeStep, Windows) {
+  const sample::SdeWindow f = sample::fixed_sde_window(25, 10);
+  EXPECT_EQ(f.begin, 0);
+  EXPECT_EQ(f.end, 10);
+  EXPECT_TRUE(f.contains(9));
+  EXPECT_FALSE(f.contains(10));
+  expect_error([] { sample::fixed_sde_window(25, 26); }, "sde_steps");
+  // MixGRPO FLUX settings: T 25, w 4, s 1, τ 25.
+  auto w = sample::mixgrpo_sde_window(0, 25, 4, 1, 25);
+  EXPECT_EQ(w.begin, 0);
+  EXPECT_EQ(w.end, 4);
+  w = sample::mixgrpo_sde_window(24, 25, 4, 1, 25);
+  EXPECT_EQ(w.begin, 0);
+  w = sample::mixgrpo_sde_window(25 * 11, 25, 4, 1, 25);
+  EXPECT_EQ(w.begin, 11);
+  EXPECT_EQ(w.end, 15);
+  w = sample::mixgrpo_sde_window(25 * 21, 25, 4, 1, 25);  // clipped at T − 2 = 23
+  EXPECT_EQ(w.begin, 21);
+  EXPECT_EQ(w.end, 23);
+  w = sample::mixgrpo_sde_window(25 * 22, 25, 4, 1, 25);  // the last non-empty window
+  EXPECT_EQ(w.begin, 22);
+  EXPECT_EQ(w.end, 23);
+  EXPECT_EQ(sample::mixgrpo_sde_window(25 * 23, 25, 4, 1, 25).begin, 0);  // rolled back
+  EXPECT_EQ(sample::mixgrpo_sde_window(25 * 24, 25, 4, 1, 25).begin, 1);
+  EXPECT_EQ(sample::mixgrpo_sde_window(3 * 7, 25, 4, 3, 3).begin, 21);  // stride 3: 0, 3, .., 21
+  EXPECT_EQ(sample::mixgrpo_sde_window(3 * 8, 25, 4, 3, 3).begin, 0);
+  // Stride 0 freezes the window (MixGRPO-Flash*).
+  EXPECT_EQ(sample::mixgrpo_sde_window(1000, 25, 4, 0, 20).begin, 0);
+  expect_error([] { sample::mixgrpo_sde_window(0, 25, 0, 1, 1); }, "window size");
+}

@@ -1,5 +1,6 @@
 #include "osp/sample/sde_step.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "osp/core/error.h"
@@ -25,6 +26,30 @@ SdeGrid sde_grid(int steps, double shift) {
   g.sigmas.reserve(u.size());
   for (double s : u) g.sigmas.push_back(shift == 1.0 ? s : shift_sigma(s, shift));
   return g;
+}
+
+SdeWindow fixed_sde_window(int steps, int k) {
+  OSP_CHECK(steps >= 1, "fixed_sde_window: steps must be >= 1, got ", steps);
+  OSP_CHECK(k >= 0 && k <= steps, "sde_steps must be in [0, ", steps, "] (the rollout steps), got ",
+            k);
+  return {0, k};
+}
+
+SdeWindow mixgrpo_sde_window(int iteration, int steps, int size, int stride, int tau) {
+  OSP_CHECK(steps >= 3, "mixgrpo_sde_window: steps must be >= 3, got ", steps);
+  OSP_CHECK(size >= 1, "mixgrpo_sde_window: window size must be >= 1, got ", size);
+  OSP_CHECK(stride >= 0, "mixgrpo_sde_window: stride must be >= 0, got ", stride);
+  OSP_CHECK(tau >= 1, "mixgrpo_sde_window: tau (iterations per shift) must be >= 1, got ", tau);
+  OSP_CHECK(iteration >= 0, "mixgrpo_sde_window: iteration must be >= 0, got ", iteration);
+  const int last = steps - 2;  // exclusive end of trainable steps
+  int begin = 0;
+  if (stride > 0) {
+    // l takes the values 0, s, 2s, ... while l < steps − 2 (a non-empty window), then rolls
+    // back to 0.
+    const int64_t positions = int64_t(last - 1) / stride + 1;
+    begin = int((int64_t(iteration / tau) % positions) * stride);
+  }
+  return {begin, std::min(begin + size, last)};
 }
 
 SdeCoeffs sde_coeffs(const SdeGrid& grid, int i, NoiseLevel level, double eta) {

@@ -45,6 +45,21 @@ enum class NoiseLevel {
   FlowGrpo,  // σ_t = η·sqrt(t/(1 − t)), t = 1 replaced by σ_1 in the denominator (Flow-GRPO)
 };
 
+// Which steps of a rollout are SDE steps (and trained): the half-open range [begin, end).
+struct SdeWindow {
+  int begin = 0, end = 0;
+  bool contains(int i) const { return i >= begin && i < end; }
+  int size() const { return end - begin; }
+};
+// OSP-Next: the first k steps of every rollout (k = sde_steps, 10 of 25), k ≤ steps.
+SdeWindow fixed_sde_window(int steps, int k);
+// MixGRPO's progressive sliding window (hif8-mixgrpo-vbench §2.5): the start l begins at 0 and
+// advances by `stride` every `tau` iterations; when it reaches steps − 2 (the window would be
+// empty) it rolls back to 0 (MixGRPO's --roll_back).
+// Trained steps are [l, min(l + size, steps − 2)) (the last two steps are never SDE steps).
+// steps ≥ 3, size ≥ 1, stride ≥ 0, tau ≥ 1, iteration ≥ 0.
+SdeWindow mixgrpo_sde_window(int iteration, int steps, int size, int stride, int tau);
+
 // The scalars of SDE step i: μ = cx·x + cv·v, std = σ_t·sqrt(−Δ).
 struct SdeCoeffs {
   int step = 0;
