@@ -152,6 +152,18 @@ TEST(Lora, ZeroBMergeIsExactAndMergedEqualsUnmerged) {
     EXPECT_EQ(w.at(m + ".weight").to_float_vector(), base.at(m + ".weight").to_float_vector())
         << m;
 
+  // BF16 output: the f32 merge rounded once.
+  {
+    model::Lora lb = l;
+    randomize_b(lb, 13);
+    std::map<std::string, Tensor> w32 = base, w16 = base;
+    model::merge_lora(w32, lb, 0.5);
+    model::merge_lora(w16, lb, 0.5, "", DType::BF16);
+    const Tensor& m16 = w16.at("blocks.1.self_attn.k.weight");
+    ASSERT_EQ(m16.dtype(), DType::BF16);
+    test::expect_same_bits(m16, w32.at("blocks.1.self_attn.k.weight").to(DType::BF16), "bf16");
+  }
+
   // Non-zero B: linear(x, W + s·(α/r)·B·A) == linear(x, W) + lora_apply.
   randomize_b(l, 12);
   w = base;

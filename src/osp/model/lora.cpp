@@ -400,8 +400,10 @@ void check_lora(const Lora& lora, const std::map<std::string, Shape>& base,
 }
 
 void merge_lora(std::map<std::string, Tensor>& weights, const Lora& lora, double scale,
-                const std::string& prefix) {
+                const std::string& prefix, DType out_dtype) {
   OSP_CHECK(std::isfinite(scale), "merge_lora: scale must be finite, got ", scale);
+  OSP_CHECK(out_dtype == DType::F32 || out_dtype == DType::BF16 || out_dtype == DType::F16,
+            "merge_lora: out_dtype must be f32, bf16 or f16, got ", dtype_name(out_dtype));
   std::map<std::string, Shape> shapes;
   for (const auto& [n, t] : weights)
     if (t.defined()) shapes[n] = t.shape();
@@ -419,6 +421,7 @@ void merge_lora(std::map<std::string, Tensor>& weights, const Lora& lora, double
     ops::linear(B, At, nullptr, delta);  // B·A: [out, r]·[r, in]
     Tensor merged = Tensor::empty(w.shape(), DType::F32);
     ops::axpby(1.0f, wf, float(scale * a.scale()), delta, merged);
+    if (out_dtype != DType::F32) merged = merged.to(out_dtype);
     weights[wname] = w.device().is_cpu() ? merged : merged.to(w.device());
   }
 }

@@ -102,11 +102,13 @@ void check_lora(const Lora& lora, const std::map<std::string, Shape>& base,
                 const std::string& prefix = "");
 
 // W ← W + scale·(α/r)·B·A for every adapter, on a Wan-named weight map (as given to
-// DiT::bind, with the same prefix). The merged weights are new F32 tensors (on the CPU, or
-// moved back to a weight's device), so a read-only mmapped checkpoint is never written and the
-// CPU forward equals the un-merged application to f32 rounding. Validates first (check_lora).
+// DiT::bind, with the same prefix). The sum is formed in f32 on the CPU; the merged weights are
+// new tensors of out_dtype (moved back to a weight's device), so a read-only mmapped checkpoint
+// is never written. F32 (default) keeps the CPU forward equal to the un-merged application to
+// f32 rounding; BF16 halves the host memory for a CUDA run, whose bind rounds weights to bf16
+// anyway (same single rounding). Validates first (check_lora): on error nothing is changed.
 void merge_lora(std::map<std::string, Tensor>& weights, const Lora& lora, double scale = 1.0,
-                const std::string& prefix = "");
+                const std::string& prefix = "", DType out_dtype = DType::F32);
 
 // The un-merged application to one linear's output: y += scale·(α/r)·(x·Aᵀ)·Bᵀ.
 // x [..., in], y [..., out] F32 contiguous (any device through ops::linear / ops::axpby;
