@@ -324,6 +324,7 @@ std::vector<Case> all_cases() {
   add("attn_cudnn_2x256x3x64", [=] { attention_case(2, 256, 256, 3, 64, P::Cudnn); });
   add("attn_own_2x130x333x3x64_cross", [=] { attention_case(2, 130, 333, 3, 64, P::Own); });
   add("attn_auto_2x130x333x3x64_cross", [=] { attention_case(2, 130, 333, 3, 64, P::Auto); });
+  add("attn_cudnn_1x200x77x2x128_cross", [=] { attention_case(1, 200, 77, 2, 128, P::Cudnn); });
   add("attn_auto_1x1000x2x128_scale", [=] { attention_case(1, 1000, 1000, 2, 128, P::Auto, {}, 0.05f); });
   add("attn_own_packed_unequal", [=] {
     attention_case(2, 300, 300, 2, 128, P::Own, {37, 0, 135, 64, 64});

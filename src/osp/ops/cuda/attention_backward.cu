@@ -326,20 +326,22 @@ Tensor rows_view(const Tensor& t, int64_t row0, int64_t nb, int64_t n) {
   return Tensor::from_blob(p, {nb, n, H, D}, DType::BF16, t.device(), t.storage());
 }
 
-// One cuDNN call: a batch of nb·cnt sequences of length n.
+// One cuDNN call: a batch of nb·cnt sequences of n query rows over nk keys (nk = n for packed
+// self-attention; Lk for an unpacked call, where Lq may differ from Lk).
 struct Group {
-  int64_t b0, nb, off, cnt, n;
+  int64_t b0, nb, off, cnt, n, nk;
 };
-std::vector<Group> groups(const Packing& pk, int64_t B, int64_t L) {
+std::vector<Group> groups(const Packing& pk, int64_t B, int64_t Lq, int64_t Lk) {
   std::vector<Group> g;
-  if (pk.lens.empty()) return {{0, B, 0, 1, L}};
-  if (pk.all_equal && pk.lens[0] > 0) return {{0, B, 0, int64_t(pk.lens.size()), pk.lens[0]}};
+  if (pk.lens.empty()) return {{0, B, 0, 1, Lq, Lk}};
+  if (pk.all_equal && pk.lens[0] > 0)
+    return {{0, B, 0, int64_t(pk.lens.size()), pk.lens[0], pk.lens[0]}};
   for (int64_t b = 0; b < B; ++b) {
     size_t r = 0;
     while (r < pk.lens.size()) {
       size_t e = r + 1;
       while (e < pk.lens.size() && pk.lens[e] == pk.lens[r]) ++e;
-      if (pk.lens[r] > 0) g.push_back({b, 1, pk.offs[r], int64_t(e - r), pk.lens[r]});
+      if (pk.lens[r] > 0) g.push_back({b, 1, pk.offs[r], int64_t(e - r), pk.lens[r], pk.lens[r]});
       r = e;
     }
   }
@@ -353,10 +355,11 @@ void lse_pack(float* lse, float* tmp, int64_t H, int64_t Lq, const Group& g, boo
   OSP_CUDA_LAUNCH_CHECK("lse_pack_kernel");
 }
 
-// Batch view of one group: rows (b0·L + off) onwards, nb·cnt sequences of n rows. A group that
-// spans several samples (nb > 1) is only made when the sequences tile every sample exactly.
-Tensor group_view(const Tensor& t, int64_t L, const Group& g) {
-  return rows_view(t, g.b0 * L + g.off, g.nb * g.cnt, g.n);
+// Batch view of one group: rows (b0·L + off) onwards, nb·cnt sequences of len rows (g.n for
+// query-side tensors, g.nk for key-side ones). A group that spans several samples (nb > 1) is
+// only made when the sequences tile every sample exactly (or there is no packing).
+Tensor group_view(const Tensor& t, int64_t L, const Group& g, int64_t len) {
+  return rows_view(t, g.b0 * L + g.off, g.nb * g.cnt, len);
 }
 
 bool group_is_whole(const Group& g, int64_t B, int64_t L) {
@@ -422,9 +425,9 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
   if (g_path != AttnPath::Own) {
     std::string why;
     bool ok = true;
-    for (const Group& g : groups(pk, B, Lq)) {
-      Tensor gq = group_view(q, Lq, g), gk = group_view(k, Lk, g), gv = group_view(v, Lk, g);
-      Tensor go = group_view(out, Lq, g);
+    for (const Group& g : groups(pk, B, Lq, Lk)) {
+      Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
+      Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);
       if (group_is_whole(g, B, Lq)) {
         ok = sdpa_forward_stats_cudnn(gq, gk, gv, go, lse.data<float>(), scale, &why);
       } else {
@@ -489,11 +492,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   if (g_path != AttnPath::Own && q.numel() > 0) {
     std::string why;
     bool ok = true;
-    const std::vector<Group> gs = groups(pk, B, Lq);
-    for (const Group& g : gs) {
-      Tensor gq = group_view(q, Lq, g), gk = group_view(k, Lk, g), gv = group_view(v, Lk, g);
-      Tensor go = group_view(out, Lq, g), gdo = group_view(dout, Lq, g);
-      Tensor gdq = group_view(dq, Lq, g), gdk = group_view(dk, Lk, g), gdv = group_view(dv, Lk, g);
+    for (const Group& g : groups(pk, B, Lq, Lk)) {
+      Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
+      Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);
+      Tensor gdo = group_view(dout, Lq, g, g.n), gdq = group_view(dq, Lq, g, g.n);
+      Tensor gdk = group_view(dk, Lk, g, g.nk), gdv = group_view(dv, Lk, g, g.nk);
       if (group_is_whole(g, B, Lq)) {
         ok = sdpa_backward_cudnn(gq, gk, gv, go, gdo, lse.data<float>(), gdq, gdk, gdv, scale, &why);
       } else {
