@@ -1,9 +1,17 @@
 // MP4 writer: write a short clip, read it back with libavformat (frame count, size, fps,
 // metadata, pixels close to what was written); RGB conversion; PNG frames; bad input.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "osp/io/image_writer.h"
 #include "osp/io/video_writer.h"
@@ -66,7 +74,12 @@ TEST(VideoWriter, SameInputSameBytes) {
   const Tensor frames = test_frames(5, 32, 32);
   io::write_mp4((d / "a.mp4").string(), frames);
   io::write_mp4((d / "b.mp4").string(), frames);
-  EXPECT_EQ(fs::file_size(d / "a.mp4"), fs::file_size(d / "b.mp4"));
+  // Byte for byte (the encoder runs on one thread in every mode, whatever the machine's load).
+  auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(d / "a.mp4"), bytes(d / "b.mp4"));
   Tensor a, b;
   io::probe_video((d / "a.mp4").string(), &a);
   io::probe_video((d / "b.mp4").string(), &b);
@@ -120,5 +133,68 @@ TEST(ImageWriter, PngFramesRoundTripExactly) {
   }
   EXPECT_THROW(io::read_png((d / "nope.png").string()), Error);
   EXPECT_THROW(io::write_png_frames((d / "x").string(), Tensor::zeros({1, 4, 4}, DType::U8)), Error);
+  fs::remove_all(d);
+}
+
+namespace {
+// Runs `fn` in a child whose files may not grow past `limit` bytes (SIGXFSZ ignored: writes past
+// it fail with EFBIG, as on a full disk). Returns 0 when fn threw an osp::Error, else 1..4.
+int in_child_with_file_limit(size_t limit, const std::function<void()>& fn) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl {limit, limit};
+    if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) ::_exit(3);
+    try {
+      fn();
+    } catch (const Error&) {
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(4);
+    }
+    ::_exit(1);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+}
+std::vector<std::string> names_in(const fs::path& d) {
+  std::vector<std::string> v;
+  for (const auto& e : fs::directory_iterator(d)) v.push_back(e.path().filename().string());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+}  // namespace
+
+TEST(VideoWriter, FullDiskKeepsPreviousFileAndLeavesNoPartialFile) {
+  if (!io::video_writer_available()) GTEST_SKIP() << "SKIP: built without FFmpeg";
+  const fs::path d = tmp_dir("full");
+  const std::string path = (d / "clip.mp4").string();
+  io::write_mp4(path, test_frames(3, 32, 32));
+  const auto before = fs::file_size(path);
+  const Tensor big = test_frames(9, 256, 256);  // far more than 8 KiB of video
+  EXPECT_EQ(in_child_with_file_limit(8 << 10, [&] { io::write_mp4(path, big); }), 0);
+  EXPECT_EQ(fs::file_size(path), before);
+  EXPECT_EQ(io::probe_video(path).frames, 3);
+  EXPECT_EQ(names_in(d), std::vector<std::string>{"clip.mp4"});
+  // Refused up front without --overwrite (Overwrite::Refuse).
+  EXPECT_THROW(io::write_mp4(path, big, {}, io::Overwrite::Refuse), Error);
+  EXPECT_EQ(fs::file_size(path), before);
+  fs::remove_all(d);
+}
+
+TEST(ImageWriter, FullDiskKeepsPreviousFramesAndLeavesNoPartialFolder) {
+  if (!io::png_available()) GTEST_SKIP() << "SKIP: built without libpng";
+  const fs::path d = tmp_dir("pngfull");
+  const std::string dir = (d / "frames").string();
+  io::write_png_frames(dir, test_frames(2, 16, 16));
+  Tensor big = Tensor::empty({3, 128, 128, 3}, DType::U8);  // noise: incompressible
+  uint32_t r = 12345;
+  for (int64_t i = 0; i < big.numel(); ++i) big.data<uint8_t>()[i] = uint8_t((r = r * 1664525u + 1013904223u) >> 24);
+  EXPECT_EQ(in_child_with_file_limit(16 << 10, [&] { io::write_png_frames(dir, big); }), 0);
+  EXPECT_EQ(names_in(dir), (std::vector<std::string>{"frame_0000.png", "frame_0001.png"}));
+  EXPECT_EQ(io::read_png(dir + "/frame_0000.png").size(0), 16);
+  EXPECT_EQ(names_in(d), std::vector<std::string>{"frames"});
+  EXPECT_THROW(io::write_png_frames(dir, big, {}, io::Overwrite::Refuse), Error);
   fs::remove_all(d);
 }

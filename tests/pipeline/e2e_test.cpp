@@ -76,6 +76,7 @@ TEST(EndToEnd, DemoModelVideoIsReproducible) {
 
   // A size that cannot fit is refused by the plan, before any work.
   pipeline::GenerateOptions huge = o;
+  huge.out = (dir / "huge.mp4").string();
   huge.width = huge.height = 8192;
   huge.frames = 1001;
   try {

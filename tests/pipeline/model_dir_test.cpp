@@ -131,7 +131,12 @@ TEST(Options, ValidationNamesTheRule) {
   bad([](GenerateOptions& b) { b.sp = "ring"; }, "ulysses or ssp");
   bad([](GenerateOptions& b) { b.device = "tpu"; }, "tpu");
   bad([](GenerateOptions& b) { b.out = "/no/such/folder/x.mp4"; }, "does not exist");
-  bad([](GenerateOptions& b) { b.out = "video.avi"; }, "unknown output type");
+  bad([](GenerateOptions& b) { b.out = "video.avi"; }, "unsupported extension '.avi'");
+  bad([](GenerateOptions& b) { b.out = "video"; }, "has no extension");
+  bad([](GenerateOptions& b) { b.out = "/proc/video.mp4"; }, "/proc");
+  bad([](GenerateOptions& b) { b.out = fs::temp_directory_path().string(); }, "already holds files");
+  bad([](GenerateOptions& b) { b.seed = -2; }, "--seed");
+  bad([](GenerateOptions& b) { b.prompt = "bad \xff byte"; }, "not valid UTF-8");
   if (!cuda_available()) bad([](GenerateOptions& b) { b.device = "cuda"; }, "no CUDA GPU");
 }
 

@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"
 #include "osp/io/checkpoint.h"
@@ -18,6 +20,7 @@
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
+#include "osp/cli/train_command.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -38,7 +41,11 @@ void print_dit_layout(const model::DiTConfig& cfg) {
 }
 
 int inspect(const std::string& path, bool all) {
-  OSP_CHECK(fs::exists(path), path, " does not exist");
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  OSP_CHECK(fs::exists(st), path, " does not exist");
+  OSP_CHECK(fs::is_regular_file(st) || fs::is_directory(st), path,
+            " is not a regular file or folder (a FIFO, device or socket); osp inspect reads files only");
   std::string ext = fs::path(path).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
   if (ext == ".mp4" || ext == ".mkv" || ext == ".webm" || ext == ".avi") {
@@ -118,6 +125,24 @@ int inspect(const std::string& path, bool all) {
   return 0;
 }
 
+// Flags that contradict each other, or that would be ignored, are errors or stated warnings.
+void check_generate_flags(const CLI::App& gen, const pipeline::GenerateOptions& g) {
+  auto given = [&](const char* flag) { return gen.count(flag) > 0; };
+  const bool blank_negative = std::all_of(g.negative_prompt.begin(), g.negative_prompt.end(),
+                                          [](unsigned char c) { return std::isspace(c); });
+  OSP_CHECK(!(g.no_negative && given("--negative-prompt")),
+            "--negative-prompt and --no-negative contradict each other: give one of them");
+  OSP_CHECK(!(given("--negative-prompt") && blank_negative),
+            "--negative-prompt is empty: pass --no-negative for an empty negative prompt, or leave the "
+            "flag out for Wan2.1's default one");
+  if (g.guidance == 1.0f && (given("--negative-prompt") || g.no_negative))
+    log_warn("--guidance 1 disables classifier-free guidance, so the negative prompt is not used");
+  if (g.offload && g.device == "cpu")
+    log_warn("--offload has no effect with --device cpu (everything already runs on the CPU)");
+  if (given("--fps") && pipeline::output_kind(g.out) == pipeline::OutputKind::PngFolder)
+    log_warn("--fps is ignored for PNG frames (it is the frame rate of an MP4)");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -140,15 +165,18 @@ int main(int argc, char** argv) {
   gen->add_option("--frames", g.frames, "4n+1 frames (81 = 5 s at 16 fps)")->capture_default_str();
   gen->add_option("--steps", g.steps, "sampling steps")->capture_default_str();
   gen->add_option("--sampler", g.sampler, "unipc (Wan2.1) | euler (OSP-Next)")->capture_default_str();
-  gen->add_option("--shift", g.shift, "flow shift (default 5 for unipc, 7 for euler)");
+  gen->add_option("--shift", g.shift, "flow shift in (0, 100] (default 5 for unipc, 7 for euler)")
+      ->check(CLI::Range(1e-6, 100.0));
   gen->add_option("--guidance,--cfg", g.guidance, "classifier-free guidance scale (1 = off)")->capture_default_str();
-  gen->add_option("--seed", g.seed, "random seed (-1 = random, printed)")->capture_default_str();
+  gen->add_option("--seed", g.seed, "random seed (-1 = random, printed)")
+      ->capture_default_str()->check(CLI::Range(int64_t(-1), std::numeric_limits<int64_t>::max()));
   gen->add_option("--attention", g.attention, "auto | full | hybrid (Skiparse-2D)")->capture_default_str();
   gen->add_option("--quant", g.quant, "none | hif8 | fp8")->capture_default_str();
   gen->add_option("--sp", g.sp, "none | ulysses | ssp (launch with mpirun -np N)")->capture_default_str();
   gen->add_option("--device", g.device, "cpu | cuda | cuda:N")->capture_default_str();
   gen->add_flag("--offload", g.offload, "text encoder on the CPU; stage weights kept on the host");
-  gen->add_option("-o,--out", g.out, "output .mp4, or a folder for PNG frames")->capture_default_str();
+  gen->add_option("-o,--out", g.out, "output .mp4, or a folder for PNG frames (ending in /)")->capture_default_str();
+  gen->add_flag("--overwrite", g.overwrite, "replace an existing output (otherwise refused)");
   gen->add_option("--fps", g.fps, "frames per second of the MP4")->capture_default_str();
   size_t vae_tile_mb = 0;
   gen->add_option("--vae-budget-mb", vae_tile_mb, "VAE decode activation budget (tiling); 0 = auto");
@@ -166,6 +194,8 @@ int main(int argc, char** argv) {
   conv->add_option("--quant", conv_quant, "hif8")->capture_default_str();
   conv->add_option("in", conv_in, "input checkpoint (file or folder)")->required();
   conv->add_option("out", conv_out, "output .safetensors")->required();
+  bool conv_overwrite = false;
+  conv->add_flag("--overwrite", conv_overwrite, "replace an existing output file");
 
   // ---- make-demo-model
   std::string demo_dir;
@@ -183,21 +213,28 @@ int main(int argc, char** argv) {
   bench->add_option("name", bench_name, "benchmark name (without bench_); empty lists them");
   bench->add_option("args", bench_args, "arguments passed through");
 
-  CLI11_PARSE(app, argc, argv);
+  osp::cli::add_train_commands(app);  // osp train, osp encode-dataset (cli/train_command.cpp)
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;  // --help / --version: 0; a command-line error: 1
+  }
   set_verbosity(quiet, verbose);
 
   try {
     if (*gen) {
+      install_interrupt_handler();
       pipeline::parse_size(size, g.width, g.height);
       g.vae_tile_budget = vae_tile_mb << 20;
+      check_generate_flags(*gen, g);
       const pipeline::Plan plan = pipeline::plan_generation(model_dir, g);
-      install_interrupt_handler();
       const pipeline::GenerateResult r = pipeline::generate(plan);
       if (r.interrupted) {
-        std::fprintf(stderr, "osp: interrupted after %d steps; nothing written\n", r.steps_done);
+        std::fprintf(stderr, "osp: interrupted (Ctrl-C) during %s; nothing written\n", r.interrupted_stage.c_str());
         return 130;
       }
-      if (!r.out_path.empty())
+      if (!r.out_path.empty() && log_level() >= LogLevel::Info)
         std::fprintf(stderr, "osp: wrote %s (seed %lld, text %.1f s, DiT %.1f s, VAE %.1f s)\n",
                      r.out_path.c_str(), (long long)r.seed, r.seconds.at("text"), r.seconds.at("dit"),
                      r.seconds.at("vae"));
@@ -207,8 +244,12 @@ int main(int argc, char** argv) {
     if (*conv) {
       OSP_CHECK(conv_quant == "hif8", "osp convert: --quant must be hif8 (the only 8-bit storage format), got '",
                 conv_quant, "'");
-      const auto rep = model::convert_checkpoint_hif8(conv_in, conv_out);
-      std::printf("converted %zu weights to HiF8, copied %zu tensors: %.1f MiB -> %.1f MiB (%s)\n", rep.quantized,
+      install_interrupt_handler();
+      model::Hif8ConvertOptions copt;
+      copt.overwrite = conv_overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
+      const auto rep = model::convert_checkpoint_hif8(conv_in, conv_out, copt);
+      if (log_level() >= LogLevel::Info)
+        std::printf("converted %zu weights to HiF8, copied %zu tensors: %.1f MiB -> %.1f MiB (%s)\n", rep.quantized,
                   rep.copied, rep.bytes_before / 1048576.0, rep.bytes_after / 1048576.0, conv_out.c_str());
       return 0;
     }
@@ -217,7 +258,8 @@ int main(int argc, char** argv) {
       o.hybrid = !demo_full;
       o.seed = demo_seed;
       pipeline::make_demo_model(demo_dir, o);
-      std::printf("osp-demo-random model written to %s\nIts weights are random: `osp generate` with it "
+      if (log_level() >= LogLevel::Info)
+        std::printf("osp-demo-random model written to %s\nIts weights are random: `osp generate` with it "
                   "produces NOISE (it exists to test the pipeline end to end).\n",
                   demo_dir.c_str());
       return 0;
@@ -242,6 +284,9 @@ int main(int argc, char** argv) {
       execv(e.c_str(), av.data());
       fail(str("could not run ", e));
     }
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "osp: %s; nothing written\n", e.what());
+    return 130;
   } catch (const Error& e) {
     std::fprintf(stderr, "osp: error: %s\n", e.what());
     return 1;

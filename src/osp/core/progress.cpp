@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <csignal>
 #include <cstdlib>
 
 #include "osp/core/error.h"
@@ -70,23 +69,5 @@ void Progress::finish() {
   std::fprintf(out_, "%s done in %s\n", label_.c_str(), format_duration(elapsed_s()).c_str());
   std::fflush(out_);
 }
-
-namespace {
-std::atomic<bool> g_interrupted{false};
-extern "C" void osp_on_sigint(int) {
-  if (g_interrupted.load()) std::_Exit(130);  // second Ctrl-C: stop now
-  g_interrupted.store(true);
-}
-}  // namespace
-
-void install_interrupt_handler() {
-  struct sigaction sa {};
-  sa.sa_handler = osp_on_sigint;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;
-  sigaction(SIGINT, &sa, nullptr);
-}
-bool interrupted() { return g_interrupted.load(); }
-void set_interrupted(bool v) { g_interrupted.store(v); }
 
 }  // namespace osp

@@ -1,11 +1,13 @@
 // Progress reporting for long loops (the sampling loop, VAE decode).
 // On a terminal: one redrawn line "label [#####.....] 12/50  1.84 s/it  ETA 01:10".
 // Otherwise (pipes, CI logs): one plain line per step "label 12/50 step 1.84 s eta 70 s".
-// Also: a process-wide interrupt flag set by SIGINT (Ctrl-C) that loops check between steps.
+// Ctrl-C handling lives in interrupt.h (included here for the loops that report and stop).
 #pragma once
 #include <chrono>
 #include <cstdio>
 #include <string>
+
+#include "osp/core/interrupt.h"
 
 namespace osp {
 
@@ -31,11 +33,5 @@ class Progress {
   bool finished_ = false;
   std::chrono::steady_clock::time_point start_, last_;
 };
-
-// Ctrl-C handling: install_interrupt_handler() makes the first SIGINT set the flag (the loops
-// stop cleanly after the current step); a second SIGINT terminates at once.
-void install_interrupt_handler();
-bool interrupted();
-void set_interrupted(bool v);  // for tests
 
 }  // namespace osp

@@ -14,6 +14,7 @@
 #include <random>
 
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 
 namespace fs = std::filesystem;
 
@@ -187,6 +188,7 @@ void write_file_atomic(const std::string& path, const std::function<void(const s
     OSP_CHECK(errno == EEXIST && attempt < 16, "cannot create a temporary file beside ", path, ": ",
               errno_text(errno));
   }
+  const CleanupPath on_second_ctrl_c(tmp.string());
   try {
     write(tmp.string());
     std::error_code ec;
@@ -222,6 +224,7 @@ void write_dir_atomic(const std::string& dir, const std::function<void(const std
     OSP_CHECK(errno == EEXIST && attempt < 16, "cannot create a temporary folder beside ", dir, ": ",
               errno_text(errno));
   }
+  const CleanupPath on_second_ctrl_c(tmp.string());
   fs::path swapped;  // the previous folder after an exchange, removed at the end
   try {
     write(tmp.string());

@@ -1,5 +1,6 @@
 #include "osp/io/image_writer.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -75,7 +76,9 @@ void write_png(const std::string& path, const uint8_t* rgb, int width, int heigh
     png_write_row(png, const_cast<png_bytep>(rgb + size_t(y) * width * 3));
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
-  OSP_CHECK(std::fflush(f.get()) == 0, "writing ", path, " failed (disk full?)");
+  const bool flushed = std::fflush(f.get()) == 0 && !std::ferror(f.get());
+  const bool closed = std::fclose(f.release()) == 0;
+  OSP_CHECK(flushed && closed, "writing ", path, " failed: ", std::strerror(errno), " (disk full?)");
 }
 
 Tensor read_png(const std::string& path) {
@@ -112,24 +115,25 @@ Tensor read_png(const std::string& path) {
 #endif
 
 std::vector<std::string> write_png_frames(const std::string& dir, const Tensor& frames,
-                                          const std::map<std::string, std::string>& text) {
+                                          const std::map<std::string, std::string>& text, Overwrite ow) {
   OSP_CHECK(frames.defined() && frames.dtype() == DType::U8 && frames.dim() == 4 &&
                 frames.size(3) == 3,
             "write_png_frames: expected U8 RGB frames [F, H, W, 3], got ",
             frames.defined() ? frames.desc() : std::string("an undefined tensor"));
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  OSP_CHECK(!ec, "cannot create output folder ", dir, ": ", ec.message());
   const Tensor f = frames.to(Device::cpu()).contiguous();
   const int64_t per = f.size(1) * f.size(2) * 3;
+  std::vector<std::string> names;
+  write_dir_atomic(dir, [&](const std::string& tmp) {
+    for (int64_t i = 0; i < f.size(0); ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "frame_%04lld.png", (long long)i);
+      write_png((std::filesystem::path(tmp) / name).string(), f.data<uint8_t>() + i * per, int(f.size(2)),
+                int(f.size(1)), text);
+      names.push_back(name);
+    }
+  }, ow);
   std::vector<std::string> paths;
-  for (int64_t i = 0; i < f.size(0); ++i) {
-    char name[32];
-    std::snprintf(name, sizeof name, "frame_%04lld.png", (long long)i);
-    const std::string p = (std::filesystem::path(dir) / name).string();
-    write_png(p, f.data<uint8_t>() + i * per, int(f.size(2)), int(f.size(1)), text);
-    paths.push_back(p);
-  }
+  for (const auto& n : names) paths.push_back((std::filesystem::path(dir) / n).string());
   return paths;
 }
 

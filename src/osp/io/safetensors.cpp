@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "osp/core/interrupt.h"
 #include "osp/io/close_names.h"
 
 namespace osp::io {
@@ -273,36 +274,30 @@ std::vector<uint8_t> serialize_safetensors(const std::map<std::string, Tensor>& 
 }
 
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, Overwrite ow) {
   uint64_t data_bytes = 0;
   const auto order = data_order(tensors);
-  std::string head = build_header(order, metadata, &data_bytes);
-  const std::string tmp = str(path, ".tmp", ::getpid());
-  FILE* fp = std::fopen(tmp.c_str(), "wb");
-  OSP_CHECK(fp, "save_safetensors: cannot create '", tmp, "': ", std::strerror(errno));
-  bool ok = std::fwrite(head.data(), 1, head.size(), fp) == head.size();
-  try {
-    for (auto it = order.begin(); ok && it != order.end(); ++it) {
-      Tensor c = host_contiguous(*it->second);
-      if (c.nbytes()) ok = std::fwrite(c.raw(), 1, c.nbytes(), fp) == c.nbytes();
+  const std::string head = build_header(order, metadata, &data_bytes);
+  write_file_atomic(path, [&](const std::string& tmp) {
+    FILE* fp = std::fopen(tmp.c_str(), "wb");
+    OSP_CHECK(fp, "cannot create '", tmp, "': ", std::strerror(errno));
+    bool ok = std::fwrite(head.data(), 1, head.size(), fp) == head.size();
+    try {
+      for (auto it = order.begin(); ok && it != order.end(); ++it) {
+        interruption_point("writing");
+        Tensor c = host_contiguous(*it->second);
+        if (c.nbytes()) ok = std::fwrite(c.raw(), 1, c.nbytes(), fp) == c.nbytes();
+      }
+    } catch (...) {
+      std::fclose(fp);
+      throw;
     }
-  } catch (...) {
-    std::fclose(fp);
-    std::remove(tmp.c_str());
-    throw;
-  }
-  ok = std::fflush(fp) == 0 && ok;
-  ok = (std::fclose(fp) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    fail(str("save_safetensors: writing '", tmp, "' failed (disk full?)"));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    fail(str("save_safetensors: cannot rename '", tmp, "' to '", path, "': ", ec.message()));
-  }
+    const int err = ok ? 0 : errno;
+    ok = std::fflush(fp) == 0 && ok;
+    const int err2 = ok ? 0 : (err ? err : errno);
+    ok = (std::fclose(fp) == 0) && ok;
+    OSP_CHECK(ok, "writing ", path, " failed: ", std::strerror(err2 ? err2 : errno), " (disk full?)");
+  }, ow);
 }
 
 }  // namespace osp::io

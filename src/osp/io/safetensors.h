@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "osp/core/tensor.h"
+#include "osp/io/atomic_file.h"
 #include "osp/io/bytes.h"
 
 namespace osp::io {
@@ -65,8 +66,11 @@ const char* safetensors_dtype_name(DType t);
 // header padded with spaces to a multiple of 8 bytes so every tensor is 8-byte aligned.
 std::vector<uint8_t> serialize_safetensors(const std::map<std::string, Tensor>& tensors,
                                            const std::map<std::string, std::string>& metadata = {});
-// Writes serialize_safetensors() output to `path` (through a temporary file + rename).
+// Writes serialize_safetensors() output to `path` atomically (io/atomic_file.h: a hidden
+// temporary beside it, fsync'ed and renamed; a failure or Ctrl-C leaves any previous file
+// intact). `ow` = Refuse throws before writing if `path` exists.
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      Overwrite ow = Overwrite::Allow);
 
 }  // namespace osp::io

@@ -57,7 +57,7 @@ void VideoWriter::write_frame(const uint8_t*) { no_ffmpeg(); }
 void VideoWriter::close() {}
 const std::string& VideoWriter::encoder() const { no_ffmpeg(); }
 int VideoWriter::frames_written() const { return 0; }
-void write_mp4(const std::string&, const Tensor&, const VideoOptions&) { no_ffmpeg(); }
+void write_mp4(const std::string&, const Tensor&, const VideoOptions&, Overwrite) { no_ffmpeg(); }
 VideoProbe probe_video(const std::string&, Tensor*) { no_ffmpeg(); }
 
 #else
@@ -167,7 +167,7 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, const V
     m.enc->time_base = AVRational{1, opt.fps};
     m.enc->framerate = AVRational{opt.fps, 1};
     m.enc->gop_size = 12;
-    if (opt.threads > 0) m.enc->thread_count = opt.threads;
+    m.enc->thread_count = 1;  // deterministic bytes (see video_writer.h)
     if (fallback) m.enc->bit_rate = int64_t(width) * height * opt.fps / 2;  // ~0.5 bit/pixel
     if (m.fmt->oformat->flags & AVFMT_GLOBALHEADER) m.enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     AVDictionary* eopts = nullptr;
@@ -227,6 +227,8 @@ void VideoWriter::close() {
   try {
     m.drain(true);
     OSP_AV_CHECK(av_write_trailer(m.fmt), str("finishing ", m.path));
+    // Buffered bytes reach the file here: a full disk shows up now, not as a truncated video.
+    OSP_AV_CHECK(avio_closep(&m.fmt->pb), str("writing ", m.path, " (disk full?)"));
   } catch (...) {
     m.release();
     throw;
@@ -245,17 +247,19 @@ VideoWriter::~VideoWriter() {
 const std::string& VideoWriter::encoder() const { return impl_->encoder; }
 int VideoWriter::frames_written() const { return impl_->frames; }
 
-void write_mp4(const std::string& path, const Tensor& frames, const VideoOptions& opt) {
+void write_mp4(const std::string& path, const Tensor& frames, const VideoOptions& opt, Overwrite ow) {
   OSP_CHECK(frames.defined() && frames.dtype() == DType::U8 && frames.dim() == 4 &&
                 frames.size(3) == 3,
             "write_mp4: expected U8 RGB frames [F, H, W, 3], got ",
             frames.defined() ? frames.desc() : std::string("an undefined tensor"));
   OSP_CHECK(frames.size(0) >= 1, "write_mp4: no frames to write");
   const Tensor f = frames.to(Device::cpu()).contiguous();
-  VideoWriter w(path, int(f.size(2)), int(f.size(1)), opt);
-  const int64_t per = f.size(1) * f.size(2) * 3;
-  for (int64_t i = 0; i < f.size(0); ++i) w.write_frame(f.data<uint8_t>() + i * per);
-  w.close();
+  write_file_atomic(path, [&](const std::string& tmp) {
+    VideoWriter w(tmp, int(f.size(2)), int(f.size(1)), opt);
+    const int64_t per = f.size(1) * f.size(2) * 3;
+    for (int64_t i = 0; i < f.size(0); ++i) w.write_frame(f.data<uint8_t>() + i * per);
+    w.close();
+  }, ow);
 }
 
 VideoProbe probe_video(const std::string& path, Tensor* rgb) {

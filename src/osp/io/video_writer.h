@@ -14,6 +14,7 @@
 #include <string>
 
 #include "osp/core/tensor.h"
+#include "osp/io/atomic_file.h"
 
 namespace osp::io {
 
@@ -21,7 +22,6 @@ struct VideoOptions {
   int fps = 16;
   int crf = 18;                 // x264 quality (lower = better); ignored by other encoders
   std::string preset = "medium";
-  int threads = 0;              // 0 = encoder default
   // Container metadata: "title", "comment", plus any custom keys (written as mp4 "mdta"
   // tags via movflags use_metadata_tags, readable with ffprobe).
   std::map<std::string, std::string> metadata;
@@ -32,7 +32,9 @@ bool video_writer_available();
 // The encoder write_mp4 would use ("libx264", "mpeg4", ...) or "" without FFmpeg.
 std::string video_encoder_name();
 
-// Streams RGB frames into an MP4 file.
+// Streams RGB frames into an MP4 file. Encoding always runs on one thread, so the same frames and
+// options give byte-identical files on any machine and under any load (x264's threaded modes
+// do not promise that). The file is written in place: write_mp4 adds the atomic temporary.
 class VideoWriter {
  public:
   VideoWriter(const std::string& path, int width, int height, const VideoOptions& opt = {});
@@ -50,8 +52,10 @@ class VideoWriter {
   std::unique_ptr<Impl> impl_;
 };
 
-// frames: U8 [F, H, W, 3] (CPU). Writes the whole clip.
-void write_mp4(const std::string& path, const Tensor& frames, const VideoOptions& opt = {});
+// frames: U8 [F, H, W, 3] (CPU). Writes the whole clip atomically (io/atomic_file.h): a failure
+// leaves no partial file and any previous `path` intact; `ow` = Refuse refuses an existing path.
+void write_mp4(const std::string& path, const Tensor& frames, const VideoOptions& opt = {},
+               Overwrite ow = Overwrite::Allow);
 
 // Converts a decoded video [3, F, H, W] (F32, values ≈ [-1, 1], any device) to U8 RGB frames
 // [F, H, W, 3] the way the Wan2.1 reference saves videos: clamp to [-1, 1], then

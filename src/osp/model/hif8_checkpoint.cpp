@@ -3,8 +3,11 @@
 #include "osp/model/hif8_checkpoint.h"
 
 #include <cmath>
+#include <filesystem>
 #include <regex>
 
+#include "osp/core/interrupt.h"
+#include "osp/io/bytes.h"
 #include "osp/io/safetensors.h"
 #include "osp/quant/hif8.h"
 
@@ -35,6 +38,7 @@ std::map<std::string, Tensor> hif8_quantize_checkpoint(const io::TensorSource& s
   Hif8ConvertReport rep;
   std::map<std::string, Tensor> out;
   for (const std::string& name : src.names()) {
+    interruption_point("converting");
     OSP_CHECK(!ends_with(name, kScaleSuffix), "hif8 convert: input tensor '", name,
               "' already ends with ", kScaleSuffix, "; refusing to overwrite it");
     Tensor t = src.get(name);
@@ -87,11 +91,30 @@ std::map<std::string, Tensor> hif8_quantize_checkpoint(const io::TensorSource& s
 
 Hif8ConvertReport convert_checkpoint_hif8(const std::string& in_path, const std::string& out_path,
                                           const Hif8ConvertOptions& opt) {
+  // The output must not be the input (or one of its shards): the result is written beside the
+  // target and renamed over it, which would replace the checkpoint being converted.
+  std::error_code ec;
+  const bool out_exists = std::filesystem::exists(out_path, ec);
+  if (out_exists) {
+    const std::filesystem::path resolved = io::resolve_checkpoint_path(in_path);
+    bool same = std::filesystem::equivalent(resolved, out_path, ec) ||
+                std::filesystem::equivalent(in_path, out_path, ec);
+    if (!same && resolved.extension() == ".json" &&
+        std::filesystem::equivalent(resolved.parent_path(), std::filesystem::absolute(out_path).parent_path(), ec)) {
+      // A sharded checkpoint: is the output one of the files its index names?
+      const std::vector<uint8_t> idx = io::read_file_bytes(resolved.string());
+      const std::string text(idx.begin(), idx.end());
+      same = text.find("\"" + std::filesystem::path(out_path).filename().string() + "\"") != std::string::npos;
+    }
+    OSP_CHECK(!same, "osp convert: the output ", out_path, " is the input checkpoint (", resolved.string(),
+              "); write the converted file under another name");
+  }
+  io::check_output_path(out_path, opt.overwrite);  // before the (long) conversion
   io::Checkpoint ck = io::open_checkpoint(in_path);
   std::map<std::string, std::string> meta;
   Hif8ConvertReport rep;
   std::map<std::string, Tensor> t = hif8_quantize_checkpoint(*ck, opt, &meta, &rep);
-  io::save_safetensors(out_path, t, meta);
+  io::save_safetensors(out_path, t, meta, opt.overwrite);
   return rep;
 }
 

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "osp/core/tensor.h"
+#include "osp/io/atomic_file.h"
 #include "osp/io/checkpoint.h"
 
 namespace osp::model {
@@ -27,6 +28,8 @@ bool is_hif8_block_linear_weight(const std::string& name);
 
 struct Hif8ConvertOptions {
   float max_target = 15.0f;  // amax maps here (OSP-Next's forward target)
+  // An existing output is replaced only with Allow; the input itself never is (an error).
+  io::Overwrite overwrite = io::Overwrite::Refuse;
   // Which tensors to quantize (must be F32/BF16 with dim ≥ 2); null = the default rule.
   std::function<bool(const std::string& name)> select;
 };

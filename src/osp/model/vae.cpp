@@ -285,7 +285,7 @@ struct WanVae::Impl {
   Conv conv1, conv2;  // encoder-side 1³ (2z→2z), decoder-side 1³ (z→z)
   int dec_slots = 0, enc_slots = 0;
 
-  Tensor decode_untiled(const Tensor& zraw_fm) const;
+  Tensor decode_untiled(const Tensor& zraw_fm, const std::function<void()>& after_chunk = {}) const;
 };
 
 namespace {
@@ -446,7 +446,7 @@ Device WanVae::device() const { return impl_->dev; }
 
 // Decodes a de-normalised frame-major latent [T, z, h, w] (host) chunk by chunk into a host
 // frame-major video [1 + 4(T-1), 3, 8h, 8w]; every chunk's frames leave the device at once.
-Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm) const {
+Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm, const std::function<void()>& after_chunk) const {
   const int64_t T = zraw_fm.size(0), h = zraw_fm.size(2), w = zraw_fm.size(3);
   const int64_t Ho = 8 * h, Wo = 8 * w;
   Tensor video = Tensor::empty({1 + 4 * (T - 1), 3, Ho, Wo}, DType::F32);
@@ -461,6 +461,7 @@ Tensor WanVae::Impl::decode_untiled(const Tensor& zraw_fm) const {
     Tensor dst = video.slice(0, f0, f0 + f);
     dst.copy_from(y);
     f0 += f;
+    if (after_chunk) after_chunk();
   }
   OSP_CHECK(f0 == video.size(0), "vae decode: produced ", f0, " frames, expected ", video.size(0));
   return video;
@@ -571,8 +572,15 @@ Tensor WanVae::decode(const Tensor& z, const DecodeOptions& opt) const {
         for (int64_t i = 0; i < h * w; ++i) q[i] = q[i] / inv + m[size_t(c)];
       }
   }
+  const int64_t total = T * int64_t(tile_starts(h, opt.tile_h, opt.overlap).size() *
+                                    tile_starts(w, opt.tile_w, opt.overlap).size());
+  int64_t done = 0;
+  if (opt.on_chunk) opt.on_chunk(0, total);
+  const std::function<void()> after_chunk = [&] {
+    if (opt.on_chunk) opt.on_chunk(++done, total);
+  };
   Tensor video = blend_tiles(h, w, opt, [&](int64_t y0, int64_t x0, int64_t th, int64_t tw) {
-    return impl_->decode_untiled(zr.slice(2, y0, y0 + th).slice(3, x0, x0 + tw).contiguous());
+    return impl_->decode_untiled(zr.slice(2, y0, y0 + th).slice(3, x0, x0 + tw).contiguous(), after_chunk);
   });
   if (opt.clamp) {
     float* p = video.data<float>();

@@ -61,6 +61,10 @@ struct DecodeOptions {
   int64_t tile_h = 0, tile_w = 0;
   int64_t overlap = 8;
   bool clamp = true;  // clamp the video to [-1, 1] (decode(); the golden raw output is unclamped)
+  // Called once with (0, total) before decoding and after every decoded latent frame (of every
+  // tile) with (done, total): progress bars, and a Ctrl-C safe point (it may throw; decoding
+  // then stops).
+  std::function<void(int64_t done, int64_t total)> on_chunk;
 };
 
 // Tile options that keep one decode under about `budget_bytes` of activation memory (fp32):

@@ -24,6 +24,8 @@
 #include "osp/model/hif8_checkpoint.h"
 #include "osp/model/tokenizer.h"
 #include "osp/model/vae.h"
+#include "osp/pipeline/finite_check.h"
+#include "osp/pipeline/load_progress.h"
 #include "osp/pipeline/text_encoder.h"
 #include "osp/sample/sampler.h"
 #include "osp/sparse/skiparse.h"
@@ -140,7 +142,44 @@ std::vector<sparse::BlockKind> resolve_kinds(const model::DiTConfig& cfg, const 
 
 }  // namespace
 
+namespace {
+// Byte offset of the first invalid UTF-8 sequence (overlong forms, surrogates and code points
+// above U+10FFFF are invalid), or npos.
+size_t invalid_utf8_at(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    size_t len = 0;
+    uint32_t cp = 0, min = 0;
+    if (c < 0x80) { ++i; continue; }
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+    else return i;
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
+void check_utf8(const std::string& s, const char* what) {
+  const size_t at = invalid_utf8_at(s);
+  if (at == std::string::npos) return;
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", unsigned(static_cast<unsigned char>(s[at])));
+  fail(str(what, " is not valid UTF-8 (byte ", hex, " at offset ", at,
+           "); save the text as UTF-8 or pass it from a UTF-8 terminal"));
+}
+}  // namespace
+
 void validate_options(const GenerateOptions& o) {
+  check_utf8(o.prompt, "the prompt");
+  check_utf8(o.negative_prompt, "the negative prompt");
   auto trimmed_empty = [](const std::string& s) {
     return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
   };
@@ -168,6 +207,9 @@ void validate_options(const GenerateOptions& o) {
               "--device cuda (a Hopper GPU); on the CPU use --quant hif8, which computes the "
               "same HiF8 numerics with float GEMMs");
   OSP_CHECK(o.sp == "none" || o.sp == "ulysses" || o.sp == "ssp", "--sp must be none, ulysses or ssp, got '", o.sp, "'");
+  OSP_CHECK(o.seed >= -1, "--seed must be -1 (random) or a number >= 0, got ", o.seed);
+  OSP_CHECK(o.shift < 0 || o.shift <= 100, "--shift must be in (0, 100], got ", o.shift,
+            " (Wan2.1 uses 5, OSP-Next 7)");
   const Device dev = parse_device(o.device);
   if (dev.is_cuda())
     OSP_CHECK(cuda_available(), "--device ", o.device,
@@ -175,19 +217,40 @@ void validate_options(const GenerateOptions& o) {
   if (dev.is_cuda())
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
-  OSP_CHECK(!o.out.empty(), "--out is empty: give a .mp4 path or a folder for PNG frames");
-  if (is_mp4(o.out)) {
+  const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
+  const OutputKind kind = output_kind(o.out);
+  if (kind == OutputKind::Mp4) {
     OSP_CHECK(io::video_writer_available(), "--out ", o.out, ": this build cannot write MP4 (no FFmpeg); "
-              "give a folder to get PNG frames instead");
-    fs::path parent = fs::absolute(fs::path(o.out)).parent_path();
-    OSP_CHECK(fs::is_directory(parent), "--out ", o.out, ": folder ", parent.string(), " does not exist");
-    OSP_CHECK(access(parent.c_str(), W_OK) == 0, "--out ", o.out, ": folder ", parent.string(), " is not writable");
+              "give a folder ending in / to get PNG frames instead");
+    io::check_output_path(o.out, ow);
   } else {
-    OSP_CHECK(io::png_available(), "--out ", o.out, " is a folder for PNG frames but this build has no libpng; use a .mp4 path");
-    std::string e = fs::path(o.out).extension().string();
-    OSP_CHECK(e.empty() || fs::is_directory(o.out), "--out ", o.out,
-              ": unknown output type; use a .mp4 file or a folder (PNG frames)");
+    OSP_CHECK(io::png_available(), "--out ", o.out, ": this build has no libpng, so it cannot write PNG "
+              "frames; use a .mp4 path");
+    io::check_output_dir(o.out, ow);
+    // --overwrite replaces a folder of frames, never a folder that holds anything else.
+    std::error_code ec;
+    if (fs::is_directory(o.out, ec))
+      for (const auto& e : fs::directory_iterator(o.out)) {
+        const std::string n = e.path().filename().string();
+        const bool frame = e.is_regular_file() && n.size() == 14 && n.rfind("frame_", 0) == 0 &&
+                           n.compare(10, 4, ".png") == 0 &&
+                           std::all_of(n.begin() + 6, n.begin() + 10, [](unsigned char c) { return std::isdigit(c); });
+        OSP_CHECK(frame, "--out ", o.out, " holds ", n, ", which is not a frame_NNNN.png written by osp; "
+                  "--overwrite replaces only a folder of frames (choose another folder)");
+      }
   }
+}
+
+OutputKind output_kind(const std::string& out) {
+  OSP_CHECK(!out.empty(), "--out is empty: give a .mp4 path or a folder for PNG frames (ending in /)");
+  std::error_code ec;
+  if (out.back() == '/' || fs::is_directory(out, ec)) return OutputKind::PngFolder;
+  if (is_mp4(out)) return OutputKind::Mp4;
+  const std::string ext = fs::path(out).extension().string();
+  OSP_CHECK(!ext.empty(), "--out ", out, " has no extension: write ", out, ".mp4 for a video or ", out,
+            "/ for a folder of PNG frames");
+  fail(str("--out ", out, ": unsupported extension '", ext, "'; osp writes .mp4 video or a folder of PNG "
+           "frames (a path ending in /)"));
 }
 
 Geometry geometry(const GenerateOptions& o, int patch_h, int patch_w) {
@@ -226,6 +289,12 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   const model::DiTConfig cfg = load_dit_config(p.files, dit_ck);
   p.dit_summary = cfg.summary();
   for (auto k : resolve_kinds(cfg, o.attention)) p.block_kinds.push_back(sparse::block_kind_name(k));
+  if (o.sp == "ulysses") {
+    const bool hybrid = std::any_of(p.block_kinds.begin(), p.block_kinds.end(),
+                                    [](const std::string& k) { return k != "full"; });
+    OSP_CHECK(!hybrid, "--sp ulysses splits full attention only, but this model's blocks are hybrid "
+              "(Skiparse token/group blocks): use --sp ssp, or --attention full");
+  }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
   OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
             cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
@@ -308,14 +377,68 @@ SpSetup make_sp(const std::string& mode, const Device& dev) {
 
 }  // namespace
 
+namespace {
+
+// Writes the frames of a finished run through an atomic temporary (a Ctrl-C safe point
+// between frames; nothing appears unless every frame is written).
+void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<std::string, std::string>& meta) {
+  const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
+  const Tensor f = rgb.to(Device::cpu()).contiguous();
+  const int64_t F = f.size(0), H = f.size(1), W = f.size(2), per = H * W * 3;
+  if (output_kind(o.out) == OutputKind::Mp4) {
+    io::VideoOptions vo;
+    vo.fps = o.fps;
+    vo.metadata = meta;
+    io::write_file_atomic(o.out, [&](const std::string& tmp) {
+      io::VideoWriter w(tmp, int(W), int(H), vo);
+      for (int64_t i = 0; i < F; ++i) {
+        interruption_point("writing");
+        w.write_frame(f.data<uint8_t>() + i * per);
+      }
+      w.close();
+    }, ow);
+  } else {
+    const std::map<std::string, std::string> text = {{"prompt", o.prompt}, {"settings", meta.at("comment")}};
+    io::write_dir_atomic(o.out, [&](const std::string& tmp) {
+      for (int64_t i = 0; i < F; ++i) {
+        interruption_point("writing");
+        char name[32];
+        std::snprintf(name, sizeof name, "frame_%04lld.png", (long long)i);
+        io::write_png((fs::path(tmp) / name).string(), f.data<uint8_t>() + i * per, int(W), int(H), text);
+      }
+    }, ow);
+  }
+}
+
+void run_pipeline(const Plan& plan, GenerateResult& res);
+
+}  // namespace
+
 GenerateResult generate(const Plan& plan) {
-  const GenerateOptions& o = plan.opt;
   GenerateResult res;
+  try {
+    run_pipeline(plan, res);
+  } catch (const Interrupted& e) {
+    res.interrupted = true;
+    res.interrupted_stage = e.stage();
+    res.out_path.clear();
+    res.rgb = Tensor();
+    log_warn("interrupted (Ctrl-C) during ", e.stage(), res.interrupted_stage == "sampling"
+                 ? str(" after ", res.steps_done, " of ", plan.opt.steps, " steps")
+                 : std::string(), "; nothing written");
+  }
+  return res;
+}
+
+namespace {
+void run_pipeline(const Plan& plan, GenerateResult& res) {
+  const GenerateOptions& o = plan.opt;
   res.seed = o.seed;
   const Device dev = parse_device(o.device);
   SpSetup sps = make_sp(o.sp, dev);
   const bool rank0 = sps.rank == 0;
   if (!rank0) set_log_level(std::min(log_level(), LogLevel::Warn));
+  const bool show = rank0 && log_level() >= LogLevel::Info;
   log_info("model: ", layout_name(plan.files.layout), " at ", plan.files.root);
   if (plan.files.layout == ModelLayout::Demo)
     log_warn("osp-demo-random: this model has RANDOM weights; the video will be noise");
@@ -337,10 +460,6 @@ GenerateResult generate(const Plan& plan) {
   }
   res.seconds["text"] = since(t0);
   log_info("text encoded in ", res.seconds["text"], " s");
-  if (interrupted()) {
-    res.interrupted = true;
-    return res;
-  }
 
   // ---- 2. DiT sampling loop (batched CFG), DiT released afterwards
   t0 = Clock::now();
@@ -349,7 +468,12 @@ GenerateResult generate(const Plan& plan) {
     io::Checkpoint ck = open_dit(plan.files);
     model::DiTConfig cfg = load_dit_config(plan.files, ck);
     std::map<std::string, Tensor> weights;
-    for (const auto& n : ck->names()) weights[n] = ck->get(n);
+    {
+      const auto names = ck->names();
+      LoadProgress lp("DiT", int(names.size()), show);
+      for (const auto& n : names) weights[n] = lp.get(ck, n);
+      lp.finish();
+    }
     model::DiTOptions dopt;
     dopt.device = dev;
     dopt.quant = o.quant == "hif8"  ? model::DiTQuant::HiF8
@@ -357,6 +481,7 @@ GenerateResult generate(const Plan& plan) {
                                     : model::DiTQuant::None;
     model::DiT dit = model::DiT::bind(cfg, weights, dopt);
     weights.clear();
+    interruption_point("model loading");
     dit.set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
 
     // Context: [B, text_len, text_dim], each prompt's trimmed rows then zeros.
@@ -380,12 +505,7 @@ GenerateResult generate(const Plan& plan) {
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
     Progress prog("sampling", o.steps, rank0 ? -1 : 0, stderr);
     for (int i = 0; i < o.steps; ++i) {
-      if (interrupted()) {
-        log_warn("interrupted (Ctrl-C) after ", i, " of ", o.steps, " steps; nothing written");
-        res.interrupted = true;
-        res.steps_done = i;
-        return res;
-      }
+      interruption_point("sampling");
       for (int64_t b = 0; b < B; ++b) {
         Tensor dst = xb.select(0, b);
         dst.copy_from(x);
@@ -398,10 +518,11 @@ GenerateResult generate(const Plan& plan) {
         v.copy_from(vb.select(0, 0));
       }
       sampler->step(i, v, x);
+      check_finite_latent(x, i + 1, o.steps);
       res.steps_done = i + 1;
-      if (rank0 && log_level() >= LogLevel::Info) prog.update(i + 1);
+      if (show) prog.update(i + 1);
     }
-    if (rank0 && log_level() >= LogLevel::Info) prog.finish();
+    if (show) prog.finish();
   }
   res.seconds["dit"] = since(t0);
 
@@ -410,20 +531,28 @@ GenerateResult generate(const Plan& plan) {
   Tensor video;
   {
     io::Checkpoint vck = io::open_checkpoint(plan.files.vae);
-    auto get = [&](const std::string& n) { return vck->has(n) ? vck->get(n) : Tensor(); };
+    LoadProgress lp("VAE", int(vck->size()), show);
     model::VaeConfig vcfg;
     vcfg.has_encoder = false;
-    model::WanVae vae = model::WanVae::load(get, dev, vcfg);
+    model::WanVae vae = model::WanVae::load([&](const std::string& n) { return lp.get(vck, n); }, dev, vcfg);
+    lp.finish();
     const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (dev.is_cuda() ? size_t(8) << 30 : size_t(4) << 30);
     model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, budget);
     if (dopt.tile_h || dopt.tile_w)
       log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")");
+    std::unique_ptr<Progress> vprog;
+    dopt.on_chunk = [&](int64_t done, int64_t total) {
+      if (show && done == 0) vprog = std::make_unique<Progress>("VAE decode", int(total), -1, stderr);
+      if (vprog && done > 0) vprog->update(int(done));
+      interruption_point("VAE decode");
+    };
     video = vae.decode(x, dopt);
+    if (vprog) vprog->finish();
   }
   res.seconds["vae"] = since(t0);
   log_info("VAE decoded in ", res.seconds["vae"], " s");
 
-  // ---- 4. write (rank 0)
+  // ---- 4. write (rank 0), atomically: complete or nothing
   t0 = Clock::now();
   res.rgb = io::video_to_rgb8(video);
   if (rank0) {
@@ -435,20 +564,12 @@ GenerateResult generate(const Plan& plan) {
         {"osp_seed", std::to_string(o.seed)},
         {"osp_negative_prompt", o.negative_prompt},
     };
-    if (is_mp4(o.out)) {
-      io::VideoOptions vo;
-      vo.fps = o.fps;
-      vo.metadata = meta;
-      vo.threads = 1;  // byte-identical files for the same seed on any machine
-      io::write_mp4(o.out, res.rgb, vo);
-    } else {
-      io::write_png_frames(o.out, res.rgb, {{"prompt", o.prompt}, {"settings", meta["comment"]}});
-    }
+    write_output(o, res.rgb, meta);
     res.out_path = o.out;
     log_info("wrote ", o.out);
   }
   res.seconds["write"] = since(t0);
-  return res;
 }
+}  // namespace
 
 }  // namespace osp::pipeline

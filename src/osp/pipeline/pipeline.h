@@ -4,7 +4,9 @@
 //
 // Everything the user can get wrong is checked by validate_options() / plan_generation()
 // BEFORE any weights are read: sizes (multiples of 16), frames (4n+1), empty prompt, sampler
-// settings, output path, missing model files, memory fit.
+// settings, output path (kind, folder, existing files), missing model files, memory fit.
+// Outputs are atomic (io/atomic_file.h): an existing output is replaced only with
+// `overwrite`, and a failed or interrupted run leaves no partial file.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -37,6 +39,7 @@ struct GenerateOptions {
   std::string device = "cpu";        // cpu | cuda | cuda:N
   bool offload = false;              // umT5 on the CPU; weights stay on the host between stages
   std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
+  bool overwrite = false;            // replace an existing output (else refused before any work)
   int fps = 16;
   size_t vae_tile_budget = 0;        // bytes for VAE decode activations (0 = auto)
 };
@@ -46,6 +49,11 @@ void parse_size(const std::string& s, int& width, int& height);
 
 // Checks every option that does not need the model (throws osp::Error, actionable).
 void validate_options(const GenerateOptions& o);
+
+// What --out names: an MP4 file (".mp4", any case) or a folder of PNG frames (ends in '/' or is
+// an existing folder). Anything else (another or no extension) is an osp::Error.
+enum class OutputKind : uint8_t { Mp4, PngFolder };
+OutputKind output_kind(const std::string& out);
 
 // Latent geometry for the options: [16, T, h, w] and the DiT token count.
 struct Geometry {
@@ -79,14 +87,17 @@ struct GenerateResult {
   std::string out_path;
   int steps_done = 0;
   bool interrupted = false;
+  std::string interrupted_stage;          // "text encoding", "sampling", "VAE decode", ...
   int64_t seed = 0;
   std::map<std::string, double> seconds;  // per stage: text, dit, vae, write
   Tensor rgb;                             // U8 [F, H, W, 3] (rank 0; undefined if interrupted)
 };
 
 // Runs the whole pipeline. Rank 0 writes the output; other ranks only compute.
-// A SIGINT (osp::install_interrupt_handler) stops the loop between steps: the result then has
-// interrupted = true and nothing is written.
+// A SIGINT (osp::install_interrupt_handler) stops every stage at its next safe point
+// (osp::interruption_point: between text prompts, weight tensors, sampling steps, VAE chunks,
+// written frames): the result then has interrupted = true and nothing is written. A latent
+// that becomes NaN/Inf, or weights that hold NaN/Inf, stop the run with an osp::Error.
 GenerateResult generate(const Plan& plan);
 
 }  // namespace osp::pipeline

@@ -6,6 +6,7 @@
 #include "osp/io/name_map.h"
 #include "osp/model/t5.h"
 #include "osp/model/tokenizer.h"
+#include "osp/pipeline/load_progress.h"
 
 namespace osp::pipeline {
 
@@ -24,8 +25,9 @@ class UmT5TextEncoder final : public TextEncoder {
       : tok_(model::Tokenizer::load(files.tokenizer)), text_len_(text_len) {
     io::Checkpoint ck = io::open_checkpoint(files.t5);
     if (files.t5_hf_names) ck = io::t5_with_wan_names(ck);
-    auto get = [&](const std::string& n) { return ck->has(n) ? ck->get(n) : Tensor(); };
-    enc_ = model::T5Encoder::load(get, dev);
+    LoadProgress lp("text encoder", int(ck->size()), log_level() >= LogLevel::Info);
+    enc_ = model::T5Encoder::load([&](const std::string& n) { return lp.get(ck, n); }, dev);
+    lp.finish();
     OSP_CHECK(tok_.vocab_size() <= enc_.config().vocab, "tokenizer ", files.tokenizer, " has ",
               tok_.vocab_size(), " pieces but the umT5 embedding only ", enc_.config().vocab,
               " rows: the tokenizer does not belong to this encoder");
@@ -34,7 +36,14 @@ class UmT5TextEncoder final : public TextEncoder {
   }
   std::vector<Tensor> encode(const std::vector<std::string>& prompts) override {
     std::vector<Tensor> out;
-    for (const auto& p : prompts) {
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::string& p = prompts[i];
+      interruption_point("text encoding");
+      // The encoder reads text_len tokens (the last one </s>): say what a long prompt loses.
+      const int64_t n_pieces = int64_t(tok_.pieces(model::clean_prompt(p)).size());
+      if (n_pieces + 1 > text_len_)
+        log_warn(i == 0 ? "the prompt" : "the negative prompt", " is ", n_pieces, " tokens; the text encoder reads ",
+                 text_len_ - 1, " (plus </s>), so the last ", n_pieces + 1 - text_len_, " tokens are dropped");
       const model::TokenizedPrompt t = tok_.encode(p, text_len_);
       OSP_CHECK(t.n_valid >= 1, "the prompt tokenizes to nothing: '", p, "'");
       // [text_len, dim] with rows >= n_valid zero → keep the real rows (the DiT pads again).
