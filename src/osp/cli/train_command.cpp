@@ -1,0 +1,358 @@
+// `osp train`: flow-matching fine-tuning / training of the DiT on an encoder cache
+// (train/trainer.h), and `osp encode-dataset`: building that cache from images or videos with
+// captions (Wan-VAE encoder + umT5).
+#include "osp/cli/train_command.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "osp/core/error.h"
+#include "osp/core/log.h"
+#include "osp/core/progress.h"  // install_interrupt_handler(), interrupted()
+#include "osp/io/checkpoint.h"
+#include "osp/io/image_writer.h"
+#include "osp/io/name_map.h"
+#include "osp/io/video_writer.h"
+#include "osp/model/dit_config.h"
+#include "osp/model/hif8_checkpoint.h"
+#include "osp/model/vae.h"
+#include "osp/pipeline/model_dir.h"
+#include "osp/pipeline/text_encoder.h"
+#include "osp/train/dit_train_model.h"
+#include "osp/train/latent_dataset.h"
+#include "osp/train/output_files.h"
+#include "osp/train/trainer.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace osp::cli {
+namespace {
+
+void set_verbosity_from(const CLI::App& sub) {
+  const CLI::App* root = sub.get_parent();
+  if (!root) return;
+  if (root->count("--quiet")) set_log_level(LogLevel::Warn);
+  if (root->count("--verbose")) set_log_level(LogLevel::Verbose);
+}
+
+// Runs `body`, maps the outcome to an exit code and ends the process with it.
+[[noreturn]] void run_and_exit(const std::function<int()>& body) {
+  int rc = 0;
+  try {
+    rc = body();
+  } catch (const Error& e) {
+    std::fprintf(stderr, "osp: error: %s\n", e.what());
+    rc = 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
+    rc = 2;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::exit(rc);
+}
+
+// ------------------------------------------------------------------------------------ train
+
+// The DiT weights and config of a model folder (HiF8 8-bit DiTs are dequantized).
+void load_model_dir(const std::string& dir, model::DiTConfig& cfg, std::map<std::string, Tensor>& weights,
+                    std::vector<std::pair<std::string, std::string>>& links) {
+  const pipeline::ModelFiles f = pipeline::detect_model_dir(dir);
+  io::Checkpoint ck = io::open_checkpoint(f.dit);
+  if (model::is_hif8_checkpoint(*ck)) {
+    log_info("DiT weights are HiF8 (8-bit); dequantizing on load");
+    ck = model::hif8_dequantized(ck, DType::BF16);
+  }
+  ck = io::dit_with_original_names(ck);
+  if (!f.dit_config.empty()) {
+    cfg = model::DiTConfig::from_json_file(f.dit_config);
+  } else {
+    std::map<std::string, Shape> shapes;
+    for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
+    cfg = model::DiTConfig::infer(shapes);
+  }
+  for (const auto& n : ck->names()) weights[n] = ck->get(n);
+  // The other model files, linked into every checkpoint so it is a complete model folder. Only
+  // the original layout (and OSP-Next / demo) keeps them at the root under fixed names.
+  if (f.layout != pipeline::ModelLayout::WanDiffusers) {
+    const fs::path root = fs::absolute(f.root);
+    for (const std::string& p : {f.t5, f.vae, f.tokenizer}) {
+      const fs::path rel = fs::relative(fs::absolute(p), root);
+      if (!rel.empty() && rel.native()[0] != '.') links.emplace_back(rel.string(), fs::absolute(p).string());
+    }
+    if (fs::exists(root / "OSP_DEMO_RANDOM_WEIGHTS"))
+      links.emplace_back("OSP_DEMO_RANDOM_WEIGHTS", (root / "OSP_DEMO_RANDOM_WEIGHTS").string());
+  } else {
+    log_warn("the base model has the diffusers layout: checkpoints hold the DiT (Wan names) and config.json only; "
+             "copy the umT5/VAE files beside them to generate with a checkpoint");
+  }
+}
+
+int run_train(const train::TrainOptions& o) {
+  o.validate();
+  install_interrupt_handler();
+  model::DiTConfig cfg;
+  std::map<std::string, Tensor> weights;
+  train::TrainHooks hooks;
+  if (o.from_scratch) {
+    cfg = model::DiTConfig::from_json_file(o.config_model);
+    cfg.validate();
+    weights = train::random_dit_weights(cfg, o.seed);
+    log_info("from scratch: random DiT weights from seed ", o.seed, " (", cfg.summary(), ")");
+  } else {
+    load_model_dir(o.model, cfg, weights, hooks.checkpoint_links);
+  }
+  train::DiTTrainOptions d;
+  d.attention = o.attention;
+  d.quant = o.quant;
+  d.device = parse_device(o.device);
+  train::DiTTrainModel m(cfg, weights, d);
+  weights.clear();
+  const train::TrainResult r = train::run_training(o, m, hooks);
+  if (r.interrupted) {
+    std::fprintf(stderr, "osp: interrupted (Ctrl-C) after step %lld; saved %s (resume with --resume %s)\n",
+                 static_cast<long long>(r.steps_done), r.last_checkpoint.c_str(), o.out.c_str());
+    return 130;
+  }
+  if (log_level() >= LogLevel::Info)
+    std::fprintf(stderr, "osp: trained %lld steps; checkpoint %s\n", static_cast<long long>(r.steps_done),
+                 r.last_checkpoint.c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------ encode-dataset
+
+struct MediaItem {
+  std::string file, caption;
+};
+
+bool is_image(const fs::path& p) {
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ".png";
+}
+bool is_video(const fs::path& p) {
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ".mp4" || e == ".mkv" || e == ".webm" || e == ".avi" || e == ".mov";
+}
+
+// A folder (every .png / video with a caption in <stem>.txt beside it) or a JSON-lines manifest
+// ({"file": "relative/or/absolute", "caption": "..."} per line).
+std::vector<MediaItem> list_media(const std::string& input) {
+  std::vector<MediaItem> items;
+  if (fs::is_directory(input)) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(input))
+      if (e.is_regular_file() && (is_image(e.path()) || is_video(e.path()))) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& p : files) {
+      fs::path cap = p;
+      cap.replace_extension(".txt");
+      OSP_CHECK(fs::exists(cap), "encode-dataset: ", p.string(), " has no caption file ", cap.string());
+      std::string c = train::read_text_file(cap.string());
+      while (!c.empty() && (c.back() == '\n' || c.back() == '\r' || c.back() == ' ')) c.pop_back();
+      items.push_back({p.string(), c});
+    }
+    OSP_CHECK(!items.empty(), "encode-dataset: ", input, " holds no .png or video files");
+    return items;
+  }
+  OSP_CHECK(fs::is_regular_file(input), "encode-dataset: --input ", input, " is neither a folder nor a manifest file");
+  std::ifstream f(input);
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      const json j = json::parse(line);
+      fs::path p = j.at("file").get<std::string>();
+      if (p.is_relative()) p = fs::path(input).parent_path() / p;
+      items.push_back({p.string(), j.at("caption").get<std::string>()});
+    } catch (const json::exception& e) {
+      fail(str("encode-dataset: ", input, " line ", n, ": expected {\"file\": ..., \"caption\": ...} (", e.what(), ")"));
+    }
+  }
+  OSP_CHECK(!items.empty(), "encode-dataset: manifest ", input, " lists no files");
+  return items;
+}
+
+// U8 [F, H, W, 3] → F32 [3, F, h, w] in [-1, 1]: center crop to the target aspect, bilinear resize.
+Tensor to_video_tensor(const Tensor& rgb, int64_t out_w, int64_t out_h) {
+  const int64_t F = rgb.size(0), H = rgb.size(1), W = rgb.size(2);
+  const double target = double(out_w) / double(out_h);
+  double cw = double(W), ch = double(H);
+  if (cw / ch > target) cw = ch * target; else ch = cw / target;
+  const double x0 = (double(W) - cw) / 2, y0 = (double(H) - ch) / 2;
+  Tensor out = Tensor::empty({3, F, out_h, out_w}, DType::F32);
+  const uint8_t* src = rgb.data<uint8_t>();
+  float* dst = out.data<float>();
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t y = 0; y < out_h; ++y) {
+      const double sy = std::clamp(y0 + (double(y) + 0.5) * ch / double(out_h) - 0.5, 0.0, double(H - 1));
+      const int64_t ya = int64_t(sy), yb = std::min(ya + 1, H - 1);
+      const double fy = sy - double(ya);
+      for (int64_t x = 0; x < out_w; ++x) {
+        const double sx = std::clamp(x0 + (double(x) + 0.5) * cw / double(out_w) - 0.5, 0.0, double(W - 1));
+        const int64_t xa = int64_t(sx), xb = std::min(xa + 1, W - 1);
+        const double fx = sx - double(xa);
+        for (int c = 0; c < 3; ++c) {
+          auto px = [&](int64_t yy, int64_t xx) { return double(src[((f * H + yy) * W + xx) * 3 + c]); };
+          const double v = (1 - fy) * ((1 - fx) * px(ya, xa) + fx * px(ya, xb)) + fy * ((1 - fx) * px(yb, xa) + fx * px(yb, xb));
+          dst[((c * F + f) * out_h + y) * out_w + x] = float(v / 127.5 - 1.0);
+        }
+      }
+    }
+  return out;
+}
+
+struct EncodeOptions {
+  std::string model, input, out, size = "832x480", device = "cpu";
+  int frames = 81;
+  int64_t per_shard = 64;
+  bool overwrite = false;
+};
+
+int stop_encoding(const char* stage) {
+  std::fprintf(stderr, "osp: interrupted (Ctrl-C) during %s; no cache written (its manifest is written last)\n", stage);
+  return 130;
+}
+
+int run_encode(const EncodeOptions& o) {
+  install_interrupt_handler();
+  int64_t W = 0, H = 0;
+  {
+    const auto x = o.size.find_first_of("x*");
+    OSP_CHECK(x != std::string::npos, "--size must be WIDTHxHEIGHT, got '", o.size, "'");
+    W = std::atoll(o.size.substr(0, x).c_str());
+    H = std::atoll(o.size.substr(x + 1).c_str());
+    OSP_CHECK(W >= 16 && H >= 16 && W % 16 == 0 && H % 16 == 0, "--size: width and height must be multiples of 16 (>= 16), got ",
+              o.size);
+  }
+  OSP_CHECK(o.frames >= 1 && (o.frames - 1) % 4 == 0, "--frames must be 4n+1, got ", o.frames);
+  const std::vector<MediaItem> items = list_media(o.input);
+  const pipeline::ModelFiles files = pipeline::detect_model_dir(o.model);
+  const Device dev = parse_device(o.device);
+  train::LatentCacheWriter writer(o.out, o.per_shard, o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse);
+
+  // 1. Text: every caption and the empty prompt (caption dropout), then the encoder is released.
+  std::vector<Tensor> contexts;
+  Tensor empty;
+  {
+    model::DiTConfig dcfg;
+    if (!files.dit_config.empty()) dcfg = model::DiTConfig::from_json_file(files.dit_config);
+    auto te = pipeline::TextEncoder::load(files, dev, dcfg.text_len);
+    for (const auto& it : items) {
+      if (interrupted()) return stop_encoding("text encoding");
+      contexts.push_back(te->encode({it.caption}).at(0).to(Device::cpu()));
+    }
+    empty = te->encode({""}).at(0).to(Device::cpu());
+  }
+  writer.set_empty_context(empty);
+  // 2. Media through the VAE encoder.
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (interrupted()) return stop_encoding("VAE encode");
+    const MediaItem& it = items[i];
+    Tensor rgb;
+    if (is_image(it.file)) {
+      rgb = io::read_png(it.file).unsqueeze(0);
+    } else {
+      io::probe_video(it.file, &rgb);  // throws without FFmpeg, naming the build option
+      OSP_CHECK(rgb.size(0) >= o.frames, "encode-dataset: ", it.file, " has ", rgb.size(0), " frames, --frames needs ",
+                o.frames);
+      rgb = rgb.slice(0, 0, o.frames).contiguous();
+    }
+    const Tensor video = to_video_tensor(rgb, W, H).to(dev);
+    const Tensor latent = vae.encode(video).to(Device::cpu());
+    writer.add(latent, contexts[i], it.caption, fs::path(it.file).filename().string());
+    log_info("encoded ", i + 1, "/", items.size(), ": ", it.file, " -> latent ", shape_str(latent.shape()));
+  }
+  const int64_t n = writer.finish();
+  if (log_level() >= LogLevel::Info) std::fprintf(stderr, "osp: wrote a latent cache of %lld samples to %s\n",
+                                                   static_cast<long long>(n), o.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_train_commands(CLI::App& app) {
+  // ---- osp train
+  auto cli = std::make_shared<train::TrainOptions>();
+  auto config_file = std::make_shared<std::string>();
+  auto* t = app.add_subcommand("train", "train / fine-tune the DiT on a latent cache (flow matching)");
+  // Every option writes into `cli`; the callback starts from the defaults, applies --config,
+  // then the options given on the command line (which win over the file).
+  std::vector<std::pair<CLI::Option*, std::function<void(train::TrainOptions&)>>> given;
+#define OSP_TRAIN_OPT(flag, field, help) \
+  given.emplace_back(t->add_option(flag, cli->field, help), [cli](train::TrainOptions& o) { o.field = cli->field; })
+#define OSP_TRAIN_FLAG(flag, field, help) \
+  given.emplace_back(t->add_flag(flag, cli->field, help), [cli](train::TrainOptions& o) { o.field = cli->field; })
+  t->add_option("--config", *config_file, "JSON file of settings (same names as the flags; unknown ones are errors)");
+  OSP_TRAIN_OPT("-m,--model", model, "model folder to fine-tune (Wan2.1 / OSP-Next / demo layouts)");
+  OSP_TRAIN_FLAG("--from-scratch", from_scratch, "random initial weights from --seed (needs --config-model)");
+  OSP_TRAIN_OPT("--config-model", config_model, "DiT config.json for --from-scratch");
+  OSP_TRAIN_OPT("--data", data, "latent cache folder (osp encode-dataset)");
+  OSP_TRAIN_OPT("--attention", attention, "full | hybrid (OSP-Next dual-end Skiparse-2D)");
+  OSP_TRAIN_OPT("--quant", quant, "none | hif8 (quantization-aware training)");
+  OSP_TRAIN_OPT("--device", device, "cpu | cuda | cuda:N");
+  OSP_TRAIN_OPT("--steps", steps, "optimizer steps in total (default 1000)");
+  OSP_TRAIN_OPT("--batch", batch, "samples per step, one latent size per batch (default 1)");
+  OSP_TRAIN_OPT("--lr", lr, "peak learning rate (default 2e-5)");
+  OSP_TRAIN_OPT("--weight-decay", weight_decay, "AdamW decoupled weight decay (default 0)");
+  OSP_TRAIN_OPT("--beta1", beta1, "AdamW beta1 (default 0.9)");
+  OSP_TRAIN_OPT("--beta2", beta2, "AdamW beta2 (default 0.999)");
+  OSP_TRAIN_OPT("--eps", eps, "AdamW eps (default 1e-15, as OSP-Next)");
+  OSP_TRAIN_OPT("--warmup", warmup, "linear warm-up steps (default 0)");
+  OSP_TRAIN_OPT("--schedule", schedule, "constant | cosine (after the warm-up)");
+  OSP_TRAIN_OPT("--clip", clip, "none | fixed:X | adaptive (default; OSP-Next's EMA mean + 3 std rule)");
+  OSP_TRAIN_OPT("--ema", ema, "off (default) | a decay such as 0.9999: EMA of the weights, saved with checkpoints");
+  OSP_TRAIN_OPT("--caption-dropout", caption_dropout, "probability of training on the empty prompt (default 0.1)");
+  OSP_TRAIN_OPT("--shift", shift, "dynamic (default, from the latent size) or a static time shift");
+  OSP_TRAIN_OPT("--seed", seed, "seed of σ, noise, caption dropout, data order (and --from-scratch weights)");
+  OSP_TRAIN_OPT("-o,--out", out, "output folder: checkpoint-N/ folders, latest, train_log.jsonl");
+  OSP_TRAIN_OPT("--save-every", save_every, "checkpoint every N steps (0 = only at the end and on Ctrl-C)");
+  OSP_TRAIN_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
+  OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");
+#undef OSP_TRAIN_OPT
+#undef OSP_TRAIN_FLAG
+  t->callback([t, cli, config_file, given]() {
+    set_verbosity_from(*t);
+    run_and_exit([&] {
+      train::TrainOptions o;
+      if (!config_file->empty()) o.apply_json(train::read_text_file(*config_file), *config_file);
+      for (const auto& [opt, copy] : given)
+        if (opt->count() > 0) copy(o);
+      return run_train(o);
+    });
+  });
+
+  // ---- osp encode-dataset
+  auto eo = std::make_shared<EncodeOptions>();
+  auto* e = app.add_subcommand("encode-dataset", "build a latent cache for osp train (VAE encoder + umT5)");
+  e->add_option("-m,--model", eo->model, "model folder with the umT5 encoder and a VAE with encoder weights")->required();
+  e->add_option("-i,--input", eo->input,
+                "folder of .png images / videos with <name>.txt captions, or a JSON-lines manifest "
+                "({\"file\": ..., \"caption\": ...})")
+      ->required();
+  e->add_option("-o,--out", eo->out, "cache folder to write")->required();
+  e->add_option("--size", eo->size, "WIDTHxHEIGHT (multiples of 16): center crop + resize")->capture_default_str();
+  e->add_option("--frames", eo->frames, "frames per video, 4n+1 (images give one frame)")->capture_default_str();
+  e->add_option("--device", eo->device, "cpu | cuda | cuda:N")->capture_default_str();
+  e->add_option("--samples-per-shard", eo->per_shard, "samples per safetensors shard")->capture_default_str();
+  e->add_flag("--overwrite", eo->overwrite, "replace an existing cache manifest");
+  e->callback([e, eo]() {
+    set_verbosity_from(*e);
+    run_and_exit([&] { return run_encode(*eo); });
+  });
+}
+
+}  // namespace osp::cli

@@ -1,0 +1,81 @@
+#include "osp/train/dit_train_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "osp/core/error.h"
+#include "osp/core/log.h"
+#include "osp/core/philox.h"
+#include "osp/train/checkpoint.h"
+#include "osp/train/flow_matching.h"
+
+namespace osp::train {
+
+model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention) {
+  OSP_CHECK(attention == "full" || attention == "hybrid", "attention must be full or hybrid, got '", attention, "'");
+  if (attention == "full") {
+    cfg.skiparse_mode = "full";
+    cfg.num_full_blocks = 0;
+  } else if (cfg.skiparse_mode == "full") {
+    cfg.skiparse_mode = "dual_end";
+    cfg.sparse_ratio = 2;
+    cfg.num_full_blocks = std::max(4, int(cfg.num_layers / 2) / 4 * 4);
+    log_info("--attention hybrid on a full-attention config: training the OSP-Next dual-end layout with ",
+             cfg.num_full_blocks, " full blocks (P = 2)");
+  }
+  cfg.validate();
+  return cfg;
+}
+
+DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, Tensor>& weights,
+                             const DiTTrainOptions& opt)
+    : cfg_(config_for_attention(std::move(cfg), opt.attention)), opt_(opt) {
+  OSP_CHECK(opt.quant == "none" || opt.quant == "hif8", "quant must be none or hif8, got '", opt.quant, "'");
+  model::DiTOptions d;
+  d.device = opt.device;
+  d.quant = opt.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
+  d.train = true;
+  d.activation_checkpointing = opt.activation_checkpointing;
+  dit_ = model::DiT::bind(cfg_, weights, d);
+  dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
+  sp_ = dist::make_single_device();
+}
+
+double DiTTrainModel::loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,
+                                    const Tensor& context) {
+  return flow_matching_loss_backward(dit_, *sp_, x0, noise, sigma, context);
+}
+
+std::string DiTTrainModel::config_json() const { return dit_config_json(cfg_); }
+
+int64_t DiTTrainModel::tokens(const Shape& s) const {
+  return (s[1] / cfg_.patch_t) * (s[2] / cfg_.patch_h) * (s[3] / cfg_.patch_w);
+}
+
+std::map<std::string, Tensor> random_dit_weights(const model::DiTConfig& cfg, uint64_t seed) {
+  std::map<std::string, Tensor> w;
+  uint32_t stream = 0;
+  for (const auto& [name, shape] : model::DiT::expected_shapes(cfg)) {
+    ++stream;
+    Tensor t = Tensor::zeros(shape, DType::F32);
+    const auto ends_with = [&](const std::string& suf) {
+      return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if (name.find("modulation") != std::string::npos) {
+      t = randn(shape, seed, stream);
+      const float s = float(1.0 / std::sqrt(double(cfg.dim)));
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] *= s;
+    } else if (shape.size() >= 2) {
+      t = randn(shape, seed, stream);
+      const double fan_in = double(t.numel()) / double(shape[0]);
+      const float s = float(1.0 / std::sqrt(fan_in));
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] *= s;
+    } else if (ends_with(".weight")) {  // norms
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 1.f;
+    }
+    w[name] = t;
+  }
+  return w;
+}
+
+}  // namespace osp::train

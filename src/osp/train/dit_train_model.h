@@ -1,0 +1,60 @@
+// The DiT as a TrainModel (train/trainer.h): binds a DiT for training (DiTOptions::train, F32 on
+// the CPU, bf16 compute copies on CUDA, activation checkpointing) on one device and computes the
+// rectified-flow loss and gradients with train/flow_matching.h.
+//
+// Attention: "full" trains every block dense (the config written with checkpoints says
+// skiparse "full"); "hybrid" trains the OSP-Next dual-end Skiparse layout — the config's own
+// layout when it declares one, otherwise (a Wan2.1 model: sparse fine-tuning, osp-next-spec §7)
+// dual_end with P = 2 and max(4, ⌊L/2⌋ rounded down to a multiple of 4) full blocks, the rule
+// `osp generate --attention hybrid` uses; checkpoints then declare that layout.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit.h"
+#include "osp/train/trainer.h"
+
+namespace osp::train {
+
+struct DiTTrainOptions {
+  std::string attention = "full";  // full | hybrid
+  std::string quant = "none";      // none | hif8 (quantization-aware training)
+  Device device = Device::cpu();
+  bool activation_checkpointing = true;
+};
+
+class DiTTrainModel : public TrainModel {
+ public:
+  // `weights` under Wan names (any float dtype/device).
+  DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, Tensor>& weights, const DiTTrainOptions& opt);
+
+  ParamTable parameters() override { return dit_.parameters(); }
+  void zero_grad() override { dit_.zero_grad(); }
+  double loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,
+                       const Tensor& context) override;
+  std::string config_json() const override;
+  int64_t tokens(const Shape& latent_shape) const override;
+  Device device() const override { return opt_.device; }
+
+  model::DiT& dit() { return dit_; }
+  const model::DiTConfig& config() const { return cfg_; }
+
+ private:
+  model::DiTConfig cfg_;
+  DiTTrainOptions opt_;
+  model::DiT dit_;
+  std::unique_ptr<dist::SequenceParallel> sp_;
+};
+
+// Random initial weights for --from-scratch, under Wan names (F32, CPU), from Philox(seed):
+// matrices and convolutions N(0, 1/fan_in) (fan_in = numel / rows), the modulation tables
+// N(0, 1/dim) (Wan's randn/√dim), norm weights 1, biases 0.
+std::map<std::string, Tensor> random_dit_weights(const model::DiTConfig& cfg, uint64_t seed);
+
+// The config adjusted to the attention choice (see the header comment).
+model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention);
+
+}  // namespace osp::train

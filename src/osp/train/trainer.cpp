@@ -1,0 +1,375 @@
+#include "osp/train/trainer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "osp/core/error.h"
+#include "osp/core/log.h"
+#include "osp/core/progress.h"
+#include "osp/io/atomic_file.h"
+#include "osp/train/adamw.h"
+#include "osp/train/checkpoint.h"
+#include "osp/train/ema.h"
+#include "osp/train/grad_clip.h"
+#include "osp/train/latent_dataset.h"
+#include "osp/train/lr_schedule.h"
+#include "osp/train/output_files.h"
+#include "osp/train/timesteps.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace osp::train {
+
+// ------------------------------------------------------------------------------------ options
+
+namespace {
+
+bool parse_ema(const std::string& s, double* decay) {
+  if (s == "off" || s.empty()) return false;
+  char* end = nullptr;
+  const double d = std::strtod(s.c_str(), &end);
+  OSP_CHECK(end && *end == 0 && std::isfinite(d) && d >= 0 && d < 1,
+            "ema must be 'off' or a decay in [0, 1) such as 0.9999, got '", s, "'");
+  *decay = d;
+  return true;
+}
+
+TimestepConfig parse_shift(const std::string& s) {
+  TimestepConfig c;
+  if (s == "dynamic") {
+    c.dynamic_shift = true;
+    return c;
+  }
+  char* end = nullptr;
+  const double x = std::strtod(s.c_str(), &end);
+  OSP_CHECK(!s.empty() && end && *end == 0 && std::isfinite(x) && x > 0 && x <= 100,
+            "shift must be 'dynamic' or a number in (0, 100], got '", s, "'");
+  c.shift = x;
+  return c;
+}
+
+}  // namespace
+
+void TrainOptions::validate() const {
+  OSP_CHECK(!(model.empty() && !from_scratch), "give --model DIR (fine-tune) or --from-scratch with --config-model FILE");
+  OSP_CHECK(!(!model.empty() && from_scratch), "--model and --from-scratch exclude each other");
+  OSP_CHECK(!from_scratch || !config_model.empty(), "--from-scratch needs --config-model FILE (a DiT config.json)");
+  OSP_CHECK(attention == "full" || attention == "hybrid", "attention must be full or hybrid, got '", attention, "'");
+  OSP_CHECK(quant == "none" || quant == "hif8", "quant must be none or hif8, got '", quant, "'");
+  parse_device(device);
+  OSP_CHECK(!data.empty(), "give --data CACHE (a latent cache written by `osp encode-dataset`)");
+  OSP_CHECK(batch >= 1 && batch <= 4096, "batch must be in [1, 4096], got ", batch);
+  OSP_CHECK(std::isfinite(caption_dropout) && caption_dropout >= 0 && caption_dropout <= 1,
+            "caption-dropout must be in [0, 1], got ", caption_dropout);
+  parse_shift(shift);
+  OSP_CHECK(steps >= 1 && steps <= 1000000000, "steps must be in [1, 1e9], got ", steps);
+  OSP_CHECK(std::isfinite(lr) && lr >= 0 && lr <= 1, "lr must be in [0, 1], got ", lr);
+  OSP_CHECK(std::isfinite(weight_decay) && weight_decay >= 0 && weight_decay <= 10,
+            "weight-decay must be in [0, 10], got ", weight_decay);
+  OSP_CHECK(std::isfinite(beta1) && beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
+  OSP_CHECK(std::isfinite(beta2) && beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1), got ", beta2);
+  OSP_CHECK(std::isfinite(eps) && eps > 0 && eps < 1, "eps must be in (0, 1), got ", eps);
+  OSP_CHECK(warmup >= 0 && warmup <= steps, "warmup must be in [0, steps], got ", warmup);
+  LrSchedule::parse_kind(schedule);
+  GradClipConfig::parse(clip);
+  double d;
+  parse_ema(ema, &d);
+  OSP_CHECK(!out.empty(), "give --out DIR (checkpoints and the training log go there)");
+  OSP_CHECK(save_every >= 0, "save-every must be >= 0 (0 = only at the end), got ", save_every);
+}
+
+void TrainOptions::apply_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail(str("training config ", source, " is not valid JSON: ", e.what()));
+  }
+  OSP_CHECK(j.is_object(), "training config ", source, " must be a JSON object of settings");
+  for (const auto& [key0, v] : j.items()) {
+    std::string key = key0;
+    for (char& c : key)
+      if (c == '-') c = '_';
+    auto want = [&](bool ok, const char* type) {
+      OSP_CHECK(ok, "training config ", source, ": '", key0, "' must be ", type, ", got ", v.dump());
+    };
+    auto get_str = [&](std::string& dst) { want(v.is_string(), "a string"); dst = v.get<std::string>(); };
+    auto get_int = [&](int64_t& dst) { want(v.is_number_integer(), "an integer"); dst = v.get<int64_t>(); };
+    auto get_num = [&](double& dst) { want(v.is_number(), "a number"); dst = v.get<double>(); };
+    auto get_bool = [&](bool& dst) { want(v.is_boolean(), "true or false"); dst = v.get<bool>(); };
+    if (key == "model") get_str(model);
+    else if (key == "from_scratch") get_bool(from_scratch);
+    else if (key == "config_model") get_str(config_model);
+    else if (key == "attention") get_str(attention);
+    else if (key == "quant") get_str(quant);
+    else if (key == "device") get_str(device);
+    else if (key == "data") get_str(data);
+    else if (key == "batch") get_int(batch);
+    else if (key == "skip_bad_samples") get_bool(skip_bad_samples);
+    else if (key == "caption_dropout") get_num(caption_dropout);
+    else if (key == "shift") {
+      if (v.is_number()) shift = str(v.get<double>());
+      else get_str(shift);
+    } else if (key == "steps") get_int(steps);
+    else if (key == "lr") get_num(lr);
+    else if (key == "weight_decay") get_num(weight_decay);
+    else if (key == "beta1") get_num(beta1);
+    else if (key == "beta2") get_num(beta2);
+    else if (key == "eps") get_num(eps);
+    else if (key == "warmup") get_int(warmup);
+    else if (key == "schedule") get_str(schedule);
+    else if (key == "clip") get_str(clip);
+    else if (key == "ema") {
+      if (v.is_number()) ema = str(v.get<double>());
+      else get_str(ema);
+    } else if (key == "seed") {
+      want(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0), "an integer >= 0");
+      seed = v.get<uint64_t>();
+    } else if (key == "out") get_str(out);
+    else if (key == "save_every") get_int(save_every);
+    else if (key == "resume") get_str(resume);
+    else
+      fail(str("training config ", source, ": unknown setting '", key0,
+               "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
+               "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
+               "schedule, clip, ema, seed, out, save_every, resume)"));
+  }
+}
+
+std::string TrainOptions::to_json() const {
+  json j = {{"model", model},     {"from_scratch", from_scratch}, {"config_model", config_model},
+            {"attention", attention}, {"quant", quant},           {"device", device},
+            {"data", data},       {"batch", batch},               {"skip_bad_samples", skip_bad_samples},
+            {"caption_dropout", caption_dropout}, {"shift", shift}, {"steps", steps},
+            {"lr", lr},           {"weight_decay", weight_decay}, {"beta1", beta1},
+            {"beta2", beta2},     {"eps", eps},                   {"warmup", warmup},
+            {"schedule", schedule}, {"clip", clip},               {"ema", ema},
+            {"seed", seed},       {"out", out},                   {"save_every", save_every}};
+  return j.dump();
+}
+
+// ------------------------------------------------------------------------------------ loop
+
+namespace {
+
+double peak_memory_mb(Device dev) {
+  if (dev.is_cuda()) return double(cuda_peak_bytes()) / 1048576.0;
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
+  return 0.0;
+}
+
+std::string log_line(const StepLog& s) {
+  json j = {{"step", s.step},       {"loss", s.loss},   {"grad_norm", s.grad_norm}, {"clipped", s.clipped},
+            {"lr", s.lr},           {"sigma", s.sigma}, {"tokens_per_s", s.tokens_per_s},
+            {"peak_mem_mb", s.peak_mem_mb}, {"seconds", s.seconds}};
+  return j.dump();
+}
+
+// Keeps the log lines of steps <= `upto` (a resumed run rewrites what the killed run logged
+// after its last checkpoint).
+void trim_log(const std::string& path, int64_t upto) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      const json j = json::parse(line);
+      if (j.at("step").get<int64_t>() <= upto) kept += line + "\n";
+    } catch (const std::exception&) {
+      // a torn last line of a killed run: dropped
+    }
+  }
+  write_text_atomic(path, kept, io::Overwrite::Allow);
+}
+
+// [B, ...] from B tensors of one shape.
+Tensor stack(const std::vector<Tensor>& xs) {
+  Shape s = xs[0].shape();
+  s.insert(s.begin(), int64_t(xs.size()));
+  Tensor out = Tensor::empty(s, DType::F32);
+  const int64_t n = xs[0].numel();
+  for (size_t i = 0; i < xs.size(); ++i)
+    std::memcpy(out.data<float>() + int64_t(i) * n, xs[i].contiguous().data<float>(), size_t(n) * sizeof(float));
+  return out;
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks) {
+  opt.validate();
+  // ---- outputs: refuse early what cannot work
+  std::error_code ec;
+  fs::create_directories(opt.out, ec);
+  OSP_CHECK(fs::is_directory(opt.out), "cannot create the output folder ", opt.out,
+            ec ? " (" + ec.message() + ")" : std::string());
+  const std::string log_path = (fs::path(opt.out) / "train_log.jsonl").string();
+  io::check_output_path(log_path, io::Overwrite::Allow);
+  if (opt.resume.empty())
+    OSP_CHECK(!fs::exists(fs::path(opt.out) / "latest"), "the output folder ", opt.out,
+              " already holds a training run; pass --resume ", opt.out, " to continue it, or choose a new --out");
+
+  // ---- data
+  LatentDatasetOptions dopt;
+  dopt.seed = opt.seed;
+  dopt.batch = opt.batch;
+  dopt.skip_bad_samples = opt.skip_bad_samples;
+  LatentDataset data = LatentDataset::open(opt.data, dopt);
+  Tensor empty_ctx;
+  if (opt.caption_dropout > 0) {
+    OSP_CHECK(data.has_empty_context(), "caption dropout ", opt.caption_dropout, " needs the empty-prompt embedding, but ",
+              opt.data, " has none; re-encode the cache or pass --caption-dropout 0");
+    empty_ctx = data.empty_context();
+  }
+
+  // ---- optimisation state
+  ParamTable params = model.parameters();
+  AdamWConfig acfg;
+  acfg.lr = opt.lr;
+  acfg.beta1 = opt.beta1;
+  acfg.beta2 = opt.beta2;
+  acfg.eps = opt.eps;
+  acfg.weight_decay = opt.weight_decay;
+  AdamW adamw(params, acfg);
+  auto masters = [&] {
+    std::vector<Tensor> m;
+    for (const auto& s : adamw.slots()) m.push_back(s.master);
+    return m;
+  };
+  double ema_decay = 0;
+  Ema ema;
+  if (parse_ema(opt.ema, &ema_decay)) ema = Ema(masters(), ema_decay);
+  GradClipper clipper(GradClipConfig::parse(opt.clip));
+  LrSchedule sched;
+  sched.lr = opt.lr;
+  sched.warmup = opt.warmup;
+  sched.total = opt.steps;
+  sched.kind = LrSchedule::parse_kind(opt.schedule);
+  TrainerState state;
+  state.seed = opt.seed;
+  std::string last_ckpt;
+  if (!opt.resume.empty()) {
+    last_ckpt = resolve_checkpoint(opt.resume);
+    state = load_checkpoint(last_ckpt, adamw, ema.enabled() ? &ema : nullptr);
+    OSP_CHECK(state.seed == opt.seed, "checkpoint ", last_ckpt, " was trained with --seed ", state.seed,
+              ", this run has --seed ", opt.seed, "; resume with the same seed (or start a new run)");
+    data.set_position(state.data);
+    clipper.set_state(state.clip);
+    OSP_CHECK(state.step <= opt.steps, "checkpoint ", last_ckpt, " is at step ", state.step, ", beyond --steps ",
+              opt.steps);
+    trim_log(log_path, state.step);
+    log_info("resuming from ", last_ckpt, " at step ", state.step);
+  } else if (fs::exists(log_path)) {
+    write_text_atomic(log_path, "", io::Overwrite::Allow);
+  }
+  const TimestepSampler sampler(opt.seed, parse_shift(opt.shift));
+  state.run_config = opt.to_json();
+
+  auto save = [&] {
+    state.data = data.position();
+    state.clip = clipper.state();
+    state.skipped_samples = data.skipped();
+    CheckpointSave c;
+    c.model_config_json = model.config_json();
+    c.optimizer = &adamw;
+    c.ema = ema.enabled() ? &ema : nullptr;
+    c.state = state;
+    c.links = hooks.checkpoint_links;
+    last_ckpt = save_checkpoint(opt.out, c);
+    log_info("saved ", last_ckpt);
+  };
+
+  TrainResult result;
+  std::ofstream logf(log_path, std::ios::app);
+  OSP_CHECK(logf, "cannot open ", log_path, " for appending");
+  Progress progress("train", int(opt.steps - state.step > 0 ? opt.steps - state.step : 1), -1, stderr);
+  int64_t saved_at = state.step;
+  const int64_t first = state.step;
+  for (int64_t s = state.step; s < opt.steps; ++s) {
+    if (interrupted()) {
+      result.interrupted = true;
+      break;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<LatentSample> batch = data.next_batch();
+    const int64_t B = int64_t(batch.size());
+    const Shape& ls = batch[0].latent.shape();
+    std::vector<Tensor> x0s, noises, ctxs;
+    std::vector<float> sigma;
+    int64_t L = 1;
+    for (int64_t i = 0; i < B; ++i) {
+      x0s.push_back(batch[size_t(i)].latent);
+      noises.push_back(sampler.noise(ls, s, i));
+      sigma.push_back(sampler.sigma(s, i, ls[2], ls[3]));
+      const Tensor& c = sampler.drop_caption(s, i, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
+      ctxs.push_back(c);
+      L = std::max(L, c.size(0));
+    }
+    Tensor context = Tensor::zeros({B, L, data.text_dim()}, DType::F32);
+    for (int64_t i = 0; i < B; ++i)
+      std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
+                  ctxs[size_t(i)].nbytes());
+    const Tensor x0 = stack(x0s), noise = stack(noises);
+
+    model.zero_grad();
+    const double loss = model.loss_backward(x0, noise, sigma, context);
+    const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
+                                               : "the last good checkpoint is " + last_ckpt;
+    OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
+              " (learning rate ", sched.at(s), "); nothing was saved for this step, ", keep,
+              " (lower --lr or use --clip, and --resume from it)");
+    ClipResult clip;
+    const double factor = clipper.apply_rule(
+        [&] {
+          const double n = grad_norm(params);
+          OSP_CHECK(std::isfinite(n), "training stopped: the gradient norm is ", n, " at step ", s + 1, "; ", keep);
+          return n;
+        }(),
+        clip);
+    if (clip.clipped) scale_grads(params, float(factor));
+    const double lr = sched.at(s);
+    adamw.step(lr);
+    if (ema.enabled()) ema.update(masters());
+    state.step = s + 1;
+
+    StepLog st;
+    st.step = s + 1;
+    st.loss = loss;
+    st.grad_norm = clip.norm;
+    st.clipped = clip.clipped;
+    st.lr = lr;
+    double sm = 0;
+    for (float x : sigma) sm += x;
+    st.sigma = sm / double(B);
+    if (model.device().is_cuda()) cuda_synchronize();
+    st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.tokens_per_s = st.seconds > 0 ? double(B * model.tokens(ls)) / st.seconds : 0.0;
+    st.peak_mem_mb = peak_memory_mb(model.device());
+    logf << log_line(st) << "\n";
+    logf.flush();
+    result.log.push_back(st);
+    if (!opt.quiet_progress) progress.update(int(s + 1 - first));
+    if (hooks.on_step) hooks.on_step(st);
+    if (opt.save_every > 0 && (s + 1) % opt.save_every == 0 && s + 1 < opt.steps) {
+      save();
+      saved_at = state.step;
+    }
+  }
+  if (!opt.quiet_progress) progress.finish();
+  if (state.step > saved_at || last_ckpt.empty()) save();
+  result.steps_done = state.step;
+  result.last_checkpoint = last_ckpt;
+  return result;
+}
+
+}  // namespace osp::train

@@ -1,0 +1,114 @@
+// The flow-matching training loop behind `osp train` (osp-next-spec §6.1, §7), independent of the
+// network: anything that exposes a ParamTable and computes the loss and its gradients
+// (TrainModel) can be trained; train/dit_train_model.h adapts the DiT.
+//
+// One optimizer step s (0-based), batch B from the latent cache (one latent size per batch):
+//   σ_i       TimestepSampler(seed).sigma(s, i, H, W)  (logit-normal, static or dynamic shift)
+//   ε_i       TimestepSampler(seed).noise(shape, s, i)
+//   context_i the sample's umT5 embedding, or the empty-prompt one with probability
+//             caption_dropout (drop_caption(s, i)); zero-padded to the longest in the batch
+//   loss      model.loss_backward(x0, ε, σ, context)   (grads accumulate into the zeroed table)
+//   stop      on a NaN/Inf loss or gradient norm: nothing is saved, the error names the last
+//             good checkpoint
+//   clip      GradClipper (none | fixed:X | adaptive)
+//   update    AdamW.step(lr = schedule.at(s)); EMA.update(masters)
+//   log       one JSON line per step to OUT/train_log.jsonl: step, loss, grad_norm, clipped,
+//             lr, sigma (batch mean), tokens_per_s, peak_mem_mb, seconds; a progress line on stderr
+//   save      every save_every steps and at the end (train/checkpoint.h)
+// Everything random is a pure function of (seed, s, i) and the data order a pure function of
+// (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run's losses
+// bit for bit on the same device and thread count. Ctrl-C (core/interrupt.h) is honoured between
+// steps: a checkpoint is saved and run_training returns with `interrupted` set (exit code 130).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "osp/core/param.h"
+#include "osp/core/tensor.h"
+
+namespace osp::train {
+
+class TrainModel {
+ public:
+  virtual ~TrainModel() = default;
+  virtual ParamTable parameters() = 0;
+  virtual void zero_grad() = 0;
+  // x0, noise [B, C, F, H, W] (CPU F32), sigma B values, context [B, L, D] (CPU F32). Returns the
+  // mean squared error of the velocity over every element; gradients ACCUMULATE into the table.
+  virtual double loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,
+                               const Tensor& context) = 0;
+  // config.json of the model folder a checkpoint holds.
+  virtual std::string config_json() const = 0;
+  // Tokens one latent of [C, F, H, W] gives (for tokens/s).
+  virtual int64_t tokens(const Shape& latent_shape) const = 0;
+  virtual Device device() const = 0;
+};
+
+// Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
+struct TrainOptions {
+  // model (the CLI builds the TrainModel from these)
+  std::string model;          // model folder to fine-tune
+  bool from_scratch = false;  // random init from the seed and config_model
+  std::string config_model;   // DiT config.json for --from-scratch
+  std::string attention = "full";  // full | hybrid
+  std::string quant = "none";      // none | hif8
+  std::string device = "cpu";
+  // data
+  std::string data;
+  int64_t batch = 1;
+  bool skip_bad_samples = false;
+  double caption_dropout = 0.1;
+  // objective
+  std::string shift = "dynamic";  // "dynamic" or a static shift value > 0
+  // optimisation
+  int64_t steps = 1000;
+  double lr = 2e-5;
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-15;  // spec §7: eps 1e-15
+  int64_t warmup = 0;
+  std::string schedule = "constant";  // constant | cosine
+  std::string clip = "adaptive";      // none | fixed:X | adaptive
+  std::string ema = "off";            // off | a decay in [0, 1) (the reference's GPU default: 0.9999)
+  uint64_t seed = 0;
+  // outputs
+  std::string out;
+  int64_t save_every = 0;  // 0: only at the end (and on Ctrl-C)
+  std::string resume;      // a checkpoint folder, or a previous --out folder (its `latest`)
+  bool quiet_progress = false;
+
+  // Range/enum checks with the field named (throws osp::Error).
+  void validate() const;
+  // Reads a --config JSON object: every key must be a known field (same names as above, '-' or
+  // '_'), with the right type; unknown keys are errors.
+  void apply_json(const std::string& json_text, const std::string& source);
+  std::string to_json() const;  // the settings that define the run (stored in checkpoints)
+};
+
+struct StepLog {
+  int64_t step = 0;  // 1-based: the number of completed steps
+  double loss = 0, grad_norm = 0, lr = 0, sigma = 0;
+  bool clipped = false;
+  double tokens_per_s = 0, peak_mem_mb = 0, seconds = 0;
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;  // completed optimizer steps in total (including resumed ones)
+  bool interrupted = false;
+  std::vector<StepLog> log;  // the steps run by this call
+  std::string last_checkpoint;
+};
+
+struct TrainHooks {
+  // Called after each step (tests stop a run by calling set_interrupted(true) here).
+  std::function<void(const StepLog&)> on_step;
+  // Extra model files linked into every checkpoint (umT5, VAE, tokenizer of the base model).
+  std::vector<std::pair<std::string, std::string>> checkpoint_links;
+};
+
+// Runs (or resumes) training. Errors are osp::Error with the reason (bad data, NaN loss, ...).
+TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks = {});
+
+}  // namespace osp::train
