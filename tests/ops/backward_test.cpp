@@ -290,7 +290,8 @@ Vec norm_forward(Norm kind, const Vec& x, const Vec& p1, const Vec& p2, int64_t 
 void check_norm(Norm kind, const Shape& s, uint32_t seed) {
   const int64_t C = s.back(), R = shape_numel(s) / C;
   const float eps = kind == Norm::Rms ? 1e-6f : 1e-5f;
-  Tensor x = randn(s, seed, 2.f, 0.5f), p1 = randn({C}, seed + 1, 0.5f, kind == Norm::Rms ? 1.f : 0.f);
+  Tensor x = randn(s, seed, 2.f, 0.5f);
+  Tensor p1 = randn({C}, seed + 1, 0.5f, kind == Norm::Rms ? 1.f : 0.f);
   Tensor p2 = randn({C}, seed + 2), r = randn(s, seed + 3);
   const Vec xv = values(x), p1v = values(p1), p2v = values(p2), rv = values(r);
   auto loss = [&](const Vec& X, const Vec& P1, const Vec& P2) {
@@ -328,7 +329,9 @@ void check_norm(Norm kind, const Shape& s, uint32_t seed) {
     Tensor* o2 = w2 ? &d2 : nullptr;
     switch (kind) {
       case Norm::LayerNormAffine: ops::layer_norm_backward(x, &p1, eps, r, dx, o1, o2); break;
-      case Norm::LayerNormPlain: ops::layer_norm_backward(x, nullptr, eps, r, dx, nullptr, nullptr); break;
+      case Norm::LayerNormPlain:
+        ops::layer_norm_backward(x, nullptr, eps, r, dx, nullptr, nullptr);
+        break;
       case Norm::Modulate: ops::layer_norm_modulate_backward(x, p1, eps, r, dx, o2, o1); break;
       case Norm::Rms: ops::rms_norm_backward(x, p1, eps, r, dx, o1); break;
     }
@@ -387,7 +390,8 @@ TEST(Backward, NormErrors) {
                {ln, "overlap"});
   const char* lm = "ops::layer_norm_modulate_backward";
   Tensor sc_bad = randn({8}, 4).to(DType::BF16);
-  expect_error([&] { ops::layer_norm_modulate_backward(x, sc_bad, 1e-6f, r, dx, nullptr, nullptr); },
+  expect_error(
+      [&] { ops::layer_norm_modulate_backward(x, sc_bad, 1e-6f, r, dx, nullptr, nullptr); },
                {lm, "scale", "f32"});
   Tensor dsh = Tensor::zeros({8}, DType::F32);
   expect_error([&] { ops::layer_norm_modulate_backward(x, w, 1e-6f, r, dx, &dsh, &dsh); },
@@ -456,7 +460,8 @@ TEST(Backward, AddGatedMatchesFiniteDifferences) {
     if (!gy.empty()) expect_near_vec(dy, gy, kTol, "add_gated dy " + shape_str(s));
     Vec dy_exact(yv.size());  // dy = dx·gate, exactly in fp32
     for (int64_t i = 0; i < R; ++i)
-      for (int64_t c = 0; c < C; ++c) dy_exact[i * C + c] = double(float(rv[i * C + c]) * float(gv[c]));
+      for (int64_t c = 0; c < C; ++c)
+        dy_exact[i * C + c] = double(float(rv[i * C + c]) * float(gv[c]));
     expect_near_vec(dy, dy_exact, 1e-12, "add_gated dy exact " + shape_str(s));
     expect_near_vec(dgate, add(dg0, gg), kTol, "add_gated dgate (+=) " + shape_str(s));
     Tensor dy2 = nan_tensor(s);
@@ -660,31 +665,35 @@ TEST(Backward, AttentionMatchesFiniteDifferences) {
       {1, 12, 12, 2, 4, 0.f, {4, 4, 4}},     // packed, equal lengths
       {1, 1, 1, 1, 1, 0.f, {}},              // one key: out = v, no gradient to q or k
   };
-  uint32_t seed = 500;
-  for (const AttnShape& a : cases) {
-    const std::string name = attn_name(a);
-    AttnRun t = attn_run(a, seed += 10, 1.5f);
-    const Vec qv = values(t.q), kv = values(t.k), vv = values(t.v), rv = values(t.r);
-    auto loss = [&](const Vec& Q, const Vec& K, const Vec& V) {
-      return dot(rv, attn_ref(a, Q, K, V).out);
-    };
-    const Vec gq = fd_grad([&](const Vec& X) { return loss(X, kv, vv); }, qv);
-    const Vec gk = fd_grad([&](const Vec& X) { return loss(qv, X, vv); }, kv);
-    const Vec gv = fd_grad([&](const Vec& X) { return loss(qv, kv, X); }, vv);
-    // Where the gradient vanishes by symmetry (one key), compare against the size of dv.
-    double floor = 0;
-    for (double x : gv) floor = std::max(floor, std::abs(x));
-    expect_near_vec(t.dq, gq, kTol, name + " dq", 1e-3 * floor);
-    expect_near_vec(t.dk, gk, kTol, name + " dk", 1e-3 * floor);
-    expect_near_vec(t.dv, gv, kTol, name + " dv");
-    // The float64 analytic reference agrees with the finite differences too (it is used for
-    // the larger shapes below).
-    const AttnRef ref = attn_ref(a, qv, kv, vv, &rv);
-    expect_near_vec(t.out, ref.out, 1e-5, name + " out");
-    for (size_t i = 0; i < gq.size(); ++i) EXPECT_NEAR(ref.dq[i], gq[i], 1e-7 * (1 + floor));
-    for (size_t i = 0; i < gk.size(); ++i) EXPECT_NEAR(ref.dk[i], gk[i], 1e-7 * (1 + floor));
-    if (HasFailure()) return;
+  for (bool simd : {true, false}) {
+    ops::cpu::set_simd_enabled(simd);
+    uint32_t seed = 500;
+    for (const AttnShape& a : cases) {
+      const std::string name = attn_name(a) + (simd ? " simd" : " portable");
+      AttnRun t = attn_run(a, seed += 10, 1.5f);
+      const Vec qv = values(t.q), kv = values(t.k), vv = values(t.v), rv = values(t.r);
+      auto loss = [&](const Vec& Q, const Vec& K, const Vec& V) {
+        return dot(rv, attn_ref(a, Q, K, V).out);
+      };
+      const Vec gq = fd_grad([&](const Vec& X) { return loss(X, kv, vv); }, qv);
+      const Vec gk = fd_grad([&](const Vec& X) { return loss(qv, X, vv); }, kv);
+      const Vec gv = fd_grad([&](const Vec& X) { return loss(qv, kv, X); }, vv);
+      // Where the gradient vanishes by symmetry (one key), compare against the size of dv.
+      double floor = 0;
+      for (double x : gv) floor = std::max(floor, std::abs(x));
+      expect_near_vec(t.dq, gq, kTol, name + " dq", 1e-3 * floor);
+      expect_near_vec(t.dk, gk, kTol, name + " dk", 1e-3 * floor);
+      expect_near_vec(t.dv, gv, kTol, name + " dv");
+      // The float64 analytic reference agrees with the finite differences too (it is used for
+      // the larger shapes below).
+      const AttnRef ref = attn_ref(a, qv, kv, vv, &rv);
+      expect_near_vec(t.out, ref.out, 1e-5, name + " out");
+      for (size_t i = 0; i < gq.size(); ++i) EXPECT_NEAR(ref.dq[i], gq[i], 1e-7 * (1 + floor));
+      for (size_t i = 0; i < gk.size(); ++i) EXPECT_NEAR(ref.dk[i], gk[i], 1e-7 * (1 + floor));
+      if (HasFailure()) break;
+    }
   }
+  ops::cpu::set_simd_enabled(true);
 }
 
 TEST(Backward, AttentionLargeAgainstFloat64Reference) {
@@ -699,43 +708,54 @@ TEST(Backward, AttentionLargeAgainstFloat64Reference) {
       {2, 64, 64, 4, 64, 0.f, {}},
       {1, 300, 300, 1, 128, 0.f, {}},
   };
-  uint32_t seed = 900;
-  for (const AttnShape& a : cases) {
-    const std::string name = attn_name(a);
-    AttnRun t = attn_run(a, seed += 10, 1.2f);
-    const Vec rv = values(t.r);
-    const AttnRef full = attn_ref(a, values(t.q), values(t.k), values(t.v), &rv);
-    expect_near_vec(t.out, full.out, 1e-5, name + " out");
-    expect_near_vec(t.lse, full.lse, 1e-6, name + " lse");
-    expect_near_vec(t.dq, full.dq, 1e-5, name + " dq");
-    expect_near_vec(t.dk, full.dk, 1e-5, name + " dk");
-    expect_near_vec(t.dv, full.dv, 1e-5, name + " dv");
+  for (bool simd : {true, false}) {  // the AVX2 kernels and the portable loops
+    ops::cpu::set_simd_enabled(simd);
+    uint32_t seed = 900;
+    for (const AttnShape& a : cases) {
+      const std::string name = attn_name(a) + (simd ? " simd" : " portable");
+      AttnRun t = attn_run(a, seed += 10, 1.2f);
+      const Vec rv = values(t.r);
+      const AttnRef full = attn_ref(a, values(t.q), values(t.k), values(t.v), &rv);
+      expect_near_vec(t.out, full.out, 1e-5, name + " out");
+      expect_near_vec(t.lse, full.lse, 1e-6, name + " lse");
+      expect_near_vec(t.dq, full.dq, 1e-5, name + " dq");
+      expect_near_vec(t.dk, full.dk, 1e-5, name + " dk");
+      expect_near_vec(t.dv, full.dv, 1e-5, name + " dv");
+    }
   }
+  ops::cpu::set_simd_enabled(true);
 }
 
 TEST(Backward, AttentionTaskLayoutsGiveTheSameBits) {
   // One (sample, head): the two-pass layout. The same data repeated in 6 samples: one task per
   // (sample, head). Every copy must equal the single run bit for bit.
-  const AttnShape one{1, 140, 140, 1, 16, 0.f, {}};
-  AttnRun t = attn_run(one, 77);
-  const int64_t R = 6;
-  auto rep = [&](const Tensor& x) {
-    Shape s = x.shape();
-    s[0] = R;
-    Tensor o = Tensor::empty(s, DType::F32);
-    for (int64_t i = 0; i < R; ++i) o.select(0, i).copy_from(x.select(0, 0));
-    return o;
-  };
-  Tensor q = rep(t.q), k = rep(t.k), v = rep(t.v), r = rep(t.r);
-  Tensor out = nan_tensor(q.shape()), lse = nan_tensor({R, 1, 140});
-  ops::attention_forward_lse(q, k, v, out, lse);
-  Tensor dq = nan_tensor(q.shape()), dk = nan_tensor(k.shape()), dv = nan_tensor(v.shape());
-  ops::attention_backward(q, k, v, out, lse, r, dq, dk, dv);
-  for (int64_t i = 0; i < R; ++i) {
-    osp::test::expect_same_bits(dq.select(0, i).contiguous(), t.dq.select(0, 0).contiguous(), "dq");
-    osp::test::expect_same_bits(dk.select(0, i).contiguous(), t.dk.select(0, 0).contiguous(), "dk");
-    osp::test::expect_same_bits(dv.select(0, i).contiguous(), t.dv.select(0, 0).contiguous(), "dv");
+  for (bool simd : {true, false}) {
+    ops::cpu::set_simd_enabled(simd);
+    const AttnShape one{1, 140, 140, 1, 20, 0.f, {}};
+    AttnRun t = attn_run(one, 77);
+    const int64_t R = 6;
+    auto rep = [&](const Tensor& x) {
+      Shape s = x.shape();
+      s[0] = R;
+      Tensor o = Tensor::empty(s, DType::F32);
+      for (int64_t i = 0; i < R; ++i) o.select(0, i).copy_from(x.select(0, 0));
+      return o;
+    };
+    Tensor q = rep(t.q), k = rep(t.k), v = rep(t.v), r = rep(t.r);
+    Tensor out = nan_tensor(q.shape()), lse = nan_tensor({R, 1, 140});
+    ops::attention_forward_lse(q, k, v, out, lse);
+    Tensor dq = nan_tensor(q.shape()), dk = nan_tensor(k.shape()), dv = nan_tensor(v.shape());
+    ops::attention_backward(q, k, v, out, lse, r, dq, dk, dv);
+    for (int64_t i = 0; i < R; ++i) {
+      osp::test::expect_same_bits(dq.select(0, i).contiguous(),
+                                  t.dq.select(0, 0).contiguous(), "dq");
+      osp::test::expect_same_bits(dk.select(0, i).contiguous(),
+                                  t.dk.select(0, 0).contiguous(), "dk");
+      osp::test::expect_same_bits(dv.select(0, i).contiguous(),
+                                  t.dv.select(0, 0).contiguous(), "dv");
+    }
   }
+  ops::cpu::set_simd_enabled(true);
 }
 
 TEST(Backward, AttentionForwardLseEqualsAttention) {
@@ -776,7 +796,8 @@ TEST(Backward, AttentionErrors) {
   ops::AttentionArgs a;
   Tensor bias = Tensor::zeros({2, 6, 6}, DType::F32);
   a.bias = &bias;
-  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse, a); }, {fw, "bias", "not supported"});
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse, a); },
+               {fw, "bias", "not supported"});
   expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dk, dv, a); }, {bw, "bias"});
   ops::AttentionArgs b;
   Tensor kvl = Tensor::empty({1}, DType::I32);

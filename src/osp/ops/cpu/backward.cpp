@@ -12,6 +12,8 @@
 
 #include "osp/ops/cpu/cpu_backward.h"
 #include "osp/ops/cpu/cpu_kernels.h"
+#include "osp/ops/cpu/cpu_ops.h"
+#include "osp/ops/cpu/simd_avx2.h"
 
 namespace osp::ops::cpu {
 namespace {
@@ -313,6 +315,95 @@ void attn_bwd_block(const float* qs, int64_t nq, int64_t D, const float* dO, int
     }
 }
 
+#ifdef OSP_HAVE_AVX2_KERNEL
+// C[m][n] = (acc ? C[m][n] : 0) + Σ_k A[m·sam + k·sak] · B[k·ldb + n] for m < M, n < N, k < K:
+// one register-tiled kernel (4 × 16 tiles, 8 accumulators, k innermost) for every product of
+// the attention backward (A's strides make it Q·Kᵀ with packed Kᵀ, Pᵀ·dO, dSᵀ·Q or dS·K).
+// The ragged edges (m past a multiple of 4, n past a multiple of 16) use plain loops.
+__attribute__((target("avx2,fma"))) void gemm_tile_avx2(int64_t M, int64_t N, int64_t K,
+                                                        const float* A, int64_t sam, int64_t sak,
+                                                        const float* B, int64_t ldb, float* C,
+                                                        int64_t ldc, bool acc) {
+  const int64_t M4 = M & ~int64_t(3), N16 = N & ~int64_t(15);
+  for (int64_t m0 = 0; m0 < M4; m0 += 4) {
+    const float* a0 = A + m0 * sam;
+    const float* a1 = a0 + sam;
+    const float* a2 = a1 + sam;
+    const float* a3 = a2 + sam;
+    for (int64_t n0 = 0; n0 < N16; n0 += 16) {
+      float* c0 = C + m0 * ldc + n0;
+      __m256 c00, c01, c10, c11, c20, c21, c30, c31;
+      if (acc) {
+        c00 = _mm256_loadu_ps(c0), c01 = _mm256_loadu_ps(c0 + 8);
+        c10 = _mm256_loadu_ps(c0 + ldc), c11 = _mm256_loadu_ps(c0 + ldc + 8);
+        c20 = _mm256_loadu_ps(c0 + 2 * ldc), c21 = _mm256_loadu_ps(c0 + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(c0 + 3 * ldc), c31 = _mm256_loadu_ps(c0 + 3 * ldc + 8);
+      } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_ps();
+      }
+      const float* b = B + n0;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+        __m256 x = _mm256_broadcast_ss(a0 + k * sak);
+        c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a1 + k * sak);
+        c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a2 + k * sak);
+        c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a3 + k * sak);
+        c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+      }
+      _mm256_storeu_ps(c0, c00), _mm256_storeu_ps(c0 + 8, c01);
+      _mm256_storeu_ps(c0 + ldc, c10), _mm256_storeu_ps(c0 + ldc + 8, c11);
+      _mm256_storeu_ps(c0 + 2 * ldc, c20), _mm256_storeu_ps(c0 + 2 * ldc + 8, c21);
+      _mm256_storeu_ps(c0 + 3 * ldc, c30), _mm256_storeu_ps(c0 + 3 * ldc + 8, c31);
+    }
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t nstart = m < M4 ? N16 : 0;
+    if (nstart >= N) continue;
+    float* cm = C + m * ldc;
+    if (!acc)
+      for (int64_t n = nstart; n < N; ++n) cm[n] = 0.f;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = A[m * sam + k * sak];
+      const float* bk = B + k * ldb;
+      for (int64_t n = nstart; n < N; ++n) cm[n] += a * bk[n];
+    }
+  }
+}
+
+// attn_bwd_block with the AVX2 products and an 8-lane exp (same contract).
+__attribute__((target("avx2,fma"))) void attn_bwd_block_avx2(
+    const float* qs, int64_t nq, int64_t D, const float* dO, int64_t ld, const float* lse,
+    const float* delta, const float* kt, const float* vt, int64_t nk, const float* kr, float* s,
+    float* dp, float* dv, float* dk, float* dq, int64_t ldq) {
+  gemm_tile_avx2(nq, nk, D, qs, D, 1, kt, nk, s, kBK, false);  // S = Qs·Kᵀ
+  gemm_tile_avx2(nq, nk, D, dO, ld, 1, vt, nk, dp, kBK, false);  // dP = dO·Vᵀ
+  const int64_t nk8 = nk & ~int64_t(7);
+  for (int64_t i = 0; i < nq; ++i) {
+    float* si = s + i * kBK;
+    float* pi = dp + i * kBK;
+    const __m256 l8 = _mm256_set1_ps(lse[i]), d8 = _mm256_set1_ps(delta[i]);
+    for (int64_t j = 0; j < nk8; j += 8) {
+      const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(si + j), l8));
+      _mm256_storeu_ps(si + j, p);
+      _mm256_storeu_ps(pi + j, _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(pi + j), d8)));
+    }
+    for (int64_t j = nk8; j < nk; ++j) {
+      const float p = std::exp(si[j] - lse[i]);
+      si[j] = p;
+      pi[j] = p * (pi[j] - delta[i]);
+    }
+  }
+  if (dv) {
+    gemm_tile_avx2(nk, D, nq, s, 1, kBK, dO, ld, dv, D, true);   // dV += Pᵀ·dO
+    gemm_tile_avx2(nk, D, nq, dp, 1, kBK, qs, D, dk, D, true);   // dK += dSᵀ·Qs
+  }
+  if (dq) gemm_tile_avx2(nq, D, nk, dp, kBK, 1, kr, ld, dq, ldq, true);  // dQ += dS·K
+}
+#endif
+
 // Transposes rows [j0, j0 + nk) of one head (stride ld) into dst [D][nk].
 void pack_transposed(const float* src, int64_t ld, int64_t nk, int64_t D, float* dst) {
   for (int64_t j = 0; j < nk; ++j)
@@ -321,12 +412,13 @@ void pack_transposed(const float* src, int64_t ld, int64_t nk, int64_t D, float*
 
 }  // namespace
 
-// FlashAttention-2-style backward on the CPU: delta = rowsum(dO ⊙ O) first, then per key block
+// FlashAttention-2-style backward on the CPU (delta = rowsum(dO ⊙ O) per query row): per key block
 // dK, dV accumulate over the query blocks and dQ over the key blocks, P recomputed from lse —
 // never more than a block pair of logits in memory. One task per (sample, head, sequence) when
-// there are enough of them for the threads (dQ rows are then owned by the task); otherwise
-// two passes, one task per key block (dK, dV) and one per query block (dQ), recomputing the
-// block pairs. Both orders add the same terms in the same order: the results are identical.
+// they balance over the threads (dQ rows are then owned by the task); otherwise two passes, one
+// task per key block (dK, dV) and one per query block (dQ), recomputing the block pairs. Both
+// layouts add the same terms in the same order: the results are identical, whatever the thread
+// count.
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
                         const AttentionArgs& args) {
@@ -349,37 +441,39 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   }
   int64_t work = 0;
   for (const AttnSeq& sq : seqs) work += sq.nq * sq.nk;
-  const bool par = B * H * work * D > 64 * kParallelMin;
+  // Parallel above ~2.5x the forward's threshold in work·D (the backward does ~2.5x its flops):
+  // on a busy machine a short parallel region costs more than it saves.
+  const bool par = B * H * work * D > 100 * kParallelMin;
   const int threads = par ? omp_get_max_threads() : 1;
 
-  // delta[b, h, i] = Σ_d dO·O
-  std::vector<float> delta(size_t(B * H * Lq));
-#pragma omp parallel for collapse(2) schedule(static) if (par)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < Lq; ++i)
-      for (int64_t h = 0; h < H; ++h) {
-        const float* oi = op + (b * Lq + i) * row + h * D;
-        const float* gi = gp + (b * Lq + i) * row + h * D;
-        double sum = 0;
-        for (int64_t d = 0; d < D; ++d) sum += double(oi[d]) * double(gi[d]);
-        delta[size_t((b * H + h) * Lq + i)] = float(sum);
-      }
+  auto block = attn_bwd_block;
+#ifdef OSP_HAVE_AVX2_KERNEL
+  if (simd_enabled()) block = attn_bwd_block_avx2;
+#endif
 
   // Per-thread scratch.
   struct Scratch {
-    std::vector<float> qs, kt, vt, s, dp, dkacc, dvacc, dqacc;
+    std::vector<float> qs, delta, kt, vt, s, dp, dkacc, dvacc, dqacc;
     explicit Scratch(int64_t D)
-        : qs(kBQ * D), kt(kBK * D), vt(kBK * D), s(kBQ * kBK), dp(kBQ * kBK), dkacc(kBK * D),
-          dvacc(kBK * D), dqacc(kBQ * D) {}
+        : qs(kBQ * D), delta(kBQ), kt(kBK * D), vt(kBK * D), s(kBQ * kBK), dp(kBQ * kBK),
+          dkacc(kBK * D), dvacc(kBK * D), dqacc(kBQ * D) {}
   };
   const int64_t nseq = int64_t(seqs.size());
   auto head = [&](const float* base, int64_t b, int64_t h, int64_t i, int64_t L) {
     return base + (b * L + i) * row + h * D;
   };
+  // Query block [i0, i0 + nq): qs = q·scale and delta = Σ_d dO·O per row (recomputed for every
+  // key block that needs it: nq·D work against the pair's ~10·nq·nk·D, and no [B, H, Lq]
+  // buffer or extra parallel pass).
   auto pack_q = [&](Scratch& w, int64_t b, int64_t h, int64_t i0, int64_t nq) {
     for (int64_t i = 0; i < nq; ++i) {
       const float* src = head(qp, b, h, i0 + i, Lq);
       for (int64_t d = 0; d < D; ++d) w.qs[size_t(i * D + d)] = src[d] * scale;
+      const float* oi = head(op, b, h, i0 + i, Lq);
+      const float* gi = head(gp, b, h, i0 + i, Lq);
+      double sum = 0;
+      for (int64_t d = 0; d < D; ++d) sum += double(oi[d]) * double(gi[d]);
+      w.delta[size_t(i)] = float(sum);
     }
   };
   auto pack_kv = [&](Scratch& w, int64_t b, int64_t h, int64_t j0, int64_t nk) {
@@ -397,10 +491,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     for (int64_t i0 = sq.q0; i0 < sq.q0 + sq.nq; i0 += kBQ) {
       const int64_t nq = std::min(kBQ, sq.q0 + sq.nq - i0);
       pack_q(w, b, h, i0, nq);
-      attn_bwd_block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
-                     delta.data() + bh * Lq + i0, w.kt.data(), w.vt.data(), nk,
-                     head(kp, b, h, j0, Lk), w.s.data(), w.dp.data(), w.dvacc.data(),
-                     w.dkacc.data(), with_dq ? dqp + (b * Lq + i0) * row + h * D : nullptr, row);
+      block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
+            w.delta.data(), w.kt.data(), w.vt.data(), nk, head(kp, b, h, j0, Lk),
+            w.s.data(), w.dp.data(), w.dvacc.data(), w.dkacc.data(),
+            with_dq ? dqp + (b * Lq + i0) * row + h * D : nullptr, row);
     }
     for (int64_t j = 0; j < nk; ++j) {
       std::copy_n(w.dkacc.data() + j * D, D, dkp + (b * Lk + j0 + j) * row + h * D);
@@ -412,7 +506,17 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
       for (int64_t d = 0; d < D; ++d) base[i * row + d] *= scale;
   };
 
-  if (B * H * nseq >= 4 * int64_t(threads)) {
+  // Layout choice (it changes the speed, not the bits): one task per (sample, head, sequence)
+  // unless its load balance over the threads is worse than the two-pass layout's ~7/5 extra
+  // work (the two passes recompute S and dP). Makespans in query·key pairs per thread.
+  int64_t max_work = 0;
+  for (const AttnSeq& sq : seqs) max_work = std::max(max_work, sq.nq * sq.nk);
+  const int64_t ntasks = B * H * nseq;
+  const double total = double(B * H) * double(work);
+  const double fused_span = std::max(double(max_work), double((ntasks + threads - 1) / threads) *
+                                                           total / double(ntasks));
+  const double split_span = 1.4 * total / threads;
+  if (fused_span <= split_span) {
     // One task per (sample, head, sequence).
 #pragma omp parallel if (par)
     {
@@ -458,10 +562,9 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
         for (int64_t j0 = sq.k0; j0 < sq.k0 + sq.nk; j0 += kBK) {
           const int64_t nk = std::min(kBK, sq.k0 + sq.nk - j0);
           pack_kv(w, b, h, j0, nk);
-          attn_bwd_block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
-                         delta.data() + bh * Lq + i0, w.kt.data(), w.vt.data(), nk,
-                         head(kp, b, h, j0, Lk), w.s.data(), w.dp.data(), nullptr, nullptr,
-                         w.dqacc.data(), D);
+          block(w.qs.data(), nq, D, head(gp, b, h, i0, Lq), row, lp + bh * Lq + i0,
+                w.delta.data(), w.kt.data(), w.vt.data(), nk, head(kp, b, h, j0, Lk),
+                w.s.data(), w.dp.data(), nullptr, nullptr, w.dqacc.data(), D);
         }
         for (int64_t i = 0; i < nq; ++i) {
           float* dst = dqp + (b * Lq + i0 + i) * row + h * D;
