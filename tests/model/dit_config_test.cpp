@@ -1,6 +1,10 @@
 // DiTConfig: config.json in Wan / diffusers / OSP-Next form, presets, inference, errors.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
 
@@ -93,4 +97,34 @@ TEST(DiTConfig, FlopModelMatchesSpecTable) {
   // a sparse block's attention core is about 1/4
   const double fs = model::dit_forward_flops(c, g, {BlockKind::Token}, 2, 1);
   EXPECT_LT(fs, f * 0.55);
+}
+
+// Hostile or mistyped config.json values are refused by name, before anything is sized from them.
+TEST(DiTConfig, HostileValuesAreRefusedByName) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"dim":"1536"})", "\"dim\" must be an integer, got string"},  // a string where a number belongs
+      {R"({"num_layers":1000000000})", "num_layers 1000000000 is out of range"},
+      {R"({"num_layers":1e300})", "far out of range"},
+      {R"({"num_layers":-40})", "must be positive"},
+      {R"({"dim":1536.5})", "\"dim\" must be an integer"},
+      {R"({"ffn_dim":[8960]})", "\"ffn_dim\" must be an integer, got array"},
+      {R"({"text_len":100000})", "text_len 100000 is out of range"},
+      {R"({"dim":65536,"num_heads":512})", "dim 65536 is out of range"},
+      {R"({"num_heads":{"n":12}})", "\"num_heads\" must be an integer, got object"},
+      {R"({"eps":"1e-6"})", "\"eps\" must be a number"},
+      {R"({"qk_norm":[true]})", "\"qk_norm\" must be a boolean"},
+      {R"({"skiparse_model_type":7})", "\"skiparse_model_type\" must be a string"},
+      {R"({"model_type":["t2v"]})", "\"model_type\" must be a string"},
+      {R"({"patch_size":[1,2,"2"]})", "patch_size must be [t, h, w] integers"},
+      {R"({"patch_size":[1,4096,2]})", "patch_size must be in [1, 16]"},
+      {R"({"sparse_ratio":4294967298,"skiparse_model_type":"dual_end"})", "far out of range"},
+  };
+  for (const auto& [text, needle] : cases) {
+    try {
+      DiTConfig::from_json(text);
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << text << " -> " << e.what();
+    }
+  }
 }

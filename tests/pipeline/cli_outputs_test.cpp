@@ -354,3 +354,18 @@ TEST_F(CliOutputs, QuietPrintsOnlyWarningsAndErrors) {
   EXPECT_FALSE(has(c.out, "VAE")) << c.out;
   EXPECT_TRUE(has(c.out, "RANDOM weights")) << c.out;  // a warning still shows
 }
+
+TEST_F(CliOutputs, HostileConfigIsRefusedBeforeAnyWork) {
+  const fs::path bad = out_dir_ / "model_bad_config";
+  fs::copy(root_ / "model", bad, fs::copy_options::recursive);
+  for (const std::string& cfg : {std::string(R"({"dim": 256, "num_layers": 1000000000})"),
+                                 std::string(R"({"dim": "256"})")}) {
+    std::ofstream(bad / "config.json") << cfg;
+    auto a = gen((out_dir_ / "v.mp4").string());
+    a[2] = bad.string();
+    const Child c = run_osp(a);
+    EXPECT_EQ(c.code, 1) << c.out;
+    EXPECT_TRUE(has(c.out, "config.json: DiT config: ")) << c.out;
+    EXPECT_FALSE(has(c.out, "text encoded")) << c.out;
+  }
+}

@@ -1,5 +1,6 @@
 #include "osp/model/dit_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -14,6 +15,21 @@ void DiTConfig::validate() const {
   OSP_CHECK(dim > 0 && ffn_dim > 0 && num_heads > 0 && num_layers > 0 && text_dim > 0 &&
                 text_len > 0 && freq_dim > 0 && in_dim > 0 && out_dim > 0,
             "DiT config: every size must be positive (", summary(), ")");
+  // Upper bounds far above any Wan/OSP-Next model (14B: dim 5120, ffn 13824, 40 heads, 40 layers),
+  // checked before anything is allocated from these numbers.
+  auto at_most = [](int64_t v, int64_t max, const char* what) {
+    OSP_CHECK(v <= max, "DiT config: ", what, " ", v, " is out of range (at most ", max, ")");
+  };
+  at_most(dim, 32768, "dim");
+  at_most(ffn_dim, 131072, "ffn_dim");
+  at_most(num_heads, 1024, "num_heads");
+  at_most(num_layers, 512, "num_layers");
+  at_most(text_dim, 32768, "text_dim");
+  at_most(text_len, 4096, "text_len");
+  at_most(freq_dim, 32768, "freq_dim");
+  at_most(in_dim, 1024, "in_dim");
+  at_most(out_dim, 1024, "out_dim");
+  at_most(sparse_ratio, 64, "sparse_ratio");
   OSP_CHECK(dim % num_heads == 0, "DiT config: dim ", dim, " is not divisible by num_heads ",
             num_heads);
   OSP_CHECK(head_dim() % 2 == 0, "DiT config: head dim ", head_dim(), " must be even (RoPE pairs)");
@@ -64,21 +80,22 @@ namespace {
 int64_t get_int(const json& j, const char* key, int64_t def) {
   if (!j.contains(key) || j[key].is_null()) return def;
   const json& v = j[key];
-  if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>();
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    OSP_CHECK(d == double(int64_t(d)), "DiT config: \"", key, "\" must be an integer, got ", d);
-    return int64_t(d);
-  }
-  if (v.is_string()) {  // metadata values are sometimes strings
-    try {
-      size_t pos = 0;
-      const int64_t r = std::stoll(v.get<std::string>(), &pos);
-      if (pos == v.get<std::string>().size()) return r;
-    } catch (const std::exception&) {
-    }
-  }
-  fail(str("DiT config: \"", key, "\" must be an integer, got ", v.dump()));
+  double d = 0;
+  if (v.is_number_unsigned()) d = double(v.get<uint64_t>());
+  else if (v.is_number_integer()) d = double(v.get<int64_t>());
+  else if (v.is_number_float()) d = v.get<double>();
+  else fail(str("DiT config: \"", key, "\" must be an integer, got ", v.type_name(), " ", v.dump().substr(0, 80)));
+  OSP_CHECK(std::isfinite(d) && d == std::floor(d), "DiT config: \"", key, "\" must be an integer, got ", v.dump());
+  OSP_CHECK(std::fabs(d) <= 2147483647.0, "DiT config: \"", key, "\" is ", v.dump(), ", far out of range");
+  return int64_t(d);
+}
+
+// A string field (absent or null: the default).
+std::string get_string(const json& j, const char* key, const std::string& def) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  OSP_CHECK(j[key].is_string(), "DiT config: \"", key, "\" must be a string, got ", j[key].type_name(), " ",
+            j[key].dump().substr(0, 80));
+  return j[key].get<std::string>();
 }
 
 bool get_bool(const json& j, const char* key, bool def) {
@@ -88,7 +105,7 @@ bool get_bool(const json& j, const char* key, bool def) {
   if (v.is_number_integer()) return v.get<int64_t>() != 0;
   // diffusers: qk_norm = "rms_norm_across_heads" (any non-empty norm name means "on")
   if (v.is_string()) return !v.get<std::string>().empty();
-  fail(str("DiT config: \"", key, "\" must be a boolean, got ", v.dump()));
+  fail(str("DiT config: \"", key, "\" must be a boolean, got ", v.type_name(), " ", v.dump().substr(0, 80)));
 }
 
 }  // namespace
@@ -122,23 +139,30 @@ DiTConfig DiTConfig::from_json(const std::string& text) {
   }
   if (j.contains("patch_size") && !j["patch_size"].is_null()) {
     const json& p = j["patch_size"];
-    OSP_CHECK(p.is_array() && p.size() == 3, "DiT config: patch_size must be [t, h, w], got ",
-              p.dump());
+    OSP_CHECK(p.is_array() && p.size() == 3 && p[0].is_number_integer() && p[1].is_number_integer() &&
+                  p[2].is_number_integer(),
+              "DiT config: patch_size must be [t, h, w] integers, got ", p.dump().substr(0, 80));
+    for (int i = 0; i < 3; ++i)
+      OSP_CHECK(p[i].get<int64_t>() >= 1 && p[i].get<int64_t>() <= 16, "DiT config: patch_size must be in [1, 16], got ",
+                p.dump());
     c.patch_t = int(p[0].get<int64_t>());
     c.patch_h = int(p[1].get<int64_t>());
     c.patch_w = int(p[2].get<int64_t>());
   }
-  if (j.contains("eps") && j["eps"].is_number()) c.eps = j["eps"].get<float>();
+  if (j.contains("eps") && !j["eps"].is_null()) {
+    OSP_CHECK(j["eps"].is_number(), "DiT config: \"eps\" must be a number, got ", j["eps"].type_name(), " ",
+              j["eps"].dump().substr(0, 80));
+    c.eps = j["eps"].get<float>();
+  }
   c.qk_norm = get_bool(j, "qk_norm", c.qk_norm);
   c.cross_attn_norm = get_bool(j, "cross_attn_norm", c.cross_attn_norm);
-  if (j.contains("model_type") && j["model_type"].is_string()) {
-    const std::string mt = j["model_type"].get<std::string>();
+  if (j.contains("model_type") && !j["model_type"].is_null()) {
+    const std::string mt = get_string(j, "model_type", "t2v");
     OSP_CHECK(mt == "t2v", "DiT config: model_type \"", mt,
               "\" is not supported (only the text-to-video \"t2v\" model)");
   }
-  for (const char* key : {"skiparse_model_type", "skiparse_mode", "skiparse_type"}) {
-    if (j.contains(key) && j[key].is_string()) c.skiparse_mode = j[key].get<std::string>();
-  }
+  for (const char* key : {"skiparse_model_type", "skiparse_mode", "skiparse_type"})
+    c.skiparse_mode = get_string(j, key, c.skiparse_mode);
   c.sparse_ratio = int(get_int(j, "sparse_ratio", c.sparse_ratio));
   c.num_full_blocks = int(get_int(j, "num_full_blocks", c.num_full_blocks));
   c.validate();
