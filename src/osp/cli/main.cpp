@@ -21,6 +21,7 @@
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
 #include "osp/cli/train_command.h"
+#include "osp/cli/data_commands.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -205,6 +206,8 @@ int main(int argc, char** argv) {
   demo->add_option("dir", demo_dir, "output folder")->required();
   demo->add_flag("--full-attention", demo_full, "Wan2.1-style full attention instead of the OSP-Next hybrid");
   demo->add_option("--seed", demo_seed, "weight seed")->capture_default_str();
+  bool demo_overwrite = false;
+  demo->add_flag("--overwrite", demo_overwrite, "replace an existing folder");
 
   // ---- bench
   std::string bench_name;
@@ -214,6 +217,7 @@ int main(int argc, char** argv) {
   bench->add_option("args", bench_args, "arguments passed through");
 
   osp::cli::add_train_commands(app);  // osp train, osp encode-dataset (cli/train_command.cpp)
+  osp::cli::add_data_commands(app);   // osp make-dataset, osp eval (cli/dataset_command.cpp, eval_command.cpp)
 
   try {
     app.parse(argc, argv);
@@ -257,7 +261,9 @@ int main(int argc, char** argv) {
       pipeline::DemoModelOptions o;
       o.hybrid = !demo_full;
       o.seed = demo_seed;
-      pipeline::make_demo_model(demo_dir, o);
+      // Written into a temporary folder renamed at the end: complete or not at all.
+      io::write_dir_atomic(demo_dir, [&](const std::string& tmp) { pipeline::make_demo_model(tmp, o); },
+                           demo_overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse);
       if (log_level() >= LogLevel::Info)
         std::printf("osp-demo-random model written to %s\nIts weights are random: `osp generate` with it "
                   "produces NOISE (it exists to test the pipeline end to end).\n",
