@@ -97,7 +97,7 @@ void load_model_dir(const std::string& dir, model::DiTConfig& cfg, std::map<std:
 }
 
 int run_train(const train::TrainOptions& o) {
-  o.validate();
+  train::preflight(o);  // settings, data, output folder, checkpoint: before any weight is read
   install_interrupt_handler();
   model::DiTConfig cfg;
   std::map<std::string, Tensor> weights;

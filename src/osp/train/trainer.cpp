@@ -206,31 +206,43 @@ Tensor stack(const std::vector<Tensor>& xs) {
 
 }  // namespace
 
-TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks) {
-  opt.validate();
-  // ---- outputs: refuse early what cannot work
-  std::error_code ec;
-  fs::create_directories(opt.out, ec);
-  OSP_CHECK(fs::is_directory(opt.out), "cannot create the output folder ", opt.out,
-            ec ? " (" + ec.message() + ")" : std::string());
-  const std::string log_path = (fs::path(opt.out) / "train_log.jsonl").string();
-  io::check_output_path(log_path, io::Overwrite::Allow);
-  if (opt.resume.empty())
-    OSP_CHECK(!fs::exists(fs::path(opt.out) / "latest"), "the output folder ", opt.out,
-              " already holds a training run; pass --resume ", opt.out, " to continue it, or choose a new --out");
+namespace {
 
-  // ---- data
+LatentDataset open_data(const TrainOptions& opt) {
   LatentDatasetOptions dopt;
   dopt.seed = opt.seed;
   dopt.batch = opt.batch;
   dopt.skip_bad_samples = opt.skip_bad_samples;
   LatentDataset data = LatentDataset::open(opt.data, dopt);
-  Tensor empty_ctx;
-  if (opt.caption_dropout > 0) {
+  if (opt.caption_dropout > 0)
     OSP_CHECK(data.has_empty_context(), "caption dropout ", opt.caption_dropout, " needs the empty-prompt embedding, but ",
               opt.data, " has none; re-encode the cache or pass --caption-dropout 0");
-    empty_ctx = data.empty_context();
-  }
+  return data;
+}
+
+}  // namespace
+
+void preflight(const TrainOptions& opt) {
+  opt.validate();
+  open_data(opt);
+  std::error_code ec;
+  fs::create_directories(opt.out, ec);
+  OSP_CHECK(fs::is_directory(opt.out), "cannot create the output folder ", opt.out,
+            ec ? " (" + ec.message() + ")" : std::string());
+  io::check_output_path((fs::path(opt.out) / "train_log.jsonl").string(), io::Overwrite::Allow);
+  if (opt.resume.empty())
+    OSP_CHECK(!fs::exists(fs::path(opt.out) / "latest"), "the output folder ", opt.out,
+              " already holds a training run; pass --resume ", opt.out, " to continue it, or choose a new --out");
+  else
+    resolve_checkpoint(opt.resume);
+}
+
+TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks) {
+  preflight(opt);
+  const std::string log_path = (fs::path(opt.out) / "train_log.jsonl").string();
+  LatentDataset data = open_data(opt);
+  Tensor empty_ctx;
+  if (opt.caption_dropout > 0) empty_ctx = data.empty_context();
 
   // ---- optimisation state
   ParamTable params = model.parameters();

@@ -108,6 +108,11 @@ struct TrainHooks {
   std::vector<std::pair<std::string, std::string>> checkpoint_links;
 };
 
+// Checks everything that can be checked before a model is loaded (settings, the data cache and its
+// empty-prompt embedding when caption dropout is on, the output folder, the checkpoint to resume)
+// so a bad input fails in a second rather than after loading the weights. run_training calls it.
+void preflight(const TrainOptions& opt);
+
 // Runs (or resumes) training. Errors are osp::Error with the reason (bad data, NaN loss, ...).
 TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks = {});
 

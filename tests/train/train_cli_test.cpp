@@ -1,0 +1,183 @@
+// `osp train` as a user runs it (the osp executable next to this test): a from-scratch run,
+// Ctrl-C (a real SIGINT) saving a checkpoint and exiting 130, --resume repeating the
+// uninterrupted run's losses exactly, --config with unknown / out-of-range fields, fine-tuning
+// a model folder (make-demo-model) into a checkpoint `osp generate` accepts as a model folder.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "osp/core/philox.h"
+#include "osp/train/latent_dataset.h"
+
+namespace fs = std::filesystem;
+using namespace osp;
+
+namespace {
+
+fs::path osp_exe() { return fs::canonical("/proc/self/exe").parent_path() / "osp"; }
+
+struct CliRun {
+  int code = -1;
+  std::string out;
+};
+
+// Runs osp with the arguments (no shell); with `interrupt_after_lines` > 0, sends SIGINT once
+// `log` has that many lines.
+CliRun run(const std::vector<std::string>& args, int interrupt_after_lines = 0, const fs::path& log = {}) {
+  const fs::path out_file = fs::temp_directory_path() / ("osp_train_cli_out_" + std::to_string(::getpid()));
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(out_file.c_str(), "w", stderr);
+    (void)f;
+    ::dup2(2, 1);
+    std::vector<char*> av;
+    std::string exe = osp_exe().string();
+    av.push_back(exe.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) av.push_back(a.data());
+    av.push_back(nullptr);
+    ::alarm(120);
+    ::execv(exe.c_str(), av.data());
+    std::_Exit(127);
+  }
+  if (interrupt_after_lines > 0) {
+    for (int k = 0; k < 6000; ++k) {
+      int lines = 0;
+      std::ifstream f(log);
+      for (std::string l; std::getline(f, l);) ++lines;
+      if (lines >= interrupt_after_lines) {
+        ::kill(pid, SIGINT);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  CliRun r;
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  std::ifstream f(out_file);
+  r.out.assign(std::istreambuf_iterator<char>(f), {});
+  fs::remove(out_file);
+  return r;
+}
+
+fs::path fresh(const std::string& n) {
+  fs::path d = fs::temp_directory_path() / ("osp_train_cli_" + n + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  return d;
+}
+
+fs::path make_cache(const std::string& name, int64_t text_dim) {
+  const fs::path dir = fresh(name);
+  train::LatentCacheWriter w(dir.string(), 2);
+  for (int i = 0; i < 4; ++i) w.add(randn({16, 1, 4, 4}, 10 + i), randn({2, text_dim}, 20 + i), "c" + std::to_string(i));
+  w.set_empty_context(Tensor::zeros({1, text_dim}, DType::F32));
+  w.finish();
+  return dir;
+}
+
+std::vector<std::string> losses(const fs::path& log) {
+  std::vector<std::string> v;
+  std::ifstream f(log);
+  for (std::string l; std::getline(f, l);) {
+    const auto a = l.find("\"loss\":");
+    v.push_back(l.substr(a, l.find(',', a) - a));
+  }
+  return v;
+}
+
+}  // namespace
+
+class TrainCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(osp_exe())) GTEST_SKIP() << "SKIP: the osp executable is not built next to the test";
+  }
+};
+
+TEST_F(TrainCli, FromScratchInterruptResumeEqualsUninterrupted) {
+  const fs::path data = make_cache("data", 8), work = fresh("work");
+  fs::create_directories(work);
+  std::ofstream(work / "tiny.json") << R"({"dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 2,
+    "text_dim": 8, "text_len": 4, "freq_dim": 32, "in_dim": 16, "out_dim": 16, "patch_size": [1, 2, 2]})";
+  std::ofstream(work / "run.json") << R"({"from-scratch": true, "config_model": ")" + (work / "tiny.json").string() +
+                                          R"(", "data": ")" + data.string() +
+                                          R"(", "steps": 40, "batch": 2, "lr": 0.003, "eps": 1e-8, "seed": 3,
+    "caption_dropout": 0.25, "ema": 0.99, "save_every": 5})";
+  const std::string cfg = (work / "run.json").string();
+  // Uninterrupted.
+  CliRun a = run({"train", "--config", cfg, "--out", (work / "a").string()});
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(fs::exists(work / "a" / "checkpoint-00000040" / "CHECKPOINT_COMPLETE"));
+  // Ctrl-C after a few steps: a checkpoint is saved, exit 130.
+  CliRun b = run({"train", "--config", cfg, "--out", (work / "b").string()}, 3, work / "b" / "train_log.jsonl");
+  ASSERT_EQ(b.code, 130) << b.out;
+  EXPECT_NE(b.out.find("--resume"), std::string::npos) << b.out;
+  std::ifstream latest(work / "b" / "latest");
+  std::string name;
+  latest >> name;
+  ASSERT_FALSE(name.empty());
+  EXPECT_LT(name, "checkpoint-00000040");
+  // Resume: the log ends up with the same 40 losses.
+  CliRun c = run({"train", "--config", cfg, "--out", (work / "b").string(), "--resume", (work / "b").string()});
+  ASSERT_EQ(c.code, 0) << c.out;
+  const auto la = losses(work / "a" / "train_log.jsonl"), lb = losses(work / "b" / "train_log.jsonl");
+  ASSERT_EQ(la.size(), 40u);
+  EXPECT_EQ(la, lb);
+  // A flag overrides the config file; a second run into the same folder without --resume is refused.
+  CliRun d = run({"train", "--config", cfg, "--out", (work / "a").string(), "--steps", "41"});
+  EXPECT_EQ(d.code, 1);
+  EXPECT_NE(d.out.find("already holds a training run"), std::string::npos) << d.out;
+  fs::remove_all(data);
+  fs::remove_all(work);
+}
+
+TEST_F(TrainCli, BadConfigsAndInputsExitOneWithTheReason) {
+  const fs::path work = fresh("bad");
+  fs::create_directories(work);
+  std::ofstream(work / "unknown.json") << R"({"stepz": 3})";
+  CliRun r = run({"train", "--config", (work / "unknown.json").string()});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("unknown setting 'stepz'"), std::string::npos) << r.out;
+  std::ofstream(work / "range.json") << R"({"from_scratch": true, "config_model": "x.json", "data": "d", "out": "o", "batch": 0})";
+  r = run({"train", "--config", (work / "range.json").string()});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("batch must be in [1, 4096]"), std::string::npos) << r.out;
+  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
+           (work / "o").string(), "--clip", "sometimes"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--clip must be"), std::string::npos) << r.out;
+  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
+           (work / "o").string()});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("no-data"), std::string::npos) << r.out;
+  fs::remove_all(work);
+}
+
+TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
+  const fs::path work = fresh("demo");
+  ASSERT_EQ(run({"make-demo-model", (work / "model").string()}).code, 0);
+  const fs::path data = make_cache("demo_data", 64);
+  CliRun r = run({"train", "--model", (work / "model").string(), "--data", data.string(), "--out", (work / "out").string(),
+               "--steps", "2", "--lr", "1e-4", "--attention", "hybrid", "--caption-dropout", "0"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const fs::path ck = work / "out" / "checkpoint-00000002";
+  for (const char* f : {"config.json", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.safetensors",
+                        "models_t5_umt5-xxl-enc-bf16.safetensors", "google/umt5-xxl/spiece.model"})
+    EXPECT_TRUE(fs::exists(ck / f)) << f;
+  const CliRun ins = run({"inspect", ck.string()});
+  EXPECT_EQ(ins.code, 0) << ins.out;
+  EXPECT_NE(ins.out.find("token"), std::string::npos) << ins.out;  // the hybrid layout
+  fs::remove_all(data);
+  fs::remove_all(work);
+}
