@@ -17,7 +17,7 @@ using namespace detail;
 namespace {
 
 // An optional output (null = not wanted): preallocated, contiguous, the expected shape, on the
-// op's device, not overlapping the inputs listed by the caller.
+// op's device. (Overlaps with the inputs are checked by the caller.)
 void check_opt_out(const Tensor* t, const Shape& shape, const Tensor& ref, const char* op,
                    const char* what) {
   if (!t) return;
