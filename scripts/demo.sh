@@ -28,7 +28,7 @@ start=$(date +%s)
   --model "$OUT/osp-demo-random" \
   --prompt "a red fox runs through the snowy forest at dawn" \
   --size 192x128 --frames 17 --steps 10 --sampler unipc --guidance 5 --seed 42 \
-  --device cpu --out "$OUT/osp-demo.mp4"
+  --device cpu --out "$OUT/osp-demo.mp4" --overwrite
 end=$(date +%s)
 
 "$BUILD_DIR/osp" inspect "$OUT/osp-demo.mp4"

@@ -168,7 +168,7 @@ void check_output_dir(const std::string& dir, Overwrite ow) {
     const bool empty = fs::is_empty(p, ec);
     OSP_CHECK(!ec, "cannot read the output folder ", dir, ": ", ec.message());
     OSP_CHECK(empty || ow == Overwrite::Allow, "the output folder ", dir,
-              " already holds files; pass --overwrite to replace it (osp never replaces frames silently)");
+              " already holds files; pass --overwrite to replace it (osp never replaces an output silently)");
   }
   check_parent(p);
 }

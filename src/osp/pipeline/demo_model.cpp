@@ -230,7 +230,7 @@ void make_demo_model(const std::string& dir_s, const DemoModelOptions& o) {
              "osp-demo-random: every weight in this folder is random. The model exercises the whole\n"
              "pipeline (tokenizer, umT5, DiT, VAE, video writer) in seconds, and produces NOISE.\n"
              "Created by `osp make-demo-model`.\n");
-  log_info("wrote osp-demo-random model to ", dir_s, " (random weights: it produces noise)");
+  log_verbose("wrote osp-demo-random model to ", dir_s, " (random weights: it produces noise)");
 }
 
 }  // namespace osp::pipeline
