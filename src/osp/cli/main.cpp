@@ -20,6 +20,8 @@
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
+#include "osp/cli/train_command.h"
+#include "osp/cli/data_commands.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -213,6 +215,9 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "run one of the bench_* programs built next to osp");
   bench->add_option("name", bench_name, "benchmark name (without bench_); empty lists them");
   bench->add_option("args", bench_args, "arguments passed through");
+
+  osp::cli::add_train_commands(app);  // osp train, osp encode-dataset (cli/train_command.cpp)
+  osp::cli::add_data_commands(app);   // osp make-dataset, osp eval (cli/dataset_command.cpp, eval_command.cpp)
 
   try {
     app.parse(argc, argv);
