@@ -2,9 +2,10 @@
 // hand-vectorised kernels on ("avx2") and off ("portable", the plain loops) in one run, on the
 // shapes CPU training meets (a small DiT's full and Skiparse self-attention, cross-attention,
 // a Wan-width head). One JSON line per (shape, variant, pass): ms (wall, best of reps), CPU
-// seconds per call, GFLOP (forward 4·work·D, backward 10·work·D, work = Σ query·key pairs per
+// seconds per call, OpenMP threads, GFLOP (forward 4·work·D, backward 10·work·D, work = Σ query·key pairs per
 // head), GFLOP/s.
 //   bench_attention_backward_cpu [--reps N] [--quick]
+#include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -13,7 +14,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "osp/ops/backward.h"
@@ -60,10 +60,10 @@ void time_it(const char* label, const Shape4& s, const char* variant, const char
   }
   std::printf(
       "{\"bench\":\"attention_backward_cpu\",\"shape\":\"%s\",\"B\":%lld,\"Lq\":%lld,\"Lk\":%lld,"
-      "\"H\":%lld,\"D\":%lld,\"seqs\":%zu,\"variant\":\"%s\",\"pass\":\"%s\",\"threads\":%u,"
+      "\"H\":%lld,\"D\":%lld,\"seqs\":%zu,\"variant\":\"%s\",\"pass\":\"%s\",\"threads\":%d,"
       "\"ms\":%.3f,\"cpu_s\":%.4f,\"gflop\":%.3f,\"gflops\":%.2f}\n",
       label, (long long)s.B, (long long)s.Lq, (long long)s.Lk, (long long)s.H, (long long)s.D,
-      s.seqs.size(), variant, pass, std::thread::hardware_concurrency(), best, cpu / reps, gflop,
+      s.seqs.size(), variant, pass, omp_get_max_threads(), best, cpu / reps, gflop,
       gflop / (best * 1e-3));
   std::fflush(stdout);
 }
