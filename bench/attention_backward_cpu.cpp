@@ -2,8 +2,8 @@
 // hand-vectorised kernels on ("avx2") and off ("portable", the plain loops) in one run, on the
 // shapes CPU training meets (a small DiT's full and Skiparse self-attention, cross-attention,
 // a Wan-width head). One JSON line per (shape, variant, pass): ms (wall, best of reps), CPU
-// seconds per call, OpenMP threads, GFLOP (forward 4·work·D, backward 10·work·D, work = Σ query·key pairs per
-// head), GFLOP/s.
+// seconds per call, OpenMP threads, GFLOP (forward 4·work·D, backward 10·work·D, work = Σ
+// query·key pairs per head), GFLOP/s.
 //   bench_attention_backward_cpu [--reps N] [--quick]
 #include <omp.h>
 #include <sys/resource.h>
@@ -87,8 +87,10 @@ int main(int argc, char** argv) {
   std::mt19937 g(7);
   for (const Shape4& s : shapes) {
     Tensor q = random_tensor({s.B, s.Lq, s.H, s.D}, g), k = random_tensor({s.B, s.Lk, s.H, s.D}, g);
-    Tensor v = random_tensor({s.B, s.Lk, s.H, s.D}, g), dout = random_tensor({s.B, s.Lq, s.H, s.D}, g);
-    Tensor out = Tensor::empty(q.shape(), DType::F32), lse = Tensor::empty({s.B, s.H, s.Lq}, DType::F32);
+    Tensor v = random_tensor({s.B, s.Lk, s.H, s.D}, g);
+    Tensor dout = random_tensor({s.B, s.Lq, s.H, s.D}, g);
+    Tensor out = Tensor::empty(q.shape(), DType::F32);
+    Tensor lse = Tensor::empty({s.B, s.H, s.Lq}, DType::F32);
     Tensor dq = Tensor::empty(q.shape(), DType::F32), dk = Tensor::empty(k.shape(), DType::F32);
     Tensor dv = Tensor::empty(v.shape(), DType::F32);
     Tensor seq;

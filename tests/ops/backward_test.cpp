@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "osp/ops/backward.h"
 #include "osp/ops/cpu/cpu_ops.h"
 #include "osp/ops/ops.h"
@@ -758,6 +760,30 @@ TEST(Backward, AttentionTaskLayoutsGiveTheSameBits) {
   ops::cpu::set_simd_enabled(true);
 }
 
+TEST(Backward, AttentionAndSumsIndependentOfThreadCount) {
+  // Large enough for the parallel paths; 1 and 2 threads must give the same bits.
+  const AttnShape a{1, 600, 600, 2, 64, 0.f, {}};
+  const AttnShape p{1, 600, 600, 2, 64, 0.f, {100, 250, 1, 249}};
+  Tensor x = randn({5000, 96}, 5);
+  std::vector<Tensor> got[2];
+  const int saved = omp_get_max_threads();
+  for (int t = 0; t < 2; ++t) {
+    omp_set_num_threads(t + 1);
+    for (const AttnShape& s : {a, p}) {
+      AttnRun r = attn_run(s, 31);
+      got[t].insert(got[t].end(), {r.out, r.lse, r.dq, r.dk, r.dv});
+    }
+    Tensor sum = Tensor::zeros({96}, DType::F32), dx = nan_tensor({5000, 96});
+    Tensor dw = Tensor::zeros({96}, DType::F32);
+    ops::sum_rows(x, sum);
+    ops::rms_norm_backward(x, sum, 1e-6f, x, dx, &dw);
+    got[t].insert(got[t].end(), {sum, dx, dw});
+  }
+  omp_set_num_threads(saved);
+  for (size_t i = 0; i < got[0].size(); ++i)
+    osp::test::expect_same_bits(got[1][i], got[0][i], ("output " + std::to_string(i)).c_str());
+}
+
 TEST(Backward, AttentionForwardLseEqualsAttention) {
   const std::vector<AttnShape> cases = {
       {2, 7, 7, 3, 5, 0.f, {}},
@@ -815,15 +841,18 @@ TEST(Backward, AttentionErrors) {
   sl.data<int32_t>()[0] = 3, sl.data<int32_t>()[1] = 3;
   expect_error([&] { ops::attention_forward_lse(q, k9, v9, out, lse, c); }, {fw, "Lq == Lk"});
   Tensor lse_bad = Tensor::empty({1, 6, 2}, DType::F32);
-  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse_bad); }, {fw, "lse", "[1, 2, 6]"});
+  expect_error([&] { ops::attention_forward_lse(q, k, v, out, lse_bad); },
+               {fw, "lse", "[1, 2, 6]"});
   Tensor lse_bf = Tensor::empty({1, 2, 6}, DType::BF16);
-  expect_error([&] { ops::attention_backward(q, k, v, out, lse_bf, q, dq, dk, dv); }, {bw, "lse", "f32"});
+  expect_error([&] { ops::attention_backward(q, k, v, out, lse_bf, q, dq, dk, dv); },
+               {bw, "lse", "f32"});
   Tensor dk_bad = Tensor::empty({1, 5, 2, 4}, DType::F32);
   expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dk_bad, dv); }, {bw, "dk"});
   Tensor qb = q.to(DType::BF16);
   expect_error([&] { ops::attention_forward_lse(qb, k, v, out, lse); }, {fw, "q", "f32"});
   Tensor kc = fake_cuda({1, 6, 2, 4});
-  expect_error([&] { ops::attention_backward(q, kc, v, out, lse, q, dq, dk, dv); }, {bw, "k", "cuda:0"});
+  expect_error([&] { ops::attention_backward(q, kc, v, out, lse, q, dq, dk, dv); },
+               {bw, "k", "cuda:0"});
   Tensor kbad = randn({1, 6, 3, 4}, 2);
   expect_error([&] { ops::attention_forward_lse(q, kbad, v, out, lse); }, {fw, "k must be"});
   expect_error([&] { ops::attention_backward(q, k, v, out, lse, q, dq, dq, dv); }, {bw, "overlap"});
@@ -962,6 +991,7 @@ TEST(Backward, DataMovementErrors) {
   Tensor dout = randn({2, 1, 4, 6}, 3), dy = Tensor::empty({6, 8}, DType::F32);
   expect_error([&] { ops::unpatchify_backward(dout, 1, 3, 3, 1, 2, 2, dy); }, {ub, "dout"});
   Tensor dy_bad = Tensor::empty({6, 9}, DType::F32);
-  expect_error([&] { ops::unpatchify_backward(dout, 1, 2, 3, 1, 2, 2, dy_bad); }, {ub, "dy", "[6, 8]"});
+  expect_error([&] { ops::unpatchify_backward(dout, 1, 2, 3, 1, 2, 2, dy_bad); },
+               {ub, "dy", "[6, 8]"});
   ops::unpatchify_backward(dout, 1, 2, 3, 1, 2, 2, dy);  // the right shapes pass
 }

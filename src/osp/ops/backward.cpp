@@ -300,8 +300,8 @@ void add_gated_backward(const Tensor& dx0, const Tensor& y0, const Tensor& gate0
     check_no_alias(gate0, *o, op, "gate");
   }
   if (dgate) check_no_alias(dy, *dgate, op, "dy");
-  OSP_CHECK(dx0.dtype() == DType::F32, op, ": dx (the residual stream's gradient) must be f32, got ",
-            dx0.desc());
+  OSP_CHECK(dx0.dtype() == DType::F32, op,
+            ": dx (the residual stream's gradient) must be f32, got ", dx0.desc());
   Tensor dx = dx0.contiguous(), y = y0.contiguous(), gate = gate0.contiguous();
   const bool cuda = on_cuda(dx, op);
   check_act(y, cuda, op, "y");

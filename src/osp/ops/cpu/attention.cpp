@@ -246,8 +246,9 @@ void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
   // Query blocks and key blocks of every sequence: (sequence, first row).
   std::vector<std::pair<int64_t, int64_t>> qblocks, kblocks;
   for (int64_t si = 0; si < int64_t(seqs.size()); ++si) {
-    for (int64_t i0 = seqs[si].q0; i0 < seqs[si].q0 + seqs[si].nq; i0 += kQB) qblocks.push_back({si, i0});
-    for (int64_t j0 = seqs[si].k0; j0 < seqs[si].k0 + seqs[si].nk; j0 += kKB) kblocks.push_back({si, j0});
+    const AttnSeq& sq = seqs[size_t(si)];
+    for (int64_t i0 = sq.q0; i0 < sq.q0 + sq.nq; i0 += kQB) qblocks.push_back({si, i0});
+    for (int64_t j0 = sq.k0; j0 < sq.k0 + sq.nk; j0 += kKB) kblocks.push_back({si, j0});
   }
   const int64_t nqb = int64_t(qblocks.size()), nkb = int64_t(kblocks.size());
   const int64_t tasks = B * H * nqb;
