@@ -812,6 +812,18 @@ TEST(Backward, AttentionForwardLseEqualsAttention) {
   ops::cpu::set_simd_enabled(true);
 }
 
+TEST(Backward, AttentionWithoutQueries) {
+  // Lq = 0 (cross-attention of an empty query set): nothing flows back, dk and dv are zeros.
+  Tensor q = Tensor::empty({2, 0, 2, 4}, DType::F32), k = randn({2, 5, 2, 4}, 1);
+  Tensor v = randn({2, 5, 2, 4}, 2), out = Tensor::empty({2, 0, 2, 4}, DType::F32);
+  Tensor lse = Tensor::empty({2, 2, 0}, DType::F32), dq = Tensor::empty({2, 0, 2, 4}, DType::F32);
+  Tensor dk = nan_tensor({2, 5, 2, 4}), dv = nan_tensor({2, 5, 2, 4});
+  ops::attention_forward_lse(q, k, v, out, lse);
+  ops::attention_backward(q, k, v, out, lse, out, dq, dk, dv);
+  expect_near_vec(dk, Vec(80, 0.0), 0, "dk");
+  expect_near_vec(dv, Vec(80, 0.0), 0, "dv");
+}
+
 TEST(Backward, AttentionErrors) {
   const char* fw = "ops::attention_forward_lse";
   const char* bw = "ops::attention_backward";
