@@ -228,6 +228,22 @@ TEST(Backward, LinearErrors) {
   expect_error([&] { ops::linear_backward(x, w, r, &dx, &dw_alias, &db); }, {op, "overlap"});
 }
 
+TEST(Backward, SumRowsIsTheAdjointOfBroadcast) {
+  // L(v) = Σ r·y with y[i, c] = v[c] (a vector broadcast over rows): ∂L/∂v = sum_rows(r).
+  const Shape s{2, 5, 7};
+  Tensor v = randn({7}, 1), r = randn(s, 2);
+  const Vec rv = values(r);
+  auto loss = [&](const Vec& V) {
+    double L = 0;
+    for (size_t i = 0; i < rv.size(); ++i) L += rv[i] * V[i % 7];
+    return L;
+  };
+  const Vec want = fd_grad(loss, values(v));
+  Tensor out = Tensor::zeros({7}, DType::F32);
+  ops::sum_rows(r, out);
+  expect_near_vec(out, want, kTol, "sum_rows vs finite differences");
+}
+
 TEST(Backward, SumRows) {
   for (const Shape& s : {Shape{7, 5}, Shape{2, 3, 4}, Shape{1, 1}, Shape{1000, 3}, Shape{0, 4}}) {
     Tensor x = randn(s, 11), out = randn({s.back()}, 12);
