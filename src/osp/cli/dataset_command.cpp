@@ -77,7 +77,8 @@ void add_make_dataset_command(CLI::App& app) {
       o.mp4 = a->mp4;
       o.overwrite = a->overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
       const train::ClipDatasetSummary s = train::write_clip_dataset(o);
-      std::printf("wrote %lld %s clips (%dx%d, %d frames; %lld with two objects, %lld with held-out "
+      if (log_level() >= LogLevel::Info)
+        std::printf("wrote %lld %s clips (%dx%d, %d frames; %lld with two objects, %lld with held-out "
                   "compositions) in %lld shards, %.1f MiB, to %s\n",
                   (long long)s.clips, train::clip_split_name(o.split), o.width, o.height, o.frames,
                   (long long)s.two_object_clips, (long long)s.heldout_clips, (long long)s.shards,

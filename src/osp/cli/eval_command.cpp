@@ -147,7 +147,7 @@ void add_eval_command(CLI::App& app) {
             OSP_CHECK(ok, "cannot write ", a->json, " (disk full?)");
           },
           io::Overwrite::Allow);
-      std::printf("wrote %s\n", a->json.c_str());
+      if (log_level() >= LogLevel::Info) std::printf("wrote %s\n", a->json.c_str());
     });
   });
 }
