@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <array>
 #include <cstdio>
@@ -373,4 +376,40 @@ TEST(ClipDataset, MakeDatasetCommand) {
   }
   EXPECT_FALSE(fs::exists(fresh_dir("cli_bad")));
   fs::remove_all(dir);
+}
+
+TEST(ClipDataset, CtrlCLeavesNothingBehind) {
+  if (!fs::exists(osp_exe())) GTEST_SKIP() << "SKIP: " << osp_exe() << " is not built";
+  const fs::path dir = fresh_dir("sigint");
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const std::string exe = osp_exe(), out = dir.string();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(fds[1], 2);
+    close(fds[0]);
+    setenv("OSP_TEST_HOLD_AT", "writing", 1);  // the first safe point of "writing" waits for SIGINT
+    execl(exe.c_str(), "osp", "make-dataset", "--out", out.c_str(), "--count", "3", "--size", "64x64", "--frames",
+          "5", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string err;
+  char buf[512];
+  ssize_t n;
+  while (err.find("test hold: writing") == std::string::npos && (n = read(fds[0], buf, sizeof buf)) > 0)
+    err.append(buf, size_t(n));
+  ASSERT_NE(err.find("test hold: writing"), std::string::npos) << err;
+  kill(pid, SIGINT);
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) err.append(buf, size_t(n));
+  close(fds[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st)) << err;
+  EXPECT_EQ(WEXITSTATUS(st), 130) << err;
+  EXPECT_NE(err.find("nothing written"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir));
+  for (const auto& e : fs::directory_iterator(dir.parent_path()))  // no temporary folder left beside it
+    EXPECT_EQ(e.path().filename().string().find(dir.filename().string()), std::string::npos) << e.path();
 }

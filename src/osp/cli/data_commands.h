@@ -1,7 +1,7 @@
 // The synthetic-data commands of `osp` (issue 16): make-dataset and eval. Each adds itself to the
 // app and runs from its CLI11 callback at the end of parsing; an osp::Error prints
-// "osp: error: ..." and ends the process with exit code 1, any other exception with 2; success
-// returns to main (exit 0).
+// "osp: error: ..." and ends the process with exit code 1, Ctrl-C (osp::Interrupted) with 130,
+// any other exception with 2; success returns to main (exit 0).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>

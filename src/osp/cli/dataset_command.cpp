@@ -7,6 +7,7 @@
 
 #include "osp/cli/data_commands.h"
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/train/clip_dataset.h"
 
@@ -23,6 +24,9 @@ void run_command(CLI::App& app, const std::function<void()>& body) {
   int code = 0;
   try {
     body();
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "osp: %s; nothing written\n", e.what());
+    code = 130;
   } catch (const Error& e) {
     std::fprintf(stderr, "osp: error: %s\n", e.what());
     code = 1;
@@ -76,6 +80,7 @@ void add_make_dataset_command(CLI::App& app) {
       o.clips_per_shard = a->shard_clips;
       o.mp4 = a->mp4;
       o.overwrite = a->overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
+      install_interrupt_handler();
       const train::ClipDatasetSummary s = train::write_clip_dataset(o);
       if (log_level() >= LogLevel::Info)
         std::printf("wrote %lld %s clips (%dx%d, %d frames; %lld with two objects, %lld with held-out "

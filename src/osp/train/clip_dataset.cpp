@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/io/safetensors.h"
 #include "osp/io/video_writer.h"
@@ -123,6 +124,7 @@ ClipDatasetSummary write_clip_dataset(const ClipDatasetOptions& o) {
         std::string manifest;
         json shards = json::array();
         for (int64_t first = 0; first < o.count; first += per_shard) {
+          interruption_point("writing");  // Ctrl-C: the temporary folder is removed, DIR untouched
           const int64_t n = std::min(per_shard, o.count - first);
           std::vector<ClipSpec> specs(static_cast<size_t>(n));
           std::vector<Tensor> clips(static_cast<size_t>(n));
@@ -150,6 +152,7 @@ ClipDatasetSummary write_clip_dataset(const ClipDatasetOptions& o) {
                          {"width", o.width},
                          {"fps", o.fps}};
             if (o.mp4) {
+              interruption_point("writing");
               const std::string rel = "preview/" + id + ".mp4";
               io::VideoOptions vo;
               vo.fps = o.fps;

@@ -54,7 +54,8 @@ struct ClipDatasetSummary {
   uint64_t bytes = 0;  // clip bytes in the shards
 };
 // Validates, renders (clips in parallel; bytes independent of the thread count) and writes the
-// folder atomically.
+// folder atomically. Calls interruption_point("writing") between shards (and previews): after
+// Ctrl-C (install_interrupt_handler) it throws osp::Interrupted and leaves nothing behind.
 ClipDatasetSummary write_clip_dataset(const ClipDatasetOptions& o);
 
 struct ClipEntry {
