@@ -37,12 +37,6 @@ double parse_hex_double(const json& j, const char* what) {
   return x;
 }
 
-// A CPU copy of `t` in checkpoint shape and the given dtype.
-Tensor host_as(const Tensor& t, const Shape& shape, DType dt) {
-  Tensor c = t.to(Device::cpu()).contiguous().view(shape);
-  return c.to(dt).clone();
-}
-
 }  // namespace
 
 std::string dit_config_json(const model::DiTConfig& c) {
@@ -97,36 +91,42 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
           files.push_back(file);
         };
         put("config.json", [&](const std::string& p) { write_text_atomic(p, c.model_config_json, io::Overwrite::Refuse); });
+        // Tensors are produced one at a time while the file is written (no second copy of the
+        // model in memory): a device tensor is converted there and copied to the host alone.
         {
-          std::map<std::string, Tensor> model;
-          for (size_t k = 0; k < params.size(); ++k)
-            model[params[k].name] = host_as(opt.slots()[k].master, params[k].ckpt_shape, DType::BF16);
+          std::vector<LazyTensor> model;
+          for (size_t k = 0; k < params.size(); ++k) {
+            const Tensor m = opt.slots()[k].master;
+            model.push_back({params[k].name, DType::BF16, params[k].ckpt_shape, [m] { return m.to(DType::BF16); }});
+          }
           put(kModelFile, [&](const std::string& p) {
-            write_safetensors_atomic(p, model, {{"format", "pt"}, {"osp_train_step", std::to_string(c.state.step)}},
-                                     io::Overwrite::Refuse);
+            write_safetensors_streaming(p, model, {{"format", "pt"}, {"osp_train_step", std::to_string(c.state.step)}},
+                                        io::Overwrite::Refuse);
           });
         }
         {
-          std::map<std::string, Tensor> st;
+          std::vector<LazyTensor> st;
           for (size_t k = 0; k < params.size(); ++k) {
-            st["master." + params[k].name] = host_as(opt.slots()[k].master, params[k].ckpt_shape, DType::F32);
-            st["m." + params[k].name] = host_as(opt.slots()[k].m, params[k].ckpt_shape, DType::F32);
-            st["v." + params[k].name] = host_as(opt.slots()[k].v, params[k].ckpt_shape, DType::F32);
+            const auto& sl = opt.slots()[k];
+            for (const auto& [prefix, t] : {std::pair<std::string, Tensor>{"master.", sl.master}, {"m.", sl.m}, {"v.", sl.v}})
+              st.push_back({prefix + params[k].name, DType::F32, params[k].ckpt_shape, [t] { return t; }});
           }
           const AdamWConfig& a = opt.config();
           json meta = {{"lr", a.lr}, {"beta1", a.beta1}, {"beta2", a.beta2}, {"eps", a.eps},
                        {"weight_decay", a.weight_decay}};
           put("optimizer.safetensors", [&](const std::string& p) {
-            write_safetensors_atomic(p, st, {{"step", std::to_string(opt.steps())}, {"adamw", meta.dump()}},
-                                     io::Overwrite::Refuse);
+            write_safetensors_streaming(p, st, {{"step", std::to_string(opt.steps())}, {"adamw", meta.dump()}},
+                                        io::Overwrite::Refuse);
           });
         }
         if (c.ema && c.ema->enabled()) {
-          std::map<std::string, Tensor> st;
-          for (size_t k = 0; k < params.size(); ++k)
-            st[params[k].name] = host_as(c.ema->weights()[k], params[k].ckpt_shape, DType::F32);
+          std::vector<LazyTensor> st;
+          for (size_t k = 0; k < params.size(); ++k) {
+            const Tensor t = c.ema->weights()[k];
+            st.push_back({params[k].name, DType::F32, params[k].ckpt_shape, [t] { return t; }});
+          }
           put("ema.safetensors", [&](const std::string& p) {
-            write_safetensors_atomic(p, st, {{"decay", hex_double(c.ema->decay())}}, io::Overwrite::Refuse);
+            write_safetensors_streaming(p, st, {{"decay", hex_double(c.ema->decay())}}, io::Overwrite::Refuse);
           });
         }
         {

@@ -275,6 +275,16 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     state = load_checkpoint(last_ckpt, adamw, ema.enabled() ? &ema : nullptr);
     OSP_CHECK(state.seed == opt.seed, "checkpoint ", last_ckpt, " was trained with --seed ", state.seed,
               ", this run has --seed ", opt.seed, "; resume with the same seed (or start a new run)");
+    if (!state.run_config.empty()) {  // settings changed since the checkpoint: said, not refused
+      const json was = json::parse(state.run_config), now = json::parse(opt.to_json());
+      std::string diff;
+      for (const auto& [k, v] : now.items())
+        if (k != "out" && k != "steps" && k != "resume" && was.contains(k) && was[k] != v)
+          diff += str(diff.empty() ? "" : ", ", k, " ", was[k].dump(), " -> ", v.dump());
+      if (!diff.empty())
+        log_warn("resuming with settings that differ from the checkpoint's run (", diff,
+                 "): the run will not repeat the original one");
+    }
     data.set_position(state.data);
     clipper.set_state(state.clip);
     OSP_CHECK(state.step <= opt.steps, "checkpoint ", last_ckpt, " is at step ", state.step, ", beyond --steps ",
