@@ -61,8 +61,8 @@ class SequenceParallel {
                               Tensor& out, const AttentionFn& fn = nullptr) = 0;
   // Training variant of self_attention: out and the log-sum-exp lse [B, H, n_local] F32 of
   // ops::attention_forward_lse (ops/backward.h) for block i, and its backward given dout:
-  // dq, dk, dv (overwritten, shapes of q, k, v). Implemented on one device; the distributed
-  // layouts say "not supported yet" (distributed training is future work).
+  // dq, dk, dv (overwritten, shapes of q, k, v). Implemented on one device and by SSP / Ulysses
+  // (Ulysses layouts: lse is moved back to the rank's rows like a one-channel output).
   virtual void self_attention_train(int i, const Tensor& q, const Tensor& k, const Tensor& v,
                                     Tensor& out, Tensor& lse) {
     fail(str("SequenceParallel '", name(), "': self_attention_train (training) is not supported ",
@@ -87,11 +87,14 @@ class SequenceParallel {
   // back to block i−1's. Every layout change is a permutation (plus zero padding), done as a
   // gather on one device and as ONE all-to-all on many, so the adjoint is the reverse gather /
   // all-to-all — never an all-gather whose backward would drop other ranks' contributions.
-  // (Where full blocks are replicated in groups, F < S, each group's copy gets the gradient of
-  // its own replica, which is exact when the replicas compute identically.)
+  // Distributed, every rank's backward yields its SHARE of each parameter gradient (the rows it
+  // holds); the shares sum to the single-device gradient (train/data_parallel.h). Where full
+  // blocks are replicated in groups (F < S) this stays exact: gather_output_backward gives each
+  // output row's gradient to one replica only, and the adjoint of a row sent to several replicas
+  // is the sum of their gradients.
   virtual Tensor enter_block_backward(int i, const Tensor& grad_local) = 0;
   // Adjoint of scatter_input: this rank's block-0 gradient rows → the full [B, N, C] gradient of
-  // the (replicated) input, identical on every rank.
+  // the (replicated) input, identical on every rank (complete, not a share).
   virtual Tensor scatter_input_backward(const Tensor& grad_local) = 0;
   // Adjoint of gather_output: the full [B, N, Cx] gradient (identical on every rank) → this
   // rank's rows in the last block's layout (padding rows zero).

@@ -24,6 +24,7 @@
 #include "osp/dist/communicator.h"
 #include "osp/dist/rope_table.h"
 #include "osp/dist/sequence_parallel.h"
+#include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 
 namespace osp::dist {
@@ -70,6 +71,9 @@ struct Exchange {
   struct PerB {
     Tensor send_idx, recv_idx;
     std::vector<int64_t> send_cnt, recv_cnt;
+    // Adjoint (training): receive-buffer position → output row (-1: a padding slot, sent as a
+    // zero row), and the forward send index reused as the scatter-add target of each returned row.
+    Tensor adj_send_idx;
   };
   std::map<int64_t, PerB> per_b;
 
@@ -102,9 +106,31 @@ struct Exchange {
         ridx[size_t(b * n_out + j)] =
             s < 0 ? -1 : int32_t(roff[size_t(s)] + b * recv_cnt1[size_t(s)] + recv_k1[size_t(j)]);
       }
+    std::vector<int32_t> adj(static_cast<size_t>(roff[size_t(S)]), -1);
+    for (size_t j = 0; j < ridx.size(); ++j)
+      if (ridx[j] >= 0) adj[size_t(ridx[j])] = int32_t(j);
     m.send_idx = i32_tensor(sidx, dev);
     m.recv_idx = i32_tensor(ridx, dev);
+    m.adj_send_idx = i32_tensor(adj, dev);
     return per_b.emplace(B, std::move(m)).first->second;
+  }
+
+  // The adjoint (transpose) of run() for training: g_out [B, n_out, C] (dL/d output rows) →
+  // dL/d input rows [B, n_in, C] F32. Each received row travels back along its forward path
+  // (ONE all-to-all with the forward's counts swapped; padding slots as zero rows) and is ADDED
+  // into the input row it came from: an input row sent to several ranks (a sparse row feeding
+  // every replica of a replicated full layout, F < S) gets the sum of their gradients.
+  Tensor run_adjoint(Communicator& comm, const Tensor& g_out) {
+    const int64_t B = g_out.size(0), C = g_out.size(2);
+    const PerB& m = maps(B, g_out.device());
+    const Tensor gc = g_out.contiguous().view({B * n_out, C});
+    Tensor sendbuf = Tensor::empty({m.adj_send_idx.numel(), C}, g_out.dtype(), g_out.device());
+    if (sendbuf.numel()) ops::gather_rows(gc, m.adj_send_idx, sendbuf);
+    Tensor recvbuf = Tensor::empty({m.send_idx.numel(), C}, g_out.dtype(), g_out.device());
+    comm.all_to_all(sendbuf, m.recv_cnt, recvbuf, m.send_cnt);
+    Tensor gin = Tensor::zeros({B * n_in, C}, DType::F32, g_out.device());
+    if (recvbuf.numel() && gin.numel()) ops::scatter_add_rows(recvbuf, m.send_idx, gin);
+    return gin.view({B, n_in, C});
   }
 
   Tensor run(Communicator& comm, const Tensor& x) {
@@ -243,12 +269,10 @@ class ParallelLayout final : public SequenceParallel {
     exch_.clear();
     const size_t nb = plan.kinds.size();
     enter_.assign(nb, -1);
-    back_.assign(nb, -1);
     for (size_t i = 1; i < nb; ++i) {
       const int a = layout_id(plan.kinds[i - 1]), b = layout_id(plan.kinds[i]);
       if (a == b) continue;
       enter_[i] = a * 3 + b;
-      back_[i] = b * 3 + a;  // built on first use (training only)
       if (!exch_.count(enter_[i])) exch_.emplace(enter_[i], build_exchange(a, b));
     }
     // ---- this rank's RoPE tables, row lengths, input/output maps ----
@@ -256,6 +280,7 @@ class ParallelLayout final : public SequenceParallel {
       rope_[id] = Tensor();
       seq_lens_[id] = Tensor();
       input_map_[id] = Tensor();
+      tok_host_[id].clear();
       if (id != kFull && !any_sparse) continue;
       const Layout& L = layouts_[id];
       const auto& ids = L.ids[size_t(me)];
@@ -267,6 +292,7 @@ class ParallelLayout final : public SequenceParallel {
                       .view({1, n, plan.head_dim / 2, 2})
                       .to(plan.device);
       input_map_[id] = i32_tensor(tok, plan.device);
+      tok_host_[id] = tok;
       if (L.attn == Attn::Packed) seq_lens_[id] = i32_tensor(L.lens[size_t(me)], Device::cpu());
     }
     for (auto& o : output_maps_) o.reset();
@@ -299,11 +325,11 @@ class ParallelLayout final : public SequenceParallel {
     OSP_CHECK(i >= 1 && size_t(i) < plan_.kinds.size(), "enter_block_backward: block index ", i,
               " outside [1, ", plan_.kinds.size(), ")");
     check_hidden(grad_local, layout_id(plan_.kinds[size_t(i)]), "enter_block_backward");
-    const int key = back_[size_t(i)];
+    // The transpose of block i's forward exchange (not the forward exchange of the reversed
+    // layouts: with replicated full layouts those differ, spec §4.9).
+    const int key = enter_[size_t(i)];
     if (key < 0) return grad_local;
-    auto it = exch_.find(key);
-    if (it == exch_.end()) it = exch_.emplace(key, build_exchange(key / 3, key % 3)).first;
-    return it->second.run(*comm_, grad_local);
+    return exch_.at(key).run_adjoint(*comm_, grad_local);
   }
 
   const Tensor& rope_table(int i) override {
@@ -316,21 +342,9 @@ class ParallelLayout final : public SequenceParallel {
   void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                       const AttentionFn& fn) override {
     const AttentionFn& attend = fn ? fn : default_attention();
-    require_plan("self_attention");
-    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), "self_attention: block index ", i,
-              " outside [0, ", plan_.kinds.size(), ")");
-    const int id = layout_id(plan_.kinds[size_t(i)]);
+    const int id = check_attention(i, q, k, v, out, "self_attention");
     const Layout& L = layouts_[id];
-    const int me = rank();
-    const int64_t n = L.n(me);
-    OSP_CHECK(q.dim() == 4 && q.size(1) == n && q.size(2) == plan_.heads &&
-                  q.size(3) == plan_.head_dim,
-              "self_attention(block ", i, "): expected q [B, ", n, ", ", plan_.heads, ", ",
-              plan_.head_dim, "] on rank ", me, ", got ", q.desc());
-    OSP_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && out.shape() == q.shape(),
-              "self_attention(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ",
-              k.desc(), ", ", v.desc(), ", ", out.desc());
-    OSP_CHECK(out.is_contiguous(), "self_attention: out must be contiguous, got ", out.desc());
+    const int64_t n = L.n(rank());
     if (L.attn == Attn::Ulysses) {
       ulysses_attention(id, q, k, v, out, attend);
       return;
@@ -341,6 +355,48 @@ class ParallelLayout final : public SequenceParallel {
     attend(q, k, v, out, args);
   }
 
+  // Training attention (spec §4.9): packed layouts attend locally; Ulysses layouts (full
+  // blocks, and the 2D tile split's sub-sequences) run the forward with lse and its backward
+  // through the same head-split all-to-alls as self_attention. lse is returned in this rank's
+  // row layout [B, H, n_local] (moved back like a one-channel output), so the DiT keeps it with
+  // the block's tape as on one device.
+  void self_attention_train(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                            Tensor& lse) override {
+    const int id = check_attention(i, q, k, v, out, "self_attention_train");
+    const int64_t B = q.size(0), n = q.size(1), H = plan_.heads;
+    OSP_CHECK(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == n &&
+                  lse.dtype() == DType::F32 && lse.is_contiguous(),
+              "self_attention_train(block ", i, "): expected lse F32 [", B, ", ", H, ", ", n,
+              "] contiguous, got ", lse.desc());
+    if (layouts_[id].attn == Attn::Ulysses) {
+      ulysses_train(id, q, k, v, out, lse);
+      return;
+    }
+    ops::AttentionArgs args;
+    args.seq_lens = &seq_lens_[id];
+    ops::attention_forward_lse(q, k, v, out, lse, args);
+  }
+
+  void self_attention_backward(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout,
+                               Tensor& dq, Tensor& dk, Tensor& dv) override {
+    const int id = check_attention(i, q, k, v, out, "self_attention_backward");
+    OSP_CHECK(dout.shape() == q.shape() && dq.shape() == q.shape() && dk.shape() == q.shape() &&
+                  dv.shape() == q.shape() && dq.is_contiguous() && dk.is_contiguous() &&
+                  dv.is_contiguous(),
+              "self_attention_backward(block ", i, "): dout, dq, dk, dv must have q's shape ",
+              q.desc(), " (dq, dk, dv contiguous)");
+    OSP_CHECK(lse.dim() == 3 && lse.size(1) == plan_.heads && lse.size(2) == q.size(1),
+              "self_attention_backward(block ", i, "): lse ", lse.desc(), " is not [B, H, n]");
+    if (layouts_[id].attn == Attn::Ulysses) {
+      ulysses_backward(id, q, k, v, out, lse, dout, dq, dk, dv);
+      return;
+    }
+    ops::AttentionArgs args;
+    args.seq_lens = &seq_lens_[id];
+    ops::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, args);
+  }
+
   Tensor gather_output(const Tensor& x_local) override {
     require_plan("gather_output");
     const int id = layout_id(plan_.kinds.back());
@@ -348,14 +404,41 @@ class ParallelLayout final : public SequenceParallel {
     return gather_from(id, x_local);
   }
 
-  // Adjoints: the input scatter and the output gather are each other's transpose (a token's
-  // rows live on exactly one rank of a group).
+  // Adjoints (training). Convention: the loss is ONE number computed from the gathered output
+  // (every rank passes the same dL/dv), and every forward value is a function of the inputs
+  // alone, so each rank's backward yields its share of every gradient and the shares SUM to the
+  // single-device gradient (train/data_parallel.h reduce_sp_gradients sums the parameter
+  // gradients over the group).
+  //
+  // Input scatter: a token's row lives on exactly one rank, or — a replicated full layout
+  // (F < S) — on one rank of every group of F; the adjoint of handing the same x to several
+  // rows is the sum of their gradients. Without replication that is the gather of the rows
+  // (identical on every rank); with it, a sum over all ranks of the zero-filled [B, N, C].
   Tensor scatter_input_backward(const Tensor& grad_local) override {
     require_plan("scatter_input_backward");
     const int id = layout_id(plan_.kinds[0]);
     check_hidden(grad_local, id, "scatter_input_backward");
-    return gather_from(id, grad_local);
+    if (!(id == kFull && F_ < size())) return gather_from(id, grad_local);
+    const int64_t B = grad_local.size(0), C = grad_local.size(2), N = plan_.grid.numel();
+    const int64_t n = grad_local.size(1);
+    Tensor full = Tensor::zeros({B * N, C}, DType::F32, grad_local.device());
+    if (n > 0) {
+      // rows of sample b go to b·N + token
+      const std::vector<int32_t>& tok = tok_host_[id];
+      std::vector<int32_t> idx(size_t(B * n));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < n; ++j) idx[size_t(b * n + j)] = int32_t(b * N + tok[size_t(j)]);
+      ops::scatter_add_rows(grad_local.contiguous().view({B * n, C}),
+                            i32_tensor(idx, grad_local.device()), full);
+    }
+    comm_->all_reduce(full);
+    return full.view({B, N, C});
   }
+  // Output gather: the adjoint of copying row p to every rank is the sum of the ranks' row
+  // gradients; the loss is counted once, so dL/dv (the same on every rank) goes to ONE holder
+  // of each row — its owner in sparse layouts and full layouts with F = S, the replica in group
+  // 0 when full layouts are replicated (the other groups' rows get zero gradient: the replicas
+  // compute the same values, so their backward contributes nothing the sum needs).
   Tensor gather_output_backward(const Tensor& grad_full) override {
     require_plan("gather_output_backward");
     OSP_CHECK(grad_full.dim() == 3 && grad_full.size(1) == plan_.grid.numel(),
@@ -363,6 +446,9 @@ class ParallelLayout final : public SequenceParallel {
               grad_full.desc());
     check_device(grad_full, "gather_output_backward");
     const int id = layout_id(plan_.kinds.back());
+    if (id == kFull && rank() / F_ != 0)
+      return Tensor::zeros({grad_full.size(0), layouts_[id].n(rank()), grad_full.size(2)},
+                           grad_full.dtype(), grad_full.device());
     return gather_per_sample(grad_full, input_map_[id], layouts_[id].n(rank()));
   }
 
@@ -672,6 +758,147 @@ class ParallelLayout final : public SequenceParallel {
         .copy_from(orecv.view({C, U, B, n, W}).permute({2, 3, 1, 0, 4}));
   }
 
+  struct UlyssesMaps {
+    Tensor to_seq, from_seq;  // recv [src][b][k] ↔ sequence [b][src][k] (B > 1 only)
+  };
+  // ---- Ulysses for training: this rank's rows of every head ↔ every rank's rows of this
+  // rank's head group, for several tensors in ONE all-to-all (stacked along the channels).
+  struct UGroup {
+    Communicator* uc = nullptr;
+    int U = 1;
+    int64_t B = 0, n = 0, total = 0, Hs = 0;
+    std::vector<int64_t> send_rows, recv_rows;  // this rank's B·n to each; B·n_src from each
+    const UlyssesMaps* maps = nullptr;
+  };
+  UGroup ugroup(int id, int64_t B, Device dev) {
+    const Layout& L = layouts_[id];
+    UGroup g;
+    g.uc = id == kFull ? &full_comm() : sub_.get();
+    g.U = g.uc->size();
+    g.B = B;
+    g.Hs = plan_.heads / g.U;
+    std::vector<int64_t> lens(static_cast<size_t>(g.U));
+    const int base = rank() - g.uc->rank();
+    for (int u = 0; u < g.U; ++u) lens[size_t(u)] = L.n(base + u);
+    g.n = lens[size_t(g.uc->rank())];
+    g.total = std::accumulate(lens.begin(), lens.end(), int64_t(0));
+    g.send_rows.assign(size_t(g.U), B * g.n);
+    for (int u = 0; u < g.U; ++u) g.recv_rows.push_back(B * lens[size_t(u)]);
+    g.maps = &ulysses_maps(id, B, lens, dev);
+    return g;
+  }
+  // xs: each [B, n, U·W] (same dtype) → each [B, total, W] contiguous (W = this group's share
+  // of the channels: Hs·D for q/k/v, Hs for lse).
+  std::vector<Tensor> ul_to_heads(const UGroup& g, const std::vector<Tensor>& xs, int64_t W) {
+    const int64_t m = int64_t(xs.size()), U = g.U, B = g.B, n = g.n, T = g.total;
+    const DType dt = xs[0].dtype();
+    const Device dev = xs[0].device();
+    Tensor stack = Tensor::empty({m, B, n, U, W}, dt, dev);
+    for (int64_t i = 0; i < m; ++i) {
+      OSP_CHECK(xs[size_t(i)].dtype() == dt, "ulysses: mixed dtypes in one exchange");
+      Tensor si = stack.select(0, i);
+      si.copy_from(xs[size_t(i)].contiguous().view({B, n, U, W}));
+    }
+    Tensor send = Tensor::empty({U * B * n, m * W}, dt, dev);
+    send.view({U, B, n, m, W}).copy_from(stack.permute({3, 1, 2, 0, 4}));
+    Tensor recv = Tensor::empty({B * T, m * W}, dt, dev);
+    g.uc->all_to_all(send, g.send_rows, recv, g.recv_rows);
+    Tensor seq = recv;
+    if (B > 1) {
+      seq = Tensor::empty({B * T, m * W}, dt, dev);
+      ops::gather_rows(recv, g.maps->to_seq, seq);
+    }
+    const Tensor sv = seq.view({B, T, m, W});
+    std::vector<Tensor> out;
+    for (int64_t i = 0; i < m; ++i) {
+      Tensor o = Tensor::empty({B, T, W}, dt, dev);
+      o.copy_from(sv.select(2, i));
+      out.push_back(o);
+    }
+    return out;
+  }
+  // The inverse: ys each [B, total, W] → each [B, n, U·W] contiguous.
+  std::vector<Tensor> ul_to_rows(const UGroup& g, const std::vector<Tensor>& ys, int64_t W) {
+    const int64_t m = int64_t(ys.size()), U = g.U, B = g.B, n = g.n, T = g.total;
+    const DType dt = ys[0].dtype();
+    const Device dev = ys[0].device();
+    Tensor stack = Tensor::empty({m, B, T, W}, dt, dev);
+    for (int64_t i = 0; i < m; ++i) {
+      OSP_CHECK(ys[size_t(i)].dtype() == dt, "ulysses: mixed dtypes in one exchange");
+      Tensor si = stack.select(0, i);
+      si.copy_from(ys[size_t(i)].contiguous().view({B, T, W}));
+    }
+    Tensor seq = Tensor::empty({B * T, m * W}, dt, dev);
+    seq.view({B, T, m, W}).copy_from(stack.permute({1, 2, 0, 3}));
+    Tensor send = seq;
+    if (B > 1) {
+      send = Tensor::empty({B * T, m * W}, dt, dev);
+      ops::gather_rows(seq, g.maps->from_seq, send);
+    }
+    Tensor recv = Tensor::empty({U * B * n, m * W}, dt, dev);
+    g.uc->all_to_all(send, g.recv_rows, recv, g.send_rows);
+    const Tensor rv = recv.view({U, B, n, m, W});
+    std::vector<Tensor> out;
+    for (int64_t i = 0; i < m; ++i) {
+      Tensor o = Tensor::empty({B, n, U, W}, dt, dev);
+      o.copy_from(rv.select(3, i).permute({1, 2, 0, 3}));
+      out.push_back(o.view({B, n, U * W}));
+    }
+    return out;
+  }
+
+  void ulysses_train(int id, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                     Tensor& lse) {
+    const int64_t B = q.size(0), n = q.size(1), H = plan_.heads, D = plan_.head_dim;
+    const UGroup g = ugroup(id, B, q.device());
+    const int64_t Hs = g.Hs, T = g.total, W = Hs * D;
+    const auto h = ul_to_heads(g, {q.view({B, n, H * D}), k.contiguous().view({B, n, H * D}),
+                                   v.contiguous().view({B, n, H * D})}, W);
+    Tensor of = Tensor::empty({B, T, Hs, D}, out.dtype(), q.device());
+    Tensor lf = Tensor::empty({B, Hs, T}, DType::F32, q.device());
+    ops::attention_forward_lse(h[0].view({B, T, Hs, D}), h[1].view({B, T, Hs, D}),
+                               h[2].view({B, T, Hs, D}), of, lf, {});
+    const auto o = ul_to_rows(g, {of.view({B, T, W})}, W);
+    out.copy_from(o[0].view(out.shape()));
+    const auto l = ul_to_rows(g, {lf.permute({0, 2, 1}).contiguous()}, Hs);  // [B, n, H]
+    lse.copy_from(l[0].permute({0, 2, 1}));
+  }
+
+  void ulysses_backward(int id, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
+                        Tensor& dk, Tensor& dv) {
+    const int64_t B = q.size(0), n = q.size(1), H = plan_.heads, D = plan_.head_dim;
+    const UGroup g = ugroup(id, B, q.device());
+    const int64_t Hs = g.Hs, T = g.total, W = Hs * D;
+    std::vector<Tensor> in;
+    for (const Tensor* t : {&q, &k, &v, &out, &dout}) in.push_back(t->contiguous().view({B, n, H * D}));
+    std::vector<Tensor> h;
+    bool same = true;
+    for (const Tensor& t : in) same &= t.dtype() == in[0].dtype();
+    if (same) {
+      h = ul_to_heads(g, in, W);
+    } else {
+      for (const Tensor& t : in) h.push_back(ul_to_heads(g, {t}, W)[0]);
+    }
+    const Tensor lt = ul_to_heads(g, {lse.permute({0, 2, 1}).contiguous()}, Hs)[0];  // [B, T, Hs]
+    const Tensor lf = lt.permute({0, 2, 1}).contiguous();                            // [B, Hs, T]
+    const Shape hs{B, T, Hs, D};
+    Tensor dqh = Tensor::empty(hs, dq.dtype(), q.device());
+    Tensor dkh = Tensor::empty(hs, dk.dtype(), q.device());
+    Tensor dvh = Tensor::empty(hs, dv.dtype(), q.device());
+    ops::attention_backward(h[0].view(hs), h[1].view(hs), h[2].view(hs), h[3].view(hs), lf,
+                            h[4].view(hs), dqh, dkh, dvh, {});
+    std::vector<Tensor> r;
+    if (dq.dtype() == dk.dtype() && dk.dtype() == dv.dtype()) {
+      r = ul_to_rows(g, {dqh.view({B, T, W}), dkh.view({B, T, W}), dvh.view({B, T, W})}, W);
+    } else {
+      for (const Tensor* t : {&dqh, &dkh, &dvh}) r.push_back(ul_to_rows(g, {t->view({B, T, W})}, W)[0]);
+    }
+    dq.copy_from(r[0].view(dq.shape()));
+    dk.copy_from(r[1].view(dk.shape()));
+    dv.copy_from(r[2].view(dv.shape()));
+  }
+
   // Head chunks per rank for the Ulysses pipeline: OSP_ULYSSES_CHUNKS when set (must divide
   // the rank's heads), else 1. Measured on 4×H200 (14B-720P, docs/PERF.md "Multi-GPU"): 2 chunks
   // cut the exposed all-to-all time of the full blocks by ~20 % but the forward time moved by
@@ -686,9 +913,6 @@ class ParallelLayout final : public SequenceParallel {
     return 1;
   }
 
-  struct UlyssesMaps {
-    Tensor to_seq, from_seq;  // recv [src][b][k] ↔ sequence [b][src][k] (B > 1 only)
-  };
   const UlyssesMaps& ulysses_maps(int id, int64_t B, const std::vector<int64_t>& lens, Device dev) {
     const auto key = std::make_pair(id, B);
     auto it = ulysses_cache_.find(key);
@@ -716,6 +940,25 @@ class ParallelLayout final : public SequenceParallel {
     return ulysses_cache_.emplace(key, std::move(m)).first->second;
   }
 
+  // Checks block i's q, k, v, out for this rank's layout; returns the layout id.
+  int check_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                      const char* who) const {
+    require_plan(who);
+    OSP_CHECK(i >= 0 && size_t(i) < plan_.kinds.size(), who, ": block index ", i,
+              " outside [0, ", plan_.kinds.size(), ")");
+    const int id = layout_id(plan_.kinds[size_t(i)]);
+    const int me = rank();
+    const int64_t n = layouts_[id].n(me);
+    OSP_CHECK(q.dim() == 4 && q.size(1) == n && q.size(2) == plan_.heads &&
+                  q.size(3) == plan_.head_dim,
+              who, "(block ", i, "): expected q [B, ", n, ", ", plan_.heads, ", ",
+              plan_.head_dim, "] on rank ", me, ", got ", q.desc());
+    OSP_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && out.shape() == q.shape(),
+              who, "(block ", i, "): q, k, v, out shapes differ: ", q.desc(), ", ", k.desc(),
+              ", ", v.desc(), ", ", out.desc());
+    OSP_CHECK(out.is_contiguous(), who, ": out must be contiguous, got ", out.desc());
+    return id;
+  }
   void require_plan(const char* who) const {
     OSP_CHECK(have_plan_, name(), "::", who, ": call setup(plan) first");
   }
@@ -741,8 +984,9 @@ class ParallelLayout final : public SequenceParallel {
   // Per layout, per padded-grid position: owning rank (slots), its row (-1: padding) and slot.
   std::vector<std::vector<int32_t>> owner_rank_, owner_row_, owner_slot_;
   std::map<int, Exchange> exch_;
-  std::vector<int> enter_, back_;
+  std::vector<int> enter_;
   Tensor rope_[3], input_map_[3];
+  std::vector<int32_t> tok_host_[3];  // input_map_ on the host
   Tensor seq_lens_[3];  // host I32: this rank's packed sub-sequence lengths (Packed layouts)
   struct OutputMap {
     int64_t B = 0, nmax = 0;
