@@ -401,7 +401,7 @@ Tensor render_clip(const ClipSpec& spec) {
         }
     }
     uint8_t* fr = dst + size_t(f) * H * W * 3;
-    for (size_t i = 0; i < img.size(); ++i) fr[i] = uint8_t(std::lround(std::clamp(img[i], 0.f, 255.f)));
+    for (size_t i = 0; i < img.size(); ++i) fr[i] = uint8_t(std::clamp(img[i], 0.f, 255.f) + 0.5f);  // round half up
   }
   return out;
 }
