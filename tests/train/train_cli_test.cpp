@@ -1,7 +1,7 @@
 // `osp train` as a user runs it (the osp executable next to this test): a from-scratch run,
 // Ctrl-C (a real SIGINT) saving a checkpoint and exiting 130, --resume repeating the
 // uninterrupted run's losses exactly, --config with unknown / out-of-range fields, fine-tuning
-// a model folder (make-demo-model) into a checkpoint `osp generate` accepts as a model folder.
+// a model folder (make-demo-model) into a checkpoint `osp generate` runs as a model folder.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -166,6 +166,7 @@ TEST_F(TrainCli, BadConfigsAndInputsExitOneWithTheReason) {
 
 TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
   const fs::path work = fresh("demo");
+  fs::create_directories(work);
   ASSERT_EQ(run({"make-demo-model", (work / "model").string()}).code, 0);
   const fs::path data = make_cache("demo_data", 64);
   CliRun r = run({"train", "--model", (work / "model").string(), "--data", data.string(), "--out", (work / "out").string(),
@@ -178,6 +179,10 @@ TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
   const CliRun ins = run({"inspect", ck.string()});
   EXPECT_EQ(ins.code, 0) << ins.out;
   EXPECT_NE(ins.out.find("token"), std::string::npos) << ins.out;  // the hybrid layout
+  const CliRun gen = run({"generate", "--model", ck.string(), "--prompt", "a fox", "--size", "64x64", "--frames", "1",
+                          "--steps", "2", "--out", (work / "frames/").string()});
+  EXPECT_EQ(gen.code, 0) << gen.out;
+  EXPECT_TRUE(fs::exists(work / "frames" / "frame_0000.png"));
   fs::remove_all(data);
   fs::remove_all(work);
 }

@@ -331,6 +331,7 @@ void add_train_commands(CLI::App& app) {
       if (!config_file->empty()) o.apply_json(train::read_text_file(*config_file), *config_file);
       for (const auto& [opt, copy] : given)
         if (opt->count() > 0) copy(o);
+      o.quiet_progress = log_level() < LogLevel::Info;  // -q: warnings and errors only
       return run_train(o);
     });
   });
