@@ -5,6 +5,12 @@
 // every block linear, fp32 residual stream, fp32 modulation, norms and RoPE angles, bf16
 // attention with fp32 softmax. The token layout (full / Skiparse token / group, padding, ranks)
 // is entirely the business of dist::SequenceParallel; the DiT only calls its hooks.
+//
+// The layers (patch/time/text embeddings, blocks with self-attention, cross-attention and FFN,
+// head) live in model/dit_layers.h: they own the named parameters and run forward (one path for
+// inference and training) and backward. Training: forward_train records what backward needs
+// (block inputs with activation checkpointing, else every block's tape), backward accumulates F32
+// parameter gradients; train/flow_matching.h puts the loss on top.
 #pragma once
 #include <functional>
 #include <map>
@@ -15,21 +21,19 @@
 #include "osp/core/tensor.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit_config.h"
+#include "osp/model/dit_layers.h"
 #include "osp/model/profile.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
 
 namespace osp::model {
 
-// None: bf16 (CUDA) / fp32 (CPU). HiF8: fake quantization, float GEMMs. FP8: the same HiF8
-// numerics with real E4M3 GEMMs (quant/fp8.h) for every block linear.
-enum class DiTQuant : uint8_t { None, HiF8, FP8 };
-
 struct DiTOptions {
   Device device = Device::cpu();
   // HiF8 fake quantization (osp-next-spec §5.5–5.8): inputs and weights of every block linear
   // and the attention q/k/v (after norms and RoPE) go through Q(·, 15). Weights are quantized
-  // once at bind time.
+  // once at bind time (with `train`: from the current weight on every forward, and the
+  // gradients are quantized too — QAT, see dit_layers.h).
   //
   // FP8 (Hopper execution of the HiF8 model): every block linear (self/cross q, k, v, o, FFN 1
   // and 2) quantizes its input per tensor to E4M3(HiF8(x·s)) and runs quant::fp8_linear against
@@ -135,81 +139,28 @@ class DiT {
   void profile_reset() { prof_.reset(); }
 
  private:
-  // ---- layers: parameters (compute copy `v`/`w`/`b`, F32 gradient `g`/`gw`/`gb` in training)
-  struct Param {
-    Tensor v, g;
-  };
-  struct Linear {
-    Tensor w, b;    // compute copies on the device ([N, K], [N]); w undefined when fp8
-    Tensor gw, gb;  // training: F32 gradients
-    // HiF8 training: Q(w, 15), recomputed from w on every forward (inference keeps the cached
-    // Q(W, 15) in w itself, quantized once at bind).
-    Tensor wfq;
-    quant::Fp8Tensor wq;  // FP8 mode: E4M3 weight codes + 1/s (codes undefined otherwise)
-    bool block = false;   // a block linear (HiF8: input, weight and incoming gradient quantized)
-    bool fp8() const { return wq.codes.defined(); }
-    const Tensor& weight() const { return wfq.defined() ? wfq : w; }
-  };
-  // A linear's input in the form(s) the linears need: x itself (None), Q(x, 15) (HiF8 and
-  // FP8-mode fallbacks) and/or the E4M3 operand (FP8).
-  struct LinIn {
-    const Tensor* x = nullptr;             // the float input (fake-quantized in HiF8 mode)
-    const quant::Fp8Tensor* xq = nullptr;  // FP8 mode
-  };
-  struct Attn {
-    Linear q, k, v, o;
-    Param norm_q, norm_k;  // F32 [d] (undefined without qk_norm)
-  };
-  struct Block {
-    Param modulation;  // F32 [6, d] on the device
-    Attn self_attn, cross_attn;
-    Param norm3_w, norm3_b;  // F32 [d] (undefined without cross_attn_norm)
-    Linear ffn0, ffn2;
-  };
-  // What a block's backward needs, recorded by its forward (named activations).
-  struct Tape {
-    std::map<std::string, Tensor> t;
-    const Tensor& at(const std::string& name) const;
-  };
+  using Tape = layers::Tape;
   // Everything between forward_train and backward.
   struct TrainState {
     bool active = false;
     bool batched = true;
-    int64_t B = 0, Lc = 0, Fr = 0, Hl = 0, Wl = 0;
+    int64_t B = 0, Lc = 0;
+    Shape x_shape;  // [B, in_dim, F, H, W]
     sparse::Grid grid;
     dist::ForwardPlan plan;
     Shape context_shape;
     Tape global;                   // embeddings and head activations
     std::vector<Tensor> block_in;  // activation checkpointing: each block's input
     std::vector<Tape> tapes;       // no checkpointing: each block's tape
-    Tensor e0, ctx_in_lin;         // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
+    Tensor e0, ctx_lin;            // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
     Tensor x_last;                 // the last block's output (the head's input)
   };
 
-  Tensor& ws(const std::string& name, const Shape& shape, DType dt);
-  // A forward activation: the reused workspace `ws_name` without a tape (inference), a fresh
-  // tensor recorded under `name` in the tape with one (training).
-  Tensor& act(Tape* tape, const std::string& name, const std::string& ws_name, const Shape& shape,
-              DType dt);
-  void linear(const Tensor& x, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
-  void linear(const LinIn& in, const Linear& l, Tensor& out, ops::Act act = ops::Act::None);
-  // Backward of a linear given the input its GEMM saw (x, Q(x) in HiF8) and dy = dL/dy (any
-  // float dtype on the device). HiF8 block linears: G = Q(dy, 224), else G = dy (in the GEMM's
-  // dtype). dx = G·W (overwritten, when wanted), gw += Gᵀ·x, gb += ΣG.
-  void linear_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx);
-  // Prepares x as the input of block linears (workspaces named after `name`).
-  LinIn quant_input(const Tensor& x, const std::string& name, Tape* tape = nullptr);
-  void run_block(int i, Tensor& x, const LinIn& ctx, const Tensor& e0, dist::SequenceParallel& sp,
-                 Tape* tape = nullptr, bool training = false);
-  // Backward of block i from its tape: dx (F32 [B, n, d], dL/d output) becomes dL/d input in
-  // place; accumulates the block's parameter gradients, de0 [B, 6, d] and dctx [B, Lt, d] (F32).
-  void block_backward(int i, const Tape& tp, Tensor& dx, Tensor& de0, Tensor& dctx,
-                      dist::SequenceParallel& sp);
+  // The layer context for one forward/backward (training: numerics; tape: what to record).
+  layers::Ctx ctx(bool training, Tape* tape, ProfKind pk = ProfKind::None);
   Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                       dist::SequenceParallel& sp, bool training);
-  // HiF8 training: Q(w, 15) of every block linear from the current weights.
-  void refresh_quantized_weights();
-  std::vector<Linear*> linears();
+  std::vector<layers::Linear*> block_linears();
 
   DiTConfig cfg_;
   DiTOptions opt_;
@@ -217,11 +168,11 @@ class DiT {
   int P_ = 2;
   DType act_ = DType::F32;  // activation dtype of GEMM inputs/outputs (BF16 on CUDA)
 
-  Linear patch_, text0_, text2_, head_;
-  // Time MLP always runs on the host in fp32 (tiny; keeps the reference's fp32 path exact).
-  Linear time0_, time2_, time_proj_;
-  Param head_modulation_;  // F32 [2, d]
-  std::vector<Block> blocks_;
+  layers::PatchEmbedding patch_;
+  layers::TimeEmbedding time_;  // fp32 (wan-spec §2.6), on the model's device
+  layers::TextEmbedding text_;
+  std::vector<layers::Block> blocks_;
+  layers::Head head_;
   BlockHook hook_;
   std::map<std::string, Tensor> ws_;
   std::map<std::string, quant::Fp8Tensor> ws8_;

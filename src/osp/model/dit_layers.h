@@ -1,0 +1,239 @@
+// The layers of the Wan2.1 / OSP-Next DiT (wan-spec §2.2–2.4): each owns its named parameters
+// (compute copy + F32 gradient in training), runs its forward — the one path shared by inference
+// and training — and, beside it, its backward (llm.c style: shapes in comments, steps of the
+// backward the forward's in reverse).
+//
+// Inference passes no tape: activations live in reused workspaces (Ctx::ws) exactly as before the
+// layers existed. Training passes a Tape: every activation the backward needs is a fresh tensor
+// recorded under its name, and the training numerics apply (activations fused into a GEMM in
+// inference — GELU, SiLU — run as their own ops to keep the pre-activation; attention also
+// returns its log-sum-exp). On the CPU both give the same bits.
+//
+// HiF8 (osp-next-spec §5.5–5.7; QAT when training): every block linear quantizes its input and
+// weight, Q(·, 15), and its incoming gradient, Q(g, 224): dX = G_q·W_q, dW += G_qᵀ·X_q,
+// db += ΣG_q; q, k, v entering both attention cores are quantized (15) forward and dq, dk, dv
+// (224) backward. The embeddings, the head, norms and modulation are not quantized.
+//
+// dtypes (ops/backward.h): on CUDA activations BF16 (the residual stream F32), gradients F32 or
+// BF16 as the ops allow, parameter gradients F32; on the CPU everything F32.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "osp/core/param.h"
+#include "osp/core/tensor.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit_config.h"
+#include "osp/model/profile.h"
+#include "osp/ops/ops.h"
+#include "osp/quant/fp8.h"
+
+namespace osp::model {
+
+// None: bf16 (CUDA) / fp32 (CPU). HiF8: fake quantization, float GEMMs. FP8: the same HiF8
+// numerics with real E4M3 GEMMs (quant/fp8.h) for every block linear.
+enum class DiTQuant : uint8_t { None, HiF8, FP8 };
+
+namespace layers {
+
+// Named activations a layer's forward records for its backward (training only).
+struct Tape {
+  std::map<std::string, Tensor> t;
+  const Tensor& at(const std::string& name) const;
+};
+
+// The run context of one forward/backward: device and dtypes, numerics, the reused inference
+// workspaces, the tape (training) and the profiler.
+struct Ctx {
+  Device dev;
+  DType act = DType::F32;  // activation dtype of GEMM inputs/outputs (BF16 on CUDA)
+  DiTQuant quant = DiTQuant::None;
+  bool fp8_fallback = false;  // FP8 mode: some block linear runs the fake-quant GEMM
+  bool fp8_attention = true;
+  bool training = false;  // the training numerics (see the file comment)
+  std::map<std::string, Tensor>* ws = nullptr;
+  std::map<std::string, quant::Fp8Tensor>* ws8 = nullptr;
+  Tape* tape = nullptr;
+  StageProfiler* prof = nullptr;
+  ProfKind pk = ProfKind::None;  // the profiled block's kind
+
+  // A workspace reused across calls (never recorded).
+  Tensor& scratch(const std::string& name, const Shape& shape, DType dt);
+  // A forward activation: the workspace `ws_name` without a tape, a fresh tensor recorded under
+  // `name` in the tape with one.
+  Tensor& buf(const std::string& name, const std::string& ws_name, const Shape& shape, DType dt);
+  void lap(ProfStage s) { prof->lap(s, pk); }
+  // A lap only where quantization laps cut a stage (HiF8 / FP8).
+  void split(ProfStage s) {
+    if (quant != DiTQuant::None) prof->lap(s, pk);
+  }
+  bool hif8_qat() const { return quant == DiTQuant::HiF8; }
+};
+
+// A parameter: compute copy on the device and its F32 gradient (training).
+struct Param {
+  Tensor v, g;
+};
+
+// Collects named parameters (Wan names, checkpoint shapes) into a ParamTable.
+struct ParamSink {
+  const std::map<std::string, Shape>& shapes;
+  bool with_grads;
+  ParamTable& out;
+  void add(const std::string& name, Tensor& value, Tensor& grad);
+  void add(const std::string& name, Param& p) { add(name, p.v, p.g); }
+};
+
+// A linear's input in the form(s) the linears need: x itself (None), Q(x, 15) (HiF8 and
+// FP8-mode fallbacks) and/or the E4M3 operand (FP8).
+struct LinIn {
+  const Tensor* x = nullptr;             // the float input (fake-quantized in HiF8 mode)
+  const quant::Fp8Tensor* xq = nullptr;  // FP8 mode
+};
+// Prepares x as the input of block linears (workspaces named after `name`; with a tape the GEMM
+// input is recorded under `name`). x must outlive the returned LinIn.
+LinIn quant_input(Ctx& c, const Tensor& x, const std::string& name);
+
+// y[M, N] = x[M, K]·Wᵀ + b.
+struct Linear {
+  Tensor w, b;    // compute copies on the device ([N, K], [N]); w undefined when fp8
+  Tensor gw, gb;  // training: F32 gradients
+  // HiF8 training: Q(w, 15), recomputed from w on every forward (refresh_quantized_weight);
+  // inference keeps the cached Q(W, 15) in w itself, quantized once at bind.
+  Tensor wfq;
+  quant::Fp8Tensor wq;  // FP8 mode: E4M3 weight codes + 1/s (codes undefined otherwise)
+  bool block = false;   // a block linear (HiF8: input, weight and incoming gradient quantized)
+
+  bool fp8() const { return wq.codes.defined(); }
+  const Tensor& weight() const { return wfq.defined() ? wfq : w; }
+  void refresh_quantized_weight(Device dev);
+  void params(ParamSink& s, const std::string& prefix);
+  size_t bytes() const;
+
+  void forward(const Tensor& x, Tensor& out, ops::Act act = ops::Act::None) const;
+  void forward(const LinIn& in, Tensor& out, ops::Act act = ops::Act::None) const;
+  // x: the input the forward GEMM saw (Q(x) in HiF8); dy = dL/dy (any float dtype on the
+  // device). G = Q(dy, 224) for HiF8 block linears, else dy in the GEMM's dtype;
+  // dx = G·W (overwritten, when wanted), gw += Gᵀ·x, gb += ΣG.
+  void backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx);
+};
+
+// Self-attention of block i on h [B, n, d] (this block's layout):
+//   y = o(attn(rope(RMS(q(h))), rope(RMS(k(h))), v(h)))     [B, n, d]
+// attention through the sequence-parallel layer (full or packed Skiparse sub-sequences).
+struct SelfAttention {
+  Linear q, k, v, o;
+  Param norm_q, norm_k;  // F32 [d] (undefined without qk_norm)
+
+  void params(ParamSink& s, const std::string& prefix);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h, Tensor& y,
+               dist::SequenceParallel& sp) const;
+  // dy = dL/dy → dh = dL/dh (F32 [B, n, d], overwritten).
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const Tensor& dy,
+                Tensor& dh, dist::SequenceParallel& sp);
+};
+
+// Cross-attention on h3 [B, n, d] against the text context (the k/v linears' input, Q(ctx) in
+// HiF8) ctx [B, Lt, d]:  y = o(attn(RMS(q(h3)), RMS(k(ctx)), v(ctx)))     [B, n, d]
+struct CrossAttention {
+  Linear q, k, v, o;
+  Param norm_q, norm_k;
+
+  void params(ParamSink& s, const std::string& prefix);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& h3, const LinIn& ctx, Tensor& y) const;
+  // dy → dh3 (F32 [B, n, d], overwritten), dctx (+=, F32 [B, Lt, d]).
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const Tensor& ctx,
+                const Tensor& dy, Tensor& dh3, Tensor& dctx);
+};
+
+// y = fc2(gelu_tanh(fc1(h)))     [B, n, d] → [B, n, ffn_dim] → [B, n, d]
+struct FFN {
+  Linear fc1, fc2;  // Wan's ffn.0 and ffn.2
+
+  void params(ParamSink& s, const std::string& prefix);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) const;
+  void backward(const Ctx& c, const Tape& tp, const Tensor& dy, Tensor& dh);
+};
+
+// One transformer block (wan-spec §2.2) on the hidden state x [B, n, d] F32, in place:
+//   m = modulation + e0[b] → (shift1, scale1, gate1, shift2, scale2, gate2)
+//   x += SelfAttn(LN(x)·(1 + scale1) + shift1) · gate1
+//   x += CrossAttn(LN3(x), ctx)
+//   x += FFN(LN(x)·(1 + scale2) + shift2) · gate2
+struct Block {
+  Param modulation;  // F32 [6, d]
+  SelfAttention self_attn;
+  CrossAttention cross_attn;
+  Param norm3_w, norm3_b;  // F32 [d] (undefined without cross_attn_norm)
+  FFN ffn;
+
+  void params(ParamSink& s, const std::string& prefix);
+  size_t bytes() const;
+  std::vector<Linear*> linears();
+  void forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
+               dist::SequenceParallel& sp) const;
+  // dx: dL/d(block output) [B, n, d] F32 in, dL/d(block input) out. de0 (+=) [B, 6, d] F32,
+  // dctx (+=) [B, Lt, d] F32; parameter gradients (+=).
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const Tensor& ctx,
+                Tensor& dx, Tensor& de0, Tensor& dctx, dist::SequenceParallel& sp);
+};
+
+// Timestep → e [B, d] (head modulation) and e0 [B, 6, d] (block modulation), all fp32:
+//   e = fc2(silu(fc1(sinusoid(t)))), e0 = proj(silu(e))     (sinusoid in fp64 on the host)
+struct TimeEmbedding {
+  Linear fc1, fc2, proj;  // time_embedding.0, .2, time_projection.1
+
+  void params(ParamSink& s);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, const std::vector<float>& t, Tensor& e,
+               Tensor& e0) const;
+  // de [B, d] (dL/de, consumed), de0 [B, 6, d].
+  void backward(const Ctx& c, const Tape& tp, Tensor& de, const Tensor& de0);
+};
+
+// Text context → ctx [B, Lt, d]: zero-pad to text_len, fc2(gelu_tanh(fc1(·))).
+struct TextEmbedding {
+  Linear fc1, fc2;  // text_embedding.0, .2
+
+  void params(ParamSink& s);
+  size_t bytes() const;
+  // context [B, Lc, text_dim] (any device) → out [B, Lt, d] (act)
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& context, Tensor& out) const;
+  // dctx [B, Lt, d] → dcontext [B, Lc, text_dim] F32 when wanted.
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int64_t Lc,
+                const Tensor& dctx, Tensor* dcontext);
+};
+
+// Patch embedding (Conv3d as im2col + GEMM): x [B, in_dim, F, H, W] → tokens [B, N, d].
+struct PatchEmbedding {
+  Linear proj;  // patch_embedding, weight [d, in_dim·pt·ph·pw]
+
+  void params(ParamSink& s);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& x5, const sparse::Grid& grid,
+               Tensor& out) const;
+  // dtok [B, N, d] → dx [B, in_dim, F, H, W] F32 when wanted.
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const Tensor& dtok,
+                Tensor* dx, const Shape& xshape);
+};
+
+// Head on this rank's rows: y = proj(LN(x)·(1 + scale) + shift), (shift, scale) =
+// modulation + e[b]     x [B, n, d] F32 → y [B, n, out_dim·patch_volume] F32
+struct Head {
+  Param modulation;  // F32 [2, d]
+  Linear proj;       // head.head
+
+  void params(ParamSink& s);
+  size_t bytes() const;
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& x, const Tensor& e, Tensor& y) const;
+  // dy → dx (F32 [B, n, d], overwritten); de (+=, [B, d]).
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const Tensor& x,
+                const Tensor& dy, Tensor& dx, Tensor& de);
+};
+
+}  // namespace layers
+}  // namespace osp::model
