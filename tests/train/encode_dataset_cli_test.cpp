@@ -13,6 +13,7 @@
 
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
+#include "osp/io/video_writer.h"
 #include "osp/model/vae.h"
 #include "osp/train/latent_dataset.h"
 #include "test_util.h"
@@ -101,5 +102,59 @@ TEST(EncodeDatasetCli, PngFolderToCacheToTraining) {
             0)
       << out;
   EXPECT_TRUE(fs::exists(w / "run" / "checkpoint-00000002" / "CHECKPOINT_COMPLETE"));
+  fs::remove_all(w);
+}
+
+// A video (MP4 written by osp's writer, decoded by FFmpeg): its first --frames frames, center
+// cropped (48×32 → 32×32 takes columns 8..39 without resampling), through the VAE encoder.
+TEST(EncodeDatasetCli, VideoClip) {
+  if (!fs::exists(osp_exe())) GTEST_SKIP() << "SKIP: the osp executable is not built next to the test";
+  const fs::path w = fs::temp_directory_path() / ("osp_encode_video_" + std::to_string(::getpid()));
+  fs::remove_all(w);
+  fs::create_directories(w / "clips");
+  std::string out;
+  ASSERT_EQ(run("make-demo-model " + (w / "model").string(), &out), 0) << out;
+  fs::remove(w / "model" / "Wan2.1_VAE.safetensors");
+  fs::copy_file(test::golden("tiny_vae_fp32.pth"), w / "model" / "Wan2.1_VAE.pth");
+  std::ofstream(w / "clips" / "clip.txt") << "a moving pattern";
+  const std::string cmd = "encode-dataset --model " + (w / "model").string() + " --input " + (w / "clips").string() +
+                          " --out " + (w / "cache").string() + " --size 32x32 --frames 5";
+  if (!io::video_writer_available()) {
+    std::ofstream(w / "clips" / "clip.mp4") << "not a video";
+    out.clear();
+    EXPECT_EQ(run(cmd, &out), 1);
+    EXPECT_NE(out.find("FFmpeg"), std::string::npos) << out;
+    fs::remove_all(w);
+    return;
+  }
+  {
+    io::VideoWriter vw((w / "clips" / "clip.mp4").string(), 48, 32);
+    for (int f = 0; f < 7; ++f) vw.write_frame(pattern(48, 32, f).data());
+    vw.close();
+  }
+  out.clear();
+  ASSERT_EQ(run(cmd, &out), 0) << out;
+  train::LatentDataset d = train::LatentDataset::open((w / "cache").string(), {});
+  ASSERT_EQ(d.size(), 1);
+  const train::LatentSample s = d.load(0);
+  EXPECT_EQ(s.latent.shape(), Shape({16, 2, 4, 4}));
+  Tensor rgb;
+  io::probe_video((w / "clips" / "clip.mp4").string(), &rgb);  // U8 [F, 32, 48, 3]
+  Tensor video = Tensor::empty({3, 5, 32, 32}, DType::F32);
+  for (int c = 0; c < 3; ++c)
+    for (int f = 0; f < 5; ++f)
+      for (int y = 0; y < 32; ++y)
+        for (int x = 0; x < 32; ++x)
+          video.data<float>()[((c * 5 + f) * 32 + y) * 32 + x] =
+              float(rgb.data<uint8_t>()[((f * 32 + y) * 48 + (x + 8)) * 3 + c] / 127.5 - 1.0);
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+  EXPECT_LE(relative_error(s.latent, vae.encode(video)), 1e-6);
+  // Too few frames for --frames: named.
+  out.clear();
+  EXPECT_EQ(run("encode-dataset --model " + (w / "model").string() + " --input " + (w / "clips").string() + " --out " +
+                    (w / "cache2").string() + " --size 32x32 --frames 9",
+                &out),
+            1);
+  EXPECT_NE(out.find("has 7 frames"), std::string::npos) << out;
   fs::remove_all(w);
 }

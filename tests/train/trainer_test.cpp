@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -224,6 +225,11 @@ TEST(Trainer, CheckpointIsAModelFolderPlusState) {
                         "trainer_state.json", "CHECKPOINT_COMPLETE"})
     EXPECT_TRUE(fs::exists(ck / f)) << f;
   EXPECT_EQ(resolve_checkpoint(out.string()), ck.string());
+  // ema/ is a model folder of the EMA weights (bf16).
+  const auto ema_model = io::SafetensorsFile::open((ck / "ema" / "diffusion_pytorch_model.safetensors").string());
+  const auto ema_f32 = io::SafetensorsFile::open((ck / "ema.safetensors").string());
+  EXPECT_EQ(max_abs_diff(ema_model.get("proj.weight"), ema_f32.get("proj.weight").to(DType::BF16)), 0.0);
+  EXPECT_TRUE(fs::exists(ck / "ema" / "config.json"));
   const auto model = io::SafetensorsFile::open((ck / "diffusion_pytorch_model.safetensors").string());
   EXPECT_EQ(model.entry("proj.weight").dtype, DType::BF16);
   EXPECT_EQ(model.entry("proj.weight").shape, Shape({16, 16, 1, 1, 1}));  // checkpoint shape
@@ -359,6 +365,23 @@ TEST(Trainer, BadOptionsDataAndOutputs) {
   r.apply_json(R"({"schedule": "cosine", "warmup": 2, "steps": 4, "ema": 0.99, "shift": 3})", "c.json");
   EXPECT_NO_THROW(r.validate());
   EXPECT_EQ(r.shift, "3");
+  fs::remove_all(data);
+  fs::remove_all(out);
+}
+
+TEST(Trainer, KeepsTheNewestCheckpoints) {
+  const fs::path data = make_cache("keep"), out = fresh("keep_out");
+  LinearVelocity m;
+  TrainOptions o = base_options(data, out);
+  o.steps = 7;
+  o.save_every = 2;
+  o.keep = 2;
+  run_training(o, m);
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.is_directory()) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"checkpoint-00000006", "checkpoint-00000007"}));
   fs::remove_all(data);
   fs::remove_all(out);
 }

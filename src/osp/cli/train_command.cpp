@@ -320,6 +320,7 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--seed", seed, "seed of σ, noise, caption dropout, data order (and --from-scratch weights)");
   OSP_TRAIN_OPT("-o,--out", out, "output folder: checkpoint-N/ folders, latest, train_log.jsonl");
   OSP_TRAIN_OPT("--save-every", save_every, "checkpoint every N steps (0 = only at the end and on Ctrl-C)");
+  OSP_TRAIN_OPT("--keep", keep, "keep only the newest N checkpoints (0 = all)");
   OSP_TRAIN_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");
 #undef OSP_TRAIN_OPT

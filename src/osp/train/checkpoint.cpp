@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <set>
 
 #include "osp/core/error.h"
+#include "osp/core/log.h"
 #include "osp/io/atomic_file.h"
 #include "osp/io/safetensors.h"
 #include "osp/train/output_files.h"
@@ -128,6 +130,19 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
           put("ema.safetensors", [&](const std::string& p) {
             write_safetensors_streaming(p, st, {{"decay", hex_double(c.ema->decay())}}, io::Overwrite::Refuse);
           });
+          // ema/: the EMA weights as a model folder of their own (what evaluation loads).
+          fs::create_directories(t / "ema");
+          std::vector<LazyTensor> model;
+          for (size_t k = 0; k < params.size(); ++k) {
+            const Tensor e = c.ema->weights()[k];
+            model.push_back({params[k].name, DType::BF16, params[k].ckpt_shape, [e] { return e.to(DType::BF16); }});
+          }
+          put("ema/config.json", [&](const std::string& p) { write_text_atomic(p, c.model_config_json, io::Overwrite::Refuse); });
+          put(std::string("ema/") + kModelFile, [&](const std::string& p) {
+            write_safetensors_streaming(p, model, {{"format", "pt"}, {"osp_train_step", std::to_string(c.state.step)},
+                                                   {"osp_ema_decay", hex_double(c.ema->decay())}},
+                                        io::Overwrite::Refuse);
+          });
         }
         {
           const TrainerState& s = c.state;
@@ -144,12 +159,14 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
                     {"run_config", s.run_config.empty() ? json(nullptr) : json::parse(s.run_config)}};
           put("trainer_state.json", [&](const std::string& p) { write_text_atomic(p, j.dump(2) + "\n", io::Overwrite::Refuse); });
         }
-        for (const auto& [rel, src] : c.links) {
-          const fs::path target = t / rel;
-          fs::create_directories(target.parent_path());
-          fs::create_symlink(fs::absolute(src), target, ec);
-          OSP_CHECK(!ec, "cannot link ", src, " into the checkpoint as ", rel, ": ", ec.message());
-        }
+        for (const auto& [rel, src] : c.links)
+          for (const fs::path folder : {t, t / "ema"}) {
+            if (folder != t && !(c.ema && c.ema->enabled())) continue;
+            const fs::path target = folder / rel;
+            fs::create_directories(target.parent_path());
+            fs::create_symlink(fs::absolute(src), target, ec);
+            OSP_CHECK(!ec, "cannot link ", src, " into the checkpoint as ", rel, ": ", ec.message());
+          }
         json marker;
         marker["format"] = "osp-train-checkpoint";
         marker["step"] = c.state.step;
@@ -160,6 +177,19 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
       },
       io::Overwrite::Allow);
   write_text_atomic((fs::path(out_dir) / "latest").string(), name + "\n", io::Overwrite::Allow);
+  if (c.keep_last > 0) {  // older complete checkpoints beyond the newest keep_last go
+    std::vector<std::string> done;
+    for (const auto& e : fs::directory_iterator(out_dir)) {
+      const std::string n = e.path().filename().string();
+      if (e.is_directory() && n.rfind("checkpoint-", 0) == 0 && fs::exists(e.path() / kMarker)) done.push_back(n);
+    }
+    std::sort(done.begin(), done.end());
+    for (size_t i = 0; i + size_t(c.keep_last) < done.size(); ++i) {
+      if (done[i] == name) continue;
+      fs::remove_all(fs::path(out_dir) / done[i], ec);
+      if (ec) log_warn("could not remove the old checkpoint ", done[i], ": ", ec.message());
+    }
+  }
   return dir;
 }
 

@@ -11,6 +11,8 @@
 //     optimizer.safetensors                "master.<name>", "m.<name>", "v.<name>" (F32, checkpoint
 //                                          shapes); metadata: step and the AdamW settings
 //     ema.safetensors                      "<name>" F32 EMA weights (when EMA is on); metadata decay
+//     ema/                                 the EMA weights as a model folder (config.json, bf16
+//                                          diffusion_pytorch_model.safetensors, the same links)
 //     trainer_state.json                   step, seed, data position, clipper state (doubles as
 //                                          hex floats, exact), skipped samples, the run config
 //     CHECKPOINT_COMPLETE                  written LAST: the file list with byte sizes
@@ -51,6 +53,9 @@ struct CheckpointSave {
   TrainerState state;
   // Extra files of the model folder: (name inside the checkpoint, absolute source path) — linked.
   std::vector<std::pair<std::string, std::string>> links;
+  // After the save, remove older complete checkpoint-* folders beyond the newest keep_last
+  // (0 keeps all).
+  int64_t keep_last = 0;
 };
 
 // config.json text for a DiT config (Wan keys; skiparse keys for dual_end).

@@ -84,6 +84,7 @@ void TrainOptions::validate() const {
   parse_ema(ema, &d);
   OSP_CHECK(!out.empty(), "give --out DIR (checkpoints and the training log go there)");
   OSP_CHECK(save_every >= 0, "save-every must be >= 0 (0 = only at the end), got ", save_every);
+  OSP_CHECK(keep >= 0, "keep must be >= 0 (0 = keep every checkpoint), got ", keep);
 }
 
 void TrainOptions::apply_json(const std::string& text, const std::string& source) {
@@ -135,12 +136,13 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       seed = v.get<uint64_t>();
     } else if (key == "out") get_str(out);
     else if (key == "save_every") get_int(save_every);
+    else if (key == "keep") get_int(keep);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, seed, out, save_every, resume)"));
+               "schedule, clip, ema, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -307,6 +309,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     c.ema = ema.enabled() ? &ema : nullptr;
     c.state = state;
     c.links = hooks.checkpoint_links;
+    c.keep_last = opt.keep;
     last_ckpt = save_checkpoint(opt.out, c);
     log_info("saved ", last_ckpt);
   };

@@ -76,6 +76,7 @@ struct TrainOptions {
   // outputs
   std::string out;
   int64_t save_every = 0;  // 0: only at the end (and on Ctrl-C)
+  int64_t keep = 0;        // keep the newest N checkpoints (0: all)
   std::string resume;      // a checkpoint folder, or a previous --out folder (its `latest`)
   bool quiet_progress = false;
 
