@@ -46,6 +46,7 @@ struct FrameShape {
   int64_t area = 0;
   float cx = 0, cy = 0;  // pixels
   float fill = 0, radial = 0, a3 = 0, a4 = 0;
+  float phase3 = 0, phase4 = 0;  // arg c_3, arg c_4: a rotation by Δ adds k·Δ
   bool hole = false;
   std::array<float, kBins> profile{};  // max extent per angle bin, pixels
 };
@@ -100,6 +101,7 @@ FrameShape measure_shape(const std::vector<std::pair<int, int>>& pts) {
       im += filled[size_t(b)] * std::sin(2.0 * M_PI * k * b / kBins);
     }
     (k == 3 ? s.a3 : s.a4) = c0 > 0 ? float(std::sqrt(re * re + im * im) / c0) : 0.f;
+    (k == 3 ? s.phase3 : s.phase4) = float(std::atan2(im, re));
   }
   // Holes: background inside the bounding box that a flood fill from the box's border cannot reach.
   const int bw = xmax - xmin + 3, bh = ymax - ymin + 3;
@@ -348,11 +350,12 @@ ClipDetection detect_clip(const Tensor& clip) {
         n >= 2 ? 0.5 * double(tr[size_t(seen[n - 1])].area + tr[size_t(seen[n - 2])].area) : double(last.area);
     o.area_ratio = float(a1 / std::max(a0, 1.0));
     const float dx = o.end_x - o.start_x, dy = o.end_y - o.start_y;
-    if (o.area_ratio > 1.6f) {
+    const float travel = std::max(std::fabs(dx), std::fabs(dy));
+    if (travel < 0.2f && o.area_ratio > 1.6f) {  // a large displacement is a move, whatever the area does
       o.motion = "grow";
-    } else if (o.area_ratio < 1.f / 1.6f) {
+    } else if (travel < 0.2f && o.area_ratio < 1.f / 1.6f) {
       o.motion = "shrink";
-    } else if (std::max(std::fabs(dx), std::fabs(dy)) >= 0.12f) {
+    } else if (travel >= 0.12f) {
       if (std::fabs(dx) >= std::fabs(dy))
         o.motion = dx > 0 ? "left_to_right" : "right_to_left";
       else
@@ -363,7 +366,13 @@ ClipDetection detect_clip(const Tensor& clip) {
       float best = std::numeric_limits<float>::max();
       for (int k = 1; k < kBins; ++k) best = std::min(best, profile_distance(last.profile, first.profile, k));
       const float d0 = profile_distance(last.profile, first.profile, 0);
-      o.motion = (n >= 2 && d0 > 0.04f && d0 > 2.f * best) ? "rotate" : "static";
+      // Orientation change from the phase of the dominant harmonic (k = 3 or 4): robust to blur.
+      const bool tri = first.a3 > first.a4;
+      const float ak0 = tri ? first.a3 : first.a4, ak1 = tri ? last.a3 : last.a4;
+      float dphase = tri ? last.phase3 - first.phase3 : last.phase4 - first.phase4;
+      dphase = std::remainder(dphase, 2.f * kPi);
+      const bool turned = ak0 >= 0.02f && ak1 >= 0.02f && std::fabs(dphase) >= 0.6f;
+      o.motion = (n >= 2 && (turned || (d0 > 0.04f && d0 > 2.f * best))) ? "rotate" : "static";
     }
     det.objects.push_back(o);
   }
