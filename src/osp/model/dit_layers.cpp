@@ -346,7 +346,7 @@ void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) cons
   const int64_t B = h.size(0), n = h.size(1);
   const LinIn fq = quant_input(c, h, c.tape ? "h2q" : "hq");
   c.split(ProfStage::Quant);
-  Tensor& f1 = c.buf("f1", "f1", {B, n, cfg.ffn_dim}, c.act);
+  Tensor& f1 = c.linear_input("f1", "f1", {B, n, cfg.ffn_dim}, c.act);
   if (c.training) {  // keep the pre-activation for the GELU backward
     Tensor& f1p = c.buf("f1_pre", "f1_pre", {B, n, cfg.ffn_dim}, c.act);
     fc1.forward(fq, f1p);
@@ -409,7 +409,7 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
   auto mod = [&](int64_t b, int j) { return m.select(0, b).select(0, j); };
 
   // ---- x += SelfAttn(LN(x)·(1 + scale1) + shift1) · gate1
-  Tensor& h = c.buf("h", "h", {B, n, d}, c.act);
+  Tensor& h = c.linear_input("h", "h", {B, n, d}, c.act);
   const bool round0 = i == 0 && c.act == DType::BF16;  // block 0: x is still bf16 in the reference
   for (int64_t b = 0; b < B; ++b) {
     Tensor hb = h.select(0, b);
@@ -426,20 +426,20 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
   if (c.tape) c.tape->t["x1"] = x.clone();
 
   // ---- x += CrossAttn(LN3(x), ctx)   (no modulation, no gate)
-  Tensor& h3 = c.buf("h3", "h3", {B, n, d}, c.act);
+  Tensor& h3 = c.linear_input("h3", "h3", {B, n, d}, c.act);
   if (cfg.cross_attn_norm)
     ops::layer_norm(x, &norm3_w.v, &norm3_b.v, eps, h3);
   else
     h3.copy_from(x);
   c.split(ProfStage::CrossAttn);
-  Tensor& yc = c.buf("yc", "y", {B, n, d}, c.act);
+  Tensor& yc = c.scratch(c.tape ? "yc" : "y", {B, n, d}, c.act);  // no gate: not needed
   cross_attn.forward(c, cfg, h3, ctx, yc);
   ops::add_gated_(x, yc, nullptr);
   c.lap(ProfStage::CrossAttn);
   if (c.tape) c.tape->t["x2"] = x.clone();
 
   // ---- x += FFN(LN(x)·(1 + scale2) + shift2) · gate2
-  Tensor& h2 = c.buf("h2", "h", {B, n, d}, c.act);
+  Tensor& h2 = c.linear_input("h2", "h", {B, n, d}, c.act);
   for (int64_t b = 0; b < B; ++b) {
     Tensor hb = h2.select(0, b);
     ops::layer_norm_modulate(x.select(0, b), mod(b, 3), mod(b, 4), eps, hb);

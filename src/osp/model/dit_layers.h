@@ -63,6 +63,13 @@ struct Ctx {
   // A forward activation: the workspace `ws_name` without a tape, a fresh tensor recorded under
   // `name` in the tape with one.
   Tensor& buf(const std::string& name, const std::string& ws_name, const Shape& shape, DType dt);
+  // An activation only the next linear(s) read: with HiF8 the tape records their quantized
+  // input instead (quant_input), so the float one stays a workspace; otherwise as buf().
+  Tensor& linear_input(const std::string& name, const std::string& ws_name, const Shape& shape,
+                       DType dt) {
+    return tape && quant == DiTQuant::HiF8 ? scratch(ws_name, shape, dt)
+                                           : buf(name, ws_name, shape, dt);
+  }
   void lap(ProfStage s) { prof->lap(s, pk); }
   // A lap only where quantization laps cut a stage (HiF8 / FP8).
   void split(ProfStage s) {
