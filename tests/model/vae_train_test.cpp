@@ -153,8 +153,10 @@ TEST(VaeTrain, LossGradientMatchesFiniteDifferences) {
   EXPECT_NEAR(st.loss, vae.loss(video, lc, noise).loss, 1e-9 * std::abs(st.loss));
   EXPECT_GT(st.kl, 0.0);
 
+  // Bound: rtol·|fd| + 1e-4 (fp32 forward noise over 2h and O(h²) truncation; measured errors
+  // at h = 1e-3 stay below 1 %, and the largest gradients converge as h shrinks).
   auto check_dir = [&](Tensor& value, const Tensor& grad, const std::string& what, double h,
-                       std::function<double()> L) {
+                       std::function<double()> L, double rtol = 1e-2) {
     const Tensor d = randn(value.shape(), 4242, 1);
     const Tensor v0 = value.clone();
     double gd = 0;
@@ -173,7 +175,7 @@ TEST(VaeTrain, LossGradientMatchesFiniteDifferences) {
       return l;
     };
     const double fd = (shifted(h) - shifted(-h)) / (2 * h);
-    EXPECT_NEAR(gd, fd, 2e-2 * std::abs(fd) + 1e-5) << what << ": analytic " << gd << ", fd " << fd;
+    EXPECT_NEAR(gd, fd, rtol * std::abs(fd) + 1e-4) << what << ": analytic " << gd << ", fd " << fd;
   };
   auto L = [&] { return vae.loss(video, lc, noise).loss; };
   const std::vector<std::string> names = {
@@ -205,13 +207,14 @@ TEST(VaeTrain, LossGradientMatchesFiniteDifferences) {
   // The input clip.
   Tensor v = video.clone();
   check_dir(v, dvideo, "video", 1e-3, [&] { return vae.loss(v, lc, noise).loss; });
-  // L1 reconstruction and z = mu (no sampling) too, on a few tensors.
+  // L1 reconstruction and z = mu (no sampling) too, on a few tensors.  |·| has kinks, so a small
+  // h and a 3 % bound (pixels whose error changes sign inside ±h bias the difference).
   lc.recon = VaeLossConfig::Recon::L1;
   lc.sample_posterior = false;
   vae.zero_grad();
   vae.forward_backward(video, lc, noise);
   for (const std::string n : {"encoder.conv1.weight", "conv1.bias", "decoder.head.2.weight"})
-    check_dir(*by_name[n]->value, *by_name[n]->grad, n + " (L1, z = mu)", 1e-5, L);
+    check_dir(*by_name[n]->value, *by_name[n]->grad, n + " (L1, z = mu)", 1e-5, L, 3e-2);
 }
 
 TEST(VaeTrain, GradientsAccumulateAcrossClips) {

@@ -262,6 +262,35 @@ TEST(VaeBackward, Conv3dMatchesFiniteDifferences) {
   }
 }
 
+TEST(VaeBackward, Conv3dBandedMatchesAdjointIdentities) {
+  // A conv large enough that the CPU backward splits every output frame into several bands of
+  // output rows (K = 64·27 = 1728, 160×64 outputs: 32 MiB column buffers hold 75 rows).  The
+  // conv is linear in x and in w, so for the fp32 forward y = conv(x, w) (no bias)
+  //   Σ dy·y = Σ dx·x = Σ dw·w   and   db = Σ dy per channel,
+  // which checks dx and dw at this size without a float64 reference.
+  const Shape xs{2, 64, 160, 64}, ws{8, 64, 3, 3, 3};
+  const auto a = ops::Conv3dArgs::same_causal(1, 1, 1);
+  Tensor x = randn(xs, 501), w = randn(ws, 502, 0.1f);
+  Tensor y = ops::conv3d(x, w, nullptr, a);
+  Tensor dy = randn(y.shape(), 503);
+  Tensor dx = nan_tensor(xs), dw = Tensor::zeros(ws, DType::F32), db = Tensor::zeros({8}, DType::F32);
+  ops::conv3d_backward(x, w, dy, a, &dx, &dw, &db);
+  const double yy = dot(values(dy), values(y));
+  const double xx = dot(values(dx), values(x));
+  const double ww = dot(values(dw), values(w));
+  const double scale = std::sqrt(dot(values(dy), values(dy)) * dot(values(y), values(y)));
+  EXPECT_NEAR(xx, yy, 1e-5 * scale) << "<dx, x> vs <dy, y>";
+  EXPECT_NEAR(ww, yy, 1e-5 * scale) << "<dw, w> vs <dy, y>";
+  const Vec g = values(dy);
+  const int64_t HWo = y.size(2) * y.size(3);
+  for (int64_t co = 0; co < 8; ++co) {
+    double s = 0;
+    for (int64_t t = 0; t < y.size(0); ++t)
+      for (int64_t i = 0; i < HWo; ++i) s += g[size_t((t * 8 + co) * HWo + i)];
+    EXPECT_NEAR(values(db)[size_t(co)], s, 1e-4 * std::sqrt(double(2 * HWo)));
+  }
+}
+
 TEST(VaeBackward, ChannelRmsNormMatchesFiniteDifferences) {
   uint32_t seed = 100;
   for (bool silu : {false, true})
