@@ -1,0 +1,194 @@
+// AdamW with DP-sharded state (train/sharded_adamw.h).
+#include "osp/train/sharded_adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "osp/ops/ops.h"
+#include "osp/train/grad_clip.h"
+
+namespace osp::train {
+
+ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
+                           GradReduceOptions opt)
+    : params_(std::move(params)), groups_(std::move(groups)), opt_(std::move(opt)) {
+  check_param_table(params_, true);
+  OSP_CHECK(!params_.empty(), "ShardedAdamW: empty parameter table");
+  OSP_CHECK(opt_.bucket_bytes >= sizeof(float), "ShardedAdamW: bucket_bytes must be >= 4");
+  const Device dev = params_[0].grad->device();
+  for (const ParamRef& p : params_) {
+    OSP_CHECK(p.grad->device() == dev, "ShardedAdamW: parameters on several devices");
+    offset_.push_back(total_);
+    total_ += p.value->numel();
+  }
+  const int M = groups_.dp_size(), r = groups_.dp_rank();
+  const int64_t K = std::max<int64_t>(1, int64_t(opt_.bucket_bytes / sizeof(float)) / M);
+  int64_t off = 0, maxw = 0;
+  for (int64_t s = 0; s < total_; s += int64_t(M) * K) {
+    Window w;
+    w.start = s;
+    w.len = std::min<int64_t>(int64_t(M) * K, total_ - s);
+    w.chunk = (w.len + M - 1) / M;
+    w.shard_off = off;
+    off += w.chunk;
+    maxw = std::max(maxw, w.chunk * M);
+    win_.push_back(w);
+  }
+  shard_ = Tensor::zeros({off}, DType::F32, dev);
+  shard_grad_ = Tensor::zeros({off}, DType::F32, dev);
+  buf_ = Tensor::zeros({maxw}, DType::F32, dev);
+  for (const Window& w : win_) {
+    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    b.zero_();
+    pack(false, w.start, w.len, b);
+    Tensor dst = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    dst.copy_from(b.slice(0, int64_t(r) * w.chunk, int64_t(r + 1) * w.chunk));
+  }
+  shard_table_.push_back(ParamRef{"dp_shard", {off}, &shard_, &shard_grad_});
+  adam_ = std::make_unique<AdamW>(shard_table_, cfg);
+  if (groups_.sp && groups_.sp->size() > 1) {
+    ParallelGroups sg;
+    sg.sp = groups_.sp;
+    sp_reducer_ = std::make_unique<GradientReducer>(params_, sg, opt_);
+  }
+}
+
+void ShardedAdamW::pack(bool grads, int64_t a, int64_t n, Tensor& dst) const {
+  // first parameter whose range ends after a
+  size_t k = size_t(std::upper_bound(offset_.begin(), offset_.end(), a) - offset_.begin()) - 1;
+  for (; k < params_.size() && offset_[k] < a + n; ++k) {
+    const Tensor& t = grads ? *params_[k].grad : *params_[k].value;
+    const int64_t lo = std::max(a, offset_[k]), hi = std::min(a + n, offset_[k] + t.numel());
+    if (hi <= lo) continue;
+    Tensor d = dst.slice(0, lo - a, hi - a);
+    d.copy_from(t.view({t.numel()}).slice(0, lo - offset_[k], hi - offset_[k]));
+  }
+}
+
+void ShardedAdamW::unpack_values(int64_t a, int64_t n, const Tensor& src) {
+  size_t k = size_t(std::upper_bound(offset_.begin(), offset_.end(), a) - offset_.begin()) - 1;
+  for (; k < params_.size() && offset_[k] < a + n; ++k) {
+    Tensor& t = *params_[k].value;
+    const int64_t lo = std::max(a, offset_[k]), hi = std::min(a + n, offset_[k] + t.numel());
+    if (hi <= lo) continue;
+    Tensor d = t.view({t.numel()}).slice(0, lo - offset_[k], hi - offset_[k]);
+    d.copy_from(src.slice(0, lo - a, hi - a));
+  }
+}
+
+void ShardedAdamW::reduce_gradients(int accum_steps) {
+  OSP_CHECK(accum_steps >= 1, "ShardedAdamW::reduce_gradients: accum_steps must be >= 1");
+  if (sp_reducer_) sp_reducer_->reduce(1);
+  const int M = groups_.dp_size();
+  for (const Window& w : win_) {
+    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    if (w.chunk * M > w.len) {
+      Tensor tail = b.slice(0, w.len, w.chunk * M);
+      tail.zero_();
+    }
+    pack(true, w.start, w.len, b);
+    Tensor mine = shard_grad_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    if (M > 1) groups_.dp->reduce_scatter(b, mine);
+    else mine.copy_from(b);
+  }
+  const float scale = float(1.0 / (double(M) * accum_steps));
+  if (scale != 1.f) ops::axpby(scale, shard_grad_, 0.f, shard_grad_, shard_grad_);
+}
+
+double ShardedAdamW::grad_norm() {
+  const double n = train::grad_norm(shard_table_);
+  if (groups_.dp_size() == 1) return n;
+  const double sq = n * n;
+  const float hi = float(sq), lo = float(sq - double(hi));
+  // gathered (not summed in F32) and added in double, in rank order: the same on every rank
+  const Tensor t = Tensor::from_vector({hi, lo}, {2}).to(shard_grad_.device());
+  Tensor all = Tensor::empty({2 * int64_t(groups_.dp_size())}, DType::F32, t.device());
+  groups_.dp->all_gather(t, all);
+  double sum = 0;
+  for (float x : all.to(Device::cpu()).to_float_vector()) sum += double(x);
+  return std::sqrt(std::max(0.0, sum));
+}
+
+void ShardedAdamW::scale_gradients(float s) { scale_grads(shard_table_, s); }
+
+void ShardedAdamW::step(double lr) {
+  adam_->step(lr);
+  gather_values();
+}
+
+void ShardedAdamW::gather_values() {
+  const int M = groups_.dp_size();
+  for (const Window& w : win_) {
+    const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    if (M > 1) groups_.dp->all_gather(mine, b);
+    else b.copy_from(mine);
+    unpack_values(w.start, w.len, b);
+  }
+}
+
+Tensor ShardedAdamW::gather_flat(const Tensor& src) {
+  const int M = groups_.dp_size();
+  Tensor out = Tensor::empty({total_}, DType::F32, src.device());
+  for (const Window& w : win_) {
+    const Tensor mine = src.slice(0, w.shard_off, w.shard_off + w.chunk);
+    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    if (M > 1) groups_.dp->all_gather(mine, b);
+    else b.copy_from(mine);
+    Tensor o = out.slice(0, w.start, w.start + w.len);
+    o.copy_from(b.slice(0, 0, w.len));
+  }
+  return out;
+}
+
+std::vector<AdamW::Slot> ShardedAdamW::gather_state() {
+  const AdamW::Slot& s = adam_->slots().at(0);
+  const Tensor master = gather_flat(s.master), m = gather_flat(s.m), v = gather_flat(s.v);
+  std::vector<AdamW::Slot> out;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const Tensor& val = *params_[k].value;
+    const int64_t a = offset_[k], n = val.numel();
+    AdamW::Slot sl;
+    sl.master = master.slice(0, a, a + n).clone().view(val.shape());
+    sl.m = m.slice(0, a, a + n).clone().view(val.shape());
+    sl.v = v.slice(0, a, a + n).clone().view(val.shape());
+    out.push_back(sl);
+  }
+  return out;
+}
+
+void ShardedAdamW::load_state(const std::vector<AdamW::Slot>& full, int64_t steps) {
+  OSP_CHECK(full.size() == params_.size(), "ShardedAdamW::load_state: ", full.size(),
+            " slots for ", params_.size(), " parameters");
+  for (size_t k = 0; k < full.size(); ++k)
+    for (const Tensor* t : {&full[k].master, &full[k].m, &full[k].v})
+      OSP_CHECK(t->defined() && t->numel() == params_[k].value->numel(),
+                "ShardedAdamW::load_state: the state of '", params_[k].name,
+                "' does not match the parameter ", params_[k].value->desc());
+  const int r = groups_.dp_rank();
+  AdamW::Slot& s = adam_->slots().at(0);
+  auto scatter = [&](auto member, Tensor& dst) {
+    for (const Window& w : win_) {
+      Tensor d = dst.slice(0, w.shard_off, w.shard_off + w.chunk);
+      d.zero_();
+      // my chunk of window w: flat [start + r·chunk, start + min((r+1)·chunk, len))
+      const int64_t a = w.start + int64_t(r) * w.chunk;
+      const int64_t e = w.start + std::min<int64_t>(int64_t(r + 1) * w.chunk, w.len);
+      for (size_t k = 0; k < params_.size(); ++k) {
+        const int64_t lo = std::max(a, offset_[k]);
+        const int64_t hi = std::min(e, offset_[k] + params_[k].value->numel());
+        if (hi <= lo) continue;
+        const Tensor& src = full[k].*member;
+        Tensor dd = d.slice(0, lo - a, hi - a);
+        dd.copy_from(src.contiguous().view({src.numel()}).slice(0, lo - offset_[k], hi - offset_[k]));
+      }
+    }
+  };
+  scatter(&AdamW::Slot::master, s.master);
+  scatter(&AdamW::Slot::m, s.m);
+  scatter(&AdamW::Slot::v, s.v);
+  adam_->restore(steps);  // shard value ← master
+  gather_values();
+}
+
+}  // namespace osp::train

@@ -1,0 +1,90 @@
+// AdamW with its state sharded over the data-parallel ranks (ZeRO-1/2 style), wrapping
+// train/adamw.h: fp32 master weights, m and v exist only for this rank's 1/M of the elements;
+// gradients are reduce-scattered into that shard; after the update the weights are all-gathered
+// back into every parameter's value (F32, or BF16 compute copies: cast on arrival).
+//
+// Layout: the table's parameters back to back (table order) form a flat vector of T elements,
+// cut into windows of ≤ M·K elements (K = bucket_bytes / 4 / M); window w of length L_w is split
+// into M equal chunks of c_w = ⌈L_w / M⌉ (the last chunk zero-padded), chunk r belongs to DP
+// rank r. A rank's shard is its chunk of every window, back to back (Σ_w c_w elements). One
+// reduce_scatter per window (gradients) and one all_gather per window (weights) — each
+// collective moves ≤ bucket_bytes. AdamW is elementwise, so the shard is updated by one
+// train::AdamW over a single flat "parameter" and the result is bit-identical to the unsharded
+// AdamW given the same reduced gradient.
+//
+// Step:  backward of every micro-batch (gradients accumulate in the table)
+//        → reduce_gradients(A)   SP sum (all-reduce, see data_parallel.h), DP reduce-scatter,
+//                                 × 1/(M·A)
+//        → [grad_norm(), scale_gradients(s) for clipping]
+//        → step(lr)              shard update, all-gather of the weights
+// The table's gradients are left as they were after the SP sum (the shard holds the reduced
+// ones); zero them for the next step as usual.
+//
+// Checkpoints are written unsharded: gather_state() returns AdamW::Slot per parameter (master,
+// m, v, exactly what an unsharded AdamW over the same table holds), load_state() takes them on
+// any rank count (resume with a different M).
+//
+// What is NOT sharded here: the compute copy of every weight and the full gradient buffer stay
+// on every rank (FSDP-style per-block weight all-gather with prefetch needs a hook in the DiT's
+// forward/backward: see the issue 14 report).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "osp/core/param.h"
+#include "osp/train/adamw.h"
+#include "osp/train/data_parallel.h"
+
+namespace osp::train {
+
+class ShardedAdamW {
+ public:
+  // Collective over groups.dp (and groups.sp for the SP sum). The values must be identical on
+  // every rank (same initial weights); masters are taken from them.
+  ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
+               GradReduceOptions opt = {});
+  ShardedAdamW(const ShardedAdamW&) = delete;  // the inner AdamW points at this object's shard
+  ShardedAdamW& operator=(const ShardedAdamW&) = delete;
+
+  void reduce_gradients(int accum_steps = 1);
+  // L2 norm of the reduced gradient (all of it, every rank gets the same value).
+  double grad_norm();
+  void scale_gradients(float s);
+  void step(double lr);
+
+  int64_t steps() const { return adam_->steps(); }
+  int64_t total_elements() const { return total_; }
+  int64_t shard_elements() const { return shard_.numel(); }
+  size_t windows() const { return win_.size(); }
+
+  // The unsharded optimizer state (collective; every rank receives it).
+  std::vector<AdamW::Slot> gather_state();
+  // Restores the unsharded state of `steps` completed steps (from gather_state on any rank count);
+  // the values are refreshed from the masters.
+  void load_state(const std::vector<AdamW::Slot>& full, int64_t steps);
+
+ private:
+  struct Window {
+    int64_t start = 0, len = 0, chunk = 0, shard_off = 0;
+  };
+  // Copies flat range [a, a + n) of the table (values or grads) into dst[0, n) or back.
+  void pack(bool grads, int64_t a, int64_t n, Tensor& dst) const;
+  void unpack_values(int64_t a, int64_t n, const Tensor& src);
+  // Every rank's updated shard → every parameter's value (one all_gather per window).
+  void gather_values();
+  // The DP all-gather of my shard of `shard_src` into flat F32 [T] (state export).
+  Tensor gather_flat(const Tensor& shard_src);
+
+  ParamTable params_;
+  ParallelGroups groups_;
+  GradReduceOptions opt_;
+  std::vector<int64_t> offset_;  // flat offset of every parameter
+  int64_t total_ = 0;
+  std::vector<Window> win_;
+  Tensor shard_, shard_grad_, buf_;
+  ParamTable shard_table_;
+  std::unique_ptr<AdamW> adam_;
+  std::unique_ptr<GradientReducer> sp_reducer_;
+};
+
+}  // namespace osp::train
