@@ -13,9 +13,11 @@
 #include <fstream>
 #include <memory>
 
+#include "osp/core/device.h"
 #include "osp/core/error.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"  // install_interrupt_handler(), interrupted()
+#include "osp/dist/communicator.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
 #include "osp/io/name_map.h"
@@ -57,6 +59,8 @@ void set_verbosity_from(const CLI::App& sub) {
   }
   std::fflush(stdout);
   std::fflush(stderr);
+  // Under mpirun a failing rank must not leave the others blocked in a collective.
+  if (rc != 0 && rc != 130 && dist::launcher_size() > 1) dist::abort_all(rc);
   std::exit(rc);
 }
 
@@ -97,7 +101,11 @@ void load_model_dir(const std::string& dir, model::DiTConfig& cfg, std::map<std:
 }
 
 int run_train(const train::TrainOptions& o) {
-  train::preflight(o);  // settings, data, output folder, checkpoint: before any weight is read
+  const int nranks = dist::launcher_size(), rank = dist::launcher_rank();
+  if (rank > 0 && log_level() >= LogLevel::Info) set_log_level(LogLevel::Warn);  // rank 0 speaks
+  // settings, data, output folder, checkpoint: before any weight is read
+  train::preflight(o, /*writer=*/rank == 0);
+  OSP_CHECK(o.sp == "none" || nranks > 1, "--sp ", o.sp, " needs several ranks: launch with mpirun -np N");
   install_interrupt_handler();
   model::DiTConfig cfg;
   std::map<std::string, Tensor> weights;
@@ -114,6 +122,17 @@ int run_train(const train::TrainOptions& o) {
   d.attention = o.attention;
   d.quant = o.quant;
   d.device = parse_device(o.device);
+  if (nranks > 1) {
+    const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
+    OSP_CHECK(d.device.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "training on ", nranks, " ranks on ",
+              d.device.name(), " needs the ", backend, " backend, which this build lacks");
+    d.world = dist::make_communicator(backend);
+    if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(dist::launcher_local_rank());
+    d.sp = o.sp;
+    d.sp_size = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);
+    log_info("training on ", nranks, " ranks (", d.device.is_cuda() ? "NCCL" : "MPI", "): ", nranks / d.sp_size,
+             " data-parallel x ", d.sp_size, " sequence-parallel (", o.sp, ")");
+  }
   train::DiTTrainModel m(cfg, weights, d);
   weights.clear();
   const train::TrainResult r = train::run_training(o, m, hooks);
@@ -320,6 +339,8 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--seed", seed, "seed of σ, noise, caption dropout, data order (and --from-scratch weights)");
   OSP_TRAIN_OPT("-o,--out", out, "output folder: checkpoint-N/ folders, latest, train_log.jsonl");
   OSP_TRAIN_OPT("--save-every", save_every, "checkpoint every N steps (0 = only at the end and on Ctrl-C)");
+  OSP_TRAIN_OPT("--sp", sp, "none | ssp | ulysses: sequence parallelism over --sp-size ranks (mpirun -np N)");
+  OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all); the rest is data parallelism");
   OSP_TRAIN_OPT("--keep", keep, "keep only the newest N checkpoints (0 = all)");
   OSP_TRAIN_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");

@@ -38,7 +38,43 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   d.activation_checkpointing = opt.activation_checkpointing;
   dit_ = model::DiT::bind(cfg_, weights, d);
   dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
-  sp_ = dist::make_single_device();
+  OSP_CHECK(opt.sp == "none" || opt.sp == "ssp" || opt.sp == "ulysses", "sp must be none, ssp or ulysses, got '", opt.sp, "'");
+  if (!opt.world || opt.world->size() == 1) {
+    OSP_CHECK(opt.sp == "none" || !opt.world || opt.world->size() == 1, "internal: sp without ranks");
+    sp_ = dist::make_single_device();
+    return;
+  }
+  const int S = opt.sp == "none" ? 1 : opt.sp_size;
+  OSP_CHECK(S >= 1 && opt.world->size() % S == 0, "--sp-size ", S, " must divide the ", opt.world->size(), " ranks");
+  OSP_CHECK(opt.sp != "none" || S == 1, "--sp none runs every rank on its own samples (sp size 1)");
+  groups_ = make_parallel_groups(opt.world, S);
+  if (S == 1)
+    sp_ = dist::make_single_device();
+  else
+    sp_ = opt.sp == "ssp" ? dist::make_ssp(groups_.sp) : dist::make_ulysses(groups_.sp);
+  reducer_ = std::make_unique<GradientReducer>(dit_.parameters(), groups_);
+  log_verbose("training on ", opt.world->size(), " ranks: ", groups_.dp_size(), " data-parallel x ", S,
+              " sequence-parallel (", opt.sp, ")");
+}
+
+void DiTTrainModel::reduce_gradients() {
+  if (reducer_) reducer_->reduce(1);
+}
+
+double DiTTrainModel::dp_mean(double x) {
+  if (!groups_.dp || groups_.dp_size() == 1) return x;
+  Tensor t = Tensor::from_vector({0.f}, {1}).to(DType::F64);
+  t.data<double>()[0] = x;
+  t = t.to(groups_.dp->device());
+  groups_.dp->all_reduce(t);
+  return t.to(Device::cpu()).data<double>()[0] / double(groups_.dp_size());
+}
+
+bool DiTTrainModel::any_rank(bool flag) {
+  if (!opt_.world || opt_.world->size() == 1) return flag;
+  Tensor t = Tensor::from_vector({flag ? 1.f : 0.f}, {1}).to(opt_.world->device());
+  opt_.world->all_reduce(t);
+  return t.to(Device::cpu()).data<float>()[0] > 0.f;
 }
 
 double DiTTrainModel::loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,

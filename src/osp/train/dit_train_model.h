@@ -15,6 +15,7 @@
 
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "osp/train/data_parallel.h"
 #include "osp/train/trainer.h"
 
 namespace osp::train {
@@ -24,6 +25,12 @@ struct DiTTrainOptions {
   std::string quant = "none";      // none | hif8 (quantization-aware training)
   Device device = Device::cpu();
   bool activation_checkpointing = true;
+  // Several ranks: `world` (MPI on the CPU, NCCL on GPUs; null = one rank), split into
+  // sequence-parallel groups of sp_size consecutive ranks running `sp` (none needs sp_size 1)
+  // and data-parallel groups across them (train/data_parallel.h).
+  std::shared_ptr<dist::Communicator> world;
+  std::string sp = "none";  // none | ssp | ulysses
+  int sp_size = 1;
 };
 
 class DiTTrainModel : public TrainModel {
@@ -38,6 +45,12 @@ class DiTTrainModel : public TrainModel {
   std::string config_json() const override;
   int64_t tokens(const Shape& latent_shape) const override;
   Device device() const override { return opt_.device; }
+  int dp_rank() const override { return groups_.dp_rank(); }
+  int dp_size() const override { return groups_.dp_size(); }
+  void reduce_gradients() override;
+  double dp_mean(double x) override;
+  bool any_rank(bool flag) override;
+  bool writes_outputs() const override { return !opt_.world || opt_.world->rank() == 0; }
 
   model::DiT& dit() { return dit_; }
   const model::DiTConfig& config() const { return cfg_; }
@@ -47,6 +60,8 @@ class DiTTrainModel : public TrainModel {
   DiTTrainOptions opt_;
   model::DiT dit_;
   std::unique_ptr<dist::SequenceParallel> sp_;
+  ParallelGroups groups_;
+  std::unique_ptr<GradientReducer> reducer_;
 };
 
 // Random initial weights for --from-scratch, under Wan names (F32, CPU), from Philox(seed):

@@ -16,6 +16,7 @@
 #include "osp/io/atomic_file.h"
 #include "osp/train/adamw.h"
 #include "osp/train/checkpoint.h"
+#include "osp/train/data_parallel.h"
 #include "osp/train/ema.h"
 #include "osp/train/grad_clip.h"
 #include "osp/train/latent_dataset.h"
@@ -84,6 +85,8 @@ void TrainOptions::validate() const {
   parse_ema(ema, &d);
   OSP_CHECK(!out.empty(), "give --out DIR (checkpoints and the training log go there)");
   OSP_CHECK(save_every >= 0, "save-every must be >= 0 (0 = only at the end), got ", save_every);
+  OSP_CHECK(sp == "none" || sp == "ssp" || sp == "ulysses", "sp must be none, ssp or ulysses, got '", sp, "'");
+  OSP_CHECK(sp_size >= 0 && sp_size <= 4096, "sp-size must be in [0, 4096] (0 = every rank), got ", sp_size);
   OSP_CHECK(keep >= 0, "keep must be >= 0 (0 = keep every checkpoint), got ", keep);
 }
 
@@ -137,12 +140,14 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     } else if (key == "out") get_str(out);
     else if (key == "save_every") get_int(save_every);
     else if (key == "keep") get_int(keep);
+    else if (key == "sp") get_str(sp);
+    else if (key == "sp_size") get_int(sp_size);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -224,9 +229,13 @@ LatentDataset open_data(const TrainOptions& opt) {
 
 }  // namespace
 
-void preflight(const TrainOptions& opt) {
+void preflight(const TrainOptions& opt, bool writer) {
   opt.validate();
   open_data(opt);
+  if (!writer) {
+    if (!opt.resume.empty()) resolve_checkpoint(opt.resume);
+    return;
+  }
   std::error_code ec;
   fs::create_directories(opt.out, ec);
   OSP_CHECK(fs::is_directory(opt.out), "cannot create the output folder ", opt.out,
@@ -240,7 +249,11 @@ void preflight(const TrainOptions& opt) {
 }
 
 TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks) {
-  preflight(opt);
+  const bool writer = model.writes_outputs();
+  preflight(opt, writer);
+  const int dp_rank = model.dp_rank(), dp_size = model.dp_size();
+  OSP_CHECK(opt.batch % dp_size == 0, "--batch ", opt.batch, " must be a multiple of the ", dp_size,
+            " data-parallel ranks (every rank takes batch/", dp_size, " samples)");
   const std::string log_path = (fs::path(opt.out) / "train_log.jsonl").string();
   LatentDataset data = open_data(opt);
   Tensor empty_ctx;
@@ -291,9 +304,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     clipper.set_state(state.clip);
     OSP_CHECK(state.step <= opt.steps, "checkpoint ", last_ckpt, " is at step ", state.step, ", beyond --steps ",
               opt.steps);
-    trim_log(log_path, state.step);
+    if (writer) trim_log(log_path, state.step);
     log_info("resuming from ", last_ckpt, " at step ", state.step);
-  } else if (fs::exists(log_path)) {
+  } else if (writer && fs::exists(log_path)) {
     write_text_atomic(log_path, "", io::Overwrite::Allow);
   }
   const TimestepSampler sampler(opt.seed, parse_shift(opt.shift));
@@ -310,23 +323,39 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     c.state = state;
     c.links = hooks.checkpoint_links;
     c.keep_last = opt.keep;
-    last_ckpt = save_checkpoint(opt.out, c);
-    log_info("saved ", last_ckpt);
+    if (writer) {
+      last_ckpt = save_checkpoint(opt.out, c);
+      log_info("saved ", last_ckpt);
+    } else {
+      last_ckpt = (fs::path(opt.out) / checkpoint_name(state.step)).string();
+    }
   };
 
   TrainResult result;
-  std::ofstream logf(log_path, std::ios::app);
-  OSP_CHECK(logf, "cannot open ", log_path, " for appending");
+  std::ofstream logf;
+  if (writer) {
+    logf.open(log_path, std::ios::app);
+    OSP_CHECK(logf, "cannot open ", log_path, " for appending");
+  }
   Progress progress("train", int(opt.steps - state.step > 0 ? opt.steps - state.step : 1), -1, stderr);
   int64_t saved_at = state.step;
   const int64_t first = state.step;
   for (int64_t s = state.step; s < opt.steps; ++s) {
-    if (interrupted()) {
+    if (model.any_rank(interrupted())) {
       result.interrupted = true;
       break;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<LatentSample> batch = data.next_batch();
+    // Skipped bad samples can leave a batch that the ranks cannot share evenly: its tail is
+    // dropped (the same on every rank: every rank reads the same batches).
+    std::vector<LatentSample> global;
+    while (global.empty()) {
+      global = data.next_batch();
+      while (int64_t(global.size()) % dp_size != 0) global.pop_back();
+    }
+    const int64_t G = int64_t(global.size());
+    const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size);
+    const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
     const int64_t B = int64_t(batch.size());
     const Shape& ls = batch[0].latent.shape();
     std::vector<Tensor> x0s, noises, ctxs;
@@ -334,9 +363,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     int64_t L = 1;
     for (int64_t i = 0; i < B; ++i) {
       x0s.push_back(batch[size_t(i)].latent);
-      noises.push_back(sampler.noise(ls, s, i));
-      sigma.push_back(sampler.sigma(s, i, ls[2], ls[3]));
-      const Tensor& c = sampler.drop_caption(s, i, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
+      const int64_t gi = slice.begin + i;  // the sample's index in the global batch
+      noises.push_back(sampler.noise(ls, s, gi));
+      sigma.push_back(sampler.sigma(s, gi, ls[2], ls[3]));
+      const Tensor& c = sampler.drop_caption(s, gi, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
       ctxs.push_back(c);
       L = std::max(L, c.size(0));
     }
@@ -347,7 +377,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     const Tensor x0 = stack(x0s), noise = stack(noises);
 
     model.zero_grad();
-    const double loss = model.loss_backward(x0, noise, sigma, context);
+    const double loss = model.dp_mean(model.loss_backward(x0, noise, sigma, context));
+    model.reduce_gradients();
     const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
                                                : "the last good checkpoint is " + last_ckpt;
     OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
@@ -375,22 +406,24 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     st.lr = lr;
     double sm = 0;
     for (float x : sigma) sm += x;
-    st.sigma = sm / double(B);
+    st.sigma = model.dp_mean(sm / double(B));
     if (model.device().is_cuda()) cuda_synchronize();
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    st.tokens_per_s = st.seconds > 0 ? double(B * model.tokens(ls)) / st.seconds : 0.0;
+    st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global
     st.peak_mem_mb = peak_memory_mb(model.device());
-    logf << log_line(st) << "\n";
-    logf.flush();
+    if (writer) {
+      logf << log_line(st) << "\n";
+      logf.flush();
+    }
     result.log.push_back(st);
-    if (!opt.quiet_progress) progress.update(int(s + 1 - first));
+    if (writer && !opt.quiet_progress) progress.update(int(s + 1 - first));
     if (hooks.on_step) hooks.on_step(st);
     if (opt.save_every > 0 && (s + 1) % opt.save_every == 0 && s + 1 < opt.steps) {
       save();
       saved_at = state.step;
     }
   }
-  if (!opt.quiet_progress) progress.finish();
+  if (writer && !opt.quiet_progress) progress.finish();
   if (state.step > saved_at || last_ckpt.empty()) save();
   result.steps_done = state.step;
   result.last_checkpoint = last_ckpt;

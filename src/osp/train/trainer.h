@@ -45,6 +45,22 @@ class TrainModel {
   // Tokens one latent of [C, F, H, W] gives (for tokens/s).
   virtual int64_t tokens(const Shape& latent_shape) const = 0;
   virtual Device device() const = 0;
+
+  // ---- several ranks (defaults: one). A step's global batch of `batch` samples is cut into
+  // dp_size() contiguous slices (train/data_parallel.h dp_batch_slice); this rank computes the
+  // loss of its slice, with every random draw indexed by the sample's GLOBAL index, so any rank
+  // count trains on the same samples, σ and noise as one rank.
+  virtual int dp_rank() const { return 0; }
+  virtual int dp_size() const { return 1; }
+  // After loss_backward: makes every rank's gradients the single-device gradient of the mean
+  // loss over the global batch (SP sum, DP mean).
+  virtual void reduce_gradients() {}
+  // Mean over the data-parallel ranks (the logged loss).
+  virtual double dp_mean(double x) { return x; }
+  // True on every rank when it is true on any (Ctrl-C consensus between steps).
+  virtual bool any_rank(bool flag) { return flag; }
+  // Only this rank writes checkpoints, the log and the progress line.
+  virtual bool writes_outputs() const { return true; }
 };
 
 // Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
@@ -72,6 +88,10 @@ struct TrainOptions {
   std::string schedule = "constant";  // constant | cosine
   std::string clip = "adaptive";      // none | fixed:X | adaptive
   std::string ema = "off";            // off | a decay in [0, 1) (the reference's GPU default: 0.9999)
+  // parallelism (launch with mpirun -np N): sp = none | ssp | ulysses over groups of sp_size
+  // ranks (0: all ranks), data parallelism over the rest
+  std::string sp = "none";
+  int64_t sp_size = 0;
   uint64_t seed = 0;
   // outputs
   std::string out;
@@ -112,7 +132,8 @@ struct TrainHooks {
 // Checks everything that can be checked before a model is loaded (settings, the data cache and its
 // empty-prompt embedding when caption dropout is on, the output folder, the checkpoint to resume)
 // so a bad input fails in a second rather than after loading the weights. run_training calls it.
-void preflight(const TrainOptions& opt);
+// `writer` false (ranks other than 0): nothing is created.
+void preflight(const TrainOptions& opt, bool writer = true);
 
 // Runs (or resumes) training. Errors are osp::Error with the reason (bad data, NaN loss, ...).
 TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks = {});

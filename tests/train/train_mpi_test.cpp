@@ -1,0 +1,129 @@
+// `osp train`'s loop on several ranks (run under mpirun with 1, 2 and 4 ranks): data parallelism
+// (each rank takes a slice of the global batch, every draw indexed by the global sample), SSP and
+// Ulysses sequence parallelism, and the mesh of both, give the losses and weights of the
+// single-rank run (within float reduction-order differences); only rank 0 writes outputs.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "osp/core/philox.h"
+#include "osp/dist/communicator.h"
+#include "osp/train/dit_train_model.h"
+#include "osp/train/latent_dataset.h"
+#include "osp/train/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace osp;
+using namespace osp::train;
+
+namespace {
+
+std::shared_ptr<dist::Communicator> world() {
+  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+  return c;
+}
+
+model::DiTConfig tiny() {
+  model::DiTConfig c;
+  c.dim = 64;
+  c.ffn_dim = 128;
+  c.num_heads = 4;
+  c.num_layers = 2;
+  c.text_dim = 8;
+  c.text_len = 4;
+  c.freq_dim = 32;
+  return c;
+}
+
+// The same path on every rank of this job (mpirun is every rank's parent).
+fs::path job_dir(const std::string& name) {
+  return fs::temp_directory_path() / ("osp_train_mpi_" + name + "_" + std::to_string(::getppid()));
+}
+
+fs::path cache() {
+  const fs::path dir = job_dir("data");
+  if (world()->rank() == 0) {
+    fs::remove_all(dir);
+    LatentCacheWriter w(dir.string(), 4);
+    for (int i = 0; i < 8; ++i) {
+      Tensor lat = randn({16, 1, 8, 8}, 30 + i);
+      float* p = lat.data<float>();
+      for (int k = 0; k < 1024; ++k) p[k] += 3.f * float(i % 3 - 1);
+      w.add(lat, randn({3, 8}, 40 + i), "s");
+    }
+    w.set_empty_context(Tensor::zeros({1, 8}, DType::F32));
+    w.finish();
+  }
+  world()->barrier();
+  return dir;
+}
+
+TrainOptions options(const fs::path& data, const fs::path& out) {
+  TrainOptions o;
+  o.from_scratch = true;
+  o.config_model = "(tiny)";
+  o.data = data.string();
+  o.out = out.string();
+  o.steps = 5;
+  o.batch = 4;
+  o.lr = 3e-3;
+  o.eps = 1e-8;
+  o.seed = 1;
+  o.caption_dropout = 0.25;
+  o.quiet_progress = true;
+  return o;
+}
+
+struct Case {
+  const char* sp;
+  int sp_size;  // 0: every rank
+};
+
+class TrainMpi : public ::testing::TestWithParam<Case> {};
+
+}  // namespace
+
+TEST_P(TrainMpi, EqualsOneRank) {
+  const Case c = GetParam();
+  auto comm = world();
+  const int S = c.sp_size == 0 ? comm->size() : c.sp_size;
+  if (comm->size() % S != 0 || (std::string(c.sp) != "none" && comm->size() == 1))
+    GTEST_SKIP() << "SKIP: " << c.sp << " x " << S << " does not fit " << comm->size() << " ranks";
+  const fs::path data = cache();
+  // One rank, in this process (its own output folder per rank).
+  const fs::path one_out = job_dir(std::string("one_") + c.sp + std::to_string(comm->rank()));
+  fs::remove_all(one_out);
+  DiTTrainModel one(tiny(), random_dit_weights(tiny(), 5), {});
+  const TrainResult want = run_training(options(data, one_out), one);
+
+  const fs::path out = job_dir(std::string("many_") + c.sp);
+  if (comm->rank() == 0) fs::remove_all(out);
+  comm->barrier();
+  DiTTrainOptions d;
+  d.world = comm;
+  d.sp = comm->size() == 1 ? "none" : c.sp;
+  d.sp_size = std::string(c.sp) == "none" ? 1 : S;
+  DiTTrainModel many(tiny(), random_dit_weights(tiny(), 5), d);
+  EXPECT_EQ(many.dp_size(), comm->size() / d.sp_size);
+  const TrainResult got = run_training(options(data, out), many);
+  ASSERT_EQ(got.log.size(), want.log.size());
+  for (size_t k = 0; k < want.log.size(); ++k)
+    EXPECT_NEAR(got.log[k].loss, want.log[k].loss, 1e-6 * std::abs(want.log[k].loss)) << "step " << k + 1;
+  const ParamTable pa = one.parameters(), pb = many.parameters();
+  for (size_t k = 0; k < pa.size(); ++k)
+    EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;  // Adam: lr-sized moves where g ≈ 0
+  comm->barrier();
+  // Rank 0 wrote the run; the others wrote nothing of their own.
+  EXPECT_TRUE(fs::exists(out / "checkpoint-00000005" / "CHECKPOINT_COMPLETE"));
+  EXPECT_TRUE(fs::exists(out / "train_log.jsonl"));
+  comm->barrier();
+  fs::remove_all(one_out);
+  if (comm->rank() == 0) fs::remove_all(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
+                         ::testing::Values(Case{"none", 1}, Case{"ssp", 0}, Case{"ulysses", 2}),
+                         [](const auto& i) { return std::string(i.param.sp); });
