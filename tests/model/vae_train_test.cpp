@@ -4,6 +4,7 @@
 // input clip; a tiny VAE trained with Adam on two synthetic 9-frame 32×32 clips reduces the
 // reconstruction MSE by a stated factor.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <chrono>
 #include <cmath>
@@ -249,6 +250,10 @@ TEST(VaeTrain, AdamReducesReconstructionError) {
   // (both clips per step), MSE + 1e-6·KL with a sampled posterior.  Two bounds: the MSE falls at
   // least 10× from the random init, and ends below half of the clips' own variance (what a model
   // that only learnt each clip's mean colour would reach), so the moving square is reconstructed.
+  // One OpenMP thread: the model's many small per-frame regions gain little from 2 threads, and
+  // on a busy machine (several test binaries at once) their barriers made this 8x slower.
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   const auto t0 = std::chrono::steady_clock::now();
   const VaeConfig cfg = tiny_config(4, 1);
   TrainableVae vae = TrainableVae::from_scratch(cfg, 42);
@@ -300,6 +305,7 @@ TEST(VaeTrain, AdamReducesReconstructionError) {
     }
   }
   const double mse1 = mean_mse();
+  omp_set_num_threads(saved_threads);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("tiny VAE: MSE %.5f -> %.5f after %d Adam steps (clip variance %.5f; %.1f s)\n",
               mse0, mse1, steps, var, secs);

@@ -5,6 +5,7 @@
 // the VAE runs).  Also: the accumulate (+=) rules, null outputs, the norm's clamp region, and
 // bad arguments.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -375,4 +376,34 @@ TEST(VaeBackward, BadArgumentsThrowClearErrors) {
   EXPECT_THROW(ops::upsample_nearest2x_backward(odd, up_dx), Error);
   Tensor qkv = randn({1, 5, 4}, 7), dq = Tensor::zeros({1, 5, 4}, DType::F32);
   EXPECT_THROW(ops::spatial_attention_backward(qkv, randn({1, 1, 4}, 8), dq), Error);
+}
+
+TEST(VaeBackward, IndependentOfThreadCount) {
+  // Sizes above the OpenMP thresholds; 1 and 3 threads must give the same bits.
+  const Shape xs{3, 32, 40, 36}, ws{16, 32, 3, 3, 3};
+  const auto a = ops::Conv3dArgs::same_causal(1, 1, 1);
+  Tensor x = randn(xs, 1), w = randn(ws, 2, 0.1f), dy = randn({3, 16, 40, 36}, 3);
+  Tensor g = randn({32}, 4), ny = randn(xs, 5);
+  Tensor qkv = randn({2, 24, 600}, 6), dout = randn({2, 8, 600}, 7);
+  Tensor up = randn({3, 32, 80, 72}, 8);
+  std::vector<Tensor> got[2];
+  const int saved = omp_get_max_threads();
+  for (int t = 0; t < 2; ++t) {
+    omp_set_num_threads(t == 0 ? 1 : 3);
+    Tensor dx = nan_tensor(xs), dw = Tensor::zeros(ws, DType::F32), db = Tensor::zeros({16}, DType::F32);
+    ops::conv3d_backward(x, w, dy, a, &dx, &dw, &db);
+    Tensor ndx = nan_tensor(xs), dg = Tensor::zeros({32}, DType::F32);
+    ops::channel_rms_norm_backward(x, g, true, ny, ndx, &dg);
+    Tensor dq = nan_tensor({2, 24, 600});
+    ops::spatial_attention_backward(qkv, dout, dq);
+    Tensor udx = nan_tensor(xs);
+    ops::upsample_nearest2x_backward(up, udx);
+    got[t] = {dx, dw, db, ndx, dg, dq, udx};
+  }
+  omp_set_num_threads(saved);
+  for (size_t i = 0; i < got[0].size(); ++i) {
+    const auto a0 = got[0][i].to_float_vector(), a1 = got[1][i].to_float_vector();
+    ASSERT_EQ(a0.size(), a1.size());
+    EXPECT_TRUE(a0 == a1) << "output " << i << " differs between 1 and 3 threads";
+  }
 }

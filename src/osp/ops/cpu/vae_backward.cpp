@@ -10,6 +10,10 @@
 
 namespace osp::ops::cpu {
 
+// OpenMP only above ~256 Ki element-ops per region: the VAE runs many small per-frame regions,
+// and below that a fork/join costs more than it saves (badly so on an oversubscribed machine).
+// Every parallel loop writes disjoint outputs in a fixed order: results do not depend on the
+// thread count.
 namespace {
 
 // The forward's im2col (ops/cpu/conv3d.cpp) for output frame `to`, output rows [y0, y1):
@@ -18,7 +22,7 @@ void im2col(const float* xp, int64_t T, int64_t Cin, int64_t H, int64_t W, int64
             int64_t kw, const Conv3dArgs& a, int64_t t0, int64_t y0, int64_t y1, int64_t Wo,
             float* col) {
   const int64_t K = Cin * kt * kh * kw, nb = (y1 - y0) * Wo, HW = H * W;
-#pragma omp parallel for schedule(static) if (K * nb > (1 << 16))
+#pragma omp parallel for schedule(static) if (K * nb > (1 << 18))
   for (int64_t k = 0; k < K; ++k) {
     const int64_t c = k % kw, b = (k / kw) % kh, ta = (k / (kw * kh)) % kt, ci = k / (kw * kh * kt);
     float* cr = col + k * nb;
@@ -50,7 +54,7 @@ void col2im_add(const float* dcol, int64_t T, int64_t Cin, int64_t H, int64_t W,
                 int64_t kh, int64_t kw, const Conv3dArgs& a, int64_t t0, int64_t y0, int64_t y1,
                 int64_t Wo, float* dxp) {
   const int64_t nb = (y1 - y0) * Wo, HW = H * W;
-#pragma omp parallel for schedule(static) if (Cin * kt * kh * kw * nb > (1 << 16))
+#pragma omp parallel for schedule(static) if (Cin * kt * kh * kw * nb > (1 << 18))
   for (int64_t ci = 0; ci < Cin; ++ci)
     for (int64_t ta = 0; ta < kt; ++ta) {
       const int64_t ti = t0 + ta;
@@ -90,7 +94,7 @@ void conv3d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const C
   if (dx) dx->zero_();
   if (db) {  // db[co] += Σ dy[:, co, :] (double per channel: many terms)
     float* dbp = db->data<float>();
-#pragma omp parallel for schedule(static) if (To * Cout * HWo > (1 << 16))
+#pragma omp parallel for schedule(static) if (To * Cout * HWo > (1 << 18))
     for (int64_t co = 0; co < Cout; ++co) {
       double s = 0;
       for (int64_t to = 0; to < To; ++to) {
@@ -154,7 +158,7 @@ void channel_rms_norm_backward(const Tensor& x, const Tensor& gamma, bool silu, 
   const int64_t nblk = (S + blk - 1) / blk, jobs = N * nblk;
   // Per-job partial dgamma, summed in job order afterwards (deterministic for any thread count).
   std::vector<double> part(dgamma ? size_t(jobs * C) : 0, 0.0);
-#pragma omp parallel for schedule(static) if (N * S * C > (1 << 15))
+#pragma omp parallel for schedule(static) if (N * S * C > (1 << 17))
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t n = job / nblk, s0 = (job % nblk) * blk, s1 = std::min(S, s0 + blk);
     float inv[256], dot[256];
@@ -244,7 +248,7 @@ void spatial_attention_backward(const Tensor& qkv, const Tensor& dout, Tensor& d
       // dP[m, L] = dout[:, blk]ᵀ · v
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(L), int(C), 1.f, go + i0,
                   int(L), v, int(L), 0.f, dp.data(), int(L));
-#pragma omp parallel for schedule(static) if (m * L > (1 << 15))
+#pragma omp parallel for schedule(static) if (m * L > (1 << 17))
       for (int64_t i = 0; i < m; ++i) {
         float* r = p.data() + i * L;
         float* dr = dp.data() + i * L;
