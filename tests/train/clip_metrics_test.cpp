@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "osp/core/philox.h"
+#include "osp/io/image_writer.h"
 #include "osp/io/safetensors.h"
 #include "osp/io/video_writer.h"
 #include "osp/train/clip_dataset.h"
@@ -117,6 +118,21 @@ TEST(ClipMetrics, WrongAttributesAreScoredWrong) {
   EXPECT_FALSE(s.count);
   EXPECT_EQ(s.color, 1);
   EXPECT_FALSE(s.all);
+  // Only the largest detected objects count: asking for the smaller of two shown objects gets its
+  // colour wrong (the larger one is what the clip shows first).
+  for (int64_t i = 0;; ++i) {
+    const ClipSpec two = sample_clip(5, ClipSplit::Train, i, 64, 64, 9);
+    if (two.objects.size() != 2) continue;
+    const ClipDetection dt = detect_clip(render_clip(two));
+    ASSERT_EQ(dt.objects.size(), 2u);
+    ClipAttributes one = clip_attributes(two);
+    const IntendedObject small = one.objects[one.objects[0].color == dt.objects[0].color ? 1 : 0];
+    one.objects = {small};
+    EXPECT_EQ(score_adherence(one, dt).color, 0) << clip_caption(two);
+    one.objects = {clip_attributes(two).objects[one.objects[0].color == clip_attributes(two).objects[0].color ? 1 : 0]};
+    EXPECT_EQ(score_adherence(one, dt).color, 1) << clip_caption(two);
+    break;
+  }
   // A static clip (every frame the first one) has no motion.
   const Tensor clip = render_clip(spec);
   Tensor still = clip.clone();
@@ -269,6 +285,18 @@ TEST(ClipMetrics, EvalCommand) {
   EXPECT_EQ(j["clips"][0]["correct"]["all"], false);
   EXPECT_EQ(j["clips"][2]["correct"]["all"], true);
   EXPECT_GT(j["clips"][2]["psnr"].get<double>(), 100.0);
+  // A folder of predictions: <id>.safetensors (tensor "video"), <id>/frame_*.png; others missing.
+  const fs::path vids = root / "videos";
+  fs::create_directories(vids);
+  io::save_safetensors((vids / (d.clips[0].id + ".safetensors")).string(),
+                       {{"video", load_dataset_clip(d, d.clips[0]).clone()}});
+  if (io::png_available()) io::write_png_frames((vids / d.clips[1].id).string(), load_dataset_clip(d, d.clips[1]));
+  r = run_osp("eval --dataset " + ds + " --videos " + vids.string() + " --psnr --json " + js);
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(read_all(js));
+  EXPECT_EQ(j["summary"]["clips"], io::png_available() ? 2 : 1);
+  EXPECT_DOUBLE_EQ(j["summary"]["accuracy"]["all"].get<double>(), 1.0);
+  EXPECT_EQ(j["summary"]["psnr_identical"], io::png_available() ? 2 : 1);
   // Bad inputs: exit 1 with the reason.
   r = run_osp("eval --dataset " + (root / "nothing").string());
   EXPECT_EQ(r.code, 1) << r.out;
@@ -347,4 +375,36 @@ TEST(ClipMetrics, ThroughH264) {
   fs::remove(mp4);
   EXPECT_GE(all, n - 1);  // measured: 149/150 held-out clips at 64x64 fully right
   EXPECT_GE(shape, objects - 1);
+}
+
+TEST(ClipMetrics, PromptIgnoringClipsScoreNearChance) {
+  // A "model" that ignores the prompt: clip i scored against the caption of clip i + 1, and pure
+  // noise clips. Both must land near the chance levels, far below a faithful model's 100 %.
+  EvalTally shifted, noise;
+  const int n = 60;
+  std::vector<ClipSpec> specs;
+  std::vector<ClipDetection> dets;
+  for (int64_t i = 0; i < n; ++i) {
+    specs.push_back(sample_clip(8, ClipSplit::Train, i, 64, 64, 9));
+    dets.push_back(detect_clip(render_clip(specs.back())));
+  }
+  for (int i = 0; i < n; ++i) {
+    const ClipAttributes want = clip_attributes(specs[size_t((i + 1) % n)]);
+    shifted.add(std::to_string(i), want, dets[size_t(i)], score_adherence(want, dets[size_t(i)]));
+    Tensor x = Tensor::empty({9, 64, 64, 3}, DType::U8);
+    const Tensor u = randn({9, 64, 64, 3}, 500 + uint64_t(i));
+    for (int64_t k = 0; k < x.numel(); ++k)
+      x.data<uint8_t>()[k] = uint8_t(std::clamp(128.f + 60.f * u.data<float>()[k], 0.f, 255.f));
+    const ClipDetection dn = detect_clip(x);
+    noise.add(std::to_string(i), want, dn, score_adherence(want, dn));
+  }
+  for (const char* a : {"color", "shape", "motion", "background"}) {
+    EXPECT_LT(shifted.accuracy(a), 0.4) << a;
+    EXPECT_LT(noise.accuracy(a), 0.4) << a;
+  }
+  EXPECT_LT(shifted.accuracy("all"), 0.05);
+  EXPECT_LT(noise.accuracy("all"), 0.05);
+  EXPECT_GT(nlohmann::json::parse(noise.json())["summary"]["background_flicker"].get<double>(), 0.1);
+  std::printf("prompt-ignoring baseline (shifted captions):\n%snoise clips:\n%s", shifted.table().c_str(),
+              noise.table().c_str());
 }

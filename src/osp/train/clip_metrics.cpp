@@ -412,7 +412,9 @@ ClipDetection detect_clip(const Tensor& clip) {
         if (!near[size_t(f) * frame_px + i] && !near[size_t(f + 1) * frame_px + i]) bgsum += d, ++bgn;
       }
     det.frame_change = all / (double(F - 1) * double(frame_px));
-    det.background_flicker = bgn > 0 ? bgsum / double(bgn) : 0.0;
+    // Hardly any stable background (a clip of noise): every pixel counts as background.
+    const bool enough = double(bgn) >= 0.05 * double(F - 1) * double(frame_px);
+    det.background_flicker = enough ? bgsum / double(bgn) : det.frame_change;
   }
   return det;
 }
@@ -422,10 +424,13 @@ AdherenceScore score_adherence(const ClipAttributes& want, const ClipDetection& 
   s.background = want.background == got.background;
   s.count = got.count == int(want.objects.size());
   s.objects = int(want.objects.size());
-  std::vector<bool> used(got.objects.size(), false);
+  // Only the largest detected objects, as many as intended, can match: a clip full of coloured
+  // blobs (noise) must not find every intended colour somewhere.
+  const size_t candidates = std::min(got.objects.size(), want.objects.size());
+  std::vector<bool> used(candidates, false);
   std::vector<int> match(want.objects.size(), -1);
   for (size_t i = 0; i < want.objects.size(); ++i)  // by colour
-    for (size_t j = 0; j < got.objects.size(); ++j)
+    for (size_t j = 0; j < candidates; ++j)
       if (!used[j] && got.objects[j].color == want.objects[i].color) {
         match[i] = int(j);
         used[j] = true;
@@ -436,7 +441,7 @@ AdherenceScore score_adherence(const ClipAttributes& want, const ClipDetection& 
     const auto& w = want.objects[i];
     const float wx = (w.start_x + w.end_x) / 2, wy = (w.start_y + w.end_y) / 2;
     float best = std::numeric_limits<float>::max();
-    for (size_t j = 0; j < got.objects.size(); ++j) {
+    for (size_t j = 0; j < candidates; ++j) {
       if (used[j]) continue;
       const auto& g = got.objects[j];
       const float gx = (g.start_x + g.end_x) / 2 - wx, gy = (g.start_y + g.end_y) / 2 - wy;

@@ -28,7 +28,8 @@
 //               profile matches the first better after a circular shift; else "static".
 // Temporal consistency: frame_change = mean |x(t+1) − x(t)| over all pixels (0..1 scale);
 // background_flicker = the same over pixels that are background and ≥ 2 px away from the
-// foreground in both frames (0 for a clean render: the background never changes).
+// foreground in both frames (0 for a clean render: the background never changes; the frame change
+// itself when under 5 % of the pixels are such background, e.g. a clip of noise).
 // Chance levels (uniform guessing): background 1/6 (plain), colour 1/6, shape 1/5, motion 1/8,
 // count 1/2.
 #pragma once
@@ -71,7 +72,8 @@ struct AdherenceScore {
   int color = 0, shape = 0, motion = 0;  // correct among them
   bool all = false;  // everything above correct
 };
-// Intended objects are matched to detected ones by colour first, then by nearest position.
+// Intended objects are matched to the largest detected ones (as many as intended: extra blobs
+// never help) by colour first, then by nearest position.
 AdherenceScore score_adherence(const ClipAttributes& want, const ClipDetection& got);
 
 // PSNR in dB between two clips of the same size (any layouts clip_to_rgb8 takes, mixed allowed),
