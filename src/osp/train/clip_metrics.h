@@ -21,9 +21,9 @@
 //               cross a4 0.09–0.21. Majority vote over frames whose area is ≥ half the largest.
 //   motion      from the centroid and area tracks: with a net displacement < 0.2 of the frame, an
 //               area ratio (last/first) > 1.6 → grow, < 1/1.6 → shrink; else a net displacement
-//               ≥ 0.12 of the frame → left_to_right /
-//               right_to_left / up / down along the larger axis; else a vertical range ≥ 0.1 →
-//               bounce; else a turned outline → rotate: the phase of the profile's dominant
+//               ≥ 0.12 of the frame → left_to_right / right_to_left / up / down along the larger
+//               axis; else a vertical range ≥ 0.1 → bounce; else a turned outline → rotate: the
+//               phase of the profile's dominant
 //               harmonic (k = 3 or 4, amplitude ≥ 0.02) moved by ≥ 0.6 rad (k·angle), or the last
 //               profile matches the first better after a circular shift; else "static".
 // Temporal consistency: frame_change = mean |x(t+1) − x(t)| over all pixels (0..1 scale);
