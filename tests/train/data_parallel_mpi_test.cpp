@@ -215,8 +215,9 @@ TEST(DataParallel, MismatchedTablesAreRefused) {
   EXPECT_THROW(r.reduce(1), Error);
 }
 
-// Three AdamW steps on the global batch: one rank (plain AdamW) vs SP × DP with the DP-sharded
-// AdamW give the same weights within 1e-5 relative (the gradients differ only by summation
+// Three AdamW steps on the global batch: one rank (plain AdamW) vs SP × DP with the sharded
+// AdamW (state over all SP × DP ranks) give the same weights within 1e-5 relative (the
+// gradients differ only by summation
 // order).
 TEST(DataParallel, OptimizerStepsEqualOneRank) {
   const int sp_size = world()->size() % 2 == 0 ? 2 : 1;

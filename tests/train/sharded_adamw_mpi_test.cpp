@@ -2,7 +2,8 @@
 // Gradients are multiples of 2^-10 (sums exact in any order), so the sharded and the unsharded
 // optimizer see bit-identical reduced gradients and must give bit-identical weights and state:
 //  * a few steps over DP (small windows: many reduce-scatters / all-gathers, padded chunks), an
-//    F32 and a BF16 compute copy; also over 2 SP × DP (the SP sum, patch_embedding replicated);
+//    F32 and a BF16 compute copy; over 2 SP × DP and all-SP (the SP shares, patch_embedding
+//    complete on every SP rank), with the state sharded over the world or over the DP ranks;
 //  * grad_norm / scale_gradients (clipping) on the shard equal the unsharded ones;
 //  * the unsharded state (gather_state) equals AdamW's slots, and resuming from it on a different
 //    DP rank count continues with the same weights.
@@ -99,7 +100,7 @@ train::AdamWConfig config() {
   return c;
 }
 
-void run(int sp_size, size_t bucket_bytes) {
+void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
   auto groups = train::make_parallel_groups(world(), sp_size);
   const int D = groups.dp_size(), S = groups.sp_size();
   // the unsharded reference on this rank
@@ -109,12 +110,13 @@ void run(int sp_size, size_t bucket_bytes) {
   Model sh = make_model(true);
   train::GradReduceOptions opt;
   opt.bucket_bytes = bucket_bytes;
-  train::ShardedAdamW so(sh.table(), groups, config(), opt);
+  train::ShardedAdamW so(sh.table(), groups, config(), opt, over);
+  const int M = over == train::ShardGroup::World ? world()->size() : D;
   EXPECT_GE(so.windows(), bucket_bytes < 1024 ? 10u : 1u);
   int64_t total = 0;
   for (const auto& p : kParams) total += shape_numel(p.second);
   EXPECT_EQ(so.total_elements(), total);
-  EXPECT_LE(so.shard_elements(), total / D + int64_t(so.windows()));
+  EXPECT_LE(so.shard_elements(), total / M + int64_t(so.windows()));
   const std::vector<double> lrs = {1e-2, 5e-3, 2e-3};
   for (int step = 0; step < 3; ++step) {
     for (size_t k = 0; k < kParams.size(); ++k) {
@@ -171,9 +173,15 @@ void run(int sp_size, size_t bucket_bytes) {
 
 }  // namespace
 
-TEST(ShardedAdamW, DataParallelEqualsUnshardedBitForBit) { run(1, 64); }
-TEST(ShardedAdamW, OneWindow) { run(1, size_t(25) << 20); }
-TEST(ShardedAdamW, SequenceTimesDataParallel) {
+using train::ShardGroup;
+TEST(ShardedAdamW, DataParallelEqualsUnshardedBitForBit) { run(1, 64, ShardGroup::World); }
+TEST(ShardedAdamW, OneWindow) { run(1, size_t(25) << 20, ShardGroup::World); }
+TEST(ShardedAdamW, SequenceTimesDataParallelShardedOverTheWorld) {
   if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
-  run(2, 100);
+  run(2, 100, ShardGroup::World);
 }
+TEST(ShardedAdamW, SequenceTimesDataParallelShardedOverDataParallelRanks) {
+  if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
+  run(2, 100, ShardGroup::DataParallel);
+}
+TEST(ShardedAdamW, AllSequenceParallelShardedOverTheWorld) { run(world()->size(), 64, ShardGroup::World); }

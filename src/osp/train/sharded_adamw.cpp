@@ -10,8 +10,11 @@
 namespace osp::train {
 
 ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
-                           GradReduceOptions opt)
+                           GradReduceOptions opt, ShardGroup over)
     : params_(std::move(params)), groups_(std::move(groups)), opt_(std::move(opt)) {
+  const bool world = over == ShardGroup::World && groups_.world != nullptr;
+  shard_comm_ = world ? groups_.world : groups_.dp;
+  if (shard_comm_) shard_size_ = shard_comm_->size(), shard_rank_ = shard_comm_->rank();
   check_param_table(params_, true);
   OSP_CHECK(!params_.empty(), "ShardedAdamW: empty parameter table");
   OSP_CHECK(opt_.bucket_bytes >= sizeof(float), "ShardedAdamW: bucket_bytes must be >= 4");
@@ -21,7 +24,7 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
     offset_.push_back(total_);
     total_ += p.value->numel();
   }
-  const int M = groups_.dp_size(), r = groups_.dp_rank();
+  const int M = shard_size_, r = shard_rank_;
   const int64_t K = std::max<int64_t>(1, int64_t(opt_.bucket_bytes / sizeof(float)) / M);
   int64_t off = 0, maxw = 0;
   for (int64_t s = 0; s < total_; s += int64_t(M) * K) {
@@ -46,7 +49,10 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
   }
   shard_table_.push_back(ParamRef{"dp_shard", {off}, &shard_, &shard_grad_});
   adam_ = std::make_unique<AdamW>(shard_table_, cfg);
-  if (groups_.sp && groups_.sp->size() > 1) {
+  for (const ParamRef& p : params_)
+    zero_grad_on_pack_.push_back(world && groups_.sp_rank() != 0 && opt_.sp_replicated &&
+                                 opt_.sp_replicated(p.name));
+  if (!world && groups_.sp && groups_.sp->size() > 1) {
     ParallelGroups sg;
     sg.sp = groups_.sp;
     sp_reducer_ = std::make_unique<GradientReducer>(params_, sg, opt_);
@@ -61,6 +67,10 @@ void ShardedAdamW::pack(bool grads, int64_t a, int64_t n, Tensor& dst) const {
     const int64_t lo = std::max(a, offset_[k]), hi = std::min(a + n, offset_[k] + t.numel());
     if (hi <= lo) continue;
     Tensor d = dst.slice(0, lo - a, hi - a);
+    if (grads && zero_grad_on_pack_[k]) {
+      d.zero_();
+      continue;
+    }
     d.copy_from(t.view({t.numel()}).slice(0, lo - offset_[k], hi - offset_[k]));
   }
 }
@@ -79,7 +89,7 @@ void ShardedAdamW::unpack_values(int64_t a, int64_t n, const Tensor& src) {
 void ShardedAdamW::reduce_gradients(int accum_steps) {
   OSP_CHECK(accum_steps >= 1, "ShardedAdamW::reduce_gradients: accum_steps must be >= 1");
   if (sp_reducer_) sp_reducer_->reduce(1);
-  const int M = groups_.dp_size();
+  const int M = shard_size_;
   for (const Window& w : win_) {
     Tensor b = buf_.slice(0, 0, w.chunk * M);
     if (w.chunk * M > w.len) {
@@ -88,22 +98,22 @@ void ShardedAdamW::reduce_gradients(int accum_steps) {
     }
     pack(true, w.start, w.len, b);
     Tensor mine = shard_grad_.slice(0, w.shard_off, w.shard_off + w.chunk);
-    if (M > 1) groups_.dp->reduce_scatter(b, mine);
+    if (M > 1) shard_comm_->reduce_scatter(b, mine);
     else mine.copy_from(b);
   }
-  const float scale = float(1.0 / (double(M) * accum_steps));
+  const float scale = float(1.0 / (double(groups_.dp_size()) * accum_steps));
   if (scale != 1.f) ops::axpby(scale, shard_grad_, 0.f, shard_grad_, shard_grad_);
 }
 
 double ShardedAdamW::grad_norm() {
   const double n = train::grad_norm(shard_table_);
-  if (groups_.dp_size() == 1) return n;
+  if (shard_size_ == 1) return n;
   const double sq = n * n;
   const float hi = float(sq), lo = float(sq - double(hi));
   // gathered (not summed in F32) and added in double, in rank order: the same on every rank
   const Tensor t = Tensor::from_vector({hi, lo}, {2}).to(shard_grad_.device());
-  Tensor all = Tensor::empty({2 * int64_t(groups_.dp_size())}, DType::F32, t.device());
-  groups_.dp->all_gather(t, all);
+  Tensor all = Tensor::empty({2 * int64_t(shard_size_)}, DType::F32, t.device());
+  shard_comm_->all_gather(t, all);
   double sum = 0;
   for (float x : all.to(Device::cpu()).to_float_vector()) sum += double(x);
   return std::sqrt(std::max(0.0, sum));
@@ -117,23 +127,23 @@ void ShardedAdamW::step(double lr) {
 }
 
 void ShardedAdamW::gather_values() {
-  const int M = groups_.dp_size();
+  const int M = shard_size_;
   for (const Window& w : win_) {
     const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
     Tensor b = buf_.slice(0, 0, w.chunk * M);
-    if (M > 1) groups_.dp->all_gather(mine, b);
+    if (M > 1) shard_comm_->all_gather(mine, b);
     else b.copy_from(mine);
     unpack_values(w.start, w.len, b);
   }
 }
 
 Tensor ShardedAdamW::gather_flat(const Tensor& src) {
-  const int M = groups_.dp_size();
+  const int M = shard_size_;
   Tensor out = Tensor::empty({total_}, DType::F32, src.device());
   for (const Window& w : win_) {
     const Tensor mine = src.slice(0, w.shard_off, w.shard_off + w.chunk);
     Tensor b = buf_.slice(0, 0, w.chunk * M);
-    if (M > 1) groups_.dp->all_gather(mine, b);
+    if (M > 1) shard_comm_->all_gather(mine, b);
     else b.copy_from(mine);
     Tensor o = out.slice(0, w.start, w.start + w.len);
     o.copy_from(b.slice(0, 0, w.len));
@@ -165,7 +175,7 @@ void ShardedAdamW::load_state(const std::vector<AdamW::Slot>& full, int64_t step
       OSP_CHECK(t->defined() && t->numel() == params_[k].value->numel(),
                 "ShardedAdamW::load_state: the state of '", params_[k].name,
                 "' does not match the parameter ", params_[k].value->desc());
-  const int r = groups_.dp_rank();
+  const int r = shard_rank_;
   AdamW::Slot& s = adam_->slots().at(0);
   auto scatter = [&](auto member, Tensor& dst) {
     for (const Window& w : win_) {

@@ -1,5 +1,6 @@
-// AdamW with its state sharded over the data-parallel ranks (ZeRO-1/2 style), wrapping
-// train/adamw.h: fp32 master weights, m and v exist only for this rank's 1/M of the elements;
+// AdamW with its state sharded over the ranks (ZeRO-1/2 style; all SP × DP ranks by default, or
+// the data-parallel ranks), wrapping train/adamw.h: fp32 master weights, m and v exist only for
+// this rank's 1/M of the elements (M = the shard group's size);
 // gradients are reduce-scattered into that shard; after the update the weights are all-gathered
 // back into every parameter's value (F32, or BF16 compute copies: cast on arrival).
 //
@@ -13,8 +14,8 @@
 // AdamW given the same reduced gradient.
 //
 // Step:  backward of every micro-batch (gradients accumulate in the table)
-//        → reduce_gradients(A)   SP sum (all-reduce, see data_parallel.h), DP reduce-scatter,
-//                                 × 1/(M·A)
+//        → reduce_gradients(A)   one reduce-scatter over the world (SP shares + DP ranks), or
+//                                 the SP all-reduce then a DP reduce-scatter; × 1/(D·A)
 //        → [grad_norm(), scale_gradients(s) for clipping]
 //        → step(lr)              shard update, all-gather of the weights
 // The table's gradients are left as they were after the SP sum (the shard holds the reduced
@@ -37,12 +38,23 @@
 
 namespace osp::train {
 
+// Which ranks share the optimizer state.
+//   World: every rank of groups.world (SP × DP) holds 1/(S·D) of it. The gradient shares of the
+//          SP ranks and the DP ranks are summed by ONE reduce_scatter over the world (the
+//          parameters complete on every SP rank — GradReduceOptions::sp_replicated — enter from
+//          SP rank 0 only), then × 1/(D·A). This is what lets a model whose state does not fit
+//          one GPU train with SP alone (4 = 4 SP × 1 DP).
+//   DataParallel: the D ranks of groups.dp (the SP sum is an all-reduce over groups.sp first);
+//          every SP rank keeps a copy of its DP shard.
+enum class ShardGroup { World, DataParallel };
+
 class ShardedAdamW {
  public:
-  // Collective over groups.dp (and groups.sp for the SP sum). The values must be identical on
-  // every rank (same initial weights); masters are taken from them.
+  // Collective over the shard group (and groups.sp for the SP sum in DataParallel mode). The
+  // values must be identical on every rank (same initial weights); masters are taken from them.
+  // World falls back to DataParallel when groups.world is null.
   ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
-               GradReduceOptions opt = {});
+               GradReduceOptions opt = {}, ShardGroup over = ShardGroup::World);
   ShardedAdamW(const ShardedAdamW&) = delete;  // the inner AdamW points at this object's shard
   ShardedAdamW& operator=(const ShardedAdamW&) = delete;
 
@@ -78,6 +90,9 @@ class ShardedAdamW {
   ParamTable params_;
   ParallelGroups groups_;
   GradReduceOptions opt_;
+  std::shared_ptr<dist::Communicator> shard_comm_;  // null: one rank holds everything
+  int shard_size_ = 1, shard_rank_ = 0;
+  std::vector<bool> zero_grad_on_pack_;  // World mode, SP rank ≠ 0: the SP-replicated params
   std::vector<int64_t> offset_;  // flat offset of every parameter
   int64_t total_ = 0;
   std::vector<Window> win_;
