@@ -1,7 +1,9 @@
 // The trainable VAE (model/vae_train.h) on CUDA against the same model on the CPU: one
 // forward_backward of a small clip on the same weights gives the same loss statistics and the
-// same parameter and input gradients (the CUDA convolutions run in TF32 unless OSP_VAE_FP32=1,
-// hence the bounds), and a few Adam-free SGD steps on the GPU lower the loss.
+// same parameter and input gradients, and 20 plain SGD steps on the GPU lower the loss.
+// This binary sets OSP_VAE_FP32=1 before any convolution (the CUDA convs then use FP32 GEMMs,
+// not TF32), so the two backends differ only in summation order and the bounds are tight; the
+// TF32 path of every op is covered by tests/ops/vae_backward_parity_gpu_test.cpp.
 // Run: ctest -L gpu -R vae_train (or build-*/model_vae_train_gpu_test).
 #include <gtest/gtest.h>
 
@@ -17,10 +19,8 @@ using namespace osp;
 using namespace osp::model;
 
 namespace {
-bool conv_tf32() {
-  const char* e = std::getenv("OSP_VAE_FP32");
-  return !(e && *e && std::string(e) != "0");
-}
+// Before main(): conv_use_tf32() reads the variable once, at the first CUDA convolution.
+const bool kFp32Convs = [] { return ::setenv("OSP_VAE_FP32", "1", 1) == 0; }();
 Tensor clip(uint64_t seed) {
   Tensor v = randn({3, 9, 32, 48}, seed);
   float* p = v.data<float>();
@@ -42,11 +42,14 @@ TEST(VaeTrainGpu, MatchesCpu) {
   gpu.zero_grad();
   const VaeLossStats sc = cpu.forward_backward(video, lc, 7, &dv_c);
   const VaeLossStats sg = gpu.forward_backward(video, lc, 7, &dv_g);
-  const double tol = conv_tf32() ? 1e-2 : 1e-4;
+  ASSERT_TRUE(kFp32Convs);
+  const double tol = 1e-4;
   EXPECT_NEAR(sg.loss, sc.loss, tol * std::abs(sc.loss));
   EXPECT_NEAR(sg.mse, sc.mse, tol * sc.mse);
   EXPECT_NEAR(sg.kl, sc.kl, tol * sc.kl + 1e-9);
-  EXPECT_LE(relative_error(dv_g, dv_c), 2 * tol) << "dvideo";
+  EXPECT_LE(relative_error(dv_g, dv_c), 10 * tol) << "dvideo";
+  double worst = 0;
+  std::string worst_name;
   for (size_t i = 0; i < cpu.params().size(); ++i) {
     const ParamRef& a = cpu.params()[i];
     const ParamRef& b = gpu.params()[i];
@@ -54,11 +57,16 @@ TEST(VaeTrainGpu, MatchesCpu) {
     ASSERT_TRUE(b.value->device().is_cuda());
     const double e = relative_error(b.grad->to(Device::cpu()), *a.grad);
     EXPECT_FALSE(std::isnan(e)) << a.name;
-    EXPECT_LE(e, 5 * tol) << a.name << ": relative error of the gradient " << e;
+    EXPECT_LE(e, 20 * tol) << a.name << ": relative error of the gradient " << e;
+    if (e > worst) {
+      worst = e;
+      worst_name = a.name;
+    }
   }
+  std::printf("largest relative gradient difference GPU vs CPU: %.3g (%s)\n", worst, worst_name.c_str());
   // Inference pieces agree too.
   const Tensor mom_c = cpu.encode_moments(video), mom_g = gpu.encode_moments(video);
-  EXPECT_LE(relative_error(mom_g.to(Device::cpu()), mom_c), tol) << "encode_moments";
+  EXPECT_LE(relative_error(mom_g.to(Device::cpu()), mom_c), 10 * tol) << "encode_moments";
 }
 
 TEST(VaeTrainGpu, SgdStepsLowerTheLoss) {
