@@ -17,7 +17,8 @@
 //   save      every save_every steps and at the end (train/checkpoint.h)
 // Everything random is a pure function of (seed, s, i) and the data order a pure function of
 // (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run's losses
-// bit for bit on the same device and thread count. Ctrl-C (core/interrupt.h) is honoured between
+// bit for bit on the CPU with the same thread count (on CUDA the backward's atomics make even two
+// uninterrupted runs differ by ~1e-5 relative). Ctrl-C (core/interrupt.h) is honoured between
 // steps: a checkpoint is saved and run_training returns with `interrupted` set (exit code 130).
 #pragma once
 #include <cstdint>
