@@ -217,8 +217,7 @@ TEST(DataParallel, MismatchedTablesAreRefused) {
 
 // Three AdamW steps on the global batch: one rank (plain AdamW) vs SP × DP with the sharded
 // AdamW (state over all SP × DP ranks) give the same weights within 1e-5 relative (the
-// gradients differ only by summation
-// order).
+// gradients differ only by summation order).
 TEST(DataParallel, OptimizerStepsEqualOneRank) {
   const int sp_size = world()->size() % 2 == 0 ? 2 : 1;
   const Batch& b = global_batch();

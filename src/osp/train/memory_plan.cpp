@@ -1,0 +1,131 @@
+// Per-GPU memory plan of distributed DiT training (train/memory_plan.h).
+#include "osp/train/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "osp/dist/communicator.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit.h"
+
+namespace osp::train {
+
+void latent_from_video(int64_t frames, int64_t height, int64_t width, MemoryPlanInput& in) {
+  OSP_CHECK(frames >= 1 && (frames - 1) % 4 == 0, "memory plan: frames must be 4n + 1, got ",
+            frames);
+  OSP_CHECK(height > 0 && width > 0 && height % 16 == 0 && width % 16 == 0,
+            "memory plan: height and width must be positive multiples of 16, got ", height, "x",
+            width);
+  in.latent_t = (frames - 1) / 4 + 1;
+  in.latent_h = height / 8;
+  in.latent_w = width / 8;
+}
+
+MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
+  const model::DiTConfig& c = in.cfg;
+  OSP_CHECK(in.sp_size >= 1 && in.dp_size >= 1 && in.batch >= 1, "memory plan: sp_size, dp_size ",
+            "and batch must be >= 1");
+  OSP_CHECK(in.sp == "ssp" || in.sp == "ulysses" || in.sp == "none",
+            "memory plan: sp must be ssp, ulysses or none, got '", in.sp, "'");
+  OSP_CHECK(in.sp != "none" || in.sp_size == 1, "memory plan: sp none needs sp_size 1");
+  OSP_CHECK(in.act_bytes == 2 || in.act_bytes == 4, "memory plan: act_bytes must be 2 or 4");
+  OSP_CHECK(in.latent_h % c.patch_h == 0 && in.latent_w % c.patch_w == 0,
+            "memory plan: the latent ", in.latent_h, "x", in.latent_w,
+            " is not a multiple of the patch");
+  MemoryPlan out;
+  for (const auto& [name, shape] : model::DiT::expected_shapes(c)) out.params += shape_numel(shape);
+  dist::ForwardPlan plan;
+  plan.grid = {in.latent_t, in.latent_h / c.patch_h, in.latent_w / c.patch_w};
+  plan.kinds = in.kinds.empty()
+                   ? std::vector<sparse::BlockKind>(size_t(c.num_layers), sparse::BlockKind::Full)
+                   : in.kinds;
+  OSP_CHECK(int64_t(plan.kinds.size()) == c.num_layers, "memory plan: ", plan.kinds.size(),
+            " block kinds for ", c.num_layers, " blocks");
+  plan.P = in.P;
+  plan.heads = int(c.num_heads);
+  plan.head_dim = int(c.head_dim());
+  plan.device = Device::cpu();
+  const int64_t N = plan.grid.numel();
+  out.tokens = N;
+  // rows of every block on the busiest rank: the real layout tables of every rank
+  const int S = in.sp_size;
+  std::vector<int64_t> rows(plan.kinds.size(), 0);
+  for (int r = 0; r < S; ++r) {
+    std::shared_ptr<dist::Communicator> comm = dist::make_counting_communicator(S, r);
+    auto sp = in.sp == "ulysses" ? dist::make_ulysses(comm)
+              : in.sp == "ssp"   ? dist::make_ssp(comm)
+                                 : dist::make_single_device();
+    sp->setup(plan);
+    for (size_t i = 0; i < rows.size(); ++i)
+      rows[i] = std::max(rows[i], sp->rope_table(int(i)).size(1));
+  }
+  out.rows_max = *std::max_element(rows.begin(), rows.end());
+  const double B = double(in.batch), d = double(c.dim), f = double(c.ffn_dim), H = double(c.num_heads);
+  const double Lt = double(c.text_len), a = double(in.act_bytes), P = double(out.params);
+  const double K = double(c.in_dim * c.patch_volume()), Kout = double(c.out_dim * c.patch_volume());
+  // One block's tape on n rows (dit_layers.cpp, unquantised): 16 act [n, d] (h, q, k, v, qr, kr,
+  // o, o-in, y, h3, cq_pre, cq, oc, oc-in, h2, y3), 3 F32 [n, d] residual copies (x0, x1, x2),
+  // 2 act [n, ffn] (f1_pre, f1), 2 F32 lse [H, n]; cross-attention keys/values 3 act [Lt, d].
+  auto tape = [&](double n) { return B * n * (16 * d * a + 2 * f * a + 3 * d * 4 + 2 * H * 4) + B * Lt * d * 3 * a; };
+  // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and one F32 [n, ffn].
+  auto scratch = [&](double n) { return B * n * (6 * d * 4 + f * 4); };
+  double ckpt = 0, tape_max = 0, scratch_max = 0;
+  for (int64_t n : rows) {
+    ckpt += in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n));
+    tape_max = std::max(tape_max, tape(double(n)));
+    scratch_max = std::max(scratch_max, scratch(double(n)));
+  }
+  const double shard_ranks = in.sharded_state ? double(S) * in.dp_size : 1.0;
+  const double n_max = double(out.rows_max);
+  bool ulysses = false;  // any Ulysses layout with more than one rank
+  if (S > 1)
+    for (auto k : plan.kinds)
+      ulysses |= k == sparse::BlockKind::Full || S > plan.P * plan.P;
+  const double exch = ulysses ? 4 * 5 * B * n_max * d * a : 2 * B * n_max * d * 4;
+  out.lines = {
+      {"weights", P * a, "compute copy of every parameter, every rank"},
+      {"gradients", P * 4, "F32, every parameter, every rank"},
+      {"optimizer state", 12 * P / shard_ranks,
+       in.sharded_state ? "F32 master + m + v over " + std::to_string(int64_t(shard_ranks)) +
+                              " ranks (ShardedAdamW)"
+                        : std::string("F32 master + m + v, unsharded")},
+      {in.activation_checkpointing ? "block inputs" : "block tapes", ckpt,
+       in.activation_checkpointing ? "activation checkpointing: F32 rows of every block"
+                                   : "no checkpointing: every block's tape"},
+      {"block tape", in.activation_checkpointing ? tape_max : 0,
+       in.activation_checkpointing ? "one block recomputed for its backward" : "(in block tapes)"},
+      {"backward scratch", scratch_max, "one block's F32 gradients"},
+      {"full-sequence tensors", B * N * (2 * d * 4 + d * a + K * a + 2 * Kout * 4),
+       "x_full and its gradient (F32 [N, dim]), patch embedding, head output and its gradient"},
+      {"communication buffers", exch + 2 * double(in.bucket_bytes),
+       ulysses ? "Ulysses backward exchange (5 tensors, send + recv + copies) + reduction buckets"
+               : "layout exchange (send + recv) + reduction buckets"},
+  };
+  for (const auto& l : out.lines) out.total += l.bytes;
+  out.fits = in.capacity_bytes <= 0 || out.total <= in.capacity_bytes;
+  out.capacity = in.capacity_bytes;
+  return out;
+}
+
+std::string MemoryPlan::table() const {
+  std::string s;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%lld parameters, %lld tokens, at most %lld rows per rank\n",
+                (long long)params, (long long)tokens, (long long)rows_max);
+  s += buf;
+  for (const auto& l : lines) {
+    std::snprintf(buf, sizeof buf, "  %-22s %9.2f GiB  %s\n", l.what.c_str(), l.bytes / (1ull << 30),
+                  l.note.c_str());
+    s += buf;
+  }
+  std::snprintf(buf, sizeof buf, "  %-22s %9.2f GiB\n", "total per GPU", total / (1ull << 30));
+  s += buf;
+  if (capacity > 0) {
+    std::snprintf(buf, sizeof buf, "  %-22s %9.2f GiB  %s\n", "device", capacity / (1ull << 30),
+                  fits ? "fits" : "does NOT fit");
+    s += buf;
+  }
+  return s;
+}
+
+}  // namespace osp::train

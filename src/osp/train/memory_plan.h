@@ -1,0 +1,70 @@
+// Per-GPU memory plan of a distributed DiT training step (for `osp train --dry-run`): what one
+// rank holds for a model, a video size, SP × DP and the sharding choice — before anything is
+// loaded. Exact for the parameter-sized lines (counted from DiT::expected_shapes) and the rows
+// each rank holds (taken from the real SSP / Ulysses layout tables via a counting communicator);
+// the activation lines are the block tape of model/dit_layers.cpp counted tensor by tensor for
+// the unquantised path (an estimate: allocator slack and kernel workspaces are not included).
+//
+//   weights        compute copy of every parameter (bf16 on CUDA), on every rank
+//   gradients      F32 gradient of every parameter, on every rank (accumulated in the table)
+//   optimizer      F32 master + AdamW m + v: 12 bytes per parameter / shard ranks
+//                  (ShardedAdamW: all SP × DP ranks; unsharded AdamW: 1)
+//   checkpoints    activation checkpointing: every block's F32 input rows
+//                  (without checkpointing: every block's tape instead)
+//   block tape     one block recomputed with its tape for its backward
+//   backward       the backward's scratch for one block (F32 gradients of its rows)
+//   full-size      tensors of all N tokens every rank holds: the F32 patch embedding x_full
+//                  (forward) and its gradient (scatter_input_backward), patches, head output
+//   comm buffers   the largest exchange of a block (Ulysses backward: q, k, v, out, dout of the
+//                  rank's rows stacked, send + receive) + the gradient reduction bucket
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "osp/model/dit_config.h"
+#include "osp/sparse/skiparse.h"
+
+namespace osp::train {
+
+struct MemoryPlanInput {
+  model::DiTConfig cfg;
+  // Latent grid before patchify: frames, height, width (a 1280×720×81 video with the Wan VAE:
+  // 21 × 90 × 160; latent_from_video() converts).
+  int64_t latent_t = 21, latent_h = 90, latent_w = 160;
+  std::vector<sparse::BlockKind> kinds;  // one per block (empty: all full)
+  int P = 2;
+  std::string sp = "ssp";  // ssp | ulysses | none
+  int sp_size = 1, dp_size = 1;
+  int64_t batch = 1;       // samples per DP rank per micro-step
+  bool sharded_state = true;
+  bool activation_checkpointing = true;
+  int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
+  size_t bucket_bytes = size_t(25) << 20;
+  double capacity_bytes = 0;  // the device's memory (0: no verdict)
+};
+
+// Latent grid of a video of `frames` × height × width pixels under the Wan VAE (time stride 4,
+// space stride 8): frames = 4n + 1 → n + 1 latent frames.
+void latent_from_video(int64_t frames, int64_t height, int64_t width, MemoryPlanInput& in);
+
+struct MemoryLine {
+  std::string what;
+  double bytes = 0;
+  std::string note;
+};
+
+struct MemoryPlan {
+  std::vector<MemoryLine> lines;
+  double total = 0;
+  int64_t params = 0, tokens = 0, rows_max = 0;  // parameters; N; most rows any rank holds
+  double capacity = 0;                           // the input's capacity_bytes
+  bool fits = true;                              // total ≤ capacity (when given)
+  // A fixed-width table (GiB) with the total and, when capacity was given, the verdict.
+  std::string table() const;
+};
+
+// Throws osp::Error for layouts the SSP / Ulysses setup would refuse (rank counts, heads).
+MemoryPlan plan_train_memory(const MemoryPlanInput& in);
+
+}  // namespace osp::train

@@ -1,0 +1,94 @@
+// The per-GPU memory plan of distributed training (train/memory_plan.h): the 14B hybrid model at
+// 1280×720×81 on 4 SSP ranks (printed: the table `osp train --dry-run` shows), the parameter-sized
+// lines, the rows per rank from the real layouts, sharding and checkpointing, refused layouts.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "osp/model/dit.h"
+#include "osp/train/memory_plan.h"
+
+using namespace osp;
+
+namespace {
+
+const train::MemoryLine& line(const train::MemoryPlan& p, const std::string& what) {
+  for (const auto& l : p.lines)
+    if (l.what == what) return l;
+  throw std::runtime_error("no line " + what);
+}
+
+train::MemoryPlanInput wan14b_720p(int sp_size) {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_14b();
+  train::latent_from_video(81, 720, 1280, in);
+  in.kinds = sparse::plan_blocks(int(in.cfg.num_layers), "dual_end", 20);
+  in.sp = "ssp";
+  in.sp_size = sp_size;
+  in.capacity_bytes = 139.0 * (1ull << 30);  // H200 (what the driver reports usable)
+  return in;
+}
+
+}  // namespace
+
+TEST(MemoryPlan, Wan14B720pOnFourSspRanks) {
+  const train::MemoryPlanInput in = wan14b_720p(4);
+  const train::MemoryPlan p = train::plan_train_memory(in);
+  std::printf("14B hybrid, 1280x720x81, SSP 4 x DP 1, sharded AdamW, checkpointing:\n%s",
+              p.table().c_str());
+  int64_t params = 0;
+  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) params += shape_numel(s);
+  EXPECT_EQ(p.params, params);
+  EXPECT_GT(p.params, 13'000'000'000);
+  EXPECT_EQ(p.tokens, 21 * 45 * 80);
+  // SSP: a rank holds one Skiparse sub-sequence (a quarter of the tokens, ± the padding skew)
+  // or a quarter of the full sequence
+  EXPECT_GE(p.rows_max, p.tokens / 4);
+  EXPECT_LE(p.rows_max, p.tokens / 4 + p.tokens / 20);
+  EXPECT_DOUBLE_EQ(line(p, "weights").bytes, 2.0 * double(params));
+  EXPECT_DOUBLE_EQ(line(p, "gradients").bytes, 4.0 * double(params));
+  EXPECT_DOUBLE_EQ(line(p, "optimizer state").bytes, 12.0 * double(params) / 4);
+  // block inputs: one F32 row of dim per held row, every block
+  EXPECT_GE(line(p, "block inputs").bytes, 40.0 * double(p.tokens) / 4 * 5120 * 4);
+  EXPECT_LE(line(p, "block inputs").bytes, 40.0 * double(p.rows_max) * 5120 * 4);
+  double sum = 0;
+  for (const auto& l : p.lines) sum += l.bytes;
+  EXPECT_DOUBLE_EQ(sum, p.total);
+  // unsharded state: 12 bytes per parameter more than a quarter of it, and it cannot fit
+  train::MemoryPlanInput un = in;
+  un.sharded_state = false;
+  const train::MemoryPlan pu = train::plan_train_memory(un);
+  EXPECT_DOUBLE_EQ(pu.total - p.total, 12.0 * double(params) * 3 / 4);
+  EXPECT_FALSE(pu.fits);
+}
+
+TEST(MemoryPlan, CheckpointingAndRanks) {
+  train::MemoryPlanInput in = wan14b_720p(4);
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.kinds = sparse::plan_blocks(int(in.cfg.num_layers), "dual_end", 12);
+  const auto with = train::plan_train_memory(in);
+  in.activation_checkpointing = false;
+  const auto without = train::plan_train_memory(in);
+  EXPECT_GT(line(without, "block tapes").bytes, 10 * line(with, "block inputs").bytes);
+  // more SP ranks: fewer rows per rank
+  in.activation_checkpointing = true;
+  in.sp_size = 2;
+  const auto two = train::plan_train_memory(in);
+  EXPECT_GT(two.rows_max, with.rows_max * 3 / 2);
+  // DP ranks divide the sharded state further, not the activations
+  in.dp_size = 4;
+  const auto dp = train::plan_train_memory(in);
+  EXPECT_DOUBLE_EQ(line(dp, "optimizer state").bytes, line(two, "optimizer state").bytes / 4);
+  EXPECT_DOUBLE_EQ(line(dp, "block inputs").bytes, line(two, "block inputs").bytes);
+}
+
+TEST(MemoryPlan, RefusesWhatTheLayoutsRefuse) {
+  train::MemoryPlanInput in = wan14b_720p(3);  // P² = 4 sub-sequences on 3 ranks
+  EXPECT_THROW(train::plan_train_memory(in), Error);
+  EXPECT_THROW(train::latent_from_video(80, 720, 1280, in), Error);
+  in = wan14b_720p(1);
+  in.sp = "none";
+  EXPECT_NO_THROW(train::plan_train_memory(in));
+  in.sp_size = 2;
+  EXPECT_THROW(train::plan_train_memory(in), Error);
+}
