@@ -369,3 +369,16 @@ TEST_F(CliOutputs, HostileConfigIsRefusedBeforeAnyWork) {
     EXPECT_FALSE(has(c.out, "text encoded")) << c.out;
   }
 }
+
+TEST_F(CliOutputs, ARunThatTakesHoursSaysSoBeforeItStarts) {
+  // 1280x720x81 with 1000 steps on the CPU: hours on any CPU (the demo DiT is tiny, attention is not).
+  auto a = gen((out_dir_ / "v.mp4").string());
+  a[6] = "1280x720";
+  a[8] = "81";
+  a[10] = "1000";
+  const Child c = run_osp(a, {"model loading", 0});
+  EXPECT_EQ(c.code, 130) << c.out;
+  EXPECT_TRUE(has(c.out, "this run will take hours")) << c.out;
+  EXPECT_TRUE(has(c.out, "TFLOP per step")) << c.out;
+  EXPECT_TRUE(names_in(out_dir_).empty());
+}

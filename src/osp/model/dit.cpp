@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
@@ -390,6 +391,9 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   if (training && ckpt) train_.block_in.resize(size_t(c.num_layers));
   if (training && !ckpt) train_.tapes.resize(size_t(c.num_layers));
   for (int i = 0; i < int(c.num_layers); ++i) {
+    // Ctrl-C safe point between blocks (one step of a large run can take minutes on a CPU); only
+    // on one rank: ranks must not leave a sequence-parallel forward at different blocks.
+    if (sp.size() == 1) interruption_point("DiT forward");
     const ProfKind pk = kinds_[size_t(i)] == BlockKind::Full ? ProfKind::Full : ProfKind::Sparse;
     if (i > 0) x = sp.enter_block(i, x);
     if (!x.is_contiguous()) x = x.contiguous();

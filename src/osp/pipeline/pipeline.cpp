@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "osp/core/log.h"
 #include "osp/core/philox.h"
@@ -337,6 +338,21 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   m.peak = std::max({m.t5_weights + m.t5_activations, m.dit_weights + m.dit_activations,
                      m.vae_weights + m.vae_activations});
   m.available = device_available_bytes(dev);
+
+  // ---- time estimate: DiT FLOPs per step (linears 2·params·tokens; attention 4·L²·dim per full
+  // block and 4·L²·dim/P² per Skiparse block; per CFG branch) at an assumed throughput.
+  {
+    const double L = double(p.geo.tokens), d = double(cfg.dim), P2 = double(cfg.sparse_ratio) * cfg.sparse_ratio;
+    double attn = 0;
+    for (const auto& k : p.block_kinds) attn += 4.0 * L * L * d / (k == "full" ? 1.0 : P2);
+    const double per_step = double(B) * (2.0 * double(checkpoint_params(dit_ck)) * L + attn);
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    const double flops_per_s = gpu ? 300e12 : 25e9 * cores;  // H100-class bf16; ~25 GFLOP/s per CPU core
+    p.est_sampling_s = per_step * o.steps / flops_per_s;
+    p.est_basis = str(per_step / 1e12, " TFLOP per step × ", o.steps, " steps at about ",
+                      gpu ? std::string("300 TFLOP/s (one H100-class GPU)")
+                          : str(flops_per_s / 1e9, " GFLOP/s (", cores, " CPU cores)"));
+  }
   if (m.available && m.peak > m.available) {
     fail(str("the model does not fit: ", m.describe(),
              ". Try a smaller --size/--frames, --offload (text encoder on the CPU), --quant, or "
@@ -447,6 +463,13 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
   log_info("generating ", o.width, "x", o.height, "x", o.frames, " frames, ", o.steps, " ", o.sampler,
            " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed, ", device ", dev.name(),
            sps.size > 1 ? str(", ", o.sp, " over ", sps.size, " ranks") : std::string());
+  const double est = plan.est_sampling_s / std::max(1, sps.size);
+  if (est > 3600)
+    log_warn("this run will take hours: sampling alone needs roughly ", Progress::format_duration(est),
+             " (h:mm:ss; an estimate from ", plan.est_basis, "). Consider ",
+             dev.is_cpu() ? "--device cuda, " : "", "a smaller --size or --frames, or fewer --steps; Ctrl-C stops it");
+  else if (est > 0)
+    log_verbose("estimated sampling time: ", Progress::format_duration(est), " (", plan.est_basis, ")");
 
   // ---- 1. text: tokenizer + umT5 (released when done)
   auto t0 = Clock::now();
@@ -511,7 +534,12 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
         dst.copy_from(x);
       }
       const float t = float(sampler->timestep(i));
-      Tensor vb = dit.forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
+      Tensor vb;
+      try {
+        vb = dit.forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
+      } catch (const Interrupted&) {
+        throw Interrupted("sampling");  // stopped between two DiT blocks of this step
+      }
       if (B == 2) {
         sample::cfg_combine(vb.select(0, 0), vb.select(0, 1), o.guidance, v);
       } else {

@@ -76,6 +76,10 @@ struct Plan {
   GenerateOptions opt;  // with defaults resolved (shift, seed, negative prompt)
   Geometry geo;
   MemoryPlan mem;
+  // Rough sampling time (DiT FLOPs per step at an assumed throughput of the device), so that a
+  // run that would take hours says so before it starts; 0 when unknown.
+  double est_sampling_s = 0;
+  std::string est_basis;  // how the estimate was made, for the warning
   std::string dit_summary;
   std::vector<std::string> block_kinds;  // per block: full/token/group
 };
