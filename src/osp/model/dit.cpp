@@ -144,7 +144,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
             "DiT::bind: FP8 mode is inference-only; train with quant = HiF8 (QAT) or None");
   // HiF8 inference caches Q(W, 15) in the weight itself; HiF8 training keeps W and recomputes
   // Q(W, 15) on every forward (refresh_quantized_weights).
-  const bool hif8 = opt.quant == DiTQuant::HiF8 && !opt.train;
+  const bool hif8 = opt.quant == DiTQuant::HiF8 && !(opt.train && opt.train_base);
   const bool fp8 = opt.quant == DiTQuant::FP8;
   auto W = [&](const std::string& n) -> const Tensor& { return weights.at(prefix + n); };
   auto lin = [&](const std::string& n, DType wdt, DType bdt, Device where, bool quant) {
@@ -220,7 +220,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
              "K % 16 == 0 / N % 8 == 0 rules and run the HiF8 fake-quant bf16 GEMM instead (e.g. ",
              fallback.front(), ")");
   }
-  if (opt.train)  // an F32 gradient beside every parameter
+  if (opt.train && opt.train_base)  // an F32 gradient beside every parameter
     for (const ParamRef& p : m.parameters())
       *p.grad = Tensor::zeros(p.value->shape(), DType::F32, dev);
   if (StageProfiler::env_enabled()) m.prof_.set_enabled(true, dev);
@@ -249,7 +249,8 @@ ParamTable DiT::parameters() {
             "DiT::parameters: FP8 mode keeps only E4M3 weight codes (no trainable tensors)");
   const auto shapes = expected_shapes(cfg_);
   ParamTable t;
-  layers::ParamSink sink{shapes, opt_.train, t};
+  // A frozen base (train_base false) lists its tensors without gradients.
+  layers::ParamSink sink{shapes, opt_.train && opt_.train_base, t};
   patch_.params(sink);
   text_.params(sink);
   time_.params(sink);
@@ -260,7 +261,9 @@ ParamTable DiT::parameters() {
 
 void DiT::zero_grad() {
   OSP_CHECK(opt_.train, "DiT::zero_grad: the model was bound without DiTOptions::train");
-  for (const ParamRef& p : parameters()) p.grad->zero_();
+  for (const ParamRef& p : parameters())
+    if (p.grad && p.grad->defined()) p.grad->zero_();
+  zero_lora_grad();
 }
 
 std::vector<layers::Linear*> DiT::block_linears() {
@@ -281,6 +284,7 @@ layers::Ctx DiT::ctx(bool training, Tape* tape, ProfKind pk) {
   c.ws = &ws_;
   c.ws8 = &ws8_;
   c.tape = tape;
+  c.lora_inputs = has_lora() && lora_enabled_ && opt_.quant != DiTQuant::None;
   c.prof = &prof_;
   c.pk = pk;
   return c;
@@ -349,7 +353,8 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     train_.context_shape = context.shape();
     gt = &train_.global;
   }
-  if (opt_.train && opt_.quant == DiTQuant::HiF8)  // QAT: Q(W, 15) of the current weights
+  // QAT: Q(W, 15) of the current weights (a frozen base keeps the cached Q(W, 15))
+  if (opt_.train && opt_.train_base && opt_.quant == DiTQuant::HiF8)
     for (layers::Linear* l : block_linears()) l->refresh_quantized_weight(dev);
   layers::Ctx g = ctx(training, gt);
   prof_.begin_forward();
@@ -371,7 +376,10 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   Tensor& ctx_emb = g.buf("ctx", "ctx", {B, Lt, d}, act_);
   text_.forward(g, c, ctx3, ctx_emb);
   const layers::LinIn ctx_q = layers::quant_input(g, ctx_emb, "ctx_q");  // k/v input, once
-  if (training) train_.ctx_lin = *ctx_q.x;
+  if (training) {
+    train_.ctx_lin = *ctx_q.x;
+    if (ctx_q.x != &ctx_emb) train_.ctx_float = ctx_emb;  // (a fresh tape tensor in training)
+  }
   prof_.lap(ProfStage::TextEmbed, none);
 
   // (d) blocks, laid out by the sequence-parallel layer
@@ -478,7 +486,8 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
   // (d) blocks in reverse
   Tensor de0 = Tensor::zeros({B, 6, d}, F32, dev);
   Tensor dctx = Tensor::zeros({B, c.text_len, d}, F32, dev);
-  const layers::LinIn ctx_lin{&train_.ctx_lin, nullptr};
+  const layers::LinIn ctx_lin{&train_.ctx_lin, nullptr,
+                              train_.ctx_float.defined() ? &train_.ctx_float : nullptr};
   const bool ckpt = !train_.block_in.empty();
   for (int i = int(c.num_layers) - 1; i >= 0; --i) {
     Tape tp;
@@ -490,7 +499,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
     } else {
       tp = std::move(train_.tapes[size_t(i)]);
     }
-    blocks_[size_t(i)].backward(g, tp, c, i, train_.ctx_lin, dx, de0, dctx, sp);
+    blocks_[size_t(i)].backward(g, tp, c, i, ctx_lin, dx, de0, dctx, sp);
     if (i > 0) dx = sp.enter_block_backward(i, dx).contiguous();
   }
   Tensor dxfull = sp.scatter_input_backward(dx).contiguous();  //   [B, N, d] F32

@@ -22,6 +22,7 @@
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/dit_layers.h"
+#include "osp/model/lora.h"
 #include "osp/model/profile.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
@@ -60,6 +61,10 @@ struct DiTOptions {
   // just before its backward (on by default); off keeps every block's tape from the forward.
   // Both give identical gradients.
   bool activation_checkpointing = true;
+  // Training: false freezes the base model — no gradient is allocated or computed for any base
+  // parameter, only for attached LoRA adapters (attach_lora; Mix-GRPO). A HiF8 base then keeps
+  // its cached Q(W, 15) as in inference (the weights never change).
+  bool train_base = true;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
@@ -120,6 +125,25 @@ class DiT {
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
 
+  // ---- LoRA adapters, un-merged (model/dit_lora.cpp; osp-next-spec §8.2) ----
+  // Attaches every adapter of `lora` to its block linear (modules "blocks.<i>.self_attn.q", ...,
+  // "blocks.<i>.ffn.0"/"ffn.2"; anything else, or a shape mismatch, is an osp::Error naming the
+  // adapter): A and B are copied to the model's device in its activation dtype (F32 on the CPU),
+  // scale = strength·α/r. A model bound with train gets F32 gradients for them. Replaces any
+  // attached LoRA; enabled afterwards.
+  void attach_lora(const Lora& lora, double strength = 1.0);
+  void detach_lora();
+  bool has_lora() const { return !lora_modules_.empty(); }
+  // Off: every adapter is skipped (the base model, Mix-GRPO's KL reference); on by default.
+  void set_lora_enabled(bool on);
+  bool lora_enabled() const { return lora_enabled_; }
+  // The adapters as trainable parameters: "<module>.lora_A.weight" [r, in] and
+  // "<module>.lora_B.weight" [out, r] (values on the device; grads when bound with train).
+  ParamTable lora_parameters();
+  void zero_lora_grad();
+  // The attached adapters' current values as a Lora (F32 CPU copies; alpha as attached).
+  Lora lora() const;
+
   // Debug hook: called after every block with the block index and the hidden state
   // [B, n_local, dim] in that block's (rank-local) layout.
   using BlockHook = std::function<void(int block, const Tensor& hidden)>;
@@ -153,6 +177,7 @@ class DiT {
     std::vector<Tensor> block_in;  // activation checkpointing: each block's input
     std::vector<Tape> tapes;       // no checkpointing: each block's tape
     Tensor e0, ctx_lin;            // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
+    Tensor ctx_float;              // the float k/v input (LoRA branches)
     Tensor x_last;                 // the last block's output (the head's input)
   };
 
@@ -179,6 +204,10 @@ class DiT {
   bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
   StageProfiler prof_;
   TrainState train_;
+  // LoRA: module name → alpha of the attached adapters; the enable switch.
+  std::map<std::string, double> lora_modules_;
+  bool lora_enabled_ = true;
+  double lora_strength_ = 1.0;
 };
 
 }  // namespace osp::model

@@ -18,6 +18,11 @@ const Tensor& Tape::at(const std::string& name) const {
   return it->second;
 }
 
+const Tensor* Tape::find(const std::string& name) const {
+  auto it = t.find(name);
+  return it != t.end() && it->second.defined() ? &it->second : nullptr;
+}
+
 Tensor& Ctx::scratch(const std::string& name, const Shape& shape, DType dt) {
   Tensor& t = (*ws)[name];
   if (!t.defined() || t.shape() != shape || t.dtype() != dt || t.device() != dev)
@@ -43,10 +48,13 @@ void ParamSink::add(const std::string& name, Tensor& value, Tensor& grad) {
 LinIn quant_input(Ctx& c, const Tensor& x, const std::string& name) {
   LinIn in;
   in.x = &x;
+  in.xf = &x;
   if (c.quant == DiTQuant::None) {
     if (c.tape) c.tape->t[name] = x;
     return in;
   }
+  // The float input may be a reused workspace: the LoRA backward gets its own copy.
+  if (c.tape && c.lora_inputs) c.tape->t[name + ".f"] = x.clone();
   if (c.quant == DiTQuant::HiF8 || c.fp8_fallback) {
     Tensor& q = c.buf(name, name, x.shape(), x.dtype());
     quant::hif8_fake_quant(x, q);
@@ -79,20 +87,91 @@ size_t Linear::bytes() const {
   return n;
 }
 
-void Linear::forward(const Tensor& x, Tensor& out, ops::Act act) const {
-  ops::linear(x, weight(), &b, out, act);
+namespace {
+// y += s·t (F32 directly; other dtypes through an F32 copy).
+void add_scaled(Tensor& y, float s, const Tensor& t) {
+  if (y.dtype() == DType::F32 && t.dtype() == DType::F32) {
+    ops::axpby(1.f, y, s, t, y);
+    return;
+  }
+  Tensor yf = y.to(DType::F32), tf = t.to(DType::F32);
+  ops::axpby(1.f, yf, s, tf, yf);
+  y.copy_from(yf);
 }
 
-void Linear::forward(const LinIn& in, Tensor& out, ops::Act act) const {
-  if (fp8()) {
-    OSP_CHECK(in.xq != nullptr, "DiT: internal error: FP8 linear called without an FP8 input");
-    quant::fp8_linear(*in.xq, wq, &b, out, {}, act);
-  } else {
-    ops::linear(*in.x, weight(), &b, out, act);
+// The activation a LoRA linear cannot fuse into its GEMM (the branch is added before it).
+void apply_act(Tensor& y, ops::Act act) {
+  if (act == ops::Act::None) return;
+  const Tensor pre = y.clone();
+  if (act == ops::Act::GeluTanh)
+    ops::gelu_tanh(pre, y);
+  else if (act == ops::Act::Silu)
+    ops::silu(pre, y);
+  else
+    fail("DiT: a LoRA linear cannot apply this fused activation");
+}
+}  // namespace
+
+// ---------------------------------------------------------------- LoRA branch
+void LoraBranch::forward(const Tensor& x, Tensor& y) const {
+  const DType dt = A.dtype();
+  const Tensor xin = x.dtype() == dt ? x : x.to(dt);
+  Shape us = x.shape();
+  us.back() = A.size(0);
+  Tensor u = Tensor::empty(us, dt, A.device());  //   u = x·Aᵀ       [..., r]
+  ops::linear(xin, A, nullptr, u);
+  Tensor t = Tensor::empty(y.shape(), dt, A.device());  //   t = u·Bᵀ       [..., out]
+  ops::linear(u, B, nullptr, t);
+  add_scaled(y, scale, t);  //   y += s·t
+}
+
+void LoraBranch::backward(const Tensor& x, const Tensor& dy, Tensor* dx) {
+  const DType dt = A.dtype();
+  const Device dev = A.device();
+  const Tensor xin = x.dtype() == dt ? x : x.to(dt);
+  Shape us = x.shape();
+  us.back() = A.size(0);
+  Tensor u = Tensor::empty(us, dt, dev);  // recomputed u = x·Aᵀ
+  ops::linear(xin, A, nullptr, u);
+  Tensor dys = Tensor::empty(dy.shape(), DType::F32, dev);  // s·dy
+  const Tensor dyf = dy.dtype() == DType::F32 ? dy : dy.to(DType::F32);
+  ops::axpby(scale, dyf, 0.f, dyf, dys);
+  const Tensor dyg = dt == DType::F32 ? dys : dys.to(dt);
+  Tensor du = Tensor::empty(us, dt == DType::F32 ? DType::F32 : dt, dev);
+  ops::linear_backward(u, B, dyg, &du, gB.defined() ? &gB : nullptr, nullptr);  // du, gB
+  if (!dx && !gA.defined()) return;
+  Tensor dxl;
+  if (dx) dxl = Tensor::empty(x.shape(), DType::F32, dev);
+  ops::linear_backward(xin, A, du, dx ? &dxl : nullptr, gA.defined() ? &gA : nullptr, nullptr);
+  if (dx) add_scaled(*dx, 1.f, dxl);
+}
+
+void Linear::forward(const Tensor& x, Tensor& out, ops::Act act) const {
+  const bool lo = lora.active();
+  ops::linear(x, weight(), &b, out, lo ? ops::Act::None : act);
+  if (lo) {
+    lora.forward(x, out);
+    apply_act(out, act);
   }
 }
 
-void Linear::backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx) {
+void Linear::forward(const LinIn& in, Tensor& out, ops::Act act) const {
+  const bool lo = lora.active();
+  const ops::Act base_act = lo ? ops::Act::None : act;
+  if (fp8()) {
+    OSP_CHECK(in.xq != nullptr, "DiT: internal error: FP8 linear called without an FP8 input");
+    quant::fp8_linear(*in.xq, wq, &b, out, {}, base_act);
+  } else {
+    ops::linear(*in.x, weight(), &b, out, base_act);
+  }
+  if (lo) {
+    lora.forward(in.lora_x(), out);
+    apply_act(out, act);
+  }
+}
+
+void Linear::backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx,
+                      const Tensor* xf) {
   Tensor g;  // G in the GEMM's dtype: Q(dy, 224) for HiF8 block linears (§5.6), else dy
   if (block && c.hif8_qat()) {
     g = Tensor::empty(dy.shape(), x.dtype(), c.dev);
@@ -102,6 +181,7 @@ void Linear::backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* d
   }
   ops::linear_backward(x, weight(), g, dx, gw.defined() ? &gw : nullptr,
                        gb.defined() ? &gb : nullptr);
+  if (lora.active()) lora.backward(xf ? *xf : x, dy, dx);
 }
 
 // ---------------------------------------------------------------- self-attention
@@ -205,7 +285,7 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
                 D = cfg.head_dim();
   const DType F32 = DType::F32;
   Tensor dob = Tensor::empty({B, n, d}, c.act, c.dev);
-  o.backward(c, tp.at("oq"), dy, &dob);
+  o.backward(c, tp.at("oq"), dy, &dob, tp.find("oq.f"));
   Tensor dqr = Tensor::empty({B, n, H, D}, c.act, c.dev);
   Tensor dkr = Tensor::empty({B, n, H, D}, c.act, c.dev);
   Tensor dvh = Tensor::empty({B, n, H, D}, c.act, c.dev);
@@ -226,15 +306,16 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   if (cfg.qk_norm) {
     dq = Tensor::empty({B, n, d}, F32, c.dev);
     dk = Tensor::empty({B, n, d}, F32, c.dev);
-    ops::rms_norm_backward(tp.at("q"), norm_q.v, cfg.eps, dqn, dq, &norm_q.g);
-    ops::rms_norm_backward(tp.at("k"), norm_k.v, cfg.eps, dkn, dk, &norm_k.g);
+    ops::rms_norm_backward(tp.at("q"), norm_q.v, cfg.eps, dqn, dq, norm_q.grad());
+    ops::rms_norm_backward(tp.at("k"), norm_k.v, cfg.eps, dkn, dk, norm_k.grad());
   }
   const Tensor& hq = tp.at("hq");
+  const Tensor* hqf = tp.find("hq.f");
   Tensor tmp = Tensor::empty({B, n, d}, F32, c.dev);
-  q.backward(c, hq, dq, &dh);  // dh = Σ over q, k, v
-  k.backward(c, hq, dk, &tmp);
+  q.backward(c, hq, dq, &dh, hqf);  // dh = Σ over q, k, v
+  k.backward(c, hq, dk, &tmp, hqf);
   ops::add_gated_(dh, tmp, nullptr);
-  v.backward(c, hq, dvh.view({B, n, d}), &tmp);
+  v.backward(c, hq, dvh.view({B, n, d}), &tmp, hqf);
   ops::add_gated_(dh, tmp, nullptr);
 }
 
@@ -299,12 +380,13 @@ void CrossAttention::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h3, con
 }
 
 void CrossAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
-                              const Tensor& ctx, const Tensor& dy, Tensor& dh3, Tensor& dctx) {
+                              const LinIn& ctxin, const Tensor& dy, Tensor& dh3, Tensor& dctx) {
+  const Tensor& ctx = *ctxin.x;
   const int64_t B = dy.size(0), n = dy.size(1), d = cfg.dim, H = cfg.num_heads,
                 D = cfg.head_dim(), Lt = dctx.size(1);
   const DType F32 = DType::F32;
   Tensor doc = Tensor::empty({B, n, d}, c.act, c.dev);
-  o.backward(c, tp.at("ocq"), dy, &doc);
+  o.backward(c, tp.at("ocq"), dy, &doc, tp.find("ocq.f"));
   Tensor dcq = Tensor::empty({B, n, H, D}, c.act, c.dev);
   Tensor dck = Tensor::empty({B, Lt, H, D}, c.act, c.dev);
   Tensor dcv = Tensor::empty({B, Lt, H, D}, c.act, c.dev);
@@ -315,23 +397,23 @@ void CrossAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg
     for (Tensor* g : {&dcq, &dck, &dcv}) quant::hif8_fake_quant(*g, *g, quant::kHiF8BackwardMax);
   }
   Tensor dtc = Tensor::empty({B, Lt, d}, F32, c.dev);
-  v.backward(c, ctx, dcv.view({B, Lt, d}), &dtc);
+  v.backward(c, ctx, dcv.view({B, Lt, d}), &dtc, ctxin.xf);
   ops::add_gated_(dctx, dtc, nullptr);
   Tensor dck0 = Tensor::empty({B, Lt, d}, F32, c.dev);
   if (cfg.qk_norm)
     ops::rms_norm_backward(tp.at("ck_pre"), norm_k.v, cfg.eps, dck.view({B, Lt, d}), dck0,
-                           &norm_k.g);
+                           norm_k.grad());
   else
     dck0.copy_from(dck.view({B, Lt, d}));
-  k.backward(c, ctx, dck0, &dtc);
+  k.backward(c, ctx, dck0, &dtc, ctxin.xf);
   ops::add_gated_(dctx, dtc, nullptr);
   Tensor dcq0 = Tensor::empty({B, n, d}, F32, c.dev);
   if (cfg.qk_norm)
     ops::rms_norm_backward(tp.at("cq_pre"), norm_q.v, cfg.eps, dcq.view({B, n, d}), dcq0,
-                           &norm_q.g);
+                           norm_q.grad());
   else
     dcq0.copy_from(dcq.view({B, n, d}));
-  q.backward(c, tp.at("h3q"), dcq0, &dh3);
+  q.backward(c, tp.at("h3q"), dcq0, &dh3, tp.find("h3q.f"));
 }
 
 // ---------------------------------------------------------------- FFN
@@ -363,10 +445,10 @@ void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) cons
 void FFN::backward(const Ctx& c, const Tape& tp, const Tensor& dy, Tensor& dh) {
   const Tensor& f1p = tp.at("f1_pre");
   Tensor df1 = Tensor::empty(f1p.shape(), DType::F32, c.dev);
-  fc2.backward(c, tp.at("f1q"), dy, &df1);
+  fc2.backward(c, tp.at("f1q"), dy, &df1, tp.find("f1q.f"));
   Tensor df1p = Tensor::empty(f1p.shape(), DType::F32, c.dev);
   ops::gelu_tanh_backward(f1p, df1, df1p);
-  fc1.backward(c, tp.at("h2q"), df1p, &dh);
+  fc1.backward(c, tp.at("h2q"), df1p, &dh, tp.find("h2q.f"));
 }
 
 // ---------------------------------------------------------------- block
@@ -384,6 +466,14 @@ size_t Block::bytes() const {
   for (const Tensor* t : {&modulation.v, &norm3_w.v, &norm3_b.v})
     if (t->defined()) n += t->nbytes();
   return n;
+}
+
+std::vector<std::pair<std::string, Linear*>> Block::named_linears() {
+  return {{"self_attn.q", &self_attn.q},   {"self_attn.k", &self_attn.k},
+          {"self_attn.v", &self_attn.v},   {"self_attn.o", &self_attn.o},
+          {"cross_attn.q", &cross_attn.q}, {"cross_attn.k", &cross_attn.k},
+          {"cross_attn.v", &cross_attn.v}, {"cross_attn.o", &cross_attn.o},
+          {"ffn.0", &ffn.fc1},             {"ffn.2", &ffn.fc2}};
 }
 
 std::vector<Linear*> Block::linears() {
@@ -455,7 +545,7 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
 }
 
 void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
-                     const Tensor& ctx, Tensor& dx, Tensor& de0, Tensor& dctx,
+                     const LinIn& ctx, Tensor& dx, Tensor& de0, Tensor& dctx,
                      dist::SequenceParallel& sp) {
   const int64_t B = dx.size(0), n = dx.size(1), d = cfg.dim;
   const float eps = cfg.eps;
@@ -484,7 +574,8 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
   // ---- cross-attention: x2 = x1 + CrossAttn(h3, ctx), h3 = LN3(x1)
   cross_attn.backward(c, tp, cfg, ctx, dx, dh, dctx);
   if (cfg.cross_attn_norm) {
-    ops::layer_norm_backward(tp.at("x1"), &norm3_w.v, eps, dh, tmp, &norm3_w.g, &norm3_b.g);
+    ops::layer_norm_backward(tp.at("x1"), &norm3_w.v, eps, dh, tmp, norm3_w.grad(),
+                             norm3_b.grad());
     ops::add_gated_(dx, tmp, nullptr);
   } else {
     ops::add_gated_(dx, dh, nullptr);
@@ -504,8 +595,10 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
   ops::add_gated_(dx, tmp, nullptr);  // dx = dL/dx0
 
   // m = modulation + e0[b]
-  Tensor gm = modulation.g.view({6 * d});
-  ops::sum_rows(dm.view({B, 6 * d}), gm);
+  if (modulation.g.defined()) {
+    Tensor gm = modulation.g.view({6 * d});
+    ops::sum_rows(dm.view({B, 6 * d}), gm);
+  }
   ops::add_gated_(de0, dm, nullptr);
 }
 
@@ -691,8 +784,10 @@ void Head::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const Te
     ops::layer_norm_modulate_backward(x.select(0, b), hm.select(0, b).select(0, 1), cfg.eps,
                                       dhn.select(0, b), xb, &ds, &dc);
   }
-  Tensor g = modulation.g.view({2 * d});
-  ops::sum_rows(dhm.view({B, 2 * d}), g);
+  if (modulation.g.defined()) {
+    Tensor g = modulation.g.view({2 * d});
+    ops::sum_rows(dhm.view({B, 2 * d}), g);
+  }
   for (int64_t b = 0; b < B; ++b)
     for (int j = 0; j < 2; ++j) {
       Tensor deb = de.select(0, b).view({1, d});

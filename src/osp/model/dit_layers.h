@@ -16,9 +16,21 @@
 //
 // dtypes (ops/backward.h): on CUDA activations BF16 (the residual stream F32), gradients F32 or
 // BF16 as the ops allow, parameter gradients F32; on the CPU everything F32.
+//
+// LoRA (osp-next-spec §8.2, model/lora.h): a Linear may carry an un-merged adapter,
+//   y = base(x) + s·(x·Aᵀ)·Bᵀ,   s = strength·α/r,   A [r, in], B [out, r]
+// with its own forward/backward (LoraBranch). The branch reads the FLOAT input x: with HiF8 the
+// base GEMM sees Q(x, 15) and Q(W, 15) but the adapter matmuls are plain (PEFT wraps the HiF8
+// linear as its base layer), and its incoming gradient is dy itself, not Q(dy, 224). With a tape
+// and HiF8, the layers then also record the float linear inputs ("<name>.f", Ctx::lora_inputs).
+// Backward of the branch (u = x·Aᵀ recomputed):
+//   gB += s·dyᵀ·u,   du = s·dy·B,   gA += duᵀ·x,   dx += du·A
+// Parameter gradients that are undefined (a frozen base, DiTOptions::train_base = false) are
+// neither allocated nor computed.
 #pragma once
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "osp/core/param.h"
@@ -41,6 +53,8 @@ namespace layers {
 struct Tape {
   std::map<std::string, Tensor> t;
   const Tensor& at(const std::string& name) const;
+  // The recorded tensor or null.
+  const Tensor* find(const std::string& name) const;
 };
 
 // The run context of one forward/backward: device and dtypes, numerics, the reused inference
@@ -52,6 +66,9 @@ struct Ctx {
   bool fp8_fallback = false;  // FP8 mode: some block linear runs the fake-quant GEMM
   bool fp8_attention = true;
   bool training = false;  // the training numerics (see the file comment)
+  // With a tape and HiF8/FP8: also record the float input of every linear as "<name>.f" (the
+  // LoRA branches' backward needs it; the tape otherwise keeps only Q(x)).
+  bool lora_inputs = false;
   std::map<std::string, Tensor>* ws = nullptr;
   std::map<std::string, quant::Fp8Tensor>* ws8 = nullptr;
   Tape* tape = nullptr;
@@ -81,6 +98,7 @@ struct Ctx {
 // A parameter: compute copy on the device and its F32 gradient (training).
 struct Param {
   Tensor v, g;
+  Tensor* grad() { return g.defined() ? &g : nullptr; }  // null: frozen (not computed)
 };
 
 // Collects named parameters (Wan names, checkpoint shapes) into a ParamTable.
@@ -95,12 +113,27 @@ struct ParamSink {
 // A linear's input in the form(s) the linears need: x itself (None), Q(x, 15) (HiF8 and
 // FP8-mode fallbacks) and/or the E4M3 operand (FP8).
 struct LinIn {
-  const Tensor* x = nullptr;             // the float input (fake-quantized in HiF8 mode)
+  const Tensor* x = nullptr;             // the GEMM input (fake-quantized in HiF8 mode)
   const quant::Fp8Tensor* xq = nullptr;  // FP8 mode
+  const Tensor* xf = nullptr;            // the float input before quantization (LoRA); null: *x
+  const Tensor& lora_x() const { return xf ? *xf : *x; }
 };
 // Prepares x as the input of block linears (workspaces named after `name`; with a tape the GEMM
 // input is recorded under `name`). x must outlive the returned LinIn.
 LinIn quant_input(Ctx& c, const Tensor& x, const std::string& name);
+
+// An un-merged LoRA adapter on a Linear (see the file comment): A [r, in], B [out, r] in the
+// linear's activation dtype on its device (F32 on the CPU); gA, gB F32 gradients (training).
+struct LoraBranch {
+  Tensor A, B, gA, gB;
+  float scale = 0;       // strength·α/r
+  bool enabled = true;   // off: the linear is its base (the KL reference model)
+  bool active() const { return enabled && A.defined(); }
+  // y += s·(x·Aᵀ)·Bᵀ     x [..., in] (any float dtype), y [..., out]
+  void forward(const Tensor& x, Tensor& y) const;
+  // dy [..., out] → gA, gB (+=, when defined), dx (+=, when not null) [..., in]
+  void backward(const Tensor& x, const Tensor& dy, Tensor* dx);
+};
 
 // y[M, N] = x[M, K]·Wᵀ + b.
 struct Linear {
@@ -111,6 +144,7 @@ struct Linear {
   Tensor wfq;
   quant::Fp8Tensor wq;  // FP8 mode: E4M3 weight codes + 1/s (codes undefined otherwise)
   bool block = false;   // a block linear (HiF8: input, weight and incoming gradient quantized)
+  LoraBranch lora;      // optional adapter (undefined A: none)
 
   bool fp8() const { return wq.codes.defined(); }
   const Tensor& weight() const { return wfq.defined() ? wfq : w; }
@@ -122,8 +156,10 @@ struct Linear {
   void forward(const LinIn& in, Tensor& out, ops::Act act = ops::Act::None) const;
   // x: the input the forward GEMM saw (Q(x) in HiF8); dy = dL/dy (any float dtype on the
   // device). G = Q(dy, 224) for HiF8 block linears, else dy in the GEMM's dtype;
-  // dx = G·W (overwritten, when wanted), gw += Gᵀ·x, gb += ΣG.
-  void backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx);
+  // dx = G·W (overwritten, when wanted), gw += Gᵀ·x, gb += ΣG (when defined). With an active
+  // LoRA, xf is its float input (null: x) and the branch's backward follows (dx +=).
+  void backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx,
+                const Tensor* xf = nullptr);
 };
 
 // Self-attention of block i on h [B, n, d] (this block's layout):
@@ -151,8 +187,9 @@ struct CrossAttention {
   void params(ParamSink& s, const std::string& prefix);
   size_t bytes() const;
   void forward(Ctx& c, const DiTConfig& cfg, const Tensor& h3, const LinIn& ctx, Tensor& y) const;
-  // dy → dh3 (F32 [B, n, d], overwritten), dctx (+=, F32 [B, Lt, d]).
-  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const Tensor& ctx,
+  // dy → dh3 (F32 [B, n, d], overwritten), dctx (+=, F32 [B, Lt, d]). ctx: the k/v linears'
+  // input as in forward.
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, const LinIn& ctx,
                 const Tensor& dy, Tensor& dh3, Tensor& dctx);
 };
 
@@ -181,11 +218,14 @@ struct Block {
   void params(ParamSink& s, const std::string& prefix);
   size_t bytes() const;
   std::vector<Linear*> linears();
+  // The block linears under their module names relative to the block ("self_attn.q", ...,
+  // "ffn.0", "ffn.2").
+  std::vector<std::pair<std::string, Linear*>> named_linears();
   void forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
                dist::SequenceParallel& sp) const;
   // dx: dL/d(block output) [B, n, d] F32 in, dL/d(block input) out. de0 (+=) [B, 6, d] F32,
   // dctx (+=) [B, Lt, d] F32; parameter gradients (+=).
-  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const Tensor& ctx,
+  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const LinIn& ctx,
                 Tensor& dx, Tensor& de0, Tensor& dctx, dist::SequenceParallel& sp);
 };
 
