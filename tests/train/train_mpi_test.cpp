@@ -1,7 +1,8 @@
 // `osp train`'s loop on several ranks (run under mpirun with 1, 2 and 4 ranks): data parallelism
 // (each rank takes a slice of the global batch, every draw indexed by the global sample), SSP and
 // Ulysses sequence parallelism, and the mesh of both, give the losses and weights of the
-// single-rank run (within float reduction-order differences); only rank 0 writes outputs.
+// single-rank run (within float reduction-order differences), also with gradient accumulation;
+// only rank 0 writes outputs.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -79,7 +80,8 @@ TrainOptions options(const fs::path& data, const fs::path& out) {
 
 struct Case {
   const char* sp;
-  int sp_size;  // 0: every rank
+  int sp_size;     // 0: every rank
+  int accum = 1;   // gradient accumulation micro-batches (the global batch is then 8)
 };
 
 class TrainMpi : public ::testing::TestWithParam<Case> {};
@@ -94,12 +96,14 @@ TEST_P(TrainMpi, EqualsOneRank) {
     GTEST_SKIP() << "SKIP: " << c.sp << " x " << S << " does not fit " << comm->size() << " ranks";
   const fs::path data = cache();
   // One rank, in this process (its own output folder per rank).
-  const fs::path one_out = job_dir(std::string("one_") + c.sp + std::to_string(comm->rank()));
+  const fs::path one_out = job_dir(std::string("one_") + c.sp + std::to_string(c.accum) + "_" + std::to_string(comm->rank()));
   fs::remove_all(one_out);
   DiTTrainModel one(tiny(), random_dit_weights(tiny(), 5), {});
-  const TrainResult want = run_training(options(data, one_out), one);
+  TrainOptions o1 = options(data, one_out);
+  if (c.accum > 1) o1.batch = 8;
+  const TrainResult want = run_training(o1, one);
 
-  const fs::path out = job_dir(std::string("many_") + c.sp);
+  const fs::path out = job_dir(std::string("many_") + c.sp + std::to_string(c.accum));
   if (comm->rank() == 0) fs::remove_all(out);
   comm->barrier();
   DiTTrainOptions d;
@@ -108,7 +112,10 @@ TEST_P(TrainMpi, EqualsOneRank) {
   d.sp_size = std::string(c.sp) == "none" ? 1 : S;
   DiTTrainModel many(tiny(), random_dit_weights(tiny(), 5), d);
   EXPECT_EQ(many.dp_size(), comm->size() / d.sp_size);
-  const TrainResult got = run_training(options(data, out), many);
+  TrainOptions on = options(data, out);
+  on.batch = o1.batch;
+  on.grad_accum = c.accum;
+  const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
     EXPECT_NEAR(got.log[k].loss, want.log[k].loss, 1e-6 * std::abs(want.log[k].loss)) << "step " << k + 1;
@@ -125,5 +132,6 @@ TEST_P(TrainMpi, EqualsOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
-                         ::testing::Values(Case{"none", 1}, Case{"ssp", 0}, Case{"ulysses", 2}),
-                         [](const auto& i) { return std::string(i.param.sp); });
+                         ::testing::Values(Case{"none", 1}, Case{"ssp", 0}, Case{"ulysses", 2},
+                                           Case{"none", 1, 2}),
+                         [](const auto& i) { return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : ""); });

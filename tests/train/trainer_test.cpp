@@ -385,3 +385,28 @@ TEST(Trainer, KeepsTheNewestCheckpoints) {
   fs::remove_all(data);
   fs::remove_all(out);
 }
+
+// --grad-accum 2 runs a batch of 4 as two micro-batches of 2: the same draws and gradient (up to
+// float summation order) as the whole batch at once.
+TEST(Trainer, GradientAccumulationEqualsTheWholeBatch) {
+  const fs::path data = make_cache("accum"), out1 = fresh("accum1"), out2 = fresh("accum2");
+  TrainOptions o = base_options(data, out1);
+  o.batch = 4;
+  o.steps = 6;
+  LinearVelocity a, b;
+  const TrainResult r1 = run_training(o, a);
+  o.out = out2.string();
+  o.grad_accum = 2;
+  const TrainResult r2 = run_training(o, b);
+  ASSERT_EQ(r1.log.size(), r2.log.size());
+  for (size_t k = 0; k < r1.log.size(); ++k) {
+    EXPECT_NEAR(r2.log[k].loss, r1.log[k].loss, 1e-9 * r1.log[k].loss) << "step " << k + 1;
+    EXPECT_NEAR(r2.log[k].grad_norm, r1.log[k].grad_norm, 1e-6 * r1.log[k].grad_norm) << "step " << k + 1;
+  }
+  EXPECT_LE(max_abs_diff(a.W_, b.W_), 1e-5);
+  o.grad_accum = 3;  // does not divide the batch
+  EXPECT_NE(error_of([&] { o.validate(); }).find("grad-accum"), std::string::npos);
+  fs::remove_all(data);
+  fs::remove_all(out1);
+  fs::remove_all(out2);
+}

@@ -325,6 +325,7 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--device", device, "cpu | cuda | cuda:N");
   OSP_TRAIN_OPT("--steps", steps, "optimizer steps in total (default 1000)");
   OSP_TRAIN_OPT("--batch", batch, "samples per step, one latent size per batch (default 1)");
+  OSP_TRAIN_OPT("--grad-accum", grad_accum, "run each batch as N micro-batches (same gradient, less memory)");
   OSP_TRAIN_OPT("--lr", lr, "peak learning rate (default 2e-5)");
   OSP_TRAIN_OPT("--weight-decay", weight_decay, "AdamW decoupled weight decay (default 0)");
   OSP_TRAIN_OPT("--beta1", beta1, "AdamW beta1 (default 0.9)");

@@ -8,6 +8,7 @@
 #include "osp/core/philox.h"
 #include "osp/train/checkpoint.h"
 #include "osp/train/flow_matching.h"
+#include "osp/train/grad_clip.h"
 
 namespace osp::train {
 
@@ -57,8 +58,15 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
               " sequence-parallel (", opt.sp, ")");
 }
 
-void DiTTrainModel::reduce_gradients() {
-  if (reducer_) reducer_->reduce(1);
+void DiTTrainModel::reduce_gradients(int accum_steps) {
+  if (reducer_) {
+    reducer_->reduce(accum_steps);
+    return;
+  }
+  if (accum_steps > 1) {
+    ParamTable p = dit_.parameters();
+    scale_grads(p, float(1.0 / accum_steps));
+  }
 }
 
 double DiTTrainModel::dp_mean(double x) {

@@ -47,7 +47,7 @@ class DiTTrainModel : public TrainModel {
   Device device() const override { return opt_.device; }
   int dp_rank() const override { return groups_.dp_rank(); }
   int dp_size() const override { return groups_.dp_size(); }
-  void reduce_gradients() override;
+  void reduce_gradients(int accum_steps) override;
   double dp_mean(double x) override;
   bool any_rank(bool flag) override;
   bool writes_outputs() const override { return !opt_.world || opt_.world->rank() == 0; }

@@ -87,6 +87,8 @@ void TrainOptions::validate() const {
   OSP_CHECK(save_every >= 0, "save-every must be >= 0 (0 = only at the end), got ", save_every);
   OSP_CHECK(sp == "none" || sp == "ssp" || sp == "ulysses", "sp must be none, ssp or ulysses, got '", sp, "'");
   OSP_CHECK(sp_size >= 0 && sp_size <= 4096, "sp-size must be in [0, 4096] (0 = every rank), got ", sp_size);
+  OSP_CHECK(grad_accum >= 1 && grad_accum <= 4096 && batch % grad_accum == 0, "grad-accum must be in [1, 4096] and divide batch (",
+            batch, "), got ", grad_accum);
   OSP_CHECK(keep >= 0, "keep must be >= 0 (0 = keep every checkpoint), got ", keep);
 }
 
@@ -140,6 +142,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     } else if (key == "out") get_str(out);
     else if (key == "save_every") get_int(save_every);
     else if (key == "keep") get_int(keep);
+    else if (key == "grad_accum") get_int(grad_accum);
     else if (key == "sp") get_str(sp);
     else if (key == "sp_size") get_int(sp_size);
     else if (key == "resume") get_str(resume);
@@ -147,7 +150,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -159,11 +162,16 @@ std::string TrainOptions::to_json() const {
             {"lr", lr},           {"weight_decay", weight_decay}, {"beta1", beta1},
             {"beta2", beta2},     {"eps", eps},                   {"warmup", warmup},
             {"schedule", schedule}, {"clip", clip},               {"ema", ema},
-            {"seed", seed},       {"out", out},                   {"save_every", save_every}};
+            {"seed", seed},       {"out", out},                   {"save_every", save_every},
+            {"grad_accum", grad_accum}};
   return j.dump();
 }
 
 // ------------------------------------------------------------------------------------ loop
+
+void TrainModel::reduce_gradients(int accum_steps) {
+  if (accum_steps > 1) scale_grads(parameters(), float(1.0 / accum_steps));
+}
 
 namespace {
 
@@ -354,31 +362,41 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       while (int64_t(global.size()) % dp_size != 0) global.pop_back();
     }
     const int64_t G = int64_t(global.size());
-    const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size);
-    const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
-    const int64_t B = int64_t(batch.size());
-    const Shape& ls = batch[0].latent.shape();
-    std::vector<Tensor> x0s, noises, ctxs;
-    std::vector<float> sigma;
-    int64_t L = 1;
-    for (int64_t i = 0; i < B; ++i) {
-      x0s.push_back(batch[size_t(i)].latent);
-      const int64_t gi = slice.begin + i;  // the sample's index in the global batch
-      noises.push_back(sampler.noise(ls, s, gi));
-      sigma.push_back(sampler.sigma(s, gi, ls[2], ls[3]));
-      const Tensor& c = sampler.drop_caption(s, gi, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
-      ctxs.push_back(c);
-      L = std::max(L, c.size(0));
-    }
-    Tensor context = Tensor::zeros({B, L, data.text_dim()}, DType::F32);
-    for (int64_t i = 0; i < B; ++i)
-      std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
-                  ctxs[size_t(i)].nbytes());
-    const Tensor x0 = stack(x0s), noise = stack(noises);
-
+    const int A = int(opt.grad_accum);
+    OSP_CHECK(G % (int64_t(dp_size) * A) == 0, "step ", s + 1, ": a batch of ", G, " samples (after skipping bad ones)",
+              " cannot be cut into ", dp_size, " ranks x ", A, " accumulation micro-batches");
     model.zero_grad();
-    const double loss = model.dp_mean(model.loss_backward(x0, noise, sigma, context));
-    model.reduce_gradients();
+    double loss = 0, sigma_sum = 0;
+    int64_t B = 0;
+    Shape ls;
+    for (int micro = 0; micro < A; ++micro) {
+      const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size, A, micro);
+      const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
+      const int64_t b = int64_t(batch.size());
+      ls = batch[0].latent.shape();
+      std::vector<Tensor> x0s, noises, ctxs;
+      std::vector<float> sigma;
+      int64_t L = 1;
+      for (int64_t i = 0; i < b; ++i) {
+        x0s.push_back(batch[size_t(i)].latent);
+        const int64_t gi = slice.begin + i;  // the sample's index in the global batch
+        noises.push_back(sampler.noise(ls, s, gi));
+        sigma.push_back(sampler.sigma(s, gi, ls[2], ls[3]));
+        const Tensor& c = sampler.drop_caption(s, gi, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
+        ctxs.push_back(c);
+        L = std::max(L, c.size(0));
+      }
+      Tensor context = Tensor::zeros({b, L, data.text_dim()}, DType::F32);
+      for (int64_t i = 0; i < b; ++i)
+        std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
+                    ctxs[size_t(i)].nbytes());
+      // Gradients accumulate over the micro-batches; reduce_gradients divides by A.
+      loss += model.loss_backward(stack(x0s), stack(noises), sigma, context) / A;
+      for (float x : sigma) sigma_sum += x;
+      B += b;
+    }
+    loss = model.dp_mean(loss);
+    model.reduce_gradients(A);
     const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
                                                : "the last good checkpoint is " + last_ckpt;
     OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
@@ -404,9 +422,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     st.grad_norm = clip.norm;
     st.clipped = clip.clipped;
     st.lr = lr;
-    double sm = 0;
-    for (float x : sigma) sm += x;
-    st.sigma = model.dp_mean(sm / double(B));
+    st.sigma = model.dp_mean(sigma_sum / double(B));
     if (model.device().is_cuda()) cuda_synchronize();
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global

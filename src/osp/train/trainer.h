@@ -55,7 +55,9 @@ class TrainModel {
   virtual int dp_size() const { return 1; }
   // After loss_backward: makes every rank's gradients the single-device gradient of the mean
   // loss over the global batch (SP sum, DP mean).
-  virtual void reduce_gradients() {}
+  // With A accumulation micro-batches (their gradients summed by loss_backward) it also divides
+  // by A, so the result is the gradient of the mean loss over the whole batch.
+  virtual void reduce_gradients(int accum_steps);
   // Mean over the data-parallel ranks (the logged loss).
   virtual double dp_mean(double x) { return x; }
   // True on every rank when it is true on any (Ctrl-C consensus between steps).
@@ -76,6 +78,7 @@ struct TrainOptions {
   // data
   std::string data;
   int64_t batch = 1;
+  int64_t grad_accum = 1;  // the batch is run as grad_accum micro-batches (same gradient, less memory)
   bool skip_bad_samples = false;
   double caption_dropout = 0.1;
   // objective
