@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Trains OSP-Next-Tiny end to end with osp alone (issue 16; docs/MODEL_CARD_TINY.md):
+#
+#   data     osp make-dataset: TRAIN_CLIPS training clips + HELDOUT_CLIPS held-out clips (64x64, 9 frames)
+#   vae      osp train-vae: a Wan-VAE at base width 16 (z 16, 4x time / 8x space) for reconstruction
+#   text     osp make-text-encoder: SentencePiece word tokenizer on the captions + frozen random umT5 (dim 64)
+#   encode   osp encode-clips: clips -> latent cache (16x3x8x8 latents, umT5 contexts)
+#   dit      osp train --from-scratch: the OSP-Next hybrid DiT (dual-end: 4 full blocks, Skiparse P=2 in the middle)
+#   package  the model folder MODEL_DIR (DiT bf16 from the EMA, umT5, tokenizer, VAE, config, card)
+#   eval     osp generate on EVAL_CLIPS held-out captions + osp eval (adherence table and JSON)
+#
+#   bash scripts/train-tiny.sh                         # everything, on the GPU (DEVICE=cuda)
+#   STAGES="package eval" bash scripts/train-tiny.sh   # only some stages
+# Settings (environment): OSP (the osp binary), DEVICE, RUN (work folder, default runs/tiny),
+# MODEL_DIR, TRAIN_CLIPS, HELDOUT_CLIPS, VAE_STEPS, VAE_BATCH, VAE_LR, DIT_STEPS, DIT_BATCH, DIT_LR,
+# DIT_EMA, EVAL_CLIPS, GEN_STEPS, GEN_GUIDANCE, GEN_DEVICE, and DEADLINE (unix time): when set, the
+# VAE, the encoding and the DiT get shares of the time left (train-vae --max-seconds,
+# encode-clips --max-seconds, osp train stopped with SIGINT, which saves a checkpoint) —
+# that is how the shipped model was trained inside one 8-minute GPU call; the steps each stage
+# reached are in RUN/vae/vae_eval.json and RUN/dit/train_log.jsonl, and re-running with those
+# step counts and no DEADLINE repeats the run (same seeds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OSP=${OSP:-build-tiny/osp}
+DEVICE=${DEVICE:-cuda}
+RUN=${RUN:-runs/tiny}
+MODEL_DIR=${MODEL_DIR:-models/osp-next-tiny}
+SIZE=64x64
+FRAMES=9
+TRAIN_CLIPS=${TRAIN_CLIPS:-4096}
+HELDOUT_CLIPS=${HELDOUT_CLIPS:-256}
+VAE_STEPS=${VAE_STEPS:-3000}
+VAE_BATCH=${VAE_BATCH:-4}
+VAE_LR=${VAE_LR:-6e-4}
+DIT_STEPS=${DIT_STEPS:-20000}
+DIT_BATCH=${DIT_BATCH:-64}
+DIT_LR=${DIT_LR:-8e-4}
+DIT_EMA=${DIT_EMA:-0.995}
+EVAL_CLIPS=${EVAL_CLIPS:-48}
+GEN_STEPS=${GEN_STEPS:-30}
+GEN_GUIDANCE=${GEN_GUIDANCE:-5}
+GEN_DEVICE=${GEN_DEVICE:-cpu}
+STAGES=${STAGES:-"data vae text encode dit package eval"}
+DEADLINE=${DEADLINE:-0}
+
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+now() { date +%s; }
+left() { echo $((DEADLINE - $(now))); }
+log() { echo "[train-tiny $(date -u +%H:%M:%S)] $*"; }
+mkdir -p "$RUN"
+
+if has data; then
+  log "data: $TRAIN_CLIPS train + $HELDOUT_CLIPS held-out clips, $SIZE x $FRAMES frames"
+  "$OSP" -q make-dataset --out "$RUN/data-train" --count "$TRAIN_CLIPS" --seed 1 --size $SIZE --frames $FRAMES \
+    --split train --overwrite
+  "$OSP" -q make-dataset --out "$RUN/data-heldout" --count "$HELDOUT_CLIPS" --seed 2 --size $SIZE --frames $FRAMES \
+    --split heldout --overwrite
+fi
+
+if has vae; then
+  extra=()
+  if [ "$DEADLINE" -gt 0 ]; then
+    budget=$(( ($(left) - 40) * 45 / 100 ))
+    extra=(--max-seconds "$budget")
+    log "vae: time budget $budget s"
+  fi
+  vae_args=(--data "$RUN/data-train" --eval-data "$RUN/data-heldout" --eval-clips "${VAE_EVAL_CLIPS:-64}" --out "$RUN/vae"
+    --dim 16 --res-blocks 2 --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --warmup 100
+    --min-lr-ratio 0.05 --clip 1.0 --kl-weight 0 --recon mse --seed 0 --calib-clips "${VAE_CALIB_CLIPS:-128}" --overwrite --no-progress)
+  if ! "$OSP" train-vae "${vae_args[@]}" --device "$DEVICE" "${extra[@]}"; then
+    [ "$DEVICE" = cpu ] && exit 1
+    log "vae: train-vae on $DEVICE failed; falling back to the CPU"
+    [ "$DEADLINE" -gt 0 ] && extra=(--max-seconds $(( ($(left) - 40) * 40 / 100 )))
+    "$OSP" train-vae "${vae_args[@]}" --device cpu "${extra[@]}"
+  fi
+  cat "$RUN/vae/vae_eval.json"
+fi
+
+if has text; then
+  log "text: caption tokenizer + frozen random umT5"
+  rm -rf "$RUN/base" && mkdir -p "$RUN/base"
+  "$OSP" -q make-text-encoder --dataset "$RUN/data-train" --out "$RUN/base" --seed 0 --dim 64 --layers 2 --heads 4 \
+    --ffn 160 --vocab 256
+  cp "$RUN/vae/Wan2.1_VAE.safetensors" "$RUN/base/"
+fi
+
+if has encode; then
+  extra=()
+  if [ "$DEADLINE" -gt 0 ]; then
+    budget=$(( ($(left) - 40) * 15 / 100 ))
+    extra=(--max-seconds "$budget")
+    log "encode: time budget $budget s"
+  fi
+  "$OSP" -q encode-clips -m "$RUN/base" --dataset "$RUN/data-train" --out "$RUN/cache" --text-len 64 \
+    --device "$DEVICE" --overwrite "${extra[@]}"
+  log "encode: $(grep -c '"latent_shape"' "$RUN/cache/manifest.json") latents"
+fi
+
+if has dit; then
+  cat > "$RUN/dit_config.json" <<'EOF'
+{"_class_name": "WanModel", "model_type": "t2v", "dim": 192, "ffn_dim": 576, "num_heads": 4, "num_layers": 8,
+ "text_dim": 64, "text_len": 64, "freq_dim": 256, "in_dim": 16, "out_dim": 16, "eps": 1e-06, "patch_size": [1, 2, 2],
+ "skiparse_model_type": "dual_end", "sparse_ratio": 2, "num_full_blocks": 4}
+EOF
+  rm -rf "$RUN/dit"
+  dit_cmd=("$OSP" -q train --from-scratch --config-model "$RUN/dit_config.json" --data "$RUN/cache" --attention hybrid
+    --device "$DEVICE" --steps "$DIT_STEPS" --batch "$DIT_BATCH" --lr "$DIT_LR" --warmup $(( DIT_STEPS < 100 ? DIT_STEPS : 100 )) --schedule constant
+    --clip fixed:1.0 --ema "$DIT_EMA" --caption-dropout 0.1 --seed 0 --out "$RUN/dit" --keep 1)
+  rc=0
+  if [ "$DEADLINE" -gt 0 ]; then
+    budget=$(( $(left) - 30 ))
+    log "dit: time budget $budget s (SIGINT then: osp train saves a checkpoint and exits 130)"
+    timeout -s INT "$budget" "${dit_cmd[@]}" || rc=$?
+  else
+    "${dit_cmd[@]}" || rc=$?
+  fi
+  [ $rc -eq 0 ] || [ $rc -eq 130 ] || [ $rc -eq 124 ] || { log "dit: osp train failed ($rc)"; exit $rc; }
+  log "dit: $(wc -l < "$RUN/dit/train_log.jsonl") steps, last: $(tail -1 "$RUN/dit/train_log.jsonl")"
+fi
+
+if has package; then
+  ck="$RUN/dit/$(cat "$RUN/dit/latest")"
+  src="$ck/ema"
+  [ -f "$src/diffusion_pytorch_model.safetensors" ] || src="$ck"
+  log "package: $MODEL_DIR from $src"
+  rm -rf "$MODEL_DIR" && mkdir -p "$MODEL_DIR/google/umt5-xxl"
+  cp "$src/config.json" "$src/diffusion_pytorch_model.safetensors" "$MODEL_DIR/"
+  cp "$RUN/base/models_t5_umt5-xxl-enc-bf16.safetensors" "$RUN/base/Wan2.1_VAE.safetensors" "$MODEL_DIR/"
+  cp "$RUN/base/google/umt5-xxl/spiece.model" "$MODEL_DIR/google/umt5-xxl/"
+  "$OSP" inspect "$MODEL_DIR"
+  du -sh "$MODEL_DIR"
+fi
+
+if has eval; then
+  vid="$RUN/eval-videos"
+  rm -rf "$vid" && mkdir -p "$vid"
+  log "eval: $EVAL_CLIPS held-out prompts, $GEN_STEPS steps, guidance $GEN_GUIDANCE on $GEN_DEVICE"
+  python3 - "$RUN/data-heldout/manifest.jsonl" "$EVAL_CLIPS" > "$RUN/eval-prompts.tsv" <<'EOF'
+import json, sys
+for i, line in enumerate(open(sys.argv[1])):
+    if i >= int(sys.argv[2]): break
+    j = json.loads(line)
+    print(j["id"] + "\t" + j["caption"])
+EOF
+  start=$(now)
+  n=0
+  while IFS=$'\t' read -r id caption; do
+    "$OSP" -q generate -m "$MODEL_DIR" --prompt "$caption" --size $SIZE --frames $FRAMES --steps "$GEN_STEPS" \
+      --guidance "$GEN_GUIDANCE" --seed $((1000 + n)) --device "$GEN_DEVICE" --out "$vid/$id.mp4" --overwrite
+    n=$((n + 1))
+  done < "$RUN/eval-prompts.tsv"
+  log "eval: generated $n videos in $(( $(now) - start )) s"
+  "$OSP" eval --dataset "$RUN/data-heldout" --videos "$vid" --json "$RUN/eval.json" | tee "$RUN/eval.txt"
+  "$OSP" eval --dataset "$RUN/data-heldout" --limit "$EVAL_CLIPS" --json "$RUN/eval-detector.json" > "$RUN/eval-detector.txt"
+fi
+log "done: $STAGES"
