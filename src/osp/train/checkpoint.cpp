@@ -160,7 +160,7 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
           put("trainer_state.json", [&](const std::string& p) { write_text_atomic(p, j.dump(2) + "\n", io::Overwrite::Refuse); });
         }
         for (const auto& [rel, src] : c.links)
-          for (const fs::path folder : {t, t / "ema"}) {
+          for (const fs::path& folder : {t, t / "ema"}) {
             if (folder != t && !(c.ema && c.ema->enabled())) continue;
             const fs::path target = folder / rel;
             fs::create_directories(target.parent_path());
