@@ -4,6 +4,8 @@
 // binds as an inference DiT (the model folder layout `osp generate` reads).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "osp/core/progress.h"  // interrupted(), set_interrupted()
@@ -137,4 +139,33 @@ TEST(DiTTrain, KilledAndResumedRunGivesTheSameLosses) {
   fs::remove_all(data);
   fs::remove_all(out_a);
   fs::remove_all(out_b);
+}
+
+// --attention hybrid on a full-attention config trains the OSP-Next dual-end layout (and says so
+// in the checkpoint's config), here with HiF8 quantization-aware training.
+TEST(DiTTrain, HybridHiF8QuantizationAwareTraining) {
+  const fs::path data = make_cache("qat"), out = fresh("qat_out");
+  model::DiTConfig c = tiny();
+  c.num_layers = 8;
+  DiTTrainOptions d;
+  d.attention = "hybrid";
+  d.quant = "hif8";
+  DiTTrainModel m(c, random_dit_weights(c, 3), d);
+  EXPECT_EQ(m.config().skiparse_mode, "dual_end");
+  TrainOptions o = options(data, out);
+  o.steps = 30;
+  const TrainResult r = run_training(o, m);
+  ASSERT_EQ(r.log.size(), 30u);
+  for (const auto& s : r.log) EXPECT_TRUE(std::isfinite(s.loss)) << "step " << s.step;
+  double first = 0, last = 0;
+  for (int k = 0; k < 5; ++k) first += r.log[size_t(k)].loss / 5;
+  for (int k = 25; k < 30; ++k) last += r.log[size_t(k)].loss / 5;
+  EXPECT_LT(last, first);
+  const model::DiTConfig saved = model::DiTConfig::from_json_file((fs::path(r.last_checkpoint) / "config.json").string());
+  EXPECT_EQ(saved.skiparse_mode, "dual_end");
+  const auto kinds = saved.block_kinds();
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), sparse::BlockKind::Token), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), sparse::BlockKind::Group), kinds.end());
+  fs::remove_all(data);
+  fs::remove_all(out);
 }
