@@ -25,6 +25,7 @@
 
 namespace fs = std::filesystem;
 namespace osp::cli { void add_tiny_model_commands(CLI::App& app); }  // cli/train_vae_command.cpp
+namespace osp::cli { void add_rl_command(CLI::App& app); }  // cli/rl_command.cpp
 using namespace osp;
 
 namespace {
@@ -220,6 +221,7 @@ int main(int argc, char** argv) {
   osp::cli::add_train_commands(app);  // osp train, osp encode-dataset (cli/train_command.cpp)
   osp::cli::add_data_commands(app);   // osp make-dataset, osp eval (cli/dataset_command.cpp, eval_command.cpp)
   osp::cli::add_tiny_model_commands(app);  // osp train-vae, make-text-encoder, encode-clips (cli/train_vae_command.cpp)
+  osp::cli::add_rl_command(app);  // osp rl (cli/rl_command.cpp)
 
   try {
     app.parse(argc, argv);
