@@ -99,7 +99,7 @@ fi
 
 if has dit; then
   cat > "$RUN/dit_config.json" <<'EOF'
-{"_class_name": "WanModel", "model_type": "t2v", "dim": 192, "ffn_dim": 576, "num_heads": 4, "num_layers": 8,
+{"_class_name": "WanModel", "model_type": "t2v", "dim": 128, "ffn_dim": 512, "num_heads": 2, "num_layers": 8,
  "text_dim": 64, "text_len": 64, "freq_dim": 256, "in_dim": 16, "out_dim": 16, "eps": 1e-06, "patch_size": [1, 2, 2],
  "skiparse_model_type": "dual_end", "sparse_ratio": 2, "num_full_blocks": 4}
 EOF
