@@ -22,6 +22,7 @@
 #include "osp/pipeline/pipeline.h"
 #include "osp/cli/train_command.h"
 #include "osp/cli/data_commands.h"
+#include "osp/cli/serve_command.h"
 
 namespace fs = std::filesystem;
 namespace osp::cli { void add_tiny_model_commands(CLI::App& app); }  // cli/train_vae_command.cpp
@@ -86,6 +87,7 @@ int inspect(const std::string& path, bool all) {
       return 0;
     }
   }
+  if (osp::cli::inspect_lora(path)) return 0;
   const io::Checkpoint ck = io::open_checkpoint(path);
   const auto names = ck->names();
   size_t params = 0;
@@ -158,10 +160,10 @@ int main(int argc, char** argv) {
 
   // ---- generate
   pipeline::GenerateOptions g;
-  std::string model_dir, size = "1280x720", frames_out;
+  std::string model_dir, size = "1280x720", prompts_file;
   auto* gen = app.add_subcommand("generate", "text to video");
   gen->add_option("-m,--model", model_dir, "model folder (Wan2.1 original/diffusers, OSP-Next, demo)")->required();
-  gen->add_option("-p,--prompt", g.prompt, "what the video shows")->required();
+  gen->add_option("-p,--prompt", g.prompt, "what the video shows (or --prompts FILE)");
   gen->add_option("-n,--negative-prompt", g.negative_prompt, "default: Wan2.1's Chinese negative prompt");
   gen->add_flag("--no-negative", g.no_negative, "use an empty negative prompt");
   gen->add_option("--size", size, "WIDTHxHEIGHT, multiples of 16")->capture_default_str();
@@ -183,6 +185,8 @@ int main(int argc, char** argv) {
   gen->add_option("--fps", g.fps, "frames per second of the MP4")->capture_default_str();
   size_t vae_tile_mb = 0;
   gen->add_option("--vae-budget-mb", vae_tile_mb, "VAE decode activation budget (tiling); 0 = auto");
+  gen->add_option("--lora", g.loras, "LoRA FILE[:SCALE] merged into the DiT (repeatable)");
+  gen->add_option("--prompts", prompts_file, "batch: one prompt (or JSON settings) per line, videos into --out DIR/");
 
   // ---- inspect
   std::string inspect_path;
@@ -236,6 +240,7 @@ int main(int argc, char** argv) {
       pipeline::parse_size(size, g.width, g.height);
       g.vae_tile_budget = vae_tile_mb << 20;
       check_generate_flags(*gen, g);
+      if (!prompts_file.empty()) return osp::cli::generate_batch(model_dir, g, prompts_file);
       const pipeline::Plan plan = pipeline::plan_generation(model_dir, g);
       const pipeline::GenerateResult r = pipeline::generate(plan);
       if (r.interrupted) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/hif8_checkpoint.h"
+#include "osp/model/lora.h"
 #include "osp/model/tokenizer.h"
 #include "osp/model/vae.h"
 #include "osp/pipeline/finite_check.h"
@@ -218,6 +220,7 @@ void validate_options(const GenerateOptions& o) {
   if (dev.is_cuda())
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
+  if (o.no_output) return;
   const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
   const OutputKind kind = output_kind(o.out);
   if (kind == OutputKind::Mp4) {
@@ -295,6 +298,17 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
                                     [](const std::string& k) { return k != "full"; });
     OSP_CHECK(!hybrid, "--sp ulysses splits full attention only, but this model's blocks are hybrid "
               "(Skiparse token/group blocks): use --sp ssp, or --attention full");
+  }
+  // LoRAs: read and checked against this DiT's shapes now, before any weight is loaded.
+  if (!o.loras.empty()) {
+    const auto shapes = model::DiT::expected_shapes(cfg);
+    for (const auto& spec : o.loras) {
+      const model::LoraSpec ls = model::parse_lora_spec(spec);
+      auto l = std::make_shared<model::Lora>(model::load_lora(ls.path));
+      model::check_lora(*l, shapes);
+      log_verbose("LoRA ", ls.path, " (scale ", ls.scale, "): ", l->summary());
+      p.loras.push_back({ls.path, ls.scale, std::move(l)});
+    }
   }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
   OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
@@ -397,7 +411,8 @@ namespace {
 
 // Writes the frames of a finished run through an atomic temporary (a Ctrl-C safe point
 // between frames; nothing appears unless every frame is written).
-void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<std::string, std::string>& meta) {
+void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<std::string, std::string>& meta,
+                  const std::function<void(const char*)>& safe_point) {
   const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
   const Tensor f = rgb.to(Device::cpu()).contiguous();
   const int64_t F = f.size(0), H = f.size(1), W = f.size(2), per = H * W * 3;
@@ -408,7 +423,7 @@ void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<st
     io::write_file_atomic(o.out, [&](const std::string& tmp) {
       io::VideoWriter w(tmp, int(W), int(H), vo);
       for (int64_t i = 0; i < F; ++i) {
-        interruption_point("writing");
+        safe_point("writing");
         w.write_frame(f.data<uint8_t>() + i * per);
       }
       w.close();
@@ -417,7 +432,7 @@ void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<st
     const std::map<std::string, std::string> text = {{"prompt", o.prompt}, {"settings", meta.at("comment")}};
     io::write_dir_atomic(o.out, [&](const std::string& tmp) {
       for (int64_t i = 0; i < F; ++i) {
-        interruption_point("writing");
+        safe_point("writing");
         char name[32];
         std::snprintf(name, sizeof name, "frame_%04lld.png", (long long)i);
         io::write_png((fs::path(tmp) / name).string(), f.data<uint8_t>() + i * per, int(W), int(H), text);
@@ -426,35 +441,195 @@ void write_output(const GenerateOptions& o, const Tensor& rgb, const std::map<st
   }
 }
 
-void run_pipeline(const Plan& plan, GenerateResult& res);
-
 }  // namespace
 
-GenerateResult generate(const Plan& plan) {
+PipelineOptions pipeline_options(const GenerateOptions& o) {
+  PipelineOptions po;
+  po.device = o.device;
+  po.quant = o.quant;
+  po.sp = o.sp;
+  po.offload = o.offload;
+  po.loras = o.loras;
+  return po;
+}
+
+struct Pipeline::Impl {
+  ModelFiles files;
+  PipelineOptions po;
+  std::vector<PlannedLora> loras;
+  Device dev;
+  SpSetup sps;
+  std::mutex run_mutex;
+  // Loaded components (kept between runs with po.keep_loaded).
+  std::unique_ptr<TextEncoder> enc;
+  std::unique_ptr<model::DiT> dit;
+  model::DiTConfig cfg;
+  std::unique_ptr<model::WanVae> vae;
+
+  const RunHooks* hooks = nullptr;
+  Clock::time_point run_start;
+
+  // A safe point: Ctrl-C (the process-wide flag) or the caller's cancellation.
+  void point(const char* stage) {
+    interruption_point(stage);
+    if (hooks && hooks->cancelled && hooks->cancelled()) throw Interrupted(stage);
+  }
+  void report(const char* stage, int step, int steps, double eta) {
+    if (hooks && hooks->on_progress) hooks->on_progress({stage, step, steps, since(run_start), eta});
+  }
+  bool rank0() const { return sps.rank == 0; }
+  bool show() const { return rank0() && log_level() >= LogLevel::Info; }
+
+  void load_text_encoder() {
+    if (enc) return;
+    report("model loading", 0, 0, -1);
+    const Device tdev = (dev.is_cuda() && po.offload) ? Device::cpu() : dev;
+    enc = TextEncoder::load(files, tdev, 512);
+  }
+  void load_dit() {
+    if (dit) return;
+    report("model loading", 0, 0, -1);
+    io::Checkpoint ck = open_dit(files);
+    cfg = load_dit_config(files, ck);
+    std::map<std::string, Tensor> weights;
+    {
+      const auto names = ck->names();
+      LoadProgress lp("DiT", int(names.size()), show());
+      for (const auto& n : names) weights[n] = lp.get(ck, n);
+      lp.finish();
+    }
+    for (const auto& l : loras) {
+      log_info("LoRA ", l.path, " merged with scale ", l.scale, ": ", l.lora->summary());
+      model::merge_lora(weights, *l.lora, l.scale, "", dev.is_cuda() ? DType::BF16 : DType::F32);
+    }
+    model::DiTOptions dopt;
+    dopt.device = dev;
+    dopt.quant = po.quant == "hif8"  ? model::DiTQuant::HiF8
+                 : po.quant == "fp8" ? model::DiTQuant::FP8
+                                     : model::DiTQuant::None;
+    dit = std::make_unique<model::DiT>(model::DiT::bind(cfg, weights, dopt));
+    weights.clear();
+    interruption_point("model loading");
+  }
+  void load_vae() {
+    if (vae) return;
+    report("model loading", 0, 0, -1);
+    io::Checkpoint vck = io::open_checkpoint(files.vae);
+    LoadProgress lp("VAE", int(vck->size()), show());
+    model::VaeConfig vcfg;
+    vcfg.has_encoder = false;
+    vae = std::make_unique<model::WanVae>(
+        model::WanVae::load([&](const std::string& n) { return lp.get(vck, n); }, dev, vcfg));
+    lp.finish();
+  }
+
+  void run(const Plan& plan, GenerateResult& res);
+};
+
+Pipeline::Pipeline(const std::string& model_dir, const PipelineOptions& po) : impl_(std::make_unique<Impl>()) {
+  impl_->files = detect_model_dir(model_dir);
+  impl_->po = po;
+  impl_->dev = parse_device(po.device);
+  // The LoRAs are read and checked against the DiT's shapes before anything heavy loads.
+  if (!po.loras.empty()) {
+    const io::Checkpoint ck = open_dit(impl_->files);
+    const auto shapes = model::DiT::expected_shapes(load_dit_config(impl_->files, ck));
+    for (const auto& spec : po.loras) {
+      const model::LoraSpec ls = model::parse_lora_spec(spec);
+      auto l = std::make_shared<model::Lora>(model::load_lora(ls.path));
+      model::check_lora(*l, shapes);
+      impl_->loras.push_back({ls.path, ls.scale, std::move(l)});
+    }
+  }
+  impl_->sps = make_sp(po.sp, impl_->dev);
+}
+
+Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<Impl>()) {
+  impl_->files = plan.files;
+  impl_->po = pipeline_options(plan.opt);
+  impl_->po.keep_loaded = keep_loaded;
+  impl_->loras = plan.loras;
+  impl_->dev = parse_device(plan.opt.device);
+  impl_->sps = make_sp(plan.opt.sp, impl_->dev);
+}
+
+Pipeline::~Pipeline() = default;
+
+const ModelFiles& Pipeline::files() const { return impl_->files; }
+const PipelineOptions& Pipeline::options() const { return impl_->po; }
+
+std::string Pipeline::dit_summary() const {
+  const io::Checkpoint ck = open_dit(impl_->files);
+  return load_dit_config(impl_->files, ck).summary();
+}
+
+Plan Pipeline::plan(GenerateOptions o) const {
+  const PipelineOptions& po = impl_->po;
+  o.device = po.device;
+  o.quant = po.quant;
+  o.sp = po.sp;
+  o.offload = po.offload;
+  o.loras.clear();  // checked once, when the pipeline was made
+  Plan p = plan_generation(impl_->files.root, o);
+  p.opt.loras = po.loras;
+  p.loras = impl_->loras;
+  return p;
+}
+
+void Pipeline::preload() {
+  std::lock_guard<std::mutex> lock(impl_->run_mutex);
+  OSP_CHECK(impl_->po.keep_loaded, "Pipeline::preload needs keep_loaded");
+  impl_->hooks = nullptr;
+  impl_->load_text_encoder();
+  impl_->load_dit();
+  impl_->load_vae();
+}
+
+GenerateResult Pipeline::run(const Plan& plan, const RunHooks& hooks) {
+  std::lock_guard<std::mutex> lock(impl_->run_mutex);
+  const PipelineOptions& po = impl_->po;
+  const GenerateOptions& o = plan.opt;
+  OSP_CHECK(o.device == po.device && o.quant == po.quant && o.sp == po.sp && o.offload == po.offload &&
+                o.loras == po.loras,
+            "this request's model settings (device ", o.device, ", quant ", o.quant, ", sp ", o.sp,
+            ", offload ", o.offload, ", ", o.loras.size(), " LoRA(s)) differ from the loaded pipeline's (device ",
+            po.device, ", quant ", po.quant, ", sp ", po.sp, ", offload ", po.offload, ", ", po.loras.size(),
+            " LoRA(s))");
   GenerateResult res;
+  impl_->hooks = &hooks;
+  impl_->run_start = Clock::now();
   try {
-    run_pipeline(plan, res);
+    impl_->run(plan, res);
   } catch (const Interrupted& e) {
     res.interrupted = true;
+    res.cancelled = hooks.cancelled && hooks.cancelled();
     res.interrupted_stage = e.stage();
     res.out_path.clear();
     res.rgb = Tensor();
-    log_warn("interrupted (Ctrl-C) during ", e.stage(), res.interrupted_stage == "sampling"
-                 ? str(" after ", res.steps_done, " of ", plan.opt.steps, " steps")
-                 : std::string(), "; nothing written");
+    log_warn(res.cancelled ? "cancelled" : "interrupted (Ctrl-C)", " during ", e.stage(),
+             res.interrupted_stage == "sampling" ? str(" after ", res.steps_done, " of ", o.steps, " steps")
+                                                 : std::string(),
+             "; nothing written");
+  } catch (...) {
+    impl_->hooks = nullptr;
+    if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->vae.reset();
+    throw;
   }
+  impl_->hooks = nullptr;
+  if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->vae.reset();
   return res;
 }
 
-namespace {
-void run_pipeline(const Plan& plan, GenerateResult& res) {
+GenerateResult generate(const Plan& plan) {
+  Pipeline p(plan, /*keep_loaded=*/false);
+  return p.run(plan);
+}
+
+void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   const GenerateOptions& o = plan.opt;
   res.seed = o.seed;
-  const Device dev = parse_device(o.device);
-  SpSetup sps = make_sp(o.sp, dev);
-  const bool rank0 = sps.rank == 0;
-  if (!rank0) set_log_level(std::min(log_level(), LogLevel::Warn));
-  const bool show = rank0 && log_level() >= LogLevel::Info;
+  if (!rank0()) set_log_level(std::min(log_level(), LogLevel::Warn));
+  const bool keep = po.keep_loaded;
   log_info("model: ", layout_name(plan.files.layout), " at ", plan.files.root);
   if (plan.files.layout == ModelLayout::Demo)
     log_warn("osp-demo-random: this model has RANDOM weights; the video will be noise");
@@ -471,41 +646,29 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
   else if (est > 0)
     log_verbose("estimated sampling time: ", Progress::format_duration(est), " (", plan.est_basis, ")");
 
-  // ---- 1. text: tokenizer + umT5 (released when done)
+  // ---- 1. text: tokenizer + umT5 (released when done unless kept)
   auto t0 = Clock::now();
   std::vector<Tensor> ctx;
   {
-    const Device tdev = (dev.is_cuda() && o.offload) ? Device::cpu() : dev;
-    auto enc = TextEncoder::load(plan.files, tdev, 512);
+    load_text_encoder();
+    report("text encoding", 0, 0, -1);
     std::vector<std::string> prompts{o.prompt};
     if (o.guidance != 1.0f) prompts.push_back(o.negative_prompt);
+    point("text encoding");
     ctx = enc->encode(prompts);
+    if (!keep) enc.reset();
   }
   res.seconds["text"] = since(t0);
   log_info("text encoded in ", res.seconds["text"], " s");
 
-  // ---- 2. DiT sampling loop (batched CFG), DiT released afterwards
+  // ---- 2. DiT sampling loop (batched CFG), DiT released afterwards unless kept
   t0 = Clock::now();
   Tensor x;
+  double step_s = 0;
   {
-    io::Checkpoint ck = open_dit(plan.files);
-    model::DiTConfig cfg = load_dit_config(plan.files, ck);
-    std::map<std::string, Tensor> weights;
-    {
-      const auto names = ck->names();
-      LoadProgress lp("DiT", int(names.size()), show);
-      for (const auto& n : names) weights[n] = lp.get(ck, n);
-      lp.finish();
-    }
-    model::DiTOptions dopt;
-    dopt.device = dev;
-    dopt.quant = o.quant == "hif8"  ? model::DiTQuant::HiF8
-                 : o.quant == "fp8" ? model::DiTQuant::FP8
-                                    : model::DiTQuant::None;
-    model::DiT dit = model::DiT::bind(cfg, weights, dopt);
-    weights.clear();
-    interruption_point("model loading");
-    dit.set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
+    load_dit();
+    point("model loading");
+    dit->set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
 
     // Context: [B, text_len, text_dim], each prompt's trimmed rows then zeros.
     const int64_t B = int64_t(ctx.size());
@@ -526,9 +689,11 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
     auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
     Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
-    Progress prog("sampling", o.steps, rank0 ? -1 : 0, stderr);
+    Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
+    const auto ts = Clock::now();
+    report("sampling", 0, o.steps, -1);
     for (int i = 0; i < o.steps; ++i) {
-      interruption_point("sampling");
+      point("sampling");
       for (int64_t b = 0; b < B; ++b) {
         Tensor dst = xb.select(0, b);
         dst.copy_from(x);
@@ -536,7 +701,7 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
       const float t = float(sampler->timestep(i));
       Tensor vb;
       try {
-        vb = dit.forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
+        vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
       } catch (const Interrupted&) {
         throw Interrupted("sampling");  // stopped between two DiT blocks of this step
       }
@@ -548,34 +713,36 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
       sampler->step(i, v, x);
       check_finite_latent(x, i + 1, o.steps);
       res.steps_done = i + 1;
-      if (show) prog.update(i + 1);
+      if (show()) prog.update(i + 1);
+      step_s = since(ts) / double(i + 1);
+      report("sampling", i + 1, o.steps, step_s * double(o.steps - i - 1));
     }
-    if (show) prog.finish();
+    if (show()) prog.finish();
+    if (!keep) dit.reset();
   }
   res.seconds["dit"] = since(t0);
 
-  // ---- 3. VAE decode (VAE loaded only now)
+  // ---- 3. VAE decode (VAE loaded only now unless kept)
   t0 = Clock::now();
   Tensor video;
   {
-    io::Checkpoint vck = io::open_checkpoint(plan.files.vae);
-    LoadProgress lp("VAE", int(vck->size()), show);
-    model::VaeConfig vcfg;
-    vcfg.has_encoder = false;
-    model::WanVae vae = model::WanVae::load([&](const std::string& n) { return lp.get(vck, n); }, dev, vcfg);
-    lp.finish();
+    load_vae();
     const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (dev.is_cuda() ? size_t(8) << 30 : size_t(4) << 30);
     model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, budget);
     if (dopt.tile_h || dopt.tile_w)
       log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")");
     std::unique_ptr<Progress> vprog;
+    const auto tv = Clock::now();
     dopt.on_chunk = [&](int64_t done, int64_t total) {
-      if (show && done == 0) vprog = std::make_unique<Progress>("VAE decode", int(total), -1, stderr);
+      if (show() && done == 0) vprog = std::make_unique<Progress>("VAE decode", int(total), -1, stderr);
       if (vprog && done > 0) vprog->update(int(done));
-      interruption_point("VAE decode");
+      report("VAE decode", int(done), int(total),
+             done > 0 ? since(tv) / double(done) * double(total - done) : -1);
+      point("VAE decode");
     };
-    video = vae.decode(x, dopt);
+    video = vae->decode(x, dopt);
     if (vprog) vprog->finish();
+    if (!keep) vae.reset();
   }
   res.seconds["vae"] = since(t0);
   log_info("VAE decoded in ", res.seconds["vae"], " s");
@@ -583,7 +750,9 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
   // ---- 4. write (rank 0), atomically: complete or nothing
   t0 = Clock::now();
   res.rgb = io::video_to_rgb8(video);
-  if (rank0) {
+  if (rank0() && !o.no_output) {
+    report("writing", 0, 0, -1);
+    point("writing");
     std::map<std::string, std::string> meta = {
         {"title", o.prompt},
         {"comment", str("osp generate: ", o.width, "x", o.height, "x", o.frames, ", ", o.steps, " ",
@@ -592,12 +761,11 @@ void run_pipeline(const Plan& plan, GenerateResult& res) {
         {"osp_seed", std::to_string(o.seed)},
         {"osp_negative_prompt", o.negative_prompt},
     };
-    write_output(o, res.rgb, meta);
+    write_output(o, res.rgb, meta, [this](const char* st) { point(st); });
     res.out_path = o.out;
     log_info("wrote ", o.out);
   }
   res.seconds["write"] = since(t0);
 }
-}  // namespace
 
 }  // namespace osp::pipeline

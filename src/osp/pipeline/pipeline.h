@@ -11,11 +11,16 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "osp/core/tensor.h"
 #include "osp/pipeline/model_dir.h"
+
+namespace osp::model {
+struct Lora;
+}
 
 namespace osp::pipeline {
 
@@ -42,6 +47,8 @@ struct GenerateOptions {
   bool overwrite = false;            // replace an existing output (else refused before any work)
   int fps = 16;
   size_t vae_tile_budget = 0;        // bytes for VAE decode activations (0 = auto)
+  std::vector<std::string> loras;    // "FILE" or "FILE:SCALE" (model::parse_lora_spec), merged in order
+  bool no_output = false;            // write nothing (out is ignored): the frames are only returned
 };
 
 // Parses "1280x720" (or "1280*720", the Wan spelling) into width, height.
@@ -71,8 +78,17 @@ struct MemoryPlan {
   std::string describe() const;
 };
 
+// A LoRA of the plan: read and checked against the DiT's shapes in plan_generation (before
+// any weight is loaded), merged into the DiT weights when the DiT loads.
+struct PlannedLora {
+  std::string path;
+  double scale = 1.0;
+  std::shared_ptr<const model::Lora> lora;
+};
+
 struct Plan {
   ModelFiles files;
+  std::vector<PlannedLora> loras;
   GenerateOptions opt;  // with defaults resolved (shift, seed, negative prompt)
   Geometry geo;
   MemoryPlan mem;
@@ -90,14 +106,78 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& o);
 struct GenerateResult {
   std::string out_path;
   int steps_done = 0;
-  bool interrupted = false;
+  bool interrupted = false;               // Ctrl-C, SIGTERM in a server, or RunHooks::cancelled
+  bool cancelled = false;                 // interrupted because RunHooks::cancelled said so
   std::string interrupted_stage;          // "text encoding", "sampling", "VAE decode", ...
   int64_t seed = 0;
   std::map<std::string, double> seconds;  // per stage: text, dit, vae, write
   Tensor rgb;                             // U8 [F, H, W, 3] (rank 0; undefined if interrupted)
 };
 
-// Runs the whole pipeline. Rank 0 writes the output; other ranks only compute.
+// What a run reports while it works (RunHooks::on_progress), from the thread that runs it.
+struct ProgressEvent {
+  std::string stage;     // "model loading", "text encoding", "sampling", "VAE decode", "writing"
+  int step = 0;          // sampling: finished steps; VAE decode: decoded latent frames
+  int steps = 0;         // of this many
+  double elapsed_s = 0;  // since the run started
+  double eta_s = -1;     // remaining time of the run (sampling, VAE estimated alike); < 0 unknown
+};
+
+struct RunHooks {
+  std::function<void(const ProgressEvent&)> on_progress;
+  // Polled at every safe point (between prompts, sampling steps, VAE chunks, written frames):
+  // true stops the run there like Ctrl-C (nothing written; result.cancelled).
+  std::function<bool()> cancelled;
+};
+
+// What the loaded models depend on; everything else is per request.
+struct PipelineOptions {
+  std::string device = "cpu";
+  std::string quant = "none";
+  std::string sp = "none";
+  bool offload = false;
+  std::vector<std::string> loras;  // FILE[:SCALE], merged into the DiT weights once at load
+  // true: the text encoder, DiT and VAE stay loaded between runs (a server, batches, Python);
+  // false: each stage's weights leave the device before the next stage (one-shot `generate`,
+  // the smallest peak memory).
+  bool keep_loaded = true;
+};
+
+// A model folder with its text encoder, DiT (LoRAs merged) and VAE loaded once and kept (with
+// keep_loaded) across runs. Components load on first use (or with preload()). Runs are
+// serialized (one at a time; a second caller waits). Requests whose model-level settings
+// (device, quant, sp, offload, loras) differ from the pipeline's are refused.
+class Pipeline {
+ public:
+  Pipeline(const std::string& model_dir, const PipelineOptions& po);
+  // The pipeline a plan describes (its files, its checked LoRAs), for one-shot runs.
+  Pipeline(const Plan& plan, bool keep_loaded);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // plan_generation for this pipeline's model, with its model-level settings filled in.
+  Plan plan(GenerateOptions o) const;
+  // Runs one request (see generate below). Throws osp::Error on failure; interruption and
+  // cancellation come back in the result.
+  GenerateResult run(const Plan& plan, const RunHooks& hooks = {});
+  // Loads every component now (keep_loaded only).
+  void preload();
+  const ModelFiles& files() const;
+  const PipelineOptions& options() const;
+  std::string dit_summary() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// The model-level settings of a request.
+PipelineOptions pipeline_options(const GenerateOptions& o);
+
+// Runs the whole pipeline once: Pipeline(plan, keep_loaded = false).run(plan).
+// Rank 0 writes the output; other ranks only compute.
 // A SIGINT (osp::install_interrupt_handler) stops every stage at its next safe point
 // (osp::interruption_point: between text prompts, weight tensors, sampling steps, VAE chunks,
 // written frames): the result then has interrupted = true and nothing is written. A latent
