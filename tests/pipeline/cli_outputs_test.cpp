@@ -255,6 +255,21 @@ TEST_F(CliOutputs, ConvertNeverReplacesItsInput) {
   c = run_osp({"convert", dit, out, "--overwrite"});
   EXPECT_EQ(c.code, 0) << c.out;
   EXPECT_EQ(names_in(out_dir_), std::vector<std::string>{"dit_hif8.safetensors"});
+  // Paths that cannot work are refused before the conversion.
+  c = run_osp({"convert", dit, (out_dir_ / "dit.bin").string()});
+  EXPECT_EQ(c.code, 1) << c.out;
+  EXPECT_TRUE(has(c.out, "must end in .safetensors")) << c.out;
+  c = run_osp({"convert", dit, out_dir_.string()});
+  EXPECT_EQ(c.code, 1) << c.out;
+  // Ctrl-C while converting or writing: exit 130, the previous output untouched, no temporary.
+  const std::string previous = read_all(out);
+  for (const std::string stage : {"converting", "writing"}) {
+    c = run_osp({"convert", dit, out, "--overwrite"}, {stage, 0});
+    EXPECT_TRUE(c.held) << stage << "\n" << c.out;
+    EXPECT_EQ(c.code, 130) << stage << "\n" << c.out;
+    EXPECT_TRUE(read_all(out) == previous) << stage;
+    EXPECT_EQ(names_in(out_dir_), std::vector<std::string>{"dit_hif8.safetensors"});
+  }
 }
 
 TEST_F(CliOutputs, ContradictoryOrOutOfRangeSettingsAreErrors) {

@@ -109,6 +109,8 @@ Hif8ConvertReport convert_checkpoint_hif8(const std::string& in_path, const std:
     OSP_CHECK(!same, "osp convert: the output ", out_path, " is the input checkpoint (", resolved.string(),
               "); write the converted file under another name");
   }
+  OSP_CHECK(std::filesystem::path(out_path).extension() == ".safetensors", "osp convert: the output ", out_path,
+            " must end in .safetensors (the converted checkpoint is a safetensors file)");
   io::check_output_path(out_path, opt.overwrite);  // before the (long) conversion
   io::Checkpoint ck = io::open_checkpoint(in_path);
   std::map<std::string, std::string> meta;
