@@ -55,9 +55,11 @@ inline const GoldenTrain& golden_train() {
 }
 
 // A DiT bound for training in one of the file's modes: "full", "hybrid", "hybrid_qat".
-inline model::DiT golden_train_model(const std::string& mode, bool checkpointing = true) {
+inline model::DiT golden_train_model(const std::string& mode, bool checkpointing = true,
+                                     Device device = Device::cpu()) {
   const GoldenTrain& g = golden_train();
   model::DiTOptions opt;
+  opt.device = device;
   opt.train = true;
   opt.activation_checkpointing = checkpointing;
   if (mode == "hybrid_qat") opt.quant = model::DiTQuant::HiF8;

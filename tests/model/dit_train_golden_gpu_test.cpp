@@ -1,0 +1,56 @@
+// DiT training on CUDA against golden_train.safetensors: the bf16 forward with tapes and the CUDA
+// backward ops (cuBLASLt linear backward, cuDNN SDPA backward, norm/RoPE/modulation kernels) give
+// the reference loss, v and every stored gradient (parameters, x_σ, context) within the bf16
+// bound of issue 13 (3e-2 relative), in the modes full and hybrid (Skiparse with padding), with
+// activation checkpointing on and off. Skipped visibly without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit.h"
+#include "osp/ops/ops.h"
+#include "golden_train.h"
+#include "test_util.h"
+
+using namespace osp;
+using model::DiT;
+
+namespace {
+
+// One rectified-flow step: x_σ, v and the loss on the host in fp32, the model on the GPU.
+test::TrainStepResult flow_step_cuda(DiT& m, dist::SequenceParallel& sp,
+                                     const test::TrainCaseInputs& in) {
+  const float s = in.sigma;
+  Tensor xs = Tensor::empty(in.x0.shape(), DType::F32);
+  Tensor target = Tensor::empty(in.x0.shape(), DType::F32);
+  ops::axpby(s, in.noise, 1.f - s, in.x0, xs);
+  ops::axpby(1.f, in.noise, -1.f, in.x0, target);
+  test::TrainStepResult r;
+  r.v = m.forward_train(xs, {1000.f * s}, in.context, sp).to(Device::cpu());
+  Tensor diff = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(1.f, r.v, -1.f, target, diff);
+  double acc = 0;
+  for (float d : diff.to_float_vector()) acc += double(d) * d;
+  const double numel = double(diff.numel());
+  r.loss = acc / numel;
+  Tensor dv = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(float(2.0 / numel), diff, 0.f, diff, dv);
+  m.backward(dv.to(Device::cuda(0)), sp, &r.dx_sigma, &r.dcontext);
+  return r;
+}
+
+void run_golden_cuda(const std::string& c, const std::string& mode, bool checkpointing) {
+  OSP_REQUIRE_GPU();
+  DiT m = test::golden_train_model(mode, checkpointing, Device::cuda(0));
+  auto sp = dist::make_single_device();
+  const auto r = flow_step_cuda(m, *sp, test::golden_train_inputs(c));
+  test::expect_matches_golden_train(m, r, c, mode, 3e-2);
+}
+
+}  // namespace
+
+TEST(DiTTrainGoldenGpu, TrainAFull) { run_golden_cuda("trainA", "full", true); }
+TEST(DiTTrainGoldenGpu, TrainAHybridWithPadding) { run_golden_cuda("trainA", "hybrid", true); }
+TEST(DiTTrainGoldenGpu, TrainBFull) { run_golden_cuda("trainB", "full", true); }
+TEST(DiTTrainGoldenGpu, TrainBHybridNoCheckpointing) { run_golden_cuda("trainB", "hybrid", false); }
