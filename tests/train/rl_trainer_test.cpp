@@ -281,6 +281,19 @@ TEST(RlTrainer, OptionsAndConfigErrorsNameTheField) {
   EXPECT_EQ(x.group, 8);
   EXPECT_EQ(x.kl_beta, 0.5);
   EXPECT_EQ(x.rewards.size(), 2u);
+  // built-in adherence needs prompts of the synthetic grammar (or records): refused up front
+  {
+    RlOptions z = o;
+    z.out = fresh("optz").string();
+    z.prompts = z.out + "_prompts.txt";
+    std::ofstream(z.prompts) << "a cat sitting on a mat\n";
+    z.rewards = {"builtin:adherence"};
+    expect([&] { rl_preflight(z); }, "a cat sitting on a mat");
+    z.rewards = {"builtin:temporal"};
+    rl_preflight(z);  // temporal consistency needs no attributes
+    fs::remove(z.prompts);
+    fs::remove_all(z.out);
+  }
   RlOptions y;
   y.apply_json(x.to_json(), "round trip");
   EXPECT_EQ(y.to_json(), x.to_json());

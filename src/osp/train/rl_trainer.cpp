@@ -326,8 +326,16 @@ std::string resolve_rl_checkpoint(const std::string& path) {
 
 void rl_preflight(const RlOptions& o) {
   o.validate();
-  load_rl_prompts(o.prompts);
-  if (!o.eval_prompts.empty()) load_rl_prompts(o.eval_prompts);
+  // Built-in adherence rewards need every prompt's attributes: a record, or a caption of the
+  // synthetic grammar (checked now rather than after the first rollout).
+  bool needs_attributes = false;
+  for (const auto& r : o.rewards) needs_attributes |= r.rfind("builtin:temporal", 0) != 0;
+  auto check = [&](const std::string& path) {
+    for (const RlPrompt& p : load_rl_prompts(path))
+      if (needs_attributes && !p.has_attributes) parse_clip_caption(p.caption);
+  };
+  check(o.prompts);
+  if (!o.eval_prompts.empty()) check(o.eval_prompts);
   if (!o.resume.empty()) {
     resolve_rl_checkpoint(o.resume);
   } else {
