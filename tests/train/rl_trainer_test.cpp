@@ -14,6 +14,7 @@
 #include <functional>
 #include <string>
 
+#include "osp/core/interrupt.h"
 #include "osp/core/philox.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/io/safetensors.h"
@@ -298,4 +299,76 @@ TEST(RlTrainer, OptionsAndConfigErrorsNameTheField) {
   y.apply_json(x.to_json(), "round trip");
   EXPECT_EQ(y.to_json(), x.to_json());
   fs::remove(o.prompts);
+}
+
+// Ctrl-C between iterations saves the completed iterations; Ctrl-C inside an update (raised
+// while the rewards of iteration 2 are computed, caught at the update's first safe point) puts
+// the LoRA, optimizer, EMA and clipper back to the end of iteration 1 and saves that. Either
+// way, resuming gives the uninterrupted run.
+TEST(RlTrainer, CtrlCSavesTheLastCompleteIterationAndResumeMatches) {
+  const fs::path ref = fresh("ctrlc_ref"), a = fresh("ctrlc_a"), b = fresh("ctrlc_b");
+  RlResult full;
+  {
+    Stack s;
+    RlOptions o = options(ref);
+    o.iterations = 3;
+    full = run_rl(o, s.env, s.rewards);
+  }
+  ASSERT_EQ(full.log.size(), 3u);
+  const fs::path ck3 = fs::path(full.last_checkpoint);
+  // (1) between iterations: the hook raises the flag after iteration 2
+  {
+    Stack s;
+    RlOptions o = options(a);
+    o.iterations = 3;
+    RlHooks h;
+    h.on_iteration = [](const RlIterationLog& l) {
+      if (l.iteration == 2) set_interrupted(true);
+    };
+    const RlResult r = run_rl(o, s.env, s.rewards, h);
+    set_interrupted(false);
+    EXPECT_TRUE(r.interrupted);
+    EXPECT_EQ(r.iterations_done, 2);
+    EXPECT_EQ(fs::path(r.last_checkpoint).filename().string(), "checkpoint-00000002");
+  }
+  // (2) inside the update of iteration 2
+  class StopDuringReward : public Reward {
+   public:
+    std::string name() const override { return "red"; }
+    double score(const RewardSample& s) override {
+      if (++calls == 6 + 6) set_interrupted(true);  // the last sample of iteration 2
+      const auto v = s.video.select(0, 0).contiguous().to_float_vector();
+      double m = 0;
+      for (float x : v) m += x;
+      return m / double(v.size());
+    }
+    int calls = 0;
+  };
+  {
+    Stack s;
+    s.rewards.clear();
+    s.rewards.push_back(std::make_unique<StopDuringReward>());
+    RlOptions o = options(b);
+    o.iterations = 3;
+    const RlResult r = run_rl(o, s.env, s.rewards);
+    set_interrupted(false);
+    EXPECT_TRUE(r.interrupted);
+    EXPECT_EQ(r.iterations_done, 1);
+    EXPECT_EQ(fs::path(r.last_checkpoint).filename().string(), "checkpoint-00000001");
+  }
+  for (const fs::path& d : {a, b}) {
+    Stack s;
+    RlOptions o = options(d);
+    o.iterations = 3;
+    o.resume = d.string();
+    const RlResult r = run_rl(o, s.env, s.rewards);
+    ASSERT_EQ(r.iterations_done, 3);
+    expect_same_log(r.log.back(), full.log.back());
+    for (const char* f : {"lora.safetensors", "lora_ema.safetensors", "optimizer.safetensors"})
+      EXPECT_EQ(file_bytes(fs::path(r.last_checkpoint) / f), file_bytes(ck3 / f)) << d << " " << f;
+  }
+  for (const auto& d : {ref, a, b}) {
+    fs::remove_all(d);
+    fs::remove(d.string() + "_prompts.txt");
+  }
 }

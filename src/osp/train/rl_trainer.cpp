@@ -616,6 +616,13 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   lc.kl_beta = o.kl_beta;
 
   auto save = [&](int64_t it) {
+    // A save requested by Ctrl-C finishes: the writers' own safe points are held off meanwhile
+    // (a second Ctrl-C still ends the process at once, removing the temporary folder).
+    struct HoldInterrupt {
+      bool was = interrupted();
+      HoldInterrupt() { set_interrupted(false); }
+      ~HoldInterrupt() { set_interrupted(was || interrupted()); }
+    } hold;
     const std::string name = rl_checkpoint_name(it);
     const fs::path dir = fs::path(o.out) / name;
     model::Lora cur = dit.lora();
