@@ -86,10 +86,13 @@ struct TrainStepResult {
 
 // Compares a step of `model` on <c>.<mode> with every stored tensor: loss, v, grad.x_sigma,
 // grad.context and grad.<parameter> (all of those the file stores). Returns the worst relative
-// error of the gradients (‖got − want‖ / ‖want‖) and checks each against `tol`.
+// error of the gradients (‖got − want‖ / ‖want‖) and checks each against `tol` — except the
+// attention key biases (`*.k.bias`) when `key_bias_tol` > 0: softmax is invariant to a shift of
+// every logit of a query, so a key bias gets gradient only through the q/k RMS norm, and that
+// small gradient is a sum of large, cancelling terms (bf16 rounding of dK shows up at ~3 %).
 inline double expect_matches_golden_train(model::DiT& m, const TrainStepResult& r,
                                           const std::string& c, const std::string& mode,
-                                          double tol) {
+                                          double tol, double key_bias_tol = 0) {
   const GoldenTrain& g = golden_train();
   const std::string pre = c + "." + mode + ".";
   const double want_loss = g.scalar(pre + "loss");
@@ -99,7 +102,7 @@ inline double expect_matches_golden_train(model::DiT& m, const TrainStepResult& 
   EXPECT_LT(v_err, tol) << pre << "v";
   std::map<std::string, const Tensor*> grads;
   for (const ParamRef& p : m.parameters()) grads[p.name] = p.grad;
-  double worst = 0;
+  double worst = 0, worst_other = 0;  // worst_other: excluding the key biases (key_bias_tol)
   std::string worst_name;
   int compared = 0;
   const std::string gp = pre + "grad.";
@@ -126,13 +129,18 @@ inline double expect_matches_golden_train(model::DiT& m, const TrainStepResult& 
       continue;
     }
     const double err = relative_error(got, want);
-    EXPECT_LT(err, tol) << name;
+    const bool key_bias = key_bias_tol > 0 && what.size() > 7 &&
+                          what.compare(what.size() - 7, 7, ".k.bias") == 0;
+    EXPECT_LT(err, key_bias ? key_bias_tol : tol) << name;
     if (err > worst) worst = err, worst_name = what;
+    if (!key_bias && err > worst_other) worst_other = err;
     ++compared;
   }
-  std::printf("[ info     ] %s %s: loss %.9g (rel err %.2g), v %.2g, %d gradients, worst %.3g (%s)\n",
+  std::printf("[ info     ] %s %s: loss %.9g (rel err %.2g), v %.2g, %d gradients, worst %.3g (%s)"
+              "%s%.3g\n",
               c.c_str(), mode.c_str(), r.loss, loss_err, v_err, compared, worst,
-              worst_name.c_str());
+              worst_name.c_str(), key_bias_tol > 0 ? ", worst without key biases " : "",
+              key_bias_tol > 0 ? worst_other : 0.0);
   EXPECT_GE(compared, 8) << pre << ": too few stored gradients found";
   return worst;
 }
