@@ -10,6 +10,7 @@ PKGS=(
   libsentencepiece-dev sentencepiece
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
   libpng-dev zlib1g-dev zstd
+  libcpp-httplib-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

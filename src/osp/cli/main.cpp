@@ -225,6 +225,7 @@ int main(int argc, char** argv) {
   osp::cli::add_train_commands(app);  // osp train, osp encode-dataset (cli/train_command.cpp)
   osp::cli::add_data_commands(app);   // osp make-dataset, osp eval (cli/dataset_command.cpp, eval_command.cpp)
   osp::cli::add_tiny_model_commands(app);  // osp train-vae, make-text-encoder, encode-clips (cli/train_vae_command.cpp)
+  osp::cli::add_serve_command(app);  // osp serve (cli/serve_command.cpp)
   osp::cli::add_rl_command(app);  // osp rl (cli/rl_command.cpp)
 
   try {
