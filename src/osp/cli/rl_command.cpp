@@ -100,6 +100,9 @@ int run_rl_command(train::RlOptions o) {
   int rc = 0;
   try {
     rc = body();
+  } catch (const Interrupted& e) {  // outside the loop's own handling (model loading, evaluation)
+    std::fprintf(stderr, "osp: %s; the last complete checkpoint (if any) is intact\n", e.what());
+    rc = 130;
   } catch (const Error& e) {
     std::fprintf(stderr, "osp: error: %s\n", e.what());
     rc = 1;
