@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "osp/core/interrupt.h"
 #include "osp/ops/extra_ops.h"
 #include "osp/ops/ops.h"
 
@@ -191,6 +192,7 @@ Tensor T5Encoder::Impl::run(const Tensor& ids_dev, int64_t B, int64_t L,
   Tensor x = e.dtype() == DType::F32 ? e : e.to(DType::F32);
   Tensor bias = Tensor::empty({H, L, L}, DType::F32, dev);
   for (const Layer& ly : layers) {
+    interruption_point("text encoding");  // Ctrl-C safe point between layers
     ops::relative_bias(ly.pos, bucket, bias);  // bias [H, L, L] = P[bucket(j − i), h]
 
     // ---- self-attention: x += o(attn(norm1(x)))
