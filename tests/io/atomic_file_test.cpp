@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "io/io_test_util.h"
+#include "osp/io/safetensors.h"
 
 using namespace osp;
 using osp::iotest::expect_error;
@@ -222,4 +223,37 @@ TEST(AtomicDir, FailedWriteKeepsPreviousFolder) {
   expect_error([&] { io::check_output_dir(d.file("frames/frame_0000.png"), io::Overwrite::Allow); },
                {"not a folder"});
   expect_error([&] { io::check_output_dir("/proc/osp_frames/", io::Overwrite::Allow); }, {"/proc"});
+}
+
+// save_safetensors goes through write_file_atomic: a write that hits the file-size limit (as a
+// full disk would) leaves the previous checkpoint readable and no temporary; Refuse refuses.
+TEST(AtomicFile, SafetensorsFullDiskKeepsPreviousCheckpoint) {
+  TempDir d;
+  const std::string out = d.file("ck.safetensors");
+  io::save_safetensors(out, {{"w", Tensor::from_vector({1, 2, 3}, {3})}});
+  const std::string before = slurp(out);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl {16 << 10, 16 << 10};
+    if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) ::_exit(3);
+    try {
+      io::save_safetensors(out, {{"w", Tensor::zeros({1 << 16}, DType::F32)}});  // 256 KiB
+    } catch (const Error& e) {
+      ::_exit(std::string(e.what()).find("ck.safetensors") != std::string::npos ? 0 : 6);
+    } catch (...) {
+      ::_exit(4);
+    }
+    ::_exit(5);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(slurp(out), before);
+  EXPECT_EQ(entries(d.path), std::vector<std::string>{"ck.safetensors"});
+  expect_error([&] { io::save_safetensors(out, {{"w", Tensor::zeros({1}, DType::F32)}}, {}, io::Overwrite::Refuse); },
+               {"already exists"});
+  EXPECT_EQ(slurp(out), before);
 }
