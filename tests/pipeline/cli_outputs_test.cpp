@@ -166,14 +166,18 @@ TEST_F(CliOutputs, FullDiskKeepsPreviousOutputAndLeavesNoPartialFile) {
   const fs::path out = out_dir_ / "video.mp4";
   const std::string previous(3000, 'p');
   std::ofstream(out) << previous;
-  // Files may not grow past 4 KiB: the video (and each PNG frame of noise) is larger.
-  Child c = run_osp(gen(out.string(), {"--overwrite"}), {"", 4096});
+  // Files may not grow past 4 KiB: a 128x128 video of noise (and each PNG frame) is far larger.
+  auto a = gen(out.string(), {"--overwrite"});
+  a[6] = "128x128";
+  Child c = run_osp(a, {"", 4096});
   EXPECT_EQ(c.code, 1) << c.out;
   EXPECT_TRUE(has(c.out, "video.mp4")) << c.out;
   EXPECT_EQ(read_all(out), previous);
   EXPECT_EQ(names_in(out_dir_), std::vector<std::string>{"video.mp4"});
 
-  c = run_osp(gen((out_dir_ / "frames/").string(), {"--size", "128x128"}), {"", 4096});
+  a = gen((out_dir_ / "frames/").string());
+  a[6] = "128x128";
+  c = run_osp(a, {"", 4096});
   EXPECT_EQ(c.code, 1) << c.out;
   EXPECT_EQ(names_in(out_dir_), std::vector<std::string>{"video.mp4"});
 }

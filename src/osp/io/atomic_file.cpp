@@ -129,6 +129,13 @@ int rename_noreplace(const fs::path& from, const fs::path& to) {
   return 0;
 }
 
+// A writer's error names the hidden temporary; the user wants the output they asked for first.
+[[noreturn]] void rethrow_naming(const Error& e, const std::string& target) {
+  const std::string m = e.what();
+  if (m.find(target) != std::string::npos && m.find(".tmp-") == std::string::npos) throw e;
+  fail(str("writing ", target, " failed (nothing was written; any previous version is untouched): ", m));
+}
+
 void remove_quietly(const fs::path& p) {
   std::error_code ec;
   fs::remove_all(p, ec);
@@ -205,6 +212,9 @@ void write_file_atomic(const std::string& path, const std::function<void(const s
                 " appeared while osp was writing it; pass --overwrite to replace it");
       OSP_CHECK(e == 0, "writing ", path, " failed: cannot rename ", tmp.string(), " to it (", errno_text(e), ")");
     }
+  } catch (const Error& e) {
+    remove_quietly(tmp);
+    rethrow_naming(e, path);
   } catch (...) {
     remove_quietly(tmp);
     throw;
@@ -263,6 +273,9 @@ void write_dir_atomic(const std::string& dir, const std::function<void(const std
         }
       }
     }
+  } catch (const Error& e) {
+    remove_quietly(tmp);
+    rethrow_naming(e, dir);
   } catch (...) {
     remove_quietly(tmp);
     throw;
