@@ -11,8 +11,8 @@
 // exception other than osp::Error escape; the input is then written to the findings folder
 // (default fuzz-findings/) and the driver exits with 1.
 //
-// Built with -DOSP_LIBFUZZER (clang -fsanitize=fuzzer) this file is left out and libFuzzer's
-// own main drives the same targets.
+// The targets use libFuzzer's entry point, so with clang one can also link a fuzz_NAME.cpp with
+// -fsanitize=fuzzer instead of this driver (scripts/fuzz.sh does not: it needs only GCC).
 #include <signal.h>
 #include <unistd.h>
 
