@@ -155,6 +155,9 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   EXPECT_EQ(l1.sde_begin, 0);
   EXPECT_EQ(l1.sde_end, 3);
   EXPECT_EQ(l1.optimizer_steps, 1);
+  EXPECT_EQ(l1.rollout_forwards, 6 * 6 * 2);  // samples x steps x (cond, uncond)
+  EXPECT_EQ(l1.update_backwards, 6 * 3);      // kept samples x stored SDE steps
+  EXPECT_EQ(l1.update_forwards, 6 * 3 * 3);   // v_u + the reference's cond and uncond
   // on-policy start: the rollout's log-probabilities are reproduced exactly, and B = 0 makes the
   // fresh LoRA the reference model
   EXPECT_EQ(l1.ratio_min, 1.0);

@@ -279,7 +279,8 @@ std::string RlIterationLog::json() const {
                       {"grad_norm", grad_norm}, {"clipped", clipped}, {"lr", lr}, {"kept", kept},
                       {"sde_window", {sde_begin, sde_end}}, {"optimizer_steps", optimizer_steps},
                       {"seconds_rollout", seconds_rollout}, {"seconds_reward", seconds_reward},
-                      {"seconds_update", seconds_update}};
+                      {"seconds_update", seconds_update}, {"rollout_forwards", rollout_forwards},
+                      {"update_forwards", update_forwards}, {"update_backwards", update_backwards}};
   for (const auto& [k, v] : reward_means) j["reward_" + k] = v;
   if (eval_reward >= 0) j["eval_reward"] = eval_reward;
   return j.dump();
@@ -725,6 +726,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
       break;
     }
     lg.seconds_rollout = since(t0);
+    lg.rollout_forwards = int64_t(rolls.size()) * o.steps * (o.guidance != 1.0 ? 2 : 1);
 
     // ---- rewards
     t0 = Clock::now();
@@ -813,6 +815,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
             clip_sum += res.clip_fraction;
             loss_sum += res.loss;
             ++terms;
+            lg.update_forwards += (o.guidance != 1.0 ? 1 : 0) + (o.kl_beta > 0 ? (o.guidance != 1.0 ? 2 : 1) : 0);
+            ++lg.update_backwards;
           }
         }
         const ClipResult cr = clipper.clip(params);

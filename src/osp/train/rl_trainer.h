@@ -136,6 +136,10 @@ struct RlIterationLog {
   bool clipped = false;
   int64_t kept = 0, sde_begin = 0, sde_end = 0, optimizer_steps = 0;
   double seconds_rollout = 0, seconds_reward = 0, seconds_update = 0;
+  // DiT calls (forward-only cost reference: a rollout forward costs what a generate step's
+  // forward costs): rollout forwards, update forwards without gradients (v_u, reference), and
+  // training forward+backward pairs.
+  int64_t rollout_forwards = 0, update_forwards = 0, update_backwards = 0;
   double eval_reward = -1;  // held-out mean reward (−1: not evaluated this iteration)
   std::string json() const;
 };
