@@ -175,7 +175,7 @@ if tj:
     torch_s = t["ms_per_step"] / 1000.0
     rows.append(("torch (PyTorch way)", torch_s, t["peak_gib"], t["flops_per_step"], t["steps"],
                  "sdpa %s, torch %s, loss %.4f" % (t["sdpa"], t["torch"], t["loss"])))
-    if cache.get("forward_flops_full") and abs(4 * cache["forward_flops_full"] / t["flops_per_step"] - 1) > 1e-6:
+    if cache.get("forward_flops_full") and abs(4 * cache["forward_flops_full"] / t["flops_per_step"] - 1) > 1e-4:
         print("WARNING: osp full and torch FLOP counts differ: %.6g vs %.6g" % (4 * cache["forward_flops_full"], t["flops_per_step"]))
 else:
     rows.append(("torch (PyTorch way)", None, None, None, 0, "no result (see torch.jsonl)"))
