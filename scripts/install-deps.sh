@@ -11,6 +11,7 @@ PKGS=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
   libpng-dev zlib1g-dev zstd
   libcpp-httplib-dev
+  pybind11-dev python3-dev python3-numpy
 )
 missing=()
 for p in "${PKGS[@]}"; do
