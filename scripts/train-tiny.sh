@@ -11,6 +11,8 @@
 #
 #   bash scripts/train-tiny.sh                         # everything, on the GPU (DEVICE=cuda)
 #   STAGES="package eval" bash scripts/train-tiny.sh   # only some stages
+#   VAE_INIT=models/osp-next-tiny/Wan2.1_VAE.safetensors bash scripts/train-tiny.sh
+#                                                      # continue the VAE from the shipped stage-1 weights
 # Settings (environment): OSP (the osp binary), DEVICE, RUN (work folder, default runs/tiny),
 # MODEL_DIR, TRAIN_CLIPS, HELDOUT_CLIPS, VAE_STEPS, VAE_BATCH, VAE_LR, DIT_STEPS, DIT_BATCH, DIT_LR,
 # DIT_EMA, EVAL_CLIPS, GEN_STEPS, GEN_GUIDANCE, GEN_DEVICE, and DEADLINE (unix time): when set, the
@@ -33,6 +35,7 @@ HELDOUT_CLIPS=${HELDOUT_CLIPS:-256}
 VAE_STEPS=${VAE_STEPS:-3000}
 VAE_BATCH=${VAE_BATCH:-4}
 VAE_LR=${VAE_LR:-6e-4}
+VAE_INIT=${VAE_INIT:-}
 DIT_STEPS=${DIT_STEPS:-20000}
 DIT_BATCH=${DIT_BATCH:-64}
 DIT_LR=${DIT_LR:-8e-4}
@@ -68,6 +71,7 @@ if has vae; then
   vae_args=(--data "$RUN/data-train" --eval-data "$RUN/data-heldout" --eval-clips "${VAE_EVAL_CLIPS:-64}" --out "$RUN/vae"
     --dim 16 --res-blocks 2 --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --warmup 100
     --min-lr-ratio 0.05 --clip 1.0 --kl-weight 0 --recon mse --seed 0 --calib-clips "${VAE_CALIB_CLIPS:-128}" --overwrite --no-progress)
+  [ -n "$VAE_INIT" ] && vae_args+=(--init "$VAE_INIT")
   if ! "$OSP" train-vae "${vae_args[@]}" --device "$DEVICE" "${extra[@]}"; then
     [ "$DEVICE" = cpu ] && exit 1
     log "vae: train-vae on $DEVICE failed; falling back to the CPU"

@@ -46,6 +46,8 @@ void add_tiny_model_commands(CLI::App& app) {
         ->capture_default_str();
     c->add_flag("--overwrite", o->overwrite, "replace a previous run's files in --out");
     c->add_flag("--no-progress", o->quiet, "no progress line");
+    c->add_flag("--eval-only", o->eval_only, "with --init and --eval-data: only the held-out evaluation");
+    c->add_option("--recon-out", o->recon_out, "held-out reconstructions as safetensors (osp eval --pred)");
     c->callback([c, o]() {
       run_command(*c, [&]() {
         install_interrupt_handler();
@@ -54,7 +56,8 @@ void add_tiny_model_commands(CLI::App& app) {
                     r.last_loss);
         if (r.eval.clips) std::printf(", held-out PSNR %.2f dB (min %.2f) over %lld clips", r.eval.mean_psnr,
                                       r.eval.min_psnr, static_cast<long long>(r.eval.clips));
-        std::printf("\nwrote %s\n", r.weights.c_str());
+        std::printf("\n");
+        if (!r.weights.empty()) std::printf("wrote %s\n", r.weights.c_str());
       });
     });
   }

@@ -86,7 +86,8 @@ std::string eval_json(const VaeEvalResult& r) {
 
 }  // namespace
 
-VaeEvalResult evaluate_vae(const model::TrainableVae& vae, const ClipDataset& ds, int64_t limit) {
+VaeEvalResult evaluate_vae(const model::TrainableVae& vae, const ClipDataset& ds, int64_t limit,
+                           std::map<std::string, Tensor>* recon) {
   const std::map<std::string, Tensor> w = bf16_weights(vae);
   model::VaeConfig cfg = vae.config();
   cfg.has_encoder = true;
@@ -113,6 +114,18 @@ VaeEvalResult evaluate_vae(const model::TrainableVae& vae, const ClipDataset& ds
     for (int64_t k = 0; k < x.numel(); ++k) {
       const double d = 0.5 * (double(a[k]) - double(b[k]));  // [0, 1] scale
       se += d * d;
+    }
+    if (recon) {
+      const int64_t C = y.size(0), F = y.size(1), H = y.size(2), W = y.size(3);
+      Tensor u = Tensor::empty({F, H, W, C}, DType::U8);
+      uint8_t* up = u.data<uint8_t>();
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t f = 0; f < F; ++f)
+          for (int64_t i = 0; i < H * W; ++i) {
+            const double v = std::clamp((double(b[(c * F + f) * H * W + i]) + 1.0) * 127.5, 0.0, 255.0);
+            up[(f * H * W + i) * C + c] = uint8_t(std::lround(v));
+          }
+      (*recon)[ds.clips[size_t(i)].id] = u;
     }
     const double mse = se / double(x.numel());
     const double psnr = 10.0 * std::log10(1.0 / std::max(mse, 1e-30));
@@ -227,6 +240,24 @@ VaeTrainResult train_vae(const VaeTrainOptions& o) {
   const std::string weights_path = (fs::path(o.out) / "Wan2.1_VAE.safetensors").string();
   const std::string log_path = (fs::path(o.out) / "vae_log.jsonl").string();
   const std::string eval_path = (fs::path(o.out) / "vae_eval.json").string();
+  if (o.eval_only) {
+    OSP_CHECK(!o.init.empty() && !eval_ds.clips.empty(), "train-vae: --eval-only needs --init and --eval-data");
+    io::Checkpoint ck = io::open_checkpoint(o.init);
+    const model::TrainableVae vae =
+        model::TrainableVae::from_weights(model::weight_getter(ck), model::small_vae_config(o.dim, o.res_blocks), dev);
+    std::map<std::string, Tensor> rec;
+    VaeTrainResult res;
+    res.eval = evaluate_vae(vae, eval_ds, o.eval_clips, o.recon_out.empty() ? nullptr : &rec);
+    if (!o.recon_out.empty()) io::save_safetensors(o.recon_out, rec, {}, io::Overwrite::Allow);
+    io::write_file_atomic(
+        (fs::path(o.out) / "vae_heldout_eval.json").string(),
+        [&](const std::string& tmp) {
+          std::ofstream f(tmp);
+          f << eval_json(res.eval) << "\n";
+        },
+        io::Overwrite::Allow);
+    return res;
+  }
   if (!o.overwrite)
     for (const auto& p : {weights_path, log_path})
       OSP_CHECK(!fs::exists(p), "train-vae: ", p, " exists (a previous run); use --overwrite or a new --out");
@@ -335,7 +366,9 @@ VaeTrainResult train_vae(const VaeTrainOptions& o) {
   write_weights(vae, weights_path, done);
   res.weights = weights_path;
   if (!eval_ds.clips.empty()) {
-    res.eval = evaluate_vae(vae, eval_ds, o.eval_clips);
+    std::map<std::string, Tensor> rec;
+    res.eval = evaluate_vae(vae, eval_ds, o.eval_clips, o.recon_out.empty() ? nullptr : &rec);
+    if (!o.recon_out.empty()) io::save_safetensors(o.recon_out, rec, {}, io::Overwrite::Allow);
     log_info("train-vae: held-out PSNR ", res.eval.mean_psnr, " dB (min ", res.eval.min_psnr, ") over ", res.eval.clips,
              " clips");
   }

@@ -20,6 +20,7 @@
 // latents the DiT trains on have mean 0 and std 1 per channel.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,9 @@ struct VaeTrainOptions {
                              // on max(step / steps, elapsed / max_seconds) (a time budget)
   bool overwrite = false;    // replace an existing run folder's files
   bool quiet = false;        // no progress line
+  bool eval_only = false;    // with --init: no training, only the held-out evaluation (+ recon_out)
+  std::string recon_out;     // safetensors of the held-out reconstructions (U8 [F, H, W, 3] per clip
+                             // id: `osp eval --pred` scores what the detector sees through the VAE)
   void validate() const;     // throws osp::Error naming the option
 };
 
@@ -73,7 +77,9 @@ VaeTrainResult train_vae(const VaeTrainOptions& o);
 // PSNR of decode(encode(x)) (posterior mean, clamped to [−1, 1], on the [0, 1] scale as
 // `osp eval --psnr`) over the first `limit` clips of `ds`, through the inference WanVae built
 // from the trainable model's weights.
-VaeEvalResult evaluate_vae(const model::TrainableVae& vae, const ClipDataset& ds, int64_t limit);
+// `recon` (optional) receives each reconstruction as U8 [F, H, W, 3] under the clip id.
+VaeEvalResult evaluate_vae(const model::TrainableVae& vae, const ClipDataset& ds, int64_t limit,
+                           std::map<std::string, Tensor>* recon = nullptr);
 
 // Raw posterior-mean statistics per latent channel over the first `limit` clips.
 void latent_statistics(const model::TrainableVae& vae, const ClipDataset& ds, int64_t limit,
