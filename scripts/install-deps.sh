@@ -12,6 +12,7 @@ PKGS=(
   libpng-dev zlib1g-dev zstd
   libcpp-httplib-dev
   pybind11-dev python3-dev python3-numpy
+  chromium
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,7 +13,8 @@ h1{font-size:1.4em} label{display:inline-block;margin:.3em 1em .3em 0}
 textarea{width:100%;height:4.5em;font:inherit} input{width:6em}
 #bar{height:14px;background:#eee;border-radius:7px;overflow:hidden;margin:.8em 0}
 #fill{height:100%;width:0;background:#3a7;transition:width .2s}
-#status{min-height:1.4em} .err{color:#b00} video,img{max-width:100%;margin-top:1em;display:block}
+#status{min-height:1.4em} .err{color:#b00}
+video,img{max-width:100%;min-width:min(100%,320px);margin-top:1em;display:block;image-rendering:pixelated}
 button{font:inherit;padding:.35em 1.2em}
 </style></head><body>
 <h1>osp — text to video</h1>
@@ -50,6 +51,7 @@ function show(s) {
   if (s.error) txt += ' — ' + s.error;
   $('status').textContent = txt;
   $('status').className = s.status === 'failed' ? 'err' : '';
+  document.body.dataset.state = s.status;
 }
 function finish(s) {
   if (es) { es.close(); es = null; }
@@ -90,6 +92,11 @@ $('f').addEventListener('submit', async ev => {
     if (['succeeded', 'failed', 'cancelled'].includes(s2.status)) finish(s2);
   };
 });
+// ?prompt=...&size=...&frames=...&steps=...&seed=... fills the form; &autostart=1 submits it.
+const params = new URLSearchParams(location.search);
+for (const k of ['prompt', 'size', 'frames', 'steps', 'seed', 'guidance', 'token'])
+  if (params.has(k)) $(k).value = params.get(k);
+if (params.get('autostart') === '1') $('f').requestSubmit();
 $('cancel').addEventListener('click', () => {
   if (current) fetch('/v1/generations/' + current, {method: 'DELETE', headers: headers()});
 });
