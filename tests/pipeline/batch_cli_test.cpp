@@ -102,6 +102,9 @@ TEST(BatchCli, LinesRunSkipFailuresAndMatchSingleRuns) {
   g = run("generate -m " + model + " --prompts " + (root / "good.txt").string() + " -o " + (root / "x.mp4").string());
   EXPECT_EQ(g.code, 1);
   EXPECT_TRUE(has(g.out, "give --out DIR/")) << g.out;
+  g = run("generate -m " + model + " -p also --prompts " + (root / "good.txt").string() + " -o " + (root / "o3").string() + "/");
+  EXPECT_EQ(g.code, 1);
+  EXPECT_TRUE(has(g.out, "--prompt and --prompts contradict")) << g.out;
   { std::ofstream f(root / "empty.txt"); f << "\n# nothing\n"; }
   g = run("generate -m " + model + " --prompts " + (root / "empty.txt").string() + " -o " + (root / "o2").string() + "/");
   EXPECT_EQ(g.code, 1);

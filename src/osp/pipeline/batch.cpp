@@ -68,6 +68,8 @@ std::vector<BatchLine> read_batch_file(const std::string& path, const GenerateOp
 BatchResult run_batch(const std::string& model_dir, const GenerateOptions& base, const std::string& prompts_file) {
   using Clock = std::chrono::steady_clock;
   std::error_code ec;
+  OSP_CHECK(base.prompt.empty(), "--prompt and --prompts contradict each other: the prompts come from ",
+            prompts_file, " (give one of them)");
   const std::string& out_dir = base.out;
   OSP_CHECK(!out_dir.empty() && (out_dir.back() == '/' || fs::is_directory(out_dir, ec)),
             "--prompts writes one video per line into a folder: give --out DIR/ (got '", out_dir, "')");

@@ -573,6 +573,16 @@ Plan Pipeline::plan(GenerateOptions o) const {
   Plan p = plan_generation(impl_->files.root, o);
   p.opt.loras = po.loras;
   p.loras = impl_->loras;
+  // Kept models are resident together: on a GPU (where the free memory counts osp's own cache as
+  // available) the peak is every weight plus the largest stage's activations.
+  MemoryPlan& m = p.mem;
+  if (po.keep_loaded && impl_->dev.is_cuda()) {
+    m.peak = m.t5_weights + m.dit_weights + m.vae_weights +
+             std::max({m.t5_activations, m.dit_activations, m.vae_activations});
+    if (m.available && m.peak > m.available)
+      fail(str("the request does not fit beside the loaded models: ", m.describe(),
+               " (all three models stay loaded). Try a smaller size/frames, or --offload"));
+  }
   return p;
 }
 
@@ -589,6 +599,8 @@ GenerateResult Pipeline::run(const Plan& plan, const RunHooks& hooks) {
   std::lock_guard<std::mutex> lock(impl_->run_mutex);
   const PipelineOptions& po = impl_->po;
   const GenerateOptions& o = plan.opt;
+  OSP_CHECK(plan.files.root == impl_->files.root, "this plan is for the model at ", plan.files.root,
+            ", but the pipeline holds ", impl_->files.root);
   OSP_CHECK(o.device == po.device && o.quant == po.quant && o.sp == po.sp && o.offload == po.offload &&
                 o.loras == po.loras,
             "this request's model settings (device ", o.device, ", quant ", o.quant, ", sp ", o.sp,
