@@ -12,6 +12,7 @@
 #include "osp/io/checkpoint.h"
 #include "osp/model/vae.h"
 #include "osp/train/clip_dataset.h"
+#include "osp/train/clip_metrics.h"
 #include "osp/train/synthetic_clips.h"
 #include "osp/train/vae_trainer.h"
 
@@ -129,6 +130,26 @@ TEST(VaeTrainer, ShortTrainingLowersTheLossAndWritesLoadableWeights) {
   EXPECT_EQ(z.shape(), (Shape{16, 2, 4, 4}));
   // A second run into the same folder is refused without --overwrite.
   EXPECT_THROW(train_vae(o), Error);
+
+  // --eval-only --recon-out: the written weights, scored again; the reconstructions (U8, one
+  // per held-out id) have the PSNR the evaluation reports (up to the U8 rounding).
+  VaeTrainOptions e = o;
+  e.eval_only = true;
+  e.init = (out / "Wan2.1_VAE.safetensors").string();
+  e.recon_out = (out / "recon.safetensors").string();
+  const VaeTrainResult er = train_vae(e);
+  EXPECT_EQ(er.eval.clips, 3);
+  EXPECT_NEAR(er.eval.mean_psnr, r.eval.mean_psnr, 1e-6);
+  io::Checkpoint rc = io::open_checkpoint(e.recon_out);
+  double mean = 0;
+  for (const auto& c : ds.clips) {
+    const Tensor u = rc->get(c.id);
+    ASSERT_TRUE(u.defined()) << c.id;
+    EXPECT_EQ(u.dtype(), DType::U8);
+    EXPECT_EQ(u.shape(), (Shape{5, 32, 32, 3}));
+    mean += psnr(u, load_dataset_clip(ds, c)) / 3.0;
+  }
+  EXPECT_NEAR(mean, r.eval.mean_psnr, 0.3);
   fs::remove_all(train);
   fs::remove_all(held);
   fs::remove_all(out);
