@@ -1,7 +1,7 @@
 // `osp generate --prompts FILE` as a user runs it (a child process on the demo model): plain and
 // JSON lines, predictable output names, a failing line reported and skipped without losing the
 // others, a summary, exit code 1 when any line failed (0 when none did), and the same frames as
-// separate `osp generate` runs with the same settings.
+// separate `osp generate` runs with the same settings. Also the CLI wiring of --lora and `osp inspect LORA`.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +14,9 @@
 #include <string>
 
 #include "osp/io/image_writer.h"
+#include "osp/model/dit.h"
+#include "osp/model/dit_config.h"
+#include "osp/model/lora.h"
 #include "osp/pipeline/demo_model.h"
 
 using namespace osp;
@@ -109,5 +112,47 @@ TEST(BatchCli, LinesRunSkipFailuresAndMatchSingleRuns) {
   g = run("generate -m " + model + " --prompts " + (root / "empty.txt").string() + " -o " + (root / "o2").string() + "/");
   EXPECT_EQ(g.code, 1);
   EXPECT_TRUE(has(g.out, "holds no prompt")) << g.out;
+  fs::remove_all(root);
+}
+
+// The CLI wiring of LoRAs: `osp generate --lora FILE[:SCALE]` (a zero-B LoRA gives the same
+// frames, byte for byte; another model's LoRA is refused before loading, exit 1) and
+// `osp inspect LORA`.
+TEST(BatchCli, LoraFlagAndInspect) {
+  if (!io::png_available()) GTEST_SKIP() << "SKIP: built without libpng";
+  const fs::path root = fs::temp_directory_path() / ("osp_lora_cli_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  pipeline::make_demo_model((root / "model").string());
+  const std::string model = (root / "model").string();
+  const auto cfg = model::DiTConfig::from_json_file((root / "model" / "config.json").string());
+  model::LoraInit li;
+  li.rank = 4;
+  li.alpha = 8;
+  model::save_lora((root / "zero.safetensors").string(), model::init_lora(model::DiT::expected_shapes(cfg), li));
+  model::DiTConfig other = cfg;
+  other.dim = 128;
+  other.ffn_dim = 256;
+  model::save_lora((root / "other.safetensors").string(), model::init_lora(model::DiT::expected_shapes(other), li));
+
+  const std::string common = " -m " + model + " -p 'a red fox' --size 32x32 --frames 1 --steps 2 --seed 5 ";
+  CmdResult r = run("generate" + common + "-o " + (root / "base").string() + "/");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("generate" + common + "--lora " + (root / "zero.safetensors").string() + ":0.5 -o " +
+          (root / "zero").string() + "/");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "merged with scale 0.5")) << r.out;
+  const std::string a = read_file(root / "base" / "frame_0000.png");
+  EXPECT_FALSE(a.empty());
+  EXPECT_TRUE(a == read_file(root / "zero" / "frame_0000.png"));
+  r = run("generate" + common + "--lora " + (root / "other.safetensors").string() + " -o " +
+          (root / "other").string() + "/");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "lora_A")) << r.out;
+  EXPECT_FALSE(has(r.out, "sampling")) << "refused before any work: " << r.out;
+  EXPECT_FALSE(fs::exists(root / "other"));
+  r = run("inspect " + (root / "zero.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, ": LoRA, ") && has(r.out, "rank 4")) << r.out;
   fs::remove_all(root);
 }
