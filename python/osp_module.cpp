@@ -5,6 +5,11 @@
 //                       out="fox.mp4", progress=lambda stage, step, steps, eta: ...)
 //   frames.shape == (33, 480, 832, 3), dtype uint8
 //
+// For research: osp.load_checkpoint(path) → {name: float32 array} (safetensors, sharded index,
+// .pth), and osp.DiT(checkpoint, prefix=, config=, device=, quant=).forward(x, t, context) → the
+// velocity as a float32 array (model/dit.h: x [B, 16, F, H, W], t one per sample, context
+// [B, L, text_dim]).
+//
 // Settings mean what the `osp generate` flags of the same name mean and are validated the same
 // way; an osp error raises osp.Error with the CLI's message. Ctrl-C (KeyboardInterrupt) stops
 // the run at its next safe point; a progress callback that returns False cancels the run
@@ -20,7 +25,13 @@
 
 #include "osp/core/error.h"
 #include "osp/core/log.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/io/checkpoint.h"
+#include "osp/io/name_map.h"
+#include "osp/model/dit.h"
+#include "osp/model/dit_config.h"
 #include "osp/pipeline/pipeline.h"
+#include "osp/sparse/skiparse.h"
 
 namespace py = pybind11;
 using namespace osp;
@@ -111,6 +122,96 @@ class PyPipeline {
   int64_t last_seed_ = -1;
 };
 
+// A float32 C-contiguous NumPy array as a CPU tensor (copied).
+Tensor to_tensor(const py::array& a, const char* what) {
+  py::array_t<float, py::array::c_style | py::array::forcecast> f(a);
+  Shape shape(f.shape(), f.shape() + f.ndim());
+  OSP_CHECK(f.ndim() >= 1, what, " must be an array, got a scalar");
+  Tensor t = Tensor::empty(shape, DType::F32);
+  std::memcpy(t.data<float>(), f.data(), size_t(t.numel()) * sizeof(float));
+  return t;
+}
+
+py::array_t<float> to_numpy(const Tensor& t) {
+  const Tensor c = t.to(Device::cpu()).to(DType::F32).contiguous();
+  std::vector<py::ssize_t> shape(c.shape().begin(), c.shape().end());
+  py::array_t<float> a(shape);
+  std::memcpy(a.mutable_data(), c.data<float>(), size_t(c.numel()) * sizeof(float));
+  return a;
+}
+
+py::dict load_checkpoint(const std::string& path, std::optional<std::vector<std::string>> names) {
+  const io::Checkpoint ck = io::open_checkpoint(path);
+  py::dict d;
+  for (const auto& n : names ? *names : ck->names()) {
+    OSP_CHECK(ck->has(n), path, " has no tensor '", n, "'");
+    d[py::str(n)] = to_numpy(ck->get(n));
+  }
+  return d;
+}
+
+class PyDiT {
+ public:
+  PyDiT(const std::string& path, const std::string& prefix, std::optional<std::string> config,
+        const std::string& device, const std::string& quant) {
+    py::gil_scoped_release nogil;
+    io::Checkpoint raw = io::open_checkpoint(path);
+    const auto& meta = raw->metadata();
+    io::Checkpoint ck = io::dit_with_original_names(prefix.empty() ? raw : io::strip_prefix(raw, prefix));
+    if (config) {
+      const std::string& c = *config;
+      cfg_ = c.find('{') != std::string::npos ? model::DiTConfig::from_json(c) : model::DiTConfig::from_json_file(c);
+    } else if (meta.count("config")) {
+      cfg_ = model::DiTConfig::from_json(meta.at("config"));
+    } else {
+      std::map<std::string, Shape> shapes;
+      for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
+      cfg_ = model::DiTConfig::infer(shapes);
+    }
+    cfg_.validate();
+    std::map<std::string, Tensor> w;
+    for (const auto& n : ck->names()) w[n] = ck->get(n);
+    model::DiTOptions o;
+    o.device = parse_device(device);
+    OSP_CHECK(quant == "none" || quant == "hif8" || quant == "fp8", "quant must be none, hif8 or fp8, got '", quant, "'");
+    o.quant = quant == "hif8" ? model::DiTQuant::HiF8 : quant == "fp8" ? model::DiTQuant::FP8 : model::DiTQuant::None;
+    dit_ = model::DiT::bind(cfg_, w, o);
+    sp_ = dist::make_single_device();
+  }
+
+  py::array_t<float> forward(const py::array& x, const std::vector<float>& t, const py::array& context) {
+    const Tensor xt = to_tensor(x, "x"), ct = to_tensor(context, "context");
+    Tensor out;
+    {
+      py::gil_scoped_release nogil;
+      const Device dev = dit_.options().device;
+      out = dit_.forward(xt.to(dev), t, ct.to(dev), *sp_);
+    }
+    return to_numpy(out);
+  }
+
+  std::vector<std::string> block_kinds() const {
+    std::vector<std::string> v;
+    for (auto k : dit_.block_kinds()) v.push_back(sparse::block_kind_name(k));
+    return v;
+  }
+  void set_block_kinds(const std::vector<std::string>& kinds, int P) {
+    std::vector<sparse::BlockKind> ks;
+    for (const auto& k : kinds) {
+      OSP_CHECK(k == "full" || k == "token" || k == "group", "block kind must be full, token or group, got '", k, "'");
+      ks.push_back(k == "full" ? sparse::BlockKind::Full : k == "token" ? sparse::BlockKind::Token : sparse::BlockKind::Group);
+    }
+    OSP_CHECK(ks.size() == size_t(cfg_.num_layers), "need ", cfg_.num_layers, " block kinds, got ", ks.size());
+    dit_.set_block_kinds(ks, P);
+  }
+  std::string summary() const { return cfg_.summary(); }
+
+ private:
+  model::DiTConfig cfg_;
+  model::DiT dit_;
+  std::unique_ptr<dist::SequenceParallel> sp_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(osp, m) {
@@ -143,4 +244,20 @@ PYBIND11_MODULE(osp, m) {
       .def_property_readonly("last_seed", &PyPipeline::last_seed, "the seed of the last run (random when -1 was given)")
       .def_property_readonly("model_dir", &PyPipeline::model_dir)
       .def_property_readonly("device", &PyPipeline::device);
+  m.def("load_checkpoint", &load_checkpoint, py::arg("path"), py::arg("names") = py::none(),
+        "{name: float32 array} of a .safetensors file, sharded index .json or .pth (all tensors, or `names`)");
+  py::class_<PyDiT>(m, "DiT", "The Wan2.1 / OSP-Next DiT on NumPy arrays (model/dit.h)")
+      .def(py::init<const std::string&, const std::string&, std::optional<std::string>, const std::string&,
+                    const std::string&>(),
+           py::arg("checkpoint"), py::kw_only(), py::arg("prefix") = "", py::arg("config") = py::none(),
+           py::arg("device") = "cpu", py::arg("quant") = "none",
+           "checkpoint: a DiT file or folder (Wan or diffusers names); prefix: stripped from the names; config: "
+           "config.json path or JSON text (default: the file's 'config' metadata, else inferred from the shapes)")
+      .def("forward", &PyDiT::forward, py::arg("x"), py::arg("t"), py::arg("context"),
+           "x [B, 16, F, H, W] (or without B), t: one timestep (0..1000) per sample, context [B, L, text_dim] "
+           "-> velocity float32 like x")
+      .def_property_readonly("block_kinds", &PyDiT::block_kinds)
+      .def("set_block_kinds", &PyDiT::set_block_kinds, py::arg("kinds"), py::arg("sparse_ratio") = 2,
+           "one of full/token/group per block (Skiparse-2D with sparse_ratio P)")
+      .def("__repr__", [](const PyDiT& d) { return "osp.DiT(" + d.summary() + ")"; });
 }
