@@ -3,7 +3,7 @@
 // (status and server-sent events), concurrent submissions, the video, cancel, queue full,
 // every class of bad request (malformed JSON, unknown field, wrong type, invalid and
 // over-limit settings, oversized body, unknown job/path, wrong state), the token rule, the web
-// page, and SIGTERM during a job (exit 0, nothing half-written).
+// page, and SIGTERM during a job (exit 0, nothing half-written) or while the model loads (exit 0).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -42,7 +42,8 @@ struct ServerProcess {
   int port = 0;
   std::string log;
 
-  bool start(const std::vector<std::string>& args) {
+  // `hold`: OSP_TEST_HOLD_AT for the child; start() then returns once the child reports the hold.
+  bool start(const std::vector<std::string>& args, const std::string& hold = "") {
     int fds[2];
     if (::pipe(fds) != 0) return false;
     pid = ::fork();
@@ -52,6 +53,7 @@ struct ServerProcess {
       ::close(fds[0]);
       ::close(fds[1]);
       ::setenv("OMP_NUM_THREADS", "1", 1);
+      if (!hold.empty()) ::setenv("OSP_TEST_HOLD_AT", hold.c_str(), 1);
       ::alarm(60);  // a hung server dies (the test then fails)
       std::vector<std::string> copy = args;
       std::vector<char*> av;
@@ -64,13 +66,14 @@ struct ServerProcess {
     }
     ::close(fds[1]);
     fd = fds[0];
-    const std::string key = "listening on http://127.0.0.1:";
+    const std::string key = hold.empty() ? "listening on http://127.0.0.1:" : "osp: test hold: " + hold + "\n";
     char buf[4096];
     while (true) {
       const ssize_t n = ::read(fd, buf, sizeof buf);
       if (n <= 0) return false;  // exited before listening
       log.append(buf, size_t(n));
       const size_t at = log.find(key);
+      if (at != std::string::npos && !hold.empty()) return true;
       if (at != std::string::npos && log.find('/', at + key.size()) != std::string::npos) {
         port = std::stoi(log.substr(at + key.size()));
         return true;
@@ -293,6 +296,14 @@ TEST_F(ServerCli, CancelQueueFullAndSigtermDuringAJob) {
   const auto files = files_in(root_ / "out2");
   ASSERT_EQ(files.size(), 1u);
   EXPECT_EQ(files[0].rfind(next["id"].get<std::string>(), 0), 0u) << files[0];
+}
+
+TEST_F(ServerCli, SigtermWhileLoadingTheModel) {
+  ServerProcess sp;
+  ASSERT_TRUE(sp.start(args("out4"), "model loading")) << sp.log;
+  EXPECT_EQ(sp.finish(SIGTERM), 0) << sp.log;
+  EXPECT_TRUE(has(sp.log, "stopped while loading the model")) << sp.log;
+  EXPECT_FALSE(has(sp.log, "listening")) << sp.log;
 }
 
 TEST_F(ServerCli, TokenRules) {

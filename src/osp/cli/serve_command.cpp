@@ -28,6 +28,7 @@ extern "C" void osp_serve_on_signal(int) {
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(1);
   }
+  set_interrupted(true);  // an atomic store: the running job (or the model load) stops at its next safe point
   const char msg[] = "\nosp serve: shutting down (the running job stops at its next safe point)\n";
   (void)!::write(2, msg, sizeof msg - 1);
 }
@@ -81,7 +82,12 @@ void serve(const ServeArgs& a) {
 
   pipeline::Pipeline pipe(a.model, po);
   log_info("loading ", a.model, " on ", a.device);
-  pipe.preload();
+  try {
+    pipe.preload();
+  } catch (const Interrupted&) {
+    std::fprintf(stderr, "osp serve: stopped while loading the model\n");
+    return;
+  }
   if (g_signals.load()) return;
   pipeline::Server server(pipe, so);
   const int port = server.bind();
@@ -92,10 +98,7 @@ void serve(const ServeArgs& a) {
   std::atomic<bool> done{false};
   std::thread watcher([&] {
     while (!done.load() && g_signals.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (g_signals.load()) {
-      set_interrupted(true);  // also stops a DiT forward between two blocks
-      server.stop();
-    }
+    if (g_signals.load()) server.stop();
   });
   server.serve();
   done = true;
