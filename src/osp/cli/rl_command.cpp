@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "osp/cli/dit_weights.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
 #include "osp/core/interrupt.h"
@@ -15,10 +16,8 @@
 #include "osp/core/progress.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
-#include "osp/io/name_map.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
-#include "osp/model/hif8_checkpoint.h"
 #include "osp/model/tokenizer.h"
 #include "osp/model/vae.h"
 #include "osp/pipeline/model_dir.h"
@@ -42,22 +41,7 @@ int run_rl_command(train::RlOptions o) {
   // DiT: frozen base (no base gradients), LoRA trained
   model::DiTConfig cfg;
   std::map<std::string, Tensor> weights;
-  {
-    io::Checkpoint ck = io::open_checkpoint(files.dit);
-    if (model::is_hif8_checkpoint(*ck)) {
-      log_info("DiT weights are HiF8 (8-bit); dequantizing on load");
-      ck = model::hif8_dequantized(ck, DType::BF16);
-    }
-    ck = io::dit_with_original_names(ck);
-    if (!files.dit_config.empty()) {
-      cfg = model::DiTConfig::from_json_file(files.dit_config);
-    } else {
-      std::map<std::string, Shape> shapes;
-      for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
-      cfg = model::DiTConfig::infer(shapes);
-    }
-    for (const auto& n : ck->names()) weights[n] = ck->get(n);
-  }
+  load_dit_weights(files, cfg, weights);
   model::DiTOptions dopt;
   dopt.device = dev;
   dopt.quant = o.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 
+#include "osp/cli/dit_weights.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
 #include "osp/core/log.h"
@@ -20,10 +21,8 @@
 #include "osp/dist/communicator.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
-#include "osp/io/name_map.h"
 #include "osp/io/video_writer.h"
 #include "osp/model/dit_config.h"
-#include "osp/model/hif8_checkpoint.h"
 #include "osp/model/vae.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/text_encoder.h"
@@ -70,20 +69,7 @@ void set_verbosity_from(const CLI::App& sub) {
 void load_model_dir(const std::string& dir, model::DiTConfig& cfg, std::map<std::string, Tensor>& weights,
                     std::vector<std::pair<std::string, std::string>>& links) {
   const pipeline::ModelFiles f = pipeline::detect_model_dir(dir);
-  io::Checkpoint ck = io::open_checkpoint(f.dit);
-  if (model::is_hif8_checkpoint(*ck)) {
-    log_info("DiT weights are HiF8 (8-bit); dequantizing on load");
-    ck = model::hif8_dequantized(ck, DType::BF16);
-  }
-  ck = io::dit_with_original_names(ck);
-  if (!f.dit_config.empty()) {
-    cfg = model::DiTConfig::from_json_file(f.dit_config);
-  } else {
-    std::map<std::string, Shape> shapes;
-    for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
-    cfg = model::DiTConfig::infer(shapes);
-  }
-  for (const auto& n : ck->names()) weights[n] = ck->get(n);
+  load_dit_weights(f, cfg, weights);
   // The other model files, linked into every checkpoint so it is a complete model folder. Only
   // the original layout (and OSP-Next / demo) keeps them at the root under fixed names.
   if (f.layout != pipeline::ModelLayout::WanDiffusers) {
