@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "osp/ops/conv.h"
+#include "osp/ops/cpu/conv_im2col.h"
 
 namespace osp::ops::cpu {
 
@@ -40,30 +41,7 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
     } else {
       for (int64_t y0 = 0; y0 < Ho; y0 += band) {
         const int64_t y1 = std::min(Ho, y0 + band), nb = (y1 - y0) * Wo;
-#pragma omp parallel for schedule(static) if (K * nb > (1 << 16))
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t c = k % kw, b = (k / kw) % kh, ta = (k / (kw * kh)) % kt, ci = k / (kw * kh * kt);
-          float* cr = col.data() + k * nb;
-          const int64_t ti = t0 + ta;
-          if (ti < 0 || ti >= T) {
-            std::fill(cr, cr + nb, 0.f);
-            continue;
-          }
-          const float* xi = xp + (ti * Cin + ci) * HW;
-          for (int64_t oy = y0; oy < y1; ++oy) {
-            float* row = cr + (oy - y0) * Wo;
-            const int64_t iy = oy * a.stride_h - a.pad_top + b;
-            if (iy < 0 || iy >= H) {
-              std::fill(row, row + Wo, 0.f);
-              continue;
-            }
-            const float* xr = xi + iy * W;
-            for (int64_t ox = 0; ox < Wo; ++ox) {
-              const int64_t ix = ox * a.stride_w - a.pad_left + c;
-              row[ox] = (ix >= 0 && ix < W) ? xr[ix] : 0.f;
-            }
-          }
-        }
+        im2col(xp, T, Cin, H, W, kt, kh, kw, a, t0, y0, y1, Wo, col.data(), int64_t(1) << 16);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(nb), int(K), 1.f, wp,
                     int(K), col.data(), int(nb), 0.f, o + y0 * Wo, int(HWo));
       }

@@ -2,6 +2,8 @@
 // dispatcher (ops/vae_backward.cpp): contiguous F32 tensors, outputs preallocated.
 #include "osp/ops/vae_backward.h"
 
+#include "osp/ops/cpu/conv_im2col.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -15,38 +17,6 @@ namespace osp::ops::cpu {
 // Every parallel loop writes disjoint outputs in a fixed order: results do not depend on the
 // thread count.
 namespace {
-
-// The forward's im2col (ops/cpu/conv3d.cpp) for output frame `to`, output rows [y0, y1):
-// col[k, p] with k = ((ci·kt + ta)·kh + b)·kw + c and p = (oy − y0)·Wo + ox.
-void im2col(const float* xp, int64_t T, int64_t Cin, int64_t H, int64_t W, int64_t kt, int64_t kh,
-            int64_t kw, const Conv3dArgs& a, int64_t t0, int64_t y0, int64_t y1, int64_t Wo,
-            float* col) {
-  const int64_t K = Cin * kt * kh * kw, nb = (y1 - y0) * Wo, HW = H * W;
-#pragma omp parallel for schedule(static) if (K * nb > (1 << 18))
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t c = k % kw, b = (k / kw) % kh, ta = (k / (kw * kh)) % kt, ci = k / (kw * kh * kt);
-    float* cr = col + k * nb;
-    const int64_t ti = t0 + ta;
-    if (ti < 0 || ti >= T) {
-      std::fill(cr, cr + nb, 0.f);
-      continue;
-    }
-    const float* xi = xp + (ti * Cin + ci) * HW;
-    for (int64_t oy = y0; oy < y1; ++oy) {
-      float* row = cr + (oy - y0) * Wo;
-      const int64_t iy = oy * a.stride_h - a.pad_top + b;
-      if (iy < 0 || iy >= H) {
-        std::fill(row, row + Wo, 0.f);
-        continue;
-      }
-      const float* xr = xi + iy * W;
-      for (int64_t ox = 0; ox < Wo; ++ox) {
-        const int64_t ix = ox * a.stride_w - a.pad_left + c;
-        row[ox] = (ix >= 0 && ix < W) ? xr[ix] : 0.f;
-      }
-    }
-  }
-}
 
 // Adjoint of im2col: dx[ti, ci, iy, ix] += dcol[k, p].  Parallel over input channels: the rows
 // k of one ci write only that channel's planes, so there are no races.
@@ -131,7 +101,7 @@ void conv3d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const C
     for (int64_t y0 = 0; y0 < Ho; y0 += band) {
       const int64_t y1 = std::min(Ho, y0 + band), nb = (y1 - y0) * Wo;
       if (dw) {
-        im2col(xp, T, Cin, H, W, kt, kh, kw, a, t0, y0, y1, Wo, col.data());
+        im2col(xp, T, Cin, H, W, kt, kh, kw, a, t0, y0, y1, Wo, col.data(), int64_t(1) << 18);
         // dw[Cout, K] += dy_band[Cout, nb] · col[K, nb]ᵀ
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(Cout), int(K), int(nb), 1.f,
                     g + y0 * Wo, int(HWo), col.data(), int(nb), 1.f, dwp, int(K));
