@@ -229,27 +229,7 @@ void add_gated_backward(const Tensor& dx, const Tensor& y, const Tensor& gate, T
 // ---------------------------------------------------------------- RoPE
 // The forward rotates each pair by θ; the adjoint (= inverse) rotates by −θ. Each pair is read
 // before it is written, so dx may be dy.
-void rope_backward(const Tensor& dy, const Tensor& cos_sin, Tensor& dx) {
-  const int64_t R = dy.size(0), L = dy.size(1), H = dy.size(2), D = dy.size(3);
-  const int64_t Rt = cos_sin.size(0), P = D / 2;
-  const float* gp = dy.data<float>();
-  const float* cs = cos_sin.data<float>();
-  float* o = dx.data<float>();
-#pragma omp parallel for collapse(2) schedule(static) if (dy.numel() > kParallelMin)
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t l = 0; l < L; ++l) {
-      const float* tab = cs + ((r % Rt) * L + l) * P * 2;
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t base = ((r * L + l) * H + h) * D;
-        for (int64_t p = 0; p < P; ++p) {
-          const float c = tab[2 * p], s = tab[2 * p + 1];
-          const float g0 = gp[base + 2 * p], g1 = gp[base + 2 * p + 1];
-          o[base + 2 * p] = g0 * c + g1 * s;
-          o[base + 2 * p + 1] = g1 * c - g0 * s;
-        }
-      }
-    }
-}
+void rope_backward(const Tensor& dy, const Tensor& cos_sin, Tensor& dx) { rope_inverse(dy, cos_sin, dx); }
 
 // ---------------------------------------------------------------- attention
 namespace {

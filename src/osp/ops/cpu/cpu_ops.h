@@ -13,6 +13,8 @@ void silu(const Tensor& x, Tensor& out);
 void add_gated_(Tensor& x, const Tensor& y, const Tensor* gate);
 void axpby(float a, const Tensor& x, float b, const Tensor& y, Tensor& out);
 void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out);
+// rope by −θ (its adjoint and inverse; ops/cpu/elementwise.cpp); out may be x.
+void rope_inverse(const Tensor& x, const Tensor& cos_sin, Tensor& out);
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                const AttentionArgs& args);
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);

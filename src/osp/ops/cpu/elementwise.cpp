@@ -45,7 +45,12 @@ void axpby(float a, const Tensor& x, float b, const Tensor& y, Tensor& out) {
   for (int64_t i = 0; i < n; ++i) o[i] = a * xp[i] + b * yp[i];
 }
 
-void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
+namespace {
+
+// Rotates each (even, odd) pair of the last dim by θ from the table (kInverse: by −θ, the
+// adjoint used by rope_backward). Each pair is read before it is written, so out may be x.
+template <bool kInverse>
+void rope_rotate(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
   const int64_t R = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3);
   const int64_t Rt = cos_sin.size(0), P = D / 2;
   const float* xp = x.data<float>();
@@ -60,11 +65,22 @@ void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
         for (int64_t p = 0; p < P; ++p) {
           const float c = tab[2 * p], s = tab[2 * p + 1];
           const float x0 = xp[base + 2 * p], x1 = xp[base + 2 * p + 1];
-          o[base + 2 * p] = x0 * c - x1 * s;
-          o[base + 2 * p + 1] = x0 * s + x1 * c;
+          if constexpr (kInverse) {
+            o[base + 2 * p] = x0 * c + x1 * s;
+            o[base + 2 * p + 1] = x1 * c - x0 * s;
+          } else {
+            o[base + 2 * p] = x0 * c - x1 * s;
+            o[base + 2 * p + 1] = x0 * s + x1 * c;
+          }
         }
       }
     }
 }
+
+}  // namespace
+
+void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) { rope_rotate<false>(x, cos_sin, out); }
+
+void rope_inverse(const Tensor& x, const Tensor& cos_sin, Tensor& out) { rope_rotate<true>(x, cos_sin, out); }
 
 }  // namespace osp::ops::cpu
