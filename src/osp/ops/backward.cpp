@@ -16,19 +16,6 @@ namespace osp::ops {
 using namespace detail;
 namespace {
 
-// An optional output (null = not wanted): preallocated, contiguous, the expected shape, on the
-// op's device. (Overlaps with the inputs are checked by the caller.)
-void check_opt_out(const Tensor* t, const Shape& shape, const Tensor& ref, const char* op,
-                   const char* what) {
-  if (!t) return;
-  OSP_CHECK(t->defined(), op, ": ", what,
-            " is undefined (pass a preallocated tensor, or null to skip it)");
-  OSP_CHECK(t->is_contiguous(), op, ": ", what, " must be contiguous, got ", t->desc());
-  OSP_CHECK(t->shape() == shape, op, ": ", what, " must have shape ", shape_str(shape), ", got ",
-            shape_str(t->shape()));
-  check_device(ref, *t, op, what);
-}
-
 // An accumulated (+=) parameter gradient: an optional F32 output of the parameter's shape.
 void check_param_grad(const Tensor* g, const Shape& shape, const Tensor& ref, const char* op,
                       const char* what) {
@@ -87,12 +74,7 @@ void linear_backward(const Tensor& x0, const Tensor& w0, const Tensor& dy0, Tens
   check_opt_out(dx, x0.shape(), x0, op, "dx");
   check_param_grad(dw, {N, K}, x0, op, "dw");
   check_param_grad(db, {N}, x0, op, "db");
-  for (const Tensor* o : {dx, dw, db}) {
-    if (!o) continue;
-    check_no_alias(x0, *o, op, "x");
-    check_no_alias(w0, *o, op, "w");
-    check_no_alias(dy0, *o, op, "dy");
-  }
+  check_outs_no_alias({dx, dw, db}, {{&x0, "x"}, {&w0, "w"}, {&dy0, "dy"}}, op);
   Tensor x = x0.contiguous(), w = w0.contiguous(), dy = dy0.contiguous();
   if (on_cuda(x, op)) {
 #ifdef OSP_HAVE_CUDA
@@ -151,12 +133,7 @@ void layer_norm_backward(const Tensor& x0, const Tensor* w, float eps, const Ten
   }
   check_param_grad(dw, {C}, x0, op, "dw");
   check_param_grad(db, {C}, x0, op, "db");
-  for (const Tensor* o : {&dx, dw, db}) {
-    if (!o) continue;
-    check_no_alias(x0, *o, op, "x");
-    check_no_alias(dy0, *o, op, "dy");
-    if (w) check_no_alias(*w, *o, op, "weight");
-  }
+  check_outs_no_alias({&dx, dw, db}, {{&x0, "x"}, {&dy0, "dy"}, {w, "weight"}}, op);
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), wc;
   if (w) wc = w->contiguous();
   const Tensor* wp = w ? &wc : nullptr;
@@ -186,12 +163,7 @@ void layer_norm_modulate_backward(const Tensor& x0, const Tensor& scale0, float 
   OSP_CHECK(!dshift || !dscale || dshift->storage() != dscale->storage() ||
                 dshift->raw() != dscale->raw(),
             op, ": dshift and dscale must be different tensors");
-  for (const Tensor* o : {&dx, dshift, dscale}) {
-    if (!o) continue;
-    check_no_alias(x0, *o, op, "x");
-    check_no_alias(dy0, *o, op, "dy");
-    check_no_alias(scale0, *o, op, "scale");
-  }
+  check_outs_no_alias({&dx, dshift, dscale}, {{&x0, "x"}, {&dy0, "dy"}, {&scale0, "scale"}}, op);
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), sc = scale0.contiguous();
   const bool cuda = on_cuda(x, op);
   check_act(x, cuda, op, "x");
@@ -215,12 +187,7 @@ void rms_norm_backward(const Tensor& x0, const Tensor& w0, float eps, const Tens
   const int64_t C = x0.size(-1);
   check_vec(w0, C, x0, op, "weight");
   check_param_grad(dw, {C}, x0, op, "dw");
-  for (const Tensor* o : {&dx, dw}) {
-    if (!o) continue;
-    check_no_alias(x0, *o, op, "x");
-    check_no_alias(dy0, *o, op, "dy");
-    check_no_alias(w0, *o, op, "weight");
-  }
+  check_outs_no_alias({&dx, dw}, {{&x0, "x"}, {&dy0, "dy"}, {&w0, "weight"}}, op);
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), w = w0.contiguous();
   const bool cuda = on_cuda(x, op);
   check_act(x, cuda, op, "x");
@@ -293,12 +260,7 @@ void add_gated_backward(const Tensor& dx0, const Tensor& y0, const Tensor& gate0
   check_vec(gate0, C, dx0, op, "gate");
   check_dx(dx0, dy, op, "dy");
   check_param_grad(dgate, {C}, dx0, op, "dgate");
-  for (const Tensor* o : {&dy, dgate}) {
-    if (!o) continue;
-    check_no_alias(dx0, *o, op, "dx");
-    check_no_alias(y0, *o, op, "y");
-    check_no_alias(gate0, *o, op, "gate");
-  }
+  check_outs_no_alias({&dy, dgate}, {{&dx0, "dx"}, {&y0, "y"}, {&gate0, "gate"}}, op);
   if (dgate) check_no_alias(dy, *dgate, op, "dy");
   OSP_CHECK(dx0.dtype() == DType::F32, op,
             ": dx (the residual stream's gradient) must be f32, got ", dx0.desc());
@@ -426,11 +388,7 @@ void attention_forward_lse(const Tensor& q0, const Tensor& k0, const Tensor& v0,
   check_device(q0, out, op, "out");
   check_lse(lse, q0, op);
   check_out(lse, op);
-  for (const Tensor* o : {&out, &lse}) {
-    check_no_alias(q0, *o, op, "q");
-    check_no_alias(k0, *o, op, "k");
-    check_no_alias(v0, *o, op, "v");
-  }
+  check_outs_no_alias({&out, &lse}, {{&q0, "q"}, {&k0, "k"}, {&v0, "v"}}, op);
   check_no_alias(out, lse, op, "out (lse)");
   Tensor q = q0.contiguous(), k = k0.contiguous(), v = v0.contiguous();
   const bool cuda = on_cuda(q, op);
@@ -531,12 +489,8 @@ void patchify_backward(const Tensor& dp0, int pt, int ph, int pw, Tensor& dz) {
   check_defined(dp0, op, "dpatches");
   check_defined(dz, op, "dz");
   check_out(dz, op);
-  OSP_CHECK(dz.dim() == 4, op, ": dz must be [C, T, H, W], got ", dz.desc());
-  OSP_CHECK(pt == 1, op, ": only temporal patch size 1 is supported, got pt = ", pt);
-  OSP_CHECK(ph >= 1 && pw >= 1, op, ": patch sizes must be >= 1, got ", ph, "x", pw);
+  check_patch_grid(dz, "dz", pt, ph, pw, op);
   const int64_t C = dz.size(0), T = dz.size(1), H = dz.size(2), W = dz.size(3);
-  OSP_CHECK(H % ph == 0 && W % pw == 0, op, ": latent height ", H, " and width ", W,
-            " must be multiples of the patch size ", ph, "x", pw);
   const Shape want{T * (H / ph) * (W / pw), C * pt * ph * pw};
   OSP_CHECK(dp0.shape() == want, op, ": dpatches must be [T·(H/ph)·(W/pw), C·pt·ph·pw] = ",
             shape_str(want), " for dz ", shape_str(dz.shape()), ", got ", shape_str(dp0.shape()));

@@ -1,6 +1,7 @@
-// Argument checks shared by the op dispatchers (ops.cpp, backward.cpp): each throws osp::Error
+// Argument checks shared by the op dispatchers (ops.cpp, backward.cpp, vae_backward.cpp): each throws osp::Error
 // with a message naming the op, the argument and what was expected. Internal to ops/.
 #pragma once
+#include <initializer_list>
 #include <string>
 
 #include "osp/core/error.h"
@@ -67,6 +68,47 @@ inline void check_no_alias(const Tensor& in, const Tensor& out, const char* op, 
   const char* b = static_cast<const char*>(out.raw());
   OSP_CHECK(a + in.nbytes() <= b || b + out.nbytes() <= a, op, ": the output may not overlap ",
             what, " (this op does not work in place)");
+}
+
+// An input of an op named for the messages (null: absent, skipped).
+struct NamedInput {
+  const Tensor* t;
+  const char* what;
+};
+
+// Throws when an output (null: not wanted, skipped) overlaps an input: outputs in order, each
+// against the inputs in order.
+inline void check_outs_no_alias(std::initializer_list<const Tensor*> outs,
+                                std::initializer_list<NamedInput> ins, const char* op) {
+  for (const Tensor* o : outs) {
+    if (!o) continue;
+    for (const NamedInput& in : ins)
+      if (in.t) check_no_alias(*in.t, *o, op, in.what);
+  }
+}
+
+// An optional output (null = not wanted): preallocated, contiguous, the expected shape, f32 when
+// `f32` is set, on the op's device. (Overlaps with the inputs are checked by the caller.)
+inline void check_opt_out(const Tensor* t, const Shape& shape, const Tensor& ref, const char* op,
+                          const char* what, bool f32 = false) {
+  if (!t) return;
+  OSP_CHECK(t->defined(), op, ": ", what,
+            " is undefined (pass a preallocated tensor, or null to skip it)");
+  OSP_CHECK(t->is_contiguous(), op, ": ", what, " must be contiguous, got ", t->desc());
+  OSP_CHECK(t->shape() == shape, op, ": ", what, " must have shape ", shape_str(shape), ", got ",
+            shape_str(t->shape()));
+  if (f32) OSP_CHECK(t->dtype() == DType::F32, op, ": ", what, " must be f32, got ", t->desc());
+  check_device(ref, *t, op, what);
+}
+
+// A [C, T, H, W] latent (named `what`) that pt×ph×pw patches tile exactly (pt = 1 only).
+inline void check_patch_grid(const Tensor& z, const char* what, int pt, int ph, int pw,
+                             const char* op) {
+  OSP_CHECK(z.dim() == 4, op, ": ", what, " must be [C, T, H, W], got ", z.desc());
+  OSP_CHECK(pt == 1, op, ": only temporal patch size 1 is supported, got pt = ", pt);
+  OSP_CHECK(ph >= 1 && pw >= 1, op, ": patch sizes must be >= 1, got ", ph, "x", pw);
+  OSP_CHECK(z.size(2) % ph == 0 && z.size(3) % pw == 0, op, ": latent height ", z.size(2),
+            " and width ", z.size(3), " must be multiples of the patch size ", ph, "x", pw);
 }
 
 }  // namespace osp::ops::detail

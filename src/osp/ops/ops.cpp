@@ -425,12 +425,8 @@ void patchify(const Tensor& z0, int pt, int ph, int pw, Tensor& out) {
   const char* op = "ops::patchify";
   check_defined(z0, op, "z");
   check_out(out, op);
-  OSP_CHECK(z0.dim() == 4, op, ": z must be [C, T, H, W], got ", z0.desc());
-  OSP_CHECK(pt == 1, op, ": only temporal patch size 1 is supported, got pt = ", pt);
-  OSP_CHECK(ph >= 1 && pw >= 1, op, ": patch sizes must be >= 1, got ", ph, "x", pw);
+  check_patch_grid(z0, "z", pt, ph, pw, op);
   const int64_t C = z0.size(0), T = z0.size(1), H = z0.size(2), W = z0.size(3);
-  OSP_CHECK(H % ph == 0 && W % pw == 0, op, ": latent height ", H, " and width ", W,
-            " must be multiples of the patch size ", ph, "x", pw);
   check_shape(out, {T * (H / ph) * (W / pw), C * pt * ph * pw}, "ops::patchify: out");
   check_device(z0, out, op, "out");
   Tensor z = z0.contiguous();

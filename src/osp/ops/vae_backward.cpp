@@ -9,20 +9,6 @@ namespace osp::ops {
 using namespace detail;
 namespace {
 
-// A (possibly optional) output: preallocated, contiguous, F32, the expected shape, on the op's
-// device, not overlapping any input.
-void check_grad_out(const Tensor* t, const Shape& shape, const Tensor& ref, const char* op,
-                    const char* what) {
-  if (!t) return;
-  OSP_CHECK(t->defined(), op, ": ", what,
-            " is undefined (pass a preallocated tensor, or null to skip it)");
-  OSP_CHECK(t->is_contiguous(), op, ": ", what, " must be contiguous, got ", t->desc());
-  OSP_CHECK(t->shape() == shape, op, ": ", what, " must have shape ", shape_str(shape), ", got ",
-            shape_str(t->shape()));
-  OSP_CHECK(t->dtype() == DType::F32, op, ": ", what, " must be f32, got ", t->desc());
-  check_device(ref, *t, op, what);
-}
-
 void check_in(const Tensor& t, const Tensor& ref, const char* op, const char* what) {
   check_defined(t, op, what);
   OSP_CHECK(t.dtype() == DType::F32, op, ": ", what, " must be f32, got ", t.desc());
@@ -43,15 +29,10 @@ void conv3d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const C
   const Shape ys = conv3d_out_shape(x.shape(), w.shape(), a);
   OSP_CHECK(dy.shape() == ys, op, ": dy must have the forward output's shape ", shape_str(ys),
             ", got ", shape_str(dy.shape()));
-  check_grad_out(dx, x.shape(), x, op, "dx");
-  check_grad_out(dw, w.shape(), x, op, "dw");
-  check_grad_out(db, {w.size(0)}, x, op, "db");
-  for (const Tensor* o : {dx, dw, db}) {
-    if (!o) continue;
-    check_no_alias(x, *o, op, "x");
-    check_no_alias(w, *o, op, "w");
-    check_no_alias(dy, *o, op, "dy");
-  }
+  check_opt_out(dx, x.shape(), x, op, "dx", /*f32=*/true);
+  check_opt_out(dw, w.shape(), x, op, "dw", /*f32=*/true);
+  check_opt_out(db, {w.size(0)}, x, op, "db", /*f32=*/true);
+  check_outs_no_alias({dx, dw, db}, {{&x, "x"}, {&w, "w"}, {&dy, "dy"}}, op);
   OSP_CHECK(!dx || !dw || dx->storage() != dw->storage(), op, ": dx and dw must not share storage");
   if (run_on_cuda(x, op)) {
 #ifdef OSP_HAVE_CUDA
@@ -72,7 +53,7 @@ void channel_rms_norm_backward(const Tensor& x, const Tensor& gamma0, bool silu,
   OSP_CHECK(gamma0.numel() == C, op, ": gamma ", gamma0.desc(), " must have ", C, " elements");
   check_in(dy, x, op, "dy");
   check_same_shape(x, dy, op, "dy");
-  check_grad_out(&dx, x.shape(), x, op, "dx");
+  check_opt_out(&dx, x.shape(), x, op, "dx", /*f32=*/true);
   if (dgamma) {
     OSP_CHECK(dgamma->defined() && dgamma->numel() == C, op, ": dgamma must have ", C,
               " elements, got ", dgamma->desc());
@@ -80,13 +61,8 @@ void channel_rms_norm_backward(const Tensor& x, const Tensor& gamma0, bool silu,
   Tensor dg;
   if (dgamma) dg = dgamma->view({C});
   Tensor* dgp = dgamma ? &dg : nullptr;
-  check_grad_out(dgp, {C}, x, op, "dgamma");
-  for (const Tensor* o : {&dx, dgp}) {
-    if (!o) continue;
-    check_no_alias(x, *o, op, "x");
-    check_no_alias(gamma0, *o, op, "gamma");
-    check_no_alias(dy, *o, op, "dy");
-  }
+  check_opt_out(dgp, {C}, x, op, "dgamma", /*f32=*/true);
+  check_outs_no_alias({&dx, dgp}, {{&x, "x"}, {&gamma0, "gamma"}, {&dy, "dy"}}, op);
   const Tensor gamma = gamma0.view({C});
   if (run_on_cuda(x, op)) {
 #ifdef OSP_HAVE_CUDA
@@ -102,7 +78,8 @@ void upsample_nearest2x_backward(const Tensor& dy, Tensor& dx) {
   check_in(dy, dy, op, "dy");
   OSP_CHECK(dy.dim() == 4 && dy.size(2) % 2 == 0 && dy.size(3) % 2 == 0, op,
             ": dy must be [N, C, 2H, 2W], got ", dy.desc());
-  check_grad_out(&dx, {dy.size(0), dy.size(1), dy.size(2) / 2, dy.size(3) / 2}, dy, op, "dx");
+  check_opt_out(&dx, {dy.size(0), dy.size(1), dy.size(2) / 2, dy.size(3) / 2}, dy, op, "dx",
+                /*f32=*/true);
   check_no_alias(dy, dx, op, "dy");
   if (run_on_cuda(dy, op)) {
 #ifdef OSP_HAVE_CUDA
@@ -122,7 +99,7 @@ void spatial_attention_backward(const Tensor& qkv, const Tensor& dout, Tensor& d
   const Shape os{qkv.size(0), qkv.size(1) / 3, qkv.size(2)};
   OSP_CHECK(dout.shape() == os, op, ": dout must have shape ", shape_str(os), ", got ",
             shape_str(dout.shape()));
-  check_grad_out(&dqkv, qkv.shape(), qkv, op, "dqkv");
+  check_opt_out(&dqkv, qkv.shape(), qkv, op, "dqkv", /*f32=*/true);
   check_no_alias(qkv, dqkv, op, "qkv");
   check_no_alias(dout, dqkv, op, "dout");
   if (run_on_cuda(qkv, op)) {
