@@ -22,31 +22,10 @@ using sparse::BlockKind;
 
 namespace {
 
-// One rectified-flow step through DiT::forward_train / backward (the loss of
-// train/flow_matching.h, written out here so this test needs only the model library).
-test::TrainStepResult flow_step(DiT& m, dist::SequenceParallel& sp, const test::TrainCaseInputs& in) {
-  const float s = in.sigma;
-  Tensor xs = Tensor::empty(in.x0.shape(), DType::F32), target = Tensor::empty(in.x0.shape(), DType::F32);
-  ops::axpby(s, in.noise, 1.f - s, in.x0, xs);
-  ops::axpby(1.f, in.noise, -1.f, in.x0, target);
-  test::TrainStepResult r;
-  r.v = m.forward_train(xs, {1000.f * s}, in.context, sp);
-  Tensor diff = Tensor::empty(xs.shape(), DType::F32);
-  ops::axpby(1.f, r.v, -1.f, target, diff);
-  double acc = 0;
-  for (float d : diff.to_float_vector()) acc += double(d) * d;
-  const double numel = double(diff.numel());
-  r.loss = acc / numel;
-  Tensor dv = Tensor::empty(xs.shape(), DType::F32);
-  ops::axpby(float(2.0 / numel), diff, 0.f, diff, dv);
-  m.backward(dv, sp, &r.dx_sigma, &r.dcontext);
-  return r;
-}
-
 double run_golden(const std::string& c, const std::string& mode, double tol) {
   DiT m = test::golden_train_model(mode);
   auto sp = dist::make_single_device();
-  const auto r = flow_step(m, *sp, test::golden_train_inputs(c));
+  const auto r = test::golden_flow_step(m, *sp, test::golden_train_inputs(c));
   return test::expect_matches_golden_train(m, r, c, mode, tol);
 }
 
@@ -88,7 +67,7 @@ TEST(DiTTrainGolden, HybridQatWithinTheChaosOfHiF8Rounding) {
       return out;
     };
     auto in = test::golden_train_inputs(c);
-    const auto r0 = flow_step(m, *sp, in);
+    const auto r0 = test::golden_flow_step(m, *sp, in);
     const auto ours = snapshot(r0);
     std::map<std::string, double> spread;
     double loss_spread = 0;
@@ -98,7 +77,7 @@ TEST(DiTTrainGolden, HybridQatWithinTheChaosOfHiF8Rounding) {
       pin.x0 = in.x0.clone(), pin.noise = in.noise.clone();
       ops::axpby(1.f + eps, in.x0, 0.f, in.x0, pin.x0);
       ops::axpby(1.f + eps, in.noise, 0.f, in.noise, pin.noise);
-      const auto r = flow_step(m, *sp, pin);
+      const auto r = test::golden_flow_step(m, *sp, pin);
       loss_spread = std::max(loss_spread, std::abs(r.loss - r0.loss) / std::abs(r0.loss));
       for (const auto& [name, t] : snapshot(r))
         spread[name] = std::max(spread[name], relative_error(t, ours.at(name)));
@@ -134,8 +113,8 @@ TEST(DiTTrainGolden, CheckpointingOnAndOffGiveTheSameBits) {
     auto sp = dist::make_single_device();
     const auto in = test::golden_train_inputs("trainA");
     DiT on = test::golden_train_model(mode, true), off = test::golden_train_model(mode, false);
-    const auto ra = flow_step(on, *sp, in);
-    const auto rb = flow_step(off, *sp, in);
+    const auto ra = test::golden_flow_step(on, *sp, in);
+    const auto rb = test::golden_flow_step(off, *sp, in);
     EXPECT_EQ(ra.loss, rb.loss) << mode;
     test::expect_same_bits(ra.v, rb.v, "v");
     test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
@@ -151,10 +130,10 @@ TEST(DiTTrainGolden, GradientsAccumulateAndZeroGrad) {
   DiT m = test::golden_train_model("hybrid");
   auto sp = dist::make_single_device();
   const auto in = test::golden_train_inputs("trainB");
-  flow_step(m, *sp, in);
+  test::golden_flow_step(m, *sp, in);
   std::vector<Tensor> once;
   for (const ParamRef& p : m.parameters()) once.push_back(p.grad->clone());
-  flow_step(m, *sp, in);  // accumulates: twice the gradient
+  test::golden_flow_step(m, *sp, in);  // accumulates: twice the gradient
   const auto ps = m.parameters();
   for (size_t i = 0; i < ps.size(); ++i) {
     Tensor twice = Tensor::empty(once[i].shape(), DType::F32);

@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "osp/dist/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
+#include "osp/ops/ops.h"
 #include "osp/sparse/skiparse.h"
 #include "test_util.h"
 
@@ -83,6 +85,29 @@ struct TrainStepResult {
   double loss = 0;
   Tensor v, dx_sigma, dcontext;
 };
+
+// One rectified-flow step through DiT::forward_train / backward on the case's inputs (the loss
+// of train/flow_matching.h written out, so these tests need only the model library). Parameter
+// gradients accumulate: call m.zero_grad() first for those of this step alone.
+inline TrainStepResult golden_flow_step(model::DiT& m, dist::SequenceParallel& sp,
+                                        const TrainCaseInputs& in) {
+  const float s = in.sigma;
+  Tensor xs = Tensor::empty(in.x0.shape(), DType::F32), target = Tensor::empty(in.x0.shape(), DType::F32);
+  ops::axpby(s, in.noise, 1.f - s, in.x0, xs);
+  ops::axpby(1.f, in.noise, -1.f, in.x0, target);
+  TrainStepResult r;
+  r.v = m.forward_train(xs, {1000.f * s}, in.context, sp);
+  Tensor diff = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(1.f, r.v, -1.f, target, diff);
+  double acc = 0;
+  for (float d : diff.to_float_vector()) acc += double(d) * d;
+  const double numel = double(diff.numel());
+  r.loss = acc / numel;
+  Tensor dv = Tensor::empty(xs.shape(), DType::F32);
+  ops::axpby(float(2.0 / numel), diff, 0.f, diff, dv);
+  m.backward(dv, sp, &r.dx_sigma, &r.dcontext);
+  return r;
+}
 
 // Compares a step of `model` on <c>.<mode> with every stored tensor: loss, v, grad.x_sigma,
 // grad.context and grad.<parameter> (all of those the file stores). Returns the worst relative

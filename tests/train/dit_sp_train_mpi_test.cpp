@@ -26,30 +26,15 @@ std::shared_ptr<dist::Communicator> world() {
   return c;
 }
 
-struct Step {
-  double loss = 0;
-  Tensor v, dx, dctx;
+struct Step : test::TrainStepResult {
   std::map<std::string, Tensor> grads;
 };
 
 // One step of the flow loss of train/flow_matching.h written out (loss over the whole v).
 Step flow_step(DiT& m, dist::SequenceParallel& sp, const test::TrainCaseInputs& in) {
-  const float s = in.sigma;
-  Tensor xs = Tensor::empty(in.x0.shape(), DType::F32);
-  Tensor target = Tensor::empty(in.x0.shape(), DType::F32);
-  ops::axpby(s, in.noise, 1.f - s, in.x0, xs);
-  ops::axpby(1.f, in.noise, -1.f, in.x0, target);
   m.zero_grad();
   Step r;
-  r.v = m.forward_train(xs, {1000.f * s}, in.context, sp);
-  Tensor diff = Tensor::empty(xs.shape(), DType::F32);
-  ops::axpby(1.f, r.v, -1.f, target, diff);
-  double acc = 0;
-  for (float d : diff.to_float_vector()) acc += double(d) * d;
-  r.loss = acc / double(diff.numel());
-  Tensor dv = Tensor::empty(xs.shape(), DType::F32);
-  ops::axpby(float(2.0 / double(diff.numel())), diff, 0.f, diff, dv);
-  m.backward(dv, sp, &r.dx, &r.dctx);
+  static_cast<test::TrainStepResult&>(r) = test::golden_flow_step(m, sp, in);
   for (const ParamRef& p : m.parameters()) r.grads[p.name] = p.grad->clone();
   return r;
 }
@@ -77,14 +62,14 @@ TEST_P(DiTSpTrain, EqualsSingleRank) {
   ParamTable params = m.parameters();
   train::reduce_sp_gradients(params, *comm);
   for (const ParamRef& p : params) got.grads[p.name] = p.grad->clone();
-  comm->all_reduce(got.dctx);  // a per-rank share, like the parameter gradients
+  comm->all_reduce(got.dcontext);  // a per-rank share, like the parameter gradients
 
   const std::string where =
       std::string(c.name) + " rank " + std::to_string(comm->rank()) + "/" + std::to_string(comm->size());
   EXPECT_LT(std::abs(got.loss - want.loss) / want.loss, 1e-6) << where;
   EXPECT_LT(relative_error(got.v, want.v), 1e-5) << where << " v";
-  EXPECT_LT(relative_error(got.dx, want.dx), 1e-5) << where << " grad x_sigma";
-  EXPECT_LT(relative_error(got.dctx, want.dctx), 1e-5) << where << " grad context";
+  EXPECT_LT(relative_error(got.dx_sigma, want.dx_sigma), 1e-5) << where << " grad x_sigma";
+  EXPECT_LT(relative_error(got.dcontext, want.dcontext), 1e-5) << where << " grad context";
   double worst = 0;
   std::string worst_name;
   for (const auto& [name, g] : want.grads) {
