@@ -98,8 +98,7 @@ Plan build_forward(const Key& k) {
     g.matmul(p, v, o);
     std::string note;
     out.plan = g.plan(cudnn_handle(), &note, "SDPA forward (training, stats)");
-    OSP_CUDNN_CHECK(cudnnBackendGetAttribute(out.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                             CUDNN_TYPE_INT64, 1, nullptr, &out.workspace));
+    out.workspace = plan_workspace(out.plan);
     log_once(str("cudnn-fwd-stats-", B, "-", H, "-", Lq, "-", Lk, "-", D),
              str("attention_forward_lse: cuDNN SDPA forward+stats plan for B=", B, " H=", H,
                  " Lq=", Lq, " Lk=", Lk, " D=", D, ": ", note, ", workspace ", out.workspace,
@@ -174,8 +173,7 @@ Plan build_backward(const Key& k) {
 
     std::string note;
     out.plan = g.plan(cudnn_handle(), &note, "SDPA backward");
-    OSP_CUDNN_CHECK(cudnnBackendGetAttribute(out.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                             CUDNN_TYPE_INT64, 1, nullptr, &out.workspace));
+    out.workspace = plan_workspace(out.plan);
     log_once(str("cudnn-bwd-", B, "-", H, "-", Lq, "-", Lk, "-", D),
              str("attention_backward: cuDNN SDPA backward plan for B=", B, " H=", H, " Lq=", Lq,
                  " Lk=", Lk, " D=", D, ": ", note, ", workspace ", out.workspace, " bytes"));
@@ -187,23 +185,6 @@ Plan build_backward(const Key& k) {
 }
 
 PlanCache<Key, Plan> g_fwd_plans, g_bwd_plans;
-
-void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
-             void* ws) {
-  cudnnBackendDescriptor_t pack = nullptr;
-  OSP_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
-  std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
-    cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
-  });
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
-                                           int64_t(uids.size()), uids.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-                                           CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
-                                           CUDNN_TYPE_VOID_PTR, 1, &ws));
-  OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
-  OSP_CUDNN_CHECK(cudnnBackendExecute(cudnn_handle(), plan.plan, pack));
-}
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 }  // namespace
@@ -219,7 +200,7 @@ bool sdpa_forward_stats_cudnn(const Tensor& q, const Tensor& k, const Tensor& v,
   }
   float scale_v = scale;
   void* ws = plan.workspace > 0 ? scratch(size_t(plan.workspace)) : nullptr;
-  execute(plan, {kQ, kK, kV, kO, kStats, kScale},
+  execute_plan(plan.plan, {kQ, kK, kV, kO, kStats, kScale},
           {q.raw(), k.raw(), v.raw(), out.raw(), stats, &scale_v}, ws);
   return true;
 }
@@ -243,7 +224,7 @@ bool sdpa_backward_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, cons
   void* dq_acc = ws + w0 + w1;
   OSP_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, w2, stream()));
   float scale_v = scale, one_v = 1.f;
-  execute(plan, {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kOne, kSoftmaxSum, kDQAcc},
+  execute_plan(plan.plan, {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kOne, kSoftmaxSum, kDQAcc},
           {q.raw(), k.raw(), v.raw(), o.raw(), dout.raw(), const_cast<float*>(stats), dq.raw(),
            dk.raw(), dv.raw(), &scale_v, &one_v, softmax_sum, dq_acc},
           ws);

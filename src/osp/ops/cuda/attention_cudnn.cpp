@@ -115,8 +115,7 @@ Plan build_plan(const PlanKey& k) {
 
     std::string note;
     out.plan = g.plan(handle(), &note, "SDPA");
-    OSP_CUDNN_CHECK(cudnnBackendGetAttribute(out.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                             CUDNN_TYPE_INT64, 1, nullptr, &out.workspace));
+    out.workspace = plan_workspace(out.plan);
     log_once(str("cudnn-plan-", B, "-", H, "-", Lq, "-", Lk, "-", D, "-", k.padding),
              str("attention: cuDNN SDPA plan for B=", B, " H=", H, " Lq=", Lq, " Lk=", Lk, " D=", D,
                  k.padding ? " (padding mask)" : "", ": ", note, ", workspace ", out.workspace,
@@ -174,19 +173,7 @@ bool attention_cudnn_impl(const Tensor& q, const Tensor& k, const Tensor& v, Ten
     uids.insert(uids.end(), {kSeqQ, kSeqKV, kNeg});
     ptrs.insert(ptrs.end(), {const_cast<int*>(sq), const_cast<int*>(skv), &neg_v});
   }
-  cudnnBackendDescriptor_t pack = nullptr;
-  OSP_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
-  std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
-    cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
-  });
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
-                                           int64_t(uids.size()), uids.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-                                           CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR,
-                                           1, &ws));
-  OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
-  OSP_CUDNN_CHECK(cudnnBackendExecute(handle(), plan.plan, pack));
+  execute_plan(plan.plan, uids, ptrs, ws);
   return true;
 }
 #endif  // OSP_HAVE_CUDNN

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -270,6 +271,34 @@ class CudnnGraph {
   std::vector<cudnnBackendDescriptor_t> ops_, owned_;
   int64_t next_virtual_;
 };
+
+
+// The workspace bytes a finalized execution plan needs.
+inline int64_t plan_workspace(cudnnBackendDescriptor_t plan) {
+  int64_t ws = 0;
+  OSP_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                           CUDNN_TYPE_INT64, 1, nullptr, &ws));
+  return ws;
+}
+
+// Runs a finalized plan on the process's handle: ptrs[i] is the data of the tensor with uid
+// uids[i], ws the plan's workspace (null when it needs none).
+inline void execute_plan(cudnnBackendDescriptor_t plan, const std::vector<int64_t>& uids,
+                         const std::vector<void*>& ptrs, void* ws) {
+  cudnnBackendDescriptor_t pack = nullptr;
+  OSP_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+  std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
+    cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
+  });
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
+                                           int64_t(uids.size()), uids.data()));
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                                           CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
+  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+                                           CUDNN_TYPE_VOID_PTR, 1, &ws));
+  OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
+  OSP_CUDNN_CHECK(cudnnBackendExecute(cudnn_handle(), plan, pack));
+}
 
 }  // namespace osp::ops::cuda
 #endif  // OSP_HAVE_CUDNN

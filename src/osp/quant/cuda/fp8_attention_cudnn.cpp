@@ -247,9 +247,7 @@ Plan build_plan(const PlanKey& k) {
       build_variant(g, k, var);
       std::string note;
       cudnnBackendDescriptor_t plan = g.plan(handle(), &note, "FP8 SDPA", only_config());
-      int64_t ws = 0;
-      OSP_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                                   CUDNN_TYPE_INT64, 1, nullptr, &ws));
+      const int64_t ws = ops::cuda::plan_workspace(plan);
       tried += str(" [", var.name, "] ok: ", note, ", workspace ", ws, " bytes;");
       if (!out.plan) {
         out.plan = plan;
@@ -280,23 +278,6 @@ Plan build_plan(const PlanKey& k) {
 }
 
 ops::cuda::PlanCache<PlanKey, Plan> g_plans;
-
-void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
-             void* ws) {
-  cudnnBackendDescriptor_t pack = nullptr;
-  OSP_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
-  std::unique_ptr<void, void (*)(void*)> guard(pack, [](void* d) {
-    cudnnBackendDestroyDescriptor(static_cast<cudnnBackendDescriptor_t>(d));
-  });
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
-                                               CUDNN_TYPE_INT64, int64_t(uids.size()), uids.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-                                               CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data()));
-  OSP_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
-                                               CUDNN_TYPE_VOID_PTR, 1, &ws));
-  OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
-  OSP_CUDNN_CHECK(cudnnBackendExecute(handle(), plan.plan, pack));
-}
 
 }  // namespace
 
@@ -355,7 +336,7 @@ bool fp8_sdpa_cudnn(const Fp8SdpaCall& c, std::string* why) {
     ptrs.push_back(stats.raw());
   }
   void* ws = plan.workspace > 0 ? ops::cuda::scratch(size_t(plan.workspace)) : nullptr;
-  execute(plan, uids, ptrs, ws);
+  ops::cuda::execute_plan(plan.plan, uids, ptrs, ws);
   if (var.o != OStore::BF16) {
     const float* back = var.o == OStore::E4M3                ? consts + kCInv8
                         : var.scale_o == ScaleO::Device      ? consts + kCInv16
