@@ -3,22 +3,12 @@
 // row reductions (LayerNorm, RMSNorm), grid-stride loops for the elementwise ops.
 #include <cuda_bf16.h>
 
+#include "osp/ops/cuda/bf16_convert.cuh"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/cuda/cuda_ops.h"
 
 namespace osp::ops::cuda {
 namespace {
-
-using bf16 = __nv_bfloat16;
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024). All threads get the result.
 __device__ float block_sum(float v) {
