@@ -68,6 +68,16 @@ __global__ void zero_kernel(float* o, int64_t n) {
 
 }  // namespace
 
+void im2col_f32(const float* x, float* col, int64_t T, int64_t Cin, int64_t H, int64_t W, int kt,
+                int kh, int kw, int64_t t0, int sh, int sw, int pt, int pl, int64_t y0,
+                int64_t nrows, int64_t Wo) {
+  const int64_t K = Cin * kt * kh * kw;
+  im2col_kernel<<<grid_for(K * nrows * Wo), 256, 0, stream()>>>(x, col, T, Cin, H, W, kt, kh,
+                                                                 kw, t0, sh, sw, pt, pl, y0, nrows,
+                                                                 Wo);
+  OSP_CUDA_LAUNCH_CHECK("im2col_kernel");
+}
+
 // Row-major C[M, N] (row stride ldc) = A[M, K] (row stride lda) · B[K, N] (row stride ldb).
 void gemm_rm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                  int64_t ldb, float* C, int64_t ldc, bool tf32) {
@@ -108,10 +118,8 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
     } else {
       for (int64_t y0 = 0; y0 < Ho; y0 += band) {
         const int64_t nrows = std::min(band, Ho - y0), nb = nrows * Wo;
-        im2col_kernel<<<grid_for(K * nb), 256, 0, stream()>>>(
-            xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
-            a.pad_top, a.pad_left, y0, nrows, Wo);
-        OSP_CUDA_LAUNCH_CHECK("im2col_kernel");
+        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
+                   a.pad_top, a.pad_left, y0, nrows, Wo);
         gemm_rm_f32(Cout, nb, K, wp, K, col, nb, o + y0 * Wo, HWo, tf32);
       }
     }

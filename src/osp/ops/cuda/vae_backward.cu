@@ -68,25 +68,6 @@ __device__ float block_max(float v, float* red) {
 
 // ---------------------------------------------------------------- conv3d
 
-__global__ void vb_im2col_kernel(const float* __restrict__ x, float* __restrict__ col, int64_t T,
-                                 int64_t Cin, int64_t H, int64_t W, int kt, int kh, int kw,
-                                 int64_t t0, int sh, int sw, int pt, int pl, int64_t y0,
-                                 int64_t nrows, int64_t Wo) {
-  const int64_t nb = nrows * Wo;
-  const int64_t K = Cin * kt * kh * kw;
-  OSP_VB_GRID_STRIDE(idx, K * nb) {
-    const int64_t k = idx / nb, p = idx % nb;
-    const int c = int(k % kw), b = int((k / kw) % kh), ta = int((k / (kw * kh)) % kt);
-    const int64_t ci = k / (int64_t(kw) * kh * kt);
-    const int64_t oy = y0 + p / Wo, ox = p % Wo;
-    const int64_t ti = t0 + ta, iy = oy * sh - pt + b, ix = ox * sw - pl + c;
-    float v = 0.f;
-    if (ti >= 0 && ti < T && iy >= 0 && iy < H && ix >= 0 && ix < W)
-      v = x[((ti * Cin + ci) * H + iy) * W + ix];
-    col[idx] = v;
-  }
-}
-
 // dx[t0 + ta, ci, iy, ix] += Σ_{b, c} dcol[((ci·kt + ta)·kh + b)·kw + c, (oy − y0)·Wo + ox] over
 // the taps whose output (oy, ox) lies in this band.  One thread per (ta, ci, iy, ix).
 __global__ void vb_col2im_kernel(const float* __restrict__ dcol, float* __restrict__ dx, int64_t T,
@@ -281,10 +262,8 @@ void conv3d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const C
     for (int64_t y0 = 0; y0 < Ho; y0 += band) {
       const int64_t nrows = std::min(band, Ho - y0), nb = nrows * Wo;
       if (dw) {
-        vb_im2col_kernel<<<grid_for(K * nb), 256, 0, stream()>>>(
-            xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
-            a.pad_top, a.pad_left, y0, nrows, Wo);
-        OSP_CUDA_LAUNCH_CHECK("vb_im2col_kernel");
+        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
+                   a.pad_top, a.pad_left, y0, nrows, Wo);
         // dw[Cout, K] += dy_band[Cout, nb] · col[K, nb]ᵀ
         gemm_rm(false, true, Cout, K, nb, 1.f, g + y0 * Wo, HWo, col, nb, 1.f, dwp, K, tf32);
       }
