@@ -17,68 +17,12 @@
 #include "osp/ops/conv.h"
 #include "osp/ops/extra_ops.h"
 #include "osp/ops/vae_backward.h"
+#include "ops/fd_check.h"
 
 using namespace osp;
+using namespace osp::fd;
 
 namespace {
-
-using Vec = std::vector<double>;
-
-Tensor randn(const Shape& s, uint32_t seed, float sd = 1.f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> nd(0.f, sd);
-  std::vector<float> v(size_t(shape_numel(s)));
-  for (auto& x : v) x = nd(g);
-  return Tensor::from_vector(v, s);
-}
-Vec values(const Tensor& t) {
-  const auto f = t.to_float_vector();
-  return Vec(f.begin(), f.end());
-}
-Tensor nan_tensor(const Shape& s) {
-  return Tensor::from_vector(std::vector<float>(size_t(shape_numel(s)), std::nanf("")), s);
-}
-Vec fd_grad(const std::function<double(const Vec&)>& L, Vec x, double h = 1e-5) {
-  Vec g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double x0 = x[i];
-    x[i] = x0 + h;
-    const double lp = L(x);
-    x[i] = x0 - h;
-    const double lm = L(x);
-    x[i] = x0;
-    g[i] = (lp - lm) / (2 * h);
-  }
-  return g;
-}
-Vec add(const Vec& a, const Vec& b) {
-  Vec c(a.size());
-  for (size_t i = 0; i < a.size(); ++i) c[i] = a[i] + b[i];
-  return c;
-}
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-// ‖got − want‖ ≤ rtol·‖want‖ and every element within 10·rtol·max|want|.
-void expect_near_vec(const Tensor& got_t, const Vec& want, double rtol, const std::string& what) {
-  const Vec got = values(got_t);
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double num = 0, den = 0, mx = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-    mx = std::max(mx, std::abs(want[i]));
-  }
-  EXPECT_LE(std::sqrt(num), rtol * std::sqrt(den) + 1e-12) << what;
-  int shown = 0;
-  for (size_t i = 0; i < want.size(); ++i)
-    if (!(std::abs(got[i] - want[i]) <= 10 * rtol * mx + 1e-12)) {
-      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", want " << want[i];
-      if (++shown > 5) break;
-    }
-}
 
 constexpr double kTol = 3e-5;
 
