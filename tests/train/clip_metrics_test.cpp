@@ -22,6 +22,7 @@
 #include "osp/io/video_writer.h"
 #include "osp/train/clip_dataset.h"
 #include "osp/train/synthetic_clips.h"
+#include "train/run_osp.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -230,22 +231,9 @@ TEST(ClipMetrics, TallyTableAndJson) {
 }
 
 namespace {
-struct CmdResult {
-  int code = -1;
-  std::string out;
-};
-std::string osp_exe() { return (fs::canonical("/proc/self/exe").parent_path() / "osp").string(); }
-CmdResult run_osp(const std::string& args) {
-  CmdResult r;
-  FILE* p = popen((osp_exe() + " " + args + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::CmdResult;
+using test::osp_exe;
+using test::run_osp;
 std::string read_all(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
