@@ -282,15 +282,7 @@ void rope_backward(const Tensor& dy0, const Tensor& cs0, Tensor& dx) {
   const char* op = "ops::rope_backward";
   check_defined(dy0, op, "dy");
   check_defined(cs0, op, "cos_sin");
-  OSP_CHECK(dy0.dim() == 4, op, ": dy must be [R, L, H, D], got ", dy0.desc());
-  const int64_t R = dy0.size(0), L = dy0.size(1), D = dy0.size(3);
-  OSP_CHECK(D % 2 == 0, op, ": head dim D must be even, got ", D);
-  OSP_CHECK(cs0.dim() == 4 && cs0.size(1) == L && cs0.size(2) == D / 2 && cs0.size(3) == 2, op,
-            ": cos_sin must be [Rt, ", L, ", ", D / 2, ", 2], got ", shape_str(cs0.shape()));
-  const int64_t Rt = cs0.size(0);
-  OSP_CHECK(Rt >= 1 && (R % Rt) == 0, op, ": the table's ", Rt,
-            " rows must divide the data's R = ", R);
-  OSP_CHECK(cs0.dtype() == DType::F32, op, ": cos_sin must be f32, got ", cs0.desc());
+  check_rope_table(dy0, "dy", cs0, op);
   check_device(dy0, cs0, op, "cos_sin");
   check_dx(dy0, dx, op);
   check_no_alias(cs0, dx, op, "cos_sin");

@@ -111,4 +111,18 @@ inline void check_patch_grid(const Tensor& z, const char* what, int pt, int ph, 
             " and width ", z.size(3), " must be multiples of the patch size ", ph, "x", pw);
 }
 
+// RoPE data x (named `what`) [R, L, H, D] with D even, and its table cos_sin [Rt, L, D/2, 2]
+// f32 whose Rt rows divide R.
+inline void check_rope_table(const Tensor& x, const char* what, const Tensor& cs, const char* op) {
+  OSP_CHECK(x.dim() == 4, op, ": ", what, " must be [R, L, H, D], got ", x.desc());
+  const int64_t R = x.size(0), L = x.size(1), D = x.size(3);
+  OSP_CHECK(D % 2 == 0, op, ": head dim D must be even, got ", D);
+  OSP_CHECK(cs.dim() == 4 && cs.size(1) == L && cs.size(2) == D / 2 && cs.size(3) == 2, op,
+            ": cos_sin must be [Rt, ", L, ", ", D / 2, ", 2], got ", shape_str(cs.shape()));
+  const int64_t Rt = cs.size(0);
+  OSP_CHECK(Rt >= 1 && (R % Rt) == 0, op, ": the table's ", Rt,
+            " rows must divide the data's R = ", R);
+  OSP_CHECK(cs.dtype() == DType::F32, op, ": cos_sin must be f32, got ", cs.desc());
+}
+
 }  // namespace osp::ops::detail

@@ -248,15 +248,7 @@ void rope(const Tensor& x0, const Tensor& cs0, Tensor& out) {
   check_defined(x0, op, "x");
   check_defined(cs0, op, "cos_sin");
   check_out(out, op);
-  OSP_CHECK(x0.dim() == 4, op, ": x must be [R, L, H, D], got ", x0.desc());
-  const int64_t R = x0.size(0), L = x0.size(1), D = x0.size(3);
-  OSP_CHECK(D % 2 == 0, op, ": head dim D must be even, got ", D);
-  OSP_CHECK(cs0.dim() == 4 && cs0.size(1) == L && cs0.size(2) == D / 2 && cs0.size(3) == 2, op,
-            ": cos_sin must be [Rt, ", L, ", ", D / 2, ", 2], got ", shape_str(cs0.shape()));
-  const int64_t Rt = cs0.size(0);
-  OSP_CHECK(Rt >= 1 && (R % Rt) == 0, op, ": the table's ", Rt,
-            " rows must divide the data's R = ", R);
-  OSP_CHECK(cs0.dtype() == DType::F32, op, ": cos_sin must be f32, got ", cs0.desc());
+  check_rope_table(x0, "x", cs0, op);
   check_same_shape(x0, out, op, "out");
   check_device(x0, cs0, op, "cos_sin");
   check_device(x0, out, op, "out");
