@@ -51,6 +51,25 @@ void check_act(const Tensor& t, bool cuda, const char* op, const char* what) {
     check_f32(t, op, what);
 }
 
+
+// x, dy and dx of a norm backward (check_rows_input, check_dx) and eps > 0; returns C.
+int64_t check_norm_input(const Tensor& x, const Tensor& dy, const Tensor& dx, float eps,
+                         const char* op) {
+  check_rows_input(x, dy, op);
+  check_dx(x, dx, op);
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  return x.size(-1);
+}
+
+// True when the op runs on CUDA; checks the activation dtypes of x, dy and dx for that backend.
+bool acts_on_cuda(const Tensor& x, const Tensor& dy, const Tensor& dx, const char* op) {
+  const bool cuda = on_cuda(x, op);
+  check_act(x, cuda, op, "x");
+  check_act(dy, cuda, op, "dy");
+  check_act(dx, cuda, op, "dx");
+  return cuda;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- GEMM
@@ -121,10 +140,7 @@ void sum_rows(const Tensor& x0, Tensor& out) {
 void layer_norm_backward(const Tensor& x0, const Tensor* w, float eps, const Tensor& dy0,
                          Tensor& dx, Tensor* dw, Tensor* db) {
   const char* op = "ops::layer_norm_backward";
-  check_rows_input(x0, dy0, op);
-  check_dx(x0, dx, op);
-  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
-  const int64_t C = x0.size(-1);
+  const int64_t C = check_norm_input(x0, dy0, dx, eps, op);
   if (w) {
     check_vec(*w, C, x0, op, "weight");
   } else {
@@ -137,10 +153,7 @@ void layer_norm_backward(const Tensor& x0, const Tensor* w, float eps, const Ten
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), wc;
   if (w) wc = w->contiguous();
   const Tensor* wp = w ? &wc : nullptr;
-  const bool cuda = on_cuda(x, op);
-  check_act(x, cuda, op, "x");
-  check_act(dy, cuda, op, "dy");
-  check_act(dx, cuda, op, "dx");
+  const bool cuda = acts_on_cuda(x, dy, dx, op);
   if (cuda) {
 #ifdef OSP_HAVE_CUDA
     cuda::layer_norm_backward(x, wp, eps, dy, dx, dw, db);
@@ -153,10 +166,7 @@ void layer_norm_backward(const Tensor& x0, const Tensor* w, float eps, const Ten
 void layer_norm_modulate_backward(const Tensor& x0, const Tensor& scale0, float eps,
                                   const Tensor& dy0, Tensor& dx, Tensor* dshift, Tensor* dscale) {
   const char* op = "ops::layer_norm_modulate_backward";
-  check_rows_input(x0, dy0, op);
-  check_dx(x0, dx, op);
-  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
-  const int64_t C = x0.size(-1);
+  const int64_t C = check_norm_input(x0, dy0, dx, eps, op);
   check_vec(scale0, C, x0, op, "scale");
   check_param_grad(dshift, {C}, x0, op, "dshift");
   check_param_grad(dscale, {C}, x0, op, "dscale");
@@ -165,10 +175,7 @@ void layer_norm_modulate_backward(const Tensor& x0, const Tensor& scale0, float 
             op, ": dshift and dscale must be different tensors");
   check_outs_no_alias({&dx, dshift, dscale}, {{&x0, "x"}, {&dy0, "dy"}, {&scale0, "scale"}}, op);
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), sc = scale0.contiguous();
-  const bool cuda = on_cuda(x, op);
-  check_act(x, cuda, op, "x");
-  check_act(dy, cuda, op, "dy");
-  check_act(dx, cuda, op, "dx");
+  const bool cuda = acts_on_cuda(x, dy, dx, op);
   if (cuda) {
 #ifdef OSP_HAVE_CUDA
     cuda::layer_norm_modulate_backward(x, sc, eps, dy, dx, dshift, dscale);
@@ -181,18 +188,12 @@ void layer_norm_modulate_backward(const Tensor& x0, const Tensor& scale0, float 
 void rms_norm_backward(const Tensor& x0, const Tensor& w0, float eps, const Tensor& dy0,
                        Tensor& dx, Tensor* dw) {
   const char* op = "ops::rms_norm_backward";
-  check_rows_input(x0, dy0, op);
-  check_dx(x0, dx, op);
-  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
-  const int64_t C = x0.size(-1);
+  const int64_t C = check_norm_input(x0, dy0, dx, eps, op);
   check_vec(w0, C, x0, op, "weight");
   check_param_grad(dw, {C}, x0, op, "dw");
   check_outs_no_alias({&dx, dw}, {{&x0, "x"}, {&dy0, "dy"}, {&w0, "weight"}}, op);
   Tensor x = x0.contiguous(), dy = dy0.contiguous(), w = w0.contiguous();
-  const bool cuda = on_cuda(x, op);
-  check_act(x, cuda, op, "x");
-  check_act(dy, cuda, op, "dy");
-  check_act(dx, cuda, op, "dx");
+  const bool cuda = acts_on_cuda(x, dy, dx, op);
   if (cuda) {
 #ifdef OSP_HAVE_CUDA
     cuda::rms_norm_backward(x, w, eps, dy, dx, dw);
@@ -215,10 +216,7 @@ void unary_backward(const char* op, const Tensor& x0, const Tensor& dy0, Tensor&
   check_no_alias(x0, dx, op, "x");
   check_no_alias(dy0, dx, op, "dy");
   Tensor x = x0.contiguous(), dy = dy0.contiguous();
-  const bool cuda = on_cuda(x, op);
-  check_act(x, cuda, op, "x");
-  check_act(dy, cuda, op, "dy");
-  check_act(dx, cuda, op, "dx");
+  const bool cuda = acts_on_cuda(x, dy, dx, op);
   if (cuda)
     cuda_fn(x, dy, dx);
   else
