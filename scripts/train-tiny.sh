@@ -13,6 +13,10 @@
 #   STAGES="package eval" bash scripts/train-tiny.sh   # only some stages
 #   VAE_INIT=models/osp-next-tiny/Wan2.1_VAE.safetensors bash scripts/train-tiny.sh
 #                                                      # continue the VAE from the shipped stage-1 weights
+#   The shipped preview DiT (CPU, docs/MODEL_CARD_TINY.md) is, in steps rather than minutes:
+#   DEVICE=cpu VAE_WEIGHTS=models/osp-next-tiny/Wan2.1_VAE.safetensors ENCODE_LIMIT=217 DIT_STEPS=1652 \
+#     DIT_BATCH=4 DIT_LR=1e-3 DIT_WARMUP=50 DIT_EMA=0.99 STAGES="data text encode dit package eval" \
+#     MODEL_DIR=runs/preview bash scripts/train-tiny.sh
 # Settings (environment): OSP (the osp binary), DEVICE, RUN (work folder, default runs/tiny),
 # MODEL_DIR, TRAIN_CLIPS, HELDOUT_CLIPS, VAE_STEPS, VAE_BATCH, VAE_LR, DIT_STEPS, DIT_BATCH, DIT_LR,
 # DIT_EMA, EVAL_CLIPS, GEN_STEPS, GEN_GUIDANCE, GEN_DEVICE, and DEADLINE (unix time): when set, the
@@ -36,6 +40,9 @@ VAE_STEPS=${VAE_STEPS:-3000}
 VAE_BATCH=${VAE_BATCH:-4}
 VAE_LR=${VAE_LR:-6e-4}
 VAE_INIT=${VAE_INIT:-}
+VAE_WEIGHTS=${VAE_WEIGHTS:-}      # skip the vae stage: use these weights in the text stage
+ENCODE_LIMIT=${ENCODE_LIMIT:-0}  # encode only the first N clips (0: all)
+DIT_WARMUP=${DIT_WARMUP:-100}
 DIT_STEPS=${DIT_STEPS:-20000}
 DIT_BATCH=${DIT_BATCH:-64}
 DIT_LR=${DIT_LR:-8e-4}
@@ -86,7 +93,7 @@ if has text; then
   rm -rf "$RUN/base" && mkdir -p "$RUN/base"
   "$OSP" -q make-text-encoder --dataset "$RUN/data-train" --out "$RUN/base" --seed 0 --dim 64 --layers 2 --heads 4 \
     --ffn 160 --vocab 256
-  cp "$RUN/vae/Wan2.1_VAE.safetensors" "$RUN/base/"
+  cp "${VAE_WEIGHTS:-$RUN/vae/Wan2.1_VAE.safetensors}" "$RUN/base/Wan2.1_VAE.safetensors"
 fi
 
 if has encode; then
@@ -97,7 +104,7 @@ if has encode; then
     log "encode: time budget $budget s"
   fi
   "$OSP" -q encode-clips -m "$RUN/base" --dataset "$RUN/data-train" --out "$RUN/cache" --text-len 64 \
-    --device "$DEVICE" --overwrite "${extra[@]}"
+    --device "$DEVICE" --limit "$ENCODE_LIMIT" --overwrite "${extra[@]}"
   log "encode: $(grep -c '"latent_shape"' "$RUN/cache/manifest.json") latents"
 fi
 
@@ -109,7 +116,7 @@ if has dit; then
 EOF
   rm -rf "$RUN/dit"
   dit_cmd=("$OSP" -q train --from-scratch --config-model "$RUN/dit_config.json" --data "$RUN/cache" --attention hybrid
-    --device "$DEVICE" --steps "$DIT_STEPS" --batch "$DIT_BATCH" --lr "$DIT_LR" --warmup $(( DIT_STEPS < 100 ? DIT_STEPS : 100 )) --schedule constant
+    --device "$DEVICE" --steps "$DIT_STEPS" --batch "$DIT_BATCH" --lr "$DIT_LR" --warmup $(( DIT_STEPS < DIT_WARMUP ? DIT_STEPS : DIT_WARMUP )) --schedule constant
     --clip fixed:1.0 --ema "$DIT_EMA" --caption-dropout 0.1 --seed 0 --out "$RUN/dit" --keep 1)
   rc=0
   if [ "$DEADLINE" -gt 0 ]; then
