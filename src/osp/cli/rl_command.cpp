@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "osp/cli/config_flags.h"
 #include "osp/cli/dit_weights.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
@@ -102,16 +103,11 @@ int run_rl_command(train::RlOptions o) {
 }  // namespace
 
 void add_rl_command(CLI::App& app) {
-  auto cli = std::make_shared<train::RlOptions>();
-  auto config_file = std::make_shared<std::string>();
   auto reward_list = std::make_shared<std::vector<std::string>>();
   auto* t = app.add_subcommand("rl", "Mix-GRPO post-training of LoRA adapters on a frozen base model");
-  std::vector<std::pair<CLI::Option*, std::function<void(train::RlOptions&)>>> given;
-#define OSP_RL_OPT(flag, field, help) \
-  given.emplace_back(t->add_option(flag, cli->field, help), [cli](train::RlOptions& o) { o.field = cli->field; })
-#define OSP_RL_FLAG(flag, field, help) \
-  given.emplace_back(t->add_flag(flag, cli->field, help), [cli](train::RlOptions& o) { o.field = cli->field; })
-  t->add_option("--config", *config_file, "JSON file of settings (same names as the flags; unknown ones are errors)");
+  auto flags = std::make_shared<ConfigFlags<train::RlOptions>>(t);
+#define OSP_RL_OPT(name, field, help) flags->option(name, &train::RlOptions::field, help)
+#define OSP_RL_FLAG(name, field, help) flags->flag(name, &train::RlOptions::field, help)
   OSP_RL_OPT("-m,--model", model, "base model folder (Wan2.1 / OSP-Next / demo / tiny layouts), frozen");
   OSP_RL_OPT("--prompts", prompts, "prompts: a text file (one per line) or a clip dataset folder / manifest.jsonl");
   OSP_RL_OPT("--negative-prompt", negative_prompt, "negative prompt for CFG (default: Wan's)");
@@ -141,9 +137,9 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--clip", clip, "gradient clipping: none | fixed:X | adaptive (default)");
   OSP_RL_OPT("--ema", ema, "EMA decay of the LoRA (default 0.999) or off");
   OSP_RL_OPT("--iterations", iterations, "RL iterations (default 100)");
-  given.emplace_back(t->add_option("--reward", *reward_list,
-                                   "builtin:adherence|color|shape|motion|background|temporal[:weight] (repeatable)"),
-                     [reward_list](train::RlOptions& o) { o.rewards = *reward_list; });
+  flags->add(t->add_option("--reward", *reward_list,
+                           "builtin:adherence|color|shape|motion|background|temporal[:weight] (repeatable)"),
+             [reward_list](train::RlOptions& o) { o.rewards = *reward_list; });
   OSP_RL_OPT("--reward-cmd", reward_cmd, "external scorer command (JSON lines on stdin/stdout; see docs/TRAINING.md)");
   OSP_RL_OPT("--reward-cmd-weight", reward_cmd_weight, "weight of the external reward (default 1)");
   OSP_RL_OPT("--reward-timeout", reward_timeout, "seconds the external scorer may take per reply (default 120)");
@@ -159,15 +155,12 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
 #undef OSP_RL_OPT
 #undef OSP_RL_FLAG
-  t->callback([t, cli, config_file, given]() {
+  t->callback([t, flags]() {
     const CLI::App* root = t->get_parent();
     if (root && root->count("--quiet")) set_log_level(LogLevel::Warn);
     if (root && root->count("--verbose")) set_log_level(LogLevel::Verbose);
     run_and_exit([&] {
-      train::RlOptions o;
-      if (!config_file->empty()) o.apply_json(train::read_text_file(*config_file), *config_file);
-      for (const auto& [opt, copy] : given)
-        if (opt->count() > 0) copy(o);
+      train::RlOptions o = flags->resolve();
       o.quiet_progress = log_level() < LogLevel::Info;
       return run_rl_command(o);
     });

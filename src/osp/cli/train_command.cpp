@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 
+#include "osp/cli/config_flags.h"
 #include "osp/cli/dit_weights.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
@@ -291,17 +292,12 @@ int run_encode(const EncodeOptions& o) {
 
 void add_train_commands(CLI::App& app) {
   // ---- osp train
-  auto cli = std::make_shared<train::TrainOptions>();
-  auto config_file = std::make_shared<std::string>();
   auto* t = app.add_subcommand("train", "train / fine-tune the DiT on a latent cache (flow matching)");
-  // Every option writes into `cli`; the callback starts from the defaults, applies --config,
-  // then the options given on the command line (which win over the file).
-  std::vector<std::pair<CLI::Option*, std::function<void(train::TrainOptions&)>>> given;
-#define OSP_TRAIN_OPT(flag, field, help) \
-  given.emplace_back(t->add_option(flag, cli->field, help), [cli](train::TrainOptions& o) { o.field = cli->field; })
-#define OSP_TRAIN_FLAG(flag, field, help) \
-  given.emplace_back(t->add_flag(flag, cli->field, help), [cli](train::TrainOptions& o) { o.field = cli->field; })
-  t->add_option("--config", *config_file, "JSON file of settings (same names as the flags; unknown ones are errors)");
+  // The callback starts from the defaults, applies --config, then the options given on the
+  // command line (which win over the file).
+  auto flags = std::make_shared<ConfigFlags<train::TrainOptions>>(t);
+#define OSP_TRAIN_OPT(name, field, help) flags->option(name, &train::TrainOptions::field, help)
+#define OSP_TRAIN_FLAG(name, field, help) flags->flag(name, &train::TrainOptions::field, help)
   OSP_TRAIN_OPT("-m,--model", model, "model folder to fine-tune (Wan2.1 / OSP-Next / demo layouts)");
   OSP_TRAIN_FLAG("--from-scratch", from_scratch, "random initial weights from --seed (needs --config-model)");
   OSP_TRAIN_OPT("--config-model", config_model, "DiT config.json for --from-scratch");
@@ -333,13 +329,10 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");
 #undef OSP_TRAIN_OPT
 #undef OSP_TRAIN_FLAG
-  t->callback([t, cli, config_file, given]() {
+  t->callback([t, flags]() {
     set_verbosity_from(*t);
     run_and_exit([&] {
-      train::TrainOptions o;
-      if (!config_file->empty()) o.apply_json(train::read_text_file(*config_file), *config_file);
-      for (const auto& [opt, copy] : given)
-        if (opt->count() > 0) copy(o);
+      train::TrainOptions o = flags->resolve();
       o.quiet_progress = log_level() < LogLevel::Info;  // -q: warnings and errors only
       return run_train(o);
     });
