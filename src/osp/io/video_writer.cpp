@@ -103,8 +103,6 @@ struct VideoWriter::Impl {
   AVStream* st = nullptr;
   SwsContext* sws = nullptr;
   AVFrame* frame = nullptr;
-  AVFrame* rgb = nullptr;  // RGB24 staging frame (FFmpeg-aligned rows): swscale always sees the
-                           // same alignment and stride, whatever buffer the caller passes
   AVPacket* pkt = nullptr;
   bool header = false, closed = false;
 
@@ -124,7 +122,6 @@ struct VideoWriter::Impl {
   void release() {
     if (sws) sws_freeContext(sws);
     if (frame) av_frame_free(&frame);
-    if (rgb) av_frame_free(&rgb);
     if (pkt) av_packet_free(&pkt);
     if (enc) avcodec_free_context(&enc);
     if (fmt) {
@@ -201,20 +198,8 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, const V
     m.frame->width = width;
     m.frame->height = height;
     OSP_AV_CHECK(av_frame_get_buffer(m.frame, 0), "allocating a video frame");
-    m.rgb = av_frame_alloc();
-    OSP_CHECK(m.rgb, "out of memory allocating FFmpeg frames");
-    m.rgb->format = AV_PIX_FMT_RGB24;
-    m.rgb->width = width;
-    m.rgb->height = height;
-    OSP_AV_CHECK(av_frame_get_buffer(m.rgb, 0), "allocating a video frame");
-    // The row padding is never written by write_frame; zero it so that nothing downstream can
-    // ever see uninitialised bytes.
-    std::memset(m.rgb->data[0], 0, size_t(m.rgb->linesize[0]) * size_t(height));
-    // swscale reads from the staging frame only, so its (alignment-dependent) SIMD path is the
-    // same for every call. (SWS_BITEXACT was tried: it made consecutive encodes differ.)
     m.sws = sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height, AV_PIX_FMT_YUV420P,
-                           SWS_BICUBIC, nullptr, nullptr,
-                           nullptr);
+                           SWS_BICUBIC, nullptr, nullptr, nullptr);
     OSP_CHECK(m.sws, "sws_getContext failed (RGB24 -> YUV420P)");
   } catch (...) {
     m.release();
@@ -227,10 +212,9 @@ void VideoWriter::write_frame(const uint8_t* rgb) {
   OSP_CHECK(!m.closed, "VideoWriter: write_frame after close (", m.path, ")");
   OSP_CHECK(rgb, "VideoWriter: null frame");
   OSP_AV_CHECK(av_frame_make_writable(m.frame), "making a video frame writable");
-  for (int y = 0; y < m.h; ++y)
-    std::memcpy(m.rgb->data[0] + size_t(y) * size_t(m.rgb->linesize[0]),
-                rgb + size_t(y) * size_t(3 * m.w), size_t(3 * m.w));
-  sws_scale(m.sws, m.rgb->data, m.rgb->linesize, 0, m.h, m.frame->data, m.frame->linesize);
+  const uint8_t* src[1] = {rgb};
+  const int stride[1] = {3 * m.w};
+  sws_scale(m.sws, src, stride, 0, m.h, m.frame->data, m.frame->linesize);
   m.frame->pts = m.frames++;
   OSP_AV_CHECK(avcodec_send_frame(m.enc, m.frame), "sending a frame to the encoder");
   m.drain(false);
