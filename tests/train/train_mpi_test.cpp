@@ -2,7 +2,11 @@
 // (each rank takes a slice of the global batch, every draw indexed by the global sample), SSP and
 // Ulysses sequence parallelism, and the mesh of both, give the losses and weights of the
 // single-rank run (within float reduction-order differences), also with gradient accumulation;
-// only rank 0 writes outputs.
+// only rank 0 writes outputs. Both optimizers: AdamW with its state sharded over the ranks
+// (--shard-optimizer on, forced at 1 rank too) and the unsharded one; the sharded run's checkpoint
+// holds the unsharded layout with the single-rank values. Resuming on another rank count: an
+// N-rank sharded checkpoint continued on 1 rank, and a 1-rank checkpoint continued on N sharded
+// ranks, repeat the uninterrupted single-rank losses (EMA on, so its sharded save/load is covered).
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -12,6 +16,7 @@
 
 #include "osp/core/philox.h"
 #include "osp/dist/communicator.h"
+#include "osp/io/safetensors.h"
 #include "osp/train/dit_train_model.h"
 #include "osp/train/latent_dataset.h"
 #include "osp/train/trainer.h"
@@ -82,7 +87,22 @@ struct Case {
   const char* sp;
   int sp_size;     // 0: every rank
   int accum = 1;   // gradient accumulation micro-batches (the global batch is then 8)
+  const char* shard = "on";  // --shard-optimizer of the several-rank run
 };
+
+// Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
+// names, values within `tol` (absolute).
+void expect_same_optimizer_files(const fs::path& a, const fs::path& b, double tol) {
+  const auto fa = io::SafetensorsFile::open((a / "optimizer.safetensors").string());
+  const auto fb = io::SafetensorsFile::open((b / "optimizer.safetensors").string());
+  ASSERT_EQ(fa.names(), fb.names());
+  EXPECT_EQ(fa.metadata().at("step"), fb.metadata().at("step"));
+  for (const std::string& n : fa.names()) {
+    const Tensor x = fa.get(n), y = fb.get(n);
+    ASSERT_EQ(x.shape(), y.shape()) << n;
+    EXPECT_LE(max_abs_diff(x, y), tol) << n;
+  }
+}
 
 class TrainMpi : public ::testing::TestWithParam<Case> {};
 
@@ -115,6 +135,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   TrainOptions on = options(data, out);
   on.batch = o1.batch;
   on.grad_accum = c.accum;
+  on.shard_optimizer = c.shard;
   const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
@@ -126,6 +147,8 @@ TEST_P(TrainMpi, EqualsOneRank) {
   // Rank 0 wrote the run; the others wrote nothing of their own.
   EXPECT_TRUE(fs::exists(out / "checkpoint-00000005" / "CHECKPOINT_COMPLETE"));
   EXPECT_TRUE(fs::exists(out / "train_log.jsonl"));
+  // The checkpoint is the unsharded layout with the single-rank state (m: ~g, v: ~g², tiny).
+  expect_same_optimizer_files(one_out / "checkpoint-00000005", out / "checkpoint-00000005", 2e-4);
   comm->barrier();
   fs::remove_all(one_out);
   if (comm->rank() == 0) fs::remove_all(out);
@@ -133,5 +156,104 @@ TEST_P(TrainMpi, EqualsOneRank) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                          ::testing::Values(Case{"none", 1}, Case{"ssp", 0}, Case{"ulysses", 2},
-                                           Case{"none", 1, 2}),
-                         [](const auto& i) { return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : ""); });
+                                           Case{"none", 1, 2}, Case{"none", 1, 1, "off"},
+                                           Case{"ssp", 0, 1, "off"}),
+                         [](const auto& i) {
+                           return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" +
+                                  i.param.shard;
+                         });
+
+// Resuming on another rank count continues the uninterrupted single-rank run: the losses of the
+// steps after the checkpoint and the final weights, EMA and optimizer state.
+TEST(TrainMpiResume, OtherRankCountContinuesTheSameCurve) {
+  auto comm = world();
+  const int N = comm->size(), r = comm->rank();
+  const fs::path data = cache();
+  auto opts = [&](const fs::path& out, int64_t steps) {
+    TrainOptions o = options(data, out);
+    o.steps = steps;
+    o.ema = "0.9";
+    return o;
+  };
+  auto mesh = [&] {
+    DiTTrainOptions d;
+    d.world = comm;
+    return d;
+  };
+  auto loss_near = [](const StepLog& got, const StepLog& want) {
+    EXPECT_EQ(got.step, want.step);
+    EXPECT_NEAR(got.loss, want.loss, 1e-6 * std::abs(want.loss)) << "step " << want.step;
+  };
+  // The uninterrupted single-rank run (unsharded), in this process.
+  const fs::path ref_out = job_dir("resume_ref_" + std::to_string(r));
+  fs::remove_all(ref_out);
+  DiTTrainModel ref(tiny(), random_dit_weights(tiny(), 5), {});
+  TrainOptions oref = opts(ref_out, 6);
+  oref.shard_optimizer = "off";
+  const TrainResult want = run_training(oref, ref);
+  ASSERT_EQ(want.log.size(), 6u);
+
+  // N ranks, sharded, 3 steps → continued on 1 rank (unsharded) to step 6, in this process.
+  const fs::path a = job_dir("resume_a");
+  if (r == 0) fs::remove_all(a);
+  comm->barrier();
+  {
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), mesh());
+    TrainOptions o = opts(a, 3);
+    o.shard_optimizer = "on";
+    run_training(o, m);
+  }
+  comm->barrier();
+  const fs::path a1 = job_dir("resume_a1_" + std::to_string(r));
+  fs::remove_all(a1);
+  {
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), {});  // weights come from the checkpoint
+    TrainOptions o = opts(a1, 6);
+    o.resume = a.string();
+    o.shard_optimizer = "off";
+    const TrainResult got = run_training(o, m);
+    ASSERT_EQ(got.log.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k + 3]);
+    const ParamTable pa = ref.parameters(), pb = m.parameters();
+    for (size_t k = 0; k < pa.size(); ++k) EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;
+  }
+  comm->barrier();
+
+  // 1 rank (rank 0 writes it), 3 steps → continued on N sharded ranks to step 6.
+  const fs::path b1 = job_dir("resume_b1"), b = job_dir("resume_b");
+  if (r == 0) {
+    fs::remove_all(b1);
+    fs::remove_all(b);
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), {});
+    TrainOptions o = opts(b1, 3);
+    o.shard_optimizer = "off";
+    run_training(o, m);
+  }
+  comm->barrier();
+  {
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), mesh());
+    TrainOptions o = opts(b, 6);
+    o.resume = b1.string();
+    o.shard_optimizer = "on";
+    const TrainResult got = run_training(o, m);
+    ASSERT_EQ(got.log.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k + 3]);
+    const ParamTable pa = ref.parameters(), pb = m.parameters();
+    for (size_t k = 0; k < pa.size(); ++k) EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;
+  }
+  comm->barrier();
+  const fs::path ref_ck = ref_out / "checkpoint-00000006", b_ck = b / "checkpoint-00000006";
+  expect_same_optimizer_files(ref_ck, b_ck, 2e-4);
+  const auto ea = io::SafetensorsFile::open((ref_ck / "ema.safetensors").string());
+  const auto eb = io::SafetensorsFile::open((b_ck / "ema.safetensors").string());
+  ASSERT_EQ(ea.names(), eb.names());
+  for (const std::string& n : ea.names()) EXPECT_LE(max_abs_diff(ea.get(n), eb.get(n)), 2e-4) << n;
+  comm->barrier();
+  fs::remove_all(ref_out);
+  fs::remove_all(a1);
+  if (r == 0) {
+    fs::remove_all(a);
+    fs::remove_all(b1);
+    fs::remove_all(b);
+  }
+}

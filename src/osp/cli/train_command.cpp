@@ -324,6 +324,8 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--save-every", save_every, "checkpoint every N steps (0 = only at the end and on Ctrl-C)");
   OSP_TRAIN_OPT("--sp", sp, "none | ssp | ulysses: sequence parallelism over --sp-size ranks (mpirun -np N)");
   OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all); the rest is data parallelism");
+  OSP_TRAIN_OPT("--shard-optimizer", shard_optimizer,
+                "auto (on with several ranks) | on | off: each rank keeps 1/N of the fp32 masters and AdamW moments");
   OSP_TRAIN_OPT("--keep", keep, "keep only the newest N checkpoints (0 = all)");
   OSP_TRAIN_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");

@@ -73,13 +73,15 @@ std::string checkpoint_name(int64_t step) {
 }
 
 std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c) {
-  OSP_CHECK(c.optimizer, "save_checkpoint: no optimizer");
+  OSP_CHECK(c.optimizer.params && c.optimizer.slots && c.optimizer.slots->size() == c.optimizer.params->size(),
+            "save_checkpoint: no optimizer state");
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   OSP_CHECK(fs::is_directory(out_dir), "cannot create the output folder ", out_dir,
             ec ? " (" + ec.message() + ")" : std::string());
-  const AdamW& opt = *c.optimizer;
-  const ParamTable& params = opt.params();
+  const ParamTable& params = *c.optimizer.params;
+  const std::vector<AdamW::Slot>& slots = *c.optimizer.slots;
+  const bool has_ema = c.ema && !c.ema->empty();
   const std::string name = checkpoint_name(c.state.step);
   const std::string dir = (fs::path(out_dir) / name).string();
 
@@ -98,7 +100,7 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
         {
           std::vector<LazyTensor> model;
           for (size_t k = 0; k < params.size(); ++k) {
-            const Tensor m = opt.slots()[k].master;
+            const Tensor m = slots[k].master;
             model.push_back({params[k].name, DType::BF16, params[k].ckpt_shape, [m] { return m.to(DType::BF16); }});
           }
           put(kModelFile, [&](const std::string& p) {
@@ -109,38 +111,38 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
         {
           std::vector<LazyTensor> st;
           for (size_t k = 0; k < params.size(); ++k) {
-            const auto& sl = opt.slots()[k];
+            const auto& sl = slots[k];
             for (const auto& [prefix, t] : {std::pair<std::string, Tensor>{"master.", sl.master}, {"m.", sl.m}, {"v.", sl.v}})
               st.push_back({prefix + params[k].name, DType::F32, params[k].ckpt_shape, [t] { return t; }});
           }
-          const AdamWConfig& a = opt.config();
+          const AdamWConfig& a = c.optimizer.config;
           json meta = {{"lr", a.lr}, {"beta1", a.beta1}, {"beta2", a.beta2}, {"eps", a.eps},
                        {"weight_decay", a.weight_decay}};
           put("optimizer.safetensors", [&](const std::string& p) {
-            write_safetensors_streaming(p, st, {{"step", std::to_string(opt.steps())}, {"adamw", meta.dump()}},
+            write_safetensors_streaming(p, st, {{"step", std::to_string(c.optimizer.steps)}, {"adamw", meta.dump()}},
                                         io::Overwrite::Refuse);
           });
         }
-        if (c.ema && c.ema->enabled()) {
+        if (has_ema) {
           std::vector<LazyTensor> st;
           for (size_t k = 0; k < params.size(); ++k) {
-            const Tensor t = c.ema->weights()[k];
+            const Tensor t = (*c.ema)[k];
             st.push_back({params[k].name, DType::F32, params[k].ckpt_shape, [t] { return t; }});
           }
           put("ema.safetensors", [&](const std::string& p) {
-            write_safetensors_streaming(p, st, {{"decay", hex_double(c.ema->decay())}}, io::Overwrite::Refuse);
+            write_safetensors_streaming(p, st, {{"decay", hex_double(c.ema_decay)}}, io::Overwrite::Refuse);
           });
           // ema/: the EMA weights as a model folder of their own (what evaluation loads).
           fs::create_directories(t / "ema");
           std::vector<LazyTensor> model;
           for (size_t k = 0; k < params.size(); ++k) {
-            const Tensor e = c.ema->weights()[k];
+            const Tensor e = (*c.ema)[k];
             model.push_back({params[k].name, DType::BF16, params[k].ckpt_shape, [e] { return e.to(DType::BF16); }});
           }
           put("ema/config.json", [&](const std::string& p) { write_text_atomic(p, c.model_config_json, io::Overwrite::Refuse); });
           put(std::string("ema/") + kModelFile, [&](const std::string& p) {
             write_safetensors_streaming(p, model, {{"format", "pt"}, {"osp_train_step", std::to_string(c.state.step)},
-                                                   {"osp_ema_decay", hex_double(c.ema->decay())}},
+                                                   {"osp_ema_decay", hex_double(c.ema_decay)}},
                                         io::Overwrite::Refuse);
           });
         }
@@ -161,7 +163,7 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
         }
         for (const auto& [rel, src] : c.links)
           for (const fs::path& folder : {t, t / "ema"}) {
-            if (folder != t && !(c.ema && c.ema->enabled())) continue;
+            if (folder != t && !has_ema) continue;
             const fs::path target = folder / rel;
             fs::create_directories(target.parent_path());
             fs::create_symlink(fs::absolute(src), target, ec);
@@ -283,9 +285,11 @@ TrainerState read_trainer_state(const std::string& dir) {
   return s;
 }
 
-TrainerState load_checkpoint(const std::string& dir, AdamW& opt, Ema* ema) {
+TrainerState load_checkpoint(const std::string& dir, const ParamTable& params, std::vector<AdamW::Slot>& slots,
+                             int64_t* steps_out, std::vector<Tensor>* ema) {
   check_complete(dir);
-  const ParamTable& params = opt.params();
+  OSP_CHECK(slots.size() == params.size(), "load_checkpoint: ", slots.size(), " slots for ", params.size(),
+            " parameters");
   const std::string opath = (fs::path(dir) / "optimizer.safetensors").string();
   const io::SafetensorsFile f = io::SafetensorsFile::open(opath);
   for (const char* prefix : {"master.", "m.", "v."})
@@ -297,24 +301,34 @@ TrainerState load_checkpoint(const std::string& dir, AdamW& opt, Ema* ema) {
     fail(str("checkpoint ", opath, ": metadata 'step' is missing or not a number"));
   }
   for (size_t k = 0; k < params.size(); ++k) {
-    auto& slot = opt.slots()[k];
+    auto& slot = slots[k];
     const Shape& shape = params[k].value->shape();
     slot.master.copy_from(f.get("master." + params[k].name).view(shape));
     slot.m.copy_from(f.get("m." + params[k].name).view(shape));
     slot.v.copy_from(f.get("v." + params[k].name).view(shape));
   }
-  opt.restore(steps);
-  if (ema && ema->enabled()) {
+  if (ema) {
     const std::string epath = (fs::path(dir) / "ema.safetensors").string();
     OSP_CHECK(fs::exists(epath), "checkpoint ", dir, " has no ema.safetensors but this run uses an EMA (--ema)");
     const io::SafetensorsFile e = io::SafetensorsFile::open(epath);
     check_matches(e, "", params, str("checkpoint ", epath));
+    OSP_CHECK(ema->size() == params.size(), "load_checkpoint: ", ema->size(), " EMA tensors for ", params.size(),
+              " parameters");
     for (size_t k = 0; k < params.size(); ++k)
-      ema->weights()[k].copy_from(e.get(params[k].name).view(params[k].value->shape()));
+      (*ema)[k].copy_from(e.get(params[k].name).view(params[k].value->shape()));
   }
   TrainerState s = read_trainer_state(dir);
   OSP_CHECK(s.step == steps, "checkpoint ", dir, ": trainer_state.json says step ", s.step,
             " but optimizer.safetensors says ", steps);
+  *steps_out = steps;
+  return s;
+}
+
+TrainerState load_checkpoint(const std::string& dir, AdamW& opt, Ema* ema) {
+  int64_t steps = 0;
+  const TrainerState s = load_checkpoint(dir, opt.params(), opt.slots(), &steps,
+                                         ema && ema->enabled() ? &ema->weights() : nullptr);
+  opt.restore(steps);
   return s;
 }
 

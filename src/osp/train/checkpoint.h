@@ -46,10 +46,23 @@ struct TrainerState {
   std::string run_config;  // the training settings as JSON (informational; resume compares)
 };
 
+// The unsharded optimizer state a checkpoint holds: one slot per parameter of `params` (master,
+// m, v in the value's shape), `steps` completed steps. From an AdamW (of()), or assembled from
+// ShardedAdamW::gather_state() — both give the same files.
+struct OptimizerState {
+  const ParamTable* params = nullptr;
+  const std::vector<AdamW::Slot>* slots = nullptr;
+  int64_t steps = 0;
+  AdamWConfig config;
+  static OptimizerState of(const AdamW& a) { return {&a.params(), &a.slots(), a.steps(), a.config()}; }
+};
+
 struct CheckpointSave {
   std::string model_config_json;  // config.json text
-  const AdamW* optimizer = nullptr;
-  const Ema* ema = nullptr;       // null or disabled: no ema.safetensors
+  OptimizerState optimizer;       // params and slots must be set
+  // EMA weights, one F32 tensor per parameter (null or empty: no ema.safetensors), and its decay.
+  const std::vector<Tensor>* ema = nullptr;
+  double ema_decay = 0;
   TrainerState state;
   // Extra files of the model folder: (name inside the checkpoint, absolute source path) — linked.
   std::vector<std::pair<std::string, std::string>> links;
@@ -77,6 +90,12 @@ std::string resolve_checkpoint(const std::string& path);
 // parameters are exactly the optimizer's (names and checkpoint shapes), listing every
 // difference. Returns the trainer state.
 TrainerState load_checkpoint(const std::string& dir, AdamW& opt, Ema* ema);
+// The same checks, into caller-allocated tensors: `slots` (one per parameter of `params`, F32 in
+// the value's shape) and, when not null, `ema` (one F32 tensor per parameter); `*steps` gets the
+// optimizer's completed steps. Used by the sharded optimizer, which keeps only its shard.
+TrainerState load_checkpoint(const std::string& dir, const ParamTable& params,
+                             std::vector<AdamW::Slot>& slots, int64_t* steps,
+                             std::vector<Tensor>* ema);
 
 // Reads only trainer_state.json (for --resume before the model is built).
 TrainerState read_trainer_state(const std::string& dir);

@@ -51,6 +51,7 @@ class DiTTrainModel : public TrainModel {
   double dp_mean(double x) override;
   bool any_rank(bool flag) override;
   bool writes_outputs() const override { return !opt_.world || opt_.world->rank() == 0; }
+  const ParallelGroups* parallel_groups() const override { return &groups_; }
 
   model::DiT& dit() { return dit_; }
   const model::DiTConfig& config() const { return cfg_; }

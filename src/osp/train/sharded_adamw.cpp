@@ -151,52 +151,69 @@ Tensor ShardedAdamW::gather_flat(const Tensor& src) {
   return out;
 }
 
-std::vector<AdamW::Slot> ShardedAdamW::gather_state() {
-  const AdamW::Slot& s = adam_->slots().at(0);
-  const Tensor master = gather_flat(s.master), m = gather_flat(s.m), v = gather_flat(s.v);
-  std::vector<AdamW::Slot> out;
+std::vector<Tensor> ShardedAdamW::unshard(const Tensor& shard_flat) {
+  OSP_CHECK(shard_flat.numel() == shard_.numel(), "ShardedAdamW::unshard: ", shard_flat.numel(),
+            " elements for a shard of ", shard_.numel());
+  const Tensor flat = gather_flat(shard_flat.contiguous().view({shard_flat.numel()}));
+  std::vector<Tensor> out;
   for (size_t k = 0; k < params_.size(); ++k) {
     const Tensor& val = *params_[k].value;
     const int64_t a = offset_[k], n = val.numel();
-    AdamW::Slot sl;
-    sl.master = master.slice(0, a, a + n).clone().view(val.shape());
-    sl.m = m.slice(0, a, a + n).clone().view(val.shape());
-    sl.v = v.slice(0, a, a + n).clone().view(val.shape());
-    out.push_back(sl);
+    out.push_back(flat.slice(0, a, a + n).clone().view(val.shape()));
   }
+  return out;
+}
+
+std::vector<AdamW::Slot> ShardedAdamW::gather_state() {
+  const AdamW::Slot& s = adam_->slots().at(0);
+  std::vector<Tensor> master = unshard(s.master), m = unshard(s.m), v = unshard(s.v);
+  std::vector<AdamW::Slot> out(params_.size());
+  for (size_t k = 0; k < params_.size(); ++k) out[k] = {master[k], m[k], v[k]};
+  return out;
+}
+
+void ShardedAdamW::scatter_into(const std::vector<const Tensor*>& full, Tensor& dst) const {
+  OSP_CHECK(full.size() == params_.size(), "ShardedAdamW: ", full.size(), " tensors for ",
+            params_.size(), " parameters");
+  for (size_t k = 0; k < full.size(); ++k)
+    OSP_CHECK(full[k]->defined() && full[k]->numel() == params_[k].value->numel(),
+              "ShardedAdamW: the state of '", params_[k].name, "' does not match the parameter ",
+              params_[k].value->desc());
+  const int r = shard_rank_;
+  for (const Window& w : win_) {
+    Tensor d = dst.slice(0, w.shard_off, w.shard_off + w.chunk);
+    d.zero_();
+    // my chunk of window w: flat [start + r·chunk, start + min((r+1)·chunk, len))
+    const int64_t a = w.start + int64_t(r) * w.chunk;
+    const int64_t e = w.start + std::min<int64_t>(int64_t(r + 1) * w.chunk, w.len);
+    for (size_t k = 0; k < params_.size(); ++k) {
+      const int64_t lo = std::max(a, offset_[k]);
+      const int64_t hi = std::min(e, offset_[k] + params_[k].value->numel());
+      if (hi <= lo) continue;
+      const Tensor src = full[k]->contiguous().to(DType::F32);
+      Tensor dd = d.slice(0, lo - a, hi - a);
+      dd.copy_from(src.view({src.numel()}).slice(0, lo - offset_[k], hi - offset_[k]));
+    }
+  }
+}
+
+Tensor ShardedAdamW::shard_of(const std::vector<Tensor>& full) const {
+  std::vector<const Tensor*> ptrs;
+  for (const Tensor& t : full) ptrs.push_back(&t);
+  Tensor out = Tensor::zeros({shard_.numel()}, DType::F32, shard_.device());
+  scatter_into(ptrs, out);
   return out;
 }
 
 void ShardedAdamW::load_state(const std::vector<AdamW::Slot>& full, int64_t steps) {
   OSP_CHECK(full.size() == params_.size(), "ShardedAdamW::load_state: ", full.size(),
             " slots for ", params_.size(), " parameters");
-  for (size_t k = 0; k < full.size(); ++k)
-    for (const Tensor* t : {&full[k].master, &full[k].m, &full[k].v})
-      OSP_CHECK(t->defined() && t->numel() == params_[k].value->numel(),
-                "ShardedAdamW::load_state: the state of '", params_[k].name,
-                "' does not match the parameter ", params_[k].value->desc());
-  const int r = shard_rank_;
   AdamW::Slot& s = adam_->slots().at(0);
-  auto scatter = [&](auto member, Tensor& dst) {
-    for (const Window& w : win_) {
-      Tensor d = dst.slice(0, w.shard_off, w.shard_off + w.chunk);
-      d.zero_();
-      // my chunk of window w: flat [start + r·chunk, start + min((r+1)·chunk, len))
-      const int64_t a = w.start + int64_t(r) * w.chunk;
-      const int64_t e = w.start + std::min<int64_t>(int64_t(r + 1) * w.chunk, w.len);
-      for (size_t k = 0; k < params_.size(); ++k) {
-        const int64_t lo = std::max(a, offset_[k]);
-        const int64_t hi = std::min(e, offset_[k] + params_[k].value->numel());
-        if (hi <= lo) continue;
-        const Tensor& src = full[k].*member;
-        Tensor dd = d.slice(0, lo - a, hi - a);
-        dd.copy_from(src.contiguous().view({src.numel()}).slice(0, lo - offset_[k], hi - offset_[k]));
-      }
-    }
-  };
-  scatter(&AdamW::Slot::master, s.master);
-  scatter(&AdamW::Slot::m, s.m);
-  scatter(&AdamW::Slot::v, s.v);
+  for (auto member : {&AdamW::Slot::master, &AdamW::Slot::m, &AdamW::Slot::v}) {
+    std::vector<const Tensor*> ptrs;
+    for (const AdamW::Slot& sl : full) ptrs.push_back(&(sl.*member));
+    scatter_into(ptrs, s.*member);
+  }
   adam_->restore(steps);  // shard value ← master
   gather_values();
 }

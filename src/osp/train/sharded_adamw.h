@@ -71,6 +71,15 @@ class ShardedAdamW {
 
   // The unsharded optimizer state (collective; every rank receives it).
   std::vector<AdamW::Slot> gather_state();
+  // Flat F32 [shard_elements()] shard (any tensor laid out like this rank's master shard, e.g.
+  // an EMA of master_shard()) → one F32 tensor per parameter in its value's shape, on every rank
+  // (collective over the shard group).
+  std::vector<Tensor> unshard(const Tensor& shard_flat);
+  // The inverse, local: per-parameter tensors (value shapes or any shape of the same numel) →
+  // this rank's flat F32 [shard_elements()] shard (padding zero).
+  Tensor shard_of(const std::vector<Tensor>& full) const;
+  // This rank's fp32 master shard (what an EMA of the weights follows when sharded).
+  const Tensor& master_shard() const { return adam_->slots().at(0).master; }
   // Restores the unsharded state of `steps` completed steps (from gather_state on any rank count);
   // the values are refreshed from the masters.
   void load_state(const std::vector<AdamW::Slot>& full, int64_t steps);
@@ -84,6 +93,8 @@ class ShardedAdamW {
   void unpack_values(int64_t a, int64_t n, const Tensor& src);
   // Every rank's updated shard → every parameter's value (one all_gather per window).
   void gather_values();
+  // this rank's shard of per-parameter tensors `full` (one per parameter) → dst [shard_elements()]
+  void scatter_into(const std::vector<const Tensor*>& full, Tensor& dst) const;
   // The DP all-gather of my shard of `shard_src` into flat F32 [T] (state export).
   Tensor gather_flat(const Tensor& shard_src);
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "osp/core/error.h"
@@ -22,6 +23,7 @@
 #include "osp/train/latent_dataset.h"
 #include "osp/train/lr_schedule.h"
 #include "osp/train/output_files.h"
+#include "osp/train/sharded_adamw.h"
 #include "osp/train/timesteps.h"
 
 namespace fs = std::filesystem;
@@ -86,6 +88,8 @@ void TrainOptions::validate() const {
   OSP_CHECK(!out.empty(), "give --out DIR (checkpoints and the training log go there)");
   OSP_CHECK(save_every >= 0, "save-every must be >= 0 (0 = only at the end), got ", save_every);
   OSP_CHECK(sp == "none" || sp == "ssp" || sp == "ulysses", "sp must be none, ssp or ulysses, got '", sp, "'");
+  OSP_CHECK(shard_optimizer == "auto" || shard_optimizer == "on" || shard_optimizer == "off",
+            "shard-optimizer must be auto, on or off, got '", shard_optimizer, "'");
   OSP_CHECK(sp_size >= 0 && sp_size <= 4096, "sp-size must be in [0, 4096] (0 = every rank), got ", sp_size);
   OSP_CHECK(grad_accum >= 1 && grad_accum <= 4096 && batch % grad_accum == 0, "grad-accum must be in [1, 4096] and divide batch (",
             batch, "), got ", grad_accum);
@@ -145,12 +149,13 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "grad_accum") get_int(grad_accum);
     else if (key == "sp") get_str(sp);
     else if (key == "sp_size") get_int(sp_size);
+    else if (key == "shard_optimizer") get_str(shard_optimizer);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, shard_optimizer, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -275,10 +280,21 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   acfg.beta2 = opt.beta2;
   acfg.eps = opt.eps;
   acfg.weight_decay = opt.weight_decay;
-  AdamW adamw(params, acfg);
+  // Sharded: the ranks of the model's mesh each own a slice of the masters and moments; the
+  // EMA then follows this rank's master shard and is unsharded only to be saved.
+  const ParallelGroups* groups = model.parallel_groups();
+  const bool several = groups && groups->world && groups->world->size() > 1;
+  const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several);
+  OSP_CHECK(!shard || groups, "--shard-optimizer on: this model does not expose its rank groups");
+  std::unique_ptr<AdamW> adamw;
+  std::unique_ptr<ShardedAdamW> sharded;
+  if (shard) sharded = std::make_unique<ShardedAdamW>(params, *groups, acfg);
+  else adamw = std::make_unique<AdamW>(params, acfg);
   auto masters = [&] {
     std::vector<Tensor> m;
-    for (const auto& s : adamw.slots()) m.push_back(s.master);
+    if (sharded) m.push_back(sharded->master_shard());
+    else
+      for (const auto& s : adamw->slots()) m.push_back(s.master);
     return m;
   };
   double ema_decay = 0;
@@ -295,7 +311,23 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   std::string last_ckpt;
   if (!opt.resume.empty()) {
     last_ckpt = resolve_checkpoint(opt.resume);
-    state = load_checkpoint(last_ckpt, adamw, ema.enabled() ? &ema : nullptr);
+    if (sharded) {  // the unsharded files → this rank's shard
+      std::vector<AdamW::Slot> full(params.size());
+      std::vector<Tensor> full_ema;
+      for (size_t k = 0; k < params.size(); ++k) {
+        const Shape& sh = params[k].value->shape();
+        const Device dev = params[k].value->device();
+        full[k] = {Tensor::zeros(sh, DType::F32, dev), Tensor::zeros(sh, DType::F32, dev),
+                   Tensor::zeros(sh, DType::F32, dev)};
+        if (ema.enabled()) full_ema.push_back(Tensor::zeros(sh, DType::F32, dev));
+      }
+      int64_t steps = 0;
+      state = load_checkpoint(last_ckpt, params, full, &steps, ema.enabled() ? &full_ema : nullptr);
+      sharded->load_state(full, steps);
+      if (ema.enabled()) ema.weights()[0].copy_from(sharded->shard_of(full_ema));
+    } else {
+      state = load_checkpoint(last_ckpt, *adamw, ema.enabled() ? &ema : nullptr);
+    }
     OSP_CHECK(state.seed == opt.seed, "checkpoint ", last_ckpt, " was trained with --seed ", state.seed,
               ", this run has --seed ", opt.seed, "; resume with the same seed (or start a new run)");
     if (!state.run_config.empty()) {  // settings changed since the checkpoint: said, not refused
@@ -326,8 +358,19 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     state.skipped_samples = data.skipped();
     CheckpointSave c;
     c.model_config_json = model.config_json();
-    c.optimizer = &adamw;
-    c.ema = ema.enabled() ? &ema : nullptr;
+    // Sharded: gathered on every rank (collective), written by the writer alone.
+    std::vector<AdamW::Slot> full;
+    std::vector<Tensor> full_ema;
+    if (sharded) {
+      full = sharded->gather_state();
+      c.optimizer = {&params, &full, sharded->steps(), acfg};
+      if (ema.enabled()) full_ema = sharded->unshard(ema.weights()[0]);
+    } else {
+      c.optimizer = OptimizerState::of(*adamw);
+      if (ema.enabled()) full_ema = ema.weights();
+    }
+    c.ema = ema.enabled() ? &full_ema : nullptr;
+    c.ema_decay = ema.decay();
     c.state = state;
     c.links = hooks.checkpoint_links;
     c.keep_last = opt.keep;
@@ -396,7 +439,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       B += b;
     }
     loss = model.dp_mean(loss);
-    model.reduce_gradients(A);
+    if (sharded) sharded->reduce_gradients(A);
+    else model.reduce_gradients(A);
     const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
                                                : "the last good checkpoint is " + last_ckpt;
     OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
@@ -405,14 +449,18 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     ClipResult clip;
     const double factor = clipper.apply_rule(
         [&] {
-          const double n = grad_norm(params);
+          const double n = sharded ? sharded->grad_norm() : grad_norm(params);
           OSP_CHECK(std::isfinite(n), "training stopped: the gradient norm is ", n, " at step ", s + 1, "; ", keep);
           return n;
         }(),
         clip);
-    if (clip.clipped) scale_grads(params, float(factor));
+    if (clip.clipped) {
+      if (sharded) sharded->scale_gradients(float(factor));
+      else scale_grads(params, float(factor));
+    }
     const double lr = sched.at(s);
-    adamw.step(lr);
+    if (sharded) sharded->step(lr);
+    else adamw->step(lr);
     if (ema.enabled()) ema.update(masters());
     state.step = s + 1;
 

@@ -32,6 +32,8 @@
 
 namespace osp::train {
 
+struct ParallelGroups;  // train/data_parallel.h
+
 class TrainModel {
  public:
   virtual ~TrainModel() = default;
@@ -64,6 +66,10 @@ class TrainModel {
   virtual bool any_rank(bool flag) { return flag; }
   // Only this rank writes checkpoints, the log and the progress line.
   virtual bool writes_outputs() const { return true; }
+  // The rank mesh, for the sharded optimizer (train/sharded_adamw.h); null: one rank, no mesh.
+  // With sharding the trainer reduces the gradients itself (reduce-scatter into the shard) and
+  // does not call reduce_gradients.
+  virtual const ParallelGroups* parallel_groups() const { return nullptr; }
 };
 
 // Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
@@ -96,6 +102,11 @@ struct TrainOptions {
   // ranks (0: all ranks), data parallelism over the rest
   std::string sp = "none";
   int64_t sp_size = 0;
+  // AdamW state sharded over the ranks (ZeRO-1, train/sharded_adamw.h): each of the S·D ranks
+  // keeps 1/(S·D) of the fp32 masters, m and v; gradients are reduce-scattered into the shard and
+  // the updated weights all-gathered. auto = on with several ranks; on forces it (1 rank too).
+  // Checkpoints are the same files either way (unsharded layout).
+  std::string shard_optimizer = "auto";  // auto | on | off
   uint64_t seed = 0;
   // outputs
   std::string out;
