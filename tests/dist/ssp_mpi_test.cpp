@@ -1,4 +1,5 @@
-// Under mpirun (1, 2 and 4 ranks): the MPI communicator's collectives, and the attention-only
+// Under mpirun (1, 2 and 4 ranks): the MPI communicator's collectives (blocking, and the
+// nonblocking forms polled under a collective timeout), and the attention-only
 // block stack through SSP / Ulysses over MPI equals the single-device run on every rank, with
 // the counted bytes equal to comm_volume.
 #include <gtest/gtest.h>
@@ -24,6 +25,13 @@ TEST(MpiComm, Collectives) {
   EXPECT_EQ(S, dist::launcher_size());
   EXPECT_EQ(r, dist::launcher_rank());
   test::check_collectives(*comm);
+}
+
+// With a collective timeout every collective runs as its nonblocking form polled to a deadline
+// (communicator_mpi.cpp): the same results.
+TEST(MpiComm, CollectivesUnderATimeout) {
+  dist::ScopedCollectiveTimeout t(120);
+  test::check_collectives(*world());
 }
 
 struct MpiCase {

@@ -177,6 +177,33 @@ TEST(SpThreadsComm, Collectives) {
   }
 }
 
+// A collective timeout (communicator.h): with every rank present the collectives work as
+// without one; a rank that never arrives makes the waiting rank throw CollectiveTimeout with the
+// reason; the scoped setting is restored.
+TEST(SpThreadsComm, TimeoutEndsAWaitForAMissingRank) {
+  ASSERT_EQ(dist::collective_timeout(), 0.0);
+  {
+    dist::ScopedCollectiveTimeout t(30);
+    on_threads(3, [&](int, std::shared_ptr<dist::Communicator> comm) { test::check_collectives(*comm); });
+  }
+  std::string err = "no error";
+  on_threads(2, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+    if (r == 1) return;  // rank 1 never calls the collective
+    dist::ScopedCollectiveTimeout t(0.2);
+    Tensor x = Tensor::zeros({4}, DType::F32);
+    try {
+      comm->all_reduce(x);
+    } catch (const dist::CollectiveTimeout& e) {
+      err = e.what();
+    }
+  });
+  EXPECT_NE(err.find("thread communicator (2 ranks, 1 arrived) did not complete within 0.2 s: another rank "
+                     "died, hangs, or stopped calling collectives"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(dist::collective_timeout(), 0.0);
+}
+
 TEST(SpThreadsComm, BadArgumentsGiveClearErrors) {
   auto msg = [](auto f) {
     try {

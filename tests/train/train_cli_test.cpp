@@ -1,7 +1,9 @@
 // `osp train` as a user runs it (the osp executable next to this test): a from-scratch run,
 // Ctrl-C (a real SIGINT) saving a checkpoint and exiting 130, --resume repeating the
 // uninterrupted run's losses exactly, --config with unknown / out-of-range fields, fine-tuning
-// a model folder (make-demo-model) into a checkpoint `osp generate` runs as a model folder.
+// a model folder (make-demo-model) into a checkpoint `osp generate` runs as a model folder; under
+// `mpiexec -np 2`, a rank that stops answering makes the other end the job with the timeout
+// message within --collective-timeout, and the last checkpoint resumes.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -31,8 +33,9 @@ struct CliRun {
 };
 
 // Runs osp with the arguments (no shell); with `interrupt_after_lines` > 0, sends SIGINT once
-// `log` has that many lines.
-CliRun run(const std::vector<std::string>& args, int interrupt_after_lines = 0, const fs::path& log = {}) {
+// `log` has that many lines. `launcher` (e.g. mpiexec -np 2) comes before the osp executable.
+CliRun run(const std::vector<std::string>& args, int interrupt_after_lines = 0, const fs::path& log = {},
+           const std::vector<std::string>& launcher = {}) {
   const fs::path out_file = fs::temp_directory_path() / ("osp_train_cli_out_" + std::to_string(::getpid()));
   const pid_t pid = ::fork();
   if (pid == 0) {
@@ -40,13 +43,13 @@ CliRun run(const std::vector<std::string>& args, int interrupt_after_lines = 0, 
     (void)f;
     ::dup2(2, 1);
     std::vector<char*> av;
-    std::string exe = osp_exe().string();
-    av.push_back(exe.data());
-    std::vector<std::string> copy = args;
+    std::vector<std::string> copy = launcher;
+    copy.push_back(osp_exe().string());
+    copy.insert(copy.end(), args.begin(), args.end());
     for (auto& a : copy) av.push_back(a.data());
     av.push_back(nullptr);
     ::alarm(120);
-    ::execv(exe.c_str(), av.data());
+    ::execv(av[0], av.data());
     std::_Exit(127);
   }
   if (interrupt_after_lines > 0) {
@@ -185,4 +188,48 @@ TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
   EXPECT_TRUE(fs::exists(work / "frames" / "frame_0000.png"));
   fs::remove_all(data);
   fs::remove_all(work);
+}
+
+// A rank that stops answering (the test hook sleeps in rank 1 after step 3) must not hang rank 0:
+// its next collective (the gather of step 3's sharded optimizer state for the checkpoint) times
+// out after --collective-timeout, the error names the operation and the last complete checkpoint,
+// and every rank ends (MPI_Abort). That checkpoint is complete and resumes on one rank.
+TEST_F(TrainCli, StalledRankEndsEveryRankWithTheTimeoutMessage) {
+#ifndef OSP_MPIEXEC
+  GTEST_SKIP() << "SKIP: this build has no MPI";
+#else
+  const fs::path data = make_cache("stall_data", 8), work = fresh("stall");
+  fs::create_directories(work);
+  std::ofstream(work / "tiny.json") << R"({"dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 2,
+    "text_dim": 8, "text_len": 4, "freq_dim": 32, "in_dim": 16, "out_dim": 16, "patch_size": [1, 2, 2]})";
+  const std::vector<std::string> args = {"train", "--from-scratch", "--config-model", (work / "tiny.json").string(),
+                                         "--data", data.string(), "--out", (work / "out").string(), "--batch", "2",
+                                         "--lr", "0.003", "--seed", "3", "--save-every", "1"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = args;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const CliRun r = run(with({"--steps", "6", "--collective-timeout", "2"}), 0, {},
+                       {OSP_MPIEXEC, "--oversubscribe", "--allow-run-as-root", "-np", "2", "-x",
+                        "OSP_TEST_STALL_RANK_AT_STEP=1:3", "-x", "OMP_NUM_THREADS=1"});
+  EXPECT_GT(r.code, 0) << r.out;  // ended (not killed by the test's alarm, which gives -1)
+  EXPECT_NE(r.out.find("rank 1 stops answering after step 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("training stopped after step 3: all_gather on the mpi communicator (rank 0 of 2) did not "
+                       "complete within 2 s: another rank died, hangs, or stopped calling collectives"),
+            std::string::npos)
+      << r.out;
+  const std::string ck2 = (work / "out" / "checkpoint-00000002").string();
+  EXPECT_NE(r.out.find("the last complete checkpoint is " + ck2), std::string::npos) << r.out;
+  std::ifstream latest(work / "out" / "latest");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "checkpoint-00000002");
+  // The checkpoint is complete: one rank continues from it.
+  const CliRun c = run(with({"--steps", "4", "--resume", (work / "out").string()}));
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_TRUE(fs::exists(work / "out" / "checkpoint-00000004" / "CHECKPOINT_COMPLETE"));
+  fs::remove_all(data);
+  fs::remove_all(work);
+#endif
 }

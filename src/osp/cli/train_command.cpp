@@ -6,12 +6,14 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 #include "osp/cli/config_flags.h"
 #include "osp/cli/dit_weights.h"
@@ -113,12 +115,29 @@ int run_train(const train::TrainOptions& o) {
     const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
     OSP_CHECK(d.device.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "training on ", nranks, " ranks on ",
               d.device.name(), " needs the ", backend, " backend, which this build lacks");
+    dist::set_collective_timeout(o.collective_timeout);
     d.world = dist::make_communicator(backend);
+    if (d.device.is_cuda() && o.collective_timeout > 0)
+      log_warn("--collective-timeout is not applied on the nccl backend yet: a rank that stops answering can "
+               "leave the others waiting (a rank that exits still ends the job through mpirun)");
     if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(dist::launcher_local_rank());
     d.sp = o.sp;
     d.sp_size = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);
     log_info("training on ", nranks, " ranks (", d.device.is_cuda() ? "NCCL" : "MPI", "): ", nranks / d.sp_size,
              " data-parallel x ", d.sp_size, " sequence-parallel (", o.sp, ")");
+  }
+  // Test hook (tests/train/train_timeout_cli_test): OSP_TEST_STALL_RANK_AT_STEP="R:S" makes rank
+  // R stop answering after step S (it sleeps 5 minutes and exits), as a hung rank would.
+  if (const char* e = std::getenv("OSP_TEST_STALL_RANK_AT_STEP")) {
+    int r = -1;
+    long long at = -1;
+    if (std::sscanf(e, "%d:%lld", &r, &at) == 2 && r == rank)
+      hooks.on_step = [r, at](const train::StepLog& st) {
+        if (st.step != at) return;
+        std::fprintf(stderr, "osp: test hook: rank %d stops answering after step %lld\n", r, at);
+        std::this_thread::sleep_for(std::chrono::minutes(5));
+        std::_Exit(3);
+      };
   }
   train::DiTTrainModel m(cfg, weights, d);
   weights.clear();
@@ -326,6 +345,9 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all); the rest is data parallelism");
   OSP_TRAIN_OPT("--shard-optimizer", shard_optimizer,
                 "auto (on with several ranks) | on | off: each rank keeps 1/N of the fp32 masters and AdamW moments");
+  OSP_TRAIN_OPT("--collective-timeout", collective_timeout,
+                "seconds a rank waits for the others in one collective before every rank stops with an error "
+                "(default 600; 0 = forever)");
   OSP_TRAIN_OPT("--keep", keep, "keep only the newest N checkpoints (0 = all)");
   OSP_TRAIN_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");

@@ -1,6 +1,8 @@
 // Communicator front end (validation + byte counting) and the single-rank backend.
 #include "osp/dist/communicator.h"
 
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -122,6 +124,23 @@ void Communicator::broadcast(Tensor& x, int root) {
 }
 
 void Communicator::barrier() { raw_barrier(); }
+
+namespace {
+std::atomic<double> g_collective_timeout{0.0};
+}  // namespace
+
+void set_collective_timeout(double seconds) {
+  OSP_CHECK(std::isfinite(seconds) && seconds >= 0, "collective timeout must be >= 0 seconds, got ", seconds);
+  g_collective_timeout.store(seconds);
+}
+double collective_timeout() { return g_collective_timeout.load(); }
+
+std::string collective_timeout_message(const char* op, const char* backend, int rank, int size,
+                                       double seconds) {
+  return str(op, " on the ", backend, " communicator (rank ", rank, " of ", size,
+             ") did not complete within ", seconds,
+             " s: another rank died, hangs, or stopped calling collectives (--collective-timeout)");
+}
 
 std::unique_ptr<Communicator> Communicator::split_even(int group_size) {
   OSP_CHECK(group_size >= 1 && size() % group_size == 0, "Communicator::split_even: ", size(),

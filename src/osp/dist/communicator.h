@@ -11,6 +11,7 @@
 // (direct/ring); reduce_scatter = (S−1)/S·input (ring); all_reduce = 2(S−1)/S·input (ring);
 // broadcast = (S−1)·bytes on the root, 0 elsewhere; barrier = 0.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -130,6 +131,39 @@ std::unique_ptr<Communicator> make_nccl_communicator();
 // "single", "mpi", "nccl", or "auto" (nccl when built and launched under mpirun with GPUs,
 // mpi when launched under mpirun, else single).
 std::unique_ptr<Communicator> make_communicator(const std::string& backend);
+
+// ---- Collective timeouts (a rank that died or stopped answering must not hang the others).
+// Process-wide, in seconds; 0 (the default) waits forever. With a timeout the mpi backend runs
+// every collective as its nonblocking form polled until done or until the deadline, and the
+// thread backend waits on its rendezvous with a deadline; past it the collective throws
+// CollectiveTimeout (what() names the operation, the backend, this rank and the wait). The
+// communicator is unusable afterwards (the peers' collectives are still pending): end the job
+// (abort_all). Not applied to split() (MPI_Comm_split) nor to the nccl backend (its kernels run
+// asynchronously on the stream; see docs/TRAINING.md).
+class CollectiveTimeout : public Error {
+ public:
+  using Error::Error;
+};
+void set_collective_timeout(double seconds);
+double collective_timeout();
+// Another timeout while alive (0: none), the previous one restored after — e.g. around a wait
+// that is legitimately long (rank 0 writing a checkpoint while the others wait for it).
+class ScopedCollectiveTimeout {
+ public:
+  explicit ScopedCollectiveTimeout(double seconds) : prev_(collective_timeout()) {
+    set_collective_timeout(seconds);
+  }
+  ~ScopedCollectiveTimeout() { set_collective_timeout(prev_); }
+  ScopedCollectiveTimeout(const ScopedCollectiveTimeout&) = delete;
+  ScopedCollectiveTimeout& operator=(const ScopedCollectiveTimeout&) = delete;
+
+ private:
+  double prev_;
+};
+// The message of a timeout: "<op> on the <backend> communicator (rank r of n) did not complete
+// within T s: ...".
+std::string collective_timeout_message(const char* op, const char* backend, int rank, int size,
+                                       double seconds);
 
 // Ends every process of an mpirun job (MPI_Abort when MPI is initialised, else exit): for fatal
 // errors on one rank while the others may be blocked inside a collective.

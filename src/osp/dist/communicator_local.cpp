@@ -62,6 +62,8 @@ struct ThreadGroup {
   std::vector<int> root, color, key;
   std::vector<std::shared_ptr<ThreadGroup>> made;
 
+  // Every rank's rendezvous; with a collective timeout (communicator.h) a rank that waits longer
+  // throws CollectiveTimeout (the group is then unusable).
   void barrier() {
     std::unique_lock<std::mutex> lk(mu);
     const uint64_t gen = generation;
@@ -69,9 +71,18 @@ struct ThreadGroup {
       arrived = 0;
       ++generation;
       cv.notify_all();
-    } else {
-      cv.wait(lk, [&] { return generation != gen; });
+      return;
     }
+    const double t = collective_timeout();
+    if (t <= 0) {
+      cv.wait(lk, [&] { return generation != gen; });
+      return;
+    }
+    const auto wait = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(t));
+    if (!cv.wait_for(lk, wait, [&] { return generation != gen; }))
+      throw CollectiveTimeout(str("a collective of the thread communicator (", size, " ranks, ", arrived,
+                                  " arrived) did not complete within ", t,
+                                  " s: another rank died, hangs, or stopped calling collectives"));
   }
 };
 

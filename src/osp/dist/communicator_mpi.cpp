@@ -4,8 +4,10 @@
 #ifdef OSP_HAVE_MPI
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 
 #include "osp/dist/mpi_env.h"
 
@@ -39,6 +41,11 @@ MPI_Datatype reduce_type(DType t) {
                dtype_name(t)));
   }
 }
+
+// With a collective timeout (communicator.h) every collective runs as its nonblocking form and
+// this polls it: MPI_Test in a tight loop for the first 2 ms (latency of short exchanges), then
+// every 100 µs (a rank waiting for a slow peer leaves the core to it) until the deadline.
+bool timed() { return collective_timeout() > 0; }
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -77,28 +84,86 @@ class MpiCommunicator final : public Communicator {
       rc[size_t(r)] = to_int(rb[size_t(r)], "all_to_all chunk");
       rdi[size_t(r)] = to_int(rd[size_t(r)] + rb[size_t(r)], "all_to_all recv buffer") - rc[size_t(r)];
     }
-    OSP_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sdi.data(), MPI_BYTE, recv, rc.data(),
-                                rdi.data(), MPI_BYTE, comm_));
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sdi.data(), MPI_BYTE, recv, rc.data(),
+                                  rdi.data(), MPI_BYTE, comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sdi.data(), MPI_BYTE, recv, rc.data(),
+                                 rdi.data(), MPI_BYTE, comm_, &req));
+    finish(req, "all_to_all");
   }
   void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor&) override {
     to_int(bytes * size_t(size_), "all_gather result");
-    OSP_MPI_CHECK(MPI_Allgather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, comm_));
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Allgather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Iallgather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, comm_, &req));
+    finish(req, "all_gather");
   }
   void raw_reduce_scatter(const void* send, void* recv, int64_t n, const Tensor& like) override {
     to_int(size_t(n) * size_t(size_), "reduce_scatter input (elements)");
-    OSP_MPI_CHECK(MPI_Reduce_scatter_block(send, recv, int(n), reduce_type(like.dtype()), MPI_SUM,
-                                           comm_));
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Reduce_scatter_block(send, recv, int(n), reduce_type(like.dtype()),
+                                             MPI_SUM, comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, int(n), reduce_type(like.dtype()), MPI_SUM,
+                                            comm_, &req));
+    finish(req, "reduce_scatter");
   }
   void raw_all_reduce(void* x, int64_t n, const Tensor& like) override {
     to_int(size_t(n), "all_reduce (elements)");
-    OSP_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_));
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_, &req));
+    finish(req, "all_reduce");
   }
   void raw_broadcast(void* x, size_t bytes, int root, const Tensor&) override {
-    OSP_MPI_CHECK(MPI_Bcast(x, to_int(bytes, "broadcast"), MPI_BYTE, root, comm_));
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Bcast(x, to_int(bytes, "broadcast"), MPI_BYTE, root, comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Ibcast(x, to_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &req));
+    finish(req, "broadcast");
   }
-  void raw_barrier() override { OSP_MPI_CHECK(MPI_Barrier(comm_)); }
+  void raw_barrier() override {
+    if (!timed()) {
+      OSP_MPI_CHECK(MPI_Barrier(comm_));
+      return;
+    }
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Ibarrier(comm_, &req));
+    finish(req, "barrier");
+  }
 
  private:
+  // Polls a started nonblocking collective until it completes; past the collective timeout,
+  // throws CollectiveTimeout (the request stays pending: the caller ends the job).
+  void finish(MPI_Request& req, const char* op) const {
+    using clock = std::chrono::steady_clock;
+    const double limit = collective_timeout();
+    const auto t0 = clock::now();
+    const auto spin_until = t0 + std::chrono::milliseconds(2);
+    const auto deadline = t0 + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(limit));
+    for (;;) {
+      int done = 0;
+      OSP_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      if (done) return;
+      const auto now = clock::now();
+      if (now >= deadline) throw CollectiveTimeout(collective_timeout_message(op, "mpi", rank_, size_, limit));
+      if (now >= spin_until) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;

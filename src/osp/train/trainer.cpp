@@ -90,6 +90,8 @@ void TrainOptions::validate() const {
   OSP_CHECK(sp == "none" || sp == "ssp" || sp == "ulysses", "sp must be none, ssp or ulysses, got '", sp, "'");
   OSP_CHECK(shard_optimizer == "auto" || shard_optimizer == "on" || shard_optimizer == "off",
             "shard-optimizer must be auto, on or off, got '", shard_optimizer, "'");
+  OSP_CHECK(std::isfinite(collective_timeout) && collective_timeout >= 0 && collective_timeout <= 1e7,
+            "collective-timeout must be in [0, 1e7] seconds (0 = no timeout), got ", collective_timeout);
   OSP_CHECK(sp_size >= 0 && sp_size <= 4096, "sp-size must be in [0, 4096] (0 = every rank), got ", sp_size);
   OSP_CHECK(grad_accum >= 1 && grad_accum <= 4096 && batch % grad_accum == 0, "grad-accum must be in [1, 4096] and divide batch (",
             batch, "), got ", grad_accum);
@@ -150,12 +152,13 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "sp") get_str(sp);
     else if (key == "sp_size") get_int(sp_size);
     else if (key == "shard_optimizer") get_str(shard_optimizer);
+    else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, shard_optimizer, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, shard_optimizer, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -380,6 +383,12 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     } else {
       last_ckpt = (fs::path(opt.out) / checkpoint_name(state.step)).string();
     }
+    // The other ranks wait here while rank 0 writes (minutes for a large model): not under the
+    // collective timeout, so a long write is not taken for a dead rank.
+    if (several) {
+      dist::ScopedCollectiveTimeout no_timeout(0);
+      groups->world->barrier();
+    }
   };
 
   TrainResult result;
@@ -391,104 +400,112 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   Progress progress("train", int(opt.steps - state.step > 0 ? opt.steps - state.step : 1), -1, stderr);
   int64_t saved_at = state.step;
   const int64_t first = state.step;
-  for (int64_t s = state.step; s < opt.steps; ++s) {
-    if (model.any_rank(interrupted())) {
-      result.interrupted = true;
-      break;
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    // Skipped bad samples can leave a batch that the ranks cannot share evenly: its tail is
-    // dropped (the same on every rank: every rank reads the same batches).
-    std::vector<LatentSample> global;
-    while (global.empty()) {
-      global = data.next_batch();
-      while (int64_t(global.size()) % dp_size != 0) global.pop_back();
-    }
-    const int64_t G = int64_t(global.size());
-    const int A = int(opt.grad_accum);
-    OSP_CHECK(G % (int64_t(dp_size) * A) == 0, "step ", s + 1, ": a batch of ", G, " samples (after skipping bad ones)",
-              " cannot be cut into ", dp_size, " ranks x ", A, " accumulation micro-batches");
-    model.zero_grad();
-    double loss = 0, sigma_sum = 0;
-    int64_t B = 0;
-    Shape ls;
-    for (int micro = 0; micro < A; ++micro) {
-      const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size, A, micro);
-      const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
-      const int64_t b = int64_t(batch.size());
-      ls = batch[0].latent.shape();
-      std::vector<Tensor> x0s, noises, ctxs;
-      std::vector<float> sigma;
-      int64_t L = 1;
-      for (int64_t i = 0; i < b; ++i) {
-        x0s.push_back(batch[size_t(i)].latent);
-        const int64_t gi = slice.begin + i;  // the sample's index in the global batch
-        noises.push_back(sampler.noise(ls, s, gi));
-        sigma.push_back(sampler.sigma(s, gi, ls[2], ls[3]));
-        const Tensor& c = sampler.drop_caption(s, gi, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
-        ctxs.push_back(c);
-        L = std::max(L, c.size(0));
+  // A collective that timed out (dist::CollectiveTimeout) ends the run with the last complete
+  // checkpoint named; the caller must end every rank (the CLI: dist::abort_all).
+  try {
+    for (int64_t s = state.step; s < opt.steps; ++s) {
+      if (model.any_rank(interrupted())) {
+        result.interrupted = true;
+        break;
       }
-      Tensor context = Tensor::zeros({b, L, data.text_dim()}, DType::F32);
-      for (int64_t i = 0; i < b; ++i)
-        std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
-                    ctxs[size_t(i)].nbytes());
-      // Gradients accumulate over the micro-batches; reduce_gradients divides by A.
-      loss += model.loss_backward(stack(x0s), stack(noises), sigma, context) / A;
-      for (float x : sigma) sigma_sum += x;
-      B += b;
-    }
-    loss = model.dp_mean(loss);
-    if (sharded) sharded->reduce_gradients(A);
-    else model.reduce_gradients(A);
-    const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
-                                               : "the last good checkpoint is " + last_ckpt;
-    OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
-              " (learning rate ", sched.at(s), "); nothing was saved for this step, ", keep,
-              " (lower --lr or use --clip, and --resume from it)");
-    ClipResult clip;
-    const double factor = clipper.apply_rule(
-        [&] {
-          const double n = sharded ? sharded->grad_norm() : grad_norm(params);
-          OSP_CHECK(std::isfinite(n), "training stopped: the gradient norm is ", n, " at step ", s + 1, "; ", keep);
-          return n;
-        }(),
-        clip);
-    if (clip.clipped) {
-      if (sharded) sharded->scale_gradients(float(factor));
-      else scale_grads(params, float(factor));
-    }
-    const double lr = sched.at(s);
-    if (sharded) sharded->step(lr);
-    else adamw->step(lr);
-    if (ema.enabled()) ema.update(masters());
-    state.step = s + 1;
+      const auto t0 = std::chrono::steady_clock::now();
+      // Skipped bad samples can leave a batch that the ranks cannot share evenly: its tail is
+      // dropped (the same on every rank: every rank reads the same batches).
+      std::vector<LatentSample> global;
+      while (global.empty()) {
+        global = data.next_batch();
+        while (int64_t(global.size()) % dp_size != 0) global.pop_back();
+      }
+      const int64_t G = int64_t(global.size());
+      const int A = int(opt.grad_accum);
+      OSP_CHECK(G % (int64_t(dp_size) * A) == 0, "step ", s + 1, ": a batch of ", G, " samples (after skipping bad ones)",
+                " cannot be cut into ", dp_size, " ranks x ", A, " accumulation micro-batches");
+      model.zero_grad();
+      double loss = 0, sigma_sum = 0;
+      int64_t B = 0;
+      Shape ls;
+      for (int micro = 0; micro < A; ++micro) {
+        const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size, A, micro);
+        const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
+        const int64_t b = int64_t(batch.size());
+        ls = batch[0].latent.shape();
+        std::vector<Tensor> x0s, noises, ctxs;
+        std::vector<float> sigma;
+        int64_t L = 1;
+        for (int64_t i = 0; i < b; ++i) {
+          x0s.push_back(batch[size_t(i)].latent);
+          const int64_t gi = slice.begin + i;  // the sample's index in the global batch
+          noises.push_back(sampler.noise(ls, s, gi));
+          sigma.push_back(sampler.sigma(s, gi, ls[2], ls[3]));
+          const Tensor& c = sampler.drop_caption(s, gi, opt.caption_dropout) ? empty_ctx : batch[size_t(i)].context;
+          ctxs.push_back(c);
+          L = std::max(L, c.size(0));
+        }
+        Tensor context = Tensor::zeros({b, L, data.text_dim()}, DType::F32);
+        for (int64_t i = 0; i < b; ++i)
+          std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
+                      ctxs[size_t(i)].nbytes());
+        // Gradients accumulate over the micro-batches; reduce_gradients divides by A.
+        loss += model.loss_backward(stack(x0s), stack(noises), sigma, context) / A;
+        for (float x : sigma) sigma_sum += x;
+        B += b;
+      }
+      loss = model.dp_mean(loss);
+      if (sharded) sharded->reduce_gradients(A);
+      else model.reduce_gradients(A);
+      const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
+                                                 : "the last good checkpoint is " + last_ckpt;
+      OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
+                " (learning rate ", sched.at(s), "); nothing was saved for this step, ", keep,
+                " (lower --lr or use --clip, and --resume from it)");
+      ClipResult clip;
+      const double factor = clipper.apply_rule(
+          [&] {
+            const double n = sharded ? sharded->grad_norm() : grad_norm(params);
+            OSP_CHECK(std::isfinite(n), "training stopped: the gradient norm is ", n, " at step ", s + 1, "; ", keep);
+            return n;
+          }(),
+          clip);
+      if (clip.clipped) {
+        if (sharded) sharded->scale_gradients(float(factor));
+        else scale_grads(params, float(factor));
+      }
+      const double lr = sched.at(s);
+      if (sharded) sharded->step(lr);
+      else adamw->step(lr);
+      if (ema.enabled()) ema.update(masters());
+      state.step = s + 1;
 
-    StepLog st;
-    st.step = s + 1;
-    st.loss = loss;
-    st.grad_norm = clip.norm;
-    st.clipped = clip.clipped;
-    st.lr = lr;
-    st.sigma = model.dp_mean(sigma_sum / double(B));
-    if (model.device().is_cuda()) cuda_synchronize();
-    st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global
-    st.peak_mem_mb = peak_memory_mb(model.device());
-    if (writer) {
-      logf << log_line(st) << "\n";
-      logf.flush();
+      StepLog st;
+      st.step = s + 1;
+      st.loss = loss;
+      st.grad_norm = clip.norm;
+      st.clipped = clip.clipped;
+      st.lr = lr;
+      st.sigma = model.dp_mean(sigma_sum / double(B));
+      if (model.device().is_cuda()) cuda_synchronize();
+      st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global
+      st.peak_mem_mb = peak_memory_mb(model.device());
+      if (writer) {
+        logf << log_line(st) << "\n";
+        logf.flush();
+      }
+      result.log.push_back(st);
+      if (writer && !opt.quiet_progress) progress.update(int(s + 1 - first));
+      if (hooks.on_step) hooks.on_step(st);
+      if (opt.save_every > 0 && (s + 1) % opt.save_every == 0 && s + 1 < opt.steps) {
+        save();
+        saved_at = state.step;
+      }
     }
-    result.log.push_back(st);
-    if (writer && !opt.quiet_progress) progress.update(int(s + 1 - first));
-    if (hooks.on_step) hooks.on_step(st);
-    if (opt.save_every > 0 && (s + 1) % opt.save_every == 0 && s + 1 < opt.steps) {
-      save();
-      saved_at = state.step;
-    }
+    if (writer && !opt.quiet_progress) progress.finish();
+    if (state.step > saved_at || last_ckpt.empty()) save();
+  } catch (const dist::CollectiveTimeout& e) {
+    throw dist::CollectiveTimeout(str("training stopped after step ", state.step, ": ", e.what(), "; ",
+                                      last_ckpt.empty() ? std::string("no checkpoint was written yet")
+                                                        : "the last complete checkpoint is " + last_ckpt));
   }
-  if (writer && !opt.quiet_progress) progress.finish();
-  if (state.step > saved_at || last_ckpt.empty()) save();
   result.steps_done = state.step;
   result.last_checkpoint = last_ckpt;
   return result;

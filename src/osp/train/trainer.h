@@ -107,6 +107,10 @@ struct TrainOptions {
   // the updated weights all-gathered. auto = on with several ranks; on forces it (1 rank too).
   // Checkpoints are the same files either way (unsharded layout).
   std::string shard_optimizer = "auto";  // auto | on | off
+  // Seconds a rank waits in one collective for the others before every rank ends with an error
+  // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
+  // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
+  double collective_timeout = 600;
   uint64_t seed = 0;
   // outputs
   std::string out;
