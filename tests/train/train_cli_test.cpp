@@ -3,7 +3,8 @@
 // uninterrupted run's losses exactly, --config with unknown / out-of-range fields, fine-tuning
 // a model folder (make-demo-model) into a checkpoint `osp generate` runs as a model folder; under
 // `mpiexec -np 2`, a rank that stops answering makes the other end the job with the timeout
-// message within --collective-timeout, and the last checkpoint resumes.
+// message within --collective-timeout, and the last checkpoint resumes; --dry-run prints the
+// per-GPU memory plan of the 14B model at 1280x720x81 on 4 SSP ranks with sharded state.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -18,7 +19,10 @@
 #include <thread>
 
 #include "osp/core/philox.h"
+#include "osp/train/checkpoint.h"
+#include "osp/train/dit_train_model.h"
 #include "osp/train/latent_dataset.h"
+#include "osp/train/memory_plan.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -232,4 +236,39 @@ TEST_F(TrainCli, StalledRankEndsEveryRankWithTheTimeoutMessage) {
   fs::remove_all(data);
   fs::remove_all(work);
 #endif
+}
+
+// --dry-run loads nothing and prints train/memory_plan's table for the run the flags describe:
+// here the Wan2.1-14B config trained hybrid at 1280x720x81 on 4 SSP ranks, sharded optimizer
+// state, bf16 activations, against an H200's 139 GiB.
+TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
+  const fs::path work = fresh("dry");
+  fs::create_directories(work);
+  const model::DiTConfig cfg = model::DiTConfig::wan_14b();
+  std::ofstream(work / "wan14b.json") << train::dit_config_json(cfg);
+  const CliRun r = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                        "--device", "cuda", "--gpu-memory", "139"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  train::MemoryPlanInput in;
+  in.cfg = train::config_for_attention(cfg, "hybrid");
+  train::latent_from_video(81, 720, 1280, in);
+  in.kinds = in.cfg.block_kinds();
+  in.sp = "ssp";
+  in.sp_size = 4;
+  in.sharded_state = true;
+  in.capacity_bytes = 139.0 * double(1ull << 30);
+  const train::MemoryPlan p = train::plan_train_memory(in);
+  EXPECT_NE(r.out.find(p.table()), std::string::npos) << r.out << "\nwant:\n" << p.table();
+  EXPECT_NE(r.out.find("4 ranks = 4 SP (ssp) x 1 DP, 1 sample(s) per rank per micro-step, optimizer state sharded"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("optimizer state"), std::string::npos);
+  EXPECT_NE(r.out.find("over 4 ranks (ShardedAdamW)"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(work / "out"));
+  const CliRun bad = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
+                          "1280x720x80"});
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("--video must be WIDTHxHEIGHTxFRAMES"), std::string::npos) << bad.out;
+  fs::remove_all(work);
 }

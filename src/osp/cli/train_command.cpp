@@ -31,6 +31,7 @@
 #include "osp/pipeline/text_encoder.h"
 #include "osp/train/dit_train_model.h"
 #include "osp/train/latent_dataset.h"
+#include "osp/train/memory_plan.h"
 #include "osp/train/output_files.h"
 #include "osp/train/trainer.h"
 
@@ -150,6 +151,77 @@ int run_train(const train::TrainOptions& o) {
   if (log_level() >= LogLevel::Info)
     std::fprintf(stderr, "osp: trained %lld steps; checkpoint %s\n", static_cast<long long>(r.steps_done),
                  r.last_checkpoint.c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------ train --dry-run
+
+// What `osp train --dry-run` plans for besides the training settings.
+struct DryRunOptions {
+  bool on = false;
+  std::string video;    // WIDTHxHEIGHTxFRAMES ("" = the first sample of --data)
+  int64_t ranks = 0;    // 0: the launcher's rank count (1 outside mpirun)
+  double gpu_gib = 0;   // device memory for the verdict (0: none)
+};
+
+// Prints the per-GPU memory plan (train/memory_plan.h) of the run the options describe, for
+// --ranks ranks, without loading weights or data (only config.json, and the cache manifest
+// when no --video is given).
+int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
+  model::DiTConfig cfg;
+  if (!o.config_model.empty()) {
+    cfg = model::DiTConfig::from_json_file(o.config_model);
+  } else {
+    OSP_CHECK(!o.model.empty(), "--dry-run needs the model: --model DIR or --config-model FILE (a DiT config.json)");
+    const pipeline::ModelFiles f = pipeline::detect_model_dir(o.model);
+    OSP_CHECK(!f.dit_config.empty(), "--dry-run: ", o.model, " has no DiT config.json; give --config-model FILE");
+    cfg = model::DiTConfig::from_json_file(f.dit_config);
+  }
+  cfg.validate();
+  cfg = train::config_for_attention(cfg, o.attention);
+  train::MemoryPlanInput in;
+  in.cfg = cfg;
+  std::string size;
+  if (!d.video.empty()) {
+    long long w = 0, h = 0, f = 0;
+    char tail = 0;
+    OSP_CHECK(std::sscanf(d.video.c_str(), "%lldx%lldx%lld%c", &w, &h, &f, &tail) == 3 && w >= 16 && h >= 16 &&
+                  w % 16 == 0 && h % 16 == 0 && f >= 1 && (f - 1) % 4 == 0,
+              "--video must be WIDTHxHEIGHTxFRAMES (multiples of 16, frames 4n+1) such as 1280x720x81, got '", d.video,
+              "'");
+    train::latent_from_video(f, h, w, in);
+    size = str(w, "x", h, "x", f, " (latent ", in.latent_t, "x", in.latent_h, "x", in.latent_w, ")");
+  } else {
+    OSP_CHECK(!o.data.empty(), "--dry-run needs the video size: --video WIDTHxHEIGHTxFRAMES or --data CACHE");
+    train::LatentDatasetOptions dopt;
+    dopt.batch = o.batch;
+    const train::LatentDataset data = train::LatentDataset::open(o.data, dopt);
+    OSP_CHECK(data.size() > 0, "--dry-run: the cache ", o.data, " holds no samples");
+    const Shape& ls = data.samples()[0].latent_shape;  // [C, F, H, W]
+    in.latent_t = ls[1], in.latent_h = ls[2], in.latent_w = ls[3];
+    size = str("latent ", ls[1], "x", ls[2], "x", ls[3], " (the first sample of ", o.data, ")");
+  }
+  in.kinds = cfg.block_kinds();
+  in.P = int(cfg.sparse_ratio);
+  const int64_t ranks = d.ranks > 0 ? d.ranks : dist::launcher_size();
+  const int64_t S = o.sp == "none" ? 1 : (o.sp_size > 0 ? o.sp_size : ranks);
+  OSP_CHECK(ranks % S == 0, "--dry-run: ", ranks, " ranks do not split into sequence-parallel groups of ", S);
+  const int64_t D = ranks / S;
+  OSP_CHECK(o.batch % (D * o.grad_accum) == 0, "--batch ", o.batch, " must be a multiple of ", D,
+            " data-parallel ranks x ", o.grad_accum, " accumulation micro-batches");
+  in.sp = o.sp;
+  in.sp_size = int(S);
+  in.dp_size = int(D);
+  in.batch = o.batch / (D * o.grad_accum);
+  in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1);
+  in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
+  in.capacity_bytes = d.gpu_gib * double(1ull << 30);
+  const train::MemoryPlan p = train::plan_train_memory(in);
+  std::printf("osp train --dry-run: %s, %s, %lld ranks = %lld SP (%s) x %lld DP, %lld sample(s) per rank per "
+              "micro-step, optimizer state %s, activation checkpointing, %s activations\n%s",
+              cfg.summary().c_str(), size.c_str(), (long long)ranks, (long long)S, o.sp.c_str(), (long long)D,
+              (long long)in.batch, in.sharded_state ? "sharded" : "not sharded", in.act_bytes == 2 ? "bf16" : "F32",
+              p.table().c_str());
   return 0;
 }
 
@@ -353,11 +425,19 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--skip-bad-samples", skip_bad_samples, "skip (and count) unreadable samples instead of stopping");
 #undef OSP_TRAIN_OPT
 #undef OSP_TRAIN_FLAG
-  t->callback([t, flags]() {
+  auto dry = std::make_shared<DryRunOptions>();
+  t->add_flag("--dry-run", dry->on,
+              "print the per-GPU memory plan of this run (weights, gradients, optimizer shards, activations, "
+              "communication buffers) and exit; loads nothing");
+  t->add_option("--video", dry->video, "--dry-run: video size WIDTHxHEIGHTxFRAMES (default: the first sample of --data)");
+  t->add_option("--ranks", dry->ranks, "--dry-run: ranks to plan for (default: mpirun's -np, else 1)");
+  t->add_option("--gpu-memory", dry->gpu_gib, "--dry-run: device memory in GiB for a fits / does NOT fit verdict");
+  t->callback([t, flags, dry]() {
     set_verbosity_from(*t);
     run_and_exit([&] {
       train::TrainOptions o = flags->resolve();
       o.quiet_progress = log_level() < LogLevel::Info;  // -q: warnings and errors only
+      if (dry->on) return run_dry_run(o, *dry);
       return run_train(o);
     });
   });
