@@ -5,8 +5,8 @@
 //    F32 and a BF16 compute copy; over 2 SP × DP and all-SP (the SP shares, patch_embedding
 //    complete on every SP rank), with the state sharded over the world or over the DP ranks;
 //  * grad_norm / scale_gradients (clipping) on the shard equal the unsharded ones;
-//  * the unsharded state (gather_state) equals AdamW's slots, and resuming from it on a different
-//    DP rank count continues with the same weights.
+//  * the unsharded state (gather_state, on every rank or on one root) equals AdamW's slots, and
+//    resuming from it on a different DP rank count continues with the same weights.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -145,6 +145,21 @@ void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
     expect_same_bits(state[k].v, ref_opt.slots()[k].v, kParams[k].first + " v");
   }
   EXPECT_EQ(so.steps(), 3);
+  // gathered on the last shard rank only (a checkpoint writer): the same host tensors there,
+  // nothing elsewhere
+  const int last = so.shard_size() - 1;
+  const auto on_last = so.gather_state(last);
+  if (so.shard_rank() == last) {
+    ASSERT_EQ(on_last.size(), kParams.size());
+    for (size_t k = 0; k < kParams.size(); ++k) {
+      EXPECT_TRUE(on_last[k].master.device().is_cpu());
+      expect_same_bits(on_last[k].master, state[k].master, kParams[k].first + " master (root)");
+      expect_same_bits(on_last[k].m, state[k].m, kParams[k].first + " m (root)");
+      expect_same_bits(on_last[k].v, state[k].v, kParams[k].first + " v (root)");
+    }
+  } else {
+    EXPECT_TRUE(on_last.empty());
+  }
   // resume on a different DP count: the first half of the world, or one rank
   const int W = world()->size();
   const int half = W > 1 ? W / 2 : 1;

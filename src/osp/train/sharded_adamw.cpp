@@ -137,38 +137,43 @@ void ShardedAdamW::gather_values() {
   }
 }
 
-Tensor ShardedAdamW::gather_flat(const Tensor& src) {
+Tensor ShardedAdamW::gather_flat(const Tensor& src, int root) {
   const int M = shard_size_;
-  Tensor out = Tensor::empty({total_}, DType::F32, src.device());
+  const bool mine = root < 0 || root == shard_rank_;
+  Tensor out = mine ? Tensor::empty({total_}, DType::F32, Device::cpu()) : Tensor();
   for (const Window& w : win_) {
-    const Tensor mine = src.slice(0, w.shard_off, w.shard_off + w.chunk);
+    const Tensor part = src.slice(0, w.shard_off, w.shard_off + w.chunk);
     Tensor b = buf_.slice(0, 0, w.chunk * M);
-    if (M > 1) shard_comm_->all_gather(mine, b);
-    else b.copy_from(mine);
+    if (M > 1) shard_comm_->all_gather(part, b);
+    else b.copy_from(part);
+    if (!mine) continue;
     Tensor o = out.slice(0, w.start, w.start + w.len);
     o.copy_from(b.slice(0, 0, w.len));
   }
   return out;
 }
 
-std::vector<Tensor> ShardedAdamW::unshard(const Tensor& shard_flat) {
+std::vector<Tensor> ShardedAdamW::unshard(const Tensor& shard_flat, int root) {
   OSP_CHECK(shard_flat.numel() == shard_.numel(), "ShardedAdamW::unshard: ", shard_flat.numel(),
             " elements for a shard of ", shard_.numel());
-  const Tensor flat = gather_flat(shard_flat.contiguous().view({shard_flat.numel()}));
+  OSP_CHECK(root >= -1 && root < shard_size_, "ShardedAdamW::unshard: root ", root, " outside ",
+            shard_size_, " ranks");
+  const Tensor flat = gather_flat(shard_flat.contiguous().view({shard_flat.numel()}), root);
   std::vector<Tensor> out;
+  if (!flat.defined()) return out;
   for (size_t k = 0; k < params_.size(); ++k) {
     const Tensor& val = *params_[k].value;
     const int64_t a = offset_[k], n = val.numel();
-    out.push_back(flat.slice(0, a, a + n).clone().view(val.shape()));
+    out.push_back(flat.slice(0, a, a + n).view(val.shape()));  // views of one host buffer
   }
   return out;
 }
 
-std::vector<AdamW::Slot> ShardedAdamW::gather_state() {
+std::vector<AdamW::Slot> ShardedAdamW::gather_state(int root) {
   const AdamW::Slot& s = adam_->slots().at(0);
-  std::vector<Tensor> master = unshard(s.master), m = unshard(s.m), v = unshard(s.v);
-  std::vector<AdamW::Slot> out(params_.size());
-  for (size_t k = 0; k < params_.size(); ++k) out[k] = {master[k], m[k], v[k]};
+  std::vector<Tensor> master = unshard(s.master, root), m = unshard(s.m, root), v = unshard(s.v, root);
+  std::vector<AdamW::Slot> out(master.size());
+  for (size_t k = 0; k < master.size(); ++k) out[k] = {master[k], m[k], v[k]};
   return out;
 }
 

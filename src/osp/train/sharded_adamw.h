@@ -69,19 +69,25 @@ class ShardedAdamW {
   int64_t shard_elements() const { return shard_.numel(); }
   size_t windows() const { return win_.size(); }
 
-  // The unsharded optimizer state (collective; every rank receives it).
-  std::vector<AdamW::Slot> gather_state();
+  // The unsharded optimizer state as host (CPU) F32 tensors (collective over the shard group).
+  // root −1: every rank receives it; root r: only shard rank r does (the others get an empty
+  // vector) — a checkpoint save on rank 0. The exchange goes window by window through the
+  // bucket-sized device buffer, so the device never holds more than one window of the whole
+  // state (a 14B model's 171 GB of master + m + v lands in host memory only).
+  std::vector<AdamW::Slot> gather_state(int root = -1);
   // Flat F32 [shard_elements()] shard (any tensor laid out like this rank's master shard, e.g.
-  // an EMA of master_shard()) → one F32 tensor per parameter in its value's shape, on every rank
-  // (collective over the shard group).
-  std::vector<Tensor> unshard(const Tensor& shard_flat);
+  // an EMA of master_shard()) → one host F32 tensor per parameter in its value's shape, on every
+  // rank (root −1) or on shard rank `root` only (collective over the shard group).
+  std::vector<Tensor> unshard(const Tensor& shard_flat, int root = -1);
+  int shard_rank() const { return shard_rank_; }
+  int shard_size() const { return shard_size_; }
   // The inverse, local: per-parameter tensors (value shapes or any shape of the same numel) →
   // this rank's flat F32 [shard_elements()] shard (padding zero).
   Tensor shard_of(const std::vector<Tensor>& full) const;
   // This rank's fp32 master shard (what an EMA of the weights follows when sharded).
   const Tensor& master_shard() const { return adam_->slots().at(0).master; }
-  // Restores the unsharded state of `steps` completed steps (from gather_state on any rank count);
-  // the values are refreshed from the masters.
+  // Restores the unsharded state of `steps` completed steps (from gather_state on any rank count;
+  // host or device tensors); the values are refreshed from the masters.
   void load_state(const std::vector<AdamW::Slot>& full, int64_t steps);
 
  private:
@@ -95,8 +101,9 @@ class ShardedAdamW {
   void gather_values();
   // this rank's shard of per-parameter tensors `full` (one per parameter) → dst [shard_elements()]
   void scatter_into(const std::vector<const Tensor*>& full, Tensor& dst) const;
-  // The DP all-gather of my shard of `shard_src` into flat F32 [T] (state export).
-  Tensor gather_flat(const Tensor& shard_src);
+  // The all-gather of every rank's shard of `shard_src` into a host flat F32 [T] on `root` (−1:
+  // every rank; elsewhere an undefined tensor), one window at a time (state export).
+  Tensor gather_flat(const Tensor& shard_src, int root);
 
   ParamTable params_;
   ParallelGroups groups_;

@@ -314,15 +314,13 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   std::string last_ckpt;
   if (!opt.resume.empty()) {
     last_ckpt = resolve_checkpoint(opt.resume);
-    if (sharded) {  // the unsharded files → this rank's shard
+    if (sharded) {  // the unsharded files (read into host memory) → this rank's shard
       std::vector<AdamW::Slot> full(params.size());
       std::vector<Tensor> full_ema;
       for (size_t k = 0; k < params.size(); ++k) {
         const Shape& sh = params[k].value->shape();
-        const Device dev = params[k].value->device();
-        full[k] = {Tensor::zeros(sh, DType::F32, dev), Tensor::zeros(sh, DType::F32, dev),
-                   Tensor::zeros(sh, DType::F32, dev)};
-        if (ema.enabled()) full_ema.push_back(Tensor::zeros(sh, DType::F32, dev));
+        full[k] = {Tensor::empty(sh, DType::F32), Tensor::empty(sh, DType::F32), Tensor::empty(sh, DType::F32)};
+        if (ema.enabled()) full_ema.push_back(Tensor::empty(sh, DType::F32));
       }
       int64_t steps = 0;
       state = load_checkpoint(last_ckpt, params, full, &steps, ema.enabled() ? &full_ema : nullptr);
@@ -364,10 +362,11 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     // Sharded: gathered on every rank (collective), written by the writer alone.
     std::vector<AdamW::Slot> full;
     std::vector<Tensor> full_ema;
-    if (sharded) {
-      full = sharded->gather_state();
+    if (sharded) {  // host tensors on the writer (shard rank 0 = world rank 0) only
+      OSP_CHECK(!writer || sharded->shard_rank() == 0, "internal: the writing rank is not shard rank 0");
+      full = sharded->gather_state(0);
       c.optimizer = {&params, &full, sharded->steps(), acfg};
-      if (ema.enabled()) full_ema = sharded->unshard(ema.weights()[0]);
+      if (ema.enabled()) full_ema = sharded->unshard(ema.weights()[0], 0);
     } else {
       c.optimizer = OptimizerState::of(*adamw);
       if (ema.enabled()) full_ema = ema.weights();
