@@ -18,6 +18,7 @@
 #include <fstream>
 #include <thread>
 
+#include "osp/core/device.h"
 #include "osp/core/philox.h"
 #include "osp/train/checkpoint.h"
 #include "osp/train/dit_train_model.h"
@@ -194,37 +195,31 @@ TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
   fs::remove_all(work);
 }
 
+#ifdef OSP_MPIEXEC
 // A rank that stops answering (the test hook sleeps in rank 1 after step 3) must not hang rank 0:
 // its next collective (the gather of step 3's sharded optimizer state for the checkpoint) times
-// out after --collective-timeout, the error names the operation and the last complete checkpoint,
-// and every rank ends (MPI_Abort). That checkpoint is complete and resumes on one rank.
-TEST_F(TrainCli, StalledRankEndsEveryRankWithTheTimeoutMessage) {
-#ifndef OSP_MPIEXEC
-  GTEST_SKIP() << "SKIP: this build has no MPI";
-#else
+// out after --collective-timeout, the error names the operation (and on the CPU the last complete
+// checkpoint), and every rank ends (MPI_Abort). That checkpoint is complete and resumes on one
+// rank. `want` is a part of the message; `timeout` the --collective-timeout in seconds.
+void stalled_rank_case(const std::string& device, const std::string& timeout, const std::string& want) {
   const fs::path data = make_cache("stall_data", 8), work = fresh("stall");
   fs::create_directories(work);
   std::ofstream(work / "tiny.json") << R"({"dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 2,
     "text_dim": 8, "text_len": 4, "freq_dim": 32, "in_dim": 16, "out_dim": 16, "patch_size": [1, 2, 2]})";
   const std::vector<std::string> args = {"train", "--from-scratch", "--config-model", (work / "tiny.json").string(),
                                          "--data", data.string(), "--out", (work / "out").string(), "--batch", "2",
-                                         "--lr", "0.003", "--seed", "3", "--save-every", "1"};
+                                         "--lr", "0.003", "--seed", "3", "--save-every", "1", "--device", device};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> a = args;
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   };
-  const CliRun r = run(with({"--steps", "6", "--collective-timeout", "4"}), 0, {},
+  const CliRun r = run(with({"--steps", "6", "--collective-timeout", timeout}), 0, {},
                        {OSP_MPIEXEC, "--oversubscribe", "--allow-run-as-root", "-np", "2", "-x",
                         "OSP_TEST_STALL_RANK_AT_STEP=1:3", "-x", "OMP_NUM_THREADS=1"});
   EXPECT_GT(r.code, 0) << r.out;  // ended (not killed by the test's alarm, which gives -1)
   EXPECT_NE(r.out.find("rank 1 stops answering after step 3"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("training stopped after step 3: all_gather on the mpi communicator (rank 0 of 2) did not "
-                       "complete within 4 s: another rank died, hangs, or stopped calling collectives"),
-            std::string::npos)
-      << r.out;
-  const std::string ck2 = (work / "out" / "checkpoint-00000002").string();
-  EXPECT_NE(r.out.find("the last complete checkpoint is " + ck2), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(want), std::string::npos) << r.out;
   std::ifstream latest(work / "out" / "latest");
   std::string name;
   latest >> name;
@@ -235,6 +230,30 @@ TEST_F(TrainCli, StalledRankEndsEveryRankWithTheTimeoutMessage) {
   EXPECT_TRUE(fs::exists(work / "out" / "checkpoint-00000004" / "CHECKPOINT_COMPLETE"));
   fs::remove_all(data);
   fs::remove_all(work);
+}
+#endif
+
+TEST_F(TrainCli, StalledRankEndsEveryRankWithTheTimeoutMessage) {
+#ifndef OSP_MPIEXEC
+  GTEST_SKIP() << "SKIP: this build has no MPI";
+#else
+  const std::string ck2 = (fresh("stall") / "out" / "checkpoint-00000002").string();
+  stalled_rank_case("cpu", "4", "training stopped after step 3: all_gather on the mpi communicator (rank 0 of 2) did not "
+                           "complete within 4 s: another rank died, hangs, or stopped calling collectives "
+                           "(--collective-timeout); the last complete checkpoint is " + ck2);
+#endif
+}
+
+// The same on two GPUs (NCCL): the watchdog thread of rank 0's communicator ends the job. Needs
+// 2 GPUs (skipped otherwise): run on a 2-GPU machine.
+TEST_F(TrainCli, StalledGpuRankEndsEveryRankThroughTheNcclWatchdog) {
+#ifndef OSP_MPIEXEC
+  GTEST_SKIP() << "SKIP: this build has no MPI";
+#else
+  if (!cuda_available() || cuda_device_count() < 2) GTEST_SKIP() << "SKIP: needs 2 GPUs";
+  // NCCL sets up its connections lazily in the first collectives (seconds): a longer timeout
+  stalled_rank_case("cuda", "20", "on the nccl communicator (rank 0 of 2) did not complete within 20 s: another rank died, "
+                            "hangs, or stopped calling collectives (--collective-timeout); ending every rank");
 #endif
 }
 

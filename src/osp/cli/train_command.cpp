@@ -118,9 +118,6 @@ int run_train(const train::TrainOptions& o) {
               d.device.name(), " needs the ", backend, " backend, which this build lacks");
     dist::set_collective_timeout(o.collective_timeout);
     d.world = dist::make_communicator(backend);
-    if (d.device.is_cuda() && o.collective_timeout > 0)
-      log_warn("--collective-timeout is not applied on the nccl backend yet: a rank that stops answering can "
-               "leave the others waiting (a rank that exits still ends the job through mpirun)");
     if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(dist::launcher_local_rank());
     d.sp = o.sp;
     d.sp_size = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);

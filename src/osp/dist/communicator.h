@@ -138,8 +138,10 @@ std::unique_ptr<Communicator> make_communicator(const std::string& backend);
 // thread backend waits on its rendezvous with a deadline; past it the collective throws
 // CollectiveTimeout (what() names the operation, the backend, this rank and the wait). The
 // communicator is unusable afterwards (the peers' collectives are still pending): end the job
-// (abort_all). Not applied to split() (MPI_Comm_split) nor to the nccl backend (its kernels run
-// asynchronously on the stream; see docs/TRAINING.md).
+// (abort_all). The nccl backend's collectives return before they run (stream order), so there a
+// watchdog thread ends the job itself — message on stderr, ncclCommAbort, abort_all — when a
+// collective has not completed on the GPU within the timeout of its enqueue
+// (communicator_nccl.cpp). Not applied to split() (MPI_Comm_split / ncclCommInitRank).
 class CollectiveTimeout : public Error {
  public:
   using Error::Error;

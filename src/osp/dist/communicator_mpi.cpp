@@ -42,9 +42,8 @@ MPI_Datatype reduce_type(DType t) {
   }
 }
 
-// With a collective timeout (communicator.h) every collective runs as its nonblocking form and
-// this polls it: MPI_Test in a tight loop for the first 2 ms (latency of short exchanges), then
-// every 100 µs (a rank waiting for a slow peer leaves the core to it) until the deadline.
+// With a collective timeout (communicator.h) every collective runs as its nonblocking form,
+// polled by mpi_wait (mpi_env.h) until done or until the deadline.
 bool timed() { return collective_timeout() > 0; }
 
 class MpiCommunicator final : public Communicator {
@@ -146,23 +145,7 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  // Polls a started nonblocking collective until it completes; past the collective timeout,
-  // throws CollectiveTimeout (the request stays pending: the caller ends the job).
-  void finish(MPI_Request& req, const char* op) const {
-    using clock = std::chrono::steady_clock;
-    const double limit = collective_timeout();
-    const auto t0 = clock::now();
-    const auto spin_until = t0 + std::chrono::milliseconds(2);
-    const auto deadline = t0 + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(limit));
-    for (;;) {
-      int done = 0;
-      OSP_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-      if (done) return;
-      const auto now = clock::now();
-      if (now >= deadline) throw CollectiveTimeout(collective_timeout_message(op, "mpi", rank_, size_, limit));
-      if (now >= spin_until) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    }
-  }
+  void finish(MPI_Request& req, const char* op) const { mpi_wait(req, op, "mpi", rank_, size_); }
 
   MPI_Comm comm_;
   bool owned_;
@@ -183,6 +166,23 @@ void mpi_ensure_initialized() {
   int provided = 0;
   OSP_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
   std::atexit(finalize_at_exit);
+}
+
+void mpi_wait(MPI_Request& req, const char* op, const char* backend, int rank, int size) {
+  using clock = std::chrono::steady_clock;
+  const double limit = collective_timeout();
+  const auto t0 = clock::now();
+  const auto spin_until = t0 + std::chrono::milliseconds(2);
+  const auto deadline = t0 + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(limit));
+  for (;;) {
+    int done = 0;
+    OSP_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    const auto now = clock::now();
+    if (limit > 0 && now >= deadline)
+      throw CollectiveTimeout(collective_timeout_message(op, backend, rank, size, limit));
+    if (now >= spin_until) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
 }
 
 bool mpi_built() { return true; }

@@ -1,6 +1,15 @@
 // NCCL backend (CUDA tensors, one process per GPU), bootstrapped through MPI. All collectives
 // run on the stream the CUDA ops use (the legacy default stream), so they are ordered with the
 // surrounding kernels without extra synchronisation.
+//
+// Collective timeout (communicator.h): NCCL kernels run asynchronously, so a collective that a
+// dead or stalled peer never joins blocks the stream (and the next host synchronisation) rather
+// than the call. With a timeout > 0 every collective records an event after itself on its stream
+// and a watchdog thread polls the pending events; one still incomplete `timeout` seconds after its
+// collective was enqueued prints the reason (collective_timeout_message), aborts the NCCL
+// communicator (ncclCommAbort releases the blocked kernels) and ends the job (abort_all). The
+// time counts from the enqueue, so it includes the GPU work queued before the collective. The
+// barrier (MPI) is polled with the same deadline and throws CollectiveTimeout like the mpi backend.
 #include "osp/dist/communicator.h"
 
 #if defined(OSP_HAVE_NCCL) && defined(OSP_HAVE_MPI) && defined(OSP_HAVE_CUDA)
@@ -8,7 +17,13 @@
 #include <mpi.h>
 #include <nccl.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "osp/core/cuda_check.h"
@@ -41,6 +56,83 @@ ncclDataType_t nccl_type(DType t) {
 
 cudaStream_t stream() { return 0; }  // the ops' stream (ops/cuda/cuda_context.h)
 
+// See the header comment: events after timed collectives, polled by one thread per communicator.
+class NcclWatchdog {
+ public:
+  NcclWatchdog(ncclComm_t comm, int device, int rank, int size)
+      : comm_(comm), device_(device), rank_(rank), size_(size), thread_([this] { loop(); }) {}
+  ~NcclWatchdog() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    for (const Pending& p : pending_) cudaEventDestroy(p.event);
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+  }
+  NcclWatchdog(const NcclWatchdog&) = delete;
+  NcclWatchdog& operator=(const NcclWatchdog&) = delete;
+
+  // After a collective `op` was enqueued on `st`: watch it for `timeout` seconds.
+  void watch(cudaStream_t st, const char* op, double timeout) {
+    std::lock_guard<std::mutex> lk(mu_);
+    cudaEvent_t e = nullptr;
+    if (!free_.empty()) {
+      e = free_.back();
+      free_.pop_back();
+    } else {
+      OSP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    OSP_CUDA_CHECK(cudaEventRecord(e, st));
+    const auto wait = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout));
+    pending_.push_back({e, op, timeout, std::chrono::steady_clock::now() + wait});
+    cv_.notify_all();
+  }
+
+ private:
+  struct Pending {
+    cudaEvent_t event;
+    const char* op;
+    double timeout;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  void loop() {
+    cudaSetDevice(device_);
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stop_) {
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        const cudaError_t q = cudaEventQuery(it->event);
+        if (q == cudaErrorNotReady) {
+          if (std::chrono::steady_clock::now() >= it->deadline) fire(*it);
+          ++it;
+          continue;
+        }
+        // done, or an error the issuing thread sees at its next CUDA call
+        free_.push_back(it->event);
+        it = pending_.erase(it);
+      }
+      cv_.wait_for(lk, std::chrono::milliseconds(pending_.empty() ? 1000 : 20));
+    }
+  }
+  [[noreturn]] void fire(const Pending& p) {
+    std::fprintf(stderr, "osp: error: %s; ending every rank\n",
+                 collective_timeout_message(p.op, "nccl", rank_, size_, p.timeout).c_str());
+    std::fflush(stderr);
+    ncclCommAbort(comm_);
+    abort_all(1);
+  }
+
+  ncclComm_t comm_;
+  int device_, rank_, size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+  bool stop_ = false;
+  std::thread thread_;  // last: started once the members above exist
+};
+
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(ncclComm_t comm, MPI_Comm mpi, bool owned_mpi, int device)
@@ -49,6 +141,7 @@ class NcclCommunicator final : public Communicator {
     OSP_NCCL_CHECK(ncclCommCount(comm_, &size_));
   }
   ~NcclCommunicator() override {
+    watchdog_.reset();
     if (side_) {
       cudaStreamSynchronize(side_);
       for (auto e : events_) cudaEventDestroy(e);
@@ -94,6 +187,7 @@ class NcclCommunicator final : public Communicator {
                       const std::vector<size_t>& sd, void* recv, const std::vector<size_t>& rb,
                       const std::vector<size_t>& rd, const Tensor&) override {
     send_recv(send, sb, sd, recv, rb, rd, stream());
+    watch(stream(), "all_to_all");
   }
   // On a non-blocking side stream: it waits for the compute stream's work so far (event), runs
   // the exchange, and records a completion event = the ticket. The legacy default stream (the
@@ -112,6 +206,7 @@ class NcclCommunicator final : public Communicator {
     OSP_CUDA_CHECK(cudaEventRecord(ready_, stream()));
     OSP_CUDA_CHECK(cudaStreamWaitEvent(side_, ready_, 0));
     send_recv(send, sb, sd, recv, rb, rd, side_);
+    watch(side_, "all_to_all");
     const int ticket = next_ticket_++;
     OSP_CUDA_CHECK(cudaEventRecord(events_[size_t(ticket % kEvents)], side_));
     return ticket;
@@ -144,20 +239,38 @@ class NcclCommunicator final : public Communicator {
   }
   void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor&) override {
     OSP_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclChar, comm_, stream()));
+    watch(stream(), "all_gather");
   }
   void raw_reduce_scatter(const void* send, void* recv, int64_t n, const Tensor& like) override {
     OSP_NCCL_CHECK(ncclReduceScatter(send, recv, size_t(n), nccl_type(like.dtype()), ncclSum,
                                      comm_, stream()));
+    watch(stream(), "reduce_scatter");
   }
   void raw_all_reduce(void* x, int64_t n, const Tensor& like) override {
     OSP_NCCL_CHECK(ncclAllReduce(x, x, size_t(n), nccl_type(like.dtype()), ncclSum, comm_, stream()));
+    watch(stream(), "all_reduce");
   }
   void raw_broadcast(void* x, size_t bytes, int root, const Tensor&) override {
     OSP_NCCL_CHECK(ncclBroadcast(x, x, bytes, ncclChar, root, comm_, stream()));
+    watch(stream(), "broadcast");
   }
   void raw_barrier() override {
     OSP_CUDA_CHECK(cudaStreamSynchronize(stream()));
-    if (MPI_Barrier(mpi_) != MPI_SUCCESS) fail("MPI_Barrier failed (nccl communicator barrier)");
+    if (collective_timeout() <= 0) {
+      if (MPI_Barrier(mpi_) != MPI_SUCCESS) fail("MPI_Barrier failed (nccl communicator barrier)");
+      return;
+    }
+    MPI_Request req;
+    if (MPI_Ibarrier(mpi_, &req) != MPI_SUCCESS) fail("MPI_Ibarrier failed (nccl communicator barrier)");
+    mpi_wait(req, "barrier", "nccl", rank_, size_);
+  }
+  // Under a collective timeout: the watchdog (started on first use) watches the collective just
+  // enqueued on `st`.
+  void watch(cudaStream_t st, const char* op) {
+    const double t = collective_timeout();
+    if (t <= 0) return;
+    if (!watchdog_) watchdog_ = std::make_unique<NcclWatchdog>(comm_, device_, rank_, size_);
+    watchdog_->watch(st, op, t);
   }
 
  private:
@@ -171,6 +284,7 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t ready_ = nullptr;
   std::vector<cudaEvent_t> events_;
   int next_ticket_ = 0;
+  std::unique_ptr<NcclWatchdog> watchdog_;
 };
 }  // namespace
 
