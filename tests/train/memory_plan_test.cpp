@@ -47,19 +47,31 @@ TEST(MemoryPlan, Wan14B720pOnFourSspRanks) {
   EXPECT_LE(p.rows_max, p.tokens / 4 + p.tokens / 20);
   EXPECT_DOUBLE_EQ(line(p, "weights").bytes, 2.0 * double(params));
   EXPECT_DOUBLE_EQ(line(p, "gradients").bytes, 4.0 * double(params));
-  EXPECT_DOUBLE_EQ(line(p, "optimizer state").bytes, 12.0 * double(params) / 4);
+  EXPECT_DOUBLE_EQ(line(p, "optimizer state").bytes, 16.0 * double(params) / 4);  // master = value, m, v, grad
   // block inputs: one F32 row of dim per held row, every block
   EXPECT_GE(line(p, "block inputs").bytes, 40.0 * double(p.tokens) / 4 * 5120 * 4);
   EXPECT_LE(line(p, "block inputs").bytes, 40.0 * double(p.rows_max) * 5120 * 4);
   double sum = 0;
   for (const auto& l : p.lines) sum += l.bytes;
   EXPECT_DOUBLE_EQ(sum, p.total);
-  // unsharded state: 12 bytes per parameter more than a quarter of it, and it cannot fit
+  // unsharded state: 12 bytes per parameter instead of 16 / 4, and it cannot fit
   train::MemoryPlanInput un = in;
   un.sharded_state = false;
   const train::MemoryPlan pu = train::plan_train_memory(un);
-  EXPECT_DOUBLE_EQ(pu.total - p.total, 12.0 * double(params) * 3 / 4);
+  EXPECT_DOUBLE_EQ(pu.total - p.total, 12.0 * double(params) - 16.0 * double(params) / 4);
   EXPECT_FALSE(pu.fits);
+  // sharded gradients too: the F32 gradients of the parameters outside the blocks and of one block
+  train::MemoryPlanInput zg = in;
+  zg.sharded_gradients = true;
+  const train::MemoryPlan pz = train::plan_train_memory(zg);
+  std::printf("the same with sharded gradients (--shard-gradients):\n%s", pz.table().c_str());
+  double outside = 0, block = 0;
+  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) {
+    if (n.rfind("blocks.", 0) != 0) outside += double(shape_numel(s));
+    if (n.rfind("blocks.0.", 0) == 0) block += double(shape_numel(s));  // every 14B block is alike
+  }
+  EXPECT_DOUBLE_EQ(line(pz, "gradients").bytes, 4.0 * (outside + block));
+  EXPECT_DOUBLE_EQ(p.total - pz.total, 4.0 * (double(params) - outside - block));
 }
 
 TEST(MemoryPlan, CheckpointingAndRanks) {

@@ -6,12 +6,15 @@
 //    complete on every SP rank), with the state sharded over the world or over the DP ranks;
 //  * grad_norm / scale_gradients (clipping) on the shard equal the unsharded ones;
 //  * the unsharded state (gather_state, on every rank or on one root) equals AdamW's slots, and
-//    resuming from it on a different DP rank count continues with the same weights.
+//    resuming from it on a different DP rank count continues with the same weights;
+//  * gradient sharding (groups whose gradients live only around their backward) over DP and SP,
+//    with accumulation: the same weights, and at most one group's gradients held at a time.
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "osp/dist/communicator.h"
+#include "osp/ops/ops.h"
 #include "osp/train/adamw.h"
 #include "osp/train/grad_clip.h"
 #include "osp/train/sharded_adamw.h"
@@ -186,7 +189,66 @@ void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
                                                       std::to_string(sub->size()) + " ranks");
 }
 
+// Gradient sharding: the two "blocks" are groups whose gradients exist only between
+// begin_group and end_group (a backward in reverse order, 2 accumulation micro-batches); the
+// weights stay bit-identical to the unsharded optimizer's, and the table never holds more than
+// the ungrouped gradients + one group.
+void run_grouped(int sp_size, size_t bucket_bytes) {
+  auto groups = train::make_parallel_groups(world(), sp_size);
+  const int D = groups.dp_size(), S = groups.sp_size();
+  Model ref = make_model(false);
+  train::AdamW ref_opt(ref.table(), config());
+  Model sh = make_model(false);
+  train::GradReduceOptions opt;
+  opt.bucket_bytes = bucket_bytes;
+  const std::vector<std::pair<size_t, size_t>> blocks = {{1, 3}, {3, 5}};  // blocks.0.*, blocks.1.*
+  train::ShardedAdamW so(sh.table(), groups, config(), opt, train::ShardGroup::World, blocks);
+  EXPECT_TRUE(so.shards_gradients());
+  for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.grads[k].defined()) << kParams[k].first;
+  for (int step = 0; step < 3; ++step) {
+    for (size_t k = 0; k < kParams.size(); ++k) {  // the mean of the two micro-batches' gradients
+      const auto a = reduced_grad(k, D, S, 2 * step).to_float_vector();
+      const auto b = reduced_grad(k, D, S, 2 * step + 1).to_float_vector();
+      std::vector<float> m(a.size());
+      for (size_t i = 0; i < a.size(); ++i) m[i] = (a[i] + b[i]) / 2;
+      ref.grads[k].copy_from(Tensor::from_vector(m, kParams[k].second));
+    }
+    for (size_t k : {size_t(0), size_t(5)}) sh.grads[k].zero_();
+    for (int micro = 0; micro < 2; ++micro) {
+      auto g = [&](size_t k) { return grad_of(k, groups.dp_rank(), groups.sp_rank(), 2 * step + micro); };
+      for (size_t k : {size_t(5), size_t(0)}) ops::axpby(1.f, g(k), 1.f, sh.grads[k], sh.grads[k]);
+      for (int blk = 1; blk >= 0; --blk) {
+        so.begin_group(size_t(blk));
+        for (size_t k = blocks[size_t(blk)].first; k < blocks[size_t(blk)].second; ++k) sh.grads[k].copy_from(g(k));
+        so.end_group(size_t(blk));
+      }
+    }
+    so.reduce_gradients(2);
+    const double want_norm = train::grad_norm(ref.table());
+    EXPECT_NEAR(so.grad_norm(), want_norm, 1e-9 * want_norm) << "step " << step;
+    ref_opt.step(1e-2);
+    so.step(1e-2);
+    for (size_t k = 0; k < kParams.size(); ++k)
+      expect_same_bits(sh.values[k], ref.values[k], kParams[k].first + " after step " + std::to_string(step));
+  }
+  const int64_t outside = shape_numel(kParams[0].second) + shape_numel(kParams[5].second);
+  const int64_t block0 = shape_numel(kParams[1].second) + shape_numel(kParams[2].second);
+  EXPECT_EQ(so.peak_grad_elements(), outside + block0);  // block 0 is the larger one
+  for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.grads[k].defined()) << kParams[k].first;
+  const auto state = so.gather_state();
+  for (size_t k = 0; k < kParams.size(); ++k) {
+    expect_same_bits(state[k].m, ref_opt.slots()[k].m, kParams[k].first + " m");
+    expect_same_bits(state[k].v, ref_opt.slots()[k].v, kParams[k].first + " v");
+  }
+}
+
 }  // namespace
+
+TEST(ShardedAdamW, GradientShardingEqualsUnshardedBitForBit) { run_grouped(1, 64); }
+TEST(ShardedAdamW, GradientShardingWithSequenceParallelism) {
+  if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
+  run_grouped(2, 100);
+}
 
 using train::ShardGroup;
 TEST(ShardedAdamW, DataParallelEqualsUnshardedBitForBit) { run(1, 64, ShardGroup::World); }

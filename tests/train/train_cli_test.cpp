@@ -259,7 +259,7 @@ TEST_F(TrainCli, StalledGpuRankEndsEveryRankThroughTheNcclWatchdog) {
 
 // --dry-run loads nothing and prints train/memory_plan's table for the run the flags describe:
 // here the Wan2.1-14B config trained hybrid at 1280x720x81 on 4 SSP ranks, sharded optimizer
-// state, bf16 activations, against an H200's 139 GiB.
+// state (and then gradients too), bf16 activations, against an H200's 139 GiB.
 TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   const fs::path work = fresh("dry");
   fs::create_directories(work);
@@ -285,6 +285,14 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(r.out.find("optimizer state"), std::string::npos);
   EXPECT_NE(r.out.find("over 4 ranks (ShardedAdamW)"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(work / "out"));
+  // with --shard-gradients: the gradients of one block instead of all
+  const CliRun z = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                        "--device", "cuda", "--gpu-memory", "139", "--shard-gradients"});
+  ASSERT_EQ(z.code, 0) << z.out;
+  in.sharded_gradients = true;
+  EXPECT_NE(z.out.find(train::plan_train_memory(in).table()), std::string::npos) << z.out;
+  EXPECT_NE(z.out.find("optimizer state and gradients sharded"), std::string::npos) << z.out;
   const CliRun bad = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                           "1280x720x80"});
   EXPECT_EQ(bad.code, 1);

@@ -3,7 +3,8 @@
 // Ulysses sequence parallelism, and the mesh of both, give the losses and weights of the
 // single-rank run (within float reduction-order differences), also with gradient accumulation;
 // only rank 0 writes outputs. Both optimizers: AdamW with its state sharded over the ranks
-// (--shard-optimizer on, forced at 1 rank too) and the unsharded one; the sharded run's checkpoint
+// (--shard-optimizer on, forced at 1 rank too; with --shard-gradients, the blocks' gradients
+// reduce-scattered during the backward and released) and the unsharded one; the sharded run's checkpoint
 // holds the unsharded layout with the single-rank values. Resuming on another rank count: an
 // N-rank sharded checkpoint continued on 1 rank, and a 1-rank checkpoint continued on N sharded
 // ranks, repeat the uninterrupted single-rank losses (EMA on, so its sharded save/load is covered).
@@ -88,6 +89,7 @@ struct Case {
   int sp_size;     // 0: every rank
   int accum = 1;   // gradient accumulation micro-batches (the global batch is then 8)
   const char* shard = "on";  // --shard-optimizer of the several-rank run
+  bool shard_grads = false;  // --shard-gradients
 };
 
 // Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
@@ -136,13 +138,17 @@ TEST_P(TrainMpi, EqualsOneRank) {
   on.batch = o1.batch;
   on.grad_accum = c.accum;
   on.shard_optimizer = c.shard;
+  on.shard_gradients = c.shard_grads;
   const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
     EXPECT_NEAR(got.log[k].loss, want.log[k].loss, 1e-6 * std::abs(want.log[k].loss)) << "step " << k + 1;
   const ParamTable pa = one.parameters(), pb = many.parameters();
-  for (size_t k = 0; k < pa.size(); ++k)
+  for (size_t k = 0; k < pa.size(); ++k) {
     EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;  // Adam: lr-sized moves where g ≈ 0
+    // gradient sharding: the blocks' full gradients were released after their backward
+    if (c.shard_grads) EXPECT_EQ(pb[k].grad->defined(), pb[k].name.rfind("blocks.", 0) != 0) << pb[k].name;
+  }
   comm->barrier();
   // Rank 0 wrote the run; the others wrote nothing of their own.
   EXPECT_TRUE(fs::exists(out / "checkpoint-00000005" / "CHECKPOINT_COMPLETE"));
@@ -157,10 +163,12 @@ TEST_P(TrainMpi, EqualsOneRank) {
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                          ::testing::Values(Case{"none", 1}, Case{"ssp", 0}, Case{"ulysses", 2},
                                            Case{"none", 1, 2}, Case{"none", 1, 1, "off"},
-                                           Case{"ssp", 0, 1, "off"}),
+                                           Case{"ssp", 0, 1, "off"}, Case{"none", 1, 1, "on", true},
+                                           Case{"ssp", 0, 1, "on", true}, Case{"ulysses", 2, 1, "on", true},
+                                           Case{"none", 1, 2, "on", true}),
                          [](const auto& i) {
                            return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" +
-                                  i.param.shard;
+                                  i.param.shard + (i.param.shard_grads ? "_grads" : "");
                          });
 
 // Resuming on another rank count continues the uninterrupted single-rank run: the losses of the

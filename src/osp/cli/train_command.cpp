@@ -211,13 +211,18 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.dp_size = int(D);
   in.batch = o.batch / (D * o.grad_accum);
   in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1);
+  OSP_CHECK(!o.shard_gradients || in.sharded_state, "--shard-gradients needs the sharded optimizer (--shard-optimizer "
+            "on, or auto with several ranks)");
+  in.sharded_gradients = o.shard_gradients;
   in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
   in.capacity_bytes = d.gpu_gib * double(1ull << 30);
   const train::MemoryPlan p = train::plan_train_memory(in);
   std::printf("osp train --dry-run: %s, %s, %lld ranks = %lld SP (%s) x %lld DP, %lld sample(s) per rank per "
               "micro-step, optimizer state %s, activation checkpointing, %s activations\n%s",
               cfg.summary().c_str(), size.c_str(), (long long)ranks, (long long)S, o.sp.c_str(), (long long)D,
-              (long long)in.batch, in.sharded_state ? "sharded" : "not sharded", in.act_bytes == 2 ? "bf16" : "F32",
+              (long long)in.batch,
+              in.sharded_gradients ? "and gradients sharded" : in.sharded_state ? "sharded" : "not sharded",
+              in.act_bytes == 2 ? "bf16" : "F32",
               p.table().c_str());
   return 0;
 }
@@ -414,6 +419,8 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all); the rest is data parallelism");
   OSP_TRAIN_OPT("--shard-optimizer", shard_optimizer,
                 "auto (on with several ranks) | on | off: each rank keeps 1/N of the fp32 masters and AdamW moments");
+  OSP_TRAIN_FLAG("--shard-gradients", shard_gradients,
+                 "also shard the gradients (ZeRO-2): a block's full gradients live only during its backward");
   OSP_TRAIN_OPT("--collective-timeout", collective_timeout,
                 "seconds a rank waits for the others in one collective before every rank stops with an error "
                 "(default 600; 0 = forever)");

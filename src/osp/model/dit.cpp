@@ -490,6 +490,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
                               train_.ctx_float.defined() ? &train_.ctx_float : nullptr};
   const bool ckpt = !train_.block_in.empty();
   for (int i = int(c.num_layers) - 1; i >= 0; --i) {
+    if (block_before_) block_before_(i);
     Tape tp;
     if (ckpt) {  // recompute block i from its saved input, recording the tape
       Tensor xr = train_.block_in[size_t(i)];
@@ -500,6 +501,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
       tp = std::move(train_.tapes[size_t(i)]);
     }
     blocks_[size_t(i)].backward(g, tp, c, i, ctx_lin, dx, de0, dctx, sp);
+    if (block_after_) block_after_(i);
     if (i > 0) dx = sp.enter_block_backward(i, dx).contiguous();
   }
   Tensor dxfull = sp.scatter_input_backward(dx).contiguous();  //   [B, N, d] F32

@@ -124,6 +124,15 @@ class DiT {
   void backward(const Tensor& dv, dist::SequenceParallel& sp, Tensor* dx = nullptr,
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
+  // Called by every backward() around block i's part (blocks run from the last to the first):
+  // before(i) ahead of its recompute / backward, after(i) once its parameter gradients are
+  // complete for this backward. For gradient sharding (train/sharded_adamw.h): the gradients of
+  // block i may be allocated in before(i) and reduced and released in after(i) — a parameter
+  // whose gradient tensor is undefined during its backward gets no gradient. Empty: none.
+  void set_block_backward_hooks(std::function<void(int)> before, std::function<void(int)> after) {
+    block_before_ = std::move(before);
+    block_after_ = std::move(after);
+  }
 
   // ---- LoRA adapters, un-merged (model/dit_lora.cpp; osp-next-spec §8.2) ----
   // Attaches every adapter of `lora` to its block linear (modules "blocks.<i>.self_attn.q", ...,
@@ -204,6 +213,7 @@ class DiT {
   bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
   StageProfiler prof_;
   TrainState train_;
+  std::function<void(int)> block_before_, block_after_;  // set_block_backward_hooks
   // LoRA: module name → alpha of the attached adapters; the enable switch.
   std::map<std::string, double> lora_modules_;
   bool lora_enabled_ = true;

@@ -126,7 +126,8 @@ void AdamW::restore(int64_t steps) {
 }
 
 void AdamW::refresh_values() {
-  for (size_t k = 0; k < params_.size(); ++k) params_[k].value->copy_from(slots_[k].master);
+  for (size_t k = 0; k < params_.size(); ++k)  // a value may be its own master (ShardedAdamW)
+    if (params_[k].value->raw() != slots_[k].master.raw()) params_[k].value->copy_from(slots_[k].master);
 }
 
 }  // namespace osp::train

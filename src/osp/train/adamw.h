@@ -54,7 +54,8 @@ class AdamW {
   // Restores a saved state (checkpoints): `steps` completed steps; the slots must have been
   // filled by the caller. Then copies master into every value.
   void restore(int64_t steps);
-  // value ← master for every parameter (cast to BF16 where the value is BF16).
+  // value ← master for every parameter (cast to BF16 where the value is BF16). A slot's master may
+  // be replaced by the F32 value tensor itself (one buffer for both, as ShardedAdamW does).
   void refresh_values();
 
  private:

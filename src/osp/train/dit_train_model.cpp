@@ -69,6 +69,32 @@ void DiTTrainModel::reduce_gradients(int accum_steps) {
   }
 }
 
+std::vector<std::pair<size_t, size_t>> DiTTrainModel::gradient_groups() {
+  const ParamTable p = dit_.parameters();
+  std::vector<std::pair<size_t, size_t>> groups;
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+    const std::string prefix = str("blocks.", i, ".");
+    size_t first = p.size(), last = 0;
+    for (size_t k = 0; k < p.size(); ++k)
+      if (p[k].name.rfind(prefix, 0) == 0) first = std::min(first, k), last = k + 1;
+    OSP_CHECK(first < last, "DiTTrainModel: block ", i, " has no parameters");
+    for (size_t k = first; k < last; ++k)
+      OSP_CHECK(p[k].name.rfind(prefix, 0) == 0, "DiTTrainModel: the parameters of block ", i,
+                " are not contiguous in the table ('", p[k].name, "')");
+    groups.push_back({first, last});
+  }
+  return groups;
+}
+
+void DiTTrainModel::set_gradient_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) {
+  if (!before && !after) {
+    dit_.set_block_backward_hooks({}, {});
+    return;
+  }
+  dit_.set_block_backward_hooks([before](int i) { if (before) before(size_t(i)); },
+                                [after](int i) { if (after) after(size_t(i)); });
+}
+
 double DiTTrainModel::dp_mean(double x) {
   if (!groups_.dp || groups_.dp_size() == 1) return x;
   Tensor t = Tensor::from_vector({0.f}, {1}).to(DType::F64);

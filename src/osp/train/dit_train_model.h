@@ -52,6 +52,9 @@ class DiTTrainModel : public TrainModel {
   bool any_rank(bool flag) override;
   bool writes_outputs() const override { return !opt_.world || opt_.world->rank() == 0; }
   const ParallelGroups* parallel_groups() const override { return &groups_; }
+  // One group per block: the parameters named blocks.<i>.* (contiguous in the table).
+  std::vector<std::pair<size_t, size_t>> gradient_groups() override;
+  void set_gradient_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
 
   model::DiT& dit() { return dit_; }
   const model::DiTConfig& config() const { return cfg_; }

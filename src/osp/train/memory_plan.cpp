@@ -32,8 +32,19 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   OSP_CHECK(in.latent_h % c.patch_h == 0 && in.latent_w % c.patch_w == 0,
             "memory plan: the latent ", in.latent_h, "x", in.latent_w,
             " is not a multiple of the patch");
+  OSP_CHECK(!in.sharded_gradients || in.sharded_state, "memory plan: gradient sharding needs sharded state");
   MemoryPlan out;
-  for (const auto& [name, shape] : model::DiT::expected_shapes(c)) out.params += shape_numel(shape);
+  // parameters per block (blocks.<i>.*) and outside the blocks: what gradient sharding keeps
+  std::vector<double> block_params(size_t(c.num_layers), 0.0);
+  double outside = 0;
+  for (const auto& [name, shape] : model::DiT::expected_shapes(c)) {
+    out.params += shape_numel(shape);
+    if (name.rfind("blocks.", 0) == 0)
+      block_params.at(size_t(std::stoll(name.substr(7)))) += double(shape_numel(shape));
+    else
+      outside += double(shape_numel(shape));
+  }
+  const double block_max = block_params.empty() ? 0.0 : *std::max_element(block_params.begin(), block_params.end());
   dist::ForwardPlan plan;
   plan.grid = {in.latent_t, in.latent_h / c.patch_h, in.latent_w / c.patch_w};
   plan.kinds = in.kinds.empty()
@@ -84,9 +95,12 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   const double exch = ulysses ? 4 * 5 * B * n_max * d * a : 2 * B * n_max * d * 4;
   out.lines = {
       {"weights", P * a, "compute copy of every parameter, every rank"},
-      {"gradients", P * 4, "F32, every parameter, every rank"},
-      {"optimizer state", 12 * P / shard_ranks,
-       in.sharded_state ? "F32 master + m + v over " + std::to_string(int64_t(shard_ranks)) +
+      in.sharded_gradients
+          ? MemoryLine{"gradients", (outside + block_max) * 4,
+                       "F32, the parameters outside the blocks + the block in its backward (sharded gradients)"}
+          : MemoryLine{"gradients", P * 4, "F32, every parameter, every rank"},
+      {"optimizer state", in.sharded_state ? 16 * P / shard_ranks : 12 * P,
+       in.sharded_state ? "F32 master + m + v + gradient of the shard over " + std::to_string(int64_t(shard_ranks)) +
                               " ranks (ShardedAdamW)"
                         : std::string("F32 master + m + v, unsharded")},
       {in.activation_checkpointing ? "block inputs" : "block tapes", ckpt,

@@ -6,9 +6,11 @@
 // the unquantised path (an estimate: allocator slack and kernel workspaces are not included).
 //
 //   weights        compute copy of every parameter (bf16 on CUDA), on every rank
-//   gradients      F32 gradient of every parameter, on every rank (accumulated in the table)
-//   optimizer      F32 master + AdamW m + v: 12 bytes per parameter / shard ranks
-//                  (ShardedAdamW: all SP × DP ranks; unsharded AdamW: 1)
+//   gradients      F32 gradient of every parameter, on every rank (accumulated in the table);
+//                  with gradient sharding only the parameters outside the blocks and one block
+//   optimizer      unsharded AdamW: F32 master + m + v, 12 bytes per parameter; ShardedAdamW
+//                  (all SP × DP ranks): master (= the shard's value) + m + v + the shard's
+//                  gradient, 16 bytes per parameter / ranks
 //   checkpoints    activation checkpointing: every block's F32 input rows
 //                  (without checkpointing: every block's tape instead)
 //   block tape     one block recomputed with its tape for its backward
@@ -38,6 +40,7 @@ struct MemoryPlanInput {
   int sp_size = 1, dp_size = 1;
   int64_t batch = 1;       // samples per DP rank per micro-step
   bool sharded_state = true;
+  bool sharded_gradients = false;  // ZeRO-2 (needs sharded_state)
   bool activation_checkpointing = true;
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
   size_t bucket_bytes = size_t(25) << 20;

@@ -10,8 +10,10 @@
 namespace osp::train {
 
 ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
-                           GradReduceOptions opt, ShardGroup over)
-    : params_(std::move(params)), groups_(std::move(groups)), opt_(std::move(opt)) {
+                           GradReduceOptions opt, ShardGroup over,
+                           std::vector<std::pair<size_t, size_t>> grad_groups)
+    : params_(std::move(params)), groups_(std::move(groups)), opt_(std::move(opt)),
+      groups_of_(std::move(grad_groups)) {
   const bool world = over == ShardGroup::World && groups_.world != nullptr;
   shard_comm_ = world ? groups_.world : groups_.dp;
   if (shard_comm_) shard_size_ = shard_comm_->size(), shard_rank_ = shard_comm_->rank();
@@ -26,16 +28,34 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
   }
   const int M = shard_size_, r = shard_rank_;
   const int64_t K = std::max<int64_t>(1, int64_t(opt_.bucket_bytes / sizeof(float)) / M);
+  // Segments of the flat vector: the gradient-sharding groups and the stretches between them;
+  // windows are planned inside each (a window never straddles a group boundary).
+  std::vector<std::pair<int64_t, int>> cuts;  // (segment start, its group or −1)
+  size_t next = 0;
+  for (size_t g = 0; g < groups_of_.size(); ++g) {
+    const auto [first, last] = groups_of_[g];
+    OSP_CHECK(first >= next && first < last && last <= params_.size(), "ShardedAdamW: gradient group ", g, " [",
+              first, ", ", last, ") is empty, overlaps or is out of table order");
+    if (first > next) cuts.push_back({offset_[next], -1});
+    cuts.push_back({offset_[first], int(g)});
+    next = last;
+  }
+  if (next < params_.size()) cuts.push_back({offset_[next], -1});
+  if (cuts.empty()) cuts.push_back({0, -1});  // no groups: one segment, the whole table
   int64_t off = 0, maxw = 0;
-  for (int64_t s = 0; s < total_; s += int64_t(M) * K) {
-    Window w;
-    w.start = s;
-    w.len = std::min<int64_t>(int64_t(M) * K, total_ - s);
-    w.chunk = (w.len + M - 1) / M;
-    w.shard_off = off;
-    off += w.chunk;
-    maxw = std::max(maxw, w.chunk * M);
-    win_.push_back(w);
+  for (size_t c = 0; c < cuts.size(); ++c) {
+    const int64_t seg_end = c + 1 < cuts.size() ? cuts[c + 1].first : total_;
+    for (int64_t s = cuts[c].first; s < seg_end; s += int64_t(M) * K) {
+      Window w;
+      w.start = s;
+      w.len = std::min<int64_t>(int64_t(M) * K, seg_end - s);
+      w.chunk = (w.len + M - 1) / M;
+      w.shard_off = off;
+      w.group = cuts[c].second;
+      off += w.chunk;
+      maxw = std::max(maxw, w.chunk * M);
+      win_.push_back(w);
+    }
   }
   shard_ = Tensor::zeros({off}, DType::F32, dev);
   shard_grad_ = Tensor::zeros({off}, DType::F32, dev);
@@ -49,6 +69,7 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
   }
   shard_table_.push_back(ParamRef{"dp_shard", {off}, &shard_, &shard_grad_});
   adam_ = std::make_unique<AdamW>(shard_table_, cfg);
+  adam_->slots().at(0).master = shard_;  // the F32 shard is its own master: one buffer, not two
   for (const ParamRef& p : params_)
     zero_grad_on_pack_.push_back(world && groups_.sp_rank() != 0 && opt_.sp_replicated &&
                                  opt_.sp_replicated(p.name));
@@ -57,6 +78,65 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
     sg.sp = groups_.sp;
     sp_reducer_ = std::make_unique<GradientReducer>(params_, sg, opt_);
   }
+  for (const ParamRef& p : params_) {
+    grad_shape_.push_back(p.grad->shape());
+    live_grad_ += p.grad->numel();
+  }
+  if (!groups_of_.empty()) {
+    OSP_CHECK(!sp_reducer_, "ShardedAdamW: gradient sharding needs the state sharded over the world "
+              "(ShardGroup::World) when there is sequence parallelism");
+    int64_t maxc = 1;
+    for (const Window& w : win_) maxc = std::max(maxc, w.chunk);
+    chunk_buf_ = Tensor::zeros({maxc}, DType::F32, dev);
+    for (const auto& [first, last] : groups_of_)
+      for (size_t k = first; k < last; ++k) {
+        live_grad_ -= params_[k].grad->numel();
+        *params_[k].grad = Tensor();
+      }
+  }
+  peak_grad_ = live_grad_;
+}
+
+void ShardedAdamW::begin_group(size_t g) {
+  OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::begin_group: no gradient group ", g);
+  if (new_step_) {
+    shard_grad_.zero_();
+    new_step_ = false;
+  }
+  const Device dev = shard_.device();
+  for (size_t k = groups_of_[g].first; k < groups_of_[g].second; ++k) {
+    Tensor& gr = *params_[k].grad;
+    OSP_CHECK(!gr.defined(), "ShardedAdamW::begin_group(", g, "): '", params_[k].name,
+              "' already has a gradient (begin_group twice without end_group?)");
+    gr = Tensor::zeros(grad_shape_[k], DType::F32, dev);
+    live_grad_ += gr.numel();
+  }
+  peak_grad_ = std::max(peak_grad_, live_grad_);
+}
+
+void ShardedAdamW::end_group(size_t g) {
+  OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::end_group: no gradient group ", g);
+  for (const Window& w : win_)
+    if (w.group == int(g)) reduce_window(w, true);
+  for (size_t k = groups_of_[g].first; k < groups_of_[g].second; ++k) {
+    live_grad_ -= params_[k].grad->numel();
+    *params_[k].grad = Tensor();
+  }
+}
+
+void ShardedAdamW::reduce_window(const Window& w, bool add) {
+  const int M = shard_size_;
+  Tensor b = buf_.slice(0, 0, w.chunk * M);
+  if (w.chunk * M > w.len) {
+    Tensor tail = b.slice(0, w.len, w.chunk * M);
+    tail.zero_();
+  }
+  pack(true, w.start, w.len, b);
+  Tensor mine = shard_grad_.slice(0, w.shard_off, w.shard_off + w.chunk);
+  Tensor dst = add ? chunk_buf_.slice(0, 0, w.chunk) : mine;
+  if (M > 1) shard_comm_->reduce_scatter(b, dst);
+  else dst.copy_from(b);
+  if (add) ops::axpby(1.f, dst, 1.f, mine, mine);
 }
 
 void ShardedAdamW::pack(bool grads, int64_t a, int64_t n, Tensor& dst) const {
@@ -89,18 +169,11 @@ void ShardedAdamW::unpack_values(int64_t a, int64_t n, const Tensor& src) {
 void ShardedAdamW::reduce_gradients(int accum_steps) {
   OSP_CHECK(accum_steps >= 1, "ShardedAdamW::reduce_gradients: accum_steps must be >= 1");
   if (sp_reducer_) sp_reducer_->reduce(1);
-  const int M = shard_size_;
-  for (const Window& w : win_) {
-    Tensor b = buf_.slice(0, 0, w.chunk * M);
-    if (w.chunk * M > w.len) {
-      Tensor tail = b.slice(0, w.len, w.chunk * M);
-      tail.zero_();
-    }
-    pack(true, w.start, w.len, b);
-    Tensor mine = shard_grad_.slice(0, w.shard_off, w.shard_off + w.chunk);
-    if (M > 1) shard_comm_->reduce_scatter(b, mine);
-    else mine.copy_from(b);
-  }
+  const bool sharding = !groups_of_.empty();
+  if (sharding && new_step_) shard_grad_.zero_();  // a step whose backward ran no group
+  for (const Window& w : win_)
+    if (w.group < 0) reduce_window(w, sharding);  // the groups' windows were added by end_group
+  new_step_ = true;
   const float scale = float(1.0 / (double(groups_.dp_size()) * accum_steps));
   if (scale != 1.f) ops::axpby(scale, shard_grad_, 0.f, shard_grad_, shard_grad_);
 }

@@ -21,15 +21,30 @@
 // The table's gradients are left as they were after the SP sum (the shard holds the reduced
 // ones); zero them for the next step as usual.
 //
+// Memory per rank (T elements, M ranks): master (= the shard's F32 value), m, v and the shard's
+// gradient: 16·T/M bytes; plus the table's own compute copies and gradients (all of them, or with
+// gradient sharding only those outside the groups and the groups in flight).
+//
 // Checkpoints are written unsharded: gather_state() returns AdamW::Slot per parameter (master,
 // m, v, exactly what an unsharded AdamW over the same table holds), load_state() takes them on
 // any rank count (resume with a different M).
 //
-// What is NOT sharded here: the compute copy of every weight and the full gradient buffer stay
-// on every rank (FSDP-style per-block weight all-gather with prefetch needs a hook in the DiT's
-// forward/backward: see the issue 14 report).
+// Gradient sharding (ZeRO-2, `grad_groups` given): the parameters of each group (a range of the
+// table whose backward runs as one piece, e.g. a DiT block) keep no gradient between backwards.
+// The model calls begin_group(g) before group g's backward (its gradients are allocated, zero)
+// and end_group(g) after it (its windows — windows never straddle a group boundary — are
+// reduce-scattered and ADDED into the shard gradient, the group's gradients released), so a rank
+// holds the full gradients of the groups in flight only. Over A accumulation micro-batches the
+// shard accumulates; reduce_gradients(A) then reduces the parameters outside the groups (kept
+// whole) and scales; the next begin_group starts a new step's shard gradient. Every rank must run
+// the groups in the same order. World mode (or no SP) only.
+//
+// What is NOT sharded here: the compute copy of every weight stays on every rank (FSDP-style
+// per-block weight all-gather with prefetch: see the issue 14 report), and without grad_groups
+// the full gradient buffer too.
 #pragma once
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "osp/core/param.h"
@@ -53,12 +68,22 @@ class ShardedAdamW {
   // Collective over the shard group (and groups.sp for the SP sum in DataParallel mode). The
   // values must be identical on every rank (same initial weights); masters are taken from them.
   // World falls back to DataParallel when groups.world is null.
+  // grad_groups: ranges [first, last) of the table, in table order, not overlapping — gradient
+  // sharding (see above); their gradients are released here.
   ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
-               GradReduceOptions opt = {}, ShardGroup over = ShardGroup::World);
+               GradReduceOptions opt = {}, ShardGroup over = ShardGroup::World,
+               std::vector<std::pair<size_t, size_t>> grad_groups = {});
   ShardedAdamW(const ShardedAdamW&) = delete;  // the inner AdamW points at this object's shard
   ShardedAdamW& operator=(const ShardedAdamW&) = delete;
 
   void reduce_gradients(int accum_steps = 1);
+  // Gradient sharding: around group g's backward (collective in end_group).
+  void begin_group(size_t g);
+  void end_group(size_t g);
+  bool shards_gradients() const { return !groups_of_.empty(); }
+  // The most gradient elements the table held at once since construction (gradient sharding:
+  // the parameters outside the groups + the groups in flight; else the whole table).
+  int64_t peak_grad_elements() const { return peak_grad_; }
   // L2 norm of the reduced gradient (all of it, every rank gets the same value).
   double grad_norm();
   void scale_gradients(float s);
@@ -93,7 +118,10 @@ class ShardedAdamW {
  private:
   struct Window {
     int64_t start = 0, len = 0, chunk = 0, shard_off = 0;
+    int group = -1;  // the gradient-sharding group it lies in (−1: none)
   };
+  // Reduce-scatters window w's gradients into my chunk: copied, or added (gradient sharding).
+  void reduce_window(const Window& w, bool add);
   // Copies flat range [a, a + n) of the table (values or grads) into dst[0, n) or back.
   void pack(bool grads, int64_t a, int64_t n, Tensor& dst) const;
   void unpack_values(int64_t a, int64_t n, const Tensor& src);
@@ -118,6 +146,12 @@ class ShardedAdamW {
   ParamTable shard_table_;
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<GradientReducer> sp_reducer_;
+  // gradient sharding
+  std::vector<std::pair<size_t, size_t>> groups_of_;
+  std::vector<Shape> grad_shape_;  // every parameter's gradient shape
+  Tensor chunk_buf_;               // one reduce-scattered chunk before it is added
+  bool new_step_ = true;           // the next begin_group / reduce zeroes the shard gradient first
+  int64_t live_grad_ = 0, peak_grad_ = 0;
 };
 
 }  // namespace osp::train

@@ -152,13 +152,14 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "sp") get_str(sp);
     else if (key == "sp_size") get_int(sp_size);
     else if (key == "shard_optimizer") get_str(shard_optimizer);
+    else if (key == "shard_gradients") get_bool(shard_gradients);
     else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, shard_optimizer, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, shard_optimizer, shard_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -289,10 +290,26 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   const bool several = groups && groups->world && groups->world->size() > 1;
   const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several);
   OSP_CHECK(!shard || groups, "--shard-optimizer on: this model does not expose its rank groups");
+  OSP_CHECK(!opt.shard_gradients || shard, "--shard-gradients needs the sharded optimizer (--shard-optimizer on, "
+            "or auto with several ranks)");
+  std::vector<std::pair<size_t, size_t>> grad_groups;
+  if (opt.shard_gradients) {
+    grad_groups = model.gradient_groups();
+    OSP_CHECK(!grad_groups.empty(), "--shard-gradients: this model has no gradient groups");
+  }
   std::unique_ptr<AdamW> adamw;
   std::unique_ptr<ShardedAdamW> sharded;
-  if (shard) sharded = std::make_unique<ShardedAdamW>(params, *groups, acfg);
+  if (shard) sharded = std::make_unique<ShardedAdamW>(params, *groups, acfg, GradReduceOptions{}, ShardGroup::World,
+                                                      grad_groups);
   else adamw = std::make_unique<AdamW>(params, acfg);
+  // The model reaches the optimizer through the hooks while this call runs (cleared on return;
+  // the groups' gradients stay released).
+  struct HookGuard {
+    TrainModel& m;
+    ~HookGuard() { m.set_gradient_hooks({}, {}); }
+  } hook_guard{model};
+  if (!grad_groups.empty())
+    model.set_gradient_hooks([&](size_t g) { sharded->begin_group(g); }, [&](size_t g) { sharded->end_group(g); });
   auto masters = [&] {
     std::vector<Tensor> m;
     if (sharded) m.push_back(sharded->master_shard());

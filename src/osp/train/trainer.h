@@ -70,6 +70,15 @@ class TrainModel {
   // With sharding the trainer reduces the gradients itself (reduce-scatter into the shard) and
   // does not call reduce_gradients.
   virtual const ParallelGroups* parallel_groups() const { return nullptr; }
+  // Gradient sharding (--shard-gradients): the parameter groups whose backward runs as one piece,
+  // one after another — [first, last) ranges of parameters() in table order (the DiT: its blocks)
+  // — and the hooks loss_backward calls around group g's backward (a group's gradient tensors may
+  // be undefined outside them). Empty: unsupported.
+  virtual std::vector<std::pair<size_t, size_t>> gradient_groups() { return {}; }
+  virtual void set_gradient_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) {
+    (void)before;
+    (void)after;
+  }
 };
 
 // Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
@@ -107,6 +116,10 @@ struct TrainOptions {
   // the updated weights all-gathered. auto = on with several ranks; on forces it (1 rank too).
   // Checkpoints are the same files either way (unsharded layout).
   std::string shard_optimizer = "auto";  // auto | on | off
+  // Also shard the gradients (ZeRO-2; needs the sharded optimizer and a model with gradient
+  // groups): a block's full gradients exist only during its backward, then are reduce-scattered
+  // into the shard and released.
+  bool shard_gradients = false;
   // Seconds a rank waits in one collective for the others before every rank ends with an error
   // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
   // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
