@@ -293,6 +293,17 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   in.sharded_gradients = true;
   EXPECT_NE(z.out.find(train::plan_train_memory(in).table()), std::string::npos) << z.out;
   EXPECT_NE(z.out.find("optimizer state and gradients sharded"), std::string::npos) << z.out;
+  // --dp instead of --sp-size: 8 ranks = 4 SP x 2 DP; sizes that do not multiply to the ranks fail
+  const CliRun dp = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
+                         "1280x720x81", "--ranks", "8", "--sp", "ssp", "--dp", "2", "--batch", "2"});
+  ASSERT_EQ(dp.code, 0) << dp.out;
+  EXPECT_NE(dp.out.find("8 ranks = 4 SP (ssp) x 2 DP"), std::string::npos) << dp.out;
+  const CliRun dp_bad = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
+                             "1280x720x81", "--ranks", "8", "--sp", "ssp", "--sp-size", "4", "--dp", "4"});
+  EXPECT_EQ(dp_bad.code, 1);
+  EXPECT_NE(dp_bad.out.find("--dp 4 x 4 sequence-parallel ranks (--sp ssp, --sp-size 4) is not the 8 ranks"),
+            std::string::npos)
+      << dp_bad.out;
   const CliRun bad = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                           "1280x720x80"});
   EXPECT_EQ(bad.code, 1);

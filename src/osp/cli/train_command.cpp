@@ -96,6 +96,7 @@ int run_train(const train::TrainOptions& o) {
   // settings, data, output folder, checkpoint: before any weight is read
   train::preflight(o, /*writer=*/rank == 0);
   OSP_CHECK(o.sp == "none" || nranks > 1, "--sp ", o.sp, " needs several ranks: launch with mpirun -np N");
+  o.sp_group_size(nranks);  // --sp-size and --dp against the rank count
   install_interrupt_handler();
   model::DiTConfig cfg;
   std::map<std::string, Tensor> weights;
@@ -120,7 +121,7 @@ int run_train(const train::TrainOptions& o) {
     d.world = dist::make_communicator(backend);
     if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(dist::launcher_local_rank());
     d.sp = o.sp;
-    d.sp_size = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);
+    d.sp_size = int(o.sp_group_size(nranks));
     log_info("training on ", nranks, " ranks (", d.device.is_cuda() ? "NCCL" : "MPI", "): ", nranks / d.sp_size,
              " data-parallel x ", d.sp_size, " sequence-parallel (", o.sp, ")");
   }
@@ -201,8 +202,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.kinds = cfg.block_kinds();
   in.P = int(cfg.sparse_ratio);
   const int64_t ranks = d.ranks > 0 ? d.ranks : dist::launcher_size();
-  const int64_t S = o.sp == "none" ? 1 : (o.sp_size > 0 ? o.sp_size : ranks);
-  OSP_CHECK(ranks % S == 0, "--dry-run: ", ranks, " ranks do not split into sequence-parallel groups of ", S);
+  const int64_t S = o.sp_group_size(ranks);
   const int64_t D = ranks / S;
   OSP_CHECK(o.batch % (D * o.grad_accum) == 0, "--batch ", o.batch, " must be a multiple of ", D,
             " data-parallel ranks x ", o.grad_accum, " accumulation micro-batches");
@@ -416,7 +416,8 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("-o,--out", out, "output folder: checkpoint-N/ folders, latest, train_log.jsonl");
   OSP_TRAIN_OPT("--save-every", save_every, "checkpoint every N steps (0 = only at the end and on Ctrl-C)");
   OSP_TRAIN_OPT("--sp", sp, "none | ssp | ulysses: sequence parallelism over --sp-size ranks (mpirun -np N)");
-  OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all); the rest is data parallelism");
+  OSP_TRAIN_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = ranks / --dp); the rest is data parallelism");
+  OSP_TRAIN_OPT("--dp", dp, "data-parallel size (0 = ranks / --sp-size); ranks = SP x DP");
   OSP_TRAIN_OPT("--shard-optimizer", shard_optimizer,
                 "auto (on with several ranks) | on | off: each rank keeps 1/N of the fp32 masters and AdamW moments");
   OSP_TRAIN_FLAG("--shard-gradients", shard_gradients,

@@ -93,9 +93,21 @@ void TrainOptions::validate() const {
   OSP_CHECK(std::isfinite(collective_timeout) && collective_timeout >= 0 && collective_timeout <= 1e7,
             "collective-timeout must be in [0, 1e7] seconds (0 = no timeout), got ", collective_timeout);
   OSP_CHECK(sp_size >= 0 && sp_size <= 4096, "sp-size must be in [0, 4096] (0 = every rank), got ", sp_size);
+  OSP_CHECK(dp >= 0 && dp <= 65536, "dp must be in [0, 65536] (0 = ranks / sp-size), got ", dp);
   OSP_CHECK(grad_accum >= 1 && grad_accum <= 4096 && batch % grad_accum == 0, "grad-accum must be in [1, 4096] and divide batch (",
             batch, "), got ", grad_accum);
   OSP_CHECK(keep >= 0, "keep must be >= 0 (0 = keep every checkpoint), got ", keep);
+}
+
+int64_t TrainOptions::sp_group_size(int64_t ranks) const {
+  OSP_CHECK(ranks >= 1, "sp_group_size: ", ranks, " ranks");
+  int64_t S = 1;
+  if (sp != "none") S = sp_size > 0 ? sp_size : dp > 0 ? ranks / dp : ranks;
+  OSP_CHECK(S >= 1 && ranks % S == 0, ranks, " ranks do not split into sequence-parallel groups of ", S,
+            " (--sp-size)");
+  OSP_CHECK(dp == 0 || S * dp == ranks, "--dp ", dp, " x ", S, " sequence-parallel ranks (--sp ", sp,
+            sp == "none" ? "" : str(", --sp-size ", S), ") is not the ", ranks, " ranks of the job");
+  return S;
 }
 
 void TrainOptions::apply_json(const std::string& text, const std::string& source) {
@@ -151,6 +163,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "grad_accum") get_int(grad_accum);
     else if (key == "sp") get_str(sp);
     else if (key == "sp_size") get_int(sp_size);
+    else if (key == "dp") get_int(dp);
     else if (key == "shard_optimizer") get_str(shard_optimizer);
     else if (key == "shard_gradients") get_bool(shard_gradients);
     else if (key == "collective_timeout") get_num(collective_timeout);
@@ -159,7 +172,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, shard_optimizer, shard_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 

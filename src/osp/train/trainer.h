@@ -111,6 +111,7 @@ struct TrainOptions {
   // ranks (0: all ranks), data parallelism over the rest
   std::string sp = "none";
   int64_t sp_size = 0;
+  int64_t dp = 0;  // data-parallel size (0: ranks / sp_size); ranks = SP × DP
   // AdamW state sharded over the ranks (ZeRO-1, train/sharded_adamw.h): each of the S·D ranks
   // keeps 1/(S·D) of the fp32 masters, m and v; gradients are reduce-scattered into the shard and
   // the updated weights all-gathered. auto = on with several ranks; on forces it (1 rank too).
@@ -134,6 +135,9 @@ struct TrainOptions {
 
   // Range/enum checks with the field named (throws osp::Error).
   void validate() const;
+  // The sequence-parallel group size on `ranks` ranks from sp, sp_size and dp (1 for sp none);
+  // throws when they do not multiply to the rank count.
+  int64_t sp_group_size(int64_t ranks) const;
   // Reads a --config JSON object: every key must be a known field (same names as above, '-' or
   // '_'), with the right type; unknown keys are errors.
   void apply_json(const std::string& json_text, const std::string& source);
