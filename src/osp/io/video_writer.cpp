@@ -6,11 +6,13 @@
 #include <vector>
 
 #include "osp/core/log.h"
+#include "osp/io/yuv.h"
 
 #ifdef OSP_HAVE_FFMPEG
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
+#include <libavutil/cpu.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
 #include <libswscale/swscale.h>
@@ -83,6 +85,37 @@ const AVCodec* pick_encoder(bool* fallback) {
   return avcodec_find_encoder(AV_CODEC_ID_MPEG4);
 }
 
+// The matrix write_frame converts with; the stream declares it (AVCOL_SPC_BT709).
+constexpr YuvMatrix kYuvMatrix = YuvMatrix::Bt709;
+
+// x264's AVX-512 code reads memory it never wrote: with it, the same frames give different bytes
+// depending on what the heap held before (a previous encode in the process, another output path,
+// AddressSanitizer's allocator; reproduced with glibc's M_PERTURB, see video_writer_test). Every
+// other instruction set gives the same bytes as x264's plain C code. So on a CPU with AVX-512,
+// x264 gets the instruction sets FFmpeg detected on this CPU minus AVX-512, as x264's "asm"
+// names (each name implies only sets below it, so nothing is claimed that the CPU lacks).
+// "" = leave x264's own detection (no AVX-512 here, or not x86).
+std::string x264_asm_without_avx512() {
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+  const int f = av_get_cpu_flags();
+  if (!(f & (AV_CPU_FLAG_AVX512 | AV_CPU_FLAG_AVX512ICL))) return "";
+  static const struct {
+    int flag;
+    const char* name;
+  } sets[] = {{AV_CPU_FLAG_MMXEXT, "MMX2"}, {AV_CPU_FLAG_SSE, "SSE"},     {AV_CPU_FLAG_SSE2, "SSE2"},
+              {AV_CPU_FLAG_SSE3, "SSE3"},   {AV_CPU_FLAG_SSSE3, "SSSE3"}, {AV_CPU_FLAG_SSE4, "SSE4.1"},
+              {AV_CPU_FLAG_SSE42, "SSE4.2"}, {AV_CPU_FLAG_AVX, "AVX"},    {AV_CPU_FLAG_XOP, "XOP"},
+              {AV_CPU_FLAG_FMA4, "FMA4"},   {AV_CPU_FLAG_FMA3, "FMA3"},   {AV_CPU_FLAG_BMI1, "BMI1"},
+              {AV_CPU_FLAG_BMI2, "BMI2"},   {AV_CPU_FLAG_AVX2, "AVX2"}};
+  std::string names;
+  for (const auto& s : sets)
+    if (f & s.flag) names += (names.empty() ? "" : ",") + std::string(s.name);
+  return names.empty() ? "0" : names;
+#else
+  return "";
+#endif
+}
+
 }  // namespace
 
 bool video_writer_available() {
@@ -101,8 +134,8 @@ struct VideoWriter::Impl {
   AVFormatContext* fmt = nullptr;
   AVCodecContext* enc = nullptr;
   AVStream* st = nullptr;
-  SwsContext* sws = nullptr;
-  AVFrame* frame = nullptr;
+  AVFrame* frame = nullptr;      // yuv420p, filled by rgb_to_yuv420 (io/yuv.h), never by swscale
+  const uint8_t* zeroed = nullptr;  // frame buffer whose every byte (padding too) was zeroed
   AVPacket* pkt = nullptr;
   bool header = false, closed = false;
 
@@ -120,7 +153,6 @@ struct VideoWriter::Impl {
     }
   }
   void release() {
-    if (sws) sws_freeContext(sws);
     if (frame) av_frame_free(&frame);
     if (pkt) av_packet_free(&pkt);
     if (enc) avcodec_free_context(&enc);
@@ -128,7 +160,6 @@ struct VideoWriter::Impl {
       if (fmt->pb) avio_closep(&fmt->pb);
       avformat_free_context(fmt);
     }
-    sws = nullptr;
     fmt = nullptr;
   }
 };
@@ -164,6 +195,13 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, const V
     m.enc->width = width;
     m.enc->height = height;
     m.enc->pix_fmt = AV_PIX_FMT_YUV420P;
+    // What write_frame's conversion produces (kYuvMatrix, limited range, chroma at the centre of
+    // each 2x2 block), declared in the stream so that players convert back the same way.
+    m.enc->colorspace = AVCOL_SPC_BT709;
+    m.enc->color_range = AVCOL_RANGE_MPEG;
+    m.enc->color_primaries = AVCOL_PRI_BT709;
+    m.enc->color_trc = AVCOL_TRC_BT709;
+    m.enc->chroma_sample_location = AVCHROMA_LOC_CENTER;
     m.enc->time_base = AVRational{1, opt.fps};
     m.enc->framerate = AVRational{opt.fps, 1};
     m.enc->gop_size = 12;
@@ -174,6 +212,8 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, const V
     if (std::string(codec->name) == "libx264") {
       av_dict_set(&eopts, "crf", std::to_string(opt.crf).c_str(), 0);
       av_dict_set(&eopts, "preset", opt.preset.c_str(), 0);
+      if (const std::string a = x264_asm_without_avx512(); !a.empty())
+        av_dict_set(&eopts, "x264-params", ("asm=" + a).c_str(), 0);
     }
     const int orc = avcodec_open2(m.enc, codec, &eopts);
     av_dict_free(&eopts);
@@ -197,10 +237,12 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, const V
     m.frame->format = AV_PIX_FMT_YUV420P;
     m.frame->width = width;
     m.frame->height = height;
+    m.frame->colorspace = m.enc->colorspace;
+    m.frame->color_range = m.enc->color_range;
+    m.frame->color_primaries = m.enc->color_primaries;
+    m.frame->color_trc = m.enc->color_trc;
+    m.frame->chroma_location = m.enc->chroma_sample_location;
     OSP_AV_CHECK(av_frame_get_buffer(m.frame, 0), "allocating a video frame");
-    m.sws = sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height, AV_PIX_FMT_YUV420P,
-                           SWS_BICUBIC, nullptr, nullptr, nullptr);
-    OSP_CHECK(m.sws, "sws_getContext failed (RGB24 -> YUV420P)");
   } catch (...) {
     m.release();
     throw;
@@ -212,9 +254,18 @@ void VideoWriter::write_frame(const uint8_t* rgb) {
   OSP_CHECK(!m.closed, "VideoWriter: write_frame after close (", m.path, ")");
   OSP_CHECK(rgb, "VideoWriter: null frame");
   OSP_AV_CHECK(av_frame_make_writable(m.frame), "making a video frame writable");
-  const uint8_t* src[1] = {rgb};
-  const int stride[1] = {3 * m.w};
-  sws_scale(m.sws, src, stride, 0, m.h, m.frame->data, m.frame->linesize);
+  // Every byte the encoder may read is ours: a buffer seen for the first time (the first frame,
+  // or a fresh copy made by av_frame_make_writable) is zeroed whole, row padding and the rows
+  // below the picture included, and the conversion then rewrites the same picture bytes each
+  // frame. (Uninitialised padding made encodes differ under AddressSanitizer's allocator.)
+  if (m.frame->buf[0]->data != m.zeroed) {
+    for (AVBufferRef* b : m.frame->buf)
+      if (b) std::memset(b->data, 0, b->size);
+    m.zeroed = m.frame->buf[0]->data;
+  }
+  // Plain integer arithmetic: the bytes do not depend on where `rgb` sits in memory.
+  rgb_to_yuv420(rgb, m.w, m.h, kYuvMatrix, YuvRange::Limited, {m.frame->data[0], m.frame->linesize[0]},
+                {m.frame->data[1], m.frame->linesize[1]}, {m.frame->data[2], m.frame->linesize[2]});
   m.frame->pts = m.frames++;
   OSP_AV_CHECK(avcodec_send_frame(m.enc, m.frame), "sending a frame to the encoder");
   m.drain(false);
@@ -269,11 +320,13 @@ VideoProbe probe_video(const std::string& path, Tensor* rgb) {
   AVCodecContext* dec = nullptr;
   AVFrame* frame = nullptr;
   AVPacket* pkt = nullptr;
-  SwsContext* sws = nullptr;
+  SwsContext* sws = nullptr;  // only for pixel formats other than yuv420p / yuvj420p
+  AVFrame* staged = nullptr;  // swscale's RGB24 output (FFmpeg-aligned, the same every frame)
   VideoProbe out;
   std::vector<uint8_t> pixels;
   auto cleanup = [&] {
     if (sws) sws_freeContext(sws);
+    if (staged) av_frame_free(&staged);
     if (frame) av_frame_free(&frame);
     if (pkt) av_packet_free(&pkt);
     if (dec) avcodec_free_context(&dec);
@@ -310,15 +363,39 @@ VideoProbe probe_video(const std::string& path, Tensor* rgb) {
         if (rgb) {
           OSP_CHECK(frame->width == out.width && frame->height == out.height,
                     "frame size changed inside ", path);
-          if (!sws)
-            sws = sws_getContext(frame->width, frame->height, AVPixelFormat(frame->format),
-                                 frame->width, frame->height, AV_PIX_FMT_RGB24, SWS_BICUBIC,
-                                 nullptr, nullptr, nullptr);
-          OSP_CHECK(sws, "sws_getContext failed while decoding ", path);
           pixels.resize(pixels.size() + per);
-          uint8_t* dst[1] = {pixels.data() + pixels.size() - per};
-          const int ds[1] = {3 * out.width};
-          sws_scale(sws, frame->data, frame->linesize, 0, frame->height, dst, ds);
+          uint8_t* dst = pixels.data() + pixels.size() - per;
+          const AVPixelFormat pf = AVPixelFormat(frame->format);
+          if (pf == AV_PIX_FMT_YUV420P || pf == AV_PIX_FMT_YUVJ420P) {
+            // What VideoWriter writes: converted back by io/yuv.h with the matrix and range the
+            // stream declares (unspecified matrix = BT.601, as swscale assumes), independent
+            // of buffer addresses.
+            const YuvMatrix mx =
+                frame->colorspace == AVCOL_SPC_BT709 ? YuvMatrix::Bt709 : YuvMatrix::Bt601;
+            const YuvRange rg = pf == AV_PIX_FMT_YUVJ420P || frame->color_range == AVCOL_RANGE_JPEG
+                                    ? YuvRange::Full
+                                    : YuvRange::Limited;
+            yuv420_to_rgb({frame->data[0], frame->linesize[0]}, {frame->data[1], frame->linesize[1]},
+                          {frame->data[2], frame->linesize[2]}, out.width, out.height, mx, rg, dst);
+          } else {
+            if (!sws) {
+              sws = sws_getContext(frame->width, frame->height, pf, frame->width, frame->height,
+                                   AV_PIX_FMT_RGB24, SWS_BICUBIC, nullptr, nullptr, nullptr);
+              OSP_CHECK(sws, "sws_getContext failed while decoding ", path);
+              staged = av_frame_alloc();
+              OSP_CHECK(staged, "out of memory allocating FFmpeg frames");
+              staged->format = AV_PIX_FMT_RGB24;
+              staged->width = frame->width;
+              staged->height = frame->height;
+              OSP_AV_CHECK(av_frame_get_buffer(staged, 0), "allocating a video frame");
+            }
+            sws_scale(sws, frame->data, frame->linesize, 0, frame->height, staged->data,
+                      staged->linesize);
+            for (int y = 0; y < out.height; ++y)
+              std::memcpy(dst + size_t(y) * size_t(3 * out.width),
+                          staged->data[0] + size_t(y) * size_t(staged->linesize[0]),
+                          size_t(3 * out.width));
+          }
         }
         av_frame_unref(frame);
       }

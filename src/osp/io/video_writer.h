@@ -1,6 +1,8 @@
-// Video output: H.264 MP4 through FFmpeg's libraries (libavformat/libavcodec/libswscale),
-// yuv420p, 16 fps by default, the prompt and settings in the container metadata; plus a
-// reader (libavformat) used by tests and `osp inspect` to check what was written.
+// Video output: H.264 MP4 through FFmpeg's libraries (libavformat/libavcodec), yuv420p
+// (BT.709 matrix, limited range, declared in the stream; the RGB -> YUV conversion is our own
+// integer code in io/yuv.h, not swscale), 16 fps by default, the prompt and settings in the
+// container metadata; plus a reader (libavformat) used by tests, `osp inspect`, `osp eval` and
+// training to read videos back.
 //
 // Built only with OSP_HAVE_FFMPEG; without it every call throws an osp::Error that says how
 // to get MP4 output (install libav*-dev and reconfigure) or to use PNG frames instead.
