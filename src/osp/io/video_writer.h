@@ -34,9 +34,13 @@ bool video_writer_available();
 // The encoder write_mp4 would use ("libx264", "mpeg4", ...) or "" without FFmpeg.
 std::string video_encoder_name();
 
-// Streams RGB frames into an MP4 file. Encoding always runs on one thread, so the same frames and
-// options give byte-identical files on any machine and under any load (x264's threaded modes
-// do not promise that). The file is written in place: write_mp4 adds the atomic temporary.
+// Streams RGB frames into an MP4 file. The same frames and options give byte-identical files
+// (with the same libx264/libavformat), whatever the load, the output path, the address of the
+// caller's buffer or what the process did before: the RGB -> YUV conversion is io/yuv.h, encoding
+// runs on one thread (x264's threaded modes do not promise the same bytes), and on a CPU with
+// AVX-512 x264 runs without it (its AVX-512 code reads memory it never wrote, so the bytes
+// followed the heap's contents). The file is written in place: write_mp4 adds the atomic
+// temporary.
 class VideoWriter {
  public:
   VideoWriter(const std::string& path, int width, int height, const VideoOptions& opt = {});
