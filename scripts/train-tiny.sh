@@ -47,6 +47,14 @@ DIT_STEPS=${DIT_STEPS:-20000}
 DIT_BATCH=${DIT_BATCH:-64}
 DIT_LR=${DIT_LR:-8e-4}
 DIT_EMA=${DIT_EMA:-0.995}
+DIT_INIT=${DIT_INIT:-}            # fine-tune this model folder (osp train -m) instead of --from-scratch
+DIT_ATTENTION=${DIT_ATTENTION:-hybrid}   # full | hybrid
+DIT_QUANT=${DIT_QUANT:-none}      # none | hif8 (quantization-aware training)
+DIT_OUT=${DIT_OUT:-$RUN/dit}      # osp train's output folder (package reads its latest checkpoint)
+ENCODE_MODEL=${ENCODE_MODEL:-}    # encode with this model folder's umT5 + VAE (default: RUN/base)
+GEN_ATTENTION=${GEN_ATTENTION:-auto}
+GEN_QUANT=${GEN_QUANT:-none}
+EVAL_OUT=${EVAL_OUT:-$RUN/eval}   # eval stage: EVAL_OUT/videos/<id>/frame_*.png, eval.json, eval.txt
 EVAL_CLIPS=${EVAL_CLIPS:-48}
 GEN_STEPS=${GEN_STEPS:-30}
 GEN_GUIDANCE=${GEN_GUIDANCE:-5}
@@ -57,6 +65,14 @@ DEADLINE=${DEADLINE:-0}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 now() { date +%s; }
 left() { echo $((DEADLINE - $(now))); }
+# budget SECONDS_VAR SHARE_PERCENT: the stage's time budget in seconds (0: none) — the explicit
+# VAE_SECONDS / ENCODE_SECONDS / DIT_SECONDS when set, else SHARE_PERCENT of what DEADLINE leaves.
+budget() {
+  local explicit=${!1:-0}
+  if [ "$explicit" -gt 0 ]; then echo "$explicit"
+  elif [ "$DEADLINE" -gt 0 ]; then echo $(( ($(left) - 40) * $2 / 100 ))
+  else echo 0; fi
+}
 log() { echo "[train-tiny $(date -u +%H:%M:%S)] $*"; }
 mkdir -p "$RUN"
 
@@ -70,10 +86,10 @@ fi
 
 if has vae; then
   extra=()
-  if [ "$DEADLINE" -gt 0 ]; then
-    budget=$(( ($(left) - 40) * 45 / 100 ))
-    extra=(--max-seconds "$budget")
-    log "vae: time budget $budget s"
+  b=$(budget VAE_SECONDS 45)
+  if [ "$b" -gt 0 ]; then
+    extra=(--max-seconds "$b")
+    log "vae: time budget $b s"
   fi
   vae_args=(--data "$RUN/data-train" --eval-data "$RUN/data-heldout" --eval-clips "${VAE_EVAL_CLIPS:-64}" --out "$RUN/vae"
     --dim 16 --res-blocks 2 --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --warmup 100
@@ -82,7 +98,8 @@ if has vae; then
   if ! "$OSP" train-vae "${vae_args[@]}" --device "$DEVICE" "${extra[@]}"; then
     [ "$DEVICE" = cpu ] && exit 1
     log "vae: train-vae on $DEVICE failed; falling back to the CPU"
-    [ "$DEADLINE" -gt 0 ] && extra=(--max-seconds $(( ($(left) - 40) * 40 / 100 )))
+    b=$(budget VAE_SECONDS 40)
+    [ "$b" -gt 0 ] && extra=(--max-seconds "$b")
     "$OSP" train-vae "${vae_args[@]}" --device cpu "${extra[@]}"
   fi
   cat "$RUN/vae/vae_eval.json"
@@ -98,12 +115,12 @@ fi
 
 if has encode; then
   extra=()
-  if [ "$DEADLINE" -gt 0 ]; then
-    budget=$(( ($(left) - 40) * 15 / 100 ))
-    extra=(--max-seconds "$budget")
-    log "encode: time budget $budget s"
+  b=$(budget ENCODE_SECONDS 15)
+  if [ "$b" -gt 0 ]; then
+    extra=(--max-seconds "$b")
+    log "encode: time budget $b s"
   fi
-  "$OSP" -q encode-clips -m "$RUN/base" --dataset "$RUN/data-train" --out "$RUN/cache" --text-len 64 \
+  "$OSP" -q encode-clips -m "${ENCODE_MODEL:-$RUN/base}" --dataset "$RUN/data-train" --out "$RUN/cache" --text-len 64 \
     --device "$DEVICE" --limit "$ENCODE_LIMIT" --overwrite "${extra[@]}"
   log "encode: $(grep -c '"latent_shape"' "$RUN/cache/manifest.json") latents"
 fi
@@ -114,55 +131,58 @@ if has dit; then
  "text_dim": 64, "text_len": 64, "freq_dim": 256, "in_dim": 16, "out_dim": 16, "eps": 1e-06, "patch_size": [1, 2, 2],
  "skiparse_model_type": "dual_end", "sparse_ratio": 2, "num_full_blocks": 4}
 EOF
-  rm -rf "$RUN/dit"
-  dit_cmd=("$OSP" -q train --from-scratch --config-model "$RUN/dit_config.json" --data "$RUN/cache" --attention hybrid
+  rm -rf "$DIT_OUT"
+  if [ -n "$DIT_INIT" ]; then init=(-m "$DIT_INIT"); else init=(--from-scratch --config-model "$RUN/dit_config.json"); fi
+  dit_cmd=("$OSP" -q train "${init[@]}" --data "$RUN/cache" --attention "$DIT_ATTENTION" --quant "$DIT_QUANT"
     --device "$DEVICE" --steps "$DIT_STEPS" --batch "$DIT_BATCH" --lr "$DIT_LR" --warmup $(( DIT_STEPS < DIT_WARMUP ? DIT_STEPS : DIT_WARMUP )) --schedule constant
-    --clip fixed:1.0 --ema "$DIT_EMA" --caption-dropout 0.1 --seed 0 --out "$RUN/dit" --keep 1)
+    --clip fixed:1.0 --ema "$DIT_EMA" --caption-dropout 0.1 --seed 0 --out "$DIT_OUT" --keep 1)
   rc=0
-  if [ "$DEADLINE" -gt 0 ]; then
-    budget=$(( $(left) - 30 ))
-    log "dit: time budget $budget s (SIGINT then: osp train saves a checkpoint and exits 130)"
-    timeout -s INT "$budget" "${dit_cmd[@]}" || rc=$?
+  b=$(budget DIT_SECONDS 100)
+  if [ "$b" -gt 0 ]; then
+    log "dit: time budget $b s (SIGINT then: osp train saves a checkpoint and exits 130)"
+    # --foreground: only osp gets the one SIGINT (without it timeout also signals its process
+    # group, and a second SIGINT makes osp quit at once without writing the checkpoint).
+    timeout --foreground -s INT "$b" "${dit_cmd[@]}" || rc=$?
   else
     "${dit_cmd[@]}" || rc=$?
   fi
   [ $rc -eq 0 ] || [ $rc -eq 130 ] || [ $rc -eq 124 ] || { log "dit: osp train failed ($rc)"; exit $rc; }
-  log "dit: $(wc -l < "$RUN/dit/train_log.jsonl") steps, last: $(tail -1 "$RUN/dit/train_log.jsonl")"
+  log "dit: $(wc -l < "$DIT_OUT/train_log.jsonl") steps, last: $(tail -1 "$DIT_OUT/train_log.jsonl")"
 fi
 
 if has package; then
-  ck="$RUN/dit/$(cat "$RUN/dit/latest")"
+  ck="$DIT_OUT/$(cat "$DIT_OUT/latest")"
   src="$ck/ema"
   [ -f "$src/diffusion_pytorch_model.safetensors" ] || src="$ck"
   log "package: $MODEL_DIR from $src"
   rm -rf "$MODEL_DIR" && mkdir -p "$MODEL_DIR/google/umt5-xxl"
   cp "$src/config.json" "$src/diffusion_pytorch_model.safetensors" "$MODEL_DIR/"
-  cp "$RUN/base/models_t5_umt5-xxl-enc-bf16.safetensors" "$RUN/base/Wan2.1_VAE.safetensors" "$MODEL_DIR/"
-  cp "$RUN/base/google/umt5-xxl/spiece.model" "$MODEL_DIR/google/umt5-xxl/"
+  base=${ENCODE_MODEL:-$RUN/base}
+  cp "$base/models_t5_umt5-xxl-enc-bf16.safetensors" "$base/Wan2.1_VAE.safetensors" "$MODEL_DIR/"
+  cp "$base/google/umt5-xxl/spiece.model" "$MODEL_DIR/google/umt5-xxl/"
   "$OSP" inspect "$MODEL_DIR"
   du -sh "$MODEL_DIR"
 fi
 
 if has eval; then
-  vid="$RUN/eval-videos"
-  rm -rf "$vid" && mkdir -p "$vid"
+  # One batch (models loaded once): held-out caption i with seed 1000 + i, written losslessly as
+  # PNG frames EVAL_OUT/videos/<id>/ (the metric measures the model, not the video codec).
+  vid="$EVAL_OUT/videos"
+  rm -rf "$EVAL_OUT" && mkdir -p "$vid"
   log "eval: $EVAL_CLIPS held-out prompts, $GEN_STEPS steps, guidance $GEN_GUIDANCE on $GEN_DEVICE"
-  python3 - "$RUN/data-heldout/manifest.jsonl" "$EVAL_CLIPS" > "$RUN/eval-prompts.tsv" <<'EOF'
+  python3 - "$RUN/data-heldout/manifest.jsonl" "$EVAL_CLIPS" > "$EVAL_OUT/prompts.jsonl" <<'EOF'
 import json, sys
 for i, line in enumerate(open(sys.argv[1])):
     if i >= int(sys.argv[2]): break
     j = json.loads(line)
-    print(j["id"] + "\t" + j["caption"])
+    print(json.dumps({"prompt": j["caption"], "seed": 1000 + i, "out": j["id"] + "/"}))
 EOF
   start=$(now)
-  n=0
-  while IFS=$'\t' read -r id caption; do
-    "$OSP" -q generate -m "$MODEL_DIR" --prompt "$caption" --size $SIZE --frames $FRAMES --steps "$GEN_STEPS" \
-      --guidance "$GEN_GUIDANCE" --seed $((1000 + n)) --device "$GEN_DEVICE" --out "$vid/$id.mp4" --overwrite
-    n=$((n + 1))
-  done < "$RUN/eval-prompts.tsv"
-  log "eval: generated $n videos in $(( $(now) - start )) s"
-  "$OSP" eval --dataset "$RUN/data-heldout" --videos "$vid" --json "$RUN/eval.json" | tee "$RUN/eval.txt"
-  "$OSP" eval --dataset "$RUN/data-heldout" --limit "$EVAL_CLIPS" --json "$RUN/eval-detector.json" > "$RUN/eval-detector.txt"
+  "$OSP" -q generate -m "$MODEL_DIR" --prompts "$EVAL_OUT/prompts.jsonl" --size $SIZE --frames $FRAMES \
+    --steps "$GEN_STEPS" --guidance "$GEN_GUIDANCE" --attention "$GEN_ATTENTION" --quant "$GEN_QUANT" \
+    --device "$GEN_DEVICE" --out "$vid/" --overwrite
+  log "eval: generated $(ls "$vid" | wc -l) videos in $(( $(now) - start )) s"
+  "$OSP" eval --dataset "$RUN/data-heldout" --videos "$vid" --json "$EVAL_OUT/eval.json" | tee "$EVAL_OUT/eval.txt"
+  "$OSP" eval --dataset "$RUN/data-heldout" --limit "$EVAL_CLIPS" --json "$EVAL_OUT/eval-detector.json" > "$EVAL_OUT/eval-detector.txt"
 fi
 log "done: $STAGES"

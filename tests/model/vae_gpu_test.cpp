@@ -43,6 +43,10 @@ TEST(VaeGpu, Conv3dMatchesCpu) {
   cases.push_back({{5, 4, 3, 5}, {4, 4, 3, 1, 1}, tdown});
   cases.push_back({{3, 16, 5, 7}, {12, 16, 1, 1, 1}, {}});  // pointwise
   cases.push_back({{2, 96, 40, 64}, {32, 96, 3, 3, 3}, osp::ops::Conv3dArgs::same_causal(1, 1, 1)});
+  // K = 864, 48×48 outputs, 70 frames: the forward's 256 MiB column cap takes 33 whole frames per
+  // chunk (33, 33, 4); and a time-stride-2 conv over 81 frames in one chunk.
+  cases.push_back({{70, 32, 48, 48}, {8, 32, 3, 3, 3}, osp::ops::Conv3dArgs::same_causal(1, 1, 1)});
+  cases.push_back({{81, 48, 20, 20}, {16, 48, 3, 1, 1}, tdown});
   uint32_t seed = 1;
   for (const auto& c : cases) {
     Tensor x = randn(c.x, seed++), w = randn(c.w, seed++), b = randn({c.w[0]}, seed++);

@@ -86,6 +86,12 @@ std::vector<ConvCase> conv_cases() {
   // K = 128·27 = 3456 and 300×120 output pixels: the CUDA backward (128 MiB column buffers)
   // splits each frame into 4 bands of 80 output rows, the CPU one (32 MiB) into 15.
   cs.push_back({"causal3_banded", {2, 128, 300, 120}, {4, 128, 3, 3, 3}, causal});
+  // K = 32·27 = 864, 48×48 output pixels, 70 frames: the CUDA backward takes whole frames 16 at a
+  // time (5 chunks, the last of 6), so a chunk's inputs overlap the next chunk's.
+  cs.push_back({"causal3_frame_chunks", {70, 32, 48, 48}, {8, 32, 3, 3, 3}, causal});
+  ops::Conv3dArgs tdown_chunks = tdown;
+  tdown_chunks.pad_front = 2;  // time stride 2 over 41 output frames in one chunk (col2im, st = 2)
+  cs.push_back({"time_down_frame_chunks", {81, 48, 40, 40}, {16, 48, 3, 1, 1}, tdown_chunks});
   return cs;
 }
 

@@ -1,5 +1,8 @@
-// CUDA conv3d: im2col over bands of output rows (fp32) + cuBLAS GEMM with TF32 tensor-core
-// math (OSP_VAE_FP32=1 forces plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.
+// CUDA conv3d: im2col (fp32) over chunks of whole output frames — or, when one frame's columns
+// exceed the scratch cap, over bands of output rows of one frame — + one strided-batched cuBLAS
+// GEMM per chunk (one batch entry per frame) with TF32 tensor-core math (OSP_VAE_FP32=1 forces
+// plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.  Chunking whole frames keeps the launch
+// count per convolution independent of the frame count (the VAE trainer's whole clips).
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -33,18 +36,18 @@ namespace {
 
 __global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ col, int64_t T,
                               int64_t Cin, int64_t H, int64_t W, int kt, int kh, int kw,
-                              int64_t t0, int sh, int sw, int pt, int pl, int64_t y0, int64_t nrows,
-                              int64_t Wo) {
-  const int64_t nb = nrows * Wo;
+                              int64_t t0, int st, int64_t nf, int sh, int sw, int pt, int pl,
+                              int64_t y0, int64_t nrows, int64_t Wo) {
+  const int64_t nb = nrows * Wo, row = nf * nb;
   const int64_t K = Cin * kt * kh * kw;
-  const int64_t total = K * nb;
+  const int64_t total = K * row;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = idx / nb, p = idx % nb;
+    const int64_t k = idx / row, q = idx % row, f = q / nb, p = q % nb;
     const int c = int(k % kw), b = int((k / kw) % kh), ta = int((k / (kw * kh)) % kt);
     const int64_t ci = k / (int64_t(kw) * kh * kt);
     const int64_t oy = y0 + p / Wo, ox = p % Wo;
-    const int64_t ti = t0 + ta, iy = oy * sh - pt + b, ix = ox * sw - pl + c;
+    const int64_t ti = t0 + f * st + ta, iy = oy * sh - pt + b, ix = ox * sw - pl + c;
     float v = 0.f;
     if (ti >= 0 && ti < T && iy >= 0 && iy < H && ix >= 0 && ix < W)
       v = x[((ti * Cin + ci) * H + iy) * W + ix];
@@ -52,12 +55,13 @@ __global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ c
   }
 }
 
-__global__ void add_bias_kernel(float* __restrict__ o, const float* __restrict__ b, int64_t Cout,
-                                int64_t HW) {
-  const int64_t total = Cout * HW;
+// o[t, co, p] += b[co] over all frames: o is [To, Cout, HW].
+__global__ void add_bias_kernel(float* __restrict__ o, const float* __restrict__ b, int64_t To,
+                                int64_t Cout, int64_t HW) {
+  const int64_t total = To * Cout * HW;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x)
-    o[i] += b[i / HW];
+    o[i] += b[(i / HW) % Cout];
 }
 
 __global__ void zero_kernel(float* o, int64_t n) {
@@ -69,25 +73,36 @@ __global__ void zero_kernel(float* o, int64_t n) {
 }  // namespace
 
 void im2col_f32(const float* x, float* col, int64_t T, int64_t Cin, int64_t H, int64_t W, int kt,
-                int kh, int kw, int64_t t0, int sh, int sw, int pt, int pl, int64_t y0,
-                int64_t nrows, int64_t Wo) {
+                int kh, int kw, int64_t t0, int st, int64_t nf, int sh, int sw, int pt, int pl,
+                int64_t y0, int64_t nrows, int64_t Wo) {
   const int64_t K = Cin * kt * kh * kw;
-  im2col_kernel<<<grid_for(K * nrows * Wo), 256, 0, stream()>>>(x, col, T, Cin, H, W, kt, kh,
-                                                                 kw, t0, sh, sw, pt, pl, y0, nrows,
-                                                                 Wo);
+  im2col_kernel<<<grid_for(K * nf * nrows * Wo), 256, 0, stream()>>>(
+      x, col, T, Cin, H, W, kt, kh, kw, t0, st, nf, sh, sw, pt, pl, y0, nrows, Wo);
   OSP_CUDA_LAUNCH_CHECK("im2col_kernel");
 }
 
-// Row-major C[M, N] (row stride ldc) = A[M, K] (row stride lda) · B[K, N] (row stride ldb).
-void gemm_rm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                 int64_t ldb, float* C, int64_t ldc, bool tf32) {
+ConvChunking conv_chunking(int64_t K, int64_t To, int64_t Ho, int64_t Wo, int64_t cap_bytes) {
+  const int64_t max_cols = std::max<int64_t>(Wo, cap_bytes / (4 * std::max<int64_t>(K, 1)));
+  ConvChunking c;
+  if (max_cols >= Ho * Wo) {
+    c.frames = std::clamp<int64_t>(max_cols / std::max<int64_t>(Ho * Wo, 1), 1, std::max<int64_t>(To, 1));
+    c.rows = Ho;
+  } else {
+    c.frames = 1;
+    c.rows = std::clamp<int64_t>(max_cols / Wo, 1, Ho);
+  }
+  return c;
+}
+
+void gemm_rm_f32_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A,
+                         int64_t lda, int64_t strideA, const float* B, int64_t ldb,
+                         int64_t strideB, float* C, int64_t ldc, int64_t strideC, bool tf32) {
   const float one = 1.f, zero = 0.f;
-  // Column-major view: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
-  OSP_CUBLAS_CHECK(cublasGemmEx(conv_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K),
-                                &one, B, CUDA_R_32F, int(ldb), A, CUDA_R_32F, int(lda), &zero, C,
-                                CUDA_R_32F, int(ldc),
-                                tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
+  // Column-major view per batch entry: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
+  OSP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      conv_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K), &one, B, CUDA_R_32F,
+      int(ldb), strideB, A, CUDA_R_32F, int(lda), strideA, &zero, C, CUDA_R_32F, int(ldc), strideC,
+      int(batch), tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out) {
@@ -102,31 +117,40 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
   log_once("conv3d", tf32 ? "conv3d: im2col + cuBLAS TF32 GEMM" : "conv3d: im2col + cuBLAS FP32 GEMM");
   const bool pointwise = kt == 1 && kh == 1 && kw == 1 && a.stride_h == 1 && a.stride_w == 1 &&
                          a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
-  const int64_t max_cols = std::max<int64_t>(Wo, (int64_t(256) << 20) / (4 * std::max<int64_t>(K, 1)));
-  const int64_t band = std::clamp<int64_t>(max_cols / Wo, 1, Ho);
-  float* col = pointwise ? nullptr : static_cast<float*>(scratch(size_t(K * band * Wo) * 4));
-  for (int64_t to = 0; to < To; ++to) {
-    float* o = op + to * Cout * HWo;
-    const int64_t t0 = to * a.stride_t - a.pad_front;
-    if (pointwise) {
-      if (t0 < 0) {
-        zero_kernel<<<grid_for(Cout * HWo), 256, 0, stream()>>>(o, Cout * HWo);
-        OSP_CUDA_LAUNCH_CHECK("zero_kernel");
-      } else {
-        gemm_rm_f32(Cout, HWo, Cin, wp, Cin, xp + t0 * Cin * HW, HW, o, HWo, tf32);
-      }
-    } else {
-      for (int64_t y0 = 0; y0 < Ho; y0 += band) {
-        const int64_t nrows = std::min(band, Ho - y0), nb = nrows * Wo;
-        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
-                   a.pad_top, a.pad_left, y0, nrows, Wo);
-        gemm_rm_f32(Cout, nb, K, wp, K, col, nb, o + y0 * Wo, HWo, tf32);
+  if (pointwise) {
+    // Frames whose input frame is padding are zero; the rest are one batched GEMM
+    // out_t[Cout, HW] = w[Cout, Cin] · x_{t·st − pf}[Cin, HW].
+    int64_t first = 0;
+    while (first < To && first * a.stride_t - a.pad_front < 0) ++first;
+    if (first > 0) {
+      zero_kernel<<<grid_for(first * Cout * HWo), 256, 0, stream()>>>(op, first * Cout * HWo);
+      OSP_CUDA_LAUNCH_CHECK("zero_kernel");
+    }
+    if (To > first)
+      gemm_rm_f32_batched(To - first, Cout, HWo, Cin, wp, Cin, 0,
+                          xp + (first * a.stride_t - a.pad_front) * Cin * HW, HW,
+                          int64_t(a.stride_t) * Cin * HW, op + first * Cout * HWo, HWo, Cout * HWo,
+                          tf32);
+  } else {
+    const ConvChunking ch = conv_chunking(K, To, Ho, Wo, int64_t(256) << 20);
+    float* col = static_cast<float*>(scratch(size_t(K * ch.frames * ch.rows * Wo) * 4));
+    for (int64_t f0 = 0; f0 < To; f0 += ch.frames) {
+      const int64_t nf = std::min(ch.frames, To - f0);
+      const int64_t t0 = f0 * a.stride_t - a.pad_front;
+      for (int64_t y0 = 0; y0 < Ho; y0 += ch.rows) {
+        const int64_t nrows = std::min(ch.rows, Ho - y0), nb = nrows * Wo;
+        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_t, nf,
+                   a.stride_h, a.stride_w, a.pad_top, a.pad_left, y0, nrows, Wo);
+        // Frame f of the chunk: out[f0 + f][Cout, rows] = w[Cout, K] · col[K, f·nb + (0..nb)].
+        gemm_rm_f32_batched(nf, Cout, nb, K, wp, K, 0, col, nf * nb, nb,
+                            op + f0 * Cout * HWo + y0 * Wo, HWo, Cout * HWo, tf32);
       }
     }
-    if (bias) {
-      add_bias_kernel<<<grid_for(Cout * HWo), 256, 0, stream()>>>(o, bias->data<float>(), Cout, HWo);
-      OSP_CUDA_LAUNCH_CHECK("add_bias_kernel");
-    }
+  }
+  if (bias && To * Cout * HWo > 0) {
+    add_bias_kernel<<<grid_for(To * Cout * HWo), 256, 0, stream()>>>(op, bias->data<float>(), To,
+                                                                      Cout, HWo);
+    OSP_CUDA_LAUNCH_CHECK("add_bias_kernel");
   }
 }
 

@@ -1,7 +1,8 @@
 // CUDA implementations of ops/vae_backward.h (F32; arguments validated by ops/vae_backward.cpp).
-//  * conv3d_backward: per output frame and band of output rows (as the forward, ops/cuda/
-//    conv3d.cu): im2col + cuBLAS GEMM dw += dy·colᵀ; dcol = wᵀ·dy + a gather col2im (every
-//    thread owns one dx element: no atomics, deterministic); db by a per-channel block reduction.
+//  * conv3d_backward: per chunk of whole output frames, or per band of output rows of one frame
+//    when a frame's columns exceed the cap (conv_chunking, as the forward, ops/cuda/conv3d.cu):
+//    im2col + cuBLAS GEMM dw += dy·colᵀ; dcol = wᵀ·dy + a gather col2im (every thread owns one
+//    dx element: no atomics, deterministic); db by a per-channel block reduction.
 //    GEMMs in TF32 unless OSP_VAE_FP32=1 (the forward's switch).
 //  * channel_rms_norm_backward: one thread per position for dx (norms kept in scratch), then one
 //    block per channel for dgamma (fixed-order reduction: deterministic).
@@ -68,34 +69,53 @@ __device__ float block_max(float v, float* red) {
 
 // ---------------------------------------------------------------- conv3d
 
-// dx[t0 + ta, ci, iy, ix] += Σ_{b, c} dcol[((ci·kt + ta)·kh + b)·kw + c, (oy − y0)·Wo + ox] over
-// the taps whose output (oy, ox) lies in this band.  One thread per (ta, ci, iy, ix).
-__global__ void vb_col2im_kernel(const float* __restrict__ dcol, float* __restrict__ dx, int64_t T,
-                                 int64_t Cin, int64_t H, int64_t W, int kt, int kh, int kw,
-                                 int64_t t0, int sh, int sw, int pt, int pl, int64_t y0,
-                                 int64_t y1, int64_t Wo) {
-  const int64_t nb = (y1 - y0) * Wo;
-  OSP_VB_GRID_STRIDE(idx, int64_t(kt) * Cin * H * W) {
+// dx[ti, ci, iy, ix] += Σ_{f, ta, b, c} dcol[((ci·kt + ta)·kh + b)·kw + c, f·nb + (oy − y0)·Wo + ox]
+// over the chunk's nf output frames (frame f's tap ta reads input frame t0 + f·st + ta) and the
+// taps whose output (oy, ox) lies in rows [y0, y1); nb = (y1 − y0)·Wo.  One thread per input
+// element of frames [tlo, thi): every dx element has one writer per launch.
+__global__ void vb_col2im_kernel(const float* __restrict__ dcol, float* __restrict__ dx,
+                                 int64_t tlo, int64_t thi, int64_t Cin, int64_t H, int64_t W,
+                                 int kt, int kh, int kw, int64_t t0, int st, int64_t nf, int sh,
+                                 int sw, int pt, int pl, int64_t y0, int64_t y1, int64_t Wo) {
+  const int64_t nb = (y1 - y0) * Wo, row = nf * nb;
+  OSP_VB_GRID_STRIDE(idx, (thi - tlo) * Cin * H * W) {
     const int64_t ix = idx % W, iy = (idx / W) % H, ci = (idx / (H * W)) % Cin;
-    const int ta = int(idx / (H * W * Cin));
-    const int64_t ti = t0 + ta;
-    if (ti < 0 || ti >= T) continue;
+    const int64_t ti = tlo + idx / (H * W * Cin);
+    // Frames f with 0 <= ti − t0 − f·st < kt.
+    const int64_t rel = ti - t0;
+    const int64_t f_hi = std::min<int64_t>(nf - 1, rel / st);
+    int64_t f_lo = rel - (kt - 1) <= 0 ? 0 : (rel - (kt - 1) + st - 1) / st;
     float acc = 0.f;
-    for (int b = 0; b < kh; ++b) {
-      const int64_t ny = iy + pt - b;
-      if (ny < 0 || ny % sh) continue;
-      const int64_t oy = ny / sh;
-      if (oy < y0 || oy >= y1) continue;
-      for (int c = 0; c < kw; ++c) {
-        const int64_t nx = ix + pl - c;
-        if (nx < 0 || nx % sw) continue;
-        const int64_t ox = nx / sw;
-        if (ox >= Wo) continue;
-        const int64_t k = ((ci * kt + ta) * kh + b) * kw + c;
-        acc += dcol[k * nb + (oy - y0) * Wo + ox];
+    for (int64_t f = f_lo; f <= f_hi; ++f) {
+      const int ta = int(rel - f * st);
+      for (int b = 0; b < kh; ++b) {
+        const int64_t ny = iy + pt - b;
+        if (ny < 0 || ny % sh) continue;
+        const int64_t oy = ny / sh;
+        if (oy < y0 || oy >= y1) continue;
+        for (int c = 0; c < kw; ++c) {
+          const int64_t nx = ix + pl - c;
+          if (nx < 0 || nx % sw) continue;
+          const int64_t ox = nx / sw;
+          if (ox >= Wo) continue;
+          const int64_t k = ((ci * kt + ta) * kh + b) * kw + c;
+          acc += dcol[k * row + f * nb + (oy - y0) * Wo + ox];
+        }
       }
     }
     dx[((ti * Cin + ci) * H + iy) * W + ix] += acc;
+  }
+}
+
+// dyc[co, f·nb + p] = dy[f0 + f, co, y0·Wo + p] for f < nf, p < nb: the chunk's output gradient
+// as one [Cout, nf·nb] matrix matching im2col's column order.
+__global__ void vb_gather_dy_kernel(const float* __restrict__ dy, float* __restrict__ dyc,
+                                    int64_t Cout, int64_t HWo, int64_t f0, int64_t nf, int64_t y0,
+                                    int64_t nb, int64_t Wo) {
+  const int64_t row = nf * nb;
+  OSP_VB_GRID_STRIDE(idx, Cout * row) {
+    const int64_t co = idx / row, q = idx % row, f = q / nb, p = q % nb;
+    dyc[idx] = dy[((f0 + f) * Cout + co) * HWo + y0 * Wo + p];
   }
 }
 
@@ -237,43 +257,58 @@ void conv3d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const C
   if ((!dx && !dw) || To * HWo == 0 || K == 0) return;
   const bool pointwise = kt == 1 && kh == 1 && kw == 1 && a.stride_h == 1 && a.stride_w == 1 &&
                          a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
-  const int64_t max_cols = std::max<int64_t>(Wo, (int64_t(128) << 20) / (4 * std::max<int64_t>(K, 1)));
-  const int64_t band = std::clamp<int64_t>(max_cols / Wo, 1, Ho);
-  const size_t buf = size_t(K * band * Wo);
-  float* col = nullptr;
-  float* dcol = nullptr;
-  if (!pointwise) {
-    float* s = static_cast<float*>(scratch(buf * 2 * sizeof(float)));
-    col = s;
-    dcol = s + buf;
-  }
-  for (int64_t to = 0; to < To; ++to) {
-    const float* g = gp + to * Cout * HWo;
-    const int64_t t0 = to * a.stride_t - a.pad_front;
-    if (pointwise) {
+  if (pointwise) {
+    for (int64_t to = 0; to < To; ++to) {
+      const float* g = gp + to * Cout * HWo;
+      const int64_t t0 = to * a.stride_t - a.pad_front;
       if (t0 < 0) continue;
       const float* xt = xp + t0 * Cin * HW;
       if (dw)  // dw[Cout, Cin] += dy_t[Cout, HW] · x_t[Cin, HW]ᵀ
         gemm_rm(false, true, Cout, Cin, HW, 1.f, g, HWo, xt, HW, 1.f, dwp, Cin, tf32);
       if (dx)  // dx_t[Cin, HW] += w[Cout, Cin]ᵀ · dy_t[Cout, HW]
         gemm_rm(true, false, Cin, HW, Cout, 1.f, wp, Cin, g, HWo, 1.f, dxp + t0 * Cin * HW, HW, tf32);
-      continue;
     }
-    for (int64_t y0 = 0; y0 < Ho; y0 += band) {
-      const int64_t nrows = std::min(band, Ho - y0), nb = nrows * Wo;
+    return;
+  }
+  const ConvChunking ch = conv_chunking(K, To, Ho, Wo, int64_t(128) << 20);
+  const size_t buf = size_t(K * ch.frames * ch.rows * Wo);
+  // col, dcol [K, nf·nb]; dyc [Cout, nf·nb] (only when a chunk holds several frames).
+  float* col = static_cast<float*>(
+      scratch((2 * buf + size_t(ch.frames > 1 ? Cout * ch.frames * ch.rows * Wo : 0)) * sizeof(float)));
+  float* dcol = col + buf;
+  float* dyc = dcol + buf;
+  for (int64_t f0 = 0; f0 < To; f0 += ch.frames) {
+    const int64_t nf = std::min(ch.frames, To - f0);
+    const int64_t t0 = f0 * a.stride_t - a.pad_front;
+    for (int64_t y0 = 0; y0 < Ho; y0 += ch.rows) {
+      const int64_t nrows = std::min(ch.rows, Ho - y0), nb = nrows * Wo;
+      // The chunk's dy as [Cout, nf·nb] with row stride ldg.
+      const float* g = gp + f0 * Cout * HWo + y0 * Wo;
+      int64_t ldg = HWo;
+      if (nf > 1) {
+        vb_gather_dy_kernel<<<grid_for(Cout * nf * nb), 256, 0, stream()>>>(gp, dyc, Cout, HWo, f0,
+                                                                            nf, y0, nb, Wo);
+        OSP_CUDA_LAUNCH_CHECK("vb_gather_dy_kernel");
+        g = dyc;
+        ldg = nf * nb;
+      }
       if (dw) {
-        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
-                   a.pad_top, a.pad_left, y0, nrows, Wo);
-        // dw[Cout, K] += dy_band[Cout, nb] · col[K, nb]ᵀ
-        gemm_rm(false, true, Cout, K, nb, 1.f, g + y0 * Wo, HWo, col, nb, 1.f, dwp, K, tf32);
+        im2col_f32(xp, col, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_t, nf,
+                   a.stride_h, a.stride_w, a.pad_top, a.pad_left, y0, nrows, Wo);
+        // dw[Cout, K] += dy_chunk[Cout, nf·nb] · col[K, nf·nb]ᵀ
+        gemm_rm(false, true, Cout, K, nf * nb, 1.f, g, ldg, col, nf * nb, 1.f, dwp, K, tf32);
       }
       if (dx) {
-        // dcol[K, nb] = w[Cout, K]ᵀ · dy_band[Cout, nb]
-        gemm_rm(true, false, K, nb, Cout, 1.f, wp, K, g + y0 * Wo, HWo, 0.f, dcol, nb, tf32);
-        vb_col2im_kernel<<<grid_for(kt * Cin * HW), 256, 0, stream()>>>(
-            dcol, dxp, T, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_h, a.stride_w,
-            a.pad_top, a.pad_left, y0, y0 + nrows, Wo);
-        OSP_CUDA_LAUNCH_CHECK("vb_col2im_kernel");
+        // dcol[K, nf·nb] = w[Cout, K]ᵀ · dy_chunk[Cout, nf·nb]
+        gemm_rm(true, false, K, nf * nb, Cout, 1.f, wp, K, g, ldg, 0.f, dcol, nf * nb, tf32);
+        const int64_t tlo = std::max<int64_t>(0, t0);
+        const int64_t thi = std::min<int64_t>(T, t0 + (nf - 1) * a.stride_t + kt);
+        if (thi > tlo) {
+          vb_col2im_kernel<<<grid_for((thi - tlo) * Cin * HW), 256, 0, stream()>>>(
+              dcol, dxp, tlo, thi, Cin, H, W, int(kt), int(kh), int(kw), t0, a.stride_t, nf,
+              a.stride_h, a.stride_w, a.pad_top, a.pad_left, y0, y0 + nrows, Wo);
+          OSP_CUDA_LAUNCH_CHECK("vb_col2im_kernel");
+        }
       }
     }
   }
