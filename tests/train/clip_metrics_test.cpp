@@ -293,6 +293,30 @@ TEST(ClipMetrics, EvalCommand) {
   r = run_osp("eval --dataset " + ds + " --videos " + (root / "empty").string() + " --json " + js);
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("no predictions found"), std::string::npos) << r.out;
+  // One clip against a caption (--video / --prompt): its own caption is all correct, another
+  // clip's caption is not; a caption outside the grammar and a missing --prompt are refused.
+  const std::string one = (vids / (d.clips[0].id + ".safetensors")).string();
+  r = run_osp("eval --video " + one + " --prompt \"" + d.clips[0].caption + "\" --json " + js);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("all correct"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("not all correct"), std::string::npos) << r.out;
+  j = nlohmann::json::parse(read_all(js));
+  EXPECT_EQ(j["summary"]["clips"], 1);
+  EXPECT_DOUBLE_EQ(j["summary"]["accuracy"]["all"].get<double>(), 1.0);
+  size_t other = 1;
+  while (other < d.clips.size() && d.clips[other].attributes.background == d.clips[0].attributes.background) ++other;
+  ASSERT_LT(other, d.clips.size()) << "the dataset's clips all share one background";
+  r = run_osp("eval --video " + one + " --prompt \"" + d.clips[other].caption + "\" --json " + js);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("not all correct"), std::string::npos) << r.out;
+  j = nlohmann::json::parse(read_all(js));
+  EXPECT_DOUBLE_EQ(j["summary"]["accuracy"]["background"].get<double>(), 0.0);
+  r = run_osp("eval --video " + one + " --prompt \"a fox in the snow\"");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("not of the synthetic-clip grammar"), std::string::npos) << r.out;
+  r = run_osp("eval --video " + one);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--prompt"), std::string::npos) << r.out;
   fs::remove_all(root);
 }
 
