@@ -212,19 +212,22 @@ TEST(TrainMpiResume, OtherRankCountContinuesTheSameCurve) {
     run_training(o, m);
   }
   comm->barrier();
-  const fs::path a1 = job_dir("resume_a1_" + std::to_string(r));
-  fs::remove_all(a1);
-  {
-    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), {});  // weights come from the checkpoint
-    TrainOptions o = opts(a1, 6);
-    o.resume = a.string();
-    o.shard_optimizer = "off";
+  // Resumes `from` into `out` up to step 6 (on `on_mesh`'s ranks, sharded or not) and checks that
+  // steps 4-6 and the final weights equal the uninterrupted run's.
+  auto continue_to_6 = [&](const fs::path& from, const fs::path& out, const auto& on_mesh, const char* shard) {
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), on_mesh);  // weights come from the checkpoint
+    TrainOptions o = opts(out, 6);
+    o.resume = from.string();
+    o.shard_optimizer = shard;
     const TrainResult got = run_training(o, m);
     ASSERT_EQ(got.log.size(), 3u);
     for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k + 3]);
     const ParamTable pa = ref.parameters(), pb = m.parameters();
     for (size_t k = 0; k < pa.size(); ++k) EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;
-  }
+  };
+  const fs::path a1 = job_dir("resume_a1_" + std::to_string(r));
+  fs::remove_all(a1);
+  continue_to_6(a, a1, DiTTrainOptions{}, "off");
   comm->barrier();
 
   // 1 rank (rank 0 writes it), 3 steps → continued on N sharded ranks to step 6.
@@ -238,17 +241,7 @@ TEST(TrainMpiResume, OtherRankCountContinuesTheSameCurve) {
     run_training(o, m);
   }
   comm->barrier();
-  {
-    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), mesh());
-    TrainOptions o = opts(b, 6);
-    o.resume = b1.string();
-    o.shard_optimizer = "on";
-    const TrainResult got = run_training(o, m);
-    ASSERT_EQ(got.log.size(), 3u);
-    for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k + 3]);
-    const ParamTable pa = ref.parameters(), pb = m.parameters();
-    for (size_t k = 0; k < pa.size(); ++k) EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;
-  }
+  continue_to_6(b1, b, mesh(), "on");
   comm->barrier();
   const fs::path ref_ck = ref_out / "checkpoint-00000006", b_ck = b / "checkpoint-00000006";
   expect_same_optimizer_files(ref_ck, b_ck, 2e-4);
