@@ -20,6 +20,7 @@
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
+#include "osp/cli/generate_defaults.h"
 #include "osp/cli/train_command.h"
 #include "osp/cli/data_commands.h"
 #include "osp/cli/serve_command.h"
@@ -162,7 +163,9 @@ int main(int argc, char** argv) {
   pipeline::GenerateOptions g;
   std::string model_dir, size = "1280x720", prompts_file;
   auto* gen = app.add_subcommand("generate", "text to video");
-  gen->add_option("-m,--model", model_dir, "model folder (Wan2.1 original/diffusers, OSP-Next, demo)")->required();
+  gen->add_option("-m,--model", model_dir,
+                  "model folder (Wan2.1 original/diffusers, OSP-Next, demo); default: models/osp-next-tiny, "
+                  "the model osp trained itself (its osp_generate.json supplies size, frames, steps, ...)");
   gen->add_option("-p,--prompt", g.prompt, "what the video shows (or --prompts FILE)");
   gen->add_option("-n,--negative-prompt", g.negative_prompt, "default: Wan2.1's Chinese negative prompt");
   gen->add_flag("--no-negative", g.no_negative, "use an empty negative prompt");
@@ -238,6 +241,9 @@ int main(int argc, char** argv) {
   try {
     if (*gen) {
       install_interrupt_handler();
+      model_dir = osp::cli::resolve_generate_model(model_dir);
+      const std::string applied = osp::cli::apply_generate_defaults(*gen, model_dir, size, g);
+      if (!applied.empty()) log_info("using ", model_dir, "'s generation settings (osp_generate.json): ", applied);
       pipeline::parse_size(size, g.width, g.height);
       g.vae_tile_budget = vae_tile_mb << 20;
       check_generate_flags(*gen, g);
