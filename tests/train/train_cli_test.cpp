@@ -131,6 +131,9 @@ TEST_F(TrainCli, FromScratchInterruptResumeEqualsUninterrupted) {
   CliRun b = run({"train", "--config", cfg, "--out", (work / "b").string()}, 3, work / "b" / "train_log.jsonl");
   ASSERT_EQ(b.code, 130) << b.out;
   EXPECT_NE(b.out.find("--resume"), std::string::npos) << b.out;
+  // The acknowledgement promises what osp train does on Ctrl-C (not "nothing will be written").
+  EXPECT_NE(b.out.find("will be saved as a checkpoint"), std::string::npos) << b.out;
+  EXPECT_EQ(b.out.find("nothing will be written"), std::string::npos) << b.out;
   std::ifstream latest(work / "b" / "latest");
   std::string name;
   latest >> name;

@@ -35,7 +35,7 @@ int run_rl_command(train::RlOptions o) {
   if (o.negative_prompt.empty() && !o.no_negative) o.negative_prompt = model::default_negative_prompt();
   OSP_CHECK(!o.model.empty(), "--model is required (the base model folder)");
   train::rl_preflight(o);
-  install_interrupt_handler();
+  install_interrupt_handler("the last complete iteration will be saved as a checkpoint");
   const Device dev = parse_device(o.device);
   const pipeline::ModelFiles files = pipeline::detect_model_dir(o.model);
 

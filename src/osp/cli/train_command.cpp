@@ -97,7 +97,7 @@ int run_train(const train::TrainOptions& o) {
   train::preflight(o, /*writer=*/rank == 0);
   OSP_CHECK(o.sp == "none" || nranks > 1, "--sp ", o.sp, " needs several ranks: launch with mpirun -np N");
   o.sp_group_size(nranks);  // --sp-size and --dp against the rank count
-  install_interrupt_handler();
+  install_interrupt_handler("the last complete step will be saved as a checkpoint");
   model::DiTConfig cfg;
   std::map<std::string, Tensor> weights;
   train::TrainHooks hooks;

@@ -50,7 +50,7 @@ void add_tiny_model_commands(CLI::App& app) {
     c->add_option("--recon-out", o->recon_out, "held-out reconstructions as safetensors (osp eval --pred)");
     c->callback([c, o]() {
       run_command(*c, [&]() {
-        install_interrupt_handler();
+        install_interrupt_handler("the weights trained so far will be written");
         const train::VaeTrainResult r = train::train_vae(*o);
         std::printf("train-vae: %lld steps, loss %.5f -> %.5f", static_cast<long long>(r.steps), r.first_loss,
                     r.last_loss);

@@ -60,6 +60,8 @@ void remove_now(const char* path) {
   ::rmdir(path);
 }
 
+std::atomic<const char*> g_on_stop{"nothing will be written"};
+
 extern "C" void osp_on_sigint(int) {
   if (g_interrupted.load()) {  // second Ctrl-C: remove temporaries, stop now
     for (auto& s : g_slots)
@@ -68,8 +70,9 @@ extern "C" void osp_on_sigint(int) {
     ::_exit(130);
   }
   g_interrupted.store(true);
-  write_all(2, "\nosp: Ctrl-C: stopping at the next safe point, nothing will be written "
-               "(press Ctrl-C again to quit at once)\n");
+  write_all(2, "\nosp: Ctrl-C: stopping at the next safe point, ");
+  write_all(2, g_on_stop.load());
+  write_all(2, " (press Ctrl-C again to quit at once)\n");
 }
 
 const char* hold_stage() {
@@ -79,7 +82,8 @@ const char* hold_stage() {
 
 }  // namespace
 
-void install_interrupt_handler() {
+void install_interrupt_handler(const char* on_stop) {
+  g_on_stop.store(on_stop ? on_stop : "nothing will be written");
   struct sigaction sa {};
   sa.sa_handler = osp_on_sigint;
   sigemptyset(&sa.sa_mask);

@@ -23,7 +23,10 @@ class Interrupted : public std::runtime_error {
   std::string stage_;
 };
 
-void install_interrupt_handler();
+// on_stop: what the first Ctrl-C's acknowledgement promises ("nothing will be written" for the
+// commands whose outputs are all-or-nothing; osp train says the checkpoint it saves). A string
+// with static storage: the signal handler prints it.
+void install_interrupt_handler(const char* on_stop = "nothing will be written");
 bool interrupted();
 void set_interrupted(bool v);  // for tests
 
