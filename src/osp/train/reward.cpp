@@ -222,7 +222,13 @@ void ExternalReward::die(const std::string& why) {
   std::string status;
   if (pid_ > 0) {
     int st = 0;
+    // A scorer that exits closes its output before the kernel can report its exit: give it up
+    // to 0.5 s to become reapable (so the message carries its status), then kill a hung one.
     pid_t r = waitpid(pid_, &st, WNOHANG);
+    for (int i = 0; r == 0 && i < 100; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      r = waitpid(pid_, &st, WNOHANG);
+    }
     if (r == 0) {
       kill(-pid_, SIGKILL);
       waitpid(pid_, &st, 0);
