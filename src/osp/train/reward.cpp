@@ -204,15 +204,25 @@ void ExternalReward::start() {
   from_child_ = out[0];
 }
 
+namespace {
+// Reaps `pid` if it exits within `ms` milliseconds (polled every 5 ms): its pid with *st set, or
+// 0 while it still runs.
+pid_t reap_within(pid_t pid, int* st, int ms) {
+  pid_t r = waitpid(pid, st, WNOHANG);
+  for (int waited = 0; r == 0 && waited < ms; waited += 5) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    r = waitpid(pid, st, WNOHANG);
+  }
+  return r;
+}
+}  // namespace
+
 ExternalReward::~ExternalReward() {
   if (to_child_ >= 0) close(to_child_);
   if (from_child_ >= 0) close(from_child_);
   if (pid_ > 0) {
     int st = 0;
-    for (int i = 0; i < 20; ++i) {  // up to 1 s for a clean exit after EOF
-      if (waitpid(pid_, &st, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    if (reap_within(pid_, &st, 1000) == pid_) return;  // up to 1 s for a clean exit after EOF
     kill(-pid_, SIGKILL);  // the scorer's whole process group
     waitpid(pid_, &st, 0);
   }
@@ -224,11 +234,7 @@ void ExternalReward::die(const std::string& why) {
     int st = 0;
     // A scorer that exits closes its output before the kernel can report its exit: give it up
     // to 0.5 s to become reapable (so the message carries its status), then kill a hung one.
-    pid_t r = waitpid(pid_, &st, WNOHANG);
-    for (int i = 0; r == 0 && i < 100; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      r = waitpid(pid_, &st, WNOHANG);
-    }
+    const pid_t r = reap_within(pid_, &st, 500);
     if (r == 0) {
       kill(-pid_, SIGKILL);
       waitpid(pid_, &st, 0);
