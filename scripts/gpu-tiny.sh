@@ -76,10 +76,10 @@ else
   log "fine-tunes of models/osp-next-tiny side by side ($VARIANTS), $budget s each"
   common=(DIT_INIT=models/osp-next-tiny ENCODE_MODEL=models/osp-next-tiny DIT_SECONDS=$budget DIT_STEPS=100000
           DIT_LR=${DIT_LR:-4e-4} DIT_BATCH=${DIT_BATCH:-64} DIT_WARMUP=50 STAGES="dit package")
+  # variant V → its attention and quantization (training and sampling alike): att, q
+  variant() { att=hybrid; q=none; [ "$1" = a ] && att=full; [ "$1" = c ] && q=hif8; return 0; }
   for v in $VARIANTS; do
-    att=hybrid; q=none
-    [ $v = a ] && att=full
-    [ $v = c ] && q=hif8
+    variant $v
     # Logged straight into $OUT: a call cut off by the time limit still brings them back.
     env "${common[@]}" DIT_ATTENTION=$att DIT_QUANT=$q DIT_OUT="$RUN/dit-$v" MODEL_DIR="$RUN/model-$v" \
       bash scripts/train-tiny.sh > "$OUT/$v.log" 2>&1 &
@@ -87,9 +87,7 @@ else
   wait
   for v in $VARIANTS; do tail -2 "$OUT/$v.log"; cp "$RUN/model-$v/diffusion_pytorch_model.safetensors" "$OUT/dit-$v.safetensors" || true; done
   for v in $VARIANTS; do
-    att=hybrid; q=none
-    [ $v = a ] && att=full
-    [ $v = c ] && q=hif8
+    variant $v
     GEN_ATTENTION=$att GEN_QUANT=$q MODEL_DIR="$RUN/model-$v" EVAL_OUT="$RUN/eval-$v" EVAL_CLIPS=${EVAL_CLIPS:-48} \
       STAGES="eval" bash scripts/train-tiny.sh > "$RUN/eval-$v.log" 2>&1 &
   done
