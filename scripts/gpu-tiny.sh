@@ -7,11 +7,13 @@
 #            models/osp-next-tiny/Wan2.1_VAE.safetensors for VAE_SECONDS; its held-out
 #            reconstruction checked by the clip detector; umT5 + tokenizer; the latent cache;
 #            model (a): the DiT from scratch with full attention for what is left; eval of (a).
-#   PHASE=2  (models/osp-next-tiny holds phase 1's VAE and model (a), with the hybrid config) build;
-#            the latent cache again; fine-tunes of (a) side by side on the one GPU for what is left
-#            (VARIANTS, default "a b c"): (a) full attention continued, (b) hybrid Skiparse
-#            (OSP-Next), (c) hybrid + HiF8 QAT; each packaged and evaluated on the held-out prompts
-#            ((c) sampled with --quant hif8).  DIT_BATCH, DIT_LR.
+#   PHASE=2  build; the latent cache again (ENCODE_SECONDS, with models/osp-next-tiny's VAE and umT5);
+#            fine-tunes of the model folder DIT_INIT (default models/osp-next-tiny; the paper's table
+#            starts from model (a)) side by side on the one GPU for what is left (VARIANTS, default
+#            "a b c"): (a) full attention continued, (b) hybrid Skiparse (OSP-Next), (c) hybrid +
+#            HiF8 QAT; each for DIT_STEPS steps (equal budget; the clock stops them earlier when
+#            the call runs out), packaged and evaluated on the held-out prompts on the GPU ((c)
+#            sampled with --quant hif8).  DIT_BATCH, DIT_LR, DIT_EMA.
 #
 #   run:  OUT=$OUT PHASE=1 bash scripts/gpu-tiny.sh
 set -uo pipefail
@@ -74,8 +76,9 @@ else
   budget=$(( $(left) - 70 ))
   VARIANTS=${VARIANTS:-a b c}
   log "fine-tunes of models/osp-next-tiny side by side ($VARIANTS), $budget s each"
-  common=(DIT_INIT=models/osp-next-tiny ENCODE_MODEL=models/osp-next-tiny DIT_SECONDS=$budget DIT_STEPS=100000
-          DIT_LR=${DIT_LR:-4e-4} DIT_BATCH=${DIT_BATCH:-64} DIT_WARMUP=50 STAGES="dit package")
+  common=(DIT_INIT=${DIT_INIT:-models/osp-next-tiny} ENCODE_MODEL=models/osp-next-tiny DIT_SECONDS=$budget
+          DIT_STEPS=${DIT_STEPS:-100000} DIT_LR=${DIT_LR:-4e-4} DIT_BATCH=${DIT_BATCH:-64} DIT_EMA=${DIT_EMA:-0.995}
+          DIT_WARMUP=50 STAGES="dit package")
   # variant V → its attention and quantization (training and sampling alike): att, q
   variant() { att=hybrid; q=none; [ "$1" = a ] && att=full; [ "$1" = c ] && q=hif8; return 0; }
   for v in $VARIANTS; do

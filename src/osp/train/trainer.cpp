@@ -209,7 +209,8 @@ double peak_memory_mb(Device dev) {
 std::string log_line(const StepLog& s) {
   json j = {{"step", s.step},       {"loss", s.loss},   {"grad_norm", s.grad_norm}, {"clipped", s.clipped},
             {"lr", s.lr},           {"sigma", s.sigma}, {"tokens_per_s", s.tokens_per_s},
-            {"peak_mem_mb", s.peak_mem_mb}, {"seconds", s.seconds}};
+            {"peak_mem_mb", s.peak_mem_mb}, {"seconds", s.seconds}, {"data_s", s.data_s},
+            {"fwd_bwd_s", s.fwd_bwd_s},     {"opt_s", s.opt_s}};
   return j.dump();
 }
 
@@ -438,6 +439,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
         break;
       }
       const auto t0 = std::chrono::steady_clock::now();
+      auto t_micro = t0;  // start of the current host-side batch assembly
+      const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+      };
       // Skipped bad samples can leave a batch that the ranks cannot share evenly: its tail is
       // dropped (the same on every rank: every rank reads the same batches).
       std::vector<LatentSample> global;
@@ -450,7 +455,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       OSP_CHECK(G % (int64_t(dp_size) * A) == 0, "step ", s + 1, ": a batch of ", G, " samples (after skipping bad ones)",
                 " cannot be cut into ", dp_size, " ranks x ", A, " accumulation micro-batches");
       model.zero_grad();
-      double loss = 0, sigma_sum = 0;
+      double loss = 0, sigma_sum = 0, data_s = 0;
       int64_t B = 0;
       Shape ls;
       for (int micro = 0; micro < A; ++micro) {
@@ -474,14 +479,19 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
         for (int64_t i = 0; i < b; ++i)
           std::memcpy(context.data<float>() + i * L * data.text_dim(), ctxs[size_t(i)].contiguous().data<float>(),
                       ctxs[size_t(i)].nbytes());
+        Tensor x0 = stack(x0s), noise = stack(noises);
+        data_s += seconds_since(t_micro);
         // Gradients accumulate over the micro-batches; reduce_gradients divides by A.
-        loss += model.loss_backward(stack(x0s), stack(noises), sigma, context) / A;
+        loss += model.loss_backward(x0, noise, sigma, context) / A;
+        t_micro = std::chrono::steady_clock::now();
         for (float x : sigma) sigma_sum += x;
         B += b;
       }
       loss = model.dp_mean(loss);
       if (sharded) sharded->reduce_gradients(A);
       else model.reduce_gradients(A);
+      if (model.device().is_cuda()) cuda_synchronize();
+      const double fwd_bwd_s = seconds_since(t0) - data_s;
       const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
                                                  : "the last good checkpoint is " + last_ckpt;
       OSP_CHECK(std::isfinite(loss), "training stopped: the loss is ", loss, " at step ", s + 1,
@@ -513,7 +523,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       st.lr = lr;
       st.sigma = model.dp_mean(sigma_sum / double(B));
       if (model.device().is_cuda()) cuda_synchronize();
-      st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      st.seconds = seconds_since(t0);
+      st.data_s = data_s;
+      st.fwd_bwd_s = fwd_bwd_s;
+      st.opt_s = st.seconds - data_s - fwd_bwd_s;
       st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global
       st.peak_mem_mb = peak_memory_mb(model.device());
       if (writer) {

@@ -149,6 +149,10 @@ struct StepLog {
   double loss = 0, grad_norm = 0, lr = 0, sigma = 0;
   bool clipped = false;
   double tokens_per_s = 0, peak_mem_mb = 0, seconds = 0;
+  // Where `seconds` went: batch assembly on the host (reading, noise, stacking), forward +
+  // backward (+ gradient reduction; the device is synchronised before the clock is read), and
+  // the rest (clipping, optimizer, EMA, logging) — for finding per-step overhead.
+  double data_s = 0, fwd_bwd_s = 0, opt_s = 0;
 };
 
 struct TrainResult {
