@@ -19,7 +19,8 @@
 #     MODEL_DIR=runs/preview bash scripts/train-tiny.sh
 # Settings (environment): OSP (the osp binary), DEVICE, RUN (work folder, default runs/tiny),
 # MODEL_DIR, TRAIN_CLIPS, HELDOUT_CLIPS, VAE_STEPS, VAE_BATCH, VAE_LR, DIT_STEPS, DIT_BATCH, DIT_LR,
-# DIT_EMA, EVAL_CLIPS, GEN_STEPS, GEN_GUIDANCE, GEN_DEVICE, and DEADLINE (unix time): when set, the
+# DIT_EMA, EVAL_CLIPS, GEN_STEPS, GEN_GUIDANCE, GEN_DEVICE, GEN_EXTRA (more `osp generate` flags for
+# the eval stage, e.g. GEN_EXTRA="--cache teacache:0.1"), and DEADLINE (unix time): when set, the
 # VAE, the encoding and the DiT get shares of the time left (train-vae --max-seconds,
 # encode-clips --max-seconds, osp train stopped with SIGINT, which saves a checkpoint) —
 # that is how the shipped model was trained inside one 8-minute GPU call; the steps each stage
@@ -59,6 +60,7 @@ EVAL_CLIPS=${EVAL_CLIPS:-48}
 GEN_STEPS=${GEN_STEPS:-30}
 GEN_GUIDANCE=${GEN_GUIDANCE:-5}
 GEN_DEVICE=${GEN_DEVICE:-cpu}
+GEN_EXTRA=${GEN_EXTRA:-}          # extra osp generate flags (eval stage), split on spaces
 STAGES=${STAGES:-"data vae text encode dit package eval"}
 DEADLINE=${DEADLINE:-0}
 
@@ -180,7 +182,7 @@ EOF
   start=$(now)
   "$OSP" -q generate -m "$MODEL_DIR" --prompts "$EVAL_OUT/prompts.jsonl" --size $SIZE --frames $FRAMES \
     --steps "$GEN_STEPS" --guidance "$GEN_GUIDANCE" --attention "$GEN_ATTENTION" --quant "$GEN_QUANT" \
-    --device "$GEN_DEVICE" --out "$vid/" --overwrite
+    --device "$GEN_DEVICE" --out "$vid/" --overwrite $GEN_EXTRA
   log "eval: generated $(ls "$vid" | wc -l) videos in $(( $(now) - start )) s"
   "$OSP" eval --dataset "$RUN/data-heldout" --videos "$vid" --json "$EVAL_OUT/eval.json" | tee "$EVAL_OUT/eval.txt"
   "$OSP" eval --dataset "$RUN/data-heldout" --limit "$EVAL_CLIPS" --json "$EVAL_OUT/eval-detector.json" > "$EVAL_OUT/eval-detector.txt"

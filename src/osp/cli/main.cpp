@@ -179,6 +179,10 @@ int main(int argc, char** argv) {
   gen->add_option("--seed", g.seed, "random seed (-1 = random, printed)")
       ->capture_default_str()->check(CLI::Range(int64_t(-1), std::numeric_limits<int64_t>::max()));
   gen->add_option("--attention", g.attention, "auto | full | hybrid (Skiparse-2D)")->capture_default_str();
+  gen->add_option("--cache", g.cache,
+                  "step caching: none | teacache:THRESH (skip the DiT blocks while the accumulated change of "
+                  "the timestep modulation stays below THRESH, reusing the last computed residual; 0 = off)")
+      ->capture_default_str();
   gen->add_option("--quant", g.quant, "none | hif8 | fp8")->capture_default_str();
   gen->add_option("--sp", g.sp, "none | ulysses | ssp (launch with mpirun -np N)")->capture_default_str();
   gen->add_option("--device", g.device, "cpu | cuda | cuda:N")->capture_default_str();

@@ -292,8 +292,18 @@ layers::Ctx DiT::ctx(bool training, Tape* tape, ProfKind pk) {
 
 // ---------------------------------------------------------------- forward
 Tensor DiT::forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                    dist::SequenceParallel& sp) {
-  return forward_impl(x, t, context, sp, false);
+                    dist::SequenceParallel& sp, BlockCache* cache) {
+  return forward_impl(x, t, context, sp, false, cache);
+}
+
+Tensor DiT::to_last_layout(const Tensor& x0, dist::SequenceParallel& sp) {
+  // The rows a rank holds depend only on the block kind (dist/sequence_parallel.h), so equal
+  // kinds at both ends mean equal layouts: Wan2.1's all-full plans and OSP-Next's dual_end
+  // hybrid plans (full blocks at both ends) take this branch.
+  if (kinds_.front() == kinds_.back()) return x0.contiguous();
+  Tensor x = x0;
+  for (int i = 1; i < int(kinds_.size()); ++i) x = sp.enter_block(i, x.is_contiguous() ? x : x.contiguous());
+  return x.contiguous();
 }
 
 Tensor DiT::forward_train(const Tensor& x, const std::vector<float>& t, const Tensor& context,
@@ -303,8 +313,9 @@ Tensor DiT::forward_train(const Tensor& x, const std::vector<float>& t, const Te
 }
 
 Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const Tensor& context,
-                         dist::SequenceParallel& sp, bool training) {
+                         dist::SequenceParallel& sp, bool training, BlockCache* cache) {
   OSP_CHECK(!blocks_.empty(), "DiT::forward: the model has no weights (use DiT::bind)");
+  OSP_CHECK(!(training && cache), "DiT::forward_train: step caching (BlockCache) is inference-only");
   const DiTConfig& c = cfg_;
   const Device dev = opt_.device;
   OSP_CHECK(x_in.defined() && (x_in.dim() == 4 || x_in.dim() == 5),
@@ -395,10 +406,34 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   prof_.lap(ProfStage::SpSetup, none);
   Tensor x = sp.scatter_input(xfull);
   prof_.lap(ProfStage::ScatterInput, none);
+  // Step caching: skip the blocks (x = x0 + residual) or run them and keep x_last − x0.
+  // (Asked on every forward so the policy sees every step; a cache with no residual yet computes.)
+  bool run_blocks = true;
+  if (cache && cache->run_blocks) run_blocks = cache->run_blocks(e0) || !cache->residual.defined();
+  if (cache && run_blocks) {
+    // residual ← −x0 (in the last block's layout) now, += x_last after the blocks (which update
+    // x in place): one [B, n_local, dim] buffer, no second copy of the input. (−x0 + x_last is
+    // x_last − x0 exactly in IEEE arithmetic.)
+    const Tensor xin = to_last_layout(x, sp);
+    if (!cache->residual.defined() || cache->residual.shape() != xin.shape() || cache->residual.device() != dev)
+      cache->residual = Tensor::empty(xin.shape(), DType::F32, dev);
+    ops::axpby(-1.0f, xin, 0.0f, xin, cache->residual);
+  }
   const bool ckpt = opt_.activation_checkpointing;
   if (training && ckpt) train_.block_in.resize(size_t(c.num_layers));
   if (training && !ckpt) train_.tapes.resize(size_t(c.num_layers));
-  for (int i = 0; i < int(c.num_layers); ++i) {
+  if (!run_blocks) {
+    x = to_last_layout(x, sp);
+    const Tensor& r = cache->residual;
+    OSP_CHECK(r.shape() == x.shape() && r.device() == x.device(), "DiT::forward: the cached residual ",
+              r.desc(), " does not match this forward's hidden state ", x.desc(),
+              " (a BlockCache belongs to one run: same batch, size and plan)");
+    Tensor xs = Tensor::empty(x.shape(), DType::F32, dev);
+    ops::axpby(1.0f, x, 1.0f, r, xs);  // x_last ≈ x0 + (x_last − x0) of the last computed step
+    x = xs;
+    ++cache->reused;
+  }
+  for (int i = 0; run_blocks && i < int(c.num_layers); ++i) {
     // Ctrl-C safe point between blocks (one step of a large run can take minutes on a CPU); only
     // on one rank: ranks must not leave a sequence-parallel forward at different blocks.
     if (sp.size() == 1) interruption_point("DiT forward");
@@ -420,6 +455,11 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   OSP_CHECK(x.dim() == 3 && x.size(0) == B && x.size(2) == d,
             "DiT::forward: the last block's hidden state is ", x.desc(), ", expected [", B,
             ", n, ", d, "]");
+  if (cache && run_blocks) {
+    OSP_CHECK(cache->residual.shape() == x.shape(), "DiT::forward: block 0's input in the last block's layout is ",
+              cache->residual.desc(), ", the last block's output ", x.desc());
+    ops::add_gated_(cache->residual, x, nullptr);  // −x0 + x_last
+  }
   const int64_t n_loc = x.size(1), Kout = c.out_dim * c.patch_volume();
   if (training) train_.x_last = x.clone();
   Tensor& yl = g.scratch("head_out", {B, n_loc, Kout}, DType::F32);  //   [B, n_local, Kout] F32

@@ -101,8 +101,23 @@ class DiT {
   // without B, as x) in F32 on the model's device. H, W must be multiples of the patch size.
   // Each rank runs the (per-token) head on its own rows of the last block and sp.gather_output
   // moves the f32 head output (out_dim·patch_volume channels) instead of the dim-wide state.
+  //
+  // Step caching (sample/step_cache.h): with a BlockCache, forward asks cache->run_blocks(e0)
+  // after the time embedding; true runs the blocks as always and stores the residual of the
+  // whole block stack (last block's output − block 0's input), false skips every block and feeds
+  // the head block 0's input + the stored residual. Everything else (embeddings, head, layouts)
+  // is this same forward. Inference only.
+  struct BlockCache {
+    // e0 [B, 6, dim] F32 on the model's device, the same on every rank → run the blocks?
+    // Unset: always run them.
+    std::function<bool(const Tensor& e0)> run_blocks;
+    // x_last − x_in, [B, n_local, dim] F32 in the last block's (rank-local) layout, one row per
+    // sample (cond and uncond keep their own). Written by a forward that runs the blocks.
+    Tensor residual;
+    int reused = 0;  // forwards that skipped the blocks
+  };
   Tensor forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                 dist::SequenceParallel& sp);
+                 dist::SequenceParallel& sp, BlockCache* cache = nullptr);
 
   // ---- training (opt.train) ----
   // Every trainable tensor under its Wan name with its checkpoint shape (core/param.h). The
@@ -193,7 +208,11 @@ class DiT {
   // The layer context for one forward/backward (training: numerics; tape: what to record).
   layers::Ctx ctx(bool training, Tape* tape, ProfKind pk = ProfKind::None);
   Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                      dist::SequenceParallel& sp, bool training);
+                      dist::SequenceParallel& sp, bool training, BlockCache* cache = nullptr);
+  // Block 0's input x0 moved into the last block's layout (the layout of the cached residual):
+  // x0 itself when the first and last blocks have the same kind, else x0 through every
+  // enter_block (layout moves only, no block runs).
+  Tensor to_last_layout(const Tensor& x0, dist::SequenceParallel& sp);
   std::vector<layers::Linear*> block_linears();
 
   DiTConfig cfg_;

@@ -31,6 +31,7 @@
 #include "osp/pipeline/load_progress.h"
 #include "osp/pipeline/text_encoder.h"
 #include "osp/sample/sampler.h"
+#include "osp/sample/step_cache.h"
 #include "osp/sparse/skiparse.h"
 
 #ifdef OSP_HAVE_CUDA
@@ -220,6 +221,7 @@ void validate_options(const GenerateOptions& o) {
   if (dev.is_cuda())
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
+  (void)sample::parse_step_cache(o.cache);
   if (o.no_output) return;
   const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
   const OutputKind kind = output_kind(o.out);
@@ -327,6 +329,8 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   const size_t B = o.guidance == 1.0f ? 1 : 2;
   m.dit_activations = B * size_t(p.geo.tokens) * size_t(10 * cfg.dim + 2 * cfg.ffn_dim) * wb / sp_ranks +
                       B * size_t(cfg.text_len) * size_t(cfg.dim + cfg.text_dim) * 4;
+  if (sample::parse_step_cache(o.cache).enabled())  // the cached residual [B, tokens, dim] F32
+    m.dit_activations += B * size_t(p.geo.tokens) * size_t(cfg.dim) * 4 / sp_ranks;
   const size_t t5_params = text_encoder_params(p.files);
   const bool t5_on_device = !(gpu && o.offload);
   m.t5_weights = t5_on_device ? t5_params * wb : 0;
@@ -701,6 +705,18 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
     Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
+    // Step caching: the policy sees each step's time modulation; the DiT keeps the residual.
+    const sample::StepCacheSpec cspec = sample::parse_step_cache(o.cache);
+    std::unique_ptr<sample::TeaCache> tea;
+    model::DiT::BlockCache bcache;
+    int cstep = 0;
+    if (cspec.enabled()) {
+      std::string poly_name;
+      tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
+                                               sample::teacache_polynomial(cfg.dim, &poly_name));
+      bcache.run_blocks = [&](const Tensor& e0) { return tea->compute(cstep, e0); };
+      log_info("step cache: ", cspec.str(), ", rescaling: ", poly_name);
+    }
     Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
     const auto ts = Clock::now();
     report("sampling", 0, o.steps, -1);
@@ -713,7 +729,8 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       const float t = float(sampler->timestep(i));
       Tensor vb;
       try {
-        vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp);
+        cstep = i;
+        vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp, tea ? &bcache : nullptr);
       } catch (const Interrupted&) {
         throw Interrupted("sampling");  // stopped between two DiT blocks of this step
       }
@@ -730,9 +747,15 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       report("sampling", i + 1, o.steps, step_s * double(o.steps - i - 1));
     }
     if (show()) prog.finish();
+    if (tea) {
+      res.steps_cached = bcache.reused;
+      log_info("step cache: ", cspec.str(), " reused the cached block residual at ", bcache.reused, " of ",
+               o.steps, " steps (the DiT blocks ran ", o.steps - bcache.reused, " times)");
+    }
     if (!keep) dit.reset();
   }
   res.seconds["dit"] = since(t0);
+  res.latent = x;
 
   // ---- 3. VAE decode (VAE loaded only now unless kept)
   t0 = Clock::now();
@@ -769,7 +792,9 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
         {"title", o.prompt},
         {"comment", str("osp generate: ", o.width, "x", o.height, "x", o.frames, ", ", o.steps, " ",
                         o.sampler, " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed,
-                        ", attention ", o.attention, ", quant ", o.quant, ", model ", layout_name(plan.files.layout))},
+                        ", attention ", o.attention, ", quant ", o.quant,
+                        o.cache == "none" ? std::string() : ", cache " + o.cache,
+                        ", model ", layout_name(plan.files.layout))},
         {"osp_seed", std::to_string(o.seed)},
         {"osp_negative_prompt", o.negative_prompt},
     };

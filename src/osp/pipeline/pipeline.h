@@ -46,6 +46,8 @@ struct GenerateOptions {
   std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
   bool overwrite = false;            // replace an existing output (else refused before any work)
   int fps = 16;
+  // Step caching (sample/step_cache.h): "none" | "teacache:THRESH" (THRESH ≥ 0; 0 caches nothing).
+  std::string cache = "none";
   size_t vae_tile_budget = 0;        // bytes for VAE decode activations (0 = auto)
   std::vector<std::string> loras;    // "FILE" or "FILE:SCALE" (model::parse_lora_spec), merged in order
   bool no_output = false;            // write nothing (out is ignored): the frames are only returned
@@ -111,6 +113,8 @@ struct GenerateResult {
   std::string interrupted_stage;          // "text encoding", "sampling", "VAE decode", ...
   int64_t seed = 0;
   std::map<std::string, double> seconds;  // per stage: text, dit, vae, write
+  int steps_cached = 0;                   // --cache: steps whose DiT blocks were skipped
+  Tensor latent;                          // the final latent [16, T, h, w] F32 (on the compute device)
   Tensor rgb;                             // U8 [F, H, W, 3] (rank 0; undefined if interrupted)
 };
 

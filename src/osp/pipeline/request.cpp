@@ -12,7 +12,7 @@ namespace osp::pipeline {
 std::vector<std::string> request_fields(bool allow_out) {
   std::vector<std::string> f = {"prompt",  "negative_prompt", "no_negative", "seed",     "size",
                                 "width",   "height",          "frames",      "steps",    "sampler",
-                                "shift",   "guidance",        "attention",   "fps"};
+                                "shift",   "guidance",        "attention",   "fps",      "cache"};
   if (allow_out) f.push_back("out");
   return f;
 }
@@ -75,6 +75,7 @@ void apply_json_settings(const nlohmann::json& j, GenerateOptions& o, bool allow
     } else if (k == "guidance") o.guidance = float(get_number(v, k));
     else if (k == "attention") o.attention = get_string(v, k);
     else if (k == "fps") o.fps = int(get_int(v, k, 1, 240));
+    else if (k == "cache") o.cache = get_string(v, k);
     else if (k == "out") o.out = get_string(v, k);
   }
   OSP_CHECK(j.contains("prompt"), "field 'prompt' is required");

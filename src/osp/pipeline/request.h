@@ -5,7 +5,8 @@
 //   prompt (string, required), negative_prompt (string), no_negative (bool), seed (integer),
 //   size ("WxH"), width / height (integers, instead of size), frames, steps (integers),
 //   sampler ("unipc" | "euler"), shift (number), guidance (number), attention
-//   ("auto" | "full" | "hybrid"), fps (integer), and with allow_out: out (string).
+//   ("auto" | "full" | "hybrid"), fps (integer), cache ("none" | "teacache:THRESH"), and with
+//   allow_out: out (string).
 //
 // An unknown field, a field of the wrong type or a non-object is an osp::Error naming the field.
 #pragma once

@@ -132,7 +132,7 @@ struct Server::Impl {
               {"settings",
                {{"prompt", o.prompt}, {"seed", o.seed}, {"size", std::to_string(o.width) + "x" + std::to_string(o.height)},
                 {"frames", o.frames}, {"steps", o.steps}, {"sampler", o.sampler}, {"shift", o.shift},
-                {"guidance", o.guidance}, {"attention", o.attention}, {"fps", o.fps}}}};
+                {"guidance", o.guidance}, {"attention", o.attention}, {"fps", o.fps}, {"cache", o.cache}}}};
     if (j.state == State::Queued) {
       int pos = 1;
       for (const auto& q : queue) {
