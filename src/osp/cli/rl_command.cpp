@@ -15,6 +15,7 @@
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"
+#include "osp/dist/communicator.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
 #include "osp/model/dit.h"
@@ -34,9 +35,27 @@ namespace {
 int run_rl_command(train::RlOptions o) {
   if (o.negative_prompt.empty() && !o.no_negative) o.negative_prompt = model::default_negative_prompt();
   OSP_CHECK(!o.model.empty(), "--model is required (the base model folder)");
+  const int nranks = dist::launcher_size(), rank = dist::launcher_rank();
+  if (rank > 0 && log_level() >= LogLevel::Info) set_log_level(LogLevel::Warn);  // rank 0 speaks
+  OSP_CHECK(o.sp == "none" || nranks > 1, "--sp ", o.sp, " needs several ranks: launch with mpirun -np N");
+  const int S = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);
+  OSP_CHECK(S >= 1 && nranks % S == 0, nranks, " ranks do not split into sequence-parallel groups of ", S,
+            " (--sp-size)");
   train::rl_preflight(o);
   install_interrupt_handler("the last complete iteration will be saved as a checkpoint");
-  const Device dev = parse_device(o.device);
+  Device dev = parse_device(o.device);
+  // Several ranks (mpirun): the SP x DP mesh of osp train; every rank loads the whole model.
+  train::ParallelGroups groups;
+  if (nranks > 1) {
+    const std::string backend = dev.is_cuda() ? "nccl" : "mpi";
+    OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "osp rl on ", nranks, " ranks on ", dev.name(),
+              " needs the ", backend, " backend, which this build lacks");
+    dist::set_collective_timeout(o.collective_timeout);
+    groups = train::make_parallel_groups(dist::make_communicator(backend), S);
+    if (dev.is_cuda() && cuda_device_count() > 1) dev = Device::cuda(dist::launcher_local_rank());
+    log_info("osp rl on ", nranks, " ranks (", backend, "): ", groups.dp_size(), " data-parallel x ", S,
+             " sequence-parallel (", o.sp, ")");
+  }
   const pipeline::ModelFiles files = pipeline::detect_model_dir(o.model);
 
   // DiT: frozen base (no base gradients), LoRA trained
@@ -58,10 +77,12 @@ int run_rl_command(train::RlOptions o) {
   vcfg.has_encoder = false;
   const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev, vcfg);
 
-  auto sp = dist::make_single_device();
+  std::unique_ptr<dist::SequenceParallel> sp =
+      S == 1 ? dist::make_single_device() : o.sp == "ssp" ? dist::make_ssp(groups.sp) : dist::make_ulysses(groups.sp);
   train::RlEnv env;
   env.dit = &dit;
   env.sp = sp.get();
+  if (nranks > 1) env.groups = &groups;
   env.encode = [&](const std::string& p) { return te->encode({p}).at(0); };
   env.decode = [&](const Tensor& z) { return vae.decode(z.to(dev)).to(Device::cpu()); };
   env.base_model = fs::absolute(o.model).string();
@@ -97,6 +118,8 @@ int run_rl_command(train::RlOptions o) {
   }
   std::fflush(stdout);
   std::fflush(stderr);
+  // Under mpirun a failing rank must not leave the others blocked in a collective.
+  if (rc != 0 && rc != 130 && dist::launcher_size() > 1) dist::abort_all(rc);
   std::exit(rc);
 }
 
@@ -153,6 +176,11 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--save-every", save_every, "checkpoint every N iterations (0 = at the end and on Ctrl-C)");
   OSP_RL_OPT("--keep", keep, "keep only the newest N checkpoints (0 = all)");
   OSP_RL_OPT("--resume", resume, "a checkpoint folder, or a previous --out folder (its latest checkpoint)");
+  OSP_RL_OPT("--sp", sp, "none | ssp | ulysses: sequence parallelism over --sp-size ranks (mpirun -np N); "
+                         "the other ranks split the prompt groups (data parallel)");
+  OSP_RL_OPT("--sp-size", sp_size, "ranks per sequence-parallel group (0 = all ranks when --sp is given)");
+  OSP_RL_OPT("--collective-timeout", collective_timeout,
+             "seconds a collective waits for the other ranks before the run ends with an error (0 = never)");
 #undef OSP_RL_OPT
 #undef OSP_RL_FLAG
   t->callback([t, flags]() {

@@ -93,7 +93,15 @@ void install_interrupt_handler(const char* on_stop) {
 bool interrupted() { return g_interrupted.load(); }
 void set_interrupted(bool v) { g_interrupted.store(v); }
 
+namespace {
+std::atomic<int> g_deferred{0};  // live DeferInterrupts scopes
+}  // namespace
+
+DeferInterrupts::DeferInterrupts() { g_deferred.fetch_add(1); }
+DeferInterrupts::~DeferInterrupts() { g_deferred.fetch_sub(1); }
+
 void interruption_point(const char* stage) {
+  if (g_deferred.load() > 0) return;
   static std::atomic<bool> held{false};
   const char* h = hold_stage();
   if (h && std::strcmp(h, stage) == 0 && !held.exchange(true)) {

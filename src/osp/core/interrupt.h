@@ -37,6 +37,17 @@ void set_interrupted(bool v);  // for tests
 // interrupt a child process in that exact stage without timing guesses.
 void interruption_point(const char* stage);
 
+// While one lives (any thread), interruption_point does not throw; interrupted() still reports
+// Ctrl-C. For loops whose ranks must stop together at an agreed point (osp rl on several ranks
+// polls interrupted() between iterations, all-reduced) instead of wherever the signal lands.
+class DeferInterrupts {
+ public:
+  DeferInterrupts();
+  ~DeferInterrupts();
+  DeferInterrupts(const DeferInterrupts&) = delete;
+  DeferInterrupts& operator=(const DeferInterrupts&) = delete;
+};
+
 // Registers a temporary file or folder (removed, with the files directly inside it, by the
 // handler when a second Ctrl-C exits at once). Scoped; at most 8 at a time (more are ignored).
 class CleanupPath {

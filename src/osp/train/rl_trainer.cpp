@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include "osp/core/error.h"
@@ -115,6 +116,10 @@ void RlOptions::validate() const {
     need(end && *end == '\0' && d >= 0 && d < 1, str("--ema must be off or a decay in [0, 1), got '", ema, "'"));
   }
   need(iterations >= 1, str("--iterations must be >= 1, got ", iterations));
+  need(sp == "none" || sp == "ssp" || sp == "ulysses", str("--sp must be none, ssp or ulysses, got '", sp, "'"));
+  need(sp_size >= 0, str("--sp-size must be >= 0, got ", sp_size));
+  need(std::isfinite(collective_timeout) && collective_timeout >= 0,
+       str("--collective-timeout must be >= 0 seconds, got ", collective_timeout));
   need(!rewards.empty() || !reward_cmd.empty(),
        "no reward: give --reward builtin:adherence (or another builtin) and/or --reward-cmd CMD");
   for (const auto& r : rewards) make_builtin_reward(r);
@@ -206,6 +211,9 @@ void RlOptions::apply_json(const std::string& text, const std::string& source) {
     else if (key == "save_every") I(save_every);
     else if (key == "keep") I(keep);
     else if (key == "resume") S(resume);
+    else if (key == "sp") S(sp);
+    else if (key == "sp_size") I(sp_size);
+    else if (key == "collective_timeout") N(collective_timeout);
     else
       fail(str("rl config ", source, ": unknown setting '", key0, "'"));
   }
@@ -225,7 +233,7 @@ std::string RlOptions::to_json() const {
             {"iterations", iterations}, {"reward", rewards}, {"reward_cmd", reward_cmd},
             {"reward_cmd_weight", reward_cmd_weight}, {"reward_timeout", reward_timeout},
             {"eval_prompts", eval_prompts}, {"eval_every", eval_every},
-            {"eval_samples", eval_samples}, {"seed", seed}};
+            {"eval_samples", eval_samples}, {"seed", seed}, {"sp", sp}, {"sp_size", sp_size}};
   return j.dump();
 }
 
@@ -353,6 +361,29 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// ---- several ranks (RlEnv::groups)
+bool several(const RlEnv& env) { return env.groups && env.groups->world && env.groups->world->size() > 1; }
+dist::Communicator* dp_of(const RlEnv& env) {
+  return env.groups && env.groups->dp && env.groups->dp->size() > 1 ? env.groups->dp.get() : nullptr;
+}
+// The rank-major concatenation over `c` of every rank's values (the same count on each).
+std::vector<double> gather_doubles(dist::Communicator* c, const std::vector<double>& mine) {
+  if (!c) return mine;
+  Tensor send = Tensor::zeros({int64_t(mine.size())}, DType::F64);
+  std::copy(mine.begin(), mine.end(), send.data<double>());
+  Tensor recv = Tensor::zeros({int64_t(mine.size()) * c->size()}, DType::F64);
+  c->all_gather(send, recv);
+  return std::vector<double>(recv.data<double>(), recv.data<double>() + recv.numel());
+}
+// Element-wise sum over `c` (in place).
+void sum_doubles(dist::Communicator* c, std::vector<double>& v) {
+  if (!c || v.empty()) return;
+  Tensor t = Tensor::zeros({int64_t(v.size())}, DType::F64);
+  std::copy(v.begin(), v.end(), t.data<double>());
+  c->all_reduce(t);
+  std::copy(t.data<double>(), t.data<double>() + t.numel(), v.begin());
+}
 
 uint64_t iteration_seed(uint64_t seed, int64_t it) {
   return seed + 0x9E3779B97F4A7C15ull * uint64_t(it + 1);
@@ -509,15 +540,21 @@ double rl_evaluate(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<R
                    const std::vector<RlPrompt>& prompts, uint64_t seed) {
   Loop L(o, env);
   const sample::SdeWindow none{0, 0};
+  // Several ranks: sample s goes to DP rank s mod D; the partial sums are added over DP.
+  dist::Communicator* dp = dp_of(env);
+  const int64_t D = dp ? dp->size() : 1, d = dp ? dp->rank() : 0;
   std::vector<RewardSample> batch;
   for (size_t p = 0; p < prompts.size(); ++p)
     for (int64_t k = 0; k < o.eval_samples; ++k) {
       const int64_t s = int64_t(p) * o.eval_samples + k;
+      if (s % D != d) continue;
       const Rollout r = L.rollout(seed ^ 0xE7A15EEDull, s, L.ctx(prompts[p].caption), none, false);
       batch.push_back(L.reward_sample(prompts[p], r.latent, s));
     }
-  const std::vector<double> sc = L.score(rewards, batch, nullptr);
-  return std::accumulate(sc.begin(), sc.end(), 0.0) / double(sc.size());
+  const std::vector<double> sc = batch.empty() ? std::vector<double>() : L.score(rewards, batch, nullptr);
+  std::vector<double> sum_count = {std::accumulate(sc.begin(), sc.end(), 0.0), double(sc.size())};
+  sum_doubles(dp, sum_count);
+  return sum_count[0] / sum_count[1];
 }
 
 RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Reward>>& rewards,
@@ -528,6 +565,19 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   OSP_CHECK(dit.options().train && !dit.options().train_base,
             "run_rl: the DiT must be bound with train = true and train_base = false (frozen base)");
   OSP_CHECK(!rewards.empty(), "run_rl: no reward");
+  // ---- ranks: DP rank d of D owns the prompt groups [d·P/D, (d+1)·P/D); world rank 0 writes
+  const bool multi = several(env);
+  dist::Communicator* dp = dp_of(env);
+  dist::Communicator* world = multi ? env.groups->world.get() : nullptr;
+  const int64_t D = dp ? dp->size() : 1, d = dp ? dp->rank() : 0;
+  const bool writer = !world || world->rank() == 0;
+  std::optional<DeferInterrupts> defer;  // several ranks: Ctrl-C only between iterations (agreed)
+  if (multi) defer.emplace();
+  OSP_CHECK(o.prompts_per_iter % D == 0, "--prompts-per-iter ", o.prompts_per_iter, " must be a multiple of the ", D,
+            " data-parallel ranks (each rank rolls out whole prompt groups)");
+  if (multi)
+    OSP_CHECK(env.sp->size() == env.groups->sp_size(), "run_rl: the sequence-parallel plan spans ", env.sp->size(),
+              " ranks but the mesh's SP groups have ", env.groups->sp_size());
   const std::vector<RlPrompt> prompts = load_rl_prompts(o.prompts);
   std::vector<RlPrompt> eval_prompts;
   if (!o.eval_prompts.empty()) eval_prompts = load_rl_prompts(o.eval_prompts);
@@ -542,6 +592,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   model::Lora lora = model::init_lora(model::DiT::expected_shapes(dit.config()), li);
   dit.attach_lora(lora);
   const ParamTable params = dit.lora_parameters();
+  ParamTable reduce_table = params;  // the same tensors, for the SP / DP gradient reduction
   AdamW opt(params, AdamWConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay});
   GradClipper clipper(GradClipConfig::parse(o.clip));
   auto masters = [&]() {
@@ -603,9 +654,9 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
         }
       }
     }
-    write_text_atomic(log_path.string(), kept, io::Overwrite::Allow);
+    if (writer) write_text_atomic(log_path.string(), kept, io::Overwrite::Allow);
     log_info("resuming from ", dir, " at iteration ", start);
-  } else {
+  } else if (writer) {
     write_text_atomic(log_path.string(), "", io::Overwrite::Allow);
   }
 
@@ -626,6 +677,11 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     } hold;
     const std::string name = rl_checkpoint_name(it);
     const fs::path dir = fs::path(o.out) / name;
+    if (!writer) {  // every rank holds the same LoRA and optimizer state; rank 0 writes them
+      world->barrier();
+      result.last_checkpoint = dir.string();
+      return dir.string();
+    }
     model::Lora cur = dit.lora();
     cur.metadata["base_model"] = env.base_model;
     cur.metadata["rl_iteration"] = std::to_string(it);
@@ -676,6 +732,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
       for (size_t i = 0; i + size_t(o.keep) < all.size(); ++i) fs::remove_all(all[i]);
     }
     result.last_checkpoint = dir.string();
+    if (world) world->barrier();  // the checkpoint is complete before any rank goes on
     return dir.string();
   };
 
@@ -689,7 +746,9 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   int64_t last_saved = start;
   int64_t it = start;
   for (; it < o.iterations; ++it) {
-    if (interrupted()) {
+    std::vector<double> stop = {interrupted() ? 1.0 : 0.0};
+    sum_doubles(world, stop);  // several ranks stop together, between iterations
+    if (stop[0] > 0) {
       result.interrupted = true;
       break;
     }
@@ -707,8 +766,10 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     std::vector<Rollout> rolls;
     std::vector<int64_t> group_of;
     std::vector<Tensor> ctxs;
+    const int64_t k_begin = d * (P / D), k_end = (d + 1) * (P / D);
+    const int64_t s_begin = k_begin * G;  // this rank's first global sample index
     try {
-      for (int64_t k = 0; k < P; ++k) {
+      for (int64_t k = k_begin; k < k_end; ++k) {
         const int64_t q = it * P + k;
         const int64_t pi = shuffled(N, o.seed, q / N)[size_t(q % N)];
         const Tensor c = L.ctx(prompts[size_t(pi)].caption);
@@ -732,10 +793,17 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     t0 = Clock::now();
     std::vector<RewardSample> batch;
     for (size_t s = 0; s < rolls.size(); ++s)
-      batch.push_back(L.reward_sample(prompts[size_t(rolls[s].prompt)], rolls[s].latent, int64_t(s)));
+      batch.push_back(L.reward_sample(prompts[size_t(rolls[s].prompt)], rolls[s].latent, s_begin + int64_t(s)));
     std::vector<std::vector<double>> per;
-    const std::vector<double> total = L.score(rewards, batch, &per);
+    std::vector<double> total = L.score(rewards, batch, &per);
     batch.clear();
+    // every rank sees every sample's rewards (rank-major = global sample order)
+    total = gather_doubles(dp, total);
+    for (auto& r : per) r = gather_doubles(dp, r);
+    if (dp) {
+      group_of.clear();
+      for (int64_t s = 0; s < P * G; ++s) group_of.push_back(s / G);
+    }
     lg.seconds_reward = since(t0);
     {
       double m = 0, v = 0;
@@ -770,6 +838,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     const GradClipState snap_clip = clipper.state();
     t0 = Clock::now();
     const int64_t chunk = o.train_batch > 0 ? o.train_batch : int64_t(sel.keep.size());
+    const int64_t s_end = s_begin + int64_t(rolls.size());
     double ratio_sum = 0, kl_sum = 0, clip_sum = 0, loss_sum = 0;
     int64_t terms = 0;
     lg.ratio_min = 1e300, lg.ratio_max = -1e300;
@@ -777,10 +846,13 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     try {
       for (size_t c0 = 0; c0 < sel.keep.size(); c0 += size_t(chunk)) {
         const size_t c1 = std::min(sel.keep.size(), c0 + size_t(chunk));
-        const double inv = 1.0 / double(c1 - c0);
+        // ÷ the global chunk size; the DP reduction below averages, so D ranks scale by D
+        const double inv = double(D) / double(c1 - c0);
         dit.zero_lora_grad();
         for (size_t ci = c0; ci < c1; ++ci) {
-          const int64_t s = sel.keep[ci];
+          const int64_t gs = sel.keep[ci];
+          if (gs < s_begin || gs >= s_end) continue;  // another DP rank rolled it out
+          const int64_t s = gs - s_begin;             // index into this rank's rollouts
           const Rollout& r = rolls[size_t(s)];
           for (const Stored& st : r.steps) {
             interruption_point("RL update");
@@ -790,7 +862,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
             in.x = st.x;
             in.x_next = st.x_next;
             in.logp_old = {st.logp_old};
-            in.advantages = {sel.advantages[size_t(s)]};
+            in.advantages = {sel.advantages[size_t(gs)]};
             if (o.guidance != 1.0) in.v_uncond = dit.forward(st.x, {t}, L.neg_, *env.sp).clone();
             if (o.kl_beta > 0) {
               dit.set_lora_enabled(false);
@@ -819,6 +891,10 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
             ++lg.update_backwards;
           }
         }
+        if (multi) {
+          if (env.groups->sp_size() > 1) reduce_sp_gradients(reduce_table, *env.groups->sp);
+          if (dp) average_dp_gradients(reduce_table, *dp);
+        }
         const ClipResult cr = clipper.clip(params);
         OSP_CHECK(std::isfinite(cr.norm), "RL iteration ", it + 1, ": the LoRA gradient norm is ", cr.norm,
                   "; stopping (last checkpoint: ", result.last_checkpoint.empty() ? "none" : result.last_checkpoint, ")");
@@ -844,6 +920,17 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
       break;
     }
     lg.seconds_update = since(t0);
+    if (dp) {  // the statistics of every DP rank's terms
+      std::vector<double> sums = {ratio_sum, kl_sum, clip_sum, loss_sum, double(terms), double(lg.update_forwards),
+                                  double(lg.update_backwards)};
+      sum_doubles(dp, sums);
+      ratio_sum = sums[0], kl_sum = sums[1], clip_sum = sums[2], loss_sum = sums[3];
+      terms = int64_t(sums[4]), lg.update_forwards = int64_t(sums[5]), lg.update_backwards = int64_t(sums[6]);
+      const std::vector<double> mm = gather_doubles(dp, {lg.ratio_min, lg.ratio_max});
+      for (size_t i = 0; i < mm.size(); i += 2)
+        lg.ratio_min = std::min(lg.ratio_min, mm[i]), lg.ratio_max = std::max(lg.ratio_max, mm[i + 1]);
+      lg.rollout_forwards *= D;
+    }
     if (terms > 0) {
       lg.ratio_mean = ratio_sum / double(terms);
       lg.kl = kl_sum / double(terms);
@@ -856,11 +943,11 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     rolls.clear();
     if (!eval_prompts.empty() && o.eval_every > 0 && (it + 1) % o.eval_every == 0 && it + 1 < o.iterations)
       lg.eval_reward = rl_evaluate(o, env, rewards, eval_prompts, eval_seed);
-    {
+    if (writer) {
       std::ofstream lf(log_path, std::ios::app);
       lf << lg.json() << "\n";
     }
-    if (!o.quiet_progress)
+    if (writer && !o.quiet_progress)
       std::fprintf(stderr, "rl %lld/%lld  reward %.4f ± %.4f  kl %.3g  clipfrac %.3f  ratio [%.4f, %.4f]  %.1fs\n",
                    static_cast<long long>(it + 1), static_cast<long long>(o.iterations), lg.reward_mean,
                    lg.reward_std, lg.kl, lg.clip_fraction, lg.ratio_min, lg.ratio_max,
@@ -877,10 +964,12 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   if (!eval_prompts.empty() && !result.interrupted && it == o.iterations) {
     result.eval_end = rl_evaluate(o, env, rewards, eval_prompts, eval_seed);
     log_info("held-out reward after RL: ", result.eval_end);
-    std::ofstream lf(log_path, std::ios::app);
-    lf << json({{"iteration", it}, {"eval_reward", result.eval_end},
-                {"eval_reward_start", result.eval_start}}).dump()
-       << "\n";
+    if (writer) {
+      std::ofstream lf(log_path, std::ios::app);
+      lf << json({{"iteration", it}, {"eval_reward", result.eval_end},
+                  {"eval_reward_start", result.eval_start}}).dump()
+         << "\n";
+    }
   }
   return result;
 }

@@ -24,6 +24,17 @@
 //             forward, grpo_policy_loss → dL/dv_c (÷ chunk size) → DiT backward into the LoRA
 //             gradients; then adaptive (or fixed/none) clipping, AdamW, EMA of the LoRA
 //   log       one JSON line per iteration in OUT/rl_log.jsonl (RlIterationLog fields)
+//   ranks     (RlEnv::groups, `mpirun -np N osp rl --sp ... --sp-size S`) the world is SP × DP
+//             (train/data_parallel.h's mesh). DP rank d of D runs the prompt groups
+//             k ∈ [d·P/D, (d+1)·P/D) (P % D == 0) — the same global sample indices, hence the same
+//             noise, as one rank — and every SP rank of its group runs them with it (the forward
+//             split by env.sp). The rewards are all-gathered over DP, so advantages and the kept
+//             samples are computed identically everywhere; each rank back-propagates the kept
+//             samples it rolled out, the LoRA gradients are summed over SP and DP (the chunk's
+//             1/size uses the global chunk), and every rank takes the same optimizer step. The
+//             held-out evaluation splits its samples over DP. World rank 0 alone writes the log
+//             and checkpoints; Ctrl-C is honoured between iterations (agreed over the world).
+//             One rank and D ranks give the same run up to float summation order.
 //   save      every save_every iterations and at the end (and on Ctrl-C, between iterations):
 //             OUT/checkpoint-<it>/ {lora.safetensors (PEFT names, alpha in the metadata),
 //             lora_ema.safetensors, optimizer.safetensors (master./m./v.<name>), rl_state.json
@@ -41,6 +52,7 @@
 #include "osp/core/tensor.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "osp/train/data_parallel.h"
 #include "osp/train/reward.h"
 
 namespace osp::train {
@@ -98,6 +110,10 @@ struct RlOptions {
   int64_t keep = 0;  // keep the newest N checkpoints (0: all)
   std::string resume;
   bool quiet_progress = false;
+  // several ranks (the CLI; run_rl reads RlEnv::groups)
+  std::string sp = "none";  // none | ssp | ulysses: sequence parallelism over sp_size ranks
+  int64_t sp_size = 0;      // ranks per SP group (0: all ranks when sp != none); the rest is DP
+  double collective_timeout = 600;  // seconds a collective may wait for the other ranks (0: none)
 
   void validate() const;  // throws osp::Error naming the field
   void apply_json(const std::string& json_text, const std::string& source);
@@ -125,6 +141,8 @@ struct RlEnv {
   // latent [16, T, h, w] (F32) → video [3, F, H, W] F32 CPU in [-1, 1]
   std::function<Tensor(const Tensor&)> decode;
   std::string base_model;  // recorded in the LoRA metadata
+  // Several ranks: the SP × DP mesh (sp above must then be built over groups->sp); null = one.
+  const ParallelGroups* groups = nullptr;
 };
 
 struct RlIterationLog {

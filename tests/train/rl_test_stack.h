@@ -1,0 +1,78 @@
+// The model stack the RL loop tests share (rl_trainer_test, rl_mpi_test): a tiny random DiT
+// (frozen base, LoRA trained), a stand-in text encoder (an embedding keyed by the text), a
+// stand-in decoder (latent [16, T, h, w] -> video [3, 4(T-1)+1, 8h, 8w], tanh of the first three
+// channels) and a smooth reward (the mean of the video's first channel: every sample differs).
+#pragma once
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "osp/core/philox.h"
+#include "osp/dist/sequence_parallel.h"
+#include "osp/model/dit.h"
+#include "osp/train/dit_train_model.h"
+#include "osp/train/rl_trainer.h"
+
+namespace osp::train::rl_test {
+
+inline model::DiTConfig tiny() {
+  model::DiTConfig c;
+  c.dim = 32;
+  c.ffn_dim = 64;
+  c.num_heads = 2;
+  c.num_layers = 2;
+  c.text_dim = 16;
+  c.text_len = 8;
+  return c;
+}
+
+// Reward: the mean of the video's first channel (smooth in the latent: every sample differs).
+class RedReward : public Reward {
+ public:
+  std::string name() const override { return "red"; }
+  double score(const RewardSample& s) override {
+    const auto v = s.video.select(0, 0).contiguous().to_float_vector();
+    double m = 0;
+    for (float x : v) m += x;
+    return m / double(v.size());
+  }
+};
+
+struct Stack {
+  model::DiT dit;
+  std::unique_ptr<dist::SequenceParallel> sp = dist::make_single_device();
+  RlEnv env;
+  std::vector<std::unique_ptr<Reward>> rewards;
+  explicit Stack(uint64_t seed = 1) {
+    model::DiTOptions o;
+    o.train = true;
+    o.train_base = false;
+    dit = model::DiT::bind(tiny(), random_dit_weights(tiny(), seed), o);
+    env.dit = &dit;
+    env.sp = sp.get();
+    env.encode = [](const std::string& p) {  // a stand-in embedding keyed by the text
+      uint64_t h = 1469598103934665603ull;
+      for (char c : p) h = (h ^ uint8_t(c)) * 1099511628211ull;
+      return randn({5, 16}, h, 0);
+    };
+    env.decode = [](const Tensor& z) {  // latent [16, T, h, w] → video [3, 4(T−1)+1, 8h, 8w]
+      const int64_t T = z.size(1), h = z.size(2), w = z.size(3), F = 4 * (T - 1) + 1;
+      const Tensor zc = z.to(Device::cpu()).contiguous();
+      Tensor v = Tensor::empty({3, F, 8 * h, 8 * w}, DType::F32);
+      const float* zp = zc.data<float>();
+      float* vp = v.data<float>();
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t f = 0; f < F; ++f)
+          for (int64_t y = 0; y < 8 * h; ++y)
+            for (int64_t x = 0; x < 8 * w; ++x)
+              vp[((c * F + f) * 8 * h + y) * 8 * w + x] =
+                  std::tanh(zp[((c * T + (f + 3) / 4) * h + y / 8) * w + x / 8]);
+      return v;
+    };
+    env.base_model = "random";
+    rewards.push_back(std::make_unique<RedReward>());
+  }
+};
+
+}  // namespace osp::train::rl_test
