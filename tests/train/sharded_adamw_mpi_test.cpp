@@ -8,7 +8,11 @@
 //  * the unsharded state (gather_state, on every rank or on one root) equals AdamW's slots, and
 //    resuming from it on a different DP rank count continues with the same weights;
 //  * gradient sharding (groups whose gradients live only around their backward) over DP and SP,
-//    with accumulation: the same weights, and at most one group's gradients held at a time.
+//    with accumulation: the same weights, and at most one group's gradients held at a time;
+//  * weight sharding (ZeRO-3) on top: the groups' values exist only between gather_group and
+//    release_group, are bit-identical to the unsharded weights whenever gathered (blocking, or
+//    through the prefetch path forced on — synchronous on mpi, the same bookkeeping as nccl's
+//    overlapped one), at most one group's values are resident, and unshard_weights restores all.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -193,7 +197,10 @@ void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
 // begin_group and end_group (a backward in reverse order, 2 accumulation micro-batches); the
 // weights stay bit-identical to the unsharded optimizer's, and the table never holds more than
 // the ungrouped gradients + one group.
-void run_grouped(int sp_size, size_t bucket_bytes) {
+// weights: none (gradient sharding only), or weight sharding with the given prefetch mode.
+enum class Weights { Replicated, Sharded, ShardedPrefetch };
+
+void run_grouped(int sp_size, size_t bucket_bytes, Weights weights = Weights::Replicated) {
   auto groups = train::make_parallel_groups(world(), sp_size);
   const int D = groups.dp_size(), S = groups.sp_size();
   Model ref = make_model(false);
@@ -205,6 +212,25 @@ void run_grouped(int sp_size, size_t bucket_bytes) {
   train::ShardedAdamW so(sh.table(), groups, config(), opt, train::ShardGroup::World, blocks);
   EXPECT_TRUE(so.shards_gradients());
   for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.grads[k].defined()) << kParams[k].first;
+  int64_t block_bytes[2] = {0, 0};
+  for (size_t b = 0; b < 2; ++b)
+    for (size_t k = blocks[b].first; k < blocks[b].second; ++k) block_bytes[b] += int64_t(sh.values[k].nbytes());
+  EXPECT_EQ(so.peak_group_weight_bytes(), block_bytes[0] + block_bytes[1]);
+  const bool zero3 = weights != Weights::Replicated;
+  if (zero3) {
+    so.shard_weights(weights == Weights::ShardedPrefetch ? train::ShardedAdamW::Prefetch::On
+                                                         : train::ShardedAdamW::Prefetch::Off);
+    EXPECT_EQ(so.prefetches(), weights == Weights::ShardedPrefetch);
+    EXPECT_EQ(so.resident_group_weight_bytes(), 0);
+    for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.values[k].defined()) << kParams[k].first;
+  }
+  // block b's values are resident and equal the unsharded weights
+  auto expect_block = [&](int b, const std::string& when) {
+    for (size_t k = blocks[size_t(b)].first; k < blocks[size_t(b)].second; ++k) {
+      ASSERT_TRUE(sh.values[k].defined()) << kParams[k].first << " " << when;
+      expect_same_bits(sh.values[k], ref.values[k], kParams[k].first + " " + when);
+    }
+  };
   for (int step = 0; step < 3; ++step) {
     for (size_t k = 0; k < kParams.size(); ++k) {  // the mean of the two micro-batches' gradients
       const auto a = reduced_grad(k, D, S, 2 * step).to_float_vector();
@@ -216,11 +242,27 @@ void run_grouped(int sp_size, size_t bucket_bytes) {
     for (size_t k : {size_t(0), size_t(5)}) sh.grads[k].zero_();
     for (int micro = 0; micro < 2; ++micro) {
       auto g = [&](size_t k) { return grad_of(k, groups.dp_rank(), groups.sp_rank(), 2 * step + micro); };
+      const std::string when = "step " + std::to_string(step) + " micro " + std::to_string(micro);
+      if (zero3)  // the forward: gather (prefetching the next block), use, release
+        for (int blk = 0; blk < 2; ++blk) {
+          so.gather_group(size_t(blk));
+          if (blk + 1 < 2) so.prefetch_group(size_t(blk + 1));
+          expect_block(blk, "forward " + when);
+          so.release_group(size_t(blk));
+        }
       for (size_t k : {size_t(5), size_t(0)}) ops::axpby(1.f, g(k), 1.f, sh.grads[k], sh.grads[k]);
       for (int blk = 1; blk >= 0; --blk) {
+        so.gather_group(size_t(blk));  // (no-ops without weight sharding)
+        if (blk > 0) so.prefetch_group(size_t(blk - 1));
         so.begin_group(size_t(blk));
+        if (zero3) expect_block(blk, "backward " + when);
         for (size_t k = blocks[size_t(blk)].first; k < blocks[size_t(blk)].second; ++k) sh.grads[k].copy_from(g(k));
         so.end_group(size_t(blk));
+        so.release_group(size_t(blk));
+      }
+      if (zero3) {
+        EXPECT_EQ(so.resident_group_weight_bytes(), 0);
+        for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.values[k].defined()) << kParams[k].first;
       }
     }
     so.reduce_gradients(2);
@@ -229,7 +271,17 @@ void run_grouped(int sp_size, size_t bucket_bytes) {
     ref_opt.step(1e-2);
     so.step(1e-2);
     for (size_t k = 0; k < kParams.size(); ++k)
-      expect_same_bits(sh.values[k], ref.values[k], kParams[k].first + " after step " + std::to_string(step));
+      if (!zero3 || k == 0 || k == 5)  // (sharded blocks: checked when gathered)
+        expect_same_bits(sh.values[k], ref.values[k], kParams[k].first + " after step " + std::to_string(step));
+  }
+  // resident block weights: every block without weight sharding, at most the largest one with it
+  EXPECT_EQ(so.peak_group_weight_bytes(), zero3 ? block_bytes[0] : block_bytes[0] + block_bytes[1]);
+  EXPECT_EQ(so.gather_buffer_bytes() > 0, weights == Weights::ShardedPrefetch);
+  if (zero3) {
+    so.unshard_weights();
+    EXPECT_FALSE(so.shards_weights());
+    for (size_t k = 0; k < kParams.size(); ++k)
+      expect_same_bits(sh.values[k], ref.values[k], kParams[k].first + " after unshard_weights");
   }
   const int64_t outside = shape_numel(kParams[0].second) + shape_numel(kParams[5].second);
   const int64_t block0 = shape_numel(kParams[1].second) + shape_numel(kParams[2].second);
@@ -248,6 +300,12 @@ TEST(ShardedAdamW, GradientShardingEqualsUnshardedBitForBit) { run_grouped(1, 64
 TEST(ShardedAdamW, GradientShardingWithSequenceParallelism) {
   if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
   run_grouped(2, 100);
+}
+TEST(ShardedAdamW, WeightShardingEqualsUnshardedBitForBit) { run_grouped(1, 64, Weights::Sharded); }
+TEST(ShardedAdamW, WeightShardingPrefetchPath) { run_grouped(1, 64, Weights::ShardedPrefetch); }
+TEST(ShardedAdamW, WeightShardingWithSequenceParallelism) {
+  if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
+  run_grouped(2, 100, Weights::ShardedPrefetch);
 }
 
 using train::ShardGroup;

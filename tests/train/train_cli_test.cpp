@@ -294,8 +294,20 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
                         "--device", "cuda", "--gpu-memory", "139", "--shard-gradients"});
   ASSERT_EQ(z.code, 0) << z.out;
   in.sharded_gradients = true;
+  const train::MemoryPlanInput zin = in;
   EXPECT_NE(z.out.find(train::plan_train_memory(in).table()), std::string::npos) << z.out;
   EXPECT_NE(z.out.find("optimizer state and gradients sharded"), std::string::npos) << z.out;
+  // with --shard-weights (implies --shard-gradients): one block's compute copy + the gather buffer
+  const CliRun w = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                        "--device", "cuda", "--gpu-memory", "139", "--shard-weights"});
+  ASSERT_EQ(w.code, 0) << w.out;
+  in.sharded_weights = true;
+  const train::MemoryPlan pw = train::plan_train_memory(in);
+  EXPECT_NE(w.out.find(pw.table()), std::string::npos) << w.out;
+  EXPECT_NE(w.out.find("optimizer state, gradients and weights sharded"), std::string::npos) << w.out;
+  EXPECT_LT(pw.total, train::plan_train_memory(zin).total - 20.0 * double(1ull << 30));  // > 20 GiB saved
+  in.sharded_weights = false;
   // --dp instead of --sp-size: 8 ranks = 4 SP x 2 DP; sizes that do not multiply to the ranks fail
   const CliRun dp = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                          "1280x720x81", "--ranks", "8", "--sp", "ssp", "--dp", "2", "--batch", "2"});

@@ -8,6 +8,11 @@
 // holds the unsharded layout with the single-rank values. Resuming on another rank count: an
 // N-rank sharded checkpoint continued on 1 rank, and a 1-rank checkpoint continued on N sharded
 // ranks, repeat the uninterrupted single-rank losses (EMA on, so its sharded save/load is covered).
+// Weight sharding (--shard-weights, ZeRO-3: block weights gathered per block, released after):
+// pure DP, SP × DP (4 = 2 SSP × 2 DP) and, on one rank, HiF8 QAT (its Q(W, 15) copies follow the
+// gathered weights) equal the single-rank run; the peak of resident block weights per rank is one block
+// (TrainResult::peak_block_weight_bytes) instead of all; a --shard-weights checkpoint resumes on
+// one rank, and a one-rank checkpoint resumes into --shard-weights on N ranks.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -90,6 +95,8 @@ struct Case {
   int accum = 1;   // gradient accumulation micro-batches (the global batch is then 8)
   const char* shard = "on";  // --shard-optimizer of the several-rank run
   bool shard_grads = false;  // --shard-gradients
+  bool shard_weights = false;  // --shard-weights
+  const char* quant = "none";
 };
 
 // Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
@@ -116,11 +123,18 @@ TEST_P(TrainMpi, EqualsOneRank) {
   const int S = c.sp_size == 0 ? comm->size() : c.sp_size;
   if (comm->size() % S != 0 || (std::string(c.sp) != "none" && comm->size() == 1))
     GTEST_SKIP() << "SKIP: " << c.sp << " x " << S << " does not fit " << comm->size() << " ranks";
+  // HiF8 QAT on several ranks: the reduction order's last-bit differences cross quantization
+  // steps (Q(dy, 224)) and move weights by ~3e-4 after 5 steps — with or without weight sharding
+  // (measured equal); one rank checks that the Q(W, 15) copies follow the gathered weights.
+  if (std::string(c.quant) != "none" && comm->size() > 1)
+    GTEST_SKIP() << "SKIP: QAT is compared on one rank (reduction order vs quantization steps)";
   const fs::path data = cache();
   // One rank, in this process (its own output folder per rank).
   const fs::path one_out = job_dir(std::string("one_") + c.sp + std::to_string(c.accum) + "_" + std::to_string(comm->rank()));
   fs::remove_all(one_out);
-  DiTTrainModel one(tiny(), random_dit_weights(tiny(), 5), {});
+  DiTTrainOptions d1;
+  d1.quant = c.quant;
+  DiTTrainModel one(tiny(), random_dit_weights(tiny(), 5), d1);
   TrainOptions o1 = options(data, one_out);
   if (c.accum > 1) o1.batch = 8;
   const TrainResult want = run_training(o1, one);
@@ -130,6 +144,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   comm->barrier();
   DiTTrainOptions d;
   d.world = comm;
+  d.quant = c.quant;
   d.sp = comm->size() == 1 ? "none" : c.sp;
   d.sp_size = std::string(c.sp) == "none" ? 1 : S;
   DiTTrainModel many(tiny(), random_dit_weights(tiny(), 5), d);
@@ -139,6 +154,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   on.grad_accum = c.accum;
   on.shard_optimizer = c.shard;
   on.shard_gradients = c.shard_grads;
+  on.shard_weights = c.shard_weights;
   const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
@@ -147,8 +163,19 @@ TEST_P(TrainMpi, EqualsOneRank) {
   for (size_t k = 0; k < pa.size(); ++k) {
     EXPECT_LE(max_abs_diff(*pa[k].value, *pb[k].value), 2e-4) << pa[k].name;  // Adam: lr-sized moves where g ≈ 0
     // gradient sharding: the blocks' full gradients were released after their backward
-    if (c.shard_grads) EXPECT_EQ(pb[k].grad->defined(), pb[k].name.rfind("blocks.", 0) != 0) << pb[k].name;
+    if (c.shard_grads || c.shard_weights) EXPECT_EQ(pb[k].grad->defined(), pb[k].name.rfind("blocks.", 0) != 0) << pb[k].name;
   }
+  // resident block weights (compute copies) per rank: every block, or one with --shard-weights
+  int64_t block_bytes = 0, one_block = 0;
+  for (const ParamRef& p : pb)
+    if (p.name.rfind("blocks.", 0) == 0) {
+      block_bytes += int64_t(p.value->nbytes());
+      if (p.name.rfind("blocks.0.", 0) == 0) one_block += int64_t(p.value->nbytes());
+    }
+  if (c.shard_grads || c.shard_weights)
+    EXPECT_EQ(got.peak_block_weight_bytes, c.shard_weights ? one_block : block_bytes);
+  else
+    EXPECT_EQ(got.peak_block_weight_bytes, -1);  // (tracked with block groups only)
   comm->barrier();
   // Rank 0 wrote the run; the others wrote nothing of their own.
   EXPECT_TRUE(fs::exists(out / "checkpoint-00000005" / "CHECKPOINT_COMPLETE"));
@@ -165,10 +192,13 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                                            Case{"none", 1, 2}, Case{"none", 1, 1, "off"},
                                            Case{"ssp", 0, 1, "off"}, Case{"none", 1, 1, "on", true},
                                            Case{"ssp", 0, 1, "on", true}, Case{"ulysses", 2, 1, "on", true},
-                                           Case{"none", 1, 2, "on", true}),
+                                           Case{"none", 1, 2, "on", true}, Case{"none", 1, 1, "on", false, true},
+                                           Case{"ssp", 2, 1, "on", false, true},
+                                           Case{"none", 1, 1, "on", false, true, "hif8"}),
                          [](const auto& i) {
-                           return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" +
-                                  i.param.shard + (i.param.shard_grads ? "_grads" : "");
+                           return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" + i.param.shard +
+                                  (i.param.shard_grads ? "_grads" : "") + (i.param.shard_weights ? "_weights" : "") +
+                                  (std::string(i.param.quant) != "none" ? std::string("_") + i.param.quant : "");
                          });
 
 // Resuming on another rank count continues the uninterrupted single-rank run: the losses of the
@@ -214,11 +244,13 @@ TEST(TrainMpiResume, OtherRankCountContinuesTheSameCurve) {
   comm->barrier();
   // Resumes `from` into `out` up to step 6 (on `on_mesh`'s ranks, sharded or not) and checks that
   // steps 4-6 and the final weights equal the uninterrupted run's.
-  auto continue_to_6 = [&](const fs::path& from, const fs::path& out, const auto& on_mesh, const char* shard) {
+  auto continue_to_6 = [&](const fs::path& from, const fs::path& out, const auto& on_mesh, const char* shard,
+                           bool shard_weights = false) {
     DiTTrainModel m(tiny(), random_dit_weights(tiny(), 99), on_mesh);  // weights come from the checkpoint
     TrainOptions o = opts(out, 6);
     o.resume = from.string();
     o.shard_optimizer = shard;
+    o.shard_weights = shard_weights;
     const TrainResult got = run_training(o, m);
     ASSERT_EQ(got.log.size(), 3u);
     for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k + 3]);
@@ -250,11 +282,40 @@ TEST(TrainMpiResume, OtherRankCountContinuesTheSameCurve) {
   ASSERT_EQ(ea.names(), eb.names());
   for (const std::string& n : ea.names()) EXPECT_LE(max_abs_diff(ea.get(n), eb.get(n)), 2e-4) << n;
   comm->barrier();
+
+  // Weight sharding (--shard-weights): N ranks, 3 steps → continued on 1 rank; and the 1-rank
+  // checkpoint continued on N ranks with --shard-weights.
+  const fs::path c = job_dir("resume_c"), c1 = job_dir("resume_c1_" + std::to_string(r)), d = job_dir("resume_d");
+  if (r == 0) {
+    fs::remove_all(c);
+    fs::remove_all(d);
+  }
+  comm->barrier();
+  {
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), mesh());
+    TrainOptions o = opts(c, 3);
+    o.shard_optimizer = "on";
+    o.shard_weights = true;
+    const TrainResult got = run_training(o, m);
+    ASSERT_EQ(got.log.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) loss_near(got.log[k], want.log[k]);
+  }
+  comm->barrier();
+  fs::remove_all(c1);
+  continue_to_6(c, c1, DiTTrainOptions{}, "off");
+  comm->barrier();
+  continue_to_6(b1, d, mesh(), "on", true);
+  comm->barrier();
+  expect_same_optimizer_files(ref_ck, d / "checkpoint-00000006", 2e-4);
+  comm->barrier();
   fs::remove_all(ref_out);
   fs::remove_all(a1);
+  fs::remove_all(c1);
   if (r == 0) {
     fs::remove_all(a);
     fs::remove_all(b1);
     fs::remove_all(b);
+    fs::remove_all(c);
+    fs::remove_all(d);
   }
 }

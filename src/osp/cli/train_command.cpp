@@ -211,17 +211,22 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.dp_size = int(D);
   in.batch = o.batch / (D * o.grad_accum);
   in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1);
-  OSP_CHECK(!o.shard_gradients || in.sharded_state, "--shard-gradients needs the sharded optimizer (--shard-optimizer "
-            "on, or auto with several ranks)");
-  in.sharded_gradients = o.shard_gradients;
+  OSP_CHECK(!(o.shard_gradients || o.shard_weights) || in.sharded_state, o.shard_weights ? "--shard-weights" : "--shard-gradients",
+            " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
+  in.sharded_gradients = o.shard_gradients || o.shard_weights;  // --shard-weights implies it
+  in.sharded_weights = o.shard_weights;
   in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
+  in.prefetch_weights = in.act_bytes == 2;  // prefetch where the gathers overlap (nccl)
   in.capacity_bytes = d.gpu_gib * double(1ull << 30);
   const train::MemoryPlan p = train::plan_train_memory(in);
   std::printf("osp train --dry-run: %s, %s, %lld ranks = %lld SP (%s) x %lld DP, %lld sample(s) per rank per "
-              "micro-step, optimizer state %s, activation checkpointing, %s activations\n%s",
+              "micro-step, optimizer state%s, activation checkpointing, %s activations\n%s",
               cfg.summary().c_str(), size.c_str(), (long long)ranks, (long long)S, o.sp.c_str(), (long long)D,
               (long long)in.batch,
-              in.sharded_gradients ? "and gradients sharded" : in.sharded_state ? "sharded" : "not sharded",
+              in.sharded_weights     ? ", gradients and weights sharded"
+              : in.sharded_gradients ? " and gradients sharded"
+              : in.sharded_state     ? " sharded"
+                                     : " not sharded",
               in.act_bytes == 2 ? "bf16" : "F32",
               p.table().c_str());
   return 0;
@@ -422,6 +427,9 @@ void add_train_commands(CLI::App& app) {
                 "auto (on with several ranks) | on | off: each rank keeps 1/N of the fp32 masters and AdamW moments");
   OSP_TRAIN_FLAG("--shard-gradients", shard_gradients,
                  "also shard the gradients (ZeRO-2): a block's full gradients live only during its backward");
+  OSP_TRAIN_FLAG("--shard-weights", shard_weights,
+                 "also shard the weights (ZeRO-3, implies --shard-gradients): a block's weights are all-gathered "
+                 "before its forward and backward and released after; embeddings and head stay replicated");
   OSP_TRAIN_OPT("--collective-timeout", collective_timeout,
                 "seconds a rank waits for the others in one collective before every rank stops with an error "
                 "(default 600; 0 = forever)");

@@ -85,15 +85,28 @@ int Communicator::all_to_all_start(const Tensor& send, const std::vector<int64_t
   return raw_all_to_all_start(send.raw(), p.sb, p.sd, recv.raw(), p.rb, p.rd, send);
 }
 
+namespace {
+void check_all_gather(const Tensor& send, const Tensor& recv, int size, const char* op) {
+  require_contig(send, op, "send");
+  require_contig(recv, op, "recv");
+  require_same_kind(send, recv, op);
+  OSP_CHECK(recv.numel() == send.numel() * size, "Communicator::", op, ": recv ", recv.desc(),
+            " must hold size (", size, ") × send ", send.desc());
+}
+}  // namespace
+
 void Communicator::all_gather(const Tensor& send, Tensor& recv) {
-  require_contig(send, "all_gather", "send");
-  require_contig(recv, "all_gather", "recv");
-  require_same_kind(send, recv, "all_gather");
+  check_all_gather(send, recv, size(), "all_gather");
   check_device(send, "all_gather");
-  OSP_CHECK(recv.numel() == send.numel() * size(), "Communicator::all_gather: recv ", recv.desc(),
-            " must hold size (", size(), ") × send ", send.desc());
   bytes_sent_ += uint64_t(size() - 1) * send.nbytes();
   raw_all_gather(send.raw(), send.nbytes(), recv.raw(), send);
+}
+
+int Communicator::all_gather_start(const Tensor& send, Tensor& recv) {
+  check_all_gather(send, recv, size(), "all_gather_start");
+  check_device(send, "all_gather_start");
+  bytes_sent_ += uint64_t(size() - 1) * send.nbytes();
+  return raw_all_gather_start(send.raw(), send.nbytes(), recv.raw(), send);
 }
 
 void Communicator::reduce_scatter(const Tensor& send, Tensor& recv) {

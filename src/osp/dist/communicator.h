@@ -52,6 +52,10 @@ class Communicator {
   virtual bool overlaps() const { return false; }
   // recv = concat over ranks of send (rank-major): recv.numel() == S·send.numel().
   void all_gather(const Tensor& send, Tensor& recv);
+  // Overlappable all_gather (the weight prefetch of train/sharded_adamw.h): same checks and byte
+  // accounting as all_gather, the same ticket/wait contract as all_to_all_start (nccl: the side
+  // stream; other backends: synchronous, wait a no-op).
+  int all_gather_start(const Tensor& send, Tensor& recv);
   // Sum over ranks of send [S·n] (any shape with S·n elements), rank r keeps chunk r → recv [n].
   void reduce_scatter(const Tensor& send, Tensor& recv);
   void all_reduce(Tensor& x);  // sum, in place
@@ -83,6 +87,11 @@ class Communicator {
     return 0;
   }
   virtual void raw_all_gather(const void* send, size_t bytes, void* recv, const Tensor& like) = 0;
+  // Default: synchronous raw_all_gather, ticket 0.
+  virtual int raw_all_gather_start(const void* send, size_t bytes, void* recv, const Tensor& like) {
+    raw_all_gather(send, bytes, recv, like);
+    return 0;
+  }
   virtual void raw_reduce_scatter(const void* send, void* recv, int64_t recv_count,
                                   const Tensor& like) = 0;
   virtual void raw_all_reduce(void* x, int64_t count, const Tensor& like) = 0;

@@ -197,6 +197,20 @@ class NcclCommunicator final : public Communicator {
                            const std::vector<size_t>& sd, void* recv,
                            const std::vector<size_t>& rb, const std::vector<size_t>& rd,
                            const Tensor&) override {
+    side_begin();
+    send_recv(send, sb, sd, recv, rb, rd, side_);
+    watch(side_, "all_to_all");
+    return side_end();
+  }
+  // The same side stream for the weight prefetch's all-gathers.
+  int raw_all_gather_start(const void* send, size_t bytes, void* recv, const Tensor&) override {
+    side_begin();
+    OSP_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclChar, comm_, side_));
+    watch(side_, "all_gather");
+    return side_end();
+  }
+  // The side stream (created on first use) waits for the compute stream's work so far.
+  void side_begin() {
     if (!side_) {
       OSP_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
       events_.resize(kEvents);
@@ -205,8 +219,9 @@ class NcclCommunicator final : public Communicator {
     }
     OSP_CUDA_CHECK(cudaEventRecord(ready_, stream()));
     OSP_CUDA_CHECK(cudaStreamWaitEvent(side_, ready_, 0));
-    send_recv(send, sb, sd, recv, rb, rd, side_);
-    watch(side_, "all_to_all");
+  }
+  // The completion event of the work just enqueued on the side stream = the ticket.
+  int side_end() {
     const int ticket = next_ticket_++;
     OSP_CUDA_CHECK(cudaEventRecord(events_[size_t(ticket % kEvents)], side_));
     return ticket;

@@ -273,6 +273,20 @@ std::vector<layers::Linear*> DiT::block_linears() {
   return v;
 }
 
+void DiT::refresh_block_qat(int i, bool missing_only) {
+  if (!(opt_.train && opt_.train_base && opt_.quant == DiTQuant::HiF8)) return;
+  for (layers::Linear* l : blocks_[size_t(i)].linears()) {
+    OSP_CHECK(l->w.defined(), "DiT: block ", i, "'s weights are not resident (weight sharding: the "
+              "forward/backward hooks must gather them)");
+    if (!missing_only || !l->wfq.defined()) l->refresh_quantized_weight(opt_.device);
+  }
+}
+
+void DiT::drop_block_qat(int i) {
+  for (layers::Linear* l : blocks_[size_t(i)].linears())
+    if (!l->w.defined()) l->wfq = Tensor();
+}
+
 layers::Ctx DiT::ctx(bool training, Tape* tape, ProfKind pk) {
   layers::Ctx c;
   c.dev = opt_.device;
@@ -364,9 +378,6 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     train_.context_shape = context.shape();
     gt = &train_.global;
   }
-  // QAT: Q(W, 15) of the current weights (a frozen base keeps the cached Q(W, 15))
-  if (opt_.train && opt_.train_base && opt_.quant == DiTQuant::HiF8)
-    for (layers::Linear* l : block_linears()) l->refresh_quantized_weight(dev);
   layers::Ctx g = ctx(training, gt);
   prof_.begin_forward();
 
@@ -446,7 +457,11 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     if (training && ckpt) train_.block_in[size_t(i)] = x.clone();
     Tape* tape = training && !ckpt ? &train_.tapes[size_t(i)] : nullptr;
     layers::Ctx bc = ctx(training, tape, pk);
+    if (fwd_before_) fwd_before_(i);  // (weight sharding: block i's weights gathered here)
+    refresh_block_qat(i, false);      // QAT: Q(W, 15) of the current weights
     blocks_[size_t(i)].forward(bc, c, i, x, ctx_q, e0, sp);
+    if (fwd_after_) fwd_after_(i);    // (... and released here)
+    drop_block_qat(i);
     if (hook_) hook_(i, x);
   }
 
@@ -531,6 +546,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
   const bool ckpt = !train_.block_in.empty();
   for (int i = int(c.num_layers) - 1; i >= 0; --i) {
     if (block_before_) block_before_(i);
+    refresh_block_qat(i, true);  // (weight sharding released the forward's Q(W, 15))
     Tape tp;
     if (ckpt) {  // recompute block i from its saved input, recording the tape
       Tensor xr = train_.block_in[size_t(i)];
@@ -542,6 +558,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
     }
     blocks_[size_t(i)].backward(g, tp, c, i, ctx_lin, dx, de0, dctx, sp);
     if (block_after_) block_after_(i);
+    drop_block_qat(i);
     if (i > 0) dx = sp.enter_block_backward(i, dx).contiguous();
   }
   Tensor dxfull = sp.scatter_input_backward(dx).contiguous();  //   [B, N, d] F32

@@ -148,6 +148,16 @@ class DiT {
     block_before_ = std::move(before);
     block_after_ = std::move(after);
   }
+  // Called by every forward() and forward_train() around block i's forward (not around the
+  // backward's activation-checkpointing recompute, which runs inside the backward hooks): before(i)
+  // ahead of it, after(i) once it returned. For weight sharding (ZeRO-3, train/sharded_adamw.h):
+  // block i's parameter values may be gathered in before(i) and released (left undefined) in
+  // after(i) — and likewise around its backward with the backward hooks; a block whose weights are
+  // released also drops its QAT copies Q(W, 15). Empty: none.
+  void set_block_forward_hooks(std::function<void(int)> before, std::function<void(int)> after) {
+    fwd_before_ = std::move(before);
+    fwd_after_ = std::move(after);
+  }
 
   // ---- LoRA adapters, un-merged (model/dit_lora.cpp; osp-next-spec §8.2) ----
   // Attaches every adapter of `lora` to its block linear (modules "blocks.<i>.self_attn.q", ...,
@@ -233,6 +243,12 @@ class DiT {
   StageProfiler prof_;
   TrainState train_;
   std::function<void(int)> block_before_, block_after_;  // set_block_backward_hooks
+  std::function<void(int)> fwd_before_, fwd_after_;      // set_block_forward_hooks
+  // QAT (training a HiF8 base): Q(W, 15) of block i's linears from their current weights —
+  // only where missing (`missing_only`, the backward: the forward's copies are still valid) —
+  // and drop_block_qat frees them where the weight itself was released (weight sharding).
+  void refresh_block_qat(int i, bool missing_only);
+  void drop_block_qat(int i);
   // LoRA: module name → alpha of the attached adapters; the enable switch.
   std::map<std::string, double> lora_modules_;
   bool lora_enabled_ = true;

@@ -302,7 +302,7 @@ TrainerState load_checkpoint(const std::string& dir, const ParamTable& params, s
   }
   for (size_t k = 0; k < params.size(); ++k) {
     auto& slot = slots[k];
-    const Shape& shape = params[k].value->shape();
+    const Shape shape = slot.master.shape();  // the value's shape (the value may be released)
     slot.master.copy_from(f.get("master." + params[k].name).view(shape));
     slot.m.copy_from(f.get("m." + params[k].name).view(shape));
     slot.v.copy_from(f.get("v." + params[k].name).view(shape));
@@ -315,7 +315,7 @@ TrainerState load_checkpoint(const std::string& dir, const ParamTable& params, s
     OSP_CHECK(ema->size() == params.size(), "load_checkpoint: ", ema->size(), " EMA tensors for ", params.size(),
               " parameters");
     for (size_t k = 0; k < params.size(); ++k)
-      (*ema)[k].copy_from(e.get(params[k].name).view(params[k].value->shape()));
+      (*ema)[k].copy_from(e.get(params[k].name).view((*ema)[k].shape()));
   }
   TrainerState s = read_trainer_state(dir);
   OSP_CHECK(s.step == steps, "checkpoint ", dir, ": trainer_state.json says step ", s.step,

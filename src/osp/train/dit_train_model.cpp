@@ -95,6 +95,16 @@ void DiTTrainModel::set_gradient_hooks(std::function<void(size_t)> before, std::
                                 [after](int i) { if (after) after(size_t(i)); });
 }
 
+bool DiTTrainModel::set_forward_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) {
+  if (!before && !after) {
+    dit_.set_block_forward_hooks({}, {});
+    return true;
+  }
+  dit_.set_block_forward_hooks([before](int i) { if (before) before(size_t(i)); },
+                               [after](int i) { if (after) after(size_t(i)); });
+  return true;
+}
+
 double DiTTrainModel::dp_mean(double x) {
   if (!groups_.dp || groups_.dp_size() == 1) return x;
   Tensor t = Tensor::from_vector({0.f}, {1}).to(DType::F64);

@@ -55,6 +55,8 @@ class DiTTrainModel : public TrainModel {
   // One group per block: the parameters named blocks.<i>.* (contiguous in the table).
   std::vector<std::pair<size_t, size_t>> gradient_groups() override;
   void set_gradient_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
+  // Around every block's forward (DiT::set_block_forward_hooks; weight sharding).
+  bool set_forward_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
 
   model::DiT& dit() { return dit_; }
   const model::DiTConfig& config() const { return cfg_; }

@@ -33,6 +33,7 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
             "memory plan: the latent ", in.latent_h, "x", in.latent_w,
             " is not a multiple of the patch");
   OSP_CHECK(!in.sharded_gradients || in.sharded_state, "memory plan: gradient sharding needs sharded state");
+  OSP_CHECK(!in.sharded_weights || in.sharded_gradients, "memory plan: weight sharding needs gradient sharding");
   MemoryPlan out;
   // parameters per block (blocks.<i>.*) and outside the blocks: what gradient sharding keeps
   std::vector<double> block_params(size_t(c.num_layers), 0.0);
@@ -94,7 +95,10 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
       ulysses |= k == sparse::BlockKind::Full || S > plan.P * plan.P;
   const double exch = ulysses ? 4 * 5 * B * n_max * d * a : 2 * B * n_max * d * 4;
   out.lines = {
-      {"weights", P * a, "compute copy of every parameter, every rank"},
+      in.sharded_weights
+          ? MemoryLine{"weights", (outside + block_max) * a,
+                       "compute copy of the parameters outside the blocks + the block in use (sharded weights)"}
+          : MemoryLine{"weights", P * a, "compute copy of every parameter, every rank"},
       in.sharded_gradients
           ? MemoryLine{"gradients", (outside + block_max) * 4,
                        "F32, the parameters outside the blocks + the block in its backward (sharded gradients)"}
@@ -115,6 +119,9 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
        ulysses ? "Ulysses backward exchange (5 tensors, send + recv + copies) + reduction buckets"
                : "layout exchange (send + recv) + reduction buckets"},
   };
+  if (in.sharded_weights && in.prefetch_weights)
+    out.lines.insert(out.lines.begin() + 1,
+                     MemoryLine{"weight gather buffer", block_max * 4, "F32 staging of the next block's prefetched gather"});
   for (const auto& l : out.lines) out.total += l.bytes;
   out.fits = in.capacity_bytes <= 0 || out.total <= in.capacity_bytes;
   out.capacity = in.capacity_bytes;

@@ -5,7 +5,10 @@
 // the activation lines are the block tape of model/dit_layers.cpp counted tensor by tensor for
 // the unquantised path (an estimate: allocator slack and kernel workspaces are not included).
 //
-//   weights        compute copy of every parameter (bf16 on CUDA), on every rank
+//   weights        compute copy of every parameter (bf16 on CUDA), on every rank; with weight
+//                  sharding (ZeRO-3) only the parameters outside the blocks and the one block
+//                  gathered for its forward / backward (the rest lives in the master shards)
+//   gather buffer  weight sharding with prefetch: the F32 staging of the next block's gather
 //   gradients      F32 gradient of every parameter, on every rank (accumulated in the table);
 //                  with gradient sharding only the parameters outside the blocks and one block
 //   optimizer      unsharded AdamW: F32 master + m + v, 12 bytes per parameter; ShardedAdamW
@@ -41,6 +44,8 @@ struct MemoryPlanInput {
   int64_t batch = 1;       // samples per DP rank per micro-step
   bool sharded_state = true;
   bool sharded_gradients = false;  // ZeRO-2 (needs sharded_state)
+  bool sharded_weights = false;    // ZeRO-3 (needs sharded_gradients)
+  bool prefetch_weights = true;    // weight sharding: the next block's gather staged (GPU)
   bool activation_checkpointing = true;
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
   size_t bucket_bytes = size_t(25) << 20;

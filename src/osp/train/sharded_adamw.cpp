@@ -81,7 +81,14 @@ ShardedAdamW::ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamW
   for (const ParamRef& p : params_) {
     grad_shape_.push_back(p.grad->shape());
     live_grad_ += p.grad->numel();
+    value_shape_.push_back(p.value->shape());
+    value_dtype_.push_back(p.value->dtype());
+    numel_.push_back(p.value->numel());
   }
+  resident_.assign(groups_of_.size(), true);
+  for (const auto& [first, last] : groups_of_)
+    for (size_t k = first; k < last; ++k) live_wbytes_ += int64_t(params_[k].value->nbytes());
+  peak_wbytes_ = live_wbytes_;
   if (!groups_of_.empty()) {
     OSP_CHECK(!sp_reducer_, "ShardedAdamW: gradient sharding needs the state sharded over the world "
               "(ShardGroup::World) when there is sequence parallelism");
@@ -159,6 +166,7 @@ void ShardedAdamW::unpack_values(int64_t a, int64_t n, const Tensor& src) {
   size_t k = size_t(std::upper_bound(offset_.begin(), offset_.end(), a) - offset_.begin()) - 1;
   for (; k < params_.size() && offset_[k] < a + n; ++k) {
     Tensor& t = *params_[k].value;
+    OSP_CHECK(t.defined(), "ShardedAdamW: the value of '", params_[k].name, "' is not resident (weight sharding)");
     const int64_t lo = std::max(a, offset_[k]), hi = std::min(a + n, offset_[k] + t.numel());
     if (hi <= lo) continue;
     Tensor d = t.view({t.numel()}).slice(0, lo - offset_[k], hi - offset_[k]);
@@ -195,6 +203,7 @@ double ShardedAdamW::grad_norm() {
 void ShardedAdamW::scale_gradients(float s) { scale_grads(shard_table_, s); }
 
 void ShardedAdamW::step(double lr) {
+  drain_prefetch();  // (staged values are from before the update)
   adam_->step(lr);
   gather_values();
 }
@@ -202,6 +211,7 @@ void ShardedAdamW::step(double lr) {
 void ShardedAdamW::gather_values() {
   const int M = shard_size_;
   for (const Window& w : win_) {
+    if (w.group >= 0 && !resident_[size_t(w.group)]) continue;  // weight sharding: gathered when needed
     const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
     Tensor b = buf_.slice(0, 0, w.chunk * M);
     if (M > 1) shard_comm_->all_gather(mine, b);
@@ -235,9 +245,8 @@ std::vector<Tensor> ShardedAdamW::unshard(const Tensor& shard_flat, int root) {
   std::vector<Tensor> out;
   if (!flat.defined()) return out;
   for (size_t k = 0; k < params_.size(); ++k) {
-    const Tensor& val = *params_[k].value;
-    const int64_t a = offset_[k], n = val.numel();
-    out.push_back(flat.slice(0, a, a + n).view(val.shape()));  // views of one host buffer
+    const int64_t a = offset_[k], n = numel_[k];
+    out.push_back(flat.slice(0, a, a + n).view(value_shape_[k]));  // views of one host buffer
   }
   return out;
 }
@@ -254,7 +263,7 @@ void ShardedAdamW::scatter_into(const std::vector<const Tensor*>& full, Tensor& 
   OSP_CHECK(full.size() == params_.size(), "ShardedAdamW: ", full.size(), " tensors for ",
             params_.size(), " parameters");
   for (size_t k = 0; k < full.size(); ++k)
-    OSP_CHECK(full[k]->defined() && full[k]->numel() == params_[k].value->numel(),
+    OSP_CHECK(full[k]->defined() && full[k]->numel() == numel_[k],
               "ShardedAdamW: the state of '", params_[k].name, "' does not match the parameter ",
               params_[k].value->desc());
   const int r = shard_rank_;
@@ -266,7 +275,7 @@ void ShardedAdamW::scatter_into(const std::vector<const Tensor*>& full, Tensor& 
     const int64_t e = w.start + std::min<int64_t>(int64_t(r + 1) * w.chunk, w.len);
     for (size_t k = 0; k < params_.size(); ++k) {
       const int64_t lo = std::max(a, offset_[k]);
-      const int64_t hi = std::min(e, offset_[k] + params_[k].value->numel());
+      const int64_t hi = std::min(e, offset_[k] + numel_[k]);
       if (hi <= lo) continue;
       const Tensor src = full[k]->contiguous().to(DType::F32);
       Tensor dd = d.slice(0, lo - a, hi - a);
@@ -292,8 +301,116 @@ void ShardedAdamW::load_state(const std::vector<AdamW::Slot>& full, int64_t step
     for (const AdamW::Slot& sl : full) ptrs.push_back(&(sl.*member));
     scatter_into(ptrs, s.*member);
   }
+  drain_prefetch();
   adam_->restore(steps);  // shard value ← master
   gather_values();
+}
+
+// ---------------------------------------------------------------- weight sharding (ZeRO-3)
+
+void ShardedAdamW::shard_weights(Prefetch prefetch) {
+  OSP_CHECK(!groups_of_.empty(), "ShardedAdamW: weight sharding needs gradient groups (gradient sharding)");
+  if (shard_weights_) return;
+  gather_comm_ = shard_size_ > 1 ? std::shared_ptr<dist::Communicator>(shard_comm_->split(0, shard_rank_)) : nullptr;
+  prefetch_ = prefetch == Prefetch::On || (prefetch == Prefetch::Auto && gather_comm_ && gather_comm_->overlaps());
+  if (prefetch_) {
+    int64_t most = 1;
+    for (size_t g = 0; g < groups_of_.size(); ++g) {
+      int64_t n = 0;
+      for (const Window& w : win_)
+        if (w.group == int(g)) n += w.chunk * shard_size_;
+      most = std::max(most, n);
+    }
+    stage_ = Tensor::zeros({most}, DType::F32, shard_.device());
+  }
+  shard_weights_ = true;
+  for (size_t g = 0; g < groups_of_.size(); ++g) release_group(g);
+  peak_wbytes_ = live_wbytes_;
+}
+
+void ShardedAdamW::alloc_group(size_t g) {
+  const Device dev = shard_.device();
+  for (size_t k = groups_of_[g].first; k < groups_of_[g].second; ++k) {
+    Tensor& v = *params_[k].value;
+    OSP_CHECK(!v.defined(), "ShardedAdamW: '", params_[k].name, "' is resident while its group is not");
+    v = Tensor::empty(value_shape_[k], value_dtype_[k], dev);
+    live_wbytes_ += int64_t(v.nbytes());
+  }
+  resident_[g] = true;
+  peak_wbytes_ = std::max(peak_wbytes_, live_wbytes_);
+}
+
+void ShardedAdamW::release_group(size_t g) {
+  OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::release_group: no group ", g);
+  if (!shard_weights_ || !resident_[g]) return;
+  for (size_t k = groups_of_[g].first; k < groups_of_[g].second; ++k) {
+    Tensor& v = *params_[k].value;
+    live_wbytes_ -= int64_t(v.nbytes());
+    v = Tensor();
+  }
+  resident_[g] = false;
+}
+
+void ShardedAdamW::prefetch_group(size_t g) {
+  OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::prefetch_group: no group ", g);
+  if (!prefetch_ || resident_[g] || staged_ == int(g)) return;
+  drain_prefetch();
+  // group g's windows back to back in the staging buffer, one overlappable gather each (the
+  // side stream keeps them in order: the last ticket covers them all)
+  int64_t off = 0;
+  for (const Window& w : win_) {
+    if (w.group != int(g)) continue;
+    const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    Tensor b = stage_.slice(0, off, off + w.chunk * shard_size_);
+    if (gather_comm_) stage_ticket_ = gather_comm_->all_gather_start(mine, b);
+    else b.copy_from(mine);
+    off += w.chunk * shard_size_;
+  }
+  staged_ = int(g);
+}
+
+void ShardedAdamW::drain_prefetch() {
+  if (staged_ < 0) return;
+  if (gather_comm_ && stage_ticket_ >= 0) gather_comm_->wait(stage_ticket_);
+  staged_ = -1;
+  stage_ticket_ = -1;
+}
+
+void ShardedAdamW::gather_group(size_t g) {
+  OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::gather_group: no group ", g);
+  if (!shard_weights_ || resident_[g]) return;
+  alloc_group(g);
+  const int M = shard_size_;
+  if (staged_ == int(g)) {  // the prefetched windows, back to back
+    if (gather_comm_ && stage_ticket_ >= 0) gather_comm_->wait(stage_ticket_);
+    int64_t off = 0;
+    for (const Window& w : win_) {
+      if (w.group != int(g)) continue;
+      unpack_values(w.start, w.len, stage_.slice(0, off, off + w.chunk * M));
+      off += w.chunk * M;
+    }
+    staged_ = -1;
+    stage_ticket_ = -1;
+    return;
+  }
+  drain_prefetch();  // a prefetch of another group: its order slot is spent, its data dropped
+  for (const Window& w : win_) {
+    if (w.group != int(g)) continue;
+    const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    if (gather_comm_) gather_comm_->all_gather(mine, b);
+    else b.copy_from(mine);
+    unpack_values(w.start, w.len, b);
+  }
+}
+
+void ShardedAdamW::unshard_weights() {
+  if (!shard_weights_) return;
+  drain_prefetch();
+  for (size_t g = 0; g < groups_of_.size(); ++g) gather_group(g);
+  shard_weights_ = false;
+  prefetch_ = false;
+  stage_ = Tensor();
 }
 
 }  // namespace osp::train

@@ -39,9 +39,30 @@
 // whole) and scales; the next begin_group starts a new step's shard gradient. Every rank must run
 // the groups in the same order. World mode (or no SP) only.
 //
-// What is NOT sharded here: the compute copy of every weight stays on every rank (FSDP-style
-// per-block weight all-gather with prefetch: see the issue 14 report), and without grad_groups
-// the full gradient buffer too.
+// Weight sharding (ZeRO-3 / FSDP-style, shard_weights(), needs gradient sharding): the compute
+// copies (the table's values) of the groups' parameters are released too; each rank keeps only
+// its shard (the F32 master, which it already held). The model calls gather_group(g) before group
+// g's forward and again before its backward (activation-checkpointing recompute included): the
+// group's windows are all-gathered from every rank's shard (F32, cast on arrival into each
+// value's dtype — bf16 linears and F32 norms/modulation alike) into freshly allocated values;
+// release_group(g) after the forward / after end_group frees them. The parameters outside the
+// groups (the DiT's embeddings and head) stay replicated and are all-gathered after every step as
+// before; step() updates only the shards of the groups — the next gather_group reads the new
+// values. Every rank must gather/release the groups in the same order (the ranks of an SP group
+// run the same blocks in lockstep, so the World shard group works under SP).
+//   Prefetch: prefetch_group(g) starts group g's gathers into one staging buffer (F32, the size
+// of the largest group, windows back to back) on a dedicated duplicate of the shard communicator
+// (so it never interleaves with the gradient reduce-scatters); the next gather_group(g) waits for
+// it and unpacks. On nccl the gathers run on the communicator's side stream, overlapped with the
+// block computing meanwhile (Communicator::all_gather_start); on mpi/single they run at once
+// (synchronous), so Prefetch::Auto prefetches only where the communicator overlaps
+// (Communicator::overlaps()); Prefetch::On forces the path (tests of its bookkeeping on the CPU).
+// A prefetch of a group that is not the next one gathered is waited for and dropped.
+//
+// What is NOT sharded here: without weight sharding the compute copy of every weight stays on
+// every rank, and without grad_groups the full gradient buffer too. The weight gathers move F32
+// (the master shards) even where the compute copy is bf16 (a bf16 shadow shard would halve their
+// volume; not done).
 #pragma once
 #include <memory>
 #include <utility>
@@ -84,6 +105,30 @@ class ShardedAdamW {
   // The most gradient elements the table held at once since construction (gradient sharding:
   // the parameters outside the groups + the groups in flight; else the whole table).
   int64_t peak_grad_elements() const { return peak_grad_; }
+
+  // Weight sharding (see above; collective: it creates the gather communicator). Releases the
+  // groups' values now. Needs gradient groups.
+  enum class Prefetch { Auto, On, Off };
+  void shard_weights(Prefetch prefetch = Prefetch::Auto);
+  bool shards_weights() const { return shard_weights_; }
+  bool prefetches() const { return prefetch_; }
+  // Collective over the shard group: group g's values gathered (from a finished prefetch, or
+  // now), resident until release_group(g). A no-op for a resident group (counts no bytes).
+  void gather_group(size_t g);
+  void release_group(size_t g);
+  // Starts gathering group g (a no-op without prefetching, for a resident group, or when g is
+  // already staged); collective.
+  void prefetch_group(size_t g);
+  // Makes every value resident again (collective) and ends weight sharding: the table holds the
+  // trained weights (the end of a training run).
+  void unshard_weights();
+  // Accounting of the groups' compute copies (their values' bytes, whatever their dtype) on this
+  // rank: resident now, and the most at once since shard_weights() (or construction); without
+  // weight sharding every group is always resident. The prefetch staging buffer is counted
+  // apart (gather_buffer_bytes: 0 without prefetch).
+  int64_t resident_group_weight_bytes() const { return live_wbytes_; }
+  int64_t peak_group_weight_bytes() const { return peak_wbytes_; }
+  int64_t gather_buffer_bytes() const { return stage_.defined() ? int64_t(stage_.nbytes()) : 0; }
   // L2 norm of the reduced gradient (all of it, every rank gets the same value).
   double grad_norm();
   void scale_gradients(float s);
@@ -125,8 +170,13 @@ class ShardedAdamW {
   // Copies flat range [a, a + n) of the table (values or grads) into dst[0, n) or back.
   void pack(bool grads, int64_t a, int64_t n, Tensor& dst) const;
   void unpack_values(int64_t a, int64_t n, const Tensor& src);
-  // Every rank's updated shard → every parameter's value (one all_gather per window).
+  // Every rank's updated shard → every parameter's value (one all_gather per window); with weight
+  // sharding the windows of the groups are skipped (gathered by gather_group when needed).
   void gather_values();
+  // Allocates group g's values (uninitialised) / frees them; the accounting.
+  void alloc_group(size_t g);
+  // Waits for the staged prefetch (if any) and forgets it.
+  void drain_prefetch();
   // this rank's shard of per-parameter tensors `full` (one per parameter) → dst [shard_elements()]
   void scatter_into(const std::vector<const Tensor*>& full, Tensor& dst) const;
   // The all-gather of every rank's shard of `shard_src` into a host flat F32 [T] on `root` (−1:
@@ -152,6 +202,16 @@ class ShardedAdamW {
   Tensor chunk_buf_;               // one reduce-scattered chunk before it is added
   bool new_step_ = true;           // the next begin_group / reduce zeroes the shard gradient first
   int64_t live_grad_ = 0, peak_grad_ = 0;
+  // weight sharding
+  std::vector<Shape> value_shape_;  // every parameter's value shape, dtype and element count
+  std::vector<DType> value_dtype_;
+  std::vector<int64_t> numel_;
+  bool shard_weights_ = false, prefetch_ = false;
+  std::vector<bool> resident_;  // per group
+  std::shared_ptr<dist::Communicator> gather_comm_;
+  Tensor stage_;                // prefetch staging (F32, the largest group's windows)
+  int staged_ = -1, stage_ticket_ = -1;
+  int64_t live_wbytes_ = 0, peak_wbytes_ = 0;
 };
 
 }  // namespace osp::train

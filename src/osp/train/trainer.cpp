@@ -166,13 +166,14 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "dp") get_int(dp);
     else if (key == "shard_optimizer") get_str(shard_optimizer);
     else if (key == "shard_gradients") get_bool(shard_gradients);
+    else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -304,10 +305,14 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   const bool several = groups && groups->world && groups->world->size() > 1;
   const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several);
   OSP_CHECK(!shard || groups, "--shard-optimizer on: this model does not expose its rank groups");
-  OSP_CHECK(!opt.shard_gradients || shard, "--shard-gradients needs the sharded optimizer (--shard-optimizer on, "
-            "or auto with several ranks)");
+  const bool shard_grads = opt.shard_gradients || opt.shard_weights;  // --shard-weights implies it
+  OSP_CHECK(!shard_grads || shard, opt.shard_weights ? "--shard-weights" : "--shard-gradients",
+            " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
+  // The values' shapes, read while every value is resident (weight sharding releases the blocks').
+  std::vector<Shape> value_shapes;
+  for (const ParamRef& p : params) value_shapes.push_back(p.value->shape());
   std::vector<std::pair<size_t, size_t>> grad_groups;
-  if (opt.shard_gradients) {
+  if (shard_grads) {
     grad_groups = model.gradient_groups();
     OSP_CHECK(!grad_groups.empty(), "--shard-gradients: this model has no gradient groups");
   }
@@ -322,8 +327,38 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     TrainModel& m;
     ~HookGuard() { m.set_gradient_hooks({}, {}); }
   } hook_guard{model};
-  if (!grad_groups.empty())
+  struct ForwardHookGuard {
+    TrainModel& m;
+    ~ForwardHookGuard() { m.set_forward_hooks({}, {}); }
+  } fwd_hook_guard{model};
+  if (opt.shard_weights) {
+    // ZeRO-3: a block's weights are gathered before its forward (the next block's gather
+    // prefetched where the communicator overlaps) and before its backward (the previous block's
+    // prefetched), released after each.
+    const size_t n = grad_groups.size();
+    OSP_CHECK(model.set_forward_hooks(
+                  [&, n](size_t g) {
+                    sharded->gather_group(g);
+                    if (g + 1 < n) sharded->prefetch_group(g + 1);
+                  },
+                  [&](size_t g) { sharded->release_group(g); }),
+              "--shard-weights: this model cannot gather its weights per block (no forward hooks)");
+    sharded->shard_weights();
+    log_verbose("weight sharding: block weights gathered per block over ", sharded->shard_size(), " ranks, ",
+                sharded->prefetches() ? "the next block prefetched (overlapped)" : "no prefetch (blocking gathers)");
+    model.set_gradient_hooks(
+        [&](size_t g) {
+          sharded->gather_group(g);
+          if (g > 0) sharded->prefetch_group(g - 1);
+          sharded->begin_group(g);
+        },
+        [&](size_t g) {
+          sharded->end_group(g);
+          sharded->release_group(g);
+        });
+  } else if (!grad_groups.empty()) {
     model.set_gradient_hooks([&](size_t g) { sharded->begin_group(g); }, [&](size_t g) { sharded->end_group(g); });
+  }
   auto masters = [&] {
     std::vector<Tensor> m;
     if (sharded) m.push_back(sharded->master_shard());
@@ -349,7 +384,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       std::vector<AdamW::Slot> full(params.size());
       std::vector<Tensor> full_ema;
       for (size_t k = 0; k < params.size(); ++k) {
-        const Shape& sh = params[k].value->shape();
+        const Shape& sh = value_shapes[k];
         full[k] = {Tensor::empty(sh, DType::F32), Tensor::empty(sh, DType::F32), Tensor::empty(sh, DType::F32)};
         if (ema.enabled()) full_ema.push_back(Tensor::empty(sh, DType::F32));
       }
@@ -543,6 +578,11 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     }
     if (writer && !opt.quiet_progress) progress.finish();
     if (state.step > saved_at || last_ckpt.empty()) save();
+    // Weight sharding: every rank gets the trained weights back into the model (collective).
+    if (sharded) {
+      if (sharded->shards_gradients()) result.peak_block_weight_bytes = sharded->peak_group_weight_bytes();
+      sharded->unshard_weights();
+    }
   } catch (const dist::CollectiveTimeout& e) {
     throw dist::CollectiveTimeout(str("training stopped after step ", state.step, ": ", e.what(), "; ",
                                       last_ckpt.empty() ? std::string("no checkpoint was written yet")

@@ -79,6 +79,14 @@ class TrainModel {
     (void)before;
     (void)after;
   }
+  // Weight sharding (--shard-weights): the hooks loss_backward calls around group g's FORWARD
+  // (the same groups as gradient_groups(); a group's values may be undefined outside them and
+  // outside the gradient hooks). Returns false when the model cannot (then no weight sharding).
+  virtual bool set_forward_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) {
+    (void)before;
+    (void)after;
+    return false;
+  }
 };
 
 // Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
@@ -121,6 +129,13 @@ struct TrainOptions {
   // groups): a block's full gradients exist only during its backward, then are reduce-scattered
   // into the shard and released.
   bool shard_gradients = false;
+  // Also shard the weights (ZeRO-3 / FSDP-style; implies shard_gradients): outside a block's
+  // forward and backward each rank holds only its shard of the block's weights (the F32 master
+  // it keeps anyway); the block's compute copy is all-gathered before its forward and again
+  // before its backward and released after each. The parameters outside the blocks (embeddings,
+  // head) stay replicated. On a normal return from run_training (also after Ctrl-C) every value
+  // is resident again; after an error the blocks' values may be left released.
+  bool shard_weights = false;
   // Seconds a rank waits in one collective for the others before every rank ends with an error
   // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
   // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
@@ -160,6 +175,10 @@ struct TrainResult {
   bool interrupted = false;
   std::vector<StepLog> log;  // the steps run by this call
   std::string last_checkpoint;
+  // The most bytes of the blocks' compute copies (the gradient groups' values) this rank held at
+  // once during the run (the sharded optimizer's accounting: all blocks with --shard-gradients,
+  // one with --shard-weights); −1 when not tracked (without either flag).
+  int64_t peak_block_weight_bytes = -1;
 };
 
 struct TrainHooks {
