@@ -37,7 +37,7 @@ fs::path job_dir(const std::string& name) {
 }
 
 RlOptions options(const fs::path& out, const fs::path& prompts) {
-  RlOptions o;
+  RlOptions o = small_rl_options();
   o.prompts = prompts.string();
   o.eval_prompts = prompts.string();
   o.eval_samples = 2;
@@ -48,17 +48,7 @@ RlOptions options(const fs::path& out, const fs::path& prompts) {
   o.prompts_per_iter = 4;  // a multiple of 1, 2 and 4 data-parallel ranks
   o.steps = 4;
   o.sde_steps = 2;
-  o.shift = 3.0;
-  o.guidance = 4.0;
-  o.clip_range = 0.2;
-  o.kl_beta = 0.01;
-  o.lora_rank = 4;
-  o.lora_alpha = 8;
-  o.lr = 1e-3;
-  o.iterations = 2;
-  o.rewards = {"builtin:temporal"};  // validated; the test passes its own reward list
   o.seed = 11;
-  o.quiet_progress = true;
   return o;
 }
 

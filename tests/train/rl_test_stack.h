@@ -75,4 +75,21 @@ struct Stack {
   }
 };
 
+// The RL settings both tests share: a few cheap steps with CFG, a KL term and a small LoRA (each
+// test sets prompts, output, size, group sizes, steps and seed).
+inline RlOptions small_rl_options() {
+  RlOptions o;
+  o.shift = 3.0;
+  o.guidance = 4.0;
+  o.clip_range = 0.2;
+  o.kl_beta = 0.01;
+  o.lora_rank = 4;
+  o.lora_alpha = 8;
+  o.lr = 1e-3;
+  o.iterations = 2;
+  o.rewards = {"builtin:temporal"};  // validated; the tests pass their own reward list
+  o.quiet_progress = true;
+  return o;
+}
+
 }  // namespace osp::train::rl_test

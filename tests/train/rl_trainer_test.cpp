@@ -38,7 +38,7 @@ fs::path fresh(const std::string& n) {
 }
 
 RlOptions options(const fs::path& out) {
-  RlOptions o;
+  RlOptions o = small_rl_options();
   o.prompts = (out.parent_path() / (out.filename().string() + "_prompts.txt")).string();
   std::ofstream(o.prompts) << "a red circle moves up on a black background\n"
                            << "# a comment\n\n"
@@ -50,17 +50,7 @@ RlOptions options(const fs::path& out) {
   o.prompts_per_iter = 2;
   o.steps = 6;
   o.sde_steps = 3;
-  o.shift = 3.0;
-  o.guidance = 4.0;
-  o.clip_range = 0.2;
-  o.kl_beta = 0.01;
-  o.lora_rank = 4;
-  o.lora_alpha = 8;
-  o.lr = 1e-3;
-  o.iterations = 2;
-  o.rewards = {"builtin:temporal"};  // validated; the test passes its own reward list
   o.seed = 7;
-  o.quiet_progress = true;
   return o;
 }
 
