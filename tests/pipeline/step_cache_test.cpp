@@ -7,9 +7,11 @@
 
 #include <cmath>
 #include <filesystem>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "osp/core/error.h"
+#include "osp/dist/communicator.h"
 #include "osp/pipeline/pipeline.h"
 #include "osp/pipeline/request.h"
 #include "osp/sample/step_cache.h"
@@ -97,6 +99,42 @@ TEST(TeaCachePolicy, ForcedEndsAccumulationAndReset) {
   (void)rows.compute(0, Tensor::from_vector(v, {2, 6, 4}));
   for (size_t k = 24; k < 48; ++k) v[k] = 1.2f;  // row 1 changes by 0.2, row 0 not at all
   EXPECT_TRUE(rows.compute(1, Tensor::from_vector(v, {2, 6, 4})));
+}
+
+// CFG parallelism: the two rows of a CFG batch on two ranks (threads here), one TeaCache of one
+// row each, agreeing through the pair's communicator, take the decisions of one TeaCache of both
+// rows — also when the rows' changes differ, so one rank alone would have reused.
+TEST(TeaCachePolicy, RowsOnTwoRanksWithAgreementDecideAsOneBatch) {
+  const int steps = 10;
+  // Row 0 changes slowly, row 1 in bursts: their own decisions would differ.
+  auto value = [](int row, int i) { return row == 0 ? 1.0f + 0.05f * float(i) : 1.0f + 0.3f * float(i / 3); };
+  sample::TeaCache both(0.2, steps);
+  std::vector<bool> want;
+  for (int i = 0; i < steps; ++i) {
+    std::vector<float> v(48);
+    for (size_t k = 0; k < 48; ++k) v[k] = value(int(k / 24), i);
+    want.push_back(both.compute(i, Tensor::from_vector(v, {2, 6, 4})));
+  }
+  auto comms = dist::make_thread_communicators(2);
+  std::vector<std::vector<bool>> got(2), alone(2);
+  std::vector<std::thread> th;
+  for (int r = 0; r < 2; ++r)
+    th.emplace_back([&, r] {
+      sample::TeaCache one(0.2, steps), solo(0.2, steps);
+      one.set_agreement([&](bool run) {
+        Tensor f = Tensor::from_vector({run ? 1.0f : 0.0f}, {1});
+        comms[size_t(r)]->all_reduce(f);
+        return f.data<float>()[0] > 0.5f;
+      });
+      for (int i = 0; i < steps; ++i) {
+        got[size_t(r)].push_back(one.compute(i, e0_of(value(r, i), 1)));
+        alone[size_t(r)].push_back(solo.compute(i, e0_of(value(r, i), 1)));
+      }
+    });
+  for (auto& t : th) t.join();
+  EXPECT_EQ(got[0], want);
+  EXPECT_EQ(got[1], want);
+  EXPECT_NE(alone[0], alone[1]);  // without the agreement the ranks would disagree
 }
 
 TEST(TeaCachePolicy, PublishedWanPolynomials) {

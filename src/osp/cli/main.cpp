@@ -185,6 +185,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen->add_option("--quant", g.quant, "none | hif8 | fp8")->capture_default_str();
   gen->add_option("--sp", g.sp, "none | ulysses | ssp (launch with mpirun -np N)")->capture_default_str();
+  gen->add_flag("--cfg-parallel", g.cfg_parallel,
+                "the conditional and unconditional CFG branches on two rank groups (mpirun -np 2, or -np 2S with "
+                "--sp: S ranks per branch)");
   gen->add_option("--device", g.device, "cpu | cuda | cuda:N")->capture_default_str();
   gen->add_flag("--offload", g.offload, "text encoder on the CPU; stage weights kept on the host");
   gen->add_option("-o,--out", g.out, "output .mp4, or a folder for PNG frames (ending in /)")->capture_default_str();

@@ -181,6 +181,18 @@ void check_utf8(const std::string& s, const char* what) {
 }
 }  // namespace
 
+int cfg_parallel_branch_ranks(int ranks, const std::string& sp) {
+  OSP_CHECK(ranks >= 2 && ranks % 2 == 0, "--cfg-parallel needs an even number of ranks, one half per CFG "
+            "branch (2 = the CFG pair, 2·S = S ", sp == "none" ? "sequence-parallel" : sp, " ranks per branch), but ",
+            ranks == 1 ? "this run has one rank: launch it with mpirun -np 2 (or -np 4 with --sp ssp)"
+                       : str("this run has ", ranks, " ranks: launch ", ranks - 1, " or ", ranks + 1));
+  const int S = ranks / 2;
+  OSP_CHECK(S == 1 || sp != "none", "--cfg-parallel on ", ranks, " ranks gives each CFG branch ", S,
+            " ranks, which need sequence parallelism to share it: add --sp ssp (or --sp ulysses for "
+            "full attention), or launch 2 ranks");
+  return S;
+}
+
 void validate_options(const GenerateOptions& o) {
   check_utf8(o.prompt, "the prompt");
   check_utf8(o.negative_prompt, "the negative prompt");
@@ -222,6 +234,12 @@ void validate_options(const GenerateOptions& o) {
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
   (void)sample::parse_step_cache(o.cache);
+  if (o.cfg_parallel) {
+    OSP_CHECK(o.guidance != 1.0f, "--cfg-parallel runs the conditional and unconditional branches of "
+              "classifier-free guidance on two rank groups, but --guidance 1 has no unconditional branch: "
+              "drop --cfg-parallel (and split the work with --sp over all ranks), or give a guidance other than 1");
+    (void)cfg_parallel_branch_ranks(dist::launcher_size(), o.sp);
+  }
   if (o.no_output) return;
   const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
   const OutputKind kind = output_kind(o.out);
@@ -326,7 +344,7 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   const size_t wb = gpu ? 2 : 4;  // bf16 on CUDA, fp32 on the CPU
   const int sp_ranks = 1;         // refined at run time; activations split across ranks
   m.dit_weights = checkpoint_params(dit_ck) * wb;
-  const size_t B = o.guidance == 1.0f ? 1 : 2;
+  const size_t B = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
   m.dit_activations = B * size_t(p.geo.tokens) * size_t(10 * cfg.dim + 2 * cfg.ffn_dim) * wb / sp_ranks +
                       B * size_t(cfg.text_len) * size_t(cfg.dim + cfg.text_dim) * 4;
   if (sample::parse_step_cache(o.cache).enabled())  // the cached residual [B, tokens, dim] F32
@@ -386,26 +404,44 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// The ranks of a run. Without CFG parallelism every rank is in one sequence-parallel group
+// (`sp` over the world). With it (world = 2·S ranks): world rank w runs CFG branch w / S
+// (0 = conditional, 1 = unconditional) with `sp` over the S ranks of its branch, and `cfg` pairs
+// it with rank w ± S (cfg rank = branch), with whom it exchanges the velocity every step.
 struct SpSetup {
-  std::shared_ptr<dist::Communicator> comm;
+  std::shared_ptr<dist::Communicator> comm;  // the world (null for one rank without MPI)
+  std::shared_ptr<dist::Communicator> cfg;   // the CFG pair; null without CFG parallelism
   std::unique_ptr<dist::SequenceParallel> sp;
-  int rank = 0, size = 1;
+  int rank = 0, size = 1;  // world
+  int branch = 0;          // CFG branch of this rank (0 cond, 1 uncond) when cfg is set
+  int sp_size = 1;         // ranks sharing one forward
 };
 
-SpSetup make_sp(const std::string& mode, const Device& dev) {
+SpSetup make_sp(const std::string& mode, bool cfg_parallel, const Device& dev) {
   SpSetup s;
-  if (mode == "none") {
+  if (mode == "none" && !cfg_parallel) {
     s.sp = dist::make_single_device();
     return s;
   }
   const std::string backend = dev.is_cuda() ? "nccl" : "mpi";
-  OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "--sp ", mode, " on ", dev.name(),
+  const std::string what = cfg_parallel ? std::string("--cfg-parallel") : "--sp " + mode;
+  OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), what, " on ", dev.name(),
             " needs the ", backend, " backend, which this build lacks (install OpenMPI", dev.is_cuda() ? " and NCCL" : "",
             " and reconfigure)");
   s.comm = dist::make_communicator(backend);
   s.rank = s.comm->rank();
   s.size = s.comm->size();
-  s.sp = mode == "ssp" ? dist::make_ssp(s.comm) : dist::make_ulysses(s.comm);
+  std::shared_ptr<dist::Communicator> spc = s.comm;
+  s.sp_size = s.size;
+  if (cfg_parallel) {
+    const int S = cfg_parallel_branch_ranks(s.size, mode);
+    s.branch = s.rank / S;
+    s.sp_size = S;
+    // Both splits are collective over the world, in the same order on every rank.
+    spc = std::shared_ptr<dist::Communicator>(s.comm->split(s.branch, s.rank % S));
+    s.cfg = std::shared_ptr<dist::Communicator>(s.comm->split(s.rank % S, s.branch));
+  }
+  s.sp = mode == "none" ? dist::make_single_device() : mode == "ssp" ? dist::make_ssp(spc) : dist::make_ulysses(spc);
   return s;
 }
 
@@ -452,6 +488,7 @@ PipelineOptions pipeline_options(const GenerateOptions& o) {
   po.device = o.device;
   po.quant = o.quant;
   po.sp = o.sp;
+  po.cfg_parallel = o.cfg_parallel;
   po.offload = o.offload;
   po.loras = o.loras;
   return po;
@@ -545,7 +582,7 @@ Pipeline::Pipeline(const std::string& model_dir, const PipelineOptions& po) : im
       impl_->loras.push_back({ls.path, ls.scale, std::move(l)});
     }
   }
-  impl_->sps = make_sp(po.sp, impl_->dev);
+  impl_->sps = make_sp(po.sp, po.cfg_parallel, impl_->dev);
 }
 
 Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<Impl>()) {
@@ -554,7 +591,7 @@ Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<
   impl_->po.keep_loaded = keep_loaded;
   impl_->loras = plan.loras;
   impl_->dev = parse_device(plan.opt.device);
-  impl_->sps = make_sp(plan.opt.sp, impl_->dev);
+  impl_->sps = make_sp(plan.opt.sp, plan.opt.cfg_parallel, impl_->dev);
 }
 
 Pipeline::~Pipeline() = default;
@@ -572,6 +609,7 @@ Plan Pipeline::plan(GenerateOptions o) const {
   o.device = po.device;
   o.quant = po.quant;
   o.sp = po.sp;
+  o.cfg_parallel = po.cfg_parallel;
   o.offload = po.offload;
   o.loras.clear();  // checked once, when the pipeline was made
   Plan p = plan_generation(impl_->files.root, o);
@@ -605,12 +643,12 @@ GenerateResult Pipeline::run(const Plan& plan, const RunHooks& hooks) {
   const GenerateOptions& o = plan.opt;
   OSP_CHECK(plan.files.root == impl_->files.root, "this plan is for the model at ", plan.files.root,
             ", but the pipeline holds ", impl_->files.root);
-  OSP_CHECK(o.device == po.device && o.quant == po.quant && o.sp == po.sp && o.offload == po.offload &&
-                o.loras == po.loras,
-            "this request's model settings (device ", o.device, ", quant ", o.quant, ", sp ", o.sp,
-            ", offload ", o.offload, ", ", o.loras.size(), " LoRA(s)) differ from the loaded pipeline's (device ",
-            po.device, ", quant ", po.quant, ", sp ", po.sp, ", offload ", po.offload, ", ", po.loras.size(),
-            " LoRA(s))");
+  OSP_CHECK(o.device == po.device && o.quant == po.quant && o.sp == po.sp && o.cfg_parallel == po.cfg_parallel &&
+                o.offload == po.offload && o.loras == po.loras,
+            "this request's model settings (device ", o.device, ", quant ", o.quant, ", sp ", o.sp, ", cfg-parallel ",
+            o.cfg_parallel, ", offload ", o.offload, ", ", o.loras.size(),
+            " LoRA(s)) differ from the loaded pipeline's (device ", po.device, ", quant ", po.quant, ", sp ", po.sp,
+            ", cfg-parallel ", po.cfg_parallel, ", offload ", po.offload, ", ", po.loras.size(), " LoRA(s))");
   GenerateResult res;
   impl_->hooks = &hooks;
   impl_->run_start = Clock::now();
@@ -653,7 +691,11 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   log_info(plan.mem.describe());
   log_info("generating ", o.width, "x", o.height, "x", o.frames, " frames, ", o.steps, " ", o.sampler,
            " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed, ", device ", dev.name(),
-           sps.size > 1 ? str(", ", o.sp, " over ", sps.size, " ranks") : std::string());
+           sps.cfg ? str(", CFG parallel: the conditional branch on ranks [0, ", sps.sp_size, "), the unconditional on [",
+                         sps.sp_size, ", ", sps.size, ")",
+                         sps.sp_size > 1 ? str(", each ", o.sp, " over ", sps.sp_size, " ranks") : std::string())
+           : sps.size > 1 ? str(", ", o.sp, " over ", sps.size, " ranks")
+                          : std::string());
   const double est = plan.est_sampling_s / std::max(1, sps.size);
   if (est > 3600)
     log_warn("this run will take hours: sampling alone needs roughly ", Progress::format_duration(est),
@@ -677,7 +719,8 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   res.seconds["text"] = since(t0);
   log_info("text encoded in ", res.seconds["text"], " s");
 
-  // ---- 2. DiT sampling loop (batched CFG), DiT released afterwards unless kept
+  // ---- 2. DiT sampling loop (batched CFG, or one branch per rank group with CFG parallelism),
+  //         DiT released afterwards unless kept
   t0 = Clock::now();
   Tensor x;
   double step_s = 0;
@@ -686,7 +729,11 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     point("model loading");
     dit->set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
 
-    // Context: [B, text_len, text_dim], each prompt's trimmed rows then zeros.
+    // Context: [B, text_len, text_dim], each prompt's trimmed rows then zeros. B = 2 (prompt,
+    // negative prompt) for CFG, 1 without; with CFG parallelism B = 1: this rank's branch.
+    const bool cfgp = sps.cfg != nullptr;
+    OSP_CHECK(!cfgp || ctx.size() == 2, "CFG parallelism needs the conditional and unconditional branch");
+    if (cfgp) ctx = {ctx[size_t(sps.branch)]};
     const int64_t B = int64_t(ctx.size());
     Tensor context = Tensor::zeros({B, cfg.text_len, cfg.text_dim}, DType::F32, dev);
     for (int64_t b = 0; b < B; ++b) {
@@ -705,6 +752,8 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
     Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
+    // CFG parallelism: both branches' velocities after the exchange, row 0 cond, row 1 uncond.
+    Tensor vpair = cfgp ? Tensor::empty({2, 16, g.T, g.h, g.w}, DType::F32, dev) : Tensor();
     // Step caching: the policy sees each step's time modulation; the DiT keeps the residual.
     const sample::StepCacheSpec cspec = sample::parse_step_cache(o.cache);
     std::unique_ptr<sample::TeaCache> tea;
@@ -715,6 +764,14 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
                                                sample::teacache_polynomial(cfg.dim, &poly_name));
       bcache.run_blocks = [&](const Tensor& e0) { return tea->compute(cstep, e0); };
+      // The rows of the batch are on the two ranks of the CFG pair: the step runs the blocks when
+      // either row must (one flag all-reduced per step), as one TeaCache of both rows decides.
+      if (cfgp)
+        tea->set_agreement([&](bool run) {
+          Tensor f = Tensor::from_vector({run ? 1.0f : 0.0f}, {1}).to(sps.cfg->device());
+          sps.cfg->all_reduce(f);
+          return f.to(Device::cpu()).data<float>()[0] > 0.5f;
+        });
       log_info("step cache: ", cspec.str(), ", rescaling: ", poly_name);
     }
     Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
@@ -734,7 +791,12 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       } catch (const Interrupted&) {
         throw Interrupted("sampling");  // stopped between two DiT blocks of this step
       }
-      if (B == 2) {
+      if (cfgp) {
+        // Exchange with the paired rank (cfg rank = branch), then the same combine as batched CFG:
+        // every rank forms the same v and takes the same step, so the latents stay equal.
+        sps.cfg->all_gather(vb.select(0, 0).contiguous(), vpair);
+        sample::cfg_combine(vpair.select(0, 0), vpair.select(0, 1), o.guidance, v);
+      } else if (B == 2) {
         sample::cfg_combine(vb.select(0, 0), vb.select(0, 1), o.guidance, v);
       } else {
         v.copy_from(vb.select(0, 0));

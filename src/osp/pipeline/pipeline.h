@@ -1,5 +1,6 @@
 // Text-to-video: clean + tokenize → umT5 → (encoder released) → DiT sampling loop with batched
-// CFG (cond + uncond as batch 2) → (DiT released) → Wan-VAE decode → MP4 or PNG frames.
+// CFG (cond + uncond as batch 2; with cfg_parallel one branch per rank group) → (DiT released)
+// → Wan-VAE decode → MP4 or PNG frames.
 // (wan-spec §1, §6; osp-next-spec §6.)
 //
 // Everything the user can get wrong is checked by validate_options() / plan_generation()
@@ -41,6 +42,10 @@ struct GenerateOptions {
   std::string attention = "auto";    // auto (the checkpoint's) | full | hybrid
   std::string quant = "none";        // none | hif8 | fp8
   std::string sp = "none";           // none | ulysses | ssp (launch with mpirun)
+  // CFG parallelism (launch with mpirun -np 2S): ranks [0, S) run the conditional branch, ranks
+  // [S, 2S) the unconditional one, each branch over its S ranks with `sp` (S = 1: no SP); the
+  // paired ranks exchange their velocities every step and take the same sampler step.
+  bool cfg_parallel = false;
   std::string device = "cpu";        // cpu | cuda | cuda:N
   bool offload = false;              // umT5 on the CPU; weights stay on the host between stages
   std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
@@ -56,8 +61,15 @@ struct GenerateOptions {
 // Parses "1280x720" (or "1280*720", the Wan spelling) into width, height.
 void parse_size(const std::string& s, int& width, int& height);
 
-// Checks every option that does not need the model (throws osp::Error, actionable).
+// Checks every option that does not need the model (throws osp::Error, actionable). With
+// cfg_parallel it also checks the launcher's rank count (cfg_parallel_branch_ranks).
 void validate_options(const GenerateOptions& o);
+
+// CFG parallelism over `ranks` ranks with sequence parallelism `sp`: the ranks per branch
+// S = ranks / 2. Throws (actionable) when the ranks do not split into two branches (fewer than 2,
+// odd) or when S > 1 ranks per branch have no --sp to share the work. (Guidance 1, which has no
+// unconditional branch, is refused by validate_options.)
+int cfg_parallel_branch_ranks(int ranks, const std::string& sp);
 
 // What --out names: an MP4 file (".mp4", any case) or a folder of PNG frames (ends in '/' or is
 // an existing folder). Anything else (another or no extension) is an osp::Error.
@@ -139,6 +151,7 @@ struct PipelineOptions {
   std::string device = "cpu";
   std::string quant = "none";
   std::string sp = "none";
+  bool cfg_parallel = false;       // GenerateOptions::cfg_parallel (fixes the rank groups)
   bool offload = false;
   std::vector<std::string> loras;  // FILE[:SCALE], merged into the DiT weights once at load
   // true: the text encoder, DiT and VAE stay loaded between runs (a server, batches, Python);
@@ -150,7 +163,7 @@ struct PipelineOptions {
 // A model folder with its text encoder, DiT (LoRAs merged) and VAE loaded once and kept (with
 // keep_loaded) across runs. Components load on first use (or with preload()). Runs are
 // serialized (one at a time; a second caller waits). Requests whose model-level settings
-// (device, quant, sp, offload, loras) differ from the pipeline's are refused.
+// (device, quant, sp, cfg_parallel, offload, loras) differ from the pipeline's are refused.
 class Pipeline {
  public:
   Pipeline(const std::string& model_dir, const PipelineOptions& po);

@@ -95,6 +95,7 @@ bool TeaCache::compute(int step, const Tensor& e0) {
   } else {
     last_ = 0;
   }
+  if (agree_) run = agree_(run);
   if (run) {
     acc_.assign(size_t(B), 0.0);
     ++computed_;

@@ -15,6 +15,10 @@
 //   blocks, refreshes the cache and sets acc = 0.
 // The first and the last step always compute; a batch reuses only when every row may (the rows of
 // one CFG batch share the timestep, so they agree). Threshold 0 never reuses: acc ≥ 0 always.
+// With CFG parallelism (pipeline.h, GenerateOptions::cfg_parallel) the cond and uncond rows live
+// on different ranks, each with a TeaCache of one row; set_agreement gives them the batch's
+// decision (run when any row must), so their accumulators reset together as one TeaCache of two
+// rows would.
 //
 // The indicator is e0 rather than the modulated input of block 0 because e0 is identical on every
 // rank of a sequence-parallel run (the per-token modulated input is split over ranks), so every
@@ -25,6 +29,7 @@
 // uses the raw relative change (p = identity).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,6 +62,11 @@ class TeaCache {
   // the blocks (and refresh the cache), false = reuse the cached residual.
   bool compute(int step, const Tensor& e0);
 
+  // Called by compute() at EVERY step (a collective may sit behind it) with this object's
+  // decision; its result (true = run) is the decision taken. CFG parallelism passes the OR over
+  // the ranks holding the other rows of the batch.
+  void set_agreement(std::function<bool(bool run)> agree) { agree_ = std::move(agree); }
+
   int steps_reused() const { return reused_; }
   int steps_computed() const { return computed_; }
   // The rescaled indicator r_i of the last call for row 0 (0 on a forced step), for logs/tests.
@@ -68,6 +78,7 @@ class TeaCache {
   std::vector<double> poly_;
   std::vector<std::vector<float>> prev_;  // per row: e0 of the previous step (host copy)
   std::vector<double> acc_;               // per row: accumulated indicator since the last compute
+  std::function<bool(bool)> agree_;
   int next_ = 0, reused_ = 0, computed_ = 0;
   double last_ = 0;
 };
