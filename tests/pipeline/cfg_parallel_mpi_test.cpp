@@ -1,7 +1,7 @@
 // CFG parallelism (osp generate --cfg-parallel) under mpirun, 1/2/4 ranks, with the shipped tiny
 // model (OSP-Next-Tiny, hybrid dual-end) at 64x64x9:
 //   2 ranks: the CFG pair (cond on rank 0, uncond on rank 1, no SP);
-//   4 ranks: 2 CFG branches x 2 SSP ranks;
+//   4 ranks: 2 CFG branches x 2 SSP ranks (and x 2 Ulysses ranks with full attention);
 // the latent (and frames) equal a single-rank batched-CFG run of the same seed. On one rank the
 // flag is refused with the launch to use. Step caching keeps its per-row decisions (the pair
 // agrees on each step) and reuses the same steps as one rank.
@@ -49,9 +49,9 @@ std::string error_of(const std::function<void()>& f) {
 struct Compared {
   pipeline::GenerateResult par, one;
 };
-Compared run_both(pipeline::GenerateOptions o, int size) {
+Compared run_both(pipeline::GenerateOptions o, int size, const std::string& sp = "ssp") {
   o.cfg_parallel = true;
-  o.sp = size > 2 ? "ssp" : "none";
+  o.sp = size > 2 ? sp : "none";
   Compared c;
   c.par = pipeline::generate(pipeline::plan_generation(kModel, o));
   pipeline::GenerateOptions o1 = o;
@@ -114,6 +114,21 @@ TEST(CfgParallel, MatchesSingleRank) {
   Tensor all = Tensor::empty({int64_t(size), c.par.latent.numel()}, DType::F32, Device::cpu());
   comm->all_gather(c.par.latent.contiguous().reshape({c.par.latent.numel()}), all);
   for (int r = 1; r < size; ++r) EXPECT_EQ(max_abs_diff(all.select(0, r), all.select(0, 0)), 0.0) << "rank " << r;
+}
+
+TEST(CfgParallel, WithUlyssesMatchesSingleRank) {
+  // 4 ranks: 2 CFG x 2 Ulysses (full attention: Ulysses splits full blocks only).
+  if (!fs::exists(kModel + "/diffusion_pytorch_model.safetensors"))
+    GTEST_SKIP() << "SKIP: " << kModel << " is not in this checkout";
+  auto comm = dist::make_communicator("mpi");
+  if (comm->size() != 4) GTEST_SKIP() << "SKIP: the 2 x 2 Ulysses layout needs 4 ranks";
+  pipeline::GenerateOptions o = base_options();
+  o.attention = "full";
+  o.steps = 5;
+  const Compared c = run_both(o, comm->size(), "ulysses");
+  const double rel = relative_error(c.par.latent, c.one.latent);
+  std::printf("[rank %d of 4] cfg-parallel x ulysses vs one rank: latent relative error %.3g\n", comm->rank(), rel);
+  EXPECT_LE(rel, 1e-5);
 }
 
 TEST(CfgParallel, StepCacheReusesTheSameSteps) {
