@@ -78,6 +78,9 @@ TEST(RlReward, CaptionGrammarParsesBack) {
 TEST(RlReward, BuiltinRewardsOnRenderedClips) {
   auto adh = make_builtin_reward("builtin:adherence");
   auto tmp = make_builtin_reward("builtin:temporal:0.5");
+  auto cnt = make_builtin_reward("builtin:count");
+  EXPECT_EQ(cnt->name(), "count");
+  int count_right = 0, count_swapped = 0, count_mismatched = 0;
   EXPECT_EQ(adh->name(), "adherence");
   EXPECT_EQ(tmp->weight(), 0.5);
   double sum_right = 0, sum_wrong = 0;
@@ -87,6 +90,24 @@ TEST(RlReward, BuiltinRewardsOnRenderedClips) {
     RewardSample s = sample_of(spec, i);
     sum_right += adh->score(s);
     EXPECT_DOUBLE_EQ(tmp->score(s), 1.0) << "a clean render never flickers";
+    const double c = cnt->score(s);
+    EXPECT_TRUE(c == 0.0 || c == 1.0) << c;
+    count_right += int(c);
+    // the same clip against a caption with the other object count (1 <-> 2 objects): wrong count
+    {
+      RewardSample t = s;
+      const ClipAttributes a = clip_attributes(spec);
+      for (int64_t j = 1000; j < 1100; ++j) {
+        const ClipSpec other = sample_clip(5, ClipSplit::Train, j, 128, 128, 9);
+        if (clip_attributes(other).objects.size() != a.objects.size()) {
+          t.prompt = clip_caption(other);
+          break;
+        }
+      }
+      ASSERT_NE(t.prompt, s.prompt);
+      count_swapped += int(cnt->score(t));
+      ++count_mismatched;
+    }
     // the same clip against another clip's prompt
     s.prompt = clip_caption(sample_clip(5, ClipSplit::Train, i + 100, 128, 128, 9));
     sum_wrong += adh->score(s);
@@ -96,6 +117,9 @@ TEST(RlReward, BuiltinRewardsOnRenderedClips) {
     EXPECT_EQ(adh->score(s), adh->score(sample_of(spec, i)));
   }
   EXPECT_GE(sum_right / n, 0.9);
+  EXPECT_GE(count_right, n - 1) << "the detector counts clean renders";
+  EXPECT_LE(count_swapped, 1) << "a caption with the other object count scores 0";
+  EXPECT_EQ(count_mismatched, n);
   EXPECT_LT(sum_wrong / n, sum_right / n - 0.2);
   RewardSample noise;
   noise.video = randn({3, 9, 64, 64}, 1);

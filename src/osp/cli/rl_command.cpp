@@ -161,7 +161,7 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--ema", ema, "EMA decay of the LoRA (default 0.999) or off");
   OSP_RL_OPT("--iterations", iterations, "RL iterations (default 100)");
   flags->add(t->add_option("--reward", *reward_list,
-                           "builtin:adherence|color|shape|motion|background|temporal[:weight] (repeatable)"),
+                           "builtin:adherence|color|shape|motion|background|count|temporal[:weight] (repeatable)"),
              [reward_list](train::RlOptions& o) { o.rewards = *reward_list; });
   OSP_RL_OPT("--reward-cmd", reward_cmd, "external scorer command (JSON lines on stdin/stdout; see docs/TRAINING.md)");
   OSP_RL_OPT("--reward-cmd-weight", reward_cmd_weight, "weight of the external reward (default 1)");

@@ -120,6 +120,7 @@ std::string BuiltinClipReward::name() const {
     case BuiltinReward::Shape: return "shape";
     case BuiltinReward::Motion: return "motion";
     case BuiltinReward::Background: return "background";
+    case BuiltinReward::Count: return "count";
     case BuiltinReward::Temporal: return "temporal";
   }
   return "?";
@@ -139,6 +140,7 @@ double BuiltinClipReward::score(const RewardSample& s) {
     case BuiltinReward::Shape: return a.shape / n;
     case BuiltinReward::Motion: return a.motion / n;
     case BuiltinReward::Background: return a.background ? 1.0 : 0.0;
+    case BuiltinReward::Count: return a.count ? 1.0 : 0.0;
     default: break;
   }
   return 0;
@@ -164,10 +166,11 @@ std::unique_ptr<Reward> make_builtin_reward(const std::string& spec) {
   else if (kind == "shape") k = BuiltinReward::Shape;
   else if (kind == "motion") k = BuiltinReward::Motion;
   else if (kind == "background") k = BuiltinReward::Background;
+  else if (kind == "count") k = BuiltinReward::Count;
   else if (kind == "temporal") k = BuiltinReward::Temporal;
   else
     fail(str("reward '", spec, "': unknown built-in '", kind,
-             "' (adherence, color, shape, motion, background, temporal)"));
+             "' (adherence, color, shape, motion, background, count, temporal)"));
   auto r = std::make_unique<BuiltinClipReward>(k);
   r->set_weight(w);
   return r;

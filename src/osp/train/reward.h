@@ -58,7 +58,7 @@ class Reward {
 };
 
 // ---- built-in ----
-enum class BuiltinReward { Adherence, Color, Shape, Motion, Background, Temporal };
+enum class BuiltinReward { Adherence, Color, Shape, Motion, Background, Count, Temporal };
 class BuiltinClipReward : public Reward {
  public:
   explicit BuiltinClipReward(BuiltinReward kind) : kind_(kind) {}
