@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
-  libopenblas-dev
+  libopenblas-dev libopenblas-openmp-dev  # the OpenMP build: GEMMs share osp's OpenMP threads (issue 15)
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev

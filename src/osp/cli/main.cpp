@@ -17,6 +17,7 @@
 #include "osp/io/video_writer.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/hif8_checkpoint.h"
+#include "osp/ops/cpu/threads.h"
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
@@ -152,6 +153,12 @@ void check_generate_flags(const CLI::App& gen, const pipeline::GenerateOptions& 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // One OpenMP pool owns the CPU (ops/cpu/threads.h): may execute osp again with
+  // OMP_WAIT_POLICY=PASSIVE (and OPENBLAS_NUM_THREADS=1 with a pthreads OpenBLAS), which the
+  // new process's libgomp and OpenBLAS read and which it then removes, so what osp starts sees
+  // the user's environment.
+  osp::ops::cpu::reexec_with_thread_env(argv);
+  const std::string thread_env = osp::ops::cpu::restore_thread_env();
   CLI::App app{"osp — OSP-Next / Wan2.1 text-to-video engine (C++/CUDA)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "osp 0.1");
@@ -244,6 +251,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 1;  // --help / --version: 0; a command-line error: 1
   }
   set_verbosity(quiet, verbose);
+  log_verbose(osp::ops::cpu::threads_summary(thread_env));
 
   try {
     if (*gen) {
