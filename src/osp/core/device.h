@@ -41,6 +41,22 @@ size_t cuda_empty_cache();
 size_t cuda_bytes_in_use();
 size_t cuda_peak_bytes();
 void cuda_reset_peak();
+// A cap on the GPU memory osp's caching allocator holds (bytes obtained from cudaMalloc, cached
+// blocks included), for `--max-vram` and to emulate a smaller card: a cudaMalloc that would pass
+// it first returns the cache to the driver, then fails with an osp::Error naming the limit.
+// 0 = no cap. Not counted: the CUDA context and library handles (cuBLAS/cuDNN) outside the
+// allocator. Process-wide (every device).
+void set_cuda_memory_limit(size_t bytes);
+size_t cuda_memory_limit();
+// Bytes obtained from cudaMalloc and not yet returned (in use + cached), and its peak since the
+// last cuda_reset_peak().
+size_t cuda_reserved_bytes();
+size_t cuda_peak_reserved_bytes();
+
+// Page-locked host memory (cudaHostAlloc) for asynchronous host→device copies; without CUDA
+// (or no GPU) plain 64-byte-aligned host memory. Free with pinned_free.
+void* pinned_alloc(size_t bytes);
+void pinned_free(void* p);
 
 // Copies between any two devices (blocking w.r.t. the host, uses the current stream).
 void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes);

@@ -19,6 +19,8 @@ struct Cache {
   std::multimap<size_t, void*> free_blocks[16];  // per device: size -> ptr
   std::map<void*, size_t> sizes;
   size_t in_use = 0, peak = 0, cached = 0;
+  size_t reserved = 0, peak_reserved = 0;  // from cudaMalloc, not yet freed (in use + cached)
+  size_t limit = 0;                        // set_cuda_memory_limit (0: none)
 };
 Cache& cache() {
   static Cache* c = new Cache();  // leaked on purpose: outlives static tensors
@@ -56,13 +58,29 @@ void* cuda_alloc(size_t bytes, int device) {
     c.cached -= n;
   } else {
     OSP_CUDA_CHECK(cudaSetDevice(device));
+    auto release_cache = [&] {
+      for (auto& kv : fl) {
+        cudaFree(kv.second);
+        c.sizes.erase(kv.second);
+        c.reserved -= kv.first;
+      }
+      fl.clear();
+      c.cached = 0;
+    };
+    if (c.limit && c.reserved + n > c.limit) {
+      release_cache();  // cached blocks count against the cap: give them back first
+      if (c.reserved + n > c.limit)
+        fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (n + (1u << 20) - 1) >> 20,
+                 " MiB would bring osp's GPU memory to ", (c.reserved + n) >> 20, " MiB, over the --max-vram limit of ",
+                 c.limit >> 20, " MiB (", double(c.limit) / double(size_t(1) << 30), " GiB; ", c.in_use >> 20,
+                 " MiB in use). The memory plan underestimated this run: try a smaller size or fewer "
+                 "frames, --dit-offload blocks, or a larger --max-vram"));
+    }
     cudaError_t e = cudaMalloc(&p, n);
     if (e != cudaSuccess) {
       cudaGetLastError();
       // free the cache and try once more
-      for (auto& kv : fl) cudaFree(kv.second);
-      fl.clear();
-      c.cached = 0;
+      release_cache();
       e = cudaMalloc(&p, n);
       if (e != cudaSuccess) {
         cudaGetLastError();
@@ -74,6 +92,8 @@ void* cuda_alloc(size_t bytes, int device) {
       }
     }
     c.sizes[p] = n;
+    c.reserved += n;
+    if (c.reserved > c.peak_reserved) c.peak_reserved = c.reserved;
   }
   c.in_use += n;
   if (c.in_use > c.peak) c.peak = c.in_use;
@@ -100,6 +120,7 @@ size_t cuda_empty_cache() {
     for (auto& kv : fl) {
       cudaFree(kv.second);
       c.sizes.erase(kv.second);
+      c.reserved -= kv.first;
       freed += kv.first;
     }
     fl.clear();
@@ -109,7 +130,37 @@ size_t cuda_empty_cache() {
 }
 size_t cuda_bytes_in_use() { return cache().in_use; }
 size_t cuda_peak_bytes() { return cache().peak; }
-void cuda_reset_peak() { cache().peak = cache().in_use; }
+void cuda_reset_peak() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  c.peak = c.in_use;
+  c.peak_reserved = c.reserved;
+}
+void set_cuda_memory_limit(size_t bytes) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  c.limit = bytes;
+}
+size_t cuda_memory_limit() { return cache().limit; }
+size_t cuda_reserved_bytes() { return cache().reserved; }
+size_t cuda_peak_reserved_bytes() { return cache().peak_reserved; }
+void* pinned_alloc(size_t bytes) {
+  if (!cuda_available()) return cpu_alloc(bytes);
+  void* p = nullptr;
+  const cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail(str("cudaHostAlloc(", bytes >> 20, " MiB) of page-locked host memory failed: ", cudaGetErrorString(e),
+             " (DiT block streaming keeps the block weights in pinned host memory; free host memory or "
+             "raise the locked-memory limit, ulimit -l)"));
+  }
+  return p;
+}
+void pinned_free(void* p) {
+  if (!p) return;
+  if (!cuda_available()) return cpu_free(p);
+  cudaFreeHost(p);
+}
 void cuda_synchronize() { OSP_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) {

@@ -20,6 +20,12 @@ size_t cuda_bytes_in_use() { return 0; }
 size_t cuda_peak_bytes() { return 0; }
 void cuda_reset_peak() {}
 void cuda_synchronize() {}
+void set_cuda_memory_limit(size_t) {}
+size_t cuda_memory_limit() { return 0; }
+size_t cuda_reserved_bytes() { return 0; }
+size_t cuda_peak_reserved_bytes() { return 0; }
+void* pinned_alloc(size_t bytes) { return cpu_alloc(bytes); }
+void pinned_free(void* p) { cpu_free(p); }
 void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
   if (!dd.is_cpu() || !sd.is_cpu()) no_cuda();
   if (bytes) std::memcpy(dst, src, bytes);

@@ -140,6 +140,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
   const bool cuda = dev.is_cuda();
   m.act_ = cuda ? DType::BF16 : DType::F32;
   const DType gemm_w = m.act_;  // weights of bf16 GEMMs on CUDA
+  OSP_CHECK(!(opt.train && opt.on_block_bound), "DiT::bind: on_block_bound (block streaming) is inference-only");
   OSP_CHECK(!(opt.train && opt.quant == DiTQuant::FP8),
             "DiT::bind: FP8 mode is inference-only; train with quant = HiF8 (QAT) or None");
   // HiF8 inference caches Q(W, 15) in the weight itself; HiF8 training keeps W and recomputes
@@ -213,6 +214,7 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
     }
     b.ffn.fc1 = blin(p + "ffn.0");
     b.ffn.fc2 = blin(p + "ffn.2");
+    if (opt.on_block_bound) opt.on_block_bound(m, int(i));
   }
   if (!fallback.empty()) {
     m.fp8_fallback_ = true;
@@ -240,6 +242,17 @@ void DiT::set_block_kinds(const std::vector<BlockKind>& kinds, int P) {
 size_t DiT::weight_bytes() const {
   size_t n = patch_.bytes() + time_.bytes() + text_.bytes() + head_.bytes();
   for (const layers::Block& b : blocks_) n += b.bytes();
+  return n;
+}
+
+std::vector<Tensor*> DiT::block_weights(int i) {
+  OSP_CHECK(i >= 0 && i < int(blocks_.size()), "DiT::block_weights: no block ", i, " (", blocks_.size(), " blocks)");
+  return blocks_[size_t(i)].weight_tensors();
+}
+
+int DiT::blocks_with_weights() const {
+  int n = 0;
+  for (const layers::Block& b : blocks_) n += b.bytes() > 0;
   return n;
 }
 

@@ -29,6 +29,8 @@
 
 namespace osp::model {
 
+class DiT;
+
 struct DiTOptions {
   Device device = Device::cpu();
   // HiF8 fake quantization (osp-next-spec §5.5–5.8): inputs and weights of every block linear
@@ -65,6 +67,10 @@ struct DiTOptions {
   // parameter, only for attached LoRA adapters (attach_lora; Mix-GRPO). A HiF8 base then keeps
   // its cached Q(W, 15) as in inference (the weights never change).
   bool train_base = true;
+  // Called by bind once block i's weights are on the device, before block i + 1 is bound (block
+  // streaming moves them to host memory here — model/dit_block_stream.h — so binding never holds
+  // more than one block on the device). Inference only.
+  std::function<void(DiT&, int block)> on_block_bound;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
@@ -183,8 +189,14 @@ class DiT {
   using BlockHook = std::function<void(int block, const Tensor& hidden)>;
   void set_block_hook(BlockHook hook) { hook_ = std::move(hook); }
 
-  // Bytes of weights held on the device.
+  // Bytes of weights held on the device (what is bound now: a streamed model counts only the
+  // blocks whose weights are bound at the moment).
   size_t weight_bytes() const;
+  // Block i's inference weights (layers::Block::weight_tensors): what block streaming moves
+  // between host and device memory; each undefined while released.
+  std::vector<Tensor*> block_weights(int i);
+  // How many blocks have any inference weight bound now (all of them unless streamed).
+  int blocks_with_weights() const;
 
   // Stage timing of forward (model/profile.h): off by default, on from bind when the
   // environment has OSP_PROFILE=1, or switched here. No synchronisation inside the forward;

@@ -461,6 +461,14 @@ void Block::params(ParamSink& s, const std::string& p) {
   ffn.params(s, p + "ffn.");
 }
 
+std::vector<Tensor*> Block::weight_tensors() {
+  std::vector<Tensor*> v{&modulation.v, &norm3_w.v, &norm3_b.v};
+  for (Param* p : {&self_attn.norm_q, &self_attn.norm_k, &cross_attn.norm_q, &cross_attn.norm_k}) v.push_back(&p->v);
+  for (Linear* l : linears())
+    for (Tensor* t : {&l->w, &l->b, &l->wq.codes, &l->wq.scale_inv}) v.push_back(t);
+  return v;
+}
+
 size_t Block::bytes() const {
   size_t n = self_attn.bytes() + cross_attn.bytes() + ffn.bytes();
   for (const Tensor* t : {&modulation.v, &norm3_w.v, &norm3_b.v})

@@ -218,6 +218,11 @@ struct Block {
   void params(ParamSink& s, const std::string& prefix);
   size_t bytes() const;
   std::vector<Linear*> linears();
+  // Every tensor the inference forward reads from this block (modulation, norms, each linear's
+  // w, b and FP8 codes + scale), in a fixed order, defined or not (a weight-streaming owner
+  // binds and releases them: model/dit_block_stream.h). Not the training-only tensors (grads,
+  // QAT copies) nor LoRA branches.
+  std::vector<Tensor*> weight_tensors();
   // The block linears under their module names relative to the block ("self_attn.q", ...,
   // "ffn.0", "ffn.2").
   std::vector<std::pair<std::string, Linear*>> named_linears();
