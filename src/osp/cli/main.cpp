@@ -146,6 +146,9 @@ void check_generate_flags(const CLI::App& gen, const pipeline::GenerateOptions& 
     log_warn("--guidance 1 disables classifier-free guidance, so the negative prompt is not used");
   if (g.offload && g.device == "cpu")
     log_warn("--offload has no effect with --device cpu (everything already runs on the CPU)");
+  if (g.dit_offload == "blocks" && g.device == "cpu")
+    log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
+             "copied from one host buffer to another around each forward");
   if (given("--fps") && pipeline::output_kind(g.out) == pipeline::OutputKind::PngFolder)
     log_warn("--fps is ignored for PNG frames (it is the frame rate of an MP4)");
 }
@@ -197,6 +200,12 @@ int main(int argc, char** argv) {
                 "--sp: S ranks per branch)");
   gen->add_option("--device", g.device, "cpu | cuda | cuda:N")->capture_default_str();
   gen->add_flag("--offload", g.offload, "text encoder on the CPU; stage weights kept on the host");
+  gen->add_option("--dit-offload", g.dit_offload,
+                  "DiT weights: none (resident) | blocks (streamed block by block from pinned host memory) | "
+                  "auto (the memory plan picks: resident, CFG sequential, 8-bit with --quant hif8, streaming)")
+      ->capture_default_str();
+  gen->add_option("--max-vram", g.max_vram_gib,
+                  "GPU memory limit in GiB: the memory plan must fit it and the GPU allocator enforces it (0 = none)");
   gen->add_option("-o,--out", g.out, "output .mp4, or a folder for PNG frames (ending in /)")->capture_default_str();
   gen->add_flag("--overwrite", g.overwrite, "replace an existing output (otherwise refused)");
   gen->add_option("--fps", g.fps, "frames per second of the MP4")->capture_default_str();

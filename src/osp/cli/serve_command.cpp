@@ -40,6 +40,8 @@ struct ServeArgs {
   int port = 8080, queue = 8, max_frames = 81, max_steps = 50, frames = 33, steps = 30;
   size_t max_body_kb = 64;
   bool offload = false;
+  std::string dit_offload = "auto";
+  double max_vram = 0;
 };
 
 void serve(const ServeArgs& a) {
@@ -69,6 +71,8 @@ void serve(const ServeArgs& a) {
   po.device = a.device;
   po.quant = a.quant;
   po.offload = a.offload;
+  po.dit_offload = a.dit_offload;
+  po.max_vram_gib = a.max_vram;
   po.loras = a.loras;
   po.keep_loaded = true;
   // The signal handlers first: a SIGTERM while the models load stops the load.
@@ -117,6 +121,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--quant", a->quant, "none | hif8 | fp8")->capture_default_str();
   cmd->add_flag("--offload", a->offload, "text encoder on the CPU");
+  cmd->add_option("--dit-offload", a->dit_offload, "DiT weights: none | blocks (streamed) | auto (the memory plan)")
+      ->capture_default_str();
+  cmd->add_option("--max-vram", a->max_vram, "GPU memory limit in GiB (plan and allocator; 0 = none)");
   cmd->add_option("--lora", a->loras, "LoRA FILE[:SCALE] merged into the DiT (repeatable)");
   cmd->add_option("--host", a->host, "address to bind (other than loopback needs --token)")->capture_default_str();
   cmd->add_option("--port", a->port, "TCP port (0 = any free port, printed)")->capture_default_str()

@@ -22,6 +22,7 @@
 #include "osp/io/name_map.h"
 #include "osp/io/video_writer.h"
 #include "osp/model/dit.h"
+#include "osp/model/dit_block_stream.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/hif8_checkpoint.h"
 #include "osp/model/lora.h"
@@ -64,15 +65,6 @@ bool is_mp4(const std::string& out) {
   std::string e = fs::path(out).extension().string();
   std::transform(e.begin(), e.end(), e.begin(), ::tolower);
   return e == ".mp4";
-}
-
-std::string human_bytes(size_t b) {
-  char buf[32];
-  if (b >= (size_t(1) << 30))
-    std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(size_t(1) << 30));
-  else
-    std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / double(1 << 20));
-  return buf;
 }
 
 size_t cpu_available_bytes() {
@@ -223,6 +215,14 @@ void validate_options(const GenerateOptions& o) {
               "--device cuda (a Hopper GPU); on the CPU use --quant hif8, which computes the "
               "same HiF8 numerics with float GEMMs");
   OSP_CHECK(o.sp == "none" || o.sp == "ulysses" || o.sp == "ssp", "--sp must be none, ulysses or ssp, got '", o.sp, "'");
+  OSP_CHECK(o.dit_offload == "none" || o.dit_offload == "blocks" || o.dit_offload == "auto",
+            "--dit-offload must be none (DiT weights resident), blocks (stream the blocks from host memory) or auto, "
+            "got '", o.dit_offload, "'");
+  OSP_CHECK(std::isfinite(o.max_vram_gib) && o.max_vram_gib >= 0, "--max-vram must be a number of GiB >= 0 "
+            "(0 = no limit), got ", o.max_vram_gib);
+  if (o.max_vram_gib > 0)
+    OSP_CHECK(o.device.rfind("cuda", 0) == 0, "--max-vram limits GPU memory, but this run is on the CPU: use "
+              "--device cuda, or drop --max-vram");
   OSP_CHECK(o.seed >= -1, "--seed must be -1 (random) or a number >= 0, got ", o.seed);
   OSP_CHECK(o.shift < 0 || o.shift <= 100, "--shift must be in (0, 100], got ", o.shift,
             " (Wan2.1 uses 5, OSP-Next 7)");
@@ -286,17 +286,10 @@ Geometry geometry(const GenerateOptions& o, int patch_h, int patch_w) {
   return g;
 }
 
-std::string MemoryPlan::describe() const {
-  std::ostringstream os;
-  os << "memory plan on " << device << ": text encoder " << human_bytes(t5_weights) << " + "
-     << human_bytes(t5_activations) << ", DiT " << human_bytes(dit_weights) << " + "
-     << human_bytes(dit_activations) << ", VAE " << human_bytes(vae_weights) << " + "
-     << human_bytes(vae_activations) << "; peak " << human_bytes(peak);
-  if (available) os << " of " << human_bytes(available) << " available";
-  return os.str();
-}
-
-Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
+namespace {
+// plan_generation, for a loaded pipeline too (keep_loaded: its models stay resident together;
+// fixed: the weight mode of its already-loaded DiT).
+Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool keep_loaded, const DitWeights* fixed) {
   Plan p;
   p.opt = in;
   GenerateOptions& o = p.opt;
@@ -336,44 +329,46 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
   OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
             "--size must be a multiple of ", 8 * cfg.patch_w, " for this model's patch size");
 
-  // ---- memory plan (estimates; every stage's weights leave the device before the next)
+  // ---- memory plan (pipeline/memory_plan.h): the DiT memory mode, text encoder place, VAE tiles
   const Device dev = parse_device(o.device);
   const bool gpu = dev.is_cuda();
-  MemoryPlan& m = p.mem;
-  m.device = dev.name();
-  const size_t wb = gpu ? 2 : 4;  // bf16 on CUDA, fp32 on the CPU
-  const int sp_ranks = 1;         // refined at run time; activations split across ranks
-  m.dit_weights = checkpoint_params(dit_ck) * wb;
+  {
+    MemoryInput mi;
+    mi.cfg = cfg;
+    mi.hybrid = std::any_of(p.block_kinds.begin(), p.block_kinds.end(), [](const std::string& k) { return k != "full"; });
+    mi.tokens = p.geo.tokens;
+    mi.latent_elems = 16 * p.geo.T * p.geo.h * p.geo.w;
+    mi.gpu = gpu;
+    mi.quant = o.quant;
+    mi.cfg_rows = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
+    mi.step_cache = sample::parse_step_cache(o.cache).enabled();
+    mi.t5_params = text_encoder_params(p.files);
+    {
+      const io::Checkpoint tck = io::open_checkpoint(p.files.t5);
+      for (const char* n : {"token_embedding.weight", "shared.weight"})
+        if (tck->has(n)) mi.t5_dim = tck->info(n).shape.back();
+    }
+    mi.t5_offload = o.offload;
+    {
+      const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
+      OSP_CHECK(vck->has("decoder.conv1.weight") && vck->has("conv2.weight"), "VAE weights ", p.files.vae,
+                p.files.vae_diffusers_names
+                    ? " use diffusers (AutoencoderKLWan) names, which osp does not map yet; put the "
+                      "original Wan2.1_VAE.pth next to the model (or in vae/) and retry"
+                    : " do not hold the Wan-VAE decoder (decoder.conv1.weight, conv2.weight missing)");
+      mi.vae_weights = checkpoint_params(vck) * 4;
+    }
+    mi.vae_full_decode = model::decode_memory_estimate(p.geo.h, p.geo.w);
+    mi.vae_budget = o.vae_tile_budget;
+    mi.dit_offload = o.dit_offload;
+    mi.limit = o.max_vram_gib > 0 ? parse_gib(o.max_vram_gib, "--max-vram") : 0;
+    mi.available = device_available_bytes(dev);
+    mi.keep_loaded = keep_loaded;
+    mi.device = dev.name();
+    if (fixed) mi.weights_fixed = true, mi.fixed_weights = *fixed;
+    p.mem = plan_memory(mi);  // throws "does not fit ..." with every mode's estimate
+  }
   const size_t B = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
-  m.dit_activations = B * size_t(p.geo.tokens) * size_t(10 * cfg.dim + 2 * cfg.ffn_dim) * wb / sp_ranks +
-                      B * size_t(cfg.text_len) * size_t(cfg.dim + cfg.text_dim) * 4;
-  if (sample::parse_step_cache(o.cache).enabled())  // the cached residual [B, tokens, dim] F32
-    m.dit_activations += B * size_t(p.geo.tokens) * size_t(cfg.dim) * 4 / sp_ranks;
-  const size_t t5_params = text_encoder_params(p.files);
-  const bool t5_on_device = !(gpu && o.offload);
-  m.t5_weights = t5_on_device ? t5_params * wb : 0;
-  {
-    // ~16 live [512, dim] fp32 buffers (hidden, q/k/v, ffn) plus the [heads, 512, 512] scores.
-    const io::Checkpoint tck = io::open_checkpoint(p.files.t5);
-    int64_t tdim = 4096;
-    for (const char* n : {"token_embedding.weight", "shared.weight"})
-      if (tck->has(n)) tdim = tck->info(n).shape.back();
-    m.t5_activations = t5_on_device ? size_t(512) * size_t(tdim) * 16 * 4 + size_t(64) * 512 * 512 * 4 : 0;
-  }
-  {
-    const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
-    OSP_CHECK(vck->has("decoder.conv1.weight") && vck->has("conv2.weight"), "VAE weights ", p.files.vae,
-              p.files.vae_diffusers_names
-                  ? " use diffusers (AutoencoderKLWan) names, which osp does not map yet; put the "
-                    "original Wan2.1_VAE.pth next to the model (or in vae/) and retry"
-                  : " do not hold the Wan-VAE decoder (decoder.conv1.weight, conv2.weight missing)");
-    m.vae_weights = checkpoint_params(vck) * 4;
-  }
-  const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (gpu ? size_t(8) << 30 : size_t(4) << 30);
-  m.vae_activations = std::min(model::decode_memory_estimate(p.geo.h, p.geo.w), budget);
-  m.peak = std::max({m.t5_weights + m.t5_activations, m.dit_weights + m.dit_activations,
-                     m.vae_weights + m.vae_activations});
-  m.available = device_available_bytes(dev);
 
   // ---- time estimate: DiT FLOPs per step (linears 2·params·tokens; attention 4·L²·dim per full
   // block and 4·L²·dim/P² per Skiparse block; per CFG branch) at an assumed throughput.
@@ -389,12 +384,12 @@ Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
                       gpu ? std::string("300 TFLOP/s (one H100-class GPU)")
                           : str(flops_per_s / 1e9, " GFLOP/s (", cores, " CPU cores)"));
   }
-  if (m.available && m.peak > m.available) {
-    fail(str("the model does not fit: ", m.describe(),
-             ". Try a smaller --size/--frames, --offload (text encoder on the CPU), --quant, or "
-             "more devices with mpirun ... --sp ssp"));
-  }
   return p;
+}
+}  // namespace
+
+Plan plan_generation(const std::string& model_dir, const GenerateOptions& in) {
+  return plan_impl(model_dir, in, false, nullptr);
 }
 
 // ------------------------------------------------------------------ generate
@@ -490,6 +485,8 @@ PipelineOptions pipeline_options(const GenerateOptions& o) {
   po.sp = o.sp;
   po.cfg_parallel = o.cfg_parallel;
   po.offload = o.offload;
+  po.dit_offload = o.dit_offload;
+  po.max_vram_gib = o.max_vram_gib;
   po.loras = o.loras;
   return po;
 }
@@ -504,6 +501,8 @@ struct Pipeline::Impl {
   // Loaded components (kept between runs with po.keep_loaded).
   std::unique_ptr<TextEncoder> enc;
   std::unique_ptr<model::DiT> dit;
+  DitWeights dit_mode = DitWeights::Resident;   // how the loaded DiT holds its weights
+  std::shared_ptr<model::BlockStream> stream;    // block streaming (null otherwise)
   model::DiTConfig cfg;
   std::unique_ptr<model::WanVae> vae;
 
@@ -521,13 +520,14 @@ struct Pipeline::Impl {
   bool rank0() const { return sps.rank == 0; }
   bool show() const { return rank0() && log_level() >= LogLevel::Info; }
 
-  void load_text_encoder() {
+  // on_cpu: the memory plan moved the text encoder to the CPU (or --offload did).
+  void load_text_encoder(bool on_cpu) {
     if (enc) return;
     report("model loading", 0, 0, -1);
-    const Device tdev = (dev.is_cuda() && po.offload) ? Device::cpu() : dev;
+    const Device tdev = (dev.is_cuda() && (po.offload || on_cpu)) ? Device::cpu() : dev;
     enc = TextEncoder::load(files, tdev, 512);
   }
-  void load_dit() {
+  void load_dit(DitWeights mode) {
     if (dit) return;
     report("model loading", 0, 0, -1);
     io::Checkpoint ck = open_dit(files);
@@ -548,8 +548,27 @@ struct Pipeline::Impl {
     dopt.quant = po.quant == "hif8"  ? model::DiTQuant::HiF8
                  : po.quant == "fp8" ? model::DiTQuant::FP8
                                      : model::DiTQuant::None;
+    if (mode == DitWeights::Resident8bit) {
+      // --quant hif8 with 8-bit weights: FP8 storage (E4M3 codes of the HiF8 values) and FP8
+      // GEMMs, attention on the HiF8-rounded bf16 q/k/v as in HiF8 mode (memory_plan.h).
+      OSP_CHECK(po.quant == "hif8" && dev.is_cuda(), "8-bit resident weights need --quant hif8 on CUDA");
+      dopt.quant = model::DiTQuant::FP8;
+      dopt.fp8_attention = false;
+    }
+    std::shared_ptr<model::BlockStream> bs;
+    if (mode == DitWeights::Streamed) {
+      bs = std::make_shared<model::BlockStream>(dev);
+      model::BlockStream::bind_into(bs, dopt);  // each block leaves the device as soon as it is bound
+    }
     dit = std::make_unique<model::DiT>(model::DiT::bind(cfg, weights, dopt));
     weights.clear();
+    if (bs) {
+      model::BlockStream::attach(bs, *dit);
+      log_info("DiT block streaming: ", cfg.num_layers, " blocks in ", human_bytes(bs->stats().host_bytes),
+               " of pinned host memory, two device slots of ", human_bytes(bs->stats().max_block_bytes));
+    }
+    stream = bs;
+    dit_mode = mode;
     interruption_point("model loading");
   }
   void load_vae() {
@@ -583,6 +602,7 @@ Pipeline::Pipeline(const std::string& model_dir, const PipelineOptions& po) : im
     }
   }
   impl_->sps = make_sp(po.sp, po.cfg_parallel, impl_->dev);
+  if (po.max_vram_gib > 0 && impl_->dev.is_cuda()) set_cuda_memory_limit(parse_gib(po.max_vram_gib, "--max-vram"));
 }
 
 Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<Impl>()) {
@@ -592,6 +612,8 @@ Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<
   impl_->loras = plan.loras;
   impl_->dev = parse_device(plan.opt.device);
   impl_->sps = make_sp(plan.opt.sp, plan.opt.cfg_parallel, impl_->dev);
+  if (plan.opt.max_vram_gib > 0 && impl_->dev.is_cuda())
+    set_cuda_memory_limit(parse_gib(plan.opt.max_vram_gib, "--max-vram"));
 }
 
 Pipeline::~Pipeline() = default;
@@ -611,20 +633,16 @@ Plan Pipeline::plan(GenerateOptions o) const {
   o.sp = po.sp;
   o.cfg_parallel = po.cfg_parallel;
   o.offload = po.offload;
+  o.dit_offload = po.dit_offload;
+  o.max_vram_gib = po.max_vram_gib;
   o.loras.clear();  // checked once, when the pipeline was made
-  Plan p = plan_generation(impl_->files.root, o);
+  // Kept models are resident together: on a GPU (where the free memory counts osp's own cache as
+  // available) the peak is every weight plus the largest stage's activations. A loaded DiT keeps
+  // its weight mode.
+  const DitWeights loaded = impl_->dit_mode;
+  Plan p = plan_impl(impl_->files.root, o, po.keep_loaded && impl_->dev.is_cuda(), impl_->dit ? &loaded : nullptr);
   p.opt.loras = po.loras;
   p.loras = impl_->loras;
-  // Kept models are resident together: on a GPU (where the free memory counts osp's own cache as
-  // available) the peak is every weight plus the largest stage's activations.
-  MemoryPlan& m = p.mem;
-  if (po.keep_loaded && impl_->dev.is_cuda()) {
-    m.peak = m.t5_weights + m.dit_weights + m.vae_weights +
-             std::max({m.t5_activations, m.dit_activations, m.vae_activations});
-    if (m.available && m.peak > m.available)
-      fail(str("the request does not fit beside the loaded models: ", m.describe(),
-               " (all three models stay loaded). Try a smaller size/frames, or --offload"));
-  }
   return p;
 }
 
@@ -632,8 +650,10 @@ void Pipeline::preload() {
   std::lock_guard<std::mutex> lock(impl_->run_mutex);
   OSP_CHECK(impl_->po.keep_loaded, "Pipeline::preload needs keep_loaded");
   impl_->hooks = nullptr;
-  impl_->load_text_encoder();
-  impl_->load_dit();
+  impl_->load_text_encoder(false);
+  // (auto: the DiT's weight mode comes from the plan of the first request, which loads it)
+  if (impl_->po.dit_offload != "auto")
+    impl_->load_dit(impl_->po.dit_offload == "blocks" ? DitWeights::Streamed : DitWeights::Resident);
   impl_->load_vae();
 }
 
@@ -644,11 +664,16 @@ GenerateResult Pipeline::run(const Plan& plan, const RunHooks& hooks) {
   OSP_CHECK(plan.files.root == impl_->files.root, "this plan is for the model at ", plan.files.root,
             ", but the pipeline holds ", impl_->files.root);
   OSP_CHECK(o.device == po.device && o.quant == po.quant && o.sp == po.sp && o.cfg_parallel == po.cfg_parallel &&
-                o.offload == po.offload && o.loras == po.loras,
+                o.offload == po.offload && o.dit_offload == po.dit_offload && o.max_vram_gib == po.max_vram_gib &&
+            o.loras == po.loras,
             "this request's model settings (device ", o.device, ", quant ", o.quant, ", sp ", o.sp, ", cfg-parallel ",
-            o.cfg_parallel, ", offload ", o.offload, ", ", o.loras.size(),
-            " LoRA(s)) differ from the loaded pipeline's (device ", po.device, ", quant ", po.quant, ", sp ", po.sp,
-            ", cfg-parallel ", po.cfg_parallel, ", offload ", po.offload, ", ", po.loras.size(), " LoRA(s))");
+            o.cfg_parallel, ", offload ", o.offload, ", dit-offload ", o.dit_offload, ", max-vram ", o.max_vram_gib,
+            ", ", o.loras.size(), " LoRA(s)) differ from the loaded pipeline's (device ", po.device, ", quant ",
+            po.quant, ", sp ", po.sp, ", cfg-parallel ", po.cfg_parallel, ", offload ", po.offload, ", dit-offload ",
+            po.dit_offload, ", max-vram ", po.max_vram_gib, ", ", po.loras.size(), " LoRA(s))");
+  OSP_CHECK(!impl_->dit || plan.mem.dit_mode == impl_->dit_mode, "this plan runs the DiT with ",
+            dit_weights_name(plan.mem.dit_mode), " weights, but the loaded DiT is ", dit_weights_name(impl_->dit_mode),
+            " (make the plan with Pipeline::plan)");
   GenerateResult res;
   impl_->hooks = &hooks;
   impl_->run_start = Clock::now();
@@ -666,11 +691,11 @@ GenerateResult Pipeline::run(const Plan& plan, const RunHooks& hooks) {
              "; nothing written");
   } catch (...) {
     impl_->hooks = nullptr;
-    if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->vae.reset();
+    if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->stream.reset(), impl_->vae.reset();
     throw;
   }
   impl_->hooks = nullptr;
-  if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->vae.reset();
+  if (!po.keep_loaded) impl_->enc.reset(), impl_->dit.reset(), impl_->stream.reset(), impl_->vae.reset();
   return res;
 }
 
@@ -708,7 +733,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   auto t0 = Clock::now();
   std::vector<Tensor> ctx;
   {
-    load_text_encoder();
+    load_text_encoder(plan.mem.t5_on_cpu);
     report("text encoding", 0, 0, -1);
     std::vector<std::string> prompts{o.prompt};
     if (o.guidance != 1.0f) prompts.push_back(o.negative_prompt);
@@ -725,7 +750,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   Tensor x;
   double step_s = 0;
   {
-    load_dit();
+    load_dit(plan.mem.dit_mode);
     point("model loading");
     dit->set_block_kinds(resolve_kinds(cfg, o.attention), cfg.sparse_ratio);
 
@@ -774,6 +799,9 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
         });
       log_info("step cache: ", cspec.str(), ", rescaling: ", poly_name);
     }
+    const bool seq_cfg = plan.mem.sequential_cfg && B == 2;
+    OSP_CHECK(!(seq_cfg && tea), "CFG sequential and --cache teacache do not combine (the plan never picks both)");
+    Tensor vseq = seq_cfg ? Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev) : Tensor();
     Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
     const auto ts = Clock::now();
     report("sampling", 0, o.steps, -1);
@@ -787,7 +815,18 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       Tensor vb;
       try {
         cstep = i;
-        vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp, tea ? &bcache : nullptr);
+        if (seq_cfg) {
+          // CFG sequential (the memory plan's choice): the same forward with one row at a time,
+          // half the activations; its rows land where the batched forward puts them.
+          for (int64_t b = 0; b < B; ++b) {
+            const Tensor r = dit->forward(xb.slice(0, b, b + 1), {t}, context.slice(0, b, b + 1), *sps.sp);
+            Tensor dst = vseq.select(0, b);
+            dst.copy_from(r.select(0, 0));
+          }
+          vb = vseq;
+        } else {
+          vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp, tea ? &bcache : nullptr);
+        }
       } catch (const Interrupted&) {
         throw Interrupted("sampling");  // stopped between two DiT blocks of this step
       }
@@ -814,7 +853,10 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       log_info("step cache: ", cspec.str(), " reused the cached block residual at ", bcache.reused, " of ",
                o.steps, " steps (the DiT blocks ran ", o.steps - bcache.reused, " times)");
     }
-    if (!keep) dit.reset();
+    if (stream)
+      log_verbose("DiT block streaming: ", stream->stats().copies, " block copies (", human_bytes(stream->stats().bytes_copied),
+                  ") over ", o.steps, " steps; at most ", stream->stats().peak_resident, " blocks on the device at once");
+    if (!keep) dit.reset(), stream.reset();
   }
   res.seconds["dit"] = since(t0);
   res.latent = x;
@@ -824,8 +866,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   Tensor video;
   {
     load_vae();
-    const size_t budget = o.vae_tile_budget ? o.vae_tile_budget : (dev.is_cuda() ? size_t(8) << 30 : size_t(4) << 30);
-    model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, budget);
+    model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, plan.mem.vae_budget);
     if (dopt.tile_h || dopt.tile_w)
       log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")");
     std::unique_ptr<Progress> vprog;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "osp/core/tensor.h"
+#include "osp/pipeline/memory_plan.h"
 #include "osp/pipeline/model_dir.h"
 
 namespace osp::model {
@@ -48,6 +49,13 @@ struct GenerateOptions {
   bool cfg_parallel = false;
   std::string device = "cpu";        // cpu | cuda | cuda:N
   bool offload = false;              // umT5 on the CPU; weights stay on the host between stages
+  // DiT memory mode (pipeline/memory_plan.h): none (weights resident: bf16, or 8 bits with
+  // --quant hif8 when needed) | blocks (block streaming from pinned host memory) | auto (the plan
+  // picks the first mode that fits max_vram_gib or the device's free memory).
+  std::string dit_offload = "auto";
+  // GPU memory limit in GiB (0 = none): the plan must fit it, and the CUDA caching allocator
+  // refuses to go beyond it (core/device.h set_cuda_memory_limit; emulates a smaller card).
+  double max_vram_gib = 0;
   std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
   bool overwrite = false;            // replace an existing output (else refused before any work)
   int fps = 16;
@@ -82,15 +90,7 @@ struct Geometry {
 };
 Geometry geometry(const GenerateOptions& o, int patch_h = 2, int patch_w = 2);
 
-// What a run will need, estimated from the checkpoint headers (no weights read).
-struct MemoryPlan {
-  size_t dit_weights = 0, t5_weights = 0, vae_weights = 0;  // bytes on the compute device
-  size_t dit_activations = 0, vae_activations = 0, t5_activations = 0;
-  size_t peak = 0;       // max over the stages (each stage's weights leave before the next)
-  size_t available = 0;  // free bytes on the device (0 = unknown)
-  std::string device;
-  std::string describe() const;
-};
+// The memory plan (MemoryPlan) is pipeline/memory_plan.h.
 
 // A LoRA of the plan: read and checked against the DiT's shapes in plan_generation (before
 // any weight is loaded), merged into the DiT weights when the DiT loads.
@@ -153,6 +153,8 @@ struct PipelineOptions {
   std::string sp = "none";
   bool cfg_parallel = false;       // GenerateOptions::cfg_parallel (fixes the rank groups)
   bool offload = false;
+  std::string dit_offload = "auto";  // GenerateOptions::dit_offload
+  double max_vram_gib = 0;           // GenerateOptions::max_vram_gib (the allocator cap is process-wide)
   std::vector<std::string> loras;  // FILE[:SCALE], merged into the DiT weights once at load
   // true: the text encoder, DiT and VAE stay loaded between runs (a server, batches, Python);
   // false: each stage's weights leave the device before the next stage (one-shot `generate`,
@@ -163,7 +165,10 @@ struct PipelineOptions {
 // A model folder with its text encoder, DiT (LoRAs merged) and VAE loaded once and kept (with
 // keep_loaded) across runs. Components load on first use (or with preload()). Runs are
 // serialized (one at a time; a second caller waits). Requests whose model-level settings
-// (device, quant, sp, cfg_parallel, offload, loras) differ from the pipeline's are refused.
+// (device, quant, sp, cfg_parallel, offload, dit_offload, max_vram, loras) differ from the
+// pipeline's are refused. The DiT's weight mode (resident / 8-bit / streamed) is fixed by the
+// plan of the run that loads it; later plans keep it (their CFG batching is still planned per
+// request). preload() with dit_offload auto leaves the DiT to the first request.
 class Pipeline {
  public:
   Pipeline(const std::string& model_dir, const PipelineOptions& po);
