@@ -5,6 +5,10 @@
 # $OUT (card.txt, build.log, gpu-tests.log, bench.jsonl, bench-stderr.log: few files, since the
 # device tool brings back at most 8), and print a short table last.
 #
+# The memory-mode measurement of issue 18 is bench_dit_offload_gpu (run with the others): 14B at
+# 1280x720x81 under 24 GiB and 1.3B at 832x480x81 under 8 GiB, each against the unlimited
+# resident run, the `vram` rows of the table (the GPU test is model_dit_block_stream_gpu_test).
+#
 # Environment knobs:
 #   OUT=dir          logs and JSON lines (default ./out)
 #   BUILD=dir        build directory (default build-gpu)
@@ -91,6 +95,14 @@ for r in rows:
             r["M"], r["N"], r["K"], r["speedup_fp8"], r["speedup_fp8_fast"], r["speedup_fp8_incl_x_quant"]))
     elif b == "torch_dit_forward":
         print("torch %-16s full %9.1f ms/forward" % (r["model"], r["full_ms"]))
+    elif b == "dit_offload" and r.get("summary"):
+        # issue 18 memory modes: step time under --max-vram vs the unlimited resident run
+        print("vram  %-4s %-12s limit %4g GiB: %-40s %8.2f s/step vs unlimited %8.2f (x%.2f)  peak %.2f GiB (est %.2f, unlimited %.2f) within: %s" % (
+            r["model"], r["size"], r["limit_gib"], r["mode"], r["limited_s"], r["unlimited_s"], r["ratio"],
+            r["limited_peak_gib"], r["limited_est_gib"], r["unlimited_peak_gib"], r["within_limit"]))
+    elif b == "dit_offload":
+        if not r.get("ok", True):
+            print("vram  %-4s %-12s %-9s FAILED: %s" % (r.get("model"), r.get("size"), r.get("run"), r.get("error", "")[:200]))
     else:
         print(json.dumps(r)[:160])
 PY

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <set>
 
-#include "osp/core/log.h"
 #include "osp/model/dit.h"
 
 namespace osp::model {
@@ -79,9 +78,6 @@ void BlockStream::attach(const std::shared_ptr<BlockStream>& s, DiT& dit) {
   // The hooks own the stream: it lives as long as the DiT keeps them.
   std::shared_ptr<BlockStream> keep = s;
   dit.set_block_forward_hooks([keep](int i) { keep->before(i); }, [keep](int i) { keep->after(i); });
-  log_verbose("DiT block streaming: ", n, " blocks in ", double(s->st_.host_bytes) / double(1 << 20),
-              " MiB of pinned host memory, two device slots of ", double(s->st_.max_block_bytes) / double(1 << 20),
-              " MiB, copies on a separate stream");
 }
 
 std::shared_ptr<BlockStream> BlockStream::enable(DiT& dit) {
