@@ -1,7 +1,9 @@
 // Python bindings (pybind11): `import osp`.
 //
 //   p = osp.Pipeline("model_dir", device="cpu")          # models load on first use, then stay
+//   (also dit_offload="none"|"blocks"|"auto", max_vram=GiB: the --dit-offload / --max-vram modes)
 //   frames = p.generate("a red fox", size="832x480", frames=33, steps=30, seed=1,
+//                       cache="teacache:0.1",             # --cache (default None: off)
 //                       out="fox.mp4", progress=lambda stage, step, steps, eta: ...)
 //   frames.shape == (33, 480, 832, 3), dtype uint8
 //
@@ -13,7 +15,8 @@
 // Settings mean what the `osp generate` flags of the same name mean and are validated the same
 // way; an osp error raises osp.Error with the CLI's message. Ctrl-C (KeyboardInterrupt) stops
 // the run at its next safe point; a progress callback that returns False cancels the run
-// (osp.Error "cancelled ..."). The GIL is released while the pipeline runs.
+// (osp.Error "cancelled ..."). The GIL is released while the pipeline runs. --cfg-parallel and
+// --sp are not exposed: they need one process per rank (mpirun); use `osp generate` for them.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -41,11 +44,27 @@ namespace {
 class PyPipeline {
  public:
   PyPipeline(const std::string& model_dir, const std::string& device, const std::string& quant, bool offload,
-             const std::vector<std::string>& loras) {
+             const std::vector<std::string>& loras, const std::string& dit_offload, double max_vram) {
+    // The model-level settings are checked now, with the CLI's checks and messages (a request
+    // that is otherwise valid carries them through validate_options).
+    pipeline::GenerateOptions check;
+    check.prompt = "-";
+    check.no_output = true;
+    check.device = device;
+    check.quant = quant;
+    check.offload = offload;
+    check.dit_offload = dit_offload;
+    check.max_vram_gib = max_vram;
+    pipeline::validate_options(check);
+    if (dit_offload == "blocks" && device == "cpu")
+      log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
+               "copied from one host buffer to another around each forward");
     pipeline::PipelineOptions po;
     po.device = device;
     po.quant = quant;
     po.offload = offload;
+    po.dit_offload = dit_offload;
+    po.max_vram_gib = max_vram;
     po.loras = loras;
     po.keep_loaded = true;
     py::gil_scoped_release nogil;
@@ -56,7 +75,7 @@ class PyPipeline {
                                 bool no_negative, std::optional<std::string> size, int frames, int steps,
                                 const std::string& sampler, double shift, float guidance, int64_t seed,
                                 const std::string& attention, std::optional<std::string> out, bool overwrite,
-                                int fps, std::optional<py::function> progress) {
+                                int fps, std::optional<std::string> cache, std::optional<py::function> progress) {
     pipeline::GenerateOptions o;
     o.prompt = prompt;
     if (negative_prompt) o.negative_prompt = *negative_prompt;
@@ -71,6 +90,7 @@ class PyPipeline {
     o.attention = attention;
     o.overwrite = overwrite;
     o.fps = fps;
+    o.cache = cache ? *cache : "none";
     if (out) o.out = *out;
     else o.no_output = true;
 
@@ -105,6 +125,7 @@ class PyPipeline {
     if (r.interrupted)
       throw Error(r.cancelled ? "cancelled during " + r.interrupted_stage : "interrupted during " + r.interrupted_stage);
     last_seed_ = r.seed;
+    last_steps_cached_ = r.steps_cached;
     const Tensor& f = r.rgb;
     OSP_CHECK(f.defined() && f.dim() == 4 && f.dtype() == DType::U8, "internal: no frames");
     py::array_t<uint8_t> a({f.size(0), f.size(1), f.size(2), f.size(3)});
@@ -114,12 +135,16 @@ class PyPipeline {
   }
 
   int64_t last_seed() const { return last_seed_; }
+  int last_steps_cached() const { return last_steps_cached_; }
+  std::string dit_offload() const { return p_->options().dit_offload; }
+  double max_vram() const { return p_->options().max_vram_gib; }
   std::string model_dir() const { return p_->files().root; }
   std::string device() const { return p_->options().device; }
 
  private:
   std::unique_ptr<pipeline::Pipeline> p_;
   int64_t last_seed_ = -1;
+  int last_steps_cached_ = 0;
 };
 
 // A float32 C-contiguous NumPy array as a CPU tensor (copied).
@@ -230,18 +255,34 @@ PYBIND11_MODULE(osp, m) {
   }, py::arg("level"), "osp's own log lines on stderr: warn | info (default) | verbose");
   py::class_<PyPipeline>(m, "Pipeline",
                          "A model folder with its text encoder, DiT and VAE loaded once (on first use) and kept")
-      .def(py::init<const std::string&, const std::string&, const std::string&, bool, const std::vector<std::string>&>(),
+      .def(py::init<const std::string&, const std::string&, const std::string&, bool, const std::vector<std::string>&,
+                    const std::string&, double>(),
            py::arg("model_dir"), py::arg("device") = "cpu", py::arg("quant") = "none", py::arg("offload") = false,
-           py::arg("loras") = std::vector<std::string>{})
+           py::arg("loras") = std::vector<std::string>{}, py::kw_only(), py::arg("dit_offload") = "auto",
+           py::arg("max_vram") = 0.0,
+           "device: cpu | cuda | cuda:N; quant: none | hif8 | fp8; offload: the text encoder on the CPU; loras: "
+           "FILE[:SCALE] merged into the DiT.\n"
+           "dit_offload (--dit-offload): DiT weights none (resident) | blocks (streamed block by block from pinned "
+           "host memory) | auto (the memory plan picks).\n"
+           "max_vram (--max-vram): GPU memory limit in GiB that the plan must fit and the allocator enforces "
+           "(0 = none; CUDA devices only). Invalid settings raise osp.Error with the CLI's message.")
       .def("generate", &PyPipeline::generate, py::arg("prompt"), py::kw_only(),
            py::arg("negative_prompt") = py::none(), py::arg("no_negative") = false, py::arg("size") = "1280x720",
            py::arg("frames") = 81, py::arg("steps") = 50, py::arg("sampler") = "unipc", py::arg("shift") = -1.0,
            py::arg("guidance") = 5.0f, py::arg("seed") = -1, py::arg("attention") = "auto",
            py::arg("out") = py::none(), py::arg("overwrite") = false, py::arg("fps") = 16,
-           py::arg("progress") = py::none(),
+           py::arg("cache") = py::none(), py::arg("progress") = py::none(),
            "Text to video: uint8 frames [F, H, W, 3]; writes `out` (.mp4 or a folder/ of PNGs) when given.\n"
-           "progress(stage, step, steps, eta_s) is called while it runs; returning False cancels.")
+           "progress(stage, step, steps, eta_s) is called while it runs; returning False cancels.\n"
+           "cache (--cache): None / \"none\" (off) or \"teacache:THRESH\" (THRESH >= 0; 0 caches nothing): skip "
+           "the DiT blocks while the timestep modulation changes little; last_steps_cached says how often.\n"
+           "--cfg-parallel and --sp are not available here: they need one process per rank (mpirun); use "
+           "`osp generate` for them.")
       .def_property_readonly("last_seed", &PyPipeline::last_seed, "the seed of the last run (random when -1 was given)")
+      .def_property_readonly("last_steps_cached", &PyPipeline::last_steps_cached,
+                             "steps of the last run whose DiT blocks were skipped (cache=)")
+      .def_property_readonly("dit_offload", &PyPipeline::dit_offload)
+      .def_property_readonly("max_vram", &PyPipeline::max_vram)
       .def_property_readonly("model_dir", &PyPipeline::model_dir)
       .def_property_readonly("device", &PyPipeline::device);
   m.def("load_checkpoint", &load_checkpoint, py::arg("path"), py::arg("names") = py::none(),

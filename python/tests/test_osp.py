@@ -3,8 +3,9 @@
 
 Generate from Python equals the CLI's output for the same seed (PNG frames written by both,
 byte for byte, and the returned array is what was written); progress is reported; errors
-raise osp.Error with the CLI's message; a progress callback returning False cancels; osp.DiT
-on NumPy arrays matches the Wan2.1 reference outputs of the golden DiT file.
+raise osp.Error with the CLI's message; a progress callback returning False cancels; cache=
+(teacache:0 == no cache, bit for bit) and dit_offload="blocks" (== resident) on the tiny model;
+osp.DiT on NumPy arrays matches the Wan2.1 reference outputs of the golden DiT file.
 Environment: PYTHONPATH holds the built module, OSP_CLI the osp executable.
 """
 import os
@@ -112,6 +113,63 @@ class Bindings(unittest.TestCase):
             self.pipe.generate("a red fox", progress=boom, **self.SETTINGS)
         # The pipeline still works afterwards.
         self.assertEqual(self.pipe.generate("a red fox", **self.SETTINGS).shape, (5, 32, 32, 3))
+
+
+TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "osp-next-tiny")
+
+
+class CacheAndMemoryModes(unittest.TestCase):
+    """cache= (--cache) and dit_offload= / max_vram= (--dit-offload / --max-vram) on the tiny model."""
+
+    SETTINGS = dict(size="64x64", frames=9, steps=4, seed=3)
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.isdir(TINY):
+            raise unittest.SkipTest(f"no tiny model at {TINY}")
+        osp.set_log_level("warn")
+        cls.pipe = osp.Pipeline(TINY, device="cpu")
+        cls.ref = cls.pipe.generate("a red fox", **cls.SETTINGS)
+
+    def test_cache(self):
+        self.assertEqual(self.ref.shape, (9, 64, 64, 3))
+        self.assertEqual(self.pipe.last_steps_cached, 0)
+        # teacache:0 caches nothing: the same frames as no cache, bit for bit.
+        same = self.pipe.generate("a red fox", cache="teacache:0", **self.SETTINGS)
+        self.assertTrue(np.array_equal(same, self.ref))
+        self.assertEqual(self.pipe.last_steps_cached, 0)
+        self.assertTrue(np.array_equal(self.pipe.generate("a red fox", cache="none", **self.SETTINGS), self.ref))
+        cached = self.pipe.generate("a red fox", cache="teacache:0.2", **self.SETTINGS)
+        self.assertEqual(cached.shape, self.ref.shape)
+        self.assertEqual(cached.dtype, np.uint8)
+        self.assertGreaterEqual(self.pipe.last_steps_cached, 1)  # 1 of 4 steps reused on the tiny model
+        self.assertLessEqual(self.pipe.last_steps_cached, self.SETTINGS["steps"] - 2)  # first, last always run
+        with self.assertRaisesRegex(osp.Error, "unknown step cache 'foo'.*none or teacache:THRESH"):
+            self.pipe.generate("a red fox", cache="foo:1", **self.SETTINGS)
+        with self.assertRaisesRegex(osp.Error, "threshold must be a finite number >= 0"):
+            self.pipe.generate("a red fox", cache="teacache:-1", **self.SETTINGS)
+        # The same message as the CLI's.
+        code, log = cli("generate", "-m", TINY, "-p", "a red fox", "--cache", "foo:1",
+                        "-o", os.path.join(tempfile.gettempdir(), "osp_never_written") + "/")
+        self.assertEqual(code, 1)
+        with self.assertRaises(osp.Error) as cm:
+            self.pipe.generate("a red fox", cache="foo:1", **self.SETTINGS)
+        self.assertEqual(str(cm.exception), log.strip().splitlines()[-1].removeprefix("osp: error: "))
+
+    def test_dit_offload_blocks_equals_resident(self):
+        streamed = osp.Pipeline(TINY, device="cpu", dit_offload="blocks")
+        self.assertEqual(streamed.dit_offload, "blocks")
+        self.assertTrue(np.array_equal(streamed.generate("a red fox", **self.SETTINGS), self.ref))
+        none = osp.Pipeline(TINY, device="cpu", dit_offload="none")
+        self.assertTrue(np.array_equal(none.generate("a red fox", **self.SETTINGS), self.ref))
+
+    def test_memory_mode_errors(self):
+        with self.assertRaisesRegex(osp.Error, "--max-vram must be a number of GiB >= 0"):
+            osp.Pipeline(TINY, device="cpu", max_vram=-1)
+        with self.assertRaisesRegex(osp.Error, "--dit-offload must be none .* or auto, got 'disk'"):
+            osp.Pipeline(TINY, device="cpu", dit_offload="disk")
+        with self.assertRaisesRegex(osp.Error, "--max-vram limits GPU memory"):
+            osp.Pipeline(TINY, device="cpu", max_vram=8)
 
 
 class DiTBindings(unittest.TestCase):
