@@ -18,6 +18,7 @@
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_block_stream.h"
+#include "model/random_dit_weights.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -35,18 +36,6 @@ model::DiTConfig config(int64_t dim, int64_t ffn, int64_t layers) {
   c.text_dim = 64;
   c.text_len = 16;
   return c;
-}
-
-std::map<std::string, Tensor> random_weights(const model::DiTConfig& cfg, uint64_t seed) {
-  std::map<std::string, Tensor> w;
-  uint32_t s = 0;
-  for (const auto& [n, sh] : model::DiT::expected_shapes(cfg)) {
-    std::vector<float> v = randn(sh, seed, s++).to_float_vector();
-    const float k = sh.size() >= 2 ? float(1.0 / std::sqrt(double(int64_t(v.size()) / sh[0]))) : 0.1f;
-    for (float& x : v) x *= k;
-    w[n] = Tensor::from_vector(v, sh);
-  }
-  return w;
 }
 
 std::vector<BlockKind> hybrid_kinds(int n) {
@@ -67,7 +56,7 @@ std::vector<Tensor> forwards(model::DiT& dit, const Tensor& x, const Tensor& ctx
 
 void parity(model::DiTQuant quant) {
   const model::DiTConfig cfg = config(256, 1024, 7);
-  const auto w = random_weights(cfg, 21);
+  const auto w = osp::test::random_dit_weights(cfg, 21);
   model::DiTOptions opt;
   opt.device = Device::cuda(0);
   opt.quant = quant;
@@ -110,7 +99,7 @@ TEST(DiTBlockStreamGpu, MaxVramCapHoldsTheStreamedModelAndRefusesTheResidentOne)
   OSP_REQUIRE_GPU();
   // Weights dominate: 12 blocks of 8·1024² + 2·1024·4096 bf16 = 32 MiB each (384 MiB), tiny activations.
   const model::DiTConfig cfg = config(1024, 4096, 12);
-  const auto w = random_weights(cfg, 22);
+  const auto w = osp::test::random_dit_weights(cfg, 22);
   model::DiTOptions opt;
   opt.device = Device::cuda(0);
   const Tensor x = randn({2, 16, 1, 8, 8}, 5), ctx = randn({2, 8, cfg.text_dim}, 6);

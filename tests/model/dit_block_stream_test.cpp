@@ -19,6 +19,7 @@
 #include "osp/io/name_map.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_block_stream.h"
+#include "model/random_dit_weights.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -37,18 +38,6 @@ model::DiTConfig hybrid_config() {
   c.text_dim = 32;
   c.text_len = 8;
   return c;
-}
-
-std::map<std::string, Tensor> random_weights(const model::DiTConfig& cfg, uint64_t seed) {
-  std::map<std::string, Tensor> w;
-  uint32_t s = 0;
-  for (const auto& [n, sh] : model::DiT::expected_shapes(cfg)) {
-    std::vector<float> v = randn(sh, seed, s++).to_float_vector();
-    const float k = sh.size() >= 2 ? float(1.0 / std::sqrt(double(int64_t(v.size()) / sh[0]))) : 0.1f;
-    for (float& x : v) x *= k;
-    w[n] = Tensor::from_vector(v, sh);
-  }
-  return w;
 }
 
 // Two forwards (two timesteps, a CFG-like batch of 2) of `dit`.
@@ -97,7 +86,7 @@ TEST(DiTBlockStream, RandomHybridStreamedEqualsResidentBitwise) {
   const model::DiTConfig cfg = hybrid_config();
   const std::vector<BlockKind> kinds = {BlockKind::Full, BlockKind::Token, BlockKind::Group, BlockKind::Token,
                                         BlockKind::Full};
-  const auto w = random_weights(cfg, 11);
+  const auto w = osp::test::random_dit_weights(cfg, 11);
   const Tensor x = randn({2, 16, 2, 8, 8}, 3), ctx = randn({2, 6, cfg.text_dim}, 4);
 
   model::DiT resident = model::DiT::bind(cfg, w);
@@ -127,7 +116,7 @@ TEST(DiTBlockStream, EvenBlockCountAndOneBlock) {
     SCOPED_TRACE(layers);
     model::DiTConfig cfg = hybrid_config();
     cfg.num_layers = layers;
-    const auto w = random_weights(cfg, 12);
+    const auto w = osp::test::random_dit_weights(cfg, 12);
     const Tensor x = randn({2, 16, 2, 8, 8}, 5), ctx = randn({2, 6, cfg.text_dim}, 6);
     model::DiT resident = model::DiT::bind(cfg, w);
     model::DiT streamed = model::DiT::bind(cfg, w);
@@ -162,7 +151,7 @@ TEST(DiTBlockStream, TinyModelStreamedEqualsResidentBitwise) {
 
 TEST(DiTBlockStream, MisuseIsRefused) {
   const model::DiTConfig cfg = hybrid_config();
-  const auto w = random_weights(cfg, 13);
+  const auto w = osp::test::random_dit_weights(cfg, 13);
   auto msg = [](const std::function<void()>& f) {
     try {
       f();

@@ -17,6 +17,7 @@
 #include "osp/model/dit.h"
 #include "osp/model/lora.h"
 #include "osp/ops/ops.h"
+#include "model/random_dit_weights.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -33,21 +34,6 @@ model::DiTConfig tiny_config() {
   c.text_dim = 32;
   c.text_len = 8;
   return c;
-}
-
-std::map<std::string, Tensor> random_weights(const model::DiTConfig& cfg, uint64_t seed) {
-  std::map<std::string, Tensor> w;
-  uint32_t s = 0;
-  for (const auto& [n, sh] : model::DiT::expected_shapes(cfg)) {
-    Tensor t = randn(sh, seed, s++);
-    // N(0, 1/fan_in) for matrices keeps activations O(1)
-    const int64_t fan_in = sh.size() >= 2 ? t.numel() / sh[0] : 1;
-    std::vector<float> v = t.to_float_vector();
-    const float k = sh.size() >= 2 ? float(1.0 / std::sqrt(double(fan_in))) : 0.1f;
-    for (float& x : v) x *= k;
-    w[n] = Tensor::from_vector(v, sh);
-  }
-  return w;
 }
 
 model::Lora random_lora(const model::DiTConfig& cfg, int64_t rank, double alpha, uint64_t seed,
@@ -89,7 +75,7 @@ double max_rel(const Tensor& a, const Tensor& b) {
 
 TEST(DiTLora, ZeroBReproducesBaseExactly) {
   const auto cfg = tiny_config();
-  const auto w = random_weights(cfg, 1);
+  const auto w = osp::test::random_dit_weights(cfg, 1);
   const Inputs in = inputs(5);
   auto sp = dist::make_single_device();
   for (auto q : {model::DiTQuant::None, model::DiTQuant::HiF8}) {
@@ -105,7 +91,7 @@ TEST(DiTLora, ZeroBReproducesBaseExactly) {
 
 TEST(DiTLora, UnmergedEqualsMergedAndDisableGivesBase) {
   const auto cfg = tiny_config();
-  const auto w = random_weights(cfg, 2);
+  const auto w = osp::test::random_dit_weights(cfg, 2);
   const Inputs in = inputs(6);
   auto sp = dist::make_single_device();
   model::Lora l = random_lora(cfg, 4, 8, 4, 0.05f);
@@ -150,7 +136,7 @@ TEST(DiTLora, UnmergedEqualsMergedAndDisableGivesBase) {
 // differences of the inference forward (both f32 on the CPU; the loss accumulates in double).
 TEST(DiTLora, GradientsMatchFiniteDifferences) {
   const auto cfg = tiny_config();
-  const auto w = random_weights(cfg, 3);
+  const auto w = osp::test::random_dit_weights(cfg, 3);
   const Inputs in = inputs(7);
   auto sp = dist::make_single_device();
   model::DiTOptions o;
@@ -207,7 +193,7 @@ TEST(DiTLora, GradientsMatchFiniteDifferences) {
 
 TEST(DiTLora, HiF8BaseTrainsAdaptersOnly) {
   const auto cfg = tiny_config();
-  const auto w = random_weights(cfg, 4);
+  const auto w = osp::test::random_dit_weights(cfg, 4);
   const Inputs in = inputs(8);
   auto sp = dist::make_single_device();
   model::DiTOptions o;
@@ -242,7 +228,7 @@ TEST(DiTLora, HiF8BaseTrainsAdaptersOnly) {
 
 TEST(DiTLora, SavedLoraLoadsBackAndBadAdaptersAreRefused) {
   const auto cfg = tiny_config();
-  const auto w = random_weights(cfg, 5);
+  const auto w = osp::test::random_dit_weights(cfg, 5);
   const Inputs in = inputs(9);
   auto sp = dist::make_single_device();
   model::DiT dit = model::DiT::bind(cfg, w);

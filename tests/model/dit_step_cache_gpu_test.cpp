@@ -12,6 +12,7 @@
 #include "osp/core/philox.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "model/random_dit_weights.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -28,19 +29,6 @@ model::DiTConfig config() {
   c.text_dim = 32;
   c.text_len = 8;
   return c;
-}
-
-std::map<std::string, Tensor> weights(const model::DiTConfig& cfg, uint64_t seed, bool identity_blocks) {
-  std::map<std::string, Tensor> w;
-  uint32_t s = 0;
-  for (const auto& [n, sh] : model::DiT::expected_shapes(cfg)) {
-    std::vector<float> v = randn(sh, seed, s++).to_float_vector();
-    const float k = sh.size() >= 2 ? float(1.0 / std::sqrt(double(int64_t(v.size()) / sh[0]))) : 0.1f;
-    const bool zero = identity_blocks && n.rfind("blocks.", 0) == 0;
-    for (float& x : v) x = zero ? 0.0f : x * k;
-    w[n] = Tensor::from_vector(v, sh);
-  }
-  return w;
 }
 
 const std::vector<std::pair<const char*, std::vector<BlockKind>>>& plans() {
@@ -77,7 +65,7 @@ Tensor record_then_reuse(const model::DiTConfig& cfg, const std::map<std::string
 TEST(DiTStepCacheGpu, ReusedForwardMatchesCpu) {
   OSP_REQUIRE_GPU();
   const model::DiTConfig cfg = config();
-  const auto w = weights(cfg, 31, false);
+  const auto w = osp::test::random_dit_weights(cfg, 31, false);
   for (const auto& [name, kinds] : plans()) {
     SCOPED_TRACE(name);
     const Tensor cpu = record_then_reuse(cfg, w, kinds, Device::cpu());
@@ -91,7 +79,7 @@ TEST(DiTStepCacheGpu, ReusedForwardMatchesCpu) {
 TEST(DiTStepCacheGpu, IdentityBlocksReuseEqualsPlainForward) {
   OSP_REQUIRE_GPU();
   const model::DiTConfig cfg = config();
-  const auto w = weights(cfg, 32, true);
+  const auto w = osp::test::random_dit_weights(cfg, 32, true);
   for (const auto& [name, kinds] : plans()) {
     SCOPED_TRACE(name);
     Tensor plain;

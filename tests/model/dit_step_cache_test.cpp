@@ -15,6 +15,7 @@
 #include "osp/core/philox.h"
 #include "osp/dist/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "model/random_dit_weights.h"
 #include "test_util.h"
 
 using namespace osp;
@@ -32,20 +33,6 @@ model::DiTConfig config() {
   c.text_dim = 32;
   c.text_len = 8;
   return c;
-}
-
-std::map<std::string, Tensor> weights(const model::DiTConfig& cfg, uint64_t seed, bool identity_blocks) {
-  std::map<std::string, Tensor> w;
-  uint32_t s = 0;
-  for (const auto& [n, sh] : model::DiT::expected_shapes(cfg)) {
-    std::vector<float> v = randn(sh, seed, s++).to_float_vector();
-    const int64_t numel = int64_t(v.size());
-    const float k = sh.size() >= 2 ? float(1.0 / std::sqrt(double(numel / sh[0]))) : 0.1f;
-    const bool zero = identity_blocks && n.rfind("blocks.", 0) == 0;
-    for (float& x : v) x = zero ? 0.0f : x * k;
-    w[n] = Tensor::from_vector(v, sh);
-  }
-  return w;
 }
 
 struct Plan {
@@ -70,7 +57,7 @@ TEST(DiTStepCache, RecordKeepsOutputAndReuseOnSameInputGivesItBack) {
   const model::DiTConfig cfg = config();
   for (const Plan& p : plans()) {
     SCOPED_TRACE(p.name);
-    model::DiT dit = model::DiT::bind(cfg, weights(cfg, 5, false));
+    model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 5, false));
     dit.set_block_kinds(p.kinds, 2);
     auto sp = dist::make_single_device();
     const Tensor x = input(9), ctx = randn({2, 6, cfg.text_dim}, 10);
@@ -105,7 +92,7 @@ TEST(DiTStepCache, IdentityBlocksPinTheResidualLayout) {
   const model::DiTConfig cfg = config();
   for (const Plan& p : plans()) {
     SCOPED_TRACE(p.name);
-    model::DiT dit = model::DiT::bind(cfg, weights(cfg, 6, true));
+    model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 6, true));
     dit.set_block_kinds(p.kinds, 2);
     auto sp = dist::make_single_device();
     const Tensor ctx = randn({2, 6, cfg.text_dim}, 11);
@@ -129,7 +116,7 @@ TEST(DiTStepCache, IdentityBlocksPinTheResidualLayout) {
 
 TEST(DiTStepCache, MismatchedResidualIsRefused) {
   const model::DiTConfig cfg = config();
-  model::DiT dit = model::DiT::bind(cfg, weights(cfg, 7, false));
+  model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 7, false));
   auto sp = dist::make_single_device();
   model::DiT::BlockCache cache;
   cache.run_blocks = [](const Tensor&) { return false; };
