@@ -15,26 +15,16 @@
 
 #include "osp/dist/communicator.h"
 #include "osp/pipeline/pipeline.h"
+#include "pipeline/tiny_run.h"
 
 using namespace osp;
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kModel = std::string(OSP_SOURCE_DIR) + "/models/osp-next-tiny";
+const std::string kModel = test::tiny_model_dir();
 
-pipeline::GenerateOptions base_options() {
-  pipeline::GenerateOptions o;
-  o.prompt = "a red circle moves left on a blue background";
-  o.width = 64;
-  o.height = 64;
-  o.frames = 9;
-  o.steps = 10;
-  o.guidance = 5;
-  o.seed = 2024;
-  o.no_output = true;
-  return o;
-}
+pipeline::GenerateOptions base_options() { return test::tiny_generate_options(10, 2024); }
 
 std::string error_of(const std::function<void()>& f) {
   try {

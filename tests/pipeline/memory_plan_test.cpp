@@ -16,6 +16,7 @@
 #include "osp/pipeline/pipeline.h"
 #include "osp/sparse/skiparse.h"
 #include "test_util.h"
+#include "pipeline/tiny_run.h"
 
 using namespace osp;
 using pipeline::DitWeights;
@@ -147,20 +148,9 @@ TEST(MemoryPlan, NothingFitsGivesAClearError) {
 
 // ---- whole runs of the shipped tiny model on the CPU
 namespace {
-std::string tiny_model() { return std::string(OSP_SOURCE_DIR) + "/models/osp-next-tiny"; }
+std::string tiny_model() { return test::tiny_model_dir(); }
 
-pipeline::GenerateOptions tiny_options() {
-  pipeline::GenerateOptions o;
-  o.prompt = "a red circle moves left on a blue background";
-  o.width = 64;
-  o.height = 64;
-  o.frames = 9;
-  o.steps = 6;
-  o.guidance = 5;
-  o.seed = 1003;
-  o.no_output = true;
-  return o;
-}
+pipeline::GenerateOptions tiny_options() { return test::tiny_generate_options(6, 1003); }
 }  // namespace
 
 TEST(MemoryModes, TinyModelStreamedBlocksEqualResidentBitwise) {

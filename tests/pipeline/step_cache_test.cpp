@@ -16,6 +16,7 @@
 #include "osp/pipeline/request.h"
 #include "osp/sample/step_cache.h"
 #include "test_util.h"
+#include "pipeline/tiny_run.h"
 
 using namespace osp;
 using osp::test::expect_same_bits;
@@ -165,20 +166,12 @@ TEST(TeaCachePolicy, PublishedWanPolynomials) {
 // ---- whole runs of the shipped tiny model
 namespace {
 
-std::string tiny_model() { return std::string(OSP_SOURCE_DIR) + "/models/osp-next-tiny"; }
+std::string tiny_model() { return test::tiny_model_dir(); }
 
 pipeline::GenerateResult run_tiny(const std::string& cache) {
-  pipeline::GenerateOptions o;
-  o.prompt = "a red circle moves left on a blue background";
-  o.width = 64;
-  o.height = 64;
-  o.frames = 9;
-  o.steps = 30;
-  o.guidance = 5;
+  pipeline::GenerateOptions o = test::tiny_generate_options(30, 1003);
   o.sampler = "unipc";
-  o.seed = 1003;
   o.cache = cache;
-  o.no_output = true;
   return pipeline::generate(pipeline::plan_generation(tiny_model(), o));
 }
 
