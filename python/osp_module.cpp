@@ -55,17 +55,12 @@ class PyPipeline {
     check.offload = offload;
     check.dit_offload = dit_offload;
     check.max_vram_gib = max_vram;
+    check.loras = loras;
     pipeline::validate_options(check);
     if (dit_offload == "blocks" && device == "cpu")
       log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
                "copied from one host buffer to another around each forward");
-    pipeline::PipelineOptions po;
-    po.device = device;
-    po.quant = quant;
-    po.offload = offload;
-    po.dit_offload = dit_offload;
-    po.max_vram_gib = max_vram;
-    po.loras = loras;
+    pipeline::PipelineOptions po = pipeline::pipeline_options(check);
     po.keep_loaded = true;
     py::gil_scoped_release nogil;
     p_ = std::make_unique<pipeline::Pipeline>(model_dir, po);
