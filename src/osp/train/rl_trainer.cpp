@@ -591,8 +591,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   li.seed = o.seed;
   model::Lora lora = model::init_lora(model::DiT::expected_shapes(dit.config()), li);
   dit.attach_lora(lora);
-  const ParamTable params = dit.lora_parameters();
-  ParamTable reduce_table = params;  // the same tensors, for the SP / DP gradient reduction
+  ParamTable params = dit.lora_parameters();  // non-const: the SP / DP reduction writes the gradients
   AdamW opt(params, AdamWConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay});
   GradClipper clipper(GradClipConfig::parse(o.clip));
   auto masters = [&]() {
@@ -892,8 +891,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
           }
         }
         if (multi) {
-          if (env.groups->sp_size() > 1) reduce_sp_gradients(reduce_table, *env.groups->sp);
-          if (dp) average_dp_gradients(reduce_table, *dp);
+          if (env.groups->sp_size() > 1) reduce_sp_gradients(params, *env.groups->sp);
+          if (dp) average_dp_gradients(params, *dp);
         }
         const ClipResult cr = clipper.clip(params);
         OSP_CHECK(std::isfinite(cr.norm), "RL iteration ", it + 1, ": the LoRA gradient norm is ", cr.norm,
