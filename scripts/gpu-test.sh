@@ -37,6 +37,9 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON \
 targets=$(ninja -C "$BUILD" -t targets all 2>/dev/null |
           sed -n 's/^\([A-Za-z0-9_]*\(_gpu_test\|gpu[A-Za-z0-9_]*\)\): .*/\1/p' |
           grep -E '(_gpu_test$|^bench_.*gpu)' | grep -v '^cmake_' | sort -u)
+# BENCH=0 builds no benchmark (TESTS=0 no test): what is not run is not built.
+[ "${BENCH:-1}" = 0 ] && targets=$(echo "$targets" | grep -v '^bench_')
+[ "${TESTS:-1}" = 0 ] && targets=$(echo "$targets" | grep -v '_gpu_test$')
 echo "building: $(echo $targets | wc -w) targets with $JOBS jobs"
 ninja -C "$BUILD" -j "$JOBS" -k 0 $targets >> "$OUT/build.log" 2>&1 || {
   status=1

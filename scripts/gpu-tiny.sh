@@ -13,7 +13,9 @@
 #            "a b c"): (a) full attention continued, (b) hybrid Skiparse (OSP-Next), (c) hybrid +
 #            HiF8 QAT; each for DIT_STEPS steps (equal budget; the clock stops them earlier when
 #            the call runs out), packaged and evaluated on the held-out prompts on the GPU ((c)
-#            sampled with --quant hif8).  DIT_BATCH, DIT_LR, DIT_EMA.
+#            sampled with --quant hif8).  DIT_BATCH, DIT_LR, DIT_EMA; DIT_INIT_WEIGHTS=file lays one
+#            DiT weights file over a copy of models/osp-next-tiny and starts from that.
+#  Either:   OSP_BIN=path uses a built osp instead of building build-tiny.
 #
 #   run:  OUT=$OUT PHASE=1 bash scripts/gpu-tiny.sh
 set -uo pipefail
@@ -30,13 +32,26 @@ log() { echo "[gpu-tiny $(( $(date +%s) - T0 ))s] $*"; }
 left() { echo $(( CALL_SECONDS - ($(date +%s) - T0) )); }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-log "build"
-cmake -S . -B build-tiny -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DOSP_FFMPEG=OFF -DOSP_BENCH=OFF -DOSP_MPI=OFF -DOSP_TESTS=$([ "$PHASE" = 1 ] && echo ON || echo OFF) \
-  > "$RUN/cmake.log" 2>&1 || { tail -30 "$RUN/cmake.log"; exit 1; }
-ninja -C build-tiny osp > "$RUN/build.log" 2>&1 || { tail -40 "$RUN/build.log"; exit 1; }
-log "built osp"
-export OSP=build-tiny/osp DEVICE=cuda GEN_DEVICE=cuda RUN
+if [ -n "${OSP_BIN:-}" ]; then
+  log "using $OSP_BIN (no build)"
+  export OSP=$OSP_BIN
+else
+  log "build"
+  cmake -S . -B build-tiny -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DOSP_FFMPEG=OFF -DOSP_BENCH=OFF -DOSP_MPI=OFF -DOSP_TESTS=$([ "$PHASE" = 1 ] && echo ON || echo OFF) \
+    > "$RUN/cmake.log" 2>&1 || { tail -30 "$RUN/cmake.log"; exit 1; }
+  ninja -C build-tiny osp > "$RUN/build.log" 2>&1 || { tail -40 "$RUN/build.log"; exit 1; }
+  log "built osp"
+  export OSP=build-tiny/osp
+fi
+export DEVICE=cuda GEN_DEVICE=cuda RUN
+# DIT_INIT_WEIGHTS=file: a DiT safetensors (e.g. model (a)'s, carried as one 4.6 MB file) laid over a
+# copy of models/osp-next-tiny in $RUN/init, which becomes DIT_INIT (the folder's other files are the same).
+if [ -n "${DIT_INIT_WEIGHTS:-}" ]; then
+  rm -rf "$RUN/init" && cp -r models/osp-next-tiny "$RUN/init"
+  cp "$DIT_INIT_WEIGHTS" "$RUN/init/diffusion_pytorch_model.safetensors"
+  DIT_INIT=$RUN/init
+fi
 
 if [ "$PHASE" = 1 ]; then
   tests_pid=
