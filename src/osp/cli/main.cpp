@@ -238,6 +238,13 @@ int main(int argc, char** argv) {
   demo->add_option("dir", demo_dir, "output folder")->required();
   demo->add_flag("--full-attention", demo_full, "Wan2.1-style full attention instead of the OSP-Next hybrid");
   demo->add_option("--seed", demo_seed, "weight seed")->capture_default_str();
+  std::string demo_config;
+  int demo_vae_dim = 16;
+  demo->add_option("--config", demo_config,
+                   "a DiT config.json (e.g. Wan2.1-T2V-1.3B's): random weights at that size and layout, "
+                   "the umT5 at its text_dim (for timing real sizes)")
+      ->check(CLI::ExistingFile);
+  demo->add_option("--vae-dim", demo_vae_dim, "VAE base width (Wan2.1: 96)")->capture_default_str()->check(CLI::Range(4, 256));
   bool demo_overwrite = false;
   demo->add_flag("--overwrite", demo_overwrite, "replace an existing folder");
 
@@ -301,6 +308,11 @@ int main(int argc, char** argv) {
       pipeline::DemoModelOptions o;
       o.hybrid = !demo_full;
       o.seed = demo_seed;
+      o.dit_config = demo_config;
+      o.vae_dim = demo_vae_dim;
+      OSP_CHECK(!(demo_full && !demo_config.empty()),
+                "make-demo-model: --full-attention and --config both set the attention layout; the config's "
+                "skiparse keys decide it (leave them out for Wan2.1's full attention)");
       // Written into a temporary folder renamed at the end: complete or not at all.
       io::write_dir_atomic(demo_dir, [&](const std::string& tmp) { pipeline::make_demo_model(tmp, o); },
                            demo_overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse);

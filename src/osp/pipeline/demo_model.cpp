@@ -190,26 +190,38 @@ void make_demo_model(const std::string& dir_s, const DemoModelOptions& o) {
 
   // DiT (Wan names), config.json in the Wan layout with the OSP-Next keys.
   model::DiTConfig cfg;
-  cfg.dim = o.dit_dim;
-  cfg.ffn_dim = o.dit_ffn;
-  cfg.num_heads = o.dit_heads;
-  cfg.num_layers = o.dit_layers;
-  cfg.text_dim = o.t5_dim;
-  cfg.text_len = 512;
-  cfg.freq_dim = 256;
-  if (o.hybrid) {
-    cfg.skiparse_mode = "dual_end";
-    cfg.sparse_ratio = 2;
-    cfg.num_full_blocks = 4;  // plan_blocks: a multiple of 4 (the sparse region starts with a token block)
+  int t5_dim = o.t5_dim, t5_heads = o.t5_heads, t5_ffn = o.t5_ffn;
+  if (!o.dit_config.empty()) {
+    cfg = model::DiTConfig::from_json_file(o.dit_config);
+    OSP_CHECK(cfg.text_dim % 64 == 0, "make-demo-model --config ", o.dit_config, ": text_dim ", cfg.text_dim,
+              " is not a multiple of 64 (the umT5 head size)");
+    t5_dim = int(cfg.text_dim);
+    t5_heads = t5_dim / 64;
+    t5_ffn = t5_dim * 5 / 2;
+  } else {
+    cfg.dim = o.dit_dim;
+    cfg.ffn_dim = o.dit_ffn;
+    cfg.num_heads = o.dit_heads;
+    cfg.num_layers = o.dit_layers;
+    cfg.text_dim = t5_dim;
+    cfg.text_len = 512;
+    cfg.freq_dim = 256;
+    if (o.hybrid) {
+      cfg.skiparse_mode = "dual_end";
+      cfg.sparse_ratio = 2;
+      cfg.num_full_blocks = 4;  // plan_blocks: a multiple of 4 (the sparse region starts with a token block)
+    }
   }
   cfg.validate();
+  const bool hybrid = cfg.skiparse_mode != "full";
   std::string json = str("{\n  \"_class_name\": \"WanModel\",\n  \"model_type\": \"t2v\",\n  \"dim\": ", cfg.dim,
                          ",\n  \"ffn_dim\": ", cfg.ffn_dim, ",\n  \"num_heads\": ", cfg.num_heads,
                          ",\n  \"num_layers\": ", cfg.num_layers, ",\n  \"text_dim\": ", cfg.text_dim,
                          ",\n  \"text_len\": ", cfg.text_len, ",\n  \"freq_dim\": ", cfg.freq_dim,
-                         ",\n  \"in_dim\": 16,\n  \"out_dim\": 16,\n  \"eps\": 1e-06,\n  \"patch_size\": [1, 2, 2]");
-  if (o.hybrid)
-    json += str(",\n  \"skiparse_model_type\": \"dual_end\",\n  \"sparse_ratio\": ", cfg.sparse_ratio,
+                         ",\n  \"in_dim\": ", cfg.in_dim, ",\n  \"out_dim\": ", cfg.out_dim, ",\n  \"eps\": ", cfg.eps,
+                         ",\n  \"patch_size\": [", cfg.patch_t, ", ", cfg.patch_h, ", ", cfg.patch_w, "]");
+  if (hybrid)
+    json += str(",\n  \"skiparse_model_type\": \"", cfg.skiparse_mode, "\",\n  \"sparse_ratio\": ", cfg.sparse_ratio,
                 ",\n  \"num_full_blocks\": ", cfg.num_full_blocks);
   json += "\n}\n";
   write_text(dir / "config.json", json);
@@ -219,7 +231,7 @@ void make_demo_model(const std::string& dir_s, const DemoModelOptions& o) {
 
   // umT5 (Wan names) and the VAE decoder (Wan names), as safetensors.
   io::save_safetensors((dir / "models_t5_umt5-xxl-enc-bf16.safetensors").string(),
-                       random_weights(t5_shapes(o.t5_vocab, o.t5_dim, o.t5_dim, o.t5_ffn, o.t5_heads, o.t5_layers),
+                       random_weights(t5_shapes(o.t5_vocab, t5_dim, t5_dim, t5_ffn, t5_heads, o.t5_layers),
                                       o.seed, 2),
                        meta);
   io::save_safetensors((dir / "Wan2.1_VAE.safetensors").string(),

@@ -18,6 +18,10 @@ struct DemoModelOptions {
   int dit_dim = 256, dit_heads = 4, dit_ffn = 512;
   int t5_dim = 64, t5_layers = 2, t5_heads = 4, t5_ffn = 160, t5_vocab = 320;
   int vae_dim = 16;       // base width (the real VAE has 96)
+  // A DiT config.json (e.g. Wan2.1-T2V-1.3B's): the DiT takes its shapes and layout instead of
+  // the dit_* / hybrid fields above, and the umT5 its text_dim (heads = text_dim / 64, FFN 2.5 ×
+  // text_dim as umT5-XXL, t5_layers blocks). For timing real model sizes with random weights.
+  std::string dit_config;
 };
 
 // Writes the folder (created if needed; existing demo files are overwritten). Throws if the
