@@ -57,9 +57,7 @@ class PyPipeline {
     check.max_vram_gib = max_vram;
     check.loras = loras;
     pipeline::validate_options(check);
-    if (dit_offload == "blocks" && device == "cpu")
-      log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
-               "copied from one host buffer to another around each forward");
+    pipeline::warn_ineffective_settings(check);
     pipeline::PipelineOptions po = pipeline::pipeline_options(check);
     po.keep_loaded = true;
     py::gil_scoped_release nogil;

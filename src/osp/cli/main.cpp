@@ -144,11 +144,7 @@ void check_generate_flags(const CLI::App& gen, const pipeline::GenerateOptions& 
             "flag out for Wan2.1's default one");
   if (g.guidance == 1.0f && (given("--negative-prompt") || g.no_negative))
     log_warn("--guidance 1 disables classifier-free guidance, so the negative prompt is not used");
-  if (g.offload && g.device == "cpu")
-    log_warn("--offload has no effect with --device cpu (everything already runs on the CPU)");
-  if (g.dit_offload == "blocks" && g.device == "cpu")
-    log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
-             "copied from one host buffer to another around each forward");
+  pipeline::warn_ineffective_settings(g);
   if (given("--fps") && pipeline::output_kind(g.out) == pipeline::OutputKind::PngFolder)
     log_warn("--fps is ignored for PNG frames (it is the frame rate of an MP4)");
 }

@@ -185,6 +185,14 @@ int cfg_parallel_branch_ranks(int ranks, const std::string& sp) {
   return S;
 }
 
+void warn_ineffective_settings(const GenerateOptions& o) {
+  if (o.offload && o.device == "cpu")
+    log_warn("--offload has no effect with --device cpu (everything already runs on the CPU)");
+  if (o.dit_offload == "blocks" && o.device == "cpu")
+    log_warn("--dit-offload blocks on the CPU saves no memory (the host is the device): the blocks are "
+             "copied from one host buffer to another around each forward");
+}
+
 void validate_options(const GenerateOptions& o) {
   check_utf8(o.prompt, "the prompt");
   check_utf8(o.negative_prompt, "the negative prompt");

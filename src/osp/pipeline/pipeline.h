@@ -73,6 +73,10 @@ void parse_size(const std::string& s, int& width, int& height);
 // cfg_parallel it also checks the launcher's rank count (cfg_parallel_branch_ranks).
 void validate_options(const GenerateOptions& o);
 
+// Warns (log_warn) about valid settings that do nothing on the chosen device: --offload and
+// --dit-offload blocks with --device cpu. Once per command line / Python Pipeline, not per job.
+void warn_ineffective_settings(const GenerateOptions& o);
+
 // CFG parallelism over `ranks` ranks with sequence parallelism `sp`: the ranks per branch
 // S = ranks / 2. Throws (actionable) when the ranks do not split into two branches (fewer than 2,
 // odd) or when S > 1 ranks per branch have no --sp to share the work. (Guidance 1, which has no
