@@ -18,26 +18,15 @@
 #include "osp/model/dit_config.h"
 #include "osp/model/lora.h"
 #include "osp/pipeline/demo_model.h"
+#include "run_cmd.h"
 
 using namespace osp;
 namespace fs = std::filesystem;
 
 namespace {
-struct CmdResult {
-  int code = -1;
-  std::string out;
-};
+using test::CmdResult;
 CmdResult run(const std::string& args) {
-  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(OSP_CLI_PATH) + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return test::run_shell("OMP_NUM_THREADS=1 " + std::string(OSP_CLI_PATH) + " " + args);
 }
 std::string read_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

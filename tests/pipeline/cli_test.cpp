@@ -14,26 +14,13 @@
 #include "osp/dist/communicator.h"
 #include "osp/io/image_writer.h"
 #include "test_util.h"
+#include "run_cmd.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-struct CmdResult {
-  int code = -1;
-  std::string out;
-};
-// A shell command line (stdout and stderr together).
-CmdResult run_shell(const std::string& cmd) {
-  CmdResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using osp::test::CmdResult;
+using osp::test::run_shell;
 CmdResult run(const std::string& args) { return run_shell(std::string(OSP_CLI_PATH) + " " + args); }
 std::string tmp(const std::string& n) { return (fs::temp_directory_path() / n).string(); }
 }  // namespace

@@ -11,7 +11,7 @@
 
 #include "osp/io/image_writer.h"
 #include "osp/pipeline/demo_model.h"
-#include "train/run_osp.h"
+#include "run_cmd.h"
 
 using namespace osp;
 namespace fs = std::filesystem;

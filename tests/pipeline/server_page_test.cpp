@@ -19,6 +19,7 @@
 #include "osp/io/image_writer.h"
 #include "osp/io/video_writer.h"
 #include "osp/pipeline/demo_model.h"
+#include "run_cmd.h"
 
 using namespace osp;
 namespace fs = std::filesystem;
@@ -31,16 +32,7 @@ std::string chromium_path() {
   return "";
 }
 
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  pclose(p);
-  return out;
-}
+std::string run_capture(const std::string& cmd) { return osp::test::run_shell(cmd, false).out; }
 
 struct Server {
   pid_t pid = -1;

@@ -22,7 +22,7 @@
 #include "osp/io/video_writer.h"
 #include "osp/train/clip_dataset.h"
 #include "osp/train/synthetic_clips.h"
-#include "train/run_osp.h"
+#include "run_cmd.h"
 
 namespace fs = std::filesystem;
 using namespace osp;

@@ -17,23 +17,19 @@
 #include "osp/model/vae.h"
 #include "osp/train/latent_dataset.h"
 #include "test_util.h"
+#include "run_cmd.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
 
 namespace {
 
-fs::path osp_exe() { return fs::canonical("/proc/self/exe").parent_path() / "osp"; }
+using test::osp_exe;
 
 int run(const std::string& args, std::string* out) {
-  const std::string cmd = osp_exe().string() + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return -1;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out->append(buf.data(), n);
-  const int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  const test::CmdResult r = test::run_osp(args);
+  out->append(r.out);
+  return r.code;
 }
 
 std::vector<uint8_t> pattern(int w, int h, int seed) {
