@@ -96,20 +96,26 @@ else
           DIT_WARMUP=50 STAGES="dit package")
   # variant V → its attention and quantization (training and sampling alike): att, q
   variant() { att=hybrid; q=none; [ "$1" = a ] && att=full; [ "$1" = c ] && q=hif8; return 0; }
+  # `wait` names its jobs: a bare `wait` would also wait for the `tee` of the exec line above, which
+  # ends only with this script (session 7 lost a call's evaluations and weights to that hang).
+  pids=()
   for v in $VARIANTS; do
     variant $v
     # Logged straight into $OUT: a call cut off by the time limit still brings them back.
     env "${common[@]}" DIT_ATTENTION=$att DIT_QUANT=$q DIT_OUT="$RUN/dit-$v" MODEL_DIR="$RUN/model-$v" \
       bash scripts/train-tiny.sh > "$OUT/$v.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"
+  pids=()
   for v in $VARIANTS; do tail -2 "$OUT/$v.log"; cp "$RUN/model-$v/diffusion_pytorch_model.safetensors" "$OUT/dit-$v.safetensors" || true; done
   for v in $VARIANTS; do
     variant $v
     GEN_ATTENTION=$att GEN_QUANT=$q MODEL_DIR="$RUN/model-$v" EVAL_OUT="$RUN/eval-$v" EVAL_CLIPS=${EVAL_CLIPS:-48} \
       STAGES="eval" bash scripts/train-tiny.sh > "$RUN/eval-$v.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"
   files=()
   for v in $VARIANTS; do
     echo "== model $v"; cat "$RUN/eval-$v/eval.txt"

@@ -22,7 +22,7 @@ namespace {
 
 model::DiTConfig config() {
   model::DiTConfig c;
-  c.dim = 64;
+  c.dim = 128;  // head dim 64: the CUDA attention supports 64 and 128
   c.ffn_dim = 96;
   c.num_heads = 2;
   c.num_layers = 4;
