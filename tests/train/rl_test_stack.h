@@ -44,17 +44,20 @@ struct Stack {
   std::unique_ptr<dist::SequenceParallel> sp = dist::make_single_device();
   RlEnv env;
   std::vector<std::unique_ptr<Reward>> rewards;
-  explicit Stack(uint64_t seed = 1) {
+  // cfg: the DiT (text_dim is the stand-in encoder's width); dev: where the DiT runs (the CUDA
+  // attention needs head dim 64 or 128, which tiny() does not have).
+  explicit Stack(uint64_t seed = 1, const model::DiTConfig& cfg = tiny(), Device dev = Device::cpu()) {
     model::DiTOptions o;
     o.train = true;
     o.train_base = false;
-    dit = model::DiT::bind(tiny(), random_dit_weights(tiny(), seed), o);
+    o.device = dev;
+    dit = model::DiT::bind(cfg, random_dit_weights(cfg, seed), o);
     env.dit = &dit;
     env.sp = sp.get();
-    env.encode = [](const std::string& p) {  // a stand-in embedding keyed by the text
+    env.encode = [text_dim = cfg.text_dim](const std::string& p) {  // a stand-in embedding keyed by the text
       uint64_t h = 1469598103934665603ull;
       for (char c : p) h = (h ^ uint8_t(c)) * 1099511628211ull;
-      return randn({5, 16}, h, 0);
+      return randn({5, text_dim}, h, 0);
     };
     env.decode = [](const Tensor& z) {  // latent [16, T, h, w] → video [3, 4(T−1)+1, 8h, 8w]
       const int64_t T = z.size(1), h = z.size(2), w = z.size(3), F = 4 * (T - 1) + 1;
