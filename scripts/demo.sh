@@ -17,7 +17,7 @@ OUT=${OUT:-$BUILD_DIR/demo}
 JOBS=${JOBS:-$(nproc)}
 DEVICE=${DEVICE:-cpu}
 MODEL=${MODEL:-models/osp-next-tiny}
-PROMPT=${PROMPT:-"a blue square moves from left to right on a white background"}
+PROMPT=${PROMPT:-"a red circle moves up on a black background"}
 SEED=${SEED:-42}
 
 if [ "$DEVICE" = cpu ]; then cuda=OFF; else cuda=ON; fi

@@ -196,14 +196,16 @@ TEST(StepCacheRun, TinyModelThresholdZeroIsExactAndPositiveSkipsAndStaysClose) {
   expect_same_bits(zero.latent, base.latent, "latent, teacache:0 vs no cache");
   expect_same_bits(zero.rgb, base.rgb, "frames, teacache:0 vs no cache");
 
-  // Measured on this model, prompt and seed (2-core CPU, docs/PERF.md "Step caching"):
-  //   teacache:0.05 reuses 14 of 30 steps: latent drift ‖x − x_ref‖/‖x_ref‖ 0.073, frames 2.3 levels;
-  //   teacache:0.1  reuses 21 of 30 steps: drift 0.187, frames 5.1 levels.
-  // Broken variants at the same skip pattern, measured by patching the DiT: skipping the blocks
-  // without adding the residual gives 0.52 / 0.79 (21 / 41 levels); the cond and uncond
-  // residuals swapped give 1.25 / 1.32 (177 / 142 levels). The bounds are about twice the
-  // measured drift, well under those: they catch a residual from the wrong row, the wrong layout
-  // or none, while leaving room for last-bit differences of other BLAS/thread counts.
+  // Measured on this model, prompt and seed (2-core CPU; the session-7 weights of
+  // models/osp-next-tiny — the counts and drifts change with the weights):
+  //   teacache:0.05 reuses 16 of 30 steps: latent drift ‖x − x_ref‖/‖x_ref‖ 0.129, frames 3.0 levels;
+  //   teacache:0.1  reuses 21 of 30 steps: drift 0.257, frames 6.4 levels.
+  // Broken variants at the same skip pattern, measured by patching the DiT (on the previous
+  // weights, whose correct drifts were 0.073 / 0.187): skipping the blocks without adding the
+  // residual gives 0.52 / 0.79 (21 / 41 levels); the cond and uncond residuals swapped give
+  // 1.25 / 1.32 (177 / 142 levels). The bounds are about 1.5x the measured drift, under those:
+  // they catch a residual from the wrong row, the wrong layout or none, while leaving room for
+  // last-bit differences of other BLAS/thread counts.
   // (The skip counts depend only on the schedule: e0 is a function of the timestep.)
   const auto c05 = run_tiny("teacache:0.05");
   const auto c10 = run_tiny("teacache:0.1");
@@ -213,11 +215,11 @@ TEST(StepCacheRun, TinyModelThresholdZeroIsExactAndPositiveSkipsAndStaysClose) {
               c05.steps_cached, d05, p05);
   std::printf("teacache:0.1  reused %d steps, latent drift %.4f, frames mean |diff| %.2f levels\n",
               c10.steps_cached, d10, p10);
-  EXPECT_EQ(c05.steps_cached, 14);
+  EXPECT_EQ(c05.steps_cached, 16);
   EXPECT_EQ(c10.steps_cached, 21);
   EXPECT_GT(d05, 0.0);  // something was reused
-  EXPECT_LT(d05, 0.15);
-  EXPECT_LT(d10, 0.35);
-  EXPECT_LT(p05, 6.0);
-  EXPECT_LT(p10, 12.0);
+  EXPECT_LT(d05, 0.2);
+  EXPECT_LT(d10, 0.4);
+  EXPECT_LT(p05, 5.0);
+  EXPECT_LT(p10, 10.0);
 }
