@@ -45,10 +45,8 @@ else
   SDE_STEPS=${SDE_STEPS:-10}
   GROUP=${GROUP:-4}
   VAE_DIM=${VAE_DIM:-96}
-  # Wan2.1-T2V-1.3B (wan-spec §2.1)
-  MODEL_JSON='{"_class_name": "WanModel", "model_type": "t2v", "dim": 1536, "ffn_dim": 8960, "num_heads": 12,
- "num_layers": 30, "text_dim": 4096, "text_len": 512, "freq_dim": 256, "in_dim": 16, "out_dim": 16, "eps": 1e-06,
- "patch_size": [1, 2, 2], "qk_norm": true, "cross_attn_norm": true}'
+  # Wan2.1-T2V-1.3B (wan-spec §2.1): scripts/configs/wan2.1-t2v-1.3b.json
+  MODEL_JSON=$(cat scripts/configs/wan2.1-t2v-1.3b.json)
 fi
 WORK=${WORK:-/tmp/osp-bench-rl}
 OSP=${OSP:-$BUILD/osp}

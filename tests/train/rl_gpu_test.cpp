@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "osp/train/rl_trainer.h"
 #include "test_util.h"
@@ -28,20 +27,10 @@ TEST(RlGpu, FirstIterationIsOnPolicy) {
   cfg.dim = 128;  // 2 heads of 64 (the CUDA attention's head sizes)
   cfg.ffn_dim = 256;
   rl_test::Stack s(1, cfg, Device::cuda(0));
-  RlOptions o = rl_test::small_rl_options();
-  o.prompts = out.string() + "_prompts.txt";
-  std::ofstream(o.prompts) << "a red circle moves up on a black background\n"
-                           << "a blue square grows on a white background\n";
-  o.out = out.string();
+  RlOptions o = rl_test::two_prompt_options(out);
   o.device = "cuda";
-  o.size = "64x64";
-  o.frames = 5;
-  o.group = 3;
-  o.prompts_per_iter = 2;
-  o.steps = 6;
-  o.sde_steps = 3;
+  o.size = "64x64";  // latent 2 x 8 x 8: 32 tokens after the 1 x 2 x 2 patches
   o.iterations = 1;
-  o.seed = 7;
   const RlResult r = run_rl(o, s.env, s.rewards);
   ASSERT_EQ(r.log.size(), 1u);
   const RlIterationLog& l = r.log[0];

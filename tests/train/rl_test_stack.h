@@ -4,6 +4,8 @@
 // channels) and a smooth reward (the mean of the video's first channel: every sample differs).
 #pragma once
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -92,6 +94,25 @@ inline RlOptions small_rl_options() {
   o.iterations = 2;
   o.rewards = {"builtin:temporal"};  // validated; the tests pass their own reward list
   o.quiet_progress = true;
+  return o;
+}
+
+// small_rl_options() with two prompts (a prompts file beside `out`, with a comment and a blank
+// line the reader skips), 32×32×5 videos, groups of 3, 6 steps of which 3 SDE, seed 7.
+inline RlOptions two_prompt_options(const std::filesystem::path& out) {
+  RlOptions o = small_rl_options();
+  o.prompts = (out.parent_path() / (out.filename().string() + "_prompts.txt")).string();
+  std::ofstream(o.prompts) << "a red circle moves up on a black background\n"
+                           << "# a comment\n\n"
+                           << "a blue square grows on a white background\n";
+  o.out = out.string();
+  o.size = "32x32";
+  o.frames = 5;
+  o.group = 3;
+  o.prompts_per_iter = 2;
+  o.steps = 6;
+  o.sde_steps = 3;
+  o.seed = 7;
   return o;
 }
 

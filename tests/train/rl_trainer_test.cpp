@@ -37,22 +37,6 @@ fs::path fresh(const std::string& n) {
   return d;
 }
 
-RlOptions options(const fs::path& out) {
-  RlOptions o = small_rl_options();
-  o.prompts = (out.parent_path() / (out.filename().string() + "_prompts.txt")).string();
-  std::ofstream(o.prompts) << "a red circle moves up on a black background\n"
-                           << "# a comment\n\n"
-                           << "a blue square grows on a white background\n";
-  o.out = out.string();
-  o.size = "32x32";
-  o.frames = 5;
-  o.group = 3;
-  o.prompts_per_iter = 2;
-  o.steps = 6;
-  o.sde_steps = 3;
-  o.seed = 7;
-  return o;
-}
 
 std::string file_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
@@ -79,7 +63,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   RlResult ra, rb, rc1, rc2;
   {
     Stack s;
-    ra = run_rl(options(a), s.env, s.rewards);
+    ra = run_rl(two_prompt_options(a), s.env, s.rewards);
   }
   ASSERT_EQ(ra.iterations_done, 2);
   ASSERT_EQ(ra.log.size(), 2u);
@@ -121,7 +105,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   // same seed → same run
   {
     Stack s;
-    rb = run_rl(options(b), s.env, s.rewards);
+    rb = run_rl(two_prompt_options(b), s.env, s.rewards);
   }
   ASSERT_EQ(rb.log.size(), 2u);
   for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], rb.log[size_t(i)]);
@@ -130,7 +114,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   // one iteration, then resume to two: equals the uninterrupted run
   {
     Stack s;
-    RlOptions o = options(c);
+    RlOptions o = two_prompt_options(c);
     o.iterations = 1;
     rc1 = run_rl(o, s.env, s.rewards);
   }
@@ -138,7 +122,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   expect_same_log(rc1.log[0], ra.log[0]);
   {
     Stack s;
-    RlOptions o = options(c);
+    RlOptions o = two_prompt_options(c);
     o.resume = c.string();
     rc2 = run_rl(o, s.env, s.rewards);
   }
@@ -155,7 +139,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   }
   // a finished run's folder is not reused by accident
   try {
-    rl_preflight(options(a));
+    rl_preflight(two_prompt_options(a));
     ADD_FAILURE() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
@@ -169,7 +153,7 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
 TEST(RlTrainer, RewardRisesOnHeldOutPrompts) {
   const fs::path d = fresh("learn");
   Stack s(3);
-  RlOptions o = options(d);
+  RlOptions o = two_prompt_options(d);
   o.iterations = 6;
   o.lr = 1e-2;
   o.kl_beta = 0;
@@ -193,7 +177,7 @@ TEST(RlTrainer, OptionsAndConfigErrorsNameTheField) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  RlOptions o = options(fresh("opt"));
+  RlOptions o = two_prompt_options(fresh("opt"));
   o.validate();
   RlOptions x = o;
   x.group = 1;
@@ -246,7 +230,7 @@ TEST(RlTrainer, CtrlCSavesTheLastCompleteIterationAndResumeMatches) {
   RlResult full;
   {
     Stack s;
-    RlOptions o = options(ref);
+    RlOptions o = two_prompt_options(ref);
     o.iterations = 3;
     full = run_rl(o, s.env, s.rewards);
   }
@@ -255,7 +239,7 @@ TEST(RlTrainer, CtrlCSavesTheLastCompleteIterationAndResumeMatches) {
   // (1) between iterations: the hook raises the flag after iteration 2
   {
     Stack s;
-    RlOptions o = options(a);
+    RlOptions o = two_prompt_options(a);
     o.iterations = 3;
     RlHooks h;
     h.on_iteration = [](const RlIterationLog& l) {
@@ -284,7 +268,7 @@ TEST(RlTrainer, CtrlCSavesTheLastCompleteIterationAndResumeMatches) {
     Stack s;
     s.rewards.clear();
     s.rewards.push_back(std::make_unique<StopDuringReward>());
-    RlOptions o = options(b);
+    RlOptions o = two_prompt_options(b);
     o.iterations = 3;
     const RlResult r = run_rl(o, s.env, s.rewards);
     set_interrupted(false);
@@ -294,7 +278,7 @@ TEST(RlTrainer, CtrlCSavesTheLastCompleteIterationAndResumeMatches) {
   }
   for (const fs::path& d : {a, b}) {
     Stack s;
-    RlOptions o = options(d);
+    RlOptions o = two_prompt_options(d);
     o.iterations = 3;
     o.resume = d.string();
     const RlResult r = run_rl(o, s.env, s.rewards);
