@@ -41,11 +41,11 @@ targets=$(ninja -C "$BUILD" -t targets all 2>/dev/null |
 [ "${BENCH:-1}" = 0 ] && targets=$(echo "$targets" | grep -v '^bench_')
 [ "${TESTS:-1}" = 0 ] && targets=$(echo "$targets" | grep -v '_gpu_test$')
 echo "building: $(echo $targets | wc -w) targets with $JOBS jobs"
-ninja -C "$BUILD" -j "$JOBS" -k 0 $targets >> "$OUT/build.log" 2>&1 || {
+if [ -n "$targets" ] && ! ninja -C "$BUILD" -j "$JOBS" -k 0 $targets >> "$OUT/build.log" 2>&1; then
   status=1
   echo "BUILD ERRORS (first lines):"
   grep -E "error|FAILED" "$OUT/build.log" | head -20
-}
+fi
 echo "build: $(( $(date +%s) - t0 )) s"
 
 if [ "${TESTS:-1}" != 0 ]; then
