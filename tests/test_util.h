@@ -7,9 +7,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "osp/core/device.h"
+#include "osp/core/error.h"
 #include "osp/core/tensor.h"
 
 namespace osp::test {
@@ -22,6 +24,17 @@ inline std::string golden_dir() {
   return OSP_GOLDEN_BUILD_DIR;
 }
 inline std::string golden(const std::string& name) { return golden_dir() + "/" + name; }
+
+// The message of the osp::Error that f throws ("" when it throws none): for tests that check
+// what a bad input is told.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // Skips a GPU test visibly where no GPU is present.
 #define OSP_REQUIRE_GPU()                                                   \

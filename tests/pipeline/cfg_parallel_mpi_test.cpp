@@ -16,6 +16,7 @@
 #include "osp/dist/communicator.h"
 #include "osp/pipeline/pipeline.h"
 #include "pipeline/tiny_run.h"
+#include "test_util.h"
 
 using namespace osp;
 namespace fs = std::filesystem;
@@ -26,14 +27,7 @@ const std::string kModel = test::tiny_model_dir();
 
 pipeline::GenerateOptions base_options() { return test::tiny_generate_options(10, 2024); }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 
 // The CFG-parallel run of `o` on every rank of this job vs the single-rank batched-CFG run.
 struct Compared {

@@ -56,14 +56,7 @@ pipeline::MemoryInput input(const model::DiTConfig& cfg, int W, int H, int F, bo
   return in;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include "osp/core/error.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/pipeline.h"
+#include "test_util.h"
 
 using namespace osp;
 using namespace osp::pipeline;
@@ -27,14 +28,7 @@ struct TmpDir {
     std::ofstream(p / rel) << text;
   }
 };
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 }  // namespace
 
 TEST(ModelDir, WanOriginalComplete) {

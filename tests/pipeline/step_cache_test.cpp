@@ -24,14 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 
 // e0 [B, 6, 4] whose every element is `v` (rows equal, like the two rows of a CFG batch).
 Tensor e0_of(float v, int64_t B = 2) { return Tensor::from_vector(std::vector<float>(size_t(B) * 24, v), {B, 6, 4}); }

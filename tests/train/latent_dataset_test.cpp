@@ -9,6 +9,7 @@
 
 #include "osp/core/philox.h"
 #include "osp/train/latent_dataset.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -35,14 +36,7 @@ void write_cache(const fs::path& dir) {
   EXPECT_EQ(w.finish(), 12);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 
 }  // namespace
 

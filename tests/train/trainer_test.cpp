@@ -17,6 +17,7 @@
 #include "osp/train/checkpoint.h"
 #include "osp/train/latent_dataset.h"
 #include "osp/train/trainer.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace osp;
@@ -127,14 +128,7 @@ TrainOptions base_options(const fs::path& data, const fs::path& out) {
   return o;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using osp::test::error_of;
 
 }  // namespace
 
