@@ -31,6 +31,20 @@ size_t round_size(size_t b) {
   if (b < (1u << 20)) return (b + 511) / 512 * 512;
   return (b + (1u << 20) - 1) / (1u << 20) * (1u << 20);  // 1 MiB granularity
 }
+// Returns the cached (free) blocks of one device's list to the driver; the caller holds c.mu.
+// Returns the bytes freed.
+size_t release_free_blocks(Cache& c, std::multimap<size_t, void*>& fl) {
+  size_t freed = 0;
+  for (auto& kv : fl) {
+    cudaFree(kv.second);
+    c.sizes.erase(kv.second);
+    freed += kv.first;
+  }
+  fl.clear();
+  c.reserved -= freed;
+  c.cached -= freed;
+  return freed;
+}
 }  // namespace
 
 bool cuda_available() { return cuda_device_count() > 0; }
@@ -58,17 +72,8 @@ void* cuda_alloc(size_t bytes, int device) {
     c.cached -= n;
   } else {
     OSP_CUDA_CHECK(cudaSetDevice(device));
-    auto release_cache = [&] {
-      for (auto& kv : fl) {
-        cudaFree(kv.second);
-        c.sizes.erase(kv.second);
-        c.reserved -= kv.first;
-      }
-      fl.clear();
-      c.cached = 0;
-    };
     if (c.limit && c.reserved + n > c.limit) {
-      release_cache();  // cached blocks count against the cap: give them back first
+      release_free_blocks(c, fl);  // cached blocks count against the cap: give them back first
       if (c.reserved + n > c.limit)
         fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (n + (1u << 20) - 1) >> 20,
                  " MiB would bring osp's GPU memory to ", (c.reserved + n) >> 20, " MiB, over the --max-vram limit of ",
@@ -80,7 +85,7 @@ void* cuda_alloc(size_t bytes, int device) {
     if (e != cudaSuccess) {
       cudaGetLastError();
       // free the cache and try once more
-      release_cache();
+      release_free_blocks(c, fl);
       e = cudaMalloc(&p, n);
       if (e != cudaSuccess) {
         cudaGetLastError();
@@ -116,16 +121,7 @@ size_t cuda_empty_cache() {
   std::lock_guard<std::mutex> lk(c.mu);
   cudaDeviceSynchronize();
   size_t freed = 0;
-  for (auto& fl : c.free_blocks) {
-    for (auto& kv : fl) {
-      cudaFree(kv.second);
-      c.sizes.erase(kv.second);
-      c.reserved -= kv.first;
-      freed += kv.first;
-    }
-    fl.clear();
-  }
-  c.cached = 0;
+  for (auto& fl : c.free_blocks) freed += release_free_blocks(c, fl);
   return freed;
 }
 size_t cuda_bytes_in_use() { return cache().in_use; }
