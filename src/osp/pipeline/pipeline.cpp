@@ -340,6 +340,7 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
   // ---- memory plan (pipeline/memory_plan.h): the DiT memory mode, text encoder place, VAE tiles
   const Device dev = parse_device(o.device);
   const bool gpu = dev.is_cuda();
+  const size_t B = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
   {
     MemoryInput mi;
     mi.cfg = cfg;
@@ -348,7 +349,7 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     mi.latent_elems = 16 * p.geo.T * p.geo.h * p.geo.w;
     mi.gpu = gpu;
     mi.quant = o.quant;
-    mi.cfg_rows = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
+    mi.cfg_rows = int(B);
     mi.step_cache = sample::parse_step_cache(o.cache).enabled();
     mi.t5_params = text_encoder_params(p.files);
     {
@@ -376,7 +377,6 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     if (fixed) mi.weights_fixed = true, mi.fixed_weights = *fixed;
     p.mem = plan_memory(mi);  // throws "does not fit ..." with every mode's estimate
   }
-  const size_t B = (o.guidance == 1.0f || o.cfg_parallel) ? 1 : 2;  // rows of one rank's forward
 
   // ---- time estimate: DiT FLOPs per step (linears 2·params·tokens; attention 4·L²·dim per full
   // block and 4·L²·dim/P² per Skiparse block; per CFG branch) at an assumed throughput.
@@ -525,6 +525,10 @@ struct Pipeline::Impl {
   void report(const char* stage, int step, int steps, double eta) {
     if (hooks && hooks->on_progress) hooks->on_progress({stage, step, steps, since(run_start), eta});
   }
+  // --max-vram (GiB; 0: none) becomes the CUDA allocator's cap (core/device.h).
+  void apply_max_vram(double gib) const {
+    if (gib > 0 && dev.is_cuda()) set_cuda_memory_limit(parse_gib(gib, "--max-vram"));
+  }
   bool rank0() const { return sps.rank == 0; }
   bool show() const { return rank0() && log_level() >= LogLevel::Info; }
 
@@ -610,7 +614,7 @@ Pipeline::Pipeline(const std::string& model_dir, const PipelineOptions& po) : im
     }
   }
   impl_->sps = make_sp(po.sp, po.cfg_parallel, impl_->dev);
-  if (po.max_vram_gib > 0 && impl_->dev.is_cuda()) set_cuda_memory_limit(parse_gib(po.max_vram_gib, "--max-vram"));
+  impl_->apply_max_vram(po.max_vram_gib);
 }
 
 Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<Impl>()) {
@@ -620,8 +624,7 @@ Pipeline::Pipeline(const Plan& plan, bool keep_loaded) : impl_(std::make_unique<
   impl_->loras = plan.loras;
   impl_->dev = parse_device(plan.opt.device);
   impl_->sps = make_sp(plan.opt.sp, plan.opt.cfg_parallel, impl_->dev);
-  if (plan.opt.max_vram_gib > 0 && impl_->dev.is_cuda())
-    set_cuda_memory_limit(parse_gib(plan.opt.max_vram_gib, "--max-vram"));
+  impl_->apply_max_vram(plan.opt.max_vram_gib);
 }
 
 Pipeline::~Pipeline() = default;
