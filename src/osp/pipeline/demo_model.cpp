@@ -10,6 +10,7 @@
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
+#include "osp/train/checkpoint.h"
 
 #ifdef OSP_HAVE_SENTENCEPIECE
 #include <sentencepiece_trainer.h>
@@ -188,7 +189,7 @@ void make_demo_model(const std::string& dir_s, const DemoModelOptions& o) {
   fs::create_directories(dir, ec);
   OSP_CHECK(!ec, "cannot create ", dir_s, ": ", ec.message());
 
-  // DiT (Wan names), config.json in the Wan layout with the OSP-Next keys.
+  // DiT (Wan names), config.json in the Wan layout with the OSP-Next keys (train::dit_config_json).
   model::DiTConfig cfg;
   int t5_dim = o.t5_dim, t5_heads = o.t5_heads, t5_ffn = o.t5_ffn;
   if (!o.dit_config.empty()) {
@@ -213,18 +214,7 @@ void make_demo_model(const std::string& dir_s, const DemoModelOptions& o) {
     }
   }
   cfg.validate();
-  const bool hybrid = cfg.skiparse_mode != "full";
-  std::string json = str("{\n  \"_class_name\": \"WanModel\",\n  \"model_type\": \"t2v\",\n  \"dim\": ", cfg.dim,
-                         ",\n  \"ffn_dim\": ", cfg.ffn_dim, ",\n  \"num_heads\": ", cfg.num_heads,
-                         ",\n  \"num_layers\": ", cfg.num_layers, ",\n  \"text_dim\": ", cfg.text_dim,
-                         ",\n  \"text_len\": ", cfg.text_len, ",\n  \"freq_dim\": ", cfg.freq_dim,
-                         ",\n  \"in_dim\": ", cfg.in_dim, ",\n  \"out_dim\": ", cfg.out_dim, ",\n  \"eps\": ", cfg.eps,
-                         ",\n  \"patch_size\": [", cfg.patch_t, ", ", cfg.patch_h, ", ", cfg.patch_w, "]");
-  if (hybrid)
-    json += str(",\n  \"skiparse_model_type\": \"", cfg.skiparse_mode, "\",\n  \"sparse_ratio\": ", cfg.sparse_ratio,
-                ",\n  \"num_full_blocks\": ", cfg.num_full_blocks);
-  json += "\n}\n";
-  write_text(dir / "config.json", json);
+  write_text(dir / "config.json", train::dit_config_json(cfg));
   const std::map<std::string, std::string> meta = {{"osp_demo", "random weights, produces noise"}};
   io::save_safetensors((dir / "diffusion_pytorch_model.safetensors").string(),
                        random_weights(model::DiT::expected_shapes(cfg), o.seed, 1), meta);
