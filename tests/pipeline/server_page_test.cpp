@@ -122,20 +122,32 @@ TEST(ServerPage, GenerationFromThePageShowsTheVideo) {
   // The screenshot: the progress bar (y ≈ 257) is the page's green across its width, and below
   // the status line the video's random-weight noise gives many strongly coloured pixels.
   const std::string shot = (root / "page.png").string();
-  run_capture(browser + "--screenshot=" + shot + " '" + url + "' 2>/dev/null");
-  ASSERT_TRUE(fs::exists(shot)) << "chromium wrote no screenshot";
-  const Tensor img = io::read_png(shot);
-  ASSERT_EQ(img.dim(), 3);
-  const int64_t H = img.size(0), W = img.size(1);
-  const uint8_t* px = img.data<uint8_t>();
+  // The capture is retried (up to 3 runs of the page, each its own job): once in a clean-clone
+  // CI-style run under parallel load a screenshot came back without the bar (0 px green) while
+  // the DOM run had succeeded; the page's assertions below are the same for every capture.
+  Tensor img;
+  int64_t H = 0, W = 0, bar_y = -1, bar_count = 0;
+  const uint8_t* px = nullptr;
   auto at = [&](int64_t y, int64_t x, int c) { return int(px[(y * W + x) * 3 + c]); };
-  // Find the bar: the row with the most #3a7 (51, 170, 119) pixels.
-  int64_t bar_y = -1, bar_count = 0;
-  for (int64_t y = 0; y < H; ++y) {
-    int64_t n = 0;
-    for (int64_t x = 0; x < W; ++x)
-      n += std::abs(at(y, x, 0) - 51) < 12 && std::abs(at(y, x, 1) - 170) < 12 && std::abs(at(y, x, 2) - 119) < 12;
-    if (n > bar_count) bar_count = n, bar_y = y;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    fs::remove(shot);
+    run_capture(browser + "--screenshot=" + shot + " '" + url + "' 2>/dev/null");
+    ASSERT_TRUE(fs::exists(shot)) << "chromium wrote no screenshot";
+    img = io::read_png(shot);
+    ASSERT_EQ(img.dim(), 3);
+    H = img.size(0), W = img.size(1);
+    px = img.data<uint8_t>();
+    // Find the bar: the row with the most #3a7 (51, 170, 119) pixels.
+    bar_y = -1, bar_count = 0;
+    for (int64_t y = 0; y < H; ++y) {
+      int64_t n = 0;
+      for (int64_t x = 0; x < W; ++x)
+        n += std::abs(at(y, x, 0) - 51) < 12 && std::abs(at(y, x, 1) - 170) < 12 && std::abs(at(y, x, 2) - 119) < 12;
+      if (n > bar_count) bar_count = n, bar_y = y;
+    }
+    if (bar_count > W * 8 / 10) break;
+    std::printf("[ info     ] screenshot %d: the bar is %lld of %lld px green; capturing again\n", attempt,
+                (long long)bar_count, (long long)W);
   }
   EXPECT_GT(bar_count, W * 8 / 10) << "the progress bar is not full (" << bar_count << " of " << W << " px green)";
   int64_t colourful = 0;
