@@ -267,3 +267,31 @@ TEST(SdeStep, Windows) {
   EXPECT_EQ(sample::mixgrpo_sde_window(1000, 25, 4, 0, 20).begin, 0);
   expect_error([] { sample::mixgrpo_sde_window(0, 25, 0, 1, 1); }, "window size");
 }
+
+// The diagnostics: v_ms = mean(v²) of the CFG velocity and ref_ms = mean((v − v_ref)²) per
+// sample, computed here by hand from the inputs; ref_ms is 0 without the KL term.
+TEST(GrpoPolicyLoss, VelocityDiagnostics) {
+  train::GrpoLossConfig cfg;
+  cfg.kl_beta = 0.1;
+  cfg.guidance = 4.0;
+  const auto in = small_inputs();
+  const auto r = train::grpo_policy_loss(in, cfg, false);
+  const auto c = in.v_cond.to_float_vector(), u = in.v_uncond.to_float_vector(), ref = in.v_ref.to_float_vector();
+  const size_t n = c.size() / 2;
+  ASSERT_EQ(r.v_ms.size(), 2u);
+  ASSERT_EQ(r.ref_ms.size(), 2u);
+  for (size_t b = 0; b < 2; ++b) {
+    double vv = 0, dd = 0;
+    for (size_t i = b * n; i < (b + 1) * n; ++i) {
+      const double v = double(u[i]) + 4.0 * (double(c[i]) - double(u[i]));
+      vv += v * v;
+      dd += (v - ref[i]) * (v - ref[i]);
+    }
+    EXPECT_NEAR(r.v_ms[b], vv / double(n), 1e-5 * vv / double(n));
+    EXPECT_NEAR(r.ref_ms[b], dd / double(n), 1e-4 * dd / double(n));
+  }
+  cfg.kl_beta = 0;
+  const auto r0 = train::grpo_policy_loss(in, cfg, false);
+  EXPECT_EQ(r0.ref_ms[0], 0.0);
+  EXPECT_EQ(r0.v_ms[0], r.v_ms[0]);
+}

@@ -34,11 +34,13 @@ TEST(RlGpu, FirstIterationIsOnPolicy) {
   const RlResult r = run_rl(o, s.env, s.rewards);
   ASSERT_EQ(r.log.size(), 1u);
   const RlIterationLog& l = r.log[0];
-  std::printf("[ info     ] CUDA first iteration: ratio [%.6f, %.6f], kl %.3g, clip fraction %.3f\n", l.ratio_min,
-              l.ratio_max, l.kl, l.clip_fraction);
+  std::printf("[ info     ] CUDA first iteration: ratio [%.6f, %.6f], kl %.3g, v rms %.3g, policy-reference gap %.3g, "
+              "clip fraction %.3f\n",
+              l.ratio_min, l.ratio_max, l.kl, l.v_rms, l.ref_rel, l.clip_fraction);
   EXPECT_NEAR(l.ratio_min, 1.0, 1e-2);
   EXPECT_NEAR(l.ratio_max, 1.0, 1e-2);
   EXPECT_LE(l.kl, 1e-3);
+  EXPECT_LT(l.ref_rel, 2e-2);  // training vs inference forward: bf16 rounding only
   EXPECT_EQ(l.clip_fraction, 0.0);
   EXPECT_TRUE(std::isfinite(l.grad_norm));
   fs::remove_all(out);

@@ -48,6 +48,8 @@ void expect_same_log(const RlIterationLog& a, const RlIterationLog& b) {
   EXPECT_EQ(a.reward_mean, b.reward_mean);
   EXPECT_EQ(a.reward_std, b.reward_std);
   EXPECT_EQ(a.kl, b.kl);
+  EXPECT_EQ(a.v_rms, b.v_rms);
+  EXPECT_EQ(a.ref_rel, b.ref_rel);
   EXPECT_EQ(a.ratio_mean, b.ratio_mean);
   EXPECT_EQ(a.ratio_min, b.ratio_min);
   EXPECT_EQ(a.ratio_max, b.ratio_max);
@@ -80,11 +82,14 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   EXPECT_EQ(l1.ratio_min, 1.0);
   EXPECT_EQ(l1.ratio_max, 1.0);
   EXPECT_EQ(l1.kl, 0.0);
+  EXPECT_EQ(l1.ref_rel, 0.0);  // the policy's velocity equals the reference's exactly
+  EXPECT_GT(l1.v_rms, 0.0);
   EXPECT_EQ(l1.clip_fraction, 0.0);
   EXPECT_GT(l1.grad_norm, 0.0);
   EXPECT_GT(l1.reward_std, 0.0);
   // after one update the policy moved away from the reference
   EXPECT_GT(ra.log[1].kl, 0.0);
+  EXPECT_GT(ra.log[1].ref_rel, 0.0);
   EXPECT_TRUE(std::isfinite(ra.log[1].ratio_mean));
   // outputs
   const fs::path ck = fs::path(ra.last_checkpoint);

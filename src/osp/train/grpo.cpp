@@ -189,11 +189,17 @@ GrpoStepResult grpo_policy_loss(const GrpoStepInputs& in, const GrpoLossConfig& 
   Tensor dref;
   const double kl_den = 2.0 * c.sigma_t * c.sigma_t * (-c.dt);  // 2σ_t²|Δ|
   r.kl.assign(size_t(B), 0.0);
+  r.ref_ms.assign(size_t(B), 0.0);
+  r.v_ms = sample::per_sample_sum_sq(v);
+  for (double& m : r.v_ms) m /= double(n);
   if (use_kl) {
     dref = inc;  // reuse the buffer
     sample::lincomb(c.cv, v, -c.cv, in.v_ref, dref);
     const std::vector<double> ss = sample::per_sample_sum_sq(dref);
-    for (int64_t b = 0; b < B; ++b) r.kl[size_t(b)] = ss[size_t(b)] / double(n) / kl_den;
+    for (int64_t b = 0; b < B; ++b) {
+      r.kl[size_t(b)] = ss[size_t(b)] / double(n) / kl_den;
+      r.ref_ms[size_t(b)] = ss[size_t(b)] / double(n) / (c.cv * c.cv);
+    }
   }
 
   const double eps = cfg.clip_range;

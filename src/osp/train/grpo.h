@@ -101,6 +101,10 @@ struct GrpoStepInputs {
 struct GrpoStepResult {
   std::vector<double> logp, ratio;  // per sample
   std::vector<double> kl;           // per sample: mean((μ_θ − μ_ref)²)/(2σ_t²|Δ|) (0 if β = 0)
+  // Per sample, diagnostics: mean(v²) of the CFG velocity v = v_u + g·(v_c − v_u), and
+  // mean((v − v_ref)²) (0 if β = 0). Their ratio is the relative gap between the policy and the
+  // reference; with a fresh LoRA (B = 0) it is what separates the two forward paths (0 on the CPU).
+  std::vector<double> v_ms, ref_ms;
   double loss_pg = 0, loss_kl = 0, loss = 0;
   double clip_fraction = 0;  // share of samples with |ratio − 1| > ε (Flow-GRPO's clipfrac)
   Tensor grad_v_cond;        // dL/dv_cond, like v_cond (undefined unless want_grad)

@@ -282,7 +282,7 @@ std::vector<RlPrompt> load_rl_prompts(const std::string& path) {
 // ------------------------------------------------------------------------------------ logs
 std::string RlIterationLog::json() const {
   nlohmann::json j = {{"iteration", iteration}, {"reward_mean", reward_mean}, {"reward_std", reward_std},
-                      {"kl", kl}, {"clip_fraction", clip_fraction}, {"ratio_mean", ratio_mean},
+                      {"kl", kl}, {"v_rms", v_rms}, {"ref_rel", ref_rel}, {"clip_fraction", clip_fraction}, {"ratio_mean", ratio_mean},
                       {"ratio_min", ratio_min}, {"ratio_max", ratio_max}, {"loss", loss},
                       {"grad_norm", grad_norm}, {"clipped", clipped}, {"lr", lr}, {"kept", kept},
                       {"sde_window", {sde_begin, sde_end}}, {"optimizer_steps", optimizer_steps},
@@ -838,7 +838,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     t0 = Clock::now();
     const int64_t chunk = o.train_batch > 0 ? o.train_batch : int64_t(sel.keep.size());
     const int64_t s_end = s_begin + int64_t(rolls.size());
-    double ratio_sum = 0, kl_sum = 0, clip_sum = 0, loss_sum = 0;
+    double ratio_sum = 0, kl_sum = 0, clip_sum = 0, loss_sum = 0, v_ms_sum = 0, ref_ms_sum = 0;
     int64_t terms = 0;
     lg.ratio_min = 1e300, lg.ratio_max = -1e300;
     lc.num_sde_steps = std::max(1, win.size());
@@ -883,6 +883,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
             lg.ratio_min = std::min(lg.ratio_min, res.ratio[0]);
             lg.ratio_max = std::max(lg.ratio_max, res.ratio[0]);
             kl_sum += res.kl[0];
+            v_ms_sum += res.v_ms[0];
+            ref_ms_sum += res.ref_ms[0];
             clip_sum += res.clip_fraction;
             loss_sum += res.loss;
             ++terms;
@@ -921,9 +923,10 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
     lg.seconds_update = since(t0);
     if (dp) {  // the statistics of every DP rank's terms
       std::vector<double> sums = {ratio_sum, kl_sum, clip_sum, loss_sum, double(terms), double(lg.update_forwards),
-                                  double(lg.update_backwards)};
+                                  double(lg.update_backwards), v_ms_sum, ref_ms_sum};
       sum_doubles(dp, sums);
       ratio_sum = sums[0], kl_sum = sums[1], clip_sum = sums[2], loss_sum = sums[3];
+      v_ms_sum = sums[7], ref_ms_sum = sums[8];
       terms = int64_t(sums[4]), lg.update_forwards = int64_t(sums[5]), lg.update_backwards = int64_t(sums[6]);
       const std::vector<double> mm = gather_doubles(dp, {lg.ratio_min, lg.ratio_max});
       for (size_t i = 0; i < mm.size(); i += 2)
@@ -935,6 +938,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
       lg.kl = kl_sum / double(terms);
       lg.clip_fraction = clip_sum / double(terms);
       lg.loss = loss_sum / double(terms);
+      lg.v_rms = std::sqrt(v_ms_sum / double(terms));
+      lg.ref_rel = v_ms_sum > 0 ? std::sqrt(ref_ms_sum / v_ms_sum) : 0.0;
     } else {
       lg.ratio_min = lg.ratio_max = 1;
     }
@@ -947,9 +952,9 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
       lf << lg.json() << "\n";
     }
     if (writer && !o.quiet_progress)
-      std::fprintf(stderr, "rl %lld/%lld  reward %.4f ± %.4f  kl %.3g  clipfrac %.3f  ratio [%.4f, %.4f]  %.1fs\n",
+      std::fprintf(stderr, "rl %lld/%lld  reward %.4f ± %.4f  kl %.3g  ref gap %.2g  clipfrac %.3f  ratio [%.4f, %.4f]  %.1fs\n",
                    static_cast<long long>(it + 1), static_cast<long long>(o.iterations), lg.reward_mean,
-                   lg.reward_std, lg.kl, lg.clip_fraction, lg.ratio_min, lg.ratio_max,
+                   lg.reward_std, lg.kl, lg.ref_rel, lg.clip_fraction, lg.ratio_min, lg.ratio_max,
                    lg.seconds_rollout + lg.seconds_reward + lg.seconds_update);
     result.log.push_back(lg);
     if (hooks.on_iteration) hooks.on_iteration(lg);

@@ -151,6 +151,11 @@ struct RlIterationLog {
   std::vector<std::pair<std::string, double>> reward_means;  // per reward (unweighted)
   double kl = 0, clip_fraction = 0, ratio_mean = 1, ratio_min = 1, ratio_max = 1;
   double loss = 0, grad_norm = 0, lr = 0;
+  // Over the update's terms: the rms of the CFG velocity, and the relative rms gap between it and
+  // the reference's (LoRA off; needs --kl-beta > 0, else 0). In the first iteration the LoRA adds
+  // nothing, so ref_rel is the gap between the training and the inference forward: 0 on the CPU,
+  // bf16 rounding amplified by the model on CUDA — what moves the first ratios away from 1.
+  double v_rms = 0, ref_rel = 0;
   bool clipped = false;
   int64_t kept = 0, sde_begin = 0, sde_end = 0, optimizer_steps = 0;
   double seconds_rollout = 0, seconds_reward = 0, seconds_update = 0;
