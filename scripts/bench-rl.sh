@@ -103,4 +103,11 @@ for r in rows:
     nf = max(r.get("rollout_forwards", 0), 1)
     print(f"| {r['iteration']} | {ro:.1f} | {rw:.1f} | {up:.1f} | {tot:.1f} | {tot / ro:.2f}x | {r.get('rollout_forwards')} | "
           f"{r.get('update_forwards')} | {r.get('update_backwards')} | {ro / nf:.3f} |")
+# The on-policy check (issue 15): with a fresh LoRA the first iteration's ratios are 1 and the
+# KL 0 up to what separates the update's training forward from the rollout's inference forward;
+# ref_rel is that gap relative to the velocity (rl_trainer.h), v_rms the velocity's size.
+for r in rows:
+    print(f"iteration {r['iteration']}: ratio [{r['ratio_min']:.4g}, {r['ratio_max']:.4g}], kl {r['kl']:.3g}, "
+          f"clip fraction {r['clip_fraction']:.3g}, v rms {r.get('v_rms', float('nan')):.4g}, "
+          f"policy-reference gap {r.get('ref_rel', float('nan')):.3g}")
 PY

@@ -49,9 +49,11 @@ fi
 echo "build: $(( $(date +%s) - t0 )) s"
 
 if [ "${TESTS:-1}" != 0 ]; then
-  (cd "$BUILD" && ctest -L gpu ${TEST_REGEX:+-R "$TEST_REGEX"} --output-on-failure --timeout 900) \
+  # -V keeps every test's output (the measured errors the tests print as "[ info ... ]" lines)
+  (cd "$BUILD" && ctest -L gpu ${TEST_REGEX:+-R "$TEST_REGEX"} -V --timeout 900) \
     > "$OUT/gpu-tests.log" 2>&1 || status=1
-  grep -E "tests passed|tests failed|\*\*\*Failed|Failed|Passed|Not Run|SKIP" "$OUT/gpu-tests.log" | tail -40
+  grep -E "^[0-9]+: \[ info" "$OUT/gpu-tests.log" | cut -c1-220 | tail -40
+  grep -E "tests passed|tests failed|\*\*\*Failed|Test +#|Not Run|SKIP" "$OUT/gpu-tests.log" | tail -40
 fi
 
 if [ "${BENCH:-1}" != 0 ]; then
