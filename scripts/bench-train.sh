@@ -25,7 +25,7 @@
 #
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
-# ATTENTIONS ("full hybrid"), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# ATTENTIONS ("full hybrid"; an entry MODE+sharded adds --shard-optimizer on), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -103,11 +103,16 @@ say "cache: latent [$LATENT], context [$CONTEXT]"
 cat "$OUT/cache.json"
 
 # ---- osp train, one run per attention mode
+# An entry "MODE+sharded" runs MODE through the distributed trainer at one rank (sharded AdamW
+# state, its buckets and collectives: --shard-optimizer on), for issue 14's one-rank overhead.
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
-  say "osp train --attention $att: $OSP_STEPS steps"
-  "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$att" --device "$DEVICE" \
+  mode=${att%%+*}
+  extra=()
+  case "$att" in *+sharded) extra=(--shard-optimizer on) ;; esac
+  say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
+  "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
       --steps "$OSP_STEPS" --caption-dropout 0 --seed 0 --out "$run" > "$OUT/osp-$att.log" 2>&1 &
   pid=$!
   t0=$(date +%s)
@@ -163,7 +168,7 @@ for att in atts:
         rows.append(("osp " + att, None, None, None, 0, "no steps logged (see osp-%s.log)" % att))
         continue
     s = sum(r["seconds"] for r in timed) / len(timed)
-    fwd = cache.get("forward_flops_" + att)
+    fwd = cache.get("forward_flops_" + att.split("+")[0])
     note = "steps %d-%d of %d, loss %.4f" % (len(log) - len(timed) + 1, len(log), len(log), timed[-1]["loss"])
     rows.append(("osp " + att, s, max(r["peak_mem_mb"] for r in log) / 1024.0, 4 * fwd if fwd else None, len(timed), note))
 tj = [r for r in jlines(os.path.join(out, "torch.jsonl")) if r.get("bench") == "torch_train_step"]
@@ -192,5 +197,11 @@ for name, s, mem, fl, n, note in rows:
     tf = fl / s * 1e-12 if (fl and s) else None
     print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (name, f(s, "%.3f"), f(sp, "%.2fx"), f(mem, "%.1f"),
           f(fl * 1e-12 if fl else None, "%.1f"), f(tf, "%.0f"), f(tf / peak_tf if tf else None, "%.3f"), note))
+by_name = {name: s for name, s, *_ in rows}
+for name, s, *_ in rows:
+    base = by_name.get(name.split("+")[0])
+    if name.endswith("+sharded") and s and base:
+        print("%s vs %s: %.3fx the step time (distributed path at one rank; issue 14's target <= 1.05x)" % (
+            name, name.split("+")[0], s / base))
 EOF
 say "done"
