@@ -27,11 +27,18 @@ cmake --build "$BUILD_DIR" -j "$JOBS" --target osp
 
 mkdir -p "$OUT"
 "$BUILD_DIR/osp" inspect "$MODEL"
+# MP4 needs FFmpeg's libraries at configure time; a build without them (e.g. a GPU machine with
+# no libav*) writes the frames as PNG files instead, and `osp eval` reads either.
+video="$OUT/osp-tiny.mp4"
+if "$BUILD_DIR/osp" --version | grep -q "MP4 output (FFmpeg) off"; then
+  video="$OUT/osp-tiny/"
+  echo "demo: this osp has no MP4 writer (built without FFmpeg's libav*): writing PNG frames to $video"
+fi
 start=$(date +%s)
 # Size, frames, steps, guidance and fps come from the model's osp_generate.json.
 "$BUILD_DIR/osp" generate --model "$MODEL" --prompt "$PROMPT" --seed "$SEED" \
-  --device "$DEVICE" --out "$OUT/osp-tiny.mp4" --overwrite
+  --device "$DEVICE" --out "$video" --overwrite
 end=$(date +%s)
-"$BUILD_DIR/osp" inspect "$OUT/osp-tiny.mp4"
-echo "demo: generated $OUT/osp-tiny.mp4 in $((end - start)) s"
-"$BUILD_DIR/osp" eval --video "$OUT/osp-tiny.mp4" --prompt "$PROMPT" --json "$OUT/osp-tiny-eval.json"
+[ "${video%/}" = "$video" ] && "$BUILD_DIR/osp" inspect "$video"
+echo "demo: generated $video in $((end - start)) s"
+"$BUILD_DIR/osp" eval --video "${video%/}" --prompt "$PROMPT" --json "$OUT/osp-tiny-eval.json"

@@ -13,6 +13,7 @@
 
 #include "osp/dist/communicator.h"
 #include "osp/io/image_writer.h"
+#include "osp/io/video_writer.h"
 #include "test_util.h"
 #include "run_cmd.h"
 
@@ -31,6 +32,25 @@ TEST(Cli, HelpAndUnknownCommand) {
   const CmdResult r = run("generate --help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("--sampler"), std::string::npos);
+}
+
+// `osp --version` names what this build can do; scripts/demo.sh picks MP4 or PNG frames by it.
+TEST(Cli, VersionSaysWhatThisBuildCanDo) {
+  const CmdResult r = run("--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.rfind("osp 0.1 (", 0), 0u) << r.out;
+  const std::string mp4 = std::string("MP4 output (FFmpeg) ") + (osp::io::video_writer_available() ? "on" : "off");
+  EXPECT_NE(r.out.find(mp4), std::string::npos) << r.out;
+#ifdef OSP_HAVE_HTTPLIB
+  EXPECT_NE(r.out.find("osp serve (cpp-httplib) on"), std::string::npos) << r.out;
+#else
+  EXPECT_NE(r.out.find("osp serve (cpp-httplib) off"), std::string::npos) << r.out;
+#endif
+#ifdef OSP_HAVE_CUDA
+  EXPECT_NE(r.out.find("CUDA on"), std::string::npos) << r.out;
+#else
+  EXPECT_NE(r.out.find("CUDA off"), std::string::npos) << r.out;
+#endif
 }
 
 TEST(Cli, GenerateRejectsBadArgumentsBeforeWork) {

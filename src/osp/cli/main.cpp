@@ -151,6 +151,40 @@ void check_generate_flags(const CLI::App& gen, const pipeline::GenerateOptions& 
 
 }  // namespace
 
+// `osp --version`: the version and what this build can do (the optional dependencies found at
+// configure time), e.g. for scripts that choose MP4 or PNG output (scripts/demo.sh).
+std::string version_line() {
+  auto on = [](bool b) { return b ? "on" : "off"; };
+#ifdef OSP_HAVE_CUDA
+  const bool cuda = true;
+#else
+  const bool cuda = false;
+#endif
+#ifdef OSP_HAVE_CUDNN
+  const bool cudnn = true;
+#else
+  const bool cudnn = false;
+#endif
+#ifdef OSP_HAVE_MPI
+  const bool mpi = true;
+#else
+  const bool mpi = false;
+#endif
+#ifdef OSP_HAVE_NCCL
+  const bool nccl = true;
+#else
+  const bool nccl = false;
+#endif
+#ifdef OSP_HAVE_HTTPLIB
+  const bool http = true;
+#else
+  const bool http = false;
+#endif
+  return osp::str("osp 0.1 (CUDA ", on(cuda), ", cuDNN ", on(cudnn), ", MPI ", on(mpi), ", NCCL ", on(nccl),
+                  ", MP4 output (FFmpeg) ", on(osp::io::video_writer_available()), ", osp serve (cpp-httplib) ",
+                  on(http), ")");
+}
+
 int main(int argc, char** argv) {
   // One OpenMP pool owns the CPU (ops/cpu/threads.h): may execute osp again with
   // OMP_WAIT_POLICY=PASSIVE (and OPENBLAS_NUM_THREADS=1 with a pthreads OpenBLAS), which the
@@ -160,7 +194,7 @@ int main(int argc, char** argv) {
   const std::string thread_env = osp::ops::cpu::restore_thread_env();
   CLI::App app{"osp — OSP-Next / Wan2.1 text-to-video engine (C++/CUDA)"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "osp 0.1");
+  app.set_version_flag("--version", version_line());
   bool quiet = false, verbose = false;
   app.add_flag("-q,--quiet", quiet, "only warnings and errors");
   app.add_flag("-v,--verbose", verbose, "say which code paths run");
