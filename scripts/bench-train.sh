@@ -25,7 +25,7 @@
 #
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
-# ATTENTIONS ("full hybrid"; an entry MODE+sharded adds --shard-optimizer on), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -104,13 +104,18 @@ cat "$OUT/cache.json"
 
 # ---- osp train, one run per attention mode
 # An entry "MODE+sharded" runs MODE through the distributed trainer at one rank (sharded AdamW
-# state, its buckets and collectives: --shard-optimizer on), for issue 14's one-rank overhead.
+# state, its buckets and collectives: --shard-optimizer on), for issue 14's one-rank overhead;
+# "MODE+zero3" adds --shard-weights (a block's compute copy and gradients exist only around its
+# forward/backward: 16 bytes per parameter instead of 18, issue 13's memory).
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
   mode=${att%%+*}
   extra=()
-  case "$att" in *+sharded) extra=(--shard-optimizer on) ;; esac
+  case "$att" in
+    *+sharded) extra=(--shard-optimizer on) ;;
+    *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
+  esac
   say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
   "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
       --steps "$OSP_STEPS" --caption-dropout 0 --seed 0 --out "$run" > "$OUT/osp-$att.log" 2>&1 &
@@ -200,7 +205,7 @@ for name, s, mem, fl, n, note in rows:
 by_name = {name: s for name, s, *_ in rows}
 for name, s, *_ in rows:
     base = by_name.get(name.split("+")[0])
-    if name.endswith("+sharded") and s and base:
+    if "+" in name and s and base:
         print("%s vs %s: %.3fx the step time (distributed path at one rank; issue 14's target <= 1.05x)" % (
             name, name.split("+")[0], s / base))
 EOF

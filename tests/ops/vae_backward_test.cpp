@@ -359,3 +359,20 @@ TEST(VaeBackward, IndependentOfThreadCount) {
     EXPECT_TRUE(a0 == a1) << "output " << i << " differs between 1 and 3 threads";
   }
 }
+
+// The CUDA conv3d path setting (ops/conv.h): a round trip, and an unknown name is refused by
+// name without changing the setting.
+TEST(Conv3dPath, SetAndRefuseUnknown) {
+  const std::string was = osp::ops::conv3d_path();
+  osp::ops::set_conv3d_path("cudnn");
+  EXPECT_EQ(osp::ops::conv3d_path(), "cudnn");
+  try {
+    osp::ops::set_conv3d_path("winograd");
+    ADD_FAILURE() << "no error";
+  } catch (const osp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("must be im2col or cudnn, got 'winograd'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(osp::ops::conv3d_path(), "cudnn");
+  osp::ops::set_conv3d_path(was);
+  EXPECT_EQ(osp::ops::conv3d_path(), was);
+}

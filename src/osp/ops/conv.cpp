@@ -1,7 +1,34 @@
 // Validation and device dispatch for ops/conv.h.
 #include "osp/ops/conv.h"
 
+#include <cstdlib>
+#include <mutex>
+
 namespace osp::ops {
+
+namespace {
+std::mutex g_conv_path_mu;
+std::string& conv_path_ref() {
+  static std::string p = [] {
+    const char* e = std::getenv("OSP_CONV3D");
+    const std::string v = e && *e ? e : "im2col";
+    OSP_CHECK(v == "im2col" || v == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", v, "'");
+    return v;
+  }();
+  return p;
+}
+}  // namespace
+
+void set_conv3d_path(const std::string& path) {
+  OSP_CHECK(path == "im2col" || path == "cudnn", "conv3d path must be im2col or cudnn, got '", path, "'");
+  std::lock_guard<std::mutex> lk(g_conv_path_mu);
+  conv_path_ref() = path;
+}
+
+std::string conv3d_path() {
+  std::lock_guard<std::mutex> lk(g_conv_path_mu);
+  return conv_path_ref();
+}
 
 Shape conv3d_out_shape(const Shape& x, const Shape& w, const Conv3dArgs& a) {
   OSP_CHECK(x.size() == 4, "conv3d: input must be frame-major [T, Cin, H, W], got ", shape_str(x));

@@ -14,6 +14,8 @@
 // CUDA: fp32 storage, im2col kernel + cuBLAS GEMM with TF32 tensor-core math (the reference's
 // PyTorch default `cudnn.allow_tf32 = True` also runs its convolutions in TF32).
 #pragma once
+#include <string>
+
 #include "osp/core/tensor.h"
 
 namespace osp::ops {
@@ -42,11 +44,22 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
 // Allocating convenience overload.
 Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a);
 
+// The CUDA conv3d implementation: "im2col" (im2col + cuBLAS TF32 GEMMs, the default: the one
+// measured so far) or "cudnn" (cuDNN's convolution on NCDHW staging copies, cuda/conv3d.cu; shapes
+// it does not take — asymmetric spatial pads — fall back to im2col, said once with OSP_VERBOSE).
+// The start value comes from OSP_CONV3D (unset: im2col). Throws on another name. Process-wide.
+void set_conv3d_path(const std::string& path);
+std::string conv3d_path();
+
 namespace cpu {
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out);
 }
 namespace cuda {
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out);
+// The cuDNN path alone (shapes already checked by ops::conv3d): false, with the reason in *why,
+// when it does not take the case (then nothing was written).
+bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
+                  std::string* why = nullptr);
 }
 
 }  // namespace osp::ops

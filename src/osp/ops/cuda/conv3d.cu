@@ -3,14 +3,30 @@
 // GEMM per chunk (one batch entry per frame) with TF32 tensor-core math (OSP_VAE_FP32=1 forces
 // plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.  Chunking whole frames keeps the launch
 // count per convolution independent of the frame count (the VAE trainer's whole clips).
+//
+// A second path (ops::set_conv3d_path("cudnn") or OSP_CONV3D=cudnn; see ops/conv.h): cuDNN's
+// convolution on packed NCDHW staging copies — the frame-major input is transposed to
+// [Cin, pad_front + T, H, W] with the causal front padding as explicit zero frames, cuDNN runs
+// the convolution with the symmetric spatial pads and its heuristic's first algorithm that fits a
+// 1 GiB workspace (TF32 math unless OSP_VAE_FP32=1), and the [Cout, To, Ho, Wo] result is
+// transposed back with the bias added. Asymmetric spatial pads (the encoder's downsample) stay on
+// im2col.
 #include <cublas_v2.h>
+#ifdef OSP_HAVE_CUDNN
+#include <cudnn.h>
+#endif
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "osp/ops/conv.h"
 #include "osp/ops/cuda/conv_blas.h"
 #include "osp/ops/cuda/cuda_context.h"
+#include "osp/ops/cuda/cudnn_graph.h"
 
 namespace osp::ops::cuda {
 
@@ -70,6 +86,29 @@ __global__ void zero_kernel(float* o, int64_t n) {
     o[i] = 0.f;
 }
 
+// cuDNN staging in: xs [Cin, pf + T, H, W] (packed NCDHW of one sample) from frame-major
+// x [T, Cin, H, W]; the first pf frames are zero (the causal front padding).
+__global__ void stage_ncdhw_kernel(const float* __restrict__ x, float* __restrict__ xs, int64_t T,
+                                   int64_t Cin, int64_t HW, int64_t pf) {
+  const int64_t Tp = T + pf, total = Cin * Tp * HW;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = i % HW, tp = (i / HW) % Tp, ci = i / (HW * Tp);
+    xs[i] = tp < pf ? 0.f : x[((tp - pf) * Cin + ci) * HW + p];
+  }
+}
+
+// cuDNN staging out: out [To, Cout, HWo] (frame-major) = ys [Cout, To, HWo] + bias[co].
+__global__ void unstage_ncdhw_kernel(const float* __restrict__ ys, const float* __restrict__ b,
+                                     float* __restrict__ out, int64_t To, int64_t Cout, int64_t HWo) {
+  const int64_t total = To * Cout * HWo;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = i % HWo, co = (i / HWo) % Cout, t = i / (HWo * Cout);
+    out[i] = ys[(co * To + t) * HWo + p] + (b ? b[co] : 0.f);
+  }
+}
+
 }  // namespace
 
 void im2col_f32(const float* x, float* col, int64_t T, int64_t Cin, int64_t H, int64_t W, int kt,
@@ -105,7 +144,139 @@ void gemm_rm_f32_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const f
       int(batch), tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+#ifdef OSP_HAVE_CUDNN
+namespace {
+
+// RAII for the legacy cuDNN descriptors of one call (host-side objects, cheap to create).
+struct ConvDescs {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t c = nullptr;
+  ConvDescs() {
+    OSP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
+    OSP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
+    OSP_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
+    OSP_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c));
+  }
+  ~ConvDescs() {
+    cudnnDestroyTensorDescriptor(x);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyConvolutionDescriptor(c);
+  }
+  ConvDescs(const ConvDescs&) = delete;
+  ConvDescs& operator=(const ConvDescs&) = delete;
+};
+
+void set_packed_5d(cudnnTensorDescriptor_t d, const std::array<int, 5>& dims) {
+  std::array<int, 5> st{};
+  st[4] = 1;
+  for (int i = 3; i >= 0; --i) st[size_t(i)] = st[size_t(i) + 1] * dims[size_t(i) + 1];
+  OSP_CUDNN_CHECK(cudnnSetTensorNdDescriptor(d, CUDNN_DATA_FLOAT, 5, dims.data(), st.data()));
+}
+
+struct ConvAlgo {
+  bool ok = false;
+  cudnnConvolutionFwdAlgo_t algo{};
+  cudnnMathType_t math{};
+  size_t workspace = 0;
+  std::string why;
+};
+
+}  // namespace
+
+bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
+                  std::string* why) {
+  auto refuse = [&](const std::string& r) {
+    if (why) *why = r;
+    return false;
+  };
+  if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right)
+    return refuse("asymmetric spatial padding (cuDNN pads both sides alike)");
+  const int64_t T = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
+  const int64_t To = out.size(0), Ho = out.size(2), Wo = out.size(3), Tp = T + a.pad_front;
+  if (To == 0 || Cout == 0) return true;
+  const int64_t big = int64_t(1) << 31;
+  if (Cin * Tp * H * W >= big || Cout * To * Ho * Wo >= big) return refuse("a staging tensor over 2^31 elements");
+  const bool tf32 = conv_use_tf32();
+  // one algorithm choice per shape and setting, kept for the process
+  using Key = std::array<int64_t, 13>;
+  const Key key{T, Cin, H, W, Cout, kt, kh, kw, a.pad_front, a.pad_top, a.pad_left,
+                int64_t(a.stride_t) * 10000 + a.stride_h * 100 + a.stride_w, tf32 ? 1 : 0};
+  static std::mutex mu;
+  static auto* algos = new std::map<Key, ConvAlgo>();
+  ConvDescs d;
+  set_packed_5d(d.x, {1, int(Cin), int(Tp), int(H), int(W)});
+  const std::array<int, 5> wd{int(Cout), int(Cin), int(kt), int(kh), int(kw)};
+  OSP_CUDNN_CHECK(cudnnSetFilterNdDescriptor(d.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, wd.data()));
+  const std::array<int, 3> pad{0, a.pad_top, a.pad_left}, stride{a.stride_t, a.stride_h, a.stride_w}, dil{1, 1, 1};
+  OSP_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(d.c, 3, pad.data(), stride.data(), dil.data(),
+                                                  CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  std::array<int, 5> yd{};
+  OSP_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(d.c, d.x, d.w, 5, yd.data()));
+  OSP_CHECK(yd[0] == 1 && yd[1] == Cout && yd[2] == To && yd[3] == Ho && yd[4] == Wo,
+            "conv3d (cuDNN): cuDNN's output [", yd[0], ", ", yd[1], ", ", yd[2], ", ", yd[3], ", ", yd[4],
+            "] differs from conv3d's [1, ", Cout, ", ", To, ", ", Ho, ", ", Wo, "]");
+  set_packed_5d(d.y, yd);
+  ConvAlgo al;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    auto it = algos->find(key);
+    if (it == algos->end()) {
+      OSP_CUDNN_CHECK(cudnnSetConvolutionMathType(d.c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+      std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> perf{};
+      int n = 0;
+      OSP_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_handle(), d.x, d.w, d.c, d.y, int(perf.size()),
+                                                             &n, perf.data()));
+      ConvAlgo c;
+      c.why = "no cuDNN algorithm for this shape within a 1 GiB workspace";
+      for (int i = 0; i < n; ++i) {
+        const auto& p = perf[size_t(i)];
+        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > (size_t(1) << 30)) continue;
+        if (!tf32 && p.mathType != CUDNN_FMA_MATH && p.mathType != CUDNN_DEFAULT_MATH) continue;
+        c.ok = true;
+        c.algo = p.algo;
+        c.math = tf32 ? p.mathType : CUDNN_FMA_MATH;
+        c.workspace = p.memory;
+        break;
+      }
+      it = algos->emplace(key, c).first;
+    }
+    al = it->second;
+  }
+  if (!al.ok) return refuse(al.why);
+  OSP_CUDNN_CHECK(cudnnSetConvolutionMathType(d.c, al.math));
+  Tensor xs = Tensor::empty({Cin, Tp, H, W}, DType::F32, x.device());
+  Tensor ys = Tensor::empty({Cout, To, Ho, Wo}, DType::F32, x.device());
+  stage_ncdhw_kernel<<<grid_for(Cin * Tp * H * W), 256, 0, stream()>>>(x.data<float>(), xs.data<float>(), T, Cin,
+                                                                       H * W, a.pad_front);
+  OSP_CUDA_LAUNCH_CHECK("stage_ncdhw_kernel");
+  void* ws = al.workspace ? scratch(al.workspace) : nullptr;
+  const float one = 1.f, zero = 0.f;
+  OSP_CUDNN_CHECK(cudnnConvolutionForward(cudnn_handle(), &one, d.x, xs.data<float>(), d.w, w.data<float>(), d.c,
+                                          al.algo, ws, al.workspace, &zero, d.y, ys.data<float>()));
+  unstage_ncdhw_kernel<<<grid_for(To * Cout * Ho * Wo), 256, 0, stream()>>>(
+      ys.data<float>(), bias ? bias->data<float>() : nullptr, out.data<float>(), To, Cout, Ho * Wo);
+  OSP_CUDA_LAUNCH_CHECK("unstage_ncdhw_kernel");
+  log_once(str("conv3d-cudnn-algo-", int(al.algo), "-", int(al.math)),
+           str("conv3d: cuDNN convolution (algo ", int(al.algo), ", math ", int(al.math), ", workspace ",
+               al.workspace >> 20, " MiB), first for x ", x.desc(), " w ", w.desc()));
+  return true;
+}
+#else
+bool conv3d_cudnn(const Tensor&, const Tensor&, const Tensor*, const Conv3dArgs&, Tensor&, std::string* why) {
+  if (why) *why = "this build has no cuDNN";
+  return false;
+}
+#endif
+
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out) {
+  if (conv3d_path() != "im2col") {
+    std::string why;
+    if (conv3d_cudnn(x, w, bias, a, out, &why)) return;
+    log_once(str("conv3d-cudnn-refused-", why), str("conv3d: cuDNN path not taken (", why, "); im2col instead"));
+  }
   const int64_t T = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Cout = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
   const int64_t To = out.size(0), Ho = out.size(2), Wo = out.size(3);
