@@ -7,18 +7,24 @@
 //   2. Wan-VAE decode (random weights, real config dim 96) of a 720P 81-frame latent
 //      16×21×90×160 → 3×81×720×1280: time, TFLOP (wan-spec §5.3 estimate 639) and peak
 //      CUDA memory, untiled and with tiles_for_budget(16 GiB).
-// Usage: bench_t5vae_gpu [--quick]   (--quick: 480P-sized 16×5×60×104 latent, no tiled run)
+// Usage: bench_t5vae_gpu [--quick] [--vae-only] [--conv3d im2col,cudnn]
+//   --quick: 480P-sized 16×5×60×104 latent, no tiled run; --vae-only: skip the umT5;
+//   --conv3d: the VAE decode once per conv3d path (ops/conv.h, same weights and latent, each row
+//   says its path; later paths report their untiled video's relative difference to the first's).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "osp/core/device.h"
 #include "osp/core/tensor.h"
 #include "osp/model/t5.h"
 #include "osp/model/vae.h"
+#include "osp/ops/conv.h"
 
 #ifndef OSP_HAVE_CUDA
 int main() {
@@ -82,9 +88,21 @@ void bench_t5(const std::string& card) {
                 card.c_str(), (long long)L, (long long)c.num_layers, ms, tflop, tflop / (ms * 1e-3));
     std::fflush(stdout);
   }
+  }
 }
 
-void bench_vae(const std::string& card, bool quick) {
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+void bench_vae(const std::string& card, bool quick, const std::vector<std::string>& paths) {
   model::VaeConfig cfg;
   cfg.has_encoder = false;
   std::map<std::string, Tensor> w;
@@ -109,7 +127,10 @@ void bench_vae(const std::string& card, bool quick) {
       Device::cuda(), cfg);
   const int64_t T = quick ? 5 : 21, h = quick ? 60 : 90, wd = quick ? 104 : 160;
   Tensor z = bench::random_gpu({16, T, h, wd}, DType::F32, 1.f, 7);
-  // Warm-up on a small latent (cuBLAS heuristics, allocator).
+  Tensor first_video;  // the first path's untiled video, for the later paths' difference
+  for (const std::string& path : paths) {
+  ops::set_conv3d_path(path);
+  // Warm-up on a small latent (cuBLAS heuristics, cuDNN algorithm choice, allocator).
   vae.decode(bench::random_gpu({16, 2, 8, 8}, DType::F32, 1.f, 8));
   struct Run {
     const char* name;
@@ -128,11 +149,17 @@ void bench_vae(const std::string& card, bool quick) {
     cuda_synchronize();
     const double s = now_s() - t0;
     const double peak_gib = double(cuda_peak_bytes() - base) / double(size_t(1) << 30);
-    std::printf("{\"bench\":\"t5vae_gpu\",\"op\":\"vae_decode\",\"mode\":\"%s\",\"card\":\"%s\","
+    double diff = 0;
+    if (std::string(r.name) == "untiled") {
+      if (!first_video.defined()) first_video = video;
+      else diff = relative_error(video.to(Device::cpu()), first_video.to(Device::cpu()));
+    }
+    std::printf("{\"bench\":\"t5vae_gpu\",\"op\":\"vae_decode\",\"conv3d\":\"%s\",\"diff_to_first_path\":%.3g,"
+                "\"mode\":\"%s\",\"card\":\"%s\","
                 "\"latent\":[16,%lld,%lld,%lld],\"video\":[3,%lld,%lld,%lld],\"tile\":[%lld,%lld],"
                 "\"overlap\":%lld,\"s\":%.3f,\"tflop_est\":%.1f,\"tflops\":%.1f,"
                 "\"peak_gib_activations\":%.2f,\"estimate_gib\":%.2f,\"finite\":%s}\n",
-                r.name, card.c_str(), (long long)T, (long long)h, (long long)wd,
+                path.c_str(), diff, r.name, card.c_str(), (long long)T, (long long)h, (long long)wd,
                 (long long)(1 + 4 * (T - 1)), (long long)(8 * h), (long long)(8 * wd),
                 (long long)r.opt.tile_h, (long long)r.opt.tile_w, (long long)r.opt.overlap, s, tflop,
                 tflop / s, peak_gib,
@@ -147,17 +174,25 @@ void bench_vae(const std::string& card, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  for (int i = 1; i < argc; ++i)
+  bool quick = false, vae_only = false;
+  std::vector<std::string> paths = {ops::conv3d_path()};
+  for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--vae-only") == 0) vae_only = true;
+    else if (std::strcmp(argv[i], "--conv3d") == 0 && i + 1 < argc) paths = split_commas(argv[++i]);
+    else {
+      std::fprintf(stderr, "bench_t5vae_gpu: unknown argument %s\n", argv[i]);
+      return 2;
+    }
+  }
   try {
     if (!cuda_available()) {
       std::printf("{\"bench\":\"t5vae_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
       return 0;
     }
     const std::string card = bench::card_name();
-    bench_t5(card);
-    bench_vae(card, quick);
+    if (!vae_only) bench_t5(card);
+    bench_vae(card, quick, paths);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_t5vae_gpu: %s\n", e.what());
     return 1;
