@@ -80,23 +80,38 @@ $('f').addEventListener('submit', async ev => {
   const r = await fetch('/v1/generations', {method: 'POST', headers: headers(), body: JSON.stringify(body)});
   const s = await r.json();
   if (!r.ok) { $('status').textContent = 'error ' + r.status + ': ' + s.error; $('status').className = 'err'; return; }
+  follow(s);
+});
+const TERMINAL = ['succeeded', 'failed', 'cancelled'];
+// Follows job s (its status object) to its end: the event stream while it runs.
+function follow(s) {
   current = s.id; show(s);
+  if (TERMINAL.includes(s.status)) { finish(s); return; }
   $('go').disabled = true; $('cancel').disabled = false;
   es = new EventSource('/v1/generations/' + s.id + '/events' + q());
   es.addEventListener('progress', e => show(JSON.parse(e.data)));
-  for (const k of ['succeeded', 'failed', 'cancelled']) es.addEventListener(k, e => finish(JSON.parse(e.data)));
+  for (const k of TERMINAL) es.addEventListener(k, e => finish(JSON.parse(e.data)));
   es.onerror = async () => {  // the stream ended or broke: ask once
     if (!es) return;
     const r2 = await fetch('/v1/generations/' + current, {headers: headers()});
     const s2 = await r2.json();
-    if (['succeeded', 'failed', 'cancelled'].includes(s2.status)) finish(s2);
+    if (TERMINAL.includes(s2.status)) finish(s2);
   };
-});
-// ?prompt=...&size=...&frames=...&steps=...&seed=... fills the form; &autostart=1 submits it.
+}
+// ?job=ID shows an existing job (running: followed live; finished: its result).
+async function open_job(id) {
+  const r = await fetch('/v1/generations/' + encodeURIComponent(id), {headers: headers()});
+  const s = await r.json();
+  if (!r.ok) { $('status').textContent = 'error ' + r.status + ': ' + s.error; $('status').className = 'err'; return; }
+  follow(s);
+}
+// ?prompt=...&size=...&frames=...&steps=...&seed=... fills the form; &autostart=1 submits it;
+// ?job=ID shows that job instead.
 const params = new URLSearchParams(location.search);
 for (const k of ['prompt', 'size', 'frames', 'steps', 'seed', 'guidance', 'token'])
   if (params.has(k)) $(k).value = params.get(k);
-if (params.get('autostart') === '1') $('f').requestSubmit();
+if (params.has('job')) open_job(params.get('job'));
+else if (params.get('autostart') === '1') $('f').requestSubmit();
 $('cancel').addEventListener('click', () => {
   if (current) fetch('/v1/generations/' + current, {method: 'DELETE', headers: headers()});
 });
