@@ -25,7 +25,8 @@
 #
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
-# ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights,
+# MODE+keepgrads --keep-gradients), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -106,7 +107,8 @@ cat "$OUT/cache.json"
 # An entry "MODE+sharded" runs MODE through the distributed trainer at one rank (sharded AdamW
 # state, its buckets and collectives: --shard-optimizer on), for issue 14's one-rank overhead;
 # "MODE+zero3" adds --shard-weights (a block's compute copy and gradients exist only around its
-# forward/backward: 16 bytes per parameter instead of 18, issue 13's memory).
+# forward/backward: 16 bytes per parameter instead of 18, issue 13's memory); "MODE+keepgrads"
+# keeps every block's gradient between steps (--keep-gradients: the peak before released gradients).
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
@@ -115,6 +117,7 @@ for att in $ATTENTIONS; do
   case "$att" in
     *+sharded) extra=(--shard-optimizer on) ;;
     *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
+    *+keepgrads) extra=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
   esac
   say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
   "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
@@ -206,7 +209,9 @@ by_name = {name: s for name, s, *_ in rows}
 for name, s, *_ in rows:
     base = by_name.get(name.split("+")[0])
     if "+" in name and s and base:
-        print("%s vs %s: %.3fx the step time (distributed path at one rank; issue 14's target <= 1.05x)" % (
-            name, name.split("+")[0], s / base))
+        why = {"sharded": "the distributed path at one rank; issue 14's target <= 1.05x",
+               "zero3": "sharded optimizer, gradients and weights at one rank",
+               "keepgrads": "every block gradient kept between steps vs released"}.get(name.split("+")[1], "")
+        print("%s vs %s: %.3fx the step time (%s)" % (name, name.split("+")[0], s / base, why))
 EOF
 say "done"

@@ -118,3 +118,39 @@ TEST(MemoryPlan, RefusesWhatTheLayoutsRefuse) {
   in.sp_size = 2;
   EXPECT_THROW(train::plan_train_memory(in), Error);
 }
+
+// Released gradients (the unsharded trainer's default): the blocks' gradients appear as the
+// blocks' saved inputs are freed, so the gradients line is the parameters outside the blocks
+// plus what the worst moment of the backward holds beyond the saved inputs — computed here by
+// hand for the 1.3B model at two sizes: at 832×480×81 a block's F32 input (32,760 rows × 1536)
+// outweighs its gradient (the worst moment is the last block's backward: every input + that
+// block's gradient); at 64×64×9 the inputs are tiny (the worst moment is the first block's
+// backward: every gradient + block 0's input).
+TEST(MemoryPlan, ReleasedGradients) {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.sp = "none";
+  in.sharded_state = false;
+  in.act_bytes = 2;
+  double outside = 0, block = 0;
+  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) {
+    if (n.rfind("blocks.0.", 0) == 0) block += double(shape_numel(s));
+    if (n.rfind("blocks.", 0) != 0) outside += double(shape_numel(s));
+  }
+  const double L = double(in.cfg.num_layers), d = double(in.cfg.dim);
+  for (const bool big : {true, false}) {
+    SCOPED_TRACE(big ? "832x480x81" : "64x64x9");
+    if (big) train::latent_from_video(81, 480, 832, in);
+    else train::latent_from_video(9, 64, 64, in);
+    in.released_gradients = false;
+    const train::MemoryPlan kept = train::plan_train_memory(in);
+    in.released_gradients = true;
+    const train::MemoryPlan rel = train::plan_train_memory(in);
+    const double input = double(kept.tokens) * d * 4;  // one block's saved F32 input
+    EXPECT_DOUBLE_EQ(line(kept, "gradients").bytes, 4.0 * double(kept.params));
+    const double want = big ? 4 * outside + 4 * block                       // last block's backward
+                            : 4 * outside + L * 4 * block + input - L * input;  // first block's
+    EXPECT_NEAR(line(rel, "gradients").bytes, want, 1e-6 * want);
+    EXPECT_NEAR(kept.total - rel.total, line(kept, "gradients").bytes - line(rel, "gradients").bytes, 1.0);
+  }
+}

@@ -215,6 +215,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
             " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
   in.sharded_gradients = o.shard_gradients || o.shard_weights;  // --shard-weights implies it
   in.sharded_weights = o.shard_weights;
+  in.released_gradients = !in.sharded_state && !o.keep_gradients;
   in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
   in.prefetch_weights = in.act_bytes == 2;  // prefetch where the gathers overlap (nccl)
   in.capacity_bytes = d.gpu_gib * double(1ull << 30);
@@ -430,6 +431,9 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--shard-weights", shard_weights,
                  "also shard the weights (ZeRO-3, implies --shard-gradients): a block's weights are all-gathered "
                  "before its forward and backward and released after; embeddings and head stay replicated");
+  OSP_TRAIN_FLAG("--keep-gradients", keep_gradients,
+                 "keep every block's F32 gradient allocated between steps (default: a block's gradient exists from "
+                 "its backward to the optimizer step; unsharded optimizer only)");
   OSP_TRAIN_OPT("--collective-timeout", collective_timeout,
                 "seconds a rank waits for the others in one collective before every rank stops with an error "
                 "(default 600; 0 = forever)");

@@ -82,10 +82,27 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and one F32 [n, ffn].
   auto scratch = [&](double n) { return B * n * (6 * d * 4 + f * 4); };
   double ckpt = 0, tape_max = 0, scratch_max = 0;
+  std::vector<double> saved;  // per block: what the forward keeps for its backward
   for (int64_t n : rows) {
-    ckpt += in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n));
+    saved.push_back(in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n)));
+    ckpt += saved.back();
     tape_max = std::max(tape_max, tape(double(n)));
     scratch_max = std::max(scratch_max, scratch(double(n)));
+  }
+  // Released gradients: in block i's backward (blocks run last to first) blocks 0..i still hold
+  // what the forward saved and blocks i..L−1 hold gradients; the worst moment over i, less the
+  // saved total (its own line), is what the block gradients add.
+  double released_extra = 0;
+  if (in.released_gradients && !in.sharded_gradients) {
+    const size_t L = saved.size();
+    std::vector<double> suffix_grads(L + 1, 0.0);
+    for (size_t j = L; j-- > 0;) suffix_grads[j] = suffix_grads[j + 1] + block_params[j] * 4;
+    double prefix_saved = 0, worst = 0;
+    for (size_t i = 0; i < L; ++i) {
+      prefix_saved += saved[i];
+      worst = std::max(worst, prefix_saved + suffix_grads[i]);
+    }
+    released_extra = std::max(0.0, worst - ckpt);
   }
   const double shard_ranks = in.sharded_state ? double(S) * in.dp_size : 1.0;
   const double n_max = double(out.rows_max);
@@ -102,6 +119,9 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
       in.sharded_gradients
           ? MemoryLine{"gradients", (outside + block_max) * 4,
                        "F32, the parameters outside the blocks + the block in its backward (sharded gradients)"}
+      : in.released_gradients
+          ? MemoryLine{"gradients", outside * 4 + released_extra,
+                       "F32, outside the blocks + the blocks' beyond the saved inputs they replace (released gradients)"}
           : MemoryLine{"gradients", P * 4, "F32, every parameter, every rank"},
       {"optimizer state", in.sharded_state ? 16 * P / shard_ranks : 12 * P,
        in.sharded_state ? "F32 master + m + v + gradient of the shard over " + std::to_string(int64_t(shard_ranks)) +

@@ -10,7 +10,11 @@
 //                  gathered for its forward / backward (the rest lives in the master shards)
 //   gather buffer  weight sharding with prefetch: the F32 staging of the next block's gather
 //   gradients      F32 gradient of every parameter, on every rank (accumulated in the table);
-//                  with gradient sharding only the parameters outside the blocks and one block
+//                  with gradient sharding only the parameters outside the blocks and one block;
+//                  with released gradients (the unsharded trainer's default) the blocks' exist
+//                  from their block's backward to the optimizer step, while the blocks' saved
+//                  inputs are being freed: the line counts what exceeds those inputs at the
+//                  backward's worst moment
 //   optimizer      unsharded AdamW: F32 master + m + v, 12 bytes per parameter; ShardedAdamW
 //                  (all SP × DP ranks): master (= the shard's value) + m + v + the shard's
 //                  gradient, 16 bytes per parameter / ranks
@@ -45,6 +49,7 @@ struct MemoryPlanInput {
   bool sharded_state = true;
   bool sharded_gradients = false;  // ZeRO-2 (needs sharded_state)
   bool sharded_weights = false;    // ZeRO-3 (needs sharded_gradients)
+  bool released_gradients = false; // unsharded: block gradients allocated in the backward (TrainOptions)
   bool prefetch_weights = true;    // weight sharding: the next block's gather staged (GPU)
   bool activation_checkpointing = true;
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)

@@ -167,13 +167,14 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_optimizer") get_str(shard_optimizer);
     else if (key == "shard_gradients") get_bool(shard_gradients);
     else if (key == "shard_weights") get_bool(shard_weights);
+    else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -358,6 +359,39 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
         });
   } else if (!grad_groups.empty()) {
     model.set_gradient_hooks([&](size_t g) { sharded->begin_group(g); }, [&](size_t g) { sharded->end_group(g); });
+  }
+  // Released gradients (unsharded optimizer, TrainOptions::keep_gradients false): a block's F32
+  // gradient is allocated (zero) when its backward starts and released after the optimizer step,
+  // so it does not coexist with the blocks' saved inputs at the start of the backward. With
+  // accumulation it lives across the micro-batches of a step. The parameters outside the blocks
+  // keep theirs (small). Every gradient is allocated again when this call returns.
+  std::vector<std::pair<size_t, size_t>> released;
+  if (!shard && !opt.keep_gradients) released = model.gradient_groups();
+  std::vector<std::pair<Shape, Device>> grad_like(params.size());
+  for (size_t k = 0; k < params.size(); ++k)
+    if (params[k].grad && params[k].grad->defined()) grad_like[k] = {params[k].grad->shape(), params[k].grad->device()};
+  auto allocate_grads = [&](size_t a, size_t b) {
+    for (size_t k = a; k < b; ++k)
+      if (!params[k].grad->defined()) *params[k].grad = Tensor::zeros(grad_like[k].first, DType::F32, grad_like[k].second);
+  };
+  auto release_grads = [&] {
+    for (const auto& [a, b] : released)
+      for (size_t k = a; k < b; ++k) *params[k].grad = Tensor();
+  };
+  struct RestoreGrads {
+    const std::vector<std::pair<size_t, size_t>>& groups;
+    const std::function<void(size_t, size_t)> allocate;
+    ~RestoreGrads() {
+      try {
+        for (const auto& [a, b] : groups) allocate(a, b);
+      } catch (...) {  // out of memory while unwinding: the table is left with released gradients
+      }
+    }
+  } restore_grads{released, allocate_grads};
+  if (!released.empty()) {
+    model.set_gradient_hooks([&](size_t g) { allocate_grads(released.at(g).first, released.at(g).second); }, {});
+    release_grads();
+    log_verbose("released gradients: each block's gradient exists from its backward to the optimizer step");
   }
   auto masters = [&] {
     std::vector<Tensor> m;
@@ -547,6 +581,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       const double lr = sched.at(s);
       if (sharded) sharded->step(lr);
       else adamw->step(lr);
+      release_grads();
       if (ema.enabled()) ema.update(masters());
       state.step = s + 1;
 

@@ -136,6 +136,12 @@ struct TrainOptions {
   // head) stay replicated. On a normal return from run_training (also after Ctrl-C) every value
   // is resident again; after an error the blocks' values may be left released.
   bool shard_weights = false;
+  // Unsharded optimizer only: keep every block's F32 gradient allocated between steps. By
+  // default (false) a block's gradient is allocated when its backward starts and released after
+  // the optimizer step (PyTorch's zero_grad(set_to_none)), so at the start of the backward, when
+  // every block's saved input is still held, no block gradient is: the inputs are freed as the
+  // gradients appear. The same numbers either way.
+  bool keep_gradients = false;
   // Seconds a rank waits in one collective for the others before every rank ends with an error
   // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
   // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
