@@ -26,7 +26,7 @@
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
 # ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights,
-# MODE+keepgrads --keep-gradients), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# MODE+keepgrads --keep-gradients, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -119,8 +119,10 @@ for att in $ATTENTIONS; do
     *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
     *+keepgrads) extra=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
   esac
+  alloc=buckets
+  case "$att" in *+blocks) alloc=blocks ;; esac  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
   say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
-  "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
+  OSP_CUDA_ALLOCATOR=$alloc "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
       --steps "$OSP_STEPS" --caption-dropout 0 --seed 0 --out "$run" > "$OUT/osp-$att.log" 2>&1 &
   pid=$!
   t0=$(date +%s)
@@ -211,7 +213,8 @@ for name, s, *_ in rows:
     if "+" in name and s and base:
         why = {"sharded": "the distributed path at one rank; issue 14's target <= 1.05x",
                "zero3": "sharded optimizer, gradients and weights at one rank",
-               "keepgrads": "every block gradient kept between steps vs released"}.get(name.split("+")[1], "")
+               "keepgrads": "every block gradient kept between steps vs released",
+               "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.split("+")[1], "")
         print("%s vs %s: %.3fx the step time (%s)" % (name, name.split("+")[0], s / base, why))
 EOF
 say "done"

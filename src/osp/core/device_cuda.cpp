@@ -1,13 +1,21 @@
 // CUDA device memory: a simple caching allocator (size-bucketed free lists per device),
-// so the sampling loop does not call cudaMalloc/cudaFree in steady state.
+// so the sampling loop does not call cudaMalloc/cudaFree in steady state. OSP_CUDA_ALLOCATOR=blocks
+// selects core/block_allocator.h instead (segments split best fit and merged on free; session 8,
+// unit-tested on the CPU, not yet run on a GPU: opt-in until measured). Read once, at the first
+// allocation.
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
+#include "osp/core/block_allocator.h"
 #include "osp/core/cuda_check.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
@@ -21,6 +29,8 @@ struct Cache {
   size_t in_use = 0, peak = 0, cached = 0;
   size_t reserved = 0, peak_reserved = 0;  // from cudaMalloc, not yet freed (in use + cached)
   size_t limit = 0;                        // set_cuda_memory_limit (0: none)
+  int mode = -1;                           // 0 buckets, 1 blocks (OSP_CUDA_ALLOCATOR), set on first use
+  std::unique_ptr<BlockAllocator> blocks[16];
 };
 Cache& cache() {
   static Cache* c = new Cache();  // leaked on purpose: outlives static tensors
@@ -45,6 +55,51 @@ size_t release_free_blocks(Cache& c, std::multimap<size_t, void*>& fl) {
   c.cached -= freed;
   return freed;
 }
+bool use_blocks(Cache& c) {
+  if (c.mode < 0) {
+    const char* e = std::getenv("OSP_CUDA_ALLOCATOR");
+    const std::string v = e && *e ? e : "buckets";
+    OSP_CHECK(v == "buckets" || v == "blocks", "OSP_CUDA_ALLOCATOR must be buckets or blocks, got '", v, "'");
+    c.mode = v == "blocks" ? 1 : 0;
+  }
+  return c.mode == 1;
+}
+size_t blocks_reserved(const Cache& c) {
+  size_t r = 0;
+  for (const auto& b : c.blocks)
+    if (b) r += b->reserved();
+  return r;
+}
+// Blocks mode: c's counters follow the block allocators' (after every allocate / free / release).
+void sync_counters(Cache& c) {
+  size_t in_use = 0;
+  for (const auto& b : c.blocks)
+    if (b) in_use += b->in_use();
+  c.in_use = in_use;
+  c.reserved = blocks_reserved(c);
+  c.cached = c.reserved - c.in_use;
+  c.peak = std::max(c.peak, c.in_use);
+  c.peak_reserved = std::max(c.peak_reserved, c.reserved);
+}
+// Device `device`'s block allocator; its segments come from cudaMalloc within the --max-vram cap
+// (the caller holds c.mu).
+BlockAllocator& blocks_of(Cache& c, int device) {
+  auto& b = c.blocks[device];
+  if (!b)
+    b = std::make_unique<BlockAllocator>(BlockAllocator::Backend{
+        [&c, device](size_t n) -> void* {
+          if (c.limit && blocks_reserved(c) + n > c.limit) return nullptr;
+          OSP_CUDA_CHECK(cudaSetDevice(device));
+          void* p = nullptr;
+          if (cudaMalloc(&p, n) != cudaSuccess) {
+            cudaGetLastError();
+            return nullptr;
+          }
+          return p;
+        },
+        [](void* p) { cudaFree(p); }});
+  return *b;
+}
 }  // namespace
 
 bool cuda_available() { return cuda_device_count() > 0; }
@@ -62,6 +117,28 @@ void* cuda_alloc(size_t bytes, int device) {
   size_t n = round_size(bytes);
   Cache& c = cache();
   std::lock_guard<std::mutex> lk(c.mu);
+  if (use_blocks(c)) {
+    BlockAllocator& b = blocks_of(c, device);
+    void* p = b.allocate(bytes);
+    if (!p) {
+      sync_counters(c);
+      const size_t want = std::max(BlockAllocator::kSegment, (bytes + BlockAllocator::kSegment - 1) /
+                                                                 BlockAllocator::kSegment * BlockAllocator::kSegment);
+      if (c.limit && c.reserved + want > c.limit)
+        fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (bytes + (1u << 20) - 1) >> 20,
+                 " MiB would bring osp's GPU memory to ", (c.reserved + want) >> 20, " MiB, over the --max-vram limit of ",
+                 c.limit >> 20, " MiB (", c.in_use >> 20, " MiB in use; largest free block ",
+                 b.largest_free_block() >> 20, " MiB). The memory plan underestimated this run: try a smaller size or "
+                 "fewer frames, --dit-offload blocks, or a larger --max-vram"));
+      size_t fr = 0, tot = 0;
+      cudaMemGetInfo(&fr, &tot);
+      fail(str("out of GPU memory on cuda:", device, ": ", bytes, " bytes could not be allocated (", fr >> 20,
+               " MiB free of ", tot >> 20, " MiB; ", c.in_use >> 20, " MiB held by osp, ", c.reserved >> 20,
+               " MiB reserved). Try --offload, a smaller size or fewer frames."));
+    }
+    sync_counters(c);
+    return p;
+  }
   auto& fl = c.free_blocks[device];
   auto it = fl.lower_bound(n);
   void* p = nullptr;
@@ -109,6 +186,14 @@ void cuda_free(void* p, int device) {
   if (!p) return;
   Cache& c = cache();
   std::lock_guard<std::mutex> lk(c.mu);
+  if (use_blocks(c)) {
+    try {
+      blocks_of(c, device).free(p);
+    } catch (const Error&) {  // not from this allocator: ignored, as the bucket lists do
+    }
+    sync_counters(c);
+    return;
+  }
   auto it = c.sizes.find(p);
   if (it == c.sizes.end()) return;
   c.in_use -= it->second;
@@ -121,6 +206,12 @@ size_t cuda_empty_cache() {
   std::lock_guard<std::mutex> lk(c.mu);
   cudaDeviceSynchronize();
   size_t freed = 0;
+  if (use_blocks(c)) {
+    for (auto& b : c.blocks)
+      if (b) freed += b->release_free_segments();
+    sync_counters(c);
+    return freed;
+  }
   for (auto& fl : c.free_blocks) freed += release_free_blocks(c, fl);
   return freed;
 }
