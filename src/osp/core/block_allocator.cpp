@@ -65,6 +65,13 @@ void BlockAllocator::take(Block* b, size_t n) {
   peak_in_use_ = std::max(peak_in_use_, in_use_);
 }
 
+void BlockAllocator::absorb(Block* l, Block* r) {
+  l->size += r->size;
+  l->next = r->next;
+  if (r->next) r->next->prev = l;
+  delete r;
+}
+
 void* BlockAllocator::allocate(size_t bytes) {
   const size_t n = std::max(kRound, (bytes + kRound - 1) / kRound * kRound);
   Block key;
@@ -92,23 +99,16 @@ void BlockAllocator::free(void* p) {
   in_use_ -= b->requested;
   b->requested = 0;
   b->free = true;
-  // merge with free neighbours of the same segment
+  // merge with free neighbours of the same segment (each leaves free_ before its size changes)
   if (b->prev && b->prev->free) {
-    Block* p0 = b->prev;
-    free_.erase(p0);
-    p0->size += b->size;
-    p0->next = b->next;
-    if (b->next) b->next->prev = p0;
-    delete b;
-    b = p0;
+    Block* l = b->prev;
+    free_.erase(l);
+    absorb(l, b);
+    b = l;
   }
   if (b->next && b->next->free) {
-    Block* n = b->next;
-    free_.erase(n);
-    b->size += n->size;
-    b->next = n->next;
-    if (n->next) n->next->prev = b;
-    delete n;
+    free_.erase(b->next);
+    absorb(b, b->next);
   }
   free_.insert(b);
 }

@@ -69,6 +69,7 @@ class BlockAllocator {
   };
   Block* new_segment(size_t bytes);
   void take(Block* b, size_t n);  // b (free, ≥ n, not in free_) becomes live with n bytes
+  static void absorb(Block* l, Block* r);  // r, l's right neighbour (neither in free_), joins l
 
   Backend backend_;
   std::set<Block*, BySize> free_;
