@@ -135,6 +135,11 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
+    # `osp --version` names the build's features: a build without cpp-httplib has no server
+    version = subprocess.run([a.osp, "--version"], capture_output=True, text=True).stdout
+    if "osp serve (cpp-httplib) off" in version:
+        sys.exit(f"bench-serve: {a.osp} was built without cpp-httplib, so it has no `osp serve` ({version.strip()}); "
+                 "on the GPU machine carry Debian's (scripts/carry-httplib.sh) and reconfigure")
     work = tempfile.mkdtemp(prefix="osp-bench-serve-")
     try:
         serve = run_server(a, work)  # first: it tells the output kind the others then match
