@@ -70,6 +70,10 @@ if [ "${BENCH:-1}" != 0 ]; then
     echo "==== torch_dit_block.py" >> "$OUT/bench-stderr.log"
     PYTHONUNBUFFERED=1 python3 bench/torch_dit_block.py ${BENCH_ARGS:-} 2>> "$OUT/bench-stderr.log" \
       | tee -a "$OUT/bench.jsonl" || status=1
+    echo "running bench/torch_dit_block_train.py"
+    echo "==== torch_dit_block_train.py" >> "$OUT/bench-stderr.log"
+    PYTHONUNBUFFERED=1 python3 bench/torch_dit_block_train.py 2>> "$OUT/bench-stderr.log" \
+      | tee -a "$OUT/bench.jsonl" || status=1
   fi
   python3 - "$OUT/bench.jsonl" <<'PY'
 import json, sys
@@ -100,6 +104,10 @@ for r in rows:
             r["M"], r["N"], r["K"], r["speedup_fp8"], r["speedup_fp8_fast"], r["speedup_fp8_incl_x_quant"]))
     elif b == "torch_dit_forward":
         print("torch %-16s full %9.1f ms/forward" % (r["model"], r["full_ms"]))
+    elif b in ("dit_block_train", "torch_dit_block_train"):
+        # issue 13: one block's forward + backward (osp: the training path, 2-block minus 1-block model)
+        print("train %-5s %-6s %-6s block fwd+bwd %9.2f ms %7.1f TF/s" % (
+            "osp" if b == "dit_block_train" else "torch", r["model"], r["kind"], r["block_fwd_bwd_ms"], r["tflops"]))
     elif b == "dit_offload" and r.get("summary"):
         # issue 18 memory modes: step time under --max-vram vs the unlimited resident run
         print("vram  %-4s %-12s limit %4g GiB: %-40s %8.2f s/step vs unlimited %8.2f (x%.2f)  peak %.2f GiB (est %.2f, unlimited %.2f) within: %s" % (
