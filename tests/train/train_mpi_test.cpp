@@ -97,6 +97,7 @@ struct Case {
   bool shard_grads = false;  // --shard-gradients
   bool shard_weights = false;  // --shard-weights
   const char* quant = "none";
+  bool overlap = true;  // TrainOptions::overlap_reduction (unsharded several-rank runs use it)
 };
 
 // Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
@@ -155,6 +156,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   on.shard_optimizer = c.shard;
   on.shard_gradients = c.shard_grads;
   on.shard_weights = c.shard_weights;
+  on.overlap_reduction = c.overlap;
   const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
@@ -194,11 +196,15 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                                            Case{"ssp", 0, 1, "on", true}, Case{"ulysses", 2, 1, "on", true},
                                            Case{"none", 1, 2, "on", true}, Case{"none", 1, 1, "on", false, true},
                                            Case{"ssp", 2, 1, "on", false, true},
-                                           Case{"none", 1, 1, "on", false, true, "hif8"}),
+                                           Case{"none", 1, 1, "on", false, true, "hif8"},
+                                           // unsharded: the overlapped per-block reduction with accumulation, and
+                                           // the reduction after the backward (overlap off)
+                                           Case{"none", 1, 2, "off"}, Case{"ssp", 0, 1, "off", false, false, "none", false}),
                          [](const auto& i) {
                            return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" + i.param.shard +
                                   (i.param.shard_grads ? "_grads" : "") + (i.param.shard_weights ? "_weights" : "") +
-                                  (std::string(i.param.quant) != "none" ? std::string("_") + i.param.quant : "");
+                                  (std::string(i.param.quant) != "none" ? std::string("_") + i.param.quant : "") +
+                                  (i.param.overlap ? "" : "_no_overlap");
                          });
 
 // Resuming on another rank count continues the uninterrupted single-rank run: the losses of the

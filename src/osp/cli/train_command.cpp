@@ -434,6 +434,8 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--keep-gradients", keep_gradients,
                  "keep every block's F32 gradient allocated between steps (default: a block's gradient exists from "
                  "its backward to the optimizer step; unsharded optimizer only)");
+  OSP_TRAIN_FLAG("--no-overlap-reduction{false}", overlap_reduction,
+                 "several ranks: reduce the gradients after the backward instead of block by block during it");
   OSP_TRAIN_OPT("--collective-timeout", collective_timeout,
                 "seconds a rank waits for the others in one collective before every rank stops with an error "
                 "(default 600; 0 = forever)");

@@ -127,6 +127,13 @@ void Communicator::all_reduce(Tensor& x) {
   raw_all_reduce(x.raw(), x.numel(), x);
 }
 
+int Communicator::all_reduce_start(Tensor& x) {
+  require_contig(x, "all_reduce_start", "x");
+  check_device(x, "all_reduce_start");
+  bytes_sent_ += 2 * uint64_t(size() - 1) * x.nbytes() / uint64_t(size());
+  return raw_all_reduce_start(x.raw(), x.numel(), x);
+}
+
 void Communicator::broadcast(Tensor& x, int root) {
   require_contig(x, "broadcast", "x");
   check_device(x, "broadcast");

@@ -59,6 +59,13 @@ class Communicator {
   // Sum over ranks of send [S·n] (any shape with S·n elements), rank r keeps chunk r → recv [n].
   void reduce_scatter(const Tensor& send, Tensor& recv);
   void all_reduce(Tensor& x);  // sum, in place
+  // Overlappable in-place sum (train/trainer.cpp: the gradient reduction overlapped with the
+  // backward): the checks and byte accounting of all_reduce and the ticket/wait contract of
+  // all_to_all_start — nccl: the side stream; mpi: a non-blocking MPI_Iallreduce that wait()
+  // completes (it and every one started before it); other backends: synchronous, ticket 0. x must
+  // stay alive and untouched until then; further all_reduce_start calls may be issued in between
+  // (in the same order on every rank), other collectives of this communicator may not.
+  int all_reduce_start(Tensor& x);
   void broadcast(Tensor& x, int root);
   void barrier();
 
@@ -95,6 +102,11 @@ class Communicator {
   virtual void raw_reduce_scatter(const void* send, void* recv, int64_t recv_count,
                                   const Tensor& like) = 0;
   virtual void raw_all_reduce(void* x, int64_t count, const Tensor& like) = 0;
+  // Default: synchronous raw_all_reduce, ticket 0.
+  virtual int raw_all_reduce_start(void* x, int64_t count, const Tensor& like) {
+    raw_all_reduce(x, count, like);
+    return 0;
+  }
   virtual void raw_broadcast(void* x, size_t bytes, int root, const Tensor& like) = 0;
   virtual void raw_barrier() = 0;
   // Device check for this backend (CPU for mpi, CUDA for nccl, anything for single).

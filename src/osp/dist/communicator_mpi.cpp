@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <deque>
 #include <climits>
 #include <cstdlib>
 #include <thread>
@@ -125,6 +126,24 @@ class MpiCommunicator final : public Communicator {
     OSP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_, &req));
     finish(req, "all_reduce");
   }
+  int raw_all_reduce_start(void* x, int64_t n, const Tensor& like) override {
+    to_int(size_t(n), "all_reduce_start (elements)");
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_, &req));
+    pending_.push_back({++last_ticket_, req});
+    return last_ticket_;
+  }
+
+ public:
+  // Completes the non-blocking all_reduce_start calls up to `ticket`, in issue order.
+  void wait(int ticket) override {
+    while (!pending_.empty() && pending_.front().first <= ticket) {
+      finish(pending_.front().second, "all_reduce");
+      pending_.pop_front();
+    }
+  }
+
+ protected:
   void raw_broadcast(void* x, size_t bytes, int root, const Tensor&) override {
     if (!timed()) {
       OSP_MPI_CHECK(MPI_Bcast(x, to_int(bytes, "broadcast"), MPI_BYTE, root, comm_));
@@ -150,6 +169,8 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  std::deque<std::pair<int, MPI_Request>> pending_;  // all_reduce_start: (ticket, request)
+  int last_ticket_ = 0;
 };
 
 void finalize_at_exit() {

@@ -203,6 +203,12 @@ class NcclCommunicator final : public Communicator {
     return side_end();
   }
   // The same side stream for the weight prefetch's all-gathers.
+  int raw_all_reduce_start(void* x, int64_t n, const Tensor& like) override {
+    side_begin();
+    OSP_NCCL_CHECK(ncclAllReduce(x, x, size_t(n), nccl_type(like.dtype()), ncclSum, comm_, side_));
+    watch(side_, "all_reduce");
+    return side_end();
+  }
   int raw_all_gather_start(const void* send, size_t bytes, void* recv, const Tensor&) override {
     side_begin();
     OSP_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclChar, comm_, side_));

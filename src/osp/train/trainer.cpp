@@ -168,13 +168,14 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_gradients") get_bool(shard_gradients);
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
+    else if (key == "overlap_reduction") get_bool(overlap_reduction);
     else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
     else
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -388,10 +389,50 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       }
     }
   } restore_grads{released, allocate_grads};
-  if (!released.empty()) {
-    model.set_gradient_hooks([&](size_t g) { allocate_grads(released.at(g).first, released.at(g).second); }, {});
-    release_grads();
-    log_verbose("released gradients: each block's gradient exists from its backward to the optimizer step");
+  // Overlapped reduction (several ranks, unsharded: TrainOptions::overlap_reduction): after the
+  // last micro-batch's backward of block g, its gradients are summed over the world without
+  // waiting (mean over DP of SP sums = world sum / D; no block parameter is SP-replicated); the
+  // sums are waited for and divided by D·A after the backward, and the parameters outside the
+  // blocks take the bucketed two-phase reduction.
+  std::vector<std::pair<size_t, size_t>> overlap_groups;
+  if (!shard && several && opt.overlap_reduction) overlap_groups = model.gradient_groups();
+  std::unique_ptr<GradientReducer> outside_reducer;
+  ParamTable block_params;
+  if (!overlap_groups.empty()) {
+    std::vector<bool> in_block(params.size(), false);
+    for (const auto& [a, b] : overlap_groups)
+      for (size_t k = a; k < b; ++k) in_block[k] = true;
+    ParamTable outside;
+    for (size_t k = 0; k < params.size(); ++k) (in_block[k] ? block_params : outside).push_back(params[k]);
+    outside_reducer = std::make_unique<GradientReducer>(outside, *groups);
+  }
+  int micro_now = 0, micro_last = 0;  // the micro-batch running, and the step's last one
+  std::vector<int> tickets;
+  struct WaitTickets {  // a step left by an exception must not leave reductions writing into freed gradients
+    std::vector<int>& t;
+    const ParallelGroups* g;
+    ~WaitTickets() {
+      try {
+        if (!t.empty() && g && g->world) g->world->wait(t.back());
+      } catch (...) {
+      }
+    }
+  } wait_tickets{tickets, groups};
+  if (!released.empty() || !overlap_groups.empty()) {
+    std::function<void(size_t)> before, after;
+    if (!released.empty()) before = [&](size_t g) { allocate_grads(released.at(g).first, released.at(g).second); };
+    if (!overlap_groups.empty())
+      after = [&](size_t g) {
+        if (micro_now != micro_last) return;
+        for (size_t k = overlap_groups.at(g).first; k < overlap_groups.at(g).second; ++k)
+          tickets.push_back(groups->world->all_reduce_start(*params[k].grad));
+      };
+    model.set_gradient_hooks(before, after);
+    if (!released.empty()) release_grads();
+    if (!released.empty())
+      log_verbose("released gradients: each block's gradient exists from its backward to the optimizer step");
+    if (!overlap_groups.empty())
+      log_verbose("gradient reduction overlapped with the backward (per block, ", groups->world->backend(), ")");
   }
   auto masters = [&] {
     std::vector<Tensor> m;
@@ -527,7 +568,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       double loss = 0, sigma_sum = 0, data_s = 0;
       int64_t B = 0;
       Shape ls;
+      micro_last = A - 1;
       for (int micro = 0; micro < A; ++micro) {
+        micro_now = micro;
         const BatchSlice slice = dp_batch_slice(G, dp_rank, dp_size, A, micro);
         const std::vector<LatentSample> batch(global.begin() + slice.begin, global.begin() + slice.begin + slice.count);
         const int64_t b = int64_t(batch.size());
@@ -557,8 +600,16 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
         B += b;
       }
       loss = model.dp_mean(loss);
-      if (sharded) sharded->reduce_gradients(A);
-      else model.reduce_gradients(A);
+      if (sharded) {
+        sharded->reduce_gradients(A);
+      } else if (outside_reducer) {
+        if (!tickets.empty()) groups->world->wait(tickets.back());
+        tickets.clear();
+        scale_grads(block_params, float(1.0 / (double(groups->dp_size()) * A)));
+        outside_reducer->reduce(A);
+      } else {
+        model.reduce_gradients(A);
+      }
       if (model.device().is_cuda()) cuda_synchronize();
       const double fwd_bwd_s = seconds_since(t0) - data_s;
       const std::string keep = last_ckpt.empty() ? std::string("none was written yet")

@@ -142,6 +142,11 @@ struct TrainOptions {
   // every block's saved input is still held, no block gradient is: the inputs are freed as the
   // gradients appear. The same numbers either way.
   bool keep_gradients = false;
+  // Several ranks, unsharded optimizer: reduce each block's gradients as soon as its backward ends
+  // (Communicator::all_reduce_start over the world: NCCL on a side stream, MPI non-blocking),
+  // overlapping the reduction with the earlier blocks' backward; the parameters outside the blocks
+  // go through the bucketed GradientReducer after the backward. false: everything after it.
+  bool overlap_reduction = true;
   // Seconds a rank waits in one collective for the others before every rank ends with an error
   // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
   // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
