@@ -599,17 +599,15 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
         for (float x : sigma) sigma_sum += x;
         B += b;
       }
-      loss = model.dp_mean(loss);
-      if (sharded) {
-        sharded->reduce_gradients(A);
-      } else if (outside_reducer) {
+      if (outside_reducer) {  // the overlapped block reductions end before any other collective
         if (!tickets.empty()) groups->world->wait(tickets.back());
         tickets.clear();
         scale_grads(block_params, float(1.0 / (double(groups->dp_size()) * A)));
-        outside_reducer->reduce(A);
-      } else {
-        model.reduce_gradients(A);
       }
+      loss = model.dp_mean(loss);
+      if (sharded) sharded->reduce_gradients(A);
+      else if (outside_reducer) outside_reducer->reduce(A);
+      else model.reduce_gradients(A);
       if (model.device().is_cuda()) cuda_synchronize();
       const double fwd_bwd_s = seconds_since(t0) - data_s;
       const std::string keep = last_ckpt.empty() ? std::string("none was written yet")
