@@ -73,14 +73,14 @@ TEST(MemoryPlan, Wan14B720pOnFourSspRanks) {
   EXPECT_DOUBLE_EQ(line(pz, "gradients").bytes, 4.0 * (outside + block));
   EXPECT_DOUBLE_EQ(p.total - pz.total, 4.0 * (double(params) - outside - block));
   // sharded weights too (--shard-weights): the bf16 compute copies of the parameters outside the
-  // blocks and of the block in use, plus the F32 staging of the prefetched next block
+  // blocks and of the block in use, plus the bf16 staging of the prefetched next block
   train::MemoryPlanInput zw = zg;
   zw.sharded_weights = true;
   const train::MemoryPlan pw = train::plan_train_memory(zw);
   std::printf("the same with sharded weights (--shard-weights):\n%s", pw.table().c_str());
   EXPECT_DOUBLE_EQ(line(pw, "weights").bytes, 2.0 * (outside + block));
-  EXPECT_DOUBLE_EQ(line(pw, "weight gather buffer").bytes, 4.0 * block);
-  EXPECT_DOUBLE_EQ(pz.total - pw.total, 2.0 * (double(params) - outside - block) - 4.0 * block);
+  EXPECT_DOUBLE_EQ(line(pw, "weight gather buffer").bytes, 2.0 * block);  // gathered in bf16
+  EXPECT_DOUBLE_EQ(pz.total - pw.total, 2.0 * (double(params) - outside - block) - 2.0 * block);
   EXPECT_TRUE(pw.fits);
   zw.prefetch_weights = false;  // the CPU: blocking gathers through the reduction bucket
   EXPECT_DOUBLE_EQ(pz.total - train::plan_train_memory(zw).total, 2.0 * (double(params) - outside - block));

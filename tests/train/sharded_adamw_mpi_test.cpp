@@ -48,7 +48,9 @@ const std::vector<std::pair<std::string, Shape>> kParams = {
     {"patch_embedding.weight", {7, 9}}, {"blocks.0.w", {37, 11}}, {"blocks.0.b", {5}},
     {"blocks.1.one", {1}},              {"blocks.1.w", {300}},    {"head.w", {64, 3}}};
 
-Model make_model(bool bf16_last) {
+// bf16_last: the last parameter's compute copy is BF16; bf16_blocks: every blocks.* one is (the
+// CUDA layout: weight sharding then gathers bf16).
+Model make_model(bool bf16_last, bool bf16_blocks = false) {
   Model m;
   std::mt19937 rng(1234);
   std::normal_distribution<float> nd;
@@ -57,7 +59,8 @@ Model make_model(bool bf16_last) {
     std::vector<float> v(size_t(shape_numel(shape)));
     for (auto& x : v) x = nd(rng);
     Tensor t = Tensor::from_vector(v, shape);
-    if (bf16_last && k + 1 == kParams.size()) t = t.to(DType::BF16);
+    if ((bf16_last && k + 1 == kParams.size()) || (bf16_blocks && name.rfind("blocks.", 0) == 0))
+      t = t.to(DType::BF16);
     m.values.push_back(t);
     m.grads.push_back(Tensor::zeros(shape, DType::F32));
     m.names.push_back(name);
@@ -200,12 +203,12 @@ void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
 // weights: none (gradient sharding only), or weight sharding with the given prefetch mode.
 enum class Weights { Replicated, Sharded, ShardedPrefetch };
 
-void run_grouped(int sp_size, size_t bucket_bytes, Weights weights = Weights::Replicated) {
+void run_grouped(int sp_size, size_t bucket_bytes, Weights weights = Weights::Replicated, bool bf16_blocks = false) {
   auto groups = train::make_parallel_groups(world(), sp_size);
   const int D = groups.dp_size(), S = groups.sp_size();
-  Model ref = make_model(false);
+  Model ref = make_model(false, bf16_blocks);
   train::AdamW ref_opt(ref.table(), config());
-  Model sh = make_model(false);
+  Model sh = make_model(false, bf16_blocks);
   train::GradReduceOptions opt;
   opt.bucket_bytes = bucket_bytes;
   const std::vector<std::pair<size_t, size_t>> blocks = {{1, 3}, {3, 5}};  // blocks.0.*, blocks.1.*
@@ -221,6 +224,7 @@ void run_grouped(int sp_size, size_t bucket_bytes, Weights weights = Weights::Re
     so.shard_weights(weights == Weights::ShardedPrefetch ? train::ShardedAdamW::Prefetch::On
                                                          : train::ShardedAdamW::Prefetch::Off);
     EXPECT_EQ(so.prefetches(), weights == Weights::ShardedPrefetch);
+    EXPECT_EQ(so.gather_dtype(), bf16_blocks ? DType::BF16 : DType::F32);
     EXPECT_EQ(so.resident_group_weight_bytes(), 0);
     for (size_t k = 1; k < 5; ++k) EXPECT_FALSE(sh.values[k].defined()) << kParams[k].first;
   }
@@ -303,6 +307,12 @@ TEST(ShardedAdamW, GradientShardingWithSequenceParallelism) {
 }
 TEST(ShardedAdamW, WeightShardingEqualsUnshardedBitForBit) { run_grouped(1, 64, Weights::Sharded); }
 TEST(ShardedAdamW, WeightShardingPrefetchPath) { run_grouped(1, 64, Weights::ShardedPrefetch); }
+// BF16 compute copies (as on CUDA): the gathers move bf16 (the master shard rounded before its
+// gather) and the gathered blocks still equal the unsharded optimizer's bf16 values bit for bit.
+TEST(ShardedAdamW, WeightShardingGathersBf16ComputeCopies) {
+  run_grouped(1, 64, Weights::Sharded, true);
+  run_grouped(1, 64, Weights::ShardedPrefetch, true);
+}
 TEST(ShardedAdamW, WeightShardingWithSequenceParallelism) {
   if (world()->size() % 2) GTEST_SKIP() << "needs an even rank count";
   run_grouped(2, 100, Weights::ShardedPrefetch);

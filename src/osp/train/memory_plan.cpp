@@ -141,7 +141,8 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   };
   if (in.sharded_weights && in.prefetch_weights)
     out.lines.insert(out.lines.begin() + 1,
-                     MemoryLine{"weight gather buffer", block_max * 4, "F32 staging of the next block's prefetched gather"});
+                     MemoryLine{"weight gather buffer", block_max * a,
+                                "staging of the next block's prefetched gather (in the compute dtype)"});
   for (const auto& l : out.lines) out.total += l.bytes;
   out.fits = in.capacity_bytes <= 0 || out.total <= in.capacity_bytes;
   out.capacity = in.capacity_bytes;

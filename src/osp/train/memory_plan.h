@@ -8,7 +8,8 @@
 //   weights        compute copy of every parameter (bf16 on CUDA), on every rank; with weight
 //                  sharding (ZeRO-3) only the parameters outside the blocks and the one block
 //                  gathered for its forward / backward (the rest lives in the master shards)
-//   gather buffer  weight sharding with prefetch: the F32 staging of the next block's gather
+//   gather buffer  weight sharding with prefetch: the staging of the next block's gather, in the
+//                  compute dtype (bf16 on CUDA: the gathers move bf16)
 //   gradients      F32 gradient of every parameter, on every rank (accumulated in the table);
 //                  with gradient sharding only the parameters outside the blocks and one block;
 //                  with released gradients (the unsharded trainer's default) the blocks' exist

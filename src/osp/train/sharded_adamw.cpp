@@ -313,6 +313,16 @@ void ShardedAdamW::shard_weights(Prefetch prefetch) {
   if (shard_weights_) return;
   gather_comm_ = shard_size_ > 1 ? std::shared_ptr<dist::Communicator>(shard_comm_->split(0, shard_rank_)) : nullptr;
   prefetch_ = prefetch == Prefetch::On || (prefetch == Prefetch::Auto && gather_comm_ && gather_comm_->overlaps());
+  // the groups' compute dtype (bf16 on CUDA); mixed dtypes gather F32
+  gather_dtype_ = DType::F32;
+  bool first = true, mixed = false;
+  for (const auto& [a, b] : groups_of_)
+    for (size_t k = a; k < b; ++k) {
+      if (first) gather_dtype_ = value_dtype_[k], first = false;
+      mixed |= value_dtype_[k] != gather_dtype_;
+    }
+  if (mixed) gather_dtype_ = DType::F32;
+  gbuf_ = gather_dtype_ == DType::F32 ? buf_ : Tensor::zeros({buf_.numel()}, gather_dtype_, shard_.device());
   if (prefetch_) {
     int64_t most = 1;
     for (size_t g = 0; g < groups_of_.size(); ++g) {
@@ -321,7 +331,7 @@ void ShardedAdamW::shard_weights(Prefetch prefetch) {
         if (w.group == int(g)) n += w.chunk * shard_size_;
       most = std::max(most, n);
     }
-    stage_ = Tensor::zeros({most}, DType::F32, shard_.device());
+    stage_ = Tensor::zeros({most}, gather_dtype_, shard_.device());
   }
   shard_weights_ = true;
   for (size_t g = 0; g < groups_of_.size(); ++g) release_group(g);
@@ -360,10 +370,10 @@ void ShardedAdamW::prefetch_group(size_t g) {
   int64_t off = 0;
   for (const Window& w : win_) {
     if (w.group != int(g)) continue;
-    const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+    send_.push_back(send_window(w));
     Tensor b = stage_.slice(0, off, off + w.chunk * shard_size_);
-    if (gather_comm_) stage_ticket_ = gather_comm_->all_gather_start(mine, b);
-    else b.copy_from(mine);
+    if (gather_comm_) stage_ticket_ = gather_comm_->all_gather_start(send_.back(), b);
+    else b.copy_from(send_.back());
     off += w.chunk * shard_size_;
   }
   staged_ = int(g);
@@ -374,6 +384,16 @@ void ShardedAdamW::drain_prefetch() {
   if (gather_comm_ && stage_ticket_ >= 0) gather_comm_->wait(stage_ticket_);
   staged_ = -1;
   stage_ticket_ = -1;
+  send_.clear();
+}
+
+// Window w of the master shard in the gather dtype (a view of the shard when that is F32).
+Tensor ShardedAdamW::send_window(const Window& w) const {
+  const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
+  if (gather_dtype_ == DType::F32) return mine;
+  Tensor t = Tensor::empty({w.chunk}, gather_dtype_, shard_.device());
+  t.copy_from(mine);
+  return t;
 }
 
 void ShardedAdamW::gather_group(size_t g) {
@@ -391,13 +411,14 @@ void ShardedAdamW::gather_group(size_t g) {
     }
     staged_ = -1;
     stage_ticket_ = -1;
+    send_.clear();
     return;
   }
   drain_prefetch();  // a prefetch of another group: its order slot is spent, its data dropped
   for (const Window& w : win_) {
     if (w.group != int(g)) continue;
-    const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
-    Tensor b = buf_.slice(0, 0, w.chunk * M);
+    const Tensor mine = send_window(w);
+    Tensor b = gbuf_.slice(0, 0, w.chunk * M);
     if (gather_comm_) gather_comm_->all_gather(mine, b);
     else b.copy_from(mine);
     unpack_values(w.start, w.len, b);
@@ -411,6 +432,7 @@ void ShardedAdamW::unshard_weights() {
   shard_weights_ = false;
   prefetch_ = false;
   stage_ = Tensor();
+  gbuf_ = Tensor();
 }
 
 }  // namespace osp::train

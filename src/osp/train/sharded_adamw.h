@@ -57,12 +57,12 @@
 // block computing meanwhile (Communicator::all_gather_start); on mpi/single they run at once
 // (synchronous), so Prefetch::Auto prefetches only where the communicator overlaps
 // (Communicator::overlaps()); Prefetch::On forces the path (tests of its bookkeeping on the CPU).
-// A prefetch of a group that is not the next one gathered is waited for and dropped.
+// A prefetch of a group that is not the next one gathered is waited for and dropped. The gathers
+// move the compute dtype (bf16 on CUDA: the master shard's window rounded to bf16 just before its
+// gather, exactly what the F32 gather rounded to on arrival), half the bytes of F32.
 //
 // What is NOT sharded here: without weight sharding the compute copy of every weight stays on
-// every rank, and without grad_groups the full gradient buffer too. The weight gathers move F32
-// (the master shards) even where the compute copy is bf16 (a bf16 shadow shard would halve their
-// volume; not done).
+// every rank, and without grad_groups the full gradient buffer too.
 #pragma once
 #include <memory>
 #include <utility>
@@ -129,6 +129,8 @@ class ShardedAdamW {
   int64_t resident_group_weight_bytes() const { return live_wbytes_; }
   int64_t peak_group_weight_bytes() const { return peak_wbytes_; }
   int64_t gather_buffer_bytes() const { return stage_.defined() ? int64_t(stage_.nbytes()) : 0; }
+  // The dtype weight sharding gathers: the groups' compute dtype (F32 when they differ).
+  DType gather_dtype() const { return gather_dtype_; }
   // L2 norm of the reduced gradient (all of it, every rank gets the same value).
   double grad_norm();
   void scale_gradients(float s);
@@ -177,6 +179,8 @@ class ShardedAdamW {
   void alloc_group(size_t g);
   // Waits for the staged prefetch (if any) and forgets it.
   void drain_prefetch();
+  // Window w of the master shard in the gather dtype (the shard's own view when that is F32).
+  Tensor send_window(const Window& w) const;
   // this rank's shard of per-parameter tensors `full` (one per parameter) → dst [shard_elements()]
   void scatter_into(const std::vector<const Tensor*>& full, Tensor& dst) const;
   // The all-gather of every rank's shard of `shard_src` into a host flat F32 [T] on `root` (−1:
@@ -209,7 +213,14 @@ class ShardedAdamW {
   bool shard_weights_ = false, prefetch_ = false;
   std::vector<bool> resident_;  // per group
   std::shared_ptr<dist::Communicator> gather_comm_;
-  Tensor stage_;                // prefetch staging (F32, the largest group's windows)
+  // Weight sharding gathers the blocks' values in their compute dtype (bf16 on CUDA: half the
+  // bytes of the F32 master shard; F32 on the CPU: the shard itself, no conversion): the window of
+  // the master shard is converted into send_ (kept until its gather completes) and gathered into
+  // stage_ (prefetch) or gbuf_ (blocking).
+  DType gather_dtype_ = DType::F32;
+  Tensor gbuf_;
+  std::vector<Tensor> send_;
+  Tensor stage_;                // prefetch staging (gather dtype, the largest group's windows)
   int staged_ = -1, stage_ticket_ = -1;
   int64_t live_wbytes_ = 0, peak_wbytes_ = 0;
 };
