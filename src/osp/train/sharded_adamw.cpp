@@ -313,25 +313,27 @@ void ShardedAdamW::shard_weights(Prefetch prefetch) {
   if (shard_weights_) return;
   gather_comm_ = shard_size_ > 1 ? std::shared_ptr<dist::Communicator>(shard_comm_->split(0, shard_rank_)) : nullptr;
   prefetch_ = prefetch == Prefetch::On || (prefetch == Prefetch::Auto && gather_comm_ && gather_comm_->overlaps());
-  // the groups' compute dtype (bf16 on CUDA); mixed dtypes gather F32
-  gather_dtype_ = DType::F32;
-  bool first = true, mixed = false;
-  for (const auto& [a, b] : groups_of_)
-    for (size_t k = a; k < b; ++k) {
-      if (first) gather_dtype_ = value_dtype_[k], first = false;
-      mixed |= value_dtype_[k] != gather_dtype_;
-    }
-  if (mixed) gather_dtype_ = DType::F32;
-  gbuf_ = gather_dtype_ == DType::F32 ? buf_ : Tensor::zeros({buf_.numel()}, gather_dtype_, shard_.device());
+  // each group window's gather dtype: BF16 when every value it covers is BF16
+  bool any16 = false;
+  for (Window& w : win_) {
+    if (w.group < 0) continue;
+    bool all16 = true;
+    size_t k = size_t(std::upper_bound(offset_.begin(), offset_.end(), w.start) - offset_.begin()) - 1;
+    for (; k < params_.size() && offset_[k] < w.start + w.len; ++k) all16 &= value_dtype_[k] == DType::BF16;
+    w.gather = all16 ? DType::BF16 : DType::F32;
+    any16 |= all16;
+  }
+  if (any16) buf16_ = Tensor::zeros({buf_.numel()}, DType::BF16, shard_.device());
   if (prefetch_) {
-    int64_t most = 1;
+    int64_t most32 = 1, most16 = 1;
     for (size_t g = 0; g < groups_of_.size(); ++g) {
-      int64_t n = 0;
+      int64_t n32 = 0, n16 = 0;
       for (const Window& w : win_)
-        if (w.group == int(g)) n += w.chunk * shard_size_;
-      most = std::max(most, n);
+        if (w.group == int(g)) (w.gather == DType::BF16 ? n16 : n32) += w.chunk * shard_size_;
+      most32 = std::max(most32, n32), most16 = std::max(most16, n16);
     }
-    stage_ = Tensor::zeros({most}, gather_dtype_, shard_.device());
+    stage_ = Tensor::zeros({most32}, DType::F32, shard_.device());
+    if (any16) stage16_ = Tensor::zeros({most16}, DType::BF16, shard_.device());
   }
   shard_weights_ = true;
   for (size_t g = 0; g < groups_of_.size(); ++g) release_group(g);
@@ -367,11 +369,12 @@ void ShardedAdamW::prefetch_group(size_t g) {
   drain_prefetch();
   // group g's windows back to back in the staging buffer, one overlappable gather each (the
   // side stream keeps them in order: the last ticket covers them all)
-  int64_t off = 0;
+  int64_t off32 = 0, off16 = 0;
   for (const Window& w : win_) {
     if (w.group != int(g)) continue;
     send_.push_back(send_window(w));
-    Tensor b = stage_.slice(0, off, off + w.chunk * shard_size_);
+    int64_t& off = w.gather == DType::BF16 ? off16 : off32;
+    Tensor b = (w.gather == DType::BF16 ? stage16_ : stage_).slice(0, off, off + w.chunk * shard_size_);
     if (gather_comm_) stage_ticket_ = gather_comm_->all_gather_start(send_.back(), b);
     else b.copy_from(send_.back());
     off += w.chunk * shard_size_;
@@ -387,13 +390,19 @@ void ShardedAdamW::drain_prefetch() {
   send_.clear();
 }
 
-// Window w of the master shard in the gather dtype (a view of the shard when that is F32).
 Tensor ShardedAdamW::send_window(const Window& w) const {
   const Tensor mine = shard_.slice(0, w.shard_off, w.shard_off + w.chunk);
-  if (gather_dtype_ == DType::F32) return mine;
-  Tensor t = Tensor::empty({w.chunk}, gather_dtype_, shard_.device());
+  if (w.gather == DType::F32) return mine;
+  Tensor t = Tensor::empty({w.chunk}, w.gather, shard_.device());
   t.copy_from(mine);
   return t;
+}
+
+int64_t ShardedAdamW::gather_bytes_per_pass() const {
+  int64_t b = 0;
+  for (const Window& w : win_)
+    if (w.group >= 0) b += w.chunk * shard_size_ * (w.gather == DType::BF16 ? 2 : 4);
+  return b;
 }
 
 void ShardedAdamW::gather_group(size_t g) {
@@ -403,10 +412,11 @@ void ShardedAdamW::gather_group(size_t g) {
   const int M = shard_size_;
   if (staged_ == int(g)) {  // the prefetched windows, back to back
     if (gather_comm_ && stage_ticket_ >= 0) gather_comm_->wait(stage_ticket_);
-    int64_t off = 0;
+    int64_t off32 = 0, off16 = 0;
     for (const Window& w : win_) {
       if (w.group != int(g)) continue;
-      unpack_values(w.start, w.len, stage_.slice(0, off, off + w.chunk * M));
+      int64_t& off = w.gather == DType::BF16 ? off16 : off32;
+      unpack_values(w.start, w.len, (w.gather == DType::BF16 ? stage16_ : stage_).slice(0, off, off + w.chunk * M));
       off += w.chunk * M;
     }
     staged_ = -1;
@@ -418,7 +428,7 @@ void ShardedAdamW::gather_group(size_t g) {
   for (const Window& w : win_) {
     if (w.group != int(g)) continue;
     const Tensor mine = send_window(w);
-    Tensor b = gbuf_.slice(0, 0, w.chunk * M);
+    Tensor b = (w.gather == DType::BF16 ? buf16_ : buf_).slice(0, 0, w.chunk * M);
     if (gather_comm_) gather_comm_->all_gather(mine, b);
     else b.copy_from(mine);
     unpack_values(w.start, w.len, b);
@@ -432,7 +442,8 @@ void ShardedAdamW::unshard_weights() {
   shard_weights_ = false;
   prefetch_ = false;
   stage_ = Tensor();
-  gbuf_ = Tensor();
+  stage16_ = Tensor();
+  buf16_ = Tensor();
 }
 
 }  // namespace osp::train

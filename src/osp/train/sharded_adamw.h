@@ -128,9 +128,12 @@ class ShardedAdamW {
   // apart (gather_buffer_bytes: 0 without prefetch).
   int64_t resident_group_weight_bytes() const { return live_wbytes_; }
   int64_t peak_group_weight_bytes() const { return peak_wbytes_; }
-  int64_t gather_buffer_bytes() const { return stage_.defined() ? int64_t(stage_.nbytes()) : 0; }
-  // The dtype weight sharding gathers: the groups' compute dtype (F32 when they differ).
-  DType gather_dtype() const { return gather_dtype_; }
+  int64_t gather_buffer_bytes() const {
+    return (stage_.defined() ? int64_t(stage_.nbytes()) : 0) + (stage16_.defined() ? int64_t(stage16_.nbytes()) : 0);
+  }
+  // Bytes weight sharding moves per rank for one gather of every group (each window in its dtype:
+  // BF16 where every value it covers is BF16, else F32).
+  int64_t gather_bytes_per_pass() const;
   // L2 norm of the reduced gradient (all of it, every rank gets the same value).
   double grad_norm();
   void scale_gradients(float s);
@@ -166,6 +169,7 @@ class ShardedAdamW {
   struct Window {
     int64_t start = 0, len = 0, chunk = 0, shard_off = 0;
     int group = -1;  // the gradient-sharding group it lies in (−1: none)
+    DType gather = DType::F32;  // weight sharding: BF16 when every value it covers is BF16
   };
   // Reduce-scatters window w's gradients into my chunk: copied, or added (gradient sharding).
   void reduce_window(const Window& w, bool add);
@@ -213,14 +217,14 @@ class ShardedAdamW {
   bool shard_weights_ = false, prefetch_ = false;
   std::vector<bool> resident_;  // per group
   std::shared_ptr<dist::Communicator> gather_comm_;
-  // Weight sharding gathers the blocks' values in their compute dtype (bf16 on CUDA: half the
-  // bytes of the F32 master shard; F32 on the CPU: the shard itself, no conversion): the window of
-  // the master shard is converted into send_ (kept until its gather completes) and gathered into
-  // stage_ (prefetch) or gbuf_ (blocking).
-  DType gather_dtype_ = DType::F32;
-  Tensor gbuf_;
+  // Weight sharding gathers a window in BF16 when every value it covers is BF16 (the linears'
+  // compute copies on CUDA: half the bytes of the F32 master shard), else in F32 (norms,
+  // modulation; everything on the CPU, where the window is the shard itself, no conversion): the
+  // window of the master shard is converted into send_ (kept until its gather completes) and
+  // gathered into stage_/stage16_ (prefetch, per dtype back to back) or buf_/buf16_ (blocking).
+  Tensor buf16_;
   std::vector<Tensor> send_;
-  Tensor stage_;                // prefetch staging (gather dtype, the largest group's windows)
+  Tensor stage_, stage16_;      // prefetch staging (the largest group's windows of each dtype)
   int staged_ = -1, stage_ticket_ = -1;
   int64_t live_wbytes_ = 0, peak_wbytes_ = 0;
 };
