@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -137,6 +138,17 @@ int run_train(const train::TrainOptions& o) {
         std::this_thread::sleep_for(std::chrono::minutes(5));
         std::_Exit(3);
       };
+  }
+  // Test hook (tests/train/train_cli_test): OSP_TEST_SIGINT_AT_STEP=S sends this process SIGINT
+  // right after step S — a Ctrl-C at a known step, where a test polling the log could lose the race
+  // against a run that finishes first.
+  if (const char* e = std::getenv("OSP_TEST_SIGINT_AT_STEP")) {
+    const long long at = std::atoll(e);
+    auto prev = hooks.on_step;
+    hooks.on_step = [at, prev](const train::StepLog& st) {
+      if (prev) prev(st);
+      if (st.step == at) std::raise(SIGINT);
+    };
   }
   train::DiTTrainModel m(cfg, weights, d);
   weights.clear();

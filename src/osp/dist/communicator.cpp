@@ -120,6 +120,17 @@ void Communicator::reduce_scatter(const Tensor& send, Tensor& recv) {
   raw_reduce_scatter(send.raw(), recv.raw(), recv.numel(), send);
 }
 
+int Communicator::reduce_scatter_start(const Tensor& send, Tensor& recv) {
+  require_contig(send, "reduce_scatter_start", "send");
+  require_contig(recv, "reduce_scatter_start", "recv");
+  require_same_kind(send, recv, "reduce_scatter_start");
+  check_device(send, "reduce_scatter_start");
+  OSP_CHECK(send.numel() == recv.numel() * size(), "Communicator::reduce_scatter_start: send ", send.desc(),
+            " must hold size (", size(), ") × recv ", recv.desc());
+  bytes_sent_ += uint64_t(size() - 1) * recv.nbytes();
+  return raw_reduce_scatter_start(send.raw(), recv.raw(), recv.numel(), send);
+}
+
 void Communicator::all_reduce(Tensor& x) {
   require_contig(x, "all_reduce", "x");
   check_device(x, "all_reduce");

@@ -66,6 +66,9 @@ class Communicator {
   // stay alive and untouched until then; further all_reduce_start calls may be issued in between
   // (in the same order on every rank), other collectives of this communicator may not.
   int all_reduce_start(Tensor& x);
+  // Overlappable reduce_scatter (train/sharded_adamw.cpp: a block's gradients reduce-scattered as
+  // its backward ends), with all_reduce_start's contract; send and recv stay untouched until wait.
+  int reduce_scatter_start(const Tensor& send, Tensor& recv);
   void broadcast(Tensor& x, int root);
   void barrier();
 
@@ -105,6 +108,11 @@ class Communicator {
   // Default: synchronous raw_all_reduce, ticket 0.
   virtual int raw_all_reduce_start(void* x, int64_t count, const Tensor& like) {
     raw_all_reduce(x, count, like);
+    return 0;
+  }
+  // Default: synchronous raw_reduce_scatter, ticket 0.
+  virtual int raw_reduce_scatter_start(const void* send, void* recv, int64_t recv_count, const Tensor& like) {
+    raw_reduce_scatter(send, recv, recv_count, like);
     return 0;
   }
   virtual void raw_broadcast(void* x, size_t bytes, int root, const Tensor& like) = 0;

@@ -126,6 +126,13 @@ class MpiCommunicator final : public Communicator {
     OSP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, x, int(n), reduce_type(like.dtype()), MPI_SUM, comm_, &req));
     finish(req, "all_reduce");
   }
+  int raw_reduce_scatter_start(const void* send, void* recv, int64_t n, const Tensor& like) override {
+    to_int(size_t(n) * size_t(size_), "reduce_scatter_start input (elements)");
+    MPI_Request req;
+    OSP_MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, int(n), reduce_type(like.dtype()), MPI_SUM, comm_, &req));
+    pending_.push_back({++last_ticket_, req});
+    return last_ticket_;
+  }
   int raw_all_reduce_start(void* x, int64_t n, const Tensor& like) override {
     to_int(size_t(n), "all_reduce_start (elements)");
     MPI_Request req;
@@ -135,7 +142,8 @@ class MpiCommunicator final : public Communicator {
   }
 
  public:
-  // Completes the non-blocking all_reduce_start calls up to `ticket`, in issue order.
+  // Completes the non-blocking all_reduce_start / reduce_scatter_start calls up to `ticket`, in
+  // issue order.
   void wait(int ticket) override {
     while (!pending_.empty() && pending_.front().first <= ticket) {
       finish(pending_.front().second, "all_reduce");
@@ -169,7 +177,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
-  std::deque<std::pair<int, MPI_Request>> pending_;  // all_reduce_start: (ticket, request)
+  std::deque<std::pair<int, MPI_Request>> pending_;  // the *_start calls: (ticket, request)
   int last_ticket_ = 0;
 };
 

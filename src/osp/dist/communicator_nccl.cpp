@@ -203,6 +203,12 @@ class NcclCommunicator final : public Communicator {
     return side_end();
   }
   // The same side stream for the weight prefetch's all-gathers.
+  int raw_reduce_scatter_start(const void* send, void* recv, int64_t n, const Tensor& like) override {
+    side_begin();
+    OSP_NCCL_CHECK(ncclReduceScatter(send, recv, size_t(n), nccl_type(like.dtype()), ncclSum, comm_, side_));
+    watch(side_, "reduce_scatter");
+    return side_end();
+  }
   int raw_all_reduce_start(void* x, int64_t n, const Tensor& like) override {
     side_begin();
     OSP_NCCL_CHECK(ncclAllReduce(x, x, size_t(n), nccl_type(like.dtype()), ncclSum, comm_, side_));

@@ -111,6 +111,9 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
     for (auto k : plan.kinds)
       ulysses |= k == sparse::BlockKind::Full || S > plan.P * plan.P;
   const double exch = ulysses ? 4 * 5 * B * n_max * d * a : 2 * B * n_max * d * 4;
+  // gradient sharding on several ranks: a block's packed F32 gradients (+ the received chunk)
+  // stay in flight while the next block's backward runs (ShardedAdamW::end_group)
+  const double inflight = in.sharded_gradients && shard_ranks > 1 ? block_max * 4 * (1 + 1 / shard_ranks) : 0.0;
   out.lines = {
       in.sharded_weights
           ? MemoryLine{"weights", (outside + block_max) * a,
@@ -135,9 +138,10 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
       {"backward scratch", scratch_max, "one block's F32 gradients"},
       {"full-sequence tensors", B * N * (2 * d * 4 + d * a + K * a + 2 * Kout * 4),
        "x_full and its gradient (F32 [N, dim]), patch embedding, head output and its gradient"},
-      {"communication buffers", exch + 2 * double(in.bucket_bytes),
-       ulysses ? "Ulysses backward exchange (5 tensors, send + recv + copies) + reduction buckets"
-               : "layout exchange (send + recv) + reduction buckets"},
+      {"communication buffers", exch + 2 * double(in.bucket_bytes) + inflight,
+       std::string(ulysses ? "Ulysses backward exchange (5 tensors, send + recv + copies) + reduction buckets"
+                           : "layout exchange (send + recv) + reduction buckets") +
+           (inflight > 0 ? " + one block's gradients in flight (packed, reduce-scattered during the next block)" : "")},
   };
   if (in.sharded_weights && in.prefetch_weights)
     out.lines.insert(out.lines.begin() + 1,

@@ -26,7 +26,8 @@
 //   full-size      tensors of all N tokens every rank holds: the F32 patch embedding x_full
 //                  (forward) and its gradient (scatter_input_backward), patches, head output
 //   comm buffers   the largest exchange of a block (Ulysses backward: q, k, v, out, dout of the
-//                  rank's rows stacked, send + receive) + the gradient reduction bucket
+//                  rank's rows stacked, send + receive) + the gradient reduction bucket (+ with
+//                  gradient sharding on several ranks, one block's packed gradients in flight)
 #pragma once
 #include <cstdint>
 #include <string>

@@ -121,10 +121,44 @@ void ShardedAdamW::begin_group(size_t g) {
   peak_grad_ = std::max(peak_grad_, live_grad_);
 }
 
+ShardedAdamW::~ShardedAdamW() {
+  try {
+    finish_pending();
+  } catch (...) {  // a failed collective ends the job anyway
+  }
+}
+
+void ShardedAdamW::finish_pending() {
+  if (pending_.empty()) return;
+  if (pending_ticket_ >= 0) shard_comm_->wait(pending_ticket_);
+  for (InFlight& f : pending_) {
+    Tensor mine = shard_grad_.slice(0, f.w->shard_off, f.w->shard_off + f.w->chunk);
+    ops::axpby(1.f, f.recv, 1.f, mine, mine);
+  }
+  pending_.clear();
+  pending_ticket_ = -1;
+}
+
 void ShardedAdamW::end_group(size_t g) {
   OSP_CHECK(g < groups_of_.size(), "ShardedAdamW::end_group: no gradient group ", g);
-  for (const Window& w : win_)
-    if (w.group == int(g)) reduce_window(w, true);
+  finish_pending();  // the previous group's, which overlapped this group's backward
+  const int M = shard_size_;
+  for (const Window& w : win_) {
+    if (w.group != int(g)) continue;
+    if (M == 1) {
+      reduce_window(w, true);
+      continue;
+    }
+    InFlight f{&w, Tensor::empty({w.chunk * M}, DType::F32, shard_.device()),
+               Tensor::empty({w.chunk}, DType::F32, shard_.device())};
+    if (w.chunk * M > w.len) {
+      Tensor tail = f.send.slice(0, w.len, w.chunk * M);
+      tail.zero_();
+    }
+    pack(true, w.start, w.len, f.send);
+    pending_ticket_ = shard_comm_->reduce_scatter_start(f.send, f.recv);
+    pending_.push_back(std::move(f));
+  }
   for (size_t k = groups_of_[g].first; k < groups_of_[g].second; ++k) {
     live_grad_ -= params_[k].grad->numel();
     *params_[k].grad = Tensor();
@@ -176,6 +210,7 @@ void ShardedAdamW::unpack_values(int64_t a, int64_t n, const Tensor& src) {
 
 void ShardedAdamW::reduce_gradients(int accum_steps) {
   OSP_CHECK(accum_steps >= 1, "ShardedAdamW::reduce_gradients: accum_steps must be >= 1");
+  finish_pending();
   if (sp_reducer_) sp_reducer_->reduce(1);
   const bool sharding = !groups_of_.empty();
   if (sharding && new_step_) shard_grad_.zero_();  // a step whose backward ran no group

@@ -94,6 +94,7 @@ class ShardedAdamW {
   ShardedAdamW(ParamTable params, ParallelGroups groups, const AdamWConfig& cfg,
                GradReduceOptions opt = {}, ShardGroup over = ShardGroup::World,
                std::vector<std::pair<size_t, size_t>> grad_groups = {});
+  ~ShardedAdamW();  // completes reductions still in flight (an exception mid-backward)
   ShardedAdamW(const ShardedAdamW&) = delete;  // the inner AdamW points at this object's shard
   ShardedAdamW& operator=(const ShardedAdamW&) = delete;
 
@@ -173,6 +174,18 @@ class ShardedAdamW {
   };
   // Reduce-scatters window w's gradients into my chunk: copied, or added (gradient sharding).
   void reduce_window(const Window& w, bool add);
+  // Gradient sharding on several ranks: end_group packs the group's windows and starts their
+  // reduce-scatters without waiting (Communicator::reduce_scatter_start), so they overlap the next
+  // block's backward; finish_pending waits for them and adds the results into the shard gradient
+  // in issue order (the order the blocking path added them: the same sums). Called by the next
+  // end_group and by reduce_gradients. At most one group is in flight.
+  struct InFlight {
+    const Window* w;
+    Tensor send, recv;
+  };
+  void finish_pending();
+  std::vector<InFlight> pending_;
+  int pending_ticket_ = -1;
   // Copies flat range [a, a + n) of the table (values or grads) into dst[0, n) or back.
   void pack(bool grads, int64_t a, int64_t n, Tensor& dst) const;
   void unpack_values(int64_t a, int64_t n, const Tensor& src);
