@@ -11,7 +11,6 @@
 // forward + backward = 3 × forward. Median of --reps timed runs after one warm-up.
 //   bench_dit_block_train_gpu [--model 14b|1.3b] [--reps N] [--kinds full,sparse]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -35,10 +34,6 @@ int main() {
 using namespace osp;
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 struct Run {
   double ms = 0, fwd_flops = 0, peak_gib = 0;
@@ -70,11 +65,11 @@ Run time_model(const model::DiTConfig& base, int layers, sparse::BlockKind kind,
   for (int i = 0; i <= reps; ++i) {
     dit.zero_grad();
     cuda_synchronize();
-    const double t0 = now_s();
+    const double t0 = bench::now_s();
     (void)dit.forward_train(x, {500.f}, ctx, *sp);
     dit.backward(dv, *sp, nullptr, nullptr);
     cuda_synchronize();
-    if (i > 0) ms.push_back(1e3 * (now_s() - t0));
+    if (i > 0) ms.push_back(1e3 * (bench::now_s() - t0));
   }
   std::sort(ms.begin(), ms.end());
   r.ms = ms[ms.size() / 2];

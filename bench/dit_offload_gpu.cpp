@@ -10,7 +10,6 @@
 //   bench_dit_offload_gpu [--cases 14b:1280x720x81:24,1.3b:832x480x81:8] [--steps 3]
 //                         [--attention hybrid|full] [--mode auto|blocks]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,8 +40,6 @@ using namespace osp;
 namespace {
 
 constexpr double kGiB = double(size_t(1) << 30);
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
 struct Case {
   std::string model;
   int W = 0, H = 0, F = 0;
@@ -74,7 +71,7 @@ Run run_mode(const model::DiTConfig& cfg, const Case& c, const std::string& atte
   cuda_reset_peak();
   try {
     const Device dev = Device::cuda(0);
-    const double t0 = now_s();
+    const double t0 = bench::now_s();
     model::DiTOptions opt;
     opt.device = dev;
     std::shared_ptr<model::BlockStream> bs;
@@ -86,7 +83,7 @@ Run run_mode(const model::DiTConfig& cfg, const Case& c, const std::string& atte
     if (bs) model::BlockStream::attach(bs, *dit);
     dit->set_block_kinds(kinds_for(cfg, attention), cfg.sparse_ratio > 1 ? cfg.sparse_ratio : 2);
     cuda_synchronize();
-    r.setup_s = now_s() - t0;
+    r.setup_s = bench::now_s() - t0;
     const int64_t T = (c.F - 1) / 4 + 1, h = c.H / 8, w = c.W / 8;
     Tensor x = randn({2, 16, T, h, w}, 7).to(dev);
     Tensor ctx = (randn({2, cfg.text_len, cfg.text_dim}, 8).to(dev));
@@ -94,15 +91,15 @@ Run run_mode(const model::DiTConfig& cfg, const Case& c, const std::string& atte
     std::vector<double> times;
     for (int s = 0; s <= steps; ++s) {
       const float t = 900.0f - 10.0f * float(s);
-      const double ts = now_s();
+      const double ts = bench::now_s();
       if (sequential) {
         for (int64_t b = 0; b < 2; ++b) (void)dit->forward(x.slice(0, b, b + 1), {t}, ctx.slice(0, b, b + 1), *sp);
       } else {
         (void)dit->forward(x, {t, t}, ctx, *sp);
       }
       cuda_synchronize();
-      if (s > 0) times.push_back(now_s() - ts);  // step 0 warms up
-      std::fprintf(stderr, "[dit_offload] %s %s step %d: %.3f s\n", c.model.c_str(), r.mode.c_str(), s, now_s() - ts);
+      if (s > 0) times.push_back(bench::now_s() - ts);  // step 0 warms up
+      std::fprintf(stderr, "[dit_offload] %s %s step %d: %.3f s\n", c.model.c_str(), r.mode.c_str(), s, bench::now_s() - ts);
     }
     std::sort(times.begin(), times.end());
     r.s_per_step = times[times.size() / 2];

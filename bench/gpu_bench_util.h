@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <random>
@@ -16,6 +17,11 @@
 #include "osp/core/tensor.h"
 
 namespace osp::bench {
+
+// Wall-clock seconds (steady clock), for host-timed benchmark sections.
+inline double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 inline std::string card_name() {
   cudaDeviceProp p{};

@@ -18,7 +18,6 @@
 //   bench_pipeline_gpu [--steps 50] [--modes full,hybrid] [--skip-t5] [--skip-vae]
 //                      [--vae-budget-gib 8]
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -57,10 +56,6 @@ constexpr int64_t kT = 21, kH = 60, kW = 104;  // latent of 832×480×81
 constexpr float kGuidance = 5.f;
 constexpr double kShift = 5.0;
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 struct StageResult {
   double s = 0, setup_s = 0, peak_gib = 0;
   bool ok = false;
@@ -98,7 +93,7 @@ void print_error(const char* stage, const std::string& mode, const std::string& 
 StageResult run_t5(std::vector<Tensor>& ctx) {
   StageResult r;
   begin_stage();
-  const double t_setup = now_s();
+  const double t_setup = bench::now_s();
   const model::T5Config c;  // XXL defaults (24 layers, dim 4096, ffn 10240, vocab 256384)
   std::map<std::string, Tensor> w;
   {
@@ -146,10 +141,10 @@ StageResult run_t5(std::vector<Tensor>& ctx) {
     // Warm-up (cuBLAS heuristics, allocator) on a short prompt, not timed.
     t5.encode(std::vector<int32_t>(512, 5), 8, 512);
     cuda_synchronize();
-    r.setup_s = now_s() - t_setup;
+    r.setup_s = bench::now_s() - t_setup;
     // Prompt and negative prompt: fixed id sequences (~60 tokens + EOS id 1), zero-padded to 512.
     const int64_t lens[2] = {60, 57};
-    const double t0 = now_s();
+    const double t0 = bench::now_s();
     for (int p = 0; p < 2; ++p) {
       std::vector<int32_t> ids(512, 0);
       for (int64_t i = 0; i + 1 < lens[p]; ++i) ids[size_t(i)] = int32_t((i * 7919 + 13 + 101 * p) % 32000);
@@ -158,7 +153,7 @@ StageResult run_t5(std::vector<Tensor>& ctx) {
       ctx.push_back(e.slice(0, 0, lens[p]).clone());
     }
     cuda_synchronize();
-    r.s = now_s() - t0;
+    r.s = bench::now_s() - t0;
     r.peak_gib = peak_gib();
   }
   cuda_empty_cache();
@@ -177,7 +172,7 @@ Tensor sample_latent(model::DiT& dit, const Tensor& context, int steps, uint64_t
   auto sampler = sample::make_sampler("unipc", steps, kShift);
   Tensor xb = Tensor::empty({B, 16, kT, kH, kW}, DType::F32, dev);
   Tensor v = Tensor::empty({16, kT, kH, kW}, DType::F32, dev);
-  const double t0 = now_s();
+  const double t0 = bench::now_s();
   for (int i = 0; i < steps; ++i) {
     for (int64_t b = 0; b < B; ++b) {
       Tensor dst = xb.select(0, b);
@@ -190,7 +185,7 @@ Tensor sample_latent(model::DiT& dit, const Tensor& context, int steps, uint64_t
     sampler->step(i, v, x);
     if (i == 0 || (i + 1) % 5 == 0 || i + 1 == steps) {
       cuda_synchronize();
-      const double el = now_s() - t0;
+      const double el = bench::now_s() - t0;
       std::fprintf(stderr, "[pipeline_gpu] dit %s: step %d/%d, %.1f s (%.3f s/step)\n", mode.c_str(), i + 1,
                    steps, el, el / (i + 1));
     }
@@ -285,11 +280,11 @@ int main(int argc, char** argv) {
   try {
     begin_stage();
     std::fprintf(stderr, "[pipeline_gpu] DiT 1.3B: binding random bf16 weights\n");
-    const double t_setup = now_s();
+    const double t_setup = bench::now_s();
     model::DiTOptions dopt{Device::cuda(0)};
     model::DiT dit = model::DiT::bind(cfg, bench::random_dit_weights(cfg), dopt);
     cuda_synchronize();
-    const double setup_s = now_s() - t_setup;
+    const double setup_s = bench::now_s() - t_setup;
     const Device dev = Device::cuda(0);
     // Context [2, text_len, text_dim] F32: each prompt's rows, then zeros (as the pipeline).
     Tensor context = Tensor::zeros({2, cfg.text_len, cfg.text_dim}, DType::F32, dev);
@@ -314,9 +309,9 @@ int main(int argc, char** argv) {
         cuda_reset_peak();
         StageResult r;
         r.setup_s = setup_s;
-        const double t0 = now_s();
+        const double t0 = bench::now_s();
         Tensor x = sample_latent(dit, context, steps, 42, *sp, mode);
-        r.s = now_s() - t0;
+        r.s = bench::now_s() - t0;
         r.peak_gib = peak_gib();
         r.ok = true;
         latents[mode] = x.to(Device::cpu());
@@ -341,7 +336,7 @@ int main(int argc, char** argv) {
     try {
       begin_stage();
       std::fprintf(stderr, "[pipeline_gpu] Wan-VAE: making random weights\n");
-      const double t_setup = now_s();
+      const double t_setup = bench::now_s();
       model::VaeConfig vcfg;
       vcfg.has_encoder = false;
       std::map<std::string, Tensor> w;
@@ -365,7 +360,7 @@ int main(int argc, char** argv) {
       w.clear();
       vae.decode(bench::random_gpu({16, 2, 8, 8}, DType::F32, 1.f, 8));  // warm-up
       cuda_synchronize();
-      const double setup_s = now_s() - t_setup;
+      const double setup_s = bench::now_s() - t_setup;
       const model::DecodeOptions dec = model::tiles_for_budget(kH, kW, size_t(vae_budget_gib * kGiB));
       std::fprintf(stderr, "[pipeline_gpu] Wan-VAE: decode tiles %lldx%lld (0 = untiled), overlap %lld\n",
                    (long long)dec.tile_h, (long long)dec.tile_w, (long long)dec.overlap);
@@ -377,10 +372,10 @@ int main(int argc, char** argv) {
           cuda_reset_peak();
           StageResult r;
           r.setup_s = setup_s;
-          const double t0 = now_s();
+          const double t0 = bench::now_s();
           Tensor video = vae.decode(z, dec);
           cuda_synchronize();
-          r.s = now_s() - t0;
+          r.s = bench::now_s() - t0;
           r.peak_gib = peak_gib();
           r.ok = true;
           vaer[mode] = r;

@@ -12,7 +12,6 @@
 //   --conv3d: the VAE decode once per conv3d path (ops/conv.h, same weights and latent, each row
 //   says its path; later paths report their untiled video's relative difference to the first's).
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -37,10 +36,6 @@ int main() {
 using namespace osp;
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 void bench_t5(const std::string& card) {
   model::T5Config c;  // XXL defaults
@@ -144,10 +139,10 @@ void bench_vae(const std::string& card, bool quick, const std::vector<std::strin
     cuda_empty_cache();
     cuda_reset_peak();
     const size_t base = cuda_bytes_in_use();
-    const double t0 = now_s();
+    const double t0 = bench::now_s();
     Tensor video = vae.decode(z, r.opt);
     cuda_synchronize();
-    const double s = now_s() - t0;
+    const double s = bench::now_s() - t0;
     const double peak_gib = double(cuda_peak_bytes() - base) / double(size_t(1) << 30);
     double diff = 0;
     if (std::string(r.name) == "untiled") {

@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_train_step import Block, SelfAttention, apply_rope, attention, init_weights, pick_sdpa, rope_tables  # noqa: E402
+from torch_train_step import Block, SelfAttention, attention, init_weights, pick_sdpa, rope_tables  # noqa: E402
 
 SHAPES = {
     "14b": dict(dim=5120, ffn=13824, heads=40, text_dim=4096, text_len=512, eps=1e-6, grid=(21, 45, 80)),
@@ -40,17 +40,11 @@ class SubsequenceSelfAttention(SelfAttention):
 
     lengths = None
 
-    def forward(self, h, cos, sin):
-        B, L, d = h.shape
-        H, Dh = self.heads, d // self.heads
-        q = self.norm_q(self.q(h)).view(B, L, H, Dh)
-        k = self.norm_k(self.k(h)).view(B, L, H, Dh)
-        v = self.v(h).view(B, L, H, Dh)
-        dt = v.dtype
-        q, k = apply_rope(q, cos, sin).to(dt), apply_rope(k, cos, sin).to(dt)
+    def attend(self, q, k, v):
+        """q, k, v [B, L, H, Dh] -> [B, L, H*Dh]: one SDPA call per sub-sequence of rows."""
         outs = [attention(qs.contiguous(), ks.contiguous(), vs.contiguous()) for qs, ks, vs in
                 zip(q.split(self.lengths, 1), k.split(self.lengths, 1), v.split(self.lengths, 1))]
-        return self.o(torch.cat(outs, dim=1))
+        return torch.cat(outs, dim=1)
 
 
 def token_order(grid, P=2):

@@ -55,6 +55,22 @@ size_t release_free_blocks(Cache& c, std::multimap<size_t, void*>& fl) {
   c.cached -= freed;
   return freed;
 }
+// The --max-vram cap refused `bytes` (osp's GPU memory would become `would_be`); `held` says
+// what is in use (and, for the block allocator, its largest free block).
+[[noreturn]] void fail_over_limit(const Cache& c, int device, size_t bytes, size_t would_be, const std::string& held) {
+  fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (bytes + (1u << 20) - 1) >> 20,
+           " MiB would bring osp's GPU memory to ", would_be >> 20, " MiB, over the --max-vram limit of ",
+           c.limit >> 20, " MiB (", held, "). The memory plan underestimated this run: try a smaller size or fewer "
+           "frames, --dit-offload blocks, or a larger --max-vram"));
+}
+// The driver had no memory for `what` even after the cache was returned.
+[[noreturn]] void fail_out_of_memory(int device, const std::string& what, const std::string& held) {
+  size_t fr = 0, tot = 0;
+  cudaMemGetInfo(&fr, &tot);
+  fail(str("out of GPU memory on cuda:", device, ": ", what, " (", fr >> 20, " MiB free of ", tot >> 20, " MiB; ", held,
+           "). Try --offload, a smaller size or fewer frames."));
+}
+
 bool use_blocks(Cache& c) {
   if (c.mode < 0) {
     const char* e = std::getenv("OSP_CUDA_ALLOCATOR");
@@ -125,16 +141,10 @@ void* cuda_alloc(size_t bytes, int device) {
       const size_t want = std::max(BlockAllocator::kSegment, (bytes + BlockAllocator::kSegment - 1) /
                                                                  BlockAllocator::kSegment * BlockAllocator::kSegment);
       if (c.limit && c.reserved + want > c.limit)
-        fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (bytes + (1u << 20) - 1) >> 20,
-                 " MiB would bring osp's GPU memory to ", (c.reserved + want) >> 20, " MiB, over the --max-vram limit of ",
-                 c.limit >> 20, " MiB (", c.in_use >> 20, " MiB in use; largest free block ",
-                 b.largest_free_block() >> 20, " MiB). The memory plan underestimated this run: try a smaller size or "
-                 "fewer frames, --dit-offload blocks, or a larger --max-vram"));
-      size_t fr = 0, tot = 0;
-      cudaMemGetInfo(&fr, &tot);
-      fail(str("out of GPU memory on cuda:", device, ": ", bytes, " bytes could not be allocated (", fr >> 20,
-               " MiB free of ", tot >> 20, " MiB; ", c.in_use >> 20, " MiB held by osp, ", c.reserved >> 20,
-               " MiB reserved). Try --offload, a smaller size or fewer frames."));
+        fail_over_limit(c, device, bytes, c.reserved + want,
+                        str(c.in_use >> 20, " MiB in use; largest free block ", b.largest_free_block() >> 20, " MiB"));
+      fail_out_of_memory(device, str(bytes, " bytes could not be allocated"),
+                         str(c.in_use >> 20, " MiB held by osp, ", c.reserved >> 20, " MiB reserved"));
     }
     sync_counters(c);
     return p;
@@ -152,11 +162,8 @@ void* cuda_alloc(size_t bytes, int device) {
     if (c.limit && c.reserved + n > c.limit) {
       release_free_blocks(c, fl);  // cached blocks count against the cap: give them back first
       if (c.reserved + n > c.limit)
-        fail(str("GPU memory limit reached on cuda:", device, ": allocating ", (n + (1u << 20) - 1) >> 20,
-                 " MiB would bring osp's GPU memory to ", (c.reserved + n) >> 20, " MiB, over the --max-vram limit of ",
-                 c.limit >> 20, " MiB (", double(c.limit) / double(size_t(1) << 30), " GiB; ", c.in_use >> 20,
-                 " MiB in use). The memory plan underestimated this run: try a smaller size or fewer "
-                 "frames, --dit-offload blocks, or a larger --max-vram"));
+        fail_over_limit(c, device, n, c.reserved + n,
+                        str(double(c.limit) / double(size_t(1) << 30), " GiB; ", c.in_use >> 20, " MiB in use"));
     }
     cudaError_t e = cudaMalloc(&p, n);
     if (e != cudaSuccess) {
@@ -166,11 +173,7 @@ void* cuda_alloc(size_t bytes, int device) {
       e = cudaMalloc(&p, n);
       if (e != cudaSuccess) {
         cudaGetLastError();
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
-        fail(str("out of GPU memory on cuda:", device, ": cudaMalloc(", n, " bytes) failed (",
-                 fr >> 20, " MiB free of ", tot >> 20, " MiB; ", c.in_use >> 20,
-                 " MiB held by osp). Try --offload, a smaller size or fewer frames."));
+        fail_out_of_memory(device, str("cudaMalloc(", n, " bytes) failed"), str(c.in_use >> 20, " MiB held by osp"));
       }
     }
     c.sizes[p] = n;
