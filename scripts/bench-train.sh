@@ -26,7 +26,7 @@
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
 # ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights,
-# MODE+keepgrads --keep-gradients, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# MODE+keepgrads --keep-gradients, MODE+keepattn --keep-attention, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -108,7 +108,8 @@ cat "$OUT/cache.json"
 # state, its buckets and collectives: --shard-optimizer on), for issue 14's one-rank overhead;
 # "MODE+zero3" adds --shard-weights (a block's compute copy and gradients exist only around its
 # forward/backward: 16 bytes per parameter instead of 18, issue 13's memory); "MODE+keepgrads"
-# keeps every block's gradient between steps (--keep-gradients: the peak before released gradients).
+# keeps every block's gradient between steps (--keep-gradients: the peak before released gradients);
+# "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core.
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
@@ -118,6 +119,7 @@ for att in $ATTENTIONS; do
     *+sharded) extra=(--shard-optimizer on) ;;
     *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
     *+keepgrads) extra=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
+    *+keepattn) extra=(--keep-attention) ;;   # the checkpoint recompute skips the attention core
   esac
   alloc=buckets
   case "$att" in *+blocks) alloc=blocks ;; esac  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)

@@ -203,29 +203,51 @@ TEST(DiTTrainGolden, BackwardNeedsARecordedForward) {
   EXPECT_THROW(m.backward(Tensor::zeros({16, 1, 8, 9}, DType::F32), *sp), Error);  // wrong shape
 }
 
+namespace {
+// The single-device layout behind a forwarding layer: without `train` it lacks the training hooks
+// (as a layout that does not support training would); with it, it counts the attention cores the
+// training forwards run.
+struct Forwarding : dist::SequenceParallel {
+  std::unique_ptr<dist::SequenceParallel> s = dist::make_single_device();
+  bool train = false;
+  int train_cores = 0;  // self_attention_train calls
+  const char* name() const override { return "forwarding"; }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void setup(const dist::ForwardPlan& p) override { s->setup(p); }
+  Tensor scatter_input(const Tensor& x) override { return s->scatter_input(x); }
+  Tensor enter_block(int i, const Tensor& x) override { return s->enter_block(i, x); }
+  const Tensor& rope_table(int i) override { return s->rope_table(i); }
+  void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                      const dist::AttentionFn& fn) override {
+    s->self_attention(i, q, k, v, out, fn);
+  }
+  void self_attention_train(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                            Tensor& lse) override {
+    if (!train) return dist::SequenceParallel::self_attention_train(i, q, k, v, out, lse);
+    ++train_cores;
+    s->self_attention_train(i, q, k, v, out, lse);
+  }
+  void self_attention_backward(int i, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
+                               Tensor& dk, Tensor& dv) override {
+    if (!train)
+      return dist::SequenceParallel::self_attention_backward(i, q, k, v, out, lse, dout, dq, dk, dv);
+    s->self_attention_backward(i, q, k, v, out, lse, dout, dq, dk, dv);
+  }
+  Tensor gather_output(const Tensor& x) override { return s->gather_output(x); }
+  Tensor enter_block_backward(int i, const Tensor& g) override {
+    return s->enter_block_backward(i, g);
+  }
+  Tensor scatter_input_backward(const Tensor& g) override { return s->scatter_input_backward(g); }
+  Tensor gather_output_backward(const Tensor& g) override { return s->gather_output_backward(g); }
+};
+}  // namespace
+
 // A sequence-parallel layer without the training hooks (as SSP and Ulysses are today): the
 // training forward says so instead of computing something wrong.
 TEST(DiTTrainGolden, LayoutsWithoutTrainingSupportSaySo) {
-  struct Forwarding : dist::SequenceParallel {
-    std::unique_ptr<dist::SequenceParallel> s = dist::make_single_device();
-    const char* name() const override { return "forwarding"; }
-    int rank() const override { return 0; }
-    int size() const override { return 1; }
-    void setup(const dist::ForwardPlan& p) override { s->setup(p); }
-    Tensor scatter_input(const Tensor& x) override { return s->scatter_input(x); }
-    Tensor enter_block(int i, const Tensor& x) override { return s->enter_block(i, x); }
-    const Tensor& rope_table(int i) override { return s->rope_table(i); }
-    void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                        const dist::AttentionFn& fn) override {
-      s->self_attention(i, q, k, v, out, fn);
-    }
-    Tensor gather_output(const Tensor& x) override { return s->gather_output(x); }
-    Tensor enter_block_backward(int i, const Tensor& g) override {
-      return s->enter_block_backward(i, g);
-    }
-    Tensor scatter_input_backward(const Tensor& g) override { return s->scatter_input_backward(g); }
-    Tensor gather_output_backward(const Tensor& g) override { return s->gather_output_backward(g); }
-  } sp;
+  Forwarding sp;
   DiT m = test::golden_train_model("hybrid");
   const auto in = test::golden_train_inputs("trainB");
   m.forward(in.x0, {500.f}, in.context, sp);  // inference works
@@ -235,6 +257,37 @@ TEST(DiTTrainGolden, LayoutsWithoutTrainingSupportSaySo) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not supported yet"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("forwarding"), std::string::npos) << e.what();
+  }
+}
+
+// keep_attention: the checkpoint recompute takes each block's self-attention output and
+// log-sum-exp from the forward instead of running the core again — half the attention cores per
+// step, the same bits (loss, v, every gradient); twice in a row (the kept results of one step
+// must not leak into the next).
+TEST(DiTTrainGolden, KeptAttentionSkipsTheRecomputedCoresWithTheSameBits) {
+  for (const std::string mode : {"full", "hybrid", "hybrid_qat"}) {
+    const auto in = test::golden_train_inputs("trainA");
+    DiT ref = test::golden_train_model(mode), kept = test::golden_train_model(mode);
+    kept.set_keep_attention(true);
+    Forwarding sa, sb;
+    sa.train = sb.train = true;
+    for (int step = 0; step < 2; ++step) {
+      ref.zero_grad(), kept.zero_grad();
+      sa.train_cores = sb.train_cores = 0;
+      const auto ra = test::golden_flow_step(ref, sa, in);
+      const auto rb = test::golden_flow_step(kept, sb, in);
+      const int L = int(test::golden_train().cfg.num_layers);
+      EXPECT_EQ(sa.train_cores, 2 * L) << mode << ": forward + recompute";
+      EXPECT_EQ(sb.train_cores, L) << mode << ": the forward only";
+      EXPECT_EQ(ra.loss, rb.loss) << mode;
+      test::expect_same_bits(ra.v, rb.v, "v");
+      test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
+      test::expect_same_bits(ra.dcontext, rb.dcontext, "grad context");
+      const auto pa = ref.parameters(), pb = kept.parameters();
+      ASSERT_EQ(pa.size(), pb.size());
+      for (size_t i = 0; i < pa.size(); ++i)
+        test::expect_same_bits(*pa[i].grad, *pb[i].grad, pa[i].name.c_str());
+    }
   }
 }
 

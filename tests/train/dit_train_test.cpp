@@ -206,3 +206,31 @@ TEST(DiTTrain, ReleasedGradientsGiveTheSameRunAsKeptOnes) {
   }
   fs::remove_all(data);
 }
+
+// DiTTrainOptions::keep_attention (`osp train --keep-attention`): the trainer's run is the same,
+// bit for bit — the recompute reuses the forward's attention (model/dit_train_golden_test counts
+// the cores it skips).
+TEST(DiTTrain, KeptAttentionGivesTheSameRun) {
+  const fs::path data = make_cache("keptattn");
+  std::vector<TrainResult> r;
+  std::vector<std::vector<float>> weights;
+  for (const bool keep : {false, true}) {
+    const fs::path out = fresh(std::string("keptattn_out_") + (keep ? "kept" : "recomputed"));
+    TrainOptions o = options(data, out);
+    o.steps = 3;
+    DiTTrainOptions d;
+    d.keep_attention = keep;
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), d);
+    r.push_back(run_training(o, m));
+    std::vector<float> w;
+    for (const ParamRef& p : m.parameters())
+      for (float x : p.value->to_float_vector()) w.push_back(x);
+    weights.push_back(w);
+    fs::remove_all(out);
+  }
+  ASSERT_EQ(r[0].log.size(), 3u);
+  ASSERT_EQ(r[1].log.size(), 3u);
+  for (size_t k = 0; k < 3; ++k) EXPECT_EQ(r[0].log[k].loss, r[1].log[k].loss) << "step " << k + 1;
+  EXPECT_EQ(weights[0], weights[1]);
+  fs::remove_all(data);
+}

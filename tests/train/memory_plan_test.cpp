@@ -155,3 +155,31 @@ TEST(MemoryPlan, ReleasedGradients) {
     EXPECT_NEAR(kept.total - rel.total, line(kept, "gradients").bytes - line(rel, "gradients").bytes, 1.0);
   }
 }
+
+// --keep-attention: every block's self-attention output (act [n, dim]) and log-sum-exp (F32
+// [heads, n]) in their own line; at a video size nothing else moves (the released gradients still
+// fit in what the backward frees).
+TEST(MemoryPlan, KeptAttention) {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.kinds = sparse::plan_blocks(int(in.cfg.num_layers), "dual_end", 12);
+  in.sp = "none";
+  in.sharded_state = false;
+  in.released_gradients = true;
+  in.act_bytes = 2;
+  train::latent_from_video(81, 480, 832, in);
+  const train::MemoryPlan base = train::plan_train_memory(in);
+  EXPECT_THROW(line(base, "kept attention"), std::runtime_error);
+  in.keep_attention = true;
+  const train::MemoryPlan kept = train::plan_train_memory(in);
+  const double L = double(in.cfg.num_layers), n = double(kept.tokens);
+  const double want = L * n * (double(in.cfg.dim) * 2 + double(in.cfg.num_heads) * 4);
+  EXPECT_DOUBLE_EQ(line(kept, "kept attention").bytes, want);
+  EXPECT_NEAR(kept.total - base.total, want, 1.0);
+  EXPECT_DOUBLE_EQ(line(kept, "gradients").bytes, line(base, "gradients").bytes);
+  EXPECT_DOUBLE_EQ(line(kept, "block inputs").bytes, line(base, "block inputs").bytes);
+  // without checkpointing the tapes hold the attention anyway: nothing is added
+  in.activation_checkpointing = false;
+  const train::MemoryPlan tapes = train::plan_train_memory(in);
+  EXPECT_THROW(line(tapes, "kept attention"), std::runtime_error);
+}

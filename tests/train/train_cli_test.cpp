@@ -300,6 +300,16 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(w.out.find("optimizer state, gradients and weights sharded"), std::string::npos) << w.out;
   EXPECT_LT(pw.total, train::plan_train_memory(zin).total - 20.0 * double(1ull << 30));  // > 20 GiB saved
   in.sharded_weights = false;
+  // --keep-attention: the plan's "kept attention" line (self-attention outputs of every block)
+  const CliRun ka = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                         "--device", "cuda", "--gpu-memory", "139", "--shard-gradients", "--keep-attention"});
+  ASSERT_EQ(ka.code, 0) << ka.out;
+  in.keep_attention = true;
+  EXPECT_NE(ka.out.find(train::plan_train_memory(in).table()), std::string::npos) << ka.out;
+  EXPECT_NE(ka.out.find("activation checkpointing (attention kept)"), std::string::npos) << ka.out;
+  EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
+  in.keep_attention = false;
   // --dp instead of --sp-size: 8 ranks = 4 SP x 2 DP; sizes that do not multiply to the ranks fail
   const CliRun dp = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                          "1280x720x81", "--ranks", "8", "--sp", "ssp", "--dp", "2", "--batch", "2"});

@@ -445,6 +445,7 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   }
   const bool ckpt = opt_.activation_checkpointing;
   if (training && ckpt) train_.block_in.resize(size_t(c.num_layers));
+  if (training && ckpt && opt_.keep_attention) train_.attn_kept.resize(size_t(c.num_layers));
   if (training && !ckpt) train_.tapes.resize(size_t(c.num_layers));
   if (!run_blocks) {
     x = to_last_layout(x, sp);
@@ -470,6 +471,7 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     if (training && ckpt) train_.block_in[size_t(i)] = x.clone();
     Tape* tape = training && !ckpt ? &train_.tapes[size_t(i)] : nullptr;
     layers::Ctx bc = ctx(training, tape, pk);
+    if (training && !train_.attn_kept.empty()) bc.attn_keep = &train_.attn_kept[size_t(i)];
     if (fwd_before_) fwd_before_(i);  // (weight sharding: block i's weights gathered here)
     refresh_block_qat(i, false);      // QAT: Q(W, 15) of the current weights
     blocks_[size_t(i)].forward(bc, c, i, x, ctx_q, e0, sp);
@@ -564,6 +566,7 @@ void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_o
     if (ckpt) {  // recompute block i from its saved input, recording the tape
       Tensor xr = train_.block_in[size_t(i)];
       layers::Ctx rc = ctx(true, &tp);
+      if (!train_.attn_kept.empty()) rc.attn_keep = &train_.attn_kept[size_t(i)];
       blocks_[size_t(i)].forward(rc, c, i, xr, ctx_lin, train_.e0, sp);
       train_.block_in[size_t(i)] = Tensor();
     } else {

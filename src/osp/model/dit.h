@@ -63,6 +63,11 @@ struct DiTOptions {
   // just before its backward (on by default); off keeps every block's tape from the forward.
   // Both give identical gradients.
   bool activation_checkpointing = true;
+  // Training with activation checkpointing: also keep each block's self-attention output and
+  // log-sum-exp from the forward ([B, n, H, D] act + [B, H, n] F32 per block: 100 MB per block
+  // of the 1.3B model at 832×480×81), so the recompute before each block's backward skips the
+  // attention core — the largest part of a video-sized block's FLOPs. Identical gradients.
+  bool keep_attention = false;
   // Training: false freezes the base model — no gradient is allocated or computed for any base
   // parameter, only for attached LoRA adapters (attach_lora; Mix-GRPO). A HiF8 base then keeps
   // its cached Q(W, 15) as in inference (the weights never change).
@@ -145,6 +150,7 @@ class DiT {
   void backward(const Tensor& dv, dist::SequenceParallel& sp, Tensor* dx = nullptr,
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
+  void set_keep_attention(bool on) { opt_.keep_attention = on; }
   // Called by every backward() around block i's part (blocks run from the last to the first):
   // before(i) ahead of its recompute / backward, after(i) once its parameter gradients are
   // complete for this backward. For gradient sharding (train/sharded_adamw.h): the gradients of
@@ -221,6 +227,7 @@ class DiT {
     Shape context_shape;
     Tape global;                   // embeddings and head activations
     std::vector<Tensor> block_in;  // activation checkpointing: each block's input
+    std::vector<Tape> attn_kept;   // ... and with keep_attention its self-attention results
     std::vector<Tape> tapes;       // no checkpointing: each block's tape
     Tensor e0, ctx_lin;            // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
     Tensor ctx_float;              // the float k/v input (LoRA branches)

@@ -249,20 +249,40 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
     quant::hif8_fake_quant(vh, vh);
     c.lap(ProfStage::Quant);
   }
-  Tensor& out = c.buf("o", "o", {B, n, H, D}, c.act);
+  // (a handle: with attn_keep it may be a kept tensor instead of the tape's or workspace's)
+  Tensor out;
   static const dist::AttentionFn fp8_fn = [](const Tensor& aq, const Tensor& ak, const Tensor& av,
                                              Tensor& aout, const ops::AttentionArgs& a) {
     quant::hif8_attention_fp8(aq, ak, av, aout, a);
   };
-  if (c.training) {
+  Tape* kept = c.training ? c.attn_keep : nullptr;
+  if (kept && kept->find("o")) {  // checkpoint recompute: the forward's results
+    out = kept->t.at("o");
+    Tensor lse = kept->t.at("lse");
+    OSP_CHECK(out.shape() == Shape({B, n, H, D}) && lse.shape() == Shape({B, H, n}),
+              "DiT block ", i, ": the kept self-attention output ", out.desc(), " / lse ",
+              lse.desc(), " do not match this recompute's [", B, ", ", n, ", ", H, ", ", D, "]");
+    if (c.tape) c.tape->t["o"] = out, c.tape->t["lse"] = lse;
+    kept->t.clear();
+  } else if (kept) {  // forward: fresh tensors the recompute will take
+    out = Tensor::empty({B, n, H, D}, c.act, c.dev);
+    Tensor lse = Tensor::empty({B, H, n}, DType::F32, c.dev);
+    sp.self_attention_train(i, qr, kr, vh, out, lse);
+    c.lap(ProfStage::SelfAttn);
+    if (c.tape) c.tape->t["o"] = out, c.tape->t["lse"] = lse;
+    kept->t["o"] = out, kept->t["lse"] = lse;
+  } else if (c.training) {
+    out = c.buf("o", "o", {B, n, H, D}, c.act);
     Tensor& lse = c.buf("lse", "lse", {B, H, n}, DType::F32);
     sp.self_attention_train(i, qr, kr, vh, out, lse);
     c.lap(ProfStage::SelfAttn);
   } else if (!c.prof->enabled()) {
+    out = c.buf("o", "o", {B, n, H, D}, c.act);
     sp.self_attention(i, qr, kr, vh, out, fp8_attn ? fp8_fn : dist::AttentionFn());
   } else {
     // Profiling: laps around the attention kernel itself split it from the sequence-parallel
     // layer's own work (Ulysses all-to-alls, layout copies) without touching dist/.
+    out = c.buf("o", "o", {B, n, H, D}, c.act);
     const dist::AttentionFn& core = fp8_attn ? fp8_fn : dist::default_attention();
     const dist::AttentionFn timed = [&](const Tensor& aq, const Tensor& ak, const Tensor& av,
                                         Tensor& aout, const ops::AttentionArgs& a) {

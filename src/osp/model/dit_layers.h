@@ -72,6 +72,12 @@ struct Ctx {
   std::map<std::string, Tensor>* ws = nullptr;
   std::map<std::string, quant::Fp8Tensor>* ws8 = nullptr;
   Tape* tape = nullptr;
+  // Training with activation checkpointing and DiTOptions::keep_attention: this block's
+  // self-attention core results, "o" [B, n, H, D] (act) and "lse" [B, H, n] F32. Empty: the
+  // forward computes them into fresh tensors and stores them here; filled: the checkpoint
+  // recompute takes them (and empties this) instead of running the attention core again — the
+  // same bits, the core being deterministic.
+  Tape* attn_keep = nullptr;
   StageProfiler* prof = nullptr;
   ProfKind pk = ProfKind::None;  // the profiled block's kind
 

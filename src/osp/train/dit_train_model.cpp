@@ -37,6 +37,7 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   d.quant = opt.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
   d.train = true;
   d.activation_checkpointing = opt.activation_checkpointing;
+  d.keep_attention = opt.keep_attention;
   dit_ = model::DiT::bind(cfg_, weights, d);
   dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
   OSP_CHECK(opt.sp == "none" || opt.sp == "ssp" || opt.sp == "ulysses", "sp must be none, ssp or ulysses, got '", opt.sp, "'");

@@ -25,6 +25,7 @@ struct DiTTrainOptions {
   std::string quant = "none";      // none | hif8 (quantization-aware training)
   Device device = Device::cpu();
   bool activation_checkpointing = true;
+  bool keep_attention = false;  // DiTOptions::keep_attention
   // Several ranks: `world` (MPI on the CPU, NCCL on GPUs; null = one rank), split into
   // sequence-parallel groups of sp_size consecutive ranks running `sp` (none needs sp_size 1)
   // and data-parallel groups across them (train/data_parallel.h).

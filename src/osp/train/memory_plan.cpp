@@ -81,11 +81,15 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   auto tape = [&](double n) { return B * n * (16 * d * a + 2 * f * a + 3 * d * 4 + 2 * H * 4) + B * Lt * d * 3 * a; };
   // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and one F32 [n, ffn].
   auto scratch = [&](double n) { return B * n * (6 * d * 4 + f * 4); };
-  double ckpt = 0, tape_max = 0, scratch_max = 0;
+  // Kept self-attention results (keep_attention): o act [n, d] + lse F32 [H, n] per block.
+  const bool keep_attn = in.activation_checkpointing && in.keep_attention;
+  double ckpt = 0, kept_attn = 0, tape_max = 0, scratch_max = 0;
   std::vector<double> saved;  // per block: what the forward keeps for its backward
   for (int64_t n : rows) {
-    saved.push_back(in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n)));
-    ckpt += saved.back();
+    const double attn = keep_attn ? B * double(n) * (d * a + H * 4) : 0.0;
+    saved.push_back((in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n))) + attn);
+    ckpt += saved.back() - attn;
+    kept_attn += attn;
     tape_max = std::max(tape_max, tape(double(n)));
     scratch_max = std::max(scratch_max, scratch(double(n)));
   }
@@ -102,7 +106,7 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
       prefix_saved += saved[i];
       worst = std::max(worst, prefix_saved + suffix_grads[i]);
     }
-    released_extra = std::max(0.0, worst - ckpt);
+    released_extra = std::max(0.0, worst - ckpt - kept_attn);
   }
   const double shard_ranks = in.sharded_state ? double(S) * in.dp_size : 1.0;
   const double n_max = double(out.rows_max);
@@ -143,6 +147,11 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
                            : "layout exchange (send + recv) + reduction buckets") +
            (inflight > 0 ? " + one block's gradients in flight (packed, reduce-scattered during the next block)" : "")},
   };
+  if (keep_attn)
+    out.lines.insert(out.lines.begin() + 4,
+                     MemoryLine{"kept attention", kept_attn,
+                                "self-attention output + log-sum-exp of every block (--keep-attention: no "
+                                "attention in the recompute)"});
   if (in.sharded_weights && in.prefetch_weights)
     out.lines.insert(out.lines.begin() + 1,
                      MemoryLine{"weight gather buffer", block_max * a,

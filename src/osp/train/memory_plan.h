@@ -21,6 +21,8 @@
 //                  gradient, 16 bytes per parameter / ranks
 //   checkpoints    activation checkpointing: every block's F32 input rows
 //                  (without checkpointing: every block's tape instead)
+//   kept attention with keep_attention: every block's self-attention output (act [n, d]) and
+//                  log-sum-exp (F32 [H, n]), which the recompute reuses
 //   block tape     one block recomputed with its tape for its backward
 //   backward       the backward's scratch for one block (F32 gradients of its rows)
 //   full-size      tensors of all N tokens every rank holds: the F32 patch embedding x_full
@@ -54,6 +56,7 @@ struct MemoryPlanInput {
   bool released_gradients = false; // unsharded: block gradients allocated in the backward (TrainOptions)
   bool prefetch_weights = true;    // weight sharding: the next block's gather staged (GPU)
   bool activation_checkpointing = true;
+  bool keep_attention = false;  // with checkpointing: every block's self-attention o + lse kept
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
   size_t bucket_bytes = size_t(25) << 20;
   double capacity_bytes = 0;  // the device's memory (0: no verdict)

@@ -142,6 +142,10 @@ struct TrainOptions {
   // every block's saved input is still held, no block gradient is: the inputs are freed as the
   // gradients appear. The same numbers either way.
   bool keep_gradients = false;
+  // Keep every block's self-attention output and log-sum-exp from the forward, so the activation
+  // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
+  // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
+  bool keep_attention = false;
   // Several ranks, unsharded optimizer: reduce each block's gradients as soon as its backward ends
   // (Communicator::all_reduce_start over the world: NCCL on a side stream, MPI non-blocking),
   // overlapping the reduction with the earlier blocks' backward; the parameters outside the blocks
