@@ -26,7 +26,8 @@
 # Environment: OUT (logs, at most 8 files), BUILD (build-gpu), WORK (cache + runs, /tmp/osp-bench-train),
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
 # ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights,
-# MODE+keepgrads --keep-gradients, MODE+keepattn --keep-attention, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# MODE+keepgrads --keep-gradients, MODE+keepattn --keep-attention, MODE+transient --transient-weights,
+# MODE+lean both of the last two, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -120,6 +121,8 @@ for att in $ATTENTIONS; do
     *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
     *+keepgrads) extra=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
     *+keepattn) extra=(--keep-attention) ;;   # the checkpoint recompute skips the attention core
+    *+transient) extra=(--transient-weights) ;;  # block compute copies made from the masters per use
+    *+lean) extra=(--transient-weights --keep-attention) ;;
   esac
   alloc=buckets
   case "$att" in *+blocks) alloc=blocks ;; esac  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)

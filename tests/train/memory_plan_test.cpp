@@ -183,3 +183,27 @@ TEST(MemoryPlan, KeptAttention) {
   const train::MemoryPlan tapes = train::plan_train_memory(in);
   EXPECT_THROW(line(tapes, "kept attention"), std::runtime_error);
 }
+
+// --transient-weights (unsharded): the weights line holds the parameters outside the blocks and
+// one block's compute copy, as with sharded weights; nothing else moves.
+TEST(MemoryPlan, TransientWeights) {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.sp = "none";
+  in.sharded_state = false;
+  in.released_gradients = true;
+  in.act_bytes = 2;
+  train::latent_from_video(81, 480, 832, in);
+  double outside = 0, block = 0;
+  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) {
+    if (n.rfind("blocks.0.", 0) == 0) block += double(shape_numel(s));
+    if (n.rfind("blocks.", 0) != 0) outside += double(shape_numel(s));
+  }
+  const train::MemoryPlan base = train::plan_train_memory(in);
+  in.transient_weights = true;
+  const train::MemoryPlan t = train::plan_train_memory(in);
+  EXPECT_DOUBLE_EQ(line(base, "weights").bytes, 2.0 * double(base.params));
+  EXPECT_DOUBLE_EQ(line(t, "weights").bytes, 2.0 * (outside + block));
+  EXPECT_NE(line(t, "weights").note.find("transient"), std::string::npos);
+  EXPECT_NEAR(base.total - t.total, line(base, "weights").bytes - line(t, "weights").bytes, 1.0);
+}

@@ -310,6 +310,11 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(ka.out.find("activation checkpointing (attention kept)"), std::string::npos) << ka.out;
   EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
   in.keep_attention = false;
+  // --transient-weights is the unsharded optimizer's: refused with the (here automatic) sharded one
+  const CliRun tw = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
+                         "1280x720x81", "--ranks", "4", "--sp", "ssp", "--transient-weights"});
+  EXPECT_EQ(tw.code, 1) << tw.out;
+  EXPECT_NE(tw.out.find("with the sharded one use --shard-weights"), std::string::npos) << tw.out;
   // --dp instead of --sp-size: 8 ranks = 4 SP x 2 DP; sizes that do not multiply to the ranks fail
   const CliRun dp = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                          "1280x720x81", "--ranks", "8", "--sp", "ssp", "--dp", "2", "--batch", "2"});

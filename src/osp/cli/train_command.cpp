@@ -230,6 +230,9 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.sharded_weights = o.shard_weights;
   in.released_gradients = !in.sharded_state && !o.keep_gradients;
   in.keep_attention = o.keep_attention;
+  OSP_CHECK(!o.transient_weights || !in.sharded_state,
+            "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights");
+  in.transient_weights = o.transient_weights;
   in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
   in.prefetch_weights = in.act_bytes == 2;  // prefetch where the gathers overlap (nccl)
   in.capacity_bytes = d.gpu_gib * double(1ull << 30);
@@ -451,6 +454,9 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--keep-attention", keep_attention,
                  "keep every block's self-attention output from the forward so the checkpoint recompute skips "
                  "the attention core (faster at video sizes; 100 MB more per 1.3B block at 832x480x81; same gradients)");
+  OSP_TRAIN_FLAG("--transient-weights", transient_weights,
+                 "unsharded optimizer: no resident compute copy of the blocks' weights; each block's is made from its "
+                 "fp32 master before its forward and backward and freed after (2 bytes per parameter less on CUDA)");
   OSP_TRAIN_FLAG("--no-overlap-reduction{false}", overlap_reduction,
                  "several ranks: reduce the gradients after the backward instead of block by block during it");
   OSP_TRAIN_OPT("--collective-timeout", collective_timeout,

@@ -39,7 +39,9 @@ Tensor& Ctx::buf(const std::string& name, const std::string& ws_name, const Shap
 }
 
 void ParamSink::add(const std::string& name, Tensor& value, Tensor& grad) {
-  if (!value.defined()) return;
+  // An absent parameter (no qk norm, an FP8 linear's float weight) has neither; a value released
+  // between uses (weight sharding, transient weights) still counts while its gradient exists.
+  if (!value.defined() && !(with_grads && grad.defined())) return;
   out.push_back(ParamRef{name, shapes.at(name), &value, with_grads ? &grad : nullptr});
 }
 

@@ -107,7 +107,8 @@ struct Param {
   Tensor* grad() { return g.defined() ? &g : nullptr; }  // null: frozen (not computed)
 };
 
-// Collects named parameters (Wan names, checkpoint shapes) into a ParamTable.
+// Collects named parameters (Wan names, checkpoint shapes) into a ParamTable: those with a value,
+// and in training those whose value is released but whose gradient exists.
 struct ParamSink {
   const std::map<std::string, Shape>& shapes;
   bool with_grads;

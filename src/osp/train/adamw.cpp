@@ -20,11 +20,19 @@ void AdamWConfig::validate() const {
             weight_decay);
 }
 
-void check_param_table(const ParamTable& params, bool need_grads) {
+void check_param_table(const ParamTable& params, bool need_grads, bool need_values) {
   std::set<std::string> seen;
   for (const auto& p : params) {
     OSP_CHECK(!p.name.empty(), "parameter table: a parameter has an empty name");
     OSP_CHECK(seen.insert(p.name).second, "parameter table: '", p.name, "' appears twice");
+    if (!need_values && (!p.value || !p.value->defined())) {  // a released value: the gradient alone
+      OSP_CHECK(p.grad && p.grad->defined(), "parameter '", p.name, "' has no gradient tensor");
+      OSP_CHECK(p.grad->dtype() == DType::F32 && p.grad->is_contiguous() &&
+                    p.grad->numel() == shape_numel(p.ckpt_shape),
+                "parameter '", p.name, "': gradient must be a contiguous f32 tensor of ", shape_numel(p.ckpt_shape),
+                " elements, got ", p.grad->desc());
+      continue;
+    }
     OSP_CHECK(p.value && p.value->defined(), "parameter '", p.name, "' has no value tensor");
     const Tensor& v = *p.value;
     OSP_CHECK(v.is_contiguous(), "parameter '", p.name, "': value must be contiguous, got ", v.desc());
@@ -60,8 +68,8 @@ namespace {
 
 void adamw_cpu(float* master, float* m, float* v, const float* g, Tensor& value, int64_t n, float decay,
                float b1, float b2, float step_size, float bc2_sqrt, float eps) {
-  float* vf = value.dtype() == DType::F32 ? value.data<float>() : nullptr;
-  uint16_t* vb = value.dtype() == DType::BF16 ? value.data<uint16_t>() : nullptr;
+  float* vf = value.defined() && value.dtype() == DType::F32 ? value.data<float>() : nullptr;
+  uint16_t* vb = value.defined() && value.dtype() == DType::BF16 ? value.data<uint16_t>() : nullptr;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i];
@@ -93,16 +101,17 @@ void AdamW::step(double lr) {
     Tensor& value = *params_[k].value;
     const Tensor& grad = *params_[k].grad;
     Slot& s = slots_[k];
-    const int64_t n = value.numel();
-    if (value.device().is_cpu()) {
+    const int64_t n = s.master.numel();  // (the value may be released: then only the master moves)
+    if (s.master.device().is_cpu()) {
       adamw_cpu(s.master.data<float>(), s.m.data<float>(), s.v.data<float>(), grad.data<float>(), value, n,
                 decay, b1, b2, step_size, bc2_sqrt, eps);
     } else {
 #ifdef OSP_HAVE_CUDA
       cuda::adamw_step(s.master.data<float>(), s.m.data<float>(), s.v.data<float>(), grad.data<float>(),
-                       value.raw(), value.dtype() == DType::BF16, n, decay, b1, b2, step_size, bc2_sqrt, eps);
+                       value.defined() ? value.raw() : nullptr, value.defined() && value.dtype() == DType::BF16, n,
+                       decay, b1, b2, step_size, bc2_sqrt, eps);
 #else
-      fail(str("AdamW: parameter '", params_[k].name, "' is on ", value.device().name(),
+      fail(str("AdamW: parameter '", params_[k].name, "' is on ", s.master.device().name(),
                " but this build has no CUDA"));
 #endif
     }
@@ -127,7 +136,8 @@ void AdamW::restore(int64_t steps) {
 
 void AdamW::refresh_values() {
   for (size_t k = 0; k < params_.size(); ++k)  // a value may be its own master (ShardedAdamW)
-    if (params_[k].value->raw() != slots_[k].master.raw()) params_[k].value->copy_from(slots_[k].master);
+    if (params_[k].value->defined() && params_[k].value->raw() != slots_[k].master.raw())
+      params_[k].value->copy_from(slots_[k].master);
 }
 
 }  // namespace osp::train

@@ -41,7 +41,9 @@ class AdamW {
   // device, names unique) and copies the masters from the current values.
   AdamW(const ParamTable& params, const AdamWConfig& cfg);
 
-  // One step with learning rate `lr` using every parameter's grad; then value ← master.
+  // One step with learning rate `lr` using every parameter's grad; then value ← master (a
+  // released value — undefined, TrainOptions::transient_weights — is left undefined: its owner
+  // makes it from the master when it needs it).
   void step(double lr);
 
   // Completed steps (the t of the last step).
@@ -54,8 +56,9 @@ class AdamW {
   // Restores a saved state (checkpoints): `steps` completed steps; the slots must have been
   // filled by the caller. Then copies master into every value.
   void restore(int64_t steps);
-  // value ← master for every parameter (cast to BF16 where the value is BF16). A slot's master may
-  // be replaced by the F32 value tensor itself (one buffer for both, as ShardedAdamW does).
+  // value ← master for every parameter (cast to BF16 where the value is BF16; released values are
+  // skipped). A slot's master may be replaced by the F32 value tensor itself (one buffer for both,
+  // as ShardedAdamW does).
   void refresh_values();
 
  private:
@@ -67,7 +70,9 @@ class AdamW {
 
 // Validates a ParamTable for the training utilities (used by AdamW, EMA, clipping): values
 // defined and contiguous F32/BF16, grads (when `need_grads`) defined F32 with the value's numel and
-// device, names unique and non-empty. Throws osp::Error naming the parameter.
-void check_param_table(const ParamTable& params, bool need_grads);
+// device, names unique and non-empty. Throws osp::Error naming the parameter. need_values false
+// accepts released (undefined) values (TrainOptions::transient_weights) and checks their gradients
+// against the checkpoint shape.
+void check_param_table(const ParamTable& params, bool need_grads, bool need_values = true);
 
 }  // namespace osp::train

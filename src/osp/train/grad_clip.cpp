@@ -33,7 +33,7 @@ double sum_squares_cpu(const float* g, int64_t n) {
 }  // namespace
 
 double grad_norm(const ParamTable& params) {
-  check_param_table(params, true);
+  check_param_table(params, true, /*need_values=*/false);
   double total = 0.0;
   for (const auto& p : params) {
     const Tensor& g = *p.grad;

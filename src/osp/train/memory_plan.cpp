@@ -119,9 +119,10 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   // stay in flight while the next block's backward runs (ShardedAdamW::end_group)
   const double inflight = in.sharded_gradients && shard_ranks > 1 ? block_max * 4 * (1 + 1 / shard_ranks) : 0.0;
   out.lines = {
-      in.sharded_weights
+      in.sharded_weights || in.transient_weights
           ? MemoryLine{"weights", (outside + block_max) * a,
-                       "compute copy of the parameters outside the blocks + the block in use (sharded weights)"}
+                       std::string("compute copy of the parameters outside the blocks + the block in use (") +
+                           (in.sharded_weights ? "sharded" : "transient") + " weights)"}
           : MemoryLine{"weights", P * a, "compute copy of every parameter, every rank"},
       in.sharded_gradients
           ? MemoryLine{"gradients", (outside + block_max) * 4,

@@ -8,6 +8,8 @@
 //   weights        compute copy of every parameter (bf16 on CUDA), on every rank; with weight
 //                  sharding (ZeRO-3) only the parameters outside the blocks and the one block
 //                  gathered for its forward / backward (the rest lives in the master shards)
+//                  (also with transient weights on the unsharded optimizer: made from the
+//                  master around the block's forward / backward)
 //   gather buffer  weight sharding with prefetch: the staging of the next block's gather, in the
 //                  compute dtype (bf16 on CUDA: the gathers move bf16)
 //   gradients      F32 gradient of every parameter, on every rank (accumulated in the table);
@@ -57,6 +59,7 @@ struct MemoryPlanInput {
   bool prefetch_weights = true;    // weight sharding: the next block's gather staged (GPU)
   bool activation_checkpointing = true;
   bool keep_attention = false;  // with checkpointing: every block's self-attention o + lse kept
+  bool transient_weights = false;  // unsharded: a block's compute copy exists only around its use
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
   size_t bucket_bytes = size_t(25) << 20;
   double capacity_bytes = 0;  // the device's memory (0: no verdict)

@@ -169,6 +169,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
+    else if (key == "transient_weights") get_bool(transient_weights);
     else if (key == "overlap_reduction") get_bool(overlap_reduction);
     else if (key == "collective_timeout") get_num(collective_timeout);
     else if (key == "resume") get_str(resume);
@@ -176,7 +177,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -419,15 +420,56 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       }
     }
   } wait_tickets{tickets, groups};
-  if (!released.empty() || !overlap_groups.empty()) {
+  // Transient weights (unsharded optimizer, TrainOptions::transient_weights): a block's compute
+  // copy is made from its fp32 master just before the block's forward and again before its
+  // backward (the checkpoint recompute), and freed after each; AdamW then updates the masters
+  // only. Every value is resident again when this call returns.
+  std::vector<std::pair<size_t, size_t>> transient;
+  std::vector<DType> value_dtypes;
+  for (const ParamRef& p : params) value_dtypes.push_back(p.value->dtype());
+  if (opt.transient_weights) {
+    OSP_CHECK(!shard, "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights "
+              "(the same per-block compute copies, gathered from the shards)");
+    transient = model.gradient_groups();
+    OSP_CHECK(!transient.empty(), "--transient-weights: this model has no parameter groups (blocks)");
+  }
+  auto make_values = [&](size_t g) {
+    for (size_t k = transient.at(g).first; k < transient.at(g).second; ++k) {
+      Tensor& v = *params[k].value;
+      if (v.defined()) continue;
+      const Tensor& master = adamw->slots()[k].master;
+      v = Tensor::empty(value_shapes[k], value_dtypes[k], master.device());
+      v.copy_from(master);  // (bf16 on CUDA: the rounding AdamW's own refresh applies)
+    }
+  };
+  auto drop_values = [&](size_t g) {
+    for (size_t k = transient.at(g).first; k < transient.at(g).second; ++k) *params[k].value = Tensor();
+  };
+  struct RestoreValues {
+    const std::vector<std::pair<size_t, size_t>>& groups;
+    const std::function<void(size_t)> make;
+    ~RestoreValues() {
+      try {
+        for (size_t g = 0; g < groups.size(); ++g) make(g);
+      } catch (...) {  // out of memory while unwinding: the table is left with released values
+      }
+    }
+  } restore_values{transient, make_values};
+  if (!transient.empty())
+    OSP_CHECK(model.set_forward_hooks(make_values, drop_values),
+              "--transient-weights: this model cannot make its weights per block (no forward hooks)");
+  if (!released.empty() || !overlap_groups.empty() || !transient.empty()) {
     std::function<void(size_t)> before, after;
-    if (!released.empty()) before = [&](size_t g) { allocate_grads(released.at(g).first, released.at(g).second); };
-    if (!overlap_groups.empty())
-      after = [&](size_t g) {
-        if (micro_now != micro_last) return;
-        for (size_t k = overlap_groups.at(g).first; k < overlap_groups.at(g).second; ++k)
-          tickets.push_back(groups->world->all_reduce_start(*params[k].grad));
-      };
+    before = [&](size_t g) {
+      if (!released.empty()) allocate_grads(released.at(g).first, released.at(g).second);
+      if (!transient.empty()) make_values(g);
+    };
+    after = [&](size_t g) {
+      if (!transient.empty()) drop_values(g);
+      if (overlap_groups.empty() || micro_now != micro_last) return;
+      for (size_t k = overlap_groups.at(g).first; k < overlap_groups.at(g).second; ++k)
+        tickets.push_back(groups->world->all_reduce_start(*params[k].grad));
+    };
     model.set_gradient_hooks(before, after);
     if (!released.empty()) release_grads();
     if (!released.empty())
@@ -494,6 +536,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   }
   const TimestepSampler sampler(opt.seed, parse_shift(opt.shift));
   state.run_config = opt.to_json();
+  for (size_t g = 0; g < transient.size(); ++g) drop_values(g);  // (after a resume: its restore sets values)
+  if (!transient.empty())
+    log_verbose("transient weights: each block's compute copy is made from its master around its forward and backward");
 
   auto save = [&] {
     state.data = data.position();

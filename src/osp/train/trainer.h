@@ -146,6 +146,12 @@ struct TrainOptions {
   // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
   // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
   bool keep_attention = false;
+  // Unsharded optimizer: keep no compute copy of the blocks' weights between uses — a block's copy
+  // (bf16 on CUDA, F32 on the CPU) is made from its fp32 master before its forward and before its
+  // backward and freed after each (what --shard-weights does at one rank, without the sharded
+  // optimizer's persistent gradient shard). Saves 2 bytes per block parameter on CUDA (4 on the
+  // CPU) for two casts of each block's weights per micro-step. The same numbers.
+  bool transient_weights = false;
   // Several ranks, unsharded optimizer: reduce each block's gradients as soon as its backward ends
   // (Communicator::all_reduce_start over the world: NCCL on a side stream, MPI non-blocking),
   // overlapping the reduction with the earlier blocks' backward; the parameters outside the blocks
