@@ -110,22 +110,28 @@ cat "$OUT/cache.json"
 # "MODE+zero3" adds --shard-weights (a block's compute copy and gradients exist only around its
 # forward/backward: 16 bytes per parameter instead of 18, issue 13's memory); "MODE+keepgrads"
 # keeps every block's gradient between steps (--keep-gradients: the peak before released gradients);
-# "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core.
+# "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
+# "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
+# the splitting allocator. Tags combine: "hybrid+lean+blocks".
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
   mode=${att%%+*}
   extra=()
-  case "$att" in
-    *+sharded) extra=(--shard-optimizer on) ;;
-    *+zero3) extra=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
-    *+keepgrads) extra=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
-    *+keepattn) extra=(--keep-attention) ;;   # the checkpoint recompute skips the attention core
-    *+transient) extra=(--transient-weights) ;;  # block compute copies made from the masters per use
-    *+lean) extra=(--transient-weights --keep-attention) ;;
-  esac
   alloc=buckets
-  case "$att" in *+blocks) alloc=blocks ;; esac  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
+  IFS=+ read -r -a tags <<< "$att"
+  for tag in "${tags[@]:1}"; do  # the tags after MODE, combinable: hybrid+lean+blocks
+    case "$tag" in
+      sharded) extra+=(--shard-optimizer on) ;;
+      zero3) extra+=(--shard-optimizer on --shard-weights) ;;  # + per-block weights and gradients
+      keepgrads) extra+=(--keep-gradients) ;;  # every block gradient kept between steps (before session 8)
+      keepattn) extra+=(--keep-attention) ;;   # the checkpoint recompute skips the attention core
+      transient) extra+=(--transient-weights) ;;  # block compute copies made from the masters per use
+      lean) extra+=(--transient-weights --keep-attention) ;;
+      blocks) alloc=blocks ;;  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
+      *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
+    esac
+  done
   say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
   OSP_CUDA_ALLOCATOR=$alloc "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
       --steps "$OSP_STEPS" --caption-dropout 0 --seed 0 --out "$run" > "$OUT/osp-$att.log" 2>&1 &
