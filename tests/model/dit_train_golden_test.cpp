@@ -29,6 +29,19 @@ double run_golden(const std::string& c, const std::string& mode, double tol) {
   return test::expect_matches_golden_train(m, r, c, mode, tol);
 }
 
+// Two training steps that must have the same bits: loss, v, dL/dx_σ, dL/dcontext, every gradient.
+void expect_same_step(DiT& a, const test::TrainStepResult& ra, DiT& b, const test::TrainStepResult& rb,
+                      const std::string& mode) {
+  SCOPED_TRACE(mode);
+  EXPECT_EQ(ra.loss, rb.loss);
+  test::expect_same_bits(ra.v, rb.v, "v");
+  test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
+  test::expect_same_bits(ra.dcontext, rb.dcontext, "grad context");
+  const auto pa = a.parameters(), pb = b.parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) test::expect_same_bits(*pa[i].grad, *pb[i].grad, pa[i].name.c_str());
+}
+
 }  // namespace
 
 TEST(DiTTrainGolden, TrainAFull) { run_golden("trainA", "full", 1e-4); }
@@ -115,14 +128,7 @@ TEST(DiTTrainGolden, CheckpointingOnAndOffGiveTheSameBits) {
     DiT on = test::golden_train_model(mode, true), off = test::golden_train_model(mode, false);
     const auto ra = test::golden_flow_step(on, *sp, in);
     const auto rb = test::golden_flow_step(off, *sp, in);
-    EXPECT_EQ(ra.loss, rb.loss) << mode;
-    test::expect_same_bits(ra.v, rb.v, "v");
-    test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
-    test::expect_same_bits(ra.dcontext, rb.dcontext, "grad context");
-    const auto pa = on.parameters(), pb = off.parameters();
-    ASSERT_EQ(pa.size(), pb.size());
-    for (size_t i = 0; i < pa.size(); ++i)
-      test::expect_same_bits(*pa[i].grad, *pb[i].grad, pa[i].name.c_str());
+    expect_same_step(on, ra, off, rb, mode);
   }
 }
 
@@ -279,14 +285,7 @@ TEST(DiTTrainGolden, KeptAttentionSkipsTheRecomputedCoresWithTheSameBits) {
       const int L = int(test::golden_train().cfg.num_layers);
       EXPECT_EQ(sa.train_cores, 2 * L) << mode << ": forward + recompute";
       EXPECT_EQ(sb.train_cores, L) << mode << ": the forward only";
-      EXPECT_EQ(ra.loss, rb.loss) << mode;
-      test::expect_same_bits(ra.v, rb.v, "v");
-      test::expect_same_bits(ra.dx_sigma, rb.dx_sigma, "grad x_sigma");
-      test::expect_same_bits(ra.dcontext, rb.dcontext, "grad context");
-      const auto pa = ref.parameters(), pb = kept.parameters();
-      ASSERT_EQ(pa.size(), pb.size());
-      for (size_t i = 0; i < pa.size(); ++i)
-        test::expect_same_bits(*pa[i].grad, *pb[i].grad, pa[i].name.c_str());
+      expect_same_step(ref, ra, kept, rb, mode);
     }
   }
 }

@@ -77,6 +77,31 @@ DiTTrainModel make_model(uint64_t seed) {
   return DiTTrainModel(tiny(), random_dit_weights(tiny(), seed), {});
 }
 
+// Every parameter value of a model, back to back (each must be resident with its gradient).
+std::vector<float> all_values(TrainModel& m) {
+  std::vector<float> w;
+  for (const ParamRef& p : m.parameters()) {
+    EXPECT_TRUE(p.value->defined()) << p.name << " has no value after run_training";
+    EXPECT_TRUE(p.grad && p.grad->defined()) << p.name << " has no gradient after run_training";
+    if (!p.value->defined()) continue;
+    for (float x : p.value->to_float_vector()) w.push_back(x);
+  }
+  return w;
+}
+
+// Two runs of one training that must be the same bit for bit: `steps` steps each, the same loss
+// and gradient norm at every step, the same final weights.
+void expect_same_run(const TrainResult& a, const TrainResult& b, const std::vector<float>& wa,
+                     const std::vector<float>& wb, size_t steps) {
+  ASSERT_EQ(a.log.size(), steps);
+  ASSERT_EQ(b.log.size(), steps);
+  for (size_t k = 0; k < steps; ++k) {
+    EXPECT_EQ(a.log[k].loss, b.log[k].loss) << "step " << k + 1;
+    EXPECT_EQ(a.log[k].grad_norm, b.log[k].grad_norm) << "step " << k + 1;
+  }
+  EXPECT_EQ(wa, wb);
+}
+
 }  // namespace
 
 TEST(DiTTrain, OverfitsAHandfulOfLatents) {
@@ -188,21 +213,10 @@ TEST(DiTTrain, ReleasedGradientsGiveTheSameRunAsKeptOnes) {
       o.keep_gradients = keep;
       DiTTrainModel m = make_model(5);
       r.push_back(run_training(o, m));
-      std::vector<float> w;
-      for (const ParamRef& p : m.parameters()) {
-        ASSERT_TRUE(p.grad && p.grad->defined()) << p.name << " has no gradient after run_training";
-        for (float x : p.value->to_float_vector()) w.push_back(x);
-      }
-      weights.push_back(w);
+      weights.push_back(all_values(m));
       fs::remove_all(out);
     }
-    ASSERT_EQ(r[0].log.size(), 4u);
-    ASSERT_EQ(r[1].log.size(), 4u);
-    for (size_t k = 0; k < 4; ++k) {
-      EXPECT_EQ(r[0].log[k].loss, r[1].log[k].loss) << "step " << k + 1;
-      EXPECT_EQ(r[0].log[k].grad_norm, r[1].log[k].grad_norm) << "step " << k + 1;
-    }
-    EXPECT_EQ(weights[0], weights[1]);
+    expect_same_run(r[0], r[1], weights[0], weights[1], 4);
   }
   fs::remove_all(data);
 }
@@ -222,16 +236,10 @@ TEST(DiTTrain, KeptAttentionGivesTheSameRun) {
     d.keep_attention = keep;
     DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), d);
     r.push_back(run_training(o, m));
-    std::vector<float> w;
-    for (const ParamRef& p : m.parameters())
-      for (float x : p.value->to_float_vector()) w.push_back(x);
-    weights.push_back(w);
+    weights.push_back(all_values(m));
     fs::remove_all(out);
   }
-  ASSERT_EQ(r[0].log.size(), 3u);
-  ASSERT_EQ(r[1].log.size(), 3u);
-  for (size_t k = 0; k < 3; ++k) EXPECT_EQ(r[0].log[k].loss, r[1].log[k].loss) << "step " << k + 1;
-  EXPECT_EQ(weights[0], weights[1]);
+  expect_same_run(r[0], r[1], weights[0], weights[1], 3);
   fs::remove_all(data);
 }
 
@@ -269,25 +277,11 @@ TEST(DiTTrain, TransientWeightsGiveTheSameRun) {
           if (released < 0 || n < released) released = n;
         };
         r.push_back(run_training(o, m, h));
-        std::vector<float> w;
-        int listed = 0;
-        for (const ParamRef& p : m.parameters()) {
-          ASSERT_TRUE(p.value->defined()) << p.name << " has no value after run_training";
-          listed += p.name.rfind("blocks.", 0) == 0;
-          for (float x : p.value->to_float_vector()) w.push_back(x);
-        }
-        EXPECT_EQ(listed, block_params);
+        weights.push_back(all_values(m));  // (every value resident again)
         EXPECT_EQ(released, transient ? block_params : 0) << "block values released between steps";
-        weights.push_back(w);
         fs::remove_all(out);
       }
-      ASSERT_EQ(r[0].log.size(), 4u);
-      ASSERT_EQ(r[1].log.size(), 4u);
-      for (size_t k = 0; k < 4; ++k) {
-        EXPECT_EQ(r[0].log[k].loss, r[1].log[k].loss) << "step " << k + 1;
-        EXPECT_EQ(r[0].log[k].grad_norm, r[1].log[k].grad_norm) << "step " << k + 1;
-      }
-      EXPECT_EQ(weights[0], weights[1]);
+      expect_same_run(r[0], r[1], weights[0], weights[1], 4);
     }
   }
   // interrupted at step 3 and resumed (transient on both legs) = uninterrupted (resident)
