@@ -329,3 +329,32 @@ TEST(DiTTrain, TransientWeightsGiveTheSameRun) {
   fs::remove_all(out_b);
   fs::remove_all(os.out);
 }
+
+// --attention hybrid on a full-attention (Wan2.1) config: OSP-Next's fine-tuning layout — dual
+// end, P = 2, 8 full blocks (first 4, last 4) for the 1.3B and 14B configs — unless --full-blocks
+// says otherwise; a small model keeps ⌊L/2⌋ rounded down to a multiple of 4; a config that
+// declares its layout keeps it.
+TEST(DiTTrain, HybridOnAWanConfigIsTheOspNextLayout) {
+  using sparse::BlockKind;
+  for (const model::DiTConfig& wan : {model::DiTConfig::wan_1_3b(), model::DiTConfig::wan_14b()}) {
+    const model::DiTConfig c = config_for_attention(wan, "hybrid");
+    EXPECT_EQ(c.skiparse_mode, "dual_end");
+    EXPECT_EQ(c.sparse_ratio, 2);
+    EXPECT_EQ(c.num_full_blocks, 8);
+    const auto kinds = c.block_kinds();
+    const int64_t L = wan.num_layers;
+    for (int64_t i = 0; i < L; ++i) {
+      const bool full = i < 4 || i >= L - 4;
+      EXPECT_EQ(kinds[size_t(i)] == BlockKind::Full, full) << "block " << i << " of " << L;
+    }
+    EXPECT_EQ(config_for_attention(wan, "hybrid", 12).num_full_blocks, 12);
+    EXPECT_THROW(config_for_attention(wan, "hybrid", 6), Error);  // not a multiple of 4
+    // a declared hybrid layout is kept; asking for another is an error
+    EXPECT_EQ(config_for_attention(c, "hybrid").num_full_blocks, 8);
+    EXPECT_THROW(config_for_attention(c, "hybrid", 12), Error);
+    EXPECT_EQ(config_for_attention(c, "full").skiparse_mode, "full");
+  }
+  model::DiTConfig small = tiny();
+  small.num_layers = 8;
+  EXPECT_EQ(config_for_attention(small, "hybrid").num_full_blocks, 4);
+}

@@ -115,6 +115,7 @@ int run_train(const train::TrainOptions& o) {
   d.quant = o.quant;
   d.device = parse_device(o.device);
   d.keep_attention = o.keep_attention;
+  d.full_blocks = int(o.full_blocks);
   if (nranks > 1) {
     const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
     OSP_CHECK(d.device.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "training on ", nranks, " ranks on ",
@@ -189,7 +190,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
     cfg = model::DiTConfig::from_json_file(f.dit_config);
   }
   cfg.validate();
-  cfg = train::config_for_attention(cfg, o.attention);
+  cfg = train::config_for_attention(cfg, o.attention, int(o.full_blocks));
   train::MemoryPlanInput in;
   in.cfg = cfg;
   std::string size;
@@ -419,6 +420,9 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_OPT("--config-model", config_model, "DiT config.json for --from-scratch");
   OSP_TRAIN_OPT("--data", data, "latent cache folder (osp encode-dataset)");
   OSP_TRAIN_OPT("--attention", attention, "full | hybrid (OSP-Next dual-end Skiparse-2D)");
+  OSP_TRAIN_OPT("--full-blocks", full_blocks,
+                "--attention hybrid on a full-attention (Wan2.1) model: full blocks of the dual-end layout "
+                "(0 = OSP-Next's 8, half at each end; a multiple of 4)");
   OSP_TRAIN_OPT("--quant", quant, "none | hif8 (quantization-aware training)");
   OSP_TRAIN_OPT("--device", device, "cpu | cuda | cuda:N");
   OSP_TRAIN_OPT("--steps", steps, "optimizer steps in total (default 1000)");

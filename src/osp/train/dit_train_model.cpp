@@ -12,17 +12,24 @@
 
 namespace osp::train {
 
-model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention) {
+model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention, int full_blocks) {
   OSP_CHECK(attention == "full" || attention == "hybrid", "attention must be full or hybrid, got '", attention, "'");
+  OSP_CHECK(full_blocks >= 0, "--full-blocks must be >= 0, got ", full_blocks);
   if (attention == "full") {
     cfg.skiparse_mode = "full";
     cfg.num_full_blocks = 0;
   } else if (cfg.skiparse_mode == "full") {
     cfg.skiparse_mode = "dual_end";
     cfg.sparse_ratio = 2;
-    cfg.num_full_blocks = std::max(4, int(cfg.num_layers / 2) / 4 * 4);
+    // OSP-Next's fine-tuning configs: 8 full blocks (4 at each end) for both sizes; a smaller
+    // model gets ⌊L/2⌋ rounded down to a multiple of 4, at least 4.
+    cfg.num_full_blocks = full_blocks > 0 ? full_blocks : std::max(4, std::min(8, int(cfg.num_layers / 2) / 4 * 4));
     log_info("--attention hybrid on a full-attention config: training the OSP-Next dual-end layout with ",
              cfg.num_full_blocks, " full blocks (P = 2)");
+  } else {
+    OSP_CHECK(full_blocks == 0 || full_blocks == cfg.num_full_blocks, "--full-blocks ", full_blocks,
+              ": this model's config already declares its hybrid layout (", cfg.num_full_blocks,
+              " full blocks); a trained layout is not changed");
   }
   cfg.validate();
   return cfg;
@@ -30,7 +37,7 @@ model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& a
 
 DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, Tensor>& weights,
                              const DiTTrainOptions& opt)
-    : cfg_(config_for_attention(std::move(cfg), opt.attention)), opt_(opt) {
+    : cfg_(config_for_attention(std::move(cfg), opt.attention, opt.full_blocks)), opt_(opt) {
   OSP_CHECK(opt.quant == "none" || opt.quant == "hif8", "quant must be none or hif8, got '", opt.quant, "'");
   model::DiTOptions d;
   d.device = opt.device;

@@ -5,8 +5,10 @@
 // Attention: "full" trains every block dense (the config written with checkpoints says
 // skiparse "full"); "hybrid" trains the OSP-Next dual-end Skiparse layout — the config's own
 // layout when it declares one, otherwise (a Wan2.1 model: sparse fine-tuning, osp-next-spec §7)
-// dual_end with P = 2 and max(4, ⌊L/2⌋ rounded down to a multiple of 4) full blocks, the rule
-// `osp generate --attention hybrid` uses; checkpoints then declare that layout.
+// dual_end with P = 2 and 8 full blocks as OSP-Next's fine-tuning configs have (4 at each end;
+// min(8, ⌊L/2⌋ rounded down to a multiple of 4), at least 4, for a small model; --full-blocks N
+// chooses); checkpoints then declare that layout. (`osp generate --attention hybrid` on an
+// UNTRAINED Wan2.1 model keeps more full blocks — ⌊L/2⌋ rounded to a multiple of 4 — for quality.)
 #pragma once
 #include <cstdint>
 #include <map>
@@ -26,6 +28,7 @@ struct DiTTrainOptions {
   Device device = Device::cpu();
   bool activation_checkpointing = true;
   bool keep_attention = false;  // DiTOptions::keep_attention
+  int full_blocks = 0;          // config_for_attention's full_blocks
   // Several ranks: `world` (MPI on the CPU, NCCL on GPUs; null = one rank), split into
   // sequence-parallel groups of sp_size consecutive ranks running `sp` (none needs sp_size 1)
   // and data-parallel groups across them (train/data_parallel.h).
@@ -76,7 +79,8 @@ class DiTTrainModel : public TrainModel {
 // N(0, 1/dim) (Wan's randn/√dim), norm weights 1, biases 0.
 std::map<std::string, Tensor> random_dit_weights(const model::DiTConfig& cfg, uint64_t seed);
 
-// The config adjusted to the attention choice (see the header comment).
-model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention);
+// The config adjusted to the attention choice (see the header comment). full_blocks: hybrid on a
+// full-attention config only, 0 = OSP-Next's 8 (fewer on a model under 16 layers).
+model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& attention, int full_blocks = 0);
 
 }  // namespace osp::train

@@ -169,6 +169,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
+    else if (key == "full_blocks") get_int(full_blocks);
     else if (key == "transient_weights") get_bool(transient_weights);
     else if (key == "overlap_reduction") get_bool(overlap_reduction);
     else if (key == "collective_timeout") get_num(collective_timeout);
@@ -177,7 +178,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -189,6 +190,7 @@ std::string TrainOptions::to_json() const {
             {"lr", lr},           {"weight_decay", weight_decay}, {"beta1", beta1},
             {"beta2", beta2},     {"eps", eps},                   {"warmup", warmup},
             {"schedule", schedule}, {"clip", clip},               {"ema", ema},
+            {"full_blocks", full_blocks},
             {"seed", seed},       {"out", out},                   {"save_every", save_every},
             {"grad_accum", grad_accum}};
   return j.dump();

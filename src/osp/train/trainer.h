@@ -146,6 +146,9 @@ struct TrainOptions {
   // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
   // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
   bool keep_attention = false;
+  // --attention hybrid on a full-attention (Wan2.1) config: how many full blocks the dual-end
+  // layout keeps (0 = OSP-Next's 8; train/dit_train_model.h).
+  int64_t full_blocks = 0;
   // Unsharded optimizer: keep no compute copy of the blocks' weights between uses — a block's copy
   // (bf16 on CUDA, F32 on the CPU) is made from its fp32 master before its forward and before its
   // backward and freed after each (what --shard-weights does at one rank, without the sharded
