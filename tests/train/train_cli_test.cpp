@@ -252,6 +252,40 @@ TEST_F(TrainCli, StalledGpuRankEndsEveryRankThroughTheNcclWatchdog) {
 #endif
 }
 
+// --config in YAML, laid out as OSP-Next's training configs (train/reference_config.h): the
+// dry run shows the run it describes (SSP 4 from skiparse_sp_size, FSDP 4 as sharded weights,
+// the dual-end layout with 8 full blocks); a flag still wins over the file; a YAML error names
+// the file and line.
+TEST_F(TrainCli, YamlConfigInOspNextLayout) {
+  const fs::path work = fresh("yaml");
+  fs::create_directories(work);
+  std::ofstream(work / "wan14b.json") << train::dit_config_json(model::DiTConfig::wan_14b());
+  std::ofstream(work / "run.yaml") << "# OSP-Next layout\nseed: 1024\nfsdp_size: 4\nsp_size: 4\n"
+                                      "skiparse_sp_size: 4\nuse_sequence_parallel: False\n"
+                                      "use_skiparse_sequence_parallel: True\nwandb_config:\n  project_name: x\n"
+                                      "model_config:\n  skiparse_model_type: \"dual_end\"\n  sparse_ratio: 2\n"
+                                      "  num_full_blocks: 8\n";
+  const CliRun r = run({"train", "--dry-run", "--config", (work / "run.yaml").string(), "--config-model",
+                        (work / "wan14b.json").string(), "--video", "1280x720x81", "--ranks", "4", "--device", "cuda"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("full blocks 8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("4 ranks = 4 SP (ssp) x 1 DP"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("gradients and weights sharded"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("has no use for, ignored: sp_size (the reference's Ulysses size"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", wandb_config"), std::string::npos) << r.out;
+  const CliRun f = run({"train", "--dry-run", "--config", (work / "run.yaml").string(), "--config-model",
+                        (work / "wan14b.json").string(), "--video", "1280x720x81", "--ranks", "4", "--device", "cuda",
+                        "--full-blocks", "12"});
+  ASSERT_EQ(f.code, 0) << f.out;
+  EXPECT_NE(f.out.find("full blocks 12"), std::string::npos) << f.out;
+  std::ofstream(work / "bad.yaml") << "seed: 1\nmodel_config:\n  sparse_ratio: 2\n    num_full_blocks: 8\n";
+  const CliRun b = run({"train", "--dry-run", "--config", (work / "bad.yaml").string(), "--config-model",
+                        (work / "wan14b.json").string(), "--video", "1280x720x81"});
+  EXPECT_EQ(b.code, 1);
+  EXPECT_NE(b.out.find("bad.yaml, line 4: unexpected indentation"), std::string::npos) << b.out;
+  fs::remove_all(work);
+}
+
 // --dry-run loads nothing and prints train/memory_plan's table for the run the flags describe:
 // here the Wan2.1-14B config trained hybrid at 1280x720x81 on 4 SSP ranks, sharded optimizer
 // state (and then gradients too), bf16 activations, against an H200's 139 GiB.

@@ -1,5 +1,6 @@
 // The flags of a training subcommand that mirror the fields of its options struct, plus
-// --config (a JSON file of the same names): every flag writes into a staging copy, and
+// --config (a JSON or YAML file — .yaml / .yml, io/yaml.h — of the same names, or of OSP-Next's
+// config names where they fit: train/reference_config.h): every flag writes into a staging copy, and
 // resolve() starts from the defaults, applies --config, then the flags given on the command
 // line (which win over the file). Shared by `osp train` and `osp rl`.
 #pragma once
@@ -11,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "osp/io/yaml.h"
 #include "osp/train/output_files.h"
 
 namespace osp::cli {
@@ -20,7 +22,8 @@ class ConfigFlags {
  public:
   explicit ConfigFlags(CLI::App* app) : app_(app) {
     app_->add_option("--config", *config_file_,
-                     "JSON file of settings (same names as the flags; unknown ones are errors)");
+                     "JSON or YAML (.yaml/.yml) file of settings: the flags' names (or OSP-Next's config names "
+                     "where they fit); unknown ones are errors");
   }
 
   template <typename T>
@@ -39,7 +42,10 @@ class ConfigFlags {
   // The defaults, then --config, then the flags given.
   Options resolve() const {
     Options o;
-    if (!config_file_->empty()) o.apply_json(train::read_text_file(*config_file_), *config_file_);
+    if (!config_file_->empty()) {
+      const std::string text = train::read_text_file(*config_file_);
+      o.apply_json(io::is_yaml_path(*config_file_) ? io::parse_yaml(text, *config_file_).dump() : text, *config_file_);
+    }
     for (const auto& [opt, copy] : given_)
       if (opt->count() > 0) copy(o);
     return o;

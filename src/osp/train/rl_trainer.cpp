@@ -31,6 +31,7 @@
 #include "osp/train/grad_clip.h"
 #include "osp/train/grpo.h"
 #include "osp/train/output_files.h"
+#include "osp/train/reference_config.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -140,6 +141,7 @@ void RlOptions::apply_json(const std::string& text, const std::string& source) {
     fail(str("rl config ", source, " is not valid JSON: ", e.what()));
   }
   OSP_CHECK(j.is_object(), "rl config ", source, " must be a JSON object of settings");
+  j = translate_reference_config(j, ConfigKind::Rl, source);  // OSP-Next's names where they fit
   for (const auto& [key0, v] : j.items()) {
     std::string key = key0;
     for (char& c : key)

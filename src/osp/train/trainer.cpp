@@ -23,6 +23,7 @@
 #include "osp/train/latent_dataset.h"
 #include "osp/train/lr_schedule.h"
 #include "osp/train/output_files.h"
+#include "osp/train/reference_config.h"
 #include "osp/train/sharded_adamw.h"
 #include "osp/train/timesteps.h"
 
@@ -118,6 +119,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     fail(str("training config ", source, " is not valid JSON: ", e.what()));
   }
   OSP_CHECK(j.is_object(), "training config ", source, " must be a JSON object of settings");
+  j = translate_reference_config(j, ConfigKind::Train, source);  // OSP-Next's names where they fit
   for (const auto& [key0, v] : j.items()) {
     std::string key = key0;
     for (char& c : key)
