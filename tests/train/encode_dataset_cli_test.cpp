@@ -154,3 +154,52 @@ TEST(EncodeDatasetCli, VideoClip) {
   EXPECT_NE(out.find("has 7 frames"), std::string::npos) << out;
   fs::remove_all(w);
 }
+
+// A 32 fps video sampled at --fps 16 (every other frame, as OSP-Next samples its clips), two
+// clips spread over it (--clips-per-video 2 --temporal-crop spread): two cache samples named by
+// their source frames, the first the VAE encoding of frames 0, 2, 4, 6, 8; a window that does not
+// fit the video is an error naming the frames it needs.
+TEST(EncodeDatasetCli, VideoClipsAtTheTrainingFrameRate) {
+  if (!fs::exists(osp_exe())) GTEST_SKIP() << "SKIP: the osp executable is not built next to the test";
+  if (!io::video_writer_available()) GTEST_SKIP() << "SKIP: this build has no FFmpeg (VideoClip covers the error)";
+  const fs::path w = fs::temp_directory_path() / ("osp_encode_fps_" + std::to_string(::getpid()));
+  fs::remove_all(w);
+  fs::create_directories(w / "clips");
+  std::string out;
+  ASSERT_EQ(run("make-demo-model " + (w / "model").string(), &out), 0) << out;
+  fs::remove(w / "model" / "Wan2.1_VAE.safetensors");
+  fs::copy_file(test::golden("tiny_vae_fp32.pth"), w / "model" / "Wan2.1_VAE.pth");
+  std::ofstream(w / "clips" / "clip.txt") << "a moving pattern";
+  {
+    io::VideoOptions vo;
+    vo.fps = 32;
+    io::VideoWriter vw((w / "clips" / "clip.mp4").string(), 32, 32, vo);
+    for (int f = 0; f < 20; ++f) vw.write_frame(pattern(32, 32, f).data());
+    vw.close();
+  }
+  const std::string base = "encode-dataset --model " + (w / "model").string() + " --input " + (w / "clips").string() +
+                           " --size 32x32 --frames 5 --fps 16";
+  out.clear();
+  ASSERT_EQ(run(base + " --out " + (w / "cache").string() + " --clips-per-video 2 --temporal-crop spread", &out), 0) << out;
+  train::LatentDataset d = train::LatentDataset::open((w / "cache").string(), {});
+  ASSERT_EQ(d.size(), 2);
+  EXPECT_EQ(d.samples()[0].source, "clip.mp4#frames=0-8");
+  EXPECT_EQ(d.samples()[1].source, "clip.mp4#frames=11-19");
+  Tensor rgb;
+  io::probe_video((w / "clips" / "clip.mp4").string(), &rgb);  // U8 [20, 32, 32, 3]
+  Tensor video = Tensor::empty({3, 5, 32, 32}, DType::F32);
+  for (int c = 0; c < 3; ++c)
+    for (int k = 0; k < 5; ++k)
+      for (int i = 0; i < 32 * 32; ++i)
+        video.data<float>()[(c * 5 + k) * 1024 + i] = float(rgb.data<uint8_t>()[((2 * k) * 1024 + i) * 3 + c] / 127.5 - 1.0);
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+  EXPECT_LE(relative_error(d.load(0).latent, vae.encode(video)), 1e-6);
+  // 17 frames at 16 fps need 33 of the video's 20
+  out.clear();
+  EXPECT_EQ(run("encode-dataset --model " + (w / "model").string() + " --input " + (w / "clips").string() +
+                    " --size 32x32 --frames 17 --fps 16 --out " + (w / "cache2").string(),
+                &out),
+            1);
+  EXPECT_NE(out.find("has 20 frames (32 fps); --frames 17 at --fps 16 needs 33"), std::string::npos) << out;
+  fs::remove_all(w);
+}

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +36,7 @@
 #include "osp/train/memory_plan.h"
 #include "osp/train/output_files.h"
 #include "osp/train/trainer.h"
+#include "osp/train/video_clips.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -308,38 +310,13 @@ std::vector<MediaItem> list_media(const std::string& input) {
   return items;
 }
 
-// U8 [F, H, W, 3] → F32 [3, F, h, w] in [-1, 1]: center crop to the target aspect, bilinear resize.
-Tensor to_video_tensor(const Tensor& rgb, int64_t out_w, int64_t out_h) {
-  const int64_t F = rgb.size(0), H = rgb.size(1), W = rgb.size(2);
-  const double target = double(out_w) / double(out_h);
-  double cw = double(W), ch = double(H);
-  if (cw / ch > target) cw = ch * target; else ch = cw / target;
-  const double x0 = (double(W) - cw) / 2, y0 = (double(H) - ch) / 2;
-  Tensor out = Tensor::empty({3, F, out_h, out_w}, DType::F32);
-  const uint8_t* src = rgb.data<uint8_t>();
-  float* dst = out.data<float>();
-  for (int64_t f = 0; f < F; ++f)
-    for (int64_t y = 0; y < out_h; ++y) {
-      const double sy = std::clamp(y0 + (double(y) + 0.5) * ch / double(out_h) - 0.5, 0.0, double(H - 1));
-      const int64_t ya = int64_t(sy), yb = std::min(ya + 1, H - 1);
-      const double fy = sy - double(ya);
-      for (int64_t x = 0; x < out_w; ++x) {
-        const double sx = std::clamp(x0 + (double(x) + 0.5) * cw / double(out_w) - 0.5, 0.0, double(W - 1));
-        const int64_t xa = int64_t(sx), xb = std::min(xa + 1, W - 1);
-        const double fx = sx - double(xa);
-        for (int c = 0; c < 3; ++c) {
-          auto px = [&](int64_t yy, int64_t xx) { return double(src[((f * H + yy) * W + xx) * 3 + c]); };
-          const double v = (1 - fy) * ((1 - fx) * px(ya, xa) + fx * px(ya, xb)) + fy * ((1 - fx) * px(yb, xa) + fx * px(yb, xb));
-          dst[((c * F + f) * out_h + y) * out_w + x] = float(v / 127.5 - 1.0);
-        }
-      }
-    }
-  return out;
-}
-
 struct EncodeOptions {
   std::string model, input, out, size = "832x480", device = "cpu";
   int frames = 81;
+  double fps = 16;                        // sampling rate of the clips (0: the video's own frames)
+  std::string temporal_crop = "start";    // start | spread | random (train/video_clips.h)
+  int64_t clips_per_video = 1;
+  uint64_t seed = 0;                      // random temporal crops
   int64_t per_shard = 64;
   bool overwrite = false;
 };
@@ -361,6 +338,9 @@ int run_encode(const EncodeOptions& o) {
               o.size);
   }
   OSP_CHECK(o.frames >= 1 && (o.frames - 1) % 4 == 0, "--frames must be 4n+1, got ", o.frames);
+  OSP_CHECK(std::isfinite(o.fps) && o.fps >= 0, "--fps must be >= 0 (0: the video's own frames), got ", o.fps);
+  OSP_CHECK(o.clips_per_video >= 1, "--clips-per-video must be >= 1, got ", o.clips_per_video);
+  const train::TemporalCrop crop = train::parse_temporal_crop(o.temporal_crop);
   const std::vector<MediaItem> items = list_media(o.input);
   const pipeline::ModelFiles files = pipeline::detect_model_dir(o.model);
   const Device dev = parse_device(o.device);
@@ -385,19 +365,33 @@ int run_encode(const EncodeOptions& o) {
   for (size_t i = 0; i < items.size(); ++i) {
     if (interrupted()) return stop_encoding("VAE encode");
     const MediaItem& it = items[i];
-    Tensor rgb;
+    const std::string name = fs::path(it.file).filename().string();
+    // (frames, source) of each clip of this item: an image is one frame; a video gives
+    // clips_per_video windows of --frames frames sampled at --fps
+    std::vector<std::pair<Tensor, std::string>> clips;
     if (is_image(it.file)) {
-      rgb = io::read_png(it.file).unsqueeze(0);
+      clips.emplace_back(io::read_png(it.file).unsqueeze(0), name);
     } else {
-      io::probe_video(it.file, &rgb);  // throws without FFmpeg, naming the build option
-      OSP_CHECK(rgb.size(0) >= o.frames, "encode-dataset: ", it.file, " has ", rgb.size(0), " frames, --frames needs ",
-                o.frames);
-      rgb = rgb.slice(0, 0, o.frames).contiguous();
+      Tensor rgb;
+      const io::VideoProbe p = io::probe_video(it.file, &rgb);  // throws without FFmpeg, naming the build option
+      if (o.fps > 0 && p.fps <= 0) log_warn("encode-dataset: ", it.file, " does not say its frame rate; its own frames are taken");
+      const int64_t span = train::clip_span(o.frames, p.fps, o.fps);
+      OSP_CHECK(rgb.size(0) >= span, "encode-dataset: ", it.file, " has ", rgb.size(0), " frames (", p.fps,
+                " fps); --frames ", o.frames, o.fps > 0 ? str(" at --fps ", o.fps) : std::string(), " needs ", span);
+      const int64_t fsize = rgb.size(1) * rgb.size(2) * 3;
+      for (const int64_t start : train::clip_starts(crop, o.clips_per_video, rgb.size(0), span, o.seed, uint64_t(i))) {
+        const std::vector<int64_t> idx = train::clip_frame_indices(start, o.frames, p.fps, o.fps);
+        Tensor sel = Tensor::empty({o.frames, rgb.size(1), rgb.size(2), 3}, DType::U8);
+        for (size_t k = 0; k < idx.size(); ++k)
+          std::memcpy(sel.data<uint8_t>() + int64_t(k) * fsize, rgb.data<uint8_t>() + idx[k] * fsize, size_t(fsize));
+        clips.emplace_back(sel, str(name, "#frames=", idx.front(), "-", idx.back()));
+      }
     }
-    const Tensor video = to_video_tensor(rgb, W, H).to(dev);
-    const Tensor latent = vae.encode(video).to(Device::cpu());
-    writer.add(latent, contexts[i], it.caption, fs::path(it.file).filename().string());
-    log_info("encoded ", i + 1, "/", items.size(), ": ", it.file, " -> latent ", shape_str(latent.shape()));
+    for (const auto& [frames, source] : clips) {
+      const Tensor latent = vae.encode(train::center_crop_resize(frames, W, H).to(dev)).to(Device::cpu());
+      writer.add(latent, contexts[i], it.caption, source);
+      log_info("encoded ", i + 1, "/", items.size(), ": ", source, " -> latent ", shape_str(latent.shape()));
+    }
   }
   const int64_t n = writer.finish();
   if (log_level() >= LogLevel::Info) std::fprintf(stderr, "osp: wrote a latent cache of %lld samples to %s\n",
@@ -498,7 +492,13 @@ void add_train_commands(CLI::App& app) {
       ->required();
   e->add_option("-o,--out", eo->out, "cache folder to write")->required();
   e->add_option("--size", eo->size, "WIDTHxHEIGHT (multiples of 16): center crop + resize")->capture_default_str();
-  e->add_option("--frames", eo->frames, "frames per video, 4n+1 (images give one frame)")->capture_default_str();
+  e->add_option("--frames", eo->frames, "frames per video clip, 4n+1 (images give one frame)")->capture_default_str();
+  e->add_option("--fps", eo->fps, "the clips' frame rate: frames sampled from the video at this rate, as OSP-Next "
+                "trains (16); 0 = the video's own consecutive frames")->capture_default_str();
+  e->add_option("--temporal-crop", eo->temporal_crop, "where a video's clips start: start | spread (evenly over the "
+                "video) | random (seeded by --seed)")->capture_default_str();
+  e->add_option("--clips-per-video", eo->clips_per_video, "clips (cache samples) taken from each video")->capture_default_str();
+  e->add_option("--seed", eo->seed, "seed of the random temporal crops")->capture_default_str();
   e->add_option("--device", eo->device, "cpu | cuda | cuda:N")->capture_default_str();
   e->add_option("--samples-per-shard", eo->per_shard, "samples per safetensors shard")->capture_default_str();
   e->add_flag("--overwrite", eo->overwrite, "replace an existing cache manifest");
