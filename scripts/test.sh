@@ -17,6 +17,6 @@ cmake --build build-asan -j "$JOBS" --target tests_io
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest -L io -LE gpu --output-on-failure)
 
 # A short bounded fuzz run of every file parser under AddressSanitizer + UBSan (scripts/fuzz.sh:
-# safetensors header, index JSON, .pth zip + pickle, config JSON, video probe; 5 s per target
+# safetensors header, index JSON, .pth zip + pickle, config JSON, YAML configs, video probe; 5 s per target
 # over the corpus in tests/data/fuzz/).
 FUZZ_SECONDS=${FUZZ_SECONDS:-5} JOBS="$JOBS" bash scripts/fuzz.sh

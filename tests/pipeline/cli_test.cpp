@@ -3,6 +3,8 @@
 // `mpirun -np 2 osp generate --cfg-parallel` gives the frames of one rank.
 #include <gtest/gtest.h>
 
+#include <regex>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -38,7 +40,7 @@ TEST(Cli, HelpAndUnknownCommand) {
 TEST(Cli, VersionSaysWhatThisBuildCanDo) {
   const CmdResult r = run("--version");
   EXPECT_EQ(r.code, 0);
-  EXPECT_EQ(r.out.rfind("osp 0.1 (", 0), 0u) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("^osp [0-9]+\\.[0-9]+\\.[0-9]+ \\(CUDA "))) << r.out;  // the project version
   const std::string mp4 = std::string("MP4 output (FFmpeg) ") + (osp::io::video_writer_available() ? "on" : "off");
   EXPECT_NE(r.out.find(mp4), std::string::npos) << r.out;
 #ifdef OSP_HAVE_HTTPLIB

@@ -180,7 +180,7 @@ std::string version_line() {
 #else
   const bool http = false;
 #endif
-  return osp::str("osp 0.1 (CUDA ", on(cuda), ", cuDNN ", on(cudnn), ", MPI ", on(mpi), ", NCCL ", on(nccl),
+  return osp::str("osp " OSP_VERSION " (CUDA ", on(cuda), ", cuDNN ", on(cudnn), ", MPI ", on(mpi), ", NCCL ", on(nccl),
                   ", MP4 output (FFmpeg) ", on(osp::io::video_writer_available()), ", osp serve (cpp-httplib) ",
                   on(http), ")");
 }
