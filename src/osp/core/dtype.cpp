@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "osp/core/e4m3.h"
 #include "osp/core/error.h"
 
 namespace osp {
@@ -90,28 +91,8 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t(((r >> 13) - ((127 - 15) << 10)) & 0x7fff);
 }
 
-float e4m3_to_f32(uint8_t v) {
-  int s = v >> 7, e = (v >> 3) & 0xf, m = v & 7;
-  float r;
-  if (e == 15 && m == 7) return NAN;
-  if (e == 0) r = std::ldexp(float(m), -9);
-  else r = std::ldexp(1.0f + m / 8.0f, e - 7);
-  return s ? -r : r;
-}
+float e4m3_to_f32(uint8_t v) { return detail::e4m3_decode_bits(v); }
 
-uint8_t f32_to_e4m3(float f) {
-  if (std::isnan(f)) return 0x7f;
-  uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7e;
-  // brute force over the 127 finite magnitudes is simple and exact (RNE on ties)
-  uint8_t best = 0;
-  float bestd = INFINITY;
-  for (int c = 0; c < 0x7f; ++c) {
-    float d = std::fabs(e4m3_to_f32(uint8_t(c)) - a);
-    if (d < bestd || (d == bestd && (c & 1) == 0)) { bestd = d; best = uint8_t(c); }
-  }
-  return sign | best;
-}
+uint8_t f32_to_e4m3(float f) { return detail::e4m3_encode_rne(f); }
 
 }  // namespace osp

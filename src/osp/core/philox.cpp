@@ -1,19 +1,12 @@
 #include "osp/core/philox.h"
 
+#include "osp/core/philox_block.h"
+
 #include <algorithm>
 #include <cmath>
 
 namespace osp {
 namespace {
-
-constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // multipliers
-constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments
-
-inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-  const uint64_t p = uint64_t(a) * uint64_t(b);
-  hi = uint32_t(p >> 32);
-  lo = uint32_t(p);
-}
 
 inline double to_unit(uint32_t r) { return (double(r) + 0.5) * 0x1p-32; }
 
@@ -34,15 +27,8 @@ inline void normal_block(uint64_t seed, uint32_t stream, uint64_t block, double 
 }  // namespace
 
 PhiloxCounter philox4x32_10(PhiloxCounter c, PhiloxKey k) {
-  for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo(kM0, c[0], hi0, lo0);
-    mulhilo(kM1, c[2], hi1, lo1);
-    c = {hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0};
-    k[0] += kW0;
-    k[1] += kW1;
-  }
-  return c;
+  const detail::Philox4 r = detail::philox4x32_10(detail::Philox4{{c[0], c[1], c[2], c[3]}}, k[0], k[1]);
+  return {r.v[0], r.v[1], r.v[2], r.v[3]};
 }
 
 void philox_normal(uint64_t seed, uint32_t stream, uint64_t first, float* out, int64_t n) {

@@ -15,28 +15,12 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define OSP_HD __host__ __device__ __forceinline__
-#else
-#define OSP_HD inline
-#endif
+#include "osp/core/host_device.h"  // OSP_HD, f32_bits, bits_f32
 
 namespace osp::quant::detail {
 
-OSP_HD uint32_t f32_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  return __builtin_bit_cast(uint32_t, f);
-#endif
-}
-OSP_HD float bits_f32(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  return __builtin_bit_cast(float, u);
-#endif
-}
+using osp::detail::bits_f32;
+using osp::detail::f32_bits;
 
 constexpr uint32_t kF32Inf = 0x7f800000u;
 constexpr uint32_t kF32Overflow = 0x47200000u;  // 40960.0f = 1.25 · 2^15
