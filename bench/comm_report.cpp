@@ -1,6 +1,6 @@
 // Communication report (osp-next-spec §4.8): bytes each rank sends per DiT forward under SSP
-// (hybrid, dual-end) and under all-Ulysses (Wan2.1 baseline), from dist::comm_volume — the same
-// exchange tables the real run uses (tests/dist check them against counted bytes). No data moves,
+// (hybrid, dual-end) and under all-Ulysses (Wan2.1 baseline), from parallel::comm_volume — the same
+// exchange tables the real run uses (tests/parallel check them against counted bytes). No data moves,
 // so the 14B 720P plan runs in a second on a laptop.
 //
 // Prints one JSON line per (model, resolution, S, mode) and a table last.
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "osp/dist/comm_volume.h"
+#include "osp/parallel/comm_volume.h"
 #include "osp/sparse/skiparse.h"
 
 using namespace osp;
@@ -57,20 +57,20 @@ int main(int argc, char** argv) {
       for (int S : {2, 4, 8}) {
         const int64_t C = int64_t(m.heads) * m.head_dim;
         const int64_t oc = out_ch < 0 ? C : out_ch;
-        dist::ForwardPlan hybrid;
+        parallel::ForwardPlan hybrid;
         hybrid.grid = r.grid;
         hybrid.kinds = sparse::plan_blocks(m.layers, "dual_end", m.full_blocks);
         hybrid.P = 2;
         hybrid.heads = m.heads;
         hybrid.head_dim = m.head_dim;
-        dist::ForwardPlan full = hybrid;
+        parallel::ForwardPlan full = hybrid;
         full.kinds = sparse::plan_blocks(m.layers, "full", 0);
-        dist::CommVolume a, b;
+        parallel::CommVolume a, b;
         try {
           // The busiest rank (uneven chunks / padded groups differ slightly between ranks).
           for (int rank = 0; rank < S; ++rank) {
-            auto va = dist::comm_volume(hybrid, "ssp", S, rank, 1, eb, oc);
-            auto vb = dist::comm_volume(full, "ulysses", S, rank, 1, eb, oc);
+            auto va = parallel::comm_volume(hybrid, "ssp", S, rank, 1, eb, oc);
+            auto vb = parallel::comm_volume(full, "ulysses", S, rank, 1, eb, oc);
             if (va.total() > a.total()) a = va;
             if (vb.total() > b.total()) b = vb;
           }

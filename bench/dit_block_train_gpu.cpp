@@ -29,7 +29,7 @@ int main() {
 }
 #else
 #include "gpu_bench_util.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 
 using namespace osp;
 
@@ -51,7 +51,7 @@ Run time_model(const model::DiTConfig& base, int layers, sparse::BlockKind kind,
   model::DiT dit = model::DiT::bind(cfg, bench::random_dit_weights(cfg), opt);
   const std::vector<sparse::BlockKind> kinds(size_t(layers), kind);
   dit.set_block_kinds(kinds, 2);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const Tensor x = bench::random_gpu(latent, DType::F32, 1.f, 3);
   const Tensor ctx = bench::random_gpu({1, cfg.text_len, cfg.text_dim}, DType::F32, 1.f, 4);
   const Tensor dv = bench::random_gpu(latent, DType::F32, 1e-3f, 5);

@@ -11,7 +11,7 @@
 #include <string>
 #include <thread>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 
 using namespace osp;
@@ -69,7 +69,7 @@ void run(const char* label, DiTConfig cfg, const Shape& latent, int reps) {
       c.num_full_blocks = c.num_layers >= 8 ? 4 : 0;
     }
     DiT m = DiT::bind(c, weights);
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const double flops = model::dit_forward_flops(c, grid, m.block_kinds(), 2, 1);
     if (reps > 1) m.forward(x, {500.f}, ctx, *sp);  // warm-up (workspaces, maps)
     double best = 1e300, best_cpu = 0;

@@ -1,7 +1,7 @@
 // Multi-GPU DiT forward: ms per forward of the real model (model::DiT with random bf16 weights
 // at the released shapes) for
 //   * 1 process:              hybrid (dual-end Skiparse, single device) and full (Wan2.1);
-//   * mpirun -np S (S = 2, 4): hybrid + SSP (dist::make_ssp) and full + Ulysses (make_ulysses),
+//   * mpirun -np S (S = 2, 4): hybrid + SSP (parallel::make_ssp) and full + Ulysses (make_ulysses),
 // over NCCL (one process per GPU; scripts/gpu-multi.sh restricts every rank to its own GPU with
 // CUDA_VISIBLE_DEVICES). Models: 14B at 1280×720×81 and 1.3B at 832×480×81, B = 1 (one CFG
 // branch), text context 512 rows.
@@ -35,8 +35,8 @@
 #include <vector>
 
 #include "osp/core/device.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/profile.h"
 #include "osp/sparse/skiparse.h"
@@ -70,7 +70,7 @@ double now_ms() {
 
 // Per-stage table of one mode: every rank's ms per forward (gathered over comm), printed by
 // rank 0 as JSON lines and a text table.
-void print_profile(const model::ProfileReport& mine, dist::Communicator* comm, int S, Device dev,
+void print_profile(const model::ProfileReport& mine, parallel::Communicator* comm, int S, Device dev,
                    const std::string& card_name, const std::string& model_name,
                    const std::string& res, const char* mode) {
   const int slots = model::kProfSlots;
@@ -160,22 +160,22 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const bool launched = dist::launcher_size() > 1;
-  std::shared_ptr<dist::Communicator> comm;
+  const bool launched = parallel::launcher_size() > 1;
+  std::shared_ptr<parallel::Communicator> comm;
   int rank = 0, S = 1;
   try {
     if (!cuda_available()) {
       std::printf("{\"bench\":\"dit_multi_gpu\",\"skipped\":\"no CUDA GPU visible\"}\n");
       return 0;
     }
-    comm = launched ? std::shared_ptr<dist::Communicator>(dist::make_nccl_communicator())
-                    : std::shared_ptr<dist::Communicator>(dist::make_single_communicator());
+    comm = launched ? std::shared_ptr<parallel::Communicator>(parallel::make_nccl_communicator())
+                    : std::shared_ptr<parallel::Communicator>(parallel::make_single_communicator());
     rank = comm->rank();
     S = comm->size();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "[rank %d] setup failed: %s\n", dist::launcher_rank(), e.what());
+    std::fprintf(stderr, "[rank %d] setup failed: %s\n", parallel::launcher_rank(), e.what());
     std::printf("{\"bench\":\"dit_multi_gpu\",\"error\":\"setup: %s\"}\n", e.what());
-    if (launched) dist::abort_all(1);
+    if (launched) parallel::abort_all(1);
     return 1;
   }
   const Device dev = launched ? comm->device() : Device::cuda(0);
@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
                        "%s: mode '%s' is %s (1 process: hybrid, full, hybrid+fp8, full+fp8; "
                        "mpirun: hybrid+ssp, full+ulysses)\n",
                        argv[0], w.c_str(), found ? "not available with this process count" : "unknown");
-        if (launched) dist::abort_all(2);
+        if (launched) parallel::abort_all(2);
         return 2;
       }
       modes.push_back(*found);
@@ -259,10 +259,10 @@ int main(int argc, char** argv) {
         for (const Mode& md : modes) {
           if (md.quant != quant) continue;
           m.set_block_kinds(md.hybrid ? hybrid : full, 2);
-          std::unique_ptr<dist::SequenceParallel> sp;
-          if (!std::strcmp(md.sp, "single")) sp = dist::make_single_device();
-          else if (!std::strcmp(md.sp, "ssp")) sp = dist::make_ssp(comm);
-          else sp = dist::make_ulysses(comm);
+          std::unique_ptr<parallel::SequenceParallel> sp;
+          if (!std::strcmp(md.sp, "single")) sp = parallel::make_single_device();
+          else if (!std::strcmp(md.sp, "ssp")) sp = parallel::make_ssp(comm);
+          else sp = parallel::make_ulysses(comm);
           std::vector<double> times;
           uint64_t bytes = 0;
           Tensor out;
@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
           // model on one device, on every rank (bf16: expect ~1e-2 or better).
           double rel = -1;
           if (S > 1 && c.model == "1.3B") {
-            auto single = dist::make_single_device();
+            auto single = parallel::make_single_device();
             Tensor ref = m.forward(x, {900.f}, ctx, *single);
             Tensor got = m.forward(x, {900.f}, ctx, *sp);
             rel = relative_error(got, ref);
@@ -330,7 +330,7 @@ int main(int argc, char** argv) {
       std::printf("{\"bench\":\"dit_multi_gpu\",\"model\":\"%s\",\"gpus\":%d,\"error\":\"%s\"}\n",
                   c.model.c_str(), S, e.what());
       std::fflush(stdout);
-      if (S > 1) dist::abort_all(1);  // the other ranks may wait in a collective
+      if (S > 1) parallel::abort_all(1);  // the other ranks may wait in a collective
       status = 1;
     }
     cuda_empty_cache();

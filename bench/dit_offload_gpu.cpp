@@ -20,7 +20,7 @@
 
 #include "osp/core/device.h"
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_block_stream.h"
 #include "osp/pipeline/memory_plan.h"
@@ -87,7 +87,7 @@ Run run_mode(const model::DiTConfig& cfg, const Case& c, const std::string& atte
     const int64_t T = (c.F - 1) / 4 + 1, h = c.H / 8, w = c.W / 8;
     Tensor x = randn({2, 16, T, h, w}, 7).to(dev);
     Tensor ctx = (randn({2, cfg.text_len, cfg.text_dim}, 8).to(dev));
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     std::vector<double> times;
     for (int s = 0; s <= steps; ++s) {
       const float t = 900.0f - 10.0f * float(s);

@@ -31,7 +31,7 @@
 #include "osp/core/device.h"
 #include "osp/core/philox.h"
 #include "osp/core/tensor.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/t5.h"
 #include "osp/model/vae.h"
@@ -165,7 +165,7 @@ StageResult run_t5(std::vector<Tensor>& ctx) {
 
 // The pipeline's sampling loop (pipeline::generate, step 2) for one attention plan.
 Tensor sample_latent(model::DiT& dit, const Tensor& context, int steps, uint64_t seed,
-                     dist::SequenceParallel& sp, const std::string& mode) {
+                     parallel::SequenceParallel& sp, const std::string& mode) {
   const Device dev = Device::cuda(0);
   const int64_t B = context.size(0);
   Tensor x = randn({16, kT, kH, kW}, seed).to(dev);
@@ -295,7 +295,7 @@ int main(int argc, char** argv) {
       dst.copy_from(c.slice(0, 0, L).to(DType::F32));
     }
     ctx.clear();
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     for (const auto& mode : modes) {
       try {
         if (mode == "hybrid") dit.set_block_kinds(sparse::plan_blocks(int(cfg.num_layers), "dual_end", 8), 2);

@@ -28,7 +28,7 @@
 
 #include "osp/core/error.h"
 #include "osp/core/log.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/name_map.h"
 #include "osp/model/dit.h"
@@ -194,7 +194,7 @@ class PyDiT {
     OSP_CHECK(quant == "none" || quant == "hif8" || quant == "fp8", "quant must be none, hif8 or fp8, got '", quant, "'");
     o.quant = quant == "hif8" ? model::DiTQuant::HiF8 : quant == "fp8" ? model::DiTQuant::FP8 : model::DiTQuant::None;
     dit_ = model::DiT::bind(cfg_, w, o);
-    sp_ = dist::make_single_device();
+    sp_ = parallel::make_single_device();
   }
 
   py::array_t<float> forward(const py::array& x, const std::vector<float>& t, const py::array& context) {
@@ -227,7 +227,7 @@ class PyDiT {
  private:
   model::DiTConfig cfg_;
   model::DiT dit_;
-  std::unique_ptr<dist::SequenceParallel> sp_;
+  std::unique_ptr<parallel::SequenceParallel> sp_;
 };
 
 }  // namespace

@@ -15,7 +15,7 @@
 #include <cstdio>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_block_stream.h"
 #include "model/random_dit_weights.h"
@@ -45,7 +45,7 @@ std::vector<BlockKind> hybrid_kinds(int n) {
 }
 
 std::vector<Tensor> forwards(model::DiT& dit, const Tensor& x, const Tensor& ctx, int n) {
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   std::vector<Tensor> out;
   for (int k = 0; k < n; ++k) {
     const float t = 950.0f - 150.0f * float(k);

@@ -14,7 +14,7 @@
 #include <filesystem>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/name_map.h"
 #include "osp/model/dit.h"
@@ -42,7 +42,7 @@ model::DiTConfig hybrid_config() {
 
 // Two forwards (two timesteps, a CFG-like batch of 2) of `dit`.
 std::vector<Tensor> two_forwards(model::DiT& dit, const Tensor& x, const Tensor& ctx) {
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   std::vector<Tensor> out;
   for (float t : {900.0f, 400.0f}) out.push_back(dit.forward(x, {t, t}, ctx, *sp));
   return out;
@@ -67,7 +67,7 @@ void check_streamed(model::DiT& resident, model::DiT& streamed, const model::Blo
   EXPECT_GE(bs.stats().host_bytes, resident.weight_bytes() - non_block_bytes(resident));
 
   const std::vector<Tensor> want = two_forwards(resident, x, ctx);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const Tensor got0 = streamed.forward(x, {900.0f, 900.0f}, ctx, *sp);
   // First forward: every block once, plus block 0 of the next forward prefetched during the last.
   EXPECT_EQ(bs.stats().copies, n + 1);

@@ -27,7 +27,7 @@
 #include <map>
 #include <random>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/sparse/skiparse.h"
@@ -62,7 +62,7 @@ DiT make_model(bool hybrid, DiTQuant quant, Device dev) {
 // Forward of case c on the CPU or CUDA; the output back on the CPU (F32).
 Tensor run(const std::string& c, bool hybrid, DiTQuant quant, Device dev) {
   DiT m = make_model(hybrid, quant, dev);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor out = m.forward(get(c + ".x").to(dev), {timestep(c)}, get(c + ".context"), *sp);
   EXPECT_EQ(out.device(), dev);
   EXPECT_EQ(out.dtype(), DType::F32);
@@ -111,7 +111,7 @@ TEST(DiTFp8, CpuReferenceHasHiF8Numerics) {
 // HiF8 forward by far more than 1e-6 (the fp32 forward moves by ~1e-6).
 TEST(DiTFp8, HiF8ForwardAmplifiesTinyPerturbations) {
   DiT m = make_model(true, DiTQuant::HiF8, Device::cpu());
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor ctx = get("caseA.context").to(DType::F32).clone();
   Tensor a = m.forward(get("caseA.x"), {timestep("caseA")}, ctx, *sp).clone();
   float* p = ctx.data<float>();
@@ -195,7 +195,7 @@ TEST(DiTFp8Gpu, UnalignedShapesFallBackToHiF8) {
     opt.quant = q;
     DiT m = DiT::bind(c, w, opt);
     if (bytes) *bytes = m.weight_bytes();
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     return m.forward(x.to(dev), {500.f}, ctx, *sp).to(Device::cpu());
   };
   size_t b16 = 0, b8 = 0;

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/sparse/skiparse.h"
@@ -42,7 +42,7 @@ DiT make_model(bool hybrid) {
 
 double run_case(const std::string& c, bool hybrid) {
   DiT m = make_model(hybrid);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor out = m.forward(get(c + ".x"), {timestep(c)}, get(c + ".context"), *sp);
   Tensor ref = get(c + (hybrid ? ".out_hybrid" : ".out_full"));
   EXPECT_EQ(out.shape(), ref.shape());
@@ -89,7 +89,7 @@ TEST(DiTGolden, CaseAHiddenStateAfterEveryBlock) {
     EXPECT_EQ(size_t(i), hidden.size());
     hidden.push_back(h.clone());
   });
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   m.forward(get("caseA.x"), {timestep("caseA")}, get("caseA.context"), *sp);
   ASSERT_EQ(hidden.size(), 8u);
   for (int i = 0; i < 8; ++i) {
@@ -102,7 +102,7 @@ TEST(DiTGolden, BatchOfTwoEqualsTwoSingleRuns) {
   // CFG batching: sample 0 = caseA, sample 1 = caseA's latent with another timestep and the
   // empty context (all padding).
   DiT m = make_model(true);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor x = get("caseA.x"), ctx = get("caseA.context");
   Tensor xb = Tensor::empty({2, x.size(0), x.size(1), x.size(2), x.size(3)}, DType::F32);
   xb.select(0, 0).copy_from(x);
@@ -136,7 +136,7 @@ TEST(DiTGolden, BindReportsEveryProblemAtOnce) {
 
 TEST(DiTGolden, ForwardRejectsBadInputs) {
   DiT m = make_model(false);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor x = get("caseA.x"), ctx = get("caseA.context");
   const float t = timestep("caseA");
   Tensor odd = Tensor::zeros({16, 3, 15, 24}, DType::F32);
@@ -154,7 +154,7 @@ TEST(DiTGolden, HiF8ModePerturbsButStaysClose) {
   model::DiTOptions opt;
   opt.quant = model::DiTQuant::HiF8;
   DiT q = DiT::bind(golden().cfg, golden().weights, opt, "weights.");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor out = q.forward(get("caseA.x"), {timestep("caseA")}, get("caseA.context"), *sp);
   const double err = relative_error(out, get("caseA.out_full"));
   // HiF8 keeps 3 mantissa bits near the max: a visible but small perturbation.

@@ -4,7 +4,7 @@
 
 #include <cstdio>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/sparse/skiparse.h"
@@ -27,7 +27,7 @@ double run_case(const std::string& c, bool hybrid, model::DiTQuant quant = model
   DiT m = DiT::bind(golden().cfg, golden().weights, opt, "weights.");
   if (hybrid)
     m.set_block_kinds(sparse::plan_blocks(8, "dual_end", 4), 2);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const float t = get(c + ".t").to_float_vector().at(0);
   Tensor out = m.forward(get(c + ".x").to(Device::cuda(0)), {t}, get(c + ".context"), *sp);
   EXPECT_TRUE(out.device().is_cuda());
@@ -68,7 +68,7 @@ TEST(DiTGpu, HiddenStatesPerBlock) {
   DiT m = DiT::bind(golden().cfg, golden().weights, opt, "weights.");
   std::vector<Tensor> hidden;
   m.set_block_hook([&](int, const Tensor& h) { hidden.push_back(h.to(Device::cpu())); });
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   m.forward(get("caseA.x"), {get("caseA.t").to_float_vector().at(0)}, get("caseA.context"), *sp);
   ASSERT_EQ(hidden.size(), 8u);
   for (int i = 0; i < 8; ++i) {

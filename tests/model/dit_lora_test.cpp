@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/lora.h"
 #include "osp/ops/ops.h"
@@ -77,7 +77,7 @@ TEST(DiTLora, ZeroBReproducesBaseExactly) {
   const auto cfg = tiny_config();
   const auto w = osp::test::random_dit_weights(cfg, 1);
   const Inputs in = inputs(5);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   for (auto q : {model::DiTQuant::None, model::DiTQuant::HiF8}) {
     model::DiTOptions o;
     o.quant = q;
@@ -93,7 +93,7 @@ TEST(DiTLora, UnmergedEqualsMergedAndDisableGivesBase) {
   const auto cfg = tiny_config();
   const auto w = osp::test::random_dit_weights(cfg, 2);
   const Inputs in = inputs(6);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   model::Lora l = random_lora(cfg, 4, 8, 4, 0.05f);
   // every linear of a block, not only the default targets
   {
@@ -138,7 +138,7 @@ TEST(DiTLora, GradientsMatchFiniteDifferences) {
   const auto cfg = tiny_config();
   const auto w = osp::test::random_dit_weights(cfg, 3);
   const Inputs in = inputs(7);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   model::DiTOptions o;
   o.train = true;
   o.train_base = false;
@@ -195,7 +195,7 @@ TEST(DiTLora, HiF8BaseTrainsAdaptersOnly) {
   const auto cfg = tiny_config();
   const auto w = osp::test::random_dit_weights(cfg, 4);
   const Inputs in = inputs(8);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   model::DiTOptions o;
   o.quant = model::DiTQuant::HiF8;
   o.train = true;
@@ -230,7 +230,7 @@ TEST(DiTLora, SavedLoraLoadsBackAndBadAdaptersAreRefused) {
   const auto cfg = tiny_config();
   const auto w = osp::test::random_dit_weights(cfg, 5);
   const Inputs in = inputs(9);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   model::DiT dit = model::DiT::bind(cfg, w);
   dit.attach_lora(random_lora(cfg, 4, 16, 7, 0.1f));
   const Tensor v = dit.forward(in.x, in.t, in.ctx, *sp).clone();

@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <set>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/profile.h"
 #include "osp/sparse/skiparse.h"
@@ -49,7 +49,7 @@ DiT make_model(model::DiTQuant quant = model::DiTQuant::None, int layers = 0) {
 }
 
 Tensor run(DiT& m, const std::string& c = "caseB") {
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   return m.forward(get(c + ".x"), {get(c + ".t").to_float_vector().at(0)}, get(c + ".context"),
                    *sp);
 }
@@ -184,7 +184,7 @@ TEST(DiTProfile, BatchOfTwoUnchanged) {
   xb.select(0, 1).copy_from(x);
   Tensor cb = Tensor::zeros({2, ctx.size(0), ctx.size(1)}, DType::F32);
   cb.select(0, 0).copy_from(ctx);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const float t0 = get("caseA.t").to_float_vector().at(0);
   const Tensor ref = m.forward(xb, {t0, 321.f}, cb, *sp);
   m.set_profiling(true);
@@ -196,7 +196,7 @@ TEST(DiTProfile, BatchOfTwoUnchanged) {
 TEST(DiTProfile, FailedForwardIsNotCounted) {
   DiT m = make_model();
   m.set_profiling(true);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   // A block hook that throws stops the forward after it began.
   m.set_block_hook([](int i, const Tensor&) {
     if (i == 2) throw Error("hook stop");

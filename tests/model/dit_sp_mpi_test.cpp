@@ -4,9 +4,9 @@
 // With 4 ranks and 2 heads the full blocks run Ulysses in two groups of F = gcd(2, 4) = 2.
 #include <gtest/gtest.h>
 
-#include "osp/dist/comm_volume.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/comm_volume.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/sparse/skiparse.h"
@@ -21,8 +21,8 @@ namespace {
 
 const test::GoldenDiT& golden() { return test::golden_dit(); }
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -47,7 +47,7 @@ TEST_P(DiTSp, EqualsSingleRank) {
                                           std::stoi(md.at("num_full_blocks"))),
                       std::stoi(md.at("sparse_ratio")));
   }
-  auto sp = std::string(c.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+  auto sp = std::string(c.mode) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
   // Inputs from rank 0 (spec §4.10); the other ranks pass garbage that must be overwritten.
   const std::string gc = c.golden_case;
   Tensor x = get(gc + ".x").clone(), ctx = get(gc + ".context").clone();
@@ -61,7 +61,7 @@ TEST_P(DiTSp, EqualsSingleRank) {
   sp->broadcast(ctx);
   sp->broadcast(t);
   const float tv = t.to_float_vector().at(0);
-  auto single = dist::make_single_device();
+  auto single = parallel::make_single_device();
   const Tensor want = m.forward(x, {tv}, ctx, *single);
   sp->reset_bytes();
   const Tensor got = m.forward(x, {tv}, ctx, *sp);
@@ -71,13 +71,13 @@ TEST_P(DiTSp, EqualsSingleRank) {
   EXPECT_LT(relative_error(got, ref), 1e-4) << c.name << " vs golden";
   // The counted bytes are the analytic volume: the DiT applies the head on each rank's rows and
   // gathers its out_dim·patch_volume f32 channels, not the C-wide hidden state.
-  dist::ForwardPlan plan;
+  parallel::ForwardPlan plan;
   plan.grid = {x.size(1), x.size(2) / golden().cfg.patch_h, x.size(3) / golden().cfg.patch_w};
   plan.kinds = m.block_kinds();
   plan.P = m.sparse_ratio();
   plan.heads = int(golden().cfg.num_heads);
   plan.head_dim = int(golden().cfg.head_dim());
-  EXPECT_EQ(sp->bytes_sent(), dist::comm_volume(plan, c.mode, comm->size(), comm->rank(), 1,
+  EXPECT_EQ(sp->bytes_sent(), parallel::comm_volume(plan, c.mode, comm->size(), comm->rank(), 1,
                                                 sizeof(float),
                                                 golden().cfg.out_dim * golden().cfg.patch_volume())
                                   .total());

@@ -10,7 +10,7 @@
 #include <cmath>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "model/random_dit_weights.h"
 #include "test_util.h"
@@ -46,7 +46,7 @@ Tensor record_then_reuse(const model::DiTConfig& cfg, const std::map<std::string
   opt.device = dev;
   model::DiT dit = model::DiT::bind(cfg, w, opt);
   dit.set_block_kinds(kinds, 2);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const Tensor ctx = randn({2, 6, cfg.text_dim}, 21).to(dev);
   model::DiT::BlockCache cache;
   bool run = true;

@@ -13,7 +13,7 @@
 #include <cmath>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "model/random_dit_weights.h"
 #include "test_util.h"
@@ -59,7 +59,7 @@ TEST(DiTStepCache, RecordKeepsOutputAndReuseOnSameInputGivesItBack) {
     SCOPED_TRACE(p.name);
     model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 5, false));
     dit.set_block_kinds(p.kinds, 2);
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const Tensor x = input(9), ctx = randn({2, 6, cfg.text_dim}, 10);
     const std::vector<float> t = {700.0f, 700.0f};
     const Tensor plain = dit.forward(x, t, ctx, *sp);
@@ -94,7 +94,7 @@ TEST(DiTStepCache, IdentityBlocksPinTheResidualLayout) {
     SCOPED_TRACE(p.name);
     model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 6, true));
     dit.set_block_kinds(p.kinds, 2);
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const Tensor ctx = randn({2, 6, cfg.text_dim}, 11);
     model::DiT::BlockCache cache;
     bool run = true;
@@ -117,7 +117,7 @@ TEST(DiTStepCache, IdentityBlocksPinTheResidualLayout) {
 TEST(DiTStepCache, MismatchedResidualIsRefused) {
   const model::DiTConfig cfg = config();
   model::DiT dit = model::DiT::bind(cfg, osp::test::random_dit_weights(cfg, 7, false));
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   model::DiT::BlockCache cache;
   cache.run_blocks = [](const Tensor&) { return false; };
   cache.residual = Tensor::zeros({2, 5, cfg.dim}, DType::F32, Device::cpu());

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/model/lora.h"
 #include "osp/ops/backward.h"
@@ -113,7 +113,7 @@ Compare compare_forwards(int layers, bool hybrid, bool ckpt) {
   li.rank = 32;
   li.seed = 3;
   dit.attach_lora(model::init_lora(model::DiT::expected_shapes(cfg), li));
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const Tensor vi = dit.forward(x, {700.f}, ctx, *sp).to(Device::cpu());
   const Tensor vt = dit.forward_train(x, {700.f}, ctx, *sp).to(Device::cpu());
   const Tensor vb = dit.forward(xb, {700.f}, ctx, *sp).to(Device::cpu());

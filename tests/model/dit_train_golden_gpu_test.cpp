@@ -9,7 +9,7 @@
 
 #include <cstdio>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/ops/ops.h"
 #include "golden_train.h"
@@ -21,7 +21,7 @@ using model::DiT;
 namespace {
 
 // One rectified-flow step: x_σ, v and the loss on the host in fp32, the model on the GPU.
-test::TrainStepResult flow_step_cuda(DiT& m, dist::SequenceParallel& sp,
+test::TrainStepResult flow_step_cuda(DiT& m, parallel::SequenceParallel& sp,
                                      const test::TrainCaseInputs& in) {
   const float s = in.sigma;
   Tensor xs = Tensor::empty(in.x0.shape(), DType::F32);
@@ -47,7 +47,7 @@ void run_golden_cuda(const std::string& c, const std::string& mode, bool checkpo
   OSP_REQUIRE_GPU();
   DiT m = test::golden_train_model(mode, checkpointing, Device::cuda(0));
   m.set_keep_attention(keep_attention);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const auto r = flow_step_cuda(m, *sp, test::golden_train_inputs(c));
   test::expect_matches_golden_train(m, r, c, mode, 3e-2, 6e-2);
 }
@@ -69,7 +69,7 @@ TEST(DiTTrainGoldenGpu, TrainAHybridKeptAttentionSameBits) {
   DiT ref = test::golden_train_model("hybrid", true, Device::cuda(0));
   DiT kept = test::golden_train_model("hybrid", true, Device::cuda(0));
   kept.set_keep_attention(true);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const auto ra = flow_step_cuda(ref, *sp, in);
   const auto rb = flow_step_cuda(kept, *sp, in);
   EXPECT_EQ(ra.loss, rb.loss);

@@ -10,7 +10,7 @@
 #include <memory>
 #include <random>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/ops/ops.h"
 #include "golden_train.h"
@@ -24,7 +24,7 @@ namespace {
 
 double run_golden(const std::string& c, const std::string& mode, double tol) {
   DiT m = test::golden_train_model(mode);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const auto r = test::golden_flow_step(m, *sp, test::golden_train_inputs(c));
   return test::expect_matches_golden_train(m, r, c, mode, tol);
 }
@@ -63,7 +63,7 @@ TEST(DiTTrainGolden, HybridQatWithinTheChaosOfHiF8Rounding) {
   for (const std::string c : {"trainA", "trainB"}) {
     const std::string pre = c + ".hybrid_qat.";
     DiT m = test::golden_train_model("hybrid_qat");
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     // golden name → our tensor, for the stored gradients
     auto snapshot = [&](const test::TrainStepResult& r) {
       std::map<std::string, Tensor> out;
@@ -123,7 +123,7 @@ TEST(DiTTrainGolden, HybridQatWithinTheChaosOfHiF8Rounding) {
 
 TEST(DiTTrainGolden, CheckpointingOnAndOffGiveTheSameBits) {
   for (const std::string mode : {"hybrid", "hybrid_qat"}) {
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const auto in = test::golden_train_inputs("trainA");
     DiT on = test::golden_train_model(mode, true), off = test::golden_train_model(mode, false);
     const auto ra = test::golden_flow_step(on, *sp, in);
@@ -134,7 +134,7 @@ TEST(DiTTrainGolden, CheckpointingOnAndOffGiveTheSameBits) {
 
 TEST(DiTTrainGolden, GradientsAccumulateAndZeroGrad) {
   DiT m = test::golden_train_model("hybrid");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const auto in = test::golden_train_inputs("trainB");
   test::golden_flow_step(m, *sp, in);
   std::vector<Tensor> once;
@@ -176,7 +176,7 @@ TEST(DiTTrainGolden, TrainingForwardMatchesInferenceAndUsesCurrentWeights) {
   // forward() and forward_train() share one path; in HiF8 training Q(W, 15) follows the weight.
   for (const std::string mode : {"hybrid", "hybrid_qat"}) {
     DiT m = test::golden_train_model(mode);
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const auto in = test::golden_train_inputs("trainB");
     Tensor xs = Tensor::empty(in.x0.shape(), DType::F32);
     ops::axpby(in.sigma, in.noise, 1.f - in.sigma, in.x0, xs);
@@ -199,7 +199,7 @@ TEST(DiTTrainGolden, TrainingForwardMatchesInferenceAndUsesCurrentWeights) {
 
 TEST(DiTTrainGolden, BackwardNeedsARecordedForward) {
   DiT m = test::golden_train_model("full");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   EXPECT_THROW(m.backward(Tensor::zeros({16, 1, 8, 8}, DType::F32), *sp), Error);
   DiT inf = DiT::bind(test::golden_train().cfg, test::golden_train().weights, {}, "weights.");
   const auto in = test::golden_train_inputs("trainB");
@@ -213,24 +213,24 @@ namespace {
 // The single-device layout behind a forwarding layer: without `train` it lacks the training hooks
 // (as a layout that does not support training would); with it, it counts the attention cores the
 // training forwards run.
-struct Forwarding : dist::SequenceParallel {
-  std::unique_ptr<dist::SequenceParallel> s = dist::make_single_device();
+struct Forwarding : parallel::SequenceParallel {
+  std::unique_ptr<parallel::SequenceParallel> s = parallel::make_single_device();
   bool train = false;
   int train_cores = 0;  // self_attention_train calls
   const char* name() const override { return "forwarding"; }
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  void setup(const dist::ForwardPlan& p) override { s->setup(p); }
+  void setup(const parallel::ForwardPlan& p) override { s->setup(p); }
   Tensor scatter_input(const Tensor& x) override { return s->scatter_input(x); }
   Tensor enter_block(int i, const Tensor& x) override { return s->enter_block(i, x); }
   const Tensor& rope_table(int i) override { return s->rope_table(i); }
   void self_attention(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const dist::AttentionFn& fn) override {
+                      const parallel::AttentionFn& fn) override {
     s->self_attention(i, q, k, v, out, fn);
   }
   void self_attention_train(int i, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                             Tensor& lse) override {
-    if (!train) return dist::SequenceParallel::self_attention_train(i, q, k, v, out, lse);
+    if (!train) return parallel::SequenceParallel::self_attention_train(i, q, k, v, out, lse);
     ++train_cores;
     s->self_attention_train(i, q, k, v, out, lse);
   }
@@ -238,7 +238,7 @@ struct Forwarding : dist::SequenceParallel {
                                const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                                Tensor& dk, Tensor& dv) override {
     if (!train)
-      return dist::SequenceParallel::self_attention_backward(i, q, k, v, out, lse, dout, dq, dk, dv);
+      return parallel::SequenceParallel::self_attention_backward(i, q, k, v, out, lse, dout, dq, dk, dv);
     s->self_attention_backward(i, q, k, v, out, lse, dout, dq, dk, dv);
   }
   Tensor gather_output(const Tensor& x) override { return s->gather_output(x); }
@@ -344,7 +344,7 @@ TEST(DiTTrainFiniteDifference, WholeModelDirectionalDerivatives) {
   opt.train = true;
   DiT m = DiT::bind(tm.cfg, tm.w, opt);
   m.set_block_kinds({BlockKind::Full, BlockKind::Token, BlockKind::Group, BlockKind::Full}, 2);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   Tensor x = randn({1, 4, 2, 12, 16}, 7), ctx = randn({1, 5, 12}, 8);
   const std::vector<float> t{437.f};
   Tensor R = randn({1, 4, 2, 12, 16}, 9);

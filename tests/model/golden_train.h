@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/ops/ops.h"
@@ -89,7 +89,7 @@ struct TrainStepResult {
 // One rectified-flow step through DiT::forward_train / backward on the case's inputs (the loss
 // of train/flow_matching.h written out, so these tests need only the model library). Parameter
 // gradients accumulate: call m.zero_grad() first for those of this step alone.
-inline TrainStepResult golden_flow_step(model::DiT& m, dist::SequenceParallel& sp,
+inline TrainStepResult golden_flow_step(model::DiT& m, parallel::SequenceParallel& sp,
                                         const TrainCaseInputs& in) {
   const float s = in.sigma;
   Tensor xs = Tensor::empty(in.x0.shape(), DType::F32), target = Tensor::empty(in.x0.shape(), DType::F32);

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/model/lora.h"
@@ -191,7 +191,7 @@ TEST(Lora, ZeroBReproducesDiTOutputExactly) {
   for (const auto& n : f.names())
     if (n.rfind("weights.", 0) == 0) w[n.substr(8)] = f.get(n);
   const Tensor x = f.get("trainB.x0"), ctx = f.get("trainB.context");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   auto run = [&](const std::map<std::string, Tensor>& weights) {
     model::DiT dit = model::DiT::bind(cfg, weights);
     return dit.forward(x, {500.0f}, ctx, *sp);

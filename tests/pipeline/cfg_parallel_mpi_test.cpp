@@ -13,7 +13,7 @@
 #include <functional>
 #include <string>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/pipeline/pipeline.h"
 #include "pipeline/tiny_run.h"
 #include "test_util.h"
@@ -70,7 +70,7 @@ TEST(CfgParallel, GuidanceOneIsRefused) {
 TEST(CfgParallel, MatchesSingleRank) {
   if (!fs::exists(kModel + "/diffusion_pytorch_model.safetensors"))
     GTEST_SKIP() << "SKIP: " << kModel << " is not in this checkout";
-  auto comm = dist::make_communicator("mpi");
+  auto comm = parallel::make_communicator("mpi");
   const int size = comm->size();
   if (size == 1 || size % 2 != 0) {
     // One rank: the flag is refused before any work, saying how to launch.
@@ -104,7 +104,7 @@ TEST(CfgParallel, WithUlyssesMatchesSingleRank) {
   // 4 ranks: 2 CFG x 2 Ulysses (full attention: Ulysses splits full blocks only).
   if (!fs::exists(kModel + "/diffusion_pytorch_model.safetensors"))
     GTEST_SKIP() << "SKIP: " << kModel << " is not in this checkout";
-  auto comm = dist::make_communicator("mpi");
+  auto comm = parallel::make_communicator("mpi");
   if (comm->size() != 4) GTEST_SKIP() << "SKIP: the 2 x 2 Ulysses layout needs 4 ranks";
   pipeline::GenerateOptions o = base_options();
   o.attention = "full";
@@ -118,7 +118,7 @@ TEST(CfgParallel, WithUlyssesMatchesSingleRank) {
 TEST(CfgParallel, StepCacheReusesTheSameSteps) {
   if (!fs::exists(kModel + "/diffusion_pytorch_model.safetensors"))
     GTEST_SKIP() << "SKIP: " << kModel << " is not in this checkout";
-  auto comm = dist::make_communicator("mpi");
+  auto comm = parallel::make_communicator("mpi");
   const int size = comm->size();
   if (size == 1 || size % 2 != 0) GTEST_SKIP() << "SKIP: --cfg-parallel needs 2 or 4 ranks here";
   pipeline::GenerateOptions o = base_options();

@@ -13,7 +13,7 @@
 #include <memory>
 #include <string>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/io/image_writer.h"
 #include "osp/io/video_writer.h"
 #include "test_util.h"
@@ -98,7 +98,7 @@ TEST(Cli, CfgParallelPairWritesTheFramesOfOneRank) {
   EXPECT_EQ(one_rank.code, 1) << one_rank.out;
   EXPECT_NE(one_rank.out.find("--cfg-parallel needs an even number of ranks"), std::string::npos) << one_rank.out;
   EXPECT_NE(one_rank.out.find("mpirun -np 2"), std::string::npos) << one_rank.out;
-  if (!osp::dist::mpi_built()) GTEST_SKIP() << "SKIP: this build has no MPI";
+  if (!osp::parallel::mpi_built()) GTEST_SKIP() << "SKIP: this build has no MPI";
   CmdResult which = run_shell("command -v mpirun || command -v mpiexec");
   while (!which.out.empty() && std::isspace(static_cast<unsigned char>(which.out.back()))) which.out.pop_back();
   if (which.code != 0 || which.out.empty()) GTEST_SKIP() << "SKIP: no mpirun on PATH";

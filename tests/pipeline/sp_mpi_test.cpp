@@ -6,7 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/io/video_writer.h"
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/pipeline.h"
@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 
 TEST(PipelineSP, SspMatchesSingleDevice) {
   if (!io::video_writer_available()) GTEST_SKIP() << "SKIP: built without FFmpeg";
-  auto comm = dist::make_communicator("mpi");
+  auto comm = parallel::make_communicator("mpi");
   const int rank = comm->rank(), size = comm->size();
   // One folder per job (rank 0's pid, broadcast), model written by rank 0.
   Tensor id = Tensor::from_vector({float(::getpid() % 1000000)}, {1});

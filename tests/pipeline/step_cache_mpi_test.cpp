@@ -8,7 +8,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/pipeline/pipeline.h"
 
 using namespace osp;
@@ -18,7 +18,7 @@ TEST(StepCacheSP, SspReusesTheSameStepsAndMatchesSingleDevice) {
   const std::string model = std::string(OSP_SOURCE_DIR) + "/models/osp-next-tiny";
   if (!fs::exists(model + "/diffusion_pytorch_model.safetensors"))
     GTEST_SKIP() << "SKIP: " << model << " is not in this checkout";
-  auto comm = dist::make_communicator("mpi");
+  auto comm = parallel::make_communicator("mpi");
   const int size = comm->size();
   pipeline::GenerateOptions o;
   o.prompt = "a red circle moves left on a blue background";

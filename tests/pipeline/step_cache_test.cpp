@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "osp/core/error.h"
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/pipeline/pipeline.h"
 #include "osp/pipeline/request.h"
 #include "osp/sample/step_cache.h"
@@ -109,7 +109,7 @@ TEST(TeaCachePolicy, RowsOnTwoRanksWithAgreementDecideAsOneBatch) {
     for (size_t k = 0; k < 48; ++k) v[k] = value(int(k / 24), i);
     want.push_back(both.compute(i, Tensor::from_vector(v, {2, 6, 4})));
   }
-  auto comms = dist::make_thread_communicators(2);
+  auto comms = parallel::make_thread_communicators(2);
   std::vector<std::vector<bool>> got(2), alone(2);
   std::vector<std::thread> th;
   for (int r = 0; r < 2; ++r)

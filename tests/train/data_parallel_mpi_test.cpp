@@ -9,8 +9,8 @@
 
 #include <map>
 
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "osp/train/data_parallel.h"
 #include "osp/train/adamw.h"
@@ -24,8 +24,8 @@ using model::DiT;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -73,7 +73,7 @@ std::map<std::string, Tensor> snapshot(DiT& m) {
 const Result& reference() {
   static Result r = [] {
     DiT m = test::golden_train_model("hybrid");
-    auto sp = dist::make_single_device();
+    auto sp = parallel::make_single_device();
     const Batch& b = global_batch();
     m.zero_grad();
     Result out;
@@ -88,7 +88,7 @@ const Result& reference() {
 Result distributed_step(int sp_size, int accum, size_t bucket_bytes = size_t(25) << 20) {
   auto groups = train::make_parallel_groups(world(), sp_size);
   DiT m = test::golden_train_model("hybrid");
-  auto sp = sp_size == 1 ? dist::make_single_device() : dist::make_ssp(groups.sp);
+  auto sp = sp_size == 1 ? parallel::make_single_device() : parallel::make_ssp(groups.sp);
   const Batch& b = global_batch();
   m.zero_grad();
   double loss = 0;
@@ -227,7 +227,7 @@ TEST(DataParallel, OptimizerStepsEqualOneRank) {
   const int steps = 3;
   // one rank, whole batch
   DiT ref = test::golden_train_model("hybrid");
-  auto single = dist::make_single_device();
+  auto single = parallel::make_single_device();
   train::AdamW ref_opt(ref.parameters(), cfg);
   for (int s = 0; s < steps; ++s) {
     ref.zero_grad();
@@ -237,7 +237,7 @@ TEST(DataParallel, OptimizerStepsEqualOneRank) {
   // SP × DP, sharded optimizer
   auto groups = train::make_parallel_groups(world(), sp_size);
   DiT m = test::golden_train_model("hybrid");
-  auto sp = sp_size == 1 ? dist::make_single_device() : dist::make_ssp(groups.sp);
+  auto sp = sp_size == 1 ? parallel::make_single_device() : parallel::make_ssp(groups.sp);
   train::ShardedAdamW opt(m.parameters(), groups, cfg);
   for (int s = 0; s < steps; ++s) {
     m.zero_grad();

@@ -9,8 +9,8 @@
 
 #include <map>
 
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "osp/train/data_parallel.h"
 #include "model/golden_train.h"
@@ -21,8 +21,8 @@ using model::DiT;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -31,7 +31,7 @@ struct Step : test::TrainStepResult {
 };
 
 // One step of the flow loss of train/flow_matching.h written out (loss over the whole v).
-Step flow_step(DiT& m, dist::SequenceParallel& sp, const test::TrainCaseInputs& in) {
+Step flow_step(DiT& m, parallel::SequenceParallel& sp, const test::TrainCaseInputs& in) {
   m.zero_grad();
   Step r;
   static_cast<test::TrainStepResult&>(r) = test::golden_flow_step(m, sp, in);
@@ -54,10 +54,10 @@ TEST_P(DiTSpTrain, EqualsSingleRank) {
   auto comm = world();
   const auto in = test::golden_train_inputs(c.golden_case);
   DiT m = test::golden_train_model(c.mode, c.checkpointing);
-  auto single = dist::make_single_device();
+  auto single = parallel::make_single_device();
   const Step want = flow_step(m, *single, in);
 
-  auto sp = std::string(c.sp) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+  auto sp = std::string(c.sp) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
   Step got = flow_step(m, *sp, in);
   ParamTable params = m.parameters();
   train::reduce_sp_gradients(params, *comm);

@@ -1,5 +1,5 @@
 // Rank counts the 1/2/4-rank MPI tests cannot reach, as threads of one process
-// (dist::make_thread_communicators): the golden training step (golden_train.safetensors, 2 heads)
+// (parallel::make_thread_communicators): the golden training step (golden_train.safetensors, 2 heads)
 // on 8 ranks of SSP — the 2D tile split with inner Ulysses U = 8 / P² = 2 in the sparse blocks
 // and the full blocks in four replica groups of F = 2 — and on 6 ranks of Ulysses (three
 // replica groups) equals the single-rank loss, v, every parameter gradient (summed with
@@ -12,9 +12,9 @@
 #include <map>
 #include <thread>
 
-#include "osp/dist/comm_volume.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/comm_volume.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "osp/train/data_parallel.h"
 #include "model/golden_train.h"
@@ -29,7 +29,7 @@ struct Step : test::TrainStepResult {
   std::map<std::string, Tensor> grads;
 };
 
-Step flow_step(DiT& m, dist::SequenceParallel& sp, const test::TrainCaseInputs& in) {
+Step flow_step(DiT& m, parallel::SequenceParallel& sp, const test::TrainCaseInputs& in) {
   m.zero_grad();
   Step r;
   static_cast<test::TrainStepResult&>(r) = test::golden_flow_step(m, sp, in);
@@ -41,11 +41,11 @@ void run_case(const char* golden_case, const char* mode, const char* spname, int
   Step want;
   {
     DiT m = test::golden_train_model(mode);
-    auto single = dist::make_single_device();
+    auto single = parallel::make_single_device();
     want = flow_step(m, *single, in);
     for (const ParamRef& p : m.parameters()) want.grads[p.name] = p.grad->clone();
   }
-  auto comms = dist::make_thread_communicators(S);
+  auto comms = parallel::make_thread_communicators(S);
   std::vector<Step> got(static_cast<size_t>(S));
   std::vector<std::exception_ptr> errs(static_cast<size_t>(S));
   std::vector<std::thread> th;
@@ -53,9 +53,9 @@ void run_case(const char* golden_case, const char* mode, const char* spname, int
     th.emplace_back([&, r] {
       omp_set_num_threads(1);
       try {
-        std::shared_ptr<dist::Communicator> comm(std::move(comms[size_t(r)]));
+        std::shared_ptr<parallel::Communicator> comm(std::move(comms[size_t(r)]));
         DiT m = test::golden_train_model(mode);
-        auto sp = std::string(spname) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+        auto sp = std::string(spname) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
         Step s = flow_step(m, *sp, in);
         ParamTable params = m.parameters();
         train::reduce_sp_gradients(params, *comm);
@@ -87,13 +87,13 @@ void run_case(const char* golden_case, const char* mode, const char* spname, int
 TEST(DiTSpTrainThreads, Ssp8RanksTileSplitAndReplicatedFullBlocks) {
   // the layout this case is about: U = 2 inside the sparse blocks
   const auto& g = test::golden_train();
-  dist::ForwardPlan plan;
+  parallel::ForwardPlan plan;
   plan.grid = {2, 12 / g.cfg.patch_h, 16 / g.cfg.patch_w};
   plan.kinds = g.hybrid_kinds;
   plan.P = g.P;
   plan.heads = int(g.cfg.num_heads);
   plan.head_dim = int(g.cfg.head_dim());
-  const auto vol = dist::comm_volume(plan, "ssp", 8, 0, 1, 4, 0);
+  const auto vol = parallel::comm_volume(plan, "ssp", 8, 0, 1, 4, 0);
   ASSERT_EQ(vol.U, 2);
   ASSERT_GT(vol.sparse_ulysses_bytes, 0u);
   run_case("trainA", "hybrid", "ssp", 8);

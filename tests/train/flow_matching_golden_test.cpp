@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "model/golden_train.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "osp/train/flow_matching.h"
 #include "test_util.h"
@@ -24,7 +24,7 @@ std::map<std::string, Tensor> grads_of(DiT& m) {
 
 void flow_case(const std::string& c, const std::string& mode) {
   DiT m = test::golden_train_model(mode);
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   const auto in = test::golden_train_inputs(c);
   test::TrainStepResult r;
   train::FlowGrads extra{&r.dx_sigma, &r.dcontext};
@@ -48,7 +48,7 @@ TEST(FlowMatchingGolden, BatchLossIsTheMeanOverEveryElement) {
   const auto in = test::golden_train_inputs("trainB");
   const float s0 = in.sigma, s1 = 0.31f;
   Tensor ctx1 = in.context.slice(0, 0, 6).clone();  // a shorter context for sample 1
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   DiT m = test::golden_train_model("hybrid");
   Tensor dx0, dx1, dc0, dc1;
   const double l0 = train::flow_matching_loss_backward(m, *sp, in.x0, in.noise, {s0}, in.context,
@@ -94,7 +94,7 @@ TEST(FlowMatchingGolden, BatchLossIsTheMeanOverEveryElement) {
 
 TEST(FlowMatchingGolden, ForwardBackwardWithTheFlowGradientEqualsTheFlowStep) {
   const auto in = test::golden_train_inputs("trainB");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   DiT a = test::golden_train_model("full"), b = test::golden_train_model("full");
   Tensor va;
   train::flow_matching_loss_backward(a, *sp, in.x0, in.noise, {in.sigma}, in.context, {}, &va);
@@ -119,7 +119,7 @@ TEST(FlowMatchingGolden, ForwardBackwardWithTheFlowGradientEqualsTheFlowStep) {
 
 TEST(FlowMatchingGolden, BadInputsGiveClearErrors) {
   const auto in = test::golden_train_inputs("trainB");
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   DiT m = test::golden_train_model("full");
   EXPECT_THROW(train::flow_matching_loss_backward(m, *sp, in.x0, in.noise, {0.5f, 0.5f}, in.context),
                Error);  // two sigmas, one sample

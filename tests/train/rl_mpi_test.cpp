@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/model/lora.h"
 #include "osp/train/data_parallel.h"
 #include "osp/train/rl_trainer.h"
@@ -26,8 +26,8 @@ using namespace osp::train::rl_test;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -70,7 +70,7 @@ double max_abs(const Tensor& a) {
 
 // One rank's run (no groups) against the run over `groups` with the SP plan `sp`.
 void expect_same_as_one_rank(const std::string& name, ParallelGroups groups,
-                             std::unique_ptr<dist::SequenceParallel> sp, double tol) {
+                             std::unique_ptr<parallel::SequenceParallel> sp, double tol) {
   const int rank = world()->rank();
   const fs::path prompts = prompts_file();
   const fs::path ref_out = job_dir(name + "_ref_rank" + std::to_string(rank));
@@ -143,13 +143,13 @@ void expect_same_as_one_rank(const std::string& name, ParallelGroups groups,
 }  // namespace
 
 TEST(RlMpi, DataParallelEqualsOneRank) {
-  expect_same_as_one_rank("dp", make_parallel_groups(world(), 1), dist::make_single_device(), 2e-5);
+  expect_same_as_one_rank("dp", make_parallel_groups(world(), 1), parallel::make_single_device(), 2e-5);
 }
 
 TEST(RlMpi, SspTimesDataParallelEqualsOneRank) {
   if (world()->size() < 2) GTEST_SKIP() << "needs 2 or 4 ranks";
   ParallelGroups g = make_parallel_groups(world(), 2);  // 2 = 2 SP x 1 DP, 4 = 2 SP x 2 DP
-  std::unique_ptr<dist::SequenceParallel> sp = dist::make_ssp(g.sp);
+  std::unique_ptr<parallel::SequenceParallel> sp = parallel::make_ssp(g.sp);
   expect_same_as_one_rank("ssp", std::move(g), std::move(sp), 1e-4);
 }
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/train/dit_train_model.h"
 #include "osp/train/rl_trainer.h"
@@ -43,7 +43,7 @@ class RedReward : public Reward {
 
 struct Stack {
   model::DiT dit;
-  std::unique_ptr<dist::SequenceParallel> sp = dist::make_single_device();
+  std::unique_ptr<parallel::SequenceParallel> sp = parallel::make_single_device();
   RlEnv env;
   std::vector<std::unique_ptr<Reward>> rewards;
   // cfg: the DiT (text_dim is the stand-in encoder's width); dev: where the DiT runs (the CUDA

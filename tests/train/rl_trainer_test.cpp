@@ -16,7 +16,7 @@
 
 #include "osp/core/interrupt.h"
 #include "osp/core/philox.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/model/lora.h"

@@ -17,7 +17,7 @@
 
 #include <random>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/ops/ops.h"
 #include "osp/train/adamw.h"
 #include "osp/train/grad_clip.h"
@@ -28,8 +28,8 @@ using namespace osp;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -175,7 +175,7 @@ void run(int sp_size, size_t bucket_bytes, train::ShardGroup over) {
   // resume on a different DP count: the first half of the world, or one rank
   const int W = world()->size();
   const int half = W > 1 ? W / 2 : 1;
-  auto sub = std::shared_ptr<dist::Communicator>(
+  auto sub = std::shared_ptr<parallel::Communicator>(
       world()->split(world()->rank() < half ? 0 : 1, world()->rank()));
   train::ParallelGroups g2;
   g2.world = sub;

@@ -21,7 +21,7 @@
 #include <filesystem>
 
 #include "osp/core/philox.h"
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/io/safetensors.h"
 #include "osp/train/dit_train_model.h"
 #include "osp/train/latent_dataset.h"
@@ -33,8 +33,8 @@ using namespace osp::train;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 

@@ -15,8 +15,8 @@
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
@@ -35,7 +35,7 @@ namespace {
 int run_rl_command(train::RlOptions o) {
   if (o.negative_prompt.empty() && !o.no_negative) o.negative_prompt = model::default_negative_prompt();
   OSP_CHECK(!o.model.empty(), "--model is required (the base model folder)");
-  const int nranks = dist::launcher_size(), rank = dist::launcher_rank();
+  const int nranks = parallel::launcher_size(), rank = parallel::launcher_rank();
   if (rank > 0 && log_level() >= LogLevel::Info) set_log_level(LogLevel::Warn);  // rank 0 speaks
   OSP_CHECK(o.sp == "none" || nranks > 1, "--sp ", o.sp, " needs several ranks: launch with mpirun -np N");
   const int S = o.sp == "none" ? 1 : int(o.sp_size > 0 ? o.sp_size : nranks);
@@ -48,11 +48,11 @@ int run_rl_command(train::RlOptions o) {
   train::ParallelGroups groups;
   if (nranks > 1) {
     const std::string backend = dev.is_cuda() ? "nccl" : "mpi";
-    OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "osp rl on ", nranks, " ranks on ", dev.name(),
+    OSP_CHECK(dev.is_cuda() ? parallel::nccl_built() : parallel::mpi_built(), "osp rl on ", nranks, " ranks on ", dev.name(),
               " needs the ", backend, " backend, which this build lacks");
-    dist::set_collective_timeout(o.collective_timeout);
-    groups = train::make_parallel_groups(dist::make_communicator(backend), S);
-    if (dev.is_cuda() && cuda_device_count() > 1) dev = Device::cuda(dist::launcher_local_rank());
+    parallel::set_collective_timeout(o.collective_timeout);
+    groups = train::make_parallel_groups(parallel::make_communicator(backend), S);
+    if (dev.is_cuda() && cuda_device_count() > 1) dev = Device::cuda(parallel::launcher_local_rank());
     log_info("osp rl on ", nranks, " ranks (", backend, "): ", groups.dp_size(), " data-parallel x ", S,
              " sequence-parallel (", o.sp, ")");
   }
@@ -77,8 +77,8 @@ int run_rl_command(train::RlOptions o) {
   vcfg.has_encoder = false;
   const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev, vcfg);
 
-  std::unique_ptr<dist::SequenceParallel> sp =
-      S == 1 ? dist::make_single_device() : o.sp == "ssp" ? dist::make_ssp(groups.sp) : dist::make_ulysses(groups.sp);
+  std::unique_ptr<parallel::SequenceParallel> sp =
+      S == 1 ? parallel::make_single_device() : o.sp == "ssp" ? parallel::make_ssp(groups.sp) : parallel::make_ulysses(groups.sp);
   train::RlEnv env;
   env.dit = &dit;
   env.sp = sp.get();
@@ -119,7 +119,7 @@ int run_rl_command(train::RlOptions o) {
   std::fflush(stdout);
   std::fflush(stderr);
   // Under mpirun a failing rank must not leave the others blocked in a collective.
-  if (rc != 0 && rc != 130 && dist::launcher_size() > 1) dist::abort_all(rc);
+  if (rc != 0 && rc != 130 && parallel::launcher_size() > 1) parallel::abort_all(rc);
   std::exit(rc);
 }
 

@@ -23,7 +23,7 @@
 #include "osp/core/error.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"  // install_interrupt_handler(), interrupted()
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
 #include "osp/io/video_writer.h"
@@ -66,7 +66,7 @@ void set_verbosity_from(const CLI::App& sub) {
   std::fflush(stdout);
   std::fflush(stderr);
   // Under mpirun a failing rank must not leave the others blocked in a collective.
-  if (rc != 0 && rc != 130 && dist::launcher_size() > 1) dist::abort_all(rc);
+  if (rc != 0 && rc != 130 && parallel::launcher_size() > 1) parallel::abort_all(rc);
   std::exit(rc);
 }
 
@@ -94,7 +94,7 @@ void load_model_dir(const std::string& dir, model::DiTConfig& cfg, std::map<std:
 }
 
 int run_train(const train::TrainOptions& o) {
-  const int nranks = dist::launcher_size(), rank = dist::launcher_rank();
+  const int nranks = parallel::launcher_size(), rank = parallel::launcher_rank();
   if (rank > 0 && log_level() >= LogLevel::Info) set_log_level(LogLevel::Warn);  // rank 0 speaks
   // settings, data, output folder, checkpoint: before any weight is read
   train::preflight(o, /*writer=*/rank == 0);
@@ -120,11 +120,11 @@ int run_train(const train::TrainOptions& o) {
   d.full_blocks = int(o.full_blocks);
   if (nranks > 1) {
     const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
-    OSP_CHECK(d.device.is_cuda() ? dist::nccl_built() : dist::mpi_built(), "training on ", nranks, " ranks on ",
+    OSP_CHECK(d.device.is_cuda() ? parallel::nccl_built() : parallel::mpi_built(), "training on ", nranks, " ranks on ",
               d.device.name(), " needs the ", backend, " backend, which this build lacks");
-    dist::set_collective_timeout(o.collective_timeout);
-    d.world = dist::make_communicator(backend);
-    if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(dist::launcher_local_rank());
+    parallel::set_collective_timeout(o.collective_timeout);
+    d.world = parallel::make_communicator(backend);
+    if (d.device.is_cuda() && cuda_device_count() > 1) d.device = Device::cuda(parallel::launcher_local_rank());
     d.sp = o.sp;
     d.sp_size = int(o.sp_group_size(nranks));
     log_info("training on ", nranks, " ranks (", d.device.is_cuda() ? "NCCL" : "MPI", "): ", nranks / d.sp_size,
@@ -217,7 +217,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   }
   in.kinds = cfg.block_kinds();
   in.P = int(cfg.sparse_ratio);
-  const int64_t ranks = d.ranks > 0 ? d.ranks : dist::launcher_size();
+  const int64_t ranks = d.ranks > 0 ? d.ranks : parallel::launcher_size();
   const int64_t S = o.sp_group_size(ranks);
   const int64_t D = ranks / S;
   OSP_CHECK(o.batch % (D * o.grad_accum) == 0, "--batch ", o.batch, " must be a multiple of ", D,

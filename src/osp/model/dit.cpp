@@ -28,7 +28,7 @@ double dit_forward_flops(const DiTConfig& c, const sparse::Grid& g,
     if (k == BlockKind::Full) {
       core = 4 * N * N * d;
     } else {
-      // Sub-sequences are stored without their padding rows (dist/sequence_parallel.h), so the
+      // Sub-sequences are stored without their padding rows (parallel/sequence_parallel.h), so the
       // linears see the N real tokens.
       auto& lens = k == BlockKind::Token ? tok_len : grp_len;
       if (lens.empty()) lens = sparse::skiparse_row_lengths(g, P, k);
@@ -319,12 +319,12 @@ layers::Ctx DiT::ctx(bool training, Tape* tape, ProfKind pk) {
 
 // ---------------------------------------------------------------- forward
 Tensor DiT::forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                    dist::SequenceParallel& sp, BlockCache* cache) {
+                    parallel::SequenceParallel& sp, BlockCache* cache) {
   return forward_impl(x, t, context, sp, false, cache);
 }
 
-Tensor DiT::to_last_layout(const Tensor& x0, dist::SequenceParallel& sp) {
-  // The rows a rank holds depend only on the block kind (dist/sequence_parallel.h), so equal
+Tensor DiT::to_last_layout(const Tensor& x0, parallel::SequenceParallel& sp) {
+  // The rows a rank holds depend only on the block kind (parallel/sequence_parallel.h), so equal
   // kinds at both ends mean equal layouts: Wan2.1's all-full plans and OSP-Next's dual_end
   // hybrid plans (full blocks at both ends) take this branch.
   if (kinds_.front() == kinds_.back()) return x0.contiguous();
@@ -334,13 +334,13 @@ Tensor DiT::to_last_layout(const Tensor& x0, dist::SequenceParallel& sp) {
 }
 
 Tensor DiT::forward_train(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                          dist::SequenceParallel& sp) {
+                          parallel::SequenceParallel& sp) {
   OSP_CHECK(opt_.train, "DiT::forward_train: the model was bound without DiTOptions::train");
   return forward_impl(x, t, context, sp, true);
 }
 
 Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const Tensor& context,
-                         dist::SequenceParallel& sp, bool training, BlockCache* cache) {
+                         parallel::SequenceParallel& sp, bool training, BlockCache* cache) {
   OSP_CHECK(!blocks_.empty(), "DiT::forward: the model has no weights (use DiT::bind)");
   OSP_CHECK(!(training && cache), "DiT::forward_train: step caching (BlockCache) is inference-only");
   const DiTConfig& c = cfg_;
@@ -418,7 +418,7 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   prof_.lap(ProfStage::TextEmbed, none);
 
   // (d) blocks, laid out by the sequence-parallel layer
-  dist::ForwardPlan plan;
+  parallel::ForwardPlan plan;
   plan.grid = grid;
   plan.kinds = kinds_;
   plan.P = P_;
@@ -518,7 +518,7 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
 // tape under activation checkpointing) with the layout adjoints between them → scatter → patch
 // embedding; the time embedding gets dL/de0 (every block) + dL/de (head); the text embedding
 // gets dL/dctx (every block's cross-attention k and v).
-void DiT::backward(const Tensor& dv_in, dist::SequenceParallel& sp, Tensor* dx_out,
+void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* dx_out,
                    Tensor* dcontext_out) {
   OSP_CHECK(train_.active, "DiT::backward: no recorded forward (call forward_train first; each "
             "forward_train allows one backward)");

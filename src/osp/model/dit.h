@@ -4,7 +4,7 @@
 // precision map of wan-spec §2.6: bf16 weights and activations for the patch/text embeddings and
 // every block linear, fp32 residual stream, fp32 modulation, norms and RoPE angles, bf16
 // attention with fp32 softmax. The token layout (full / Skiparse token / group, padding, ranks)
-// is entirely the business of dist::SequenceParallel; the DiT only calls its hooks.
+// is entirely the business of parallel::SequenceParallel; the DiT only calls its hooks.
 //
 // The layers (patch/time/text embeddings, blocks with self-attention, cross-attention and FFN,
 // head) live in model/dit_layers.h: they own the named parameters and run forward (one path for
@@ -19,7 +19,7 @@
 
 #include "osp/core/param.h"
 #include "osp/core/tensor.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/dit_layers.h"
 #include "osp/model/lora.h"
@@ -128,7 +128,7 @@ class DiT {
     int reused = 0;  // forwards that skipped the blocks
   };
   Tensor forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                 dist::SequenceParallel& sp, BlockCache* cache = nullptr);
+                 parallel::SequenceParallel& sp, BlockCache* cache = nullptr);
 
   // ---- training (opt.train) ----
   // Every trainable tensor under its Wan name with its checkpoint shape (core/param.h). The
@@ -142,12 +142,12 @@ class DiT {
   // as separate ops to keep the pre-activation) and in the attention kernel (the variant that
   // also returns the log-sum-exp).
   Tensor forward_train(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                       dist::SequenceParallel& sp);
+                       parallel::SequenceParallel& sp);
   // Backward of the last forward_train (on the same sp, nothing in between): dv = dL/dv with the
   // shape of its output (any float dtype, any device). ACCUMULATES every parameter gradient (F32).
   // Optional outputs: dx = dL/dx (F32, the shape of forward_train's x) and dcontext = dL/dcontext
   // (F32, the shape of the unpadded context given to forward_train). Frees the recorded state.
-  void backward(const Tensor& dv, dist::SequenceParallel& sp, Tensor* dx = nullptr,
+  void backward(const Tensor& dv, parallel::SequenceParallel& sp, Tensor* dx = nullptr,
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
   void set_keep_attention(bool on) { opt_.keep_attention = on; }
@@ -223,7 +223,7 @@ class DiT {
     int64_t B = 0, Lc = 0;
     Shape x_shape;  // [B, in_dim, F, H, W]
     sparse::Grid grid;
-    dist::ForwardPlan plan;
+    parallel::ForwardPlan plan;
     Shape context_shape;
     Tape global;                   // embeddings and head activations
     std::vector<Tensor> block_in;  // activation checkpointing: each block's input
@@ -237,11 +237,11 @@ class DiT {
   // The layer context for one forward/backward (training: numerics; tape: what to record).
   layers::Ctx ctx(bool training, Tape* tape, ProfKind pk = ProfKind::None);
   Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& context,
-                      dist::SequenceParallel& sp, bool training, BlockCache* cache = nullptr);
+                      parallel::SequenceParallel& sp, bool training, BlockCache* cache = nullptr);
   // Block 0's input x0 moved into the last block's layout (the layout of the cached residual):
   // x0 itself when the first and last blocks have the same kind, else x0 through every
   // enter_block (layout moves only, no block runs).
-  Tensor to_last_layout(const Tensor& x0, dist::SequenceParallel& sp);
+  Tensor to_last_layout(const Tensor& x0, parallel::SequenceParallel& sp);
   std::vector<layers::Linear*> block_linears();
 
   DiTConfig cfg_;

@@ -204,7 +204,7 @@ size_t SelfAttention::bytes() const {
 }
 
 void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h, Tensor& y,
-                            dist::SequenceParallel& sp) const {
+                            parallel::SequenceParallel& sp) const {
   const int64_t B = h.size(0), n = h.size(1), d = cfg.dim, H = cfg.num_heads, D = cfg.head_dim();
   const bool hif8 = c.quant != DiTQuant::None;  // HiF8 or FP8: Q(·, 15) on q, k, v
   const LinIn hq = quant_input(c, h, "hq");
@@ -253,7 +253,7 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
   }
   // (a handle: with attn_keep it may be a kept tensor instead of the tape's or workspace's)
   Tensor out;
-  static const dist::AttentionFn fp8_fn = [](const Tensor& aq, const Tensor& ak, const Tensor& av,
+  static const parallel::AttentionFn fp8_fn = [](const Tensor& aq, const Tensor& ak, const Tensor& av,
                                              Tensor& aout, const ops::AttentionArgs& a) {
     quant::hif8_attention_fp8(aq, ak, av, aout, a);
   };
@@ -280,13 +280,13 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
     c.lap(ProfStage::SelfAttn);
   } else if (!c.prof->enabled()) {
     out = c.buf("o", "o", {B, n, H, D}, c.act);
-    sp.self_attention(i, qr, kr, vh, out, fp8_attn ? fp8_fn : dist::AttentionFn());
+    sp.self_attention(i, qr, kr, vh, out, fp8_attn ? fp8_fn : parallel::AttentionFn());
   } else {
     // Profiling: laps around the attention kernel itself split it from the sequence-parallel
-    // layer's own work (Ulysses all-to-alls, layout copies) without touching dist/.
+    // layer's own work (Ulysses all-to-alls, layout copies) without touching parallel/.
     out = c.buf("o", "o", {B, n, H, D}, c.act);
-    const dist::AttentionFn& core = fp8_attn ? fp8_fn : dist::default_attention();
-    const dist::AttentionFn timed = [&](const Tensor& aq, const Tensor& ak, const Tensor& av,
+    const parallel::AttentionFn& core = fp8_attn ? fp8_fn : parallel::default_attention();
+    const parallel::AttentionFn timed = [&](const Tensor& aq, const Tensor& ak, const Tensor& av,
                                         Tensor& aout, const ops::AttentionArgs& a) {
       c.lap(ProfStage::SelfAttnComm);
       core(aq, ak, av, aout, a);
@@ -302,7 +302,7 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
 }
 
 void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
-                             const Tensor& dy, Tensor& dh, dist::SequenceParallel& sp) {
+                             const Tensor& dy, Tensor& dh, parallel::SequenceParallel& sp) {
   const int64_t B = dy.size(0), n = dy.size(1), d = cfg.dim, H = cfg.num_heads,
                 D = cfg.head_dim();
   const DType F32 = DType::F32;
@@ -512,7 +512,7 @@ std::vector<Linear*> Block::linears() {
 }
 
 void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn& ctx,
-                    const Tensor& e0, dist::SequenceParallel& sp) const {
+                    const Tensor& e0, parallel::SequenceParallel& sp) const {
   const int64_t B = x.size(0), n = x.size(1), d = cfg.dim;
   const float eps = cfg.eps;
   OSP_CHECK(x.dim() == 3 && x.size(2) == d && x.dtype() == DType::F32 && x.is_contiguous(),
@@ -576,7 +576,7 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
 
 void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
                      const LinIn& ctx, Tensor& dx, Tensor& de0, Tensor& dctx,
-                     dist::SequenceParallel& sp) {
+                     parallel::SequenceParallel& sp) {
   const int64_t B = dx.size(0), n = dx.size(1), d = cfg.dim;
   const float eps = cfg.eps;
   const DType F32 = DType::F32;

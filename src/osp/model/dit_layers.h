@@ -35,7 +35,7 @@
 
 #include "osp/core/param.h"
 #include "osp/core/tensor.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/profile.h"
 #include "osp/ops/ops.h"
@@ -179,10 +179,10 @@ struct SelfAttention {
   void params(ParamSink& s, const std::string& prefix);
   size_t bytes() const;
   void forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h, Tensor& y,
-               dist::SequenceParallel& sp) const;
+               parallel::SequenceParallel& sp) const;
   // dy = dL/dy → dh = dL/dh (F32 [B, n, d], overwritten).
   void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const Tensor& dy,
-                Tensor& dh, dist::SequenceParallel& sp);
+                Tensor& dh, parallel::SequenceParallel& sp);
 };
 
 // Cross-attention on h3 [B, n, d] against the text context (the k/v linears' input, Q(ctx) in
@@ -234,11 +234,11 @@ struct Block {
   // "ffn.0", "ffn.2").
   std::vector<std::pair<std::string, Linear*>> named_linears();
   void forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn& ctx, const Tensor& e0,
-               dist::SequenceParallel& sp) const;
+               parallel::SequenceParallel& sp) const;
   // dx: dL/d(block output) [B, n, d] F32 in, dL/d(block input) out. de0 (+=) [B, 6, d] F32,
   // dctx (+=) [B, Lt, d] F32; parameter gradients (+=).
   void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const LinIn& ctx,
-                Tensor& dx, Tensor& de0, Tensor& dctx, dist::SequenceParallel& sp);
+                Tensor& dx, Tensor& de0, Tensor& dctx, parallel::SequenceParallel& sp);
 };
 
 // Timestep → e [B, d] (head modulation) and e0 [B, 6, d] (block modulation), all fp32:

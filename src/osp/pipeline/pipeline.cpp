@@ -15,8 +15,8 @@
 #include "osp/core/log.h"
 #include "osp/core/philox.h"
 #include "osp/core/progress.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
 #include "osp/io/name_map.h"
@@ -246,7 +246,7 @@ void validate_options(const GenerateOptions& o) {
     OSP_CHECK(o.guidance != 1.0f, "--cfg-parallel runs the conditional and unconditional branches of "
               "classifier-free guidance on two rank groups, but --guidance 1 has no unconditional branch: "
               "drop --cfg-parallel (and split the work with --sp over all ranks), or give a guidance other than 1");
-    (void)cfg_parallel_branch_ranks(dist::launcher_size(), o.sp);
+    (void)cfg_parallel_branch_ranks(parallel::launcher_size(), o.sp);
   }
   if (o.no_output) return;
   const io::Overwrite ow = o.overwrite ? io::Overwrite::Allow : io::Overwrite::Refuse;
@@ -412,9 +412,9 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 // (0 = conditional, 1 = unconditional) with `sp` over the S ranks of its branch, and `cfg` pairs
 // it with rank w ± S (cfg rank = branch), with whom it exchanges the velocity every step.
 struct SpSetup {
-  std::shared_ptr<dist::Communicator> comm;  // the world (null for one rank without MPI)
-  std::shared_ptr<dist::Communicator> cfg;   // the CFG pair; null without CFG parallelism
-  std::unique_ptr<dist::SequenceParallel> sp;
+  std::shared_ptr<parallel::Communicator> comm;  // the world (null for one rank without MPI)
+  std::shared_ptr<parallel::Communicator> cfg;   // the CFG pair; null without CFG parallelism
+  std::unique_ptr<parallel::SequenceParallel> sp;
   int rank = 0, size = 1;  // world
   int branch = 0;          // CFG branch of this rank (0 cond, 1 uncond) when cfg is set
   int sp_size = 1;         // ranks sharing one forward
@@ -423,28 +423,28 @@ struct SpSetup {
 SpSetup make_sp(const std::string& mode, bool cfg_parallel, const Device& dev) {
   SpSetup s;
   if (mode == "none" && !cfg_parallel) {
-    s.sp = dist::make_single_device();
+    s.sp = parallel::make_single_device();
     return s;
   }
   const std::string backend = dev.is_cuda() ? "nccl" : "mpi";
   const std::string what = cfg_parallel ? std::string("--cfg-parallel") : "--sp " + mode;
-  OSP_CHECK(dev.is_cuda() ? dist::nccl_built() : dist::mpi_built(), what, " on ", dev.name(),
+  OSP_CHECK(dev.is_cuda() ? parallel::nccl_built() : parallel::mpi_built(), what, " on ", dev.name(),
             " needs the ", backend, " backend, which this build lacks (install OpenMPI", dev.is_cuda() ? " and NCCL" : "",
             " and reconfigure)");
-  s.comm = dist::make_communicator(backend);
+  s.comm = parallel::make_communicator(backend);
   s.rank = s.comm->rank();
   s.size = s.comm->size();
-  std::shared_ptr<dist::Communicator> spc = s.comm;
+  std::shared_ptr<parallel::Communicator> spc = s.comm;
   s.sp_size = s.size;
   if (cfg_parallel) {
     const int S = cfg_parallel_branch_ranks(s.size, mode);
     s.branch = s.rank / S;
     s.sp_size = S;
     // Both splits are collective over the world, in the same order on every rank.
-    spc = std::shared_ptr<dist::Communicator>(s.comm->split(s.branch, s.rank % S));
-    s.cfg = std::shared_ptr<dist::Communicator>(s.comm->split(s.rank % S, s.branch));
+    spc = std::shared_ptr<parallel::Communicator>(s.comm->split(s.branch, s.rank % S));
+    s.cfg = std::shared_ptr<parallel::Communicator>(s.comm->split(s.rank % S, s.branch));
   }
-  s.sp = mode == "none" ? dist::make_single_device() : mode == "ssp" ? dist::make_ssp(spc) : dist::make_ulysses(spc);
+  s.sp = mode == "none" ? parallel::make_single_device() : mode == "ssp" ? parallel::make_ssp(spc) : parallel::make_ulysses(spc);
   return s;
 }
 

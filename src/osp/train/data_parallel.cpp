@@ -7,7 +7,7 @@
 
 namespace osp::train {
 
-ParallelGroups make_parallel_groups(std::shared_ptr<dist::Communicator> world, int sp_size) {
+ParallelGroups make_parallel_groups(std::shared_ptr<parallel::Communicator> world, int sp_size) {
   OSP_CHECK(world != nullptr, "make_parallel_groups: null communicator");
   const int W = world->size(), w = world->rank();
   OSP_CHECK(sp_size >= 1 && W % sp_size == 0, "make_parallel_groups: ", W,
@@ -15,8 +15,8 @@ ParallelGroups make_parallel_groups(std::shared_ptr<dist::Communicator> world, i
             " (ranks = SP × DP; --dp must be ranks / SP)");
   ParallelGroups g;
   g.world = world;
-  g.sp = std::shared_ptr<dist::Communicator>(world->split(w / sp_size, w % sp_size));
-  g.dp = std::shared_ptr<dist::Communicator>(world->split(w % sp_size, w / sp_size));
+  g.sp = std::shared_ptr<parallel::Communicator>(world->split(w / sp_size, w % sp_size));
+  g.dp = std::shared_ptr<parallel::Communicator>(world->split(w % sp_size, w / sp_size));
   return g;
 }
 
@@ -76,7 +76,7 @@ std::vector<GradientReducer::Bucket> GradientReducer::plan(const std::vector<siz
   return out;
 }
 
-void GradientReducer::check_same_table(dist::Communicator& comm, const char* group) {
+void GradientReducer::check_same_table(parallel::Communicator& comm, const char* group) {
   if (comm.size() == 1) return;
   // (count, Σ numel mod 2^20, Σ numel div 2^20, name hash mod 2^22): exact in F32
   uint64_t total = 0, h = 1469598103934665603ull;
@@ -99,7 +99,7 @@ void GradientReducer::check_same_table(dist::Communicator& comm, const char* gro
                 comm.rank());
 }
 
-void GradientReducer::run(dist::Communicator& comm, const std::vector<size_t>& which,
+void GradientReducer::run(parallel::Communicator& comm, const std::vector<size_t>& which,
                           const std::vector<Bucket>& buckets, float scale) {
   if (comm.size() == 1 && scale == 1.f) return;
   for (const Bucket& b : buckets) {
@@ -140,20 +140,20 @@ void GradientReducer::reduce(int accum_steps) {
   if (groups_.dp) {
     run(*groups_.dp, all_params_, dp_buckets_, scale);
   } else if (scale != 1.f) {
-    auto single = dist::make_single_communicator();
+    auto single = parallel::make_single_communicator();
     run(*single, all_params_, dp_buckets_, scale);
   }
 }
 
-void reduce_sp_gradients(ParamTable& params, dist::Communicator& sp, const GradReduceOptions& opt) {
+void reduce_sp_gradients(ParamTable& params, parallel::Communicator& sp, const GradReduceOptions& opt) {
   ParallelGroups g;
-  g.sp = std::shared_ptr<dist::Communicator>(&sp, [](dist::Communicator*) {});
+  g.sp = std::shared_ptr<parallel::Communicator>(&sp, [](parallel::Communicator*) {});
   GradientReducer(params, g, opt).reduce(1);
 }
 
-void average_dp_gradients(ParamTable& params, dist::Communicator& dp, const GradReduceOptions& opt) {
+void average_dp_gradients(ParamTable& params, parallel::Communicator& dp, const GradReduceOptions& opt) {
   ParallelGroups g;
-  g.dp = std::shared_ptr<dist::Communicator>(&dp, [](dist::Communicator*) {});
+  g.dp = std::shared_ptr<parallel::Communicator>(&dp, [](parallel::Communicator*) {});
   GradientReducer(params, g, opt).reduce(1);
 }
 

@@ -16,7 +16,7 @@
 // micro-steps is the global batch for every (M, A), so the gradient is the same for any rank
 // count (the loss of each micro-batch is its own mean; the reducer divides by M·A).
 //
-// Gradient semantics: a sequence-parallel backward (dist/sequence_parallel.h adjoints) leaves on
+// Gradient semantics: a sequence-parallel backward (parallel/sequence_parallel.h adjoints) leaves on
 // every SP rank its SHARE of each parameter gradient — the contribution of the rows it holds —
 // and the shares sum to the single-device gradient. The exception is a parameter whose whole
 // gradient is computed identically on every SP rank (the DiT's patch embedding: its input
@@ -33,12 +33,12 @@
 #include <vector>
 
 #include "osp/core/param.h"
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 
 namespace osp::train {
 
 struct ParallelGroups {
-  std::shared_ptr<dist::Communicator> world, sp, dp;
+  std::shared_ptr<parallel::Communicator> world, sp, dp;
   int sp_size() const { return sp ? sp->size() : 1; }
   int dp_size() const { return dp ? dp->size() : 1; }
   int sp_rank() const { return sp ? sp->rank() : 0; }
@@ -47,7 +47,7 @@ struct ParallelGroups {
 
 // Splits `world` into SP groups of sp_size consecutive ranks and DP groups across them (see
 // the header comment). Collective over world. world->size() % sp_size must be 0.
-ParallelGroups make_parallel_groups(std::shared_ptr<dist::Communicator> world, int sp_size);
+ParallelGroups make_parallel_groups(std::shared_ptr<parallel::Communicator> world, int sp_size);
 
 struct BatchSlice {
   int64_t begin = 0, count = 0;  // samples [begin, begin + count) of the global batch
@@ -86,10 +86,10 @@ class GradientReducer {
   const std::vector<Bucket>& dp_buckets() const { return dp_buckets_; }
 
  private:
-  void run(dist::Communicator& comm, const std::vector<size_t>& which,
+  void run(parallel::Communicator& comm, const std::vector<size_t>& which,
            const std::vector<Bucket>& buckets, float scale);
   std::vector<Bucket> plan(const std::vector<size_t>& which) const;
-  void check_same_table(dist::Communicator& comm, const char* group);
+  void check_same_table(parallel::Communicator& comm, const char* group);
 
   ParamTable params_;
   ParallelGroups groups_;
@@ -101,10 +101,10 @@ class GradientReducer {
 };
 
 // Sum over the SP group only (the SP part of GradientReducer, unbucketed plan each call).
-void reduce_sp_gradients(ParamTable& params, dist::Communicator& sp,
+void reduce_sp_gradients(ParamTable& params, parallel::Communicator& sp,
                          const GradReduceOptions& opt = {});
 // Mean over the DP group only.
-void average_dp_gradients(ParamTable& params, dist::Communicator& dp,
+void average_dp_gradients(ParamTable& params, parallel::Communicator& dp,
                           const GradReduceOptions& opt = {});
 
 }  // namespace osp::train

@@ -50,7 +50,7 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   OSP_CHECK(opt.sp == "none" || opt.sp == "ssp" || opt.sp == "ulysses", "sp must be none, ssp or ulysses, got '", opt.sp, "'");
   if (!opt.world || opt.world->size() == 1) {
     OSP_CHECK(opt.sp == "none" || !opt.world || opt.world->size() == 1, "internal: sp without ranks");
-    sp_ = dist::make_single_device();
+    sp_ = parallel::make_single_device();
     return;
   }
   const int S = opt.sp == "none" ? 1 : opt.sp_size;
@@ -58,9 +58,9 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   OSP_CHECK(opt.sp != "none" || S == 1, "--sp none runs every rank on its own samples (sp size 1)");
   groups_ = make_parallel_groups(opt.world, S);
   if (S == 1)
-    sp_ = dist::make_single_device();
+    sp_ = parallel::make_single_device();
   else
-    sp_ = opt.sp == "ssp" ? dist::make_ssp(groups_.sp) : dist::make_ulysses(groups_.sp);
+    sp_ = opt.sp == "ssp" ? parallel::make_ssp(groups_.sp) : parallel::make_ulysses(groups_.sp);
   reducer_ = std::make_unique<GradientReducer>(dit_.parameters(), groups_);
   log_verbose("training on ", opt.world->size(), " ranks: ", groups_.dp_size(), " data-parallel x ", S,
               " sequence-parallel (", opt.sp, ")");

@@ -15,7 +15,7 @@
 #include <memory>
 #include <string>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/train/data_parallel.h"
 #include "osp/train/trainer.h"
@@ -32,7 +32,7 @@ struct DiTTrainOptions {
   // Several ranks: `world` (MPI on the CPU, NCCL on GPUs; null = one rank), split into
   // sequence-parallel groups of sp_size consecutive ranks running `sp` (none needs sp_size 1)
   // and data-parallel groups across them (train/data_parallel.h).
-  std::shared_ptr<dist::Communicator> world;
+  std::shared_ptr<parallel::Communicator> world;
   std::string sp = "none";  // none | ssp | ulysses
   int sp_size = 1;
 };
@@ -69,7 +69,7 @@ class DiTTrainModel : public TrainModel {
   model::DiTConfig cfg_;
   DiTTrainOptions opt_;
   model::DiT dit_;
-  std::unique_ptr<dist::SequenceParallel> sp_;
+  std::unique_ptr<parallel::SequenceParallel> sp_;
   ParallelGroups groups_;
   std::unique_ptr<GradientReducer> reducer_;
 };

@@ -7,7 +7,7 @@
 
 namespace osp::train {
 
-Tensor forward_backward(model::DiT& dit, dist::SequenceParallel& sp, const Tensor& x,
+Tensor forward_backward(model::DiT& dit, parallel::SequenceParallel& sp, const Tensor& x,
                         const std::vector<float>& t, const Tensor& context,
                         const std::function<Tensor(const Tensor& v)>& dloss_dv,
                         const FlowGrads& extra) {
@@ -21,7 +21,7 @@ Tensor forward_backward(model::DiT& dit, dist::SequenceParallel& sp, const Tenso
   return v;
 }
 
-double flow_matching_loss_backward(model::DiT& dit, dist::SequenceParallel& sp, const Tensor& x0,
+double flow_matching_loss_backward(model::DiT& dit, parallel::SequenceParallel& sp, const Tensor& x0,
                                    const Tensor& noise, const std::vector<float>& sigma,
                                    const Tensor& context, const FlowGrads& extra,
                                    Tensor* v_out) {

@@ -9,13 +9,13 @@
 //
 // Both functions ACCUMULATE the DiT's parameter gradients (DiT::parameters(); the trainer zeroes
 // them between steps) and need a model bound with DiTOptions::train. Training runs on one device
-// (dist::make_single_device); the distributed layouts report "not supported yet".
+// (parallel::make_single_device); the distributed layouts report "not supported yet".
 #pragma once
 #include <functional>
 #include <vector>
 
 #include "osp/core/tensor.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 
 namespace osp::train {
@@ -31,14 +31,14 @@ struct FlowGrads {
 // value per sample in [0, 1]; context [B, L, text_dim] (or [L, text_dim]), L ≤ text_len,
 // zero-padded inside the model. Returns the loss (float64 sum of fp32 squares / numel);
 // v_out, when given, receives v (F32, on the model's device, x0's shape).
-double flow_matching_loss_backward(model::DiT& dit, dist::SequenceParallel& sp, const Tensor& x0,
+double flow_matching_loss_backward(model::DiT& dit, parallel::SequenceParallel& sp, const Tensor& x0,
                                    const Tensor& noise, const std::vector<float>& sigma,
                                    const Tensor& context, const FlowGrads& extra = {},
                                    Tensor* v_out = nullptr);
 
 // Generic training step: v = DiT(x, t, context) with tapes, then the backward of
 // dloss_dv(v) (a tensor with v's shape, any float dtype) through the whole model. Returns v.
-Tensor forward_backward(model::DiT& dit, dist::SequenceParallel& sp, const Tensor& x,
+Tensor forward_backward(model::DiT& dit, parallel::SequenceParallel& sp, const Tensor& x,
                         const std::vector<float>& t, const Tensor& context,
                         const std::function<Tensor(const Tensor& v)>& dloss_dv,
                         const FlowGrads& extra = {});

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 
 namespace osp::train {
@@ -46,7 +46,7 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
       outside += double(shape_numel(shape));
   }
   const double block_max = block_params.empty() ? 0.0 : *std::max_element(block_params.begin(), block_params.end());
-  dist::ForwardPlan plan;
+  parallel::ForwardPlan plan;
   plan.grid = {in.latent_t, in.latent_h / c.patch_h, in.latent_w / c.patch_w};
   plan.kinds = in.kinds.empty()
                    ? std::vector<sparse::BlockKind>(size_t(c.num_layers), sparse::BlockKind::Full)
@@ -63,10 +63,10 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   const int S = in.sp_size;
   std::vector<int64_t> rows(plan.kinds.size(), 0);
   for (int r = 0; r < S; ++r) {
-    std::shared_ptr<dist::Communicator> comm = dist::make_counting_communicator(S, r);
-    auto sp = in.sp == "ulysses" ? dist::make_ulysses(comm)
-              : in.sp == "ssp"   ? dist::make_ssp(comm)
-                                 : dist::make_single_device();
+    std::shared_ptr<parallel::Communicator> comm = parallel::make_counting_communicator(S, r);
+    auto sp = in.sp == "ulysses" ? parallel::make_ulysses(comm)
+              : in.sp == "ssp"   ? parallel::make_ssp(comm)
+                                 : parallel::make_single_device();
     sp->setup(plan);
     for (size_t i = 0; i < rows.size(); ++i)
       rows[i] = std::max(rows[i], sp->rope_table(int(i)).size(1));

@@ -366,11 +366,11 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 // ---- several ranks (RlEnv::groups)
 bool several(const RlEnv& env) { return env.groups && env.groups->world && env.groups->world->size() > 1; }
-dist::Communicator* dp_of(const RlEnv& env) {
+parallel::Communicator* dp_of(const RlEnv& env) {
   return env.groups && env.groups->dp && env.groups->dp->size() > 1 ? env.groups->dp.get() : nullptr;
 }
 // The rank-major concatenation over `c` of every rank's values (the same count on each).
-std::vector<double> gather_doubles(dist::Communicator* c, const std::vector<double>& mine) {
+std::vector<double> gather_doubles(parallel::Communicator* c, const std::vector<double>& mine) {
   if (!c) return mine;
   Tensor send = Tensor::zeros({int64_t(mine.size())}, DType::F64);
   std::copy(mine.begin(), mine.end(), send.data<double>());
@@ -379,7 +379,7 @@ std::vector<double> gather_doubles(dist::Communicator* c, const std::vector<doub
   return std::vector<double>(recv.data<double>(), recv.data<double>() + recv.numel());
 }
 // Element-wise sum over `c` (in place).
-void sum_doubles(dist::Communicator* c, std::vector<double>& v) {
+void sum_doubles(parallel::Communicator* c, std::vector<double>& v) {
   if (!c || v.empty()) return;
   Tensor t = Tensor::zeros({int64_t(v.size())}, DType::F64);
   std::copy(v.begin(), v.end(), t.data<double>());
@@ -519,7 +519,7 @@ class Loop {
   const RlOptions& o_;
   RlEnv& env_;
   model::DiT& dit_;
-  dist::SequenceParallel& sp_;
+  parallel::SequenceParallel& sp_;
   sample::SdeGrid grid_;
   sample::NoiseLevel level_;
   Shape latent_shape_;
@@ -543,7 +543,7 @@ double rl_evaluate(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<R
   Loop L(o, env);
   const sample::SdeWindow none{0, 0};
   // Several ranks: sample s goes to DP rank s mod D; the partial sums are added over DP.
-  dist::Communicator* dp = dp_of(env);
+  parallel::Communicator* dp = dp_of(env);
   const int64_t D = dp ? dp->size() : 1, d = dp ? dp->rank() : 0;
   std::vector<RewardSample> batch;
   for (size_t p = 0; p < prompts.size(); ++p)
@@ -569,8 +569,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   OSP_CHECK(!rewards.empty(), "run_rl: no reward");
   // ---- ranks: DP rank d of D owns the prompt groups [d·P/D, (d+1)·P/D); world rank 0 writes
   const bool multi = several(env);
-  dist::Communicator* dp = dp_of(env);
-  dist::Communicator* world = multi ? env.groups->world.get() : nullptr;
+  parallel::Communicator* dp = dp_of(env);
+  parallel::Communicator* world = multi ? env.groups->world.get() : nullptr;
   const int64_t D = dp ? dp->size() : 1, d = dp ? dp->rank() : 0;
   const bool writer = !world || world->rank() == 0;
   std::optional<DeferInterrupts> defer;  // several ranks: Ctrl-C only between iterations (agreed)

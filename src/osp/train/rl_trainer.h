@@ -50,7 +50,7 @@
 #include <vector>
 
 #include "osp/core/tensor.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
 #include "osp/train/data_parallel.h"
 #include "osp/train/reward.h"
@@ -135,7 +135,7 @@ std::vector<RlPrompt> load_rl_prompts(const std::string& path);
 // The model stack for the loop.
 struct RlEnv {
   model::DiT* dit = nullptr;  // bound with train = true, train_base = false
-  dist::SequenceParallel* sp = nullptr;
+  parallel::SequenceParallel* sp = nullptr;
   // prompt → trimmed text embedding [L, text_dim] (F32; any device)
   std::function<Tensor(const std::string&)> encode;
   // latent [16, T, h, w] (F32) → video [3, F, H, W] F32 CPU in [-1, 1]

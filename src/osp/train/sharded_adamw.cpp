@@ -346,7 +346,7 @@ void ShardedAdamW::load_state(const std::vector<AdamW::Slot>& full, int64_t step
 void ShardedAdamW::shard_weights(Prefetch prefetch) {
   OSP_CHECK(!groups_of_.empty(), "ShardedAdamW: weight sharding needs gradient groups (gradient sharding)");
   if (shard_weights_) return;
-  gather_comm_ = shard_size_ > 1 ? std::shared_ptr<dist::Communicator>(shard_comm_->split(0, shard_rank_)) : nullptr;
+  gather_comm_ = shard_size_ > 1 ? std::shared_ptr<parallel::Communicator>(shard_comm_->split(0, shard_rank_)) : nullptr;
   prefetch_ = prefetch == Prefetch::On || (prefetch == Prefetch::Auto && gather_comm_ && gather_comm_->overlaps());
   // each group window's gather dtype: BF16 when every value it covers is BF16
   bool any16 = false;

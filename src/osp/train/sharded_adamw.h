@@ -207,7 +207,7 @@ class ShardedAdamW {
   ParamTable params_;
   ParallelGroups groups_;
   GradReduceOptions opt_;
-  std::shared_ptr<dist::Communicator> shard_comm_;  // null: one rank holds everything
+  std::shared_ptr<parallel::Communicator> shard_comm_;  // null: one rank holds everything
   int shard_size_ = 1, shard_rank_ = 0;
   std::vector<bool> zero_grad_on_pack_;  // World mode, SP rank ≠ 0: the SP-replicated params
   std::vector<int64_t> offset_;  // flat offset of every parameter
@@ -229,7 +229,7 @@ class ShardedAdamW {
   std::vector<int64_t> numel_;
   bool shard_weights_ = false, prefetch_ = false;
   std::vector<bool> resident_;  // per group
-  std::shared_ptr<dist::Communicator> gather_comm_;
+  std::shared_ptr<parallel::Communicator> gather_comm_;
   // Weight sharding gathers a window in BF16 when every value it covers is BF16 (the linears'
   // compute copies on CUDA: half the bytes of the F32 master shard), else in F32 (norms,
   // modulation; everything on the CPU, where the window is the shard itself, no conversion): the

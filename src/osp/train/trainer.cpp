@@ -576,7 +576,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     // The other ranks wait here while rank 0 writes (minutes for a large model): not under the
     // collective timeout, so a long write is not taken for a dead rank.
     if (several) {
-      dist::ScopedCollectiveTimeout no_timeout(0);
+      parallel::ScopedCollectiveTimeout no_timeout(0);
       groups->world->barrier();
     }
   };
@@ -590,8 +590,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   Progress progress("train", int(opt.steps - state.step > 0 ? opt.steps - state.step : 1), -1, stderr);
   int64_t saved_at = state.step;
   const int64_t first = state.step;
-  // A collective that timed out (dist::CollectiveTimeout) ends the run with the last complete
-  // checkpoint named; the caller must end every rank (the CLI: dist::abort_all).
+  // A collective that timed out (parallel::CollectiveTimeout) ends the run with the last complete
+  // checkpoint named; the caller must end every rank (the CLI: parallel::abort_all).
   try {
     for (int64_t s = state.step; s < opt.steps; ++s) {
       if (model.any_rank(interrupted())) {
@@ -717,8 +717,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       if (sharded->shards_gradients()) result.peak_block_weight_bytes = sharded->peak_group_weight_bytes();
       sharded->unshard_weights();
     }
-  } catch (const dist::CollectiveTimeout& e) {
-    throw dist::CollectiveTimeout(str("training stopped after step ", state.step, ": ", e.what(), "; ",
+  } catch (const parallel::CollectiveTimeout& e) {
+    throw parallel::CollectiveTimeout(str("training stopped after step ", state.step, ": ", e.what(), "; ",
                                       last_ckpt.empty() ? std::string("no checkpoint was written yet")
                                                         : "the last complete checkpoint is " + last_ckpt));
   }

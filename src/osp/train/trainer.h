@@ -161,7 +161,7 @@ struct TrainOptions {
   // go through the bucketed GradientReducer after the backward. false: everything after it.
   bool overlap_reduction = true;
   // Seconds a rank waits in one collective for the others before every rank ends with an error
-  // (a rank died or stopped answering; dist::set_collective_timeout, applied by the CLI); 0 =
+  // (a rank died or stopped answering; parallel::set_collective_timeout, applied by the CLI); 0 =
   // wait forever. Not applied while the other ranks wait for rank 0 to write a checkpoint.
   double collective_timeout = 600;
   uint64_t seed = 0;

@@ -13,7 +13,7 @@
 //   single-device forward-with-lse and backward on the gathered tensors.
 #include <gtest/gtest.h>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 #include "osp/ops/backward.h"
 #include "ssp_stack.h"
 
@@ -22,8 +22,8 @@ using K = sparse::BlockKind;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -64,7 +64,7 @@ TEST(SspTrain, NarrowOnlyAllGatherBackwardDropsGradientsInverseAllToAllDoesNot) 
   const sparse::Grid grid{2, 7, 9};  // 7x9 → Skiparse padding rows travel as zeros
   const int64_t B = 2, C = 3, N = grid.numel();
   const auto plan = test::make_plan(grid, kHybrid, 2, 4, 8);  // 4 heads: F = S, no replicas
-  auto sp = dist::make_ssp(comm);
+  auto sp = parallel::make_ssp(comm);
   sp->setup(plan);
   // which tokens this rank holds in block 0 (full chunk) and block 1 (group layout)
   const Tensor id0 = sp->scatter_input(iota(B, N));
@@ -132,7 +132,7 @@ TEST_P(SspAdjoint, EveryLayoutChangeIsTransposedExactly) {
   const int r = comm->rank();
   const int64_t B = 2, C = 5, N = c.grid.numel();
   const auto plan = test::make_plan(c.grid, c.kinds, 2, c.heads, 8);
-  auto sp = std::string(c.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+  auto sp = std::string(c.mode) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
   sp->setup(plan);
   const std::string where = std::string(c.name) + " rank " + std::to_string(r);
   // scatter_input: X (the same on every rank) → rows; the adjoint is complete on every rank
@@ -194,7 +194,7 @@ TEST(SspTrain, UlyssesTrainingAttentionEqualsSingleDevice) {
     const sparse::Grid grid{2, 7, 9};
     const int64_t B = 2, N = grid.numel(), D = 8;
     const auto plan = test::make_plan(grid, {K::Full, K::Full}, 2, heads, int(D));
-    auto sp = dist::make_ulysses(comm);
+    auto sp = parallel::make_ulysses(comm);
     sp->setup(plan);
     const Tensor q = test::randn_tensor({B, N, heads, D}, 1), k = test::randn_tensor({B, N, heads, D}, 2);
     const Tensor v = test::randn_tensor({B, N, heads, D}, 3), dout = test::randn_tensor({B, N, heads, D}, 4);

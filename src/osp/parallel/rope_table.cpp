@@ -1,8 +1,8 @@
-#include "osp/dist/rope_table.h"
+#include "osp/parallel/rope_table.h"
 
 #include <cmath>
 
-namespace osp::dist {
+namespace osp::parallel {
 
 RopeSplit rope_split(int head_dim) {
   OSP_CHECK(head_dim >= 6 && head_dim % 2 == 0,
@@ -69,4 +69,4 @@ Tensor rope_cos_sin_full(const sparse::Grid& grid, int head_dim) {
   return rope_cos_sin(grid, head_dim, ids.data(), N);
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

@@ -5,9 +5,9 @@
 #include <cstring>
 #include <mutex>
 
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 namespace {
 
@@ -215,4 +215,4 @@ std::vector<std::unique_ptr<Communicator>> make_thread_communicators(int size) {
   return out;
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

@@ -6,7 +6,7 @@
 #include "osp/core/tensor.h"
 #include "osp/sparse/skiparse.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 // Head dim D viewed as D/2 interleaved pairs, c = D/2: the first c − 2⌊c/3⌋ pairs rotate with
 // the frame index, the next ⌊c/3⌋ with the row, the last ⌊c/3⌋ with the column (D = 128:
@@ -25,4 +25,4 @@ Tensor rope_cos_sin(const sparse::Grid& grid, int head_dim, const int32_t* token
 // The table for the whole grid in full-layout order: [N, D/2, 2].
 Tensor rope_cos_sin_full(const sparse::Grid& grid, int head_dim);
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

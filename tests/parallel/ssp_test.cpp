@@ -9,8 +9,8 @@
 #include <exception>
 #include <thread>
 
-#include "osp/dist/comm_volume.h"
-#include "osp/dist/communicator.h"
+#include "osp/parallel/comm_volume.h"
+#include "osp/parallel/communicator.h"
 #include "ssp_stack.h"
 
 using namespace osp;
@@ -22,14 +22,14 @@ namespace {
 // Runs f(rank, comm) on S threads; rethrows the first exception.
 template <typename F>
 void on_threads(int S, F f) {
-  auto comms = dist::make_thread_communicators(S);
+  auto comms = parallel::make_thread_communicators(S);
   std::vector<std::exception_ptr> errs(static_cast<size_t>(S));
   std::vector<std::thread> th;
   for (int r = 0; r < S; ++r)
     th.emplace_back([&, r] {
       omp_set_num_threads(1);
       try {
-        f(r, std::shared_ptr<dist::Communicator>(std::move(comms[size_t(r)])));
+        f(r, std::shared_ptr<parallel::Communicator>(std::move(comms[size_t(r)])));
       } catch (...) {
         errs[size_t(r)] = std::current_exception();
       }
@@ -58,13 +58,13 @@ TEST_P(SpThreads, MatchesSingleDeviceAndCountsBytes) {
   const int64_t B = 2, C = int64_t(c.heads) * c.head_dim, N = c.grid.numel();
   const auto w = test::make_stack_weights(int(c.kinds.size()), C, 100);
   const Tensor x = test::randn_tensor({B, N, C}, 7);
-  auto single = dist::make_single_device();
+  auto single = parallel::make_single_device();
   const Tensor want = test::run_stack(*single, plan, x, w);
 
   std::vector<Tensor> got(static_cast<size_t>(c.S));
   std::vector<uint64_t> bytes(static_cast<size_t>(c.S));
-  on_threads(c.S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
-    auto sp = std::string(c.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+  on_threads(c.S, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
+    auto sp = std::string(c.mode) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
     EXPECT_EQ(sp->size(), c.S);
     EXPECT_EQ(sp->rank(), r);
     sp->setup(plan);
@@ -74,7 +74,7 @@ TEST_P(SpThreads, MatchesSingleDeviceAndCountsBytes) {
   });
   for (int r = 0; r < c.S; ++r) {
     EXPECT_LT(relative_error(got[size_t(r)], want), 1e-5) << c.name << " rank " << r;
-    const auto vol = dist::comm_volume(plan, c.mode, c.S, r, B, sizeof(float), C);
+    const auto vol = parallel::comm_volume(plan, c.mode, c.S, r, B, sizeof(float), C);
     EXPECT_EQ(bytes[size_t(r)], vol.total()) << c.name << " rank " << r;
     if (c.S > 1) EXPECT_GT(vol.total(), 0u);
   }
@@ -111,13 +111,13 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
     const int64_t B = 2, C = int64_t(run.heads) * 8, N = g.numel();
     const auto w = test::make_stack_weights(int(run.kinds.size()), C, 300);
     const Tensor x = test::randn_tensor({B, N, C}, 9);
-    auto single = dist::make_single_device();
+    auto single = parallel::make_single_device();
     const Tensor want = test::run_stack(*single, plan, x, w);
     setenv("OSP_ULYSSES_CHUNKS", run.chunks, 1);
     std::vector<Tensor> got(static_cast<size_t>(run.S));
     std::vector<uint64_t> bytes(static_cast<size_t>(run.S));
-    on_threads(run.S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
-      auto sp = std::string(run.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+    on_threads(run.S, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
+      auto sp = std::string(run.mode) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
       sp->setup(plan);
       sp->reset_bytes();
       got[size_t(r)] = test::run_stack(*sp, plan, x, w);
@@ -127,7 +127,7 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
     for (int r = 0; r < run.S; ++r) {
       EXPECT_LT(relative_error(got[size_t(r)], want), 1e-5)
           << run.mode << " S " << run.S << " chunks " << run.chunks << " rank " << r;
-      EXPECT_EQ(bytes[size_t(r)], dist::comm_volume(plan, run.mode, run.S, r, B, sizeof(float), C).total());
+      EXPECT_EQ(bytes[size_t(r)], parallel::comm_volume(plan, run.mode, run.S, r, B, sizeof(float), C).total());
     }
   }
   // A chunk count that does not divide the heads per rank is refused with the reason.
@@ -136,8 +136,8 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
   const auto w = test::make_stack_weights(3, 64, 300);
   const Tensor x = test::randn_tensor({1, 126, 64}, 9);
   std::vector<std::string> msg(2);
-  on_threads(2, [&](int r, std::shared_ptr<dist::Communicator> comm) {
-    auto sp = dist::make_ulysses(comm);
+  on_threads(2, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
+    auto sp = parallel::make_ulysses(comm);
     sp->setup(plan);
     try {
       test::run_stack(*sp, plan, x, w);
@@ -158,7 +158,7 @@ TEST(SpVolume, SparseSwitchIsNpOver4NOfUlysses) {
     const double Np = double(g.T * geo.Hp * geo.Wp), N = double(g.numel());
     ASSERT_EQ(g.numel() % S, 0);
     for (int r = 0; r < S; ++r) {
-      const auto v = dist::comm_volume(plan, "ssp", S, r, 1, 2, 0);
+      const auto v = parallel::comm_volume(plan, "ssp", S, r, 1, 2, 0);
       ASSERT_EQ(v.switches, 1);
       ASSERT_EQ(v.full_blocks, 2);
       const double per_full = double(v.full_bytes) / v.full_blocks;
@@ -171,7 +171,7 @@ TEST(SpVolume, SparseSwitchIsNpOver4NOfUlysses) {
 
 TEST(SpThreadsComm, Collectives) {
   for (int S : {1, 2, 3, 4}) {
-    on_threads(S, [&](int, std::shared_ptr<dist::Communicator> comm) {
+    on_threads(S, [&](int, std::shared_ptr<parallel::Communicator> comm) {
       test::check_collectives(*comm);
     });
   }
@@ -181,19 +181,19 @@ TEST(SpThreadsComm, Collectives) {
 // without one; a rank that never arrives makes the waiting rank throw CollectiveTimeout with the
 // reason; the scoped setting is restored.
 TEST(SpThreadsComm, TimeoutEndsAWaitForAMissingRank) {
-  ASSERT_EQ(dist::collective_timeout(), 0.0);
+  ASSERT_EQ(parallel::collective_timeout(), 0.0);
   {
-    dist::ScopedCollectiveTimeout t(30);
-    on_threads(3, [&](int, std::shared_ptr<dist::Communicator> comm) { test::check_collectives(*comm); });
+    parallel::ScopedCollectiveTimeout t(30);
+    on_threads(3, [&](int, std::shared_ptr<parallel::Communicator> comm) { test::check_collectives(*comm); });
   }
   std::string err = "no error";
-  on_threads(2, [&](int r, std::shared_ptr<dist::Communicator> comm) {
+  on_threads(2, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
     if (r == 1) return;  // rank 1 never calls the collective
-    dist::ScopedCollectiveTimeout t(0.2);
+    parallel::ScopedCollectiveTimeout t(0.2);
     Tensor x = Tensor::zeros({4}, DType::F32);
     try {
       comm->all_reduce(x);
-    } catch (const dist::CollectiveTimeout& e) {
+    } catch (const parallel::CollectiveTimeout& e) {
       err = e.what();
     }
   });
@@ -201,7 +201,7 @@ TEST(SpThreadsComm, TimeoutEndsAWaitForAMissingRank) {
                      "died, hangs, or stopped calling collectives"),
             std::string::npos)
       << err;
-  EXPECT_EQ(dist::collective_timeout(), 0.0);
+  EXPECT_EQ(parallel::collective_timeout(), 0.0);
 }
 
 TEST(SpThreadsComm, BadArgumentsGiveClearErrors) {
@@ -213,7 +213,7 @@ TEST(SpThreadsComm, BadArgumentsGiveClearErrors) {
     }
     return std::string("no error");
   };
-  auto c = dist::make_single_communicator();
+  auto c = parallel::make_single_communicator();
   Tensor a = Tensor::zeros({4, 2}, DType::F32), b = Tensor::zeros({3, 2}, DType::F32);
   EXPECT_NE(msg([&] { c->all_to_all(a, b); }).find("shape"), std::string::npos);
   EXPECT_NE(msg([&] { c->all_to_all(a, {3}, a, {4}); }).find("sum to"), std::string::npos);
@@ -222,7 +222,7 @@ TEST(SpThreadsComm, BadArgumentsGiveClearErrors) {
   EXPECT_NE(msg([&] { c->broadcast(a, 1); }).find("root"), std::string::npos);
   Tensor t = a.transpose(0, 1);
   EXPECT_NE(msg([&] { c->all_reduce(t); }).find("contiguous"), std::string::npos);
-  EXPECT_NE(msg([&] { dist::make_communicator("gloo"); }).find("unknown communicator"),
+  EXPECT_NE(msg([&] { parallel::make_communicator("gloo"); }).find("unknown communicator"),
             std::string::npos);
 }
 
@@ -238,25 +238,25 @@ TEST(SpSetup, RankCountsThatCannotWorkFailAtSetup) {
   const auto hybrid = test::make_plan({2, 8, 12}, kHybrid, 2, 12, 8);
   const auto hybrid4 = test::make_plan({2, 8, 12}, kHybrid, 2, 4, 8);
   // 3 ranks cannot share P² = 4 sub-sequences.
-  EXPECT_NE(msg([&] { dist::comm_volume(hybrid, "ssp", 3, 0, 1, 4, 0); }).find("divides 4"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(hybrid, "ssp", 3, 0, 1, 4, 0); }).find("divides 4"),
             std::string::npos);
   // 6 ranks: more than P² but not a multiple.
-  EXPECT_NE(msg([&] { dist::comm_volume(hybrid, "ssp", 6, 0, 1, 4, 0); }).find("multiple"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(hybrid, "ssp", 6, 0, 1, 4, 0); }).find("multiple"),
             std::string::npos);
   // The inner Ulysses degree of the tile split must divide the heads (6 % (8/4) == 0, 3 % 2 != 0).
   auto h3 = test::make_plan({2, 8, 12}, kHybrid, 2, 3, 8);
-  EXPECT_NE(msg([&] { dist::comm_volume(h3, "ssp", 8, 0, 1, 4, 0); }).find("must divide"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(h3, "ssp", 8, 0, 1, 4, 0); }).find("must divide"),
             std::string::npos);
   // Ulysses cannot run Skiparse blocks.
-  EXPECT_NE(msg([&] { dist::comm_volume(hybrid4, "ulysses", 2, 0, 1, 4, 0); }).find("make_ssp"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(hybrid4, "ulysses", 2, 0, 1, 4, 0); }).find("make_ssp"),
             std::string::npos);
   // Too few tokens for the ranks.
   auto tiny = test::make_plan({1, 1, 3}, kFullOnly, 2, 4, 8);
-  EXPECT_NE(msg([&] { dist::comm_volume(tiny, "ulysses", 4, 0, 1, 4, 0); }).find("too short"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(tiny, "ulysses", 4, 0, 1, 4, 0); }).find("too short"),
             std::string::npos);
   // A tile split that leaves a rank without tokens.
   auto small = test::make_plan({1, 4, 4}, kHybrid, 2, 8, 8);
-  EXPECT_NE(msg([&] { dist::comm_volume(small, "ssp", 8, 0, 1, 4, 0); }).find("too small"),
+  EXPECT_NE(msg([&] { parallel::comm_volume(small, "ssp", 8, 0, 1, 4, 0); }).find("too small"),
             std::string::npos);
 }
 
@@ -272,8 +272,8 @@ double dot(const Tensor& a, const Tensor& b) {
 }
 
 // <enter(x), g> == <x, enter_backward(g)> summed over ranks, for every layout change.
-void check_adjoint(dist::SequenceParallel& sp, const dist::ForwardPlan& plan, int r,
-                   dist::Communicator* comm) {
+void check_adjoint(parallel::SequenceParallel& sp, const parallel::ForwardPlan& plan, int r,
+                   parallel::Communicator* comm) {
   sp.setup(plan);
   const int64_t B = 2, C = int64_t(plan.heads) * plan.head_dim;
   auto rows = [&](int i) {
@@ -313,12 +313,12 @@ void check_adjoint(dist::SequenceParallel& sp, const dist::ForwardPlan& plan, in
 TEST(SpAdjoint, EnterBlockBackwardIsTheTranspose) {
   for (auto g : {sparse::Grid{2, 7, 9}, sparse::Grid{2, 8, 12}}) {
     const auto plan = test::make_plan(g, kHybrid, 2, 8, 8);
-    auto single = dist::make_single_device();
+    auto single = parallel::make_single_device();
     check_adjoint(*single, plan, 0, nullptr);
     for (int S : {1, 2, 4, 8}) {
       if (S == 8 && g.W == 9) continue;  // the 2D tile split needs wider grids (tested below)
-      on_threads(S, [&](int r, std::shared_ptr<dist::Communicator> comm) {
-        auto sp = dist::make_ssp(comm);
+      on_threads(S, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
+        auto sp = parallel::make_ssp(comm);
         check_adjoint(*sp, plan, r, comm.get());
       });
     }

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <random>
 
-#include "osp/dist/rope_table.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/rope_table.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 
 using namespace osp;
@@ -27,7 +27,7 @@ Tensor randn(const Shape& s, uint32_t seed) {
 // Applies Wan RoPE in the full layout: x [B, N, H, D] (host reference, fp64 angles).
 Tensor rope_full(const Tensor& x, const Grid& g) {
   const int64_t B = x.size(0), N = x.size(1), H = x.size(2), D = x.size(3);
-  Tensor tab = dist::rope_cos_sin_full(g, int(D));
+  Tensor tab = parallel::rope_cos_sin_full(g, int(D));
   Tensor out = x.clone();
   float* o = out.data<float>();
   const float* t = tab.data<float>();
@@ -99,8 +99,8 @@ TEST_P(SingleDeviceHybrid, SparseAttentionEqualsMaskedDense) {
   auto geo = sparse::skiparse_geometry(g, P);
   EXPECT_EQ(geo.Hp != g.H || geo.Wp != g.W, GetParam().padded);
 
-  auto sp = dist::make_single_device();
-  dist::ForwardPlan plan;
+  auto sp = parallel::make_single_device();
+  parallel::ForwardPlan plan;
   plan.grid = g;
   plan.kinds = {BlockKind::Full, BlockKind::Token, BlockKind::Group, BlockKind::Full};
   plan.P = P;
@@ -160,7 +160,7 @@ INSTANTIATE_TEST_SUITE_P(Grids, SingleDeviceHybrid,
                                            Case{{1, 6, 10}, true}));
 
 TEST(SingleDevice, RopeSplitMatchesWan) {
-  auto s = dist::rope_split(128);
+  auto s = parallel::rope_split(128);
   EXPECT_EQ(s.frame_pairs, 22);
   EXPECT_EQ(s.row_pairs, 21);
   EXPECT_EQ(s.col_pairs, 21);
@@ -168,19 +168,19 @@ TEST(SingleDevice, RopeSplitMatchesWan) {
   // pair 44 = 3·10000^(-2/42).
   Grid g{2, 4, 5};
   int32_t tok = (1 * 4 + 2) * 5 + 3;
-  Tensor t = dist::rope_cos_sin(g, 128, &tok, 1);
+  Tensor t = parallel::rope_cos_sin(g, 128, &tok, 1);
   auto ang = [&](int p) { return std::atan2(t.data<float>()[2 * p + 1], t.data<float>()[2 * p]); };
   EXPECT_NEAR(ang(1), 1 * std::pow(10000.0, -2.0 / 44), 1e-6);
   EXPECT_NEAR(ang(23), 2 * std::pow(10000.0, -2.0 / 42), 1e-6);
   EXPECT_NEAR(ang(44), 3 * std::pow(10000.0, -2.0 / 42), 1e-6);
   int32_t pad = -1;
-  Tensor tp = dist::rope_cos_sin(g, 128, &pad, 1);
+  Tensor tp = parallel::rope_cos_sin(g, 128, &pad, 1);
   EXPECT_EQ(tp.data<float>()[0], 1.f);
   EXPECT_EQ(tp.data<float>()[1], 0.f);
 }
 
 TEST(SingleDevice, BadPlansAndInputsGiveClearErrors) {
-  auto sp = dist::make_single_device();
+  auto sp = parallel::make_single_device();
   auto msg = [](auto f) {
     try {
       f();
@@ -189,7 +189,7 @@ TEST(SingleDevice, BadPlansAndInputsGiveClearErrors) {
     }
     return std::string("no error");
   };
-  dist::ForwardPlan plan;
+  parallel::ForwardPlan plan;
   plan.grid = {1, 4, 4};
   plan.heads = 2;
   plan.head_dim = 8;
@@ -198,8 +198,8 @@ TEST(SingleDevice, BadPlansAndInputsGiveClearErrors) {
   // A sparse region may start with a group block and end with a token block (the reference's
   // parity rule with num_full_blocks % 4 == 2, as in golden_train).
   {
-    auto other = dist::make_single_device();
-    dist::ForwardPlan ok = plan;
+    auto other = parallel::make_single_device();
+    parallel::ForwardPlan ok = plan;
     ok.kinds = {BlockKind::Full, BlockKind::Group, BlockKind::Token, BlockKind::Full};
     EXPECT_EQ(msg([&] { other->setup(ok); }), "no error");
   }

@@ -4,12 +4,12 @@
 #include <array>
 #include <map>
 
-#include "osp/dist/rope_table.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/rope_table.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 using sparse::BlockKind;
 
@@ -254,4 +254,4 @@ class SingleDevice final : public SequenceParallel {
 
 std::unique_ptr<SequenceParallel> make_single_device() { return std::make_unique<SingleDevice>(); }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

@@ -18,7 +18,7 @@
 #include "osp/ops/ops.h"
 #include "osp/sparse/skiparse.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 class Communicator;
 
@@ -133,4 +133,4 @@ const AttentionFn& default_attention();
 // x's device (entries < 0 give zero rows) → out [B, n_out, C] (allocated when undefined).
 Tensor gather_per_sample(const Tensor& x, const Tensor& index, int64_t n_out);
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

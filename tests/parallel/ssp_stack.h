@@ -8,8 +8,8 @@
 
 #include <gtest/gtest.h>
 
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 
 namespace osp::test {
@@ -40,7 +40,7 @@ inline StackWeights make_stack_weights(int blocks, int64_t C, uint32_t seed) {
 }
 
 // x_full [B, N, C] (not modified) → [B, N, C] after the stack, on every rank.
-inline Tensor run_stack(dist::SequenceParallel& sp, const dist::ForwardPlan& plan,
+inline Tensor run_stack(parallel::SequenceParallel& sp, const parallel::ForwardPlan& plan,
                         const Tensor& x_full, const StackWeights& w) {
   sp.setup(plan);
   const int64_t B = x_full.size(0), C = x_full.size(2), H = plan.heads, D = plan.head_dim;
@@ -69,9 +69,9 @@ inline Tensor run_stack(dist::SequenceParallel& sp, const dist::ForwardPlan& pla
   return sp.gather_output(x);
 }
 
-inline dist::ForwardPlan make_plan(sparse::Grid g, std::vector<sparse::BlockKind> kinds, int P,
+inline parallel::ForwardPlan make_plan(sparse::Grid g, std::vector<sparse::BlockKind> kinds, int P,
                                    int heads, int head_dim) {
-  dist::ForwardPlan p;
+  parallel::ForwardPlan p;
   p.grid = g;
   p.kinds = std::move(kinds);
   p.P = P;
@@ -83,7 +83,7 @@ inline dist::ForwardPlan make_plan(sparse::Grid g, std::vector<sparse::BlockKind
 
 // Uneven all-to-all on any communicator: rank r sends (d + 1) rows of (100·r + d, k) to rank d;
 // checks the received rows and the byte counter (self-sends are not counted).
-inline void check_uneven_all_to_all(dist::Communicator& comm) {
+inline void check_uneven_all_to_all(parallel::Communicator& comm) {
   const int S = comm.size(), r = comm.rank();
   std::vector<int64_t> sr, rr;
   std::vector<float> sv;
@@ -109,7 +109,7 @@ inline void check_uneven_all_to_all(dist::Communicator& comm) {
 
 // Every collective of a communicator (called on all ranks): the uneven all-to-all above, the
 // equal-split all-to-all, all_gather, reduce_scatter, all_reduce, broadcast, barrier and split.
-inline void check_collectives(dist::Communicator& comm) {
+inline void check_collectives(parallel::Communicator& comm) {
   const int S = comm.size(), r = comm.rank();
   check_uneven_all_to_all(comm);
   Tensor eq = Tensor::empty({int64_t(S), 3}, DType::F32), eq_out = Tensor::empty({int64_t(S), 3}, DType::F32);

@@ -1,12 +1,12 @@
 // Communicator front end (validation + byte counting) and the single-rank backend.
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
-namespace osp::dist {
+namespace osp::parallel {
 
 namespace {
 void require_contig(const Tensor& t, const char* op, const char* what) {
@@ -246,4 +246,4 @@ std::unique_ptr<Communicator> make_communicator(const std::string& backend) {
   return make_mpi_communicator();
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

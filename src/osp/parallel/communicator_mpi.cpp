@@ -1,5 +1,5 @@
 // MPI backend (CPU tensors). Compiled to a clear error when the build has no MPI.
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 
 #ifdef OSP_HAVE_MPI
 #include <mpi.h>
@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <thread>
 
-#include "osp/dist/mpi_env.h"
+#include "osp/parallel/mpi_env.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 namespace {
 void mpi_check(int rc, const char* call) {
@@ -229,19 +229,19 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel
 
 #else  // no MPI
 
 #include <cstdlib>
 
-namespace osp::dist {
+namespace osp::parallel {
 bool mpi_built() { return false; }
 void abort_all(int code) { std::_Exit(code); }
 std::unique_ptr<Communicator> make_mpi_communicator() {
   fail("the mpi communicator is not built in: configure with OpenMPI installed "
        "(libopenmpi-dev) and -DOSP_MPI=ON");
 }
-}  // namespace osp::dist
+}  // namespace osp::parallel
 
 #endif

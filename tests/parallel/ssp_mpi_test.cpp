@@ -4,8 +4,8 @@
 // the counted bytes equal to comm_volume.
 #include <gtest/gtest.h>
 
-#include "osp/dist/comm_volume.h"
-#include "osp/dist/communicator.h"
+#include "osp/parallel/comm_volume.h"
+#include "osp/parallel/communicator.h"
 #include "ssp_stack.h"
 
 using namespace osp;
@@ -13,8 +13,8 @@ using K = sparse::BlockKind;
 
 namespace {
 
-std::shared_ptr<dist::Communicator> world() {
-  static std::shared_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+std::shared_ptr<parallel::Communicator> world() {
+  static std::shared_ptr<parallel::Communicator> c = parallel::make_mpi_communicator();
   return c;
 }
 
@@ -22,15 +22,15 @@ TEST(MpiComm, Collectives) {
   auto comm = world();
   const int S = comm->size(), r = comm->rank();
   EXPECT_STREQ(comm->backend(), "mpi");
-  EXPECT_EQ(S, dist::launcher_size());
-  EXPECT_EQ(r, dist::launcher_rank());
+  EXPECT_EQ(S, parallel::launcher_size());
+  EXPECT_EQ(r, parallel::launcher_rank());
   test::check_collectives(*comm);
 }
 
 // With a collective timeout every collective runs as its nonblocking form polled to a deadline
 // (communicator_mpi.cpp): the same results.
 TEST(MpiComm, CollectivesUnderATimeout) {
-  dist::ScopedCollectiveTimeout t(120);
+  parallel::ScopedCollectiveTimeout t(120);
   test::check_collectives(*world());
 }
 
@@ -53,17 +53,17 @@ TEST_P(MpiStack, EqualsSingleDeviceOnEveryRank) {
   const auto w = test::make_stack_weights(int(c.kinds.size()), C, 200);
   // Inputs come from rank 0 (spec §4.10): other ranks start from different values.
   Tensor x = test::randn_tensor({B, N, C}, 11 + uint32_t(r));
-  auto sp = std::string(c.mode) == "ssp" ? dist::make_ssp(comm) : dist::make_ulysses(comm);
+  auto sp = std::string(c.mode) == "ssp" ? parallel::make_ssp(comm) : parallel::make_ulysses(comm);
   sp->broadcast(x);
   const Tensor x0 = test::randn_tensor({B, N, C}, 11);
   ASSERT_EQ(max_abs_diff(x, x0), 0.0);
-  auto single = dist::make_single_device();
+  auto single = parallel::make_single_device();
   const Tensor want = test::run_stack(*single, plan, x, w);
   sp->setup(plan);
   sp->reset_bytes();
   const Tensor got = test::run_stack(*sp, plan, x, w);
   EXPECT_LT(relative_error(got, want), 1e-5) << c.name << " rank " << r << " of " << S;
-  EXPECT_EQ(sp->bytes_sent(), dist::comm_volume(plan, c.mode, S, r, B, sizeof(float), C).total());
+  EXPECT_EQ(sp->bytes_sent(), parallel::comm_volume(plan, c.mode, S, r, B, sizeof(float), C).total());
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <string>
 
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/sequence_parallel.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 struct CommVolume {
   int S = 1, U = 1;                 // ranks; inner Ulysses degree of sparse blocks
@@ -32,4 +32,4 @@ struct CommVolume {
 CommVolume comm_volume(const ForwardPlan& plan, const std::string& mode, int S, int rank,
                        int64_t B, size_t elem_bytes, int64_t out_channels);
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

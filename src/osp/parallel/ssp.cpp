@@ -20,14 +20,14 @@
 #include <numeric>
 #include <tuple>
 
-#include "osp/dist/comm_volume.h"
-#include "osp/dist/communicator.h"
-#include "osp/dist/rope_table.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/comm_volume.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/rope_table.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 using sparse::BlockKind;
 
@@ -1018,4 +1018,4 @@ CommVolume comm_volume(const ForwardPlan& plan, const std::string& mode, int S, 
   return sp.volume(B, elem_bytes, out_channels);
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

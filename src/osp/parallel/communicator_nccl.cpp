@@ -10,7 +10,7 @@
 // communicator (ncclCommAbort releases the blocked kernels) and ends the job (abort_all). The
 // time counts from the enqueue, so it includes the GPU work queued before the collective. The
 // barrier (MPI) is polled with the same deadline and throws CollectiveTimeout like the mpi backend.
-#include "osp/dist/communicator.h"
+#include "osp/parallel/communicator.h"
 
 #if defined(OSP_HAVE_NCCL) && defined(OSP_HAVE_MPI) && defined(OSP_HAVE_CUDA)
 #include <cuda_runtime.h>
@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "osp/core/cuda_check.h"
-#include "osp/dist/mpi_env.h"
+#include "osp/parallel/mpi_env.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 namespace {
 #define OSP_NCCL_CHECK(call)                                                             \
@@ -348,16 +348,16 @@ std::unique_ptr<Communicator> make_nccl_communicator() {
   return std::make_unique<NcclCommunicator>(comm, dup, true, device);
 }
 
-}  // namespace osp::dist
+}  // namespace osp::parallel
 
 #else  // no NCCL
 
-namespace osp::dist {
+namespace osp::parallel {
 bool nccl_built() { return false; }
 std::unique_ptr<Communicator> make_nccl_communicator() {
   fail("the nccl communicator is not built in: it needs CUDA, MPI and NCCL at configure time "
        "(OSP_HAVE_NCCL)");
 }
-}  // namespace osp::dist
+}  // namespace osp::parallel
 
 #endif

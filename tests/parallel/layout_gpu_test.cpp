@@ -4,8 +4,8 @@
 // result within the bf16 bound. SKIPs without a GPU.
 #include <gtest/gtest.h>
 
-#include "osp/dist/communicator.h"
-#include "osp/dist/sequence_parallel.h"
+#include "osp/parallel/communicator.h"
+#include "osp/parallel/sequence_parallel.h"
 #include "osp/ops/ops.h"
 #include "ssp_stack.h"
 #include "test_util.h"
@@ -21,7 +21,7 @@ TEST(LayoutGpu, SingleDeviceLayoutsMatchTheCpu) {
   auto plan_cpu = test::make_plan(g, {K::Full, K::Token, K::Group, K::Full}, 2, H, D);
   auto plan_gpu = plan_cpu;
   plan_gpu.device = Device::cuda(0);
-  auto cpu = dist::make_single_device(), gpu = dist::make_single_device();
+  auto cpu = parallel::make_single_device(), gpu = parallel::make_single_device();
   cpu->setup(plan_cpu);
   gpu->setup(plan_gpu);
   const Tensor x = test::randn_tensor({B, N, C}, 5);
@@ -61,9 +61,9 @@ TEST(LayoutGpu, SspDevicePathsMatchTheCpu) {
   auto plan_cpu = test::make_plan(g, {K::Full, K::Token, K::Group, K::Full}, 2, H, D);
   auto plan_gpu = plan_cpu;
   plan_gpu.device = Device::cuda(0);
-  std::shared_ptr<dist::Communicator> c1 = dist::make_single_communicator(),
-                                      c2 = dist::make_single_communicator();
-  auto cpu = dist::make_ssp(c1), gpu = dist::make_ssp(c2);
+  std::shared_ptr<parallel::Communicator> c1 = parallel::make_single_communicator(),
+                                      c2 = parallel::make_single_communicator();
+  auto cpu = parallel::make_ssp(c1), gpu = parallel::make_ssp(c2);
   cpu->setup(plan_cpu);
   gpu->setup(plan_gpu);
   const Tensor x = test::randn_tensor({B, N, C}, 6);

@@ -19,7 +19,7 @@
 
 #include "osp/core/tensor.h"
 
-namespace osp::dist {
+namespace osp::parallel {
 
 class Communicator {
  public:
@@ -206,4 +206,4 @@ int launcher_rank();
 int launcher_size();
 int launcher_local_rank();
 
-}  // namespace osp::dist
+}  // namespace osp::parallel

@@ -2,7 +2,7 @@
 #pragma once
 #include <mpi.h>
 
-namespace osp::dist {
+namespace osp::parallel {
 // MPI_Init_thread(FUNNELED) unless MPI is already initialised; MPI_Finalize runs at exit.
 void mpi_ensure_initialized();
 // Polls a started nonblocking MPI operation until it completes: MPI_Test in a tight loop for the
@@ -11,4 +11,4 @@ void mpi_ensure_initialized();
 // CollectiveTimeout (collective_timeout_message(op, backend, rank, size, ...)); the request stays
 // pending and the caller ends the job. Without one, waits forever.
 void mpi_wait(MPI_Request& req, const char* op, const char* backend, int rank, int size);
-}  // namespace osp::dist
+}  // namespace osp::parallel
