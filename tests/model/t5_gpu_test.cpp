@@ -6,7 +6,7 @@
 
 #include "osp/io/checkpoint.h"
 #include "osp/model/t5.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 #include "test_util.h"
 
 namespace {

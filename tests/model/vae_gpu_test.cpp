@@ -7,7 +7,7 @@
 #include "osp/io/checkpoint.h"
 #include "osp/model/vae.h"
 #include "osp/ops/conv.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 #include "test_util.h"
 
 namespace {

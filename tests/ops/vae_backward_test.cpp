@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "osp/ops/conv.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 #include "osp/ops/vae_backward.h"
 #include "ops/fd_check.h"
 

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "osp/core/interrupt.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 #include "osp/ops/ops.h"
 
 namespace osp::model {

@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "osp/ops/conv.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 
 namespace osp::model {
 

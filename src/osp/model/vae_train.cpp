@@ -8,7 +8,7 @@
 
 #include "osp/core/philox.h"
 #include "osp/ops/conv.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 #include "osp/ops/vae_backward.h"
 
 namespace osp::model {

@@ -1,4 +1,4 @@
-// Backward (vector-Jacobian products) of the Wan-VAE ops (ops/conv.h, ops/extra_ops.h), for
+// Backward (vector-Jacobian products) of the Wan-VAE ops (ops/conv.h, ops/t5_vae_ops.h), for
 // training the VAE (model/vae_train.h).  Conventions as ops/backward.h:
 //  * `d<name>` is dL/d<name> for the forward argument <name>; dy is dL/d(output).
 //  * Outputs marked "(+=)" ACCUMULATE into a preallocated F32 tensor (parameter gradients); all

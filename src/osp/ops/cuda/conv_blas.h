@@ -1,4 +1,4 @@
-// cuBLAS helpers shared by the conv3d and VAE-attention CUDA kernels (t5vae engineer).
+// cuBLAS helpers shared by the conv3d and VAE-attention CUDA kernels.
 #pragma once
 #ifdef OSP_HAVE_CUDA
 #include <cublas_v2.h>

@@ -1,5 +1,6 @@
-// Ops the umT5 encoder and the Wan-VAE need beyond ops.h (owned by the t5vae engineer).
-// Same conventions as ops.h: free functions, validated here, dispatched to cpu:: / cuda::.
+// Ops the umT5 encoder and the Wan-VAE need beyond ops.h (elementwise add/mul, the VAE channel norm,
+// nearest upsampling, the VAE spatial attention, T5 biased attention and relative bias). Same
+// conventions as ops.h: free functions, validated here, dispatched to cpu:: / cuda::.
 #pragma once
 #include <cstdint>
 #include <vector>

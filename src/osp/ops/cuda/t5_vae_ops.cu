@@ -1,4 +1,4 @@
-// CUDA implementations of ops/extra_ops.h (t5vae engineer).
+// CUDA implementations of ops/t5_vae_ops.h.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -6,7 +6,7 @@
 
 #include "osp/ops/cuda/conv_blas.h"
 #include "osp/ops/cuda/cuda_context.h"
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 
 namespace osp::ops::cuda {
 namespace {

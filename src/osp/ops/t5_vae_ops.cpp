@@ -1,5 +1,5 @@
-// Validation and device dispatch for ops/extra_ops.h.
-#include "osp/ops/extra_ops.h"
+// Validation and device dispatch for ops/t5_vae_ops.h.
+#include "osp/ops/t5_vae_ops.h"
 
 #define OSP_EXTRA_DISPATCH(dev, name, ...)                                               \
   do {                                                                                 \

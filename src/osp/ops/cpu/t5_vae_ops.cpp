@@ -1,11 +1,11 @@
-// CPU (fp32 reference) implementations of ops/extra_ops.h.
+// CPU (fp32 reference) implementations of ops/t5_vae_ops.h.
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "osp/ops/extra_ops.h"
+#include "osp/ops/t5_vae_ops.h"
 
 namespace osp::ops::cpu {
 
