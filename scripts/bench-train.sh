@@ -112,7 +112,8 @@ cat "$OUT/cache.json"
 # keeps every block's gradient between steps (--keep-gradients: the peak before released gradients);
 # "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
 # "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
-# the splitting allocator. Tags combine: "hybrid+lean+blocks".
+# the splitting allocator; "+profile" also times every stage of the step (osp train --profile).
+# Tags combine: "hybrid+lean+blocks+profile".
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
   rm -rf "$run"
@@ -129,6 +130,7 @@ for att in $ATTENTIONS; do
       transient) extra+=(--transient-weights) ;;  # block compute copies made from the masters per use
       lean) extra+=(--transient-weights --keep-attention) ;;
       blocks) alloc=blocks ;;  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
+      profile) extra+=(--profile) ;;  # the per-step stage table -> OUT/profile-<variant>.txt
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
   done
@@ -141,13 +143,15 @@ for att in $ATTENTIONS; do
   # so the process is killed), the process ends, or the time is up
   while kill -0 "$pid" 2> /dev/null; do
     n=$(grep -c '"step"' "$run/train_log.jsonl" 2> /dev/null); n=${n:-0}
-    [ "$n" -ge "$OSP_STEPS" ] && break
+    # (--profile writes profile.txt right after the last step: wait for it)
+    [ "$n" -ge "$OSP_STEPS" ] && { [[ " ${extra[*]} " != *" --profile "* ]] || [ -s "$run/profile.txt" ]; } && break
     [ $(( $(date +%s) - t0 )) -ge "$RUN_TIMEOUT_S" ] && { echo "osp train --attention $att: timed out after $RUN_TIMEOUT_S s" | tee -a "$OUT/osp-$att.log"; break; }
     sleep 1
   done
   if kill -0 "$pid" 2> /dev/null; then kill -KILL "$pid" 2> /dev/null; fi
   wait "$pid" 2> /dev/null
   cp "$run/train_log.jsonl" "$OUT/osp-$att.jsonl" 2> /dev/null || echo "osp train --attention $att wrote no log" | tee -a "$OUT/osp-$att.log"
+  [ -s "$run/profile.txt" ] && cp "$run/profile.txt" "$OUT/profile-$att.txt"
   grep -E "error|from scratch|full blocks" "$OUT/osp-$att.log" | head -5
   rm -rf "$run"
   n=$(grep -c '"step"' "$OUT/osp-$att.jsonl" 2> /dev/null); say "osp $att done: ${n:-0} steps logged"

@@ -144,10 +144,11 @@ TEST(DiTProfile, EveryStageBothKindsOutputUnchanged) {
   expect_complete(r, m, false);
   const std::string table = r.table();
   std::printf("%s", table.c_str());
-  for (int s = 0; s < model::kProfStages; ++s)
+  for (int s = 0; s < int(ProfStage::BwdHead); ++s)  // every forward stage (the backward's: training)
     if (ProfStage(s) != ProfStage::Quant)
       EXPECT_NE(table.find(model::prof_stage_name(ProfStage(s))), std::string::npos)
           << model::prof_stage_name(ProfStage(s));
+  EXPECT_EQ(table.find("bwd_"), std::string::npos) << "an inference forward has no backward stages";
   // flat_ms carries the same numbers.
   const auto flat = r.flat_ms();
   ASSERT_EQ(flat.size(), size_t(model::kProfSlots));

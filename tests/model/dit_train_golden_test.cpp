@@ -401,3 +401,49 @@ TEST(DiTTrainFiniteDifference, WholeModelDirectionalDerivatives) {
     check(p.name, *p.value, *p.grad);
   }
 }
+
+// `osp train --profile`: the stage profiler over a training step — the forward's stages, one
+// Recompute lap per block (its forward stages are not counted twice) and the backward's stages
+// per block kind with one lap per block, the head and embeddings once — leaves the step's bits
+// unchanged; the table is per step.
+TEST(DiTTrainGolden, ProfiledStepHasEveryBackwardStageAndTheSameBits) {
+  using model::ProfKind;
+  using model::ProfStage;
+  const auto in = test::golden_train_inputs("trainA");
+  DiT ref = test::golden_train_model("hybrid"), prof = test::golden_train_model("hybrid");
+  ref.set_profiling(false);
+  prof.set_profiling(true);
+  auto sp = parallel::make_single_device();
+  const auto ra = test::golden_flow_step(ref, *sp, in);
+  const auto rb = test::golden_flow_step(prof, *sp, in);
+  expect_same_step(ref, ra, prof, rb, "profiled");
+  const model::ProfileReport r = prof.profile_report();
+  EXPECT_EQ(r.forwards, 1);
+  EXPECT_EQ(r.backwards, 1);
+  int nfull = 0, nsparse = 0;
+  for (auto k : prof.block_kinds()) (k == BlockKind::Full ? nfull : nsparse) += 1;
+  ASSERT_GT(nfull, 0);
+  ASSERT_GT(nsparse, 0);
+  auto laps = [&](ProfStage s, ProfKind k) {
+    for (const auto& row : r.rows)
+      if (row.stage == s && row.kind == k) return row.calls;
+    return 0.0;
+  };
+  for (const ProfStage s : {ProfStage::Recompute, ProfStage::BwdFFN, ProfStage::BwdCrossAttn, ProfStage::BwdOProj,
+                            ProfStage::BwdSelfAttn, ProfStage::BwdNormRope, ProfStage::BwdQKV, ProfStage::BwdModNorm,
+                            ProfStage::BwdEnterBlock}) {
+    EXPECT_EQ(laps(s, ProfKind::Full), nfull) << model::prof_stage_name(s);
+    EXPECT_EQ(laps(s, ProfKind::Sparse), nsparse) << model::prof_stage_name(s);
+  }
+  EXPECT_EQ(laps(ProfStage::BwdHead, ProfKind::None), 1);
+  EXPECT_EQ(laps(ProfStage::BwdEmbed, ProfKind::None), 1);
+  EXPECT_EQ(laps(ProfStage::QKV, ProfKind::Full), nfull) << "the recompute's stages are not counted";
+  double sum = 0;
+  for (const auto& row : r.rows) {
+    EXPECT_GE(row.ms, 0.0);
+    sum += row.ms;
+  }
+  EXPECT_NEAR(sum, r.total_ms, 1e-9);
+  EXPECT_NE(r.table().find("ms/step"), std::string::npos) << r.table();
+  EXPECT_NE(r.table().find("bwd_self_attn_krn"), std::string::npos) << r.table();
+}

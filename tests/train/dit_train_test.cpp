@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "osp/core/progress.h"  // interrupted(), set_interrupted()
 #include "osp/core/philox.h"
@@ -357,4 +358,37 @@ TEST(DiTTrain, HybridOnAWanConfigIsTheOspNextLayout) {
   model::DiTConfig small = tiny();
   small.num_layers = 8;
   EXPECT_EQ(config_for_attention(small, "hybrid").num_full_blocks, 4);
+}
+
+// TrainOptions::profile (`osp train --profile`): the per-step stage table of steps 2..N (the
+// first warms up) — forward, recompute and backward stages — returned and written to
+// OUT/profile.txt; the run itself is unchanged.
+TEST(DiTTrain, ProfiledRunWritesTheStageTable) {
+  const fs::path data = make_cache("profile");
+  std::vector<TrainResult> r;
+  std::vector<std::vector<float>> weights;
+  for (const bool profile : {false, true}) {
+    const fs::path out = fresh(std::string("profile_out_") + (profile ? "on" : "off"));
+    TrainOptions o = options(data, out);
+    o.steps = 3;
+    o.profile = profile;
+    DiTTrainModel m = make_model(5);
+    r.push_back(run_training(o, m));
+    weights.push_back(all_values(m));
+    if (profile) {
+      EXPECT_NE(r.back().profile.find("ms/step"), std::string::npos) << r.back().profile;
+      EXPECT_NE(r.back().profile.find("(2 steps)"), std::string::npos) << r.back().profile;
+      for (const char* stage : {"recompute", "bwd_self_attn_krn", "bwd_qkv_linear", "bwd_ffn", "self_attn_kernel"})
+        EXPECT_NE(r.back().profile.find(stage), std::string::npos) << stage;
+      std::ifstream f(out / "profile.txt");
+      const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      EXPECT_EQ(text, r.back().profile);
+    } else {
+      EXPECT_TRUE(r.back().profile.empty());
+      EXPECT_FALSE(fs::exists(out / "profile.txt"));
+    }
+    fs::remove_all(out);
+  }
+  expect_same_run(r[0], r[1], weights[0], weights[1], 3);
+  fs::remove_all(data);
 }

@@ -452,6 +452,9 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--keep-attention", keep_attention,
                  "keep every block's self-attention output from the forward so the checkpoint recompute skips "
                  "the attention core (faster at video sizes; 100 MB more per 1.3B block at 832x480x81; same gradients)");
+  OSP_TRAIN_FLAG("--profile", profile,
+                 "time every stage of the step (forward, checkpoint recompute, backward by layer) from step 2 on; "
+                 "the per-step table goes to OUT/profile.txt and stderr at the end");
   OSP_TRAIN_FLAG("--transient-weights", transient_weights,
                  "unsharded optimizer: no resident compute copy of the blocks' weights; each block's is made from its "
                  "fp32 master before its forward and backward and freed after (2 bytes per parameter less on CUDA)");

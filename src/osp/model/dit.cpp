@@ -536,6 +536,7 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
   sp.setup(train_.plan);  // cached when unchanged since forward_train
   const layers::Ctx g = ctx(true, nullptr);
   const Tape& G = train_.global;
+  prof_.begin_backward();
 
   // (f) unpatchify → (e) gather_output                               dyl [B, n_local, Kout]
   Tensor dv = Tensor::empty(vshape, F32, dev);
@@ -552,6 +553,7 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
   Tensor de = Tensor::zeros({B, d}, F32, dev);
   head_.backward(g, G, c, train_.x_last, dyl, dx, de);
   train_.x_last = Tensor();
+  prof_.lap(ProfStage::BwdHead, ProfKind::None);
 
   // (d) blocks in reverse
   Tensor de0 = Tensor::zeros({B, 6, d}, F32, dev);
@@ -560,22 +562,33 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
                               train_.ctx_float.defined() ? &train_.ctx_float : nullptr};
   const bool ckpt = !train_.block_in.empty();
   for (int i = int(c.num_layers) - 1; i >= 0; --i) {
+    const ProfKind pk = kinds_[size_t(i)] == BlockKind::Full ? ProfKind::Full : ProfKind::Sparse;
     if (block_before_) block_before_(i);
     refresh_block_qat(i, true);  // (weight sharding released the forward's Q(W, 15))
     Tape tp;
-    if (ckpt) {  // recompute block i from its saved input, recording the tape
+    if (ckpt) {  // recompute block i from its saved input, recording the tape (one lap)
       Tensor xr = train_.block_in[size_t(i)];
-      layers::Ctx rc = ctx(true, &tp);
+      layers::Ctx rc = ctx(true, &tp, pk);
       if (!train_.attn_kept.empty()) rc.attn_keep = &train_.attn_kept[size_t(i)];
-      blocks_[size_t(i)].forward(rc, c, i, xr, ctx_lin, train_.e0, sp);
+      {
+        struct Unpause {
+          StageProfiler& p;
+          ~Unpause() { p.set_paused(false); }
+        } unpause{prof_};
+        prof_.set_paused(true);
+        blocks_[size_t(i)].forward(rc, c, i, xr, ctx_lin, train_.e0, sp);
+      }
+      prof_.lap(ProfStage::Recompute, pk);
       train_.block_in[size_t(i)] = Tensor();
     } else {
       tp = std::move(train_.tapes[size_t(i)]);
     }
-    blocks_[size_t(i)].backward(g, tp, c, i, ctx_lin, dx, de0, dctx, sp);
+    const layers::Ctx bc = ctx(true, nullptr, pk);
+    blocks_[size_t(i)].backward(bc, tp, c, i, ctx_lin, dx, de0, dctx, sp);
     if (block_after_) block_after_(i);
     drop_block_qat(i);
     if (i > 0) dx = sp.enter_block_backward(i, dx).contiguous();
+    prof_.lap(ProfStage::BwdEnterBlock, pk);
   }
   Tensor dxfull = sp.scatter_input_backward(dx).contiguous();  //   [B, N, d] F32
 
@@ -588,6 +601,8 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
   Tensor dci;
   text_.backward(g, G, c, train_.Lc, dctx, dcontext_out ? &dci : nullptr);
   if (dcontext_out) *dcontext_out = dci.view(train_.context_shape);
+  prof_.lap(ProfStage::BwdEmbed, ProfKind::None);
+  prof_.end_backward();
   train_ = TrainState{};
 }
 

@@ -308,6 +308,7 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   const DType F32 = DType::F32;
   Tensor dob = Tensor::empty({B, n, d}, c.act, c.dev);
   o.backward(c, tp.at("oq"), dy, &dob, tp.find("oq.f"));
+  c.lap(ProfStage::BwdOProj);
   Tensor dqr = Tensor::empty({B, n, H, D}, c.act, c.dev);
   Tensor dkr = Tensor::empty({B, n, H, D}, c.act, c.dev);
   Tensor dvh = Tensor::empty({B, n, H, D}, c.act, c.dev);
@@ -316,6 +317,7 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   if (c.hif8_qat()) {  // dQ, dK, dV re-quantized (§5.7)
     for (Tensor* g : {&dqr, &dkr, &dvh}) quant::hif8_fake_quant(*g, *g, quant::kHiF8BackwardMax);
   }
+  c.lap(ProfStage::BwdSelfAttn);
   const Tensor& tab = sp.rope_table(i);
   const Shape rope_shape{B * tab.size(0), n / tab.size(0), H, D};
   Tensor dqn = Tensor::empty({B, n, d}, F32, c.dev), dkn = Tensor::empty({B, n, d}, F32, c.dev);
@@ -331,6 +333,7 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
     ops::rms_norm_backward(tp.at("q"), norm_q.v, cfg.eps, dqn, dq, norm_q.grad());
     ops::rms_norm_backward(tp.at("k"), norm_k.v, cfg.eps, dkn, dk, norm_k.grad());
   }
+  c.lap(ProfStage::BwdNormRope);
   const Tensor& hq = tp.at("hq");
   const Tensor* hqf = tp.find("hq.f");
   Tensor tmp = Tensor::empty({B, n, d}, F32, c.dev);
@@ -339,6 +342,7 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   ops::add_gated_(dh, tmp, nullptr);
   v.backward(c, hq, dvh.view({B, n, d}), &tmp, hqf);
   ops::add_gated_(dh, tmp, nullptr);
+  c.lap(ProfStage::BwdQKV);
 }
 
 // ---------------------------------------------------------------- cross-attention
@@ -600,6 +604,7 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
                                       tb, &ds, &dc);
   }
   ops::add_gated_(dx, tmp, nullptr);  // dx = dL/dx2
+  c.lap(ProfStage::BwdFFN);
 
   // ---- cross-attention: x2 = x1 + CrossAttn(h3, ctx), h3 = LN3(x1)
   cross_attn.backward(c, tp, cfg, ctx, dx, dh, dctx);
@@ -610,6 +615,7 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
   } else {
     ops::add_gated_(dx, dh, nullptr);
   }  // dx = dL/dx1
+  c.lap(ProfStage::BwdCrossAttn);
 
   // ---- self-attention: x1 = x0 + SelfAttn(h)·gate1, h = LN(x0)·(1 + scale1) + shift1
   for (int64_t b = 0; b < B; ++b) {
@@ -630,6 +636,7 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
     ops::sum_rows(dm.view({B, 6 * d}), gm);
   }
   ops::add_gated_(de0, dm, nullptr);
+  c.lap(ProfStage::BwdModNorm);
 }
 
 // ---------------------------------------------------------------- time embedding

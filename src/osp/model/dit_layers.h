@@ -93,7 +93,7 @@ struct Ctx {
     return tape && quant == DiTQuant::HiF8 ? scratch(ws_name, shape, dt)
                                            : buf(name, ws_name, shape, dt);
   }
-  void lap(ProfStage s) { prof->lap(s, pk); }
+  void lap(ProfStage s) const { prof->lap(s, pk); }
   // A lap only where quantization laps cut a stage (HiF8 / FP8).
   void split(ProfStage s) {
     if (quant != DiTQuant::None) prof->lap(s, pk);

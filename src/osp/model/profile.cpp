@@ -36,6 +36,17 @@ const char* prof_stage_name(ProfStage s) {
     case ProfStage::Head: return "head";
     case ProfStage::GatherOutput: return "gather_output";
     case ProfStage::Unpatchify: return "unpatchify";
+    case ProfStage::BwdHead: return "bwd_head";
+    case ProfStage::Recompute: return "recompute";
+    case ProfStage::BwdFFN: return "bwd_ffn";
+    case ProfStage::BwdCrossAttn: return "bwd_cross_attn";
+    case ProfStage::BwdOProj: return "bwd_o_proj";
+    case ProfStage::BwdSelfAttn: return "bwd_self_attn_krn";
+    case ProfStage::BwdNormRope: return "bwd_qk_norm_rope";
+    case ProfStage::BwdQKV: return "bwd_qkv_linear";
+    case ProfStage::BwdModNorm: return "bwd_mod_norm1";
+    case ProfStage::BwdEnterBlock: return "bwd_enter_block";
+    case ProfStage::BwdEmbed: return "bwd_embed";
     case ProfStage::Count: break;
   }
   return "?";
@@ -66,17 +77,18 @@ std::vector<double> ProfileReport::flat_ms() const {
 std::string ProfileReport::table() const {
   std::string s;
   char line[160];
-  std::snprintf(line, sizeof line, "%-16s %-7s %12s %10s %7s\n", "stage", "blocks", "ms/forward",
-                "laps/fwd", "%");
+  const bool steps = backwards > 0;  // training: a forward + its backward
+  std::snprintf(line, sizeof line, "%-17s %-7s %12s %10s %7s\n", "stage", "blocks", steps ? "ms/step" : "ms/forward",
+                steps ? "laps/step" : "laps/fwd", "%");
   s += line;
   for (const StageTiming& r : rows) {
-    std::snprintf(line, sizeof line, "%-16s %-7s %12.3f %10.1f %6.1f%%\n",
+    std::snprintf(line, sizeof line, "%-17s %-7s %12.3f %10.1f %6.1f%%\n",
                   prof_stage_name(r.stage), prof_kind_name(r.kind), r.ms, r.calls,
                   total_ms > 0 ? 100.0 * r.ms / total_ms : 0.0);
     s += line;
   }
-  std::snprintf(line, sizeof line, "%-16s %-7s %12.3f   (%lld forward%s)\n", "total", "", total_ms,
-                (long long)forwards, forwards == 1 ? "" : "s");
+  std::snprintf(line, sizeof line, "%-17s %-7s %12.3f   (%lld %s%s)\n", "total", "", total_ms, (long long)forwards,
+                steps ? "step" : "forward", forwards == 1 ? "" : "s");
   s += line;
   return s;
 }
@@ -87,7 +99,7 @@ struct StageProfiler::State {
   // Accumulated since reset: ms and laps per slot, forwards.
   std::array<double, kProfSlots> ms{};
   std::array<int64_t, kProfSlots> laps{};
-  int64_t forwards = 0;
+  int64_t forwards = 0, backwards = 0;
   // The forward in progress (its laps count only once end_forward() says it finished).
   bool open = false;
   // CPU: the previous mark and the open forward's laps.
@@ -191,7 +203,7 @@ void StageProfiler::begin_impl() {
 void StageProfiler::lap_impl(ProfStage stage, ProfKind kind) {
   State& s = *st_;
   const int slot = int(stage) * kProfKinds + int(kind);
-  OSP_CHECK(s.open, "StageProfiler: lap(", prof_stage_name(stage), ") outside a forward");
+  OSP_CHECK(s.open, "StageProfiler: lap(", prof_stage_name(stage), ") outside a forward or backward");
 #ifdef OSP_HAVE_CUDA
   if (s.dev.is_cuda()) {
     const int e = s.record();
@@ -206,11 +218,11 @@ void StageProfiler::lap_impl(ProfStage stage, ProfKind kind) {
   s.last = now;
 }
 
-void StageProfiler::end_impl() {
+void StageProfiler::end_impl(bool forward) {
   State& s = *st_;
-  OSP_CHECK(s.open, "StageProfiler: end_forward() without begin_forward()");
+  OSP_CHECK(s.open, "StageProfiler: end_forward() / end_backward() without its begin");
   s.open = false;
-  s.forwards += 1;
+  (forward ? s.forwards : s.backwards) += 1;
   if (s.dev.is_cuda()) return;  // the pending laps are resolved by report()
   for (size_t i = 0; i < s.ms.size(); ++i) {
     s.ms[i] += s.cur_ms[i];
@@ -225,6 +237,7 @@ ProfileReport StageProfiler::report() {
   drop_open(s);
   s.resolve();
   r.forwards = s.forwards;
+  r.backwards = s.backwards;
   if (s.forwards == 0) return r;
   const double f = double(s.forwards);
   for (int st = 0; st < kProfStages; ++st)
@@ -245,6 +258,7 @@ void StageProfiler::reset() {
   st_->ms.fill(0);
   st_->laps.fill(0);
   st_->forwards = 0;
+  st_->backwards = 0;
 }
 
 }  // namespace osp::model

@@ -39,6 +39,18 @@ enum class ProfStage : uint8_t {
   Head,          // head modulation + LN + head GEMM (on this rank's rows)
   GatherOutput,  // sp.gather_output of the head output
   Unpatchify,    // unpatchify into [B, out_dim, F, H, W]
+  // training: DiT::backward (one per forward_train)
+  BwdHead,       // unpatchify / gather_output adjoints + head backward
+  Recompute,     // activation checkpointing: the block's forward again, with its tape
+  BwdFFN,        // gate2 residual, ffn.2, GELU, ffn.0, LN·(1 + scale2) + shift2 backward
+  BwdCrossAttn,  // cross-attention (o, attention, q/k/v, norms) + norm3 backward
+  BwdOProj,      // gate1 residual + self-attention o linear backward
+  BwdSelfAttn,   // the self-attention backward kernel (sp.self_attention_backward) + dQKV quant
+  BwdNormRope,   // RoPE and q/k RMS-norm backward
+  BwdQKV,        // q, k, v linears backward (dX summed)
+  BwdModNorm,    // LN·(1 + scale1) + shift1 backward and the modulation gradient
+  BwdEnterBlock, // sp.enter_block_backward (layout adjoint) + contiguous
+  BwdEmbed,      // scatter_input adjoint, patch, time and text embedding backward
   Count
 };
 // Which blocks a stage ran in: None (outside the blocks), Full or Sparse (token or group).
@@ -60,6 +72,7 @@ struct StageTiming {
 
 struct ProfileReport {
   int64_t forwards = 0;          // forwards profiled since the last reset
+  int64_t backwards = 0;         // training backwards among them (then the unit is a step)
   double total_ms = 0;           // per forward: sum of every stage
   std::vector<StageTiming> rows;  // every (stage, kind) with at least one lap, in enum order
 
@@ -87,12 +100,22 @@ class StageProfiler {
   }
   // The time since the previous mark belongs to (s, k).
   void lap(ProfStage s, ProfKind k) {
-    if (on_) lap_impl(s, k);
+    if (on_ && !paused_) lap_impl(s, k);
   }
   // Counts one finished forward (after its last lap).
   void end_forward() {
-    if (on_) end_impl();
+    if (on_) end_impl(true);
   }
+  // A backward's laps (training: after the forward it belongs to; counted with it, "per step").
+  void begin_backward() {
+    if (on_) begin_impl();
+  }
+  void end_backward() {
+    if (on_) end_impl(false);
+  }
+  // While paused, laps are not recorded and the time runs on into the next lap after it (the
+  // checkpoint recompute of a block is one Recompute lap, not its forward stages).
+  void set_paused(bool p) { paused_ = p; }
 
   // Waits for the device, resolves every recorded lap and returns the per-forward means since
   // the last reset (empty report when nothing was profiled).
@@ -103,10 +126,10 @@ class StageProfiler {
   struct State;
   void begin_impl();
   void lap_impl(ProfStage s, ProfKind k);
-  void end_impl();
+  void end_impl(bool forward);
   static void drop_open(State& s);
 
-  bool on_ = false;
+  bool on_ = false, paused_ = false;
   std::shared_ptr<State> st_;
 };
 

@@ -61,6 +61,9 @@ class DiTTrainModel : public TrainModel {
   void set_gradient_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
   // Around every block's forward (DiT::set_block_forward_hooks; weight sharding).
   bool set_forward_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
+  void set_profiling(bool on) override { dit_.set_profiling(on); }
+  void profile_reset() override { dit_.profile_reset(); }
+  std::string profile_table() override { return dit_.profile_report().table(); }
 
   model::DiT& dit() { return dit_; }
   const model::DiTConfig& config() const { return cfg_; }

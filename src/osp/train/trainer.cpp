@@ -171,6 +171,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
+    else if (key == "profile") get_bool(profile);
     else if (key == "full_blocks") get_int(full_blocks);
     else if (key == "transient_weights") get_bool(transient_weights);
     else if (key == "overlap_reduction") get_bool(overlap_reduction);
@@ -180,7 +181,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -582,6 +583,14 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   };
 
   TrainResult result;
+  struct ProfileOff {  // the model's profiler is the run's only while it runs
+    TrainModel& m;
+    bool on;
+    ~ProfileOff() {
+      if (on) m.set_profiling(false);
+    }
+  } profile_off{model, opt.profile};
+  if (opt.profile) model.set_profiling(true);
   std::ofstream logf;
   if (writer) {
     logf.open(log_path, std::ios::app);
@@ -704,6 +713,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       }
       result.log.push_back(st);
       if (writer && !opt.quiet_progress) progress.update(int(s + 1 - first));
+      if (opt.profile && s == first) model.profile_reset();  // the first step warms caches and autotuning up
       if (hooks.on_step) hooks.on_step(st);
       if (opt.save_every > 0 && (s + 1) % opt.save_every == 0 && s + 1 < opt.steps) {
         save();
@@ -711,6 +721,14 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       }
     }
     if (writer && !opt.quiet_progress) progress.finish();
+    if (opt.profile) {
+      result.profile = model.profile_table();
+      if (writer && !result.profile.empty()) {
+        write_text_atomic((fs::path(opt.out) / "profile.txt").string(), result.profile, io::Overwrite::Allow);
+        std::fprintf(stderr, "osp train --profile: stages per step (steps %lld-%lld)\n%s",
+                     (long long)(first + (state.step - first > 1 ? 2 : 1)), (long long)state.step, result.profile.c_str());
+      }
+    }
     if (state.step > saved_at || last_ckpt.empty()) save();
     // Weight sharding: every rank gets the trained weights back into the model (collective).
     if (sharded) {

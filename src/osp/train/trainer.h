@@ -87,6 +87,11 @@ class TrainModel {
     (void)after;
     return false;
   }
+  // Stage profiling of loss_backward (TrainOptions::profile): on/off, clear what was measured, and
+  // the per-step table since the last reset ("" when the model has no profiler).
+  virtual void set_profiling(bool on) { (void)on; }
+  virtual void profile_reset() {}
+  virtual std::string profile_table() { return ""; }
 };
 
 // Every setting of `osp train` (flags and --config JSON use the same names, with '-' for '_').
@@ -146,6 +151,10 @@ struct TrainOptions {
   // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
   // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
   bool keep_attention = false;
+  // Time every stage of the step (forward, checkpoint recompute, backward by layer, on CUDA with
+  // events) from step 2 on, and write the per-step table to <out>/profile.txt at the end (and
+  // print it). Adds a device synchronisation per step's report, not per stage.
+  bool profile = false;
   // --attention hybrid on a full-attention (Wan2.1) config: how many full blocks the dual-end
   // layout keeps (0 = OSP-Next's 8; train/dit_train_model.h).
   int64_t full_blocks = 0;
@@ -203,6 +212,7 @@ struct TrainResult {
   // once during the run (the sharded optimizer's accounting: all blocks with --shard-gradients,
   // one with --shard-weights); −1 when not tracked (without either flag).
   int64_t peak_block_weight_bytes = -1;
+  std::string profile;  // TrainOptions::profile: the per-step stage table ("" otherwise)
 };
 
 struct TrainHooks {
