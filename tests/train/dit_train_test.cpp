@@ -354,6 +354,7 @@ TEST(DiTTrain, HybridOnAWanConfigIsTheOspNextLayout) {
     EXPECT_EQ(config_for_attention(c, "hybrid").num_full_blocks, 8);
     EXPECT_THROW(config_for_attention(c, "hybrid", 12), Error);
     EXPECT_EQ(config_for_attention(c, "full").skiparse_mode, "full");
+    EXPECT_THROW(config_for_attention(wan, "full", 8), Error);  // --full-blocks without hybrid
   }
   model::DiTConfig small = tiny();
   small.num_layers = 8;

@@ -105,6 +105,31 @@ TEST(ReferenceConfig, TrainingYamlInOspNextLayout) {
   EXPECT_TRUE(p.keep_attention);
 }
 
+// The reference's Wan2.1 (full attention) training configs: context parallelism is Ulysses.
+TEST(ReferenceConfig, Wan21TrainingYaml) {
+  const TrainOptions o = train_options(R"(model_name: "wan_t2v"
+seed: 1024
+output_dir: "output/t2v"
+fsdp_size: 8
+cp_size: 2
+use_context_parallel: True
+save_interval: 5
+model_config:
+  pretrained_model_dir_or_checkpoint: "/models/Wan2.1-T2V-1.3B/"
+optimizer_config:
+  lr: 0.00002
+  weight_decay: 0
+)");
+  EXPECT_EQ(o.sp, "ulysses");
+  EXPECT_EQ(o.sp_size, 2);
+  EXPECT_EQ(o.attention, "full");  // no skiparse_model_type: Wan2.1's full attention
+  EXPECT_EQ(o.model, "/models/Wan2.1-T2V-1.3B/");
+  EXPECT_EQ(o.save_every, 5);
+  EXPECT_TRUE(o.shard_weights);
+  const TrainOptions one = train_options("cp_size: 1\nuse_context_parallel: True\n");
+  EXPECT_EQ(one.sp, "none");  // one rank per group: no sequence parallelism
+}
+
 TEST(ReferenceConfig, ValuesOspCannotHonourAreErrors) {
   const std::pair<const char*, const char*> cases[] = {
       {"init_max_grad_norm: 0.5\n", "'init_max_grad_norm' 0.5: osp's adaptive clipping"},

@@ -16,6 +16,7 @@ model::DiTConfig config_for_attention(model::DiTConfig cfg, const std::string& a
   OSP_CHECK(attention == "full" || attention == "hybrid", "attention must be full or hybrid, got '", attention, "'");
   OSP_CHECK(full_blocks >= 0, "--full-blocks must be >= 0, got ", full_blocks);
   if (attention == "full") {
+    OSP_CHECK(full_blocks == 0, "--full-blocks ", full_blocks, " is for --attention hybrid (full attention has no sparse blocks)");
     cfg.skiparse_mode = "full";
     cfg.num_full_blocks = 0;
   } else if (cfg.skiparse_mode == "full") {

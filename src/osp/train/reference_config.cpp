@@ -73,6 +73,14 @@ class Translator {
       if (as_int(v) < 1) refuse(key, v, "must be an integer >= 1");
       ssp_size_ = as_int(v);
       flush_ssp(key);
+    } else if (key == "use_context_parallel") {
+      if (!v.is_boolean()) refuse(key, v, "must be true or false");
+      cp_ = v.get<bool>();
+      flush_cp(key);
+    } else if (key == "cp_size") {
+      if (as_int(v) < 1) refuse(key, v, "must be an integer >= 1");
+      cp_size_ = as_int(v);
+      flush_cp(key);
     } else if (key == "sp_size" && ref_sp_) {
       drop(key + " (the reference's Ulysses size: inactive without use_sequence_parallel)");
     } else if (key == "fsdp_size") {
@@ -98,6 +106,11 @@ class Translator {
     }
   }
 
+  // Wan2.1's context parallelism (Ulysses over the full-attention blocks) from the pair
+  // use_context_parallel / cp_size, whichever comes last.
+  void flush_cp(const std::string& key) {
+    if (cp_ && cp_size_ > 1 && !out_.contains("sp")) set("sp", "ulysses", key), set("sp_size", cp_size_, key);
+  }
   // SSP from the pair use_skiparse_sequence_parallel / skiparse_sp_size, whichever comes last.
   void flush_ssp(const std::string& key) {
     if (ssp_ && ssp_size_ > 1 && !out_.contains("sp")) set("sp", "ssp", key), set("sp_size", ssp_size_, key);
@@ -195,8 +208,8 @@ class Translator {
   std::string source_;
   json out_ = json::object();
   std::vector<std::string> dropped_;
-  bool ssp_ = false, ref_sp_ = false;
-  int64_t ssp_size_ = 0, height_ = 0, width_ = 0;
+  bool ssp_ = false, ref_sp_ = false, cp_ = false;
+  int64_t ssp_size_ = 0, cp_size_ = 0, height_ = 0, width_ = 0;
 };
 
 }  // namespace

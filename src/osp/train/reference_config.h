@@ -15,6 +15,7 @@
 //   ema_decay                                  ema                       ema
 //   init_max_grad_norm 1.0                     clip adaptive (osp's adaptive rule starts at 1.0)
 //   use_skiparse_sequence_parallel + skiparse_sp_size N > 1   sp ssp, sp_size N
+//   use_context_parallel + cp_size N > 1 (Wan2.1 configs)      sp ulysses, sp_size N
 //   fsdp_size N > 1                            shard_optimizer on + shard_weights   (dropped)
 //   model_config.pretrained_model_dir_or_checkpoint           model
 //   model_config.skiparse_model_type           attention (dual_end → hybrid, full → full; P 2 only)
