@@ -132,3 +132,12 @@ TEST(Cli, CfgParallelPairWritesTheFramesOfOneRank) {
   fs::remove_all(d2);
   fs::remove_all(tmp("osp_cfgp_refused/"));
 }
+
+// A bad OSP_* override (core/settings.h) stops the command at once with the variable named,
+// whatever the command would have used.
+TEST(Cli, BadEnvironmentOverrideIsAnErrorAtStartup) {
+  const CmdResult r = run_shell("OSP_CONV3D=winograd " + std::string(OSP_CLI_PATH) + " inspect " +
+                                std::string(OSP_SOURCE_DIR) + "/models/osp-next-tiny");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("osp: error: OSP_CONV3D must be im2col or cudnn, got 'winograd'"), std::string::npos) << r.out;
+}

@@ -25,6 +25,7 @@
 #include "osp/cli/train_command.h"
 #include "osp/cli/data_commands.h"
 #include "osp/cli/serve_command.h"
+#include "osp/core/settings.h"
 
 namespace fs = std::filesystem;
 namespace osp::cli { void add_tiny_model_commands(CLI::App& app); }  // cli/train_vae_command.cpp
@@ -300,6 +301,7 @@ int main(int argc, char** argv) {
   log_verbose(osp::ops::cpu::threads_summary(thread_env));
 
   try {
+    engine_settings();  // a bad OSP_* variable (core/settings.h) is an error now, not deep in a run
     if (*gen) {
       install_interrupt_handler();
       model_dir = osp::cli::resolve_generate_model(model_dir);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/core/block_allocator.h"
 #include "osp/core/cuda_check.h"
 #include "osp/core/device.h"
@@ -73,10 +74,7 @@ size_t release_free_blocks(Cache& c, std::multimap<size_t, void*>& fl) {
 
 bool use_blocks(Cache& c) {
   if (c.mode < 0) {
-    const char* e = std::getenv("OSP_CUDA_ALLOCATOR");
-    const std::string v = e && *e ? e : "buckets";
-    OSP_CHECK(v == "buckets" || v == "blocks", "OSP_CUDA_ALLOCATOR must be buckets or blocks, got '", v, "'");
-    c.mode = v == "blocks" ? 1 : 0;
+    c.mode = engine_settings().cuda_allocator == "blocks" ? 1 : 0;  // OSP_CUDA_ALLOCATOR
   }
   return c.mode == 1;
 }

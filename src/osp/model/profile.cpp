@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "osp/core/error.h"
+#include "osp/core/settings.h"
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -158,13 +159,7 @@ void StageProfiler::drop_open(State& s) {
 
 StageProfiler::StageProfiler() = default;
 
-bool StageProfiler::env_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("OSP_PROFILE");
-    return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
+bool StageProfiler::env_enabled() { return engine_settings().profile; }
 
 void StageProfiler::set_enabled(bool on, Device dev) {
   if (on) {

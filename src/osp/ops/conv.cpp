@@ -1,4 +1,5 @@
 // Validation and device dispatch for ops/conv.h.
+#include "osp/core/settings.h"
 #include "osp/ops/conv.h"
 
 #include <cstdlib>
@@ -9,12 +10,7 @@ namespace osp::ops {
 namespace {
 std::mutex g_conv_path_mu;
 std::string& conv_path_ref() {
-  static std::string p = [] {
-    const char* e = std::getenv("OSP_CONV3D");
-    const std::string v = e && *e ? e : "im2col";
-    OSP_CHECK(v == "im2col" || v == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", v, "'");
-    return v;
-  }();
+  static std::string p = engine_settings().conv3d;  // OSP_CONV3D until set_conv3d_path
   return p;
 }
 }  // namespace

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <tuple>
 
+#include "osp/core/settings.h"
 #include "osp/parallel/comm_volume.h"
 #include "osp/parallel/communicator.h"
 #include "osp/parallel/rope_table.h"
@@ -904,9 +905,8 @@ class ParallelLayout final : public SequenceParallel {
   // cut the exposed all-to-all time of the full blocks by ~20 % but the forward time moved by
   // less than the run-to-run noise, so the plain path stays the default.
   static int64_t ulysses_chunks(int64_t Hs, bool /*overlaps*/) {
-    if (const char* e = std::getenv("OSP_ULYSSES_CHUNKS")) {
-      const int64_t c = std::atoll(e);
-      OSP_CHECK(c >= 1 && Hs % c == 0, "OSP_ULYSSES_CHUNKS=", e, " must be a positive divisor of ",
+    if (const int64_t c = engine_settings().ulysses_chunks; c > 0) {
+      OSP_CHECK(Hs % c == 0, "OSP_ULYSSES_CHUNKS=", c, " must be a positive divisor of ",
                 "the ", Hs, " heads each Ulysses rank holds");
       return c;
     }

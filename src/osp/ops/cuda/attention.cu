@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/cuda/cuda_ops.h"
@@ -333,15 +334,12 @@ void validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   }
 }
 
-int forced_path() {  // 0 auto, 1 flash, 2 cudnn
-  static int f = [] {
-    const char* e = std::getenv("OSP_ATTENTION");
-    if (!e || !*e || std::string(e) == "auto") return 0;
-    if (std::string(e) == "flash") return 1;
-    if (std::string(e) == "cudnn") return 2;
-    fail(str("OSP_ATTENTION must be auto, flash or cudnn, got '", e, "'"));
-  }();
-  return f;
+int forced_path() {  // 0 auto, 1 flash, 2 cudnn (OSP_ATTENTION, core/settings.h)
+  switch (engine_settings().attention) {
+    case EngineSettings::Attention::Flash: return 1;
+    case EngineSettings::Attention::Cudnn: return 2;
+    default: return 0;
+  }
 }
 }  // namespace
 

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/cuda_backward.h"
 #include "osp/ops/cuda/cuda_context.h"
 
@@ -275,12 +276,17 @@ __global__ void lse_pack_kernel(float* lse, float* tmp, int64_t H, int64_t Lq, i
 }
 
 // ---------------------------------------------------------------- host side
-AttnPath g_path = [] {
-  const char* e = std::getenv("OSP_ATTENTION");
-  if (e && std::string(e) == "flash") return AttnPath::Own;
-  if (e && std::string(e) == "cudnn") return AttnPath::Cudnn;
-  return AttnPath::Auto;
-}();
+// OSP_ATTENTION (core/settings.h) until set_attention_train_path; read on first use.
+AttnPath g_path_set = AttnPath::Auto;
+bool g_path_is_set = false;
+AttnPath path() {
+  if (g_path_is_set) return g_path_set;
+  switch (engine_settings().attention) {
+    case EngineSettings::Attention::Flash: return AttnPath::Own;
+    case EngineSettings::Attention::Cudnn: return AttnPath::Cudnn;
+    default: return AttnPath::Auto;
+  }
+}
 const char* g_last_fwd = "";
 const char* g_last_bwd = "";
 
@@ -405,7 +411,7 @@ float scale_of(const AttentionArgs& a, int64_t D) {
 }
 }  // namespace
 
-void set_attention_train_path(AttnPath p) { g_path = p; }
+void set_attention_train_path(AttnPath p) { g_path_set = p, g_path_is_set = true; }
 const char* last_attention_forward_lse_path() { return g_last_fwd; }
 const char* last_attention_backward_path() { return g_last_bwd; }
 
@@ -422,7 +428,7 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
   const float scale = scale_of(args, D);
   if (q.numel() == 0) return;
 
-  if (g_path != AttnPath::Own) {
+  if (path() != AttnPath::Own) {
     std::string why;
     bool ok = true;
     for (const Group& g : groups(pk, B, Lq, Lk)) {
@@ -444,7 +450,7 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
                    pk.lens.empty() ? "" : str(", ", pk.lens.size(), " packed sequences")));
       return;
     }
-    OSP_CHECK(g_path != AttnPath::Cudnn, "cuda::", op, ": cuDNN cannot run q ", q.desc(), " k ",
+    OSP_CHECK(path() != AttnPath::Cudnn, "cuda::", op, ": cuDNN cannot run q ", q.desc(), " k ",
               k.desc(), ": ", why);
     log_once(str("attn-fwd-lse-own-", Lq, "-", Lk, "-", D),
              str("attention_forward_lse: cuDNN cannot run q ", q.desc(), " k ", k.desc(), " (", why,
@@ -489,7 +495,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const float scale = scale_of(args, D);
   if (q.numel() == 0 && k.numel() == 0) return;
 
-  if (g_path != AttnPath::Own && q.numel() > 0) {
+  if (path() != AttnPath::Own && q.numel() > 0) {
     std::string why;
     bool ok = true;
     for (const Group& g : groups(pk, B, Lq, Lk)) {
@@ -514,7 +520,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                    pk.lens.empty() ? "" : str(", ", pk.lens.size(), " packed sequences")));
       return;
     }
-    OSP_CHECK(g_path != AttnPath::Cudnn, "cuda::", op, ": cuDNN cannot run q ", q.desc(), " k ",
+    OSP_CHECK(path() != AttnPath::Cudnn, "cuda::", op, ": cuDNN cannot run q ", q.desc(), " k ",
               k.desc(), ": ", why);
     log_once(str("attn-bwd-own-", Lq, "-", Lk, "-", D),
              str("attention_backward: cuDNN cannot run q ", q.desc(), " k ", k.desc(), " (", why,

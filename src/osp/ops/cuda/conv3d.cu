@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 
+#include "osp/core/settings.h"
 #include "osp/ops/conv.h"
 #include "osp/ops/cuda/conv_blas.h"
 #include "osp/ops/cuda/cuda_context.h"
@@ -40,13 +41,7 @@ cublasHandle_t conv_cublas() {
   return h;
 }
 
-bool conv_use_tf32() {
-  static const bool tf32 = [] {
-    const char* e = std::getenv("OSP_VAE_FP32");
-    return !(e && *e && std::string(e) != "0");
-  }();
-  return tf32;
-}
+bool conv_use_tf32() { return !engine_settings().vae_fp32; }
 
 namespace {
 

@@ -1,4 +1,5 @@
 #ifdef OSP_HAVE_CUDA
+#include "osp/core/log.h"
 #include "osp/ops/cuda/cuda_context.h"
 
 #include <cstdio>
@@ -65,13 +66,7 @@ void* scratch(size_t bytes) {
   return s.p;
 }
 
-bool verbose() {
-  static bool v = [] {
-    const char* e = std::getenv("OSP_VERBOSE");
-    return e && *e && std::string(e) != "0";
-  }();
-  return v;
-}
+bool verbose() { return log_level() >= LogLevel::Verbose; }  // --verbose or OSP_VERBOSE=1
 
 void log_once(const std::string& key, const std::string& msg) {
   if (!verbose()) return;

@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/cuda/cuda_ops.h"
 
@@ -49,13 +50,7 @@ struct Plan {
   bool tuned = false;
 };
 
-bool autotune_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OSP_GEMM_AUTOTUNE");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
+bool autotune_enabled() { return engine_settings().gemm_autotune; }
 
 bool splits_k(const cublasLtMatmulAlgo_t& a) {
   int32_t splitk = 1;

@@ -34,6 +34,7 @@
 #include <tuple>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/core/cuda_check.h"
 #include "osp/core/error.h"
 #include "osp/core/tensor.h"
@@ -105,13 +106,7 @@ constexpr Variant kVariants[] = {
     {"O e4m3 (448/(15 dv)) + dequantize, stats written", OStore::E4M3, ScaleO::Device, true, true},
 };
 
-bool probe_all() {
-  static const bool on = [] {
-    const char* e = std::getenv("OSP_FP8_SDPA_PROBE");
-    return e && *e && std::string(e) != "0";
-  }();
-  return on;
-}
+bool probe_all() { return engine_settings().fp8_sdpa_probe; }
 
 std::atomic<int> g_last_o{0};
 std::atomic<int> g_preferred{-1};  // index of the variant that built the last plan
@@ -155,13 +150,7 @@ struct Plan {
 };
 
 // OSP_FP8_SDPA_CONFIG=i: engine config i only (benchmarks); -1 = any.
-int only_config() {
-  static const int c = [] {
-    const char* e = std::getenv("OSP_FP8_SDPA_CONFIG");
-    return e && *e ? std::atoi(e) : -1;
-  }();
-  return c;
-}
+int only_config() { return engine_settings().fp8_sdpa_config; }
 
 void build_variant(ops::cuda::CudnnGraph& g, const PlanKey& k, const Variant& var) {
   const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
@@ -227,10 +216,7 @@ void build_variant(ops::cuda::CudnnGraph& g, const PlanKey& k, const Variant& va
 Plan build_plan(const PlanKey& k) {
   Plan out;
   std::string tried;  // outcome of each variant tried
-  static const int only = [] {  // OSP_FP8_SDPA_VARIANT=i: try variant i alone (benchmarks)
-    const char* e = std::getenv("OSP_FP8_SDPA_VARIANT");
-    return e && *e ? std::atoi(e) : -1;
-  }();
+  const int only = engine_settings().fp8_sdpa_variant;  // OSP_FP8_SDPA_VARIANT=i: variant i alone (benchmarks)
   // The variant that worked for an earlier shape goes first (the others fail for dtype
   // reasons, not shapes: no need to build and reject them again for every new shape).
   constexpr int n = int(std::size(kVariants));

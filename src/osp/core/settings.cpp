@@ -1,0 +1,57 @@
+#include "osp/core/settings.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "osp/core/error.h"
+
+namespace osp {
+
+EngineSettings read_engine_settings(const std::function<const char*(const char*)>& get) {
+  EngineSettings s;
+  auto value = [&](const char* name) -> std::string {
+    const char* v = get(name);
+    return v ? std::string(v) : std::string();
+  };
+  auto flag = [&](const char* name, bool dflt) {
+    const std::string v = value(name);
+    return v.empty() ? dflt : v != "0";
+  };
+  auto integer = [&](const char* name, int64_t dflt, int64_t min) {
+    const std::string v = value(name);
+    if (v.empty()) return dflt;
+    char* end = nullptr;
+    const long long x = std::strtoll(v.c_str(), &end, 10);
+    OSP_CHECK(end && *end == '\0' && x >= min, name, "=", v, " must be an integer >= ", min);
+    return int64_t(x);
+  };
+  const std::string att = value("OSP_ATTENTION");
+  OSP_CHECK(att.empty() || att == "auto" || att == "flash" || att == "cudnn",
+            "OSP_ATTENTION must be auto, flash or cudnn, got '", att, "'");
+  s.attention = att == "flash"   ? EngineSettings::Attention::Flash
+                : att == "cudnn" ? EngineSettings::Attention::Cudnn
+                                 : EngineSettings::Attention::Auto;
+  s.conv3d = value("OSP_CONV3D");
+  if (s.conv3d.empty()) s.conv3d = "im2col";
+  OSP_CHECK(s.conv3d == "im2col" || s.conv3d == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", s.conv3d, "'");
+  s.cuda_allocator = value("OSP_CUDA_ALLOCATOR");
+  if (s.cuda_allocator.empty()) s.cuda_allocator = "buckets";
+  OSP_CHECK(s.cuda_allocator == "buckets" || s.cuda_allocator == "blocks",
+            "OSP_CUDA_ALLOCATOR must be buckets or blocks, got '", s.cuda_allocator, "'");
+  s.vae_fp32 = flag("OSP_VAE_FP32", false);
+  s.gemm_autotune = flag("OSP_GEMM_AUTOTUNE", true);
+  s.ulysses_chunks = integer("OSP_ULYSSES_CHUNKS", 0, 1);
+  s.profile = flag("OSP_PROFILE", false);
+  s.verbose = flag("OSP_VERBOSE", false);
+  s.fp8_sdpa_probe = flag("OSP_FP8_SDPA_PROBE", false);
+  s.fp8_sdpa_variant = int(integer("OSP_FP8_SDPA_VARIANT", -1, -1));
+  s.fp8_sdpa_config = int(integer("OSP_FP8_SDPA_CONFIG", -1, -1));
+  return s;
+}
+
+const EngineSettings& engine_settings() {
+  static const EngineSettings s = read_engine_settings([](const char* n) { return std::getenv(n); });
+  return s;
+}
+
+}  // namespace osp

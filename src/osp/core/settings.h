@@ -1,0 +1,49 @@
+// The engine's OSP_* environment overrides, all in one place: read once, the first time
+// engine_settings() is asked, each value validated with an error that names the variable. The
+// modules take their defaults from here instead of reading the environment themselves.
+//
+//   OSP_ATTENTION=auto|flash|cudnn   attention kernels (forward and backward): cuDNN's fused SDPA
+//                                    where it takes the shape, else osp's flash kernel (auto)
+//   OSP_CONV3D=im2col|cudnn          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h)
+//   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
+//   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
+//   OSP_CUDA_ALLOCATOR=buckets|blocks  the CUDA caching allocator (core/block_allocator.h)
+//   OSP_ULYSSES_CHUNKS=N             Ulysses all-to-alls split into N head chunks (a divisor of
+//                                    each rank's heads; checked where used)
+//   OSP_PROFILE=1                    the DiT stage profiler on from the start (model/profile.h)
+//   OSP_VERBOSE=1                    verbose logging from the start (the same channel as the
+//                                    CLI's --verbose: core/log.h's level)
+//   OSP_FP8_SDPA_PROBE=1, OSP_FP8_SDPA_VARIANT=i, OSP_FP8_SDPA_CONFIG=i
+//                                    cuDNN FP8 attention: try every graph variant / pin one
+//                                    variant / one engine config (benchmarks)
+// "" counts as unset; for the switches "0" is off and anything else on.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace osp {
+
+struct EngineSettings {
+  enum class Attention { Auto, Flash, Cudnn };
+  Attention attention = Attention::Auto;
+  std::string conv3d = "im2col";
+  bool vae_fp32 = false;
+  bool gemm_autotune = true;
+  std::string cuda_allocator = "buckets";
+  int64_t ulysses_chunks = 0;  // 0: unset (one chunk)
+  bool profile = false;
+  bool verbose = false;
+  bool fp8_sdpa_probe = false;
+  int fp8_sdpa_variant = -1;  // -1: any
+  int fp8_sdpa_config = -1;   // -1: any
+};
+
+// The settings of an environment given by `get` (name → value or null). Throws osp::Error naming
+// the variable and what it accepts.
+EngineSettings read_engine_settings(const std::function<const char*(const char*)>& get);
+
+// This process's settings (read_engine_settings(std::getenv) the first time; thread-safe).
+const EngineSettings& engine_settings();
+
+}  // namespace osp
