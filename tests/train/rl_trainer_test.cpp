@@ -116,6 +116,18 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], rb.log[size_t(i)]);
   EXPECT_EQ(file_bytes(ck / "lora.safetensors"),
             file_bytes(fs::path(rb.last_checkpoint) / "lora.safetensors"));
+  // `osp rl --keep-attention` (the update's recompute reuses the forward's attention): the same run
+  {
+    const fs::path k = fresh("k");
+    Stack s;
+    s.dit.set_keep_attention(true);
+    const RlResult rk = run_rl(two_prompt_options(k), s.env, s.rewards);
+    ASSERT_EQ(rk.log.size(), 2u);
+    for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], rk.log[size_t(i)]);
+    EXPECT_EQ(file_bytes(ck / "lora.safetensors"), file_bytes(fs::path(rk.last_checkpoint) / "lora.safetensors"));
+    fs::remove_all(k);
+    fs::remove(k.string() + "_prompts.txt");
+  }
   // one iteration, then resume to two: equals the uninterrupted run
   {
     Stack s;

@@ -67,6 +67,7 @@ int run_rl_command(train::RlOptions o) {
   dopt.quant = o.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
   dopt.train = true;
   dopt.train_base = false;
+  dopt.keep_attention = o.keep_attention;
   model::DiT dit = model::DiT::bind(cfg, weights, dopt);
   weights.clear();
   log_info("base DiT: ", cfg.summary(), " (frozen); LoRA rank ", o.lora_rank, ", alpha ", o.lora_alpha);
@@ -152,6 +153,9 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--adv-clip", adv_clip, "advantage clamp (default 5)");
   OSP_RL_OPT("--kl-beta", kl_beta, "KL weight against the LoRA-disabled model (default 0.004; 0 = off)");
   OSP_RL_OPT("--train-batch", train_batch, "samples per optimizer step (0 = all of the iteration)");
+  OSP_RL_FLAG("--keep-attention", keep_attention,
+              "the update keeps each block's self-attention output for the checkpoint recompute (same numbers, "
+              "fewer attention cores, more memory; as osp train --keep-attention)");
   OSP_RL_OPT("--lora-rank", lora_rank, "LoRA rank (default 32)");
   OSP_RL_OPT("--lora-alpha", lora_alpha, "LoRA alpha (default 64)");
   OSP_RL_OPT("--lora-targets", lora_targets, "comma-separated block linears (default self/cross-attention q,k,v,o)");

@@ -83,6 +83,9 @@ struct RlOptions {
   double adv_clip = 5.0;
   double kl_beta = 0.004;
   int64_t train_batch = 0;  // samples per optimizer step (0 = all kept samples of the iteration)
+  // The update's forward-with-tape keeps each block's self-attention output for the checkpoint
+  // recompute (DiTOptions::keep_attention: the same numbers, fewer attention cores, more memory).
+  bool keep_attention = false;
   int64_t lora_rank = 32;
   double lora_alpha = 64;
   std::string lora_targets = "self_attn.q,self_attn.k,self_attn.v,self_attn.o,cross_attn.q,"
