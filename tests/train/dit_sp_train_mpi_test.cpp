@@ -4,7 +4,8 @@
 // v, every parameter gradient (after reduce_sp_gradients), grad x_σ and grad context (summed over
 // the group) within 1e-5 relative on every rank. With 4 ranks and 2 heads the full blocks run in
 // two replica groups of F = gcd(2, 4) = 2 ranks, so the replicated-layout adjoints are covered;
-// activation checkpointing on (Ulysses recomputes its all-to-alls in the backward) and off.
+// activation checkpointing on (Ulysses recomputes its all-to-alls in the backward) and off, and
+// with the attention outputs kept for the recompute (--keep-attention).
 #include <gtest/gtest.h>
 
 #include <map>
@@ -45,6 +46,7 @@ struct Case {
   const char* mode;  // full / hybrid
   const char* sp;    // ssp / ulysses
   bool checkpointing;
+  bool keep_attention = false;  // the recompute reuses the forward's (per-rank) attention outputs
 };
 
 class DiTSpTrain : public ::testing::TestWithParam<Case> {};
@@ -54,6 +56,7 @@ TEST_P(DiTSpTrain, EqualsSingleRank) {
   auto comm = world();
   const auto in = test::golden_train_inputs(c.golden_case);
   DiT m = test::golden_train_model(c.mode, c.checkpointing);
+  m.set_keep_attention(c.keep_attention);
   auto single = parallel::make_single_device();
   const Step want = flow_step(m, *single, in);
 
@@ -97,7 +100,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"trainA_full_ssp", "trainA", "full", "ssp", true},
                       Case{"trainB_full_ssp", "trainB", "full", "ssp", true},
                       Case{"trainA_full_ulysses", "trainA", "full", "ulysses", true},
-                      Case{"trainB_full_ulysses_no_ckpt", "trainB", "full", "ulysses", false}),
+                      Case{"trainB_full_ulysses_no_ckpt", "trainB", "full", "ulysses", false},
+                      Case{"trainA_hybrid_ssp_kept_attention", "trainA", "hybrid", "ssp", true, true},
+                      Case{"trainA_full_ulysses_kept_attention", "trainA", "full", "ulysses", true, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -98,6 +98,7 @@ struct Case {
   bool shard_weights = false;  // --shard-weights
   const char* quant = "none";
   bool overlap = true;  // TrainOptions::overlap_reduction (unsharded several-rank runs use it)
+  bool lean = false;    // --transient-weights --keep-attention (unsharded)
 };
 
 // Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
@@ -157,6 +158,8 @@ TEST_P(TrainMpi, EqualsOneRank) {
   on.shard_gradients = c.shard_grads;
   on.shard_weights = c.shard_weights;
   on.overlap_reduction = c.overlap;
+  on.transient_weights = c.lean;
+  if (c.lean) many.set_keep_attention(true);
   const TrainResult got = run_training(on, many);
   ASSERT_EQ(got.log.size(), want.log.size());
   for (size_t k = 0; k < want.log.size(); ++k)
@@ -199,12 +202,16 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                                            Case{"none", 1, 1, "on", false, true, "hif8"},
                                            // unsharded: the overlapped per-block reduction with accumulation, and
                                            // the reduction after the backward (overlap off)
-                                           Case{"none", 1, 2, "off"}, Case{"ssp", 0, 1, "off", false, false, "none", false}),
+                                           Case{"none", 1, 2, "off"}, Case{"ssp", 0, 1, "off", false, false, "none", false},
+                                           // the lean single-GPU options under DP and SP (transient weights made
+                                           // around the overlapped per-block reductions, kept attention per rank)
+                                           Case{"none", 1, 2, "off", false, false, "none", true, true},
+                                           Case{"ssp", 0, 1, "off", false, false, "none", true, true}),
                          [](const auto& i) {
                            return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" + i.param.shard +
                                   (i.param.shard_grads ? "_grads" : "") + (i.param.shard_weights ? "_weights" : "") +
                                   (std::string(i.param.quant) != "none" ? std::string("_") + i.param.quant : "") +
-                                  (i.param.overlap ? "" : "_no_overlap");
+                                  (i.param.overlap ? "" : "_no_overlap") + (i.param.lean ? "_lean" : "");
                          });
 
 // Resuming on another rank count continues the uninterrupted single-rank run: the losses of the

@@ -62,6 +62,7 @@ class DiTTrainModel : public TrainModel {
   // Around every block's forward (DiT::set_block_forward_hooks; weight sharding).
   bool set_forward_hooks(std::function<void(size_t)> before, std::function<void(size_t)> after) override;
   void set_profiling(bool on) override { dit_.set_profiling(on); }
+  void set_keep_attention(bool on) { dit_.set_keep_attention(on); }
   void profile_reset() override { dit_.profile_reset(); }
   std::string profile_table() override { return dit_.profile_report().table(); }
 
