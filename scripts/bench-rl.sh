@@ -18,7 +18,7 @@
 # Environment: OUT (logs: summary.txt, rl.log, rl_log.jsonl), BUILD (build-gpu), WORK
 # (/tmp/osp-bench-rl), OSP (binary; built in BUILD unless SKIP_BUILD=1), ITERATIONS (1),
 # SIZE (832x480), FRAMES (81), GROUP (4), STEPS (25), SDE_STEPS (10), DEVICE (cuda),
-# RUN_TIMEOUT_S (520).
+# RUN_TIMEOUT_S (520), RL_ARGS (extra `osp rl` flags, e.g. "--keep-attention").
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -83,7 +83,7 @@ echo "a red fox runs through the snowy forest, cinematic" > "$WORK/prompts.txt"
 say "osp rl: $ITERATIONS iteration(s), G $GROUP, $STEPS steps ($SDE_STEPS SDE), ${SIZE}x$FRAMES on $DEVICE"
 timeout --foreground -s INT "$RUN_TIMEOUT_S" "$OSP" rl -m "$WORK/model" --prompts "$WORK/prompts.txt" \
   --group "$GROUP" --prompts-per-iter 1 --steps "$STEPS" --sde-steps "$SDE_STEPS" --size "$SIZE" --frames "$FRAMES" \
-  --reward builtin:temporal --iterations "$ITERATIONS" --seed 0 --device "$DEVICE" --out "$WORK/rl" \
+  --reward builtin:temporal --iterations "$ITERATIONS" --seed 0 --device "$DEVICE" --out "$WORK/rl" ${RL_ARGS:-} \
   > "$OUT/rl.log" 2>&1
 rc=$?
 say "osp rl rc=$rc"
