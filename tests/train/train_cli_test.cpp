@@ -344,6 +344,22 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(ka.out.find("activation checkpointing (attention kept)"), std::string::npos) << ka.out;
   EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
   in.keep_attention = false;
+  // a run that does not fit says what would: each change by the same plan, then all of them
+  const CliRun nf = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                         "--device", "cuda", "--gpu-memory", "100"});
+  ASSERT_EQ(nf.code, 0) << nf.out;
+  EXPECT_NE(nf.out.find("does NOT fit"), std::string::npos) << nf.out;
+  {
+    train::MemoryPlanInput w = in;
+    w.sharded_gradients = w.sharded_weights = true;
+    w.capacity_bytes = 100.0 * double(1ull << 30);
+    char want[128];
+    std::snprintf(want, sizeof want, "  %-28s %8.2f GiB  fits", "--shard-weights",
+                  train::plan_train_memory(w).total / double(1ull << 30));
+    EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
+    EXPECT_NE(nf.out.find("--shard-gradients"), std::string::npos) << nf.out;
+  }
   // --transient-weights is the unsharded optimizer's: refused with the (here automatic) sharded one
   const CliRun tw = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                          "1280x720x81", "--ranks", "4", "--sp", "ssp", "--transient-weights"});

@@ -250,6 +250,39 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
                                      : " not sharded",
               in.keep_attention ? " (attention kept)" : "", in.act_bytes == 2 ? "bf16" : "F32",
               p.table().c_str());
+  if (!p.fits) {  // what the same run needs to fit, by the same plan: one change at a time, then together
+    const double gib = double(1ull << 30);
+    std::vector<std::pair<std::string, train::MemoryPlanInput>> tries;
+    auto with = [&](const std::string& flags, auto change) {
+      train::MemoryPlanInput t = in;
+      change(t);
+      tries.emplace_back(flags, t);
+    };
+    if (in.keep_attention) with("without --keep-attention", [](auto& t) { t.keep_attention = false; });
+    if (!in.sharded_state && !in.transient_weights)
+      with("--transient-weights", [](auto& t) { t.transient_weights = true; });
+    if (in.sharded_state && !in.sharded_gradients) with("--shard-gradients", [](auto& t) { t.sharded_gradients = true; });
+    if (in.sharded_state && !in.sharded_weights)
+      with("--shard-weights", [](auto& t) { t.sharded_gradients = t.sharded_weights = true; });
+    if (tries.size() > 1) {  // every change together (the last of the sharding ones implies the other)
+      train::MemoryPlanInput all = in;
+      all.keep_attention = false;
+      all.transient_weights = !in.sharded_state;
+      all.sharded_gradients = all.sharded_weights = in.sharded_state;
+      tries.emplace_back("all of these", all);
+    }
+    std::string fits;
+    for (const auto& [flags, t] : tries) {
+      const train::MemoryPlan q = train::plan_train_memory(t);
+      char line[256];
+      std::snprintf(line, sizeof line, "  %-28s %8.2f GiB%s\n", flags.c_str(), q.total / gib, q.fits ? "  fits" : "");
+      fits += line;
+    }
+    if (!fits.empty()) std::printf("does not fit; by the same plan, with\n%s", fits.c_str());
+    if (!in.sharded_state)
+      std::printf("  several ranks shard the optimizer state (mpirun -np N: --shard-optimizer auto), and SP ranks "
+                  "(--sp ssp) split the activations\n");
+  }
   return 0;
 }
 
