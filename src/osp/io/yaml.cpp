@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
-#include <regex>
 #include <vector>
 
 #include "osp/core/error.h"
@@ -261,25 +260,69 @@ class Reader {
     if (s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
     if (s == "true" || s == "True" || s == "TRUE") return true;
     if (s == "false" || s == "False" || s == "FALSE") return false;
-    static const std::regex dec("[-+]?[0-9]+"), hex("0x[0-9a-fA-F]+"), oct("0o[0-7]+");
-    static const std::regex flt("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
-    static const std::regex inf_nan("[-+]?\\.(inf|Inf|INF)|\\.(nan|NaN|NAN)");
     try {
-      if (std::regex_match(s, dec)) return json(std::stoll(s));
-      if (std::regex_match(s, hex)) return json(int64_t(std::stoull(s.substr(2), nullptr, 16)));
-      if (std::regex_match(s, oct)) return json(int64_t(std::stoull(s.substr(2), nullptr, 8)));
+      if (is_decimal(s)) return json(std::stoll(s));
+      if (is_radix(s, 'x')) return json(int64_t(std::stoull(s.substr(2), nullptr, 16)));
+      if (is_radix(s, 'o')) return json(int64_t(std::stoull(s.substr(2), nullptr, 8)));
     } catch (const std::out_of_range&) {
       error(no, "integer '" + s + "' is out of range");
     }
-    if (std::regex_match(s, flt)) {
+    if (is_float(s)) {
       try {
         return json(std::stod(s));
       } catch (const std::out_of_range&) {  // (also an underflow such as 1e-400)
         error(no, "number '" + s + "' is out of the range of a double");
       }
     }
-    if (std::regex_match(s, inf_nan)) error(no, "'" + s + "': settings must be finite numbers");
+    if (is_inf_nan(s)) error(no, "'" + s + "': settings must be finite numbers");
     return s;
+  }
+
+  // The YAML 1.2 core schema's number forms (by hand: std::regex is slow and noisy here).
+  static bool digits(const std::string& s, size_t& i, bool (*ok)(char)) {
+    const size_t start = i;
+    while (i < s.size() && ok(s[i])) ++i;
+    return i > start;
+  }
+  static bool dec_digit(char c) { return c >= '0' && c <= '9'; }
+  static size_t sign_len(const std::string& s) { return !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0; }
+  // [-+]?[0-9]+
+  static bool is_decimal(const std::string& s) {
+    size_t i = sign_len(s);
+    return digits(s, i, dec_digit) && i == s.size();
+  }
+  // 0x[0-9a-fA-F]+ / 0o[0-7]+
+  static bool is_radix(const std::string& s, char r) {
+    if (s.size() < 3 || s[0] != '0' || s[1] != r) return false;
+    size_t i = 2;
+    auto hex = [](char c) { return std::isxdigit(uint8_t(c)) != 0; };
+    auto oct = [](char c) { return c >= '0' && c <= '7'; };
+    return (r == 'x' ? digits(s, i, hex) : digits(s, i, oct)) && i == s.size();
+  }
+  // [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
+  static bool is_float(const std::string& s) {
+    size_t i = sign_len(s);
+    if (i < s.size() && s[i] == '.') {
+      ++i;
+      if (!digits(s, i, dec_digit)) return false;
+    } else {
+      if (!digits(s, i, dec_digit)) return false;
+      if (i < s.size() && s[i] == '.') {
+        ++i;
+        digits(s, i, dec_digit);
+      }
+    }
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+      ++i;
+      if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+      if (!digits(s, i, dec_digit)) return false;
+    }
+    return i == s.size();
+  }
+  static bool is_inf_nan(const std::string& s) {
+    const std::string t = s.substr(sign_len(s));
+    if (t == ".inf" || t == ".Inf" || t == ".INF") return true;
+    return s == ".nan" || s == ".NaN" || s == ".NAN";
   }
 
   static void skip_ws(const std::string& s, size_t& p) {
