@@ -7,6 +7,7 @@
 
 #include "osp/core/error.h"
 #include "osp/core/settings.h"
+#include "test_util.h"
 
 using namespace osp;
 
@@ -20,12 +21,7 @@ EngineSettings read(const std::map<std::string, std::string>& env) {
 }
 
 std::string error(const std::map<std::string, std::string>& env) {
-  try {
-    read(env);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return test::error_of([&] { read(env); });
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "osp/core/error.h"
 #include "osp/io/yaml.h"
+#include "test_util.h"
 
 using namespace osp;
 using json = nlohmann::json;
@@ -16,12 +17,7 @@ json yaml(const std::string& text) { return io::parse_yaml(text, "test.yaml"); }
 
 // The error message of parsing `text` ("" when it parses).
 std::string yaml_error(const std::string& text) {
-  try {
-    yaml(text);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return test::error_of([&] { yaml(text); });
 }
 
 }  // namespace

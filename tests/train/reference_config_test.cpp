@@ -8,6 +8,7 @@
 #include "osp/train/reference_config.h"
 #include "osp/train/rl_trainer.h"
 #include "osp/train/trainer.h"
+#include "test_util.h"
 
 using namespace osp;
 using namespace osp::train;
@@ -65,12 +66,7 @@ TrainOptions train_options(const std::string& yaml) {
 }
 
 std::string train_error(const std::string& yaml) {
-  try {
-    train_options(yaml);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return test::error_of([&] { train_options(yaml); });
 }
 
 }  // namespace
