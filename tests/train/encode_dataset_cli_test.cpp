@@ -44,6 +44,17 @@ std::vector<uint8_t> pattern(int w, int h, int seed) {
   return rgb;
 }
 
+// A demo model folder whose VAE has encoder weights (the golden tiny Wan-VAE), and that VAE.
+void make_encoder_model(const fs::path& dir) {
+  std::string out;
+  ASSERT_EQ(run("make-demo-model " + dir.string(), &out), 0) << out;
+  fs::remove(dir / "Wan2.1_VAE.safetensors");
+  fs::copy_file(test::golden("tiny_vae_fp32.pth"), dir / "Wan2.1_VAE.pth");
+}
+model::WanVae tiny_vae() {
+  return model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+}
+
 }  // namespace
 
 TEST(EncodeDatasetCli, PngFolderToCacheToTraining) {
@@ -52,9 +63,7 @@ TEST(EncodeDatasetCli, PngFolderToCacheToTraining) {
   fs::remove_all(w);
   fs::create_directories(w / "imgs");
   std::string out;
-  ASSERT_EQ(run("make-demo-model " + (w / "model").string(), &out), 0) << out;
-  fs::remove(w / "model" / "Wan2.1_VAE.safetensors");
-  fs::copy_file(test::golden("tiny_vae_fp32.pth"), w / "model" / "Wan2.1_VAE.pth");
+  ASSERT_NO_FATAL_FAILURE(make_encoder_model(w / "model"));
   for (int i = 0; i < 3; ++i) {
     io::write_png((w / "imgs" / ("img" + std::to_string(i) + ".png")).string(), pattern(32, 32, i).data(), 32, 32);
     std::ofstream(w / "imgs" / ("img" + std::to_string(i) + ".txt")) << "a picture number " << i << "\n";
@@ -79,7 +88,7 @@ TEST(EncodeDatasetCli, PngFolderToCacheToTraining) {
   ASSERT_EQ(d.size(), 3);
   EXPECT_EQ(d.text_dim(), 64);
   EXPECT_TRUE(d.has_empty_context());
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+  const model::WanVae vae = tiny_vae();
   for (int i = 0; i < 3; ++i) {
     const train::LatentSample s = d.load(i);
     EXPECT_EQ(s.caption, "a picture number " + std::to_string(i));
@@ -109,9 +118,7 @@ TEST(EncodeDatasetCli, VideoClip) {
   fs::remove_all(w);
   fs::create_directories(w / "clips");
   std::string out;
-  ASSERT_EQ(run("make-demo-model " + (w / "model").string(), &out), 0) << out;
-  fs::remove(w / "model" / "Wan2.1_VAE.safetensors");
-  fs::copy_file(test::golden("tiny_vae_fp32.pth"), w / "model" / "Wan2.1_VAE.pth");
+  ASSERT_NO_FATAL_FAILURE(make_encoder_model(w / "model"));
   std::ofstream(w / "clips" / "clip.txt") << "a moving pattern";
   const std::string cmd = "encode-dataset --model " + (w / "model").string() + " --input " + (w / "clips").string() +
                           " --out " + (w / "cache").string() + " --size 32x32 --frames 5";
@@ -143,7 +150,7 @@ TEST(EncodeDatasetCli, VideoClip) {
         for (int x = 0; x < 32; ++x)
           video.data<float>()[((c * 5 + f) * 32 + y) * 32 + x] =
               float(rgb.data<uint8_t>()[((f * 32 + y) * 48 + (x + 8)) * 3 + c] / 127.5 - 1.0);
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+  const model::WanVae vae = tiny_vae();
   EXPECT_LE(relative_error(s.latent, vae.encode(video)), 1e-6);
   // Too few frames for --frames: named.
   out.clear();
@@ -166,9 +173,7 @@ TEST(EncodeDatasetCli, VideoClipsAtTheTrainingFrameRate) {
   fs::remove_all(w);
   fs::create_directories(w / "clips");
   std::string out;
-  ASSERT_EQ(run("make-demo-model " + (w / "model").string(), &out), 0) << out;
-  fs::remove(w / "model" / "Wan2.1_VAE.safetensors");
-  fs::copy_file(test::golden("tiny_vae_fp32.pth"), w / "model" / "Wan2.1_VAE.pth");
+  ASSERT_NO_FATAL_FAILURE(make_encoder_model(w / "model"));
   std::ofstream(w / "clips" / "clip.txt") << "a moving pattern";
   {
     io::VideoOptions vo;
@@ -192,7 +197,7 @@ TEST(EncodeDatasetCli, VideoClipsAtTheTrainingFrameRate) {
     for (int k = 0; k < 5; ++k)
       for (int i = 0; i < 32 * 32; ++i)
         video.data<float>()[(c * 5 + k) * 1024 + i] = float(rgb.data<uint8_t>()[((2 * k) * 1024 + i) * 3 + c] / 127.5 - 1.0);
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(test::golden("tiny_vae_fp32.pth"))));
+  const model::WanVae vae = tiny_vae();
   EXPECT_LE(relative_error(d.load(0).latent, vae.encode(video)), 1e-6);
   // 17 frames at 16 fps need 33 of the video's 20
   out.clear();
