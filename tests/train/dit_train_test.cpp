@@ -13,6 +13,7 @@
 #include "osp/core/philox.h"
 #include "osp/io/checkpoint.h"
 #include "osp/model/dit.h"
+#include "osp/model/lora.h"
 #include "osp/train/checkpoint.h"
 #include "osp/train/dit_train_model.h"
 #include "osp/train/latent_dataset.h"
@@ -389,4 +390,90 @@ TEST(DiTTrain, ProfiledRunWritesTheStageTable) {
   }
   expect_same_run(r[0], r[1], weights[0], weights[1], 3);
   fs::remove_all(data);
+}
+
+// LoRA fine-tuning (`osp train --lora-rank R`): only the adapters train — the base weights keep
+// their bits —, the loss falls, a checkpoint holds lora.safetensors (the adapters' masters, in
+// model/lora.h's format) and no model folder, and an interrupted run resumes to the uninterrupted
+// run's losses and adapters.
+TEST(DiTTrain, LoraFineTuningTrainsOnlyTheAdapters) {
+  const fs::path data = make_cache("lora"), out = fresh("lora_out");
+  DiTTrainOptions d;
+  d.lora_rank = 4;
+  d.lora_alpha = 8;
+  d.lora_seed = 3;
+  const auto w0 = random_dit_weights(tiny(), 5);
+  DiTTrainModel m(tiny(), w0, d);
+  EXPECT_EQ(m.lora_alpha(), 8.0);
+  const ParamTable lp = m.parameters();
+  ASSERT_EQ(lp.size(), size_t(tiny().num_layers) * 8 * 2);  // 8 attention linears per block, A and B
+  for (const ParamRef& p : lp) EXPECT_NE(p.name.find(".lora_"), std::string::npos) << p.name;
+  TrainOptions o = options(data, out);
+  o.steps = 40;
+  o.lr = 1e-2;
+  o.ema = "0.9";
+  o.save_every = 20;
+  o.model = "";
+  const TrainResult r = run_training(o, m);
+  ASSERT_EQ(r.log.size(), 40u);
+  double first = 0, last = 0;
+  for (int k = 0; k < 5; ++k) first += r.log[size_t(k)].loss / 5, last += r.log[size_t(35 + k)].loss / 5;
+  EXPECT_LT(last, 0.9 * first) << first << " -> " << last;
+  // the base is untouched: every base weight has the bits it was bound with
+  for (const ParamRef& p : m.dit().parameters()) {
+    const Tensor& want = w0.at(p.name);
+    EXPECT_EQ(max_abs_diff(*p.value, want.view(p.value->shape())), 0.0) << p.name;
+  }
+  // the checkpoint: the adapters (= the trained values on the CPU, F32) and their EMA, no model folder
+  const fs::path ck = r.last_checkpoint;
+  EXPECT_TRUE(fs::exists(ck / "lora.safetensors"));
+  EXPECT_TRUE(fs::exists(ck / "lora_ema.safetensors"));
+  EXPECT_FALSE(fs::exists(ck / "diffusion_pytorch_model.safetensors"));
+  EXPECT_FALSE(fs::exists(ck / "config.json"));
+  const model::Lora saved = model::load_lora((ck / "lora.safetensors").string());
+  EXPECT_EQ(saved.rank(), 4);
+  EXPECT_EQ(saved.alpha(), 8.0);
+  EXPECT_EQ(saved.adapters.size(), size_t(tiny().num_layers) * 8);
+  for (const ParamRef& p : m.parameters()) {
+    const std::string mod = p.name.substr(0, p.name.size() - std::string(".lora_A.weight").size());
+    const bool a = p.name.find(".lora_A.") != std::string::npos;
+    const Tensor& s = a ? saved.adapters.at(mod).A : saved.adapters.at(mod).B;
+    EXPECT_EQ(max_abs_diff(s, *p.value), 0.0) << p.name;
+  }
+  // killed after step 25 and resumed from checkpoint 20: the same losses and adapters
+  const fs::path out_b = fresh("lora_out_b");
+  TrainOptions ob = options(data, out_b);
+  ob.steps = 40;
+  ob.lr = 1e-2;
+  ob.ema = "0.9";
+  ob.save_every = 20;
+  TrainHooks stop;
+  stop.on_step = [](const StepLog& s) {
+    if (s.step == 25) set_interrupted(true);
+  };
+  DiTTrainModel b1(tiny(), w0, d);
+  const TrainResult rb1 = run_training(ob, b1, stop);
+  set_interrupted(false);
+  ASSERT_EQ(rb1.steps_done, 25);
+  ob.resume = out_b.string();
+  DiTTrainOptions d2 = d;
+  d2.lora_seed = 99;  // another init: the checkpoint restores the adapters
+  DiTTrainModel b2(tiny(), w0, d2);
+  const TrainResult rb2 = run_training(ob, b2);
+  ASSERT_EQ(rb1.log.size() + rb2.log.size(), r.log.size());
+  for (size_t k = 0; k < r.log.size(); ++k) {
+    const double lb = k < rb1.log.size() ? rb1.log[k].loss : rb2.log[k - rb1.log.size()].loss;
+    EXPECT_EQ(r.log[k].loss, lb) << "step " << k + 1;
+  }
+  EXPECT_EQ(all_values(m), all_values(b2));
+  // sharding the adapters' state is refused with the reason
+  TrainOptions os = options(data, fresh("lora_shard"));
+  os.shard_optimizer = "on";
+  DiTTrainModel s(tiny(), w0, d);
+  EXPECT_NE(test::error_of([&] { run_training(os, s); }).find("LoRA fine-tuning keeps its small state unsharded"),
+            std::string::npos);
+  fs::remove_all(data);
+  fs::remove_all(out);
+  fs::remove_all(out_b);
+  fs::remove_all(os.out);
 }

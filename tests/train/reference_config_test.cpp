@@ -135,7 +135,6 @@ TEST(ReferenceConfig, ValuesOspCannotHonourAreErrors) {
       {"scheduler_config:\n  scheduler_name: ddpm\n", "'scheduler_config.scheduler_name' \"ddpm\""},
       {"model_config:\n  sparse_ratio: 4\n", "'model_config.sparse_ratio' 4: osp's Skiparse-2D trains with P = 2"},
       {"optimizer_config:\n  momentum: 0.9\n", "'optimizer_config.momentum' 0.9: not an AdamW setting"},
-      {"lora_config:\n  rank: 8\n", "'lora_config' {\"rank\":8}: osp train fine-tunes every weight"},
       {"output_dir: /a\nout: /b\n", "'output_dir' sets 'out', which the config also sets"},
       {"trainng_iteration: 5\n", "unknown setting 'trainng_iteration'"},
   };

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <thread>
 
+#include "osp/model/lora.h"
 #include "osp/core/device.h"
 #include "osp/core/philox.h"
 #include "osp/train/checkpoint.h"
@@ -182,6 +183,22 @@ TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
                           "--steps", "2", "--out", (work / "frames/").string()});
   EXPECT_EQ(gen.code, 0) << gen.out;
   EXPECT_TRUE(fs::exists(work / "frames" / "frame_0000.png"));
+  // LoRA fine-tuning (--lora-rank): the checkpoint is an adapter file for the base model, which
+  // `osp generate --lora` applies; the CLI says how
+  r = run({"train", "--model", (work / "model").string(), "--data", data.string(), "--out", (work / "lora").string(),
+           "--steps", "2", "--lr", "1e-3", "--caption-dropout", "0", "--lora-rank", "4", "--lora-alpha", "4",
+           "--lora-targets", "self_attn.q,self_attn.v"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const fs::path lf = work / "lora" / "checkpoint-00000002" / "lora.safetensors";
+  EXPECT_TRUE(fs::exists(lf));
+  EXPECT_FALSE(fs::exists(work / "lora" / "checkpoint-00000002" / "config.json"));
+  EXPECT_NE(r.out.find("--lora " + (work / "lora" / "checkpoint-00000002").string() + "/lora.safetensors"),
+            std::string::npos) << r.out;
+  EXPECT_EQ(model::load_lora(lf.string()).targets(), (std::vector<std::string>{"self_attn.q", "self_attn.v"}));
+  const CliRun lg = run({"generate", "--model", (work / "model").string(), "--lora", lf.string(), "--prompt", "a fox",
+                         "--size", "64x64", "--frames", "1", "--steps", "2", "--out", (work / "lora_frames/").string()});
+  EXPECT_EQ(lg.code, 0) << lg.out;
+  EXPECT_TRUE(fs::exists(work / "lora_frames" / "frame_0000.png"));
   fs::remove_all(data);
   fs::remove_all(work);
 }

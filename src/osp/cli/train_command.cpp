@@ -118,6 +118,14 @@ int run_train(const train::TrainOptions& o) {
   d.device = parse_device(o.device);
   d.keep_attention = o.keep_attention;
   d.full_blocks = int(o.full_blocks);
+  d.lora_rank = o.lora_rank;
+  d.lora_alpha = o.lora_alpha;
+  for (size_t a = 0; a < o.lora_targets.size();) {  // comma-separated
+    const size_t b = std::min(o.lora_targets.find(',', a), o.lora_targets.size());
+    if (b > a) d.lora_targets.push_back(o.lora_targets.substr(a, b - a));
+    a = b + 1;
+  }
+  d.lora_seed = o.seed;
   if (nranks > 1) {
     const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
     OSP_CHECK(d.device.is_cuda() ? parallel::nccl_built() : parallel::mpi_built(), "training on ", nranks, " ranks on ",
@@ -162,9 +170,13 @@ int run_train(const train::TrainOptions& o) {
                  static_cast<long long>(r.steps_done), r.last_checkpoint.c_str(), o.out.c_str());
     return 130;
   }
-  if (log_level() >= LogLevel::Info)
+  if (log_level() >= LogLevel::Info) {
     std::fprintf(stderr, "osp: trained %lld steps; checkpoint %s\n", static_cast<long long>(r.steps_done),
                  r.last_checkpoint.c_str());
+    if (o.lora_rank > 0 && !o.model.empty())
+      std::fprintf(stderr, "osp: generate with it: osp generate --model %s --lora %s/lora.safetensors --prompt ...\n",
+                   o.model.c_str(), r.last_checkpoint.c_str());
+  }
   return 0;
 }
 
@@ -182,6 +194,8 @@ struct DryRunOptions {
 // --ranks ranks, without loading weights or data (only config.json, and the cache manifest
 // when no --video is given).
 int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
+  OSP_CHECK(o.lora_rank == 0, "--dry-run plans full fine-tuning; a LoRA run (--lora-rank) holds the frozen base's "
+            "compute copy, the adapters' small state and the same activations — not planned yet");
   model::DiTConfig cfg;
   if (!o.config_model.empty()) {
     cfg = model::DiTConfig::from_json_file(o.config_model);
@@ -485,6 +499,12 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--keep-attention", keep_attention,
                  "keep every block's self-attention output from the forward so the checkpoint recompute skips "
                  "the attention core (faster at video sizes; 100 MB more per 1.3B block at 832x480x81; same gradients)");
+  OSP_TRAIN_OPT("--lora-rank", lora_rank,
+                "LoRA fine-tuning: adapters of this rank on a frozen base instead of every weight (0 = off); "
+                "checkpoints hold lora.safetensors for osp generate --lora");
+  OSP_TRAIN_OPT("--lora-alpha", lora_alpha, "LoRA alpha (default 64; the adapters' scale is alpha/rank)");
+  OSP_TRAIN_OPT("--lora-targets", lora_targets,
+                "comma-separated block linears for the adapters (default self_attn.q,k,v,o and cross_attn.q,k,v,o)");
   OSP_TRAIN_FLAG("--profile", profile,
                  "time every stage of the step (forward, checkpoint recompute, backward by layer) from step 2 on; "
                  "the per-step table goes to OUT/profile.txt and stderr at the end");

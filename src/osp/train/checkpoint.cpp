@@ -1,5 +1,7 @@
 #include "osp/train/checkpoint.h"
 
+#include "osp/model/lora.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <set>
 
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/io/atomic_file.h"
 #include "osp/io/safetensors.h"
@@ -94,10 +97,37 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
           w((t / file).string());
           files.push_back(file);
         };
-        put("config.json", [&](const std::string& p) { write_text_atomic(p, c.model_config_json, io::Overwrite::Refuse); });
+        if (c.lora) {  // the adapters (small: whole tensors on the host)
+          const DeferInterrupts whole;  // (save_lora's writer has Ctrl-C safe points; a checkpoint completes)
+          auto lora_of = [&](auto value_of, const char* what) {
+            model::Lora l;
+            l.metadata["base_model"] = c.lora_base;
+            l.metadata["osp_train_step"] = std::to_string(c.state.step);
+            for (size_t k = 0; k < params.size(); ++k) {
+              const std::string& n = params[k].name;
+              const bool a = n.size() > 14 && n.compare(n.size() - 14, 14, ".lora_A.weight") == 0;
+              const bool b = n.size() > 14 && n.compare(n.size() - 14, 14, ".lora_B.weight") == 0;
+              OSP_CHECK(a || b, "save_checkpoint: LoRA checkpoint, but '", n, "' is not a LoRA A/B weight");
+              model::LoraAdapter& ad = l.adapters[n.substr(0, n.size() - 14)];
+              (a ? ad.A : ad.B) = value_of(k).to(Device::cpu()).to(DType::F32).contiguous().view(params[k].ckpt_shape);
+              ad.alpha = c.lora_alpha;
+            }
+            (void)what;
+            return l;
+          };
+          put("lora.safetensors", [&](const std::string& p) {
+            model::save_lora(p, lora_of([&](size_t k) { return slots[k].master; }, "lora"));
+          });
+          if (has_ema) {
+            const model::Lora e = lora_of([&](size_t k) { return (*c.ema)[k]; }, "ema");
+            put("lora_ema.safetensors", [&](const std::string& p) { model::save_lora(p, e); });
+          }
+        }
+        if (!c.lora)
+          put("config.json", [&](const std::string& p) { write_text_atomic(p, c.model_config_json, io::Overwrite::Refuse); });
         // Tensors are produced one at a time while the file is written (no second copy of the
         // model in memory): a device tensor is converted there and copied to the host alone.
-        {
+        if (!c.lora) {
           std::vector<LazyTensor> model;
           for (size_t k = 0; k < params.size(); ++k) {
             const Tensor m = slots[k].master;
@@ -123,7 +153,7 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
                                         io::Overwrite::Refuse);
           });
         }
-        if (has_ema) {
+        if (has_ema) {  // (the EMA's F32 state, for resuming; LoRA or not)
           std::vector<LazyTensor> st;
           for (size_t k = 0; k < params.size(); ++k) {
             const Tensor t = (*c.ema)[k];
@@ -132,6 +162,8 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
           put("ema.safetensors", [&](const std::string& p) {
             write_safetensors_streaming(p, st, {{"decay", hex_double(c.ema_decay)}}, io::Overwrite::Refuse);
           });
+        }
+        if (has_ema && !c.lora) {
           // ema/: the EMA weights as a model folder of their own (what evaluation loads).
           fs::create_directories(t / "ema");
           std::vector<LazyTensor> model;
@@ -161,7 +193,7 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
                     {"run_config", s.run_config.empty() ? json(nullptr) : json::parse(s.run_config)}};
           put("trainer_state.json", [&](const std::string& p) { write_text_atomic(p, j.dump(2) + "\n", io::Overwrite::Refuse); });
         }
-        for (const auto& [rel, src] : c.links)
+        for (const auto& [rel, src] : c.lora ? decltype(c.links){} : c.links)
           for (const fs::path& folder : {t, t / "ema"}) {
             if (folder != t && !has_ema) continue;
             const fs::path target = folder / rel;

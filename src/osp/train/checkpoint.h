@@ -69,6 +69,13 @@ struct CheckpointSave {
   // After the save, remove older complete checkpoint-* folders beyond the newest keep_last
   // (0 keeps all).
   int64_t keep_last = 0;
+  // LoRA fine-tuning (the parameters are "<module>.lora_A.weight" / ".lora_B.weight" adapters of a
+  // frozen base): the checkpoint holds lora.safetensors (model/lora.h's format, from the masters;
+  // `osp generate --model BASE --lora FILE` loads it) and, with an EMA, lora_ema.safetensors —
+  // instead of a model folder (no config.json, model file, ema/ or links).
+  bool lora = false;
+  double lora_alpha = 0;
+  std::string lora_base;  // the base model folder (metadata)
 };
 
 // config.json text for a DiT config (Wan keys; skiparse keys for dual_end).

@@ -1,5 +1,7 @@
 #include "osp/train/dit_train_model.h"
 
+#include "osp/model/lora.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -44,10 +46,21 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   d.device = opt.device;
   d.quant = opt.quant == "hif8" ? model::DiTQuant::HiF8 : model::DiTQuant::None;
   d.train = true;
+  d.train_base = opt.lora_rank <= 0;
   d.activation_checkpointing = opt.activation_checkpointing;
   d.keep_attention = opt.keep_attention;
   dit_ = model::DiT::bind(cfg_, weights, d);
   dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
+  if (opt.lora_rank > 0) {
+    model::LoraInit li;
+    li.rank = opt.lora_rank;
+    li.alpha = opt.lora_alpha;
+    if (!opt.lora_targets.empty()) li.targets = opt.lora_targets;
+    li.seed = opt.lora_seed;
+    const model::Lora lora = model::init_lora(model::DiT::expected_shapes(cfg_), li);
+    dit_.attach_lora(lora);
+    log_info("LoRA fine-tuning: the base DiT is frozen; ", lora.summary());
+  }
   OSP_CHECK(opt.sp == "none" || opt.sp == "ssp" || opt.sp == "ulysses", "sp must be none, ssp or ulysses, got '", opt.sp, "'");
   if (!opt.world || opt.world->size() == 1) {
     OSP_CHECK(opt.sp == "none" || !opt.world || opt.world->size() == 1, "internal: sp without ranks");
@@ -62,7 +75,7 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
     sp_ = parallel::make_single_device();
   else
     sp_ = opt.sp == "ssp" ? parallel::make_ssp(groups_.sp) : parallel::make_ulysses(groups_.sp);
-  reducer_ = std::make_unique<GradientReducer>(dit_.parameters(), groups_);
+  reducer_ = std::make_unique<GradientReducer>(parameters(), groups_);
   log_verbose("training on ", opt.world->size(), " ranks: ", groups_.dp_size(), " data-parallel x ", S,
               " sequence-parallel (", opt.sp, ")");
 }
@@ -73,13 +86,13 @@ void DiTTrainModel::reduce_gradients(int accum_steps) {
     return;
   }
   if (accum_steps > 1) {
-    ParamTable p = dit_.parameters();
+    ParamTable p = parameters();
     scale_grads(p, float(1.0 / accum_steps));
   }
 }
 
 std::vector<std::pair<size_t, size_t>> DiTTrainModel::gradient_groups() {
-  const ParamTable p = dit_.parameters();
+  const ParamTable p = parameters();
   std::vector<std::pair<size_t, size_t>> groups;
   for (int64_t i = 0; i < cfg_.num_layers; ++i) {
     const std::string prefix = str("blocks.", i, ".");

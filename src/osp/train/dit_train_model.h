@@ -29,6 +29,13 @@ struct DiTTrainOptions {
   bool activation_checkpointing = true;
   bool keep_attention = false;  // DiTOptions::keep_attention
   int full_blocks = 0;          // config_for_attention's full_blocks
+  // LoRA fine-tuning (rank > 0): the base weights are frozen (no gradients, no optimizer state),
+  // un-merged adapters (model/lora.h: PEFT's gaussian init from lora_seed, B = 0) on the
+  // lora_targets linears of every block are the trained parameters.
+  int64_t lora_rank = 0;
+  double lora_alpha = 64;
+  std::vector<std::string> lora_targets;  // empty: model::default_lora_targets()
+  uint64_t lora_seed = 0;
   // Several ranks: `world` (MPI on the CPU, NCCL on GPUs; null = one rank), split into
   // sequence-parallel groups of sp_size consecutive ranks running `sp` (none needs sp_size 1)
   // and data-parallel groups across them (train/data_parallel.h).
@@ -42,7 +49,9 @@ class DiTTrainModel : public TrainModel {
   // `weights` under Wan names (any float dtype/device).
   DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, Tensor>& weights, const DiTTrainOptions& opt);
 
-  ParamTable parameters() override { return dit_.parameters(); }
+  // The trained parameters: every DiT weight, or with LoRA the adapters' A and B.
+  ParamTable parameters() override { return opt_.lora_rank > 0 ? dit_.lora_parameters() : dit_.parameters(); }
+  double lora_alpha() const override { return opt_.lora_rank > 0 ? opt_.lora_alpha : 0.0; }
   void zero_grad() override { dit_.zero_grad(); }
   double loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,
                        const Tensor& context) override;

@@ -92,7 +92,6 @@ class Translator {
     else if (key == "optimizer_config") section(key, v, &Translator::optimizer_config);
     else if (key == "data_config") section(key, v, &Translator::data_config);
     else if (key == "lora_config") {
-      if (train()) refuse(key, v, "osp train fine-tunes every weight; LoRA training is osp rl's");
       section(key, v, &Translator::lora_config);
     } else if (key == "rl_config") {
       if (train()) refuse(key, v, "an RL config: give it to osp rl");

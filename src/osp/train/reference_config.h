@@ -22,7 +22,7 @@
 //   model_config.num_full_blocks               full_blocks               (the model's own layout)
 //   optimizer_config.lr / weight_decay / betas / eps          lr / weight_decay / beta1, beta2 / eps
 //   data_config.batch_size                     batch (osp's is the global batch: one rank's here)
-//   lora_config.rank / alpha / target_modules                            lora_rank / lora_alpha / lora_targets
+//   lora_config.rank / alpha / target_modules  lora_rank / lora_alpha / lora_targets (both)
 //   rl_config.prompt_file / eval_prompt_file                             prompts / eval_prompts
 //   rl_config.height + width / num_frames                                size WxH / frames
 //   rl_config.num_inference_steps / sde_steps                            steps / sde_steps

@@ -63,6 +63,8 @@ TimestepConfig parse_shift(const std::string& s) {
 }  // namespace
 
 void TrainOptions::validate() const {
+  OSP_CHECK(lora_rank >= 0, "--lora-rank must be >= 0 (0: every weight is trained), got ", lora_rank);
+  OSP_CHECK(lora_rank == 0 || (std::isfinite(lora_alpha) && lora_alpha > 0), "--lora-alpha must be > 0, got ", lora_alpha);
   OSP_CHECK(!(model.empty() && !from_scratch), "give --model DIR (fine-tune) or --from-scratch with --config-model FILE");
   OSP_CHECK(!(!model.empty() && from_scratch), "--model and --from-scratch exclude each other");
   OSP_CHECK(!from_scratch || !config_model.empty(), "--from-scratch needs --config-model FILE (a DiT config.json)");
@@ -173,6 +175,9 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "keep_attention") get_bool(keep_attention);
     else if (key == "profile") get_bool(profile);
     else if (key == "full_blocks") get_int(full_blocks);
+    else if (key == "lora_rank") get_int(lora_rank);
+    else if (key == "lora_alpha") get_num(lora_alpha);
+    else if (key == "lora_targets") get_str(lora_targets);
     else if (key == "transient_weights") get_bool(transient_weights);
     else if (key == "overlap_reduction") get_bool(overlap_reduction);
     else if (key == "collective_timeout") get_num(collective_timeout);
@@ -181,7 +186,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -193,7 +198,8 @@ std::string TrainOptions::to_json() const {
             {"lr", lr},           {"weight_decay", weight_decay}, {"beta1", beta1},
             {"beta2", beta2},     {"eps", eps},                   {"warmup", warmup},
             {"schedule", schedule}, {"clip", clip},               {"ema", ema},
-            {"full_blocks", full_blocks},
+            {"full_blocks", full_blocks}, {"lora_rank", lora_rank}, {"lora_alpha", lora_alpha},
+            {"lora_targets", lora_targets},
             {"seed", seed},       {"out", out},                   {"save_every", save_every},
             {"grad_accum", grad_accum}};
   return j.dump();
@@ -312,7 +318,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   // EMA then follows this rank's master shard and is unsharded only to be saved.
   const ParallelGroups* groups = model.parallel_groups();
   const bool several = groups && groups->world && groups->world->size() > 1;
-  const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several);
+  // (auto: off for LoRA, whose adapters' state is small)
+  const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several && model.lora_alpha() == 0);
   OSP_CHECK(!shard || groups, "--shard-optimizer on: this model does not expose its rank groups");
   const bool shard_grads = opt.shard_gradients || opt.shard_weights;  // --shard-weights implies it
   OSP_CHECK(!shard_grads || shard, opt.shard_weights ? "--shard-weights" : "--shard-gradients",
@@ -432,6 +439,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   std::vector<std::pair<size_t, size_t>> transient;
   std::vector<DType> value_dtypes;
   for (const ParamRef& p : params) value_dtypes.push_back(p.value->dtype());
+  if (model.lora_alpha() > 0)
+    OSP_CHECK(!shard && !opt.transient_weights, "LoRA fine-tuning keeps its small state unsharded and its adapters resident: "
+              "drop --shard-optimizer / --shard-gradients / --shard-weights / --transient-weights (the frozen base is bf16 on CUDA)");
   if (opt.transient_weights) {
     OSP_CHECK(!shard, "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights "
               "(the same per-block compute copies, gathered from the shards)");
@@ -568,6 +578,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     c.state = state;
     c.links = hooks.checkpoint_links;
     c.keep_last = opt.keep;
+    c.lora = model.lora_alpha() > 0;
+    c.lora_alpha = model.lora_alpha();
+    c.lora_base = opt.model;
     if (writer) {
       last_ckpt = save_checkpoint(opt.out, c);
       log_info("saved ", last_ckpt);

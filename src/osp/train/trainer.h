@@ -89,6 +89,9 @@ class TrainModel {
   }
   // Stage profiling of loss_backward (TrainOptions::profile): on/off, clear what was measured, and
   // the per-step table since the last reset ("" when the model has no profiler).
+  // LoRA fine-tuning: the parameters are adapters ("<module>.lora_A.weight" / ".lora_B.weight")
+  // of a frozen base with this alpha (checkpoints then hold lora.safetensors); 0: not LoRA.
+  virtual double lora_alpha() const { return 0; }
   virtual void set_profiling(bool on) { (void)on; }
   virtual void profile_reset() {}
   virtual std::string profile_table() { return ""; }
@@ -158,6 +161,12 @@ struct TrainOptions {
   // --attention hybrid on a full-attention (Wan2.1) config: how many full blocks the dual-end
   // layout keeps (0 = OSP-Next's 8; train/dit_train_model.h).
   int64_t full_blocks = 0;
+  // LoRA fine-tuning instead of every weight (rank > 0): the base frozen, PEFT-style adapters on
+  // lora_targets (comma-separated block linears; "" = self/cross-attention q, k, v, o) trained;
+  // checkpoints hold lora.safetensors for `osp generate --lora`. The CLI builds the model with it.
+  int64_t lora_rank = 0;
+  double lora_alpha = 64;
+  std::string lora_targets;
   // Unsharded optimizer: keep no compute copy of the blocks' weights between uses — a block's copy
   // (bf16 on CUDA, F32 on the CPU) is made from its fp32 master before its forward and before its
   // backward and freed after each (what --shard-weights does at one rank, without the sharded
