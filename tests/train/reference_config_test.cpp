@@ -124,6 +124,11 @@ optimizer_config:
   EXPECT_TRUE(o.shard_weights);
   const TrainOptions one = train_options("cp_size: 1\nuse_context_parallel: True\n");
   EXPECT_EQ(one.sp, "none");  // one rank per group: no sequence parallelism
+  // a lora_config section makes it LoRA fine-tuning
+  const TrainOptions l = train_options("lora_config:\n  rank: 16\n  alpha: 32\n  target_modules: [self_attn.q, ffn.0]\n");
+  EXPECT_EQ(l.lora_rank, 16);
+  EXPECT_DOUBLE_EQ(l.lora_alpha, 32.0);
+  EXPECT_EQ(l.lora_targets, "self_attn.q,ffn.0");
 }
 
 TEST(ReferenceConfig, ValuesOspCannotHonourAreErrors) {
