@@ -99,6 +99,7 @@ struct Case {
   const char* quant = "none";
   bool overlap = true;  // TrainOptions::overlap_reduction (unsharded several-rank runs use it)
   bool lean = false;    // --transient-weights --keep-attention (unsharded)
+  int lora = 0;         // --lora-rank (the adapters' state unsharded)
 };
 
 // Every "master.*" / "m.*" / "v.*" tensor of two checkpoints' optimizer.safetensors: the same
@@ -136,6 +137,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   fs::remove_all(one_out);
   DiTTrainOptions d1;
   d1.quant = c.quant;
+  d1.lora_rank = c.lora;
   DiTTrainModel one(tiny(), random_dit_weights(tiny(), 5), d1);
   TrainOptions o1 = options(data, one_out);
   if (c.accum > 1) o1.batch = 8;
@@ -147,6 +149,7 @@ TEST_P(TrainMpi, EqualsOneRank) {
   DiTTrainOptions d;
   d.world = comm;
   d.quant = c.quant;
+  d.lora_rank = c.lora;
   d.sp = comm->size() == 1 ? "none" : c.sp;
   d.sp_size = std::string(c.sp) == "none" ? 1 : S;
   DiTTrainModel many(tiny(), random_dit_weights(tiny(), 5), d);
@@ -206,12 +209,16 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainMpi,
                                            // the lean single-GPU options under DP and SP (transient weights made
                                            // around the overlapped per-block reductions, kept attention per rank)
                                            Case{"none", 1, 2, "off", false, false, "none", true, true},
-                                           Case{"ssp", 0, 1, "off", false, false, "none", true, true}),
+                                           Case{"ssp", 0, 1, "off", false, false, "none", true, true},
+                                           // LoRA fine-tuning over DP (with accumulation) and SP
+                                           Case{"none", 1, 2, "auto", false, false, "none", true, false, 4},
+                                           Case{"ssp", 0, 1, "auto", false, false, "none", true, false, 4}),
                          [](const auto& i) {
                            return std::string(i.param.sp) + (i.param.accum > 1 ? "_accum" : "") + "_shard_" + i.param.shard +
                                   (i.param.shard_grads ? "_grads" : "") + (i.param.shard_weights ? "_weights" : "") +
                                   (std::string(i.param.quant) != "none" ? std::string("_") + i.param.quant : "") +
-                                  (i.param.overlap ? "" : "_no_overlap") + (i.param.lean ? "_lean" : "");
+                                  (i.param.overlap ? "" : "_no_overlap") + (i.param.lean ? "_lean" : "") +
+                                  (i.param.lora ? "_lora" : "");
                          });
 
 // Resuming on another rank count continues the uninterrupted single-rank run: the losses of the
