@@ -95,7 +95,7 @@ INSTANTIATE_TEST_SUITE_P(
         SpCase{"ulysses4_uneven", {2, 7, 9}, kFullOnly, 2, 4, 8, 4, "ulysses"}),
     [](const auto& info) { return std::string(info.param.name); });
 
-// The Ulysses head-chunk pipeline (OSP_ULYSSES_CHUNKS) gives exactly the single-device result
+// The Ulysses head-chunk pipeline (set_ulysses_chunks / OSP_ULYSSES_CHUNKS) gives exactly the single-device result
 // and the same bytes.
 TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
   struct Run {
@@ -113,7 +113,7 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
     const Tensor x = test::randn_tensor({B, N, C}, 9);
     auto single = parallel::make_single_device();
     const Tensor want = test::run_stack(*single, plan, x, w);
-    setenv("OSP_ULYSSES_CHUNKS", run.chunks, 1);
+    parallel::set_ulysses_chunks(std::atoll(run.chunks));
     std::vector<Tensor> got(static_cast<size_t>(run.S));
     std::vector<uint64_t> bytes(static_cast<size_t>(run.S));
     on_threads(run.S, [&](int r, std::shared_ptr<parallel::Communicator> comm) {
@@ -123,7 +123,7 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
       got[size_t(r)] = test::run_stack(*sp, plan, x, w);
       bytes[size_t(r)] = sp->bytes_sent();
     });
-    unsetenv("OSP_ULYSSES_CHUNKS");
+    parallel::set_ulysses_chunks(0);
     for (int r = 0; r < run.S; ++r) {
       EXPECT_LT(relative_error(got[size_t(r)], want), 1e-5)
           << run.mode << " S " << run.S << " chunks " << run.chunks << " rank " << r;
@@ -131,7 +131,7 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
     }
   }
   // A chunk count that does not divide the heads per rank is refused with the reason.
-  setenv("OSP_ULYSSES_CHUNKS", "3", 1);
+  parallel::set_ulysses_chunks(3);
   const auto plan = test::make_plan({2, 7, 9}, kFullOnly, 2, 8, 8);
   const auto w = test::make_stack_weights(3, 64, 300);
   const Tensor x = test::randn_tensor({1, 126, 64}, 9);
@@ -145,8 +145,8 @@ TEST(SpThreadsUlyssesChunks, ChunkedHeadsMatchSingleDevice) {
       msg[size_t(r)] = e.what();
     }
   });
-  unsetenv("OSP_ULYSSES_CHUNKS");
-  for (const auto& m : msg) EXPECT_NE(m.find("OSP_ULYSSES_CHUNKS=3"), std::string::npos) << m;
+  parallel::set_ulysses_chunks(0);
+  for (const auto& m : msg) EXPECT_NE(m.find("Ulysses head chunks 3 (OSP_ULYSSES_CHUNKS) must be a positive divisor"), std::string::npos) << m;
 }
 
 TEST(SpVolume, SparseSwitchIsNpOver4NOfUlysses) {

@@ -121,6 +121,9 @@ std::unique_ptr<SequenceParallel> make_single_device();
 std::unique_ptr<SequenceParallel> make_ssp(std::shared_ptr<Communicator> comm);
 // Ulysses for every block; the plan must be all full blocks (the Wan2.1 baseline).
 std::unique_ptr<SequenceParallel> make_ulysses(std::shared_ptr<Communicator> comm);
+// Ulysses all-to-alls in C head chunks (a divisor of each rank's heads, checked where used) so
+// they can overlap attention; 0 = the OSP_ULYSSES_CHUNKS setting (core/settings.h; unset: 1).
+void set_ulysses_chunks(int64_t chunks);
 
 // Validates a plan (grid, P, kinds order, heads/head_dim); throws osp::Error naming the rule.
 void check_plan(const ForwardPlan& plan);

@@ -14,6 +14,7 @@
 // sub-sequence indices because our hidden states are sample-major (the spec's are group-major).
 #include <string>
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cmath>
 #include <map>
@@ -29,6 +30,15 @@
 #include "osp/ops/ops.h"
 
 namespace osp::parallel {
+
+namespace {
+std::atomic<int64_t> g_ulysses_chunks{0};  // set_ulysses_chunks (0: the setting)
+}  // namespace
+
+void set_ulysses_chunks(int64_t chunks) {
+  OSP_CHECK(chunks >= 0, "set_ulysses_chunks: chunks must be >= 0, got ", chunks);
+  g_ulysses_chunks = chunks;
+}
 
 using sparse::BlockKind;
 
@@ -905,8 +915,9 @@ class ParallelLayout final : public SequenceParallel {
   // cut the exposed all-to-all time of the full blocks by ~20 % but the forward time moved by
   // less than the run-to-run noise, so the plain path stays the default.
   static int64_t ulysses_chunks(int64_t Hs, bool /*overlaps*/) {
-    if (const int64_t c = engine_settings().ulysses_chunks; c > 0) {
-      OSP_CHECK(Hs % c == 0, "OSP_ULYSSES_CHUNKS=", c, " must be a positive divisor of ",
+    const int64_t set = g_ulysses_chunks.load();
+    if (const int64_t c = set > 0 ? set : engine_settings().ulysses_chunks; c > 0) {
+      OSP_CHECK(Hs % c == 0, "Ulysses head chunks ", c, " (OSP_ULYSSES_CHUNKS) must be a positive divisor of ",
                 "the ", Hs, " heads each Ulysses rank holds");
       return c;
     }
