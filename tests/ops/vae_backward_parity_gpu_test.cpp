@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/ops/conv.h"
 #include "osp/ops/vae_backward.h"
 #include "test_util.h"
@@ -41,10 +42,7 @@ Tensor poisoned(const Shape& s) {
   return Tensor::from_vector(v, s).to(kGpu);
 }
 double rel(const Tensor& gpu, const Tensor& cpu) { return relative_error(gpu.to(Device::cpu()), cpu); }
-bool conv_tf32() {
-  const char* e = std::getenv("OSP_VAE_FP32");
-  return !(e && *e && std::string(e) != "0");
-}
+bool conv_tf32() { return !engine_settings().vae_fp32; }  // OSP_VAE_FP32 (core/settings.h)
 
 #define EXPECT_REL(gpu, cpu, tol, what)                                                  \
   do {                                                                                   \
