@@ -5,7 +5,9 @@
 
 #include <cstdio>
 
+#include "osp/core/error.h"
 #include "osp/model/dit.h"
+#include "osp/model/lora.h"
 #include "osp/train/memory_plan.h"
 
 using namespace osp;
@@ -206,4 +208,31 @@ TEST(MemoryPlan, TransientWeights) {
   EXPECT_DOUBLE_EQ(line(t, "weights").bytes, 2.0 * (outside + block));
   EXPECT_NE(line(t, "weights").note.find("transient"), std::string::npos);
   EXPECT_NEAR(base.total - t.total, line(base, "weights").bytes - line(t, "weights").bytes, 1.0);
+}
+
+// LoRA fine-tuning: the frozen base's compute copy + the adapters (Σ r·(in + out) over the
+// targets) as weights, the adapters' F32 gradients and master + m + v; the activations as before.
+TEST(MemoryPlan, LoraFineTuning) {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.sp = "none";
+  in.sharded_state = false;
+  in.act_bytes = 2;
+  train::latent_from_video(81, 480, 832, in);
+  const train::MemoryPlan full = train::plan_train_memory(in);
+  model::LoraInit li;
+  li.rank = 32;
+  const auto shapes = model::DiT::expected_shapes(in.cfg);
+  in.lora_params = model::lora_parameter_count(shapes, li);
+  // 8 attention linears of 1536 x 1536 per block (cross-attention k/v read the 1536-wide context)
+  EXPECT_EQ(in.lora_params, in.cfg.num_layers * 8 * 32 * (1536 + 1536));
+  const train::MemoryPlan l = train::plan_train_memory(in);
+  const double lp = double(in.lora_params), P = double(l.params);
+  EXPECT_DOUBLE_EQ(line(l, "weights").bytes, 2 * P + 2 * lp);
+  EXPECT_DOUBLE_EQ(line(l, "gradients").bytes, 4 * lp);
+  EXPECT_DOUBLE_EQ(line(l, "optimizer state").bytes, 12 * lp);
+  EXPECT_DOUBLE_EQ(line(l, "block inputs").bytes, line(full, "block inputs").bytes);
+  EXPECT_LT(l.total, full.total - 15.0 * double(1ull << 30));  // no masters / moments of the base
+  in.sharded_state = true;
+  EXPECT_THROW(train::plan_train_memory(in), Error);
 }

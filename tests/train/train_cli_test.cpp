@@ -377,6 +377,13 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
     EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
     EXPECT_NE(nf.out.find("--shard-gradients"), std::string::npos) << nf.out;
   }
+  // --lora-rank: the frozen base + the adapters' state (unsharded even on 4 ranks: auto is off for LoRA)
+  const CliRun lo = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                         "--device", "cuda", "--lora-rank", "32"});
+  ASSERT_EQ(lo.code, 0) << lo.out;
+  EXPECT_NE(lo.out.find("compute copy of the frozen base + the LoRA adapters"), std::string::npos) << lo.out;
+  EXPECT_NE(lo.out.find("optimizer state not sharded"), std::string::npos) << lo.out;
   // --transient-weights is the unsharded optimizer's: refused with the (here automatic) sharded one
   const CliRun tw = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--video",
                          "1280x720x81", "--ranks", "4", "--sp", "ssp", "--transient-weights"});

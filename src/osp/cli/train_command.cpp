@@ -28,6 +28,7 @@
 #include "osp/io/image_writer.h"
 #include "osp/io/video_writer.h"
 #include "osp/model/dit_config.h"
+#include "osp/model/lora.h"
 #include "osp/model/vae.h"
 #include "osp/pipeline/model_dir.h"
 #include "osp/pipeline/text_encoder.h"
@@ -120,11 +121,7 @@ int run_train(const train::TrainOptions& o) {
   d.full_blocks = int(o.full_blocks);
   d.lora_rank = o.lora_rank;
   d.lora_alpha = o.lora_alpha;
-  for (size_t a = 0; a < o.lora_targets.size();) {  // comma-separated
-    const size_t b = std::min(o.lora_targets.find(',', a), o.lora_targets.size());
-    if (b > a) d.lora_targets.push_back(o.lora_targets.substr(a, b - a));
-    a = b + 1;
-  }
+  d.lora_targets = model::split_lora_targets(o.lora_targets);
   d.lora_seed = o.seed;
   if (nranks > 1) {
     const std::string backend = d.device.is_cuda() ? "nccl" : "mpi";
@@ -194,8 +191,6 @@ struct DryRunOptions {
 // --ranks ranks, without loading weights or data (only config.json, and the cache manifest
 // when no --video is given).
 int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
-  OSP_CHECK(o.lora_rank == 0, "--dry-run plans full fine-tuning; a LoRA run (--lora-rank) holds the frozen base's "
-            "compute copy, the adapters' small state and the same activations — not planned yet");
   model::DiTConfig cfg;
   if (!o.config_model.empty()) {
     cfg = model::DiTConfig::from_json_file(o.config_model);
@@ -240,7 +235,8 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.sp_size = int(S);
   in.dp_size = int(D);
   in.batch = o.batch / (D * o.grad_accum);
-  in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1);
+  // (auto: on with several ranks, except for LoRA, as the trainer decides)
+  in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1 && o.lora_rank == 0);
   OSP_CHECK(!(o.shard_gradients || o.shard_weights) || in.sharded_state, o.shard_weights ? "--shard-weights" : "--shard-gradients",
             " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
   in.sharded_gradients = o.shard_gradients || o.shard_weights;  // --shard-weights implies it
@@ -250,6 +246,15 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   OSP_CHECK(!o.transient_weights || !in.sharded_state,
             "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights");
   in.transient_weights = o.transient_weights;
+  if (o.lora_rank > 0) {
+    OSP_CHECK(!in.sharded_state && !o.transient_weights,
+              "LoRA fine-tuning keeps its small state unsharded and its adapters resident (no --shard-* / --transient-weights)");
+    model::LoraInit li;
+    li.rank = o.lora_rank;
+    li.targets = model::split_lora_targets(o.lora_targets);
+    if (li.targets.empty()) li.targets = model::default_lora_targets();
+    in.lora_params = model::lora_parameter_count(model::DiT::expected_shapes(cfg), li);
+  }
   in.act_bytes = parse_device(o.device).is_cuda() ? 2 : 4;
   in.prefetch_weights = in.act_bytes == 2;  // prefetch where the gathers overlap (nccl)
   in.capacity_bytes = d.gpu_gib * double(1ull << 30);
@@ -273,7 +278,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
       tries.emplace_back(flags, t);
     };
     if (in.keep_attention) with("without --keep-attention", [](auto& t) { t.keep_attention = false; });
-    if (!in.sharded_state && !in.transient_weights)
+    if (!in.sharded_state && !in.transient_weights && in.lora_params == 0)
       with("--transient-weights", [](auto& t) { t.transient_weights = true; });
     if (in.sharded_state && !in.sharded_gradients) with("--shard-gradients", [](auto& t) { t.sharded_gradients = true; });
     if (in.sharded_state && !in.sharded_weights)
@@ -281,7 +286,7 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
     if (tries.size() > 1) {  // every change together (the last of the sharding ones implies the other)
       train::MemoryPlanInput all = in;
       all.keep_attention = false;
-      all.transient_weights = !in.sharded_state;
+      all.transient_weights = !in.sharded_state && in.lora_params == 0;
       all.sharded_gradients = all.sharded_weights = in.sharded_state;
       tries.emplace_back("all of these", all);
     }
@@ -293,7 +298,9 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
       fits += line;
     }
     if (!fits.empty()) std::printf("does not fit; by the same plan, with\n%s", fits.c_str());
-    if (!in.sharded_state)
+    if (in.lora_params > 0)
+      std::printf("  SP ranks (mpirun -np N --sp ssp) split the activations\n");
+    else if (!in.sharded_state)
       std::printf("  several ranks shard the optimizer state (mpirun -np N: --shard-optimizer auto), and SP ranks "
                   "(--sp ssp) split the activations\n");
   }

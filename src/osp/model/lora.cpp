@@ -171,34 +171,64 @@ std::string Lora::summary() const {
 
 // ------------------------------------------------------------------------ init
 
-Lora init_lora(const std::map<std::string, Shape>& base_shapes, const LoraInit& opt) {
-  OSP_CHECK(opt.rank >= 1, "init_lora: rank must be >= 1, got ", opt.rank);
-  OSP_CHECK(std::isfinite(opt.alpha), "init_lora: alpha must be finite, got ", opt.alpha);
-  OSP_CHECK(!opt.targets.empty(), "init_lora: no targets");
-  Lora lora;
-  lora.origin = "init";
+std::map<std::string, Shape> lora_target_linears(const std::map<std::string, Shape>& base_shapes,
+                                                 const std::vector<std::string>& targets) {
+  OSP_CHECK(!targets.empty(), "init_lora: no targets");
+  std::map<std::string, Shape> out;
   std::map<std::string, int> hits;
   std::vector<std::string> linears;
   for (const auto& [name, shape] : base_shapes) {
     if (!ends_with(name, ".weight") || shape.size() != 2) continue;
     const std::string module = name.substr(0, name.size() - 7);
     linears.push_back(module);
-    for (const auto& t : opt.targets)
+    for (const auto& t : targets)
       if (module_matches(module, t)) {
         ++hits[t];
-        LoraAdapter a;
-        a.alpha = opt.alpha;
-        a.A = Tensor::empty({opt.rank, shape[1]}, DType::F32);
-        a.B = Tensor::zeros({shape[0], opt.rank}, DType::F32);
-        a.source = module + ".lora_A.weight";
-        lora.adapters[module] = a;
+        out[module] = shape;
         break;
       }
   }
-  for (const auto& t : opt.targets)
+  for (const auto& t : targets)
     OSP_CHECK(hits[t] > 0, "init_lora: target '", t, "' matches no linear weight of the model (",
               linears.size(), " linears, e.g. ",
               linears.empty() ? std::string("none") : linears.front(), ")");
+  return out;
+}
+
+std::vector<std::string> split_lora_targets(const std::string& csv) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : csv) {
+    if (c == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+int64_t lora_parameter_count(const std::map<std::string, Shape>& base_shapes, const LoraInit& opt) {
+  int64_t n = 0;
+  for (const auto& [module, shape] : lora_target_linears(base_shapes, opt.targets)) n += opt.rank * (shape[0] + shape[1]);
+  return n;
+}
+
+Lora init_lora(const std::map<std::string, Shape>& base_shapes, const LoraInit& opt) {
+  OSP_CHECK(opt.rank >= 1, "init_lora: rank must be >= 1, got ", opt.rank);
+  OSP_CHECK(std::isfinite(opt.alpha), "init_lora: alpha must be finite, got ", opt.alpha);
+  Lora lora;
+  lora.origin = "init";
+  for (const auto& [module, shape] : lora_target_linears(base_shapes, opt.targets)) {
+    LoraAdapter a;
+    a.alpha = opt.alpha;
+    a.A = Tensor::empty({opt.rank, shape[1]}, DType::F32);
+    a.B = Tensor::zeros({shape[0], opt.rank}, DType::F32);
+    a.source = module + ".lora_A.weight";
+    lora.adapters[module] = a;
+  }
   uint32_t stream = 0;
   for (auto& [module, a] : lora.adapters) {  // sorted module order: stream k for adapter k
     philox_normal(opt.seed, stream++, 0, a.A.data<float>(), a.A.numel());

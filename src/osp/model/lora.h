@@ -48,6 +48,8 @@ namespace osp::model {
 
 // self_attn.{q,k,v,o}, cross_attn.{q,k,v,o}.
 const std::vector<std::string>& default_lora_targets();
+// "self_attn.q, ffn.0" → {"self_attn.q", "ffn.0"} (spaces and empty items dropped; may be empty).
+std::vector<std::string> split_lora_targets(const std::string& csv);
 
 struct LoraAdapter {
   Tensor A;            // [r, in] F32 (CPU unless moved)
@@ -85,6 +87,11 @@ struct LoraInit {
 // DiT::expected_shapes(cfg)) whose module equals a target or ends with "." + target.
 // Throws when a target matches nothing or rank < 1.
 Lora init_lora(const std::map<std::string, Shape>& base_shapes, const LoraInit& opt = {});
+// The base linears init_lora puts adapters on (module → weight shape [out, in]), and the
+// adapters' parameter count Σ r·(in + out) — without allocating them (memory plans).
+std::map<std::string, Shape> lora_target_linears(const std::map<std::string, Shape>& base_shapes,
+                                                 const std::vector<std::string>& targets);
+int64_t lora_parameter_count(const std::map<std::string, Shape>& base_shapes, const LoraInit& opt);
 
 // Writes the format above (tensors as F32). Overwrites an existing file.
 void save_lora(const std::string& path, const Lora& lora);

@@ -148,6 +148,13 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
                            : "layout exchange (send + recv) + reduction buckets") +
            (inflight > 0 ? " + one block's gradients in flight (packed, reduce-scattered during the next block)" : "")},
   };
+  if (in.lora_params > 0) {  // LoRA: the base frozen, the adapters trained (unsharded, resident)
+    OSP_CHECK(!in.sharded_state && !in.transient_weights, "memory plan: LoRA fine-tuning keeps its state unsharded");
+    const double lp = double(in.lora_params);
+    out.lines[0] = {"weights", P * a + lp * a, "compute copy of the frozen base + the LoRA adapters"};
+    out.lines[1] = {"gradients", lp * 4, "F32, the LoRA adapters only"};
+    out.lines[2] = {"optimizer state", lp * 12, "F32 master + m + v of the LoRA adapters"};
+  }
   if (keep_attn)
     out.lines.insert(out.lines.begin() + 4,
                      MemoryLine{"kept attention", kept_attn,

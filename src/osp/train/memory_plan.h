@@ -5,6 +5,8 @@
 // the activation lines are the block tape of model/dit_layers.cpp counted tensor by tensor for
 // the unquantised path (an estimate: allocator slack and kernel workspaces are not included).
 //
+//   (LoRA fine-tuning: the weights line is the frozen base's compute copy + the adapters; the
+//   gradients and optimizer lines are the adapters' only)
 //   weights        compute copy of every parameter (bf16 on CUDA), on every rank; with weight
 //                  sharding (ZeRO-3) only the parameters outside the blocks and the one block
 //                  gathered for its forward / backward (the rest lives in the master shards)
@@ -60,6 +62,9 @@ struct MemoryPlanInput {
   bool activation_checkpointing = true;
   bool keep_attention = false;  // with checkpointing: every block's self-attention o + lse kept
   bool transient_weights = false;  // unsharded: a block's compute copy exists only around its use
+  // LoRA fine-tuning (> 0): the adapters' parameter count; the base is frozen (its compute copy
+  // only), the adapters carry the gradients and the optimizer state (unsharded).
+  int64_t lora_params = 0;
   int act_bytes = 2;       // 2: bf16 (CUDA), 4: F32 (CPU)
   size_t bucket_bytes = size_t(25) << 20;
   double capacity_bytes = 0;  // the device's memory (0: no verdict)

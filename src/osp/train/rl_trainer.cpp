@@ -40,20 +40,6 @@ namespace osp::train {
 
 // ------------------------------------------------------------------------------------ options
 namespace {
-std::vector<std::string> split_csv(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == ',') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
-  }
-  if (!cur.empty()) out.push_back(cur);
-  return out;
-}
 
 void parse_size(const std::string& s, int64_t& w, int64_t& h) {
   const auto x = s.find_first_of("x*");
@@ -108,7 +94,7 @@ void RlOptions::validate() const {
   need(train_batch >= 0, str("--train-batch must be >= 0, got ", train_batch));
   need(lora_rank >= 1, str("--lora-rank must be >= 1, got ", lora_rank));
   need(std::isfinite(lora_alpha) && lora_alpha > 0, str("--lora-alpha must be > 0, got ", lora_alpha));
-  need(!split_csv(lora_targets).empty(), "--lora-targets is empty");
+  need(!model::split_lora_targets(lora_targets).empty(), "--lora-targets is empty");
   AdamWConfig{lr, beta1, beta2, eps, weight_decay}.validate();
   GradClipConfig::parse(clip);
   if (ema != "off") {
@@ -590,7 +576,7 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   model::LoraInit li;
   li.rank = o.lora_rank;
   li.alpha = o.lora_alpha;
-  li.targets = split_csv(o.lora_targets);
+  li.targets = model::split_lora_targets(o.lora_targets);
   li.seed = o.seed;
   model::Lora lora = model::init_lora(model::DiT::expected_shapes(dit.config()), li);
   dit.attach_lora(lora);
