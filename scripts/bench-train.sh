@@ -112,7 +112,8 @@ cat "$OUT/cache.json"
 # keeps every block's gradient between steps (--keep-gradients: the peak before released gradients);
 # "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
 # "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
-# the splitting allocator; "+profile" also times every stage of the step (osp train --profile).
+# the splitting allocator; "+profile" also times every stage of the step (osp train --profile);
+# "+lora" is LoRA fine-tuning (--lora-rank 32).
 # Tags combine: "hybrid+lean+blocks+profile".
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
@@ -131,6 +132,7 @@ for att in $ATTENTIONS; do
       lean) extra+=(--transient-weights --keep-attention) ;;
       blocks) alloc=blocks ;;  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
       profile) extra+=(--profile) ;;  # the per-step stage table -> OUT/profile-<variant>.txt
+      lora) extra+=(--lora-rank 32) ;;  # LoRA fine-tuning (frozen base, rank-32 adapters on the attention)
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
   done
