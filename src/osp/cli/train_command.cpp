@@ -235,20 +235,13 @@ int run_dry_run(const train::TrainOptions& o, const DryRunOptions& d) {
   in.sp_size = int(S);
   in.dp_size = int(D);
   in.batch = o.batch / (D * o.grad_accum);
-  // (auto: on with several ranks, except for LoRA, as the trainer decides)
-  in.sharded_state = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && ranks > 1 && o.lora_rank == 0);
-  OSP_CHECK(!(o.shard_gradients || o.shard_weights) || in.sharded_state, o.shard_weights ? "--shard-weights" : "--shard-gradients",
-            " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
+  in.sharded_state = train::resolve_sharded_state(o, ranks > 1, o.lora_rank > 0);  // the trainer's rule
   in.sharded_gradients = o.shard_gradients || o.shard_weights;  // --shard-weights implies it
   in.sharded_weights = o.shard_weights;
   in.released_gradients = !in.sharded_state && !o.keep_gradients;
   in.keep_attention = o.keep_attention;
-  OSP_CHECK(!o.transient_weights || !in.sharded_state,
-            "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights");
   in.transient_weights = o.transient_weights;
   if (o.lora_rank > 0) {
-    OSP_CHECK(!in.sharded_state && !o.transient_weights,
-              "LoRA fine-tuning keeps its small state unsharded and its adapters resident (no --shard-* / --transient-weights)");
     model::LoraInit li;
     li.rank = o.lora_rank;
     li.targets = model::split_lora_targets(o.lora_targets);

@@ -266,18 +266,17 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
               lse.desc(), " do not match this recompute's [", B, ", ", n, ", ", H, ", ", D, "]");
     if (c.tape) c.tape->t["o"] = out, c.tape->t["lse"] = lse;
     kept->t.clear();
-  } else if (kept) {  // forward: fresh tensors the recompute will take
-    out = Tensor::empty({B, n, H, D}, c.act, c.dev);
-    Tensor lse = Tensor::empty({B, H, n}, DType::F32, c.dev);
-    sp.self_attention_train(i, qr, kr, vh, out, lse);
-    c.lap(ProfStage::SelfAttn);
-    if (c.tape) c.tape->t["o"] = out, c.tape->t["lse"] = lse;
-    kept->t["o"] = out, kept->t["lse"] = lse;
   } else if (c.training) {
-    out = c.buf("o", "o", {B, n, H, D}, c.act);
-    Tensor& lse = c.buf("lse", "lse", {B, H, n}, DType::F32);
+    // Kept for the recompute, the results must outlive the workspaces: fresh tensors (a tape's
+    // tensors are fresh anyway).
+    auto result = [&](const char* name, const Shape& s, DType dt) {
+      return kept && !c.tape ? Tensor::empty(s, dt, c.dev) : c.buf(name, name, s, dt);
+    };
+    out = result("o", {B, n, H, D}, c.act);
+    Tensor lse = result("lse", {B, H, n}, DType::F32);
     sp.self_attention_train(i, qr, kr, vh, out, lse);
     c.lap(ProfStage::SelfAttn);
+    if (kept) kept->t["o"] = out, kept->t["lse"] = lse;
   } else if (!c.prof->enabled()) {
     out = c.buf("o", "o", {B, n, H, D}, c.act);
     sp.self_attention(i, qr, kr, vh, out, fp8_attn ? fp8_fn : parallel::AttentionFn());

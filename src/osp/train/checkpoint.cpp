@@ -99,27 +99,20 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointSave& c)
         };
         if (c.lora) {  // the adapters (small: whole tensors on the host)
           const DeferInterrupts whole;  // (save_lora's writer has Ctrl-C safe points; a checkpoint completes)
-          auto lora_of = [&](auto value_of, const char* what) {
-            model::Lora l;
-            l.metadata["base_model"] = c.lora_base;
-            l.metadata["osp_train_step"] = std::to_string(c.state.step);
-            for (size_t k = 0; k < params.size(); ++k) {
-              const std::string& n = params[k].name;
-              const bool a = n.size() > 14 && n.compare(n.size() - 14, 14, ".lora_A.weight") == 0;
-              const bool b = n.size() > 14 && n.compare(n.size() - 14, 14, ".lora_B.weight") == 0;
-              OSP_CHECK(a || b, "save_checkpoint: LoRA checkpoint, but '", n, "' is not a LoRA A/B weight");
-              model::LoraAdapter& ad = l.adapters[n.substr(0, n.size() - 14)];
-              (a ? ad.A : ad.B) = value_of(k).to(Device::cpu()).to(DType::F32).contiguous().view(params[k].ckpt_shape);
-              ad.alpha = c.lora_alpha;
-            }
-            (void)what;
-            return l;
+          // the parameters are "<module>.lora_A.weight" / ".lora_B.weight": model/lora.h reads them
+          auto lora_of = [&](auto value_of) {
+            std::map<std::string, Tensor> t;
+            for (size_t k = 0; k < params.size(); ++k)
+              t[params[k].name] = value_of(k).to(Device::cpu()).to(DType::F32).contiguous().view(params[k].ckpt_shape);
+            return model::lora_from_tensors(t, {{"lora_alpha", hex_double(c.lora_alpha)}, {"base_model", c.lora_base},
+                                                {"osp_train_step", std::to_string(c.state.step)}},
+                                            "checkpoint " + name);
           };
           put("lora.safetensors", [&](const std::string& p) {
-            model::save_lora(p, lora_of([&](size_t k) { return slots[k].master; }, "lora"));
+            model::save_lora(p, lora_of([&](size_t k) { return slots[k].master; }));
           });
           if (has_ema) {
-            const model::Lora e = lora_of([&](size_t k) { return (*c.ema)[k]; }, "ema");
+            const model::Lora e = lora_of([&](size_t k) { return (*c.ema)[k]; });
             put("lora_ema.safetensors", [&](const std::string& p) { model::save_lora(p, e); });
           }
         }

@@ -295,6 +295,18 @@ void preflight(const TrainOptions& opt, bool writer) {
     resolve_checkpoint(opt.resume);
 }
 
+bool resolve_sharded_state(const TrainOptions& o, bool several_ranks, bool lora) {
+  const bool shard = o.shard_optimizer == "on" || (o.shard_optimizer == "auto" && several_ranks && !lora);
+  OSP_CHECK(!(o.shard_gradients || o.shard_weights) || shard, o.shard_weights ? "--shard-weights" : "--shard-gradients",
+            " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
+  OSP_CHECK(!lora || (!shard && !o.transient_weights),
+            "LoRA fine-tuning keeps its small state unsharded and its adapters resident: drop --shard-optimizer / "
+            "--shard-gradients / --shard-weights / --transient-weights (the frozen base is bf16 on CUDA)");
+  OSP_CHECK(!o.transient_weights || !shard, "--transient-weights is for the unsharded optimizer; with the sharded one use "
+            "--shard-weights (the same per-block compute copies, gathered from the shards)");
+  return shard;
+}
+
 TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks) {
   const bool writer = model.writes_outputs();
   preflight(opt, writer);
@@ -318,12 +330,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   // EMA then follows this rank's master shard and is unsharded only to be saved.
   const ParallelGroups* groups = model.parallel_groups();
   const bool several = groups && groups->world && groups->world->size() > 1;
-  // (auto: off for LoRA, whose adapters' state is small)
-  const bool shard = opt.shard_optimizer == "on" || (opt.shard_optimizer == "auto" && several && model.lora_alpha() == 0);
+  const bool shard = resolve_sharded_state(opt, several, model.lora_alpha() > 0);
   OSP_CHECK(!shard || groups, "--shard-optimizer on: this model does not expose its rank groups");
   const bool shard_grads = opt.shard_gradients || opt.shard_weights;  // --shard-weights implies it
-  OSP_CHECK(!shard_grads || shard, opt.shard_weights ? "--shard-weights" : "--shard-gradients",
-            " needs the sharded optimizer (--shard-optimizer on, or auto with several ranks)");
   // The values' shapes, read while every value is resident (weight sharding releases the blocks').
   std::vector<Shape> value_shapes;
   for (const ParamRef& p : params) value_shapes.push_back(p.value->shape());
@@ -439,12 +448,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   std::vector<std::pair<size_t, size_t>> transient;
   std::vector<DType> value_dtypes;
   for (const ParamRef& p : params) value_dtypes.push_back(p.value->dtype());
-  if (model.lora_alpha() > 0)
-    OSP_CHECK(!shard && !opt.transient_weights, "LoRA fine-tuning keeps its small state unsharded and its adapters resident: "
-              "drop --shard-optimizer / --shard-gradients / --shard-weights / --transient-weights (the frozen base is bf16 on CUDA)");
-  if (opt.transient_weights) {
-    OSP_CHECK(!shard, "--transient-weights is for the unsharded optimizer; with the sharded one use --shard-weights "
-              "(the same per-block compute copies, gathered from the shards)");
+  if (opt.transient_weights) {  // (unsharded: resolve_sharded_state)
     transient = model.gradient_groups();
     OSP_CHECK(!transient.empty(), "--transient-weights: this model has no parameter groups (blocks)");
   }

@@ -237,6 +237,12 @@ struct TrainHooks {
 // `writer` false (ranks other than 0): nothing is created.
 void preflight(const TrainOptions& opt, bool writer = true);
 
+// Whether the run's optimizer state is sharded — --shard-optimizer on, or auto with several ranks
+// unless the model trains LoRA adapters (their state is small) — after checking that the memory
+// options fit together (gradient/weight sharding need it; transient weights and LoRA exclude it).
+// The one rule run_training and `osp train --dry-run` follow. Throws osp::Error naming the flags.
+bool resolve_sharded_state(const TrainOptions& o, bool several_ranks, bool lora);
+
 // Runs (or resumes) training. Errors are osp::Error with the reason (bad data, NaN loss, ...).
 TrainResult run_training(const TrainOptions& opt, TrainModel& model, const TrainHooks& hooks = {});
 
