@@ -16,8 +16,9 @@
 #
 # s/step: osp = the mean of the "seconds" of the last OSP_STEPS - OSP_WARMUP log lines (each is
 # one whole optimizer step: data, loss+backward, clipping, AdamW); torch = the mean of its timed
-# steps after --warmup 2. Peak memory: osp's CUDA allocator peak (peak_mem_mb, MiB) and torch's
-# max_memory_allocated, both in GiB. FLOPs, the same convention for both: 4 x the forward FLOPs
+# steps after --warmup 2. Peak memory, the same two measures for both, in GiB: "peak" = what live
+# tensors asked for (osp's peak_mem_mb, torch's max_memory_allocated) and "reserved" = what the
+# caching allocator held from the driver (osp's peak_reserved_mb, torch's max_memory_reserved). FLOPs, the same convention for both: 4 x the forward FLOPs
 # of the wan-spec §7.1 model (3x forward + backward, +1x the checkpoint recompute); osp's from
 # model::dit_forward_flops (printed by bench_make_train_cache; the hybrid's sparse blocks count
 # their Skiparse sub-sequences), torch's from the same formula (full attention). MFU = TFLOP/s /
@@ -187,28 +188,30 @@ def jlines(path):
     return rows
 
 cache = (jlines(os.path.join(out, "cache.json")) or [{}])[-1]
-rows = []  # name, s/step, peak GiB, flops/step, steps averaged, note
+rows = []  # name, s/step, peak GiB, reserved GiB, flops/step, steps averaged, note
 for att in atts:
     log = jlines(os.path.join(out, "osp-%s.jsonl" % att))
     timed = log[warm:] if len(log) > warm else log
     if not timed:
-        rows.append(("osp " + att, None, None, None, 0, "no steps logged (see osp-%s.log)" % att))
+        rows.append(("osp " + att, None, None, None, None, 0, "no steps logged (see osp-%s.log)" % att))
         continue
     s = sum(r["seconds"] for r in timed) / len(timed)
     fwd = cache.get("forward_flops_" + att.split("+")[0])
     note = "steps %d-%d of %d, loss %.4f" % (len(log) - len(timed) + 1, len(log), len(log), timed[-1]["loss"])
-    rows.append(("osp " + att, s, max(r["peak_mem_mb"] for r in log) / 1024.0, 4 * fwd if fwd else None, len(timed), note))
+    reserved = max(r.get("peak_reserved_mb", 0) for r in log) / 1024.0
+    rows.append(("osp " + att, s, max(r["peak_mem_mb"] for r in log) / 1024.0, reserved or None, 4 * fwd if fwd else None,
+                 len(timed), note))
 tj = [r for r in jlines(os.path.join(out, "torch.jsonl")) if r.get("bench") == "torch_train_step"]
 torch_s = None
 if tj:
     t = tj[-1]
     torch_s = t["ms_per_step"] / 1000.0
-    rows.append(("torch (PyTorch way)", torch_s, t["peak_gib"], t["flops_per_step"], t["steps"],
+    rows.append(("torch (PyTorch way)", torch_s, t["peak_gib"], t.get("reserved_gib"), t["flops_per_step"], t["steps"],
                  "sdpa %s, torch %s, loss %.4f" % (t["sdpa"], t["torch"], t["loss"])))
     if cache.get("forward_flops_full") and abs(4 * cache["forward_flops_full"] / t["flops_per_step"] - 1) > 1e-4:
         print("WARNING: osp full and torch FLOP counts differ: %.6g vs %.6g" % (4 * cache["forward_flops_full"], t["flops_per_step"]))
 else:
-    rows.append(("torch (PyTorch way)", None, None, None, 0, "no result (see torch.jsonl)"))
+    rows.append(("torch (PyTorch way)", None, None, None, None, 0, "no result (see torch.jsonl)"))
 
 print()
 print("Wan2.1 %s training step, latent %s, context %s, tokens %s, batch 1, activation checkpointing (total %s s)" % (
@@ -216,13 +219,13 @@ print("Wan2.1 %s training step, latent %s, context %s, tokens %s, batch 1, activ
     cache.get("tokens"), total_s))
 print("FLOPs/step = 4 x forward (3x fwd+bwd, +1x checkpoint recompute; wan-spec 7.1); MFU vs %.0f TFLOP/s dense bf16" % peak_tf)
 print("hybrid: its own FLOPs (sparse blocks count their Skiparse sub-sequences), so its MFU is of the work it does")
-print("| run | s/step | speed-up vs torch | peak GiB | TFLOP/step | TFLOP/s | MFU | notes |")
-print("|---|---|---|---|---|---|---|---|")
-for name, s, mem, fl, n, note in rows:
+print("| run | s/step | speed-up vs torch | peak GiB | reserved GiB | TFLOP/step | TFLOP/s | MFU | notes |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, s, mem, res, fl, n, note in rows:
     f = lambda v, fmt: (fmt % v) if v is not None else "-"
     sp = torch_s / s if (s and torch_s) else None
     tf = fl / s * 1e-12 if (fl and s) else None
-    print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (name, f(s, "%.3f"), f(sp, "%.2fx"), f(mem, "%.1f"),
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (name, f(s, "%.3f"), f(sp, "%.2fx"), f(mem, "%.1f"), f(res, "%.1f"),
           f(fl * 1e-12 if fl else None, "%.1f"), f(tf, "%.0f"), f(tf / peak_tf if tf else None, "%.3f"), note))
 by_name = {name: s for name, s, *_ in rows}
 for name, s, *_ in rows:

@@ -37,7 +37,9 @@ void* cuda_alloc(size_t bytes, int device);
 void cuda_free(void* p, int device);
 // Frees cached blocks back to the driver; returns bytes released.
 size_t cuda_empty_cache();
-// Bytes currently handed out / peak since the last reset / held in the cache.
+// Bytes the live allocations asked for (each rounded up to 512 bytes — PyTorch's
+// memory_allocated / max_memory_allocated), and their peak since the last reset. The blocks that
+// serve them may be larger (bucket reuse, segment splitting): that slack is in cuda_reserved_bytes.
 size_t cuda_bytes_in_use();
 size_t cuda_peak_bytes();
 void cuda_reset_peak();

@@ -1,5 +1,8 @@
 // CUDA device memory: a simple caching allocator (size-bucketed free lists per device),
-// so the sampling loop does not call cudaMalloc/cudaFree in steady state. OSP_CUDA_ALLOCATOR=blocks
+// so the sampling loop does not call cudaMalloc/cudaFree in steady state. "In use" counts what the
+// live allocations asked for (rounded up to 512 bytes: PyTorch's memory_allocated), not the cached
+// blocks that serve them (a bucket may hand out a block up to twice the request): that slack
+// shows in "reserved". OSP_CUDA_ALLOCATOR=blocks
 // selects core/block_allocator.h instead (segments split best fit and merged on free; session 8,
 // unit-tested on the CPU, not yet run on a GPU: opt-in until measured). Read once, at the first
 // allocation.
@@ -26,8 +29,9 @@ namespace {
 struct Cache {
   std::mutex mu;
   std::multimap<size_t, void*> free_blocks[16];  // per device: size -> ptr
-  std::map<void*, size_t> sizes;
-  size_t in_use = 0, peak = 0, cached = 0;
+  std::map<void*, size_t> sizes;      // bucket mode: every block obtained from cudaMalloc -> its size
+  std::map<void*, size_t> requested;  // bucket mode: live allocations -> their 512-byte-rounded request
+  size_t in_use = 0, peak = 0, cached = 0;  // in_use: sum of `requested` (blocks mode: the allocator's)
   size_t reserved = 0, peak_reserved = 0;  // from cudaMalloc, not yet freed (in use + cached)
   size_t limit = 0;                        // set_cuda_memory_limit (0: none)
   int mode = -1;                           // 0 buckets, 1 blocks (OSP_CUDA_ALLOCATOR), set on first use
@@ -178,7 +182,9 @@ void* cuda_alloc(size_t bytes, int device) {
     c.reserved += n;
     if (c.reserved > c.peak_reserved) c.peak_reserved = c.reserved;
   }
-  c.in_use += n;
+  const size_t asked = (bytes + 511) / 512 * 512;
+  c.requested[p] = asked;
+  c.in_use += asked;
   if (c.in_use > c.peak) c.peak = c.in_use;
   return p;
 }
@@ -197,7 +203,11 @@ void cuda_free(void* p, int device) {
   }
   auto it = c.sizes.find(p);
   if (it == c.sizes.end()) return;
-  c.in_use -= it->second;
+  auto r = c.requested.find(p);
+  if (r != c.requested.end()) {
+    c.in_use -= r->second;
+    c.requested.erase(r);
+  }
   c.cached += it->second;
   c.free_blocks[device].emplace(it->second, p);
 }

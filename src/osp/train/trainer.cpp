@@ -225,7 +225,7 @@ double peak_memory_mb(Device dev) {
 std::string log_line(const StepLog& s) {
   json j = {{"step", s.step},       {"loss", s.loss},   {"grad_norm", s.grad_norm}, {"clipped", s.clipped},
             {"lr", s.lr},           {"sigma", s.sigma}, {"tokens_per_s", s.tokens_per_s},
-            {"peak_mem_mb", s.peak_mem_mb}, {"seconds", s.seconds}, {"data_s", s.data_s},
+            {"peak_mem_mb", s.peak_mem_mb}, {"peak_reserved_mb", s.peak_reserved_mb}, {"seconds", s.seconds}, {"data_s", s.data_s},
             {"fwd_bwd_s", s.fwd_bwd_s},     {"opt_s", s.opt_s}};
   return j.dump();
 }
@@ -724,6 +724,7 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
       st.opt_s = st.seconds - data_s - fwd_bwd_s;
       st.tokens_per_s = st.seconds > 0 ? double(G * model.tokens(ls)) / st.seconds : 0.0;  // global
       st.peak_mem_mb = peak_memory_mb(model.device());
+      if (model.device().is_cuda()) st.peak_reserved_mb = double(cuda_peak_reserved_bytes()) / 1048576.0;
       if (writer) {
         logf << log_line(st) << "\n";
         logf.flush();

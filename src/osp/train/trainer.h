@@ -13,7 +13,7 @@
 //   clip      GradClipper (none | fixed:X | adaptive)
 //   update    AdamW.step(lr = schedule.at(s)); EMA.update(masters)
 //   log       one JSON line per step to OUT/train_log.jsonl: step, loss, grad_norm, clipped,
-//             lr, sigma (batch mean), tokens_per_s, peak_mem_mb, seconds; a progress line on stderr
+//             lr, sigma (batch mean), tokens_per_s, peak_mem_mb, peak_reserved_mb, seconds; a progress line on stderr
 //   save      every save_every steps and at the end (train/checkpoint.h)
 // Everything random is a pure function of (seed, s, i) and the data order a pure function of
 // (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run's losses
@@ -205,7 +205,10 @@ struct StepLog {
   int64_t step = 0;  // 1-based: the number of completed steps
   double loss = 0, grad_norm = 0, lr = 0, sigma = 0;
   bool clipped = false;
-  double tokens_per_s = 0, peak_mem_mb = 0, seconds = 0;
+  // peak_mem_mb: CUDA — what live tensors asked for (PyTorch's max_memory_allocated); CPU — the
+  // process's VmHWM. peak_reserved_mb: CUDA — what the caching allocator held from the driver
+  // (PyTorch's max_memory_reserved); CPU — 0.
+  double tokens_per_s = 0, peak_mem_mb = 0, peak_reserved_mb = 0, seconds = 0;
   // Where `seconds` went: batch assembly on the host (reading, noise, stacking), forward +
   // backward (+ gradient reduction; the device is synchronised before the clock is read), and
   // the rest (clipping, optimizer, EMA, logging) — for finding per-step overhead.
