@@ -43,29 +43,32 @@ int main(int argc, char** argv) {
   struct AttnCfg {
     const char* name;
     int64_t B, L, H, D;
-    int packs;  // 0: dense; R: R equal packed sequences (seq_lens)
+    int packs;   // 0: dense; R: R equal packed sequences (seq_lens)
+    int64_t Lk;  // keys (0: L, self-attention)
     ops::cuda::AttnPath path;
   };
   using P = ops::cuda::AttnPath;
   std::vector<AttnCfg> attn = {
       // cuDNN forced on the big shapes: where it cannot run, the line says why (our own
       // kernels would take minutes there).
-      {"1.3B-480P self", 1, 32760, 12, 128, 0, P::Cudnn},
-      {"1.3B-480P skiparse 4x8190 packed", 1, 32760, 12, 128, 4, P::Cudnn},
-      {"own kernels L=4096", 1, 4096, 12, 128, 0, P::Own},
+      {"1.3B-480P self", 1, 32760, 12, 128, 0, 0, P::Cudnn},
+      {"1.3B-480P skiparse 4x8190 packed", 1, 32760, 12, 128, 4, 0, P::Cudnn},
+      {"1.3B-480P cross (32760 queries, 512 text keys)", 1, 32760, 12, 128, 0, 512, P::Cudnn},
+      {"own kernels L=4096", 1, 4096, 12, 128, 0, 0, P::Own},
   };
   if (quick) attn.resize(1);
   for (const auto& c : attn) {
+    const int64_t Lk = c.Lk > 0 ? c.Lk : c.L;
     Tensor q = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
-    Tensor k = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
-    Tensor v = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor k = bench::random_gpu({c.B, Lk, c.H, c.D}, DType::BF16, 1.f, seed++);
+    Tensor v = bench::random_gpu({c.B, Lk, c.H, c.D}, DType::BF16, 1.f, seed++);
     Tensor dout = bench::random_gpu({c.B, c.L, c.H, c.D}, DType::BF16, 1.f, seed++);
     Tensor o = Tensor::empty(q.shape(), DType::BF16, gpu), lse = Tensor::empty({c.B, c.H, c.L}, DType::F32, gpu);
-    Tensor dq = Tensor::empty(q.shape(), DType::BF16, gpu), dk = Tensor::empty(q.shape(), DType::BF16, gpu);
-    Tensor dv = Tensor::empty(q.shape(), DType::BF16, gpu);
+    Tensor dq = Tensor::empty(q.shape(), DType::BF16, gpu), dk = Tensor::empty(k.shape(), DType::BF16, gpu);
+    Tensor dv = Tensor::empty(k.shape(), DType::BF16, gpu);
     Tensor sl;
     ops::AttentionArgs a;
-    int64_t keys = c.L;  // keys per query row
+    int64_t keys = Lk;  // keys per query row
     if (c.packs > 0) {
       sl = Tensor::empty({c.packs}, DType::I32);
       for (int r = 0; r < c.packs; ++r) sl.data<int32_t>()[r] = int32_t(c.L / c.packs);
@@ -115,6 +118,34 @@ int main(int argc, char** argv) {
     emit("linear_backward dw+db (BGRADB)", cfg, ms, gemm, "cublaslt");
     ms = bench::time_ms([&] { ops::linear_backward(x, w, dy, nullptr, &dw, nullptr); }, 3, 10);
     emit("linear_backward dw", cfg, ms, gemm, "cublaslt");
+  }
+
+  // ---- the self-attention's q/k backward chain at [32760, 1536] as the DiT runs it: RoPE backward
+  // (bf16 dy -> F32), RMSNorm backward (x bf16, dy F32, dx F32, dw); memory-bound: bytes in the config
+  {
+    const int64_t rows = 32760, C = 1536, H = 12, D = 128;
+    Tensor x = bench::random_gpu({rows, C}, DType::BF16, 1.f, seed++);
+    Tensor dyb = bench::random_gpu({rows, C}, DType::BF16, 1.f, seed++);
+    Tensor w = bench::random_gpu({C}, DType::F32, 1.f, seed++);
+    Tensor dy = Tensor::empty({rows, C}, DType::F32, gpu), dx = Tensor::empty({rows, C}, DType::F32, gpu);
+    Tensor dw = Tensor::zeros({C}, DType::F32, gpu);
+    Tensor tab = bench::random_gpu({1, rows, D / 2, 2}, DType::F32, 1.f, seed++);  // [Rt, L, D/2, 2] (values: any)
+    Tensor dyv = dyb.view({1, rows, H, D}), dyf = dy.view({1, rows, H, D});
+    double ms = bench::time_ms([&] { ops::rope_backward(dyv, tab, dyf); }, 3, 10);
+    double gb = double(rows) * C * (2 + 4) / 1e9;
+    emit("rope_backward", "rows=32760 C=1536 dy bf16 dx f32 (" + std::to_string(gb).substr(0, 5) +
+         " GB min traffic)", ms, 0, "own");
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"rope_backward\",\"GB_per_s\":%.0f}\n", gb / (ms * 1e-3));
+    ms = bench::time_ms([&] { ops::rms_norm_backward(x, w, 1e-6f, dy, dx, &dw); }, 3, 10);
+    gb = double(rows) * C * (2 + 4 + 4) / 1e9;
+    emit("rms_norm_backward", "rows=32760 C=1536 x bf16 dy f32 dx f32 + dw (" + std::to_string(gb).substr(0, 5) +
+         " GB min traffic)", ms, 0, "own");
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"rms_norm_backward\",\"GB_per_s\":%.0f}\n", gb / (ms * 1e-3));
+    Tensor db = Tensor::empty({rows, C}, DType::BF16, gpu);
+    ms = bench::time_ms([&] { db.copy_from(dx); }, 3, 10);
+    gb = double(rows) * C * (4 + 2) / 1e9;
+    emit("f32 -> bf16 copy (Linear::backward's dy.to)", "rows=32760 C=1536", ms, 0, "own");
+    std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"to_bf16\",\"GB_per_s\":%.0f}\n", gb / (ms * 1e-3));
   }
 
   // ---- LayerNorm-modulate backward at [32760, 1536] (memory-bound: bytes in the config)
