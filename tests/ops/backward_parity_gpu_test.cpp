@@ -223,9 +223,10 @@ void unpatchify_bwd_case(int64_t C, int64_t T, int64_t h, int64_t w, DType in_dt
 }
 
 // ---------------------------------------------------------------- attention
-// path: Auto, Own or Cudnn (cuDNN must run). seq_lens: packed sequences (Lq = Lk).
+// path: Auto, Own or Cudnn (cuDNN must run). seq_lens: packed sequences (Lq = Lk). chunks: the
+// cuDNN backward's query chunks (set_attention_backward_query_chunks; 0 = its own choice).
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
-                    ops::cuda::AttnPath path, std::vector<int32_t> seq = {}, float scale = 0.f) {
+                    ops::cuda::AttnPath path, std::vector<int32_t> seq = {}, float scale = 0.f, int chunks = 0) {
   Tensor q = rnd({B, Lq, Hh, D}), k = rnd({B, Lk, Hh, D}), v = rnd({B, Lk, Hh, D});
   Tensor dout = rnd({B, Lq, Hh, D});
   Tensor sl;
@@ -252,8 +253,10 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
   EXPECT_REL(glse, lse, 1e-4);
   // The backward from the CPU's (bf16-rounded) output and lse, so it is judged on its own.
   Tensor gdq = poisoned(q.shape(), H), gdk = poisoned(k.shape(), H), gdv = poisoned(v.shape(), H);
+  ops::cuda::set_attention_backward_query_chunks(chunks);
   ops::attention_backward(gq, gk, gv, on_gpu(out_b, H), on_gpu(lse, F), on_gpu(dout, H), gdq, gdk,
                           gdv, a);
+  ops::cuda::set_attention_backward_query_chunks(0);
   const std::string bwd_path = ops::cuda::last_attention_backward_path();
   ops::cuda::set_attention_train_path(ops::cuda::AttnPath::Auto);
   EXPECT_REL(gdq, dq, 2e-2);
@@ -325,6 +328,9 @@ std::vector<Case> all_cases() {
   add("attn_own_2x130x333x3x64_cross", [=] { attention_case(2, 130, 333, 3, 64, P::Own); });
   add("attn_auto_2x130x333x3x64_cross", [=] { attention_case(2, 130, 333, 3, 64, P::Auto); });
   add("attn_cudnn_1x200x77x2x128_cross", [=] { attention_case(1, 200, 77, 2, 128, P::Cudnn); });
+  // the cross-attention's query-chunked backward (keys repeated per chunk, dK/dV summed), forced
+  add("attn_cudnn_2x1200x77x2x128_cross_4chunks", [=] { attention_case(2, 1200, 77, 2, 128, P::Cudnn, {}, 0.f, 4); });
+  add("attn_cudnn_1x3000x512x3x64_cross_6chunks", [=] { attention_case(1, 3000, 512, 3, 64, P::Cudnn, {}, 0.f, 6); });
   add("attn_auto_1x1000x2x128_scale", [=] { attention_case(1, 1000, 1000, 2, 128, P::Auto, {}, 0.05f); });
   add("attn_own_packed_unequal", [=] {
     attention_case(2, 300, 300, 2, 128, P::Own, {37, 0, 135, 64, 64});
@@ -385,6 +391,25 @@ TEST(BackwardParityPaths, CudnnRunsTheDiTShapes) {
     ops::attention_backward(q, q, q, o, lse, o, dq, dk, dv, a);
     EXPECT_EQ(std::string(ops::cuda::last_attention_backward_path()), "cudnn");
   }
+}
+// The DiT's cross-attention at 1.3B 480P (32,760 queries, 512 text keys, 12 heads): the automatic
+// query chunking gives the unchunked backward's gradients (dK/dV summed over chunks in F32).
+TEST(BackwardParityPaths, CrossAttentionQueryChunksMatchUnchunked) {
+  OSP_REQUIRE_GPU();
+  Tensor q = on_gpu(rnd({1, 32760, 12, 128}), H), k = on_gpu(rnd({1, 512, 12, 128}), H);
+  Tensor v = on_gpu(rnd({1, 512, 12, 128}), H), dout = on_gpu(rnd({1, 32760, 12, 128}), H);
+  Tensor o = poisoned(q.shape(), H), lse = poisoned({1, 12, 32760}, F);
+  ops::attention_forward_lse(q, k, v, o, lse);
+  Tensor dq[2], dk[2], dv[2];
+  for (int run = 0; run < 2; ++run) {
+    ops::cuda::set_attention_backward_query_chunks(run == 0 ? 1 : 0);
+    dq[run] = poisoned(q.shape(), H), dk[run] = poisoned(k.shape(), H), dv[run] = poisoned(v.shape(), H);
+    ops::attention_backward(q, k, v, o, lse, dout, dq[run], dk[run], dv[run]);
+  }
+  ops::cuda::set_attention_backward_query_chunks(0);
+  EXPECT_REL(dq[1], dq[0], 1e-2);
+  EXPECT_REL(dk[1], dk[0], 1e-2);
+  EXPECT_REL(dv[1], dv[0], 1e-2);
 }
 #endif
 

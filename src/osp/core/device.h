@@ -27,6 +27,8 @@ Device parse_device(const std::string& s);
 // True when this build has CUDA and at least one GPU is visible.
 bool cuda_available();
 int cuda_device_count();
+// Streaming multiprocessors of CUDA device `device` (queried once per device; 0 without CUDA).
+int cuda_sm_count(int device);
 
 // CPU memory, 64-byte aligned.
 void* cpu_alloc(size_t bytes);

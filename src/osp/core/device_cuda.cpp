@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -126,6 +127,18 @@ int cuda_device_count() {
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     cudaGetLastError();
     return 0;
+  }
+  return n;
+}
+
+int cuda_sm_count(int device) {
+  static std::atomic<int> sms[16] = {};
+  OSP_CHECK(device >= 0 && device < 16, "cuda_sm_count: bad device index ", device);
+  int n = sms[device].load(std::memory_order_relaxed);
+  if (n <= 0) {
+    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    if (n <= 0) n = 1;
+    sms[device].store(n, std::memory_order_relaxed);
   }
   return n;
 }

@@ -13,6 +13,7 @@ namespace {
 }  // namespace
 bool cuda_available() { return false; }
 int cuda_device_count() { return 0; }
+int cuda_sm_count(int) { return 0; }
 void* cuda_alloc(size_t, int) { no_cuda(); }
 void cuda_free(void*, int) { no_cuda(); }
 size_t cuda_empty_cache() { return 0; }

@@ -275,6 +275,20 @@ __global__ void lse_pack_kernel(float* lse, float* tmp, int64_t H, int64_t Lq, i
   }
 }
 
+// dst[b, i] = Σ_s src[b·S + s, i] (F32 sum, one bf16 rounding): the query chunks' dK/dV partials
+// of the chunked backward below. src [B·S, per], dst [B, per].
+__global__ void sum_chunks_kernel(const bf16* __restrict__ src, bf16* __restrict__ dst, int64_t B,
+                                  int64_t S, int64_t per) {
+  const int64_t total = B * per;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < total;
+       x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = x / per, i = x % per;
+    float acc = 0.f;
+    for (int64_t s = 0; s < S; ++s) acc += __bfloat162float(src[(b * S + s) * per + i]);
+    dst[x] = __float2bfloat16_rn(acc);
+  }
+}
+
 // ---------------------------------------------------------------- host side
 // OSP_ATTENTION (core/settings.h) until set_attention_train_path; read on first use.
 AttnPath g_path_set = AttnPath::Auto;
@@ -289,6 +303,23 @@ AttnPath path() {
 }
 const char* g_last_fwd = "";
 const char* g_last_bwd = "";
+int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = auto
+
+// How many query chunks the unpacked cuDNN backward runs as one batch (1 = none). cuDNN's fused
+// backward parallelises over key blocks × heads × batch: with few keys (the DiT's cross-attention:
+// 512 text keys, 12 heads → 48 work units on 132 SMs) most of the GPU idles while each unit loops
+// over all 32,760 queries. Chunking the queries multiplies the units; the keys are repeated per
+// chunk (cheap: Lk is small) and the chunks' dK/dV summed. Auto: the smallest divisor S of Lq with
+// B·H·⌈Lk/128⌉·S ≥ 2 × the SMs and chunks of ≥ 1024 queries; none when Lk > 1024.
+int64_t query_chunks(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int device) {
+  if (g_query_chunks > 0) return Lq % g_query_chunks == 0 ? g_query_chunks : 1;
+  if (Lk > 1024 || Lq < 4 * Lk) return 1;
+  const int64_t units = B * H * ((Lk + 127) / 128), want = 2 * int64_t(cuda_sm_count(device));
+  if (units >= want) return 1;
+  for (int64_t S = 2; S <= 64 && Lq / S >= 1024; ++S)
+    if (Lq % S == 0 && units * S >= want) return S;
+  return 1;
+}
 
 void check_bf16(const Tensor& t, const char* op, const char* what) {
   require_cuda(t, op, what);
@@ -412,6 +443,10 @@ float scale_of(const AttentionArgs& a, int64_t D) {
 }  // namespace
 
 void set_attention_train_path(AttnPath p) { g_path_set = p, g_path_is_set = true; }
+void set_attention_backward_query_chunks(int n) {
+  OSP_CHECK(n >= 0, "set_attention_backward_query_chunks: n must be >= 0, got ", n);
+  g_query_chunks = n;
+}
 const char* last_attention_forward_lse_path() { return g_last_fwd; }
 const char* last_attention_backward_path() { return g_last_bwd; }
 
@@ -498,6 +533,41 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   if (path() != AttnPath::Own && q.numel() > 0) {
     std::string why;
     bool ok = true;
+    const int64_t S = pk.lens.empty() ? query_chunks(B, H, Lq, Lk, q.device().index) : 1;
+    if (S > 1) {
+      // The queries as S chunks of n rows, a batch of B·S over the keys repeated per chunk.
+      const int64_t n = Lq / S;
+      const Group g{0, B, 0, S, n, Lk};
+      Tensor kr = Tensor::empty({B * S, Lk, H, D}, DType::BF16, q.device());
+      Tensor vr = Tensor::empty(kr.shape(), DType::BF16, q.device());
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < S; ++s) {
+          Tensor kd = rows_view(kr, (b * S + s) * Lk, 1, Lk), vd = rows_view(vr, (b * S + s) * Lk, 1, Lk);
+          kd.copy_from(rows_view(k, b * Lk, 1, Lk));
+          vd.copy_from(rows_view(v, b * Lk, 1, Lk));
+        }
+      Tensor dkr = Tensor::empty(kr.shape(), DType::BF16, q.device()), dvr = Tensor::empty(kr.shape(), DType::BF16, q.device());
+      Tensor tmp = Tensor::empty({B * S, H, n}, DType::F32, q.device());
+      lse_pack(const_cast<float*>(lse.data<float>()), tmp.data<float>(), H, Lq, g, true);
+      Tensor cq = group_view(q, Lq, g, n), co = group_view(out, Lq, g, n);
+      Tensor cdo = group_view(dout, Lq, g, n), cdq = group_view(dq, Lq, g, n);
+      ok = sdpa_backward_cudnn(cq, kr, vr, co, cdo, tmp.data<float>(), cdq, dkr, dvr, scale, &why);
+      if (ok) {
+        const int64_t per = Lk * H * D;
+        sum_chunks_kernel<<<grid_for(B * per), 256, 0, stream()>>>(dkr.data<bf16>(), dk.data<bf16>(), B, S, per);
+        OSP_CUDA_LAUNCH_CHECK("sum_chunks_kernel");
+        sum_chunks_kernel<<<grid_for(B * per), 256, 0, stream()>>>(dvr.data<bf16>(), dv.data<bf16>(), B, S, per);
+        OSP_CUDA_LAUNCH_CHECK("sum_chunks_kernel");
+        g_last_bwd = "cudnn";
+        log_once(str("attn-bwd-cudnn-chunked-", Lq, "-", Lk, "-", D),
+                 str("attention_backward: cuDNN fused SDPA backward, q ", q.desc(), " k ", k.desc(), " as ", S,
+                     " query chunks of ", n));
+        return;
+      }
+      log_once(str("attn-bwd-chunks-refused-", Lq, "-", Lk, "-", D),
+               str("attention_backward: cuDNN refused the query-chunked batch (", why, "); unchunked"));
+      ok = true;
+    }
     for (const Group& g : groups(pk, B, Lq, Lk)) {
       Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
       Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);

@@ -50,12 +50,9 @@ __global__ void reduce_partials_kernel(const float* __restrict__ part, int64_t G
 
 // Number of row chunks for stage 1: about 2 blocks per SM, never more than the rows.
 int64_t row_chunks(int64_t rows) {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    OSP_CUDA_CHECK(cudaGetDevice(&dev));
-    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n > 0 ? n : 80;
-  }();
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  const int sms = cuda_sm_count(dev);
   return std::max<int64_t>(1, std::min<int64_t>(rows, 2 * int64_t(sms)));
 }
 

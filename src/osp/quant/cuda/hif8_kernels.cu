@@ -17,7 +17,6 @@
 // (StreamShape) was chosen by measurement: docs/PERF.md, "HiF8 codec kernels".
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -36,17 +35,6 @@ namespace osp::quant::cuda {
 namespace {
 
 constexpr int kThreads = kStreamThreads;
-
-int device_sms(int dev) {
-  static std::atomic<int> sms[64] = {};
-  int nsm = dev >= 0 && dev < 64 ? sms[dev].load(std::memory_order_relaxed) : 0;
-  if (nsm <= 0) {
-    OSP_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-    if (nsm <= 0) nsm = 1;
-    if (dev >= 0 && dev < 64) sms[dev].store(nsm, std::memory_order_relaxed);
-  }
-  return nsm;
-}
 
 // ---- the global prefix tables: HiF8 codes (overflow to Inf, saturating), E4M3 codes ----
 constexpr int kLuts = 3;
@@ -370,7 +358,7 @@ unsigned stream_blocks(const void* kernel, int64_t items, Grid g) {
       blocks_per_sm = it->second;
     }
   }
-  const int64_t cap = int64_t(device_sms(dev)) * blocks_per_sm;
+  const int64_t cap = int64_t(cuda_sm_count(dev)) * blocks_per_sm;
   return unsigned(b < cap ? b : cap);
 }
 
