@@ -5,8 +5,10 @@
 // They use a deterministic two-stage reduction, never atomics: stage 1 splits the rows into G
 // chunks (G ≈ 2 blocks per SM) and writes one partial row per chunk into scratch [G, C];
 // stage 2 sums the G partials of every column and adds them to the F32 gradient (+=).
-// Row norms: one block per row (grid-stride over rows); each thread always owns the same
-// columns, so it accumulates its columns' partials in shared memory without atomics.
+// Row norms: one warp per row (rows up to kWarpRowMaxC elements: the statistics and gradient
+// means are warp shuffles, no block barriers per row), else one block per row; either way each
+// thread always owns the same columns, so it accumulates its columns' partials in shared memory
+// without atomics, and the block sums them in a fixed order.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -158,6 +160,97 @@ __global__ void norm_backward_kernel(const TX* __restrict__ x, const TD* __restr
   }
 }
 
+// The same backward with one warp per row: rows r = blockIdx.x·kNormWarps + warp, stride
+// gridDim.x·kNormWarps. Dynamic shared memory (when `part` is set): [kNormWarps][2][C] — each warp's
+// A and B partials; at the end the block sums its warps' in warp order into part[blockIdx.x] (A)
+// and part[gridDim.x + blockIdx.x] (B).
+constexpr int kNormWarps = 4;
+constexpr int64_t kWarpRowMaxC = 6144;  // [4][2][C] F32 = 192 KiB of shared memory at most
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename TX, typename TD, typename TO, int MODE>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    norm_backward_warp_kernel(const TX* __restrict__ x, const TD* __restrict__ dy, TO* __restrict__ dx,
+                              int64_t rows, int64_t C, float eps, const float* __restrict__ w,
+                              float* __restrict__ part, bool want_b) {
+  extern __shared__ float acc[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* accA = acc + int64_t(warp) * 2 * C;
+  float* accB = accA + C;
+  if (part) {
+    for (int64_t c = threadIdx.x; c < int64_t(kNormWarps) * 2 * C; c += blockDim.x) acc[c] = 0.f;
+    __syncthreads();
+  }
+  const float invC = 1.f / float(C);
+  for (int64_t r = int64_t(blockIdx.x) * kNormWarps + warp; r < rows; r += int64_t(gridDim.x) * kNormWarps) {
+    const TX* xr = x + r * C;
+    const TD* dr = dy + r * C;
+    float mean = 0.f, rstd;
+    if (MODE == 2) {
+      float s = 0.f;
+#pragma unroll 4
+      for (int64_t c = lane; c < C; c += 32) {
+        const float v = to_f(xr[c]);
+        s += v * v;
+      }
+      rstd = rsqrtf(warp_sum(s) * invC + eps);
+    } else {
+      float s = 0.f;
+#pragma unroll 4
+      for (int64_t c = lane; c < C; c += 32) s += to_f(xr[c]);
+      mean = warp_sum(s) * invC;
+      float v2 = 0.f;
+#pragma unroll 4
+      for (int64_t c = lane; c < C; c += 32) {
+        const float d = to_f(xr[c]) - mean;
+        v2 += d * d;
+      }
+      rstd = rsqrtf(warp_sum(v2) * invC + eps);
+    }
+    float sg = 0.f, sgx = 0.f;
+#pragma unroll 4
+    for (int64_t c = lane; c < C; c += 32) {
+      const float xh = (to_f(xr[c]) - mean) * rstd;
+      const float d = to_f(dr[c]);
+      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
+      sg += g;
+      sgx += g * xh;
+      if (part) {
+        accA[c] += d * xh;
+        if (want_b) accB[c] += d;
+      }
+    }
+    const float mg = MODE == 2 ? 0.f : warp_sum(sg) * invC;
+    const float mgx = warp_sum(sgx) * invC;
+    TO* orow = dx + r * C;
+#pragma unroll 4
+    for (int64_t c = lane; c < C; c += 32) {
+      const float xh = (to_f(xr[c]) - mean) * rstd;
+      const float d = to_f(dr[c]);
+      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
+      orow[c] = from_f<TO>(rstd * (g - mg - xh * mgx));
+    }
+  }
+  if (part) {
+    __syncthreads();
+    float* pA = part + int64_t(blockIdx.x) * C;
+    float* pB = part + int64_t(gridDim.x + blockIdx.x) * C;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      float a = 0.f, b = 0.f;
+      for (int k = 0; k < kNormWarps; ++k) {
+        a += acc[int64_t(k) * 2 * C + c];
+        b += acc[int64_t(k) * 2 * C + C + c];
+      }
+      pA[c] = a;
+      if (want_b) pB[c] = b;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- elementwise
 __device__ __forceinline__ float gelu_tanh_grad(float x) {
   const float k0 = 0.7978845608028654f, k1 = 0.044715f;
@@ -180,19 +273,19 @@ __global__ void act_backward_kernel(const TX* __restrict__ x, const TD* dy, TO* 
 }
 
 // Inverse rotation: dx0 = dy0·c + dy1·s, dx1 = −dy0·s + dy1·c. One thread per pair (in place ok).
-template <typename TI, typename TO>
-__global__ void rope_backward_kernel(const TI* dy, TO* dx, const float* __restrict__ cs, int64_t R,
-                                     int64_t L, int64_t H, int64_t half, int64_t Rt) {
-  const int64_t n = R * L * H * half;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = i % half, rest = i / half;
-    const int64_t l = (rest / H) % L, r = rest / (H * L);
-    const float* t = cs + (((r % Rt) * L + l) * half + p) * 2;
-    const float c = t[0], s = t[1];
-    const float a = to_f(dy[2 * i]), b = to_f(dy[2 * i + 1]);
-    dx[2 * i] = from_f<TO>(a * c + b * s);
-    dx[2 * i + 1] = from_f<TO>(b * c - a * s);
+// IDX: the index type — 32-bit when the pairs fit (the DiT's 25M pairs: 64-bit division is
+// emulated and dominated this memory-bound kernel), else 64-bit.
+template <typename TI, typename TO, typename IDX>
+__global__ void rope_backward_kernel(const TI* dy, TO* dx, const float* __restrict__ cs, IDX R,
+                                     IDX L, IDX H, IDX half, IDX Rt) {
+  const IDX n = R * L * H * half;
+  for (IDX i = blockIdx.x * IDX(blockDim.x) + threadIdx.x; i < n; i += IDX(gridDim.x) * blockDim.x) {
+    const IDX p = i % half, rest = i / half;
+    const IDX lr = rest / H, l = lr % L, r = lr / L;
+    const float2 t = *reinterpret_cast<const float2*>(cs + ((int64_t(r % Rt) * L + l) * half + p) * 2);
+    const float a = to_f(dy[2 * int64_t(i)]), b = to_f(dy[2 * int64_t(i) + 1]);
+    dx[2 * int64_t(i)] = from_f<TO>(a * t.x + b * t.y);
+    dx[2 * int64_t(i) + 1] = from_f<TO>(b * t.x - a * t.y);
   }
 }
 
@@ -294,6 +387,25 @@ void norm_backward(const Tensor& x, const float* w, float eps, const Tensor& dy,
             dx.desc());
   if (rows == 0 || C == 0) return;
   const bool params = gA || gB;
+  if (C <= kWarpRowMaxC) {
+    // One warp per row; about 4 blocks per SM when reducing parameter gradients (their shared
+    // partials cap the blocks per SM anyway), else enough blocks for every row.
+    const int64_t warp_rows = (rows + kNormWarps - 1) / kNormWarps;
+    const int64_t G = params ? std::min<int64_t>(warp_rows, 2 * row_chunks(rows)) : std::min<int64_t>(warp_rows, 65535 * 8);
+    float* part = params ? static_cast<float*>(scratch(size_t(2 * G * C) * 4)) : nullptr;
+    const size_t smem = params ? size_t(kNormWarps) * 2 * size_t(C) * 4 : 0;
+    dispatch3(x.dtype(), dy.dtype(), dx.dtype(), op, [&]<typename TX, typename TD, typename TO>() {
+      auto k = norm_backward_warp_kernel<TX, TD, TO, MODE>;
+      if (smem > 48 * 1024)
+        OSP_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      k<<<unsigned(G), kNormWarps * 32, smem, stream()>>>(x.data<TX>(), dy.data<TD>(), dx.data<TO>(), rows, C, eps,
+                                                          w, part, gB != nullptr);
+    });
+    OSP_CUDA_LAUNCH_CHECK("norm_backward_warp_kernel");
+    if (gA) reduce_partials(part, G, C, gA);
+    if (gB) reduce_partials(part + G * C, G, C, gB);
+    return;
+  }
   const int64_t G = params ? row_chunks(rows) : std::min<int64_t>(rows, 65535 * 8);
   float* part = params ? static_cast<float*>(scratch(size_t(2 * G * C) * 4)) : nullptr;
   const size_t smem = params ? size_t(2 * C) * 4 : 0;
@@ -440,8 +552,13 @@ void rope_backward(const Tensor& dy, const Tensor& cos_sin, Tensor& dx) {
   const int64_t n = R * L * H * half;
   if (n == 0) return;
   dispatch2(dy.dtype(), dx.dtype(), op, [&]<typename TI, typename TO>() {
-    rope_backward_kernel<TI, TO><<<grid_for(n), 256, 0, stream()>>>(
-        dy.data<TI>(), dx.data<TO>(), cos_sin.data<float>(), R, L, H, half, cos_sin.size(0));
+    if (n < (int64_t(1) << 31))
+      rope_backward_kernel<TI, TO, uint32_t><<<grid_for(n), 256, 0, stream()>>>(
+          dy.data<TI>(), dx.data<TO>(), cos_sin.data<float>(), uint32_t(R), uint32_t(L), uint32_t(H),
+          uint32_t(half), uint32_t(cos_sin.size(0)));
+    else
+      rope_backward_kernel<TI, TO, int64_t><<<grid_for(n), 256, 0, stream()>>>(
+          dy.data<TI>(), dx.data<TO>(), cos_sin.data<float>(), R, L, H, half, cos_sin.size(0));
   });
   OSP_CUDA_LAUNCH_CHECK("rope_backward_kernel");
 }
