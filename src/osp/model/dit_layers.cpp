@@ -319,7 +319,9 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   c.lap(ProfStage::BwdSelfAttn);
   const Tensor& tab = sp.rope_table(i);
   const Shape rope_shape{B * tab.size(0), n / tab.size(0), H, D};
-  Tensor dqn = Tensor::empty({B, n, d}, F32, c.dev), dkn = Tensor::empty({B, n, d}, F32, c.dev);
+  // dL/d(linear outputs) go straight into the dtype the q/k backward GEMMs read (same bits).
+  Tensor dqn = Tensor::empty({B, n, d}, cfg.qk_norm ? F32 : q.grad_dtype(c), c.dev);
+  Tensor dkn = Tensor::empty({B, n, d}, cfg.qk_norm ? F32 : k.grad_dtype(c), c.dev);
   {
     Tensor a = dqn.view(rope_shape), b = dkn.view(rope_shape);
     ops::rope_backward(dqr.view(rope_shape), tab, a);
@@ -327,8 +329,8 @@ void SelfAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg,
   }
   Tensor dq = dqn, dk = dkn;  // dL/d(linear outputs)
   if (cfg.qk_norm) {
-    dq = Tensor::empty({B, n, d}, F32, c.dev);
-    dk = Tensor::empty({B, n, d}, F32, c.dev);
+    dq = Tensor::empty({B, n, d}, q.grad_dtype(c), c.dev);
+    dk = Tensor::empty({B, n, d}, k.grad_dtype(c), c.dev);
     ops::rms_norm_backward(tp.at("q"), norm_q.v, cfg.eps, dqn, dq, norm_q.grad());
     ops::rms_norm_backward(tp.at("k"), norm_k.v, cfg.eps, dkn, dk, norm_k.grad());
   }
@@ -424,7 +426,7 @@ void CrossAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg
   Tensor dtc = Tensor::empty({B, Lt, d}, F32, c.dev);
   v.backward(c, ctx, dcv.view({B, Lt, d}), &dtc, ctxin.xf);
   ops::add_gated_(dctx, dtc, nullptr);
-  Tensor dck0 = Tensor::empty({B, Lt, d}, F32, c.dev);
+  Tensor dck0 = Tensor::empty({B, Lt, d}, k.grad_dtype(c), c.dev);
   if (cfg.qk_norm)
     ops::rms_norm_backward(tp.at("ck_pre"), norm_k.v, cfg.eps, dck.view({B, Lt, d}), dck0,
                            norm_k.grad());
@@ -432,7 +434,7 @@ void CrossAttention::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg
     dck0.copy_from(dck.view({B, Lt, d}));
   k.backward(c, ctx, dck0, &dtc, ctxin.xf);
   ops::add_gated_(dctx, dtc, nullptr);
-  Tensor dcq0 = Tensor::empty({B, n, d}, F32, c.dev);
+  Tensor dcq0 = Tensor::empty({B, n, d}, q.grad_dtype(c), c.dev);
   if (cfg.qk_norm)
     ops::rms_norm_backward(tp.at("cq_pre"), norm_q.v, cfg.eps, dcq.view({B, n, d}), dcq0,
                            norm_q.grad());
@@ -469,9 +471,11 @@ void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) cons
 
 void FFN::backward(const Ctx& c, const Tape& tp, const Tensor& dy, Tensor& dh) {
   const Tensor& f1p = tp.at("f1_pre");
-  Tensor df1 = Tensor::empty(f1p.shape(), DType::F32, c.dev);
+  // dL/d(GELU output) in the activation dtype (bf16 on CUDA, as autocast keeps it; F32 on the
+  // CPU), dL/d(fc1 output) in what fc1's backward reads: two [n, ffn] buffers, the block's largest.
+  Tensor df1 = Tensor::empty(f1p.shape(), c.act, c.dev);
   fc2.backward(c, tp.at("f1q"), dy, &df1, tp.find("f1q.f"));
-  Tensor df1p = Tensor::empty(f1p.shape(), DType::F32, c.dev);
+  Tensor df1p = Tensor::empty(f1p.shape(), fc1.grad_dtype(c), c.dev);
   ops::gelu_tanh_backward(f1p, df1, df1p);
   fc1.backward(c, tp.at("h2q"), df1p, &dh, tp.find("h2q.f"));
 }

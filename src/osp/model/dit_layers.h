@@ -167,6 +167,10 @@ struct Linear {
   // LoRA, xf is its float input (null: x) and the branch's backward follows (dx +=).
   void backward(const Ctx& c, const Tensor& x, const Tensor& dy, Tensor* dx,
                 const Tensor* xf = nullptr);
+  // The dtype in which a caller may hand backward its dy without changing a bit of the result:
+  // the GEMM's (c.act) — backward converts to it anyway — unless dy is HiF8-quantized (a block
+  // linear under QAT quantizes from the F32 value) or a LoRA branch reads it: F32 then.
+  DType grad_dtype(const Ctx& c) const { return (block && c.hif8_qat()) || lora.active() ? DType::F32 : c.act; }
 };
 
 // Self-attention of block i on h [B, n, d] (this block's layout):

@@ -79,8 +79,9 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   // o, o-in, y, h3, cq_pre, cq, oc, oc-in, h2, y3), 3 F32 [n, d] residual copies (x0, x1, x2),
   // 2 act [n, ffn] (f1_pre, f1), 2 F32 lse [H, n]; cross-attention keys/values 3 act [Lt, d].
   auto tape = [&](double n) { return B * n * (16 * d * a + 2 * f * a + 3 * d * 4 + 2 * H * 4) + B * Lt * d * 3 * a; };
-  // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and one F32 [n, ffn].
-  auto scratch = [&](double n) { return B * n * (6 * d * 4 + f * 4); };
+  // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and the FFN's two act
+  // [n, ffn] (dL/d GELU output, dL/d fc1 output).
+  auto scratch = [&](double n) { return B * n * (6 * d * 4 + 2 * f * a); };
   // Kept self-attention results (keep_attention): o act [n, d] + lse F32 [H, n] per block.
   const bool keep_attn = in.activation_checkpointing && in.keep_attention;
   double ckpt = 0, kept_attn = 0, tape_max = 0, scratch_max = 0;
@@ -140,7 +141,7 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
                                    : "no checkpointing: every block's tape"},
       {"block tape", in.activation_checkpointing ? tape_max : 0,
        in.activation_checkpointing ? "one block recomputed for its backward" : "(in block tapes)"},
-      {"backward scratch", scratch_max, "one block's F32 gradients"},
+      {"backward scratch", scratch_max, "one block's activation gradients"},
       {"full-sequence tensors", B * N * (2 * d * 4 + d * a + K * a + 2 * Kout * 4),
        "x_full and its gradient (F32 [N, dim]), patch embedding, head output and its gradient"},
       {"communication buffers", exch + 2 * double(in.bucket_bytes) + inflight,
