@@ -7,6 +7,7 @@
 
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
+#include "osp/core/scope_exit.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
@@ -571,10 +572,7 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
       layers::Ctx rc = ctx(true, &tp, pk);
       if (!train_.attn_kept.empty()) rc.attn_keep = &train_.attn_kept[size_t(i)];
       {
-        struct Unpause {
-          StageProfiler& p;
-          ~Unpause() { p.set_paused(false); }
-        } unpause{prof_};
+        auto unpause = on_scope_exit([&] { prof_.set_paused(false); });
         prof_.set_paused(true);
         blocks_[size_t(i)].forward(rc, c, i, xr, ctx_lin, train_.e0, sp);
       }

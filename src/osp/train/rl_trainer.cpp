@@ -19,6 +19,7 @@
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/philox.h"
+#include "osp/core/scope_exit.h"
 #include "osp/io/atomic_file.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/lora.h"
@@ -658,11 +659,9 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   auto save = [&](int64_t it) {
     // A save requested by Ctrl-C finishes: the writers' own safe points are held off meanwhile
     // (a second Ctrl-C still ends the process at once, removing the temporary folder).
-    struct HoldInterrupt {
-      bool was = interrupted();
-      HoldInterrupt() { set_interrupted(false); }
-      ~HoldInterrupt() { set_interrupted(was || interrupted()); }
-    } hold;
+    const bool was_interrupted = interrupted();
+    set_interrupted(false);
+    auto hold = on_scope_exit([&] { set_interrupted(was_interrupted || interrupted()); });
     const std::string name = rl_checkpoint_name(it);
     const fs::path dir = fs::path(o.out) / name;
     if (!writer) {  // every rank holds the same LoRA and optimizer state; rank 0 writes them

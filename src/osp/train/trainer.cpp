@@ -14,6 +14,7 @@
 #include "osp/core/error.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"
+#include "osp/core/scope_exit.h"
 #include "osp/io/atomic_file.h"
 #include "osp/train/adamw.h"
 #include "osp/train/checkpoint.h"
@@ -348,14 +349,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   else adamw = std::make_unique<AdamW>(params, acfg);
   // The model reaches the optimizer through the hooks while this call runs (cleared on return;
   // the groups' gradients stay released).
-  struct HookGuard {
-    TrainModel& m;
-    ~HookGuard() { m.set_gradient_hooks({}, {}); }
-  } hook_guard{model};
-  struct ForwardHookGuard {
-    TrainModel& m;
-    ~ForwardHookGuard() { m.set_forward_hooks({}, {}); }
-  } fwd_hook_guard{model};
+  auto clear_hooks = on_scope_exit([&] {
+    model.set_gradient_hooks({}, {});
+    model.set_forward_hooks({}, {});
+  });
   if (opt.shard_weights) {
     // ZeRO-3: a block's weights are gathered before its forward (the next block's gather
     // prefetched where the communicator overlaps) and before its backward (the previous block's
@@ -402,16 +399,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
     for (const auto& [a, b] : released)
       for (size_t k = a; k < b; ++k) *params[k].grad = Tensor();
   };
-  struct RestoreGrads {
-    const std::vector<std::pair<size_t, size_t>>& groups;
-    const std::function<void(size_t, size_t)> allocate;
-    ~RestoreGrads() {
-      try {
-        for (const auto& [a, b] : groups) allocate(a, b);
-      } catch (...) {  // out of memory while unwinding: the table is left with released gradients
-      }
-    }
-  } restore_grads{released, allocate_grads};
+  // (out of memory while unwinding: the table is left with released gradients)
+  auto restore_grads = on_scope_exit([&] {
+    for (const auto& [a, b] : released) allocate_grads(a, b);
+  });
   // Overlapped reduction (several ranks, unsharded: TrainOptions::overlap_reduction): after the
   // last micro-batch's backward of block g, its gradients are summed over the world without
   // waiting (mean over DP of SP sums = world sum / D; no block parameter is SP-replicated); the
@@ -431,16 +422,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   }
   int micro_now = 0, micro_last = 0;  // the micro-batch running, and the step's last one
   std::vector<int> tickets;
-  struct WaitTickets {  // a step left by an exception must not leave reductions writing into freed gradients
-    std::vector<int>& t;
-    const ParallelGroups* g;
-    ~WaitTickets() {
-      try {
-        if (!t.empty() && g && g->world) g->world->wait(t.back());
-      } catch (...) {
-      }
-    }
-  } wait_tickets{tickets, groups};
+  // a step left by an exception must not leave reductions writing into freed gradients
+  auto wait_tickets = on_scope_exit([&] {
+    if (!tickets.empty() && groups && groups->world) groups->world->wait(tickets.back());
+  });
   // Transient weights (unsharded optimizer, TrainOptions::transient_weights): a block's compute
   // copy is made from its fp32 master just before the block's forward and again before its
   // backward (the checkpoint recompute), and freed after each; AdamW then updates the masters
@@ -464,16 +449,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   auto drop_values = [&](size_t g) {
     for (size_t k = transient.at(g).first; k < transient.at(g).second; ++k) *params[k].value = Tensor();
   };
-  struct RestoreValues {
-    const std::vector<std::pair<size_t, size_t>>& groups;
-    const std::function<void(size_t)> make;
-    ~RestoreValues() {
-      try {
-        for (size_t g = 0; g < groups.size(); ++g) make(g);
-      } catch (...) {  // out of memory while unwinding: the table is left with released values
-      }
-    }
-  } restore_values{transient, make_values};
+  // (out of memory while unwinding: the table is left with released values)
+  auto restore_values = on_scope_exit([&] {
+    for (size_t g = 0; g < transient.size(); ++g) make_values(g);
+  });
   if (!transient.empty())
     OSP_CHECK(model.set_forward_hooks(make_values, drop_values),
               "--transient-weights: this model cannot make its weights per block (no forward hooks)");
@@ -600,13 +579,9 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   };
 
   TrainResult result;
-  struct ProfileOff {  // the model's profiler is the run's only while it runs
-    TrainModel& m;
-    bool on;
-    ~ProfileOff() {
-      if (on) m.set_profiling(false);
-    }
-  } profile_off{model, opt.profile};
+  auto profile_off = on_scope_exit([&] {  // the model's profiler is the run's only while it runs
+    if (opt.profile) model.set_profiling(false);
+  });
   if (opt.profile) model.set_profiling(true);
   std::ofstream logf;
   if (writer) {
