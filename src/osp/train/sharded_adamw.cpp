@@ -151,11 +151,7 @@ void ShardedAdamW::end_group(size_t g) {
     }
     InFlight f{&w, Tensor::empty({w.chunk * M}, DType::F32, shard_.device()),
                Tensor::empty({w.chunk}, DType::F32, shard_.device())};
-    if (w.chunk * M > w.len) {
-      Tensor tail = f.send.slice(0, w.len, w.chunk * M);
-      tail.zero_();
-    }
-    pack(true, w.start, w.len, f.send);
+    pack_window_grads(w, f.send);
     pending_ticket_ = shard_comm_->reduce_scatter_start(f.send, f.recv);
     pending_.push_back(std::move(f));
   }
@@ -165,14 +161,24 @@ void ShardedAdamW::end_group(size_t g) {
   }
 }
 
+void ShardedAdamW::pack_window_grads(const Window& w, Tensor& dst) const {
+  const int64_t n = w.chunk * shard_size_;
+  if (n > w.len) {
+    Tensor tail = dst.slice(0, w.len, n);
+    tail.zero_();
+  }
+  pack(true, w.start, w.len, dst);
+}
+
+Tensor ShardedAdamW::gather_buffer(const Window& w, bool staging, int64_t off) const {
+  const Tensor& t = w.gather == DType::BF16 ? (staging ? stage16_ : buf16_) : (staging ? stage_ : buf_);
+  return t.slice(0, off, off + w.chunk * shard_size_);
+}
+
 void ShardedAdamW::reduce_window(const Window& w, bool add) {
   const int M = shard_size_;
   Tensor b = buf_.slice(0, 0, w.chunk * M);
-  if (w.chunk * M > w.len) {
-    Tensor tail = b.slice(0, w.len, w.chunk * M);
-    tail.zero_();
-  }
-  pack(true, w.start, w.len, b);
+  pack_window_grads(w, b);
   Tensor mine = shard_grad_.slice(0, w.shard_off, w.shard_off + w.chunk);
   Tensor dst = add ? chunk_buf_.slice(0, 0, w.chunk) : mine;
   if (M > 1) shard_comm_->reduce_scatter(b, dst);
@@ -409,7 +415,7 @@ void ShardedAdamW::prefetch_group(size_t g) {
     if (w.group != int(g)) continue;
     send_.push_back(send_window(w));
     int64_t& off = w.gather == DType::BF16 ? off16 : off32;
-    Tensor b = (w.gather == DType::BF16 ? stage16_ : stage_).slice(0, off, off + w.chunk * shard_size_);
+    Tensor b = gather_buffer(w, true, off);
     if (gather_comm_) stage_ticket_ = gather_comm_->all_gather_start(send_.back(), b);
     else b.copy_from(send_.back());
     off += w.chunk * shard_size_;
@@ -451,7 +457,7 @@ void ShardedAdamW::gather_group(size_t g) {
     for (const Window& w : win_) {
       if (w.group != int(g)) continue;
       int64_t& off = w.gather == DType::BF16 ? off16 : off32;
-      unpack_values(w.start, w.len, (w.gather == DType::BF16 ? stage16_ : stage_).slice(0, off, off + w.chunk * M));
+      unpack_values(w.start, w.len, gather_buffer(w, true, off));
       off += w.chunk * M;
     }
     staged_ = -1;
@@ -463,7 +469,7 @@ void ShardedAdamW::gather_group(size_t g) {
   for (const Window& w : win_) {
     if (w.group != int(g)) continue;
     const Tensor mine = send_window(w);
-    Tensor b = (w.gather == DType::BF16 ? buf16_ : buf_).slice(0, 0, w.chunk * M);
+    Tensor b = gather_buffer(w, false, 0);
     if (gather_comm_) gather_comm_->all_gather(mine, b);
     else b.copy_from(mine);
     unpack_values(w.start, w.len, b);

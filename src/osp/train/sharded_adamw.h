@@ -188,6 +188,12 @@ class ShardedAdamW {
   int pending_ticket_ = -1;
   // Copies flat range [a, a + n) of the table (values or grads) into dst[0, n) or back.
   void pack(bool grads, int64_t a, int64_t n, Tensor& dst) const;
+  // Window w's gradients packed into dst [w.chunk · shard ranks], the tail past w.len zeroed: what
+  // its reduce-scatter sends.
+  void pack_window_grads(const Window& w, Tensor& dst) const;
+  // Where group windows of w's gather dtype land: the prefetch staging (stage_/stage16_) or the
+  // blocking buffers (buf_/buf16_), [off, off + w.chunk · shard ranks).
+  Tensor gather_buffer(const Window& w, bool staging, int64_t off) const;
   void unpack_values(int64_t a, int64_t n, const Tensor& src);
   // Every rank's updated shard → every parameter's value (one all_gather per window); with weight
   // sharding the windows of the groups are skipped (gathered by gather_group when needed).
