@@ -88,12 +88,79 @@ __global__ void column_partials_kernel(const TA* __restrict__ a, const TB* __res
   if (part) part[g * C + c] = s;
 }
 
-// ---------------------------------------------------------------- row norms
-// MODE 0: LayerNorm, optional affine w (g = dy·w), partial A = Σ dy·x̂ (dw), B = Σ dy (db).
-// MODE 1: LayerNorm modulate, g = dy·(1 + scale), A = Σ dy·x̂ (dscale), B = Σ dy (dshift).
-// MODE 2: RMSNorm, g = dy·w, A = Σ dy·x̂ (dw).
-// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) for LayerNorm, rstd·(g − x̂·mean(g·x̂)) for RMSNorm.
-// Dynamic shared memory: [C] for A and [C] for B when `part` is set.
+// One row r of a norm backward, computed by a team of threads (a whole block, or one warp):
+// lane `t` of `n` owns columns t, t + n, …; Team::sum(v) gives every member the team's sum.
+// accA/accB (when part is set): this member's columns' parameter-gradient partials.
+template <typename Team, typename TX, typename TD, typename TO, int MODE>
+__device__ __forceinline__ void norm_backward_row(const Team& team, const TX* __restrict__ xr,
+                                                  const TD* __restrict__ dr, TO* __restrict__ orow,
+                                                  int64_t C, float eps, const float* __restrict__ w,
+                                                  float* accA, float* accB) {
+  const int64_t t0 = team.first, step = team.size;
+  const float invC = 1.f / float(C);
+  float mean = 0.f, rstd;
+  if (MODE == 2) {
+    float s = 0.f;
+#pragma unroll 4
+    for (int64_t c = t0; c < C; c += step) {
+      const float v = to_f(xr[c]);
+      s += v * v;
+    }
+    rstd = rsqrtf(team.sum(s) * invC + eps);
+  } else {
+    float s = 0.f;
+#pragma unroll 4
+    for (int64_t c = t0; c < C; c += step) s += to_f(xr[c]);
+    mean = team.sum(s) * invC;
+    float v2 = 0.f;
+#pragma unroll 4
+    for (int64_t c = t0; c < C; c += step) {
+      const float d = to_f(xr[c]) - mean;
+      v2 += d * d;
+    }
+    rstd = rsqrtf(team.sum(v2) * invC + eps);
+  }
+  float sg = 0.f, sgx = 0.f;
+#pragma unroll 4
+  for (int64_t c = t0; c < C; c += step) {
+    const float xh = (to_f(xr[c]) - mean) * rstd;
+    const float d = to_f(dr[c]);
+    const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
+    sg += g;
+    sgx += g * xh;
+    if (accA) {
+      accA[c] += d * xh;
+      if (accB) accB[c] += d;
+    }
+  }
+  const float mg = MODE == 2 ? 0.f : team.sum(sg) * invC;
+  const float mgx = team.sum(sgx) * invC;
+#pragma unroll 4
+  for (int64_t c = t0; c < C; c += step) {
+    const float xh = (to_f(xr[c]) - mean) * rstd;
+    const float d = to_f(dr[c]);
+    const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
+    orow[c] = from_f<TO>(rstd * (g - mg - xh * mgx));
+  }
+}
+
+struct BlockTeam {
+  int64_t first, size;
+  float* red;  // [33] shared
+  __device__ float sum(float v) const { return block_sum(v, red); }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+struct WarpTeam {
+  int64_t first, size;
+  __device__ float sum(float v) const { return warp_sum(v); }
+};
+
+// One block per row (grid-stride over rows). Dynamic shared memory: [C] for A and [C] for B when
+// `part` is set.
 template <typename TX, typename TD, typename TO, int MODE>
 __global__ void norm_backward_kernel(const TX* __restrict__ x, const TD* __restrict__ dy,
                                      TO* __restrict__ dx, int64_t rows, int64_t C, float eps,
@@ -101,61 +168,18 @@ __global__ void norm_backward_kernel(const TX* __restrict__ x, const TD* __restr
                                      bool want_b) {
   extern __shared__ float acc[];  // [C] A, then [C] B
   __shared__ float red[33];
-  float* accA = acc;
-  float* accB = acc + C;
   if (part)
     for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) acc[c] = 0.f;
-  const float invC = 1.f / float(C);
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const TX* xr = x + r * C;
-    const TD* dr = dy + r * C;
-    float mean = 0.f, rstd;
-    if (MODE == 2) {
-      float s = 0.f;
-      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        const float v = to_f(xr[c]);
-        s += v * v;
-      }
-      rstd = rsqrtf(block_sum(s, red) * invC + eps);
-    } else {
-      float s = 0.f;
-      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += to_f(xr[c]);
-      mean = block_sum(s, red) * invC;
-      float v2 = 0.f;
-      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        const float d = to_f(xr[c]) - mean;
-        v2 += d * d;
-      }
-      rstd = rsqrtf(block_sum(v2, red) * invC + eps);
-    }
-    float sg = 0.f, sgx = 0.f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float xh = (to_f(xr[c]) - mean) * rstd;
-      const float d = to_f(dr[c]);
-      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
-      sg += g;
-      sgx += g * xh;
-      if (part) {
-        accA[c] += d * xh;
-        if (want_b) accB[c] += d;
-      }
-    }
-    const float mg = MODE == 2 ? 0.f : block_sum(sg, red) * invC;
-    const float mgx = block_sum(sgx, red) * invC;
-    TO* orow = dx + r * C;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float xh = (to_f(xr[c]) - mean) * rstd;
-      const float d = to_f(dr[c]);
-      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
-      orow[c] = from_f<TO>(rstd * (g - mg - xh * mgx));
-    }
-  }
+  const BlockTeam team{threadIdx.x, blockDim.x, red};
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    norm_backward_row<BlockTeam, TX, TD, TO, MODE>(team, x + r * C, dy + r * C, dx + r * C, C, eps, w,
+                                                   part ? acc : nullptr, part && want_b ? acc + C : nullptr);
   if (part) {
     float* pA = part + int64_t(blockIdx.x) * C;
     float* pB = part + int64_t(gridDim.x + blockIdx.x) * C;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      pA[c] = accA[c];
-      if (want_b) pB[c] = accB[c];
+      pA[c] = acc[c];
+      if (want_b) pB[c] = acc[C + c];
     }
   }
 }
@@ -167,11 +191,6 @@ __global__ void norm_backward_kernel(const TX* __restrict__ x, const TD* __restr
 constexpr int kNormWarps = 4;
 constexpr int64_t kWarpRowMaxC = 6144;  // [4][2][C] F32 = 192 KiB of shared memory at most
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <typename TX, typename TD, typename TO, int MODE>
 __global__ void __launch_bounds__(kNormWarps * 32)
     norm_backward_warp_kernel(const TX* __restrict__ x, const TD* __restrict__ dy, TO* __restrict__ dx,
@@ -180,61 +199,14 @@ __global__ void __launch_bounds__(kNormWarps * 32)
   extern __shared__ float acc[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* accA = acc + int64_t(warp) * 2 * C;
-  float* accB = accA + C;
   if (part) {
     for (int64_t c = threadIdx.x; c < int64_t(kNormWarps) * 2 * C; c += blockDim.x) acc[c] = 0.f;
     __syncthreads();
   }
-  const float invC = 1.f / float(C);
-  for (int64_t r = int64_t(blockIdx.x) * kNormWarps + warp; r < rows; r += int64_t(gridDim.x) * kNormWarps) {
-    const TX* xr = x + r * C;
-    const TD* dr = dy + r * C;
-    float mean = 0.f, rstd;
-    if (MODE == 2) {
-      float s = 0.f;
-#pragma unroll 4
-      for (int64_t c = lane; c < C; c += 32) {
-        const float v = to_f(xr[c]);
-        s += v * v;
-      }
-      rstd = rsqrtf(warp_sum(s) * invC + eps);
-    } else {
-      float s = 0.f;
-#pragma unroll 4
-      for (int64_t c = lane; c < C; c += 32) s += to_f(xr[c]);
-      mean = warp_sum(s) * invC;
-      float v2 = 0.f;
-#pragma unroll 4
-      for (int64_t c = lane; c < C; c += 32) {
-        const float d = to_f(xr[c]) - mean;
-        v2 += d * d;
-      }
-      rstd = rsqrtf(warp_sum(v2) * invC + eps);
-    }
-    float sg = 0.f, sgx = 0.f;
-#pragma unroll 4
-    for (int64_t c = lane; c < C; c += 32) {
-      const float xh = (to_f(xr[c]) - mean) * rstd;
-      const float d = to_f(dr[c]);
-      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
-      sg += g;
-      sgx += g * xh;
-      if (part) {
-        accA[c] += d * xh;
-        if (want_b) accB[c] += d;
-      }
-    }
-    const float mg = MODE == 2 ? 0.f : warp_sum(sg) * invC;
-    const float mgx = warp_sum(sgx) * invC;
-    TO* orow = dx + r * C;
-#pragma unroll 4
-    for (int64_t c = lane; c < C; c += 32) {
-      const float xh = (to_f(xr[c]) - mean) * rstd;
-      const float d = to_f(dr[c]);
-      const float g = MODE == 1 ? d * (1.f + w[c]) : (w ? d * w[c] : d);
-      orow[c] = from_f<TO>(rstd * (g - mg - xh * mgx));
-    }
-  }
+  const WarpTeam team{lane, 32};
+  for (int64_t r = int64_t(blockIdx.x) * kNormWarps + warp; r < rows; r += int64_t(gridDim.x) * kNormWarps)
+    norm_backward_row<WarpTeam, TX, TD, TO, MODE>(team, x + r * C, dy + r * C, dx + r * C, C, eps, w,
+                                                  part ? accA : nullptr, part && want_b ? accA + C : nullptr);
   if (part) {
     __syncthreads();
     float* pA = part + int64_t(blockIdx.x) * C;
