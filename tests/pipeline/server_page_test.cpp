@@ -128,32 +128,43 @@ TEST(ServerPage, GenerationFromThePageShowsTheVideo) {
   const size_t id0 = tag.find("/v1/generations/") + std::string("/v1/generations/").size();
   const std::string job = tag.substr(id0, tag.find('/', id0) - id0);
   ASSERT_FALSE(job.empty()) << tag;
+  // Chromium decodes the <video> on a media thread that its virtual time does not wait for, so a
+  // capture can come before the first frame is painted (seen once in a clean-clone run: a full bar,
+  // 0 coloured pixels in 3 s): up to three captures, the first that shows the frame counts.
   const std::string shot = (root / "page.png").string();
-  run_capture(browser + "--screenshot=" + shot + " 'http://127.0.0.1:" + std::to_string(s.port) + "/?job=" + job +
-              "' 2>/dev/null");
-  ASSERT_TRUE(fs::exists(shot)) << "chromium wrote no screenshot";
-  const Tensor img = io::read_png(shot);
-  ASSERT_EQ(img.dim(), 3);
-  const int64_t H = img.size(0), W = img.size(1);
-  const uint8_t* px = img.data<uint8_t>();
-  auto at = [&](int64_t y, int64_t x, int c) { return int(px[(y * W + x) * 3 + c]); };
-  // Find the bar: the row with the most #3a7 (51, 170, 119) pixels.
-  int64_t bar_y = -1, bar_count = 0;
-  for (int64_t y = 0; y < H; ++y) {
-    int64_t n = 0;
-    for (int64_t x = 0; x < W; ++x)
-      n += std::abs(at(y, x, 0) - 51) < 12 && std::abs(at(y, x, 1) - 170) < 12 && std::abs(at(y, x, 2) - 119) < 12;
-    if (n > bar_count) bar_count = n, bar_y = y;
+  int64_t W = 0, bar_count = 0, colourful = 0;
+  for (int attempt = 0; attempt < 3 && colourful <= 2000; ++attempt) {
+    fs::remove(shot);
+    run_capture(browser + "--run-all-compositor-stages-before-draw --screenshot=" + shot + " 'http://127.0.0.1:" +
+                std::to_string(s.port) + "/?job=" + job + "' 2>/dev/null");
+    ASSERT_TRUE(fs::exists(shot)) << "chromium wrote no screenshot";
+    const Tensor img = io::read_png(shot);
+    ASSERT_EQ(img.dim(), 3);
+    const int64_t H = img.size(0);
+    W = img.size(1);
+    const uint8_t* px = img.data<uint8_t>();
+    auto at = [&](int64_t y, int64_t x, int c) { return int(px[(y * W + x) * 3 + c]); };
+    // Find the bar: the row with the most #3a7 (51, 170, 119) pixels.
+    int64_t bar_y = -1;
+    bar_count = 0;
+    for (int64_t y = 0; y < H; ++y) {
+      int64_t n = 0;
+      for (int64_t x = 0; x < W; ++x)
+        n += std::abs(at(y, x, 0) - 51) < 12 && std::abs(at(y, x, 1) - 170) < 12 && std::abs(at(y, x, 2) - 119) < 12;
+      if (n > bar_count) bar_count = n, bar_y = y;
+    }
+    colourful = 0;
+    for (int64_t y = bar_y + 40; y < H; ++y)
+      for (int64_t x = 0; x < W; ++x) {
+        const int mx = std::max({at(y, x, 0), at(y, x, 1), at(y, x, 2)});
+        const int mn = std::min({at(y, x, 0), at(y, x, 1), at(y, x, 2)});
+        colourful += mx - mn > 80;
+      }
+    if (colourful <= 2000) std::printf("[ page    ] capture %d: no video frame yet (%lld coloured px); again\n", attempt + 1,
+                                       (long long)colourful);
   }
   EXPECT_GT(bar_count, W * 8 / 10) << "the progress bar is not full (" << bar_count << " of " << W << " px green)";
-  int64_t colourful = 0;
-  for (int64_t y = bar_y + 40; y < H; ++y)
-    for (int64_t x = 0; x < W; ++x) {
-      const int mx = std::max({at(y, x, 0), at(y, x, 1), at(y, x, 2)});
-      const int mn = std::min({at(y, x, 0), at(y, x, 1), at(y, x, 2)});
-      colourful += mx - mn > 80;
-    }
-  EXPECT_GT(colourful, 2000) << "no video frame drawn below the status line";
+  EXPECT_GT(colourful, 2000) << "no video frame drawn below the status line (three captures)";
   EXPECT_EQ(s.stop(), 0) << s.log;
   fs::remove_all(root);
 }
