@@ -74,7 +74,8 @@ struct Job {
   int step = 0, steps = 0;
   double eta_s = -1;
   std::string error;
-  std::string out;  // the output path once written
+  std::string out;     // the output path once written
+  std::string poster;  // MP4 jobs with libpng: the first frame as PNG (<out stem>.poster.png), else empty
   Clock::time_point created, started, finished;
   uint64_t version = 0;  // bumped on every change (events wait on it)
 };
@@ -145,8 +146,24 @@ struct Server::Impl {
     if (j.state == State::Succeeded) {
       if (png) s["frames_url"] = "/v1/generations/" + j.id + "/frames/0";
       else s["video_url"] = "/v1/generations/" + j.id + "/video";
+      if (!j.poster.empty()) s["poster_url"] = "/v1/generations/" + j.id + "/poster";
     }
     return s;
+  }
+
+  // The first frame of an MP4 job as a PNG beside it (the page's <video poster>: shown before the
+  // video's first frame is decoded). Best effort: no libpng, no frames or a write error give none.
+  std::string write_poster(const std::string& out, const Tensor& rgb) {
+    if (png || !io::png_available() || !rgb.defined() || rgb.dim() != 4 || rgb.size(0) < 1) return "";
+    try {
+      const std::string path = (fs::path(out).parent_path() / (fs::path(out).stem().string() + ".poster.png")).string();
+      const Tensor first = rgb.select(0, 0).contiguous();
+      io::write_png(path, first.data<uint8_t>(), int(first.size(1)), int(first.size(0)));
+      return path;
+    } catch (const Error& e) {
+      log_info("no poster image for ", out, ": ", e.what());
+      return "";
+    }
   }
 
   void touch(Job& j) {  // m held
@@ -191,7 +208,7 @@ struct Server::Impl {
         touch(*j);
       };
       State end = State::Failed;
-      std::string error, out;
+      std::string error, out, poster;
       try {
         const GenerateResult r = pipe.run(j->plan, hooks);
         if (r.interrupted) {
@@ -201,6 +218,7 @@ struct Server::Impl {
         } else {
           end = State::Succeeded;
           out = r.out_path;
+          poster = write_poster(out, r.rgb);
         }
       } catch (const Error& e) {
         error = e.what();
@@ -211,6 +229,7 @@ struct Server::Impl {
       j->state = end;
       j->error = error;
       j->out = out;
+      j->poster = poster;
       j->eta_s = end == State::Succeeded ? 0 : -1;
       j->stage = state_name(end);
       j->finished = Clock::now();
@@ -335,6 +354,20 @@ struct Server::Impl {
     res.set_content(std::move(data), frame >= 0 ? "image/png" : "video/mp4");
   }
 
+  void send_poster(const std::string& id, httplib::Response& res) {
+    std::string path;
+    {
+      std::lock_guard<std::mutex> lock(m);
+      auto j = find(id);
+      if (!j) return json_error(res, 404, "no generation " + id);
+      if (j->poster.empty()) return json_error(res, 404, "generation " + id + " has no poster image");
+      path = j->poster;
+    }
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return json_error(res, 404, "the poster image is gone");
+    res.set_content(std::string((std::istreambuf_iterator<char>(f)), {}), "image/png");
+  }
+
   void routes() {
     http.set_payload_max_length(opt.max_body);
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
@@ -396,6 +429,7 @@ struct Server::Impl {
     http.Delete(idp, [this](const httplib::Request& req, httplib::Response& res) { cancel(req.matches[1], res); });
     http.Get(idp + "/events", [this](const httplib::Request& req, httplib::Response& res) { events(req.matches[1], res); });
     http.Get(idp + "/video", [this](const httplib::Request& req, httplib::Response& res) { send_file(req.matches[1], res, -1); });
+    http.Get(idp + "/poster", [this](const httplib::Request& req, httplib::Response& res) { send_poster(req.matches[1], res); });
     http.Get(idp + "/frames/([0-9]+)", [this](const httplib::Request& req, httplib::Response& res) {
       send_file(req.matches[1], res, std::stoi(std::string(req.matches[2]).substr(0, 6)));
     });

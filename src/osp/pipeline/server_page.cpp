@@ -61,6 +61,7 @@ function finish(s) {
     if (s.video_url) {
       const v = document.createElement('video');
       v.id = 'video'; v.controls = true; v.autoplay = true; v.loop = true; v.muted = true;
+      if (s.poster_url) v.poster = s.poster_url + q();
       v.src = s.video_url + q();
       $('result').replaceChildren(v);
     } else if (s.frames_url) {
