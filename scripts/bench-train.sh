@@ -114,7 +114,9 @@ cat "$OUT/cache.json"
 # "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
 # "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
 # the splitting allocator; "+profile" also times every stage of the step (osp train --profile);
-# "+lora" is LoRA fine-tuning (--lora-rank 32).
+# "+lora" is LoRA fine-tuning (--lora-rank 32); "+oldkernels" runs the backward kernels from before
+# session 10 (OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1: block-per-row norm backward, unchunked
+# cross-attention backward) for a same-run A/B against the variant without the tag.
 # Tags combine: "hybrid+lean+blocks+profile".
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
@@ -122,6 +124,7 @@ for att in $ATTENTIONS; do
   mode=${att%%+*}
   extra=()
   alloc=buckets
+  kenv=()
   IFS=+ read -r -a tags <<< "$att"
   for tag in "${tags[@]:1}"; do  # the tags after MODE, combinable: hybrid+lean+blocks
     case "$tag" in
@@ -134,11 +137,12 @@ for att in $ATTENTIONS; do
       blocks) alloc=blocks ;;  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
       profile) extra+=(--profile) ;;  # the per-step stage table -> OUT/profile-<variant>.txt
       lora) extra+=(--lora-rank 32) ;;  # LoRA fine-tuning (frozen base, rank-32 adapters on the attention)
+      oldkernels) kenv=(OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1) ;;
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
   done
   say "osp train --attention $mode ${extra[*]}: $OSP_STEPS steps"
-  OSP_CUDA_ALLOCATOR=$alloc "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
+  env "${kenv[@]}" OSP_CUDA_ALLOCATOR=$alloc "$OSP" train --from-scratch --config-model "$CFG" --data "$WORK/cache" --attention "$mode" "${extra[@]}" --device "$DEVICE" \
       --steps "$OSP_STEPS" --caption-dropout 0 --seed 0 --out "$run" > "$OUT/osp-$att.log" 2>&1 &
   pid=$!
   t0=$(date +%s)
@@ -229,12 +233,15 @@ for name, s, mem, res, fl, n, note in rows:
           f(fl * 1e-12 if fl else None, "%.1f"), f(tf, "%.0f"), f(tf / peak_tf if tf else None, "%.3f"), note))
 by_name = {name: s for name, s, *_ in rows}
 for name, s, *_ in rows:
-    base = by_name.get(name.split("+")[0])
+    # against the variant without its last tag where that ran, else the plain mode
+    bname = name.rsplit("+", 1)[0] if name.rsplit("+", 1)[0] in by_name else name.split("+")[0]
+    base = by_name.get(bname)
     if "+" in name and s and base:
         why = {"sharded": "the distributed path at one rank; issue 14's target <= 1.05x",
                "zero3": "sharded optimizer, gradients and weights at one rank",
                "keepgrads": "every block gradient kept between steps vs released",
-               "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.split("+")[1], "")
-        print("%s vs %s: %.3fx the step time (%s)" % (name, name.split("+")[0], s / base, why))
+               "oldkernels": "the backward kernels before session 10 vs this session's",
+               "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.rsplit("+", 1)[1], "")
+        print("%s vs %s: %.3fx the step time (%s)" % (name, bname, s / base, why))
 EOF
 say "done"

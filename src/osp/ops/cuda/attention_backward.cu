@@ -303,7 +303,7 @@ AttnPath path() {
 }
 const char* g_last_fwd = "";
 const char* g_last_bwd = "";
-int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = auto
+int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = OSP_ATTN_BWD_CHUNKS (default auto)
 
 // How many query chunks the unpacked cuDNN backward runs as one batch (1 = none). cuDNN's fused
 // backward parallelises over key blocks × heads × batch: with few keys (the DiT's cross-attention:
@@ -312,7 +312,8 @@ int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = auto
 // chunk (cheap: Lk is small) and the chunks' dK/dV summed. Auto: the smallest divisor S of Lq with
 // B·H·⌈Lk/128⌉·S ≥ 2 × the SMs and chunks of ≥ 1024 queries; none when Lk > 1024.
 int64_t query_chunks(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int device) {
-  if (g_query_chunks > 0) return Lq % g_query_chunks == 0 ? g_query_chunks : 1;
+  const int64_t forced = g_query_chunks > 0 ? g_query_chunks : engine_settings().attn_bwd_chunks;
+  if (forced > 0) return Lq % forced == 0 ? forced : 1;
   if (Lk > 1024 || Lq < 4 * Lk) return 1;
   const int64_t units = B * H * ((Lk + 127) / 128), want = 2 * int64_t(cuda_sm_count(device));
   if (units >= want) return 1;

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/bf16_convert.cuh"
 #include "osp/ops/cuda/cuda_backward.h"
 #include "osp/ops/cuda/cuda_context.h"
@@ -359,7 +360,7 @@ void norm_backward(const Tensor& x, const float* w, float eps, const Tensor& dy,
             dx.desc());
   if (rows == 0 || C == 0) return;
   const bool params = gA || gB;
-  if (C <= kWarpRowMaxC) {
+  if (C <= kWarpRowMaxC && engine_settings().norm_backward == "warp") {
     // One warp per row; about 4 blocks per SM when reducing parameter gradients (their shared
     // partials cap the blocks per SM anyway), else enough blocks for every row.
     const int64_t warp_rows = (rows + kNormWarps - 1) / kNormWarps;

@@ -41,7 +41,8 @@ const char* last_attention_forward_lse_path();
 const char* last_attention_backward_path();
 // The cuDNN backward of an unpacked call with few keys runs its queries as n chunks in one batch
 // (keys repeated per chunk, the chunks' dK/dV summed) so that more SMs work: 0 = auto (the
-// cross-attention's 512 keys at video sizes), 1 = never, n = n chunks where n divides Lq.
+// cross-attention's 512 keys at video sizes; OSP_ATTN_BWD_CHUNKS when set), 1 = never, n = n
+// chunks where n divides Lq.
 void set_attention_backward_query_chunks(int n);
 }  // namespace osp::ops::cuda
 #endif
