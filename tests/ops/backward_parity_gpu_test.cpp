@@ -86,8 +86,20 @@ void linear_case(int64_t lead, int64_t M, int64_t K, int64_t N, DType in_dt, DTy
 
 // ---------------------------------------------------------------- norms
 // kind 0 layer_norm (affine if `affine`), 1 layer_norm_modulate, 2 rms_norm.
+void norm_case_with(int kind, int64_t rows, int64_t C, bool affine, DType x_dt, DType dy_dt,
+                    DType dx_dt, bool want_params);
+// Both norm backward kernels (one block per row, one warp per row) against the CPU.
 void norm_case(int kind, int64_t rows, int64_t C, bool affine, DType x_dt, DType dy_dt,
                DType dx_dt, bool want_params) {
+  for (int warp : {0, 1}) {
+    SCOPED_TRACE(warp ? "one warp per row" : "one block per row");
+    ops::cuda::set_norm_backward_warp(warp);
+    norm_case_with(kind, rows, C, affine, x_dt, dy_dt, dx_dt, want_params);
+  }
+  ops::cuda::set_norm_backward_warp(-1);
+}
+void norm_case_with(int kind, int64_t rows, int64_t C, bool affine, DType x_dt, DType dy_dt,
+                    DType dx_dt, bool want_params) {
   const float eps = 1e-6f;
   Tensor x = as(rnd({rows, C}, 2.f), x_dt), dy = as(rnd({rows, C}), dy_dt);
   // shift the mean so the LayerNorm's centring matters
@@ -224,9 +236,9 @@ void unpatchify_bwd_case(int64_t C, int64_t T, int64_t h, int64_t w, DType in_dt
 
 // ---------------------------------------------------------------- attention
 // path: Auto, Own or Cudnn (cuDNN must run). seq_lens: packed sequences (Lq = Lk). chunks: the
-// cuDNN backward's query chunks (set_attention_backward_query_chunks; 0 = its own choice).
+// cuDNN backward's query chunks (set_attention_backward_query_chunks; −1 = the setting's).
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
-                    ops::cuda::AttnPath path, std::vector<int32_t> seq = {}, float scale = 0.f, int chunks = 0) {
+                    ops::cuda::AttnPath path, std::vector<int32_t> seq = {}, float scale = 0.f, int chunks = -1) {
   Tensor q = rnd({B, Lq, Hh, D}), k = rnd({B, Lk, Hh, D}), v = rnd({B, Lk, Hh, D});
   Tensor dout = rnd({B, Lq, Hh, D});
   Tensor sl;
@@ -256,7 +268,7 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
   ops::cuda::set_attention_backward_query_chunks(chunks);
   ops::attention_backward(gq, gk, gv, on_gpu(out_b, H), on_gpu(lse, F), on_gpu(dout, H), gdq, gdk,
                           gdv, a);
-  ops::cuda::set_attention_backward_query_chunks(0);
+  ops::cuda::set_attention_backward_query_chunks(-1);
   const std::string bwd_path = ops::cuda::last_attention_backward_path();
   ops::cuda::set_attention_train_path(ops::cuda::AttnPath::Auto);
   EXPECT_REL(gdq, dq, 2e-2);
@@ -402,11 +414,11 @@ TEST(BackwardParityPaths, CrossAttentionQueryChunksMatchUnchunked) {
   ops::attention_forward_lse(q, k, v, o, lse);
   Tensor dq[2], dk[2], dv[2];
   for (int run = 0; run < 2; ++run) {
-    ops::cuda::set_attention_backward_query_chunks(run == 0 ? 1 : 0);
+    ops::cuda::set_attention_backward_query_chunks(run == 0 ? 1 : 0);  // never, then auto
     dq[run] = poisoned(q.shape(), H), dk[run] = poisoned(k.shape(), H), dv[run] = poisoned(v.shape(), H);
     ops::attention_backward(q, k, v, o, lse, dout, dq[run], dk[run], dv[run]);
   }
-  ops::cuda::set_attention_backward_query_chunks(0);
+  ops::cuda::set_attention_backward_query_chunks(-1);
   EXPECT_REL(dq[1], dq[0], 1e-2);
   EXPECT_REL(dk[1], dk[0], 1e-2);
   EXPECT_REL(dv[1], dv[0], 1e-2);

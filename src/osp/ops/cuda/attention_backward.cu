@@ -303,7 +303,7 @@ AttnPath path() {
 }
 const char* g_last_fwd = "";
 const char* g_last_bwd = "";
-int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = OSP_ATTN_BWD_CHUNKS (default auto)
+int g_query_chunks = -1;  // set_attention_backward_query_chunks: −1 = OSP_ATTN_BWD_CHUNKS, 0 = auto
 
 // How many query chunks the unpacked cuDNN backward runs as one batch (1 = none). cuDNN's fused
 // backward parallelises over key blocks × heads × batch: with few keys (the DiT's cross-attention:
@@ -312,8 +312,8 @@ int g_query_chunks = 0;  // set_attention_backward_query_chunks: 0 = OSP_ATTN_BW
 // chunk (cheap: Lk is small) and the chunks' dK/dV summed. Auto: the smallest divisor S of Lq with
 // B·H·⌈Lk/128⌉·S ≥ 2 × the SMs and chunks of ≥ 1024 queries; none when Lk > 1024.
 int64_t query_chunks(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int device) {
-  const int64_t forced = g_query_chunks > 0 ? g_query_chunks : engine_settings().attn_bwd_chunks;
-  if (forced > 0) return Lq % forced == 0 ? forced : 1;
+  const int64_t n = g_query_chunks >= 0 ? g_query_chunks : engine_settings().attn_bwd_chunks;
+  if (n > 0) return Lq % n == 0 ? n : 1;
   if (Lk > 1024 || Lq < 4 * Lk) return 1;
   const int64_t units = B * H * ((Lk + 127) / 128), want = 2 * int64_t(cuda_sm_count(device));
   if (units >= want) return 1;
@@ -445,7 +445,7 @@ float scale_of(const AttentionArgs& a, int64_t D) {
 
 void set_attention_train_path(AttnPath p) { g_path_set = p, g_path_is_set = true; }
 void set_attention_backward_query_chunks(int n) {
-  OSP_CHECK(n >= 0, "set_attention_backward_query_chunks: n must be >= 0, got ", n);
+  OSP_CHECK(n >= -1, "set_attention_backward_query_chunks: n must be >= -1, got ", n);
   g_query_chunks = n;
 }
 const char* last_attention_forward_lse_path() { return g_last_fwd; }

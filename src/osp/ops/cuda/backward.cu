@@ -191,6 +191,8 @@ __global__ void norm_backward_kernel(const TX* __restrict__ x, const TD* __restr
 // and part[gridDim.x + blockIdx.x] (B).
 constexpr int kNormWarps = 4;
 constexpr int64_t kWarpRowMaxC = 6144;  // [4][2][C] F32 = 192 KiB of shared memory at most
+int g_norm_warp = -1;  // set_norm_backward_warp
+bool use_warp_rows() { return g_norm_warp >= 0 ? g_norm_warp == 1 : engine_settings().norm_backward == "warp"; }
 
 template <typename TX, typename TD, typename TO, int MODE>
 __global__ void __launch_bounds__(kNormWarps * 32)
@@ -360,7 +362,7 @@ void norm_backward(const Tensor& x, const float* w, float eps, const Tensor& dy,
             dx.desc());
   if (rows == 0 || C == 0) return;
   const bool params = gA || gB;
-  if (C <= kWarpRowMaxC && engine_settings().norm_backward == "warp") {
+  if (C <= kWarpRowMaxC && use_warp_rows()) {
     // One warp per row; about 4 blocks per SM when reducing parameter gradients (their shared
     // partials cap the blocks per SM anyway), else enough blocks for every row.
     const int64_t warp_rows = (rows + kNormWarps - 1) / kNormWarps;
@@ -414,6 +416,11 @@ void add_f32(const float* src, float* dst, int64_t n) {
 }
 
 // ---------------------------------------------------------------- norms
+void set_norm_backward_warp(int mode) {
+  OSP_CHECK(mode >= -1 && mode <= 1, "set_norm_backward_warp: mode must be -1, 0 or 1, got ", mode);
+  g_norm_warp = mode;
+}
+
 void layer_norm_backward(const Tensor& x, const Tensor* w, float eps, const Tensor& dy,
                          Tensor& dx, Tensor* dw, Tensor* db) {
   const char* op = "layer_norm_backward";
