@@ -31,6 +31,29 @@ train::MemoryPlanInput wan14b_720p(int sp_size) {
   return in;
 }
 
+// The 1.3B model on one GPU: no sequence parallelism, unsharded optimizer, bf16 activations.
+train::MemoryPlanInput wan13b_one_gpu() {
+  train::MemoryPlanInput in;
+  in.cfg = model::DiTConfig::wan_1_3b();
+  in.sp = "none";
+  in.sharded_state = false;
+  in.act_bytes = 2;
+  return in;
+}
+
+// Parameters outside the blocks, and in one block (block 0), of a config.
+struct ParamSplit {
+  double outside = 0, block = 0;
+};
+ParamSplit param_split(const model::DiTConfig& cfg) {
+  ParamSplit p;
+  for (const auto& [n, s] : model::DiT::expected_shapes(cfg)) {
+    if (n.rfind("blocks.0.", 0) == 0) p.block += double(shape_numel(s));
+    if (n.rfind("blocks.", 0) != 0) p.outside += double(shape_numel(s));
+  }
+  return p;
+}
+
 }  // namespace
 
 TEST(MemoryPlan, Wan14B720pOnFourSspRanks) {
@@ -130,16 +153,8 @@ TEST(MemoryPlan, RefusesWhatTheLayoutsRefuse) {
 // block's gradient); at 64×64×9 the inputs are tiny (the worst moment is the first block's
 // backward: every gradient + block 0's input).
 TEST(MemoryPlan, ReleasedGradients) {
-  train::MemoryPlanInput in;
-  in.cfg = model::DiTConfig::wan_1_3b();
-  in.sp = "none";
-  in.sharded_state = false;
-  in.act_bytes = 2;
-  double outside = 0, block = 0;
-  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) {
-    if (n.rfind("blocks.0.", 0) == 0) block += double(shape_numel(s));
-    if (n.rfind("blocks.", 0) != 0) outside += double(shape_numel(s));
-  }
+  train::MemoryPlanInput in = wan13b_one_gpu();
+  const auto [outside, block] = param_split(in.cfg);
   const double L = double(in.cfg.num_layers), d = double(in.cfg.dim);
   for (const bool big : {true, false}) {
     SCOPED_TRACE(big ? "832x480x81" : "64x64x9");
@@ -162,13 +177,9 @@ TEST(MemoryPlan, ReleasedGradients) {
 // [heads, n]) in their own line; at a video size nothing else moves (the released gradients still
 // fit in what the backward frees).
 TEST(MemoryPlan, KeptAttention) {
-  train::MemoryPlanInput in;
-  in.cfg = model::DiTConfig::wan_1_3b();
+  train::MemoryPlanInput in = wan13b_one_gpu();
   in.kinds = sparse::plan_blocks(int(in.cfg.num_layers), "dual_end", 12);
-  in.sp = "none";
-  in.sharded_state = false;
   in.released_gradients = true;
-  in.act_bytes = 2;
   train::latent_from_video(81, 480, 832, in);
   const train::MemoryPlan base = train::plan_train_memory(in);
   EXPECT_THROW(line(base, "kept attention"), std::runtime_error);
@@ -189,18 +200,10 @@ TEST(MemoryPlan, KeptAttention) {
 // --transient-weights (unsharded): the weights line holds the parameters outside the blocks and
 // one block's compute copy, as with sharded weights; nothing else moves.
 TEST(MemoryPlan, TransientWeights) {
-  train::MemoryPlanInput in;
-  in.cfg = model::DiTConfig::wan_1_3b();
-  in.sp = "none";
-  in.sharded_state = false;
+  train::MemoryPlanInput in = wan13b_one_gpu();
   in.released_gradients = true;
-  in.act_bytes = 2;
   train::latent_from_video(81, 480, 832, in);
-  double outside = 0, block = 0;
-  for (const auto& [n, s] : model::DiT::expected_shapes(in.cfg)) {
-    if (n.rfind("blocks.0.", 0) == 0) block += double(shape_numel(s));
-    if (n.rfind("blocks.", 0) != 0) outside += double(shape_numel(s));
-  }
+  const auto [outside, block] = param_split(in.cfg);
   const train::MemoryPlan base = train::plan_train_memory(in);
   in.transient_weights = true;
   const train::MemoryPlan t = train::plan_train_memory(in);
@@ -213,11 +216,7 @@ TEST(MemoryPlan, TransientWeights) {
 // LoRA fine-tuning: the frozen base's compute copy + the adapters (Σ r·(in + out) over the
 // targets) as weights, the adapters' F32 gradients and master + m + v; the activations as before.
 TEST(MemoryPlan, LoraFineTuning) {
-  train::MemoryPlanInput in;
-  in.cfg = model::DiTConfig::wan_1_3b();
-  in.sp = "none";
-  in.sharded_state = false;
-  in.act_bytes = 2;
+  train::MemoryPlanInput in = wan13b_one_gpu();
   train::latent_from_video(81, 480, 832, in);
   const train::MemoryPlan full = train::plan_train_memory(in);
   model::LoraInit li;
