@@ -5,10 +5,10 @@
 // They use a deterministic two-stage reduction, never atomics: stage 1 splits the rows into G
 // chunks (G ≈ 2 blocks per SM) and writes one partial row per chunk into scratch [G, C];
 // stage 2 sums the G partials of every column and adds them to the F32 gradient (+=).
-// Row norms: one warp per row (rows up to kWarpRowMaxC elements: the statistics and gradient
-// means are warp shuffles, no block barriers per row), else one block per row; either way each
-// thread always owns the same columns, so it accumulates its columns' partials in shared memory
-// without atomics, and the block sums them in a fixed order.
+// Row norms: one block per row, or with OSP_NORM_BACKWARD=warp one warp per row (rows up to
+// kWarpRowMaxC elements: the statistics and gradient means are warp shuffles, no block barriers
+// per row); either way each thread always owns the same columns, so it accumulates its columns'
+// partials in shared memory without atomics, and the block sums them in a fixed order.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -89,6 +89,12 @@ __global__ void column_partials_kernel(const TA* __restrict__ a, const TB* __res
   if (part) part[g * C + c] = s;
 }
 
+// ---------------------------------------------------------------- row norms
+// MODE 0: LayerNorm, optional affine w (g = dy·w), partial A = Σ dy·x̂ (dw), B = Σ dy (db).
+// MODE 1: LayerNorm modulate, g = dy·(1 + scale), A = Σ dy·x̂ (dscale), B = Σ dy (dshift).
+// MODE 2: RMSNorm, g = dy·w, A = Σ dy·x̂ (dw).
+// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) for LayerNorm, rstd·(g − x̂·mean(g·x̂)) for RMSNorm.
+//
 // One row r of a norm backward, computed by a team of threads (a whole block, or one warp):
 // lane `t` of `n` owns columns t, t + n, …; Team::sum(v) gives every member the team's sum.
 // accA/accB (when part is set): this member's columns' parameter-gradient partials.
@@ -362,33 +368,19 @@ void norm_backward(const Tensor& x, const float* w, float eps, const Tensor& dy,
             dx.desc());
   if (rows == 0 || C == 0) return;
   const bool params = gA || gB;
-  if (C <= kWarpRowMaxC && use_warp_rows()) {
-    // One warp per row; about 4 blocks per SM when reducing parameter gradients (their shared
-    // partials cap the blocks per SM anyway), else enough blocks for every row.
-    const int64_t warp_rows = (rows + kNormWarps - 1) / kNormWarps;
-    const int64_t G = params ? std::min<int64_t>(warp_rows, 2 * row_chunks(rows)) : std::min<int64_t>(warp_rows, 65535 * 8);
-    float* part = params ? static_cast<float*>(scratch(size_t(2 * G * C) * 4)) : nullptr;
-    const size_t smem = params ? size_t(kNormWarps) * 2 * size_t(C) * 4 : 0;
-    dispatch3(x.dtype(), dy.dtype(), dx.dtype(), op, [&]<typename TX, typename TD, typename TO>() {
-      auto k = norm_backward_warp_kernel<TX, TD, TO, MODE>;
-      if (smem > 48 * 1024)
-        OSP_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      k<<<unsigned(G), kNormWarps * 32, smem, stream()>>>(x.data<TX>(), dy.data<TD>(), dx.data<TO>(), rows, C, eps,
-                                                          w, part, gB != nullptr);
-    });
-    OSP_CUDA_LAUNCH_CHECK("norm_backward_warp_kernel");
-    if (gA) reduce_partials(part, G, C, gA);
-    if (gB) reduce_partials(part + G * C, G, C, gB);
-    return;
-  }
-  const int64_t G = params ? row_chunks(rows) : std::min<int64_t>(rows, 65535 * 8);
+  // One warp per row: about 4 blocks per SM when reducing parameter gradients (their shared
+  // partials cap the blocks per SM anyway), else enough blocks for every row. One block per row:
+  // about 2 blocks per SM when reducing.
+  const bool warp = C <= kWarpRowMaxC && use_warp_rows();
+  const int64_t units = warp ? (rows + kNormWarps - 1) / kNormWarps : rows;  // warps or blocks needed
+  const int64_t G = std::min<int64_t>(units, params ? (warp ? 2 : 1) * row_chunks(rows) : 65535 * 8);
   float* part = params ? static_cast<float*>(scratch(size_t(2 * G * C) * 4)) : nullptr;
-  const size_t smem = params ? size_t(2 * C) * 4 : 0;
+  const size_t smem = params ? size_t(warp ? kNormWarps : 1) * 2 * size_t(C) * 4 : 0;
   OSP_CHECK(smem <= size_t(200) << 10, "cuda::", op, ": rows of ", C,
             " elements are too long for the parameter-gradient reduction (at most 25600)");
-  const int threads = norm_threads(C);
+  const int threads = warp ? kNormWarps * 32 : norm_threads(C);
   dispatch3(x.dtype(), dy.dtype(), dx.dtype(), op, [&]<typename TX, typename TD, typename TO>() {
-    auto k = norm_backward_kernel<TX, TD, TO, MODE>;
+    auto k = warp ? norm_backward_warp_kernel<TX, TD, TO, MODE> : norm_backward_kernel<TX, TD, TO, MODE>;
     if (smem > 48 * 1024)
       OSP_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     k<<<unsigned(G), threads, smem, stream()>>>(x.data<TX>(), dy.data<TD>(), dx.data<TO>(), rows,
