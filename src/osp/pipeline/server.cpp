@@ -348,10 +348,14 @@ struct Server::Impl {
       std::snprintf(name, sizeof name, "frame_%04d.png", frame);
       path = (fs::path(path) / name).string();
     }
+    send_path(res, path, frame >= 0 ? "image/png" : "video/mp4", frame >= 0 ? str("no frame ", frame) : "the video file is gone");
+  }
+
+  // The file at `path` as the response body (404 with `gone` when it cannot be read).
+  static void send_path(httplib::Response& res, const std::string& path, const char* type, const std::string& gone) {
     std::ifstream f(path, std::ios::binary);
-    if (!f) return json_error(res, 404, frame >= 0 ? str("no frame ", frame) : "the video file is gone");
-    std::string data((std::istreambuf_iterator<char>(f)), {});
-    res.set_content(std::move(data), frame >= 0 ? "image/png" : "video/mp4");
+    if (!f) return json_error(res, 404, gone);
+    res.set_content(std::string((std::istreambuf_iterator<char>(f)), {}), type);
   }
 
   void send_poster(const std::string& id, httplib::Response& res) {
@@ -363,9 +367,7 @@ struct Server::Impl {
       if (j->poster.empty()) return json_error(res, 404, "generation " + id + " has no poster image");
       path = j->poster;
     }
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return json_error(res, 404, "the poster image is gone");
-    res.set_content(std::string((std::istreambuf_iterator<char>(f)), {}), "image/png");
+    send_path(res, path, "image/png", "the poster image is gone");
   }
 
   void routes() {
