@@ -4,8 +4,10 @@
 // tapes — no activation checkpointing — then DiT::backward into F32 gradients), so the time is
 // what `osp train` spends per block. To take the embeddings, head and layout transitions out, the
 // model is timed with 1 and with 2 blocks of the same kind and the block's cost is the
-// difference. Kinds: full (dense attention over all 75,600 tokens) and sparse (Skiparse-2D
-// token blocks, P = 2: attention within the 4 sub-sequences). Random bf16 weights
+// difference. Kinds: full (dense attention over all 75,600 tokens) and sparse (Skiparse-2D,
+// P = 2: attention within the 4 sub-sequences; the sparse blocks alternate token and group
+// layouts as in a real model, so the 2-block model's second block is a group block and the
+// difference includes the token -> group layout exchange between them). Random bf16 weights
 // (bench/dit_weights.h), random latent and context; the loss gradient dv is random.
 // FLOPs: forward from model::dit_forward_flops (block part = difference of the two models),
 // forward + backward = 3 × forward. Median of --reps timed runs after one warm-up.
@@ -39,7 +41,7 @@ struct Run {
   double ms = 0, fwd_flops = 0, peak_gib = 0;
 };
 
-// A `layers`-block model of `base`'s width, every block of `kind`: median ms of forward_train +
+// A `layers`-block model of `base`'s width, every block of `kind` (Token: token, group, token, …): median ms of forward_train +
 // backward over `reps` runs after one warm-up.
 Run time_model(const model::DiTConfig& base, int layers, sparse::BlockKind kind, const Shape& latent, int reps) {
   model::DiTConfig cfg = base;
@@ -49,7 +51,10 @@ Run time_model(const model::DiTConfig& base, int layers, sparse::BlockKind kind,
   opt.train = true;
   opt.activation_checkpointing = false;
   model::DiT dit = model::DiT::bind(cfg, bench::random_dit_weights(cfg), opt);
-  const std::vector<sparse::BlockKind> kinds(size_t(layers), kind);
+  std::vector<sparse::BlockKind> kinds(size_t(layers), kind);
+  // consecutive sparse blocks alternate token / group (ForwardPlan requires it)
+  for (size_t i = 1; i < kinds.size(); i += 2)
+    if (kind == sparse::BlockKind::Token) kinds[i] = sparse::BlockKind::Group;
   dit.set_block_kinds(kinds, 2);
   auto sp = parallel::make_single_device();
   const Tensor x = bench::random_gpu(latent, DType::F32, 1.f, 3);

@@ -114,9 +114,10 @@ cat "$OUT/cache.json"
 # "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
 # "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
 # the splitting allocator; "+profile" also times every stage of the step (osp train --profile);
-# "+lora" is LoRA fine-tuning (--lora-rank 32); "+newkernels" runs session 10's opt-in backward
-# kernels (OSP_NORM_BACKWARD=warp OSP_ATTN_BWD_CHUNKS=auto: warp-per-row norm backward, query-chunked
-# cross-attention backward) for a same-run A/B against the variant without the tag.
+# "+lora" is LoRA fine-tuning (--lora-rank 32); "+oldkernels" runs the backward kernels before
+# session 10 (OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1: block-per-row norm backward, unchunked
+# cross-attention backward; the defaults since session 11) for a same-run A/B against the variant
+# without the tag.
 # Tags combine: "hybrid+lean+blocks+profile".
 for att in $ATTENTIONS; do
   run="$WORK/run-$att"
@@ -137,7 +138,7 @@ for att in $ATTENTIONS; do
       blocks) alloc=blocks ;;  # OSP_CUDA_ALLOCATOR=blocks (core/block_allocator.h)
       profile) extra+=(--profile) ;;  # the per-step stage table -> OUT/profile-<variant>.txt
       lora) extra+=(--lora-rank 32) ;;  # LoRA fine-tuning (frozen base, rank-32 adapters on the attention)
-      newkernels) kenv=(OSP_NORM_BACKWARD=warp OSP_ATTN_BWD_CHUNKS=auto) ;;
+      oldkernels) kenv=(OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1) ;;
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
   done
@@ -240,7 +241,7 @@ for name, s, *_ in rows:
         why = {"sharded": "the distributed path at one rank; issue 14's target <= 1.05x",
                "zero3": "sharded optimizer, gradients and weights at one rank",
                "keepgrads": "every block gradient kept between steps vs released",
-               "newkernels": "session 10's opt-in backward kernels vs the default ones",
+               "oldkernels": "the backward kernels before session 10 vs the default ones",
                "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.rsplit("+", 1)[1], "")
         print("%s vs %s: %.3fx the step time (%s)" % (name, bname, s / base, why))
 EOF

@@ -34,8 +34,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_TRUE(d.gemm_autotune);
   EXPECT_EQ(d.cuda_allocator, "buckets");
   EXPECT_EQ(d.ulysses_chunks, 0);
-  EXPECT_EQ(d.norm_backward, "block");
-  EXPECT_EQ(d.attn_bwd_chunks, 1);
+  EXPECT_EQ(d.norm_backward, "warp");
+  EXPECT_EQ(d.attn_bwd_chunks, 0);  // auto
   EXPECT_FALSE(d.profile);
   EXPECT_FALSE(d.verbose);
   EXPECT_FALSE(d.fp8_sdpa_probe);
@@ -45,7 +45,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
                                  {"OSP_GEMM_AUTOTUNE", "0"}, {"OSP_CUDA_ALLOCATOR", "blocks"},
                                  {"OSP_ULYSSES_CHUNKS", "2"}, {"OSP_PROFILE", "yes"}, {"OSP_VERBOSE", "1"},
                                  {"OSP_FP8_SDPA_PROBE", "1"}, {"OSP_FP8_SDPA_VARIANT", "3"},
-                                 {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "warp"},
+                                 {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "block"},
                                  {"OSP_ATTN_BWD_CHUNKS", "6"}});
   EXPECT_EQ(s.attention, EngineSettings::Attention::Flash);
   EXPECT_EQ(s.conv3d, "cudnn");
@@ -53,7 +53,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_FALSE(s.gemm_autotune);
   EXPECT_EQ(s.cuda_allocator, "blocks");
   EXPECT_EQ(s.ulysses_chunks, 2);
-  EXPECT_EQ(s.norm_backward, "warp");
+  EXPECT_EQ(s.norm_backward, "block");
   EXPECT_EQ(s.attn_bwd_chunks, 6);
   EXPECT_EQ(read({{"OSP_ATTN_BWD_CHUNKS", "auto"}}).attn_bwd_chunks, 0);
   EXPECT_TRUE(s.profile);

@@ -42,10 +42,10 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   s.gemm_autotune = flag("OSP_GEMM_AUTOTUNE", true);
   s.ulysses_chunks = integer("OSP_ULYSSES_CHUNKS", 0, 1);
   s.norm_backward = value("OSP_NORM_BACKWARD");
-  if (s.norm_backward.empty()) s.norm_backward = "block";
+  if (s.norm_backward.empty()) s.norm_backward = "warp";
   OSP_CHECK(s.norm_backward == "warp" || s.norm_backward == "block",
             "OSP_NORM_BACKWARD must be warp or block, got '", s.norm_backward, "'");
-  s.attn_bwd_chunks = value("OSP_ATTN_BWD_CHUNKS") == "auto" ? 0 : integer("OSP_ATTN_BWD_CHUNKS", 1, 1);
+  s.attn_bwd_chunks = value("OSP_ATTN_BWD_CHUNKS") == "auto" ? 0 : integer("OSP_ATTN_BWD_CHUNKS", 0, 1);
   s.profile = flag("OSP_PROFILE", false);
   s.verbose = flag("OSP_VERBOSE", false);
   s.fp8_sdpa_probe = flag("OSP_FP8_SDPA_PROBE", false);

@@ -5,9 +5,9 @@
 // They use a deterministic two-stage reduction, never atomics: stage 1 splits the rows into G
 // chunks (G ≈ 2 blocks per SM) and writes one partial row per chunk into scratch [G, C];
 // stage 2 sums the G partials of every column and adds them to the F32 gradient (+=).
-// Row norms: one block per row, or with OSP_NORM_BACKWARD=warp one warp per row (rows up to
-// kWarpRowMaxC elements: the statistics and gradient means are warp shuffles, no block barriers
-// per row); either way each thread always owns the same columns, so it accumulates its columns'
+// Row norms: one warp per row by default (rows up to kWarpRowMaxC elements: the statistics and
+// gradient means are warp shuffles, no block barriers per row), else — longer rows, or
+// OSP_NORM_BACKWARD=block — one block per row; either way each thread always owns the same columns, so it accumulates its columns'
 // partials in shared memory without atomics, and the block sums them in a fixed order.
 #include <cuda_bf16.h>
 

@@ -41,11 +41,11 @@ const char* last_attention_forward_lse_path();
 const char* last_attention_backward_path();
 // The cuDNN backward of an unpacked call with few keys runs its queries as n chunks in one batch
 // (keys repeated per chunk, the chunks' dK/dV summed) so that more SMs work: −1 = as
-// OSP_ATTN_BWD_CHUNKS says (default 1), 0 = auto (where it fills the SMs: the cross-attention's
+// OSP_ATTN_BWD_CHUNKS says (default auto), 0 = auto (where it fills the SMs: the cross-attention's
 // 512 keys at video sizes), 1 = never, n = n chunks where n divides Lq.
 void set_attention_backward_query_chunks(int n);
 // The norm backward kernels (layer_norm / layer_norm_modulate / rms_norm): −1 = as
-// OSP_NORM_BACKWARD says (default block), 0 = one block per row, 1 = one warp per row.
+// OSP_NORM_BACKWARD says (default warp), 0 = one block per row, 1 = one warp per row.
 void set_norm_backward_warp(int mode);
 }  // namespace osp::ops::cuda
 #endif
