@@ -7,7 +7,7 @@
      16x21x90x160 latent one latent frame at a time with the 2-frame causal cache, as the
      reference does; reports seconds and torch.cuda.max_memory_allocated.
 
-Prints JSON lines like the C++ benchmark.  Usage: python3 bench/torch_t5vae.py [--quick]
+Prints JSON lines like the C++ benchmark.  Usage: python3 bench/torch_t5vae.py [--quick] [--vae-only]
 """
 import json
 import math
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 QUICK = "--quick" in sys.argv
+VAE_ONLY = "--vae-only" in sys.argv  # as bench_t5vae_gpu --vae-only
 dev = torch.device("cuda")
 card = torch.cuda.get_device_name(0)
 
@@ -208,5 +209,6 @@ def vae_bench():
 
 
 if __name__ == "__main__":
-    t5_bench()
+    if not VAE_ONLY:
+        t5_bench()
     vae_bench()
