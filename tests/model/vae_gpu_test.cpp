@@ -90,6 +90,25 @@ TEST(VaeGpu, Conv3dCudnnMatchesCpu) {
   }
 }
 
+// The cuDNN graph path (backend API, channels-last staging, TF32 engines) alone: it takes every
+// case, the asymmetric pads too, and matches the CPU within the TF32 bound.
+TEST(VaeGpu, Conv3dCudnnGraphMatchesCpu) {
+  OSP_REQUIRE_GPU();
+  uint32_t seed = 101;
+  for (const auto& c : conv_cases()) {
+    SCOPED_TRACE(osp::shape_str(c.x) + " * " + osp::shape_str(c.w));
+    Tensor x = randn(c.x, seed++), w = randn(c.w, seed++), b = randn({c.w[0]}, seed++);
+    Tensor xd = x.to(Device::cuda()), wd = w.to(Device::cuda()), bd = b.to(Device::cuda());
+    for (const bool with_bias : {true, false}) {
+      Tensor ref = osp::ops::conv3d(x, w, with_bias ? &b : nullptr, c.a);
+      Tensor out = Tensor::zeros(ref.shape(), DType::F32, Device::cuda());
+      std::string why;
+      ASSERT_TRUE(osp::ops::cuda::conv3d_cudnn_graph(xd, wd, with_bias ? &bd : nullptr, c.a, out, &why)) << why;
+      EXPECT_LE(osp::relative_error(out, ref), 5e-3) << (with_bias ? "with bias" : "no bias");
+    }
+  }
+}
+
 TEST(VaeGpu, ExtraOpsMatchCpu) {
   OSP_REQUIRE_GPU();
   const Device g = Device::cuda();

@@ -44,9 +44,10 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
 // Allocating convenience overload.
 Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a);
 
-// The CUDA conv3d implementation: "im2col" (im2col + cuBLAS TF32 GEMMs, the default: the one
-// measured so far) or "cudnn" (cuDNN's convolution on NCDHW staging copies, cuda/conv3d.cu; shapes
-// it does not take — asymmetric spatial pads — fall back to im2col, said once with OSP_VERBOSE).
+// The CUDA conv3d implementation: "im2col" (im2col + cuBLAS TF32 GEMMs, the default) or "cudnn"
+// (cuda/conv3d.cu: cuDNN's backend-API convolution on channels-last staging copies with TF32, or
+// with OSP_VAE_FP32=1 its legacy convolution on NCDHW copies; shapes neither takes fall back to
+// im2col, said once with OSP_VERBOSE).
 // The start value comes from OSP_CONV3D (unset: im2col). Throws on another name. Process-wide.
 void set_conv3d_path(const std::string& path);
 std::string conv3d_path();
@@ -56,8 +57,12 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
 }
 namespace cuda {
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out);
-// The cuDNN path alone (shapes already checked by ops::conv3d): false, with the reason in *why,
-// when it does not take the case (then nothing was written).
+// The cuDNN paths alone (shapes already checked by ops::conv3d): false, with the reason in *why,
+// when it does not take the case (then nothing was written). _graph: the backend API on
+// channels-last copies (TF32 engines; any pads); conv3d_cudnn: the legacy API on NCDHW copies
+// (TF32 or FP32 math as conv_use_tf32 says; symmetric spatial pads only).
+bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
+                        std::string* why = nullptr);
 bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
                   std::string* why = nullptr);
 }

@@ -4,8 +4,10 @@
 // plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.  Chunking whole frames keeps the launch
 // count per convolution independent of the frame count (the VAE trainer's whole clips).
 //
-// A second path (ops::set_conv3d_path("cudnn") or OSP_CONV3D=cudnn; see ops/conv.h): cuDNN's
-// convolution on packed NCDHW staging copies — the frame-major input is transposed to
+// A second path (ops::set_conv3d_path("cudnn") or OSP_CONV3D=cudnn; see ops/conv.h): with TF32
+// math, cuDNN's backend-API convolution on channels-last staging copies (conv3d_cudnn_graph
+// below: the engines PyTorch's convolutions run); with OSP_VAE_FP32=1, or where no graph engine
+// takes the shape, cuDNN's legacy convolution on packed NCDHW staging copies — the frame-major input is transposed to
 // [Cin, pad_front + T, H, W] with the causal front padding as explicit zero frames, cuDNN runs
 // the convolution with the symmetric spatial pads and the fastest algorithm cuDNN measures
 // (cudnnFind…Ex, once per shape in the process) among its heuristic's candidates that fit a
@@ -80,6 +82,35 @@ __global__ void zero_kernel(float* o, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     o[i] = 0.f;
+}
+
+// [B, R, S] → [B, S, R] (+ bias[s]) through 32×32 shared-memory tiles, one block per tile
+// (flattened: any R, S): the channels-last staging of the cuDNN graph path.
+__global__ void transpose_rs_kernel(const float* __restrict__ in, const float* __restrict__ bias,
+                                    float* __restrict__ out, int64_t R, int64_t S) {
+  __shared__ float tile[32][33];
+  const int64_t tiles_r = (R + 31) / 32;
+  const int64_t r0 = (int64_t(blockIdx.x) % tiles_r) * 32, s0 = (int64_t(blockIdx.x) / tiles_r) * 32;
+  const float* src = in + int64_t(blockIdx.y) * R * S;
+  float* dst = out + int64_t(blockIdx.y) * R * S;
+  for (int i = int(threadIdx.y); i < 32; i += 8) {
+    const int64_t r = r0 + i, s = s0 + threadIdx.x;
+    if (r < R && s < S) tile[i][threadIdx.x] = src[r * S + s];
+  }
+  __syncthreads();
+  for (int i = int(threadIdx.y); i < 32; i += 8) {
+    const int64_t s = s0 + i, r = r0 + threadIdx.x;
+    if (r < R && s < S) dst[s * R + r] = tile[threadIdx.x][i] + (bias ? bias[s] : 0.f);
+  }
+}
+
+void transpose_rs(const float* in, const float* bias, float* out, int64_t B, int64_t R, int64_t S) {
+  const int64_t tiles = ((R + 31) / 32) * ((S + 31) / 32);
+  OSP_CHECK(B <= 65535 && tiles < (int64_t(1) << 31), "conv3d (cuDNN): transpose of [", B, ", ", R, ", ", S,
+            "] exceeds the launch grid");
+  if (B * R * S == 0) return;
+  transpose_rs_kernel<<<dim3(unsigned(tiles), unsigned(B)), dim3(32, 8), 0, stream()>>>(in, bias, out, R, S);
+  OSP_CUDA_LAUNCH_CHECK("transpose_rs_kernel");
 }
 
 // cuDNN staging in: xs [Cin, pf + T, H, W] (packed NCDHW of one sample) from frame-major
@@ -181,6 +212,70 @@ struct ConvAlgo {
 
 }  // namespace
 
+// The graph path: cuDNN's backend API (the engines PyTorch's convolutions use) on channels-last
+// staging copies — x [T, Cin, H, W] → [T, H, W, Cin] (cuDNN's NDHWC of one sample whose depth is
+// time), w → [Cout, kt, kh, kw, Cin], the result [To, Ho, Wo, Cout] → [To, Cout, Ho, Wo] + bias.
+// The causal front padding and any spatial pads are the convolution's own pre/post paddings.
+// One execution plan per shape (heuristics mode A's first that finalizes), kept for the process.
+struct ConvGraphPlan {
+  cudnnBackendDescriptor_t plan = nullptr;
+  int64_t workspace = 0;
+  std::string note, why;
+};
+
+bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
+                        std::string* why) {
+  auto refuse = [&](const std::string& r) {
+    if (why) *why = r;
+    return false;
+  };
+  const int64_t T = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
+  const int64_t To = out.size(0), Ho = out.size(2), Wo = out.size(3), K3 = kt * kh * kw;
+  if (To == 0 || Cout == 0) return true;
+  const int64_t Tp = T + a.pad_front, Hp = H + a.pad_top + a.pad_bottom, Wp = W + a.pad_left + a.pad_right;
+  if (Tp < kt || Hp < kh || Wp < kw || (Tp - kt) / a.stride_t + 1 != To || (Hp - kh) / a.stride_h + 1 != Ho ||
+      (Wp - kw) / a.stride_w + 1 != Wo)
+    return refuse("output size is not the convolution's own (no post padding in time)");
+  const int64_t big = int64_t(1) << 31;
+  if (T * Cin * H * W >= big || To * Cout * Ho * Wo >= big) return refuse("a staging tensor over 2^31 elements");
+  using Key = std::array<int64_t, 16>;
+  const Key key{T, Cin, H, W, Cout, kt, kh, kw, a.pad_front, a.pad_top, a.pad_bottom, a.pad_left, a.pad_right,
+                a.stride_t, a.stride_h, a.stride_w};
+  static PlanCache<Key, ConvGraphPlan> plans;
+  const ConvGraphPlan p = plans.get(key, [&](const Key&) {
+    ConvGraphPlan r;
+    try {
+      CudnnGraph g(100);
+      auto xd = g.tensor(1, CUDNN_DATA_FLOAT, {1, Cin, T, H, W}, {T * H * W * Cin, 1, H * W * Cin, W * Cin, Cin}, false);
+      auto wd = g.tensor(2, CUDNN_DATA_FLOAT, {Cout, Cin, kt, kh, kw}, {K3 * Cin, 1, kh * kw * Cin, kw * Cin, Cin},
+                         false);
+      auto yd = g.tensor(3, CUDNN_DATA_FLOAT, {1, Cout, To, Ho, Wo},
+                         {To * Ho * Wo * Cout, 1, Ho * Wo * Cout, Wo * Cout, Cout}, false);
+      g.conv_fprop(xd, wd, yd, {a.pad_front, a.pad_top, a.pad_left}, {0, a.pad_bottom, a.pad_right},
+                   {a.stride_t, a.stride_h, a.stride_w});
+      r.plan = g.plan(cudnn_handle(), &r.note, "conv3d");
+      r.workspace = plan_workspace(r.plan);
+    } catch (const std::exception& e) {
+      r.why = e.what();
+    }
+    return r;
+  });
+  if (!p.plan) return refuse(p.why);
+  Tensor xs = Tensor::empty({T, H * W, Cin}, DType::F32, x.device());
+  Tensor ws_t = Tensor::empty({Cout, K3, Cin}, DType::F32, x.device());
+  Tensor ys = Tensor::empty({To, Ho * Wo, Cout}, DType::F32, x.device());
+  transpose_rs(x.data<float>(), nullptr, xs.data<float>(), T, Cin, H * W);
+  transpose_rs(w.data<float>(), nullptr, ws_t.data<float>(), Cout, Cin, K3);
+  void* ws = p.workspace ? scratch(size_t(p.workspace)) : nullptr;
+  execute_plan(p.plan, {1, 2, 3}, {xs.data<float>(), ws_t.data<float>(), ys.data<float>()}, ws);
+  transpose_rs(ys.data<float>(), bias ? bias->data<float>() : nullptr, out.data<float>(), To, Ho * Wo, Cout);
+  log_once(str("conv3d-cudnn-graph-", p.note),
+           str("conv3d: cuDNN graph convolution (", p.note, ", workspace ", p.workspace >> 20, " MiB), first for x ",
+               x.desc(), " w ", w.desc()));
+  return true;
+}
+
 bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
                   std::string* why) {
   auto refuse = [&](const std::string& r) {
@@ -279,6 +374,10 @@ bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Co
   return true;
 }
 #else
+bool conv3d_cudnn_graph(const Tensor&, const Tensor&, const Tensor*, const Conv3dArgs&, Tensor&, std::string* why) {
+  if (why) *why = "this build has no cuDNN";
+  return false;
+}
 bool conv3d_cudnn(const Tensor&, const Tensor&, const Tensor*, const Conv3dArgs&, Tensor&, std::string* why) {
   if (why) *why = "this build has no cuDNN";
   return false;
@@ -288,6 +387,10 @@ bool conv3d_cudnn(const Tensor&, const Tensor&, const Tensor*, const Conv3dArgs&
 void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out) {
   if (conv3d_path() != "im2col") {
     std::string why;
+    if (conv_use_tf32()) {  // the graph engines run fp32 convolutions with TF32 tensor cores
+      if (conv3d_cudnn_graph(x, w, bias, a, out, &why)) return;
+      log_once(str("conv3d-cudnn-graph-refused-", why), str("conv3d: cuDNN graph path not taken (", why, ")"));
+    }
     if (conv3d_cudnn(x, w, bias, a, out, &why)) return;
     log_once(str("conv3d-cudnn-refused-", why), str("conv3d: cuDNN path not taken (", why, "); im2col instead"));
   }

@@ -190,6 +190,36 @@ class CudnnGraph {
     ops_.push_back(op);
   }
 
+  // y = conv(x, w): an N-d cross-correlation (spatial dims = pre.size()) in f32 math; x, w, y
+  // in cuDNN's [N, C, spatial…] dims with any strides (tensor-core engines want channels last).
+  void conv_fprop(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t w, cudnnBackendDescriptor_t y,
+                  const std::vector<int64_t>& pre, const std::vector<int64_t>& post,
+                  const std::vector<int64_t>& stride) {
+    const int64_t nd = int64_t(pre.size());
+    const std::vector<int64_t> dil(pre.size(), 1);
+    auto cd = create(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, "convolution");
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    set(cd, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "conv type");
+    set(cd, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode, "conv mode");
+    set(cd, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &nd, "conv dims");
+    set(cd, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, nd, dil.data(), "conv dilations");
+    set(cd, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, nd, stride.data(), "conv strides");
+    set(cd, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, nd, pre.data(), "conv pre pads");
+    set(cd, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, nd, post.data(), "conv post pads");
+    finalize(cd, "convolution");
+    auto op = create(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, "conv fprop op");
+    float alpha = 1.f, beta = 0.f;
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, "conv alpha");
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta, "conv beta");
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cd, "conv desc");
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "conv x");
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w, "conv w");
+    set(op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "conv y");
+    finalize(op, "conv fprop op");
+    ops_.push_back(op);
+  }
+
   // Builds the operation graph on handle h, asks the heuristics (mode A, then fallback) and
   // returns the first execution plan that finalizes (the plan keeps its own references; the
   // graph may be destroyed). only_config >= 0 tries that engine config index only. engine_note
