@@ -29,7 +29,7 @@ std::string error(const std::map<std::string, std::string>& env) {
 TEST(EngineSettings, DefaultsAndEveryVariable) {
   const EngineSettings d = read({});
   EXPECT_EQ(d.attention, EngineSettings::Attention::Auto);
-  EXPECT_EQ(d.conv3d, "im2col");
+  EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
   EXPECT_EQ(d.cuda_allocator, "buckets");
@@ -41,14 +41,14 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_FALSE(d.fp8_sdpa_probe);
   EXPECT_EQ(d.fp8_sdpa_variant, -1);
   EXPECT_EQ(d.fp8_sdpa_config, -1);
-  const EngineSettings s = read({{"OSP_ATTENTION", "flash"}, {"OSP_CONV3D", "cudnn"}, {"OSP_VAE_FP32", "1"},
+  const EngineSettings s = read({{"OSP_ATTENTION", "flash"}, {"OSP_CONV3D", "im2col"}, {"OSP_VAE_FP32", "1"},
                                  {"OSP_GEMM_AUTOTUNE", "0"}, {"OSP_CUDA_ALLOCATOR", "blocks"},
                                  {"OSP_ULYSSES_CHUNKS", "2"}, {"OSP_PROFILE", "yes"}, {"OSP_VERBOSE", "1"},
                                  {"OSP_FP8_SDPA_PROBE", "1"}, {"OSP_FP8_SDPA_VARIANT", "3"},
                                  {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "block"},
                                  {"OSP_ATTN_BWD_CHUNKS", "6"}});
   EXPECT_EQ(s.attention, EngineSettings::Attention::Flash);
-  EXPECT_EQ(s.conv3d, "cudnn");
+  EXPECT_EQ(s.conv3d, "im2col");
   EXPECT_TRUE(s.vae_fp32);
   EXPECT_FALSE(s.gemm_autotune);
   EXPECT_EQ(s.cuda_allocator, "blocks");
@@ -65,7 +65,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);
-  EXPECT_EQ(read({{"OSP_CONV3D", ""}}).conv3d, "im2col");
+  EXPECT_EQ(read({{"OSP_CONV3D", ""}}).conv3d, "cudnn");
 }
 
 TEST(EngineSettings, BadValuesNameTheVariable) {

@@ -49,17 +49,24 @@ std::vector<ConvCase> conv_cases() {
   return cases;
 }
 
+// ops::conv3d on both CUDA paths (cudnn, the default, and im2col) against the CPU.
 TEST(VaeGpu, Conv3dMatchesCpu) {
   OSP_REQUIRE_GPU();
-  uint32_t seed = 1;
-  for (const auto& c : conv_cases()) {
-    Tensor x = randn(c.x, seed++), w = randn(c.w, seed++), b = randn({c.w[0]}, seed++);
-    Tensor ref = osp::ops::conv3d(x, w, &b, c.a);
-    Tensor xd = x.to(Device::cuda()), wd = w.to(Device::cuda()), bd = b.to(Device::cuda());
-    Tensor out = osp::ops::conv3d(xd, wd, &bd, c.a);
-    ASSERT_EQ(out.shape(), ref.shape());
-    EXPECT_LE(osp::relative_error(out, ref), 5e-3) << osp::shape_str(c.x) << " * " << osp::shape_str(c.w);
+  const std::string was = osp::ops::conv3d_path();
+  for (const std::string path : {"cudnn", "im2col"}) {
+    osp::ops::set_conv3d_path(path);
+    uint32_t seed = 1;
+    for (const auto& c : conv_cases()) {
+      Tensor x = randn(c.x, seed++), w = randn(c.w, seed++), b = randn({c.w[0]}, seed++);
+      Tensor ref = osp::ops::conv3d(x, w, &b, c.a);
+      Tensor xd = x.to(Device::cuda()), wd = w.to(Device::cuda()), bd = b.to(Device::cuda());
+      Tensor out = osp::ops::conv3d(xd, wd, &bd, c.a);
+      ASSERT_EQ(out.shape(), ref.shape());
+      EXPECT_LE(osp::relative_error(out, ref), 5e-3)
+          << path << ": " << osp::shape_str(c.x) << " * " << osp::shape_str(c.w);
+    }
   }
+  osp::ops::set_conv3d_path(was);
 }
 
 // The cuDNN path (ops::set_conv3d_path("cudnn")) alone on the same cases, with and without a
@@ -165,11 +172,12 @@ TEST(VaeGpu, DecodeAndEncodeMatchGolden) {
   EXPECT_LE(osp::relative_error(mu, drop_batch(golden_ck()->get("vae.encoded_mu"))), 2e-2);
 }
 
-// The whole decode and encode again with the cuDNN convolution path.
-TEST(VaeGpu, DecodeAndEncodeMatchGoldenWithCudnnConvolutions) {
+// The whole decode and encode again on the other convolution path (the test above runs the
+// default, cuDNN since session 11).
+TEST(VaeGpu, DecodeAndEncodeMatchGoldenWithIm2colConvolutions) {
   OSP_REQUIRE_GPU();
   const std::string was = osp::ops::conv3d_path();
-  osp::ops::set_conv3d_path("cudnn");
+  osp::ops::set_conv3d_path("im2col");
   osp::model::WanVae vae = osp::model::WanVae::load(osp::model::weight_getter(golden_ck()),
                                                     Device::cuda(), {}, "vae.weights.");
   osp::model::DecodeOptions o;

@@ -32,7 +32,7 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
                 : att == "cudnn" ? EngineSettings::Attention::Cudnn
                                  : EngineSettings::Attention::Auto;
   s.conv3d = value("OSP_CONV3D");
-  if (s.conv3d.empty()) s.conv3d = "im2col";
+  if (s.conv3d.empty()) s.conv3d = "cudnn";
   OSP_CHECK(s.conv3d == "im2col" || s.conv3d == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", s.conv3d, "'");
   s.cuda_allocator = value("OSP_CUDA_ALLOCATOR");
   if (s.cuda_allocator.empty()) s.cuda_allocator = "buckets";

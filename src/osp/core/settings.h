@@ -4,7 +4,7 @@
 //
 //   OSP_ATTENTION=auto|flash|cudnn   attention kernels (forward and backward): cuDNN's fused SDPA
 //                                    where it takes the shape, else osp's flash kernel (auto)
-//   OSP_CONV3D=im2col|cudnn          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h)
+//   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
 //   OSP_CUDA_ALLOCATOR=buckets|blocks  the CUDA caching allocator (core/block_allocator.h)
@@ -34,7 +34,7 @@ namespace osp {
 struct EngineSettings {
   enum class Attention { Auto, Flash, Cudnn };
   Attention attention = Attention::Auto;
-  std::string conv3d = "im2col";
+  std::string conv3d = "cudnn";
   bool vae_fp32 = false;
   bool gemm_autotune = true;
   std::string cuda_allocator = "buckets";

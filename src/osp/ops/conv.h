@@ -11,8 +11,9 @@
 //
 // CPU: fp32, im2col over bands of output rows + OpenBLAS sgemm (the band keeps the column
 // buffer ≤ 64 MiB), OpenMP over the im2col rows.
-// CUDA: fp32 storage, im2col kernel + cuBLAS GEMM with TF32 tensor-core math (the reference's
-// PyTorch default `cudnn.allow_tf32 = True` also runs its convolutions in TF32).
+// CUDA: fp32 storage, TF32 tensor-core math (the reference's PyTorch default
+// `cudnn.allow_tf32 = True` also runs its convolutions in TF32): cuDNN's backend-API convolution
+// on channels-last copies (default), or an im2col kernel + cuBLAS GEMM (set_conv3d_path below).
 #pragma once
 #include <string>
 
@@ -44,11 +45,12 @@ void conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dAr
 // Allocating convenience overload.
 Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a);
 
-// The CUDA conv3d implementation: "im2col" (im2col + cuBLAS TF32 GEMMs, the default) or "cudnn"
-// (cuda/conv3d.cu: cuDNN's backend-API convolution on channels-last staging copies with TF32, or
-// with OSP_VAE_FP32=1 its legacy convolution on NCDHW copies; shapes neither takes fall back to
-// im2col, said once with OSP_VERBOSE).
-// The start value comes from OSP_CONV3D (unset: im2col). Throws on another name. Process-wide.
+// The CUDA conv3d implementation: "cudnn" (the default; cuda/conv3d.cu: cuDNN's backend-API
+// convolution on channels-last staging copies with TF32, or with OSP_VAE_FP32=1 its legacy
+// convolution on NCDHW copies; shapes neither takes fall back to im2col, said once with
+// OSP_VERBOSE) or "im2col" (im2col + cuBLAS TF32 GEMMs; the default before session 11: the 720P
+// decode took 30.5 s on an H200 with it, 10.5 s on an H100 with cuDNN's graph — docs/PERF.md).
+// The start value comes from OSP_CONV3D (unset: cudnn). Throws on another name. Process-wide.
 void set_conv3d_path(const std::string& path);
 std::string conv3d_path();
 
