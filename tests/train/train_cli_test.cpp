@@ -158,6 +158,14 @@ TEST_F(TrainCli, BadConfigsAndInputsExitOneWithTheReason) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("--clip must be"), std::string::npos) << r.out;
   r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
+           (work / "o").string(), "--quant", "hif8", "--ffn-chunks", "2"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--ffn-chunks needs --quant none"), std::string::npos) << r.out;
+  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
+           (work / "o").string(), "--ffn-chunks", "-1"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--ffn-chunks must be >= 0"), std::string::npos) << r.out;
+  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
            (work / "o").string()});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("no-data"), std::string::npos) << r.out;
@@ -361,6 +369,14 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(ka.out.find("activation checkpointing (attention kept)"), std::string::npos) << ka.out;
   EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
   in.keep_attention = false;
+  // --ffn-chunks 4: the plan without the FFN's [rows, ffn] tape activations
+  const CliRun fc = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
+                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
+                         "--device", "cuda", "--gpu-memory", "139", "--shard-gradients", "--ffn-chunks", "4"});
+  ASSERT_EQ(fc.code, 0) << fc.out;
+  in.ffn_chunks = 4;
+  EXPECT_NE(fc.out.find(train::plan_train_memory(in).table()), std::string::npos) << fc.out;
+  in.ffn_chunks = 0;
   // a run that does not fit says what would: each change by the same plan, then all of them
   const CliRun nf = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
                          "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
@@ -376,6 +392,12 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
                   train::plan_train_memory(w).total / double(1ull << 30));
     EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
     EXPECT_NE(nf.out.find("--shard-gradients"), std::string::npos) << nf.out;
+    w = in;  // the run as given (no gradient sharding), with the FFN in 4 row chunks
+    w.sharded_gradients = w.sharded_weights = false;
+    w.capacity_bytes = 100.0 * double(1ull << 30);
+    w.ffn_chunks = 4;
+    std::snprintf(want, sizeof want, "  %-28s %8.2f GiB", "--ffn-chunks 4", train::plan_train_memory(w).total / double(1ull << 30));
+    EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
   }
   // --lora-rank: the frozen base + the adapters' state (unsharded even on 4 ranks: auto is off for LoRA)
   const CliRun lo = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",

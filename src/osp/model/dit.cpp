@@ -144,6 +144,9 @@ DiT DiT::bind(const DiTConfig& cfg, const std::map<std::string, Tensor>& weights
   OSP_CHECK(!(opt.train && opt.on_block_bound), "DiT::bind: on_block_bound (block streaming) is inference-only");
   OSP_CHECK(!(opt.train && opt.quant == DiTQuant::FP8),
             "DiT::bind: FP8 mode is inference-only; train with quant = HiF8 (QAT) or None");
+  OSP_CHECK(opt.ffn_chunks >= 0, "DiT::bind: ffn_chunks must be >= 0, got ", opt.ffn_chunks);
+  OSP_CHECK(opt.ffn_chunks <= 1 || opt.quant == DiTQuant::None,
+            "DiT::bind: ffn_chunks needs unquantised training (HiF8 QAT scales whole tensors; chunks would change them)");
   // HiF8 inference caches Q(W, 15) in the weight itself; HiF8 training keeps W and recomputes
   // Q(W, 15) on every forward (refresh_quantized_weights).
   const bool hif8 = opt.quant == DiTQuant::HiF8 && !(opt.train && opt.train_base);
@@ -315,7 +318,15 @@ layers::Ctx DiT::ctx(bool training, Tape* tape, ProfKind pk) {
   c.lora_inputs = has_lora() && lora_enabled_ && opt_.quant != DiTQuant::None;
   c.prof = &prof_;
   c.pk = pk;
+  c.ffn_chunks = opt_.ffn_chunks;
   return c;
+}
+
+void DiT::set_ffn_chunks(int n) {
+  OSP_CHECK(n >= 0, "DiT::set_ffn_chunks: ffn_chunks must be >= 0, got ", n);
+  OSP_CHECK(n <= 1 || opt_.quant == DiTQuant::None,
+            "DiT::set_ffn_chunks: ffn_chunks needs unquantised training (HiF8 QAT scales whole tensors; chunks would change them)");
+  opt_.ffn_chunks = n;
 }
 
 // ---------------------------------------------------------------- forward

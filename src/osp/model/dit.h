@@ -68,6 +68,11 @@ struct DiTOptions {
   // of the 1.3B model at 832×480×81), so the recompute before each block's backward skips the
   // attention core — the largest part of a video-sized block's FLOPs. Identical gradients.
   bool keep_attention = false;
+  // Training: the FFN's tape in row chunks (layers::Ctx::ffn_chunks; 0 or 1 = off). The two
+  // [rows, ffn] activations of a block's tape (2·rows·ffn_dim act) and the FFN backward's two
+  // gradient buffers shrink to one chunk's rows, for one more fc1 GEMM per block in the
+  // backward. Not with HiF8 QAT (its per-tensor scales would change with the chunking: refused).
+  int ffn_chunks = 0;
   // Training: false freezes the base model — no gradient is allocated or computed for any base
   // parameter, only for attached LoRA adapters (attach_lora; Mix-GRPO). A HiF8 base then keeps
   // its cached Q(W, 15) as in inference (the weights never change).
@@ -151,6 +156,7 @@ class DiT {
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
   void set_keep_attention(bool on) { opt_.keep_attention = on; }
+  void set_ffn_chunks(int n);
   // Called by every backward() around block i's part (blocks run from the last to the first):
   // before(i) ahead of its recompute / backward, after(i) once its parameter gradients are
   // complete for this backward. For gradient sharding (train/sharded_adamw.h): the gradients of

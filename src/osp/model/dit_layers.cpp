@@ -451,8 +451,33 @@ void FFN::params(ParamSink& s, const std::string& p) {
 
 size_t FFN::bytes() const { return fc1.bytes() + fc2.bytes(); }
 
+// The FFN's rows in `chunks` contiguous pieces of ⌈rows / chunks⌉: calls f(r0, r1) for each.
+template <typename F>
+void for_row_chunks(int64_t rows, int chunks, F&& f) {
+  const int64_t step = (rows + chunks - 1) / chunks;
+  for (int64_t r0 = 0; r0 < rows; r0 += step) f(r0, std::min(rows, r0 + step));
+}
+
 void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) const {
   const int64_t B = h.size(0), n = h.size(1);
+  if (c.tape && c.ffn_chunks > 1) {
+    // Chunked (training, unquantised): the tape keeps h only ("h2q"); fc1 + GELU + fc2 per row
+    // chunk through one chunk's [rows, ffn] buffers. FFN::backward recomputes fc1 + GELU.
+    OSP_CHECK(c.quant == DiTQuant::None, "FFN: row chunks need unquantised training");
+    c.tape->t["h2q"] = h;
+    const int64_t R = B * n, d = h.size(2), step = (R + c.ffn_chunks - 1) / c.ffn_chunks;
+    const Tensor hv = h.view({R, d});
+    Tensor yv = y.view({R, d});
+    Tensor f1p = Tensor::empty({step, cfg.ffn_dim}, c.act, c.dev);
+    Tensor f1 = Tensor::empty({step, cfg.ffn_dim}, c.act, c.dev);
+    for_row_chunks(R, c.ffn_chunks, [&](int64_t r0, int64_t r1) {
+      Tensor p = f1p.slice(0, 0, r1 - r0), g = f1.slice(0, 0, r1 - r0), yc = yv.slice(0, r0, r1);
+      fc1.forward(hv.slice(0, r0, r1), p);
+      ops::gelu_tanh(p, g);
+      fc2.forward(g, yc);
+    });
+    return;
+  }
   const LinIn fq = quant_input(c, h, c.tape ? "h2q" : "hq");
   c.split(ProfStage::Quant);
   Tensor& f1 = c.linear_input("f1", "f1", {B, n, cfg.ffn_dim}, c.act);
@@ -470,6 +495,28 @@ void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) cons
 }
 
 void FFN::backward(const Ctx& c, const Tape& tp, const Tensor& dy, Tensor& dh) {
+  if (!tp.find("f1_pre")) {  // the forward ran in row chunks (Ctx::ffn_chunks): recompute them
+    OSP_CHECK(c.ffn_chunks > 1, "FFN::backward: the tape has no fc1 activation and ffn_chunks is ", c.ffn_chunks);
+    const Tensor& h = tp.at("h2q");
+    const int64_t d = h.size(2), R = h.size(0) * h.size(1), F = fc1.w.size(0);  // w [ffn, d]
+    const int64_t step = (R + c.ffn_chunks - 1) / c.ffn_chunks;
+    const Tensor hv = h.view({R, d}), dyv = dy.view({R, d});
+    Tensor dhv = dh.view({R, d});
+    Tensor f1p = Tensor::empty({step, F}, c.act, c.dev), f1 = Tensor::empty({step, F}, c.act, c.dev);
+    Tensor df1 = Tensor::empty({step, F}, c.act, c.dev), df1p = Tensor::empty({step, F}, fc1.grad_dtype(c), c.dev);
+    for_row_chunks(R, c.ffn_chunks, [&](int64_t r0, int64_t r1) {
+      const int64_t m = r1 - r0;
+      Tensor p = f1p.slice(0, 0, m), g = f1.slice(0, 0, m), dg = df1.slice(0, 0, m), dp = df1p.slice(0, 0, m);
+      const Tensor hc = hv.slice(0, r0, r1);
+      fc1.forward(hc, p);
+      ops::gelu_tanh(p, g);
+      fc2.backward(c, g, dyv.slice(0, r0, r1), &dg);
+      ops::gelu_tanh_backward(p, dg, dp);
+      Tensor dhc = dhv.slice(0, r0, r1);
+      fc1.backward(c, hc, dp, &dhc);
+    });
+    return;
+  }
   const Tensor& f1p = tp.at("f1_pre");
   // dL/d(GELU output) in the activation dtype (bf16 on CUDA, as autocast keeps it; F32 on the
   // CPU), dL/d(fc1 output) in what fc1's backward reads: two [n, ffn] buffers, the block's largest.

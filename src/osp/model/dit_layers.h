@@ -78,6 +78,10 @@ struct Ctx {
   // recompute takes them (and empties this) instead of running the attention core again — the
   // same bits, the core being deterministic.
   Tape* attn_keep = nullptr;
+  // Training, unquantised (DiTOptions::ffn_chunks > 1): with a tape the FFN records only its
+  // input and runs in this many row chunks; its backward recomputes each chunk's fc1 + GELU
+  // (one extra fc1 GEMM per block) instead of the tape holding the two [rows, ffn] activations.
+  int ffn_chunks = 0;
   StageProfiler* prof = nullptr;
   ProfKind pk = ProfKind::None;  // the profiled block's kind
 

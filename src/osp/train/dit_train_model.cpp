@@ -49,6 +49,7 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   d.train_base = opt.lora_rank <= 0;
   d.activation_checkpointing = opt.activation_checkpointing;
   d.keep_attention = opt.keep_attention;
+  d.ffn_chunks = opt.ffn_chunks;
   dit_ = model::DiT::bind(cfg_, weights, d);
   dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
   if (opt.lora_rank > 0) {

@@ -28,6 +28,7 @@ struct DiTTrainOptions {
   Device device = Device::cpu();
   bool activation_checkpointing = true;
   bool keep_attention = false;  // DiTOptions::keep_attention
+  int ffn_chunks = 0;           // DiTOptions::ffn_chunks
   int full_blocks = 0;          // config_for_attention's full_blocks
   // LoRA fine-tuning (rank > 0): the base weights are frozen (no gradients, no optimizer state),
   // un-merged adapters (model/lora.h: PEFT's gaussian init from lora_seed, B = 0) on the

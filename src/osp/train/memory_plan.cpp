@@ -2,6 +2,7 @@
 #include "osp/train/memory_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "osp/parallel/communicator.h"
@@ -77,11 +78,18 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   const double K = double(c.in_dim * c.patch_volume()), Kout = double(c.out_dim * c.patch_volume());
   // One block's tape on n rows (dit_layers.cpp, unquantised): 16 act [n, d] (h, q, k, v, qr, kr,
   // o, o-in, y, h3, cq_pre, cq, oc, oc-in, h2, y3), 3 F32 [n, d] residual copies (x0, x1, x2),
-  // 2 act [n, ffn] (f1_pre, f1), 2 F32 lse [H, n]; cross-attention keys/values 3 act [Lt, d].
-  auto tape = [&](double n) { return B * n * (16 * d * a + 2 * f * a + 3 * d * 4 + 2 * H * 4) + B * Lt * d * 3 * a; };
+  // 2 act [n, ffn] (f1_pre, f1; not with ffn_chunks), 2 F32 lse [H, n]; cross-attention
+  // keys/values 3 act [Lt, d].
+  const bool ffn_chunked = in.ffn_chunks > 1;
+  auto tape = [&](double n) {
+    return B * n * (16 * d * a + (ffn_chunked ? 0 : 2 * f * a) + 3 * d * 4 + 2 * H * 4) + B * Lt * d * 3 * a;
+  };
   // Backward scratch of a block: ~6 F32 [n, d] (dx, dh, dq/dk/dv, ...) and the FFN's two act
-  // [n, ffn] (dL/d GELU output, dL/d fc1 output).
-  auto scratch = [&](double n) { return B * n * (6 * d * 4 + 2 * f * a); };
+  // [n, ffn] (dL/d GELU output, dL/d fc1 output) — with ffn_chunks four act [⌈B·n / chunks⌉, ffn]
+  // (the recomputed fc1 output and GELU, and those two gradients, of one chunk).
+  auto scratch = [&](double n) {
+    return B * n * 6 * d * 4 + (ffn_chunked ? 4 * std::ceil(B * n / in.ffn_chunks) * f * a : B * n * 2 * f * a);
+  };
   // Kept self-attention results (keep_attention): o act [n, d] + lse F32 [H, n] per block.
   const bool keep_attn = in.activation_checkpointing && in.keep_attention;
   double ckpt = 0, kept_attn = 0, tape_max = 0, scratch_max = 0;

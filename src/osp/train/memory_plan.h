@@ -28,7 +28,8 @@
 //   kept attention with keep_attention: every block's self-attention output (act [n, d]) and
 //                  log-sum-exp (F32 [H, n]), which the recompute reuses
 //   block tape     one block recomputed with its tape for its backward
-//   backward       the backward's scratch for one block (F32 gradients of its rows)
+//   backward       the backward's scratch for one block (F32 gradients of its rows; the FFN's
+//                  [n, ffn] gradients, or with ffn_chunks its four chunk buffers)
 //   full-size      tensors of all N tokens every rank holds: the F32 patch embedding x_full
 //                  (forward) and its gradient (scatter_input_backward), patches, head output
 //   comm buffers   the largest exchange of a block (Ulysses backward: q, k, v, out, dout of the
@@ -61,6 +62,9 @@ struct MemoryPlanInput {
   bool prefetch_weights = true;    // weight sharding: the next block's gather staged (GPU)
   bool activation_checkpointing = true;
   bool keep_attention = false;  // with checkpointing: every block's self-attention o + lse kept
+  // > 1: the FFN in row chunks (TrainOptions::ffn_chunks): no [n, ffn] activations in a tape; the
+  // FFN backward's four chunk buffers act [n/ffn_chunks, ffn] in the backward scratch
+  int ffn_chunks = 0;
   bool transient_weights = false;  // unsharded: a block's compute copy exists only around its use
   // LoRA fine-tuning (> 0): the adapters' parameter count; the base is frozen (its compute copy
   // only), the adapters carry the gradients and the optimizer state (unsharded).

@@ -65,6 +65,9 @@ TimestepConfig parse_shift(const std::string& s) {
 
 void TrainOptions::validate() const {
   OSP_CHECK(lora_rank >= 0, "--lora-rank must be >= 0 (0: every weight is trained), got ", lora_rank);
+  OSP_CHECK(ffn_chunks >= 0, "--ffn-chunks must be >= 0 (0 or 1: off), got ", ffn_chunks);
+  OSP_CHECK(ffn_chunks <= 1 || quant == "none",
+            "--ffn-chunks needs --quant none (HiF8 QAT scales whole tensors; chunks would change them)");
   OSP_CHECK(lora_rank == 0 || (std::isfinite(lora_alpha) && lora_alpha > 0), "--lora-alpha must be > 0, got ", lora_alpha);
   OSP_CHECK(!(model.empty() && !from_scratch), "give --model DIR (fine-tune) or --from-scratch with --config-model FILE");
   OSP_CHECK(!(!model.empty() && from_scratch), "--model and --from-scratch exclude each other");
@@ -174,6 +177,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
+    else if (key == "ffn_chunks") get_int(ffn_chunks);
     else if (key == "profile") get_bool(profile);
     else if (key == "full_blocks") get_int(full_blocks);
     else if (key == "lora_rank") get_int(lora_rank);
@@ -187,7 +191,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, ffn_chunks, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 

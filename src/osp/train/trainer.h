@@ -154,6 +154,10 @@ struct TrainOptions {
   // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
   // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
   bool keep_attention = false;
+  // The FFN's tape in row chunks (DiTOptions::ffn_chunks; 0/1 off): a block's two [rows, ffn]
+  // activations and the FFN backward's two gradient buffers shrink to one chunk's rows, for one
+  // more fc1 GEMM per block in the backward. Unquantised training only.
+  int64_t ffn_chunks = 0;
   // Time every stage of the step (forward, checkpoint recompute, backward by layer, on CUDA with
   // events) from step 2 on, and write the per-step table to <out>/profile.txt at the end (and
   // print it). Adds a device synchronisation per step's report, not per stage.
