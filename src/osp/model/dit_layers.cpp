@@ -23,6 +23,13 @@ const Tensor* Tape::find(const std::string& name) const {
   return it != t.end() && it->second.defined() ? &it->second : nullptr;
 }
 
+void Tape::drop(std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    t.erase(n);
+    t.erase(std::string(n) + ".f");
+  }
+}
+
 Tensor& Ctx::scratch(const std::string& name, const Shape& shape, DType dt) {
   Tensor& t = (*ws)[name];
   if (!t.defined() || t.shape() != shape || t.dtype() != dt || t.device() != dev)
@@ -628,7 +635,7 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
   c.lap(ProfStage::FFN);
 }
 
-void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
+void Block::backward(const Ctx& c, Tape& tp, const DiTConfig& cfg, int i,
                      const LinIn& ctx, Tensor& dx, Tensor& de0, Tensor& dctx,
                      parallel::SequenceParallel& sp) {
   const int64_t B = dx.size(0), n = dx.size(1), d = cfg.dim;
@@ -654,6 +661,7 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
                                       tb, &ds, &dc);
   }
   ops::add_gated_(dx, tmp, nullptr);  // dx = dL/dx2
+  tp.drop({"h2", "h2q", "f1_pre", "f1", "f1q", "y3", "x2"});  // the FFN's part of the tape is done
   c.lap(ProfStage::BwdFFN);
 
   // ---- cross-attention: x2 = x1 + CrossAttn(h3, ctx), h3 = LN3(x1)
@@ -665,6 +673,7 @@ void Block::backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i,
   } else {
     ops::add_gated_(dx, dh, nullptr);
   }  // dx = dL/dx1
+  tp.drop({"h3", "h3q", "cq_pre", "cq", "ck_pre", "ck", "cv", "oc", "lse_c", "ocq", "x1"});  // cross-attention's
   c.lap(ProfStage::BwdCrossAttn);
 
   // ---- self-attention: x1 = x0 + SelfAttn(h)·gate1, h = LN(x0)·(1 + scale1) + shift1

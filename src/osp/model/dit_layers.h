@@ -55,6 +55,9 @@ struct Tape {
   const Tensor& at(const std::string& name) const;
   // The recorded tensor or null.
   const Tensor* find(const std::string& name) const;
+  // Forgets the named activations (and their LoRA float copies "<name>.f"); absent names are
+  // fine. A backward drops what its finished stages read so the rest runs with less memory.
+  void drop(std::initializer_list<const char*> names);
 };
 
 // The run context of one forward/backward: device and dtypes, numerics, the reused inference
@@ -245,7 +248,8 @@ struct Block {
                parallel::SequenceParallel& sp) const;
   // dx: dL/d(block output) [B, n, d] F32 in, dL/d(block input) out. de0 (+=) [B, 6, d] F32,
   // dctx (+=) [B, Lt, d] F32; parameter gradients (+=).
-  void backward(const Ctx& c, const Tape& tp, const DiTConfig& cfg, int i, const LinIn& ctx,
+  // (tp: the block's tape, emptied stage by stage as the backward passes: FFN, then cross-attention)
+  void backward(const Ctx& c, Tape& tp, const DiTConfig& cfg, int i, const LinIn& ctx,
                 Tensor& dx, Tensor& de0, Tensor& dctx, parallel::SequenceParallel& sp);
 };
 

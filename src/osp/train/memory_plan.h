@@ -27,7 +27,9 @@
 //                  (without checkpointing: every block's tape instead)
 //   kept attention with keep_attention: every block's self-attention output (act [n, d]) and
 //                  log-sum-exp (F32 [H, n]), which the recompute reuses
-//   block tape     one block recomputed with its tape for its backward
+//   block tape     one block recomputed with its tape for its backward (counted whole beside the
+//                  largest scratch; the backward drops the FFN's and the cross-attention's entries
+//                  once their stages are done, so the self-attention backward runs without them)
 //   backward       the backward's scratch for one block (F32 gradients of its rows; the FFN's
 //                  [n, ffn] gradients, or with ffn_chunks its four chunk buffers)
 //   full-size      tensors of all N tokens every rank holds: the F32 patch embedding x_full
