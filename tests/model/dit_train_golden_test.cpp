@@ -290,6 +290,24 @@ TEST(DiTTrainGolden, KeptAttentionSkipsTheRecomputedCoresWithTheSameBits) {
   }
 }
 
+// The training forward releases the forward workspaces (the blocks' activations of the untaped,
+// checkpointed forward) at its end: the backward never reads them, and they would otherwise stay
+// allocated through it. An inference forward keeps them (the next step reuses them); the step
+// after a release is the same as before (loss, every gradient).
+TEST(DiTTrainGolden, TrainingForwardReleasesTheWorkspaces) {
+  const auto in = test::golden_train_inputs("trainA");
+  DiT m = test::golden_train_model("hybrid"), ref = test::golden_train_model("hybrid");
+  auto sp = parallel::make_single_device();
+  m.forward(in.x0, {500.f}, in.context, *sp);
+  EXPECT_GT(m.workspace_bytes(), size_t(0)) << "inference keeps its workspaces";
+  m.forward_train(in.x0, {500.f}, in.context, *sp);
+  EXPECT_EQ(m.workspace_bytes(), size_t(0));
+  m.zero_grad(), ref.zero_grad();
+  const auto ra = test::golden_flow_step(ref, *sp, in);
+  const auto rb = test::golden_flow_step(m, *sp, in);  // after an inference forward and a release
+  expect_same_step(ref, ra, m, rb, "hybrid");
+}
+
 // ffn_chunks: the FFN's tape in row chunks (its backward recomputes fc1 + GELU per chunk). The
 // golden gradients hold at the same bound, and the step stays within summation-order rounding of
 // the unchunked one (the weight gradients are sums over chunks); twice in a row, and with 3 and 4

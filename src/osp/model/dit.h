@@ -204,6 +204,9 @@ class DiT {
   // Bytes of weights held on the device (what is bound now: a streamed model counts only the
   // blocks whose weights are bound at the moment).
   size_t weight_bytes() const;
+  // Bytes of the reused forward workspaces held now (an inference forward keeps its activation
+  // buffers for the next step; a training forward releases them at its end).
+  size_t workspace_bytes() const;
   // Block i's inference weights (layers::Block::weight_tensors): what block streaming moves
   // between host and device memory; each undefined while released.
   std::vector<Tensor*> block_weights(int i);
