@@ -458,12 +458,16 @@ void FFN::params(ParamSink& s, const std::string& p) {
 
 size_t FFN::bytes() const { return fc1.bytes() + fc2.bytes(); }
 
-// The FFN's rows in `chunks` contiguous pieces of ⌈rows / chunks⌉: calls f(r0, r1) for each.
+// The FFN's rows in `chunks` contiguous pieces of row_chunk(rows, chunks) = ⌈rows / chunks⌉ rows
+// (the chunk buffers' size): for_row_chunks calls f(r0, r1) for each.
+namespace {
+int64_t row_chunk(int64_t rows, int chunks) { return (rows + chunks - 1) / chunks; }
 template <typename F>
 void for_row_chunks(int64_t rows, int chunks, F&& f) {
-  const int64_t step = (rows + chunks - 1) / chunks;
+  const int64_t step = row_chunk(rows, chunks);
   for (int64_t r0 = 0; r0 < rows; r0 += step) f(r0, std::min(rows, r0 + step));
 }
+}  // namespace
 
 void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) const {
   const int64_t B = h.size(0), n = h.size(1);
@@ -472,7 +476,7 @@ void FFN::forward(Ctx& c, const DiTConfig& cfg, const Tensor& h, Tensor& y) cons
     // chunk through one chunk's [rows, ffn] buffers. FFN::backward recomputes fc1 + GELU.
     OSP_CHECK(c.quant == DiTQuant::None, "FFN: row chunks need unquantised training");
     c.tape->t["h2q"] = h;
-    const int64_t R = B * n, d = h.size(2), step = (R + c.ffn_chunks - 1) / c.ffn_chunks;
+    const int64_t R = B * n, d = h.size(2), step = row_chunk(R, c.ffn_chunks);
     const Tensor hv = h.view({R, d});
     Tensor yv = y.view({R, d});
     Tensor f1p = Tensor::empty({step, cfg.ffn_dim}, c.act, c.dev);
@@ -506,7 +510,7 @@ void FFN::backward(const Ctx& c, const Tape& tp, const Tensor& dy, Tensor& dh) {
     OSP_CHECK(c.ffn_chunks > 1, "FFN::backward: the tape has no fc1 activation and ffn_chunks is ", c.ffn_chunks);
     const Tensor& h = tp.at("h2q");
     const int64_t d = h.size(2), R = h.size(0) * h.size(1), F = fc1.w.size(0);  // w [ffn, d]
-    const int64_t step = (R + c.ffn_chunks - 1) / c.ffn_chunks;
+    const int64_t step = row_chunk(R, c.ffn_chunks);
     const Tensor hv = h.view({R, d}), dyv = dy.view({R, d});
     Tensor dhv = dh.view({R, d});
     Tensor f1p = Tensor::empty({step, F}, c.act, c.dev), f1 = Tensor::empty({step, F}, c.act, c.dev);
