@@ -1,19 +1,20 @@
-// CUDA conv3d: im2col (fp32) over chunks of whole output frames — or, when one frame's columns
+// CUDA conv3d, two paths (ops::set_conv3d_path / OSP_CONV3D; see ops/conv.h).
+//
+// "cudnn" (the default): with TF32 math, cuDNN's backend-API convolution on channels-last staging
+// copies (conv3d_cudnn_graph below: the engines PyTorch's convolutions run; any pads). With
+// OSP_VAE_FP32=1, or where no graph engine takes the shape, cuDNN's legacy convolution on packed
+// NCDHW staging copies: the frame-major input transposed to [Cin, pad_front + T, H, W] with the
+// causal front padding as explicit zero frames, the symmetric spatial pads and the legacy
+// heuristic's first algorithm that fits a 1 GiB workspace, the [Cout, To, Ho, Wo] result
+// transposed back with the bias added (asymmetric spatial pads — the encoder's downsample — go
+// to im2col). On an H100 the legacy API offered only FP32 implicit-GEMM kernels for the VAE's
+// shapes (docs/PERF.md, session 11).
+//
+// "im2col": im2col (fp32) over chunks of whole output frames — or, when one frame's columns
 // exceed the scratch cap, over bands of output rows of one frame — + one strided-batched cuBLAS
 // GEMM per chunk (one batch entry per frame) with TF32 tensor-core math (OSP_VAE_FP32=1 forces
-// plain fp32 GEMMs).  Frame-major layout, see ops/conv.h.  Chunking whole frames keeps the launch
+// plain fp32 GEMMs). Frame-major layout, see ops/conv.h. Chunking whole frames keeps the launch
 // count per convolution independent of the frame count (the VAE trainer's whole clips).
-//
-// A second path (ops::set_conv3d_path("cudnn") or OSP_CONV3D=cudnn; see ops/conv.h): with TF32
-// math, cuDNN's backend-API convolution on channels-last staging copies (conv3d_cudnn_graph
-// below: the engines PyTorch's convolutions run); with OSP_VAE_FP32=1, or where no graph engine
-// takes the shape, cuDNN's legacy convolution on packed NCDHW staging copies — the frame-major input is transposed to
-// [Cin, pad_front + T, H, W] with the causal front padding as explicit zero frames, cuDNN runs
-// the convolution with the symmetric spatial pads and the fastest algorithm cuDNN measures
-// (cudnnFind…Ex, once per shape in the process) among its heuristic's candidates that fit a
-// 1 GiB workspace (TF32 math unless OSP_VAE_FP32=1), and the [Cout, To, Ho, Wo] result is
-// transposed back with the bias added. Asymmetric spatial pads (the encoder's downsample) stay on
-// im2col.
 #include <cublas_v2.h>
 #ifdef OSP_HAVE_CUDNN
 #include <cudnn.h>
@@ -310,44 +311,21 @@ bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Co
             "conv3d (cuDNN): cuDNN's output [", yd[0], ", ", yd[1], ", ", yd[2], ", ", yd[3], ", ", yd[4],
             "] differs from conv3d's [1, ", Cout, ", ", To, ", ", Ho, ", ", Wo, "]");
   set_packed_5d(d.y, yd);
-  Tensor xs = Tensor::empty({Cin, Tp, H, W}, DType::F32, x.device());
-  Tensor ys = Tensor::empty({Cout, To, Ho, Wo}, DType::F32, x.device());
-  stage_ncdhw_kernel<<<grid_for(Cin * Tp * H * W), 256, 0, stream()>>>(x.data<float>(), xs.data<float>(), T, Cin,
-                                                                       H * W, a.pad_front);
-  OSP_CUDA_LAUNCH_CHECK("stage_ncdhw_kernel");
   ConvAlgo al;
   {
     std::lock_guard<std::mutex> lk(mu);
     auto it = algos->find(key);
     if (it == algos->end()) {
-      // The heuristic's candidates bound the workspace (≤ 1 GiB); then cuDNN times them on these
-      // very tensors and the fastest wins. The legacy heuristic's first choice alone ran the
-      // 720P decode at 15 TFLOP/s on an H100 (docs/PERF.md, session 11).
       OSP_CUDNN_CHECK(cudnnSetConvolutionMathType(d.c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
       std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> perf{};
       int n = 0;
       OSP_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_handle(), d.x, d.w, d.c, d.y, int(perf.size()),
                                                              &n, perf.data()));
-      size_t ws_limit = 0;
-      bool any = false;
-      for (int i = 0; i < n; ++i)
-        if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS && perf[size_t(i)].memory <= (size_t(1) << 30)) {
-          ws_limit = std::max(ws_limit, perf[size_t(i)].memory);
-          any = true;
-        }
       ConvAlgo c;
       c.why = "no cuDNN algorithm for this shape within a 1 GiB workspace";
-      if (any) {
-        void* ws = ws_limit ? scratch(ws_limit) : nullptr;
-        OSP_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-            cudnn_handle(), d.x, xs.data<float>(), d.w, w.data<float>(), d.c, d.y, ys.data<float>(), int(perf.size()),
-            &n, perf.data(), ws, ws_limit));
-      } else {
-        n = 0;
-      }
-      for (int i = 0; i < n; ++i) {  // sorted fastest first
+      for (int i = 0; i < n; ++i) {
         const auto& p = perf[size_t(i)];
-        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ws_limit) continue;
+        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > (size_t(1) << 30)) continue;
         if (!tf32 && p.mathType != CUDNN_FMA_MATH && p.mathType != CUDNN_DEFAULT_MATH) continue;
         c.ok = true;
         c.algo = p.algo;
@@ -361,6 +339,11 @@ bool conv3d_cudnn(const Tensor& x, const Tensor& w, const Tensor* bias, const Co
   }
   if (!al.ok) return refuse(al.why);
   OSP_CUDNN_CHECK(cudnnSetConvolutionMathType(d.c, al.math));
+  Tensor xs = Tensor::empty({Cin, Tp, H, W}, DType::F32, x.device());
+  Tensor ys = Tensor::empty({Cout, To, Ho, Wo}, DType::F32, x.device());
+  stage_ncdhw_kernel<<<grid_for(Cin * Tp * H * W), 256, 0, stream()>>>(x.data<float>(), xs.data<float>(), T, Cin,
+                                                                       H * W, a.pad_front);
+  OSP_CUDA_LAUNCH_CHECK("stage_ncdhw_kernel");
   void* ws = al.workspace ? scratch(al.workspace) : nullptr;
   const float one = 1.f, zero = 0.f;
   OSP_CUDNN_CHECK(cudnnConvolutionForward(cudnn_handle(), &one, d.x, xs.data<float>(), d.w, w.data<float>(), d.c,
