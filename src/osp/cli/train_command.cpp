@@ -505,9 +505,10 @@ void add_train_commands(CLI::App& app) {
                  "keep every block's self-attention output from the forward so the checkpoint recompute skips "
                  "the attention core (faster at video sizes; 100 MB more per 1.3B block at 832x480x81; same gradients)");
   OSP_TRAIN_OPT("--ffn-chunks", ffn_chunks,
-                "run each block's FFN in N row chunks under the checkpoint recompute: its backward recomputes "
-                "fc1 + GELU per chunk instead of keeping two [rows, ffn] activations (1.1 GiB less at 1.3B "
-                "832x480x81 with 4; one more fc1 GEMM per block; 0/1 = off; not with --quant hif8)");
+                "run each block's FFN in N row chunks wherever a tape is recorded (the checkpoint recompute): its "
+                "backward recomputes fc1 + GELU per chunk instead of keeping two [rows, ffn] activations (1.6 GiB "
+                "less by the memory plan at 1.3B 832x480x81 with 4; one more fc1 GEMM per block; 0/1 = off; not "
+                "with --quant hif8)");
   OSP_TRAIN_OPT("--lora-rank", lora_rank,
                 "LoRA fine-tuning: adapters of this rank on a frozen base instead of every weight (0 = off); "
                 "checkpoints hold lora.safetensors for osp generate --lora");
