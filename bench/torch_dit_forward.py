@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from torch_train_step import CONFIGS, WanDiT, forward_flops, init_weights, pick_sdpa, rope_tables
+from torch_train_step import CONFIGS, WanDiT, forward_flops, init_weights, pick_sdpa, random_inputs
 
 MODELS = dict(CONFIGS)
 MODELS["14B"] = dict(CONFIGS["1.3B"], dim=5120, ffn=13824, heads=40, layers=40,
@@ -48,14 +48,7 @@ def run(name, a, dev):
         for blk in model.blocks:
             blk.to(torch.bfloat16)
     sdpa_ctx, sdpa_name = pick_sdpa(a.sdpa, dev)
-    C, T, H, W = c["latent"]
-    pt, ph, pw = c["patch"]
-    grid = (T // pt, H // ph, W // pw)
-    tokens = grid[0] * grid[1] * grid[2]
-    cos, sin = rope_tables(grid, c["dim"] // c["heads"], dev)
-    g = torch.Generator(device="cpu").manual_seed(a.seed + 1)
-    z = torch.randn(1, C, T, H, W, generator=g).to(dev)
-    ctx = (torch.randn(1, c["text_len"], c["text_dim"], generator=g) * 0.1).to(dev)
+    tokens, cos, sin, z, ctx = random_inputs(c, dev, a.seed)
     t = torch.full((1,), 500.0, device=dev)
     amp = torch.bfloat16
     flops = forward_flops(c, tokens, c["layers"])

@@ -250,6 +250,20 @@ def forward_flops(c, tokens, layers):
 
 # ------------------------------------------------------------------------------------ benchmark
 
+def random_inputs(c, dev, seed):
+    """The benchmark's inputs for config c: tokens, RoPE cos/sin, a random latent [1, C, T, H, W]
+    and context [1, text_len, text_dim] (x 0.1), from a CPU generator seeded with seed + 1."""
+    C, T, H, W = c["latent"]
+    pt, ph, pw = c["patch"]
+    grid = (T // pt, H // ph, W // pw)
+    tokens = grid[0] * grid[1] * grid[2]
+    cos, sin = rope_tables(grid, c["dim"] // c["heads"], dev)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    x0 = torch.randn(1, C, T, H, W, generator=g).to(dev)
+    ctx = (torch.randn(1, c["text_len"], c["text_dim"], generator=g) * 0.1).to(dev)
+    return tokens, cos, sin, x0, ctx
+
+
 def pick_sdpa(want, device):
     """The SDPA backend context: cuDNN (probed with one forward+backward at a small shape), else flash."""
     if device.type != "cuda" or sdpa_kernel is None or not HAVE_SDPA:
@@ -324,14 +338,7 @@ def main():
         opt = torch.optim.AdamW(params, **opt_kw)
     sdpa_ctx, sdpa_name = pick_sdpa(a.sdpa, dev)
 
-    C, T, H, W = c["latent"]
-    pt, ph, pw = c["patch"]
-    grid = (T // pt, H // ph, W // pw)
-    tokens = grid[0] * grid[1] * grid[2]
-    cos, sin = rope_tables(grid, c["dim"] // c["heads"], dev)
-    g = torch.Generator(device="cpu").manual_seed(a.seed + 1)
-    x0 = torch.randn(1, C, T, H, W, generator=g).to(dev)
-    ctx = (torch.randn(1, c["text_len"], c["text_dim"], generator=g) * 0.1).to(dev)
+    tokens, cos, sin, x0, ctx = random_inputs(c, dev, a.seed)
     amp_dtype = torch.bfloat16
 
     def step():
