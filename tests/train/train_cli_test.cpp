@@ -153,22 +153,19 @@ TEST_F(TrainCli, BadConfigsAndInputsExitOneWithTheReason) {
   r = run({"train", "--config", (work / "range.json").string()});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("batch must be in [1, 4096]"), std::string::npos) << r.out;
-  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
-           (work / "o").string(), "--clip", "sometimes"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--clip must be"), std::string::npos) << r.out;
-  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
-           (work / "o").string(), "--quant", "hif8", "--ffn-chunks", "2"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--ffn-chunks needs --quant none"), std::string::npos) << r.out;
-  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
-           (work / "o").string(), "--ffn-chunks", "-1"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--ffn-chunks must be >= 0"), std::string::npos) << r.out;
-  r = run({"train", "--model", (work / "no-model").string(), "--data", (work / "no-data").string(), "--out",
-           (work / "o").string()});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("no-data"), std::string::npos) << r.out;
+  // A model folder and data that do not exist, plus `extra`: exit 1 with `reason` in the output.
+  auto expect_refused = [&](const std::vector<std::string>& extra, const std::string& reason) {
+    std::vector<std::string> args = {"train", "--model", (work / "no-model").string(), "--data",
+                                     (work / "no-data").string(), "--out", (work / "o").string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const CliRun b = run(args);
+    EXPECT_EQ(b.code, 1) << reason;
+    EXPECT_NE(b.out.find(reason), std::string::npos) << b.out;
+  };
+  expect_refused({"--clip", "sometimes"}, "--clip must be");
+  expect_refused({"--quant", "hif8", "--ffn-chunks", "2"}, "--ffn-chunks needs --quant none");
+  expect_refused({"--ffn-chunks", "-1"}, "--ffn-chunks must be >= 0");
+  expect_refused({}, "no-data");
   fs::remove_all(work);
 }
 
