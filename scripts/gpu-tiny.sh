@@ -13,7 +13,8 @@
 #            "a b c"): (a) full attention continued, (b) hybrid Skiparse (OSP-Next), (c) hybrid +
 #            HiF8 QAT; each for DIT_STEPS steps (equal budget; the clock stops them earlier when
 #            the call runs out), packaged and evaluated on the held-out prompts on the GPU ((c)
-#            sampled with --quant hif8).  DIT_BATCH, DIT_LR, DIT_EMA; DIT_INIT_WEIGHTS=file lays one
+#            sampled with --quant hif8).  EVAL_SHIPPED=1 also evaluates models/osp-next-tiny on the
+#            same prompts.  DIT_BATCH, DIT_LR, DIT_EMA; DIT_INIT_WEIGHTS=file lays one
 #            DiT weights file over a copy of models/osp-next-tiny and starts from that.
 #  Either:   OSP_BIN=path uses a built osp instead of building build-tiny.
 #
@@ -115,8 +116,19 @@ else
       STAGES="eval" bash scripts/train-tiny.sh > "$RUN/eval-$v.log" 2>&1 &
     pids+=($!)
   done
+  # EVAL_SHIPPED=1: the shipped model on the same prompts in the same call (the baseline a
+  # reproduction is compared with; its dir name "shipped" joins the variants' in the listing below).
+  if [ "${EVAL_SHIPPED:-0}" = 1 ]; then
+    rm -rf "$RUN/model-shipped" && cp -r models/osp-next-tiny "$RUN/model-shipped"
+    GEN_ATTENTION=hybrid MODEL_DIR="$RUN/model-shipped" EVAL_OUT="$RUN/eval-shipped" EVAL_CLIPS=${EVAL_CLIPS:-48} \
+      STAGES="eval" bash scripts/train-tiny.sh > "$RUN/eval-shipped.log" 2>&1 &
+    pids+=($!)
+  fi
   wait "${pids[@]}"
   files=()
+  if [ "${EVAL_SHIPPED:-0}" = 1 ]; then
+    echo "== the shipped model"; cat "$RUN/eval-shipped/eval.txt"; files+=("eval-shipped" "eval-shipped.log")
+  fi
   for v in $VARIANTS; do
     echo "== model $v"; cat "$RUN/eval-$v/eval.txt"
     files+=("dit-$v/train_log.jsonl" "model-$v/config.json" "eval-$v" "eval-$v.log")
