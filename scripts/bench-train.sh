@@ -114,7 +114,8 @@ cat "$OUT/cache.json"
 # "MODE+keepattn" keeps the self-attention outputs so the recompute skips the attention core;
 # "MODE+transient" makes the blocks' compute copies per use; "MODE+lean" both; "+blocks" runs with
 # the splitting allocator; "+profile" also times every stage of the step (osp train --profile);
-# "+lora" is LoRA fine-tuning (--lora-rank 32); "+ffnchunks" runs --ffn-chunks 4; "+oldkernels" runs the backward kernels before
+# "+lora" is LoRA fine-tuning (--lora-rank 32); "+ffnchunks" runs --ffn-chunks 4; "+offload" runs
+# --offload-checkpoints (the block inputs in host memory); "+oldkernels" runs the backward kernels before
 # session 10 (OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1: block-per-row norm backward, unchunked
 # cross-attention backward; the defaults since session 11) for a same-run A/B against the variant
 # without the tag.
@@ -139,6 +140,7 @@ for att in $ATTENTIONS; do
       profile) extra+=(--profile) ;;  # the per-step stage table -> OUT/profile-<variant>.txt
       lora) extra+=(--lora-rank 32) ;;  # LoRA fine-tuning (frozen base, rank-32 adapters on the attention)
       ffnchunks) extra+=(--ffn-chunks 4) ;;  # the FFN's tape in 4 row chunks (fc1 recomputed in the backward)
+      offload) extra+=(--offload-checkpoints) ;;  # the block inputs in pinned host memory
       oldkernels) kenv=(OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1) ;;
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
@@ -244,6 +246,7 @@ for name, s, *_ in rows:
                "keepgrads": "every block gradient kept between steps vs released",
                "oldkernels": "the backward kernels before session 10 vs the default ones",
                "ffnchunks": "the FFN's tape in 4 row chunks vs whole",
+               "offload": "the block inputs in host memory vs on the device",
                "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.rsplit("+", 1)[1], "")
         print("%s vs %s: %.3fx the step time (%s)" % (name, bname, s / base, why))
 EOF

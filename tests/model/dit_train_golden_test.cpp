@@ -345,6 +345,29 @@ TEST(DiTTrainGolden, FfnRowChunksMatchGoldenAndTheUnchunkedStep) {
   qat.set_ffn_chunks(1);  // 1 = off: allowed
 }
 
+// offload_block_inputs: the checkpointed block inputs go out to (pinned) host memory in the
+// forward and come back in the backward through the two staging buffers. The step has the same
+// bits (loss, v, every gradient) as with the inputs kept on the device: every mode, with and
+// without the attention kept, twice in a row (the host buffers are reused) and after a change of
+// the input (trainA → trainB: other buffers' sizes).
+TEST(DiTTrainGolden, OffloadedBlockInputsGiveTheSameBits) {
+  for (const std::string mode : {"full", "hybrid", "hybrid_qat"})
+    for (const bool keep : {false, true}) {
+      SCOPED_TRACE(mode + (keep ? " attention kept" : ""));
+      DiT ref = test::golden_train_model(mode), off = test::golden_train_model(mode);
+      off.set_offload_block_inputs(true);
+      ref.set_keep_attention(keep), off.set_keep_attention(keep);
+      auto sa = parallel::make_single_device(), sb = parallel::make_single_device();
+      for (const std::string c : {"trainA", "trainA", "trainB"}) {
+        const auto in = test::golden_train_inputs(c);
+        ref.zero_grad(), off.zero_grad();
+        const auto ra = test::golden_flow_step(ref, *sa, in);
+        const auto rb = test::golden_flow_step(off, *sb, in);
+        expect_same_step(ref, ra, off, rb, mode + " " + c);
+      }
+    }
+}
+
 // ---------------------------------------------------------------- finite differences
 namespace {
 

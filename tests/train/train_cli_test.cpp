@@ -316,9 +316,15 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   fs::create_directories(work);
   const model::DiTConfig cfg = model::DiTConfig::wan_14b();
   std::ofstream(work / "wan14b.json") << train::dit_config_json(cfg);
-  const CliRun r = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                        "--device", "cuda", "--gpu-memory", "139"});
+  // osp train --dry-run of that run (hybrid, 1280x720x81, 4 SSP ranks, CUDA) with these flags
+  auto dry = [&](const std::vector<std::string>& more) {
+    std::vector<std::string> a{"train", "--dry-run", "--config-model", (work / "wan14b.json").string(),
+                               "--attention", "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp",
+                               "--sp-size", "4", "--device", "cuda"};
+    a.insert(a.end(), more.begin(), more.end());
+    return run(a);
+  };
+  const CliRun r = dry({"--gpu-memory", "139"});
   ASSERT_EQ(r.code, 0) << r.out;
   train::MemoryPlanInput in;
   in.cfg = train::config_for_attention(cfg, "hybrid");
@@ -337,18 +343,14 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(r.out.find("over 4 ranks (ShardedAdamW)"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(work / "out"));
   // with --shard-gradients: the gradients of one block instead of all
-  const CliRun z = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                        "--device", "cuda", "--gpu-memory", "139", "--shard-gradients"});
+  const CliRun z = dry({"--gpu-memory", "139", "--shard-gradients"});
   ASSERT_EQ(z.code, 0) << z.out;
   in.sharded_gradients = true;
   const train::MemoryPlanInput zin = in;
   EXPECT_NE(z.out.find(train::plan_train_memory(in).table()), std::string::npos) << z.out;
   EXPECT_NE(z.out.find("optimizer state and gradients sharded"), std::string::npos) << z.out;
   // with --shard-weights (implies --shard-gradients): one block's compute copy + the gather buffer
-  const CliRun w = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                        "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                        "--device", "cuda", "--gpu-memory", "139", "--shard-weights"});
+  const CliRun w = dry({"--gpu-memory", "139", "--shard-weights"});
   ASSERT_EQ(w.code, 0) << w.out;
   in.sharded_weights = true;
   const train::MemoryPlan pw = train::plan_train_memory(in);
@@ -357,9 +359,7 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_LT(pw.total, train::plan_train_memory(zin).total - 20.0 * double(1ull << 30));  // > 20 GiB saved
   in.sharded_weights = false;
   // --keep-attention: the plan's "kept attention" line (self-attention outputs of every block)
-  const CliRun ka = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                         "--device", "cuda", "--gpu-memory", "139", "--shard-gradients", "--keep-attention"});
+  const CliRun ka = dry({"--gpu-memory", "139", "--shard-gradients", "--keep-attention"});
   ASSERT_EQ(ka.code, 0) << ka.out;
   in.keep_attention = true;
   EXPECT_NE(ka.out.find(train::plan_train_memory(in).table()), std::string::npos) << ka.out;
@@ -367,17 +367,21 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
   in.keep_attention = false;
   // --ffn-chunks 4: the plan without the FFN's [rows, ffn] tape activations
-  const CliRun fc = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                         "--device", "cuda", "--gpu-memory", "139", "--shard-gradients", "--ffn-chunks", "4"});
+  const CliRun fc = dry({"--gpu-memory", "139", "--shard-gradients", "--ffn-chunks", "4"});
   ASSERT_EQ(fc.code, 0) << fc.out;
   in.ffn_chunks = 4;
   EXPECT_NE(fc.out.find(train::plan_train_memory(in).table()), std::string::npos) << fc.out;
   in.ffn_chunks = 0;
+  // --offload-checkpoints: two staging buffers on the device, every block's input in host memory
+  const CliRun oc = dry({"--gpu-memory", "139", "--shard-gradients", "--offload-checkpoints"});
+  ASSERT_EQ(oc.code, 0) << oc.out;
+  in.offload_block_inputs = true;
+  EXPECT_NE(oc.out.find(train::plan_train_memory(in).table()), std::string::npos) << oc.out;
+  EXPECT_NE(oc.out.find("activation checkpointing (inputs offloaded to the host)"), std::string::npos) << oc.out;
+  EXPECT_NE(oc.out.find("in pinned host memory (--offload-checkpoints)"), std::string::npos) << oc.out;
+  in.offload_block_inputs = false;
   // a run that does not fit says what would: each change by the same plan, then all of them
-  const CliRun nf = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                         "--device", "cuda", "--gpu-memory", "100"});
+  const CliRun nf = dry({"--gpu-memory", "100"});
   ASSERT_EQ(nf.code, 0) << nf.out;
   EXPECT_NE(nf.out.find("does NOT fit"), std::string::npos) << nf.out;
   {
@@ -395,11 +399,14 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
     w.ffn_chunks = 4;
     std::snprintf(want, sizeof want, "  %-28s %8.2f GiB", "--ffn-chunks 4", train::plan_train_memory(w).total / double(1ull << 30));
     EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
+    w.ffn_chunks = 0;
+    w.offload_block_inputs = true;
+    std::snprintf(want, sizeof want, "  %-28s %8.2f GiB", "--offload-checkpoints",
+                  train::plan_train_memory(w).total / double(1ull << 30));
+    EXPECT_NE(nf.out.find(want), std::string::npos) << nf.out << "\nwant: " << want;
   }
   // --lora-rank: the frozen base + the adapters' state (unsharded even on 4 ranks: auto is off for LoRA)
-  const CliRun lo = run({"train", "--dry-run", "--config-model", (work / "wan14b.json").string(), "--attention",
-                         "hybrid", "--video", "1280x720x81", "--ranks", "4", "--sp", "ssp", "--sp-size", "4",
-                         "--device", "cuda", "--lora-rank", "32"});
+  const CliRun lo = dry({"--lora-rank", "32"});
   ASSERT_EQ(lo.code, 0) << lo.out;
   EXPECT_NE(lo.out.find("compute copy of the frozen base + the LoRA adapters"), std::string::npos) << lo.out;
   EXPECT_NE(lo.out.find("optimizer state not sharded"), std::string::npos) << lo.out;

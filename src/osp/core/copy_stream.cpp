@@ -45,15 +45,27 @@ CopyStream::~CopyStream() {
 #endif
 }
 
-void CopyStream::copy_to_device(void* dst, const void* src, size_t bytes) {
+// One queued copy; `to_device` picks the direction (the CPU: a memcpy either way).
+static void queue_copy(const Device& dev, void* stream, void* dst, const void* src, size_t bytes, bool to_device) {
   if (!bytes) return;
-  if (dev_.is_cpu()) {
+  if (dev.is_cpu()) {
     std::memcpy(dst, src, bytes);
     return;
   }
 #ifdef OSP_HAVE_CUDA
-  OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream_)));
+  OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost,
+                                 static_cast<cudaStream_t>(stream)));
+#else
+  (void)stream, (void)to_device;
 #endif
+}
+
+void CopyStream::copy_to_device(void* dst, const void* src, size_t bytes) {
+  queue_copy(dev_, stream_, dst, src, bytes, true);
+}
+
+void CopyStream::copy_to_host(void* dst, const void* src, size_t bytes) {
+  queue_copy(dev_, stream_, dst, src, bytes, false);
 }
 
 void CopyStream::mark_compute(int tag) {

@@ -1,5 +1,6 @@
 // A copy queue beside the compute stream, for host→device weight streaming (model/
-// dit_block_stream.h). On CUDA it is a non-blocking stream of its own (so it never serializes
+// dit_block_stream.h) and the training's offloaded checkpoints (DiTOptions::offload_block_inputs,
+// device→host in the forward, host→device in the backward). On CUDA it is a non-blocking stream of its own (so it never serializes
 // with the legacy default stream every kernel of osp runs on) ordered against that compute
 // stream by events; on the CPU the same calls run synchronously: a copy is a memcpy and the
 // waits are no-ops, so the code path that uses it is the same on both.
@@ -7,6 +8,7 @@
 //   q.mark_compute(tag);       // remember the compute stream's position now (tag: a buffer)
 //   q.wait_marked(tag);        // later copies start after the compute work before that mark
 //   q.copy_to_device(d, h, n); // async on the copy stream (h must be pinned: core/device.h)
+//   q.copy_to_host(h, d, n);   // the other way (same queue: copies run in the order queued)
 //   q.compute_wait_copies();   // the compute stream waits for the copies queued so far
 // (Marks, not "the compute work queued so far": the host runs ahead of the GPU, so by the time
 // a copy is issued the compute stream may already hold the work that still reads its buffer's
@@ -30,6 +32,8 @@ class CopyStream {
   const Device& device() const { return dev_; }
   // Host bytes → device bytes, queued on the copy stream.
   void copy_to_device(void* dst, const void* src, size_t bytes);
+  // Device bytes → host bytes (pinned), queued on the copy stream.
+  void copy_to_host(void* dst, const void* src, size_t bytes);
   // Records the compute stream's current position under `tag` (0 ≤ tag < tags).
   void mark_compute(int tag);
   // Later copies start after the compute work queued before the last mark_compute(tag) (no

@@ -463,7 +463,9 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     ops::axpby(-1.0f, xin, 0.0f, xin, cache->residual);
   }
   const bool ckpt = opt_.activation_checkpointing;
+  const bool offload = training && ckpt && opt_.offload_block_inputs;
   if (training && ckpt) train_.block_in.resize(size_t(c.num_layers));
+  if (offload) train_.block_in_shape.assign(size_t(c.num_layers), Shape{});
   if (training && ckpt && opt_.keep_attention) train_.attn_kept.resize(size_t(c.num_layers));
   if (training && !ckpt) train_.tapes.resize(size_t(c.num_layers));
   if (!run_blocks) {
@@ -487,7 +489,8 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     if (i > 0) prof_.lap(ProfStage::EnterBlock, pk);
     // Training with checkpointing keeps the input only (backward recomputes the block with a
     // tape); without, it keeps the block's tape.
-    if (training && ckpt) train_.block_in[size_t(i)] = x.clone();
+    if (offload) offload_block_input(i, x);
+    else if (training && ckpt) train_.block_in[size_t(i)] = x.clone();
     Tape* tape = training && !ckpt ? &train_.tapes[size_t(i)] : nullptr;
     layers::Ctx bc = ctx(training, tape, pk);
     if (training && !train_.attn_kept.empty()) bc.attn_keep = &train_.attn_kept[size_t(i)];
@@ -497,6 +500,11 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
     if (fwd_after_) fwd_after_(i);    // (... and released here)
     drop_block_qat(i);
     if (hook_) hook_(i, x);
+  }
+
+  if (offload && offload_) {  // every input is on its way out: the staging buffers go once the copies are done
+    offload_->q->compute_wait_copies();
+    offload_->slot[0] = offload_->slot[1] = Tensor();
   }
 
   // (e) head on this rank's rows (every step is per token), then ONE gather of its
@@ -535,6 +543,59 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
   // through the whole backward. Inference keeps them for the next step.
   if (training) ws_.clear();
   return batched ? out : out.select(0, 0);
+}
+
+// ---------------------------------------------------------------- offloaded checkpoints
+DiT::Offload::~Offload() {
+  if (q) q->synchronize();  // no copy may still read or write a host buffer
+  for (void* h : host) pinned_free(h);
+}
+
+void DiT::offload_block_input(int i, const Tensor& x) {
+  const Device dev = opt_.device;
+  if (!offload_) offload_ = std::make_unique<Offload>();
+  Offload& o = *offload_;
+  if (!o.q) o.q = std::make_unique<CopyStream>(dev, 2);
+  OSP_CHECK(x.dtype() == DType::F32, "DiT: offloaded block inputs are F32 rows, got ", x.desc());
+  const size_t L = size_t(cfg_.num_layers), bytes = x.nbytes();
+  if (o.host.size() != L) {
+    o.q->synchronize();
+    for (void* h : o.host) pinned_free(h);
+    o.host.assign(L, nullptr);
+    o.host_bytes.assign(L, 0);
+  }
+  if (o.host_bytes[size_t(i)] < bytes) {  // (the previous step's copies of it are done: same queue,
+    o.q->synchronize();                   //  but the host must not free it under a pending copy)
+    pinned_free(o.host[size_t(i)]);
+    o.host[size_t(i)] = nullptr;  // (pinned_alloc may throw)
+    o.host[size_t(i)] = pinned_alloc(bytes);
+    o.host_bytes[size_t(i)] = bytes;
+  }
+  // Slot i % 2 last held block i − 2's input, whose copy out was queued before block i − 1 ran:
+  // the compute waits for it (long done by now) before overwriting the slot.
+  Tensor& slot = o.slot[i % 2];
+  o.q->compute_wait_copies();
+  if (!slot.defined() || slot.shape() != x.shape() || slot.dtype() != x.dtype())
+    slot = Tensor::empty(x.shape(), x.dtype(), dev);
+  slot.copy_from(x);
+  o.q->mark_compute(i % 2);  // the copy out starts once the slot holds x
+  o.q->wait_marked(i % 2);
+  o.q->copy_to_host(o.host[size_t(i)], slot.raw(), bytes);
+  train_.block_in_shape[size_t(i)] = x.shape();
+  train_.block_in[size_t(i)] = Tensor();
+}
+
+void DiT::fetch_block_input(int i) {
+  Offload& o = *offload_;
+  const Shape& shape = train_.block_in_shape.at(size_t(i));
+  OSP_CHECK(!shape.empty(), "DiT::backward: block ", i, "'s offloaded input was never saved");
+  Tensor& slot = o.slot[i % 2];
+  if (!slot.defined() || slot.shape() != shape) slot = Tensor::empty(shape, DType::F32, opt_.device);
+  // The slot was last read by block i + 2's recompute (queued before now): the copy in waits for
+  // the compute queued so far, then overlaps with block i + 1's recompute and backward (queued next).
+  o.q->mark_compute(i % 2);
+  o.q->wait_marked(i % 2);
+  o.q->copy_to_device(slot.raw(), o.host[size_t(i)], slot.nbytes());
 }
 
 // ---------------------------------------------------------------- backward
@@ -585,6 +646,8 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
   const layers::LinIn ctx_lin{&train_.ctx_lin, nullptr,
                               train_.ctx_float.defined() ? &train_.ctx_float : nullptr};
   const bool ckpt = !train_.block_in.empty();
+  const bool offloaded = !train_.block_in_shape.empty();
+  if (offloaded) fetch_block_input(int(c.num_layers) - 1);
   for (int i = int(c.num_layers) - 1; i >= 0; --i) {
     const ProfKind pk = kinds_[size_t(i)] == BlockKind::Full ? ProfKind::Full : ProfKind::Sparse;
     if (block_before_) block_before_(i);
@@ -592,6 +655,11 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
     Tape tp;
     if (ckpt) {  // recompute block i from its saved input, recording the tape (one lap)
       Tensor xr = train_.block_in[size_t(i)];
+      if (offloaded) {  // block i's input is in slot i % 2 once its copy is done; block i − 1's
+        offload_->q->compute_wait_copies();  // comes in during block i's work
+        xr = offload_->slot[i % 2];
+        if (i > 0) fetch_block_input(i - 1);
+      }
       layers::Ctx rc = ctx(true, &tp, pk);
       if (!train_.attn_kept.empty()) rc.attn_keep = &train_.attn_kept[size_t(i)];
       {
@@ -611,6 +679,7 @@ void DiT::backward(const Tensor& dv_in, parallel::SequenceParallel& sp, Tensor* 
     if (i > 0) dx = sp.enter_block_backward(i, dx).contiguous();
     prof_.lap(ProfStage::BwdEnterBlock, pk);
   }
+  if (offloaded) offload_->slot[0] = offload_->slot[1] = Tensor();  // (every fetch was waited for)
   Tensor dxfull = sp.scatter_input_backward(dx).contiguous();  //   [B, N, d] F32
 
   // (a) patch embedding (→ dL/dx through the im2col adjoint)

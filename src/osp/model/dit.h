@@ -14,9 +14,11 @@
 #pragma once
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "osp/core/copy_stream.h"
 #include "osp/core/param.h"
 #include "osp/core/tensor.h"
 #include "osp/parallel/sequence_parallel.h"
@@ -68,6 +70,13 @@ struct DiTOptions {
   // of the 1.3B model at 832×480×81), so the recompute before each block's backward skips the
   // attention core — the largest part of a video-sized block's FLOPs. Identical gradients.
   bool keep_attention = false;
+  // Training with activation checkpointing: the saved block inputs ([B, n, d] F32 per block:
+  // 5.6 GiB for the 1.3B model at 832×480×81) live in pinned host memory, not on the device. The
+  // forward copies each block's input out on a copy stream beside the compute (core/
+  // copy_stream.h); the backward brings block i − 1's back while block i is recomputed and
+  // differentiated. Two device staging buffers of one block's input each; the same bits. On
+  // the CPU it only adds copies (its memory is host memory anyway).
+  bool offload_block_inputs = false;
   // Training: the FFN's tape in row chunks (layers::Ctx::ffn_chunks; 0 or 1 = off). The two
   // [rows, ffn] activations of a block's tape (2·rows·ffn_dim act) and the FFN backward's two
   // gradient buffers shrink to one chunk's rows, for one more fc1 GEMM per block in the
@@ -156,6 +165,7 @@ class DiT {
                 Tensor* dcontext = nullptr);
   void set_activation_checkpointing(bool on) { opt_.activation_checkpointing = on; }
   void set_keep_attention(bool on) { opt_.keep_attention = on; }
+  void set_offload_block_inputs(bool on) { opt_.offload_block_inputs = on; }
   void set_ffn_chunks(int n);
   // Called by every backward() around block i's part (blocks run from the last to the first):
   // before(i) ahead of its recompute / backward, after(i) once its parameter gradients are
@@ -236,6 +246,7 @@ class DiT {
     Shape context_shape;
     Tape global;                   // embeddings and head activations
     std::vector<Tensor> block_in;  // activation checkpointing: each block's input
+    std::vector<Shape> block_in_shape;  // ... offloaded (DiTOptions::offload_block_inputs): its shape
     std::vector<Tape> attn_kept;   // ... and with keep_attention its self-attention results
     std::vector<Tape> tapes;       // no checkpointing: each block's tape
     Tensor e0, ctx_lin;            // e0 [B, 6, d]; the k/v linears' input (Q(ctx) in HiF8)
@@ -270,6 +281,21 @@ class DiT {
   bool fp8_fallback_ = false;  // FP8 mode: some block linear runs the fake-quant bf16 GEMM
   StageProfiler prof_;
   TrainState train_;
+  // DiTOptions::offload_block_inputs: the copy stream, one pinned host buffer per block (kept
+  // across steps, grown when a step needs more) and the two device staging buffers (block i
+  // uses slot i % 2) that exist during a forward_train or a backward.
+  struct Offload {
+    std::unique_ptr<CopyStream> q;
+    std::vector<void*> host;
+    std::vector<size_t> host_bytes;
+    Tensor slot[2];
+    ~Offload();
+  };
+  std::unique_ptr<Offload> offload_;
+  // Offload: block i's input x → slot i % 2 → (copy stream) host buffer i.
+  void offload_block_input(int i, const Tensor& x);
+  // Offload: queue block i's saved input host → slot i % 2 (after the compute queued so far).
+  void fetch_block_input(int i);
   std::function<void(int)> block_before_, block_after_;  // set_block_backward_hooks
   std::function<void(int)> fwd_before_, fwd_after_;      // set_block_forward_hooks
   // QAT (training a HiF8 base): Q(W, 15) of block i's linears from their current weights —

@@ -50,6 +50,7 @@ DiTTrainModel::DiTTrainModel(model::DiTConfig cfg, const std::map<std::string, T
   d.activation_checkpointing = opt.activation_checkpointing;
   d.keep_attention = opt.keep_attention;
   d.ffn_chunks = opt.ffn_chunks;
+  d.offload_block_inputs = opt.offload_block_inputs;
   dit_ = model::DiT::bind(cfg_, weights, d);
   dit_.set_block_kinds(cfg_.block_kinds(), cfg_.sparse_ratio);
   if (opt.lora_rank > 0) {

@@ -29,6 +29,7 @@ struct DiTTrainOptions {
   bool activation_checkpointing = true;
   bool keep_attention = false;  // DiTOptions::keep_attention
   int ffn_chunks = 0;           // DiTOptions::ffn_chunks
+  bool offload_block_inputs = false;  // DiTOptions::offload_block_inputs
   int full_blocks = 0;          // config_for_attention's full_blocks
   // LoRA fine-tuning (rank > 0): the base weights are frozen (no gradients, no optimizer state),
   // un-merged adapters (model/lora.h: PEFT's gaussian init from lora_seed, B = 0) on the

@@ -92,11 +92,17 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   };
   // Kept self-attention results (keep_attention): o act [n, d] + lse F32 [H, n] per block.
   const bool keep_attn = in.activation_checkpointing && in.keep_attention;
-  double ckpt = 0, kept_attn = 0, tape_max = 0, scratch_max = 0;
-  std::vector<double> saved;  // per block: what the forward keeps for its backward
+  // Offloaded checkpoints: the inputs are in host memory (host_ckpt); the device holds two
+  // staging buffers of the largest block input.
+  const bool offload = in.activation_checkpointing && in.offload_block_inputs;
+  double ckpt = 0, kept_attn = 0, tape_max = 0, scratch_max = 0, host_ckpt = 0, input_max = 0;
+  std::vector<double> saved;  // per block: what the forward keeps on the device for its backward
   for (int64_t n : rows) {
     const double attn = keep_attn ? B * double(n) * (d * a + H * 4) : 0.0;
-    saved.push_back((in.activation_checkpointing ? B * double(n) * d * 4 : tape(double(n))) + attn);
+    const double input = B * double(n) * d * 4;
+    input_max = std::max(input_max, input);
+    if (offload) host_ckpt += input;
+    saved.push_back((in.activation_checkpointing ? (offload ? 0.0 : input) : tape(double(n))) + attn);
     ckpt += saved.back() - attn;
     kept_attn += attn;
     tape_max = std::max(tape_max, tape(double(n)));
@@ -127,6 +133,9 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
   // gradient sharding on several ranks: a block's packed F32 gradients (+ the received chunk)
   // stay in flight while the next block's backward runs (ShardedAdamW::end_group)
   const double inflight = in.sharded_gradients && shard_ranks > 1 ? block_max * 4 * (1 + 1 / shard_ranks) : 0.0;
+  char host_gib[32];
+  std::snprintf(host_gib, sizeof host_gib, "%.2f GiB", host_ckpt / double(1ull << 30));
+  out.host = host_ckpt;
   out.lines = {
       in.sharded_weights || in.transient_weights
           ? MemoryLine{"weights", (outside + block_max) * a,
@@ -138,15 +147,21 @@ MemoryPlan plan_train_memory(const MemoryPlanInput& in) {
                        "F32, the parameters outside the blocks + the block in its backward (sharded gradients)"}
       : in.released_gradients
           ? MemoryLine{"gradients", outside * 4 + released_extra,
-                       "F32, outside the blocks + the blocks' beyond the saved inputs they replace (released gradients)"}
+                       offload ? "F32, outside the blocks + the blocks' beyond the kept attention they replace "
+                                 "(released gradients; the inputs are on the host)"
+                               : "F32, outside the blocks + the blocks' beyond the saved inputs they replace "
+                                 "(released gradients)"}
           : MemoryLine{"gradients", P * 4, "F32, every parameter, every rank"},
       {"optimizer state", in.sharded_state ? 16 * P / shard_ranks : 12 * P,
        in.sharded_state ? "F32 master + m + v + gradient of the shard over " + std::to_string(int64_t(shard_ranks)) +
                               " ranks (ShardedAdamW)"
                         : std::string("F32 master + m + v, unsharded")},
-      {in.activation_checkpointing ? "block inputs" : "block tapes", ckpt,
-       in.activation_checkpointing ? "activation checkpointing: F32 rows of every block"
-                                   : "no checkpointing: every block's tape"},
+      offload ? MemoryLine{"block inputs", 2 * input_max,
+                           std::string("two staging buffers; every block's F32 rows (") + host_gib +
+                               ") in pinned host memory (--offload-checkpoints)"}
+              : MemoryLine{in.activation_checkpointing ? "block inputs" : "block tapes", ckpt,
+                           in.activation_checkpointing ? "activation checkpointing: F32 rows of every block"
+                                                       : "no checkpointing: every block's tape"},
       {"block tape", in.activation_checkpointing ? tape_max : 0,
        in.activation_checkpointing ? "one block recomputed for its backward" : "(in block tapes)"},
       {"backward scratch", scratch_max, "one block's activation gradients"},

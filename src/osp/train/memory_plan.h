@@ -24,7 +24,8 @@
 //                  (all SP × DP ranks): master (= the shard's value) + m + v + the shard's
 //                  gradient, 16 bytes per parameter / ranks
 //   checkpoints    activation checkpointing: every block's F32 input rows
-//                  (without checkpointing: every block's tape instead)
+//                  (without checkpointing: every block's tape instead; offloaded to the host: two
+//                  staging buffers of one block's rows, the rows themselves in MemoryPlan::host)
 //   kept attention with keep_attention: every block's self-attention output (act [n, d]) and
 //                  log-sum-exp (F32 [H, n]), which the recompute reuses
 //   block tape     one block recomputed with its tape for its backward (counted whole beside the
@@ -67,6 +68,9 @@ struct MemoryPlanInput {
   // > 1: the FFN in row chunks (TrainOptions::ffn_chunks): no [n, ffn] activations in a tape; the
   // FFN backward's four chunk buffers act [n/ffn_chunks, ffn] in the backward scratch
   int ffn_chunks = 0;
+  // with checkpointing: the block inputs in host memory (TrainOptions::offload_checkpoints); the
+  // device holds two staging buffers of one block's input
+  bool offload_block_inputs = false;
   bool transient_weights = false;  // unsharded: a block's compute copy exists only around its use
   // LoRA fine-tuning (> 0): the adapters' parameter count; the base is frozen (its compute copy
   // only), the adapters carry the gradients and the optimizer state (unsharded).
@@ -90,6 +94,7 @@ struct MemoryPlan {
   std::vector<MemoryLine> lines;
   double total = 0;
   int64_t params = 0, tokens = 0, rows_max = 0;  // parameters; N; most rows any rank holds
+  double host = 0;  // pinned host memory beside the device's (offloaded checkpoints), bytes
   double capacity = 0;                           // the input's capacity_bytes
   bool fits = true;                              // total ≤ capacity (when given)
   // A fixed-width table (GiB) with the total and, when capacity was given, the verdict.

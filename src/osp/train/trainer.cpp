@@ -178,6 +178,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
     else if (key == "ffn_chunks") get_int(ffn_chunks);
+    else if (key == "offload_checkpoints") get_bool(offload_checkpoints);
     else if (key == "profile") get_bool(profile);
     else if (key == "full_blocks") get_int(full_blocks);
     else if (key == "lora_rank") get_int(lora_rank);
@@ -191,7 +192,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, ffn_chunks, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, ffn_chunks, offload_checkpoints, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 

@@ -158,6 +158,10 @@ struct TrainOptions {
   // activations and the FFN backward's two gradient buffers shrink to one chunk's rows, for one
   // more fc1 GEMM per block in the backward. Unquantised training only.
   int64_t ffn_chunks = 0;
+  // The checkpointed block inputs in pinned host memory instead of on the device
+  // (DiTOptions::offload_block_inputs): copied out in the forward and back in the backward on a
+  // copy stream beside the compute; the same gradients, F32 [n, d] per block less on the GPU.
+  bool offload_checkpoints = false;
   // Time every stage of the step (forward, checkpoint recompute, backward by layer, on CUDA with
   // events) from step 2 on, and write the per-step table to <out>/profile.txt at the end (and
   // print it). Adds a device synchronisation per step's report, not per stage.
