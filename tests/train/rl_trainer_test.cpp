@@ -128,6 +128,18 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
     fs::remove_all(k);
     fs::remove(k.string() + "_prompts.txt");
   }
+  // `osp rl --offload-checkpoints` (the update's block inputs go through host memory): the same run
+  {
+    const fs::path k = fresh("o");
+    Stack s;
+    s.dit.set_offload_block_inputs(true);
+    const RlResult ro = run_rl(two_prompt_options(k), s.env, s.rewards);
+    ASSERT_EQ(ro.log.size(), 2u);
+    for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], ro.log[size_t(i)]);
+    EXPECT_EQ(file_bytes(ck / "lora.safetensors"), file_bytes(fs::path(ro.last_checkpoint) / "lora.safetensors"));
+    fs::remove_all(k);
+    fs::remove(k.string() + "_prompts.txt");
+  }
   // one iteration, then resume to two: equals the uninterrupted run
   {
     Stack s;

@@ -68,6 +68,7 @@ int run_rl_command(train::RlOptions o) {
   dopt.train = true;
   dopt.train_base = false;
   dopt.keep_attention = o.keep_attention;
+  dopt.offload_block_inputs = o.offload_checkpoints;
   model::DiT dit = model::DiT::bind(cfg, weights, dopt);
   weights.clear();
   log_info("base DiT: ", cfg.summary(), " (frozen); LoRA rank ", o.lora_rank, ", alpha ", o.lora_alpha);
@@ -156,6 +157,9 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_FLAG("--keep-attention", keep_attention,
               "the update keeps each block's self-attention output for the checkpoint recompute (same numbers, "
               "fewer attention cores, more memory; as osp train --keep-attention)");
+  OSP_RL_FLAG("--offload-checkpoints", offload_checkpoints,
+              "the update keeps its checkpointed block inputs in pinned host memory instead of on the GPU (same "
+              "numbers; as osp train --offload-checkpoints)");
   OSP_RL_OPT("--lora-rank", lora_rank, "LoRA rank (default 32)");
   OSP_RL_OPT("--lora-alpha", lora_alpha, "LoRA alpha (default 64)");
   OSP_RL_OPT("--lora-targets", lora_targets, "comma-separated block linears (default self/cross-attention q,k,v,o)");

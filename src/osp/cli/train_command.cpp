@@ -120,6 +120,8 @@ int run_train(const train::TrainOptions& o) {
   d.keep_attention = o.keep_attention;
   d.ffn_chunks = int(o.ffn_chunks);
   d.offload_block_inputs = o.offload_checkpoints;
+  if (d.offload_block_inputs && d.device.is_cpu())
+    log_info("--offload-checkpoints on the CPU: the checkpoints are host memory already; it only adds copies");
   d.full_blocks = int(o.full_blocks);
   d.lora_rank = o.lora_rank;
   d.lora_alpha = o.lora_alpha;

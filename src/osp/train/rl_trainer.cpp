@@ -164,6 +164,7 @@ void RlOptions::apply_json(const std::string& text, const std::string& source) {
     else if (key == "kl_beta") N(kl_beta);
     else if (key == "train_batch") I(train_batch);
     else if (key == "keep_attention") B(keep_attention);
+    else if (key == "offload_checkpoints") B(offload_checkpoints);
     else if (key == "lora_rank") I(lora_rank);
     else if (key == "lora_alpha") N(lora_alpha);
     else if (key == "lora_targets") S(lora_targets);

@@ -86,6 +86,9 @@ struct RlOptions {
   // The update's forward-with-tape keeps each block's self-attention output for the checkpoint
   // recompute (DiTOptions::keep_attention: the same numbers, fewer attention cores, more memory).
   bool keep_attention = false;
+  // ... and keeps the checkpointed block inputs in pinned host memory
+  // (DiTOptions::offload_block_inputs: the same numbers, less device memory, copies beside the compute).
+  bool offload_checkpoints = false;
   int64_t lora_rank = 32;
   double lora_alpha = 64;
   std::string lora_targets = "self_attn.q,self_attn.k,self_attn.v,self_attn.o,cross_attn.q,"
