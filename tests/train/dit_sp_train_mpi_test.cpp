@@ -47,6 +47,7 @@ struct Case {
   const char* sp;    // ssp / ulysses
   bool checkpointing;
   bool keep_attention = false;  // the recompute reuses the forward's (per-rank) attention outputs
+  bool offload = false;         // each rank's block inputs go through host memory (--offload-checkpoints)
 };
 
 class DiTSpTrain : public ::testing::TestWithParam<Case> {};
@@ -57,6 +58,7 @@ TEST_P(DiTSpTrain, EqualsSingleRank) {
   const auto in = test::golden_train_inputs(c.golden_case);
   DiT m = test::golden_train_model(c.mode, c.checkpointing);
   m.set_keep_attention(c.keep_attention);
+  m.set_offload_block_inputs(c.offload);
   auto single = parallel::make_single_device();
   const Step want = flow_step(m, *single, in);
 
@@ -102,7 +104,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"trainA_full_ulysses", "trainA", "full", "ulysses", true},
                       Case{"trainB_full_ulysses_no_ckpt", "trainB", "full", "ulysses", false},
                       Case{"trainA_hybrid_ssp_kept_attention", "trainA", "hybrid", "ssp", true, true},
-                      Case{"trainA_full_ulysses_kept_attention", "trainA", "full", "ulysses", true, true}),
+                      Case{"trainA_full_ulysses_kept_attention", "trainA", "full", "ulysses", true, true},
+                      Case{"trainB_hybrid_ssp_offloaded", "trainB", "hybrid", "ssp", true, true, true},
+                      Case{"trainA_full_ulysses_offloaded", "trainA", "full", "ulysses", true, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
