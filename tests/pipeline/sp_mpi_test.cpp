@@ -40,17 +40,29 @@ TEST(PipelineSP, SspMatchesSingleDevice) {
   o.out = (dir / "ssp.mp4").string();
   const auto r_sp = pipeline::generate(pipeline::plan_generation((dir / "model").string(), o));
 
-  pipeline::GenerateOptions o1 = o;
-  o1.sp = "none";
-  o1.out = (dir / ("single_r" + std::to_string(rank) + ".mp4")).string();
-  const auto r_1 = pipeline::generate(pipeline::plan_generation((dir / "model").string(), o1));
-
-  ASSERT_EQ(r_sp.rgb.shape(), r_1.rgb.shape());
-  double sum = 0;
-  const int64_t n = r_sp.rgb.numel();
-  for (int64_t i = 0; i < n; ++i)
-    sum += std::abs(int(r_sp.rgb.data<uint8_t>()[i]) - int(r_1.rgb.data<uint8_t>()[i]));
-  EXPECT_LT(sum / n, 1.0) << "mean |ssp - single| in levels of 255, " << size << " ranks";
+  // The same options on this rank alone (--sp none): the frames match up to SSP's rounding.
+  auto expect_matches_one_rank = [&](const pipeline::GenerateOptions& with_sp, const pipeline::GenerateResult& r_sp,
+                                     const std::string& tag) {
+    pipeline::GenerateOptions o1 = with_sp;
+    o1.sp = "none";
+    o1.out = (dir / (tag + "_single_r" + std::to_string(rank) + ".mp4")).string();
+    const auto r_1 = pipeline::generate(pipeline::plan_generation((dir / "model").string(), o1));
+    ASSERT_EQ(r_sp.rgb.shape(), r_1.rgb.shape());
+    double sum = 0;
+    const int64_t n = r_sp.rgb.numel();
+    for (int64_t i = 0; i < n; ++i)
+      sum += std::abs(int(r_sp.rgb.data<uint8_t>()[i]) - int(r_1.rgb.data<uint8_t>()[i]));
+    EXPECT_LT(sum / n, 1.0) << tag << ": mean |ssp - single| in levels of 255, " << size << " ranks";
+  };
+  expect_matches_one_rank(o, r_sp, "untiled");
+  // A tiled VAE decode (160x64 with a 1 MiB budget: two latent tiles of 17 columns) has its tiles
+  // dealt out over the ranks (DecodeOptions::comm; with 4 ranks two get none): the same frames as
+  // one process decoding both tiles.
+  pipeline::GenerateOptions t = o;
+  t.width = 160;
+  t.vae_tile_budget = size_t(1) << 20;
+  t.out = (dir / "ssp_tiled.mp4").string();
+  expect_matches_one_rank(t, pipeline::generate(pipeline::plan_generation((dir / "model").string(), t)), "tiled");
   comm->barrier();
   if (rank == 0) {
     const io::VideoProbe p = io::probe_video(o.out);

@@ -116,30 +116,23 @@ TEST(RlTrainer, TwoIterationsDeterministicAndResumeEqualsUninterrupted) {
   for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], rb.log[size_t(i)]);
   EXPECT_EQ(file_bytes(ck / "lora.safetensors"),
             file_bytes(fs::path(rb.last_checkpoint) / "lora.safetensors"));
-  // `osp rl --keep-attention` (the update's recompute reuses the forward's attention): the same run
-  {
-    const fs::path k = fresh("k");
+  // The same run with a memory option of the update's training forward (its own folder `tag`).
+  auto same_run_with = [&](const char* tag, const std::function<void(model::DiT&)>& option) {
+    SCOPED_TRACE(tag);
+    const fs::path k = fresh(tag);
     Stack s;
-    s.dit.set_keep_attention(true);
+    option(s.dit);
     const RlResult rk = run_rl(two_prompt_options(k), s.env, s.rewards);
     ASSERT_EQ(rk.log.size(), 2u);
     for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], rk.log[size_t(i)]);
     EXPECT_EQ(file_bytes(ck / "lora.safetensors"), file_bytes(fs::path(rk.last_checkpoint) / "lora.safetensors"));
     fs::remove_all(k);
     fs::remove(k.string() + "_prompts.txt");
-  }
-  // `osp rl --offload-checkpoints` (the update's block inputs go through host memory): the same run
-  {
-    const fs::path k = fresh("o");
-    Stack s;
-    s.dit.set_offload_block_inputs(true);
-    const RlResult ro = run_rl(two_prompt_options(k), s.env, s.rewards);
-    ASSERT_EQ(ro.log.size(), 2u);
-    for (int i = 0; i < 2; ++i) expect_same_log(ra.log[size_t(i)], ro.log[size_t(i)]);
-    EXPECT_EQ(file_bytes(ck / "lora.safetensors"), file_bytes(fs::path(ro.last_checkpoint) / "lora.safetensors"));
-    fs::remove_all(k);
-    fs::remove(k.string() + "_prompts.txt");
-  }
+  };
+  // `osp rl --keep-attention` (the update's recompute reuses the forward's attention)
+  same_run_with("k", [](model::DiT& d) { d.set_keep_attention(true); });
+  // `osp rl --offload-checkpoints` (the update's block inputs go through host memory)
+  same_run_with("o", [](model::DiT& d) { d.set_offload_block_inputs(true); });
   // one iteration, then resume to two: equals the uninterrupted run
   {
     Stack s;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "osp/ops/conv.h"
+#include "osp/parallel/communicator.h"
 #include "osp/ops/t5_vae_ops.h"
 
 namespace osp::model {
@@ -494,6 +495,25 @@ std::vector<float> ramp(int64_t a, int64_t len, int64_t prev_end, int64_t next_s
   }
   return r;
 }
+
+// The tiles of a decode and the ones this rank decodes (DecodeOptions::comm).
+struct TileDeal {
+  std::vector<int64_t> ys, xs;  // tile starts (latent pixels) along h and w
+  int ranks = 1, rank = 0;
+  bool spread = false;  // dealt out over the ranks (R > 1 and more than one tile)
+  int64_t count() const { return int64_t(ys.size() * xs.size()); }
+  bool mine(int64_t k) const { return !spread || k % ranks == rank; }  // k: row-major tile index
+  int64_t count_mine() const { return spread ? (count() - rank + ranks - 1) / ranks : count(); }
+};
+
+TileDeal deal_tiles(int64_t h, int64_t w, const DecodeOptions& opt) {
+  TileDeal d;
+  d.ys = tile_starts(h, opt.tile_h, opt.overlap);
+  d.xs = tile_starts(w, opt.tile_w, opt.overlap);
+  if (opt.comm) d.ranks = opt.comm->size(), d.rank = opt.comm->rank();
+  d.spread = d.ranks > 1 && d.count() > 1;
+  return d;
+}
 }  // namespace
 
 Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
@@ -505,16 +525,27 @@ Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
                 (opt.tile_w == 0 || opt.tile_w >= w || opt.tile_w > opt.overlap),
             "blend_tiles: tiles (", opt.tile_h, "x", opt.tile_w, ") must be larger than the overlap ",
             opt.overlap);
-  const auto ys = tile_starts(h, opt.tile_h, opt.overlap);
-  const auto xs = tile_starts(w, opt.tile_w, opt.overlap);
+  const TileDeal deal = deal_tiles(h, w, opt);
+  const std::vector<int64_t>& ys = deal.ys;
+  const std::vector<int64_t>& xs = deal.xs;
   if (ys.size() == 1 && xs.size() == 1) return decode_tile(0, 0, h, w);
   const int64_t th = ys.size() == 1 ? h : opt.tile_h, tw = xs.size() == 1 ? w : opt.tile_w;
   const int64_t H = 8 * h, W = 8 * w;
   Tensor video;
   std::vector<float> wsum(size_t(H * W), 0.f);
+  int64_t k = -1;  // row-major tile index
   for (size_t iy = 0; iy < ys.size(); ++iy)
     for (size_t ix = 0; ix < xs.size(); ++ix) {
       const int64_t y0 = ys[iy], x0 = xs[ix];
+      const auto ry = ramp(8 * y0, 8 * th, iy ? 8 * (ys[iy - 1] + th) : 0,
+                           iy + 1 < ys.size() ? 8 * ys[iy + 1] : H);
+      const auto rx = ramp(8 * x0, 8 * tw, ix ? 8 * (xs[ix - 1] + tw) : 0,
+                           ix + 1 < xs.size() ? 8 * xs[ix + 1] : W);
+      const int64_t Ht = 8 * th, Wt = 8 * tw;
+      for (int64_t yy = 0; yy < Ht; ++yy)  // every rank: the weights of every tile
+        for (int64_t xx = 0; xx < Wt; ++xx)
+          wsum[size_t((8 * y0 + yy) * W + 8 * x0 + xx)] += ry[size_t(yy)] * rx[size_t(xx)];
+      if (!deal.mine(++k)) continue;
       Tensor t = decode_tile(y0, x0, th, tw).contiguous();  // [F, C, 8th, 8tw]
       OSP_CHECK(t.dim() == 4 && t.size(2) == 8 * th && t.size(3) == 8 * tw && t.dtype() == DType::F32,
                 "blend_tiles: tile decoder returned ", t.desc(), ", expected [F, C, ", 8 * th, ", ",
@@ -522,11 +553,7 @@ Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
       if (!video.defined()) video = Tensor::zeros({t.size(0), t.size(1), H, W}, DType::F32);
       OSP_CHECK(t.size(0) == video.size(0) && t.size(1) == video.size(1),
                 "blend_tiles: tiles disagree on frames/channels");
-      const auto ry = ramp(8 * y0, 8 * th, iy ? 8 * (ys[iy - 1] + th) : 0,
-                           iy + 1 < ys.size() ? 8 * ys[iy + 1] : H);
-      const auto rx = ramp(8 * x0, 8 * tw, ix ? 8 * (xs[ix - 1] + tw) : 0,
-                           ix + 1 < xs.size() ? 8 * xs[ix + 1] : W);
-      const int64_t FC = t.size(0) * t.size(1), Ht = 8 * th, Wt = 8 * tw;
+      const int64_t FC = t.size(0) * t.size(1);
       const float* src = t.data<float>();
       float* dst = video.data<float>();
 #pragma omp parallel for schedule(static) if (FC * Ht * Wt > (1 << 16))
@@ -537,10 +564,20 @@ Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
         float* d = dst + (fc * H + 8 * y0 + yy) * W + 8 * x0;
         for (int64_t xx = 0; xx < Wt; ++xx) d[xx] += a * rx[size_t(xx)] * s[xx];
       }
-      for (int64_t yy = 0; yy < Ht; ++yy)
-        for (int64_t xx = 0; xx < Wt; ++xx)
-          wsum[size_t((8 * y0 + yy) * W + 8 * x0 + xx)] += ry[size_t(yy)] * rx[size_t(xx)];
     }
+  if (deal.spread) {  // sum the ranks' parts; rank 0 (tile 0) says their shape to ranks without a tile
+    const Device cd = opt.comm->device();
+    Tensor fc = Tensor::from_vector({video.defined() ? float(video.size(0)) : 0.f,
+                                     video.defined() ? float(video.size(1)) : 0.f}, {2});
+    Tensor fcd = fc.to(cd);
+    opt.comm->broadcast(fcd, 0);
+    fc = fcd.to(Device::cpu());
+    if (!video.defined())
+      video = Tensor::zeros({int64_t(fc.data<float>()[0]), int64_t(fc.data<float>()[1]), H, W}, DType::F32);
+    Tensor part = cd.is_cpu() ? video : video.to(cd);
+    opt.comm->all_reduce(part);
+    if (!cd.is_cpu()) video = part.to(Device::cpu());
+  }
   float* p = video.data<float>();
   const int64_t FC = video.size(0) * video.size(1);
 #pragma omp parallel for schedule(static) if (FC * H * W > (1 << 16))
@@ -572,8 +609,7 @@ Tensor WanVae::decode(const Tensor& z, const DecodeOptions& opt) const {
         for (int64_t i = 0; i < h * w; ++i) q[i] = q[i] / inv + m[size_t(c)];
       }
   }
-  const int64_t total = T * int64_t(tile_starts(h, opt.tile_h, opt.overlap).size() *
-                                    tile_starts(w, opt.tile_w, opt.overlap).size());
+  const int64_t total = T * deal_tiles(h, w, opt).count_mine();
   int64_t done = 0;
   if (opt.on_chunk) opt.on_chunk(0, total);
   const std::function<void()> after_chunk = [&] {

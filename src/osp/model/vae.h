@@ -33,6 +33,10 @@
 #include "osp/core/tensor.h"
 #include "osp/io/checkpoint.h"
 
+namespace osp::parallel {
+class Communicator;
+}
+
 namespace osp::model {
 
 // Looks a weight up by its original Wan name (e.g. "decoder.conv1.weight"); returns an
@@ -65,6 +69,14 @@ struct DecodeOptions {
   // tile) with (done, total): progress bars, and a Ctrl-C safe point (it may throw; decoding
   // then stops).
   std::function<void(int64_t done, int64_t total)> on_chunk;
+  // Several ranks (size R > 1; every rank calls decode with the same latent and options): the
+  // tiles are dealt out — tile k of the row-major order to rank k mod R (ranks beyond the tile
+  // count get none) — and the ranks' blended parts are summed over `comm` (all_reduce, on its
+  // device), so every rank returns the whole video: the single-rank decode with the same tiles
+  // up to the order of that sum. The tiling itself is not changed (an untiled decode runs whole
+  // on every rank), so a run on R ranks gives the single-rank video. on_chunk counts this
+  // rank's tiles. Null or one rank: everything here.
+  std::shared_ptr<parallel::Communicator> comm;
 };
 
 // Tile options that keep one decode under about `budget_bytes` of activation memory (fp32):
@@ -78,7 +90,9 @@ size_t decode_memory_estimate(int64_t latent_h, int64_t latent_w, int dim = 96);
 // The tiling used by WanVae::decode, exposed for tests: calls decode_tile(y0, x0, th, tw)
 // (latent coordinates) for every tile, each returning a host F32 frame-major [F, C, 8·th, 8·tw],
 // and blends them with linear ramps over the overlaps into [F, C, 8h, 8w] (weights normalised
-// to sum to 1 at every pixel).  Without tiling it returns decode_tile(0, 0, h, w).
+// to sum to 1 at every pixel).  Without tiling it returns decode_tile(0, 0, h, w).  With
+// opt.comm over R > 1 ranks and more than one tile it calls decode_tile for this rank's tiles
+// only and sums the ranks' parts (DecodeOptions::comm; a collective: every rank calls it).
 Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
                    const std::function<Tensor(int64_t, int64_t, int64_t, int64_t)>& decode_tile);
 

@@ -878,8 +878,12 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   {
     load_vae();
     model::DecodeOptions dopt = model::tiles_for_budget(plan.geo.h, plan.geo.w, plan.mem.vae_budget);
+    // Every rank holds the final latent: a tiled decode deals its tiles out over the world (the
+    // same video as on one rank, model::DecodeOptions::comm).
+    if (sps.size > 1) dopt.comm = sps.comm;
     if (dopt.tile_h || dopt.tile_w)
-      log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")");
+      log_info("VAE: tiled decode (", dopt.tile_h, "x", dopt.tile_w, " latent tiles, overlap ", dopt.overlap, ")",
+               sps.size > 1 ? str(", the tiles dealt out over ", sps.size, " ranks") : std::string());
     std::unique_ptr<Progress> vprog;
     const auto tv = Clock::now();
     dopt.on_chunk = [&](int64_t done, int64_t total) {
@@ -889,7 +893,20 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
              done > 0 ? since(tv) / double(done) * double(total - done) : -1);
       point("VAE decode");
     };
-    video = vae->decode(x, dopt);
+    {
+      // With the tiles dealt out the decode ends in a collective: Ctrl-C is deferred through it
+      // and the ranks agree afterwards (any rank interrupted → all stop), so none waits in the sum
+      // for a rank that already left.
+      std::unique_ptr<DeferInterrupts> defer;
+      if (dopt.comm) defer = std::make_unique<DeferInterrupts>();
+      video = vae->decode(x, dopt);
+      defer.reset();
+      if (dopt.comm) {
+        Tensor flag = Tensor::from_vector({interrupted() ? 1.f : 0.f}, {1}).to(dopt.comm->device());
+        dopt.comm->all_reduce(flag);
+        if (flag.to(Device::cpu()).data<float>()[0] > 0) throw Interrupted("VAE decode");
+      }
+    }
     if (vprog) vprog->finish();
     if (!keep) vae.reset();
   }
