@@ -10,7 +10,8 @@
 //      its own): Philox noise, sample::make_sampler("unipc", steps, 5), per step the latent
 //      duplicated to [2, 16, T, h, w], one forward, sample::cfg_combine, sampler step.
 //   3. Wan-VAE decode (random weights, real config) of each mode's final latent to
-//      3×81×480×832, tiled with tiles_for_budget(8 GiB) as the pipeline does on CUDA.
+//      3×81×480×832, tiled with tiles_for_budget(--vae-budget-gib, default 8: the pipeline's
+//      budget when the free memory is unknown; with room it decodes untiled — e.g. 24 here).
 // Each stage's weights are released before the next stage's are made (T5 → DiT → VAE).
 // `s` excludes making the random weights and binding them (reported as setup_s).
 // Output: one JSON line per stage and mode, then a total line per mode

@@ -118,6 +118,35 @@ TEST(MemoryPlan, Wan13BAt480PUnder8GiBFits) {
   EXPECT_LT(ms.dit_weights, pipeline::dit_weight_bytes(s.cfg, true, false).blocks / 4);
 }
 
+// The VAE tiles only when memory requires it: on a large card the 1.3B 480P decode runs whole
+// (its budget is the untiled estimate), on an 8 GiB card it tiles into three quarters of the room
+// beside its weights, and with the models kept loaded the room is what they leave.
+TEST(MemoryPlan, VaeDecodesUntiledWhenTheRoomAllows) {
+  pipeline::MemoryInput in = input(model::DiTConfig::wan_1_3b(), 832, 480, 81, true, 80);
+  const pipeline::MemoryPlan big = pipeline::plan_memory(in);
+  EXPECT_EQ(big.vae_budget, in.vae_full_decode);
+  EXPECT_EQ(big.vae_activations, in.vae_full_decode);
+  const model::DecodeOptions whole = model::tiles_for_budget(60, 104, big.vae_budget);
+  EXPECT_EQ(whole.tile_h, 0);
+  EXPECT_EQ(whole.tile_w, 0);
+  in.limit = 8 * kGiB;
+  const pipeline::MemoryPlan small = pipeline::plan_memory(in);
+  EXPECT_LT(small.vae_budget, in.vae_full_decode);
+  EXPECT_EQ(small.vae_budget, (8 * kGiB - in.vae_weights - small.workspace) / 4 * 3);
+  const model::DecodeOptions tiled = model::tiles_for_budget(60, 104, small.vae_budget);
+  EXPECT_TRUE(tiled.tile_h > 0 || tiled.tile_w > 0);
+  // kept loaded on 24 GiB: the room beside the text encoder (if on the GPU), the DiT and the VAE
+  in.limit = 24 * kGiB;
+  in.keep_loaded = true;
+  const pipeline::MemoryPlan kept = pipeline::plan_memory(in);
+  const size_t resident = kept.t5_weights + kept.dit_weights + kept.vae_weights + kept.workspace;
+  EXPECT_EQ(kept.vae_budget, std::min(in.vae_full_decode, (24 * kGiB - resident) / 4 * 3));
+  EXPECT_LE(kept.peak, 24 * kGiB);
+  // an explicit --vae-budget-mb wins
+  in.vae_budget = size_t(512) << 20;
+  EXPECT_EQ(pipeline::plan_memory(in).vae_budget, size_t(512) << 20);
+}
+
 TEST(MemoryPlan, NothingFitsGivesAClearError) {
   const std::string e = error_of([] { (void)pipeline::plan_memory(input(model::DiTConfig::wan_14b(), 1280, 720, 81, true, 2)); });
   EXPECT_NE(e.find("does not fit the --max-vram limit of 2.00 GiB"), std::string::npos) << e;

@@ -111,16 +111,22 @@ MemoryPlan plan_memory(const MemoryInput& in) {
   m.t5_weights = m.t5_on_cpu ? 0 : t5_w;
   m.t5_activations = m.t5_on_cpu ? 0 : t5_a;
 
-  // ---- VAE: its weights + a decode budget that fits beside them
+  // ---- VAE: its weights; the decode budget is set per candidate below (the room it has depends
+  //      on what stays resident beside it)
   m.vae_weights = in.vae_weights;
-  size_t budget = in.vae_budget ? in.vae_budget : (in.gpu ? size_t(8) << 30 : size_t(4) << 30);
-  if (!in.vae_budget && in.gpu && cap) {
-    // three quarters of the room beside the weights: the rest absorbs error in the decode estimate
-    const size_t room = cap > in.vae_weights + m.workspace ? (cap - in.vae_weights - m.workspace) / 4 * 3 : 0;
-    budget = std::min(budget, std::max(room, size_t(256) << 20));
-  }
-  m.vae_budget = budget;
-  m.vae_activations = std::min(in.vae_full_decode, budget);
+  // The decode budget beside `resident` bytes of weights: --vae-budget-mb; the CPU's 4 GiB; on a
+  // GPU the untiled decode's estimate when it fits three quarters of the room (the rest absorbs
+  // error in the estimate), else that room (tiles), at least 256 MiB; 8 GiB when the free memory
+  // is unknown.
+  auto vae_budget = [&](size_t resident) -> size_t {
+    if (in.vae_budget) return in.vae_budget;
+    if (!in.gpu) return size_t(4) << 30;
+    if (!cap) return size_t(8) << 30;
+    const size_t used = resident + m.workspace;
+    const size_t room = cap > used ? (cap - used) / 4 * 3 : 0;
+    const size_t want = in.vae_full_decode ? std::min(room, in.vae_full_decode) : room;
+    return std::max(want, size_t(256) << 20);
+  };
 
   // ---- DiT candidates
   const double per_token_row =
@@ -159,6 +165,8 @@ MemoryPlan plan_memory(const MemoryInput& in) {
     p.dit_block_bytes = wb8.max_block;
     p.dit_weights = k.w == DitWeights::Streamed ? wb8.other + 2 * wb8.max_block : wb8.other + wb8.blocks;
     p.dit_activations = activations(k.seq ? 1 : in.cfg_rows);
+    p.vae_budget = vae_budget(in.keep_loaded ? p.t5_weights + p.dit_weights + p.vae_weights : p.vae_weights);
+    p.vae_activations = std::min(in.vae_full_decode, p.vae_budget);
     if (in.keep_loaded) {
       p.peak = p.t5_weights + p.dit_weights + p.vae_weights +
                std::max({p.t5_activations, p.dit_activations, p.vae_activations}) + p.workspace;

@@ -15,8 +15,10 @@
 //      sequential (streaming copies every block once per forward, so sequential CFG doubles them)
 // (No sequential CFG with --cache teacache: its policy decides once per batched step.)
 // --dit-offload none keeps 1–3, blocks forces 4, auto (default) tries all. The text encoder
-// moves to the CPU when its stage does not fit (as --offload does); the VAE decode tiles to three
-// quarters of the room left beside its weights (at most the default 8 GiB budget).
+// moves to the CPU when its stage does not fit (as --offload does); the VAE decodes untiled when
+// its estimate fits three quarters of the room left at decode time (beside its weights, and with
+// keep_loaded beside every resident model's), in tiles of that room otherwise (8 GiB when the
+// free memory is unknown; --vae-budget-mb overrides).
 //
 // Estimates (bytes on the device):
 //   * weights: exact, from the config's tensor shapes and the precision map (CUDA: bf16 linears,
