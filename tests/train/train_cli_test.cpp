@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "osp/model/lora.h"
@@ -358,28 +359,29 @@ TEST_F(TrainCli, DryRunPrintsThePerGpuMemoryPlan) {
   EXPECT_NE(w.out.find("optimizer state, gradients and weights sharded"), std::string::npos) << w.out;
   EXPECT_LT(pw.total, train::plan_train_memory(zin).total - 20.0 * double(1ull << 30));  // > 20 GiB saved
   in.sharded_weights = false;
+  // A memory flag on top of --shard-gradients: the printed plan is the same plan with `change`
+  // made to its input, and the output says each of `phrases`.
+  auto expect_flag_plan = [&](const std::vector<std::string>& flags,
+                              const std::function<void(train::MemoryPlanInput&)>& change,
+                              const std::vector<std::string>& phrases) {
+    std::vector<std::string> args{"--gpu-memory", "139", "--shard-gradients"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const CliRun r = dry(args);
+    ASSERT_EQ(r.code, 0) << r.out;
+    train::MemoryPlanInput with = in;
+    change(with);
+    EXPECT_NE(r.out.find(train::plan_train_memory(with).table()), std::string::npos) << r.out;
+    for (const std::string& phrase : phrases) EXPECT_NE(r.out.find(phrase), std::string::npos) << r.out;
+  };
   // --keep-attention: the plan's "kept attention" line (self-attention outputs of every block)
-  const CliRun ka = dry({"--gpu-memory", "139", "--shard-gradients", "--keep-attention"});
-  ASSERT_EQ(ka.code, 0) << ka.out;
-  in.keep_attention = true;
-  EXPECT_NE(ka.out.find(train::plan_train_memory(in).table()), std::string::npos) << ka.out;
-  EXPECT_NE(ka.out.find("activation checkpointing (attention kept)"), std::string::npos) << ka.out;
-  EXPECT_NE(ka.out.find("kept attention"), std::string::npos) << ka.out;
-  in.keep_attention = false;
+  expect_flag_plan({"--keep-attention"}, [](train::MemoryPlanInput& t) { t.keep_attention = true; },
+                   {"activation checkpointing (attention kept)", "kept attention"});
   // --ffn-chunks 4: the plan without the FFN's [rows, ffn] tape activations
-  const CliRun fc = dry({"--gpu-memory", "139", "--shard-gradients", "--ffn-chunks", "4"});
-  ASSERT_EQ(fc.code, 0) << fc.out;
-  in.ffn_chunks = 4;
-  EXPECT_NE(fc.out.find(train::plan_train_memory(in).table()), std::string::npos) << fc.out;
-  in.ffn_chunks = 0;
+  expect_flag_plan({"--ffn-chunks", "4"}, [](train::MemoryPlanInput& t) { t.ffn_chunks = 4; }, {});
   // --offload-checkpoints: two staging buffers on the device, every block's input in host memory
-  const CliRun oc = dry({"--gpu-memory", "139", "--shard-gradients", "--offload-checkpoints"});
-  ASSERT_EQ(oc.code, 0) << oc.out;
-  in.offload_block_inputs = true;
-  EXPECT_NE(oc.out.find(train::plan_train_memory(in).table()), std::string::npos) << oc.out;
-  EXPECT_NE(oc.out.find("activation checkpointing (inputs offloaded to the host)"), std::string::npos) << oc.out;
-  EXPECT_NE(oc.out.find("in pinned host memory (--offload-checkpoints)"), std::string::npos) << oc.out;
-  in.offload_block_inputs = false;
+  expect_flag_plan({"--offload-checkpoints"}, [](train::MemoryPlanInput& t) { t.offload_block_inputs = true; },
+                   {"activation checkpointing (inputs offloaded to the host)",
+                    "in pinned host memory (--offload-checkpoints)"});
   // a run that does not fit says what would: each change by the same plan, then all of them
   const CliRun nf = dry({"--gpu-memory", "100"});
   ASSERT_EQ(nf.code, 0) << nf.out;

@@ -553,17 +553,15 @@ DiT::Offload::~Offload() {
 
 void DiT::offload_block_input(int i, const Tensor& x) {
   const Device dev = opt_.device;
-  if (!offload_) offload_ = std::make_unique<Offload>();
-  Offload& o = *offload_;
-  if (!o.q) o.q = std::make_unique<CopyStream>(dev, 2);
-  OSP_CHECK(x.dtype() == DType::F32, "DiT: offloaded block inputs are F32 rows, got ", x.desc());
-  const size_t L = size_t(cfg_.num_layers), bytes = x.nbytes();
-  if (o.host.size() != L) {
-    o.q->synchronize();
-    for (void* h : o.host) pinned_free(h);
-    o.host.assign(L, nullptr);
-    o.host_bytes.assign(L, 0);
+  if (!offload_) {  // one host buffer per block, allocated by the first step that needs it
+    offload_ = std::make_unique<Offload>();
+    offload_->q = std::make_unique<CopyStream>(dev, 2);
+    offload_->host.assign(size_t(cfg_.num_layers), nullptr);
+    offload_->host_bytes.assign(size_t(cfg_.num_layers), 0);
   }
+  Offload& o = *offload_;
+  OSP_CHECK(x.dtype() == DType::F32, "DiT: offloaded block inputs are F32 rows, got ", x.desc());
+  const size_t bytes = x.nbytes();
   if (o.host_bytes[size_t(i)] < bytes) {  // (the previous step's copies of it are done: same queue,
     o.q->synchronize();                   //  but the host must not free it under a pending copy)
     pinned_free(o.host[size_t(i)]);

@@ -156,6 +156,12 @@ void Communicator::broadcast(Tensor& x, int root) {
 
 void Communicator::barrier() { raw_barrier(); }
 
+bool Communicator::any(bool flag) {
+  Tensor t = Tensor::from_vector({flag ? 1.f : 0.f}, {1}).to(device());
+  all_reduce(t);
+  return t.to(Device::cpu()).data<float>()[0] > 0.f;
+}
+
 namespace {
 std::atomic<double> g_collective_timeout{0.0};
 }  // namespace

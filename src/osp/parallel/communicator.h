@@ -71,6 +71,9 @@ class Communicator {
   int reduce_scatter_start(const Tensor& send, Tensor& recv);
   void broadcast(Tensor& x, int root);
   void barrier();
+  // True on every rank when `flag` is true on any rank (one all_reduce on this backend's device):
+  // ranks that must stop together — after Ctrl-C, say — agree on it.
+  bool any(bool flag);
 
   // Sub-communicator of the ranks passing the same color, ordered by key (MPI_Comm_split
   // semantics). Collective over this communicator. Used for 2D meshes (SSP × Ulysses).

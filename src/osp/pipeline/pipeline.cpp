@@ -901,11 +901,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       if (dopt.comm) defer = std::make_unique<DeferInterrupts>();
       video = vae->decode(x, dopt);
       defer.reset();
-      if (dopt.comm) {
-        Tensor flag = Tensor::from_vector({interrupted() ? 1.f : 0.f}, {1}).to(dopt.comm->device());
-        dopt.comm->all_reduce(flag);
-        if (flag.to(Device::cpu()).data<float>()[0] > 0) throw Interrupted("VAE decode");
-      }
+      if (dopt.comm && dopt.comm->any(interrupted())) throw Interrupted("VAE decode");
     }
     if (vprog) vprog->finish();
     if (!keep) vae.reset();

@@ -140,9 +140,7 @@ double DiTTrainModel::dp_mean(double x) {
 
 bool DiTTrainModel::any_rank(bool flag) {
   if (!opt_.world || opt_.world->size() == 1) return flag;
-  Tensor t = Tensor::from_vector({flag ? 1.f : 0.f}, {1}).to(opt_.world->device());
-  opt_.world->all_reduce(t);
-  return t.to(Device::cpu()).data<float>()[0] > 0.f;
+  return opt_.world->any(flag);
 }
 
 double DiTTrainModel::loss_backward(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigma,
