@@ -36,6 +36,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.ulysses_chunks, 0);
   EXPECT_EQ(d.norm_backward, "warp");
   EXPECT_EQ(d.attn_bwd_chunks, 0);  // auto
+  EXPECT_TRUE(d.fused_norms);
   EXPECT_FALSE(d.profile);
   EXPECT_FALSE(d.verbose);
   EXPECT_FALSE(d.fp8_sdpa_probe);
@@ -46,7 +47,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
                                  {"OSP_ULYSSES_CHUNKS", "2"}, {"OSP_PROFILE", "yes"}, {"OSP_VERBOSE", "1"},
                                  {"OSP_FP8_SDPA_PROBE", "1"}, {"OSP_FP8_SDPA_VARIANT", "3"},
                                  {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "block"},
-                                 {"OSP_ATTN_BWD_CHUNKS", "6"}});
+                                 {"OSP_ATTN_BWD_CHUNKS", "6"}, {"OSP_FUSED_NORMS", "0"}});
   EXPECT_EQ(s.attention, EngineSettings::Attention::Flash);
   EXPECT_EQ(s.conv3d, "im2col");
   EXPECT_TRUE(s.vae_fp32);
@@ -55,6 +56,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(s.ulysses_chunks, 2);
   EXPECT_EQ(s.norm_backward, "block");
   EXPECT_EQ(s.attn_bwd_chunks, 6);
+  EXPECT_FALSE(s.fused_norms);
   EXPECT_EQ(read({{"OSP_ATTN_BWD_CHUNKS", "auto"}}).attn_bwd_chunks, 0);
   EXPECT_TRUE(s.profile);
   EXPECT_TRUE(s.verbose);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <random>
@@ -144,9 +145,8 @@ void axpby_case(int64_t n) {
   EXPECT_REL(out, ref, 1e-6);
 }
 
-void rope_case(int64_t R, int64_t L, int64_t H, int64_t D, int64_t Rt, DType in_dt, DType out_dt,
-               bool in_place) {
-  Tensor x = rnd({R, L, H, D}, 1.f, in_dt == DType::BF16);
+// (cos θ, sin θ) pairs of uniform random angles: a RoPE table [Rt, L, D/2, 2].
+Tensor random_rope_table(int64_t Rt, int64_t L, int64_t D) {
   std::vector<float> cs(size_t(Rt * L * D / 2 * 2));
   std::mt19937 g(g_seed++);
   std::uniform_real_distribution<float> u(-3.14159f, 3.14159f);
@@ -155,13 +155,71 @@ void rope_case(int64_t R, int64_t L, int64_t H, int64_t D, int64_t Rt, DType in_
     cs[i] = std::cos(th);
     cs[i + 1] = std::sin(th);
   }
-  Tensor table = Tensor::from_vector(cs, {Rt, L, D / 2, 2});
+  return Tensor::from_vector(cs, {Rt, L, D / 2, 2});
+}
+
+void rope_case(int64_t R, int64_t L, int64_t H, int64_t D, int64_t Rt, DType in_dt, DType out_dt,
+               bool in_place) {
+  Tensor x = rnd({R, L, H, D}, 1.f, in_dt == DType::BF16);
+  Tensor table = random_rope_table(Rt, L, D);
   Tensor ref = Tensor::empty({R, L, H, D}, DType::F32);
   ops::rope(x, table, ref);
   Tensor gx = on_gpu(x, in_dt);
   Tensor out = in_place ? gx : poisoned({R, L, H, D}, out_dt);
   ops::rope(gx, on_gpu(table, DType::F32), out);
   EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+}
+
+// Fused q/k norm + RoPE: against the CPU, and against the two CUDA ops it replaces (rms_norm
+// into f32, then rope) — the same arithmetic, so equal up to an FMA contraction the compiler
+// may choose differently (printed: how many elements differ at all).
+void rms_norm_rope_case(int64_t R, int64_t L, int64_t H, int64_t D, int64_t Rt, DType in_dt, DType out_dt) {
+  Tensor x = rnd({R, L, H, D}, 3.f, in_dt == DType::BF16), w = rnd({H * D});
+  Tensor table = random_rope_table(Rt, L, D);
+  Tensor ref = Tensor::empty({R, L, H, D}, DType::F32);
+  ops::rms_norm_rope(x, w, 1e-6f, table, ref);
+  Tensor gx = on_gpu(x, in_dt), gw = on_gpu(w, DType::F32), gt = on_gpu(table, DType::F32);
+  Tensor out = poisoned({R, L, H, D}, out_dt);
+  ops::rms_norm_rope(gx, gw, 1e-6f, gt, out);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+  Tensor mid = poisoned({R, L, H, D}, DType::F32), seq = poisoned({R, L, H, D}, out_dt);
+  Tensor midv = mid.view({R * L, H * D});
+  ops::rms_norm(gx.view({R * L, H * D}), gw, 1e-6f, midv);
+  ops::rope(mid, gt, seq);
+  const auto a = out.to(Device::cpu()).to_float_vector(), b = seq.to(Device::cpu()).to_float_vector();
+  size_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+  std::printf("[ info     ] rms_norm_rope %lldx%lldx%lldx%lld: %zu of %zu elements differ from rms_norm + rope\n",
+              (long long)R, (long long)L, (long long)H, (long long)D, differ, a.size());
+  EXPECT_REL(out, seq.to(Device::cpu()).to(DType::F32), out_dt == DType::BF16 ? 4e-3 : 1e-6);
+}
+
+// Fused residual update + LayerNorm (mode 0, affine) or + modulated LayerNorm (mode 1): the
+// updated residual and the norm against the CPU and against add_gated_ then the CUDA norm.
+void add_norm_case(int64_t R, int64_t C, int mode, bool gated, DType y_dt, DType out_dt) {
+  Tensor x = rnd({R, C}, 2.f), y = rnd({R, C}, 1.f, y_dt == DType::BF16), g = rnd({C});
+  Tensor w = rnd({C}), b = rnd({C}), sh = rnd({C}, 0.3f), sc = rnd({C}, 0.3f);
+  Tensor rx = x.clone(), ref = Tensor::empty({R, C}, DType::F32);
+  auto run = [&](Tensor& xx, const Tensor& yy, const Tensor& gg, const Tensor& ww, const Tensor& bb,
+                 const Tensor& ssh, const Tensor& ssc, Tensor& o) {
+    if (mode == 0) ops::add_gated_layer_norm_(xx, yy, gated ? &gg : nullptr, &ww, &bb, 1e-6f, o);
+    else ops::add_gated_layer_norm_modulate_(xx, yy, gated ? &gg : nullptr, ssh, ssc, 1e-6f, o);
+  };
+  run(rx, y, g, w, b, sh, sc, ref);
+  Tensor gx = on_gpu(x, DType::F32), gy = on_gpu(y, y_dt), gg = on_gpu(g, DType::F32);
+  Tensor gw = on_gpu(w, DType::F32), gb = on_gpu(b, DType::F32), gsh = on_gpu(sh, DType::F32),
+         gsc = on_gpu(sc, DType::F32);
+  Tensor out = poisoned({R, C}, out_dt);
+  run(gx, gy, gg, gw, gb, gsh, gsc, out);
+  EXPECT_REL(gx, rx, 1e-6);
+  EXPECT_REL(out, ref, out_dt == DType::BF16 ? 1e-2 : 1e-5);
+  // the two CUDA ops it replaces
+  Tensor sx = on_gpu(x, DType::F32), seq = poisoned({R, C}, out_dt);
+  ops::add_gated_(sx, gy, gated ? &gg : nullptr);
+  if (mode == 0) ops::layer_norm(sx, &gw, &gb, 1e-6f, seq);
+  else ops::layer_norm_modulate(sx, gsh, gsc, 1e-6f, seq);
+  EXPECT_REL(gx, sx.to(Device::cpu()), 1e-7);
+  EXPECT_REL(out, seq.to(Device::cpu()).to(DType::F32), out_dt == DType::BF16 ? 4e-3 : 1e-6);
 }
 
 Tensor lens_tensor(const std::vector<int>& v) {
@@ -303,6 +361,14 @@ std::vector<Case> all_cases() {
   add("rope_2x19x2x64_f32_bf16_Rt2", [=] { rope_case(2, 19, 2, 64, 2, F, H, false); });
   add("rope_4x11x5x128_f32_inplace_Rt2", [=] { rope_case(4, 11, 5, 128, 2, F, F, true); });
   add("rope_3x7x1x10_bf16_f32_Rt1", [=] { rope_case(3, 7, 1, 10, 1, H, F, false); });
+  // fused norms (DiT block): vectorised rows (C % 4 == 0) and the two-op fallback (D = 10)
+  add("rms_norm_rope_4x33x12x128_bf16_Rt2", [=] { rms_norm_rope_case(4, 33, 12, 128, 2, H, H); });
+  add("rms_norm_rope_2x17x3x64_f32_f32_Rt1", [=] { rms_norm_rope_case(2, 17, 3, 64, 1, F, F); });
+  add("rms_norm_rope_3x5x1x10_bf16_f32_fallback", [=] { rms_norm_rope_case(3, 5, 1, 10, 3, H, F); });
+  add("add_ln_affine_65x1536_bf16_gate", [=] { add_norm_case(65, 1536, 0, true, H, H); });
+  add("add_ln_modulate_33x5120_bf16_nogate", [=] { add_norm_case(33, 5120, 1, false, H, H); });
+  add("add_ln_modulate_7x256_f32_gate_f32out", [=] { add_norm_case(7, 256, 1, true, F, F); });
+  add("add_ln_affine_9x130_f32_fallback", [=] { add_norm_case(9, 130, 0, true, F, H); });
   // attention: auto path, own kernel, cuDNN; odd lengths, D 64/128, cross-attn Lk 512,
   // padded sub-sequences (kv_lens / q_lens), umT5-style bias
   add("attn_auto_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 0); });

@@ -197,6 +197,95 @@ TEST(CpuOps, RopeInterleavedPairsAndTableBroadcast) {
   EXPECT_THROW(ops::rope(x_odd, cs, out_odd), Error);
 }
 
+// The fused q/k op: each token row (all H heads) RMS-normalised over H·D, times w, then rotated.
+TEST(CpuOps, RmsNormRopeNormalisesTheWholeRowThenRotates) {
+  const int64_t R = 4, L = 3, H = 2, D = 6, Rt = 2, C = H * D;
+  const float eps = 1e-6f;
+  Tensor x = randn({R, L, H, D}, 30, 2.f), w = randn({C}, 31);
+  std::vector<double> theta(size_t(Rt * L * D / 2));
+  std::vector<float> tab(theta.size() * 2);
+  std::mt19937 gen(32);
+  std::uniform_real_distribution<double> ang(-3.0, 3.0);
+  for (size_t i = 0; i < theta.size(); ++i) {
+    theta[i] = ang(gen);
+    tab[2 * i] = float(std::cos(theta[i]));
+    tab[2 * i + 1] = float(std::sin(theta[i]));
+  }
+  Tensor cs = Tensor::from_vector(tab, {Rt, L, D / 2, 2});
+  const auto xv = x.to_float_vector(), wv = w.to_float_vector();
+  std::vector<double> ref(xv.size());
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t row = (r * L + l) * C;
+      double ss = 0;
+      for (int64_t c = 0; c < C; ++c) ss += double(xv[row + c]) * xv[row + c];
+      const double rstd = 1.0 / std::sqrt(ss / C + eps);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t p = 0; p < D / 2; ++p) {
+          const int64_t c0 = h * D + 2 * p;
+          const double a = xv[row + c0] * rstd * wv[c0], b = xv[row + c0 + 1] * rstd * wv[c0 + 1];
+          const double t = theta[((r % Rt) * L + l) * (D / 2) + p];
+          ref[row + c0] = a * std::cos(t) - b * std::sin(t);
+          ref[row + c0 + 1] = a * std::sin(t) + b * std::cos(t);
+        }
+    }
+  Tensor out = Tensor::empty({R, L, H, D}, DType::F32);
+  ops::rms_norm_rope(x, w, eps, cs, out);
+  EXPECT_LT(relative_error(out, from_doubles(ref, {R, L, H, D})), 1e-6);
+
+  EXPECT_THROW(ops::rms_norm_rope(x, w, eps, cs, x), Error);  // out aliases x
+  Tensor w_head = randn({D}, 33);                              // one head's weight, not H·D
+  EXPECT_THROW(ops::rms_norm_rope(x, w_head, eps, cs, out), Error);
+  Tensor cs3 = Tensor::zeros({3, L, D / 2, 2}, DType::F32);  // 3 rows do not divide R = 4
+  EXPECT_THROW(ops::rms_norm_rope(x, w, eps, cs3, out), Error);
+  EXPECT_THROW(ops::rms_norm_rope(x, w, 0.f, cs, out), Error);
+}
+
+// The residual update + norm ops: x ends as add_gated_ leaves it, out as the norm of that x.
+TEST(CpuOps, AddGatedThenNormEqualsTheOpsInSequence) {
+  const int64_t R = 5, C = 24;
+  const float eps = 1e-6f;
+  Tensor x0 = randn({R, C}, 40), y = randn({R, C}, 41), g = randn({C}, 42);
+  Tensor w = randn({C}, 43), b = randn({C}, 44), sh = randn({C}, 45, 0.3f), sc = randn({C}, 46, 0.3f);
+  for (int mode = 0; mode < 2; ++mode)
+    for (bool gated : {true, false}) {
+      SCOPED_TRACE(testing::Message() << "mode " << mode << ", gated " << gated);
+      // the reference: x + y·g and the norm from naive loops in double
+      const auto xv = x0.to_float_vector(), yv = y.to_float_vector(), gv = g.to_float_vector();
+      const auto wv = w.to_float_vector(), bv = b.to_float_vector(), shv = sh.to_float_vector(),
+                 scv = sc.to_float_vector();
+      std::vector<double> xr(xv.size()), outr(xv.size());
+      for (int64_t r = 0; r < R; ++r) {
+        double mean = 0, var = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t i = size_t(r * C + c);
+          xr[i] = double(xv[i]) + double(yv[i]) * (gated ? gv[size_t(c)] : 1.0);
+          mean += xr[i] / C;
+        }
+        for (int64_t c = 0; c < C; ++c) var += (xr[size_t(r * C + c)] - mean) * (xr[size_t(r * C + c)] - mean) / C;
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t i = size_t(r * C + c);
+          const double n = (xr[i] - mean) / std::sqrt(var + eps);
+          outr[i] = mode == 0 ? n * wv[size_t(c)] + bv[size_t(c)] : n * (1 + scv[size_t(c)]) + shv[size_t(c)];
+        }
+      }
+      Tensor x = x0.clone(), out = Tensor::empty({R, C}, DType::F32);
+      if (mode == 0) ops::add_gated_layer_norm_(x, y, gated ? &g : nullptr, &w, &b, eps, out);
+      else ops::add_gated_layer_norm_modulate_(x, y, gated ? &g : nullptr, sh, sc, eps, out);
+      EXPECT_LT(relative_error(x, from_doubles(xr, {R, C})), 1e-6);
+      EXPECT_LT(relative_error(out, from_doubles(outr, {R, C})), 1e-5);
+    }
+  Tensor x = x0.clone(), out = Tensor::empty({R, C}, DType::F32);
+  EXPECT_THROW(ops::add_gated_layer_norm_(x, y, &g, &w, nullptr, eps, out), Error);  // w without b
+  EXPECT_THROW(ops::add_gated_layer_norm_(x, y, &g, &w, &b, eps, x), Error);         // out aliases x
+  EXPECT_THROW(ops::add_gated_layer_norm_(x, x, &g, &w, &b, eps, out), Error);       // y aliases x
+  Tensor short_gate = randn({C - 1}, 47);
+  EXPECT_THROW(ops::add_gated_layer_norm_modulate_(x, y, &short_gate, sh, sc, eps, out), Error);
+  Tensor xb = x0.to(DType::BF16);
+  EXPECT_THROW(ops::add_gated_layer_norm_modulate_(xb, y, nullptr, sh, sc, eps, out), Error);
+  EXPECT_LT(relative_error(x, x0), 1e-7);  // the refused calls left x as it was
+}
+
 namespace {
 // Naive attention in double; rows past q_len are zero, keys past kv_len ignored.
 std::vector<double> attention_ref(const Tensor& q, const Tensor& k, const Tensor& v, double scale,

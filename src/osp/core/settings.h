@@ -17,6 +17,8 @@
 //   OSP_ATTN_BWD_CHUNKS=auto|N       cuDNN attention backward with few keys: its queries as N chunks
 //                                    in one batch (default auto: where it fills the SMs; 1: never;
 //                                    the 1.3B cross-attention backward on an H100 1.04 vs 1.44 ms)
+//   OSP_FUSED_NORMS=0                the CUDA fused norm ops (ops::rms_norm_rope, add_gated_layer_norm_*)
+//                                    run as the two ops they replace (default on; for A/B runs)
 //   OSP_PROFILE=1                    the DiT stage profiler on from the start (model/profile.h)
 //   OSP_VERBOSE=1                    verbose logging from the start (the same channel as the
 //                                    CLI's --verbose: core/log.h's level)
@@ -41,6 +43,7 @@ struct EngineSettings {
   int64_t ulysses_chunks = 0;  // 0: unset (one chunk)
   std::string norm_backward = "warp";
   int64_t attn_bwd_chunks = 0;  // 0: auto, 1: never chunked
+  bool fused_norms = true;
   bool profile = false;
   bool verbose = false;
   bool fp8_sdpa_probe = false;

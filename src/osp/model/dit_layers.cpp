@@ -223,17 +223,8 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
   k.forward(hq, ko);
   v.forward(hq, vo);
   c.lap(ProfStage::QKV);
-  // q, k = RMS(q)·g (fp32, over all d)                            [B, n, d] F32
-  Tensor& qn = c.scratch("qn", {B, n, d}, DType::F32);
-  Tensor& kn = c.scratch("kn", {B, n, d}, DType::F32);
-  if (cfg.qk_norm) {
-    ops::rms_norm(qo, norm_q.v, cfg.eps, qn);
-    ops::rms_norm(ko, norm_k.v, cfg.eps, kn);
-  } else {
-    qn.copy_from(qo);
-    kn.copy_from(ko);
-  }
-  // RoPE with this rank's table [Rt, n/Rt, D/2, 2] on q, k viewed [B·Rt, n/Rt, H, D]
+  // q, k = RoPE(RMS(q)·g) (fp32 math, the norm over all d), with this rank's table
+  // [Rt, n/Rt, D/2, 2] on q, k viewed [B·Rt, n/Rt, H, D]                 [B, n, H, D] act
   const Tensor& tab = sp.rope_table(i);
   OSP_CHECK(tab.dim() == 4 && tab.size(0) >= 1 && n % tab.size(0) == 0 &&
                 tab.size(1) == n / tab.size(0) && tab.size(2) == D / 2,
@@ -245,8 +236,13 @@ void SelfAttention::forward(Ctx& c, const DiTConfig& cfg, int i, const Tensor& h
   Tensor& kr = c.buf("kr", "kr", {B, n, H, D}, c.act);
   {
     Tensor qrv = qr.view(rope_shape), krv = kr.view(rope_shape);
-    ops::rope(qn.view(rope_shape), tab, qrv);
-    ops::rope(kn.view(rope_shape), tab, krv);
+    if (cfg.qk_norm) {
+      ops::rms_norm_rope(qo.view(rope_shape), norm_q.v, cfg.eps, tab, qrv);
+      ops::rms_norm_rope(ko.view(rope_shape), norm_k.v, cfg.eps, tab, krv);
+    } else {
+      ops::rope(qo.view(rope_shape), tab, qrv);
+      ops::rope(ko.view(rope_shape), tab, krv);
+    }
   }
   c.lap(ProfStage::NormRope);
   Tensor vh = vo.view({B, n, H, D});
@@ -603,33 +599,32 @@ void Block::forward(Ctx& c, const DiTConfig& cfg, int i, Tensor& x, const LinIn&
   c.lap(ProfStage::ModNorm);
   Tensor& y = c.buf("y", "y", {B, n, d}, c.act);
   self_attn.forward(c, cfg, i, h, y, sp);
+  // x += y·gate1 and h3 = LN3(x) in one pass (ops::add_gated_layer_norm_)
+  Tensor& h3 = c.linear_input("h3", "h3", {B, n, d}, c.act);
   for (int64_t b = 0; b < B; ++b) {
-    Tensor xb = x.select(0, b), g = mod(b, 2);
-    ops::add_gated_(xb, y.select(0, b), &g);
+    Tensor xb = x.select(0, b), g = mod(b, 2), h3b = h3.select(0, b);
+    if (cfg.cross_attn_norm)
+      ops::add_gated_layer_norm_(xb, y.select(0, b), &g, &norm3_w.v, &norm3_b.v, eps, h3b);
+    else
+      ops::add_gated_(xb, y.select(0, b), &g);
   }
+  if (!cfg.cross_attn_norm) h3.copy_from(x);
   c.lap(ProfStage::OProj);
   if (c.tape) c.tape->t["x1"] = x.clone();
 
   // ---- x += CrossAttn(LN3(x), ctx)   (no modulation, no gate)
-  Tensor& h3 = c.linear_input("h3", "h3", {B, n, d}, c.act);
-  if (cfg.cross_attn_norm)
-    ops::layer_norm(x, &norm3_w.v, &norm3_b.v, eps, h3);
-  else
-    h3.copy_from(x);
-  c.split(ProfStage::CrossAttn);
   Tensor& yc = c.scratch(c.tape ? "yc" : "y", {B, n, d}, c.act);  // no gate: not needed
   cross_attn.forward(c, cfg, h3, ctx, yc);
-  ops::add_gated_(x, yc, nullptr);
+  // x += yc and h2 = LN(x)·(1 + scale2) + shift2 in one pass
+  Tensor& h2 = c.linear_input("h2", "h", {B, n, d}, c.act);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor xb = x.select(0, b), hb = h2.select(0, b);
+    ops::add_gated_layer_norm_modulate_(xb, yc.select(0, b), nullptr, mod(b, 3), mod(b, 4), eps, hb);
+  }
   c.lap(ProfStage::CrossAttn);
   if (c.tape) c.tape->t["x2"] = x.clone();
 
-  // ---- x += FFN(LN(x)·(1 + scale2) + shift2) · gate2
-  Tensor& h2 = c.linear_input("h2", "h", {B, n, d}, c.act);
-  for (int64_t b = 0; b < B; ++b) {
-    Tensor hb = h2.select(0, b);
-    ops::layer_norm_modulate(x.select(0, b), mod(b, 3), mod(b, 4), eps, hb);
-  }
-  c.split(ProfStage::FFN);
+  // ---- x += FFN(h2) · gate2
   Tensor& y3 = c.buf("y3", "y", {B, n, d}, c.act);
   ffn.forward(c, cfg, h2, y3);
   for (int64_t b = 0; b < B; ++b) {

@@ -29,13 +29,14 @@ enum class ProfStage : uint8_t {
   EnterBlock,    // sp.enter_block (layout change / all-to-all) + contiguous
   ModNorm,       // block modulation (+ e0) and LN(x)·(1 + scale1) + shift1
   QKV,           // self-attention q, k, v linears
-  NormRope,      // RMS norm of q, k and RoPE
+  NormRope,      // RMS norm of q, k and RoPE (one fused op each)
   Quant,         // HiF8 / FP8 quantization of linear inputs and of attention q, k, v
   SelfAttnComm,  // sp.self_attention around the attention kernel: Ulysses all-to-alls, copies
   SelfAttn,      // the self-attention kernel (called by sp.self_attention through AttentionFn)
-  OProj,         // self-attention o linear + gated residual
-  CrossAttn,     // norm3, q linear, context k/v linears, norms, attention, o linear, residual
-  FFN,           // LN·(1 + scale2) + shift2, ffn.0 + GELU, ffn.2, gated residual
+  OProj,         // self-attention o linear + gated residual (fused with norm3 of the cross-attention)
+  CrossAttn,     // q linear, context k/v linears, norms, attention, o linear, residual (+ the FFN's
+                 // LN·(1 + scale2) + shift2, fused with it)
+  FFN,           // ffn.0 + GELU, ffn.2, gated residual
   Head,          // head modulation + LN + head GEMM (on this rank's rows)
   GatherOutput,  // sp.gather_output of the head output
   Unpatchify,    // unpatchify into [B, out_dim, F, H, W]

@@ -266,6 +266,93 @@ void rope(const Tensor& x0, const Tensor& cs0, Tensor& out) {
   cpu::rope(x, cs, out);
 }
 
+// ---------------------------------------------------------------- fused norms
+void rms_norm_rope(const Tensor& x0, const Tensor& w, float eps, const Tensor& cs0, Tensor& out) {
+  const char* op = "ops::rms_norm_rope";
+  check_defined(x0, op, "x");
+  check_defined(cs0, op, "cos_sin");
+  check_out(out, op);
+  check_rope_table(x0, "x", cs0, op);
+  check_same_shape(x0, out, op, "out");
+  check_device(x0, cs0, op, "cos_sin");
+  check_device(x0, out, op, "out");
+  check_no_alias(x0, out, op, "x");
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  const int64_t C = x0.size(2) * x0.size(3);
+  check_vec(w, C, x0, op, "weight");
+  Tensor x = x0.contiguous(), cs = cs0.contiguous(), wc = w.contiguous();
+  if (on_cuda(x, op)) {
+#ifdef OSP_HAVE_CUDA
+    check_f32_or_bf16(x, op, "x");
+    check_f32_or_bf16(out, op, "out");
+    cuda::rms_norm_rope(x, wc, eps, cs, out);
+#endif
+    return;
+  }
+  check_f32(x, op, "x");
+  check_f32(out, op, "out");
+  Tensor t = Tensor::empty(x.shape(), DType::F32, x.device());
+  Tensor tv = t.view({-1, C});
+  cpu::rms_norm(x.view({-1, C}), wc, eps, tv);
+  cpu::rope(t, cs, out);
+}
+
+namespace {
+// add_gated_layer_norm_ (mode 0) and add_gated_layer_norm_modulate_ (mode 1).
+void add_gated_norm(const char* op, Tensor& x, const Tensor& y0, const Tensor* gate, int mode,
+                    const Tensor* w, const Tensor* b, const Tensor* shift, const Tensor* scale,
+                    float eps, Tensor& out) {
+  check_defined(x, op, "x");
+  check_defined(y0, op, "y");
+  check_out(out, op);
+  OSP_CHECK(x.is_contiguous(), op, ": x (updated in place) must be contiguous, got ", x.desc());
+  OSP_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": x must have a non-empty last dim, got ", x.desc());
+  OSP_CHECK(x.dtype() == DType::F32, op, ": x (the residual stream) must be f32, got ", x.desc());
+  check_same_shape(x, y0, op, "y");
+  check_same_shape(x, out, op, "out");
+  check_device(x, y0, op, "y");
+  check_device(x, out, op, "out");
+  check_no_alias(y0, x, op, "y");
+  check_no_alias(x, out, op, "out");
+  OSP_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  OSP_CHECK((w == nullptr) == (b == nullptr), op, ": pass both weight and bias, or neither (no affine)");
+  const int64_t C = x.size(-1);
+  Tensor y = y0.contiguous(), g, wc, bc, shc, scc;
+  if (gate) check_vec(*gate, C, x, op, "gate"), g = gate->contiguous();
+  if (w) check_vec(*w, C, x, op, "weight"), check_vec(*b, C, x, op, "bias"), wc = w->contiguous(), bc = b->contiguous();
+  if (mode == 1) check_vec(*shift, C, x, op, "shift"), check_vec(*scale, C, x, op, "scale"),
+                 shc = shift->contiguous(), scc = scale->contiguous();
+  const Tensor* gp = gate ? &g : nullptr;
+  const Tensor* wp = w ? &wc : nullptr;
+  const Tensor* bp = b ? &bc : nullptr;
+  if (on_cuda(x, op)) {
+#ifdef OSP_HAVE_CUDA
+    check_f32_or_bf16(y, op, "y");
+    check_f32_or_bf16(out, op, "out");
+    if (mode == 0) cuda::add_gated_layer_norm_(x, y, gp, wp, bp, eps, out);
+    else cuda::add_gated_layer_norm_modulate_(x, y, gp, shc, scc, eps, out);
+#endif
+    return;
+  }
+  check_f32(y, op, "y");
+  check_f32(out, op, "out");
+  cpu::add_gated_(x, y, gp);
+  if (mode == 0) cpu::layer_norm(x, wp, bp, eps, out);
+  else cpu::layer_norm_modulate(x, shc, scc, eps, out, false);
+}
+}  // namespace
+
+void add_gated_layer_norm_(Tensor& x, const Tensor& y, const Tensor* gate, const Tensor* w,
+                           const Tensor* b, float eps, Tensor& out) {
+  add_gated_norm("ops::add_gated_layer_norm_", x, y, gate, 0, w, b, nullptr, nullptr, eps, out);
+}
+
+void add_gated_layer_norm_modulate_(Tensor& x, const Tensor& y, const Tensor* gate,
+                                    const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
+  add_gated_norm("ops::add_gated_layer_norm_modulate_", x, y, gate, 1, nullptr, nullptr, &shift,
+                 &scale, eps, out);
+}
+
 // ---------------------------------------------------------------- attention
 void attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, Tensor& out,
                const AttentionArgs& args) {

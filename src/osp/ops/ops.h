@@ -43,6 +43,23 @@ void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& sca
 // out = x * rsqrt(mean(x², last dim) + eps) * w.  w [C] F32.
 void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
 
+// The DiT's q/k path in one op: out = rope(rms_norm(x)·w, cos_sin) with x, out [R, L, H, D]
+// normalised over each row's H·D (one token), w [H·D] F32, cos_sin as rope's [Rt, L, D/2, 2].
+// The values of rms_norm into an F32 tensor followed by rope (CUDA: one kernel, no F32
+// intermediate in memory). CPU: F32. CUDA: x F32 or BF16, out F32 or BF16. out must not alias x.
+void rms_norm_rope(const Tensor& x, const Tensor& w, float eps, const Tensor& cos_sin, Tensor& out);
+
+// A residual update and the norm that reads it, in one pass (CUDA: one kernel):
+//   x += y·gate (add_gated_: gate [C] F32 or null), then
+//   out = layer_norm(x, w, b)                       (add_gated_layer_norm_; w, b both or neither)
+//   out = layer_norm_modulate(x, shift, scale)      (add_gated_layer_norm_modulate_)
+// The values of the two ops in sequence. x F32 contiguous, y F32 (CPU) or F32/BF16 (CUDA),
+// out the shape of x, F32 (CPU) or F32/BF16 (CUDA); neither y nor out may alias x.
+void add_gated_layer_norm_(Tensor& x, const Tensor& y, const Tensor* gate, const Tensor* w,
+                           const Tensor* b, float eps, Tensor& out);
+void add_gated_layer_norm_modulate_(Tensor& x, const Tensor& y, const Tensor* gate,
+                                    const Tensor& shift, const Tensor& scale, float eps, Tensor& out);
+
 // ---------------------------------------------------------------- elementwise
 void gelu_tanh(const Tensor& x, Tensor& out);  // in place allowed
 void silu(const Tensor& x, Tensor& out);       // in place allowed

@@ -15,6 +15,11 @@ void silu(const Tensor& x, Tensor& out);
 void add_gated_(Tensor& x, const Tensor& y, const Tensor* gate);
 void axpby(float a, const Tensor& x, float b, const Tensor& y, Tensor& out);
 void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out);
+void rms_norm_rope(const Tensor& x, const Tensor& w, float eps, const Tensor& cos_sin, Tensor& out);
+void add_gated_layer_norm_(Tensor& x, const Tensor& y, const Tensor* gate, const Tensor* w,
+                           const Tensor* b, float eps, Tensor& out);
+void add_gated_layer_norm_modulate_(Tensor& x, const Tensor& y, const Tensor* gate,
+                                    const Tensor& shift, const Tensor& scale, float eps, Tensor& out);
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                const AttentionArgs& args);
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);

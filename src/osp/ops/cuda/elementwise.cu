@@ -3,6 +3,7 @@
 // row reductions (LayerNorm, RMSNorm), grid-stride loops for the elementwise ops.
 #include <cuda_bf16.h>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/bf16_convert.cuh"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/cuda/cuda_ops.h"
@@ -200,23 +201,18 @@ __device__ __forceinline__ void store4(bf16* p, int64_t i4, float4 v) {
 
 // Row norms with the row cached in shared memory (one global read, one write).
 // MODE 0: LayerNorm (+ optional affine w, b); 1: LayerNorm then (1 + scale), shift;
-// 2: RMSNorm × w.
-template <typename TI, typename TO, int MODE>
-__global__ void row_norm_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
-                                    float eps, const float* __restrict__ w,
-                                    const float* __restrict__ b, const float* __restrict__ shift,
-                                    const float* __restrict__ scale, bool round_bf16) {
-  extern __shared__ float4 srow[];
+// 2: RMSNorm × w, then (rope_tab non-null) RoPE by this row's table rope_tab [D/2, 2] (D = 4·D4:
+// each head of the row rotated by the same angles — the row is one token's H·D).
+// The second half of every row-norm kernel: srow holds the row (C4 float4), tot the block sum of
+// its elements (MODE 0/1) or of their squares (MODE 2).
+template <typename TO, int MODE>
+__device__ __forceinline__ void finish_row_norm(const float4* srow, int64_t C, float tot, float eps,
+                                                TO* __restrict__ orow, const float* __restrict__ w,
+                                                const float* __restrict__ b,
+                                                const float* __restrict__ shift,
+                                                const float* __restrict__ scale, bool round_bf16,
+                                                const float* __restrict__ rope_tab, int64_t D4) {
   const int64_t C4 = C / 4;
-  const TI* xr = x + blockIdx.x * C;
-  TO* orow = out + blockIdx.x * C;
-  float s = 0.f;
-  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
-    float4 v = load4(xr, i);
-    srow[i] = v;
-    s += MODE == 2 ? v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w : v.x + v.y + v.z + v.w;
-  }
-  const float tot = block_sum(s);  // also orders the shared-memory writes before the reads
   float mean = 0.f, rstd;
   if (MODE == 2) {
     rstd = rsqrtf(tot / float(C) + eps);
@@ -245,9 +241,84 @@ __global__ void row_norm_vec_kernel(const TI* __restrict__ x, TO* __restrict__ o
     } else if (MODE == 2) {
       float4 ww = load4(w, i);
       y[0] *= ww.x; y[1] *= ww.y; y[2] *= ww.z; y[3] *= ww.w;
+      if (rope_tab) {  // the arithmetic of rope_vec_kernel: pairs (0, 1) and (2, 3)
+        float4 t = load4(rope_tab, i % D4);
+        const float4 r = make_float4(y[0] * t.x - y[1] * t.y, y[0] * t.y + y[1] * t.x,
+                                     y[2] * t.z - y[3] * t.w, y[2] * t.w + y[3] * t.z);
+        y[0] = r.x; y[1] = r.y; y[2] = r.z; y[3] = r.w;
+      }
     }
     store4(orow, i, make_float4(y[0], y[1], y[2], y[3]));
   }
+}
+
+template <typename TI, typename TO, int MODE>
+__global__ void row_norm_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
+                                    float eps, const float* __restrict__ w,
+                                    const float* __restrict__ b, const float* __restrict__ shift,
+                                    const float* __restrict__ scale, bool round_bf16) {
+  extern __shared__ float4 srow[];
+  const int64_t C4 = C / 4;
+  const TI* xr = x + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+    float4 v = load4(xr, i);
+    srow[i] = v;
+    s += MODE == 2 ? v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w : v.x + v.y + v.z + v.w;
+  }
+  const float tot = block_sum(s);  // also orders the shared-memory writes before the reads
+  finish_row_norm<TO, MODE>(srow, C, tot, eps, out + blockIdx.x * C, w, b, shift, scale, round_bf16,
+                            nullptr, 0);
+}
+
+// rms_norm_rope: one block per row of x [R, L, H·D] (row = r·L + l), table row (r % Rt)·L + l of
+// cos_sin [Rt, L, D/2, 2].
+template <typename TI, typename TO>
+__global__ void rms_norm_rope_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
+                                         float eps, const float* __restrict__ w,
+                                         const float* __restrict__ cs, int64_t L, int64_t Rt,
+                                         int64_t D4) {
+  extern __shared__ float4 srow[];
+  const int64_t C4 = C / 4, row = blockIdx.x;
+  const TI* xr = x + row * C;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+    float4 v = load4(xr, i);
+    srow[i] = v;
+    s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  const float tot = block_sum(s);
+  const float* tab = cs + (((row / L) % Rt) * L + row % L) * D4 * 4;
+  finish_row_norm<TO, 2>(srow, C, tot, eps, out + row * C, w, nullptr, nullptr, nullptr, false, tab, D4);
+}
+
+// add_gated_ then a LayerNorm of the updated row (MODE 0 / 1 of finish_row_norm): x += y·gate is
+// written back and kept in shared memory for the norm (the arithmetic of add_gated_vec_kernel).
+template <typename TY, typename TO, int MODE>
+__global__ void add_row_norm_vec_kernel(float* __restrict__ x, const TY* __restrict__ y,
+                                        const float* __restrict__ gate, TO* __restrict__ out,
+                                        int64_t C, float eps, const float* __restrict__ w,
+                                        const float* __restrict__ b, const float* __restrict__ shift,
+                                        const float* __restrict__ scale) {
+  extern __shared__ float4 srow[];
+  const int64_t C4 = C / 4;
+  float* xr = x + blockIdx.x * C;
+  const TY* yr = y + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
+    float4 a = load4(xr, i), v = load4(yr, i);
+    if (gate) {
+      float4 g = load4(gate, i);
+      v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+    }
+    const float4 nx = make_float4(a.x + v.x, a.y + v.y, a.z + v.z, a.w + v.w);
+    store4(xr, i, nx);
+    srow[i] = nx;
+    s += nx.x + nx.y + nx.z + nx.w;
+  }
+  const float tot = block_sum(s);
+  finish_row_norm<TO, MODE>(srow, C, tot, eps, out + blockIdx.x * C, w, b, shift, scale, false,
+                            nullptr, 0);
 }
 
 template <typename TY>
@@ -466,6 +537,78 @@ void rope(const Tensor& x, const Tensor& cos_sin, Tensor& out) {
                                                            cos_sin.data<float>(), R, L, H, half, Rt);
   });
   OSP_CUDA_LAUNCH_CHECK("rope_kernel");
+}
+
+void rms_norm_rope(const Tensor& x, const Tensor& w, float eps, const Tensor& cos_sin, Tensor& out) {
+  check_io(x, out, "rms_norm_rope");
+  require_cuda(cos_sin, "rms_norm_rope", "cos_sin");
+  require_contiguous(cos_sin, "rms_norm_rope", "cos_sin");
+  const int64_t R = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3), C = H * D, rows = R * L;
+  const float* wp = f32_ptr(&w, "rms_norm_rope", "weight", C);
+  if (rows == 0 || C == 0) return;
+  const bool vec = engine_settings().fused_norms && C % 4 == 0 && D % 4 == 0 && C <= kMaxVecRow && aligned16(x.raw()) &&
+                   aligned16(out.raw()) && aligned16(wp) && aligned16(cos_sin.raw());
+  if (!vec) {  // the two ops in sequence through an f32 intermediate (the same values)
+    Tensor t = Tensor::empty(x.shape(), DType::F32, x.device());
+    Tensor tv = t.view({rows, C});
+    rms_norm(x.view({rows, C}), w, eps, tv);
+    rope(t, cos_sin, out);
+    return;
+  }
+  dispatch2(x.dtype(), out.dtype(), "rms_norm_rope", [&]<typename TI, typename TO>() {
+    rms_norm_rope_vec_kernel<TI, TO><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
+        x.data<TI>(), out.data<TO>(), C, eps, wp, cos_sin.data<float>(), L, cos_sin.size(0), D / 4);
+  });
+  OSP_CUDA_LAUNCH_CHECK("rms_norm_rope_vec_kernel");
+}
+
+namespace {
+// add_gated_ + (mode 0) layer_norm(w, b) or (mode 1) layer_norm_modulate(shift, scale).
+void add_gated_norm(Tensor& x, const Tensor& y, const Tensor* gate, int mode, const Tensor* w,
+                    const Tensor* b, const Tensor* shift, const Tensor* scale, float eps, Tensor& out) {
+  const char* op = mode == 0 ? "add_gated_layer_norm_" : "add_gated_layer_norm_modulate_";
+  check_io(y, x, op);
+  check_io(x, out, op);
+  OSP_CHECK(x.dtype() == DType::F32, "cuda::", op, ": the residual x must be f32, got ", x.desc());
+  const int64_t C = x.size(-1), rows = rows_of(x);
+  const float* g = f32_ptr(gate, op, "gate", C);
+  const float* wp = f32_ptr(w, op, "weight", C);
+  const float* bp = f32_ptr(b, op, "bias", C);
+  const float* shp = f32_ptr(shift, op, "shift", C);
+  const float* scp = f32_ptr(scale, op, "scale", C);
+  if (rows == 0) return;
+  bool vec = engine_settings().fused_norms && C % 4 == 0 && C <= kMaxVecRow && aligned16(x.raw()) &&
+             aligned16(y.raw()) && aligned16(out.raw());
+  for (const float* p : {g, wp, bp, shp, scp}) vec = vec && (!p || aligned16(p));
+  if (!vec) {
+    add_gated_(x, y, gate);
+    if (mode == 0) layer_norm(x, w, b, eps, out);
+    else layer_norm_modulate(x, *shift, *scale, eps, out, false);
+    return;
+  }
+  const unsigned grid = unsigned(rows), threads = unsigned(row_threads(C / 4));
+  const size_t smem = size_t(C) * 4;
+  auto launch = [&]<typename TY, typename TO>() {
+    if (mode == 0)
+      add_row_norm_vec_kernel<TY, TO, 0><<<grid, threads, smem, stream()>>>(
+          x.data<float>(), y.data<TY>(), g, out.data<TO>(), C, eps, wp, bp, nullptr, nullptr);
+    else
+      add_row_norm_vec_kernel<TY, TO, 1><<<grid, threads, smem, stream()>>>(
+          x.data<float>(), y.data<TY>(), g, out.data<TO>(), C, eps, nullptr, nullptr, shp, scp);
+  };
+  dispatch2(y.dtype(), out.dtype(), op, launch);
+  OSP_CUDA_LAUNCH_CHECK("add_row_norm_vec_kernel");
+}
+}  // namespace
+
+void add_gated_layer_norm_(Tensor& x, const Tensor& y, const Tensor* gate, const Tensor* w,
+                           const Tensor* b, float eps, Tensor& out) {
+  add_gated_norm(x, y, gate, 0, w, b, nullptr, nullptr, eps, out);
+}
+
+void add_gated_layer_norm_modulate_(Tensor& x, const Tensor& y, const Tensor* gate,
+                                    const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
+  add_gated_norm(x, y, gate, 1, nullptr, nullptr, &shift, &scale, eps, out);
 }
 
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
