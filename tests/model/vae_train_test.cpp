@@ -175,7 +175,12 @@ TEST(VaeTrain, LossGradientMatchesFiniteDifferences) {
       value.copy_from(v0);
       return l;
     };
-    const double fd = (shifted(h) - shifted(-h)) / (2 * h);
+    // h > 0: one central difference; h < 0: the mean of the central differences at |h|, |h|/3,
+    // |h|/10 and |h|/30 (the L1 case below: each alone is off by up to ~9 % on some CPUs, from
+    // kinks inside the step and fp32 noise over 2h, in directions that average out).
+    double fd = 0;
+    const std::vector<double> steps = h > 0 ? std::vector<double>{h} : std::vector<double>{-h, -h / 3, -h / 10, -h / 30};
+    for (double s : steps) fd += (shifted(s) - shifted(-s)) / (2 * s) / double(steps.size());
     EXPECT_NEAR(gd, fd, rtol * std::abs(fd) + 1e-4) << what << ": analytic " << gd << ", fd " << fd;
   };
   auto L = [&] { return vae.loss(video, lc, noise).loss; };
@@ -208,14 +213,15 @@ TEST(VaeTrain, LossGradientMatchesFiniteDifferences) {
   // The input clip.
   Tensor v = video.clone();
   check_dir(v, dvideo, "video", 1e-3, [&] { return vae.loss(v, lc, noise).loss; });
-  // L1 reconstruction and z = mu (no sampling) too, on a few tensors.  |·| has kinks, so a small
-  // h and a 3 % bound (pixels whose error changes sign inside ±h bias the difference).
+  // L1 reconstruction and z = mu (no sampling) too, on a few tensors.  |·| has kinks (pixels whose
+  // error changes sign inside ±h bias a difference), so small steps, averaged over four sizes
+  // from 3e-4 to 1e-5, and a 5 % bound (measured on an AVX2 machine: 0.1–2 % off).
   lc.recon = VaeLossConfig::Recon::L1;
   lc.sample_posterior = false;
   vae.zero_grad();
   vae.forward_backward(video, lc, noise);
   for (const std::string n : {"encoder.conv1.weight", "conv1.bias", "decoder.head.2.weight"})
-    check_dir(*by_name[n]->value, *by_name[n]->grad, n + " (L1, z = mu)", 1e-5, L, 3e-2);
+    check_dir(*by_name[n]->value, *by_name[n]->grad, n + " (L1, z = mu)", -3e-4, L, 5e-2);
 }
 
 TEST(VaeTrain, GradientsAccumulateAcrossClips) {

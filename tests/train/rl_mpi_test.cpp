@@ -1,6 +1,6 @@
 // `osp rl` on several ranks (run under mpirun with 1, 2 and 4 ranks; train/rl_trainer.h "ranks"):
 // data parallelism over the prompt groups, and sequence parallelism (SSP) combined with it, give
-// the run of one rank — the same rewards (bit for bit: every sample is rolled out with the same
+// the run of one rank — the same rewards (bit for bit with data parallelism: every sample is rolled out with the same
 // noise wherever it runs), the same advantages and update statistics, the same held-out
 // evaluation, and the same LoRA after two iterations up to float summation order — and world
 // rank 0 alone writes the log and the checkpoints. Bad rank layouts are refused by name.
@@ -68,9 +68,14 @@ double max_abs(const Tensor& a) {
   return m;
 }
 
-// One rank's run (no groups) against the run over `groups` with the SP plan `sp`.
+// One rank's run (no groups) against the run over `groups` with the SP plan `sp`. bitwise: the
+// rollouts before the first update (held-out evaluation, iteration 1's rewards) are the one-rank
+// run's bit for bit — true for data parallelism (each sample runs whole, with the same shapes);
+// under SSP each rank's GEMMs run on its own rows, and whether the BLAS rounds a row alike inside
+// another row count depends on its kernels (AVX-512 OpenBLAS did; the AVX2 build differs by
+// ~1e-7), so there they are held to tol.
 void expect_same_as_one_rank(const std::string& name, ParallelGroups groups,
-                             std::unique_ptr<parallel::SequenceParallel> sp, double tol) {
+                             std::unique_ptr<parallel::SequenceParallel> sp, double tol, bool bitwise) {
   const int rank = world()->rank();
   const fs::path prompts = prompts_file();
   const fs::path ref_out = job_dir(name + "_ref_rank" + std::to_string(rank));
@@ -93,12 +98,12 @@ void expect_same_as_one_rank(const std::string& name, ParallelGroups groups,
   }
   ASSERT_EQ(got.iterations_done, 2);
   ASSERT_EQ(got.log.size(), ref.log.size());
-  EXPECT_NEAR(got.eval_start, ref.eval_start, 1e-12);
+  EXPECT_NEAR(got.eval_start, ref.eval_start, bitwise ? 1e-12 : tol);
   EXPECT_NEAR(got.eval_end, ref.eval_end, tol);
   for (size_t i = 0; i < ref.log.size(); ++i) {
     const RlIterationLog &a = ref.log[i], &b = got.log[i];
     SCOPED_TRACE("iteration " + std::to_string(i + 1));
-    if (i == 0) {  // before any update every rank has the initial LoRA: rewards bit for bit
+    if (i == 0 && bitwise) {  // before any update every rank has the initial LoRA: rewards bit for bit
       EXPECT_EQ(b.reward_mean, a.reward_mean);
       EXPECT_EQ(b.reward_std, a.reward_std);
     } else {
@@ -143,14 +148,14 @@ void expect_same_as_one_rank(const std::string& name, ParallelGroups groups,
 }  // namespace
 
 TEST(RlMpi, DataParallelEqualsOneRank) {
-  expect_same_as_one_rank("dp", make_parallel_groups(world(), 1), parallel::make_single_device(), 2e-5);
+  expect_same_as_one_rank("dp", make_parallel_groups(world(), 1), parallel::make_single_device(), 2e-5, true);
 }
 
 TEST(RlMpi, SspTimesDataParallelEqualsOneRank) {
   if (world()->size() < 2) GTEST_SKIP() << "needs 2 or 4 ranks";
   ParallelGroups g = make_parallel_groups(world(), 2);  // 2 = 2 SP x 1 DP, 4 = 2 SP x 2 DP
   std::unique_ptr<parallel::SequenceParallel> sp = parallel::make_ssp(g.sp);
-  expect_same_as_one_rank("ssp", std::move(g), std::move(sp), 1e-4);
+  expect_same_as_one_rank("ssp", std::move(g), std::move(sp), 1e-4, false);
 }
 
 TEST(RlMpi, PromptGroupsMustSplitEvenly) {
