@@ -252,32 +252,16 @@ __device__ __forceinline__ void finish_row_norm(const float4* srow, int64_t C, f
   }
 }
 
+// One block per row of x [rows, C]. MODE 2 with cs: also RoPE, the row being token (r, l) of x
+// viewed [R, L, H, D] (row = r·L + l), rotated by table row (r % Rt)·L + l of cos_sin
+// [Rt, L, D/2, 2] (D = 4·D4) — ops::rms_norm_rope.
 template <typename TI, typename TO, int MODE>
 __global__ void row_norm_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
                                     float eps, const float* __restrict__ w,
                                     const float* __restrict__ b, const float* __restrict__ shift,
-                                    const float* __restrict__ scale, bool round_bf16) {
-  extern __shared__ float4 srow[];
-  const int64_t C4 = C / 4;
-  const TI* xr = x + blockIdx.x * C;
-  float s = 0.f;
-  for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
-    float4 v = load4(xr, i);
-    srow[i] = v;
-    s += MODE == 2 ? v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w : v.x + v.y + v.z + v.w;
-  }
-  const float tot = block_sum(s);  // also orders the shared-memory writes before the reads
-  finish_row_norm<TO, MODE>(srow, C, tot, eps, out + blockIdx.x * C, w, b, shift, scale, round_bf16,
-                            nullptr, 0);
-}
-
-// rms_norm_rope: one block per row of x [R, L, H·D] (row = r·L + l), table row (r % Rt)·L + l of
-// cos_sin [Rt, L, D/2, 2].
-template <typename TI, typename TO>
-__global__ void rms_norm_rope_vec_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t C,
-                                         float eps, const float* __restrict__ w,
-                                         const float* __restrict__ cs, int64_t L, int64_t Rt,
-                                         int64_t D4) {
+                                    const float* __restrict__ scale, bool round_bf16,
+                                    const float* __restrict__ cs = nullptr, int64_t L = 1,
+                                    int64_t Rt = 1, int64_t D4 = 0) {
   extern __shared__ float4 srow[];
   const int64_t C4 = C / 4, row = blockIdx.x;
   const TI* xr = x + row * C;
@@ -285,11 +269,11 @@ __global__ void rms_norm_rope_vec_kernel(const TI* __restrict__ x, TO* __restric
   for (int64_t i = threadIdx.x; i < C4; i += blockDim.x) {
     float4 v = load4(xr, i);
     srow[i] = v;
-    s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    s += MODE == 2 ? v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w : v.x + v.y + v.z + v.w;
   }
-  const float tot = block_sum(s);
-  const float* tab = cs + (((row / L) % Rt) * L + row % L) * D4 * 4;
-  finish_row_norm<TO, 2>(srow, C, tot, eps, out + row * C, w, nullptr, nullptr, nullptr, false, tab, D4);
+  const float tot = block_sum(s);  // also orders the shared-memory writes before the reads
+  const float* tab = cs ? cs + (((row / L) % Rt) * L + row % L) * D4 * 4 : nullptr;
+  finish_row_norm<TO, MODE>(srow, C, tot, eps, out + row * C, w, b, shift, scale, round_bf16, tab, D4);
 }
 
 // add_gated_ then a LayerNorm of the updated row (MODE 0 / 1 of finish_row_norm): x += y·gate is
@@ -556,10 +540,11 @@ void rms_norm_rope(const Tensor& x, const Tensor& w, float eps, const Tensor& co
     return;
   }
   dispatch2(x.dtype(), out.dtype(), "rms_norm_rope", [&]<typename TI, typename TO>() {
-    rms_norm_rope_vec_kernel<TI, TO><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
-        x.data<TI>(), out.data<TO>(), C, eps, wp, cos_sin.data<float>(), L, cos_sin.size(0), D / 4);
+    row_norm_vec_kernel<TI, TO, 2><<<unsigned(rows), row_threads(C / 4), C * 4, stream()>>>(
+        x.data<TI>(), out.data<TO>(), C, eps, wp, nullptr, nullptr, nullptr, false, cos_sin.data<float>(), L,
+        cos_sin.size(0), D / 4);
   });
-  OSP_CUDA_LAUNCH_CHECK("rms_norm_rope_vec_kernel");
+  OSP_CUDA_LAUNCH_CHECK("row_norm_vec_kernel(rms_norm_rope)");
 }
 
 namespace {
