@@ -32,6 +32,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
+  EXPECT_EQ(d.cudnn_autotune, "attention");
   EXPECT_EQ(d.cuda_allocator, "buckets");
   EXPECT_EQ(d.ulysses_chunks, 0);
   EXPECT_EQ(d.norm_backward, "warp");
@@ -47,11 +48,15 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
                                  {"OSP_ULYSSES_CHUNKS", "2"}, {"OSP_PROFILE", "yes"}, {"OSP_VERBOSE", "1"},
                                  {"OSP_FP8_SDPA_PROBE", "1"}, {"OSP_FP8_SDPA_VARIANT", "3"},
                                  {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "block"},
-                                 {"OSP_ATTN_BWD_CHUNKS", "6"}, {"OSP_FUSED_NORMS", "0"}});
+                                 {"OSP_ATTN_BWD_CHUNKS", "6"}, {"OSP_FUSED_NORMS", "0"},
+                                 {"OSP_CUDNN_AUTOTUNE", "all"}});
   EXPECT_EQ(s.attention, EngineSettings::Attention::Flash);
   EXPECT_EQ(s.conv3d, "im2col");
   EXPECT_TRUE(s.vae_fp32);
   EXPECT_FALSE(s.gemm_autotune);
+  EXPECT_EQ(s.cudnn_autotune, "all");
+  EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", "off"}}).cudnn_autotune, "off");
+  EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", ""}}).cudnn_autotune, "attention");
   EXPECT_EQ(s.cuda_allocator, "blocks");
   EXPECT_EQ(s.ulysses_chunks, 2);
   EXPECT_EQ(s.norm_backward, "block");
@@ -72,6 +77,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
 
 TEST(EngineSettings, BadValuesNameTheVariable) {
   EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash or cudnn, got 'fa3'"),
+            std::string::npos);
+  EXPECT_NE(error({{"OSP_CUDNN_AUTOTUNE", "1"}}).find("OSP_CUDNN_AUTOTUNE must be off, attention or all, got '1'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_CONV3D", "winograd"}}).find("OSP_CONV3D must be im2col or cudnn"), std::string::npos);
   EXPECT_NE(error({{"OSP_CUDA_ALLOCATOR", "slab"}}).find("OSP_CUDA_ALLOCATOR must be buckets or blocks"),

@@ -40,6 +40,10 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
             "OSP_CUDA_ALLOCATOR must be buckets or blocks, got '", s.cuda_allocator, "'");
   s.vae_fp32 = flag("OSP_VAE_FP32", false);
   s.gemm_autotune = flag("OSP_GEMM_AUTOTUNE", true);
+  s.cudnn_autotune = value("OSP_CUDNN_AUTOTUNE");
+  if (s.cudnn_autotune.empty()) s.cudnn_autotune = "attention";
+  OSP_CHECK(s.cudnn_autotune == "off" || s.cudnn_autotune == "attention" || s.cudnn_autotune == "all",
+            "OSP_CUDNN_AUTOTUNE must be off, attention or all, got '", s.cudnn_autotune, "'");
   s.ulysses_chunks = integer("OSP_ULYSSES_CHUNKS", 0, 1);
   s.norm_backward = value("OSP_NORM_BACKWARD");
   if (s.norm_backward.empty()) s.norm_backward = "warp";

@@ -7,6 +7,10 @@
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
+//   OSP_CUDNN_AUTOTUNE=off|attention|all  which cuDNN graphs time every engine config the heuristics
+//                                    offer on their first call and keep the fastest: none, the
+//                                    attention graphs (default: bf16 SDPA forward, forward+stats,
+//                                    backward) or also the VAE's convolutions
 //   OSP_CUDA_ALLOCATOR=buckets|blocks  the CUDA caching allocator (core/block_allocator.h)
 //   OSP_ULYSSES_CHUNKS=N             Ulysses all-to-alls split into N head chunks (a divisor of
 //                                    each rank's heads; checked where used)
@@ -39,6 +43,7 @@ struct EngineSettings {
   std::string conv3d = "cudnn";
   bool vae_fp32 = false;
   bool gemm_autotune = true;
+  std::string cudnn_autotune = "attention";  // off | attention | all
   std::string cuda_allocator = "buckets";
   int64_t ulysses_chunks = 0;  // 0: unset (one chunk)
   std::string norm_backward = "warp";

@@ -55,136 +55,107 @@ struct Key {
     return std::tie(B, H, Lq, Lk, D) < std::tie(o.B, o.H, o.Lq, o.Lk, o.D);
   }
 };
-struct Plan {
-  cudnnBackendDescriptor_t plan = nullptr;  // null: cuDNN rejected this shape
-  int64_t workspace = 0;
-  std::string why;
-};
 
 // [B, H, L, D] view of our [B, L, H, D] layout.
 std::vector<int64_t> bhld_strides(int64_t L, int64_t H, int64_t D) { return {L * H * D, D, H * D, 1}; }
 
-Plan build_forward(const Key& k) {
-  Plan out;
-  try {
-    CudnnGraph g(kVirtual);
-    const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
-    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-    auto q = g.tensor(kQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto kt = g.tensor(kK, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
-    auto v = g.tensor(kV, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
-    auto o = g.tensor(kO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto stats = g.tensor(kStats, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
-    auto scale = g.scalar(kScale, true);
-    const std::vector<int64_t> sd = {B, H, Lq, Lk}, ss = {H * Lq * Lk, Lq * Lk, Lk, 1};
-    const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
-    auto s = g.virt(f32, sd, ss);
-    g.matmul(q, kt, s);
-    auto s2 = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
-    auto mx = g.virt(f32, rd, rs);
-    g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
-    auto sub = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_SUB, f32, s2, mx, sub);
-    auto ex = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, ex);
-    auto sum = g.virt(f32, rd, rs);
-    g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
-    auto lg = g.virt(f32, rd, rs);
-    g.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, lg);
-    g.pointwise(CUDNN_POINTWISE_ADD, f32, mx, lg, stats);
-    auto p = g.virt(bf, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_DIV, f32, ex, sum, p);
-    g.matmul(p, v, o);
-    std::string note;
-    out.plan = g.plan(cudnn_handle(), &note, "SDPA forward (training, stats)");
-    out.workspace = plan_workspace(out.plan);
-    log_once(str("cudnn-fwd-stats-", B, "-", H, "-", Lq, "-", Lk, "-", D),
-             str("attention_forward_lse: cuDNN SDPA forward+stats plan for B=", B, " H=", H,
-                 " Lq=", Lq, " Lk=", Lk, " D=", D, ": ", note, ", workspace ", out.workspace,
-                 " bytes"));
-  } catch (const Error& e) {
-    out.plan = nullptr;
-    out.why = e.what();
-  }
-  return out;
+// The graphs' candidate plans (CudnnGraph::plans); throw when cuDNN takes none.
+std::vector<PlanChoice> build_forward(const Key& k) {
+  CudnnGraph g(kVirtual);
+  const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
+  const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
+  auto q = g.tensor(kQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto kt = g.tensor(kK, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
+  auto v = g.tensor(kV, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
+  auto o = g.tensor(kO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto stats = g.tensor(kStats, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
+  auto scale = g.scalar(kScale, true);
+  const std::vector<int64_t> sd = {B, H, Lq, Lk}, ss = {H * Lq * Lk, Lq * Lk, Lk, 1};
+  const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
+  auto s = g.virt(f32, sd, ss);
+  g.matmul(q, kt, s);
+  auto s2 = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
+  auto mx = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
+  auto sub = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, s2, mx, sub);
+  auto ex = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, ex);
+  auto sum = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
+  auto lg = g.virt(f32, rd, rs);
+  g.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, lg);
+  g.pointwise(CUDNN_POINTWISE_ADD, f32, mx, lg, stats);
+  auto p = g.virt(bf, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_DIV, f32, ex, sum, p);
+  g.matmul(p, v, o);
+  return g.plans(cudnn_handle(), "SDPA forward (training, stats)");
 }
 
-Plan build_backward(const Key& k) {
-  Plan out;
-  try {
-    CudnnGraph g(kVirtual);
-    const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
-    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-    auto q = g.tensor(kQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto kt = g.tensor(kK, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
-    auto vt = g.tensor(kV, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
-    auto o = g.tensor(kO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto dout = g.tensor(kDO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto stats = g.tensor(kStats, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
-    auto dq = g.tensor(kDQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
-    auto dk = g.tensor(kDK, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
-    auto dv = g.tensor(kDV, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
-    auto softmax_sum = g.tensor(kSoftmaxSum, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
-    auto dq_acc = g.tensor(kDQAcc, f32, {B, H, Lq, D}, {H * Lq * D, Lq * D, D, 1}, false);
-    auto scale = g.scalar(kScale, true);
-    auto one = g.scalar(kOne, true);
-    const std::vector<int64_t> sd = {B, H, Lq, Lk}, ss = {H * Lq * Lk, Lq * Lk, Lk, 1};
-    const std::vector<int64_t> td = {B, H, Lk, Lq}, ts = {H * Lq * Lk, Lq * Lk, 1, Lk};
-    const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
+std::vector<PlanChoice> build_backward(const Key& k) {
+  CudnnGraph g(kVirtual);
+  const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
+  const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
+  auto q = g.tensor(kQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto kt = g.tensor(kK, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
+  auto vt = g.tensor(kV, bf, {B, H, D, Lk}, {Lk * H * D, D, 1, H * D}, false);
+  auto o = g.tensor(kO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto dout = g.tensor(kDO, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto stats = g.tensor(kStats, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
+  auto dq = g.tensor(kDQ, bf, {B, H, Lq, D}, bhld_strides(Lq, H, D), false);
+  auto dk = g.tensor(kDK, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
+  auto dv = g.tensor(kDV, bf, {B, H, Lk, D}, bhld_strides(Lk, H, D), false);
+  auto softmax_sum = g.tensor(kSoftmaxSum, f32, {B, H, Lq, 1}, {H * Lq, Lq, 1, 1}, false);
+  auto dq_acc = g.tensor(kDQAcc, f32, {B, H, Lq, D}, {H * Lq * D, Lq * D, D, 1}, false);
+  auto scale = g.scalar(kScale, true);
+  auto one = g.scalar(kOne, true);
+  const std::vector<int64_t> sd = {B, H, Lq, Lk}, ss = {H * Lq * Lk, Lq * Lk, Lk, 1};
+  const std::vector<int64_t> td = {B, H, Lk, Lq}, ts = {H * Lq * Lk, Lq * Lk, 1, Lk};
+  const std::vector<int64_t> rd = {B, H, Lq, 1}, rs = {H * Lq, Lq, 1, 1};
 
-    // Δ = Σ_d dO·O
-    auto dox = g.virt(f32, {B, H, Lq, D}, {H * Lq * D, Lq * D, H * D, 1});
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, dout, o, dox);
-    auto red = g.virt(f32, rd, rs);
-    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dox, red);
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, red, one, softmax_sum);
-    // P = exp(S·scale − stats)
-    auto s = g.virt(f32, sd, ss);
-    g.matmul(q, kt, s);
-    auto s2 = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
-    auto s3 = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_SUB, f32, s2, stats, s3);
-    auto p = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_EXP, f32, s3, nullptr, p);
-    // dV = Pᵀ·dO
-    auto pt = g.virt(bf, td, ts);
-    g.reshape(p, pt);
-    g.matmul(pt, dout, dv);
-    // dS = (dO·Vᵀ − Δ)·P·scale
-    auto dp = g.virt(f32, sd, ss);
-    g.matmul(dout, vt, dp);
-    auto t1 = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_SUB, f32, dp, softmax_sum, t1);
-    auto t2 = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, t1, p, t2);
-    auto ds = g.virt(f32, sd, ss);
-    g.pointwise(CUDNN_POINTWISE_MUL, f32, t2, scale, ds);
-    // dK = dSᵀ·Q
-    auto dst = g.virt(bf, td, ts);
-    g.reshape(ds, dst);
-    g.matmul(dst, q, dk);
-    // dQ = dS·K (f32 accumulator, then converted)
-    auto kk = g.virt(bf, {B, H, Lk, D}, bhld_strides(Lk, H, D));
-    g.reshape(kt, kk);
-    g.matmul(ds, kk, dq_acc);
-    g.pointwise(CUDNN_POINTWISE_IDENTITY, f32, dq_acc, nullptr, dq);
+  // Δ = Σ_d dO·O
+  auto dox = g.virt(f32, {B, H, Lq, D}, {H * Lq * D, Lq * D, H * D, 1});
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, dout, o, dox);
+  auto red = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, dox, red);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, red, one, softmax_sum);
+  // P = exp(S·scale − stats)
+  auto s = g.virt(f32, sd, ss);
+  g.matmul(q, kt, s);
+  auto s2 = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
+  auto s3 = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, s2, stats, s3);
+  auto p = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_EXP, f32, s3, nullptr, p);
+  // dV = Pᵀ·dO
+  auto pt = g.virt(bf, td, ts);
+  g.reshape(p, pt);
+  g.matmul(pt, dout, dv);
+  // dS = (dO·Vᵀ − Δ)·P·scale
+  auto dp = g.virt(f32, sd, ss);
+  g.matmul(dout, vt, dp);
+  auto t1 = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, dp, softmax_sum, t1);
+  auto t2 = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, t1, p, t2);
+  auto ds = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, t2, scale, ds);
+  // dK = dSᵀ·Q
+  auto dst = g.virt(bf, td, ts);
+  g.reshape(ds, dst);
+  g.matmul(dst, q, dk);
+  // dQ = dS·K (f32 accumulator, then converted)
+  auto kk = g.virt(bf, {B, H, Lk, D}, bhld_strides(Lk, H, D));
+  g.reshape(kt, kk);
+  g.matmul(ds, kk, dq_acc);
+  g.pointwise(CUDNN_POINTWISE_IDENTITY, f32, dq_acc, nullptr, dq);
 
-    std::string note;
-    out.plan = g.plan(cudnn_handle(), &note, "SDPA backward");
-    out.workspace = plan_workspace(out.plan);
-    log_once(str("cudnn-bwd-", B, "-", H, "-", Lq, "-", Lk, "-", D),
-             str("attention_backward: cuDNN SDPA backward plan for B=", B, " H=", H, " Lq=", Lq,
-                 " Lk=", Lk, " D=", D, ": ", note, ", workspace ", out.workspace, " bytes"));
-  } catch (const Error& e) {
-    out.plan = nullptr;
-    out.why = e.what();
-  }
-  return out;
+  return g.plans(cudnn_handle(), "SDPA backward");
 }
 
-PlanCache<Key, Plan> g_fwd_plans, g_bwd_plans;
+PlanCache<Key, CachedPlan> g_fwd_plans, g_bwd_plans;
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 }  // namespace
@@ -193,15 +164,22 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 bool sdpa_forward_stats_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                               float* stats, float scale, std::string* why) {
   const Key key{q.size(0), q.size(2), q.size(1), k.size(1), q.size(3)};
-  const Plan plan = g_fwd_plans.get(key, build_forward);
+  float scale_v = scale;
+  auto run = [&](const PlanChoice& p) {
+    execute_plan(p.plan, {kQ, kK, kV, kO, kStats, kScale}, {q.raw(), k.raw(), v.raw(), out.raw(), stats, &scale_v},
+                 p.workspace > 0 ? scratch(size_t(p.workspace)) : nullptr);
+  };
+  const CachedPlan plan = g_fwd_plans.get(key, [&](const Key& kk) {
+    return cached_plan([&] { return build_forward(kk); }, cudnn_autotune_attention(), run,
+                       str("cudnn-fwd-stats-", kk.B, "-", kk.H, "-", kk.Lq, "-", kk.Lk, "-", kk.D),
+                       str("attention_forward_lse: cuDNN SDPA forward+stats plan for B=", kk.B, " H=", kk.H,
+                           " Lq=", kk.Lq, " Lk=", kk.Lk, " D=", kk.D));
+  });
   if (!plan.plan) {
     if (why) *why = plan.why;
     return false;
   }
-  float scale_v = scale;
-  void* ws = plan.workspace > 0 ? scratch(size_t(plan.workspace)) : nullptr;
-  execute_plan(plan.plan, {kQ, kK, kV, kO, kStats, kScale},
-          {q.raw(), k.raw(), v.raw(), out.raw(), stats, &scale_v}, ws);
+  run(plan);
   return true;
 }
 
@@ -210,24 +188,32 @@ bool sdpa_backward_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, cons
                          Tensor& dv, float scale, std::string* why) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3);
   const Key key{B, H, Lq, k.size(1), D};
-  const Plan plan = g_bwd_plans.get(key, build_backward);
+  float scale_v = scale, one_v = 1.f;
+  // Workspace: [plan's][Δ f32 B·H·Lq][dQ accumulator f32 B·H·Lq·D].
+  auto run = [&](const PlanChoice& p) {
+    const size_t w0 = align256(size_t(p.workspace));
+    const size_t w1 = align256(size_t(B * H * Lq) * 4);
+    const size_t w2 = size_t(B * H * Lq * D) * 4;
+    char* ws = static_cast<char*>(scratch(w0 + w1 + w2));
+    void* softmax_sum = ws + w0;
+    void* dq_acc = ws + w0 + w1;
+    OSP_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, w2, stream()));
+    execute_plan(p.plan, {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kOne, kSoftmaxSum, kDQAcc},
+                 {q.raw(), k.raw(), v.raw(), o.raw(), dout.raw(), const_cast<float*>(stats), dq.raw(), dk.raw(),
+                  dv.raw(), &scale_v, &one_v, softmax_sum, dq_acc},
+                 ws);
+  };
+  const CachedPlan plan = g_bwd_plans.get(key, [&](const Key& kk) {
+    return cached_plan([&] { return build_backward(kk); }, cudnn_autotune_attention(), run,
+                       str("cudnn-bwd-", kk.B, "-", kk.H, "-", kk.Lq, "-", kk.Lk, "-", kk.D),
+                       str("attention_backward: cuDNN SDPA backward plan for B=", kk.B, " H=", kk.H,
+                           " Lq=", kk.Lq, " Lk=", kk.Lk, " D=", kk.D));
+  });
   if (!plan.plan) {
     if (why) *why = plan.why;
     return false;
   }
-  // Workspace: [plan's][Δ f32 B·H·Lq][dQ accumulator f32 B·H·Lq·D].
-  const size_t w0 = align256(size_t(plan.workspace));
-  const size_t w1 = align256(size_t(B * H * Lq) * 4);
-  const size_t w2 = size_t(B * H * Lq * D) * 4;
-  char* ws = static_cast<char*>(scratch(w0 + w1 + w2));
-  void* softmax_sum = ws + w0;
-  void* dq_acc = ws + w0 + w1;
-  OSP_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, w2, stream()));
-  float scale_v = scale, one_v = 1.f;
-  execute_plan(plan.plan, {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kOne, kSoftmaxSum, kDQAcc},
-          {q.raw(), k.raw(), v.raw(), o.raw(), dout.raw(), const_cast<float*>(stats), dq.raw(),
-           dk.raw(), dv.raw(), &scale_v, &one_v, softmax_sum, dq_acc},
-          ws);
+  run(plan);
   return true;
 }
 #endif  // OSP_HAVE_CUDNN

@@ -217,13 +217,8 @@ struct ConvAlgo {
 // staging copies — x [T, Cin, H, W] → [T, H, W, Cin] (cuDNN's NDHWC of one sample whose depth is
 // time), w → [Cout, kt, kh, kw, Cin], the result [To, Ho, Wo, Cout] → [To, Cout, Ho, Wo] + bias.
 // The causal front padding and any spatial pads are the convolution's own pre/post paddings.
-// One execution plan per shape (heuristics mode A's first that finalizes), kept for the process.
-struct ConvGraphPlan {
-  cudnnBackendDescriptor_t plan = nullptr;
-  int64_t workspace = 0;
-  std::string note, why;
-};
-
+// One execution plan per shape, kept for the process: the heuristics' first that finalizes, or
+// with OSP_CUDNN_AUTOTUNE=all the fastest of their configs on the shape's first call.
 bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dArgs& a, Tensor& out,
                         std::string* why) {
   auto refuse = [&](const std::string& r) {
@@ -243,10 +238,18 @@ bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, co
   using Key = std::array<int64_t, 16>;
   const Key key{T, Cin, H, W, Cout, kt, kh, kw, a.pad_front, a.pad_top, a.pad_bottom, a.pad_left, a.pad_right,
                 a.stride_t, a.stride_h, a.stride_w};
-  static PlanCache<Key, ConvGraphPlan> plans;
-  const ConvGraphPlan p = plans.get(key, [&](const Key&) {
-    ConvGraphPlan r;
-    try {
+  Tensor xs = Tensor::empty({T, H * W, Cin}, DType::F32, x.device());
+  Tensor ws_t = Tensor::empty({Cout, K3, Cin}, DType::F32, x.device());
+  Tensor ys = Tensor::empty({To, Ho * Wo, Cout}, DType::F32, x.device());
+  transpose_rs(x.data<float>(), nullptr, xs.data<float>(), T, Cin, H * W);
+  transpose_rs(w.data<float>(), nullptr, ws_t.data<float>(), Cout, Cin, K3);
+  auto run = [&](const PlanChoice& c) {
+    execute_plan(c.plan, {1, 2, 3}, {xs.data<float>(), ws_t.data<float>(), ys.data<float>()},
+                 c.workspace ? scratch(size_t(c.workspace)) : nullptr);
+  };
+  static PlanCache<Key, CachedPlan> plans;
+  const CachedPlan p = plans.get(key, [&](const Key&) {
+    auto build = [&] {
       CudnnGraph g(100);
       auto xd = g.tensor(1, CUDNN_DATA_FLOAT, {1, Cin, T, H, W}, {T * H * W * Cin, 1, H * W * Cin, W * Cin, Cin}, false);
       auto wd = g.tensor(2, CUDNN_DATA_FLOAT, {Cout, Cin, kt, kh, kw}, {K3 * Cin, 1, kh * kw * Cin, kw * Cin, Cin},
@@ -255,25 +258,14 @@ bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, co
                          {To * Ho * Wo * Cout, 1, Ho * Wo * Cout, Wo * Cout, Cout}, false);
       g.conv_fprop(xd, wd, yd, {a.pad_front, a.pad_top, a.pad_left}, {0, a.pad_bottom, a.pad_right},
                    {a.stride_t, a.stride_h, a.stride_w});
-      r.plan = g.plan(cudnn_handle(), &r.note, "conv3d");
-      r.workspace = plan_workspace(r.plan);
-    } catch (const std::exception& e) {
-      r.why = e.what();
-    }
-    return r;
+      return g.plans(cudnn_handle(), "conv3d");
+    };
+    return cached_plan(build, cudnn_autotune_conv(), run, str("conv3d-cudnn-graph-", x.desc(), "-", w.desc()),
+                       str("conv3d: cuDNN graph convolution for x ", x.desc(), " w ", w.desc()));
   });
   if (!p.plan) return refuse(p.why);
-  Tensor xs = Tensor::empty({T, H * W, Cin}, DType::F32, x.device());
-  Tensor ws_t = Tensor::empty({Cout, K3, Cin}, DType::F32, x.device());
-  Tensor ys = Tensor::empty({To, Ho * Wo, Cout}, DType::F32, x.device());
-  transpose_rs(x.data<float>(), nullptr, xs.data<float>(), T, Cin, H * W);
-  transpose_rs(w.data<float>(), nullptr, ws_t.data<float>(), Cout, Cin, K3);
-  void* ws = p.workspace ? scratch(size_t(p.workspace)) : nullptr;
-  execute_plan(p.plan, {1, 2, 3}, {xs.data<float>(), ws_t.data<float>(), ys.data<float>()}, ws);
+  run(p);
   transpose_rs(ys.data<float>(), bias ? bias->data<float>() : nullptr, out.data<float>(), To, Ho * Wo, Cout);
-  log_once(str("conv3d-cudnn-graph-", p.note),
-           str("conv3d: cuDNN graph convolution (", p.note, ", workspace ", p.workspace >> 20, " MiB), first for x ",
-               x.desc(), " w ", w.desc()));
   return true;
 }
 

@@ -2,8 +2,10 @@
 #include "osp/core/log.h"
 #include "osp/ops/cuda/cuda_context.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <set>
 
@@ -75,6 +77,42 @@ void log_once(const std::string& key, const std::string& msg) {
   std::lock_guard<std::mutex> lk(mu);
   if (!seen.insert(key).second) return;
   std::fprintf(stderr, "[osp cuda] %s\n", msg.c_str());
+}
+
+int fastest_candidate(int n, const std::function<bool(int)>& run, std::vector<float>* ms, int reps) {
+  const float inf = std::numeric_limits<float>::infinity();
+  if (ms) ms->assign(size_t(std::max(n, 0)), inf);
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  OSP_CUDA_CHECK(cudaEventCreate(&e0));
+  OSP_CUDA_CHECK(cudaEventCreate(&e1));
+  auto ok = [&](int i) {
+    try {
+      return run(i);
+    } catch (const Error&) {
+      return false;
+    }
+  };
+  int best = -1;
+  float best_ms = inf;
+  for (int i = 0; i < n; ++i) {
+    if (!ok(i)) continue;
+    float t = inf;
+    for (int r = 0; r < reps; ++r) {
+      OSP_CUDA_CHECK(cudaEventRecord(e0, stream()));
+      if (!ok(i)) break;
+      OSP_CUDA_CHECK(cudaEventRecord(e1, stream()));
+      OSP_CUDA_CHECK(cudaEventSynchronize(e1));
+      float x = 0;
+      OSP_CUDA_CHECK(cudaEventElapsedTime(&x, e0, e1));
+      t = std::min(t, x);
+    }
+    if (ms) (*ms)[size_t(i)] = t;
+    if (t < best_ms) best_ms = t, best = i;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGetLastError();  // a rejected candidate leaves no sticky error; clear the last one
+  return best;
 }
 
 unsigned grid_for(int64_t n, int threads) {

@@ -7,7 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "osp/core/cuda_check.h"
 #include "osp/core/error.h"
@@ -40,6 +42,13 @@ void* scratch(size_t bytes);
 bool verbose();
 // Prints "[osp cuda] msg" to stderr once per distinct key when verbose() is on.
 void log_once(const std::string& key, const std::string& msg);
+
+// One-time autotuning: times run(i) for every candidate i in [0, n) on the ops' stream (one
+// untimed call, then the best of `reps` timed with CUDA events) and returns the index of the
+// fastest, or -1 when none ran. run returns false (or throws osp::Error) for a candidate that
+// cannot run; it counts as infinitely slow. ms (optional) gets every candidate's time
+// (infinity for one that did not run). Synchronises the host once per timed call.
+int fastest_candidate(int n, const std::function<bool(int)>& run, std::vector<float>* ms = nullptr, int reps = 2);
 
 // Grid size for a grid-stride elementwise loop.
 unsigned grid_for(int64_t n, int threads = 256);

@@ -6,7 +6,10 @@
 #ifdef OSP_HAVE_CUDNN
 #include <cudnn.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "osp/core/error.h"
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/cuda_context.h"
 
 // Fails with the call's text, cuDNN's reason and the place.
@@ -55,6 +59,22 @@ class PlanCache {
  private:
   std::mutex mu_;
   std::map<Key, Plan>* plans_ = new std::map<Key, Plan>();
+};
+
+// The workspace bytes a finalized execution plan needs.
+inline int64_t plan_workspace(cudnnBackendDescriptor_t plan) {
+  int64_t ws = 0;
+  OSP_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                           CUDNN_TYPE_INT64, 1, nullptr, &ws));
+  return ws;
+}
+
+// One finalized execution plan, its workspace bytes and which heuristics mode / engine config /
+// engine built it.
+struct PlanChoice {
+  cudnnBackendDescriptor_t plan = nullptr;
+  int64_t workspace = 0;
+  std::string note;
 };
 
 // Owns every descriptor it creates; virtual tensors get uids from first_virtual_uid upwards.
@@ -226,13 +246,25 @@ class CudnnGraph {
   // says which mode/config/engine built it; `what` names the graph in the error when none does.
   cudnnBackendDescriptor_t plan(cudnnHandle_t h, std::string* engine_note, const char* what,
                                 int only_config = -1) {
+    std::vector<PlanChoice> c = plans(h, what, only_config, 1);
+    *engine_note = c[0].note;
+    return c[0].plan;
+  }
+
+  // Every execution plan that finalizes, up to max_plans, in the heuristics' order: mode A's
+  // configs, then — only when mode A finalizes none — the fallback list's. The caller owns the
+  // plans (keep_fastest destroys the ones not kept). Fails naming `what` when none finalizes.
+  std::vector<PlanChoice> plans(cudnnHandle_t h, const char* what, int only_config = -1,
+                                size_t max_plans = 8) {
     auto g = create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
     set(g, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(ops_.size()),
         ops_.data(), "graph ops");
     set(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "graph handle");
     finalize(g, "operation graph");
     std::string errors;
+    std::vector<PlanChoice> out;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      if (!out.empty()) break;
       auto heur = create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
       set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g,
           "heur graph");
@@ -256,7 +288,7 @@ class CudnnGraph {
       check(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs.data()),
             "heuristics results");
-      for (int64_t i = 0; i < got; ++i) {
+      for (int64_t i = 0; i < got && out.size() < max_plans; ++i) {
         if (only_config >= 0 && i != only_config) continue;
         cudnnBackendDescriptor_t p = nullptr;
         check(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p),
@@ -269,15 +301,20 @@ class CudnnGraph {
                                ? cudnnBackendFinalize(p)
                                : CUDNN_STATUS_BAD_PARAM;
         if (s3 == CUDNN_STATUS_SUCCESS) {
-          *engine_note = str("heuristics mode ", int(mode), ", config ", i, " of ", got,
-                             engine_index(cfgs[size_t(i)]));
-          return p;
+          PlanChoice c;
+          c.plan = p;
+          c.workspace = plan_workspace(p);
+          c.note = str("heuristics mode ", int(mode), ", config ", i, " of ", got,
+                       engine_index(cfgs[size_t(i)]));
+          out.push_back(std::move(c));
+          continue;
         }
         errors += str(" cfg ", i, ": ", cudnnGetErrorString(s3), ";");
         cudnnBackendDestroyDescriptor(p);
       }
     }
-    fail(str("no cuDNN engine accepted the ", what, " graph:", errors));
+    if (out.empty()) fail(str("no cuDNN engine accepted the ", what, " graph:", errors));
+    return out;
   }
 
  private:
@@ -303,14 +340,6 @@ class CudnnGraph {
 };
 
 
-// The workspace bytes a finalized execution plan needs.
-inline int64_t plan_workspace(cudnnBackendDescriptor_t plan) {
-  int64_t ws = 0;
-  OSP_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                           CUDNN_TYPE_INT64, 1, nullptr, &ws));
-  return ws;
-}
-
 // Runs a finalized plan on the process's handle: ptrs[i] is the data of the tensor with uid
 // uids[i], ws the plan's workspace (null when it needs none).
 inline void execute_plan(cudnnBackendDescriptor_t plan, const std::vector<int64_t>& uids,
@@ -329,6 +358,62 @@ inline void execute_plan(cudnnBackendDescriptor_t plan, const std::vector<int64_
   OSP_CUDNN_CHECK(cudnnBackendFinalize(pack));
   OSP_CUDNN_CHECK(cudnnBackendExecute(cudnn_handle(), plan, pack));
 }
+
+// The plan to keep of a graph's candidates (CudnnGraph::plans). With `tune` and more than one
+// candidate, each whose workspace is at most max(the first's, 64 MiB) runs on this call's
+// operands through run(choice) — which executes it with a workspace of choice.workspace bytes —
+// and the fastest is kept (ops/cuda/cuda_context.h: fastest_candidate); without, the first (the
+// heuristics' pick). The others are destroyed. The kept note says what the timing found.
+// Synchronises the host while tuning: meant for a plan cache's first call of a shape.
+inline PlanChoice keep_fastest(std::vector<PlanChoice> c, bool tune,
+                               const std::function<void(const PlanChoice&)>& run) {
+  size_t keep = 0;
+  if (tune && c.size() > 1) {
+    const int64_t cap = std::max<int64_t>(c[0].workspace, int64_t(64) << 20);
+    std::vector<float> ms;
+    const int best = fastest_candidate(int(c.size()), [&](int i) {
+      if (c[size_t(i)].workspace > cap) return false;
+      run(c[size_t(i)]);
+      return true;
+    }, &ms);
+    if (best >= 0) {
+      keep = size_t(best);
+      std::string times;
+      for (size_t i = 0; i < ms.size(); ++i)
+        times += str(i ? ", " : "", std::isinf(ms[i]) ? std::string("-") : str(ms[i]));
+      c[keep].note += str("; fastest of ", c.size(), " timed (ms: ", times, ")");
+    }
+  }
+  for (size_t i = 0; i < c.size(); ++i)
+    if (i != keep) cudnnBackendDestroyDescriptor(c[i].plan);
+  return c[keep];
+}
+
+// A plan cache's entry: the kept plan, or (plan null) why cuDNN takes the graph not at all.
+struct CachedPlan : PlanChoice {
+  std::string why;
+};
+
+// One cache entry from build() (the graph's candidates: CudnnGraph::plans, throwing when none
+// finalizes) and keep_fastest(·, tune, run); logs "<what>: <note>, workspace" once per log_key
+// under OSP_VERBOSE. An osp::Error from building becomes `why`.
+template <typename Build>
+CachedPlan cached_plan(Build&& build, bool tune, const std::function<void(const PlanChoice&)>& run,
+                       const std::string& log_key, const std::string& what) {
+  CachedPlan p;
+  try {
+    static_cast<PlanChoice&>(p) = keep_fastest(build(), tune, run);
+    log_once(log_key, str(what, ": ", p.note, ", workspace ", p.workspace, " bytes"));
+  } catch (const Error& e) {
+    p.plan = nullptr;
+    p.why = e.what();
+  }
+  return p;
+}
+
+// Whether cuDNN graphs of this kind time their candidates (OSP_CUDNN_AUTOTUNE: core/settings.h).
+inline bool cudnn_autotune_attention() { return engine_settings().cudnn_autotune != "off"; }
+inline bool cudnn_autotune_conv() { return engine_settings().cudnn_autotune == "all"; }
 
 }  // namespace osp::ops::cuda
 #endif  // OSP_HAVE_CUDNN

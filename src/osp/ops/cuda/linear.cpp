@@ -219,28 +219,10 @@ void linear(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, Tensor& 
   if (!plan.tuned && autotune_enabled() && plan.candidates.size() > 1 &&
       double(M) * double(N) * double(K) >= double(1 << 30)) {
     // Time every candidate (one untimed run, then the best of two) on these operands.
-    cudaEvent_t e0, e1;
-    OSP_CUDA_CHECK(cudaEventCreate(&e0));
-    OSP_CUDA_CHECK(cudaEventCreate(&e1));
-    float best = 1e30f;
-    cublasLtMatmulAlgo_t best_algo = plan.algo;
-    for (const auto& cand : plan.candidates) {
-      if (run(cand) != CUBLAS_STATUS_SUCCESS) continue;
-      float t = 1e30f;
-      for (int r = 0; r < 2; ++r) {
-        OSP_CUDA_CHECK(cudaEventRecord(e0, stream()));
-        if (run(cand) != CUBLAS_STATUS_SUCCESS) break;
-        OSP_CUDA_CHECK(cudaEventRecord(e1, stream()));
-        OSP_CUDA_CHECK(cudaEventSynchronize(e1));
-        float ms = 0;
-        OSP_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        t = std::min(t, ms);
-      }
-      if (t < best) best = t, best_algo = cand;
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cudaGetLastError();  // a rejected candidate leaves no sticky error; clear the last one
+    const int best = fastest_candidate(int(plan.candidates.size()), [&](int i) {
+      return run(plan.candidates[size_t(i)]) == CUBLAS_STATUS_SUCCESS;
+    });
+    const cublasLtMatmulAlgo_t best_algo = best >= 0 ? plan.candidates[size_t(best)] : plan.algo;
     plan.algo = best_algo;
     plan.tuned = true;
     std::lock_guard<std::mutex> lk(g_mu);
