@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "osp/ops/cuda/attention_paths.h"
+#include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/ops.h"
 #include "test_util.h"
 
@@ -445,6 +446,32 @@ TEST(BackendParityPaths, AttentionPathIsReported) {
   a.bias = &bias;
   ops::attention(q, q, q, o, a);
   EXPECT_EQ(std::string(ops::cuda::last_attention_path()), "flash");  // bias → own kernel
+}
+
+// The autotuners' timing helper (GEMM algorithms, cuDNN engine configs): a candidate that
+// reports failure or throws is never chosen and gets an infinite time; one that runs gets a
+// finite time; none running gives -1.
+TEST(Autotune, FastestCandidateSkipsFailedAndThrowingCandidates) {
+  OSP_REQUIRE_GPU();
+  Tensor buf = Tensor::empty({1 << 20}, DType::F32, kGpu);
+  std::vector<int> calls(4, 0);
+  auto run = [&](int i) {
+    ++calls[size_t(i)];
+    if (i == 1) fail("candidate 1 cannot run");
+    if (i != 2) return false;
+    OSP_CUDA_CHECK(cudaMemsetAsync(buf.raw(), 0, buf.nbytes(), ops::cuda::stream()));
+    return true;
+  };
+  std::vector<float> ms;
+  EXPECT_EQ(ops::cuda::fastest_candidate(4, run, &ms, 3), 2);
+  ASSERT_EQ(ms.size(), 4u);
+  for (int i : {0, 1, 3}) EXPECT_TRUE(std::isinf(ms[size_t(i)])) << i;
+  EXPECT_TRUE(std::isfinite(ms[2]) && ms[2] >= 0.f) << ms[2];
+  EXPECT_EQ(calls[2], 4);  // one untimed call, then three timed
+  EXPECT_EQ(calls[0], 1);  // a failed candidate is not retried
+  EXPECT_EQ(ops::cuda::fastest_candidate(2, [](int) { return false; }, &ms), -1);
+  EXPECT_TRUE(std::isinf(ms[0]) && std::isinf(ms[1]));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 }  // namespace
