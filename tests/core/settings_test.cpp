@@ -32,7 +32,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
-  EXPECT_EQ(d.cudnn_autotune, "attention");
+  EXPECT_EQ(d.cudnn_autotune, "all");
+  EXPECT_EQ(d.tuning_cache, "");
   EXPECT_EQ(d.cuda_allocator, "buckets");
   EXPECT_EQ(d.ulysses_chunks, 0);
   EXPECT_EQ(d.norm_backward, "warp");
@@ -49,14 +50,16 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
                                  {"OSP_FP8_SDPA_PROBE", "1"}, {"OSP_FP8_SDPA_VARIANT", "3"},
                                  {"OSP_FP8_SDPA_CONFIG", "0"}, {"OSP_NORM_BACKWARD", "block"},
                                  {"OSP_ATTN_BWD_CHUNKS", "6"}, {"OSP_FUSED_NORMS", "0"},
-                                 {"OSP_CUDNN_AUTOTUNE", "all"}});
+                                 {"OSP_CUDNN_AUTOTUNE", "all"}, {"OSP_TUNING_CACHE", "/tmp/t.json"}});
   EXPECT_EQ(s.attention, EngineSettings::Attention::Flash);
   EXPECT_EQ(s.conv3d, "im2col");
   EXPECT_TRUE(s.vae_fp32);
   EXPECT_FALSE(s.gemm_autotune);
   EXPECT_EQ(s.cudnn_autotune, "all");
+  EXPECT_EQ(s.tuning_cache, "/tmp/t.json");
   EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", "off"}}).cudnn_autotune, "off");
-  EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", ""}}).cudnn_autotune, "attention");
+  EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", ""}}).cudnn_autotune, "all");
+  EXPECT_EQ(read({{"OSP_CUDNN_AUTOTUNE", "attention"}}).cudnn_autotune, "attention");
   EXPECT_EQ(s.cuda_allocator, "blocks");
   EXPECT_EQ(s.ulysses_chunks, 2);
   EXPECT_EQ(s.norm_backward, "block");

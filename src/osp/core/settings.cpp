@@ -41,9 +41,10 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   s.vae_fp32 = flag("OSP_VAE_FP32", false);
   s.gemm_autotune = flag("OSP_GEMM_AUTOTUNE", true);
   s.cudnn_autotune = value("OSP_CUDNN_AUTOTUNE");
-  if (s.cudnn_autotune.empty()) s.cudnn_autotune = "attention";
+  if (s.cudnn_autotune.empty()) s.cudnn_autotune = "all";
   OSP_CHECK(s.cudnn_autotune == "off" || s.cudnn_autotune == "attention" || s.cudnn_autotune == "all",
             "OSP_CUDNN_AUTOTUNE must be off, attention or all, got '", s.cudnn_autotune, "'");
+  s.tuning_cache = value("OSP_TUNING_CACHE");
   s.ulysses_chunks = integer("OSP_ULYSSES_CHUNKS", 0, 1);
   s.norm_backward = value("OSP_NORM_BACKWARD");
   if (s.norm_backward.empty()) s.norm_backward = "warp";

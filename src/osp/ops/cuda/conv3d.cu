@@ -260,7 +260,9 @@ bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, co
                    {a.stride_t, a.stride_h, a.stride_w});
       return g.plans(cudnn_handle(), "conv3d");
     };
-    return cached_plan(build, cudnn_autotune_conv(), run, str("conv3d-cudnn-graph-", x.desc(), "-", w.desc()),
+    std::string shape;  // T Cin H W Cout kt kh kw, pads front top bottom left right, strides t h w
+    for (int64_t v : key) shape += str(shape.empty() ? "" : ",", v);
+    return cached_plan(build, cudnn_autotune_conv(), run, str("conv3d-f32-tf32-", shape),
                        str("conv3d: cuDNN graph convolution for x ", x.desc(), " w ", w.desc()));
   });
   if (!p.plan) return refuse(p.why);

@@ -13,11 +13,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "osp/core/error.h"
 #include "osp/core/settings.h"
+#include "osp/ops/tuning_cache.h"
 #include "osp/ops/cuda/cuda_context.h"
 
 // Fails with the call's text, cuDNN's reason and the place.
@@ -75,6 +77,7 @@ struct PlanChoice {
   cudnnBackendDescriptor_t plan = nullptr;
   int64_t workspace = 0;
   std::string note;
+  std::string engine;  // "engine N" (cuDNN's global engine index) where cuDNN tells it
 };
 
 // Owns every descriptor it creates; virtual tensors get uids from first_virtual_uid upwards.
@@ -304,8 +307,9 @@ class CudnnGraph {
           PlanChoice c;
           c.plan = p;
           c.workspace = plan_workspace(p);
+          c.engine = engine_index(cfgs[size_t(i)]);
           c.note = str("heuristics mode ", int(mode), ", config ", i, " of ", got,
-                       engine_index(cfgs[size_t(i)]));
+                       c.engine.empty() ? "" : ", ", c.engine);
           out.push_back(std::move(c));
           continue;
         }
@@ -322,7 +326,7 @@ class CudnnGraph {
     if (s != CUDNN_STATUS_SUCCESS)
       fail(str("cuDNN backend call (", what, ") failed: ", cudnnGetErrorString(s)));
   }
-  // ", engine N" (the engine's global index) where cuDNN tells it; empty otherwise.
+  // "engine N" (the engine's global index) where cuDNN tells it; empty otherwise.
   std::string engine_index(cudnnBackendDescriptor_t cfg) {
     cudnnBackendDescriptor_t eng = create(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
     int64_t n = 0, idx = -1;
@@ -332,7 +336,7 @@ class CudnnGraph {
     if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
                                  &idx) != CUDNN_STATUS_SUCCESS)
       return "";
-    return str(", engine ", idx);
+    return str("engine ", idx);
   }
 
   std::vector<cudnnBackendDescriptor_t> ops_, owned_;
@@ -359,29 +363,53 @@ inline void execute_plan(cudnnBackendDescriptor_t plan, const std::vector<int64_
   OSP_CUDNN_CHECK(cudnnBackendExecute(cudnn_handle(), plan, pack));
 }
 
+// The tuning cache key of a graph: what and its shape, prefixed with this card's name and the
+// cuDNN version (a choice made on another card or library is not reused).
+inline std::string tuning_key(const std::string& what) {
+  static const std::string prefix = [] {
+    int dev = 0;
+    cudaDeviceProp p{};
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) p.name[0] = 0;
+    return str(p.name, "|cudnn ", cudnnGetVersion(), "|");
+  }();
+  return prefix + what;
+}
+
 // The plan to keep of a graph's candidates (CudnnGraph::plans). With `tune` and more than one
-// candidate, each whose workspace is at most max(the first's, 64 MiB) runs on this call's
-// operands through run(choice) — which executes it with a workspace of choice.workspace bytes —
-// and the fastest is kept (ops/cuda/cuda_context.h: fastest_candidate); without, the first (the
-// heuristics' pick). The others are destroyed. The kept note says what the timing found.
-// Synchronises the host while tuning: meant for a plan cache's first call of a shape.
+// candidate: the choice the tuning cache (ops/tuning_cache.h) holds for cache_key when its check
+// (the number of candidates and the chosen engine) still matches; else each candidate whose
+// workspace is at most max(the first's, 64 MiB) runs on this call's operands through run(choice)
+// — which executes it with a workspace of choice.workspace bytes — the fastest is kept
+// (fastest_candidate, ops/cuda/cuda_context.h) and recorded under cache_key ("" records nothing).
+// Without `tune`: the first (the heuristics' pick). The others are destroyed; the kept note says
+// how it was chosen. Timing synchronises the host: meant for a plan cache's first call of a shape.
 inline PlanChoice keep_fastest(std::vector<PlanChoice> c, bool tune,
-                               const std::function<void(const PlanChoice&)>& run) {
+                               const std::function<void(const PlanChoice&)>& run,
+                               const std::string& cache_key = "") {
   size_t keep = 0;
+  auto check = [&](size_t i) { return str(c.size(), "|", c[i].engine); };
   if (tune && c.size() > 1) {
-    const int64_t cap = std::max<int64_t>(c[0].workspace, int64_t(64) << 20);
-    std::vector<float> ms;
-    const int best = fastest_candidate(int(c.size()), [&](int i) {
-      if (c[size_t(i)].workspace > cap) return false;
-      run(c[size_t(i)]);
-      return true;
-    }, &ms);
-    if (best >= 0) {
-      keep = size_t(best);
-      std::string times;
-      for (size_t i = 0; i < ms.size(); ++i)
-        times += str(i ? ", " : "", std::isinf(ms[i]) ? std::string("-") : str(ms[i]));
-      c[keep].note += str("; fastest of ", c.size(), " timed (ms: ", times, ")");
+    std::optional<TuningChoice> hit;
+    if (!cache_key.empty()) hit = process_tuning_cache().find(cache_key);
+    if (hit && hit->index >= 0 && size_t(hit->index) < c.size() && hit->check == check(size_t(hit->index))) {
+      keep = size_t(hit->index);
+      c[keep].note += "; the tuning cache's choice";
+    } else {
+      const int64_t cap = std::max<int64_t>(c[0].workspace, int64_t(64) << 20);
+      std::vector<float> ms;
+      const int best = fastest_candidate(int(c.size()), [&](int i) {
+        if (c[size_t(i)].workspace > cap) return false;
+        run(c[size_t(i)]);
+        return true;
+      }, &ms);
+      if (best >= 0) {
+        keep = size_t(best);
+        std::string times;
+        for (size_t i = 0; i < ms.size(); ++i)
+          times += str(i ? ", " : "", std::isinf(ms[i]) ? std::string("-") : str(ms[i]));
+        c[keep].note += str("; fastest of ", c.size(), " timed (ms: ", times, ")");
+        if (!cache_key.empty()) process_tuning_cache().put(cache_key, TuningChoice{best, check(keep)});
+      }
     }
   }
   for (size_t i = 0; i < c.size(); ++i)
@@ -395,14 +423,15 @@ struct CachedPlan : PlanChoice {
 };
 
 // One cache entry from build() (the graph's candidates: CudnnGraph::plans, throwing when none
-// finalizes) and keep_fastest(·, tune, run); logs "<what>: <note>, workspace" once per log_key
-// under OSP_VERBOSE. An osp::Error from building becomes `why`.
+// finalizes) and keep_fastest(·, tune, run, tuning_key(log_key)); logs "<what>: <note>,
+// workspace" once per log_key under OSP_VERBOSE. log_key must name the graph and its whole shape
+// (it is also the tuning cache's key). An osp::Error from building becomes `why`.
 template <typename Build>
 CachedPlan cached_plan(Build&& build, bool tune, const std::function<void(const PlanChoice&)>& run,
                        const std::string& log_key, const std::string& what) {
   CachedPlan p;
   try {
-    static_cast<PlanChoice&>(p) = keep_fastest(build(), tune, run);
+    static_cast<PlanChoice&>(p) = keep_fastest(build(), tune, run, tuning_key(log_key));
     log_once(log_key, str(what, ": ", p.note, ", workspace ", p.workspace, " bytes"));
   } catch (const Error& e) {
     p.plan = nullptr;
