@@ -76,19 +76,7 @@ std::vector<PlanChoice> build_forward(const Key& k) {
   g.matmul(q, kt, s);
   auto s2 = g.virt(f32, sd, ss);
   g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
-  auto mx = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
-  auto sub = g.virt(f32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_SUB, f32, s2, mx, sub);
-  auto ex = g.virt(f32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, ex);
-  auto sum = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
-  auto lg = g.virt(f32, rd, rs);
-  g.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, lg);
-  g.pointwise(CUDNN_POINTWISE_ADD, f32, mx, lg, stats);
-  auto p = g.virt(bf, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_DIV, f32, ex, sum, p);
+  auto p = g.softmax_with_stats(s2, bf, sd, ss, rd, rs, stats);
   g.matmul(p, v, o);
   return g.plans(cudnn_handle(), "SDPA forward (training, stats)");
 }

@@ -89,21 +89,7 @@ std::vector<PlanChoice> build_plans(const PlanKey& k) {
     g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, f32, last, neg, masked, both);
     last = masked;
   }
-  // softmax: max, sub, exp, sum, (log, add → stats), div
-  auto mx = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_MAX, last, mx);
-  auto sub = g.virt(f32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_SUB, f32, last, mx, sub);
-  auto ex = g.virt(f32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, ex);
-  auto sum = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
-  auto lg = g.virt(f32, rd, rs);
-  g.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, lg);
-  auto stats = g.virt(f32, rd, rs);
-  g.pointwise(CUDNN_POINTWISE_ADD, f32, mx, lg, stats);
-  auto p = g.virt(bf, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_DIV, f32, ex, sum, p);
+  auto p = g.softmax_with_stats(last, bf, sd, ss, rd, rs);
   g.matmul(p, v, o, seq_q, nullptr, seq_kv);
 
   return g.plans(handle(), "SDPA");

@@ -165,6 +165,31 @@ class CudnnGraph {
                  cudnnBackendDescriptor_t y) {
     pointwise(mode, CUDNN_DATA_FLOAT, x, b, y);
   }
+  // Softmax over the last dim of s (f32 [B,H,Lq,Lk], dims sd / strides ss) as cuDNN's fused
+  // attention engines recognise it: m = max(s), e = exp(s − m), l = Σ e, stats = m + log(l) into
+  // `stats` (a real f32 [B,H,Lq,1] tensor, or a virtual one when null; rd / rs its dims and
+  // strides); returns P = e / l, a virtual tensor of p_dt.
+  cudnnBackendDescriptor_t softmax_with_stats(cudnnBackendDescriptor_t s, cudnnDataType_t p_dt,
+                                              const std::vector<int64_t>& sd, const std::vector<int64_t>& ss,
+                                              const std::vector<int64_t>& rd, const std::vector<int64_t>& rs,
+                                              cudnnBackendDescriptor_t stats = nullptr) {
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    auto mx = virt(f32, rd, rs);
+    reduction(CUDNN_REDUCE_TENSOR_MAX, s, mx);
+    auto sub = virt(f32, sd, ss);
+    pointwise(CUDNN_POINTWISE_SUB, f32, s, mx, sub);
+    auto ex = virt(f32, sd, ss);
+    pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, ex);
+    auto sum = virt(f32, rd, rs);
+    reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
+    auto lg = virt(f32, rd, rs);
+    pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, lg);
+    if (!stats) stats = virt(f32, rd, rs);
+    pointwise(CUDNN_POINTWISE_ADD, f32, mx, lg, stats);
+    auto p = virt(p_dt, sd, ss);
+    pointwise(CUDNN_POINTWISE_DIV, f32, ex, sum, p);
+    return p;
+  }
   void reduction(cudnnReduceTensorOp_t r, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
     auto rd = create(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
     cudnnDataType_t f = CUDNN_DATA_FLOAT;

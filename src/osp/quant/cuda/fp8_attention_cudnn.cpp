@@ -178,21 +178,8 @@ void build_variant(ops::cuda::CudnnGraph& g, const PlanKey& k, const Variant& va
   g.pointwise(CUDNN_POINTWISE_MUL, s, attn_scale, s1);
   g.pointwise(CUDNN_POINTWISE_MUL, s1, dq, s2);
   g.pointwise(CUDNN_POINTWISE_MUL, s2, dk, s3);
-  // softmax: max, sub, exp, sum, (log, add → stats), div
-  auto mx = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s3, mx);
-  auto sub = g.virt(f32, sd, sst);
-  g.pointwise(CUDNN_POINTWISE_SUB, s3, mx, sub);
-  auto ex = g.virt(f32, sd, sst);
-  g.pointwise(CUDNN_POINTWISE_EXP, sub, nullptr, ex);
-  auto sum = g.virt(f32, rd, rs);
-  g.reduction(CUDNN_REDUCE_TENSOR_ADD, ex, sum);
-  auto lg = g.virt(f32, rd, rs);
-  g.pointwise(CUDNN_POINTWISE_LOG, sum, nullptr, lg);
-  auto stats = var.stats_output ? g.tensor(kStats, f32, rd, rs, false) : g.virt(f32, rd, rs);
-  g.pointwise(CUDNN_POINTWISE_ADD, mx, lg, stats);
-  auto p = g.virt(f32, sd, sst);
-  g.pointwise(CUDNN_POINTWISE_DIV, ex, sum, p);
+  auto stats = var.stats_output ? g.tensor(kStats, f32, rd, rs, false) : nullptr;
+  auto p = g.softmax_with_stats(s3, f32, sd, sst, rd, rs, stats);
   g.reduction(CUDNN_REDUCE_TENSOR_AMAX, p, amax_s);
   auto p8 = g.virt(f8, sd, sst);
   g.pointwise(CUDNN_POINTWISE_MUL, p, ss, p8);
