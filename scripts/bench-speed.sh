@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19's measurements in ONE GPU call (baselines in the same call), a table printed last:
+#   0. the VAE decode with cuDNN's engine-config tuning off, timed into an empty tuning cache, and
+#      read from it in a fresh process (OSP_TUNING_CACHE=$OUT/tuning.json unless set);
 #   1. the whole 1.3B 832x480x81 hybrid video, 50 UniPC steps, CFG batched, VAE untiled
 #      (bench_pipeline_gpu --vae-budget-gib 24 --vae-reps 3: the first decode is a fresh
 #      process's, which builds the cuDNN plans of the real shapes; "s_repeat" the fastest repeat);
@@ -7,7 +9,7 @@
 #      (OSP_FUSED_NORMS=0|1 bench_dit_multi_gpu);
 #   3. the PyTorch forward of the same model, eager and torch.compile (bench/torch_dit_forward.py);
 #   4. (MODELS14=1) the same forward at 14B 1280x720x81, full / hybrid / hybrid+fp8.
-# Logs under $OUT (default ./out): build.log, pipeline.jsonl, dit.jsonl, torch.jsonl, stderr.log.
+# Logs under $OUT (default ./out): build.log, vae.jsonl, pipeline.jsonl, dit.jsonl, torch.jsonl, stderr.log.
 #
 #   bash scripts/bench-speed.sh                  # on the GPU machine (OUT=$OUT from the device tool)
 # Environment: OUT, BUILD (build-gpu), SKIP_BUILD (0), TORCH (1), MODELS14 (0), STEPS (50),
@@ -31,6 +33,19 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
 
+# 0. The VAE decode with cuDNN's engine configs: the heuristics' first (OSP_CUDNN_AUTOTUNE=off),
+#    timed into an empty tuning cache (all, the default), and a fresh process reading that cache;
+#    the whole video below then starts with the cache warm (as every run after a card's first).
+export OSP_TUNING_CACHE=${OSP_TUNING_CACHE:-$OUT/tuning.json}
+rm -f "$OSP_TUNING_CACHE"
+: > "$OUT/vae.jsonl"
+for run in off cold warm; do
+  t=all; [ $run = off ] && t=off
+  echo "== 0. VAE decode, OSP_CUDNN_AUTOTUNE=$t ($run)"
+  OSP_CUDNN_AUTOTUNE=$t "$BUILD/bench_pipeline_gpu" --modes hybrid --steps 1 --skip-t5 --vae-budget-gib 24 \
+    --vae-reps 2 2>> "$OUT/stderr.log" | grep '"stage":"vae"' | sed "s/^{/{\"tuning\":\"$run\",/" |
+    tee -a "$OUT/vae.jsonl"
+done
 echo "== 1. whole video (hybrid, $STEPS steps, VAE untiled, decoded 3 times)"
 "$BUILD/bench_pipeline_gpu" --modes hybrid --steps "$STEPS" --vae-budget-gib 24 --vae-reps 3 \
   2>> "$OUT/stderr.log" | tee "$OUT/pipeline.jsonl"
@@ -67,6 +82,11 @@ for st in ("t5", "dit", "vae", "total"):
         note = {"dit": "%.4f s/step" % r.get("s_per_step", 0), "vae": "repeat %s s" % r.get("s_repeat", "-"),
                 "total": "target <= 35 s"}.get(st, "")
         print("| %s | %.3f | %s |" % (st, r["s"], note))
+print("\n| VAE decode (480P) | first s | repeat s |\n|---|---|---|")
+for r in rows("vae.jsonl"):
+    name = {"off": "heuristics' first config", "cold": "configs timed, empty tuning cache",
+            "warm": "fresh process, tuning cache warm"}.get(r.get("tuning"), r.get("tuning"))
+    print("| %s | %.3f | %s |" % (name, r["s"], r.get("s_repeat", "-")))
 torch = {}
 for r in rows("torch.jsonl"):
     torch[(r.get("model", "").lower(), r.get("mode", ""))] = r.get("ms")
