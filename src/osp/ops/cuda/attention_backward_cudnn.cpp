@@ -59,8 +59,8 @@ struct Key {
 // [B, H, L, D] view of our [B, L, H, D] layout.
 std::vector<int64_t> bhld_strides(int64_t L, int64_t H, int64_t D) { return {L * H * D, D, H * D, 1}; }
 
-// The graphs' candidate plans (CudnnGraph::plans); throw when cuDNN takes none.
-std::vector<PlanChoice> build_forward(const Key& k) {
+// The graphs' candidate plans (CudnnGraph::plans, at most max_plans); throw when cuDNN takes none.
+std::vector<PlanChoice> build_forward(const Key& k, size_t max_plans) {
   CudnnGraph g(kVirtual);
   const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
   const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
@@ -78,10 +78,10 @@ std::vector<PlanChoice> build_forward(const Key& k) {
   g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, s2);
   auto p = g.softmax_with_stats(s2, bf, sd, ss, rd, rs, stats);
   g.matmul(p, v, o);
-  return g.plans(cudnn_handle(), "SDPA forward (training, stats)");
+  return g.plans(cudnn_handle(), "SDPA forward (training, stats)", -1, max_plans);
 }
 
-std::vector<PlanChoice> build_backward(const Key& k) {
+std::vector<PlanChoice> build_backward(const Key& k, size_t max_plans) {
   CudnnGraph g(kVirtual);
   const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
   const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
@@ -140,7 +140,7 @@ std::vector<PlanChoice> build_backward(const Key& k) {
   g.matmul(ds, kk, dq_acc);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, f32, dq_acc, nullptr, dq);
 
-  return g.plans(cudnn_handle(), "SDPA backward");
+  return g.plans(cudnn_handle(), "SDPA backward", -1, max_plans);
 }
 
 PlanCache<Key, CachedPlan> g_fwd_plans, g_bwd_plans;
@@ -158,7 +158,7 @@ bool sdpa_forward_stats_cudnn(const Tensor& q, const Tensor& k, const Tensor& v,
                  p.workspace > 0 ? scratch(size_t(p.workspace)) : nullptr);
   };
   const CachedPlan plan = g_fwd_plans.get(key, [&](const Key& kk) {
-    return cached_plan([&] { return build_forward(kk); }, cudnn_autotune_attention(), run,
+    return cached_plan([&](size_t n) { return build_forward(kk, n); }, cudnn_autotune_attention(), run,
                        str("cudnn-fwd-stats-", kk.B, "-", kk.H, "-", kk.Lq, "-", kk.Lk, "-", kk.D),
                        str("attention_forward_lse: cuDNN SDPA forward+stats plan for B=", kk.B, " H=", kk.H,
                            " Lq=", kk.Lq, " Lk=", kk.Lk, " D=", kk.D));
@@ -192,7 +192,7 @@ bool sdpa_backward_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, cons
                  ws);
   };
   const CachedPlan plan = g_bwd_plans.get(key, [&](const Key& kk) {
-    return cached_plan([&] { return build_backward(kk); }, cudnn_autotune_attention(), run,
+    return cached_plan([&](size_t n) { return build_backward(kk, n); }, cudnn_autotune_attention(), run,
                        str("cudnn-bwd-", kk.B, "-", kk.H, "-", kk.Lq, "-", kk.Lk, "-", kk.D),
                        str("attention_backward: cuDNN SDPA backward plan for B=", kk.B, " H=", kk.H,
                            " Lq=", kk.Lq, " Lk=", kk.Lk, " D=", kk.D));

@@ -53,8 +53,8 @@ struct PlanKey {
     return std::tie(B, H, Lq, Lk, D, padding) < std::tie(o.B, o.H, o.Lq, o.Lk, o.D, o.padding);
   }
 };
-// The graph's candidate plans (CudnnGraph::plans); throws when cuDNN takes none.
-std::vector<PlanChoice> build_plans(const PlanKey& k) {
+// The graph's candidate plans (CudnnGraph::plans, at most max_plans); throws when cuDNN takes none.
+std::vector<PlanChoice> build_plans(const PlanKey& k, size_t max_plans) {
   CudnnGraph g(kVirtual);
   const int64_t B = k.B, H = k.H, Lq = k.Lq, Lk = k.Lk, D = k.D;
   const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT, i32 = CUDNN_DATA_INT32,
@@ -92,7 +92,7 @@ std::vector<PlanChoice> build_plans(const PlanKey& k) {
   auto p = g.softmax_with_stats(last, bf, sd, ss, rd, rs);
   g.matmul(p, v, o, seq_q, nullptr, seq_kv);
 
-  return g.plans(handle(), "SDPA");
+  return g.plans(handle(), "SDPA", -1, max_plans);
 }
 
 PlanCache<PlanKey, CachedPlan> g_plans;
@@ -142,7 +142,7 @@ bool attention_cudnn_impl(const Tensor& q, const Tensor& k, const Tensor& v, Ten
   };
   const PlanKey key{B, H, Lq, Lk, D, padding};
   const CachedPlan plan = g_plans.get(key, [&](const PlanKey& k) {
-    return cached_plan([&] { return build_plans(k); }, cudnn_autotune_attention(), run,
+    return cached_plan([&](size_t n) { return build_plans(k, n); }, cudnn_autotune_attention(), run,
                        str("cudnn-plan-", B, "-", H, "-", Lq, "-", Lk, "-", D, "-", padding),
                        str("attention: cuDNN SDPA plan for B=", B, " H=", H, " Lq=", Lq, " Lk=", Lk, " D=", D,
                            padding ? " (padding mask)" : ""));

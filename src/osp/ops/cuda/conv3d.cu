@@ -249,7 +249,7 @@ bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, co
   };
   static PlanCache<Key, CachedPlan> plans;
   const CachedPlan p = plans.get(key, [&](const Key&) {
-    auto build = [&] {
+    auto build = [&](size_t max_plans) {
       CudnnGraph g(100);
       auto xd = g.tensor(1, CUDNN_DATA_FLOAT, {1, Cin, T, H, W}, {T * H * W * Cin, 1, H * W * Cin, W * Cin, Cin}, false);
       auto wd = g.tensor(2, CUDNN_DATA_FLOAT, {Cout, Cin, kt, kh, kw}, {K3 * Cin, 1, kh * kw * Cin, kw * Cin, Cin},
@@ -258,7 +258,7 @@ bool conv3d_cudnn_graph(const Tensor& x, const Tensor& w, const Tensor* bias, co
                          {To * Ho * Wo * Cout, 1, Ho * Wo * Cout, Wo * Cout, Cout}, false);
       g.conv_fprop(xd, wd, yd, {a.pad_front, a.pad_top, a.pad_left}, {0, a.pad_bottom, a.pad_right},
                    {a.stride_t, a.stride_h, a.stride_w});
-      return g.plans(cudnn_handle(), "conv3d");
+      return g.plans(cudnn_handle(), "conv3d", -1, max_plans);
     };
     std::string shape;  // T Cin H W Cout kt kh kw, pads front top bottom left right, strides t h w
     for (int64_t v : key) shape += str(shape.empty() ? "" : ",", v);
