@@ -450,7 +450,7 @@ struct CachedPlan : PlanChoice {
 // One cache entry from build(max_plans) (the graph's candidates: CudnnGraph::plans, at most
 // max_plans — 8 when tuning, else 1 —, throwing when none finalizes) and keep_fastest(·, tune, run, tuning_key(log_key)); logs "<what>: <note>,
 // workspace" once per log_key under OSP_VERBOSE. log_key must name the graph and its whole shape
-// (it is also the tuning cache's key). An osp::Error from building becomes `why`.
+// (it is also the tuning cache's key). An exception from building becomes `why`.
 template <typename Build>
 CachedPlan cached_plan(Build&& build, bool tune, const std::function<void(const PlanChoice&)>& run,
                        const std::string& log_key, const std::string& what) {
@@ -458,7 +458,7 @@ CachedPlan cached_plan(Build&& build, bool tune, const std::function<void(const 
   try {
     static_cast<PlanChoice&>(p) = keep_fastest(build(tune ? size_t(8) : size_t(1)), tune, run, tuning_key(log_key));
     log_once(log_key, str(what, ": ", p.note, ", workspace ", p.workspace, " bytes"));
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     p.plan = nullptr;
     p.why = e.what();
   }
