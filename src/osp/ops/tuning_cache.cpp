@@ -59,10 +59,14 @@ void TuningCache::load_locked() {
   if (path_.empty()) return;
   std::string why;
   if (!read_file(path_, &entries_, &why)) {
-    writable_ = false;
     entries_.clear();
-    log_warn("tuning cache ", path_, " ", why, ": left untouched, tuning results are kept in memory only");
+    stop_writing_locked(str(why, ": left untouched"));
   }
+}
+
+void TuningCache::stop_writing_locked(const std::string& why) {
+  writable_ = false;
+  log_warn("tuning cache ", path_, " ", why, ", tuning results are kept in memory only");
 }
 
 std::optional<TuningChoice> TuningCache::find(const std::string& key) {
@@ -88,8 +92,7 @@ void TuningCache::put(const std::string& key, const TuningChoice& choice) {
   std::map<std::string, TuningChoice> merged;
   std::string why;
   if (!read_file(path_, &merged, &why)) {
-    writable_ = false;
-    log_warn("tuning cache ", path_, " ", why, ": left untouched, tuning results are kept in memory only");
+    stop_writing_locked(str(why, ": left untouched"));
     return;
   }
   for (const auto& [k, v] : entries_) merged[k] = v;
@@ -108,8 +111,7 @@ void TuningCache::put(const std::string& key, const TuningChoice& choice) {
   if (!ec) std::filesystem::rename(tmp, p, ec);
   if (ec) {
     std::filesystem::remove(tmp, ec);
-    writable_ = false;
-    log_warn("tuning cache ", path_, " cannot be written: tuning results are kept in memory only");
+    stop_writing_locked("cannot be written");
   }
 }
 

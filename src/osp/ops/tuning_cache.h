@@ -38,6 +38,8 @@ class TuningCache {
 
  private:
   void load_locked();
+  // The file is not (or no longer) ours to write: warn once with why, keep entries in memory.
+  void stop_writing_locked(const std::string& why);
   std::string path_;
   bool loaded_ = false, writable_ = true;
   std::map<std::string, TuningChoice> entries_;
