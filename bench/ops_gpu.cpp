@@ -57,13 +57,23 @@ int main(int argc, char** argv) {
     const double lq = c.real ? double(c.real) : double(c.Lq), lk = c.real ? double(c.real) : double(c.Lk);
     const double flop = 4.0 * c.B * lq * lk * c.H * c.D;
     const int reps = flop > 5e13 ? 3 : 10;
-    for (const char* path : {"cudnn", "flash"}) {
+    Tensor ref;
+    for (const char* path : {"cudnn", "flash", "hopper", "hopper_nopp"}) {
+      const std::string pa = path;
       bool ok = true;
+      if (pa.rfind("hopper", 0) == 0 && (c.D != 128 || !ops::cuda::hopper_attention_supported())) ok = false;
       auto run = [&] {
-        if (std::string(path) == "flash") ops::cuda::attention_flash(q, k, v, o, a);
+        if (!ok) return;
+        if (pa == "flash") ops::cuda::attention_flash(q, k, v, o, a);
+        else if (pa == "hopper") ops::cuda::attention_hopper(q, k, v, o, a, true);
+        else if (pa == "hopper_nopp") ops::cuda::attention_hopper(q, k, v, o, a, false);
         else ok = ops::cuda::attention_cudnn(q, k, v, o, a);
       };
       run();
+      // the output against cuDNN's (relative L2), -1 where not compared
+      double rel = -1;
+      if (ok && pa == "cudnn") ref = o.to(Device::cpu());
+      else if (ok && ref.defined()) rel = relative_error(o.to(Device::cpu()), ref);
       if (!ok) {
         std::printf("{\"bench\":\"attention\",\"case\":\"%s\",\"path\":\"%s\",\"ran\":false,\"card\":\"%s\"}\n",
                     c.name, path, card.c_str());
@@ -72,9 +82,9 @@ int main(int argc, char** argv) {
       double ms = bench::time_ms(run, 1, reps);
       std::printf("{\"bench\":\"attention\",\"case\":\"%s\",\"path\":\"%s\",\"B\":%lld,\"Lq\":%lld,"
                   "\"Lk\":%lld,\"H\":%lld,\"D\":%lld,\"real\":%lld,\"ms\":%.3f,\"tflops\":%.1f,"
-                  "\"card\":\"%s\"}\n",
+                  "\"rel_err_vs_cudnn\":%.3g,\"card\":\"%s\"}\n",
                   c.name, path, (long long)c.B, (long long)c.Lq, (long long)c.Lk, (long long)c.H,
-                  (long long)c.D, (long long)c.real, ms, flop / ms * 1e-9, card.c_str());
+                  (long long)c.D, (long long)c.real, ms, flop / ms * 1e-9, rel, card.c_str());
       std::fflush(stdout);
     }
   }

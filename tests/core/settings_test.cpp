@@ -72,6 +72,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(s.fp8_sdpa_variant, 3);
   EXPECT_EQ(s.fp8_sdpa_config, 0);
   EXPECT_EQ(read({{"OSP_ATTENTION", "cudnn"}}).attention, EngineSettings::Attention::Cudnn);
+  EXPECT_EQ(read({{"OSP_ATTENTION", "hopper"}}).attention, EngineSettings::Attention::Hopper);
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);
@@ -79,7 +80,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
 }
 
 TEST(EngineSettings, BadValuesNameTheVariable) {
-  EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash or cudnn, got 'fa3'"),
+  EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash, cudnn or hopper, got 'fa3'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_CUDNN_AUTOTUNE", "1"}}).find("OSP_CUDNN_AUTOTUNE must be off, attention or all, got '1'"),
             std::string::npos);

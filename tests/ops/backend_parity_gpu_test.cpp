@@ -230,10 +230,14 @@ Tensor lens_tensor(const std::vector<int>& v) {
 }
 
 // path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run),
-// 3 = cuDNN one unmasked call per sequence (must run)
+// 3 = cuDNN one unmasked call per sequence (must run), 4 / 5 = own Hopper kernel with / without
+// pingpong scheduling (skipped where it cannot run). nan_pad: the GPU's ignored key rows
+// (>= kv[b]) hold NaN, which must not reach the output.
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int path,
                     std::vector<int> kv = {}, std::vector<int> ql = {}, bool bias = false,
-                    float scale = 0.f) {
+                    float scale = 0.f, bool nan_pad = false) {
+  if (path >= 4 && !ops::cuda::hopper_attention_supported())
+    GTEST_SKIP() << "own Hopper attention needs an sm_90 GPU and an sm_90a build";
   Tensor q = rnd({B, Lq, H, D}, 1.f, true), k = rnd({B, Lk, H, D}, 1.f, true),
          v = rnd({B, Lk, H, D}, 1.f, true);
   Tensor bt = rnd({H, Lq, Lk}, 1.f);
@@ -247,12 +251,21 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int
   ops::attention(q, k, v, ref, a);
   Tensor gbias = on_gpu(bt, DType::F32);
   if (bias) a.bias = &gbias;
+  if (nan_pad)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = std::max<int64_t>(kv[size_t(b)], 0); r < Lk; ++r)
+        for (int64_t i = 0; i < H * D; ++i) {
+          k.data<float>()[(b * Lk + r) * H * D + i] = NAN;
+          v.data<float>()[(b * Lk + r) * H * D + i] = NAN;
+        }
   Tensor gq = on_gpu(q, DType::BF16), gk = on_gpu(k, DType::BF16), gv = on_gpu(v, DType::BF16);
   Tensor out = poisoned({B, Lq, H, D}, DType::BF16);
   if (path == 0) {
     ops::attention(gq, gk, gv, out, a);
   } else if (path == 1) {
     ops::cuda::attention_flash(gq, gk, gv, out, a);
+  } else if (path >= 4) {
+    ops::cuda::attention_hopper(gq, gk, gv, out, a, path == 4);
   } else if (path == 3) {
     bool ran = ops::cuda::attention_cudnn_per_sequence(gq, gk, gv, out, a);
     ASSERT_TRUE(ran) << "cuDNN per-sequence path did not run for this case";
@@ -397,6 +410,23 @@ std::vector<Case> all_cases() {
   add("attn_flash_2x24x4x64_bias_t5", [=] {
     attention_case(2, 24, 24, 4, 64, 1, {24, 9}, {}, true, 1.f);
   });
+  // own Hopper kernel: tails in Lq and Lk, several query and key tiles, B > 1, lengths (0, 1,
+  // partial tiles), NaN in ignored keys, a large scale, cross-attention shapes
+  add("attn_hopper_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 4); });
+  add("attn_hopper_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 4); });
+  add("attn_hopper_nopp_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 5); });
+  add("attn_hopper_2x256x384x3x128", [=] { attention_case(2, 256, 384, 3, 128, 4); });
+  add("attn_hopper_2x700x512x3x128_cross", [=] { attention_case(2, 700, 512, 3, 128, 4); });
+  add("attn_hopper_4x300x300x2x128_lens", [=] {
+    attention_case(4, 300, 300, 2, 128, 4, {300, 123, 1, 0}, {300, 200, 3, 64});
+  });
+  add("attn_hopper_nopp_3x260x300x2x128_lens_nan_pad", [=] {
+    attention_case(3, 260, 300, 2, 128, 5, {300, 129, 5}, {}, false, 0.f, true);
+  });
+  add("attn_hopper_3x260x300x2x128_lens_nan_pad", [=] {
+    attention_case(3, 260, 300, 2, 128, 4, {256, 129, 5}, {260, 7, 130}, false, 0.f, true);
+  });
+  add("attn_hopper_1x129x640x2x128_scale1", [=] { attention_case(1, 129, 640, 2, 128, 4, {}, {}, false, 1.f); });
   add("attn_auto_1x33x2x128_bias_scale", [=] { attention_case(1, 33, 33, 2, 128, 0, {}, {}, true, 0.3f); });
   // data movement
   add("gather_50x37_bf16", [=] { gather_case(50, 37, 61, H); });

@@ -26,11 +26,12 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
     return int64_t(x);
   };
   const std::string att = value("OSP_ATTENTION");
-  OSP_CHECK(att.empty() || att == "auto" || att == "flash" || att == "cudnn",
-            "OSP_ATTENTION must be auto, flash or cudnn, got '", att, "'");
-  s.attention = att == "flash"   ? EngineSettings::Attention::Flash
-                : att == "cudnn" ? EngineSettings::Attention::Cudnn
-                                 : EngineSettings::Attention::Auto;
+  OSP_CHECK(att.empty() || att == "auto" || att == "flash" || att == "cudnn" || att == "hopper",
+            "OSP_ATTENTION must be auto, flash, cudnn or hopper, got '", att, "'");
+  s.attention = att == "flash"    ? EngineSettings::Attention::Flash
+                : att == "cudnn"  ? EngineSettings::Attention::Cudnn
+                : att == "hopper" ? EngineSettings::Attention::Hopper
+                                  : EngineSettings::Attention::Auto;
   s.conv3d = value("OSP_CONV3D");
   if (s.conv3d.empty()) s.conv3d = "cudnn";
   OSP_CHECK(s.conv3d == "im2col" || s.conv3d == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", s.conv3d, "'");

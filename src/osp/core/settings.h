@@ -2,8 +2,10 @@
 // engine_settings() is asked, each value validated with an error that names the variable. The
 // modules take their defaults from here instead of reading the environment themselves.
 //
-//   OSP_ATTENTION=auto|flash|cudnn   attention kernels (forward and backward): cuDNN's fused SDPA
-//                                    where it takes the shape, else osp's flash kernel (auto)
+//   OSP_ATTENTION=auto|flash|cudnn|hopper  attention kernels (forward and backward): cuDNN's
+//                                    fused SDPA where it takes the shape, else osp's flash kernel
+//                                    (auto); hopper: osp's own sm_90a forward kernel (inference;
+//                                    training's backward then takes the auto choice)
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
@@ -43,7 +45,7 @@
 namespace osp {
 
 struct EngineSettings {
-  enum class Attention { Auto, Flash, Cudnn };
+  enum class Attention { Auto, Flash, Cudnn, Hopper };
   Attention attention = Attention::Auto;
   std::string conv3d = "cudnn";
   bool vae_fp32 = false;

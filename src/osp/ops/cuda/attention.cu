@@ -334,10 +334,11 @@ void validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   }
 }
 
-int forced_path() {  // 0 auto, 1 flash, 2 cudnn (OSP_ATTENTION, core/settings.h)
+int forced_path() {  // 0 auto, 1 flash, 2 cudnn, 3 hopper (OSP_ATTENTION, core/settings.h)
   switch (engine_settings().attention) {
     case EngineSettings::Attention::Flash: return 1;
     case EngineSettings::Attention::Cudnn: return 2;
+    case EngineSettings::Attention::Hopper: return 3;
     default: return 0;
   }
 }
@@ -379,6 +380,25 @@ void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   }
   OSP_CUDA_LAUNCH_CHECK("flash_fwd_kernel");
   g_last_path = "flash";
+}
+
+// Defined in attention_hopper.cu (inputs validated here).
+void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
+                             const int* q_lens, const int* kv_lens, bool pingpong);
+
+void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                      const AttentionArgs& args, bool pingpong) {
+  validate(q, k, v, out, args);
+  OSP_CHECK(!args.bias, "cuda::attention_hopper: no additive bias (the own flash kernel takes one)");
+  OSP_CHECK(q.size(3) == 128, "cuda::attention_hopper: head dim must be 128, got ", q.size(3));
+  OSP_CHECK(hopper_attention_supported(),
+            "cuda::attention_hopper: needs a compute-capability 9.0 GPU and a build for sm_90a "
+            "(CMAKE_CUDA_ARCHITECTURES=90a)");
+  if (q.numel() == 0) return;
+  DevLens lens = device_lens(args, q.size(0));
+  const float scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(128.f);
+  hopper_attention_launch(q, k, v, out, scale, lens.q, lens.kv, pingpong);
+  g_last_path = "hopper";
 }
 
 const char* last_attention_path() { return g_last_path; }
@@ -465,6 +485,12 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                const AttentionArgs& args) {
   const int f = forced_path();
+  if (f == 3) {
+    attention_hopper(q, k, v, out, args);
+    log_once(str("attn-path-hopper-", q.size(1), "-", k.size(1)),
+             str("attention: own Hopper kernel (OSP_ATTENTION=hopper), q ", q.desc(), " k ", k.desc()));
+    return;
+  }
   if (f != 1 && !args.bias) {
     if (attention_cudnn(q, k, v, out, args)) {
       log_once(str("attn-path-cudnn-", q.size(1), "-", k.size(1), "-", q.size(3)),

@@ -27,6 +27,16 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                                   const AttentionArgs& args);
 
-// The path the most recent cuda::attention call took: "cudnn", "flash" or "" (none yet).
+// Own Hopper kernel (attention_hopper.cu; sm_90a: TMA + wgmma, FlashAttention-3's structure):
+// D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). `pingpong`
+// picks the consumer warpgroups' scheduling (benchmarks compare both). Throws when
+// hopper_attention_supported() is false.
+void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                      const AttentionArgs& args, bool pingpong = true);
+// True on a compute-capability 9.0 GPU when this build holds the kernel's sm_90a code
+// (CMAKE_CUDA_ARCHITECTURES=90a, the default).
+bool hopper_attention_supported();
+
+// The path the most recent cuda::attention call took: "cudnn", "flash", "hopper" or "" (none yet).
 const char* last_attention_path();
 }  // namespace osp::ops::cuda

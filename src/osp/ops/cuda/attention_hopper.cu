@@ -1,0 +1,456 @@
+// Our own Hopper (sm_90a) attention forward, built the way the FlashAttention-3 paper describes
+// (warp specialisation, TMA, wgmma, intra-warpgroup overlap, pingpong scheduling).
+//   q [B, Lq, H, 128], k/v [B, Lk, H, 128], out [B, Lq, H, 128]; bf16, contiguous; fp32 softmax
+//   and accumulation. Optional device I32 [B] kv_lens (keys >= kv_lens[b] are ignored, even
+//   non-finite ones) and q_lens (rows >= q_lens[b] are written as 0).
+//
+// One CTA per (128 query rows, head, batch), three warpgroups:
+//   * WG0, the producer (registers lowered to 24 a thread): one thread loads the Q tile once and
+//     streams K and V tiles of 128 keys with the tensor copy engine (TMA, 128-byte swizzle) into
+//     a 2-stage ring; each stage has a "full" mbarrier (completed by the copy's bytes) and an
+//     "empty" one (one arrival per consumer warp once the tile has been read).
+//   * WG1, WG2, the consumers (240 registers a thread): 64 query rows each.
+//     S = Q·Kᵀ is wgmma m64n128k16 with both operands in shared memory (K-major); the online
+//     softmax runs in fp32 registers (base-2 exponentials, scale folded in); O += P·V is wgmma
+//     with P from registers (the S accumulator layout is the A-fragment layout) and V from
+//     shared memory read MN-major (transposed by the instruction).
+//   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
+//     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
+//   * Pingpong (optional): two named barriers hand the right to issue GEMMs back and forth
+//     between the consumers, so one warpgroup's softmax runs under the other's GEMMs.
+// Shared memory (from a 1024-byte aligned base): Q 32 KB | K 2 × 32 KB | V 2 × 32 KB | mbarriers.
+// Each 128 × 128 tile is two TMA boxes of 128 rows × 64 columns (128 bytes a row, swizzled).
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cudaTypedefs.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+
+#include "osp/core/error.h"
+#include "osp/ops/cuda/cuda_context.h"
+
+namespace osp::ops::cuda {
+namespace {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define OSP_HOPPER_DEVICE 1
+#endif
+
+constexpr int kM = 128;  // query rows per CTA (64 per consumer warpgroup)
+constexpr int kN = 128;  // keys per K/V tile
+constexpr int kD = 128;  // head dim
+constexpr int kStages = 2;
+constexpr int kThreads = 384;
+constexpr uint32_t kHalf = 128 * 64 * 2;  // one TMA box: 128 rows x 64 bf16 = 16 KB
+constexpr uint32_t kTile = 2 * kHalf;     // 128 rows x 128 bf16 = 32 KB
+constexpr uint32_t kOffK = kTile, kOffV = kTile * (1 + kStages), kOffBar = kTile * (1 + 2 * kStages);
+constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
+
+struct HopperParams {
+  __nv_bfloat16* o;
+  const int* kv_lens;  // device [B] or null
+  const int* q_lens;   // device [B] or null
+  int Lq, Lk, H;
+  float scale_log2;  // softmax scale * log2(e)
+  int swap;  // DEBUG
+};
+
+#ifdef OSP_HOPPER_DEVICE
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase with this parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// TMA: one box of the 4-D map {d, h, row, b} into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int d, int h,
+                                         int row, int b) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(d), "r"(h), "r"(row), "r"(b)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id) {
+  asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id) {
+  asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Ties the accumulators to this point, so the compiler neither reads them before a wgmma wait
+// nor moves writes past a wgmma issue.
+__device__ __forceinline__ void reg_fence(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Shared-memory matrix descriptor, 128-byte swizzle. K-major operands: sbo = 1024 (8 rows of
+// 128 bytes), lbo unused (16). MN-major: lbo = distance between 64-column blocks, sbo = 1024.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
+         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// d[64] (+)= A[64 x 16] · B[16 x 128]: A and B from shared memory, both K-major.
+__device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));}
+// d[64] += A[64 x 16] · B[16 x 128]: A from registers (4 bf16x2 per thread), B from shared
+// memory MN-major (transposed by the instruction).
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));}
+
+// S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile` (8 k-steps of 16 dims).
+__device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    const uint32_t off = (kk / 4) * kHalf + (kk % 4) * 32;
+    wgmma_ss(s, smem_desc(q_rows + off, 16, 1024), smem_desc(k_tile + off, 16, 1024), kk > 0);
+  }
+}
+// O += P·V with P as bf16 A fragments (p[4 kk .. 4 kk + 3] covers keys 16 kk .. 16 kk + 15).
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t v_tile, int swap) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk)
+    wgmma_rs(o, &p[4 * kk], swap ? smem_desc(v_tile + kk * 2048, 1024, kHalf) : smem_desc(v_tile + kk * 2048, kHalf, 1024));
+}
+
+// Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
+// row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
+// sum l of the thread's two rows, leaves exp2 values in s, returns the rescale factors.
+__device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, float scale_log2, float (&m)[2],
+                                             float (&l)[2], float (&alpha)[2]) {
+  if (lim < kN) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        if (8 * j + 2 * t + c >= lim) s[4 * j + c] = s[4 * j + 2 + c] = -INFINITY;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = m[i];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    alpha[i] = fast_exp2((m[i] - mx) * scale_log2);  // m = -inf on the first tile: 0
+    const float ms = mx * scale_log2;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
+        s[4 * j + 2 * i + c] = e;
+        sum += e;
+      }
+    l[i] = l[i] * alpha[i] + sum;
+    m[i] = mx;
+  }
+}
+
+// O *= alpha per row; P (bf16 A fragments) from the exponentials in s.
+__device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[64], const float (&alpha)[2],
+                                                 uint32_t (&p)[32]) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    o[4 * j + 0] *= alpha[0];
+    o[4 * j + 1] *= alpha[0];
+    o[4 * j + 2] *= alpha[1];
+    o[4 * j + 3] *= alpha[1];
+  }
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    p[4 * kk + 0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);  // row r0,     keys 16kk + 2t
+    p[4 * kk + 1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);  // row r0 + 8, keys 16kk + 2t
+    p[4 * kk + 2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);  // row r0,     keys 16kk + 8 + 2t
+    p[4 * kk + 3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);  // row r0 + 8, keys 16kk + 8 + 2t
+  }
+}
+#endif  // OSP_HOPPER_DEVICE
+
+template <bool kPingpong>
+__global__ void __launch_bounds__(kThreads, 1)
+    hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                            const __grid_constant__ CUtensorMap tv, HopperParams p) {
+#ifdef OSP_HOPPER_DEVICE
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = base, bar = base + kOffBar;
+  // mbarriers, 8 bytes each: 0 Q, 1 + s full K, 3 + s full V, 5 + s empty K, 7 + s empty V
+  auto full_k = [&](int s) { return bar + 8u * (1 + s); };
+  auto full_v = [&](int s) { return bar + 8u * (3 + s); };
+  auto empty_k = [&](int s) { return bar + 8u * (5 + s); };
+  auto empty_v = [&](int s) { return bar + 8u * (7 + s); };
+  auto k_tile = [&](int s) { return base + kOffK + uint32_t(s) * kTile; };
+  auto v_tile = [&](int s) { return base + kOffV + uint32_t(s) * kTile; };
+
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
+  const int kv_len = p.kv_lens ? min(max(p.kv_lens[b], 0), p.Lk) : p.Lk;
+  const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
+  const int64_t row_stride = int64_t(p.H) * kD;
+  __nv_bfloat16* og = p.o + int64_t(b) * p.Lq * row_stride + int64_t(h) * kD;
+  if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
+    for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
+      const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
+      if (r < p.Lq) *reinterpret_cast<uint4*>(og + r * row_stride + c) = make_uint4(0, 0, 0, 0);
+    }
+    return;
+  }
+  const int n_tiles = (kv_len + kN - 1) / kN;
+  if (threadIdx.x == 0) {
+    mbar_init(bar, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full_k(s), 1);
+      mbar_init(full_v(s), 1);
+      mbar_init(empty_k(s), 8);  // one arrival per consumer warp
+      mbar_init(empty_v(s), 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+
+  if (wg == 0) {  // ---------------------------------------------------------- producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (tid == 0) {
+      mbar_expect_tx(bar, kTile);
+      tma_load(sQ, &tq, bar, 0, h, m0, b);
+      tma_load(sQ + kHalf, &tq, bar, 64, h, m0, b);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages;
+        const uint32_t ph = (j / kStages) & 1;
+        mbar_wait(empty_k(s), ph ^ 1);
+        mbar_expect_tx(full_k(s), kTile);
+        tma_load(k_tile(s), &tk, full_k(s), 0, h, j * kN, b);
+        tma_load(k_tile(s) + kHalf, &tk, full_k(s), 64, h, j * kN, b);
+        mbar_wait(empty_v(s), ph ^ 1);
+        mbar_expect_tx(full_v(s), kTile);
+        tma_load(v_tile(s), &tv, full_v(s), 0, h, j * kN, b);
+        tma_load(v_tile(s) + kHalf, &tv, full_v(s), 64, h, j * kN, b);
+      }
+    }
+    return;
+  }
+  // ------------------------------------------------------------------------ consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+  const int c = wg - 1;
+  const int warp = tid / 32, lane = tid % 32, t = lane % 4;
+  const int r0 = warp * 16 + lane / 4;  // this thread's rows: r0 and r0 + 8 of the warpgroup's 64
+  const uint32_t q_rows = sQ + uint32_t(c) * 64 * 128;
+  float o[64], s[64];
+  uint32_t pf[32];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  auto lim = [&](int j) { return min(kN, kv_len - j * kN); };
+  auto my_turn = [&] { if (kPingpong) named_sync(1 + c); };
+  auto your_turn = [&] { if (kPingpong) named_arrive(2 - c); };
+  if (kPingpong && c == 1) named_arrive(1);  // consumer 0 issues first
+
+  mbar_wait(bar, 0);
+  // tile 0: S only
+  mbar_wait(full_k(0), 0);
+  my_turn();
+  wg_fence();
+  issue_qk(s, q_rows, k_tile(0));
+  wg_commit();
+  your_turn();
+  wg_wait<0>();
+  reg_fence(s);
+  if (lane == 0) mbar_arrive(empty_k(0));
+  softmax_tile(s, lim(0), t, p.scale_log2, m, l, alpha);
+  rescale_and_pack(o, s, alpha, pf);
+  for (int j = 1; j < n_tiles; ++j) {
+    const int st = j % kStages, ps = (j - 1) % kStages;
+    mbar_wait(full_k(st), (j / kStages) & 1);
+    mbar_wait(full_v(ps), ((j - 1) / kStages) & 1);
+    my_turn();
+    wg_fence();
+    issue_qk(s, q_rows, k_tile(st));
+    wg_commit();
+    issue_pv(o, pf, v_tile(ps), p.swap);
+    wg_commit();
+    your_turn();
+    wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
+    reg_fence(s);
+    if (lane == 0) mbar_arrive(empty_k(st));
+    softmax_tile(s, lim(j), t, p.scale_log2, m, l, alpha);
+    wg_wait<0>();
+    reg_fence(o);
+    if (lane == 0) mbar_arrive(empty_v(ps));
+    rescale_and_pack(o, s, alpha, pf);
+  }
+  // the last V tile: keys >= kv_len are zeroed first (P is 0 there, but 0 · NaN is not 0);
+  // both consumers share the tile, so they split the rows and meet at barrier 3
+  const int ls = (n_tiles - 1) % kStages, last = lim(n_tiles - 1);
+  mbar_wait(full_v(ls), ((n_tiles - 1) / kStages) & 1);
+  if (last < kN) {
+    const uint32_t vt = v_tile(ls);
+    for (int i = c * 128 + tid; i < (kN - last) * 16; i += 256) {  // 16 chunks of 16 B per row
+      const int r = last + i / 16, ch = i % 16;
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(vt + (ch / 8) * kHalf + r * 128 +
+                                                                        (ch % 8) * 16),
+                   "r"(0)
+                   : "memory");
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    named_sync(3);
+  }
+  my_turn();
+  wg_fence();
+  issue_pv(o, pf, v_tile(ls), p.swap);
+  wg_commit();
+  your_turn();
+  wg_wait<0>();
+  reg_fence(o);
+  if (kPingpong && c == 0) named_sync(1);  // absorbs consumer 1's last hand-over
+
+  // O / l, bf16, rows >= q_len as 0
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int row = m0 + c * 64 + r0 + 8 * i;
+    if (row >= p.Lq) continue;
+    const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    __nv_bfloat16* dst = og + int64_t(row) * row_stride + 2 * t;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+      *reinterpret_cast<uint32_t*>(dst + 8 * j) =
+          real ? pack_bf16x2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv) : 0u;
+  }
+#endif  // OSP_HOPPER_DEVICE
+}
+
+// 1 when this build holds the sm_90a code of the kernel above.
+__global__ void hopper_probe_kernel(int* out) {
+#ifdef OSP_HOPPER_DEVICE
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    OSP_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    OSP_CHECK(q == cudaDriverEntryPointSuccess && f, "cuda::attention_hopper: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// The 4-D tensor map {d, h, row, b} of a bf16 [B, L, H, 128] tensor, boxes of 64 d x 128 rows.
+CUtensorMap tensor_map(const void* data, int64_t B, int64_t L, int64_t H) {
+  CUtensorMap map{};
+  const cuuint64_t dims[4] = {cuuint64_t(kD), cuuint64_t(H), cuuint64_t(L), cuuint64_t(B)};
+  const cuuint64_t strides[3] = {cuuint64_t(kD) * 2, cuuint64_t(H * kD) * 2, cuuint64_t(L * H * kD) * 2};
+  const cuuint32_t box[4] = {64, 1, 128, 1}, elem[4] = {1, 1, 1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(data), dims,
+                                          strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  OSP_CHECK(r == CUDA_SUCCESS, "cuda::attention_hopper: cuTensorMapEncodeTiled failed (", int(r), ")");
+  return map;
+}
+}  // namespace
+
+bool hopper_attention_supported() {
+  static const bool ok = [] {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return false;
+    if (prop.major != 9 || prop.minor != 0) return false;
+    int* d = static_cast<int*>(cuda_alloc(sizeof(int), dev));
+    int h = 0;
+    hopper_probe_kernel<<<1, 1, 0, stream()>>>(d);
+    const bool ran = cudaGetLastError() == cudaSuccess &&
+                     cudaMemcpyAsync(&h, d, sizeof(int), cudaMemcpyDeviceToHost, stream()) == cudaSuccess &&
+                     cudaStreamSynchronize(stream()) == cudaSuccess;
+    cuda_free(d, dev);
+    return ran && h == 1;
+  }();
+  return ok;
+}
+
+// q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
+// q_lens / kv_lens device I32 [B] or null.
+void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
+                             const int* q_lens, const int* kv_lens, bool pingpong) {
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
+  OSP_CHECK(q.size(3) == kD, "cuda::attention_hopper: head dim must be 128, got ", q.size(3));
+  OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
+            "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
+  const CUtensorMap tq = tensor_map(q.raw(), B, Lq, H), tk = tensor_map(k.raw(), B, Lk, H),
+                    tv = tensor_map(v.raw(), B, Lk, H);
+  HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, int(Lq), int(Lk), int(H),
+                 scale * 1.4426950408889634f, getenv("OSP_HOPPER_SWAP") ? 1 : 0};
+  const dim3 grid(unsigned((Lq + kM - 1) / kM), unsigned(H), unsigned(B));
+  auto launch = [&](auto kernel) {
+    OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
+    kernel<<<grid, kThreads, kSmemBytes, stream()>>>(tq, tk, tv, p);
+  };
+  if (pingpong) launch(hopper_attention_kernel<true>);
+  else launch(hopper_attention_kernel<false>);
+  OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
+}
+
+}  // namespace osp::ops::cuda
