@@ -1,7 +1,7 @@
 // GPU op benchmarks: attention (cuDNN fused SDPA vs our own flash kernel) at DiT shapes, dense
 // and Skiparse (P² = 4 padded sub-sequences), cross-attention (Lk = 512), and the DiT's GEMMs
 // through cuBLASLt. Prints one JSON line per measurement.
-//   bench_ops_gpu [--quick]
+//   bench_ops_gpu [--quick] [--attention-only]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -23,7 +23,11 @@ int main(int argc, char** argv) {
     std::printf("{\"bench\":\"ops_gpu\",\"skipped\":\"no CUDA GPU\"}\n");
     return 0;
   }
-  bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false, attention_only = false;
+  for (int i = 1; i < argc; ++i) {
+    quick |= std::strcmp(argv[i], "--quick") == 0;
+    attention_only |= std::strcmp(argv[i], "--attention-only") == 0;
+  }
   const std::string card = bench::card_name();
   uint32_t seed = 7;
 
@@ -89,6 +93,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (attention_only) return 0;
   // ---- GEMMs (x [M,K] · w[N,K]ᵀ)
   struct GemmCfg {
     const char* name;

@@ -4,8 +4,9 @@
 //
 //   OSP_ATTENTION=auto|flash|cudnn|hopper  attention kernels (forward and backward): cuDNN's
 //                                    fused SDPA where it takes the shape, else osp's flash kernel
-//                                    (auto); hopper: osp's own sm_90a forward kernel (inference;
-//                                    training's backward then takes the auto choice)
+//                                    (auto); hopper: osp's own sm_90a forward kernel wherever it
+//                                    takes the call (head dim 128, no bias; else auto); training's
+//                                    backward takes the auto choice
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)

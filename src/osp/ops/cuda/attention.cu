@@ -485,7 +485,7 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                const AttentionArgs& args) {
   const int f = forced_path();
-  if (f == 3) {
+  if (f == 3 && !args.bias && q.size(3) == 128) {  // the umT5's biased attention stays on auto
     attention_hopper(q, k, v, out, args);
     log_once(str("attn-path-hopper-", q.size(1), "-", k.size(1)),
              str("attention: own Hopper kernel (OSP_ATTENTION=hopper), q ", q.desc(), " k ", k.desc()));
