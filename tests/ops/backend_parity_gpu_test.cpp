@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/ops.h"
@@ -470,7 +471,14 @@ TEST(BackendParityPaths, AttentionPathIsReported) {
   Tensor o = poisoned({1, 64, 2, 128}, DType::BF16);
   ops::attention(q, q, q, o);
   std::string p = ops::cuda::last_attention_path();
-  EXPECT_TRUE(p == "cudnn" || p == "flash") << p;
+  EXPECT_TRUE(p == "cudnn" || p == "flash" || p == "hopper") << p;
+  // many keys on a Hopper GPU: the own Hopper kernel, unless OSP_ATTENTION forces another
+  Tensor k = on_gpu(rnd({1, 2048, 2, 128}, 1.f, true), DType::BF16);
+  ops::attention(q, k, k, o);
+  const auto forced = engine_settings().attention;
+  if (ops::cuda::hopper_attention_supported() && (forced == EngineSettings::Attention::Auto ||
+                                                  forced == EngineSettings::Attention::Hopper))
+    EXPECT_EQ(std::string(ops::cuda::last_attention_path()), "hopper");
   ops::AttentionArgs a;
   Tensor bias = on_gpu(rnd({2, 64, 64}), DType::F32);
   a.bias = &bias;

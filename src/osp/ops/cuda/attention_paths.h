@@ -2,8 +2,11 @@
 // run each one explicitly. cuda::attention picks per call (OSP_VERBOSE=1 logs the choice):
 //   * cuDNN fused flash attention (cuDNN 9 backend graph API), when built with cuDNN, no
 //     additive bias, D ∈ {64, 128}, and the graph is supported for the shape;
+//   * our own Hopper kernel (attention_hopper below) first, when the GPU and build allow it,
+//     D = 128, no bias and Lk >= 2048 (where it measured faster than cuDNN);
 //   * our own flash-attention kernel (mma.sync bf16, online softmax) otherwise.
-// OSP_ATTENTION=flash or =cudnn forces one (cudnn fails loudly if it cannot run).
+// OSP_ATTENTION=flash, =cudnn or =hopper forces one (cudnn and hopper fail loudly if they cannot
+// run; hopper leaves biased and D = 64 calls to the auto choice).
 #pragma once
 #include "osp/ops/ops.h"
 
@@ -30,9 +33,10 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 // Own Hopper kernel (attention_hopper.cu; sm_90a: TMA + wgmma, FlashAttention-3's structure):
 // D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). `pingpong`
 // picks the consumer warpgroups' scheduling (benchmarks compare both). Throws when
-// hopper_attention_supported() is false.
+// hopper_attention_supported() is false. Pingpong measured no faster (1.3B self-attention
+// 628 vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, bool pingpong = true);
+                      const AttentionArgs& args, bool pingpong = false);
 // True on a compute-capability 9.0 GPU when this build holds the kernel's sm_90a code
 // (CMAKE_CUDA_ARCHITECTURES=90a, the default).
 bool hopper_attention_supported();
