@@ -26,7 +26,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "osp/core/error.h"
 #include "osp/ops/cuda/cuda_context.h"
@@ -54,7 +53,6 @@ struct HopperParams {
   const int* q_lens;   // device [B] or null
   int Lq, Lk, H;
   float scale_log2;  // softmax scale * log2(e)
-  int swap;  // DEBUG
 };
 
 #ifdef OSP_HOPPER_DEVICE
@@ -162,10 +160,9 @@ __device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32
   }
 }
 // O += P·V with P as bf16 A fragments (p[4 kk .. 4 kk + 3] covers keys 16 kk .. 16 kk + 15).
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t v_tile, int swap) {
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t v_tile) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk)
-    wgmma_rs(o, &p[4 * kk], swap ? smem_desc(v_tile + kk * 2048, 1024, kHalf) : smem_desc(v_tile + kk * 2048, kHalf, 1024));
+  for (int kk = 0; kk < 8; ++kk) wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, kHalf, 1024));
 }
 
 // Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
@@ -323,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_fence();
     issue_qk(s, q_rows, k_tile(st));
     wg_commit();
-    issue_pv(o, pf, v_tile(ps), p.swap);
+    issue_pv(o, pf, v_tile(ps));
     wg_commit();
     your_turn();
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
@@ -353,7 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   my_turn();
   wg_fence();
-  issue_pv(o, pf, v_tile(ls), p.swap);
+  issue_pv(o, pf, v_tile(ls));
   wg_commit();
   your_turn();
   wg_wait<0>();
@@ -442,7 +439,7 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
   const CUtensorMap tq = tensor_map(q.raw(), B, Lq, H), tk = tensor_map(k.raw(), B, Lk, H),
                     tv = tensor_map(v.raw(), B, Lk, H);
   HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, int(Lq), int(Lk), int(H),
-                 scale * 1.4426950408889634f, getenv("OSP_HOPPER_SWAP") ? 1 : 0};
+                 scale * 1.4426950408889634f};
   const dim3 grid(unsigned((Lq + kM - 1) / kM), unsigned(H), unsigned(B));
   auto launch = [&](auto kernel) {
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
