@@ -6,10 +6,13 @@
 #      (bench_pipeline_gpu --vae-budget-gib 24 --vae-reps 3: the first decode is a fresh
 #      process's, which builds the cuDNN plans of the real shapes; "s_repeat" the fastest repeat);
 #   2. the DiT forward, 1.3B full and hybrid, with the fused norm kernels off and on
-#      (OSP_FUSED_NORMS=0|1 bench_dit_multi_gpu);
+#      (OSP_FUSED_NORMS=0|1 bench_dit_multi_gpu), and with cuDNN's attention instead of the own
+#      Hopper kernel (OSP_ATTENTION=cudnn); the attention kernels alone at the DiT's shapes
+#      (bench_ops_gpu --attention-only: cuDNN, own flash, own Hopper with and without pingpong);
 #   3. the PyTorch forward of the same model, eager and torch.compile (bench/torch_dit_forward.py);
 #   4. (MODELS14=1) the same forward at 14B 1280x720x81, full / hybrid / hybrid+fp8.
-# Logs under $OUT (default ./out): build.log, vae.jsonl, pipeline.jsonl, dit.jsonl, torch.jsonl, stderr.log.
+# Logs under $OUT (default ./out): build.log, vae.jsonl, pipeline.jsonl, dit.jsonl, attention.jsonl,
+# torch.jsonl, stderr.log.
 #
 #   bash scripts/bench-speed.sh                  # on the GPU machine (OUT=$OUT from the device tool)
 # Environment: OUT, BUILD (build-gpu), SKIP_BUILD (0), TORCH (1), MODELS14 (0), STEPS (50),
@@ -28,7 +31,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   t0=$(date +%s)
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOSP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
         -DOSP_FFMPEG=OFF -DOSP_BENCH=ON > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
-  ninja -C "$BUILD" -j "$(nproc)" bench_pipeline_gpu bench_dit_multi_gpu >> "$OUT/build.log" 2>&1 ||
+  ninja -C "$BUILD" -j "$(nproc)" bench_pipeline_gpu bench_dit_multi_gpu bench_ops_gpu >> "$OUT/build.log" 2>&1 ||
     { grep -E "error|FAILED" "$OUT/build.log" | head -20; exit 1; }
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
@@ -50,11 +53,14 @@ echo "== 1. whole video (hybrid, $STEPS steps, VAE untiled, decoded 3 times)"
 "$BUILD/bench_pipeline_gpu" --modes hybrid --steps "$STEPS" --vae-budget-gib 24 --vae-reps 3 \
   2>> "$OUT/stderr.log" | tee "$OUT/pipeline.jsonl"
 : > "$OUT/dit.jsonl"
-for f in 0 1; do
-  echo "== 2. DiT forward 1.3B, OSP_FUSED_NORMS=$f"
-  OSP_FUSED_NORMS=$f "$BUILD/bench_dit_multi_gpu" --models 1.3b --modes full,hybrid --reps 3 --warmup 1 \
-    2>> "$OUT/stderr.log" | sed "s/^{/{\"fused_norms\":$f,/" | tee -a "$OUT/dit.jsonl"
+for cfg in "auto 0" "cudnn 1" "auto 1"; do
+  set -- $cfg
+  echo "== 2. DiT forward 1.3B, OSP_ATTENTION=$1 OSP_FUSED_NORMS=$2"
+  OSP_ATTENTION=$1 OSP_FUSED_NORMS=$2 "$BUILD/bench_dit_multi_gpu" --models 1.3b --modes full,hybrid --reps 3 \
+    --warmup 1 2>> "$OUT/stderr.log" | sed "s/^{/{\"attention\":\"$1\",\"fused_norms\":$2,/" | tee -a "$OUT/dit.jsonl"
 done
+echo "== 2. attention kernels at the DiT's shapes"
+"$BUILD/bench_ops_gpu" --attention-only 2>> "$OUT/stderr.log" | tee "$OUT/attention.jsonl"
 if [ "${MODELS14:-0}" = 1 ]; then
   echo "== 4. DiT forward 14B"
   "$BUILD/bench_dit_multi_gpu" --models 14b --modes full,hybrid,hybrid+fp8 --reps 2 --warmup 1 \
@@ -90,11 +96,17 @@ for r in rows("vae.jsonl"):
 torch = {}
 for r in rows("torch.jsonl"):
     torch[(r.get("model", "").lower(), r.get("mode", ""))] = r.get("ms")
-print("\n| model | mode | fused norms | osp ms | vs torch eager | vs torch.compile |\n|---|---|---|---|---|---|")
+print("\n| attention (case) | path | ms | TFLOP/s | rel. err vs cuDNN |\n|---|---|---|---|---|")
+for r in rows("attention.jsonl"):
+    if "ms" in r:
+        print("| %s | %s | %.3f | %.1f | %s |" % (r["case"], r["path"], r["ms"], r["tflops"],
+              "%.2g" % r["rel_err_vs_cudnn"] if r.get("rel_err_vs_cudnn", -1) >= 0 else "-"))
+print("\n| model | mode | attention | fused norms | osp ms | vs torch eager | vs torch.compile |\n|---|---|---|---|---|---|---|")
 for r in rows("dit.jsonl"):
     m = r.get("model", "").lower()
     eager, comp = torch.get((m, "eager")), torch.get((m, "compiled"))
     ratio = lambda b: "%.3fx" % (r["ms"] / b) if b else "-"
-    print("| %s | %s | %s | %.1f | %s | %s |" % (r.get("model"), r.get("mode"), r.get("fused_norms"), r["ms"],
-          ratio(eager) if r.get("mode") == "full" else "-", ratio(comp) if r.get("mode") == "full" else "-"))
+    print("| %s | %s | %s | %s | %.1f | %s | %s |" % (r.get("model"), r.get("mode"), r.get("attention"),
+          r.get("fused_norms"), r["ms"], ratio(eager) if r.get("mode") == "full" else "-",
+          ratio(comp) if r.get("mode") == "full" else "-"))
 PY
