@@ -486,6 +486,20 @@ TEST(BackendParityPaths, AttentionPathIsReported) {
   EXPECT_EQ(std::string(ops::cuda::last_attention_path()), "flash");  // bias → own kernel
 }
 
+// A view 2 bytes past a 16-byte boundary: every CUDA attention kernel reads 16-byte vectors
+// (cp.async, TMA, cuDNN), so each path refuses it with an error before launching anything.
+TEST(BackendParityErrors, MisalignedAttentionViewsAreRefused) {
+  OSP_REQUIRE_GPU();
+  const Shape s = {1, 2048, 1, 128};
+  Tensor q = on_gpu(rnd(s, 1.f, true), DType::BF16), out = poisoned(s, DType::BF16);
+  Tensor buf = Tensor::empty({2048 * 128 + 8}, DType::BF16, kGpu);
+  Tensor kv = Tensor::from_blob(static_cast<uint16_t*>(buf.raw()) + 1, s, DType::BF16, kGpu, buf.storage());
+  EXPECT_THROW(ops::attention(q, kv, kv, out), Error);
+  EXPECT_THROW(ops::cuda::attention_flash(q, kv, kv, out, {}), Error);
+  EXPECT_THROW(ops::cuda::attention_cudnn(q, kv, kv, out, {}), Error);
+  EXPECT_THROW(ops::cuda::attention_hopper(q, kv, kv, out, {}), Error);
+}
+
 // The autotuners' timing helper (GEMM algorithms, cuDNN engine configs): a candidate that
 // reports failure or throws is never chosen and gets an infinite time; one that runs gets a
 // finite time; none running gives -1.
