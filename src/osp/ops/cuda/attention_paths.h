@@ -1,10 +1,10 @@
 // The attention implementations behind cuda::attention, exposed so tests and benchmarks can
 // run each one explicitly. cuda::attention picks per call (OSP_VERBOSE=1 logs the choice):
-//   * cuDNN fused flash attention (cuDNN 9 backend graph API), when built with cuDNN, no
+//   * our own Hopper kernel (attention_hopper below), when the GPU and build allow it, D = 128,
+//     no bias and Lk >= 2048 (where it measured faster than cuDNN);
+//   * else cuDNN fused flash attention (cuDNN 9 backend graph API), when built with cuDNN, no
 //     additive bias, D ∈ {64, 128}, and the graph is supported for the shape;
-//   * our own Hopper kernel (attention_hopper below) first, when the GPU and build allow it,
-//     D = 128, no bias and Lk >= 2048 (where it measured faster than cuDNN);
-//   * our own flash-attention kernel (mma.sync bf16, online softmax) otherwise.
+//   * else our own flash-attention kernel (mma.sync bf16, online softmax).
 // OSP_ATTENTION=flash, =cudnn or =hopper forces one (cudnn and hopper fail loudly if they cannot
 // run; hopper leaves biased and D = 64 calls to the auto choice).
 #pragma once
