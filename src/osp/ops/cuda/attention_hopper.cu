@@ -9,15 +9,19 @@
 //     streams K and V tiles of 128 keys with the tensor copy engine (TMA, 128-byte swizzle) into
 //     a 2-stage ring; each stage has a "full" mbarrier (completed by the copy's bytes) and an
 //     "empty" one (one arrival per consumer warp once the tile has been read).
-//   * WG1, WG2, the consumers (240 registers a thread): 64 query rows each.
+//   * WG1, WG2, the consumers (raised to 240 registers a thread; ptxas fits their code in the
+//     launch bound's 168, without spills): 64 query rows each.
 //     S = Q·Kᵀ is wgmma m64n128k16 with both operands in shared memory (K-major); the online
 //     softmax runs in fp32 registers (base-2 exponentials, scale folded in); O += P·V is wgmma
 //     with P from registers (the S accumulator layout is the A-fragment layout) and V from
 //     shared memory read MN-major (transposed by the instruction).
 //   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
 //     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
-//   * Pingpong (optional): two named barriers hand the right to issue GEMMs back and forth
-//     between the consumers, so one warpgroup's softmax runs under the other's GEMMs.
+//   * Pingpong (optional, off by default: it measured no faster, docs/PERF.md session 15): two
+//     named barriers hand the right to issue GEMMs back and forth between the consumers, so one
+//     warpgroup's softmax runs under the other's GEMMs.
+//   Measured on an H100 (session 15): 700 TFLOP/s at 32,760² × 12 heads, 653 at 75,600² × 40
+//   heads (cuDNN 569 / 588); slower than cuDNN on 512 keys (cuda::attention keeps cuDNN there).
 // Shared memory (from a 1024-byte aligned base): Q 32 KB | K 2 × 32 KB | V 2 × 32 KB | mbarriers.
 // Each 128 × 128 tile is two TMA boxes of 128 rows × 64 columns (128 bytes a row, swizzled).
 #include <cuda.h>
