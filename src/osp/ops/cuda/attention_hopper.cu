@@ -417,6 +417,8 @@ CUtensorMap tensor_map(const void* data, int64_t B, int64_t L, int64_t H) {
 }
 }  // namespace
 
+// Asked once per process, of the device current at the first call (osp runs one GPU per process;
+// a process mixing compute capabilities would need this per device).
 bool hopper_attention_supported() {
   static const bool ok = [] {
     int dev = 0;
