@@ -2,11 +2,13 @@
 // engine_settings() is asked, each value validated with an error that names the variable. The
 // modules take their defaults from here instead of reading the environment themselves.
 //
-//   OSP_ATTENTION=auto|flash|cudnn|hopper  attention kernels (forward and backward): cuDNN's
-//                                    fused SDPA where it takes the shape, else osp's flash kernel
-//                                    (auto); hopper: osp's own sm_90a forward kernel wherever it
-//                                    takes the call (head dim 128, no bias; else auto); training's
-//                                    backward takes the auto choice
+//   OSP_ATTENTION=auto|flash|cudnn|hopper  attention kernels (forward and backward). auto: the
+//                                    forward's head-dim-128 calls over >= 2048 keys without a bias
+//                                    run osp's own sm_90a kernel on a Hopper GPU, the rest (and
+//                                    training) cuDNN's fused SDPA where it takes the shape, else
+//                                    osp's flash kernel; hopper: the own kernel wherever it takes
+//                                    the call (head dim 128, no bias; else auto), training's
+//                                    backward as auto
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
@@ -52,7 +54,7 @@ struct EngineSettings {
   bool vae_fp32 = false;
   bool gemm_autotune = true;
   std::string cudnn_autotune = "all";  // off | attention | all
-  std::string tuning_cache;                   // "": the default path; "off": none
+  std::string tuning_cache;            // "": the default path; "off": none
   std::string cuda_allocator = "buckets";
   int64_t ulysses_chunks = 0;  // 0: unset (one chunk)
   std::string norm_backward = "warp";

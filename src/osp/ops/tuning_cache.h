@@ -6,9 +6,10 @@
 // The file is read on first use; every put() merges what is on disk with this process's entries
 // and replaces the file atomically (a temporary file, then rename), so processes that tune one
 // after another keep each other's entries (two writing at the same instant can drop the other's
-// newest entry: it is timed again in a later run; the file is never torn). A file that does not parse as a tuning cache is never overwritten: one
-// warning names it and the cache then works in memory only. A write that fails (read-only home,
-// full disk) warns once and leaves the cache in memory.
+// newest entry: it is timed again in a later run; the file is never torn). A file that does not
+// parse as a tuning cache is never overwritten: one warning names it and the cache then works in
+// memory only. A write that fails (read-only home, full disk) warns once and leaves the cache in
+// memory.
 //
 //   {"format": "osp-tuning-cache", "version": 1,
 //    "entries": {"<key>": {"index": 3, "check": "8|engine 67"}, ...}}

@@ -338,6 +338,9 @@ void validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   }
 }
 
+// The scores' scale: AttentionArgs::scale, or 1/sqrt(D) when it is 0.
+float softmax_scale(const AttentionArgs& a, int64_t D) { return a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D)); }
+
 // Fewest keys for which cuda::attention's auto choice takes the own Hopper kernel.
 constexpr int64_t kHopperMinKeys = 2048;
 
@@ -368,7 +371,7 @@ void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   p.Lq = Lq;
   p.Lk = Lk;
   p.H = H;
-  p.scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(float(D));
+  p.scale = softmax_scale(args, D);
   p.scale_log2 = p.scale * 1.4426950408889634f;
   OSP_CHECK(H <= 65535 && B <= 65535, "cuda::attention: H and B must be <= 65535, got H=", H, " B=", B);
   dim3 grid(unsigned((Lq + kBM - 1) / kBM), unsigned(H), unsigned(B));
@@ -403,7 +406,7 @@ void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
             "(CMAKE_CUDA_ARCHITECTURES=90a)");
   if (q.numel() == 0) return;
   DevLens lens = device_lens(args, q.size(0));
-  const float scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(128.f);
+  const float scale = softmax_scale(args, 128);
   hopper_attention_launch(q, k, v, out, scale, lens.q, lens.kv, pingpong);
   g_last_path = "hopper";
 }
@@ -434,7 +437,7 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
       (i == 0 ? lq : lk)[size_t(b)] = v0 < 0 ? 0 : (v0 > lim ? lim : v0);
     }
   }
-  const float scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(float(D));
+  const float scale = softmax_scale(args, D);
   const size_t row = size_t(H * D);
   auto view = [&](const Tensor& t, int64_t b, int64_t L, int64_t n) {
     auto* p = static_cast<__nv_bfloat16*>(t.raw()) + size_t(b * L) * row;
@@ -477,7 +480,7 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   const int64_t B = q.size(0), Lq = q.size(1), D = q.size(3);
   if (q.numel() == 0) return true;
   DevLens lens = device_lens(args, B);
-  float scale = args.scale > 0 ? args.scale : 1.f / std::sqrt(float(D));
+  const float scale = softmax_scale(args, D);
   if (!attention_cudnn_impl(q, k, v, out, scale, lens.q, lens.kv)) return false;
   if (lens.q || lens.kv) {
     dim3 grid(unsigned(std::min<int64_t>(std::max<int64_t>(Lq, 1), 1024)), unsigned(B));

@@ -442,7 +442,6 @@ bool hopper_attention_supported() {
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
                              const int* q_lens, const int* kv_lens, bool pingpong) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
-  OSP_CHECK(q.size(3) == kD, "cuda::attention_hopper: head dim must be 128, got ", q.size(3));
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
   const CUtensorMap tq = tensor_map(q.raw(), B, Lq, H), tk = tensor_map(k.raw(), B, Lk, H),

@@ -447,9 +447,10 @@ struct CachedPlan : PlanChoice {
   std::string why;
 };
 
-// One cache entry from build(max_plans) (the graph's candidates: CudnnGraph::plans, at most
-// max_plans — 8 when tuning, else 1 —, throwing when none finalizes) and keep_fastest(·, tune, run, tuning_key(log_key)); logs "<what>: <note>,
-// workspace" once per log_key under OSP_VERBOSE. log_key must name the graph and its whole shape
+// One cache entry: build(max_plans) gives the graph's candidates (CudnnGraph::plans: at most
+// max_plans, 8 when tuning, else 1; throws when none finalizes), keep_fastest(·, tune, run,
+// tuning_key(log_key)) keeps one; logs "<what>: <note>, workspace" once per log_key under
+// OSP_VERBOSE. log_key must name the graph and its whole shape
 // (it is also the tuning cache's key). An exception from building becomes `why`.
 template <typename Build>
 CachedPlan cached_plan(Build&& build, bool tune, const std::function<void(const PlanChoice&)>& run,
