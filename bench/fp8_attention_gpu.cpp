@@ -1,5 +1,6 @@
-// FP8 attention benchmark (JSON lines on stdout): cuDNN bf16 fused SDPA (ops::attention) vs
-// cuDNN's fused FP8 SDPA (quant::fp8_attention on pre-quantized E4M3 q/k/v) at Wan2.1 shapes,
+// FP8 attention benchmark (JSON lines on stdout): bf16 attention (ops::attention's auto choice)
+// vs cuDNN's fused FP8 SDPA and the own Hopper FP8 kernel (quant::fp8_attention on
+// pre-quantized E4M3 q/k/v; the own kernel also with pingpong scheduling) at Wan2.1 shapes,
 // D = 128, in TFLOP/s counted as 4·B·Σ_r L_r²·H·D (Σ over the packed sequences). Also the
 // HiF8→E4M3 quantization of q, k, v timed alone, the whole hif8_attention_fp8 (quantize +
 // attention), and the relative error of the FP8 output against bf16 attention on the same
@@ -22,6 +23,7 @@
 
 #ifdef OSP_HAVE_CUDA
 #include "gpu_bench_util.h"
+#include "osp/ops/cuda/attention_paths.h"
 #endif
 
 using namespace osp;
@@ -84,7 +86,7 @@ void run_case(const Case& c, int reps) {
     std::fflush(stdout);
   };
   const double ms_bf16 = bench::time_ms([&] { ops::attention(q, k, v, out, args); }, 1, reps);
-  emit("bf16_cudnn", ms_bf16, flop, "");
+  emit("bf16", ms_bf16, flop, ",\"path\":\"" + std::string(ops::cuda::last_attention_path()) + "\"");
   quant::Fp8Tensor q8 = quant::hif8_quantize_e4m3(q), k8 = quant::hif8_quantize_e4m3(k),
                    v8 = quant::hif8_quantize_e4m3(v);
   const double ms_q = bench::time_ms(
@@ -95,16 +97,44 @@ void run_case(const Case& c, int reps) {
       },
       1, reps);
   emit("quantize_qkv_e4m3", ms_q, 0, "");
-  const double ms_fp8 =
-      bench::time_ms([&] { quant::fp8_attention(q8, k8, v8, out8, args); }, 1, reps);
-  std::string path = quant::fp8_attention_last_path();
-  std::string note = quant::fp8_attention_cudnn_note();
-  for (char& ch : note)
-    if (ch == '"' || ch == '\\' || ch == '\n') ch = '\'';
-  emit("fp8_cudnn", ms_fp8, flop, ",\"path\":\"" + path + "\",\"plan\":\"" + note + "\"");
+  auto note_json = [] {
+    std::string note = quant::fp8_attention_cudnn_note();
+    for (char& ch : note)
+      if (ch == '"' || ch == '\\' || ch == '\n') ch = '\'';
+    return note;
+  };
+  const double ms_fp8 = bench::time_ms(
+      [&] { quant::fp8_attention(q8, k8, v8, out8, args, quant::Fp8AttentionKernel::Cudnn); }, 1, reps);
+  emit("fp8_cudnn", ms_fp8, flop,
+       ",\"path\":\"" + std::string(quant::fp8_attention_last_path()) + "\",\"plan\":\"" + note_json() + "\"");
+  double ms_own = 0, ms_own_pp = 0;
+  if (ops::cuda::hopper_attention_supported()) {
+    ms_own = bench::time_ms(
+        [&] { quant::fp8_attention(q8, k8, v8, out8, args, quant::Fp8AttentionKernel::Hopper); }, 1, reps);
+    emit("fp8_hopper", ms_own, flop, ",\"path\":\"" + std::string(quant::fp8_attention_last_path()) + "\"");
+    if (c.seq_lens.empty()) {  // the pingpong scheduling, through the kernel's own entry point
+      ops::cuda::HopperFp8Call h;
+      h.B = c.B;
+      h.H = c.H;
+      h.Lq = h.Lk = c.L;
+      h.D = D;
+      h.q_bstride = h.kv_bstride = h.o_bstride = c.L * c.H * D;
+      h.q = q8.codes.raw();
+      h.k = k8.codes.raw();
+      h.v = v8.codes.raw();
+      h.descale_q = q8.scale_inv.data<float>();
+      h.descale_k = k8.scale_inv.data<float>();
+      h.descale_v = v8.scale_inv.data<float>();
+      h.out = out8.raw();
+      h.device = out8.device();
+      ms_own_pp = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, true); }, 1, reps);
+      emit("fp8_hopper_pingpong", ms_own_pp, flop, "");
+    }
+  }
   const double ms_all =
       bench::time_ms([&] { quant::hif8_attention_fp8(q, k, v, out8, args); }, 1, reps);
-  emit("hif8_attention_fp8_incl_quant", ms_all, flop, "");
+  const std::string auto_path = quant::fp8_attention_last_path();
+  emit("hif8_attention_fp8_incl_quant", ms_all, flop, ",\"path\":\"" + auto_path + "\"");
   // FP8 vs bf16 attention on the same HiF8-rounded inputs
   Tensor qh = Tensor::empty(q.shape(), DType::BF16, Device::cuda());
   Tensor kh = Tensor::empty(q.shape(), DType::BF16, Device::cuda());
@@ -113,15 +143,20 @@ void run_case(const Case& c, int reps) {
   quant::fp8_dequantize(k8, kh);
   quant::fp8_dequantize(v8, vh);
   ops::attention(qh, kh, vh, out, args);
-  quant::fp8_attention(q8, k8, v8, out8, args);
   const int64_t n = std::min<int64_t>(out.numel(), int64_t(1) << 22);
-  const double rel =
-      relative_error(out8.view({-1}).slice(0, 0, n), out.view({-1}).slice(0, 0, n));
+  auto rel_vs_bf16 = [&](quant::Fp8AttentionKernel kernel) {
+    quant::fp8_attention(q8, k8, v8, out8, args, kernel);
+    return relative_error(out8.view({-1}).slice(0, 0, n), out.view({-1}).slice(0, 0, n));
+  };
+  const double rel = rel_vs_bf16(quant::Fp8AttentionKernel::Cudnn);
+  const double rel_own = ms_own > 0 ? rel_vs_bf16(quant::Fp8AttentionKernel::Hopper) : 0.0;
   std::printf(
       "{\"bench\":\"fp8_attention_gpu\",\"case\":\"%s\",\"variant\":\"summary\",\"card\":\"%s\","
-      "\"speedup_fp8\":%.3f,\"speedup_fp8_incl_quant\":%.3f,\"quant_ms\":%.3f,"
-      "\"rel_err_fp8_vs_bf16_first_4M\":%.4g,\"path\":\"%s\"}\n",
-      c.name, g_card.c_str(), ms_bf16 / ms_fp8, ms_bf16 / ms_all, ms_q, rel, path.c_str());
+      "\"speedup_fp8\":%.3f,\"speedup_fp8_hopper\":%.3f,\"speedup_fp8_incl_quant\":%.3f,\"quant_ms\":%.3f,"
+      "\"rel_err_fp8_vs_bf16_first_4M\":%.4g,\"rel_err_fp8_hopper_vs_bf16_first_4M\":%.4g,"
+      "\"auto_path\":\"%s\"}\n",
+      c.name, g_card.c_str(), ms_bf16 / ms_fp8, ms_own > 0 ? ms_bf16 / ms_own : 0.0, ms_bf16 / ms_all, ms_q,
+      rel, rel_own, auto_path.c_str());
   std::fflush(stdout);
 }
 

@@ -95,6 +95,14 @@ inline constexpr float kFp8AttentionScaleP = 448.0f;
 // the E4M3 rounding of O (≤ 2^-4 relative per element).
 enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 
+// Which CUDA kernel runs FP8 attention. Auto: osp's own Hopper FP8 kernel
+// (ops/cuda/attention_paths.h: attention_hopper_fp8; P rounded with the running max of blocks
+// of 128 keys, O stored in bf16) where the GPU and build allow it, D = 128 and each sequence has
+// at least kHopperMinKeys keys, else cuDNN's; OSP_ATTENTION=cudnn / =hopper force one (as for
+// bf16 attention, core/settings.h). Cudnn / Hopper: that kernel (Hopper throws where it cannot
+// run; Cudnn falls back to bf16 attention as below).
+enum class Fp8AttentionKernel : uint8_t { Auto, Cudnn, Hopper };
+
 // q [B, Lq, H, D], k/v [B, Lk, H, D] quantized operands (codes contiguous, one scale_inv each);
 // out [B, Lq, H, D] contiguous. args: scale (0 → 1/sqrt(D)) and seq_lens (packed sequences,
 // host i32 [R] summing to Lq = Lk; attention stays inside each sequence, zero lengths allowed);
@@ -103,16 +111,21 @@ enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 // 9.14 O is stored in E4M3, see Fp8AttentionOut: 3.0 % relative to bf16 attention on the same
 // HiF8 inputs instead of ~1.3 % for the P rounding alone, docs/PERF.md); where cuDNN has no
 // engine for the shape the codes are dequantized to bf16 and ops::attention runs (logged under
-// OSP_VERBOSE=1; fp8_attention_last_path() says which ran). No host sync.
+// OSP_VERBOSE=1; fp8_attention_last_path() says which ran). No host sync. On a Hopper GPU the
+// own FP8 kernel (see Fp8AttentionKernel) runs instead where it applies: the arithmetic above
+// with blocks of 128 keys and O in bf16.
 // CPU: out F32 or BF16; fp8_attention_emulate with the default options (O not rounded).
 void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
-                   const ops::AttentionArgs& args = {});
+                   const ops::AttentionArgs& args = {},
+                   Fp8AttentionKernel kernel = Fp8AttentionKernel::Auto);
 // q/k/v F32/BF16 (CPU or CUDA, any values, may be strided): each HiF8-quantized per tensor at
 // scale 15/amax (hif8_quantize_e4m3, exactly the HiF8 mode's fake quant), then fp8_attention.
 void hif8_attention_fp8(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                        const ops::AttentionArgs& args = {});
-// "cudnn_fp8", "bf16_fallback" or "cpu_emulation": the path the last fp8_attention call took
-// (process-wide, for tests and benchmarks).
+                        const ops::AttentionArgs& args = {},
+                        Fp8AttentionKernel kernel = Fp8AttentionKernel::Auto);
+// "hopper_fp8", "cudnn_fp8", "bf16_fallback" or "cpu_emulation": the path the last
+// fp8_attention call took (process-wide, for tests and benchmarks; "hopper_fp8" when every
+// sequence ran on the own kernel).
 const char* fp8_attention_last_path();
 // The cuDNN graph variant that built the last FP8 SDPA plan (e.g. "O bf16, stats virtual"),
 // or the reasons every variant failed; empty before the first CUDA call. OSP_FP8_SDPA_PROBE=1

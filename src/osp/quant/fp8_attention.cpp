@@ -15,6 +15,8 @@
 #include <cuda_runtime.h>
 
 #include "osp/core/cuda_check.h"
+#include "osp/core/settings.h"
+#include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/quant/cuda/fp8_attention_cuda.h"
 #endif
@@ -202,12 +204,24 @@ void fallback_segment(const Tensor& qb, const Tensor& kb, const Tensor& vb, Tens
   }
 }
 
+// Whether a sequence of nk keys runs on the own Hopper FP8 kernel (Fp8AttentionKernel, fp8.h).
+bool use_hopper(Fp8AttentionKernel kernel, const Problem& p, int64_t nk) {
+  const EngineSettings::Attention forced = engine_settings().attention;
+  if (kernel == Fp8AttentionKernel::Auto) {
+    if (forced == EngineSettings::Attention::Cudnn || forced == EngineSettings::Attention::Flash) return false;
+    if (forced == EngineSettings::Attention::Hopper) kernel = Fp8AttentionKernel::Hopper;
+  }
+  if (kernel == Fp8AttentionKernel::Cudnn) return false;
+  if (kernel == Fp8AttentionKernel::Hopper) return true;  // attention_hopper_fp8 says what it cannot run
+  return p.D == 128 && nk >= ops::cuda::kHopperMinKeys && ops::cuda::hopper_attention_supported();
+}
+
 void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
-              const Problem& p) {
+              const Problem& p, Fp8AttentionKernel kernel) {
   OSP_CHECK(out.dtype() == DType::BF16, "fp8_attention (CUDA): out must be bf16, got ", out.desc());
   const int64_t row = p.H * p.D;
   Tensor qb, kb, vb;  // dequantized operands, made on the first fallback
-  bool fell_back = false;
+  bool fell_back = false, all_hopper = true;
   for (const Segment& sg : p.segs) {
     if (sg.nq == 0) continue;
     if (sg.nk == 0) {  // no key: those rows are 0
@@ -233,6 +247,29 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
     c.descale_v = v.scale_inv.data<float>();
     c.attn_scale = p.scale;
     c.out = static_cast<uint16_t*>(out.raw()) + sg.q0 * row;
+    if (use_hopper(kernel, p, sg.nk)) {
+      ops::cuda::HopperFp8Call h;
+      h.B = c.B;
+      h.H = c.H;
+      h.Lq = c.Lq;
+      h.Lk = c.Lk;
+      h.D = c.D;
+      h.q_bstride = c.q_bstride;
+      h.kv_bstride = c.kv_bstride;
+      h.o_bstride = c.o_bstride;
+      h.q = c.q;
+      h.k = c.k;
+      h.v = c.v;
+      h.descale_q = c.descale_q;
+      h.descale_k = c.descale_k;
+      h.descale_v = c.descale_v;
+      h.scale = c.attn_scale;
+      h.out = c.out;
+      h.device = out.device();
+      ops::cuda::attention_hopper_fp8(h);
+      continue;
+    }
+    all_hopper = false;
     std::string why;
     if (cuda::fp8_sdpa_cudnn(c, &why)) continue;
     ops::cuda::log_once(str("fp8-attn-fallback-", p.B, "-", p.H, "-", sg.nq, "-", sg.nk, "-", p.D),
@@ -251,7 +288,7 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
     fallback_segment(qb, kb, vb, out, p, sg);
     fell_back = true;
   }
-  g_last_path = fell_back ? "bf16_fallback" : "cudnn_fp8";
+  g_last_path = fell_back ? "bf16_fallback" : all_hopper ? "hopper_fp8" : "cudnn_fp8";
 }
 #endif
 
@@ -289,13 +326,13 @@ void fp8_attention_emulate(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tens
 }
 
 void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
-                   const ops::AttentionArgs& args) {
+                   const ops::AttentionArgs& args, Fp8AttentionKernel kernel) {
   const char* fn = "fp8_attention";
   Problem p = validate(q, k, v, out, args, fn);
   if (q.codes.device().is_cuda()) {
 #ifdef OSP_HAVE_CUDA
     if (out.numel() == 0) return;
-    run_cuda(q, k, v, out, p);
+    run_cuda(q, k, v, out, p, kernel);
     return;
 #else
     fail("fp8_attention: tensors are on CUDA but this build has no CUDA backend");
@@ -308,7 +345,7 @@ void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, T
 }
 
 void hif8_attention_fp8(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                        const ops::AttentionArgs& args) {
+                        const ops::AttentionArgs& args, Fp8AttentionKernel kernel) {
   const char* fn = "hif8_attention_fp8";
   for (const Tensor* t : {&q, &k, &v})
     OSP_CHECK(t->defined() && (t->dtype() == DType::F32 || t->dtype() == DType::BF16), fn,
@@ -319,7 +356,7 @@ void hif8_attention_fp8(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
   Fp8Tensor q8 = hif8_quantize_e4m3(q, kHiF8ForwardMax);
   Fp8Tensor k8 = hif8_quantize_e4m3(k, kHiF8ForwardMax);
   Fp8Tensor v8 = hif8_quantize_e4m3(v, kHiF8ForwardMax);
-  fp8_attention(q8, k8, v8, out, args);
+  fp8_attention(q8, k8, v8, out, args, kernel);
 }
 
 }  // namespace osp::quant

@@ -341,9 +341,6 @@ void validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
 // The scores' scale: AttentionArgs::scale, or 1/sqrt(D) when it is 0.
 float softmax_scale(const AttentionArgs& a, int64_t D) { return a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D)); }
 
-// Fewest keys for which cuda::attention's auto choice takes the own Hopper kernel.
-constexpr int64_t kHopperMinKeys = 2048;
-
 int forced_path() {  // 0 auto, 1 flash, 2 cudnn, 3 hopper (OSP_ATTENTION, core/settings.h)
   switch (engine_settings().attention) {
     case EngineSettings::Attention::Flash: return 1;

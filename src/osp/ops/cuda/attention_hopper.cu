@@ -26,12 +26,15 @@
 // Each 128 × 128 tile is two TMA boxes of 128 rows × 64 columns (128 bytes a row, swizzled).
 #include <cuda.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "osp/core/error.h"
+#include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 
 namespace osp::ops::cuda {
@@ -46,15 +49,34 @@ constexpr int kN = 128;  // keys per K/V tile
 constexpr int kD = 128;  // head dim
 constexpr int kStages = 2;
 constexpr int kThreads = 384;
-constexpr uint32_t kHalf = 128 * 64 * 2;  // one TMA box: 128 rows x 64 bf16 = 16 KB
-constexpr uint32_t kTile = 2 * kHalf;     // 128 rows x 128 bf16 = 32 KB
-constexpr uint32_t kOffK = kTile, kOffV = kTile * (1 + kStages), kOffBar = kTile * (1 + 2 * kStages);
-constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
+constexpr uint32_t kHalf = 128 * 128;  // one TMA box: 128 rows x 128 bytes = 16 KB
+
+// The two element types. A tile is 128 rows x 128 dims; a row is 128 bytes per TMA box, so a
+// bf16 tile is two boxes (dims 0-63, 64-127) and an E4M3 tile one. The FP8 kernel's V tile is
+// Vᵀ (128 dims x 128 keys, see fp8_v_transpose_kernel), because FP8 wgmma reads B K-major only.
+template <bool kFp8_>
+struct Tiles {
+  static constexpr bool kFp8 = kFp8_;
+  static constexpr int kBoxes = kFp8 ? 1 : 2;
+  static constexpr uint32_t kTile = kBoxes * kHalf;
+  static constexpr uint32_t kOffK = kTile, kOffV = kTile * (1 + kStages), kOffBar = kTile * (1 + 2 * kStages);
+  static constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
+};
+using Bf16Tiles = Tiles<false>;
+using Fp8Tiles = Tiles<true>;
+
+// log2 of kFp8AttentionScaleP (quant/fp8.h): the FP8 kernel's exponentials are P·448, so the
+// E4M3 rounding of P·448 is a plain conversion.
+constexpr float kLog2Fp8ScaleP = 8.807354922057604f;  // log2(448)
 
 struct HopperParams {
   __nv_bfloat16* o;
-  const int* kv_lens;  // device [B] or null
-  const int* q_lens;   // device [B] or null
+  const int* kv_lens;  // device [B] or null (bf16 only)
+  const int* q_lens;   // device [B] or null (bf16 only)
+  const float* descale_q;  // FP8: device f32 each (the codes' scale_inv); bf16: null
+  const float* descale_k;
+  const float* descale_v;
+  int64_t o_bstride;  // elements between samples of o (rows are H·128 apart)
   int Lq, Lk, H;
   float scale_log2;  // softmax scale * log2(e)
 };
@@ -89,6 +111,13 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(d), "r"(h), "r"(row), "r"(b)
+      : "memory");
+}
+// TMA: one box of the 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ.
+__device__ __forceinline__ void tma_load3(uint32_t dst, const CUtensorMap* map, uint32_t bar, int key, int d, int bh) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(key), "r"(d), "r"(bh)
       : "memory");
 }
 __device__ __forceinline__ void named_sync(int id) {
@@ -155,28 +184,61 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t* a, uint
                : OSP_WGMMA_ACC64_OUT(d)
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
+// FP8: d[64] (+)= A[64 x 32] · B[32 x 128], E4M3, both from shared memory, K-major (FP8 wgmma
+// has no transposed operands).
+__device__ __forceinline__ void wgmma_ss_fp8(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC64 ", %64, %65, p, 1, 1;\n}\n"
+               : OSP_WGMMA_ACC64_OUT(d)
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// FP8: d[64] += A[64 x 32] · B[32 x 128]: A from registers (4 x 4 E4M3 per thread), B K-major.
+__device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC64
+               ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+               : OSP_WGMMA_ACC64_OUT(d)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
 #undef OSP_WGMMA_ACC64
 #undef OSP_WGMMA_ACC64_OUT
 
-// S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile` (8 k-steps of 16 dims).
+// S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile`: bf16 8 k-steps of 16
+// dims (32 bytes; the second 4 in the dims-64..127 box), E4M3 4 k-steps of 32 dims.
+template <class T>
 __device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
+  if constexpr (T::kFp8) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    const uint32_t off = (kk / 4) * kHalf + (kk % 4) * 32;
-    wgmma_ss(s, smem_desc(q_rows + off, 16, 1024), smem_desc(k_tile + off, 16, 1024), kk > 0);
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_fp8(s, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint32_t off = (kk / 4) * kHalf + (kk % 4) * 32;
+      wgmma_ss(s, smem_desc(q_rows + off, 16, 1024), smem_desc(k_tile + off, 16, 1024), kk > 0);
+    }
   }
 }
-// O += P·V with P as bf16 A fragments (p[4 kk .. 4 kk + 3] covers keys 16 kk .. 16 kk + 15).
+// O += P·V. bf16: P as A fragments p[4 kk .. 4 kk + 3] covering keys 16 kk .. 16 kk + 15, V
+// [keys x dims] read MN-major. E4M3: p[4 kk .. 4 kk + 3] cover key positions 32 kk .. 32 kk + 31
+// of Vᵀ [dims x keys] (K-major), whose keys are stored in pack_p's order.
+template <class T>
 __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t v_tile) {
+  if constexpr (T::kFp8) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, kHalf, 1024));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + kk * 32, 16, 1024));
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, kHalf, 1024));
+  }
 }
 
 // Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, returns the rescale factors.
-__device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, float scale_log2, float (&m)[2],
-                                             float (&l)[2], float (&alpha)[2]) {
+// The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
+__device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, float scale_log2, float p_log2,
+                                             float (&m)[2], float (&l)[2], float (&alpha)[2]) {
   if (lim < kN) {
 #pragma unroll
     for (int j = 0; j < 16; ++j)
@@ -192,7 +254,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, flo
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     alpha[i] = fast_exp2((m[i] - mx) * scale_log2);  // m = -inf on the first tile: 0
-    const float ms = mx * scale_log2;
+    const float ms = mx * scale_log2 - p_log2;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < 16; ++j)
@@ -207,7 +269,19 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, flo
   }
 }
 
-// O *= alpha per row; P (bf16 A fragments) from the exponentials in s.
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {  // a in the low byte
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
+// O *= alpha per row; P as A fragments from the exponentials in s.
+// bf16 (m64k16: a0 row r0 keys 2t, 2t+1; a1 row r0 + 8; a2/a3 the same 8 keys on): the
+// accumulator's own layout. E4M3 (m64k32: a0 row r0 positions 4t .. 4t + 3, a1 row r0 + 8,
+// a2/a3 positions 16 + 4t ..): the thread holds keys 2t, 2t+1, 2t+8, 2t+9 (+16) of each 32, so
+// position 4t + e carries key 2t + (e & 1) + 8 (e >> 1) (+16) — fp8_v_transpose_kernel stores
+// Vᵀ's keys in that order, and no register moves between threads.
+template <class T>
 __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[64], const float (&alpha)[2],
                                                  uint32_t (&p)[32]) {
 #pragma unroll
@@ -217,37 +291,50 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
     o[4 * j + 2] *= alpha[1];
     o[4 * j + 3] *= alpha[1];
   }
+  if constexpr (T::kFp8) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    p[4 * kk + 0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);  // row r0,     keys 16kk + 2t
-    p[4 * kk + 1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);  // row r0 + 8, keys 16kk + 2t
-    p[4 * kk + 2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);  // row r0,     keys 16kk + 8 + 2t
-    p[4 * kk + 3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);  // row r0 + 8, keys 16kk + 8 + 2t
+    for (int kk = 0; kk < 4; ++kk) {
+      const float* x = s + 16 * kk;  // columns 32 kk + {2t, 2t+1 | 8+2t, 9+2t | 16+.. | 24+..}
+      p[4 * kk + 0] = pack_e4m3x4(x[0], x[1], x[4], x[5]);      // row r0
+      p[4 * kk + 1] = pack_e4m3x4(x[2], x[3], x[6], x[7]);      // row r0 + 8
+      p[4 * kk + 2] = pack_e4m3x4(x[8], x[9], x[12], x[13]);    // row r0,     +16
+      p[4 * kk + 3] = pack_e4m3x4(x[10], x[11], x[14], x[15]);  // row r0 + 8, +16
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      p[4 * kk + 0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);  // row r0,     keys 16kk + 2t
+      p[4 * kk + 1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);  // row r0 + 8, keys 16kk + 2t
+      p[4 * kk + 2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);  // row r0,     keys 16kk + 8 + 2t
+      p[4 * kk + 3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);  // row r0 + 8, keys 16kk + 8 + 2t
+    }
   }
 }
 #endif  // OSP_HOPPER_DEVICE
 
-template <bool kPingpong>
+// T: Bf16Tiles (tq/tk/tv the 4-D maps of q, k, v) or Fp8Tiles (tq/tk of the E4M3 codes, tv the
+// 3-D map of Vᵀ).
+template <class T, bool kPingpong>
 __global__ void __launch_bounds__(kThreads, 1)
     hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                             const __grid_constant__ CUtensorMap tv, HopperParams p) {
 #ifdef OSP_HOPPER_DEVICE
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sQ = base, bar = base + kOffBar;
+  const uint32_t sQ = base, bar = base + T::kOffBar;
   // mbarriers, 8 bytes each: 0 Q, 1 + s full K, 3 + s full V, 5 + s empty K, 7 + s empty V
   auto full_k = [&](int s) { return bar + 8u * (1 + s); };
   auto full_v = [&](int s) { return bar + 8u * (3 + s); };
   auto empty_k = [&](int s) { return bar + 8u * (5 + s); };
   auto empty_v = [&](int s) { return bar + 8u * (7 + s); };
-  auto k_tile = [&](int s) { return base + kOffK + uint32_t(s) * kTile; };
-  auto v_tile = [&](int s) { return base + kOffV + uint32_t(s) * kTile; };
+  auto k_tile = [&](int s) { return base + T::kOffK + uint32_t(s) * T::kTile; };
+  auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kTile; };
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const int kv_len = p.kv_lens ? min(max(p.kv_lens[b], 0), p.Lk) : p.Lk;
   const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
   const int64_t row_stride = int64_t(p.H) * kD;
-  __nv_bfloat16* og = p.o + int64_t(b) * p.Lq * row_stride + int64_t(h) * kD;
+  __nv_bfloat16* og = p.o + int64_t(b) * p.o_bstride + int64_t(h) * kD;
   if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
     for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
       const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
@@ -272,20 +359,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {  // ---------------------------------------------------------- producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
     if (tid == 0) {
-      mbar_expect_tx(bar, kTile);
-      tma_load(sQ, &tq, bar, 0, h, m0, b);
-      tma_load(sQ + kHalf, &tq, bar, 64, h, m0, b);
+      // rows [row, row + 128) of a [B, L, H, 128] map, all dims: T::kBoxes boxes of 128 bytes a row
+      auto load_rows = [&](uint32_t dst, const CUtensorMap* map, uint32_t full, int row) {
+#pragma unroll
+        for (int x = 0; x < T::kBoxes; ++x) tma_load(dst + x * kHalf, map, full, 64 * x, h, row, b);
+      };
+      mbar_expect_tx(bar, T::kTile);
+      load_rows(sQ, &tq, bar, m0);
       for (int j = 0; j < n_tiles; ++j) {
         const int s = j % kStages;
         const uint32_t ph = (j / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
-        mbar_expect_tx(full_k(s), kTile);
-        tma_load(k_tile(s), &tk, full_k(s), 0, h, j * kN, b);
-        tma_load(k_tile(s) + kHalf, &tk, full_k(s), 64, h, j * kN, b);
+        mbar_expect_tx(full_k(s), T::kTile);
+        load_rows(k_tile(s), &tk, full_k(s), j * kN);
         mbar_wait(empty_v(s), ph ^ 1);
-        mbar_expect_tx(full_v(s), kTile);
-        tma_load(v_tile(s), &tv, full_v(s), 0, h, j * kN, b);
-        tma_load(v_tile(s) + kHalf, &tv, full_v(s), 64, h, j * kN, b);
+        mbar_expect_tx(full_v(s), T::kTile);
+        if constexpr (T::kFp8) tma_load3(v_tile(s), &tv, full_v(s), j * kN, 0, b * p.H + h);
+        else load_rows(v_tile(s), &tv, full_v(s), j * kN);
       }
     }
     return;
@@ -296,6 +386,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = tid / 32, lane = tid % 32, t = lane % 4;
   const int r0 = warp * 16 + lane / 4;  // this thread's rows: r0 and r0 + 8 of the warpgroup's 64
   const uint32_t q_rows = sQ + uint32_t(c) * 64 * 128;
+  float scale_log2 = p.scale_log2, p_log2 = 0.f, out_mul = 1.f;
+  if constexpr (T::kFp8) {  // scores in code units; exponentials as P·448; O back from v's units
+    scale_log2 *= __ldg(p.descale_q) * __ldg(p.descale_k);
+    p_log2 = kLog2Fp8ScaleP;
+    out_mul = __ldg(p.descale_v);
+  }
   float o[64], s[64];
   uint32_t pf[32];
 #pragma unroll
@@ -311,60 +407,63 @@ __global__ void __launch_bounds__(kThreads, 1)
   mbar_wait(full_k(0), 0);
   my_turn();
   wg_fence();
-  issue_qk(s, q_rows, k_tile(0));
+  issue_qk<T>(s, q_rows, k_tile(0));
   wg_commit();
   your_turn();
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile(s, lim(0), t, p.scale_log2, m, l, alpha);
-  rescale_and_pack(o, s, alpha, pf);
+  softmax_tile(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  rescale_and_pack<T>(o, s, alpha, pf);
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
     mbar_wait(full_k(st), (j / kStages) & 1);
     mbar_wait(full_v(ps), ((j - 1) / kStages) & 1);
     my_turn();
     wg_fence();
-    issue_qk(s, q_rows, k_tile(st));
+    issue_qk<T>(s, q_rows, k_tile(st));
     wg_commit();
-    issue_pv(o, pf, v_tile(ps));
+    issue_pv<T>(o, pf, v_tile(ps));
     wg_commit();
     your_turn();
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    softmax_tile(s, lim(j), t, p.scale_log2, m, l, alpha);
+    softmax_tile(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
-    rescale_and_pack(o, s, alpha, pf);
+    rescale_and_pack<T>(o, s, alpha, pf);
   }
-  // the last V tile: keys >= kv_len are zeroed first (P is 0 there, but 0 · NaN is not 0);
-  // both consumers share the tile, so they split the rows and meet at barrier 3
   const int ls = (n_tiles - 1) % kStages, last = lim(n_tiles - 1);
   mbar_wait(full_v(ls), ((n_tiles - 1) / kStages) & 1);
-  if (last < kN) {
-    const uint32_t vt = v_tile(ls);
-    for (int i = c * 128 + tid; i < (kN - last) * 16; i += 256) {  // 16 chunks of 16 B per row
-      const int r = last + i / 16, ch = i % 16;
-      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(vt + (ch / 8) * kHalf + r * 128 +
-                                                                        (ch % 8) * 16),
-                   "r"(0)
-                   : "memory");
+  if constexpr (!T::kFp8) {
+    // the last V tile: keys >= kv_len are zeroed first (P is 0 there, but 0 · NaN is not 0);
+    // both consumers share the tile, so they split the rows and meet at barrier 3. (The FP8
+    // kernel's Vᵀ holds zeros past Lk already.)
+    if (last < kN) {
+      const uint32_t vt = v_tile(ls);
+      for (int i = c * 128 + tid; i < (kN - last) * 16; i += 256) {  // 16 chunks of 16 B per row
+        const int r = last + i / 16, ch = i % 16;
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(vt + (ch / 8) * kHalf + r * 128 +
+                                                                          (ch % 8) * 16),
+                     "r"(0)
+                     : "memory");
+      }
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      named_sync(3);
     }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    named_sync(3);
   }
   my_turn();
   wg_fence();
-  issue_pv(o, pf, v_tile(ls));
+  issue_pv<T>(o, pf, v_tile(ls));
   wg_commit();
   your_turn();
   wg_wait<0>();
   reg_fence(o);
   if (kPingpong && c == 0) named_sync(1);  // absorbs consumer 1's last hand-over
 
-  // O / l, bf16, rows >= q_len as 0
+  // O / l (· dv for FP8), bf16, rows >= q_len as 0
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
@@ -372,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int row = m0 + c * 64 + r0 + 8 * i;
     if (row >= p.Lq) continue;
     const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros
-    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    const float inv = l[i] > 0.f ? out_mul / l[i] : 0.f;
     __nv_bfloat16* dst = og + int64_t(row) * row_stride + 2 * t;
 #pragma unroll
     for (int j = 0; j < 16; ++j)
@@ -380,6 +479,43 @@ __global__ void __launch_bounds__(kThreads, 1)
           real ? pack_bf16x2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv) : 0u;
   }
 #endif  // OSP_HOPPER_DEVICE
+}
+
+// Vᵀ for the FP8 kernel: vt [B·H, 128, Lkp] (Lkp = Lk rounded up to 128) from the E4M3 codes v
+// [B, Lk, H, 128] (token rows H·128 bytes apart, samples v_bstride bytes apart). Within every
+// 32 keys, position 16 g + 4 t + e holds key 16 g + 2 t + (e & 1) + 8 (e >> 1) (the order in which
+// rescale_and_pack<Fp8Tiles> leaves P in registers); positions of keys >= Lk hold 0.
+// Grid (Lkp / 64, H, B), 256 threads: 64 keys x 128 dims through shared memory.
+__global__ void __launch_bounds__(256) fp8_v_transpose_kernel(const uint8_t* __restrict__ v, int64_t v_bstride,
+                                                              uint8_t* __restrict__ vt, int Lk, int Lkp, int H) {
+  constexpr int kKeys = 64, kPitch = 144;  // smem row pitch (bytes): 128 + 16 against bank conflicts
+  __shared__ __align__(16) uint8_t tile[kKeys * kPitch];
+  const int key0 = blockIdx.x * kKeys, h = blockIdx.y, b = blockIdx.z;
+  const uint8_t* src = v + int64_t(b) * v_bstride + int64_t(h) * kD;
+  for (int i = threadIdx.x; i < kKeys * 8; i += 256) {  // 8 chunks of 16 bytes per key
+    const int key = i / 8, ch = i % 8;
+    uint4 x = make_uint4(0, 0, 0, 0);
+    if (key0 + key < Lk) x = *reinterpret_cast<const uint4*>(src + int64_t(key0 + key) * H * kD + ch * 16);
+    *reinterpret_cast<uint4*>(tile + key * kPitch + ch * 16) = x;
+  }
+  __syncthreads();
+  uint8_t* dst = vt + (int64_t(b) * H + h) * kD * Lkp + key0;
+  for (int i = threadIdx.x; i < kD * (kKeys / 16); i += 256) {  // 16 positions per chunk
+    const int d = i / (kKeys / 16), p0 = (i % (kKeys / 16)) * 16;
+    uint32_t w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int pos = p0 + 4 * q + e, in32 = pos % 32;
+        const int key = (pos - in32) + 16 * (in32 / 16) + 2 * ((in32 / 4) % 4) + (e & 1) + 8 * (e >> 1);
+        word |= uint32_t(tile[key * kPitch + d]) << (8 * e);
+      }
+      w[q] = word;
+    }
+    *reinterpret_cast<uint4*>(dst + int64_t(d) * Lkp + p0) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
 }
 
 // 1 when this build holds the sm_90a code of the kernel above.
@@ -402,18 +538,46 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// The 4-D tensor map {d, h, row, b} of a bf16 [B, L, H, 128] tensor, boxes of 64 d x 128 rows.
-CUtensorMap tensor_map(const void* data, int64_t B, int64_t L, int64_t H) {
+CUtensorMap encode(CUtensorMapDataType type, int rank, const void* data, const cuuint64_t* dims,
+                   const cuuint64_t* strides, const cuuint32_t* box) {
   CUtensorMap map{};
-  const cuuint64_t dims[4] = {cuuint64_t(kD), cuuint64_t(H), cuuint64_t(L), cuuint64_t(B)};
-  const cuuint64_t strides[3] = {cuuint64_t(kD) * 2, cuuint64_t(H * kD) * 2, cuuint64_t(L * H * kD) * 2};
-  const cuuint32_t box[4] = {64, 1, 128, 1}, elem[4] = {1, 1, 1, 1};
-  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(data), dims,
-                                          strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const cuuint32_t elem[4] = {1, 1, 1, 1};
+  const CUresult r = tensor_map_encoder()(&map, type, rank, const_cast<void*>(data), dims, strides, box, elem,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   OSP_CHECK(r == CUDA_SUCCESS, "cuda::attention_hopper: cuTensorMapEncodeTiled failed (", int(r), ")");
   return map;
+}
+
+// The 4-D tensor map {d, h, row, b} of a [B, L, H, 128] tensor of bf16 or E4M3 (token rows H·128
+// elements apart, samples bstride elements apart), boxes of 128 bytes x 128 rows.
+CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t H, int64_t bstride) {
+  const cuuint64_t es = fp8 ? 1 : 2;
+  const cuuint64_t dims[4] = {cuuint64_t(kD), cuuint64_t(H), cuuint64_t(L), cuuint64_t(B)};
+  const cuuint64_t strides[3] = {kD * es, cuuint64_t(H * kD) * es, cuuint64_t(bstride) * es};
+  const cuuint32_t box[4] = {cuuint32_t(128 / es), 1, 128, 1};
+  return encode(fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, data, dims, strides, box);
+}
+
+// The 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ [B·H, 128, Lkp], boxes of 128 keys x 128 dims.
+CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
+  const cuuint64_t dims[3] = {cuuint64_t(Lkp), cuuint64_t(kD), cuuint64_t(BH)};
+  const cuuint64_t strides[2] = {cuuint64_t(Lkp), cuuint64_t(Lkp) * kD};
+  const cuuint32_t box[3] = {128, 128, 1};
+  return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
+}
+
+template <class T>
+void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const HopperParams& p,
+                   int64_t B, bool pingpong) {
+  const dim3 grid(unsigned((p.Lq + kM - 1) / kM), unsigned(p.H), unsigned(B));
+  auto launch = [&](auto kernel) {
+    OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
+    kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
+  };
+  if (pingpong) launch(hopper_attention_kernel<T, true>);
+  else launch(hopper_attention_kernel<T, false>);
+  OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
 }
 }  // namespace
 
@@ -444,18 +608,40 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
-  const CUtensorMap tq = tensor_map(q.raw(), B, Lq, H), tk = tensor_map(k.raw(), B, Lk, H),
-                    tv = tensor_map(v.raw(), B, Lk, H);
-  HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, int(Lq), int(Lk), int(H),
-                 scale * 1.4426950408889634f};
-  const dim3 grid(unsigned((Lq + kM - 1) / kM), unsigned(H), unsigned(B));
-  auto launch = [&](auto kernel) {
-    OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-    kernel<<<grid, kThreads, kSmemBytes, stream()>>>(tq, tk, tv, p);
-  };
-  if (pingpong) launch(hopper_attention_kernel<true>);
-  else launch(hopper_attention_kernel<false>);
-  OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
+  const CUtensorMap tq = tensor_map(q.raw(), false, B, Lq, H, Lq * H * kD),
+                    tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD),
+                    tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD);
+  const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
+                       Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
+  launch_kernel<Bf16Tiles>(tq, tk, tv, p, B, pingpong);
+}
+
+void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
+  const char* fn = "cuda::attention_hopper_fp8";
+  OSP_CHECK(hopper_attention_supported(), fn, ": needs a compute-capability 9.0 GPU and a build for sm_90a");
+  OSP_CHECK(c.D == 128, fn, ": head dim must be 128, got ", c.D);
+  OSP_CHECK(c.B >= 0 && c.H > 0 && c.Lq >= 0 && c.Lk >= 0 && c.B <= 65535 && c.H <= 65535 &&
+                c.Lq < (int64_t(1) << 31) && c.Lk < (int64_t(1) << 31) - 128,
+            fn, ": B and H must be <= 65535 and L < 2^31, got B=", c.B, " H=", c.H, " Lq=", c.Lq, " Lk=", c.Lk);
+  OSP_CHECK(c.q && c.k && c.v && c.out && c.descale_q && c.descale_k && c.descale_v, fn, ": null pointer");
+  for (const void* ptr : {c.q, c.k, c.v, static_cast<const void*>(c.out)})
+    OSP_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0, fn, ": operands must be 16-byte aligned");
+  OSP_CHECK(c.q_bstride % 16 == 0 && c.kv_bstride % 16 == 0 && c.o_bstride % 8 == 0, fn,
+            ": batch strides must be whole 16-byte units, got ", c.q_bstride, ", ", c.kv_bstride, ", ", c.o_bstride);
+  if (c.B == 0 || c.Lq == 0) return;
+  const int64_t Lkp = std::max<int64_t>((c.Lk + 127) / 128 * 128, 128);
+  Tensor vt = Tensor::empty({c.B * c.H, kD, Lkp}, DType::F8E4M3, c.device);
+  const dim3 tgrid(unsigned(Lkp / 64), unsigned(c.H), unsigned(c.B));
+  fp8_v_transpose_kernel<<<tgrid, 256, 0, stream()>>>(static_cast<const uint8_t*>(c.v), c.kv_bstride,
+                                                      static_cast<uint8_t*>(vt.raw()), int(c.Lk), int(Lkp), int(c.H));
+  OSP_CUDA_LAUNCH_CHECK("fp8_v_transpose_kernel");
+  const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride),
+                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride),
+                    tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
+  const float scale = c.scale > 0 ? c.scale : 1.f / std::sqrt(float(kD));
+  const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
+                       c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
+  launch_kernel<Fp8Tiles>(tq, tk, tv, p, c.B, pingpong);
 }
 
 }  // namespace osp::ops::cuda

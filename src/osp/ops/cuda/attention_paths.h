@@ -37,6 +37,33 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 // 628 vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                       const AttentionArgs& args, bool pingpong = false);
+// The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
+// says the arithmetic): q [B, Lq, H, 128], k/v [B, Lk, H, 128] E4M3 codes (token rows H·128
+// bytes apart, samples *_bstride bytes apart, 16-byte aligned) with one device f32 scale_inv
+// each, out bf16 [B, Lq, H, 128] (rows H·128 apart, samples o_bstride elements apart). P is
+// rounded to E4M3 at scale 448 with the running max of each block of 128 keys; O is not rounded
+// beyond bf16. V is first transposed into a scratch tensor on `device` (FP8 wgmma reads its B
+// operand K-major only). No padding masks (quant::fp8_attention has none). Throws when
+// hopper_attention_supported() is false.
+struct HopperFp8Call {
+  int64_t B = 0, H = 0, Lq = 0, Lk = 0, D = 0;
+  int64_t q_bstride = 0, kv_bstride = 0, o_bstride = 0;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* descale_q = nullptr;
+  const float* descale_k = nullptr;
+  const float* descale_v = nullptr;
+  float scale = 0;  // 0: 1/sqrt(D)
+  void* out = nullptr;
+  Device device = Device::cuda();
+};
+void attention_hopper_fp8(const HopperFp8Call& call, bool pingpong = false);
+
+// Fewest keys for which the auto choices (cuda::attention, quant::fp8_attention) take the own
+// Hopper kernels.
+inline constexpr int64_t kHopperMinKeys = 2048;
+
 // True on a compute-capability 9.0 GPU when this build holds the kernel's sm_90a code
 // (CMAKE_CUDA_ARCHITECTURES=90a, the default).
 bool hopper_attention_supported();
