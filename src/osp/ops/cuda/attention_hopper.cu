@@ -45,25 +45,30 @@ namespace {
 #endif
 
 constexpr int kM = 128;  // query rows per CTA (64 per consumer warpgroup)
-constexpr int kN = 128;  // keys per K/V tile
 constexpr int kD = 128;  // head dim
 constexpr int kStages = 2;
 constexpr int kThreads = 384;
-constexpr uint32_t kHalf = 128 * 128;  // one TMA box: 128 rows x 128 bytes = 16 KB
+constexpr uint32_t kHalf = 128 * 128;  // one TMA box of Q: 128 rows x 128 bytes = 16 KB
 
-// The two element types. A tile is 128 rows x 128 dims; a row is 128 bytes per TMA box, so a
-// bf16 tile is two boxes (dims 0-63, 64-127) and an E4M3 tile one. The FP8 kernel's V tile is
-// Vᵀ (128 dims x 128 keys, see fp8_v_transpose_kernel), because FP8 wgmma reads B K-major only.
-template <bool kFp8_>
+// The variants: element type and keys per K/V tile (kN). A row of a tile is 128 bytes per TMA
+// box, so a bf16 tile is two boxes (dims 0-63, 64-127) and an E4M3 tile one; Q is 128 rows, K
+// and V kN rows. The FP8 kernel's V tile is Vᵀ (128 dims x 128 keys, see
+// fp8_v_transpose_kernel), because FP8 wgmma reads B K-major only.
+template <bool kFp8_, int kN_>
 struct Tiles {
   static constexpr bool kFp8 = kFp8_;
+  static constexpr int kN = kN_;
+  static_assert(kN == 128 || (!kFp8 && kN == 176), "the wgmma shapes written out below");
   static constexpr int kBoxes = kFp8 ? 1 : 2;
-  static constexpr uint32_t kTile = kBoxes * kHalf;
-  static constexpr uint32_t kOffK = kTile, kOffV = kTile * (1 + kStages), kOffBar = kTile * (1 + 2 * kStages);
+  static constexpr int kPRegs = kFp8 ? kN / 8 : kN / 4;  // P as A fragments, 32-bit registers
+  static constexpr uint32_t kQTile = kBoxes * kHalf;
+  static constexpr uint32_t kKVBox = uint32_t(kN) * 128;  // one K/V box: kN rows x 128 bytes
+  static constexpr uint32_t kKVTile = kBoxes * kKVBox;
+  static constexpr uint32_t kOffK = kQTile, kOffV = kOffK + kStages * kKVTile, kOffBar = kOffV + kStages * kKVTile;
   static constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
+  static_assert(kKVTile % 1024 == 0 && kSmemBytes <= 227 * 1024, "tile alignment / shared memory");
 };
-using Bf16Tiles = Tiles<false>;
-using Fp8Tiles = Tiles<true>;
+using Fp8Tiles = Tiles<true, 128>;
 
 // log2 of kFp8AttentionScaleP (quant/fp8.h): the FP8 kernel's exponentials are P·448, so the
 // E4M3 rounding of P·448 is a plain conversion.
@@ -134,9 +139,10 @@ __device__ __forceinline__ void wg_wait() {
 }
 // Ties the accumulators to this point, so the compiler neither reads them before a wgmma wait
 // nor moves writes past a wgmma issue.
-__device__ __forceinline__ void reg_fence(float (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 // Shared-memory matrix descriptor, 128-byte swizzle. K-major operands: sbo = 1024 (8 rows of
 // 128 bytes), lbo unused (16). MN-major: lbo = distance between 64-column blocks, sbo = 1024.
@@ -154,8 +160,8 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// The 64 fp32 accumulators of a wgmma m64n128 as asm operands %0..%63: the register list and
-// the constraints.
+// The fp32 accumulators of a wgmma m64n128 (64) / m64n176 (88) as asm operands %0..: the
+// register list and the constraints.
 #define OSP_WGMMA_ACC64 \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 #define OSP_WGMMA_ACC64_OUT(d) \
@@ -167,6 +173,20 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
     "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
     "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define OSP_WGMMA_ACC88 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
+#define OSP_WGMMA_ACC88_OUT(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
 
 // d[64] (+)= A[64 x 16] · B[16 x 128]: A and B from shared memory, both K-major.
 __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
@@ -183,6 +203,13 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t* a, uint
                ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
                : OSP_WGMMA_ACC64_OUT(d)
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+// d[88] (+)= A[64 x 16] · B[16 x 176] (the 176-key tile), as wgmma_ss.
+__device__ __forceinline__ void wgmma_ss(float (&d)[88], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n176k16.f32.bf16.bf16 " OSP_WGMMA_ACC88 ", %88, %89, p, 1, 1, 0, 0;\n}\n"
+               : OSP_WGMMA_ACC88_OUT(d)
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 // FP8: d[64] (+)= A[64 x 32] · B[32 x 128], E4M3, both from shared memory, K-major (FP8 wgmma
 // has no transposed operands).
@@ -202,34 +229,36 @@ __device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, 
 }
 #undef OSP_WGMMA_ACC64
 #undef OSP_WGMMA_ACC64_OUT
+#undef OSP_WGMMA_ACC88
+#undef OSP_WGMMA_ACC88_OUT
 
 // S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile`: bf16 8 k-steps of 16
-// dims (32 bytes; the second 4 in the dims-64..127 box), E4M3 4 k-steps of 32 dims.
+// dims (32 bytes; the second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
 template <class T>
-__device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
+__device__ __forceinline__ void issue_qk(float (&s)[T::kN / 2], uint32_t q_rows, uint32_t k_tile) {
   if constexpr (T::kFp8) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
       wgmma_ss_fp8(s, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
   } else {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint32_t off = (kk / 4) * kHalf + (kk % 4) * 32;
-      wgmma_ss(s, smem_desc(q_rows + off, 16, 1024), smem_desc(k_tile + off, 16, 1024), kk > 0);
-    }
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss(s, smem_desc(q_rows + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024),
+               smem_desc(k_tile + (kk / 4) * T::kKVBox + (kk % 4) * 32, 16, 1024), kk > 0);
   }
 }
 // O += P·V. bf16: P as A fragments p[4 kk .. 4 kk + 3] covering keys 16 kk .. 16 kk + 15, V
 // [keys x dims] read MN-major. E4M3: p[4 kk .. 4 kk + 3] cover key positions 32 kk .. 32 kk + 31
-// of Vᵀ [dims x keys] (K-major), whose keys are stored in pack_p's order.
+// of Vᵀ [dims x keys] (K-major), whose keys are stored in rescale_and_pack's order.
 template <class T>
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t v_tile) {
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint32_t v_tile) {
   if constexpr (T::kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + kk * 32, 16, 1024));
+    for (int kk = 0; kk < T::kN / 32; ++kk) wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + kk * 32, 16, 1024));
   } else {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, kHalf, 1024));
+    for (int kk = 0; kk < T::kN / 16; ++kk)
+      wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, T::kKVBox, 1024));
   }
 }
 
@@ -237,11 +266,12 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32]
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, returns the rescale factors.
 // The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
-__device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, float scale_log2, float p_log2,
+template <int kN>
+__device__ __forceinline__ void softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
   if (lim < kN) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c)
         if (8 * j + 2 * t + c >= lim) s[4 * j + c] = s[4 * j + 2 + c] = -INFINITY;
@@ -250,14 +280,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], int lim, int t, flo
   for (int i = 0; i < 2; ++i) {
     float mx = m[i];
 #pragma unroll
-    for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+    for (int j = 0; j < kN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     alpha[i] = fast_exp2((m[i] - mx) * scale_log2);  // m = -inf on the first tile: 0
     const float ms = mx * scale_log2 - p_log2;
     float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
@@ -282,8 +312,8 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // position 4t + e carries key 2t + (e & 1) + 8 (e >> 1) (+16) — fp8_v_transpose_kernel stores
 // Vᵀ's keys in that order, and no register moves between threads.
 template <class T>
-__device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[64], const float (&alpha)[2],
-                                                 uint32_t (&p)[32]) {
+__device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[T::kN / 2], const float (&alpha)[2],
+                                                 uint32_t (&p)[T::kPRegs]) {
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
     o[4 * j + 0] *= alpha[0];
@@ -293,7 +323,7 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
   }
   if constexpr (T::kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
+    for (int kk = 0; kk < T::kN / 32; ++kk) {
       const float* x = s + 16 * kk;  // columns 32 kk + {2t, 2t+1 | 8+2t, 9+2t | 16+.. | 24+..}
       p[4 * kk + 0] = pack_e4m3x4(x[0], x[1], x[4], x[5]);      // row r0
       p[4 * kk + 1] = pack_e4m3x4(x[2], x[3], x[6], x[7]);      // row r0 + 8
@@ -302,7 +332,7 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
     }
   } else {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < T::kN / 16; ++kk) {
       p[4 * kk + 0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);  // row r0,     keys 16kk + 2t
       p[4 * kk + 1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);  // row r0 + 8, keys 16kk + 2t
       p[4 * kk + 2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);  // row r0,     keys 16kk + 8 + 2t
@@ -327,8 +357,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto full_v = [&](int s) { return bar + 8u * (3 + s); };
   auto empty_k = [&](int s) { return bar + 8u * (5 + s); };
   auto empty_v = [&](int s) { return bar + 8u * (7 + s); };
-  auto k_tile = [&](int s) { return base + T::kOffK + uint32_t(s) * T::kTile; };
-  auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kTile; };
+  auto k_tile = [&](int s) { return base + T::kOffK + uint32_t(s) * T::kKVTile; };
+  auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kKVTile; };
+  constexpr int kN = T::kN;
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const int kv_len = p.kv_lens ? min(max(p.kv_lens[b], 0), p.Lk) : p.Lk;
@@ -359,23 +390,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {  // ---------------------------------------------------------- producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
     if (tid == 0) {
-      // rows [row, row + 128) of a [B, L, H, 128] map, all dims: T::kBoxes boxes of 128 bytes a row
-      auto load_rows = [&](uint32_t dst, const CUtensorMap* map, uint32_t full, int row) {
+      // the rows from `row` of a [B, L, H, 128] map, all dims: T::kBoxes boxes (128 bytes a row)
+      // of box_bytes each
+      auto load_rows = [&](uint32_t dst, const CUtensorMap* map, uint32_t full, int row, uint32_t box_bytes) {
 #pragma unroll
-        for (int x = 0; x < T::kBoxes; ++x) tma_load(dst + x * kHalf, map, full, 64 * x, h, row, b);
+        for (int x = 0; x < T::kBoxes; ++x) tma_load(dst + x * box_bytes, map, full, 64 * x, h, row, b);
       };
-      mbar_expect_tx(bar, T::kTile);
-      load_rows(sQ, &tq, bar, m0);
+      mbar_expect_tx(bar, T::kQTile);
+      load_rows(sQ, &tq, bar, m0, kHalf);
       for (int j = 0; j < n_tiles; ++j) {
         const int s = j % kStages;
         const uint32_t ph = (j / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
-        mbar_expect_tx(full_k(s), T::kTile);
-        load_rows(k_tile(s), &tk, full_k(s), j * kN);
+        mbar_expect_tx(full_k(s), T::kKVTile);
+        load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
         mbar_wait(empty_v(s), ph ^ 1);
-        mbar_expect_tx(full_v(s), T::kTile);
+        mbar_expect_tx(full_v(s), T::kKVTile);
         if constexpr (T::kFp8) tma_load3(v_tile(s), &tv, full_v(s), j * kN, 0, b * p.H + h);
-        else load_rows(v_tile(s), &tv, full_v(s), j * kN);
+        else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
       }
     }
     return;
@@ -392,8 +424,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     p_log2 = kLog2Fp8ScaleP;
     out_mul = __ldg(p.descale_v);
   }
-  float o[64], s[64];
-  uint32_t pf[32];
+  float o[64], s[kN / 2];
+  uint32_t pf[T::kPRegs];
 #pragma unroll
   for (int i = 0; i < 64; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
@@ -413,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, pf);
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -429,7 +461,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    softmax_tile(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
@@ -445,7 +477,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t vt = v_tile(ls);
       for (int i = c * 128 + tid; i < (kN - last) * 16; i += 256) {  // 16 chunks of 16 B per row
         const int r = last + i / 16, ch = i % 16;
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(vt + (ch / 8) * kHalf + r * 128 +
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(vt + (ch / 8) * T::kKVBox + r * 128 +
                                                                           (ch % 8) * 16),
                      "r"(0)
                      : "memory");
@@ -550,12 +582,12 @@ CUtensorMap encode(CUtensorMapDataType type, int rank, const void* data, const c
 }
 
 // The 4-D tensor map {d, h, row, b} of a [B, L, H, 128] tensor of bf16 or E4M3 (token rows H·128
-// elements apart, samples bstride elements apart), boxes of 128 bytes x 128 rows.
-CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t H, int64_t bstride) {
+// elements apart, samples bstride elements apart), boxes of 128 bytes x box_rows rows.
+CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t H, int64_t bstride, int box_rows) {
   const cuuint64_t es = fp8 ? 1 : 2;
   const cuuint64_t dims[4] = {cuuint64_t(kD), cuuint64_t(H), cuuint64_t(L), cuuint64_t(B)};
   const cuuint64_t strides[3] = {kD * es, cuuint64_t(H * kD) * es, cuuint64_t(bstride) * es};
-  const cuuint32_t box[4] = {cuuint32_t(128 / es), 1, 128, 1};
+  const cuuint32_t box[4] = {cuuint32_t(128 / es), 1, cuuint32_t(box_rows), 1};
   return encode(fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, data, dims, strides, box);
 }
 
@@ -604,16 +636,19 @@ bool hopper_attention_supported() {
 // q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
 // q_lens / kv_lens device I32 [B] or null.
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, bool pingpong) {
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
-  const CUtensorMap tq = tensor_map(q.raw(), false, B, Lq, H, Lq * H * kD),
-                    tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD),
-                    tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD);
+  if (key_tile == 0) key_tile = kHopperKeyTile;
+  OSP_CHECK(key_tile == 128 || key_tile == 176, "cuda::attention_hopper: key tile must be 128 or 176, got ", key_tile);
+  const CUtensorMap tq = tensor_map(q.raw(), false, B, Lq, H, Lq * H * kD, kM),
+                    tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD, key_tile),
+                    tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, key_tile);
   const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
                        Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
-  launch_kernel<Bf16Tiles>(tq, tk, tv, p, B, pingpong);
+  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong);
+  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
 
 void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
@@ -635,8 +670,8 @@ void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
   fp8_v_transpose_kernel<<<tgrid, 256, 0, stream()>>>(static_cast<const uint8_t*>(c.v), c.kv_bstride,
                                                       static_cast<uint8_t*>(vt.raw()), int(c.Lk), int(Lkp), int(c.H));
   OSP_CUDA_LAUNCH_CHECK("fp8_v_transpose_kernel");
-  const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride),
-                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride),
+  const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride, kM),
+                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride, Fp8Tiles::kN),
                     tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
   const float scale = c.scale > 0 ? c.scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,

@@ -32,11 +32,14 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 
 // Own Hopper kernel (attention_hopper.cu; sm_90a: TMA + wgmma, FlashAttention-3's structure):
 // D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). `pingpong`
-// picks the consumer warpgroups' scheduling (benchmarks compare both). Throws when
-// hopper_attention_supported() is false. Pingpong measured no faster (1.3B self-attention
-// 628 vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
+// picks the consumer warpgroups' scheduling and `key_tile` the keys per K/V tile, 128 or 176
+// (0: kHopperKeyTile) — benchmarks compare them. Throws when hopper_attention_supported() is
+// false. Pingpong measured no faster (1.3B self-attention 628 vs 700 TFLOP/s, 14B within 2 %,
+// session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, bool pingpong = false);
+                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0);
+// The bf16 kernel's default keys per K/V tile.
+inline constexpr int kHopperKeyTile = 128;
 // The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
 // says the arithmetic): q [B, Lq, H, 128], k/v [B, Lk, H, 128] E4M3 codes (token rows H·128
 // bytes apart, samples *_bstride bytes apart, 16-byte aligned) with one device f32 scale_inv
