@@ -1,7 +1,7 @@
 // GPU op benchmarks: attention (cuDNN fused SDPA vs our own flash kernel and our own Hopper
 // kernel with and without pingpong, with 128- and 176-key tiles, each with its relative error
-// against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences), cross-attention (Lk = 512), and the
-// DiT's GEMMs through cuBLASLt. Prints one JSON line per measurement.
+// against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
+// cross-attention (Lk = 512), and the DiT's GEMMs through cuBLASLt. Prints one JSON line per measurement.
 //   bench_ops_gpu [--quick] [--attention-only]
 #include <cstdio>
 #include <cstring>
