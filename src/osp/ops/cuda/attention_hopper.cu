@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "osp/core/error.h"
+#include "osp/core/settings.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 
@@ -640,6 +641,7 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
+  if (key_tile == 0) key_tile = engine_settings().hopper_key_tile;
   if (key_tile == 0) key_tile = kHopperKeyTile;
   OSP_CHECK(key_tile == 128 || key_tile == 176, "cuda::attention_hopper: key tile must be 128 or 176, got ", key_tile);
   const CUtensorMap tq = tensor_map(q.raw(), false, B, Lq, H, Lq * H * kD, kM),
