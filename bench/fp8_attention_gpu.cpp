@@ -1,7 +1,7 @@
 // FP8 attention benchmark (JSON lines on stdout): bf16 attention (ops::attention's auto choice)
 // vs cuDNN's fused FP8 SDPA and the own Hopper FP8 kernel (quant::fp8_attention on
-// pre-quantized E4M3 q/k/v; the own kernel also with pingpong scheduling and as CTA pairs) at
-// Wan2.1 shapes, D = 128, in TFLOP/s counted as 4·B·Σ_r L_r²·H·D (Σ over the packed sequences). Also the
+// pre-quantized E4M3 q/k/v; the own kernel also with pingpong scheduling) at Wan2.1 shapes,
+// D = 128, in TFLOP/s counted as 4·B·Σ_r L_r²·H·D (Σ over the packed sequences). Also the
 // HiF8→E4M3 quantization of q, k, v timed alone, the whole hif8_attention_fp8 (quantize +
 // attention), and the relative error of the FP8 output against bf16 attention on the same
 // HiF8-rounded inputs (first 4M outputs).
@@ -127,12 +127,8 @@ void run_case(const Case& c, int reps) {
       h.descale_v = v8.scale_inv.data<float>();
       h.out = out8.raw();
       h.device = out8.device();
-      ops::cuda::HopperVariant pp, pair;
-      pp.pingpong = true;
-      pair.cluster = 2;
-      ms_own_pp = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, pp); }, 1, reps);
+      ms_own_pp = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, true); }, 1, reps);
       emit("fp8_hopper_pingpong", ms_own_pp, flop, "");
-      emit("fp8_hopper_pair", bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, pair); }, 1, reps), flop, "");
     }
   }
   const double ms_all =

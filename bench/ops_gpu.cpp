@@ -1,6 +1,6 @@
 // GPU op benchmarks: attention (cuDNN fused SDPA vs our own flash kernel and our own Hopper
-// kernel: 128-key tiles, with pingpong, 176-key tiles, CTA pairs sharing K/V tiles by
-// multicast, both; each with its relative error against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
+// kernel with and without pingpong, with 128- and 176-key tiles, each with its relative error
+// against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
 // cross-attention (Lk = 512), and the DiT's GEMMs through cuBLASLt. Prints one JSON line per measurement.
 //   bench_ops_gpu [--quick] [--attention-only]
 #include <cstdio>
@@ -63,20 +63,17 @@ int main(int argc, char** argv) {
     const double flop = 4.0 * c.B * lq * lk * c.H * c.D;
     const int reps = flop > 5e13 ? 3 : 10;
     Tensor ref;
-    for (const char* path : {"cudnn", "flash", "hopper", "hopper_pp", "hopper176", "hopper_pair", "hopper176_pair"}) {
+    for (const char* path : {"cudnn", "flash", "hopper", "hopper_nopp", "hopper176", "hopper176_nopp"}) {
       const std::string pa = path;
       bool ok = true;
       if (pa.rfind("hopper", 0) == 0 && (c.D != 128 || !ops::cuda::hopper_attention_supported())) ok = false;
       auto run = [&] {
         if (!ok) return;
         if (pa == "flash") ops::cuda::attention_flash(q, k, v, o, a);
-        else if (pa.rfind("hopper", 0) == 0) {  // hopper[176][_pp|_pair]: the variant spelled out
-          ops::cuda::HopperVariant hv;
-          hv.pingpong = pa.find("_pp") != std::string::npos;
-          hv.key_tile = pa.find("176") != std::string::npos ? 176 : 128;
-          hv.cluster = pa.find("_pair") != std::string::npos ? 2 : 1;
-          ops::cuda::attention_hopper(q, k, v, o, a, hv);
-        }
+        else if (pa == "hopper") ops::cuda::attention_hopper(q, k, v, o, a, true, 128);
+        else if (pa == "hopper_nopp") ops::cuda::attention_hopper(q, k, v, o, a, false, 128);
+        else if (pa == "hopper176") ops::cuda::attention_hopper(q, k, v, o, a, true, 176);
+        else if (pa == "hopper176_nopp") ops::cuda::attention_hopper(q, k, v, o, a, false, 176);
         else ok = ops::cuda::attention_cudnn(q, k, v, o, a);
       };
       run();

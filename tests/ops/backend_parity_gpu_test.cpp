@@ -232,9 +232,8 @@ Tensor lens_tensor(const std::vector<int>& v) {
 
 // path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run),
 // 3 = cuDNN one unmasked call per sequence (must run), 4 / 5 = own Hopper kernel with / without
-// pingpong scheduling, 6 / 7 = the same kernel with 176-key tiles without / with pingpong,
-// 8 = CTA pairs sharing 128-key tiles, 9 = pairs with 176-key tiles and pingpong (4-9 skipped
-// where the kernel cannot run). nan_pad: the GPU's ignored key rows
+// pingpong scheduling, 6 / 7 = the same kernel with 176-key tiles without / with pingpong
+// (4-7 skipped where it cannot run). nan_pad: the GPU's ignored key rows
 // (>= kv[b]) hold NaN, which must not reach the output.
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int path,
                     std::vector<int> kv = {}, std::vector<int> ql = {}, bool bias = false,
@@ -268,11 +267,7 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int
   } else if (path == 1) {
     ops::cuda::attention_flash(gq, gk, gv, out, a);
   } else if (path >= 4) {
-    ops::cuda::HopperVariant hv;
-    hv.pingpong = path == 4 || path == 7 || path == 9;
-    hv.key_tile = path == 6 || path == 7 || path == 9 ? 176 : 128;
-    hv.cluster = path >= 8 ? 2 : 1;
-    ops::cuda::attention_hopper(gq, gk, gv, out, a, hv);
+    ops::cuda::attention_hopper(gq, gk, gv, out, a, path == 4 || path == 7, path >= 6 ? 176 : 128);
   } else if (path == 3) {
     bool ran = ops::cuda::attention_cudnn_per_sequence(gq, gk, gv, out, a);
     ASSERT_TRUE(ran) << "cuDNN per-sequence path did not run for this case";
@@ -445,19 +440,6 @@ std::vector<Case> all_cases() {
   });
   add("attn_hopper176_pp_4x300x300x2x128_lens", [=] {
     attention_case(4, 300, 300, 2, 128, 7, {300, 176, 1, 0}, {300, 200, 3, 64});
-  });
-  // CTA pairs (TMA multicast): an odd number of query tiles (the last pair's second CTA has no
-  // rows), one key tile, tails, lengths where one CTA of a pair has rows and the other none, NaN
-  // padding, zero-length samples
-  add("attn_hopper_pair_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 8); });
-  add("attn_hopper_pair_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 8); });
-  add("attn_hopper_pair_2x384x384x3x128", [=] { attention_case(2, 384, 384, 3, 128, 8); });
-  add("attn_hopper_pair_4x300x300x2x128_lens_nan_pad", [=] {
-    attention_case(4, 300, 300, 2, 128, 8, {300, 123, 1, 0}, {300, 130, 3, 64}, false, 0.f, true);
-  });
-  add("attn_hopper176_pair_pp_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 9); });
-  add("attn_hopper176_pair_pp_3x260x400x2x128_lens_nan_pad", [=] {
-    attention_case(3, 260, 400, 2, 128, 9, {400, 177, 5}, {260, 7, 130}, false, 0.f, true);
   });
   add("attn_auto_1x33x2x128_bias_scale", [=] { attention_case(1, 33, 33, 2, 128, 0, {}, {}, true, 0.3f); });
   // data movement

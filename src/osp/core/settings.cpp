@@ -35,9 +35,6 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   const std::string kt = value("OSP_HOPPER_KEY_TILE");
   OSP_CHECK(kt.empty() || kt == "128" || kt == "176", "OSP_HOPPER_KEY_TILE must be 128 or 176, got '", kt, "'");
   s.hopper_key_tile = kt.empty() ? 0 : std::stoi(kt);
-  const std::string cl = value("OSP_HOPPER_CLUSTER");
-  OSP_CHECK(cl.empty() || cl == "1" || cl == "2", "OSP_HOPPER_CLUSTER must be 1 or 2, got '", cl, "'");
-  s.hopper_cluster = cl.empty() ? 0 : std::stoi(cl);
   s.conv3d = value("OSP_CONV3D");
   if (s.conv3d.empty()) s.conv3d = "cudnn";
   OSP_CHECK(s.conv3d == "im2col" || s.conv3d == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", s.conv3d, "'");

@@ -119,39 +119,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(d), "r"(h), "r"(row), "r"(b)
       : "memory");
 }
-// The same, multicast: the box lands at `dst` in every CTA of the cluster named in `mask`, each
-// completing its own mbarrier at offset `bar`.
-__device__ __forceinline__ void tma_load_mc(uint32_t dst, const CUtensorMap* map, uint32_t bar, int d, int h,
-                                            int row, int b, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(d), "r"(h), "r"(row), "r"(b), "h"(mask)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load3_mc(uint32_t dst, const CUtensorMap* map, uint32_t bar, int key, int d,
-                                             int bh, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(key), "r"(d), "r"(bh), "h"(mask)
-      : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-// Arrives on the mbarrier at this CTA's offset `bar` in cluster CTA `rank` (possibly this one).
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(rank)
-      : "memory");
-}
-// Every thread of every CTA of the cluster meets here.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
 // TMA: one box of the 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ.
 __device__ __forceinline__ void tma_load3(uint32_t dst, const CUtensorMap* map, uint32_t bar, int key, int d, int bh) {
   asm volatile(
@@ -376,16 +343,9 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
 }
 #endif  // OSP_HOPPER_DEVICE
 
-// T: Tiles<false, kN> (tq/tk/tv the 4-D maps of q, k, v) or Fp8Tiles (tq/tk of the E4M3 codes,
-// tv the 3-D map of Vᵀ).
-// kCluster: CTA pairs (clusters of 2 along x: query tiles 2i and 2i + 1 of one head) share every
-// K/V tile — each CTA loads half its rows (or, for Vᵀ, half its dims) and multicasts them into
-// both CTAs' shared memory, halving the L2-to-SM traffic per FLOP. A stage is refilled only once
-// the consumers of both CTAs released it (they arrive on both CTAs' "empty" barriers), and both
-// CTAs meet at a cluster barrier before exiting. Both CTAs of a pair run every K/V tile, so a
-// tile whose query rows are all past q_len (or Lq) computes on and writes zeros / nothing.
-// The maps tk/tv then have boxes of half the rows (dims for Vᵀ).
-template <class T, bool kPingpong, bool kCluster>
+// T: Bf16Tiles (tq/tk/tv the 4-D maps of q, k, v) or Fp8Tiles (tq/tk of the E4M3 codes, tv the
+// 3-D map of Vᵀ).
+template <class T, bool kPingpong>
 __global__ void __launch_bounds__(kThreads, 1)
     hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                             const __grid_constant__ CUtensorMap tv, HopperParams p) {
@@ -407,9 +367,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
   const int64_t row_stride = int64_t(p.H) * kD;
   __nv_bfloat16* og = p.o + int64_t(b) * p.o_bstride + int64_t(h) * kD;
-  // no key, or (without a partner CTA) no real query row in this tile: zeros. kv_len is the same
-  // for both CTAs of a pair, so either both leave here or neither.
-  if (kv_len == 0 || (!kCluster && m0 >= q_len)) {
+  if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
     for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
       const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
       if (r < p.Lq) *reinterpret_cast<uint4*>(og + r * row_stride + c) = make_uint4(0, 0, 0, 0);
@@ -422,24 +380,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full_k(s), 1);
       mbar_init(full_v(s), 1);
-      mbar_init(empty_k(s), kCluster ? 16 : 8);  // one arrival per consumer warp (of both CTAs)
-      mbar_init(empty_v(s), kCluster ? 16 : 8);
+      mbar_init(empty_k(s), 8);  // one arrival per consumer warp
+      mbar_init(empty_v(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
-  if constexpr (kCluster) cluster_sync();  // the partner's barriers exist before any multicast
-  else __syncthreads();
+  __syncthreads();
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-  const uint32_t crank = kCluster ? cluster_rank() : 0;
-  // a consumer warp's release of a stage: to this CTA's producer, and with kCluster the partner's
-  auto release = [&](uint32_t empty_bar) {
-    if constexpr (kCluster) {
-      mbar_arrive_cluster(empty_bar, 0);
-      mbar_arrive_cluster(empty_bar, 1);
-    } else {
-      mbar_arrive(empty_bar);
-    }
-  };
 
   if (wg == 0) {  // ---------------------------------------------------------- producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
@@ -450,38 +397,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int x = 0; x < T::kBoxes; ++x) tma_load(dst + x * box_bytes, map, full, 64 * x, h, row, b);
       };
-      // a K/V tile from key j·kN: alone, or this CTA's half multicast to both CTAs of the pair
-      auto load_kv = [&](uint32_t dst, const CUtensorMap* map, uint32_t full, int j, bool vt) {
-        if constexpr (kCluster) {
-          if (vt) {  // Vᵀ: dims [64 rank, + 64) of 128 keys
-            tma_load3_mc(dst + crank * 64 * 128, map, full, j * kN, int(crank) * 64, b * p.H + h, 3);
-          } else {  // rows [kN/2 rank, + kN/2) of each box
-#pragma unroll
-            for (int x = 0; x < T::kBoxes; ++x)
-              tma_load_mc(dst + x * T::kKVBox + crank * (kN / 2) * 128, map, full, 64 * x, h,
-                          j * kN + int(crank) * (kN / 2), b, 3);
-          }
-        } else if (vt) {
-          tma_load3(dst, map, full, j * kN, 0, b * p.H + h);
-        } else {
-          load_rows(dst, map, full, j * kN, T::kKVBox);
-        }
-      };
       mbar_expect_tx(bar, T::kQTile);
       load_rows(sQ, &tq, bar, m0, kHalf);
       for (int j = 0; j < n_tiles; ++j) {
         const int s = j % kStages;
         const uint32_t ph = (j / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
-        mbar_expect_tx(full_k(s), T::kKVTile);  // with kCluster half of it from the partner
-        load_kv(k_tile(s), &tk, full_k(s), j, false);
+        mbar_expect_tx(full_k(s), T::kKVTile);
+        load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
         mbar_wait(empty_v(s), ph ^ 1);
         mbar_expect_tx(full_v(s), T::kKVTile);
-        load_kv(v_tile(s), &tv, full_v(s), j, T::kFp8);
+        if constexpr (T::kFp8) tma_load3(v_tile(s), &tv, full_v(s), j * kN, 0, b * p.H + h);
+        else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
       }
     }
-    __syncwarp();
-    if constexpr (kCluster) cluster_sync();  // the partner may still multicast into or arrive on us
     return;
   }
   // ------------------------------------------------------------------------ consumers
@@ -516,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   your_turn();
   wg_wait<0>();
   reg_fence(s);
-  if (lane == 0) release(empty_k(0));
+  if (lane == 0) mbar_arrive(empty_k(0));
   softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, pf);
   for (int j = 1; j < n_tiles; ++j) {
@@ -532,11 +461,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     your_turn();
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
-    if (lane == 0) release(empty_k(st));
+    if (lane == 0) mbar_arrive(empty_k(st));
     softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
-    if (lane == 0) release(empty_v(ps));
+    if (lane == 0) mbar_arrive(empty_v(ps));
     rescale_and_pack<T>(o, s, alpha, pf);
   }
   const int ls = (n_tiles - 1) % kStages, last = lim(n_tiles - 1);
@@ -582,7 +511,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       *reinterpret_cast<uint32_t*>(dst + 8 * j) =
           real ? pack_bf16x2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv) : 0u;
   }
-  if constexpr (kCluster) cluster_sync();
 #endif  // OSP_HOPPER_DEVICE
 }
 
@@ -664,55 +592,24 @@ CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t
   return encode(fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, data, dims, strides, box);
 }
 
-// The 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ [B·H, 128, Lkp], boxes of 128 keys x
-// box_dims dims.
-CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp, int box_dims) {
+// The 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ [B·H, 128, Lkp], boxes of 128 keys x 128 dims.
+CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
   const cuuint64_t dims[3] = {cuuint64_t(Lkp), cuuint64_t(kD), cuuint64_t(BH)};
   const cuuint64_t strides[2] = {cuuint64_t(Lkp), cuuint64_t(Lkp) * kD};
-  const cuuint32_t box[3] = {128, cuuint32_t(box_dims), 1};
+  const cuuint32_t box[3] = {128, 128, 1};
   return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
-}
-
-// The variant's choices resolved: key tile (bf16) and cluster size, from the call, else the
-// settings (OSP_HOPPER_KEY_TILE / OSP_HOPPER_CLUSTER), else the defaults.
-HopperVariant resolve(HopperVariant v, bool fp8) {
-  if (v.key_tile == 0) v.key_tile = fp8 ? 128 : engine_settings().hopper_key_tile;
-  if (v.key_tile == 0) v.key_tile = kHopperKeyTile;
-  if (v.cluster == 0) v.cluster = engine_settings().hopper_cluster;
-  if (v.cluster == 0) v.cluster = kHopperCluster;
-  OSP_CHECK(v.key_tile == 128 || (!fp8 && v.key_tile == 176), "cuda::attention_hopper: key tile must be 128",
-            fp8 ? " for FP8" : " or 176", ", got ", v.key_tile);
-  OSP_CHECK(v.cluster == 1 || v.cluster == 2, "cuda::attention_hopper: cluster must be 1 or 2, got ", v.cluster);
-  return v;
 }
 
 template <class T>
 void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const HopperParams& p,
-                   int64_t B, const HopperVariant& v) {
-  const unsigned m_tiles = unsigned((p.Lq + kM - 1) / kM);
-  auto launch = [&](auto kernel, bool cluster) {
+                   int64_t B, bool pingpong) {
+  const dim3 grid(unsigned((p.Lq + kM - 1) / kM), unsigned(p.H), unsigned(B));
+  auto launch = [&](auto kernel) {
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(cluster ? (m_tiles + 1) / 2 * 2 : m_tiles, unsigned(p.H), unsigned(B));
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = T::kSmemBytes;
-    cfg.stream = stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = cluster ? 2 : 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    OSP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, tq, tk, tv, p));
+    kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
   };
-  if (v.cluster == 2) {
-    if (v.pingpong) launch(hopper_attention_kernel<T, true, true>, true);
-    else launch(hopper_attention_kernel<T, false, true>, true);
-  } else {
-    if (v.pingpong) launch(hopper_attention_kernel<T, true, false>, false);
-    else launch(hopper_attention_kernel<T, false, false>, false);
-  }
+  if (pingpong) launch(hopper_attention_kernel<T, true>);
+  else launch(hopper_attention_kernel<T, false>);
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
 }
 }  // namespace
@@ -740,22 +637,23 @@ bool hopper_attention_supported() {
 // q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
 // q_lens / kv_lens device I32 [B] or null.
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, HopperVariant variant) {
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
-  variant = resolve(variant, false);
-  const int kv_rows = variant.key_tile / variant.cluster;  // with a pair, each CTA loads half a tile
+  if (key_tile == 0) key_tile = engine_settings().hopper_key_tile;
+  if (key_tile == 0) key_tile = kHopperKeyTile;
+  OSP_CHECK(key_tile == 128 || key_tile == 176, "cuda::attention_hopper: key tile must be 128 or 176, got ", key_tile);
   const CUtensorMap tq = tensor_map(q.raw(), false, B, Lq, H, Lq * H * kD, kM),
-                    tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD, kv_rows),
-                    tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, kv_rows);
+                    tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD, key_tile),
+                    tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, key_tile);
   const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
                        Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
-  if (variant.key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, variant);
-  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, variant);
+  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong);
+  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
 
-void attention_hopper_fp8(const HopperFp8Call& c, HopperVariant variant) {
+void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
   const char* fn = "cuda::attention_hopper_fp8";
   OSP_CHECK(hopper_attention_supported(), fn, ": needs a compute-capability 9.0 GPU and a build for sm_90a");
   OSP_CHECK(c.D == 128, fn, ": head dim must be 128, got ", c.D);
@@ -774,15 +672,13 @@ void attention_hopper_fp8(const HopperFp8Call& c, HopperVariant variant) {
   fp8_v_transpose_kernel<<<tgrid, 256, 0, stream()>>>(static_cast<const uint8_t*>(c.v), c.kv_bstride,
                                                       static_cast<uint8_t*>(vt.raw()), int(c.Lk), int(Lkp), int(c.H));
   OSP_CUDA_LAUNCH_CHECK("fp8_v_transpose_kernel");
-  variant = resolve(variant, true);
   const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride, kM),
-                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride,
-                                    Fp8Tiles::kN / variant.cluster),
-                    tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp, kD / variant.cluster);
+                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride, Fp8Tiles::kN),
+                    tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
   const float scale = c.scale > 0 ? c.scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
                        c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
-  launch_kernel<Fp8Tiles>(tq, tk, tv, p, c.B, variant);
+  launch_kernel<Fp8Tiles>(tq, tk, tv, p, c.B, pingpong);
 }
 
 }  // namespace osp::ops::cuda

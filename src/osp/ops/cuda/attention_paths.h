@@ -30,23 +30,16 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                                   const AttentionArgs& args);
 
-// How the own Hopper kernels run (0 = OSP_HOPPER_KEY_TILE / OSP_HOPPER_CLUSTER, else the
-// defaults below); benchmarks compare them.
-struct HopperVariant {
-  bool pingpong = false;  // the consumer warpgroups take turns issuing GEMMs (measured no faster:
-                          // 1.3B self-attention 628 vs 700 TFLOP/s, 14B within 2 %, session 15)
-  int key_tile = 0;       // keys per K/V tile: 128 or 176 (bf16 only; FP8 128)
-  int cluster = 0;        // 1, or 2: CTA pairs share each K/V tile by TMA multicast
-};
-// The defaults.
-inline constexpr int kHopperKeyTile = 128;
-inline constexpr int kHopperCluster = 1;
-
 // Own Hopper kernel (attention_hopper.cu; sm_90a: TMA + wgmma, FlashAttention-3's structure):
-// D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). Throws when
-// hopper_attention_supported() is false.
+// D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). `pingpong`
+// picks the consumer warpgroups' scheduling and `key_tile` the keys per K/V tile, 128 or 176
+// (0: OSP_HOPPER_KEY_TILE, else kHopperKeyTile) — benchmarks compare them. Throws when hopper_attention_supported() is
+// false. Pingpong measured no faster (1.3B self-attention 628 vs 700 TFLOP/s, 14B within 2 %,
+// session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, HopperVariant variant = {});
+                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0);
+// The bf16 kernel's default keys per K/V tile.
+inline constexpr int kHopperKeyTile = 128;
 // The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
 // says the arithmetic): q [B, Lq, H, 128], k/v [B, Lk, H, 128] E4M3 codes (token rows H·128
 // bytes apart, samples *_bstride bytes apart, 16-byte aligned) with one device f32 scale_inv
@@ -68,7 +61,7 @@ struct HopperFp8Call {
   void* out = nullptr;
   Device device = Device::cuda();
 };
-void attention_hopper_fp8(const HopperFp8Call& call, HopperVariant variant = {});
+void attention_hopper_fp8(const HopperFp8Call& call, bool pingpong = false);
 
 // Fewest keys for which the auto choices (cuda::attention, quant::fp8_attention) take the own
 // Hopper kernels.
