@@ -1,29 +1,35 @@
 // Our own Hopper (sm_90a) attention forward, built the way the FlashAttention-3 paper describes
-// (warp specialisation, TMA, wgmma, intra-warpgroup overlap, pingpong scheduling).
-//   q [B, Lq, H, 128], k/v [B, Lk, H, 128], out [B, Lq, H, 128]; bf16, contiguous; fp32 softmax
+// (warp specialisation, TMA, wgmma, intra-warpgroup overlap, pingpong scheduling), in bf16 and
+// in FP8 (E4M3).
+//   bf16: q [B, Lq, H, 128], k/v [B, Lk, H, 128], out [B, Lq, H, 128], contiguous; fp32 softmax
 //   and accumulation. Optional device I32 [B] kv_lens (keys >= kv_lens[b] are ignored, even
 //   non-finite ones) and q_lens (rows >= q_lens[b] are written as 0).
+//   FP8: E4M3 codes with one scale each, out bf16 (attention_paths.h: attention_hopper_fp8).
 //
 // One CTA per (128 query rows, head, batch), three warpgroups:
 //   * WG0, the producer (registers lowered to 24 a thread): one thread loads the Q tile once and
-//     streams K and V tiles of 128 keys with the tensor copy engine (TMA, 128-byte swizzle) into
-//     a 2-stage ring; each stage has a "full" mbarrier (completed by the copy's bytes) and an
-//     "empty" one (one arrival per consumer warp once the tile has been read).
+//     streams K and V tiles of kN keys (bf16: 176 by default or 128; FP8: 128) with the tensor
+//     copy engine (TMA, 128-byte swizzle) into a 2-stage ring; each stage has a "full" mbarrier
+//     (completed by the copy's bytes) and an "empty" one (one arrival per consumer warp once the
+//     tile has been read).
 //   * WG1, WG2, the consumers (raised to 240 registers a thread; ptxas fits their code in the
 //     launch bound's 168, without spills): 64 query rows each.
-//     S = Q·Kᵀ is wgmma m64n128k16 with both operands in shared memory (K-major); the online
-//     softmax runs in fp32 registers (base-2 exponentials, scale folded in); O += P·V is wgmma
-//     with P from registers (the S accumulator layout is the A-fragment layout) and V from
-//     shared memory read MN-major (transposed by the instruction).
+//     S = Q·Kᵀ is wgmma m64nNk16 (bf16) / m64n128k32 (E4M3) with both operands in shared memory
+//     (K-major); the online softmax runs in fp32 registers (base-2 exponentials, scale folded
+//     in); O += P·V is wgmma with P from registers — bf16: the S accumulator layout is the
+//     A-fragment layout and V is read MN-major (transposed by the instruction); E4M3: P is
+//     rounded to E4M3 at scale 448 in registers and V comes pre-transposed (FP8 wgmma reads B
+//     K-major only) with its keys in the order P leaves the registers.
 //   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
 //     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
 //   * Pingpong (optional, off by default: it measured no faster, docs/PERF.md session 15): two
 //     named barriers hand the right to issue GEMMs back and forth between the consumers, so one
 //     warpgroup's softmax runs under the other's GEMMs.
-//   Measured on an H100 (session 15): 700 TFLOP/s at 32,760² × 12 heads, 653 at 75,600² × 40
-//   heads (cuDNN 569 / 588); slower than cuDNN on 512 keys (cuda::attention keeps cuDNN there).
-// Shared memory (from a 1024-byte aligned base): Q 32 KB | K 2 × 32 KB | V 2 × 32 KB | mbarriers.
-// Each 128 × 128 tile is two TMA boxes of 128 rows × 64 columns (128 bytes a row, swizzled).
+//   Measured on an H100 (sessions 15-16, docs/PERF.md): bf16 700 TFLOP/s at 32,760² × 12 heads
+//   (128-key tiles), 667 at 75,600² × 40 heads (176-key tiles; cuDNN 569 / 593); FP8 851 / 828
+//   (cuDNN's FP8 868 / 818); slower than cuDNN on 512 keys (the auto choices keep cuDNN there).
+// Shared memory (from a 1024-byte aligned base): Q | K × 2 stages | V × 2 stages | mbarriers.
+// A tile row is 128 bytes per TMA box (swizzled): bf16 tiles are two boxes (dims 0-63, 64-127).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
