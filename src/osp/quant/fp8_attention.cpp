@@ -248,25 +248,7 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
     c.attn_scale = p.scale;
     c.out = static_cast<uint16_t*>(out.raw()) + sg.q0 * row;
     if (use_hopper(kernel, p, sg.nk)) {
-      ops::cuda::HopperFp8Call h;
-      h.B = c.B;
-      h.H = c.H;
-      h.Lq = c.Lq;
-      h.Lk = c.Lk;
-      h.D = c.D;
-      h.q_bstride = c.q_bstride;
-      h.kv_bstride = c.kv_bstride;
-      h.o_bstride = c.o_bstride;
-      h.q = c.q;
-      h.k = c.k;
-      h.v = c.v;
-      h.descale_q = c.descale_q;
-      h.descale_k = c.descale_k;
-      h.descale_v = c.descale_v;
-      h.scale = c.attn_scale;
-      h.out = c.out;
-      h.device = out.device();
-      ops::cuda::attention_hopper_fp8(h);
+      ops::cuda::attention_hopper_fp8(c);
       continue;
     }
     all_hopper = false;

@@ -659,7 +659,7 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
   else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
 
-void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
+void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong) {
   const char* fn = "cuda::attention_hopper_fp8";
   OSP_CHECK(hopper_attention_supported(), fn, ": needs a compute-capability 9.0 GPU and a build for sm_90a");
   OSP_CHECK(c.D == 128, fn, ": head dim must be 128, got ", c.D);
@@ -673,7 +673,9 @@ void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
             ": batch strides must be whole 16-byte units, got ", c.q_bstride, ", ", c.kv_bstride, ", ", c.o_bstride);
   if (c.B == 0 || c.Lq == 0) return;
   const int64_t Lkp = std::max<int64_t>((c.Lk + 127) / 128 * 128, 128);
-  Tensor vt = Tensor::empty({c.B * c.H, kD, Lkp}, DType::F8E4M3, c.device);
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  Tensor vt = Tensor::empty({c.B * c.H, kD, Lkp}, DType::F8E4M3, Device::cuda(dev));
   const dim3 tgrid(unsigned(Lkp / 64), unsigned(c.H), unsigned(c.B));
   fp8_v_transpose_kernel<<<tgrid, 256, 0, stream()>>>(static_cast<const uint8_t*>(c.v), c.kv_bstride,
                                                       static_cast<uint8_t*>(vt.raw()), int(c.Lk), int(Lkp), int(c.H));
@@ -681,7 +683,7 @@ void attention_hopper_fp8(const HopperFp8Call& c, bool pingpong) {
   const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride, kM),
                     tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride, Fp8Tiles::kN),
                     tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
-  const float scale = c.scale > 0 ? c.scale : 1.f / std::sqrt(float(kD));
+  const float scale = c.attn_scale > 0 ? c.attn_scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
                        c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
   launch_kernel<Fp8Tiles>(tq, tk, tv, p, c.B, pingpong);

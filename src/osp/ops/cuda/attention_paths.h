@@ -41,15 +41,12 @@ void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
 // The bf16 kernel's default keys per K/V tile: 176 measured faster than 128 on an H100 (session
 // 16: 14B self-attention 666.6 vs 641.0 TFLOP/s, the 1.3B full forward 448.2 vs 457.8 ms).
 inline constexpr int kHopperKeyTile = 176;
-// The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
-// says the arithmetic): q [B, Lq, H, 128], k/v [B, Lk, H, 128] E4M3 codes (token rows H·128
-// bytes apart, samples *_bstride bytes apart, 16-byte aligned) with one device f32 scale_inv
-// each, out bf16 [B, Lq, H, 128] (rows H·128 apart, samples o_bstride elements apart). P is
-// rounded to E4M3 at scale 448 with the running max of each block of 128 keys; O is not rounded
-// beyond bf16. V is first transposed into a scratch tensor on `device` (FP8 wgmma reads its B
-// operand K-major only). No padding masks (quant::fp8_attention has none). Throws when
-// hopper_attention_supported() is false.
-struct HopperFp8Call {
+// One FP8 attention call on [B, L, H, D] row layouts given by pointers and batch strides
+// (elements): token rows are H·D apart, heads D apart, the last dim contiguous. Codes are E4M3;
+// descale_* point to one device f32 each (the quantizer's scale_inv); out is BF16 with the same
+// row layout (batch stride o_bstride). Both FP8 kernels take it (quant/cuda/fp8_attention_cuda.h:
+// cuDNN's; attention_hopper_fp8 below).
+struct Fp8AttentionCall {
   int64_t B = 0, H = 0, Lq = 0, Lk = 0, D = 0;
   int64_t q_bstride = 0, kv_bstride = 0, o_bstride = 0;
   const void* q = nullptr;
@@ -58,11 +55,15 @@ struct HopperFp8Call {
   const float* descale_q = nullptr;
   const float* descale_k = nullptr;
   const float* descale_v = nullptr;
-  float scale = 0;  // 0: 1/sqrt(D)
+  float attn_scale = 0;  // 0: 1/sqrt(D)
   void* out = nullptr;
-  Device device = Device::cuda();
 };
-void attention_hopper_fp8(const HopperFp8Call& call, bool pingpong = false);
+// The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
+// says the arithmetic): D = 128, operands 16-byte aligned on the current device. P is rounded to
+// E4M3 at scale 448 with the running max of each block of 128 keys; O is not rounded beyond bf16.
+// V is first transposed into a scratch tensor (FP8 wgmma reads its B operand K-major only). No
+// padding masks (quant::fp8_attention has none). Throws when hopper_attention_supported() is false.
+void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false);
 
 // Fewest keys for which the auto choices (cuda::attention, quant::fp8_attention) take the own
 // Hopper kernels.

@@ -5,24 +5,12 @@
 #include <cstdint>
 #include <string>
 
+#include "osp/ops/cuda/attention_paths.h"
+
 namespace osp::quant::cuda {
 
-// One FP8 SDPA call on [B, L, H, D] row layouts given by pointers and batch strides (elements):
-// token rows are H·D apart, heads D apart, the last dim contiguous. Codes are E4M3; descale_*
-// point to one device f32 each (the quantizer's scale_inv); out is BF16 with the same row
-// layout (batch stride o_bstride).
-struct Fp8SdpaCall {
-  int64_t B = 0, H = 0, Lq = 0, Lk = 0, D = 0;
-  int64_t q_bstride = 0, kv_bstride = 0, o_bstride = 0;
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const float* descale_q = nullptr;
-  const float* descale_k = nullptr;
-  const float* descale_v = nullptr;
-  float attn_scale = 0;
-  void* out = nullptr;
-};
+// One FP8 SDPA call (ops/cuda/attention_paths.h; attn_scale must be set here).
+using Fp8SdpaCall = ops::cuda::Fp8AttentionCall;
 
 // Runs the call; false (with the reason in *why) where no cuDNN engine accepts the graph for
 // this shape (the plan, or its absence, is cached per shape). Throws osp::Error on execution
