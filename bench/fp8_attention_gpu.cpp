@@ -7,7 +7,8 @@
 // HiF8-rounded inputs (first 4M outputs).
 // Cases: 14B-720P self 1×75600×40; 14B Skiparse packed (19320, 19320, 18480, 18480) × 40 heads;
 // 1.3B-480P self 1×32760×12.
-// Usage: bench_fp8_attention_gpu [--quick]   (--quick: only the 1.3B case, fewer repeats)
+// Usage: bench_fp8_attention_gpu [--quick] [--case NAME]   (--quick: only the 1.3B case, fewer
+// repeats; --case: only that case, e.g. under ncu: scripts/profile-attention.sh)
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -163,10 +164,12 @@ void run_case(const Case& c, int reps) {
 
 int main(int argc, char** argv) {
   bool quick = false;
+  std::string only_case;  // --case NAME: only that case (profiling)
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc) only_case = argv[++i];
     else  // gpu-test.sh passes one BENCH_ARGS to every bench: ignore what is not ours
-      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: [--quick])\n", argv[0],
+      std::fprintf(stderr, "%s: ignoring unknown argument '%s' (usage: [--quick] [--case NAME])\n", argv[0],
                    argv[i]);
   }
   if (!cuda_available()) {
@@ -182,6 +185,7 @@ int main(int argc, char** argv) {
     };
     if (quick) cases.resize(1);
     for (const Case& c : cases) {
+      if (!only_case.empty() && only_case != c.name) continue;
       run_case(c, quick ? 3 : 5);
       cuda_empty_cache();
     }

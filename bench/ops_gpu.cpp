@@ -2,7 +2,8 @@
 // kernel with and without pingpong, with 128- and 176-key tiles, each with its relative error
 // against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
 // cross-attention (Lk = 512), and the DiT's GEMMs through cuBLASLt. Prints one JSON line per measurement.
-//   bench_ops_gpu [--quick] [--attention-only]
+//   bench_ops_gpu [--quick] [--attention-only] [--case "14B-720P self"]   (--case: that attention
+//   case only, e.g. under ncu: scripts/profile-attention.sh)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -25,9 +26,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   bool quick = false, attention_only = false;
+  std::string only_case;  // --case NAME: only the attention case of that name (profiling)
   for (int i = 1; i < argc; ++i) {
     quick |= std::strcmp(argv[i], "--quick") == 0;
     attention_only |= std::strcmp(argv[i], "--attention-only") == 0;
+    if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc) only_case = argv[++i];
   }
   const std::string card = bench::card_name();
   uint32_t seed = 7;
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
   };
   if (quick) attn.resize(2);
   for (const auto& c : attn) {
+    if (!only_case.empty() && only_case != c.name) continue;
     Tensor q = bench::random_gpu({c.B, c.Lq, c.H, c.D}, DType::BF16, 1.f, seed++);
     Tensor k = bench::random_gpu({c.B, c.Lk, c.H, c.D}, DType::BF16, 1.f, seed++);
     Tensor v = bench::random_gpu({c.B, c.Lk, c.H, c.D}, DType::BF16, 1.f, seed++);
