@@ -1,6 +1,6 @@
 // GPU op benchmarks: attention (cuDNN fused SDPA vs our own flash kernel and our own Hopper
-// kernel with and without pingpong, with 128- and 176-key tiles, each with its relative error
-// against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
+// kernel — its default (176-key tiles, no pingpong) and 176 with pingpong, 128 without / with —
+// each with its relative error against cuDNN's output) at DiT shapes, dense and Skiparse (P² = 4 padded sub-sequences),
 // cross-attention (Lk = 512), and the DiT's GEMMs through cuBLASLt. Prints one JSON line per measurement.
 //   bench_ops_gpu [--quick] [--attention-only] [--case "14B-720P self"]   (--case: that attention
 //   case only, e.g. under ncu: scripts/profile-attention.sh)
@@ -67,18 +67,18 @@ int main(int argc, char** argv) {
     const double flop = 4.0 * c.B * lq * lk * c.H * c.D;
     const int reps = flop > 5e13 ? 3 : 10;
     Tensor ref;
-    for (const char* path : {"cudnn", "flash", "hopper", "hopper_nopp", "hopper176", "hopper176_nopp"}) {
+    // hopper: the own kernel as cuda::attention runs it (176-key tiles, no pingpong); the
+    // others name their key tile and pingpong
+    for (const char* path : {"cudnn", "flash", "hopper", "hopper176_pp", "hopper128", "hopper128_pp"}) {
       const std::string pa = path;
       bool ok = true;
       if (pa.rfind("hopper", 0) == 0 && (c.D != 128 || !ops::cuda::hopper_attention_supported())) ok = false;
       auto run = [&] {
         if (!ok) return;
         if (pa == "flash") ops::cuda::attention_flash(q, k, v, o, a);
-        else if (pa == "hopper") ops::cuda::attention_hopper(q, k, v, o, a, true, 128);
-        else if (pa == "hopper_nopp") ops::cuda::attention_hopper(q, k, v, o, a, false, 128);
-        else if (pa == "hopper176") ops::cuda::attention_hopper(q, k, v, o, a, true, 176);
-        else if (pa == "hopper176_nopp") ops::cuda::attention_hopper(q, k, v, o, a, false, 176);
-        else ok = ops::cuda::attention_cudnn(q, k, v, o, a);
+        else if (pa == "cudnn") ok = ops::cuda::attention_cudnn(q, k, v, o, a);
+        else if (pa == "hopper") ops::cuda::attention_hopper(q, k, v, o, a);
+        else ops::cuda::attention_hopper(q, k, v, o, a, pa.ends_with("_pp"), pa.rfind("hopper176", 0) == 0 ? 176 : 128);
       };
       run();
       // the output against cuDNN's (relative L2), -1 where not compared

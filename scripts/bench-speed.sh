@@ -8,7 +8,7 @@
 #   2. the DiT forward, 1.3B full and hybrid, with the fused norm kernels off and on
 #      (OSP_FUSED_NORMS=0|1 bench_dit_multi_gpu), and with cuDNN's attention instead of the own
 #      Hopper kernel (OSP_ATTENTION=cudnn); the attention kernels alone at the DiT's shapes
-#      (bench_ops_gpu --attention-only: cuDNN, own flash, own Hopper with and without pingpong);
+#      (bench_ops_gpu --attention-only: cuDNN, own flash, own Hopper's default and variants);
 #   3. the PyTorch forward of the same model, eager and torch.compile (bench/torch_dit_forward.py);
 #   4. (MODELS14=1) the same forward at 14B 1280x720x81, full / hybrid / hybrid+fp8.
 # Logs under $OUT (default ./out): build.log, vae.jsonl, pipeline.jsonl, dit.jsonl, attention.jsonl,
