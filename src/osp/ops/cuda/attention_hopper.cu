@@ -596,7 +596,7 @@ CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t
 CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
   const cuuint64_t dims[3] = {cuuint64_t(Lkp), cuuint64_t(kD), cuuint64_t(BH)};
   const cuuint64_t strides[2] = {cuuint64_t(Lkp), cuuint64_t(Lkp) * kD};
-  const cuuint32_t box[3] = {128, 128, 1};
+  const cuuint32_t box[3] = {cuuint32_t(Fp8Tiles::kN), cuuint32_t(kD), 1};
   return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
 }
 
@@ -666,7 +666,8 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong) {
   OSP_CHECK(c.q_bstride % 16 == 0 && c.kv_bstride % 16 == 0 && c.o_bstride % 8 == 0, fn,
             ": batch strides must be whole 16-byte units, got ", c.q_bstride, ", ", c.kv_bstride, ", ", c.o_bstride);
   if (c.B == 0 || c.Lq == 0) return;
-  const int64_t Lkp = std::max<int64_t>((c.Lk + 127) / 128 * 128, 128);
+  constexpr int64_t kN = Fp8Tiles::kN;  // Vᵀ holds whole K/V tiles of keys, zeros past Lk
+  const int64_t Lkp = std::max<int64_t>((c.Lk + kN - 1) / kN * kN, kN);
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
   Tensor vt = Tensor::empty({c.B * c.H, kD, Lkp}, DType::F8E4M3, Device::cuda(dev));

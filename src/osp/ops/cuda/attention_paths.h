@@ -33,9 +33,9 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 // Own Hopper kernel (attention_hopper.cu; sm_90a: TMA + wgmma, FlashAttention-3's structure):
 // D = 128, no bias, any B, Lq, Lk, optional kv_lens/q_lens (host or device I32 [B]). `pingpong`
 // picks the consumer warpgroups' scheduling and `key_tile` the keys per K/V tile, 128 or 176
-// (0: OSP_HOPPER_KEY_TILE, else kHopperKeyTile) — benchmarks compare them. Throws when hopper_attention_supported() is
-// false. Pingpong measured no faster (1.3B self-attention 628 vs 700 TFLOP/s, 14B within 2 %,
-// session 15, H100), so it is off by default.
+// (0: OSP_HOPPER_KEY_TILE, else kHopperKeyTile) — benchmarks compare them. Throws when
+// hopper_attention_supported() is false. Pingpong measured no faster (1.3B self-attention 628
+// vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                       const AttentionArgs& args, bool pingpong = false, int key_tile = 0);
 // The bf16 kernel's default keys per K/V tile: 176 measured faster than 128 on an H100 (session
