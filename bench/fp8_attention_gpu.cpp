@@ -1,6 +1,6 @@
 // FP8 attention benchmark (JSON lines on stdout): bf16 attention (ops::attention's auto choice)
 // vs cuDNN's fused FP8 SDPA and the own Hopper FP8 kernel (quant::fp8_attention on
-// pre-quantized E4M3 q/k/v; the own kernel also with pingpong scheduling) at Wan2.1 shapes,
+// pre-quantized E4M3 q/k/v; the own kernel also with each key tile, 128 and 224, and pingpong scheduling) at Wan2.1 shapes,
 // D = 128, in TFLOP/s counted as 4·B·Σ_r L_r²·H·D (Σ over the packed sequences). Also the
 // HiF8→E4M3 quantization of q, k, v timed alone, the whole hif8_attention_fp8 (quantize +
 // attention), and the relative error of the FP8 output against bf16 attention on the same
@@ -108,12 +108,12 @@ void run_case(const Case& c, int reps) {
       [&] { quant::fp8_attention(q8, k8, v8, out8, args, quant::Fp8AttentionKernel::Cudnn); }, 1, reps);
   emit("fp8_cudnn", ms_fp8, flop,
        ",\"path\":\"" + std::string(quant::fp8_attention_last_path()) + "\",\"plan\":\"" + note_json() + "\"");
-  double ms_own = 0, ms_own_pp = 0;
+  double ms_own = 0;
   if (ops::cuda::hopper_attention_supported()) {
     ms_own = bench::time_ms(
         [&] { quant::fp8_attention(q8, k8, v8, out8, args, quant::Fp8AttentionKernel::Hopper); }, 1, reps);
     emit("fp8_hopper", ms_own, flop, ",\"path\":\"" + std::string(quant::fp8_attention_last_path()) + "\"");
-    if (c.seq_lens.empty()) {  // the pingpong scheduling, through the kernel's own entry point
+    if (c.seq_lens.empty()) {  // each key tile and scheduling, through the kernel's own entry point
       ops::cuda::Fp8AttentionCall h;
       h.B = c.B;
       h.H = c.H;
@@ -127,8 +127,12 @@ void run_case(const Case& c, int reps) {
       h.descale_k = k8.scale_inv.data<float>();
       h.descale_v = v8.scale_inv.data<float>();
       h.out = out8.raw();
-      ms_own_pp = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, true); }, 1, reps);
-      emit("fp8_hopper_pingpong", ms_own_pp, flop, "");
+      for (int tile : {128, 224})
+        for (bool pp : {false, true}) {
+          const double ms = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, pp, tile); }, 1, reps);
+          const std::string name = "fp8_hopper" + std::to_string(tile) + (pp ? "_pingpong" : "");
+          emit(name.c_str(), ms, flop, "");
+        }
     }
   }
   const double ms_all =

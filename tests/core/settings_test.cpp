@@ -30,6 +30,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   const EngineSettings d = read({});
   EXPECT_EQ(d.attention, EngineSettings::Attention::Auto);
   EXPECT_EQ(d.hopper_key_tile, 0);
+  EXPECT_EQ(d.hopper_fp8_key_tile, 0);
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
@@ -76,6 +77,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(read({{"OSP_ATTENTION", "hopper"}}).attention, EngineSettings::Attention::Hopper);
   EXPECT_EQ(read({{"OSP_HOPPER_KEY_TILE", "176"}}).hopper_key_tile, 176);
   EXPECT_EQ(read({{"OSP_HOPPER_KEY_TILE", "128"}}).hopper_key_tile, 128);
+  EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "224"}}).hopper_fp8_key_tile, 224);
+  EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "128"}}).hopper_fp8_key_tile, 128);
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);
@@ -84,6 +87,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
 
 TEST(EngineSettings, BadValuesNameTheVariable) {
   EXPECT_NE(error({{"OSP_HOPPER_KEY_TILE", "64"}}).find("OSP_HOPPER_KEY_TILE must be 128 or 176, got '64'"),
+            std::string::npos);
+  EXPECT_NE(error({{"OSP_HOPPER_FP8_KEY_TILE", "176"}}).find("OSP_HOPPER_FP8_KEY_TILE must be 128 or 224, got '176'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash, cudnn or hopper, got 'fa3'"),
             std::string::npos);

@@ -81,9 +81,9 @@ void check_case(const Case& c, Fp8AttentionKernel kernel, uint64_t seed) {
   Fp8Tensor q8 = to_cpu(hif8_quantize_e4m3(q)), k8 = to_cpu(hif8_quantize_e4m3(k)),
             v8 = to_cpu(hif8_quantize_e4m3(v));
   Tensor got = out.to(Device::cpu()).to(DType::F32);
-  // the own kernel: online softmax over blocks of 128 keys, O in bf16 (attention_paths.h)
+  // the own kernel: online softmax over its K/V tiles, O in bf16 (attention_paths.h)
   const Fp8AttentionOut ost = own ? Fp8AttentionOut::BF16 : fp8_attention_cudnn_o_storage();
-  const int64_t own_block = own ? 128 : 256;
+  const int64_t own_block = own ? ops::cuda::hopper_fp8_key_tile() : 256;
   double best = 1e9;
   for (int64_t blk : {int64_t(0), int64_t(64), int64_t(128), int64_t(256)})
     for (bool rs : {false, true}) {
@@ -213,6 +213,80 @@ TEST(Fp8AttentionGpu, HopperKernelMatchesEmulationAndBf16) {
     SCOPED_TRACE(c.name);
     check_case(c, Fp8AttentionKernel::Hopper, seed);
     seed += 3;
+  }
+}
+
+// Both key tiles of the own FP8 kernel (128 and 224 keys; P rounded with each tile's running
+// max), both schedulings, through its own entry point: against the emulation with blocks of that
+// many keys. Lengths around the tile edges (1, 223, 224, 225, 449) and past several tiles.
+TEST(Fp8AttentionGpu, HopperKeyTilesMatchEmulation) {
+  OSP_REQUIRE_GPU();
+  if (!ops::cuda::hopper_attention_supported()) GTEST_SKIP() << "no sm_90a GPU / build";
+  const int64_t D = 128;
+  const std::vector<Case> cases = {
+      {"Lq=70 Lk=1", 1, 70, 1, 2, {}},          {"Lq=130 Lk=223 B=2", 2, 130, 223, 3, {}},
+      {"Lq=129 Lk=224", 1, 129, 224, 2, {}},    {"Lq=64 Lk=225", 1, 64, 225, 1, {}},
+      {"Lq=200 Lk=449 H=3", 1, 200, 449, 3, {}}, {"Lq=256 Lk=2100", 1, 256, 2100, 2, {}},
+  };
+  uint64_t seed = 2000;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Tensor q = randn_scaled({c.B, c.Lq, c.H, D}, seed, 2.5f).to(DType::BF16).to(Device::cuda());
+    Tensor k = randn_scaled({c.B, c.Lk, c.H, D}, seed + 1, 1.0f).to(DType::BF16).to(Device::cuda());
+    Tensor v = randn_scaled({c.B, c.Lk, c.H, D}, seed + 2, 1.0f).to(DType::BF16).to(Device::cuda());
+    seed += 3;
+    Fp8Tensor q8 = hif8_quantize_e4m3(q), k8 = hif8_quantize_e4m3(k), v8 = hif8_quantize_e4m3(v);
+    Fp8Tensor qc = to_cpu(q8), kc = to_cpu(k8), vc = to_cpu(v8);
+    for (int tile : {128, 224})
+      for (bool pingpong : {false, true}) {
+        Tensor out = Tensor::from_vector(std::vector<float>(size_t(c.B * c.Lq * c.H * D), std::nanf("")),
+                                         {c.B, c.Lq, c.H, D})
+                         .to(DType::BF16)
+                         .to(Device::cuda());
+        ops::cuda::Fp8AttentionCall h;
+        h.B = c.B;
+        h.H = c.H;
+        h.Lq = c.Lq;
+        h.Lk = c.Lk;
+        h.D = D;
+        h.q_bstride = h.o_bstride = c.Lq * c.H * D;
+        h.kv_bstride = c.Lk * c.H * D;
+        h.q = q8.codes.raw();
+        h.k = k8.codes.raw();
+        h.v = v8.codes.raw();
+        h.descale_q = q8.scale_inv.data<float>();
+        h.descale_k = k8.scale_inv.data<float>();
+        h.descale_v = v8.scale_inv.data<float>();
+        h.out = out.raw();
+        ops::cuda::attention_hopper_fp8(h, pingpong, tile);
+        Tensor got = out.to(Device::cpu()).to(DType::F32);
+        Fp8AttentionEmulation emu;
+        emu.kv_block = tile;
+        emu.o_storage = Fp8AttentionOut::BF16;
+        Tensor ref = Tensor::empty(got.shape(), DType::F32);
+        fp8_attention_emulate(qc, kc, vc, ref, {}, emu);
+        const double r = relative_error(got, ref);
+        std::printf("[fp8 attention] %s: key tile %d%s vs emulation (kv_block %d) %.4g\n", c.name, tile,
+                    pingpong ? " pingpong" : "", tile, r);
+        EXPECT_LT(r, 0.01) << "key tile " << tile << (pingpong ? " pingpong" : "");
+      }
+  }
+  ops::cuda::Fp8AttentionCall bad;
+  bad.B = 1;
+  bad.H = 1;
+  bad.Lq = bad.Lk = 16;
+  bad.D = 128;
+  Tensor z = Tensor::zeros({1, 16, 1, 128}, DType::BF16, Device::cuda());
+  Fp8Tensor z8 = hif8_quantize_e4m3(z);
+  bad.q = bad.k = bad.v = z8.codes.raw();
+  bad.descale_q = bad.descale_k = bad.descale_v = z8.scale_inv.data<float>();
+  bad.out = z.raw();
+  bad.q_bstride = bad.kv_bstride = bad.o_bstride = 16 * 128;
+  try {
+    ops::cuda::attention_hopper_fp8(bad, false, 176);
+    ADD_FAILURE() << "key tile 176 accepted by the FP8 kernel";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key tile must be 128 or 224"), std::string::npos) << e.what();
   }
 }
 

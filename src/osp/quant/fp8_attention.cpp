@@ -248,7 +248,8 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
     c.attn_scale = p.scale;
     c.out = static_cast<uint16_t*>(out.raw()) + sg.q0 * row;
     if (use_hopper(kernel, p, sg.nk)) {
-      ops::cuda::attention_hopper_fp8(c);
+      const int tile = ops::cuda::hopper_fp8_key_tile();
+      ops::cuda::attention_hopper_fp8(c, ops::cuda::hopper_fp8_pingpong(tile), tile);
       continue;
     }
     all_hopper = false;

@@ -8,13 +8,13 @@
 //
 // One CTA per (128 query rows, head, batch), three warpgroups:
 //   * WG0, the producer (registers lowered to 24 a thread): one thread loads the Q tile once and
-//     streams K and V tiles of kN keys (bf16: 176 by default or 128; FP8: 128) with the tensor
+//     streams K and V tiles of kN keys (bf16: 176 by default or 128; FP8: 128 or 224) with the tensor
 //     copy engine (TMA, 128-byte swizzle) into a 2-stage ring; each stage has a "full" mbarrier
 //     (completed by the copy's bytes) and an "empty" one (one arrival per consumer warp once the
 //     tile has been read).
 //   * WG1, WG2, the consumers (raised to 240 registers a thread; ptxas fits their code in the
 //     launch bound's 168, without spills): 64 query rows each.
-//     S = Q·Kᵀ is wgmma m64nNk16 (bf16) / m64n128k32 (E4M3) with both operands in shared memory
+//     S = Q·Kᵀ is wgmma m64nNk16 (bf16) / m64nNk32 (E4M3) with both operands in shared memory
 //     (K-major); the online softmax runs in fp32 registers (base-2 exponentials, scale folded
 //     in); O += P·V is wgmma with P from registers — bf16: the S accumulator layout is the
 //     A-fragment layout and V is read MN-major (transposed by the instruction); E4M3: P is
@@ -22,12 +22,17 @@
 //     K-major only) with its keys in the order P leaves the registers.
 //   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
 //     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
-//   * Pingpong (optional, off by default: it measured no faster, docs/PERF.md session 15): two
-//     named barriers hand the right to issue GEMMs back and forth between the consumers, so one
-//     warpgroup's softmax runs under the other's GEMMs.
-//   Measured on an H100 (sessions 15-16, docs/PERF.md): bf16 700 TFLOP/s at 32,760² × 12 heads
-//   (128-key tiles), 667 at 75,600² × 40 heads (176-key tiles; cuDNN 569 / 593); FP8 851 / 828
-//   (cuDNN's FP8 868 / 818); slower than cuDNN on 512 keys (the auto choices keep cuDNN there).
+//   * Pingpong (optional; off by default for bf16, where it measured no faster, docs/PERF.md
+//     session 15; on for FP8's 224-key tiles, attention_paths.h): two named barriers hand the
+//     right to issue GEMMs back and forth between the consumers, so one warpgroup's softmax runs
+//     under the other's GEMMs.
+//   Measured on H100s (sessions 15-17, docs/PERF.md): bf16 636-727 TFLOP/s at 32,760² × 12 heads
+//   and 646-677 at 75,600² × 40 heads (176-key tiles; cuDNN 569-609 / 582-593; the spread is
+//   between cards and calls); FP8 (224-key tiles, pingpong) 928-950 / 923-927 (cuDNN's FP8 870 /
+//   841); slower than cuDNN on 512 keys (the auto choices keep cuDNN there). Nsight Compute at
+//   the 14B shape (session 17): bf16 keeps the tensor pipe 83 % busy (at 1.5 GHz, power-bound);
+//   FP8 (128-key tiles) 46 %, with issue slots 47 % busy — its softmax, not the tensor cores,
+//   bounds it.
 // Shared memory (from a 1024-byte aligned base): Q | K × 2 stages | V × 2 stages | mbarriers.
 // A tile row is 128 bytes per TMA box (swizzled): bf16 tiles are two boxes (dims 0-63, 64-127).
 #include <cuda.h>
@@ -59,23 +64,31 @@ constexpr uint32_t kHalf = 128 * 128;  // one TMA box of Q: 128 rows x 128 bytes
 
 // The variants: element type and keys per K/V tile (kN). A row of a tile is 128 bytes per TMA
 // box, so a bf16 tile is two boxes (dims 0-63, 64-127) and an E4M3 tile one; Q is 128 rows, K
-// and V kN rows. The FP8 kernel's V tile is Vᵀ (128 dims x 128 keys, see
+// and V kN rows. The FP8 kernel's V tile is Vᵀ (128 dims x kN keys in boxes of 128 keys, see
 // fp8_v_transpose_kernel), because FP8 wgmma reads B K-major only.
 template <bool kFp8_, int kN_>
 struct Tiles {
   static constexpr bool kFp8 = kFp8_;
   static constexpr int kN = kN_;
-  static_assert(kN == 128 || (!kFp8 && kN == 176), "the wgmma shapes written out below");
+  // Skip O's rescale where no row of a warp grew its max (rescale_and_pack): FP8 only, where the
+  // softmax's instructions, not the tensor cores, bound the kernel (FP8 224-key tiles at 14B
+  // 923-928 vs 872 TFLOP/s; bf16 176-key tiles at 1.3B 639 vs 682 with it: session 17, PERF).
+  static constexpr bool kSkipRescale = kFp8;
+  static_assert(kN == 128 || (!kFp8 && kN == 176) || (kFp8 && kN == 224), "the wgmma shapes written out below");
   static constexpr int kBoxes = kFp8 ? 1 : 2;
   static constexpr int kPRegs = kFp8 ? kN / 8 : kN / 4;  // P as A fragments, 32-bit registers
   static constexpr uint32_t kQTile = kBoxes * kHalf;
-  static constexpr uint32_t kKVBox = uint32_t(kN) * 128;  // one K/V box: kN rows x 128 bytes
-  static constexpr uint32_t kKVTile = kBoxes * kKVBox;
-  static constexpr uint32_t kOffK = kQTile, kOffV = kOffK + kStages * kKVTile, kOffBar = kOffV + kStages * kKVTile;
+  static constexpr uint32_t kKVBox = uint32_t(kN) * 128;  // one K (bf16: and V) box: kN rows x 128 bytes
+  static constexpr uint32_t kKTile = kBoxes * kKVBox;
+  // V: bf16 as K; FP8 Vᵀ as boxes of 128 dims x 128 keys (kN rounded up to whole boxes; the
+  // keys past kN are loaded and never read)
+  static constexpr int kVtBoxes = (kN + 127) / 128;
+  static constexpr uint32_t kVTile = kFp8 ? kVtBoxes * kHalf : kKTile;
+  static constexpr uint32_t kOffK = kQTile, kOffV = kOffK + kStages * kKTile, kOffBar = kOffV + kStages * kVTile;
   static constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
-  static_assert(kKVTile % 1024 == 0 && kSmemBytes <= 227 * 1024, "tile alignment / shared memory");
+  static_assert(kKTile % 1024 == 0 && kVTile % 1024 == 0 && kSmemBytes <= 227 * 1024,
+                "tile alignment / shared memory");
 };
-using Fp8Tiles = Tiles<true, 128>;
 
 // log2 of kFp8AttentionScaleP (quant/fp8.h): the FP8 kernel's exponentials are P·448, so the
 // E4M3 rounding of P·448 is a plain conversion.
@@ -167,7 +180,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// The fp32 accumulators of a wgmma m64n128 (64) / m64n176 (88) as asm operands %0..: the
+// The fp32 accumulators of a wgmma m64n128 (64) / m64n176 (88) / m64n224 (112) as asm operands %0..: the
 // register list and the constraints.
 #define OSP_WGMMA_REGS64 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
@@ -187,6 +200,12 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
     "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
     "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+#define OSP_WGMMA_ACC112 "{" OSP_WGMMA_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111}"
+#define OSP_WGMMA_ACC112_OUT(d) \
+    OSP_WGMMA_ACC88_OUT(d), \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
 
 // d[64] (+)= A[64 x 16] · B[16 x 128]: A and B from shared memory, both K-major.
 __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
@@ -219,6 +238,13 @@ __device__ __forceinline__ void wgmma_ss_fp8(float (&d)[64], uint64_t desc_a, ui
                : OSP_WGMMA_ACC64_OUT(d)
                : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
+// FP8: d[112] (+)= A[64 x 32] · B[32 x 224] (the FP8 kernel's 224-key tile), as wgmma_ss_fp8.
+__device__ __forceinline__ void wgmma_ss_fp8(float (&d)[112], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %114, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n224k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC112 ", %112, %113, p, 1, 1;\n}\n"
+               : OSP_WGMMA_ACC112_OUT(d)
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
 // FP8: d[64] += A[64 x 32] · B[32 x 128]: A from registers (4 x 4 E4M3 per thread), B K-major.
 __device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -232,6 +258,8 @@ __device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, 
 #undef OSP_WGMMA_ACC64_OUT
 #undef OSP_WGMMA_ACC88
 #undef OSP_WGMMA_ACC88_OUT
+#undef OSP_WGMMA_ACC112
+#undef OSP_WGMMA_ACC112_OUT
 
 // S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile`: bf16 8 k-steps of 16
 // dims (32 bytes; the second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
@@ -255,7 +283,8 @@ template <class T>
 __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint32_t v_tile) {
   if constexpr (T::kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < T::kN / 32; ++kk) wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + kk * 32, 16, 1024));
+    for (int kk = 0; kk < T::kN / 32; ++kk)  // 4 k-steps of 32 keys per Vᵀ box
+      wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024));
   } else {
 #pragma unroll
     for (int kk = 0; kk < T::kN / 16; ++kk)
@@ -265,11 +294,13 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
 
 // Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
-// sum l of the thread's two rows, leaves exp2 values in s, returns the rescale factors.
+// sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
+// whether a row's max grew (else both factors are exactly 1).
 // The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
 template <int kN>
-__device__ __forceinline__ void softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
+__device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
+  bool grew = false;
   if (lim < kN) {
 #pragma unroll
     for (int j = 0; j < kN / 8; ++j)
@@ -284,7 +315,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kN / 2], int lim, int t,
     for (int j = 0; j < kN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    alpha[i] = fast_exp2((m[i] - mx) * scale_log2);  // m = -inf on the first tile: 0
+    grew |= mx != m[i];
+    alpha[i] = mx != m[i] ? fast_exp2((m[i] - mx) * scale_log2) : 1.f;  // m = -inf on the first tile: 0
     const float ms = mx * scale_log2 - p_log2;
     float sum = 0.f;
 #pragma unroll
@@ -298,6 +330,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kN / 2], int lim, int t,
     l[i] = l[i] * alpha[i] + sum;
     m[i] = mx;
   }
+  return grew;
 }
 
 __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {  // a in the low byte
@@ -306,7 +339,9 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
   return lo | (hi << 16);
 }
 
-// O *= alpha per row; P as A fragments from the exponentials in s.
+// O *= alpha per row (T::kSkipRescale: unless no row of the warp grew its max — `grew` false in
+// every lane, all factors exactly 1, which on long rows is most tiles); P as A fragments from the
+// exponentials in s.
 // bf16 (m64k16: a0 row r0 keys 2t, 2t+1; a1 row r0 + 8; a2/a3 the same 8 keys on): the
 // accumulator's own layout. E4M3 (m64k32: a0 row r0 positions 4t .. 4t + 3, a1 row r0 + 8,
 // a2/a3 positions 16 + 4t ..): the thread holds keys 2t, 2t+1, 2t+8, 2t+9 (+16) of each 32, so
@@ -314,13 +349,15 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // Vᵀ's keys in that order, and no register moves between threads.
 template <class T>
 __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[T::kN / 2], const float (&alpha)[2],
-                                                 uint32_t (&p)[T::kPRegs]) {
+                                                 bool grew, uint32_t (&p)[T::kPRegs]) {
+  if (!T::kSkipRescale || __any_sync(0xffffffffu, grew)) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    o[4 * j + 0] *= alpha[0];
-    o[4 * j + 1] *= alpha[0];
-    o[4 * j + 2] *= alpha[1];
-    o[4 * j + 3] *= alpha[1];
+    for (int j = 0; j < 16; ++j) {
+      o[4 * j + 0] *= alpha[0];
+      o[4 * j + 1] *= alpha[0];
+      o[4 * j + 2] *= alpha[1];
+      o[4 * j + 3] *= alpha[1];
+    }
   }
   if constexpr (T::kFp8) {
 #pragma unroll
@@ -343,8 +380,8 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
 }
 #endif  // OSP_HOPPER_DEVICE
 
-// T: Bf16Tiles (tq/tk/tv the 4-D maps of q, k, v) or Fp8Tiles (tq/tk of the E4M3 codes, tv the
-// 3-D map of Vᵀ).
+// T: Tiles<false, kN> (tq/tk/tv the 4-D maps of q, k, v) or Tiles<true, kN> (tq/tk of the E4M3
+// codes, tv the 3-D map of Vᵀ).
 template <class T, bool kPingpong>
 __global__ void __launch_bounds__(kThreads, 1)
     hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
@@ -358,8 +395,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto full_v = [&](int s) { return bar + 8u * (3 + s); };
   auto empty_k = [&](int s) { return bar + 8u * (5 + s); };
   auto empty_v = [&](int s) { return bar + 8u * (7 + s); };
-  auto k_tile = [&](int s) { return base + T::kOffK + uint32_t(s) * T::kKVTile; };
-  auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kKVTile; };
+  auto k_tile = [&](int s) { return base + T::kOffK + uint32_t(s) * T::kKTile; };
+  auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kVTile; };
   constexpr int kN = T::kN;
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
@@ -403,12 +440,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s = j % kStages;
         const uint32_t ph = (j / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
-        mbar_expect_tx(full_k(s), T::kKVTile);
+        mbar_expect_tx(full_k(s), T::kKTile);
         load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
         mbar_wait(empty_v(s), ph ^ 1);
-        mbar_expect_tx(full_v(s), T::kKVTile);
-        if constexpr (T::kFp8) tma_load3(v_tile(s), &tv, full_v(s), j * kN, 0, b * p.H + h);
-        else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
+        mbar_expect_tx(full_v(s), T::kVTile);
+        if constexpr (T::kFp8) {
+#pragma unroll
+          for (int x = 0; x < T::kVtBoxes; ++x) tma_load3(v_tile(s) + x * kHalf, &tv, full_v(s), j * kN + 128 * x, 0, b * p.H + h);
+        } else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
       }
     }
     return;
@@ -447,7 +486,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
   softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
-  rescale_and_pack<T>(o, s, alpha, pf);
+  rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
     mbar_wait(full_k(st), (j / kStages) & 1);
@@ -462,11 +501,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
-    rescale_and_pack<T>(o, s, alpha, pf);
+    rescale_and_pack<T>(o, s, alpha, grew, pf);
   }
   const int ls = (n_tiles - 1) % kStages, last = lim(n_tiles - 1);
   mbar_wait(full_v(ls), ((n_tiles - 1) / kStages) & 1);
@@ -514,10 +553,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif  // OSP_HOPPER_DEVICE
 }
 
-// Vᵀ for the FP8 kernel: vt [B·H, 128, Lkp] (Lkp = Lk rounded up to 128) from the E4M3 codes v
+// Vᵀ for the FP8 kernel: vt [B·H, 128, Lkp] (Lkp = Lk rounded up to 64) from the E4M3 codes v
 // [B, Lk, H, 128] (token rows H·128 bytes apart, samples v_bstride bytes apart). Within every
 // 32 keys, position 16 g + 4 t + e holds key 16 g + 2 t + (e & 1) + 8 (e >> 1) (the order in which
-// rescale_and_pack<Fp8Tiles> leaves P in registers); positions of keys >= Lk hold 0.
+// rescale_and_pack<Tiles<true, kN>> leaves P in registers); positions of keys >= Lk hold 0.
 // Grid (Lkp / 64, H, B), 256 threads: 64 keys x 128 dims through shared memory.
 __global__ void __launch_bounds__(256) fp8_v_transpose_kernel(const uint8_t* __restrict__ v, int64_t v_bstride,
                                                               uint8_t* __restrict__ vt, int Lk, int Lkp, int H) {
@@ -592,11 +631,12 @@ CUtensorMap tensor_map(const void* data, bool fp8, int64_t B, int64_t L, int64_t
   return encode(fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, data, dims, strides, box);
 }
 
-// The 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ [B·H, 128, Lkp], boxes of 128 keys x 128 dims.
+// The 3-D map {key, d, b·H + h} of the FP8 kernel's Vᵀ [B·H, 128, Lkp], boxes of 128 keys x 128
+// dims (a 128-byte swizzled row at most; keys past Lkp read as zeros).
 CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
   const cuuint64_t dims[3] = {cuuint64_t(Lkp), cuuint64_t(kD), cuuint64_t(BH)};
   const cuuint64_t strides[2] = {cuuint64_t(Lkp), cuuint64_t(Lkp) * kD};
-  const cuuint32_t box[3] = {cuuint32_t(Fp8Tiles::kN), cuuint32_t(kD), 1};
+  const cuuint32_t box[3] = {128, cuuint32_t(kD), 1};
   return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
 }
 
@@ -653,7 +693,12 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
   else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
 
-void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong) {
+int hopper_fp8_key_tile() {
+  const int t = engine_settings().hopper_fp8_key_tile;
+  return t ? t : kHopperFp8KeyTile;
+}
+
+void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong, int key_tile) {
   const char* fn = "cuda::attention_hopper_fp8";
   OSP_CHECK(hopper_attention_supported(), fn, ": needs a compute-capability 9.0 GPU and a build for sm_90a");
   OSP_CHECK(c.D == 128, fn, ": head dim must be 128, got ", c.D);
@@ -665,9 +710,12 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong) {
     OSP_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0, fn, ": operands must be 16-byte aligned");
   OSP_CHECK(c.q_bstride % 16 == 0 && c.kv_bstride % 16 == 0 && c.o_bstride % 8 == 0, fn,
             ": batch strides must be whole 16-byte units, got ", c.q_bstride, ", ", c.kv_bstride, ", ", c.o_bstride);
+  if (key_tile == 0) key_tile = hopper_fp8_key_tile();
+  OSP_CHECK(key_tile == 128 || key_tile == 224, fn, ": key tile must be 128 or 224, got ", key_tile);
   if (c.B == 0 || c.Lq == 0) return;
-  constexpr int64_t kN = Fp8Tiles::kN;  // Vᵀ holds whole K/V tiles of keys, zeros past Lk
-  const int64_t Lkp = std::max<int64_t>((c.Lk + kN - 1) / kN * kN, kN);
+  // Vᵀ holds the keys rounded up to 64 (the transpose's block), zeros past Lk; the kernel's TMA
+  // reads zeros past Lkp
+  const int64_t Lkp = std::max<int64_t>((c.Lk + 63) / 64 * 64, 64);
   int dev = 0;
   OSP_CUDA_CHECK(cudaGetDevice(&dev));
   Tensor vt = Tensor::empty({c.B * c.H, kD, Lkp}, DType::F8E4M3, Device::cuda(dev));
@@ -676,12 +724,13 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong) {
                                                       static_cast<uint8_t*>(vt.raw()), int(c.Lk), int(Lkp), int(c.H));
   OSP_CUDA_LAUNCH_CHECK("fp8_v_transpose_kernel");
   const CUtensorMap tq = tensor_map(c.q, true, c.B, c.Lq, c.H, c.q_bstride, kM),
-                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride, Fp8Tiles::kN),
+                    tk = tensor_map(c.k, true, c.B, std::max<int64_t>(c.Lk, 1), c.H, c.kv_bstride, key_tile),
                     tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
   const float scale = c.attn_scale > 0 ? c.attn_scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
                        c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
-  launch_kernel<Fp8Tiles>(tq, tk, tv, p, c.B, pingpong);
+  if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong);
+  else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong);
 }
 
 }  // namespace osp::ops::cuda

@@ -60,10 +60,20 @@ struct Fp8AttentionCall {
 };
 // The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
 // says the arithmetic): D = 128, operands 16-byte aligned on the current device. P is rounded to
-// E4M3 at scale 448 with the running max of each block of 128 keys; O is not rounded beyond bf16.
-// V is first transposed into a scratch tensor (FP8 wgmma reads its B operand K-major only). No
-// padding masks (quant::fp8_attention has none). Throws when hopper_attention_supported() is false.
-void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false);
+// E4M3 at scale 448 with the running max of each K/V tile (`key_tile` keys, 128 or 224; 0:
+// hopper_fp8_key_tile()); O is not rounded beyond bf16. V is first transposed into a scratch
+// tensor (FP8 wgmma reads its B operand K-major only). No padding masks (quant::fp8_attention has
+// none). Throws when hopper_attention_supported() is false.
+void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false, int key_tile = 0);
+// The FP8 kernel's default keys per K/V tile (FlashAttention-3 takes 224 for FP8 at head dim 128;
+// here 224 with pingpong measured 923-950 TFLOP/s against 842-886 for 128 without, session 17,
+// docs/PERF.md) and the scheduling the auto path gives each tile: pingpong for 224 (14B self
+// 923-928 vs 892-895 without), not for 128 (838-875 with, 842-886 without).
+inline constexpr int kHopperFp8KeyTile = 224;
+inline constexpr bool hopper_fp8_pingpong(int key_tile) { return key_tile == 224; }
+// The FP8 kernel's keys per tile when the caller names none: OSP_HOPPER_FP8_KEY_TILE, else
+// kHopperFp8KeyTile. P's rounding blocks are this many keys (tests emulate with it).
+int hopper_fp8_key_tile();
 
 // Fewest keys for which the auto choices (cuda::attention, quant::fp8_attention) take the own
 // Hopper kernels.
