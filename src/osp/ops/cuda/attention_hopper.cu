@@ -119,14 +119,19 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Waits until the phase with this parity has completed.
+// Waits until the phase with this parity has completed. The suspend-time hint (ns, an upper
+// bound) lets the waiting thread sleep in the barrier until the phase completes instead of
+// retrying: without it the producer's waits for free stages retried every ~11 cycles, ~3e9
+// times per 14B-shape launch, which took ~18 % of the issue slots of the scheduler it shares with
+// two consumer warps (Nsight Compute, session 17).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  constexpr uint32_t kSuspendNs = 10000000;
   uint32_t done = 0;
   do {
     asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(bar), "r"(parity)
+        : "r"(bar), "r"(parity), "r"(kSuspendNs)
         : "memory");
   } while (!done);
 }
@@ -170,6 +175,11 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
          (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
+// The descriptor of the same operand `bytes` further on (a multiple of 16): the start address
+// is the low 14-bit field in 16-byte units, and a CTA's shared addresses stay below 2^18 bytes
+// (228 KB), so adding to it never carries into the other fields. Keeps the per-k-step
+// descriptors one add from a base computed once, instead of rebuilt per wgmma.
+__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -261,34 +271,38 @@ __device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, 
 #undef OSP_WGMMA_ACC112
 #undef OSP_WGMMA_ACC112_OUT
 
-// S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile`: bf16 8 k-steps of 16
-// dims (32 bytes; the second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
+// S = Q·Kᵀ for this consumer's 64 rows against a K tile; dq / dk: K-major descriptors
+// (smem_desc(·, 16, 1024)) of the Q rows and the K tile. bf16 8 k-steps of 16 dims (32 bytes; the
+// second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
 template <class T>
-__device__ __forceinline__ void issue_qk(float (&s)[T::kN / 2], uint32_t q_rows, uint32_t k_tile) {
+__device__ __forceinline__ void issue_qk(float (&s)[T::kN / 2], uint64_t dq, uint64_t dk) {
   if constexpr (T::kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_fp8(s, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss_fp8(s, desc_add(dq, kk * 32), desc_add(dk, kk * 32), kk > 0);
   } else {
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
-      wgmma_ss(s, smem_desc(q_rows + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024),
-               smem_desc(k_tile + (kk / 4) * T::kKVBox + (kk % 4) * 32, 16, 1024), kk > 0);
+      wgmma_ss(s, desc_add(dq, (kk / 4) * kHalf + (kk % 4) * 32), desc_add(dk, (kk / 4) * T::kKVBox + (kk % 4) * 32),
+               kk > 0);
   }
 }
 // O += P·V. bf16: P as A fragments p[4 kk .. 4 kk + 3] covering keys 16 kk .. 16 kk + 15, V
 // [keys x dims] read MN-major. E4M3: p[4 kk .. 4 kk + 3] cover key positions 32 kk .. 32 kk + 31
 // of Vᵀ [dims x keys] (K-major), whose keys are stored in rescale_and_pack's order.
+// dv: v_desc<T>() of the V tile.
 template <class T>
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint32_t v_tile) {
+__device__ __forceinline__ uint64_t v_desc(uint32_t v_tile) {
+  return T::kFp8 ? smem_desc(v_tile, 16, 1024) : smem_desc(v_tile, T::kKVBox, 1024);
+}
+template <class T>
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint64_t dv) {
   if constexpr (T::kFp8) {
 #pragma unroll
     for (int kk = 0; kk < T::kN / 32; ++kk)  // 4 k-steps of 32 keys per Vᵀ box
-      wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024));
+      wgmma_rs_fp8(o, &p[4 * kk], desc_add(dv, (kk / 4) * kHalf + (kk % 4) * 32));
   } else {
 #pragma unroll
-    for (int kk = 0; kk < T::kN / 16; ++kk)
-      wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, T::kKVBox, 1024));
+    for (int kk = 0; kk < T::kN / 16; ++kk) wgmma_rs(o, &p[4 * kk], desc_add(dv, kk * 2048));
   }
 }
 
@@ -474,12 +488,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto your_turn = [&] { if (kPingpong) named_arrive(2 - c); };
   if (kPingpong && c == 1) named_arrive(1);  // consumer 0 issues first
 
+  // the operands' descriptors, built once: Q, and K / V of each stage (selected, not indexed,
+  // so they stay in registers)
+  static_assert(kStages == 2, "dk / dv pick between two stages");
+  const uint64_t dq = smem_desc(q_rows, 16, 1024);
+  const uint64_t dk0 = smem_desc(k_tile(0), 16, 1024), dk1 = smem_desc(k_tile(1), 16, 1024);
+  const uint64_t dv0 = v_desc<T>(v_tile(0)), dv1 = v_desc<T>(v_tile(1));
+  auto dk = [&](int s) { return s ? dk1 : dk0; };
+  auto dv = [&](int s) { return s ? dv1 : dv0; };
+
   mbar_wait(bar, 0);
   // tile 0: S only
   mbar_wait(full_k(0), 0);
   my_turn();
   wg_fence();
-  issue_qk<T>(s, q_rows, k_tile(0));
+  issue_qk<T>(s, dq, dk0);
   wg_commit();
   your_turn();
   wg_wait<0>();
@@ -493,9 +516,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_wait(full_v(ps), ((j - 1) / kStages) & 1);
     my_turn();
     wg_fence();
-    issue_qk<T>(s, q_rows, k_tile(st));
+    issue_qk<T>(s, dq, dk(st));
     wg_commit();
-    issue_pv<T>(o, pf, v_tile(ps));
+    issue_pv<T>(o, pf, dv(ps));
     wg_commit();
     your_turn();
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
@@ -528,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   my_turn();
   wg_fence();
-  issue_pv<T>(o, pf, v_tile(ls));
+  issue_pv<T>(o, pf, dv(ls));
   wg_commit();
   your_turn();
   wg_wait<0>();
