@@ -19,7 +19,8 @@
 //     in); O += P·V is wgmma with P from registers — bf16: the S accumulator layout is the
 //     A-fragment layout and V is read MN-major (transposed by the instruction); E4M3: P is
 //     rounded to E4M3 at scale 448 in registers and V comes pre-transposed (FP8 wgmma reads B
-//     K-major only) with its keys in the order P leaves the registers.
+//     K-major only) with its keys in the order P leaves the registers, and 8 rows of ones
+//     under Vᵀ make the same wgmma (m64n136) add P's row sums (Tiles::kSumByMma).
 //   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
 //     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
 //   * Pingpong (optional; off by default for bf16, where it measured no faster, docs/PERF.md
@@ -74,6 +75,13 @@ struct Tiles {
   // softmax's instructions, not the tensor cores, bound the kernel (FP8 224-key tiles at 14B
   // 923-928 vs 872 TFLOP/s; bf16 176-key tiles at 1.3B 639 vs 682 with it: session 17, PERF).
   static constexpr bool kSkipRescale = kFp8;
+  // FP8: the row sums of P come from the tensor cores — each Vᵀ box in shared memory carries 8
+  // rows of ones (one 8-row group) under its 128 dims, so P·V's wgmma is m64n136 and its columns
+  // 128-135 accumulate Σ P (of the E4M3-rounded P) alongside O, rescaled with it; the softmax
+  // drops its per-score sum. bf16: the softmax sums (its tensor pipe, not
+  // its instruction issue, is the bound).
+  static constexpr bool kSumByMma = kFp8;
+  static constexpr int kONum = kSumByMma ? 68 : 64;  // O accumulators a thread (+ the sums' 8 columns)
   static_assert(kN == 128 || (!kFp8 && kN == 176) || (kFp8 && kN == 224), "the wgmma shapes written out below");
   static constexpr int kBoxes = kFp8 ? 1 : 2;
   static constexpr int kPRegs = kFp8 ? kN / 8 : kN / 4;  // P as A fragments, 32-bit registers
@@ -81,9 +89,11 @@ struct Tiles {
   static constexpr uint32_t kKVBox = uint32_t(kN) * 128;  // one K (bf16: and V) box: kN rows x 128 bytes
   static constexpr uint32_t kKTile = kBoxes * kKVBox;
   // V: bf16 as K; FP8 Vᵀ as boxes of 128 dims x 128 keys (kN rounded up to whole boxes; the
-  // keys past kN are loaded and never read)
+  // keys past kN are loaded and never read), each followed by the ones group (kSumByMma)
   static constexpr int kVtBoxes = (kN + 127) / 128;
-  static constexpr uint32_t kVTile = kFp8 ? kVtBoxes * kHalf : kKTile;
+  static constexpr uint32_t kVtBox = kHalf + (kSumByMma ? 1024 : 0);  // shared bytes per Vᵀ box
+  static constexpr uint32_t kVTile = kFp8 ? kVtBoxes * kVtBox : kKTile;
+  static constexpr uint32_t kVBytes = kFp8 ? kVtBoxes * kHalf : kKTile;  // what TMA writes a V tile
   static constexpr uint32_t kOffK = kQTile, kOffV = kOffK + kStages * kKTile, kOffBar = kOffV + kStages * kVTile;
   static constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
   static_assert(kKTile % 1024 == 0 && kVTile % 1024 == 0 && kSmemBytes <= 227 * 1024,
@@ -195,6 +205,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 #define OSP_WGMMA_REGS64 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define OSP_WGMMA_ACC64 "{" OSP_WGMMA_REGS64 "}"
+#define OSP_WGMMA_ACC68 "{" OSP_WGMMA_REGS64 ", %64, %65, %66, %67}"
 #define OSP_WGMMA_ACC88 "{" OSP_WGMMA_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
 #define OSP_WGMMA_ACC64_OUT(d) \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
@@ -205,6 +216,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
     "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
     "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define OSP_WGMMA_ACC68_OUT(d) OSP_WGMMA_ACC64_OUT(d), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67])
 #define OSP_WGMMA_ACC88_OUT(d) \
     OSP_WGMMA_ACC64_OUT(d), \
     "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
@@ -255,17 +267,20 @@ __device__ __forceinline__ void wgmma_ss_fp8(float (&d)[112], uint64_t desc_a, u
                : OSP_WGMMA_ACC112_OUT(d)
                : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-// FP8: d[64] += A[64 x 32] · B[32 x 128]: A from registers (4 x 4 E4M3 per thread), B K-major.
-__device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC64
-               ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-               : OSP_WGMMA_ACC64_OUT(d)
+// FP8: d[68] += A[64 x 32] · B[32 x 136]: A from registers (4 x 4 E4M3 per thread), B K-major
+// (Vᵀ's 128 dims and the ones group, Tiles::kSumByMma).
+__device__ __forceinline__ void wgmma_rs_fp8(float (&d)[68], const uint32_t* a, uint64_t desc_b) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %73, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC68
+               ", {%68, %69, %70, %71}, %72, p, 1, 1;\n}\n"
+               : OSP_WGMMA_ACC68_OUT(d)
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
 #undef OSP_WGMMA_REGS64
 #undef OSP_WGMMA_ACC64
 #undef OSP_WGMMA_ACC64_OUT
+#undef OSP_WGMMA_ACC68
+#undef OSP_WGMMA_ACC68_OUT
 #undef OSP_WGMMA_ACC88
 #undef OSP_WGMMA_ACC88_OUT
 #undef OSP_WGMMA_ACC112
@@ -295,11 +310,12 @@ __device__ __forceinline__ uint64_t v_desc(uint32_t v_tile) {
   return T::kFp8 ? smem_desc(v_tile, 16, 1024) : smem_desc(v_tile, T::kKVBox, 1024);
 }
 template <class T>
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint64_t dv) {
+__device__ __forceinline__ void issue_pv(float (&o)[T::kONum], const uint32_t (&p)[T::kPRegs], uint64_t dv) {
   if constexpr (T::kFp8) {
+    static_assert(T::kSumByMma, "the FP8 P·V wgmma is the m64n136 one");
 #pragma unroll
     for (int kk = 0; kk < T::kN / 32; ++kk)  // 4 k-steps of 32 keys per Vᵀ box
-      wgmma_rs_fp8(o, &p[4 * kk], desc_add(dv, (kk / 4) * kHalf + (kk % 4) * 32));
+      wgmma_rs_fp8(o, &p[4 * kk], desc_add(dv, (kk / 4) * T::kVtBox + (kk % 4) * 32));
   } else {
 #pragma unroll
     for (int kk = 0; kk < T::kN / 16; ++kk) wgmma_rs(o, &p[4 * kk], desc_add(dv, kk * 2048));
@@ -310,8 +326,9 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
 // whether a row's max grew (else both factors are exactly 1).
-// The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
-template <int kN>
+// The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too). kSum false
+// (Tiles::kSumByMma): l is left alone, the tensor cores sum P.
+template <int kN, bool kSum>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
   bool grew = false;
@@ -339,9 +356,9 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
       for (int c = 0; c < 2; ++c) {
         float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
         s[4 * j + 2 * i + c] = e;
-        sum += e;
+        if constexpr (kSum) sum += e;
       }
-    l[i] = l[i] * alpha[i] + sum;
+    if constexpr (kSum) l[i] = l[i] * alpha[i] + sum;
     m[i] = mx;
   }
   return grew;
@@ -362,11 +379,11 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // position 4t + e carries key 2t + (e & 1) + 8 (e >> 1) (+16) — fp8_v_transpose_kernel stores
 // Vᵀ's keys in that order, and no register moves between threads.
 template <class T>
-__device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[T::kN / 2], const float (&alpha)[2],
-                                                 bool grew, uint32_t (&p)[T::kPRegs]) {
+__device__ __forceinline__ void rescale_and_pack(float (&o)[T::kONum], const float (&s)[T::kN / 2],
+                                                 const float (&alpha)[2], bool grew, uint32_t (&p)[T::kPRegs]) {
   if (!T::kSkipRescale || __any_sync(0xffffffffu, grew)) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < T::kONum / 4; ++j) {  // (kSumByMma: the sums' columns too)
       o[4 * j + 0] *= alpha[0];
       o[4 * j + 1] *= alpha[0];
       o[4 * j + 2] *= alpha[1];
@@ -436,6 +453,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
+  if constexpr (T::kSumByMma) {
+    // the ones group under every Vᵀ box: 8 rows of E4M3 1.0 (0x38), so each of P·V's columns
+    // 128-135 is the row sum and every thread holds one; bytes all equal, so the 128-byte
+    // swizzle leaves them as they are. TMA never writes there.
+    constexpr int kChunks = kStages * T::kVtBoxes * 64;  // 16-byte chunks, 64 a group
+    for (int i = threadIdx.x; i < kChunks; i += kThreads) {
+      const int g = i / 64, ch = i % 64;  // group (stage-major), chunk in it
+      const uint32_t dst = base + T::kOffV + uint32_t(g / T::kVtBoxes) * T::kVTile +
+                           uint32_t(g % T::kVtBoxes) * T::kVtBox + kHalf + ch * 16;
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(dst), "r"(0x38383838u) : "memory");
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // seen by wgmma's reads
+  }
   __syncthreads();
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
 
@@ -457,10 +487,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbar_expect_tx(full_k(s), T::kKTile);
         load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
         mbar_wait(empty_v(s), ph ^ 1);
-        mbar_expect_tx(full_v(s), T::kVTile);
+        mbar_expect_tx(full_v(s), T::kVBytes);
         if constexpr (T::kFp8) {
 #pragma unroll
-          for (int x = 0; x < T::kVtBoxes; ++x) tma_load3(v_tile(s) + x * kHalf, &tv, full_v(s), j * kN + 128 * x, 0, b * p.H + h);
+          for (int x = 0; x < T::kVtBoxes; ++x) tma_load3(v_tile(s) + x * T::kVtBox, &tv, full_v(s), j * kN + 128 * x, 0, b * p.H + h);
         } else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
       }
     }
@@ -478,10 +508,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     p_log2 = kLog2Fp8ScaleP;
     out_mul = __ldg(p.descale_v);
   }
-  float o[64], s[kN / 2];
+  float o[T::kONum], s[kN / 2];
   uint32_t pf[T::kPRegs];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int i = 0; i < T::kONum; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
   auto lim = [&](int j) { return min(kN, kv_len - j * kN); };
   auto my_turn = [&] { if (kPingpong) named_sync(1 + c); };
@@ -508,7 +538,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN, !T::kSumByMma>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -524,7 +554,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    const bool grew = softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN, !T::kSumByMma>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
@@ -561,8 +591,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   // O / l (· dv for FP8), bf16, rows >= q_len as 0
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    if constexpr (T::kSumByMma) {  // columns 128-135 all hold the sum: this thread's 128 + 2t
+      l[i] = o[64 + 2 * i];
+    } else {
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
     const int row = m0 + c * 64 + r0 + 8 * i;
     if (row >= p.Lq) continue;
     const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros

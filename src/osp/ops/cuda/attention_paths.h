@@ -61,7 +61,8 @@ struct Fp8AttentionCall {
 // The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
 // says the arithmetic): D = 128, operands 16-byte aligned on the current device. P is rounded to
 // E4M3 at scale 448 with the running max of each K/V tile (`key_tile` keys, 128 or 224; 0:
-// hopper_fp8_key_tile()); O is not rounded beyond bf16. V is first transposed into a scratch
+// hopper_fp8_key_tile()), and the row sums are of the rounded P (the tensor cores add them with
+// P·V); O is not rounded beyond bf16. V is first transposed into a scratch
 // tensor (FP8 wgmma reads its B operand K-major only). No padding masks (quant::fp8_attention has
 // none). Throws when hopper_attention_supported() is false.
 void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false, int key_tile = 0);
