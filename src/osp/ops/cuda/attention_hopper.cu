@@ -114,6 +114,14 @@ struct HopperParams {
   int64_t o_bstride;  // elements between samples of o (rows are H·128 apart)
   int Lq, Lk, H;
   float scale_log2;  // softmax scale * log2(e)
+  // The grid is 1-D over tiles t = (b·H + h)·m_tiles + query tile. Tiles >= split_from (the last
+  // wave's) run as `splits` CTAs each, split s taking the s-th of `splits` equal runs of key
+  // tiles and writing O / l (f32) to part_o [piece, 128 rows, 128] and the base-2 log-sum-exp
+  // of its scores to part_lse [piece, 128], piece = (t - split_from)·splits + s;
+  // split_combine_kernel merges them into o. splits = 1: no split (split_from = tiles).
+  int m_tiles, split_from, splits;
+  float* part_o;
+  float* part_lse;
 };
 
 #ifdef OSP_HOPPER_DEVICE
@@ -430,19 +438,34 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kVTile; };
   constexpr int kN = T::kN;
 
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
+  // this CTA's tile (and split piece, -1 for a whole tile)
+  int tile = int(blockIdx.x), piece = -1;
+  if (tile >= p.split_from) {
+    piece = tile - p.split_from;
+    tile = p.split_from + piece / p.splits;
+  }
+  const int m0 = (tile % p.m_tiles) * kM, h = (tile / p.m_tiles) % p.H, b = tile / p.m_tiles / p.H;
   const int kv_len = p.kv_lens ? min(max(p.kv_lens[b], 0), p.Lk) : p.Lk;
   const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
   const int64_t row_stride = int64_t(p.H) * kD;
   __nv_bfloat16* og = p.o + int64_t(b) * p.o_bstride + int64_t(h) * kD;
-  if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
+  // key tiles [j0, j0 + n_tiles): all, or this piece's share
+  const int n_all = (kv_len + kN - 1) / kN;
+  const int split = piece >= 0 ? piece % p.splits : 0, n_parts = piece >= 0 ? p.splits : 1;
+  const int j0 = int(int64_t(n_all) * split / n_parts);
+  const int n_tiles = int(int64_t(n_all) * (split + 1) / n_parts) - j0;
+  if (n_tiles == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
+    if (piece >= 0) {  // an empty part: O 0, log-sum-exp -inf
+      for (int i = threadIdx.x; i < kM * kD; i += kThreads) p.part_o[int64_t(piece) * kM * kD + i] = 0.f;
+      for (int i = threadIdx.x; i < kM; i += kThreads) p.part_lse[int64_t(piece) * kM + i] = -INFINITY;
+      return;
+    }
     for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
       const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
       if (r < p.Lq) *reinterpret_cast<uint4*>(og + r * row_stride + c) = make_uint4(0, 0, 0, 0);
     }
     return;
   }
-  const int n_tiles = (kv_len + kN - 1) / kN;
   if (threadIdx.x == 0) {
     mbar_init(bar, 1);
     for (int s = 0; s < kStages; ++s) {
@@ -480,9 +503,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
       mbar_expect_tx(bar, T::kQTile);
       load_rows(sQ, &tq, bar, m0, kHalf);
-      for (int j = 0; j < n_tiles; ++j) {
-        const int s = j % kStages;
-        const uint32_t ph = (j / kStages) & 1;
+      for (int jj = 0; jj < n_tiles; ++jj) {
+        const int s = jj % kStages, j = j0 + jj;
+        const uint32_t ph = (jj / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
         mbar_expect_tx(full_k(s), T::kKTile);
         load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
@@ -513,7 +536,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < T::kONum; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  auto lim = [&](int j) { return min(kN, kv_len - j * kN); };
+  // keys of this CTA's j-th key tile (j counts from j0) that are real
+  auto lim = [&](int j) { return min(kN, kv_len - (j0 + j) * kN); };
   auto my_turn = [&] { if (kPingpong) named_sync(1 + c); };
   auto your_turn = [&] { if (kPingpong) named_arrive(2 - c); };
   if (kPingpong && c == 1) named_arrive(1);  // consumer 0 issues first
@@ -588,7 +612,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   reg_fence(o);
   if (kPingpong && c == 0) named_sync(1);  // absorbs consumer 1's last hand-over
 
-  // O / l (· dv for FP8), bf16, rows >= q_len as 0
+  // O / l (· dv for FP8), bf16, rows >= q_len as 0; a split piece: f32 O / l and its log-sum-exp
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     if constexpr (T::kSumByMma) {  // columns 128-135 all hold the sum: this thread's 128 + 2t
@@ -596,6 +620,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else {
       l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
       l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+    if (piece >= 0) {
+      const int r = c * 64 + r0 + 8 * i;  // row in the tile
+      const float inv = l[i] > 0.f ? out_mul / l[i] : 0.f;
+      float* dst = p.part_o + (int64_t(piece) * kM + r) * kD + 2 * t;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+      if (t == 0)
+        p.part_lse[int64_t(piece) * kM + r] = l[i] > 0.f ? m[i] * scale_log2 - p_log2 + __log2f(l[i]) : -INFINITY;
+      continue;
     }
     const int row = m0 + c * 64 + r0 + 8 * i;
     if (row >= p.Lq) continue;
@@ -645,6 +680,46 @@ __global__ void __launch_bounds__(256) fp8_v_transpose_kernel(const uint8_t* __r
     }
     *reinterpret_cast<uint4*>(dst + int64_t(d) * Lkp + p0) = make_uint4(w[0], w[1], w[2], w[3]);
   }
+}
+
+// Merges the split pieces of the last wave's tiles (HopperParams::split_from): row r of tile
+// split_from + blockIdx.x is Σ_s w_s · O_s / Σ_s w_s with w_s = 2^(lse_s - max lse), in bf16;
+// rows >= q_len (or without keys) as 0. Grid (tiles split, 128 / 8), 256 threads: 8 rows of
+// 32 threads x 4 dims. Splits <= kMaxSplits.
+constexpr int kMaxSplits = 4;
+__global__ void __launch_bounds__(256) split_combine_kernel(HopperParams p) {
+  const int tile = p.split_from + int(blockIdx.x);
+  const int r = int(blockIdx.y) * 8 + int(threadIdx.x) / 32, d = (int(threadIdx.x) % 32) * 4;
+  const int row = (tile % p.m_tiles) * kM + r, h = (tile / p.m_tiles) % p.H, b = tile / p.m_tiles / p.H;
+  if (row >= p.Lq) return;
+  const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
+  const int64_t first = int64_t(blockIdx.x) * p.splits;  // the tile's first piece
+  float lse[kMaxSplits], mx = -INFINITY;
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) {
+    lse[s] = s < p.splits ? p.part_lse[(first + s) * kM + r] : -INFINITY;
+    mx = fmaxf(mx, lse[s]);
+  }
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float wsum = 0.f;
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) {
+    if (lse[s] == -INFINITY) continue;  // an empty piece, or s >= splits
+    const float w = exp2f(lse[s] - mx);
+    const float4 x = *reinterpret_cast<const float4*>(p.part_o + ((first + s) * kM + r) * kD + d);
+    acc.x += w * x.x;
+    acc.y += w * x.y;
+    acc.z += w * x.z;
+    acc.w += w * x.w;
+    wsum += w;
+  }
+  const float inv = row < q_len && wsum > 0.f ? 1.f / wsum : 0.f;
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
+  uint2 packed;
+  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p.o + int64_t(b) * p.o_bstride + int64_t(row) * p.H * kD + int64_t(h) * kD + d) = packed;
 }
 
 // 1 when this build holds the sm_90a code of the kernel above.
@@ -697,10 +772,50 @@ CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
   return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
 }
 
+// How many of the last wave's tiles run split, and in how many pieces (HopperParams): `request`
+// 0 none; 2..kMaxSplits that many pieces for the tiles past the last whole wave (all tiles
+// when there is none); -1 OSP_HOPPER_SPLIT_TAIL's choice — off, or on where it pays: a last
+// wave of R < #SMs tiles, fewer than 64 waves (the tail costs more than ~1.5 %), pieces =
+// min(kMaxSplits, #SMs / R) >= 2 and at least 4 key tiles a piece.
+void plan_split(HopperParams& p, int64_t tiles, int key_tile, int request) {
+  p.split_from = int(tiles);
+  p.splits = 1;
+  if (request == 0) return;
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  const int64_t sms = cuda_sm_count(dev), R = tiles % sms ? tiles % sms : std::min(tiles, sms);
+  int64_t S = request;
+  if (request < 0) {
+    if (!engine_settings().hopper_split_tail || tiles % sms == 0 || tiles / sms >= 64) return;
+    S = std::min<int64_t>(kMaxSplits, sms / R);
+    if (S < 2 || (p.Lk + key_tile - 1) / key_tile < 4 * S) return;
+  }
+  OSP_CHECK(S >= 2 && S <= kMaxSplits, "cuda::attention_hopper: split_tail must be -1, 0 or 2..", kMaxSplits,
+            ", got ", request);
+  p.split_from = int(tiles - R);
+  p.splits = int(S);
+}
+
+// p: all but the split fields, which plan_split fills (`split_tail` its request) along with the
+// scratch the pieces need.
 template <class T>
-void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const HopperParams& p,
-                   int64_t B, bool pingpong) {
-  const dim3 grid(unsigned((p.Lq + kM - 1) / kM), unsigned(p.H), unsigned(B));
+void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, HopperParams p,
+                   int64_t B, bool pingpong, int split_tail) {
+  p.m_tiles = int((p.Lq + kM - 1) / kM);
+  const int64_t tiles = int64_t(p.m_tiles) * p.H * B;
+  OSP_CHECK(tiles * kMaxSplits < (int64_t(1) << 31), "cuda::attention_hopper: too many query tiles (", tiles, ")");
+  plan_split(p, tiles, T::kN, split_tail);
+  const int64_t split_tiles = tiles - p.split_from;
+  Tensor part_o, part_lse;  // freed after the launches: the caching allocator keeps stream order
+  if (p.splits > 1) {
+    int dev = 0;
+    OSP_CUDA_CHECK(cudaGetDevice(&dev));
+    part_o = Tensor::empty({split_tiles * p.splits * kM * kD}, DType::F32, Device::cuda(dev));
+    part_lse = Tensor::empty({split_tiles * p.splits * kM}, DType::F32, Device::cuda(dev));
+    p.part_o = part_o.data<float>();
+    p.part_lse = part_lse.data<float>();
+  }
+  const dim3 grid(unsigned(p.split_from + split_tiles * p.splits));
   auto launch = [&](auto kernel) {
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
     kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
@@ -708,6 +823,10 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
   if (pingpong) launch(hopper_attention_kernel<T, true>);
   else launch(hopper_attention_kernel<T, false>);
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
+  if (p.splits > 1) {
+    split_combine_kernel<<<dim3(unsigned(split_tiles), kM / 8), 256, 0, stream()>>>(p);
+    OSP_CUDA_LAUNCH_CHECK("split_combine_kernel");
+  }
 }
 }  // namespace
 
@@ -732,9 +851,9 @@ bool hopper_attention_supported() {
 }
 
 // q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
-// q_lens / kv_lens device I32 [B] or null.
+// q_lens / kv_lens device I32 [B] or null; split_tail as attention_hopper's.
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile) {
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile, int split_tail) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
@@ -746,8 +865,8 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
                     tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, key_tile);
   const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
                        Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
-  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong);
-  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
+  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong, split_tail);
+  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong, split_tail);
 }
 
 int hopper_fp8_key_tile() {
@@ -786,8 +905,9 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong, int key_tile
   const float scale = c.attn_scale > 0 ? c.attn_scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
                        c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
-  if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong);
-  else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong);
+  // (no split tail for FP8 yet: the kernel takes it, but it is measured for neither kernel)
+  if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong, 0);
+  else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong, 0);
 }
 
 }  // namespace osp::ops::cuda
