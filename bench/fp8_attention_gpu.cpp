@@ -114,19 +114,7 @@ void run_case(const Case& c, int reps) {
         [&] { quant::fp8_attention(q8, k8, v8, out8, args, quant::Fp8AttentionKernel::Hopper); }, 1, reps);
     emit("fp8_hopper", ms_own, flop, ",\"path\":\"" + std::string(quant::fp8_attention_last_path()) + "\"");
     if (c.seq_lens.empty()) {  // each key tile and scheduling, through the kernel's own entry point
-      ops::cuda::Fp8AttentionCall h;
-      h.B = c.B;
-      h.H = c.H;
-      h.Lq = h.Lk = c.L;
-      h.D = D;
-      h.q_bstride = h.kv_bstride = h.o_bstride = c.L * c.H * D;
-      h.q = q8.codes.raw();
-      h.k = k8.codes.raw();
-      h.v = v8.codes.raw();
-      h.descale_q = q8.scale_inv.data<float>();
-      h.descale_k = k8.scale_inv.data<float>();
-      h.descale_v = v8.scale_inv.data<float>();
-      h.out = out8.raw();
+      const ops::cuda::Fp8AttentionCall h = quant::fp8_attention_call(q8, k8, v8, out8);
       for (int tile : {128, 224})
         for (bool pp : {false, true}) {
           const double ms = bench::time_ms([&] { ops::cuda::attention_hopper_fp8(h, pp, tile); }, 1, reps);

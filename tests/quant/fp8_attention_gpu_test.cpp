@@ -245,22 +245,7 @@ TEST(Fp8AttentionGpu, HopperKeyTilesMatchEmulation) {
                                          {c.B, c.Lq, c.H, D})
                          .to(DType::BF16)
                          .to(Device::cuda());
-        ops::cuda::Fp8AttentionCall h;
-        h.B = c.B;
-        h.H = c.H;
-        h.Lq = c.Lq;
-        h.Lk = c.Lk;
-        h.D = D;
-        h.q_bstride = h.o_bstride = c.Lq * c.H * D;
-        h.kv_bstride = c.Lk * c.H * D;
-        h.q = q8.codes.raw();
-        h.k = k8.codes.raw();
-        h.v = v8.codes.raw();
-        h.descale_q = q8.scale_inv.data<float>();
-        h.descale_k = k8.scale_inv.data<float>();
-        h.descale_v = v8.scale_inv.data<float>();
-        h.out = out.raw();
-        ops::cuda::attention_hopper_fp8(h, pingpong, tile);
+        ops::cuda::attention_hopper_fp8(fp8_attention_call(q8, k8, v8, out), pingpong, tile);
         Tensor got = out.to(Device::cpu()).to(DType::F32);
         Fp8AttentionEmulation emu;
         emu.kv_block = tile;
@@ -274,19 +259,10 @@ TEST(Fp8AttentionGpu, HopperKeyTilesMatchEmulation) {
         EXPECT_LT(r, 0.01) << "key tile " << tile << (pingpong ? " pingpong" : "");
       }
   }
-  ops::cuda::Fp8AttentionCall bad;
-  bad.B = 1;
-  bad.H = 1;
-  bad.Lq = bad.Lk = 16;
-  bad.D = 128;
   Tensor z = Tensor::zeros({1, 16, 1, 128}, DType::BF16, Device::cuda());
   Fp8Tensor z8 = hif8_quantize_e4m3(z);
-  bad.q = bad.k = bad.v = z8.codes.raw();
-  bad.descale_q = bad.descale_k = bad.descale_v = z8.scale_inv.data<float>();
-  bad.out = z.raw();
-  bad.q_bstride = bad.kv_bstride = bad.o_bstride = 16 * 128;
   try {
-    ops::cuda::attention_hopper_fp8(bad, false, 176);
+    ops::cuda::attention_hopper_fp8(fp8_attention_call(z8, z8, z8, z), false, 176);
     ADD_FAILURE() << "key tile 176 accepted by the FP8 kernel";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("key tile must be 128 or 224"), std::string::npos) << e.what();

@@ -252,3 +252,32 @@ TEST(Fp8Attention, BadInputsGiveClearErrors) {
   emu.kv_block = -1;
   expect_error([&] { fp8_attention_emulate(q, k, v, out, {}, emu); }, "kv_block");
 }
+
+// The whole-tensor call for the FP8 kernels' own entry points: shapes, strides, pointers, and
+// clear errors for shapes that disagree.
+TEST(Fp8Attention, KernelCallDescribesTheTensors) {
+  Fp8Tensor q = hif8_quantize_e4m3(Tensor::zeros({2, 5, 3, 128}, DType::F32));
+  Fp8Tensor kv = hif8_quantize_e4m3(Tensor::zeros({2, 7, 3, 128}, DType::F32));
+  Tensor out = Tensor::empty({2, 5, 3, 128}, DType::BF16);
+  const ops::cuda::Fp8AttentionCall c = fp8_attention_call(q, kv, kv, out, 0.25f);
+  EXPECT_EQ(c.B, 2);
+  EXPECT_EQ(c.Lq, 5);
+  EXPECT_EQ(c.Lk, 7);
+  EXPECT_EQ(c.H, 3);
+  EXPECT_EQ(c.D, 128);
+  EXPECT_EQ(c.q_bstride, 5 * 3 * 128);
+  EXPECT_EQ(c.o_bstride, 5 * 3 * 128);
+  EXPECT_EQ(c.kv_bstride, 7 * 3 * 128);
+  EXPECT_EQ(c.q, q.codes.raw());
+  EXPECT_EQ(c.k, kv.codes.raw());
+  EXPECT_EQ(c.out, out.raw());
+  EXPECT_EQ(c.descale_v, kv.scale_inv.data<float>());
+  EXPECT_EQ(c.attn_scale, 0.25f);
+  Tensor wrong = Tensor::empty({2, 5, 3, 64}, DType::BF16);
+  try {
+    fp8_attention_call(q, kv, kv, wrong);
+    ADD_FAILURE() << "an output of another shape accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shapes disagree"), std::string::npos) << e.what();
+  }
+}

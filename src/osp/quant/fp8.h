@@ -19,6 +19,7 @@
 #include <string>
 
 #include "osp/core/tensor.h"
+#include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/hif8.h"
 
@@ -133,6 +134,12 @@ const char* fp8_attention_last_path();
 std::string fp8_attention_cudnn_note();
 // The O storage of the last cuDNN FP8 SDPA call (BF16 before any).
 Fp8AttentionOut fp8_attention_cudnn_o_storage();
+
+// The FP8 kernels' call (ops/cuda/attention_paths.h) for the whole of q, k, v (codes [B, Lq|Lk,
+// H, D], contiguous) into out ([B, Lq, H, D], bf16), scale 0 → 1/sqrt(D): what fp8_attention
+// builds and narrows to each packed sequence; tests and benchmarks call the kernels with it.
+ops::cuda::Fp8AttentionCall fp8_attention_call(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v,
+                                               Tensor& out, float scale = 0.f);
 
 // The CPU emulation of the arithmetic above (the tests' reference). Knobs model how a fused
 // kernel may differ from the plain definition:

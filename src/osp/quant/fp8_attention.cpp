@@ -230,22 +230,12 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
                                        0, size_t(sg.nq * row) * 2, ops::cuda::stream()));
       continue;
     }
-    cuda::Fp8SdpaCall c;
-    c.B = p.B;
-    c.H = p.H;
+    cuda::Fp8SdpaCall c = fp8_attention_call(q, k, v, out, p.scale);  // narrowed to the sequence
     c.Lq = sg.nq;
     c.Lk = sg.nk;
-    c.D = p.D;
-    c.q_bstride = p.Lq * row;
-    c.kv_bstride = p.Lk * row;
-    c.o_bstride = p.Lq * row;
     c.q = q.codes.data<uint8_t>() + sg.q0 * row;
     c.k = k.codes.data<uint8_t>() + sg.k0 * row;
     c.v = v.codes.data<uint8_t>() + sg.k0 * row;
-    c.descale_q = q.scale_inv.data<float>();
-    c.descale_k = k.scale_inv.data<float>();
-    c.descale_v = v.scale_inv.data<float>();
-    c.attn_scale = p.scale;
     c.out = static_cast<uint16_t*>(out.raw()) + sg.q0 * row;
     if (use_hopper(kernel, p, sg.nk)) {
       const int tile = ops::cuda::hopper_fp8_key_tile();
@@ -278,6 +268,36 @@ void run_cuda(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor
 }  // namespace
 
 const char* fp8_attention_last_path() { return g_last_path.load(); }
+
+ops::cuda::Fp8AttentionCall fp8_attention_call(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v,
+                                               Tensor& out, float scale) {
+  const char* fn = "fp8_attention_call";
+  OSP_CHECK(q.codes.dim() == 4 && k.codes.dim() == 4 && v.codes.dim() == 4 && out.dim() == 4, fn,
+            ": q, k, v, out must be [B, L, H, D], got ", q.codes.desc(), ", ", k.codes.desc(), ", ",
+            v.codes.desc(), ", ", out.desc());
+  OSP_CHECK(out.shape() == q.codes.shape() && k.codes.shape() == v.codes.shape() &&
+                k.codes.size(0) == q.codes.size(0) && k.codes.size(2) == q.codes.size(2) &&
+                k.codes.size(3) == q.codes.size(3),
+            fn, ": shapes disagree: q ", q.codes.desc(), ", k ", k.codes.desc(), ", v ", v.codes.desc(), ", out ",
+            out.desc());
+  ops::cuda::Fp8AttentionCall c;
+  c.B = q.codes.size(0);
+  c.Lq = q.codes.size(1);
+  c.H = q.codes.size(2);
+  c.D = q.codes.size(3);
+  c.Lk = k.codes.size(1);
+  c.q_bstride = c.o_bstride = c.Lq * c.H * c.D;
+  c.kv_bstride = c.Lk * c.H * c.D;
+  c.q = q.codes.raw();
+  c.k = k.codes.raw();
+  c.v = v.codes.raw();
+  c.descale_q = q.scale_inv.data<float>();
+  c.descale_k = k.scale_inv.data<float>();
+  c.descale_v = v.scale_inv.data<float>();
+  c.attn_scale = scale;
+  c.out = out.raw();
+  return c;
+}
 
 Fp8AttentionOut fp8_attention_cudnn_o_storage() {
 #ifdef OSP_HAVE_CUDA
