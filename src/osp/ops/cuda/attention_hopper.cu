@@ -27,6 +27,9 @@
 //     session 15; on for FP8's 224-key tiles, attention_paths.h): two named barriers hand the
 //     right to issue GEMMs back and forth between the consumers, so one warpgroup's softmax runs
 //     under the other's GEMMs.
+//   * Split tail (optional, HopperParams::split_from): the query tiles past the last whole wave
+//     run as 2-4 CTAs each over a share of the keys, writing f32 O / l and the log-sum-exp;
+//     split_combine_kernel merges them, so the last wave keeps every SM busy.
 //   Measured on H100s (sessions 15-17, docs/PERF.md): bf16 636-727 TFLOP/s at 32,760² × 12 heads
 //   and 646-677 at 75,600² × 40 heads (176-key tiles; cuDNN 569-609 / 582-593; the spread is
 //   between cards and calls); FP8 (224-key tiles, pingpong) 928-950 / 923-927 (cuDNN's FP8 870 /
