@@ -52,6 +52,7 @@
 #include "osp/core/settings.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
+#include "osp/ops/exp2_poly.h"
 
 namespace osp::ops::cuda {
 namespace {
@@ -84,6 +85,10 @@ struct Tiles {
   // drops its per-score sum. bf16: the softmax sums (its tensor pipe, not
   // its instruction issue, is the bound).
   static constexpr bool kSumByMma = kFp8;
+  // FP8: every kPolyExp-th pair of score columns takes its exponentials from ops::exp2_poly (FMA
+  // and integer pipes) instead of the SFU, whose 16 results a clock per SM otherwise match the
+  // FP8 tensor cores' time per tile (224 keys: ~1,800 cycles each per two warps); 0: none.
+  static constexpr int kPolyExp = kFp8 ? 4 : 0;
   static constexpr int kONum = kSumByMma ? 68 : 64;  // O accumulators a thread (+ the sums' 8 columns)
   static_assert(kN == 128 || (!kFp8 && kN == 176) || (kFp8 && kN == 224), "the wgmma shapes written out below");
   static constexpr int kBoxes = kFp8 ? 1 : 2;
@@ -338,8 +343,9 @@ __device__ __forceinline__ void issue_pv(float (&o)[T::kONum], const uint32_t (&
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
 // whether a row's max grew (else both factors are exactly 1).
 // The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too). kSum false
-// (Tiles::kSumByMma): l is left alone, the tensor cores sum P.
-template <int kN, bool kSum>
+// (Tiles::kSumByMma): l is left alone, the tensor cores sum P. kPolyExp > 0: column pairs j with
+// j % kPolyExp == kPolyExp - 1 use exp2_poly.
+template <int kN, bool kSum, int kPolyExp>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
   bool grew = false;
@@ -365,7 +371,8 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
     for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
+        const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
+        const float e = kPolyExp > 0 && j % kPolyExp == kPolyExp - 1 ? exp2_poly(x) : fast_exp2(x);
         s[4 * j + 2 * i + c] = e;
         if constexpr (kSum) sum += e;
       }
@@ -565,7 +572,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile<kN, !T::kSumByMma>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN, !T::kSumByMma, T::kPolyExp>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -581,7 +588,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    const bool grew = softmax_tile<kN, !T::kSumByMma>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN, !T::kSumByMma, T::kPolyExp>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
