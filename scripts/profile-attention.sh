@@ -4,8 +4,9 @@
 # tiles and the FP8 kernel with each key tile of FP8_TILES, one launch each, the full section set,
 # GPU clocks left alone (--clock-control none, as docs of the GPU machines ask). Reports under $OUT
 # (attn-bf16.ncu-rep, attn-fp8-128.ncu-rep, ...: open them in Nsight Compute) with their details
-# page as text, and the main lines printed last: throughput against peak, tensor-pipe use, warp
-# stall reasons.
+# page as text and their SASS table as CSV, and the main lines printed last: throughput against
+# peak, pipe use, then scripts/ncu-sass-summary.py's stall reasons, hottest instructions,
+# instruction mix and mbarrier retries.
 #
 #   bash scripts/profile-attention.sh        # on the GPU machine, after a build (BUILD=build-gpu)
 # Environment: OUT (./out), BUILD (build-gpu), CASE ("14B-720P self"; any case name of the two
@@ -39,6 +40,8 @@ for r in $reports; do
   echo "== $r ($CASE)"
   [ -f "$OUT/attn-$r.ncu-rep" ] || { echo "no report (profile-$r.log):"; tail -5 "$OUT/profile-$r.log"; continue; }
   ncu --import "$OUT/attn-$r.ncu-rep" --page details --print-units base > "$OUT/attn-$r.txt" 2>&1
-  grep -iE "stalled|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit" \
-    "$OUT/attn-$r.txt" | sed "s/  */ /g" | cut -c1-300 | head -40
+  ncu --import "$OUT/attn-$r.ncu-rep" --page source --print-source sass --csv > "$OUT/attn-$r-sass.csv" 2>&1
+  grep -iE "SM Frequency|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|Registers Per|Issue Slots Busy|highest-utilized|Warp Cycles Per Issued" \
+    "$OUT/attn-$r.txt" | sed "s/  */ /g" | cut -c1-200 | head -12
+  python3 scripts/ncu-sass-summary.py "$OUT/attn-$r-sass.csv" --top 8
 done
