@@ -67,9 +67,9 @@ struct Fp8AttentionCall {
 // says the arithmetic): D = 128, operands 16-byte aligned on the current device. P is rounded to
 // E4M3 at scale 448 with the running max of each K/V tile (`key_tile` keys, 128 or 224; 0:
 // hopper_fp8_key_tile()), and the row sums are of the rounded P (the tensor cores add them with
-// P·V); O is not rounded beyond bf16. V is first transposed into a scratch
-// tensor (FP8 wgmma reads its B operand K-major only). No padding masks (quant::fp8_attention has
-// none). Throws when hopper_attention_supported() is false.
+// P·V); O is not rounded beyond bf16. V is first transposed into a scratch tensor (FP8 wgmma
+// reads its B operand K-major only). No padding masks (quant::fp8_attention has none). Throws
+// when hopper_attention_supported() is false.
 void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false, int key_tile = 0);
 // The FP8 kernel's default keys per K/V tile (FlashAttention-3 takes 224 for FP8 at head dim 128;
 // here 224 with pingpong measured 923-950 TFLOP/s against 842-886 for 128 without, session 17,
