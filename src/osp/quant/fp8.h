@@ -99,10 +99,10 @@ enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 // Which CUDA kernel runs FP8 attention. Auto: osp's own Hopper FP8 kernel
 // (ops/cuda/attention_paths.h: attention_hopper_fp8; P rounded with the running max of each
 // K/V tile, 224 keys by default, l summed over the rounded P, O stored in bf16) where the GPU
-// and build allow it, D = 128 and each sequence has
-// at least kHopperMinKeys keys, else cuDNN's; OSP_ATTENTION=cudnn / =hopper force one (as for
-// bf16 attention, core/settings.h; =flash, there being no own flash FP8 kernel, means cuDNN's). Cudnn / Hopper: that kernel (Hopper throws where it cannot
-// run; Cudnn falls back to bf16 attention as below).
+// and build allow it, D = 128 and each sequence has at least kHopperMinKeys keys, else cuDNN's;
+// OSP_ATTENTION=cudnn / =hopper force one (as for bf16 attention, core/settings.h; =flash,
+// there being no own flash FP8 kernel, means cuDNN's). Cudnn / Hopper: that kernel (Hopper
+// throws where it cannot run; Cudnn falls back to bf16 attention as below).
 enum class Fp8AttentionKernel : uint8_t { Auto, Cudnn, Hopper };
 
 // q [B, Lq, H, D], k/v [B, Lk, H, D] quantized operands (codes contiguous, one scale_inv each);
