@@ -465,8 +465,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int j0 = int(int64_t(n_all) * split / n_parts);
   const int n_tiles = int(int64_t(n_all) * (split + 1) / n_parts) - j0;
   if (n_tiles == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
-    if (piece >= 0) {  // an empty part: O 0, log-sum-exp -inf
-      for (int i = threadIdx.x; i < kM * kD; i += kThreads) p.part_o[int64_t(piece) * kM * kD + i] = 0.f;
+    if (piece >= 0) {  // an empty part: log-sum-exp -inf (split_combine_kernel then skips its O)
       for (int i = threadIdx.x; i < kM; i += kThreads) p.part_lse[int64_t(piece) * kM + i] = -INFINITY;
       return;
     }
@@ -787,16 +786,15 @@ CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
 // when there is none); -1 OSP_HOPPER_SPLIT_TAIL's choice — off, or on where it pays: a last
 // wave of R < #SMs tiles, fewer than 64 waves (the tail costs more than ~1.5 %), pieces =
 // min(kMaxSplits, #SMs / R) >= 2 and at least 4 key tiles a piece.
-void plan_split(HopperParams& p, int64_t tiles, int key_tile, int request) {
+// dev: the current device.
+void plan_split(HopperParams& p, int64_t tiles, int key_tile, int request, int dev) {
   p.split_from = int(tiles);
   p.splits = 1;
-  if (request == 0) return;
-  int dev = 0;
-  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  if (request == 0 || (request < 0 && !engine_settings().hopper_split_tail)) return;
   const int64_t sms = cuda_sm_count(dev), R = tiles % sms ? tiles % sms : std::min(tiles, sms);
   int64_t S = request;
   if (request < 0) {
-    if (!engine_settings().hopper_split_tail || tiles % sms == 0 || tiles / sms >= 64) return;
+    if (tiles % sms == 0 || tiles / sms >= 64) return;
     S = std::min<int64_t>(kMaxSplits, sms / R);
     if (S < 2 || (p.Lk + key_tile - 1) / key_tile < 4 * S) return;
   }
@@ -814,12 +812,12 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
   p.m_tiles = int((p.Lq + kM - 1) / kM);
   const int64_t tiles = int64_t(p.m_tiles) * p.H * B;
   OSP_CHECK(tiles * kMaxSplits < (int64_t(1) << 31), "cuda::attention_hopper: too many query tiles (", tiles, ")");
-  plan_split(p, tiles, T::kN, split_tail);
+  int dev = 0;
+  OSP_CUDA_CHECK(cudaGetDevice(&dev));
+  plan_split(p, tiles, T::kN, split_tail, dev);
   const int64_t split_tiles = tiles - p.split_from;
   Tensor part_o, part_lse;  // freed after the launches: the caching allocator keeps stream order
   if (p.splits > 1) {
-    int dev = 0;
-    OSP_CUDA_CHECK(cudaGetDevice(&dev));
     part_o = Tensor::empty({split_tiles * p.splits * kM * kD}, DType::F32, Device::cuda(dev));
     part_lse = Tensor::empty({split_tiles * p.splits * kM}, DType::F32, Device::cuda(dev));
     p.part_o = part_o.data<float>();
