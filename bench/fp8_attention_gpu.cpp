@@ -2,9 +2,9 @@
 // vs cuDNN's fused FP8 SDPA and the own Hopper FP8 kernel (quant::fp8_attention on
 // pre-quantized E4M3 q/k/v; the own kernel also with each key tile, 128 and 224, with and without
 // pingpong scheduling) at Wan2.1 shapes, D = 128, in TFLOP/s counted as 4·B·Σ_r L_r²·H·D (Σ over
-// the packed sequences). Also the HiF8→E4M3 quantization of q, k, v timed alone, the whole hif8_attention_fp8 (quantize +
-// attention), and the relative error of the FP8 output against bf16 attention on the same
-// HiF8-rounded inputs (first 4M outputs).
+// the packed sequences). Also the HiF8→E4M3 quantization of q, k, v timed alone, the whole
+// hif8_attention_fp8 (quantize + attention), and the relative error of the FP8 output against
+// bf16 attention on the same HiF8-rounded inputs (first 4M outputs).
 // Cases: 14B-720P self 1×75600×40; 14B Skiparse packed (19320, 19320, 18480, 18480) × 40 heads;
 // 1.3B-480P self 1×32760×12.
 // Usage: bench_fp8_attention_gpu [--quick] [--case NAME]   (--quick: only the 1.3B case, fewer
