@@ -31,7 +31,6 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.attention, EngineSettings::Attention::Auto);
   EXPECT_EQ(d.hopper_key_tile, 0);
   EXPECT_EQ(d.hopper_fp8_key_tile, 0);
-  EXPECT_FALSE(d.hopper_split_tail);
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
@@ -80,7 +79,6 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(read({{"OSP_HOPPER_KEY_TILE", "128"}}).hopper_key_tile, 128);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "224"}}).hopper_fp8_key_tile, 224);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "128"}}).hopper_fp8_key_tile, 128);
-  EXPECT_TRUE(read({{"OSP_HOPPER_SPLIT_TAIL", "1"}}).hopper_split_tail);
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);

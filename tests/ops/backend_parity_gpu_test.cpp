@@ -232,9 +232,8 @@ Tensor lens_tensor(const std::vector<int>& v) {
 
 // path: 0 = cuda::attention (auto), 1 = own flash kernel, 2 = cuDNN (must run),
 // 3 = cuDNN one unmasked call per sequence (must run), 4 / 5 = own Hopper kernel with / without
-// pingpong scheduling, 6 / 7 = the same kernel with 176-key tiles without / with pingpong,
-// 8 / 9 / 10 = 176-key tiles with the last wave's query tiles split into 2 / 3 / 4 pieces over
-// the keys (split_tail; 9 with pingpong) (4-10 skipped where it cannot run). nan_pad: the GPU's ignored key rows
+// pingpong scheduling, 6 / 7 = the same kernel with 176-key tiles without / with pingpong
+// (4-7 skipped where it cannot run). nan_pad: the GPU's ignored key rows
 // (>= kv[b]) hold NaN, which must not reach the output.
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int path,
                     std::vector<int> kv = {}, std::vector<int> ql = {}, bool bias = false,
@@ -268,9 +267,7 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t D, int
   } else if (path == 1) {
     ops::cuda::attention_flash(gq, gk, gv, out, a);
   } else if (path >= 4) {
-    const int split = path >= 8 ? path - 6 : 0;
-    ops::cuda::attention_hopper(gq, gk, gv, out, a, path == 4 || path == 7 || path == 9, path >= 6 ? 176 : 128,
-                                split);
+    ops::cuda::attention_hopper(gq, gk, gv, out, a, path == 4 || path == 7, path >= 6 ? 176 : 128);
   } else if (path == 3) {
     bool ran = ops::cuda::attention_cudnn_per_sequence(gq, gk, gv, out, a);
     ASSERT_TRUE(ran) << "cuDNN per-sequence path did not run for this case";
@@ -440,19 +437,6 @@ std::vector<Case> all_cases() {
   add("attn_hopper176_2x700x512x3x128_cross", [=] { attention_case(2, 700, 512, 3, 128, 6); });
   add("attn_hopper176_3x260x400x2x128_lens_nan_pad", [=] {
     attention_case(3, 260, 400, 2, 128, 6, {400, 177, 5}, {260, 7, 130}, false, 0.f, true);
-  });
-  // split tails (small shapes: every tile is past the last whole wave, so all run split): key
-  // counts that leave a piece empty (fewer key tiles than pieces), odd splits of the key tiles,
-  // lengths with NaN padding, query tiles without real rows
-  add("attn_hopper_split2_1x77x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, 8); });
-  add("attn_hopper_split3_pp_1x1000x1000x2x128", [=] { attention_case(1, 1000, 1000, 2, 128, 9); });
-  add("attn_hopper_split4_2x256x2000x3x128", [=] { attention_case(2, 256, 2000, 3, 128, 10); });
-  add("attn_hopper_split4_1x130x300x2x128", [=] { attention_case(1, 130, 300, 2, 128, 10); });
-  add("attn_hopper_split3_3x260x900x2x128_lens_nan_pad", [=] {
-    attention_case(3, 260, 900, 2, 128, 9, {900, 177, 5}, {260, 7, 130}, false, 0.f, true);
-  });
-  add("attn_hopper_split2_4x300x300x2x128_lens", [=] {
-    attention_case(4, 300, 300, 2, 128, 8, {300, 176, 1, 0}, {300, 200, 3, 64});
   });
   add("attn_hopper176_pp_4x300x300x2x128_lens", [=] {
     attention_case(4, 300, 300, 2, 128, 7, {300, 176, 1, 0}, {300, 200, 3, 64});

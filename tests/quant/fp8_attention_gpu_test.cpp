@@ -81,8 +81,7 @@ void check_case(const Case& c, Fp8AttentionKernel kernel, uint64_t seed) {
   Fp8Tensor q8 = to_cpu(hif8_quantize_e4m3(q)), k8 = to_cpu(hif8_quantize_e4m3(k)),
             v8 = to_cpu(hif8_quantize_e4m3(v));
   Tensor got = out.to(Device::cpu()).to(DType::F32);
-  // the own kernel: online softmax over its K/V tiles, the row sums of the rounded P (its
-  // tensor cores add them), O in bf16 (attention_paths.h)
+  // the own kernel: online softmax over its K/V tiles, O in bf16 (attention_paths.h)
   const Fp8AttentionOut ost = own ? Fp8AttentionOut::BF16 : fp8_attention_cudnn_o_storage();
   const int64_t own_block = own ? ops::cuda::hopper_fp8_key_tile() : 256;
   double best = 1e9;
@@ -103,7 +102,6 @@ void check_case(const Case& c, Fp8AttentionKernel kernel, uint64_t seed) {
   Fp8AttentionEmulation same;
   same.o_storage = ost;
   same.kv_block = own_block;
-  same.rowsum_of_rounded_p = own;
   fp8_attention_emulate(q8, k8, v8, ref, args, same);
   const double r_emu = relative_error(got, ref);
   Tensor ref_o = Tensor::empty(got.shape(), DType::F32);
@@ -219,8 +217,8 @@ TEST(Fp8AttentionGpu, HopperKernelMatchesEmulationAndBf16) {
 }
 
 // Both key tiles of the own FP8 kernel (128 and 224 keys; P rounded with each tile's running
-// max, row sums of the rounded P), both schedulings, through its own entry point: against the
-// emulation with blocks of that many keys. Lengths around the tile edges (1, 223, 224, 225, 449) and past several tiles.
+// max), both schedulings, through its own entry point: against the emulation with blocks of that
+// many keys. Lengths around the tile edges (1, 223, 224, 225, 449) and past several tiles.
 TEST(Fp8AttentionGpu, HopperKeyTilesMatchEmulation) {
   OSP_REQUIRE_GPU();
   if (!ops::cuda::hopper_attention_supported()) GTEST_SKIP() << "no sm_90a GPU / build";
@@ -249,7 +247,6 @@ TEST(Fp8AttentionGpu, HopperKeyTilesMatchEmulation) {
         Tensor got = out.to(Device::cpu()).to(DType::F32);
         Fp8AttentionEmulation emu;
         emu.kv_block = tile;
-        emu.rowsum_of_rounded_p = true;
         emu.o_storage = Fp8AttentionOut::BF16;
         Tensor ref = Tensor::empty(got.shape(), DType::F32);
         fp8_attention_emulate(qc, kc, vc, ref, {}, emu);

@@ -12,8 +12,6 @@
 //   OSP_HOPPER_KEY_TILE=128|176      keys per K/V tile of the own Hopper bf16 attention kernel
 //                                    (default: ops/cuda/attention_paths.h's kHopperKeyTile; A/B runs)
 //   OSP_HOPPER_FP8_KEY_TILE=128|224  the same for its FP8 variant (default kHopperFp8KeyTile)
-//   OSP_HOPPER_SPLIT_TAIL=1          the bf16 kernel splits the last wave's query tiles over the
-//                                    keys where that fills the GPU (attention_paths.h; default off)
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
@@ -57,7 +55,6 @@ struct EngineSettings {
   Attention attention = Attention::Auto;
   int hopper_key_tile = 0;      // 0: the kernel's default
   int hopper_fp8_key_tile = 0;  // 0: the kernel's default
-  bool hopper_split_tail = false;
   std::string conv3d = "cudnn";
   bool vae_fp32 = false;
   bool gemm_autotune = true;

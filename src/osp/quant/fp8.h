@@ -98,8 +98,8 @@ enum class Fp8AttentionOut : uint8_t { BF16, F16, E4M3 };
 
 // Which CUDA kernel runs FP8 attention. Auto: osp's own Hopper FP8 kernel
 // (ops/cuda/attention_paths.h: attention_hopper_fp8; P rounded with the running max of each
-// K/V tile, 224 keys by default, l summed over the rounded P, O stored in bf16) where the GPU
-// and build allow it, D = 128 and each sequence has at least kHopperMinKeys keys, else cuDNN's;
+// K/V tile, 224 keys by default, O stored in bf16) where the GPU and build allow it, D = 128
+// and each sequence has at least kHopperMinKeys keys, else cuDNN's;
 // OSP_ATTENTION=cudnn / =hopper force one (as for bf16 attention, core/settings.h; =flash,
 // there being no own flash FP8 kernel, means cuDNN's). Cudnn / Hopper: that kernel (Hopper
 // throws where it cannot run; Cudnn falls back to bf16 attention as below).
@@ -115,7 +115,7 @@ enum class Fp8AttentionKernel : uint8_t { Auto, Cudnn, Hopper };
 // engine for the shape the codes are dequantized to bf16 and ops::attention runs (logged under
 // OSP_VERBOSE=1; fp8_attention_last_path() says which ran). No host sync. On a Hopper GPU the
 // own FP8 kernel (see Fp8AttentionKernel) runs instead where it applies: the arithmetic above
-// with blocks of its key tile (224 keys by default), l over the rounded P and O in bf16.
+// with blocks of its key tile (224 keys by default) and O in bf16.
 // CPU: out F32 or BF16; fp8_attention_emulate with the default options (O not rounded).
 void fp8_attention(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, Tensor& out,
                    const ops::AttentionArgs& args = {},

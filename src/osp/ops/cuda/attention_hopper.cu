@@ -19,17 +19,13 @@
 //     in); O += P·V is wgmma with P from registers — bf16: the S accumulator layout is the
 //     A-fragment layout and V is read MN-major (transposed by the instruction); E4M3: P is
 //     rounded to E4M3 at scale 448 in registers and V comes pre-transposed (FP8 wgmma reads B
-//     K-major only) with its keys in the order P leaves the registers, and 8 rows of ones
-//     under Vᵀ make the same wgmma (m64n136) add P's row sums (Tiles::kSumByMma).
+//     K-major only) with its keys in the order P leaves the registers.
 //   * Intra-warpgroup overlap: the GEMM of S_j and the GEMM P_{j-1}·V_{j-1} are issued together,
 //     and the softmax of S_j runs while P_{j-1}·V_{j-1} is still on the tensor cores.
 //   * Pingpong (optional; off by default for bf16, where it measured no faster, docs/PERF.md
 //     session 15; on for FP8's 224-key tiles, attention_paths.h): two named barriers hand the
 //     right to issue GEMMs back and forth between the consumers, so one warpgroup's softmax runs
 //     under the other's GEMMs.
-//   * Split tail (optional, HopperParams::split_from): the query tiles past the last whole wave
-//     run as 2-4 CTAs each over a share of the keys, writing f32 O / l and the log-sum-exp;
-//     split_combine_kernel merges them, so the last wave keeps every SM busy.
 //   Measured on H100s (sessions 15-17, docs/PERF.md): bf16 636-727 TFLOP/s at 32,760² × 12 heads
 //   and 646-677 at 75,600² × 40 heads (176-key tiles; cuDNN 569-609 / 582-593; the spread is
 //   between cards and calls); FP8 (224-key tiles, pingpong) 928-950 / 923-927 (cuDNN's FP8 870 /
@@ -52,7 +48,6 @@
 #include "osp/core/settings.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
-#include "osp/ops/exp2_poly.h"
 
 namespace osp::ops::cuda {
 namespace {
@@ -79,17 +74,6 @@ struct Tiles {
   // softmax's instructions, not the tensor cores, bound the kernel (FP8 224-key tiles at 14B
   // 923-928 vs 872 TFLOP/s; bf16 176-key tiles at 1.3B 639 vs 682 with it: session 17, PERF).
   static constexpr bool kSkipRescale = kFp8;
-  // FP8: the row sums of P come from the tensor cores — each Vᵀ box in shared memory carries 8
-  // rows of ones (one 8-row group) under its 128 dims, so P·V's wgmma is m64n136 and its columns
-  // 128-135 accumulate Σ P (of the E4M3-rounded P) alongside O, rescaled with it; the softmax
-  // drops its per-score sum. bf16: the softmax sums (its tensor pipe, not
-  // its instruction issue, is the bound).
-  static constexpr bool kSumByMma = kFp8;
-  // FP8: every kPolyExp-th pair of score columns takes its exponentials from ops::exp2_poly (FMA
-  // and integer pipes) instead of the SFU, whose 16 results a clock per SM otherwise match the
-  // FP8 tensor cores' time per tile (224 keys: ~1,800 cycles each per two warps); 0: none.
-  static constexpr int kPolyExp = kFp8 ? 4 : 0;
-  static constexpr int kONum = kSumByMma ? 68 : 64;  // O accumulators a thread (+ the sums' 8 columns)
   static_assert(kN == 128 || (!kFp8 && kN == 176) || (kFp8 && kN == 224), "the wgmma shapes written out below");
   static constexpr int kBoxes = kFp8 ? 1 : 2;
   static constexpr int kPRegs = kFp8 ? kN / 8 : kN / 4;  // P as A fragments, 32-bit registers
@@ -97,11 +81,9 @@ struct Tiles {
   static constexpr uint32_t kKVBox = uint32_t(kN) * 128;  // one K (bf16: and V) box: kN rows x 128 bytes
   static constexpr uint32_t kKTile = kBoxes * kKVBox;
   // V: bf16 as K; FP8 Vᵀ as boxes of 128 dims x 128 keys (kN rounded up to whole boxes; the
-  // keys past kN are loaded and never read), each followed by the ones group (kSumByMma)
+  // keys past kN are loaded and never read)
   static constexpr int kVtBoxes = (kN + 127) / 128;
-  static constexpr uint32_t kVtBox = kHalf + (kSumByMma ? 1024 : 0);  // shared bytes per Vᵀ box
-  static constexpr uint32_t kVTile = kFp8 ? kVtBoxes * kVtBox : kKTile;
-  static constexpr uint32_t kVBytes = kFp8 ? kVtBoxes * kHalf : kKTile;  // what TMA writes a V tile
+  static constexpr uint32_t kVTile = kFp8 ? kVtBoxes * kHalf : kKTile;
   static constexpr uint32_t kOffK = kQTile, kOffV = kOffK + kStages * kKTile, kOffBar = kOffV + kStages * kVTile;
   static constexpr uint32_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers + alignment slack
   static_assert(kKTile % 1024 == 0 && kVTile % 1024 == 0 && kSmemBytes <= 227 * 1024,
@@ -122,14 +104,6 @@ struct HopperParams {
   int64_t o_bstride;  // elements between samples of o (rows are H·128 apart)
   int Lq, Lk, H;
   float scale_log2;  // softmax scale * log2(e)
-  // The grid is 1-D over tiles t = (b·H + h)·m_tiles + query tile. Tiles >= split_from (the last
-  // wave's) run as `splits` CTAs each, split s taking the s-th of `splits` equal runs of key
-  // tiles and writing O / l (f32) to part_o [piece, 128 rows, 128] and the base-2 log-sum-exp
-  // of its scores to part_lse [piece, 128], piece = (t - split_from)·splits + s;
-  // split_combine_kernel merges them into o. splits = 1: no split (split_from = tiles).
-  int m_tiles, split_from, splits;
-  float* part_o;
-  float* part_lse;
 };
 
 #ifdef OSP_HOPPER_DEVICE
@@ -145,19 +119,14 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Waits until the phase with this parity has completed. The suspend-time hint (ns, an upper
-// bound) lets the waiting thread sleep in the barrier until the phase completes instead of
-// retrying: without it the producer's waits for free stages retried every ~11 cycles, ~3e9
-// times per 14B-shape launch, which took ~18 % of the issue slots of the scheduler it shares with
-// two consumer warps (Nsight Compute, session 17).
+// Waits until the phase with this parity has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  constexpr uint32_t kSuspendNs = 10000000;
   uint32_t done = 0;
   do {
     asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\nselp.u32 %0, 1, 0, p;\n}\n"
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(bar), "r"(parity), "r"(kSuspendNs)
+        : "r"(bar), "r"(parity)
         : "memory");
   } while (!done);
 }
@@ -201,11 +170,6 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
          (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
-// The descriptor of the same operand `bytes` further on (a multiple of 16): the start address
-// is the low 14-bit field in 16-byte units, and a CTA's shared addresses stay below 2^18 bytes
-// (228 KB), so adding to it never carries into the other fields. Keeps the per-k-step
-// descriptors one add from a base computed once, instead of rebuilt per wgmma.
-__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -221,7 +185,6 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 #define OSP_WGMMA_REGS64 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define OSP_WGMMA_ACC64 "{" OSP_WGMMA_REGS64 "}"
-#define OSP_WGMMA_ACC68 "{" OSP_WGMMA_REGS64 ", %64, %65, %66, %67}"
 #define OSP_WGMMA_ACC88 "{" OSP_WGMMA_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
 #define OSP_WGMMA_ACC64_OUT(d) \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
@@ -232,7 +195,6 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
     "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
     "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-#define OSP_WGMMA_ACC68_OUT(d) OSP_WGMMA_ACC64_OUT(d), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67])
 #define OSP_WGMMA_ACC88_OUT(d) \
     OSP_WGMMA_ACC64_OUT(d), \
     "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
@@ -283,58 +245,50 @@ __device__ __forceinline__ void wgmma_ss_fp8(float (&d)[112], uint64_t desc_a, u
                : OSP_WGMMA_ACC112_OUT(d)
                : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-// FP8: d[68] += A[64 x 32] · B[32 x 136]: A from registers (4 x 4 E4M3 per thread), B K-major
-// (Vᵀ's 128 dims and the ones group, Tiles::kSumByMma).
-__device__ __forceinline__ void wgmma_rs_fp8(float (&d)[68], const uint32_t* a, uint64_t desc_b) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %73, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC68
-               ", {%68, %69, %70, %71}, %72, p, 1, 1;\n}\n"
-               : OSP_WGMMA_ACC68_OUT(d)
+// FP8: d[64] += A[64 x 32] · B[32 x 128]: A from registers (4 x 4 E4M3 per thread), B K-major.
+__device__ __forceinline__ void wgmma_rs_fp8(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " OSP_WGMMA_ACC64
+               ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+               : OSP_WGMMA_ACC64_OUT(d)
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
 #undef OSP_WGMMA_REGS64
 #undef OSP_WGMMA_ACC64
 #undef OSP_WGMMA_ACC64_OUT
-#undef OSP_WGMMA_ACC68
-#undef OSP_WGMMA_ACC68_OUT
 #undef OSP_WGMMA_ACC88
 #undef OSP_WGMMA_ACC88_OUT
 #undef OSP_WGMMA_ACC112
 #undef OSP_WGMMA_ACC112_OUT
 
-// S = Q·Kᵀ for this consumer's 64 rows against a K tile; dq / dk: K-major descriptors
-// (smem_desc(·, 16, 1024)) of the Q rows and the K tile. bf16 8 k-steps of 16 dims (32 bytes; the
-// second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
+// S = Q·Kᵀ for this consumer's 64 rows against the K tile at `k_tile`: bf16 8 k-steps of 16
+// dims (32 bytes; the second 4 in the dims-64..127 boxes), E4M3 4 k-steps of 32 dims.
 template <class T>
-__device__ __forceinline__ void issue_qk(float (&s)[T::kN / 2], uint64_t dq, uint64_t dk) {
+__device__ __forceinline__ void issue_qk(float (&s)[T::kN / 2], uint32_t q_rows, uint32_t k_tile) {
   if constexpr (T::kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss_fp8(s, desc_add(dq, kk * 32), desc_add(dk, kk * 32), kk > 0);
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_fp8(s, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
   } else {
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
-      wgmma_ss(s, desc_add(dq, (kk / 4) * kHalf + (kk % 4) * 32), desc_add(dk, (kk / 4) * T::kKVBox + (kk % 4) * 32),
-               kk > 0);
+      wgmma_ss(s, smem_desc(q_rows + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024),
+               smem_desc(k_tile + (kk / 4) * T::kKVBox + (kk % 4) * 32, 16, 1024), kk > 0);
   }
 }
 // O += P·V. bf16: P as A fragments p[4 kk .. 4 kk + 3] covering keys 16 kk .. 16 kk + 15, V
 // [keys x dims] read MN-major. E4M3: p[4 kk .. 4 kk + 3] cover key positions 32 kk .. 32 kk + 31
 // of Vᵀ [dims x keys] (K-major), whose keys are stored in rescale_and_pack's order.
-// dv: v_desc<T>() of the V tile.
 template <class T>
-__device__ __forceinline__ uint64_t v_desc(uint32_t v_tile) {
-  return T::kFp8 ? smem_desc(v_tile, 16, 1024) : smem_desc(v_tile, T::kKVBox, 1024);
-}
-template <class T>
-__device__ __forceinline__ void issue_pv(float (&o)[T::kONum], const uint32_t (&p)[T::kPRegs], uint64_t dv) {
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::kPRegs], uint32_t v_tile) {
   if constexpr (T::kFp8) {
-    static_assert(T::kSumByMma, "the FP8 P·V wgmma is the m64n136 one");
 #pragma unroll
     for (int kk = 0; kk < T::kN / 32; ++kk)  // 4 k-steps of 32 keys per Vᵀ box
-      wgmma_rs_fp8(o, &p[4 * kk], desc_add(dv, (kk / 4) * T::kVtBox + (kk % 4) * 32));
+      wgmma_rs_fp8(o, &p[4 * kk], smem_desc(v_tile + (kk / 4) * kHalf + (kk % 4) * 32, 16, 1024));
   } else {
 #pragma unroll
-    for (int kk = 0; kk < T::kN / 16; ++kk) wgmma_rs(o, &p[4 * kk], desc_add(dv, kk * 2048));
+    for (int kk = 0; kk < T::kN / 16; ++kk)
+      wgmma_rs(o, &p[4 * kk], smem_desc(v_tile + kk * 2048, T::kKVBox, 1024));
   }
 }
 
@@ -342,10 +296,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[T::kONum], const uint32_t (&
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
 // whether a row's max grew (else both factors are exactly 1).
-// The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too). kSum false
-// (Tiles::kSumByMma): l is left alone, the tensor cores sum P. kPolyExp > 0: column pairs j with
-// j % kPolyExp == kPolyExp - 1 use exp2_poly.
-template <int kN, bool kSum, int kPolyExp>
+// The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
+template <int kN>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
   bool grew = false;
@@ -371,12 +323,11 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
     for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
-        const float e = kPolyExp > 0 && j % kPolyExp == kPolyExp - 1 ? exp2_poly(x) : fast_exp2(x);
+        float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
         s[4 * j + 2 * i + c] = e;
-        if constexpr (kSum) sum += e;
+        sum += e;
       }
-    if constexpr (kSum) l[i] = l[i] * alpha[i] + sum;
+    l[i] = l[i] * alpha[i] + sum;
     m[i] = mx;
   }
   return grew;
@@ -397,11 +348,11 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // position 4t + e carries key 2t + (e & 1) + 8 (e >> 1) (+16) — fp8_v_transpose_kernel stores
 // Vᵀ's keys in that order, and no register moves between threads.
 template <class T>
-__device__ __forceinline__ void rescale_and_pack(float (&o)[T::kONum], const float (&s)[T::kN / 2],
-                                                 const float (&alpha)[2], bool grew, uint32_t (&p)[T::kPRegs]) {
+__device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s)[T::kN / 2], const float (&alpha)[2],
+                                                 bool grew, uint32_t (&p)[T::kPRegs]) {
   if (!T::kSkipRescale || __any_sync(0xffffffffu, grew)) {
 #pragma unroll
-    for (int j = 0; j < T::kONum / 4; ++j) {  // (kSumByMma: the sums' columns too)
+    for (int j = 0; j < 16; ++j) {
       o[4 * j + 0] *= alpha[0];
       o[4 * j + 1] *= alpha[0];
       o[4 * j + 2] *= alpha[1];
@@ -448,33 +399,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto v_tile = [&](int s) { return base + T::kOffV + uint32_t(s) * T::kVTile; };
   constexpr int kN = T::kN;
 
-  // this CTA's tile (and split piece, -1 for a whole tile)
-  int tile = int(blockIdx.x), piece = -1;
-  if (tile >= p.split_from) {
-    piece = tile - p.split_from;
-    tile = p.split_from + piece / p.splits;
-  }
-  const int m0 = (tile % p.m_tiles) * kM, h = (tile / p.m_tiles) % p.H, b = tile / p.m_tiles / p.H;
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const int kv_len = p.kv_lens ? min(max(p.kv_lens[b], 0), p.Lk) : p.Lk;
   const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
   const int64_t row_stride = int64_t(p.H) * kD;
   __nv_bfloat16* og = p.o + int64_t(b) * p.o_bstride + int64_t(h) * kD;
-  // key tiles [j0, j0 + n_tiles): all, or this piece's share
-  const int n_all = (kv_len + kN - 1) / kN;
-  const int split = piece >= 0 ? piece % p.splits : 0, n_parts = piece >= 0 ? p.splits : 1;
-  const int j0 = int(int64_t(n_all) * split / n_parts);
-  const int n_tiles = int(int64_t(n_all) * (split + 1) / n_parts) - j0;
-  if (n_tiles == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
-    if (piece >= 0) {  // an empty part: log-sum-exp -inf (split_combine_kernel then skips its O)
-      for (int i = threadIdx.x; i < kM; i += kThreads) p.part_lse[int64_t(piece) * kM + i] = -INFINITY;
-      return;
-    }
+  if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
     for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
       const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
       if (r < p.Lq) *reinterpret_cast<uint4*>(og + r * row_stride + c) = make_uint4(0, 0, 0, 0);
     }
     return;
   }
+  const int n_tiles = (kv_len + kN - 1) / kN;
   if (threadIdx.x == 0) {
     mbar_init(bar, 1);
     for (int s = 0; s < kStages; ++s) {
@@ -484,19 +421,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(empty_v(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
-  }
-  if constexpr (T::kSumByMma) {
-    // the ones group under every Vᵀ box: 8 rows of E4M3 1.0 (0x38), so each of P·V's columns
-    // 128-135 is the row sum and every thread holds one; bytes all equal, so the 128-byte
-    // swizzle leaves them as they are. TMA never writes there.
-    constexpr int kChunks = kStages * T::kVtBoxes * 64;  // 16-byte chunks, 64 a group
-    for (int i = threadIdx.x; i < kChunks; i += kThreads) {
-      const int g = i / 64, ch = i % 64;  // group (stage-major), chunk in it
-      const uint32_t dst = base + T::kOffV + uint32_t(g / T::kVtBoxes) * T::kVTile +
-                           uint32_t(g % T::kVtBoxes) * T::kVtBox + kHalf + ch * 16;
-      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(dst), "r"(0x38383838u) : "memory");
-    }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // seen by wgmma's reads
   }
   __syncthreads();
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
@@ -512,17 +436,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
       mbar_expect_tx(bar, T::kQTile);
       load_rows(sQ, &tq, bar, m0, kHalf);
-      for (int jj = 0; jj < n_tiles; ++jj) {
-        const int s = jj % kStages, j = j0 + jj;
-        const uint32_t ph = (jj / kStages) & 1;
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages;
+        const uint32_t ph = (j / kStages) & 1;
         mbar_wait(empty_k(s), ph ^ 1);
         mbar_expect_tx(full_k(s), T::kKTile);
         load_rows(k_tile(s), &tk, full_k(s), j * kN, T::kKVBox);
         mbar_wait(empty_v(s), ph ^ 1);
-        mbar_expect_tx(full_v(s), T::kVBytes);
+        mbar_expect_tx(full_v(s), T::kVTile);
         if constexpr (T::kFp8) {
 #pragma unroll
-          for (int x = 0; x < T::kVtBoxes; ++x) tma_load3(v_tile(s) + x * T::kVtBox, &tv, full_v(s), j * kN + 128 * x, 0, b * p.H + h);
+          for (int x = 0; x < T::kVtBoxes; ++x) tma_load3(v_tile(s) + x * kHalf, &tv, full_v(s), j * kN + 128 * x, 0, b * p.H + h);
         } else load_rows(v_tile(s), &tv, full_v(s), j * kN, T::kKVBox);
       }
     }
@@ -540,38 +464,28 @@ __global__ void __launch_bounds__(kThreads, 1)
     p_log2 = kLog2Fp8ScaleP;
     out_mul = __ldg(p.descale_v);
   }
-  float o[T::kONum], s[kN / 2];
+  float o[64], s[kN / 2];
   uint32_t pf[T::kPRegs];
 #pragma unroll
-  for (int i = 0; i < T::kONum; ++i) o[i] = 0.f;
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  // keys of this CTA's j-th key tile (j counts from j0) that are real
-  auto lim = [&](int j) { return min(kN, kv_len - (j0 + j) * kN); };
+  auto lim = [&](int j) { return min(kN, kv_len - j * kN); };
   auto my_turn = [&] { if (kPingpong) named_sync(1 + c); };
   auto your_turn = [&] { if (kPingpong) named_arrive(2 - c); };
   if (kPingpong && c == 1) named_arrive(1);  // consumer 0 issues first
-
-  // the operands' descriptors, built once: Q, and K / V of each stage (selected, not indexed,
-  // so they stay in registers)
-  static_assert(kStages == 2, "dk / dv pick between two stages");
-  const uint64_t dq = smem_desc(q_rows, 16, 1024);
-  const uint64_t dk0 = smem_desc(k_tile(0), 16, 1024), dk1 = smem_desc(k_tile(1), 16, 1024);
-  const uint64_t dv0 = v_desc<T>(v_tile(0)), dv1 = v_desc<T>(v_tile(1));
-  auto dk = [&](int s) { return s ? dk1 : dk0; };
-  auto dv = [&](int s) { return s ? dv1 : dv0; };
 
   mbar_wait(bar, 0);
   // tile 0: S only
   mbar_wait(full_k(0), 0);
   my_turn();
   wg_fence();
-  issue_qk<T>(s, dq, dk0);
+  issue_qk<T>(s, q_rows, k_tile(0));
   wg_commit();
   your_turn();
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile<kN, !T::kSumByMma, T::kPolyExp>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -579,15 +493,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_wait(full_v(ps), ((j - 1) / kStages) & 1);
     my_turn();
     wg_fence();
-    issue_qk<T>(s, dq, dk(st));
+    issue_qk<T>(s, q_rows, k_tile(st));
     wg_commit();
-    issue_pv<T>(o, pf, dv(ps));
+    issue_pv<T>(o, pf, v_tile(ps));
     wg_commit();
     your_turn();
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    const bool grew = softmax_tile<kN, !T::kSumByMma, T::kPolyExp>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
@@ -614,33 +528,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   my_turn();
   wg_fence();
-  issue_pv<T>(o, pf, dv(ls));
+  issue_pv<T>(o, pf, v_tile(ls));
   wg_commit();
   your_turn();
   wg_wait<0>();
   reg_fence(o);
   if (kPingpong && c == 0) named_sync(1);  // absorbs consumer 1's last hand-over
 
-  // O / l (· dv for FP8), bf16, rows >= q_len as 0; a split piece: f32 O / l and its log-sum-exp
+  // O / l (· dv for FP8), bf16, rows >= q_len as 0
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    if constexpr (T::kSumByMma) {  // columns 128-135 all hold the sum: this thread's 128 + 2t
-      l[i] = o[64 + 2 * i];
-    } else {
-      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-    }
-    if (piece >= 0) {
-      const int r = c * 64 + r0 + 8 * i;  // row in the tile
-      const float inv = l[i] > 0.f ? out_mul / l[i] : 0.f;
-      float* dst = p.part_o + (int64_t(piece) * kM + r) * kD + 2 * t;
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-      if (t == 0)
-        p.part_lse[int64_t(piece) * kM + r] = l[i] > 0.f ? m[i] * scale_log2 - p_log2 + __log2f(l[i]) : -INFINITY;
-      continue;
-    }
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
     const int row = m0 + c * 64 + r0 + 8 * i;
     if (row >= p.Lq) continue;
     const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros
@@ -689,46 +588,6 @@ __global__ void __launch_bounds__(256) fp8_v_transpose_kernel(const uint8_t* __r
     }
     *reinterpret_cast<uint4*>(dst + int64_t(d) * Lkp + p0) = make_uint4(w[0], w[1], w[2], w[3]);
   }
-}
-
-// Merges the split pieces of the last wave's tiles (HopperParams::split_from): row r of tile
-// split_from + blockIdx.x is Σ_s w_s · O_s / Σ_s w_s with w_s = 2^(lse_s - max lse), in bf16;
-// rows >= q_len (or without keys) as 0. Grid (tiles split, 128 / 8), 256 threads: 8 rows of
-// 32 threads x 4 dims. Splits <= kMaxSplits.
-constexpr int kMaxSplits = 4;
-__global__ void __launch_bounds__(256) split_combine_kernel(HopperParams p) {
-  const int tile = p.split_from + int(blockIdx.x);
-  const int r = int(blockIdx.y) * 8 + int(threadIdx.x) / 32, d = (int(threadIdx.x) % 32) * 4;
-  const int row = (tile % p.m_tiles) * kM + r, h = (tile / p.m_tiles) % p.H, b = tile / p.m_tiles / p.H;
-  if (row >= p.Lq) return;
-  const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
-  const int64_t first = int64_t(blockIdx.x) * p.splits;  // the tile's first piece
-  float lse[kMaxSplits], mx = -INFINITY;
-#pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) {
-    lse[s] = s < p.splits ? p.part_lse[(first + s) * kM + r] : -INFINITY;
-    mx = fmaxf(mx, lse[s]);
-  }
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  float wsum = 0.f;
-#pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) {
-    if (lse[s] == -INFINITY) continue;  // an empty piece, or s >= splits
-    const float w = exp2f(lse[s] - mx);
-    const float4 x = *reinterpret_cast<const float4*>(p.part_o + ((first + s) * kM + r) * kD + d);
-    acc.x += w * x.x;
-    acc.y += w * x.y;
-    acc.z += w * x.z;
-    acc.w += w * x.w;
-    wsum += w;
-  }
-  const float inv = row < q_len && wsum > 0.f ? 1.f / wsum : 0.f;
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
-  const __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
-  uint2 packed;
-  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p.o + int64_t(b) * p.o_bstride + int64_t(row) * p.H * kD + int64_t(h) * kD + d) = packed;
 }
 
 // 1 when this build holds the sm_90a code of the kernel above.
@@ -781,49 +640,10 @@ CUtensorMap vt_tensor_map(const void* data, int64_t BH, int64_t Lkp) {
   return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, data, dims, strides, box);
 }
 
-// How many of the last wave's tiles run split, and in how many pieces (HopperParams): `request`
-// 0 none; 2..kMaxSplits that many pieces for the tiles past the last whole wave (all tiles
-// when there is none); -1 OSP_HOPPER_SPLIT_TAIL's choice — off, or on where it pays: a last
-// wave of R < #SMs tiles, fewer than 64 waves (the tail costs more than ~1.5 %), pieces =
-// min(kMaxSplits, #SMs / R) >= 2 and at least 4 key tiles a piece.
-// dev: the current device.
-void plan_split(HopperParams& p, int64_t tiles, int key_tile, int request, int dev) {
-  p.split_from = int(tiles);
-  p.splits = 1;
-  if (request == 0 || (request < 0 && !engine_settings().hopper_split_tail)) return;
-  const int64_t sms = cuda_sm_count(dev), R = tiles % sms ? tiles % sms : std::min(tiles, sms);
-  int64_t S = request;
-  if (request < 0) {
-    if (tiles % sms == 0 || tiles / sms >= 64) return;
-    S = std::min<int64_t>(kMaxSplits, sms / R);
-    if (S < 2 || (p.Lk + key_tile - 1) / key_tile < 4 * S) return;
-  }
-  OSP_CHECK(S >= 2 && S <= kMaxSplits, "cuda::attention_hopper: split_tail must be -1, 0 or 2..", kMaxSplits,
-            ", got ", request);
-  p.split_from = int(tiles - R);
-  p.splits = int(S);
-}
-
-// p: all but the split fields, which plan_split fills (`split_tail` its request) along with the
-// scratch the pieces need.
 template <class T>
-void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, HopperParams p,
-                   int64_t B, bool pingpong, int split_tail) {
-  p.m_tiles = int((p.Lq + kM - 1) / kM);
-  const int64_t tiles = int64_t(p.m_tiles) * p.H * B;
-  OSP_CHECK(tiles * kMaxSplits < (int64_t(1) << 31), "cuda::attention_hopper: too many query tiles (", tiles, ")");
-  int dev = 0;
-  OSP_CUDA_CHECK(cudaGetDevice(&dev));
-  plan_split(p, tiles, T::kN, split_tail, dev);
-  const int64_t split_tiles = tiles - p.split_from;
-  Tensor part_o, part_lse;  // freed after the launches: the caching allocator keeps stream order
-  if (p.splits > 1) {
-    part_o = Tensor::empty({split_tiles * p.splits * kM * kD}, DType::F32, Device::cuda(dev));
-    part_lse = Tensor::empty({split_tiles * p.splits * kM}, DType::F32, Device::cuda(dev));
-    p.part_o = part_o.data<float>();
-    p.part_lse = part_lse.data<float>();
-  }
-  const dim3 grid(unsigned(p.split_from + split_tiles * p.splits));
+void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const HopperParams& p,
+                   int64_t B, bool pingpong) {
+  const dim3 grid(unsigned((p.Lq + kM - 1) / kM), unsigned(p.H), unsigned(B));
   auto launch = [&](auto kernel) {
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
     kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
@@ -831,10 +651,6 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
   if (pingpong) launch(hopper_attention_kernel<T, true>);
   else launch(hopper_attention_kernel<T, false>);
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
-  if (p.splits > 1) {
-    split_combine_kernel<<<dim3(unsigned(split_tiles), kM / 8), 256, 0, stream()>>>(p);
-    OSP_CUDA_LAUNCH_CHECK("split_combine_kernel");
-  }
 }
 }  // namespace
 
@@ -859,9 +675,9 @@ bool hopper_attention_supported() {
 }
 
 // q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
-// q_lens / kv_lens device I32 [B] or null; split_tail as attention_hopper's.
+// q_lens / kv_lens device I32 [B] or null.
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile, int split_tail) {
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
@@ -873,8 +689,8 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
                     tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, key_tile);
   const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
                        Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
-  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong, split_tail);
-  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong, split_tail);
+  if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong);
+  else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
 
 int hopper_fp8_key_tile() {
@@ -913,9 +729,8 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong, int key_tile
   const float scale = c.attn_scale > 0 ? c.attn_scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
                        c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
-  // (no split tail for FP8 yet: the kernel takes it, but it is measured for neither kernel)
-  if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong, 0);
-  else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong, 0);
+  if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong);
+  else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong);
 }
 
 }  // namespace osp::ops::cuda

@@ -35,14 +35,9 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 // picks the consumer warpgroups' scheduling and `key_tile` the keys per K/V tile, 128 or 176
 // (0: OSP_HOPPER_KEY_TILE, else kHopperKeyTile) — benchmarks compare them. Throws when
 // hopper_attention_supported() is false. Pingpong measured no faster (1.3B self-attention 628
-// vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default. `split_tail`:
-// the query tiles past the last whole wave of CTAs (one CTA per SM) run as that many pieces
-// (2..4), each over its share of the keys, merged by a second small kernel — so the last wave
-// fills the GPU (1.3B self-attention, one sample: 3,072 tiles on 132 SMs = 23.3 waves); 0 none;
-// -1 OSP_HOPPER_SPLIT_TAIL's choice (default off: not yet measured on a GPU).
+// vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0,
-                      int split_tail = -1);
+                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0);
 // The bf16 kernel's default keys per K/V tile: 176 measured faster than 128 on an H100 (session
 // 16: 14B self-attention 666.6 vs 641.0 TFLOP/s, the 1.3B full forward 448.2 vs 457.8 ms).
 inline constexpr int kHopperKeyTile = 176;
@@ -66,10 +61,9 @@ struct Fp8AttentionCall {
 // The FP8 variant of the own Hopper kernel (quant::fp8_attention's default on Hopper, quant/fp8.h
 // says the arithmetic): D = 128, operands 16-byte aligned on the current device. P is rounded to
 // E4M3 at scale 448 with the running max of each K/V tile (`key_tile` keys, 128 or 224; 0:
-// hopper_fp8_key_tile()), and the row sums are of the rounded P (the tensor cores add them with
-// P·V); O is not rounded beyond bf16. V is first transposed into a scratch tensor (FP8 wgmma
-// reads its B operand K-major only). No padding masks (quant::fp8_attention has none). Throws
-// when hopper_attention_supported() is false.
+// hopper_fp8_key_tile()); O is not rounded beyond bf16. V is first transposed into a scratch
+// tensor (FP8 wgmma reads its B operand K-major only). No padding masks (quant::fp8_attention has
+// none). Throws when hopper_attention_supported() is false.
 void attention_hopper_fp8(const Fp8AttentionCall& call, bool pingpong = false, int key_tile = 0);
 // The FP8 kernel's default keys per K/V tile (FlashAttention-3 takes 224 for FP8 at head dim 128;
 // here 224 with pingpong measured 923-950 TFLOP/s against 842-886 for 128 without, session 17,
