@@ -1,6 +1,6 @@
 // GPU backward-op benchmarks (training): attention forward (inference path), forward with
 // log-sum-exp and backward at the 1.3B-480P shape (dense and as 4 packed Skiparse
-// sub-sequences), our own fallback kernels on a smaller shape, linear_backward at the block's
+// sub-sequences; cuDNN forced, then the auto choice), our own fallback kernels on a smaller shape, linear_backward at the block's
 // GEMM shape, and the LayerNorm-modulate backward. Prints one JSON line per measurement.
 //   bench_backward_ops_gpu [--quick]
 // FLOPs: attention forward 4·B·H·Lq·Lk·D, backward 10·B·H·Lq·Lk·D (5 GEMMs of that size, Q·Kᵀ
@@ -53,6 +53,9 @@ int main(int argc, char** argv) {
       // kernels would take minutes there).
       {"1.3B-480P self", 1, 32760, 12, 128, 0, 0, P::Cudnn},
       {"1.3B-480P skiparse 4x8190 packed", 1, 32760, 12, 128, 4, 0, P::Cudnn},
+      // the auto choice beside it: the forward on the own Hopper kernel where it runs
+      {"1.3B-480P self (auto)", 1, 32760, 12, 128, 0, 0, P::Auto},
+      {"1.3B-480P skiparse 4x8190 packed (auto)", 1, 32760, 12, 128, 4, 0, P::Auto},
       {"1.3B-480P cross (32760 queries, 512 text keys)", 1, 32760, 12, 128, 0, 512, P::Cudnn},
       {"own kernels L=4096", 1, 4096, 12, 128, 0, 0, P::Own},
   };

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "osp/ops/backward.h"
+#include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_backward.h"
 #include "osp/ops/ops.h"
 #include "test_util.h"
@@ -235,10 +236,13 @@ void unpatchify_bwd_case(int64_t C, int64_t T, int64_t h, int64_t w, DType in_dt
 }
 
 // ---------------------------------------------------------------- attention
-// path: Auto, Own or Cudnn (cuDNN must run). seq_lens: packed sequences (Lq = Lk). chunks: the
-// cuDNN backward's query chunks (set_attention_backward_query_chunks; −1 = the setting's).
+// path: Auto, Own, Cudnn (cuDNN must run) or Hopper (the forward on the own Hopper kernel; skipped
+// without an sm_90a GPU). seq_lens: packed sequences (Lq = Lk). chunks: the cuDNN backward's query
+// chunks (set_attention_backward_query_chunks; −1 = the setting's).
 void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
                     ops::cuda::AttnPath path, std::vector<int32_t> seq = {}, float scale = 0.f, int chunks = -1) {
+  if (path == ops::cuda::AttnPath::Hopper && !ops::cuda::hopper_attention_supported())
+    GTEST_SKIP() << "no sm_90a GPU / build for the own Hopper kernel";
   Tensor q = rnd({B, Lq, Hh, D}), k = rnd({B, Lk, Hh, D}), v = rnd({B, Lk, Hh, D});
   Tensor dout = rnd({B, Lq, Hh, D});
   Tensor sl;
@@ -282,6 +286,11 @@ void attention_case(int64_t B, int64_t Lq, int64_t Lk, int64_t Hh, int64_t D,
     EXPECT_EQ(fwd_path, "cudnn");
     EXPECT_EQ(bwd_path, "cudnn");
   }
+  if (path == ops::cuda::AttnPath::Hopper) EXPECT_EQ(fwd_path, "hopper");
+  // the auto choice takes the own Hopper forward for long keys at head dim 128 where it runs
+  if (path == ops::cuda::AttnPath::Auto && D == 128 && seq.empty() && Lk >= ops::cuda::kHopperMinKeys &&
+      ops::cuda::hopper_attention_supported())
+    EXPECT_EQ(fwd_path, "hopper");
   std::printf("[ attn    ] B=%lld Lq=%lld Lk=%lld H=%lld D=%lld packs=%zu: forward %s, backward %s\n",
               (long long)B, (long long)Lq, (long long)Lk, (long long)Hh, (long long)D, seq.size(),
               fwd_path.c_str(), bwd_path.c_str());
@@ -352,6 +361,18 @@ std::vector<Case> all_cases() {
   });
   add("attn_own_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 64, P::Own, {96, 96, 96, 96}); });
   add("attn_auto_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 64, P::Auto, {96, 96, 96, 96}); });
+  // the forward with statistics on the own Hopper kernel (forced; head dim 128), its output and
+  // log-sum-exp against the CPU, the backward (cuDNN's) from the CPU's: odd lengths, Lq ≠ Lk
+  // (fewer keys than one tile, and a partial last tile), an explicit scale, packed sequences of
+  // unequal (zero-length too) and equal lengths; and the auto choice over 2,100 keys
+  add("attn_hopper_1x77x2x128", [=] { attention_case(1, 77, 77, 2, 128, P::Hopper); });
+  add("attn_hopper_2x130x333x2x128_cross", [=] { attention_case(2, 130, 333, 2, 128, P::Hopper); });
+  add("attn_hopper_1x1000x2x128_scale", [=] { attention_case(1, 1000, 1000, 2, 128, P::Hopper, {}, 0.05f); });
+  add("attn_hopper_packed_unequal", [=] {
+    attention_case(2, 300, 300, 2, 128, P::Hopper, {37, 0, 135, 64, 64});
+  });
+  add("attn_hopper_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 128, P::Hopper, {96, 96, 96, 96}); });
+  add("attn_auto_1x2100x2x128", [=] { attention_case(1, 2100, 2100, 2, 128, P::Auto); });
   return c;
 }
 
@@ -383,9 +404,11 @@ TEST(BackwardParityAccumulate, TwoCallsAddUp) {
 }
 
 #ifdef OSP_HAVE_CUDNN
-// cuDNN's fused graphs take the DiT's shapes (full self-attention and Skiparse packs): the
-// auto path must not silently fall back to the slow own kernels there.
-TEST(BackwardParityPaths, CudnnRunsTheDiTShapes) {
+// The fast paths take the DiT's shapes (full self-attention and Skiparse packs): the forward the
+// own Hopper kernel where it runs and the sequences are long (2,048 keys), else cuDNN's fused graph
+// (512-key packs), the backward cuDNN's — the auto path must not silently fall back to the slow
+// own kernels there.
+TEST(BackwardParityPaths, FastPathsRunTheDiTShapes) {
   OSP_REQUIRE_GPU();
   for (std::vector<int32_t> seq : {std::vector<int32_t>{}, std::vector<int32_t>{512, 512, 512, 512}}) {
     Tensor q = on_gpu(rnd({1, 2048, 2, 128}), H);
@@ -398,7 +421,8 @@ TEST(BackwardParityPaths, CudnnRunsTheDiTShapes) {
       a.seq_lens = &sl;
     }
     ops::attention_forward_lse(q, q, q, o, lse, a);
-    EXPECT_EQ(std::string(ops::cuda::last_attention_forward_lse_path()), "cudnn");
+    const bool hopper = seq.empty() && ops::cuda::hopper_attention_supported();
+    EXPECT_EQ(std::string(ops::cuda::last_attention_forward_lse_path()), hopper ? "hopper" : "cudnn");
     Tensor dq = poisoned(q.shape(), H), dk = poisoned(q.shape(), H), dv = poisoned(q.shape(), H);
     ops::attention_backward(q, q, q, o, lse, o, dq, dk, dv, a);
     EXPECT_EQ(std::string(ops::cuda::last_attention_backward_path()), "cudnn");

@@ -391,10 +391,10 @@ void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 
 // Defined in attention_hopper.cu (inputs validated here).
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile);
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile, float* lse);
 
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, bool pingpong, int key_tile) {
+                      const AttentionArgs& args, bool pingpong, int key_tile, float* lse) {
   validate(q, k, v, out, args);
   OSP_CHECK(!args.bias, "cuda::attention_hopper: no additive bias (the own flash kernel takes one)");
   OSP_CHECK(q.size(3) == 128, "cuda::attention_hopper: head dim must be 128, got ", q.size(3));
@@ -404,7 +404,7 @@ void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
   if (q.numel() == 0) return;
   DevLens lens = device_lens(args, q.size(0));
   const float scale = softmax_scale(args, 128);
-  hopper_attention_launch(q, k, v, out, scale, lens.q, lens.kv, pingpong, key_tile);
+  hopper_attention_launch(q, k, v, out, scale, lens.q, lens.kv, pingpong, key_tile, lse);
   g_last_path = "hopper";
 }
 

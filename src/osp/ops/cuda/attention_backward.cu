@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "osp/core/settings.h"
+#include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_backward.h"
 #include "osp/ops/cuda/cuda_context.h"
 
@@ -298,6 +299,7 @@ AttnPath path() {
   switch (engine_settings().attention) {
     case EngineSettings::Attention::Flash: return AttnPath::Own;
     case EngineSettings::Attention::Cudnn: return AttnPath::Cudnn;
+    case EngineSettings::Attention::Hopper: return AttnPath::Hopper;
     default: return AttnPath::Auto;
   }
 }
@@ -438,6 +440,20 @@ void check_lse(const Tensor& lse, int64_t B, int64_t H, int64_t Lq, const char* 
             ": lse must be f32 [", B, ", ", H, ", ", Lq, "], got ", lse.desc());
 }
 
+// Whether attention_forward_lse runs the own Hopper kernel (attention_paths.h) on these groups:
+// Hopper forces it for head dim 128 (other head dims take the auto choice); Auto where the GPU
+// and build allow it, D = 128 and every group has at least kHopperMinKeys keys (where it measured
+// faster than cuDNN's forward; below that cuDNN's statistics graph runs).
+bool use_hopper_forward(const std::vector<Group>& gs, int64_t D) {
+  const AttnPath pp = path();
+  if ((pp != AttnPath::Auto && pp != AttnPath::Hopper) || D != 128) return false;
+  if (pp == AttnPath::Hopper) return true;  // attention_hopper says where it cannot run
+  if (!hopper_attention_supported()) return false;
+  for (const Group& g : gs)
+    if (g.nk < kHopperMinKeys) return false;
+  return true;
+}
+
 float scale_of(const AttentionArgs& a, int64_t D) {
   return a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
 }
@@ -464,26 +480,46 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
   const float scale = scale_of(args, D);
   if (q.numel() == 0) return;
 
-  if (path() != AttnPath::Own) {
-    std::string why;
-    bool ok = true;
-    for (const Group& g : groups(pk, B, Lq, Lk)) {
+  // One fused forward-with-statistics per group (as cuDNN's graphs take them): fn(gq, gk, gv, go,
+  // stats) with stats = lse itself for a whole call, else a [nb·cnt, H, n] buffer scattered into
+  // lse after fn succeeds. False as soon as fn is.
+  const std::vector<Group> gs = groups(pk, B, Lq, Lk);
+  auto per_group = [&](auto&& fn) {
+    for (const Group& g : gs) {
       Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
       Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);
       if (group_is_whole(g, B, Lq)) {
-        ok = sdpa_forward_stats_cudnn(gq, gk, gv, go, lse.data<float>(), scale, &why);
+        if (!fn(gq, gk, gv, go, lse.data<float>())) return false;
       } else {
         Tensor tmp = Tensor::empty({g.nb * g.cnt, H, g.n}, DType::F32, q.device());
-        ok = sdpa_forward_stats_cudnn(gq, gk, gv, go, tmp.data<float>(), scale, &why);
-        if (ok) lse_pack(lse.data<float>(), tmp.data<float>(), H, Lq, g, false);
+        if (!fn(gq, gk, gv, go, tmp.data<float>())) return false;
+        lse_pack(lse.data<float>(), tmp.data<float>(), H, Lq, g, false);
       }
-      if (!ok) break;
     }
+    return true;
+  };
+  const std::string packs = pk.lens.empty() ? "" : str(", ", pk.lens.size(), " packed sequences");
+  if (use_hopper_forward(gs, D)) {
+    AttentionArgs ha;
+    ha.scale = scale;
+    per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, Tensor& go, float* st) {
+      attention_hopper(gq, gk, gv, go, ha, false, 0, st);
+      return true;
+    });
+    g_last_fwd = "hopper";
+    log_once(str("attn-fwd-lse-hopper-", Lq, "-", Lk, "-", pk.lens.size()),
+             str("attention_forward_lse: own Hopper kernel with statistics, q ", q.desc(), " k ", k.desc(), packs));
+    return;
+  }
+  if (path() != AttnPath::Own) {
+    std::string why;
+    const bool ok = per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, Tensor& go, float* st) {
+      return sdpa_forward_stats_cudnn(gq, gk, gv, go, st, scale, &why);
+    });
     if (ok) {
       g_last_fwd = "cudnn";
       log_once(str("attn-fwd-lse-cudnn-", Lq, "-", Lk, "-", D, "-", pk.lens.size()),
-               str("attention_forward_lse: cuDNN fused SDPA (stats), q ", q.desc(), " k ", k.desc(),
-                   pk.lens.empty() ? "" : str(", ", pk.lens.size(), " packed sequences")));
+               str("attention_forward_lse: cuDNN fused SDPA (stats), q ", q.desc(), " k ", k.desc(), packs));
       return;
     }
     OSP_CHECK(path() != AttnPath::Cudnn, "cuda::", op, ": cuDNN cannot run q ", q.desc(), " k ",

@@ -104,6 +104,9 @@ struct HopperParams {
   int64_t o_bstride;  // elements between samples of o (rows are H·128 apart)
   int Lq, Lk, H;
   float scale_log2;  // softmax scale * log2(e)
+  // null, or f32 [B, H, Lq]: each query row's natural-log log-sum-exp of its scaled scores
+  // (training's statistics, attention_forward_lse); -inf for a row without keys or past q_len
+  float* lse;
 };
 
 #ifdef OSP_HOPPER_DEVICE
@@ -404,11 +407,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int q_len = p.q_lens ? min(max(p.q_lens[b], 0), p.Lq) : p.Lq;
   const int64_t row_stride = int64_t(p.H) * kD;
   __nv_bfloat16* og = p.o + int64_t(b) * p.o_bstride + int64_t(h) * kD;
+  float* lse_row = p.lse ? p.lse + (int64_t(b) * p.H + h) * p.Lq : nullptr;  // [Lq] of (b, h)
   if (kv_len == 0 || m0 >= q_len) {  // no key, or no real query row in this tile: zeros
     for (int i = threadIdx.x; i < kM * kD / 8; i += kThreads) {
       const int r = m0 + i / (kD / 8), c = (i % (kD / 8)) * 8;
       if (r < p.Lq) *reinterpret_cast<uint4*>(og + r * row_stride + c) = make_uint4(0, 0, 0, 0);
     }
+    if (lse_row && threadIdx.x < kM && m0 + int(threadIdx.x) < p.Lq) lse_row[m0 + threadIdx.x] = -INFINITY;
     return;
   }
   const int n_tiles = (kv_len + kN - 1) / kN;
@@ -535,7 +540,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   reg_fence(o);
   if (kPingpong && c == 0) named_sync(1);  // absorbs consumer 1's last hand-over
 
-  // O / l (· dv for FP8), bf16, rows >= q_len as 0
+  // O / l (· dv for FP8), bf16, rows >= q_len as 0; the log-sum-exp if asked (one lane a row)
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
@@ -543,6 +548,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int row = m0 + c * 64 + r0 + 8 * i;
     if (row >= p.Lq) continue;
     const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros
+    if (lse_row && t == 0)  // l sums 2^(s·scale_log2 − m·scale_log2 + p_log2)
+      lse_row[row] = real && l[i] > 0.f ? (m[i] * scale_log2 - p_log2 + log2f(l[i])) * 0.6931471805599453f
+                                        : -INFINITY;
     const float inv = l[i] > 0.f ? out_mul / l[i] : 0.f;
     __nv_bfloat16* dst = og + int64_t(row) * row_stride + 2 * t;
 #pragma unroll
@@ -675,9 +683,9 @@ bool hopper_attention_supported() {
 }
 
 // q/k/v/out bf16 [B, L, H, 128] contiguous on the current device (validated by the caller);
-// q_lens / kv_lens device I32 [B] or null.
+// q_lens / kv_lens device I32 [B] or null; lse null or device f32 [B, H, Lq] (HopperParams::lse).
 void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, float scale,
-                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile) {
+                             const int* q_lens, const int* kv_lens, bool pingpong, int key_tile, float* lse) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), Lk = k.size(1);
   OSP_CHECK(B <= 65535 && H <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
             "cuda::attention_hopper: B and H must be <= 65535 and L < 2^31, got ", q.desc());
@@ -688,7 +696,7 @@ void hopper_attention_launch(const Tensor& q, const Tensor& k, const Tensor& v, 
                     tk = tensor_map(k.raw(), false, B, Lk, H, Lk * H * kD, key_tile),
                     tv = tensor_map(v.raw(), false, B, Lk, H, Lk * H * kD, key_tile);
   const HopperParams p{out.data<__nv_bfloat16>(), kv_lens, q_lens, nullptr, nullptr, nullptr,
-                       Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f};
+                       Lq * H * kD, int(Lq), int(Lk), int(H), scale * 1.4426950408889634f, lse};
   if (key_tile == 176) launch_kernel<Tiles<false, 176>>(tq, tk, tv, p, B, pingpong);
   else launch_kernel<Tiles<false, 128>>(tq, tk, tv, p, B, pingpong);
 }
@@ -728,7 +736,7 @@ void attention_hopper_fp8(const Fp8AttentionCall& c, bool pingpong, int key_tile
                     tv = vt_tensor_map(vt.raw(), c.B * c.H, Lkp);
   const float scale = c.attn_scale > 0 ? c.attn_scale : 1.f / std::sqrt(float(kD));
   const HopperParams p{static_cast<__nv_bfloat16*>(c.out), nullptr, nullptr, c.descale_q, c.descale_k, c.descale_v,
-                       c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f};
+                       c.o_bstride, int(c.Lq), int(c.Lk), int(c.H), scale * 1.4426950408889634f, nullptr};
   if (key_tile == 224) launch_kernel<Tiles<true, 224>>(tq, tk, tv, p, c.B, pingpong);
   else launch_kernel<Tiles<true, 128>>(tq, tk, tv, p, c.B, pingpong);
 }

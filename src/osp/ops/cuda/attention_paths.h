@@ -35,9 +35,13 @@ bool attention_cudnn_per_sequence(const Tensor& q, const Tensor& k, const Tensor
 // picks the consumer warpgroups' scheduling and `key_tile` the keys per K/V tile, 128 or 176
 // (0: OSP_HOPPER_KEY_TILE, else kHopperKeyTile) — benchmarks compare them. Throws when
 // hopper_attention_supported() is false. Pingpong measured no faster (1.3B self-attention 628
-// vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default.
+// vs 700 TFLOP/s, 14B within 2 %, session 15, H100), so it is off by default. `lse`: null, or
+// device f32 [B, H, Lq], which receives each query row's log-sum-exp of its scaled scores in
+// natural log (-inf for rows without keys or past q_lens) — the statistics training's forward
+// keeps for the backward (cuda::attention_forward_lse runs this kernel with them).
 void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0);
+                      const AttentionArgs& args, bool pingpong = false, int key_tile = 0,
+                      float* lse = nullptr);
 // The bf16 kernel's default keys per K/V tile: 176 measured faster than 128 on an H100 (session
 // 16: 14B self-attention 666.6 vs 641.0 TFLOP/s, the 1.3B full forward 448.2 vs 457.8 ms).
 inline constexpr int kHopperKeyTile = 176;

@@ -32,11 +32,16 @@ void unpatchify_backward(const Tensor& dout, int64_t T, int64_t h, int64_t w, in
 void sum_rows(const Tensor& x, Tensor& out);
 
 // Which implementation attention_forward_lse / attention_backward run (tests, benchmarks):
-// Auto = cuDNN's fused SDPA graphs where cuDNN takes the shape, else our own kernels;
-// Cudnn = cuDNN or fail; Own = our own kernels. OSP_ATTENTION=flash|cudnn sets the default.
-enum class AttnPath { Auto, Cudnn, Own };
+// Auto = the forward on our own Hopper kernel where it runs faster (attention_paths.h: an sm_90a
+// GPU and build, head dim 128, ≥ kHopperMinKeys keys per sequence), else cuDNN's fused SDPA
+// graphs where cuDNN takes the shape, else our own kernels; the backward cuDNN's, else ours.
+// Cudnn = cuDNN or fail; Own = our own (fallback) kernels; Hopper = the forward on the own
+// Hopper kernel for every head-dim-128 call (an error where it cannot run), the rest and the
+// backward as Auto. OSP_ATTENTION=flash|cudnn|hopper sets the default.
+enum class AttnPath { Auto, Cudnn, Own, Hopper };
 void set_attention_train_path(AttnPath p);
-// "cudnn" or "own": the path the latest attention_forward_lse / attention_backward call took.
+// "hopper" (forward only), "cudnn" or "own": the path the latest attention_forward_lse /
+// attention_backward call took.
 const char* last_attention_forward_lse_path();
 const char* last_attention_backward_path();
 // The cuDNN backward of an unpacked call with few keys runs its queries as n chunks in one batch
