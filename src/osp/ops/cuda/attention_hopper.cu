@@ -4,6 +4,7 @@
 //   bf16: q [B, Lq, H, 128], k/v [B, Lk, H, 128], out [B, Lq, H, 128], contiguous; fp32 softmax
 //   and accumulation. Optional device I32 [B] kv_lens (keys >= kv_lens[b] are ignored, even
 //   non-finite ones) and q_lens (rows >= q_lens[b] are written as 0).
+//   Optionally each row's log-sum-exp (training's statistics: attention_forward_lse).
 //   FP8: E4M3 codes with one scale each, out bf16 (attention_paths.h: attention_hopper_fp8).
 //
 // One CTA per (128 query rows, head, batch), three warpgroups:
@@ -93,6 +94,7 @@ struct Tiles {
 // log2 of kFp8AttentionScaleP (quant/fp8.h): the FP8 kernel's exponentials are P·448, so the
 // E4M3 rounding of P·448 is a plain conversion.
 constexpr float kLog2Fp8ScaleP = 8.807354922057604f;  // log2(448)
+constexpr float kLn2 = 0.6931471805599453f;
 
 struct HopperParams {
   __nv_bfloat16* o;
@@ -549,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (row >= p.Lq) continue;
     const bool real = row < q_len;  // a padding row's query may be anything: store exact zeros
     if (lse_row && t == 0)  // l sums 2^(s·scale_log2 − m·scale_log2 + p_log2)
-      lse_row[row] = real && l[i] > 0.f ? (m[i] * scale_log2 - p_log2 + log2f(l[i])) * 0.6931471805599453f
+      lse_row[row] = real && l[i] > 0.f ? (m[i] * scale_log2 - p_log2 + log2f(l[i])) * kLn2
                                         : -INFINITY;
     const float inv = l[i] > 0.f ? out_mul / l[i] : 0.f;
     __nv_bfloat16* dst = og + int64_t(row) * row_stride + 2 * t;
