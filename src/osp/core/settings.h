@@ -4,11 +4,11 @@
 //
 //   OSP_ATTENTION=auto|flash|cudnn|hopper  attention kernels (forward and backward). auto: the
 //                                    forward's head-dim-128 calls over >= 2048 keys without a bias
-//                                    run osp's own sm_90a kernel on a Hopper GPU, the rest (and
-//                                    training) cuDNN's fused SDPA where it takes the shape, else
-//                                    osp's flash kernel; hopper: the own kernel wherever it takes
-//                                    the call (head dim 128, no bias; else auto), training's
-//                                    backward as auto
+//                                    (training's forward with statistics too) run osp's own sm_90a
+//                                    kernel on a Hopper GPU, the rest (and training's backward)
+//                                    cuDNN's fused SDPA where it takes the shape, else osp's flash
+//                                    kernel; hopper: the own kernel wherever it takes the call
+//                                    (head dim 128, no bias; else auto), training's backward as auto
 //   OSP_HOPPER_KEY_TILE=128|176      keys per K/V tile of the own Hopper bf16 attention kernel
 //                                    (default: ops/cuda/attention_paths.h's kHopperKeyTile; A/B runs)
 //   OSP_HOPPER_FP8_KEY_TILE=128|224  the same for its FP8 variant (default kHopperFp8KeyTile)
