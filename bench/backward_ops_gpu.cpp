@@ -1,7 +1,8 @@
 // GPU backward-op benchmarks (training): attention forward (inference path), forward with
 // log-sum-exp and backward at the 1.3B-480P shape (dense and as 4 packed Skiparse
-// sub-sequences; cuDNN forced, then the auto choice), our own fallback kernels on a smaller shape, linear_backward at the block's
-// GEMM shape, and the LayerNorm-modulate backward. Prints one JSON line per measurement.
+// sub-sequences; cuDNN forced, then the auto choice), our own fallback kernels on a smaller
+// shape, linear_backward at the block's GEMM shape, and the LayerNorm-modulate backward. Prints
+// one JSON line per measurement.
 //   bench_backward_ops_gpu [--quick]
 // FLOPs: attention forward 4·B·H·Lq·Lk·D, backward 10·B·H·Lq·Lk·D (5 GEMMs of that size, Q·Kᵀ
 // recomputed); linear_backward 4·M·N·K (dx and dw).
