@@ -11,7 +11,8 @@
 #   bash scripts/step-cache-eval.sh
 # Environment: BUILD (build: where osp and bench_step_cache are), MODEL_DIR (models/osp-next-tiny),
 # RUN (runs/step-cache), N (48), STEPS (30), CACHES ("teacache:0 teacache:0.05 teacache:0.1
-# teacache:0.2 teacache:0.3"). One thread each (OMP/OpenBLAS), so CPU seconds describe the code.
+# teacache:0.2 teacache:0.3"), DEVICE (cpu | cuda). One thread each (OMP/OpenBLAS), so on the CPU
+# the CPU seconds describe the code; on a GPU read the wall seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -22,6 +23,7 @@ RUN=${RUN:-runs/step-cache}
 N=${N:-48}
 STEPS=${STEPS:-30}
 CACHES=${CACHES:-"teacache:0 teacache:0.05 teacache:0.1 teacache:0.2 teacache:0.3"}
+DEVICE=${DEVICE:-cpu}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 for exe in "$OSP" "$BENCH"; do
   [ -x "$exe" ] || { echo "$exe: not built (cmake -DOSP_BENCH=ON, then ninja osp bench_step_cache)" >&2; exit 1; }
@@ -39,13 +41,13 @@ EOF
 
 cache_args=()
 for c in $CACHES; do cache_args+=(--cache "$c"); done
-echo "== speed and drift: $BENCH, $N videos, $STEPS steps"
-"$BENCH" --model "$MODEL_DIR" --prompts "$RUN/prompts.txt" --n "$N" --steps "$STEPS" "${cache_args[@]}" |
+echo "== speed and drift: $BENCH, $N videos, $STEPS steps, $DEVICE"
+"$BENCH" --model "$MODEL_DIR" --prompts "$RUN/prompts.txt" --n "$N" --steps "$STEPS" --device "$DEVICE" "${cache_args[@]}" |
   tee "$RUN/bench.jsonl"
 
 for c in none $CACHES; do
   echo "== adherence, --cache $c"
-  RUN=$RUN OSP=$OSP STAGES=eval GEN_DEVICE=cpu EVAL_CLIPS=$N GEN_STEPS=$STEPS MODEL_DIR=$MODEL_DIR \
+  RUN=$RUN OSP=$OSP STAGES=eval GEN_DEVICE=$DEVICE EVAL_CLIPS=$N GEN_STEPS=$STEPS MODEL_DIR=$MODEL_DIR \
     EVAL_OUT="$RUN/eval-${c//:/-}" GEN_EXTRA="--cache $c" bash scripts/train-tiny.sh > "$RUN/eval-${c//:/-}.log" 2>&1
 done
 
@@ -57,17 +59,18 @@ for line in open(os.path.join(run, "bench.jsonl")):
     if line.startswith("{"):
         r = json.loads(line)
         bench[r["cache"]] = r
-print("\n| `--cache` | steps reused (of %d) | CPU s, %d videos | speed-up | latent drift mean / max | frames mean \\|Δ\\| (of 255) |"
-      % (bench["none"]["steps"], bench["none"]["videos"]))
-print("|---|---|---|---|---|---|")
+none = bench["none"]
+print("\n%d videos of %d steps on %s" % (none["videos"], none["steps"], none.get("device", "cpu")))
+print("\n| `--cache` | steps reused | CPU s | speed-up | wall s | speed-up | DiT s | speed-up | latent drift mean / max | frames mean \\|Δ\\| (of 255) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for c in caches:
     r = bench.get(c)
     if not r: continue
-    if c == "none":
-        print("| none | 0 | %.1f | 1 | — | — |" % r["cpu_s"])
-    else:
-        print("| %s | %d | %.1f | %.2f× | %.3f / %.3f | %.1f |" % (c, r["reused_per_video"], r["cpu_s"], r["cpu_speedup"],
-              r["latent_drift_mean"], r["latent_drift_max"], r["frames_mean_abs_levels"]))
+    drift = "—" if c == "none" else "%.3f / %.3f" % (r["latent_drift_mean"], r["latent_drift_max"])
+    levels = "—" if c == "none" else "%.1f" % r["frames_mean_abs_levels"]
+    print("| %s | %d | %.1f | %.2f× | %.1f | %.2f× | %.1f | %.2f× | %s | %s |" % (c, r["reused_per_video"], r["cpu_s"],
+          none["cpu_s"] / r["cpu_s"], r["wall_s"], none["wall_s"] / r["wall_s"], r["dit_s"], none["dit_s"] / r["dit_s"],
+          drift, levels))
 attrs = ["background", "count", "color", "shape", "motion", "all"]
 print("\n| `--cache` | " + " | ".join(attrs) + " | mean frame change | background flicker |")
 print("|---" * (len(attrs) + 3) + "|")
