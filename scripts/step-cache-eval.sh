@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Step caching on the shipped OSP-Next-Tiny (issue 19), on the CPU, in one command: for every
-# `--cache` setting, against the uncached run of the same invocation —
+# Step caching on the shipped OSP-Next-Tiny (issue 19), on the CPU (or DEVICE=cuda), in one
+# command: for every `--cache` setting, against the uncached run of the same invocation —
 #   1. speed and drift (bench_step_cache: models loaded once, N held-out captions with seeds
 #      1000 + i; steps reused, process CPU seconds, latent drift, frames' mean |Δ|);
 #   2. held-out adherence of the clips each setting generates (scripts/train-tiny.sh's eval stage:
 #      osp generate + osp eval on the same captions and seeds).
-# The held-out captions are those of the model card (osp make-dataset --split heldout --seed 2,
-# 256 clips of 64x64x9; the first N). A summary table is printed last; logs under RUN.
+# The held-out captions are those of the model card (scripts/train-tiny.sh's heldout stage; the
+# first N). A summary table is printed last; logs under RUN.
 #
 #   bash scripts/step-cache-eval.sh
 # Environment: BUILD (build: where osp and bench_step_cache are), MODEL_DIR (models/osp-next-tiny),
@@ -30,8 +30,7 @@ for exe in "$OSP" "$BENCH"; do
 done
 mkdir -p "$RUN"
 
-"$OSP" -q make-dataset --out "$RUN/data-heldout" --count 256 --seed 2 --size 64x64 --frames 9 --split heldout \
-  --overwrite
+RUN=$RUN OSP=$OSP STAGES=heldout bash scripts/train-tiny.sh > "$RUN/heldout.log" 2>&1
 python3 - "$RUN/data-heldout/manifest.jsonl" "$N" > "$RUN/prompts.txt" <<'EOF'
 import json, sys
 for i, line in enumerate(open(sys.argv[1])):

@@ -2,6 +2,7 @@
 # Trains OSP-Next-Tiny end to end with osp alone (issue 16; docs/MODEL_CARD_TINY.md):
 #
 #   data     osp make-dataset: TRAIN_CLIPS training clips + HELDOUT_CLIPS held-out clips (64x64, 9 frames)
+#   heldout  only the held-out clips of the data stage (what eval reads; scripts/step-cache-eval.sh)
 #   vae      osp train-vae: a Wan-VAE at base width 16 (z 16, 4x time / 8x space) for reconstruction
 #   text     osp make-text-encoder: SentencePiece word tokenizer on the captions + frozen random umT5 (dim 64)
 #   encode   osp encode-clips: clips -> latent cache (16x3x8x8 latents, umT5 contexts)
@@ -82,6 +83,8 @@ if has data; then
   log "data: $TRAIN_CLIPS train + $HELDOUT_CLIPS held-out clips, $SIZE x $FRAMES frames"
   "$OSP" -q make-dataset --out "$RUN/data-train" --count "$TRAIN_CLIPS" --seed 1 --size $SIZE --frames $FRAMES \
     --split train --overwrite
+fi
+if has data || has heldout; then
   "$OSP" -q make-dataset --out "$RUN/data-heldout" --count "$HELDOUT_CLIPS" --seed 2 --size $SIZE --frames $FRAMES \
     --split heldout --overwrite
 fi
