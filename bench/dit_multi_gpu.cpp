@@ -10,6 +10,10 @@
 // --warmup. Prints JSON lines (rank 0; scripts/gpu-multi.sh makes the table). For 1.3B on
 // several GPUs it also reports the largest relative error of the parallel output against the
 // single-device forward of the same model (rel_err_vs_1gpu; -1 where not checked).
+// enqueue_ms (median): how long the host took to return from forward(), before the sync — far
+// below ms means the host ran ahead of the GPU (no host sync inside the forward, launch cost
+// hidden behind the GPU's work; what a CUDA graph could still remove is the GPU-side gap between
+// kernels, scripts/gpu-idle.sh).
 // FP8 (1 process only, with --modes): "hybrid+fp8" / "full+fp8" run model::DiTQuant::FP8 (E4M3
 // cuBLASLt GEMMs for every block linear, HiF8 weights quantized at bind) on the same random
 // weights; the bf16 model is released before the FP8 model is bound (peak_gib is reset per
@@ -263,7 +267,7 @@ int main(int argc, char** argv) {
           if (!std::strcmp(md.sp, "single")) sp = parallel::make_single_device();
           else if (!std::strcmp(md.sp, "ssp")) sp = parallel::make_ssp(comm);
           else sp = parallel::make_ulysses(comm);
-          std::vector<double> times;
+          std::vector<double> times, enqueue;
           uint64_t bytes = 0;
           Tensor out;
           for (int it = 0; it < warmup + reps; ++it) {
@@ -272,6 +276,7 @@ int main(int argc, char** argv) {
             sp->reset_bytes();
             const double t0 = now_ms();
             out = m.forward(x, {900.f}, ctx, *sp);
+            const double enq = now_ms() - t0;  // host back from forward(), GPU maybe still busy
             cuda_synchronize();
             double ms = now_ms() - t0;
             bytes = sp->bytes_sent();
@@ -283,9 +288,10 @@ int main(int argc, char** argv) {
               const auto v = all.to_float_vector();
               ms = *std::max_element(v.begin(), v.end());
             }
-            if (it >= warmup) times.push_back(ms);
+            if (it >= warmup) times.push_back(ms), enqueue.push_back(enq);
           }
           std::sort(times.begin(), times.end());
+          std::sort(enqueue.begin(), enqueue.end());
           const model::ProfileReport prof = m.profile_report();  // before the checks below
           // Correctness on the GPU (1.3B only, cheap): the parallel output against the same
           // model on one device, on every rank (bf16: expect ~1e-2 or better).
@@ -313,11 +319,11 @@ int main(int argc, char** argv) {
                 "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
                 "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.1f,\"ms_min\":%.1f,\"reps\":%d,"
                 "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
-                "\"rel_err_vs_1gpu\":%.3g,\"profiled\":%s}\n",
+                "\"rel_err_vs_1gpu\":%.3g,\"enqueue_ms\":%.1f,\"profiled\":%s}\n",
                 card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
                 times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
                 double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel,
-                m.profiling() ? "true" : "false");
+                enqueue[enqueue.size() / 2], m.profiling() ? "true" : "false");
             std::fflush(stdout);
           }
           if (m.profiling())
