@@ -4,6 +4,7 @@
 //   (also dit_offload="none"|"blocks"|"auto", max_vram=GiB: the --dit-offload / --max-vram modes)
 //   frames = p.generate("a red fox", size="832x480", frames=33, steps=30, seed=1,
 //                       cache="teacache:0.1",             # --cache (default None: off)
+//                       noise="noise.safetensors",        # --noise (default None: seeded)
 //                       out="fox.mp4", progress=lambda stage, step, steps, eta: ...)
 //   frames.shape == (33, 480, 832, 3), dtype uint8
 //
@@ -68,7 +69,8 @@ class PyPipeline {
                                 bool no_negative, std::optional<std::string> size, int frames, int steps,
                                 const std::string& sampler, double shift, float guidance, int64_t seed,
                                 const std::string& attention, std::optional<std::string> out, bool overwrite,
-                                int fps, std::optional<std::string> cache, std::optional<py::function> progress) {
+                                int fps, std::optional<std::string> cache, std::optional<std::string> noise,
+                                std::optional<py::function> progress) {
     pipeline::GenerateOptions o;
     o.prompt = prompt;
     if (negative_prompt) o.negative_prompt = *negative_prompt;
@@ -84,6 +86,7 @@ class PyPipeline {
     o.overwrite = overwrite;
     o.fps = fps;
     o.cache = cache ? *cache : "none";
+    if (noise) o.noise = *noise;
     if (out) o.out = *out;
     else o.no_output = true;
 
@@ -264,11 +267,13 @@ PYBIND11_MODULE(osp, m) {
            py::arg("frames") = 81, py::arg("steps") = 50, py::arg("sampler") = "unipc", py::arg("shift") = -1.0,
            py::arg("guidance") = 5.0f, py::arg("seed") = -1, py::arg("attention") = "auto",
            py::arg("out") = py::none(), py::arg("overwrite") = false, py::arg("fps") = 16,
-           py::arg("cache") = py::none(), py::arg("progress") = py::none(),
+           py::arg("cache") = py::none(), py::arg("noise") = py::none(), py::arg("progress") = py::none(),
            "Text to video: uint8 frames [F, H, W, 3]; writes `out` (.mp4 or a folder/ of PNGs) when given.\n"
            "progress(stage, step, steps, eta_s) is called while it runs; returning False cancels.\n"
            "cache (--cache): None / \"none\" (off) or \"teacache:THRESH\" (THRESH >= 0; 0 caches nothing): skip "
            "the DiT blocks while the timestep modulation changes little; last_steps_cached says how often.\n"
+           "noise (--noise): a .safetensors file with the initial latent [16, T, H/8, W/8] (e.g. the reference's "
+           "torch.randn) used instead of the seeded noise.\n"
            "--cfg-parallel and --sp are not available here: they need one process per rank (mpirun); use "
            "`osp generate` for them.")
       .def_property_readonly("last_seed", &PyPipeline::last_seed, "the seed of the last run (random when -1 was given)")

@@ -2,20 +2,27 @@
 // the same bytes as one-shot generate; progress is reported; a cancelled run writes nothing and
 // the pipeline stays usable; model-level settings that differ are refused. LoRA: a zero-B LoRA
 // leaves the video bytes unchanged, a non-zero one changes them, and a LoRA for another shape
-// is refused by the plan, before any weight is loaded.
+// is refused by the plan, before any weight is loaded. --noise FILE: the seed's own noise from a
+// file gives the seeded run's latent bit for bit, other noise another latent, and a bad file is
+// refused by the plan with what is wrong.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "osp/core/philox.h"
 #include "osp/io/image_writer.h"
+#include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
 #include "osp/model/lora.h"
 #include "osp/pipeline/demo_model.h"
 #include "osp/pipeline/pipeline.h"
+#include "osp/pipeline/request.h"
+#include "test_util.h"
 
 using namespace osp;
 namespace fs = std::filesystem;
@@ -183,4 +190,65 @@ TEST_F(LoadedPipeline, LoraZeroBKeepsBytesOtherShapeRefusedBeforeLoading) {
                }()),
                Error);
   EXPECT_FALSE(fs::exists(path("other/")));
+}
+
+TEST_F(LoadedPipeline, NoiseFileReplacesTheSeededNoise) {
+  pipeline::GenerateOptions o = opts("");
+  o.no_output = true;
+  const pipeline::Plan plan = pipeline::plan_generation(model(), o);
+  const pipeline::Geometry& g = plan.geo;
+  const auto ref = pipeline::generate(plan);
+  ASSERT_FALSE(ref.interrupted);
+
+  // Seed 11's noise written to a file, run under another seed: the same latent, bit for bit.
+  const Shape lat = {16, g.T, g.h, g.w};
+  io::save_safetensors(path("seed11.safetensors"), {{"latent", randn(lat, 11)}});
+  pipeline::GenerateOptions of = o;
+  of.seed = 5;
+  of.noise = path("seed11.safetensors");
+  const auto same = pipeline::generate(pipeline::plan_generation(model(), of));
+  test::expect_same_bits(same.latent, ref.latent.to(Device::cpu()), "latent from the seed's noise in a file");
+
+  // Other noise ([1, 16, T, h, w] bf16, beside another tensor, named "noise"): another latent.
+  io::save_safetensors(path("other.safetensors"),
+                       {{"noise", randn({1, 16, g.T, g.h, g.w}, 12).to(DType::BF16)}, {"extra", randn({3}, 1)}});
+  of.noise = path("other.safetensors");
+  const auto other = pipeline::generate(pipeline::plan_generation(model(), of));
+  const auto a = other.latent.to(Device::cpu()).to_float_vector(), b = ref.latent.to(Device::cpu()).to_float_vector();
+  ASSERT_EQ(a.size(), b.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff += std::abs(double(a[i]) - b[i]), norm += std::abs(double(b[i]));
+  EXPECT_GT(diff, 0.1 * norm) << "other noise must give another latent";
+
+  // Bad files are refused by the plan, before any work, saying what is wrong.
+  auto plan_error = [&](const std::string& file) {
+    pipeline::GenerateOptions ob = o;
+    ob.noise = file;
+    return test::error_of([&] { (void)pipeline::plan_generation(model(), ob); });
+  };
+  EXPECT_NE(plan_error(path("missing.safetensors")).find("no such file"), std::string::npos);
+  io::save_safetensors(path("wide.safetensors"), {{"noise", randn({16, g.T, g.h, g.w + 2}, 1)}});
+  const std::string wide = plan_error(path("wide.safetensors"));
+  EXPECT_NE(wide.find("has shape [16, " + std::to_string(g.T) + ", " + std::to_string(g.h) + ", " +
+                      std::to_string(g.w + 2) + "]"), std::string::npos) << wide;
+  EXPECT_NE(wide.find("--size " + std::to_string((g.w + 2) * 8) + "x" + std::to_string(g.h * 8)), std::string::npos) << wide;
+  io::save_safetensors(path("two.safetensors"), {{"a", randn(lat, 1)}, {"b", randn(lat, 2)}});
+  EXPECT_NE(plan_error(path("two.safetensors")).find("none is named 'noise'"), std::string::npos);
+  Tensor bad = randn(lat, 1);
+  bad.data<float>()[7] = std::numeric_limits<float>::quiet_NaN();
+  io::save_safetensors(path("nan.safetensors"), {{"noise", bad}});
+  const std::string nan = plan_error(path("nan.safetensors"));
+  EXPECT_NE(nan.find("element 7"), std::string::npos) << nan;
+  EXPECT_NE(nan.find("finite"), std::string::npos) << nan;
+  io::save_safetensors(path("int.safetensors"), {{"noise", Tensor::zeros(lat, DType::I32)}});
+  EXPECT_NE(plan_error(path("int.safetensors")).find("must be F32, BF16 or F16"), std::string::npos);
+
+  // "noise" is a field of local batch lines, not of server requests (a path on the server).
+  pipeline::GenerateOptions r;
+  pipeline::apply_json_settings(nlohmann::json{{"prompt", "x"}, {"noise", "n.safetensors"}}, r, true);
+  EXPECT_EQ(r.noise, "n.safetensors");
+  EXPECT_NE(test::error_of([&] {
+              pipeline::apply_json_settings(nlohmann::json{{"prompt", "x"}, {"noise", "n.safetensors"}}, r, false);
+            }).find("unknown field 'noise'"),
+            std::string::npos);
 }

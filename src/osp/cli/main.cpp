@@ -219,6 +219,9 @@ int main(int argc, char** argv) {
   gen->add_option("--guidance,--cfg", g.guidance, "classifier-free guidance scale (1 = off)")->capture_default_str();
   gen->add_option("--seed", g.seed, "random seed (-1 = random, printed)")
       ->capture_default_str()->check(CLI::Range(int64_t(-1), std::numeric_limits<int64_t>::max()));
+  gen->add_option("--noise", g.noise,
+                  "initial latent from a .safetensors file ([16, T, H/8, W/8] or [1, 16, ...], f32/bf16/f16; e.g. the "
+                  "reference's torch.randn) instead of the seeded noise");
   gen->add_option("--attention", g.attention, "auto | full | hybrid (Skiparse-2D)")->capture_default_str();
   gen->add_option("--cache", g.cache,
                   "step caching: none | teacache:THRESH (skip the DiT blocks while the accumulated change of "

@@ -20,6 +20,7 @@
 #include "osp/io/checkpoint.h"
 #include "osp/io/image_writer.h"
 #include "osp/io/name_map.h"
+#include "osp/io/safetensors.h"
 #include "osp/io/video_writer.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_block_stream.h"
@@ -294,6 +295,38 @@ Geometry geometry(const GenerateOptions& o, int patch_h, int patch_w) {
   return g;
 }
 
+Tensor load_noise(const std::string& path, const Geometry& g) {
+  std::error_code ec;
+  OSP_CHECK(fs::is_regular_file(path, ec), "--noise ", path, ": no such file (give a .safetensors file "
+            "holding the initial latent [16, ", g.T, ", ", g.h, ", ", g.w, "])");
+  const io::SafetensorsFile f = io::SafetensorsFile::open(path);
+  const std::vector<std::string> names = f.names();
+  OSP_CHECK(!names.empty(), "--noise ", path, " holds no tensor");
+  OSP_CHECK(names.size() == 1 || f.has("noise"), "--noise ", path, " holds ", names.size(),
+            " tensors and none is named 'noise': save only the latent, or name it 'noise'");
+  const std::string name = names.size() == 1 ? names[0] : std::string("noise");
+  const io::SafetensorsEntry& e = f.entry(name);
+  OSP_CHECK(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16, "--noise ", path,
+            ": tensor '", name, "' is ", e.dtype_name, "; the noise must be F32, BF16 or F16");
+  Shape s = e.shape;
+  if (s.size() == 5 && s[0] == 1) s.erase(s.begin());
+  const Shape want = {16, g.T, g.h, g.w};
+  if (s != want) {
+    std::string fits;
+    if (s.size() == 4 && s[0] == 16)
+      fits = str(" (that latent is --size ", s[3] * 8, "x", s[2] * 8, " --frames ", (s[1] - 1) * 4 + 1, ")");
+    fail(str("--noise ", path, ": tensor '", name, "' has shape ", shape_str(e.shape), fits, ", but this run's "
+             "latent is ", shape_str(want), " (--size ", g.w * 8, "x", g.h * 8, ", --frames ", (g.T - 1) * 4 + 1,
+             "); the leading 1 of [1, 16, T, h, w] may be there or not"));
+  }
+  Tensor x = f.get(name).to(DType::F32).reshape(want).clone();
+  const float* d = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    OSP_CHECK(std::isfinite(d[i]), "--noise ", path, ": element ", i, " of '", name, "' is ", d[i],
+              "; the noise must be finite");
+  return x;
+}
+
 namespace {
 // plan_generation, for a loaded pipeline too (keep_loaded: its models stay resident together;
 // fixed: the weight mode of its already-loaded DiT).
@@ -332,6 +365,7 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     }
   }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
+  if (!o.noise.empty()) (void)load_noise(o.noise, p.geo);  // a bad file fails here, before any work
   OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
             cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
   OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
@@ -726,7 +760,8 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
   log_info("DiT: ", plan.dit_summary);
   log_info(plan.mem.describe());
   log_info("generating ", o.width, "x", o.height, "x", o.frames, " frames, ", o.steps, " ", o.sampler,
-           " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed, ", device ", dev.name(),
+           " steps, shift ", o.shift, ", guidance ", o.guidance,
+           o.noise.empty() ? str(", seed ", o.seed) : str(", noise from ", o.noise), ", device ", dev.name(),
            sps.cfg ? str(", CFG parallel: the conditional branch on ranks [0, ", sps.sp_size, "), the unconditional on [",
                          sps.sp_size, ", ", sps.size, ")",
                          sps.sp_size > 1 ? str(", each ", o.sp, " over ", sps.sp_size, " ranks") : std::string())
@@ -782,9 +817,9 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     }
     ctx.clear();
 
-    // Noise: Philox on the host (same on every rank/device), then copied to the device.
+    // Noise: Philox on the host (same on every rank/device), or --noise FILE, then copied to the device.
     const Geometry& g = plan.geo;
-    x = randn({16, g.T, g.h, g.w}, uint64_t(o.seed)).to(dev);
+    x = (o.noise.empty() ? randn({16, g.T, g.h, g.w}, uint64_t(o.seed)) : load_noise(o.noise, g)).to(dev);
     auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
     Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);
@@ -918,13 +953,15 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     std::map<std::string, std::string> meta = {
         {"title", o.prompt},
         {"comment", str("osp generate: ", o.width, "x", o.height, "x", o.frames, ", ", o.steps, " ",
-                        o.sampler, " steps, shift ", o.shift, ", guidance ", o.guidance, ", seed ", o.seed,
+                        o.sampler, " steps, shift ", o.shift, ", guidance ", o.guidance,
+                        o.noise.empty() ? str(", seed ", o.seed) : str(", noise ", fs::path(o.noise).filename().string()),
                         ", attention ", o.attention, ", quant ", o.quant,
                         o.cache == "none" ? std::string() : ", cache " + o.cache,
                         ", model ", layout_name(plan.files.layout))},
         {"osp_seed", std::to_string(o.seed)},
         {"osp_negative_prompt", o.negative_prompt},
     };
+    if (!o.noise.empty()) meta["osp_noise"] = fs::path(o.noise).filename().string();  // the seed did not count
     write_output(o, res.rgb, meta, [this](const char* st) { point(st); });
     res.out_path = o.out;
     log_info("wrote ", o.out);

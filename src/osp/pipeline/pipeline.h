@@ -40,6 +40,9 @@ struct GenerateOptions {
   double shift = -1;                 // < 0: 5.0 for unipc (Wan2.1), 7.0 for euler (OSP-Next)
   float guidance = 5.0f;             // 1 = no CFG (one forward per step)
   int64_t seed = -1;                 // < 0: random (printed)
+  // --noise FILE: the initial latent from a .safetensors file (load_noise) instead of the
+  // seeded Philox noise — e.g. the reference's torch.randn, to reproduce its video; "" = seeded.
+  std::string noise;
   std::string attention = "auto";    // auto (the checkpoint's) | full | hybrid
   std::string quant = "none";        // none | hif8 | fp8
   std::string sp = "none";           // none | ulysses | ssp (launch with mpirun)
@@ -117,6 +120,13 @@ struct Plan {
   std::string dit_summary;
   std::vector<std::string> block_kinds;  // per block: full/token/group
 };
+
+// --noise FILE: the initial latent [16, T, h, w] of geometry g from a .safetensors file — its
+// only tensor, or the one named "noise" when it holds several; shape [16, T, h, w] or
+// [1, 16, T, h, w], dtype F32, BF16 or F16, every value finite. Returns a contiguous F32
+// [16, T, h, w] CPU tensor. Throws osp::Error naming the file and what is wrong (and, for a
+// shape mismatch, the size and frames the file's latent fits).
+Tensor load_noise(const std::string& path, const Geometry& g);
 
 // validate_options + detect_model_dir + config + memory check. Throws before any work.
 Plan plan_generation(const std::string& model_dir, const GenerateOptions& o);

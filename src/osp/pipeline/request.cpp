@@ -13,7 +13,7 @@ std::vector<std::string> request_fields(bool allow_out) {
   std::vector<std::string> f = {"prompt",  "negative_prompt", "no_negative", "seed",     "size",
                                 "width",   "height",          "frames",      "steps",    "sampler",
                                 "shift",   "guidance",        "attention",   "fps",      "cache"};
-  if (allow_out) f.push_back("out");
+  if (allow_out) f.insert(f.end(), {"out", "noise"});  // local files: batch lines, not server requests
   return f;
 }
 
@@ -77,6 +77,7 @@ void apply_json_settings(const nlohmann::json& j, GenerateOptions& o, bool allow
     else if (k == "fps") o.fps = int(get_int(v, k, 1, 240));
     else if (k == "cache") o.cache = get_string(v, k);
     else if (k == "out") o.out = get_string(v, k);
+    else if (k == "noise") o.noise = get_string(v, k);
   }
   OSP_CHECK(j.contains("prompt"), "field 'prompt' is required");
   OSP_CHECK(!(o.no_negative && j.contains("negative_prompt")),

@@ -6,7 +6,7 @@
 //   size ("WxH"), width / height (integers, instead of size), frames, steps (integers),
 //   sampler ("unipc" | "euler"), shift (number), guidance (number), attention
 //   ("auto" | "full" | "hybrid"), fps (integer), cache ("none" | "teacache:THRESH"), and with
-//   allow_out: out (string).
+//   allow_out (local runs: batch lines, not server requests): out and noise (strings, paths).
 //
 // An unknown field, a field of the wrong type or a non-object is an osp::Error naming the field.
 #pragma once
@@ -18,7 +18,7 @@
 
 namespace osp::pipeline {
 
-// The field names accepted (with or without "out").
+// The field names accepted (with or without "out" and "noise").
 std::vector<std::string> request_fields(bool allow_out);
 
 // Applies the fields of `j` (a JSON object) over `o`. Throws osp::Error.
