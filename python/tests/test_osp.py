@@ -4,7 +4,8 @@
 Generate from Python equals the CLI's output for the same seed (PNG frames written by both,
 byte for byte, and the returned array is what was written); progress is reported; errors
 raise osp.Error with the CLI's message; a progress callback returning False cancels; cache=
-(teacache:0 == no cache, bit for bit) and dit_offload="blocks" (== resident) on the tiny model;
+(teacache:0 == no cache, bit for bit), noise= (a latent file: the seed stops mattering) and
+dit_offload="blocks" (== resident) on the tiny model;
 osp.DiT on NumPy arrays matches the Wan2.1 reference outputs of the golden DiT file.
 Environment: PYTHONPATH holds the built module, OSP_CLI the osp executable.
 """
@@ -155,6 +156,31 @@ class CacheAndMemoryModes(unittest.TestCase):
         with self.assertRaises(osp.Error) as cm:
             self.pipe.generate("a red fox", cache="foo:1", **self.SETTINGS)
         self.assertEqual(str(cm.exception), log.strip().splitlines()[-1].removeprefix("osp: error: "))
+
+    def test_noise_file(self):
+        """noise= (--noise): the latent comes from the file, so the seed no longer matters."""
+        def save(path, arr):  # a .safetensors file by hand (the safetensors package is not needed)
+            import json
+            import struct
+            head = json.dumps({"noise": {"dtype": "F32", "shape": list(arr.shape),
+                                         "data_offsets": [0, arr.nbytes]}}).encode()
+            head += b" " * (-len(head) % 8)
+            with open(path, "wb") as f:
+                f.write(struct.pack("<Q", len(head)) + head + arr.astype("<f4").tobytes())
+        d = tempfile.mkdtemp(prefix="osp_noise_")
+        try:
+            good = os.path.join(d, "noise.safetensors")
+            save(good, np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+            a = self.pipe.generate("a red fox", noise=good, **self.SETTINGS)
+            b = self.pipe.generate("a red fox", noise=good, **dict(self.SETTINGS, seed=9))
+            self.assertTrue(np.array_equal(a, b))            # the seed is not used
+            self.assertFalse(np.array_equal(a, self.ref))    # the file's noise is
+            wide = os.path.join(d, "wide.safetensors")
+            save(wide, np.zeros((16, 3, 8, 9), np.float32))
+            with self.assertRaisesRegex(osp.Error, r"has shape \[16, 3, 8, 9\].*--size 72x64"):
+                self.pipe.generate("a red fox", noise=wide, **self.SETTINGS)
+        finally:
+            shutil.rmtree(d)
 
     def test_dit_offload_blocks_equals_resident(self):
         streamed = osp.Pipeline(TINY, device="cpu", dit_offload="blocks")
