@@ -6,7 +6,8 @@
 # device sync) and reports per forward: kernels and copies, the span from the first start to the
 # last end, the busy time (union of the kernel/copy intervals), idle = span − busy, the median gap
 # between kernels, and the host's enqueue time (enqueue_ms of the benchmark's JSON line).
-# Nothing changes clocks or modes.
+# Nothing changes clocks or modes. The lent GPU machines had no Nsight Systems in session 19 (only
+# Nsight Compute): there the script prints the benchmark's lines alone (enqueue_ms against ms).
 #
 #   bash scripts/gpu-idle.sh            # on the GPU machine, after a build (BUILD=build-gpu)
 # Environment: OUT (./out), BUILD (build-gpu), MODELS (1.3b), MODES (full,hybrid), TINY (1: also
