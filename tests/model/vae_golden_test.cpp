@@ -6,6 +6,7 @@
 #include <map>
 
 #include "osp/io/checkpoint.h"
+#include "osp/io/name_map.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/vae.h"
 #include "test_util.h"
@@ -159,7 +160,7 @@ TEST(VaeShapes, OfficialConfigHas194TensorsAnd126892531Params) {
 }
 
 TEST(VaeShapes, DiffusersNamesFollowTheSpecTable) {
-  using osp::model::vae_diffusers_name;
+  auto vae_diffusers_name = [](const std::string& n) { return osp::io::vae_original_to_diffusers(n).value_or("<none>"); };
   // Rows of wan-spec §3.4.
   EXPECT_EQ(vae_diffusers_name("conv1.weight"), "quant_conv.weight");
   EXPECT_EQ(vae_diffusers_name("conv2.bias"), "post_quant_conv.bias");
@@ -177,13 +178,15 @@ TEST(VaeShapes, DiffusersNamesFollowTheSpecTable) {
   EXPECT_EQ(vae_diffusers_name("decoder.upsamples.7.resample.1.weight"), "decoder.up_blocks.1.upsamplers.0.resample.1.weight");
   EXPECT_EQ(vae_diffusers_name("decoder.upsamples.11.resample.1.bias"), "decoder.up_blocks.2.upsamplers.0.resample.1.bias");
   EXPECT_EQ(vae_diffusers_name("decoder.upsamples.14.residual.2.weight"), "decoder.up_blocks.3.resnets.2.conv1.weight");
-  // A checkpoint under diffusers names loads and decodes like the original (first frame only).
+  // A checkpoint under diffusers names, renamed on read (io::vae_with_original_names, what
+  // pipeline::open_vae does), loads and decodes like the original (first frame only).
   std::map<std::string, Tensor> d;
   for (const auto& [name, s] : osp::model::vae_tensor_shapes([] { osp::model::VaeConfig c; c.dim = 16; return c; }()))
     d[vae_diffusers_name(name)] = golden_file().get("vae.weights." + name);
   osp::model::VaeConfig nc;
   nc.has_encoder = false;
-  WanVae m = WanVae::load(osp::model::weight_getter(osp::io::memory_checkpoint(d)), osp::Device::cpu(), nc);
+  WanVae m = WanVae::load(osp::model::weight_getter(osp::io::vae_with_original_names(osp::io::memory_checkpoint(d))),
+                         osp::Device::cpu(), nc);
   Tensor z = drop_batch(golden_file().get("vae.z")).slice(1, 0, 1).contiguous();
   osp::model::DecodeOptions o;
   o.clamp = false;

@@ -4,7 +4,8 @@
 // leaves the video bytes unchanged, a non-zero one changes them, and a LoRA for another shape
 // is refused by the plan, before any weight is loaded. --noise FILE: the seed's own noise from a
 // file gives the seeded run's latent bit for bit, other noise another latent, and a bad file is
-// refused by the plan with what is wrong.
+// refused by the plan with what is wrong. The same model in the diffusers layout (every file under
+// diffusers / HF names) gives the same latent as the original layout.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -15,6 +16,7 @@
 
 #include "osp/core/philox.h"
 #include "osp/io/image_writer.h"
+#include "osp/io/name_map.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/dit.h"
 #include "osp/model/dit_config.h"
@@ -251,4 +253,42 @@ TEST_F(LoadedPipeline, NoiseFileReplacesTheSeededNoise) {
               pipeline::apply_json_settings(nlohmann::json{{"prompt", "x"}, {"noise", "n.safetensors"}}, r, false);
             }).find("unknown field 'noise'"),
             std::string::npos);
+}
+
+TEST_F(LoadedPipeline, DiffusersLayoutGeneratesLikeTheOriginal) {
+  // The demo model rewritten as a diffusers folder: transformer/ (DiT under diffusers names),
+  // text_encoder/ (HF UMT5 names), vae/ (AutoencoderKLWan names), tokenizer/, model_index.json.
+  const fs::path src = model(), dst = path("diffusers");
+  fs::create_directories(dst);
+  auto renamed = [](const std::string& file, auto rename) {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(file);
+    std::map<std::string, Tensor> out;
+    for (const auto& n : f.names()) out[rename(n).value_or(n)] = f.get(n);
+    EXPECT_EQ(out.size(), f.size()) << file << ": two names map to one";
+    return out;
+  };
+  const auto dit = renamed((src / "diffusion_pytorch_model.safetensors").string(), io::dit_original_to_diffusers);
+  const auto t5 = renamed((src / "models_t5_umt5-xxl-enc-bf16.safetensors").string(), io::t5_wan_to_hf);
+  const auto vae = renamed((src / "Wan2.1_VAE.safetensors").string(), io::vae_original_to_diffusers);
+  ASSERT_TRUE(dit.count("blocks.0.attn1.to_q.weight") && t5.count("encoder.block.0.layer.0.SelfAttention.q.weight") &&
+              vae.count("decoder.conv_in.weight") && vae.count("post_quant_conv.weight"))
+      << "the files must really be under the other names";
+  for (const auto& d : {"transformer", "text_encoder", "vae", "tokenizer"}) fs::create_directories(dst / d);
+  io::save_safetensors((dst / "transformer/diffusion_pytorch_model.safetensors").string(), dit);
+  io::save_safetensors((dst / "text_encoder/model.safetensors").string(), t5);
+  io::save_safetensors((dst / "vae/diffusion_pytorch_model.safetensors").string(), vae);
+  fs::copy_file(src / "config.json", dst / "transformer/config.json");
+  fs::copy_file(src / "google/umt5-xxl/spiece.model", dst / "tokenizer/spiece.model");
+  std::ofstream(dst / "model_index.json") << "{}";
+
+  pipeline::GenerateOptions o = opts("");
+  o.no_output = true;
+  const auto ref = pipeline::generate(pipeline::plan_generation(model(), o));
+  const pipeline::Plan plan = pipeline::plan_generation(dst.string(), o);
+  EXPECT_EQ(plan.files.layout, pipeline::ModelLayout::WanDiffusers);
+  const auto got = pipeline::generate(plan);
+  ASSERT_FALSE(got.interrupted);
+  test::expect_same_bits(got.latent, ref.latent.to(Device::cpu()), "latent of the diffusers-layout model");
+  ASSERT_TRUE(got.rgb.defined() && ref.rgb.defined());
+  test::expect_same_bits(got.rgb, ref.rgb.to(Device::cpu()), "frames of the diffusers-layout model (its VAE)");
 }

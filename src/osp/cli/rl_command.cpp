@@ -77,7 +77,7 @@ int run_rl_command(train::RlOptions o) {
   auto te = pipeline::TextEncoder::load(files, dev, cfg.text_len);
   model::VaeConfig vcfg;
   vcfg.has_encoder = false;
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev, vcfg);
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(pipeline::open_vae(files)), dev, vcfg);
 
   std::unique_ptr<parallel::SequenceParallel> sp =
       S == 1 ? parallel::make_single_device() : o.sp == "ssp" ? parallel::make_ssp(groups.sp) : parallel::make_ulysses(groups.sp);

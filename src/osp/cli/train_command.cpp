@@ -421,7 +421,7 @@ int run_encode(const EncodeOptions& o) {
   }
   writer.set_empty_context(empty);
   // 2. Media through the VAE encoder.
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev);
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(pipeline::open_vae(files)), dev);
   for (size_t i = 0; i < items.size(); ++i) {
     if (interrupted()) return stop_encoding("VAE encode");
     const MediaItem& it = items[i];

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "osp/ops/conv.h"
 #include "osp/parallel/communicator.h"
@@ -301,54 +300,8 @@ std::vector<std::pair<std::string, Shape>> vae_tensor_shapes(const VaeConfig& cf
   return out;
 }
 
-std::string vae_diffusers_name(const std::string& wan) {
-  auto starts = [&](const std::string& p) { return wan.rfind(p, 0) == 0; };
-  auto res_inner = [](const std::string& r) -> std::string {  // inside a residual block
-    static const std::pair<const char*, const char*> m[] = {
-        {"residual.0.", "norm1."}, {"residual.2.", "conv1."}, {"residual.3.", "norm2."},
-        {"residual.6.", "conv2."}, {"shortcut.", "conv_shortcut."}};
-    for (const auto& [a, b] : m)
-      if (r.rfind(a, 0) == 0) return b + r.substr(std::strlen(a));
-    return r;
-  };
-  if (starts("conv1.")) return "quant_conv." + wan.substr(6);
-  if (starts("conv2.")) return "post_quant_conv." + wan.substr(6);
-  for (const std::string side : {"encoder.", "decoder."}) {
-    if (!starts(side)) continue;
-    const std::string r = wan.substr(side.size());
-    if (r.rfind("conv1.", 0) == 0) return side + "conv_in." + r.substr(6);
-    if (r.rfind("head.0.", 0) == 0) return side + "norm_out." + r.substr(7);
-    if (r.rfind("head.2.", 0) == 0) return side + "conv_out." + r.substr(7);
-    if (r.rfind("middle.1.", 0) == 0) return side + "mid_block.attentions.0." + r.substr(9);
-    if (r.rfind("middle.0.", 0) == 0) return side + "mid_block.resnets.0." + res_inner(r.substr(9));
-    if (r.rfind("middle.2.", 0) == 0) return side + "mid_block.resnets.1." + res_inner(r.substr(9));
-    if (r.rfind("downsamples.", 0) == 0) {
-      const size_t dot = r.find('.', 12);
-      return side + "down_blocks." + r.substr(12, dot - 12) + "." + res_inner(r.substr(dot + 1));
-    }
-    if (r.rfind("upsamples.", 0) == 0) {
-      const size_t dot = r.find('.', 10);
-      const int k = std::stoi(r.substr(10, dot - 10));
-      const std::string inner = r.substr(dot + 1);
-      const int blk = k / 4, pos = k % 4;  // 3 resnets then 1 upsampler per up block
-      if (pos == 3) return side + "up_blocks." + std::to_string(blk) + ".upsamplers.0." + inner;
-      return side + "up_blocks." + std::to_string(blk) + ".resnets." + std::to_string(pos) + "." +
-             res_inner(inner);
-    }
-  }
-  return wan;
-}
-
-WanVae WanVae::load(const WeightGetter& get_in, Device dev, VaeConfig cfg, const std::string& prefix) {
-  OSP_CHECK(get_in, "WanVae::load: no weight getter given");
-  // Accept diffusers (AutoencoderKLWan) names too (wan-spec §3.4).
-  WeightGetter get = get_in;
-  if (!get_in(prefix + "decoder.conv1.weight").defined() &&
-      get_in(prefix + "decoder.conv_in.weight").defined()) {
-    get = [get_in, prefix](const std::string& full) {
-      return get_in(prefix + vae_diffusers_name(full.substr(prefix.size())));
-    };
-  }
+WanVae WanVae::load(const WeightGetter& get, Device dev, VaeConfig cfg, const std::string& prefix) {
+  OSP_CHECK(get, "WanVae::load: no weight getter given");
   Binder B(get, dev, prefix);
   // Channel widths from the checkpoint.
   const Tensor head = B.raw("decoder.head.2.weight");

@@ -100,15 +100,11 @@ Tensor blend_tiles(int64_t h, int64_t w, const DecodeOptions& opt,
 // encoder; cfg.dim / z_dim as given) — for random models in benchmarks and for converters.
 std::vector<std::pair<std::string, Shape>> vae_tensor_shapes(const VaeConfig& cfg);
 
-// The diffusers (AutoencoderKLWan) name of an original Wan VAE tensor name (wan-spec §3.4);
-// WanVae::load uses it automatically when the checkpoint has diffusers names.
-std::string vae_diffusers_name(const std::string& wan);
-
 class WanVae {
  public:
-  // Binds the weights (original Wan names or diffusers names, detected; a prefix such as
-  // "vae.weights." can be given) and
-  // moves them to `dev` as F32.  Channel widths are read from the checkpoint (dim from
+  // Binds the weights (original Wan names — wrap a diffusers AutoencoderKLWan checkpoint in
+  // io::vae_with_original_names, as pipeline::open_vae does; a prefix such as "vae.weights." can
+  // be given) and moves them to `dev` as F32.  Channel widths are read from the checkpoint (dim from
   // decoder.head.2.weight, z_dim from conv2.weight); the rest of cfg must match the file.
   static WanVae load(const WeightGetter& get, Device dev = Device::cpu(), VaeConfig cfg = {},
                      const std::string& prefix = "");

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "osp/core/error.h"
+#include "osp/io/name_map.h"
 
 namespace fs = std::filesystem;
 
@@ -109,10 +110,7 @@ ModelFiles detect_model_dir(const std::string& dir_in) {
     f.t5_hf_names = true;
     f.vae = first_of(dir / "vae", {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
     if (f.vae.empty()) f.vae = first_of(dir, {"Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"});
-    if (f.vae.empty()) {
-      f.vae = first_of(dir / "vae", {"diffusion_pytorch_model.safetensors"});
-      f.vae_diffusers_names = true;
-    }
+    if (f.vae.empty()) f.vae = first_of(dir / "vae", {"diffusion_pytorch_model.safetensors"});  // open_vae renames
     f.tokenizer = first_of(dir / "tokenizer", {"spiece.model"});
   } else {
     f.layout = ModelLayout::WanOriginal;
@@ -140,5 +138,7 @@ ModelFiles detect_model_dir(const std::string& dir_in) {
   }
   return f;
 }
+
+io::Checkpoint open_vae(const ModelFiles& f) { return io::vae_with_original_names(io::open_checkpoint(f.vae)); }
 
 }  // namespace osp::pipeline

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "osp/io/checkpoint.h"
+
 namespace osp::pipeline {
 
 enum class ModelLayout { WanOriginal, WanDiffusers, OspNext, Demo };
@@ -28,7 +30,6 @@ struct ModelFiles {
   std::string vae;         // Wan-VAE weights
   std::string tokenizer;   // SentencePiece model (spiece.model)
   bool t5_hf_names = false;  // diffusers text_encoder: HF UMT5 names
-  bool vae_diffusers_names = false;
 };
 
 // Recognises `dir`. Throws an osp::Error that names the layout it looks like and lists every
@@ -38,5 +39,9 @@ ModelFiles detect_model_dir(const std::string& dir);
 // The missing files for a layout (empty when complete); detect_model_dir's check, exposed for
 // tests and `osp inspect`.
 std::vector<std::string> missing_files(const ModelFiles& f);
+
+// The Wan-VAE checkpoint of `f` under original Wan names (a diffusers AutoencoderKLWan file is
+// renamed on the fly: io::vae_with_original_names), for every loader of a model folder's VAE.
+io::Checkpoint open_vae(const ModelFiles& f);
 
 }  // namespace osp::pipeline

@@ -393,12 +393,10 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     }
     mi.t5_offload = o.offload;
     {
-      const io::Checkpoint vck = io::open_checkpoint(p.files.vae);
+      const io::Checkpoint vck = open_vae(p.files);  // diffusers names are renamed
       OSP_CHECK(vck->has("decoder.conv1.weight") && vck->has("conv2.weight"), "VAE weights ", p.files.vae,
-                p.files.vae_diffusers_names
-                    ? " use diffusers (AutoencoderKLWan) names, which osp does not map yet; put the "
-                      "original Wan2.1_VAE.pth next to the model (or in vae/) and retry"
-                    : " do not hold the Wan-VAE decoder (decoder.conv1.weight, conv2.weight missing)");
+                " do not hold the Wan-VAE decoder (decoder.conv1.weight / decoder.conv_in.weight and conv2.weight / "
+                "post_quant_conv.weight missing)");
       mi.vae_weights = checkpoint_params(vck) * 4;
     }
     mi.vae_full_decode = model::decode_memory_estimate(p.geo.h, p.geo.w);
@@ -620,7 +618,7 @@ struct Pipeline::Impl {
   void load_vae() {
     if (vae) return;
     report("model loading", 0, 0, -1);
-    io::Checkpoint vck = io::open_checkpoint(files.vae);
+    io::Checkpoint vck = open_vae(files);
     LoadProgress lp("VAE", int(vck->size()), show());
     model::VaeConfig vcfg;
     vcfg.has_encoder = false;

@@ -123,7 +123,7 @@ int64_t encode_clip_dataset(const EncodeClipsOptions& o) {
     }
     writer.set_empty_context(te->encode({""}).at(0).to(Device::cpu()).contiguous());
   }
-  const model::WanVae vae = model::WanVae::load(model::weight_getter(io::open_checkpoint(files.vae)), dev);
+  const model::WanVae vae = model::WanVae::load(model::weight_getter(open_vae(files)), dev);
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < n; ++i) {
     interruption_point("encode-clips");
