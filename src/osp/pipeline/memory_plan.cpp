@@ -149,7 +149,7 @@ MemoryPlan plan_memory(const MemoryInput& in) {
   auto add = [&](DitWeights w) {
     if (in.weights_fixed && w != in.fixed_weights) return;
     cands.push_back({w, false});
-    if (in.cfg_rows == 2 && !in.step_cache) cands.push_back({w, true});
+    if (in.cfg_rows == 2) cands.push_back({w, true});  // (with a step cache each row keeps its residual)
   };
   if (in.dit_offload != "blocks" || in.weights_fixed) {
     add(DitWeights::Resident);

@@ -827,12 +827,18 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     const sample::StepCacheSpec cspec = sample::parse_step_cache(o.cache);
     std::unique_ptr<sample::TeaCache> tea;
     model::DiT::BlockCache bcache;
+    // CFG sequential with a step cache: the unconditional row's forward keeps its own residual and
+    // follows the decision the conditional row's forward took this step (one TeaCache per step,
+    // as in the batched forward, whose e0 rows are the same).
+    model::DiT::BlockCache bcache_uncond;
+    bool ran_blocks = true;
     int cstep = 0;
     if (cspec.enabled()) {
       std::string poly_name;
       tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
                                                sample::teacache_polynomial(cfg.dim, &poly_name));
-      bcache.run_blocks = [&](const Tensor& e0) { return tea->compute(cstep, e0); };
+      bcache.run_blocks = [&](const Tensor& e0) { return ran_blocks = tea->compute(cstep, e0); };
+      bcache_uncond.run_blocks = [&](const Tensor&) { return ran_blocks; };
       // The rows of the batch are on the two ranks of the CFG pair: the step runs the blocks when
       // either row must (one flag all-reduced per step), as one TeaCache of both rows decides.
       if (cfgp)
@@ -844,7 +850,6 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       log_info("step cache: ", cspec.str(), ", rescaling: ", poly_name);
     }
     const bool seq_cfg = plan.mem.sequential_cfg && B == 2;
-    OSP_CHECK(!(seq_cfg && tea), "CFG sequential and --cache teacache do not combine (the plan never picks both)");
     Tensor vseq = seq_cfg ? Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev) : Tensor();
     Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
     const auto ts = Clock::now();
@@ -863,7 +868,8 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
           // CFG sequential (the memory plan's choice): the same forward with one row at a time,
           // half the activations; its rows land where the batched forward puts them.
           for (int64_t b = 0; b < B; ++b) {
-            const Tensor r = dit->forward(xb.slice(0, b, b + 1), {t}, context.slice(0, b, b + 1), *sps.sp);
+            model::DiT::BlockCache* bc = !tea ? nullptr : b == 0 ? &bcache : &bcache_uncond;
+            const Tensor r = dit->forward(xb.slice(0, b, b + 1), {t}, context.slice(0, b, b + 1), *sps.sp, bc);
             Tensor dst = vseq.select(0, b);
             dst.copy_from(r.select(0, 0));
           }
