@@ -14,6 +14,13 @@
 // below ms means the host ran ahead of the GPU (no host sync inside the forward, launch cost
 // hidden behind the GPU's work; what a CUDA graph could still remove is the GPU-side gap between
 // kernels, scripts/gpu-idle.sh).
+// --kernel-gaps (1 process, builds with the toolkit's CUPTI): one more forward per mode under
+// CUPTI's activity records (kernels, copies, memsets): "kernel_gaps" lines with the operations,
+// the span from the first start to the last end, the GPU busy time (union of the intervals), idle
+// = span − busy and the median / 90th-percentile gap — the most a CUDA graph of the forward could
+// remove. (Recording adds a little to each launch; the gaps are an upper bound.)
+// --models also takes "tiny": the shipped OSP-Next-Tiny shapes (dim 128, 8 blocks, 4 full,
+// 64×64×9: 48 tokens), random weights, where launches rather than arithmetic set the time.
 // FP8 (1 process only, with --modes): "hybrid+fp8" / "full+fp8" run model::DiTQuant::FP8 (E4M3
 // cuBLASLt GEMMs for every block linear, HiF8 weights quantized at bind) on the same random
 // weights; the bf16 model is released before the FP8 model is bound (peak_gib is reset per
@@ -30,6 +37,12 @@
 // Default --modes: hybrid,full (1 process) / hybrid+ssp,full+ulysses (mpirun).
 #include <algorithm>
 #include <chrono>
+#ifdef OSP_HAVE_CUPTI
+#include <cupti.h>
+
+#include <cstdlib>
+#include <mutex>
+#endif
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -57,7 +70,101 @@ struct Case {
   std::string model, res;
   model::DiTConfig cfg;
   int64_t frames_lat, h_lat, w_lat;  // latent grid (81 frames → 21)
+  int num_full = 8;                  // full blocks of the hybrid (dual-end) plan
 };
+
+// The shipped OSP-Next-Tiny's shapes (models/osp-next-tiny/config.json).
+model::DiTConfig tiny_config() {
+  model::DiTConfig c;
+  c.dim = 128, c.ffn_dim = 512, c.num_heads = 2, c.num_layers = 8;
+  c.text_dim = 64, c.text_len = 64, c.freq_dim = 256;
+  return c;
+}
+
+#ifdef OSP_HAVE_CUPTI
+// CUPTI activity records → [start, end) ns intervals of every kernel, copy and memset.
+namespace gaps {
+std::mutex mu;
+std::vector<std::pair<uint64_t, uint64_t>> spans;
+
+void CUPTIAPI request(uint8_t** buffer, size_t* size, size_t* max_records) {
+  *size = size_t(16) << 20;
+  *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, *size));
+  *max_records = 0;
+}
+void CUPTIAPI complete(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
+  std::lock_guard<std::mutex> lock(mu);
+  CUpti_Activity* r = nullptr;
+  while (cuptiActivityGetNextRecord(buffer, valid, &r) == CUPTI_SUCCESS) {
+    if (r->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || r->kind == CUPTI_ACTIVITY_KIND_KERNEL) {
+      const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(r);
+      spans.push_back({k->start, k->end});
+    } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(r);
+      spans.push_back({m->start, m->end});
+    } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(r);
+      spans.push_back({m->start, m->end});
+    }
+  }
+  std::free(buffer);
+}
+const CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                     CUPTI_ACTIVITY_KIND_MEMSET};
+// Throws on a CUPTI error (e.g. another profiler holds it).
+void check(CUptiResult r, const char* what) {
+  if (r == CUPTI_SUCCESS) return;
+  const char* s = nullptr;
+  cuptiGetResultString(r, &s);
+  throw std::runtime_error(std::string(what) + ": " + (s ? s : "CUPTI error"));
+}
+void start() {
+  static bool registered = false;
+  if (!registered) check(cuptiActivityRegisterCallbacks(request, complete), "cuptiActivityRegisterCallbacks");
+  registered = true;
+  std::lock_guard<std::mutex> lock(mu);
+  spans.clear();
+  for (auto k : kKinds) check(cuptiActivityEnable(k), "cuptiActivityEnable");
+}
+struct Report {
+  size_t ops = 0;
+  double span_ms = 0, busy_ms = 0, median_gap_us = 0, p90_gap_us = 0;
+};
+Report stop() {
+  check(cuptiActivityFlushAll(1), "cuptiActivityFlushAll");
+  for (auto k : kKinds) cuptiActivityDisable(k);
+  std::lock_guard<std::mutex> lock(mu);
+  Report rep;
+  auto v = spans;
+  spans.clear();
+  if (v.empty()) return rep;
+  std::sort(v.begin(), v.end());
+  uint64_t busy = 0, cs = v[0].first, ce = v[0].second;
+  std::vector<uint64_t> gap;
+  for (size_t i = 1; i < v.size(); ++i) {
+    if (v[i].first > ce) {
+      busy += ce - cs;
+      gap.push_back(v[i].first - ce);
+      cs = v[i].first, ce = v[i].second;
+    } else {
+      ce = std::max(ce, v[i].second);
+    }
+  }
+  busy += ce - cs;
+  uint64_t last = 0;
+  for (const auto& s : v) last = std::max(last, s.second);
+  std::sort(gap.begin(), gap.end());
+  rep.ops = v.size();
+  rep.span_ms = double(last - v[0].first) * 1e-6;
+  rep.busy_ms = double(busy) * 1e-6;
+  if (!gap.empty()) {
+    rep.median_gap_us = double(gap[gap.size() / 2]) * 1e-3;
+    rep.p90_gap_us = double(gap[gap.size() * 9 / 10]) * 1e-3;
+  }
+  return rep;
+}
+}  // namespace gaps
+#endif
 
 Tensor random_device(const Shape& s, uint32_t seed, Device dev) {
   std::mt19937 g(seed);
@@ -148,7 +255,7 @@ std::string card() {
 int main(int argc, char** argv) {
   std::string models = "14b,1.3b", modes_arg;
   int reps = 3, warmup = 1;
-  bool profile = false;
+  bool profile = false, kernel_gaps = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--models") && i + 1 < argc) models = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
@@ -156,10 +263,11 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--modes") && i + 1 < argc) modes_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) models = "1.3b", reps = 1, warmup = 1;
     else if (!std::strcmp(argv[i], "--profile")) profile = true;
+    else if (!std::strcmp(argv[i], "--kernel-gaps")) kernel_gaps = true;
     else {
       std::fprintf(stderr,
-                   "usage: %s [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8 | "
-                   "hybrid+ssp,full+ulysses] [--reps N] [--warmup N] [--quick] [--profile]\n",
+                   "usage: %s [--models 14b,1.3b,tiny] [--modes hybrid,full,hybrid+fp8,full+fp8 | "
+                   "hybrid+ssp,full+ulysses] [--reps N] [--warmup N] [--quick] [--profile] [--kernel-gaps]\n",
                    argv[0]);
       return 2;
     }
@@ -189,6 +297,11 @@ int main(int argc, char** argv) {
     cases.push_back({"14B", "1280x720x81", model::DiTConfig::wan_14b(), 21, 90, 160});
   if (models.find("1.3b") != std::string::npos)
     cases.push_back({"1.3B", "832x480x81", model::DiTConfig::wan_1_3b(), 21, 60, 104});
+  if (models.find("tiny") != std::string::npos) cases.push_back({"tiny", "64x64x9", tiny_config(), 3, 8, 8, 4});
+#ifndef OSP_HAVE_CUPTI
+  if (kernel_gaps && rank == 0)
+    std::fprintf(stderr, "%s: --kernel-gaps needs CUPTI, which this build did not find (CUDA::cupti)\n", argv[0]);
+#endif
 
   // Modes: name, attention plan, sequence-parallel layer, quantization.
   struct Mode {
@@ -241,7 +354,7 @@ int main(int argc, char** argv) {
     try {
       Tensor x = random_device({c.cfg.in_dim, c.frames_lat, c.h_lat, c.w_lat}, 7, dev);
       Tensor ctx = random_device({c.cfg.text_len, c.cfg.text_dim}, 8, dev);
-      const auto hybrid = sparse::plan_blocks(int(c.cfg.num_layers), "dual_end", 8);
+      const auto hybrid = sparse::plan_blocks(int(c.cfg.num_layers), "dual_end", c.num_full);
       const auto full = sparse::plan_blocks(int(c.cfg.num_layers), "full", 0);
       std::map<bool, Tensor> bf16_out;  // 1 process: the bf16 output per plan (hybrid?), host
       // One model per quantization (bf16 first), released before the next one is bound.
@@ -317,9 +430,9 @@ int main(int argc, char** argv) {
           if (rank == 0) {
             std::printf(
                 "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
-                "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.1f,\"ms_min\":%.1f,\"reps\":%d,"
+                "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.3f,\"ms_min\":%.3f,\"reps\":%d,"
                 "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
-                "\"rel_err_vs_1gpu\":%.3g,\"enqueue_ms\":%.1f,\"profiled\":%s}\n",
+                "\"rel_err_vs_1gpu\":%.3g,\"enqueue_ms\":%.3f,\"profiled\":%s}\n",
                 card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
                 times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
                 double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel,
@@ -328,6 +441,27 @@ int main(int argc, char** argv) {
           }
           if (m.profiling())
             print_profile(prof, comm.get(), S, dev, card(), c.model, c.res, md.name);
+#ifdef OSP_HAVE_CUPTI
+          if (kernel_gaps && S == 1) {
+            // One more forward under CUPTI's activity records (the host waits for the GPU first).
+            const bool was = m.profiling();
+            m.set_profiling(false);  // no profiler events in the measured forward
+            cuda_synchronize();
+            gaps::start();
+            Tensor o2 = m.forward(x, {900.f}, ctx, *sp);
+            cuda_synchronize();
+            const gaps::Report g = gaps::stop();
+            m.set_profiling(was);
+            std::printf(
+                "{\"bench\":\"kernel_gaps\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\",\"mode\":\"%s\","
+                "\"ops\":%zu,\"span_ms\":%.3f,\"busy_ms\":%.3f,\"idle_ms\":%.3f,\"idle_pct\":%.2f,"
+                "\"median_gap_us\":%.2f,\"p90_gap_us\":%.2f}\n",
+                card().c_str(), c.model.c_str(), c.res.c_str(), md.name, g.ops, g.span_ms, g.busy_ms,
+                g.span_ms - g.busy_ms, g.span_ms > 0 ? 100.0 * (g.span_ms - g.busy_ms) / g.span_ms : 0.0,
+                g.median_gap_us, g.p90_gap_us);
+            std::fflush(stdout);
+          }
+#endif
         }
       }
     } catch (const std::exception& e) {
