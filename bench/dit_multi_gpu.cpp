@@ -150,12 +150,10 @@ Report stop() {
       ce = std::max(ce, v[i].second);
     }
   }
-  busy += ce - cs;
-  uint64_t last = 0;
-  for (const auto& s : v) last = std::max(last, s.second);
+  busy += ce - cs;  // (ce is now the last end: merged groups are disjoint and in order)
   std::sort(gap.begin(), gap.end());
   rep.ops = v.size();
-  rep.span_ms = double(last - v[0].first) * 1e-6;
+  rep.span_ms = double(ce - v[0].first) * 1e-6;
   rep.busy_ms = double(busy) * 1e-6;
   if (!gap.empty()) {
     rep.median_gap_us = double(gap[gap.size() / 2]) * 1e-3;

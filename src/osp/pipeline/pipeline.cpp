@@ -365,7 +365,7 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     }
   }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
-  if (!o.noise.empty()) (void)load_noise(o.noise, p.geo);  // a bad file fails here, before any work
+  if (!o.noise.empty()) p.noise = load_noise(o.noise, p.geo);  // a bad file fails here, before any work
   OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
             cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
   OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
@@ -817,7 +817,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
 
     // Noise: Philox on the host (same on every rank/device), or --noise FILE, then copied to the device.
     const Geometry& g = plan.geo;
-    x = (o.noise.empty() ? randn({16, g.T, g.h, g.w}, uint64_t(o.seed)) : load_noise(o.noise, g)).to(dev);
+    x = (plan.noise.defined() ? plan.noise : randn({16, g.T, g.h, g.w}, uint64_t(o.seed))).to(dev);
     auto sampler = sample::make_sampler(o.sampler, o.steps, o.shift);
     Tensor xb = Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev);
     Tensor v = Tensor::empty({16, g.T, g.h, g.w}, DType::F32, dev);

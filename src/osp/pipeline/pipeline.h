@@ -119,6 +119,7 @@ struct Plan {
   std::string est_basis;  // how the estimate was made, for the warning
   std::string dit_summary;
   std::vector<std::string> block_kinds;  // per block: full/token/group
+  Tensor noise;  // --noise FILE's latent, read and checked by the plan (load_noise); undefined: seeded
 };
 
 // --noise FILE: the initial latent [16, T, h, w] of geometry g from a .safetensors file — its
