@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
@@ -360,6 +361,9 @@ std::vector<Case> all_cases() {
     attention_case(2, 300, 300, 2, 128, P::Auto, {37, 0, 135, 64, 64});
   });
   add("attn_own_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 64, P::Own, {96, 96, 96, 96}); });
+  // the own tensor-core backward over many tiles both ways, partial last tiles, Lq ≠ Lk, a scale
+  add("attn_own_1x1000x700x2x128_scale", [=] { attention_case(1, 1000, 700, 2, 128, P::Own, {}, 0.07f); });
+  add("attn_own_2x321x1100x3x64_cross", [=] { attention_case(2, 321, 1100, 3, 64, P::Own); });
   add("attn_auto_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 64, P::Auto, {96, 96, 96, 96}); });
   // the forward with statistics on the own Hopper kernel (forced; head dim 128), its output and
   // log-sum-exp against the CPU, the backward (cuDNN's) from the CPU's: odd lengths, Lq ≠ Lk
@@ -374,6 +378,29 @@ std::vector<Case> all_cases() {
   add("attn_hopper_packed_equal_4x96", [=] { attention_case(2, 384, 384, 3, 128, P::Hopper, {96, 96, 96, 96}); });
   add("attn_auto_1x2100x2x128", [=] { attention_case(1, 2100, 2100, 2, 128, P::Auto); });
   return c;
+}
+
+// The own backward adds no atomics: two calls give the same bits (cuDNN's need not).
+TEST(BackwardParityOwn, BackwardIsDeterministic) {
+  OSP_REQUIRE_GPU();
+  const int64_t B = 1, L = 700, Hh = 2, D = 128;
+  Tensor q = on_gpu(rnd({B, L, Hh, D}), H), k = on_gpu(rnd({B, L, Hh, D}), H), v = on_gpu(rnd({B, L, Hh, D}), H);
+  Tensor dout = on_gpu(rnd({B, L, Hh, D}), H);
+  Tensor o = Tensor::empty(q.shape(), H, kGpu), lse = Tensor::empty({B, Hh, L}, F, kGpu);
+  ops::cuda::set_attention_train_path(ops::cuda::AttnPath::Own);
+  ops::attention_forward_lse(q, k, v, o, lse, {});
+  Tensor g[2][3];
+  for (auto& run : g) {
+    for (Tensor& t : run) t = poisoned(q.shape(), H);
+    ops::attention_backward(q, k, v, o, lse, dout, run[0], run[1], run[2], {});
+  }
+  const std::string path = ops::cuda::last_attention_backward_path();
+  ops::cuda::set_attention_train_path(ops::cuda::AttnPath::Auto);
+  EXPECT_EQ(path, "own");
+  for (int i = 0; i < 3; ++i) {
+    Tensor a = g[0][i].to(Device::cpu()), b = g[1][i].to(Device::cpu());
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * 2), 0) << "gradient " << i;
+  }
 }
 
 class BackwardParity : public ::testing::TestWithParam<Case> {};

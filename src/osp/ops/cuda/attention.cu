@@ -20,6 +20,7 @@
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 #include "osp/ops/cuda/cuda_ops.h"
+#include "osp/ops/cuda/mma_sync.cuh"
 
 namespace osp::ops::cuda {
 namespace {
@@ -36,75 +37,11 @@ struct FlashParams {
   const float* bias;  // [H, Lq, Lk] or null
   const int* kv_lens;  // device [B] or null
   const int* q_lens;   // device [B] or null
+  float* lse;          // device f32 [B, H, Lq] or null: each row's log-sum-exp (natural log)
   int64_t Lq, Lk, H;
   float scale_log2;  // scale * log2(e)
   float scale;       // plain scale (bias path)
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  int sz = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(sz));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                        uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                          uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// Byte offset of (row, 16-byte chunk) in a swizzled [rows][D] bf16 tile.
-template <int D>
-__device__ __forceinline__ uint32_t swz(int row, int chunk) {
-  constexpr int CH = D / 8;
-  return uint32_t((row * CH + (chunk ^ (row & 7))) * 16);
-}
-
-// Loads rows [row0, row0 + 64) of a [*, row_stride] bf16 matrix into a swizzled tile; rows at
-// or beyond `limit` are zero-filled.
-template <int D>
-__device__ __forceinline__ void load_tile(uint32_t sbase, const __nv_bfloat16* g, int64_t row_stride,
-                                          int64_t row0, int64_t limit) {
-  constexpr int CH = D / 8;
-  constexpr int kIters = kBM * CH / kThreads;
-#pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    int idx = i * kThreads + threadIdx.x;
-    int r = idx / CH, c = idx % CH;
-    int64_t gr = row0 + r;
-    bool ok = gr < limit;
-    const __nv_bfloat16* src = g + (ok ? gr : 0) * row_stride + c * 8;
-    cp_async16(sbase + swz<D>(r, c), src, ok);
-  }
-}
 
 template <int D, bool BIAS>
 __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
@@ -136,9 +73,9 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
 
   const int ntiles = (m0 < q_len) ? int((kv_len + kBN - 1) / kBN) : 0;
   if (ntiles > 0) {
-    load_tile<D>(sQ, qg, row_stride, m0, p.Lq);
-    load_tile<D>(sK0, kg, row_stride, 0, p.Lk);
-    load_tile<D>(sV0, vg, row_stride, 0, p.Lk);
+    load_tile<D, kBM, kThreads>(sQ, qg, row_stride, m0, p.Lq);
+    load_tile<D, kBM, kThreads>(sK0, kg, row_stride, 0, p.Lk);
+    load_tile<D, kBM, kThreads>(sV0, vg, row_stride, 0, p.Lk);
     cp_async_commit();
   }
   uint32_t qf[D / 16][4];
@@ -146,8 +83,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
     const int st = j & 1;
     if (j + 1 < ntiles) {
       const int ns = st ^ 1;
-      load_tile<D>(sK0 + ns * TILE, kg, row_stride, int64_t(j + 1) * kBN, p.Lk);
-      load_tile<D>(sV0 + ns * TILE, vg, row_stride, int64_t(j + 1) * kBN, p.Lk);
+      load_tile<D, kBM, kThreads>(sK0 + ns * TILE, kg, row_stride, int64_t(j + 1) * kBN, p.Lk);
+      load_tile<D, kBM, kThreads>(sV0 + ns * TILE, vg, row_stride, int64_t(j + 1) * kBN, p.Lk);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -157,9 +94,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
     if (j == 0) {
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        int r = warp * 16 + (lane & 15);
-        int c = ks * 2 + (lane >> 4);
-        ldsm_x4(sQ + swz<D>(r, c), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+        ldsm_x4(a_rows<D>(sQ, warp * 16, ks, lane), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
       }
     }
     const uint32_t sK = sK0 + st * TILE, sV = sV0 + st * TILE;
@@ -173,9 +108,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
 #pragma unroll
       for (int np = 0; np < kBN / 16; ++np) {
         uint32_t b0, b1, b2, b3;
-        int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-        int c = ks * 2 + ((lane >> 3) & 1);
-        ldsm_x4(sK + swz<D>(r, c), b0, b1, b2, b3);
+        ldsm_x4(b_rows<D>(sK, np * 16, ks, lane), b0, b1, b2, b3);
         mma_bf16(s[2 * np], qf[ks], b0, b1);
         mma_bf16(s[2 * np + 1], qf[ks], b2, b3);
       }
@@ -233,16 +166,11 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       uint32_t a[4];
-      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      a_from_c(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
-        int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-        int c = dp * 2 + (lane >> 4);
-        ldsm_x4_t(sV + swz<D>(r, c), b0, b1, b2, b3);
+        ldsm_x4_t(b_trans<D>(sV, kk * 16, dp, lane), b0, b1, b2, b3);
         mma_bf16(o[2 * dp], a, b0, b1);
         mma_bf16(o[2 * dp + 1], a, b2, b3);
       }
@@ -259,6 +187,9 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
     int64_t row = m0 + warp * 16 + g + hr * 8;
     if (row >= p.Lq) continue;
     float inv = (l > 0.f && row < q_len) ? 1.f / l : 0.f;
+    if (p.lse && t == 0)  // base-2 running max and sum → natural log; -inf without keys
+      p.lse[(int64_t(b) * p.H + h) * p.Lq + row] =
+          inv > 0.f ? (mrow[hr] + log2f(l)) * 0.6931471805599453f : -INFINITY;
     __nv_bfloat16* dst = og + row * row_stride;
 #pragma unroll
     for (int d = 0; d < D / 8; ++d) {
@@ -352,7 +283,7 @@ int forced_path() {  // 0 auto, 1 flash, 2 cudnn, 3 hopper (OSP_ATTENTION, core/
 }  // namespace
 
 void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                     const AttentionArgs& args) {
+                     const AttentionArgs& args, float* lse) {
   validate(q, k, v, out, args);
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   if (q.numel() == 0) return;
@@ -365,6 +296,7 @@ void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   p.bias = args.bias ? args.bias->data<float>() : nullptr;
   p.kv_lens = lens.kv;
   p.q_lens = lens.q;
+  p.lse = lse;
   p.Lq = Lq;
   p.Lk = Lk;
   p.H = H;

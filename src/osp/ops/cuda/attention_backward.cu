@@ -1,21 +1,16 @@
 // Training attention on CUDA: attention_forward_lse (output + log-sum-exp per query row) and
 // attention_backward (dQ, dK, dV), q/k/v/out/dout bf16 [B, L, H, D], D ∈ {64, 128},
-// lse f32 [B, H, Lq] in natural log.
+// lse f32 [B, H, Lq] in natural log. This file is the dispatcher; the kernels live elsewhere.
 //
-// Paths: cuDNN's fused SDPA forward-with-stats and backward graphs
-// (attention_backward_cudnn.cpp) when cuDNN takes the shape, else our own kernels below.
-// Packed sequences (args.seq_lens, Lq = Lk): cuDNN runs the sub-sequences as batches — all of
-// them in one call when the lengths are equal ([B·R, L/R, H, D] views), else one call per run
-// of consecutive equal lengths — with the statistics gathered into / scattered from a packed
-// [batch, H, n] buffer. Our own kernels handle the packing natively (each row attends its own
-// sequence, found by binary search over the sequence offsets).
-//
-// Own kernels (straightforward, fp32 math, no tensor cores): one warp per row.
-//   forward:  warp per query row; lanes take 32 keys at a time (a full dot product each, q in
-//             shared memory), online softmax across the chunks, then lanes split D for P·V.
-//   backward: Δ_i = Σ_d dO·O per query row; dQ: warp per query row, lanes over keys
-//             (dS_ij = P_ij (dO_i·v_j − Δ_i)), lanes over D for dQ += dS·K; dK/dV: warp per key
-//             row, lanes over queries, lanes over D for dV += P·dO and dK += dS·Q. No atomics.
+// Paths (cuda_backward.h: AttnPath): the forward on the own Hopper kernel (attention_hopper.cu)
+// where it runs and the sequences are long, else cuDNN's fused SDPA forward-with-stats graph,
+// else the own mma.sync flash forward (attention.cu) with its statistics; the backward cuDNN's
+// fused SDPA backward graph (attention_backward_cudnn.cpp) where cuDNN takes the shape, else the
+// own tensor-core backward (attention_flash_backward.cu).
+// Packed sequences (args.seq_lens, Lq = Lk) run as batches of sequences, on every path: all of
+// them in one call when the lengths are equal ([B·R, L/R, H, D] views), else one call per run of
+// consecutive equal lengths, with the statistics gathered into / scattered from a packed
+// [batch, H, n] buffer.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -40,227 +35,6 @@ bool sdpa_backward_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, cons
 namespace {
 
 using bf16 = __nv_bfloat16;
-constexpr int kWarps = 4;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-struct Params {
-  const bf16 *q, *k, *v, *o, *dout;
-  bf16 *out, *dq, *dk, *dv;
-  float* lse_out;
-  const float* lse;
-  float* delta;  // Δ [B, H, Lq]
-  const int* seg;  // sequence offsets [R + 1] (device) or null
-  int R;
-  int64_t Lq, Lk, H;
-  float scale;
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// [start, end) of the packed sequence holding row i (the whole range without packing).
-__device__ __forceinline__ void seq_range(const Params& p, int64_t i, int64_t L, int64_t& s,
-                                          int64_t& e) {
-  if (!p.seg) {
-    s = 0;
-    e = L;
-    return;
-  }
-  int lo = 0, hi = p.R - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (p.seg[mid + 1] > i) hi = mid;
-    else lo = mid + 1;
-  }
-  s = p.seg[lo];
-  e = p.seg[lo + 1];
-}
-
-// Σ_d a_sh[d] · row[d] with a_sh in shared memory (broadcast) and row bf16 in global memory,
-// 16-byte loads.
-template <int D>
-__device__ __forceinline__ float dot_row(const float* a_sh, const bf16* row) {
-  const uint4* r4 = reinterpret_cast<const uint4*>(row);
-  float s = 0.f;
-#pragma unroll
-  for (int c = 0; c < D / 8; ++c) {
-    uint4 u = r4[c];
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float2 f = __bfloat1622float2(h[e]);
-      s += a_sh[c * 8 + 2 * e] * f.x + a_sh[c * 8 + 2 * e + 1] * f.y;
-    }
-  }
-  return s;
-}
-
-// Grid: (ceil(Lq / kWarps), H, B); warp w of block x handles query row x·kWarps + w.
-template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attn_fwd_lse_kernel(Params p) {
-  __shared__ float qs[kWarps][D];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t i = int64_t(blockIdx.x) * kWarps + warp, h = blockIdx.y, b = blockIdx.z;
-  if (i >= p.Lq) return;
-  const int64_t rs = p.H * D;
-  const bf16* qr = p.q + (b * p.Lq + i) * rs + h * D;
-  const float qscale = p.scale * kLog2e;
-  for (int d = lane; d < D; d += 32) qs[warp][d] = __bfloat162float(qr[d]) * qscale;
-  __syncwarp();
-  int64_t ks, ke;
-  seq_range(p, i, p.Lk, ks, ke);
-  constexpr int NT = D / 32;
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-  float m = -INFINITY, l = 0.f;
-  const bf16* kb = p.k + b * p.Lk * rs + h * D;
-  const bf16* vb = p.v + b * p.Lk * rs + h * D;
-  for (int64_t j0 = ks; j0 < ke; j0 += 32) {
-    const int64_t j = j0 + lane;
-    const float s = j < ke ? dot_row<D>(qs[warp], kb + j * rs) : -INFINITY;
-    const float mnew = fmaxf(m, warp_max(s));
-    const float pe = j < ke ? exp2f(s - mnew) : 0.f;
-    const float corr = exp2f(m - mnew);
-    l = l * corr + warp_sum(pe);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t] *= corr;
-    const int n = int(ke - j0 < 32 ? ke - j0 : 32);
-    for (int jj = 0; jj < n; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, pe, jj);
-      const bf16* vr = vb + (j0 + jj) * rs;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) acc[t] += pj * __bfloat162float(vr[lane + 32 * t]);
-    }
-    m = mnew;
-  }
-  const float inv = l > 0.f ? 1.f / l : 0.f;
-  bf16* orow = p.out + (b * p.Lq + i) * rs + h * D;
-#pragma unroll
-  for (int t = 0; t < NT; ++t) orow[lane + 32 * t] = __float2bfloat16_rn(acc[t] * inv);
-  if (lane == 0)
-    p.lse_out[(b * p.H + h) * p.Lq + i] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
-}
-
-// Δ[b, h, i] = Σ_d dO·O (bf16 values, fp32 sum). Grid as the forward.
-template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attn_delta_kernel(Params p) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t i = int64_t(blockIdx.x) * kWarps + warp, h = blockIdx.y, b = blockIdx.z;
-  if (i >= p.Lq) return;
-  const int64_t off = (b * p.Lq + i) * p.H * D + h * D;
-  float s = 0.f;
-  for (int d = lane; d < D; d += 32)
-    s += __bfloat162float(p.dout[off + d]) * __bfloat162float(p.o[off + d]);
-  s = warp_sum(s);
-  if (lane == 0) p.delta[(b * p.H + h) * p.Lq + i] = s;
-}
-
-// dQ: warp per query row. Grid (ceil(Lq / kWarps), H, B).
-template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attn_dq_kernel(Params p) {
-  __shared__ float qs[kWarps][D], dos[kWarps][D];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t i = int64_t(blockIdx.x) * kWarps + warp, h = blockIdx.y, b = blockIdx.z;
-  if (i >= p.Lq) return;
-  const int64_t rs = p.H * D;
-  const int64_t off = (b * p.Lq + i) * rs + h * D;
-  for (int d = lane; d < D; d += 32) {
-    qs[warp][d] = __bfloat162float(p.q[off + d]);
-    dos[warp][d] = __bfloat162float(p.dout[off + d]);
-  }
-  __syncwarp();
-  const float lse = p.lse[(b * p.H + h) * p.Lq + i];
-  const float delta = p.delta[(b * p.H + h) * p.Lq + i];
-  int64_t ks, ke;
-  seq_range(p, i, p.Lk, ks, ke);
-  constexpr int NT = D / 32;
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-  const bf16* kb = p.k + b * p.Lk * rs + h * D;
-  const bf16* vb = p.v + b * p.Lk * rs + h * D;
-  for (int64_t j0 = ks; j0 < ke; j0 += 32) {
-    const int64_t j = j0 + lane;
-    float ds = 0.f;
-    if (j < ke) {
-      const float s = dot_row<D>(qs[warp], kb + j * rs);
-      const float dp = dot_row<D>(dos[warp], vb + j * rs);
-      const float pr = expf(s * p.scale - lse);
-      ds = pr * (dp - delta);
-    }
-    const int n = int(ke - j0 < 32 ? ke - j0 : 32);
-    for (int jj = 0; jj < n; ++jj) {
-      const float dsj = __shfl_sync(0xffffffffu, ds, jj);
-      const bf16* kr = kb + (j0 + jj) * rs;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) acc[t] += dsj * __bfloat162float(kr[lane + 32 * t]);
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < NT; ++t) p.dq[off + lane + 32 * t] = __float2bfloat16_rn(acc[t] * p.scale);
-}
-
-// dK, dV: warp per key row. Grid (ceil(Lk / kWarps), H, B).
-template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attn_dkdv_kernel(Params p) {
-  __shared__ float ks_[kWarps][D], vs_[kWarps][D];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t j = int64_t(blockIdx.x) * kWarps + warp, h = blockIdx.y, b = blockIdx.z;
-  if (j >= p.Lk) return;
-  const int64_t rs = p.H * D;
-  const int64_t off = (b * p.Lk + j) * rs + h * D;
-  for (int d = lane; d < D; d += 32) {
-    ks_[warp][d] = __bfloat162float(p.k[off + d]);
-    vs_[warp][d] = __bfloat162float(p.v[off + d]);
-  }
-  __syncwarp();
-  int64_t qs0, qe;
-  seq_range(p, j, p.Lq, qs0, qe);  // packed sequences have Lq = Lk: the key's own sequence
-  constexpr int NT = D / 32;
-  float ak[NT], av[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) ak[t] = av[t] = 0.f;
-  const bf16* qb = p.q + b * p.Lq * rs + h * D;
-  const bf16* db = p.dout + b * p.Lq * rs + h * D;
-  const float* lse = p.lse + (b * p.H + h) * p.Lq;
-  const float* delta = p.delta + (b * p.H + h) * p.Lq;
-  for (int64_t i0 = qs0; i0 < qe; i0 += 32) {
-    const int64_t i = i0 + lane;
-    float pr = 0.f, ds = 0.f;
-    if (i < qe) {
-      const float s = dot_row<D>(ks_[warp], qb + i * rs);
-      const float dp = dot_row<D>(vs_[warp], db + i * rs);
-      pr = expf(s * p.scale - lse[i]);
-      ds = pr * (dp - delta[i]);
-    }
-    const int n = int(qe - i0 < 32 ? qe - i0 : 32);
-    for (int ii = 0; ii < n; ++ii) {
-      const float pi = __shfl_sync(0xffffffffu, pr, ii);
-      const float dsi = __shfl_sync(0xffffffffu, ds, ii);
-      const bf16* qr = qb + (i0 + ii) * rs;
-      const bf16* dr = db + (i0 + ii) * rs;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        av[t] += pi * __bfloat162float(dr[lane + 32 * t]);
-        ak[t] += dsi * __bfloat162float(qr[lane + 32 * t]);
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    p.dk[off + lane + 32 * t] = __float2bfloat16_rn(ak[t] * p.scale);
-    p.dv[off + lane + 32 * t] = __float2bfloat16_rn(av[t]);
-  }
-}
-
 // Moves statistics between lse [B, H, Lq] and a packed buffer tmp [nb·cnt, H, n]:
 // tmp[(bb·cnt + r), h, i] ↔ lse[b0 + bb, h, off + r·n + i]. to_tmp: gather, else scatter.
 __global__ void lse_pack_kernel(float* lse, float* tmp, int64_t H, int64_t Lq, int64_t b0,
@@ -406,22 +180,6 @@ bool group_is_whole(const Group& g, int64_t B, int64_t L) {
   return g.b0 == 0 && g.nb == B && g.off == 0 && g.cnt == 1 && g.n == L;
 }
 
-Tensor device_offsets(const Packing& pk, const Device& dev) {
-  Tensor h = Tensor::empty({int64_t(pk.offs.size())}, DType::I32);
-  std::copy(pk.offs.begin(), pk.offs.end(), h.data<int32_t>());
-  return h.to(dev);
-}
-
-template <typename F>
-void by_head_dim(int64_t D, F&& f) {
-  if (D == 64) f.template operator()<64>();
-  else f.template operator()<128>();
-}
-
-dim3 row_grid(int64_t L, int64_t H, int64_t B) {
-  return dim3(unsigned((L + kWarps - 1) / kWarps), unsigned(H), unsigned(B));
-}
-
 void validate(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
   check_bf16(q, op, "q");
   check_bf16(k, op, "k");
@@ -528,23 +286,12 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
              str("attention_forward_lse: cuDNN cannot run q ", q.desc(), " k ", k.desc(), " (", why,
                  "); our own kernel runs"));
   }
-  Tensor segs = pk.lens.empty() ? Tensor() : device_offsets(pk, q.device());
-  Params p{};
-  p.q = q.data<bf16>();
-  p.k = k.data<bf16>();
-  p.v = v.data<bf16>();
-  p.out = out.data<bf16>();
-  p.lse_out = lse.data<float>();
-  p.seg = segs.defined() ? segs.data<int32_t>() : nullptr;
-  p.R = int(pk.lens.size());
-  p.Lq = Lq;
-  p.Lk = Lk;
-  p.H = H;
-  p.scale = scale;
-  by_head_dim(D, [&]<int DD>() {
-    attn_fwd_lse_kernel<DD><<<row_grid(Lq, H, B), kWarps * 32, 0, stream()>>>(p);
+  AttentionArgs fa;
+  fa.scale = scale;
+  per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, Tensor& go, float* st) {
+    attention_flash(gq, gk, gv, go, fa, st);
+    return true;
   });
-  OSP_CUDA_LAUNCH_CHECK("attn_fwd_lse_kernel");
   g_last_fwd = "own";
 }
 
@@ -566,6 +313,28 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const Packing pk = packing(args, Lq, Lk, op);
   const float scale = scale_of(args, D);
   if (q.numel() == 0 && k.numel() == 0) return;
+
+  // One fused backward per group (packed sequences as batches, groups()): fn(gq, gk, gv, go, gdo,
+  // gdq, gdk, gdv, stats) with stats = lse itself for a whole call, else the group's statistics
+  // gathered into a [nb·cnt, H, n] buffer. False as soon as fn is.
+  auto per_group = [&](auto&& fn) {
+    for (const Group& g : groups(pk, B, Lq, Lk)) {
+      Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
+      Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);
+      Tensor gdo = group_view(dout, Lq, g, g.n), gdq = group_view(dq, Lq, g, g.n);
+      Tensor gdk = group_view(dk, Lk, g, g.nk), gdv = group_view(dv, Lk, g, g.nk);
+      bool ok;
+      if (group_is_whole(g, B, Lq)) {
+        ok = fn(gq, gk, gv, go, gdo, gdq, gdk, gdv, lse.data<float>());
+      } else {
+        Tensor tmp = Tensor::empty({g.nb * g.cnt, H, g.n}, DType::F32, q.device());
+        lse_pack(const_cast<float*>(lse.data<float>()), tmp.data<float>(), H, Lq, g, true);
+        ok = fn(gq, gk, gv, go, gdo, gdq, gdk, gdv, tmp.data<float>());
+      }
+      if (!ok) return false;
+    }
+    return true;
+  };
 
   if (path() != AttnPath::Own && q.numel() > 0) {
     std::string why;
@@ -605,20 +374,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                str("attention_backward: cuDNN refused the query-chunked batch (", why, "); unchunked"));
       ok = true;
     }
-    for (const Group& g : groups(pk, B, Lq, Lk)) {
-      Tensor gq = group_view(q, Lq, g, g.n), gk = group_view(k, Lk, g, g.nk);
-      Tensor gv = group_view(v, Lk, g, g.nk), go = group_view(out, Lq, g, g.n);
-      Tensor gdo = group_view(dout, Lq, g, g.n), gdq = group_view(dq, Lq, g, g.n);
-      Tensor gdk = group_view(dk, Lk, g, g.nk), gdv = group_view(dv, Lk, g, g.nk);
-      if (group_is_whole(g, B, Lq)) {
-        ok = sdpa_backward_cudnn(gq, gk, gv, go, gdo, lse.data<float>(), gdq, gdk, gdv, scale, &why);
-      } else {
-        Tensor tmp = Tensor::empty({g.nb * g.cnt, H, g.n}, DType::F32, q.device());
-        lse_pack(const_cast<float*>(lse.data<float>()), tmp.data<float>(), H, Lq, g, true);
-        ok = sdpa_backward_cudnn(gq, gk, gv, go, gdo, tmp.data<float>(), gdq, gdk, gdv, scale, &why);
-      }
-      if (!ok) break;
-    }
+    ok = per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, const Tensor& go, const Tensor& gdo,
+                       Tensor& gdq, Tensor& gdk, Tensor& gdv, const float* st) {
+      return sdpa_backward_cudnn(gq, gk, gv, go, gdo, st, gdq, gdk, gdv, scale, &why);
+    });
     if (ok) {
       // Rows of zero-length sequences do not exist; nothing else is left unwritten.
       g_last_bwd = "cudnn";
@@ -633,33 +392,12 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
              str("attention_backward: cuDNN cannot run q ", q.desc(), " k ", k.desc(), " (", why,
                  "); our own kernels run"));
   }
-  Tensor segs = pk.lens.empty() ? Tensor() : device_offsets(pk, q.device());
-  Tensor delta = Tensor::empty({B, H, Lq}, DType::F32, q.device());
-  Params p{};
-  p.q = q.data<bf16>();
-  p.k = k.data<bf16>();
-  p.v = v.data<bf16>();
-  p.o = out.data<bf16>();
-  p.dout = dout.data<bf16>();
-  p.dq = dq.data<bf16>();
-  p.dk = dk.data<bf16>();
-  p.dv = dv.data<bf16>();
-  p.lse = lse.data<float>();
-  p.delta = delta.data<float>();
-  p.seg = segs.defined() ? segs.data<int32_t>() : nullptr;
-  p.R = int(pk.lens.size());
-  p.Lq = Lq;
-  p.Lk = Lk;
-  p.H = H;
-  p.scale = scale;
-  by_head_dim(D, [&]<int DD>() {
-    if (Lq > 0) {
-      attn_delta_kernel<DD><<<row_grid(Lq, H, B), kWarps * 32, 0, stream()>>>(p);
-      attn_dq_kernel<DD><<<row_grid(Lq, H, B), kWarps * 32, 0, stream()>>>(p);
-    }
-    if (Lk > 0) attn_dkdv_kernel<DD><<<row_grid(Lk, H, B), kWarps * 32, 0, stream()>>>(p);
+  per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, const Tensor& go, const Tensor& gdo,
+                Tensor& gdq, Tensor& gdk, Tensor& gdv, const float* st) {
+    Tensor delta = Tensor::empty({gq.size(0), H, gq.size(1)}, DType::F32, q.device());
+    attention_flash_backward(gq, gk, gv, go, st, gdo, gdq, gdk, gdv, scale, delta.data<float>());
+    return true;
   });
-  OSP_CUDA_LAUNCH_CHECK("attention backward kernels");
   g_last_bwd = "own";
 }
 

@@ -13,9 +13,21 @@
 namespace osp::ops::cuda {
 
 // Own kernel: any B, Lq, Lk ≥ 0, D ∈ {64, 128}, optional bias/kv_lens/q_lens (device or host
-// I32 [B]).
+// I32 [B]). `lse`: null, or device f32 [B, H, Lq], which receives each query row's log-sum-exp
+// of its scaled scores in natural log (-inf for rows without keys or past q_lens), as
+// attention_hopper's.
 void attention_flash(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                     const AttentionArgs& args);
+                     const AttentionArgs& args, float* lse = nullptr);
+
+// Own tensor-core backward of softmax(scale·Q·Kᵀ)·V (attention_flash_backward.cu; mma.sync, so any
+// GPU from sm_80): q/out/dout/dq bf16 [B, Lq, H, D], k/v/dk/dv bf16 [B, Lk, H, D], contiguous and
+// 16-byte aligned, D ∈ {64, 128}; lse device f32 [B, H, Lq] (natural log, as the forward wrote it),
+// delta device f32 [B, H, Lq] scratch (receives Δ = rowsum(dout ∘ out)). No masks or packing
+// (cuda::attention_backward runs packed sequences as batches of equal lengths). Deterministic: no
+// atomics; dQ and dK/dV are two kernels, each recomputing the probabilities.
+void attention_flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const float* lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                              float scale, float* delta);
 
 // cuDNN fused SDPA. Returns false (and logs why when OSP_VERBOSE) when cuDNN cannot run this
 // case (no cuDNN in the build, a bias, an unsupported shape or a graph cuDNN rejects).

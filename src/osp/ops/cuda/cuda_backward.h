@@ -35,9 +35,10 @@ void sum_rows(const Tensor& x, Tensor& out);
 // Auto = the forward on our own Hopper kernel where it runs faster (attention_paths.h: an sm_90a
 // GPU and build, head dim 128, ≥ kHopperMinKeys keys per sequence), else cuDNN's fused SDPA
 // graphs where cuDNN takes the shape, else our own kernels; the backward cuDNN's, else ours.
-// Cudnn = cuDNN or fail; Own = our own (fallback) kernels; Hopper = the forward on the own
-// Hopper kernel for every head-dim-128 call (an error where it cannot run), the rest and the
-// backward as Auto. OSP_ATTENTION=flash|cudnn|hopper sets the default.
+// Cudnn = cuDNN or fail; Own = our own kernels only (the mma.sync flash forward with statistics
+// and the tensor-core backward, attention_paths.h: deterministic, any sm_80+ GPU, no cuDNN);
+// Hopper = the forward on the own Hopper kernel for every head-dim-128 call (an error where it
+// cannot run), the rest and the backward as Auto. OSP_ATTENTION=flash|cudnn|hopper sets the default.
 enum class AttnPath { Auto, Cudnn, Own, Hopper };
 void set_attention_train_path(AttnPath p);
 // "hopper" (forward only), "cudnn" or "own": the path the latest attention_forward_lse /
