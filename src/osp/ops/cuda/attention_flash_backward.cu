@@ -74,6 +74,53 @@ __device__ __forceinline__ void store_rows(bf16* base, int64_t rs, int64_t row0,
   }
 }
 
+// c1 = A1·B1ᵀ and c2 = A2·B2ᵀ, 16 × kTile each, k = D: A1/A2 are this warp's 16 rows (from r0) of
+// the [rows][D] tiles sA1/sA2, B1/B2 all kTile rows of sB1/sB2 (each GEMM's A fragment is loaded
+// once per k step and meets every B fragment).
+template <int D>
+__device__ __forceinline__ void two_scores(float (&c1)[kTile / 8][4], float (&c2)[kTile / 8][4], uint32_t sA1,
+                                           uint32_t sA2, uint32_t sB1, uint32_t sB2, int r0, int lane) {
+#pragma unroll
+  for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c1[n][e] = c2[n][e] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a1[4], a2[4];
+    ldsm_x4(a_rows<D>(sA1, r0, ks, lane), a1[0], a1[1], a1[2], a1[3]);
+    ldsm_x4(a_rows<D>(sA2, r0, ks, lane), a2[0], a2[1], a2[2], a2[3]);
+#pragma unroll
+    for (int np = 0; np < kTile / 16; ++np) {
+      uint32_t b0, b1, b2, b3;
+      ldsm_x4(b_rows<D>(sB1, np * 16, ks, lane), b0, b1, b2, b3);
+      mma_bf16(c1[2 * np], a1, b0, b1);
+      mma_bf16(c1[2 * np + 1], a1, b2, b3);
+      ldsm_x4(b_rows<D>(sB2, np * 16, ks, lane), b0, b1, b2, b3);
+      mma_bf16(c2[2 * np], a2, b0, b1);
+      mma_bf16(c2[2 * np + 1], a2, b2, b3);
+    }
+  }
+}
+
+// acc (16 × D) += C·B: C = 16 × kTile accumulators (rounded to bf16 as A fragments), B = the
+// [kTile][D] tile sB (k = its rows).
+template <int D>
+__device__ __forceinline__ void accumulate(float (&acc)[D / 8][4], const float (&c)[kTile / 8][4], uint32_t sB,
+                                           int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kTile / 16; ++kk) {
+    uint32_t a[4];
+    a_from_c(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < D / 16; ++np) {
+      uint32_t b0, b1, b2, b3;
+      ldsm_x4_t(b_trans<D>(sB, kk * 16, np, lane), b0, b1, b2, b3);
+      mma_bf16(acc[2 * np], a, b0, b1);
+      mma_bf16(acc[2 * np + 1], a, b2, b3);
+    }
+  }
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -136,26 +183,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) 
 
     // S = Q·Kᵀ and dP = dO·Vᵀ: 16 rows × 64 keys per warp
     float s[kTile / 8][4], dp[kTile / 8][4];
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t qa[4], da[4];
-      ldsm_x4(a_rows<D>(sQ, warp * 16, ks, lane), qa[0], qa[1], qa[2], qa[3]);
-      ldsm_x4(a_rows<D>(sdO, warp * 16, ks, lane), da[0], da[1], da[2], da[3]);
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(b_rows<D>(sK, np * 16, ks, lane), b0, b1, b2, b3);
-        mma_bf16(s[2 * np], qa, b0, b1);
-        mma_bf16(s[2 * np + 1], qa, b2, b3);
-        ldsm_x4(b_rows<D>(sV, np * 16, ks, lane), b0, b1, b2, b3);
-        mma_bf16(dp[2 * np], da, b0, b1);
-        mma_bf16(dp[2 * np + 1], da, b2, b3);
-      }
-    }
+    two_scores<D>(s, dp, sQ, sdO, sK, sV, warp * 16, lane);
     // dS = P ∘ (dP − Δ), in s
     const int64_t n0 = int64_t(j) * kTile;
 #pragma unroll
@@ -166,19 +194,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) 
         const float pr = key < p.Lk ? exp2f(s[n][e] * p.scale_log2 - lse2[e >> 1]) : 0.f;
         s[n][e] = pr * (dp[n][e] - dl[e >> 1]);
       }
-    // dQ += dS·K
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[4];
-      a_from_c(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(b_trans<D>(sK, kk * 16, np, lane), b0, b1, b2, b3);
-        mma_bf16(dq[2 * np], a, b0, b1);
-        mma_bf16(dq[2 * np + 1], a, b2, b3);
-      }
-    }
+    accumulate<D>(dq, s, sK, lane);  // dQ += dS·K
     __syncthreads();  // this stage is refilled two iterations later
   }
   store_rows<D>(p.dq + qoff, rs, m0 + warp * 16, p.Lq, dq, p.scale, g, t);
@@ -239,26 +255,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(BwdParams p
 
     // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys × 64 queries per warp
     float s[kTile / 8][4], dp[kTile / 8][4];
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(a_rows<D>(sK, warp * 16, ks, lane), ka[0], ka[1], ka[2], ka[3]);
-      ldsm_x4(a_rows<D>(sV, warp * 16, ks, lane), va[0], va[1], va[2], va[3]);
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(b_rows<D>(sQ, np * 16, ks, lane), b0, b1, b2, b3);
-        mma_bf16(s[2 * np], ka, b0, b1);
-        mma_bf16(s[2 * np + 1], ka, b2, b3);
-        ldsm_x4(b_rows<D>(sdO, np * 16, ks, lane), b0, b1, b2, b3);
-        mma_bf16(dp[2 * np], va, b0, b1);
-        mma_bf16(dp[2 * np + 1], va, b2, b3);
-      }
-    }
+    two_scores<D>(s, dp, sK, sV, sQ, sdO, warp * 16, lane);
     // Pᵀ in s, dSᵀ = Pᵀ ∘ (dPᵀ − Δ) in dp (Δ and lse per query: the column)
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
@@ -269,23 +266,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(BwdParams p
         s[n][e] = pr;
         dp[n][e] = pr * (dp[n][e] - s_delta[st][c]);
       }
-    // dV += Pᵀ·dO, dK += dSᵀ·Q
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t pa[4], sa[4];
-      a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
-      a_from_c(sa, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(b_trans<D>(sdO, kk * 16, np, lane), b0, b1, b2, b3);
-        mma_bf16(dv[2 * np], pa, b0, b1);
-        mma_bf16(dv[2 * np + 1], pa, b2, b3);
-        ldsm_x4_t(b_trans<D>(sQ, kk * 16, np, lane), b0, b1, b2, b3);
-        mma_bf16(dk[2 * np], sa, b0, b1);
-        mma_bf16(dk[2 * np + 1], sa, b2, b3);
-      }
-    }
+    accumulate<D>(dv, s, sdO, lane);  // dV += Pᵀ·dO
+    accumulate<D>(dk, dp, sQ, lane);  // dK += dSᵀ·Q
     __syncthreads();  // this stage (tiles and statistics) is refilled in the next iteration
   }
   store_rows<D>(p.dk + koff, rs, n0 + warp * 16, p.Lk, dk, p.scale, g, t);
