@@ -4,6 +4,8 @@
 // the block's GEMM shape, and the LayerNorm-modulate backward. Prints one JSON line per
 // measurement.
 //   bench_backward_ops_gpu [--quick]
+// After each attention backward's timing, two more calls on the same inputs are compared bit for
+// bit ("elements_differing": 0 = repeatable; cuDNN's backward makes no promise, ours has no atomics).
 // FLOPs: attention forward 4·B·H·Lq·Lk·D, backward 10·B·H·Lq·Lk·D (5 GEMMs of that size, Q·Kᵀ
 // recomputed); linear_backward 4·M·N·K (dx and dw).
 #include <cstdio>
@@ -96,6 +98,22 @@ int main(int argc, char** argv) {
       ms = bench::time_ms([&] { ops::attention_backward(q, k, v, o, lse, dout, dq, dk, dv, a); }, warm,
                           reps);
       emit("attention_backward", c.name, ms, 2.5 * fwd_flops, ops::cuda::last_attention_backward_path());
+      {  // repeatability: two more calls on the same inputs, their dQ/dK/dV compared bit for bit
+        Tensor dq2 = Tensor::empty(q.shape(), DType::BF16, gpu), dk2 = Tensor::empty(k.shape(), DType::BF16, gpu);
+        Tensor dv2 = Tensor::empty(k.shape(), DType::BF16, gpu);
+        ops::attention_backward(q, k, v, o, lse, dout, dq, dk, dv, a);
+        ops::attention_backward(q, k, v, o, lse, dout, dq2, dk2, dv2, a);
+        int64_t differ = 0;
+        for (auto [x, y] : {std::pair{&dq, &dq2}, {&dk, &dk2}, {&dv, &dv2}}) {
+          const Tensor hx = x->to(Device::cpu()), hy = y->to(Device::cpu());
+          const auto* px = static_cast<const uint16_t*>(hx.raw());
+          const auto* py = static_cast<const uint16_t*>(hy.raw());
+          for (int64_t i = 0; i < hx.numel(); ++i) differ += px[i] != py[i];
+        }
+        std::printf("{\"bench\":\"backward_ops_gpu\",\"op\":\"attention_backward repeatability\",\"config\":\"%s\","
+                    "\"path\":\"%s\",\"elements_differing\":%lld}\n",
+                    c.name, ops::cuda::last_attention_backward_path(), (long long)differ);
+      }
       if (c.Lk > 0 && c.path != P::Own) {  // few keys: the automatic query chunking against the setting's (default: none)
         ops::cuda::set_attention_backward_query_chunks(0);
         ms = bench::time_ms([&] { ops::attention_backward(q, k, v, o, lse, dout, dq, dk, dv, a); }, warm, reps);
