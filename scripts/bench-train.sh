@@ -28,7 +28,7 @@
 # OSP_STEPS (8), OSP_WARMUP (2), TORCH_STEPS (6), TORCH_WARMUP (2), LAYERS (0 = the model's 30),
 # ATTENTIONS ("full hybrid"; MODE+sharded adds --shard-optimizer on, MODE+zero3 also --shard-weights,
 # MODE+keepgrads --keep-gradients, MODE+keepattn --keep-attention, MODE+transient --transient-weights,
-# MODE+lean both of the last two, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
+# MODE+lean both of the last two, MODE+blocks runs with OSP_CUDA_ALLOCATOR=blocks, MODE+det --deterministic), SKIP_BUILD (0), SKIP_TORCH (0), OSP / MAKE_CACHE (binaries),
 # PYTHON (python3), DEVICE (cuda), RUN_TIMEOUT_S (240 per run), PEAK_TFLOPS (989),
 # TINY=1 (CPU preset: tiny config, DEVICE=cpu, build-benchtrain binaries, no build).
 set -uo pipefail
@@ -142,6 +142,7 @@ for att in $ATTENTIONS; do
       ffnchunks) extra+=(--ffn-chunks 4) ;;  # the FFN's tape in 4 row chunks (fc1 recomputed in the backward)
       offload) extra+=(--offload-checkpoints) ;;  # the block inputs in pinned host memory
       oldkernels) kenv=(OSP_NORM_BACKWARD=block OSP_ATTN_BWD_CHUNKS=1) ;;
+      det) extra+=(--deterministic) ;;  # the attention backward on osp's own kernel (no atomics)
       *) echo "bench-train.sh: unknown variant '$tag' in '$att'" >&2; exit 2 ;;
     esac
   done
@@ -247,7 +248,8 @@ for name, s, *_ in rows:
                "oldkernels": "the backward kernels before session 10 vs the default ones",
                "ffnchunks": "the FFN's tape in 4 row chunks vs whole",
                "offload": "the block inputs in host memory vs on the device",
-               "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists"}.get(name.rsplit("+", 1)[1], "")
+               "blocks": "the splitting block allocator (OSP_CUDA_ALLOCATOR=blocks) vs the bucket lists",
+               "det": "--deterministic: the attention backward on osp's own kernel vs cuDNN's"}.get(name.rsplit("+", 1)[1], "")
         print("%s vs %s: %.3fx the step time (%s)" % (name, bname, s / base, why))
 EOF
 say "done"

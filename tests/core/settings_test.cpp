@@ -41,6 +41,9 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.norm_backward, "warp");
   EXPECT_EQ(d.attn_bwd_chunks, 0);  // auto
   EXPECT_TRUE(d.fused_norms);
+  EXPECT_FALSE(d.deterministic);
+  EXPECT_TRUE(read({{"OSP_DETERMINISTIC", "1"}}).deterministic);
+  EXPECT_FALSE(read({{"OSP_DETERMINISTIC", "0"}}).deterministic);
   EXPECT_FALSE(d.profile);
   EXPECT_FALSE(d.verbose);
   EXPECT_FALSE(d.fp8_sdpa_probe);

@@ -12,6 +12,7 @@
 
 #include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit.h"
+#include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 #ifdef OSP_HAVE_CUDA
 #include "osp/ops/cuda/cuda_backward.h"
@@ -158,6 +159,28 @@ TEST(DiTTrainGoldenGpu, OwnAttentionKernels) {
   const auto in = test::golden_train_inputs("trainA");
   DiT a = test::golden_train_model("hybrid", true, Device::cuda(0));
   DiT b = test::golden_train_model("hybrid", true, Device::cuda(0));
+  auto sp = parallel::make_single_device();
+  const auto ra = flow_step_cuda(a, *sp, in);
+  const auto rb = flow_step_cuda(b, *sp, in);
+  expect_same_step_cuda(a, ra, b, rb);
+}
+
+// Deterministic training (ops::set_deterministic_backward, `osp train --deterministic`): the
+// backward on the own kernel while the forward keeps the auto choice (not the own mma.sync one);
+// the golden gradients at the same bound and the same bits on a second identical step.
+TEST(DiTTrainGoldenGpu, DeterministicBackward) {
+  OSP_REQUIRE_GPU();
+  struct Scope {
+    Scope() { ops::set_deterministic_backward(true); }
+    ~Scope() { ops::set_deterministic_backward(false); }
+  } det;
+  run_golden_cuda("trainA", "hybrid", true);
+  EXPECT_STRNE(ops::cuda::last_attention_forward_lse_path(), "own");
+  EXPECT_STREQ(ops::cuda::last_attention_backward_path(), "own");
+  run_golden_cuda("trainB", "full", true);
+  const auto in = test::golden_train_inputs("trainB");
+  DiT a = test::golden_train_model("full", true, Device::cuda(0));
+  DiT b = test::golden_train_model("full", true, Device::cuda(0));
   auto sp = parallel::make_single_device();
   const auto ra = flow_step_cuda(a, *sp, in);
   const auto rb = flow_step_cuda(b, *sp, in);

@@ -13,6 +13,7 @@
 #include "osp/core/philox.h"
 #include "osp/io/checkpoint.h"
 #include "osp/model/dit.h"
+#include "osp/ops/backward.h"
 #include "osp/model/lora.h"
 #include "osp/train/checkpoint.h"
 #include "osp/train/dit_train_model.h"
@@ -242,6 +243,32 @@ TEST(DiTTrain, KeptAttentionGivesTheSameRun) {
     weights.push_back(all_values(m));
     fs::remove_all(out);
   }
+  expect_same_run(r[0], r[1], weights[0], weights[1], 3);
+  fs::remove_all(data);
+}
+
+// TrainOptions::deterministic (`--deterministic`): run_training switches the attention backward
+// to the deterministic path (ops::deterministic_backward; on CUDA osp's own kernel, GPU-tested in
+// model/dit_train_golden_gpu_test) and the run's settings record it; on the CPU, whose kernels are
+// deterministic anyway, the run is the same bit for bit.
+TEST(DiTTrain, DeterministicSwitchesTheBackwardAndKeepsTheRun) {
+  const fs::path data = make_cache("determ");
+  std::vector<TrainResult> r;
+  std::vector<std::vector<float>> weights;
+  ops::set_deterministic_backward(false);
+  for (const bool det : {false, true}) {
+    const fs::path out = fresh(std::string("determ_out_") + (det ? "on" : "off"));
+    TrainOptions o = options(data, out);
+    o.steps = 3;
+    o.deterministic = det;
+    EXPECT_NE(o.to_json().find(det ? "\"deterministic\":true" : "\"deterministic\":false"), std::string::npos);
+    DiTTrainModel m(tiny(), random_dit_weights(tiny(), 5), DiTTrainOptions{});
+    r.push_back(run_training(o, m));
+    EXPECT_EQ(ops::deterministic_backward(), det);
+    weights.push_back(all_values(m));
+    fs::remove_all(out);
+  }
+  ops::set_deterministic_backward(false);
   expect_same_run(r[0], r[1], weights[0], weights[1], 3);
   fs::remove_all(data);
 }

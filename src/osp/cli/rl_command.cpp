@@ -154,6 +154,9 @@ void add_rl_command(CLI::App& app) {
   OSP_RL_OPT("--adv-clip", adv_clip, "advantage clamp (default 5)");
   OSP_RL_OPT("--kl-beta", kl_beta, "KL weight against the LoRA-disabled model (default 0.004; 0 = off)");
   OSP_RL_OPT("--train-batch", train_batch, "samples per optimizer step (0 = all of the iteration)");
+  OSP_RL_FLAG("--deterministic", deterministic,
+              "the update's CUDA attention backward on osp's own kernel (no atomics: the same bits every run; "
+              "as osp train --deterministic)");
   OSP_RL_FLAG("--keep-attention", keep_attention,
               "the update keeps each block's self-attention output for the checkpoint recompute (same numbers, "
               "fewer attention cores, more memory; as osp train --keep-attention)");

@@ -512,6 +512,10 @@ void add_train_commands(CLI::App& app) {
   OSP_TRAIN_FLAG("--keep-attention", keep_attention,
                  "keep every block's self-attention output from the forward so the checkpoint recompute skips "
                  "the attention core (faster at video sizes; 100 MB more per 1.3B block at 832x480x81; same gradients)");
+  OSP_TRAIN_FLAG("--deterministic", deterministic,
+                 "the same gradient bits on every run of the same data and seed: the CUDA attention backward runs "
+                 "osp's own kernel (no atomics) instead of cuDNN's, which differs run to run (about 2.7x slower "
+                 "attention backward at 1.3B; the CPU is deterministic either way)");
   OSP_TRAIN_OPT("--ffn-chunks", ffn_chunks,
                 "run each block's FFN in N row chunks wherever a tape is recorded (the checkpoint recompute): its "
                 "backward recomputes fc1 + GELU per chunk instead of keeping two [rows, ffn] activations (1.6 GiB "

@@ -59,6 +59,7 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   OSP_CHECK(s.norm_backward == "warp" || s.norm_backward == "block",
             "OSP_NORM_BACKWARD must be warp or block, got '", s.norm_backward, "'");
   s.attn_bwd_chunks = value("OSP_ATTN_BWD_CHUNKS") == "auto" ? 0 : integer("OSP_ATTN_BWD_CHUNKS", 0, 1);
+  s.deterministic = flag("OSP_DETERMINISTIC", false);
   s.fused_norms = flag("OSP_FUSED_NORMS", true);
   s.profile = flag("OSP_PROFILE", false);
   s.verbose = flag("OSP_VERBOSE", false);

@@ -31,6 +31,9 @@
 //                                    up to 6144 elements, longer rows take the block kernel) or one
 //                                    block per row (the kernel before session 10; 1.3B shapes on an
 //                                    H100: RMSNorm 0.62 vs 0.90 ms, LayerNorm 0.70 vs 0.99 ms)
+//   OSP_DETERMINISTIC=1              training's attention backward on osp's own kernel, which has
+//                                    no atomics (the same gradient bits every run); cuDNN's backward
+//                                    differs run to run (ops/backward.h: set_deterministic_backward)
 //   OSP_ATTN_BWD_CHUNKS=auto|N       cuDNN attention backward with few keys: its queries as N chunks
 //                                    in one batch (default auto: where it fills the SMs; 1: never;
 //                                    the 1.3B cross-attention backward on an H100 1.04 vs 1.44 ms)
@@ -64,6 +67,7 @@ struct EngineSettings {
   int64_t ulysses_chunks = 0;  // 0: unset (one chunk)
   std::string norm_backward = "warp";
   int64_t attn_bwd_chunks = 0;  // 0: auto, 1: never chunked
+  bool deterministic = false;
   bool fused_norms = true;
   bool profile = false;
   bool verbose = false;

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "osp/core/settings.h"
 #include "osp/ops/cpu/cpu_backward.h"
 #include "osp/ops/op_checks.h"
 #ifdef OSP_HAVE_CUDA
@@ -393,6 +394,14 @@ void attention_forward_lse(const Tensor& q0, const Tensor& k0, const Tensor& v0,
     return;
   }
   cpu::attention_forward_lse(q, k, v, out, lse, a);
+}
+
+namespace {
+int g_deterministic = -1;  // −1: OSP_DETERMINISTIC
+}  // namespace
+void set_deterministic_backward(bool on) { g_deterministic = on ? 1 : 0; }
+bool deterministic_backward() {
+  return g_deterministic < 0 ? engine_settings().deterministic : g_deterministic == 1;
 }
 
 void attention_backward(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& out0,

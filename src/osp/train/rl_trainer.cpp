@@ -23,6 +23,7 @@
 #include "osp/io/atomic_file.h"
 #include "osp/io/safetensors.h"
 #include "osp/model/lora.h"
+#include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 #include "osp/sample/sde_step.h"
 #include "osp/train/adamw.h"
@@ -164,6 +165,7 @@ void RlOptions::apply_json(const std::string& text, const std::string& source) {
     else if (key == "kl_beta") N(kl_beta);
     else if (key == "train_batch") I(train_batch);
     else if (key == "keep_attention") B(keep_attention);
+    else if (key == "deterministic") B(deterministic);
     else if (key == "offload_checkpoints") B(offload_checkpoints);
     else if (key == "lora_rank") I(lora_rank);
     else if (key == "lora_alpha") N(lora_alpha);
@@ -224,7 +226,8 @@ std::string RlOptions::to_json() const {
             {"iterations", iterations}, {"reward", rewards}, {"reward_cmd", reward_cmd},
             {"reward_cmd_weight", reward_cmd_weight}, {"reward_timeout", reward_timeout},
             {"eval_prompts", eval_prompts}, {"eval_every", eval_every},
-            {"eval_samples", eval_samples}, {"seed", seed}, {"sp", sp}, {"sp_size", sp_size}};
+            {"eval_samples", eval_samples}, {"seed", seed}, {"sp", sp}, {"sp_size", sp_size},
+            {"deterministic", deterministic}};
   return j.dump();
 }
 
@@ -556,6 +559,10 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   OSP_CHECK(dit.options().train && !dit.options().train_base,
             "run_rl: the DiT must be bound with train = true and train_base = false (frozen base)");
   OSP_CHECK(!rewards.empty(), "run_rl: no reward");
+  if (o.deterministic) {
+    ops::set_deterministic_backward(true);
+    log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
+  }
   // ---- ranks: DP rank d of D owns the prompt groups [d·P/D, (d+1)·P/D); world rank 0 writes
   const bool multi = several(env);
   parallel::Communicator* dp = dp_of(env);

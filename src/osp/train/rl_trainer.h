@@ -86,6 +86,8 @@ struct RlOptions {
   // The update's forward-with-tape keeps each block's self-attention output for the checkpoint
   // recompute (DiTOptions::keep_attention: the same numbers, fewer attention cores, more memory).
   bool keep_attention = false;
+  // The update's attention backward on osp's own kernel (no atomics; TrainOptions::deterministic).
+  bool deterministic = false;
   // ... and keeps the checkpointed block inputs in pinned host memory
   // (DiTOptions::offload_block_inputs: the same numbers, less device memory, copies beside the compute).
   bool offload_checkpoints = false;

@@ -16,6 +16,7 @@
 #include "osp/core/progress.h"
 #include "osp/core/scope_exit.h"
 #include "osp/io/atomic_file.h"
+#include "osp/ops/backward.h"
 #include "osp/train/adamw.h"
 #include "osp/train/checkpoint.h"
 #include "osp/train/data_parallel.h"
@@ -177,6 +178,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
     else if (key == "shard_weights") get_bool(shard_weights);
     else if (key == "keep_gradients") get_bool(keep_gradients);
     else if (key == "keep_attention") get_bool(keep_attention);
+    else if (key == "deterministic") get_bool(deterministic);
     else if (key == "ffn_chunks") get_int(ffn_chunks);
     else if (key == "offload_checkpoints") get_bool(offload_checkpoints);
     else if (key == "profile") get_bool(profile);
@@ -192,7 +194,7 @@ void TrainOptions::apply_json(const std::string& text, const std::string& source
       fail(str("training config ", source, ": unknown setting '", key0,
                "' (known: model, from_scratch, config_model, attention, quant, device, data, batch, "
                "skip_bad_samples, caption_dropout, shift, steps, lr, weight_decay, beta1, beta2, eps, warmup, "
-               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, ffn_chunks, offload_checkpoints, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
+               "schedule, clip, ema, sp, sp_size, dp, shard_optimizer, shard_gradients, shard_weights, keep_gradients, keep_attention, deterministic, ffn_chunks, offload_checkpoints, transient_weights, full_blocks, lora_rank, lora_alpha, lora_targets, profile, overlap_reduction, collective_timeout, grad_accum, seed, out, save_every, keep, resume)"));
   }
 }
 
@@ -207,7 +209,7 @@ std::string TrainOptions::to_json() const {
             {"full_blocks", full_blocks}, {"lora_rank", lora_rank}, {"lora_alpha", lora_alpha},
             {"lora_targets", lora_targets},
             {"seed", seed},       {"out", out},                   {"save_every", save_every},
-            {"grad_accum", grad_accum}};
+            {"grad_accum", grad_accum}, {"deterministic", deterministic}};
   return j.dump();
 }
 
@@ -539,6 +541,10 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   }
   const TimestepSampler sampler(opt.seed, parse_shift(opt.shift));
   state.run_config = opt.to_json();
+  if (opt.deterministic) {
+    ops::set_deterministic_backward(true);
+    log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
+  }
   for (size_t g = 0; g < transient.size(); ++g) drop_values(g);  // (after a resume: its restore sets values)
   if (!transient.empty())
     log_verbose("transient weights: each block's compute copy is made from its master around its forward and backward");

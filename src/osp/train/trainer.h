@@ -154,6 +154,10 @@ struct TrainOptions {
   // checkpointing recompute skips the attention core (DiTOptions::keep_attention): faster when
   // attention dominates (video sizes), at act [n, d] + F32 [H, n] more memory per block.
   bool keep_attention = false;
+  // Deterministic gradients on CUDA (ops::set_deterministic_backward): the attention backward on
+  // osp's own kernel, which has no atomics, instead of cuDNN's, so two runs of the same data and
+  // seed give the same bits (slower: that backward is ~2.7× cuDNN's time at 1.3B, docs/PERF.md).
+  bool deterministic = false;
   // The FFN's tape in row chunks (DiTOptions::ffn_chunks; 0/1 off): a block's two [rows, ffn]
   // activations and the FFN backward's two gradient buffers shrink to one chunk's rows, for one
   // more fc1 GEMM per block in the backward. Unquantised training only.

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "osp/core/settings.h"
+#include "osp/ops/backward.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_backward.h"
 #include "osp/ops/cuda/cuda_context.h"
@@ -336,7 +337,12 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     return true;
   };
 
-  if (path() != AttnPath::Own && q.numel() > 0) {
+  // Deterministic training takes our own backward (no atomics) wherever cuDNN's would run.
+  const bool deterministic = ops::deterministic_backward();
+  OSP_CHECK(!(deterministic && path() == AttnPath::Cudnn), "cuda::", op,
+            ": OSP_ATTENTION=cudnn and deterministic training (--deterministic / OSP_DETERMINISTIC) exclude each "
+            "other: cuDNN's attention backward differs from run to run");
+  if (path() != AttnPath::Own && !deterministic && q.numel() > 0) {
     std::string why;
     bool ok = true;
     const int64_t S = pk.lens.empty() ? query_chunks(B, H, Lq, Lk, q.device().index) : 1;
@@ -392,6 +398,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
              str("attention_backward: cuDNN cannot run q ", q.desc(), " k ", k.desc(), " (", why,
                  "); our own kernels run"));
   }
+  if (deterministic)
+    log_once(str("attn-bwd-deterministic-", Lq, "-", Lk, "-", D),
+             str("attention_backward: deterministic training: our own backward (no atomics), q ", q.desc(), " k ",
+                 k.desc()));
   per_group([&](const Tensor& gq, const Tensor& gk, const Tensor& gv, const Tensor& go, const Tensor& gdo,
                 Tensor& gdq, Tensor& gdk, Tensor& gdv, const float* st) {
     Tensor delta = Tensor::empty({gq.size(0), H, gq.size(1)}, DType::F32, q.device());
