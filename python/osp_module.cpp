@@ -270,7 +270,7 @@ PYBIND11_MODULE(osp, m) {
            py::arg("cache") = py::none(), py::arg("noise") = py::none(), py::arg("progress") = py::none(),
            "Text to video: uint8 frames [F, H, W, 3]; writes `out` (.mp4 or a folder/ of PNGs) when given.\n"
            "progress(stage, step, steps, eta_s) is called while it runs; returning False cancels.\n"
-           "cache (--cache): None / \"none\" (off) or \"teacache:THRESH\" (THRESH >= 0; 0 caches nothing): skip "
+           "cache (--cache): None / \"none\" (off), \"teacache:THRESH\" or \"magcache:THRESH[:K]\" (THRESH >= 0; 0 caches nothing): skip "
            "the DiT blocks while the timestep modulation changes little; last_steps_cached says how often.\n"
            "noise (--noise): a .safetensors file with the initial latent [16, T, H/8, W/8] (e.g. the reference's "
            "torch.randn) used instead of the seeded noise.\n"

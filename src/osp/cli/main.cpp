@@ -225,8 +225,13 @@ int main(int argc, char** argv) {
   gen->add_option("--attention", g.attention, "auto | full | hybrid (Skiparse-2D)")->capture_default_str();
   gen->add_option("--cache", g.cache,
                   "step caching: none | teacache:THRESH (skip the DiT blocks while the accumulated change of "
-                  "the timestep modulation stays below THRESH, reusing the last computed residual; 0 = off)")
+                  "the timestep modulation stays below THRESH, reusing the last computed residual; 0 = off) | "
+                  "magcache:THRESH[:K] (skip while the error predicted from the model's calibrated residual "
+                  "magnitude ratios, <model>/magcache.json, stays below THRESH, at most K steps in a row, default 2)")
       ->capture_default_str();
+  gen->add_option("--cache-calibrate", g.cache_calibrate,
+                  "MagCache calibration: run uncached and write this run's residual magnitude ratios to FILE (the "
+                  "model folder's magcache.json is what --cache magcache reads); one process");
   gen->add_option("--quant", g.quant, "none | hif8 | fp8")->capture_default_str();
   gen->add_option("--sp", g.sp, "none | ulysses | ssp (launch with mpirun -np N)")->capture_default_str();
   gen->add_flag("--cfg-parallel", g.cfg_parallel,

@@ -243,6 +243,14 @@ void validate_options(const GenerateOptions& o) {
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
   (void)sample::parse_step_cache(o.cache);
+  if (!o.cache_calibrate.empty()) {
+    OSP_CHECK(!sample::parse_step_cache(o.cache).enabled(), "--cache-calibrate measures an uncached run: drop --cache ",
+              o.cache);
+    OSP_CHECK(!o.cfg_parallel && parallel::launcher_size() == 1,
+              "--cache-calibrate runs in one process (no mpirun, --sp or --cfg-parallel): the ratios are means over "
+              "every token of the residual");
+    OSP_CHECK(o.steps >= 2, "--cache-calibrate needs at least 2 steps, got ", o.steps);
+  }
   if (o.cfg_parallel) {
     OSP_CHECK(o.guidance != 1.0f, "--cfg-parallel runs the conditional and unconditional branches of "
               "classifier-free guidance on two rank groups, but --guidance 1 has no unconditional branch: "
@@ -366,6 +374,13 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
   }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
   if (!o.noise.empty()) p.noise = load_noise(o.noise, p.geo);  // a bad file fails here, before any work
+  if (sample::parse_step_cache(o.cache).kind == sample::StepCacheSpec::Kind::MagCache) {
+    const std::string f = (fs::path(p.files.root) / "magcache.json").string();
+    OSP_CHECK(fs::exists(f), "--cache ", o.cache, ": the model at ", p.files.root,
+              " has no MagCache calibration (magcache.json); make one with one uncached run: osp generate -m ",
+              p.files.root, " --cache-calibrate ", f, " (with this run's --steps, --sampler and --shift)");
+    p.mag_ratios = std::make_shared<const sample::MagCacheRatios>(sample::MagCacheRatios::load(f));
+  }
   OSP_CHECK(cfg.in_dim == 16 && cfg.out_dim == 16, "the DiT has in/out channels ", cfg.in_dim, "/",
             cfg.out_dim, "; only the 16-channel Wan2.1 latent space is supported");
   OSP_CHECK((o.height / 8) % cfg.patch_h == 0 && (o.width / 8) % cfg.patch_w == 0,
@@ -825,7 +840,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     Tensor vpair = cfgp ? Tensor::empty({2, 16, g.T, g.h, g.w}, DType::F32, dev) : Tensor();
     // Step caching: the policy sees each step's time modulation; the DiT keeps the residual.
     const sample::StepCacheSpec cspec = sample::parse_step_cache(o.cache);
-    std::unique_ptr<sample::TeaCache> tea;
+    std::unique_ptr<sample::StepCachePolicy> tea;
     model::DiT::BlockCache bcache;
     // CFG sequential with a step cache: the unconditional row's forward keeps its own residual and
     // follows the decision the conditional row's forward took this step (one TeaCache per step,
@@ -835,8 +850,16 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     int cstep = 0;
     if (cspec.enabled()) {
       std::string poly_name;
-      tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
-                                               sample::teacache_polynomial(cfg.dim, &poly_name));
+      if (cspec.kind == sample::StepCacheSpec::Kind::MagCache) {
+        OSP_CHECK(plan.mag_ratios, "--cache ", cspec.str(), ": the plan holds no MagCache calibration");
+        tea = std::make_unique<sample::MagCache>(cspec.threshold, cspec.max_skips, o.steps,
+                                                 plan.mag_ratios->resampled(0, o.steps));
+        poly_name = str("residual magnitude ratios of ", plan.mag_ratios->steps, " calibrated steps",
+                        plan.mag_ratios->steps == o.steps ? "" : ", resampled");
+      } else {
+        tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
+                                                 sample::teacache_polynomial(cfg.dim, &poly_name));
+      }
       bcache.run_blocks = [&](const Tensor& e0) { return ran_blocks = tea->compute(cstep, e0); };
       bcache_uncond.run_blocks = [&](const Tensor&) { return ran_blocks; };
       // The rows of the batch are on the two ranks of the CFG pair: the step runs the blocks when
@@ -847,8 +870,14 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
           sps.cfg->all_reduce(f);
           return f.to(Device::cpu()).data<float>()[0] > 0.5f;
         });
-      log_info("step cache: ", cspec.str(), ", rescaling: ", poly_name);
+      log_info("step cache: ", cspec.str(), cspec.kind == sample::StepCacheSpec::Kind::MagCache ? ", " : ", rescaling: ",
+               poly_name);
     }
+    // MagCache calibration (--cache-calibrate): every step runs the blocks and keeps the residual;
+    // its magnitude against the last step's, per row, is the step's ratio.
+    const bool calibrate = !o.cache_calibrate.empty();
+    sample::MagCacheRatios mag_cal;
+    std::vector<Tensor> mag_prev;  // per BlockCache in use: the last step's residual (host copy)
     const bool seq_cfg = plan.mem.sequential_cfg && B == 2;
     Tensor vseq = seq_cfg ? Tensor::empty({B, 16, g.T, g.h, g.w}, DType::F32, dev) : Tensor();
     Progress prog("sampling", o.steps, rank0() ? -1 : 0, stderr);
@@ -868,14 +897,30 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
           // CFG sequential (the memory plan's choice): the same forward with one row at a time,
           // half the activations; its rows land where the batched forward puts them.
           for (int64_t b = 0; b < B; ++b) {
-            model::DiT::BlockCache* bc = !tea ? nullptr : b == 0 ? &bcache : &bcache_uncond;
+            model::DiT::BlockCache* bc = !tea && !calibrate ? nullptr : b == 0 ? &bcache : &bcache_uncond;
             const Tensor r = dit->forward(xb.slice(0, b, b + 1), {t}, context.slice(0, b, b + 1), *sps.sp, bc);
             Tensor dst = vseq.select(0, b);
             dst.copy_from(r.select(0, 0));
           }
           vb = vseq;
         } else {
-          vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp, tea ? &bcache : nullptr);
+          vb = dit->forward(xb, std::vector<float>(size_t(B), t), context, *sps.sp,
+                            tea || calibrate ? &bcache : nullptr);
+        }
+        if (calibrate) {
+          std::vector<model::DiT::BlockCache*> used = {&bcache};
+          if (seq_cfg) used.push_back(&bcache_uncond);
+          mag_prev.resize(used.size());
+          std::vector<double> gammas;
+          for (size_t k = 0; k < used.size(); ++k) {
+            Tensor cur = used[k]->residual.to(Device::cpu()).clone();
+            const std::vector<double> g = i == 0 ? std::vector<double>(size_t(cur.size(0)), 1.0)
+                                                 : sample::residual_magnitude_ratios(cur, mag_prev[k]);
+            gammas.insert(gammas.end(), g.begin(), g.end());
+            mag_prev[k] = std::move(cur);
+          }
+          mag_cal.ratios.resize(gammas.size());
+          for (size_t r = 0; r < gammas.size(); ++r) mag_cal.ratios[r].push_back(gammas[r]);
         }
       } catch (const Interrupted&) {
         throw Interrupted("sampling");  // stopped between two DiT blocks of this step
@@ -898,6 +943,15 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
       report("sampling", i + 1, o.steps, step_s * double(o.steps - i - 1));
     }
     if (show()) prog.finish();
+    if (calibrate) {
+      mag_cal.steps = o.steps;
+      mag_cal.note = str("osp generate --cache-calibrate: model ", plan.files.root, ", ", o.width, "x", o.height, "x",
+                         o.frames, ", ", o.sampler, " ", o.steps, " steps, shift ", o.shift, ", guidance ", o.guidance,
+                         ", seed ", o.seed, ", prompt \"", o.prompt, "\"");
+      mag_cal.save(o.cache_calibrate);
+      log_info("MagCache calibration (", mag_cal.ratios.size(), " rows x ", o.steps, " steps) written to ",
+               o.cache_calibrate);
+    }
     if (tea) {
       res.steps_cached = bcache.reused;
       log_info("step cache: ", cspec.str(), " reused the cached block residual at ", bcache.reused, " of ",

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "osp/sample/step_cache.h"
 #include "osp/core/tensor.h"
 #include "osp/pipeline/memory_plan.h"
 #include "osp/pipeline/model_dir.h"
@@ -62,8 +63,13 @@ struct GenerateOptions {
   std::string out = "video.mp4";     // *.mp4 → MP4, a folder (existing or ending in /) → PNGs
   bool overwrite = false;            // replace an existing output (else refused before any work)
   int fps = 16;
-  // Step caching (sample/step_cache.h): "none" | "teacache:THRESH" (THRESH ≥ 0; 0 caches nothing).
+  // Step caching (sample/step_cache.h): "none" | "teacache:THRESH" | "magcache:THRESH[:K]"
+  // (THRESH ≥ 0; 0 caches nothing). MagCache reads the model folder's magcache.json.
   std::string cache = "none";
+  // MagCache calibration: measure this (uncached, one-process) run's residual magnitude ratios and
+  // write them to this file (sample::MagCacheRatios; <model>/magcache.json is where --cache
+  // magcache reads them); "" = none.
+  std::string cache_calibrate;
   size_t vae_tile_budget = 0;        // bytes for VAE decode activations (0 = auto)
   std::vector<std::string> loras;    // "FILE" or "FILE:SCALE" (model::parse_lora_spec), merged in order
   bool no_output = false;            // write nothing (out is ignored): the frames are only returned
@@ -120,6 +126,8 @@ struct Plan {
   std::string dit_summary;
   std::vector<std::string> block_kinds;  // per block: full/token/group
   Tensor noise;  // --noise FILE's latent, read and checked by the plan (load_noise); undefined: seeded
+  // --cache magcache:...: the model folder's calibration, read and checked by the plan
+  std::shared_ptr<const sample::MagCacheRatios> mag_ratios;
 };
 
 // --noise FILE: the initial latent [16, T, h, w] of geometry g from a .safetensors file — its
