@@ -69,6 +69,17 @@ void expect_same_step_cuda(DiT& a, const test::TrainStepResult& ra, DiT& b, cons
     test::expect_same_bits(pa[i].grad->to(Device::cpu()), pb[i].grad->to(Device::cpu()), pa[i].name.c_str());
 }
 
+// Two fresh models of `mode` (checkpointing on), one step each on case `c`: the same bits.
+void expect_repeatable_step_cuda(const std::string& c, const std::string& mode) {
+  const auto in = test::golden_train_inputs(c);
+  DiT a = test::golden_train_model(mode, true, Device::cuda(0));
+  DiT b = test::golden_train_model(mode, true, Device::cuda(0));
+  auto sp = parallel::make_single_device();
+  const auto ra = flow_step_cuda(a, *sp, in);
+  const auto rb = flow_step_cuda(b, *sp, in);
+  expect_same_step_cuda(a, ra, b, rb);
+}
+
 }  // namespace
 
 TEST(DiTTrainGoldenGpu, TrainAFull) { run_golden_cuda("trainA", "full", true); }
@@ -156,13 +167,7 @@ TEST(DiTTrainGoldenGpu, OwnAttentionKernels) {
   EXPECT_STREQ(ops::cuda::last_attention_forward_lse_path(), "own");
   EXPECT_STREQ(ops::cuda::last_attention_backward_path(), "own");
   run_golden_cuda("trainB", "full", false);
-  const auto in = test::golden_train_inputs("trainA");
-  DiT a = test::golden_train_model("hybrid", true, Device::cuda(0));
-  DiT b = test::golden_train_model("hybrid", true, Device::cuda(0));
-  auto sp = parallel::make_single_device();
-  const auto ra = flow_step_cuda(a, *sp, in);
-  const auto rb = flow_step_cuda(b, *sp, in);
-  expect_same_step_cuda(a, ra, b, rb);
+  expect_repeatable_step_cuda("trainA", "hybrid");
 }
 
 // Deterministic training (ops::set_deterministic_backward, `osp train --deterministic`): the
@@ -178,12 +183,6 @@ TEST(DiTTrainGoldenGpu, DeterministicBackward) {
   EXPECT_STRNE(ops::cuda::last_attention_forward_lse_path(), "own");
   EXPECT_STREQ(ops::cuda::last_attention_backward_path(), "own");
   run_golden_cuda("trainB", "full", true);
-  const auto in = test::golden_train_inputs("trainB");
-  DiT a = test::golden_train_model("full", true, Device::cuda(0));
-  DiT b = test::golden_train_model("full", true, Device::cuda(0));
-  auto sp = parallel::make_single_device();
-  const auto ra = flow_step_cuda(a, *sp, in);
-  const auto rb = flow_step_cuda(b, *sp, in);
-  expect_same_step_cuda(a, ra, b, rb);
+  expect_repeatable_step_cuda("trainB", "full");
 }
 #endif
