@@ -78,9 +78,10 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
                         const AttentionArgs& args = {});
-// Deterministic training (osp train / osp rl --deterministic, OSP_DETERMINISTIC=1): on CUDA,
+// Deterministic training (osp train / osp rl --deterministic switch it on for their run;
+// OSP_DETERMINISTIC=1 for the process): on CUDA,
 // attention_backward runs osp's own kernel (no atomics: the same bits on every run of the same
-// inputs) instead of cuDNN's, whose dQ differs from run to run; the forward keeps its choice (no
+// inputs) instead of cuDNN's, whose gradients differ slightly run to run; the forward keeps its choice (no
 // forward kernel accumulates with atomics). The CPU kernels are deterministic either way. The
 // default comes from OSP_DETERMINISTIC; process-wide.
 void set_deterministic_backward(bool on);
