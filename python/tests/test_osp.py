@@ -145,7 +145,10 @@ class CacheAndMemoryModes(unittest.TestCase):
         self.assertEqual(cached.dtype, np.uint8)
         self.assertGreaterEqual(self.pipe.last_steps_cached, 1)  # 1 of 4 steps reused on the tiny model
         self.assertLessEqual(self.pipe.last_steps_cached, self.SETTINGS["steps"] - 2)  # first, last always run
-        with self.assertRaisesRegex(osp.Error, "unknown step cache 'foo'.*none or teacache:THRESH"):
+        # MagCache reads the model folder's calibration (the tiny model ships one); 0 reuses nothing.
+        self.assertTrue(np.array_equal(self.pipe.generate("a red fox", cache="magcache:0", **self.SETTINGS), self.ref))
+        self.assertEqual(self.pipe.last_steps_cached, 0)
+        with self.assertRaisesRegex(osp.Error, r"unknown step cache 'foo'.*teacache:THRESH or magcache:THRESH\[:K\]"):
             self.pipe.generate("a red fox", cache="foo:1", **self.SETTINGS)
         with self.assertRaisesRegex(osp.Error, "threshold must be a finite number >= 0"):
             self.pipe.generate("a red fox", cache="teacache:-1", **self.SETTINGS)

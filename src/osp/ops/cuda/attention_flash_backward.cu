@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) 
         s[n][e] = pr * (dp[n][e] - dl[e >> 1]);
       }
     accumulate<D>(dq, s, sK, lane);  // dQ += dS·K
-    __syncthreads();  // this stage is refilled two iterations later
+    __syncthreads();  // the next iteration's prefetch refills this stage
   }
   store_rows<D>(p.dq + qoff, rs, m0 + warp * 16, p.Lq, dq, p.scale, g, t);
 }
