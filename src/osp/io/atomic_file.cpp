@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -282,6 +283,24 @@ void write_dir_atomic(const std::string& dir, const std::function<void(const std
   }
   fsync_path(parent_of(target), true, dir);
   if (!swapped.empty()) remove_quietly(swapped);
+}
+
+void write_bytes_atomic(const std::string& path, const std::vector<uint8_t>& bytes, Overwrite ow) {
+  write_file_atomic(
+      path,
+      [&](const std::string& tmp) {
+        std::FILE* f = std::fopen(tmp.c_str(), "wb");
+        OSP_CHECK(f, "cannot open ", tmp, " for writing");
+        const size_t n = bytes.empty() ? 0 : std::fwrite(bytes.data(), 1, bytes.size(), f);
+        const bool ok = n == bytes.size() && std::fflush(f) == 0;
+        const bool closed = std::fclose(f) == 0;
+        OSP_CHECK(ok && closed, "writing ", path, " failed (disk full?)");
+      },
+      ow);
+}
+
+void write_text_atomic(const std::string& path, const std::string& text, Overwrite ow) {
+  write_bytes_atomic(path, std::vector<uint8_t>(text.begin(), text.end()), ow);
 }
 
 }  // namespace osp::io

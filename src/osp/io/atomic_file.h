@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace osp::io {
 
@@ -29,6 +30,9 @@ void check_output_path(const std::string& path, Overwrite ow);
 // removed, an existing target is untouched, and the exception propagates.
 void write_file_atomic(const std::string& path, const std::function<void(const std::string& tmp)>& write,
                        Overwrite ow);
+// write_file_atomic of a whole byte buffer / text; a short write (disk full) throws naming the path.
+void write_bytes_atomic(const std::string& path, const std::vector<uint8_t>& bytes, Overwrite ow);
+void write_text_atomic(const std::string& path, const std::string& text, Overwrite ow);
 
 // The same two for an output folder (PNG frames). A folder that exists and is empty counts as
 // free; one that holds anything is refused under Overwrite::Refuse.

@@ -187,16 +187,7 @@ MagCacheRatios MagCacheRatios::load(const std::string& path) {
 
 void MagCacheRatios::save(const std::string& path) const {
   const nlohmann::json j = {{"format", "osp-magcache-1"}, {"steps", steps}, {"ratios", ratios}, {"note", note}};
-  const std::string text = j.dump() + "\n";
-  io::write_file_atomic(
-      path,
-      [&](const std::string& tmp) {
-        std::ofstream f(tmp, std::ios::binary);
-        f << text;
-        f.close();
-        OSP_CHECK(f.good(), "MagCache calibration ", path, ": cannot write it");
-      },
-      io::Overwrite::Allow);
+  io::write_text_atomic(path, j.dump() + "\n", io::Overwrite::Allow);
 }
 
 std::vector<double> MagCacheRatios::resampled(size_t r, int n) const {

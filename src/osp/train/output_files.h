@@ -12,8 +12,8 @@
 
 namespace osp::train {
 
-void write_bytes_atomic(const std::string& path, const std::vector<uint8_t>& bytes, io::Overwrite ow);
-void write_text_atomic(const std::string& path, const std::string& text, io::Overwrite ow);
+using io::write_bytes_atomic;
+using io::write_text_atomic;
 void write_safetensors_atomic(const std::string& path, const std::map<std::string, Tensor>& tensors,
                               const std::map<std::string, std::string>& metadata, io::Overwrite ow);
 // A tensor produced when the writer reaches it (one at a time: a checkpoint of a large model is

@@ -249,13 +249,8 @@ VaeTrainResult train_vae(const VaeTrainOptions& o) {
     VaeTrainResult res;
     res.eval = evaluate_vae(vae, eval_ds, o.eval_clips, o.recon_out.empty() ? nullptr : &rec);
     if (!o.recon_out.empty()) io::save_safetensors(o.recon_out, rec, {}, io::Overwrite::Allow);
-    io::write_file_atomic(
-        (fs::path(o.out) / "vae_heldout_eval.json").string(),
-        [&](const std::string& tmp) {
-          std::ofstream f(tmp);
-          f << eval_json(res.eval) << "\n";
-        },
-        io::Overwrite::Allow);
+    io::write_text_atomic((fs::path(o.out) / "vae_heldout_eval.json").string(), eval_json(res.eval) + "\n",
+                          io::Overwrite::Allow);
     return res;
   }
   if (!o.overwrite)
@@ -381,14 +376,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& o) {
           ", \"dim\": ", o.dim, ", \"res_blocks\": ", o.res_blocks, ", \"parameters\": ", nparams,
           ", \"train_clips\": ", N, ", \"seconds\": ", since(t0), ", \"heldout\": ", eval_json(res.eval),
           ", \"raw_latent_mean_std\": ", stats, "}\n");
-  io::write_file_atomic(
-      eval_path,
-      [&](const std::string& tmp) {
-        std::ofstream f(tmp);
-        f << summary;
-        OSP_CHECK(f.good(), "train-vae: writing ", tmp, " failed");
-      },
-      io::Overwrite::Allow);
+  io::write_text_atomic(eval_path, summary, io::Overwrite::Allow);
   return res;
 }
 
