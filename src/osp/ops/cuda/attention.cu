@@ -246,13 +246,8 @@ DevLens device_lens(const AttentionArgs& a, int64_t B) {
 void validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
               const AttentionArgs& args) {
   for (auto [t, n] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
-    require_cuda(*t, "attention", n);
-    require_contiguous(*t, "attention", n);
-    OSP_CHECK(t->dtype() == DType::BF16 && t->dim() == 4, "cuda::attention: ", n,
-              " must be bf16 [B, L, H, D], got ", t->desc());
-    // every kernel reads 16-byte vectors (cp.async, TMA, cuDNN); a view at an odd offset is refused
-    OSP_CHECK(reinterpret_cast<uintptr_t>(t->raw()) % 16 == 0, "cuda::attention: ", n,
-              " must start at a 16-byte aligned address, got a view at ", t->raw());
+    require_bthd(*t, "attention", n);
+    require_aligned16(*t, "attention", n);  // cp.async, TMA and cuDNN read 16-byte vectors
   }
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   OSP_CHECK(D == 64 || D == 128, "cuda::attention: head dim must be 64 or 128, got ", D,

@@ -99,13 +99,6 @@ int64_t query_chunks(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int device) {
   return 1;
 }
 
-void check_bf16(const Tensor& t, const char* op, const char* what) {
-  require_cuda(t, op, what);
-  require_contiguous(t, op, what);
-  OSP_CHECK(t.dtype() == DType::BF16 && t.dim() == 4, "cuda::", op, ": ", what,
-            " must be bf16 [B, L, H, D], got ", t.desc());
-}
-
 // The packed-sequence layout: host lengths (empty without packing) and their offsets.
 struct Packing {
   std::vector<int32_t> lens;  // [R]
@@ -182,9 +175,9 @@ bool group_is_whole(const Group& g, int64_t B, int64_t L) {
 }
 
 void validate(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
-  check_bf16(q, op, "q");
-  check_bf16(k, op, "k");
-  check_bf16(v, op, "v");
+  require_bthd(q, op, "q");
+  require_bthd(k, op, "k");
+  require_bthd(v, op, "v");
   const int64_t B = q.size(0), H = q.size(2), D = q.size(3), Lk = k.size(1);
   OSP_CHECK(D == 64 || D == 128, "cuda::", op, ": head dim must be 64 or 128, got ", D);
   OSP_CHECK(k.shape() == Shape({B, Lk, H, D}) && v.shape() == k.shape(), "cuda::", op,
@@ -230,7 +223,7 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, Te
                            Tensor& lse, const AttentionArgs& args) {
   const char* op = "attention_forward_lse";
   validate(q, k, v, op);
-  check_bf16(out, op, "out");
+  require_bthd(out, op, "out");
   OSP_CHECK(out.shape() == q.shape(), "cuda::", op, ": out must have q's shape ", q.desc(), ", got ",
             out.desc());
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
@@ -301,11 +294,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const AttentionArgs& args) {
   const char* op = "attention_backward";
   validate(q, k, v, op);
-  check_bf16(out, op, "out");
-  check_bf16(dout, op, "dout");
-  check_bf16(dq, op, "dq");
-  check_bf16(dk, op, "dk");
-  check_bf16(dv, op, "dv");
+  require_bthd(out, op, "out");
+  require_bthd(dout, op, "dout");
+  require_bthd(dq, op, "dq");
+  require_bthd(dk, op, "dk");
+  require_bthd(dv, op, "dv");
   OSP_CHECK(out.shape() == q.shape() && dout.shape() == q.shape() && dq.shape() == q.shape() &&
                 dk.shape() == k.shape() && dv.shape() == v.shape(),
             "cuda::", op, ": out/dout/dq must have q's shape and dk/dv k's shape");

@@ -274,22 +274,16 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(BwdParams p
   store_rows<D>(p.dv + koff, rs, n0 + warp * 16, p.Lk, dv, 1.f, g, t);
 }
 
-void check_operand(const Tensor& t, const char* what) {
-  require_cuda(t, "attention_flash_backward", what);
-  require_contiguous(t, "attention_flash_backward", what);
-  OSP_CHECK(t.dtype() == DType::BF16 && t.dim() == 4, "cuda::attention_flash_backward: ", what,
-            " must be bf16 [B, L, H, D], got ", t.desc());
-  OSP_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, "cuda::attention_flash_backward: ", what,
-            " must start at a 16-byte aligned address");
-}
 }  // namespace
 
 void attention_flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const float* lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
                               float scale, float* delta) {
   for (auto [t, n] : {std::pair<const Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"},
-                      {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
-    check_operand(*t, n);
+                      {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}}) {
+    require_bthd(*t, "attention_flash_backward", n);
+    require_aligned16(*t, "attention_flash_backward", n);
+  }
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   OSP_CHECK(D == 64 || D == 128, "cuda::attention_flash_backward: head dim must be 64 or 128, got ", D);
   OSP_CHECK(k.shape() == Shape({B, Lk, H, D}) && v.shape() == k.shape() && dk.shape() == k.shape() &&

@@ -3,6 +3,7 @@
 #include "osp/ops/cuda/cuda_context.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -134,6 +135,16 @@ void require_contiguous(const Tensor& t, const char* op, const char* what) {
 void require_float(const Tensor& t, const char* op, const char* what) {
   OSP_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, "cuda::", op, ": ", what,
             " must be f32 or bf16, got ", t.desc());
+}
+void require_bthd(const Tensor& t, const char* op, const char* what) {
+  require_cuda(t, op, what);
+  require_contiguous(t, op, what);
+  OSP_CHECK(t.dtype() == DType::BF16 && t.dim() == 4, "cuda::", op, ": ", what, " must be bf16 [B, L, H, D], got ",
+            t.desc());
+}
+void require_aligned16(const Tensor& t, const char* op, const char* what) {
+  OSP_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, "cuda::", op, ": ", what,
+            " must start at a 16-byte aligned address, got a view at ", t.raw());
 }
 }  // namespace osp::ops::cuda
 #endif

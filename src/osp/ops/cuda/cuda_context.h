@@ -57,5 +57,9 @@ unsigned grid_for(int64_t n, int threads = 256);
 void require_cuda(const Tensor& t, const char* op, const char* what);
 void require_contiguous(const Tensor& t, const char* op, const char* what);
 void require_float(const Tensor& t, const char* op, const char* what);  // F32 or BF16
+// The attention kernels' operands: a CUDA, contiguous, bf16 [B, L, H, D] tensor (require_bthd),
+// starting at a 16-byte aligned address (require_aligned16: every kernel reads 16-byte vectors).
+void require_bthd(const Tensor& t, const char* op, const char* what);
+void require_aligned16(const Tensor& t, const char* op, const char* what);
 }  // namespace osp::ops::cuda
 #endif
