@@ -175,10 +175,7 @@ TEST(DiTTrainGoldenGpu, OwnAttentionKernels) {
 // the golden gradients at the same bound and the same bits on a second identical step.
 TEST(DiTTrainGoldenGpu, DeterministicBackward) {
   OSP_REQUIRE_GPU();
-  struct Scope {
-    Scope() { ops::set_deterministic_backward(true); }
-    ~Scope() { ops::set_deterministic_backward(false); }
-  } det;
+  const ops::DeterministicBackwardScope det(true);
   run_golden_cuda("trainA", "hybrid", true);
   EXPECT_STRNE(ops::cuda::last_attention_forward_lse_path(), "own");
   EXPECT_STREQ(ops::cuda::last_attention_backward_path(), "own");

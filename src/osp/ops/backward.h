@@ -86,6 +86,20 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 // default comes from OSP_DETERMINISTIC; process-wide.
 void set_deterministic_backward(bool on);
 bool deterministic_backward();
+// set_deterministic_backward for one scope: switched on when `on` (else left as it is), and the
+// setting before it put back when the scope ends (a training run's --deterministic).
+class DeterministicBackwardScope {
+ public:
+  explicit DeterministicBackwardScope(bool on) : was_(deterministic_backward()) {
+    if (on) set_deterministic_backward(true);
+  }
+  ~DeterministicBackwardScope() { set_deterministic_backward(was_); }
+  DeterministicBackwardScope(const DeterministicBackwardScope&) = delete;
+  DeterministicBackwardScope& operator=(const DeterministicBackwardScope&) = delete;
+
+ private:
+  bool was_;
+};
 
 // ---------------------------------------------------------------- data movement
 // Adjoint of gather_rows: out[index[i], :] += src[i, :] for index[i] >= 0 (+=; out [N, C]).

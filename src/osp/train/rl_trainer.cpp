@@ -559,13 +559,8 @@ RlResult run_rl(const RlOptions& o, RlEnv& env, std::vector<std::unique_ptr<Rewa
   OSP_CHECK(dit.options().train && !dit.options().train_base,
             "run_rl: the DiT must be bound with train = true and train_base = false (frozen base)");
   OSP_CHECK(!rewards.empty(), "run_rl: no reward");
-  // --deterministic for this run only (the process-wide switch is put back when it returns)
-  const bool was_deterministic = ops::deterministic_backward();
-  const auto restore_deterministic = on_scope_exit([&] { ops::set_deterministic_backward(was_deterministic); });
-  if (o.deterministic) {
-    ops::set_deterministic_backward(true);
-    log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
-  }
+  const ops::DeterministicBackwardScope deterministic(o.deterministic);  // for this run only
+  if (o.deterministic) log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
   // ---- ranks: DP rank d of D owns the prompt groups [d·P/D, (d+1)·P/D); world rank 0 writes
   const bool multi = several(env);
   parallel::Communicator* dp = dp_of(env);

@@ -541,13 +541,8 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   }
   const TimestepSampler sampler(opt.seed, parse_shift(opt.shift));
   state.run_config = opt.to_json();
-  // --deterministic for this run only (the process-wide switch is put back when it returns)
-  const bool was_deterministic = ops::deterministic_backward();
-  const auto restore_deterministic = on_scope_exit([&] { ops::set_deterministic_backward(was_deterministic); });
-  if (opt.deterministic) {
-    ops::set_deterministic_backward(true);
-    log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
-  }
+  const ops::DeterministicBackwardScope deterministic(opt.deterministic);  // for this run only
+  if (opt.deterministic) log_info("deterministic: the attention backward runs osp's own kernel (no atomics)");
   for (size_t g = 0; g < transient.size(); ++g) drop_values(g);  // (after a resume: its restore sets values)
   if (!transient.empty())
     log_verbose("transient weights: each block's compute copy is made from its master around its forward and backward");
