@@ -242,10 +242,9 @@ void validate_options(const GenerateOptions& o) {
   if (dev.is_cuda())
     OSP_CHECK(dev.index < cuda_device_count(), "--device ", o.device, ": only ", cuda_device_count(), " GPU(s) visible");
   OSP_CHECK(o.fps >= 1 && o.fps <= 240, "--fps must be in [1, 240], got ", o.fps);
-  (void)sample::parse_step_cache(o.cache);
+  const sample::StepCacheSpec cache = sample::parse_step_cache(o.cache);
   if (!o.cache_calibrate.empty()) {
-    OSP_CHECK(!sample::parse_step_cache(o.cache).enabled(), "--cache-calibrate measures an uncached run: drop --cache ",
-              o.cache);
+    OSP_CHECK(!cache.enabled(), "--cache-calibrate measures an uncached run: drop --cache ", o.cache);
     OSP_CHECK(!o.cfg_parallel && parallel::launcher_size() == 1,
               "--cache-calibrate runs in one process (no mpirun, --sp or --cfg-parallel): the ratios are means over "
               "every token of the residual");
@@ -374,7 +373,8 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
   }
   p.geo = geometry(o, cfg.patch_h, cfg.patch_w);
   if (!o.noise.empty()) p.noise = load_noise(o.noise, p.geo);  // a bad file fails here, before any work
-  if (sample::parse_step_cache(o.cache).kind == sample::StepCacheSpec::Kind::MagCache) {
+  const sample::StepCacheSpec cache = sample::parse_step_cache(o.cache);
+  if (cache.kind == sample::StepCacheSpec::Kind::MagCache) {
     const std::string f = (fs::path(p.files.root) / "magcache.json").string();
     OSP_CHECK(fs::exists(f), "--cache ", o.cache, ": the model at ", p.files.root,
               " has no MagCache calibration (magcache.json); make one with one uncached run: osp generate -m ",
@@ -399,7 +399,7 @@ Plan plan_impl(const std::string& model_dir, const GenerateOptions& in, bool kee
     mi.gpu = gpu;
     mi.quant = o.quant;
     mi.cfg_rows = int(B);
-    mi.step_cache = sample::parse_step_cache(o.cache).enabled();
+    mi.step_cache = cache.enabled();
     mi.t5_params = text_encoder_params(p.files);
     {
       const io::Checkpoint tck = io::open_checkpoint(p.files.t5);
@@ -849,16 +849,18 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     bool ran_blocks = true;
     int cstep = 0;
     if (cspec.enabled()) {
-      std::string poly_name;
+      std::string basis;  // for the log: what the policy decides from
       if (cspec.kind == sample::StepCacheSpec::Kind::MagCache) {
         OSP_CHECK(plan.mag_ratios, "--cache ", cspec.str(), ": the plan holds no MagCache calibration");
         tea = std::make_unique<sample::MagCache>(cspec.threshold, cspec.max_skips, o.steps,
                                                  plan.mag_ratios->resampled(0, o.steps));
-        poly_name = str("residual magnitude ratios of ", plan.mag_ratios->steps, " calibrated steps",
-                        plan.mag_ratios->steps == o.steps ? "" : ", resampled");
+        basis = str("residual magnitude ratios of ", plan.mag_ratios->steps, " calibrated steps",
+                    plan.mag_ratios->steps == o.steps ? "" : ", resampled");
       } else {
+        std::string poly_name;
         tea = std::make_unique<sample::TeaCache>(cspec.threshold, o.steps,
                                                  sample::teacache_polynomial(cfg.dim, &poly_name));
+        basis = "rescaling: " + poly_name;
       }
       bcache.run_blocks = [&](const Tensor& e0) { return ran_blocks = tea->compute(cstep, e0); };
       bcache_uncond.run_blocks = [&](const Tensor&) { return ran_blocks; };
@@ -870,8 +872,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
           sps.cfg->all_reduce(f);
           return f.to(Device::cpu()).data<float>()[0] > 0.5f;
         });
-      log_info("step cache: ", cspec.str(), cspec.kind == sample::StepCacheSpec::Kind::MagCache ? ", " : ", rescaling: ",
-               poly_name);
+      log_info("step cache: ", cspec.str(), ", ", basis);
     }
     // MagCache calibration (--cache-calibrate): every step runs the blocks and keeps the residual;
     // its magnitude against the last step's, per row, is the step's ratio.

@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "osp/sample/step_cache.h"
 #include "osp/core/tensor.h"
 #include "osp/pipeline/memory_plan.h"
 #include "osp/pipeline/model_dir.h"
+#include "osp/sample/step_cache.h"
 
 namespace osp::model {
 struct Lora;
