@@ -162,19 +162,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(FlashParams p) {
       o[d][3] *= corr[1];
     }
 
-    // ---- O += P V
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[4];
-      a_from_c(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(b_trans<D>(sV, kk * 16, dp, lane), b0, b1, b2, b3);
-        mma_bf16(o[2 * dp], a, b0, b1);
-        mma_bf16(o[2 * dp + 1], a, b2, b3);
-      }
-    }
+    accumulate<D, kBN>(o, s, sV, lane);  // O += P V
     __syncthreads();  // this stage is refilled two iterations later
   }
 

@@ -102,25 +102,6 @@ __device__ __forceinline__ void two_scores(float (&c1)[kTile / 8][4], float (&c2
   }
 }
 
-// acc (16 × D) += C·B: C = 16 × kTile accumulators (rounded to bf16 as A fragments), B = the
-// [kTile][D] tile sB (k = its rows).
-template <int D>
-__device__ __forceinline__ void accumulate(float (&acc)[D / 8][4], const float (&c)[kTile / 8][4], uint32_t sB,
-                                           int lane) {
-#pragma unroll
-  for (int kk = 0; kk < kTile / 16; ++kk) {
-    uint32_t a[4];
-    a_from_c(a, c[2 * kk], c[2 * kk + 1]);
-#pragma unroll
-    for (int np = 0; np < D / 16; ++np) {
-      uint32_t b0, b1, b2, b3;
-      ldsm_x4_t(b_trans<D>(sB, kk * 16, np, lane), b0, b1, b2, b3);
-      mma_bf16(acc[2 * np], a, b0, b1);
-      mma_bf16(acc[2 * np + 1], a, b2, b3);
-    }
-  }
-}
-
 template <int D>
 __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -194,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dq_kernel(BwdParams p) 
         const float pr = key < p.Lk ? exp2f(s[n][e] * p.scale_log2 - lse2[e >> 1]) : 0.f;
         s[n][e] = pr * (dp[n][e] - dl[e >> 1]);
       }
-    accumulate<D>(dq, s, sK, lane);  // dQ += dS·K
+    accumulate<D, kTile>(dq, s, sK, lane);  // dQ += dS·K
     __syncthreads();  // the next iteration's prefetch refills this stage
   }
   store_rows<D>(p.dq + qoff, rs, m0 + warp * 16, p.Lq, dq, p.scale, g, t);
@@ -266,8 +247,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(BwdParams p
         s[n][e] = pr;
         dp[n][e] = pr * (dp[n][e] - s_delta[st][c]);
       }
-    accumulate<D>(dv, s, sdO, lane);  // dV += Pᵀ·dO
-    accumulate<D>(dk, dp, sQ, lane);  // dK += dSᵀ·Q
+    accumulate<D, kTile>(dv, s, sdO, lane);  // dV += Pᵀ·dO
+    accumulate<D, kTile>(dk, dp, sQ, lane);  // dK += dSᵀ·Q
     __syncthreads();  // this stage (tiles and statistics) is refilled in the next iteration
   }
   store_rows<D>(p.dk + koff, rs, n0 + warp * 16, p.Lk, dk, p.scale, g, t);

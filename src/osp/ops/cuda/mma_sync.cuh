@@ -94,6 +94,26 @@ __device__ __forceinline__ uint32_t b_trans(uint32_t tile, int r0, int np, int l
   return tile + swz<D>(r0 + (lane & 7) + (((lane >> 3) & 1) << 3), np * 2 + (lane >> 4));
 }
 
+// acc (this warp's 16 rows × D) += C·B: C = 16 × K accumulators (rounded to bf16 as A fragments,
+// a_from_c), B = the swizzled [K][D] tile sB (k = its rows, b_trans). The flash forward's O += P·V
+// and the backward's dQ += dS·K, dV += Pᵀ·dO, dK += dSᵀ·Q.
+template <int D, int K>
+__device__ __forceinline__ void accumulate(float (&acc)[D / 8][4], const float (&c)[K / 8][4], uint32_t sB,
+                                           int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[4];
+    a_from_c(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < D / 16; ++np) {
+      uint32_t b0, b1, b2, b3;
+      ldsm_x4_t(b_trans<D>(sB, kk * 16, np, lane), b0, b1, b2, b3);
+      mma_bf16(acc[2 * np], a, b0, b1);
+      mma_bf16(acc[2 * np + 1], a, b2, b3);
+    }
+  }
+}
+
 // Loads rows [row0, row0 + ROWS) of a [*, row_stride] bf16 matrix into a swizzled [ROWS][D] tile
 // with all THREADS threads of the block; rows at or beyond `limit` are zero-filled.
 template <int D, int ROWS, int THREADS>
