@@ -32,11 +32,16 @@
 // rank's (the rank with the largest total) and the largest over ranks, then a text table
 // (lines starting with '#'). The stages tile the forward, so their sum is the event-timed
 // forward ("total" line).
+// "+graph" after a 1-process mode (hybrid+graph, full+fp8+graph) runs it with the DiT's CUDA
+// graph (DiTOptions::cuda_graphs; at least 2 warm-up forwards: the first runs eagerly, the second
+// captures): "forward_mode" says how the last forward ran, and "max_abs_diff_vs_eager" compares
+// its output with the same mode's eager output of this run (-1: that mode did not run first).
 //   bench_dit_multi_gpu [--models 14b,1.3b] [--modes hybrid,full,hybrid+fp8,full+fp8]
 //                       [--reps 3] [--warmup 1] [--quick] [--profile]
 // Default --modes: hybrid,full (1 process) / hybrid+ssp,full+ulysses (mpirun).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #ifdef OSP_HAVE_CUPTI
 #include <cupti.h>
 
@@ -307,6 +312,8 @@ int main(int argc, char** argv) {
     bool hybrid;
     const char* sp;
     model::DiTQuant quant;
+    bool graph = false;  // "+graph": DiTOptions::cuda_graphs
+    std::string label;   // the name asked for (with "+graph")
   };
   const std::vector<Mode> all_modes = {
       {"hybrid", true, "single", model::DiTQuant::None},
@@ -329,21 +336,26 @@ int main(int argc, char** argv) {
         p = q + 1;
       }
     }
-    for (const std::string& w : want) {
+    for (const std::string& asked : want) {
+      const std::string suffix = "+graph";
+      const bool graph = asked.size() > suffix.size() && asked.compare(asked.size() - suffix.size(), suffix.size(), suffix) == 0;
+      const std::string w = graph ? asked.substr(0, asked.size() - suffix.size()) : asked;
       const Mode* found = nullptr;
       for (const Mode& md : all_modes)
         if (w == md.name) found = &md;
-      const bool fits = found && ((S == 1) == !std::strcmp(found->sp, "single"));
+      const bool fits = found && ((S == 1) == !std::strcmp(found->sp, "single")) && (!graph || S == 1);
       if (!fits) {
         if (rank == 0)
           std::fprintf(stderr,
-                       "%s: mode '%s' is %s (1 process: hybrid, full, hybrid+fp8, full+fp8; "
-                       "mpirun: hybrid+ssp, full+ulysses)\n",
-                       argv[0], w.c_str(), found ? "not available with this process count" : "unknown");
+                       "%s: mode '%s' is %s (1 process: hybrid, full, hybrid+fp8, full+fp8, each "
+                       "optionally +graph; mpirun: hybrid+ssp, full+ulysses)\n",
+                       argv[0], asked.c_str(), found ? "not available with this process count" : "unknown");
         if (launched) parallel::abort_all(2);
         return 2;
       }
       modes.push_back(*found);
+      modes.back().graph = graph;
+      modes.back().label = asked;
     }
   }
 
@@ -355,6 +367,7 @@ int main(int argc, char** argv) {
       const auto hybrid = sparse::plan_blocks(int(c.cfg.num_layers), "dual_end", c.num_full);
       const auto full = sparse::plan_blocks(int(c.cfg.num_layers), "full", 0);
       std::map<bool, Tensor> bf16_out;  // 1 process: the bf16 output per plan (hybrid?), host
+      std::map<std::string, Tensor> eager_out;  // 1 process: each eager mode's output, host
       // One model per quantization (bf16 first), released before the next one is bound.
       for (model::DiTQuant quant : {model::DiTQuant::None, model::DiTQuant::FP8}) {
         bool any = false;
@@ -374,6 +387,8 @@ int main(int argc, char** argv) {
         for (const Mode& md : modes) {
           if (md.quant != quant) continue;
           m.set_block_kinds(md.hybrid ? hybrid : full, 2);
+          m.set_cuda_graphs(md.graph);
+          const int warm = md.graph ? std::max(warmup, 2) : warmup;  // eager, capture, then replays
           std::unique_ptr<parallel::SequenceParallel> sp;
           if (!std::strcmp(md.sp, "single")) sp = parallel::make_single_device();
           else if (!std::strcmp(md.sp, "ssp")) sp = parallel::make_ssp(comm);
@@ -381,8 +396,8 @@ int main(int argc, char** argv) {
           std::vector<double> times, enqueue;
           uint64_t bytes = 0;
           Tensor out;
-          for (int it = 0; it < warmup + reps; ++it) {
-            if (it == warmup) m.profile_reset();  // profile the timed reps only
+          for (int it = 0; it < warm + reps; ++it) {
+            if (it == warm) m.profile_reset();  // profile the timed reps only
             if (S > 1) comm->barrier();
             sp->reset_bytes();
             const double t0 = now_ms();
@@ -399,7 +414,7 @@ int main(int argc, char** argv) {
               const auto v = all.to_float_vector();
               ms = *std::max_element(v.begin(), v.end());
             }
-            if (it >= warmup) times.push_back(ms), enqueue.push_back(enq);
+            if (it >= warm) times.push_back(ms), enqueue.push_back(enq);
           }
           std::sort(times.begin(), times.end());
           std::sort(enqueue.begin(), enqueue.end());
@@ -424,21 +439,33 @@ int main(int argc, char** argv) {
             else if (bf16_out.count(md.hybrid))
               rel = relative_error(out.to(Device::cpu()), bf16_out[md.hybrid]);
           }
+          double graph_diff = -1;
+          if (S == 1) {
+            if (!md.graph) {
+              eager_out[md.name] = out.to(Device::cpu());
+            } else if (eager_out.count(md.name)) {
+              const auto a = out.to(Device::cpu()).to_float_vector(), b = eager_out[md.name].to_float_vector();
+              graph_diff = 0;
+              for (size_t i = 0; i < a.size(); ++i) graph_diff = std::max(graph_diff, double(std::fabs(a[i] - b[i])));
+            }
+          }
           out = Tensor();
           if (rank == 0) {
             std::printf(
                 "{\"bench\":\"dit_multi_gpu\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\","
                 "\"mode\":\"%s\",\"gpus\":%d,\"ms\":%.3f,\"ms_min\":%.3f,\"reps\":%d,"
                 "\"bytes_sent_per_rank\":%llu,\"peak_gib\":%.2f,\"bind_ms\":%.0f,"
-                "\"rel_err_vs_1gpu\":%.3g,\"enqueue_ms\":%.3f,\"profiled\":%s}\n",
-                card().c_str(), c.model.c_str(), c.res.c_str(), md.name, S,
+                "\"rel_err_vs_1gpu\":%.3g,\"enqueue_ms\":%.3f,\"profiled\":%s,\"forward_mode\":\"%s\","
+                "\"max_abs_diff_vs_eager\":%.3g}\n",
+                card().c_str(), c.model.c_str(), c.res.c_str(), md.label.c_str(), S,
                 times[times.size() / 2], times.front(), reps, (unsigned long long)bytes,
                 double(cuda_peak_bytes()) / (1024.0 * 1024 * 1024), bind_ms, rel,
-                enqueue[enqueue.size() / 2], m.profiling() ? "true" : "false");
+                enqueue[enqueue.size() / 2], m.profiling() ? "true" : "false", m.last_forward_mode().c_str(),
+                graph_diff);
             std::fflush(stdout);
           }
           if (m.profiling())
-            print_profile(prof, comm.get(), S, dev, card(), c.model, c.res, md.name);
+            print_profile(prof, comm.get(), S, dev, card(), c.model, c.res, md.label.c_str());
 #ifdef OSP_HAVE_CUPTI
           if (kernel_gaps && S == 1) {
             // One more forward under CUPTI's activity records (the host waits for the GPU first).
@@ -454,7 +481,7 @@ int main(int argc, char** argv) {
                 "{\"bench\":\"kernel_gaps\",\"card\":\"%s\",\"model\":\"%s\",\"res\":\"%s\",\"mode\":\"%s\","
                 "\"ops\":%zu,\"span_ms\":%.3f,\"busy_ms\":%.3f,\"idle_ms\":%.3f,\"idle_pct\":%.2f,"
                 "\"median_gap_us\":%.2f,\"p90_gap_us\":%.2f}\n",
-                card().c_str(), c.model.c_str(), c.res.c_str(), md.name, g.ops, g.span_ms, g.busy_ms,
+                card().c_str(), c.model.c_str(), c.res.c_str(), md.label.c_str(), g.ops, g.span_ms, g.busy_ms,
                 g.span_ms - g.busy_ms, g.span_ms > 0 ? 100.0 * (g.span_ms - g.busy_ms) / g.span_ms : 0.0,
                 g.median_gap_us, g.p90_gap_us);
             std::fflush(stdout);

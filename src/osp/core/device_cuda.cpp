@@ -17,16 +17,27 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "osp/core/settings.h"
 #include "osp/core/block_allocator.h"
 #include "osp/core/cuda_check.h"
+#include "osp/core/cuda_graph.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
 
 namespace osp {
 namespace {
+// A CUDA graph's share of the bucket allocator (core/cuda_graph.h): the blocks it pins, those it
+// allocated while capturing (`own`) and, during the capture, the own blocks freed again (reused
+// by the capture's later allocations).
+struct GraphPool {
+  std::vector<void*> pinned;
+  std::unordered_set<void*> own;
+  std::multimap<size_t, void*> free;
+};
 struct Cache {
   std::mutex mu;
   std::multimap<size_t, void*> free_blocks[16];  // per device: size -> ptr
@@ -37,7 +48,16 @@ struct Cache {
   size_t limit = 0;                        // set_cuda_memory_limit (0: none)
   int mode = -1;                           // 0 buckets, 1 blocks (OSP_CUDA_ALLOCATOR), set on first use
   std::unique_ptr<BlockAllocator> blocks[16];
+  // Graph pools (bucket mode): pins[p] = how many pools pin block p; a pinned block freed by its
+  // owner waits in `held` (with its device) until no pool pins it, then joins its free list.
+  std::map<int, GraphPool> pools;
+  int next_pool = 1;
+  std::unordered_map<void*, int> pins;
+  std::unordered_map<void*, int> held;
+  size_t held_bytes = 0;
 };
+// The pool this thread's allocations go to while it captures a graph (0: none).
+thread_local int t_capture_pool = 0;
 Cache& cache() {
   static Cache* c = new Cache();  // leaked on purpose: outlives static tensors
   return *c;
@@ -165,9 +185,21 @@ void* cuda_alloc(size_t bytes, int device) {
     return p;
   }
   auto& fl = c.free_blocks[device];
-  auto it = fl.lower_bound(n);
+  GraphPool* pool = t_capture_pool ? &c.pools.at(t_capture_pool) : nullptr;
   void* p = nullptr;
-  if (it != fl.end() && it->first <= n * 2) {
+  if (pool) {  // capturing: the capture's own freed blocks first
+    auto pit = pool->free.lower_bound(n);
+    if (pit != pool->free.end() && pit->first <= n * 2) {
+      p = pit->second;
+      n = pit->first;
+      pool->free.erase(pit);
+      c.cached -= n;
+    }
+  }
+  auto it = p ? fl.end() : fl.lower_bound(n);
+  if (p) {
+    // (from the capture's pool)
+  } else if (it != fl.end() && it->first <= n * 2) {
     p = it->second;
     n = it->first;
     fl.erase(it);
@@ -194,6 +226,10 @@ void* cuda_alloc(size_t bytes, int device) {
     c.sizes[p] = n;
     c.reserved += n;
     if (c.reserved > c.peak_reserved) c.peak_reserved = c.reserved;
+  }
+  if (pool && pool->own.insert(p).second) {  // the graph will write it on every replay
+    ++c.pins[p];
+    pool->pinned.push_back(p);
   }
   const size_t asked = (bytes + 511) / 512 * 512;
   c.requested[p] = asked;
@@ -222,8 +258,80 @@ void cuda_free(void* p, int device) {
     c.requested.erase(r);
   }
   c.cached += it->second;
+  if (c.pins.count(p)) {  // a graph may use it: back to the capture that allocated it, else held
+    GraphPool* pool = t_capture_pool ? &c.pools.at(t_capture_pool) : nullptr;
+    if (pool && pool->own.count(p)) {
+      pool->free.emplace(it->second, p);
+    } else {
+      c.held.emplace(p, device);
+      c.held_bytes += it->second;
+    }
+    return;
+  }
   c.free_blocks[device].emplace(it->second, p);
 }
+
+namespace {
+// The end of a capture: the blocks it freed again stay with the graph (the replays use them).
+void park_capture_free(Cache& c, GraphPool& pool) {
+  int device = 0;
+  cudaGetDevice(&device);
+  for (const auto& kv : pool.free) {
+    c.held.emplace(kv.second, device);
+    c.held_bytes += kv.first;
+  }
+  pool.free.clear();
+}
+}  // namespace
+
+namespace detail {
+int graph_pool_begin_capture() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  if (use_blocks(c)) return 0;
+  OSP_CHECK(t_capture_pool == 0, "CUDA graph capture: this thread is capturing already");
+  const int id = c.next_pool++;
+  GraphPool& pool = c.pools[id];
+  pool.pinned.reserve(c.requested.size());
+  for (const auto& kv : c.requested) {  // every live block: the captured work may read or write it
+    ++c.pins[kv.first];
+    pool.pinned.push_back(kv.first);
+  }
+  t_capture_pool = id;
+  return id;
+}
+
+void graph_pool_end_capture(int id) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  t_capture_pool = 0;
+  auto pit = c.pools.find(id);
+  if (pit != c.pools.end()) park_capture_free(c, pit->second);
+}
+
+void graph_pool_release(int id) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  if (t_capture_pool == id) t_capture_pool = 0;
+  auto pit = c.pools.find(id);
+  if (pit == c.pools.end()) return;
+  park_capture_free(c, pit->second);  // (a capture abandoned without its end)
+  for (void* p : pit->second.pinned) {
+    auto pin = c.pins.find(p);
+    if (pin == c.pins.end() || --pin->second > 0) continue;
+    c.pins.erase(pin);
+    auto h = c.held.find(p);
+    if (h == c.held.end()) continue;  // still alive: its owner frees it to the general cache
+    const size_t n = c.sizes.at(p);
+    c.held_bytes -= std::min(c.held_bytes, n);
+    c.free_blocks[h->second].emplace(n, p);
+    c.held.erase(h);
+  }
+  c.pools.erase(pit);
+}
+
+size_t graph_pool_held_bytes() { return cache().held_bytes; }
+}  // namespace detail
 
 size_t cuda_empty_cache() {
   Cache& c = cache();
@@ -282,7 +390,8 @@ void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) 
     return;
   }
   if (dd.is_cuda() && sd.is_cuda()) {  // device to device: stream-ordered, no host sync
-    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                   static_cast<cudaStream_t>(cuda_current_stream())));
     return;
   }
   OSP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
@@ -293,7 +402,7 @@ void memset_any(void* dst, Device d, int value, size_t bytes) {
     std::memset(dst, value, bytes);
     return;
   }
-  OSP_CUDA_CHECK(cudaMemset(dst, value, bytes));
+  OSP_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(cuda_current_stream())));
 }
 
 }  // namespace osp

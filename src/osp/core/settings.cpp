@@ -62,6 +62,7 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   s.deterministic = flag("OSP_DETERMINISTIC", false);
   s.fused_norms = flag("OSP_FUSED_NORMS", true);
   s.profile = flag("OSP_PROFILE", false);
+  s.cuda_graphs = flag("OSP_CUDA_GRAPHS", false);
   s.verbose = flag("OSP_VERBOSE", false);
   s.fp8_sdpa_probe = flag("OSP_FP8_SDPA_PROBE", false);
   s.fp8_sdpa_variant = int(integer("OSP_FP8_SDPA_VARIANT", -1, -1));

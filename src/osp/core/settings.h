@@ -40,6 +40,8 @@
 //   OSP_FUSED_NORMS=0                the CUDA fused norm ops (ops::rms_norm_rope, add_gated_layer_norm_*)
 //                                    run as the two ops they replace (default on; for A/B runs)
 //   OSP_PROFILE=1                    the DiT stage profiler on from the start (model/profile.h)
+//   OSP_CUDA_GRAPHS=1                the DiT's inference forward as a CUDA graph wherever it can
+//                                    (model/dit.h: DiTOptions::cuda_graphs)
 //   OSP_VERBOSE=1                    verbose logging from the start (the same channel as the
 //                                    CLI's --verbose: core/log.h's level)
 //   OSP_FP8_SDPA_PROBE=1, OSP_FP8_SDPA_VARIANT=i, OSP_FP8_SDPA_CONFIG=i
@@ -70,6 +72,7 @@ struct EngineSettings {
   bool deterministic = false;
   bool fused_norms = true;
   bool profile = false;
+  bool cuda_graphs = false;
   bool verbose = false;
   bool fp8_sdpa_probe = false;
   int fp8_sdpa_variant = -1;  // -1: any

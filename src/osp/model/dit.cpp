@@ -5,9 +5,11 @@
 #include <cmath>
 #include <sstream>
 
+#include "osp/core/cuda_graph.h"
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/scope_exit.h"
+#include "osp/core/settings.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
@@ -339,7 +341,80 @@ void DiT::set_ffn_chunks(int n) {
 // ---------------------------------------------------------------- forward
 Tensor DiT::forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                     parallel::SequenceParallel& sp, BlockCache* cache) {
-  return forward_impl(x, t, context, sp, false, cache);
+  if (graph_eligible(sp, cache)) return forward_graphed(x, t, context, sp);
+  graph_mode_ = "eager";
+  return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false, cache);
+}
+
+// ---------------------------------------------------------------- forward as a CUDA graph
+// One key's graph: its input buffers (refilled before every replay), its output (rewritten by
+// every replay) and the graph. The first forward of a key only creates this (and runs eagerly);
+// the second captures.
+struct DiT::ForwardGraph {
+  std::string key;
+  Tensor x, sinus, context, out;
+  CudaGraph graph;
+  std::string failed;  // why the capture failed ("": it did not)
+};
+
+void DiT::set_cuda_graphs(bool on) {
+  opt_.cuda_graphs = on;
+  if (!on) graph_.reset();
+}
+
+bool DiT::graph_eligible(const parallel::SequenceParallel& sp, const BlockCache* cache) const {
+  return (opt_.cuda_graphs || engine_settings().cuda_graphs) && opt_.device.is_cuda() && !opt_.train &&
+         !cache && sp.size() == 1 && !hook_ && !fwd_before_ && !fwd_after_ && !prof_.enabled() && !blocks_.empty();
+}
+
+Tensor DiT::forward_graphed(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+                            parallel::SequenceParallel& sp) {
+  // Everything the captured work depends on besides the refilled inputs' values.
+  std::ostringstream k;
+  k << x.desc() << '|' << t.size() << '|' << context.desc() << '|' << P_ << '|' << lora_enabled_ << '|'
+    << static_cast<const void*>(&sp) << '|';
+  for (BlockKind b : kinds_) k << int(b);
+  const std::string key = k.str();
+  ForwardGraph* fg = graph_ ? graph_.get() : nullptr;
+  if (!fg || fg->key != key) {  // a new key: run it eagerly once (tuning, workspaces), capture next time
+    graph_ = std::make_shared<ForwardGraph>();
+    graph_->key = key;
+    graph_mode_ = "eager";
+    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+  }
+  if (!fg->failed.empty()) {
+    graph_mode_ = "capture failed: " + fg->failed;
+    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+  }
+  for (float tv : t)
+    OSP_CHECK(std::isfinite(tv), "DiT::forward: timestep ", tv, " is not finite");
+  const Device dev = opt_.device;
+  if (!fg->graph.ready()) {
+    fg->x = Tensor::empty(x.shape(), x.dtype(), dev);
+    fg->context = Tensor::empty(context.shape(), context.dtype(), dev);
+    fg->sinus = Tensor::empty({int64_t(t.size()), cfg_.freq_dim}, DType::F32, dev);
+  }
+  fg->x.copy_from(x);
+  fg->context.copy_from(context);
+  fg->sinus.copy_from(layers::time_sinusoid(cfg_, t));
+  if (fg->graph.ready()) {
+    fg->graph.replay();
+    graph_mode_ = "replayed";
+    return fg->out.clone();
+  }
+  Tensor out;
+  fg->failed = fg->graph.capture(dev.index, [&] { out = forward_impl(fg->x, t, fg->sinus, fg->context, sp, false); });
+  if (!fg->failed.empty()) {
+    log_warn("DiT: the forward could not be captured as a CUDA graph; it runs eagerly at this size (",
+             fg->failed, ")");
+    fg->x = fg->context = fg->sinus = Tensor();
+    graph_mode_ = "capture failed: " + fg->failed;
+    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+  }
+  fg->out = out;
+  fg->graph.replay();
+  graph_mode_ = "captured";
+  return out.clone();
 }
 
 Tensor DiT::to_last_layout(const Tensor& x0, parallel::SequenceParallel& sp) {
@@ -355,11 +430,13 @@ Tensor DiT::to_last_layout(const Tensor& x0, parallel::SequenceParallel& sp) {
 Tensor DiT::forward_train(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                           parallel::SequenceParallel& sp) {
   OSP_CHECK(opt_.train, "DiT::forward_train: the model was bound without DiTOptions::train");
-  return forward_impl(x, t, context, sp, true);
+  graph_.reset();  // (a training forward releases workspaces a graph would keep)
+  return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, true);
 }
 
-Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const Tensor& context,
-                         parallel::SequenceParallel& sp, bool training, BlockCache* cache) {
+Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const Tensor& sinus,
+                         const Tensor& context, parallel::SequenceParallel& sp, bool training,
+                         BlockCache* cache) {
   OSP_CHECK(!blocks_.empty(), "DiT::forward: the model has no weights (use DiT::bind)");
   OSP_CHECK(!(training && cache), "DiT::forward_train: step caching (BlockCache) is inference-only");
   const DiTConfig& c = cfg_;
@@ -422,7 +499,9 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
 
   // (b) time embedding in fp32 (sinusoid in fp64 on the host)      e [B, d], e0 [B, 6, d]
   Tensor e, e0;
-  time_.forward(g, c, t, e, e0);
+  OSP_CHECK(sinus.dim() == 2 && sinus.size(0) == B && sinus.size(1) == c.freq_dim,
+            "DiT::forward: internal error: time sinusoid ", sinus.desc());
+  time_.forward(g, c, sinus, e, e0);
   if (training) train_.e0 = e0;
   prof_.lap(ProfStage::TimeEmbed, none);
 

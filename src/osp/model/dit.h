@@ -90,6 +90,16 @@ struct DiTOptions {
   // streaming moves them to host memory here — model/dit_block_stream.h — so binding never holds
   // more than one block on the device). Inference only.
   std::function<void(DiT&, int block)> on_block_bound;
+  // CUDA graphs (core/cuda_graph.h) for the inference forward; also on with OSP_CUDA_GRAPHS=1.
+  // DiT::forward runs the first call of a shape eagerly (autotuning, workspaces), captures the
+  // second and replays the graph from then on, refilling its input buffers (x, the time
+  // sinusoid, the context) before each replay; the output is a copy of the graph's. The same
+  // bits as without. Used where the forward is one device stream with nothing per call on the
+  // host: a CUDA model bound without `train`, one rank, no step cache, no block or forward hooks
+  // (block streaming), no stage profiling; elsewhere the forward runs as always. A capture that
+  // fails (some op synchronises or copies from the host) is logged once and that shape runs
+  // eagerly.
+  bool cuda_graphs = false;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
@@ -229,6 +239,11 @@ class DiT {
   // (stage, full/sparse) since the last profile_reset(). A block hook's own time is counted in
   // the stage after it (enter_block or head).
   void set_profiling(bool on) { prof_.set_enabled(on, opt_.device); }
+  // DiTOptions::cuda_graphs after bind; off also drops the graph held now.
+  void set_cuda_graphs(bool on);
+  // How the last forward ran: "eager", "captured" (this call captured the graph and replayed
+  // it) or "replayed"; "capture failed: why" once a capture of this shape failed.
+  const std::string& last_forward_mode() const { return graph_mode_; }
   bool profiling() const { return prof_.enabled(); }
   ProfileReport profile_report() { return prof_.report(); }
   void profile_reset() { prof_.reset(); }
@@ -256,8 +271,13 @@ class DiT {
 
   // The layer context for one forward/backward (training: numerics; tape: what to record).
   layers::Ctx ctx(bool training, Tape* tape, ProfKind pk = ProfKind::None);
-  Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+  // sinus: time_sinusoid(cfg_, t) on any device (t itself is only validated).
+  Tensor forward_impl(const Tensor& x, const std::vector<float>& t, const Tensor& sinus, const Tensor& context,
                       parallel::SequenceParallel& sp, bool training, BlockCache* cache = nullptr);
+  // DiTOptions::cuda_graphs: may this forward run as a graph (see there)?
+  bool graph_eligible(const parallel::SequenceParallel& sp, const BlockCache* cache) const;
+  Tensor forward_graphed(const Tensor& x, const std::vector<float>& t, const Tensor& context,
+                         parallel::SequenceParallel& sp);
   // Block 0's input x0 moved into the last block's layout (the layout of the cached residual):
   // x0 itself when the first and last blocks have the same kind, else x0 through every
   // enter_block (layout moves only, no block runs).
@@ -307,6 +327,10 @@ class DiT {
   std::map<std::string, double> lora_modules_;
   bool lora_enabled_ = true;
   double lora_strength_ = 1.0;
+  // The inference forward's CUDA graph for one key (shapes, plan, LoRA switch; dit.cpp).
+  struct ForwardGraph;
+  std::shared_ptr<ForwardGraph> graph_;
+  std::string graph_mode_ = "eager";
 };
 
 }  // namespace osp::model

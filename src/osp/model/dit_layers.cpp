@@ -706,9 +706,8 @@ void TimeEmbedding::params(ParamSink& s) {
 
 size_t TimeEmbedding::bytes() const { return fc1.bytes() + fc2.bytes() + proj.bytes(); }
 
-void TimeEmbedding::forward(Ctx& c, const DiTConfig& cfg, const std::vector<float>& t, Tensor& e,
-                            Tensor& e0) const {
-  const int64_t B = int64_t(t.size()), d = cfg.dim, half = cfg.freq_dim / 2;
+Tensor time_sinusoid(const DiTConfig& cfg, const std::vector<float>& t) {
+  const int64_t B = int64_t(t.size()), half = cfg.freq_dim / 2;
   Tensor sinus = Tensor::empty({B, cfg.freq_dim}, DType::F32);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t k = 0; k < half; ++k) {
@@ -716,7 +715,13 @@ void TimeEmbedding::forward(Ctx& c, const DiTConfig& cfg, const std::vector<floa
       sinus.data<float>()[b * cfg.freq_dim + k] = float(std::cos(arg));
       sinus.data<float>()[b * cfg.freq_dim + half + k] = float(std::sin(arg));
     }
-  sinus = sinus.to(c.dev);
+  return sinus;
+}
+
+void TimeEmbedding::forward(Ctx& c, const DiTConfig& cfg, const Tensor& sinus_in, Tensor& e,
+                            Tensor& e0) const {
+  const int64_t B = sinus_in.size(0), d = cfg.dim;
+  const Tensor sinus = sinus_in.to(c.dev);
   Tensor e_a = Tensor::empty({B, d}, DType::F32, c.dev);
   e = Tensor::empty({B, d}, DType::F32, c.dev);
   if (c.training) {  // keep the pre-activation for the SiLU backward

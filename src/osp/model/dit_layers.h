@@ -260,11 +260,15 @@ struct TimeEmbedding {
 
   void params(ParamSink& s);
   size_t bytes() const;
-  void forward(Ctx& c, const DiTConfig& cfg, const std::vector<float>& t, Tensor& e,
-               Tensor& e0) const;
+  // sinus [B, freq_dim] F32 (time_sinusoid; any device) → e [B, d], e0 [B, 6, d] F32.
+  void forward(Ctx& c, const DiTConfig& cfg, const Tensor& sinus, Tensor& e, Tensor& e0) const;
   // de [B, d] (dL/de, consumed), de0 [B, 6, d].
   void backward(const Ctx& c, const Tape& tp, Tensor& de, const Tensor& de0);
 };
+
+// The sinusoidal embedding of one timestep per sample, computed in fp64 on the host (wan-spec
+// §2.6): [B, freq_dim] F32 on the CPU, cos in the first half, sin in the second.
+Tensor time_sinusoid(const DiTConfig& cfg, const std::vector<float>& t);
 
 // Text context → ctx [B, Lt, d]: zero-pad to text_len, fc2(gelu_tanh(fc1(·))).
 struct TextEmbedding {

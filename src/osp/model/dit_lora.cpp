@@ -71,6 +71,7 @@ void DiT::attach_lora(const Lora& lora, double strength) {
     fail(os.str());
   }
   // 2. Attach.
+  graph_.reset();  // a graph's replays would read the replaced adapters
   detach_lora();
   const Device dev = opt_.device;
   for (const auto& [lin, a] : plan) {
@@ -92,6 +93,7 @@ void DiT::attach_lora(const Lora& lora, double strength) {
 }
 
 void DiT::detach_lora() {
+  graph_.reset();  // its replays read the adapters being dropped
   for (layers::Block& b : blocks_)
     for (layers::Linear* l : b.linears()) l->lora = layers::LoraBranch{};
   lora_modules_.clear();

@@ -39,9 +39,9 @@ cublasHandle_t conv_cublas() {
   static cublasHandle_t h = [] {
     cublasHandle_t x;
     OSP_CUBLAS_CHECK(cublasCreate(&x));
-    OSP_CUBLAS_CHECK(cublasSetStream(x, stream()));
     return x;
   }();
+  OSP_CUBLAS_CHECK(cublasSetStream(h, stream()));  // the ops' current stream (cuda_context.h)
   return h;
 }
 

@@ -33,14 +33,19 @@
 
 namespace osp::ops::cuda {
 
-// The process's cuDNN handle, bound to the ops' stream (the legacy default stream).
+// The process's cuDNN handle, bound to the ops' current stream (stream(): the legacy default
+// stream, or a CUDA graph's capture stream) each time it is asked for.
 inline cudnnHandle_t cudnn_handle() {
   static cudnnHandle_t h = [] {
     cudnnHandle_t x = nullptr;
     OSP_CUDNN_CHECK(cudnnCreate(&x));
-    OSP_CUDNN_CHECK(cudnnSetStream(x, stream()));
     return x;
   }();
+  static cudaStream_t bound = reinterpret_cast<cudaStream_t>(-1);  // (the handle is shared too)
+  if (bound != stream()) {
+    OSP_CUDNN_CHECK(cudnnSetStream(h, stream()));
+    bound = stream();
+  }
   return h;
 }
 

@@ -151,7 +151,7 @@ void fp8_dequantize(const Tensor& codes, const Tensor& scale_inv, Tensor& out, S
         bulk ? dequantize_kernel<T, true> : dequantize_kernel<T, false>;
     const int64_t items =
         bulk ? bulk_stream_items<uint8_t, T>(n, vec) : warp_stream_items<uint8_t, T>(n, vec);
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kStreamThreads>>>(
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kStreamThreads, 0, ops::cuda::stream()>>>(
         c, scale_inv.data<float>(), static_cast<T*>(out.raw()), n, vec);
   };
   if (out.dtype() == DType::F32) run(float{});
