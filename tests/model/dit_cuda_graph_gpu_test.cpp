@@ -23,12 +23,12 @@ using model::DiTConfig;
 
 namespace {
 
-// Two blocks at head dim 128 (the own Hopper attention kernel's shapes) or the small golden-like
-// head dim 32 (cuDNN / flash).
+// Six blocks (hybrid: full, full, token, group, full, full) at head dim 128 (the own Hopper
+// attention kernel's shapes) or 64 (cuDNN / flash).
 DiTConfig config(int64_t head_dim) {
   DiTConfig c;
   c.num_heads = 2;
-  c.dim = 2 * head_dim, c.ffn_dim = 4 * c.dim, c.num_layers = 4;
+  c.dim = 2 * head_dim, c.ffn_dim = 4 * c.dim, c.num_layers = 6;
   c.text_dim = 64, c.text_len = 32, c.freq_dim = 256;
   return c;
 }
@@ -45,7 +45,7 @@ Pair bind_pair(const DiTConfig& cfg, bool hybrid, model::DiTQuant quant = model:
   opt.cuda_graphs = true;
   p.graphed = DiT::bind(cfg, w, opt);
   if (hybrid) {
-    const auto kinds = sparse::plan_blocks(int(cfg.num_layers), "dual_end", 2);
+    const auto kinds = sparse::plan_blocks(int(cfg.num_layers), "dual_end", 4);
     p.eager.set_block_kinds(kinds, 2);
     p.graphed.set_block_kinds(kinds, 2);
   }
@@ -98,13 +98,13 @@ TEST(DiTCudaGraph, HybridSkiparseHopperShapes) {
 
 TEST(DiTCudaGraph, SmallHeadsAndOddSizes) {
   OSP_REQUIRE_GPU();
-  Pair p = bind_pair(config(32), true);
+  Pair p = bind_pair(config(64), true);
   EXPECT_EQ(run_steps(p, 4, 3, 10, 14, 300), kEagerCaptureReplay);
 }
 
 TEST(DiTCudaGraph, HostInputsAreCopiedIn) {
   OSP_REQUIRE_GPU();
-  Pair p = bind_pair(config(32), false);
+  Pair p = bind_pair(config(64), false);
   EXPECT_EQ(run_steps(p, 4, 2, 8, 8, 400, Device::cpu()), kEagerCaptureReplay);
 }
 
@@ -116,9 +116,17 @@ TEST(DiTCudaGraph, Fp8Mode) {
   EXPECT_EQ(modes, kEagerCaptureReplay);
 }
 
+TEST(DiTCudaGraph, HiF8Mode) {
+  OSP_REQUIRE_GPU();
+  Pair p = bind_pair(config(128), true, model::DiTQuant::HiF8);
+  const auto modes = run_steps(p, 4, 4, 24, 48, 550);
+  for (const auto& m : modes) std::printf("[ info     ] hif8 hybrid: %s\n", m.c_str());
+  EXPECT_EQ(modes, kEagerCaptureReplay);
+}
+
 TEST(DiTCudaGraph, ShapeChangesAndMemoryReuseBetweenReplays) {
   OSP_REQUIRE_GPU();
-  Pair p = bind_pair(config(32), true);
+  Pair p = bind_pair(config(64), true);
   EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 600), (std::vector<std::string>{"eager", "captured", "replayed"}));
   // Another size: eager, then its own graph (the first one is dropped).
   EXPECT_EQ(run_steps(p, 3, 3, 10, 14, 700), (std::vector<std::string>{"eager", "captured", "replayed"}));
@@ -143,9 +151,9 @@ TEST(DiTCudaGraph, ShapeChangesAndMemoryReuseBetweenReplays) {
 
 TEST(DiTCudaGraph, HooksAndStepCacheRunEagerly) {
   OSP_REQUIRE_GPU();
-  Pair p = bind_pair(config(32), false);
+  Pair p = bind_pair(config(64), false);
   int calls = 0;
   p.graphed.set_block_hook([&](int, const Tensor&) { ++calls; });
   EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 900), (std::vector<std::string>{"eager", "eager", "eager"}));
-  EXPECT_EQ(calls, 3 * 4);  // the hook saw every block of every forward
+  EXPECT_EQ(calls, 3 * 6);  // the hook saw every block of every forward
 }

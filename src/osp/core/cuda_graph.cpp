@@ -47,7 +47,9 @@ std::string CudaGraph::capture(int device, const std::function<void()>& fn) {
   if (!pool_) return "the blocks allocator (OSP_CUDA_ALLOCATOR=blocks) has no graph pools";
   std::string why;
   cudaGraph_t g = nullptr;
-  if (cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal); e != cudaSuccess) {
+  // Relaxed: the allocator may cudaMalloc a block the capture needs (the stricter modes refuse that
+  // call); touching the legacy stream or copying from the host still invalidates the capture.
+  if (cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed); e != cudaSuccess) {
     why = str("cudaStreamBeginCapture: ", cudaGetErrorString(e));
   } else {
     t_stream = s;
