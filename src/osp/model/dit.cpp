@@ -364,7 +364,8 @@ void DiT::set_cuda_graphs(bool on) {
 
 bool DiT::graph_eligible(const parallel::SequenceParallel& sp, const BlockCache* cache) const {
   return (opt_.cuda_graphs || engine_settings().cuda_graphs) && opt_.device.is_cuda() && !opt_.train &&
-         !cache && sp.size() == 1 && !hook_ && !fwd_before_ && !fwd_after_ && !prof_.enabled() && !blocks_.empty();
+         !cache && sp.size() == 1 && !hook_ && !fwd_before_ && !fwd_after_ && !prof_.enabled() && !blocks_.empty() &&
+         cuda_memory_limit() == 0;
 }
 
 Tensor DiT::forward_graphed(const Tensor& x, const std::vector<float>& t, const Tensor& context,

@@ -96,7 +96,8 @@ struct DiTOptions {
   // sinusoid, the context) before each replay; the output is a copy of the graph's. The same
   // bits as without. Used where the forward is one device stream with nothing per call on the
   // host: a CUDA model bound without `train`, one rank, no step cache, no block or forward hooks
-  // (block streaming), no stage profiling; elsewhere the forward runs as always. A capture that
+  // (block streaming), no stage profiling, no --max-vram cap (set_cuda_memory_limit: a graph keeps
+  // its pool reserved); elsewhere the forward runs as always. A capture that
   // fails (some op synchronises or copies from the host) is logged once and that shape runs
   // eagerly.
   bool cuda_graphs = false;
@@ -241,6 +242,9 @@ class DiT {
   void set_profiling(bool on) { prof_.set_enabled(on, opt_.device); }
   // DiTOptions::cuda_graphs after bind; off also drops the graph held now.
   void set_cuda_graphs(bool on);
+  // Drops the graph held now (its memory pool returns to the cache); the next forwards of a
+  // shape run eagerly once and capture again.
+  void drop_cuda_graph() { graph_.reset(); }
   // How the last forward ran: "eager", "captured" (this call captured the graph and replayed
   // it) or "replayed"; "capture failed: why" once a capture of this shape failed.
   const std::string& last_forward_mode() const { return graph_mode_; }

@@ -961,6 +961,7 @@ void Pipeline::Impl::run(const Plan& plan, GenerateResult& res) {
     if (stream)
       log_verbose("DiT block streaming: ", stream->stats().copies, " block copies (", human_bytes(stream->stats().bytes_copied),
                   ") over ", o.steps, " steps; at most ", stream->stats().peak_resident, " blocks on the device at once");
+    dit->drop_cuda_graph();  // its memory pool goes back to the cache before the VAE decode
     if (!keep) dit.reset(), stream.reset();
   }
   res.seconds["dit"] = since(t0);
