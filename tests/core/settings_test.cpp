@@ -45,6 +45,9 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_TRUE(read({{"OSP_DETERMINISTIC", "1"}}).deterministic);
   EXPECT_FALSE(read({{"OSP_DETERMINISTIC", "0"}}).deterministic);
   EXPECT_FALSE(d.profile);
+  EXPECT_FALSE(d.cuda_graphs);
+  EXPECT_TRUE(read({{"OSP_CUDA_GRAPHS", "1"}}).cuda_graphs);
+  EXPECT_FALSE(read({{"OSP_CUDA_GRAPHS", "0"}}).cuda_graphs);
   EXPECT_FALSE(d.verbose);
   EXPECT_FALSE(d.fp8_sdpa_probe);
   EXPECT_EQ(d.fp8_sdpa_variant, -1);

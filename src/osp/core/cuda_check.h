@@ -3,7 +3,13 @@
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "osp/core/cuda_graph.h"
 #include "osp/core/error.h"
+
+namespace osp {
+// cuda_current_stream() as a cudaStream_t: where every osp kernel, copy and library call goes.
+inline cudaStream_t current_stream() { return static_cast<cudaStream_t>(cuda_current_stream()); }
+}  // namespace osp
 
 #define OSP_CUDA_CHECK(call)                                                          \
   do {                                                                                \

@@ -390,8 +390,7 @@ void memcpy_any(void* dst, Device dd, const void* src, Device sd, size_t bytes) 
     return;
   }
   if (dd.is_cuda() && sd.is_cuda()) {  // device to device: stream-ordered, no host sync
-    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
-                                   static_cast<cudaStream_t>(cuda_current_stream())));
+    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()));
     return;
   }
   OSP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
@@ -402,7 +401,7 @@ void memset_any(void* dst, Device d, int value, size_t bytes) {
     std::memset(dst, value, bytes);
     return;
   }
-  OSP_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(cuda_current_stream())));
+  OSP_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, current_stream()));
 }
 
 }  // namespace osp

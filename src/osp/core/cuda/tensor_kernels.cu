@@ -4,7 +4,6 @@
 #include <cstdint>
 
 #include "osp/core/cuda_check.h"
-#include "osp/core/cuda_graph.h"
 #include "osp/core/tensor_kernels.h"
 
 namespace osp::detail {
@@ -51,8 +50,6 @@ __global__ void strided_kernel(const T* src, T* dst, int rank, Geo g, int64_t n)
     dst[i] = src[off];
   }
 }
-// The stream core's kernels and copies go to (the legacy default stream unless capturing).
-cudaStream_t cur() { return static_cast<cudaStream_t>(cuda_current_stream()); }
 unsigned blocks_for(int64_t n) {
   int64_t b = (n + 255) / 256;
   return unsigned(b > 65535 * 4 ? 65535 * 4 : (b < 1 ? 1 : b));
@@ -64,13 +61,13 @@ void cuda_cast(const void* src, DType st, void* dst, DType dt, int64_t n) {
   if (st == dt) {
     // Stream-ordered (the current stream, like every osp kernel): no host synchronisation in the
     // middle of a forward.
-    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * dtype_size(st), cudaMemcpyDeviceToDevice, cur()));
+    OSP_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * dtype_size(st), cudaMemcpyDeviceToDevice, current_stream()));
     return;
   }
   int a = code(st), b = code(dt);
   OSP_CHECK(a >= 0 && b >= 0, "CUDA dtype conversion ", dtype_name(st), " -> ", dtype_name(dt),
             " is not supported (float types f32/bf16/f16 only; use quant:: for 8-bit)");
-  cast_kernel<<<blocks_for(n), 256, 0, cur()>>>(src, a, dst, b, n);
+  cast_kernel<<<blocks_for(n), 256, 0, current_stream()>>>(src, a, dst, b, n);
   OSP_CUDA_LAUNCH_CHECK("cast_kernel");
 }
 
@@ -97,17 +94,17 @@ void cuda_strided_copy(const void* src, void* dst, size_t elem, int rank, const 
       v.shape[rank - 1] = shape[rank - 1] / k;
       for (int d = 0; d + 1 < rank; ++d) v.stride[d] = src_strides[d] / k;
       const int64_t nv = numel / k;
-      strided_kernel<<<blocks_for(nv), 256, 0, cur()>>>((const uint4*)src, (uint4*)dst, rank, v, nv);
+      strided_kernel<<<blocks_for(nv), 256, 0, current_stream()>>>((const uint4*)src, (uint4*)dst, rank, v, nv);
       OSP_CUDA_LAUNCH_CHECK("strided_kernel (16-byte)");
       return;
     }
   }
   unsigned nb = blocks_for(numel);
   switch (elem) {
-    case 1: strided_kernel<<<nb, 256, 0, cur()>>>((const uint8_t*)src, (uint8_t*)dst, rank, g, numel); break;
-    case 2: strided_kernel<<<nb, 256, 0, cur()>>>((const uint16_t*)src, (uint16_t*)dst, rank, g, numel); break;
-    case 4: strided_kernel<<<nb, 256, 0, cur()>>>((const uint32_t*)src, (uint32_t*)dst, rank, g, numel); break;
-    case 8: strided_kernel<<<nb, 256, 0, cur()>>>((const uint64_t*)src, (uint64_t*)dst, rank, g, numel); break;
+    case 1: strided_kernel<<<nb, 256, 0, current_stream()>>>((const uint8_t*)src, (uint8_t*)dst, rank, g, numel); break;
+    case 2: strided_kernel<<<nb, 256, 0, current_stream()>>>((const uint16_t*)src, (uint16_t*)dst, rank, g, numel); break;
+    case 4: strided_kernel<<<nb, 256, 0, current_stream()>>>((const uint32_t*)src, (uint32_t*)dst, rank, g, numel); break;
+    case 8: strided_kernel<<<nb, 256, 0, current_stream()>>>((const uint64_t*)src, (uint64_t*)dst, rank, g, numel); break;
     default: OSP_CHECK(false, "strided copy: element size ", elem, " unsupported");
   }
   OSP_CUDA_LAUNCH_CHECK("strided_kernel");

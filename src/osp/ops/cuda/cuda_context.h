@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "osp/core/cuda_check.h"
-#include "osp/core/cuda_graph.h"
 #include "osp/core/error.h"
 #include "osp/core/tensor.h"
 
@@ -29,7 +28,7 @@ namespace osp::ops::cuda {
 
 // All ops run on one stream, core's current stream (core/cuda_graph.h): the legacy default
 // stream (0), like core's copies, except while a CUDA graph captures on this thread.
-inline cudaStream_t stream() { return static_cast<cudaStream_t>(::osp::cuda_current_stream()); }
+inline cudaStream_t stream() { return ::osp::current_stream(); }
 
 const char* cublas_status_name(cublasStatus_t s);
 

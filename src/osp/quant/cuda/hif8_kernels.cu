@@ -22,7 +22,6 @@
 #include <utility>
 
 #include "osp/core/cuda_check.h"
-#include "osp/core/cuda_graph.h"
 #include "osp/quant/cuda/hif8_cuda.h"
 #include "osp/quant/cuda/hif8_device.cuh"
 #include "osp/quant/cuda/hif8_lut.h"
@@ -34,8 +33,6 @@
 
 namespace osp::quant::cuda {
 namespace {
-// The stream every kernel here runs on: core's current stream, as the ops' (ops/cuda/cuda_context.h).
-cudaStream_t cur() { return static_cast<cudaStream_t>(cuda_current_stream()); }
 
 constexpr int kThreads = kStreamThreads;
 
@@ -250,7 +247,7 @@ void launch_quantize(const Tensor& x, Tensor& out, bool stochastic, bool saturat
   const uint8_t* lut = hif8_code_lut_device(saturate);
   auto go = [&](auto kernel, int64_t items) {
     kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, resolve_grid(shape.grid)),
-             kThreads, 0, cur()>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
+             kThreads, 0, current_stream()>>>(xp, op, n, vec, lut, d_amax, max_target, d_scale_out, seed, offset);
   };
   OSP_CHECK(shape.walk != Walk::kTile, "hif8 round / fake quant: the walk is interleaved or bulk store");
   const bool bulk = !stochastic && shape.walk != Walk::kInterleaved;
@@ -267,7 +264,7 @@ void launch_decode(const uint8_t* c, TO* out, int64_t n, Grid grid, bool bulk) {
       bulk ? hif8_decode_kernel<TO, true> : hif8_decode_kernel<TO, false>;
   const int64_t items = bulk ? bulk_stream_items<uint8_t, TO>(n, vec)
                              : warp_stream_items<uint8_t, TO>(n, vec);
-  kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, cur()>>>(c, out, n,
+  kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, current_stream()>>>(c, out, n,
                                                                                         vec);
 }
 
@@ -309,7 +306,7 @@ void stream_copy(const Tensor& x, Tensor& out, StreamShape shape) {
   const bool vec = aligned16_host(p) && aligned16_host(o);
   const Grid grid = resolve_grid(shape.grid);
   auto go = [&](auto kernel, int64_t items) {
-    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, cur()>>>(p, o, n,
+    kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, current_stream()>>>(p, o, n,
                                                                                           vec);
   };
   if (shape.walk == Walk::kBulkStore) go(copy_walk_kernel<2>, bulk_stream_items<float, float>(n, vec));
@@ -329,7 +326,7 @@ const uint8_t* hif8_code_lut_device(bool saturate) {
     uint8_t* p = nullptr;
     // 24 KB for the life of the process (never freed: kernels may use it until exit)
     OSP_CUDA_CHECK(cudaMalloc(&p, kLuts * detail::kHiF8LutSize));
-    build_code_luts_kernel<<<(kLuts * detail::kHiF8LutSize + 255) / 256, 256, 0, cur()>>>(p);
+    build_code_luts_kernel<<<(kLuts * detail::kHiF8LutSize + 255) / 256, 256, 0, current_stream()>>>(p);
     OSP_CUDA_LAUNCH_CHECK("hif8 build_code_luts_kernel");
     luts[dev] = p;
   }
@@ -380,7 +377,7 @@ void launch_code_kernel(const Tensor& x, uint8_t* out, const uint8_t* lut, const
     const T* p = static_cast<const T*>(x.raw());
     const bool vec = aligned16_host(p) && aligned16_host(out);
     auto go = [&](auto kernel, int64_t items) {
-      kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, cur()>>>(
+      kernel<<<stream_blocks(reinterpret_cast<const void*>(kernel), items, grid), kThreads, 0, current_stream()>>>(
           p, out, n, vec, lut, d_amax, max_target, d_scale_inv);
     };
     auto pick = [&](auto scaled_tag) {
@@ -434,13 +431,13 @@ void hif8_round_stochastic(const Tensor& x, Tensor& out, uint64_t seed, uint64_t
 
 void amax_to_device(const Tensor& x, float* d_amax) {
   const int64_t n = x.numel();
-  OSP_CUDA_CHECK(cudaMemsetAsync(d_amax, 0, sizeof(float), cur()));
+  OSP_CUDA_CHECK(cudaMemsetAsync(d_amax, 0, sizeof(float), current_stream()));
   if (n == 0) return;
   const bool vec = aligned16_host(x.raw());
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const void* k = reinterpret_cast<const void*>(amax_kernel<T>);
-    amax_kernel<T><<<persistent_grid(k, tile_stream_items<T>(n, vec)), kThreads, 0, cur()>>>(
+    amax_kernel<T><<<persistent_grid(k, tile_stream_items<T>(n, vec)), kThreads, 0, current_stream()>>>(
         static_cast<const T*>(x.raw()), n, vec, d_amax);
   };
   if (x.dtype() == DType::F32) run(float{});

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "osp/core/cuda_check.h"
-#include "osp/core/cuda_graph.h"
 #include "osp/core/device.h"
 #include "osp/train/cuda/train_kernels.h"
 
@@ -82,7 +81,7 @@ void adamw_step(float* master, float* m, float* v, const float* grad, void* valu
                 int64_t n, float decay_factor, float beta1, float beta2, float step_size,
                 float bc2_sqrt, float eps) {
   if (n == 0) return;
-  adamw_kernel<<<grid(n), kThreads, 0, static_cast<cudaStream_t>(cuda_current_stream())>>>(master, m, v, grad, value, value_bf16, n, decay_factor, beta1,
+  adamw_kernel<<<grid(n), kThreads, 0, current_stream()>>>(master, m, v, grad, value, value_bf16, n, decay_factor, beta1,
                                       beta2, step_size, bc2_sqrt, eps);
   OSP_CUDA_LAUNCH_CHECK("adamw_kernel");
 }
@@ -91,7 +90,7 @@ double sum_squares(const float* g, int64_t n) {
   if (n == 0) return 0.0;
   double* partial = nullptr;
   OSP_CUDA_CHECK(cudaMalloc(&partial, kSumBlocks * sizeof(double)));
-  sum_squares_kernel<<<kSumBlocks, kThreads, 0, static_cast<cudaStream_t>(cuda_current_stream())>>>(g, n, partial);
+  sum_squares_kernel<<<kSumBlocks, kThreads, 0, current_stream()>>>(g, n, partial);
   cudaError_t launch = cudaGetLastError();
   std::vector<double> host(kSumBlocks);
   cudaError_t copy = cudaMemcpy(host.data(), partial, kSumBlocks * sizeof(double), cudaMemcpyDeviceToHost);
@@ -105,13 +104,13 @@ double sum_squares(const float* g, int64_t n) {
 
 void scale(float* g, int64_t n, float s) {
   if (n == 0) return;
-  scale_kernel<<<grid(n), kThreads, 0, static_cast<cudaStream_t>(cuda_current_stream())>>>(g, n, s);
+  scale_kernel<<<grid(n), kThreads, 0, current_stream()>>>(g, n, s);
   OSP_CUDA_LAUNCH_CHECK("scale_kernel");
 }
 
 void ema_update(float* ema, const float* src, int64_t n, float decay) {
   if (n == 0) return;
-  ema_kernel<<<grid(n), kThreads, 0, static_cast<cudaStream_t>(cuda_current_stream())>>>(ema, src, n, 1.f - decay);
+  ema_kernel<<<grid(n), kThreads, 0, current_stream()>>>(ema, src, n, 1.f - decay);
   OSP_CUDA_LAUNCH_CHECK("ema_kernel");
 }
 
