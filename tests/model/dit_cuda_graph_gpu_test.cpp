@@ -23,12 +23,12 @@ using model::DiTConfig;
 
 namespace {
 
-// Six blocks (hybrid: full, full, token, group, full, full) at head dim 128 (the own Hopper
+// Eight blocks (hybrid: two full, four Skiparse, two full) at head dim 128 (the own Hopper
 // attention kernel's shapes) or 64 (cuDNN / flash).
 DiTConfig config(int64_t head_dim) {
   DiTConfig c;
   c.num_heads = 2;
-  c.dim = 2 * head_dim, c.ffn_dim = 4 * c.dim, c.num_layers = 6;
+  c.dim = 2 * head_dim, c.ffn_dim = 4 * c.dim, c.num_layers = 8;
   c.text_dim = 64, c.text_len = 32, c.freq_dim = 256;
   return c;
 }
@@ -155,5 +155,5 @@ TEST(DiTCudaGraph, HooksAndStepCacheRunEagerly) {
   int calls = 0;
   p.graphed.set_block_hook([&](int, const Tensor&) { ++calls; });
   EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 900), (std::vector<std::string>{"eager", "eager", "eager"}));
-  EXPECT_EQ(calls, 3 * 6);  // the hook saw every block of every forward
+  EXPECT_EQ(calls, 3 * 8);  // the hook saw every block of every forward
 }
