@@ -41,6 +41,7 @@ Pair bind_pair(const DiTConfig& cfg, bool hybrid, model::DiTQuant quant = model:
   model::DiTOptions opt;
   opt.device = Device::cuda(0);
   opt.quant = quant;
+  opt.cuda_graphs = false;  // (whatever OSP_CUDA_GRAPHS says)
   Pair p{DiT::bind(cfg, w, opt), DiT()};
   opt.cuda_graphs = true;
   p.graphed = DiT::bind(cfg, w, opt);

@@ -20,6 +20,7 @@ TEST_P(DiTCudaGraphCpu, TheOptionChangesNothingOnTheCpu) {
   cfg.text_dim = 32, cfg.text_len = 8;
   const auto w = test::random_dit_weights(cfg, 5);
   model::DiTOptions opt;
+  opt.cuda_graphs = false;
   model::DiT plain = model::DiT::bind(cfg, w, opt);
   opt.cuda_graphs = true;
   model::DiT graphs = model::DiT::bind(cfg, w, opt);

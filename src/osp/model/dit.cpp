@@ -9,7 +9,6 @@
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/scope_exit.h"
-#include "osp/core/settings.h"
 #include "osp/ops/backward.h"
 #include "osp/ops/ops.h"
 #include "osp/quant/fp8.h"
@@ -363,7 +362,7 @@ void DiT::set_cuda_graphs(bool on) {
 }
 
 bool DiT::graph_eligible(const parallel::SequenceParallel& sp, const BlockCache* cache) const {
-  return (opt_.cuda_graphs || engine_settings().cuda_graphs) && opt_.device.is_cuda() && !opt_.train &&
+  return opt_.cuda_graphs && opt_.device.is_cuda() && !opt_.train &&
          !cache && sp.size() == 1 && !hook_ && !fwd_before_ && !fwd_after_ && !prof_.enabled() && !blocks_.empty() &&
          cuda_memory_limit() == 0;
 }

@@ -20,6 +20,7 @@
 
 #include "osp/core/copy_stream.h"
 #include "osp/core/param.h"
+#include "osp/core/settings.h"
 #include "osp/core/tensor.h"
 #include "osp/parallel/sequence_parallel.h"
 #include "osp/model/dit_config.h"
@@ -90,7 +91,7 @@ struct DiTOptions {
   // streaming moves them to host memory here — model/dit_block_stream.h — so binding never holds
   // more than one block on the device). Inference only.
   std::function<void(DiT&, int block)> on_block_bound;
-  // CUDA graphs (core/cuda_graph.h) for the inference forward; also on with OSP_CUDA_GRAPHS=1.
+  // CUDA graphs (core/cuda_graph.h) for the inference forward; default: OSP_CUDA_GRAPHS (off).
   // DiT::forward runs the first call of a shape eagerly (autotuning, workspaces), captures the
   // second and replays the graph from then on, refilling its input buffers (x, the time
   // sinusoid, the context) before each replay; the output is a copy of the graph's. The same
@@ -100,7 +101,7 @@ struct DiTOptions {
   // its pool reserved); elsewhere the forward runs as always. A capture that
   // fails (some op synchronises or copies from the host) is logged once and that shape runs
   // eagerly.
-  bool cuda_graphs = false;
+  bool cuda_graphs = engine_settings().cuda_graphs;
 };
 
 // Per-forward FLOPs (multiply-add = 2) of the model of wan-spec §7.1 for B samples on `grid`
