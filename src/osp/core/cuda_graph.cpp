@@ -35,7 +35,6 @@ void CudaGraph::reset() {
 std::string CudaGraph::capture(int device, const std::function<void()>& fn) {
   reset();
   OSP_CHECK(t_stream == nullptr, "CudaGraph::capture: this thread is capturing already");
-  device_ = device;
   OSP_CUDA_CHECK(cudaSetDevice(device));
   if (!stream_) {
     cudaStream_t s = nullptr;

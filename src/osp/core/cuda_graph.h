@@ -50,7 +50,6 @@ class CudaGraph {
   void* exec_ = nullptr;    // cudaGraphExec_t
   void* stream_ = nullptr;  // cudaStream_t, a blocking stream (ordered with the legacy stream)
   int pool_ = 0;            // the allocator pool (0: none)
-  int device_ = 0;
 };
 
 namespace detail {

@@ -340,10 +340,21 @@ void DiT::set_ffn_chunks(int n) {
 // ---------------------------------------------------------------- forward
 Tensor DiT::forward(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                     parallel::SequenceParallel& sp, BlockCache* cache) {
-  if (graph_eligible(sp, cache)) return forward_graphed(x, t, context, sp);
-  graph_mode_ = "eager";
+  if (graph_eligible(sp, cache)) {
+    Tensor y = forward_graphed(x, t, context, sp);
+    if (y.defined()) return y;
+  } else {
+    graph_mode_ = "eager";
+  }
   return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false, cache);
 }
+
+namespace {
+void check_timesteps(const std::vector<float>& t) {
+  for (float tv : t)
+    OSP_CHECK(std::isfinite(tv), "DiT::forward: timestep ", tv, " is not finite");
+}
+}  // namespace
 
 // ---------------------------------------------------------------- forward as a CUDA graph
 // One key's graph: its input buffers (refilled before every replay), its output (rewritten by
@@ -380,14 +391,13 @@ Tensor DiT::forward_graphed(const Tensor& x, const std::vector<float>& t, const 
     graph_ = std::make_shared<ForwardGraph>();
     graph_->key = key;
     graph_mode_ = "eager";
-    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+    return Tensor();
   }
   if (!fg->failed.empty()) {
     graph_mode_ = "capture failed: " + fg->failed;
-    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+    return Tensor();
   }
-  for (float tv : t)
-    OSP_CHECK(std::isfinite(tv), "DiT::forward: timestep ", tv, " is not finite");
+  check_timesteps(t);  // (a replay skips forward_impl's checks; the key pins the shapes they check)
   const Device dev = opt_.device;
   if (!fg->graph.ready()) {
     fg->x = Tensor::empty(x.shape(), x.dtype(), dev);
@@ -409,7 +419,7 @@ Tensor DiT::forward_graphed(const Tensor& x, const std::vector<float>& t, const 
              fg->failed, ")");
     fg->x = fg->context = fg->sinus = Tensor();
     graph_mode_ = "capture failed: " + fg->failed;
-    return forward_impl(x, t, layers::time_sinusoid(cfg_, t), context, sp, false);
+    return Tensor();
   }
   fg->out = out;
   fg->graph.replay();
@@ -456,8 +466,7 @@ Tensor DiT::forward_impl(const Tensor& x_in, const std::vector<float>& t, const 
             c.patch_h, "x", c.patch_w);
   OSP_CHECK(int64_t(t.size()) == B, "DiT::forward: got ", t.size(), " timesteps for ", B,
             " samples (one per sample)");
-  for (float tv : t)
-    OSP_CHECK(std::isfinite(tv), "DiT::forward: timestep ", tv, " is not finite");
+  check_timesteps(t);
   OSP_CHECK(context.defined() && (context.dim() == 2 || context.dim() == 3),
             "DiT::forward: context must be [B, L, ", c.text_dim, "] or [L, ", c.text_dim,
             "], got ", context.defined() ? context.desc() : std::string("undefined"));

@@ -281,6 +281,8 @@ class DiT {
                       parallel::SequenceParallel& sp, bool training, BlockCache* cache = nullptr);
   // DiTOptions::cuda_graphs: may this forward run as a graph (see there)?
   bool graph_eligible(const parallel::SequenceParallel& sp, const BlockCache* cache) const;
+  // The forward as a graph (captured on its key's second call) and its output, or an undefined
+  // tensor where this call is to run eagerly (a key's first call; a key whose capture failed).
   Tensor forward_graphed(const Tensor& x, const std::vector<float>& t, const Tensor& context,
                          parallel::SequenceParallel& sp);
   // Block 0's input x0 moved into the last block's layout (the layout of the cached residual):
