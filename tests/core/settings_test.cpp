@@ -31,6 +31,7 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.attention, EngineSettings::Attention::Auto);
   EXPECT_EQ(d.hopper_key_tile, 0);
   EXPECT_EQ(d.hopper_fp8_key_tile, 0);
+  EXPECT_EQ(d.hopper_softmax, -1);
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
@@ -85,6 +86,8 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(read({{"OSP_HOPPER_KEY_TILE", "128"}}).hopper_key_tile, 128);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "224"}}).hopper_fp8_key_tile, 224);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "128"}}).hopper_fp8_key_tile, 128);
+  EXPECT_EQ(read({{"OSP_HOPPER_SOFTMAX", "0"}}).hopper_softmax, 0);
+  EXPECT_EQ(read({{"OSP_HOPPER_SOFTMAX", "2"}}).hopper_softmax, 2);
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);
@@ -95,6 +98,8 @@ TEST(EngineSettings, BadValuesNameTheVariable) {
   EXPECT_NE(error({{"OSP_HOPPER_KEY_TILE", "64"}}).find("OSP_HOPPER_KEY_TILE must be 128 or 176, got '64'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_HOPPER_FP8_KEY_TILE", "176"}}).find("OSP_HOPPER_FP8_KEY_TILE must be 128 or 224, got '176'"),
+            std::string::npos);
+  EXPECT_NE(error({{"OSP_HOPPER_SOFTMAX", "3"}}).find("OSP_HOPPER_SOFTMAX must be 0, 1 or 2, got '3'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash, cudnn or hopper, got 'fa3'"),
             std::string::npos);

@@ -297,18 +297,37 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
   }
 }
 
+// 2^x on the FMA pipe instead of the SFU (softmax_tile's kSoftmax 2): x clamped to >= -127 (which
+// gives exactly +0), split into n = round(x) (the 1.5·2^23 shift) and f = x - n in [-0.5, 0.5];
+// 2^f by a cubic fitted for relative error (max 1.0e-4, below bf16's and E4M3's rounding of P),
+// then n added to the exponent field. x must be <= 127 (the scores here are <= log2(448)).
+__device__ __forceinline__ float poly_exp2(float x) {
+  x = fmaxf(x, -127.f);
+  const float r = x + 12582912.f;
+  const float f = x - (r - 12582912.f);
+  float y = fmaf(f, 0.05500898f, 0.24221105f);
+  y = fmaf(y, f, 0.69328292f);
+  y = fmaf(y, f, 1.f);
+  return __int_as_float(__float_as_int(y) + (__float_as_int(r) << 23));  // r's low bits hold n
+}
+
 // Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
 // whether a row's max grew (else both factors are exactly 1).
 // The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
-template <int kN>
+// kSoftmax (OSP_HOPPER_SOFTMAX, for A/B runs): 0 the max and the sum as serial chains, every
+// exponential on the SFU; 1 the max as a tree and the sum in four partial sums (shorter
+// dependency chains); 2 as 1, with every fourth column group's exponentials on the FMA pipe
+// (poly_exp2), which takes a quarter of the SFU's work off the softmax's critical path.
+template <int kN, int kSoftmax>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
+  constexpr int kJ = kN / 8;
   bool grew = false;
   if (lim < kN) {
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j)
+    for (int j = 0; j < kJ; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c)
         if (8 * j + 2 * t + c >= lim) s[4 * j + c] = s[4 * j + 2 + c] = -INFINITY;
@@ -316,23 +335,35 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float mx = m[i];
+    if constexpr (kSoftmax == 0) {
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+      for (int j = 0; j < kJ; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+    } else {
+      float a[kJ];
+#pragma unroll
+      for (int j = 0; j < kJ; ++j) a[j] = fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
+#pragma unroll
+      for (int w = 1; w < kJ; w *= 2)
+#pragma unroll
+        for (int j = 0; j + w < kJ; j += 2 * w) a[j] = fmaxf(a[j], a[j + w]);
+      mx = fmaxf(mx, a[0]);
+    }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     grew |= mx != m[i];
     alpha[i] = mx != m[i] ? fast_exp2((m[i] - mx) * scale_log2) : 1.f;  // m = -inf on the first tile: 0
     const float ms = mx * scale_log2 - p_log2;
-    float sum = 0.f;
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j)
+    for (int j = 0; j < kJ; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
+        const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
+        const float e = kSoftmax == 2 && j % 4 == 3 ? poly_exp2(x) : fast_exp2(x);
         s[4 * j + 2 * i + c] = e;
-        sum += e;
+        sum[kSoftmax == 0 ? 0 : j % 4] += e;
       }
-    l[i] = l[i] * alpha[i] + sum;
+    l[i] = l[i] * alpha[i] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
     m[i] = mx;
   }
   return grew;
@@ -387,7 +418,7 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
 
 // T: Tiles<false, kN> (tq/tk/tv the 4-D maps of q, k, v) or Tiles<true, kN> (tq/tk of the E4M3
 // codes, tv the 3-D map of Vᵀ).
-template <class T, bool kPingpong>
+template <class T, bool kPingpong, int kSoftmax>
 __global__ void __launch_bounds__(kThreads, 1)
     hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                             const __grid_constant__ CUtensorMap tv, HopperParams p) {
@@ -492,7 +523,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN, kSoftmax>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -508,7 +539,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    const bool grew = softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN, kSoftmax>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
@@ -658,8 +689,17 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
     kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
   };
-  if (pingpong) launch(hopper_attention_kernel<T, true>);
-  else launch(hopper_attention_kernel<T, false>);
+  const int set = engine_settings().hopper_softmax;
+  const int sm = set >= 0 ? set : T::kFp8 ? kHopperFp8Softmax : kHopperSoftmax;
+  if (pingpong) {
+    if (sm == 0) launch(hopper_attention_kernel<T, true, 0>);
+    else if (sm == 1) launch(hopper_attention_kernel<T, true, 1>);
+    else launch(hopper_attention_kernel<T, true, 2>);
+  } else {
+    if (sm == 0) launch(hopper_attention_kernel<T, false, 0>);
+    else if (sm == 1) launch(hopper_attention_kernel<T, false, 1>);
+    else launch(hopper_attention_kernel<T, false, 2>);
+  }
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
 }
 }  // namespace
