@@ -47,6 +47,7 @@
 
 #include "osp/core/error.h"
 #include "osp/core/settings.h"
+#include "osp/ops/exp2_poly.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 
@@ -297,20 +298,6 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
   }
 }
 
-// 2^x on the FMA pipe instead of the SFU (softmax_tile's kSoftmax 2): x clamped to >= -127 (which
-// gives exactly +0), split into n = round(x) (the 1.5·2^23 shift) and f = x - n in [-0.5, 0.5];
-// 2^f by a cubic fitted for relative error (max 1.0e-4, below bf16's and E4M3's rounding of P),
-// then n added to the exponent field. x must be <= 127 (the scores here are <= log2(448)).
-__device__ __forceinline__ float poly_exp2(float x) {
-  x = fmaxf(x, -127.f);
-  const float r = x + 12582912.f;
-  const float f = x - (r - 12582912.f);
-  float y = fmaf(f, 0.05500898f, 0.24221105f);
-  y = fmaf(y, f, 0.69328292f);
-  y = fmaf(y, f, 1.f);
-  return __int_as_float(__float_as_int(y) + (__float_as_int(r) << 23));  // r's low bits hold n
-}
-
 // Online softmax of one tile of scores. Thread layout (wgmma accumulator): s[4 j + 2 i + c] is
 // row r0 + 8 i, column 8 j + 2 t + c. Columns >= lim are masked. Updates the running max m and
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
@@ -319,7 +306,7 @@ __device__ __forceinline__ float poly_exp2(float x) {
 // kSoftmax (OSP_HOPPER_SOFTMAX, for A/B runs): 0 the max and the sum as serial chains, every
 // exponential on the SFU; 1 the max as a tree and the sum in four partial sums (shorter
 // dependency chains); 2 as 1, with every fourth column group's exponentials on the FMA pipe
-// (poly_exp2), which takes a quarter of the SFU's work off the softmax's critical path.
+// (ops/exp2_poly.h), which takes a quarter of the SFU's work off the softmax's critical path.
 template <int kN, int kSoftmax>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
@@ -359,7 +346,7 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
-        const float e = kSoftmax == 2 && j % 4 == 3 ? poly_exp2(x) : fast_exp2(x);
+        const float e = kSoftmax == 2 && j % 4 == 3 ? ops::exp2_poly(x) : fast_exp2(x);
         s[4 * j + 2 * i + c] = e;
         sum[kSoftmax == 0 ? 0 : j % 4] += e;
       }
