@@ -99,7 +99,7 @@ TEST(EngineSettings, BadValuesNameTheVariable) {
             std::string::npos);
   EXPECT_NE(error({{"OSP_HOPPER_FP8_KEY_TILE", "176"}}).find("OSP_HOPPER_FP8_KEY_TILE must be 128 or 224, got '176'"),
             std::string::npos);
-  EXPECT_NE(error({{"OSP_HOPPER_SOFTMAX", "3"}}).find("OSP_HOPPER_SOFTMAX must be 0, 1 or 2, got '3'"),
+  EXPECT_NE(error({{"OSP_HOPPER_SOFTMAX", "4"}}).find("OSP_HOPPER_SOFTMAX must be 0, 1, 2 or 3, got '4'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash, cudnn or hopper, got 'fa3'"),
             std::string::npos);

@@ -12,9 +12,10 @@
 //   OSP_HOPPER_KEY_TILE=128|176      keys per K/V tile of the own Hopper bf16 attention kernel
 //                                    (default: ops/cuda/attention_paths.h's kHopperKeyTile; A/B runs)
 //   OSP_HOPPER_FP8_KEY_TILE=128|224  the same for its FP8 variant (default kHopperFp8KeyTile)
-//   OSP_HOPPER_SOFTMAX=0|1|2         the own Hopper kernels' softmax (attention_hopper.cu's
+//   OSP_HOPPER_SOFTMAX=0|1|2|3       the own Hopper kernels' softmax (attention_hopper.cu's
 //                                    softmax_tile: 0 serial chains, 1 tree max + partial sums,
-//                                    2 as 1 with a quarter of the exponentials on the FMA pipe;
+//                                    2 / 3 as 1 with a quarter / a third of the exponentials on
+//                                    the FMA pipe;
 //                                    default kHopperSoftmax / kHopperFp8Softmax; A/B runs)
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32

@@ -306,7 +306,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
 // kSoftmax (OSP_HOPPER_SOFTMAX, for A/B runs): 0 the max and the sum as serial chains, every
 // exponential on the SFU; 1 the max as a tree and the sum in four partial sums (shorter
 // dependency chains); 2 as 1, with every fourth column group's exponentials on the FMA pipe
-// (ops/exp2_poly.h), which takes a quarter of the SFU's work off the softmax's critical path.
+// (ops/exp2_poly.h), which takes a quarter of the SFU's work off the softmax's critical path;
+// 3 as 2 with every third column group's (about a third).
 template <int kN, int kSoftmax>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
@@ -346,7 +347,8 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
-        const float e = kSoftmax == 2 && j % 4 == 3 ? ops::exp2_poly(x) : fast_exp2(x);
+        const bool poly = (kSoftmax == 2 && j % 4 == 3) || (kSoftmax == 3 && j % 3 == 2);
+        const float e = poly ? ops::exp2_poly(x) : fast_exp2(x);
         s[4 * j + 2 * i + c] = e;
         sum[kSoftmax == 0 ? 0 : j % 4] += e;
       }
@@ -681,11 +683,13 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
   if (pingpong) {
     if (sm == 0) launch(hopper_attention_kernel<T, true, 0>);
     else if (sm == 1) launch(hopper_attention_kernel<T, true, 1>);
-    else launch(hopper_attention_kernel<T, true, 2>);
+    else if (sm == 2) launch(hopper_attention_kernel<T, true, 2>);
+    else launch(hopper_attention_kernel<T, true, 3>);
   } else {
     if (sm == 0) launch(hopper_attention_kernel<T, false, 0>);
     else if (sm == 1) launch(hopper_attention_kernel<T, false, 1>);
-    else launch(hopper_attention_kernel<T, false, 2>);
+    else if (sm == 2) launch(hopper_attention_kernel<T, false, 2>);
+    else launch(hopper_attention_kernel<T, false, 3>);
   }
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
 }
