@@ -32,11 +32,17 @@ TEST(Exp2Poly, IntegersAreExact) {
 
 TEST(Exp2Poly, FarBelowRangeIsExactlyZero) {
   // masked scores arrive as -inf; the clamp at -127 gives +0, so they add nothing to a row's sum
-  for (float x : {-127.f, -127.5f, -200.f, -1e30f, -std::numeric_limits<float>::infinity()}) {
+  for (float x : {-126.6f, -127.f, -127.5f, -200.f, -1e30f, -std::numeric_limits<float>::infinity()}) {
     const float y = exp2_poly(x);
     EXPECT_EQ(y, 0.f) << x;
     EXPECT_FALSE(std::signbit(y)) << x;
   }
+}
+
+TEST(Exp2Poly, NanStaysNan) {
+  // a NaN score (from a non-finite real key) must reach the output as the SFU's ex2 passes it on
+  EXPECT_TRUE(std::isnan(exp2_poly(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(exp2_poly(-std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(Exp2Poly, SoftmaxRangeAsTheKernelsUseIt) {
