@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "osp/core/cuda_graph.h"
+#include "osp/core/interrupt.h"
 #include "osp/core/philox.h"
 #include "osp/model/dit.h"
 #include "osp/parallel/sequence_parallel.h"
@@ -148,6 +149,21 @@ TEST(DiTCudaGraph, ShapeChangesAndMemoryReuseBetweenReplays) {
   p.graphed.set_cuda_graphs(false);
   EXPECT_LE(detail::graph_pool_held_bytes(), held_before);
   EXPECT_EQ(run_steps(p, 2, 3, 10, 14, 800), (std::vector<std::string>{"eager", "eager"}));
+}
+
+TEST(DiTCudaGraph, CtrlCDuringCaptureLeavesTheShapeCapturable) {
+  OSP_REQUIRE_GPU();
+  Pair p = bind_pair(config(64), false);
+  EXPECT_EQ(run_steps(p, 1, 2, 8, 8, 950), (std::vector<std::string>{"eager"}));
+  // The second forward captures; Ctrl-C lands at its first safe point (between blocks).
+  auto sp = parallel::make_single_device();
+  const DiTConfig& cfg = p.graphed.config();
+  const Tensor x = input_x(2, 2, 8, 8, 951, Device::cuda(0)), ctx = input_ctx(cfg, 2, 950, Device::cuda(0));
+  set_interrupted(true);
+  EXPECT_THROW(p.graphed.forward(x, {500.f, 500.f}, ctx, *sp), Interrupted);
+  set_interrupted(false);
+  // Not marked "capture failed": the next forwards capture and replay, with the eager bits.
+  EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 960), (std::vector<std::string>{"captured", "replayed", "replayed"}));
 }
 
 TEST(DiTCudaGraph, HooksAndStepCacheRunEagerly) {

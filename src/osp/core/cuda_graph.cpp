@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 
 #ifdef OSP_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -45,6 +46,7 @@ std::string CudaGraph::capture(int device, const std::function<void()>& fn) {
   pool_ = detail::graph_pool_begin_capture();
   if (!pool_) return "the blocks allocator (OSP_CUDA_ALLOCATOR=blocks) has no graph pools";
   std::string why;
+  std::exception_ptr interrupted;
   cudaGraph_t g = nullptr;
   // Relaxed: the allocator may cudaMalloc a block the capture needs (the stricter modes refuse that
   // call); touching the legacy stream or copying from the host still invalidates the capture.
@@ -54,6 +56,9 @@ std::string CudaGraph::capture(int device, const std::function<void()>& fn) {
     t_stream = s;
     try {
       fn();
+    } catch (const Interrupted& e) {  // Ctrl-C: no reason to give up on this graph; rethrown below
+      interrupted = std::current_exception();
+      why = e.what();
     } catch (const std::exception& e) {
       why = e.what();
     }
@@ -73,6 +78,7 @@ std::string CudaGraph::capture(int device, const std::function<void()>& fn) {
   graph_ = g;
   exec_ = x;
   if (!why.empty()) reset();
+  if (interrupted) std::rethrow_exception(interrupted);
   return why;
 }
 

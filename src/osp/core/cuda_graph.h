@@ -36,7 +36,9 @@ class CudaGraph {
   // Runs fn on the host with this thread's CUDA work on `device` captured (not executed) into
   // this graph, replacing any previous one. Returns "" when the graph is ready; otherwise why
   // not (the graph stays empty, fn's device work did not run — its host effects did — and an
-  // osp::Error thrown by fn is caught and reported here).
+  // osp::Error thrown by fn is caught and reported here). osp::Interrupted (Ctrl-C at one of fn's
+  // safe points) is rethrown once the capture is cleaned up: an interrupted capture is no reason
+  // to call the work uncapturable, and the caller's Ctrl-C handling must see it.
   std::string capture(int device, const std::function<void()>& fn);
   bool ready() const { return exec_ != nullptr; }
   // Runs the captured work once, ordered after the work queued on the legacy default stream
