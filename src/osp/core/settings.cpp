@@ -41,8 +41,7 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   s.hopper_fp8_key_tile = kt8.empty() ? 0 : std::stoi(kt8);
   const std::string hs = value("OSP_HOPPER_SOFTMAX");
   OSP_CHECK(hs.empty() || hs == "0" || hs == "1" || hs == "2" || hs == "3",
-            "OSP_HOPPER_SOFTMAX must be 0, 1, 2 or 3, got '", hs,
-            "'");
+            "OSP_HOPPER_SOFTMAX must be 0, 1, 2 or 3, got '", hs, "'");
   s.hopper_softmax = hs.empty() ? -1 : std::stoi(hs);
   s.conv3d = value("OSP_CONV3D");
   if (s.conv3d.empty()) s.conv3d = "cudnn";

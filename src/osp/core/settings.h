@@ -15,8 +15,7 @@
 //   OSP_HOPPER_SOFTMAX=0|1|2|3       the own Hopper kernels' softmax (attention_hopper.cu's
 //                                    softmax_tile: 0 serial chains, 1 tree max + partial sums,
 //                                    2 / 3 as 1 with a quarter / a third of the exponentials on
-//                                    the FMA pipe;
-//                                    default kHopperSoftmax / kHopperFp8Softmax; A/B runs)
+//                                    the FMA pipe; default kHopperSoftmax / kHopperFp8Softmax)
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
