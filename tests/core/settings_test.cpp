@@ -31,7 +31,6 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(d.attention, EngineSettings::Attention::Auto);
   EXPECT_EQ(d.hopper_key_tile, 0);
   EXPECT_EQ(d.hopper_fp8_key_tile, 0);
-  EXPECT_EQ(d.hopper_softmax, -1);
   EXPECT_EQ(d.conv3d, "cudnn");
   EXPECT_FALSE(d.vae_fp32);
   EXPECT_TRUE(d.gemm_autotune);
@@ -46,9 +45,6 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_TRUE(read({{"OSP_DETERMINISTIC", "1"}}).deterministic);
   EXPECT_FALSE(read({{"OSP_DETERMINISTIC", "0"}}).deterministic);
   EXPECT_FALSE(d.profile);
-  EXPECT_FALSE(d.cuda_graphs);
-  EXPECT_TRUE(read({{"OSP_CUDA_GRAPHS", "1"}}).cuda_graphs);
-  EXPECT_FALSE(read({{"OSP_CUDA_GRAPHS", "0"}}).cuda_graphs);
   EXPECT_FALSE(d.verbose);
   EXPECT_FALSE(d.fp8_sdpa_probe);
   EXPECT_EQ(d.fp8_sdpa_variant, -1);
@@ -86,8 +82,6 @@ TEST(EngineSettings, DefaultsAndEveryVariable) {
   EXPECT_EQ(read({{"OSP_HOPPER_KEY_TILE", "128"}}).hopper_key_tile, 128);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "224"}}).hopper_fp8_key_tile, 224);
   EXPECT_EQ(read({{"OSP_HOPPER_FP8_KEY_TILE", "128"}}).hopper_fp8_key_tile, 128);
-  EXPECT_EQ(read({{"OSP_HOPPER_SOFTMAX", "0"}}).hopper_softmax, 0);
-  EXPECT_EQ(read({{"OSP_HOPPER_SOFTMAX", "2"}}).hopper_softmax, 2);
   // "" is unset, "0" is off
   EXPECT_TRUE(read({{"OSP_GEMM_AUTOTUNE", ""}}).gemm_autotune);
   EXPECT_FALSE(read({{"OSP_PROFILE", "0"}}).profile);
@@ -98,8 +92,6 @@ TEST(EngineSettings, BadValuesNameTheVariable) {
   EXPECT_NE(error({{"OSP_HOPPER_KEY_TILE", "64"}}).find("OSP_HOPPER_KEY_TILE must be 128 or 176, got '64'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_HOPPER_FP8_KEY_TILE", "176"}}).find("OSP_HOPPER_FP8_KEY_TILE must be 128 or 224, got '176'"),
-            std::string::npos);
-  EXPECT_NE(error({{"OSP_HOPPER_SOFTMAX", "4"}}).find("OSP_HOPPER_SOFTMAX must be 0, 1, 2 or 3, got '4'"),
             std::string::npos);
   EXPECT_NE(error({{"OSP_ATTENTION", "fa3"}}).find("OSP_ATTENTION must be auto, flash, cudnn or hopper, got 'fa3'"),
             std::string::npos);

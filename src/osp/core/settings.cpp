@@ -39,10 +39,6 @@ EngineSettings read_engine_settings(const std::function<const char*(const char*)
   OSP_CHECK(kt8.empty() || kt8 == "128" || kt8 == "224", "OSP_HOPPER_FP8_KEY_TILE must be 128 or 224, got '", kt8,
             "'");
   s.hopper_fp8_key_tile = kt8.empty() ? 0 : std::stoi(kt8);
-  const std::string hs = value("OSP_HOPPER_SOFTMAX");
-  OSP_CHECK(hs.empty() || hs == "0" || hs == "1" || hs == "2" || hs == "3",
-            "OSP_HOPPER_SOFTMAX must be 0, 1, 2 or 3, got '", hs, "'");
-  s.hopper_softmax = hs.empty() ? -1 : std::stoi(hs);
   s.conv3d = value("OSP_CONV3D");
   if (s.conv3d.empty()) s.conv3d = "cudnn";
   OSP_CHECK(s.conv3d == "im2col" || s.conv3d == "cudnn", "OSP_CONV3D must be im2col or cudnn, got '", s.conv3d, "'");

@@ -12,10 +12,6 @@
 //   OSP_HOPPER_KEY_TILE=128|176      keys per K/V tile of the own Hopper bf16 attention kernel
 //                                    (default: ops/cuda/attention_paths.h's kHopperKeyTile; A/B runs)
 //   OSP_HOPPER_FP8_KEY_TILE=128|224  the same for its FP8 variant (default kHopperFp8KeyTile)
-//   OSP_HOPPER_SOFTMAX=0|1|2|3       the own Hopper kernels' softmax (attention_hopper.cu's
-//                                    softmax_tile: 0 serial chains, 1 tree max + partial sums,
-//                                    2 / 3 as 1 with a quarter / a third of the exponentials on
-//                                    the FMA pipe; default kHopperSoftmax / kHopperFp8Softmax)
 //   OSP_CONV3D=cudnn|im2col          the Wan-VAE's 3-D convolutions on CUDA (ops/conv.h; default cudnn)
 //   OSP_VAE_FP32=1                   the VAE's conv GEMMs in FP32 instead of TF32
 //   OSP_GEMM_AUTOTUNE=0              no cuBLASLt algorithm search (the heuristic's first pick)
@@ -64,7 +60,6 @@ struct EngineSettings {
   Attention attention = Attention::Auto;
   int hopper_key_tile = 0;      // 0: the kernel's default
   int hopper_fp8_key_tile = 0;  // 0: the kernel's default
-  int hopper_softmax = -1;      // -1: the kernels' defaults
   std::string conv3d = "cudnn";
   bool vae_fp32 = false;
   bool gemm_autotune = true;

@@ -47,7 +47,6 @@
 
 #include "osp/core/error.h"
 #include "osp/core/settings.h"
-#include "osp/ops/exp2_poly.h"
 #include "osp/ops/cuda/attention_paths.h"
 #include "osp/ops/cuda/cuda_context.h"
 
@@ -303,19 +302,13 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[T::
 // sum l of the thread's two rows, leaves exp2 values in s, sets the rescale factors and returns
 // whether a row's max grew (else both factors are exactly 1).
 // The exponentials are scaled by 2^p_log2 (FP8: 448; l sums the scaled values too).
-// kSoftmax (OSP_HOPPER_SOFTMAX, for A/B runs): 0 the max and the sum as serial chains, every
-// exponential on the SFU; 1 the max as a tree and the sum in four partial sums (shorter
-// dependency chains); 2 as 1, with every fourth column group's exponentials on the FMA pipe
-// (ops/exp2_poly.h), which takes a quarter of the SFU's work off the softmax's critical path;
-// 3 as 2 with every third column group's (about a third).
-template <int kN, int kSoftmax>
+template <int kN>
 __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t, float scale_log2, float p_log2,
                                              float (&m)[2], float (&l)[2], float (&alpha)[2]) {
-  constexpr int kJ = kN / 8;
   bool grew = false;
   if (lim < kN) {
 #pragma unroll
-    for (int j = 0; j < kJ; ++j)
+    for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c)
         if (8 * j + 2 * t + c >= lim) s[4 * j + c] = s[4 * j + 2 + c] = -INFINITY;
@@ -323,36 +316,23 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[kN / 2], int lim, int t,
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float mx = m[i];
-    if constexpr (kSoftmax == 0) {
 #pragma unroll
-      for (int j = 0; j < kJ; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
-    } else {
-      float a[kJ];
-#pragma unroll
-      for (int j = 0; j < kJ; ++j) a[j] = fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
-#pragma unroll
-      for (int w = 1; w < kJ; w *= 2)
-#pragma unroll
-        for (int j = 0; j + w < kJ; j += 2 * w) a[j] = fmaxf(a[j], a[j + w]);
-      mx = fmaxf(mx, a[0]);
-    }
+    for (int j = 0; j < kN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     grew |= mx != m[i];
     alpha[i] = mx != m[i] ? fast_exp2((m[i] - mx) * scale_log2) : 1.f;  // m = -inf on the first tile: 0
     const float ms = mx * scale_log2 - p_log2;
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+    float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < kJ; ++j)
+    for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const float x = fmaf(s[4 * j + 2 * i + c], scale_log2, -ms);
-        const bool poly = (kSoftmax == 2 && j % 4 == 3) || (kSoftmax == 3 && j % 3 == 2);
-        const float e = poly ? ops::exp2_poly(x) : fast_exp2(x);
+        float e = fast_exp2(fmaf(s[4 * j + 2 * i + c], scale_log2, -ms));
         s[4 * j + 2 * i + c] = e;
-        sum[kSoftmax == 0 ? 0 : j % 4] += e;
+        sum += e;
       }
-    l[i] = l[i] * alpha[i] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
+    l[i] = l[i] * alpha[i] + sum;
     m[i] = mx;
   }
   return grew;
@@ -407,7 +387,7 @@ __device__ __forceinline__ void rescale_and_pack(float (&o)[64], const float (&s
 
 // T: Tiles<false, kN> (tq/tk/tv the 4-D maps of q, k, v) or Tiles<true, kN> (tq/tk of the E4M3
 // codes, tv the 3-D map of Vᵀ).
-template <class T, bool kPingpong, int kSoftmax>
+template <class T, bool kPingpong>
 __global__ void __launch_bounds__(kThreads, 1)
     hopper_attention_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                             const __grid_constant__ CUtensorMap tv, HopperParams p) {
@@ -512,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_wait<0>();
   reg_fence(s);
   if (lane == 0) mbar_arrive(empty_k(0));
-  softmax_tile<kN, kSoftmax>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
+  softmax_tile<kN>(s, lim(0), t, scale_log2, p_log2, m, l, alpha);
   rescale_and_pack<T>(o, s, alpha, false, pf);  // O is still 0
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % kStages, ps = (j - 1) % kStages;
@@ -528,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wg_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     reg_fence(s);
     if (lane == 0) mbar_arrive(empty_k(st));
-    const bool grew = softmax_tile<kN, kSoftmax>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
+    const bool grew = softmax_tile<kN>(s, lim(j), t, scale_log2, p_log2, m, l, alpha);
     wg_wait<0>();
     reg_fence(o);
     if (lane == 0) mbar_arrive(empty_v(ps));
@@ -678,19 +658,8 @@ void launch_kernel(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorM
     OSP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
     kernel<<<grid, kThreads, T::kSmemBytes, stream()>>>(tq, tk, tv, p);
   };
-  const int set = engine_settings().hopper_softmax;
-  const int sm = set >= 0 ? set : T::kFp8 ? kHopperFp8Softmax : kHopperSoftmax;
-  if (pingpong) {
-    if (sm == 0) launch(hopper_attention_kernel<T, true, 0>);
-    else if (sm == 1) launch(hopper_attention_kernel<T, true, 1>);
-    else if (sm == 2) launch(hopper_attention_kernel<T, true, 2>);
-    else launch(hopper_attention_kernel<T, true, 3>);
-  } else {
-    if (sm == 0) launch(hopper_attention_kernel<T, false, 0>);
-    else if (sm == 1) launch(hopper_attention_kernel<T, false, 1>);
-    else if (sm == 2) launch(hopper_attention_kernel<T, false, 2>);
-    else launch(hopper_attention_kernel<T, false, 3>);
-  }
+  if (pingpong) launch(hopper_attention_kernel<T, true>);
+  else launch(hopper_attention_kernel<T, false>);
   OSP_CUDA_LAUNCH_CHECK("hopper_attention_kernel");
 }
 }  // namespace

@@ -57,12 +57,6 @@ void attention_hopper(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
 // The bf16 kernel's default keys per K/V tile: 176 measured faster than 128 on an H100 (session
 // 16: 14B self-attention 666.6 vs 641.0 TFLOP/s, the 1.3B full forward 448.2 vs 457.8 ms).
 inline constexpr int kHopperKeyTile = 176;
-// The softmax variant of the own bf16 / FP8 kernels when OSP_HOPPER_SOFTMAX names none
-// (attention_hopper.cu's softmax_tile: 0 serial chains, 1 tree max + partial sums, 2 / 3 as 1
-// with a quarter / a third of the exponentials on the FMA pipe). 0 is the softmax of every
-// measurement so far; 1-3 await their first GPU run (session 22 got no machine).
-inline constexpr int kHopperSoftmax = 0;
-inline constexpr int kHopperFp8Softmax = 0;
 // One FP8 attention call on [B, L, H, D] row layouts given by pointers and batch strides
 // (elements): token rows are H·D apart, heads D apart, the last dim contiguous. Codes are E4M3;
 // descale_* point to one device f32 each (the quantizer's scale_inv); out is BF16 with the same
