@@ -64,10 +64,14 @@ Tensor input_ctx(const DiTConfig& cfg, int64_t B, uint64_t seed, Device dev) {
 
 // Runs `steps` forwards with new x and t each step on both models; every output the same bits.
 // Returns the graphed model's modes, one per step.
+// graphed_sp: the graphed model's sequence-parallel plan (its address is part of the graph's key,
+// so a forward with another plan object starts a new key: eager first); null = a fresh one.
 std::vector<std::string> run_steps(Pair& p, int steps, int64_t F, int64_t H, int64_t W, uint64_t seed0,
-                                   Device input_dev = Device::cuda(0)) {
+                                   Device input_dev = Device::cuda(0),
+                                   parallel::SequenceParallel* graphed_sp = nullptr) {
   const DiTConfig& cfg = p.eager.config();
-  auto sp_a = parallel::make_single_device(), sp_b = parallel::make_single_device();
+  auto sp_a = parallel::make_single_device(), own_b = parallel::make_single_device();
+  parallel::SequenceParallel* sp_b = graphed_sp ? graphed_sp : own_b.get();
   const Tensor ctx = input_ctx(cfg, 2, seed0, input_dev);
   std::vector<std::string> modes;
   for (int s = 0; s < steps; ++s) {
@@ -154,16 +158,18 @@ TEST(DiTCudaGraph, ShapeChangesAndMemoryReuseBetweenReplays) {
 TEST(DiTCudaGraph, CtrlCDuringCaptureLeavesTheShapeCapturable) {
   OSP_REQUIRE_GPU();
   Pair p = bind_pair(config(64), false);
-  EXPECT_EQ(run_steps(p, 1, 2, 8, 8, 950), (std::vector<std::string>{"eager"}));
-  // The second forward captures; Ctrl-C lands at its first safe point (between blocks).
+  // One plan object throughout (it is part of the graph's key): the first forward runs eagerly.
   auto sp = parallel::make_single_device();
+  EXPECT_EQ(run_steps(p, 1, 2, 8, 8, 950, Device::cuda(0), sp.get()), (std::vector<std::string>{"eager"}));
+  // The second forward captures; Ctrl-C lands at its first safe point (between blocks).
   const DiTConfig& cfg = p.graphed.config();
   const Tensor x = input_x(2, 2, 8, 8, 951, Device::cuda(0)), ctx = input_ctx(cfg, 2, 950, Device::cuda(0));
   set_interrupted(true);
   EXPECT_THROW(p.graphed.forward(x, {500.f, 500.f}, ctx, *sp), Interrupted);
   set_interrupted(false);
   // Not marked "capture failed": the next forwards capture and replay, with the eager bits.
-  EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 960), (std::vector<std::string>{"captured", "replayed", "replayed"}));
+  EXPECT_EQ(run_steps(p, 3, 2, 8, 8, 960, Device::cuda(0), sp.get()),
+            (std::vector<std::string>{"captured", "replayed", "replayed"}));
 }
 
 TEST(DiTCudaGraph, HooksAndStepCacheRunEagerly) {
