@@ -40,11 +40,14 @@ struct CliRun {
 };
 
 // Runs osp with the arguments (no shell); `launcher` (e.g. mpiexec -np 2, or env VAR=value) comes
-// before the osp executable.
-CliRun run(const std::vector<std::string>& args, const std::vector<std::string>& launcher = {}) {
+// before the osp executable. `hold`: a Ctrl-C stage (core/interrupt.h's OSP_TEST_HOLD_AT) where
+// the child waits until this sends it SIGINT — a Ctrl-C inside that stage, without timing guesses.
+CliRun run(const std::vector<std::string>& args, const std::vector<std::string>& launcher = {},
+           const std::string& hold = "") {
   const fs::path out_file = fs::temp_directory_path() / ("osp_train_cli_out_" + std::to_string(::getpid()));
   const pid_t pid = ::fork();
   if (pid == 0) {
+    if (!hold.empty()) ::setenv("OSP_TEST_HOLD_AT", hold.c_str(), 1);
     FILE* f = std::freopen(out_file.c_str(), "w", stderr);
     (void)f;
     ::dup2(2, 1);
@@ -57,6 +60,16 @@ CliRun run(const std::vector<std::string>& args, const std::vector<std::string>&
     ::alarm(120);
     ::execv(av[0], av.data());
     std::_Exit(127);
+  }
+  if (!hold.empty()) {  // SIGINT once the child says it holds (it gives up waiting after 60 s)
+    const auto t0 = std::chrono::steady_clock::now();
+    for (bool held = false; !held && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90);) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      std::ifstream f(out_file);
+      const std::string text((std::istreambuf_iterator<char>(f)), {});
+      held = text.find("osp: test hold: " + hold) != std::string::npos;
+      if (held) ::kill(pid, SIGINT);
+    }
   }
   int st = 0;
   ::waitpid(pid, &st, 0);
@@ -135,6 +148,19 @@ TEST_F(TrainCli, FromScratchInterruptResumeEqualsUninterrupted) {
   const auto la = losses(work / "a" / "train_log.jsonl"), lb = losses(work / "b" / "train_log.jsonl");
   ASSERT_EQ(la.size(), 40u);
   EXPECT_EQ(la, lb);
+  // Ctrl-C in the middle of a step (inside the DiT forward of step 1, where a real Ctrl-C nearly
+  // always lands): the step completes, its checkpoint is saved, exit 130 — not an internal error
+  // with nothing saved — and the resumed run is the uninterrupted one.
+  CliRun m = run({"train", "--config", cfg, "--out", (work / "m").string()}, {}, "DiT forward");
+  ASSERT_EQ(m.code, 130) << m.out;
+  EXPECT_NE(m.out.find("interrupted (Ctrl-C) after step 1; saved"), std::string::npos) << m.out;
+  std::ifstream latest_m(work / "m" / "latest");
+  std::string name_m;
+  latest_m >> name_m;
+  EXPECT_EQ(name_m, "checkpoint-00000001");
+  CliRun mc = run({"train", "--config", cfg, "--out", (work / "m").string(), "--resume", (work / "m").string()});
+  ASSERT_EQ(mc.code, 0) << mc.out;
+  EXPECT_EQ(losses(work / "m" / "train_log.jsonl"), la);
   // A flag overrides the config file; a second run into the same folder without --resume is refused.
   CliRun d = run({"train", "--config", cfg, "--out", (work / "a").string(), "--steps", "41"});
   EXPECT_EQ(d.code, 1);
@@ -175,8 +201,16 @@ TEST_F(TrainCli, FineTuneADemoModelIntoAModelFolder) {
   fs::create_directories(work);
   ASSERT_EQ(run({"make-demo-model", (work / "model").string()}).code, 0);
   const fs::path data = make_cache("demo_data", 64);
-  CliRun r = run({"train", "--model", (work / "model").string(), "--data", data.string(), "--out", (work / "out").string(),
-               "--steps", "2", "--lr", "1e-4", "--attention", "hybrid", "--caption-dropout", "0"});
+  // Ctrl-C while the model folder loads: exit 130 saying so, no checkpoint (not "internal error").
+  const std::vector<std::string> tune = {"train", "--model", (work / "model").string(), "--data", data.string(),
+                                         "--out", (work / "out").string(), "--steps", "2", "--lr", "1e-4",
+                                         "--attention", "hybrid", "--caption-dropout", "0"};
+  CliRun r = run(tune, {}, "model loading");
+  EXPECT_EQ(r.code, 130) << r.out;
+  EXPECT_NE(r.out.find("osp: interrupted (Ctrl-C) during model loading; the last complete checkpoint (if any) is "
+                       "intact"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(work / "out" / "latest"));
+  r = run(tune);
   ASSERT_EQ(r.code, 0) << r.out;
   const fs::path ck = work / "out" / "checkpoint-00000002";
   for (const char* f : {"config.json", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.safetensors",

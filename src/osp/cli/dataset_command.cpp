@@ -6,39 +6,13 @@
 #include <string>
 
 #include "osp/cli/data_commands.h"
+#include "osp/cli/run_command.h"
 #include "osp/core/error.h"
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/train/clip_dataset.h"
 
 namespace osp::cli {
-
-void run_command(CLI::App& app, const std::function<void()>& body) {
-  CLI::App* root = &app;
-  while (root->get_parent()) root = root->get_parent();
-  try {
-    if (root->get_option("--quiet")->count() > 0) set_log_level(LogLevel::Warn);
-    if (root->get_option("--verbose")->count() > 0) set_log_level(LogLevel::Verbose);
-  } catch (const CLI::OptionNotFound&) {
-  }
-  int code = 0;
-  try {
-    body();
-  } catch (const Interrupted& e) {
-    std::fprintf(stderr, "osp: %s; nothing written\n", e.what());
-    code = 130;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "osp: error: %s\n", e.what());
-    code = 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
-    code = 2;
-  }
-  if (code != 0) {
-    std::fflush(stdout);
-    std::exit(code);
-  }
-}
 
 void add_data_commands(CLI::App& app) {
   add_make_dataset_command(app);
@@ -88,6 +62,7 @@ void add_make_dataset_command(CLI::App& app) {
                   (long long)s.clips, train::clip_split_name(o.split), o.width, o.height, o.frames,
                   (long long)s.two_object_clips, (long long)s.heldout_clips, (long long)s.shards,
                   double(s.bytes) / 1048576.0, o.dir.c_str());
+      return 0;
     });
   });
 }

@@ -4,6 +4,7 @@
 #include "osp/io/checkpoint.h"
 #include "osp/io/name_map.h"
 #include "osp/model/hif8_checkpoint.h"
+#include "osp/pipeline/load_progress.h"
 
 namespace osp::cli {
 
@@ -21,7 +22,11 @@ void load_dit_weights(const pipeline::ModelFiles& f, model::DiTConfig& cfg, std:
     for (const auto& n : ck->names()) shapes[n] = ck->info(n).shape;
     cfg = model::DiTConfig::infer(shapes);
   }
-  for (const auto& n : ck->names()) weights[n] = ck->get(n);
+  // As the pipeline loads: a Ctrl-C safe point ("model loading") and a NaN/Inf check per tensor.
+  const std::vector<std::string> names = ck->names();
+  pipeline::LoadProgress load("DiT", int(names.size()), log_level() >= LogLevel::Info);
+  for (const auto& n : names) weights[n] = load.get(ck, n);
+  load.finish();
 }
 
 }  // namespace osp::cli

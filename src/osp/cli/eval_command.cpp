@@ -10,6 +10,7 @@
 #include <string>
 
 #include "osp/cli/data_commands.h"
+#include "osp/cli/run_command.h"
 #include "osp/core/error.h"
 #include "osp/core/log.h"
 #include "osp/io/atomic_file.h"
@@ -148,7 +149,7 @@ void add_eval_command(CLI::App& app) {
         OSP_CHECK(!a->prompt.empty(), "--video needs --prompt (the caption the clip should show)");
         OSP_CHECK(a->pred.empty() && !a->psnr, "--pred and --psnr need --dataset, not --video");
         eval_one_video(a->video, a->prompt, a->json);
-        return;
+        return 0;
       }
       OSP_CHECK(!a->dataset.empty(), "--dataset is required (or --video with --prompt)");
       OSP_CHECK(a->limit >= 0, "--limit must be >= 0, got ", a->limit);
@@ -209,6 +210,7 @@ void add_eval_command(CLI::App& app) {
       std::printf("osp eval: %lld clips of %s (%s split), videos from %s\n%s", (long long)tally.clips(),
                   a->dataset.c_str(), ds.split.c_str(), source.c_str(), tally.table().c_str());
       write_json_report(a->json, tally.json());
+      return 0;
     });
   });
 }

@@ -10,6 +10,7 @@
 
 #include "osp/cli/config_flags.h"
 #include "osp/cli/dit_weights.h"
+#include "osp/cli/run_command.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
 #include "osp/core/interrupt.h"
@@ -104,27 +105,6 @@ int run_rl_command(train::RlOptions o) {
   return 0;
 }
 
-[[noreturn]] void run_and_exit(const std::function<int()>& body) {
-  int rc = 0;
-  try {
-    rc = body();
-  } catch (const Interrupted& e) {  // outside the loop's own handling (model loading, evaluation)
-    std::fprintf(stderr, "osp: %s; the last complete checkpoint (if any) is intact\n", e.what());
-    rc = 130;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "osp: error: %s\n", e.what());
-    rc = 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
-    rc = 2;
-  }
-  std::fflush(stdout);
-  std::fflush(stderr);
-  // Under mpirun a failing rank must not leave the others blocked in a collective.
-  if (rc != 0 && rc != 130 && parallel::launcher_size() > 1) parallel::abort_all(rc);
-  std::exit(rc);
-}
-
 }  // namespace
 
 void add_rl_command(CLI::App& app) {
@@ -195,14 +175,14 @@ void add_rl_command(CLI::App& app) {
 #undef OSP_RL_OPT
 #undef OSP_RL_FLAG
   t->callback([t, flags]() {
-    const CLI::App* root = t->get_parent();
-    if (root && root->count("--quiet")) set_log_level(LogLevel::Warn);
-    if (root && root->count("--verbose")) set_log_level(LogLevel::Verbose);
-    run_and_exit([&] {
-      train::RlOptions o = flags->resolve();
-      o.quiet_progress = log_level() < LogLevel::Info;
-      return run_rl_command(o);
-    });
+    run_command(
+        *t,
+        [&] {
+          train::RlOptions o = flags->resolve();
+          o.quiet_progress = log_level() < LogLevel::Info;
+          return run_rl_command(o);
+        },
+        "the last complete checkpoint (if any) is intact");
   });
 }
 

@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <thread>
 
-#include "osp/cli/data_commands.h"
+#include "osp/cli/run_command.h"
 #include "osp/cli/serve_command.h"
 #include "osp/core/error.h"
 #include "osp/core/interrupt.h"
@@ -143,7 +143,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--size", a->size, "default size of a request")->capture_default_str();
   cmd->add_option("--frames", a->frames, "default frames of a request")->capture_default_str();
   cmd->add_option("--steps", a->steps, "default steps of a request")->capture_default_str();
-  cmd->callback([cmd, a] { run_command(*cmd, [&] { serve(*a); }); });
+  cmd->callback([cmd, a] { run_command(*cmd, [&] {
+    serve(*a);
+    return 0;
+  }); });
 }
 
 }  // namespace osp::cli

@@ -19,6 +19,7 @@
 
 #include "osp/cli/config_flags.h"
 #include "osp/cli/dit_weights.h"
+#include "osp/cli/run_command.h"
 #include "osp/core/device.h"
 #include "osp/core/error.h"
 #include "osp/core/log.h"
@@ -44,32 +45,6 @@ using json = nlohmann::json;
 
 namespace osp::cli {
 namespace {
-
-void set_verbosity_from(const CLI::App& sub) {
-  const CLI::App* root = sub.get_parent();
-  if (!root) return;
-  if (root->count("--quiet")) set_log_level(LogLevel::Warn);
-  if (root->count("--verbose")) set_log_level(LogLevel::Verbose);
-}
-
-// Runs `body`, maps the outcome to an exit code and ends the process with it.
-[[noreturn]] void run_and_exit(const std::function<int()>& body) {
-  int rc = 0;
-  try {
-    rc = body();
-  } catch (const Error& e) {
-    std::fprintf(stderr, "osp: error: %s\n", e.what());
-    rc = 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
-    rc = 2;
-  }
-  std::fflush(stdout);
-  std::fflush(stderr);
-  // Under mpirun a failing rank must not leave the others blocked in a collective.
-  if (rc != 0 && rc != 130 && parallel::launcher_size() > 1) parallel::abort_all(rc);
-  std::exit(rc);
-}
 
 // ------------------------------------------------------------------------------------ train
 
@@ -555,13 +530,15 @@ void add_train_commands(CLI::App& app) {
   t->add_option("--ranks", dry->ranks, "--dry-run: ranks to plan for (default: mpirun's -np, else 1)");
   t->add_option("--gpu-memory", dry->gpu_gib, "--dry-run: device memory in GiB for a fits / does NOT fit verdict");
   t->callback([t, flags, dry]() {
-    set_verbosity_from(*t);
-    run_and_exit([&] {
-      train::TrainOptions o = flags->resolve();
-      o.quiet_progress = log_level() < LogLevel::Info;  // -q: warnings and errors only
-      if (dry->on) return run_dry_run(o, *dry);
-      return run_train(o);
-    });
+    run_command(
+        *t,
+        [&] {
+          train::TrainOptions o = flags->resolve();
+          o.quiet_progress = log_level() < LogLevel::Info;  // -q: warnings and errors only
+          if (dry->on) return run_dry_run(o, *dry);
+          return run_train(o);
+        },
+        "the last complete checkpoint (if any) is intact");
   });
 
   // ---- osp encode-dataset
@@ -584,10 +561,7 @@ void add_train_commands(CLI::App& app) {
   e->add_option("--device", eo->device, "cpu | cuda | cuda:N")->capture_default_str();
   e->add_option("--samples-per-shard", eo->per_shard, "samples per safetensors shard")->capture_default_str();
   e->add_flag("--overwrite", eo->overwrite, "replace an existing cache manifest");
-  e->callback([e, eo]() {
-    set_verbosity_from(*e);
-    run_and_exit([&] { return run_encode(*eo); });
-  });
+  e->callback([e, eo]() { run_command(*e, [&] { return run_encode(*eo); }); });
 }
 
 }  // namespace osp::cli

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "osp/cli/data_commands.h"
+#include "osp/cli/run_command.h"
 #include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/pipeline/tiny_model.h"
@@ -58,6 +59,7 @@ void add_tiny_model_commands(CLI::App& app) {
                                       r.eval.min_psnr, static_cast<long long>(r.eval.clips));
         std::printf("\n");
         if (!r.weights.empty()) std::printf("wrote %s\n", r.weights.c_str());
+        return 0;
       });
     });
   }
@@ -77,6 +79,7 @@ void add_tiny_model_commands(CLI::App& app) {
       run_command(*c, [&]() {
         pipeline::write_text_encoder(*o);
         log_info("wrote the caption tokenizer and a frozen random umT5 to ", o->out);
+        return 0;
       });
     });
   }
@@ -97,6 +100,7 @@ void add_tiny_model_commands(CLI::App& app) {
         install_interrupt_handler();
         const int64_t n = pipeline::encode_clip_dataset(*o);
         log_info("wrote a latent cache of ", n, " samples to ", o->out);
+        return 0;
       });
     });
   }

@@ -34,12 +34,14 @@ void set_interrupted(bool v);  // for tests
 // Stage names are the user's words: "text encoding", "model loading", "sampling", "VAE decode",
 // "writing". Test hook: with OSP_TEST_HOLD_AT=<stage> the first safe point of that stage prints
 // "osp: test hold: <stage>" to stderr and waits (up to 60 s) for a SIGINT, so a test can
-// interrupt a child process in that exact stage without timing guesses.
+// interrupt a child process in that exact stage without timing guesses (the hold happens inside
+// a DeferInterrupts scope too; only the throw is deferred).
 void interruption_point(const char* stage);
 
 // While one lives (any thread), interruption_point does not throw; interrupted() still reports
 // Ctrl-C. For loops whose ranks must stop together at an agreed point (osp rl on several ranks
-// polls interrupted() between iterations, all-reduced) instead of wherever the signal lands.
+// polls interrupted() between iterations, all-reduced; osp train between steps) instead of
+// wherever the signal lands.
 class DeferInterrupts {
  public:
   DeferInterrupts();

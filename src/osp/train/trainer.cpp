@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "osp/core/error.h"
+#include "osp/core/interrupt.h"
 #include "osp/core/log.h"
 #include "osp/core/progress.h"
 #include "osp/core/scope_exit.h"
@@ -588,6 +589,11 @@ TrainResult run_training(const TrainOptions& opt, TrainModel& model, const Train
   };
 
   TrainResult result;
+  // Ctrl-C ends the run at the next step boundary (the loop polls interrupted(), agreed over the
+  // ranks) after the running step completes; its checkpoint is then saved. The Ctrl-C safe points
+  // inside the step (the DiT forward's, between blocks) must not throw: a half-done step has no
+  // state to save, and ranks must not leave a step's collectives at different places.
+  const DeferInterrupts finish_the_step;
   auto profile_off = on_scope_exit([&] {  // the model's profiler is the run's only while it runs
     if (opt.profile) model.set_profiling(false);
   });
