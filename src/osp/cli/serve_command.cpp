@@ -143,10 +143,12 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--size", a->size, "default size of a request")->capture_default_str();
   cmd->add_option("--frames", a->frames, "default frames of a request")->capture_default_str();
   cmd->add_option("--steps", a->steps, "default steps of a request")->capture_default_str();
-  cmd->callback([cmd, a] { run_command(*cmd, [&] {
-    serve(*a);
-    return 0;
-  }); });
+  cmd->callback([cmd, a] {
+    run_command(*cmd, [&] {
+      serve(*a);
+      return 0;
+    });
+  });
 }
 
 }  // namespace osp::cli
