@@ -24,6 +24,7 @@
 #include "osp/cli/generate_defaults.h"
 #include "osp/cli/train_command.h"
 #include "osp/cli/data_commands.h"
+#include "osp/cli/run_command.h"
 #include "osp/cli/serve_command.h"
 #include "osp/core/settings.h"
 
@@ -382,15 +383,8 @@ int main(int argc, char** argv) {
       execv(e.c_str(), av.data());
       fail(str("could not run ", e));
     }
-  } catch (const Interrupted& e) {
-    std::fprintf(stderr, "osp: %s; nothing written\n", e.what());
-    return 130;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "osp: error: %s\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
-    return 2;
+  } catch (const std::exception&) {
+    return osp::cli::report_exception();
   }
   return 0;
 }

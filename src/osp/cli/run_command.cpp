@@ -21,20 +21,28 @@ void run_command(CLI::App& sub, const std::function<int()>& body, const char* if
   int rc = 0;
   try {
     rc = body();
-  } catch (const Interrupted& e) {
-    std::fprintf(stderr, "osp: %s; %s\n", e.what(), if_interrupted);
-    rc = 130;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "osp: error: %s\n", e.what());
-    rc = 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
-    rc = 2;
+  } catch (const std::exception&) {
+    rc = report_exception(if_interrupted);
   }
   std::fflush(stdout);
   std::fflush(stderr);
   if (rc != 0 && rc != 130 && parallel::launcher_size() > 1) parallel::abort_all(rc);
   std::exit(rc);
+}
+
+int report_exception(const char* if_interrupted) {
+  try {
+    throw;
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "osp: %s; %s\n", e.what(), if_interrupted);
+    return 130;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "osp: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "osp: internal error: %s\n", e.what());
+    return 2;
+  }
 }
 
 }  // namespace osp::cli

@@ -15,4 +15,9 @@ namespace osp::cli {
 [[noreturn]] void run_command(CLI::App& sub, const std::function<int()>& body,
                               const char* if_interrupted = "nothing written");
 
+// Inside a catch block: prints the exception being handled as above and returns its exit code
+// (osp::Interrupted 130, osp::Error 1, any other std::exception 2). What run_command and main's
+// own commands (generate, convert, inspect, ...) both use.
+int report_exception(const char* if_interrupted = "nothing written");
+
 }  // namespace osp::cli
